@@ -1,0 +1,15 @@
+"""The one place that owns numba's jit options for every kernel in thruster-hil.
+
+Kernels are compiled with ``cache=True`` so a second process loads machine code from
+``__pycache__`` instead of recompiling, ``nogil=True`` so a reader thread keeps running while a
+kernel does, and without fastmath so results are bit-for-bit reproducible across runs.
+"""
+
+from numba import njit
+
+JIT_OPTIONS = {"cache": True, "nogil": True, "fastmath": False, "error_model": "numpy"}
+
+
+def kernel(fn):
+    """Compile ``fn`` as a thruster-hil numba kernel (pure function on arrays and floats)."""
+    return njit(**JIT_OPTIONS)(fn)
