@@ -1,0 +1,122 @@
+"""The ``thruster-hil`` command line.
+
+Every failure an operator can cause ends as one line on stderr,
+``thruster-hil: error: <what and where>``, and exit status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+
+from thruster_hil.errors import UserError
+
+PROG = "thruster-hil"
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the argument, not a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(self.prog, message)
+
+
+def _positive_float(name: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} expects a number, got {text!r}") from None
+        if not math.isfinite(value) or value <= 0.0:
+            raise argparse.ArgumentTypeError(f"{name} expects a finite number > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog=PROG,
+        description="Hardware-in-the-loop bench for the reboost controller of a vehicle docked "
+        "at the International Space Station.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
+    sub.required = True
+
+    plan = sub.add_parser(
+        "plan",
+        help="plan a reboost burn without hardware",
+        description="Plan a reboost: the delta-v, burn duration and propellant from the rocket "
+        "equation and the translation thrusters' along-track thrust, and the orbit after from "
+        "propagating the finite burn (two-body + J2 + drag). Perigee and apogee are mean "
+        "(orbit-averaged) altitudes.",
+    )
+    plan.add_argument(
+        "--stack", default="dragon-boost-kit", metavar="NAME|PATH",
+        help="stack name in hw_configs/stacks/ or a path to a stack TOML "
+        "(default: dragon-boost-kit)",
+    )
+    plan.add_argument("--perigee-km", type=_positive_float("--perigee-km"), metavar="P",
+                      help="initial mean perigee altitude [km] (default: the station's typical "
+                      "orbit)")
+    plan.add_argument("--apogee-km", type=_positive_float("--apogee-km"), metavar="A",
+                      help="initial mean apogee altitude [km] (default: the station's typical "
+                      "orbit)")
+    target = plan.add_mutually_exclusive_group(required=True)
+    target.add_argument("--delta-v", type=_positive_float("--delta-v"), metavar="MPS",
+                        help="along-track delta-v [m/s]")
+    target.add_argument("--raise-perigee-km", type=_positive_float("--raise-perigee-km"),
+                        metavar="D", help="raise the mean perigee by D km (burn centred on apogee)")
+    target.add_argument("--target-mean-altitude-km", type=_positive_float(
+        "--target-mean-altitude-km"), metavar="H", help="reach a mean altitude of H km")
+    target.add_argument("--burn-duration", type=_positive_float("--burn-duration"), metavar="S",
+                        help="burn for S seconds")
+    plan.add_argument("--solar-activity", choices=("low", "moderate", "high"),
+                      help="atmosphere density level (default: the stack's)")
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+    plan.set_defaults(handler=_cmd_plan)
+    return parser
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from thruster_hil.plan import Target, format_plan, plan_burn
+
+    if (args.perigee_km is None) != (args.apogee_km is None):
+        raise UserError("plan", "--perigee-km and --apogee-km go together: give both or neither")
+    if args.delta_v is not None:
+        target = Target("delta_v", args.delta_v)
+    elif args.raise_perigee_km is not None:
+        target = Target("raise_perigee", args.raise_perigee_km)
+    elif args.target_mean_altitude_km is not None:
+        target = Target("mean_altitude", args.target_mean_altitude_km)
+    else:
+        target = Target("burn_duration", args.burn_duration)
+    result = plan_burn(args.stack, target, perigee_km=args.perigee_km, apogee_km=args.apogee_km,
+                       solar_activity=args.solar_activity)
+    if args.json:
+        print(json.dumps(result, sort_keys=False))
+    else:
+        print(format_plan(result))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return args.handler(args)
+    except UserError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Burn planning without hardware: ``thruster-hil plan``.
+
+The burn duration comes from the rocket equation on the translation thrusters' along-track thrust
+(cant losses included: only the along-track component of each thrust counts, while every newton
+of thrust costs propellant). The orbit after the burn comes from propagating the finite burn
+through the plant (two-body + J2 + drag, RK4) and, over the same time, the same orbit without the
+burn: J2 swings the osculating apsides by kilometres within an orbit, so what the burn changed is
+reported as the difference of orbit-averaged (mean) elements between the two propagations, added
+to the mean perigee and apogee the operator started from.
+
+Each burn is centred on an apsis: on apogee by default, which raises the perigee and so
+circularises the orbit against drag decay (the usual ISS reboost).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from sims import atmosphere, orbit
+from sims.constants import G0, MU_EARTH, R_EARTH
+from thruster_hil.config import build_stack_model, load_stack
+from thruster_hil.errors import UserError
+
+#: Outer propagation step [s]; RK4 sub-steps per step. 1 s keeps the burn edges exact (they are
+#: split inside the step anyway) and costs a few ms per propagated orbit.
+STEP_S = 1.0
+N_SUB = 1
+#: Coast before the burn starts [s], so the burn edges never sit on the first sample.
+LEAD_S = 60.0
+#: Secant corrections of the delta-v so the propagated change, not the two-body estimate,
+#: meets an orbit target.
+CORRECTIONS = 3
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the operator asked for: kind is delta_v [m/s], raise_perigee [km],
+    mean_altitude [km] or burn_duration [s]."""
+
+    kind: str
+    value: float
+
+
+@dataclass(frozen=True)
+class _Burn:
+    force_H_N: np.ndarray  # translation force fixed in LVLH (perfect attitude hold) [N]
+    along_N: float  # its along-track component [N]
+    mdot_kg_s: float  # propellant flow of the translation set [kg/s]
+    mass_kg: float  # stack mass at ignition [kg]
+
+    @property
+    def c_eff_mps(self) -> float:
+        """Effective along-track exhaust velocity [m/s]: F_along / mdot."""
+        return self.along_N / self.mdot_kg_s
+
+    def duration_for_dv(self, dv_mps: float) -> float:
+        """Rocket equation: burn time [s] for an along-track delta-v [m/s]."""
+        m_used = self.mass_kg * (1.0 - math.exp(-dv_mps / self.c_eff_mps))
+        return m_used / self.mdot_kg_s
+
+    def dv_for_duration(self, t_s: float) -> float:
+        m_end = self.mass_kg - self.mdot_kg_s * t_s
+        if m_end <= 0.0:
+            raise UserError("plan", f"a burn of {t_s:g} s would use more than the stack's mass")
+        return self.c_eff_mps * math.log(self.mass_kg / m_end)
+
+
+def _solve_kepler(mean_anomaly: float, e: float) -> float:
+    """Eccentric anomaly [rad] for a mean anomaly [rad] (Newton, e < 1)."""
+    big_e = mean_anomaly if e < 0.8 else math.pi
+    for _ in range(30):
+        big_e -= (big_e - e * math.sin(big_e) - mean_anomaly) / (1.0 - e * math.cos(big_e))
+    return big_e
+
+
+def _initial_state(a_m: float, e: float, incl_rad: float, mass_kg: float,
+                   seconds_to_apsis: float, apsis: str) -> np.ndarray:
+    """Osculating state [r_BN_N, v_BN_N, m] that reaches the chosen apsis after the given time."""
+    n = math.sqrt(MU_EARTH / a_m**3)
+    m_apsis = math.pi if apsis == "apogee" else 0.0
+    mean_anomaly = m_apsis - n * seconds_to_apsis
+    big_e = _solve_kepler(mean_anomaly, e)
+    nu = 2.0 * math.atan2(math.sqrt(1 + e) * math.sin(big_e / 2),
+                          math.sqrt(1 - e) * math.cos(big_e / 2))
+    r = np.zeros(3)
+    v = np.zeros(3)
+    orbit.rv_from_elements(a_m, e, incl_rad, 0.0, 0.0, nu, MU_EARTH, r, v)
+    return np.concatenate([r, v, [mass_kg]])
+
+
+def _propagate_pair(y0: np.ndarray, burn: _Burn, t_burn_s: float, cd_area_m2: float,
+                    table: tuple[np.ndarray, np.ndarray], period_s: float):
+    """Burn and no-burn propagations over the same span; returns mean-element changes."""
+    n_before = int(math.ceil((LEAD_S + t_burn_s) / STEP_S)) + 1
+    n_window = int(round(period_s / STEP_S))
+    n_steps = n_before + n_window
+    alt, log_rho = table
+    out_burn = np.empty((n_steps + 1, 7))
+    out_coast = np.empty((n_steps + 1, 7))
+    mdot = burn.mdot_kg_s
+    orbit.propagate(y0, STEP_S, n_steps, N_SUB, LEAD_S, LEAD_S + t_burn_s, burn.force_H_N, mdot,
+                    cd_area_m2, 1.0, alt, log_rho, out_burn)
+    orbit.propagate(y0, STEP_S, n_steps, N_SUB, LEAD_S, LEAD_S + t_burn_s, burn.force_H_N * 0.0,
+                    0.0, cd_area_m2, 1.0, alt, log_rho, out_coast)
+    window = slice(n_before, n_before + n_window)
+    a_b, rp_b, ra_b = orbit.mean_apsides(out_burn[window], STEP_S, MU_EARTH)
+    a_c, rp_c, ra_c = orbit.mean_apsides(out_coast[window], STEP_S, MU_EARTH)
+    propellant = y0[6] - out_burn[n_before, 6]
+    return {"d_a_m": a_b - a_c, "d_perigee_m": rp_b - rp_c, "d_apogee_m": ra_b - ra_c,
+            "propellant_kg": propellant}
+
+
+def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None,
+              apogee_km: float | None = None, solar_activity: str | None = None) -> dict:
+    """Plan one reboost burn of a stack; returns the JSON-ready summary."""
+    stack = load_stack(stack_ref)
+    model = build_stack_model(stack)
+    typical = stack.station.typical_orbit
+    if perigee_km is None:
+        perigee_km, apogee_km = typical.perigee_km, typical.apogee_km
+    if perigee_km > apogee_km:
+        raise UserError("plan", f"--perigee-km ({perigee_km:g}) must not exceed --apogee-km "
+                        f"({apogee_km:g})")
+    if perigee_km < 150.0 or apogee_km > 2000.0:
+        raise UserError("plan", "the initial orbit must lie between 150 and 2000 km altitude, "
+                        f"got {perigee_km:g} x {apogee_km:g} km")
+    activity = solar_activity or stack.solar_activity
+    table = atmosphere.density_table(activity)
+    a0, e0 = orbit.a_e_from_apsis_altitudes(perigee_km * 1e3, apogee_km * 1e3)
+    incl = math.radians(typical.inclination_deg)
+    period = orbit.period_s(a0, MU_EARTH)
+    mass0 = model.mass_kg
+    burn = _Burn(force_H_N=np.asarray(model.translation_force_H_N, dtype=np.float64),
+                 along_N=float(model.along_track_force_N), mdot_kg_s=float(model.mdot_kg_s),
+                 mass_kg=mass0)
+    cd_area = stack.station.drag_coefficient * stack.station.drag_area_m2
+    apsis = "apogee"
+
+    # Two-body estimate of the delta-v from vis-viva at the apsis, then secant corrections on
+    # the propagated mean-element change for orbit targets.
+    r_apsis = a0 * (1.0 + e0)
+    v_apsis = math.sqrt(MU_EARTH * (2.0 / r_apsis - 1.0 / a0))
+
+    def vis_viva_dv(a_new: float) -> float:
+        return math.sqrt(MU_EARTH * (2.0 / r_apsis - 1.0 / a_new)) - v_apsis
+
+    if target.kind == "delta_v":
+        dv, goal_key, goal = target.value, None, None
+    elif target.kind == "burn_duration":
+        dv, goal_key, goal = burn.dv_for_duration(target.value), None, None
+    elif target.kind == "raise_perigee":
+        goal_key, goal = "d_perigee_m", target.value * 1e3
+        dv = vis_viva_dv(a0 + goal / 2.0)
+    elif target.kind == "mean_altitude":
+        goal_key, goal = "d_a_m", target.value * 1e3 + R_EARTH - a0
+        if goal <= 0.0:
+            raise UserError("plan", f"--target-mean-altitude-km {target.value:g} is not above the "
+                            f"current mean altitude {(a0 - R_EARTH) / 1e3:.1f} km: a reboost "
+                            "only raises the orbit")
+        dv = vis_viva_dv(a0 + goal)
+    else:  # pragma: no cover - the CLI only builds the kinds above
+        raise ValueError(target.kind)
+
+    def run(dv_mps: float):
+        t_burn = burn.duration_for_dv(dv_mps)
+        y0 = _initial_state(a0, e0, incl, mass0, LEAD_S + t_burn / 2.0, apsis)
+        return t_burn, _propagate_pair(y0, burn, t_burn, cd_area, table, period)
+
+    t_burn, change = run(dv)
+    if goal_key is not None:
+        prev_dv, prev_got = 0.0, 0.0
+        for _ in range(CORRECTIONS):
+            got = change[goal_key]
+            if abs(got - goal) <= 1e-4 * abs(goal):
+                break
+            slope = (got - prev_got) / (dv - prev_dv)
+            prev_dv, prev_got = dv, got
+            dv = dv + (goal - got) / slope
+            t_burn, change = run(dv)
+
+    force_total = float(np.linalg.norm(burn.force_H_N))
+    thrust_sum = float(np.sum(model.thrust_N[model.translation_index]))
+    return {
+        "stack": stack.name,
+        "vehicle": stack.vehicle.name,
+        "port": stack.port,
+        "solar_activity": activity,
+        "delta_v_mps": dv,
+        "burn_duration_s": t_burn,
+        "propellant_kg": burn.mass_kg * (1.0 - math.exp(-dv / burn.c_eff_mps)),
+        "stack_mass_kg": mass0,
+        "perigee_km_before": perigee_km,
+        "apogee_km_before": apogee_km,
+        "perigee_km_after": perigee_km + change["d_perigee_m"] / 1e3,
+        "apogee_km_after": apogee_km + change["d_apogee_m"] / 1e3,
+        "mean_altitude_change_km": change["d_a_m"] / 1e3,
+        "burn_centre": apsis,
+        "burn_start_s_before_centre": t_burn / 2.0,
+        "along_track_thrust_N": burn.along_N,
+        "thrust_sum_N": thrust_sum,
+        "cant_loss_pct": 100.0 * (1.0 - burn.along_N / thrust_sum),
+        "off_axis_thrust_N": math.sqrt(max(force_total**2 - burn.along_N**2, 0.0)),
+        "effective_isp_s": burn.c_eff_mps / G0,
+        "translation_thrusters": list(stack.translation_thrusters),
+        "elements": "mean (orbit-averaged); change = burn minus no-burn propagation",
+    }
+
+
+def format_plan(p: dict) -> str:
+    """The plan as a readable table."""
+    rows = [
+        ("stack", f"{p['stack']} ({p['vehicle']} at {p['port']})"),
+        ("translation thrusters", ", ".join(p["translation_thrusters"])),
+        ("stack mass", f"{p['stack_mass_kg']:,.0f} kg"),
+        ("along-track thrust", f"{p['along_track_thrust_N']:.1f} N of {p['thrust_sum_N']:.1f} N "
+                               f"(cant loss {p['cant_loss_pct']:.2f} %)"),
+        ("effective Isp", f"{p['effective_isp_s']:.1f} s"),
+        ("delta-v", f"{p['delta_v_mps']:.4f} m/s"),
+        ("burn duration", f"{p['burn_duration_s']:.1f} s"),
+        ("burn centred on", f"{p['burn_centre']} (ignition {p['burn_start_s_before_centre']:.1f} s "
+                            f"before {p['burn_centre']})"),
+        ("propellant", f"{p['propellant_kg']:.2f} kg"),
+        ("mean perigee", f"{p['perigee_km_before']:.3f} -> {p['perigee_km_after']:.3f} km"),
+        ("mean apogee", f"{p['apogee_km_before']:.3f} -> {p['apogee_km_after']:.3f} km"),
+        ("mean altitude change", f"{p['mean_altitude_change_km']:+.3f} km"),
+        ("atmosphere", f"NRLMSIS 2.1, {p['solar_activity']} solar activity"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
