@@ -1,0 +1,458 @@
+"""Rigid-body rotation of the stack: Euler parameters, kinematics, Euler's equations, gravity
+gradient torque.
+
+Conventions (docs/architecture.md):
+
+* ``q_BN = [q0, q1, q2, q3]`` are Euler parameters, scalar first (Schaub & Junkins, *Analytical
+  Mechanics of Space Systems*, 4th ed., sec. 3.5). ``dcm_BN = dcm_from_q(q_BN)`` maps N components
+  to B components: ``x_B = dcm_BN @ x_N``. The principal rotation of angle ``phi`` about the unit
+  axis ``e`` is ``q = [cos(phi/2), e sin(phi/2)]``.
+* Composition: ``q_mult(a, b, out)`` returns the Euler parameters of ``dcm(a) @ dcm(b)``. So
+  ``q_CN = q_mult(q_CB, q_BN)`` — the same order as ``dcm_CN = dcm_CB @ dcm_BN`` (S&J sec. 3.5,
+  successive rotations, with ``beta'' = q_CB`` as the left factor). In Hamilton-product terms
+  this is ``b (x) a``.
+* Kinematics ``dq/dt = 0.5 B(q) omega_BN_B`` (S&J sec. 3.5).
+* Euler's equations ``I wdot = -w x (I w) + L`` with the full (non-diagonal) body inertia about
+  the centre of mass, in B components.
+
+All functions are numba kernels (``sims._jit.kernel``): pure, on floats and float64 arrays, outputs
+preallocated by the caller, no exceptions (integer status codes instead), deterministic.
+"""
+
+import math
+
+import numpy as np
+
+from sims._jit import kernel
+from sims.orbit import dcm_HN as _dcm_HN  # the LVLH definition lives with the orbit state
+
+# Status codes returned by kernels.
+STATUS_OK = 0
+STATUS_DEGENERATE = 1  # zero / non-finite input (e.g. zero-norm quaternion, r = 0)
+STATUS_BAD_WORK = 2  # scratch array too small
+
+# Length of the 1-D float64 scratch array ``work`` that ``rk4_attitude_step`` needs.
+ATTITUDE_WORK_LEN = 35
+
+# Offsets into ``work``.
+_KQ = 0  # 4 stages x 4 quaternion derivatives -> [0, 16)
+_KW = 16  # 4 stages x 3 rate derivatives -> [16, 28)
+_QT = 28  # stage quaternion [28, 32)
+_WT = 32  # stage rate [32, 35)
+
+
+# --------------------------------------------------------------------------------------------
+# Euler parameters and direction cosine matrices
+# --------------------------------------------------------------------------------------------
+
+
+@kernel
+def dcm_from_q(q, out):
+    """Direction cosine matrix of the Euler parameters ``q`` (S&J sec. 3.5) into ``out`` (3, 3).
+
+    ``q`` should be unit; it is not normalised here (the matrix of a non-unit q is scaled by |q|^2).
+    """
+    q0 = q[0]
+    q1 = q[1]
+    q2 = q[2]
+    q3 = q[3]
+    out[0, 0] = q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3
+    out[0, 1] = 2.0 * (q1 * q2 + q0 * q3)
+    out[0, 2] = 2.0 * (q1 * q3 - q0 * q2)
+    out[1, 0] = 2.0 * (q1 * q2 - q0 * q3)
+    out[1, 1] = q0 * q0 - q1 * q1 + q2 * q2 - q3 * q3
+    out[1, 2] = 2.0 * (q2 * q3 + q0 * q1)
+    out[2, 0] = 2.0 * (q1 * q3 + q0 * q2)
+    out[2, 1] = 2.0 * (q2 * q3 - q0 * q1)
+    out[2, 2] = q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3
+
+
+@kernel
+def q_from_dcm(dcm, out):
+    """Euler parameters of the proper orthogonal ``dcm`` by Sheppard's method (S&J sec. 3.5).
+
+    The largest of the four squared parameters is taken as the pivot, so no division by a small
+    number occurs for any attitude. The result is normalised and has ``q0 >= 0`` (the short
+    rotation, principal angle in [0, pi]). Returns STATUS_OK, or STATUS_DEGENERATE (``out`` set to
+    the identity) if the matrix has non-finite entries.
+    """
+    tr = dcm[0, 0] + dcm[1, 1] + dcm[2, 2]
+    s0 = 0.25 * (1.0 + tr)
+    s1 = 0.25 * (1.0 + 2.0 * dcm[0, 0] - tr)
+    s2 = 0.25 * (1.0 + 2.0 * dcm[1, 1] - tr)
+    s3 = 0.25 * (1.0 + 2.0 * dcm[2, 2] - tr)
+    if not (math.isfinite(s0) and math.isfinite(s1) and math.isfinite(s2) and math.isfinite(s3)):
+        out[0] = 1.0
+        out[1] = 0.0
+        out[2] = 0.0
+        out[3] = 0.0
+        return STATUS_DEGENERATE
+    # Off-diagonal combinations (S&J sec. 3.5).
+    p01 = 0.25 * (dcm[1, 2] - dcm[2, 1])
+    p02 = 0.25 * (dcm[2, 0] - dcm[0, 2])
+    p03 = 0.25 * (dcm[0, 1] - dcm[1, 0])
+    p23 = 0.25 * (dcm[1, 2] + dcm[2, 1])
+    p31 = 0.25 * (dcm[2, 0] + dcm[0, 2])
+    p12 = 0.25 * (dcm[0, 1] + dcm[1, 0])
+    if s0 >= s1 and s0 >= s2 and s0 >= s3:
+        a = math.sqrt(s0)
+        b0, b1, b2, b3 = a, p01 / a, p02 / a, p03 / a
+    elif s1 >= s2 and s1 >= s3:
+        a = math.sqrt(s1)
+        b0, b1, b2, b3 = p01 / a, a, p12 / a, p31 / a
+    elif s2 >= s3:
+        a = math.sqrt(s2)
+        b0, b1, b2, b3 = p02 / a, p12 / a, a, p23 / a
+    else:
+        a = math.sqrt(s3)
+        b0, b1, b2, b3 = p03 / a, p31 / a, p23 / a, a
+    if b0 < 0.0:
+        b0, b1, b2, b3 = -b0, -b1, -b2, -b3
+    norm = math.sqrt(b0 * b0 + b1 * b1 + b2 * b2 + b3 * b3)
+    out[0] = b0 / norm
+    out[1] = b1 / norm
+    out[2] = b2 / norm
+    out[3] = b3 / norm
+    return STATUS_OK
+
+
+@kernel
+def q_mult(a, b, out):
+    """Compose Euler parameters: ``dcm(out) = dcm(a) @ dcm(b)``, i.e. ``q_CN = q_mult(q_CB, q_BN)``.
+
+    S&J sec. 3.5 (successive rotations); equal to the Hamilton product ``b (x) a``. ``out`` may
+    alias ``a`` or ``b``.
+    """
+    a0 = a[0]
+    a1 = a[1]
+    a2 = a[2]
+    a3 = a[3]
+    b0 = b[0]
+    b1 = b[1]
+    b2 = b[2]
+    b3 = b[3]
+    out[0] = a0 * b0 - a1 * b1 - a2 * b2 - a3 * b3
+    out[1] = a1 * b0 + a0 * b1 + a3 * b2 - a2 * b3
+    out[2] = a2 * b0 - a3 * b1 + a0 * b2 + a1 * b3
+    out[3] = a3 * b0 + a2 * b1 - a1 * b2 + a0 * b3
+
+
+@kernel
+def q_conj(q, out):
+    """Inverse rotation: ``dcm(out) = dcm(q).T`` (so ``q_NB = q_conj(q_BN)``). ``out`` may alias."""
+    out[0] = q[0]
+    out[1] = -q[1]
+    out[2] = -q[2]
+    out[3] = -q[3]
+
+
+@kernel
+def q_normalize(q):
+    """Normalise ``q`` in place. Returns STATUS_OK, or STATUS_DEGENERATE if |q| is zero or not
+    finite, in which case ``q`` is set to the identity [1, 0, 0, 0]."""
+    n2 = q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]
+    if not (n2 > 0.0) or not math.isfinite(n2):
+        q[0] = 1.0
+        q[1] = 0.0
+        q[2] = 0.0
+        q[3] = 0.0
+        return STATUS_DEGENERATE
+    inv = 1.0 / math.sqrt(n2)
+    q[0] *= inv
+    q[1] *= inv
+    q[2] *= inv
+    q[3] *= inv
+    return STATUS_OK
+
+
+@kernel
+def q_from_axis_angle(axis, angle_rad, out):
+    """Principal rotation ``angle_rad`` about ``axis`` (normalised here): [cos(a/2), e sin(a/2)].
+
+    Returns STATUS_DEGENERATE (identity written) if the axis has zero length.
+    """
+    n = math.sqrt(axis[0] * axis[0] + axis[1] * axis[1] + axis[2] * axis[2])
+    if not (n > 0.0) or not math.isfinite(n):
+        out[0] = 1.0
+        out[1] = 0.0
+        out[2] = 0.0
+        out[3] = 0.0
+        return STATUS_DEGENERATE
+    s = math.sin(0.5 * angle_rad) / n
+    out[0] = math.cos(0.5 * angle_rad)
+    out[1] = axis[0] * s
+    out[2] = axis[1] * s
+    out[3] = axis[2] * s
+    return STATUS_OK
+
+
+@kernel
+def q_error_angle(q_BR):
+    """Principal rotation angle [rad] in [0, pi] of the attitude error ``q_BR`` (B relative to R).
+
+    ``2 atan2(|q_vec|, |q0|)`` — accurate near 0 and near pi, and insensitive to the sign of q
+    and to a small departure from unit norm.
+    """
+    v = math.sqrt(q_BR[1] * q_BR[1] + q_BR[2] * q_BR[2] + q_BR[3] * q_BR[3])
+    return 2.0 * math.atan2(v, abs(q_BR[0]))
+
+
+@kernel
+def dcm_from_ypr(yaw, pitch, roll, out):
+    """``dcm_BR`` of 3-2-1 Euler angles [rad] of B relative to R: ``M1(roll) M2(pitch) M3(yaw)``.
+
+    S&J Appendix B (3-2-1 set). Yaw about z_R, then pitch about the new y, then roll about x_B.
+    """
+    c1 = math.cos(yaw)
+    s1 = math.sin(yaw)
+    c2 = math.cos(pitch)
+    s2 = math.sin(pitch)
+    c3 = math.cos(roll)
+    s3 = math.sin(roll)
+    out[0, 0] = c2 * c1
+    out[0, 1] = c2 * s1
+    out[0, 2] = -s2
+    out[1, 0] = s3 * s2 * c1 - c3 * s1
+    out[1, 1] = s3 * s2 * s1 + c3 * c1
+    out[1, 2] = s3 * c2
+    out[2, 0] = c3 * s2 * c1 + s3 * s1
+    out[2, 1] = c3 * s2 * s1 - s3 * c1
+    out[2, 2] = c3 * c2
+
+
+# --------------------------------------------------------------------------------------------
+# Kinematics and dynamics
+# --------------------------------------------------------------------------------------------
+
+
+@kernel
+def q_dot(q, omega_BN_B, out):
+    """Euler-parameter kinematics ``dq/dt = 0.5 B(q) omega_BN_B`` (S&J sec. 3.5) into ``out``."""
+    q0 = q[0]
+    q1 = q[1]
+    q2 = q[2]
+    q3 = q[3]
+    w1 = omega_BN_B[0]
+    w2 = omega_BN_B[1]
+    w3 = omega_BN_B[2]
+    out[0] = 0.5 * (-q1 * w1 - q2 * w2 - q3 * w3)
+    out[1] = 0.5 * (q0 * w1 - q3 * w2 + q2 * w3)
+    out[2] = 0.5 * (q3 * w1 + q0 * w2 - q1 * w3)
+    out[3] = 0.5 * (-q2 * w1 + q1 * w2 + q0 * w3)
+
+
+@kernel
+def omega_dot(I_B, I_inv_B, omega_BN_B, torque_B, out):
+    """Euler's equations ``I wdot = -w x (I w) + L`` (S&J ch. 4), full inertia, into ``out`` (3).
+
+    ``I_B`` [kg m^2] about the centre of mass in B, ``I_inv_B`` its inverse, ``torque_B`` [N m].
+    """
+    w1 = omega_BN_B[0]
+    w2 = omega_BN_B[1]
+    w3 = omega_BN_B[2]
+    h1 = I_B[0, 0] * w1 + I_B[0, 1] * w2 + I_B[0, 2] * w3
+    h2 = I_B[1, 0] * w1 + I_B[1, 1] * w2 + I_B[1, 2] * w3
+    h3 = I_B[2, 0] * w1 + I_B[2, 1] * w2 + I_B[2, 2] * w3
+    g1 = torque_B[0] - (w2 * h3 - w3 * h2)
+    g2 = torque_B[1] - (w3 * h1 - w1 * h3)
+    g3 = torque_B[2] - (w1 * h2 - w2 * h1)
+    out[0] = I_inv_B[0, 0] * g1 + I_inv_B[0, 1] * g2 + I_inv_B[0, 2] * g3
+    out[1] = I_inv_B[1, 0] * g1 + I_inv_B[1, 1] * g2 + I_inv_B[1, 2] * g3
+    out[2] = I_inv_B[2, 0] * g1 + I_inv_B[2, 1] * g2 + I_inv_B[2, 2] * g3
+
+
+@kernel
+def _gg_from_r_B(rx, ry, rz, I_B, mu):
+    """Gravity-gradient torque (3 floats) for the position ``r_B`` in body components."""
+    r2 = rx * rx + ry * ry + rz * rz
+    if not (r2 > 0.0) or not math.isfinite(r2):
+        return 0.0, 0.0, 0.0
+    k = 3.0 * mu / (r2 * r2 * math.sqrt(r2))
+    ix = I_B[0, 0] * rx + I_B[0, 1] * ry + I_B[0, 2] * rz
+    iy = I_B[1, 0] * rx + I_B[1, 1] * ry + I_B[1, 2] * rz
+    iz = I_B[2, 0] * rx + I_B[2, 1] * ry + I_B[2, 2] * rz
+    return k * (ry * iz - rz * iy), k * (rz * ix - rx * iz), k * (rx * iy - ry * ix)
+
+
+@kernel
+def gravity_gradient_torque_B(r_BN_N, dcm_BN, I_B, mu, out):
+    """Gravity-gradient torque [N m] in B: ``L = 3 mu/|r|^5 (r_B x (I r_B))``, ``r_B = dcm_BN r_N``.
+
+    Schaub & Junkins ch. 4, "Gravity Gradient Torques" (eq. 4.33 as numbered in the project brief;
+    numbering differs between editions); the same first-order expansion of gravity over the body
+    is derived in Wie, *Space Vehicle Dynamics and Control* (gravity-gradient torque chapter).
+    ``r_BN_N`` is the centre-of-mass position [m] from Earth's centre, ``mu`` [m^3/s^2].
+    Returns STATUS_OK, or STATUS_DEGENERATE (zero torque) if r is zero or not finite.
+    """
+    rx = dcm_BN[0, 0] * r_BN_N[0] + dcm_BN[0, 1] * r_BN_N[1] + dcm_BN[0, 2] * r_BN_N[2]
+    ry = dcm_BN[1, 0] * r_BN_N[0] + dcm_BN[1, 1] * r_BN_N[1] + dcm_BN[1, 2] * r_BN_N[2]
+    rz = dcm_BN[2, 0] * r_BN_N[0] + dcm_BN[2, 1] * r_BN_N[1] + dcm_BN[2, 2] * r_BN_N[2]
+    r2 = rx * rx + ry * ry + rz * rz
+    lx, ly, lz = _gg_from_r_B(rx, ry, rz, I_B, mu)
+    out[0] = lx
+    out[1] = ly
+    out[2] = lz
+    if not (r2 > 0.0) or not math.isfinite(r2):
+        return STATUS_DEGENERATE
+    return STATUS_OK
+
+
+@kernel
+def _rotate_N_to_B(q, vx, vy, vz):
+    """``dcm(q) v / |q|^2`` as 3 floats (exact rotation even for a slightly non-unit stage q)."""
+    q0 = q[0]
+    q1 = q[1]
+    q2 = q[2]
+    q3 = q[3]
+    n2 = q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3
+    c00 = q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3
+    c01 = 2.0 * (q1 * q2 + q0 * q3)
+    c02 = 2.0 * (q1 * q3 - q0 * q2)
+    c10 = 2.0 * (q1 * q2 - q0 * q3)
+    c11 = q0 * q0 - q1 * q1 + q2 * q2 - q3 * q3
+    c12 = 2.0 * (q2 * q3 + q0 * q1)
+    c20 = 2.0 * (q1 * q3 + q0 * q2)
+    c21 = 2.0 * (q2 * q3 - q0 * q1)
+    c22 = q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3
+    return (
+        (c00 * vx + c01 * vy + c02 * vz) / n2,
+        (c10 * vx + c11 * vy + c12 * vz) / n2,
+        (c20 * vx + c21 * vy + c22 * vz) / n2,
+    )
+
+
+@kernel
+def attitude_derivs(q, omega_BN_B, I_B, I_inv_B, torque_B, dq_out, dw_out):
+    """Attitude state derivative for a given total external torque ``torque_B`` [N m].
+
+    ``dq_out`` (4) = dq/dt, ``dw_out`` (3) = d omega_BN_B/dt. For a combined orbit+attitude RK4
+    that evaluates the torque itself at each stage.
+    """
+    q_dot(q, omega_BN_B, dq_out)
+    omega_dot(I_B, I_inv_B, omega_BN_B, torque_B, dw_out)
+
+
+@kernel
+def attitude_derivs_gg(q, omega_BN_B, I_B, I_inv_B, torque_B, r_BN_N, mu, gg_on, dq_out, dw_out):
+    """Attitude state derivative with ``torque_B`` plus (if ``gg_on``) the gravity-gradient torque.
+
+    The gravity-gradient torque is evaluated at this stage's attitude ``q`` and position
+    ``r_BN_N`` [m], so a combined orbit+attitude RK4 passes each stage's position. No allocation.
+    """
+    lx = torque_B[0]
+    ly = torque_B[1]
+    lz = torque_B[2]
+    if gg_on:
+        rx, ry, rz = _rotate_N_to_B(q, r_BN_N[0], r_BN_N[1], r_BN_N[2])
+        gx, gy, gz = _gg_from_r_B(rx, ry, rz, I_B, mu)
+        lx += gx
+        ly += gy
+        lz += gz
+    q_dot(q, omega_BN_B, dq_out)
+    w1 = omega_BN_B[0]
+    w2 = omega_BN_B[1]
+    w3 = omega_BN_B[2]
+    h1 = I_B[0, 0] * w1 + I_B[0, 1] * w2 + I_B[0, 2] * w3
+    h2 = I_B[1, 0] * w1 + I_B[1, 1] * w2 + I_B[1, 2] * w3
+    h3 = I_B[2, 0] * w1 + I_B[2, 1] * w2 + I_B[2, 2] * w3
+    g1 = lx - (w2 * h3 - w3 * h2)
+    g2 = ly - (w3 * h1 - w1 * h3)
+    g3 = lz - (w1 * h2 - w2 * h1)
+    dw_out[0] = I_inv_B[0, 0] * g1 + I_inv_B[0, 1] * g2 + I_inv_B[0, 2] * g3
+    dw_out[1] = I_inv_B[1, 0] * g1 + I_inv_B[1, 1] * g2 + I_inv_B[1, 2] * g3
+    dw_out[2] = I_inv_B[2, 0] * g1 + I_inv_B[2, 1] * g2 + I_inv_B[2, 2] * g3
+
+
+@kernel
+def rk4_attitude_step(
+    q, omega, I_B, I_inv_B, torque_B, r_BN_N, mu, gg_on, h_s, work, out_q, out_omega
+):
+    """One classical RK4 step of length ``h_s`` [s] of kinematics + Euler's equations.
+
+    ``q`` = q_BN (4), ``omega`` = omega_BN_B [rad/s] (3). ``torque_B`` [N m] is held constant over
+    the step; ``r_BN_N`` [m] is held constant for the gravity-gradient torque (added when
+    ``gg_on``), which is re-evaluated at each stage's attitude. ``work`` is a float64 scratch
+    array of length >= ATTITUDE_WORK_LEN. ``out_q`` is renormalised; ``out_q``/``out_omega`` may
+    alias ``q``/``omega``.
+
+    Returns STATUS_OK; STATUS_BAD_WORK if ``work`` is too short (outputs = inputs); or
+    STATUS_DEGENERATE if the new q has zero / non-finite norm (``out_q`` = identity).
+    """
+    if work.shape[0] < ATTITUDE_WORK_LEN:
+        for i in range(4):
+            out_q[i] = q[i]
+        for i in range(3):
+            out_omega[i] = omega[i]
+        return STATUS_BAD_WORK
+    qt = work[_QT : _QT + 4]
+    wt = work[_WT : _WT + 3]
+    for s in range(4):
+        kq = work[_KQ + 4 * s : _KQ + 4 * s + 4]
+        kw = work[_KW + 3 * s : _KW + 3 * s + 3]
+        if s == 0:
+            attitude_derivs_gg(q, omega, I_B, I_inv_B, torque_B, r_BN_N, mu, gg_on, kq, kw)
+        else:
+            c = 0.5 * h_s if s < 3 else h_s
+            pq = work[_KQ + 4 * (s - 1) : _KQ + 4 * s]
+            pw = work[_KW + 3 * (s - 1) : _KW + 3 * s]
+            for i in range(4):
+                qt[i] = q[i] + c * pq[i]
+            for i in range(3):
+                wt[i] = omega[i] + c * pw[i]
+            attitude_derivs_gg(qt, wt, I_B, I_inv_B, torque_B, r_BN_N, mu, gg_on, kq, kw)
+    h6 = h_s / 6.0
+    for i in range(4):
+        out_q[i] = q[i] + h6 * (
+            work[_KQ + i] + 2.0 * work[_KQ + 4 + i] + 2.0 * work[_KQ + 8 + i] + work[_KQ + 12 + i]
+        )
+    for i in range(3):
+        out_omega[i] = omega[i] + h6 * (
+            work[_KW + i] + 2.0 * work[_KW + 3 + i] + 2.0 * work[_KW + 6 + i] + work[_KW + 9 + i]
+        )
+    return q_normalize(out_q)
+
+
+# --------------------------------------------------------------------------------------------
+# LVLH-referenced attitude
+# --------------------------------------------------------------------------------------------
+
+
+@kernel
+def lvlh_attitude_q(r_BN_N, v_BN_N, dcm_BH, out_q_BN):
+    """``q_BN`` that holds the fixed attitude ``dcm_BH`` relative to LVLH (H) at state (r, v).
+
+    ``dcm_BN = dcm_BH @ dcm_HN(r, v)`` with ``dcm_HN`` from ``sims.orbit`` (z_H nadir, y_H = -h/|h|,
+    x_H = y_H x z_H). Allocates two 3x3 temporaries. Returns the status of ``q_from_dcm``.
+    """
+    hn = np.empty((3, 3))
+    _dcm_HN(r_BN_N, v_BN_N, hn)
+    bn = np.empty((3, 3))
+    for i in range(3):
+        for j in range(3):
+            bn[i, j] = dcm_BH[i, 0] * hn[0, j] + dcm_BH[i, 1] * hn[1, j] + dcm_BH[i, 2] * hn[2, j]
+    return q_from_dcm(bn, out_q_BN)
+
+
+@kernel
+def lvlh_rate_B(r_BN_N, v_BN_N, dcm_BN, out):
+    """Angular velocity of LVLH relative to N, ``omega_HN``, in B components [rad/s] into ``out``.
+
+    ``omega_HN_N = (r x v)/|r|^2``: the rate of the radial direction, exact for any orbit. It is
+    along the orbit normal, i.e. ``[0, -|h|/r^2, 0]`` in H (= ``[0, -n, 0]`` on a circular orbit).
+    A component about the radius vector, ``r (a . h_hat)/|h|``, appears only under out-of-plane
+    perturbing acceleration (J2, tiny) and is neglected. Holding a fixed attitude relative to
+    LVLH means ``omega_BN_B = out``. Returns STATUS_DEGENERATE (zero written) if r = 0.
+    """
+    r2 = r_BN_N[0] * r_BN_N[0] + r_BN_N[1] * r_BN_N[1] + r_BN_N[2] * r_BN_N[2]
+    if not (r2 > 0.0) or not math.isfinite(r2):
+        out[0] = 0.0
+        out[1] = 0.0
+        out[2] = 0.0
+        return STATUS_DEGENERATE
+    wx = (r_BN_N[1] * v_BN_N[2] - r_BN_N[2] * v_BN_N[1]) / r2
+    wy = (r_BN_N[2] * v_BN_N[0] - r_BN_N[0] * v_BN_N[2]) / r2
+    wz = (r_BN_N[0] * v_BN_N[1] - r_BN_N[1] * v_BN_N[0]) / r2
+    out[0] = dcm_BN[0, 0] * wx + dcm_BN[0, 1] * wy + dcm_BN[0, 2] * wz
+    out[1] = dcm_BN[1, 0] * wx + dcm_BN[1, 1] * wy + dcm_BN[1, 2] * wz
+    out[2] = dcm_BN[2, 0] * wx + dcm_BN[2, 1] * wy + dcm_BN[2, 2] * wz
+    return STATUS_OK
