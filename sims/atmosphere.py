@@ -7,9 +7,10 @@ its ``#`` header states the exact inputs. It is regenerated with ``tools/make_at
 (needs pymsis); this module never imports pymsis.
 
 The table altitude is geodetic; the orbit plant looks it up with the spherical altitude
-``|r| - R_EARTH``, which is lower than the geodetic altitude by up to about 12 km at the ISS's
-highest latitudes (51.6 deg). For an altitude-only global-mean profile that is well inside the
-model's own day/night and latitude spread, and it is the documented approximation.
+``|r| - R_EARTH``, which is lower than the geodetic altitude by up to about 13 km at the ISS's
+highest latitudes (51.6 deg), i.e. up to ~25 % more density there. That is smaller than the
+day/night spread the global mean already averages out (a factor 2-3 at 400 km), and it is the
+documented approximation.
 
 Interpolation is linear in ``log(rho)``, i.e. exponential between nodes with the local scale
 height; outside the table the nearest segment's scale height is extended. Units: SI (m, kg/m^3).

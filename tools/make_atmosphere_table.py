@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 # Solar and geomagnetic activity levels, long term, after ECSS-E-ST-10-04C (Space environment,
-# 15 November 2008), section 8 (neutral atmosphere), table of activity levels for long-term
-# applications: F10.7 (daily, previous day) = F10.7a (81-day mean) and daily Ap.
+# 15 November 2008): Table 6-3 (low / moderate / high long-term activity), used for both the daily
+# and the 81-day F10.7 as clause 7.2.1.2c prescribes for analyses longer than one week. The
+# numbers are the ones commonly quoted from that table; the table text itself was not re-read when
+# this script was written -- check them against the standard before relying on them.
 ACTIVITY_INPUTS = {
     "low": {"f107": 65.0, "f107a": 65.0, "ap": 0.0},
     "moderate": {"f107": 140.0, "f107a": 140.0, "ap": 15.0},
@@ -83,10 +85,14 @@ def header_lines() -> list[str]:
         "# Source: NRLMSIS 2.1 (Emmert et al. 2021, Earth and Space Science 8, e2020EA001321),",
         f"#   evaluated with pymsis {pymsis.__version__} (version=2.1, default switches)"
         " by tools/make_atmosphere_table.py.",
-        "# Activity inputs (long-term levels after ECSS-E-ST-10-04C, Space environment, 2008,",
-        "#   section 8 neutral atmosphere; F10.7 and F10.7a in sfu, daily Ap; all 7 ap entries",
-        "#   set to the daily Ap; passed explicitly, no space-weather file used):",
+        "# Activity inputs: long-term levels after ECSS-E-ST-10-04C (Space environment, 2008),",
+        "#   Table 6-3, long-term values used for daily and 81-day F10.7 (clause 7.2.1.2c);",
+        "#   values as commonly quoted from that table, not re-read from the standard here.",
+        "#   F10.7 and F10.7a in sfu, daily Ap; all 7 MSIS ap entries set to the daily Ap;",
+        "#   passed explicitly, so no space-weather file is read or downloaded:",
         f"#   {inputs}",
+        "# Note: ECSS-E-ST-10-04C itself prescribes JB-2006 for total density above 120 km;",
+        "#   this table uses NRLMSIS 2.1 by project choice.",
         f"# Epoch: {EPOCH} UTC (near the March 2024 equinox).",
         f"# Averaging: latitudes {LAT_DEG[0]:g}..{LAT_DEG[-1]:g} deg every 5 deg, weighted by"
         " cos(lat);",
