@@ -258,8 +258,10 @@ class _Table:
     def matrix3(self, key: str, unit: str = "") -> np.ndarray:
         what = f"a 3x3 list of lists of finite numbers{' [' + unit + ']' if unit else ''}"
         v = self.raw(key, ..., what)
-        if not isinstance(v, list) or len(v) != 3 or any(
-            not isinstance(r, list) or len(r) != 3 for r in v
+        if (
+            not isinstance(v, list)
+            or len(v) != 3
+            or any(not isinstance(r, list) or len(r) != 3 for r in v)
         ):
             raise self.fail(key, f"expected {what}, got {_show(v)}")
         rows = []
@@ -268,7 +270,11 @@ class _Table:
             for j, x in enumerate(r):
                 row.append(
                     _check_number(
-                        x, -1e12, 1e12, False, "[-1e12, 1e12]",
+                        x,
+                        -1e12,
+                        1e12,
+                        False,
+                        "[-1e12, 1e12]",
                         lambda m, i=i, j=j: self.fail(f"{key}[{i}][{j}]", m),
                     )
                 )
@@ -292,7 +298,9 @@ class _Table:
         for name, sub in v.items():
             if not isinstance(sub, dict):
                 raise ConfigError(
-                    self.where, f"expected a table ({what}), got {_show(sub)}", self.path(f"{key}.{name}")
+                    self.where,
+                    f"expected a table ({what}), got {_show(sub)}",
+                    self.path(f"{key}.{name}"),
                 )
         return v
 
@@ -309,13 +317,16 @@ def _check_number(v, lo, hi, lo_open, rng, fail) -> float:
     return x
 
 
-def _check_inertia(t: _Table, key: str, I: np.ndarray) -> np.ndarray:
+def _check_inertia(t: _Table, key: str, inertia: np.ndarray) -> np.ndarray:
+    I = inertia  # noqa: E741 - the conventional symbol
     scale = float(np.max(np.abs(I)))
     if not np.allclose(I, I.T, rtol=0.0, atol=1e-9 * max(scale, 1.0)):
         raise t.fail(key, f"expected a symmetric inertia matrix, got {_show(I.tolist())}")
     eig = np.linalg.eigvalsh(I)
     if eig[0] <= 0.0:
-        raise t.fail(key, f"expected a positive-definite inertia matrix, got eigenvalues {eig.tolist()}")
+        raise t.fail(
+            key, f"expected a positive-definite inertia matrix, got eigenvalues {eig.tolist()}"
+        )
     # Triangle inequality on the principal moments: each <= sum of the other two.
     a, b, c = eig
     if c > a + b + 1e-9 * c:
@@ -332,13 +343,17 @@ def _read_toml(path: Path, where: str) -> dict:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError(where, f"expected an existing file, got no such file {str(path)!r}") from None
+        raise ConfigError(
+            where, f"expected an existing file, got no such file {str(path)!r}"
+        ) from None
     except IsADirectoryError:
         raise ConfigError(where, "expected a TOML file, got a directory") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(where, f"expected valid TOML, got {exc}") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(where, f"expected UTF-8 TOML, got undecodable bytes ({exc.reason})") from None
+        raise ConfigError(
+            where, f"expected UTF-8 TOML, got undecodable bytes ({exc.reason})"
+        ) from None
     except OSError as exc:
         raise ConfigError(where, f"expected a readable file, got {exc.strerror}") from None
 
@@ -348,8 +363,14 @@ def _read_toml(path: Path, where: str) -> dict:
 # --------------------------------------------------------------------------------------------
 
 _STATION_KEYS = (
-    "name", "mass_kg", "com_m", "inertia_kg_m2", "drag_area_m2", "drag_coefficient",
-    "typical_orbit", "ports",
+    "name",
+    "mass_kg",
+    "com_m",
+    "inertia_kg_m2",
+    "drag_area_m2",
+    "drag_coefficient",
+    "typical_orbit",
+    "ports",
 )
 _ORBIT_KEYS = ("perigee_km", "apogee_km", "inclination_deg")
 _PORT_KEYS = ("position_m", "x_axis", "y_axis")
@@ -373,7 +394,9 @@ def load_station(path: str | Path) -> Station:
     perigee = orbit.number("perigee_km", 150.0, 2000.0, unit="km")
     apogee = orbit.number("apogee_km", 150.0, 2000.0, unit="km")
     if apogee < perigee:
-        raise orbit.fail("apogee_km", f"expected apogee >= perigee ({perigee:g} km), got {apogee:g}")
+        raise orbit.fail(
+            "apogee_km", f"expected apogee >= perigee ({perigee:g} km), got {apogee:g}"
+        )
     incl = orbit.number("inclination_deg", 0.0, 180.0, unit="deg")
 
     ports: dict[str, Port] = {}
@@ -385,13 +408,23 @@ def load_station(path: str | Path) -> Station:
         y = p.unit_vector("y_axis")
         dot = float(x @ y)
         if abs(dot) > UNIT_TOL:
-            raise p.fail("y_axis", f"expected a unit vector orthogonal to x_axis, got x.y = {dot:.9g}")
+            raise p.fail(
+                "y_axis", f"expected a unit vector orthogonal to x_axis, got x.y = {dot:.9g}"
+            )
         ports[pname] = Port(pname, _frozen(pos), _frozen(x), _frozen(y))
 
     return Station(
-        name=name, path=path, mass_kg=mass, com_m=_frozen(com), inertia_kg_m2=_frozen(inertia),
-        drag_area_m2=area, drag_coefficient=cd, perigee_km=perigee, apogee_km=apogee,
-        inclination_deg=incl, ports=ports,
+        name=name,
+        path=path,
+        mass_kg=mass,
+        com_m=_frozen(com),
+        inertia_kg_m2=_frozen(inertia),
+        drag_area_m2=area,
+        drag_coefficient=cd,
+        perigee_km=perigee,
+        apogee_km=apogee,
+        inclination_deg=incl,
+        ports=ports,
     )
 
 
@@ -404,8 +437,17 @@ _BLOWDOWN_KEYS = ("gas_volume_m3", "propellant_density_kg_m3", "polytropic_n")
 _TANK_KEYS = ("propellant_kg", "pressure_mode", "pressure_Pa", *_BLOWDOWN_KEYS)
 _EXPONENT_KEYS = ("thrust_exponent", "isp_exponent")
 _THRUSTER_KEYS = (
-    "position_m", "direction", "thrust_N", "isp_s", "tank", "open_delay_s", "close_delay_s",
-    "rise_time_s", "tail_off_s", "min_on_time_s", *_EXPONENT_KEYS,
+    "position_m",
+    "direction",
+    "thrust_N",
+    "isp_s",
+    "tank",
+    "open_delay_s",
+    "close_delay_s",
+    "rise_time_s",
+    "tail_off_s",
+    "min_on_time_s",
+    *_EXPONENT_KEYS,
 )
 
 
@@ -437,7 +479,9 @@ def load_vehicle(path: str | Path) -> Vehicle:
         else:
             for key in _BLOWDOWN_KEYS:
                 if key in raw:
-                    raise k.fail(key, f"expected no {key} for a regulated tank, got {_show(raw[key])}")
+                    raise k.fail(
+                        key, f"expected no {key} for a regulated tank, got {_show(raw[key])}"
+                    )
         tanks[tname] = Tank(tname, prop, mode, pressure, **extra)
 
     thrusters: dict[str, Thruster] = {}
@@ -464,11 +508,20 @@ def load_vehicle(path: str | Path) -> Vehicle:
             for key in _EXPONENT_KEYS:
                 if key in raw:
                     raise h.fail(
-                        key, f"expected no {key} for a thruster on a regulated tank, got {_show(raw[key])}"
+                        key,
+                        f"expected no {key} for a thruster on a regulated tank, "
+                        f"got {_show(raw[key])}",
                     )
         thrusters[hname] = Thruster(
-            hname, _frozen(pos), _frozen(direction), thrust, isp, tank, min_on_time_s=min_on,
-            **delays, **exps,
+            hname,
+            _frozen(pos),
+            _frozen(direction),
+            thrust,
+            isp,
+            tank,
+            min_on_time_s=min_on,
+            **delays,
+            **exps,
         )
 
     return Vehicle(name, path, dry, _frozen(com), _frozen(inertia), tanks, thrusters)
@@ -479,9 +532,19 @@ def load_vehicle(path: str | Path) -> Vehicle:
 # --------------------------------------------------------------------------------------------
 
 _STACK_KEYS = (
-    "name", "station", "vehicle", "port", "clock_deg", "attitude_ypr_deg", "translation_thrusters",
-    "attitude_thrusters", "control_period_s", "max_attitude_error_deg", "max_rate_deg_s",
-    "cmg_torque_budget_Nm", "solar_activity",
+    "name",
+    "station",
+    "vehicle",
+    "port",
+    "clock_deg",
+    "attitude_ypr_deg",
+    "translation_thrusters",
+    "attitude_thrusters",
+    "control_period_s",
+    "max_attitude_error_deg",
+    "max_rate_deg_s",
+    "cmg_torque_budget_Nm",
+    "solar_activity",
 )
 
 
@@ -497,8 +560,9 @@ def _stack_path(name_or_path: str) -> Path:
     path = CONFIG_DIR / "stacks" / f"{s}.toml"
     if not path.is_file():
         raise ConfigError(
-            s, f"expected a stack name (one of {', '.join(list_stacks())}) or a path to a .toml "
-            f"file, got no file {_display(path)}"
+            s,
+            f"expected a stack name (one of {', '.join(list_stacks())}) or a path to a .toml "
+            f"file, got no file {_display(path)}",
         )
     return path
 
@@ -506,7 +570,9 @@ def _stack_path(name_or_path: str) -> Path:
 def _resolve(t: _Table, key: str, stack_path: Path, kind: str) -> Path:
     stem = t.string(key)
     if not _STEM_RE.match(stem):
-        raise t.fail(key, f"expected a {kind} file stem (letters, digits, '-', '_', '.'), got {_show(stem)}")
+        raise t.fail(
+            key, f"expected a {kind} file stem (letters, digits, '-', '_', '.'), got {_show(stem)}"
+        )
     local = stack_path.resolve().parent.parent / f"{kind}s" / f"{stem}.toml"
     packaged = CONFIG_DIR / f"{kind}s" / f"{stem}.toml"
     for candidate in (local, packaged):
@@ -531,11 +597,16 @@ def load_stack(name_or_path: str | Path) -> Stack:
 
     port = t.string("port")
     if port not in station.ports:
-        raise t.fail("port", f"expected a port of {station.name} ({', '.join(station.ports)}), got {_show(port)}")
+        raise t.fail(
+            "port",
+            f"expected a port of {station.name} ({', '.join(station.ports)}), got {_show(port)}",
+        )
     clock = t.number("clock_deg", -360.0, 360.0, unit="deg")
     ypr = t.vector("attitude_ypr_deg", 3, 360.0, "deg")
     if abs(ypr[1]) > 90.0:
-        raise t.fail("attitude_ypr_deg[1]", f"expected a 3-2-1 pitch in [-90, 90] deg, got {ypr[1]:g}")
+        raise t.fail(
+            "attitude_ypr_deg[1]", f"expected a 3-2-1 pitch in [-90, 90] deg, got {ypr[1]:g}"
+        )
     trans = t.string_list("translation_thrusters")
     att = t.string_list("attitude_thrusters", allow_empty=True)
     seen: set[str] = set()
@@ -544,7 +615,9 @@ def load_stack(name_or_path: str | Path) -> Stack:
             if n not in vehicle.thrusters:
                 near = difflib.get_close_matches(n, list(vehicle.thrusters), n=1)
                 hint = f" (did you mean {near[0]!r}?)" if near else ""
-                raise t.fail(key, f"expected thrusters of {vehicle.name}{hint}, got unknown {_show(n)}")
+                raise t.fail(
+                    key, f"expected thrusters of {vehicle.name}{hint}, got unknown {_show(n)}"
+                )
             if n in seen:
                 raise t.fail(key, f"expected each thruster listed once, got {_show(n)} twice")
             seen.add(n)
@@ -555,10 +628,20 @@ def load_stack(name_or_path: str | Path) -> Stack:
     solar = t.string("solar_activity", SOLAR_ACTIVITIES, default="moderate")
 
     stack = Stack(
-        name=name, path=path, station=station, vehicle=vehicle, port=port, clock_deg=clock,
-        attitude_ypr_deg=_frozen(ypr), translation_thrusters=trans, attitude_thrusters=att,
-        control_period_s=period, max_attitude_error_deg=max_err, max_rate_deg_s=max_rate,
-        cmg_torque_budget_Nm=cmg, solar_activity=solar,
+        name=name,
+        path=path,
+        station=station,
+        vehicle=vehicle,
+        port=port,
+        clock_deg=clock,
+        attitude_ypr_deg=_frozen(ypr),
+        translation_thrusters=trans,
+        attitude_thrusters=att,
+        control_period_s=period,
+        max_attitude_error_deg=max_err,
+        max_rate_deg_s=max_rate,
+        cmg_torque_budget_Nm=cmg,
+        solar_activity=solar,
     )
 
     # The translation set must push the stack along the velocity in the reboost attitude.
@@ -674,9 +757,17 @@ def _geometry(stack: Stack) -> dict:
     thrust = np.array([h.thrust_N for h in ths])
     y, p, r = np.radians(stack.attitude_ypr_deg)
     return {
-        "mass": m, "r_C": r_C, "I_C": I_C, "dcm_BV": R_BV, "names": names, "thrusters": ths,
-        "r_TC_B": r_TB_B - r_C, "u_B": u_B, "thrust": thrust,
-        "force_B": thrust[:, None] * u_B, "dcm_BH": massprops.dcm_BH_from_ypr(y, p, r),
+        "mass": m,
+        "r_C": r_C,
+        "I_C": I_C,
+        "dcm_BV": R_BV,
+        "names": names,
+        "thrusters": ths,
+        "r_TC_B": r_TB_B - r_C,
+        "u_B": u_B,
+        "thrust": thrust,
+        "force_B": thrust[:, None] * u_B,
+        "dcm_BH": massprops.dcm_BH_from_ypr(y, p, r),
     }
 
 
