@@ -6,11 +6,10 @@ at three long-term solar/geomagnetic activity levels after ECSS-E-ST-10-04C (low
 its ``#`` header states the exact inputs. It is regenerated with ``tools/make_atmosphere_table.py``
 (needs pymsis); this module never imports pymsis.
 
-The table altitude is geodetic; the orbit plant looks it up with the spherical altitude
-``|r| - R_EARTH``, which is lower than the geodetic altitude by up to about 13 km at the ISS's
-highest latitudes (51.6 deg), i.e. up to ~25 % more density there. That is smaller than the
-day/night spread the global mean already averages out (a factor 2-3 at 400 km), and it is the
-documented approximation.
+The table altitude is geodetic; the orbit plant looks it up with the height above the WGS 84
+ellipsoid to first order in the flattening, ``|r| - R_EARTH (1 - f sin^2(phi))`` (phi geocentric
+latitude), which is within tens of metres of the geodetic height at ISS altitude. Using the
+spherical altitude instead would read up to 13 km too low at the ISS's highest latitudes.
 
 Interpolation is linear in ``log(rho)``, i.e. exponential between nodes with the local scale
 height; outside the table the nearest segment's scale height is extended. Units: SI (m, kg/m^3).

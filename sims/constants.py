@@ -4,6 +4,8 @@
 MU_EARTH = 3.986004418e14
 # Earth equatorial radius [m]: WGS 84 semi-major axis (NIMA TR8350.2, Table 3.1).
 R_EARTH = 6378137.0
+# Earth flattening [-]: WGS 84 1/f = 298.257223563 (NIMA TR8350.2, Table 3.1).
+F_EARTH = 1.0 / 298.257223563
 # Second zonal harmonic J2 [-]: EGM2008 unnormalised C20 = -1.08262668e-3 (Pavlis et al. 2012).
 J2_EARTH = 1.08262668e-3
 # Earth rotation rate [rad/s]: WGS 84 (NIMA TR8350.2, Table 3.1).

@@ -13,7 +13,8 @@ Physics
   precession/nutation): the J2 axis is z_N.
 * Drag: ``a = -0.5 rho (Cd A / m) |v_rel| v_rel`` with ``v_rel = v - omega_E x r``, an atmosphere
   co-rotating with the Earth about z_N. ``rho`` comes from :func:`sims.atmosphere.density_kg_m3`
-  at the *spherical* altitude ``|r| - R_EARTH`` (not geodetic; see sims/atmosphere.py).
+  at the height above the WGS 84 ellipsoid, ``|r| - R_EARTH (1 - f sin^2(phi))`` with phi the
+  geocentric latitude (good to tens of metres at ISS altitude; see sims/atmosphere.py).
 * Thrust: a force fixed in LVLH, ``F_N = dcm_HN.T @ force_H_N``, re-evaluated from the current
   (r, v) at every RK4 stage, with mass flow ``dm/dt = -mdot``.
 
@@ -36,7 +37,7 @@ import numpy as np
 
 from sims._jit import kernel
 from sims.atmosphere import density_kg_m3
-from sims.constants import J2_EARTH, MU_EARTH, OMEGA_EARTH, R_EARTH
+from sims.constants import F_EARTH, J2_EARTH, MU_EARTH, OMEGA_EARTH, R_EARTH
 
 TWO_PI = 2.0 * math.pi
 
@@ -77,7 +78,9 @@ def _gravity_drag(rx, ry, rz, vx, vy, vz, mass_kg, cd_area_m2, j2_on, table_alt_
         wy = vy - OMEGA_EARTH * rx
         wz = vz
         vrel = math.sqrt(wx * wx + wy * wy + wz * wz)
-        rho = density_kg_m3(r - R_EARTH, table_alt_m, table_log_rho)
+        # Height above the ellipsoid, first order in the flattening: the table is geodetic.
+        sin2 = rz * rz / r2
+        rho = density_kg_m3(r - R_EARTH * (1.0 - F_EARTH * sin2), table_alt_m, table_log_rho)
         d = -0.5 * rho * cd_area_m2 / mass_kg * vrel
         ax += d * wx
         ay += d * wy

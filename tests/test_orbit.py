@@ -170,7 +170,8 @@ def test_drag_decay_ordered_by_activity():
 
 
 def test_drag_acceleration_direction_and_magnitude():
-    """Drag opposes the velocity relative to the co-rotating air; |a| = rho Cd A v_rel^2/(2m)."""
+    """Drag opposes the velocity relative to the co-rotating air; |a| = rho Cd A v_rel^2/(2m),
+    with rho at the height above the WGS 84 ellipsoid (first order in the flattening)."""
     alt, lr = _table()
     y = _state(ISS_A, 0.0, ISS_INC, 0.3, 0.0, 0.7)
     a_grav = np.empty(3)
@@ -181,7 +182,11 @@ def test_drag_acceleration_direction_and_magnitude():
     v_rel = y[3:6] - np.cross([0.0, 0.0, OMEGA_EARTH], y[0:3])
     from sims.atmosphere import density_kg_m3
 
-    rho = density_kg_m3(np.linalg.norm(y[0:3]) - R_EARTH, alt, lr)
+    from sims.constants import F_EARTH
+
+    r = np.linalg.norm(y[0:3])
+    height = r - R_EARTH * (1.0 - F_EARTH * (y[2] / r) ** 2)
+    rho = density_kg_m3(height, alt, lr)
     expected = -0.5 * rho * ISS_CD_AREA / ISS_MASS * np.linalg.norm(v_rel) * v_rel
     np.testing.assert_allclose(a_drag, expected, rtol=1e-6, atol=1e-16)
 
