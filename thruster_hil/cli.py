@@ -21,7 +21,8 @@ class _OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line naming the argument, not a usage dump."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(self.prog, message)
+        where = self.prog.removeprefix(PROG).strip() or "arguments"
+        raise UserError(where, message)
 
 
 def _positive_float(name: str):
@@ -29,9 +30,9 @@ def _positive_float(name: str):
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} expects a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not math.isfinite(value) or value <= 0.0:
-            raise argparse.ArgumentTypeError(f"{name} expects a finite number > 0, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
         return value
 
     return parse

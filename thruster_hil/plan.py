@@ -118,9 +118,9 @@ def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None
     """Plan one reboost burn of a stack; returns the JSON-ready summary."""
     stack = load_stack(stack_ref)
     model = build_stack_model(stack)
-    typical = stack.station.typical_orbit
+    station = stack.station
     if perigee_km is None:
-        perigee_km, apogee_km = typical.perigee_km, typical.apogee_km
+        perigee_km, apogee_km = station.perigee_km, station.apogee_km
     if perigee_km > apogee_km:
         raise UserError("plan", f"--perigee-km ({perigee_km:g}) must not exceed --apogee-km "
                         f"({apogee_km:g})")
@@ -130,13 +130,15 @@ def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None
     activity = solar_activity or stack.solar_activity
     table = atmosphere.density_table(activity)
     a0, e0 = orbit.a_e_from_apsis_altitudes(perigee_km * 1e3, apogee_km * 1e3)
-    incl = math.radians(typical.inclination_deg)
+    incl = math.radians(station.inclination_deg)
     period = orbit.period_s(a0, MU_EARTH)
     mass0 = model.mass_kg
-    burn = _Burn(force_H_N=np.asarray(model.translation_force_H_N, dtype=np.float64),
-                 along_N=float(model.along_track_force_N), mdot_kg_s=float(model.mdot_kg_s),
-                 mass_kg=mass0)
-    cd_area = stack.station.drag_coefficient * stack.station.drag_area_m2
+    # Perfect attitude hold: the translation set's force is fixed in LVLH.
+    force_H = model.dcm_BH.T @ model.translation_force_B
+    burn = _Burn(force_H_N=np.ascontiguousarray(force_H, dtype=np.float64),
+                 along_N=float(model.along_track_thrust_N),
+                 mdot_kg_s=float(model.translation_mass_flow_kg_s), mass_kg=mass0)
+    cd_area = model.drag_coefficient * model.drag_area_m2
     apsis = "apogee"
 
     # Two-body estimate of the delta-v from vis-viva at the apsis, then secant corrections on
@@ -182,9 +184,10 @@ def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None
             t_burn, change = run(dv)
 
     force_total = float(np.linalg.norm(burn.force_H_N))
-    thrust_sum = float(np.sum(model.thrust_N[model.translation_index]))
+    thrust_sum = float(np.sum(model.thrust_N[model.translation_idx]))
     return {
-        "stack": stack.name,
+        "stack": stack.path.stem,
+        "stack_name": stack.name,
         "vehicle": stack.vehicle.name,
         "port": stack.port,
         "solar_activity": activity,
@@ -212,7 +215,7 @@ def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None
 def format_plan(p: dict) -> str:
     """The plan as a readable table."""
     rows = [
-        ("stack", f"{p['stack']} ({p['vehicle']} at {p['port']})"),
+        ("stack", f"{p['stack']}: {p['stack_name']} ({p['vehicle']} at {p['port']})"),
         ("translation thrusters", ", ".join(p["translation_thrusters"])),
         ("stack mass", f"{p['stack_mass_kg']:,.0f} kg"),
         ("along-track thrust", f"{p['along_track_thrust_N']:.1f} N of {p['thrust_sum_N']:.1f} N "
