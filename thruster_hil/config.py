@@ -652,7 +652,8 @@ def load_stack(name_or_path: str | Path) -> Stack:
         raise t.fail(
             "translation_thrusters",
             "expected a thruster set whose summed force in the reboost attitude points along-track "
-            f"(x_H component > half its magnitude), got F_H = {np.round(force_H, 3).tolist()} N",
+            "(x_H component > half its magnitude), "
+            f"got F_H = {(np.round(force_H, 3) + 0.0).tolist()} N",
         )
     return stack
 
