@@ -21,6 +21,8 @@ caller, no exceptions (status codes / documented fallback values), deterministic
 
 import math
 
+import numpy as np
+
 from sims._jit import kernel
 from sims.constants import G0
 
@@ -38,6 +40,8 @@ CYCLE_UNKNOWN_HEALTH = 3  # some health code unknown: that thruster treated as f
 # Fixed iteration budget for on_time_for_impulse's bisection (converges to adjacent doubles well
 # before this; the loop stops early when the bracket cannot shrink further).
 _BISECT_ITERS = 200
+# Smallest positive double: lower end of the bisection bracket in the valve-open time T [s].
+_SMALLEST_T = 5e-324
 
 
 @kernel
@@ -158,8 +162,9 @@ def on_time_for_impulse(impulse_Ns, thrust_N, open_delay_s, close_delay_s, tau_r
 
     Inverts the strictly increasing closed form in the valve-open time T by bisection on the
     bracket ``[max(0, I/F - tau_tail), I/F + tau_rise]`` (``F T - F tau_rise <= I(T) <=
-    F T + F tau_tail``), a fixed budget of iterations that stops when the bracket reaches adjacent
-    doubles. Returns ``T + open_delay - close_delay``, clamped below at 0:
+    F T + F tau_tail``), geometric while the bracket spans more than a factor 4, then arithmetic,
+    with a fixed budget of iterations (200; ~70 are used at most) that stops when the bracket
+    reaches adjacent doubles. Returns ``T + open_delay - close_delay``, clamped below at 0:
 
     * ``impulse_Ns <= 0`` (or NaN), ``thrust_N <= 0``: 0.
     * Requests at or below what the shortest possible pulse gives return the on-time of no
@@ -176,19 +181,39 @@ def on_time_for_impulse(impulse_Ns, thrust_N, open_delay_s, close_delay_s, tau_r
     ratio = impulse_Ns / thrust_N
     lo = max(0.0, ratio - max(tau_tail_s, 0.0))
     hi = ratio + max(tau_rise_s, 0.0)
-    for _ in range(_BISECT_ITERS):
-        mid = 0.5 * (lo + hi)
-        if not (mid > lo and mid < hi):
-            break
-        if _impulse_of_open_time(mid, thrust_N, tau_rise_s, tau_tail_s) < impulse_Ns:
-            lo = mid
-        else:
-            hi = mid
-    # pick the closer end of the final bracket
-    e_lo = impulse_Ns - _impulse_of_open_time(lo, thrust_N, tau_rise_s, tau_tail_s)
-    e_hi = _impulse_of_open_time(hi, thrust_N, tau_rise_s, tau_tail_s) - impulse_Ns
-    T = lo if e_lo < e_hi else hi
+    T = hi  # the bracket is a single point when tau_rise = tau_tail = 0: T = I/F exactly
+    if lo == 0.0:
+        lo = _SMALLEST_T
+        if _impulse_of_open_time(lo, thrust_N, tau_rise_s, tau_tail_s) >= impulse_Ns:
+            T = 0.0  # even the shortest opening delivers the request: no pulse
+            hi = lo
+    if hi > lo:
+        for _ in range(_BISECT_ITERS):
+            if hi > 4.0 * lo:
+                # geometric phase: halves log(hi/lo), so a root many decades below the top of
+                # the bracket (tiny tau_rise) is reached in ~11 steps instead of ~1000
+                mid = math.sqrt(lo) * math.sqrt(hi)
+            else:
+                mid = 0.5 * (lo + hi)
+            if not (mid > lo and mid < hi):
+                break
+            if _impulse_of_open_time(mid, thrust_N, tau_rise_s, tau_tail_s) < impulse_Ns:
+                lo = mid
+            else:
+                hi = mid
+        # pick the closer end of the final bracket
+        e_lo = impulse_Ns - _impulse_of_open_time(lo, thrust_N, tau_rise_s, tau_tail_s)
+        e_hi = _impulse_of_open_time(hi, thrust_N, tau_rise_s, tau_tail_s) - impulse_Ns
+        T = lo if e_lo < e_hi else hi
+        if T == _SMALLEST_T:
+            T = 0.0
     t_on = T + open_delay_s - close_delay_s
+    if T == 0.0:
+        # no pulse: make sure rounding in t_on + close_delay - open_delay cannot reopen the valve
+        for _ in range(8):
+            if not (t_on > 0.0) or not (t_on + close_delay_s - open_delay_s > 0.0):
+                break
+            t_on = np.nextafter(t_on, -np.inf)
     if not (t_on > 0.0):
         return 0.0
     return t_on
