@@ -181,7 +181,6 @@ def test_drag_acceleration_direction_and_magnitude():
     a_drag = a_tot - a_grav
     v_rel = y[3:6] - np.cross([0.0, 0.0, OMEGA_EARTH], y[0:3])
     from sims.atmosphere import density_kg_m3
-
     from sims.constants import F_EARTH
 
     r = np.linalg.norm(y[0:3])
