@@ -26,12 +26,12 @@ import numpy as np
 from sims._jit import kernel
 from sims.constants import G0
 
-# Thruster health codes (int array ``health`` in cycle_impulses).
+# Thruster health codes (int array ``health`` in valve_cycle).
 HEALTH_NOMINAL = 0
 HEALTH_FAILED_OFF = 1  # valve never opens: no thrust whatever the command
 HEALTH_STUCK_OPEN = 2  # valve always open: steady-state thrust for the whole cycle
 
-# Status codes of cycle_impulses.
+# Status codes of valve_cycle.
 CYCLE_OK = 0
 CYCLE_BAD_SHAPE = 1  # array shapes disagree with n_sub / n thrusters: nothing written
 CYCLE_BAD_PERIOD = 2  # period not > 0 or n_sub < 1: nothing written
@@ -290,96 +290,174 @@ def propellant_used_kg(impulse_Ns, isp_s):
 
 
 # --------------------------------------------------------------------------------------------
-# One control cycle for a set of thrusters
+# A set of valves over consecutive control cycles
 # --------------------------------------------------------------------------------------------
+#
+# The valve follows its command with a transport delay, ``open_delay`` on a rising command edge
+# and ``close_delay`` on a falling one, and the thrust follows the valve through a first-order
+# lag (``tau_rise`` while open, ``tau_tail`` while closed). The command of one cycle is "on for
+# ``t_on`` from the start of the cycle". Consecutive commands that cover a whole cycle and start
+# the next are one continuous command: the valve simply stays open, as a real solenoid does when
+# its drive drops for less than its close delay. Likewise a command gap shorter than
+# ``close_delay - open_delay`` is swallowed (the close edge would come after the next open edge).
+# State carried from one cycle to the next, per thruster (``valve_state[i, :]``):
+
+VS_THRUST = 0  # thrust level at the start of the cycle [N]
+VS_OPEN = 1  # valve open at the start of the cycle (1.0 / 0.0)
+VS_CMD_ON = 2  # the previous command was still on at the end of its cycle (1.0 / 0.0)
+VS_EDGE_T = 3  # two pending valve edges [time in this cycle s, +1 open / -1 close, ...]; NaN none
+VALVE_STATE_LEN = 7
+
+_OPEN = 1.0
+_CLOSE = -1.0
 
 
 @kernel
-def cycle_impulses(
-    on_time_s,
-    health,
-    thrust_N,
-    open_delay_s,
-    close_delay_s,
-    tau_rise_s,
-    tau_tail_s,
-    period_s,
-    n_sub,
-    carry_in_N,
-    out_impulse,
-    out_carry_N,
-):
-    """Impulse [N s] of each of n thrusters in each of ``n_sub`` equal sub-steps of one cycle.
+def _segment(f0, is_open, f_ss, tau_rise_s, tau_tail_s, dt):
+    """(impulse [N s], thrust at the end [N]) over ``dt`` with the valve held open or closed."""
+    if dt <= 0.0:
+        return 0.0, f0
+    if is_open:
+        if tau_rise_s <= 0.0:
+            return f_ss * dt, f_ss
+        x = dt / tau_rise_s
+        e = math.exp(-x)
+        return f_ss * dt + (f0 - f_ss) * tau_rise_s * _one_minus_exp(x), f_ss + (f0 - f_ss) * e
+    if tau_tail_s <= 0.0:
+        return 0.0, 0.0
+    x = dt / tau_tail_s
+    return f0 * tau_tail_s * _one_minus_exp(x), f0 * math.exp(-x)
 
-    ``out_impulse[k, i]`` is thruster i's impulse in ``[k h, (k+1) h]``, ``h = period_s/n_sub``.
 
-    * Nominal: the command ``on_time_s[i]`` is clamped to ``[0, period_s]`` (NaN -> 0) and the
-      pulse model integrated analytically over each sub-step.
-    * ``HEALTH_FAILED_OFF``: no thrust whatever the command.
-    * ``HEALTH_STUCK_OPEN``: ``thrust_N[i]`` for the whole cycle (``thrust_N[i] * h`` per
-      sub-step), no rise or tail modelled.
-    * Unknown health codes are treated as failed off and the status is CYCLE_UNKNOWN_HEALTH.
+@kernel
+def valve_cycle(on_time_s, health, thrust_N, open_delay_s, close_delay_s, tau_rise_s,
+                tau_tail_s, period_s, valve_state, out_impulse):
+    """Impulse [N s] of each of n thrusters in each of n_sub equal sub-steps of one cycle.
 
-    Carry model (impulse conservation): the part of a nominal pulse after ``t = period_s``
-    (close delay and tail-off running past the cycle end, or an open delay beyond the period) is
-    not lost: it is returned in ``out_carry_N[i]`` [N s] and the caller passes it back as
-    ``carry_in_N`` next cycle, where it is added to sub-step 0 — it is impulse already committed
-    by the valve, so it is delivered whatever that thruster's health is next cycle. Stuck-open and
-    failed-off thrusters carry nothing out. Hence, per thruster,
-    ``sum_k out_impulse[k, i] + out_carry_N[i] = effective_impulse(clamped t_on) + carry_in_N[i]``
-    for a nominal thruster. Arguments ``thrust_N`` and the delays/time constants are per
-    thruster (n,); the argument name ``carry_in_N`` follows the brief but the unit is N s.
+    ``on_time_s`` (n) is the command (clamped to [0, period_s]; NaN is 0), ``health`` (n) int,
+    ``thrust_N`` (n) the steady-state thrust at the present feed pressure. ``valve_state``
+    (n, VALVE_STATE_LEN) carries the valves and thrust levels from the previous cycle (all zeros
+    with the edge columns NaN at rest: :func:`valve_state_at_rest`) and is updated in place.
+    ``out_impulse`` is (n_sub, n). Impulse is never lost between cycles: a tail or a close delay
+    running past the cycle end is delivered in the next cycle from the carried state.
 
-    Returns CYCLE_OK, CYCLE_BAD_SHAPE / CYCLE_BAD_PERIOD (outputs untouched) or
-    CYCLE_UNKNOWN_HEALTH.
+    Health: HEALTH_FAILED_OFF closes the valve at once (the thrust then tails off);
+    HEALTH_STUCK_OPEN holds it open whatever the command. Unknown codes count as failed off and
+    return CYCLE_UNKNOWN_HEALTH.
     """
     n = on_time_s.shape[0]
-    if (
-        health.shape[0] != n
-        or thrust_N.shape[0] != n
-        or open_delay_s.shape[0] != n
-        or close_delay_s.shape[0] != n
-        or tau_rise_s.shape[0] != n
-        or tau_tail_s.shape[0] != n
-        or carry_in_N.shape[0] != n
-        or out_carry_N.shape[0] != n
-        or out_impulse.shape[0] != n_sub
-        or out_impulse.shape[1] != n
-    ):
+    n_sub = out_impulse.shape[0]
+    if (health.shape[0] != n or thrust_N.shape[0] != n or open_delay_s.shape[0] != n
+            or close_delay_s.shape[0] != n or tau_rise_s.shape[0] != n
+            or tau_tail_s.shape[0] != n or valve_state.shape[0] != n
+            or valve_state.shape[1] != VALVE_STATE_LEN or out_impulse.shape[1] != n):
         return CYCLE_BAD_SHAPE
     if not (period_s > 0.0) or n_sub < 1 or not math.isfinite(period_s):
         return CYCLE_BAD_PERIOD
     status = CYCLE_OK
     h = period_s / n_sub
+    et = np.empty(4)  # edge times, command order
+    ek = np.empty(4)  # edge kinds
     for i in range(n):
+        f_ss = thrust_N[i]
+        tr = tau_rise_s[i]
+        tt = tau_tail_s[i]
+        st = valve_state[i]
         code = health[i]
-        f = thrust_N[i]
-        if code == HEALTH_STUCK_OPEN:
-            for k in range(n_sub):
-                out_impulse[k, i] = f * h
-            out_carry_N[i] = 0.0
-        elif code == HEALTH_NOMINAL:
+        ne = 0
+        if code == HEALTH_NOMINAL:
             t_on = on_time_s[i]
             if not (t_on > 0.0):
                 t_on = 0.0
             elif t_on > period_s:
                 t_on = period_s
-            t_od = open_delay_s[i]
-            t_cd = close_delay_s[i]
-            tr = tau_rise_s[i]
-            tt = tau_tail_s[i]
-            for k in range(n_sub):
-                # sub-step 0 starts at -inf so nothing is lost even for a (non-physical)
-                # negative open delay
-                t_a = -math.inf if k == 0 else k * h
-                t_b = period_s if k == n_sub - 1 else (k + 1) * h
-                out_impulse[k, i] = pulse_impulse(t_on, t_a, t_b, f, t_od, t_cd, tr, tt)
-            out_carry_N[i] = pulse_impulse(t_on, period_s, math.inf, f, t_od, t_cd, tr, tt)
+            for p in range(2):
+                if st[VS_EDGE_T + 2 * p] == st[VS_EDGE_T + 2 * p]:
+                    et[ne] = st[VS_EDGE_T + 2 * p]
+                    ek[ne] = st[VS_EDGE_T + 2 * p + 1]
+                    ne += 1
+            prev_on = st[VS_CMD_ON] > 0.5
+            if t_on > 0.0 and not prev_on:
+                et[ne] = open_delay_s[i]
+                ek[ne] = _OPEN
+                ne += 1
+            if t_on == 0.0 and prev_on:
+                et[ne] = close_delay_s[i]
+                ek[ne] = _CLOSE
+                ne += 1
+            if 0.0 < t_on < period_s:
+                et[ne] = t_on + close_delay_s[i]
+                ek[ne] = _CLOSE
+                ne += 1
+            st[VS_CMD_ON] = 1.0 if t_on >= period_s else 0.0
+            # An edge that would come no later than the one before it (a gap or a pulse shorter
+            # than the delay difference) cancels with it: the valve never moves.
+            kept = 0
+            for e in range(ne):
+                if kept > 0 and ek[e] != ek[kept - 1] and et[e] <= et[kept - 1]:
+                    kept -= 1
+                else:
+                    et[kept] = et[e]
+                    ek[kept] = ek[e]
+                    kept += 1
+            ne = kept
         else:
-            if code != HEALTH_FAILED_OFF:
+            if code != HEALTH_FAILED_OFF and code != HEALTH_STUCK_OPEN:
                 status = CYCLE_UNKNOWN_HEALTH
-            for k in range(n_sub):
-                out_impulse[k, i] = 0.0
-            out_carry_N[i] = 0.0
-        out_impulse[0, i] += carry_in_N[i]
+            st[VS_OPEN] = 1.0 if code == HEALTH_STUCK_OPEN else 0.0
+            st[VS_CMD_ON] = 0.0
+        f = st[VS_THRUST]
+        is_open = st[VS_OPEN] > 0.5
+        e = 0
+        for k in range(n_sub):
+            a = k * h
+            b = period_s if k == n_sub - 1 else (k + 1) * h
+            total = 0.0
+            while e < ne and et[e] <= b:
+                imp, f = _segment(f, is_open, f_ss, tr, tt, et[e] - a)
+                total += imp
+                a = max(a, et[e])
+                is_open = ek[e] == _OPEN
+                e += 1
+            imp, f = _segment(f, is_open, f_ss, tr, tt, b - a)
+            out_impulse[k, i] = total + imp
+        st[VS_THRUST] = f
+        st[VS_OPEN] = 1.0 if is_open else 0.0
+        for p in range(2):
+            if e < ne:
+                st[VS_EDGE_T + 2 * p] = et[e] - period_s
+                st[VS_EDGE_T + 2 * p + 1] = ek[e]
+                e += 1
+            else:
+                st[VS_EDGE_T + 2 * p] = math.nan
+                st[VS_EDGE_T + 2 * p + 1] = 0.0
     return status
+
+
+def valve_state_at_rest(n: int) -> np.ndarray:
+    """A (n, VALVE_STATE_LEN) valve state: valves closed, no thrust, no pending edge."""
+    state = np.zeros((n, VALVE_STATE_LEN))
+    state[:, VS_EDGE_T] = math.nan
+    state[:, VS_EDGE_T + 2] = math.nan
+    return state
+
+
+@kernel
+def attributed_impulse(t_on_s, continuing, thrust_N, open_delay_s, close_delay_s, tau_rise_s,
+                       tau_tail_s):
+    """The impulse [N s] a command adds, booked to the cycle that commands it.
+
+    A pulse that starts from a closed valve books its whole effective impulse (tail and close
+    delay included, though they land in the next cycle). A command that continues a previous
+    full-cycle command (``continuing``) keeps the valve open: it books ``thrust * t_on``, because
+    its run's tail was booked when the run started. Over a run of cycles the bookings add up to
+    the run's delivered impulse exactly, once the run is long against ``tau_rise`` (1 - exp(-T/
+    tau_rise) = 1 to double precision), which is what :func:`valve_cycle` delivers; the pulse
+    modulator books with this and so conserves impulse.
+    """
+    if not (t_on_s > 0.0):
+        return 0.0
+    if continuing:
+        return thrust_N * t_on_s
+    return effective_impulse(t_on_s, thrust_N, open_delay_s, close_delay_s, tau_rise_s,
+                             tau_tail_s)
