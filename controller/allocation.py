@@ -194,8 +194,11 @@ def allocate(A, row_weight, H, wanted, lb, ub, x, wset, L, work, free_idx, achie
 
     ``H`` comes from :func:`normal_matrix` for the same A, row_weight and regularisation.
     ``x``/``wset`` warm-start and return the solution; ``achieved`` (rows of A) receives ``A x``.
-    Returns (qp_status, relative weighted residual ||W^1/2 (A x - w)|| / ||W^1/2 w||, iterations);
-    the residual is 0 for a zero request that is met.
+    Returns (qp_status, relative weighted residual ||W^1/2 (A x - w)|| / ||W^1/2 w||, iterations,
+    saturated): the residual is 0 for a zero request that is met; ``saturated`` is True when an
+    actuator sits at a limit of its range that binds (its multiplier is positive: it would go
+    further if it could), i.e. the bounds, not the geometry, keep the request from being met.
+    A thruster at zero is resting, not saturated.
     """
     n_rows = A.shape[0]
     m = A.shape[1]
@@ -220,7 +223,20 @@ def allocate(A, row_weight, H, wanted, lb, ub, x, wset, L, work, free_idx, achie
         rel = math.sqrt(num / den)
     else:
         rel = 0.0 if num == 0.0 else math.inf
-    return status, rel, it
+    saturated = False
+    for i in range(m):
+        if wset[i] == FREE or lb[i] >= ub[i]:
+            continue
+        if wset[i] == AT_LOWER and lb[i] == 0.0:
+            continue
+        s = g[i]
+        for j in range(m):
+            s += H[i, j] * x[j]
+        lam = s if wset[i] == AT_LOWER else -s
+        if lam > 1e-9 * (abs(g[i]) + H[i, i] * (abs(lb[i]) + abs(ub[i]))):
+            saturated = True
+            break
+    return status, rel, it, saturated
 
 
 #: Rows of ``work`` that :func:`allocate` needs: the QP's plus one for the gradient.

@@ -461,3 +461,25 @@ def mean_apsides(states: np.ndarray, dt_s: float, mu: float = MU_EARTH
     a_mean = float(np.sum(w * a) / wsum)
     e_mean = float(np.linalg.norm(np.sum(w[:, None] * evec, axis=0) / wsum))
     return a_mean, a_mean * (1.0 - e_mean) - R_EARTH, a_mean * (1.0 + e_mean) - R_EARTH
+
+
+def rv_before_apsis(a_m: float, e: float, incl_rad: float, seconds_to_apsis: float,
+                    apsis: str = "apogee", raan_rad: float = 0.0,
+                    argp_rad: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(r_BN_N [m], v_BN_N [m/s]) on the two-body orbit (a, e, i, RAAN, argp) that reaches
+    ``apsis`` ("apogee" or "perigee") ``seconds_to_apsis`` [s] later (Kepler's equation by
+    Newton's method; Vallado, Algorithm 2)."""
+    n = math.sqrt(MU_EARTH / a_m**3)
+    mean_anomaly = (math.pi if apsis == "apogee" else 0.0) - n * seconds_to_apsis
+    big_e = mean_anomaly if e < 0.8 else math.pi
+    for _ in range(50):
+        step = (big_e - e * math.sin(big_e) - mean_anomaly) / (1.0 - e * math.cos(big_e))
+        big_e -= step
+        if abs(step) < 1e-15:
+            break
+    nu = 2.0 * math.atan2(math.sqrt(1.0 + e) * math.sin(big_e / 2.0),
+                          math.sqrt(1.0 - e) * math.cos(big_e / 2.0))
+    r = np.empty(3)
+    v = np.empty(3)
+    rv_from_elements(a_m, e, incl_rad, raan_rad, argp_rad, nu, MU_EARTH, r, v)
+    return r, v

@@ -29,9 +29,9 @@ def _solve(A, row_w, reg, w, lb, ub, x0=None, wset=None):
     x = np.zeros(m) if x0 is None else x0.copy()
     ws = np.zeros(m, np.int8) if wset is None else wset.copy()
     achieved = np.empty(A.shape[0])
-    status, rel, it = allocate(A, row_w, H, w, lb, ub, x, ws, np.empty((m, m)),
-                               np.empty((ALLOC_WORK_ROWS, m)), np.empty(m, np.int64), achieved,
-                               10 * m + 10)
+    status, rel, it, _ = allocate(A, row_w, H, w, lb, ub, x, ws, np.empty((m, m)),
+                                  np.empty((ALLOC_WORK_ROWS, m)), np.empty(m, np.int64),
+                                  achieved, 10 * m + 10)
     return status, rel, it, x, ws, achieved
 
 
@@ -130,3 +130,21 @@ def test_exact_request_is_met_with_least_effort():
     status, rel, _, x, _, _ = _solve(A, np.ones(6), np.full(4, 1e-9), w, np.zeros(4), np.ones(4))
     assert status == QP_OK and rel < 1e-6
     np.testing.assert_allclose(x, [0.5, 0.5, 0.0, 0.0], atol=1e-6)
+
+
+def test_saturation_is_a_binding_upper_bound_not_a_resting_thruster():
+    """Asking one +x thruster for twice its range saturates it; asking for half does not, and
+    an idle thruster at zero is not saturated."""
+    A = np.zeros((6, 2))
+    A[0, 0] = 1.0
+    A[1, 1] = 1.0
+    m = 2
+    H = np.empty((m, m))
+    normal_matrix(A, np.ones(6), np.full(m, 1e-9), H)
+    for want_x, expect in ((2.0, True), (0.5, False)):
+        x = np.zeros(m)
+        *_, saturated = allocate(A, np.ones(6), H, np.array([want_x, 0, 0, 0, 0, 0.0]),
+                                 np.zeros(m), np.ones(m), x, np.zeros(m, np.int8),
+                                 np.empty((m, m)), np.empty((ALLOC_WORK_ROWS, m)),
+                                 np.empty(m, np.int64), np.empty(6), 50)
+        assert saturated is expect

@@ -55,18 +55,57 @@ def build_parser() -> argparse.ArgumentParser:
         "propagating the finite burn (two-body + J2 + drag). Perigee and apogee are mean "
         "(orbit-averaged) altitudes.",
     )
-    plan.add_argument(
+    _add_burn_arguments(plan)
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+    plan.set_defaults(handler=_cmd_plan)
+
+    run = sub.add_parser(
+        "run",
+        help="fly a reboost in closed loop: controller, plant and a propulsion unit",
+        description="Plan the burn as 'plan' does, then fly it: every control cycle the "
+        "controller computes the valve on-times, the unit executes them and the plant integrates "
+        "what the unit executed. '--unit sim' is the in-process ideal unit: the software-in-the-"
+        "loop reference that hardware runs are compared against.",
+    )
+    _add_burn_arguments(run)
+    run.add_argument("--unit", choices=("sim",), default="sim",
+                     help="propulsion unit: sim = in-process ideal unit (default)")
+    run.add_argument("--fail-thruster", action="append", default=[], metavar="NAME@SECONDS",
+                     type=_failure, help="fail thruster NAME off at SECONDS into the burn "
+                     "(repeatable)")
+    run.add_argument("--json", action="store_true", help="print one JSON object")
+    run.set_defaults(handler=_cmd_run)
+    return parser
+
+
+def _failure(text: str) -> tuple[str, float]:
+    name, sep, when = text.rpartition("@")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME@SECONDS, got {text!r}")
+    try:
+        at_s = float(when)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME@SECONDS with SECONDS a number, got {text!r}") from None
+    if not math.isfinite(at_s) or at_s < 0.0:
+        raise argparse.ArgumentTypeError(f"expected SECONDS >= 0, got {text!r}")
+    return name, at_s
+
+
+def _add_burn_arguments(p: argparse.ArgumentParser) -> None:
+    """The stack, the initial orbit and the target: shared by plan and run."""
+    p.add_argument(
         "--stack", default="dragon-boost-kit", metavar="NAME|PATH",
         help="stack name in hw_configs/stacks/ or a path to a stack TOML "
         "(default: dragon-boost-kit)",
     )
-    plan.add_argument("--perigee-km", type=_positive_float("--perigee-km"), metavar="P",
-                      help="initial mean perigee altitude [km] (default: the station's typical "
-                      "orbit)")
-    plan.add_argument("--apogee-km", type=_positive_float("--apogee-km"), metavar="A",
-                      help="initial mean apogee altitude [km] (default: the station's typical "
-                      "orbit)")
-    target = plan.add_mutually_exclusive_group(required=True)
+    p.add_argument("--perigee-km", type=_positive_float("--perigee-km"), metavar="P",
+                   help="initial mean perigee altitude [km] (default: the station's typical "
+                   "orbit)")
+    p.add_argument("--apogee-km", type=_positive_float("--apogee-km"), metavar="A",
+                   help="initial mean apogee altitude [km] (default: the station's typical "
+                   "orbit)")
+    target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--delta-v", type=_positive_float("--delta-v"), metavar="MPS",
                         help="along-track delta-v [m/s]")
     target.add_argument("--raise-perigee-km", type=_positive_float("--raise-perigee-km"),
@@ -75,18 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-mean-altitude-km"), metavar="H", help="reach a mean altitude of H km")
     target.add_argument("--burn-duration", type=_positive_float("--burn-duration"), metavar="S",
                         help="burn for S seconds")
-    plan.add_argument("--solar-activity", choices=("low", "moderate", "high"),
-                      help="atmosphere density level (default: the stack's)")
-    plan.add_argument("--json", action="store_true", help="print one JSON object")
-    plan.set_defaults(handler=_cmd_plan)
-    return parser
+    p.add_argument("--solar-activity", choices=("low", "moderate", "high"),
+                   help="atmosphere density level (default: the stack's)")
 
 
-def _cmd_plan(args: argparse.Namespace) -> int:
-    from thruster_hil.plan import Target, format_plan, plan_burn
+def _plan_from_args(args: argparse.Namespace) -> dict:
+    from thruster_hil.plan import Target, plan_burn
 
     if (args.perigee_km is None) != (args.apogee_km is None):
-        raise UserError("plan", "--perigee-km and --apogee-km go together: give both or neither")
+        raise UserError(args.command, "--perigee-km and --apogee-km go together: give both or "
+                        "neither")
     if args.delta_v is not None:
         target = Target("delta_v", args.delta_v)
     elif args.raise_perigee_km is not None:
@@ -95,12 +132,39 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         target = Target("mean_altitude", args.target_mean_altitude_km)
     else:
         target = Target("burn_duration", args.burn_duration)
-    result = plan_burn(args.stack, target, perigee_km=args.perigee_km, apogee_km=args.apogee_km,
-                       solar_activity=args.solar_activity)
+    return plan_burn(args.stack, target, perigee_km=args.perigee_km, apogee_km=args.apogee_km,
+                     solar_activity=args.solar_activity)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from thruster_hil.plan import format_plan
+
+    result = _plan_from_args(args)
     if args.json:
         print(json.dumps(result, sort_keys=False))
     else:
         print(format_plan(result))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from sims.runner import Failure, format_run, run_burn
+    from thruster_hil.config import build_stack_model, load_stack
+
+    plan = _plan_from_args(args)
+    model = build_stack_model(load_stack(args.stack))
+    names = list(model.thruster_names)
+    failures = []
+    for name, at_s in args.fail_thruster:
+        if name not in names:
+            raise UserError("run", f"expected a thruster of stack {plan['stack']} ("
+                            f"{', '.join(names)}), got {name!r}", field="--fail-thruster")
+        failures.append(Failure(name, at_s))
+    result = run_burn(model, plan, failures=failures)
+    if args.json:
+        print(json.dumps(result.summary))
+    else:
+        print(format_run(result.summary))
     return 0
 
 

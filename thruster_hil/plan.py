@@ -68,27 +68,27 @@ class _Burn:
         return self.c_eff_mps * math.log(self.mass_kg / m_end)
 
 
-def _solve_kepler(mean_anomaly: float, e: float) -> float:
-    """Eccentric anomaly [rad] for a mean anomaly [rad] (Newton, e < 1)."""
-    big_e = mean_anomaly if e < 0.8 else math.pi
-    for _ in range(30):
-        big_e -= (big_e - e * math.sin(big_e) - mean_anomaly) / (1.0 - e * math.cos(big_e))
-    return big_e
-
-
 def _initial_state(a_m: float, e: float, incl_rad: float, mass_kg: float,
                    seconds_to_apsis: float, apsis: str) -> np.ndarray:
-    """Osculating state [r_BN_N, v_BN_N, m] that reaches the chosen apsis after the given time."""
-    n = math.sqrt(MU_EARTH / a_m**3)
-    m_apsis = math.pi if apsis == "apogee" else 0.0
-    mean_anomaly = m_apsis - n * seconds_to_apsis
-    big_e = _solve_kepler(mean_anomaly, e)
-    nu = 2.0 * math.atan2(math.sqrt(1 + e) * math.sin(big_e / 2),
-                          math.sqrt(1 - e) * math.cos(big_e / 2))
-    r = np.zeros(3)
-    v = np.zeros(3)
-    orbit.rv_from_elements(a_m, e, incl_rad, 0.0, 0.0, nu, MU_EARTH, r, v)
+    """Orbit state [r_BN_N, v_BN_N, m] that reaches the chosen apsis after the given time."""
+    r, v = orbit.rv_before_apsis(a_m, e, incl_rad, seconds_to_apsis, apsis)
     return np.concatenate([r, v, [mass_kg]])
+
+
+def mean_change(y_burn: np.ndarray, y_coast: np.ndarray, period_s: float, cd_area_m2: float,
+                table: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Mean-element change of a burn: orbit-average the burned and the no-burn state over the
+    next orbit (two-body + J2 + drag) and difference them [m]."""
+    n_window = int(round(period_s / STEP_S))
+    alt, log_rho = table
+    out = np.empty((n_window + 1, 7))
+    means = []
+    for y in (y_burn, y_coast):
+        orbit.propagate(np.ascontiguousarray(y[:7]), STEP_S, n_window, N_SUB, 0.0, 0.0,
+                        np.zeros(3), 0.0, cd_area_m2, 1.0, alt, log_rho, out)
+        means.append(orbit.mean_apsides(out[:n_window], STEP_S, MU_EARTH))
+    (a_b, rp_b, ra_b), (a_c, rp_c, ra_c) = means
+    return {"d_a_m": a_b - a_c, "d_perigee_m": rp_b - rp_c, "d_apogee_m": ra_b - ra_c}
 
 
 def _propagate_pair(y0: np.ndarray, burn: _Burn, t_burn_s: float, cd_area_m2: float,
@@ -195,6 +195,7 @@ def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None
         "burn_duration_s": t_burn,
         "propellant_kg": burn.mass_kg * (1.0 - math.exp(-dv / burn.c_eff_mps)),
         "stack_mass_kg": mass0,
+        "inclination_deg": station.inclination_deg,
         "perigee_km_before": perigee_km,
         "apogee_km_before": apogee_km,
         "perigee_km_after": perigee_km + change["d_perigee_m"] / 1e3,

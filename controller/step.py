@@ -1,0 +1,321 @@
+"""controller.step: one control cycle, guidance -> attitude hold -> allocation -> modulation.
+
+A pure numba kernel on preallocated arrays: no allocation, no Python objects, no I/O, no
+exceptions. The array layouts are fixed here; :mod:`controller.build` fills them once from a
+validated stack.
+
+Guidance. The burn pushes along the velocity: the wanted force is along x_H (LVLH along-track)
+expressed in B. The achieved delta-v is the along-track projection of the accelerometer's
+delta-v increments (sensed, not predicted), plus the impulse the valves have been commanded but
+not yet delivered (close delay and tail-off running into this cycle, from the pulse model). The
+last cycle asks for just the remaining delta-v, so the modulator shortens its pulses and the burn
+ends on target, not one cycle late. The burn is complete once the remainder is below one minimum
+impulse bit of the largest translation thruster.
+
+Attitude hold. The reference R is the stack's reboost attitude held in LVLH
+(``dcm_RN = dcm_BH @ dcm_HN``). A PD law on the error q_BR (vector part, doubled) and on the rate
+relative to R, with a rate limit (the proportional term asks for at most ``max_rate``) and a
+per-axis torque limit, plus the gyroscopic term ``omega x I omega``. If the attitude error
+exceeds the stack's limit the translation force is inhibited (attitude first) until the error is
+back below 80 % of the limit.
+
+Allocation and modulation: :mod:`controller.allocation` turns the wanted wrench (impulse over the
+cycle) into per-thruster impulses and CMG torque; :mod:`controller.modulation` turns impulses
+into on-times in whole ticks, reported in ms (uint16).
+"""
+
+from __future__ import annotations
+
+import math
+
+from controller.allocation import AT_LOWER, QP_OK, allocate
+from controller.modulation import (
+    M_LAST_ON,
+    T_CLOSE_DELAY,
+    T_MAX_IMPULSE,
+    T_OPEN_DELAY,
+    T_TAU_RISE,
+    T_TAU_TAIL,
+    T_THRUST,
+    T_TRANSLATION,
+    modulate_one,
+    reset_one,
+)
+from sims._jit import kernel
+from sims.attitude import q_from_dcm
+from sims.thrusters import HEALTH_NOMINAL, HEALTH_STUCK_OPEN, pulse_impulse
+
+# ---- sensor vector -------------------------------------------------------------------------
+S_R = 0  # r_BN_N [m] (3)
+S_V = 3  # v_BN_N [m/s] (3)
+S_Q = 6  # q_BN (4), scalar first
+S_W = 10  # omega_BN_B [rad/s] (3)
+S_MASS = 13  # stack mass estimate [kg]
+S_DV = 14  # accelerometer delta-v over the last cycle, in B [m/s] (3)
+SENS_LEN = 17
+
+# ---- parameters ----------------------------------------------------------------------------
+P_PERIOD = 0  # control period [s]
+P_TICK = 1  # unit tick [s]
+P_TARGET_DV = 2  # target along-track delta-v [m/s]
+P_KP = 3  # proportional gains per body axis [N m / rad] (3)
+P_KD = 6  # derivative gains per body axis [N m s / rad] (3)
+P_MAX_RATE = 9  # rate limit [rad/s]
+P_TORQUE_LIMIT = 10  # per-axis torque limit [N m] (3)
+P_ATT_LIMIT = 13  # attitude error limit [rad]
+P_DV_TOL = 14  # burn complete below this remainder [m/s]
+P_DCM_BH = 15  # reboost attitude relative to LVLH (9, row-major)
+P_INERTIA = 24  # stack inertia about the CoM in B [kg m^2] (9, row-major)
+P_ROW_WEIGHT = 33  # allocation row weights (6)
+P_MAX_ITER = 39  # QP iteration cap
+PARAM_LEN = 40
+
+# ---- controller state and diagnostics ------------------------------------------------------
+C_DV_ALONG = 0  # sensed along-track delta-v so far [m/s]
+C_COMPLETE = 1  # 1.0 once the burn is complete
+C_INHIBIT = 2  # 1.0 while translation is inhibited by the attitude limit
+C_CYCLE = 3  # cycles stepped
+C_ATT_ERR = 4  # attitude error this cycle [rad]
+C_REMAINING = 5  # remaining delta-v this cycle (in-flight impulse counted) [m/s]
+C_RESIDUAL = 6  # allocation's relative weighted residual
+C_ITER = 7  # allocation iterations
+C_FORCE = 8  # along-track force requested [N]
+C_INFLIGHT = 9  # delta-v commanded but not yet delivered [m/s]
+C_WANT = 10  # wanted wrench over the cycle [N s, N m s] (6)
+C_ACHIEVED = 16  # allocated wrench (6)
+C_TORQUE = 22  # torque requested by the attitude law [N m] (3)
+C_DCM_BN = 25  # scratch (9)
+C_DCM_RN = 34  # scratch (9)
+C_XH_B = 43  # along-track unit vector in B (3)
+C_DCM_BR = 46  # scratch (9)
+C_QE = 55  # error quaternion q_BR (4)
+C_WREF = 59  # reference rate omega_RN in B [rad/s] (3)
+CTRL_LEN = 62
+
+# ---- allocation rows (qp array) -------------------------------------------------------------
+Q_LB = 0
+Q_UB = 1
+Q_X = 2
+Q_WORK = 3  # three rows of solver scratch
+QP_ROWS = 6
+I_WSET = 0  # ints row: working set
+I_FREE = 1  # ints row: free-index scratch
+
+# ---- status word ---------------------------------------------------------------------------
+ST_BURNING = 1 << 0
+ST_COMPLETE = 1 << 1
+ST_SATURATED = 1 << 2  # the wanted wrench was not met because an actuator limit binds
+ST_INFEASIBLE = 1 << 3  # it was far from met (residual > 10 %) or the solver failed
+ST_ATTITUDE_LIMIT = 1 << 4  # attitude error beyond the limit: translation inhibited
+ST_RATE_LIMITED = 1 << 5
+ST_TORQUE_LIMITED = 1 << 6
+ST_THRUSTER_OUT = 1 << 7  # a thruster is failed or stuck: allocated around it
+ST_BAD_INPUT = 1 << 8  # non-finite or impossible sensor input: all valves closed
+STATUS_NAMES = {
+    ST_BURNING: "burning", ST_COMPLETE: "complete", ST_SATURATED: "saturated",
+    ST_INFEASIBLE: "infeasible", ST_ATTITUDE_LIMIT: "attitude_limit",
+    ST_RATE_LIMITED: "rate_limited", ST_TORQUE_LIMITED: "torque_limited",
+    ST_THRUSTER_OUT: "thruster_out", ST_BAD_INPUT: "bad_input",
+}
+
+SATURATION_TOL = 1e-6
+INFEASIBLE_TOL = 0.1
+
+
+def describe_status(status: int) -> list[str]:
+    """The names of the bits set in a status word."""
+    return [name for bit, name in STATUS_NAMES.items() if status & bit]
+
+
+@kernel
+def _close_all(on_ms, mod):
+    for i in range(on_ms.shape[0]):
+        on_ms[i] = 0
+        reset_one(mod[i])
+
+
+@kernel
+def step(sens, params, A, H, L, qp, ints, thr, mod, health, ctrl, on_ms):
+    """One control cycle. Writes ``on_ms`` (n, uint16) and returns the status word (int).
+
+    sens (SENS_LEN), params (PARAM_LEN), A (6, m) allocation matrix (thruster columns scaled by
+    their full-cycle impulse, then CMG columns), H (m, m) its normal matrix, L (m, m) scratch,
+    qp (QP_ROWS, m), ints (2, m) int64, thr (n, THR_COLS), mod (n, MOD_COLS), health (n) int64,
+    ctrl (CTRL_LEN) state and diagnostics, on_ms (n) uint16 out.
+    """
+    n = on_ms.shape[0]
+    period = params[P_PERIOD]
+    tick = params[P_TICK]
+    ctrl[C_CYCLE] += 1.0
+    # -- inputs: never act on garbage ------------------------------------------------------
+    ok = sens[S_MASS] > 0.0
+    for k in range(SENS_LEN):
+        if not math.isfinite(sens[k]):
+            ok = False
+    rx, ry, rz = sens[S_R], sens[S_R + 1], sens[S_R + 2]
+    vx, vy, vz = sens[S_V], sens[S_V + 1], sens[S_V + 2]
+    r2 = rx * rx + ry * ry + rz * rz
+    hx, hy, hz = ry * vz - rz * vy, rz * vx - rx * vz, rx * vy - ry * vx
+    hn = math.sqrt(hx * hx + hy * hy + hz * hz)
+    q0, q1, q2, q3 = sens[S_Q], sens[S_Q + 1], sens[S_Q + 2], sens[S_Q + 3]
+    qn = math.sqrt(q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3)
+    if not ok or not (r2 > 0.0) or not (hn > 0.0) or not (qn > 0.0):
+        _close_all(on_ms, mod)
+        return ST_BAD_INPUT
+    status = 0
+    mass = sens[S_MASS]
+    q0, q1, q2, q3 = q0 / qn, q1 / qn, q2 / qn, q3 / qn
+    # -- frames ------------------------------------------------------------------------------
+    bn = ctrl[C_DCM_BN:C_DCM_BN + 9]
+    bn[0] = q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3
+    bn[1] = 2.0 * (q1 * q2 + q0 * q3)
+    bn[2] = 2.0 * (q1 * q3 - q0 * q2)
+    bn[3] = 2.0 * (q1 * q2 - q0 * q3)
+    bn[4] = q0 * q0 - q1 * q1 + q2 * q2 - q3 * q3
+    bn[5] = 2.0 * (q2 * q3 + q0 * q1)
+    bn[6] = 2.0 * (q1 * q3 + q0 * q2)
+    bn[7] = 2.0 * (q2 * q3 - q0 * q1)
+    bn[8] = q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3
+    r = math.sqrt(r2)
+    # LVLH: z nadir, y = -h/|h|, x = y cross z (rows of dcm_HN).
+    zx, zy, zz = -rx / r, -ry / r, -rz / r
+    yx, yy, yz = -hx / hn, -hy / hn, -hz / hn
+    xx, xy, xz = yy * zz - yz * zy, yz * zx - yx * zz, yx * zy - yy * zx
+    bh = params[P_DCM_BH:P_DCM_BH + 9]
+    rn = ctrl[C_DCM_RN:C_DCM_RN + 9]
+    for i in range(3):
+        rn[3 * i] = bh[3 * i] * xx + bh[3 * i + 1] * yx + bh[3 * i + 2] * zx
+        rn[3 * i + 1] = bh[3 * i] * xy + bh[3 * i + 1] * yy + bh[3 * i + 2] * zy
+        rn[3 * i + 2] = bh[3 * i] * xz + bh[3 * i + 1] * yz + bh[3 * i + 2] * zz
+    xb = ctrl[C_XH_B:C_XH_B + 3]
+    for i in range(3):
+        xb[i] = bn[3 * i] * xx + bn[3 * i + 1] * xy + bn[3 * i + 2] * xz
+    # -- guidance ----------------------------------------------------------------------------
+    ctrl[C_DV_ALONG] += sens[S_DV] * xb[0] + sens[S_DV + 1] * xb[1] + sens[S_DV + 2] * xb[2]
+    inflight = 0.0
+    f_along_max = 0.0
+    for i in range(n):
+        ax = A[0, i] * xb[0] + A[1, i] * xb[1] + A[2, i] * xb[2]  # along-track impulse at x=1
+        t_prev = mod[i, M_LAST_ON]
+        if t_prev > 0.0:
+            spill = pulse_impulse(t_prev, period, math.inf, thr[i, T_THRUST],
+                                  thr[i, T_OPEN_DELAY], thr[i, T_CLOSE_DELAY], thr[i, T_TAU_RISE],
+                                  thr[i, T_TAU_TAIL])
+            inflight += spill * ax / thr[i, T_MAX_IMPULSE]
+        if thr[i, T_TRANSLATION] > 0.5 and health[i] == HEALTH_NOMINAL and ax > 0.0:
+            f_along_max += ax / period
+        if health[i] != HEALTH_NOMINAL:
+            status |= ST_THRUSTER_OUT
+    inflight /= mass
+    remaining = params[P_TARGET_DV] - ctrl[C_DV_ALONG] - inflight
+    ctrl[C_INFLIGHT] = inflight
+    ctrl[C_REMAINING] = remaining
+    if ctrl[C_COMPLETE] < 0.5 and remaining <= params[P_DV_TOL]:
+        ctrl[C_COMPLETE] = 1.0
+        for i in range(n):
+            if thr[i, T_TRANSLATION] > 0.5:
+                reset_one(mod[i])
+    force = 0.0
+    if ctrl[C_COMPLETE] > 0.5:
+        status |= ST_COMPLETE
+    else:
+        status |= ST_BURNING
+        force = mass * remaining / period
+        if force > f_along_max:
+            force = f_along_max
+    # -- attitude hold -----------------------------------------------------------------------
+    # dcm_BR = dcm_BN dcm_RN^T, error quaternion by Sheppard's method (shortest rotation).
+    br = ctrl[C_DCM_BR:C_DCM_BR + 9]
+    for i in range(3):
+        for j in range(3):
+            br[3 * i + j] = (bn[3 * i] * rn[3 * j] + bn[3 * i + 1] * rn[3 * j + 1]
+                             + bn[3 * i + 2] * rn[3 * j + 2])
+    qe = ctrl[C_QE:C_QE + 4]
+    q_from_dcm(br.reshape((3, 3)), qe)
+    err = 2.0 * math.atan2(math.sqrt(qe[1] ** 2 + qe[2] ** 2 + qe[3] ** 2), abs(qe[0]))
+    ctrl[C_ATT_ERR] = err
+    sgn = 1.0 if qe[0] >= 0.0 else -1.0
+    ex, ey, ez = 2.0 * sgn * qe[1], 2.0 * sgn * qe[2], 2.0 * sgn * qe[3]
+    # omega_RN = omega_HN = h / r^2 (in N), in B:
+    wrx, wry, wrz = hx / r2, hy / r2, hz / r2
+    w_ref = ctrl[C_WREF:C_WREF + 3]
+    for i in range(3):
+        w_ref[i] = bn[3 * i] * wrx + bn[3 * i + 1] * wry + bn[3 * i + 2] * wrz
+    wx, wy, wz = sens[S_W], sens[S_W + 1], sens[S_W + 2]
+    kp = params[P_KP:P_KP + 3]
+    kd = params[P_KD:P_KD + 3]
+    # The proportional term as a rate demand, limited in norm.
+    dx, dy, dz = -kp[0] / kd[0] * ex, -kp[1] / kd[1] * ey, -kp[2] / kd[2] * ez
+    dn = math.sqrt(dx * dx + dy * dy + dz * dz)
+    max_rate = params[P_MAX_RATE]
+    if dn > max_rate:
+        s = max_rate / dn
+        dx, dy, dz = dx * s, dy * s, dz * s
+        status |= ST_RATE_LIMITED
+    inertia = params[P_INERTIA:P_INERTIA + 9]
+    ix = inertia[0] * wx + inertia[1] * wy + inertia[2] * wz
+    iy = inertia[3] * wx + inertia[4] * wy + inertia[5] * wz
+    iz = inertia[6] * wx + inertia[7] * wy + inertia[8] * wz
+    lx = -kd[0] * (wx - w_ref[0] - dx) + (wy * iz - wz * iy)
+    ly = -kd[1] * (wy - w_ref[1] - dy) + (wz * ix - wx * iz)
+    lz = -kd[2] * (wz - w_ref[2] - dz) + (wx * iy - wy * ix)
+    torque = ctrl[C_TORQUE:C_TORQUE + 3]
+    torque[0], torque[1], torque[2] = lx, ly, lz
+    lim = params[P_TORQUE_LIMIT:P_TORQUE_LIMIT + 3]
+    for k in range(3):
+        if torque[k] > lim[k]:
+            torque[k] = lim[k]
+            status |= ST_TORQUE_LIMITED
+        elif torque[k] < -lim[k]:
+            torque[k] = -lim[k]
+            status |= ST_TORQUE_LIMITED
+    limit = params[P_ATT_LIMIT]
+    if err > limit:
+        ctrl[C_INHIBIT] = 1.0
+    elif err < 0.8 * limit:
+        ctrl[C_INHIBIT] = 0.0
+    if ctrl[C_INHIBIT] > 0.5:
+        status |= ST_ATTITUDE_LIMIT
+        force = 0.0
+    ctrl[C_FORCE] = force
+    # -- allocation --------------------------------------------------------------------------
+    want = ctrl[C_WANT:C_WANT + 6]
+    for k in range(3):
+        want[k] = force * xb[k] * period
+        want[3 + k] = torque[k] * period
+    lb = qp[Q_LB]
+    ub = qp[Q_UB]
+    x = qp[Q_X]
+    for i in range(n):
+        if health[i] == HEALTH_NOMINAL:
+            lb[i] = 0.0
+            ub[i] = 1.0
+        elif health[i] == HEALTH_STUCK_OPEN:
+            lb[i] = 1.0  # firing whatever we say: the others must cancel it
+            ub[i] = 1.0
+        else:
+            lb[i] = 0.0
+            ub[i] = 0.0
+    wset = ints[I_WSET]
+    for i in range(n):
+        if lb[i] >= ub[i]:
+            wset[i] = AT_LOWER
+    qp_status, resid, iters, saturated = allocate(
+        A, params[P_ROW_WEIGHT:P_ROW_WEIGHT + 6], H, want, lb, ub, x, wset, L,
+        qp[Q_WORK:Q_WORK + 3], ints[I_FREE], ctrl[C_ACHIEVED:C_ACHIEVED + 6],
+        int(params[P_MAX_ITER]))
+    ctrl[C_RESIDUAL] = resid
+    ctrl[C_ITER] = iters
+    if qp_status != QP_OK or resid > INFEASIBLE_TOL:
+        status |= ST_INFEASIBLE
+    if saturated and resid > SATURATION_TOL:
+        status |= ST_SATURATED
+    # -- modulation --------------------------------------------------------------------------
+    for i in range(n):
+        if health[i] == HEALTH_NOMINAL:
+            t_on = modulate_one(x[i] * thr[i, T_MAX_IMPULSE], thr[i], mod[i], period, tick)
+            on_ms[i] = int(t_on * 1000.0 + 0.5)
+        else:
+            reset_one(mod[i])
+            on_ms[i] = 0
+    return status
