@@ -19,15 +19,15 @@ import time
 from numba.core.registry import CPUDispatcher
 
 import controller.allocation
+import controller.cycle
 import controller.modulation
-import controller.step
 import sims.attitude
 import sims.thrusters
 from sims.runner import run_burn
 from thruster_hil.config import build_stack_model, list_stacks, load_stack
 from thruster_hil.plan import Target, plan_burn
 
-MODULES = (controller.step, controller.allocation, controller.modulation, sims.attitude,
+MODULES = (controller.cycle, controller.allocation, controller.modulation, sims.attitude,
            sims.thrusters)
 
 
@@ -88,10 +88,10 @@ def main(argv=None) -> int:
     out = {"stacks": {}}
     for stack in list_stacks():
         n, snap = _mid_burn_controller(stack)
-        step = controller.step.step
+        step = controller.cycle.step
         numba_us = statistics.median(_time_calls(step, snap, args.repeat))
         with plain_python():
-            py = controller.step.step
+            py = controller.cycle.step
             python_us = statistics.median(_time_calls(py, snap, max(50, args.repeat // 200)))
         out["stacks"][stack] = {"thrusters": n, "numba_us_median": round(numba_us, 3),
                                 "python_us_median": round(python_us, 1),

@@ -1,6 +1,6 @@
 """The thin, validated Python layer: build the controller's arrays once from a stack model.
 
-Everything here runs once, before the first cycle; :func:`controller.step.step` then runs every
+Everything here runs once, before the first cycle; :func:`controller.cycle.step` then runs every
 cycle on the arrays built here without allocating.
 """
 
@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from controller import cycle as st
 from controller import modulation as mo
-from controller import step as st
 from controller.allocation import ALLOC_WORK_ROWS, AT_LOWER, FREE, normal_matrix
 from sims.thrusters import HEALTH_NOMINAL, effective_impulse
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from controller import step as cst
+from controller import cycle as cst
 from controller.build import Controller, build_controller
 from sims import atmosphere, orbit, plant
 from sims.attitude import dcm_from_q, lvlh_attitude_q, lvlh_rate_B

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from controller import step as cst
+from controller import cycle as cst
 from controller.build import build_controller
 from sims.runner import Failure, run_burn
 from thruster_hil.cli import main
@@ -25,7 +25,10 @@ RUN_KEYS = {
 }
 
 
-def _fly(stack, failures=None, target=Target("raise_perigee", 1.6)):
+PERIGEE_RISE = Target("raise_perigee", 1.6)
+
+
+def _fly(stack, failures=None, target=PERIGEE_RISE):
     model = build_stack_model(load_stack(stack))
     plan = plan_burn(stack, target)
     return model, plan, run_burn(model, plan, failures=failures)
