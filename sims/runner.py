@@ -8,7 +8,8 @@ Each control cycle:
    (:class:`IdealUnit` in process for the SIL reference; the serial units of firmware_bridge
    implement the same ``execute``);
 4. the valves turn the *executed* on-times into sub-step impulses and the plant integrates the
-   cycle with them.
+   cycle with them; the propellant drawn sets each tank's pressure and so the thrust and Isp of
+   the next cycle (blowdown tanks; a regulated tank holds its pressure until it is empty).
 
 The burn starts at ignition (half the planned burn before the apsis the plan centres it on), in
 the stack's reboost attitude held in LVLH, and ends when the controller reports the target
@@ -36,6 +37,7 @@ from sims.thrusters import (
     HEALTH_NOMINAL,
     VS_EDGE_T,
     VS_THRUST,
+    feed_update,
     valve_cycle,
     valve_state_at_rest,
 )
@@ -139,8 +141,20 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
     inertia_inv = np.linalg.inv(inertia)
     u_T_B = np.ascontiguousarray(model.u_T_B)
     r_TC_B = np.ascontiguousarray(model.r_TC_B)
-    isp = np.ascontiguousarray(model.isp_s, dtype=np.float64)
-    thrust = np.ascontiguousarray(model.thrust_N, dtype=np.float64)
+    isp_ref = np.ascontiguousarray(model.isp_s, dtype=np.float64)
+    thrust_ref = np.ascontiguousarray(model.thrust_N, dtype=np.float64)
+    isp = isp_ref.copy()  # present Isp and thrust: they follow the feed pressure
+    thrust = thrust_ref.copy()
+    feed = (np.ascontiguousarray(model.tank_idx, dtype=np.int64),
+            np.ascontiguousarray(model.tank_propellant_kg, dtype=np.float64),
+            np.ascontiguousarray(model.tank_blowdown, dtype=np.bool_),
+            np.ascontiguousarray(model.tank_pressure_Pa, dtype=np.float64),
+            np.ascontiguousarray(model.tank_gas_volume_m3, dtype=np.float64),
+            np.ascontiguousarray(model.tank_propellant_density_kg_m3, dtype=np.float64),
+            np.ascontiguousarray(model.tank_polytropic_n, dtype=np.float64), thrust_ref, isp_ref,
+            np.ascontiguousarray(model.thrust_exponent, dtype=np.float64),
+            np.ascontiguousarray(model.isp_exponent, dtype=np.float64))
+    tank_used = np.zeros(len(model.tank_names))
     t_od = np.ascontiguousarray(model.open_delay_s, dtype=np.float64)
     t_cd = np.ascontiguousarray(model.close_delay_s, dtype=np.float64)
     tau_r = np.ascontiguousarray(model.rise_time_s, dtype=np.float64)
@@ -202,6 +216,7 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
             cmg[:] = ctrl.qp[cst.Q_X, n:n + 3] * budget
         plant.plant_cycle(y, period, impulse, u_T_B, r_TC_B, isp, cmg, inertia, inertia_inv,
                           cd_area, 1.0, 1.0, table[0], table[1], work, y, sensed)
+        feed_update(impulse, isp, *feed, tank_used, thrust, isp)
         if k == 0:
             wall0 = time.perf_counter()  # the first cycle also loads the kernels: not timed
         if on_cycle is not None:
@@ -246,6 +261,8 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
         "max_attitude_error_deg": math.degrees(max_err),
         "attitude_limit_deg": math.degrees(model.max_attitude_error_rad),
         "propellant_kg": float(y_start[plant.M] - y[plant.M]),
+        "tank_used_kg": {name: round(float(u), 4) for name, u in zip(model.tank_names, tank_used,
+                                                                       strict=True)},
         "perigee_km_before": plan["perigee_km_before"],
         "apogee_km_before": plan["apogee_km_before"],
         "perigee_km_after": plan["perigee_km_before"] + change["d_perigee_m"] / 1e3,

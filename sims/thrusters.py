@@ -461,3 +461,38 @@ def attributed_impulse(t_on_s, continuing, thrust_N, open_delay_s, close_delay_s
         return thrust_N * t_on_s
     return effective_impulse(t_on_s, thrust_N, open_delay_s, close_delay_s, tau_rise_s,
                              tau_tail_s)
+
+
+@kernel
+def feed_update(impulse_Ns, isp_s, tank_idx, tank_load_kg, tank_blowdown, tank_p0_Pa,
+                tank_gas_volume_m3, tank_density_kg_m3, tank_polytropic_n, thrust_ref_N,
+                isp_ref_s, thrust_exponent, isp_exponent, tank_used_kg, out_thrust_N, out_isp_s):
+    """Draw a cycle's propellant from the tanks, then the next cycle's thrust and Isp.
+
+    ``impulse_Ns`` (n_sub, n) is what each thruster delivered at its present Isp ``isp_s`` (n);
+    the propellant ``I / (Isp g0)`` is added to ``tank_used_kg`` (n_tanks) of each thruster's
+    tank. Each tank's pressure follows :func:`blowdown_pressure_Pa` or
+    :func:`regulated_pressure_Pa`, and each thruster's thrust and Isp follow
+    :func:`thrust_isp_at_pressure` against its tank's initial pressure (the exponents are 0 on a
+    regulated tank). An empty tank gives no thrust. Writes out_thrust_N and out_isp_s (n).
+    """
+    n = impulse_Ns.shape[1]
+    for i in range(n):
+        total = 0.0
+        for k in range(impulse_Ns.shape[0]):
+            total += impulse_Ns[k, i]
+        tank_used_kg[tank_idx[i]] += propellant_used_kg(total, isp_s[i])
+    for i in range(n):
+        t = tank_idx[i]
+        used = tank_used_kg[t]
+        if used >= tank_load_kg[t]:
+            p = 0.0
+        elif tank_blowdown[t]:
+            p = blowdown_pressure_Pa(tank_p0_Pa[t], tank_gas_volume_m3[t], used,
+                                     tank_density_kg_m3[t], tank_polytropic_n[t])
+        else:
+            p = tank_p0_Pa[t]
+        f, isp = thrust_isp_at_pressure(thrust_ref_N[i], isp_ref_s[i], tank_p0_Pa[t], p,
+                                        thrust_exponent[i], isp_exponent[i])
+        out_thrust_N[i] = f
+        out_isp_s[i] = isp if isp > 0.0 else isp_ref_s[i]

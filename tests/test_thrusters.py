@@ -355,3 +355,33 @@ def test_cycle_bad_inputs_return_status():
     status = thr.valve_cycle(np.zeros(1), np.zeros(1, np.int64), *cols, 1.0, state,
                              np.zeros((3, 2)))
     assert status == thr.CYCLE_BAD_SHAPE
+
+
+def _feed(impulse, blowdown, load=10.0):
+    n = impulse.shape[1]
+    used = np.zeros(1)
+    thrust = np.zeros(n)
+    isp = np.full(n, 220.0)
+    thr.feed_update(impulse, isp.copy(), np.zeros(n, np.int64), np.array([load]),
+                    np.array([blowdown]), np.array([2.0e6]), np.array([0.02]),
+                    np.array([1000.0]), np.array([1.0]), np.full(n, 25.0), np.full(n, 220.0),
+                    np.full(n, 1.0 if blowdown else 0.0), np.full(n, 0.05 if blowdown else 0.0),
+                    used, thrust, isp)
+    return used[0], thrust, isp
+
+
+def test_feed_draws_propellant_and_blows_down():
+    """1000 N s at 220 s draws 1000/(220 g0) kg; the blowdown tank (isothermal, V0 = 20 l) then
+    feeds at p0 V0/(V0 + m/rho), and thrust follows pressure (exponent 1)."""
+    used, thrust, isp = _feed(np.full((2, 1), 500.0), True)
+    assert _rel_close(used, 1000.0 / (220.0 * G0), 1e-14)
+    ratio = 0.02 / (0.02 + used / 1000.0)
+    assert _rel_close(thrust[0], 25.0 * ratio, 1e-12)
+    assert _rel_close(isp[0], 220.0 * ratio**0.05, 1e-12)
+
+
+def test_regulated_feed_holds_then_an_empty_tank_gives_nothing():
+    _, thrust, _ = _feed(np.full((1, 1), 500.0), False)
+    assert thrust[0] == 25.0
+    _, thrust, _ = _feed(np.full((1, 1), 500.0), False, load=0.1)
+    assert thrust[0] == 0.0
