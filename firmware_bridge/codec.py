@@ -119,8 +119,12 @@ def _values(spec: MessageSpec, fields: dict[str, Any]) -> list[int]:
     return out
 
 
-def encode_packet(name: str, seq: int, flags: int = 0, **fields: Any) -> bytes:
-    """The packet (headers, payload, CRC) of one message, before COBS framing."""
+def encode_packet(name: str, seq: int, flags: int = 0, /, **fields: Any) -> bytes:
+    """The packet (headers, payload, CRC) of one message, before COBS framing.
+
+    ``name``, ``seq`` and the header ``flags`` are positional-only, so a message field that is
+    itself called ``flags`` (VALVE_REPORT) goes into ``fields``.
+    """
     try:
         spec = MESSAGES[name]
     except KeyError:
@@ -138,8 +142,9 @@ def encode_packet(name: str, seq: int, flags: int = 0, **fields: Any) -> bytes:
     return body + _CRC.pack(crc16(body))
 
 
-def encode(name: str, seq: int, flags: int = 0, **fields: Any) -> bytes:
-    """The wire frame of one message: ``COBS(packet) + b"\\x00"``."""
+def encode(name: str, seq: int, flags: int = 0, /, **fields: Any) -> bytes:
+    """The wire frame of one message: ``COBS(packet) + b"\\x00"`` (arguments as
+    :func:`encode_packet`)."""
     return _cobs.encode(encode_packet(name, seq, flags, **fields)) + b"\x00"
 
 
