@@ -62,6 +62,8 @@ class IdealUnit:
     clamped to the cycle, and never fires a thruster that has failed."""
 
     name = "sim"
+    realtime = False
+    errors: tuple = ()
 
     def __init__(self, n: int, period_ms: int):
         self.period_ms = period_ms
@@ -175,65 +177,83 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
     complete_cycle = None
     status_counts: dict[str, int] = {}
     events: list[dict] = []
-    rtts: list[float] = []
+    unit_errors = tuple(getattr(unit, "errors", ()))
+    realtime = bool(getattr(unit, "realtime", False))
+    aborted: str | None = None
+    late_cycles = 0
     wall0 = time.perf_counter()
     k = 0
-    while k < max_cycles:
-        t = k * period
-        for f in failures:
-            if f.applied_cycle is None and t >= f.at_s:
-                f.applied_cycle = k
-                true_health[f.index] = f.code
-                if hasattr(unit, "fail"):
-                    unit.fail(f.index, f.code)
-                events.append({"event": "thruster_failed", "thruster": f.name, "t_s": t,
-                               "cycle": k})
-        _sensors(ctrl, y, sensed)
-        sensed[:] = 0.0
-        status = ctrl.step()
-        for bit, name in cst.STATUS_NAMES.items():
-            if status & bit:
-                status_counts[name] = status_counts.get(name, 0) + 1
-        max_err = max(max_err, ctrl.attitude_error_rad)
-        if complete_cycle is None and ctrl.complete:
-            complete_cycle = k
-            events.append({"event": "burn_complete", "t_s": t, "cycle": k,
-                           "sensed_dv_mps": ctrl.dv_along_mps})
-        report = unit.execute(k, ctrl.on_ms)
-        if report.rtt_s:
-            rtts.append(report.rtt_s)
-        newly_out = (report.health != HEALTH_NOMINAL) & (ctrl.health == HEALTH_NOMINAL)
-        if newly_out.any():
-            for i in np.flatnonzero(newly_out):
-                events.append({"event": "reallocated", "thruster": names[i], "t_s": t,
-                               "cycle": k, "health": int(report.health[i])})
-        ctrl.health[:] = report.health
-        max_on_ms = max(max_on_ms, int(ctrl.on_ms.max()) if n else 0)
-        bound_violations += int(np.count_nonzero(ctrl.on_ms > period_ms))
-        np.multiply(report.executed_ms, 1e-3, out=on_s)
-        valve_cycle(on_s, true_health, thrust, t_od, t_cd, tau_r, tau_t, period, valves, impulse)
-        if budget > 0.0:
-            cmg[:] = ctrl.qp[cst.Q_X, n:n + 3] * budget
-        plant.plant_cycle(y, period, impulse, u_T_B, r_TC_B, isp, cmg, inertia, inertia_inv,
-                          cd_area, 1.0, 1.0, table[0], table[1], work, y, sensed)
-        feed_update(impulse, isp, *feed, tank_used, thrust, isp)
-        if k == 0:
-            wall0 = time.perf_counter()  # the first cycle also loads the kernels: not timed
-        if on_cycle is not None:
-            on_cycle(k, {"t_s": t, "status": status, "ctrl": ctrl, "y": y,
-                         "executed_ms": report.executed_ms})
-        k += 1
-        if complete_cycle is not None:
-            quiet = (np.all(valves[:, VS_THRUST] < 1e-9 * thrust)
-                     and np.all(np.isnan(valves[:, VS_EDGE_T])))
-            if quiet and not ctrl.on_ms[np.asarray(model.translation_idx)].any():
-                break
+    pace0 = time.monotonic()
+    try:
+        while k < max_cycles:
+            if realtime:
+                # Pace the cycles on the wall clock: cycle k starts k periods after the first.
+                lag = time.monotonic() - (pace0 + k * period)
+                if lag < 0.0:
+                    time.sleep(-lag)
+                elif lag > 0.5 * period:
+                    late_cycles += 1
+            t = k * period
+            for f in failures:
+                if f.applied_cycle is None and t >= f.at_s:
+                    f.applied_cycle = k
+                    true_health[f.index] = f.code
+                    if hasattr(unit, "fail"):
+                        unit.fail(f.index, f.code)
+                    events.append({"event": "thruster_failed", "thruster": f.name, "t_s": t,
+                                   "cycle": k})
+            _sensors(ctrl, y, sensed)
+            sensed[:] = 0.0
+            status = ctrl.step()
+            for bit, name in cst.STATUS_NAMES.items():
+                if status & bit:
+                    status_counts[name] = status_counts.get(name, 0) + 1
+            max_err = max(max_err, ctrl.attitude_error_rad)
+            if complete_cycle is None and ctrl.complete:
+                complete_cycle = k
+                events.append({"event": "burn_complete", "t_s": t, "cycle": k,
+                               "sensed_dv_mps": ctrl.dv_along_mps})
+            report = unit.execute(k, ctrl.on_ms)
+            newly_out = (report.health != HEALTH_NOMINAL) & (ctrl.health == HEALTH_NOMINAL)
+            if newly_out.any():
+                for i in np.flatnonzero(newly_out):
+                    events.append({"event": "reallocated", "thruster": names[i], "t_s": t,
+                                   "cycle": k, "health": int(report.health[i])})
+            ctrl.health[:] = report.health
+            max_on_ms = max(max_on_ms, int(ctrl.on_ms.max()) if n else 0)
+            bound_violations += int(np.count_nonzero(ctrl.on_ms > period_ms))
+            np.multiply(report.executed_ms, 1e-3, out=on_s)
+            valve_cycle(on_s, true_health, thrust, t_od, t_cd, tau_r, tau_t, period, valves,
+                        impulse)
+            if budget > 0.0:
+                cmg[:] = ctrl.qp[cst.Q_X, n:n + 3] * budget
+            plant.plant_cycle(y, period, impulse, u_T_B, r_TC_B, isp, cmg, inertia, inertia_inv,
+                              cd_area, 1.0, 1.0, table[0], table[1], work, y, sensed)
+            feed_update(impulse, isp, *feed, tank_used, thrust, isp)
+            if k == 0:
+                wall0 = time.perf_counter()  # the first cycle also loads the kernels: not timed
+            if on_cycle is not None:
+                on_cycle(k, {"t_s": t, "status": status, "ctrl": ctrl, "y": y,
+                             "executed_ms": report.executed_ms})
+            k += 1
+            if complete_cycle is not None:
+                quiet = (np.all(valves[:, VS_THRUST] < 1e-9 * thrust)
+                         and np.all(np.isnan(valves[:, VS_EDGE_T])))
+                if quiet and not ctrl.on_ms[np.asarray(model.translation_idx)].any():
+                    break
+    except unit_errors as exc:
+        aborted = f"unit: {exc}"
+    except KeyboardInterrupt:
+        aborted = "interrupted"
+    finally:
+        unit.close()
+    if aborted is not None:
+        events.append({"event": "aborted", "cycle": k, "t_s": k * period, "reason": aborted})
     wall = time.perf_counter() - wall0
     # The last cycle's accelerometer increment (the tail) still belongs to the burn.
     _sensors(ctrl, y, sensed)
     x_b = ctrl.ctrl[cst.C_XH_B:cst.C_XH_B + 3]
     achieved = ctrl.dv_along_mps + float(sensed[0:3] @ x_b)
-    unit.close()
 
     # Orbit after: burned state vs a no-burn twin over the same time, mean elements.
     elapsed = k * period
@@ -258,6 +278,8 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
         "planned_burn_duration_s": plan["burn_duration_s"],
         "cycles": k,
         "completed": complete_cycle is not None,
+        "aborted": aborted is not None,
+        "abort_reason": aborted,
         "max_attitude_error_deg": math.degrees(max_err),
         "attitude_limit_deg": math.degrees(model.max_attitude_error_rad),
         "propellant_kg": float(y_start[plant.M] - y[plant.M]),
@@ -277,6 +299,10 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
         "wall_s": wall,
         "cycles_per_s": (k - 1) / wall if wall > 0 and k > 1 else math.nan,
     }
+    if realtime:
+        summary["late_cycles"] = late_cycles
+    if hasattr(unit, "stats"):
+        summary["link"] = unit.stats()
     return RunResult(summary, events)
 
 

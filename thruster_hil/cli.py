@@ -68,8 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
         "loop reference that hardware runs are compared against.",
     )
     _add_burn_arguments(run)
-    run.add_argument("--unit", choices=("sim",), default="sim",
-                     help="propulsion unit: sim = in-process ideal unit (default)")
+    run.add_argument("--unit", choices=("emulator", "sim"), default="emulator",
+                     help="propulsion unit: emulator = the board's emulator on a pseudo-terminal "
+                     "(default), sim = in-process ideal unit (no serial)")
+    run.add_argument("--port", metavar="URL",
+                     help="a unit on this port instead (a device path, a pty, hwgrep://VID:PID, "
+                     "any pyserial URL)")
+    run.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep",
+                     help="lockstep: one FIRE -> one report -> one plant step, as fast as the "
+                     "link goes (default); realtime: cycles paced by the wall clock")
+    run.add_argument("--faults", metavar="SPEC",
+                     help="fault injection in the emulator (see 'thruster-hil emulate --help')")
     run.add_argument("--fail-thruster", action="append", default=[], metavar="NAME@SECONDS",
                      type=_failure, help="fail thruster NAME off at SECONDS into the burn "
                      "(repeatable)")
@@ -160,12 +169,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise UserError("run", f"expected a thruster of stack {plan['stack']} ("
                             f"{', '.join(names)}), got {name!r}", field="--fail-thruster")
         failures.append(Failure(name, at_s))
-    result = run_burn(model, plan, failures=failures)
+    unit = None
+    if args.port is not None or args.unit == "emulator":
+        if args.unit == "sim" and args.port is not None:
+            raise UserError("run", "--port and --unit sim exclude each other: the sim unit has "
+                            "no port")
+        if args.faults is not None and args.port is not None:
+            raise UserError("run", "--faults applies to the emulator the run starts, not to a "
+                            "unit on --port (start 'thruster-hil emulate --faults ...' instead)")
+        from firmware_bridge.hil import LinkError, open_unit
+
+        try:
+            unit = open_unit(unit=args.unit, port=args.port, mode=args.mode,
+                             n_thrusters=len(names),
+                             period_ms=int(round(model.control_period_s * 1000)),
+                             faults=args.faults)
+        except LinkError as exc:
+            raise UserError(args.port or args.unit, f"the unit did not come up: {exc}") from None
+    elif args.faults is not None or args.mode != "lockstep":
+        raise UserError("run", "--faults and --mode need a serial unit (--unit emulator or "
+                        "--port), not --unit sim")
+    result = run_burn(model, plan, unit=unit, failures=failures)
     if args.json:
         print(json.dumps(result.summary))
     else:
         print(format_run(result.summary))
-    return 0
+    if result.summary.get("abort_reason") == "interrupted":
+        return 130
+    return 1 if result.summary.get("aborted") else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
