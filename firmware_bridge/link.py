@@ -1,0 +1,1037 @@
+"""The host link: the one piece of code that touches the serial port (docs/protocol.md section 7).
+
+A :class:`Link` owns one port opened with ``serial.serial_for_url(..., exclusive=True)`` (device
+path, pty path, ``hwgrep://``, ``loop://``) and one reader thread. The reader does
+``read(in_waiting or 1)``, feeds a :class:`firmware_bridge.codec.Decoder` and files what it decodes
+under a :class:`threading.Condition`: ACKs by (acked sequence count, msg id), VALVE_REPORTs by
+(step, bank), PONGs by nonce, the latest HELLO_ACK / ARM_CHALLENGE / BOOT / HK, and a bounded
+event list. The control thread calls the blocking methods (:meth:`connect`, :meth:`arm`,
+:meth:`fire`, ...), each of which sends a frame and waits on that condition for its reply: no
+sleep loops, no busy polling.
+
+Errors:
+
+* :class:`thruster_hil.errors.UserError` for what an operator must fix: a port that cannot be
+  opened, a unit built from another message dictionary, a parameter out of range.
+* :class:`LinkError` for runtime link failures the run loop handles: no reply after the
+  retries, a rejecting ACK, a unit reset, a port that went away.
+
+Both have one-line messages.
+
+Retries (section 7): a non-periodic command (HELLO, ARM_REQUEST, ARM_CONFIRM, DISARM, SET_PARAM,
+HEARTBEAT with ack) and, in LOCKSTEP, a FIRE without its VALVE_REPORT is resent with the same
+sequence count and the RETRANSMIT flag after ``max(20 ms, 3 x RTT)`` (200 ms before the first
+RTT estimate), at most 3 times. In REALTIME a FIRE is never resent.
+
+The raw capture hook ``on_bytes(direction, t_ns, data)`` sees every chunk read ("rx") and every
+frame written ("tx") with its host monotonic time in ns; it runs on the reader thread (rx) or
+the caller's thread (tx), so it must be quick (queue the bytes, write them elsewhere).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import math
+import random
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import serial
+
+from firmware_bridge import codec
+from firmware_bridge.dictionary import (
+    CHANNELS_PER_BANK,
+    DICT_HASH,
+    ENUMS,
+    EVENT,
+    FLAG_ACK_REQ,
+    FLAG_RETRANSMIT,
+    FLAG_TEST_BUILD,
+    LIMITS,
+    MESSAGES,
+    MODE,
+    PROTO_VERSION,
+    RESULT,
+    RESULT_NAMES,
+)
+from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
+from thruster_hil.errors import UserError
+
+__all__ = ["FireResult", "Link", "LinkError", "LinkInfo", "PingSample", "Received"]
+
+MAX_RETRIES = 3  # resends after the first try (section 7)
+MIN_RETRY_TIMEOUT_S = 0.020
+INITIAL_RETRY_TIMEOUT_S = 0.200  # before the PING burst measured an RTT
+PING_BURST = 20
+EVENT_LOG_SIZE = 256
+_FILED_REPLIES = 256  # bound on unclaimed ACKs / reports kept for a waiter
+_RTT_SAMPLES = 4096
+
+# VALVE_REPORT flags (section 4).
+REPORT_CLAMPED = 1
+REPORT_ABORTED = 2
+REPORT_DUPLICATE = 4
+
+PARAM = ENUMS["param"]
+FAULT = ENUMS["fault"]
+_PARAM_RANGES = {  # SET_PARAM limits (section 4): (ranges..., text)
+    "WATCHDOG_MS": (((LIMITS["watchdog_ms_min"], LIMITS["watchdog_ms_max"]),),
+                    f"{LIMITS['watchdog_ms_min']}..{LIMITS['watchdog_ms_max']} ms"),
+    "HK_PERIOD_MS": (((0, 0), (20, 10000)), "0 (off) or 20..10000 ms"),
+    "MIN_ON_TICKS": (((0, 1000),), "0..1000 ticks"),
+}
+_MODES = {"lockstep": MODE["LOCKSTEP"], "realtime": MODE["REALTIME"]}
+_ID = {name: spec.id for name, spec in MESSAGES.items()}
+_DOWN = object()  # sentinel a wait predicate returns when the port went away
+_RESET = object()  # ... or when the unit reset under a session
+
+
+class LinkError(Exception):
+    """A runtime link failure (no reply, rejected command, unit reset, port gone). One line."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split("\n")))
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A decoded message with the host monotonic time (ns) of the read that completed it."""
+
+    msg: codec.Message
+    t_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkInfo:
+    """What HELLO_ACK told us about the unit and the session."""
+
+    session: int
+    fw_ver: int
+    proto_ver: int
+    dict_hash: int
+    n_channels: int
+    tick_us: int
+    min_on_ticks: int
+    watchdog_ms: int
+    mode: str  # "lockstep" | "realtime"
+    period_ms: int
+    boot_count: int
+    test_build: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PingSample:
+    rtt_ms: float
+    offset_us: float  # unit clock - host clock (mod 2**32, signed): pu_us ~ host_us + offset
+
+
+@dataclass(frozen=True, slots=True)
+class FireResult:
+    """What one control step's FIRE really did, per thruster (index = channel)."""
+
+    step: int
+    executed_ms: tuple[int, ...]  # executed on-time per thruster (0 where no report came)
+    executed_ticks: tuple[int, ...]
+    health: tuple[int, ...]  # HEALTH_NOMINAL / HEALTH_FAILED_OFF / HEALTH_STUCK_OPEN
+    flags: int  # OR of the banks' report flags (REPORT_CLAMPED | REPORT_ABORTED | ...)
+    rtt_ms: float | None  # first send -> last report of this step; None if no report came
+    missing_banks: tuple[int, ...] = ()  # REALTIME: banks whose report missed the deadline
+    t_start_pu_us: int | None = None  # bank 0's pulse start on the unit's clock
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing_banks
+
+
+def _wrap32(x: int) -> int:
+    """x mod 2**32 as a signed 32-bit value."""
+    x &= 0xFFFFFFFF
+    return x - (1 << 32) if x & 0x80000000 else x
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) or None for no values."""
+    if not values:
+        return None
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, math.ceil(q / 100.0 * len(s)) - 1))
+    return s[k]
+
+
+def _open_error(url: str, exc: BaseException) -> UserError:
+    """One operator line for a port that would not open."""
+    code = getattr(exc, "errno", None)
+    if code is None and exc.args and isinstance(exc.args[0], int):
+        code = exc.args[0]
+    detail = " ".join(str(exc).split())
+    if isinstance(exc, ValueError):
+        msg = f"not a port path or a pyserial URL ({detail}); use e.g. /dev/ttyACM0, " \
+              "/dev/serial/by-id/..., hwgrep://VID:PID or loop://"
+    elif code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY):
+        msg = "port is in use by another process (opened exclusively); close the other run " \
+              "or pick another port"
+    elif code in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
+        msg = "no such port; check the cable and the path (ls /dev/serial/by-id/) or that " \
+              "the emulator is running"
+    elif code in (errno.EACCES, errno.EPERM):
+        msg = "permission denied opening the port; add your user to the 'dialout' group " \
+              "(then log in again) or check the device's permissions"
+    elif "no ports found" in detail.lower():
+        msg = f"no serial port matches ({detail}); check the cable and the VID:PID"
+    else:
+        msg = f"cannot open the port ({detail}); check the path, the cable and the permissions"
+    return UserError(where=url, message=msg)
+
+
+class Link:
+    """The host side of the propulsion-unit link. See the module docstring.
+
+    ``Link(url)`` does not touch the port; :meth:`open` (or :meth:`connect`) opens it.
+    Thread model: one reader thread (internal) and one control thread calling the methods.
+    """
+
+    def __init__(self, url: str, *, baudrate: int = 115200, timeout: float = 0.1,
+                 on_bytes: Callable[[str, int, bytes], None] | None = None,
+                 ping_burst: int = PING_BURST, valid_for_ms: int | None = None):
+        self.url = url
+        self.baudrate = baudrate
+        self.timeout = timeout
+        self.on_bytes = on_bytes
+        self.ping_burst = ping_burst
+        self.valid_for_ms = valid_for_ms
+        self.info: LinkInfo | None = None
+        self.clock_offset_us: float | None = None
+        self.max_on_ticks: int | None = None
+        self._mode: str | None = None
+        self._period_ms: int | None = None
+
+        self._ser: serial.SerialBase | None = None
+        self._reader: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._closed = threading.Event()  # set while no port is open: wakes reconnect backoff
+        self._closed.set()
+        self._tx_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._seq = 0
+        self._nonce = itertools.count(random.getrandbits(31))
+        self._decoder = codec.Decoder()
+
+        # Everything below is guarded by self._cond.
+        self._up = False
+        self._down_reason = ""
+        self._session: int | None = None
+        self._armed = False
+        self._acks: OrderedDict[tuple[int, int], Received] = OrderedDict()
+        self._reports: OrderedDict[tuple[int, int], Received] = OrderedDict()
+        self._pongs: OrderedDict[int, Received] = OrderedDict()
+        self._hello_acks = 0
+        self._last_hello_ack: Received | None = None
+        self._challenges = 0
+        self._last_challenge: Received | None = None
+        self._boots = 0
+        self._boots_consumed = 0
+        self.last_boot: Received | None = None
+        self.latest_hk: Received | None = None
+        self._events: deque[Received] = deque(maxlen=EVENT_LOG_SIZE)
+        self._armed_events = 0
+        self.reset_detected = False
+        self._late_expected: set[tuple[int, int]] = set()
+        self._test_build = False
+
+        self._frames_sent = 0
+        self._bytes_sent = 0
+        self._retries = 0
+        self._rtt_ms: deque[float] = deque(maxlen=_RTT_SAMPLES)
+        self._retry_rtt_s: float | None = None
+        self._deadline_misses = 0
+        self._late_reports = 0
+        self._resets_detected = 0
+        self._rejections: dict[str, int] = {}
+        self._unexpected = 0
+        self._capture_errors = 0
+        self._last_feed_ns = 0
+        self._last_tx_ns = 0
+
+    # ---- port ------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the port (exclusively) and start the reader. Idempotent while the link is up.
+
+        Raises UserError (one line) if the port cannot be opened.
+        """
+        with self._cond:
+            if self._ser is not None and self._up:
+                return
+        self._close_port()
+        try:
+            ser = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=self.timeout,
+                                        exclusive=True)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise _open_error(self.url, exc) from None
+        self._stopping.clear()
+        self._closed.clear()
+        self._decoder = codec.Decoder()
+        with self._cond:
+            self._ser = ser
+            self._up = True
+            self._down_reason = ""
+            self._boots_consumed = self._boots
+        self._reader = threading.Thread(target=self._read_loop, args=(ser,),
+                                        name=f"link-reader {self.url}", daemon=True)
+        self._reader.start()
+
+    def _close_port(self) -> None:
+        ser, reader = self._ser, self._reader
+        if ser is None:
+            return
+        self._stopping.set()
+        try:
+            ser.cancel_read()
+        except Exception:  # noqa: BLE001 - a dead port may fail anything; we are closing it
+            pass
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(timeout=2.0)
+        try:
+            ser.close()
+        except Exception:  # noqa: BLE001
+            pass
+        with self._cond:
+            self._ser = None
+            self._reader = None
+            self._up = False
+            self._session = None
+            self._armed = False
+            self._cond.notify_all()
+        self._closed.set()
+
+    def close(self) -> None:
+        """STOP_ALL, then close the port. Idempotent; never raises on a dead port."""
+        self.stop_all()
+        self._close_port()
+
+    def __enter__(self) -> Link:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- reader thread ---------------------------------------------------------------------
+
+    def _capture(self, direction: str, t_ns: int, data: bytes) -> None:
+        cb = self.on_bytes
+        if cb is None:
+            return
+        try:
+            cb(direction, t_ns, data)
+        except Exception:  # noqa: BLE001 - a broken recorder must not kill the link
+            self._capture_errors += 1
+
+    def _read_loop(self, ser: serial.SerialBase) -> None:
+        reason = ""
+        try:
+            while not self._stopping.is_set():
+                data = ser.read(ser.in_waiting or 1)
+                if not data:
+                    continue
+                t_ns = time.monotonic_ns()
+                self._capture("rx", t_ns, data)
+                with self._cond:
+                    items = self._decoder.feed(data)
+                    if items:
+                        for item in items:
+                            self._dispatch(item, t_ns)
+                        self._cond.notify_all()
+        except (serial.SerialException, OSError) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+        finally:
+            with self._cond:
+                if self._ser is ser:
+                    self._up = False
+                    if not self._stopping.is_set():
+                        self._down_reason = reason or "reader stopped"
+                self._cond.notify_all()
+
+    @staticmethod
+    def _file(store: OrderedDict, key: Any, rec: Received) -> None:
+        store[key] = rec
+        store.move_to_end(key)
+        while len(store) > _FILED_REPLIES:
+            store.popitem(last=False)
+
+    def _dispatch(self, item: codec.Message | codec.ProtocolError, t_ns: int) -> None:
+        """File one decoded item (reader thread, self._cond held)."""
+        if isinstance(item, codec.ProtocolError):
+            return  # counted by the decoder
+        msg = item
+        rec = Received(msg, t_ns)
+        name = msg.name
+        if msg.flags & FLAG_TEST_BUILD:
+            self._test_build = True
+        if name == "VALVE_REPORT":
+            key = (msg["step"], msg["bank"])
+            if key in self._late_expected:
+                self._late_expected.discard(key)
+                self._late_reports += 1
+            else:
+                self._file(self._reports, key, rec)
+        elif name == "ACK":
+            self._file(self._acks, (msg["acked_seq"], msg["msg_id"]), rec)
+            if msg["result"] != RESULT["ACCEPTED"]:
+                rname = RESULT_NAMES.get(msg["result"], str(msg["result"]))
+                self._rejections[rname] = self._rejections.get(rname, 0) + 1
+        elif name == "PONG":
+            self._file(self._pongs, msg["nonce"], rec)
+        elif name == "HK":
+            self.latest_hk = rec
+        elif name == "EVENT":
+            self._events.append(rec)
+            if msg["event"] == EVENT["ARMED"]:
+                self._armed_events += 1
+        elif name == "HELLO_ACK":
+            self._hello_acks += 1
+            self._last_hello_ack = rec
+            # Every HELLO the unit answers makes a new session and leaves it SAFE, even a late
+            # answer to a retransmitted HELLO: follow the unit.
+            self._armed = False
+            ok = msg["result"] == RESULT["ACCEPTED"]
+            self._session = msg["session"] if ok else None
+        elif name == "ARM_CHALLENGE":
+            self._challenges += 1
+            self._last_challenge = rec
+        elif name == "BOOT":
+            self._boots += 1
+            self.last_boot = rec
+            if self._session is not None:  # a BOOT mid-session: the unit reset
+                self.reset_detected = True
+                self._resets_detected += 1
+                self._session = None
+                self._armed = False
+        else:
+            self._unexpected += 1  # a TC on the line (loop://, echo) or nothing we wait for
+
+    # ---- sending ---------------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        with self._tx_lock:
+            seq = self._seq
+            self._seq = (self._seq + 1) % codec.SEQ_MODULO
+            return seq
+
+    def _mark_down(self, reason: str) -> None:
+        with self._cond:
+            self._up = False
+            self._down_reason = reason
+            self._cond.notify_all()
+
+    def _send(self, name: str, seq: int, flags: int = 0, **fields: Any) -> int:
+        """Write one frame; return its host send time (ns). LinkError if the port is gone."""
+        frame = codec.encode(name, seq, flags, **fields)
+        ser = self._ser
+        if ser is None or not self._up:
+            raise LinkError(f"{self.url}: link is down ({self._down_reason or 'port not open'})"
+                            f"; reconnect")
+        with self._tx_lock:
+            t_ns = time.monotonic_ns()
+            try:
+                ser.write(frame)
+            except (serial.SerialException, OSError) as exc:
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                self._mark_down(reason)
+                raise LinkError(f"{self.url}: writing {name} failed ({reason}); the port went "
+                                f"away: reconnect") from None
+            self._frames_sent += 1
+            self._bytes_sent += len(frame)
+            self._last_tx_ns = t_ns
+            if name in ("FIRE", "HEARTBEAT"):
+                self._last_feed_ns = t_ns
+        self._capture("tx", t_ns, frame)
+        return t_ns
+
+    @property
+    def retry_timeout_s(self) -> float:
+        """max(20 ms, 3 x RTT), or 200 ms before the first PING burst."""
+        if self._retry_rtt_s is None:
+            return INITIAL_RETRY_TIMEOUT_S
+        return max(MIN_RETRY_TIMEOUT_S, 3.0 * self._retry_rtt_s)
+
+    def _wait(self, pred: Callable[[], Any], timeout: float, *, session: bool) -> Any:
+        """Wait for pred() (called with self._cond held) to be truthy; return its value, None on
+        timeout. Raises LinkError if the port goes down or (session=True) the unit resets."""
+
+        def check():
+            got = pred()
+            if got:
+                return got
+            if not self._up:
+                return _DOWN
+            if session and self.reset_detected:
+                return _RESET
+            return None
+
+        with self._cond:
+            got = self._cond.wait_for(check, timeout)
+        if got is _DOWN:
+            raise LinkError(f"{self.url}: link is down ({self._down_reason or 'port closed'}); "
+                            "reconnect")
+        if got is _RESET:
+            raise LinkError(f"{self.url}: the unit reset (BOOT in mid-session): reconnect and "
+                            "ARM again")
+        return got
+
+    def _transact(self, name: str, fields: dict[str, Any], reply: Callable[[int], Any], *,
+                  ack_req: bool, session: bool, retries: int = MAX_RETRIES
+                  ) -> tuple[Any, int, int]:
+        """Send ``name`` and wait for ``reply(seq)``; resend with the same seq and RETRANSMIT
+        on timeout, up to ``retries`` times. Returns (reply value, last send ns, attempt)."""
+        seq = self._next_seq()
+        flags = FLAG_ACK_REQ if ack_req else 0
+        for attempt in range(retries + 1):
+            if attempt:
+                flags |= FLAG_RETRANSMIT
+                with self._cond:
+                    self._retries += 1
+            t_send = self._send(name, seq, flags, **fields)
+            got = self._wait(lambda: reply(seq), self.retry_timeout_s, session=session)
+            if got:
+                return got, t_send, attempt
+        raise LinkError(f"{self.url}: no reply to {name} (seq {seq}) after {retries + 1} tries "
+                        f"{self.retry_timeout_s * 1000:.0f} ms apart; is the unit running?")
+
+    def _take_ack(self, seq: int, msg_name: str) -> Received | None:
+        return self._acks.pop((seq, _ID[msg_name]), None)
+
+    def _require_session(self, what: str) -> int:
+        with self._cond:
+            if not self._up:
+                raise LinkError(f"{self.url}: link is down ({self._down_reason or 'not open'});"
+                                f" reconnect before {what}")
+            if self.reset_detected:
+                raise LinkError(f"{self.url}: the unit reset (BOOT in mid-session): reconnect "
+                                f"before {what}")
+            if self._session is None:
+                raise LinkError(f"{self.url}: no session with the unit; connect() before {what}")
+            return self._session
+
+    @staticmethod
+    def _result_name(rec: Received) -> str:
+        r = rec.msg["result"]
+        return RESULT_NAMES.get(r, str(r))
+
+    # ---- connect / ping --------------------------------------------------------------------
+
+    def connect(self, mode: str = "lockstep", period_ms: int = 500,
+                boot_timeout_s: float = 3.0) -> LinkInfo:
+        """Open (if needed), wait for BOOT (or ``boot_timeout_s``: boards without auto-reset
+        send none), HELLO with the dictionary hash, then a PING burst for RTT and clock offset.
+
+        Raises UserError for a bad mode/period, a port that will not open or a unit with
+        another dictionary (never armed); LinkError if the unit does not answer.
+        """
+        key = str(mode).lower()
+        if key not in _MODES:
+            raise UserError(where=self.url, field="mode",
+                            message=f"expected 'lockstep' or 'realtime', got {mode!r}")
+        lo, hi = LIMITS["period_ms_min"], LIMITS["period_ms_max"]
+        if isinstance(period_ms, bool) or not isinstance(period_ms, int) \
+                or not lo <= period_ms <= hi:
+            raise UserError(where=self.url, field="period_ms",
+                            message=f"expected an integer {lo}..{hi} ms, got {period_ms!r}")
+        self.open()
+        with self._cond:  # discard input until BOOT (the reader ignores what nobody waits for)
+            self._cond.wait_for(lambda: self._boots > self._boots_consumed or not self._up,
+                                boot_timeout_s)
+            self._boots_consumed = self._boots
+            self._session = None
+            self._armed = False
+            self.reset_detected = False
+            self._late_expected.clear()
+            hello_before = self._hello_acks
+        self.info = None
+
+        def hello_reply(_seq: int) -> Received | None:
+            return self._last_hello_ack if self._hello_acks > hello_before else None
+
+        rec, _, _ = self._transact(
+            "HELLO", dict(proto_ver=PROTO_VERSION, dict_hash=DICT_HASH, mode=_MODES[key],
+                          period_ms=period_ms),
+            hello_reply, ack_req=False, session=False)
+        ack = rec.msg
+        if ack["result"] == RESULT["DICT_MISMATCH"]:
+            raise UserError(
+                where=self.url,
+                message=f"message dictionary mismatch: the unit has hash 0x{ack['dict_hash']:08X}"
+                        f", this host 0x{DICT_HASH:08X}; rebuild the firmware/emulator from this "
+                        f"messages.toml (the unit will not be armed)")
+        if ack["result"] != RESULT["ACCEPTED"]:
+            raise LinkError(f"{self.url}: HELLO refused: {self._result_name(rec)}")
+        if ack["proto_ver"] != PROTO_VERSION:
+            raise UserError(where=self.url,
+                            message=f"the unit speaks protocol version {ack['proto_ver']}, this "
+                                    f"host {PROTO_VERSION}; update the firmware or the host")
+        with self._cond:
+            test_build = self._test_build or bool(ack.flags & FLAG_TEST_BUILD)
+            session = self._session if self._session is not None else ack["session"]
+        mode_names = {v: k for k, v in _MODES.items()}
+        self.info = LinkInfo(
+            session=session, fw_ver=ack["fw_ver"], proto_ver=ack["proto_ver"],
+            dict_hash=ack["dict_hash"], n_channels=ack["n_channels"], tick_us=ack["tick_us"],
+            min_on_ticks=ack["min_on_ticks"], watchdog_ms=ack["watchdog_ms"],
+            mode=mode_names.get(ack["mode"], key), period_ms=period_ms,
+            boot_count=ack["boot_count"], test_build=test_build)
+        self._mode, self._period_ms = key, period_ms
+        self._ping_burst()
+        return self.info
+
+    def _ping_once(self, timeout_s: float) -> PingSample | None:
+        nonce = next(self._nonce) & 0xFFFFFFFF
+        seq = self._next_seq()
+        t1_us = time.monotonic_ns() // 1000
+        self._send("PING", seq, 0, nonce=nonce, t1_host_us=t1_us)
+        rec = self._wait(lambda: self._pongs.pop(nonce, None), timeout_s, session=False)
+        if rec is None:
+            return None
+        m = rec.msg
+        t4_us = rec.t_ns // 1000
+        rtt_ms = (t4_us - m["t1_host_us"]) / 1000.0
+        offset = (_wrap32(m["t2_pu_us"] - m["t1_host_us"]) + _wrap32(m["t3_pu_us"] - t4_us)) / 2
+        with self._cond:
+            self._rtt_ms.append(rtt_ms)
+        return PingSample(rtt_ms=rtt_ms, offset_us=offset)
+
+    def _ping_burst(self) -> None:
+        samples = []
+        timeout = max(self.retry_timeout_s, INITIAL_RETRY_TIMEOUT_S)
+        for _ in range(self.ping_burst):
+            s = self._ping_once(timeout)
+            if s is not None:
+                samples.append(s)
+        if self.ping_burst and len(samples) * 2 < self.ping_burst:
+            raise LinkError(f"{self.url}: only {len(samples)} of {self.ping_burst} PINGs were "
+                            "answered; the link is losing frames")
+        if samples:
+            rtts = [s.rtt_ms for s in samples]
+            self._retry_rtt_s = _percentile(rtts, 50) / 1000.0
+            best = min(samples, key=lambda s: s.rtt_ms)  # least queueing: best offset
+            self.clock_offset_us = best.offset_us
+
+    def ping(self, timeout_s: float | None = None) -> PingSample:
+        """One PING/PONG: RTT (also added to the statistics) and a clock-offset sample.
+        Not retried (periodic). LinkError on no answer."""
+        timeout = timeout_s if timeout_s is not None else max(self.retry_timeout_s,
+                                                              INITIAL_RETRY_TIMEOUT_S)
+        s = self._ping_once(timeout)
+        if s is None:
+            raise LinkError(f"{self.url}: no PONG within {timeout * 1000:.0f} ms")
+        return s
+
+    # ---- arming ----------------------------------------------------------------------------
+
+    def arm(self, max_on_ticks: int) -> None:
+        """ARM_REQUEST -> ARM_CHALLENGE -> ARM_CONFIRM(nonce, max_on_ticks) -> ACK ACCEPTED.
+        Raises LinkError if refused or unanswered, ValueError for max_on_ticks outside 1..10000.
+        """
+        cap = LIMITS["max_on_ticks_cap"]
+        if isinstance(max_on_ticks, bool) or not 1 <= int(max_on_ticks) <= cap:
+            raise ValueError(f"max_on_ticks must be 1..{cap}, got {max_on_ticks!r}")
+        session = self._require_session("ARM")
+        with self._cond:
+            challenges_before = self._challenges
+
+        def challenge(seq: int) -> Received | None:
+            if self._challenges > challenges_before:
+                return self._last_challenge
+            return self._take_ack(seq, "ARM_REQUEST")
+
+        rec, _, _ = self._transact("ARM_REQUEST", dict(session=session), challenge,
+                                   ack_req=False, session=True)
+        if rec.msg.name == "ACK":
+            raise LinkError(f"{self.url}: ARM_REQUEST refused: {self._result_name(rec)}")
+        nonce = rec.msg["nonce"]
+        with self._cond:
+            armed_events_before = self._armed_events
+        rec, _, attempt = self._transact(
+            "ARM_CONFIRM", dict(session=session, nonce=nonce, max_on_ticks=int(max_on_ticks)),
+            lambda seq: self._take_ack(seq, "ARM_CONFIRM"), ack_req=True, session=True)
+        result = rec.msg["result"]
+        if result != RESULT["ACCEPTED"]:
+            # A resent ARM_CONFIRM whose first copy armed the unit (its ACK lost) is refused
+            # with REJECTED_STATE; the ARMED event tells us the first copy worked.
+            with self._cond:
+                armed_anyway = (attempt > 0 and result == RESULT["REJECTED_STATE"]
+                                and self._armed_events > armed_events_before)
+            if not armed_anyway:
+                raise LinkError(f"{self.url}: ARM_CONFIRM refused: {self._result_name(rec)}")
+        with self._cond:
+            self._armed = True
+        self.max_on_ticks = int(max_on_ticks)
+        try:  # start the link watchdog's clock from a fresh HEARTBEAT
+            self._send("HEARTBEAT", self._next_seq(), 0, session=session, host_step=0)
+        except LinkError:
+            pass
+
+    def disarm(self) -> None:
+        """DISARM (with ACK_REQ and retries): valves closed, unit SAFE. LinkError if refused."""
+        session = self._require_session("DISARM")
+        rec, _, _ = self._transact("DISARM", dict(session=session),
+                                   lambda seq: self._take_ack(seq, "DISARM"), ack_req=True,
+                                   session=True)
+        with self._cond:
+            self._armed = False
+        if rec.msg["result"] != RESULT["ACCEPTED"]:
+            raise LinkError(f"{self.url}: DISARM refused: {self._result_name(rec)}")
+
+    def stop_all(self) -> None:
+        """STOP_ALL, twice (same seq, the copy flagged RETRANSMIT). Fire-and-forget: never
+        raises, whatever the port's state."""
+        with self._cond:
+            self._armed = False
+            up = self._ser is not None and self._up
+        if not up:
+            return
+        seq = self._next_seq()
+        for flags in (0, FLAG_RETRANSMIT):
+            try:
+                self._send("STOP_ALL", seq, flags)
+            except Exception:  # noqa: BLE001 - safing must never raise
+                return
+
+    @property
+    def armed(self) -> bool:
+        with self._cond:
+            return self._armed and self._session is not None and not self.reset_detected
+
+    # ---- firing ----------------------------------------------------------------------------
+
+    def _ticks(self, on_ms: Sequence[int]) -> list[int]:
+        assert self.info is not None
+        tick_us = self.info.tick_us or 1000
+        out = []
+        for i, v in enumerate(on_ms):
+            iv = int(v)
+            if iv != v or iv < 0:
+                raise ValueError(f"on_ms[{i}] must be a non-negative integer, got {v!r}")
+            out.append(min(0xFFFF, (iv * 1000 + tick_us // 2) // tick_us))
+        return out
+
+    def fire(self, step: int, on_ms: Sequence[int], *, valid_for_ms: int | None = None,
+             deadline_ns: int | None = None) -> FireResult:
+        """Fire one control step: one FIRE per bank of 16 thrusters.
+
+        LOCKSTEP: waits for each bank's VALVE_REPORT(step, bank), resending the same FIRE (same
+        seq, RETRANSMIT) up to 3 times. REALTIME: sends every bank, then collects the reports
+        that arrive before ``deadline_ns`` (host monotonic ns; default: now + period); a bank
+        whose report misses it counts as a deadline miss and is listed in ``missing_banks``
+        (its thrusters show 0 executed).
+
+        Raises LinkError if not armed (also after a reset until arm() again), on a rejecting
+        ACK (REJECTED_STATE / STALE / BAD_SESSION / ... named), or if LOCKSTEP gets no report.
+        """
+        if not self.armed or self.info is None:
+            raise LinkError(f"{self.url}: FIRE refused: the link is not armed "
+                            f"({'the unit reset: reconnect and ' if self.reset_detected else ''}"
+                            f"arm() first)")
+        session = self._require_session("FIRE")
+        n = len(on_ms)
+        if not 1 <= n <= self.info.n_channels:
+            raise ValueError(f"fire: {n} on-times for a unit with {self.info.n_channels} "
+                             "channels")
+        ticks = self._ticks(on_ms)
+        vf = valid_for_ms if valid_for_ms is not None else self.valid_for_ms
+        if vf is None:
+            vf = min(0xFFFF, 2 * (self._period_ms or 500))
+        n_banks = (n + CHANNELS_PER_BANK - 1) // CHANNELS_PER_BANK
+        banks = []
+        for b in range(n_banks):
+            lo = b * CHANNELS_PER_BANK
+            width = min(n, lo + CHANNELS_PER_BANK) - lo
+            bank_ticks = ticks[lo:lo + width] + [0] * (CHANNELS_PER_BANK - width)
+            banks.append((b, lo, width, dict(session=session, step=step, valid_for_ms=vf,
+                                             bank=b, mask=(1 << width) - 1,
+                                             on_ticks=bank_ticks)))
+
+        if self._mode == "realtime":
+            return self._fire_realtime(step, n, banks, deadline_ns)
+
+        reports: dict[int, Received] = {}
+        t_first = None
+        for b, _lo, _w, fields in banks:
+            def reply(seq: int, b: int = b) -> Received | None:
+                return self._fire_reply(step, b, seq)
+
+            rec, t_send, attempt = self._transact("FIRE", fields, reply, ack_req=False,
+                                                  session=True)
+            if t_first is None:
+                t_first = t_send
+            if rec.msg.name == "ACK":
+                raise LinkError(f"{self.url}: FIRE step {step} bank {b} refused: "
+                                f"{self._result_name(rec)}")
+            if attempt == 0:  # Karn: no RTT sample from a retransmitted exchange
+                with self._cond:
+                    self._rtt_ms.append((rec.t_ns - t_send) / 1e6)
+            reports[b] = rec
+        t_last = max(r.t_ns for r in reports.values())
+        return self._fire_result(step, n, banks, reports, (t_last - t_first) / 1e6)
+
+    def _fire_reply(self, step: int, bank: int, seq: int) -> Received | None:
+        rec = self._reports.pop((step, bank), None)
+        if rec is not None:
+            return rec
+        ack = self._take_ack(seq, "FIRE")
+        if ack is not None and ack.msg["result"] not in (RESULT["ACCEPTED"],
+                                                         RESULT["DUPLICATE"]):
+            return ack  # rejected: the report will not come
+        return None  # ACCEPTED/DUPLICATE ACKs only announce the report
+
+    def _fire_realtime(self, step: int, n: int, banks: list, deadline_ns: int | None
+                       ) -> FireResult:
+        seqs = {}
+        t_first = None
+        for b, _lo, _w, fields in banks:
+            seq = self._next_seq()
+            t = self._send("FIRE", seq, 0, **fields)
+            t_first = t if t_first is None else t_first
+            seqs[b] = seq
+        if deadline_ns is None:
+            deadline_ns = t_first + (self._period_ms or 500) * 1_000_000
+        reports: dict[int, Received] = {}
+        rejected: list[tuple[int, Received]] = []
+
+        def collect():
+            for b, seq in seqs.items():
+                if b in reports:
+                    continue
+                got = self._fire_reply(step, b, seq)
+                if got is None:
+                    continue
+                if got.msg.name == "ACK":
+                    rejected.append((b, got))
+                else:
+                    reports[b] = got
+            return rejected or len(reports) == len(seqs)
+
+        timeout = max(0.0, (deadline_ns - time.monotonic_ns()) / 1e9)
+        self._wait(collect, timeout, session=True)
+        with self._cond:
+            collect()  # what arrived in the last instant
+            missing = tuple(b for b in seqs if b not in reports)
+            if not rejected:
+                self._deadline_misses += len(missing)
+                self._late_expected.update((step, b) for b in missing)
+        if rejected:
+            b, rec = rejected[0]
+            raise LinkError(f"{self.url}: FIRE step {step} bank {b} refused: "
+                            f"{self._result_name(rec)}")
+        rtt = None
+        if reports:
+            rtt = (max(r.t_ns for r in reports.values()) - t_first) / 1e6
+        return self._fire_result(step, n, banks, reports, rtt, missing)
+
+    def _fire_result(self, step: int, n: int, banks: list, reports: dict[int, Received],
+                     rtt_ms: float | None, missing: tuple[int, ...] = ()) -> FireResult:
+        assert self.info is not None
+        tick_us = self.info.tick_us or 1000
+        ex = [0] * n
+        health = [HEALTH_NOMINAL] * n
+        flags = 0
+        t_start = None
+        for b, lo, width, _fields in banks:
+            rec = reports.get(b)
+            if rec is None:
+                continue
+            m = rec.msg
+            flags |= m["flags"]
+            if b == 0:
+                t_start = m["t_start_pu_us"]
+            for i in range(width):
+                bit = 1 << i
+                ex[lo + i] = m["executed_ticks"][i]
+                if m["stuck_mask"] & bit:
+                    health[lo + i] = HEALTH_STUCK_OPEN
+                elif m["failed_mask"] & bit:
+                    health[lo + i] = HEALTH_FAILED_OFF
+        ms = tuple((t * tick_us + 500) // 1000 for t in ex)
+        return FireResult(step=step, executed_ms=ms, executed_ticks=tuple(ex),
+                          health=tuple(health), flags=flags, rtt_ms=rtt_ms,
+                          missing_banks=tuple(missing), t_start_pu_us=t_start)
+
+    # ---- heartbeat, parameters, faults -----------------------------------------------------
+
+    def heartbeat(self, step: int, *, ack: bool = False) -> None:
+        """HEARTBEAT(session, step). With ``ack=True`` it is sent with ACK_REQ and retried
+        like any non-periodic command; LinkError if refused or unanswered."""
+        session = self._require_session("HEARTBEAT")
+        fields = dict(session=session, host_step=int(step) & 0xFFFFFFFF)
+        if not ack:
+            self._send("HEARTBEAT", self._next_seq(), 0, **fields)
+            return
+        rec, _, _ = self._transact("HEARTBEAT", fields,
+                                   lambda seq: self._take_ack(seq, "HEARTBEAT"), ack_req=True,
+                                   session=True)
+        if rec.msg["result"] != RESULT["ACCEPTED"]:
+            raise LinkError(f"{self.url}: HEARTBEAT refused: {self._result_name(rec)}")
+
+    def maybe_heartbeat(self, step: int) -> bool:
+        """Send a HEARTBEAT only if no HEARTBEAT or FIRE went out for half the watchdog time.
+        Returns whether one was sent. Call it every cycle of the run loop."""
+        if self.info is None or self._session is None:
+            return False
+        half_ns = self.info.watchdog_ms * 500_000
+        if time.monotonic_ns() - self._last_feed_ns < half_ns:
+            return False
+        self.heartbeat(step)
+        return True
+
+    def set_param(self, name: str | int, value: int) -> None:
+        """SET_PARAM (unit SAFE only). UserError for an unknown parameter, a value out of its
+        range or a BAD_PARAM answer; LinkError for any other refusal or no answer."""
+        names = {v: k for k, v in PARAM.items()}
+        key = names.get(name) if isinstance(name, int) else str(name).upper()
+        if key not in PARAM:
+            raise UserError(where=self.url, field="param",
+                            message=f"expected one of {', '.join(PARAM)}, got {name!r}")
+        ranges, text = _PARAM_RANGES[key]
+        if isinstance(value, bool) or not isinstance(value, int) \
+                or not any(lo <= value <= hi for lo, hi in ranges):
+            raise UserError(where=self.url, field=key, message=f"expected {text}, got {value!r}")
+        session = self._require_session("SET_PARAM")
+        rec, _, _ = self._transact("SET_PARAM", dict(session=session, param=PARAM[key],
+                                                     value=value),
+                                   lambda seq: self._take_ack(seq, "SET_PARAM"), ack_req=True,
+                                   session=True)
+        result = rec.msg["result"]
+        if result == RESULT["BAD_PARAM"]:
+            raise UserError(where=self.url, field=key,
+                            message=f"the unit refused {value!r} (BAD_PARAM)")
+        if result != RESULT["ACCEPTED"]:
+            raise LinkError(f"{self.url}: SET_PARAM {key} refused: {self._result_name(rec)}")
+        if key == "WATCHDOG_MS" and self.info is not None:
+            self.info = replace(self.info, watchdog_ms=value)
+
+    def inject_fault(self, kind: str | int, arg: int = 0) -> str | None:
+        """FAULT_INJECT (test builds only). Returns the ACK's result name, or None for RESET
+        (the unit resets instead of answering). Not retried (a fault must not apply twice).
+        LinkError if unanswered or refused (UNSUPPORTED: not a test build)."""
+        names = {v: k for k, v in FAULT.items()}
+        key = names.get(kind) if isinstance(kind, int) else str(kind).upper()
+        if key not in FAULT:
+            raise ValueError(f"unknown fault {kind!r}; expected one of {', '.join(FAULT)}")
+        if not 0 <= int(arg) <= 0xFFFF:
+            raise ValueError(f"fault argument must be 0..65535, got {arg!r}")
+        fields = dict(fault=FAULT[key], arg=int(arg))
+        if key == "RESET":
+            self._send("FAULT_INJECT", self._next_seq(), 0, **fields)
+            return None
+        rec, _, _ = self._transact("FAULT_INJECT", fields,
+                                   lambda seq: self._take_ack(seq, "FAULT_INJECT"),
+                                   ack_req=True, session=False, retries=0)
+        result = self._result_name(rec)
+        if rec.msg["result"] != RESULT["ACCEPTED"]:
+            raise LinkError(f"{self.url}: FAULT_INJECT {key} refused: {result}")
+        return result
+
+    # ---- reset / reconnect -----------------------------------------------------------------
+
+    def wait_reset(self, timeout_s: float) -> bool:
+        """Block until a mid-session BOOT was seen (or timeout); return reset_detected."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.reset_detected, timeout_s)
+
+    def reconnect(self, timeout_s: float = 10.0, boot_timeout_s: float = 3.0) -> LinkInfo:
+        """After a reset (BOOT mid-session) or a port that went away: re-open the port if
+        needed (retrying with backoff up to ``timeout_s``), wait for BOOT, HELLO, PING burst,
+        with the mode and period of the last connect(). The link refuses FIRE until arm()."""
+        if self._mode is None or self._period_ms is None:
+            raise LinkError(f"{self.url}: reconnect() before any connect()")
+        with self._cond:
+            need_open = self._ser is None or not self._up
+        if need_open:
+            self._close_port()
+            deadline = time.monotonic() + timeout_s
+            backoff = 0.05
+            while True:
+                try:
+                    self.open()
+                    break
+                except UserError as exc:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise LinkError(f"{self.url}: the port did not come back within "
+                                        f"{timeout_s:g} s ({exc.message})") from None
+                    time.sleep(min(backoff, left))  # reopen backoff, not a reply wait
+                    backoff = min(1.0, backoff * 2)
+        return self.connect(self._mode, self._period_ms, boot_timeout_s)
+
+    # ---- state and statistics --------------------------------------------------------------
+
+    @property
+    def is_up(self) -> bool:
+        with self._cond:
+            return self._up
+
+    @property
+    def session(self) -> int | None:
+        with self._cond:
+            return self._session
+
+    @property
+    def n_channels(self) -> int | None:
+        return self.info.n_channels if self.info else None
+
+    @property
+    def tick_us(self) -> int | None:
+        return self.info.tick_us if self.info else None
+
+    @property
+    def watchdog_ms(self) -> int | None:
+        return self.info.watchdog_ms if self.info else None
+
+    @property
+    def boot_count(self) -> int | None:
+        with self._cond:
+            if self.last_boot is not None and (self.info is None or self.reset_detected):
+                return self.last_boot.msg["boot_count"]
+        return self.info.boot_count if self.info else None
+
+    def events(self) -> list[Received]:
+        """The unit's EVENTs, oldest first (the last EVENT_LOG_SIZE)."""
+        with self._cond:
+            return list(self._events)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this link plus the unit's last HK (``unit_*``, None before any HK)."""
+        with self._cond:
+            errs = dict(self._decoder.errors)
+            rtts = list(self._rtt_ms)
+            out: dict[str, Any] = {
+                "frames_sent": self._frames_sent,
+                "bytes_sent": self._bytes_sent,
+                "frames_received": self._decoder.frames,
+                "bytes_received": self._decoder.bytes,
+                "crc_errors": errs.get("crc", 0),
+                "cobs_errors": errs.get("cobs", 0),
+                "length_errors": errs.get("length", 0),
+                "other_protocol_errors": sum(v for k, v in errs.items()
+                                             if k not in ("crc", "cobs", "length")),
+                "unexpected_messages": self._unexpected,
+                "retries": self._retries,
+                "rejections": sum(self._rejections.values()),
+                "rtt_ms_p50": _percentile(rtts, 50),
+                "rtt_ms_p99": _percentile(rtts, 99),
+                "rtt_samples": len(rtts),
+                "deadline_misses": self._deadline_misses,
+                "late_reports": self._late_reports,
+                "resets_detected": self._resets_detected,
+                "capture_errors": self._capture_errors,
+                "clock_offset_us": self.clock_offset_us,
+                "link_up": self._up,
+                "armed": self._armed and self._session is not None,
+            }
+            hk = self.latest_hk.msg.fields if self.latest_hk is not None else {}
+        for f in MESSAGES["HK"].fields:
+            out[f"unit_{f.name}"] = hk.get(f.name)
+        return out

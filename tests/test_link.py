@@ -1,0 +1,547 @@
+"""Host link tests against a small fake unit on a pty pair (the real emulator is elsewhere).
+
+The fake unit is a thread on the master side of ``os.openpty()`` (both ends raw, P-12) that
+decodes with ``codec.Decoder`` and answers with ``codec.encode`` just enough of
+docs/protocol.md for the link: BOOT, HELLO_ACK, PONG, ARM_CHALLENGE, ACK, VALVE_REPORT. Its
+switches drop the first copy of a message, answer DICT_MISMATCH, reject FIRE, or reset (BOOT
+mid-session). Every frame it receives is recorded, and tests wait on its condition variable,
+never on sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+import tty
+
+import pytest
+import serial
+
+from firmware_bridge import codec
+from firmware_bridge.dictionary import (
+    DICT_HASH,
+    FLAG_ACK_REQ,
+    FLAG_RETRANSMIT,
+    FLAG_TEST_BUILD,
+    MODE,
+    PROTO_VERSION,
+    RESULT,
+)
+from firmware_bridge.link import FireResult, Link, LinkError
+from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
+from thruster_hil.errors import UserError
+
+UNIT_CLOCK_OFFSET_US = 1_000_000  # the fake's clock runs this far ahead of the host's
+N_CHANNELS = 24
+WAIT = 2.0  # generous upper bound for any wait on the fake; tests normally take ms
+
+
+class FakeUnit:
+    """A propulsion unit just smart enough for the link (see the module docstring)."""
+
+    def __init__(self, n_channels: int = N_CHANNELS):
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.master)
+        tty.setraw(self.slave)
+        self.path = os.ttyname(self.slave)
+        self.n_channels = n_channels
+        self.cond = threading.Condition()
+        self.seen: list[codec.Message] = []  # every frame received, in order
+        self.drop_first: set[str] = set()  # drop the first copy of the next such message
+        self.dict_mismatch = False
+        self.fire_result: str | None = None  # answer FIRE with this rejecting ACK
+        self.failed_mask = 0  # per channel, all banks
+        self.stuck_mask = 0
+        self.period_ticks = 500
+        self.boot_count = 7
+        self.session: int | None = None
+        self.session_counter = 0x1234
+        self.armed = False
+        self.nonce: int | None = None
+        self.last_reports: dict[int, tuple[int, dict]] = {}
+        self.seq = {0x011: 0, 0x012: 0, 0x013: 0}
+        self._tx_lock = threading.Lock()
+        self._stop_r, self._stop_w = os.pipe()
+        self._decoder = codec.Decoder()
+        self._thread = threading.Thread(target=self._run, name="fake-unit", daemon=True)
+        self._thread.start()
+
+    # -- plumbing --
+    def now_us(self) -> int:
+        return (time.monotonic_ns() // 1000 + UNIT_CLOCK_OFFSET_US) & 0xFFFFFFFF
+
+    def send(self, name: str, **fields) -> None:
+        spec = codec.MESSAGES[name]
+        with self._tx_lock:
+            seq = self.seq[spec.apid]
+            self.seq[spec.apid] = (seq + 1) % codec.SEQ_MODULO
+            os.write(self.master, codec.encode(name, seq, FLAG_TEST_BUILD, **fields))
+
+    def _run(self) -> None:
+        while True:
+            ready, _, _ = select.select([self.master, self._stop_r], [], [])
+            if self._stop_r in ready:
+                return
+            try:
+                data = os.read(self.master, 4096)
+            except OSError:  # no slave open right now (EIO): wait for one
+                continue
+            for item in self._decoder.feed(data):
+                if isinstance(item, codec.Message):
+                    self._handle(item)
+
+    def close(self) -> None:
+        os.write(self._stop_w, b"x")
+        self._thread.join(WAIT)
+        for fd in (self.master, self.slave, self._stop_r, self._stop_w):
+            os.close(fd)
+
+    def wait_seen(self, pred, timeout: float = WAIT):
+        with self.cond:
+            return self.cond.wait_for(lambda: pred(self.seen), timeout)
+
+    def frames(self, name: str) -> list[codec.Message]:
+        with self.cond:
+            return [m for m in self.seen if m.name == name]
+
+    # -- behaviour --
+    def boot(self) -> None:
+        """Power on / reset: valves closed, no session, BOOT."""
+        self.boot_count += 1
+        self.session = None
+        self.armed = False
+        self.last_reports.clear()
+        self.send("BOOT", fw_ver=0x0100, proto_ver=PROTO_VERSION, boot_count=self.boot_count,
+                  reset_cause=16, n_channels=self.n_channels, dict_hash=DICT_HASH)
+
+    def ack(self, m: codec.Message, result: str) -> None:
+        self.send("ACK", acked_seq=m.seq, msg_id=codec.MESSAGES[m.name].id,
+                  result=RESULT[result])
+
+    def _handle(self, m: codec.Message) -> None:
+        with self.cond:
+            self.seen.append(m)
+            self.cond.notify_all()
+            if m.name in self.drop_first:
+                self.drop_first.discard(m.name)
+                return
+        name = m.name
+        if "session" in m.fields and name != "HELLO" and m["session"] != self.session:
+            self.ack(m, "BAD_SESSION")
+            return
+        if name == "HELLO":
+            if self.dict_mismatch or m["dict_hash"] != DICT_HASH:
+                self.session, self.armed = None, False
+                result, session = RESULT["DICT_MISMATCH"], 0
+            else:
+                self.session_counter += 1
+                self.session, self.armed = self.session_counter, False
+                result, session = RESULT["ACCEPTED"], self.session
+            self.send("HELLO_ACK", result=result, session=session, fw_ver=0x0100,
+                      proto_ver=PROTO_VERSION, dict_hash=0xDEADBEEF if self.dict_mismatch
+                      else DICT_HASH, n_channels=self.n_channels, tick_us=1000,
+                      min_on_ticks=10, watchdog_ms=250, mode=m["mode"],
+                      boot_count=self.boot_count)
+        elif name == "PING":
+            t2 = self.now_us()
+            self.send("PONG", nonce=m["nonce"], t1_host_us=m["t1_host_us"], t2_pu_us=t2,
+                      t3_pu_us=self.now_us())
+        elif name == "ARM_REQUEST":
+            self.nonce = 0xC0FFEE00 + self.session_counter
+            self.send("ARM_CHALLENGE", nonce=self.nonce, valid_ms=2000)
+        elif name == "ARM_CONFIRM":
+            if m["nonce"] == self.nonce:
+                self.armed = True
+                self.ack(m, "ACCEPTED")
+            else:
+                self.ack(m, "BAD_NONCE")
+        elif name in ("STOP_ALL", "DISARM"):
+            self.armed = False
+            if name == "DISARM" or m.flags & FLAG_ACK_REQ:
+                self.ack(m, "ACCEPTED")
+        elif name in ("HEARTBEAT", "SET_PARAM"):
+            if m.flags & FLAG_ACK_REQ:
+                self.ack(m, "ACCEPTED")
+        elif name == "FIRE":
+            self._fire(m)
+
+    def _fire(self, m: codec.Message) -> None:
+        if not self.armed:
+            self.ack(m, "REJECTED_STATE")
+            return
+        if self.fire_result is not None:
+            self.ack(m, self.fire_result)
+            return
+        bank = m["bank"]
+        cached = self.last_reports.get(bank)
+        if cached is not None and cached[0] == m["step"]:  # idempotent per step
+            self.send("VALVE_REPORT", **dict(cached[1], flags=cached[1]["flags"] | 4))
+            return
+        failed = (self.failed_mask >> (16 * bank)) & 0xFFFF
+        stuck = (self.stuck_mask >> (16 * bank)) & 0xFFFF
+        executed = []
+        for c in range(16):
+            bit = 1 << c
+            if stuck & bit:
+                executed.append(self.period_ticks)
+            elif failed & bit or not m["mask"] & bit:
+                executed.append(0)
+            else:
+                executed.append(m["on_ticks"][c])
+        report = dict(step=m["step"], t_start_pu_us=self.now_us(), bank=bank, flags=0,
+                      executed_ticks=executed, failed_mask=failed, stuck_mask=stuck)
+        self.last_reports[bank] = (m["step"], report)
+        self.send("VALVE_REPORT", **report)
+
+
+@pytest.fixture
+def unit():
+    u = FakeUnit()
+    yield u
+    u.close()
+
+
+@pytest.fixture
+def link(unit):
+    lk = Link(unit.path, ping_burst=10)
+    lk.open()
+    unit.boot()  # the board resets when the port opens; BOOT follows
+    yield lk
+    lk.close()
+
+
+def connected(link: Link, unit: FakeUnit, **kw) -> Link:
+    link.connect(**kw)
+    return link
+
+
+def sync(link: Link) -> None:
+    """A PING round trip: the fake has processed every frame sent before it."""
+    link.ping()
+
+
+# ---- connect ---------------------------------------------------------------------------------
+
+def test_connect_waits_for_boot_sends_hello_and_measures_rtt_and_offset(link, unit):
+    info = link.connect(mode="lockstep", period_ms=200)
+    hellos = unit.frames("HELLO")
+    assert len(hellos) == 1
+    assert hellos[0]["dict_hash"] == DICT_HASH
+    assert hellos[0]["proto_ver"] == PROTO_VERSION
+    assert hellos[0]["mode"] == MODE["LOCKSTEP"] and hellos[0]["period_ms"] == 200
+    assert info.session == unit.session and link.session == unit.session
+    assert (info.n_channels, info.tick_us, info.watchdog_ms) == (N_CHANNELS, 1000, 250)
+    assert info.boot_count == unit.boot_count and info.test_build
+    assert len(unit.frames("PING")) == 10
+    st = link.stats()
+    assert st["rtt_samples"] == 10 and 0 < st["rtt_ms_p50"] <= st["rtt_ms_p99"] < 1000
+    # The fake's clock is 1 s ahead; the offset is good to about one RTT.
+    assert abs(link.clock_offset_us - UNIT_CLOCK_OFFSET_US) < 20_000
+    assert link.retry_timeout_s >= 0.020
+    # The BOOT that came before HELLO is not a reset.
+    assert not link.reset_detected and st["resets_detected"] == 0
+
+
+def test_connect_without_boot_proceeds_after_the_boot_timeout(unit):
+    with Link(unit.path, ping_burst=2) as lk:  # no unit.boot(): a board without auto-reset
+        t0 = time.monotonic()
+        info = lk.connect(boot_timeout_s=0.1)
+        assert time.monotonic() - t0 >= 0.1
+        assert info.session == unit.session
+
+
+def test_realtime_mode_is_sent_in_hello(link, unit):
+    link.connect(mode="realtime", period_ms=100)
+    assert unit.frames("HELLO")[0]["mode"] == MODE["REALTIME"]
+
+
+def test_bad_mode_or_period_is_a_one_line_user_error(link):
+    with pytest.raises(UserError, match="mode") as exc:
+        link.connect(mode="fast")
+    assert "\n" not in str(exc.value)
+    with pytest.raises(UserError, match="period_ms"):
+        link.connect(period_ms=5)
+
+
+def test_dictionary_mismatch_is_refused_with_both_hashes_and_never_armed(link, unit):
+    unit.dict_mismatch = True
+    with pytest.raises(UserError) as exc:
+        link.connect()
+    text = str(exc.value)
+    assert "\n" not in text and text.startswith(unit.path)
+    assert "0xDEADBEEF" in text and f"0x{DICT_HASH:08X}" in text
+    assert link.session is None
+    with pytest.raises(LinkError, match="no session"):
+        link.arm(100)
+    assert not unit.frames("ARM_REQUEST")
+
+
+# ---- arm and fire ------------------------------------------------------------------------------
+
+def test_arm_runs_the_challenge_and_confirms_the_nonce(link, unit):
+    connected(link, unit).arm(max_on_ticks=300)
+    confirm = unit.frames("ARM_CONFIRM")[0]
+    assert confirm["nonce"] == unit.nonce and confirm["max_on_ticks"] == 300
+    assert confirm["session"] == unit.session and confirm.flags & FLAG_ACK_REQ
+    assert link.armed and unit.armed
+
+
+def test_fire_is_refused_locally_before_arm(link, unit):
+    connected(link, unit)
+    with pytest.raises(LinkError, match="not armed"):
+        link.fire(1, [10] * 18)
+    assert not unit.frames("FIRE")
+
+
+def test_lockstep_fire_18_thrusters_in_two_banks(link, unit):
+    unit.failed_mask = 1 << 3
+    unit.stuck_mask = 1 << 17
+    connected(link, unit).arm(500)
+    on = [10 * (i + 1) for i in range(18)]
+    res = link.fire(5, on)
+    assert isinstance(res, FireResult) and res.complete
+    fires = unit.frames("FIRE")
+    assert [f["bank"] for f in fires] == [0, 1]
+    assert fires[0]["mask"] == 0xFFFF and fires[1]["mask"] == 0b11
+    assert list(fires[0]["on_ticks"]) == on[:16]
+    assert list(fires[1]["on_ticks"]) == on[16:] + [0] * 14
+    assert all(f["step"] == 5 and f["session"] == unit.session for f in fires)
+    expected = list(on)
+    expected[3] = 0
+    expected[17] = unit.period_ticks
+    assert list(res.executed_ms) == expected and list(res.executed_ticks) == expected
+    health = [HEALTH_NOMINAL] * 18
+    health[3] = HEALTH_FAILED_OFF
+    health[17] = HEALTH_STUCK_OPEN
+    assert list(res.health) == health
+    assert res.flags == 0 and res.rtt_ms is not None and res.rtt_ms > 0
+    assert link.stats()["retries"] == 0
+
+
+def test_dropped_fire_is_resent_with_same_seq_and_step_and_retransmit_flag(link, unit):
+    connected(link, unit).arm(500)
+    unit.drop_first = {"FIRE"}
+    res = link.fire(9, [20] * 18)
+    assert list(res.executed_ms) == [20] * 18
+    sync(link)
+    bank0 = [f for f in unit.frames("FIRE") if f["bank"] == 0]
+    assert len(bank0) >= 2
+    first, second = bank0[0], bank0[1]
+    assert second.seq == first.seq and second["step"] == first["step"] == 9
+    assert not first.flags & FLAG_RETRANSMIT and second.flags & FLAG_RETRANSMIT
+    resent = sum(1 for f in unit.seen if f.flags & FLAG_RETRANSMIT and f.name != "STOP_ALL")
+    assert link.stats()["retries"] == resent >= 1
+
+
+def test_dropped_hello_is_resent_and_counted(link, unit):
+    unit.drop_first = {"HELLO"}
+    link.connect()
+    hellos = unit.frames("HELLO")
+    assert len(hellos) == 2 and hellos[0].seq == hellos[1].seq
+    assert hellos[1].flags & FLAG_RETRANSMIT
+    assert link.stats()["retries"] >= 1 and link.session == unit.session
+
+
+def test_rejecting_ack_to_fire_raises_link_error_naming_the_result(link, unit):
+    connected(link, unit).arm(500)
+    unit.fire_result = "STALE"
+    with pytest.raises(LinkError, match="STALE") as exc:
+        link.fire(3, [10] * 18)
+    assert "\n" not in str(exc.value)
+
+
+def test_no_report_after_three_retries_is_a_link_error(link, unit):
+    connected(link, unit).arm(500)
+    link._retry_rtt_s = 0.001  # noqa: SLF001 - keep the 4 x 20 ms short and predictable
+    unit.drop_first = {"FIRE"}
+    orig = unit._handle
+
+    def black_hole(m):  # swallow every FIRE
+        if m.name == "FIRE":
+            with unit.cond:
+                unit.seen.append(m)
+                unit.cond.notify_all()
+            return
+        orig(m)
+
+    unit._handle = black_hole
+    with pytest.raises(LinkError, match="no reply to FIRE"):
+        link.fire(4, [10] * 3)
+    fires = unit.frames("FIRE")
+    assert len(fires) == 4 and len({f.seq for f in fires}) == 1
+    assert link.stats()["retries"] == 3
+
+
+def test_realtime_fire_collects_reports_and_counts_missed_deadlines(link, unit):
+    connected(link, unit, mode="realtime", period_ms=100).arm(50)
+    res = link.fire(1, [5] * 18, deadline_ns=time.monotonic_ns() + 1_000_000_000)
+    assert res.complete and list(res.executed_ms) == [5] * 18
+    assert link.stats()["deadline_misses"] == 0
+    unit.drop_first = {"FIRE"}  # bank 0's report never comes, and is not resent
+    res = link.fire(2, [5] * 18, deadline_ns=time.monotonic_ns() + 50_000_000)
+    assert res.missing_banks == (0,) and not res.complete
+    assert list(res.executed_ms) == [0] * 16 + [5, 5]
+    sync(link)
+    assert len([f for f in unit.frames("FIRE") if f["step"] == 2]) == 2  # no resend
+    assert link.stats()["deadline_misses"] == 1
+
+
+# ---- reset, reconnect, close ------------------------------------------------------------------
+
+def test_reset_detected_then_reconnect_then_fire_refused_until_rearmed(link, unit):
+    connected(link, unit).arm(500)
+    link.fire(1, [10] * 18)
+    unit.boot()  # the unit resets mid-session
+    assert link.wait_reset(WAIT)
+    assert link.stats()["resets_detected"] == 1 and not link.armed
+    with pytest.raises(LinkError, match="reset"):
+        link.fire(2, [10] * 18)
+    n_hello = len(unit.frames("HELLO"))
+    info = link.reconnect(boot_timeout_s=0.5)
+    assert len(unit.frames("HELLO")) == n_hello + 1
+    assert info.boot_count == unit.boot_count and not link.reset_detected
+    assert info.session == unit.session
+    with pytest.raises(LinkError, match="not armed"):
+        link.fire(2, [10] * 18)
+    link.arm(500)
+    assert list(link.fire(2, [10] * 18).executed_ms) == [10] * 18
+
+
+def test_port_gone_marks_link_down_and_reconnect_reopens():
+    u = FakeUnit()
+    lk = Link(u.path, ping_burst=2)
+    try:
+        lk.open()
+        u.boot()
+        lk.connect()
+        path = u.path
+        u.close()  # the emulator dies: its pty disappears
+        with lk._cond:  # noqa: SLF001 - wait for the reader to notice, no sleep
+            assert lk._cond.wait_for(lambda: not lk._up, WAIT)  # noqa: SLF001
+        assert not lk.is_up
+        with pytest.raises(LinkError, match="down"):
+            lk.ping()
+        lk.stop_all()  # never raises on a dead port
+        with pytest.raises(LinkError, match="did not come back"):
+            lk.reconnect(timeout_s=0.1)
+        assert path
+    finally:
+        lk.close()
+        lk.close()  # idempotent
+
+
+def test_close_sends_stop_all_and_is_idempotent(unit):
+    lk = Link(unit.path, ping_burst=2)
+    lk.open()
+    unit.boot()
+    lk.connect()
+    lk.arm(100)
+    lk.close()
+    assert unit.wait_seen(lambda seen: sum(m.name == "STOP_ALL" for m in seen) >= 2)
+    stops = unit.frames("STOP_ALL")
+    assert stops[0].seq == stops[1].seq and stops[1].flags & FLAG_RETRANSMIT
+    assert not unit.armed
+    lk.close()
+    assert len(unit.frames("STOP_ALL")) == 2
+    assert not lk.is_up
+
+
+def test_context_manager_closes_with_stop_all(unit):
+    with Link(unit.path, ping_burst=1) as lk:
+        lk.open()
+    assert unit.wait_seen(lambda seen: any(m.name == "STOP_ALL" for m in seen))
+
+
+# ---- opening the port ----------------------------------------------------------------------
+
+def test_busy_port_is_a_one_line_user_error(link, unit):
+    other = Link(unit.path)
+    with pytest.raises(UserError) as exc:
+        other.open()
+    text = str(exc.value)
+    assert "\n" not in text and text.startswith(unit.path)
+    assert "in use by another process" in text
+    other.close()
+
+
+def test_missing_port_is_a_one_line_user_error(tmp_path):
+    path = str(tmp_path / "ttyNOPE0")
+    with pytest.raises(UserError) as exc:
+        Link(path).open()
+    text = str(exc.value)
+    assert "\n" not in text and text.startswith(path) and "no such port" in text
+
+
+def test_unknown_url_scheme_is_a_one_line_user_error():
+    with pytest.raises(UserError, match="not a port path or a pyserial URL") as exc:
+        Link("nosuch://thing").open()
+    assert "\n" not in str(exc.value)
+
+
+def test_loop_url_opens_and_captures_both_directions():
+    seen: list[tuple[str, int, bytes]] = []
+    done = threading.Event()
+
+    def capture(direction, t_ns, data):
+        seen.append((direction, t_ns, data))
+        if direction == "rx":
+            done.set()
+
+    lk = Link("loop://", on_bytes=capture)
+    lk.open()
+    assert lk.is_up and isinstance(lk._ser, serial.SerialBase)  # noqa: SLF001
+    with pytest.raises(LinkError, match="no PONG"):
+        lk.ping(timeout_s=0.05)  # the loop echoes our PING: nobody answers it
+    assert done.wait(WAIT)
+    tx = b"".join(d for k, _, d in seen if k == "tx")
+    rx = b"".join(d for k, _, d in seen if k == "rx")
+    assert tx and rx.startswith(tx[: len(rx)]) and all(t > 0 for _, t, _ in seen)
+    assert lk.stats()["frames_sent"] == 1
+    lk.close()
+    assert not lk.is_up
+
+
+# ---- helpers and statistics ------------------------------------------------------------------
+
+def test_heartbeat_disarm_set_param_and_maybe_heartbeat(link, unit):
+    connected(link, unit).arm(100)
+    link.heartbeat(7, ack=True)
+    hb = [m for m in unit.frames("HEARTBEAT") if m["host_step"] == 7]
+    assert hb and hb[0]["session"] == unit.session and hb[0].flags & FLAG_ACK_REQ
+    assert not link.maybe_heartbeat(8)  # one just went out
+    link._last_feed_ns -= 200_000_000  # noqa: SLF001 - pretend 200 ms passed (> 125 ms)
+    assert link.maybe_heartbeat(8)
+    link.disarm()
+    assert not link.armed and not unit.armed
+    link.set_param("watchdog_ms", 500)
+    sp = unit.frames("SET_PARAM")[0]
+    assert sp["value"] == 500 and sp.flags & FLAG_ACK_REQ
+    assert link.watchdog_ms == 500
+    with pytest.raises(UserError, match="WATCHDOG_MS"):
+        link.set_param("WATCHDOG_MS", 10)
+    with pytest.raises(UserError, match="param"):
+        link.set_param("NOPE", 1)
+
+
+def test_stats_keys_present(link, unit):
+    connected(link, unit).arm(100)
+    link.fire(1, [1] * 18)
+    unit.send("HK", pu_time_us=1, state=3, watchdog_remaining_ms=200, rx_frames=42,
+              crc_errors=1, cobs_errors=0, length_errors=0, seq_gaps=0, uart_overruns=0,
+              session_errors=0, last_step=1, open_mask=0, failed_mask=0, stuck_mask=0,
+              tank_kPa=2000)
+    os.write(unit.master, b"\x05garbage\x00")  # a damaged frame: counted, then resync
+    sync(link)
+    st = link.stats()
+    for key in ("frames_sent", "frames_received", "crc_errors", "cobs_errors",
+                "length_errors", "other_protocol_errors", "retries", "rtt_ms_p50",
+                "rtt_ms_p99", "deadline_misses", "resets_detected", "unit_rx_frames",
+                "unit_seq_gaps", "unit_session_errors"):
+        assert key in st, key
+    assert st["unit_rx_frames"] == 42
+    assert st["frames_sent"] >= 10 + 2 + 2 and st["frames_received"] >= 10
+    assert st["crc_errors"] + st["cobs_errors"] + st["length_errors"] \
+        + st["other_protocol_errors"] == 1
+    assert st["rtt_samples"] >= 12  # the pings and the two lockstep exchanges
