@@ -209,6 +209,16 @@ class UnitCore:
                                  "to": "BOOT", "reason": "RESET"})
         return b"".join(out) + self.boot(now_us)
 
+    def stop_all(self, now_us: int) -> bytes:
+        """What STOP_ALL does, without a command (the emulator's shutdown): every valve closed,
+        ARMING/ARMED -> SAFE."""
+        out: list[bytes] = []
+        if self.state in (ARMING, ARMED):
+            self._leave_armed(out, now_us, SAFE, REASON["COMMANDED"])
+        else:
+            self._close_all(out, now_us)
+        return b"".join(out)
+
     def force_fault(self, now_us: int) -> bytes:
         """The board's self-check found a hardware fault: close everything, enter FAULT."""
         out: list[bytes] = []

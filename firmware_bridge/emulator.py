@@ -1,0 +1,454 @@
+"""The propulsion-unit emulator: :class:`~firmware_bridge.unit.UnitCore` on a pseudo-terminal.
+
+Run it as ``python -m firmware_bridge.emulator [--faults SPEC] [--channels N] [--log PATH]
+[--link-path PATH] [--seed N] [--no-auto-reset] [--boot-delay-ms MS] [--mode-hint MODE]``.
+It opens a pty pair (both ends raw at once), prints the slave path as the first stdout line (or
+writes it to ``--link-path``) and serves until SIGTERM/SIGINT, which close the valves and exit 0.
+
+Like a Mega 2560 whose USB port resets the board when opened, the unit boots (BOOT, reset cause
+POWER_ON, boot count 1) when a host first opens the port, and resets (reset cause EXTERNAL,
+boot count + 1) at every later open, ``--boot-delay-ms`` (default 100 ms, the bootloader) after
+the open; pyserial flushes the input at open, so a BOOT sent earlier would be lost.
+``--no-auto-reset`` boots once at start and never resets on open (a board without auto-reset).
+While no host has the port open, the unit keeps running (its watchdog closes the valves) and
+what it sends is lost.
+
+One thread: ``select()`` on the pty master and a signal pipe, with the timeout of the earliest of
+the unit's next deadline, the fault delay queues and the next scheduled fault. The clock is
+``time.monotonic_ns() // 1000`` since start (the unit's ``pu_time_us``).
+
+``--log PATH`` writes JSON lines, flushed per line, each with ``t_us`` (the emulator clock):
+``start`` (port, channels, faults, pid), ``connect`` / ``disconnect`` (host opened/closed the
+port), ``boot`` (boot_count, reset_cause), ``state`` (from, to, reason), ``fire`` (session, step,
+bank, mode, t_start_us, executed [16 ticks], flags, aborted), ``watchdog_trip`` (last_valid_us,
+closed_us, since_valid_ms, watchdog_ms), ``fault`` (kind, arg, source wire|schedule),
+``counters`` (unit, link, io; every second and at exit) and ``stop`` (signal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import heapq
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tty
+from typing import IO
+
+from firmware_bridge.faults import LinkFaults, parse_faults
+from firmware_bridge.unit import RESET_CAUSE, UnitCore
+from thruster_hil.errors import UserError
+
+PROG = "firmware_bridge.emulator"
+_OUT_LIMIT = 1 << 16
+_HUP_POLL_US = 5_000
+_COUNTERS_EVERY_US = 1_000_000
+
+
+class Emulator:
+    """The I/O wrapper around one :class:`UnitCore` (used by :func:`main`)."""
+
+    def __init__(self, core: UnitCore, faults: LinkFaults | None = None,
+                 log: IO[str] | None = None, auto_reset: bool = True,
+                 boot_delay_us: int = 100_000):
+        self.core = core
+        active = faults is not None and (faults.spec.link_active or bool(faults.spec.schedule))
+        self.faults = faults if active else None
+        self.log = log
+        self.auto_reset = auto_reset
+        self.boot_delay_us = boot_delay_us
+        self.master = -1
+        self.path = ""
+        self.connected = False
+        self.stop_signal: int | None = None
+        self._t0 = time.monotonic_ns()
+        self._reset_at: int | None = None
+        self._out = bytearray()
+        self._rx_partial = bytearray()
+        self._tx_partial = bytearray()
+        self._delayed: list[tuple[int, int, str, bytes]] = []  # (due, n, direction, frame)
+        self._n = 0
+        self._first_fire_us: int | None = None
+        self._next_counters = _COUNTERS_EVERY_US
+        self.io = {"rx_bytes": 0, "tx_bytes": 0, "tx_lost_disconnected": 0, "tx_overflow": 0,
+                   "connects": 0, "disconnects": 0}
+
+    def now(self) -> int:
+        return (time.monotonic_ns() - self._t0) // 1000
+
+    # ---------------------------------------------------------------- pty
+
+    def open_pty(self) -> str:
+        master, slave = os.openpty()
+        tty.setraw(master)  # at once: a fresh pty is canonical with echo (anchors P-12)
+        tty.setraw(slave)
+        self.path = os.ttyname(slave)
+        os.close(slave)  # the host opens it; with no slave open the master reports HUP
+        os.set_blocking(master, False)
+        self.master = master
+        return self.path
+
+    def _host_present(self) -> bool:
+        p = select.poll()
+        p.register(self.master, select.POLLIN | select.POLLHUP)
+        return not any(ev & select.POLLHUP for _, ev in p.poll(0))
+
+    # ---------------------------------------------------------------- output
+
+    def _write_log(self, record: dict) -> None:
+        if self.log is not None:
+            self.log.write(json.dumps(record, separators=(",", ":")) + "\n")
+            self.log.flush()
+
+    def _drain_journal(self) -> None:
+        j = self.core.journal
+        for rec in j:
+            if rec.get("ev") == "fire" and self._first_fire_us is None:
+                self._first_fire_us = rec["t_start_us"]
+            self._write_log(rec)
+        j.clear()
+
+    def _frames(self, buf: bytearray, data: bytes) -> list[bytes]:
+        buf += data
+        frames = []
+        while True:
+            i = buf.find(b"\x00")
+            if i < 0:
+                return frames
+            frames.append(bytes(buf[:i + 1]))
+            del buf[:i + 1]
+
+    def send(self, data: bytes, now: int) -> None:
+        if not data:
+            return
+        if self.faults is None or not self.faults.spec.link_active:
+            self._queue_out(data)
+            return
+        for frame in self._frames(self._tx_partial, data):
+            for due, f in self.faults.process("tx", frame, now):
+                if due <= now:
+                    self._queue_out(f)
+                else:
+                    self._delay(due, "tx", f)
+
+    def _delay(self, due: int, direction: str, frame: bytes) -> None:
+        self._n += 1
+        heapq.heappush(self._delayed, (due, self._n, direction, frame))
+
+    def _queue_out(self, data: bytes) -> None:
+        if not self.connected:
+            self.io["tx_lost_disconnected"] += len(data)
+            return
+        if len(self._out) + len(data) > _OUT_LIMIT:
+            self.io["tx_overflow"] += len(data)
+            return
+        self._out += data
+
+    def _flush(self) -> None:
+        while self._out and self.connected:
+            try:
+                n = os.write(self.master, self._out)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    self._disconnected()
+                    return
+                raise
+            self.io["tx_bytes"] += n
+            del self._out[:n]
+
+    # ---------------------------------------------------------------- input
+
+    def _on_rx(self, data: bytes, now: int) -> None:
+        self.io["rx_bytes"] += len(data)
+        if self.faults is None or not self.faults.spec.link_active:
+            self.send(self.core.receive(data, now), now)
+            return
+        for frame in self._frames(self._rx_partial, data):
+            for due, f in self.faults.process("rx", frame, now):
+                if due <= now:
+                    self.send(self.core.receive(f, now), now)
+                else:
+                    self._delay(due, "rx", f)
+
+    def _connected(self, now: int) -> None:
+        self.connected = True
+        self.io["connects"] += 1
+        self._write_log({"t_us": now, "ev": "connect"})
+        if self.auto_reset:
+            self._reset_at = now + self.boot_delay_us
+
+    def _disconnected(self) -> None:
+        if self.connected:
+            self.connected = False
+            self.io["disconnects"] += 1
+            self._out.clear()
+            self._rx_partial.clear()
+            self._write_log({"t_us": self.now(), "ev": "disconnect"})
+
+    # ---------------------------------------------------------------- loop
+
+    def _counters(self, now: int) -> dict:
+        return {"t_us": now, "ev": "counters", "unit": dict(self.core.counters),
+                "link": self.faults.counts if self.faults else None,
+                "scheduled": self.faults.applied if self.faults else [], "io": dict(self.io)}
+
+    def _step(self, now: int) -> None:
+        core = self.core
+        if not self.connected and self._host_present():
+            self._connected(now)
+        if self._reset_at is not None and now >= self._reset_at:
+            self._reset_at = None
+            if core.state == 0:  # BOOT: never booted (no host yet)
+                self.send(core.boot(now), now)
+            else:
+                self.send(core.reset(now, RESET_CAUSE["EXTERNAL"]), now)
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, direction, frame = heapq.heappop(self._delayed)
+            if direction == "rx":
+                self.send(core.receive(frame, now), now)
+            else:
+                self._queue_out(frame)
+        if self.faults is not None:
+            for kind, arg in self.faults.due_unit_faults(now, self._first_fire_us):
+                self.send(core.inject_fault(kind, arg, now, source="schedule"), now)
+        self.send(core.tick(now), now)
+        self._drain_journal()
+        if now >= self._next_counters:
+            self._write_log(self._counters(now))
+            self._next_counters = now + _COUNTERS_EVERY_US
+
+    def _timeout_s(self, now: int) -> float:
+        times = [self.core.next_deadline_us(), self._reset_at, self._next_counters]
+        if self._delayed:
+            times.append(self._delayed[0][0])
+        if self.faults is not None:
+            times.append(self.faults.next_unit_fault_us(self._first_fire_us))
+        if not self.connected:
+            times.append(now + _HUP_POLL_US)
+        due = min(t for t in times if t is not None)
+        return max(0.0, (due - now) / 1e6)
+
+    def serve(self) -> int:
+        """Serve until a signal arrives. Returns the exit status (0)."""
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        old_fd = signal.set_wakeup_fd(wake_w)
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            if not self.auto_reset:
+                self.send(self.core.boot(self.now()), self.now())
+            while self.stop_signal is None:
+                now = self.now()
+                self._step(now)
+                rlist = [wake_r] + ([self.master] if self.connected else [])
+                wlist = [self.master] if self._out and self.connected else []
+                r, w, _ = select.select(rlist, wlist, [], self._timeout_s(self.now()))
+                if self.stop_signal is not None:
+                    break
+                if self.master in r:
+                    try:
+                        data = os.read(self.master, 4096)
+                    except BlockingIOError:
+                        data = b""
+                    except OSError as exc:
+                        if exc.errno != errno.EIO:
+                            raise
+                        self._disconnected()
+                        data = b""
+                    if data:
+                        self._on_rx(data, self.now())
+                    elif not self._host_present():
+                        self._disconnected()
+                if self._out:
+                    self._flush()
+            now = self.now()
+            self.send(self.core.stop_all(now), now)
+            self._flush()
+            self._drain_journal()
+            self._write_log(self._counters(now))
+            self._write_log({"t_us": now, "ev": "stop", "signal": self.stop_signal})
+            return 0
+        finally:
+            signal.set_wakeup_fd(old_fd)
+            for s, h in old.items():
+                signal.signal(s, h)
+            os.close(wake_r)
+            os.close(wake_w)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signal = signum
+
+
+# -------------------------------------------------------------------- command line
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m {PROG}",
+                                description="Propulsion-unit emulator on a pseudo-terminal.")
+    p.add_argument("--faults", default=None, help="link/unit fault spec (see faults.py)")
+    p.add_argument("--channels", type=int, default=32, help="valve channels, 1..32")
+    p.add_argument("--link-path", default=None, help="write the port path here, not stdout")
+    p.add_argument("--log", default=None, help="JSON-lines record of what the unit did")
+    p.add_argument("--seed", type=int, default=None, help="session/nonce RNG seed")
+    p.add_argument("--min-on-ticks", type=int, default=5)
+    p.add_argument("--no-test-build", action="store_true", help="refuse FAULT_INJECT")
+    p.add_argument("--no-auto-reset", action="store_true",
+                   help="boot once at start, not when a host opens the port")
+    p.add_argument("--boot-delay-ms", type=int, default=100)
+    p.add_argument("--mode-hint", choices=("lockstep", "realtime"), default=None,
+                   help="recorded in the log only: the mode comes from HELLO")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if not 1 <= args.channels <= 32:
+            raise UserError(where="--channels", message=f"expected 1..32, got {args.channels}")
+        if not 0 <= args.min_on_ticks <= 1000:
+            raise UserError(where="--min-on-ticks",
+                            message=f"expected 0..1000, got {args.min_on_ticks}")
+        if not 0 <= args.boot_delay_ms <= 10000:
+            raise UserError(where="--boot-delay-ms",
+                            message=f"expected 0..10000, got {args.boot_delay_ms}")
+        spec = parse_faults(args.faults, args.channels)
+        log = open(args.log, "w", encoding="utf-8") if args.log else None  # noqa: SIM115
+    except UserError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except OSError as err:
+        print(f"{PROG}: error: --log: cannot open {args.log}: {err.strerror}", file=sys.stderr)
+        return 2
+    core = UnitCore(n_channels=args.channels, test_build=not args.no_test_build,
+                    min_on_ticks=args.min_on_ticks, rng_seed=args.seed)
+    emu = Emulator(core, LinkFaults(spec, args.channels), log, auto_reset=not args.no_auto_reset,
+                   boot_delay_us=args.boot_delay_ms * 1000)
+    path = emu.open_pty()
+    emu._write_log({"t_us": emu.now(), "ev": "start", "port": path, "pid": os.getpid(),
+                    "channels": args.channels, "faults": spec.text, "mode_hint": args.mode_hint})
+    if args.link_path:
+        tmp = f"{args.link_path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(path + "\n")
+        os.replace(tmp, args.link_path)
+    else:
+        print(path, flush=True)
+    try:
+        return emu.serve()
+    finally:
+        if log is not None:
+            log.close()
+        os.close(emu.master)
+
+
+# -------------------------------------------------------------------- Python API
+
+class EmulatorError(RuntimeError):
+    """The emulator process did not start (or died before printing its port)."""
+
+
+class EmulatorProcess:
+    """The emulator as a subprocess, for tests and the closed loop::
+
+        with EmulatorProcess(faults="drop=0.01,seed=3", log_path="emu.jsonl") as emu:
+            ser = serial.serial_for_url(emu.port, exclusive=True, timeout=0.5)
+    """
+
+    def __init__(self, faults: str | None = None, channels: int = 32,
+                 log_path: str | os.PathLike | None = None, seed: int | None = None,
+                 extra_args: tuple[str, ...] | list[str] = (), start_timeout: float = 10.0):
+        self.args = ["--channels", str(channels)]
+        if faults:
+            self.args += ["--faults", faults]
+        if log_path is not None:
+            self.args += ["--log", os.fspath(log_path)]
+        if seed is not None:
+            self.args += ["--seed", str(seed)]
+        self.args += list(extra_args)
+        self.start_timeout = start_timeout
+        self.proc: subprocess.Popen | None = None
+        self.port: str = ""
+        self._stderr: IO[bytes] | None = None
+
+    def start(self) -> EmulatorProcess:
+        self._stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([sys.executable, "-m", PROG, *self.args],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=self._stderr)
+        fd = self.proc.stdout.fileno()
+        buf = b""
+        deadline = time.monotonic() + self.start_timeout
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.stop()
+                raise EmulatorError(f"{PROG}: no port path within {self.start_timeout:g} s")
+            r, _, _ = select.select([fd], [], [], left)
+            if r:
+                chunk = os.read(fd, 1024)
+                if not chunk:
+                    rc = self.proc.wait()
+                    raise EmulatorError(f"{PROG} exited with status {rc} before printing its "
+                                        f"port: {self.stderr_text().strip() or '(no stderr)'}")
+                buf += chunk
+        self.port = buf.split(b"\n", 1)[0].decode().strip()
+        return self
+
+    def stderr_text(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout`` s. Returns the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+    def close(self) -> None:
+        self.stop()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def __enter__(self) -> EmulatorProcess:
+        if self.proc is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def start_emulator(faults: str | None = None, channels: int = 32, **kw) -> EmulatorProcess:
+    """Start an emulator subprocess and wait for its port (``.port``)."""
+    return EmulatorProcess(faults=faults, channels=channels, **kw).start()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Link-level fault injection for the emulator: what a bad cable, a busy USB hub or a flaky
+board does to the frames, plus unit faults on a schedule.
+
+Spec grammar (``--faults``), comma-separated items, whitespace ignored::
+
+    spec     := item ("," item)*
+    item     := LINKKEY ["." DIR] "=" RATE                 drop, corrupt, duplicate
+              | "delay" ["." DIR] "=" RATE ":" DURATION    hold a frame DURATION (later frames
+                                                           overtake it)
+              | "stall=" DURATION "@" WHEN                 the unit ignores input for DURATION
+              | "reset@" WHEN                              the unit resets (new BOOT)
+              | "fail=" CH "@" WHEN                        channel CH fails off
+              | "stuck=" CH "@" WHEN                       channel CH sticks open
+              | "clear=" CH "@" WHEN                       channel CH is healthy again
+              | "pressure=" KPA ["kPa"] "@" WHEN           tank pressure becomes KPA
+              | "seed=" INT                                the RNG seed (default 0)
+    DIR      := "rx" (frames the unit receives) | "tx" (frames the unit sends); none: both
+    RATE     := a probability in [0, 1] per frame
+    DURATION := NUMBER ("s" | "ms")                        e.g. 2s, 250ms, 1.5s
+    WHEN     := DURATION                                   since the emulator started
+              | "fire+" DURATION                           since the first FIRE the unit received
+
+Example: ``drop=0.01,corrupt=0.01,duplicate=0.005,delay=0.01:30ms,stall=5s@2s,reset@fire+40s,
+fail=3@10s,stuck=5@12s,pressure=1500kPa@20s,seed=7``.
+
+Per frame and direction, in this order: drop (the frame is gone), corrupt (one byte before the
+delimiter is XORed with a random non-zero value that does not make it 0x00, so the frame still
+ends where it did and fails its CRC/COBS/length check), duplicate (sent twice), delay. Every
+action is counted in ``LinkFaults.counts`` (per direction) and ``LinkFaults.applied`` (the
+scheduled unit faults).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+from firmware_bridge.dictionary import FAULT
+from thruster_hil.errors import UserError
+
+_WHERE = "--faults"
+DIRECTIONS = ("rx", "tx")
+_LINK_KEYS = ("drop", "corrupt", "duplicate", "delay")
+_DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(ms|s)$")
+
+
+def _err(message: str) -> UserError:
+    return UserError(where=_WHERE, message=message)
+
+
+def parse_duration_us(text: str, what: str) -> int:
+    """``"250ms"`` -> 250000, ``"2s"`` -> 2000000."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise _err(f"{what}: expected a duration like 250ms or 2s, got {text!r}")
+    value = float(m.group(1)) * (1000 if m.group(2) == "ms" else 1_000_000)
+    return int(round(value))
+
+
+def _rate(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise _err(f"{what}: expected a probability in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise _err(f"{what}: expected a probability in [0, 1], got {text!r}")
+    return value
+
+
+def _int(text: str, what: str, lo: int, hi: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise _err(f"{what}: expected an integer in {lo}..{hi}, got {text!r}") from None
+    if not lo <= value <= hi:
+        raise _err(f"{what}: expected an integer in {lo}..{hi}, got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ScheduledFault:
+    """A unit fault (enum ``fault`` kind and argument) due ``at_us`` after the start, or after
+    the first FIRE when ``after_fire``."""
+
+    kind: int
+    arg: int
+    at_us: int
+    after_fire: bool
+    text: str
+
+
+@dataclass
+class FaultSpec:
+    rates: dict[str, dict[str, float]] = field(
+        default_factory=lambda: {d: {k: 0.0 for k in _LINK_KEYS} for d in DIRECTIONS})
+    delay_us: dict[str, int] = field(default_factory=lambda: {d: 0 for d in DIRECTIONS})
+    schedule: list[ScheduledFault] = field(default_factory=list)
+    seed: int = 0
+    text: str = ""
+
+    @property
+    def link_active(self) -> bool:
+        return any(v > 0 for d in self.rates.values() for v in d.values())
+
+
+def parse_faults(text: str | None, n_channels: int = 32) -> FaultSpec:
+    """Parse a fault spec; raise :class:`UserError` (one line) on the first bad item."""
+    spec = FaultSpec(text=text or "")
+    if not text or not text.strip():
+        return spec
+    seen: set[str] = set()
+    for raw in text.split(","):
+        item = "".join(raw.split())
+        if not item:
+            raise _err(f"empty item in {text!r}")
+        if item.startswith("reset@"):
+            key, value, when = "reset", "", item[len("reset@"):]
+        elif "=" in item:
+            key, value = item.split("=", 1)
+            when = None
+            if "@" in value:
+                value, when = value.split("@", 1)
+        else:
+            raise _err(f"expected key=value or reset@WHEN, got {item!r}")
+        base, _, direction = key.partition(".")
+        if base in _LINK_KEYS:
+            if when is not None:
+                raise _err(f"{key}: a link fault has a rate, not a time, got {item!r}")
+            if direction and direction not in DIRECTIONS:
+                raise _err(f"{key}: direction must be rx or tx, got {direction!r}")
+            dirs = (direction,) if direction else DIRECTIONS
+            for d in dirs:
+                if f"{base}.{d}" in seen:
+                    raise _err(f"{key}: given twice")
+                seen.add(f"{base}.{d}")
+            if base == "delay":
+                rate_text, sep, dur = value.partition(":")
+                if not sep:
+                    raise _err(f"{key}: expected RATE:DURATION like 0.01:30ms, got {value!r}")
+                rate = _rate(rate_text, key)
+                delay = parse_duration_us(dur, key)
+                for d in dirs:
+                    spec.delay_us[d] = delay
+            else:
+                rate = _rate(value, key)
+            for d in dirs:
+                spec.rates[d][base] = rate
+            continue
+        if direction:
+            raise _err(f"{key}: only drop, corrupt, duplicate and delay take a direction")
+        if key == "seed":
+            if when is not None:
+                raise _err(f"seed: expected an integer, got {item!r}")
+            spec.seed = _int(value, "seed", 0, 2**63 - 1)
+            continue
+        if when is None:
+            if key in ("stall", "fail", "stuck", "clear", "pressure"):
+                raise _err(f"{key}: needs a time, e.g. {key}=...@2s, got {item!r}")
+            raise _err(f"unknown fault {key!r} (drop, corrupt, duplicate, delay, stall, reset, "
+                       f"fail, stuck, clear, pressure, seed)")
+        after_fire = when.startswith("fire+")
+        at_us = parse_duration_us(when[5:] if after_fire else when, f"{key} time")
+        if key == "reset":
+            kind, arg = FAULT["RESET"], 0
+        elif key == "stall":
+            ms = parse_duration_us(value, "stall") // 1000
+            if not 1 <= ms <= 0xFFFF:
+                raise _err(f"stall: expected 1ms..65535ms, got {value!r}")
+            kind, arg = FAULT["STALL_MS"], ms
+        elif key in ("fail", "stuck", "clear"):
+            kind = {"fail": FAULT["FAIL_OFF"], "stuck": FAULT["STUCK_OPEN"],
+                    "clear": FAULT["CLEAR"]}[key]
+            arg = _int(value, f"{key} channel", 0, n_channels - 1)
+        elif key == "pressure":
+            number = value[:-3] if value.lower().endswith("kpa") else value
+            arg = _int(number, "pressure kPa", 0, 0xFFFF)
+            kind = FAULT["TANK_PRESSURE"]
+        else:
+            raise _err(f"unknown fault {key!r} (drop, corrupt, duplicate, delay, stall, reset, "
+                       f"fail, stuck, clear, pressure, seed)")
+        spec.schedule.append(ScheduledFault(kind, arg, at_us, after_fire, item))
+    spec.schedule.sort(key=lambda f: (f.after_fire, f.at_us))
+    return spec
+
+
+class LinkFaults:
+    """Applies a :class:`FaultSpec` to whole frames (delimiter included) with a seeded RNG.
+
+    ``process(direction, frame, now_us)`` returns ``[(due_us, frame), ...]``: nothing if the
+    frame was dropped, two entries if duplicated, a later ``due_us`` if delayed.
+    ``due_unit_faults(now_us, first_fire_us)`` returns the scheduled ``(kind, arg)`` faults that
+    are due (each once); ``next_unit_fault_us`` says when the next one is.
+    """
+
+    def __init__(self, spec: FaultSpec | str | None = None, n_channels: int = 32):
+        if not isinstance(spec, FaultSpec):
+            spec = parse_faults(spec, n_channels)
+        self.spec = spec
+        self._rng = random.Random(spec.seed)
+        self.counts = {d: {"frames": 0, "dropped": 0, "corrupted": 0, "duplicated": 0,
+                           "delayed": 0} for d in DIRECTIONS}
+        self._todo = list(spec.schedule)
+        self.applied: list[dict] = []
+
+    def process(self, direction: str, frame: bytes, now_us: int) -> list[tuple[int, bytes]]:
+        rates = self.spec.rates[direction]
+        counts = self.counts[direction]
+        counts["frames"] += 1
+        rng = self._rng
+        if rates["drop"] and rng.random() < rates["drop"]:
+            counts["dropped"] += 1
+            return []
+        if rates["corrupt"] and len(frame) > 1 and rng.random() < rates["corrupt"]:
+            counts["corrupted"] += 1
+            frame = corrupt_byte(frame, rng)
+        due = now_us
+        if rates["delay"] and rng.random() < rates["delay"]:
+            counts["delayed"] += 1
+            due = now_us + self.spec.delay_us[direction]
+        out = [(due, frame)]
+        if rates["duplicate"] and rng.random() < rates["duplicate"]:
+            counts["duplicated"] += 1
+            out.append((due, frame))
+        return out
+
+    def _due_time(self, f: ScheduledFault, first_fire_us: int | None) -> int | None:
+        if f.after_fire:
+            return None if first_fire_us is None else first_fire_us + f.at_us
+        return f.at_us
+
+    def next_unit_fault_us(self, first_fire_us: int | None) -> int | None:
+        times = [t for f in self._todo if (t := self._due_time(f, first_fire_us)) is not None]
+        return min(times) if times else None
+
+    def due_unit_faults(self, now_us: int, first_fire_us: int | None) -> list[tuple[int, int]]:
+        due, keep = [], []
+        for f in self._todo:
+            t = self._due_time(f, first_fire_us)
+            if t is not None and t <= now_us:
+                due.append((f.kind, f.arg))
+                self.applied.append({"t_us": now_us, "fault": f.text})
+            else:
+                keep.append(f)
+        self._todo = keep
+        return due
+
+
+def corrupt_byte(frame: bytes, rng: random.Random) -> bytes:
+    """XOR one byte before the delimiter with a random non-zero value that keeps it non-zero."""
+    body = bytearray(frame[:-1]) if frame.endswith(b"\x00") else bytearray(frame)
+    i = rng.randrange(len(body))
+    while True:
+        x = rng.randrange(1, 256)
+        if body[i] ^ x:
+            break
+    body[i] ^= x
+    return bytes(body) + (b"\x00" if frame.endswith(b"\x00") else b"")
