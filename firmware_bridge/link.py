@@ -213,8 +213,6 @@ class Link:
         self._ser: serial.SerialBase | None = None
         self._reader: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._closed = threading.Event()  # set while no port is open: wakes reconnect backoff
-        self._closed.set()
         self._tx_lock = threading.Lock()
         self._cond = threading.Condition()
         self._seq = 0
@@ -255,7 +253,6 @@ class Link:
         self._unexpected = 0
         self._capture_errors = 0
         self._last_feed_ns = 0
-        self._last_tx_ns = 0
 
     # ---- port ------------------------------------------------------------------------------
 
@@ -274,7 +271,6 @@ class Link:
         except (serial.SerialException, OSError, ValueError) as exc:
             raise _open_error(self.url, exc) from None
         self._stopping.clear()
-        self._closed.clear()
         self._decoder = codec.Decoder()
         with self._cond:
             self._ser = ser
@@ -307,7 +303,6 @@ class Link:
             self._session = None
             self._armed = False
             self._cond.notify_all()
-        self._closed.set()
 
     def close(self) -> None:
         """STOP_ALL, then close the port. Idempotent; never raises on a dead port."""
@@ -417,10 +412,23 @@ class Link:
     # ---- sending ---------------------------------------------------------------------------
 
     def _next_seq(self) -> int:
+        """The next sequence count of the host's APID (14 bit). An unclaimed ACK still filed
+        under it (from 16384 commands ago) is dropped so it cannot answer the new command."""
         with self._tx_lock:
             seq = self._seq
             self._seq = (self._seq + 1) % codec.SEQ_MODULO
-            return seq
+        with self._cond:
+            for key in [k for k in self._acks if k[0] == seq]:
+                del self._acks[key]
+        return seq
+
+    def _forget_replies(self) -> None:
+        """Drop filed replies of an earlier session or arming (self._cond held): a step number
+        reused after a re-ARM must not find an old VALVE_REPORT."""
+        self._acks.clear()
+        self._reports.clear()
+        self._pongs.clear()
+        self._late_expected.clear()
 
     def _mark_down(self, reason: str) -> None:
         with self._cond:
@@ -446,7 +454,6 @@ class Link:
                                 f"away: reconnect") from None
             self._frames_sent += 1
             self._bytes_sent += len(frame)
-            self._last_tx_ns = t_ns
             if name in ("FIRE", "HEARTBEAT"):
                 self._last_feed_ns = t_ns
         self._capture("tx", t_ns, frame)
@@ -549,7 +556,7 @@ class Link:
             self._session = None
             self._armed = False
             self.reset_detected = False
-            self._late_expected.clear()
+            self._forget_replies()
             hello_before = self._hello_acks
         self.info = None
 
@@ -668,6 +675,8 @@ class Link:
                 raise LinkError(f"{self.url}: ARM_CONFIRM refused: {self._result_name(rec)}")
         with self._cond:
             self._armed = True
+            self._reports.clear()
+            self._late_expected.clear()
         self.max_on_ticks = int(max_on_ticks)
         try:  # start the link watchdog's clock from a fresh HEARTBEAT
             self._send("HEARTBEAT", self._next_seq(), 0, session=session, host_step=0)
@@ -821,6 +830,8 @@ class Link:
             missing = tuple(b for b in seqs if b not in reports)
             if not rejected:
                 self._deadline_misses += len(missing)
+                if len(self._late_expected) > _FILED_REPLIES:  # reports that never came
+                    self._late_expected.clear()
                 self._late_expected.update((step, b) for b in missing)
         if rejected:
             b, rec = rejected[0]
