@@ -168,8 +168,8 @@ class FakeUnit:
                 self.ack(m, "REJECTED_STATE")
             elif m["nonce"] == self.nonce:
                 self.armed = True
-                self.send("EVENT", pu_time_us=self.now_us(), event=EVENT["ARMED"], state=3, arg0=0, arg1=0,
-                          arg2=0)
+                self.send("EVENT", pu_time_us=self.now_us(), event=EVENT["ARMED"], state=3,
+                          arg0=0, arg1=0, arg2=0)
                 self.ack(m, "ACCEPTED")
             else:
                 self.ack(m, "BAD_NONCE")
