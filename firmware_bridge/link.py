@@ -823,8 +823,14 @@ class Link:
                     reports[b] = got
             return rejected or len(reports) == len(seqs)
 
-        timeout = max(0.0, (deadline_ns - time.monotonic_ns()) / 1e9)
-        self._wait(collect, timeout, session=True)
+        # Pulses last up to a period, longer than the unit's watchdog: keep feeding it while
+        # the reports are awaited.
+        slice_s = (self.info.watchdog_ms if self.info else 250) / 4000.0
+        while True:
+            timeout = (deadline_ns - time.monotonic_ns()) / 1e9
+            if timeout <= 0.0 or self._wait(collect, min(timeout, slice_s), session=True):
+                break
+            self.maybe_heartbeat(step)
         with self._cond:
             collect()  # what arrived in the last instant
             missing = tuple(b for b in seqs if b not in reports)

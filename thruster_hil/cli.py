@@ -84,6 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
                      "(repeatable)")
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.set_defaults(handler=_cmd_run)
+
+    selftest = sub.add_parser(
+        "selftest",
+        help="run the unit conformance suite against a unit and print a pass/fail report",
+        description="Check a propulsion unit's whole contract (handshake, state table, ARM "
+        "interlock, clamps, idempotent FIRE, STOP_ALL, watchdog safing, reset handling) over "
+        "its port: the same checks CI runs against the emulator.",
+    )
+    selftest.add_argument("--port", metavar="URL",
+                          help="the unit's port (e.g. /dev/serial/by-id/usb-Arduino...); "
+                          "default: start the emulator and test it")
+    selftest.add_argument("--json", action="store_true", help="print one JSON object")
+    selftest.set_defaults(handler=_cmd_selftest)
     return parser
 
 
@@ -177,8 +190,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.faults is not None and args.port is not None:
             raise UserError("run", "--faults applies to the emulator the run starts, not to a "
                             "unit on --port (start 'thruster-hil emulate --faults ...' instead)")
+        from firmware_bridge.faults import parse_faults
         from firmware_bridge.hil import LinkError, open_unit
 
+        parse_faults(args.faults)  # one-line error before anything starts
         try:
             unit = open_unit(unit=args.unit, port=args.port, mode=args.mode,
                              n_thrusters=len(names),
@@ -197,6 +212,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if result.summary.get("abort_reason") == "interrupted":
         return 130
     return 1 if result.summary.get("aborted") else 0
+
+
+def _cmd_selftest(args: argparse.Namespace) -> int:
+    from firmware_bridge.conformance import run_all
+
+    process = None
+    url = args.port
+    if url is None:
+        from firmware_bridge.emulator import EmulatorProcess
+
+        process = EmulatorProcess()
+        process.start()
+        url = process.port
+    try:
+        results = run_all(url)
+    finally:
+        if process is not None:
+            process.stop()
+    failed = [r for r in results if r.outcome == "failed"]
+    if args.json:
+        print(json.dumps({"port": args.port or "emulator", "passed": not failed,
+                          "checks": [{"name": r.check.name, "requirement": r.check.requirement,
+                                      "outcome": r.outcome, "detail": r.detail,
+                                      "seconds": round(r.seconds, 3)} for r in results]}))
+    else:
+        print(f"unit conformance on {args.port or 'the emulator'}:")
+        for r in results:
+            mark = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[r.outcome]
+            line = f"  {mark}  {r.check.name:<22s} {r.check.requirement}"
+            print(line + (f"\n        -> {r.detail}" if r.detail else ""))
+        print(f"{len(results) - len(failed)} of {len(results)} checks passed or skipped; "
+              f"{len(failed)} failed")
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

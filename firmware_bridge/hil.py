@@ -1,0 +1,107 @@
+"""A serial propulsion unit as the runner's unit: the closed hardware-in-the-loop.
+
+:class:`SerialUnit` has the same ``execute(cycle, on_ms) -> UnitReport`` as the in-process
+:class:`sims.runner.IdealUnit`, but every cycle goes over the wire through :class:`Link`: FIRE out,
+VALVE_REPORT back, and the plant integrates the on-times the unit *reports* it executed (clamped,
+quantised, dropped by a failed channel, held open by a stuck one). Thruster i is valve channel i
+(bank i // 16).
+
+:func:`open_unit` opens the unit an operator asked for: the pty emulator (started here as a
+separate process), or any port URL (a board, QEMU's pty, hwgrep://...).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from firmware_bridge.dictionary import FAULT
+from firmware_bridge.link import Link, LinkError
+from sims.runner import UnitReport
+from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_STUCK_OPEN
+
+__all__ = ["SerialUnit", "open_unit", "LinkError"]
+
+
+class SerialUnit:
+    """The runner's unit over a :class:`Link` (connected and armed by :func:`open_unit`)."""
+
+    #: What the runner treats as "the unit failed": it stops the burn safely and reports why.
+    errors = (LinkError,)
+
+    def __init__(self, link: Link, n_thrusters: int, period_ms: int, mode: str, name: str,
+                 process=None):
+        self.link = link
+        self.n = n_thrusters
+        self.period_ms = period_ms
+        self.mode = mode
+        self.name = name
+        self.realtime = mode == "realtime"
+        self._process = process
+        self._executed = np.zeros(n_thrusters, np.uint16)
+        self._health = np.zeros(n_thrusters, np.int64)
+
+    def execute(self, cycle: int, on_ms: np.ndarray) -> UnitReport:
+        res = self.link.fire(cycle + 1, [int(x) for x in on_ms[:self.n]])
+        self._executed[:] = res.executed_ms[:self.n]
+        self._health[:] = res.health[:self.n]
+        return UnitReport(self._executed, self._health, res.rtt_ms / 1e3)
+
+    def wait_until(self, t_monotonic_s: float, step: int) -> None:
+        """REALTIME: idle until the next cycle is due, feeding the unit's link watchdog with a
+        HEARTBEAT whenever nothing went out for half its time."""
+        quarter = self.link.watchdog_ms / 4000.0
+        while True:
+            left = t_monotonic_s - time.monotonic()
+            if left <= 0.0:
+                return
+            self.link.maybe_heartbeat(step)
+            time.sleep(min(left, quarter))
+
+    def fail(self, index: int, code: int = HEALTH_FAILED_OFF) -> None:
+        """Fail a thruster on the unit itself (fault injection; test builds only)."""
+        kind = "STUCK_OPEN" if code == HEALTH_STUCK_OPEN else "FAIL_OFF"
+        self.link.inject_fault(FAULT[kind], index)
+
+    def stats(self) -> dict:
+        return self.link.stats()
+
+    def close(self) -> None:
+        try:
+            self.link.close()
+        finally:
+            if self._process is not None:
+                self._process.stop()
+                self._process = None
+
+
+def open_unit(*, unit: str, port: str | None, mode: str, n_thrusters: int, period_ms: int,
+              faults: str | None = None, on_bytes=None, emulator_log=None) -> SerialUnit:
+    """Start or open the unit, connect (BOOT, HELLO, PING) and arm it for ``period_ms`` pulses."""
+    process = None
+    if port is None:
+        if unit != "emulator":
+            raise ValueError(f"no port given for unit {unit!r}")
+        from firmware_bridge.emulator import EmulatorProcess
+
+        process = EmulatorProcess(faults=faults, log_path=emulator_log)
+        process.start()
+        url, name = process.port, "emulator"
+    else:
+        url, name = port, port
+    link = None
+    try:
+        link = Link(url, on_bytes=on_bytes)
+        link.connect(mode=mode, period_ms=period_ms)
+        if link.n_channels < n_thrusters:
+            raise LinkError(f"the unit has {link.n_channels} valve channels, the stack needs "
+                            f"{n_thrusters}")
+        link.arm(max_on_ticks=period_ms)
+    except BaseException:
+        if link is not None:
+            link.close()
+        if process is not None:
+            process.stop()
+        raise
+    return SerialUnit(link, n_thrusters, period_ms, mode, name, process)

@@ -1,0 +1,147 @@
+"""The closed hardware-in-the-loop: controller + plant + the pty emulator over the serial link.
+
+Acceptance of the firmware bridge: a lockstep reboost through the emulator matches the SIL run,
+survives 1 % corrupted and 1 % dropped frames without firing any step twice, and a link lost
+mid-burn closes every valve within the watchdog time plus one tick on the emulator's clock while
+the host reports the loss and stops. The unit's log (emulator --log) is the evidence.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import serial
+
+from firmware_bridge.emulator import EmulatorProcess
+from firmware_bridge.hil import open_unit
+from sims.runner import run_burn
+from thruster_hil.config import build_stack_model, load_stack
+from thruster_hil.plan import Target, plan_burn
+
+ROOT = Path(__file__).resolve().parents[1]
+STACK = "dragon-boost-kit"
+
+
+@pytest.fixture(scope="module")
+def dragon():
+    model = build_stack_model(load_stack(STACK))
+    plan = plan_burn(STACK, Target("raise_perigee", 1.6))
+    sil = run_burn(model, plan).summary
+    return model, plan, sil
+
+
+def _hil(model, plan, tmp_path, faults=None, mode="lockstep"):
+    log = tmp_path / "emulator.jsonl"
+    unit = open_unit(unit="emulator", port=None, mode=mode, n_thrusters=len(model.thruster_names),
+                     period_ms=int(round(model.control_period_s * 1000)), faults=faults,
+                     emulator_log=log)
+    summary = run_burn(model, plan, unit=unit).summary
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return summary, records
+
+
+def _fired_steps(records):
+    return Counter((r["session"], r["step"], r["bank"]) for r in records if r["ev"] == "fire")
+
+
+def test_lockstep_reboost_through_the_emulator_matches_sil(dragon, tmp_path):
+    model, plan, sil = dragon
+    hil, records = _hil(model, plan, tmp_path)
+    assert hil["completed"] and not hil["aborted"]
+    assert hil["achieved_delta_v_mps"] == pytest.approx(sil["achieved_delta_v_mps"], rel=5e-3)
+    link = hil["link"]
+    assert link["frames_sent"] > 2 * hil["cycles"] and link["crc_errors"] == 0
+    assert max(_fired_steps(records).values()) == 1
+
+
+def test_reboost_survives_corrupted_and_dropped_frames(dragon, tmp_path):
+    """1 % of frames corrupted and 1 % dropped, each way: the burn still ends within 0.5 % of the
+    SIL delta-v, no FIRE step executes twice, and every corrupted frame is counted by its
+    receiver (the unit for host->unit frames, the host's decoder for unit->host frames)."""
+    model, plan, sil = dragon
+    hil, records = _hil(model, plan, tmp_path, faults="corrupt=0.01,drop=0.01,seed=11")
+    assert hil["completed"] and not hil["aborted"], hil.get("abort_reason")
+    assert hil["achieved_delta_v_mps"] == pytest.approx(sil["achieved_delta_v_mps"], rel=5e-3)
+    assert max(_fired_steps(records).values()) == 1, "a FIRE step executed twice"
+    counters = [r for r in records if r["ev"] == "counters"][-1]
+    corrupted_rx = counters["link"]["rx"]["corrupted"]
+    corrupted_tx = counters["link"]["tx"]["corrupted"]
+    assert corrupted_rx > 0 and corrupted_tx > 0
+    unit = counters["unit"]
+    assert unit["crc_errors"] + unit["cobs_errors"] + unit["length_errors"] == corrupted_rx
+    link = hil["link"]
+    host_errors = (link["crc_errors"] + link["cobs_errors"] + link["length_errors"]
+                   + link["other_protocol_errors"])
+    assert host_errors == corrupted_tx
+    assert link["retries"] > 0
+
+
+def _wait_for_record(log: Path, pred, timeout_s: float = 10.0):
+    """The first record of the unit's log that satisfies pred (the log is flushed per line)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log.exists():
+            for line in log.read_text().splitlines():
+                if line.strip() and pred(json.loads(line)):
+                    return json.loads(line)
+        time.sleep(0.02)
+    raise AssertionError(f"no matching record in {log} within {timeout_s} s")
+
+
+def test_link_loss_closes_the_valves_within_the_watchdog(dragon, tmp_path):
+    """The unit stops hearing the host 100 ms (wall clock) into a lockstep burn (a 3 s stall of
+    its input): on the emulator's clock every valve is closed within watchdog_ms + 1 tick of the
+    last valid frame, and the host reports the loss and stops the burn."""
+    model, plan, _ = dragon
+    log = tmp_path / "emulator.jsonl"
+    with EmulatorProcess(faults="stall=3s@fire+100ms", log_path=log) as emu:
+        unit = open_unit(unit="emulator", port=emu.port, mode="lockstep",
+                         n_thrusters=len(model.thruster_names),
+                         period_ms=int(round(model.control_period_s * 1000)))
+        hil = run_burn(model, plan, unit=unit).summary
+        trip = _wait_for_record(log, lambda r: r["ev"] == "watchdog_trip")
+    assert hil["aborted"] and "unit" in hil["abort_reason"]
+    assert not hil["completed"]
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    trips = [r for r in records if r["ev"] == "watchdog_trip"]
+    assert trip in trips
+    for trip in trips:
+        assert trip["closed_us"] - trip["last_valid_us"] <= (trip["watchdog_ms"] + 1) * 1000
+    states = [r for r in records if r["ev"] == "state"]
+    assert any(r["to"] == "SAFE" and r["reason"] == "WATCHDOG" for r in states), states
+
+
+def test_a_second_process_cannot_open_the_port_of_a_run(tmp_path):
+    """While one process holds the unit's port (exclusively, as every run does), another run
+    on that port gets one clear line and exit status 2."""
+    with EmulatorProcess() as emu:
+        holder = serial.serial_for_url(emu.port, exclusive=True, timeout=0.1)
+        try:
+            env = dict(os.environ, PYTHONPATH=str(ROOT))
+            out = subprocess.run([sys.executable, "-m", "thruster_hil.cli", "run", "--port",
+                                  emu.port, "--delta-v", "0.01"], capture_output=True, text=True,
+                                 env=env, cwd=ROOT, timeout=120)
+        finally:
+            holder.close()
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert "in use" in out.stderr
+
+
+def test_realtime_run_is_paced_by_the_wall_clock(tmp_path):
+    """A short REALTIME burn through the emulator: pulses run on the unit's clock, the run takes
+    about its burn time on the wall clock, and it ends on target."""
+    model = build_stack_model(load_stack("progress"))
+    plan = plan_burn("progress", Target("delta_v", 0.005))
+    sil = run_burn(model, plan).summary
+    hil, records = _hil(model, plan, tmp_path, mode="realtime")
+    assert hil["completed"] and not hil["aborted"], hil.get("abort_reason")
+    assert hil["wall_s"] >= 0.8 * (hil["cycles"] - 1) * model.control_period_s
+    assert hil["achieved_delta_v_mps"] == pytest.approx(sil["achieved_delta_v_mps"], rel=0.05)
+    assert any(r["ev"] == "fire" and r["mode"] in ("REALTIME", 1) for r in records)
