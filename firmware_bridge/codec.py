@@ -131,13 +131,31 @@ def encode_packet(name: str, seq: int, flags: int = 0, /, **fields: Any) -> byte
         raise EncodeError(f"unknown message {name!r}") from None
     if not 0 <= flags <= 0xF:
         raise EncodeError(f"{name}: flags must fit in 4 bits, got {flags!r}")
-    try:
-        payload = spec.struct.pack(*_values(spec, fields))
-    except struct.error as exc:
-        raise EncodeError(f"{name}: {exc}") from None
+    # Fast path: flatten in field order and let struct check types and ranges; on any problem
+    # the slow path names the field.
+    payload = None
+    if len(fields) == len(spec.fields):
+        values: list = []
+        try:
+            for f in spec.fields:
+                v = fields[f.name]
+                if f.count > 1:
+                    values.extend(v)
+                elif v.__class__ is bool:
+                    raise TypeError
+                else:
+                    values.append(v)
+            payload = spec.struct.pack(*values)
+        except (KeyError, TypeError, struct.error):
+            payload = None
+    if payload is None:
+        try:
+            payload = spec.struct.pack(*_values(spec, fields))
+        except struct.error as exc:
+            raise EncodeError(f"{name}: {exc}") from None
     word0 = (1 << 12 if spec.is_command else 0) | (1 << 11) | spec.apid
     word1 = (0b11 << 14) | (seq % SEQ_MODULO)
-    head = _PH.pack(word0, word1, 2 + len(payload) + 2 - 1, spec.id, (MSG_VERSION << 4) | flags)
+    head = _PH.pack(word0, word1, len(payload) + 3, spec.id, (MSG_VERSION << 4) | flags)
     body = head + payload
     return body + _CRC.pack(crc16(body))
 

@@ -281,6 +281,88 @@ def state_table(c: UnitClient) -> None:
     assert c.wait_name("ACK")["result"] == RESULT["REJECTED_STATE"]
 
 
+# (state, command) -> (reply, result or None, state after): docs/protocol.md section 5, for the
+# three states a host can reach over the wire (FAULT is entered only by the unit itself).
+_MATRIX = {
+    "SAFE": {"HELLO": ("HELLO_ACK", "ACCEPTED", "SAFE"), "HEARTBEAT": ("ACK", "ACCEPTED", "SAFE"),
+             "PING": ("PONG", None, "SAFE"), "ARM_REQUEST": ("ARM_CHALLENGE", None, "ARMING"),
+             "ARM_CONFIRM": ("ACK", "REJECTED_STATE", "SAFE"),
+             "DISARM": ("ACK", "ACCEPTED", "SAFE"), "STOP_ALL": ("ACK", "ACCEPTED", "SAFE"),
+             "FIRE": ("ACK", "REJECTED_STATE", "SAFE"), "SET_PARAM": ("ACK", "ACCEPTED", "SAFE")},
+    "ARMING": {"HELLO": ("HELLO_ACK", "ACCEPTED", "SAFE"),
+               "HEARTBEAT": ("ACK", "ACCEPTED", "ARMING"), "PING": ("PONG", None, "ARMING"),
+               "ARM_REQUEST": ("ARM_CHALLENGE", None, "ARMING"),
+               "ARM_CONFIRM": ("ACK", "BAD_NONCE", "SAFE"),
+               "DISARM": ("ACK", "ACCEPTED", "SAFE"), "STOP_ALL": ("ACK", "ACCEPTED", "SAFE"),
+               "FIRE": ("ACK", "REJECTED_STATE", "ARMING"),
+               "SET_PARAM": ("ACK", "REJECTED_STATE", "ARMING")},
+    "ARMED": {"HELLO": ("HELLO_ACK", "ACCEPTED", "SAFE"),
+              "HEARTBEAT": ("ACK", "ACCEPTED", "ARMED"), "PING": ("PONG", None, "ARMED"),
+              "ARM_REQUEST": ("ACK", "REJECTED_STATE", "ARMED"),
+              "ARM_CONFIRM": ("ACK", "REJECTED_STATE", "ARMED"),
+              "DISARM": ("ACK", "ACCEPTED", "SAFE"), "STOP_ALL": ("ACK", "ACCEPTED", "SAFE"),
+              "FIRE": ("VALVE_REPORT", None, "ARMED"),
+              "SET_PARAM": ("ACK", "REJECTED_STATE", "ARMED")},
+}
+
+
+def _enter(c: UnitClient, state: str) -> None:
+    c.hello()
+    if state in ("ARMING", "ARMED"):
+        c.send("ARM_REQUEST", session=c.session)
+        ch = c.wait_name("ARM_CHALLENGE")
+        if state == "ARMED":
+            ack = c.command("ARM_CONFIRM", nonce=ch["nonce"], max_on_ticks=100)
+            assert ack["result"] == RESULT["ACCEPTED"], ack
+
+
+def _send_matrix_command(c: UnitClient, cmd: str, step: int) -> int:
+    s = c.session
+    if cmd == "HELLO":
+        return c.send("HELLO", proto_ver=PROTO_VERSION, dict_hash=DICT_HASH,
+                      mode=MODE["LOCKSTEP"], period_ms=PERIOD_MS)
+    if cmd == "PING":
+        return c.send("PING", nonce=step, t1_host_us=step)
+    if cmd == "ARM_REQUEST":
+        return c.send("ARM_REQUEST", session=s)
+    if cmd == "ARM_CONFIRM":  # a nonce that cannot be right (the real one is never 0 here)
+        return c.send("ARM_CONFIRM", FLAG_ACK_REQ, session=s, nonce=0, max_on_ticks=100)
+    if cmd == "FIRE":
+        return c.fire(step, [5])
+    if cmd == "SET_PARAM":
+        return c.send("SET_PARAM", FLAG_ACK_REQ, session=s, param=ENUMS["param"]["HK_PERIOD_MS"],
+                      value=100)
+    if cmd == "STOP_ALL":
+        return c.send("STOP_ALL", FLAG_ACK_REQ)
+    return c.send(cmd, FLAG_ACK_REQ, **({"session": s, "host_step": step}
+                                        if cmd == "HEARTBEAT" else {"session": s}))
+
+
+@check("State matrix: each reachable state x each command gives the tabled reply and state")
+def state_matrix(c: UnitClient) -> None:
+    wrong = []
+    step = 1000
+    for state, row in _MATRIX.items():
+        for cmd, (reply, result, after) in row.items():
+            step += 1
+            _enter(c, state)
+            seq = _send_matrix_command(c, cmd, step)
+            if reply == "ACK":
+                got = c.wait_name("ACK", acked_seq=seq)
+                if got["result"] != RESULT[result]:
+                    wrong.append(f"{state} x {cmd}: ACK {got['result']}, expected {result}")
+            else:
+                got = c.wait_name(reply)
+                if reply == "HELLO_ACK":
+                    c.session = got["session"]
+            if after != "SAFE":
+                c.send("HEARTBEAT", session=c.session, host_step=step)
+            now = c.state()
+            if now != STATE[after]:
+                wrong.append(f"{state} x {cmd}: state {now}, expected {after}")
+    assert not wrong, "; ".join(wrong)
+
+
 @check("ARM interlock: FIRE before ARM, a wrong nonce and a stale challenge never arm")
 def arm_interlock(c: UnitClient) -> None:
     _ready(c)

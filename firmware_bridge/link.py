@@ -335,9 +335,11 @@ class Link:
                     continue
                 t_ns = time.monotonic_ns()
                 self._capture("rx", t_ns, data)
-                with self._cond:
-                    items = self._decoder.feed(data)
-                    if items:
+                # Decode outside the lock (only this thread touches the decoder), so the
+                # control thread waits for the lock no longer than the filing takes.
+                items = self._decoder.feed(data)
+                if items:
+                    with self._cond:
                         for item in items:
                             self._dispatch(item, t_ns)
                         self._cond.notify_all()
@@ -719,13 +721,14 @@ class Link:
     def _ticks(self, on_ms: Sequence[int]) -> list[int]:
         assert self.info is not None
         tick_us = self.info.tick_us or 1000
-        out = []
-        for i, v in enumerate(on_ms):
-            iv = int(v)
-            if iv != v or iv < 0:
-                raise ValueError(f"on_ms[{i}] must be a non-negative integer, got {v!r}")
-            out.append(min(0xFFFF, (iv * 1000 + tick_us // 2) // tick_us))
-        return out
+        ints = [int(v) for v in on_ms]
+        if ints != list(on_ms) or (ints and min(ints) < 0):
+            for i, v in enumerate(on_ms):
+                if int(v) != v or v < 0:
+                    raise ValueError(f"on_ms[{i}] must be a non-negative integer, got {v!r}")
+        if tick_us == 1000:
+            return [v if v < 0xFFFF else 0xFFFF for v in ints]
+        return [min(0xFFFF, (v * 1000 + tick_us // 2) // tick_us) for v in ints]
 
     def fire(self, step: int, on_ms: Sequence[int], *, valid_for_ms: int | None = None,
              deadline_ns: int | None = None) -> FireResult:
@@ -766,24 +769,53 @@ class Link:
         if self._mode == "realtime":
             return self._fire_realtime(step, n, banks, deadline_ns)
 
-        reports: dict[int, Received] = {}
+        # All banks go out back to back and their reports are awaited together: one round trip
+        # per cycle however many banks. A bank whose report does not come is resent alone, with
+        # its sequence count, the RETRANSMIT flag and the same step (idempotent on the unit).
+        sent: dict[int, tuple[int, dict]] = {}
         t_first = None
         for b, _lo, _w, fields in banks:
-            def reply(seq: int, b: int = b) -> Received | None:
-                return self._fire_reply(step, b, seq)
+            seq = self._next_seq()
+            t = self._send("FIRE", seq, 0, **fields)
+            t_first = t if t_first is None else t_first
+            sent[b] = (seq, fields)
+        reports: dict[int, Received] = {}
+        rejected: list[tuple[int, Received]] = []
 
-            rec, t_send, attempt = self._transact("FIRE", fields, reply, ack_req=False,
-                                                  session=True)
-            if t_first is None:
-                t_first = t_send
-            if rec.msg.name == "ACK":
-                raise LinkError(f"{self.url}: FIRE step {step} bank {b} refused: "
-                                f"{self._result_name(rec)}")
-            if attempt == 0:  # Karn: no RTT sample from a retransmitted exchange
-                with self._cond:
-                    self._rtt_ms.append((rec.t_ns - t_send) / 1e6)
-            reports[b] = rec
+        def collect():
+            for b, (seq, _f) in sent.items():
+                if b not in reports:
+                    got = self._fire_reply(step, b, seq)
+                    if got is not None:
+                        if got.msg.name == "ACK":
+                            rejected.append((b, got))
+                        else:
+                            reports[b] = got
+            return bool(rejected) or len(reports) == len(sent)
+
+        for attempt in range(MAX_RETRIES + 1):
+            if attempt:
+                for b, (seq, fields) in sent.items():
+                    if b not in reports:
+                        with self._cond:
+                            self._retries += 1
+                        self._send("FIRE", seq, FLAG_RETRANSMIT, **fields)
+            if self._wait(collect, self.retry_timeout_s, session=True):
+                break
+        else:
+            missing = sorted(set(sent) - set(reports))
+            raise LinkError(f"{self.url}: no reply to FIRE step {step} (no VALVE_REPORT for "
+                            f"bank(s) "
+                            f"{missing}) after {MAX_RETRIES + 1} tries "
+                            f"{self.retry_timeout_s * 1000:.0f} ms apart; is the unit running?")
+        if rejected:
+            b, rec = rejected[0]
+            raise LinkError(f"{self.url}: FIRE step {step} bank {b} refused: "
+                            f"{self._result_name(rec)}")
         t_last = max(r.t_ns for r in reports.values())
+        if attempt == 0:  # Karn: no RTT sample from a retransmitted exchange
+            with self._cond:
+                self._rtt_ms.append((t_last - t_first) / 1e6)
         return self._fire_result(step, n, banks, reports, (t_last - t_first) / 1e6)
 
     def _fire_reply(self, step: int, bank: int, seq: int) -> Received | None:
@@ -860,18 +892,21 @@ class Link:
             rec = reports.get(b)
             if rec is None:
                 continue
-            m = rec.msg
-            flags |= m["flags"]
+            f = rec.msg.fields
+            flags |= f["flags"]
             if b == 0:
-                t_start = m["t_start_pu_us"]
-            for i in range(width):
-                bit = 1 << i
-                ex[lo + i] = m["executed_ticks"][i]
-                if m["stuck_mask"] & bit:
-                    health[lo + i] = HEALTH_STUCK_OPEN
-                elif m["failed_mask"] & bit:
-                    health[lo + i] = HEALTH_FAILED_OFF
-        ms = tuple((t * tick_us + 500) // 1000 for t in ex)
+                t_start = f["t_start_pu_us"]
+            ex[lo:lo + width] = f["executed_ticks"][:width]
+            stuck = f["stuck_mask"]
+            failed = f["failed_mask"]
+            if stuck or failed:
+                for i in range(width):
+                    bit = 1 << i
+                    if stuck & bit:
+                        health[lo + i] = HEALTH_STUCK_OPEN
+                    elif failed & bit:
+                        health[lo + i] = HEALTH_FAILED_OFF
+        ms = tuple(ex) if tick_us == 1000 else tuple((t * tick_us + 500) // 1000 for t in ex)
         return FireResult(step=step, executed_ms=ms, executed_ticks=tuple(ex),
                           health=tuple(health), flags=flags, rtt_ms=rtt_ms,
                           missing_banks=tuple(missing), t_start_pu_us=t_start)

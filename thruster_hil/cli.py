@@ -85,6 +85,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.set_defaults(handler=_cmd_run)
 
+    emulate = sub.add_parser(
+        "emulate",
+        help="run the propulsion-unit emulator stand-alone and print its port path",
+        description="Start the emulator of the Arduino Mega 2560 propulsion unit on a "
+        "pseudo-terminal and print the device path (first line on stdout); it serves until "
+        "Ctrl-C. Point 'run --port', 'selftest --port' or your own tools at that path. "
+        "Fault spec: comma-separated items drop|corrupt|duplicate[.rx|.tx]=RATE, "
+        "delay[.rx|.tx]=RATE:DURATION, stall=DURATION@WHEN, reset@WHEN, fail=CH@WHEN, "
+        "stuck=CH@WHEN, clear=CH@WHEN, pressure=KPA@WHEN, seed=INT; WHEN is a duration since "
+        "start (2s, 250ms) or since the first FIRE (fire+2s).",
+    )
+    emulate.add_argument("--faults", metavar="SPEC", help="fault injection (see above)")
+    emulate.add_argument("--channels", type=int, default=32, help="valve channels (1-32)")
+    emulate.add_argument("--log", metavar="PATH", help="write the unit's JSON-lines log here")
+    emulate.add_argument("--seed", type=int, help="seed for session tokens and nonces")
+    emulate.set_defaults(handler=_cmd_emulate)
+
     selftest = sub.add_parser(
         "selftest",
         help="run the unit conformance suite against a unit and print a pass/fail report",
@@ -212,6 +229,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if result.summary.get("abort_reason") == "interrupted":
         return 130
     return 1 if result.summary.get("aborted") else 0
+
+
+def _cmd_emulate(args: argparse.Namespace) -> int:
+    from firmware_bridge.emulator import main as emulator_main
+    from firmware_bridge.faults import parse_faults
+
+    if not 1 <= args.channels <= 32:
+        raise UserError("emulate", f"expected 1..32, got {args.channels}", field="--channels")
+    parse_faults(args.faults, args.channels)  # one-line error before the pty opens
+    argv = ["--channels", str(args.channels)]
+    if args.faults:
+        argv += ["--faults", args.faults]
+    if args.log:
+        argv += ["--log", args.log]
+    if args.seed is not None:
+        argv += ["--seed", str(args.seed)]
+    return emulator_main(argv)
 
 
 def _cmd_selftest(args: argparse.Namespace) -> int:
