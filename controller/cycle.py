@@ -43,6 +43,7 @@ from controller.modulation import (
 )
 from sims._jit import kernel
 from sims.attitude import q_from_dcm
+from sims.orbit import lvlh_axes
 from sims.thrusters import HEALTH_NOMINAL, HEALTH_STUCK_OPEN, pulse_impulse
 
 # ---- sensor vector -------------------------------------------------------------------------
@@ -176,11 +177,7 @@ def step(sens, params, A, H, L, qp, ints, thr, mod, health, ctrl, on_ms):
     bn[6] = 2.0 * (q1 * q3 + q0 * q2)
     bn[7] = 2.0 * (q2 * q3 - q0 * q1)
     bn[8] = q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3
-    r = math.sqrt(r2)
-    # LVLH: z nadir, y = -h/|h|, x = y cross z (rows of dcm_HN).
-    zx, zy, zz = -rx / r, -ry / r, -rz / r
-    yx, yy, yz = -hx / hn, -hy / hn, -hz / hn
-    xx, xy, xz = yy * zz - yz * zy, yz * zx - yx * zz, yx * zy - yy * zx
+    xx, xy, xz, yx, yy, yz, zx, zy, zz = lvlh_axes(rx, ry, rz, vx, vy, vz)
     bh = params[P_DCM_BH:P_DCM_BH + 9]
     rn = ctrl[C_DCM_RN:C_DCM_RN + 9]
     for i in range(3):

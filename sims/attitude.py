@@ -298,12 +298,12 @@ def gravity_gradient_torque_B(r_BN_N, dcm_BN, I_B, mu, out):
 
 
 @kernel
-def _rotate_N_to_B(q, vx, vy, vz):
-    """``dcm(q) v / |q|^2`` as 3 floats (exact rotation even for a slightly non-unit stage q)."""
-    q0 = q[0]
-    q1 = q[1]
-    q2 = q[2]
-    q3 = q[3]
+def rotate_by_q(q0, q1, q2, q3, vx, vy, vz):
+    """``dcm(q) v / |q|^2`` as 3 floats, for q = (q0, q1, q2, q3) given as scalars.
+
+    Exact for a slightly non-unit (RK4 stage) q. With q = q_BN it maps N components to B; with
+    the conjugate (q0, -q1, -q2, -q3) it maps B components back to N.
+    """
     n2 = q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3
     c00 = q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3
     c01 = 2.0 * (q1 * q2 + q0 * q3)
@@ -319,6 +319,12 @@ def _rotate_N_to_B(q, vx, vy, vz):
         (c10 * vx + c11 * vy + c12 * vz) / n2,
         (c20 * vx + c21 * vy + c22 * vz) / n2,
     )
+
+
+@kernel
+def _rotate_N_to_B(q, vx, vy, vz):
+    """``dcm(q) v / |q|^2`` as 3 floats (exact rotation even for a slightly non-unit stage q)."""
+    return rotate_by_q(q[0], q[1], q[2], q[3], vx, vy, vz)
 
 
 @kernel

@@ -105,6 +105,24 @@ def orbit_accel(r_BN_N, v_BN_N, mass_kg, cd_area_m2, j2_on, table_alt_m, table_l
 
 
 @kernel
+def lvlh_axes(rx, ry, rz, vx, vy, vz):
+    """The LVLH axes in N as 9 floats (x_H, y_H, z_H): z_H = -r/|r| (nadir), y_H = -h/|h|
+    (h = r x v), x_H = y_H x z_H (along-track). The rows of dcm_HN."""
+    rn = math.sqrt(rx * rx + ry * ry + rz * rz)
+    hx = ry * vz - rz * vy
+    hy = rz * vx - rx * vz
+    hz = rx * vy - ry * vx
+    hn = math.sqrt(hx * hx + hy * hy + hz * hz)
+    zx = -rx / rn
+    zy = -ry / rn
+    zz = -rz / rn
+    yx = -hx / hn
+    yy = -hy / hn
+    yz = -hz / hn
+    return (yy * zz - yz * zy, yz * zx - yx * zz, yx * zy - yy * zx, yx, yy, yz, zx, zy, zz)
+
+
+@kernel
 def dcm_HN(r_BN_N, v_BN_N, out):
     """LVLH direction-cosine matrix: rows are the H axes in N components (x_H = dcm_HN @ x_N).
 
@@ -118,20 +136,10 @@ def dcm_HN(r_BN_N, v_BN_N, out):
     vx = v_BN_N[0]
     vy = v_BN_N[1]
     vz = v_BN_N[2]
-    rn = math.sqrt(rx * rx + ry * ry + rz * rz)
-    hx = ry * vz - rz * vy
-    hy = rz * vx - rx * vz
-    hz = rx * vy - ry * vx
-    hn = math.sqrt(hx * hx + hy * hy + hz * hz)
-    zx = -rx / rn
-    zy = -ry / rn
-    zz = -rz / rn
-    yx = -hx / hn
-    yy = -hy / hn
-    yz = -hz / hn
-    out[0, 0] = yy * zz - yz * zy
-    out[0, 1] = yz * zx - yx * zz
-    out[0, 2] = yx * zy - yy * zx
+    xx, xy, xz, yx, yy, yz, zx, zy, zz = lvlh_axes(rx, ry, rz, vx, vy, vz)
+    out[0, 0] = xx
+    out[0, 1] = xy
+    out[0, 2] = xz
     out[1, 0] = yx
     out[1, 1] = yy
     out[1, 2] = yz
@@ -156,21 +164,8 @@ def _derivative(y, force_H_N, mdot_kg_s, cd_area_m2, j2_on, table_alt_m, table_l
     fy_h = force_H_N[1]
     fz_h = force_H_N[2]
     if (fx_h != 0.0 or fy_h != 0.0 or fz_h != 0.0) and m > 0.0:
-        # LVLH axes in N (same construction as dcm_HN), F_N = dcm_HN.T @ F_H.
-        rn = math.sqrt(rx * rx + ry * ry + rz * rz)
-        hx = ry * vz - rz * vy
-        hy = rz * vx - rx * vz
-        hz = rx * vy - ry * vx
-        hn = math.sqrt(hx * hx + hy * hy + hz * hz)
-        zx = -rx / rn
-        zy = -ry / rn
-        zz = -rz / rn
-        yx = -hx / hn
-        yy = -hy / hn
-        yz = -hz / hn
-        xx = yy * zz - yz * zy
-        xy = yz * zx - yx * zz
-        xz = yx * zy - yy * zx
+        # LVLH axes in N, F_N = dcm_HN.T @ F_H.
+        xx, xy, xz, yx, yy, yz, zx, zy, zz = lvlh_axes(rx, ry, rz, vx, vy, vz)
         inv_m = 1.0 / m
         out_dy[3] += (fx_h * xx + fy_h * yx + fz_h * zx) * inv_m
         out_dy[4] += (fx_h * xy + fy_h * yy + fz_h * zy) * inv_m

@@ -31,7 +31,7 @@ import math
 import numpy as np
 
 from sims._jit import kernel
-from sims.attitude import attitude_derivs_gg
+from sims.attitude import attitude_derivs_gg, rotate_by_q
 from sims.constants import G0, MU_EARTH
 from sims.orbit import orbit_accel
 
@@ -56,25 +56,7 @@ M = 13
 @kernel
 def _rotate_B_to_N(q, vx, vy, vz):
     """``dcm_BN(q)^T v / |q|^2``: a B-component vector in N components (3 floats)."""
-    q0 = q[0]
-    q1 = q[1]
-    q2 = q[2]
-    q3 = q[3]
-    n2 = q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3
-    c00 = q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3
-    c01 = 2.0 * (q1 * q2 + q0 * q3)
-    c02 = 2.0 * (q1 * q3 - q0 * q2)
-    c10 = 2.0 * (q1 * q2 - q0 * q3)
-    c11 = q0 * q0 - q1 * q1 + q2 * q2 - q3 * q3
-    c12 = 2.0 * (q2 * q3 + q0 * q1)
-    c20 = 2.0 * (q1 * q3 + q0 * q2)
-    c21 = 2.0 * (q2 * q3 - q0 * q1)
-    c22 = q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3
-    return (
-        (c00 * vx + c10 * vy + c20 * vz) / n2,
-        (c01 * vx + c11 * vy + c21 * vz) / n2,
-        (c02 * vx + c12 * vy + c22 * vz) / n2,
-    )
+    return rotate_by_q(q[0], -q[1], -q[2], -q[3], vx, vy, vz)
 
 
 @kernel
