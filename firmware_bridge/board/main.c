@@ -1,0 +1,363 @@
+/* main.c: the board side of the propulsion unit, ATmega2560 @ 16 MHz, avr-libc, no Arduino core.
+ *
+ * Design notes (there is no README in this folder on purpose: the notes live with the code).
+ *
+ * Reset path. early_init() sits in .init3: it runs after avr-libc has set the stack and the zero
+ * register, before .data/.bss are initialised and long before main(). It drives every valve pin
+ * low and makes it an output (the pin table comes from hw_configs/rigs/mega2560-bench.toml via
+ * pins.h), saves and clears MCUSR (WDRF must be cleared or the watchdog stays armed at 16 ms),
+ * and enables the hardware watchdog (WDTO_250MS). main() feeds it once per loop pass, so a hung
+ * firmware resets the board with every valve closed, and BOOT reports reset_cause WATCHDOG.
+ *
+ * Reset cause and boot count. reset_cause is MCUSR's low four bits, which are exactly the
+ * dictionary's POWER_ON 1 / EXTERNAL 2 / BROWN_OUT 4 / WATCHDOG 8; a commanded reset
+ * (FAULT_INJECT RESET) leaves a marker in .noinit RAM and reports SOFTWARE 16 (also reported
+ * when no flag is set: a jump to the reset vector). boot_count lives in EEPROM (address 0: magic,
+ * 2: count, 4: last reset cause) and is mirrored in .noinit RAM with a check word, because
+ * qemu-system-avr does not persist EEPROM across its (jump-to-0) reset. Health faults injected
+ * by the bench (FAIL_OFF, STUCK_OPEN, tank pressure) survive a reset in .noinit RAM, like the
+ * emulator's.
+ *
+ * Commanded reset. The watchdog is set to 15 ms and the CPU waits for it. qemu-system-avr 7.2
+ * does not model the watchdog, so after 60 ms of waiting the firmware jumps to the reset vector
+ * with interrupts off; the C runtime starts over exactly as after a real reset (early_init again,
+ * .bss cleared, peripherals reconfigured by main).
+ *
+ * USART0 at 115200 bit/s with U2X: UBRR0 = 16 gives 117647 bit/s, +2.1 % error (within the
+ * receiver's tolerance; 250000 would be exact, but the host tools and the conformance client
+ * open the port at 115200). 8N1. Receive is interrupt driven into a 128-byte ring; the ISR
+ * counts data overruns (DOR0), frame errors (FE0) and ring overflows; HK uart_overruns reports
+ * their sum (plus the unit's own stall losses). Transmit goes through a 256-byte ring drained by
+ * the UDRE interrupt, so the main loop never waits for the wire unless the ring is full (then it
+ * waits, feeding the watchdog). A whole frame is queued at once, so frames never interleave.
+ * QEMU ignores the baud rate.
+ *
+ * Time. Timer1 in CTC mode (WGM12), prescaler 8, OCR1A = 1999: a compare match every 1 ms
+ * (tick_us = 1000), counted by the ISR. pu_time_us = ms * 1000 + TCNT1 / 2, read atomically with
+ * the pending-compare flag so it never steps back. The main loop calls unit_tick() on every new
+ * millisecond and then writes the valve pins from unit_open_mask(): REALTIME pulses open when
+ * the FIRE is accepted and close on the first 1 ms tick at or after their end (worst-case
+ * late-close is one tick plus one main-loop pass: decode + handle one frame + queue replies,
+ * well under 1 ms at 16 MHz). LOCKSTEP FIREs are executed in virtual time and never move a pin.
+ *
+ * Arm-enable input PD7 (Arduino pin 38), pull-up on, active low: a jumper to GND enables arming.
+ * Sampled every millisecond and debounced over 10 ms; open -> ARM_CONFIRM refused and ARMED ->
+ * SAFE. qemu-system-avr 7.2 has no GPIO model and reads the pin as 0, i.e. "enabled", so the
+ * QEMU build needs no special case (ARM_ENABLE_IGNORED=1 forces "enabled" anyway if ever needed).
+ *
+ * Entropy for sessions and nonces: ADC noise of the floating ADC0 input at boot plus Timer1's
+ * count at every received chunk (the host's byte timing), mixed into the unit's xorshift32.
+ *
+ * Build flags: TEST_BUILD=1 compiles FAULT_INJECT in (and sets the TEST_BUILD frame flag);
+ * the normal build answers FAULT_INJECT with UNSUPPORTED.
+ */
+#include <avr/eeprom.h>
+#include <avr/interrupt.h>
+#include <avr/io.h>
+#include <avr/wdt.h>
+#include <util/atomic.h>
+#include <util/delay.h>
+
+#include "pins.h"
+#include "unit.h"
+
+#ifndef TEST_BUILD
+#define TEST_BUILD 0
+#endif
+#ifndef ARM_ENABLE_IGNORED
+#define ARM_ENABLE_IGNORED 0
+#endif
+
+#define CAT(a, b) a##b
+#define XCAT(a, b) CAT(a, b)
+#define ARM_PIN_REG XCAT(PIN, ARM_ENABLE_PORT)
+#define ARM_PORT_REG XCAT(PORT, ARM_ENABLE_PORT)
+#define ARM_DDR_REG XCAT(DDR, ARM_ENABLE_PORT)
+
+#define UBRR_U2X ((F_CPU + 4UL * RIG_BAUD) / (8UL * RIG_BAUD) - 1UL) /* 16 at 115200 */
+#define RX_RING 128u /* powers of two: the index masks below rely on it */
+#define TX_RING 256u
+#define ARM_DEBOUNCE_MS 10
+#define SOFT_MAGIC 0xB0C7u
+#define EE_MAGIC 0xB007u
+
+/* ---- .noinit: survives a jump to the reset vector (and a watchdog reset), not a power cycle */
+static uint8_t reset_flags __attribute__((section(".noinit")));
+static uint16_t soft_magic __attribute__((section(".noinit")));
+static uint16_t soft_boot_count __attribute__((section(".noinit")));
+static uint16_t soft_check __attribute__((section(".noinit")));
+static uint8_t soft_reset_requested __attribute__((section(".noinit")));
+static uint32_t soft_failed __attribute__((section(".noinit")));
+static uint32_t soft_stuck __attribute__((section(".noinit")));
+static uint16_t soft_tank __attribute__((section(".noinit")));
+
+void early_init(void) __attribute__((naked, used, section(".init3")));
+void early_init(void)
+{
+#define VALVES_CLOSED(L, M)                                                                    \
+    XCAT(PORT, L) &= (uint8_t) ~(M);                                                           \
+    XCAT(DDR, L) |= (M);
+    VALVE_PORTS(VALVES_CLOSED)
+#undef VALVES_CLOSED
+    reset_flags = MCUSR;
+    MCUSR = 0;
+    wdt_enable(WDTO_250MS);
+}
+
+/* ---- time */
+static volatile uint32_t g_ms;
+
+ISR(TIMER1_COMPA_vect) { g_ms++; }
+
+static uint32_t now_us(void)
+{
+    uint32_t ms;
+    uint16_t t;
+    ATOMIC_BLOCK(ATOMIC_RESTORESTATE)
+    {
+        ms = g_ms;
+        t = TCNT1;
+        if (TIFR1 & _BV(OCF1A)) { /* a compare the ISR has not counted yet */
+            t = TCNT1;
+            ms++;
+        }
+    }
+    return ms * 1000UL + (t >> 1);
+}
+
+static uint32_t now_ms(void)
+{
+    uint32_t ms;
+    ATOMIC_BLOCK(ATOMIC_RESTORESTATE) { ms = g_ms; }
+    return ms;
+}
+
+/* ---- USART0 */
+static volatile uint8_t rx_buf[RX_RING];
+static volatile uint8_t rx_head, rx_tail;
+static volatile uint16_t uart_dor, uart_fe, uart_ring_drops;
+static volatile uint8_t tx_buf[TX_RING];
+static volatile uint8_t tx_head, tx_tail;
+
+ISR(USART0_RX_vect)
+{
+    uint8_t status = UCSR0A;
+    uint8_t b = UDR0;
+    if (status & _BV(DOR0))
+        uart_dor++;
+    if (status & _BV(FE0))
+        uart_fe++; /* kept: the frame's CRC rejects it */
+    uint8_t next = (uint8_t)((rx_head + 1) & (RX_RING - 1));
+    if (next == rx_tail) {
+        uart_ring_drops++;
+        return;
+    }
+    rx_buf[rx_head] = b;
+    rx_head = next;
+}
+
+ISR(USART0_UDRE_vect)
+{
+    if (tx_head == tx_tail) {
+        UCSR0B &= (uint8_t)~_BV(UDRIE0);
+        return;
+    }
+    UDR0 = tx_buf[tx_tail];
+    tx_tail = (uint8_t)(tx_tail + 1); /* TX_RING == 256: wraps by itself */
+}
+
+static void uart_init(void)
+{
+    UCSR0A = _BV(U2X0);
+    UBRR0 = (uint16_t)UBRR_U2X;
+    UCSR0C = _BV(UCSZ01) | _BV(UCSZ00);
+    UCSR0B = _BV(RXEN0) | _BV(TXEN0) | _BV(RXCIE0);
+}
+
+static void uart_send(void *ctx, const uint8_t *frame, uint8_t len)
+{
+    (void)ctx;
+    for (uint8_t i = 0; i < len; i++) {
+        while ((uint8_t)(tx_head + 1) == tx_tail) /* full: wait for the wire */
+            wdt_reset();
+        tx_buf[tx_head] = frame[i];
+        tx_head = (uint8_t)(tx_head + 1);
+    }
+    UCSR0B |= _BV(UDRIE0);
+}
+
+static void uart_flush(void)
+{
+    while (tx_head != tx_tail)
+        wdt_reset();
+    _delay_us(200); /* the last byte leaving the shift register (87 us at 115200) */
+}
+
+static uint8_t uart_take(uint8_t *out, uint8_t max)
+{
+    uint8_t n = 0;
+    while (n < max && rx_tail != rx_head) {
+        out[n++] = rx_buf[rx_tail];
+        rx_tail = (uint8_t)((rx_tail + 1) & (RX_RING - 1));
+    }
+    return n;
+}
+
+static uint16_t uart_errors(void)
+{
+    uint16_t e;
+    ATOMIC_BLOCK(ATOMIC_RESTORESTATE) { e = (uint16_t)(uart_dor + uart_fe + uart_ring_drops); }
+    return e;
+}
+
+/* ---- valves */
+static void valves_write(uint32_t mask)
+{
+#define PORT_BYTE(L, M) uint8_t CAT(v_, L) = 0;
+    VALVE_PORTS(PORT_BYTE)
+#undef PORT_BYTE
+#define CHANNEL_BIT(ch, L, bit, pin)                                                           \
+    if (mask & (1UL << (ch)))                                                                  \
+        CAT(v_, L) |= (uint8_t)(1u << (bit));
+    VALVE_CHANNELS(CHANNEL_BIT)
+#undef CHANNEL_BIT
+#define PORT_WRITE(L, M) XCAT(PORT, L) = (uint8_t)((XCAT(PORT, L) & (uint8_t) ~(M)) | CAT(v_, L));
+    VALVE_PORTS(PORT_WRITE)
+#undef PORT_WRITE
+}
+
+/* ---- boot bookkeeping */
+static uint16_t boot_count_next(void)
+{
+    uint16_t count = 0;
+    if (eeprom_read_word((uint16_t *)0) == EE_MAGIC)
+        count = eeprom_read_word((uint16_t *)2);
+    if (soft_magic == SOFT_MAGIC && soft_check == (uint16_t)~soft_boot_count &&
+        soft_boot_count > count)
+        count = soft_boot_count;
+    count++;
+    eeprom_update_word((uint16_t *)0, EE_MAGIC);
+    eeprom_update_word((uint16_t *)2, count);
+    soft_boot_count = count;
+    soft_check = (uint16_t)~count;
+    return count;
+}
+
+static uint8_t reset_cause(void)
+{
+    uint8_t cause = reset_flags & 0x0F; /* PORF 1, EXTRF 2, BORF 4, WDRF 8: the enum's values */
+    uint8_t soft = soft_magic == SOFT_MAGIC && soft_reset_requested == 0xA5;
+    soft_reset_requested = 0;
+    if (soft || cause == 0)
+        cause = soft ? (uint8_t)(RESET_CAUSE_SOFTWARE | (cause & ~RESET_CAUSE_WATCHDOG))
+                     : RESET_CAUSE_SOFTWARE;
+    eeprom_update_byte((uint8_t *)4, cause);
+    return cause;
+}
+
+static uint32_t adc_noise(void)
+{
+    uint32_t x = 0;
+    ADMUX = _BV(REFS0); /* AVcc reference, ADC0 (PF0, floating on the bench) */
+    ADCSRA = _BV(ADEN) | _BV(ADPS2) | _BV(ADPS1) | _BV(ADPS0);
+    for (uint8_t i = 0; i < 16; i++) {
+        ADCSRA |= _BV(ADSC);
+        for (uint16_t guard = 0; (ADCSRA & _BV(ADSC)) && guard < 2000; guard++)
+            ;
+        x = (x << 2) ^ (x >> 30) ^ ADC;
+    }
+    ADCSRA = 0;
+    return x;
+}
+
+static unit_t unit;
+
+static void board_reset(void *ctx)
+{
+    (void)ctx;
+    valves_write(0);
+    soft_failed = unit.failed;
+    soft_stuck = unit.stuck;
+    soft_tank = unit.tank_kpa;
+    soft_reset_requested = 0xA5;
+    uart_flush();
+    cli();
+    wdt_enable(WDTO_15MS);
+    for (uint8_t i = 0; i < 60; i++)
+        _delay_ms(1); /* a real ATmega2560 resets here */
+    /* No watchdog model (qemu-system-avr): restart through the reset vector. */
+    __asm__ __volatile__("jmp 0");
+    for (;;)
+        ;
+}
+
+int main(void)
+{
+    wdt_reset();
+    uint8_t warm = soft_magic == SOFT_MAGIC;
+    uint8_t cause = reset_cause();
+    uint16_t boots = boot_count_next();
+    soft_magic = SOFT_MAGIC;
+
+    /* arm-enable input with pull-up */
+    ARM_DDR_REG &= (uint8_t)~_BV(ARM_ENABLE_BIT);
+    if (ARM_ENABLE_PULL_UP)
+        ARM_PORT_REG |= _BV(ARM_ENABLE_BIT);
+
+    /* Timer1: CTC, clk/8, 1 ms */
+    TCCR1A = 0;
+    TCCR1B = 0;
+    TCNT1 = 0;
+    OCR1A = (uint16_t)(F_CPU / 8UL / 1000UL - 1UL);
+    TIFR1 = _BV(OCF1A);
+    TIMSK1 = _BV(OCIE1A);
+    TCCR1B = _BV(WGM12) | _BV(CS11);
+
+    uart_init();
+    uint32_t seed = adc_noise() ^ ((uint32_t)boots << 16) ^ TCNT1;
+
+    unit_config_t cfg = {N_CHANNELS, UNIT_FW_VERSION, boots, cause, TEST_BUILD, 5, DICT_HASH,
+                         seed, uart_send, board_reset, 0};
+    unit_init(&unit, &cfg);
+    if (warm && (cause & RESET_CAUSE_SOFTWARE)) {
+        unit.failed = soft_failed;
+        unit.stuck = soft_stuck;
+        unit.tank_kpa = soft_tank;
+    }
+    soft_failed = 0;
+    soft_stuck = 0;
+    soft_tank = UNIT_DEFAULT_TANK_KPA;
+    sei();
+    unit_boot(&unit, now_us());
+
+    uint32_t last_ms = now_ms();
+    uint8_t arm_raw = 1, arm_count = 0;
+    uint8_t buf[64];
+    for (;;) {
+        wdt_reset();
+        uint8_t n = uart_take(buf, sizeof buf);
+        unit.uart_hw_errors = uart_errors();
+        if (n) {
+            unit_add_entropy(&unit, ((uint32_t)TCNT1 << 16) ^ g_ms);
+            unit_receive(&unit, buf, n, now_us());
+        }
+        uint32_t ms = now_ms();
+        if (ms != last_ms) {
+            last_ms = ms;
+            uint32_t t = now_us();
+            uint8_t level = (ARM_PIN_REG >> ARM_ENABLE_BIT) & 1;
+            uint8_t enabled = ARM_ENABLE_IGNORED || (ARM_ENABLE_ACTIVE_LOW ? !level : level);
+            if (enabled != arm_raw) {
+                if (++arm_count >= ARM_DEBOUNCE_MS) {
+                    arm_raw = enabled;
+                    arm_count = 0;
+                    unit_set_arm_enable(&unit, enabled, t);
+                }
+            } else {
+                arm_count = 0;
+            }
+            unit_tick(&unit, t);
+        }
+        valves_write(unit_open_mask(&unit));
+    }
+}

@@ -1,0 +1,192 @@
+/* proto.c: COBS framing, CCSDS packet checks, CRC-16 and the TM encoder. See proto.h. */
+#include "proto.h"
+
+#include <string.h>
+
+typedef struct {
+    uint8_t id;
+    uint8_t is_tc;
+    uint16_t apid;
+    uint8_t len;
+} msg_entry_t;
+
+#define PROTO_ENTRY(name, id, apid, is_tc, len) {id, is_tc, apid, len},
+static const msg_entry_t MESSAGES[MSG_COUNT] = {DICT_MESSAGES(PROTO_ENTRY)};
+#undef PROTO_ENTRY
+
+void proto_init(proto_parser_t *p)
+{
+    p->n = 0;
+    p->overflow = 0;
+}
+
+uint16_t proto_crc16(const uint8_t *data, uint8_t len)
+{
+    uint16_t crc = 0xFFFF;
+    for (uint8_t i = 0; i < len; i++) {
+        crc ^= (uint16_t)data[i] << 8;
+        for (uint8_t b = 0; b < 8; b++)
+            crc = (crc & 0x8000) ? (uint16_t)((crc << 1) ^ 0x1021) : (uint16_t)(crc << 1);
+    }
+    return crc;
+}
+
+int proto_payload_len(uint8_t msg_id, uint16_t *apid, uint8_t *is_tc)
+{
+    for (uint8_t i = 0; i < MSG_COUNT; i++) {
+        if (MESSAGES[i].id == msg_id) {
+            if (apid)
+                *apid = MESSAGES[i].apid;
+            if (is_tc)
+                *is_tc = MESSAGES[i].is_tc;
+            return MESSAGES[i].len;
+        }
+    }
+    return -1;
+}
+
+proto_status_t proto_check_packet(const uint8_t *pkt, uint8_t len, proto_msg_t *msg)
+{
+    if (len < PACKET_OVERHEAD)
+        return PROTO_BAD_LEN;
+    uint16_t word0 = proto_get16(pkt);
+    uint16_t word1 = proto_get16(pkt + 2);
+    uint16_t data_len = proto_get16(pkt + 4);
+    if ((uint32_t)data_len + 7u != len)
+        return PROTO_BAD_LEN;
+    if (proto_crc16(pkt, (uint8_t)(len - 2)) != proto_get16(pkt + len - 2))
+        return PROTO_BAD_CRC;
+    if ((word0 >> 13) != 0 || !((word0 >> 11) & 1) || (word1 >> 14) != 3)
+        return PROTO_BAD_HEADER;
+    if ((pkt[7] >> 4) != PROTO_MSG_VERSION)
+        return PROTO_BAD_HEADER;
+    uint16_t apid;
+    uint8_t is_tc;
+    int plen = proto_payload_len(pkt[6], &apid, &is_tc);
+    if (plen < 0)
+        return PROTO_UNKNOWN_ID;
+    if ((word0 & 0x7FF) != apid || ((word0 >> 12) & 1) != is_tc)
+        return PROTO_BAD_HEADER;
+    if (len - PACKET_OVERHEAD != plen)
+        return PROTO_BAD_LEN;
+    if (msg) {
+        msg->msg_id = pkt[6];
+        msg->flags = pkt[7] & 0x0F;
+        msg->is_tc = is_tc;
+        msg->apid = apid;
+        msg->seq = word1 & 0x3FFF;
+        msg->payload_len = (uint8_t)plen;
+        msg->payload = pkt + 8;
+    }
+    return PROTO_OK;
+}
+
+/* Decode COBS in place; returns the packet length or -1. The output never overtakes the input
+ * (each code byte is replaced by at most one 0x00), so in place is safe. */
+static int cobs_decode_in_place(uint8_t *buf, uint8_t n)
+{
+    uint8_t r = 0, w = 0;
+    while (r < n) {
+        uint8_t code = buf[r++];
+        if (code == 0)
+            return -1;
+        if ((uint8_t)(code - 1) > (uint8_t)(n - r))
+            return -1; /* the block claims more bytes than the frame has */
+        for (uint8_t i = 1; i < code; i++)
+            buf[w++] = buf[r++];
+        if (code != 0xFF && r < n)
+            buf[w++] = 0;
+    }
+    return w;
+}
+
+proto_status_t proto_decode_frame(const uint8_t *frame, uint16_t len, uint8_t *scratch,
+                                  proto_msg_t *msg)
+{
+    if (len + 1u > MAX_WIRE_BYTES)
+        return PROTO_TOO_LONG;
+    for (uint16_t i = 0; i < len; i++) {
+        if (frame[i] == 0)
+            return PROTO_BAD_COBS;
+        scratch[i] = frame[i];
+    }
+    int n = cobs_decode_in_place(scratch, (uint8_t)len);
+    if (n < 0)
+        return PROTO_BAD_COBS;
+    return proto_check_packet(scratch, (uint8_t)n, msg);
+}
+
+proto_status_t proto_feed(proto_parser_t *p, uint8_t byte, proto_msg_t *msg)
+{
+    if (byte != 0) {
+        if (p->overflow)
+            return PROTO_INCOMPLETE;
+        if (p->n >= PROTO_MAX_FRAME) { /* this byte would make the frame > 64 B with its 0x00 */
+            p->overflow = 1;
+            p->n = 0;
+            return PROTO_TOO_LONG;
+        }
+        p->buf[p->n++] = byte;
+        return PROTO_INCOMPLETE;
+    }
+    if (p->overflow) {
+        p->overflow = 0;
+        p->n = 0;
+        return PROTO_INCOMPLETE;
+    }
+    uint8_t n = p->n;
+    p->n = 0;
+    if (n == 0)
+        return PROTO_INCOMPLETE; /* a lone delimiter */
+    int len = cobs_decode_in_place(p->buf, n);
+    if (len < 0)
+        return PROTO_BAD_COBS;
+    return proto_check_packet(p->buf, (uint8_t)len, msg);
+}
+
+uint8_t proto_build_packet(uint8_t *out, uint8_t msg_id, uint16_t seq, uint8_t flags,
+                           const uint8_t *payload, uint8_t payload_len)
+{
+    uint16_t apid;
+    uint8_t is_tc;
+    int plen = proto_payload_len(msg_id, &apid, &is_tc);
+    if (plen < 0 || plen != payload_len)
+        return 0;
+    proto_put16(out, (uint16_t)((is_tc ? 1u << 12 : 0u) | (1u << 11) | apid));
+    proto_put16(out + 2, (uint16_t)(0xC000u | (seq & 0x3FFFu)));
+    proto_put16(out + 4, (uint16_t)(2 + payload_len + 2 - 1));
+    out[6] = msg_id;
+    out[7] = (uint8_t)((PROTO_MSG_VERSION << 4) | (flags & 0x0F));
+    if (payload_len)
+        memcpy(out + 8, payload, payload_len);
+    uint8_t len = (uint8_t)(PACKET_OVERHEAD + payload_len);
+    proto_seal_packet(out, len);
+    return len;
+}
+
+void proto_seal_packet(uint8_t *pkt, uint8_t len)
+{
+    proto_put16(pkt + len - 2, proto_crc16(pkt, (uint8_t)(len - 2)));
+}
+
+uint8_t proto_cobs_encode(const uint8_t *in, uint8_t len, uint8_t *out)
+{
+    uint8_t code_at = 0, w = 1, code = 1;
+    for (uint8_t i = 0; i < len; i++) {
+        if (in[i] == 0) {
+            out[code_at] = code;
+            code_at = w++;
+            code = 1;
+        } else {
+            out[w++] = in[i];
+            if (++code == 0xFF) {
+                out[code_at] = code;
+                code_at = w++;
+                code = 1;
+            }
+        }
+    }
+    out[code_at] = code;
+    out[w++] = 0;
+    return w;
+}

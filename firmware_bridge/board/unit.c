@@ -1,0 +1,955 @@
+/* unit.c: the propulsion unit's logic. See unit.h and docs/protocol.md sections 3-6.
+ *
+ * The structure follows firmware_bridge/unit.py (UnitCore) function by function, so that a
+ * reader can check one against the other: receive -> timers -> frames -> command -> handlers.
+ * Choices the spec leaves open are UnitCore's (see its module docstring), in particular:
+ * - timers due run before a received chunk is handled;
+ * - stale, bad-bank and duplicate FIREs still feed the link watchdog;
+ * - the per-bank last executed step lives as long as the session;
+ * - REALTIME valid_for_ms == 0 means no deadline;
+ * - an expired challenge leaves the unit ARMING, and ARM_CONFIRM then gets BAD_NONCE;
+ * - a duplicate FIRE re-sends the cached VALVE_REPORT (same seq, RETRANSMIT, flag bit 2), or
+ *   ACK DUPLICATE while its REALTIME pulses still run;
+ * - a new REALTIME FIRE cuts older pulses of its bank only on the channels it commands;
+ * - HK watchdog_remaining_ms is 0 outside ARMING/ARMED; length_errors counts TOO_LONG too;
+ * - health faults survive a reset in place; parameters do not.
+ * Board additions: the arm-enable input (ARM_CONFIRM refused with REJECTED_STATE while it says
+ * disabled; going disabled while ARMED -> SAFE with reason COMMANDED, the operator's jumper
+ * being a command).
+ */
+#include "unit.h"
+
+#include <string.h>
+
+#define RESULT(x) RESULT_##x
+#define TM_INDEX(apid) ((uint8_t)((apid) - APID_UNIT_REPLY))
+
+static int32_t since(uint32_t now, uint32_t then) { return (int32_t)(now - then); }
+static uint8_t reached(uint32_t now, uint32_t deadline) { return since(now, deadline) >= 0; }
+
+static uint32_t rng_next(unit_t *u)
+{
+    uint32_t x = u->rng; /* xorshift32 */
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    u->rng = x;
+    return x;
+}
+
+void unit_add_entropy(unit_t *u, uint32_t x)
+{
+    u->rng ^= x * 2654435761u;
+    if (u->rng == 0)
+        u->rng = 0x2545F491u;
+}
+
+static uint16_t period_ticks(const unit_t *u)
+{
+    return (uint16_t)((uint32_t)u->period_ms * 1000u / TICK_US);
+}
+
+/* ------------------------------------------------------------------ output */
+
+static void send_packet(unit_t *u, uint8_t *pkt, uint8_t len)
+{
+    uint8_t frame[PROTO_MAX_PACKET + 2];
+    u->c.tx_frames++;
+#if UNIT_FAULT_INJECTION
+    if (u->corrupt_tx > 0) {
+        u->corrupt_tx--;
+        u->c.corrupted_tx++;
+        uint8_t save = pkt[len - 1];
+        pkt[len - 1] ^= 0x5A; /* the CRC's low byte: COBS-valid frame, failing CRC */
+        uint8_t n = proto_cobs_encode(pkt, len, frame);
+        pkt[len - 1] = save;
+        u->cfg.send(u->cfg.ctx, frame, n);
+        return;
+    }
+#endif
+    uint8_t n = proto_cobs_encode(pkt, len, frame);
+    u->cfg.send(u->cfg.ctx, frame, n);
+}
+
+/* Build and send a TM with the next sequence count of its APID; returns that count. */
+static uint16_t emit(unit_t *u, uint8_t msg_id, uint16_t apid, const uint8_t *payload,
+                     uint8_t len, uint8_t capture)
+{
+    uint8_t pkt[PROTO_MAX_PACKET];
+    uint8_t i = TM_INDEX(apid);
+    uint16_t seq = u->tm_seq[i];
+    u->tm_seq[i] = (uint16_t)((seq + 1) % PROTO_SEQ_MODULO);
+    uint8_t n = proto_build_packet(pkt, msg_id, seq, u->cfg.test_build ? FLAG_TEST_BUILD : 0,
+                                   payload, len);
+    if (capture && u->capturing && n <= UNIT_REPLY_MAX) {
+        memcpy(u->captured, pkt, n);
+        u->captured_len = n;
+    }
+    send_packet(u, pkt, n);
+    return seq;
+}
+
+static void event(unit_t *u, uint32_t now, uint16_t ev, uint16_t a0, uint16_t a1, uint16_t a2)
+{
+    uint8_t p[MSG_EVENT_LEN];
+    proto_put32(p + MSG_EVENT_OFF_PU_TIME_US, now);
+    proto_put16(p + MSG_EVENT_OFF_EVENT, ev);
+    p[MSG_EVENT_OFF_STATE] = u->state;
+    proto_put16(p + MSG_EVENT_OFF_ARG0, a0);
+    proto_put16(p + MSG_EVENT_OFF_ARG1, a1);
+    proto_put16(p + MSG_EVENT_OFF_ARG2, a2);
+    emit(u, MSG_EVENT, MSG_EVENT_APID, p, sizeof p, 0);
+}
+
+static void ack(unit_t *u, const proto_msg_t *m, uint8_t result)
+{
+    uint8_t p[MSG_ACK_LEN];
+    proto_put16(p + MSG_ACK_OFF_ACKED_SEQ, m->seq);
+    p[MSG_ACK_OFF_MSG_ID] = m->msg_id;
+    p[MSG_ACK_OFF_RESULT] = result;
+    emit(u, MSG_ACK, MSG_ACK_APID, p, sizeof p, 1);
+}
+
+/* ------------------------------------------------------------------ pulses */
+
+static void report(unit_t *u, const unit_pulse_t *p)
+{
+    uint8_t r[MSG_VALVE_REPORT_LEN];
+    uint16_t pt = period_ticks(u);
+    proto_put32(r + MSG_VALVE_REPORT_OFF_STEP, p->step);
+    proto_put32(r + MSG_VALVE_REPORT_OFF_T_START_PU_US, p->t_start);
+    r[MSG_VALVE_REPORT_OFF_BANK] = p->bank;
+    proto_put16(r + MSG_VALVE_REPORT_OFF_FLAGS, p->flags);
+    for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++) {
+        uint16_t e = p->executed[c];
+        if (((p->stuck >> c) & 1) && e < pt)
+            e = pt;
+        proto_put16(r + MSG_VALVE_REPORT_OFF_EXECUTED_TICKS + 2 * c, e);
+    }
+    proto_put16(r + MSG_VALVE_REPORT_OFF_FAILED_MASK, p->failed);
+    proto_put16(r + MSG_VALVE_REPORT_OFF_STUCK_MASK, p->stuck);
+    uint16_t seq = emit(u, MSG_VALVE_REPORT, MSG_VALVE_REPORT_APID, r, sizeof r, 0);
+    if (p->has_session == u->has_session && p->session == u->session) {
+        u->has_report[p->bank] = 1;
+        u->report_step[p->bank] = p->step;
+        u->report_seq[p->bank] = seq;
+        memcpy(u->report[p->bank], r, sizeof r);
+    }
+    u->c.fires_executed++;
+}
+
+static void cut(unit_pulse_t *p, uint8_t c, uint32_t now)
+{
+    /* whole ticks the valve was open before the cut (the board switches on tick edges) */
+    int32_t dt = since(now, p->t_start);
+    uint32_t ticks = dt > 0 ? (uint32_t)dt / TICK_US : 0;
+    p->executed[c] = ticks < p->planned[c] ? (uint16_t)ticks : p->planned[c];
+    p->flags |= 2;
+    p->active &= (uint16_t)~(1u << c);
+}
+
+static void remove_pending(unit_t *u, uint8_t i)
+{
+    for (uint8_t j = i; j + 1 < u->n_pending; j++)
+        u->pending[j] = u->pending[j + 1];
+    u->n_pending--;
+}
+
+/* Report pending[i] and drop it. */
+static void finish(unit_t *u, uint8_t i)
+{
+    unit_pulse_t p = u->pending[i];
+    remove_pending(u, i);
+    report(u, &p);
+}
+
+static void close_all(unit_t *u, uint32_t now)
+{
+    while (u->n_pending) {
+        unit_pulse_t *p = &u->pending[0];
+        for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
+            if ((p->active >> c) & 1)
+                cut(p, c, now);
+        finish(u, 0);
+    }
+}
+
+static void leave_armed(unit_t *u, uint32_t now, uint8_t new_state, uint8_t reason)
+{
+    close_all(u, now);
+    uint8_t old = u->state;
+    if (old == new_state)
+        return;
+    u->has_nonce = 0;
+    u->state = new_state;
+    if (old == STATE_ARMING || old == STATE_ARMED || new_state == STATE_SAFE)
+        event(u, now, EVENT_SAFE_ENTERED, reason, 0, 0);
+}
+
+#if UNIT_FAULT_INJECTION
+/* Cut the channels in bits (unit-wide) in every pending pulse (FAIL_OFF). */
+static void cut_channels(unit_t *u, uint32_t bits, uint32_t now)
+{
+    uint8_t i = 0;
+    while (i < u->n_pending) {
+        unit_pulse_t *p = &u->pending[i];
+        for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
+            if (((p->active >> c) & 1) && ((bits >> (p->bank * CHANNELS_PER_BANK + c)) & 1))
+                cut(p, c, now);
+        if (!p->active)
+            finish(u, i);
+        else
+            i++;
+    }
+}
+#endif
+
+/* ------------------------------------------------------------------ lifecycle */
+
+static void power_on(unit_t *u)
+{
+    u->has_session = 0;
+    u->session = 0;
+    u->mode = MODE_LOCKSTEP;
+    u->period_ms = 100;
+    u->watchdog_ms = LIMIT_WATCHDOG_MS_DEFAULT;
+    u->hk_period_ms = 100;
+    u->min_on_ticks = u->cfg.min_on_ticks;
+    u->max_on_ticks = LIMIT_MAX_ON_TICKS_CAP;
+    u->has_nonce = 0;
+    u->challenge_t = 0;
+    u->last_valid = 0;
+    u->has_last_fire = 0;
+    u->idle_from = 0;
+    memset(u->has_last_step, 0, sizeof u->has_last_step);
+    memset(u->has_report, 0, sizeof u->has_report);
+    u->n_pending = 0;
+    u->last_step = 0;
+    memset(u->tm_seq, 0, sizeof u->tm_seq);
+    u->has_rx_seq = 0;
+    memset(u->cache, 0, sizeof u->cache);
+    u->cache_next = 0;
+    proto_init(&u->parser);
+    u->has_next_hk = 0;
+    u->has_bad_frame_event = 0;
+    u->bad_since_event = 0;
+    u->capturing = 0;
+}
+
+void unit_init(unit_t *u, const unit_config_t *cfg)
+{
+    memset(u, 0, sizeof *u);
+    u->cfg = *cfg;
+    if (u->cfg.n_channels < 1 || u->cfg.n_channels > UNIT_MAX_CHANNELS)
+        u->cfg.n_channels = UNIT_MAX_CHANNELS;
+#if !UNIT_FAULT_INJECTION
+    u->cfg.test_build = 0;
+#endif
+    u->n_banks = (uint8_t)((u->cfg.n_channels + CHANNELS_PER_BANK - 1) / CHANNELS_PER_BANK);
+    u->boot_count = cfg->boot_count;
+    u->reset_cause = cfg->reset_cause;
+    u->rng = cfg->rng_seed ? cfg->rng_seed : 0x2545F491u;
+    u->state = STATE_BOOT;
+    u->arm_enabled = 1;
+    u->tank_kpa = UNIT_DEFAULT_TANK_KPA;
+    power_on(u);
+}
+
+void unit_boot(unit_t *u, uint32_t now)
+{
+    uint8_t p[MSG_BOOT_LEN];
+    proto_put16(p + MSG_BOOT_OFF_FW_VER, u->cfg.fw_ver);
+    p[MSG_BOOT_OFF_PROTO_VER] = PROTO_VERSION;
+    proto_put16(p + MSG_BOOT_OFF_BOOT_COUNT, u->boot_count);
+    p[MSG_BOOT_OFF_RESET_CAUSE] = u->reset_cause;
+    p[MSG_BOOT_OFF_N_CHANNELS] = u->cfg.n_channels;
+    proto_put32(p + MSG_BOOT_OFF_DICT_HASH, u->cfg.dict_hash);
+    emit(u, MSG_BOOT, MSG_BOOT_APID, p, sizeof p, 0);
+    u->state = STATE_SAFE;
+    event(u, now, EVENT_BOOTED, u->boot_count, u->reset_cause, 0);
+    if (u->hk_period_ms) {
+        u->has_next_hk = 1;
+        u->next_hk = now + (uint32_t)u->hk_period_ms * 1000u;
+    }
+}
+
+void unit_reset(unit_t *u, uint32_t now, uint8_t cause)
+{
+    close_all(u, now);
+    u->boot_count++;
+    u->reset_cause = cause;
+    power_on(u);
+    u->state = STATE_BOOT;
+    unit_boot(u, now);
+}
+
+void unit_stop_all(unit_t *u, uint32_t now)
+{
+    if (u->state == STATE_ARMING || u->state == STATE_ARMED)
+        leave_armed(u, now, STATE_SAFE, SAFE_REASON_COMMANDED);
+    else
+        close_all(u, now);
+}
+
+void unit_force_fault(unit_t *u, uint32_t now) { leave_armed(u, now, STATE_FAULT, 0); }
+
+void unit_set_arm_enable(unit_t *u, uint8_t enabled, uint32_t now)
+{
+    u->arm_enabled = enabled ? 1 : 0;
+    if (!enabled && u->state == STATE_ARMED)
+        leave_armed(u, now, STATE_SAFE, SAFE_REASON_COMMANDED);
+}
+
+uint32_t unit_open_mask(const unit_t *u)
+{
+    uint32_t mask = u->stuck;
+    for (uint8_t i = 0; i < u->n_pending; i++)
+        mask |= (uint32_t)u->pending[i].active << (u->pending[i].bank * CHANNELS_PER_BANK);
+    return mask;
+}
+
+/* ------------------------------------------------------------------ timers */
+
+static uint8_t watchdog_active(const unit_t *u)
+{
+    return u->state == STATE_ARMING || u->state == STATE_ARMED;
+}
+
+static void send_hk(unit_t *u, uint32_t now)
+{
+    uint8_t p[MSG_HK_LEN];
+    uint32_t remaining = 0;
+    if (watchdog_active(u)) {
+        int32_t left = since(u->last_valid + (uint32_t)u->watchdog_ms * 1000u, now);
+        remaining = left > 0 ? (uint32_t)left / 1000u : 0;
+        if (remaining > 0xFFFF)
+            remaining = 0xFFFF;
+    }
+    uint32_t overruns = (uint32_t)u->c.uart_overruns + u->uart_hw_errors;
+    proto_put32(p + MSG_HK_OFF_PU_TIME_US, now);
+    p[MSG_HK_OFF_STATE] = u->state;
+    proto_put16(p + MSG_HK_OFF_WATCHDOG_REMAINING_MS, (uint16_t)remaining);
+    proto_put16(p + MSG_HK_OFF_RX_FRAMES, u->c.rx_frames);
+    proto_put16(p + MSG_HK_OFF_CRC_ERRORS, u->c.crc_errors);
+    proto_put16(p + MSG_HK_OFF_COBS_ERRORS, u->c.cobs_errors);
+    proto_put16(p + MSG_HK_OFF_LENGTH_ERRORS, u->c.length_errors);
+    proto_put16(p + MSG_HK_OFF_SEQ_GAPS, u->c.seq_gaps);
+    proto_put16(p + MSG_HK_OFF_UART_OVERRUNS, (uint16_t)overruns);
+    proto_put16(p + MSG_HK_OFF_SESSION_ERRORS, u->c.session_errors);
+    proto_put32(p + MSG_HK_OFF_LAST_STEP, u->last_step);
+    proto_put32(p + MSG_HK_OFF_OPEN_MASK, unit_open_mask(u));
+    proto_put32(p + MSG_HK_OFF_FAILED_MASK, u->failed);
+    proto_put32(p + MSG_HK_OFF_STUCK_MASK, u->stuck);
+    proto_put16(p + MSG_HK_OFF_TANK_KPA, u->tank_kpa);
+    emit(u, MSG_HK, MSG_HK_APID, p, sizeof p, 0);
+}
+
+static void run_timers(unit_t *u, uint32_t now)
+{
+    if (u->state == STATE_BOOT)
+        return;
+    if (u->stalled && reached(now, u->stall_until))
+        u->stalled = 0;
+    uint8_t wd_on = watchdog_active(u);
+    uint32_t wd_deadline = u->last_valid + (uint32_t)u->watchdog_ms * 1000u;
+    /* Pulses that ended (before the watchdog would have cut them), in time order; a pulse is
+     * reported when its last channel closes. */
+    for (;;) {
+        int8_t bi = -1;
+        uint8_t bc = 0;
+        uint32_t best = 0;
+        for (uint8_t i = 0; i < u->n_pending; i++) {
+            unit_pulse_t *p = &u->pending[i];
+            for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++) {
+                if (!((p->active >> c) & 1))
+                    continue;
+                uint32_t end = p->t_start + (uint32_t)p->planned[c] * TICK_US;
+                if (!reached(now, end) || (wd_on && since(end, wd_deadline) > 0))
+                    continue;
+                if (bi < 0 || since(end, best) < 0) {
+                    bi = (int8_t)i;
+                    bc = c;
+                    best = end;
+                }
+            }
+        }
+        if (bi < 0)
+            break;
+        unit_pulse_t *p = &u->pending[bi];
+        p->executed[bc] = p->planned[bc];
+        p->active &= (uint16_t)~(1u << bc);
+        if (!p->active)
+            finish(u, (uint8_t)bi);
+    }
+    if (wd_on && reached(now, wd_deadline)) {
+        uint32_t since_ms = (uint32_t)since(now, u->last_valid) / 1000u;
+        u->c.watchdog_trips++;
+        event(u, now, EVENT_WATCHDOG_TRIP, (uint16_t)(since_ms > 0xFFFF ? 0xFFFF : since_ms), 0,
+              0);
+        leave_armed(u, now, STATE_SAFE, SAFE_REASON_WATCHDOG);
+    }
+    if (u->state == STATE_ARMED && reached(now, u->idle_from + LIMIT_ARM_IDLE_MS * 1000u))
+        leave_armed(u, now, STATE_SAFE, SAFE_REASON_ARM_TIMEOUT);
+    if (u->has_nonce && since(now, u->challenge_t) > (int32_t)(LIMIT_ARM_CHALLENGE_MS * 1000u))
+        u->has_nonce = 0; /* expired: an ARM_CONFIRM now is BAD_NONCE */
+    if (u->has_next_hk && reached(now, u->next_hk)) {
+        if (!u->stalled)
+            send_hk(u, now);
+        u->next_hk += (uint32_t)u->hk_period_ms * 1000u;
+        if (since(u->next_hk, now) <= 0)
+            u->next_hk = now + (uint32_t)u->hk_period_ms * 1000u;
+    }
+}
+
+void unit_tick(unit_t *u, uint32_t now) { run_timers(u, now); }
+
+/* ------------------------------------------------------------------ commands */
+
+static uint16_t new_session(unit_t *u)
+{
+    for (;;) {
+        uint16_t s = (uint16_t)(rng_next(u) >> 16);
+        if (s != 0 && !(u->has_last_session && s == u->last_session)) {
+            u->last_session = s;
+            u->has_last_session = 1;
+            return s;
+        }
+    }
+}
+
+static void on_hello(unit_t *u, const proto_msg_t *m, uint32_t now)
+{
+    const uint8_t *q = m->payload;
+    uint8_t mode = q[MSG_HELLO_OFF_MODE];
+    uint16_t period = proto_get16(q + MSG_HELLO_OFF_PERIOD_MS);
+    uint8_t result;
+    uint8_t has = u->has_session;
+    uint16_t session = u->session;
+    if (proto_get32(q + MSG_HELLO_OFF_DICT_HASH) != u->cfg.dict_hash ||
+        q[MSG_HELLO_OFF_PROTO_VER] != PROTO_VERSION) {
+        result = RESULT(DICT_MISMATCH);
+        has = 0;
+        session = 0;
+    } else if (mode != MODE_LOCKSTEP && mode != MODE_REALTIME) {
+        result = RESULT(BAD_MODE);
+    } else if (period < LIMIT_PERIOD_MS_MIN || period > LIMIT_PERIOD_MS_MAX) {
+        result = RESULT(BAD_PARAM);
+    } else {
+        result = RESULT(ACCEPTED);
+        has = 1;
+        session = new_session(u);
+    }
+    if (result == RESULT(ACCEPTED) || result == RESULT(DICT_MISMATCH)) {
+        /* any session ends here, whatever the outcome */
+        if (u->state == STATE_ARMING || u->state == STATE_ARMED)
+            leave_armed(u, now, STATE_SAFE, SAFE_REASON_NEW_SESSION);
+        u->has_session = has;
+        u->session = session;
+        memset(u->has_last_step, 0, sizeof u->has_last_step);
+        memset(u->has_report, 0, sizeof u->has_report);
+        u->has_last_fire = 0;
+        u->last_step = 0;
+        if (result == RESULT(ACCEPTED)) {
+            u->mode = mode;
+            u->period_ms = period;
+        }
+    }
+    uint8_t p[MSG_HELLO_ACK_LEN];
+    p[MSG_HELLO_ACK_OFF_RESULT] = result;
+    proto_put16(p + MSG_HELLO_ACK_OFF_SESSION, result == RESULT(ACCEPTED) ? session : 0);
+    proto_put16(p + MSG_HELLO_ACK_OFF_FW_VER, u->cfg.fw_ver);
+    p[MSG_HELLO_ACK_OFF_PROTO_VER] = PROTO_VERSION;
+    proto_put32(p + MSG_HELLO_ACK_OFF_DICT_HASH, u->cfg.dict_hash);
+    p[MSG_HELLO_ACK_OFF_N_CHANNELS] = u->cfg.n_channels;
+    proto_put16(p + MSG_HELLO_ACK_OFF_TICK_US, TICK_US);
+    proto_put16(p + MSG_HELLO_ACK_OFF_MIN_ON_TICKS, u->min_on_ticks);
+    proto_put16(p + MSG_HELLO_ACK_OFF_WATCHDOG_MS, u->watchdog_ms);
+    p[MSG_HELLO_ACK_OFF_MODE] = u->mode;
+    proto_put16(p + MSG_HELLO_ACK_OFF_BOOT_COUNT, u->boot_count);
+    emit(u, MSG_HELLO_ACK, MSG_HELLO_ACK_APID, p, sizeof p, 1);
+}
+
+static void on_heartbeat(unit_t *u, const proto_msg_t *m, uint32_t now)
+{
+    u->last_valid = now;
+    if (m->flags & FLAG_ACK_REQ)
+        ack(u, m, RESULT(ACCEPTED));
+}
+
+static void on_ping(unit_t *u, const proto_msg_t *m, uint32_t now)
+{
+    uint8_t p[MSG_PONG_LEN];
+    memcpy(p + MSG_PONG_OFF_NONCE, m->payload + MSG_PING_OFF_NONCE, 4);
+    memcpy(p + MSG_PONG_OFF_T1_HOST_US, m->payload + MSG_PING_OFF_T1_HOST_US, 8);
+    proto_put32(p + MSG_PONG_OFF_T2_PU_US, now);
+    proto_put32(p + MSG_PONG_OFF_T3_PU_US, now);
+    emit(u, MSG_PONG, MSG_PONG_APID, p, sizeof p, 1);
+}
+
+static void on_arm_request(unit_t *u, const proto_msg_t *m, uint32_t now)
+{
+    if (u->state != STATE_SAFE && u->state != STATE_ARMING) {
+        ack(u, m, RESULT(REJECTED_STATE));
+        return;
+    }
+    uint32_t nonce;
+    do
+        nonce = rng_next(u);
+    while (nonce == 0);
+    u->nonce = nonce;
+    u->has_nonce = 1;
+    u->challenge_t = now;
+    u->last_valid = now;
+    u->state = STATE_ARMING;
+    uint8_t p[MSG_ARM_CHALLENGE_LEN];
+    proto_put32(p + MSG_ARM_CHALLENGE_OFF_NONCE, nonce);
+    proto_put16(p + MSG_ARM_CHALLENGE_OFF_VALID_MS, LIMIT_ARM_CHALLENGE_MS);
+    emit(u, MSG_ARM_CHALLENGE, MSG_ARM_CHALLENGE_APID, p, sizeof p, 1);
+}
+
+static void on_arm_confirm(unit_t *u, const proto_msg_t *m, uint32_t now)
+{
+    const uint8_t *q = m->payload;
+    if (u->state != STATE_ARMING || !u->arm_enabled) {
+        ack(u, m, RESULT(REJECTED_STATE));
+        return;
+    }
+    uint16_t max_on = proto_get16(q + MSG_ARM_CONFIRM_OFF_MAX_ON_TICKS);
+    if (max_on < 1 || max_on > LIMIT_MAX_ON_TICKS_CAP) {
+        ack(u, m, RESULT(BAD_PARAM));
+        return;
+    }
+    uint8_t fresh = u->has_nonce &&
+                    since(now, u->challenge_t) <= (int32_t)(LIMIT_ARM_CHALLENGE_MS * 1000u);
+    if (!fresh || proto_get32(q + MSG_ARM_CONFIRM_OFF_NONCE) != u->nonce) {
+        leave_armed(u, now, STATE_SAFE, SAFE_REASON_BAD_NONCE);
+        ack(u, m, RESULT(BAD_NONCE));
+        return;
+    }
+    u->has_nonce = 0;
+    u->max_on_ticks = max_on;
+    u->last_valid = now;
+    u->idle_from = now;
+    u->has_last_fire = 0;
+    u->state = STATE_ARMED;
+    ack(u, m, RESULT(ACCEPTED));
+    event(u, now, EVENT_ARMED, max_on, 0, 0);
+}
+
+static void on_disarm(unit_t *u, const proto_msg_t *m, uint32_t now)
+{
+    uint8_t was = u->state;
+    leave_armed(u, now, STATE_SAFE, SAFE_REASON_COMMANDED);
+    if (was == STATE_ARMING || was == STATE_ARMED)
+        event(u, now, EVENT_DISARMED, 0, 0, 0);
+    ack(u, m, RESULT(ACCEPTED));
+}
+
+static void on_stop_all(unit_t *u, const proto_msg_t *m, uint32_t now)
+{
+    unit_stop_all(u, now);
+    if (m->flags & FLAG_ACK_REQ)
+        ack(u, m, RESULT(ACCEPTED));
+}
+
+static void on_set_param(unit_t *u, const proto_msg_t *m, uint32_t now)
+{
+    if (u->state != STATE_SAFE) {
+        ack(u, m, RESULT(REJECTED_STATE));
+        return;
+    }
+    uint8_t param = m->payload[MSG_SET_PARAM_OFF_PARAM];
+    int32_t v = (int32_t)proto_get32(m->payload + MSG_SET_PARAM_OFF_VALUE);
+    uint8_t ok;
+    switch (param) {
+    case PARAM_WATCHDOG_MS:
+        ok = v >= (int32_t)LIMIT_WATCHDOG_MS_MIN && v <= (int32_t)LIMIT_WATCHDOG_MS_MAX;
+        break;
+    case PARAM_HK_PERIOD_MS:
+        ok = v == 0 || (v >= 20 && v <= 10000);
+        break;
+    case PARAM_MIN_ON_TICKS:
+        ok = v >= 0 && v <= 1000;
+        break;
+    default:
+        ok = 0;
+    }
+    if (!ok) {
+        ack(u, m, RESULT(BAD_PARAM));
+        return;
+    }
+    if (param == PARAM_WATCHDOG_MS) {
+        u->watchdog_ms = (uint16_t)v;
+    } else if (param == PARAM_HK_PERIOD_MS) {
+        u->hk_period_ms = (uint16_t)v;
+        u->has_next_hk = v != 0;
+        u->next_hk = now + (uint32_t)v * 1000u;
+    } else {
+        u->min_on_ticks = (uint16_t)v;
+    }
+    ack(u, m, RESULT(ACCEPTED));
+}
+
+void unit_inject_fault(unit_t *u, uint8_t kind, uint16_t arg, uint32_t now)
+{
+#if UNIT_FAULT_INJECTION
+    if (u->state != STATE_BOOT)
+        event(u, now, EVENT_FAULT_INJECTED, kind, arg, 0);
+    uint32_t bits = arg == 0xFFFF ? (u->cfg.n_channels >= 32 ? 0xFFFFFFFFu
+                                                             : (1u << u->cfg.n_channels) - 1u)
+                                  : (arg < 32 ? 1ul << arg : 0);
+    switch (kind) {
+    case FAULT_DROP_RX:
+        u->drop_rx = (uint16_t)(u->drop_rx + arg);
+        break;
+    case FAULT_CORRUPT_TX:
+        u->corrupt_tx = (uint16_t)(u->corrupt_tx + arg);
+        break;
+    case FAULT_STALL_MS:
+        u->stalled = 1;
+        u->stall_until = now + (uint32_t)arg * 1000u;
+        break;
+    case FAULT_RESET:
+        close_all(u, now);
+        if (u->cfg.reset) {
+            u->cfg.reset(u->cfg.ctx); /* the board: never returns */
+            return;
+        }
+        unit_reset(u, now, RESET_CAUSE_SOFTWARE);
+        break;
+    case FAULT_FAIL_OFF:
+        u->failed |= bits;
+        cut_channels(u, bits, now);
+        break;
+    case FAULT_STUCK_OPEN:
+        u->stuck |= bits;
+        break;
+    case FAULT_CLEAR:
+        u->failed &= ~bits;
+        u->stuck &= ~bits;
+        break;
+    case FAULT_TANK_PRESSURE:
+        u->tank_kpa = arg;
+        break;
+    default:
+        break;
+    }
+#else
+    (void)u;
+    (void)kind;
+    (void)arg;
+    (void)now;
+#endif
+}
+
+static void on_fault_inject(unit_t *u, const proto_msg_t *m, uint32_t now)
+{
+    uint8_t kind = m->payload[MSG_FAULT_INJECT_OFF_FAULT];
+    uint16_t arg = proto_get16(m->payload + MSG_FAULT_INJECT_OFF_ARG);
+    if (!u->cfg.test_build || kind < FAULT_DROP_RX || kind > FAULT_CLEAR) {
+        ack(u, m, RESULT(UNSUPPORTED));
+        return;
+    }
+    if (((kind == FAULT_FAIL_OFF || kind == FAULT_STUCK_OPEN) && arg >= u->cfg.n_channels) ||
+        (kind == FAULT_CLEAR && arg >= u->cfg.n_channels && arg != 0xFFFF)) {
+        ack(u, m, RESULT(BAD_PARAM));
+        return;
+    }
+    if (m->flags & FLAG_ACK_REQ)
+        ack(u, m, RESULT(ACCEPTED));
+    unit_inject_fault(u, kind, arg, now);
+}
+
+/* ------------------------------------------------------------------ FIRE */
+
+static void execute(unit_t *u, const proto_msg_t *m, uint32_t now)
+{
+    const uint8_t *q = m->payload;
+    uint8_t bank = q[MSG_FIRE_OFF_BANK];
+    uint32_t step = proto_get32(q + MSG_FIRE_OFF_STEP);
+    uint16_t mask = proto_get16(q + MSG_FIRE_OFF_MASK);
+    uint16_t limit = u->max_on_ticks;
+    uint16_t pt = period_ticks(u);
+    if (pt < limit)
+        limit = pt;
+    if (limit > LIMIT_MAX_ON_TICKS_CAP)
+        limit = LIMIT_MAX_ON_TICKS_CAP;
+    uint8_t base = (uint8_t)(bank * CHANNELS_PER_BANK);
+    uint16_t failed = (uint16_t)(u->failed >> base);
+    uint16_t stuck = (uint16_t)(u->stuck >> base);
+    unit_pulse_t pulse;
+    memset(&pulse, 0, sizeof pulse);
+    for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++) {
+        if (!((mask >> c) & 1) || base + c >= u->cfg.n_channels)
+            continue;
+        uint16_t asked = proto_get16(q + MSG_FIRE_OFF_ON_TICKS + 2 * c);
+        uint16_t v = asked;
+        if (v > limit)
+            v = limit;
+        if (v > 0 && v < u->min_on_ticks) {
+            v = (uint32_t)2 * v >= u->min_on_ticks ? u->min_on_ticks : 0;
+            if (v > limit)
+                v = 0;
+        }
+        if (v != asked) {
+            pulse.flags |= 1;
+            event(u, now, EVENT_CLAMPED, (uint16_t)(base + c), asked, v);
+        }
+        if ((failed >> c) & 1)
+            v = 0;
+        pulse.planned[c] = v;
+    }
+    /* Cut older pulses of this bank on the channels this FIRE commands. */
+    uint8_t i = 0;
+    while (i < u->n_pending) {
+        unit_pulse_t *p = &u->pending[i];
+        if (p->bank == bank) {
+            for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
+                if (((p->active >> c) & 1) && ((mask >> c) & 1))
+                    cut(p, c, now);
+            if (!p->active) {
+                finish(u, i);
+                continue;
+            }
+        }
+        i++;
+    }
+    u->has_last_step[bank] = 1;
+    u->bank_step[bank] = step;
+    u->last_step = step;
+    u->idle_from = now;
+    pulse.has_session = u->has_session;
+    pulse.session = u->session;
+    pulse.step = step;
+    pulse.bank = bank;
+    pulse.t_start = now;
+    pulse.failed = failed;
+    pulse.stuck = stuck;
+    if (u->mode == MODE_LOCKSTEP) {
+        memcpy(pulse.executed, pulse.planned, sizeof pulse.executed);
+        report(u, &pulse);
+        return;
+    }
+    for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
+        if (pulse.planned[c])
+            pulse.active |= (uint16_t)(1u << c);
+    if (!pulse.active) {
+        report(u, &pulse);
+        return;
+    }
+    if (u->n_pending == UNIT_MAX_PENDING) { /* board limit: abort the oldest FIRE */
+        unit_pulse_t *p = &u->pending[0];
+        for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
+            if ((p->active >> c) & 1)
+                cut(p, c, now);
+        finish(u, 0);
+    }
+    u->pending[u->n_pending++] = pulse;
+}
+
+static void on_fire(unit_t *u, const proto_msg_t *m, uint32_t now)
+{
+    if (u->state != STATE_ARMED) {
+        ack(u, m, RESULT(REJECTED_STATE));
+        return;
+    }
+    const uint8_t *q = m->payload;
+    u->last_valid = now; /* a FIRE of the session, whatever becomes of it */
+    uint8_t had_prev = u->has_last_fire;
+    uint32_t prev = u->last_fire_t;
+    u->has_last_fire = 1;
+    u->last_fire_t = now;
+    uint8_t bank = q[MSG_FIRE_OFF_BANK];
+    uint32_t step = proto_get32(q + MSG_FIRE_OFF_STEP);
+    if (bank >= u->n_banks) {
+        ack(u, m, RESULT(BAD_PARAM));
+        return;
+    }
+    uint8_t has_last = u->has_last_step[bank];
+    uint32_t last = u->bank_step[bank];
+    if (has_last && step == last) {
+        u->c.duplicate_fires++;
+        event(u, now, EVENT_DUP_FIRE, (uint16_t)(step >> 16), (uint16_t)step, 0);
+        if (u->has_report[bank] && u->report_step[bank] == step) {
+            uint8_t r[MSG_VALVE_REPORT_LEN];
+            uint8_t pkt[PROTO_MAX_PACKET];
+            memcpy(r, u->report[bank], sizeof r);
+            uint16_t flags = proto_get16(r + MSG_VALVE_REPORT_OFF_FLAGS);
+            proto_put16(r + MSG_VALVE_REPORT_OFF_FLAGS, (uint16_t)(flags | 4));
+            uint8_t n = proto_build_packet(
+                pkt, MSG_VALVE_REPORT, u->report_seq[bank],
+                (uint8_t)(FLAG_RETRANSMIT | (u->cfg.test_build ? FLAG_TEST_BUILD : 0)), r,
+                sizeof r);
+            send_packet(u, pkt, n);
+        } else {
+            ack(u, m, RESULT(DUPLICATE)); /* REALTIME: still running */
+        }
+        return;
+    }
+    uint8_t stale = has_last && step < last;
+    uint16_t valid_for = proto_get16(q + MSG_FIRE_OFF_VALID_FOR_MS);
+    if (!stale && u->mode == MODE_REALTIME && had_prev && valid_for &&
+        since(now, prev) > (int32_t)((uint32_t)valid_for * 1000u))
+        stale = 1;
+    if (stale) {
+        u->c.stale_fires++;
+        event(u, now, EVENT_STALE_FIRE, (uint16_t)(step >> 16), (uint16_t)step, 0);
+        ack(u, m, RESULT(STALE));
+        return;
+    }
+    execute(u, m, now);
+}
+
+/* ------------------------------------------------------------------ input */
+
+static uint8_t needs_session(uint8_t id)
+{
+    return id == MSG_HEARTBEAT || id == MSG_ARM_REQUEST || id == MSG_ARM_CONFIRM ||
+           id == MSG_DISARM || id == MSG_FIRE || id == MSG_SET_PARAM;
+}
+
+static uint8_t is_cached(uint8_t id)
+{
+    return id == MSG_HELLO || id == MSG_ARM_REQUEST || id == MSG_ARM_CONFIRM ||
+           id == MSG_DISARM || id == MSG_SET_PARAM || id == MSG_FAULT_INJECT;
+}
+
+static void command(unit_t *u, const proto_msg_t *m, uint32_t now)
+{
+    uint8_t cached = is_cached(m->msg_id);
+    uint16_t pcrc = 0;
+    if (cached) {
+        pcrc = proto_crc16(m->payload, m->payload_len);
+        if (m->flags & FLAG_RETRANSMIT) {
+            for (uint8_t i = 0; i < UNIT_CACHE_SIZE; i++) {
+                unit_cache_entry_t *e = &u->cache[i];
+                if (e->valid && e->msg_id == m->msg_id && e->seq == m->seq &&
+                    e->payload_crc == pcrc) {
+                    u->c.retransmits_answered++;
+                    if (e->reply_len) {
+                        uint8_t pkt[UNIT_REPLY_MAX];
+                        memcpy(pkt, e->reply, e->reply_len);
+                        pkt[7] |= FLAG_RETRANSMIT;
+                        proto_seal_packet(pkt, e->reply_len);
+                        send_packet(u, pkt, e->reply_len);
+                    }
+                    return;
+                }
+            }
+        }
+        u->capturing = 1;
+        u->captured_len = 0;
+    }
+    if (needs_session(m->msg_id) &&
+        (!u->has_session || proto_get16(m->payload) != u->session)) {
+        u->c.session_errors++;
+        event(u, now, EVENT_SESSION_REJECTED, m->msg_id, 0, 0);
+        ack(u, m, RESULT(BAD_SESSION));
+    } else {
+        uint16_t boots = u->boot_count;
+        switch (m->msg_id) {
+        case MSG_HELLO: on_hello(u, m, now); break;
+        case MSG_HEARTBEAT: on_heartbeat(u, m, now); break;
+        case MSG_PING: on_ping(u, m, now); break;
+        case MSG_ARM_REQUEST: on_arm_request(u, m, now); break;
+        case MSG_ARM_CONFIRM: on_arm_confirm(u, m, now); break;
+        case MSG_DISARM: on_disarm(u, m, now); break;
+        case MSG_STOP_ALL: on_stop_all(u, m, now); break;
+        case MSG_FIRE: on_fire(u, m, now); break;
+        case MSG_SET_PARAM: on_set_param(u, m, now); break;
+        case MSG_FAULT_INJECT: on_fault_inject(u, m, now); break;
+        default: ack(u, m, RESULT(UNSUPPORTED)); break; /* a TM id sent to the unit */
+        }
+        if (boots != u->boot_count)
+            cached = 0; /* reset in place: the cache belongs to the old boot */
+    }
+    if (cached) {
+        unit_cache_entry_t *e = &u->cache[u->cache_next];
+        u->cache_next = (uint8_t)((u->cache_next + 1) % UNIT_CACHE_SIZE);
+        e->valid = 1;
+        e->msg_id = m->msg_id;
+        e->seq = m->seq;
+        e->payload_crc = pcrc;
+        e->reply_len = u->captured_len;
+        memcpy(e->reply, u->captured, u->captured_len);
+    }
+    u->capturing = 0;
+}
+
+static void count_seq(unit_t *u, const proto_msg_t *m)
+{
+    if (m->flags & FLAG_RETRANSMIT)
+        return;
+    if (m->msg_id == MSG_HELLO || !u->has_rx_seq) {
+        u->rx_seq = m->seq; /* a new host may start its counts anywhere */
+        u->has_rx_seq = 1;
+        return;
+    }
+    uint16_t gap = (uint16_t)((m->seq - u->rx_seq - 1u) & (PROTO_SEQ_MODULO - 1));
+    if (gap && gap < PROTO_SEQ_MODULO / 2)
+        u->c.seq_gaps++;
+    if (gap < PROTO_SEQ_MODULO / 2)
+        u->rx_seq = m->seq;
+}
+
+static void bad_frame(unit_t *u, proto_status_t st, uint32_t now)
+{
+    uint8_t kind = 0;
+    switch (st) {
+    case PROTO_BAD_COBS: u->c.cobs_errors++; kind = FRAME_ERROR_COBS; break;
+    case PROTO_BAD_CRC: u->c.crc_errors++; kind = FRAME_ERROR_CRC; break;
+    case PROTO_BAD_LEN: u->c.length_errors++; kind = FRAME_ERROR_LENGTH; break;
+    case PROTO_TOO_LONG: u->c.length_errors++; kind = FRAME_ERROR_TOO_LONG; break;
+    case PROTO_BAD_HEADER: u->c.header_errors++; kind = FRAME_ERROR_HEADER; break;
+    case PROTO_UNKNOWN_ID: u->c.unknown_id_errors++; kind = FRAME_ERROR_UNKNOWN_ID; break;
+    default: break;
+    }
+    u->bad_since_event++;
+    if (!u->has_bad_frame_event ||
+        since(now, u->last_bad_frame_event) >= (int32_t)UNIT_BAD_FRAME_EVENT_GAP_US) {
+        event(u, now, EVENT_BAD_FRAME, kind, u->bad_since_event, 0);
+        u->has_bad_frame_event = 1;
+        u->last_bad_frame_event = now;
+        u->bad_since_event = 0;
+    } else {
+        u->c.bad_frame_events_suppressed++;
+    }
+}
+
+void unit_receive(unit_t *u, const uint8_t *data, uint16_t n, uint32_t now)
+{
+    run_timers(u, now);
+    if (u->state == STATE_BOOT)
+        return;
+    if (u->stalled) {
+        if (n)
+            u->c.uart_overruns++;
+        return;
+    }
+    uint8_t discard = 0;
+    for (uint16_t i = 0; i < n; i++) {
+        proto_msg_t m;
+        proto_status_t st = proto_feed(&u->parser, data[i], &m);
+        if (st == PROTO_INCOMPLETE || discard)
+            continue;
+#if UNIT_FAULT_INJECTION
+        if (u->drop_rx > 0) {
+            u->drop_rx--;
+            u->c.dropped_rx++;
+            continue;
+        }
+#endif
+        if (st != PROTO_OK) {
+            bad_frame(u, st, now);
+            continue;
+        }
+        u->c.rx_frames++;
+        count_seq(u, &m);
+        uint16_t boots = u->boot_count;
+        command(u, &m, now);
+        if (boots != u->boot_count)
+            return; /* reset: the rest of this chunk is lost (the parser is new) */
+        if (u->stalled)
+            discard = 1; /* stall: later frames of this chunk are lost */
+    }
+}

@@ -1,0 +1,164 @@
+/* unit.h: the propulsion unit's state machine (docs/protocol.md sections 3-6) in pure C99.
+ *
+ * No AVR calls: the board's main.c, the host harness and the fuzzer drive it the same way, like
+ * firmware_bridge/unit.py's UnitCore (whose documented choices this mirrors):
+ *
+ *     unit_init(&u, &cfg);             cfg.send() gets every TM frame (COBS + 0x00)
+ *     unit_boot(&u, now_us);           BOOT, BOOTED, SAFE
+ *     unit_receive(&u, buf, n, now);   bytes from the UART, replies through cfg.send
+ *     unit_tick(&u, now_us);           timers: pulse ends, link watchdog, arm idle, HK
+ *     unit_open_mask(&u);              what the valve pins must show now
+ *
+ * Time is the unit's free-running microsecond clock as a wrapping uint32_t (pu_time_us); every
+ * comparison is a wrap-safe signed difference, so the 71.6 min wrap is harmless (no interval the
+ * unit measures exceeds 35 min).
+ *
+ * Differences from UnitCore that come from the board's size (documented, not behavioural for the
+ * conformance suite): the retransmission reply cache holds UNIT_CACHE_SIZE entries keyed by
+ * (msg_id, seq, CRC-16 of the payload) instead of 32 keyed by every field; at most
+ * UNIT_MAX_PENDING REALTIME FIREs are in progress at once (a new one beyond that aborts the
+ * oldest, reported with flag bit 1); HK uart_overruns adds the UART's own error counts
+ * (data overrun DOR, frame error FE, receive ring overflow) that main.c reports through
+ * unit.uart_hw_errors.
+ */
+#ifndef THRUSTER_UNIT_H
+#define THRUSTER_UNIT_H
+
+#include <stdint.h>
+
+#include "dictionary.h"
+#include "proto.h"
+
+#ifndef UNIT_FAULT_INJECTION
+#define UNIT_FAULT_INJECTION 1 /* compile FAULT_INJECT in (the board's normal build sets 0) */
+#endif
+
+#define UNIT_FW_VERSION 0x0100
+#define UNIT_MAX_CHANNELS 32
+#define UNIT_MAX_BANKS (UNIT_MAX_CHANNELS / CHANNELS_PER_BANK)
+#define UNIT_MAX_PENDING 8
+#define UNIT_CACHE_SIZE 8
+#define UNIT_DEFAULT_TANK_KPA 1800
+#define UNIT_BAD_FRAME_EVENT_GAP_US 100000UL
+#define UNIT_REPLY_MAX (PACKET_OVERHEAD + MSG_HELLO_ACK_LEN) /* the largest cached reply */
+
+typedef void (*unit_send_fn)(void *ctx, const uint8_t *frame, uint8_t len);
+/* A hardware reset (board: watchdog). Never returns on the board; NULL: reset in place. */
+typedef void (*unit_reset_fn)(void *ctx);
+
+typedef struct {
+    uint8_t n_channels;   /* 1..32 */
+    uint16_t fw_ver;
+    uint16_t boot_count;
+    uint8_t reset_cause;  /* enum reset_cause */
+    uint8_t test_build;   /* FAULT_INJECT accepted, TEST_BUILD flag on every TM */
+    uint16_t min_on_ticks;
+    uint32_t dict_hash;
+    uint32_t rng_seed;    /* sessions and nonces; board: timer/ADC noise, host: fixed */
+    unit_send_fn send;
+    unit_reset_fn reset;
+    void *ctx;
+} unit_config_t;
+
+typedef struct {
+    uint16_t session;
+    uint8_t has_session;
+    uint8_t bank;
+    uint16_t flags;
+    uint16_t active;     /* channels of the bank still open */
+    uint16_t failed, stuck;
+    uint32_t step;
+    uint32_t t_start;
+    uint16_t planned[CHANNELS_PER_BANK];
+    uint16_t executed[CHANNELS_PER_BANK];
+} unit_pulse_t;
+
+typedef struct {
+    uint8_t valid;
+    uint8_t msg_id;
+    uint16_t seq;
+    uint16_t payload_crc;
+    uint8_t reply_len;   /* 0: the command had no reply */
+    uint8_t reply[UNIT_REPLY_MAX];
+} unit_cache_entry_t;
+
+typedef struct {
+    uint16_t rx_frames, crc_errors, cobs_errors, length_errors, header_errors,
+        unknown_id_errors, seq_gaps, uart_overruns, session_errors, dropped_rx, corrupted_tx,
+        bad_frame_events_suppressed, fires_executed, duplicate_fires, stale_fires,
+        watchdog_trips, retransmits_answered, tx_frames;
+} unit_counters_t;
+
+typedef struct {
+    unit_config_t cfg;
+    uint8_t n_banks;
+    uint16_t boot_count;
+    uint8_t reset_cause;
+    uint32_t rng;
+    uint8_t state;
+    uint8_t arm_enabled;
+    /* hardware: survives a reset in place */
+    uint32_t failed, stuck;
+    uint16_t tank_kpa;
+    uint16_t drop_rx, corrupt_tx;
+    uint8_t stalled;
+    uint32_t stall_until;
+    uint16_t uart_hw_errors;   /* set by the board: DOR + FE + ring overflow */
+    unit_counters_t c;
+    uint16_t last_session;
+    uint8_t has_last_session;
+    /* RAM state of one power-on */
+    uint8_t has_session;
+    uint16_t session;
+    uint8_t mode;
+    uint16_t period_ms, watchdog_ms, hk_period_ms, min_on_ticks, max_on_ticks;
+    uint8_t has_nonce;
+    uint32_t nonce, challenge_t;
+    uint32_t last_valid;
+    uint8_t has_last_fire;
+    uint32_t last_fire_t;
+    uint32_t idle_from;
+    uint8_t has_last_step[UNIT_MAX_BANKS];
+    uint32_t bank_step[UNIT_MAX_BANKS];
+    uint8_t has_report[UNIT_MAX_BANKS];
+    uint32_t report_step[UNIT_MAX_BANKS];
+    uint16_t report_seq[UNIT_MAX_BANKS];
+    uint8_t report[UNIT_MAX_BANKS][MSG_VALVE_REPORT_LEN];
+    uint8_t n_pending;
+    unit_pulse_t pending[UNIT_MAX_PENDING];
+    uint32_t last_step;
+    uint16_t tm_seq[3];        /* unit_reply, unit_event, valve_report */
+    uint8_t has_rx_seq;
+    uint16_t rx_seq;
+    unit_cache_entry_t cache[UNIT_CACHE_SIZE];
+    uint8_t cache_next;
+    proto_parser_t parser;
+    uint8_t has_next_hk;
+    uint32_t next_hk;
+    uint8_t has_bad_frame_event;
+    uint32_t last_bad_frame_event;
+    uint16_t bad_since_event;
+    /* reply capture for the retransmission cache */
+    uint8_t capturing;
+    uint8_t captured_len;
+    uint8_t captured[UNIT_REPLY_MAX];
+} unit_t;
+
+void unit_init(unit_t *u, const unit_config_t *cfg);
+void unit_boot(unit_t *u, uint32_t now_us);
+void unit_receive(unit_t *u, const uint8_t *data, uint16_t n, uint32_t now_us);
+void unit_tick(unit_t *u, uint32_t now_us);
+uint32_t unit_open_mask(const unit_t *u);
+/* The arm-enable input (board pin): disabled refuses ARM_CONFIRM, and ARMED -> SAFE. */
+void unit_set_arm_enable(unit_t *u, uint8_t enabled, uint32_t now_us);
+/* Mix entropy (timer counts at byte arrival, ADC noise) into the session/nonce generator. */
+void unit_add_entropy(unit_t *u, uint32_t x);
+/* STOP_ALL without a command (shutdown), and the board's self-check entering FAULT. */
+void unit_stop_all(unit_t *u, uint32_t now_us);
+void unit_force_fault(unit_t *u, uint32_t now_us);
+/* A reset in place (host builds, or a board whose reset hook returned). */
+void unit_reset(unit_t *u, uint32_t now_us, uint8_t cause);
+/* Apply a fault (enum fault) as the bench would; FAULT_INJECT calls it. */
+void unit_inject_fault(unit_t *u, uint8_t kind, uint16_t arg, uint32_t now_us);
+
+#endif /* THRUSTER_UNIT_H */
