@@ -171,12 +171,15 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
     budget = float(model.cmg_torque_budget_Nm)
 
     max_cycles = int(math.ceil(OVERRUN_FACTOR * plan["burn_duration_s"] / period)) + 40
-    max_err = 0.0
-    max_on_ms = 0
-    bound_violations = 0
+    # Per-cycle records, preallocated: the loop only writes numbers.
+    statuses = np.zeros(max_cycles, np.int64)
+    att_err = np.zeros(max_cycles)
+    longest = np.zeros(max_cycles, np.int64)
+    ctrl_state = ctrl.ctrl
+    on_ms = ctrl.on_ms
     complete_cycle = None
-    status_counts: dict[str, int] = {}
     events: list[dict] = []
+    translation_idx = np.asarray(model.translation_idx)
     unit_errors = tuple(getattr(unit, "errors", ()))
     realtime = bool(getattr(unit, "realtime", False))
     aborted: str | None = None
@@ -195,34 +198,32 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
                 elif lag > 0.5 * period:
                     late_cycles += 1
             t = k * period
-            for f in failures:
-                if f.applied_cycle is None and t >= f.at_s:
-                    f.applied_cycle = k
-                    true_health[f.index] = f.code
-                    if hasattr(unit, "fail"):
-                        unit.fail(f.index, f.code)
-                    events.append({"event": "thruster_failed", "thruster": f.name, "t_s": t,
-                                   "cycle": k})
+            if failures:
+                for f in failures:
+                    if f.applied_cycle is None and t >= f.at_s:
+                        f.applied_cycle = k
+                        true_health[f.index] = f.code
+                        if hasattr(unit, "fail"):
+                            unit.fail(f.index, f.code)
+                        events.append({"event": "thruster_failed", "thruster": f.name,
+                                       "t_s": t, "cycle": k})
             _sensors(ctrl, y, sensed)
             sensed[:] = 0.0
             status = ctrl.step()
-            for bit, name in cst.STATUS_NAMES.items():
-                if status & bit:
-                    status_counts[name] = status_counts.get(name, 0) + 1
-            max_err = max(max_err, ctrl.attitude_error_rad)
-            if complete_cycle is None and ctrl.complete:
+            statuses[k] = status
+            att_err[k] = ctrl_state[cst.C_ATT_ERR]
+            if complete_cycle is None and ctrl_state[cst.C_COMPLETE] > 0.5:
                 complete_cycle = k
                 events.append({"event": "burn_complete", "t_s": t, "cycle": k,
                                "sensed_dv_mps": ctrl.dv_along_mps})
-            report = unit.execute(k, ctrl.on_ms)
-            newly_out = (report.health != HEALTH_NOMINAL) & (ctrl.health == HEALTH_NOMINAL)
-            if newly_out.any():
+            report = unit.execute(k, on_ms)
+            if report.health.any() or ctrl.health.any():
+                newly_out = (report.health != HEALTH_NOMINAL) & (ctrl.health == HEALTH_NOMINAL)
                 for i in np.flatnonzero(newly_out):
                     events.append({"event": "reallocated", "thruster": names[i], "t_s": t,
                                    "cycle": k, "health": int(report.health[i])})
-            ctrl.health[:] = report.health
-            max_on_ms = max(max_on_ms, int(ctrl.on_ms.max()) if n else 0)
-            bound_violations += int(np.count_nonzero(ctrl.on_ms > period_ms))
+                ctrl.health[:] = report.health
+            longest[k] = on_ms.max()
             np.multiply(report.executed_ms, 1e-3, out=on_s)
             valve_cycle(on_s, true_health, thrust, t_od, t_cd, tau_r, tau_t, period, valves,
                         impulse)
@@ -240,7 +241,7 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
             if complete_cycle is not None:
                 quiet = (np.all(valves[:, VS_THRUST] < 1e-9 * thrust)
                          and np.all(np.isnan(valves[:, VS_EDGE_T])))
-                if quiet and not ctrl.on_ms[np.asarray(model.translation_idx)].any():
+                if quiet and not on_ms[translation_idx].any():
                     break
     except unit_errors as exc:
         aborted = f"unit: {exc}"
@@ -251,6 +252,12 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
     if aborted is not None:
         events.append({"event": "aborted", "cycle": k, "t_s": k * period, "reason": aborted})
     wall = time.perf_counter() - wall0
+    max_err = float(att_err[:k].max()) if k else 0.0
+    max_on_ms = int(longest[:k].max()) if k else 0
+    bound_violations = int(np.count_nonzero(longest[:k] > period_ms))
+    status_counts = {name: int(np.count_nonzero(statuses[:k] & bit))
+                     for bit, name in cst.STATUS_NAMES.items()
+                     if np.count_nonzero(statuses[:k] & bit)}
     # The last cycle's accelerometer increment (the tail) still belongs to the burn.
     _sensors(ctrl, y, sensed)
     x_b = ctrl.ctrl[cst.C_XH_B:cst.C_XH_B + 3]
