@@ -10,6 +10,15 @@ for protocol conformance (no GPIO, no ADC, no watchdog, no persistent EEPROM: se
 firmware_bridge/board/main.c). Its clock is not faithful, so nothing timed to the millisecond is
 asserted against it (../shared/research/hil_link_anchors.md section 4.4). Opening the pty does
 not reset the firmware (unlike a real Mega): hosts send HELLO, which starts a fresh session.
+
+QemuUnit keeps its own descriptor on the pty's slave side open (write-only, never read) for
+QEMU's whole life. Without it, every time a client closes the port QEMU's pty backend sees a
+hang-up, marks the port disconnected and re-polls it only once a second (qemu 7.2
+chardev/char-pty.c): the first command after each reopen then waits up to 1 s, longer than a
+host's 0.5 s HELLO retry. With the slave held open QEMU never sees a hang-up and answers in
+milliseconds. The cost: what the firmware sends while no client reads stays in the tty buffer
+(4 KB, about 6 s of housekeeping) for the next client, and once that buffer is full QEMU waits
+for a reader (the firmware's clock stalls with it).
 """
 
 from __future__ import annotations
@@ -67,6 +76,7 @@ class QemuUnit:
         self.qemu = qemu
         self.port: str | None = None
         self._proc: subprocess.Popen | None = None
+        self._hold_fd: int | None = None
 
     def start(self) -> QemuUnit:
         exe = shutil.which(self.qemu)
@@ -93,6 +103,7 @@ class QemuUnit:
                 while not os.path.exists(port) and time.monotonic() < deadline:
                     time.sleep(0.01)
                 if os.path.exists(port):
+                    self._hold_fd = os.open(port, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
                     self.port = port
                     return self
             if self._proc.poll() is not None:
@@ -109,6 +120,9 @@ class QemuUnit:
     def stop(self, timeout: float = 5.0) -> None:
         proc, self._proc = self._proc, None
         self.port = None
+        if self._hold_fd is not None:
+            os.close(self._hold_fd)
+            self._hold_fd = None
         if proc is None:
             return
         if proc.poll() is None:
