@@ -143,7 +143,8 @@ def render_pins(path: Path = RIG) -> str:
         tail = " \\" if i < len(valves) - 1 else ""
         out.append(f"    X({v['channel']}, {v['port']}, {v['bit']}, {v['arduino_pin']}){tail}")
     out.append("")
-    out.append(f"/* Arm-enable input: P{arm['port']}{arm['bit']} (Arduino pin {arm['arduino_pin']}) */")
+    out.append(f"/* Arm-enable input: P{arm['port']}{arm['bit']} "
+               f"(Arduino pin {arm['arduino_pin']}) */")
     out.append(f"#define ARM_ENABLE_PORT {arm['port']}")
     out.append(f"#define ARM_ENABLE_BIT {arm['bit']}")
     out.append(f"#define ARM_ENABLE_ACTIVE_LOW {int(bool(arm['active_low']))}")

@@ -1,0 +1,231 @@
+"""The board firmware's C code on the host: generated headers, parser vs the Python codec, the
+state machine, the AVR build, libFuzzer, and the conformance suite under qemu-system-avr.
+
+Tool-dependent tests skip with the reason when a tool is missing (gcc/make for the host build,
+avr-gcc for the firmware, clang's libFuzzer for the fuzzer, qemu-system-avr for QEMU); CI installs
+them all (apt: gcc make gcc-avr avr-libc binutils-avr clang qemu-system-misc).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cobs import cobs
+
+from firmware_bridge import codec
+from firmware_bridge.codec import Decoder, Message, ProtocolError
+from firmware_bridge.dictionary import DICT_HASH
+
+ROOT = Path(__file__).resolve().parent.parent
+BOARD = ROOT / "firmware_bridge" / "board"
+GOLDEN = ROOT / "firmware_bridge" / "golden_vectors.json"
+sys.path.insert(0, str(ROOT / "tools"))
+
+import gen_c_header  # noqa: E402
+
+
+def _need(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (apt-get install -y gcc make gcc-avr "
+                    f"avr-libc binutils-avr clang qemu-system-misc)")
+
+
+def _make(*targets: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["make", "-C", str(BOARD), *targets], capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"make {' '.join(targets)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+# ---- generated headers ----------------------------------------------------------------------
+
+def test_dictionary_header_matches_messages_toml():
+    assert (BOARD / "dictionary.h").read_text() == gen_c_header.render_dictionary(), \
+        "dictionary.h is stale: run python tools/gen_c_header.py"
+    assert f"#define DICT_HASH 0x{DICT_HASH:08X}UL" in (BOARD / "dictionary.h").read_text()
+
+
+def test_pins_header_matches_rig_toml():
+    assert (BOARD / "pins.h").read_text() == gen_c_header.render_pins(), \
+        "pins.h is stale: run python tools/gen_c_header.py"
+
+
+def test_rig_pin_map_is_complete():
+    rig = gen_c_header._load_rig()
+    valves = rig["valves"]["map"]
+    assert len(valves) == 32 and {v["port"] for v in valves} == {"A", "C", "L", "K"}
+    assert rig["arm_enable"] == {"port": "D", "bit": 7, "arduino_pin": 38, "active_low": True,
+                                 "pull_up": True}
+
+
+# ---- host build: parser vs the Python codec -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def host_vectors():
+    _need("make", "gcc")
+    _make("host")
+    return BOARD / "host_vectors"
+
+
+def _python_result(item: Message | ProtocolError, packet: bytes | None) -> str:
+    if isinstance(item, ProtocolError):
+        return f"err:{item.kind}"
+    return f"ok:{item.spec.id}:{item.seq}:{item.flags}:{packet[8:-2].hex()}"
+
+
+def _expected(wire: bytes) -> tuple[str, str]:
+    """What the codec makes of one line: whole frame (without the last 0x00) and byte stream."""
+    frame = wire[:-1] if wire.endswith(b"\x00") else wire
+    try:
+        msg = codec.decode_frame(frame)
+        whole = _python_result(msg, cobs.decode(frame))
+    except ProtocolError as err:
+        whole = f"err:{err.kind}"
+    results = []
+    for item in Decoder().feed(wire):
+        packet = None
+        if isinstance(item, Message):
+            # the packet of this message: re-encode (the codec round-trips exactly)
+            packet = codec.encode_packet(item.name, item.seq, item.flags, **item.fields)
+        results.append(_python_result(item, packet))
+    return whole, " ".join(results) or "none"
+
+
+def _vectors() -> list[tuple[str, bytes]]:
+    g = json.loads(GOLDEN.read_text())
+    out = [(v["id"], bytes.fromhex(v["wire"])) for v in g["good"] + g["bad"]]
+    rng = random.Random(20240601)
+    goods = [bytes.fromhex(v["wire"]) for v in g["good"]]
+    # Mutations of good frames: byte flips, truncations, insertions, concatenations.
+    for i in range(600):
+        w = bytearray(rng.choice(goods))
+        op = i % 4
+        if op == 0:
+            k = rng.randrange(len(w) - 1)
+            w[k] ^= 1 << rng.randrange(8)
+        elif op == 1:
+            del w[rng.randrange(len(w) - 1)]
+        elif op == 2:
+            w.insert(rng.randrange(len(w)), rng.randrange(1, 256))
+        else:
+            w = bytearray(rng.choice(goods) + bytes(w))
+        out.append((f"mutant-{i}", bytes(w)))
+    out.append(("lone-delimiters", b"\x00\x00"))
+    out.append(("garbage-then-good", b"\x01\x02\x03\x00\xff" * 3 + b"\x00" + goods[0]))
+    out.append(("max-length", b"\x01" * 63 + b"\x00"))
+    return out
+
+
+def test_golden_vectors_through_c_parser(host_vectors, tmp_path):
+    vectors = _vectors()
+    path = tmp_path / "vectors.txt"
+    lines = ["# hex wire frame, then the expected outcome (for people; the harness ignores it)"]
+    for name, wire in vectors:
+        lines.append(f"{wire.hex()} {name} {_expected(wire)[1]}")
+    path.write_text("\n".join(lines) + "\n")
+    proc = subprocess.run([str(host_vectors), str(path)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    got: dict[tuple[int, str], str] = {}
+    for line in proc.stdout.splitlines():
+        n, mode, rest = line.split(" ", 2)
+        got[(int(n), mode)] = rest
+    wrong = []
+    for i, (name, wire) in enumerate(vectors):
+        whole, stream = _expected(wire)
+        lineno = i + 2
+        if got.get((lineno, "frame")) != whole:
+            wrong.append(f"{name} frame: C {got.get((lineno, 'frame'))} != Python {whole}")
+        if got.get((lineno, "bytes")) != stream:
+            wrong.append(f"{name} bytes: C {got.get((lineno, 'bytes'))} != Python {stream}")
+    assert not wrong, "\n".join(wrong[:20])
+    g = json.loads(GOLDEN.read_text())
+    assert len(vectors) >= len(g["good"]) + len(g["bad"])
+
+
+def test_unit_smoke_session_decodes(host_vectors):
+    """unit.c through boot, HELLO, ARM, a REALTIME FIRE and a watchdog trip: every TM frame it
+    sends decodes with the Python codec, in the order the protocol wants."""
+    proc = subprocess.run([str(host_vectors), "--unit-smoke"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    msgs = [codec.decode_frame(bytes.fromhex(line[3:])[:-1])
+            for line in proc.stdout.splitlines() if line.startswith("tx ")]
+    names = [m.name for m in msgs]
+    assert names[:2] == ["BOOT", "EVENT"] and msgs[0]["dict_hash"] == DICT_HASH
+    assert "HELLO_ACK" in names and "ARM_CHALLENGE" in names
+    report = next(m for m in msgs if m.name == "VALVE_REPORT")
+    assert report["executed_ticks"][:2] == (20, 5) and report["flags"] & 1  # 3 -> min_on 5
+    events = [m["event"] for m in msgs if m.name == "EVENT"]
+    assert 3 in events and 2 in events  # WATCHDOG_TRIP, SAFE_ENTERED
+    assert "open_mask 00000001" in proc.stdout  # channel 0 still open mid-pulse (REALTIME)
+    assert all(m.flags & 4 for m in msgs)  # TEST_BUILD flag on every TM
+
+
+# ---- the AVR build ----------------------------------------------------------------------------
+
+def test_avr_firmware_builds_and_fits():
+    _need("make", "avr-gcc", "avr-size")
+    _make("all", "TEST_BUILD=0")
+    out = _make("size").stdout
+    program = int(re.search(r"Program:\s+(\d+) bytes", out).group(1))
+    data = int(re.search(r"Data:\s+(\d+) bytes", out).group(1))
+    print(f"firmware.elf: flash {program} B, RAM {data} B (static)")
+    assert program < 256 * 1024 - 8 * 1024  # below the bootloader section
+    assert data < 6 * 1024  # leaves >= 2 KB of the 8 KB SRAM for the stack
+    assert (BOARD / "firmware.hex").exists()
+    _make("qemu")
+    assert (BOARD / "firmware-qemu.elf").exists()
+
+
+# ---- libFuzzer --------------------------------------------------------------------------------
+
+def _fuzzer_links() -> bool:
+    if shutil.which("clang") is None:
+        return False
+    proc = subprocess.run(["make", "-C", str(BOARD), "fuzz"], capture_output=True, text=True)
+    return proc.returncode == 0
+
+
+@pytest.mark.slow
+def test_fuzz_parser_and_state_machine(tmp_path):
+    _need("make", "clang")
+    if not _fuzzer_links():
+        pytest.skip("clang cannot link -fsanitize=fuzzer (apt-get install -y libclang-rt-14-dev)")
+    runs = 1_000_000
+    proc = subprocess.run(
+        [str(BOARD / "fuzz_unit"), f"-runs={runs}", "-max_len=512", "-max_total_time=1200",
+         "-seed=1", f"-artifact_prefix={tmp_path}/", str(tmp_path)],
+        capture_output=True, text=True, timeout=1500)
+    log = proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    for bad in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: libFuzzer", "deadly signal"):
+        assert bad not in log, log[-3000:]
+    done = re.search(r"Done (\d+) runs in (\d+) second", log)
+    assert done, log[-2000:]
+    n, secs = int(done.group(1)), int(done.group(2))
+    print(f"libFuzzer: {n} executions in {secs} s")
+    assert n >= runs, f"only {n} executions within the time cap"
+
+
+# ---- the conformance suite under QEMU --------------------------------------------------------
+
+@pytest.mark.slow
+def test_conformance_under_qemu():
+    _need("make", "avr-gcc", "qemu-system-avr")
+    from firmware_bridge.conformance import run_all
+    from firmware_bridge.qemu import QemuUnit
+
+    with QemuUnit() as q:
+        results = run_all(q.port)
+    failed = [f"{r.check.name}: {r.detail}" for r in results if r.outcome == "failed"]
+    assert not failed, "\n".join(failed)
+    assert sum(r.outcome == "passed" for r in results) == len(results)
