@@ -136,6 +136,11 @@ class UnitClient:
         by opening its port spends a second in its bootloader first)."""
         seq = None
         flags = 0
+        # A HELLO_ACK still queued from an earlier, answered-twice HELLO (a resend raced the
+        # first answer) would hand back an old session: drop those first.
+        while self.port.in_waiting:
+            self._pump()
+        self.inbox = [m for m in self.inbox if m.name != "HELLO_ACK"]
         for _ in range(tries):
             seq = self.send("HELLO", flags, seq, proto_ver=PROTO_VERSION, dict_hash=dict_hash,
                             mode=MODE[mode], period_ms=period_ms)

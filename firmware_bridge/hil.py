@@ -7,7 +7,8 @@ quantised, dropped by a failed channel, held open by a stuck one). Thruster i is
 (bank i // 16).
 
 :func:`open_unit` opens the unit an operator asked for: the pty emulator (started here as a
-separate process), or any port URL (a board, QEMU's pty, hwgrep://...).
+separate process), the board firmware under qemu-system-avr (built if needed), or any port URL
+(a board, hwgrep://...).
 """
 
 from __future__ import annotations
@@ -81,13 +82,18 @@ def open_unit(*, unit: str, port: str | None, mode: str, n_thrusters: int, perio
     """Start or open the unit, connect (BOOT, HELLO, PING) and arm it for ``period_ms`` pulses."""
     process = None
     if port is None:
-        if unit != "emulator":
-            raise ValueError(f"no port given for unit {unit!r}")
-        from firmware_bridge.emulator import EmulatorProcess
+        if unit == "emulator":
+            from firmware_bridge.emulator import EmulatorProcess
 
-        process = EmulatorProcess(faults=faults, log_path=emulator_log)
+            process = EmulatorProcess(faults=faults, log_path=emulator_log)
+        elif unit == "qemu":
+            from firmware_bridge.qemu import QemuUnit
+
+            process = QemuUnit()
+        else:
+            raise ValueError(f"no port given for unit {unit!r}")
         process.start()
-        url, name = process.port, "emulator"
+        url, name = process.port, unit
     else:
         url, name = port, port
     link = None

@@ -68,9 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         "loop reference that hardware runs are compared against.",
     )
     _add_burn_arguments(run)
-    run.add_argument("--unit", choices=("emulator", "sim"), default="emulator",
+    run.add_argument("--unit", choices=("emulator", "qemu", "sim"), default="emulator",
                      help="propulsion unit: emulator = the board's emulator on a pseudo-terminal "
-                     "(default), sim = in-process ideal unit (no serial)")
+                     "(default), qemu = the board firmware under qemu-system-avr, sim = "
+                     "in-process ideal unit (no serial)")
     run.add_argument("--port", metavar="URL",
                      help="a unit on this port instead (a device path, a pty, hwgrep://VID:PID, "
                      "any pyserial URL)")
@@ -111,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     selftest.add_argument("--port", metavar="URL",
                           help="the unit's port (e.g. /dev/serial/by-id/usb-Arduino...); "
-                          "default: start the emulator and test it")
+                          "default: start the --unit and test it")
+    selftest.add_argument("--unit", choices=("emulator", "qemu"), default="emulator",
+                          help="without --port: the emulator (default) or the board firmware "
+                          "under qemu-system-avr")
     selftest.add_argument("--json", action="store_true", help="print one JSON object")
     selftest.set_defaults(handler=_cmd_selftest)
     return parser
@@ -200,13 +204,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
                             f"{', '.join(names)}), got {name!r}", field="--fail-thruster")
         failures.append(Failure(name, at_s))
     unit = None
-    if args.port is not None or args.unit == "emulator":
+    if args.port is not None or args.unit in ("emulator", "qemu"):
         if args.unit == "sim" and args.port is not None:
             raise UserError("run", "--port and --unit sim exclude each other: the sim unit has "
                             "no port")
-        if args.faults is not None and args.port is not None:
+        if args.faults is not None and (args.port is not None or args.unit != "emulator"):
             raise UserError("run", "--faults applies to the emulator the run starts, not to a "
-                            "unit on --port (start 'thruster-hil emulate --faults ...' instead)")
+                            "unit on --port or QEMU (start 'thruster-hil emulate --faults ...' "
+                            "instead)")
         from firmware_bridge.faults import parse_faults
         from firmware_bridge.hil import LinkError, open_unit
 
@@ -254,9 +259,14 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
     process = None
     url = args.port
     if url is None:
-        from firmware_bridge.emulator import EmulatorProcess
+        if args.unit == "qemu":
+            from firmware_bridge.qemu import QemuUnit
 
-        process = EmulatorProcess()
+            process = QemuUnit()
+        else:
+            from firmware_bridge.emulator import EmulatorProcess
+
+            process = EmulatorProcess()
         process.start()
         url = process.port
     try:
@@ -266,12 +276,12 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
             process.stop()
     failed = [r for r in results if r.outcome == "failed"]
     if args.json:
-        print(json.dumps({"port": args.port or "emulator", "passed": not failed,
+        print(json.dumps({"port": args.port or args.unit, "passed": not failed,
                           "checks": [{"name": r.check.name, "requirement": r.check.requirement,
                                       "outcome": r.outcome, "detail": r.detail,
                                       "seconds": round(r.seconds, 3)} for r in results]}))
     else:
-        print(f"unit conformance on {args.port or 'the emulator'}:")
+        print(f"unit conformance on {args.port or args.unit}:")
         for r in results:
             mark = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[r.outcome]
             line = f"  {mark}  {r.check.name:<22s} {r.check.requirement}"

@@ -12,6 +12,8 @@
  * Invariants checked after every step (abort() on failure, which libFuzzer reports):
  * - every TM frame the unit sends decodes with the C parser, is at most 64 bytes, is TM;
  * - outside ARMED, no valve is open except stuck-open ones;
+ * - no valve opens without a valid FIRE executed in ARMED (malformed frames, other commands and
+ *   timer ticks can only close valves);
  * - n_pending <= UNIT_MAX_PENDING.
  * The whole frame-by-frame parser is also cross-checked: proto_feed over a frame and
  * proto_decode_frame agree.
@@ -104,8 +106,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint8_t ctl = data[i++];
         uint8_t n = ctl & 0x0F;
         now += (uint32_t)(ctl >> 4) * (ctl & 0x40 ? 97000u : 1000u);
+        uint32_t open_before = unit_open_mask(&U) & ~U.stuck;
         unit_tick(&U, now);
+        if ((unit_open_mask(&U) & ~U.stuck) & ~open_before)
+            abort(); /* a tick opened a valve */
         invariants();
+        open_before = unit_open_mask(&U) & ~U.stuck;
+        uint16_t fires_before = U.c.fires_executed;
         if (i + n > size)
             n = (uint8_t)(size - i);
         if (++chunk % 16 == 0 && (ctl & 0x80))
@@ -142,6 +149,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
         }
         invariants();
+        if (((unit_open_mask(&U) & ~U.stuck) & ~open_before) && U.c.fires_executed == fires_before)
+            abort(); /* a valve opened without a valid FIRE */
         i += n;
     }
     unit_stop_all(&U, now);
