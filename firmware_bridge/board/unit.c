@@ -664,6 +664,7 @@ static void on_fault_inject(unit_t *u, const proto_msg_t *m, uint32_t now)
 
 static void execute(unit_t *u, const proto_msg_t *m, uint32_t now)
 {
+    u->c.fires_accepted++; /* a FIRE executed in ARMED: the only way a valve opens */
     const uint8_t *q = m->payload;
     uint8_t bank = q[MSG_FIRE_OFF_BANK];
     uint32_t step = proto_get32(q + MSG_FIRE_OFF_STEP);

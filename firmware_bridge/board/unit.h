@@ -85,7 +85,7 @@ typedef struct {
 typedef struct {
     uint16_t rx_frames, crc_errors, cobs_errors, length_errors, header_errors,
         unknown_id_errors, seq_gaps, uart_overruns, session_errors, dropped_rx, corrupted_tx,
-        bad_frame_events_suppressed, fires_executed, duplicate_fires, stale_fires,
+        bad_frame_events_suppressed, fires_accepted, fires_executed, duplicate_fires, stale_fires,
         watchdog_trips, retransmits_answered, tx_frames;
 } unit_counters_t;
 
