@@ -9,8 +9,9 @@ it booked. So nothing requested is ever dropped:
   on-time) is carried forward; once it reaches half a MIB a minimum pulse fires (booking a whole
   MIB), which keeps the remainder within +-MIB/2. Over any window of cycles the delivered impulse
   therefore equals the requested impulse within one MIB per thruster.
-* Valve delays: the on-time comes from inverting the pulse-impulse model (Newton on the closed
-  form ``I(T) = F [T + (tau_tail - tau_rise)(1 - exp(-T/tau_rise))]``, T = t_on + t_cd - t_od),
+* Valve delays: the on-time comes from inverting the pulse-impulse model
+  (:func:`sims.thrusters.on_time_for_impulse` on the closed form
+  ``I(T) = F [T + (tau_tail - tau_rise)(1 - exp(-T/tau_rise))]``, T = t_on + t_cd - t_od),
   and a command that continues a full-cycle command books plain ``F t_on``: the valve is
   already open.
 * Tick: on-times are rounded to the unit's tick (1 ms); the rounding error stays in the
@@ -27,7 +28,7 @@ import math
 import numpy as np
 
 from sims._jit import kernel
-from sims.thrusters import attributed_impulse
+from sims.thrusters import attributed_impulse, on_time_for_impulse
 
 T_THRUST = 0  # steady-state thrust [N]
 T_OPEN_DELAY = 1  # [s]
@@ -45,33 +46,6 @@ M_REMAINDER = 0  # requested but not yet booked impulse [N s]
 M_FULL = 1  # last command covered the whole cycle (1.0 / 0.0)
 M_LAST_ON = 2  # last commanded on-time [s]
 MOD_COLS = 3
-
-_NEWTON_ITERS = 8
-
-
-@kernel
-def _open_time_for_impulse(impulse, f, tau_rise, tau_tail):
-    """Valve-open time T [s] with F[T + (tt - tr)(1 - exp(-T/tr))] = impulse (Newton, monotone)."""
-    d = tau_tail - tau_rise
-    if tau_rise <= 0.0:
-        return impulse / f - tau_tail
-    t = impulse / f - d
-    if t < 0.0:
-        t = 0.0
-    for _ in range(_NEWTON_ITERS):
-        e = math.exp(-t / tau_rise)
-        g = f * (t + d * (1.0 - e)) - impulse
-        dg = f * (1.0 + d / tau_rise * e)
-        if not (dg > 0.0):
-            break
-        step = g / dg
-        t -= step
-        if t < 0.0:
-            t = 0.0
-        if abs(step) < 1e-12:
-            break
-    return t
-
 
 @kernel
 def modulate_one(request_Ns, thr_row, mod_row, period_s, tick_s):
@@ -96,7 +70,7 @@ def modulate_one(request_Ns, thr_row, mod_row, period_s, tick_s):
         if continuing:
             t = acc / f
         else:
-            t = _open_time_for_impulse(acc, f, tr, tt) - t_cd + t_od
+            t = on_time_for_impulse(acc, f, t_od, t_cd, tr, tt)
         n_ticks = math.floor(t / tick_s + 0.5)
         t_on = n_ticks * tick_s
         if t_on < t_min:

@@ -40,6 +40,7 @@ CYCLE_UNKNOWN_HEALTH = 3  # some health code unknown: that thruster treated as f
 # Fixed iteration budget for on_time_for_impulse's bisection (converges to adjacent doubles well
 # before this; the loop stops early when the bracket cannot shrink further).
 _BISECT_ITERS = 200
+_NEWTON_ITERS = 12
 # Smallest positive double: lower end of the bisection bracket in the valve-open time T [s].
 _SMALLEST_T = 5e-324
 
@@ -160,8 +161,9 @@ def effective_impulse(t_on_s, thrust_N, open_delay_s, close_delay_s, tau_rise_s,
 def on_time_for_impulse(impulse_Ns, thrust_N, open_delay_s, close_delay_s, tau_rise_s, tau_tail_s):
     """Commanded on-time [s] whose ``effective_impulse`` equals ``impulse_Ns`` [N s].
 
-    Inverts the strictly increasing closed form in the valve-open time T by bisection on the
-    bracket ``[max(0, I/F - tau_tail), I/F + tau_rise]`` (``F T - F tau_rise <= I(T) <=
+    Inverts the strictly increasing closed form in the valve-open time T by a safeguarded
+    Newton iteration (a few steps for ordinary time constants), finished if needed by bisection
+    on the bracket ``[max(0, I/F - tau_tail), I/F + tau_rise]`` (``F T - F tau_rise <= I(T) <=
     F T + F tau_tail``), geometric while the bracket spans more than a factor 4, then arithmetic,
     with a fixed budget of iterations (200; ~70 are used at most) that stops when the bracket
     reaches adjacent doubles. Returns ``T + open_delay - close_delay``, clamped below at 0:
@@ -187,7 +189,32 @@ def on_time_for_impulse(impulse_Ns, thrust_N, open_delay_s, close_delay_s, tau_r
         if _impulse_of_open_time(lo, thrust_N, tau_rise_s, tau_tail_s) >= impulse_Ns:
             T = 0.0  # even the shortest opening delivers the request: no pulse
             hi = lo
-    if hi > lo:
+    converged = False
+    if hi > lo and tau_rise_s > 0.0:
+        # Safeguarded Newton first (a few steps for ordinary time constants, as the controller
+        # needs every cycle); it keeps the bracket, and bisection finishes what it does not.
+        d = tau_tail_s - tau_rise_s
+        T = min(max(ratio - d, lo), hi)
+        for _ in range(_NEWTON_ITERS):
+            e = math.exp(-T / tau_rise_s)
+            g = _impulse_of_open_time(T, thrust_N, tau_rise_s, tau_tail_s) - impulse_Ns
+            if g < 0.0:
+                lo = T
+            elif g > 0.0:
+                hi = T
+            else:
+                converged = True
+                break
+            dg = thrust_N * (1.0 + d / tau_rise_s * e)
+            t_new = T - g / dg if dg > 0.0 else 0.5 * (lo + hi)
+            if not (lo < t_new < hi):
+                t_new = 0.5 * (lo + hi)
+            if abs(t_new - T) <= 1e-13 * T:
+                T = t_new
+                converged = True
+                break
+            T = t_new
+    if hi > lo and not converged:
         for _ in range(_BISECT_ITERS):
             if hi > 4.0 * lo:
                 # geometric phase: halves log(hi/lo), so a root many decades below the top of
@@ -205,8 +232,8 @@ def on_time_for_impulse(impulse_Ns, thrust_N, open_delay_s, close_delay_s, tau_r
         e_lo = impulse_Ns - _impulse_of_open_time(lo, thrust_N, tau_rise_s, tau_tail_s)
         e_hi = _impulse_of_open_time(hi, thrust_N, tau_rise_s, tau_tail_s) - impulse_Ns
         T = lo if e_lo < e_hi else hi
-        if T == _SMALLEST_T:
-            T = 0.0
+    if T == _SMALLEST_T:
+        T = 0.0
     t_on = T + open_delay_s - close_delay_s
     if T == 0.0:
         # no pulse: make sure rounding in t_on + close_delay - open_delay cannot reopen the valve
