@@ -478,3 +478,22 @@ def rv_before_apsis(a_m: float, e: float, incl_rad: float, seconds_to_apsis: flo
     v = np.empty(3)
     rv_from_elements(a_m, e, incl_rad, raan_rad, argp_rad, nu, MU_EARTH, r, v)
     return r, v
+
+
+def mean_change(y_burn: np.ndarray, y_coast: np.ndarray, period_s: float, cd_area_m2: float,
+                table: tuple[np.ndarray, np.ndarray], step_s: float = 1.0) -> dict:
+    """What a burn changed, as mean elements: orbit-average the burned state and its no-burn twin
+    (two-body + J2 + drag, the same epoch) over the next orbit and difference them.
+
+    ``y_burn``/``y_coast`` are 7-states [r, v, m]; returns d_a_m, d_perigee_m, d_apogee_m [m].
+    """
+    n_window = int(round(period_s / step_s))
+    alt, log_rho = table
+    out = np.empty((n_window + 1, 7))
+    means = []
+    for y in (y_burn, y_coast):
+        propagate(np.ascontiguousarray(y[:7], dtype=np.float64), step_s, n_window, 1, 0.0, 0.0,
+                  np.zeros(3), 0.0, cd_area_m2, 1.0, alt, log_rho, out)
+        means.append(mean_apsides(out[:n_window], step_s, MU_EARTH))
+    (a_b, rp_b, ra_b), (a_c, rp_c, ra_c) = means
+    return {"d_a_m": a_b - a_c, "d_perigee_m": rp_b - rp_c, "d_apogee_m": ra_b - ra_c}

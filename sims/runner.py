@@ -15,7 +15,7 @@ The burn starts at ignition (half the planned burn before the apsis the plan cen
 the stack's reboost attitude held in LVLH, and ends when the controller reports the target
 reached and the last tail-off has been delivered. What the burn did to the orbit is the
 difference of mean elements between the burned state and a no-burn twin propagated over the same
-time (see :func:`thruster_hil.plan.mean_change`).
+time (see :func:`sims.orbit.mean_change`).
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ from sims.thrusters import (
 
 #: RK4 sub-steps per control cycle (0.1 s at the 0.5 s control period).
 N_SUB = 5
+#: Step of the orbit-only propagations that measure the burn's effect [s].
+COAST_STEP_S = 1.0
 #: Cycles allowed beyond the planned burn before the run is declared overdue.
 OVERRUN_FACTOR = 3.0
 
@@ -265,16 +267,14 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
 
     # Orbit after: burned state vs a no-burn twin over the same time, mean elements.
     elapsed = k * period
-    from thruster_hil.plan import STEP_S, mean_change
-
-    n_coast = max(1, int(round(elapsed / STEP_S)))
+    n_coast = max(1, int(round(elapsed / COAST_STEP_S)))
     coast = np.empty((n_coast + 1, 7))
     y7 = np.concatenate([y_start[0:6], [y_start[plant.M]]])
     orbit.propagate(y7, elapsed / n_coast, n_coast, 1, 0.0, 0.0, np.zeros(3), 0.0, cd_area, 1.0,
                     table[0], table[1], coast)
     period_orbit = orbit.period_s(a0, MU_EARTH)
     y_burn7 = np.concatenate([y[0:6], [y[plant.M]]])
-    change = mean_change(y_burn7, coast[-1], period_orbit, cd_area, table)
+    change = orbit.mean_change(y_burn7, coast[-1], period_orbit, cd_area, table, COAST_STEP_S)
     target = plan["delta_v_mps"]
     summary = {
         "stack": plan["stack"],

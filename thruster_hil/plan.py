@@ -75,42 +75,21 @@ def _initial_state(a_m: float, e: float, incl_rad: float, mass_kg: float,
     return np.concatenate([r, v, [mass_kg]])
 
 
-def mean_change(y_burn: np.ndarray, y_coast: np.ndarray, period_s: float, cd_area_m2: float,
-                table: tuple[np.ndarray, np.ndarray]) -> dict:
-    """Mean-element change of a burn: orbit-average the burned and the no-burn state over the
-    next orbit (two-body + J2 + drag) and difference them [m]."""
-    n_window = int(round(period_s / STEP_S))
-    alt, log_rho = table
-    out = np.empty((n_window + 1, 7))
-    means = []
-    for y in (y_burn, y_coast):
-        orbit.propagate(np.ascontiguousarray(y[:7]), STEP_S, n_window, N_SUB, 0.0, 0.0,
-                        np.zeros(3), 0.0, cd_area_m2, 1.0, alt, log_rho, out)
-        means.append(orbit.mean_apsides(out[:n_window], STEP_S, MU_EARTH))
-    (a_b, rp_b, ra_b), (a_c, rp_c, ra_c) = means
-    return {"d_a_m": a_b - a_c, "d_perigee_m": rp_b - rp_c, "d_apogee_m": ra_b - ra_c}
-
-
 def _propagate_pair(y0: np.ndarray, burn: _Burn, t_burn_s: float, cd_area_m2: float,
                     table: tuple[np.ndarray, np.ndarray], period_s: float):
-    """Burn and no-burn propagations over the same span; returns mean-element changes."""
+    """The burn and its no-burn twin to the end of the burn, then their mean-element change."""
     n_before = int(math.ceil((LEAD_S + t_burn_s) / STEP_S)) + 1
-    n_window = int(round(period_s / STEP_S))
-    n_steps = n_before + n_window
     alt, log_rho = table
-    out_burn = np.empty((n_steps + 1, 7))
-    out_coast = np.empty((n_steps + 1, 7))
-    mdot = burn.mdot_kg_s
-    orbit.propagate(y0, STEP_S, n_steps, N_SUB, LEAD_S, LEAD_S + t_burn_s, burn.force_H_N, mdot,
-                    cd_area_m2, 1.0, alt, log_rho, out_burn)
-    orbit.propagate(y0, STEP_S, n_steps, N_SUB, LEAD_S, LEAD_S + t_burn_s, burn.force_H_N * 0.0,
-                    0.0, cd_area_m2, 1.0, alt, log_rho, out_coast)
-    window = slice(n_before, n_before + n_window)
-    a_b, rp_b, ra_b = orbit.mean_apsides(out_burn[window], STEP_S, MU_EARTH)
-    a_c, rp_c, ra_c = orbit.mean_apsides(out_coast[window], STEP_S, MU_EARTH)
-    propellant = y0[6] - out_burn[n_before, 6]
-    return {"d_a_m": a_b - a_c, "d_perigee_m": rp_b - rp_c, "d_apogee_m": ra_b - ra_c,
-            "propellant_kg": propellant}
+    out_burn = np.empty((n_before + 1, 7))
+    out_coast = np.empty((n_before + 1, 7))
+    orbit.propagate(y0, STEP_S, n_before, N_SUB, LEAD_S, LEAD_S + t_burn_s, burn.force_H_N,
+                    burn.mdot_kg_s, cd_area_m2, 1.0, alt, log_rho, out_burn)
+    orbit.propagate(y0, STEP_S, n_before, N_SUB, 0.0, 0.0, np.zeros(3), 0.0, cd_area_m2, 1.0,
+                    alt, log_rho, out_coast)
+    change = orbit.mean_change(out_burn[n_before], out_coast[n_before], period_s, cd_area_m2,
+                               table, STEP_S)
+    change["propellant_kg"] = y0[6] - out_burn[n_before, 6]
+    return change
 
 
 def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None,
