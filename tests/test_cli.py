@@ -71,3 +71,24 @@ def test_console_entry_point_in_a_fresh_process():
     bad = _run("plan", "--stack", "cygnus", "--delta-v", "zero")
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_ports_lists_and_marks_the_mega(monkeypatch, capsys):
+    """`thruster-hil ports` marks a Mega 2560 by its USB VID:PID and lists the rest plainly."""
+    from serial.tools import list_ports, list_ports_common
+
+    def fake(device, vid, pid, desc):
+        p = list_ports_common.ListPortInfo(device, skip_link_detection=True)
+        p.vid, p.pid, p.description, p.serial_number = vid, pid, desc, "X1"
+        return p
+
+    monkeypatch.setattr(list_ports, "comports", lambda: [
+        fake("/dev/ttyACM0", 0x2341, 0x0042, "Arduino Mega 2560"),
+        fake("/dev/ttyUSB0", 0x0403, 0x6001, "FT232R USB UART")])
+    assert main(["ports", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["ports"]
+    assert [(r["device"], r["mega2560"]) for r in rows] == [("/dev/ttyACM0", True),
+                                                            ("/dev/ttyUSB0", False)]
+    assert main(["ports"]) == 0
+    text = capsys.readouterr().out
+    assert "2341:0042" in text and "<- Arduino Mega 2560" in text

@@ -103,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     emulate.add_argument("--seed", type=int, help="seed for session tokens and nonces")
     emulate.set_defaults(handler=_cmd_emulate)
 
+    ports = sub.add_parser(
+        "ports",
+        help="list serial ports and mark the Arduino Mega 2560s",
+        description="List the serial ports pyserial sees (device, VID:PID, description), marking "
+        "the Arduino Mega 2560 (VID:PID 2341:0042 or 2A03:0042) a bench rig uses.",
+    )
+    ports.add_argument("--json", action="store_true", help="print one JSON object")
+    ports.set_defaults(handler=_cmd_ports)
+
     selftest = sub.add_parser(
         "selftest",
         help="run the unit conformance suite against a unit and print a pass/fail report",
@@ -251,6 +260,31 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     if args.seed is not None:
         argv += ["--seed", str(args.seed)]
     return emulator_main(argv)
+
+
+#: USB ids of the Arduino Mega 2560 (Arduino LLC and Arduino SRL vendor ids, 16U2 bridge).
+MEGA_2560_IDS = {(0x2341, 0x0042), (0x2A03, 0x0042), (0x2341, 0x0010)}
+
+
+def _cmd_ports(args: argparse.Namespace) -> int:
+    from serial.tools import list_ports
+
+    rows = []
+    for p in sorted(list_ports.comports(), key=lambda p: p.device):
+        vid_pid = f"{p.vid:04X}:{p.pid:04X}" if p.vid is not None else ""
+        rows.append({"device": p.device, "vid_pid": vid_pid, "serial": p.serial_number or "",
+                     "description": p.description or "",
+                     "mega2560": (p.vid, p.pid) in MEGA_2560_IDS})
+    if args.json:
+        print(json.dumps({"ports": rows}))
+        return 0
+    if not rows:
+        print("no serial ports found (a Mega on USB shows up as /dev/ttyACM*; see docs/bench.md)")
+        return 0
+    for r in rows:
+        mark = "  <- Arduino Mega 2560" if r["mega2560"] else ""
+        print(f"{r['device']:<24s} {r['vid_pid']:<10s} {r['description']}{mark}")
+    return 0
 
 
 def _cmd_selftest(args: argparse.Namespace) -> int:
