@@ -238,7 +238,7 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
                 wall0 = time.perf_counter()  # the first cycle also loads the kernels: not timed
             if on_cycle is not None:
                 on_cycle(k, {"t_s": t, "status": status, "ctrl": ctrl, "y": y,
-                             "executed_ms": report.executed_ms})
+                             "executed_ms": report.executed_ms, "rtt_s": report.rtt_s})
             k += 1
             if complete_cycle is not None:
                 quiet = (np.all(valves[:, VS_THRUST] < 1e-9 * thrust)

@@ -125,7 +125,8 @@ def test_a_second_process_cannot_open_the_port_of_a_run(tmp_path):
         try:
             env = dict(os.environ, PYTHONPATH=str(ROOT))
             out = subprocess.run([sys.executable, "-m", "thruster_hil.cli", "run", "--port",
-                                  emu.port, "--delta-v", "0.01"], capture_output=True, text=True,
+                                  emu.port, "--delta-v", "0.01", "--out",
+                                  str(tmp_path / "run")], capture_output=True, text=True,
                                  env=env, cwd=ROOT, timeout=120)
         finally:
             holder.close()

@@ -23,13 +23,13 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert test_cmd in ci_lines
 
 
-def test_the_main_job_runs_on_the_built_in_emulator(capsys):
+def test_the_main_job_runs_on_the_built_in_emulator(capsys, tmp_path):
     """The README's main job (without its set-up part) flies the burn through the emulator."""
     from thruster_hil.cli import main
 
     blocks = _sh_blocks((ROOT / "README.md").read_text())
     job = next(b for b in blocks if "thruster-hil run" in b).split("&& thruster-hil ")[-1]
-    assert main(job.split() + ["--json"]) == 0
+    assert main(job.split() + ["--json", "--out", str(tmp_path / "run")]) == 0
     import json
 
     out = json.loads(capsys.readouterr().out)

@@ -89,8 +89,9 @@ def test_bad_sensor_input_closes_every_valve():
     assert not ctrl.on_ms.any()
 
 
-def test_cli_run_sim_json(capsys):
-    assert main(["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.1", "--json"]) == 0
+def test_cli_run_sim_json(capsys, tmp_path):
+    assert main(["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.1", "--json",
+                 "--out", str(tmp_path / "run")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert RUN_KEYS <= out.keys()
     assert out["unit"] == "sim"
@@ -98,7 +99,8 @@ def test_cli_run_sim_json(capsys):
 
 @pytest.mark.parametrize("arg", ["nozzle@3", "trunk-draco-1", "trunk-draco-1@-2",
                                  "trunk-draco-1@soon"])
-def test_cli_run_rejects_a_bad_failure_spec(arg, capsys):
-    assert main(["run", "--delta-v", "0.1", "--fail-thruster", arg]) == 2
+def test_cli_run_rejects_a_bad_failure_spec(arg, capsys, tmp_path):
+    assert main(["run", "--delta-v", "0.1", "--fail-thruster", arg, "--out",
+                 str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("thruster-hil: error: ") and err.count("\n") == 1

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fail-thruster", action="append", default=[], metavar="NAME@SECONDS",
                      type=_failure, help="fail thruster NAME off at SECONDS into the burn "
                      "(repeatable)")
+    run.add_argument("--out", metavar="DIR",
+                     help="run directory for summary.json, telemetry.csv and the raw wire "
+                     "capture (default: runs/<UTC time>-<stack>); must not exist or be empty")
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.set_defaults(handler=_cmd_run)
 
@@ -212,37 +215,54 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise UserError("run", f"expected a thruster of stack {plan['stack']} ("
                             f"{', '.join(names)}), got {name!r}", field="--fail-thruster")
         failures.append(Failure(name, at_s))
-    unit = None
-    if args.port is not None or args.unit in ("emulator", "qemu"):
-        if args.unit == "sim" and args.port is not None:
-            raise UserError("run", "--port and --unit sim exclude each other: the sim unit has "
-                            "no port")
-        if args.faults is not None and (args.port is not None or args.unit != "emulator"):
-            raise UserError("run", "--faults applies to the emulator the run starts, not to a "
-                            "unit on --port or QEMU (start 'thruster-hil emulate --faults ...' "
-                            "instead)")
-        from firmware_bridge.faults import parse_faults
-        from firmware_bridge.hil import LinkError, open_unit
+    from thruster_hil.records import RunRecorder, default_run_dir, run_meta
 
-        parse_faults(args.faults)  # one-line error before anything starts
-        try:
-            unit = open_unit(unit=args.unit, port=args.port, mode=args.mode,
-                             n_thrusters=len(names),
-                             period_ms=int(round(model.control_period_s * 1000)),
-                             faults=args.faults)
-        except LinkError as exc:
-            raise UserError(args.port or args.unit, f"the unit did not come up: {exc}") from None
-    elif args.faults is not None or args.mode != "lockstep":
-        raise UserError("run", "--faults and --mode need a serial unit (--unit emulator or "
-                        "--port), not --unit sim")
-    result = run_burn(model, plan, unit=unit, failures=failures)
+    out_dir = args.out if args.out is not None else default_run_dir(plan["stack"])
+    recorder = RunRecorder(out_dir, names, model.mass_kg)
+    try:
+        unit = _open_run_unit(args, model, names, recorder)
+        link_info = getattr(getattr(unit, "link", None), "info", None)
+        result = run_burn(model, plan, unit=unit, failures=failures,
+                          on_cycle=recorder.on_cycle)
+        summary = dict(result.summary)
+        summary["run_dir"] = str(out_dir)
+        recorder.finish(summary, run_meta(load_stack(args.stack), summary["unit"], link_info))
+    finally:
+        recorder.close()
     if args.json:
-        print(json.dumps(result.summary))
+        print(json.dumps(summary))
     else:
-        print(format_run(result.summary))
-    if result.summary.get("abort_reason") == "interrupted":
+        print(format_run(summary))
+        print(f"run records in {out_dir}")
+    if summary.get("abort_reason") == "interrupted":
         return 130
-    return 1 if result.summary.get("aborted") else 0
+    return 1 if summary.get("aborted") else 0
+
+
+def _open_run_unit(args: argparse.Namespace, model, names: list[str], recorder):
+    """The unit a run flies with: None (the in-process sim unit) or a connected serial unit."""
+    if args.port is None and args.unit == "sim":
+        if args.faults is not None or args.mode != "lockstep":
+            raise UserError("run", "--faults and --mode need a serial unit (--unit emulator, "
+                            "--unit qemu or --port), not --unit sim")
+        return None
+    if args.unit == "sim":
+        raise UserError("run", "--port and --unit sim exclude each other: the sim unit has no "
+                        "port")
+    if args.faults is not None and (args.port is not None or args.unit != "emulator"):
+        raise UserError("run", "--faults applies to the emulator the run starts, not to a unit "
+                        "on --port or QEMU (start 'thruster-hil emulate --faults ...' instead)")
+    from firmware_bridge.faults import parse_faults
+    from firmware_bridge.hil import LinkError, open_unit
+
+    parse_faults(args.faults)  # one-line error before anything starts
+    try:
+        return open_unit(unit=args.unit, port=args.port, mode=args.mode,
+                         n_thrusters=len(names),
+                         period_ms=int(round(model.control_period_s * 1000)),
+                         faults=args.faults, on_bytes=recorder.on_bytes)
+    except LinkError as exc:
+        raise UserError(args.port or args.unit, f"the unit did not come up: {exc}") from None
 
 
 def _cmd_emulate(args: argparse.Namespace) -> int:

@@ -1,0 +1,50 @@
+"""Run records: the run directory every `thruster-hil run` writes as it goes."""
+
+import csv
+import json
+
+import pytest
+
+from thruster_hil.cli import main
+
+
+def test_a_run_through_the_emulator_leaves_complete_records(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--stack", "progress", "--delta-v", "0.05", "--json", "--out",
+                 str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["achieved_delta_v_mps"] == printed["achieved_delta_v_mps"]
+    assert summary["unit_identity"]["unit"] == "emulator"
+    assert summary["unit_identity"]["dict_hash"] == summary["dictionary_hash"]
+    assert set(summary["config_sha256"]) == {"stack", "station", "vehicle", "dictionary"}
+    rows = list(csv.DictReader((out / "telemetry.csv").open()))
+    assert len(rows) == summary["cycles"] == summary["records"]["telemetry_rows"]
+    assert float(rows[-1]["dv_along_mps"]) == pytest.approx(summary["achieved_delta_v_mps"],
+                                                            rel=1e-3)
+    assert any(int(v) > 0 for k, v in rows[0].items() if k.startswith("exec_ms:"))
+    capture = (out / "capture.csv").read_text().splitlines()
+    assert capture[0] == "t_ns,dir,hex"
+    dirs = {line.split(",")[1] for line in capture[1:]}
+    assert dirs == {"rx", "tx"}
+    # The capture holds the whole conversation: decoding its rx side through the same codec
+    # gives one VALVE_REPORT per cycle (progress has one bank).
+    from firmware_bridge.codec import Decoder
+
+    dec = Decoder()
+    got = []
+    for line in capture[1:]:
+        _t, direction, hexdata = line.split(",")
+        if direction == "rx":
+            got += dec.feed(bytes.fromhex(hexdata))
+    assert sum(m.name == "VALVE_REPORT" for m in got) == summary["cycles"]
+
+
+def test_an_existing_run_directory_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert main(["run", "--unit", "sim", "--delta-v", "0.05", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out" in err
+    assert (out / "keep.txt").read_text() == "precious"

@@ -1,0 +1,143 @@
+"""Run records: every `thruster-hil run` leaves a directory an operator can keep and replay.
+
+    summary.json    the run's summary (the --json object) plus config hashes, versions and the
+                    unit's identity; written at the end, also after Ctrl-C ("aborted": true)
+    telemetry.csv   one row per control cycle, flushed every cycle
+    capture.csv     every byte on the wire in each direction with its host time (monotonic ns):
+                    ``t_ns,dir,hex``, flushed per chunk (serial units only)
+
+Written as the run goes, so a crash or a kill keeps everything up to the last cycle.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import platform
+import threading
+from pathlib import Path
+
+from thruster_hil.errors import UserError
+
+TELEMETRY_FIELDS = ("cycle", "t_s", "status", "dv_along_mps", "dv_remaining_mps",
+                    "altitude_km", "attitude_error_deg", "rate_x_dps", "rate_y_dps", "rate_z_dps",
+                    "propellant_kg", "rtt_ms")
+
+
+def default_run_dir(stack: str, root: str | Path = "runs") -> Path:
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return Path(root) / f"{stamp}-{stack}"
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class RunRecorder:
+    """Writes one run directory. Use as ``on_cycle`` / ``on_bytes`` sink, then :meth:`finish`."""
+
+    def __init__(self, out_dir: str | Path, thruster_names: list[str], mass0_kg: float):
+        self.dir = Path(out_dir)
+        if self.dir.exists() and any(self.dir.iterdir()):
+            raise UserError(str(self.dir), "the run directory exists and is not empty: pick "
+                            "another --out (nothing is overwritten)", field="--out")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._tel = open(self.dir / "telemetry.csv", "w", newline="", encoding="utf-8")
+        except OSError as exc:
+            raise UserError(str(self.dir), f"cannot create the run directory: {exc.strerror}",
+                            field="--out") from None
+        self._names = list(thruster_names)
+        self._mass0 = mass0_kg
+        self._writer = csv.writer(self._tel)
+        self._writer.writerow(list(TELEMETRY_FIELDS)
+                              + [f"cmd_ms:{n}" for n in self._names]
+                              + [f"exec_ms:{n}" for n in self._names])
+        self._tel.flush()
+        self._cap = None
+        self._cap_lock = threading.Lock()
+        self.cycles = 0
+
+    # ---- sinks -------------------------------------------------------------------------
+    def on_bytes(self, direction: str, t_ns: int, data: bytes) -> None:
+        """Raw capture (called from the link's reader thread and the control thread)."""
+        with self._cap_lock:
+            if self._cap is None:
+                self._cap = open(self.dir / "capture.csv", "w", encoding="utf-8")
+                self._cap.write("t_ns,dir,hex\n")
+            self._cap.write(f"{t_ns},{direction},{data.hex()}\n")
+            self._cap.flush()
+
+    def on_cycle(self, k: int, info: dict) -> None:
+        from controller import cycle as cst
+        from sims import plant
+        from sims.constants import R_EARTH
+
+        ctrl = info["ctrl"]
+        y = info["y"]
+        c = ctrl.ctrl
+        r = math.sqrt(y[plant.R] ** 2 + y[plant.R + 1] ** 2 + y[plant.R + 2] ** 2)
+        w = y[plant.W:plant.W + 3]
+        rtt = info.get("rtt_s") or 0.0
+        row = [k, f"{info['t_s']:.3f}", info["status"], f"{c[cst.C_DV_ALONG]:.9f}",
+               f"{c[cst.C_REMAINING]:.9f}", f"{(r - R_EARTH) / 1e3:.6f}",
+               f"{math.degrees(c[cst.C_ATT_ERR]):.6f}", f"{math.degrees(w[0]):.8f}",
+               f"{math.degrees(w[1]):.8f}", f"{math.degrees(w[2]):.8f}",
+               f"{self._mass0 - y[plant.M]:.6f}", f"{rtt * 1e3:.4f}"]
+        row += [int(v) for v in ctrl.on_ms] + [int(v) for v in info["executed_ms"]]
+        self._writer.writerow(row)
+        self._tel.flush()
+        self.cycles += 1
+
+    # ---- end ---------------------------------------------------------------------------
+    def finish(self, summary: dict, meta: dict) -> Path:
+        """Write summary.json (atomically) and close the files."""
+        out = dict(summary)
+        out.update(meta)
+        out["records"] = {"telemetry_rows": self.cycles,
+                          "capture": (self.dir / "capture.csv").exists()}
+        tmp = self.dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, self.dir / "summary.json")
+        self.close()
+        return self.dir / "summary.json"
+
+    def close(self) -> None:
+        self._tel.close()
+        with self._cap_lock:
+            if self._cap is not None:
+                self._cap.close()
+                self._cap = None
+
+
+def run_meta(stack, unit_name: str, link_info=None) -> dict:
+    """Config hashes, versions and the unit's identity for summary.json."""
+    import numba
+    import numpy
+    import serial
+
+    from firmware_bridge.dictionary import DICT_HASH, DICTIONARY_PATH
+    from thruster_hil import __version__
+
+    meta = {
+        "thruster_hil_version": __version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__, "numba": numba.__version__,
+        "pyserial": serial.__version__,
+        "config_sha256": {
+            "stack": file_sha256(stack.path), "station": file_sha256(stack.station.path),
+            "vehicle": file_sha256(stack.vehicle.path),
+            "dictionary": file_sha256(DICTIONARY_PATH)},
+        "dictionary_hash": f"0x{DICT_HASH:08X}",
+        "unit_identity": {"unit": unit_name},
+    }
+    if link_info is not None:
+        meta["unit_identity"].update(
+            fw_ver=link_info.fw_ver, proto_ver=link_info.proto_ver,
+            dict_hash=f"0x{link_info.dict_hash:08X}", n_channels=link_info.n_channels,
+            boot_count=link_info.boot_count, test_build=link_info.test_build)
+    return meta
