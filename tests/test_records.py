@@ -48,3 +48,34 @@ def test_an_existing_run_directory_is_never_overwritten(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--out" in err
     assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_ctrl_c_stops_the_burn_and_still_writes_the_summary(tmp_path):
+    """SIGINT during a realtime burn: STOP_ALL, exit 130, summary.json with "aborted": true, and
+    the telemetry holds every cycle flown."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "thruster_hil.cli", "run", "--mode",
+                             "realtime", "--stack", "progress", "--delta-v", "0.05", "--out",
+                             str(out), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=root, env=dict(os.environ, PYTHONPATH=str(root)))
+    telemetry = out / "telemetry.csv"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait for three cycles on disk
+        if telemetry.exists() and len(telemetry.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["aborted"] and summary["abort_reason"] == "interrupted"
+    rows = list(csv.DictReader(telemetry.open()))
+    assert len(rows) == summary["cycles"] >= 3
