@@ -89,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.set_defaults(handler=_cmd_run)
 
+    replay = sub.add_parser(
+        "replay",
+        help="re-decode a run's raw wire capture and reproduce its telemetry",
+        description="Feed RUN_DIR/capture.csv through the same codec, fly the same burn with the "
+        "unit's recorded VALVE_REPORTs in place of the unit, and write "
+        "RUN_DIR/telemetry.replay.csv; reports whether it equals telemetry.csv.",
+    )
+    replay.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by 'run'")
+    replay.add_argument("--json", action="store_true", help="print one JSON object")
+    replay.set_defaults(handler=_cmd_replay)
+
     emulate = sub.add_parser(
         "emulate",
         help="run the propulsion-unit emulator stand-alone and print its port path",
@@ -226,6 +237,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                           on_cycle=recorder.on_cycle)
         summary = dict(result.summary)
         summary["run_dir"] = str(out_dir)
+        summary["plan"] = plan  # what replay needs to fly the same burn again
+        summary["stack_path"] = str(load_stack(args.stack).path)
         recorder.finish(summary, run_meta(load_stack(args.stack), summary["unit"], link_info))
     finally:
         recorder.close()
@@ -263,6 +276,20 @@ def _open_run_unit(args: argparse.Namespace, model, names: list[str], recorder):
                          faults=args.faults, on_bytes=recorder.on_bytes)
     except LinkError as exc:
         raise UserError(args.port or args.unit, f"the unit did not come up: {exc}") from None
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from thruster_hil.replay import replay_run
+
+    result = replay_run(args.run_dir)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        verdict = "identical to" if result["identical"] else "DIFFERS from"
+        print(f"replayed {result['cycles']} cycles from {result['frames_decoded']} frames "
+              f"({result['decode_errors']} undecodable): {result['replayed']} is {verdict} "
+              f"{result['recorded']}")
+    return 0 if result["identical"] else 1
 
 
 def _cmd_emulate(args: argparse.Namespace) -> int:
