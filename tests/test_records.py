@@ -105,3 +105,19 @@ def test_replay_of_a_directory_that_is_not_a_run_is_one_line(tmp_path, capsys):
     assert main(["replay", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "summary.json" in err
+
+
+@pytest.mark.parametrize("stack", ["dragon-boost-kit", "cygnus", "progress"])
+def test_report_renders_a_png_of_sensible_size_for_each_stack(tmp_path, capsys, stack):
+    import struct
+
+    out = tmp_path / "run"
+    assert main(["run", "--unit", "sim", "--stack", stack, "--delta-v", "0.05", "--out",
+                 str(out)]) == 0
+    assert main(["report", str(out)]) == 0
+    png = (out / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    assert 1000 <= width <= 3000 and 600 <= height <= 2000
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and stack in page

@@ -100,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true", help="print one JSON object")
     replay.set_defaults(handler=_cmd_replay)
 
+    report = sub.add_parser(
+        "report",
+        help="render a run's report.png and report.html",
+        description="Plot a run directory: altitude and apsides, delta-v against target, the "
+        "firing raster, attitude error, propellant and the link RTT histogram, into "
+        "RUN_DIR/report.png and a one-page RUN_DIR/report.html.",
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by 'run'")
+    report.set_defaults(handler=_cmd_report)
+
     emulate = sub.add_parser(
         "emulate",
         help="run the propulsion-unit emulator stand-alone and print its port path",
@@ -290,6 +300,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
               f"({result['decode_errors']} undecodable): {result['replayed']} is {verdict} "
               f"{result['recorded']}")
     return 0 if result["identical"] else 1
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from thruster_hil.report import render
+
+    out = render(args.run_dir)
+    print(f"wrote {out['png']} ({out['pixels'][0]} x {out['pixels'][1]} px) and {out['html']}")
+    return 0
 
 
 def _cmd_emulate(args: argparse.Namespace) -> int:

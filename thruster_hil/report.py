@@ -1,0 +1,138 @@
+"""``thruster-hil report RUN_DIR``: one picture that says whether the burn went right.
+
+Renders RUN_DIR/report.png (matplotlib, Agg backend: no display needed) and a one-page
+RUN_DIR/report.html that embeds it with the summary's key numbers. Panels: altitude against time
+with the mean apsides before and after; delta-v against its target; the thruster firing raster
+(executed on-time per cycle); attitude error against the stack's limit; propellant used; the
+link's round-trip-time histogram.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from pathlib import Path
+
+from thruster_hil.errors import UserError
+
+DPI = 100
+SIZE_IN = (14.0, 9.0)  # -> 1400 x 900 px
+
+
+def _load(run: Path) -> tuple[dict, dict[str, list]]:
+    try:
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(str(run), "no summary.json: not a run directory") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(str(run / "summary.json"), f"not valid JSON: {exc}") from None
+    try:
+        with (run / "telemetry.csv").open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise UserError(str(run), "no telemetry.csv: not a run directory") from None
+    if not rows:
+        raise UserError(str(run / "telemetry.csv"), "has no cycles to plot")
+    cols = {k: [r[k] for r in rows] for k in rows[0]}
+    return summary, cols
+
+
+def render(run_dir: str | Path) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    run = Path(run_dir)
+    s, cols = _load(run)
+    t = np.array(cols["t_s"], float)
+    fig, ax = plt.subplots(2, 3, figsize=SIZE_IN, dpi=DPI, constrained_layout=True)
+    ok = s.get("completed") and not s.get("aborted")
+    err_pct = s.get("delta_v_error_pct", float("nan"))
+    fig.suptitle(f"{s.get('stack')} via {s.get('unit')}: "
+                 f"{'COMPLETED' if ok else 'ABORTED: ' + str(s.get('abort_reason'))} — "
+                 f"delta-v {s.get('achieved_delta_v_mps', 0):.4f} of "
+                 f"{s.get('target_delta_v_mps', 0):.4f} m/s ({err_pct:+.3f} %)",
+                 color="black" if ok else "darkred", fontsize=13)
+
+    a = ax[0, 0]
+    a.plot(t, np.array(cols["altitude_km"], float), lw=1)
+    for key, style in (("perigee_km", "--"), ("apogee_km", ":")):
+        for when, color in (("before", "grey"), ("after", "tab:green")):
+            v = s.get(f"{key}_{when}")
+            if v is not None:
+                a.axhline(v, ls=style, color=color, lw=0.8, label=f"mean {key[:-3]} {when}")
+    a.set(title="altitude (osculating) and mean apsides", xlabel="t [s]", ylabel="km")
+    a.legend(fontsize=7)
+
+    a = ax[0, 1]
+    a.plot(t, np.array(cols["dv_along_mps"], float), lw=1.2, label="sensed along-track")
+    a.axhline(s.get("target_delta_v_mps", 0), color="tab:red", ls="--", lw=1, label="target")
+    a.set(title="delta-v against target", xlabel="t [s]", ylabel="m/s")
+    a.legend(fontsize=7)
+
+    a = ax[0, 2]
+    exec_cols = [k for k in cols if k.startswith("exec_ms:")]
+    raster = np.array([[float(v) for v in cols[k]] for k in exec_cols])
+    if raster.size:
+        a.imshow(raster, aspect="auto", interpolation="nearest", cmap="magma",
+                 extent=(t[0], t[-1] if len(t) > 1 else t[0] + 1, len(exec_cols) - 0.5, -0.5),
+                 vmin=0, vmax=max(1.0, float(s.get("period_ms", raster.max() or 1))))
+        a.set_yticks(range(len(exec_cols)))
+        a.set_yticklabels([k.split(":", 1)[1] for k in exec_cols], fontsize=6)
+    a.set(title="firing raster (executed on-time per cycle)", xlabel="t [s]")
+
+    a = ax[1, 0]
+    err = np.maximum(np.array(cols["attitude_error_deg"], float), 1e-6)
+    a.semilogy(t, err, lw=1)
+    lim = s.get("attitude_limit_deg")
+    if lim:
+        a.axhline(lim, color="tab:red", ls="--", lw=1, label=f"limit {lim:g} deg")
+        a.legend(fontsize=7)
+    a.set(title=f"attitude error (max {float(err.max()):.4f} deg)", xlabel="t [s]",
+          ylabel="deg (log)", ylim=(1e-5, max(lim or 1.0, float(err.max())) * 3))
+
+    a = ax[1, 1]
+    a.plot(t, np.array(cols["propellant_kg"], float), lw=1.2)
+    a.set(title="propellant used", xlabel="t [s]", ylabel="kg")
+
+    a = ax[1, 2]
+    rtt = np.array(cols["rtt_ms"], float)
+    rtt = rtt[rtt > 0]
+    if rtt.size:
+        a.hist(rtt, bins=40, color="tab:blue")
+        a.set(title=f"link RTT (p50 {np.percentile(rtt, 50):.3f} ms, "
+                    f"p99 {np.percentile(rtt, 99):.3f} ms)", xlabel="ms", ylabel="cycles")
+    else:
+        a.text(0.5, 0.5, "no link (in-process unit)", ha="center", va="center")
+        a.set(title="link RTT")
+
+    png = run / "report.png"
+    fig.savefig(png, dpi=DPI)
+    plt.close(fig)
+    _write_html(run, s, png)
+    return {"png": str(png), "html": str(run / "report.html"),
+            "pixels": [int(SIZE_IN[0] * DPI), int(SIZE_IN[1] * DPI)]}
+
+
+def _write_html(run: Path, s: dict, png: Path) -> None:
+    keys = ("stack", "unit", "target_delta_v_mps", "achieved_delta_v_mps", "delta_v_error_pct",
+            "burn_duration_s", "cycles", "max_attitude_error_deg", "propellant_kg",
+            "perigee_km_before", "perigee_km_after", "apogee_km_before", "apogee_km_after",
+            "aborted", "abort_reason")
+    rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(s.get(k)))}</td></tr>"
+                     for k in keys)
+    data = base64.b64encode(png.read_bytes()).decode()
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>thruster-hil run {html.escape(run.name)}</title>
+<style>body{{font-family:sans-serif;margin:1em}} th{{text-align:left;padding-right:1em}}</style>
+</head><body>
+<h1>thruster-hil run {html.escape(run.name)}</h1>
+<img src="data:image/png;base64,{data}" alt="run report" style="max-width:100%">
+<table>{rows}</table>
+</body></html>
+"""
+    (run / "report.html").write_text(page, encoding="utf-8")
