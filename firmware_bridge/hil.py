@@ -77,22 +77,29 @@ class SerialUnit:
                 self._process = None
 
 
+def start_unit_process(unit: str, faults: str | None = None, emulator_log=None):
+    """Start the unit that lives in a process of its own (``emulator`` or ``qemu``) and return
+    it started: ``.port`` is its pty, ``.stop()`` ends it."""
+    if unit == "emulator":
+        from firmware_bridge.emulator import EmulatorProcess
+
+        process = EmulatorProcess(faults=faults, log_path=emulator_log)
+    elif unit == "qemu":
+        from firmware_bridge.qemu import QemuUnit
+
+        process = QemuUnit()
+    else:
+        raise ValueError(f"unit {unit!r} has no process to start")
+    process.start()
+    return process
+
+
 def open_unit(*, unit: str, port: str | None, mode: str, n_thrusters: int, period_ms: int,
               faults: str | None = None, on_bytes=None, emulator_log=None) -> SerialUnit:
     """Start or open the unit, connect (BOOT, HELLO, PING) and arm it for ``period_ms`` pulses."""
     process = None
     if port is None:
-        if unit == "emulator":
-            from firmware_bridge.emulator import EmulatorProcess
-
-            process = EmulatorProcess(faults=faults, log_path=emulator_log)
-        elif unit == "qemu":
-            from firmware_bridge.qemu import QemuUnit
-
-            process = QemuUnit()
-        else:
-            raise ValueError(f"no port given for unit {unit!r}")
-        process.start()
+        process = start_unit_process(unit, faults, emulator_log)
         url, name = process.port, unit
     else:
         url, name = port, port

@@ -358,15 +358,9 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
     process = None
     url = args.port
     if url is None:
-        if args.unit == "qemu":
-            from firmware_bridge.qemu import QemuUnit
+        from firmware_bridge.hil import start_unit_process
 
-            process = QemuUnit()
-        else:
-            from firmware_bridge.emulator import EmulatorProcess
-
-            process = EmulatorProcess()
-        process.start()
+        process = start_unit_process(args.unit)
         url = process.port
     try:
         results = run_all(url)
