@@ -552,8 +552,8 @@ class Link:
                             message=f"expected an integer {lo}..{hi} ms, got {period_ms!r}")
         self.open()
         with self._cond:  # discard input until BOOT (the reader ignores what nobody waits for)
-            self._cond.wait_for(lambda: self._boots > self._boots_consumed or not self._up,
-                                boot_timeout_s)
+            booted = self._cond.wait_for(
+                lambda: self._boots > self._boots_consumed or not self._up, boot_timeout_s)
             self._boots_consumed = self._boots
             self._session = None
             self._armed = False
@@ -565,10 +565,15 @@ class Link:
         def hello_reply(_seq: int) -> Received | None:
             return self._last_hello_ack if self._hello_acks > hello_before else None
 
+        # Without a BOOT the unit may still be coming up (a board without auto-reset, QEMU
+        # whose power-on BOOT went out before the port was open): keep offering HELLO for
+        # another boot timeout rather than the usual few tries.
+        retries = MAX_RETRIES if booted else max(
+            MAX_RETRIES, math.ceil(boot_timeout_s / self.retry_timeout_s))
         rec, _, _ = self._transact(
             "HELLO", dict(proto_ver=PROTO_VERSION, dict_hash=DICT_HASH, mode=_MODES[key],
                           period_ms=period_ms),
-            hello_reply, ack_req=False, session=False)
+            hello_reply, ack_req=False, session=False, retries=retries)
         ack = rec.msg
         if ack["result"] == RESULT["DICT_MISMATCH"]:
             raise UserError(
