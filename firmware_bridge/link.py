@@ -552,7 +552,7 @@ class Link:
                             message=f"expected an integer {lo}..{hi} ms, got {period_ms!r}")
         self.open()
         with self._cond:  # discard input until BOOT (the reader ignores what nobody waits for)
-            booted = self._cond.wait_for(
+            self._cond.wait_for(
                 lambda: self._boots > self._boots_consumed or not self._up, boot_timeout_s)
             self._boots_consumed = self._boots
             self._session = None
@@ -565,11 +565,10 @@ class Link:
         def hello_reply(_seq: int) -> Received | None:
             return self._last_hello_ack if self._hello_acks > hello_before else None
 
-        # Without a BOOT the unit may still be coming up (a board without auto-reset, QEMU
-        # whose power-on BOOT went out before the port was open): keep offering HELLO for
-        # another boot timeout rather than the usual few tries.
-        retries = MAX_RETRIES if booted else max(
-            MAX_RETRIES, math.ceil(boot_timeout_s / self.retry_timeout_s))
+        # The unit may still be coming up, or its serial line may not be serviced yet (a board
+        # without auto-reset, QEMU re-polling its pty): at connect, keep offering HELLO (same
+        # sequence count) for a boot timeout rather than the usual few tries.
+        retries = max(MAX_RETRIES, math.ceil(boot_timeout_s / self.retry_timeout_s))
         rec, _, _ = self._transact(
             "HELLO", dict(proto_ver=PROTO_VERSION, dict_hash=DICT_HASH, mode=_MODES[key],
                           period_ms=period_ms),
