@@ -14,6 +14,7 @@ separate process), the board firmware under qemu-system-avr (built if needed), o
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -44,10 +45,23 @@ class SerialUnit:
         self._health = np.zeros(n_thrusters, np.int64)
 
     def execute(self, cycle: int, on_ms: np.ndarray) -> UnitReport:
-        res = self.link.fire(cycle + 1, [int(x) for x in on_ms[:self.n]])
+        return self._report(self.link.fire(cycle + 1, on_ms[:self.n]))
+
+    def _report(self, res) -> UnitReport:
         self._executed[:] = res.executed_ms[:self.n]
         self._health[:] = res.health[:self.n]
         return UnitReport(self._executed, self._health, res.rtt_ms / 1e3)
+
+    def execute_chain(self, cycle: int, on_ms: np.ndarray,
+                      next_cycle: Callable[[UnitReport], np.ndarray | None]) -> None:
+        """LOCKSTEP: execute cycle ``cycle``, hand its report to ``next_cycle`` and execute the
+        on-times it returns as the next cycle, until it returns None (:meth:`Link.fire_chain`:
+        ``next_cycle`` runs on the link's reader thread, with no thread hand-over per cycle)."""
+        def on_result(res) -> tuple[int, np.ndarray] | None:
+            nxt = next_cycle(self._report(res))
+            return None if nxt is None else (res.step + 1, nxt[:self.n])
+
+        self.link.fire_chain(cycle + 1, on_ms[:self.n], on_result)
 
     def wait_until(self, t_monotonic_s: float, step: int) -> None:
         """REALTIME: idle until the next cycle is due, feeding the unit's link watchdog with a

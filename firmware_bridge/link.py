@@ -38,9 +38,10 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import serial
 
 from firmware_bridge import codec
@@ -148,6 +149,29 @@ class FireResult:
         return not self.missing_banks
 
 
+@dataclass(eq=False)
+class _Chain:
+    """A LOCKSTEP run of FIREs driven from the reader thread (see :meth:`Link.fire_chain`).
+    Every field is guarded by the link's condition."""
+
+    on_result: Callable[[FireResult], tuple[int, Any] | None]
+    step: int = 0
+    n: int = 0
+    banks: list = field(default_factory=list)
+    seqs: dict[int, int] = field(default_factory=dict)  # bank -> seq of this step's FIRE
+    reports: dict[int, Received] = field(default_factory=dict)
+    t_first: int = 0  # first send of this step (host monotonic ns): RTT
+    t_sent: int = 0  # latest send or resend of this step: stall detection
+    attempt: int = 0  # resends of this step so far
+    busy: bool = False  # the reader is inside on_result (or sending the next step)
+    cancelled: bool = False
+    done: bool = False
+    error: BaseException | None = None
+    #: Set when the calling thread must look: the chain ended, or the port or the session went.
+    #: The calling thread is not woken per step.
+    wake: threading.Event = field(default_factory=threading.Event)
+
+
 def _wrap32(x: int) -> int:
     """x mod 2**32 as a signed 32-bit value."""
     x &= 0xFFFFFFFF
@@ -218,6 +242,7 @@ class Link:
         self._seq = 0
         self._nonce = itertools.count(random.getrandbits(31))
         self._decoder = codec.Decoder()
+        self._layouts: dict[int, list[tuple[int, int, int, int]]] = {}
 
         # Everything below is guarded by self._cond.
         self._up = False
@@ -240,6 +265,7 @@ class Link:
         self.reset_detected = False
         self._late_expected: set[tuple[int, int]] = set()
         self._test_build = False
+        self._chain: _Chain | None = None
 
         self._frames_sent = 0
         self._bytes_sent = 0
@@ -342,7 +368,22 @@ class Link:
                     with self._cond:
                         for item in items:
                             self._dispatch(item, t_ns)
+                        chain = self._chain
+                        if chain is not None and not chain.busy and not chain.done:
+                            if chain.cancelled:
+                                chain.done = True
+                            elif chain.error is None and len(chain.reports) == len(chain.seqs):
+                                chain.busy = True
+                            else:
+                                chain = None
+                        else:
+                            chain = None
+                        if self._chain is not None and (self._chain.done
+                                                        or self.reset_detected):
+                            self._chain.wake.set()
                         self._cond.notify_all()
+                    if chain is not None and chain.busy:
+                        self._advance_chain(chain)
         except (serial.SerialException, OSError) as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
         finally:
@@ -351,6 +392,8 @@ class Link:
                     self._up = False
                     if not self._stopping.is_set():
                         self._down_reason = reason or "reader stopped"
+                if self._chain is not None:
+                    self._chain.wake.set()
                 self._cond.notify_all()
 
     @staticmethod
@@ -369,8 +412,13 @@ class Link:
         name = msg.name
         if msg.flags & FLAG_TEST_BUILD:
             self._test_build = True
+        chain = self._chain
         if name == "VALVE_REPORT":
             key = (msg["step"], msg["bank"])
+            if (chain is not None and msg["step"] == chain.step and msg["bank"] in chain.seqs
+                    and not chain.busy):
+                chain.reports.setdefault(msg["bank"], rec)
+                return
             if key in self._late_expected:
                 self._late_expected.discard(key)
                 self._late_reports += 1
@@ -381,6 +429,15 @@ class Link:
             if msg["result"] != RESULT["ACCEPTED"]:
                 rname = RESULT_NAMES.get(msg["result"], str(msg["result"]))
                 self._rejections[rname] = self._rejections.get(rname, 0) + 1
+                if (chain is not None and chain.error is None and msg["msg_id"] == _ID["FIRE"]
+                        and msg["result"] != RESULT["DUPLICATE"] and not chain.busy):
+                    for b, seq in chain.seqs.items():
+                        if seq == msg["acked_seq"] and b not in chain.reports:
+                            why = (" after a unit reset (BOOT in mid-session): reconnect and "
+                                   "ARM again" if self.reset_detected else "")
+                            chain.error = LinkError(f"{self.url}: FIRE step {chain.step} bank "
+                                                    f"{b} refused: {rname}{why}")
+                            chain.done = True
         elif name == "PONG":
             self._file(self._pongs, msg["nonce"], rec)
         elif name == "HK":
@@ -436,6 +493,8 @@ class Link:
         with self._cond:
             self._up = False
             self._down_reason = reason
+            if self._chain is not None:
+                self._chain.wake.set()
             self._cond.notify_all()
 
     def _send(self, name: str, seq: int, flags: int = 0, **fields: Any) -> int:
@@ -459,6 +518,34 @@ class Link:
             if name in ("FIRE", "HEARTBEAT"):
                 self._last_feed_ns = t_ns
         self._capture("tx", t_ns, frame)
+        return t_ns
+
+    def _send_together(self, frames: list[tuple[str, int, int, dict[str, Any]]],
+                       t_ns: int | None = None) -> int:
+        """Write several frames (name, seq, flags, fields) in one write, so the unit reads them
+        in one go and its replies come back together; return the host send time (ns): ``t_ns``
+        if given (a time the caller stamped before the write), else taken at the write."""
+        data = b"".join(codec.encode(name, seq, flags, **fields)
+                        for name, seq, flags, fields in frames)
+        ser = self._ser
+        if ser is None or not self._up:
+            raise LinkError(f"{self.url}: link is down ({self._down_reason or 'port not open'})"
+                            f"; reconnect")
+        with self._tx_lock:
+            if t_ns is None:
+                t_ns = time.monotonic_ns()
+            try:
+                ser.write(data)
+            except (serial.SerialException, OSError) as exc:
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                self._mark_down(reason)
+                raise LinkError(f"{self.url}: writing {frames[0][0]} failed ({reason}); the "
+                                f"port went away: reconnect") from None
+            self._frames_sent += len(frames)
+            self._bytes_sent += len(data)
+            if any(name in ("FIRE", "HEARTBEAT") for name, _s, _f, _d in frames):
+                self._last_feed_ns = t_ns
+        self._capture("tx", t_ns, data)
         return t_ns
 
     @property
@@ -722,21 +809,71 @@ class Link:
 
     # ---- firing ----------------------------------------------------------------------------
 
-    def _ticks(self, on_ms: Sequence[int]) -> list[int]:
+    def _ticks(self, on_ms: Sequence[int] | np.ndarray) -> list[int]:
         assert self.info is not None
         tick_us = self.info.tick_us or 1000
-        ints = [int(v) for v in on_ms]
-        if ints != list(on_ms) or (ints and min(ints) < 0):
-            for i, v in enumerate(on_ms):
-                if int(v) != v or v < 0:
-                    raise ValueError(f"on_ms[{i}] must be a non-negative integer, got {v!r}")
+        if isinstance(on_ms, np.ndarray) and on_ms.dtype.kind == "u":
+            ints = on_ms.tolist()  # the runner's on-times: already whole, non-negative
+        else:
+            ints = [int(v) for v in on_ms]
+            if ints != list(on_ms) or (ints and min(ints) < 0):
+                for i, v in enumerate(on_ms):
+                    if int(v) != v or v < 0:
+                        raise ValueError(f"on_ms[{i}] must be a non-negative integer, got {v!r}")
         if tick_us == 1000:
             return [v if v < 0xFFFF else 0xFFFF for v in ints]
         return [min(0xFFFF, (v * 1000 + tick_us // 2) // tick_us) for v in ints]
 
-    def fire(self, step: int, on_ms: Sequence[int], *, valid_for_ms: int | None = None,
-             deadline_ns: int | None = None) -> FireResult:
-        """Fire one control step: one FIRE per bank of 16 thrusters.
+    def _bank_layout(self, n: int) -> list[tuple[int, int, int, int]]:
+        """(bank, first channel, width, mask) of each FIRE that carries n on-times."""
+        layout = self._layouts.get(n)
+        if layout is None:
+            layout = []
+            for b in range((n + CHANNELS_PER_BANK - 1) // CHANNELS_PER_BANK):
+                lo = b * CHANNELS_PER_BANK
+                width = min(n, lo + CHANNELS_PER_BANK) - lo
+                layout.append((b, lo, width, (1 << width) - 1))
+            self._layouts[n] = layout
+        return layout
+
+    def _fire_session(self) -> int:
+        """The session to FIRE in; LinkError saying exactly why not if the link cannot fire."""
+        with self._cond:
+            session = self._session
+            ready = (self._armed and session is not None and not self.reset_detected
+                     and self._up and self.info is not None)
+        if ready:
+            return session  # type: ignore[return-value]
+        if not self.armed or self.info is None:
+            raise LinkError(f"{self.url}: FIRE refused: the link is not armed "
+                            f"({'the unit reset: reconnect and ' if self.reset_detected else ''}"
+                            f"arm() first)")
+        return self._require_session("FIRE")
+
+    def _fire_banks(self, step: int, on_ms: Sequence[int] | np.ndarray, session: int,
+                    valid_for_ms: int | None = None) -> list[tuple[int, int, int, dict]]:
+        """The FIREs of one step: (bank, first channel, width, fields) per bank of 16."""
+        assert self.info is not None
+        n = len(on_ms)
+        if not 1 <= n <= self.info.n_channels:
+            raise ValueError(f"fire: {n} on-times for a unit with {self.info.n_channels} "
+                             "channels")
+        ticks = self._ticks(on_ms)
+        vf = valid_for_ms if valid_for_ms is not None else self.valid_for_ms
+        if vf is None:
+            vf = min(0xFFFF, 2 * (self._period_ms or 500))
+        banks = []
+        for b, lo, width, mask in self._bank_layout(n):
+            bank_ticks = ticks[lo:lo + width]
+            if width < CHANNELS_PER_BANK:
+                bank_ticks += [0] * (CHANNELS_PER_BANK - width)
+            banks.append((b, lo, width, dict(session=session, step=step, valid_for_ms=vf,
+                                             bank=b, mask=mask, on_ticks=bank_ticks)))
+        return banks
+
+    def fire(self, step: int, on_ms: Sequence[int] | np.ndarray, *,
+             valid_for_ms: int | None = None, deadline_ns: int | None = None) -> FireResult:
+        """Fire one control step: one FIRE per bank of 16 thrusters, all in one write.
 
         LOCKSTEP: waits for each bank's VALVE_REPORT(step, bank), resending the same FIRE (same
         seq, RETRANSMIT) up to 3 times. REALTIME: sends every bank, then collects the reports
@@ -747,28 +884,9 @@ class Link:
         Raises LinkError if not armed (also after a reset until arm() again), on a rejecting
         ACK (REJECTED_STATE / STALE / BAD_SESSION / ... named), or if LOCKSTEP gets no report.
         """
-        if not self.armed or self.info is None:
-            raise LinkError(f"{self.url}: FIRE refused: the link is not armed "
-                            f"({'the unit reset: reconnect and ' if self.reset_detected else ''}"
-                            f"arm() first)")
-        session = self._require_session("FIRE")
+        session = self._fire_session()
+        banks = self._fire_banks(step, on_ms, session, valid_for_ms)
         n = len(on_ms)
-        if not 1 <= n <= self.info.n_channels:
-            raise ValueError(f"fire: {n} on-times for a unit with {self.info.n_channels} "
-                             "channels")
-        ticks = self._ticks(on_ms)
-        vf = valid_for_ms if valid_for_ms is not None else self.valid_for_ms
-        if vf is None:
-            vf = min(0xFFFF, 2 * (self._period_ms or 500))
-        n_banks = (n + CHANNELS_PER_BANK - 1) // CHANNELS_PER_BANK
-        banks = []
-        for b in range(n_banks):
-            lo = b * CHANNELS_PER_BANK
-            width = min(n, lo + CHANNELS_PER_BANK) - lo
-            bank_ticks = ticks[lo:lo + width] + [0] * (CHANNELS_PER_BANK - width)
-            banks.append((b, lo, width, dict(session=session, step=step, valid_for_ms=vf,
-                                             bank=b, mask=(1 << width) - 1,
-                                             on_ticks=bank_ticks)))
 
         if self._mode == "realtime":
             return self._fire_realtime(step, n, banks, deadline_ns)
@@ -776,13 +894,9 @@ class Link:
         # All banks go out back to back and their reports are awaited together: one round trip
         # per cycle however many banks. A bank whose report does not come is resent alone, with
         # its sequence count, the RETRANSMIT flag and the same step (idempotent on the unit).
-        sent: dict[int, tuple[int, dict]] = {}
-        t_first = None
-        for b, _lo, _w, fields in banks:
-            seq = self._next_seq()
-            t = self._send("FIRE", seq, 0, **fields)
-            t_first = t if t_first is None else t_first
-            sent[b] = (seq, fields)
+        sent: dict[int, tuple[int, dict]] = {b: (self._next_seq(), fields)
+                                             for b, _lo, _w, fields in banks}
+        t_first = self._send_together([("FIRE", seq, 0, fields) for seq, fields in sent.values()])
         reports: dict[int, Received] = {}
         rejected: list[tuple[int, Received]] = []
 
@@ -822,6 +936,125 @@ class Link:
                 self._rtt_ms.append((t_last - t_first) / 1e6)
         return self._fire_result(step, n, banks, reports, (t_last - t_first) / 1e6)
 
+    def fire_chain(self, step: int, on_ms: Sequence[int] | np.ndarray,
+                   on_result: Callable[[FireResult], tuple[int, Any] | None]) -> None:
+        """LOCKSTEP: fire ``step``, and every further step ``on_result`` asks for, with no
+        thread hand-over per step.
+
+        When a step's VALVE_REPORTs are all in, the reader thread itself calls
+        ``on_result(result)`` (a :class:`FireResult`) and at once sends what it returns: the
+        next ``(step, on_ms)``, or None to end the chain. The calling thread blocks until then,
+        watching for stalls: a step whose reports do not come within the retry timeout is
+        resent as :meth:`fire` would (same seq, RETRANSMIT, same step), at most 3 times.
+
+        This is :meth:`fire` in a loop, minus the wake-up of the calling thread per step (the
+        biggest cost of a lockstep cycle after the pty itself). ``on_result`` runs on the
+        reader thread: nothing else is read while it runs. Raises what :meth:`fire` raises
+        (LinkError on refusal, no reply, reset or port loss), or re-raises what ``on_result``
+        raised. On KeyboardInterrupt the chain stops after the step in progress and the
+        interrupt propagates.
+        """
+        if self._mode == "realtime":
+            raise LinkError(f"{self.url}: fire_chain is for LOCKSTEP; fire() each REALTIME step")
+        session = self._fire_session()
+        chain = _Chain(on_result)
+        with self._cond:
+            if self._chain is not None:
+                raise RuntimeError("fire_chain: a chain is already running on this link")
+            self._chain = chain
+        try:
+            self._chain_step(chain, step, on_ms, session)
+            self._watch_chain(chain)
+        except BaseException:
+            with self._cond:
+                chain.cancelled = True
+                while chain.busy:  # let the reader finish the step it is in
+                    self._cond.wait(0.05)
+            raise
+        finally:
+            with self._cond:
+                self._chain = None
+        if chain.error is not None:
+            raise chain.error
+
+    def _chain_step(self, chain: _Chain, step: int, on_ms: Sequence[int] | np.ndarray,
+                    session: int) -> None:
+        """Make ``step`` the chain's step and send its FIREs (either thread)."""
+        banks = self._fire_banks(step, on_ms, session)
+        seqs = {b: self._next_seq() for b, _lo, _w, _f in banks}
+        frames = [("FIRE", seqs[b], 0, fields) for b, _lo, _w, fields in banks]
+        with self._cond:
+            chain.step, chain.n, chain.banks, chain.seqs = step, len(on_ms), banks, seqs
+            chain.reports = {}
+            chain.attempt = 0
+            # Stamped before the write: the reports may be in before _send_together returns.
+            chain.t_first = chain.t_sent = t_ns = time.monotonic_ns()
+        self._send_together(frames, t_ns)
+
+    def _advance_chain(self, chain: _Chain) -> None:
+        """Reader thread: a chain step is complete; hand it over and send the next."""
+        try:
+            t_last = max(r.t_ns for r in chain.reports.values())
+            rtt_ms = (t_last - chain.t_first) / 1e6
+            if chain.attempt == 0:  # Karn: no RTT sample from a retransmitted exchange
+                with self._cond:
+                    self._rtt_ms.append(rtt_ms)
+            result = self._fire_result(chain.step, chain.n, chain.banks, chain.reports, rtt_ms)
+            nxt = chain.on_result(result)
+            with self._cond:
+                stop = chain.cancelled or nxt is None
+                session = self._session
+            if not stop:
+                if session is None or self.reset_detected:
+                    raise LinkError(f"{self.url}: the unit reset (BOOT in mid-session): "
+                                    "reconnect and ARM again")
+                self._chain_step(chain, nxt[0], nxt[1], session)
+        except BaseException as exc:  # noqa: BLE001 - handed to the chain's caller
+            with self._cond:
+                chain.error = exc
+                chain.done = True
+                chain.busy = False
+            chain.wake.set()
+            return
+        with self._cond:
+            chain.busy = False
+            if stop:
+                chain.done = True
+        if stop:
+            chain.wake.set()
+
+    def _watch_chain(self, chain: _Chain) -> None:
+        """Calling thread: wait for the chain to end; resend a stalled step's missing banks.
+        It wakes once per retry timeout (not per step) to see whether the chain moved."""
+        while True:
+            chain.wake.wait(self.retry_timeout_s)
+            with self._cond:
+                if chain.done:
+                    return
+                if not self._up:
+                    raise LinkError(f"{self.url}: link is down "
+                                    f"({self._down_reason or 'port closed'}); reconnect")
+                if self.reset_detected:
+                    raise LinkError(f"{self.url}: the unit reset (BOOT in mid-session): "
+                                    "reconnect and ARM again")
+                waited_s = (time.monotonic_ns() - chain.t_sent) / 1e9
+                if chain.busy or waited_s < self.retry_timeout_s:
+                    continue  # on_result is running, or this step's reports are not yet due
+                # Stalled a whole retry timeout: resend the banks whose report did not come.
+                if chain.attempt >= MAX_RETRIES:
+                    missing = sorted(set(chain.seqs) - set(chain.reports))
+                    raise LinkError(
+                        f"{self.url}: no reply to FIRE step {chain.step} (no VALVE_REPORT for "
+                        f"bank(s) {missing}) after {MAX_RETRIES + 1} tries "
+                        f"{self.retry_timeout_s * 1000:.0f} ms apart; is the unit running?")
+                chain.attempt += 1
+                chain.t_sent = time.monotonic_ns()
+                resend = [(chain.seqs[b], fields) for b, _lo, _w, fields in chain.banks
+                          if b not in chain.reports]
+                self._retries += len(resend)
+            for seq, fields in resend:
+                self._send("FIRE", seq, FLAG_RETRANSMIT, **fields)
+
     def _fire_reply(self, step: int, bank: int, seq: int) -> Received | None:
         rec = self._reports.pop((step, bank), None)
         if rec is not None:
@@ -834,13 +1067,9 @@ class Link:
 
     def _fire_realtime(self, step: int, n: int, banks: list, deadline_ns: int | None
                        ) -> FireResult:
-        seqs = {}
-        t_first = None
-        for b, _lo, _w, fields in banks:
-            seq = self._next_seq()
-            t = self._send("FIRE", seq, 0, **fields)
-            t_first = t if t_first is None else t_first
-            seqs[b] = seq
+        seqs = {b: self._next_seq() for b, _lo, _w, _fields in banks}
+        t_first = self._send_together([("FIRE", seqs[b], 0, fields)
+                                       for b, _lo, _w, fields in banks])
         if deadline_ns is None:
             deadline_ns = t_first + (self._period_ms or 500) * 1_000_000
         reports: dict[int, Received] = {}

@@ -37,6 +37,7 @@ Semantics are docs/protocol.md sections 3-6. Choices the spec leaves open, made 
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 from cobs import cobs as _cobs
@@ -86,6 +87,7 @@ _SESSION_CMDS = frozenset({"HEARTBEAT", "ARM_REQUEST", "ARM_CONFIRM", "DISARM", 
 _CACHED_CMDS = frozenset({"HELLO", "ARM_REQUEST", "ARM_CONFIRM", "DISARM", "SET_PARAM",
                           "FAULT_INJECT"})
 _CACHE_SIZE = 32
+EXECUTED_LOG_SIZE = 4096  # bound on executed_log: an emulator may serve for days
 _PARAM_LIMITS = {
     PARAM["WATCHDOG_MS"]: lambda v: LIMITS["watchdog_ms_min"] <= v <= LIMITS["watchdog_ms_max"],
     PARAM["HK_PERIOD_MS"]: lambda v: v == 0 or 20 <= v <= 10000,
@@ -113,8 +115,9 @@ class UnitCore:
     """The unit's logic. See the module docstring for the driving protocol and open choices.
 
     Inspection: ``state``, ``session`` (None when there is none), ``mode``, ``counters`` (dict),
-    ``open_mask()``, ``executed_log`` (list of ``(session, step, bank, executed_ticks_tuple)``,
-    one per executed FIRE, appended when its report goes out) and ``journal`` (list of dicts
+    ``open_mask()``, ``executed_log`` (the last EXECUTED_LOG_SIZE
+    ``(session, step, bank, executed_ticks_tuple)``, one per executed FIRE, appended when its
+    report goes out) and ``journal`` (list of dicts
     describing state changes, fires, trips, boots and faults; an I/O wrapper drains it into its
     log).
     """
@@ -147,7 +150,8 @@ class UnitCore:
             "unknown_id_errors", "seq_gaps", "uart_overruns", "session_errors", "dropped_rx",
             "corrupted_tx", "bad_frame_events_suppressed", "fires_executed", "duplicate_fires",
             "stale_fires", "watchdog_trips", "retransmits_answered", "tx_frames")}
-        self.executed_log: list[tuple[int, int, int, tuple[int, ...]]] = []
+        self.executed_log: deque[tuple[int, int, int, tuple[int, ...]]] = deque(
+            maxlen=EXECUTED_LOG_SIZE)
         self.journal: list[dict] = []
         self._last_session: int | None = None
         self._power_on()
@@ -329,16 +333,18 @@ class UnitCore:
 
     def _report(self, out: list[bytes], p: _Pulse, now_us: int) -> None:
         executed = list(p.executed)
-        for c in range(CHANNELS_PER_BANK):
-            if p.stuck >> c & 1:
-                executed[c] = max(executed[c], self._period_ticks())
+        if p.stuck:
+            for c in range(CHANNELS_PER_BANK):
+                if p.stuck >> c & 1:
+                    executed[c] = max(executed[c], self._period_ticks())
+        ticks = tuple(executed)
         fields = {"step": p.step, "t_start_pu_us": p.t_start & 0xFFFFFFFF, "bank": p.bank,
-                  "flags": p.flags, "executed_ticks": tuple(executed),
+                  "flags": p.flags, "executed_ticks": ticks,
                   "failed_mask": p.failed, "stuck_mask": p.stuck}
         seq, _ = self._emit(out, "VALVE_REPORT", **fields)
         if p.session == self.session:
             self._reports[p.bank] = (p.step, seq, fields)
-        self.executed_log.append((p.session, p.step, p.bank, tuple(executed)))
+        self.executed_log.append((p.session, p.step, p.bank, ticks))
         self.counters["fires_executed"] += 1
         self.journal.append({"t_us": now_us, "ev": "fire", "session": p.session, "step": p.step,
                              "bank": p.bank, "mode": "REALTIME" if self.mode else "LOCKSTEP",
@@ -695,26 +701,30 @@ class UnitCore:
         self._execute(out, msg, now_us)
 
     def _execute(self, out: list[bytes], msg: Message, now_us: int) -> None:
-        bank, step, mask = msg["bank"], msg["step"], msg["mask"]
+        f = msg.fields
+        bank, step, mask, on_ticks = f["bank"], f["step"], f["mask"], f["on_ticks"]
         limit = min(self.max_on_ticks, self._period_ticks(), LIMITS["max_on_ticks_cap"])
+        min_on = self.min_on_ticks
         base = bank * CHANNELS_PER_BANK
         failed = (self.failed >> base) & 0xFFFF
         stuck = (self.stuck >> base) & 0xFFFF
         planned = [0] * CHANNELS_PER_BANK
         flags = 0
-        for c in range(CHANNELS_PER_BANK):
-            if not mask >> c & 1 or base + c >= self.n_channels:
+        for c in range(min(CHANNELS_PER_BANK, self.n_channels - base)):
+            if not mask >> c & 1:
                 continue
-            asked = v = msg["on_ticks"][c]
-            if v > limit:
-                v = limit
-            if 0 < v < self.min_on_ticks:
-                v = self.min_on_ticks if 2 * v >= self.min_on_ticks else 0
+            v = on_ticks[c]
+            if v > limit or 0 < v < min_on:  # clamp to the limit, round up to the minimum
+                asked = v
                 if v > limit:
-                    v = 0
-            if v != asked:
-                flags |= 1
-                self._event(out, now_us, "CLAMPED", base + c, asked, v)
+                    v = limit
+                if 0 < v < min_on:
+                    v = min_on if 2 * v >= min_on else 0
+                    if v > limit:
+                        v = 0
+                if v != asked:
+                    flags |= 1
+                    self._event(out, now_us, "CLAMPED", base + c, asked, v)
             if failed >> c & 1:
                 v = 0
             planned[c] = v

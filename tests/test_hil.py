@@ -95,12 +95,12 @@ def _wait_for_record(log: Path, pred, timeout_s: float = 10.0):
 
 
 def test_link_loss_closes_the_valves_within_the_watchdog(dragon, tmp_path):
-    """The unit stops hearing the host 100 ms (wall clock) into a lockstep burn (a 3 s stall of
+    """The unit stops hearing the host 20 ms (wall clock) into a lockstep burn (a 3 s stall of
     its input): on the emulator's clock every valve is closed within watchdog_ms + 1 tick of the
     last valid frame, and the host reports the loss and stops the burn."""
     model, plan, _ = dragon
     log = tmp_path / "emulator.jsonl"
-    with EmulatorProcess(faults="stall=3s@fire+100ms", log_path=log) as emu:
+    with EmulatorProcess(faults="stall=3s@fire+20ms", log_path=log) as emu:
         unit = open_unit(unit="emulator", port=emu.port, mode="lockstep",
                          n_thrusters=len(model.thruster_names),
                          period_ms=int(round(model.control_period_s * 1000)))

@@ -426,6 +426,108 @@ def test_no_report_after_three_retries_is_a_link_error(link, unit):
     assert link.stats()["retries"] == 3
 
 
+# ---- fire_chain: LOCKSTEP steps driven from the reader thread ------------------------------
+
+def test_fire_chain_runs_each_step_on_the_reader_thread_in_order(link, unit):
+    """Each step's report reaches on_result (on the reader thread), whose answer is the next
+    FIRE; the chain ends when on_result returns None; every step is one RTT sample."""
+    unit.failed_mask = 1 << 3
+    connected(link, unit).arm(500)
+    seen: list[FireResult] = []
+    threads = set()
+    caller = threading.current_thread()
+
+    def on_result(res: FireResult):
+        threads.add(threading.current_thread())
+        seen.append(res)
+        if res.step == 25:
+            return None
+        return res.step + 1, [res.step + i for i in range(18)]
+
+    link.fire_chain(10, [10] * 18, on_result)
+    assert [r.step for r in seen] == list(range(10, 26))
+    assert threads and caller not in threads  # no hand-over to the calling thread per step
+    for r in seen[1:]:
+        expected = [r.step - 1 + i for i in range(18)]
+        expected[3] = 0  # the failed channel executes nothing
+        assert list(r.executed_ms) == expected
+        assert r.health[3] == HEALTH_FAILED_OFF and r.rtt_ms > 0
+    sync(link)
+    firsts = [f for f in unit.frames("FIRE") if not f.flags & FLAG_RETRANSMIT]
+    assert [(f["step"], f["bank"]) for f in firsts] == [(s, b) for s in range(10, 26)
+                                                        for b in (0, 1)]
+    assert link.stats()["rtt_samples"] >= 16
+
+
+def test_fire_chain_resends_a_step_whose_report_did_not_come(link, unit):
+    connected(link, unit).arm(500)
+    unit.drop_first = {"FIRE"}
+    steps = []
+
+    def on_result(res):
+        steps.append((res.step, list(res.executed_ms)))
+        return None if res.step == 3 else (res.step + 1, [20] * 18)
+
+    link.fire_chain(1, [20] * 18, on_result)
+    assert steps == [(s, [20] * 18) for s in (1, 2, 3)]
+    sync(link)
+    bank0 = [f for f in unit.frames("FIRE") if f["bank"] == 0 and f["step"] == 1]
+    assert len(bank0) >= 2 and bank0[1].seq == bank0[0].seq
+    assert bank0[1].flags & FLAG_RETRANSMIT
+    assert link.stats()["retries"] >= 1
+
+
+def test_fire_chain_gives_up_after_three_resends(link, unit):
+    connected(link, unit).arm(500)
+    link._retry_rtt_s = 0.001  # noqa: SLF001 - keep the 4 x 20 ms short and predictable
+    orig = unit._handle
+    unit._handle = lambda m: None if m.name == "FIRE" else orig(m)
+    with pytest.raises(LinkError, match="no reply to FIRE step 7"):
+        link.fire_chain(7, [10] * 3, lambda res: None)
+    fires = unit.frames("FIRE")
+    assert len(fires) == 4 and len({f.seq for f in fires}) == 1
+
+
+def test_fire_chain_raises_a_rejection_and_what_on_result_raised(link, unit):
+    connected(link, unit).arm(500)
+    unit.fire_result = "STALE"
+    with pytest.raises(LinkError, match="FIRE step 4 bank 0 refused: STALE"):
+        link.fire_chain(4, [10] * 18, lambda res: (res.step + 1, [10] * 18))
+    unit.fire_result = None
+
+    class Boom(Exception):
+        pass
+
+    def on_result(res):
+        if res.step == 12:
+            raise Boom("plant diverged")
+        return res.step + 1, [10] * 18
+
+    with pytest.raises(Boom, match="plant diverged"):
+        link.fire_chain(10, [10] * 18, on_result)
+    # The link is usable afterwards: the chain is gone, a plain FIRE works.
+    assert link.fire(20, [5] * 18).executed_ms == (5,) * 18
+
+
+def test_fire_chain_stops_on_a_unit_reset(link, unit):
+    connected(link, unit).arm(500)
+
+    def on_result(res):
+        if res.step == 2:
+            unit.boot()  # the unit resets while the host computes the next step
+        return res.step + 1, [10] * 18
+
+    with pytest.raises(LinkError, match="reset"):
+        link.fire_chain(1, [10] * 18, on_result)
+    assert not link.armed
+
+
+def test_fire_chain_is_lockstep_only(link, unit):
+    connected(link, unit, mode="realtime", period_ms=100).arm(50)
+    with pytest.raises(LinkError, match="LOCKSTEP"):
+        link.fire_chain(1, [10] * 3, lambda res: None)
+
+
 def test_realtime_fire_collects_reports_and_counts_missed_deadlines(link, unit):
     connected(link, unit, mode="realtime", period_ms=100).arm(50)
     res = link.fire(1, [5] * 18, deadline_ns=time.monotonic_ns() + 1_000_000_000)

@@ -50,9 +50,11 @@ def test_an_existing_run_directory_is_never_overwritten(tmp_path, capsys):
     assert (out / "keep.txt").read_text() == "precious"
 
 
-def test_ctrl_c_stops_the_burn_and_still_writes_the_summary(tmp_path):
-    """SIGINT during a realtime burn: STOP_ALL, exit 130, summary.json with "aborted": true, and
-    the telemetry holds every cycle flown."""
+@pytest.mark.parametrize("mode,delta_v", [("realtime", "0.05"), ("lockstep", "30")])
+def test_ctrl_c_stops_the_burn_and_still_writes_the_summary(tmp_path, mode, delta_v):
+    """SIGINT during a burn: STOP_ALL, exit 130, summary.json with "aborted": true, and the
+    telemetry holds every cycle flown. Realtime: the control thread is pacing; lockstep: the
+    cycles run on the link's reader thread while the control thread waits (fire_chain)."""
     import os
     import signal
     import subprocess
@@ -63,7 +65,7 @@ def test_ctrl_c_stops_the_burn_and_still_writes_the_summary(tmp_path):
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "thruster_hil.cli", "run", "--mode",
-                             "realtime", "--stack", "progress", "--delta-v", "0.05", "--out",
+                             mode, "--stack", "progress", "--delta-v", delta_v, "--out",
                              str(out), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=root, env=dict(os.environ, PYTHONPATH=str(root)))
     telemetry = out / "telemetry.csv"
@@ -77,6 +79,7 @@ def test_ctrl_c_stops_the_burn_and_still_writes_the_summary(tmp_path):
     assert proc.returncode == 130, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["aborted"] and summary["abort_reason"] == "interrupted"
+    assert not summary["completed"]
     rows = list(csv.DictReader(telemetry.open()))
     assert len(rows) == summary["cycles"] >= 3
 

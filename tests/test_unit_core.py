@@ -258,7 +258,7 @@ def test_wrong_session_is_rejected_and_counted(name, fields, state):
     assert events(msgs, "SESSION_REJECTED")[0]["arg0"] == codec.MESSAGES[name].id
     assert b.u.counters["session_errors"] == 1 and b.u.state == state
     assert b.u.hk_fields(b.t)["session_errors"] == 1
-    assert b.u.executed_log == []
+    assert not b.u.executed_log
 
 
 def test_no_session_before_hello():
@@ -333,7 +333,7 @@ def test_fire_before_arm_is_refused():
     for state in (SAFE, ARMING):
         b = bench_in(state)
         assert reply(b.fire(1, {0: 10}))["result"] == R["REJECTED_STATE"]
-        assert b.u.executed_log == []
+        assert not b.u.executed_log
 
 
 def test_arm_confirm_bad_max_on_ticks():
@@ -520,7 +520,7 @@ def test_fire_after_watchdog_deadline_does_not_execute():
     msgs = b.fire(1, {0: 10})
     assert b.u.state == SAFE and events(msgs, "WATCHDOG_TRIP")
     assert [m for m in msgs if m.name == "ACK"][0]["result"] == R["REJECTED_STATE"]
-    assert b.u.executed_log == []
+    assert not b.u.executed_log
 
 
 # ----------------------------------------------------------------------------- REALTIME
