@@ -4,19 +4,34 @@
    the host writes a 50-byte COBS frame through pyserial and reads until its delimiter, as the
    link's reader does (``read(in_waiting or 1)``). Round trips per second.
 2. Loop: the full lockstep HIL reboost (controller + plant + link + the emulator process) of each
-   stack: control cycles per second.
-3. The ratio loop / raw. A stack with more than 16 thrusters needs two FIRE/VALVE_REPORT
-   exchanges (two banks) per cycle.
+   stack: control cycles per second, timed from the loop's own per-cycle stamps (the first
+   cycle, which loads the kernels, and closing the unit are not counted).
+3. The ratio loop / raw. A stack with more than 16 thrusters sends two FIREs (two banks) per
+   cycle, in one write.
+
+Placement. The unit stands in for a board, which has a processor of its own: the peer (echo or
+emulator) runs on one CPU and the host process on another, for the raw measurement and the loop
+alike. Left to the scheduler, the same raw measurement swings between ~14,000/s (host and peer on
+different CPUs: every hand-over wakes an idle virtual CPU) and ~37,000/s (both on one CPU,
+which happens when something else keeps the other CPU busy), so a ratio of unpinned figures
+says more about the machine's load than about the loop. ``--no-pin`` measures unpinned anyway;
+on a one-CPU machine nothing is pinned.
+
+Rounds. Raw and loop are measured alternately, ``--rounds`` times; each round's ratio uses the
+mean of the raw rates measured just before and just after its loops, and the reported figures are
+the medians over rounds.
 
 Usage::
 
-    python benchmarks/link_loop.py [--json] [--round-trips N]
+    python benchmarks/link_loop.py [--json] [--rounds N] [--round-trips N] [--no-pin]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import time
@@ -24,6 +39,7 @@ import time
 import serial
 
 from firmware_bridge.codec import encode
+from firmware_bridge.emulator import EmulatorProcess
 from firmware_bridge.hil import open_unit
 from sims.runner import run_burn
 from thruster_hil.config import build_stack_model, list_stacks, load_stack
@@ -42,15 +58,28 @@ while True:
 """
 
 
-def raw_round_trips(n: int) -> float:
+def placement(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(host CPUs, peer CPUs), or (None, None) to leave placement to the scheduler."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not pin or len(cpus) < 2:
+        return None, None
+    return {cpus[0]}, {cpus[1]}
+
+
+def _pin_peer(pid: int, peer_cpus: set[int] | None) -> None:
+    if peer_cpus is not None:
+        os.sched_setaffinity(pid, peer_cpus)
+
+
+def raw_round_trips(n: int, peer_cpus: set[int] | None = None) -> float:
     peer = subprocess.Popen([sys.executable, "-c", ECHO_PEER], stdout=subprocess.PIPE)
     try:
+        _pin_peer(peer.pid, peer_cpus)
         path = peer.stdout.readline().decode().strip()
         port = serial.serial_for_url(path, exclusive=True, timeout=1.0)
         frame = encode("FIRE", 1, 0, session=1, step=1, valid_for_ms=500, bank=0, mask=0xFFFF,
                        on_ticks=list(range(101, 117)))
-        frame = frame[:49] + b"\x00" if len(frame) > 50 else frame
-        frame = frame.rstrip(b"\x00").ljust(49, b"\x01") + b"\x00"  # exactly 50 bytes
+        frame = frame.rstrip(b"\x00")[:49].ljust(49, b"\x01") + b"\x00"  # exactly 50 bytes
         assert len(frame) == 50
 
         def once():
@@ -72,47 +101,86 @@ def raw_round_trips(n: int) -> float:
         peer.wait()
 
 
-def hil_cycles_per_s(stack: str) -> dict:
-    model = build_stack_model(load_stack(stack))
-    plan = plan_burn(stack, Target("raise_perigee", 1.6))
-    run_burn(model, plan)  # warm the kernels
-    unit = open_unit(unit="emulator", port=None, mode="lockstep",
-                     n_thrusters=len(model.thruster_names),
-                     period_ms=int(round(model.control_period_s * 1000)))
-    # The loop's own clock: from the end of the first cycle (which also loads the kernels) to
-    # the end of the last, so neither start-up nor closing the unit is counted.
-    stamps = []
-    s = run_burn(model, plan, unit=unit,
-                 on_cycle=lambda k, _info: stamps.append(time.perf_counter())).summary
-    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-    return {"thrusters": len(model.thruster_names), "banks": (len(model.thruster_names) + 15) // 16,
-            "cycles": s["cycles"], "loop_cycles_per_s": round(rate, 1),
-            "rtt_ms_p50": s["link"]["rtt_ms_p50"], "rtt_ms_p99": s["link"]["rtt_ms_p99"]}
+class Stack:
+    def __init__(self, name: str):
+        self.name = name
+        self.model = build_stack_model(load_stack(name))
+        self.plan = plan_burn(name, Target("raise_perigee", 1.6))
+        run_burn(self.model, self.plan)  # warm the kernels
+        self.n = len(self.model.thruster_names)
+
+    def loop(self, peer_cpus: set[int] | None) -> dict:
+        stamps: list[float] = []
+        with EmulatorProcess() as emu:
+            _pin_peer(emu.pid, peer_cpus)
+            unit = open_unit(unit="emulator", port=emu.port, mode="lockstep", n_thrusters=self.n,
+                             period_ms=int(round(self.model.control_period_s * 1000)))
+            s = run_burn(self.model, self.plan, unit=unit,
+                         on_cycle=lambda k, _info: stamps.append(time.perf_counter())).summary
+        assert s["completed"] and not s["aborted"], s
+        return {"cycles": s["cycles"],
+                "loop_cycles_per_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]),
+                "rtt_ms_p50": s["link"]["rtt_ms_p50"], "rtt_ms_p99": s["link"]["rtt_ms_p99"]}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--round-trips", type=int, default=3000)
+    ap.add_argument("--no-pin", action="store_true",
+                    help="leave the host and the peer where the scheduler puts them")
     args = ap.parse_args(argv)
-    raw_before = raw_round_trips(args.round_trips)
-    stacks = {name: hil_cycles_per_s(name) for name in list_stacks()}
-    raw_after = raw_round_trips(args.round_trips)
-    raw = 0.5 * (raw_before + raw_after)
-    default = stacks["dragon-boost-kit"]
-    for row in stacks.values():
-        row["ratio"] = round(row["loop_cycles_per_s"] / raw, 3)
-    out = {"raw_pty_round_trips_per_s": round(raw, 1),
+    host_cpus, peer_cpus = placement(not args.no_pin)
+    if host_cpus is not None:
+        os.sched_setaffinity(0, host_cpus)  # before any thread: the link's reader inherits it
+    stacks = [Stack(name) for name in list_stacks()]
+    raws: list[float] = []
+    rounds: dict[str, list[dict]] = {s.name: [] for s in stacks}
+    raw_before = raw_round_trips(args.round_trips, peer_cpus)
+    for _ in range(args.rounds):
+        rows = {s.name: s.loop(peer_cpus) for s in stacks}
+        raw_after = raw_round_trips(args.round_trips, peer_cpus)
+        raw = 0.5 * (raw_before + raw_after)
+        raws.append(raw)
+        for name, row in rows.items():
+            row["ratio"] = row["loop_cycles_per_s"] / raw
+            rounds[name].append(row)
+        raw_before = raw_after
+
+    def med(rows: list[dict], key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
+    table = {}
+    for s in stacks:
+        rows = rounds[s.name]
+        table[s.name] = {
+            "thrusters": s.n, "banks": (s.n + 15) // 16, "cycles": rows[0]["cycles"],
+            "loop_cycles_per_s": round(med(rows, "loop_cycles_per_s"), 1),
+            "ratio": round(med(rows, "ratio"), 3),
+            "ratio_min": round(min(r["ratio"] for r in rows), 3),
+            "ratio_max": round(max(r["ratio"] for r in rows), 3),
+            "rtt_ms_p50": round(med(rows, "rtt_ms_p50"), 4),
+            "rtt_ms_p99": round(med(rows, "rtt_ms_p99"), 4)}
+    default = table["dragon-boost-kit"]
+    out = {"raw_pty_round_trips_per_s": round(statistics.median(raws), 1),
+           "raw_min": round(min(raws), 1), "raw_max": round(max(raws), 1),
            "loop_cycles_per_s": default["loop_cycles_per_s"], "ratio": default["ratio"],
-           "stack": "dragon-boost-kit", "stacks": stacks}
+           "stack": "dragon-boost-kit", "rounds": args.rounds,
+           "placement": ("unpinned" if host_cpus is None else
+                         f"host on CPU {min(host_cpus)}, peer on CPU {min(peer_cpus)}"),
+           "stacks": table}
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"raw pty round trips (50 B, echo peer): {raw:10.0f} /s")
-        for name, row in stacks.items():
+        print(f"placement: {out['placement']}; {args.rounds} rounds, medians")
+        print(f"raw pty round trips (50 B, echo peer): {out['raw_pty_round_trips_per_s']:10.0f} /s"
+              f"  (min {out['raw_min']:.0f}, max {out['raw_max']:.0f})")
+        for name, row in table.items():
             print(f"{name:18s} {row['thrusters']:3d} thrusters ({row['banks']} bank(s)): "
-                  f"{row['loop_cycles_per_s']:8.0f} cycles/s  ratio {row['ratio']:.2f}  "
-                  f"RTT p50 {row['rtt_ms_p50']:.3f} ms p99 {row['rtt_ms_p99']:.3f} ms")
+                  f"{row['loop_cycles_per_s']:8.0f} cycles/s  ratio {row['ratio']:.2f} "
+                  f"({row['ratio_min']:.2f}..{row['ratio_max']:.2f})  RTT p50 "
+                  f"{row['rtt_ms_p50']:.3f} ms p99 {row['rtt_ms_p99']:.3f} ms")
     return 0
 
 
