@@ -225,7 +225,9 @@ class Emulator:
             self._write_log(self._counters(now))
             self._next_counters = now + _COUNTERS_EVERY_US
 
-    def _timeout_s(self, now: int) -> float:
+    def _due(self, now: int) -> int:
+        """When _step must run next (emulator us): the earliest timer of the unit, a reset, a
+        delayed frame, a scheduled fault, the counters record, or the next HUP poll."""
         times = [self.core.next_deadline_us(), self._reset_at, self._next_counters]
         if self._delayed:
             times.append(self._delayed[0][0])
@@ -233,8 +235,7 @@ class Emulator:
             times.append(self.faults.next_unit_fault_us(self._first_fire_us))
         if not self.connected:
             times.append(now + _HUP_POLL_US)
-        due = min(t for t in times if t is not None)
-        return max(0.0, (due - now) / 1e6)
+        return min(t for t in times if t is not None)
 
     def serve(self) -> int:
         """Serve until a signal arrives. Returns the exit status (0)."""
@@ -246,12 +247,15 @@ class Emulator:
         try:
             if not self.auto_reset:
                 self.send(self.core.boot(self.now()), self.now())
+            due = 0  # _step (timers, faults, connection) runs only when something is due
             while self.stop_signal is None:
                 now = self.now()
-                self._step(now)
+                if now >= due:
+                    self._step(now)
+                    due = self._due(now)
                 rlist = [wake_r] + ([self.master] if self.connected else [])
                 wlist = [self.master] if self._out and self.connected else []
-                r, w, _ = select.select(rlist, wlist, [], self._timeout_s(self.now()))
+                r, w, _ = select.select(rlist, wlist, [], max(0.0, (due - self.now()) / 1e6))
                 if self.stop_signal is not None:
                     break
                 if self.master in r:
@@ -268,6 +272,12 @@ class Emulator:
                         self._on_rx(data, self.now())
                     elif not self._host_present():
                         self._disconnected()
+                    if self._out:
+                        self._flush()  # answer first, then the bookkeeping
+                    self._drain_journal()
+                    due = min(due, self._due(self.now()))  # what the input scheduled
+                    if not self.connected:
+                        due = 0
                 if self._out:
                     self._flush()
             now = self.now()
