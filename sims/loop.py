@@ -146,6 +146,20 @@ def normal(seed, counter):
 
 
 @kernel
+def fill_uniform(seed, base, out):
+    """out[i] = uniform(seed, base + i): the (0, 1) draws of one dispersed parameter."""
+    for i in range(out.shape[0]):
+        out[i] = uniform(seed, base + i)
+
+
+@kernel
+def fill_normal(seed, base, out):
+    """out[i] = normal(seed, base + i): the standard-normal draws of one dispersed parameter."""
+    for i in range(out.shape[0]):
+        out[i] = normal(seed, base + i)
+
+
+@kernel
 def along_track_B(y, out):
     """The LVLH along-track unit vector in B from the plant state, computed exactly as
     ``controller.step`` computes it from the sensor vector (so with ideal sensors the two agree
