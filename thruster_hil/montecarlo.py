@@ -210,9 +210,10 @@ def run_dask(campaign: Campaign, *, scheduler: str | None = None, client=None, c
         spans = _chunks(campaign.n_cases, chunk)
         rows = np.zeros((campaign.n_cases, batch.B_LEN))
         t0 = time.perf_counter()
-        [campaign_f] = client.scatter([campaign], broadcast=True)
         token = uuid.uuid4().hex[:8]
-        futures = [client.submit(run_chunk, campaign_f, s, e, key=f"thruster-hil-mc-{token}-{s}",
+        # The campaign (~7 kB pickled) rides in every task rather than being scattered: a
+        # scattered object dies with the workers holding it, a task argument never does.
+        futures = [client.submit(run_chunk, campaign, s, e, key=f"thruster-hil-mc-{token}-{s}",
                                  retries=RETRIES, pure=False) for s, e in spans]
         done = 0
         failed = 0
