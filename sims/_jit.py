@@ -3,6 +3,9 @@
 Kernels are compiled with ``cache=True`` so a second process loads machine code from
 ``__pycache__`` instead of recompiling, ``nogil=True`` so a reader thread keeps running while a
 kernel does, and without fastmath so results are bit-for-bit reproducible across runs.
+:func:`parallel_kernel` adds ``parallel=True`` for the few kernels that spread independent work
+(Monte-Carlo cases) over numba's threads with ``prange``; each iteration must be independent of
+the others so the result never depends on the thread count.
 """
 
 from numba import njit
@@ -13,3 +16,8 @@ JIT_OPTIONS = {"cache": True, "nogil": True, "fastmath": False, "error_model": "
 def kernel(fn):
     """Compile ``fn`` as a thruster-hil numba kernel (pure function on arrays and floats)."""
     return njit(**JIT_OPTIONS)(fn)
+
+
+def parallel_kernel(fn):
+    """Compile ``fn`` as a kernel whose ``prange`` loops run on numba's thread pool."""
+    return njit(parallel=True, **JIT_OPTIONS)(fn)

@@ -15,7 +15,10 @@ The burn starts at ignition (half the planned burn before the apsis the plan cen
 the stack's reboost attitude held in LVLH, and ends when the controller reports the target
 reached and the last tail-off has been delivered. What the burn did to the orbit is the
 difference of mean elements between the burned state and a no-burn twin propagated over the same
-time (see :func:`sims.orbit.mean_change`).
+time (see :func:`sims.loop.orbit_change`).
+
+The cycle itself lives in :mod:`sims.loop` as two numba kernels around the unit; with the
+in-process ideal unit and nobody watching each cycle the whole burn runs in numba there.
 """
 
 from __future__ import annotations
@@ -28,27 +31,26 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from controller import cycle as cst
-from controller.build import Controller, build_controller
-from sims import atmosphere, orbit, plant
-from sims.attitude import dcm_from_q, lvlh_attitude_q, lvlh_rate_B
-from sims.constants import MU_EARTH
-from sims.thrusters import (
-    HEALTH_FAILED_OFF,
-    HEALTH_NOMINAL,
-    VS_EDGE_T,
-    VS_THRUST,
-    feed_update,
-    valve_cycle,
-    valve_state_at_rest,
+from controller.modulation import T_TRANSLATION
+from sims.loop import (
+    COAST_STEP_S,
+    F_QUIET,
+    N_SUB,
+    O_ACHIEVED_DV,
+    O_D_A,
+    O_D_APOGEE,
+    O_D_PERIGEE,
+    O_PROPELLANT,
+    O_TRUE_DV,
+    OVERRUN_FACTOR,
+    PlantCase,
+    Sim,
+    new_sim,
 )
+from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL
 
-#: RK4 sub-steps per control cycle (0.1 s at the 0.5 s control period).
-N_SUB = 5
-#: Step of the orbit-only propagations that measure the burn's effect [s].
-COAST_STEP_S = 1.0
-#: Cycles allowed beyond the planned burn before the run is declared overdue.
-OVERRUN_FACTOR = 3.0
-
+__all__ = ["COAST_STEP_S", "N_SUB", "OVERRUN_FACTOR", "Failure", "IdealUnit", "RunResult",
+           "UnitReport", "format_run", "run_burn"]
 
 @dataclass
 class UnitReport:
@@ -101,98 +103,142 @@ class RunResult:
     events: list[dict] = field(default_factory=list)
 
 
-def _sensors(ctrl: Controller, y: np.ndarray, sensed: np.ndarray) -> None:
-    s = ctrl.sens
-    s[cst.S_R:cst.S_R + 3] = y[plant.R:plant.R + 3]
-    s[cst.S_V:cst.S_V + 3] = y[plant.V:plant.V + 3]
-    s[cst.S_Q:cst.S_Q + 4] = y[plant.Q:plant.Q + 4]
-    s[cst.S_W:cst.S_W + 3] = y[plant.W:plant.W + 3]
-    s[cst.S_MASS] = y[plant.M]
-    s[cst.S_DV:cst.S_DV + 3] = sensed[0:3]
-
-
 def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = None,
-             on_cycle: Callable[[int, dict], None] | None = None) -> RunResult:
-    """Fly the planned burn of ``model`` (a StackModel) in closed loop and summarise it."""
+             on_cycle: Callable[[int, dict], None] | None = None,
+             case: PlantCase | None = None) -> RunResult:
+    """Fly the planned burn of ``model`` (a StackModel) in closed loop and summarise it.
+
+    ``unit`` None is the in-process :class:`IdealUnit`; without ``on_cycle`` that burn runs
+    entirely in numba (:func:`sims.loop.fly`), otherwise cycle by cycle from here with the same
+    kernels (:func:`sims.loop.pre_unit`, the unit, :func:`sims.loop.post_unit`). ``case``
+    (a :class:`sims.loop.PlantCase`, e.g. one case of a dispersion campaign) perturbs the plant
+    and the sensors while the controller keeps the nominal model.
+    """
     period = float(model.control_period_s)
     period_ms = int(round(period * 1000))
     n = len(model.thruster_names)
-    ctrl = build_controller(model, plan["delta_v_mps"])
-    unit = unit if unit is not None else IdealUnit(n, period_ms)
-    failures = list(failures or [])
     names = list(model.thruster_names)
+    failures = list(failures or [])
+    if case is not None and case.fail_index >= 0:
+        failures.append(Failure(names[case.fail_index], float(case.fail_at_s)))
     for f in failures:
         f.index = names.index(f.name)
-
-    # Ignition state: half the planned burn before the apsis, in the reboost attitude.
-    a0, e0 = orbit.a_e_from_apsis_altitudes(plan["perigee_km_before"] * 1e3,
-                                            plan["apogee_km_before"] * 1e3)
-    incl = math.radians(plan["inclination_deg"])
-    r0, v0 = orbit.rv_before_apsis(a0, e0, incl, plan["burn_duration_s"] / 2.0,
-                                   plan["burn_centre"])
-    q0 = np.empty(4)
-    lvlh_attitude_q(r0, v0, np.ascontiguousarray(model.dcm_BH), q0)
-    dcm = np.empty((3, 3))
-    dcm_from_q(q0, dcm)
-    w0 = np.empty(3)
-    lvlh_rate_B(r0, v0, dcm, w0)
-    y = plant.initial_state(r0, v0, q0, w0, model.mass_kg)
-    y_start = y.copy()
-
-    table = atmosphere.density_table(plan["solar_activity"])
-    cd_area = model.drag_coefficient * model.drag_area_m2
-    inertia = np.ascontiguousarray(model.I_B)
-    inertia_inv = np.linalg.inv(inertia)
-    u_T_B = np.ascontiguousarray(model.u_T_B)
-    r_TC_B = np.ascontiguousarray(model.r_TC_B)
-    isp_ref = np.ascontiguousarray(model.isp_s, dtype=np.float64)
-    thrust_ref = np.ascontiguousarray(model.thrust_N, dtype=np.float64)
-    isp = isp_ref.copy()  # present Isp and thrust: they follow the feed pressure
-    thrust = thrust_ref.copy()
-    feed = (np.ascontiguousarray(model.tank_idx, dtype=np.int64),
-            np.ascontiguousarray(model.tank_propellant_kg, dtype=np.float64),
-            np.ascontiguousarray(model.tank_blowdown, dtype=np.bool_),
-            np.ascontiguousarray(model.tank_pressure_Pa, dtype=np.float64),
-            np.ascontiguousarray(model.tank_gas_volume_m3, dtype=np.float64),
-            np.ascontiguousarray(model.tank_propellant_density_kg_m3, dtype=np.float64),
-            np.ascontiguousarray(model.tank_polytropic_n, dtype=np.float64), thrust_ref, isp_ref,
-            np.ascontiguousarray(model.thrust_exponent, dtype=np.float64),
-            np.ascontiguousarray(model.isp_exponent, dtype=np.float64))
-    tank_used = np.zeros(len(model.tank_names))
-    t_od = np.ascontiguousarray(model.open_delay_s, dtype=np.float64)
-    t_cd = np.ascontiguousarray(model.close_delay_s, dtype=np.float64)
-    tau_r = np.ascontiguousarray(model.rise_time_s, dtype=np.float64)
-    tau_t = np.ascontiguousarray(model.tail_off_s, dtype=np.float64)
-    true_health = np.full(n, HEALTH_NOMINAL, np.int64)
-    valves = valve_state_at_rest(n)
-    impulse = np.zeros((N_SUB, n))
-    on_s = np.zeros(n)
-    sensed = np.zeros(plant.SENSED_LEN)
-    work = np.empty(plant.PLANT_WORK_LEN)
-    cmg = np.zeros(3)
-    budget = float(model.cmg_torque_budget_Nm)
-
-    max_cycles = int(math.ceil(OVERRUN_FACTOR * plan["burn_duration_s"] / period)) + 40
+    sim = new_sim(model, plan, case)
+    max_cycles = sim.setup.max_cycles
     # Per-cycle records, preallocated: the loop only writes numbers.
     statuses = np.zeros(max_cycles, np.int64)
     att_err = np.zeros(max_cycles)
     longest = np.zeros(max_cycles, np.int64)
-    ctrl_state = ctrl.ctrl
-    on_ms = ctrl.on_ms
-    complete_cycle = None
     events: list[dict] = []
-    translation_idx = np.asarray(model.translation_idx)
-    unit_errors = tuple(getattr(unit, "errors", ()))
-    realtime = bool(getattr(unit, "realtime", False))
     aborted: str | None = None
     late_cycles = 0
-    wall0 = time.perf_counter()
-    k = 0
-    pace0 = time.monotonic()
+    fused = unit is None and on_cycle is None
+    unit = unit if unit is not None else IdealUnit(n, period_ms)
+    realtime = bool(getattr(unit, "realtime", False))
+    if fused:
+        fail_idx = np.array([f.index for f in failures], np.int64)
+        fail_at = np.array([f.at_s for f in failures], np.float64)
+        fail_code = np.array([f.code for f in failures], np.int64)
+        fail_cycle = np.full(len(failures), -1, np.int64)
+        wall0 = time.perf_counter()
+        k, complete, _plant = sim.fly(fail_idx, fail_at, fail_code, fail_cycle, statuses,
+                                      att_err, longest)
+        wall = time.perf_counter() - wall0
+        complete_cycle = complete if complete >= 0 else None
+        for f, kf in zip(failures, fail_cycle, strict=True):
+            if kf >= 0:
+                f.applied_cycle = int(kf)
+                t = float(kf * period)
+                events.append({"event": "thruster_failed", "thruster": f.name, "t_s": t,
+                               "cycle": int(kf)})
+                events.append({"event": "reallocated", "thruster": f.name, "t_s": t,
+                               "cycle": int(kf), "health": int(f.code)})
+        if complete_cycle is not None:
+            events.append({"event": "burn_complete", "t_s": complete_cycle * period,
+                           "cycle": complete_cycle, "sensed_dv_mps": None})
+        events.sort(key=lambda e: e["cycle"])
+        unit.close()
+        cycles_per_s = k / wall if wall > 0 and k > 0 else math.nan
+    else:
+        k, complete_cycle, aborted, late_cycles, wall = _cycle_by_cycle(
+            sim, unit, failures, names, events, statuses, att_err, longest, on_cycle, realtime)
+        cycles_per_s = (k - 1) / wall if wall > 0 and k > 1 else math.nan
+    if aborted is not None:
+        events.append({"event": "aborted", "cycle": k, "t_s": k * period, "reason": aborted})
+    out = sim.finish(k)
+    max_err = float(att_err[:k].max()) if k else 0.0
+    max_on_ms = int(longest[:k].max()) if k else 0
+    bound_violations = int(np.count_nonzero(longest[:k] > period_ms))
+    status_counts = {name: int(np.count_nonzero(statuses[:k] & bit))
+                     for bit, name in cst.STATUS_NAMES.items()
+                     if np.count_nonzero(statuses[:k] & bit)}
+    achieved = float(out[O_ACHIEVED_DV])
+    target = plan["delta_v_mps"]
+    summary = {
+        "stack": plan["stack"],
+        "unit": getattr(unit, "name", type(unit).__name__),
+        "target_delta_v_mps": target,
+        "achieved_delta_v_mps": achieved,
+        "delta_v_error_pct": 100.0 * (achieved - target) / target,
+        "true_delta_v_mps": float(out[O_TRUE_DV]),
+        "burn_duration_s": (complete_cycle if complete_cycle is not None else k) * period,
+        "planned_burn_duration_s": plan["burn_duration_s"],
+        "cycles": k,
+        "completed": complete_cycle is not None,
+        "aborted": aborted is not None,
+        "abort_reason": aborted,
+        "max_attitude_error_deg": math.degrees(max_err),
+        "attitude_limit_deg": math.degrees(model.max_attitude_error_rad),
+        "propellant_kg": float(out[O_PROPELLANT]),
+        "tank_used_kg": {name: round(float(u), 4) for name, u in zip(model.tank_names,
+                                                                       sim.tank_used,
+                                                                       strict=True)},
+        "perigee_km_before": plan["perigee_km_before"],
+        "apogee_km_before": plan["apogee_km_before"],
+        "perigee_km_after": plan["perigee_km_before"] + out[O_D_PERIGEE] / 1e3,
+        "apogee_km_after": plan["apogee_km_before"] + out[O_D_APOGEE] / 1e3,
+        "mean_altitude_change_km": out[O_D_A] / 1e3,
+        "max_on_time_ms": max_on_ms,
+        "period_ms": period_ms,
+        "on_time_bound_violations": bound_violations,
+        "status_cycles": status_counts,
+        "failures": [{"thruster": f.name, "at_s": f.at_s} for f in failures],
+        "reallocations": [e for e in events if e["event"] == "reallocated"],
+        "wall_s": wall,
+        "cycles_per_s": cycles_per_s,
+    }
+    if realtime:
+        summary["late_cycles"] = late_cycles
+    if hasattr(unit, "stats"):
+        summary["link"] = unit.stats()
+    return RunResult(summary, events)
 
-    # One cycle is before_unit() -> the unit executes -> after_unit(report). A serial unit in
-    # LOCKSTEP runs the chain on its reader thread (execute_chain); every other unit is
-    # called once per cycle here.
+
+def _cycle_by_cycle(sim: Sim, unit, failures, names, events, statuses, att_err, longest,
+                    on_cycle, realtime):
+    """The loop with the unit in Python between the two halves of each cycle (a serial unit,
+    or a run that records every cycle). Returns (cycles, complete cycle, abort reason, late
+    cycles, wall time [s] from the end of the first cycle to the end of the last).
+
+    One cycle is before_unit() -> the unit executes -> after_unit(report). A unit with
+    ``execute_chain`` (a serial unit in LOCKSTEP) runs the cycles itself, on its link's reader
+    thread (:meth:`firmware_bridge.link.Link.fire_chain`); every other unit is called once per
+    cycle from here.
+    """
+    ctrl = sim.ctrl
+    period = sim.setup.period_s
+    max_cycles = sim.setup.max_cycles
+    true_health = sim.true_health
+    on_ms = ctrl.on_ms
+    translation_idx = np.flatnonzero(ctrl.thr[:, T_TRANSLATION] > 0.5)
+    unit_errors = tuple(getattr(unit, "errors", ()))
+    complete_cycle = None
+    aborted = None
+    late_cycles = 0
+    wall0 = time.perf_counter()
+    wall1 = None
+    k = 0
+
     def before_unit() -> np.ndarray:
         nonlocal complete_cycle
         t = k * period
@@ -205,12 +251,9 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
                         unit.fail(f.index, f.code)
                     events.append({"event": "thruster_failed", "thruster": f.name,
                                    "t_s": t, "cycle": k})
-        _sensors(ctrl, y, sensed)
-        sensed[:] = 0.0
-        status = ctrl.step()
-        statuses[k] = status
-        att_err[k] = ctrl_state[cst.C_ATT_ERR]
-        if complete_cycle is None and ctrl_state[cst.C_COMPLETE] > 0.5:
+        statuses[k] = sim.pre(k)
+        att_err[k] = ctrl.ctrl[cst.C_ATT_ERR]
+        if complete_cycle is None and ctrl.ctrl[cst.C_COMPLETE] > 0.5:
             complete_cycle = k
             events.append({"event": "burn_complete", "t_s": t, "cycle": k,
                            "sensed_dv_mps": ctrl.dv_along_mps})
@@ -218,44 +261,32 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
 
     def after_unit(report: UnitReport) -> bool:
         """Integrate cycle k with what the unit executed; True if the burn goes on."""
-        nonlocal k, wall0
-        t = k * period
+        nonlocal k, wall0, wall1
         if report.health.any() or ctrl.health.any():
             newly_out = (report.health != HEALTH_NOMINAL) & (ctrl.health == HEALTH_NOMINAL)
             for i in np.flatnonzero(newly_out):
-                events.append({"event": "reallocated", "thruster": names[i], "t_s": t,
+                events.append({"event": "reallocated", "thruster": names[i], "t_s": k * period,
                                "cycle": k, "health": int(report.health[i])})
             ctrl.health[:] = report.health
         longest[k] = on_ms.max()
-        np.multiply(report.executed_ms, 1e-3, out=on_s)
-        valve_cycle(on_s, true_health, thrust, t_od, t_cd, tau_r, tau_t, period, valves,
-                    impulse)
-        if budget > 0.0:
-            cmg[:] = ctrl.qp[cst.Q_X, n:n + 3] * budget
-        plant.plant_cycle(y, period, impulse, u_T_B, r_TC_B, isp, cmg, inertia, inertia_inv,
-                          cd_area, 1.0, 1.0, table[0], table[1], work, y, sensed)
-        feed_update(impulse, isp, *feed, tank_used, thrust, isp)
+        flags = sim.post(report.executed_ms)
         if k == 0:
             wall0 = time.perf_counter()  # the first cycle also loads the kernels: not timed
         if on_cycle is not None:
-            on_cycle(k, {"t_s": t, "status": int(statuses[k]), "ctrl": ctrl, "y": y,
-                         "executed_ms": report.executed_ms, "rtt_s": report.rtt_s})
+            on_cycle(k, {"t_s": k * period, "status": int(statuses[k]), "ctrl": ctrl,
+                         "y": sim.y, "executed_ms": report.executed_ms, "rtt_s": report.rtt_s})
         k += 1
-        if complete_cycle is not None:
-            quiet = (np.all(valves[:, VS_THRUST] < 1e-9 * thrust)
-                     and np.all(np.isnan(valves[:, VS_EDGE_T])))
-            if quiet and not on_ms[translation_idx].any():
-                return False
+        wall1 = time.perf_counter()
+        if complete_cycle is not None and flags & F_QUIET and not on_ms[translation_idx].any():
+            return False
         return k < max_cycles
 
-    def next_cycle(report: UnitReport) -> np.ndarray | None:
-        return before_unit() if after_unit(report) else None
-
-    wall1 = None
     try:
         if not realtime and hasattr(unit, "execute_chain"):
-            unit.execute_chain(k, before_unit(), next_cycle)
+            unit.execute_chain(0, before_unit(),
+                               lambda report: before_unit() if after_unit(report) else None)
         else:
+            pace0 = time.monotonic()
             while k < max_cycles:
                 if realtime:
                     # Pace the cycles on the wall clock: cycle k starts k periods after the
@@ -268,75 +299,14 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
                         late_cycles += 1
                 if not after_unit(unit.execute(k, before_unit())):
                     break
-        wall1 = time.perf_counter()
     except unit_errors as exc:
         aborted = f"unit: {exc}"
     except KeyboardInterrupt:
         aborted = "interrupted"
     finally:
         unit.close()
-    if aborted is not None:
-        events.append({"event": "aborted", "cycle": k, "t_s": k * period, "reason": aborted})
     # Closing the unit (stopping its process) is not part of the loop's speed.
-    wall = (wall1 if wall1 is not None else time.perf_counter()) - wall0
-    max_err = float(att_err[:k].max()) if k else 0.0
-    max_on_ms = int(longest[:k].max()) if k else 0
-    bound_violations = int(np.count_nonzero(longest[:k] > period_ms))
-    status_counts = {name: int(np.count_nonzero(statuses[:k] & bit))
-                     for bit, name in cst.STATUS_NAMES.items()
-                     if np.count_nonzero(statuses[:k] & bit)}
-    # The last cycle's accelerometer increment (the tail) still belongs to the burn.
-    _sensors(ctrl, y, sensed)
-    x_b = ctrl.ctrl[cst.C_XH_B:cst.C_XH_B + 3]
-    achieved = ctrl.dv_along_mps + float(sensed[0:3] @ x_b)
-
-    # Orbit after: burned state vs a no-burn twin over the same time, mean elements.
-    elapsed = k * period
-    n_coast = max(1, int(round(elapsed / COAST_STEP_S)))
-    coast = np.empty((n_coast + 1, 7))
-    y7 = np.concatenate([y_start[0:6], [y_start[plant.M]]])
-    orbit.propagate(y7, elapsed / n_coast, n_coast, 1, 0.0, 0.0, np.zeros(3), 0.0, cd_area, 1.0,
-                    table[0], table[1], coast)
-    period_orbit = orbit.period_s(a0, MU_EARTH)
-    y_burn7 = np.concatenate([y[0:6], [y[plant.M]]])
-    change = orbit.mean_change(y_burn7, coast[-1], period_orbit, cd_area, table, COAST_STEP_S)
-    target = plan["delta_v_mps"]
-    summary = {
-        "stack": plan["stack"],
-        "unit": getattr(unit, "name", type(unit).__name__),
-        "target_delta_v_mps": target,
-        "achieved_delta_v_mps": achieved,
-        "delta_v_error_pct": 100.0 * (achieved - target) / target,
-        "burn_duration_s": (complete_cycle if complete_cycle is not None else k) * period,
-        "planned_burn_duration_s": plan["burn_duration_s"],
-        "cycles": k,
-        "completed": complete_cycle is not None,
-        "aborted": aborted is not None,
-        "abort_reason": aborted,
-        "max_attitude_error_deg": math.degrees(max_err),
-        "attitude_limit_deg": math.degrees(model.max_attitude_error_rad),
-        "propellant_kg": float(y_start[plant.M] - y[plant.M]),
-        "tank_used_kg": {name: round(float(u), 4) for name, u in zip(model.tank_names, tank_used,
-                                                                       strict=True)},
-        "perigee_km_before": plan["perigee_km_before"],
-        "apogee_km_before": plan["apogee_km_before"],
-        "perigee_km_after": plan["perigee_km_before"] + change["d_perigee_m"] / 1e3,
-        "apogee_km_after": plan["apogee_km_before"] + change["d_apogee_m"] / 1e3,
-        "mean_altitude_change_km": change["d_a_m"] / 1e3,
-        "max_on_time_ms": max_on_ms,
-        "period_ms": period_ms,
-        "on_time_bound_violations": bound_violations,
-        "status_cycles": status_counts,
-        "failures": [{"thruster": f.name, "at_s": f.at_s} for f in failures],
-        "reallocations": [e for e in events if e["event"] == "reallocated"],
-        "wall_s": wall,
-        "cycles_per_s": (k - 1) / wall if wall > 0 and k > 1 else math.nan,
-    }
-    if realtime:
-        summary["late_cycles"] = late_cycles
-    if hasattr(unit, "stats"):
-        summary["link"] = unit.stats()
-    return RunResult(summary, events)
+    return k, complete_cycle, aborted, late_cycles, (wall1 or time.perf_counter()) - wall0
 
 
 def format_run(s: dict) -> str:

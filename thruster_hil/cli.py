@@ -86,8 +86,49 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="DIR",
                      help="run directory for summary.json, telemetry.csv and the raw wire "
                      "capture (default: runs/<UTC time>-<stack>); must not exist or be empty")
+    run.add_argument("--dispersions", metavar="NAME|FILE",
+                     help="with --unit sim: fly one case of a Monte-Carlo campaign with this "
+                     "dispersion spec (with --case-seed K, or --case N [--seed S])")
+    run.add_argument("--case-seed", type=_seed, metavar="K",
+                     help="the case's seed, as cases.csv and summary.json list it")
+    run.add_argument("--case", type=_non_negative_int("--case"), metavar="N",
+                     help="case N of the campaign with --seed S (default: the spec's seed)")
+    run.add_argument("--seed", type=_seed, metavar="S", help="the campaign seed for --case")
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.set_defaults(handler=_cmd_run)
+
+    mc = sub.add_parser(
+        "montecarlo",
+        help="a Monte-Carlo dispersion campaign of the burn (all-numba batches, or Dask)",
+        description="Plan the burn as 'plan' does, then fly N cases of it, each with the true "
+        "stack and sensors drawn from a dispersion spec (thrust, Isp, misalignment, valve "
+        "delays, mass, centre of mass, sensor noise, thruster failure) while the controller "
+        "keeps the nominal model. Cases run in numba batches over this machine's cores, or as "
+        "tasks on a Dask cluster (--scheduler). Writes cases.csv, summary.json and report.png; "
+        "exit status 1 when any case fails its pass criteria. Rerun one case with 'run --unit "
+        "sim --dispersions FILE --case-seed K'.",
+    )
+    _add_burn_arguments(mc)
+    mc.add_argument("--cases", type=_positive_int("--cases"), required=True, metavar="N",
+                    help="number of cases")
+    mc.add_argument("--dispersions", default="default", metavar="NAME|FILE",
+                    help="dispersion spec: a name in hw_configs/dispersions/ or a TOML path "
+                    "(default: default)")
+    mc.add_argument("--seed", type=_seed, metavar="S",
+                    help="campaign seed (default: the spec's); case i's seed derives from "
+                    "(S, i) only")
+    mc.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                    help="run on this Dask distributed scheduler (needs "
+                    "pip install 'thruster-hil[dask]'); default: this machine's cores")
+    mc.add_argument("--chunk", type=_positive_int("--chunk"), metavar="N",
+                    help="cases per batch call / Dask task (default: 25, or 8 per thread)")
+    mc.add_argument("--threads", type=_positive_int("--threads"), metavar="N",
+                    help="numba threads on this machine (default: all cores)")
+    mc.add_argument("--out", metavar="DIR",
+                    help="output directory (default: runs/<UTC time>-<stack>-montecarlo); must "
+                    "not exist or be empty")
+    mc.add_argument("--json", action="store_true", help="print summary.json's object")
+    mc.set_defaults(handler=_cmd_montecarlo)
 
     replay = sub.add_parser(
         "replay",
@@ -152,6 +193,42 @@ def build_parser() -> argparse.ArgumentParser:
     selftest.add_argument("--json", action="store_true", help="print one JSON object")
     selftest.set_defaults(handler=_cmd_selftest)
     return parser
+
+
+def _positive_int(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < 1 or value > 10**8:
+            raise argparse.ArgumentTypeError(f"expected a whole number in 1..1e8, got {text!r}")
+        return value
+
+    return parse
+
+
+def _non_negative_int(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number in 0..2**63-1, got {text!r}")
+    return value
 
 
 def _failure(text: str) -> tuple[str, float]:
@@ -236,6 +313,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise UserError("run", f"expected a thruster of stack {plan['stack']} ("
                             f"{', '.join(names)}), got {name!r}", field="--fail-thruster")
         failures.append(Failure(name, at_s))
+    case, case_info = _run_case(args, model)
     from thruster_hil.records import RunRecorder, default_run_dir, run_meta
 
     out_dir = args.out if args.out is not None else default_run_dir(plan["stack"])
@@ -244,8 +322,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         unit = _open_run_unit(args, model, names, recorder)
         link_info = getattr(getattr(unit, "link", None), "info", None)
         result = run_burn(model, plan, unit=unit, failures=failures,
-                          on_cycle=recorder.on_cycle)
+                          on_cycle=recorder.on_cycle, case=case)
         summary = dict(result.summary)
+        summary.update(case_info)
         summary["run_dir"] = str(out_dir)
         summary["plan"] = plan  # what replay needs to fly the same burn again
         summary["stack_path"] = str(load_stack(args.stack).path)
@@ -260,6 +339,93 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if summary.get("abort_reason") == "interrupted":
         return 130
     return 1 if summary.get("aborted") else 0
+
+
+def _run_case(args: argparse.Namespace, model):
+    """The dispersed case a run flies (None: the nominal stack) and what to record about it."""
+    given = [a for a, v in (("--case-seed", args.case_seed), ("--case", args.case),
+                            ("--seed", args.seed)) if v is not None]
+    if args.dispersions is None:
+        if given:
+            raise UserError("run", f"{given[0]} selects a Monte-Carlo case: it needs "
+                            "--dispersions FILE")
+        return None, {}
+    if args.unit != "sim" or args.port is not None:
+        raise UserError("run", "flies a Monte-Carlo case in the software loop: use it with "
+                        "--unit sim", field="--dispersions")
+    if (args.case_seed is None) == (args.case is None):
+        raise UserError("run", "needs exactly one of --case-seed K or --case N",
+                        field="--dispersions")
+    if args.case_seed is not None and args.seed is not None:
+        raise UserError("run", "goes with --case N, not with --case-seed", field="--seed")
+    from thruster_hil.dispersions import case_seed, load_dispersions, sample_case
+
+    spec = load_dispersions(args.dispersions)
+    if args.case_seed is not None:
+        seed_k = args.case_seed
+        info = {"case_seed": seed_k}
+    else:
+        campaign_seed = spec.seed if args.seed is None else args.seed
+        seed_k = case_seed(campaign_seed, args.case)
+        info = {"case": args.case, "campaign_seed": campaign_seed, "case_seed": seed_k}
+    info["dispersions"] = spec.where
+    return sample_case(spec, model, seed_k), info
+
+
+def _cmd_montecarlo(args: argparse.Namespace) -> int:
+    from thruster_hil import montecarlo as mc
+    from thruster_hil.config import build_stack_model, load_stack
+    from thruster_hil.dispersions import load_dispersions
+
+    spec = load_dispersions(args.dispersions)  # one-line errors before the (slow) plan
+    if args.scheduler is not None:
+        if args.threads is not None:
+            raise UserError("montecarlo", "sets this machine's numba threads; with --scheduler "
+                            "each Dask worker uses its own threads", field="--threads")
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise UserError("montecarlo", f"needs Dask: {mc.DASK_HINT}",
+                            field="--scheduler") from None
+    model = build_stack_model(load_stack(args.stack))
+    plan = _plan_from_args(args)
+    campaign = mc.Campaign.build(model, plan, spec, args.seed, args.cases, args.stack)
+    out_dir = mc.prepare_out_dir(args.out if args.out is not None
+                                 else mc.default_out_dir(plan["stack"]))
+    progress = mc.Progress(args.cases)
+    try:
+        if args.scheduler is not None:
+            result = mc.run_dask(campaign, scheduler=args.scheduler, chunk=args.chunk or 0,
+                                 progress=progress)
+        else:
+            result = mc.run_local(campaign, chunk=args.chunk or 0, threads=args.threads,
+                                  progress=progress)
+    finally:
+        progress.close()
+    outcomes = mc.evaluate(campaign, result.rows)
+    summary = mc.summarise(campaign, result, outcomes, _target_args(args))
+    summary["out_dir"] = str(out_dir)
+    mc.write_outputs(out_dir, campaign, outcomes, summary)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(mc.format_summary(summary))
+        print(f"cases.csv, summary.json and report.png in {out_dir}")
+    return 0 if summary["failed"] == 0 else 1
+
+
+def _target_args(args: argparse.Namespace) -> list[str]:
+    """The orbit and target arguments as given (so a rerun plans the same burn)."""
+    out = []
+    for flag, value in (("--perigee-km", args.perigee_km), ("--apogee-km", args.apogee_km),
+                        ("--delta-v", args.delta_v),
+                        ("--raise-perigee-km", args.raise_perigee_km),
+                        ("--target-mean-altitude-km", args.target_mean_altitude_km),
+                        ("--burn-duration", args.burn_duration),
+                        ("--solar-activity", args.solar_activity)):
+        if value is not None:
+            out += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return out
 
 
 def _open_run_unit(args: argparse.Namespace, model, names: list[str], recorder):

@@ -1,0 +1,134 @@
+"""Many burns at once, all in numba: one Monte-Carlo case per ``prange`` iteration.
+
+Every case flies :func:`sims.loop.fly` (the same compiled function ``run --unit sim`` uses
+through :func:`sims.runner.run_burn`) on its own copies of the mutable arrays, then
+:func:`sims.loop.finish`; nothing is shared between iterations but read-only inputs, so a case's
+numbers do not depend on how many threads ran or which thread ran it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from controller import cycle as cst
+from controller.modulation import MOD_COLS
+from sims import loop
+from sims._jit import parallel_kernel
+from sims.plant import PLANT_WORK_LEN, SENSED_LEN
+from sims.thrusters import HEALTH_FAILED_OFF, VALVE_STATE_LEN, VS_EDGE_T
+
+# ---- one result row per case: finish()'s OUT_LEN numbers, then -------------------------------
+B_CYCLES = loop.OUT_LEN  # cycles flown
+B_COMPLETE_CYCLE = B_CYCLES + 1  # cycle the controller declared the burn complete (-1 never)
+B_MAX_ATT_ERR = B_CYCLES + 2  # largest attitude error the controller saw [rad]
+B_MAX_ON_MS = B_CYCLES + 3  # longest command [ms]
+B_BOUND_VIOLATIONS = B_CYCLES + 4  # cycles with a command longer than the period
+B_FAIL_CYCLE = B_CYCLES + 5  # cycle the dispersed failure struck (-1 none)
+B_PLANT_STATUS = B_CYCLES + 6  # worst plant_cycle status (0 ok)
+B_STATUS_OR = B_CYCLES + 7  # OR of the controller's status words
+B_LEN = B_CYCLES + 8
+
+
+@parallel_kernel
+def fly_batch(seeds, fail_idx, fail_at, pscal, pthr, geom, y0, ptank, tank_idx, table,
+              max_cycles, n_window, params, A, H, thr, qp0, ints0, out):
+    """Fly case c = 0 .. len(seeds)-1 with the ideal unit: seeds (N,) int64 key the sensor
+    noise; fail_idx/fail_at (N, F) the failures (-1: none); pscal (N, PS_LEN), pthr
+    (N, PT_LEN, n), geom (N, 2, n, 3), y0 (N, PLANT_STATE_LEN) the true plants; the tanks, the
+    atmosphere and the nominal controller (params, A, H, thr and the initial qp/ints rows) are
+    shared. Writes out (N, B_LEN)."""
+    n_cases = seeds.shape[0]
+    n = thr.shape[0]
+    m = A.shape[1]
+    n_fail = fail_idx.shape[1]
+    for c in prange(n_cases):
+        y = y0[c].copy()
+        y_start = y0[c].copy()
+        sensed = np.zeros(SENSED_LEN)
+        acc = np.zeros(loop.ACC_LEN)
+        valves = np.zeros((n, VALVE_STATE_LEN))
+        for i in range(n):
+            valves[i, VS_EDGE_T] = np.nan
+            valves[i, VS_EDGE_T + 2] = np.nan
+        impulse = np.zeros((loop.N_SUB, n))
+        live = np.zeros((loop.LV_LEN, n))
+        for i in range(n):
+            live[loop.LV_THRUST, i] = pthr[c, loop.PT_THRUST, i]
+            live[loop.LV_ISP, i] = pthr[c, loop.PT_ISP, i]
+        tank_used = np.zeros(ptank.shape[1])
+        work = np.empty(PLANT_WORK_LEN)
+        cmg = np.zeros(3)
+        true_health = np.zeros(n, np.int64)
+        executed = np.zeros(n, np.uint16)
+        sens = np.zeros(cst.SENS_LEN)
+        L = np.zeros((m, m))
+        qp = qp0.copy()
+        ints = ints0.copy()
+        mod = np.zeros((n, MOD_COLS))
+        health = np.zeros(n, np.int64)
+        ctrl = np.zeros(cst.CTRL_LEN)
+        on_ms = np.zeros(n, np.uint16)
+        statuses = np.zeros(max_cycles, np.int64)
+        att_err = np.zeros(max_cycles)
+        longest = np.zeros(max_cycles, np.int64)
+        fail_code = np.full(n_fail, HEALTH_FAILED_OFF, np.int64)
+        fail_cycle = np.full(n_fail, -1, np.int64)
+        k, complete, plant_status = loop.fly(
+            max_cycles, seeds[c], fail_idx[c], fail_at[c], fail_code, fail_cycle, y, sensed,
+            pscal[c], acc, pthr[c], geom[c], ptank, tank_idx, table, valves, impulse, live,
+            tank_used, work, cmg, true_health, executed, sens, params, A, H, L, qp, ints, thr,
+            mod, health, ctrl, on_ms, statuses, att_err, longest)
+        row = out[c]
+        loop.finish(k, y_start, y, sensed, pscal[c], acc, ctrl, n_window, table, row)
+        period_ms = pscal[c, loop.PS_PERIOD_MS]
+        top_err = 0.0
+        top_on = 0
+        violations = 0
+        status_or = 0
+        for j in range(k):
+            if att_err[j] > top_err:
+                top_err = att_err[j]
+            if longest[j] > top_on:
+                top_on = longest[j]
+            if longest[j] > period_ms:
+                violations += 1
+            status_or |= statuses[j]
+        row[B_CYCLES] = k
+        row[B_COMPLETE_CYCLE] = complete
+        row[B_MAX_ATT_ERR] = top_err
+        row[B_MAX_ON_MS] = top_on
+        row[B_BOUND_VIOLATIONS] = violations
+        row[B_FAIL_CYCLE] = fail_cycle[0] if n_fail > 0 else -1
+        row[B_PLANT_STATUS] = plant_status
+        row[B_STATUS_OR] = status_or
+
+
+def run_cases(model, plan: dict, cases: list, setup: loop.BurnSetup | None = None
+              ) -> np.ndarray:
+    """Fly ``cases`` (a list of :class:`sims.loop.PlantCase`) of one planned burn on numba's
+    threads; returns the (len(cases), B_LEN) result rows."""
+    from controller.build import build_controller
+
+    setup = setup if setup is not None else loop.setup_burn(model, plan)
+    n_cases = len(cases)
+    n = setup.n
+    pscal = np.empty((n_cases, loop.PS_LEN))
+    pthr = np.empty((n_cases, loop.PT_LEN, n))
+    geom = np.empty((n_cases, 2, n, 3))
+    y0 = np.empty((n_cases, setup.y0.shape[0]))
+    seeds = np.zeros(n_cases, np.int64)
+    fail_idx = np.full((n_cases, 1), -1, np.int64)
+    fail_at = np.full((n_cases, 1), np.inf)
+    for c, case in enumerate(cases):
+        pscal[c], pthr[c], geom[c], y0[c] = loop.case_arrays(setup, case)
+        if case is not None:
+            seeds[c] = case.seed
+            fail_idx[c, 0] = case.fail_index
+            fail_at[c, 0] = case.fail_at_s
+    ctrl = build_controller(model, plan["delta_v_mps"])
+    out = np.zeros((n_cases, B_LEN))
+    fly_batch(seeds, fail_idx, fail_at, pscal, pthr, geom, y0, setup.ptank, setup.tank_idx,
+              setup.table, setup.max_cycles, setup.n_window, ctrl.params, ctrl.A, ctrl.H,
+              ctrl.thr, ctrl.qp, ctrl.ints, out)
+    return out

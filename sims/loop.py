@@ -1,0 +1,664 @@
+"""One control cycle as numba kernels, shared by every way of flying a burn.
+
+A cycle is ``sensors -> controller.step -> unit -> valve_cycle -> plant_cycle -> feed_update``.
+Two kernels split it where the unit sits, so a serial unit (HIL) can execute in between:
+
+* :func:`pre_unit`: the plant state becomes the sensor vector (with the case's sensor errors,
+  if any), then ``controller.step`` computes the on-times;
+* :func:`post_unit`: the executed on-times drive the valves, the plant integrates the cycle and
+  the tanks update the next cycle's thrust and Isp.
+
+:func:`fly` loops the two with the in-process ideal unit between them entirely in numba (the
+software-in-the-loop reference, and one case of a Monte-Carlo batch), and :func:`finish` turns
+the end state into the burn's numbers (delta-v, propellant, the mean-element change against a
+no-burn twin). ``sims.runner.run_burn`` calls ``pre_unit``/``post_unit`` per cycle for a serial
+unit (or when it records every cycle) and ``fly`` otherwise; ``sims.batch`` calls ``fly`` for
+many cases at once. The same compiled functions in the same order give the same numbers in every
+path: a batch case reproduces ``run --unit sim`` bit for bit.
+
+Truth and model. The *plant* arrays (``pthr``, ``geom``, ``pscal``, the initial state) carry
+the true stack, which a dispersion case perturbs (thrust, Isp, misalignment, delays, mass,
+centre of mass); the *controller* arrays always carry the nominal stack, as flight software
+would. Sensor errors sit between the two: white noise on attitude, rate and the accelerometer
+from a counter-based generator (:func:`normal`) keyed by the case seed and the cycle, so a case
+gives the same noise on any thread, worker or machine, plus a constant accelerometer bias and
+the error of the controller's initial mass estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from controller import cycle as cst
+from controller.modulation import T_TRANSLATION
+from sims._jit import kernel
+from sims.constants import MU_EARTH, R_EARTH
+from sims.orbit import lvlh_axes, propagate
+from sims.plant import M, Q, R, V, W, plant_cycle
+from sims.thrusters import (
+    HEALTH_NOMINAL,
+    VS_EDGE_T,
+    VS_THRUST,
+    feed_update,
+    valve_cycle,
+)
+
+#: RK4 sub-steps per control cycle (0.1 s at the 0.5 s control period).
+N_SUB = 5
+#: Step of the orbit-only propagations that measure the burn's effect [s].
+COAST_STEP_S = 1.0
+
+# ---- plant thruster constants: pthr (PT_LEN, n), one row per quantity ------------------------
+PT_THRUST = 0  # reference (initial-pressure) steady-state thrust [N]
+PT_ISP = 1  # reference Isp [s]
+PT_OPEN_DELAY = 2  # [s]
+PT_CLOSE_DELAY = 3  # [s]
+PT_TAU_RISE = 4  # [s]
+PT_TAU_TAIL = 5  # [s]
+PT_THRUST_EXP = 6  # thrust ~ (p/p0)^a
+PT_ISP_EXP = 7  # Isp ~ (p/p0)^b
+PT_LEN = 8
+# geom (2, n, 3): geom[G_U] = u_T_B (unit force directions), geom[G_R] = r_TC_B [m] (from the CoM)
+G_U = 0
+G_R = 1
+# ---- tanks: ptank (TK_LEN, n_tanks) -----------------------------------------------------------
+TK_LOAD = 0  # propellant load [kg]
+TK_BLOWDOWN = 1  # 1.0 blowdown, 0.0 regulated
+TK_P0 = 2  # initial / regulated pressure [Pa]
+TK_GAS_V = 3  # initial gas volume [m^3]
+TK_RHO = 4  # propellant density [kg/m^3]
+TK_POLY = 5  # polytropic exponent
+TK_LEN = 6
+# ---- plant scalars: pscal (PS_LEN) ------------------------------------------------------------
+PS_PERIOD = 0  # control period [s]
+PS_PERIOD_MS = 1  # control period [ms] (whole)
+PS_CD_AREA = 2  # drag coefficient x area [m^2]
+PS_CMG_BUDGET = 3  # CMG torque budget [N m]
+PS_MASS_EST = 4  # controller's mass estimate minus the true mass [kg] (0: exact)
+PS_NOISE_ATT = 5  # attitude noise, 1 sigma per axis per cycle [rad]
+PS_NOISE_RATE = 6  # rate noise, 1 sigma per axis per cycle [rad/s]
+PS_NOISE_DV = 7  # accelerometer delta-v noise, 1 sigma per axis per cycle [m/s]
+PS_ACC_BIAS = 8  # accelerometer bias in B [m/s^2] (3)
+PS_INERTIA = 11  # true inertia about the CoM in B [kg m^2] (9)
+PS_INERTIA_INV = 20  # its inverse (9)
+PS_LEN = 29
+# ---- per-case accumulators: acc (ACC_LEN) -----------------------------------------------------
+A_TRUE_DV = 0  # true along-track delta-v so far (ideal accelerometer, true attitude) [m/s]
+A_XB = 1  # true along-track unit vector in B at the last cycle (3)
+ACC_LEN = 4
+# ---- live plant quantities: live (LV_LEN, n) ----------------------------------------------------
+LV_THRUST = 0  # present thrust (follows the feed pressure) [N]
+LV_ISP = 1  # present Isp [s]
+LV_ON_S = 2  # executed on-time this cycle [s]
+LV_LEN = 3
+# ---- post_unit flags ----------------------------------------------------------------------------
+F_QUIET = 1  # every valve closed, no thrust left, no pending edge
+F_PLANT_SHIFT = 1  # plant_cycle status << F_PLANT_SHIFT
+# ---- finish() output: the burn's numbers (OUT_LEN) --------------------------------------------
+O_ACHIEVED_DV = 0  # along-track delta-v the controller sensed, last tail included [m/s]
+O_TRUE_DV = 1  # true along-track delta-v (ideal accelerometer, true attitude) [m/s]
+O_PROPELLANT = 2  # [kg]
+O_D_A = 3  # mean semi-major axis change against the no-burn twin [m]
+O_D_PERIGEE = 4  # [m]
+O_D_APOGEE = 5  # [m]
+O_ORBIT_STATUS = 6  # propagate() status of the orbit-after propagations (0 ok)
+OUT_LEN = 7
+
+# Counter-based random numbers: SplitMix64's finaliser (Steele, Lea, Flood 2014) as a hash of
+# (seed, counter). Stateless, so noise never depends on which thread ran which case.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_S11 = np.uint64(11)
+_TWO_M53 = 2.0**-53
+#: Noise channels per cycle (counter stride): attitude 3, rate 3, accelerometer 3.
+NOISE_STRIDE = 16
+
+
+@kernel
+def mix64(x):
+    """SplitMix64 finaliser of a uint64 (a bijection with full avalanche)."""
+    z = x + _GOLDEN
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    return z ^ (z >> _S31)
+
+
+@kernel
+def uniform(seed, counter):
+    """A uniform double in (0, 1) from (seed, counter), both non-negative int64."""
+    z = mix64(np.uint64(seed) ^ mix64(np.uint64(counter)))
+    return (float(z >> _S11) + 0.5) * _TWO_M53
+
+
+@kernel
+def normal(seed, counter):
+    """A standard normal from (seed, counter) by Box-Muller on two counter-derived uniforms."""
+    u1 = uniform(seed, 2 * counter)
+    u2 = uniform(seed, 2 * counter + 1)
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+@kernel
+def fill_uniform(seed, base, out):
+    """out[i] = uniform(seed, base + i): the (0, 1) draws of one dispersed parameter."""
+    for i in range(out.shape[0]):
+        out[i] = uniform(seed, base + i)
+
+
+@kernel
+def fill_normal(seed, base, out):
+    """out[i] = normal(seed, base + i): the standard-normal draws of one dispersed parameter."""
+    for i in range(out.shape[0]):
+        out[i] = normal(seed, base + i)
+
+
+@kernel
+def along_track_B(y, out):
+    """The LVLH along-track unit vector in B from the plant state, computed exactly as
+    ``controller.step`` computes it from the sensor vector (so with ideal sensors the two agree
+    to the bit)."""
+    q0, q1, q2, q3 = y[Q], y[Q + 1], y[Q + 2], y[Q + 3]
+    qn = math.sqrt(q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3)
+    q0, q1, q2, q3 = q0 / qn, q1 / qn, q2 / qn, q3 / qn
+    b0 = q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3
+    b1 = 2.0 * (q1 * q2 + q0 * q3)
+    b2 = 2.0 * (q1 * q3 - q0 * q2)
+    b3 = 2.0 * (q1 * q2 - q0 * q3)
+    b4 = q0 * q0 - q1 * q1 + q2 * q2 - q3 * q3
+    b5 = 2.0 * (q2 * q3 + q0 * q1)
+    b6 = 2.0 * (q1 * q3 + q0 * q2)
+    b7 = 2.0 * (q2 * q3 - q0 * q1)
+    b8 = q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3
+    xx, xy, xz, _yx, _yy, _yz, _zx, _zy, _zz = lvlh_axes(y[R], y[R + 1], y[R + 2], y[V],
+                                                          y[V + 1], y[V + 2])
+    out[0] = b0 * xx + b1 * xy + b2 * xz
+    out[1] = b3 * xx + b4 * xy + b5 * xz
+    out[2] = b6 * xx + b7 * xy + b8 * xz
+
+
+@kernel
+def sense(k, seed, y, sensed, pscal, sens):
+    """The sensor vector of cycle ``k`` from the plant state ``y`` and the accelerometer's
+    delta-v ``sensed`` [dv_B, dv_N]: ideal, plus the case's noise and bias where they are set."""
+    for i in range(3):
+        sens[cst.S_R + i] = y[R + i]
+        sens[cst.S_V + i] = y[V + i]
+        sens[cst.S_W + i] = y[W + i]
+        sens[cst.S_DV + i] = sensed[i]
+    for i in range(4):
+        sens[cst.S_Q + i] = y[Q + i]
+    sens[cst.S_MASS] = y[M] + pscal[PS_MASS_EST]
+    base = k * NOISE_STRIDE
+    s_att = pscal[PS_NOISE_ATT]
+    if s_att > 0.0:
+        # The measured attitude is the true one turned by a small body-frame rotation dtheta:
+        # q' = q (x) [1, dtheta/2] (the controller renormalises).
+        hx = 0.5 * s_att * normal(seed, base)
+        hy = 0.5 * s_att * normal(seed, base + 1)
+        hz = 0.5 * s_att * normal(seed, base + 2)
+        q0, q1, q2, q3 = y[Q], y[Q + 1], y[Q + 2], y[Q + 3]
+        sens[cst.S_Q] = q0 - q1 * hx - q2 * hy - q3 * hz
+        sens[cst.S_Q + 1] = q1 + q0 * hx + q2 * hz - q3 * hy
+        sens[cst.S_Q + 2] = q2 + q0 * hy + q3 * hx - q1 * hz
+        sens[cst.S_Q + 3] = q3 + q0 * hz + q1 * hy - q2 * hx
+    s_rate = pscal[PS_NOISE_RATE]
+    if s_rate > 0.0:
+        for i in range(3):
+            sens[cst.S_W + i] += s_rate * normal(seed, base + 3 + i)
+    s_dv = pscal[PS_NOISE_DV]
+    period = pscal[PS_PERIOD]
+    for i in range(3):
+        bias = pscal[PS_ACC_BIAS + i]
+        if bias != 0.0:
+            sens[cst.S_DV + i] += bias * period
+        if s_dv > 0.0:
+            sens[cst.S_DV + i] += s_dv * normal(seed, base + 6 + i)
+
+
+@kernel
+def pre_unit(k, seed, y, sensed, pscal, acc, sens, params, A, H, L, qp, ints, thr, mod, health,
+             ctrl, on_ms):
+    """Sensors and ``controller.step`` for cycle ``k``: on-times land in ``on_ms``; returns the
+    controller's status word. Books the last cycle's true along-track delta-v into ``acc`` and
+    clears the accelerometer accumulator ``sensed`` for this cycle."""
+    xb = acc[A_XB:A_XB + 3]
+    along_track_B(y, xb)
+    acc[A_TRUE_DV] += sensed[0] * xb[0] + sensed[1] * xb[1] + sensed[2] * xb[2]
+    sense(k, seed, y, sensed, pscal, sens)
+    for i in range(sensed.shape[0]):
+        sensed[i] = 0.0
+    return cst.step(sens, params, A, H, L, qp, ints, thr, mod, health, ctrl, on_ms)
+
+
+@kernel
+def post_unit(executed_ms, true_health, y, sensed, pscal, pthr, geom, ptank, tank_idx, table, qp,
+              valves, impulse, live, tank_used, work, cmg):
+    """The executed on-times [ms] through the valves and the plant over one cycle, then the
+    tanks. Returns flags: F_QUIET when no valve is open, thrusting or about to move, and the
+    plant's status shifted by F_PLANT_SHIFT."""
+    n = executed_ms.shape[0]
+    period = pscal[PS_PERIOD]
+    on_s = live[LV_ON_S]
+    thrust = live[LV_THRUST]
+    isp = live[LV_ISP]
+    for i in range(n):
+        on_s[i] = executed_ms[i] * 1e-3
+    valve_cycle(on_s, true_health, thrust, pthr[PT_OPEN_DELAY], pthr[PT_CLOSE_DELAY],
+                pthr[PT_TAU_RISE], pthr[PT_TAU_TAIL], period, valves, impulse)
+    budget = pscal[PS_CMG_BUDGET]
+    if budget > 0.0:
+        for j in range(3):
+            cmg[j] = qp[cst.Q_X, n + j] * budget
+    inertia = pscal[PS_INERTIA:PS_INERTIA + 9].reshape((3, 3))
+    inertia_inv = pscal[PS_INERTIA_INV:PS_INERTIA_INV + 9].reshape((3, 3))
+    status = plant_cycle(y, period, impulse, geom[G_U], geom[G_R], isp, cmg, inertia,
+                         inertia_inv, pscal[PS_CD_AREA], 1.0, 1.0, table[0], table[1], work, y,
+                         sensed)
+    feed_update(impulse, isp, tank_idx, ptank[TK_LOAD], ptank[TK_BLOWDOWN], ptank[TK_P0],
+                ptank[TK_GAS_V], ptank[TK_RHO], ptank[TK_POLY], pthr[PT_THRUST], pthr[PT_ISP],
+                pthr[PT_THRUST_EXP], pthr[PT_ISP_EXP], tank_used, thrust, isp)
+    quiet = True
+    for i in range(n):
+        if not (valves[i, VS_THRUST] < 1e-9 * thrust[i]):
+            quiet = False
+        if valves[i, VS_EDGE_T] == valves[i, VS_EDGE_T]:
+            quiet = False
+    return (F_QUIET if quiet else 0) | (status << F_PLANT_SHIFT)
+
+
+@kernel
+def fly(max_cycles, seed, fail_idx, fail_at, fail_code, fail_cycle, y, sensed, pscal, acc, pthr,
+        geom, ptank, tank_idx, table, valves, impulse, live, tank_used, work, cmg, true_health,
+        executed, sens, params, A, H, L, qp, ints, thr, mod, health, ctrl, on_ms, statuses,
+        att_err, longest):
+    """Fly a burn with the ideal unit (every command executed, clamped to the period, none on a
+    failed thruster) until the controller reports it complete and the last tail-off is
+    delivered, or ``max_cycles``. Failures: thruster ``fail_idx[f]`` (-1: none) gets health
+    ``fail_code[f]`` from the first cycle starting at or after ``fail_at[f]`` [s]; the cycle
+    lands in ``fail_cycle[f]``. Per-cycle records go to ``statuses``, ``att_err`` [rad] and
+    ``longest`` (longest command [ms]). Returns (cycles, complete cycle or -1, worst plant
+    status)."""
+    n = on_ms.shape[0]
+    period = pscal[PS_PERIOD]
+    period_ms = int(pscal[PS_PERIOD_MS])
+    complete = -1
+    plant_status = 0
+    k = 0
+    while k < max_cycles:
+        t = k * period
+        for f in range(fail_idx.shape[0]):
+            if fail_idx[f] >= 0 and fail_cycle[f] < 0 and t >= fail_at[f]:
+                fail_cycle[f] = k
+                true_health[fail_idx[f]] = fail_code[f]
+        status = pre_unit(k, seed, y, sensed, pscal, acc, sens, params, A, H, L, qp, ints, thr,
+                          mod, health, ctrl, on_ms)
+        statuses[k] = status
+        att_err[k] = ctrl[cst.C_ATT_ERR]
+        if complete < 0 and ctrl[cst.C_COMPLETE] > 0.5:
+            complete = k
+        top = 0
+        for i in range(n):
+            if on_ms[i] > top:
+                top = on_ms[i]
+            if true_health[i] != HEALTH_NOMINAL:
+                executed[i] = 0
+            elif on_ms[i] > period_ms:
+                executed[i] = period_ms
+            else:
+                executed[i] = on_ms[i]
+            health[i] = true_health[i]
+        longest[k] = top
+        flags = post_unit(executed, true_health, y, sensed, pscal, pthr, geom, ptank, tank_idx,
+                          table, qp, valves, impulse, live, tank_used, work, cmg)
+        ps = flags >> F_PLANT_SHIFT
+        if ps > plant_status:
+            plant_status = ps
+        k += 1
+        if complete >= 0 and flags & F_QUIET:
+            firing = False
+            for i in range(n):
+                if thr[i, T_TRANSLATION] > 0.5 and on_ms[i] > 0:
+                    firing = True
+            if not firing:
+                break
+    return k, complete, plant_status
+
+
+@kernel
+def round_half_even(x):
+    """``round(x)`` as Python rounds a float: halves to the even integer."""
+    r = math.floor(x)
+    d = x - r
+    if d > 0.5 or (d == 0.5 and r % 2.0 == 1.0):
+        r += 1.0
+    return int(r)
+
+
+@kernel
+def mean_apsides(states, n, dt_s):
+    """(a_mean [m], perigee altitude [m], apogee altitude [m]) orbit-averaged over the first
+    ``n`` rows of ``states`` (trapezoid rule on the osculating a and eccentricity vector, as
+    :func:`sims.orbit.mean_apsides`)."""
+    wsum = 0.0
+    sa = 0.0
+    ex = 0.0
+    ey = 0.0
+    ez = 0.0
+    for i in range(n):
+        w = 0.5 * dt_s if i == 0 or i == n - 1 else dt_s
+        rx, ry, rz = states[i, 0], states[i, 1], states[i, 2]
+        vx, vy, vz = states[i, 3], states[i, 4], states[i, 5]
+        rn = math.sqrt(rx * rx + ry * ry + rz * rz)
+        v2 = vx * vx + vy * vy + vz * vz
+        rv = rx * vx + ry * vy + rz * vz
+        a = -MU_EARTH / (2.0 * (0.5 * v2 - MU_EARTH / rn))
+        c = v2 - MU_EARTH / rn
+        sa += w * a
+        ex += w * (c * rx - rv * vx) / MU_EARTH
+        ey += w * (c * ry - rv * vy) / MU_EARTH
+        ez += w * (c * rz - rv * vz) / MU_EARTH
+        wsum += w
+    a_mean = sa / wsum
+    e_mean = math.sqrt(ex * ex + ey * ey + ez * ez) / wsum
+    return a_mean, a_mean * (1.0 - e_mean) - R_EARTH, a_mean * (1.0 + e_mean) - R_EARTH
+
+
+@kernel
+def orbit_change(y_start, y_end, elapsed_s, n_window, cd_area_m2, table, out):
+    """What the burn did to the orbit: the no-burn twin of ``y_start`` is propagated over the
+    same ``elapsed_s`` (steps of about COAST_STEP_S), then the burned and the twin state are each
+    propagated over ``n_window`` steps of COAST_STEP_S (one orbit) and their mean elements
+    (:func:`mean_apsides`) differenced. Two-body + J2 + drag, RK4 (:func:`sims.orbit.propagate`).
+    Writes out[O_D_A], out[O_D_PERIGEE], out[O_D_APOGEE] [m] and out[O_ORBIT_STATUS]."""
+    n_coast = round_half_even(elapsed_s / COAST_STEP_S)
+    if n_coast < 1:
+        n_coast = 1
+    zero = np.zeros(3)
+    y7 = np.empty(7)
+    for i in range(6):
+        y7[i] = y_start[i]
+    y7[6] = y_start[M]
+    coast = np.empty((n_coast + 1, 7))
+    status = propagate(y7, elapsed_s / n_coast, n_coast, 1, 0.0, 0.0, zero, 0.0, cd_area_m2, 1.0,
+                       table[0], table[1], coast)
+    window = np.empty((n_window + 1, 7))
+    for i in range(6):
+        y7[i] = y_end[i]
+    y7[6] = y_end[M]
+    s = propagate(y7, COAST_STEP_S, n_window, 1, 0.0, 0.0, zero, 0.0, cd_area_m2, 1.0, table[0],
+                  table[1], window)
+    status = max(status, s)
+    a_b, rp_b, ra_b = mean_apsides(window, n_window, COAST_STEP_S)
+    s = propagate(coast[n_coast], COAST_STEP_S, n_window, 1, 0.0, 0.0, zero, 0.0, cd_area_m2, 1.0,
+                  table[0], table[1], window)
+    status = max(status, s)
+    a_c, rp_c, ra_c = mean_apsides(window, n_window, COAST_STEP_S)
+    out[O_D_A] = a_b - a_c
+    out[O_D_PERIGEE] = rp_b - rp_c
+    out[O_D_APOGEE] = ra_b - ra_c
+    out[O_ORBIT_STATUS] = status
+
+
+@kernel
+def finish(cycles, y_start, y, sensed, pscal, acc, ctrl, n_window, table, out):
+    """The burn's numbers after ``cycles`` cycles into ``out`` (OUT_LEN): the last cycle's
+    accelerometer increment (the tail) still belongs to the burn."""
+    xb = ctrl[cst.C_XH_B:cst.C_XH_B + 3]
+    tail = sensed[0] * xb[0] + sensed[1] * xb[1] + sensed[2] * xb[2]
+    out[O_ACHIEVED_DV] = ctrl[cst.C_DV_ALONG] + tail
+    xt = acc[A_XB:A_XB + 3]
+    out[O_TRUE_DV] = acc[A_TRUE_DV] + (sensed[0] * xt[0] + sensed[1] * xt[1] + sensed[2] * xt[2])
+    out[O_PROPELLANT] = y_start[M] - y[M]
+    orbit_change(y_start, y, cycles * pscal[PS_PERIOD], n_window, pscal[PS_CD_AREA], table, out)
+
+
+# ------------------------------------------------------------------------------------------------
+# The arrays, built once per burn (nominal) and once per case (the true plant)
+# ------------------------------------------------------------------------------------------------
+
+#: Cycles allowed beyond the planned burn before the run is declared overdue.
+OVERRUN_FACTOR = 3.0
+
+
+@dataclass(frozen=True, eq=False)
+class PlantCase:
+    """How one case's true stack and sensors differ from the nominal model. The defaults are
+    the nominal stack with ideal sensors; arrays are per thruster (the model's order)."""
+
+    seed: int = 0  # keys the sensor noise (non-negative, < 2**63)
+    thrust_scale: np.ndarray | None = None  # true / nominal steady-state thrust
+    isp_scale: np.ndarray | None = None  # true / nominal Isp
+    misalign_rad: np.ndarray | None = None  # angle of the true thrust axis from the nominal
+    misalign_azimuth_rad: np.ndarray | None = None  # direction of that tilt about the axis
+    d_open_delay_s: np.ndarray | None = None  # added to the valve open delay [s]
+    d_close_delay_s: np.ndarray | None = None  # added to the valve close delay [s]
+    d_mass_kg: float = 0.0  # true minus nominal stack mass [kg]
+    d_com_B_m: np.ndarray | None = None  # true minus nominal CoM, in B [m]
+    noise_att_rad: float = 0.0
+    noise_rate_rad_s: float = 0.0
+    noise_dv_mps: float = 0.0
+    acc_bias_B_mps2: np.ndarray | None = None
+    fail_index: int = -1  # a thruster failing off (-1: none) ...
+    fail_at_s: float = math.inf  # ... at this time into the burn [s]
+
+
+@dataclass(frozen=True, eq=False)
+class BurnSetup:
+    """What every case of one burn shares: the nominal controller template, the tanks, the
+    atmosphere, the ignition state and the nominal plant arrays."""
+
+    n: int
+    period_s: float
+    period_ms: int
+    max_cycles: int
+    n_window: int  # steps of COAST_STEP_S in one orbit (the mean-element window)
+    y0: np.ndarray  # nominal ignition state (PLANT_STATE_LEN)
+    pscal: np.ndarray
+    pthr: np.ndarray
+    geom: np.ndarray
+    ptank: np.ndarray
+    tank_idx: np.ndarray
+    table: np.ndarray  # (2, K): altitude [m], ln density
+    target_dv_mps: float
+
+
+def setup_burn(model, plan: dict) -> BurnSetup:
+    """The nominal arrays of ``model`` (a StackModel) flying ``plan`` (from plan_burn)."""
+    from sims import atmosphere, orbit
+    from sims.attitude import dcm_from_q, lvlh_attitude_q, lvlh_rate_B
+    from sims.plant import initial_state
+
+    period = float(model.control_period_s)
+    n = len(model.thruster_names)
+    # Ignition state: half the planned burn before the apsis, in the reboost attitude.
+    a0, e0 = orbit.a_e_from_apsis_altitudes(plan["perigee_km_before"] * 1e3,
+                                            plan["apogee_km_before"] * 1e3)
+    incl = math.radians(plan["inclination_deg"])
+    r0, v0 = orbit.rv_before_apsis(a0, e0, incl, plan["burn_duration_s"] / 2.0,
+                                   plan["burn_centre"])
+    q0 = np.empty(4)
+    lvlh_attitude_q(r0, v0, np.ascontiguousarray(model.dcm_BH), q0)
+    dcm = np.empty((3, 3))
+    dcm_from_q(q0, dcm)
+    w0 = np.empty(3)
+    lvlh_rate_B(r0, v0, dcm, w0)
+    y0 = initial_state(r0, v0, q0, w0, model.mass_kg)
+
+    alt, log_rho = atmosphere.density_table(plan["solar_activity"])
+    pscal = np.zeros(PS_LEN)
+    pscal[PS_PERIOD] = period
+    pscal[PS_PERIOD_MS] = int(round(period * 1000))
+    pscal[PS_CD_AREA] = model.drag_coefficient * model.drag_area_m2
+    pscal[PS_CMG_BUDGET] = float(model.cmg_torque_budget_Nm)
+    inertia = np.ascontiguousarray(model.I_B, dtype=np.float64)
+    pscal[PS_INERTIA:PS_INERTIA + 9] = inertia.ravel()
+    pscal[PS_INERTIA_INV:PS_INERTIA_INV + 9] = np.linalg.inv(inertia).ravel()
+    pthr = np.empty((PT_LEN, n))
+    pthr[PT_THRUST] = model.thrust_N
+    pthr[PT_ISP] = model.isp_s
+    pthr[PT_OPEN_DELAY] = model.open_delay_s
+    pthr[PT_CLOSE_DELAY] = model.close_delay_s
+    pthr[PT_TAU_RISE] = model.rise_time_s
+    pthr[PT_TAU_TAIL] = model.tail_off_s
+    pthr[PT_THRUST_EXP] = model.thrust_exponent
+    pthr[PT_ISP_EXP] = model.isp_exponent
+    geom = np.empty((2, n, 3))
+    geom[G_U] = model.u_T_B
+    geom[G_R] = model.r_TC_B
+    nt = len(model.tank_names)
+    ptank = np.empty((TK_LEN, nt))
+    ptank[TK_LOAD] = model.tank_propellant_kg
+    ptank[TK_BLOWDOWN] = np.asarray(model.tank_blowdown, dtype=np.float64)
+    ptank[TK_P0] = model.tank_pressure_Pa
+    ptank[TK_GAS_V] = model.tank_gas_volume_m3
+    ptank[TK_RHO] = model.tank_propellant_density_kg_m3
+    ptank[TK_POLY] = model.tank_polytropic_n
+    from sims.constants import MU_EARTH as mu
+
+    return BurnSetup(
+        n=n, period_s=period, period_ms=int(round(period * 1000)),
+        max_cycles=int(math.ceil(OVERRUN_FACTOR * plan["burn_duration_s"] / period)) + 40,
+        n_window=int(round(orbit.period_s(a0, mu) / COAST_STEP_S)), y0=y0, pscal=pscal,
+        pthr=pthr, geom=geom, ptank=ptank,
+        tank_idx=np.ascontiguousarray(model.tank_idx, dtype=np.int64),
+        table=np.ascontiguousarray(np.stack([alt, log_rho])),
+        target_dv_mps=float(plan["delta_v_mps"]),
+    )
+
+
+def _tilt(u: np.ndarray, angle: float, azimuth: float) -> np.ndarray:
+    """``u`` turned by ``angle`` [rad] towards the perpendicular direction at ``azimuth`` [rad]
+    (measured in the plane normal to u from the B axis least aligned with u)."""
+    a = np.zeros(3)
+    a[int(np.argmin(np.abs(u)))] = 1.0
+    e1 = np.cross(u, a)
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(u, e1)
+    d = math.cos(azimuth) * e1 + math.sin(azimuth) * e2
+    out = math.cos(angle) * u + math.sin(angle) * d
+    return out / np.linalg.norm(out)
+
+
+def case_arrays(setup: BurnSetup, case: PlantCase | None):
+    """The true plant of one case: (pscal, pthr, geom, y0) copies of the nominal ones with the
+    case's differences applied (the nominal arrays themselves when ``case`` is None)."""
+    if case is None:
+        return setup.pscal, setup.pthr, setup.geom, setup.y0
+    pscal = setup.pscal.copy()
+    pthr = setup.pthr.copy()
+    geom = setup.geom.copy()
+    y0 = setup.y0.copy()
+    if case.thrust_scale is not None:
+        pthr[PT_THRUST] *= case.thrust_scale
+    if case.isp_scale is not None:
+        pthr[PT_ISP] *= case.isp_scale
+    if case.d_open_delay_s is not None:
+        pthr[PT_OPEN_DELAY] = np.maximum(pthr[PT_OPEN_DELAY] + case.d_open_delay_s, 0.0)
+    if case.d_close_delay_s is not None:
+        pthr[PT_CLOSE_DELAY] = np.maximum(pthr[PT_CLOSE_DELAY] + case.d_close_delay_s, 0.0)
+    if case.misalign_rad is not None:
+        az = (case.misalign_azimuth_rad if case.misalign_azimuth_rad is not None
+              else np.zeros(setup.n))
+        for i in range(setup.n):
+            if case.misalign_rad[i] != 0.0:
+                geom[G_U, i] = _tilt(geom[G_U, i], float(case.misalign_rad[i]), float(az[i]))
+    if case.d_com_B_m is not None:
+        geom[G_R] -= case.d_com_B_m  # thruster positions from the true CoM
+    if case.d_mass_kg != 0.0:
+        y0[M] += case.d_mass_kg
+        pscal[PS_MASS_EST] = -case.d_mass_kg  # the controller still believes the nominal mass
+    pscal[PS_NOISE_ATT] = case.noise_att_rad
+    pscal[PS_NOISE_RATE] = case.noise_rate_rad_s
+    pscal[PS_NOISE_DV] = case.noise_dv_mps
+    if case.acc_bias_B_mps2 is not None:
+        pscal[PS_ACC_BIAS:PS_ACC_BIAS + 3] = case.acc_bias_B_mps2
+    return pscal, pthr, geom, y0
+
+
+@dataclass(eq=False)
+class Sim:
+    """The mutable arrays of one burn in flight (plant, valves, tanks, accumulators) next to its
+    controller; ``pre``/``post`` run the two halves of a cycle, ``fly`` a whole burn."""
+
+    setup: BurnSetup
+    ctrl: object  # controller.build.Controller
+    seed: int
+    pscal: np.ndarray
+    pthr: np.ndarray
+    geom: np.ndarray
+    y_start: np.ndarray
+    y: np.ndarray
+    sensed: np.ndarray = field(default=None)
+    acc: np.ndarray = field(default=None)
+    valves: np.ndarray = field(default=None)
+    impulse: np.ndarray = field(default=None)
+    live: np.ndarray = field(default=None)
+    tank_used: np.ndarray = field(default=None)
+    work: np.ndarray = field(default=None)
+    cmg: np.ndarray = field(default=None)
+    true_health: np.ndarray = field(default=None)
+    executed: np.ndarray = field(default=None)
+
+    @property
+    def thrust(self) -> np.ndarray:
+        return self.live[LV_THRUST]
+
+    def pre(self, k: int) -> int:
+        c = self.ctrl
+        return pre_unit(k, self.seed, self.y, self.sensed, self.pscal, self.acc, c.sens,
+                        c.params, c.A, c.H, c.L, c.qp, c.ints, c.thr, c.mod, c.health, c.ctrl,
+                        c.on_ms)
+
+    def post(self, executed_ms: np.ndarray) -> int:
+        s = self.setup
+        return post_unit(executed_ms, self.true_health, self.y, self.sensed, self.pscal,
+                         self.pthr, self.geom, s.ptank, s.tank_idx, s.table, self.ctrl.qp,
+                         self.valves, self.impulse, self.live, self.tank_used, self.work,
+                         self.cmg)
+
+    def fly(self, fail_idx, fail_at, fail_code, fail_cycle, statuses, att_err, longest):
+        s = self.setup
+        c = self.ctrl
+        return fly(s.max_cycles, self.seed, fail_idx, fail_at, fail_code, fail_cycle, self.y,
+                   self.sensed, self.pscal, self.acc, self.pthr, self.geom, s.ptank, s.tank_idx,
+                   s.table, self.valves, self.impulse, self.live, self.tank_used, self.work,
+                   self.cmg, self.true_health, self.executed, c.sens, c.params, c.A, c.H, c.L,
+                   c.qp, c.ints, c.thr, c.mod, c.health, c.ctrl, c.on_ms, statuses, att_err,
+                   longest)
+
+    def finish(self, cycles: int) -> np.ndarray:
+        out = np.zeros(OUT_LEN)
+        finish(cycles, self.y_start, self.y, self.sensed, self.pscal, self.acc, self.ctrl.ctrl,
+               self.setup.n_window, self.setup.table, out)
+        return out
+
+
+def new_sim(model, plan: dict, case: PlantCase | None = None,
+            setup: BurnSetup | None = None) -> Sim:
+    """A burn ready to fly: the nominal controller and the (dispersed) plant at ignition."""
+    from controller.build import build_controller
+    from sims.plant import PLANT_WORK_LEN, SENSED_LEN
+    from sims.thrusters import valve_state_at_rest
+
+    setup = setup if setup is not None else setup_burn(model, plan)
+    pscal, pthr, geom, y0 = case_arrays(setup, case)
+    n = setup.n
+    live = np.zeros((LV_LEN, n))
+    live[LV_THRUST] = pthr[PT_THRUST]
+    live[LV_ISP] = pthr[PT_ISP]
+    return Sim(
+        setup=setup, ctrl=build_controller(model, plan["delta_v_mps"]),
+        seed=int(case.seed) if case is not None else 0, pscal=pscal, pthr=pthr, geom=geom,
+        y_start=y0.copy(), y=y0.copy(), sensed=np.zeros(SENSED_LEN), acc=np.zeros(ACC_LEN),
+        valves=valve_state_at_rest(n), impulse=np.zeros((N_SUB, n)), live=live,
+        tank_used=np.zeros(setup.ptank.shape[1]), work=np.empty(PLANT_WORK_LEN),
+        cmg=np.zeros(3), true_health=np.full(n, HEALTH_NOMINAL, np.int64),
+        executed=np.zeros(n, np.uint16),
+    )
