@@ -68,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Plan the burn as 'plan' does, then fly it: every control cycle the "
         "controller computes the valve on-times, the unit executes them and the plant integrates "
         "what the unit executed. '--unit sim' is the in-process ideal unit: the software-in-the-"
-        "loop reference that hardware runs are compared against.",
+        "loop reference that hardware runs are compared against. Every run writes its run "
+        "directory as it goes and prints where it is. On a terminal a progress bar on stderr "
+        "shows the cycles flown against the planned cycles and an ETA (not with --json, not "
+        "when stderr is a file or a pipe); --live shows the whole state instead.",
     )
     _add_burn_arguments(run)
     run.add_argument("--unit", choices=("emulator", "qemu", "sim"), default="emulator",
@@ -87,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                      type=_failure, help="fail thruster NAME off at SECONDS into the burn "
                      "(repeatable)")
     run.add_argument("--out", metavar="DIR",
-                     help="run directory for summary.json, telemetry.csv and the raw wire "
-                     "capture (default: runs/<UTC time>-<stack>); must not exist or be empty")
+                     help="run directory for run.json, telemetry.csv, capture.csv (the raw "
+                     "wire), status.json and summary.json (default: runs/<UTC time>-<stack>); "
+                     "must not exist or be empty")
     run.add_argument("--live", action="store_true",
                      help="show a live view on stderr while the burn flies: unit state and "
                      "arming, each thruster's executed on-time, delta-v against target, "
