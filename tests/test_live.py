@@ -178,8 +178,10 @@ def test_progress_updates_at_most_ten_times_a_second_of_wall_time():
 
 
 def test_run_watch_publishes_the_loop_state_without_the_loop_waiting():
-    """RunWatch.on_cycle stores one tuple; a snapshot taken after the burn shows its last
-    cycle exactly as the telemetry recorded it."""
+    """RunWatch.on_cycle publishes one tuple, at most publish_hz times a second of wall time;
+    finish() publishes the last cycle exactly as the telemetry recorded it."""
+    import tempfile
+
     from sims.runner import run_burn
     from thruster_hil.config import build_stack_model, load_stack
     from thruster_hil.plan import Target, plan_burn
@@ -188,26 +190,33 @@ def test_run_watch_publishes_the_loop_state_without_the_loop_waiting():
     model = build_stack_model(load_stack("progress"))
     plan = plan_burn("progress", Target("delta_v", 0.05))
     names = list(model.thruster_names)
-    watch = RunWatch(title="t", thrusters=names, period_ms=500, planned_cycles=84,
-                     target_dv_mps=0.05, att_limit_deg=5.0, mass0_kg=model.mass_kg)
+    kw = dict(title="t", thrusters=names, period_ms=500, planned_cycles=84, target_dv_mps=0.05,
+              att_limit_deg=5.0, mass0_kg=model.mass_kg)
+    every = RunWatch(publish_hz=1e12, **kw)  # publishes every cycle
+    watch = RunWatch(**kw)  # 20 Hz, as in `run --live`
     assert "cycle" not in watch.snapshot()
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         rec = RunRecorder(Path(tmp) / "run", names, model.mass_kg)
         snaps = []
 
         def on_cycle(k, info):
             rec.on_cycle(k, info)
+            every.on_cycle(k, info)
             watch.on_cycle(k, info)
             if k == 10:
-                snaps.append(watch.snapshot())
+                snaps.append(every.snapshot())
 
+        t0 = time.perf_counter()
         summary = run_burn(model, plan, on_cycle=on_cycle).summary
+        wall = time.perf_counter() - t0
         rec.close()
         rows = list(csv.DictReader((Path(tmp) / "run" / "telemetry.csv").open()))
+    assert every.published == len(rows) == summary["cycles"]
+    assert 1 <= watch.published <= 2 + 20 * wall < len(rows), (watch.published, wall)
+    watch.finish("completed")
     snap = watch.snapshot()
     last = rows[-1]
+    assert snap["finished"] == "completed"
     assert snap["cycle"] == summary["cycles"] - 1 == int(last["cycle"])
     assert snap["dv_mps"] == pytest.approx(float(last["dv_along_mps"]), abs=1e-9)
     assert snap["propellant_kg"] == pytest.approx(float(last["propellant_kg"]), abs=1e-6)

@@ -301,9 +301,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if watch is not None:  # the last frame says how it ended
                 s = result.summary
                 if s["aborted"]:
-                    watch.finished = f"aborted: {s['abort_reason']}"
+                    watch.finish(f"aborted: {s['abort_reason']}")
                 else:
-                    watch.finished = "completed" if s["completed"] else "not completed"
+                    watch.finish("completed" if s["completed"] else "not completed")
         summary = dict(result.summary)
         summary["run_dir"] = str(out_dir)
         summary["plan"] = plan  # what replay needs to fly the same burn again

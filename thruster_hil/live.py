@@ -303,15 +303,17 @@ def render_text(snap: dict, width: int = 110) -> str:
 class RunWatch:
     """The live view's source inside ``thruster-hil run``.
 
-    :meth:`on_cycle` runs in the control loop: it publishes this cycle's numbers as one tuple in
-    one attribute store (atomic for the reader, nothing rendered, no lock, no I/O).
-    :meth:`snapshot` runs on rich Live's refresh thread and asks the unit for its link counters
-    there, at the refresh rate, never per cycle.
+    :meth:`on_cycle` runs in the control loop. It keeps a reference to the cycle (two attribute
+    stores) and, at most ``publish_hz`` times a second of wall time, publishes that cycle's
+    numbers as one new tuple in one attribute store: atomic for the reader, nothing rendered, no
+    lock, no I/O. :meth:`snapshot` runs on rich Live's refresh thread and asks the unit for its
+    link counters there, at the refresh rate, never per cycle. :meth:`finish` publishes the last
+    cycle and how the run ended, for the final frame.
     """
 
     def __init__(self, *, title: str, thrusters: list[str], period_ms: int, planned_cycles: int,
                  target_dv_mps: float, att_limit_deg: float, mass0_kg: float, unit=None,
-                 unit_name: str = "sim", mode: str = "lockstep"):
+                 unit_name: str = "sim", mode: str = "lockstep", publish_hz: float = 20.0):
         self._static = {"title": title, "thrusters": list(thrusters), "period_ms": period_ms,
                         "planned_cycles": planned_cycles, "target_dv_mps": target_dv_mps,
                         "att_limit_deg": att_limit_deg, "realtime": mode == "realtime"}
@@ -321,19 +323,39 @@ class RunWatch:
         self._mode = mode
         self._last: tuple | None = None
         self._t0: float | None = None
+        self._interval = 1.0 / publish_hz
+        self._next = -math.inf
+        self._k = -1
+        self._info: dict | None = None
         self.finished: str | None = None
+        self.published = 0
 
     def on_cycle(self, k: int, info: dict) -> None:
+        self._k, self._info = k, info
+        now = time.perf_counter()
+        if now < self._next:
+            return
+        self._next = now + self._interval
+        self._publish(k, info, now)
+
+    def _publish(self, k: int, info: dict, now: float) -> None:
         from controller import cycle as cst
         from sims import plant
 
-        now = time.perf_counter()
         if self._t0 is None:
             self._t0 = now
         c = info["ctrl"].ctrl
         self._last = (k, info["t_s"], info["status"], float(c[cst.C_DV_ALONG]),
                       math.degrees(c[cst.C_ATT_ERR]), float(info["y"][plant.M]),
                       info.get("rtt_s"), now - self._t0, info["executed_ms"].tolist())
+        self.published += 1
+
+    def finish(self, outcome: str) -> None:
+        """The run ended (``outcome``: "completed", "aborted: ..."): publish its last cycle (its
+        arrays hold that cycle's values once the loop has stopped) and the outcome."""
+        if self._info is not None:
+            self._publish(self._k, self._info, time.perf_counter())
+        self.finished = outcome
 
     def snapshot(self) -> dict:
         snap: dict[str, Any] = dict(self._static)
