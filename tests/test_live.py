@@ -42,10 +42,10 @@ def _strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r", "", text)
 
 
-def _cli_on_a_terminal(argv, *, stdout_tty=False, until=None, timeout=120.0):
+def _cli_on_a_terminal(argv, *, stdout_tty=False, until=None, then=None, timeout=120.0):
     """Run the CLI with stderr (and optionally stdout) on a pty; return (rc, stdout, terminal).
 
-    ``until(text_so_far)`` returning True sends SIGINT (once) when it first holds."""
+    When ``until(text_so_far)`` first holds, ``then(proc)`` runs once (default: send SIGINT)."""
     import fcntl
     import struct
     import termios
@@ -72,7 +72,7 @@ def _cli_on_a_terminal(argv, *, stdout_tty=False, until=None, timeout=120.0):
                 seen += data
                 if until is not None and not interrupted and until(_strip_ansi(seen.decode(
                         errors="replace"))):
-                    proc.send_signal(signal.SIGINT)
+                    (then or (lambda p: p.send_signal(signal.SIGINT)))(proc)
                     interrupted = True
             elif proc.poll() is not None:
                 break
@@ -390,6 +390,20 @@ def test_monitor_port_shows_the_unit_housekeeping_and_never_arms_it(capsys):
             assert main(["monitor", "--port", emu.port, "--once"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "in use" in err
+
+
+def test_monitor_port_follows_the_unit_until_its_link_goes_down():
+    """Without --once, monitor --port keeps drawing the unit's HK; when the unit goes away (the
+    emulator stops and its pty with it) it says so in one line and exits 1."""
+    from firmware_bridge.emulator import EmulatorProcess
+
+    with EmulatorProcess() as emu:
+        rc, _, term = _cli_on_a_terminal(["monitor", "--port", emu.port], stdout_tty=True,
+                                         until=lambda text: "last HK" in text,
+                                         then=lambda proc: emu.stop(), timeout=60)
+    assert rc == 1, term
+    assert "state SAFE" in term and "armed: no" in term and "Traceback" not in term
+    assert term.rstrip().splitlines()[-1] == f"thruster-hil: error: {emu.port}: the link went down"
 
 
 @pytest.mark.parametrize("argv", [["monitor"], ["monitor", "x", "--port", "loop://"],
