@@ -151,6 +151,8 @@ def test_render_without_data_says_so_instead_of_failing():
     assert "in-process unit: no link" in render_text(dict(SNAP, link=None))
     done = render_text(dict(SNAP, finished="aborted: unit: link lost"))
     assert "ABORTED: UNIT: LINK LOST" in done and "ETA" not in done
+    assert "no new cycle for 12 s" in render_text(dict(SNAP, quiet_s=12.2))
+    assert "no new cycle" not in render_text(dict(SNAP, quiet_s=1.0))
 
 
 def test_eta_from_the_pace_so_far():
@@ -302,9 +304,11 @@ def test_follower_reads_only_complete_rows_and_picks_up_the_rest(tmp_path):
                                                           "unit_state": 3, "armed": True}}))
     snap = f.poll()
     assert snap["link"]["retries"] == 4 and snap["unit"]["state"] == "ARMED"
+    os.utime(tel, (time.time() - 60, time.time() - 60))  # as if the run had been killed
+    assert f.poll()["quiet_s"] == pytest.approx(60, abs=5)
     (run / "summary.json").write_text(json.dumps({"completed": True, "aborted": False}))
     snap = f.poll()
-    assert f.finished and snap["finished"] == "completed"
+    assert f.finished and snap["finished"] == "completed" and "quiet_s" not in snap
     assert "COMPLETED" in render_text(snap)
 
 
@@ -407,8 +411,16 @@ def test_monitor_port_follows_the_unit_until_its_link_goes_down():
 
 
 @pytest.mark.parametrize("argv", [["monitor"], ["monitor", "x", "--port", "loop://"],
-                                  ["monitor", "/nonexistent/run"], ["monitor", "/"]])
-def test_monitor_bad_arguments_are_one_line(argv, capsys):
+                                  ["monitor", "/nonexistent/run"], ["monitor", "/"],
+                                  ["monitor", "{garbage}", "--once"],
+                                  ["monitor", "{not_numbers}", "--once"]])
+def test_monitor_bad_arguments_are_one_line(argv, capsys, tmp_path):
+    for name, text in (("garbage", "hello\nworld\n"), ("not_numbers", "cycle,t_s,rtt_ms\n"
+                                                                       "zero,0.0,0.1\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "telemetry.csv").write_text(text)
+    argv = [a.format(garbage=tmp_path / "garbage", not_numbers=tmp_path / "not_numbers")
+            for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("thruster-hil: error: ") and err.count("\n") == 1
+    assert err.startswith("thruster-hil: error: ") and err.count("\n") == 1, err

@@ -21,6 +21,7 @@ Snapshot keys (all optional; a missing one is drawn as "-"):
     wall_s           float     wall time since the burn's first cycle [s] (for the ETA)
     status           int       the controller's status word of that cycle
     finished         str       set once the run ended: "completed" or "aborted: <why>"
+    quiet_s          float     (monitor) seconds since telemetry.csv last grew, while unfinished
     unit             dict      name, mode, state (BOOT/SAFE/ARMING/ARMED/FAULT or None),
                                armed (bool or None), tank_kPa, hk_age_s
     thrusters        [str]     thruster names
@@ -42,6 +43,7 @@ import csv
 import io
 import json
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -61,6 +63,8 @@ BAR_CELLS = 16
 #: Above this many thrusters the activity table uses two columns of thrusters.
 _ONE_COLUMN_MAX = 8
 
+#: monitor: a run whose telemetry has not grown for this long is flagged (killed? stalled?) [s].
+QUIET_S = 5.0
 STATE_NAMES = {0: "BOOT", 1: "SAFE", 2: "ARMING", 3: "ARMED", 4: "FAULT"}
 _STATE_STYLE = {"ARMED": "bold green", "SAFE": "cyan", "ARMING": "yellow", "FAULT": "bold red",
                 "BOOT": "yellow"}
@@ -130,6 +134,9 @@ def _progress_row(snap: dict) -> Text:
         t.append(f"  {snap['finished'].upper()}", style="bold green" if ok else "bold red")
     elif planned:
         t.append(f"  ETA {format_eta(eta_s(snap))}")
+    quiet = snap.get("quiet_s")
+    if not snap.get("finished") and quiet is not None and quiet > QUIET_S:
+        t.append(f"  no new cycle for {quiet:.0f} s", style="bold yellow")
     return t
 
 
@@ -468,6 +475,7 @@ class RunDirFollower:
         self.start: dict | None = None
         self.summary: dict | None = None
         self._status: dict | None = None
+        self._mtime: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -482,6 +490,7 @@ class RunDirFollower:
     def _read_rows(self) -> None:
         try:
             with open(self.dir / "telemetry.csv", "rb") as f:
+                self._mtime = os.fstat(f.fileno()).st_mtime
                 f.seek(self._offset)
                 data = f.read()
         except FileNotFoundError:
@@ -509,10 +518,14 @@ class RunDirFollower:
         if self.start is None:
             self.start = self._json("run.json")
         summary = self._json("summary.json")  # read before the rows: then the rows are complete
-        self._read_rows()
-        self._status = self._json("status.json") or self._status
-        self.summary = summary
-        return self.snapshot()
+        try:
+            self._read_rows()
+            self._status = self._json("status.json") or self._status
+            self.summary = summary
+            return self.snapshot()
+        except (ValueError, KeyError) as exc:  # a column missing, a field not a number
+            raise UserError(str(self.dir / "telemetry.csv"), "not the telemetry of a "
+                            f"thruster-hil run ({type(exc).__name__}: {exc})") from None
 
     def snapshot(self) -> dict:
         start = self.start or {}
@@ -542,6 +555,8 @@ class RunDirFollower:
                         executed_ms=[int(row[f"exec_ms:{n}"]) for n in snap["thrusters"]])
             if start.get("started_unix_s") is not None and not self.summary:
                 snap["wall_s"] = time.time() - start["started_unix_s"]
+        if self._mtime is not None and not self.summary:
+            snap["quiet_s"] = max(0.0, time.time() - self._mtime)
         rtts = list(self._rtts)
         status = self._status or {}
         stats = summary.get("link") or status.get("link")
