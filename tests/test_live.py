@@ -121,7 +121,7 @@ def test_render_shows_every_number_of_the_snapshot():
                      "50.0 %", "t 24.5 s", "ETA 0:00:26", "state ARMED", "armed: yes",
                      "tank 1650 kPa", "burning, saturated", "0.01234 of 0.05000 m/s", "24.7 %",
                      "6.0000 of 5.0000 deg limit", "120.0 %", "12.345 kg used", "RTT 1.25 ms",
-                     "p50 1.50", "p99 3.75 ms", "retries 2", "CRC errors 7",
+                     "link p50 1.50", "p99 3.75 ms", "retries 2", "CRC errors 7",
                      "deadline misses 3", "99 out / 98 in", "(of 500 ms)"):
         assert expected in text, f"{expected!r} not in\n{text}"
     rows = {line.split()[1]: line for line in text.splitlines() if "draco" in line

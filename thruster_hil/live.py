@@ -182,8 +182,9 @@ def _link_rows(snap: dict) -> list[tuple[str, Text]]:
     link = snap.get("link")
     if link is None:
         return [("link", Text("in-process unit: no link"))]
+    # In REALTIME a FIRE's round trip includes its pulse; the percentiles are the link's.
     rtt = Text(f"RTT {_num(link.get('rtt_ms'), '.2f', ' ms')} "
-               f"(p50 {_num(link.get('rtt_ms_p50'), '.2f')}, "
+               f"(link p50 {_num(link.get('rtt_ms_p50'), '.2f')}, "
                f"p99 {_num(link.get('rtt_ms_p99'), '.2f')} ms)")
     frames = Text(f"{_num(link.get('frames_sent'), 'd')} out / "
                   f"{_num(link.get('frames_received'), 'd')} in   retries ")
