@@ -4,6 +4,10 @@ Run it as ``python -m firmware_bridge.emulator [--faults SPEC] [--channels N] [-
 [--link-path PATH] [--seed N] [--no-auto-reset] [--boot-delay-ms MS] [--mode-hint MODE]``.
 It opens a pty pair (both ends raw at once), prints the slave path as the first stdout line (or
 writes it to ``--link-path``) and serves until SIGTERM/SIGINT, which close the valves and exit 0.
+``--parent-fd FD`` names the read end of a pipe whose write end only the starting process holds
+(:class:`EmulatorProcess` passes one): when it reads end-of-file that process is gone, even
+killed with SIGKILL, and the emulator closes the valves and exits 0 too, rather than serving an
+orphaned pty for ever.
 
 Like a Mega 2560 whose USB port resets the board when opened, the unit boots (BOOT, reset cause
 POWER_ON, boot count 1) when a host first opens the port, and resets (reset cause EXTERNAL,
@@ -67,6 +71,7 @@ class Emulator:
         self.path = ""
         self.connected = False
         self.stop_signal: int | None = None
+        self.stop_reason: str | None = None
         self._t0 = time.monotonic_ns()
         self._reset_at: int | None = None
         self._out = bytearray()
@@ -237,8 +242,9 @@ class Emulator:
             times.append(now + _HUP_POLL_US)
         return min(t for t in times if t is not None)
 
-    def serve(self) -> int:
-        """Serve until a signal arrives. Returns the exit status (0)."""
+    def serve(self, parent_fd: int | None = None) -> int:
+        """Serve until a signal arrives or ``parent_fd`` reads end-of-file (the process that
+        started the emulator is gone). Returns the exit status (0)."""
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -254,9 +260,14 @@ class Emulator:
                     self._step(now)
                     due = self._due(now)
                 rlist = [wake_r] + ([self.master] if self.connected else [])
+                if parent_fd is not None:
+                    rlist.append(parent_fd)
                 wlist = [self.master] if self._out and self.connected else []
                 r, w, _ = select.select(rlist, wlist, [], max(0.0, (due - self.now()) / 1e6))
                 if self.stop_signal is not None:
+                    break
+                if parent_fd is not None and parent_fd in r and not os.read(parent_fd, 1):
+                    self.stop_reason = "parent exited"
                     break
                 if self.master in r:
                     try:
@@ -285,7 +296,8 @@ class Emulator:
             self._flush()
             self._drain_journal()
             self._write_log(self._counters(now))
-            self._write_log({"t_us": now, "ev": "stop", "signal": self.stop_signal})
+            self._write_log({"t_us": now, "ev": "stop", "signal": self.stop_signal,
+                             "reason": self.stop_reason or "signal"})
             return 0
         finally:
             signal.set_wakeup_fd(old_fd)
@@ -315,6 +327,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--boot-delay-ms", type=int, default=100)
     p.add_argument("--mode-hint", choices=("lockstep", "realtime"), default=None,
                    help="recorded in the log only: the mode comes from HELLO")
+    p.add_argument("--parent-fd", type=int, default=None,
+                   help="exit when this pipe reads end-of-file (the starting process died)")
     return p
 
 
@@ -352,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(path, flush=True)
     try:
-        return emu.serve()
+        return emu.serve(parent_fd=args.parent_fd)
     finally:
         if log is not None:
             log.close()
@@ -387,12 +401,20 @@ class EmulatorProcess:
         self.proc: subprocess.Popen | None = None
         self.port: str = ""
         self._stderr: IO[bytes] | None = None
+        self._lifeline: int | None = None
 
     def start(self) -> EmulatorProcess:
         self._stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([sys.executable, "-m", PROG, *self.args],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self._stderr)
+        # The lifeline: the child gets the read end; the write end stays here only (os.pipe
+        # fds are not inheritable), so when this process dies, however, the child reads EOF.
+        lifeline_r, self._lifeline = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", PROG, *self.args, "--parent-fd", str(lifeline_r)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr,
+                pass_fds=(lifeline_r,))
+        finally:
+            os.close(lifeline_r)
         fd = self.proc.stdout.fileno()
         buf = b""
         deadline = time.monotonic() + self.start_timeout
@@ -428,6 +450,7 @@ class EmulatorProcess:
     def stop(self, timeout: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout`` s. Returns the exit status."""
         if self.proc is None:
+            self._cut_lifeline()
             return None
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -438,7 +461,14 @@ class EmulatorProcess:
                 self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        self._cut_lifeline()
         return self.proc.returncode
+
+    def _cut_lifeline(self) -> None:
+        """Close our end of the lifeline: the emulator, if still running, exits on its own."""
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
 
     def close(self) -> None:
         self.stop()

@@ -1226,6 +1226,16 @@ class Link:
         with self._cond:
             return self._cond.wait_for(lambda: self.reset_detected, timeout_s)
 
+    def wait_hk(self, after_ns: int | None = None, timeout_s: float = 1.0) -> Received | None:
+        """The unit's housekeeping (HK) received after ``after_ns`` (host monotonic ns; default:
+        any), waiting up to ``timeout_s`` for one; None if none came. LinkError if the port
+        goes down meanwhile."""
+        def newer():
+            hk = self.latest_hk
+            return hk if hk is not None and (after_ns is None or hk.t_ns > after_ns) else None
+
+        return self._wait(newer, timeout_s, session=False)
+
     def reconnect(self, timeout_s: float = 10.0, boot_timeout_s: float = 3.0) -> LinkInfo:
         """After a reset (BOOT mid-session) or a port that went away: re-open the port if
         needed (retrying with backoff up to ``timeout_s``), wait for BOOT, HELLO, PING burst,

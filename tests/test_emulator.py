@@ -157,6 +157,32 @@ def test_sigterm_exits_cleanly_and_closes_valves(tmp_path):
     assert [r for r in records if r["ev"] == "state"][-1]["to"] == "SAFE"
 
 
+def test_emulator_exits_when_the_process_that_started_it_is_gone(tmp_path):
+    """The lifeline pipe: when its write end closes (the starting process died, even by
+    SIGKILL, which no handler sees) the emulator closes the valves and exits 0 by itself."""
+    log = tmp_path / "emu.jsonl"
+    emu = start_emulator(log_path=log)
+    try:
+        port = Port(emu.port)
+        port.wait_for("BOOT")
+        port.hello(mode=MODE["REALTIME"], period_ms=2000)
+        port.arm(max_on_ticks=2000)
+        port.fire(1, {0: 1500})
+        port.send("PING", nonce=1, t1_host_us=0)
+        port.wait_for("PONG")
+        emu._cut_lifeline()  # what the kernel does to the write end when the parent dies
+        assert emu.proc.wait(timeout=10) == 0  # no signal was sent
+        port.close()
+    finally:
+        emu.close()
+    records = read_log(log)
+    assert records[-1]["ev"] == "stop" and records[-1]["reason"] == "parent exited"
+    assert records[-1]["signal"] is None
+    fires = [r for r in records if r["ev"] == "fire"]
+    assert len(fires) == 1 and fires[0]["aborted"]
+    assert [r for r in records if r["ev"] == "state"][-1]["to"] == "SAFE"
+
+
 def test_watchdog_and_no_double_fire_on_the_emulator_clock(emu, tmp_path):
     port = Port(emu.port)
     try:

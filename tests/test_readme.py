@@ -34,3 +34,63 @@ def test_the_main_job_runs_on_the_built_in_emulator(capsys, tmp_path):
 
     out = json.loads(capsys.readouterr().out)
     assert out["unit"] == "emulator" and out["completed"] and not out["aborted"]
+
+
+def test_cli_reference_is_generated_from_the_parser():
+    """README's CLI reference is exactly what the parser prints (with this interpreter's
+    argparse), so it cannot drift from the commands."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import make_cli_reference as ref
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    text = (ROOT / "README.md").read_text()
+    assert ref.current_section(text), "README.md lost its cli-reference markers"
+    assert ref.matches(ref.current_section(text), ref.render_reference()), (
+        "README.md's CLI reference differs from the parser: run python tools/make_cli_reference.py")
+    # Under Python 3.11/3.12 the match is exact: one changed space fails it.
+    assert not ref.matches(ref.current_section(text).replace("  -h, --help", " -h, --help", 1),
+                           ref.render_reference(), version=(3, 11))
+    for name in ("plan", "run", "replay", "report", "monitor", "emulate", "ports", "selftest"):
+        assert f"### `thruster-hil {name}`" in text
+
+
+def test_every_thruster_hil_command_in_the_readme_parses():
+    """Each `thruster-hil ...` command the README shows is accepted by the parser."""
+    import shlex
+
+    from thruster_hil.cli import build_parser
+    from thruster_hil.errors import UserError
+
+    commands = []
+    for block in _sh_blocks((ROOT / "README.md").read_text()):
+        for line in block.splitlines():
+            for part in line.split("&&"):
+                argv = shlex.split(part, comments=True)
+                if argv and argv[0] == "thruster-hil":
+                    commands.append(argv[1:])
+    assert {argv[0] for argv in commands} >= {"run", "report", "replay", "monitor", "ports",
+                                              "selftest"}
+    for argv in commands:
+        try:
+            build_parser().parse_args(argv)
+        except UserError as exc:
+            raise AssertionError(f"README: thruster-hil {' '.join(argv)}: {exc}") from None
+
+
+def test_the_walk_through_from_run_to_report(capsys, tmp_path, monkeypatch):
+    """The newcomer's path: the main job prints where its run directory is on its last line,
+    and `report` on that directory writes report.png."""
+    from thruster_hil.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the default run directory is runs/... under the cwd
+    blocks = _sh_blocks((ROOT / "README.md").read_text())
+    job = next(b for b in blocks if "thruster-hil run" in b).split("&& thruster-hil ")[-1]
+    assert main(job.split()) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("run records in runs/") and last.endswith("-dragon-boost-kit")
+    run_dir = last.removeprefix("run records in ")
+    assert main(["report", run_dir]) == 0
+    assert (tmp_path / run_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

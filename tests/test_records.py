@@ -124,3 +124,93 @@ def test_report_renders_a_png_of_sensible_size_for_each_stack(tmp_path, capsys, 
     assert 1000 <= width <= 3000 and 600 <= height <= 2000
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and stack in page
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    from pathlib import Path
+
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (exited, not yet reaped)."""
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc")
+def test_sigkill_mid_burn_leaves_every_flown_cycle_on_disk_and_no_emulator(tmp_path):
+    """Killing a realtime run with SIGKILL mid-burn leaves telemetry.csv parseable, with every
+    cycle up to the last second; the emulator it started exits with it."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "thruster_hil.cli", "run", "--mode",
+                             "realtime", "--stack", "progress", "--delta-v", "0.05", "--out",
+                             str(out), "--json"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, cwd=root,
+                            env=dict(os.environ, PYTHONPATH=str(root)))
+    telemetry = out / "telemetry.csv"
+    t_first = None
+    deadline = time.monotonic() + 60
+    try:
+        while True:  # poll the file (with a deadline) until five cycles are on disk
+            assert time.monotonic() < deadline, "no 5 cycles on disk within 60 s"
+            assert proc.poll() is None, proc.stderr.read().decode()
+            rows = len(telemetry.read_bytes().splitlines()) - 1 if telemetry.exists() else 0
+            if rows >= 1 and t_first is None:
+                t_first = time.monotonic()  # cycle 0 is on disk: the burn's clock started
+            if rows >= 5:
+                break
+            time.sleep(0.02)
+        emulators = [p for p in _children(proc.pid)
+                     if b"firmware_bridge.emulator" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(emulators) == 1
+        t_kill = time.monotonic()
+        proc.kill()
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    emulator = emulators[0]
+    gone = time.monotonic() + 10
+    while _running(emulator) and time.monotonic() < gone:
+        time.sleep(0.02)  # polling the process table for its exit, bounded
+    alive = _running(emulator)
+    if alive:
+        os.kill(emulator, 9)  # leave nothing behind, then fail
+    assert not alive, "the emulator outlived the killed run by 10 s"
+
+    text = telemetry.read_text()
+    assert text.endswith("\n")  # no half-written row
+    header, *data = list(csv.reader(text.splitlines()))
+    assert len(data) >= 5
+    assert all(len(row) == len(header) for row in data)
+    for row in data:  # every field of every row is a number
+        [float(v) for v in row]
+    assert [int(r[0]) for r in data] == list(range(len(data)))  # consecutive from cycle 0
+    t_last = float(data[-1][1])
+    assert [float(r[1]) for r in data] == pytest.approx([0.5 * k for k in range(len(data))])
+    elapsed = t_kill - t_first
+    assert elapsed - 1.0 <= t_last <= elapsed + 1.0, (t_last, elapsed)
+    assert not (out / "summary.json").exists()

@@ -7,6 +7,7 @@ Every failure an operator can cause ends as one line on stderr,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -15,6 +16,8 @@ from collections.abc import Sequence
 from thruster_hil.errors import UserError
 
 PROG = "thruster-hil"
+#: Refresh rate of the live views [Hz] (rich Live's own thread; never per control cycle).
+LIVE_HZ = 4.0
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -65,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Plan the burn as 'plan' does, then fly it: every control cycle the "
         "controller computes the valve on-times, the unit executes them and the plant integrates "
         "what the unit executed. '--unit sim' is the in-process ideal unit: the software-in-the-"
-        "loop reference that hardware runs are compared against.",
+        "loop reference that hardware runs are compared against. Every run writes its run "
+        "directory as it goes and prints where it is. On a terminal a progress bar on stderr "
+        "shows the cycles flown against the planned cycles and an ETA (not with --json, not "
+        "when stderr is a file or a pipe); --live shows the whole state instead.",
     )
     _add_burn_arguments(run)
     run.add_argument("--unit", choices=("emulator", "qemu", "sim"), default="emulator",
@@ -84,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                      type=_failure, help="fail thruster NAME off at SECONDS into the burn "
                      "(repeatable)")
     run.add_argument("--out", metavar="DIR",
-                     help="run directory for summary.json, telemetry.csv and the raw wire "
-                     "capture (default: runs/<UTC time>-<stack>); must not exist or be empty")
+                     help="run directory for run.json, telemetry.csv, capture.csv (the raw "
+                     "wire), status.json and summary.json (default: runs/<UTC time>-<stack>); "
+                     "must not exist or be empty")
     run.add_argument("--dispersions", metavar="NAME|FILE",
                      help="with --unit sim: fly one case of a Monte-Carlo campaign with this "
                      "dispersion spec (with --case-seed K, or --case N [--seed S])")
@@ -94,7 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--case", type=_non_negative_int("--case"), metavar="N",
                      help="case N of the campaign with --seed S (default: the spec's seed)")
     run.add_argument("--seed", type=_seed, metavar="S", help="the campaign seed for --case")
-    run.add_argument("--json", action="store_true", help="print one JSON object")
+    run.add_argument("--live", action="store_true",
+                     help="show a live view on stderr while the burn flies: unit state and "
+                     "arming, each thruster's executed on-time, delta-v against target, "
+                     "attitude error against its limit, propellant, link health (refreshed "
+                     "4 times a second, never per cycle)")
+    run.add_argument("--json", action="store_true",
+                     help="print one JSON object (and no progress bar)")
     run.set_defaults(handler=_cmd_run)
 
     mc = sub.add_parser(
@@ -150,6 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by 'run'")
     report.set_defaults(handler=_cmd_report)
+
+    monitor = sub.add_parser(
+        "monitor",
+        help="watch a run directory as the run writes it, or a unit on a serial port",
+        description="With RUN_DIR: follow a run in progress (or finished) by tailing its "
+        "telemetry.csv, run.json and status.json, in the same view as 'run --live'; exits when "
+        "the run writes summary.json. With --port: open the unit's port, say HELLO (never ARM: "
+        "the unit stays SAFE) and show its housekeeping (state, valves, tank pressure, counters) "
+        "and the link's health until Ctrl-C. A port a run holds is refused ('in use').",
+    )
+    monitor.add_argument("run_dir", metavar="RUN_DIR", nargs="?",
+                         help="a directory 'run' writes or wrote")
+    monitor.add_argument("--port", metavar="URL",
+                         help="a unit's port instead (a device path, a pty, hwgrep://VID:PID)")
+    monitor.add_argument("--once", action="store_true",
+                         help="print one frame of the view and exit")
+    monitor.set_defaults(handler=_cmd_monitor)
 
     emulate = sub.add_parser(
         "emulate",
@@ -314,15 +344,45 @@ def _cmd_run(args: argparse.Namespace) -> int:
                             f"{', '.join(names)}), got {name!r}", field="--fail-thruster")
         failures.append(Failure(name, at_s))
     case, case_info = _run_case(args, model)
-    from thruster_hil.records import RunRecorder, default_run_dir, run_meta
+    from thruster_hil.records import RunRecorder, StatusWriter, default_run_dir, run_meta
 
     out_dir = args.out if args.out is not None else default_run_dir(plan["stack"])
     recorder = RunRecorder(out_dir, names, model.mass_kg)
     try:
         unit = _open_run_unit(args, model, names, recorder)
         link_info = getattr(getattr(unit, "link", None), "info", None)
-        result = run_burn(model, plan, unit=unit, failures=failures,
-                          on_cycle=recorder.on_cycle, case=case)
+        unit_name = getattr(unit, "name", "sim") if unit is not None else "sim"
+        period_ms = int(round(model.control_period_s * 1000))
+        planned = max(1, math.ceil(plan["burn_duration_s"] / model.control_period_s))
+        title = f"{plan['stack']} via {unit_name} ({args.mode})"
+        recorder.start({
+            "title": title, "stack": plan["stack"], "unit": unit_name, "mode": args.mode,
+            "serial": unit is not None, "thrusters": names, "period_ms": period_ms,
+            "planned_cycles": planned, "target_delta_v_mps": plan["delta_v_mps"],
+            "attitude_limit_deg": math.degrees(model.max_attitude_error_rad), "plan": plan})
+        with contextlib.ExitStack() as views:
+            on_cycle, watch = recorder.on_cycle, None
+            if unit is not None:
+                views.enter_context(StatusWriter(out_dir, unit.stats))
+            if args.live:
+                from thruster_hil.live import RunWatch
+
+                watch = RunWatch(title=title, thrusters=names, period_ms=period_ms,
+                                 planned_cycles=planned, target_dv_mps=plan["delta_v_mps"],
+                                 att_limit_deg=math.degrees(model.max_attitude_error_rad),
+                                 mass0_kg=model.mass_kg, unit=unit, unit_name=unit_name,
+                                 mode=args.mode)
+                on_cycle = _run_live(views, recorder, watch)
+            elif not args.json and sys.stderr.isatty():
+                on_cycle = _run_progress(views, recorder, planned)
+            result = run_burn(model, plan, unit=unit, failures=failures,
+                              on_cycle=on_cycle, case=case)
+            if watch is not None:  # the last frame says how it ended
+                s = result.summary
+                if s["aborted"]:
+                    watch.finish(f"aborted: {s['abort_reason']}")
+                else:
+                    watch.finish("completed" if s["completed"] else "not completed")
         summary = dict(result.summary)
         summary.update(case_info)
         summary["run_dir"] = str(out_dir)
@@ -426,6 +486,39 @@ def _target_args(args: argparse.Namespace) -> list[str]:
         if value is not None:
             out += [flag, repr(value) if isinstance(value, float) else str(value)]
     return out
+def _run_progress(views: contextlib.ExitStack, recorder, planned: int):
+    """The progress bar on stderr (a terminal; not with --json): cycles, planned, ETA."""
+    from rich.console import Console
+
+    from thruster_hil.live import RunProgress
+
+    bar = views.enter_context(RunProgress(planned, console=Console(stderr=True)))
+    record, tick = recorder.on_cycle, bar.on_cycle
+
+    def on_cycle(k: int, info: dict) -> None:
+        record(k, info)
+        tick(k, info)
+
+    return on_cycle
+
+
+def _run_live(views: contextlib.ExitStack, recorder, watch):
+    """--live: rich Live on stderr, drawn by its own thread from the watch's snapshot."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from thruster_hil.live import render
+
+    views.enter_context(Live(get_renderable=lambda: render(watch.snapshot()),
+                             console=Console(stderr=True), refresh_per_second=LIVE_HZ,
+                             auto_refresh=True))
+    record, publish = recorder.on_cycle, watch.on_cycle
+
+    def on_cycle(k: int, info: dict) -> None:
+        record(k, info)
+        publish(k, info)
+
+    return on_cycle
 
 
 def _open_run_unit(args: argparse.Namespace, model, names: list[str], recorder):
@@ -474,6 +567,64 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out = render(args.run_dir)
     print(f"wrote {out['png']} ({out['pixels'][0]} x {out['pixels'][1]} px) and {out['html']}")
     return 0
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    if (args.run_dir is None) == (args.port is None):
+        raise UserError("monitor", "give a RUN_DIR or --port URL (one of them)")
+    console = Console()
+    if args.port is not None:
+        return _monitor_port(args.port, args.once, console)
+    from thruster_hil.live import RunDirFollower, follow, render
+
+    follower = RunDirFollower(args.run_dir)
+    if args.once:
+        console.print(render(follower.poll()))
+        return 0
+    follow(follower.poll, console=console, done=lambda: follower.finished,
+           refresh_per_second=LIVE_HZ)
+    return 0
+
+
+#: monitor --port: how long to wait for the unit's first housekeeping packet [s].
+HK_WAIT_S = 2.0
+
+
+def _monitor_port(url: str, once: bool, console) -> int:
+    import time
+
+    from firmware_bridge.link import Link, LinkError
+    from thruster_hil.live import follow, port_snapshot, render
+
+    link = Link(url, ping_burst=5)
+    try:
+        try:
+            link.connect(mode="lockstep")  # HELLO only: a session, never ARM (the unit stays SAFE)
+            link.wait_hk(timeout_s=HK_WAIT_S)
+        except LinkError as exc:
+            raise UserError(url, f"the unit did not answer: {exc}") from None
+        if once:
+            console.print(render(port_snapshot(link, url)))
+            return 0
+        next_ping = [time.monotonic() + 1.0]
+
+        def poll() -> dict:
+            if time.monotonic() >= next_ping[0]:  # keep the RTT current, once a second
+                next_ping[0] = time.monotonic() + 1.0
+                try:
+                    link.ping()
+                except LinkError:
+                    pass  # shown as a stale HK and a link that is down
+            return port_snapshot(link, url)
+
+        follow(poll, console=console, done=lambda: not link.is_up, interval_s=0.25,
+               refresh_per_second=LIVE_HZ)
+        print(f"{PROG}: error: {url}: the link went down", file=sys.stderr)
+        return 1
+    finally:
+        link.close()
 
 
 def _cmd_emulate(args: argparse.Namespace) -> int:

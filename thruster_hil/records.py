@@ -1,5 +1,10 @@
 """Run records: every `thruster-hil run` leaves a directory an operator can keep and replay.
 
+    run.json        what the run set out to do, written when the burn starts: stack, unit,
+                    mode, target delta-v, attitude limit, control period, planned cycles, the
+                    plan and the start time (``thruster-hil monitor`` follows a run with it)
+    status.json     the link's counters and the unit's last housekeeping, rewritten every
+                    second while a serial unit flies (serial units only)
     summary.json    the run's summary (the --json object) plus config hashes, versions and the
                     unit's identity; written at the end, also after Ctrl-C ("aborted": true)
     telemetry.csv   one row per control cycle, flushed every cycle
@@ -19,6 +24,7 @@ import math
 import os
 import platform
 import threading
+import time
 from pathlib import Path
 
 from thruster_hil.errors import UserError
@@ -93,6 +99,13 @@ class RunRecorder:
         self._tel.flush()
         self.cycles += 1
 
+    # ---- start -------------------------------------------------------------------------
+    def start(self, info: dict) -> Path:
+        """Write run.json: what the run is about to fly (see the module docstring)."""
+        out = dict(info)
+        out.setdefault("started_unix_s", time.time())
+        return write_json_atomic(self.dir / "run.json", out)
+
     # ---- end ---------------------------------------------------------------------------
     def finish(self, summary: dict, meta: dict) -> Path:
         """Write summary.json (atomically) and close the files."""
@@ -100,9 +113,7 @@ class RunRecorder:
         out.update(meta)
         out["records"] = {"telemetry_rows": self.cycles,
                           "capture": (self.dir / "capture.csv").exists()}
-        tmp = self.dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, self.dir / "summary.json")
+        write_json_atomic(self.dir / "summary.json", out)
         self.close()
         return self.dir / "summary.json"
 
@@ -112,6 +123,50 @@ class RunRecorder:
             if self._cap is not None:
                 self._cap.close()
                 self._cap = None
+
+
+def write_json_atomic(path: Path, obj: dict) -> Path:
+    """Write ``obj`` as JSON to ``path`` so that a reader sees the old file or the new one, never
+    half of one (a follower polls these files while the run writes them)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+class StatusWriter:
+    """Rewrites RUN_DIR/status.json every ``interval_s`` from ``stats()`` on a thread of its own
+    (the control loop never waits for it): ``{"updated_unix_s": ..., "link": stats()}``."""
+
+    def __init__(self, run_dir: str | Path, stats, interval_s: float = 1.0):
+        self.path = Path(run_dir) / "status.json"
+        self._stats = stats
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="run status.json", daemon=True)
+        self.writes = 0
+
+    def _write(self) -> None:
+        try:
+            write_json_atomic(self.path, {"updated_unix_s": time.time(), "link": self._stats()})
+            self.writes += 1
+        except Exception:  # a full disk or a dead port must not stop the burn (or print a
+            pass  # traceback over the live view): telemetry.csv is the record
+
+    def _loop(self) -> None:
+        while True:
+            self._write()
+            if self._stop.wait(self._interval):
+                return
+
+    def __enter__(self) -> StatusWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._write()  # the counters at the end, also for a run shorter than one interval
 
 
 def run_meta(stack, unit_name: str, link_info=None) -> dict:
