@@ -1,8 +1,9 @@
 """Lockstep HIL loop speed against the raw pseudo-terminal round-trip rate, in one run.
 
 1. Raw: a trivial echo peer (a separate process holding a raw pty master) sends back every byte;
-   the host writes a 50-byte COBS frame through pyserial and reads until its delimiter, as the
-   link's reader does (``read(in_waiting or 1)``). Round trips per second.
+   the host writes a 50-byte COBS frame through pyserial and reads until its delimiter the way
+   the link's reader does (``select`` on the port's descriptor, then ``os.read`` of what is
+   there). Round trips per second.
 2. Loop: the full lockstep HIL reboost (controller + plant + link + the emulator process) of each
    stack: control cycles per second, timed from the loop's own per-cycle stamps (the first
    cycle, which loads the kernels, and closing the unit are not counted).
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import statistics
 import subprocess
 import sys
@@ -82,11 +84,14 @@ def raw_round_trips(n: int, peer_cpus: set[int] | None = None) -> float:
         frame = frame.rstrip(b"\x00")[:49].ljust(49, b"\x01") + b"\x00"  # exactly 50 bytes
         assert len(frame) == 50
 
+        fd = port.fileno()
+
         def once():
             port.write(frame)
             got = b""
             while not got.endswith(b"\x00"):
-                got += port.read(port.in_waiting or 1)
+                select.select([fd], [], [], 1.0)
+                got += os.read(fd, 4096)
 
         for _ in range(200):
             once()

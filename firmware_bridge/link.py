@@ -1,8 +1,10 @@
 """The host link: the one piece of code that touches the serial port (docs/protocol.md section 7).
 
 A :class:`Link` owns one port opened with ``serial.serial_for_url(..., exclusive=True)`` (device
-path, pty path, ``hwgrep://``, ``loop://``) and one reader thread. The reader does
-``read(in_waiting or 1)``, feeds a :class:`firmware_bridge.codec.Decoder` and files what it decodes
+path, pty path, ``hwgrep://``, ``loop://``) and one reader thread. The reader reads what has
+arrived (one ``select`` and ``os.read`` on the port's descriptor, as pyserial's own ``read`` does;
+``read(in_waiting or 1)`` on a port without one), feeds a
+:class:`firmware_bridge.codec.Decoder` and files what it decodes
 under a :class:`threading.Condition`: ACKs by (acked sequence count, msg id), VALVE_REPORTs by
 (step, bank), PONGs by nonce, the latest HELLO_ACK / ARM_CHALLENGE / BOOT / HK, and a bounded
 event list. The control thread calls the blocking methods (:meth:`connect`, :meth:`arm`,
@@ -33,7 +35,9 @@ from __future__ import annotations
 import errno
 import itertools
 import math
+import os
 import random
+import select
 import threading
 import time
 from collections import OrderedDict, deque
@@ -236,6 +240,8 @@ class Link:
 
         self._ser: serial.SerialBase | None = None
         self._reader: threading.Thread | None = None
+        self._stop_r: int | None = None  # a pipe that wakes the reader for close()
+        self._stop_w: int | None = None
         self._stopping = threading.Event()
         self._tx_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -303,7 +309,8 @@ class Link:
             self._up = True
             self._down_reason = ""
             self._boots_consumed = self._boots
-        self._reader = threading.Thread(target=self._read_loop, args=(ser,),
+        self._stop_r, self._stop_w = os.pipe()
+        self._reader = threading.Thread(target=self._read_loop, args=(ser, self._stop_r),
                                         name=f"link-reader {self.url}", daemon=True)
         self._reader.start()
 
@@ -316,8 +323,15 @@ class Link:
             ser.cancel_read()
         except Exception:  # noqa: BLE001 - a dead port may fail anything; we are closing it
             pass
+        stop_r, stop_w = self._stop_r, self._stop_w
+        if stop_w is not None:
+            os.write(stop_w, b"x")
         if reader is not None and reader is not threading.current_thread():
             reader.join(timeout=2.0)
+        if stop_w is not None and (reader is None or not reader.is_alive()):
+            os.close(stop_r)
+            os.close(stop_w)
+            self._stop_r = self._stop_w = None
         try:
             ser.close()
         except Exception:  # noqa: BLE001
@@ -352,11 +366,44 @@ class Link:
         except Exception:  # noqa: BLE001 - a broken recorder must not kill the link
             self._capture_errors += 1
 
-    def _read_loop(self, ser: serial.SerialBase) -> None:
+    def _chunk_reader(self, ser: serial.SerialBase, stop_fd: int) -> Callable[[], bytes]:
+        """What the reader calls for the next chunk of input (b"" after a quiet timeout).
+
+        A port with a file descriptor (a device or a pty: pyserial's POSIX Serial) is read as
+        pyserial's own ``read`` does it, one ``select`` and one ``os.read`` of whatever is
+        there, minus its per-call bookkeeping: one select and one read per chunk instead of two
+        of each plus an ioctl for ``read(in_waiting or 1)``. ``stop_fd`` wakes it for close().
+        Any other port (loop://, socket://, ...) goes through ``read(in_waiting or 1)``.
+        """
+        try:
+            fd = ser.fileno()
+        except (AttributeError, OSError, ValueError, serial.SerialException):
+            fd = None
+        if not isinstance(fd, int) or fd < 0:
+            return lambda: ser.read(ser.in_waiting or 1)
+        timeout = self.timeout
+
+        def read_chunk() -> bytes:
+            ready, _, _ = select.select([fd, stop_fd], [], [], timeout)
+            if fd not in ready:
+                return b""
+            try:
+                data = os.read(fd, 4096)
+            except BlockingIOError:
+                return b""
+            if not data:  # as pyserial: readable but nothing there means the device is gone
+                raise serial.SerialException("device reports readiness to read but returned no "
+                                             "data (device disconnected?)")
+            return data
+
+        return read_chunk
+
+    def _read_loop(self, ser: serial.SerialBase, stop_fd: int) -> None:
         reason = ""
+        read_chunk = self._chunk_reader(ser, stop_fd)
         try:
             while not self._stopping.is_set():
-                data = ser.read(ser.in_waiting or 1)
+                data = read_chunk()
                 if not data:
                     continue
                 t_ns = time.monotonic_ns()
@@ -473,13 +520,19 @@ class Link:
     def _next_seq(self) -> int:
         """The next sequence count of the host's APID (14 bit). An unclaimed ACK still filed
         under it (from 16384 commands ago) is dropped so it cannot answer the new command."""
+        return self._next_seqs(1)[0]
+
+    def _next_seqs(self, n: int) -> list[int]:
+        """The next n sequence counts (see :meth:`_next_seq`)."""
         with self._tx_lock:
-            seq = self._seq
-            self._seq = (self._seq + 1) % codec.SEQ_MODULO
+            first = self._seq
+            self._seq = (first + n) % codec.SEQ_MODULO
+        seqs = [(first + i) % codec.SEQ_MODULO for i in range(n)]
         with self._cond:
-            for key in [k for k in self._acks if k[0] == seq]:
-                del self._acks[key]
-        return seq
+            if self._acks:
+                for key in [k for k in self._acks if k[0] in seqs]:
+                    del self._acks[key]
+        return seqs
 
     def _forget_replies(self) -> None:
         """Drop filed replies of an earlier session or arming (self._cond held): a step number
@@ -981,7 +1034,8 @@ class Link:
                     session: int) -> None:
         """Make ``step`` the chain's step and send its FIREs (either thread)."""
         banks = self._fire_banks(step, on_ms, session)
-        seqs = {b: self._next_seq() for b, _lo, _w, _f in banks}
+        seqs = dict(zip((b for b, _lo, _w, _f in banks), self._next_seqs(len(banks)),
+                        strict=True))
         frames = [("FIRE", seqs[b], 0, fields) for b, _lo, _w, fields in banks]
         with self._cond:
             chain.step, chain.n, chain.banks, chain.seqs = step, len(on_ms), banks, seqs

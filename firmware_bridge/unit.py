@@ -95,7 +95,7 @@ _PARAM_LIMITS = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pulse:
     """One accepted FIRE of one bank (REALTIME: in progress until every channel has closed)."""
 
@@ -473,6 +473,9 @@ class UnitCore:
 
     def _command(self, out: list[bytes], msg: Message, now_us: int) -> None:
         name = msg.name
+        if name == "FIRE" and self.session is not None and msg.fields["session"] == self.session:
+            self._on_fire(out, [], msg, now_us)  # the every-cycle command: not cached, no lookup
+            return
         key = None
         if name in _CACHED_CMDS:
             key = (msg.spec.id, msg.seq, tuple(sorted(msg.fields.items())))
@@ -708,14 +711,18 @@ class UnitCore:
         base = bank * CHANNELS_PER_BANK
         failed = (self.failed >> base) & 0xFFFF
         stuck = (self.stuck >> base) & 0xFFFF
-        planned = [0] * CHANNELS_PER_BANK
+        width = min(CHANNELS_PER_BANK, self.n_channels - base)
+        if mask == 0xFFFF and width == CHANNELS_PER_BANK:
+            planned = list(on_ticks)
+        else:
+            planned = [v if mask >> c & 1 and c < width else 0 for c, v in enumerate(on_ticks)]
         flags = 0
-        for c in range(min(CHANNELS_PER_BANK, self.n_channels - base)):
-            if not mask >> c & 1:
-                continue
-            v = on_ticks[c]
-            if v > limit or 0 < v < min_on:  # clamp to the limit, round up to the minimum
-                asked = v
+        if max(planned) > limit or (min_on > 1 and any(0 < v < min_on for v in planned)):
+            # Clamp to the limit, round up to the minimum on-time (or drop), one event each.
+            for c in range(width):
+                if not mask >> c & 1:
+                    continue
+                asked = v = planned[c]
                 if v > limit:
                     v = limit
                 if 0 < v < min_on:
@@ -725,9 +732,11 @@ class UnitCore:
                 if v != asked:
                     flags |= 1
                     self._event(out, now_us, "CLAMPED", base + c, asked, v)
-            if failed >> c & 1:
-                v = 0
-            planned[c] = v
+                planned[c] = v
+        if failed:
+            for c in range(width):
+                if failed >> c & 1:
+                    planned[c] = 0
         # Cut older pulses of this bank on the channels this FIRE commands.
         for p in list(self._pending):
             if p.bank != bank:
@@ -740,12 +749,12 @@ class UnitCore:
         self._last_step[bank] = step
         self.last_step = step
         self._idle_from = now_us
+        if self.mode == LOCKSTEP:  # executed in virtual time: reported at once
+            self._report(out, _Pulse(self.session or 0, step, bank, now_us, planned, flags,
+                                     executed=planned, failed=failed, stuck=stuck), now_us)
+            return
         pulse = _Pulse(self.session or 0, step, bank, now_us, planned, flags, failed=failed,
                        stuck=stuck)
-        if self.mode == LOCKSTEP:
-            pulse.executed = list(planned)
-            self._report(out, pulse, now_us)
-            return
         for c, v in enumerate(planned):
             if v:
                 pulse.ends[c] = now_us + v * TICK_US
