@@ -25,6 +25,9 @@ from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_STUCK_OPEN
 
 __all__ = ["SerialUnit", "open_unit", "LinkError"]
 
+#: How long closing a serial unit waits for the unit to acknowledge its STOP_ALL [s].
+STOP_CONFIRM_S = 0.5
+
 
 class SerialUnit:
     """The runner's unit over a :class:`Link` (connected and armed by :func:`open_unit`)."""
@@ -43,6 +46,8 @@ class SerialUnit:
         self._process = process
         self._executed = np.zeros(n_thrusters, np.uint16)
         self._health = np.zeros(n_thrusters, np.int64)
+        #: After close(): did the unit acknowledge the final STOP_ALL (its valves closed)?
+        self.valves_closed: bool | None = None
 
     def execute(self, cycle: int, on_ms: np.ndarray) -> UnitReport:
         return self._report(self.link.fire(cycle + 1, on_ms[:self.n]))
@@ -83,8 +88,12 @@ class SerialUnit:
         return self.link.stats()
 
     def close(self) -> None:
+        """STOP_ALL and wait up to 0.5 s for the unit to confirm it (``valves_closed``: True
+        confirmed, False not confirmed, None the link was already down), then close."""
         try:
-            self.link.close()
+            closed = self.link.close(confirm_timeout_s=STOP_CONFIRM_S)
+            if self.valves_closed is None or closed is not None:
+                self.valves_closed = closed
         finally:
             if self._process is not None:
                 self._process.stop()

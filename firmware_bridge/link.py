@@ -344,10 +344,13 @@ class Link:
             self._armed = False
             self._cond.notify_all()
 
-    def close(self) -> None:
-        """STOP_ALL, then close the port. Idempotent; never raises on a dead port."""
-        self.stop_all()
-        self._close_port()
+    def close(self, confirm_timeout_s: float = 0.0) -> bool | None:
+        """STOP_ALL, then close the port. Idempotent; never raises on a dead port. Returns what
+        :meth:`stop_all` returns (with ``confirm_timeout_s``: did the unit confirm)."""
+        try:
+            return self.stop_all(confirm_timeout_s)
+        finally:
+            self._close_port()
 
     def __enter__(self) -> Link:
         return self
@@ -840,20 +843,32 @@ class Link:
         if rec.msg["result"] != RESULT["ACCEPTED"]:
             raise LinkError(f"{self.url}: DISARM refused: {self._result_name(rec)}")
 
-    def stop_all(self) -> None:
-        """STOP_ALL, twice (same seq, the copy flagged RETRANSMIT). Fire-and-forget: never
-        raises, whatever the port's state."""
+    def stop_all(self, confirm_timeout_s: float = 0.0) -> bool | None:
+        """STOP_ALL, twice (same seq, the copy flagged RETRANSMIT), asking for an ACK.
+
+        Never raises, whatever the port's state. Returns True if the unit acknowledged it (it
+        closes every valve before it answers) within ``confirm_timeout_s``, False if it did
+        not, None if nothing was waited for (``confirm_timeout_s`` 0) or the port was down.
+        """
         with self._cond:
             self._armed = False
             up = self._ser is not None and self._up
         if not up:
-            return
+            return None
         seq = self._next_seq()
-        for flags in (0, FLAG_RETRANSMIT):
+        for flags in (FLAG_ACK_REQ, FLAG_ACK_REQ | FLAG_RETRANSMIT):
             try:
                 self._send("STOP_ALL", seq, flags)
             except Exception:  # noqa: BLE001 - safing must never raise
-                return
+                return None
+        if confirm_timeout_s <= 0.0:
+            return None
+        try:
+            ack = self._wait(lambda: self._take_ack(seq, "STOP_ALL"), confirm_timeout_s,
+                             session=False)
+        except LinkError:
+            return False
+        return ack is not None and ack.msg["result"] == RESULT["ACCEPTED"]
 
     @property
     def armed(self) -> bool:

@@ -82,6 +82,9 @@ class IdealUnit:
         self._executed[self.health != HEALTH_NOMINAL] = 0
         return UnitReport(self._executed, self.health)
 
+    #: The in-process unit has no valves of its own: they are closed when the loop stops.
+    valves_closed = True
+
     def close(self) -> None:
         pass
 
@@ -187,6 +190,8 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
         "completed": complete_cycle is not None,
         "aborted": aborted is not None,
         "abort_reason": aborted,
+        # Did the unit confirm its final STOP_ALL (every valve closed)? None: could not ask.
+        "valves_closed": getattr(unit, "valves_closed", None),
         "max_attitude_error_deg": math.degrees(max_err),
         "attitude_limit_deg": math.degrees(model.max_attitude_error_rad),
         "propellant_kg": float(out[O_PROPELLANT]),

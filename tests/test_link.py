@@ -602,6 +602,18 @@ def test_close_sends_stop_all_and_is_idempotent(unit):
     assert not lk.is_up
 
 
+def test_stop_all_reports_whether_the_unit_confirmed(link, unit):
+    connected(link, unit).arm(100)
+    assert link.stop_all(confirm_timeout_s=WAIT) is True
+    stops = unit.frames("STOP_ALL")
+    assert stops and all(m.flags & FLAG_ACK_REQ for m in stops)
+    assert not unit.armed and not link.armed
+    orig = unit._handle
+    unit._handle = lambda m: None if m.name == "STOP_ALL" else orig(m)  # a unit that is deaf
+    assert link.stop_all(confirm_timeout_s=0.05) is False
+    assert link.stop_all() is None  # nothing waited for
+
+
 def test_context_manager_closes_with_stop_all(unit):
     with Link(unit.path, ping_burst=1) as lk:
         lk.open()

@@ -80,6 +80,7 @@ def test_ctrl_c_stops_the_burn_and_still_writes_the_summary(tmp_path, mode, delt
     summary = json.loads((out / "summary.json").read_text())
     assert summary["aborted"] and summary["abort_reason"] == "interrupted"
     assert not summary["completed"]
+    assert summary["valves_closed"] is True  # the unit acknowledged the final STOP_ALL
     rows = list(csv.DictReader(telemetry.open()))
     assert len(rows) == summary["cycles"] >= 3
 
