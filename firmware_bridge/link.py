@@ -555,26 +555,7 @@ class Link:
 
     def _send(self, name: str, seq: int, flags: int = 0, **fields: Any) -> int:
         """Write one frame; return its host send time (ns). LinkError if the port is gone."""
-        frame = codec.encode(name, seq, flags, **fields)
-        ser = self._ser
-        if ser is None or not self._up:
-            raise LinkError(f"{self.url}: link is down ({self._down_reason or 'port not open'})"
-                            f"; reconnect")
-        with self._tx_lock:
-            t_ns = time.monotonic_ns()
-            try:
-                ser.write(frame)
-            except (serial.SerialException, OSError) as exc:
-                reason = " ".join(str(exc).split()) or type(exc).__name__
-                self._mark_down(reason)
-                raise LinkError(f"{self.url}: writing {name} failed ({reason}); the port went "
-                                f"away: reconnect") from None
-            self._frames_sent += 1
-            self._bytes_sent += len(frame)
-            if name in ("FIRE", "HEARTBEAT"):
-                self._last_feed_ns = t_ns
-        self._capture("tx", t_ns, frame)
-        return t_ns
+        return self._send_together([(name, seq, flags, fields)])
 
     def _send_together(self, frames: list[tuple[str, int, int, dict[str, Any]]],
                        t_ns: int | None = None) -> int:
@@ -600,7 +581,7 @@ class Link:
             self._frames_sent += len(frames)
             self._bytes_sent += len(data)
             if any(name in ("FIRE", "HEARTBEAT") for name, _s, _f, _d in frames):
-                self._last_feed_ns = t_ns
+                self._last_feed_ns = t_ns  # the unit's link watchdog was fed
         self._capture("tx", t_ns, data)
         return t_ns
 

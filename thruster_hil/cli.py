@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "dispersion spec (with --case-seed K, or --case N [--seed S])")
     run.add_argument("--case-seed", type=_seed, metavar="K",
                      help="the case's seed, as cases.csv and summary.json list it")
-    run.add_argument("--case", type=_non_negative_int("--case"), metavar="N",
+    run.add_argument("--case", type=_index, metavar="N",
                      help="case N of the campaign with --seed S (default: the spec's seed)")
     run.add_argument("--seed", type=_seed, metavar="S", help="the campaign seed for --case")
     run.add_argument("--live", action="store_true",
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sim --dispersions FILE --case-seed K'.",
     )
     _add_burn_arguments(mc)
-    mc.add_argument("--cases", type=_positive_int("--cases"), required=True, metavar="N",
+    mc.add_argument("--cases", type=_count, required=True, metavar="N",
                     help="number of cases")
     mc.add_argument("--dispersions", default="default", metavar="NAME|FILE",
                     help="dispersion spec: a name in hw_configs/dispersions/ or a TOML path "
@@ -133,9 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                     help="run on this Dask distributed scheduler (needs "
                     "pip install 'thruster-hil[dask]'); default: this machine's cores")
-    mc.add_argument("--chunk", type=_positive_int("--chunk"), metavar="N",
+    mc.add_argument("--chunk", type=_count, metavar="N",
                     help="cases per batch call / Dask task (default: 25, or 8 per thread)")
-    mc.add_argument("--threads", type=_positive_int("--threads"), metavar="N",
+    mc.add_argument("--threads", type=_count, metavar="N",
                     help="numba threads on this machine (default: all cores)")
     mc.add_argument("--out", metavar="DIR",
                     help="output directory (default: runs/<UTC time>-<stack>-montecarlo); must "
@@ -225,40 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(name: str):
+def _whole_number(lo: int, hi: int, hi_text: str):
+    """An argparse type: a whole number in lo..hi (hi_text is how the message writes hi)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < 1 or value > 10**8:
-            raise argparse.ArgumentTypeError(f"expected a whole number in 1..1e8, got {text!r}")
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected a whole number in {lo}..{hi_text}, "
+                                             f"got {text!r}")
         return value
 
     return parse
 
 
-def _non_negative_int(name: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-        return value
-
-    return parse
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= value <= 2**63 - 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number in 0..2**63-1, got {text!r}")
-    return value
+_count = _whole_number(1, 10**8, "1e8")  # cases, chunk sizes, threads
+_index = _whole_number(0, 10**8, "1e8")  # a case number
+_seed = _whole_number(0, 2**63 - 1, "2**63-1")
 
 
 def _failure(text: str) -> tuple[str, float]:
