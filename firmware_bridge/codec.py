@@ -197,16 +197,23 @@ def decode_packet(packet: bytes) -> Message:
         raise LengthError(f"{spec.name} payload of {n - MIN_PACKET} bytes, expected "
                           f"{spec.payload_len}")
     values = spec.struct.unpack_from(packet, 8)
-    out: dict[str, Any] = {}
-    i = 0
-    for f in spec.fields:
-        if f.count > 1:
-            out[f.name] = tuple(values[i:i + f.count])
-            i += f.count
-        else:
-            out[f.name] = values[i]
-            i += 1
+    layout = _LAYOUTS.get(msg_id)
+    if layout is None:
+        layout = _LAYOUTS[msg_id] = _layout(spec)
+    out = {name: values[a:b] if b else values[a] for name, a, b in layout}
     return Message(spec.name, word1 & 0x3FFF, out, ver_flags & 0xF)
+
+
+_LAYOUTS: dict[int, tuple[tuple[str, int, int], ...]] = {}
+
+
+def _layout(spec: MessageSpec) -> tuple[tuple[str, int, int], ...]:
+    """Where each field sits in the unpacked values: (name, start, stop), stop 0 for a scalar."""
+    out, i = [], 0
+    for f in spec.fields:
+        out.append((f.name, i, i + f.count if f.count > 1 else 0))
+        i += f.count
+    return tuple(out)
 
 
 def decode_frame(frame: bytes) -> Message:
@@ -246,16 +253,22 @@ class Decoder:
             if end < 0:
                 self._append(data[start:], out)
                 return out
-            self._append(data[start:end], out)
-            start = end + 1
-            if self._overflow:
-                self._overflow = False
+            if not self._buf and not self._overflow and end - start + 1 <= self._max:
+                frame = data[start:end]  # a whole frame in this chunk: no copy through _buf
+                start = end + 1
+                if not frame:
+                    continue
+            else:
+                self._append(data[start:end], out)
+                start = end + 1
+                if self._overflow:
+                    self._overflow = False
+                    self._buf.clear()
+                    continue
+                if not self._buf:
+                    continue
+                frame = bytes(self._buf)
                 self._buf.clear()
-                continue
-            if not self._buf:
-                continue
-            frame = bytes(self._buf)
-            self._buf.clear()
             try:
                 msg = decode_frame(frame)
             except ProtocolError as err:

@@ -738,7 +738,7 @@ class UnitCore:
                 if failed >> c & 1:
                     planned[c] = 0
         # Cut older pulses of this bank on the channels this FIRE commands.
-        for p in list(self._pending):
+        for p in list(self._pending) if self._pending else ():
             if p.bank != bank:
                 continue
             for c in list(p.ends):
