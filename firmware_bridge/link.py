@@ -272,6 +272,7 @@ class Link:
         self._late_expected: set[tuple[int, int]] = set()
         self._test_build = False
         self._chain: _Chain | None = None
+        self._watchdog_trip_ms: int | None = None  # the unit's last WATCHDOG_TRIP since ARMED
 
         self._frames_sent = 0
         self._bytes_sent = 0
@@ -484,7 +485,7 @@ class Link:
                     for b, seq in chain.seqs.items():
                         if seq == msg["acked_seq"] and b not in chain.reports:
                             why = (" after a unit reset (BOOT in mid-session): reconnect and "
-                                   "ARM again" if self.reset_detected else "")
+                                   "ARM again" if self.reset_detected else self._refusal_hint())
                             chain.error = LinkError(f"{self.url}: FIRE step {chain.step} bank "
                                                     f"{b} refused: {rname}{why}")
                             chain.done = True
@@ -496,6 +497,9 @@ class Link:
             self._events.append(rec)
             if msg["event"] == EVENT["ARMED"]:
                 self._armed_events += 1
+                self._watchdog_trip_ms = None
+            elif msg["event"] == EVENT["WATCHDOG_TRIP"]:
+                self._watchdog_trip_ms = msg["arg0"]
         elif name == "HELLO_ACK":
             self._hello_acks += 1
             self._last_hello_ack = rec
@@ -649,6 +653,13 @@ class Link:
             if self._session is None:
                 raise LinkError(f"{self.url}: no session with the unit; connect() before {what}")
             return self._session
+
+    def _refusal_hint(self) -> str:
+        """Why the unit may have refused a FIRE, if it said so (self._cond held or not)."""
+        if self._watchdog_trip_ms is None:
+            return ""
+        return (f" (the unit's link watchdog expired: {self._watchdog_trip_ms} ms without a "
+                f"FIRE or HEARTBEAT from the host, so it closed its valves and went SAFE)")
 
     @staticmethod
     def _result_name(rec: Received) -> str:
@@ -978,7 +989,7 @@ class Link:
         if rejected:
             b, rec = rejected[0]
             raise LinkError(f"{self.url}: FIRE step {step} bank {b} refused: "
-                            f"{self._result_name(rec)}")
+                            f"{self._result_name(rec)}{self._refusal_hint()}")
         t_last = max(r.t_ns for r in reports.values())
         if attempt == 0:  # Karn: no RTT sample from a retransmitted exchange
             with self._cond:
@@ -1157,7 +1168,7 @@ class Link:
         if rejected:
             b, rec = rejected[0]
             raise LinkError(f"{self.url}: FIRE step {step} bank {b} refused: "
-                            f"{self._result_name(rec)}")
+                            f"{self._result_name(rec)}{self._refusal_hint()}")
         rtt = None
         if reports:
             rtt = (max(r.t_ns for r in reports.values()) - t_first) / 1e6

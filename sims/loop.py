@@ -662,3 +662,15 @@ def new_sim(model, plan: dict, case: PlantCase | None = None,
         cmg=np.zeros(3), true_health=np.full(n, HEALTH_NOMINAL, np.int64),
         executed=np.zeros(n, np.uint16),
     )
+
+
+def warm_up(model, plan: dict) -> None:
+    """Compile (or load from numba's cache) every kernel a cycle runs, on a scratch burn.
+
+    A run calls this before it arms a serial unit: compiling ``pre_unit``/``post_unit`` on a
+    fresh machine takes seconds, and a unit armed meanwhile would see its link watchdog expire
+    and refuse the first FIREs (the watchdog is right to: the host was silent).
+    """
+    sim = new_sim(model, plan)
+    sim.pre(0)
+    sim.post(np.zeros(sim.setup.n, np.uint16))

@@ -408,6 +408,18 @@ def test_rejecting_ack_to_fire_raises_link_error_naming_the_result(link, unit):
     assert "\n" not in str(exc.value)
 
 
+def test_a_fire_refused_after_a_watchdog_trip_says_so(link, unit):
+    """A host that was silent past the watchdog finds its unit SAFE: the refusal names why."""
+    connected(link, unit).arm(500)
+    unit.send("EVENT", pu_time_us=unit.now_us(), event=EVENT["WATCHDOG_TRIP"], state=1,
+              arg0=251, arg1=0, arg2=0)
+    sync(link)
+    unit.fire_result = "REJECTED_STATE"
+    with pytest.raises(LinkError, match="REJECTED_STATE .*watchdog expired: 251 ms") as exc:
+        link.fire(3, [10] * 18)
+    assert "\n" not in str(exc.value)
+
+
 def test_no_report_after_three_retries_is_a_link_error(link, unit):
     connected(link, unit).arm(500)
     link._retry_rtt_s = 0.001  # noqa: SLF001 - keep the 4 x 20 ms short and predictable

@@ -215,3 +215,27 @@ def test_sigkill_mid_burn_leaves_every_flown_cycle_on_disk_and_no_emulator(tmp_p
     elapsed = t_kill - t_first
     assert elapsed - 1.0 <= t_last <= elapsed + 1.0, (t_last, elapsed)
     assert not (out / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_the_default_run_flies_on_a_machine_that_has_compiled_nothing(tmp_path):
+    """The README's main job with an empty numba cache (a fresh machine): compiling the cycle
+    takes seconds, and it must happen before the unit is armed, or the unit's link watchdog
+    expires and it refuses the first FIRE. The run completes its whole burn."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(root), NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+    proc = subprocess.run([sys.executable, "-m", "thruster_hil.cli", "run", "--stack",
+                           "dragon-boost-kit", "--raise-perigee-km", "1.6", "--out", str(out),
+                           "--json"], capture_output=True, text=True, cwd=root, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    summary = json.loads(proc.stdout)
+    assert summary["completed"] and not summary["aborted"]
+    assert abs(summary["delta_v_error_pct"]) < 0.5
+    assert any((tmp_path / "numba-cache").rglob("*.nbi"))  # it really compiled into the new cache

@@ -334,7 +334,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out_dir = args.out if args.out is not None else default_run_dir(plan["stack"])
     recorder = RunRecorder(out_dir, names, model.mass_kg)
     try:
-        unit = _open_run_unit(args, model, names, recorder)
+        unit = _open_run_unit(args, model, plan, names, recorder)
         link_info = getattr(getattr(unit, "link", None), "info", None)
         unit_name = getattr(unit, "name", "sim") if unit is not None else "sim"
         period_ms = int(round(model.control_period_s * 1000))
@@ -506,7 +506,7 @@ def _run_live(views: contextlib.ExitStack, recorder, watch):
     return on_cycle
 
 
-def _open_run_unit(args: argparse.Namespace, model, names: list[str], recorder):
+def _open_run_unit(args: argparse.Namespace, model, plan: dict, names: list[str], recorder):
     """The unit a run flies with: None (the in-process sim unit) or a connected serial unit."""
     if args.port is None and args.unit == "sim":
         if args.faults is not None or args.mode != "lockstep":
@@ -523,6 +523,9 @@ def _open_run_unit(args: argparse.Namespace, model, names: list[str], recorder):
     from firmware_bridge.hil import LinkError, open_unit
 
     parse_faults(args.faults)  # one-line error before anything starts
+    from sims.loop import warm_up
+
+    warm_up(model, plan)  # compile the cycle now: an armed unit must not wait for the compiler
     try:
         return open_unit(unit=args.unit, port=args.port, mode=args.mode,
                          n_thrusters=len(names),
