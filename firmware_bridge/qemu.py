@@ -87,10 +87,17 @@ class QemuUnit:
         if not self.elf.exists():
             raise UserError("qemu", f"firmware {self.elf} not found: run make -C "
                             f"firmware_bridge/board qemu")
-        self._proc = subprocess.Popen(
-            [exe, "-machine", "mega2560", "-bios", str(self.elf), "-serial", "pty",
-             "-nographic", "-monitor", "none"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        cmd = [exe, "-machine", "mega2560", "-bios", str(self.elf), "-serial", "pty",
+               "-nographic", "-monitor", "none"]
+        # QEMU must not outlive the process that started it, even one killed with SIGKILL:
+        # util-linux's setpriv sets the parent-death signal (prctl PR_SET_PDEATHSIG) and execs
+        # QEMU, which then gets SIGTERM when its parent dies (the emulator has its lifeline
+        # pipe instead). Without setpriv, stop() is the only way QEMU ends.
+        setpriv = shutil.which("setpriv")
+        if setpriv is not None:
+            cmd = [setpriv, "--pdeathsig", "TERM", *cmd]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.boot_timeout_s
         banner = b""
         os.set_blocking(self._proc.stdout.fileno(), False)

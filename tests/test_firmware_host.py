@@ -254,3 +254,39 @@ def test_hil_reboost_through_qemu_matches_sil():
     assert hil["completed"] and not hil["aborted"], hil.get("abort_reason")
     assert hil["achieved_delta_v_mps"] == pytest.approx(sil["achieved_delta_v_mps"], rel=5e-3)
     assert hil["link"]["crc_errors"] == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_qemu_does_not_outlive_a_killed_parent(tmp_path):
+    """A process that started QEMU (as `run --unit qemu` does) is killed with SIGKILL, which no
+    handler sees: QEMU ends too (parent-death signal through setpriv)."""
+    _need("make", "avr-gcc", "qemu-system-avr", "setpriv")
+    import signal
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    starter = ("import os, sys\nfrom firmware_bridge.qemu import QemuUnit\n"
+               "q = QemuUnit().start()\nprint(q._proc.pid, flush=True)\nsys.stdin.read()\n")
+    parent = subprocess.Popen([sys.executable, "-c", starter], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, cwd=root,
+                              env=dict(os.environ, PYTHONPATH=str(root)))
+    try:
+        pid = int(parent.stdout.readline())  # QEMU is up: its pty was announced
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # poll the process table for QEMU's exit, bounded
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                break  # gone (and reaped by init)
+            if state == "Z":
+                break
+            time.sleep(0.02)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail("qemu-system-avr outlived its killed parent by 10 s")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
