@@ -124,32 +124,49 @@ def _chunks(n_cases: int, chunk: int) -> list[tuple[int, int]]:
 
 
 class Progress:
-    """One self-rewriting line on stderr while a campaign runs, only when stderr is a TTY."""
+    """The campaign's progress bar on stderr (rich, as ``run``'s): cases done of all, failures,
+    cases per second, elapsed and ETA; only when the stream is a terminal (or ``enabled``).
+    :meth:`update` is called as chunks come back; rich draws from its own thread."""
 
     def __init__(self, total: int, stream=None, enabled: bool | None = None):
         self.total = total
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = (self.stream.isatty() if enabled is None else enabled)
         self.done = 0
-        self.t0 = time.perf_counter()
-        self._last = 0.0
+        self._bar = None
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as _RichProgress
+
+            self._bar = _RichProgress(
+                TextColumn("[bold]montecarlo"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("cases, {task.fields[failed]} failed, {task.fields[rate]} cases/s"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=Console(file=self.stream, force_terminal=True), transient=False)
+            self._task = self._bar.add_task("montecarlo", total=max(1, total), failed=0,
+                                            rate="-")
+            self._t0 = time.perf_counter()
+            self._bar.start()
 
     def update(self, done: int, failed: int) -> None:
         self.done = done
-        now = time.perf_counter()
-        if not self.enabled or (now - self._last < 0.1 and done < self.total):
+        if self._bar is None:
             return
-        self._last = now
-        rate = done / (now - self.t0) if now > self.t0 else 0.0
-        self.stream.write(f"\rmontecarlo: {done}/{self.total} cases "
-                          f"({100.0 * done / self.total:3.0f} %)  {rate:7.1f} cases/s  "
-                          f"{failed} failed ")
-        self.stream.flush()
+        elapsed = time.perf_counter() - self._t0
+        rate = f"{done / elapsed:.1f}" if elapsed > 0 else "-"
+        self._bar.update(self._task, completed=done, failed=failed, rate=rate)
 
     def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
 
 @dataclass
