@@ -125,6 +125,10 @@ def encode_packet(name: str, seq: int, flags: int = 0, /, **fields: Any) -> byte
     ``name``, ``seq`` and the header ``flags`` are positional-only, so a message field that is
     itself called ``flags`` (VALVE_REPORT) goes into ``fields``.
     """
+    return _encode_packet(name, seq, flags, fields)
+
+
+def _encode_packet(name: str, seq: int, flags: int, fields: dict[str, Any]) -> bytes:
     try:
         spec = MESSAGES[name]
     except KeyError:
@@ -163,11 +167,17 @@ def encode_packet(name: str, seq: int, flags: int = 0, /, **fields: Any) -> byte
 def encode(name: str, seq: int, flags: int = 0, /, **fields: Any) -> bytes:
     """The wire frame of one message: ``COBS(packet) + b"\\x00"`` (arguments as
     :func:`encode_packet`)."""
-    return _cobs.encode(encode_packet(name, seq, flags, **fields)) + b"\x00"
+    return _cobs.encode(_encode_packet(name, seq, flags, fields)) + b"\x00"
+
+
+def encode_fields(name: str, seq: int, flags: int, fields: dict[str, Any]) -> bytes:
+    """:func:`encode` with the fields as one dict (no keyword unpacking): for callers that
+    already hold them in a dict, every cycle."""
+    return _cobs.encode(_encode_packet(name, seq, flags, fields)) + b"\x00"
 
 
 def encode_message(msg: Message) -> bytes:
-    return encode(msg.name, msg.seq, msg.flags, **msg.fields)
+    return encode_fields(msg.name, msg.seq, msg.flags, msg.fields)
 
 
 def decode_packet(packet: bytes) -> Message:
@@ -186,34 +196,36 @@ def decode_packet(packet: bytes) -> Message:
                           f"(0x{word0:04X} 0x{word1:04X})")
     if ver_flags >> 4 != MSG_VERSION:
         raise HeaderError(f"message version {ver_flags >> 4}, expected {MSG_VERSION}")
-    spec = BY_ID.get(msg_id)
-    if spec is None:
+    known = _DECODING.get(msg_id)
+    if known is None:
         raise UnknownMessage(f"unknown message id 0x{msg_id:02X}")
-    is_tc = bool((word0 >> 12) & 1)
-    if (word0 & 0x7FF) != spec.apid or is_tc != spec.is_command:
+    spec, word0_id, payload_len, unpack_from, layout = known
+    if word0 & 0x1FFF != word0_id:  # APID and TC/TM flag of this message
+        is_tc = bool((word0 >> 12) & 1)
         raise HeaderError(f"{spec.name} on APID 0x{word0 & 0x7FF:03X} as "
                           f"{'TC' if is_tc else 'TM'}")
-    if n - MIN_PACKET != spec.payload_len:
+    if n - MIN_PACKET != payload_len:
         raise LengthError(f"{spec.name} payload of {n - MIN_PACKET} bytes, expected "
-                          f"{spec.payload_len}")
-    values = spec.struct.unpack_from(packet, 8)
-    layout = _LAYOUTS.get(msg_id)
-    if layout is None:
-        layout = _LAYOUTS[msg_id] = _layout(spec)
+                          f"{payload_len}")
+    values = unpack_from(packet, 8)
     out = {name: values[a:b] if b else values[a] for name, a, b in layout}
     return Message(spec.name, word1 & 0x3FFF, out, ver_flags & 0xF)
 
 
-_LAYOUTS: dict[int, tuple[tuple[str, int, int], ...]] = {}
-
-
-def _layout(spec: MessageSpec) -> tuple[tuple[str, int, int], ...]:
-    """Where each field sits in the unpacked values: (name, start, stop), stop 0 for a scalar."""
-    out, i = [], 0
+def _decoding(spec: MessageSpec) -> tuple:
+    """What decode_packet needs of a message, worked out once: the spec, the low 13 bits of
+    word 0 it must carry (TC flag, secondary header flag, APID), the payload length, the
+    payload's unpack_from, and where each field sits in the unpacked values (name, start,
+    stop; stop 0 for a scalar)."""
+    layout, i = [], 0
     for f in spec.fields:
-        out.append((f.name, i, i + f.count if f.count > 1 else 0))
+        layout.append((f.name, i, i + f.count if f.count > 1 else 0))
         i += f.count
-    return tuple(out)
+    word0_id = (1 << 12 if spec.is_command else 0) | (1 << 11) | spec.apid
+    return spec, word0_id, spec.payload_len, spec.struct.unpack_from, tuple(layout)
+
+
+_DECODING = {msg_id: _decoding(spec) for msg_id, spec in BY_ID.items()}
 
 
 def decode_frame(frame: bytes) -> Message:

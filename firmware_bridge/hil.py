@@ -13,6 +13,7 @@ separate process), the board firmware under qemu-system-avr (built if needed), o
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -54,8 +55,11 @@ class SerialUnit:
 
     def _report(self, res) -> UnitReport:
         self._executed[:] = res.executed_ms[:self.n]
-        self._health[:] = res.health[:self.n]
-        return UnitReport(self._executed, self._health, res.rtt_ms / 1e3)
+        health = res.health[:self.n]
+        self._health[:] = health
+        # No report at all (every bank missed a REALTIME deadline): no round-trip time.
+        rtt_s = math.nan if res.rtt_ms is None else res.rtt_ms / 1e3
+        return UnitReport(self._executed, self._health, rtt_s, all_nominal=not any(health))
 
     def execute_chain(self, cycle: int, on_ms: np.ndarray,
                       next_cycle: Callable[[UnitReport], np.ndarray | None]) -> None:

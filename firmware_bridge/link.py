@@ -566,8 +566,8 @@ class Link:
         """Write several frames (name, seq, flags, fields) in one write, so the unit reads them
         in one go and its replies come back together; return the host send time (ns): ``t_ns``
         if given (a time the caller stamped before the write), else taken at the write."""
-        data = b"".join(codec.encode(name, seq, flags, **fields)
-                        for name, seq, flags, fields in frames)
+        data = b"".join([codec.encode_fields(name, seq, flags, fields)
+                         for name, seq, flags, fields in frames])
         ser = self._ser
         if ser is None or not self._up:
             raise LinkError(f"{self.url}: link is down ({self._down_reason or 'port not open'})"

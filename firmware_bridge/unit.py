@@ -259,8 +259,8 @@ class UnitCore:
     # ---------------------------------------------------------------- output helpers
 
     def _encode(self, name: str, seq: int, flags: int, fields: dict) -> bytes:
-        frame = codec.encode(name, seq, flags | (FLAG_TEST_BUILD if self.test_build else 0),
-                             **fields)
+        frame = codec.encode_fields(name, seq,
+                                    flags | (FLAG_TEST_BUILD if self.test_build else 0), fields)
         self.counters["tx_frames"] += 1
         if self.corrupt_tx > 0:
             self.corrupt_tx -= 1
@@ -271,11 +271,14 @@ class UnitCore:
         return frame
 
     def _emit(self, out: list[bytes], name: str, **fields) -> tuple[int, dict]:
+        return self._emit_fields(out, name, fields), fields
+
+    def _emit_fields(self, out: list[bytes], name: str, fields: dict) -> int:
         apid = MESSAGES[name].apid
         seq = self._tm_seq[apid]
         self._tm_seq[apid] = (seq + 1) % SEQ_MODULO
         out.append(self._encode(name, seq, 0, fields))
-        return seq, fields
+        return seq
 
     def _event(self, out: list[bytes], now_us: int, name: str, arg0: int = 0, arg1: int = 0,
                arg2: int = 0) -> None:
@@ -332,24 +335,31 @@ class UnitCore:
         self._report(out, p, now_us)
 
     def _report(self, out: list[bytes], p: _Pulse, now_us: int) -> None:
-        executed = list(p.executed)
-        if p.stuck:
+        self._report_values(out, p.session, p.step, p.bank, p.t_start, p.executed, p.flags,
+                            p.failed, p.stuck, now_us)
+
+    def _report_values(self, out: list[bytes], session: int, step: int, bank: int,
+                       t_start: int, executed_ticks: list[int], flags: int, failed: int,
+                       stuck: int, now_us: int) -> None:
+        """VALVE_REPORT of one executed FIRE (a pulse's numbers), its log and journal."""
+        executed = list(executed_ticks)
+        if stuck:
             for c in range(CHANNELS_PER_BANK):
-                if p.stuck >> c & 1:
+                if stuck >> c & 1:
                     executed[c] = max(executed[c], self._period_ticks())
         ticks = tuple(executed)
-        fields = {"step": p.step, "t_start_pu_us": p.t_start & 0xFFFFFFFF, "bank": p.bank,
-                  "flags": p.flags, "executed_ticks": ticks,
-                  "failed_mask": p.failed, "stuck_mask": p.stuck}
-        seq, _ = self._emit(out, "VALVE_REPORT", **fields)
-        if p.session == self.session:
-            self._reports[p.bank] = (p.step, seq, fields)
-        self.executed_log.append((p.session, p.step, p.bank, ticks))
+        fields = {"step": step, "t_start_pu_us": t_start & 0xFFFFFFFF, "bank": bank,
+                  "flags": flags, "executed_ticks": ticks,
+                  "failed_mask": failed, "stuck_mask": stuck}
+        seq = self._emit_fields(out, "VALVE_REPORT", fields)
+        if session == self.session:
+            self._reports[bank] = (step, seq, fields)
+        self.executed_log.append((session, step, bank, ticks))
         self.counters["fires_executed"] += 1
-        self.journal.append({"t_us": now_us, "ev": "fire", "session": p.session, "step": p.step,
-                             "bank": p.bank, "mode": "REALTIME" if self.mode else "LOCKSTEP",
-                             "t_start_us": p.t_start, "executed": executed, "flags": p.flags,
-                             "aborted": bool(p.flags & 2)})
+        self.journal.append({"t_us": now_us, "ev": "fire", "session": session, "step": step,
+                             "bank": bank, "mode": "REALTIME" if self.mode else "LOCKSTEP",
+                             "t_start_us": t_start, "executed": executed, "flags": flags,
+                             "aborted": bool(flags & 2)})
 
     def _period_ticks(self) -> int:
         return self.period_ms * 1000 // TICK_US
@@ -717,7 +727,9 @@ class UnitCore:
         else:
             planned = [v if mask >> c & 1 and c < width else 0 for c, v in enumerate(on_ticks)]
         flags = 0
-        if max(planned) > limit or (min_on > 1 and any(0 < v < min_on for v in planned)):
+        small = set(planned)
+        small.discard(0)
+        if small and (max(small) > limit or min(small) < min_on):
             # Clamp to the limit, round up to the minimum on-time (or drop), one event each.
             for c in range(width):
                 if not mask >> c & 1:
@@ -750,8 +762,8 @@ class UnitCore:
         self.last_step = step
         self._idle_from = now_us
         if self.mode == LOCKSTEP:  # executed in virtual time: reported at once
-            self._report(out, _Pulse(self.session or 0, step, bank, now_us, planned, flags,
-                                     executed=planned, failed=failed, stuck=stuck), now_us)
+            self._report_values(out, self.session or 0, step, bank, now_us, planned, flags,
+                                failed, stuck, now_us)
             return
         pulse = _Pulse(self.session or 0, step, bank, now_us, planned, flags, failed=failed,
                        stuck=stuck)

@@ -59,6 +59,9 @@ class UnitReport:
     executed_ms: np.ndarray
     health: np.ndarray
     rtt_s: float = 0.0
+    #: True if every thruster reported nominal (lets the loop skip the health bookkeeping);
+    #: None: not known, look at ``health``.
+    all_nominal: bool | None = None
 
 
 class IdealUnit:
@@ -243,6 +246,7 @@ def _cycle_by_cycle(sim: Sim, unit, failures, names, events, statuses, att_err, 
     wall0 = time.perf_counter()
     wall1 = None
     k = 0
+    ctrl_health_nominal = not ctrl.health.any()  # what the controller last heard
 
     def before_unit() -> np.ndarray:
         nonlocal complete_cycle
@@ -266,13 +270,15 @@ def _cycle_by_cycle(sim: Sim, unit, failures, names, events, statuses, att_err, 
 
     def after_unit(report: UnitReport) -> bool:
         """Integrate cycle k with what the unit executed; True if the burn goes on."""
-        nonlocal k, wall0, wall1
-        if report.health.any() or ctrl.health.any():
+        nonlocal k, wall0, wall1, ctrl_health_nominal
+        if not (report.all_nominal and ctrl_health_nominal) and (
+                report.health.any() or ctrl.health.any()):
             newly_out = (report.health != HEALTH_NOMINAL) & (ctrl.health == HEALTH_NOMINAL)
             for i in np.flatnonzero(newly_out):
                 events.append({"event": "reallocated", "thruster": names[i], "t_s": k * period,
                                "cycle": k, "health": int(report.health[i])})
             ctrl.health[:] = report.health
+            ctrl_health_nominal = not ctrl.health.any()
         longest[k] = on_ms.max()
         flags = sim.post(report.executed_ms)
         if k == 0:
