@@ -135,17 +135,24 @@ def test_reconnect_resets_like_a_mega(emu, tmp_path):
         port.close()
 
 
+def _firing_a_long_pulse(emu) -> Port:
+    """A host on the emulator's port, armed in REALTIME, with a 1.5 s pulse on channel 0 in
+    progress (a PING round trip proves the FIRE before it was processed)."""
+    port = Port(emu.port)
+    port.wait_for("BOOT")
+    port.hello(mode=MODE["REALTIME"], period_ms=2000)
+    port.arm(max_on_ticks=2000)
+    port.fire(1, {0: 1500})
+    port.send("PING", nonce=1, t1_host_us=0)
+    port.wait_for("PONG")
+    return port
+
+
 def test_sigterm_exits_cleanly_and_closes_valves(tmp_path):
     log = tmp_path / "emu.jsonl"
     emu = start_emulator(log_path=log, extra_args=["--mode-hint", "realtime"])
     try:
-        port = Port(emu.port)
-        port.wait_for("BOOT")
-        port.hello(mode=MODE["REALTIME"], period_ms=2000)
-        port.arm(max_on_ticks=2000)
-        port.fire(1, {0: 1500})
-        port.send("PING", nonce=1, t1_host_us=0)
-        port.wait_for("PONG")  # the FIRE before it was processed
+        port = _firing_a_long_pulse(emu)
         assert emu.stop() == 0
         port.close()
     finally:
@@ -163,13 +170,7 @@ def test_emulator_exits_when_the_process_that_started_it_is_gone(tmp_path):
     log = tmp_path / "emu.jsonl"
     emu = start_emulator(log_path=log)
     try:
-        port = Port(emu.port)
-        port.wait_for("BOOT")
-        port.hello(mode=MODE["REALTIME"], period_ms=2000)
-        port.arm(max_on_ticks=2000)
-        port.fire(1, {0: 1500})
-        port.send("PING", nonce=1, t1_host_us=0)
-        port.wait_for("PONG")
+        port = _firing_a_long_pulse(emu)
         emu._cut_lifeline()  # what the kernel does to the write end when the parent dies
         assert emu.proc.wait(timeout=10) == 0  # no signal was sent
         port.close()
