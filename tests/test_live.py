@@ -331,6 +331,21 @@ def test_monitor_once_shows_a_finished_emulator_run(tmp_path, capsys):
         assert expected in text, f"{expected!r} not in\n{text}"
 
 
+def test_monitor_exits_as_the_run_did(tmp_path, capsys):
+    """monitor's exit status is the run's: 0 completed, 1 aborted, 130 interrupted."""
+    out = tmp_path / "run"
+    assert main(["run", "--stack", "progress", "--delta-v", "0.05", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["monitor", str(out), "--once"]) == 0
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    for reason, status in (("unit: no reply to FIRE", 1), ("interrupted", 130)):
+        summary_path.write_text(json.dumps(dict(summary, aborted=True, completed=False,
+                                                abort_reason=reason)))
+        assert main(["monitor", str(out), "--once"]) == status
+    capsys.readouterr()
+
+
 def test_monitor_follows_a_run_and_exits_when_its_summary_appears(tmp_path):
     out = tmp_path / "run"
     assert main(["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.05", "--out",

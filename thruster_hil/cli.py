@@ -381,9 +381,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         print(format_run(summary))
         print(f"run records in {out_dir}")
-    if summary.get("abort_reason") == "interrupted":
-        return 130
-    return 1 if summary.get("aborted") else 0
+    return _run_status(summary)
 
 
 def _run_case(args: argparse.Namespace, model):
@@ -570,10 +568,18 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     follower = RunDirFollower(args.run_dir)
     if args.once:
         console.print(render(follower.poll()))
-        return 0
+        return _run_status(follower.summary) if follower.finished else 0
     follow(follower.poll, console=console, done=lambda: follower.finished,
            refresh_per_second=LIVE_HZ)
-    return 0
+    return _run_status(follower.summary)
+
+
+def _run_status(summary: dict | None) -> int:
+    """The exit status of a run with this summary, for `run` and `monitor` alike: 130
+    interrupted (Ctrl-C), 1 otherwise aborted, 0 else."""
+    if not summary or not summary.get("aborted"):
+        return 0
+    return 130 if summary.get("abort_reason") == "interrupted" else 1
 
 
 #: monitor --port: how long to wait for the unit's first housekeeping packet [s].
