@@ -43,6 +43,7 @@ import serial
 from firmware_bridge.codec import encode
 from firmware_bridge.emulator import EmulatorProcess
 from firmware_bridge.hil import open_unit
+from sims.loop import warm_up
 from sims.runner import run_burn
 from thruster_hil.config import build_stack_model, list_stacks, load_stack
 from thruster_hil.plan import Target, plan_burn
@@ -111,7 +112,7 @@ class Stack:
         self.name = name
         self.model = build_stack_model(load_stack(name))
         self.plan = plan_burn(name, Target("raise_perigee", 1.6))
-        run_burn(self.model, self.plan)  # warm the kernels
+        warm_up(self.model, self.plan)  # compile the cycle before a unit is armed
         self.n = len(self.model.thruster_names)
 
     def loop(self, peer_cpus: set[int] | None) -> dict:

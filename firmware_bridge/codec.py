@@ -167,7 +167,7 @@ def _encode_packet(name: str, seq: int, flags: int, fields: dict[str, Any]) -> b
 def encode(name: str, seq: int, flags: int = 0, /, **fields: Any) -> bytes:
     """The wire frame of one message: ``COBS(packet) + b"\\x00"`` (arguments as
     :func:`encode_packet`)."""
-    return _cobs.encode(_encode_packet(name, seq, flags, fields)) + b"\x00"
+    return encode_fields(name, seq, flags, fields)
 
 
 def encode_fields(name: str, seq: int, flags: int, fields: dict[str, Any]) -> bytes:

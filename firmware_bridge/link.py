@@ -466,8 +466,8 @@ class Link:
         chain = self._chain
         if name == "VALVE_REPORT":
             key = (msg["step"], msg["bank"])
-            if (chain is not None and msg["step"] == chain.step and msg["bank"] in chain.seqs
-                    and not chain.busy):
+            # (The chain is never busy here: only this thread dispatches or runs on_result.)
+            if chain is not None and msg["step"] == chain.step and msg["bank"] in chain.seqs:
                 chain.reports.setdefault(msg["bank"], rec)
                 return
             if key in self._late_expected:
@@ -481,7 +481,7 @@ class Link:
                 rname = RESULT_NAMES.get(msg["result"], str(msg["result"]))
                 self._rejections[rname] = self._rejections.get(rname, 0) + 1
                 if (chain is not None and chain.error is None and msg["msg_id"] == _ID["FIRE"]
-                        and msg["result"] != RESULT["DUPLICATE"] and not chain.busy):
+                        and msg["result"] != RESULT["DUPLICATE"]):
                     for b, seq in chain.seqs.items():
                         if seq == msg["acked_seq"] and b not in chain.reports:
                             why = (" after a unit reset (BOOT in mid-session): reconnect and "

@@ -240,6 +240,7 @@ def test_hil_reboost_through_qemu_matches_sil():
     ends within 0.5 % of the SIL delta-v (QEMU timing is not faithful: no timing assertion)."""
     _need("make", "avr-gcc", "qemu-system-avr")
     from firmware_bridge.hil import open_unit
+    from sims.loop import warm_up
     from sims.runner import run_burn
     from thruster_hil.config import build_stack_model, load_stack
     from thruster_hil.plan import Target, plan_burn
@@ -247,6 +248,7 @@ def test_hil_reboost_through_qemu_matches_sil():
     model = build_stack_model(load_stack("dragon-boost-kit"))
     plan = plan_burn("dragon-boost-kit", Target("delta_v", 0.1))
     sil = run_burn(model, plan).summary
+    warm_up(model, plan)  # compile the cycle before the unit is armed
     unit = open_unit(unit="qemu", port=None, mode="lockstep",
                      n_thrusters=len(model.thruster_names),
                      period_ms=int(round(model.control_period_s * 1000)))

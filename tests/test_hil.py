@@ -18,6 +18,7 @@ import serial
 
 from firmware_bridge.emulator import EmulatorProcess
 from firmware_bridge.hil import open_unit
+from sims.loop import warm_up
 from sims.runner import run_burn
 from thruster_hil.config import build_stack_model, load_stack
 from thruster_hil.plan import Target, plan_burn
@@ -31,6 +32,7 @@ def dragon():
     model = build_stack_model(load_stack(STACK))
     plan = plan_burn(STACK, Target("raise_perigee", 1.6))
     sil = run_burn(model, plan).summary
+    warm_up(model, plan)  # the per-cycle kernels, before any test arms a unit
     return model, plan, sil
 
 
