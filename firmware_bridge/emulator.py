@@ -22,11 +22,13 @@ the unit's next deadline, the fault delay queues and the next scheduled fault. T
 ``time.monotonic_ns() // 1000`` since start (the unit's ``pu_time_us``).
 
 ``--log PATH`` writes JSON lines, flushed per line, each with ``t_us`` (the emulator clock):
-``start`` (port, channels, faults, pid), ``connect`` / ``disconnect`` (host opened/closed the
-port), ``boot`` (boot_count, reset_cause), ``state`` (from, to, reason), ``fire`` (session, step,
-bank, mode, t_start_us, executed [16 ticks], flags, aborted), ``watchdog_trip`` (last_valid_us,
-closed_us, since_valid_ms, watchdog_ms), ``fault`` (kind, arg, source wire|schedule),
-``counters`` (unit, link, io; every second and at exit) and ``stop`` (signal).
+``start`` (port, channels, faults, pid, and ``t0_monotonic_us``: CLOCK_MONOTONIC at t_us 0,
+to line this log up with other processes' records), ``connect`` / ``disconnect`` (host
+opened/closed the port), ``boot`` (boot_count, reset_cause), ``state`` (from, to, reason),
+``fire`` (session, step, bank, mode, t_start_us, executed [16 ticks], flags, aborted),
+``watchdog_trip`` (last_valid_us, closed_us, since_valid_ms, watchdog_ms), ``fault`` (kind, arg,
+source wire|schedule), ``link_cut`` (step, until_us: null for good), ``counters`` (unit, link, io;
+every second and at exit) and ``stop`` (signal).
 """
 
 from __future__ import annotations
@@ -53,6 +55,18 @@ PROG = "firmware_bridge.emulator"
 _OUT_LIMIT = 1 << 16
 _HUP_POLL_US = 5_000
 _COUNTERS_EVERY_US = 1_000_000
+
+
+def open_raw_pty() -> tuple[int, str]:
+    """A pty pair, both ends raw: (non-blocking master fd, slave path). The slave is closed
+    again: the host opens it, and while nobody has it open the master reports HUP."""
+    master, slave = os.openpty()
+    tty.setraw(master)  # at once: a fresh pty is canonical with echo (anchors P-12)
+    tty.setraw(slave)
+    path = os.ttyname(slave)
+    os.close(slave)
+    os.set_blocking(master, False)
+    return master, path
 
 
 class Emulator:
@@ -90,13 +104,7 @@ class Emulator:
     # ---------------------------------------------------------------- pty
 
     def open_pty(self) -> str:
-        master, slave = os.openpty()
-        tty.setraw(master)  # at once: a fresh pty is canonical with echo (anchors P-12)
-        tty.setraw(slave)
-        self.path = os.ttyname(slave)
-        os.close(slave)  # the host opens it; with no slave open the master reports HUP
-        os.set_blocking(master, False)
-        self.master = master
+        self.master, self.path = open_raw_pty()
         return self.path
 
     def _host_present(self) -> bool:
@@ -173,15 +181,32 @@ class Emulator:
 
     def _on_rx(self, data: bytes, now: int) -> None:
         self.io["rx_bytes"] += len(data)
-        if self.faults is None or not self.faults.spec.link_active:
+        faults = self.faults
+        if faults is None or not (faults.spec.link_active or faults.spec.by_step):
             self.send(self.core.receive(data, now), now)
             return
         for frame in self._frames(self._rx_partial, data):
-            for due, f in self.faults.process("rx", frame, now):
+            if faults.spec.by_step:
+                faults.note_rx(frame)  # a fault due at this frame's step applies before it
+                self._apply_due_faults(now)
+            if not faults.spec.link_active:
+                self.send(self.core.receive(frame, now), now)
+                continue
+            for due, f in faults.process("rx", frame, now):
                 if due <= now:
                     self.send(self.core.receive(f, now), now)
                 else:
                     self._delay(due, "rx", f)
+
+    def _apply_due_faults(self, now: int) -> None:
+        faults = self.faults
+        cut_before = faults.cut_from_us
+        for kind, arg in faults.due_unit_faults(now, self._first_fire_us):
+            self.send(self.core.inject_fault(kind, arg, now, source="schedule"), now)
+        if faults.cut_from_us is not None and faults.cut_from_us != cut_before:
+            until = faults.cut_until_us
+            self._write_log({"t_us": now, "ev": "link_cut", "step": faults.step,
+                             "until_us": None if until is None or until < 0 else until})
 
     def _connected(self, now: int) -> None:
         self.connected = True
@@ -222,8 +247,7 @@ class Emulator:
             else:
                 self._queue_out(frame)
         if self.faults is not None:
-            for kind, arg in self.faults.due_unit_faults(now, self._first_fire_us):
-                self.send(core.inject_fault(kind, arg, now, source="schedule"), now)
+            self._apply_due_faults(now)
         self.send(core.tick(now), now)
         self._drain_journal()
         if now >= self._next_counters:
@@ -357,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                    boot_delay_us=args.boot_delay_ms * 1000)
     path = emu.open_pty()
     emu._write_log({"t_us": emu.now(), "ev": "start", "port": path, "pid": os.getpid(),
+                    "t0_monotonic_us": emu._t0 // 1000,
                     "channels": args.channels, "faults": spec.text, "mode_hint": args.mode_hint})
     if args.link_path:
         tmp = f"{args.link_path}.tmp{os.getpid()}"
@@ -379,38 +404,30 @@ class EmulatorError(RuntimeError):
     """The emulator process did not start (or died before printing its port)."""
 
 
-class EmulatorProcess:
-    """The emulator as a subprocess, for tests and the closed loop::
+class PtyServiceProcess:
+    """A ``python -m MODULE ... --parent-fd FD`` service that prints its pty path as its first
+    stdout line (the emulator, the fault proxy). ``start()`` waits for the path (``.port``);
+    ``stop()`` ends it. The lifeline pipe makes it exit by itself when this process dies."""
 
-        with EmulatorProcess(faults="drop=0.01,seed=3", log_path="emu.jsonl") as emu:
-            ser = serial.serial_for_url(emu.port, exclusive=True, timeout=0.5)
-    """
+    module = PROG
+    error = EmulatorError
 
-    def __init__(self, faults: str | None = None, channels: int = 32,
-                 log_path: str | os.PathLike | None = None, seed: int | None = None,
-                 extra_args: tuple[str, ...] | list[str] = (), start_timeout: float = 10.0):
-        self.args = ["--channels", str(channels)]
-        if faults:
-            self.args += ["--faults", faults]
-        if log_path is not None:
-            self.args += ["--log", os.fspath(log_path)]
-        if seed is not None:
-            self.args += ["--seed", str(seed)]
-        self.args += list(extra_args)
+    def __init__(self, args: list[str], start_timeout: float = 10.0):
+        self.args = list(args)
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None
         self.port: str = ""
         self._stderr: IO[bytes] | None = None
         self._lifeline: int | None = None
 
-    def start(self) -> EmulatorProcess:
+    def start(self):
         self._stderr = tempfile.TemporaryFile()
         # The lifeline: the child gets the read end; the write end stays here only (os.pipe
         # fds are not inheritable), so when this process dies, however, the child reads EOF.
         lifeline_r, self._lifeline = os.pipe()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", PROG, *self.args, "--parent-fd", str(lifeline_r)],
+                [sys.executable, "-m", self.module, *self.args, "--parent-fd", str(lifeline_r)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr,
                 pass_fds=(lifeline_r,))
         finally:
@@ -422,14 +439,14 @@ class EmulatorProcess:
             left = deadline - time.monotonic()
             if left <= 0:
                 self.stop()
-                raise EmulatorError(f"{PROG}: no port path within {self.start_timeout:g} s")
+                raise self.error(f"{self.module}: no port path within {self.start_timeout:g} s")
             r, _, _ = select.select([fd], [], [], left)
             if r:
                 chunk = os.read(fd, 1024)
                 if not chunk:
                     rc = self.proc.wait()
-                    raise EmulatorError(f"{PROG} exited with status {rc} before printing its "
-                                        f"port: {self.stderr_text().strip() or '(no stderr)'}")
+                    raise self.error(f"{self.module} exited with status {rc} before printing "
+                                     f"its port: {self.stderr_text().strip() or '(no stderr)'}")
                 buf += chunk
         self.port = buf.split(b"\n", 1)[0].decode().strip()
         return self
@@ -465,7 +482,7 @@ class EmulatorProcess:
         return self.proc.returncode
 
     def _cut_lifeline(self) -> None:
-        """Close our end of the lifeline: the emulator, if still running, exits on its own."""
+        """Close our end of the lifeline: the service, if still running, exits on its own."""
         if self._lifeline is not None:
             os.close(self._lifeline)
             self._lifeline = None
@@ -476,13 +493,33 @@ class EmulatorProcess:
             self._stderr.close()
             self._stderr = None
 
-    def __enter__(self) -> EmulatorProcess:
+    def __enter__(self):
         if self.proc is None:
             self.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class EmulatorProcess(PtyServiceProcess):
+    """The emulator as a subprocess, for tests and the closed loop::
+
+        with EmulatorProcess(faults="drop=0.01,seed=3", log_path="emu.jsonl") as emu:
+            ser = serial.serial_for_url(emu.port, exclusive=True, timeout=0.5)
+    """
+
+    def __init__(self, faults: str | None = None, channels: int = 32,
+                 log_path: str | os.PathLike | None = None, seed: int | None = None,
+                 extra_args: tuple[str, ...] | list[str] = (), start_timeout: float = 10.0):
+        args = ["--channels", str(channels)]
+        if faults:
+            args += ["--faults", faults]
+        if log_path is not None:
+            args += ["--log", os.fspath(log_path)]
+        if seed is not None:
+            args += ["--seed", str(seed)]
+        super().__init__(args + list(extra_args), start_timeout)
 
 
 def start_emulator(faults: str | None = None, channels: int = 32, **kw) -> EmulatorProcess:

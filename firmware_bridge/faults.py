@@ -13,22 +13,31 @@ Spec grammar (``--faults``), comma-separated items, whitespace ignored::
               | "stuck=" CH "@" WHEN                       channel CH sticks open
               | "clear=" CH "@" WHEN                       channel CH is healthy again
               | "pressure=" KPA ["kPa"] "@" WHEN           tank pressure becomes KPA
+              | "cut" ["=" DURATION] "@" WHEN              the link is lost both ways for
+                                                           DURATION (none: for good)
               | "seed=" INT                                the RNG seed (default 0)
     DIR      := "rx" (frames the unit receives) | "tx" (frames the unit sends); none: both
     RATE     := a probability in [0, 1] per frame
     DURATION := NUMBER ("s" | "ms")                        e.g. 2s, 250ms, 1.5s
     WHEN     := DURATION                                   since the emulator started
               | "fire+" DURATION                           since the first FIRE the unit received
+              | "step" INT                                 when the host's FIRE of that control
+                                                           step (or a later one) comes in, before
+                                                           the unit gets it
 
 Example: ``drop=0.01,corrupt=0.01,duplicate=0.005,delay=0.01:30ms,stall=5s@2s,reset@fire+40s,
-fail=3@10s,stuck=5@12s,pressure=1500kPa@20s,seed=7``.
+fail=3@10s,stuck=5@12s,pressure=1500kPa@20s,cut@step120,seed=7``.
 
-Per frame and direction, in this order: drop (the frame is gone), corrupt (one byte before the
-delimiter is XORed with a random non-zero value that does not make it 0x00, so the frame still
-ends where it did and fails its CRC/COBS/length check), duplicate (sent twice), delay. Every
-action is counted in ``LinkFaults.counts`` (per direction) and ``LinkFaults.applied`` (the
-scheduled unit faults).
-"""
+A lockstep burn flies thousands of cycles a second, so a time is no way to say "mid-burn" there:
+``@stepK`` is. Whoever applies the spec (the emulator, or :mod:`firmware_bridge.faultproxy` in
+front of any unit) calls :meth:`LinkFaults.note_rx` with every frame from the host first: a
+fault due at step K then applies before FIRE K reaches the unit (a ``cut`` loses FIRE K itself).
+
+Per frame and direction, in this order: cut (while the link is cut every frame is lost), drop (the
+frame is gone), corrupt (one byte before the delimiter is XORed with a random non-zero value that
+does not make it 0x00, so the frame still ends where it did and fails its CRC/COBS/length check),
+duplicate (sent twice), delay. Every action is counted in ``LinkFaults.counts`` (per direction) and
+``LinkFaults.applied`` (the scheduled unit faults). """
 
 from __future__ import annotations
 
@@ -36,6 +45,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from firmware_bridge.codec import ProtocolError, decode_frame
 from firmware_bridge.dictionary import FAULT
 from thruster_hil.errors import UserError
 
@@ -43,6 +53,11 @@ _WHERE = "--faults"
 DIRECTIONS = ("rx", "tx")
 _LINK_KEYS = ("drop", "corrupt", "duplicate", "delay")
 _DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(ms|s)$")
+_STEP = re.compile(r"^step(\d{1,10})$")
+#: ``ScheduledFault.kind`` of a link cut: not a unit fault, the link applies it.
+CUT = -1
+_UNIT_KEYS = ("stall", "fail", "stuck", "clear", "pressure")
+_ALL_KEYS = "drop, corrupt, duplicate, delay, stall, reset, fail, stuck, clear, pressure, cut, seed"
 
 
 def _err(message: str) -> UserError:
@@ -80,14 +95,16 @@ def _int(text: str, what: str, lo: int, hi: int) -> int:
 
 @dataclass(frozen=True)
 class ScheduledFault:
-    """A unit fault (enum ``fault`` kind and argument) due ``at_us`` after the start, or after
-    the first FIRE when ``after_fire``."""
+    """A unit fault (enum ``fault`` kind and argument; :data:`CUT` with ``arg`` the cut's length
+    in ms, 0 for good) due ``at_us`` after the start, or after the first FIRE when
+    ``after_fire``, or when the host's FIRE of step ``at_step`` (or a later one) comes in."""
 
     kind: int
     arg: int
     at_us: int
     after_fire: bool
     text: str
+    at_step: int | None = None
 
 
 @dataclass
@@ -101,7 +118,14 @@ class FaultSpec:
 
     @property
     def link_active(self) -> bool:
-        return any(v > 0 for d in self.rates.values() for v in d.values())
+        """Whether every frame must go through :meth:`LinkFaults.process` (rates, or a cut)."""
+        return (any(v > 0 for d in self.rates.values() for v in d.values())
+                or any(f.kind == CUT for f in self.schedule))
+
+    @property
+    def by_step(self) -> bool:
+        """Whether some fault waits for a control step (:meth:`LinkFaults.note_rx` needed)."""
+        return any(f.at_step is not None for f in self.schedule)
 
 
 def parse_faults(text: str | None, n_channels: int = 32) -> FaultSpec:
@@ -114,15 +138,16 @@ def parse_faults(text: str | None, n_channels: int = 32) -> FaultSpec:
         item = "".join(raw.split())
         if not item:
             raise _err(f"empty item in {text!r}")
-        if item.startswith("reset@"):
-            key, value, when = "reset", "", item[len("reset@"):]
+        if item.startswith(("reset@", "cut@")):
+            key, _, when = item.partition("@")
+            value = ""
         elif "=" in item:
             key, value = item.split("=", 1)
             when = None
             if "@" in value:
                 value, when = value.split("@", 1)
         else:
-            raise _err(f"expected key=value or reset@WHEN, got {item!r}")
+            raise _err(f"expected key=value, reset@WHEN or cut@WHEN, got {item!r}")
         base, _, direction = key.partition(".")
         if base in _LINK_KEYS:
             if when is not None:
@@ -155,13 +180,29 @@ def parse_faults(text: str | None, n_channels: int = 32) -> FaultSpec:
             spec.seed = _int(value, "seed", 0, 2**63 - 1)
             continue
         if when is None:
-            if key in ("stall", "fail", "stuck", "clear", "pressure"):
-                raise _err(f"{key}: needs a time, e.g. {key}=...@2s, got {item!r}")
-            raise _err(f"unknown fault {key!r} (drop, corrupt, duplicate, delay, stall, reset, "
-                       f"fail, stuck, clear, pressure, seed)")
-        after_fire = when.startswith("fire+")
-        at_us = parse_duration_us(when[5:] if after_fire else when, f"{key} time")
-        if key == "reset":
+            if key in (*_UNIT_KEYS, "cut"):
+                raise _err(f"{key}: needs a time, e.g. {key}=...@2s or @step100, got {item!r}")
+            raise _err(f"unknown fault {key!r} ({_ALL_KEYS})")
+        at_step = None
+        after_fire = False
+        at_us = 0
+        if when.startswith("step"):
+            m = _STEP.match(when)
+            if not m or int(m.group(1)) > 0xFFFFFFFF:
+                raise _err(f"{key} time: expected stepN with N a control step 0..4294967295, "
+                           f"got {when!r}")
+            at_step = int(m.group(1))
+        else:
+            after_fire = when.startswith("fire+")
+            at_us = parse_duration_us(when[5:] if after_fire else when, f"{key} time")
+        if key == "cut":
+            if "=" in item.partition("@")[0] and not value:
+                raise _err(f"cut: expected cut=DURATION@WHEN or cut@WHEN, got {item!r}")
+            ms = 0 if not value else parse_duration_us(value, "cut") // 1000
+            if value and not 1 <= ms <= 0xFFFFFFFF:
+                raise _err(f"cut: expected at least 1ms, got {value!r}")
+            kind, arg = CUT, ms
+        elif key == "reset":
             kind, arg = FAULT["RESET"], 0
         elif key == "stall":
             ms = parse_duration_us(value, "stall") // 1000
@@ -177,10 +218,10 @@ def parse_faults(text: str | None, n_channels: int = 32) -> FaultSpec:
             arg = _int(number, "pressure kPa", 0, 0xFFFF)
             kind = FAULT["TANK_PRESSURE"]
         else:
-            raise _err(f"unknown fault {key!r} (drop, corrupt, duplicate, delay, stall, reset, "
-                       f"fail, stuck, clear, pressure, seed)")
-        spec.schedule.append(ScheduledFault(kind, arg, at_us, after_fire, item))
-    spec.schedule.sort(key=lambda f: (f.after_fire, f.at_us))
+            raise _err(f"unknown fault {key!r} ({_ALL_KEYS})")
+        spec.schedule.append(ScheduledFault(kind, arg, at_us, after_fire, item, at_step))
+    spec.schedule.sort(key=lambda f: (f.at_step is not None, f.at_step or 0, f.after_fire,
+                                      f.at_us))
     return spec
 
 
@@ -188,9 +229,11 @@ class LinkFaults:
     """Applies a :class:`FaultSpec` to whole frames (delimiter included) with a seeded RNG.
 
     ``process(direction, frame, now_us)`` returns ``[(due_us, frame), ...]``: nothing if the
-    frame was dropped, two entries if duplicated, a later ``due_us`` if delayed.
+    frame was dropped (or the link is cut), two entries if duplicated, a later ``due_us`` if
+    delayed. ``note_rx(frame)`` looks at a frame from the host for the control step it fires.
     ``due_unit_faults(now_us, first_fire_us)`` returns the scheduled ``(kind, arg)`` faults that
-    are due (each once); ``next_unit_fault_us`` says when the next one is.
+    are due (each once; a due cut starts the cut instead); ``next_unit_fault_us`` says when the
+    next timed one is.
     """
 
     def __init__(self, spec: FaultSpec | str | None = None, n_channels: int = 32):
@@ -199,14 +242,45 @@ class LinkFaults:
         self.spec = spec
         self._rng = random.Random(spec.seed)
         self.counts = {d: {"frames": 0, "dropped": 0, "corrupted": 0, "duplicated": 0,
-                           "delayed": 0} for d in DIRECTIONS}
+                           "delayed": 0, "cut": 0} for d in DIRECTIONS}
         self._todo = list(spec.schedule)
         self.applied: list[dict] = []
+        self.step: int | None = None  # the latest control step the host fired
+        self.cut_from_us: int | None = None
+        self.cut_until_us: int | None = None  # None: not cut; -1: cut for good
+
+    def note_rx(self, frame: bytes) -> None:
+        """Note the control step of a FIRE from the host (only while a fault waits for one)."""
+        if not self._waiting_for_step:
+            return
+        try:
+            msg = decode_frame(frame[:-1] if frame.endswith(b"\x00") else frame)
+        except ProtocolError:
+            return
+        if msg.name == "FIRE" and (self.step is None or msg["step"] > self.step):
+            self.step = msg["step"]
+
+    @property
+    def _waiting_for_step(self) -> bool:
+        return any(f.at_step is not None for f in self._todo)
+
+    def cut(self, now_us: int) -> bool:
+        """Whether the link is cut at ``now_us``."""
+        until = self.cut_until_us
+        if until is None:
+            return False
+        if until < 0 or now_us < until:
+            return True
+        self.cut_until_us = None
+        return False
 
     def process(self, direction: str, frame: bytes, now_us: int) -> list[tuple[int, bytes]]:
         rates = self.spec.rates[direction]
         counts = self.counts[direction]
         counts["frames"] += 1
+        if self.cut_until_us is not None and self.cut(now_us):
+            counts["cut"] += 1
+            return []
         rng = self._rng
         if rates["drop"] and rng.random() < rates["drop"]:
             counts["dropped"] += 1
@@ -225,6 +299,8 @@ class LinkFaults:
         return out
 
     def _due_time(self, f: ScheduledFault, first_fire_us: int | None) -> int | None:
+        if f.at_step is not None:
+            return None
         if f.after_fire:
             return None if first_fire_us is None else first_fire_us + f.at_us
         return f.at_us
@@ -236,12 +312,23 @@ class LinkFaults:
     def due_unit_faults(self, now_us: int, first_fire_us: int | None) -> list[tuple[int, int]]:
         due, keep = [], []
         for f in self._todo:
-            t = self._due_time(f, first_fire_us)
-            if t is not None and t <= now_us:
-                due.append((f.kind, f.arg))
-                self.applied.append({"t_us": now_us, "fault": f.text})
+            if f.at_step is not None:
+                ready = self.step is not None and self.step >= f.at_step
             else:
+                t = self._due_time(f, first_fire_us)
+                ready = t is not None and t <= now_us
+            if not ready:
                 keep.append(f)
+                continue
+            record = {"t_us": now_us, "fault": f.text}
+            if f.at_step is not None:
+                record["step"] = self.step
+            self.applied.append(record)
+            if f.kind == CUT:
+                self.cut_from_us = now_us
+                self.cut_until_us = -1 if f.arg == 0 else now_us + f.arg * 1000
+            else:
+                due.append((f.kind, f.arg))
         self._todo = keep
         return due
 

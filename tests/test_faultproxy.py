@@ -1,0 +1,185 @@
+"""The fault proxy in front of a unit, and faults due at a control step.
+
+A lockstep burn flies thousands of cycles a second: ``@stepK`` is the only way to put a fault
+mid-burn there. These tests show the proxy is transparent without faults (the whole conformance
+suite passes through it), that a step-triggered fault applies before that step's FIRE reaches the
+unit (through the proxy and in the emulator itself), and that a cut loses everything both ways
+while the proxy still logs what the unit says.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from firmware_bridge import codec
+from firmware_bridge.conformance import run_all
+from firmware_bridge.dictionary import FAULT
+from firmware_bridge.emulator import EmulatorProcess
+from firmware_bridge.faultproxy import FaultProxyProcess, ProxyError, describe
+from firmware_bridge.faults import CUT, LinkFaults, parse_faults
+from firmware_bridge.hil import open_unit
+from sims.loop import warm_up
+from sims.runner import run_burn
+from thruster_hil.config import build_stack_model, load_stack
+from thruster_hil.errors import UserError
+from thruster_hil.plan import Target, plan_burn
+
+STACK = "dragon-boost-kit"
+
+
+def _read(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def dragon():
+    model = build_stack_model(load_stack(STACK))
+    plan = plan_burn(STACK, Target("delta_v", 0.1))
+    warm_up(model, plan)
+    return model, plan
+
+
+def _fly(model, plan, port):
+    unit = open_unit(unit="emulator", port=port, mode="lockstep",
+                     n_thrusters=len(model.thruster_names),
+                     period_ms=int(round(model.control_period_s * 1000)))
+    return run_burn(model, plan, unit=unit).summary
+
+
+# ----------------------------------------------------------------------------- grammar
+
+def test_step_and_cut_grammar():
+    spec = parse_faults("cut@step40, fail=3@step7, cut=250ms@fire+1s, reset@step9")
+    sched = [(f.kind, f.arg, f.at_step, f.after_fire, f.at_us) for f in spec.schedule]
+    assert sched == [(CUT, 250, None, True, 1_000_000), (FAULT["FAIL_OFF"], 3, 7, False, 0),
+                     (FAULT["RESET"], 0, 9, False, 0), (CUT, 0, 40, False, 0)]
+    assert spec.link_active and spec.by_step
+    assert not parse_faults("fail=3@2s").by_step and not parse_faults("fail=3@2s").link_active
+
+
+@pytest.mark.parametrize("bad", ["cut", "cut=@step4", "cut=0ms@step3", "cut@stepx",
+                                 "reset@step-1", "fail=3@step", "cut@step99999999999"])
+def test_bad_step_or_cut_items_are_one_line(bad):
+    with pytest.raises(UserError) as exc:
+        parse_faults(bad)
+    assert str(exc.value).startswith("--faults") and "\n" not in str(exc.value)
+
+
+def test_a_step_fault_waits_for_that_step_and_a_cut_loses_both_ways():
+    lf = LinkFaults("fail=2@step5,cut=10ms@step6")
+    fire = {k: codec.encode("FIRE", k, 0, session=1, step=k, valid_for_ms=0, bank=0, mask=1,
+                            on_ticks=[1] + [0] * 15) for k in (4, 5, 6)}
+    lf.note_rx(fire[4])
+    assert lf.due_unit_faults(0, None) == []
+    lf.note_rx(codec.encode("PING", 9, 0, nonce=1, t1_host_us=0))  # not a FIRE: no step
+    assert lf.step == 4
+    lf.note_rx(fire[5])
+    assert lf.due_unit_faults(100, None) == [(FAULT["FAIL_OFF"], 2)]
+    assert lf.process("rx", fire[5], 100) == [(100, fire[5])]
+    lf.note_rx(fire[6])
+    assert lf.due_unit_faults(200, None) == []  # the cut is the link's, not the unit's
+    assert lf.process("rx", fire[6], 200) == [] and lf.process("tx", b"\x01\x00", 9_000) == []
+    assert lf.counts["rx"]["cut"] == 1 and lf.counts["tx"]["cut"] == 1
+    assert lf.process("tx", b"\x01\x00", 10_200) == [(10_200, b"\x01\x00")]  # 10 ms later
+    assert [a["step"] for a in lf.applied] == [5, 6]
+
+
+def test_describe_names_undecodable_bytes():
+    frame = codec.encode("PING", 3, 0, nonce=7, t1_host_us=11)
+    assert describe(frame) == {"msg": "PING", "seq": 3, "flags": 0, "nonce": 7, "t1_host_us": 11}
+    assert describe(frame[:3] + bytes([frame[3] ^ 0x40]) + frame[4:])["msg"].startswith("!")
+    assert describe(b"\x00") == {"msg": "!empty"}
+
+
+# ----------------------------------------------------------------------------- proxy
+
+@pytest.mark.conformance
+def test_the_conformance_suite_passes_through_a_proxy_without_faults(tmp_path):
+    log = tmp_path / "wire.jsonl"
+    with EmulatorProcess() as emu, FaultProxyProcess(emu.port, None, log) as proxy:
+        results = run_all(proxy.port)
+    failed = [(r.check, r.detail) for r in results if r.outcome == "failed"]
+    assert not failed and len(results) >= 10
+    records = _read(log)
+    assert records[0]["ev"] == "start" and records[-1]["ev"] == "stop"
+    frames = [r for r in records if "dir" in r]
+    assert {r["act"] for r in frames} == {"fwd"}
+    assert any(r["msg"] == "FIRE" for r in frames) and any(r["msg"] == "VALVE_REPORT"
+                                                           for r in frames)
+
+
+def test_a_proxy_on_a_port_that_does_not_exist_is_one_line(tmp_path):
+    with pytest.raises(ProxyError, match=r"status 2.*--upstream: cannot open /nonexistent"):
+        FaultProxyProcess("/nonexistent/tty", None).start()
+    with pytest.raises(ProxyError, match=r"status 2.*--faults"):
+        FaultProxyProcess("/dev/null", "cut@soon").start()
+
+
+def test_a_fault_at_a_step_through_the_proxy_applies_before_that_fire(dragon, tmp_path):
+    """fail=0@step20 through the proxy: the unit executes nothing on channel 0 from FIRE 20 on
+    (and did before), its log has the FAULT_INJECT from the wire before FIRE 20, the host hears
+    of it (reallocation) and the burn still ends."""
+    model, plan = dragon
+    unit_log, wire_log = tmp_path / "unit.jsonl", tmp_path / "wire.jsonl"
+    with EmulatorProcess(log_path=unit_log) as emu, \
+            FaultProxyProcess(emu.port, "fail=0@step20", wire_log) as proxy:
+        summary = _fly(model, plan, proxy.port)
+    assert summary["completed"] and not summary["aborted"], summary["abort_reason"]
+    assert [r["thruster"] for r in summary["reallocations"]] == [model.thruster_names[0]]
+    unit = _read(unit_log)
+    fault_at = next(i for i, r in enumerate(unit) if r["ev"] == "fault")
+    assert unit[fault_at]["kind"] == "FAIL_OFF" and unit[fault_at]["source"] == "wire"
+    fires = [(i, r) for i, r in enumerate(unit) if r["ev"] == "fire" and r["bank"] == 0]
+    assert all(i > fault_at for i, r in fires if r["step"] >= 20)
+    assert all(i < fault_at for i, r in fires if r["step"] < 20)
+    assert any(r["executed"][0] > 0 for _, r in fires if r["step"] < 20)
+    assert all(r["executed"][0] == 0 for _, r in fires if r["step"] >= 20)
+    wire = _read(wire_log)
+    injected = [r for r in wire if r.get("act") == "inject"]
+    assert len(injected) == 1 and injected[0]["msg"] == "FAULT_INJECT"
+    assert any(r["ev"] == "fault" and r["step"] == 20 for r in wire if "ev" in r)
+
+
+def test_a_cut_at_a_step_in_the_emulator_and_through_the_proxy(dragon, tmp_path):
+    """cut@step30, in the emulator itself and in a proxy in front of a clean emulator: FIRE 30
+    never reaches the unit, nothing of step 30 or later executes, the host reports the lost link
+    and stops, the unit's watchdog closes every valve within watchdog_ms + 1 tick of the last
+    frame it heard, and the proxy still logs the unit's side after the cut."""
+    model, plan = dragon
+    for where in ("emulator", "proxy"):
+        unit_log, wire_log = tmp_path / f"{where}-unit.jsonl", tmp_path / f"{where}-wire.jsonl"
+        emu_faults = "cut@step30" if where == "emulator" else None
+        with EmulatorProcess(faults=emu_faults, log_path=unit_log) as emu:
+            if where == "proxy":
+                with FaultProxyProcess(emu.port, "cut@step30", wire_log) as proxy:
+                    summary = _fly(model, plan, proxy.port)
+                    _wait_trip(unit_log)
+            else:
+                summary = _fly(model, plan, emu.port)
+                _wait_trip(unit_log)
+        assert summary["aborted"] and "no reply to FIRE step 30" in summary["abort_reason"]
+        assert summary["cycles"] == 29
+        unit = _read(unit_log)
+        assert max(r["step"] for r in unit if r["ev"] == "fire") == 29, where
+        trip = next(r for r in unit if r["ev"] == "watchdog_trip")
+        assert trip["closed_us"] - trip["last_valid_us"] <= (trip["watchdog_ms"] + 1) * 1000
+        if where == "proxy":
+            wire = _read(wire_log)
+            cut = [r for r in wire if r.get("act") == "cut"]
+            assert cut and cut[0]["msg"] == "FIRE" and cut[0]["step"] == 30
+            assert any(r.get("msg") == "EVENT" and r["event"] == 3 for r in cut), \
+                "the unit's WATCHDOG_TRIP event is in the proxy's log"
+
+
+def _wait_trip(log, timeout_s: float = 5.0) -> None:
+    """Until the unit's log records its watchdog trip (the log is flushed per line)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if '"watchdog_trip"' in log.read_text():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no watchdog_trip in {log} within {timeout_s} s")
