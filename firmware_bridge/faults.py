@@ -37,7 +37,8 @@ Per frame and direction, in this order: cut (while the link is cut every frame i
 frame is gone), corrupt (one byte before the delimiter is XORed with a random non-zero value that
 does not make it 0x00, so the frame still ends where it did and fails its CRC/COBS/length check),
 duplicate (sent twice), delay. Every action is counted in ``LinkFaults.counts`` (per direction) and
-``LinkFaults.applied`` (the scheduled unit faults). """
+``LinkFaults.applied`` (the scheduled unit faults).
+"""
 
 from __future__ import annotations
 
