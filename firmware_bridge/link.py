@@ -280,6 +280,9 @@ class Link:
         self._rtt_ms: deque[float] = deque(maxlen=_RTT_SAMPLES)
         self._retry_rtt_s: float | None = None
         self._deadline_misses = 0
+        self._silent_cycles = 0  # REALTIME cycles in a row without any VALVE_REPORT
+        self._foreign_refusals = 0
+        self._foreign_refused_seqs: deque[int] = deque(maxlen=64)
         self._late_reports = 0
         self._resets_detected = 0
         self._rejections: dict[str, int] = {}
@@ -476,6 +479,14 @@ class Link:
             else:
                 self._file(self._reports, key, rec)
         elif name == "ACK":
+            if (msg["result"] == RESULT["BAD_SESSION"] and msg["msg_id"] == _ID["FIRE"]
+                    and self._session is not None and not self.reset_detected):
+                # Our FIREs carry the session the unit gave us: BAD_SESSION can only answer
+                # another writer's FIRE that happens to use one of our sequence counts (a
+                # second program on the line). Not ours: counted, never taken as a refusal.
+                self._foreign_refusals += 1
+                self._foreign_refused_seqs.append(msg["acked_seq"])
+                return
             self._file(self._acks, (msg["acked_seq"], msg["msg_id"]), rec)
             if msg["result"] != RESULT["ACCEPTED"]:
                 rname = RESULT_NAMES.get(msg["result"], str(msg["result"]))
@@ -653,6 +664,14 @@ class Link:
             if self._session is None:
                 raise LinkError(f"{self.url}: no session with the unit; connect() before {what}")
             return self._session
+
+    def _foreign_hint(self, seqs) -> str:
+        """If the unit answered BAD_SESSION with one of ``seqs`` (taken for another writer's),
+        say so: a unit that reset unheard (its BOOT lost) answers our FIREs that way too."""
+        if any(q in self._foreign_refused_seqs for q in seqs):
+            return (" (the unit answered BAD_SESSION: another writer on the line, or it reset "
+                    "and lost the session)")
+        return ""
 
     def _refusal_hint(self) -> str:
         """Why the unit may have refused a FIRE, if it said so (self._cond held or not)."""
@@ -985,7 +1004,8 @@ class Link:
             raise LinkError(f"{self.url}: no reply to FIRE step {step} (no VALVE_REPORT for "
                             f"bank(s) "
                             f"{missing}) after {MAX_RETRIES + 1} tries "
-                            f"{self.retry_timeout_s * 1000:.0f} ms apart; is the unit running?")
+                            f"{self.retry_timeout_s * 1000:.0f} ms apart; is the unit running?"
+                            f"{self._foreign_hint(q for q, _f in sent.values())}")
         if rejected:
             b, rec = rejected[0]
             raise LinkError(f"{self.url}: FIRE step {step} bank {b} refused: "
@@ -1107,7 +1127,8 @@ class Link:
                     raise LinkError(
                         f"{self.url}: no reply to FIRE step {chain.step} (no VALVE_REPORT for "
                         f"bank(s) {missing}) after {MAX_RETRIES + 1} tries "
-                        f"{self.retry_timeout_s * 1000:.0f} ms apart; is the unit running?")
+                        f"{self.retry_timeout_s * 1000:.0f} ms apart; is the unit running?"
+                        f"{self._foreign_hint(chain.seqs.values())}")
                 chain.attempt += 1
                 chain.t_sent = time.monotonic_ns()
                 resend = [(chain.seqs[b], fields) for b, _lo, _w, fields in chain.banks
@@ -1169,6 +1190,15 @@ class Link:
             b, rec = rejected[0]
             raise LinkError(f"{self.url}: FIRE step {step} bank {b} refused: "
                             f"{self._result_name(rec)}{self._refusal_hint()}")
+        # A report missed now and then is a late cycle; none for MAX_RETRIES + 1 cycles in a
+        # row (a cut cable, a dead unit) ends the burn: the unit's watchdog has long closed
+        # the valves, and the host must not fly on in the dark.
+        self._silent_cycles = self._silent_cycles + 1 if len(missing) == len(seqs) else 0
+        if self._silent_cycles > MAX_RETRIES:
+            raise LinkError(f"{self.url}: no VALVE_REPORT for {self._silent_cycles} REALTIME "
+                            f"cycles in a row (steps {step - self._silent_cycles + 1}.."
+                            f"{step}): the link is lost or the unit stopped answering"
+                            f"{self._foreign_hint(seqs.values())}")
         rtt = None
         if reports:
             rtt = (max(r.t_ns for r in reports.values()) - t_first) / 1e6
@@ -1380,6 +1410,7 @@ class Link:
                 "rtt_ms_p99": _percentile(rtts, 99),
                 "rtt_samples": len(rtts),
                 "deadline_misses": self._deadline_misses,
+                "foreign_refusals": self._foreign_refusals,
                 "late_reports": self._late_reports,
                 "resets_detected": self._resets_detected,
                 "capture_errors": self._capture_errors,

@@ -148,3 +148,72 @@ def test_realtime_run_is_paced_by_the_wall_clock(tmp_path):
     assert hil["wall_s"] >= 0.8 * (hil["cycles"] - 1) * model.control_period_s
     assert hil["achieved_delta_v_mps"] == pytest.approx(sil["achieved_delta_v_mps"], rel=0.05)
     assert any(r["ev"] == "fire" and r["mode"] in ("REALTIME", 1) for r in records)
+
+
+def test_realtime_host_stops_when_the_link_is_cut(tmp_path):
+    """REALTIME, the link cut for good at step 6: the host does not fly on in the dark (before
+    the fix it flew 200 cycles on without a single report): after MAX_RETRIES + 1 silent
+    cycles it stops the burn and says the link is lost; the unit's watchdog has closed every
+    valve within watchdog_ms + 1 tick of the last frame it heard."""
+    model = build_stack_model(load_stack("progress"))
+    plan = plan_burn("progress", Target("delta_v", 0.05))
+    warm_up(model, plan)
+    summary, records = _hil(model, plan, tmp_path, faults="cut@step6", mode="realtime")
+    assert summary["aborted"] and "no VALVE_REPORT for 4 REALTIME cycles in a row" in \
+        summary["abort_reason"]
+    assert summary["cycles"] <= 5 + 4 + 1
+    assert summary["valves_closed"] is not True  # nobody could confirm it
+    trips = [r for r in records if r["ev"] == "watchdog_trip"]
+    assert len(trips) == 1
+    assert trips[0]["closed_us"] - trips[0]["last_valid_us"] <= (trips[0]["watchdog_ms"] + 1) * 1000
+    assert max(r["step"] for r in records if r["ev"] == "fire") == 5
+
+
+def test_another_writers_refused_fires_are_not_taken_for_ours(dragon, tmp_path):
+    """A second writer on the line sends FIREs with a wrong session token, using exactly the
+    sequence counts the host is about to use and has in flight. The unit refuses them
+    (BAD_SESSION, counted) and executes none; the host does not take those refusals for the
+    answer to its own FIREs (it did: the burn aborted 'refused: BAD_SESSION') and the burn
+    ends as without the intruder."""
+    import threading
+
+    from firmware_bridge import codec
+
+    model, plan, sil = dragon
+    log = tmp_path / "emulator.jsonl"
+    with EmulatorProcess(log_path=log, seed=3) as emu:
+        unit = open_unit(unit="emulator", port=emu.port, mode="lockstep",
+                         n_thrusters=len(model.thruster_names),
+                         period_ms=int(round(model.control_period_s * 1000)))
+        link = unit.link
+        wrong = (link._session + 1) & 0xFFFF or 1
+        rogue = os.open(emu.port, os.O_WRONLY | os.O_NOCTTY)
+        done = threading.Event()
+        sent = [0]
+
+        def intrude():
+            while not done.is_set():
+                q = link._seq
+                for s in ((q - 2) % 16384, (q - 1) % 16384):
+                    os.write(rogue, codec.encode(
+                        "FIRE", s, 0, session=wrong, step=0x7FFF0000 + sent[0],
+                        valid_for_ms=0, bank=0, mask=0xFFFF, on_ticks=[100] * 16))
+                    sent[0] += 1
+                done.wait(0.0005)
+
+        t = threading.Thread(target=intrude, daemon=True)
+        t.start()
+        try:
+            hil = run_burn(model, plan, unit=unit).summary
+        finally:
+            done.set()
+            t.join()
+            os.close(rogue)
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    assert hil["completed"] and not hil["aborted"], hil["abort_reason"]
+    assert hil["achieved_delta_v_mps"] == pytest.approx(sil["achieved_delta_v_mps"], rel=5e-3)
+    assert hil["link"]["foreign_refusals"] > 0, "no collision happened: the test proved nothing"
+    fires = [r for r in records if r["ev"] == "fire"]
+    assert all(r["step"] < 0x7FFF0000 for r in fires), "an intruder's FIRE executed"
+    counters = [r for r in records if r["ev"] == "counters"][-1]["unit"]
+    assert counters["session_errors"] >= hil["link"]["foreign_refusals"] and sent[0] > 100
