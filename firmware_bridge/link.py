@@ -607,6 +607,15 @@ class Link:
             return INITIAL_RETRY_TIMEOUT_S
         return max(MIN_RETRY_TIMEOUT_S, 3.0 * self._retry_rtt_s)
 
+    @property
+    def give_up_s(self) -> float:
+        """How long a FIRE goes unanswered (resent every retry timeout) before the host calls
+        the link lost: MAX_RETRIES resends at least, and never less than the unit's own link
+        watchdog, so a stall shorter than the one the unit tolerates (a busy host, a busy
+        QEMU) does not end a burn the unit would have gone on with."""
+        watchdog_s = (self.info.watchdog_ms if self.info else LIMITS["watchdog_ms_default"]) / 1e3
+        return max((MAX_RETRIES + 1) * self.retry_timeout_s, watchdog_s)
+
     def _wait(self, pred: Callable[[], Any], timeout: float, *, session: bool) -> Any:
         """Wait for pred() (called with self._cond held) to be truthy; return its value, None on
         timeout. Raises LinkError if the port goes down or (session=True) the unit resets."""
@@ -990,7 +999,9 @@ class Link:
                             reports[b] = got
             return bool(rejected) or len(reports) == len(sent)
 
-        for attempt in range(MAX_RETRIES + 1):
+        attempt = 0
+        give_up_ns = t_first + int(self.give_up_s * 1e9)
+        while True:
             if attempt:
                 for b, (seq, fields) in sent.items():
                     if b not in reports:
@@ -999,13 +1010,14 @@ class Link:
                         self._send("FIRE", seq, FLAG_RETRANSMIT, **fields)
             if self._wait(collect, self.retry_timeout_s, session=True):
                 break
-        else:
-            missing = sorted(set(sent) - set(reports))
-            raise LinkError(f"{self.url}: no reply to FIRE step {step} (no VALVE_REPORT for "
-                            f"bank(s) "
-                            f"{missing}) after {MAX_RETRIES + 1} tries "
-                            f"{self.retry_timeout_s * 1000:.0f} ms apart; is the unit running?"
-                            f"{self._foreign_hint(q for q, _f in sent.values())}")
+            if attempt >= MAX_RETRIES and time.monotonic_ns() >= give_up_ns:
+                missing = sorted(set(sent) - set(reports))
+                raise LinkError(
+                    f"{self.url}: no reply to FIRE step {step} (no VALVE_REPORT for bank(s) "
+                    f"{missing}) after {attempt + 1} tries over "
+                    f"{(time.monotonic_ns() - t_first) / 1e6:.0f} ms; is the unit running?"
+                    f"{self._foreign_hint(q for q, _f in sent.values())}")
+            attempt += 1
         if rejected:
             b, rec = rejected[0]
             raise LinkError(f"{self.url}: FIRE step {step} bank {b} refused: "
@@ -1122,12 +1134,14 @@ class Link:
                 if chain.busy or waited_s < self.retry_timeout_s:
                     continue  # on_result is running, or this step's reports are not yet due
                 # Stalled a whole retry timeout: resend the banks whose report did not come.
-                if chain.attempt >= MAX_RETRIES:
+                now_ns = time.monotonic_ns()
+                if chain.attempt >= MAX_RETRIES and \
+                        now_ns - chain.t_first >= self.give_up_s * 1e9:
                     missing = sorted(set(chain.seqs) - set(chain.reports))
                     raise LinkError(
                         f"{self.url}: no reply to FIRE step {chain.step} (no VALVE_REPORT for "
-                        f"bank(s) {missing}) after {MAX_RETRIES + 1} tries "
-                        f"{self.retry_timeout_s * 1000:.0f} ms apart; is the unit running?"
+                        f"bank(s) {missing}) after {chain.attempt + 1} tries over "
+                        f"{(now_ns - chain.t_first) / 1e6:.0f} ms; is the unit running?"
                         f"{self._foreign_hint(chain.seqs.values())}")
                 chain.attempt += 1
                 chain.t_sent = time.monotonic_ns()

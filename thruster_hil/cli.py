@@ -189,8 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Ctrl-C. Point 'run --port', 'selftest --port' or your own tools at that path. "
         "Fault spec: comma-separated items drop|corrupt|duplicate[.rx|.tx]=RATE, "
         "delay[.rx|.tx]=RATE:DURATION, stall=DURATION@WHEN, reset@WHEN, fail=CH@WHEN, "
-        "stuck=CH@WHEN, clear=CH@WHEN, pressure=KPA@WHEN, seed=INT; WHEN is a duration since "
-        "start (2s, 250ms) or since the first FIRE (fire+2s).",
+        "stuck=CH@WHEN, clear=CH@WHEN, pressure=KPA@WHEN, cut[=DURATION]@WHEN (the link lost "
+        "both ways), seed=INT; WHEN is a duration since start (2s, 250ms), since the first "
+        "FIRE (fire+2s), or the host's FIRE of a control step (step40).",
     )
     emulate.add_argument("--faults", metavar="SPEC", help="fault injection (see above)")
     emulate.add_argument("--channels", type=int, default=32, help="valve channels (1-32)")
@@ -222,7 +223,56 @@ def build_parser() -> argparse.ArgumentParser:
                           "under qemu-system-avr")
     selftest.add_argument("--json", action="store_true", help="print one JSON object")
     selftest.set_defaults(handler=_cmd_selftest)
+
+    faults = sub.add_parser(
+        "faults",
+        help="the fault-injection campaign: every fault against the emulator and QEMU, judged",
+        description="Fly the reboost through a fault proxy against the emulator and the board "
+        "firmware under qemu-system-avr, one row per fault (link loss at random steps, 0.1/1/5 "
+        "%% corruption, drops and duplicates, delayed replies, unit reset, a thruster failed "
+        "off, a valve stuck open, tank pressure loss, the host killed, a second writer without "
+        "the session token), and judge each row on the unit's own record: delta-v, attitude "
+        "error, time until every valve closed, double and unintended fires, complete run "
+        "records. Writes campaign.json, results.md and each row's evidence (unit.jsonl, "
+        "wire.jsonl, the run directory); exit status 1 when a row fails. docs/reliability.md "
+        "explains the rows and the safety requirements they verify.",
+    )
+    faults.add_argument("--units", type=_units, default=("emulator", "qemu"),
+                        metavar="UNIT[,UNIT]",
+                        help="emulator, qemu or both (default: emulator,qemu)")
+    faults.add_argument("--only", type=_row_ids, metavar="ID[,ID...]",
+                        help="only these rows (e.g. E02,Q07; 'faults --list' lists them)")
+    faults.add_argument("--seed", type=_seed, default=1,
+                        help="seed of the random steps and channels (default: 1)")
+    faults.add_argument("--out", metavar="DIR",
+                        help="campaign directory (default: runs/faults-<UTC time>); must not "
+                        "exist or be empty")
+    faults.add_argument("--doc", metavar="PATH",
+                        help="also write the results table into this Markdown file's campaign "
+                        "section (docs/reliability.md)")
+    faults.add_argument("--list", action="store_true", help="list the rows and exit")
+    faults.add_argument("--json", action="store_true", help="print one JSON object")
+    faults.set_defaults(handler=_cmd_faults)
     return parser
+
+
+def _units(text: str) -> tuple[str, ...]:
+    units = tuple(u.strip() for u in text.split(","))
+    bad = [u for u in units if u not in ("emulator", "qemu")]
+    if bad or not units or len(set(units)) != len(units):
+        raise argparse.ArgumentTypeError(f"expected emulator, qemu or emulator,qemu, got "
+                                         f"{text!r}")
+    return units
+
+
+def _row_ids(text: str) -> set[str]:
+    import re
+
+    ids = {i.strip().upper() for i in text.split(",")}
+    bad = sorted(i for i in ids if not re.fullmatch(r"[EQ]\d{2}", i))
+    if bad:
+        raise argparse.ArgumentTypeError(f"expected row ids like E02 or Q07, got {text!r}")
+    return ids
 
 
 def _whole_number(lo: int, hi: int, hi_text: str):
@@ -693,6 +743,56 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
         print(f"{len(results) - len(failed)} of {len(results)} checks passed or skipped; "
               f"{len(failed)} failed")
     return 1 if failed else 0
+
+
+def _cmd_faults(args: argparse.Namespace) -> int:
+    import shlex
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from thruster_hil.campaign import build_rows, run_campaign, write_doc
+
+    rows = build_rows(args.seed, args.units)
+    known = {r.id for r in rows}
+    if args.only and not args.only <= known:
+        raise UserError("faults", f"--only: no row {', '.join(sorted(args.only - known))} with "
+                        f"--units {','.join(args.units)} (rows: {', '.join(sorted(known))})")
+    if args.list:
+        for r in rows:
+            print(f"{r.id}  {r.unit:<8}  {r.mode:<8}  {r.fault}  [{r.spec or ''}]")
+        return 0
+    doc = Path(args.doc) if args.doc else None
+    if doc is not None and not doc.is_file():
+        raise UserError("faults", f"--doc: {doc} is not a file")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(args.out) if args.out else Path("runs") / f"faults-{stamp}"
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError("faults", f"--out: {out} exists and is not an empty directory")
+    if "qemu" in args.units:
+        import shutil
+
+        if shutil.which("qemu-system-avr") is None:
+            raise UserError("faults", "qemu-system-avr not found: install qemu-system-misc "
+                            "gcc-avr avr-libc, or run with --units emulator")
+
+    def progress(rec: dict) -> None:
+        if not args.json:
+            mark = "pass" if rec["passed"] else "FAIL " + "; ".join(rec["why"])
+            print(f"{rec['id']}  {rec['unit']:<8}  {rec['fault']}: "
+                  f"{rec['measured']['outcome']}  [{mark}]", flush=True)
+
+    records = run_campaign(out, args.seed, args.units, args.only, progress)
+    if doc is not None:
+        argv = ["thruster-hil", "faults", "--seed", str(args.seed), "--units",
+                ",".join(args.units), "--doc", str(doc)]
+        write_doc(doc, records, shlex.join(argv))
+    passed = sum(r["passed"] for r in records)
+    if args.json:
+        print(json.dumps({"out": str(out), "passed": passed, "total": len(records),
+                          "rows": records}))
+    else:
+        print(f"{passed} of {len(records)} rows pass; evidence in {out}")
+    return 0 if passed == len(records) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -72,19 +72,26 @@ class ReplayUnit:
     realtime = False
     errors = (UserError,)
 
-    def __init__(self, steps: dict[int, _Step], n: int):
+    def __init__(self, steps: dict[int, _Step], n: int, cycles: int | None = None):
         self.steps = steps
         self.n = n
+        self.cycles = cycles  # the recorded run's cycle count: an aborted run ends there
         self.mismatches = 0
         self._executed = np.zeros(n, np.uint16)
         self._health = np.zeros(n, np.int64)
 
     def execute(self, cycle: int, on_ms: np.ndarray) -> UnitReport:
+        if self.cycles is not None and cycle >= self.cycles:
+            raise UserError("replay", f"the recorded run ended after {self.cycles} cycles")
         st = self.steps.get(cycle + 1)
-        if st is None or not st.reports:
+        if st is None or (not st.reports and st.first_tx_ns is None):
             raise UserError("replay", f"the capture has no VALVE_REPORT for step {cycle + 1}")
         self._executed[:] = 0
         self._health[:] = HEALTH_NOMINAL
+        if not st.reports:
+            # A REALTIME FIRE whose every report missed its deadline: the live link flew the
+            # cycle with nothing executed and no round-trip time.
+            return UnitReport(self._executed, self._health, float("nan"))
         for bank, (_t, msg) in st.reports.items():
             lo = bank * CHANNELS_PER_BANK
             width = min(self.n - lo, CHANNELS_PER_BANK)
@@ -126,7 +133,7 @@ def replay_run(run_dir: str | Path) -> dict:
     steps, frames, errors = decode_capture(capture)
     model = build_stack_model(load_stack(summary["stack_path"]))
     names = list(model.thruster_names)
-    unit = ReplayUnit(steps, len(names))
+    unit = ReplayUnit(steps, len(names), summary["cycles"] if summary.get("aborted") else None)
     out = run / "telemetry.replay.csv"
     if out.exists():
         out.unlink()
