@@ -747,7 +747,7 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
 
 def _cmd_faults(args: argparse.Namespace) -> int:
     import shlex
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
     from pathlib import Path
 
     from thruster_hil.campaign import build_rows, run_campaign, write_doc
@@ -764,7 +764,7 @@ def _cmd_faults(args: argparse.Namespace) -> int:
     doc = Path(args.doc) if args.doc else None
     if doc is not None and not doc.is_file():
         raise UserError("faults", f"--doc: {doc} is not a file")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = Path(args.out) if args.out else Path("runs") / f"faults-{stamp}"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError("faults", f"--out: {out} exists and is not an empty directory")
