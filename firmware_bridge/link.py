@@ -84,6 +84,8 @@ REPORT_DUPLICATE = 4
 
 PARAM = ENUMS["param"]
 FAULT = ENUMS["fault"]
+SAFE_REASON = ENUMS["safe_reason"]
+MIN_FEED_KPA = LIMITS["min_feed_kpa"]
 _PARAM_RANGES = {  # SET_PARAM limits (section 4): (ranges..., text)
     "WATCHDOG_MS": (((LIMITS["watchdog_ms_min"], LIMITS["watchdog_ms_max"]),),
                     f"{LIMITS['watchdog_ms_min']}..{LIMITS['watchdog_ms_max']} ms"),
@@ -273,6 +275,7 @@ class Link:
         self._test_build = False
         self._chain: _Chain | None = None
         self._watchdog_trip_ms: int | None = None  # the unit's last WATCHDOG_TRIP since ARMED
+        self._low_pressure_kpa: int | None = None  # SAFE_ENTERED LOW_PRESSURE since ARMED
 
         self._frames_sent = 0
         self._bytes_sent = 0
@@ -498,8 +501,12 @@ class Link:
             if msg["event"] == EVENT["ARMED"]:
                 self._armed_events += 1
                 self._watchdog_trip_ms = None
+                self._low_pressure_kpa = None
             elif msg["event"] == EVENT["WATCHDOG_TRIP"]:
                 self._watchdog_trip_ms = msg["arg0"]
+            elif (msg["event"] == EVENT["SAFE_ENTERED"]
+                  and msg["arg0"] == SAFE_REASON["LOW_PRESSURE"]):
+                self._low_pressure_kpa = msg["arg1"]
         elif name == "HELLO_ACK":
             self._hello_acks += 1
             self._last_hello_ack = rec
@@ -655,11 +662,30 @@ class Link:
             return self._session
 
     def _refusal_hint(self) -> str:
-        """Why the unit may have refused a FIRE, if it said so (self._cond held or not)."""
-        if self._watchdog_trip_ms is None:
+        """Why the unit may have refused a FIRE, if it said so (self._cond held or not): its
+        SAFE_ENTERED LOW_PRESSURE or WATCHDOG_TRIP event since the last ARMED, else a tank
+        pressure below the minimum in its latest housekeeping."""
+        if self._low_pressure_kpa is not None:
+            return self._pressure_hint(self._low_pressure_kpa)
+        if self._watchdog_trip_ms is not None:
+            return (f" (the unit's link watchdog expired: {self._watchdog_trip_ms} ms without a "
+                    f"FIRE or HEARTBEAT from the host, so it closed its valves and went SAFE)")
+        return self._hk_pressure_hint()
+
+    @staticmethod
+    def _pressure_hint(kpa: int) -> str:
+        return (f" (the unit's tank pressure fell to {kpa} kPa, below the minimum feed "
+                f"pressure of {MIN_FEED_KPA} kPa, so it closed its valves and went SAFE "
+                f"(LOW_PRESSURE); restore the pressure, then ARM again)")
+
+    def _hk_pressure_hint(self) -> str:
+        """The low-pressure hint if the unit's latest HK shows its tank below the minimum."""
+        hk = self.latest_hk
+        if hk is None or hk.msg["tank_kPa"] >= MIN_FEED_KPA:
             return ""
-        return (f" (the unit's link watchdog expired: {self._watchdog_trip_ms} ms without a "
-                f"FIRE or HEARTBEAT from the host, so it closed its valves and went SAFE)")
+        kpa = hk.msg["tank_kPa"]
+        return (f" (the unit reports its tank at {kpa} kPa, below the minimum feed pressure of "
+                f"{MIN_FEED_KPA} kPa: it refuses to arm or fire until the pressure is back)")
 
     @staticmethod
     def _result_name(rec: Received) -> str:
@@ -798,7 +824,8 @@ class Link:
         rec, _, _ = self._transact("ARM_REQUEST", dict(session=session), challenge,
                                    ack_req=False, session=True)
         if rec.msg.name == "ACK":
-            raise LinkError(f"{self.url}: ARM_REQUEST refused: {self._result_name(rec)}")
+            raise LinkError(f"{self.url}: ARM_REQUEST refused: {self._result_name(rec)}"
+                            f"{self._hk_pressure_hint()}")
         nonce = rec.msg["nonce"]
         with self._cond:
             armed_events_before = self._armed_events
@@ -813,7 +840,9 @@ class Link:
                 armed_anyway = (attempt > 0 and result == RESULT["REJECTED_STATE"]
                                 and self._armed_events > armed_events_before)
             if not armed_anyway:
-                raise LinkError(f"{self.url}: ARM_CONFIRM refused: {self._result_name(rec)}")
+                hint = self._hk_pressure_hint() if result == RESULT["REJECTED_STATE"] else ""
+                raise LinkError(f"{self.url}: ARM_CONFIRM refused: {self._result_name(rec)}"
+                                f"{hint}")
         with self._cond:
             self._armed = True
             self._reports.clear()

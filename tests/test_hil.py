@@ -119,6 +119,28 @@ def test_link_loss_closes_the_valves_within_the_watchdog(dragon, tmp_path):
     assert any(r["to"] == "SAFE" and r["reason"] == "WATCHDOG" for r in states), states
 
 
+def test_low_tank_pressure_mid_burn_safes_the_unit_and_the_abort_says_why(dragon, tmp_path):
+    """REQ issue 7: the unit's tank drops to 300 kPa (below min_feed_kpa) 20 ms (wall clock)
+    into a lockstep burn: the unit closes its valves and goes SAFE (LOW_PRESSURE) on its own, the
+    host's next FIRE is refused and the burn stops with a one-line reason that names it."""
+    model, plan, _ = dragon
+    log = tmp_path / "emulator.jsonl"
+    with EmulatorProcess(faults="pressure=300kPa@fire+20ms", log_path=log) as emu:
+        unit = open_unit(unit="emulator", port=emu.port, mode="lockstep",
+                         n_thrusters=len(model.thruster_names),
+                         period_ms=int(round(model.control_period_s * 1000)))
+        hil = run_burn(model, plan, unit=unit).summary
+        _wait_for_record(log, lambda r: r["ev"] == "state" and r["to"] == "SAFE")
+    assert hil["aborted"] and not hil["completed"]
+    reason = hil["abort_reason"]
+    assert "\n" not in reason and "REJECTED_STATE" in reason and "LOW_PRESSURE" in reason
+    assert "300 kPa" in reason and "500 kPa" in reason
+    assert hil["valves_closed"] is True
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    safes = [r for r in records if r["ev"] == "state" and r["to"] == "SAFE"]
+    assert safes[0]["reason"] == "LOW_PRESSURE" and safes[0]["from"] == "ARMED"
+
+
 def test_a_second_process_cannot_open_the_port_of_a_run(tmp_path):
     """While one process holds the unit's port (exclusively, as every run does), another run
     on that port gets one clear line and exit status 2."""

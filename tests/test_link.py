@@ -22,10 +22,12 @@ import serial
 from firmware_bridge import codec
 from firmware_bridge.dictionary import (
     DICT_HASH,
+    ENUMS,
     EVENT,
     FLAG_ACK_REQ,
     FLAG_RETRANSMIT,
     FLAG_TEST_BUILD,
+    LIMITS,
     MODE,
     PROTO_VERSION,
     RESULT,
@@ -36,6 +38,7 @@ from thruster_hil.errors import UserError
 
 UNIT_CLOCK_OFFSET_US = 1_000_000  # the fake's clock runs this far ahead of the host's
 N_CHANNELS = 24
+MIN_FEED = LIMITS["min_feed_kpa"]
 WAIT = 2.0  # generous upper bound for any wait on the fake; tests normally take ms
 
 
@@ -418,6 +421,63 @@ def test_a_fire_refused_after_a_watchdog_trip_says_so(link, unit):
     with pytest.raises(LinkError, match="REJECTED_STATE .*watchdog expired: 251 ms") as exc:
         link.fire(3, [10] * 18)
     assert "\n" not in str(exc.value)
+
+
+def _low_pressure_safe(unit: FakeUnit, kpa: int) -> None:
+    """What a unit says when its tank drops below the minimum feed pressure while armed."""
+    unit.armed = False
+    unit.send("EVENT", pu_time_us=unit.now_us(), event=EVENT["SAFE_ENTERED"], state=1,
+              arg0=ENUMS["safe_reason"]["LOW_PRESSURE"], arg1=kpa, arg2=0)
+
+
+def test_a_fire_refused_after_low_tank_pressure_says_so(link, unit):
+    """REQ issue 7: the unit went SAFE for LOW_PRESSURE: the refusal names the pressure and the
+    minimum, in one line."""
+    connected(link, unit).arm(500)
+    _low_pressure_safe(unit, 420)
+    sync(link)
+    with pytest.raises(LinkError, match=r"REJECTED_STATE \(the unit's tank pressure fell to 420 "
+                       rf"kPa, below the minimum feed pressure of {MIN_FEED} kPa") as exc:
+        link.fire(3, [10] * 18)
+    assert "\n" not in str(exc.value) and "LOW_PRESSURE" in str(exc.value)
+
+
+def test_a_chain_stopped_by_low_tank_pressure_says_so(link, unit):
+    """The same in a LOCKSTEP chain: the step after the pressure dropped is refused and
+    fire_chain raises the one-line reason."""
+    connected(link, unit).arm(500)
+
+    def on_result(res: FireResult):
+        if res.step == 3:
+            _low_pressure_safe(unit, 12)  # before the unit sees step 4
+        return res.step + 1, [10] * 18
+
+    with pytest.raises(LinkError, match="FIRE step 4 bank 0 refused: REJECTED_STATE .*fell to 12 "
+                       "kPa.*LOW_PRESSURE") as exc:
+        link.fire_chain(1, [10] * 18, on_result)
+    assert "\n" not in str(exc.value)
+
+
+def test_arm_refused_while_the_tank_is_low_says_so(link, unit):
+    connected(link, unit)
+    unit.send("HK", pu_time_us=unit.now_us(), state=1, watchdog_remaining_ms=0, rx_frames=1,
+              crc_errors=0, cobs_errors=0, length_errors=0, seq_gaps=0, uart_overruns=0,
+              session_errors=0, last_step=0, open_mask=0, failed_mask=0, stuck_mask=0,
+              tank_kPa=MIN_FEED - 1)
+    assert link.wait_hk(timeout_s=WAIT) is not None
+    orig = unit._handle
+
+    def low(m):
+        if m.name == "ARM_REQUEST":
+            unit.ack(m, "REJECTED_STATE")
+        else:
+            orig(m)
+
+    unit._handle = low
+    with pytest.raises(LinkError, match=f"ARM_REQUEST refused: REJECTED_STATE .*tank at "
+                       f"{MIN_FEED - 1} kPa") as exc:
+        link.arm(100)
+    assert "\n" not in str(exc.value) and not link.armed
 
 
 def test_no_report_after_three_retries_is_a_link_error(link, unit):
