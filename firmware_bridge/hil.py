@@ -16,18 +16,31 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from firmware_bridge.dictionary import FAULT
-from firmware_bridge.link import Link, LinkError
+from firmware_bridge.dictionary import CHANNELS_PER_BANK, FAULT
+from firmware_bridge.link import MAX_RETRIES, Link, LinkError
 from sims.runner import UnitReport
-from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_STUCK_OPEN
+from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
 
 __all__ = ["SerialUnit", "open_unit", "LinkError"]
 
 #: How long closing a serial unit waits for the unit to acknowledge its STOP_ALL [s].
 STOP_CONFIRM_S = 0.5
+_HEALTH_NAMES = {HEALTH_NOMINAL: "nominal", HEALTH_FAILED_OFF: "failed off",
+                 HEALTH_STUCK_OPEN: "stuck open"}
+
+
+@dataclass
+class _Fault:
+    """A thruster failure sent to the unit and not yet seen in one of its VALVE_REPORTs."""
+
+    kind: str  # FAIL_OFF / STUCK_OPEN
+    health: int  # what the reports must show for the channel once it applied
+    seq: int | None  # sent without waiting (from a lockstep chain): its sequence count
+    resends: int = 0
 
 
 class SerialUnit:
@@ -47,6 +60,7 @@ class SerialUnit:
         self._process = process
         self._executed = np.zeros(n_thrusters, np.uint16)
         self._health = np.zeros(n_thrusters, np.int64)
+        self._faults: dict[int, _Fault] = {}  # channel -> failure awaiting confirmation
         #: After close(): did the unit acknowledge the final STOP_ALL (its valves closed)?
         self.valves_closed: bool | None = None
 
@@ -57,6 +71,8 @@ class SerialUnit:
         self._executed[:] = res.executed_ms[:self.n]
         health = res.health[:self.n]
         self._health[:] = health
+        if self._faults:
+            self._confirm_faults(res)
         # No report at all (every bank missed a REALTIME deadline): no round-trip time.
         rtt_s = math.nan if res.rtt_ms is None else res.rtt_ms / 1e3
         return UnitReport(self._executed, self._health, rtt_s, all_nominal=not any(health))
@@ -67,7 +83,7 @@ class SerialUnit:
         on-times it returns as the next cycle, until it returns None (:meth:`Link.fire_chain`:
         ``next_cycle`` runs on the link's reader thread, with no thread hand-over per cycle)."""
         def on_result(res) -> tuple[int, np.ndarray] | None:
-            nxt = next_cycle(self._report(res))
+            nxt = next_cycle(self._report(res))  # may call fail(): see there
             return None if nxt is None else (res.step + 1, nxt[:self.n])
 
         self.link.fire_chain(cycle + 1, on_ms[:self.n], on_result)
@@ -84,9 +100,46 @@ class SerialUnit:
             time.sleep(min(left, quarter))
 
     def fail(self, index: int, code: int = HEALTH_FAILED_OFF) -> None:
-        """Fail a thruster on the unit itself (fault injection; test builds only)."""
+        """Fail a thruster on the unit itself (fault injection; test builds only), before the
+        next FIRE. The unit's next VALVE_REPORT must show it (else the FAULT_INJECT is resent,
+        then LinkError).
+
+        In a LOCKSTEP chain this runs on the link's reader thread (the runner calls it while
+        it prepares the next cycle), where waiting for the ACK would wait for a reply that
+        only this thread could read: there the FAULT_INJECT goes out without ACK_REQ, ahead
+        of the next FIRE, and the unit, which handles frames in order, applies it first."""
         kind = "STUCK_OPEN" if code == HEALTH_STUCK_OPEN else "FAIL_OFF"
-        self.link.inject_fault(FAULT[kind], index)
+        health = HEALTH_STUCK_OPEN if kind == "STUCK_OPEN" else HEALTH_FAILED_OFF
+        seq = None
+        if self.link.on_reader_thread():
+            seq = self.link.send_fault(FAULT[kind], index)
+        else:
+            self.link.inject_fault(FAULT[kind], index)
+        self._faults[index] = _Fault(kind, health, seq)
+
+    def _confirm_faults(self, res) -> None:
+        """Every failure sent before this step's FIRE shows in its report; a FAULT_INJECT that
+        went out without waiting and did not arrive is resent (same seq, RETRANSMIT: never
+        applied twice) before the next FIRE, up to MAX_RETRIES times."""
+        for index, f in list(self._faults.items()):
+            if index // CHANNELS_PER_BANK in res.missing_banks:
+                continue  # REALTIME: no report for this bank this step; the next one says
+            shown = int(res.health[index])
+            if shown == f.health:
+                del self._faults[index]
+                continue
+            if f.seq is not None:
+                refused = self.link.fault_refusal(f.seq)
+                if refused is not None:
+                    raise LinkError(f"{self.link.url}: FAULT_INJECT {f.kind} on channel {index} "
+                                    f"refused: {refused} (fault injection needs a test build)")
+                if f.resends < MAX_RETRIES:
+                    f.resends += 1
+                    self.link.send_fault(FAULT[f.kind], index, seq=f.seq)
+                    continue
+            raise LinkError(f"{self.link.url}: the unit did not apply FAULT_INJECT {f.kind} on "
+                            f"channel {index}: its VALVE_REPORT for step {res.step} shows it "
+                            f"{_HEALTH_NAMES.get(shown, shown)}")
 
     def stats(self) -> dict:
         return self.link.stats()

@@ -1287,19 +1287,33 @@ class Link:
         if key == "WATCHDOG_MS" and self.info is not None:
             self.info = replace(self.info, watchdog_ms=value)
 
-    def inject_fault(self, kind: str | int, arg: int = 0) -> str | None:
-        """FAULT_INJECT (test builds only). Returns the ACK's result name, or None for RESET
-        (the unit resets instead of answering). Not retried (a fault must not apply twice).
-        LinkError if unanswered or refused (UNSUPPORTED: not a test build)."""
+    @staticmethod
+    def _fault_fields(kind: str | int, arg: int) -> tuple[str, dict[str, int]]:
         names = {v: k for k, v in FAULT.items()}
         key = names.get(kind) if isinstance(kind, int) else str(kind).upper()
         if key not in FAULT:
             raise ValueError(f"unknown fault {kind!r}; expected one of {', '.join(FAULT)}")
         if not 0 <= int(arg) <= 0xFFFF:
             raise ValueError(f"fault argument must be 0..65535, got {arg!r}")
-        fields = dict(fault=FAULT[key], arg=int(arg))
+        return key, dict(fault=FAULT[key], arg=int(arg))
+
+    def on_reader_thread(self) -> bool:
+        """Is the caller the link's reader thread (inside a :meth:`fire_chain` ``on_result``)?
+        Such a caller must never wait for a reply: only this thread could read it."""
+        return self._reader is not None and threading.current_thread() is self._reader
+
+    def inject_fault(self, kind: str | int, arg: int = 0) -> str | None:
+        """FAULT_INJECT (test builds only). Returns the ACK's result name, or None when no ACK
+        is waited for: RESET (the unit resets instead of answering), and a call from the
+        reader thread (inside :meth:`fire_chain`), which sends it with :meth:`send_fault`.
+        Not retried (a fault must not apply twice). LinkError if unanswered or refused
+        (UNSUPPORTED: not a test build)."""
+        key, fields = self._fault_fields(kind, arg)
         if key == "RESET":
             self._send("FAULT_INJECT", self._next_seq(), 0, **fields)
+            return None
+        if self.on_reader_thread():
+            self.send_fault(key, arg)
             return None
         rec, _, _ = self._transact("FAULT_INJECT", fields,
                                    lambda seq: self._take_ack(seq, "FAULT_INJECT"),
@@ -1308,6 +1322,33 @@ class Link:
         if rec.msg["result"] != RESULT["ACCEPTED"]:
             raise LinkError(f"{self.url}: FAULT_INJECT {key} refused: {result}")
         return result
+
+    def send_fault(self, kind: str | int, arg: int = 0, *, seq: int | None = None) -> int:
+        """FAULT_INJECT without ACK_REQ and without waiting (safe on the reader thread, in a
+        LOCKSTEP chain); returns its sequence count. The unit handles frames in order, so the
+        fault is applied before any FIRE sent after this; its FAULT_INJECTED event and the
+        next VALVE_REPORT's failed/stuck masks confirm it. A refusal still gets an ACK: see
+        :meth:`fault_refusal`. ``seq`` resends that earlier FAULT_INJECT (same count,
+        RETRANSMIT flag): the unit applies it only if it never got the first copy."""
+        _key, fields = self._fault_fields(kind, arg)
+        flags = 0
+        if seq is None:
+            seq = self._next_seq()
+        else:
+            flags = FLAG_RETRANSMIT
+            with self._cond:
+                self._retries += 1
+        self._send("FAULT_INJECT", seq, flags, **fields)
+        return seq
+
+    def fault_refusal(self, seq: int) -> str | None:
+        """The result the unit refused the FAULT_INJECT ``seq`` of :meth:`send_fault` with
+        (e.g. UNSUPPORTED on a flight build), or None if no refusal has arrived."""
+        with self._cond:
+            rec = self._take_ack(seq, "FAULT_INJECT")
+        if rec is None or rec.msg["result"] == RESULT["ACCEPTED"]:
+            return None
+        return self._result_name(rec)
 
     # ---- reset / reconnect -----------------------------------------------------------------
 

@@ -388,6 +388,35 @@ def test_hil_reboost_through_qemu_matches_sil():
     assert hil["link"]["crc_errors"] == 0
 
 
+@pytest.mark.slow
+def test_hil_thruster_failure_through_qemu_matches_sil():
+    """Issue 7 on the real firmware: trunk-draco-1 fails 5 s into a lockstep burn through QEMU
+    (the FAULT_INJECT goes out from inside the lockstep chain, without ACK_REQ, ahead of the next
+    FIRE): the burn completes, reallocated at the SIL's cycle, within 0.5 % of the SIL delta-v."""
+    _need("make", "avr-gcc", "qemu-system-avr")
+    from firmware_bridge.hil import open_unit
+    from sims.loop import warm_up
+    from sims.runner import Failure, run_burn
+    from sims.thrusters import HEALTH_FAILED_OFF
+    from thruster_hil.config import build_stack_model, load_stack
+    from thruster_hil.plan import Target, plan_burn
+
+    model = build_stack_model(load_stack("dragon-boost-kit"))
+    plan = plan_burn("dragon-boost-kit", Target("delta_v", 0.3))
+    name = model.thruster_names[0]
+    sil = run_burn(model, plan, failures=[Failure(name, 5.0, HEALTH_FAILED_OFF)]).summary
+    warm_up(model, plan)
+    unit = open_unit(unit="qemu", port=None, mode="lockstep",
+                     n_thrusters=len(model.thruster_names),
+                     period_ms=int(round(model.control_period_s * 1000)))
+    hil = run_burn(model, plan, unit=unit, failures=[Failure(name, 5.0, HEALTH_FAILED_OFF)]
+                   ).summary
+    assert hil["completed"] and not hil["aborted"], hil.get("abort_reason")
+    assert [(r["thruster"], r["cycle"]) for r in hil["reallocations"]] == \
+        [(r["thruster"], r["cycle"]) for r in sil["reallocations"]] == [(name, 10)]
+    assert hil["achieved_delta_v_mps"] == pytest.approx(sil["achieved_delta_v_mps"], rel=5e-3)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_qemu_does_not_outlive_a_killed_parent(tmp_path):
     """A process that started QEMU (as `run --unit qemu` does) is killed with SIGKILL, which no

@@ -19,7 +19,8 @@ import serial
 from firmware_bridge.emulator import EmulatorProcess
 from firmware_bridge.hil import open_unit
 from sims.loop import warm_up
-from sims.runner import run_burn
+from sims.runner import Failure, run_burn
+from sims.thrusters import HEALTH_FAILED_OFF
 from thruster_hil.config import build_stack_model, load_stack
 from thruster_hil.plan import Target, plan_burn
 
@@ -139,6 +140,62 @@ def test_low_tank_pressure_mid_burn_safes_the_unit_and_the_abort_says_why(dragon
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     safes = [r for r in records if r["ev"] == "state" and r["to"] == "SAFE"]
     assert safes[0]["reason"] == "LOW_PRESSURE" and safes[0]["from"] == "ARMED"
+
+
+@pytest.fixture(scope="module")
+def dragon_failure():
+    """The dragon-boost-kit stack, a 0.3 m/s burn, trunk-draco-1 failing off 5 s in, and the
+    SIL run of exactly that."""
+    model = build_stack_model(load_stack(STACK))
+    plan = plan_burn(STACK, Target("delta_v", 0.3))
+    name = model.thruster_names[0]
+    sil = run_burn(model, plan, failures=[Failure(name, 5.0, HEALTH_FAILED_OFF)]).summary
+    warm_up(model, plan)
+    return model, plan, name, sil
+
+
+def test_a_thruster_failed_mid_lockstep_burn_is_reallocated_as_in_sil(dragon_failure, tmp_path):
+    """REQ issue 7: a failure injected while the lockstep chain runs (the runner calls
+    unit.fail() on the link's reader thread) reaches the unit ahead of the next FIRE instead of
+    waiting for an ACK nobody can read: the burn completes with the thruster failed on the
+    unit, the controller reallocates at the same cycle as in SIL, and the delta-v is within
+    0.5 % of the SIL run with the same failure."""
+    model, plan, name, sil = dragon_failure
+    log = tmp_path / "emulator.jsonl"
+    unit = open_unit(unit="emulator", port=None, mode="lockstep",
+                     n_thrusters=len(model.thruster_names),
+                     period_ms=int(round(model.control_period_s * 1000)), emulator_log=log)
+    hil = run_burn(model, plan, unit=unit, failures=[Failure(name, 5.0, HEALTH_FAILED_OFF)]
+                   ).summary
+    assert hil["completed"] and not hil["aborted"], hil.get("abort_reason")
+    realloc = [(r["thruster"], r["cycle"], r["health"]) for r in hil["reallocations"]]
+    assert realloc == [(r["thruster"], r["cycle"], r["health"]) for r in sil["reallocations"]]
+    assert realloc == [(name, 10, HEALTH_FAILED_OFF)]
+    assert hil["achieved_delta_v_mps"] == pytest.approx(sil["achieved_delta_v_mps"], rel=5e-3)
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    (fault,) = [r for r in records if r["ev"] == "fault"]
+    assert (fault["kind"], fault["arg"], fault["source"]) == ("FAIL_OFF", 0, "wire")
+    fires = {r["step"]: r for r in records if r["ev"] == "fire" and r["bank"] == 0}
+    # Cycle 10 is step 11: the fault arrived right before its FIRE, and channel 0 never fired
+    # again; before it, it did.
+    assert records.index(fires[10]) < records.index(fault) < records.index(fires[11])
+    assert all(f["executed"][0] == 0 for step, f in fires.items() if step >= 11)
+    assert any(f["executed"][0] > 0 for step, f in fires.items() if step < 11)
+
+
+def test_a_failure_on_a_unit_without_fault_injection_stops_the_burn_saying_so(dragon_failure):
+    """A unit that is not a test build refuses the FAULT_INJECT: the burn stops at the next
+    cycle with that reason in one line (not a timeout)."""
+    model, plan, name, _ = dragon_failure
+    with EmulatorProcess(extra_args=["--no-test-build"]) as emu:
+        unit = open_unit(unit="emulator", port=emu.port, mode="lockstep",
+                         n_thrusters=len(model.thruster_names),
+                         period_ms=int(round(model.control_period_s * 1000)))
+        hil = run_burn(model, plan, unit=unit,
+                       failures=[Failure(name, 5.0, HEALTH_FAILED_OFF)]).summary
+    assert hil["aborted"] and hil["cycles"] == 10  # stopped at the report of cycle 10
+    assert "FAULT_INJECT FAIL_OFF on channel 0 refused: UNSUPPORTED" in hil["abort_reason"]
+    assert "\n" not in hil["abort_reason"]
 
 
 def test_a_second_process_cannot_open_the_port_of_a_run(tmp_path):

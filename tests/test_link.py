@@ -16,6 +16,7 @@ import threading
 import time
 import tty
 
+import numpy as np
 import pytest
 import serial
 
@@ -24,6 +25,7 @@ from firmware_bridge.dictionary import (
     DICT_HASH,
     ENUMS,
     EVENT,
+    FAULT,
     FLAG_ACK_REQ,
     FLAG_RETRANSMIT,
     FLAG_TEST_BUILD,
@@ -32,6 +34,7 @@ from firmware_bridge.dictionary import (
     PROTO_VERSION,
     RESULT,
 )
+from firmware_bridge.hil import SerialUnit
 from firmware_bridge.link import FireResult, Link, LinkError
 from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
 from thruster_hil.errors import UserError
@@ -60,6 +63,8 @@ class FakeUnit:
         self.fire_result: str | None = None  # answer FIRE with this rejecting ACK
         self.failed_mask = 0  # per channel, all banks
         self.stuck_mask = 0
+        self.faults_on = False  # a test build: FAULT_INJECT FAIL_OFF/STUCK_OPEN applied
+        self.faults_applied: set[int] = set()  # their sequence counts (a resend is a no-op)
         self.period_ticks = 500
         self.boot_count = 7
         self.session: int | None = None
@@ -186,7 +191,17 @@ class FakeUnit:
         elif name == "FIRE":
             self._fire(m)
         elif name == "FAULT_INJECT":
-            self.ack(m, "UNSUPPORTED")
+            if not self.faults_on:
+                self.ack(m, "UNSUPPORTED")
+                return
+            if m.seq not in self.faults_applied:
+                self.faults_applied.add(m.seq)
+                if m["fault"] == FAULT["FAIL_OFF"]:
+                    self.failed_mask |= 1 << m["arg"]
+                elif m["fault"] == FAULT["STUCK_OPEN"]:
+                    self.stuck_mask |= 1 << m["arg"]
+            if m.flags & FLAG_ACK_REQ:
+                self.ack(m, "ACCEPTED")
 
     def _fire(self, m: codec.Message) -> None:
         if not self.armed:
@@ -496,6 +511,40 @@ def test_no_report_after_three_retries_is_a_link_error(link, unit):
     fires = unit.frames("FIRE")
     assert len(fires) == 4 and len({f.seq for f in fires}) == 1
     assert link.stats()["retries"] == 3
+
+
+# ---- fault injection from inside a LOCKSTEP chain -------------------------------------------
+
+def test_a_failure_injected_inside_a_chain_goes_ahead_of_the_next_fire_and_is_resent_if_lost(
+        link, unit):
+    """REQ issue 7: SerialUnit.fail() called while a chain prepares its next cycle (on the
+    reader thread) sends FAULT_INJECT without ACK_REQ ahead of that FIRE instead of waiting for
+    an ACK nobody can read. Its first copy is lost here: the next report does not show the
+    failure, so the same FAULT_INJECT (same seq, RETRANSMIT) goes ahead of the FIRE after it,
+    and from then on every report shows the channel failed."""
+    unit.faults_on = True
+    connected(link, unit).arm(500)
+    su = SerialUnit(link, 18, 500, "lockstep", "fake")
+    unit.drop_first = {"FAULT_INJECT"}
+    health3: list[int] = []
+
+    def next_cycle(report):
+        health3.append(int(report.health[3]))
+        if len(health3) == 2:
+            su.fail(3, HEALTH_FAILED_OFF)
+        return None if len(health3) == 6 else np.full(18, 10, np.uint16)
+
+    su.execute_chain(0, np.full(18, 10, np.uint16), next_cycle)
+    assert health3 == [HEALTH_NOMINAL] * 3 + [HEALTH_FAILED_OFF] * 3
+    sync(link)
+    faults = unit.frames("FAULT_INJECT")
+    assert len(faults) == 2 and faults[0].seq == faults[1].seq
+    assert [f.flags & (FLAG_ACK_REQ | FLAG_RETRANSMIT) for f in faults] == [0, FLAG_RETRANSMIT]
+    assert (faults[0]["fault"], faults[0]["arg"]) == (FAULT["FAIL_OFF"], 3)
+    order = [(m.name, m.fields.get("step")) for m in unit.seen
+             if m.name in ("FAULT_INJECT", "FIRE") and m.fields.get("bank", 0) == 0]
+    assert order.index(("FAULT_INJECT", None)) == order.index(("FIRE", 3)) - 1
+    assert order[order.index(("FIRE", 4)) - 1] == ("FAULT_INJECT", None)
 
 
 # ---- fire_chain: LOCKSTEP steps driven from the reader thread ------------------------------
