@@ -61,8 +61,13 @@ class SerialUnit:
         self._executed = np.zeros(n_thrusters, np.uint16)
         self._health = np.zeros(n_thrusters, np.int64)
         self._faults: dict[int, _Fault] = {}  # channel -> failure awaiting confirmation
-        #: After close(): did the unit acknowledge the final STOP_ALL (its valves closed)?
+        #: After close(): did the unit confirm every valve closed? True: it acknowledged the
+        #: final STOP_ALL and reports no valve open; False: no acknowledgement, or a valve is
+        #: still open (stuck); None: the link was already down.
         self.valves_closed: bool | None = None
+        #: After close(): the valve channels the unit still reports open (a stuck-open valve
+        #: cannot be closed by STOP_ALL); None when unknown (no acknowledgement, link down).
+        self.valves_open: list[int] | None = None
 
     def execute(self, cycle: int, on_ms: np.ndarray) -> UnitReport:
         return self._report(self.link.fire(cycle + 1, on_ms[:self.n]))
@@ -145,16 +150,44 @@ class SerialUnit:
         return self.link.stats()
 
     def close(self) -> None:
-        """STOP_ALL and wait up to 0.5 s for the unit to confirm it (``valves_closed``: True
-        confirmed, False not confirmed, None the link was already down), then close."""
+        """STOP_ALL, then close. Within 0.5 s in all, the unit must acknowledge the STOP_ALL
+        and then report its valves: ``valves_open`` lists the channels still open after it
+        (a stuck-open valve), and ``valves_closed`` is True only if it acknowledged and none
+        is open (False: no acknowledgement or a valve open; None: the link was already down).
+        """
         try:
-            closed = self.link.close(confirm_timeout_s=STOP_CONFIRM_S)
-            if self.valves_closed is None or closed is not None:
-                self.valves_closed = closed
+            deadline = time.monotonic() + STOP_CONFIRM_S
+            acked = self.link.stop_all(confirm_timeout_s=STOP_CONFIRM_S)
+            still_open = self._open_after_stop(deadline) if acked else None
+            self.link.close()
+            if self.valves_closed is None or acked is not None:
+                self.valves_closed = acked if still_open is None else not still_open
+                self.valves_open = still_open
         finally:
             if self._process is not None:
                 self._process.stop()
                 self._process = None
+
+    def _open_after_stop(self, deadline: float) -> list[int]:
+        """The channels open after an acknowledged STOP_ALL. The unit closes every valve it can
+        before it answers, so what stays open is stuck. Its first housekeeping after the ACK
+        (open_mask) says; if none comes by ``deadline``, the stuck valves it last reported (HK
+        stuck_mask, this run's VALVE_REPORTs) are taken as open."""
+        after_ns = time.monotonic_ns()  # the ACK is in: an HK received later was made after it
+        hk = None
+        try:
+            hk = self.link.wait_hk(after_ns=after_ns,
+                                   timeout_s=max(0.0, deadline - time.monotonic()))
+        except LinkError:
+            pass  # the port went away: fall back on what the unit last said
+        if hk is not None:
+            mask = hk.msg["open_mask"]
+        else:
+            last = self.link.latest_hk
+            mask = last.msg["stuck_mask"] if last is not None else 0
+            for i in np.flatnonzero(self._health == HEALTH_STUCK_OPEN):
+                mask |= 1 << int(i)
+        return [c for c in range(32) if mask >> c & 1]
 
 
 def start_unit_process(unit: str, faults: str | None = None, emulator_log=None):

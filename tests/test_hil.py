@@ -19,8 +19,8 @@ import serial
 from firmware_bridge.emulator import EmulatorProcess
 from firmware_bridge.hil import open_unit
 from sims.loop import warm_up
-from sims.runner import Failure, run_burn
-from sims.thrusters import HEALTH_FAILED_OFF
+from sims.runner import Failure, format_run, run_burn
+from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_STUCK_OPEN
 from thruster_hil.config import build_stack_model, load_stack
 from thruster_hil.plan import Target, plan_burn
 
@@ -55,6 +55,7 @@ def test_lockstep_reboost_through_the_emulator_matches_sil(dragon, tmp_path):
     model, plan, sil = dragon
     hil, records = _hil(model, plan, tmp_path)
     assert hil["completed"] and not hil["aborted"]
+    assert hil["valves_closed"] is True and hil["valves_open"] == []
     assert hil["achieved_delta_v_mps"] == pytest.approx(sil["achieved_delta_v_mps"], rel=5e-3)
     link = hil["link"]
     assert link["frames_sent"] > 2 * hil["cycles"] and link["crc_errors"] == 0
@@ -136,7 +137,8 @@ def test_low_tank_pressure_mid_burn_safes_the_unit_and_the_abort_says_why(dragon
     reason = hil["abort_reason"]
     assert "\n" not in reason and "REJECTED_STATE" in reason and "LOW_PRESSURE" in reason
     assert "300 kPa" in reason and "500 kPa" in reason
-    assert hil["valves_closed"] is True
+    assert hil["valves_closed"] is True and hil["valves_open"] == []
+    assert hil["link"]["unit_tank_kPa"] == 300  # the HK asked for after the final STOP_ALL
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     safes = [r for r in records if r["ev"] == "state" and r["to"] == "SAFE"]
     assert safes[0]["reason"] == "LOW_PRESSURE" and safes[0]["from"] == "ARMED"
@@ -196,6 +198,29 @@ def test_a_failure_on_a_unit_without_fault_injection_stops_the_burn_saying_so(dr
     assert hil["aborted"] and hil["cycles"] == 10  # stopped at the report of cycle 10
     assert "FAULT_INJECT FAIL_OFF on channel 0 refused: UNSUPPORTED" in hil["abort_reason"]
     assert "\n" not in hil["abort_reason"]
+
+
+def test_a_stuck_open_valve_is_not_reported_closed(dragon_failure, tmp_path):
+    """REQ issue 7: a valve stuck open (FAULT_INJECT STUCK_OPEN through the runner) cannot be
+    closed by STOP_ALL: the unit acknowledges the final STOP_ALL, but its housekeeping still
+    shows the valve open, so the summary says valves_closed false and names the channel."""
+    model, _plan, _name, _ = dragon_failure
+    plan = plan_burn(STACK, Target("delta_v", 0.05))
+    stuck = 2  # a capsule Draco (quad-a-plus-t): the burn still ends on target
+    failure = Failure(model.thruster_names[stuck], 2.0, HEALTH_STUCK_OPEN)
+    log = tmp_path / "emulator.jsonl"
+    unit = open_unit(unit="emulator", port=None, mode="lockstep",
+                     n_thrusters=len(model.thruster_names),
+                     period_ms=int(round(model.control_period_s * 1000)), emulator_log=log)
+    result = run_burn(model, plan, unit=unit, failures=[failure])
+    hil = result.summary
+    assert hil["completed"] and not hil["aborted"], hil.get("abort_reason")
+    assert hil["valves_closed"] is False and hil["valves_open"] == [stuck]
+    assert hil["link"]["unit_open_mask"] == 1 << stuck  # the HK that was asked for
+    assert any(e["event"] == "valves_open" and e["channels"] == [stuck] for e in result.events)
+    assert "channel 2 open after STOP_ALL" in format_run(hil)
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    assert [(r["kind"], r["arg"]) for r in records if r["ev"] == "fault"] == [("STUCK_OPEN", 2)]
 
 
 def test_a_second_process_cannot_open_the_port_of_a_run(tmp_path):

@@ -547,6 +547,24 @@ def test_a_failure_injected_inside_a_chain_goes_ahead_of_the_next_fire_and_is_re
     assert order[order.index(("FIRE", 4)) - 1] == ("FAULT_INJECT", None)
 
 
+# ---- closing a serial unit: are its valves really closed? ------------------------------------
+
+@pytest.mark.parametrize("stuck", [0, 1 << 17])
+def test_closing_a_unit_that_sends_no_housekeeping_trusts_the_stuck_masks_it_reported(
+        link, unit, stuck):
+    """After the STOP_ALL ACK the unit's next HK says which valves are open; this fake sends
+    none, so what its VALVE_REPORTs said is stuck open is taken as still open (STOP_ALL cannot
+    close it), and only a unit with none is reported closed."""
+    unit.stuck_mask = stuck
+    connected(link, unit).arm(500)
+    su = SerialUnit(link, 18, 500, "lockstep", "fake")
+    su.execute(0, np.full(18, 10, np.uint16))
+    su.close()
+    assert unit.frames("STOP_ALL")
+    assert su.valves_closed is (not stuck)
+    assert su.valves_open == ([17] if stuck else [])
+
+
 # ---- fire_chain: LOCKSTEP steps driven from the reader thread ------------------------------
 
 def test_fire_chain_runs_each_step_on_the_reader_thread_in_order(link, unit):
