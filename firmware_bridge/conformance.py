@@ -29,6 +29,7 @@ from firmware_bridge.dictionary import (
     FLAG_ACK_REQ,
     FLAG_RETRANSMIT,
     FLAG_TEST_BUILD,
+    LIMITS,
     MODE,
     PROTO_VERSION,
     RESULT,
@@ -475,6 +476,47 @@ def reset_handling(c: UnitClient) -> None:
     _ready(c, armed=True)
     c.fire(2, [10])
     assert c.report(2)["executed_ticks"][0] == 10
+
+
+@check("Low tank pressure: below min_feed_kpa the unit cuts its pulses, goes SAFE "
+       "(LOW_PRESSURE) and refuses ARM and FIRE; it stays SAFE when the pressure is back")
+def low_tank_pressure(c: UnitClient) -> None:
+    _ready(c)
+    if not c.test_build:
+        raise Skip("needs a TEST_BUILD unit to set its tank pressure (FAULT_INJECT)")
+    low = LIMITS["min_feed_kpa"] - 1
+    reason = ENUMS["safe_reason"]["LOW_PRESSURE"]
+    before = c.hk()["tank_kPa"]
+    try:
+        # A long REALTIME pulse in progress (9 s on the unit's clock, so even QEMU's loose
+        # clock cannot end it before the pressure drops right behind it).
+        c.hello(mode="REALTIME", period_ms=10000)
+        assert c.arm(max_on_ticks=10000)["result"] == RESULT["ACCEPTED"]
+        c.fire(1, [9000])
+        ack = c.command("FAULT_INJECT", fault=FAULT["TANK_PRESSURE"], arg=low)
+        assert ack["result"] == RESULT["ACCEPTED"], ack
+        report = c.report(1)
+        assert report["flags"] & 2 and report["executed_ticks"][0] < 9000, report
+        safe = c.wait(lambda m: m.name == "EVENT" and m["event"] == EVENT["SAFE_ENTERED"]
+                      and m["arg0"] == reason)
+        assert safe["arg1"] == low and safe["state"] == STATE["SAFE"], safe
+        hk = c.hk()
+        assert hk["state"] == STATE["SAFE"] and hk["open_mask"] == 0 and hk["tank_kPa"] == low
+        c.fire(2, [10])
+        assert c.wait_name("ACK")["result"] == RESULT["REJECTED_STATE"]
+        c.send("ARM_REQUEST", session=c.session)
+        assert c.wait_name("ACK")["result"] == RESULT["REJECTED_STATE"]
+        # Back at the minimum: still SAFE until the host arms again.
+        ack = c.command("FAULT_INJECT", fault=FAULT["TANK_PRESSURE"], arg=low + 1)
+        assert ack["result"] == RESULT["ACCEPTED"], ack
+        assert c.state() == STATE["SAFE"]
+        c.fire(3, [10])
+        assert c.wait_name("ACK")["result"] == RESULT["REJECTED_STATE"]
+        assert c.arm(max_on_ticks=10000)["result"] == RESULT["ACCEPTED"]
+        c.fire(4, [20])
+        assert c.report(4)["executed_ticks"][0] == 20
+    finally:  # tank pressure survives a reset: leave the unit as the next check expects it
+        c.send("FAULT_INJECT", fault=FAULT["TANK_PRESSURE"], arg=before)
 
 
 @check("Garbage on the line is counted and ignored; the next good frame is served")

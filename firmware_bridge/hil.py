@@ -16,18 +16,31 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from firmware_bridge.dictionary import FAULT
-from firmware_bridge.link import Link, LinkError
+from firmware_bridge.dictionary import CHANNELS_PER_BANK, FAULT
+from firmware_bridge.link import MAX_RETRIES, Link, LinkError
 from sims.runner import UnitReport
-from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_STUCK_OPEN
+from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
 
 __all__ = ["SerialUnit", "open_unit", "LinkError"]
 
 #: How long closing a serial unit waits for the unit to acknowledge its STOP_ALL [s].
 STOP_CONFIRM_S = 0.5
+_HEALTH_NAMES = {HEALTH_NOMINAL: "nominal", HEALTH_FAILED_OFF: "failed off",
+                 HEALTH_STUCK_OPEN: "stuck open"}
+
+
+@dataclass
+class _Fault:
+    """A thruster failure sent to the unit and not yet seen in one of its VALVE_REPORTs."""
+
+    kind: str  # FAIL_OFF / STUCK_OPEN
+    health: int  # what the reports must show for the channel once it applied
+    seq: int | None  # sent without waiting (from a lockstep chain): its sequence count
+    resends: int = 0
 
 
 class SerialUnit:
@@ -47,8 +60,14 @@ class SerialUnit:
         self._process = process
         self._executed = np.zeros(n_thrusters, np.uint16)
         self._health = np.zeros(n_thrusters, np.int64)
-        #: After close(): did the unit acknowledge the final STOP_ALL (its valves closed)?
+        self._faults: dict[int, _Fault] = {}  # channel -> failure awaiting confirmation
+        #: After close(): did the unit confirm every valve closed? True: it acknowledged the
+        #: final STOP_ALL and reports no valve open; False: no acknowledgement, or a valve is
+        #: still open (stuck); None: the link was already down.
         self.valves_closed: bool | None = None
+        #: After close(): the valve channels the unit still reports open (a stuck-open valve
+        #: cannot be closed by STOP_ALL); None when unknown (no acknowledgement, link down).
+        self.valves_open: list[int] | None = None
 
     def execute(self, cycle: int, on_ms: np.ndarray) -> UnitReport:
         return self._report(self.link.fire(cycle + 1, on_ms[:self.n]))
@@ -57,6 +76,8 @@ class SerialUnit:
         self._executed[:] = res.executed_ms[:self.n]
         health = res.health[:self.n]
         self._health[:] = health
+        if self._faults:
+            self._confirm_faults(res)
         # No report at all (every bank missed a REALTIME deadline): no round-trip time.
         rtt_s = math.nan if res.rtt_ms is None else res.rtt_ms / 1e3
         return UnitReport(self._executed, self._health, rtt_s, all_nominal=not any(health))
@@ -67,7 +88,7 @@ class SerialUnit:
         on-times it returns as the next cycle, until it returns None (:meth:`Link.fire_chain`:
         ``next_cycle`` runs on the link's reader thread, with no thread hand-over per cycle)."""
         def on_result(res) -> tuple[int, np.ndarray] | None:
-            nxt = next_cycle(self._report(res))
+            nxt = next_cycle(self._report(res))  # may call fail(): see there
             return None if nxt is None else (res.step + 1, nxt[:self.n])
 
         self.link.fire_chain(cycle + 1, on_ms[:self.n], on_result)
@@ -84,24 +105,89 @@ class SerialUnit:
             time.sleep(min(left, quarter))
 
     def fail(self, index: int, code: int = HEALTH_FAILED_OFF) -> None:
-        """Fail a thruster on the unit itself (fault injection; test builds only)."""
+        """Fail a thruster on the unit itself (fault injection; test builds only), before the
+        next FIRE. The unit's next VALVE_REPORT must show it (else the FAULT_INJECT is resent,
+        then LinkError).
+
+        In a LOCKSTEP chain this runs on the link's reader thread (the runner calls it while
+        it prepares the next cycle), where waiting for the ACK would wait for a reply that
+        only this thread could read: there the FAULT_INJECT goes out without ACK_REQ, ahead
+        of the next FIRE, and the unit, which handles frames in order, applies it first."""
         kind = "STUCK_OPEN" if code == HEALTH_STUCK_OPEN else "FAIL_OFF"
-        self.link.inject_fault(FAULT[kind], index)
+        health = HEALTH_STUCK_OPEN if kind == "STUCK_OPEN" else HEALTH_FAILED_OFF
+        seq = None
+        if self.link.on_reader_thread():
+            seq = self.link.send_fault(FAULT[kind], index)
+        else:
+            self.link.inject_fault(FAULT[kind], index)
+        self._faults[index] = _Fault(kind, health, seq)
+
+    def _confirm_faults(self, res) -> None:
+        """Every failure sent before this step's FIRE shows in its report; a FAULT_INJECT that
+        went out without waiting and did not arrive is resent (same seq, RETRANSMIT: never
+        applied twice) before the next FIRE, up to MAX_RETRIES times."""
+        for index, f in list(self._faults.items()):
+            if index // CHANNELS_PER_BANK in res.missing_banks:
+                continue  # REALTIME: no report for this bank this step; the next one says
+            shown = int(res.health[index])
+            if shown == f.health:
+                del self._faults[index]
+                continue
+            if f.seq is not None:
+                refused = self.link.fault_refusal(f.seq)
+                if refused is not None:
+                    raise LinkError(f"{self.link.url}: FAULT_INJECT {f.kind} on channel {index} "
+                                    f"refused: {refused} (fault injection needs a test build)")
+                if f.resends < MAX_RETRIES:
+                    f.resends += 1
+                    self.link.send_fault(FAULT[f.kind], index, seq=f.seq)
+                    continue
+            raise LinkError(f"{self.link.url}: the unit did not apply FAULT_INJECT {f.kind} on "
+                            f"channel {index}: its VALVE_REPORT for step {res.step} shows it "
+                            f"{_HEALTH_NAMES.get(shown, shown)}")
 
     def stats(self) -> dict:
         return self.link.stats()
 
     def close(self) -> None:
-        """STOP_ALL and wait up to 0.5 s for the unit to confirm it (``valves_closed``: True
-        confirmed, False not confirmed, None the link was already down), then close."""
+        """STOP_ALL, then close. Within 0.5 s in all, the unit must acknowledge the STOP_ALL
+        and then report its valves: ``valves_open`` lists the channels still open after it
+        (a stuck-open valve), and ``valves_closed`` is True only if it acknowledged and none
+        is open (False: no acknowledgement or a valve open; None: the link was already down).
+        """
         try:
-            closed = self.link.close(confirm_timeout_s=STOP_CONFIRM_S)
-            if self.valves_closed is None or closed is not None:
-                self.valves_closed = closed
+            deadline = time.monotonic() + STOP_CONFIRM_S
+            acked = self.link.stop_all(confirm_timeout_s=STOP_CONFIRM_S)
+            still_open = self._open_after_stop(deadline) if acked else None
+            self.link.close()
+            if self.valves_closed is None or acked is not None:
+                self.valves_closed = acked if still_open is None else not still_open
+                self.valves_open = still_open
         finally:
             if self._process is not None:
                 self._process.stop()
                 self._process = None
+
+    def _open_after_stop(self, deadline: float) -> list[int]:
+        """The channels open after an acknowledged STOP_ALL. The unit closes every valve it can
+        before it answers, so what stays open is stuck. Its first housekeeping after the ACK
+        (open_mask) says; if none comes by ``deadline``, the stuck valves it last reported (HK
+        stuck_mask, this run's VALVE_REPORTs) are taken as open."""
+        after_ns = time.monotonic_ns()  # the ACK is in: an HK received later was made after it
+        hk = None
+        try:
+            hk = self.link.wait_hk(after_ns=after_ns,
+                                   timeout_s=max(0.0, deadline - time.monotonic()))
+        except LinkError:
+            pass  # the port went away: fall back on what the unit last said
+        if hk is not None:
+            mask = hk.msg["open_mask"]
+        else:
+            last = self.link.latest_hk
+            mask = last.msg["stuck_mask"] if last is not None else 0
+            for i in np.flatnonzero(self._health == HEALTH_STUCK_OPEN):
+                mask |= 1 << int(i)
+        return [c for c in range(32) if mask >> c & 1]
 
 
 def start_unit_process(unit: str, faults: str | None = None, emulator_log=None):

@@ -84,6 +84,8 @@ REPORT_DUPLICATE = 4
 
 PARAM = ENUMS["param"]
 FAULT = ENUMS["fault"]
+SAFE_REASON = ENUMS["safe_reason"]
+MIN_FEED_KPA = LIMITS["min_feed_kpa"]
 _PARAM_RANGES = {  # SET_PARAM limits (section 4): (ranges..., text)
     "WATCHDOG_MS": (((LIMITS["watchdog_ms_min"], LIMITS["watchdog_ms_max"]),),
                     f"{LIMITS['watchdog_ms_min']}..{LIMITS['watchdog_ms_max']} ms"),
@@ -273,6 +275,7 @@ class Link:
         self._test_build = False
         self._chain: _Chain | None = None
         self._watchdog_trip_ms: int | None = None  # the unit's last WATCHDOG_TRIP since ARMED
+        self._low_pressure_kpa: int | None = None  # SAFE_ENTERED LOW_PRESSURE since ARMED
 
         self._frames_sent = 0
         self._bytes_sent = 0
@@ -509,8 +512,12 @@ class Link:
             if msg["event"] == EVENT["ARMED"]:
                 self._armed_events += 1
                 self._watchdog_trip_ms = None
+                self._low_pressure_kpa = None
             elif msg["event"] == EVENT["WATCHDOG_TRIP"]:
                 self._watchdog_trip_ms = msg["arg0"]
+            elif (msg["event"] == EVENT["SAFE_ENTERED"]
+                  and msg["arg0"] == SAFE_REASON["LOW_PRESSURE"]):
+                self._low_pressure_kpa = msg["arg1"]
         elif name == "HELLO_ACK":
             self._hello_acks += 1
             self._last_hello_ack = rec
@@ -683,11 +690,30 @@ class Link:
         return ""
 
     def _refusal_hint(self) -> str:
-        """Why the unit may have refused a FIRE, if it said so (self._cond held or not)."""
-        if self._watchdog_trip_ms is None:
+        """Why the unit may have refused a FIRE, if it said so (self._cond held or not): its
+        SAFE_ENTERED LOW_PRESSURE or WATCHDOG_TRIP event since the last ARMED, else a tank
+        pressure below the minimum in its latest housekeeping."""
+        if self._low_pressure_kpa is not None:
+            return self._pressure_hint(self._low_pressure_kpa)
+        if self._watchdog_trip_ms is not None:
+            return (f" (the unit's link watchdog expired: {self._watchdog_trip_ms} ms without a "
+                    f"FIRE or HEARTBEAT from the host, so it closed its valves and went SAFE)")
+        return self._hk_pressure_hint()
+
+    @staticmethod
+    def _pressure_hint(kpa: int) -> str:
+        return (f" (the unit's tank pressure fell to {kpa} kPa, below the minimum feed "
+                f"pressure of {MIN_FEED_KPA} kPa, so it closed its valves and went SAFE "
+                f"(LOW_PRESSURE); restore the pressure, then ARM again)")
+
+    def _hk_pressure_hint(self) -> str:
+        """The low-pressure hint if the unit's latest HK shows its tank below the minimum."""
+        hk = self.latest_hk
+        if hk is None or hk.msg["tank_kPa"] >= MIN_FEED_KPA:
             return ""
-        return (f" (the unit's link watchdog expired: {self._watchdog_trip_ms} ms without a "
-                f"FIRE or HEARTBEAT from the host, so it closed its valves and went SAFE)")
+        kpa = hk.msg["tank_kPa"]
+        return (f" (the unit reports its tank at {kpa} kPa, below the minimum feed pressure of "
+                f"{MIN_FEED_KPA} kPa: it refuses to arm or fire until the pressure is back)")
 
     @staticmethod
     def _result_name(rec: Received) -> str:
@@ -826,7 +852,8 @@ class Link:
         rec, _, _ = self._transact("ARM_REQUEST", dict(session=session), challenge,
                                    ack_req=False, session=True)
         if rec.msg.name == "ACK":
-            raise LinkError(f"{self.url}: ARM_REQUEST refused: {self._result_name(rec)}")
+            raise LinkError(f"{self.url}: ARM_REQUEST refused: {self._result_name(rec)}"
+                            f"{self._hk_pressure_hint()}")
         nonce = rec.msg["nonce"]
         with self._cond:
             armed_events_before = self._armed_events
@@ -841,7 +868,9 @@ class Link:
                 armed_anyway = (attempt > 0 and result == RESULT["REJECTED_STATE"]
                                 and self._armed_events > armed_events_before)
             if not armed_anyway:
-                raise LinkError(f"{self.url}: ARM_CONFIRM refused: {self._result_name(rec)}")
+                hint = self._hk_pressure_hint() if result == RESULT["REJECTED_STATE"] else ""
+                raise LinkError(f"{self.url}: ARM_CONFIRM refused: {self._result_name(rec)}"
+                                f"{hint}")
         with self._cond:
             self._armed = True
             self._reports.clear()
@@ -1302,19 +1331,33 @@ class Link:
         if key == "WATCHDOG_MS" and self.info is not None:
             self.info = replace(self.info, watchdog_ms=value)
 
-    def inject_fault(self, kind: str | int, arg: int = 0) -> str | None:
-        """FAULT_INJECT (test builds only). Returns the ACK's result name, or None for RESET
-        (the unit resets instead of answering). Not retried (a fault must not apply twice).
-        LinkError if unanswered or refused (UNSUPPORTED: not a test build)."""
+    @staticmethod
+    def _fault_fields(kind: str | int, arg: int) -> tuple[str, dict[str, int]]:
         names = {v: k for k, v in FAULT.items()}
         key = names.get(kind) if isinstance(kind, int) else str(kind).upper()
         if key not in FAULT:
             raise ValueError(f"unknown fault {kind!r}; expected one of {', '.join(FAULT)}")
         if not 0 <= int(arg) <= 0xFFFF:
             raise ValueError(f"fault argument must be 0..65535, got {arg!r}")
-        fields = dict(fault=FAULT[key], arg=int(arg))
+        return key, dict(fault=FAULT[key], arg=int(arg))
+
+    def on_reader_thread(self) -> bool:
+        """Is the caller the link's reader thread (inside a :meth:`fire_chain` ``on_result``)?
+        Such a caller must never wait for a reply: only this thread could read it."""
+        return self._reader is not None and threading.current_thread() is self._reader
+
+    def inject_fault(self, kind: str | int, arg: int = 0) -> str | None:
+        """FAULT_INJECT (test builds only). Returns the ACK's result name, or None when no ACK
+        is waited for: RESET (the unit resets instead of answering), and a call from the
+        reader thread (inside :meth:`fire_chain`), which sends it with :meth:`send_fault`.
+        Not retried (a fault must not apply twice). LinkError if unanswered or refused
+        (UNSUPPORTED: not a test build)."""
+        key, fields = self._fault_fields(kind, arg)
         if key == "RESET":
             self._send("FAULT_INJECT", self._next_seq(), 0, **fields)
+            return None
+        if self.on_reader_thread():
+            self.send_fault(key, arg)
             return None
         rec, _, _ = self._transact("FAULT_INJECT", fields,
                                    lambda seq: self._take_ack(seq, "FAULT_INJECT"),
@@ -1323,6 +1366,33 @@ class Link:
         if rec.msg["result"] != RESULT["ACCEPTED"]:
             raise LinkError(f"{self.url}: FAULT_INJECT {key} refused: {result}")
         return result
+
+    def send_fault(self, kind: str | int, arg: int = 0, *, seq: int | None = None) -> int:
+        """FAULT_INJECT without ACK_REQ and without waiting (safe on the reader thread, in a
+        LOCKSTEP chain); returns its sequence count. The unit handles frames in order, so the
+        fault is applied before any FIRE sent after this; its FAULT_INJECTED event and the
+        next VALVE_REPORT's failed/stuck masks confirm it. A refusal still gets an ACK: see
+        :meth:`fault_refusal`. ``seq`` resends that earlier FAULT_INJECT (same count,
+        RETRANSMIT flag): the unit applies it only if it never got the first copy."""
+        _key, fields = self._fault_fields(kind, arg)
+        flags = 0
+        if seq is None:
+            seq = self._next_seq()
+        else:
+            flags = FLAG_RETRANSMIT
+            with self._cond:
+                self._retries += 1
+        self._send("FAULT_INJECT", seq, flags, **fields)
+        return seq
+
+    def fault_refusal(self, seq: int) -> str | None:
+        """The result the unit refused the FAULT_INJECT ``seq`` of :meth:`send_fault` with
+        (e.g. UNSUPPORTED on a flight build), or None if no refusal has arrived."""
+        with self._cond:
+            rec = self._take_ack(seq, "FAULT_INJECT")
+        if rec is None or rec.msg["result"] == RESULT["ACCEPTED"]:
+            return None
+        return self._result_name(rec)
 
     # ---- reset / reconnect -----------------------------------------------------------------
 

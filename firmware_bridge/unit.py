@@ -32,6 +32,11 @@ Semantics are docs/protocol.md sections 3-6. Choices the spec leaves open, made 
   chunks lost while the unit was stalled (STALL_MS fault).
 - Stuck-open channels are always in ``open_mask()`` (the valve is physically open).
 - Health faults (FAIL_OFF, STUCK_OPEN, tank pressure) survive a reset; parameters do not.
+- Tank pressure below ``min_feed_kpa`` (the dictionary's limit): on the change, ARMING/ARMED
+  closes every valve and goes SAFE with reason LOW_PRESSURE (SAFE_ENTERED arg1: the pressure in
+  kPa); while it stays below, ARM_REQUEST and ARM_CONFIRM are REJECTED_STATE (so FIRE is refused
+  as in SAFE). A pressure that comes back leaves the unit SAFE: the host must ARM again. So the
+  unit is never ARMING/ARMED below the minimum. Stuck-open valves stay open (they cannot close).
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ PARAM = ENUMS["param"]
 
 FW_VERSION = 0x0100
 DEFAULT_TANK_KPA = 1800
+MIN_FEED_KPA = LIMITS["min_feed_kpa"]
 BAD_FRAME_EVENT_GAP_US = 100_000
 SEQ_MODULO = codec.SEQ_MODULO
 _ERROR_KIND = {"cobs": FRAME_ERROR["COBS"], "crc": FRAME_ERROR["CRC"],
@@ -242,6 +248,10 @@ class UnitCore:
     def watchdog_active(self) -> bool:
         return self.state in (ARMING, ARMED)
 
+    def pressure_low(self) -> bool:
+        """The tank is below the minimum feed pressure: no arming, no firing."""
+        return self.tank_kpa < MIN_FEED_KPA
+
     def next_deadline_us(self) -> int | None:
         times = []
         if self.watchdog_active():
@@ -302,9 +312,10 @@ class UnitCore:
                                  "to": STATE_NAMES[new], "reason": reason})
             self.state = new
 
-    def _leave_armed(self, out: list[bytes], now_us: int, new: int, reason: int) -> None:
+    def _leave_armed(self, out: list[bytes], now_us: int, new: int, reason: int,
+                     arg1: int = 0) -> None:
         """Go SAFE or FAULT: close every valve first, then SAFE_ENTERED (if the state changes
-        from ARMING/ARMED, or from FAULT to SAFE)."""
+        from ARMING/ARMED, or from FAULT to SAFE) with ``reason`` and ``arg1``."""
         self._close_all(out, now_us)
         old = self.state
         if old == new:
@@ -313,7 +324,7 @@ class UnitCore:
         names = {v: k for k, v in REASON.items()}
         self._set_state(now_us, new, names.get(reason, "FAULT" if new == FAULT_STATE else "?"))
         if old in (ARMING, ARMED) or new == SAFE:
-            self._event(out, now_us, "SAFE_ENTERED", reason)
+            self._event(out, now_us, "SAFE_ENTERED", reason, arg1)
 
     def _close_all(self, out: list[bytes], now_us: int) -> None:
         """Abort every pulse in progress: report each with the ticks executed so far."""
@@ -559,7 +570,7 @@ class UnitCore:
                     t2_pu_us=t, t3_pu_us=t)
 
     def _on_arm_request(self, out, replies, msg: Message, now_us: int) -> None:
-        if self.state not in (SAFE, ARMING):
+        if self.state not in (SAFE, ARMING) or self.pressure_low():
             self._ack(out, replies, msg, R["REJECTED_STATE"])
             return
         self._nonce = self._rng.randrange(1, 1 << 32)
@@ -570,7 +581,7 @@ class UnitCore:
                     valid_ms=LIMITS["arm_challenge_ms"])
 
     def _on_arm_confirm(self, out, replies, msg: Message, now_us: int) -> None:
-        if self.state != ARMING:
+        if self.state != ARMING or self.pressure_low():
             self._ack(out, replies, msg, R["REJECTED_STATE"])
             return
         if not 1 <= msg["max_on_ticks"] <= LIMITS["max_on_ticks_cap"]:
@@ -667,8 +678,20 @@ class UnitCore:
                 self.failed &= ~bits
                 self.stuck &= ~bits
         elif kind == FAULT["TANK_PRESSURE"]:
-            self.tank_kpa = arg
+            self._set_tank_kpa(out, arg, now_us)
         return b"".join(out)
+
+    def set_tank_kpa(self, kpa: int, now_us: int) -> bytes:
+        """A new tank pressure reading [kPa] (a transducer, or the bench's TANK_PRESSURE fault).
+        Returns the frames to send (valves closing, SAFE_ENTERED) if it is below the minimum."""
+        out: list[bytes] = []
+        self._set_tank_kpa(out, kpa, now_us)
+        return b"".join(out)
+
+    def _set_tank_kpa(self, out: list[bytes], kpa: int, now_us: int) -> None:
+        self.tank_kpa = kpa
+        if self.pressure_low() and self.state in (ARMING, ARMED):
+            self._leave_armed(out, now_us, SAFE, REASON["LOW_PRESSURE"], min(kpa, 0xFFFF))
 
     def _cut_channels(self, out: list[bytes], bits: int, now_us: int) -> None:
         for p in list(self._pending):

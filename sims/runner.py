@@ -87,6 +87,7 @@ class IdealUnit:
 
     #: The in-process unit has no valves of its own: they are closed when the loop stops.
     valves_closed = True
+    valves_open: tuple[int, ...] = ()
 
     def close(self) -> None:
         pass
@@ -171,6 +172,10 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
         cycles_per_s = (k - 1) / wall if wall > 0 and k > 1 else math.nan
     if aborted is not None:
         events.append({"event": "aborted", "cycle": k, "t_s": k * period, "reason": aborted})
+    still_open = _listed(getattr(unit, "valves_open", None))
+    if still_open:  # after the unit's close: what STOP_ALL could not close
+        events.append({"event": "valves_open", "cycle": k, "t_s": k * period,
+                       "channels": still_open})
     out = sim.finish(k)
     max_err = float(att_err[:k].max()) if k else 0.0
     max_on_ms = int(longest[:k].max()) if k else 0
@@ -193,8 +198,10 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
         "completed": complete_cycle is not None,
         "aborted": aborted is not None,
         "abort_reason": aborted,
-        # Did the unit confirm its final STOP_ALL (every valve closed)? None: could not ask.
+        # Did the unit confirm its final STOP_ALL and report every valve closed? None: could
+        # not ask. valves_open: the channels it still reports open (stuck), None if unknown.
         "valves_closed": getattr(unit, "valves_closed", None),
+        "valves_open": still_open,
         "max_attitude_error_deg": math.degrees(max_err),
         "attitude_limit_deg": math.degrees(model.max_attitude_error_rad),
         "propellant_kg": float(out[O_PROPELLANT]),
@@ -320,6 +327,14 @@ def _cycle_by_cycle(sim: Sim, unit, failures, names, events, statuses, att_err, 
     return k, complete_cycle, aborted, late_cycles, (wall1 or time.perf_counter()) - wall0
 
 
+def _listed(channels) -> list[int] | None:
+    return None if channels is None else [int(c) for c in channels]
+
+
+def _channels(channels: list[int]) -> str:
+    return ("channel " if len(channels) == 1 else "channels ") + ", ".join(map(str, channels))
+
+
 def format_run(s: dict) -> str:
     """A run summary as a readable table."""
     rows = [
@@ -339,5 +354,8 @@ def format_run(s: dict) -> str:
     for r in s["reallocations"]:
         rows.append(("reallocated", f"{r['thruster']} out at {r['t_s']:.1f} s (cycle "
                                     f"{r['cycle']}): allocated to the remaining thrusters"))
+    if s.get("valves_open"):
+        rows.append(("VALVES OPEN", f"the unit still reports {_channels(s['valves_open'])} "
+                                    "open after STOP_ALL (stuck): safe the rig by hand"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

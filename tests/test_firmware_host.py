@@ -173,6 +173,136 @@ def test_unit_smoke_session_decodes(host_vectors):
     assert all(m.flags & 4 for m in msgs)  # TEST_BUILD flag on every TM
 
 
+class _CUnit:
+    """unit.c on the host (``host_vectors --unit-stdin``) with UnitCore's driving interface."""
+
+    def __init__(self, exe: Path):
+        self.proc = subprocess.Popen([str(exe), "--unit-stdin"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def _do(self, line: str) -> list[str]:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        out = []
+        while (got := self.proc.stdout.readline().strip()) != ".":
+            assert got, f"host_vectors ended after {line!r}"
+            out.append(got)
+        return out
+
+    def _tx(self, line: str) -> bytes:
+        return b"".join(bytes.fromhex(x[3:]) for x in self._do(line) if x.startswith("tx "))
+
+    def boot(self, now_us: int) -> bytes:
+        return self._tx(f"boot {now_us}")
+
+    def receive(self, data: bytes, now_us: int) -> bytes:
+        return self._tx(f"rx {now_us} {data.hex()}")
+
+    def tick(self, now_us: int) -> bytes:
+        return self._tx(f"tick {now_us}")
+
+    def set_tank_kpa(self, kpa: int, now_us: int) -> bytes:
+        return self._tx(f"tank {now_us} {kpa}")
+
+    @property
+    def state(self) -> int:
+        return int(self._do("state")[0].split()[1])
+
+    def open_mask(self) -> int:
+        return int(self._do("state")[0].split()[3], 16)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        assert self.proc.wait(timeout=10) == 0
+
+
+def _low_pressure_session(unit) -> list[tuple]:
+    """Drive one unit through the minimum-feed-pressure rule (issue 7) and return what it said,
+    minus the session tokens and nonces (each implementation draws its own)."""
+    from firmware_bridge.dictionary import ENUMS, FAULT, FLAG_ACK_REQ, LIMITS, MODE
+
+    said: list[tuple] = []
+    seq = iter(range(1000))
+    session = nonce = 0
+
+    def keep(data: bytes) -> list[Message]:
+        msgs = Decoder().feed(data)
+        assert all(isinstance(m, Message) for m in msgs), msgs
+        for m in msgs:
+            said.append((m.name, tuple(sorted((k, v) for k, v in m.fields.items()
+                                              if k not in ("session", "nonce")))))
+        return msgs
+
+    def send(t_us: int, name: str, flags: int = 0, **fields) -> list[Message]:
+        nonlocal session, nonce
+        if name in ("ARM_REQUEST", "ARM_CONFIRM", "FIRE", "HEARTBEAT"):
+            fields["session"] = session
+        msgs = keep(unit.receive(codec.encode(name, next(seq), flags, **fields), t_us))
+        for m in msgs:
+            if m.name == "HELLO_ACK":
+                session = m["session"]
+            elif m.name == "ARM_CHALLENGE":
+                nonce = m["nonce"]
+        return msgs
+
+    def arm(t_us: int) -> None:
+        send(t_us, "ARM_REQUEST")
+        send(t_us + 100, "ARM_CONFIRM", FLAG_ACK_REQ, nonce=nonce, max_on_ticks=100)
+
+    def fire(t_us: int, step: int, on: dict[int, int]) -> list[Message]:
+        ticks = [on.get(c, 0) for c in range(16)]
+        return send(t_us, "FIRE", step=step, valid_for_ms=0, bank=0,
+                    mask=sum(1 << c for c in on), on_ticks=ticks)
+
+    low = LIMITS["min_feed_kpa"] - 1
+    keep(unit.boot(0))
+    send(1000, "HELLO", proto_ver=1, dict_hash=DICT_HASH, mode=MODE["REALTIME"], period_ms=100)
+    arm(2000)
+    fire(4000, 1, {0: 60, 1: 30})
+    send(14_000, "FAULT_INJECT", FLAG_ACK_REQ, fault=FAULT["TANK_PRESSURE"], arg=low)
+    assert unit.state == ENUMS["state"]["SAFE"] and unit.open_mask() == 0
+    fire(15_000, 2, {0: 10})
+    send(16_000, "ARM_REQUEST")
+    send(17_000, "FAULT_INJECT", FLAG_ACK_REQ, fault=FAULT["TANK_PRESSURE"], arg=low + 1)
+    assert unit.state == ENUMS["state"]["SAFE"]
+    arm(18_000)
+    fire(19_000, 3, {2: 40})
+    keep(unit.set_tank_kpa(120, 29_000))  # a pressure reading, mid-pulse
+    assert unit.state == ENUMS["state"]["SAFE"] and unit.open_mask() == 0
+    fire(30_000, 4, {2: 10})
+    keep(unit.set_tank_kpa(1800, 31_000))
+    send(32_000, "ARM_REQUEST")
+    keep(unit.tick(60_000))
+    return said
+
+
+def test_low_tank_pressure_is_the_same_on_unit_c_and_unitcore(host_vectors):
+    """REQ issue 7: the minimum feed pressure rule, run through unit.c and through the
+    emulator's UnitCore with the same commands at the same unit times: both say exactly the
+    same (valves cut and reported aborted, SAFE_ENTERED LOW_PRESSURE, FIRE and ARM refused
+    while low, still SAFE when the pressure is back)."""
+    from firmware_bridge.dictionary import ENUMS, EVENT
+    from firmware_bridge.unit import UnitCore
+
+    c_unit = _CUnit(host_vectors)
+    try:
+        c_said = _low_pressure_session(c_unit)
+    finally:
+        c_unit.close()
+    py_said = _low_pressure_session(UnitCore(n_channels=32, rng_seed=7, min_on_ticks=5))
+    assert c_said == py_said
+    safe = [dict(f) for name, f in c_said if name == "EVENT"
+            and dict(f)["event"] == EVENT["SAFE_ENTERED"]]
+    reasons = ENUMS["safe_reason"]
+    assert [(e["arg0"], e["arg1"]) for e in safe] == [
+        (reasons["LOW_PRESSURE"], 499), (reasons["LOW_PRESSURE"], 120)]
+    reports = [dict(f) for name, f in c_said if name == "VALVE_REPORT"]
+    assert [(r["step"], r["flags"] & 2, r["executed_ticks"][:3]) for r in reports] == [
+        (1, 2, (10, 10, 0)), (3, 2, (0, 0, 10))]
+    refusals = [dict(f)["result"] for name, f in c_said if name == "ACK"]
+    assert refusals.count(1) == 3  # FIRE 2, ARM_REQUEST, FIRE 4: REJECTED_STATE
+
+
 # ---- the AVR build ----------------------------------------------------------------------------
 
 def test_avr_firmware_builds_and_fits():
@@ -256,6 +386,35 @@ def test_hil_reboost_through_qemu_matches_sil():
     assert hil["completed"] and not hil["aborted"], hil.get("abort_reason")
     assert hil["achieved_delta_v_mps"] == pytest.approx(sil["achieved_delta_v_mps"], rel=5e-3)
     assert hil["link"]["crc_errors"] == 0
+
+
+@pytest.mark.slow
+def test_hil_thruster_failure_through_qemu_matches_sil():
+    """Issue 7 on the real firmware: trunk-draco-1 fails 5 s into a lockstep burn through QEMU
+    (the FAULT_INJECT goes out from inside the lockstep chain, without ACK_REQ, ahead of the next
+    FIRE): the burn completes, reallocated at the SIL's cycle, within 0.5 % of the SIL delta-v."""
+    _need("make", "avr-gcc", "qemu-system-avr")
+    from firmware_bridge.hil import open_unit
+    from sims.loop import warm_up
+    from sims.runner import Failure, run_burn
+    from sims.thrusters import HEALTH_FAILED_OFF
+    from thruster_hil.config import build_stack_model, load_stack
+    from thruster_hil.plan import Target, plan_burn
+
+    model = build_stack_model(load_stack("dragon-boost-kit"))
+    plan = plan_burn("dragon-boost-kit", Target("delta_v", 0.3))
+    name = model.thruster_names[0]
+    sil = run_burn(model, plan, failures=[Failure(name, 5.0, HEALTH_FAILED_OFF)]).summary
+    warm_up(model, plan)
+    unit = open_unit(unit="qemu", port=None, mode="lockstep",
+                     n_thrusters=len(model.thruster_names),
+                     period_ms=int(round(model.control_period_s * 1000)))
+    hil = run_burn(model, plan, unit=unit, failures=[Failure(name, 5.0, HEALTH_FAILED_OFF)]
+                   ).summary
+    assert hil["completed"] and not hil["aborted"], hil.get("abort_reason")
+    assert [(r["thruster"], r["cycle"]) for r in hil["reallocations"]] == \
+        [(r["thruster"], r["cycle"]) for r in sil["reallocations"]] == [(name, 10)]
+    assert hil["achieved_delta_v_mps"] == pytest.approx(sil["achieved_delta_v_mps"], rel=5e-3)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

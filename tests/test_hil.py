@@ -19,7 +19,8 @@ import serial
 from firmware_bridge.emulator import EmulatorProcess
 from firmware_bridge.hil import open_unit
 from sims.loop import warm_up
-from sims.runner import run_burn
+from sims.runner import Failure, format_run, run_burn
+from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_STUCK_OPEN
 from thruster_hil.config import build_stack_model, load_stack
 from thruster_hil.plan import Target, plan_burn
 
@@ -54,6 +55,7 @@ def test_lockstep_reboost_through_the_emulator_matches_sil(dragon, tmp_path):
     model, plan, sil = dragon
     hil, records = _hil(model, plan, tmp_path)
     assert hil["completed"] and not hil["aborted"]
+    assert hil["valves_closed"] is True and hil["valves_open"] == []
     assert hil["achieved_delta_v_mps"] == pytest.approx(sil["achieved_delta_v_mps"], rel=5e-3)
     link = hil["link"]
     assert link["frames_sent"] > 2 * hil["cycles"] and link["crc_errors"] == 0
@@ -117,6 +119,108 @@ def test_link_loss_closes_the_valves_within_the_watchdog(dragon, tmp_path):
         assert trip["closed_us"] - trip["last_valid_us"] <= (trip["watchdog_ms"] + 1) * 1000
     states = [r for r in records if r["ev"] == "state"]
     assert any(r["to"] == "SAFE" and r["reason"] == "WATCHDOG" for r in states), states
+
+
+def test_low_tank_pressure_mid_burn_safes_the_unit_and_the_abort_says_why(dragon, tmp_path):
+    """REQ issue 7: the unit's tank drops to 300 kPa (below min_feed_kpa) 20 ms (wall clock)
+    into a lockstep burn: the unit closes its valves and goes SAFE (LOW_PRESSURE) on its own, the
+    host's next FIRE is refused and the burn stops with a one-line reason that names it."""
+    model, plan, _ = dragon
+    log = tmp_path / "emulator.jsonl"
+    with EmulatorProcess(faults="pressure=300kPa@fire+20ms", log_path=log) as emu:
+        unit = open_unit(unit="emulator", port=emu.port, mode="lockstep",
+                         n_thrusters=len(model.thruster_names),
+                         period_ms=int(round(model.control_period_s * 1000)))
+        hil = run_burn(model, plan, unit=unit).summary
+        _wait_for_record(log, lambda r: r["ev"] == "state" and r["to"] == "SAFE")
+    assert hil["aborted"] and not hil["completed"]
+    reason = hil["abort_reason"]
+    assert "\n" not in reason and "REJECTED_STATE" in reason and "LOW_PRESSURE" in reason
+    assert "300 kPa" in reason and "500 kPa" in reason
+    assert hil["valves_closed"] is True and hil["valves_open"] == []
+    assert hil["link"]["unit_tank_kPa"] == 300  # the HK asked for after the final STOP_ALL
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    safes = [r for r in records if r["ev"] == "state" and r["to"] == "SAFE"]
+    assert safes[0]["reason"] == "LOW_PRESSURE" and safes[0]["from"] == "ARMED"
+
+
+@pytest.fixture(scope="module")
+def dragon_failure():
+    """The dragon-boost-kit stack, a 0.3 m/s burn, trunk-draco-1 failing off 5 s in, and the
+    SIL run of exactly that."""
+    model = build_stack_model(load_stack(STACK))
+    plan = plan_burn(STACK, Target("delta_v", 0.3))
+    name = model.thruster_names[0]
+    sil = run_burn(model, plan, failures=[Failure(name, 5.0, HEALTH_FAILED_OFF)]).summary
+    warm_up(model, plan)
+    return model, plan, name, sil
+
+
+def test_a_thruster_failed_mid_lockstep_burn_is_reallocated_as_in_sil(dragon_failure, tmp_path):
+    """REQ issue 7: a failure injected while the lockstep chain runs (the runner calls
+    unit.fail() on the link's reader thread) reaches the unit ahead of the next FIRE instead of
+    waiting for an ACK nobody can read: the burn completes with the thruster failed on the
+    unit, the controller reallocates at the same cycle as in SIL, and the delta-v is within
+    0.5 % of the SIL run with the same failure."""
+    model, plan, name, sil = dragon_failure
+    log = tmp_path / "emulator.jsonl"
+    unit = open_unit(unit="emulator", port=None, mode="lockstep",
+                     n_thrusters=len(model.thruster_names),
+                     period_ms=int(round(model.control_period_s * 1000)), emulator_log=log)
+    hil = run_burn(model, plan, unit=unit, failures=[Failure(name, 5.0, HEALTH_FAILED_OFF)]
+                   ).summary
+    assert hil["completed"] and not hil["aborted"], hil.get("abort_reason")
+    realloc = [(r["thruster"], r["cycle"], r["health"]) for r in hil["reallocations"]]
+    assert realloc == [(r["thruster"], r["cycle"], r["health"]) for r in sil["reallocations"]]
+    assert realloc == [(name, 10, HEALTH_FAILED_OFF)]
+    assert hil["achieved_delta_v_mps"] == pytest.approx(sil["achieved_delta_v_mps"], rel=5e-3)
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    (fault,) = [r for r in records if r["ev"] == "fault"]
+    assert (fault["kind"], fault["arg"], fault["source"]) == ("FAIL_OFF", 0, "wire")
+    fires = {r["step"]: r for r in records if r["ev"] == "fire" and r["bank"] == 0}
+    # Cycle 10 is step 11: the fault arrived right before its FIRE, and channel 0 never fired
+    # again; before it, it did.
+    assert records.index(fires[10]) < records.index(fault) < records.index(fires[11])
+    assert all(f["executed"][0] == 0 for step, f in fires.items() if step >= 11)
+    assert any(f["executed"][0] > 0 for step, f in fires.items() if step < 11)
+
+
+def test_a_failure_on_a_unit_without_fault_injection_stops_the_burn_saying_so(dragon_failure):
+    """A unit that is not a test build refuses the FAULT_INJECT: the burn stops at the next
+    cycle with that reason in one line (not a timeout)."""
+    model, plan, name, _ = dragon_failure
+    with EmulatorProcess(extra_args=["--no-test-build"]) as emu:
+        unit = open_unit(unit="emulator", port=emu.port, mode="lockstep",
+                         n_thrusters=len(model.thruster_names),
+                         period_ms=int(round(model.control_period_s * 1000)))
+        hil = run_burn(model, plan, unit=unit,
+                       failures=[Failure(name, 5.0, HEALTH_FAILED_OFF)]).summary
+    assert hil["aborted"] and hil["cycles"] == 10  # stopped at the report of cycle 10
+    assert "FAULT_INJECT FAIL_OFF on channel 0 refused: UNSUPPORTED" in hil["abort_reason"]
+    assert "\n" not in hil["abort_reason"]
+
+
+def test_a_stuck_open_valve_is_not_reported_closed(dragon_failure, tmp_path):
+    """REQ issue 7: a valve stuck open (FAULT_INJECT STUCK_OPEN through the runner) cannot be
+    closed by STOP_ALL: the unit acknowledges the final STOP_ALL, but its housekeeping still
+    shows the valve open, so the summary says valves_closed false and names the channel."""
+    model, _plan, _name, _ = dragon_failure
+    plan = plan_burn(STACK, Target("delta_v", 0.05))
+    stuck = 2  # a capsule Draco (quad-a-plus-t): the burn still ends on target
+    failure = Failure(model.thruster_names[stuck], 2.0, HEALTH_STUCK_OPEN)
+    log = tmp_path / "emulator.jsonl"
+    unit = open_unit(unit="emulator", port=None, mode="lockstep",
+                     n_thrusters=len(model.thruster_names),
+                     period_ms=int(round(model.control_period_s * 1000)), emulator_log=log)
+    result = run_burn(model, plan, unit=unit, failures=[failure])
+    hil = result.summary
+    assert hil["completed"] and not hil["aborted"], hil.get("abort_reason")
+    assert hil["valves_closed"] is False and hil["valves_open"] == [stuck]
+    assert hil["link"]["unit_open_mask"] == 1 << stuck  # the HK that was asked for
+    assert any(e["event"] == "valves_open" and e["channels"] == [stuck] for e in result.events)
+    assert "channel 2 open after STOP_ALL" in format_run(hil)
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    assert [(r["kind"], r["arg"]) for r in records if r["ev"] == "fault"] == [("STUCK_OPEN", 2)]
 
 
 def test_a_second_process_cannot_open_the_port_of_a_run(tmp_path):

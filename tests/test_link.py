@@ -16,26 +16,32 @@ import threading
 import time
 import tty
 
+import numpy as np
 import pytest
 import serial
 
 from firmware_bridge import codec
 from firmware_bridge.dictionary import (
     DICT_HASH,
+    ENUMS,
     EVENT,
+    FAULT,
     FLAG_ACK_REQ,
     FLAG_RETRANSMIT,
     FLAG_TEST_BUILD,
+    LIMITS,
     MODE,
     PROTO_VERSION,
     RESULT,
 )
+from firmware_bridge.hil import SerialUnit
 from firmware_bridge.link import FireResult, Link, LinkError
 from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
 from thruster_hil.errors import UserError
 
 UNIT_CLOCK_OFFSET_US = 1_000_000  # the fake's clock runs this far ahead of the host's
 N_CHANNELS = 24
+MIN_FEED = LIMITS["min_feed_kpa"]
 WAIT = 2.0  # generous upper bound for any wait on the fake; tests normally take ms
 
 
@@ -57,6 +63,8 @@ class FakeUnit:
         self.fire_result: str | None = None  # answer FIRE with this rejecting ACK
         self.failed_mask = 0  # per channel, all banks
         self.stuck_mask = 0
+        self.faults_on = False  # a test build: FAULT_INJECT FAIL_OFF/STUCK_OPEN applied
+        self.faults_applied: set[int] = set()  # their sequence counts (a resend is a no-op)
         self.period_ticks = 500
         self.boot_count = 7
         self.session: int | None = None
@@ -183,7 +191,17 @@ class FakeUnit:
         elif name == "FIRE":
             self._fire(m)
         elif name == "FAULT_INJECT":
-            self.ack(m, "UNSUPPORTED")
+            if not self.faults_on:
+                self.ack(m, "UNSUPPORTED")
+                return
+            if m.seq not in self.faults_applied:
+                self.faults_applied.add(m.seq)
+                if m["fault"] == FAULT["FAIL_OFF"]:
+                    self.failed_mask |= 1 << m["arg"]
+                elif m["fault"] == FAULT["STUCK_OPEN"]:
+                    self.stuck_mask |= 1 << m["arg"]
+            if m.flags & FLAG_ACK_REQ:
+                self.ack(m, "ACCEPTED")
 
     def _fire(self, m: codec.Message) -> None:
         if not self.armed:
@@ -420,6 +438,63 @@ def test_a_fire_refused_after_a_watchdog_trip_says_so(link, unit):
     assert "\n" not in str(exc.value)
 
 
+def _low_pressure_safe(unit: FakeUnit, kpa: int) -> None:
+    """What a unit says when its tank drops below the minimum feed pressure while armed."""
+    unit.armed = False
+    unit.send("EVENT", pu_time_us=unit.now_us(), event=EVENT["SAFE_ENTERED"], state=1,
+              arg0=ENUMS["safe_reason"]["LOW_PRESSURE"], arg1=kpa, arg2=0)
+
+
+def test_a_fire_refused_after_low_tank_pressure_says_so(link, unit):
+    """REQ issue 7: the unit went SAFE for LOW_PRESSURE: the refusal names the pressure and the
+    minimum, in one line."""
+    connected(link, unit).arm(500)
+    _low_pressure_safe(unit, 420)
+    sync(link)
+    with pytest.raises(LinkError, match=r"REJECTED_STATE \(the unit's tank pressure fell to 420 "
+                       rf"kPa, below the minimum feed pressure of {MIN_FEED} kPa") as exc:
+        link.fire(3, [10] * 18)
+    assert "\n" not in str(exc.value) and "LOW_PRESSURE" in str(exc.value)
+
+
+def test_a_chain_stopped_by_low_tank_pressure_says_so(link, unit):
+    """The same in a LOCKSTEP chain: the step after the pressure dropped is refused and
+    fire_chain raises the one-line reason."""
+    connected(link, unit).arm(500)
+
+    def on_result(res: FireResult):
+        if res.step == 3:
+            _low_pressure_safe(unit, 12)  # before the unit sees step 4
+        return res.step + 1, [10] * 18
+
+    with pytest.raises(LinkError, match="FIRE step 4 bank 0 refused: REJECTED_STATE .*fell to 12 "
+                       "kPa.*LOW_PRESSURE") as exc:
+        link.fire_chain(1, [10] * 18, on_result)
+    assert "\n" not in str(exc.value)
+
+
+def test_arm_refused_while_the_tank_is_low_says_so(link, unit):
+    connected(link, unit)
+    unit.send("HK", pu_time_us=unit.now_us(), state=1, watchdog_remaining_ms=0, rx_frames=1,
+              crc_errors=0, cobs_errors=0, length_errors=0, seq_gaps=0, uart_overruns=0,
+              session_errors=0, last_step=0, open_mask=0, failed_mask=0, stuck_mask=0,
+              tank_kPa=MIN_FEED - 1)
+    assert link.wait_hk(timeout_s=WAIT) is not None
+    orig = unit._handle
+
+    def low(m):
+        if m.name == "ARM_REQUEST":
+            unit.ack(m, "REJECTED_STATE")
+        else:
+            orig(m)
+
+    unit._handle = low
+    with pytest.raises(LinkError, match=f"ARM_REQUEST refused: REJECTED_STATE .*tank at "
+                       f"{MIN_FEED - 1} kPa") as exc:
+        link.arm(100)
+    assert "\n" not in str(exc.value) and not link.armed
+
+
 def test_no_report_for_the_units_watchdog_time_is_a_link_error(link, unit):
     """A FIRE nobody answers is resent every retry timeout (same sequence count) and the host
     calls the link lost only after MAX_RETRIES resends AND the unit's own watchdog time: a
@@ -447,6 +522,58 @@ def test_no_report_for_the_units_watchdog_time_is_a_link_error(link, unit):
     assert len(fires) >= 4 + 1 and len({f.seq for f in fires}) == 1
     assert link.stats()["retries"] == len(fires) - 1
     assert "\n" not in str(exc.value)
+
+
+# ---- fault injection from inside a LOCKSTEP chain -------------------------------------------
+
+def test_a_failure_injected_inside_a_chain_goes_ahead_of_the_next_fire_and_is_resent_if_lost(
+        link, unit):
+    """REQ issue 7: SerialUnit.fail() called while a chain prepares its next cycle (on the
+    reader thread) sends FAULT_INJECT without ACK_REQ ahead of that FIRE instead of waiting for
+    an ACK nobody can read. Its first copy is lost here: the next report does not show the
+    failure, so the same FAULT_INJECT (same seq, RETRANSMIT) goes ahead of the FIRE after it,
+    and from then on every report shows the channel failed."""
+    unit.faults_on = True
+    connected(link, unit).arm(500)
+    su = SerialUnit(link, 18, 500, "lockstep", "fake")
+    unit.drop_first = {"FAULT_INJECT"}
+    health3: list[int] = []
+
+    def next_cycle(report):
+        health3.append(int(report.health[3]))
+        if len(health3) == 2:
+            su.fail(3, HEALTH_FAILED_OFF)
+        return None if len(health3) == 6 else np.full(18, 10, np.uint16)
+
+    su.execute_chain(0, np.full(18, 10, np.uint16), next_cycle)
+    assert health3 == [HEALTH_NOMINAL] * 3 + [HEALTH_FAILED_OFF] * 3
+    sync(link)
+    faults = unit.frames("FAULT_INJECT")
+    assert len(faults) == 2 and faults[0].seq == faults[1].seq
+    assert [f.flags & (FLAG_ACK_REQ | FLAG_RETRANSMIT) for f in faults] == [0, FLAG_RETRANSMIT]
+    assert (faults[0]["fault"], faults[0]["arg"]) == (FAULT["FAIL_OFF"], 3)
+    order = [(m.name, m.fields.get("step")) for m in unit.seen
+             if m.name in ("FAULT_INJECT", "FIRE") and m.fields.get("bank", 0) == 0]
+    assert order.index(("FAULT_INJECT", None)) == order.index(("FIRE", 3)) - 1
+    assert order[order.index(("FIRE", 4)) - 1] == ("FAULT_INJECT", None)
+
+
+# ---- closing a serial unit: are its valves really closed? ------------------------------------
+
+@pytest.mark.parametrize("stuck", [0, 1 << 17])
+def test_closing_a_unit_that_sends_no_housekeeping_trusts_the_stuck_masks_it_reported(
+        link, unit, stuck):
+    """After the STOP_ALL ACK the unit's next HK says which valves are open; this fake sends
+    none, so what its VALVE_REPORTs said is stuck open is taken as still open (STOP_ALL cannot
+    close it), and only a unit with none is reported closed."""
+    unit.stuck_mask = stuck
+    connected(link, unit).arm(500)
+    su = SerialUnit(link, 18, 500, "lockstep", "fake")
+    su.execute(0, np.full(18, 10, np.uint16))
+    su.close()
+    assert unit.frames("STOP_ALL")
+    assert su.valves_closed is (not stuck)
+    assert su.valves_open == ([17] if stuck else [])
 
 
 # ---- fire_chain: LOCKSTEP steps driven from the reader thread ------------------------------

@@ -22,6 +22,7 @@ from firmware_bridge.dictionary import (
     FAULT,
     FLAG_ACK_REQ,
     FLAG_RETRANSMIT,
+    LIMITS,
     MODE,
     RESULT,
     STATE,
@@ -654,6 +655,87 @@ def test_health_faults_in_valve_report_and_hk():
     assert rep["failed_mask"] == 0 and rep["stuck_mask"] == 0 and rep["executed_ticks"][3] == 20
 
 
+MIN_FEED_KPA = LIMITS["min_feed_kpa"]
+
+
+def test_low_tank_pressure_while_armed_cuts_pulses_and_goes_safe():
+    """REQ issue 7: below min_feed_kpa an armed unit closes every valve at once (pulses in
+    progress reported aborted with the ticks they ran), goes SAFE with reason LOW_PRESSURE and
+    the pressure in arg1; FIRE and ARM are refused while it stays low; a pressure that comes
+    back leaves it SAFE until the host arms again."""
+    b = bench_in(SAFE)
+    b.hello(mode=REALTIME, period_ms=100)
+    b.arm()
+    b.fire(1, {0: 60, 1: 30})
+    b.t += 10 * MS
+    msgs = b.inject("TANK_PRESSURE", MIN_FEED_KPA - 1)
+    names = [m.name for m in msgs]
+    assert names.index("VALVE_REPORT") < names.index("EVENT", names.index("VALVE_REPORT"))
+    rep = [m for m in msgs if m.name == "VALVE_REPORT"][0]
+    assert rep["flags"] & 2 and rep["executed_ticks"][:2] == (10, 10)
+    (safe,) = events(msgs, "SAFE_ENTERED")
+    assert safe["arg0"] == REASON["LOW_PRESSURE"] and safe["arg1"] == MIN_FEED_KPA - 1
+    assert safe["state"] == SAFE and b.u.state == SAFE and b.u.open_mask() == 0
+    assert b.u.hk_fields(b.t)["tank_kPa"] == MIN_FEED_KPA - 1
+    assert reply(b.fire(2, {0: 10}))["result"] == R["REJECTED_STATE"]
+    assert reply(b.send("ARM_REQUEST"))["result"] == R["REJECTED_STATE"]
+    assert b.u.state == SAFE
+    msgs = b.inject("TANK_PRESSURE", MIN_FEED_KPA)  # back at the minimum: still SAFE
+    assert not events(msgs, "SAFE_ENTERED") and b.u.state == SAFE
+    assert reply(b.fire(3, {0: 10}))["result"] == R["REJECTED_STATE"]
+    b.arm()
+    assert b.fire(4, {0: 10}) == [] and b.u.open_mask() == 1  # REALTIME: firing again
+    assert reply(b.tick(10 * MS))["executed_ticks"][0] == 10
+
+
+def test_low_tank_pressure_while_arming_goes_safe_and_the_nonce_is_void():
+    b = bench_in(ARMING)
+    msgs = b.inject("TANK_PRESSURE", 0)
+    assert [e["arg0"] for e in events(msgs, "SAFE_ENTERED")] == [REASON["LOW_PRESSURE"]]
+    assert b.u.state == SAFE
+    r = reply(b.send("ARM_CONFIRM", nonce=b.nonce, max_on_ticks=100))
+    assert r["result"] == R["REJECTED_STATE"] and b.u.state == SAFE
+
+
+@pytest.mark.parametrize("kpa,stays_armed", [(MIN_FEED_KPA, True), (MIN_FEED_KPA - 1, False),
+                                             (0, False), (1800, True)])
+def test_min_feed_pressure_boundary(kpa, stays_armed):
+    b = bench_in(ARMED)
+    msgs = b.inject("TANK_PRESSURE", kpa)
+    assert (b.u.state == ARMED) == stays_armed
+    assert bool(events(msgs, "SAFE_ENTERED")) != stays_armed
+    assert (reply(b.fire(1, {0: 10})).name == "VALVE_REPORT") == stays_armed
+
+
+@pytest.mark.parametrize("state", [SAFE, FAULT_ST])
+def test_low_tank_pressure_outside_arming_changes_no_state_and_blocks_arming(state):
+    b = bench_in(state)
+    msgs = b.inject("TANK_PRESSURE", 100)
+    assert not events(msgs, "SAFE_ENTERED") and b.u.state == state
+    assert reply(b.send("ARM_REQUEST"))["result"] == R["REJECTED_STATE"]
+    assert b.u.state == state
+
+
+def test_low_tank_pressure_survives_a_reset_and_keeps_blocking_arm():
+    b = bench_in(ARMED)
+    b.inject("TANK_PRESSURE", 100)
+    b.inject("RESET")
+    b.hello()
+    assert reply(b.send("ARM_REQUEST"))["result"] == R["REJECTED_STATE"]
+    assert b.u.hk_fields(b.t)["tank_kPa"] == 100
+
+
+def test_low_tank_pressure_from_a_reading_and_stuck_valves_stay_open():
+    """The same rule for a pressure reading that is not a FAULT_INJECT (a transducer), and a
+    stuck-open valve is still reported open after the unit went SAFE: it cannot be closed."""
+    b = bench_in(SAFE)
+    b.inject("STUCK_OPEN", 2)
+    b.arm()
+    msgs = b.decode(b.u.set_tank_kpa(MIN_FEED_KPA - 100, b.t))
+    assert [e["arg0"] for e in events(msgs, "SAFE_ENTERED")] == [REASON["LOW_PRESSURE"]]
+    assert b.u.state == SAFE and b.u.open_mask() == 1 << 2
+
+
 def test_drop_rx_and_corrupt_tx():
     b = bench_in(SAFE)
     b.inject("DROP_RX", 2)
@@ -840,6 +922,7 @@ class UnitVsModel(RuleBasedStateMachine):
         self.last_valid = 0
         self.idle_from = 0
         self.step = 0
+        self.low = False  # tank below min_feed_kpa
 
     def _timers(self):
         if self.st in (ARMING, ARMED) and self.b.t - self.last_valid >= 250 * MS:
@@ -883,7 +966,7 @@ class UnitVsModel(RuleBasedStateMachine):
         r = reply(msgs)
         if not (good and self.has_session):
             assert r["result"] == R["BAD_SESSION"]
-        elif self.st in (SAFE, ARMING):
+        elif self.st in (SAFE, ARMING) and not self.low:
             assert r.name == "ARM_CHALLENGE"
             self.b.nonce = r["nonce"]
             self.st, self.nonce_t, self.last_valid = ARMING, self.b.t, self.b.t
@@ -939,6 +1022,14 @@ class UnitVsModel(RuleBasedStateMachine):
             assert r.name == "VALVE_REPORT" and r["step"] == self.step
             self.last_valid = self.idle_from = self.b.t
 
+    @rule(kpa=st.sampled_from([0, MIN_FEED_KPA - 1, MIN_FEED_KPA, 1800]))
+    def tank_pressure(self, kpa):
+        self.b.inject("TANK_PRESSURE", kpa, flags=0)
+        self._timers()
+        self.low = kpa < MIN_FEED_KPA
+        if self.low and self.st in (ARMING, ARMED):
+            self.st = SAFE
+
     @precondition(lambda self: self.st != FAULT_ST)
     @rule()
     def fault(self):
@@ -951,6 +1042,8 @@ class UnitVsModel(RuleBasedStateMachine):
         assert (self.b.u.session is not None) == self.has_session
         if self.st != ARMED:
             assert self.b.u.open_mask() == 0
+        if self.low:
+            assert self.st not in (ARMING, ARMED)
         log = [(s, k, bank) for s, k, bank, _ in self.b.u.executed_log]
         assert len(set(log)) == len(log)
 

@@ -14,6 +14,17 @@
  * `host_vectors --unit-smoke` instead drives unit.c through a short session (boot, HELLO,
  * ARM, FIRE, watchdog) and prints every TM frame as hex: a quick host check of the state
  * machine outside the fuzzer.
+ *
+ * `host_vectors --unit-stdin` serves one unit (32 channels, test build, min_on_ticks 5, seed 7)
+ * to a driver on stdin, one command per line, so that a test can run the same scenario through
+ * unit.c and through firmware_bridge/unit.py's UnitCore:
+ *   boot NOW            unit_boot
+ *   rx NOW HEX          unit_receive of the bytes HEX
+ *   tick NOW            unit_tick
+ *   tank NOW KPA        unit_set_tank_kpa (a pressure reading)
+ *   state               prints `state S open_mask HEX tank KPA`
+ * Every TM frame the command makes is printed as `tx HEX`, and each command's output ends with
+ * a line `.`.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -114,12 +125,56 @@ static int unit_smoke(void)
     return u.state == STATE_SAFE ? 0 : 1;
 }
 
+static int unit_stdin(void)
+{
+    unit_t u;
+    unit_config_t cfg = {32, UNIT_FW_VERSION, 1, RESET_CAUSE_POWER_ON, 1, 5, DICT_HASH, 7,
+                         tx_print, NULL, NULL};
+    unit_init(&u, &cfg);
+    static char line[4096];
+    static uint8_t data[2048];
+    while (fgets(line, sizeof line, stdin)) {
+        char cmd[16];
+        int used = 0;
+        if (sscanf(line, "%15s%n", cmd, &used) != 1)
+            continue;
+        char *arg = line + used;
+        uint32_t now = (uint32_t)strtoul(arg, &arg, 10);
+        if (strcmp(cmd, "state") == 0) {
+            printf("state %u open_mask %08lx tank %u\n", u.state,
+                   (unsigned long)unit_open_mask(&u), u.tank_kpa);
+        } else if (strcmp(cmd, "boot") == 0) {
+            unit_boot(&u, now);
+        } else if (strcmp(cmd, "tick") == 0) {
+            unit_tick(&u, now);
+        } else if (strcmp(cmd, "tank") == 0) {
+            unit_set_tank_kpa(&u, (uint16_t)strtoul(arg, NULL, 10), now);
+        } else if (strcmp(cmd, "rx") == 0) {
+            while (*arg == ' ')
+                arg++;
+            uint16_t n = 0;
+            for (size_t i = 0; hexval(arg[i]) >= 0 && hexval(arg[i + 1]) >= 0 && n < sizeof data;
+                 i += 2)
+                data[n++] = (uint8_t)(hexval(arg[i]) << 4 | hexval(arg[i + 1]));
+            unit_receive(&u, data, n, now);
+        } else {
+            fprintf(stderr, "unknown command %s\n", cmd);
+            return 2;
+        }
+        printf(".\n");
+        fflush(stdout);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 2 && strcmp(argv[1], "--unit-smoke") == 0)
         return unit_smoke();
+    if (argc == 2 && strcmp(argv[1], "--unit-stdin") == 0)
+        return unit_stdin();
     if (argc != 2) {
-        fprintf(stderr, "usage: host_vectors FILE | --unit-smoke\n");
+        fprintf(stderr, "usage: host_vectors FILE | --unit-smoke | --unit-stdin\n");
         return 2;
     }
     FILE *f = fopen(argv[1], "r");

@@ -18,6 +18,12 @@
  * by the bench (FAIL_OFF, STUCK_OPEN, tank pressure) survive a reset in .noinit RAM, like the
  * emulator's.
  *
+ * Tank pressure. The bench rig has no pressure transducer: tank_kpa is UNIT_DEFAULT_TANK_KPA, or
+ * what FAULT_INJECT TANK_PRESSURE set (kept over a commanded reset, above). Every change goes
+ * through unit_set_tank_kpa(), which applies the minimum feed pressure (min_feed_kpa: an
+ * ARMING/ARMED unit goes SAFE with reason LOW_PRESSURE, arming is refused while below). A rig
+ * with a transducer samples it in the main loop and hands each reading to unit_set_tank_kpa().
+ *
  * Commanded reset. The watchdog is set to 15 ms and the CPU waits for it. qemu-system-avr 7.2
  * does not model the watchdog, so after 60 ms of waiting the firmware jumps to the reset vector
  * with interrupts off; the C runtime starts over exactly as after a real reset (early_init again,
@@ -322,7 +328,7 @@ int main(void)
     if (warm && (cause & RESET_CAUSE_SOFTWARE)) {
         unit.failed = soft_failed;
         unit.stuck = soft_stuck;
-        unit.tank_kpa = soft_tank;
+        unit_set_tank_kpa(&unit, soft_tank, 0); /* before boot: the unit is not armed */
     }
     soft_failed = 0;
     soft_stuck = 0;

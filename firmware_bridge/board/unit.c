@@ -13,6 +13,8 @@
  * - a new REALTIME FIRE cuts older pulses of its bank only on the channels it commands;
  * - HK watchdog_remaining_ms is 0 outside ARMING/ARMED; length_errors counts TOO_LONG too;
  * - health faults survive a reset in place; parameters do not.
+ * - tank pressure below min_feed_kpa: ARMING/ARMED -> SAFE (LOW_PRESSURE, arg1 the kPa), and
+ *   ARM_REQUEST / ARM_CONFIRM are REJECTED_STATE while it stays below (unit_set_tank_kpa);
  * Board additions: the arm-enable input (ARM_CONFIRM refused with REJECTED_STATE while it says
  * disabled; going disabled while ARMED -> SAFE with reason COMMANDED, the operator's jumper
  * being a command).
@@ -174,7 +176,9 @@ static void close_all(unit_t *u, uint32_t now)
     }
 }
 
-static void leave_armed(unit_t *u, uint32_t now, uint8_t new_state, uint8_t reason)
+/* Go SAFE or FAULT: every valve closed first, then SAFE_ENTERED(reason, arg1). */
+static void leave_armed_with(unit_t *u, uint32_t now, uint8_t new_state, uint8_t reason,
+                             uint16_t arg1)
 {
     close_all(u, now);
     uint8_t old = u->state;
@@ -183,8 +187,16 @@ static void leave_armed(unit_t *u, uint32_t now, uint8_t new_state, uint8_t reas
     u->has_nonce = 0;
     u->state = new_state;
     if (old == STATE_ARMING || old == STATE_ARMED || new_state == STATE_SAFE)
-        event(u, now, EVENT_SAFE_ENTERED, reason, 0, 0);
+        event(u, now, EVENT_SAFE_ENTERED, reason, arg1, 0);
 }
+
+static void leave_armed(unit_t *u, uint32_t now, uint8_t new_state, uint8_t reason)
+{
+    leave_armed_with(u, now, new_state, reason, 0);
+}
+
+/* Below the minimum feed pressure thruster starts are not qualified: no arming, no firing. */
+static uint8_t pressure_low(const unit_t *u) { return u->tank_kpa < LIMIT_MIN_FEED_KPA; }
 
 #if UNIT_FAULT_INJECTION
 /* Cut the channels in bits (unit-wide) in every pending pulse (FAIL_OFF). */
@@ -298,6 +310,13 @@ void unit_set_arm_enable(unit_t *u, uint8_t enabled, uint32_t now)
     u->arm_enabled = enabled ? 1 : 0;
     if (!enabled && u->state == STATE_ARMED)
         leave_armed(u, now, STATE_SAFE, SAFE_REASON_COMMANDED);
+}
+
+void unit_set_tank_kpa(unit_t *u, uint16_t kpa, uint32_t now)
+{
+    u->tank_kpa = kpa;
+    if (pressure_low(u) && (u->state == STATE_ARMING || u->state == STATE_ARMED))
+        leave_armed_with(u, now, STATE_SAFE, SAFE_REASON_LOW_PRESSURE, kpa);
 }
 
 uint32_t unit_open_mask(const unit_t *u)
@@ -488,7 +507,7 @@ static void on_ping(unit_t *u, const proto_msg_t *m, uint32_t now)
 
 static void on_arm_request(unit_t *u, const proto_msg_t *m, uint32_t now)
 {
-    if (u->state != STATE_SAFE && u->state != STATE_ARMING) {
+    if ((u->state != STATE_SAFE && u->state != STATE_ARMING) || pressure_low(u)) {
         ack(u, m, RESULT(REJECTED_STATE));
         return;
     }
@@ -510,7 +529,7 @@ static void on_arm_request(unit_t *u, const proto_msg_t *m, uint32_t now)
 static void on_arm_confirm(unit_t *u, const proto_msg_t *m, uint32_t now)
 {
     const uint8_t *q = m->payload;
-    if (u->state != STATE_ARMING || !u->arm_enabled) {
+    if (u->state != STATE_ARMING || !u->arm_enabled || pressure_low(u)) {
         ack(u, m, RESULT(REJECTED_STATE));
         return;
     }
@@ -629,7 +648,7 @@ void unit_inject_fault(unit_t *u, uint8_t kind, uint16_t arg, uint32_t now)
         u->stuck &= ~bits;
         break;
     case FAULT_TANK_PRESSURE:
-        u->tank_kpa = arg;
+        unit_set_tank_kpa(u, arg, now);
         break;
     default:
         break;

@@ -158,6 +158,10 @@ void unit_stop_all(unit_t *u, uint32_t now_us);
 void unit_force_fault(unit_t *u, uint32_t now_us);
 /* A reset in place (host builds, or a board whose reset hook returned). */
 void unit_reset(unit_t *u, uint32_t now_us, uint8_t cause);
+/* A new tank pressure [kPa] (a transducer, or FAULT_INJECT TANK_PRESSURE): below the
+ * dictionary's min_feed_kpa an ARMING/ARMED unit closes every valve and goes SAFE
+ * (LOW_PRESSURE), and arming is refused while it stays below. */
+void unit_set_tank_kpa(unit_t *u, uint16_t kpa, uint32_t now_us);
 /* Apply a fault (enum fault) as the bench would; FAULT_INJECT calls it. */
 void unit_inject_fault(unit_t *u, uint8_t kind, uint16_t arg, uint32_t now_us);
 
