@@ -187,7 +187,7 @@ class SerialUnit:
             mask = last.msg["stuck_mask"] if last is not None else 0
             for i in np.flatnonzero(self._health == HEALTH_STUCK_OPEN):
                 mask |= 1 << int(i)
-        return [c for c in range(32) if mask >> c & 1]
+        return [c for c in range(self.link.n_channels or 32) if mask >> c & 1]
 
 
 def start_unit_process(unit: str, faults: str | None = None, emulator_log=None):
