@@ -34,6 +34,7 @@ every second and at exit) and ``stop`` (signal).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import heapq
 import json
@@ -55,6 +56,36 @@ PROG = "firmware_bridge.emulator"
 _OUT_LIMIT = 1 << 16
 _HUP_POLL_US = 5_000
 _COUNTERS_EVERY_US = 1_000_000
+
+
+def split_frames(buf: bytearray, data: bytes) -> list[bytes]:
+    """Append ``data`` to ``buf`` and take out the whole frames (delimiter included)."""
+    buf += data
+    frames = []
+    while True:
+        i = buf.find(b"\x00")
+        if i < 0:
+            return frames
+        frames.append(bytes(buf[:i + 1]))
+        del buf[:i + 1]
+
+
+@contextlib.contextmanager
+def signal_wakeup(handler):
+    """SIGTERM and SIGINT go to ``handler`` and wake a select() on the fd this yields."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    old_fd = signal.set_wakeup_fd(wake_w)
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield wake_r
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        for s, h in old.items():
+            signal.signal(s, h)
+        os.close(wake_r)
+        os.close(wake_w)
 
 
 def open_raw_pty() -> tuple[int, str]:
@@ -127,23 +158,13 @@ class Emulator:
             self._write_log(rec)
         j.clear()
 
-    def _frames(self, buf: bytearray, data: bytes) -> list[bytes]:
-        buf += data
-        frames = []
-        while True:
-            i = buf.find(b"\x00")
-            if i < 0:
-                return frames
-            frames.append(bytes(buf[:i + 1]))
-            del buf[:i + 1]
-
     def send(self, data: bytes, now: int) -> None:
         if not data:
             return
         if self.faults is None or not self.faults.spec.link_active:
             self._queue_out(data)
             return
-        for frame in self._frames(self._tx_partial, data):
+        for frame in split_frames(self._tx_partial, data):
             for due, f in self.faults.process("tx", frame, now):
                 if due <= now:
                     self._queue_out(f)
@@ -185,7 +206,7 @@ class Emulator:
         if faults is None or not (faults.spec.link_active or faults.spec.by_step):
             self.send(self.core.receive(data, now), now)
             return
-        for frame in self._frames(self._rx_partial, data):
+        for frame in split_frames(self._rx_partial, data):
             if faults.spec.by_step:
                 faults.note_rx(frame)  # a fault due at this frame's step applies before it
                 self._apply_due_faults(now)
@@ -269,12 +290,7 @@ class Emulator:
     def serve(self, parent_fd: int | None = None) -> int:
         """Serve until a signal arrives or ``parent_fd`` reads end-of-file (the process that
         started the emulator is gone). Returns the exit status (0)."""
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False)
-        os.set_blocking(wake_w, False)
-        old_fd = signal.set_wakeup_fd(wake_w)
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
+        with signal_wakeup(self._on_signal) as wake_r:
             if not self.auto_reset:
                 self.send(self.core.boot(self.now()), self.now())
             due = 0  # _step (timers, faults, connection) runs only when something is due
@@ -323,12 +339,6 @@ class Emulator:
             self._write_log({"t_us": now, "ev": "stop", "signal": self.stop_signal,
                              "reason": self.stop_reason or "signal"})
             return 0
-        finally:
-            signal.set_wakeup_fd(old_fd)
-            for s, h in old.items():
-                signal.signal(s, h)
-            os.close(wake_r)
-            os.close(wake_w)
 
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signum

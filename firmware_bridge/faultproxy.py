@@ -42,7 +42,6 @@ import heapq
 import json
 import os
 import select
-import signal
 import sys
 import time
 from typing import IO
@@ -50,7 +49,12 @@ from typing import IO
 import serial
 
 from firmware_bridge.codec import ProtocolError, decode_frame, encode_fields
-from firmware_bridge.emulator import PtyServiceProcess, open_raw_pty
+from firmware_bridge.emulator import (
+    PtyServiceProcess,
+    open_raw_pty,
+    signal_wakeup,
+    split_frames,
+)
 from firmware_bridge.faults import LinkFaults, parse_faults
 from thruster_hil.errors import UserError
 
@@ -176,17 +180,6 @@ class FaultProxy:
 
     # ---------------------------------------------------------------- frames
 
-    def _frames(self, direction: str, data: bytes) -> list[bytes]:
-        buf = self._partial[direction]
-        buf += data
-        frames = []
-        while True:
-            i = buf.find(b"\x00")
-            if i < 0:
-                return frames
-            frames.append(bytes(buf[:i + 1]))
-            del buf[:i + 1]
-
     def _pass(self, direction: str, frame: bytes, now: int) -> None:
         """One whole frame through the link faults, logged, on to the other side."""
         key = "h2u" if direction == "rx" else "u2h"
@@ -224,7 +217,7 @@ class FaultProxy:
                 self._send_host(fr)
 
     def _on_host_bytes(self, data: bytes, now: int) -> None:
-        for frame in self._frames("rx", data):
+        for frame in split_frames(self._partial["rx"], data):
             f = self.faults
             if f.spec.by_step:
                 f.note_rx(frame)
@@ -234,7 +227,7 @@ class FaultProxy:
             self._pass("rx", frame, now)
 
     def _on_unit_bytes(self, data: bytes, now: int) -> None:
-        for frame in self._frames("tx", data):
+        for frame in split_frames(self._partial["tx"], data):
             self._pass("tx", frame, now)
 
     def _release_delayed(self, now: int) -> None:
@@ -267,15 +260,9 @@ class FaultProxy:
     # ---------------------------------------------------------------- loop
 
     def serve(self, parent_fd: int | None = None) -> int:
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False)
-        os.set_blocking(wake_w, False)
-        old_fd = signal.set_wakeup_fd(wake_w)
-        stop = []
-        old = {s: signal.signal(s, lambda signum, frame: stop.append(signum))
-               for s in (signal.SIGTERM, signal.SIGINT)}
+        stop: list[int] = []
         status = 0
-        try:
+        with signal_wakeup(lambda signum, frame: stop.append(signum)) as wake_r:
             while not stop:
                 now = self.now()
                 self._check_host(now)
@@ -324,12 +311,6 @@ class FaultProxy:
                              "reason": self.stop_reason or f"signal {stop[0]}",
                              "counts": self.counts, "link": self.faults.counts})
             return status
-        finally:
-            signal.set_wakeup_fd(old_fd)
-            for s, h in old.items():
-                signal.signal(s, h)
-            os.close(wake_r)
-            os.close(wake_w)
 
 
 def _readable_later(fd: int) -> bool:

@@ -105,7 +105,10 @@ def test_the_conformance_suite_passes_through_a_proxy_without_faults(tmp_path):
     records = _read(log)
     assert records[0]["ev"] == "start" and records[-1]["ev"] == "stop"
     frames = [r for r in records if "dir" in r]
-    assert {r["act"] for r in frames} == {"fwd"}
+    # Without faults everything is passed on; only what the unit says between two checks,
+    # while no host has the port open, is lost (as it would be on a direct line).
+    assert {r["act"] for r in frames} <= {"fwd", "nohost"}
+    assert all(r["act"] == "fwd" for r in frames if r["dir"] == "h2u")
     assert any(r["msg"] == "FIRE" for r in frames) and any(r["msg"] == "VALVE_REPORT"
                                                            for r in frames)
 
