@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from firmware_bridge import codec
 from firmware_bridge.conformance import run_all
@@ -186,3 +188,24 @@ def _wait_trip(log, timeout_s: float = 5.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"no watchdog_trip in {log} within {timeout_s} s")
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(step=st.integers(min_value=2, max_value=100))
+def test_a_link_lost_at_any_step_closes_every_valve_within_the_watchdog(dragon, tmp_path, step):
+    """Property (issue 7 acceptance): wherever in the burn the link is lost, the emulator's
+    valves are all closed within watchdog_ms + 1 tick of the last frame it heard, no step
+    executes twice, and nothing of the lost step or later executes."""
+    model, plan = dragon
+    log = tmp_path / f"unit-{step}.jsonl"
+    with EmulatorProcess(faults=f"cut@step{step}", log_path=log) as emu:
+        summary = _fly(model, plan, emu.port)
+        _wait_trip(log)
+    assert summary["aborted"] and f"no reply to FIRE step {step}" in summary["abort_reason"]
+    unit = _read(log)
+    trips = [r for r in unit if r["ev"] == "watchdog_trip"]
+    assert len(trips) == 1
+    assert trips[0]["closed_us"] - trips[0]["last_valid_us"] <= (trips[0]["watchdog_ms"] + 1) * 1000
+    fired = [(r["step"], r["bank"]) for r in unit if r["ev"] == "fire"]
+    assert len(fired) == len(set(fired)) and max(s for s, _b in fired) == step - 1
