@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from thruster_hil.errors import UserError
+from thruster_hil.textnum import parse_float, parse_int, show
 
 PROG = "thruster-hil"
 #: Refresh rate of the live views [Hz] (rich Live's own thread; never per control cycle).
@@ -31,11 +32,12 @@ class _OneLineParser(argparse.ArgumentParser):
 def _positive_float(name: str):
     def parse(text: str) -> float:
         try:
-            value = float(text)
+            value = parse_float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a decimal number > 0, got {show(text)}"
+                                             ) from None
         if not math.isfinite(value) or value <= 0.0:
-            raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {show(text)}")
         return value
 
     return parse
@@ -193,9 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
         "start (2s, 250ms) or since the first FIRE (fire+2s).",
     )
     emulate.add_argument("--faults", metavar="SPEC", help="fault injection (see above)")
-    emulate.add_argument("--channels", type=int, default=32, help="valve channels (1-32)")
+    emulate.add_argument("--channels", type=_channels, default=32, help="valve channels (1-32)")
     emulate.add_argument("--log", metavar="PATH", help="write the unit's JSON-lines log here")
-    emulate.add_argument("--seed", type=int, help="seed for session tokens and nonces")
+    emulate.add_argument("--seed", type=_seed, help="seed for session tokens and nonces")
     emulate.set_defaults(handler=_cmd_emulate)
 
     ports = sub.add_parser(
@@ -230,12 +232,13 @@ def _whole_number(lo: int, hi: int, hi_text: str):
 
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            value = parse_int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a whole number in {lo}..{hi_text}, "
+                                             f"got {show(text)}") from None
         if not lo <= value <= hi:
             raise argparse.ArgumentTypeError(f"expected a whole number in {lo}..{hi_text}, "
-                                             f"got {text!r}")
+                                             f"got {show(text)}")
         return value
 
     return parse
@@ -244,19 +247,20 @@ def _whole_number(lo: int, hi: int, hi_text: str):
 _count = _whole_number(1, 10**8, "1e8")  # cases, chunk sizes, threads
 _index = _whole_number(0, 10**8, "1e8")  # a case number
 _seed = _whole_number(0, 2**63 - 1, "2**63-1")
+_channels = _whole_number(1, 32, "32")  # the unit's valve channels
 
 
 def _failure(text: str) -> tuple[str, float]:
     name, sep, when = text.rpartition("@")
     if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME@SECONDS, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME@SECONDS, got {show(text)}")
     try:
-        at_s = float(when)
+        at_s = parse_float(when)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected NAME@SECONDS with SECONDS a number, got {text!r}") from None
+            f"expected NAME@SECONDS with SECONDS a decimal number, got {show(text)}") from None
     if not math.isfinite(at_s) or at_s < 0.0:
-        raise argparse.ArgumentTypeError(f"expected SECONDS >= 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected SECONDS >= 0, got {show(text)}")
     return name, at_s
 
 
@@ -625,14 +629,13 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     from firmware_bridge.emulator import main as emulator_main
     from firmware_bridge.faults import parse_faults
 
-    if not 1 <= args.channels <= 32:
-        raise UserError("emulate", f"expected 1..32, got {args.channels}", field="--channels")
     parse_faults(args.faults, args.channels)  # one-line error before the pty opens
     argv = ["--channels", str(args.channels)]
+    # --opt=VALUE: a value that starts with '-' is still a value to the emulator's parser
     if args.faults:
-        argv += ["--faults", args.faults]
+        argv.append(f"--faults={args.faults}")
     if args.log:
-        argv += ["--log", args.log]
+        argv.append(f"--log={args.log}")
     if args.seed is not None:
         argv += ["--seed", str(args.seed)]
     return emulator_main(argv)
