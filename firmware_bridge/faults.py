@@ -16,7 +16,7 @@ Spec grammar (``--faults``), comma-separated items, whitespace ignored::
               | "seed=" INT                                the RNG seed (default 0)
     DIR      := "rx" (frames the unit receives) | "tx" (frames the unit sends); none: both
     RATE     := a probability in [0, 1] per frame
-    DURATION := NUMBER ("s" | "ms")                        e.g. 2s, 250ms, 1.5s
+    DURATION := NUMBER ("s" | "ms")                        e.g. 2s, 250ms, 1.5s; at most 86400s
     WHEN     := DURATION                                   since the emulator started
               | "fire+" DURATION                           since the first FIRE the unit received
 
@@ -38,11 +38,15 @@ from dataclasses import dataclass, field
 
 from firmware_bridge.dictionary import FAULT
 from thruster_hil.errors import UserError
+from thruster_hil.textnum import parse_float, parse_int, show
 
 _WHERE = "--faults"
 DIRECTIONS = ("rx", "tx")
 _LINK_KEYS = ("drop", "corrupt", "duplicate", "delay")
-_DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(ms|s)$")
+# ASCII digits only: \d alone would take any script's digits ('٣s' as 3 s).
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|s)", re.ASCII)
+#: The longest duration a spec may give (a day) [us]: longer is a typo, not a test plan.
+MAX_DURATION_US = 86_400 * 1_000_000
 
 
 def _err(message: str) -> UserError:
@@ -51,30 +55,32 @@ def _err(message: str) -> UserError:
 
 def parse_duration_us(text: str, what: str) -> int:
     """``"250ms"`` -> 250000, ``"2s"`` -> 2000000."""
-    m = _DURATION.match(text.strip())
+    m = _DURATION.fullmatch(text.strip()) if len(text) <= 40 else None
     if not m:
-        raise _err(f"{what}: expected a duration like 250ms or 2s, got {text!r}")
+        raise _err(f"{what}: expected a duration like 250ms or 2s, got {show(text)}")
     value = float(m.group(1)) * (1000 if m.group(2) == "ms" else 1_000_000)
+    if value > MAX_DURATION_US:
+        raise _err(f"{what}: expected a duration of at most 86400s, got {show(text)}")
     return int(round(value))
 
 
 def _rate(text: str, what: str) -> float:
     try:
-        value = float(text)
+        value = parse_float(text)
     except ValueError:
-        raise _err(f"{what}: expected a probability in [0, 1], got {text!r}") from None
+        raise _err(f"{what}: expected a probability in [0, 1], got {show(text)}") from None
     if not 0.0 <= value <= 1.0:
-        raise _err(f"{what}: expected a probability in [0, 1], got {text!r}")
+        raise _err(f"{what}: expected a probability in [0, 1], got {show(text)}")
     return value
 
 
 def _int(text: str, what: str, lo: int, hi: int) -> int:
     try:
-        value = int(text)
+        value = parse_int(text)
     except ValueError:
-        raise _err(f"{what}: expected an integer in {lo}..{hi}, got {text!r}") from None
+        raise _err(f"{what}: expected an integer in {lo}..{hi}, got {show(text)}") from None
     if not lo <= value <= hi:
-        raise _err(f"{what}: expected an integer in {lo}..{hi}, got {text!r}")
+        raise _err(f"{what}: expected an integer in {lo}..{hi}, got {show(text)}")
     return value
 
 
@@ -113,7 +119,7 @@ def parse_faults(text: str | None, n_channels: int = 32) -> FaultSpec:
     for raw in text.split(","):
         item = "".join(raw.split())
         if not item:
-            raise _err(f"empty item in {text!r}")
+            raise _err(f"empty item in {show(text)}")
         if item.startswith("reset@"):
             key, value, when = "reset", "", item[len("reset@"):]
         elif "=" in item:
@@ -122,13 +128,13 @@ def parse_faults(text: str | None, n_channels: int = 32) -> FaultSpec:
             if "@" in value:
                 value, when = value.split("@", 1)
         else:
-            raise _err(f"expected key=value or reset@WHEN, got {item!r}")
+            raise _err(f"expected key=value or reset@WHEN, got {show(item)}")
         base, _, direction = key.partition(".")
         if base in _LINK_KEYS:
             if when is not None:
-                raise _err(f"{key}: a link fault has a rate, not a time, got {item!r}")
+                raise _err(f"{key}: a link fault has a rate, not a time, got {show(item)}")
             if direction and direction not in DIRECTIONS:
-                raise _err(f"{key}: direction must be rx or tx, got {direction!r}")
+                raise _err(f"{key}: direction must be rx or tx, got {show(direction)}")
             dirs = (direction,) if direction else DIRECTIONS
             for d in dirs:
                 if f"{base}.{d}" in seen:
@@ -137,7 +143,7 @@ def parse_faults(text: str | None, n_channels: int = 32) -> FaultSpec:
             if base == "delay":
                 rate_text, sep, dur = value.partition(":")
                 if not sep:
-                    raise _err(f"{key}: expected RATE:DURATION like 0.01:30ms, got {value!r}")
+                    raise _err(f"{key}: expected RATE:DURATION like 0.01:30ms, got {show(value)}")
                 rate = _rate(rate_text, key)
                 delay = parse_duration_us(dur, key)
                 for d in dirs:
@@ -151,13 +157,13 @@ def parse_faults(text: str | None, n_channels: int = 32) -> FaultSpec:
             raise _err(f"{key}: only drop, corrupt, duplicate and delay take a direction")
         if key == "seed":
             if when is not None:
-                raise _err(f"seed: expected an integer, got {item!r}")
+                raise _err(f"seed: expected an integer, got {show(item)}")
             spec.seed = _int(value, "seed", 0, 2**63 - 1)
             continue
         if when is None:
             if key in ("stall", "fail", "stuck", "clear", "pressure"):
-                raise _err(f"{key}: needs a time, e.g. {key}=...@2s, got {item!r}")
-            raise _err(f"unknown fault {key!r} (drop, corrupt, duplicate, delay, stall, reset, "
+                raise _err(f"{key}: needs a time, e.g. {key}=...@2s, got {show(item)}")
+            raise _err(f"unknown fault {show(key)} (drop, corrupt, duplicate, delay, stall, reset, "
                        f"fail, stuck, clear, pressure, seed)")
         after_fire = when.startswith("fire+")
         at_us = parse_duration_us(when[5:] if after_fire else when, f"{key} time")
@@ -166,7 +172,7 @@ def parse_faults(text: str | None, n_channels: int = 32) -> FaultSpec:
         elif key == "stall":
             ms = parse_duration_us(value, "stall") // 1000
             if not 1 <= ms <= 0xFFFF:
-                raise _err(f"stall: expected 1ms..65535ms, got {value!r}")
+                raise _err(f"stall: expected 1ms..65535ms, got {show(value)}")
             kind, arg = FAULT["STALL_MS"], ms
         elif key in ("fail", "stuck", "clear"):
             kind = {"fail": FAULT["FAIL_OFF"], "stuck": FAULT["STUCK_OPEN"],
@@ -177,7 +183,7 @@ def parse_faults(text: str | None, n_channels: int = 32) -> FaultSpec:
             arg = _int(number, "pressure kPa", 0, 0xFFFF)
             kind = FAULT["TANK_PRESSURE"]
         else:
-            raise _err(f"unknown fault {key!r} (drop, corrupt, duplicate, delay, stall, reset, "
+            raise _err(f"unknown fault {show(key)} (drop, corrupt, duplicate, delay, stall, reset, "
                        f"fail, stuck, clear, pressure, seed)")
         spec.schedule.append(ScheduledFault(kind, arg, at_us, after_fire, item))
     spec.schedule.sort(key=lambda f: (f.after_fire, f.at_us))
