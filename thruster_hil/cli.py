@@ -333,6 +333,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from sims.runner import Failure, format_run, run_burn
     from thruster_hil.config import build_stack_model, load_stack
 
+    _check_run_unit(args)  # usage errors before the plan, the run directory or a unit
     plan = _plan_from_args(args)
     model = build_stack_model(load_stack(args.stack))
     names = list(model.thruster_names)
@@ -444,6 +445,13 @@ def _cmd_montecarlo(args: argparse.Namespace) -> int:
         except ImportError:
             raise UserError("montecarlo", f"needs Dask: {mc.DASK_HINT}",
                             field="--scheduler") from None
+    elif args.threads is not None:
+        import numba
+
+        most = numba.config.NUMBA_NUM_THREADS
+        if args.threads > most:
+            raise UserError("montecarlo", f"expected a whole number in 1..{most} (the numba "
+                            f"threads of this machine), got {args.threads}", field="--threads")
     model = build_stack_model(load_stack(args.stack))
     plan = _plan_from_args(args)
     campaign = mc.Campaign.build(model, plan, spec, args.seed, args.cases, args.stack)
@@ -518,13 +526,13 @@ def _run_live(views: contextlib.ExitStack, recorder, watch):
     return on_cycle
 
 
-def _open_run_unit(args: argparse.Namespace, model, plan: dict, names: list[str], recorder):
-    """The unit a run flies with: None (the in-process sim unit) or a connected serial unit."""
+def _check_run_unit(args: argparse.Namespace) -> None:
+    """The unit options of a run, checked before anything is planned, written or started."""
     if args.port is None and args.unit == "sim":
         if args.faults is not None or args.mode != "lockstep":
             raise UserError("run", "--faults and --mode need a serial unit (--unit emulator, "
                             "--unit qemu or --port), not --unit sim")
-        return None
+        return
     if args.unit == "sim":
         raise UserError("run", "--port and --unit sim exclude each other: the sim unit has no "
                         "port")
@@ -532,9 +540,16 @@ def _open_run_unit(args: argparse.Namespace, model, plan: dict, names: list[str]
         raise UserError("run", "--faults applies to the emulator the run starts, not to a unit "
                         "on --port or QEMU (start 'thruster-hil emulate --faults ...' instead)")
     from firmware_bridge.faults import parse_faults
-    from firmware_bridge.hil import LinkError, open_unit
 
-    parse_faults(args.faults)  # one-line error before anything starts
+    parse_faults(args.faults)
+
+
+def _open_run_unit(args: argparse.Namespace, model, plan: dict, names: list[str], recorder):
+    """The unit a run flies with: None (the in-process sim unit) or a connected serial unit
+    (the options passed :func:`_check_run_unit`)."""
+    if args.port is None and args.unit == "sim":
+        return None
+    from firmware_bridge.hil import LinkError, open_unit
     from sims.loop import warm_up
 
     warm_up(model, plan)  # compile the cycle now: an armed unit must not wait for the compiler

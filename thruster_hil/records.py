@@ -48,9 +48,15 @@ class RunRecorder:
 
     def __init__(self, out_dir: str | Path, thruster_names: list[str], mass0_kg: float):
         self.dir = Path(out_dir)
-        if self.dir.exists() and any(self.dir.iterdir()):
-            raise UserError(str(self.dir), "the run directory exists and is not empty: pick "
-                            "another --out (nothing is overwritten)", field="--out")
+        try:
+            taken = self.dir.exists() and (not self.dir.is_dir() or any(self.dir.iterdir()))
+        except OSError as exc:  # a name too long, a directory we may not list
+            raise UserError(str(self.dir), f"cannot use it as the run directory: {exc.strerror}",
+                            field="--out") from None
+        if taken:
+            what = "directory exists and is not empty" if self.dir.is_dir() else "path is a file"
+            raise UserError(str(self.dir), f"the run {what}: pick another --out (nothing is "
+                            "overwritten)", field="--out")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._tel = open(self.dir / "telemetry.csv", "w", newline="", encoding="utf-8")
