@@ -595,8 +595,9 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     from thruster_hil.live import RunDirFollower, follow, render
 
     follower = RunDirFollower(args.run_dir)
+    first = follower.poll()  # a directory that is not a run: one line, before any live view
     if args.once:
-        console.print(render(follower.poll()))
+        console.print(render(first))
         return _run_status(follower.summary) if follower.finished else 0
     follow(follower.poll, console=console, done=lambda: follower.finished,
            refresh_per_second=LIVE_HZ)
