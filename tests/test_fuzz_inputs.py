@@ -564,9 +564,10 @@ def test_any_numeric_target_gives_a_flyable_plan_or_one_line(bench):
     from thruster_hil.config import build_stack_model
 
     numbers = st.one_of(st.floats(min_value=5e-324, max_value=1e308),
+                        st.floats(min_value=1e-5, max_value=12.0),  # near what the tanks allow
                         st.sampled_from([1e-12, 1e-4, 0.01, 0.3, 1.6, 4.9, 8.9, 30.0, 5000.0]))
 
-    @settings(max_examples=40, deadline=None, derandomize=True)
+    @settings(max_examples=60, deadline=None)
     @given(stack=st.sampled_from(["progress", "cygnus", "dragon-boost-kit"]),
            flag=st.sampled_from(["--delta-v", "--raise-perigee-km", "--burn-duration",
                                  "--target-mean-altitude-km"]),
