@@ -51,6 +51,7 @@ from typing import IO
 from firmware_bridge.faults import LinkFaults, parse_faults
 from firmware_bridge.unit import RESET_CAUSE, UnitCore
 from thruster_hil.errors import UserError
+from thruster_hil.textnum import parse_int, show
 
 PROG = "firmware_bridge.emulator"
 _OUT_LIMIT = 1 << 16
@@ -346,45 +347,85 @@ class Emulator:
 
 # -------------------------------------------------------------------- command line
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``firmware_bridge.emulator: error: ...``, exit 2)
+    like every other error here, not a usage dump."""
+
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]):
+        # Python 3.11's argparse turns "--opt=--" into an empty list without calling the type
+        # or checking the choices (as thruster_hil.cli's parser, which this one mirrors): take
+        # the "--" as the value, as Python 3.13 does, and let the type and choices judge it.
+        if action.nargs is None and action.option_strings and arg_strings == ["--"]:
+            value = self._get_value(action, "--")
+            self._check_value(action, value)
+            return value
+        return super()._get_values(action, arg_strings)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError("arguments", message)
+
+
+def _whole(lo: int, hi: int):
+    """An argparse type: an ASCII decimal whole number in lo..hi."""
+
+    def parse(text: str) -> int:
+        try:
+            value = parse_int(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected a whole number in {lo}..{hi}, "
+                                             f"got {show(text)}")
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m {PROG}",
-                                description="Propulsion-unit emulator on a pseudo-terminal.")
+    p = _OneLineParser(prog=f"python -m {PROG}",
+                       description="Propulsion-unit emulator on a pseudo-terminal.")
     p.add_argument("--faults", default=None, help="link/unit fault spec (see faults.py)")
-    p.add_argument("--channels", type=int, default=32, help="valve channels, 1..32")
+    p.add_argument("--channels", type=_whole(1, 32), default=32, help="valve channels, 1..32")
     p.add_argument("--link-path", default=None, help="write the port path here, not stdout")
     p.add_argument("--log", default=None, help="JSON-lines record of what the unit did")
-    p.add_argument("--seed", type=int, default=None, help="session/nonce RNG seed")
-    p.add_argument("--min-on-ticks", type=int, default=5)
+    p.add_argument("--seed", type=_whole(0, 2**63 - 1), default=None,
+                   help="session/nonce RNG seed")
+    p.add_argument("--min-on-ticks", type=_whole(0, 1000), default=5)
     p.add_argument("--no-test-build", action="store_true", help="refuse FAULT_INJECT")
     p.add_argument("--no-auto-reset", action="store_true",
                    help="boot once at start, not when a host opens the port")
-    p.add_argument("--boot-delay-ms", type=int, default=100)
+    p.add_argument("--boot-delay-ms", type=_whole(0, 10000), default=100)
     p.add_argument("--mode-hint", choices=("lockstep", "realtime"), default=None,
                    help="recorded in the log only: the mode comes from HELLO")
-    p.add_argument("--parent-fd", type=int, default=None,
+    p.add_argument("--parent-fd", type=_whole(0, 2**31 - 1), default=None,
                    help="exit when this pipe reads end-of-file (the starting process died)")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _check_parent_fd(fd: int | None) -> None:
+    if fd is None:
+        return
     try:
-        if not 1 <= args.channels <= 32:
-            raise UserError(where="--channels", message=f"expected 1..32, got {args.channels}")
-        if not 0 <= args.min_on_ticks <= 1000:
-            raise UserError(where="--min-on-ticks",
-                            message=f"expected 0..1000, got {args.min_on_ticks}")
-        if not 0 <= args.boot_delay_ms <= 10000:
-            raise UserError(where="--boot-delay-ms",
-                            message=f"expected 0..10000, got {args.boot_delay_ms}")
+        os.fstat(fd)
+    except OSError:
+        raise UserError("--parent-fd", f"expected an open file descriptor, got {fd}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    log = None
+    try:
+        args = _parser().parse_args(argv)
+        _check_parent_fd(args.parent_fd)
         spec = parse_faults(args.faults, args.channels)
-        log = open(args.log, "w", encoding="utf-8") if args.log else None  # noqa: SIM115
+        if args.log:
+            try:
+                log = open(args.log, "w", encoding="utf-8")  # noqa: SIM115
+            except (OSError, ValueError) as err:
+                why = getattr(err, "strerror", None) or str(err)
+                raise UserError("--log", f"cannot open {show(args.log)}: {why}") from None
     except UserError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
-    except OSError as err:
-        print(f"{PROG}: error: --log: cannot open {args.log}: {err.strerror}", file=sys.stderr)
-        return 2
     core = UnitCore(n_channels=args.channels, test_build=not args.no_test_build,
                     min_on_ticks=args.min_on_ticks, rng_seed=args.seed)
     emu = Emulator(core, LinkFaults(spec, args.channels), log, auto_reset=not args.no_auto_reset,
@@ -393,14 +434,22 @@ def main(argv: list[str] | None = None) -> int:
     emu._write_log({"t_us": emu.now(), "ev": "start", "port": path, "pid": os.getpid(),
                     "t0_monotonic_us": emu._t0 // 1000,
                     "channels": args.channels, "faults": spec.text, "mode_hint": args.mode_hint})
-    if args.link_path:
-        tmp = f"{args.link_path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(path + "\n")
-        os.replace(tmp, args.link_path)
-    else:
-        print(path, flush=True)
     try:
+        if args.link_path:
+            tmp = f"{args.link_path}.tmp{os.getpid()}"
+            try:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.write(path + "\n")
+                os.replace(tmp, args.link_path)
+            except (OSError, ValueError) as err:
+                why = getattr(err, "strerror", None) or str(err)
+                bad = UserError("--link-path", f"cannot write {show(args.link_path)}: {why}")
+                print(f"{PROG}: error: {bad}", file=sys.stderr)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                return 2
+        else:
+            print(path, flush=True)
         return emu.serve(parent_fd=args.parent_fd)
     finally:
         if log is not None:

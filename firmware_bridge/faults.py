@@ -18,7 +18,7 @@ Spec grammar (``--faults``), comma-separated items, whitespace ignored::
               | "seed=" INT                                the RNG seed (default 0)
     DIR      := "rx" (frames the unit receives) | "tx" (frames the unit sends); none: both
     RATE     := a probability in [0, 1] per frame
-    DURATION := NUMBER ("s" | "ms")                        e.g. 2s, 250ms, 1.5s
+    DURATION := NUMBER ("s" | "ms")                        e.g. 2s, 250ms, 1.5s; at most 86400s
     WHEN     := DURATION                                   since the emulator started
               | "fire+" DURATION                           since the first FIRE the unit received
               | "step" INT                                 when the host's FIRE of that control
@@ -49,12 +49,16 @@ from dataclasses import dataclass, field
 from firmware_bridge.codec import ProtocolError, decode_frame
 from firmware_bridge.dictionary import FAULT
 from thruster_hil.errors import UserError
+from thruster_hil.textnum import parse_float, parse_int, show
 
 _WHERE = "--faults"
 DIRECTIONS = ("rx", "tx")
 _LINK_KEYS = ("drop", "corrupt", "duplicate", "delay")
-_DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(ms|s)$")
-_STEP = re.compile(r"^step(\d{1,10})$")
+# ASCII digits only: \d alone would take any script's digits ('٣s' as 3 s).
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|s)", re.ASCII)
+#: The longest duration a spec may give (a day) [us]: longer is a typo, not a test plan.
+MAX_DURATION_US = 86_400 * 1_000_000
+_STEP = re.compile(r"step([0-9]{1,10})", re.ASCII)
 #: ``ScheduledFault.kind`` of a link cut: not a unit fault, the link applies it.
 CUT = -1
 _UNIT_KEYS = ("stall", "fail", "stuck", "clear", "pressure")
@@ -67,30 +71,32 @@ def _err(message: str) -> UserError:
 
 def parse_duration_us(text: str, what: str) -> int:
     """``"250ms"`` -> 250000, ``"2s"`` -> 2000000."""
-    m = _DURATION.match(text.strip())
+    m = _DURATION.fullmatch(text.strip()) if len(text) <= 40 else None
     if not m:
-        raise _err(f"{what}: expected a duration like 250ms or 2s, got {text!r}")
+        raise _err(f"{what}: expected a duration like 250ms or 2s, got {show(text)}")
     value = float(m.group(1)) * (1000 if m.group(2) == "ms" else 1_000_000)
+    if value > MAX_DURATION_US:
+        raise _err(f"{what}: expected a duration of at most 86400s, got {show(text)}")
     return int(round(value))
 
 
 def _rate(text: str, what: str) -> float:
     try:
-        value = float(text)
+        value = parse_float(text)
     except ValueError:
-        raise _err(f"{what}: expected a probability in [0, 1], got {text!r}") from None
+        raise _err(f"{what}: expected a probability in [0, 1], got {show(text)}") from None
     if not 0.0 <= value <= 1.0:
-        raise _err(f"{what}: expected a probability in [0, 1], got {text!r}")
+        raise _err(f"{what}: expected a probability in [0, 1], got {show(text)}")
     return value
 
 
 def _int(text: str, what: str, lo: int, hi: int) -> int:
     try:
-        value = int(text)
+        value = parse_int(text)
     except ValueError:
-        raise _err(f"{what}: expected an integer in {lo}..{hi}, got {text!r}") from None
+        raise _err(f"{what}: expected an integer in {lo}..{hi}, got {show(text)}") from None
     if not lo <= value <= hi:
-        raise _err(f"{what}: expected an integer in {lo}..{hi}, got {text!r}")
+        raise _err(f"{what}: expected an integer in {lo}..{hi}, got {show(text)}")
     return value
 
 
@@ -138,7 +144,7 @@ def parse_faults(text: str | None, n_channels: int = 32) -> FaultSpec:
     for raw in text.split(","):
         item = "".join(raw.split())
         if not item:
-            raise _err(f"empty item in {text!r}")
+            raise _err(f"empty item in {show(text)}")
         if item.startswith(("reset@", "cut@")):
             key, _, when = item.partition("@")
             value = ""
@@ -148,13 +154,13 @@ def parse_faults(text: str | None, n_channels: int = 32) -> FaultSpec:
             if "@" in value:
                 value, when = value.split("@", 1)
         else:
-            raise _err(f"expected key=value, reset@WHEN or cut@WHEN, got {item!r}")
+            raise _err(f"expected key=value, reset@WHEN or cut@WHEN, got {show(item)}")
         base, _, direction = key.partition(".")
         if base in _LINK_KEYS:
             if when is not None:
-                raise _err(f"{key}: a link fault has a rate, not a time, got {item!r}")
+                raise _err(f"{key}: a link fault has a rate, not a time, got {show(item)}")
             if direction and direction not in DIRECTIONS:
-                raise _err(f"{key}: direction must be rx or tx, got {direction!r}")
+                raise _err(f"{key}: direction must be rx or tx, got {show(direction)}")
             dirs = (direction,) if direction else DIRECTIONS
             for d in dirs:
                 if f"{base}.{d}" in seen:
@@ -163,7 +169,7 @@ def parse_faults(text: str | None, n_channels: int = 32) -> FaultSpec:
             if base == "delay":
                 rate_text, sep, dur = value.partition(":")
                 if not sep:
-                    raise _err(f"{key}: expected RATE:DURATION like 0.01:30ms, got {value!r}")
+                    raise _err(f"{key}: expected RATE:DURATION like 0.01:30ms, got {show(value)}")
                 rate = _rate(rate_text, key)
                 delay = parse_duration_us(dur, key)
                 for d in dirs:
@@ -177,38 +183,38 @@ def parse_faults(text: str | None, n_channels: int = 32) -> FaultSpec:
             raise _err(f"{key}: only drop, corrupt, duplicate and delay take a direction")
         if key == "seed":
             if when is not None:
-                raise _err(f"seed: expected an integer, got {item!r}")
+                raise _err(f"seed: expected an integer, got {show(item)}")
             spec.seed = _int(value, "seed", 0, 2**63 - 1)
             continue
         if when is None:
             if key in (*_UNIT_KEYS, "cut"):
-                raise _err(f"{key}: needs a time, e.g. {key}=...@2s or @step100, got {item!r}")
-            raise _err(f"unknown fault {key!r} ({_ALL_KEYS})")
+                raise _err(f"{key}: needs a time, e.g. {key}=...@2s or @step100, got {show(item)}")
+            raise _err(f"unknown fault {show(key)} ({_ALL_KEYS})")
         at_step = None
         after_fire = False
         at_us = 0
         if when.startswith("step"):
-            m = _STEP.match(when)
+            m = _STEP.fullmatch(when)
             if not m or int(m.group(1)) > 0xFFFFFFFF:
                 raise _err(f"{key} time: expected stepN with N a control step 0..4294967295, "
-                           f"got {when!r}")
+                           f"got {show(when)}")
             at_step = int(m.group(1))
         else:
             after_fire = when.startswith("fire+")
             at_us = parse_duration_us(when[5:] if after_fire else when, f"{key} time")
         if key == "cut":
             if "=" in item.partition("@")[0] and not value:
-                raise _err(f"cut: expected cut=DURATION@WHEN or cut@WHEN, got {item!r}")
+                raise _err(f"cut: expected cut=DURATION@WHEN or cut@WHEN, got {show(item)}")
             ms = 0 if not value else parse_duration_us(value, "cut") // 1000
             if value and not 1 <= ms <= 0xFFFFFFFF:
-                raise _err(f"cut: expected at least 1ms, got {value!r}")
+                raise _err(f"cut: expected at least 1ms, got {show(value)}")
             kind, arg = CUT, ms
         elif key == "reset":
             kind, arg = FAULT["RESET"], 0
         elif key == "stall":
             ms = parse_duration_us(value, "stall") // 1000
             if not 1 <= ms <= 0xFFFF:
-                raise _err(f"stall: expected 1ms..65535ms, got {value!r}")
+                raise _err(f"stall: expected 1ms..65535ms, got {show(value)}")
             kind, arg = FAULT["STALL_MS"], ms
         elif key in ("fail", "stuck", "clear"):
             kind = {"fail": FAULT["FAIL_OFF"], "stuck": FAULT["STUCK_OPEN"],
@@ -219,7 +225,7 @@ def parse_faults(text: str | None, n_channels: int = 32) -> FaultSpec:
             arg = _int(number, "pressure kPa", 0, 0xFFFF)
             kind = FAULT["TANK_PRESSURE"]
         else:
-            raise _err(f"unknown fault {key!r} ({_ALL_KEYS})")
+            raise _err(f"unknown fault {show(key)} ({_ALL_KEYS})")
         spec.schedule.append(ScheduledFault(kind, arg, at_us, after_fire, item, at_step))
     spec.schedule.sort(key=lambda f: (f.at_step is not None, f.at_step or 0, f.after_fire,
                                       f.at_us))

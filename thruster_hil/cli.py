@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from thruster_hil.errors import UserError
+from thruster_hil.textnum import parse_float, parse_int, show
 
 PROG = "thruster-hil"
 #: Refresh rate of the live views [Hz] (rich Live's own thread; never per control cycle).
@@ -23,6 +24,16 @@ LIVE_HZ = 4.0
 class _OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line naming the argument, not a usage dump."""
 
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]):
+        # Python 3.11's argparse turns "--opt=--" into an empty list without calling the type
+        # or checking the choices (so "--delta-v=--" reached the planner as []): take the
+        # "--" as the value, as Python 3.13 does, and let the type and choices judge it.
+        if action.nargs is None and action.option_strings and arg_strings == ["--"]:
+            value = self._get_value(action, "--")
+            self._check_value(action, value)
+            return value
+        return super()._get_values(action, arg_strings)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         where = self.prog.removeprefix(PROG).strip() or "arguments"
         raise UserError(where, message)
@@ -31,11 +42,12 @@ class _OneLineParser(argparse.ArgumentParser):
 def _positive_float(name: str):
     def parse(text: str) -> float:
         try:
-            value = float(text)
+            value = parse_float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a decimal number > 0, got {show(text)}"
+                                             ) from None
         if not math.isfinite(value) or value <= 0.0:
-            raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {show(text)}")
         return value
 
     return parse
@@ -194,9 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
         "FIRE (fire+2s), or the host's FIRE of a control step (step40).",
     )
     emulate.add_argument("--faults", metavar="SPEC", help="fault injection (see above)")
-    emulate.add_argument("--channels", type=int, default=32, help="valve channels (1-32)")
+    emulate.add_argument("--channels", type=_channels, default=32, help="valve channels (1-32)")
     emulate.add_argument("--log", metavar="PATH", help="write the unit's JSON-lines log here")
-    emulate.add_argument("--seed", type=int, help="seed for session tokens and nonces")
+    emulate.add_argument("--seed", type=_seed, help="seed for session tokens and nonces")
     emulate.set_defaults(handler=_cmd_emulate)
 
     ports = sub.add_parser(
@@ -280,12 +292,13 @@ def _whole_number(lo: int, hi: int, hi_text: str):
 
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            value = parse_int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a whole number in {lo}..{hi_text}, "
+                                             f"got {show(text)}") from None
         if not lo <= value <= hi:
             raise argparse.ArgumentTypeError(f"expected a whole number in {lo}..{hi_text}, "
-                                             f"got {text!r}")
+                                             f"got {show(text)}")
         return value
 
     return parse
@@ -294,19 +307,20 @@ def _whole_number(lo: int, hi: int, hi_text: str):
 _count = _whole_number(1, 10**8, "1e8")  # cases, chunk sizes, threads
 _index = _whole_number(0, 10**8, "1e8")  # a case number
 _seed = _whole_number(0, 2**63 - 1, "2**63-1")
+_channels = _whole_number(1, 32, "32")  # the unit's valve channels
 
 
 def _failure(text: str) -> tuple[str, float]:
     name, sep, when = text.rpartition("@")
     if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME@SECONDS, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME@SECONDS, got {show(text)}")
     try:
-        at_s = float(when)
+        at_s = parse_float(when)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected NAME@SECONDS with SECONDS a number, got {text!r}") from None
+            f"expected NAME@SECONDS with SECONDS a decimal number, got {show(text)}") from None
     if not math.isfinite(at_s) or at_s < 0.0:
-        raise argparse.ArgumentTypeError(f"expected SECONDS >= 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected SECONDS >= 0, got {show(text)}")
     return name, at_s
 
 
@@ -369,6 +383,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from sims.runner import Failure, format_run, run_burn
     from thruster_hil.config import build_stack_model, load_stack
 
+    _check_run_unit(args)  # usage errors before the plan, the run directory or a unit
     plan = _plan_from_args(args)
     model = build_stack_model(load_stack(args.stack))
     names = list(model.thruster_names)
@@ -480,6 +495,13 @@ def _cmd_montecarlo(args: argparse.Namespace) -> int:
         except ImportError:
             raise UserError("montecarlo", f"needs Dask: {mc.DASK_HINT}",
                             field="--scheduler") from None
+    elif args.threads is not None:
+        import numba
+
+        most = numba.config.NUMBA_NUM_THREADS
+        if args.threads > most:
+            raise UserError("montecarlo", f"expected a whole number in 1..{most} (the numba "
+                            f"threads of this machine), got {args.threads}", field="--threads")
     model = build_stack_model(load_stack(args.stack))
     plan = _plan_from_args(args)
     campaign = mc.Campaign.build(model, plan, spec, args.seed, args.cases, args.stack)
@@ -554,13 +576,13 @@ def _run_live(views: contextlib.ExitStack, recorder, watch):
     return on_cycle
 
 
-def _open_run_unit(args: argparse.Namespace, model, plan: dict, names: list[str], recorder):
-    """The unit a run flies with: None (the in-process sim unit) or a connected serial unit."""
+def _check_run_unit(args: argparse.Namespace) -> None:
+    """The unit options of a run, checked before anything is planned, written or started."""
     if args.port is None and args.unit == "sim":
         if args.faults is not None or args.mode != "lockstep":
             raise UserError("run", "--faults and --mode need a serial unit (--unit emulator, "
                             "--unit qemu or --port), not --unit sim")
-        return None
+        return
     if args.unit == "sim":
         raise UserError("run", "--port and --unit sim exclude each other: the sim unit has no "
                         "port")
@@ -568,9 +590,16 @@ def _open_run_unit(args: argparse.Namespace, model, plan: dict, names: list[str]
         raise UserError("run", "--faults applies to the emulator the run starts, not to a unit "
                         "on --port or QEMU (start 'thruster-hil emulate --faults ...' instead)")
     from firmware_bridge.faults import parse_faults
-    from firmware_bridge.hil import LinkError, open_unit
 
-    parse_faults(args.faults)  # one-line error before anything starts
+    parse_faults(args.faults)
+
+
+def _open_run_unit(args: argparse.Namespace, model, plan: dict, names: list[str], recorder):
+    """The unit a run flies with: None (the in-process sim unit) or a connected serial unit
+    (the options passed :func:`_check_run_unit`)."""
+    if args.port is None and args.unit == "sim":
+        return None
+    from firmware_bridge.hil import LinkError, open_unit
     from sims.loop import warm_up
 
     warm_up(model, plan)  # compile the cycle now: an armed unit must not wait for the compiler
@@ -616,8 +645,9 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     from thruster_hil.live import RunDirFollower, follow, render
 
     follower = RunDirFollower(args.run_dir)
+    first = follower.poll()  # a directory that is not a run: one line, before any live view
     if args.once:
-        console.print(render(follower.poll()))
+        console.print(render(first))
         return _run_status(follower.summary) if follower.finished else 0
     follow(follower.poll, console=console, done=lambda: follower.finished,
            refresh_per_second=LIVE_HZ)
@@ -675,14 +705,13 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     from firmware_bridge.emulator import main as emulator_main
     from firmware_bridge.faults import parse_faults
 
-    if not 1 <= args.channels <= 32:
-        raise UserError("emulate", f"expected 1..32, got {args.channels}", field="--channels")
     parse_faults(args.faults, args.channels)  # one-line error before the pty opens
     argv = ["--channels", str(args.channels)]
+    # --opt=VALUE: a value that starts with '-' is still a value to the emulator's parser
     if args.faults:
-        argv += ["--faults", args.faults]
+        argv.append(f"--faults={args.faults}")
     if args.log:
-        argv += ["--log", args.log]
+        argv.append(f"--log={args.log}")
     if args.seed is not None:
         argv += ["--seed", str(args.seed)]
     return emulator_main(argv)
@@ -757,15 +786,11 @@ def _cmd_faults(args: argparse.Namespace) -> int:
     if args.only and not args.only <= known:
         raise UserError("faults", f"--only: no row {', '.join(sorted(args.only - known))} with "
                         f"--units {','.join(args.units)} (rows: {', '.join(sorted(known))})")
-    if args.list:
-        for r in rows:
-            print(f"{r.id}  {r.unit:<8}  {r.mode:<8}  {r.fault}  [{r.spec or ''}]")
-        return 0
-    doc = Path(args.doc) if args.doc else None
+    doc = Path(args.doc) if args.doc is not None else None
     if doc is not None and not doc.is_file():
         raise UserError("faults", f"--doc: {doc} is not a file")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(args.out) if args.out else Path("runs") / f"faults-{stamp}"
+    out = Path(args.out) if args.out is not None else Path("runs") / f"faults-{stamp}"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError("faults", f"--out: {out} exists and is not an empty directory")
     if "qemu" in args.units:
@@ -774,6 +799,10 @@ def _cmd_faults(args: argparse.Namespace) -> int:
         if shutil.which("qemu-system-avr") is None:
             raise UserError("faults", "qemu-system-avr not found: install qemu-system-misc "
                             "gcc-avr avr-libc, or run with --units emulator")
+    if args.list:
+        for r in rows:
+            print(f"{r.id}  {r.unit:<8}  {r.mode:<8}  {r.fault}  [{r.spec or ''}]")
+        return 0
 
     def progress(rec: dict) -> None:
         if not args.json:

@@ -173,12 +173,23 @@ def _display(path: Path | str) -> str:
     p = Path(path)
     try:
         return str(p.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
+    except (ValueError, OSError, RuntimeError):  # not below the cwd; a name the OS refuses
         return str(p)
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, but a name the OS refuses (too long, ...) is just not a file."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # a table nested thousands deep, a 5000-digit integer
+        return f"a {type(value).__name__} too large to show"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -309,7 +320,10 @@ def _check_number(v, lo, hi, lo_open, rng, fail) -> float:
     # bool is an int subclass in Python: a "true" is never a mass or a thrust.
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise fail(f"expected a number in {rng}, got {_show(v)}")
-    x = float(v)
+    try:
+        x = float(v)
+    except OverflowError:  # a TOML integer beyond 1.8e308
+        raise fail(f"expected a number in {rng}, got {_show(v)}") from None
     if not math.isfinite(x):
         raise fail(f"expected a finite number in {rng}, got {_show(v)}")
     if x < lo or x > hi or (lo_open and x <= lo):
@@ -340,11 +354,17 @@ def _check_inertia(t: _Table, key: str, inertia: np.ndarray) -> np.ndarray:
 
 def _read_toml(path: Path, where: str) -> dict:
     try:
+        special = path.exists() and not path.is_dir() and not path.is_file()
+    except (OSError, ValueError):
+        special = False  # open() below says what is wrong with the name
+    if special:  # a FIFO or a device: open() would wait for a writer for ever
+        raise ConfigError(where, "expected a TOML file, got a special file (FIFO, device)")
+    try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(
-            where, f"expected an existing file, got no such file {str(path)!r}"
+            where, f"expected an existing file, got no such file {_show(str(path))}"
         ) from None
     except IsADirectoryError:
         raise ConfigError(where, "expected a TOML file, got a directory") from None
@@ -354,6 +374,11 @@ def _read_toml(path: Path, where: str) -> dict:
         raise ConfigError(
             where, f"expected UTF-8 TOML, got undecodable bytes ({exc.reason})"
         ) from None
+    except ValueError as exc:  # tomllib: an integer of more than 4300 digits
+        raise ConfigError(where, f"expected valid TOML, got {exc}") from None
+    except RecursionError:
+        raise ConfigError(where, "expected valid TOML, got arrays or tables nested too "
+                          "deeply to read") from None
     except OSError as exc:
         raise ConfigError(where, f"expected a readable file, got {exc.strerror}") from None
 
@@ -558,7 +583,7 @@ def _stack_path(name_or_path: str) -> Path:
     if "/" in s or "\\" in s or s.endswith(".toml"):
         return Path(s)
     path = CONFIG_DIR / "stacks" / f"{s}.toml"
-    if not path.is_file():
+    if not _is_file(path):
         raise ConfigError(
             s,
             f"expected a stack name (one of {', '.join(list_stacks())}) or a path to a .toml "
@@ -576,7 +601,7 @@ def _resolve(t: _Table, key: str, stack_path: Path, kind: str) -> Path:
     local = stack_path.resolve().parent.parent / f"{kind}s" / f"{stem}.toml"
     packaged = CONFIG_DIR / f"{kind}s" / f"{stem}.toml"
     for candidate in (local, packaged):
-        if candidate.is_file():
+        if _is_file(candidate):
             return candidate
     looked = _display(local) if local == packaged else f"{_display(local)} or {_display(packaged)}"
     raise t.fail(key, f"expected a {kind} file {looked}, got no such file for {_show(stem)}")

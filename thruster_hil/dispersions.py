@@ -23,7 +23,7 @@ import numpy as np
 
 from hw_configs import CONFIG_DIR
 from sims import loop
-from thruster_hil.config import _check_number, _display, _read_toml, _show, _Table
+from thruster_hil.config import _check_number, _display, _is_file, _read_toml, _show, _Table
 from thruster_hil.errors import ConfigError
 
 __all__ = ["Dispersions", "Dist", "case_seed", "case_seeds", "failure_candidates",
@@ -196,7 +196,7 @@ def dispersions_path(name_or_path: str | Path) -> Path:
     if "/" in s or "\\" in s or s.endswith(".toml"):
         return Path(s)
     path = CONFIG_DIR / "dispersions" / f"{s}.toml"
-    if not path.is_file():
+    if not _is_file(path):
         names = sorted(p.stem for p in (CONFIG_DIR / "dispersions").glob("*.toml"))
         raise ConfigError(s, f"expected a dispersion spec name (one of {', '.join(names)}) or a "
                           f"path to a .toml file, got no file {_display(path)}")

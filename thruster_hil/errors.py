@@ -15,8 +15,9 @@ class UserError(Exception):
         self.field = field
         self.message = message
         text = f"{where}: {field}: {message}" if field else f"{where}: {message}"
-        # One line, always: a value that contains a newline must not break the contract.
-        super().__init__(" ".join(text.split("\n")))
+        # One line, always: a value that contains a line break (any that str.splitlines knows:
+        # \r, \v, \f, \x1c-\x1e, \x85, \u2028, \u2029, not only \n) must not break the contract.
+        super().__init__(" ".join(text.splitlines()))
 
 
 class ConfigError(UserError):

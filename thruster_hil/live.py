@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import time
@@ -56,6 +55,7 @@ from rich.table import Table
 from rich.text import Text
 
 from thruster_hil.errors import UserError
+from thruster_hil.records import check_record, read_record
 
 #: Bars are drawn with eighth blocks, so a 16-cell bar resolves 1/128 of full scale.
 _EIGHTHS = " ▏▎▍▌▋▊▉"
@@ -450,6 +450,23 @@ class RunProgress:
 
 # ---------------------------------------------------------------------------- a run directory
 
+#: The fields of run.json / summary.json / status.json the follower's view shows, by type.
+_RECORD_NUMBERS = ("planned_cycles", "period_ms", "target_delta_v_mps", "attitude_limit_deg",
+                   "started_unix_s")
+_RECORD_STRINGS = ("title", "stack", "unit", "mode", "abort_reason")
+_RECORD_FLAGS = ("serial", "completed", "aborted")
+_LINK_NUMBERS = ("rtt_ms_p50", "rtt_ms_p99", "retries", "crc_errors", "deadline_misses",
+                 "frames_sent", "frames_received", "unit_state", "unit_tank_kPa")
+
+
+def _int_cell(text: str) -> int:
+    """A whole number of the telemetry (ValueError, as int() raises, beyond 2**53)."""
+    value = int(text)
+    if abs(value) > 2**53:
+        raise ValueError(f"expected a whole number of at most 2**53, got {text[:40]!r}")
+    return value
+
+
 class RunDirFollower:
     """Follows a run directory (``monitor RUN_DIR``): call :meth:`poll` for a fresh snapshot.
 
@@ -462,7 +479,11 @@ class RunDirFollower:
 
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
-        if not self.dir.is_dir():
+        try:
+            is_dir = self.dir.is_dir()
+        except (OSError, ValueError):  # a name the OS refuses (too long, ...)
+            is_dir = False
+        if not is_dir:
             raise UserError(str(self.dir), "no such run directory")
         if not (self.dir / "telemetry.csv").exists() and not (self.dir / "summary.json").exists():
             raise UserError(str(self.dir), "not a run directory (no telemetry.csv or "
@@ -483,14 +504,25 @@ class RunDirFollower:
         return self.summary is not None
 
     def _json(self, name: str) -> dict | None:
-        try:
-            return json.loads((self.dir / name).read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None  # not written yet (each is replaced atomically when it is)
+        """run.json, status.json or summary.json, checked; None while not written yet (each is
+        replaced atomically when it is, so anything but a JSON object is garbage)."""
+        doc = read_record(self.dir / name)
+        if doc is None:
+            return None
+        where = self.dir / name
+        check_record(doc, where, numbers=_RECORD_NUMBERS, strings=_RECORD_STRINGS,
+                     flags=_RECORD_FLAGS, tables=("link",))
+        if doc.get("link") is not None:
+            check_record(doc["link"], f"{where}: link", numbers=_LINK_NUMBERS,
+                         flags=("armed",))
+        return doc
 
     def _read_rows(self) -> None:
+        path = self.dir / "telemetry.csv"
+        if path.exists() and not path.is_file():  # a directory, a FIFO (read would block)
+            raise UserError(str(path), "expected a CSV file, got a directory or a special file")
         try:
-            with open(self.dir / "telemetry.csv", "rb") as f:
+            with open(path, "rb") as f:
                 self._mtime = os.fstat(f.fileno()).st_mtime
                 f.seek(self._offset)
                 data = f.read()
@@ -524,7 +556,7 @@ class RunDirFollower:
             self._status = self._json("status.json") or self._status
             self.summary = summary
             return self.snapshot()
-        except (ValueError, KeyError) as exc:  # a column missing, a field not a number
+        except (ValueError, KeyError, csv.Error) as exc:  # a column missing, not a number
             raise UserError(str(self.dir / "telemetry.csv"), "not the telemetry of a "
                             f"thruster-hil run ({type(exc).__name__}: {exc})") from None
 
@@ -549,11 +581,11 @@ class RunDirFollower:
             snap["thrusters"] = names
         if self._last is not None and h is not None:
             row = dict(zip(h, self._last, strict=True))
-            snap.update(cycle=int(row["cycle"]), t_s=float(row["t_s"]),
-                        status=int(row["status"]), dv_mps=float(row["dv_along_mps"]),
+            snap.update(cycle=_int_cell(row["cycle"]), t_s=float(row["t_s"]),
+                        status=_int_cell(row["status"]), dv_mps=float(row["dv_along_mps"]),
                         att_err_deg=float(row["attitude_error_deg"]),
                         propellant_kg=float(row["propellant_kg"]),
-                        executed_ms=[int(row[f"exec_ms:{n}"]) for n in snap["thrusters"]])
+                        executed_ms=[_int_cell(row[f"exec_ms:{n}"]) for n in snap["thrusters"]])
             if start.get("started_unix_s") is not None and not self.summary:
                 snap["wall_s"] = time.time() - start["started_unix_s"]
         if self._mtime is not None and not self.summary:

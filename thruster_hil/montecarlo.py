@@ -361,7 +361,12 @@ def default_out_dir(stack: str, root: str | Path = "runs") -> Path:
 
 def prepare_out_dir(path: str | Path) -> Path:
     out = Path(path)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    try:
+        taken = out.exists() and (not out.is_dir() or any(out.iterdir()))
+    except OSError as exc:  # a name too long, a directory we may not list
+        raise UserError(str(out), f"cannot use it as the output directory: {exc.strerror}",
+                        field="--out") from None
+    if taken:
         raise UserError(str(out), "the output directory exists and is not empty: pick another "
                         "--out (nothing is overwritten)", field="--out")
     try:

@@ -33,6 +33,11 @@ LEAD_S = 60.0
 #: Secant corrections of the delta-v so the propagated change, not the two-body estimate,
 #: meets an orbit target.
 CORRECTIONS = 3
+#: How far the propagated change may stay from an orbit target after the corrections.
+GOAL_TOLERANCE = 0.01
+#: The option each kind of target comes from (what an error about the target names).
+TARGET_FLAGS = {"delta_v": "--delta-v", "raise_perigee": "--raise-perigee-km",
+                "mean_altitude": "--target-mean-altitude-km", "burn_duration": "--burn-duration"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,43 @@ class _Burn:
         if m_end <= 0.0:
             raise UserError("plan", f"a burn of {t_s:g} s would use more than the stack's mass")
         return self.c_eff_mps * math.log(self.mass_kg / m_end)
+
+
+@dataclass(frozen=True)
+class _BurnLimits:
+    """The shortest and the longest burn the translation thrusters can make: their minimum
+    on-time, and the propellant in the tanks they draw from."""
+
+    flag: str
+    burn: _Burn
+    min_s: float
+    max_s: float
+    propellant_kg: float
+    tanks: tuple[str, ...]
+
+    @classmethod
+    def of(cls, stack, burn: _Burn, flag: str) -> _BurnLimits:
+        thrusters = [stack.vehicle.thrusters[n] for n in stack.translation_thrusters]
+        tanks = tuple(sorted({h.tank for h in thrusters}))
+        propellant = float(sum(stack.vehicle.tanks[k].propellant_kg for k in tanks))
+        return cls(flag, burn, max(h.min_on_time_s for h in thrusters),
+                   propellant / burn.mdot_kg_s, propellant, tanks)
+
+    def check(self, t_burn_s: float, slack: float = 1.0) -> None:
+        """Refuse a burn longer than the propellant allows or shorter than one pulse (the
+        bounds widened by ``slack`` for a burn that is still an estimate)."""
+        if not t_burn_s <= self.max_s * slack:
+            raise UserError(
+                "plan", f"expected a burn the {self.propellant_kg:g} kg of propellant in "
+                f"{', '.join(self.tanks)} can feed (at most "
+                f"{self.burn.dv_for_duration(self.max_s):.4g} m/s, {self.max_s:.0f} s), got a "
+                f"burn of {t_burn_s:.4g} s needing {self.burn.mdot_kg_s * t_burn_s:.4g} kg",
+                field=self.flag)
+        if not t_burn_s >= self.min_s / slack:
+            raise UserError(
+                "plan", f"expected a burn at least as long as the translation thrusters' "
+                f"minimum on-time ({self.min_s:g} s, {self.burn.dv_for_duration(self.min_s):.3g} "
+                f"m/s), got a burn of {t_burn_s:.3g} s", field=self.flag)
 
 
 def _initial_state(a_m: float, e: float, incl_rad: float, mass_kg: float,
@@ -119,6 +161,7 @@ def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None
                  mdot_kg_s=float(model.translation_mass_flow_kg_s), mass_kg=mass0)
     cd_area = model.drag_coefficient * model.drag_area_m2
     apsis = "apogee"
+    limits = _BurnLimits.of(stack, burn, TARGET_FLAGS[target.kind])
 
     # Two-body estimate of the delta-v from vis-viva at the apsis, then secant corrections on
     # the propagated mean-element change for orbit targets.
@@ -131,6 +174,7 @@ def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None
     if target.kind == "delta_v":
         dv, goal_key, goal = target.value, None, None
     elif target.kind == "burn_duration":
+        limits.check(target.value)
         dv, goal_key, goal = burn.dv_for_duration(target.value), None, None
     elif target.kind == "raise_perigee":
         goal_key, goal = "d_perigee_m", target.value * 1e3
@@ -147,6 +191,9 @@ def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None
 
     def run(dv_mps: float):
         t_burn = burn.duration_for_dv(dv_mps)
+        # An orbit target's delta-v is an estimate until the corrections: only a burn far
+        # outside what the thrusters can do is refused before it is propagated.
+        limits.check(t_burn, slack=1.0 if goal_key is None else 2.0)
         y0 = _initial_state(a0, e0, incl, mass0, LEAD_S + t_burn / 2.0, apsis)
         return t_burn, _propagate_pair(y0, burn, t_burn, cd_area, table, period)
 
@@ -157,10 +204,20 @@ def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None
             got = change[goal_key]
             if abs(got - goal) <= 1e-4 * abs(goal):
                 break
-            slope = (got - prev_got) / (dv - prev_dv)
+            slope = (got - prev_got) / (dv - prev_dv) if dv != prev_dv else 0.0
+            if not math.isfinite(slope) or slope <= 0.0:
+                break  # the change stopped growing with the delta-v: refused below
             prev_dv, prev_got = dv, got
             dv = dv + (goal - got) / slope
             t_burn, change = run(dv)
+        miss = change[goal_key] - goal
+        if not abs(miss) <= GOAL_TOLERANCE * abs(goal):
+            # Never hand out a plan that misses its target: say so instead.
+            raise UserError("plan", f"expected a target one burn centred on {apsis} reaches, got "
+                            f"{change[goal_key] / 1e3:.4g} km of the {goal / 1e3:.4g} km asked "
+                            f"for after {CORRECTIONS} corrections (at {dv:.4g} m/s, a "
+                            f"{t_burn:.0f} s burn)", field=TARGET_FLAGS[target.kind])
+        limits.check(t_burn)
 
     force_total = float(np.linalg.norm(burn.force_H_N))
     thrust_sum = float(np.sum(model.thrust_N[model.translation_idx]))

@@ -48,9 +48,15 @@ class RunRecorder:
 
     def __init__(self, out_dir: str | Path, thruster_names: list[str], mass0_kg: float):
         self.dir = Path(out_dir)
-        if self.dir.exists() and any(self.dir.iterdir()):
-            raise UserError(str(self.dir), "the run directory exists and is not empty: pick "
-                            "another --out (nothing is overwritten)", field="--out")
+        try:
+            taken = self.dir.exists() and (not self.dir.is_dir() or any(self.dir.iterdir()))
+        except OSError as exc:  # a name too long, a directory we may not list
+            raise UserError(str(self.dir), f"cannot use it as the run directory: {exc.strerror}",
+                            field="--out") from None
+        if taken:
+            what = "directory exists and is not empty" if self.dir.is_dir() else "path is a file"
+            raise UserError(str(self.dir), f"the run {what}: pick another --out (nothing is "
+                            "overwritten)", field="--out")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._tel = open(self.dir / "telemetry.csv", "w", newline="", encoding="utf-8")
@@ -123,6 +129,80 @@ class RunRecorder:
             if self._cap is not None:
                 self._cap.close()
                 self._cap = None
+
+
+def run_directory(run_dir: str | Path, missing: str) -> Path:
+    """RUN_DIR as replay and report take it: an existing directory, or a one-line UserError
+    (``missing``: what to say when there is none)."""
+    run = Path(run_dir)
+    try:
+        exists, is_dir = run.exists(), run.is_dir()
+    except (OSError, ValueError) as exc:  # a name the OS refuses (too long, ...)
+        raise UserError(str(run), f"not a run directory: {getattr(exc, 'strerror', None) or exc}"
+                        ) from None
+    if not exists:
+        raise UserError(str(run), missing)
+    if not is_dir:
+        raise UserError(str(run), "expected a run directory, got a file")
+    return run
+
+
+def read_record(path: Path) -> dict | None:
+    """A run record's JSON object (run.json, status.json, summary.json); None when the file is
+    not there. Anything else that is not a UTF-8 JSON object is a one-line :class:`UserError`
+    naming the file: a run directory is the input of replay, report and monitor."""
+    where = str(path)
+    try:
+        if path.exists() and not path.is_file():  # a directory, a FIFO (read would block)
+            raise UserError(where, "expected a JSON file, got a directory or a special file")
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        raise UserError(str(path.parent), "expected a run directory, got a file") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(where, f"expected UTF-8 JSON, got undecodable bytes ({exc.reason})"
+                        ) from None
+    except (OSError, ValueError) as exc:
+        raise UserError(where, f"cannot read it: {getattr(exc, 'strerror', None) or exc}"
+                        ) from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(where, f"not valid JSON: {exc}") from None
+    except (ValueError, RecursionError):  # a 5000-digit number; arrays nested too deep
+        raise UserError(where, "not valid JSON: a number or a nesting too large") from None
+    if not isinstance(doc, dict):
+        raise UserError(where, f"expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _typename(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def check_record(doc: dict, where: str | Path, *, numbers: tuple[str, ...] = (),
+                 strings: tuple[str, ...] = (), flags: tuple[str, ...] = (),
+                 tables: tuple[str, ...] = (), required: tuple[str, ...] = ()) -> dict:
+    """Check the fields of a run record that a reader uses: each absent (unless required) or
+    null, or of its type (numbers finite, not true/false). Returns ``doc``."""
+    for key in required:
+        if key not in doc:
+            raise UserError(str(where), "missing field: this is not a record of a thruster-hil "
+                            "run (or one written by another version)", field=key)
+    for keys, ok, what in (
+            (numbers, lambda v: not isinstance(v, bool) and (
+                isinstance(v, int) and abs(v) < 1e300
+                or isinstance(v, float) and math.isfinite(v)), "a finite number"),
+            (strings, lambda v: isinstance(v, str), "a string"),
+            (flags, lambda v: isinstance(v, bool), "true or false"),
+            (tables, lambda v: isinstance(v, dict), "an object")):
+        for key in keys:
+            value = doc.get(key)
+            if value is not None and not ok(value):
+                shown = repr(value) if isinstance(value, int | float | str) else _typename(value)
+                raise UserError(str(where), f"expected {what}, got {shown[:60]}", field=key)
+    return doc
 
 
 def write_json_atomic(path: Path, obj: dict) -> Path:

@@ -11,7 +11,7 @@ telemetry.replay.csv and compared with telemetry.csv.
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +21,10 @@ from firmware_bridge.codec import Decoder, Message
 from firmware_bridge.dictionary import CHANNELS_PER_BANK
 from sims.runner import Failure, UnitReport, run_burn
 from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
-from thruster_hil.config import build_stack_model, load_stack
+from thruster_hil.config import SOLAR_ACTIVITIES, build_stack_model, load_stack
 from thruster_hil.errors import UserError
-from thruster_hil.records import RunRecorder
+from thruster_hil.records import RunRecorder, check_record, read_record, run_directory
+from thruster_hil.textnum import parse_int, show
 
 
 @dataclass
@@ -38,17 +39,26 @@ def decode_capture(path: Path) -> tuple[dict[int, _Step], int, int]:
     steps: dict[int, _Step] = {}
     decoders = {"tx": Decoder(), "rx": Decoder()}
     frames = errors = 0
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        if not path.is_file():  # a directory, a FIFO (read would block)
+            raise UserError(str(path), "expected a capture file, got a directory or a special "
+                            "file")
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise UserError(str(path), f"expected UTF-8 text, got undecodable bytes ({exc.reason})"
+                        ) from None
+    except OSError as exc:
+        raise UserError(str(path), f"cannot read it: {exc.strerror}") from None
     if not lines or lines[0] != "t_ns,dir,hex":
         raise UserError(str(path), "not a thruster-hil capture (expected the header t_ns,dir,hex)")
     for n, line in enumerate(lines[1:], start=2):
         try:
             t_text, direction, hex_text = line.split(",")
-            t_ns = int(t_text)
+            t_ns = parse_int(t_text)
             data = bytes.fromhex(hex_text)
             dec = decoders[direction]
         except (ValueError, KeyError):
-            raise UserError(f"{path}:{n}", f"expected t_ns,rx|tx,hex, got {line[:60]!r}") from None
+            raise UserError(f"{path}:{n}", f"expected t_ns,rx|tx,hex, got {show(line)}") from None
         for item in dec.feed(data):
             if not isinstance(item, Message):
                 errors += 1
@@ -115,31 +125,82 @@ class ReplayUnit:
         pass
 
 
-def replay_run(run_dir: str | Path) -> dict:
-    run = Path(run_dir)
-    try:
-        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(str(run), "no summary.json: not a run directory (or the run was "
-                        "killed before its end)") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(str(run / "summary.json"), f"not valid JSON: {exc}") from None
+#: What the replayed burn reads from summary.json's plan (sims.loop / sims.runner).
+PLAN_NUMBERS = ("delta_v_mps", "burn_duration_s", "perigee_km_before", "apogee_km_before",
+                "inclination_deg")
+PLAN_STRINGS = ("stack", "burn_centre", "solar_activity")
+
+
+def _check_summary(summary: dict, where: Path) -> list[Failure]:
+    """The parts of summary.json a replay flies from, checked (one-line UserError naming the
+    field); returns the thruster failures to replay."""
     if "plan" not in summary:
-        raise UserError(str(run / "summary.json"), "has no 'plan': written by an older version")
+        raise UserError(str(where), "has no 'plan': written by an older version")
+    check_record(summary, where, strings=("stack_path",), tables=("plan",),
+                 required=("stack_path",))
+    plan = summary["plan"]
+    if not isinstance(plan, dict):
+        raise UserError(str(where), f"expected an object, got {type(plan).__name__}",
+                        field="plan")
+    fields = (*PLAN_NUMBERS, *PLAN_STRINGS)
+    check_record(plan, where, numbers=PLAN_NUMBERS, strings=PLAN_STRINGS, required=fields)
+    for key, choices in (("burn_centre", ("apogee", "perigee")),
+                         ("solar_activity", SOLAR_ACTIVITIES)):
+        if plan[key] not in choices:
+            raise UserError(str(where), f"expected one of {', '.join(choices)}, got "
+                            f"{show(plan[key])}", field=f"plan.{key}")
+    if not 150.0 <= plan["perigee_km_before"] <= plan["apogee_km_before"] <= 2000.0:
+        raise UserError(str(where), "expected 150 <= perigee <= apogee <= 2000 km, got "
+                        f"{plan['perigee_km_before']:g} x {plan['apogee_km_before']:g} km",
+                        field="plan.perigee_km_before")
+    if not 0.0 < plan["burn_duration_s"] <= 1e6 or not plan["delta_v_mps"] > 0.0:
+        raise UserError(str(where), "expected a burn of 0 to 1e6 s and a delta-v > 0, got "
+                        f"{plan['burn_duration_s']:g} s and {plan['delta_v_mps']:g} m/s",
+                        field="plan.burn_duration_s")
+    failures = summary.get("failures") or []
+    if not isinstance(failures, list):
+        raise UserError(str(where), f"expected a list, got {type(failures).__name__}",
+                        field="failures")
+    out = []
+    for i, f in enumerate(failures):
+        ok = isinstance(f, dict) and isinstance(f.get("thruster"), str) and not isinstance(
+            f.get("at_s"), bool) and isinstance(f.get("at_s"), int | float) and math.isfinite(
+            f["at_s"]) and f["at_s"] >= 0.0
+        if not ok:
+            raise UserError(str(where), "expected {\"thruster\": NAME, \"at_s\": SECONDS >= 0}, "
+                            f"got {show(str(f))}", field=f"failures[{i}]")
+        out.append(Failure(f["thruster"], float(f["at_s"])))
+    return out
+
+
+def replay_run(run_dir: str | Path) -> dict:
+    run = run_directory(run_dir, "no summary.json: not a run directory (or the run was "
+                        "killed before its end)")
+    summary = read_record(run / "summary.json")
+    if summary is None:
+        raise UserError(str(run), "no summary.json: not a run directory (or the run was "
+                        "killed before its end)")
+    failures = _check_summary(summary, run / "summary.json")
     capture = run / "capture.csv"
     if not capture.exists():
         raise UserError(str(run), "no capture.csv: only runs through a serial unit can be "
                         "replayed")
     steps, frames, errors = decode_capture(capture)
+    if not any(st.reports for st in steps.values()):
+        raise UserError(str(capture), f"has no VALVE_REPORT to replay ({frames} frames "
+                        f"decoded, {errors} undecodable)")
     model = build_stack_model(load_stack(summary["stack_path"]))
     names = list(model.thruster_names)
+    for f in failures:
+        if f.name not in names:
+            raise UserError(str(run / "summary.json"), f"expected a thruster of {model.name}, "
+                            f"got {show(f.name)}", field="failures")
     unit = ReplayUnit(steps, len(names), summary["cycles"] if summary.get("aborted") else None)
     out = run / "telemetry.replay.csv"
     if out.exists():
         out.unlink()
     tmp_dir = run / ".replay"
     recorder = RunRecorder(tmp_dir, names, model.mass_kg)
-    failures = [Failure(f["thruster"], f["at_s"]) for f in summary.get("failures", [])]
     try:
         result = run_burn(model, summary["plan"], unit=unit, failures=failures,
                           on_cycle=recorder.on_cycle)

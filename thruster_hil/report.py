@@ -12,42 +12,90 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
+import math
 from pathlib import Path
 
 from thruster_hil.errors import UserError
+from thruster_hil.records import check_record, read_record, run_directory
+from thruster_hil.textnum import parse_float, show
 
 DPI = 100
 SIZE_IN = (14.0, 9.0)  # -> 1400 x 900 px
 
 
-def _load(run: Path) -> tuple[dict, dict[str, list]]:
+#: summary.json fields the report formats or draws (each a finite number when present).
+SUMMARY_NUMBERS = ("achieved_delta_v_mps", "target_delta_v_mps", "delta_v_error_pct",
+                   "perigee_km_before", "perigee_km_after", "apogee_km_before",
+                   "apogee_km_after", "attitude_limit_deg", "period_ms")
+#: telemetry.csv columns the report plots; every value a number (rtt_ms may be nan: no report).
+TELEMETRY_COLUMNS = ("t_s", "altitude_km", "dv_along_mps", "attitude_error_deg",
+                     "propellant_kg", "rtt_ms")
+
+
+def _load(run: Path) -> tuple[dict, dict[str, list[float]]]:
+    """summary.json and telemetry.csv, checked: a one-line UserError for anything else."""
+    run = run_directory(run, "no summary.json: not a run directory")
+    summary = read_record(run / "summary.json")
+    if summary is None:
+        raise UserError(str(run), "no summary.json: not a run directory")
+    check_record(summary, run / "summary.json", numbers=SUMMARY_NUMBERS)
+    path = run / "telemetry.csv"
     try:
-        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(str(run), "no summary.json: not a run directory") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(str(run / "summary.json"), f"not valid JSON: {exc}") from None
-    try:
-        with (run / "telemetry.csv").open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        if path.exists() and not path.is_file():
+            raise UserError(str(path), "expected a CSV file, got a directory or a special file")
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
     except FileNotFoundError:
         raise UserError(str(run), "no telemetry.csv: not a run directory") from None
-    if not rows:
-        raise UserError(str(run / "telemetry.csv"), "has no cycles to plot")
-    cols = {k: [r[k] for r in rows] for k in rows[0]}
+    except UnicodeDecodeError as exc:
+        raise UserError(str(path), f"expected UTF-8 CSV, got undecodable bytes ({exc.reason})"
+                        ) from None
+    except csv.Error as exc:
+        raise UserError(str(path), f"not CSV: {exc}") from None
+    except OSError as exc:
+        raise UserError(str(path), f"cannot read it: {exc.strerror}") from None
+    if len(rows) < 2:
+        raise UserError(str(path), "has no cycles to plot")
+    header = rows[0]
+    for key in TELEMETRY_COLUMNS:
+        if key not in header:
+            raise UserError(str(path), "expected the telemetry of a thruster-hil run, got no "
+                            f"column {key!r}")
+    exec_cols = [k for k in header if k.startswith("exec_ms:")]
+    cols: dict[str, list[float]] = {k: [] for k in (*TELEMETRY_COLUMNS, *exec_cols)}
+    index = {k: header.index(k) for k in cols}
+    for n, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise UserError(f"{path}:{n}", f"expected {len(header)} fields as the header has, "
+                            f"got {len(row)}")
+        for key, i in index.items():
+            cols[key].append(_cell(row[i], key, f"{path}:{n}"))
     return summary, cols
 
 
+def _cell(text: str, key: str, where: str) -> float:
+    """One telemetry value: a finite number (rtt_ms: also nan, a cycle without a report)."""
+    if key == "rtt_ms" and text == "nan":
+        return math.nan
+    try:
+        value = parse_float(text)
+    except ValueError:
+        raise UserError(where, f"expected a number, got {show(text)}", field=key) from None
+    if not math.isfinite(value):
+        raise UserError(where, f"expected a finite number, got {show(text)}", field=key)
+    return value
+
+
 def render(run_dir: str | Path) -> dict:
+    run = Path(run_dir)
+    s, cols = _load(run)  # every error before matplotlib is even imported
+    s = {k: v for k, v in s.items() if v is not None}  # a null field draws as a missing one
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    run = Path(run_dir)
-    s, cols = _load(run)
     t = np.array(cols["t_s"], float)
     fig, ax = plt.subplots(2, 3, figsize=SIZE_IN, dpi=DPI, constrained_layout=True)
     ok = s.get("completed") and not s.get("aborted")

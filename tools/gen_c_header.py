@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from firmware_bridge import dictionary as d  # noqa: E402
+from thruster_hil.config import _show  # noqa: E402
 
 BOARD = ROOT / "firmware_bridge" / "board"
 DICT_HEADER = BOARD / "dictionary.h"
@@ -98,22 +98,70 @@ def render_dictionary() -> str:
     return "\n".join(out)
 
 
+_BOARD_KEYS = ("mcu", "f_cpu_hz", "baud", "tick_us")
+_PIN_KEYS = ("port", "bit", "arduino_pin")
+_ARM_KEYS = (*_PIN_KEYS, "active_low", "pull_up")
+
+
+def _whole(t, key: str, lo: int, hi: int) -> int:
+    v = t.raw(key, ..., f"a whole number in {lo}..{hi}")
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise t.fail(key, f"expected a whole number in {lo}..{hi}, got {_show(v)}")
+    return v
+
+
+def _flag(t, key: str) -> bool:
+    v = t.raw(key, ..., "true or false")
+    if not isinstance(v, bool):
+        raise t.fail(key, f"expected true or false, got {_show(v)}")
+    return v
+
+
+def _pin(t) -> tuple[str, int]:
+    port = t.string("port", tuple(_VALID_PORTS))
+    bit = _whole(t, "bit", 0, 7)
+    _whole(t, "arduino_pin", 0, 69)  # the Mega's header labels D0..D69 (A0..A15 are 54..69)
+    return port, bit
+
+
 def _load_rig(path: Path = RIG) -> dict:
-    rig = tomllib.loads(path.read_text(encoding="utf-8"))
-    valves = rig["valves"]["map"]
-    channels = [v["channel"] for v in valves]
-    if channels != list(range(len(valves))):
-        raise ValueError(f"{path}: valves.map channels must be 0..{len(valves) - 1} in order")
-    seen = set()
-    for v in valves + [rig["arm_enable"]]:
-        if v["port"] not in _VALID_PORTS or not 0 <= v["bit"] <= 7:
-            raise ValueError(f"{path}: bad port/bit {v['port']}{v['bit']}")
-        key = (v["port"], v["bit"])
+    """Load and validate a bench rig TOML: every failure is one ConfigError line naming the file
+    and the field, as for every other hardware config."""
+    from thruster_hil.config import _display, _read_toml, _Table
+
+    where = _display(path)
+    rig = _read_toml(Path(path), where)
+    top = _Table(where, rig)
+    top.check_keys(("board", "arm_enable", "valves"))
+    board = _Table(where, top.raw("board", ..., "a [board] table"), "board")
+    board.check_keys(_BOARD_KEYS)
+    board.string("mcu")
+    for key, hi in (("f_cpu_hz", 10**9), ("baud", 10**7), ("tick_us", 10**6)):
+        _whole(board, key, 1, hi)
+    arm = _Table(where, top.raw("arm_enable", ..., "an [arm_enable] table"), "arm_enable")
+    arm.check_keys(_ARM_KEYS)
+    seen = {_pin(arm): "arm_enable"}
+    _flag(arm, "active_low")
+    _flag(arm, "pull_up")
+    valves = _Table(where, top.raw("valves", ..., "a [valves] table"), "valves")
+    valves.check_keys(("map",))
+    entries = valves.raw("map", ..., "a list of {channel, port, bit, arduino_pin} tables")
+    n = d.CHANNELS_PER_BANK
+    if not isinstance(entries, list) or not entries or len(entries) % n:
+        got = f"{len(entries)} entries" if isinstance(entries, list) else _show(entries)
+        raise valves.fail("map", f"expected a list of channels, a multiple of {n} long, got {got}")
+    for i, raw in enumerate(entries):
+        v = _Table(where, raw, f"valves.map[{i}]")
+        v.check_keys(("channel", *_PIN_KEYS))
+        channel = _whole(v, "channel", 0, len(entries) - 1)
+        if channel != i:
+            raise v.fail("channel", f"expected channels 0..{len(entries) - 1} in order, got "
+                         f"{channel} at position {i}")
+        key = _pin(v)
         if key in seen:
-            raise ValueError(f"{path}: pin P{v['port']}{v['bit']} used twice")
-        seen.add(key)
-    if len(valves) % d.CHANNELS_PER_BANK:
-        raise ValueError(f"{path}: channel count must be a multiple of {d.CHANNELS_PER_BANK}")
+            raise v.fail("bit", f"expected each pin used once, got P{key[0]}{key[1]} again "
+                         f"(also {seen[key]})")
+        seen[key] = f"valves.map[{i}]"
     return rig
 
 
