@@ -50,7 +50,7 @@ from typing import IO
 
 from firmware_bridge.faults import LinkFaults, parse_faults
 from firmware_bridge.unit import RESET_CAUSE, UnitCore
-from thruster_hil.errors import UserError
+from thruster_hil.errors import OneLineParser, UserError
 from thruster_hil.textnum import parse_int, show
 
 PROG = "firmware_bridge.emulator"
@@ -347,24 +347,6 @@ class Emulator:
 
 # -------------------------------------------------------------------- command line
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (``firmware_bridge.emulator: error: ...``, exit 2)
-    like every other error here, not a usage dump."""
-
-    def _get_values(self, action: argparse.Action, arg_strings: list[str]):
-        # Python 3.11's argparse turns "--opt=--" into an empty list without calling the type
-        # or checking the choices (as thruster_hil.cli's parser, which this one mirrors): take
-        # the "--" as the value, as Python 3.13 does, and let the type and choices judge it.
-        if action.nargs is None and action.option_strings and arg_strings == ["--"]:
-            value = self._get_value(action, "--")
-            self._check_value(action, value)
-            return value
-        return super()._get_values(action, arg_strings)
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError("arguments", message)
-
-
 def _whole(lo: int, hi: int):
     """An argparse type: an ASCII decimal whole number in lo..hi."""
 
@@ -382,7 +364,7 @@ def _whole(lo: int, hi: int):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog=f"python -m {PROG}",
+    p = OneLineParser(prog=f"python -m {PROG}",
                        description="Propulsion-unit emulator on a pseudo-terminal.")
     p.add_argument("--faults", default=None, help="link/unit fault spec (see faults.py)")
     p.add_argument("--channels", type=_whole(1, 32), default=32, help="valve channels, 1..32")

@@ -13,7 +13,7 @@ import math
 import sys
 from collections.abc import Sequence
 
-from thruster_hil.errors import UserError
+from thruster_hil.errors import OneLineParser, UserError
 from thruster_hil.textnum import parse_float, parse_int, show
 
 PROG = "thruster-hil"
@@ -21,22 +21,11 @@ PROG = "thruster-hil"
 LIVE_HZ = 4.0
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line naming the argument, not a usage dump."""
+class _OneLineParser(OneLineParser):
+    """A usage error names the subcommand it is about."""
 
-    def _get_values(self, action: argparse.Action, arg_strings: list[str]):
-        # Python 3.11's argparse turns "--opt=--" into an empty list without calling the type
-        # or checking the choices (so "--delta-v=--" reached the planner as []): take the
-        # "--" as the value, as Python 3.13 does, and let the type and choices judge it.
-        if action.nargs is None and action.option_strings and arg_strings == ["--"]:
-            value = self._get_value(action, "--")
-            self._check_value(action, value)
-            return value
-        return super()._get_values(action, arg_strings)
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        where = self.prog.removeprefix(PROG).strip() or "arguments"
-        raise UserError(where, message)
+    def where(self) -> str:
+        return self.prog.removeprefix(PROG).strip() or "arguments"
 
 
 def _positive_float(name: str):
