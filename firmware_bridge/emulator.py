@@ -51,7 +51,7 @@ from typing import IO
 from firmware_bridge.faults import LinkFaults, parse_faults
 from firmware_bridge.unit import RESET_CAUSE, UnitCore
 from thruster_hil.errors import OneLineParser, UserError
-from thruster_hil.textnum import parse_int, show
+from thruster_hil.textnum import show, whole_number
 
 PROG = "firmware_bridge.emulator"
 _OUT_LIMIT = 1 << 16
@@ -347,39 +347,23 @@ class Emulator:
 
 # -------------------------------------------------------------------- command line
 
-def _whole(lo: int, hi: int):
-    """An argparse type: an ASCII decimal whole number in lo..hi."""
-
-    def parse(text: str) -> int:
-        try:
-            value = parse_int(text)
-        except ValueError:
-            value = None
-        if value is None or not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"expected a whole number in {lo}..{hi}, "
-                                             f"got {show(text)}")
-        return value
-
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=f"python -m {PROG}",
                        description="Propulsion-unit emulator on a pseudo-terminal.")
     p.add_argument("--faults", default=None, help="link/unit fault spec (see faults.py)")
-    p.add_argument("--channels", type=_whole(1, 32), default=32, help="valve channels, 1..32")
+    p.add_argument("--channels", type=whole_number(1, 32), default=32, help="valve channels, 1..32")
     p.add_argument("--link-path", default=None, help="write the port path here, not stdout")
     p.add_argument("--log", default=None, help="JSON-lines record of what the unit did")
-    p.add_argument("--seed", type=_whole(0, 2**63 - 1), default=None,
+    p.add_argument("--seed", type=whole_number(0, 2**63 - 1), default=None,
                    help="session/nonce RNG seed")
-    p.add_argument("--min-on-ticks", type=_whole(0, 1000), default=5)
+    p.add_argument("--min-on-ticks", type=whole_number(0, 1000), default=5)
     p.add_argument("--no-test-build", action="store_true", help="refuse FAULT_INJECT")
     p.add_argument("--no-auto-reset", action="store_true",
                    help="boot once at start, not when a host opens the port")
-    p.add_argument("--boot-delay-ms", type=_whole(0, 10000), default=100)
+    p.add_argument("--boot-delay-ms", type=whole_number(0, 10000), default=100)
     p.add_argument("--mode-hint", choices=("lockstep", "realtime"), default=None,
                    help="recorded in the log only: the mode comes from HELLO")
-    p.add_argument("--parent-fd", type=_whole(0, 2**31 - 1), default=None,
+    p.add_argument("--parent-fd", type=whole_number(0, 2**31 - 1), default=None,
                    help="exit when this pipe reads end-of-file (the starting process died)")
     return p
 

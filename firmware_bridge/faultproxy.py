@@ -56,7 +56,8 @@ from firmware_bridge.emulator import (
     split_frames,
 )
 from firmware_bridge.faults import LinkFaults, parse_faults
-from thruster_hil.errors import UserError
+from thruster_hil.errors import OneLineParser, UserError
+from thruster_hil.textnum import whole_number
 
 PROG = "firmware_bridge.faultproxy"
 #: Sequence counts of the proxy's own FAULT_INJECT frames start here (the host's are far below
@@ -184,22 +185,8 @@ class FaultProxy:
         """One whole frame through the link faults, logged, on to the other side."""
         key = "h2u" if direction == "rx" else "u2h"
         self.counts[key] += 1
-        f = self.faults
-        c = f.counts[direction]
-        before = (c["dropped"], c["cut"], c["corrupted"], c["duplicated"], c["delayed"])
-        out = f.process(direction, frame, now)
-        after = (c["dropped"], c["cut"], c["corrupted"], c["duplicated"], c["delayed"])
-        act = "fwd"
-        if after[1] != before[1]:
-            act = "cut"
-        elif after[0] != before[0]:
-            act = "drop"
-        elif after[2] != before[2]:
-            act = "corrupt"
-        elif after[4] != before[4]:
-            act = "delay"
-        elif after[3] != before[3]:
-            act = "dup"
+        out = self.faults.process(direction, frame, now)
+        act = self.faults.last_action
         if direction == "tx" and not self.connected and act not in ("cut", "drop"):
             act = "nohost"
             self.counts["nohost"] += 1
@@ -323,27 +310,26 @@ def _readable_later(fd: int) -> bool:
 # -------------------------------------------------------------------- command line
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog=f"python -m {PROG}",
         description="A fault-injecting proxy between a host and a propulsion unit: prints the "
         "pty the host opens instead of the unit.")
     p.add_argument("--upstream", required=True, metavar="URL",
                    help="the unit's port (a device, a pty, any pyserial URL with a descriptor)")
     p.add_argument("--faults", default=None, metavar="SPEC",
-                   help="link and unit faults (python -m firmware_bridge.faults grammar)")
+                   help="link and unit faults (the grammar of firmware_bridge/faults.py)")
     p.add_argument("--log", default=None, metavar="PATH", help="JSON lines: every frame")
-    p.add_argument("--baudrate", type=int, default=115200)
-    p.add_argument("--channels", type=int, default=32, help="valve channels of the unit, 1..32")
-    p.add_argument("--parent-fd", type=int, default=None,
+    p.add_argument("--baudrate", type=whole_number(1, 4_000_000), default=115200)
+    p.add_argument("--channels", type=whole_number(1, 32), default=32,
+                   help="valve channels of the unit, 1..32")
+    p.add_argument("--parent-fd", type=whole_number(0, 2**31 - 1), default=None,
                    help="exit when this pipe reads end-of-file (the starting process died)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     try:
-        if not 1 <= args.channels <= 32:
-            raise UserError("--channels", f"expected 1..32, got {args.channels}")
+        args = _parser().parse_args(argv)
         spec = parse_faults(args.faults, args.channels)
         try:
             up = serial.serial_for_url(args.upstream, baudrate=args.baudrate, timeout=0,

@@ -255,6 +255,9 @@ class LinkFaults:
         self.step: int | None = None  # the latest control step the host fired
         self.cut_from_us: int | None = None
         self.cut_until_us: int | None = None  # None: not cut; -1: cut for good
+        #: What process() last did to its frame, the first of cut, drop, corrupt, delay, dup,
+        #: else fwd (the fault proxy's log says it per frame).
+        self.last_action = "fwd"
 
     def note_rx(self, frame: bytes) -> None:
         """Note the control step of a FIRE from the host (only while a fault waits for one)."""
@@ -287,22 +290,29 @@ class LinkFaults:
         counts["frames"] += 1
         if self.cut_until_us is not None and self.cut(now_us):
             counts["cut"] += 1
+            self.last_action = "cut"
             return []
         rng = self._rng
         if rates["drop"] and rng.random() < rates["drop"]:
             counts["dropped"] += 1
+            self.last_action = "drop"
             return []
+        act = "fwd"
         if rates["corrupt"] and len(frame) > 1 and rng.random() < rates["corrupt"]:
             counts["corrupted"] += 1
             frame = corrupt_byte(frame, rng)
+            act = "corrupt"
         due = now_us
         if rates["delay"] and rng.random() < rates["delay"]:
             counts["delayed"] += 1
             due = now_us + self.spec.delay_us[direction]
+            act = "delay" if act == "fwd" else act
         out = [(due, frame)]
         if rates["duplicate"] and rng.random() < rates["duplicate"]:
             counts["duplicated"] += 1
             out.append((due, frame))
+            act = "dup" if act == "fwd" else act
+        self.last_action = act
         return out
 
     def _due_time(self, f: ScheduledFault, first_fire_us: int | None) -> int | None:

@@ -52,6 +52,7 @@ from thruster_hil.errors import ConfigError, UserError
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import gen_c_header  # noqa: E402
+from test_config import _leaves  # noqa: E402 -- (path, value) of every leaf and every list
 
 CLI_PREFIX = "thruster-hil: error: "
 EMU_PREFIX = "firmware_bridge.emulator: error: "
@@ -729,19 +730,6 @@ ALIENS = [True, False, dt.datetime(1979, 5, 27, 7, 32), dt.date(2024, 1, 1), dt.
           1e30, -1e30, 10**400, -(10**400)]
 #: And wrong types for fields that take a number (not for names: any name is a name).
 NOT_NUMBERS = ["", "   ", "1.5", "nan", "ｘ", "\x1b[31m", "x\ny"]
-
-
-def _leaves(obj, path=()):
-    """(path, value) of every leaf and every list, in tables and lists."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _leaves(v, (*path, k))
-    elif isinstance(obj, list):
-        yield path, obj
-        for i, v in enumerate(obj):
-            yield from _leaves(v, (*path, i))
-    else:
-        yield path, obj
 
 
 def _tables(obj, path=()):

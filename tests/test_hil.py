@@ -37,11 +37,16 @@ def dragon():
     return model, plan, sil
 
 
+def _open(model, port, mode, **kw):
+    """Connect and arm an emulator (``port`` None: start one) for ``model``'s thrusters."""
+    return open_unit(unit="emulator", port=port, mode=mode,
+                     n_thrusters=len(model.thruster_names),
+                     period_ms=int(round(model.control_period_s * 1000)), **kw)
+
+
 def _hil(model, plan, tmp_path, faults=None, mode="lockstep"):
     log = tmp_path / "emulator.jsonl"
-    unit = open_unit(unit="emulator", port=None, mode=mode, n_thrusters=len(model.thruster_names),
-                     period_ms=int(round(model.control_period_s * 1000)), faults=faults,
-                     emulator_log=log)
+    unit = _open(model, None, mode, faults=faults, emulator_log=log)
     summary = run_burn(model, plan, unit=unit).summary
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     return summary, records
@@ -105,9 +110,7 @@ def test_link_loss_closes_the_valves_within_the_watchdog(dragon, tmp_path):
     model, plan, _ = dragon
     log = tmp_path / "emulator.jsonl"
     with EmulatorProcess(faults="stall=3s@fire+20ms", log_path=log) as emu:
-        unit = open_unit(unit="emulator", port=emu.port, mode="lockstep",
-                         n_thrusters=len(model.thruster_names),
-                         period_ms=int(round(model.control_period_s * 1000)))
+        unit = _open(model, emu.port, "lockstep")
         hil = run_burn(model, plan, unit=unit).summary
         trip = _wait_for_record(log, lambda r: r["ev"] == "watchdog_trip")
     assert hil["aborted"] and "unit" in hil["abort_reason"]
@@ -128,9 +131,7 @@ def test_low_tank_pressure_mid_burn_safes_the_unit_and_the_abort_says_why(dragon
     model, plan, _ = dragon
     log = tmp_path / "emulator.jsonl"
     with EmulatorProcess(faults="pressure=300kPa@fire+20ms", log_path=log) as emu:
-        unit = open_unit(unit="emulator", port=emu.port, mode="lockstep",
-                         n_thrusters=len(model.thruster_names),
-                         period_ms=int(round(model.control_period_s * 1000)))
+        unit = _open(model, emu.port, "lockstep")
         hil = run_burn(model, plan, unit=unit).summary
         _wait_for_record(log, lambda r: r["ev"] == "state" and r["to"] == "SAFE")
     assert hil["aborted"] and not hil["completed"]
@@ -164,9 +165,7 @@ def test_a_thruster_failed_mid_lockstep_burn_is_reallocated_as_in_sil(dragon_fai
     0.5 % of the SIL run with the same failure."""
     model, plan, name, sil = dragon_failure
     log = tmp_path / "emulator.jsonl"
-    unit = open_unit(unit="emulator", port=None, mode="lockstep",
-                     n_thrusters=len(model.thruster_names),
-                     period_ms=int(round(model.control_period_s * 1000)), emulator_log=log)
+    unit = _open(model, None, "lockstep", emulator_log=log)
     hil = run_burn(model, plan, unit=unit, failures=[Failure(name, 5.0, HEALTH_FAILED_OFF)]
                    ).summary
     assert hil["completed"] and not hil["aborted"], hil.get("abort_reason")
@@ -190,9 +189,7 @@ def test_a_failure_on_a_unit_without_fault_injection_stops_the_burn_saying_so(dr
     cycle with that reason in one line (not a timeout)."""
     model, plan, name, _ = dragon_failure
     with EmulatorProcess(extra_args=["--no-test-build"]) as emu:
-        unit = open_unit(unit="emulator", port=emu.port, mode="lockstep",
-                         n_thrusters=len(model.thruster_names),
-                         period_ms=int(round(model.control_period_s * 1000)))
+        unit = _open(model, emu.port, "lockstep")
         hil = run_burn(model, plan, unit=unit,
                        failures=[Failure(name, 5.0, HEALTH_FAILED_OFF)]).summary
     assert hil["aborted"] and hil["cycles"] == 10  # stopped at the report of cycle 10
@@ -209,9 +206,7 @@ def test_a_stuck_open_valve_is_not_reported_closed(dragon_failure, tmp_path):
     stuck = 2  # a capsule Draco (quad-a-plus-t): the burn still ends on target
     failure = Failure(model.thruster_names[stuck], 2.0, HEALTH_STUCK_OPEN)
     log = tmp_path / "emulator.jsonl"
-    unit = open_unit(unit="emulator", port=None, mode="lockstep",
-                     n_thrusters=len(model.thruster_names),
-                     period_ms=int(round(model.control_period_s * 1000)), emulator_log=log)
+    unit = _open(model, None, "lockstep", emulator_log=log)
     result = run_burn(model, plan, unit=unit, failures=[failure])
     hil = result.summary
     assert hil["completed"] and not hil["aborted"], hil.get("abort_reason")
@@ -286,9 +281,7 @@ def test_another_writers_refused_fires_are_not_taken_for_ours(dragon, tmp_path):
     model, plan, sil = dragon
     log = tmp_path / "emulator.jsonl"
     with EmulatorProcess(log_path=log, seed=3) as emu:
-        unit = open_unit(unit="emulator", port=emu.port, mode="lockstep",
-                         n_thrusters=len(model.thruster_names),
-                         period_ms=int(round(model.control_period_s * 1000)))
+        unit = _open(model, emu.port, "lockstep")
         link = unit.link
         wrong = (link._session + 1) & 0xFFFF or 1
         rogue = os.open(emu.port, os.O_WRONLY | os.O_NOCTTY)

@@ -231,7 +231,6 @@ class Evidence:
     commanded: dict = field(default_factory=dict)  # (step, bank) -> on_ticks, host session
     executed: list = field(default_factory=list)  # (t_us, session|None, step, bank, ticks, stuck)
     fault_t: int | None = None
-    cut_t: int | None = None
     closed_after_ms: float | None = None
     foreign_sent: int = 0
     session_errors: int | None = None
@@ -249,11 +248,8 @@ def _wire_commands(wire: list[dict], ev: Evidence) -> None:
                 ev.commanded.setdefault((r["step"], r["bank"]), r["on_ticks"])
             else:
                 ev.foreign_sent += 1
-        if r.get("ev") == "fault" and ev.fault_t is None:
-            if r["fault"].startswith("cut"):
-                ev.cut_t = r["t_us"]
-            else:
-                ev.fault_t = r["t_us"]
+        if r.get("ev") == "fault" and ev.fault_t is None and not r["fault"].startswith("cut"):
+            ev.fault_t = r["t_us"]
 
 
 def _emulator_evidence(unit_log: list[dict], wire: list[dict], row: Row) -> Evidence:

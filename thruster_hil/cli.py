@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from thruster_hil.errors import OneLineParser, UserError
-from thruster_hil.textnum import parse_float, parse_int, show
+from thruster_hil.textnum import parse_float, show, whole_number
 
 PROG = "thruster-hil"
 #: Refresh rate of the live views [Hz] (rich Live's own thread; never per control cycle).
@@ -276,27 +276,10 @@ def _row_ids(text: str) -> set[str]:
     return ids
 
 
-def _whole_number(lo: int, hi: int, hi_text: str):
-    """An argparse type: a whole number in lo..hi (hi_text is how the message writes hi)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = parse_int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number in {lo}..{hi_text}, "
-                                             f"got {show(text)}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"expected a whole number in {lo}..{hi_text}, "
-                                             f"got {show(text)}")
-        return value
-
-    return parse
-
-
-_count = _whole_number(1, 10**8, "1e8")  # cases, chunk sizes, threads
-_index = _whole_number(0, 10**8, "1e8")  # a case number
-_seed = _whole_number(0, 2**63 - 1, "2**63-1")
-_channels = _whole_number(1, 32, "32")  # the unit's valve channels
+_count = whole_number(1, 10**8, "1e8")  # cases, chunk sizes, threads
+_index = whole_number(0, 10**8, "1e8")  # a case number
+_seed = whole_number(0, 2**63 - 1, "2**63-1")
+_channels = whole_number(1, 32, "32")  # the unit's valve channels
 
 
 def _failure(text: str) -> tuple[str, float]:

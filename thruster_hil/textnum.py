@@ -10,9 +10,10 @@ Both raise :class:`ValueError` for anything else; the callers turn that into the
 
 from __future__ import annotations
 
+import argparse
 import re
 
-__all__ = ["parse_float", "parse_int", "show"]
+__all__ = ["parse_float", "parse_int", "show", "whole_number"]
 
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 _INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
@@ -38,3 +39,21 @@ def show(text: str, limit: int = 60) -> str:
     """``repr`` of what the operator typed, shortened: a message stays one readable line."""
     r = repr(text)
     return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def whole_number(lo: int, hi: int, hi_text: str | None = None):
+    """An argparse type: an ASCII decimal whole number in lo..hi (``hi_text``: how the message
+    writes hi, e.g. "2**63-1"; default str(hi))."""
+    bound = f"{lo}..{hi_text or hi}"
+
+    def parse(text: str) -> int:
+        try:
+            value = parse_int(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected a whole number in {bound}, "
+                                             f"got {show(text)}")
+        return value
+
+    return parse
