@@ -67,10 +67,16 @@ def _field(raw: dict, where: str) -> Field:
                  doc=raw.get("doc", ""))
 
 
+def dictionary_hash(raw: dict) -> int:
+    """The hash of a parsed dictionary: CRC-32/ISO-HDLC (zlib's; "123456789" -> 0xCBF43926) of
+    its canonical JSON (keys sorted, separators "," and ":", non-ASCII as \\uXXXX)."""
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()
+    return binascii.crc32(canonical) & 0xFFFFFFFF
+
+
 def _load(path: Path):
     raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":")).encode()
-    dict_hash = binascii.crc32(canonical) & 0xFFFFFFFF
+    dict_hash = dictionary_hash(raw)
     apids = raw["apids"]
     specs: dict[str, MessageSpec] = {}
     for name, m in raw["messages"].items():

@@ -355,7 +355,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--link-path", default=None, help="write the port path here, not stdout")
     p.add_argument("--log", default=None, help="JSON-lines record of what the unit did")
     p.add_argument("--seed", type=whole_number(0, 2**63 - 1), default=None,
-                   help="session/nonce RNG seed")
+                   help="the fault RNG's seed when --faults names none; never the session "
+                        "token, which is always fresh (docs/protocol.md section 3)")
     p.add_argument("--min-on-ticks", type=whole_number(0, 1000), default=5)
     p.add_argument("--no-test-build", action="store_true", help="refuse FAULT_INJECT")
     p.add_argument("--no-auto-reset", action="store_true",
@@ -383,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         _check_parent_fd(args.parent_fd)
         spec = parse_faults(args.faults, args.channels)
+        if args.seed is not None and "seed=" not in (args.faults or ""):
+            spec.seed = args.seed  # faults only: tokens and nonces never come from a seed
         if args.log:
             try:
                 log = open(args.log, "w", encoding="utf-8")  # noqa: SIM115
@@ -393,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
     core = UnitCore(n_channels=args.channels, test_build=not args.no_test_build,
-                    min_on_ticks=args.min_on_ticks, rng_seed=args.seed)
+                    min_on_ticks=args.min_on_ticks)
     emu = Emulator(core, LinkFaults(spec, args.channels), log, auto_reset=not args.no_auto_reset,
                    boot_delay_us=args.boot_delay_ms * 1000)
     path = emu.open_pty()

@@ -58,6 +58,7 @@ from firmware_bridge.dictionary import (
     FLAG_RETRANSMIT,
     FLAG_TEST_BUILD,
     LIMITS,
+    BY_ID,
     MESSAGES,
     MODE,
     PROTO_VERSION,
@@ -96,6 +97,7 @@ _MODES = {"lockstep": MODE["LOCKSTEP"], "realtime": MODE["REALTIME"]}
 _ID = {name: spec.id for name, spec in MESSAGES.items()}
 _DOWN = object()  # sentinel a wait predicate returns when the port went away
 _RESET = object()  # ... or when the unit reset under a session
+_LOCKED_OUT = object()  # ... or when the unit locked out another writer (LOCKOUT)
 
 
 class LinkError(Exception):
@@ -286,6 +288,8 @@ class Link:
         self._silent_cycles = 0  # REALTIME cycles in a row without any VALVE_REPORT
         self._foreign_refusals = 0
         self._foreign_refused_seqs: deque[int] = deque(maxlen=64)
+        self._lockout: str | None = None  # why the unit voided our session (LOCKOUT event)
+        self._next_step = 1  # the lowest step the unit accepts next in this session
         self._late_reports = 0
         self._resets_detected = 0
         self._rejections: dict[str, int] = {}
@@ -482,14 +486,16 @@ class Link:
             else:
                 self._file(self._reports, key, rec)
         elif name == "ACK":
-            if (msg["result"] == RESULT["BAD_SESSION"] and msg["msg_id"] == _ID["FIRE"]
-                    and self._session is not None and not self.reset_detected):
-                # Our FIREs carry the session the unit gave us: BAD_SESSION can only answer
-                # another writer's FIRE that happens to use one of our sequence counts (a
-                # second program on the line). Not ours: counted, never taken as a refusal.
+            if (msg["result"] == RESULT["BAD_SESSION"] and self._session is not None
+                    and not self.reset_detected):
+                # Our commands carry the session the unit gave us: BAD_SESSION answers another
+                # writer's (a second program on the line). Counted; a FIRE's is never taken as
+                # a refusal of ours (it may use one of our sequence counts), any other is filed
+                # (a command of ours that did fail that way must not wait for ever).
                 self._foreign_refusals += 1
                 self._foreign_refused_seqs.append(msg["acked_seq"])
-                return
+                if msg["msg_id"] == _ID["FIRE"]:
+                    return
             self._file(self._acks, (msg["acked_seq"], msg["msg_id"]), rec)
             if msg["result"] != RESULT["ACCEPTED"]:
                 rname = RESULT_NAMES.get(msg["result"], str(msg["result"]))
@@ -518,6 +524,8 @@ class Link:
             elif (msg["event"] == EVENT["SAFE_ENTERED"]
                   and msg["arg0"] == SAFE_REASON["LOW_PRESSURE"]):
                 self._low_pressure_kpa = msg["arg1"]
+            elif msg["event"] == EVENT["LOCKOUT"] and self._session is not None:
+                self._on_lockout(msg["arg0"], msg["arg1"], chain)
         elif name == "HELLO_ACK":
             self._hello_acks += 1
             self._last_hello_ack = rec
@@ -539,6 +547,36 @@ class Link:
                 self._armed = False
         else:
             self._unexpected += 1  # a TC on the line (loop://, echo) or nothing we wait for
+
+    def _on_lockout(self, errors: int, msg_id: int, chain: _Chain | None) -> None:
+        """The unit saw ``errors`` commands without the session and voided it (reader thread,
+        self._cond held): whatever waits on the session fails with the reason."""
+        last = BY_ID[msg_id].name if msg_id in BY_ID else f"id 0x{msg_id:02X}"
+        self._lockout = (
+            f"{self.url}: another writer on the line: the unit refused {errors} commands "
+            f"without the session (the last a {last}; {self._foreign_refusals} refusals seen "
+            f"here), closed every valve, went SAFE and voided the session (LOCKOUT); burn "
+            f"stopped: find the other program on this port")
+        self._session = None
+        self._armed = False
+        if chain is not None and chain.error is None:
+            chain.error = LinkError(self._lockout)
+            chain.done = True
+
+    def _resync(self) -> None:
+        """A lone 0x00 (docs/protocol.md section 1): it ends whatever partial frame the unit
+        holds (line noise, an earlier program's bytes), so that our next frame is not
+        swallowed with it. Sent before every HELLO of :meth:`connect`."""
+        ser = self._ser
+        if ser is None or not self._up:
+            return
+        with self._tx_lock:
+            t_ns = time.monotonic_ns()
+            try:
+                ser.write(b"\x00")
+            except (serial.SerialException, OSError):
+                return  # the HELLO that follows reports the port
+        self._capture("tx", t_ns, b"\x00")
 
     # ---- sending ---------------------------------------------------------------------------
 
@@ -635,6 +673,8 @@ class Link:
                 return _DOWN
             if session and self.reset_detected:
                 return _RESET
+            if session and self._lockout is not None:
+                return _LOCKED_OUT
             return None
 
         with self._cond:
@@ -645,6 +685,8 @@ class Link:
         if got is _RESET:
             raise LinkError(f"{self.url}: the unit reset (BOOT in mid-session): reconnect and "
                             "ARM again")
+        if got is _LOCKED_OUT:
+            raise LinkError(self._lockout)
         return got
 
     def _transact(self, name: str, fields: dict[str, Any], reply: Callable[[int], Any], *,
@@ -677,6 +719,8 @@ class Link:
             if self.reset_detected:
                 raise LinkError(f"{self.url}: the unit reset (BOOT in mid-session): reconnect "
                                 f"before {what}")
+            if self._lockout is not None:
+                raise LinkError(self._lockout)
             if self._session is None:
                 raise LinkError(f"{self.url}: no session with the unit; connect() before {what}")
             return self._session
@@ -747,9 +791,12 @@ class Link:
             self._session = None
             self._armed = False
             self.reset_detected = False
+            self._lockout = None
+            self._next_step = 1
             self._forget_replies()
             hello_before = self._hello_acks
         self.info = None
+        self._resync()
 
         def hello_reply(_seq: int) -> Received | None:
             return self._last_hello_ack if self._hello_acks > hello_before else None
@@ -760,7 +807,8 @@ class Link:
         retries = max(MAX_RETRIES, math.ceil(boot_timeout_s / self.retry_timeout_s))
         rec, _, _ = self._transact(
             "HELLO", dict(proto_ver=PROTO_VERSION, dict_hash=DICT_HASH, mode=_MODES[key],
-                          period_ms=period_ms),
+                          period_ms=period_ms,
+                          host_nonce=int.from_bytes(os.urandom(4), "big")),
             hello_reply, ack_req=False, session=False, retries=retries)
         ack = rec.msg
         if ack["result"] == RESULT["DICT_MISMATCH"]:
@@ -833,9 +881,12 @@ class Link:
 
     # ---- arming ----------------------------------------------------------------------------
 
-    def arm(self, max_on_ticks: int) -> None:
-        """ARM_REQUEST -> ARM_CHALLENGE -> ARM_CONFIRM(nonce, max_on_ticks) -> ACK ACCEPTED.
-        Raises LinkError if refused or unanswered, ValueError for max_on_ticks outside 1..10000.
+    def arm(self, max_on_ticks: int, next_step: int | None = None) -> None:
+        """ARM_REQUEST -> ARM_CHALLENGE -> ARM_CONFIRM(nonce, max_on_ticks, next_step) -> ACK
+        ACCEPTED. ``next_step`` (default: one after every step fired in this session, 1 in a
+        new one) is the step of the next FIRE: the unit refuses steps before it and more than
+        its step window beyond (docs/protocol.md section 6). Raises LinkError if refused or
+        unanswered, ValueError for max_on_ticks outside 1..10000.
         """
         cap = LIMITS["max_on_ticks_cap"]
         if isinstance(max_on_ticks, bool) or not 1 <= int(max_on_ticks) <= cap:
@@ -857,8 +908,11 @@ class Link:
         nonce = rec.msg["nonce"]
         with self._cond:
             armed_events_before = self._armed_events
+        if next_step is None:
+            next_step = self._next_step
         rec, _, attempt = self._transact(
-            "ARM_CONFIRM", dict(session=session, nonce=nonce, max_on_ticks=int(max_on_ticks)),
+            "ARM_CONFIRM", dict(session=session, nonce=nonce, max_on_ticks=int(max_on_ticks),
+                                next_step=int(next_step)),
             lambda seq: self._take_ack(seq, "ARM_CONFIRM"), ack_req=True, session=True)
         result = rec.msg["result"]
         if result != RESULT["ACCEPTED"]:
@@ -961,6 +1015,8 @@ class Link:
                      and self._up and self.info is not None)
         if ready:
             return session  # type: ignore[return-value]
+        if self._lockout is not None:
+            raise LinkError(self._lockout)
         if not self.armed or self.info is None:
             raise LinkError(f"{self.url}: FIRE refused: the link is not armed "
                             f"({'the unit reset: reconnect and ' if self.reset_detected else ''}"
@@ -976,6 +1032,8 @@ class Link:
             raise ValueError(f"fire: {n} on-times for a unit with {self.info.n_channels} "
                              "channels")
         ticks = self._ticks(on_ms)
+        if step >= self._next_step:
+            self._next_step = step + 1
         vf = valid_for_ms if valid_for_ms is not None else self.valid_for_ms
         if vf is None:
             vf = min(0xFFFF, 2 * (self._period_ms or 500))
@@ -1353,6 +1411,7 @@ class Link:
         Not retried (a fault must not apply twice). LinkError if unanswered or refused
         (UNSUPPORTED: not a test build)."""
         key, fields = self._fault_fields(kind, arg)
+        fields["session"] = self._require_session("FAULT_INJECT")
         if key == "RESET":
             self._send("FAULT_INJECT", self._next_seq(), 0, **fields)
             return None
@@ -1375,6 +1434,7 @@ class Link:
         :meth:`fault_refusal`. ``seq`` resends that earlier FAULT_INJECT (same count,
         RETRANSMIT flag): the unit applies it only if it never got the first copy."""
         _key, fields = self._fault_fields(kind, arg)
+        fields["session"] = self._require_session("FAULT_INJECT")
         flags = 0
         if seq is None:
             seq = self._next_seq()

@@ -31,7 +31,20 @@ Semantics are docs/protocol.md sections 3-6. Choices the spec leaves open, made 
 - HK ``length_errors`` counts LENGTH and TOO_LONG errors; ``uart_overruns`` counts receive
   chunks lost while the unit was stalled (STALL_MS fault).
 - Stuck-open channels are always in ``open_mask()`` (the valve is physically open).
-- Health faults (FAIL_OFF, STUCK_OPEN, tank pressure) survive a reset; parameters do not.
+- Health faults (FAIL_OFF, STUCK_OPEN, tank pressure) model hardware: they survive every reset
+  (this object is the power-on); link faults (DROP_RX, CORRUPT_TX, STALL_MS) and parameters do
+  not. ``counters`` count since power-on (the emulator's log); HK reports them since the last
+  boot, as the board (whose RAM a reset clears) does.
+- Session tokens are 32 bits from ``entropy()`` (default :func:`secrets.randbits`, never
+  ``rng_seed``: a seed fixes the ARM-challenge nonces of a test, never a session), mixed with
+  HELLO's host nonce and a session counter by :func:`mix32`, never 0, never the previous one.
+- The ``session_error_limit``-th command with a wrong token in one session is a LOCKOUT: every
+  valve closed, ARMING/ARMED -> SAFE (INTRUSION), the session void, a LOCKOUT event. Wrong
+  tokens while there is no session are counted (HK) but cannot lock out what does not exist.
+- Step window: ARM_CONFIRM sets every bank's floor to ``next_step - 1`` (refused STALE unless
+  ``next_step`` is after every floor of the session) and fixes the window ``W``; a FIRE is
+  executed only for a step in ``(floor, floor + W]``, which becomes the floor. Floors live as
+  long as the session.
 - Tank pressure below ``min_feed_kpa`` (the dictionary's limit): on the change, ARMING/ARMED
   closes every valve and goes SAFE with reason LOW_PRESSURE (SAFE_ENTERED arg1: the pressure in
   kPa); while it stays below, ARM_REQUEST and ARM_CONFIRM are REJECTED_STATE (so FIRE is refused
@@ -42,7 +55,9 @@ Semantics are docs/protocol.md sections 3-6. Choices the spec leaves open, made 
 from __future__ import annotations
 
 import random
+import secrets
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cobs import cobs as _cobs
@@ -81,13 +96,15 @@ PARAM = ENUMS["param"]
 FW_VERSION = 0x0100
 DEFAULT_TANK_KPA = 1800
 MIN_FEED_KPA = LIMITS["min_feed_kpa"]
-BAD_FRAME_EVENT_GAP_US = 100_000
+BAD_FRAME_EVENT_GAP_US = LIMITS["bad_frame_event_gap_ms"] * 1000
+SESSION_ERROR_LIMIT = LIMITS["session_error_limit"]
+STEP_WINDOW_MIN = LIMITS["step_window_min"]
 SEQ_MODULO = codec.SEQ_MODULO
 _ERROR_KIND = {"cobs": FRAME_ERROR["COBS"], "crc": FRAME_ERROR["CRC"],
                "length": FRAME_ERROR["LENGTH"], "header": FRAME_ERROR["HEADER"],
                "unknown_id": FRAME_ERROR["UNKNOWN_ID"], "too_long": FRAME_ERROR["TOO_LONG"]}
 _SESSION_CMDS = frozenset({"HEARTBEAT", "ARM_REQUEST", "ARM_CONFIRM", "DISARM", "FIRE",
-                           "SET_PARAM"})
+                           "SET_PARAM", "FAULT_INJECT"})
 #: Commands whose reply is cached so a retransmission (same seq + RETRANSMIT) is answered
 #: without acting twice.
 _CACHED_CMDS = frozenset({"HELLO", "ARM_REQUEST", "ARM_CONFIRM", "DISARM", "SET_PARAM",
@@ -99,6 +116,24 @@ _PARAM_LIMITS = {
     PARAM["HK_PERIOD_MS"]: lambda v: v == 0 or 20 <= v <= 10000,
     PARAM["MIN_ON_TICKS"]: lambda v: 0 <= v <= 1000,
 }
+
+
+def mix32(x: int) -> int:
+    """MurmurHash3's 32-bit finaliser (fmix32): every input bit flips each output bit with
+    probability about 1/2. The firmware's unit.c has the same function (tested equal)."""
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x85EBCA6B) & 0xFFFFFFFF
+    x ^= x >> 13
+    x = (x * 0xC2B2AE35) & 0xFFFFFFFF
+    x ^= x >> 16
+    return x
+
+
+def step_window(watchdog_ms: int, period_ms: int) -> int:
+    """How far ahead of its floor a FIRE step may be: every step a host can lose before the
+    link watchdog would trip anyway, and never fewer than ``step_window_min``."""
+    return max(STEP_WINDOW_MIN, -(-watchdog_ms // period_ms) + 1)
 
 
 @dataclass(slots=True)
@@ -131,7 +166,7 @@ class UnitCore:
     def __init__(self, n_channels: int = 32, fw_ver: int = FW_VERSION, boot_count: int = 1,
                  reset_cause: int = RESET_CAUSE["POWER_ON"], test_build: bool = True,
                  min_on_ticks: int = 5, rng_seed: int | None = None,
-                 dict_hash: int = DICT_HASH):
+                 dict_hash: int = DICT_HASH, entropy: Callable[[], int] | None = None):
         if not 1 <= n_channels <= 32:
             raise ValueError(f"n_channels must be 1..32, got {n_channels}")
         self.n_channels = n_channels
@@ -142,15 +177,15 @@ class UnitCore:
         self.test_build = test_build
         self.default_min_on_ticks = min_on_ticks
         self.dict_hash = dict_hash
-        self._rng = random.Random(rng_seed)
+        self._rng = random.Random(rng_seed)  # ARM-challenge nonces only
+        self._entropy = entropy if entropy is not None else lambda: secrets.randbits(32)
+        self._sessions_made = 0
         self.state = BOOT
+        self.arm_enabled = True
         # Hardware: survives resets.
         self.failed = 0  # bit per channel
         self.stuck = 0
         self.tank_kpa = DEFAULT_TANK_KPA
-        self.drop_rx = 0
-        self.corrupt_tx = 0
-        self.stall_until: int | None = None
         self.counters = {k: 0 for k in (
             "rx_frames", "crc_errors", "cobs_errors", "length_errors", "header_errors",
             "unknown_id_errors", "seq_gaps", "uart_overruns", "session_errors", "dropped_rx",
@@ -167,10 +202,15 @@ class UnitCore:
     def _power_on(self) -> None:
         """RAM state after a (re)boot: no session, defaults, every valve closed."""
         self.session: int | None = None
+        self._session_errors = 0  # wrong tokens in this session (the lockout's count)
+        self.drop_rx = 0  # link faults: a reset ends them
+        self.corrupt_tx = 0
+        self.stall_until: int | None = None
+        self._hk_base = dict(self.counters)  # HK counts since this boot
         self.mode = LOCKSTEP
         self.period_ms = 100
         self.watchdog_ms = LIMITS["watchdog_ms_default"]
-        self.hk_period_ms = 100
+        self.hk_period_ms = LIMITS["hk_period_ms_default"]
         self.min_on_ticks = self.default_min_on_ticks
         self.max_on_ticks = LIMITS["max_on_ticks_cap"]
         self._nonce: int | None = None
@@ -179,6 +219,8 @@ class UnitCore:
         self._last_fire_t: int | None = None  # arrival of the previous FIRE (REALTIME stale)
         self._idle_from = 0
         self._last_step: dict[int, int] = {}  # bank -> last executed step (this session)
+        self._floor: dict[int, int] = {}  # bank -> the step a FIRE must be after (this session)
+        self.step_window = STEP_WINDOW_MIN
         self._reports: dict[int, tuple[int, int, dict]] = {}  # bank -> (step, seq, fields)
         self._pending: list[_Pulse] = []  # REALTIME pulses not yet reported
         self.last_step = 0
@@ -423,7 +465,7 @@ class UnitCore:
                 self._next_hk = now_us + self.hk_period_ms * 1000
 
     def hk_fields(self, now_us: int) -> dict:
-        c = self.counters
+        c = {k: v - self._hk_base[k] for k, v in self.counters.items()}
         remaining = 0
         if self.watchdog_active():
             remaining = max(0, self._last_valid + self.watchdog_ms * 1000 - now_us) // 1000
@@ -510,6 +552,10 @@ class UnitCore:
             self.counters["session_errors"] += 1
             self._event(out, now_us, "SESSION_REJECTED", msg.spec.id)
             self._ack(out, replies, msg, R["BAD_SESSION"])
+            if self.session is not None:
+                self._session_errors += 1
+                if self._session_errors >= SESSION_ERROR_LIMIT:
+                    self._lockout(out, now_us, msg.spec.id)
         else:
             handler = getattr(self, f"_on_{name.lower()}", None)
             if handler is None:  # a TM id sent as TC is refused by the codec; belt and braces
@@ -521,12 +567,47 @@ class UnitCore:
             while len(self._cache) > _CACHE_SIZE:
                 del self._cache[next(iter(self._cache))]
 
+    def _lockout(self, out: list[bytes], now_us: int, msg_id: int) -> None:
+        """Someone without the session is guessing: every valve closed, SAFE, session void."""
+        if self.state in (ARMING, ARMED):
+            self._leave_armed(out, now_us, SAFE, REASON["INTRUSION"])
+        else:
+            self._close_all(out, now_us)
+        self._event(out, now_us, "LOCKOUT", self._session_errors, msg_id)
+        self.journal.append({"t_us": now_us, "ev": "lockout",
+                             "session_errors": self._session_errors, "msg_id": msg_id})
+        self._end_session(None)
+
+    def _end_session(self, session: int | None) -> None:
+        """A new session (or none): what the old one knew about steps and reports is void."""
+        self.session = session
+        self._session_errors = 0
+        self._nonce = None
+        self._last_step.clear()
+        self._floor.clear()
+        self._reports.clear()
+        self._last_fire_t = None
+        self.last_step = 0
+
+    def set_arm_enable(self, enabled: bool, now_us: int) -> bytes:
+        """The board's arm-enable input: disabled refuses ARM_CONFIRM (ARM_DISABLED), and an
+        ARMED unit goes SAFE (reason ARM_DISABLED). The emulator has no such input."""
+        out: list[bytes] = []
+        self.arm_enabled = bool(enabled)
+        if not enabled and self.state == ARMED:
+            self._leave_armed(out, now_us, SAFE, REASON["ARM_DISABLED"])
+        return b"".join(out)
+
     # ---------------------------------------------------------------- commands
 
-    def _new_session(self) -> int:
+    def _new_session(self, host_nonce: int) -> int:
+        """A 32-bit token: the host's nonce (a new session per HELLO even on a deterministic
+        unit) mixed with the unit's own entropy (unpredictable to anyone who never read the
+        line) and a counter."""
         while True:
-            s = self._rng.randrange(1, 0x10000)
-            if s != self._last_session:
+            self._sessions_made += 1
+            s = mix32(host_nonce ^ self._entropy() ^ (self._sessions_made * 0x9E3779B9))
+            if s != 0 and s != self._last_session:
                 self._last_session = s
                 return s
 
@@ -542,16 +623,12 @@ class UnitCore:
         elif not LIMITS["period_ms_min"] <= period <= LIMITS["period_ms_max"]:
             result, session = R["BAD_PARAM"], self.session
         else:
-            result, session = R["ACCEPTED"], self._new_session()
+            result, session = R["ACCEPTED"], self._new_session(msg["host_nonce"])
         if result in (R["ACCEPTED"], R["DICT_MISMATCH"]):
             # Any session ends here: the old one is void whatever the outcome.
             if self.state in (ARMING, ARMED):
                 self._leave_armed(out, now_us, SAFE, REASON["NEW_SESSION"])
-            self.session = session
-            self._last_step.clear()
-            self._reports.clear()
-            self._last_fire_t = None
-            self.last_step = 0
+            self._end_session(session)
             if result == R["ACCEPTED"]:
                 self.mode, self.period_ms = mode, period
         self._reply(out, replies, "HELLO_ACK", result=result,
@@ -584,8 +661,15 @@ class UnitCore:
         if self.state != ARMING or self.pressure_low():
             self._ack(out, replies, msg, R["REJECTED_STATE"])
             return
-        if not 1 <= msg["max_on_ticks"] <= LIMITS["max_on_ticks_cap"]:
+        if not self.arm_enabled:
+            self._ack(out, replies, msg, R["ARM_DISABLED"])
+            return
+        next_step = msg["next_step"]
+        if not 1 <= msg["max_on_ticks"] <= LIMITS["max_on_ticks_cap"] or next_step == 0:
             self._ack(out, replies, msg, R["BAD_PARAM"])
+            return
+        if self._floor and next_step <= max(self._floor.values()):
+            self._ack(out, replies, msg, R["STALE"])  # a step this session already passed
             return
         fresh = (self._nonce is not None
                  and now_us - self._challenge_t <= LIMITS["arm_challenge_ms"] * 1000)
@@ -595,6 +679,8 @@ class UnitCore:
             return
         self._nonce = None
         self.max_on_ticks = msg["max_on_ticks"]
+        self._floor = dict.fromkeys(range(self.n_banks), next_step - 1)
+        self.step_window = step_window(self.watchdog_ms, self.period_ms)
         self._last_valid = now_us
         self._idle_from = now_us
         self._last_fire_t = None
@@ -725,14 +811,19 @@ class UnitCore:
             else:
                 self._ack(out, replies, msg, R["DUPLICATE"])  # REALTIME: still running
             return
-        stale = last is not None and step < last
-        if (not stale and self.mode == REALTIME and prev_fire is not None
+        floor = self._floor.get(bank, 0)
+        why = 0  # STALE_FIRE arg2: 1 not after the floor, 2 past valid_for_ms, 3 too far ahead
+        if step <= floor:
+            why = 1
+        elif step - floor > self.step_window:
+            why = 3
+        elif (self.mode == REALTIME and prev_fire is not None
                 and msg["valid_for_ms"] and now_us - prev_fire > msg["valid_for_ms"] * 1000):
-            stale = True
-        if stale:
+            why = 2
+        if why:
             self.counters["stale_fires"] += 1
-            self._event(out, now_us, "STALE_FIRE", step >> 16, step)
-            self._ack(out, replies, msg, R["STALE"])
+            self._event(out, now_us, "STALE_FIRE", step >> 16, step, why)
+            self._ack(out, replies, msg, R["STEP_AHEAD" if why == 3 else "STALE"])
             return
         self._execute(out, msg, now_us)
 
@@ -782,6 +873,7 @@ class UnitCore:
             if not p.ends:
                 self._finish(out, p, now_us)
         self._last_step[bank] = step
+        self._floor[bank] = step
         self.last_step = step
         self._idle_from = now_us
         if self.mode == LOCKSTEP:  # executed in virtual time: reported at once

@@ -235,7 +235,7 @@ def _low_pressure_session(unit) -> list[tuple]:
 
     def send(t_us: int, name: str, flags: int = 0, **fields) -> list[Message]:
         nonlocal session, nonce
-        if name in ("ARM_REQUEST", "ARM_CONFIRM", "FIRE", "HEARTBEAT"):
+        if name in ("ARM_REQUEST", "ARM_CONFIRM", "FIRE", "HEARTBEAT", "FAULT_INJECT"):
             fields["session"] = session
         msgs = keep(unit.receive(codec.encode(name, next(seq), flags, **fields), t_us))
         for m in msgs:
@@ -245,9 +245,10 @@ def _low_pressure_session(unit) -> list[tuple]:
                 nonce = m["nonce"]
         return msgs
 
-    def arm(t_us: int) -> None:
+    def arm(t_us: int, next_step: int) -> None:
         send(t_us, "ARM_REQUEST")
-        send(t_us + 100, "ARM_CONFIRM", FLAG_ACK_REQ, nonce=nonce, max_on_ticks=100)
+        send(t_us + 100, "ARM_CONFIRM", FLAG_ACK_REQ, nonce=nonce, max_on_ticks=100,
+             next_step=next_step)
 
     def fire(t_us: int, step: int, on: dict[int, int]) -> list[Message]:
         ticks = [on.get(c, 0) for c in range(16)]
@@ -256,8 +257,9 @@ def _low_pressure_session(unit) -> list[tuple]:
 
     low = LIMITS["min_feed_kpa"] - 1
     keep(unit.boot(0))
-    send(1000, "HELLO", proto_ver=1, dict_hash=DICT_HASH, mode=MODE["REALTIME"], period_ms=100)
-    arm(2000)
+    send(1000, "HELLO", proto_ver=1, dict_hash=DICT_HASH, mode=MODE["REALTIME"], period_ms=100,
+         host_nonce=0xA5A5A5A5)
+    arm(2000, 1)
     fire(4000, 1, {0: 60, 1: 30})
     send(14_000, "FAULT_INJECT", FLAG_ACK_REQ, fault=FAULT["TANK_PRESSURE"], arg=low)
     assert unit.state == ENUMS["state"]["SAFE"] and unit.open_mask() == 0
@@ -265,7 +267,7 @@ def _low_pressure_session(unit) -> list[tuple]:
     send(16_000, "ARM_REQUEST")
     send(17_000, "FAULT_INJECT", FLAG_ACK_REQ, fault=FAULT["TANK_PRESSURE"], arg=low + 1)
     assert unit.state == ENUMS["state"]["SAFE"]
-    arm(18_000)
+    arm(18_000, 3)
     fire(19_000, 3, {2: 40})
     keep(unit.set_tank_kpa(120, 29_000))  # a pressure reading, mid-pulse
     assert unit.state == ENUMS["state"]["SAFE"] and unit.open_mask() == 0

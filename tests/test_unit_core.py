@@ -34,7 +34,8 @@ LOCKSTEP, REALTIME = MODE["LOCKSTEP"], MODE["REALTIME"]
 REASON = ENUMS["safe_reason"]
 PARAM = ENUMS["param"]
 MS = 1000
-SESSION_CMDS = {"HEARTBEAT", "ARM_REQUEST", "ARM_CONFIRM", "DISARM", "FIRE", "SET_PARAM"}
+SESSION_CMDS = {"HEARTBEAT", "ARM_REQUEST", "ARM_CONFIRM", "DISARM", "FIRE", "SET_PARAM",
+                "FAULT_INJECT"}
 
 
 class Bench:
@@ -48,6 +49,7 @@ class Bench:
         self.dec = Decoder()
         self.boot = self.decode(self.u.boot(0))
         self.nonce = 0
+        self.next_step = 1  # what ARM_CONFIRM says unless a test says otherwise
 
     def decode(self, data: bytes) -> list[Message]:
         items = self.dec.feed(data)
@@ -62,6 +64,13 @@ class Bench:
             seq, self.seq = self.seq, self.seq + 1
         if name in SESSION_CMDS and "session" not in fields:
             fields["session"] = self.u.session or 0
+        if name == "HELLO":
+            fields.setdefault("host_nonce", 0x600DF00D + seq)
+            self.next_step = 1
+        elif name == "ARM_CONFIRM":
+            fields.setdefault("next_step", self.next_step)
+        elif name == "FIRE":
+            self.next_step = max(self.next_step, fields["step"] + 1)
         return self.decode(self.u.receive(codec.encode(name, seq, flags, **fields), self.t))
 
     def tick(self, dt_us: int = 0) -> list[Message]:
@@ -620,6 +629,7 @@ def test_reset_fault():
 
 def test_fault_inject_unsupported_on_flight_build():
     b = Bench(test_build=False)
+    b.hello()
     r = reply(b.inject("RESET", flags=0))
     assert r["result"] == R["UNSUPPORTED"] and b.u.boot_count == 1
     assert not b.boot[0].flags & 4

@@ -10,13 +10,14 @@ changes (the file records the dictionary hash it was made for):
 
 from __future__ import annotations
 
+import binascii
 import json
 from pathlib import Path
 
 from cobs import cobs
 
 from firmware_bridge.codec import ProtocolError, crc16, decode_frame, encode, encode_packet
-from firmware_bridge.dictionary import DICT_HASH, FLAG_ACK_REQ, MESSAGES
+from firmware_bridge.dictionary import DICT_HASH, FLAG_ACK_REQ, MESSAGES, dictionary_hash
 
 OUT = Path(__file__).resolve().parents[1] / "firmware_bridge" / "golden_vectors.json"
 
@@ -110,8 +111,13 @@ def main() -> None:
             assert err.kind == v["error"], (v["id"], err.kind)
         else:
             raise AssertionError(f"{v['id']} decoded")
-    doc = {"dictionary_hash": f"0x{DICT_HASH:08X}", "crc_check": {"input": "123456789",
-           "crc16_ccitt_false": "0x29B1"}, "good": good, "bad": bad}
+    doc = {"dictionary_hash": f"0x{DICT_HASH:08X}", "crc_check": {
+        "input": "123456789", "crc16_ccitt_false": "0x29B1",
+        # the dictionary hash's CRC (docs/protocol.md section 3), and the hash of a one-key
+        # dictionary {"a": 1} (canonical JSON {"a":1}) for a client to test its hashing
+        "crc32_iso_hdlc": f"0x{binascii.crc32(b'123456789'):08X}",
+        "dict_hash_of_a_eq_1": f"0x{dictionary_hash({'a': 1}):08X}"},
+        "good": good, "bad": bad}
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {len(good)} good and {len(bad)} bad vectors to {OUT}")
 

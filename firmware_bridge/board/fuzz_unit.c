@@ -69,20 +69,26 @@ static void feed_valid(uint8_t id, const uint8_t *data, uint8_t n, uint16_t seq,
     memset(payload, 0, sizeof payload);
     memcpy(payload, data, n < plen ? n : (uint8_t)plen);
     /* Most of the time give it the right session, hash, nonce or bank so it goes deep. */
-    if (plen >= 2 && id != MSG_PING && id != MSG_HELLO && id != MSG_FAULT_INJECT &&
-        !(n && (data[0] & 0x80)))
-        proto_put16(payload, U.session);
+    if (plen >= 4 && id != MSG_PING && id != MSG_HELLO && !(n && (data[0] & 0x80)))
+        proto_put32(payload, U.session);
     if (id == MSG_HELLO && !(n > 1 && (data[1] & 0x80))) {
-        payload[0] = PROTO_VERSION;
-        proto_put32(payload + 1, DICT_HASH);
-        payload[5] &= 1;
-        if (proto_get16(payload + 6) < 10)
-            proto_put16(payload + 6, 100);
+        payload[MSG_HELLO_OFF_PROTO_VER] = PROTO_VERSION;
+        proto_put32(payload + MSG_HELLO_OFF_DICT_HASH, DICT_HASH);
+        payload[MSG_HELLO_OFF_MODE] &= 1;
+        if (proto_get16(payload + MSG_HELLO_OFF_PERIOD_MS) < 10)
+            proto_put16(payload + MSG_HELLO_OFF_PERIOD_MS, 100);
     }
-    if (id == MSG_ARM_CONFIRM && !(n > 1 && (data[1] & 0x80)))
-        proto_put32(payload + 2, U.nonce);
-    if (id == MSG_FIRE)
+    if (id == MSG_ARM_CONFIRM && !(n > 1 && (data[1] & 0x80))) {
+        proto_put32(payload + MSG_ARM_CONFIRM_OFF_NONCE, U.nonce);
+        if (!(n > 3 && (data[3] & 0x80))) /* mostly the next step after the last one */
+            proto_put32(payload + MSG_ARM_CONFIRM_OFF_NEXT_STEP, U.last_step + 1u);
+    }
+    if (id == MSG_FIRE) {
         payload[MSG_FIRE_OFF_BANK] &= 1;
+        if (!(n > 3 && (data[3] & 0x80))) /* mostly inside the step window (or a duplicate) */
+            proto_put32(payload + MSG_FIRE_OFF_STEP,
+                        U.bank_floor[payload[MSG_FIRE_OFF_BANK]] + (n > 3 ? data[3] & 3 : 1));
+    }
     uint8_t flags = n > 2 ? data[2] & 0x0F : 0;
     uint8_t len = proto_build_packet(pkt, id, seq, flags, payload, (uint8_t)plen);
     uint8_t f = proto_cobs_encode(pkt, len, frame);

@@ -15,8 +15,10 @@
  * when no flag is set: a jump to the reset vector). boot_count lives in EEPROM (address 0: magic,
  * 2: count, 4: last reset cause) and is mirrored in .noinit RAM with a check word, because
  * qemu-system-avr does not persist EEPROM across its (jump-to-0) reset. Health faults injected
- * by the bench (FAIL_OFF, STUCK_OPEN, tank pressure) survive a reset in .noinit RAM, like the
- * emulator's.
+ * by the bench (FAIL_OFF, STUCK_OPEN, tank pressure) model hardware: the main loop mirrors them
+ * into .noinit RAM, and every reset but power-on and brown-out (watchdog, external/DTR,
+ * commanded) restores them, like the emulator's; a power cycle (a new QEMU) clears them. Link
+ * faults (DROP_RX, CORRUPT_TX, STALL_MS) and the HK counters start again from zero.
  *
  * Tank pressure. The bench rig has no pressure transducer: tank_kpa is UNIT_DEFAULT_TANK_KPA, or
  * what FAULT_INJECT TANK_PRESSURE set (kept over a commanded reset, above). Every change goes
@@ -282,10 +284,7 @@ static void board_reset(void *ctx)
 {
     (void)ctx;
     valves_write(0);
-    soft_failed = unit.failed;
-    soft_stuck = unit.stuck;
-    soft_tank = unit.tank_kpa;
-    soft_reset_requested = 0xA5;
+    soft_reset_requested = 0xA5; /* soft_failed/stuck/tank: mirrored by the main loop */
     uart_flush();
     cli();
     wdt_enable(WDTO_15MS);
@@ -325,14 +324,11 @@ int main(void)
     unit_config_t cfg = {N_CHANNELS, UNIT_FW_VERSION, boots, cause, TEST_BUILD, 5, DICT_HASH,
                          seed, uart_send, board_reset, 0};
     unit_init(&unit, &cfg);
-    if (warm && (cause & RESET_CAUSE_SOFTWARE)) {
-        unit.failed = soft_failed;
+    if (warm && !(cause & (RESET_CAUSE_POWER_ON | RESET_CAUSE_BROWN_OUT))) {
+        unit.failed = soft_failed; /* hardware faults survive every reset but a power cycle */
         unit.stuck = soft_stuck;
         unit_set_tank_kpa(&unit, soft_tank, 0); /* before boot: the unit is not armed */
     }
-    soft_failed = 0;
-    soft_stuck = 0;
-    soft_tank = UNIT_DEFAULT_TANK_KPA;
     sei();
     unit_boot(&unit, now_us());
 
@@ -365,5 +361,8 @@ int main(void)
             unit_tick(&unit, t);
         }
         valves_write(unit_open_mask(&unit));
+        soft_failed = unit.failed; /* for the next reset (a few stores per pass) */
+        soft_stuck = unit.stuck;
+        soft_tank = unit.tank_kpa;
     }
 }

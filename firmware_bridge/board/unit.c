@@ -12,7 +12,13 @@
  *   ACK DUPLICATE while its REALTIME pulses still run;
  * - a new REALTIME FIRE cuts older pulses of its bank only on the channels it commands;
  * - HK watchdog_remaining_ms is 0 outside ARMING/ARMED; length_errors counts TOO_LONG too;
- * - health faults survive a reset in place; parameters do not.
+ * - health faults survive a reset in place; link faults, parameters and the HK counters do not
+ *   (the board's RAM is cleared by a real reset: a reset in place does the same);
+ * - 32-bit session tokens: mix32(host nonce ^ the entropy pool's next word ^ a counter), never 0
+ *   or the previous one; the session_error_limit-th wrong token of a session is a LOCKOUT
+ *   (valves closed, SAFE with INTRUSION, session void, LOCKOUT event);
+ * - the step window: ARM_CONFIRM next_step sets every bank's floor, FIREs must be in
+ *   (floor, floor + step_window], floors live as long as the session;
  * - tank pressure below min_feed_kpa: ARMING/ARMED -> SAFE (LOW_PRESSURE, arg1 the kPa), and
  *   ARM_REQUEST / ARM_CONFIRM are REJECTED_STATE while it stays below (unit_set_tank_kpa);
  * Board additions: the arm-enable input (ARM_CONFIRM refused with REJECTED_STATE while it says
@@ -36,6 +42,20 @@ static uint32_t rng_next(unit_t *u)
     x ^= x >> 17;
     x ^= x << 5;
     u->rng = x;
+    return x;
+}
+
+/* Cost on the AVR (avr-gcc -Os): two 32x32 multiplies (__mulsi3, about 60 cycles each) and
+ * three shifts by 13/16 (byte moves plus a few single shifts, about 40 cycles): about 200
+ * cycles, 13 us at 16 MHz, once per HELLO. The per-command cost of the session is a 4-byte
+ * compare and, on a wrong token, one counter increment: under 20 cycles. */
+uint32_t unit_mix32(uint32_t x)
+{
+    x ^= x >> 16;
+    x *= 0x85EBCA6Bu;
+    x ^= x >> 13;
+    x *= 0xC2B2AE35u;
+    x ^= x >> 16;
     return x;
 }
 
@@ -222,10 +242,17 @@ static void power_on(unit_t *u)
 {
     u->has_session = 0;
     u->session = 0;
+    u->session_errors = 0;
+    u->has_floor = 0;
+    u->step_window = LIMIT_STEP_WINDOW_MIN;
+    memset(&u->c, 0, sizeof u->c); /* HK counts since this boot, as after a real reset */
+    u->drop_rx = 0;                 /* link faults: a reset ends them */
+    u->corrupt_tx = 0;
+    u->stalled = 0;
     u->mode = MODE_LOCKSTEP;
     u->period_ms = 100;
     u->watchdog_ms = LIMIT_WATCHDOG_MS_DEFAULT;
-    u->hk_period_ms = 100;
+    u->hk_period_ms = LIMIT_HK_PERIOD_MS_DEFAULT;
     u->min_on_ticks = u->cfg.min_on_ticks;
     u->max_on_ticks = LIMIT_MAX_ON_TICKS_CAP;
     u->has_nonce = 0;
@@ -309,7 +336,7 @@ void unit_set_arm_enable(unit_t *u, uint8_t enabled, uint32_t now)
 {
     u->arm_enabled = enabled ? 1 : 0;
     if (!enabled && u->state == STATE_ARMED)
-        leave_armed(u, now, STATE_SAFE, SAFE_REASON_COMMANDED);
+        leave_armed(u, now, STATE_SAFE, SAFE_REASON_ARM_DISABLED);
 }
 
 void unit_set_tank_kpa(unit_t *u, uint16_t kpa, uint32_t now)
@@ -424,16 +451,44 @@ void unit_tick(unit_t *u, uint32_t now) { run_timers(u, now); }
 
 /* ------------------------------------------------------------------ commands */
 
-static uint16_t new_session(unit_t *u)
+/* The host's nonce makes every session new even on a deterministic unit (QEMU); the pool
+ * (ADC noise, boot count, Timer1 at every received chunk) makes it unpredictable to a writer
+ * that never read the line. */
+static uint32_t new_session(unit_t *u, uint32_t host_nonce)
 {
     for (;;) {
-        uint16_t s = (uint16_t)(rng_next(u) >> 16);
-        if (s != 0 && !(u->has_last_session && s == u->last_session)) {
+        u->sessions_made++;
+        uint32_t s = unit_mix32(host_nonce ^ rng_next(u) ^ (u->sessions_made * 0x9E3779B9u));
+        if (s != 0 && s != u->last_session) {
             u->last_session = s;
-            u->has_last_session = 1;
             return s;
         }
     }
+}
+
+/* A new session (or none): what the old one knew about steps and reports is void. */
+static void end_session(unit_t *u, uint8_t has, uint32_t session)
+{
+    u->has_session = has;
+    u->session = session;
+    u->session_errors = 0;
+    u->has_nonce = 0;
+    u->has_floor = 0;
+    memset(u->has_last_step, 0, sizeof u->has_last_step);
+    memset(u->has_report, 0, sizeof u->has_report);
+    u->has_last_fire = 0;
+    u->last_step = 0;
+}
+
+/* Someone without the session is guessing: every valve closed, SAFE, session void. */
+static void lockout(unit_t *u, uint32_t now, uint8_t msg_id)
+{
+    if (u->state == STATE_ARMING || u->state == STATE_ARMED)
+        leave_armed(u, now, STATE_SAFE, SAFE_REASON_INTRUSION);
+    else
+        close_all(u, now);
+    event(u, now, EVENT_LOCKOUT, u->session_errors, msg_id, 0);
+    end_session(u, 0, 0);
 }
 
 static void on_hello(unit_t *u, const proto_msg_t *m, uint32_t now)
@@ -443,7 +498,7 @@ static void on_hello(unit_t *u, const proto_msg_t *m, uint32_t now)
     uint16_t period = proto_get16(q + MSG_HELLO_OFF_PERIOD_MS);
     uint8_t result;
     uint8_t has = u->has_session;
-    uint16_t session = u->session;
+    uint32_t session = u->session;
     if (proto_get32(q + MSG_HELLO_OFF_DICT_HASH) != u->cfg.dict_hash ||
         q[MSG_HELLO_OFF_PROTO_VER] != PROTO_VERSION) {
         result = RESULT(DICT_MISMATCH);
@@ -456,18 +511,13 @@ static void on_hello(unit_t *u, const proto_msg_t *m, uint32_t now)
     } else {
         result = RESULT(ACCEPTED);
         has = 1;
-        session = new_session(u);
+        session = new_session(u, proto_get32(q + MSG_HELLO_OFF_HOST_NONCE));
     }
     if (result == RESULT(ACCEPTED) || result == RESULT(DICT_MISMATCH)) {
         /* any session ends here, whatever the outcome */
         if (u->state == STATE_ARMING || u->state == STATE_ARMED)
             leave_armed(u, now, STATE_SAFE, SAFE_REASON_NEW_SESSION);
-        u->has_session = has;
-        u->session = session;
-        memset(u->has_last_step, 0, sizeof u->has_last_step);
-        memset(u->has_report, 0, sizeof u->has_report);
-        u->has_last_fire = 0;
-        u->last_step = 0;
+        end_session(u, has, session);
         if (result == RESULT(ACCEPTED)) {
             u->mode = mode;
             u->period_ms = period;
@@ -475,7 +525,7 @@ static void on_hello(unit_t *u, const proto_msg_t *m, uint32_t now)
     }
     uint8_t p[MSG_HELLO_ACK_LEN];
     p[MSG_HELLO_ACK_OFF_RESULT] = result;
-    proto_put16(p + MSG_HELLO_ACK_OFF_SESSION, result == RESULT(ACCEPTED) ? session : 0);
+    proto_put32(p + MSG_HELLO_ACK_OFF_SESSION, result == RESULT(ACCEPTED) ? session : 0);
     proto_put16(p + MSG_HELLO_ACK_OFF_FW_VER, u->cfg.fw_ver);
     p[MSG_HELLO_ACK_OFF_PROTO_VER] = PROTO_VERSION;
     proto_put32(p + MSG_HELLO_ACK_OFF_DICT_HASH, u->cfg.dict_hash);
@@ -529,14 +579,27 @@ static void on_arm_request(unit_t *u, const proto_msg_t *m, uint32_t now)
 static void on_arm_confirm(unit_t *u, const proto_msg_t *m, uint32_t now)
 {
     const uint8_t *q = m->payload;
-    if (u->state != STATE_ARMING || !u->arm_enabled || pressure_low(u)) {
+    if (u->state != STATE_ARMING || pressure_low(u)) {
         ack(u, m, RESULT(REJECTED_STATE));
         return;
     }
+    if (!u->arm_enabled) {
+        ack(u, m, RESULT(ARM_DISABLED));
+        return;
+    }
     uint16_t max_on = proto_get16(q + MSG_ARM_CONFIRM_OFF_MAX_ON_TICKS);
-    if (max_on < 1 || max_on > LIMIT_MAX_ON_TICKS_CAP) {
+    uint32_t next_step = proto_get32(q + MSG_ARM_CONFIRM_OFF_NEXT_STEP);
+    if (max_on < 1 || max_on > LIMIT_MAX_ON_TICKS_CAP || next_step == 0) {
         ack(u, m, RESULT(BAD_PARAM));
         return;
+    }
+    if (u->has_floor) { /* a step this session already passed */
+        for (uint8_t b = 0; b < u->n_banks; b++) {
+            if (next_step <= u->bank_floor[b]) {
+                ack(u, m, RESULT(STALE));
+                return;
+            }
+        }
     }
     uint8_t fresh = u->has_nonce &&
                     since(now, u->challenge_t) <= (int32_t)(LIMIT_ARM_CHALLENGE_MS * 1000u);
@@ -547,6 +610,12 @@ static void on_arm_confirm(unit_t *u, const proto_msg_t *m, uint32_t now)
     }
     u->has_nonce = 0;
     u->max_on_ticks = max_on;
+    for (uint8_t b = 0; b < u->n_banks; b++)
+        u->bank_floor[b] = next_step - 1;
+    u->has_floor = 1;
+    /* every step a host can lose before the link watchdog trips anyway, at least the minimum */
+    uint16_t w = (uint16_t)((u->watchdog_ms + u->period_ms - 1u) / u->period_ms + 1u);
+    u->step_window = w > LIMIT_STEP_WINDOW_MIN ? w : (uint16_t)LIMIT_STEP_WINDOW_MIN;
     u->last_valid = now;
     u->idle_from = now;
     u->has_last_fire = 0;
@@ -736,6 +805,7 @@ static void execute(unit_t *u, const proto_msg_t *m, uint32_t now)
     }
     u->has_last_step[bank] = 1;
     u->bank_step[bank] = step;
+    u->bank_floor[bank] = step;
     u->last_step = step;
     u->idle_from = now;
     pulse.has_session = u->has_session;
@@ -806,15 +876,20 @@ static void on_fire(unit_t *u, const proto_msg_t *m, uint32_t now)
         }
         return;
     }
-    uint8_t stale = has_last && step < last;
+    uint32_t floor = u->bank_floor[bank]; /* set for every bank by ARM_CONFIRM */
     uint16_t valid_for = proto_get16(q + MSG_FIRE_OFF_VALID_FOR_MS);
-    if (!stale && u->mode == MODE_REALTIME && had_prev && valid_for &&
-        since(now, prev) > (int32_t)((uint32_t)valid_for * 1000u))
-        stale = 1;
-    if (stale) {
+    uint8_t why = 0; /* STALE_FIRE arg2: 1 not after the floor, 2 past valid_for_ms, 3 ahead */
+    if (step <= floor)
+        why = 1;
+    else if (step - floor > u->step_window)
+        why = 3;
+    else if (u->mode == MODE_REALTIME && had_prev && valid_for &&
+             since(now, prev) > (int32_t)((uint32_t)valid_for * 1000u))
+        why = 2;
+    if (why) {
         u->c.stale_fires++;
-        event(u, now, EVENT_STALE_FIRE, (uint16_t)(step >> 16), (uint16_t)step, 0);
-        ack(u, m, RESULT(STALE));
+        event(u, now, EVENT_STALE_FIRE, (uint16_t)(step >> 16), (uint16_t)step, why);
+        ack(u, m, why == 3 ? RESULT(STEP_AHEAD) : RESULT(STALE));
         return;
     }
     execute(u, m, now);
@@ -824,8 +899,7 @@ static void on_fire(unit_t *u, const proto_msg_t *m, uint32_t now)
 
 static uint8_t needs_session(uint8_t id)
 {
-    return id == MSG_HEARTBEAT || id == MSG_ARM_REQUEST || id == MSG_ARM_CONFIRM ||
-           id == MSG_DISARM || id == MSG_FIRE || id == MSG_SET_PARAM;
+    return id != MSG_HELLO && id != MSG_PING && id != MSG_STOP_ALL;
 }
 
 static uint8_t is_cached(uint8_t id)
@@ -860,11 +934,15 @@ static void command(unit_t *u, const proto_msg_t *m, uint32_t now)
         u->capturing = 1;
         u->captured_len = 0;
     }
+    /* every session field is the payload's first 4 bytes */
     if (needs_session(m->msg_id) &&
-        (!u->has_session || proto_get16(m->payload) != u->session)) {
+        (!u->has_session || proto_get32(m->payload) != u->session)) {
         u->c.session_errors++;
         event(u, now, EVENT_SESSION_REJECTED, m->msg_id, 0, 0);
         ack(u, m, RESULT(BAD_SESSION));
+        if (u->has_session && ++u->session_errors >= LIMIT_SESSION_ERROR_LIMIT) {
+            lockout(u, now, m->msg_id);
+        }
     } else {
         uint16_t boots = u->boot_count;
         switch (m->msg_id) {

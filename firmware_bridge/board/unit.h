@@ -39,7 +39,7 @@
 #define UNIT_MAX_PENDING 8
 #define UNIT_CACHE_SIZE 8
 #define UNIT_DEFAULT_TANK_KPA 1800
-#define UNIT_BAD_FRAME_EVENT_GAP_US 100000UL
+#define UNIT_BAD_FRAME_EVENT_GAP_US (LIMIT_BAD_FRAME_EVENT_GAP_MS * 1000UL)
 #define UNIT_REPLY_MAX (PACKET_OVERHEAD + MSG_HELLO_ACK_LEN) /* the largest cached reply */
 
 typedef void (*unit_send_fn)(void *ctx, const uint8_t *frame, uint8_t len);
@@ -54,14 +54,14 @@ typedef struct {
     uint8_t test_build;   /* FAULT_INJECT accepted, TEST_BUILD flag on every TM */
     uint16_t min_on_ticks;
     uint32_t dict_hash;
-    uint32_t rng_seed;    /* sessions and nonces; board: timer/ADC noise, host: fixed */
+    uint32_t rng_seed;    /* entropy pool start; board: ADC noise, timer, boot count */
     unit_send_fn send;
     unit_reset_fn reset;
     void *ctx;
 } unit_config_t;
 
 typedef struct {
-    uint16_t session;
+    uint32_t session;
     uint8_t has_session;
     uint8_t bank;
     uint16_t flags;
@@ -105,11 +105,13 @@ typedef struct {
     uint32_t stall_until;
     uint16_t uart_hw_errors;   /* set by the board: DOR + FE + ring overflow */
     unit_counters_t c;
-    uint16_t last_session;
-    uint8_t has_last_session;
+    uint32_t last_session;
+    uint16_t sessions_made;
     /* RAM state of one power-on */
     uint8_t has_session;
-    uint16_t session;
+    uint32_t session;
+    uint8_t session_errors;    /* wrong tokens in this session: LOCKOUT at the limit */
+    uint16_t step_window;      /* fixed at ARM_CONFIRM */
     uint8_t mode;
     uint16_t period_ms, watchdog_ms, hk_period_ms, min_on_ticks, max_on_ticks;
     uint8_t has_nonce;
@@ -120,6 +122,8 @@ typedef struct {
     uint32_t idle_from;
     uint8_t has_last_step[UNIT_MAX_BANKS];
     uint32_t bank_step[UNIT_MAX_BANKS];
+    uint8_t has_floor;         /* an ARM_CONFIRM of this session set the floors */
+    uint32_t bank_floor[UNIT_MAX_BANKS];
     uint8_t has_report[UNIT_MAX_BANKS];
     uint32_t report_step[UNIT_MAX_BANKS];
     uint16_t report_seq[UNIT_MAX_BANKS];
@@ -153,6 +157,8 @@ uint32_t unit_open_mask(const unit_t *u);
 void unit_set_arm_enable(unit_t *u, uint8_t enabled, uint32_t now_us);
 /* Mix entropy (timer counts at byte arrival, ADC noise) into the session/nonce generator. */
 void unit_add_entropy(unit_t *u, uint32_t x);
+/* MurmurHash3's fmix32, as firmware_bridge/unit.py's mix32 (session tokens). */
+uint32_t unit_mix32(uint32_t x);
 /* STOP_ALL without a command (shutdown), and the board's self-check entering FAULT. */
 void unit_stop_all(unit_t *u, uint32_t now_us);
 void unit_force_fault(unit_t *u, uint32_t now_us);
