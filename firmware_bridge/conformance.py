@@ -13,6 +13,7 @@ flag; checks with timing (the watchdog) only assert "within a generous bound" un
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class UnitClient:
         self.decoder = Decoder()
         self.seq = 0
         self.session = 0
+        self.next_step = 1  # ARM_CONFIRM's next_step: one after every step fired this session
         self.boot: Message | None = None
         self.hello_ack: Message | None = None
         self.inbox: list[Message] = []
@@ -142,9 +144,11 @@ class UnitClient:
         while self.port.in_waiting:
             self._pump()
         self.inbox = [m for m in self.inbox if m.name != "HELLO_ACK"]
+        self.send_raw(b"\x00")  # end any partial frame the unit holds (protocol section 1)
+        nonce = int.from_bytes(os.urandom(4), "big")
         for _ in range(tries):
             seq = self.send("HELLO", flags, seq, proto_ver=PROTO_VERSION, dict_hash=dict_hash,
-                            mode=MODE[mode], period_ms=period_ms)
+                            mode=MODE[mode], period_ms=period_ms, host_nonce=nonce)
             try:
                 self.hello_ack = self.wait_name("HELLO_ACK", timeout_s=0.5)
                 break
@@ -153,25 +157,30 @@ class UnitClient:
         else:
             raise AssertionError(f"no HELLO_ACK after {tries} tries")
         self.session = self.hello_ack["session"]
+        self.next_step = 1
         return self.hello_ack
 
     def command(self, name: str, **fields) -> Message:
         """Send with ACK_REQ (session filled in) and return the ACK."""
         if "session" in _field_names(name) and "session" not in fields:
             fields["session"] = self.session
+        if name == "ARM_CONFIRM":
+            fields.setdefault("next_step", self.next_step)
         seq = self.send(name, FLAG_ACK_REQ, **fields)
         return self.wait_name("ACK", acked_seq=seq)
 
-    def arm(self, max_on_ticks: int = PERIOD_MS) -> Message:
+    def arm(self, max_on_ticks: int = PERIOD_MS, next_step: int | None = None) -> Message:
         self.send("ARM_REQUEST", session=self.session)
         ch = self.wait_name("ARM_CHALLENGE")
-        return self.command("ARM_CONFIRM", nonce=ch["nonce"], max_on_ticks=max_on_ticks)
+        return self.command("ARM_CONFIRM", nonce=ch["nonce"], max_on_ticks=max_on_ticks,
+                            next_step=self.next_step if next_step is None else next_step)
 
     def fire(self, step: int, ticks: list[int], bank: int = 0, mask: int | None = None,
              flags: int = 0, seq: int | None = None) -> int:
         ticks = list(ticks) + [0] * (CHANNELS_PER_BANK - len(ticks))
         if mask is None:
             mask = sum(1 << c for c in range(CHANNELS_PER_BANK) if ticks[c] > 0) or 1
+        self.next_step = max(self.next_step, step + 1)
         return self.send("FIRE", flags, seq, session=self.session, step=step, valid_for_ms=60000,
                          bank=bank, mask=mask, on_ticks=ticks)
 
@@ -312,13 +321,14 @@ _MATRIX = {
 }
 
 
-def _enter(c: UnitClient, state: str) -> None:
+def _enter(c: UnitClient, state: str, next_step: int) -> None:
     c.hello()
     if state in ("ARMING", "ARMED"):
         c.send("ARM_REQUEST", session=c.session)
         ch = c.wait_name("ARM_CHALLENGE")
         if state == "ARMED":
-            ack = c.command("ARM_CONFIRM", nonce=ch["nonce"], max_on_ticks=100)
+            ack = c.command("ARM_CONFIRM", nonce=ch["nonce"], max_on_ticks=100,
+                            next_step=next_step)
             assert ack["result"] == RESULT["ACCEPTED"], ack
 
 
@@ -326,13 +336,14 @@ def _send_matrix_command(c: UnitClient, cmd: str, step: int) -> int:
     s = c.session
     if cmd == "HELLO":
         return c.send("HELLO", proto_ver=PROTO_VERSION, dict_hash=DICT_HASH,
-                      mode=MODE["LOCKSTEP"], period_ms=PERIOD_MS)
+                      mode=MODE["LOCKSTEP"], period_ms=PERIOD_MS, host_nonce=step)
     if cmd == "PING":
         return c.send("PING", nonce=step, t1_host_us=step)
     if cmd == "ARM_REQUEST":
         return c.send("ARM_REQUEST", session=s)
     if cmd == "ARM_CONFIRM":  # a nonce that cannot be right (the real one is never 0 here)
-        return c.send("ARM_CONFIRM", FLAG_ACK_REQ, session=s, nonce=0, max_on_ticks=100)
+        return c.send("ARM_CONFIRM", FLAG_ACK_REQ, session=s, nonce=0, max_on_ticks=100,
+                      next_step=step)
     if cmd == "FIRE":
         return c.fire(step, [5])
     if cmd == "SET_PARAM":
@@ -351,7 +362,7 @@ def state_matrix(c: UnitClient) -> None:
     for state, row in _MATRIX.items():
         for cmd, (reply, result, after) in row.items():
             step += 1
-            _enter(c, state)
+            _enter(c, state, step)
             seq = _send_matrix_command(c, cmd, step)
             if reply == "ACK":
                 got = c.wait_name("ACK", acked_seq=seq)
@@ -388,7 +399,7 @@ def arm_interlock(c: UnitClient) -> None:
         assert c.command("ARM_CONFIRM", nonce=old["nonce"], max_on_ticks=100)["result"] == \
             RESULT["BAD_NONCE"]
     # Commands without the session token are refused.
-    c.send("ARM_REQUEST", session=(c.session + 1) & 0xFFFF or 1)
+    c.send("ARM_REQUEST", session=(c.session + 1) & 0xFFFFFFFF or 1)
     assert c.wait_name("ACK")["result"] == RESULT["BAD_SESSION"]
 
 
@@ -468,7 +479,7 @@ def reset_handling(c: UnitClient) -> None:
         raise Skip("needs a TEST_BUILD unit to reset on command (reset a board by reopening "
                    "its port)")
     old_boot = c.hello_ack["boot_count"]
-    c.send("FAULT_INJECT", fault=FAULT["RESET"], arg=0)
+    c.send("FAULT_INJECT", session=c.session, fault=FAULT["RESET"], arg=0)
     boot = c.wait_name("BOOT", timeout_s=5.0)
     assert boot["boot_count"] == (old_boot + 1) & 0xFFFF
     c.fire(1, [10])  # the old session is gone
@@ -516,7 +527,95 @@ def low_tank_pressure(c: UnitClient) -> None:
         c.fire(4, [20])
         assert c.report(4)["executed_ticks"][0] == 20
     finally:  # tank pressure survives a reset: leave the unit as the next check expects it
-        c.send("FAULT_INJECT", fault=FAULT["TANK_PRESSURE"], arg=before)
+        c.send("FAULT_INJECT", session=c.session, fault=FAULT["TANK_PRESSURE"], arg=before)
+
+
+def _wrong(session: int, k: int) -> int:
+    """A token that is not ``session`` (and never 0)."""
+    return (session ^ (0x9E3779B9 + k)) & 0xFFFFFFFF or 1
+
+
+@check("FAULT_INJECT without the session is refused (BAD_SESSION) and injects nothing")
+def fault_inject_needs_session(c: UnitClient) -> None:
+    # Before any HELLO there is no session at all; then one exists and the token is wrong.
+    for session in (0, None):
+        if session is None:
+            _ready(c)
+            session = _wrong(c.session, 1)
+        seq = c.send("FAULT_INJECT", FLAG_ACK_REQ, session=session,
+                     fault=FAULT["STUCK_OPEN"], arg=0)
+        ack = c.wait_name("ACK", acked_seq=seq)
+        assert ack["result"] == RESULT["BAD_SESSION"], ack
+        hk = c.hk()
+        assert hk["stuck_mask"] & 1 == 0 and hk["open_mask"] & 1 == 0, hk
+
+
+@check("Lockout: the session_error_limit-th command with a wrong token closes every valve, "
+       "goes SAFE (INTRUSION), voids the session and says LOCKOUT")
+def lockout(c: UnitClient) -> None:
+    limit = LIMITS["session_error_limit"]
+    _ready(c, armed=True)
+    for k in range(limit - 1):
+        seq = c.send("FIRE", FLAG_ACK_REQ, session=_wrong(c.session, k), step=0x7F000000 + k,
+                     valid_for_ms=0, bank=0, mask=0xFFFF, on_ticks=[100] * 16)
+        assert c.wait_name("ACK", acked_seq=seq)["result"] == RESULT["BAD_SESSION"]
+    c.fire(1, [10])  # still ARMED, still our session: below the limit nothing changes
+    assert c.report(1)["executed_ticks"][0] == 10
+    seq = c.send("DISARM", FLAG_ACK_REQ, session=_wrong(c.session, limit))
+    assert c.wait_name("ACK", acked_seq=seq)["result"] == RESULT["BAD_SESSION"]
+    out = c.wait(lambda m: m.name == "EVENT" and m["event"] == EVENT["LOCKOUT"])
+    assert out["arg0"] == limit and out["arg1"] == 0x12 and out["state"] == STATE["SAFE"], out
+    safe = c.wait(lambda m: m.name == "EVENT" and m["event"] == EVENT["SAFE_ENTERED"])
+    assert safe["arg0"] == ENUMS["safe_reason"]["INTRUSION"], safe
+    hk = c.hk()
+    assert hk["state"] == STATE["SAFE"] and hk["open_mask"] == 0, hk
+    c.fire(2, [10])  # our token is void too: a new HELLO is needed
+    assert c.wait_name("ACK")["result"] == RESULT["BAD_SESSION"]
+    _ready(c, armed=True)
+    c.fire(1, [10])
+    assert c.report(1)["executed_ticks"][0] == 10
+
+
+@check("Step window: a FIRE before ARM_CONFIRM's next_step is STALE, one more than the window "
+       "beyond the last step is STEP_AHEAD; steps are remembered across DISARM and re-ARM")
+def step_window(c: UnitClient) -> None:
+    c.hello()
+    wd, w_min = c.hello_ack["watchdog_ms"], LIMITS["step_window_min"]
+    window = max(w_min, -(-wd // PERIOD_MS) + 1)
+    assert c.arm(next_step=100)["result"] == RESULT["ACCEPTED"]
+    c.fire(99, [10])
+    assert c.wait_name("ACK")["result"] == RESULT["STALE"]
+    c.fire(100 + window, [10])  # floor 99: the window is (99, 99 + window]
+    assert c.wait_name("ACK")["result"] == RESULT["STEP_AHEAD"]
+    c.fire(99 + window, [10])
+    assert c.report(99 + window)["executed_ticks"][0] == 10
+    assert c.command("DISARM")["result"] == RESULT["ACCEPTED"]
+    assert c.arm(next_step=99 + window)["result"] == RESULT["STALE"]  # already executed
+    assert c.command("DISARM")["result"] == RESULT["ACCEPTED"]
+    assert c.arm(next_step=100 + window)["result"] == RESULT["ACCEPTED"]
+    c.fire(99 + window, [10])  # the last executed step: a duplicate, never fired again
+    assert c.report(99 + window)["flags"] & 4
+    c.fire(100 + window, [10])
+    assert c.report(100 + window)["executed_ticks"][0] == 10
+
+
+@check("No replay: every HELLO gives a new token, and a FIRE captured in one session is "
+       "refused in the next (BAD_SESSION), whatever its step")
+def replay_refused(c: UnitClient) -> None:
+    _ready(c, armed=True)
+    first = c.session
+    captured = encode("FIRE", 4000, 0, session=first, step=2, valid_for_ms=0, bank=0, mask=1,
+                      on_ticks=[30] + [0] * 15)
+    c.fire(1, [10])
+    assert c.report(1)["executed_ticks"][0] == 10
+    _ready(c, armed=True)
+    assert c.session not in (0, first)
+    c.send_raw(captured)
+    ack = c.wait(lambda m: m.name == "ACK" and m["acked_seq"] == 4000)
+    assert ack["result"] == RESULT["BAD_SESSION"], ack
+    c.fire(1, [10])  # the new session still works, from its own first step
+    assert c.report(1)["executed_ticks"][0] == 10
+    assert not [m for m in c.inbox if m.name == "VALVE_REPORT" and m["step"] == 2]
 
 
 @check("Garbage on the line is counted and ignored; the next good frame is served")

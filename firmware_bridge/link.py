@@ -666,6 +666,8 @@ class Link:
         timeout. Raises LinkError if the port goes down or (session=True) the unit resets."""
 
         def check():
+            if session and self._lockout is not None:
+                return _LOCKED_OUT  # first: what follows it (BAD_SESSION) is its consequence
             got = pred()
             if got:
                 return got
@@ -673,8 +675,6 @@ class Link:
                 return _DOWN
             if session and self.reset_detected:
                 return _RESET
-            if session and self._lockout is not None:
-                return _LOCKED_OUT
             return None
 
         with self._cond:

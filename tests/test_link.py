@@ -61,6 +61,7 @@ class FakeUnit:
         self.lose_ack_once: set[str] = set()  # act on the next such message, lose its ACK
         self.dict_mismatch = False
         self.fire_result: str | None = None  # answer FIRE with this rejecting ACK
+        self.lockout_at_step: int | None = None  # another writer's guesses lock out here
         self.failed_mask = 0  # per channel, all banks
         self.stuck_mask = 0
         self.faults_on = False  # a test build: FAULT_INJECT FAIL_OFF/STUCK_OPEN applied
@@ -135,6 +136,17 @@ class FakeUnit:
         self.send("BOOT", fw_ver=0x0100, proto_ver=PROTO_VERSION, boot_count=self.boot_count,
                   reset_cause=16, n_channels=self.n_channels, dict_hash=DICT_HASH)
 
+    def lockout(self, errors: int = LIMITS["session_error_limit"]) -> None:
+        """Another writer's wrong tokens reached the limit: SAFE (INTRUSION), LOCKOUT."""
+        self.session, self.armed = None, False
+        for name in ("FIRE",) * (errors - 1) + ("DISARM",):
+            self.send("ACK", acked_seq=0x3FFF, msg_id=codec.MESSAGES[name].id,
+                      result=RESULT["BAD_SESSION"])
+        self.send("EVENT", pu_time_us=self.now_us(), event=EVENT["SAFE_ENTERED"], state=1,
+                  arg0=ENUMS["safe_reason"]["INTRUSION"], arg1=0, arg2=0)
+        self.send("EVENT", pu_time_us=self.now_us(), event=EVENT["LOCKOUT"], state=1,
+                  arg0=errors, arg1=codec.MESSAGES["DISARM"].id, arg2=0)
+
     def ack(self, m: codec.Message, result: str) -> None:
         if m.name in self.lose_ack_once:
             self.lose_ack_once.discard(m.name)
@@ -204,6 +216,10 @@ class FakeUnit:
                 self.ack(m, "ACCEPTED")
 
     def _fire(self, m: codec.Message) -> None:
+        if self.lockout_at_step is not None and m["step"] == self.lockout_at_step:
+            self.lockout()
+            self.ack(m, "BAD_SESSION")
+            return
         if not self.armed:
             self.ack(m, "REJECTED_STATE")
             return
@@ -867,3 +883,72 @@ def test_stats_keys_present(link, unit):
     assert st["crc_errors"] + st["cobs_errors"] + st["length_errors"] \
         + st["other_protocol_errors"] == 1
     assert st["rtt_samples"] >= 12  # the pings and the two lockstep exchanges
+
+
+# ---- another writer on the line (issue 13) ------------------------------------------------------
+
+def test_connect_resyncs_with_a_lone_zero_and_sends_a_fresh_host_nonce(unit):
+    """docs/protocol.md sections 1 and 3: a lone 0x00 before HELLO ends any partial frame the
+    unit holds; every HELLO carries a new 32-bit nonce from os.urandom."""
+    sent: list[bytes] = []
+    with Link(unit.path, ping_burst=2, on_bytes=lambda d, _t, b: d == "tx" and sent.append(b)) \
+            as lk:
+        lk.open()
+        unit.boot()
+        lk.connect()
+        lk.reconnect(boot_timeout_s=0.1)
+    hello_id = bytes([codec.MESSAGES["HELLO"].id])
+    first_hello = next(i for i, b in enumerate(sent) if b != b"\x00"
+                       and codec.Decoder().feed(b)[0].name == "HELLO")
+    assert sent[first_hello - 1] == b"\x00" and hello_id
+    nonces = [m["host_nonce"] for m in unit.frames("HELLO")]
+    assert len(nonces) == 2 and nonces[0] != nonces[1]
+
+
+def test_arm_sends_the_next_step_of_the_session(link, unit):
+    connected(link, unit).arm(500)
+    assert unit.frames("ARM_CONFIRM")[-1]["next_step"] == 1
+    for step in (1, 2, 3):
+        link.fire(step, [10] * 18)
+    link.disarm()
+    link.arm(500)
+    assert unit.frames("ARM_CONFIRM")[-1]["next_step"] == 4  # after every step of the session
+    link.connect()  # a new session: its steps start again
+    link.arm(500, next_step=58)  # or where the host says (a reconnect mid-burn)
+    assert unit.frames("ARM_CONFIRM")[-1]["next_step"] == 58
+
+
+def test_fault_inject_carries_the_session(link, unit):
+    unit.faults_on = True
+    connected(link, unit)
+    assert link.inject_fault("FAIL_OFF", 2) == "ACCEPTED"
+    assert unit.frames("FAULT_INJECT")[-1]["session"] == link.session
+
+
+def test_a_lockout_stops_a_fire_at_once_naming_another_writer(link, unit):
+    """REQ 13.1: the unit locked another writer out (and voided our session): the FIRE
+    waiting for its report fails at once with one line naming the cause, and so does every
+    later command, until a new connect."""
+    connected(link, unit).arm(500)
+    link.fire(1, [10] * 18)
+    unit.lockout_at_step = 2
+    t0 = time.monotonic()
+    with pytest.raises(LinkError, match="another writer on the line") as exc:
+        link.fire(2, [10] * 18)
+    assert time.monotonic() - t0 < link.give_up_s  # not the give-up timeout
+    msg = str(exc.value)
+    assert "\n" not in msg and "LOCKOUT" in msg and "refused 8 commands" in msg
+    assert not link.armed and link.stats()["foreign_refusals"] >= 8
+    with pytest.raises(LinkError, match="another writer on the line"):
+        link.heartbeat(3)
+    link.connect()
+    link.arm(500)
+    assert list(link.fire(3, [10] * 18).executed_ms) == [10] * 18
+
+
+def test_a_lockout_ends_a_chain_naming_another_writer(link, unit):
+    connected(link, unit).arm(500)
+    unit.lockout_at_step = 3
+    with pytest.raises(LinkError, match="another writer on the line"):
+        link.fire_chain(1, [10] * 18, lambda res: (res.step + 1, [10] * 18))
+    assert [f["step"] for f in unit.frames("FIRE")][-1] == 3

@@ -156,9 +156,10 @@ def build_rows(seed: int = 1, units: tuple[str, ...] = UNITS) -> list[Row]:
                 mode="realtime", target=REALTIME_TARGET, expect="killed", onset="link",
                 expected=f"{wd}, cutting pulses in progress; every cycle but the last kept")
         add(fault="a second writer on the line: FIRE, ARM, DISARM, SET_PARAM, HEARTBEAT "
-            "without the session token", rogue=True, target=LONG_TARGET, expect="completes",
-            expected="every intruding command refused (BAD_SESSION, counted), none executed; "
-            "the burn as without it")
+            "without the session token", rogue=True, target=LONG_TARGET, expect="stops",
+            reason=r"another writer on the line", expected="every intruding command refused "
+            "(BAD_SESSION, counted), none executed; at the 8th the unit locks out (valves "
+            "closed, SAFE, session void) and the host stops the burn naming the other writer")
     return rows
 
 

@@ -197,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     emulate.add_argument("--faults", metavar="SPEC", help="fault injection (see above)")
     emulate.add_argument("--channels", type=_channels, default=32, help="valve channels (1-32)")
     emulate.add_argument("--log", metavar="PATH", help="write the unit's JSON-lines log here")
-    emulate.add_argument("--seed", type=_seed, help="seed for session tokens and nonces")
+    emulate.add_argument("--seed", type=_seed,
+                         help="seed of the link faults when --faults names none; never the "
+                              "session token")
     emulate.set_defaults(handler=_cmd_emulate)
 
     ports = sub.add_parser(
