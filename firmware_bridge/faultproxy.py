@@ -13,8 +13,9 @@ Whole frames (split on the 0x00 delimiter) cross it both ways through
 :mod:`firmware_bridge.faults`): drops, corruption, duplicates, delays and cuts, per direction
 (``rx``: host to unit, ``tx``: unit to host). The unit faults of the spec (stall, reset, fail,
 stuck, clear, pressure) go to the unit as FAULT_INJECT frames without an ACK request (the unit
-must be a test build; it tells the host with its FAULT_INJECTED event), written before the host
-frame that made them due, so ``fail=3@step40`` fails channel 3 before FIRE 40 reaches the unit.
+must be a test build; it tells the host with its FAULT_INJECTED event) with the host's session
+token (the proxy reads the line: the last HELLO_ACK ACCEPTED it passed on), written before the
+host frame that made them due, so ``fail=3@step40`` fails channel 3 before FIRE 40 reaches the unit.
 Injected frames never pass through the link faults, and nothing the proxy does is a host action:
 it never sends STOP_ALL, never arms, never answers for the unit.
 
@@ -49,6 +50,7 @@ from typing import IO
 import serial
 
 from firmware_bridge.codec import ProtocolError, decode_frame, encode_fields
+from firmware_bridge.dictionary import MESSAGES
 from firmware_bridge.emulator import (
     PtyServiceProcess,
     open_raw_pty,
@@ -64,6 +66,7 @@ PROG = "firmware_bridge.faultproxy"
 #: this for any burn; the unit only counts a gap).
 _INJECT_SEQ0 = 0x3F00
 _HUP_POLL_S = 0.005
+_HELLO_ACK_ID = bytes([MESSAGES["HELLO_ACK"].id])
 
 
 class ProxyError(RuntimeError):
@@ -104,6 +107,7 @@ class FaultProxy:
         self._delayed: list[tuple[int, int, str, bytes]] = []
         self._n = 0
         self._inject_seq = _INJECT_SEQ0
+        self._session = 0  # the host's token, from the HELLO_ACKs passed on (FAULT_INJECT's)
         self._first_fire_us: int | None = None
         self.counts = {"h2u": 0, "u2h": 0, "injected": 0, "nohost": 0}
 
@@ -171,7 +175,7 @@ class FaultProxy:
         before = len(f.applied)
         for kind, arg in f.due_unit_faults(now, self._first_fire_us):
             frame = encode_fields("FAULT_INJECT", self._inject_seq, 0,
-                                  {"fault": kind, "arg": arg})
+                                  {"session": self._session, "fault": kind, "arg": arg})
             self._inject_seq = self._inject_seq + 1 if self._inject_seq < 0x3FFF else _INJECT_SEQ0
             self.counts["injected"] += 1
             self._log_frame(now, "h2u", "inject", frame)
@@ -215,6 +219,12 @@ class FaultProxy:
 
     def _on_unit_bytes(self, data: bytes, now: int) -> None:
         for frame in split_frames(self._partial["tx"], data):
+            # COBS keeps non-zero bytes as they are: a frame without HELLO_ACK's id byte
+            # cannot be one, and most (HK, reports) are not decoded twice.
+            if _HELLO_ACK_ID in frame:
+                d = describe(frame)
+                if d.get("msg") == "HELLO_ACK" and d.get("result") == 0:
+                    self._session = d["session"]
             self._pass("tx", frame, now)
 
     def _release_delayed(self, now: int) -> None:

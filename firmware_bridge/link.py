@@ -50,6 +50,7 @@ import serial
 
 from firmware_bridge import codec
 from firmware_bridge.dictionary import (
+    BY_ID,
     CHANNELS_PER_BANK,
     DICT_HASH,
     ENUMS,
@@ -58,7 +59,6 @@ from firmware_bridge.dictionary import (
     FLAG_RETRANSMIT,
     FLAG_TEST_BUILD,
     LIMITS,
-    BY_ID,
     MESSAGES,
     MODE,
     PROTO_VERSION,

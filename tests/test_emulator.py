@@ -17,7 +17,15 @@ import serial
 
 from firmware_bridge import codec
 from firmware_bridge.codec import Decoder, Message
-from firmware_bridge.dictionary import DICT_HASH, ENUMS, FAULT, FLAG_ACK_REQ, MODE
+from firmware_bridge.dictionary import (
+    DICT_HASH,
+    ENUMS,
+    EVENT,
+    FAULT,
+    FLAG_ACK_REQ,
+    MODE,
+    RESULT,
+)
 from firmware_bridge.emulator import EmulatorError, EmulatorProcess, start_emulator
 from firmware_bridge.faults import LinkFaults, corrupt_byte, parse_faults
 from thruster_hil.errors import UserError
@@ -49,7 +57,8 @@ class Port:
         raise AssertionError(f"no {name} {match or ''} within {timeout} s")
 
     def hello(self, mode=MODE["LOCKSTEP"], period_ms=100) -> Message:
-        self.send("HELLO", proto_ver=1, dict_hash=DICT_HASH, mode=mode, period_ms=period_ms)
+        self.send("HELLO", proto_ver=1, dict_hash=DICT_HASH, mode=mode, period_ms=period_ms,
+                  host_nonce=int.from_bytes(os.urandom(4), "big"))
         ack = self.wait_for("HELLO_ACK")
         self.session = ack["session"]
         return ack
@@ -57,7 +66,8 @@ class Port:
     def arm(self, max_on_ticks=1000) -> None:
         self.send("ARM_REQUEST", session=self.session)
         nonce = self.wait_for("ARM_CHALLENGE")["nonce"]
-        self.send("ARM_CONFIRM", session=self.session, nonce=nonce, max_on_ticks=max_on_ticks)
+        self.send("ARM_CONFIRM", session=self.session, nonce=nonce, max_on_ticks=max_on_ticks,
+                  next_step=1)
         assert self.wait_for("ACK", msg_id=0x11)["result"] == 0
 
     def fire(self, step: int, on: dict[int, int], **kw) -> None:
@@ -224,13 +234,15 @@ def test_link_corruptions_are_all_counted(tmp_path):
                 pongs += 1
             except AssertionError:
                 pass
-        port.send("FAULT_INJECT", FLAG_ACK_REQ, fault=FAULT["TANK_PRESSURE"], arg=1234)
+        port.send("FAULT_INJECT", FLAG_ACK_REQ, session=port.session,
+                  fault=FAULT["TANK_PRESSURE"], arg=1234)
         for _ in range(20):  # until the ACK gets through uncorrupted, un-dropped
             try:
                 port.wait_for("ACK", timeout=0.1, msg_id=0x7F)
                 break
             except AssertionError:
-                port.send("FAULT_INJECT", FLAG_ACK_REQ, fault=FAULT["TANK_PRESSURE"], arg=1234)
+                port.send("FAULT_INJECT", FLAG_ACK_REQ, session=port.session,
+                  fault=FAULT["TANK_PRESSURE"], arg=1234)
         emu.stop()
         host_errors = len(port.errors)
         port.close()
@@ -358,3 +370,74 @@ def test_corrupt_byte_never_makes_a_delimiter():
     for _ in range(2000):
         bad = corrupt_byte(frame, rng)
         assert bad != frame and bad.count(b"\x00") == 1 and bad.endswith(b"\x00")
+
+
+# ---- issue 13: the seed fixes faults, never the session ---------------------------------------
+
+def _capture_and_fire(port: Port, steps: range) -> bytes:
+    """HELLO, ARM, FIREs; returns the FIRE frames as sent (a capture of the line)."""
+    port.wait_for("BOOT")
+    port.hello()
+    port.arm()
+    sent = b""
+    for step in steps:
+        frame = codec.encode("FIRE", 0x2000 + step, 0, session=port.session, step=step,
+                             valid_for_ms=0, bank=0, mask=1, on_ticks=[20] + [0] * 15)
+        port.ser.write(frame)
+        sent += frame
+        port.wait_for("VALVE_REPORT", step=step)
+    return sent
+
+
+def test_same_seed_emulators_give_different_tokens_and_a_replay_executes_nothing(tmp_path):
+    """REQ 13.2: two emulators with the same --seed (as the campaign runs them) hand out
+    different tokens, and FIREs captured from the first, replayed into the second while its
+    host is at step 7, execute nothing there (the issue's step 85 among them)."""
+    logs = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    with EmulatorProcess(log_path=logs[0], seed=7) as a:
+        port = Port(a.port)
+        try:
+            capture = _capture_and_fire(port, range(1, 86))
+            token_a = port.session
+        finally:
+            port.close()
+    with EmulatorProcess(log_path=logs[1], seed=7) as b:
+        port = Port(b.port)
+        try:
+            _capture_and_fire(port, range(1, 8))
+            assert port.session != token_a
+            port.ser.write(capture)
+            # 85 wrong tokens: the 8th locks the unit out, and the host is told
+            port.wait_for("EVENT", event=EVENT["LOCKOUT"])
+            port.fire(8, {0: 20})
+            assert port.wait_for("ACK", msg_id=0x20)["result"] == RESULT["BAD_SESSION"]
+        finally:
+            port.close()
+    records = read_log(logs[1])
+    fires = [r for r in records if r["ev"] == "fire"]
+    assert [r["step"] for r in fires] == list(range(1, 8))
+    assert {r["session"] for r in fires} == {fires[0]["session"]} != {token_a}
+    assert [r for r in records if r["ev"] == "lockout"]
+
+
+def test_fault_inject_without_the_session_is_refused_by_the_emulator(emu):
+    """REQ 13.3 on the emulator process: a FAULT_INJECT before any HELLO and one with a
+    wrong token are refused (BAD_SESSION) and stick nothing open, across the next reset."""
+    port = Port(emu.port)
+    try:
+        port.wait_for("BOOT")
+        port.send("FAULT_INJECT", FLAG_ACK_REQ, session=0, fault=FAULT["STUCK_OPEN"], arg=0)
+        assert port.wait_for("ACK", msg_id=0x7F)["result"] == 2
+        port.hello()
+        port.send("FAULT_INJECT", FLAG_ACK_REQ, session=port.session ^ 0xFFFF,
+                  fault=FAULT["STUCK_OPEN"], arg=0)
+        assert port.wait_for("ACK", msg_id=0x7F)["result"] == 2
+        hk = port.wait_for("HK")
+        assert hk["stuck_mask"] == 0 and hk["open_mask"] == 0
+    finally:
+        port.close()
+    port = Port(emu.port)  # reopening resets the unit (EXTERNAL): still nothing stuck
+    try:
+        assert port.wait_for("HK")["stuck_mask"] == 0
+    finally:
+        port.close()

@@ -204,6 +204,15 @@ class _CUnit:
     def set_tank_kpa(self, kpa: int, now_us: int) -> bytes:
         return self._tx(f"tank {now_us} {kpa}")
 
+    def reset(self, now_us: int) -> bytes:
+        return self._tx(f"reset {now_us}")
+
+    def set_arm_enable(self, enabled: bool, now_us: int) -> bytes:
+        return self._tx(f"armen {now_us} {int(enabled)}")
+
+    def mix32(self, x: int) -> int:
+        return int(self._do(f"mix {x}")[0].split()[1], 16)
+
     @property
     def state(self) -> int:
         return int(self._do("state")[0].split()[1])
@@ -303,6 +312,102 @@ def test_low_tank_pressure_is_the_same_on_unit_c_and_unitcore(host_vectors):
         (1, 2, (10, 10, 0)), (3, 2, (0, 0, 10))]
     refusals = [dict(f)["result"] for name, f in c_said if name == "ACK"]
     assert refusals.count(1) == 3  # FIRE 2, ARM_REQUEST, FIRE 4: REJECTED_STATE
+
+
+def _security_session(unit) -> list[tuple]:
+    """Drive one unit through issue 13's rules (step window, FAULT_INJECT and the lockout,
+    the arm-enable result, what a reset keeps) and return what it said, minus tokens and
+    nonces (each implementation draws its own)."""
+    from firmware_bridge.dictionary import FAULT, FLAG_ACK_REQ, LIMITS, MODE
+
+    said: list[tuple] = []
+    seq = iter(range(1000))
+    session = nonce = 0
+
+    def keep(data: bytes) -> None:
+        nonlocal session, nonce
+        msgs = Decoder().feed(data)
+        assert all(isinstance(m, Message) for m in msgs), msgs
+        for m in msgs:
+            said.append((m.name, tuple(sorted((k, v) for k, v in m.fields.items()
+                                              if k not in ("session", "nonce")))))
+            if m.name == "HELLO_ACK":
+                session = m["session"]
+            elif m.name == "ARM_CHALLENGE":
+                nonce = m["nonce"]
+
+    def send(t_us: int, name: str, flags: int = 0, token: int | None = None, **fields) -> None:
+        if name not in ("HELLO", "PING", "STOP_ALL"):
+            fields["session"] = session if token is None else token
+        keep(unit.receive(codec.encode(name, next(seq), flags, **fields), t_us))
+
+    def hello(t_us: int) -> None:
+        send(t_us, "HELLO", proto_ver=1, dict_hash=DICT_HASH, mode=MODE["REALTIME"],
+             period_ms=100, host_nonce=0x0BADCAFE)
+
+    def arm(t_us: int, next_step: int) -> None:
+        send(t_us, "ARM_REQUEST")
+        send(t_us + 100, "ARM_CONFIRM", FLAG_ACK_REQ, nonce=nonce, max_on_ticks=100,
+             next_step=next_step)
+
+    def fire(t_us: int, step: int, on: dict[int, int], token: int | None = None) -> None:
+        ticks = [on.get(c, 0) for c in range(16)]
+        send(t_us, "FIRE", token=token, step=step, valid_for_ms=0, bank=0,
+             mask=sum(1 << c for c in on), on_ticks=ticks)
+
+    keep(unit.boot(0))
+    hello(1000)
+    arm(2000, 10)
+    fire(3000, 9, {0: 10})  # STALE
+    fire(3100, 10 + LIMITS["step_window_min"], {0: 10})  # STEP_AHEAD
+    fire(3200, 10, {0: 50, 1: 30})  # executes: REALTIME pulses running
+    wrong = session ^ 0x5A5A5A5A
+    send(4000, "FAULT_INJECT", FLAG_ACK_REQ, token=wrong, fault=FAULT["STUCK_OPEN"], arg=0)
+    for k in range(LIMITS["session_error_limit"] - 2):
+        fire(5000 + k, 0x7F000000 + k, {0: 100}, token=wrong ^ k)
+    send(20_000, "DISARM", token=wrong)  # the 8th: LOCKOUT, pulses cut at 16.8 ms
+    fire(21_000, 11, {0: 10})  # the old token is dead
+    hello(30_000)
+    arm(31_000, 1)
+    fire(32_000, 1, {2: 5})
+    keep(unit.set_arm_enable(False, 33_000))  # ARMED -> SAFE (ARM_DISABLED)
+    arm(34_000, 2)  # ARM_CONFIRM: ARM_DISABLED, stays ARMING
+    keep(unit.set_arm_enable(True, 35_000))
+    send(36_000, "FAULT_INJECT", FLAG_ACK_REQ, fault=FAULT["STUCK_OPEN"], arg=3)
+    send(36_500, "FAULT_INJECT", FLAG_ACK_REQ, fault=FAULT["TANK_PRESSURE"], arg=1500)
+    keep(unit.reset(40_000))  # HK counters zeroed; stuck 3 and 1500 kPa kept
+    keep(unit.tick(140_000))  # the first HK of the new boot
+    return said
+
+
+def test_session_security_is_the_same_on_unit_c_and_unitcore(host_vectors):
+    """REQ issue 13 (1-3): unit.c and the emulator's UnitCore, the same commands at the same
+    unit times, say exactly the same (apart from their own tokens and nonces)."""
+    from firmware_bridge.dictionary import ENUMS, EVENT, RESULT
+    from firmware_bridge.unit import UnitCore, mix32
+
+    c_unit = _CUnit(host_vectors)
+    try:
+        assert [c_unit.mix32(x) for x in (0, 1, 0x12345678, 0xFFFFFFFF)] == \
+            [mix32(x) for x in (0, 1, 0x12345678, 0xFFFFFFFF)]
+        c_said = _security_session(c_unit)
+    finally:
+        c_unit.close()
+    py_said = _security_session(UnitCore(n_channels=32, rng_seed=7, min_on_ticks=5))
+    assert c_said == py_said
+    results = [dict(f)["result"] for name, f in c_said if name == "ACK"]
+    for r in ("STALE", "STEP_AHEAD", "BAD_SESSION", "ARM_DISABLED"):
+        assert RESULT[r] in results, r
+    evs = [dict(f) for name, f in c_said if name == "EVENT"]
+    reasons = ENUMS["safe_reason"]
+    assert [e["arg0"] for e in evs if e["event"] == EVENT["SAFE_ENTERED"]] == [
+        reasons["INTRUSION"], reasons["ARM_DISABLED"]]
+    assert [(e["arg0"], e["arg1"]) for e in evs if e["event"] == EVENT["LOCKOUT"]] == [(8, 0x12)]
+    cut = [dict(f) for name, f in c_said if name == "VALVE_REPORT"][0]
+    assert cut["flags"] & 2 and cut["executed_ticks"][:2] == (16, 16)
+    hk = [dict(f) for name, f in c_said if name == "HK"][-1]
+    assert hk["session_errors"] == 0 and hk["rx_frames"] == 0
+    assert hk["stuck_mask"] == 1 << 3 and hk["tank_kPa"] == 1500
 
 
 # ---- the AVR build ----------------------------------------------------------------------------

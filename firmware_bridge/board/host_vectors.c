@@ -22,6 +22,9 @@
  *   rx NOW HEX          unit_receive of the bytes HEX
  *   tick NOW            unit_tick
  *   tank NOW KPA        unit_set_tank_kpa (a pressure reading)
+ *   reset NOW           unit_reset with cause SOFTWARE (a reset in place)
+ *   armen NOW 0|1       unit_set_arm_enable (the board's arm-enable input)
+ *   mix X               prints `mix HEX`: unit_mix32(X)
  *   state               prints `state S open_mask HEX tank KPA`
  * Every TM frame the command makes is printed as `tx HEX`, and each command's output ends with
  * a line `.`.
@@ -151,6 +154,12 @@ static int unit_stdin(void)
             unit_tick(&u, now);
         } else if (strcmp(cmd, "tank") == 0) {
             unit_set_tank_kpa(&u, (uint16_t)strtoul(arg, NULL, 10), now);
+        } else if (strcmp(cmd, "reset") == 0) {
+            unit_reset(&u, now, RESET_CAUSE_SOFTWARE);
+        } else if (strcmp(cmd, "armen") == 0) {
+            unit_set_arm_enable(&u, (uint8_t)strtoul(arg, NULL, 10), now);
+        } else if (strcmp(cmd, "mix") == 0) {
+            printf("mix %08lx\n", (unsigned long)unit_mix32(now));
         } else if (strcmp(cmd, "rx") == 0) {
             while (*arg == ' ')
                 arg++;
