@@ -198,3 +198,28 @@ def test_oversized_stream_is_dropped_to_the_next_delimiter():
     out = d.feed(b"\x01" * 200 + b"\x00" + good)
     assert [type(o).__name__ for o in out] == ["FrameTooLong", "Message"]
     assert d.errors == {"too_long": 1}
+
+
+def test_dictionary_hash_is_crc32_iso_hdlc_of_the_canonical_json():
+    """docs/protocol.md section 3: the CRC-32 variant with its check value, the canonical JSON
+    with a test value, and the dictionary's own hash recomputed here with zlib, independently
+    of firmware_bridge.dictionary; the golden vectors carry the same numbers."""
+    import tomllib
+    import zlib
+
+    from firmware_bridge.dictionary import DICTIONARY_PATH, dictionary_hash
+
+    assert zlib.crc32(b"123456789") == 0xCBF43926  # CRC-32/ISO-HDLC check value
+    assert dictionary_hash({"a": 1}) == zlib.crc32(b'{"a":1}') == 0x561BACAF
+    raw = tomllib.loads(DICTIONARY_PATH.read_text(encoding="utf-8"))
+    text = json.dumps(raw, sort_keys=True, separators=(",", ":"))
+    assert zlib.crc32(text.encode()) == DICT_HASH
+    check = GOLDEN["crc_check"]
+    assert check["crc32_iso_hdlc"] == "0xCBF43926"
+    assert check["dict_hash_of_a_eq_1"] == "0x561BACAF"
+
+
+def test_msg_ver_is_the_high_nibble_of_byte_7():
+    packet = encode_packet("PING", 5, 1, nonce=1, t1_host_us=2)  # flags: ACK_REQ
+    assert packet[7] == 0x11
+    assert decode_frame(cobs.encode(packet)).flags == 1

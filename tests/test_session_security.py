@@ -451,3 +451,55 @@ def test_arm_disabled_has_its_own_result_and_reason():
     b.u.set_arm_enable(True, b.t)
     assert reply(b.send("ARM_CONFIRM", nonce=b.nonce, max_on_ticks=100))["result"] == \
         R["ACCEPTED"]
+
+
+# ---------------------------------------------------------------------------- spec gaps (4)
+
+@pytest.mark.parametrize("state", [SAFE, ARMING, ARMED, FAULT_ST])
+def test_arm_confirm_disarm_set_param_are_always_acked_the_others_only_on_request(state):
+    """Section 4, Acknowledgement: ARM_CONFIRM, DISARM and SET_PARAM have no other reply, so
+    they get an ACK without ACK_REQ in every state (DISARM in SAFE too); accepted HEARTBEAT,
+    STOP_ALL and FAULT_INJECT only with ACK_REQ."""
+    b = bench_in(state)
+    assert reply(b.send("SET_PARAM", param=2, value=100)).name == "ACK"
+    assert [m.name for m in b.send("HEARTBEAT", host_step=1)] == []
+    assert not [m for m in b.send("FAULT_INJECT", fault=FAULT["CLEAR"], arg=0)
+                if m.name == "ACK"]
+    assert not [m for m in b.send("STOP_ALL") if m.name == "ACK"]
+    for s in (SAFE, ARMING):
+        b = bench_in(s)
+        if s == ARMING:
+            assert reply(b.send("ARM_CONFIRM", nonce=b.nonce, max_on_ticks=10)).name == "ACK"
+        assert reply(b.send("DISARM"))["result"] == R["ACCEPTED"]
+
+
+def test_hk_comes_every_100_ms_from_boot_before_any_hello():
+    b = Bench()
+    hks = [m for m in b.tick(LIMITS["hk_period_ms_default"] * MS) if m.name == "HK"]
+    assert len(hks) == 1 and hks[0]["state"] == SAFE and b.u.session is None
+    assert [m.name for m in b.tick(99 * MS)] == []
+    assert [m.name for m in b.tick(1 * MS)] == ["HK"]
+
+
+def test_hello_bad_mode_or_period_keeps_the_session_and_its_arming():
+    b = bench_in(ARMED)
+    s = b.u.session
+    for kw, result in (({"mode": 7}, "BAD_MODE"), ({"period_ms": 5}, "BAD_PARAM")):
+        r = b.hello(**kw)
+        assert r["result"] == R[result] and r["session"] == 0
+        assert b.u.session == s and b.u.state == ARMED
+
+
+def test_every_fire_of_the_session_in_armed_feeds_the_watchdog():
+    """Section 6: executed, duplicate, STALE, STEP_AHEAD and bad-bank FIREs all feed it."""
+    b = bench_in(ARMED)
+    wd = b.u.watchdog_ms * MS
+    b.fire(1, {0: 5})
+    for step, bank in ((1, 0), (0, 0), (10_000, 0), (2, 9)):  # dup, stale, ahead, bad bank
+        b.t += wd - MS
+        b.fire(step, {0: 5}, bank=bank)
+        assert b.u.state == ARMED
+    b.t += wd - MS
+    b.send("FIRE", session=b.u.session ^ 1, step=3, valid_for_ms=0, bank=0, mask=1,
+           on_ticks=[5] * 16)  # a wrong token feeds nothing
+    assert events(b.tick(MS), "WATCHDOG_TRIP")
