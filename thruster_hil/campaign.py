@@ -155,11 +155,12 @@ def build_rows(seed: int = 1, units: tuple[str, ...] = UNITS) -> list[Row]:
             add(fault=f"host killed (SIGKILL) at cycle {k} (REALTIME)", kill_at_cycle=k,
                 mode="realtime", target=REALTIME_TARGET, expect="killed", onset="link",
                 expected=f"{wd}, cutting pulses in progress; every cycle but the last kept")
-        add(fault="a second writer on the line: FIRE, ARM, DISARM, SET_PARAM, HEARTBEAT "
-            "without the session token", rogue=True, target=LONG_TARGET, expect="stops",
-            reason=r"another writer on the line", expected="every intruding command refused "
-            "(BAD_SESSION, counted), none executed; at the 8th the unit locks out (valves "
-            "closed, SAFE, session void) and the host stops the burn naming the other writer")
+        add(fault="a second writer on the line: FIRE, ARM, DISARM, SET_PARAM, HEARTBEAT, "
+            "FAULT_INJECT without the session token", rogue=True, target=LONG_TARGET,
+            expect="stops", reason=r"another writer on the line",
+            expected="every intruding command refused (BAD_SESSION, counted), none executed; "
+            "at the 8th the unit locks out (valves closed, SAFE, session void) and the host "
+            "stops the burn naming the other writer")
     return rows
 
 
@@ -384,7 +385,7 @@ class Rogue(threading.Thread):
     def _token(self) -> int:
         avoid = self.avoid()
         while True:
-            t = self.rng.choice((0, self.rng.randrange(1, 1 << 16)))
+            t = self.rng.choice((0, self.rng.randrange(1, 1 << 32)))
             if t != avoid:
                 return t
 
@@ -396,13 +397,14 @@ class Rogue(threading.Thread):
                 s = self._token()
                 seq = self.rng.randrange(codec.SEQ_MODULO)
                 kind = ("FIRE", "HEARTBEAT", "ARM_REQUEST", "ARM_CONFIRM", "DISARM",
-                        "SET_PARAM")[k % 6]
+                        "SET_PARAM", "FAULT_INJECT")[k % 7]
                 fields = {"FIRE": dict(session=s, step=0x7F000000 + k, valid_for_ms=0,
                                        bank=k % 2, mask=0xFFFF, on_ticks=[200] * 16),
                           "HEARTBEAT": dict(session=s, host_step=k),
                           "ARM_REQUEST": dict(session=s),
                           "ARM_CONFIRM": dict(session=s, nonce=self.rng.randrange(1 << 32),
-                                              max_on_ticks=1000),
+                                              max_on_ticks=1000, next_step=0x7F000000 + k),
+                          "FAULT_INJECT": dict(session=s, fault=6, arg=k % 18),
                           "DISARM": dict(session=s),
                           "SET_PARAM": dict(session=s, param=1, value=2000)}[kind]
                 os.write(fd, codec.encode_fields(kind, seq, 0, fields))
