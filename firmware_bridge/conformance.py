@@ -228,6 +228,13 @@ def check(requirement: str):
     return register
 
 
+def _fires_in_a_new_session(c: UnitClient, step: int) -> None:
+    """A new HELLO and ARM work, and a FIRE of ``step`` executes: the unit is usable again."""
+    _ready(c, armed=True)
+    c.fire(step, [10])
+    assert c.report(step)["executed_ticks"][0] == 10
+
+
 def _ready(c: UnitClient, armed: bool = False) -> None:
     c.hello()
     assert c.hello_ack["result"] == RESULT["ACCEPTED"], c.hello_ack
@@ -484,9 +491,7 @@ def reset_handling(c: UnitClient) -> None:
     assert boot["boot_count"] == (old_boot + 1) & 0xFFFF
     c.fire(1, [10])  # the old session is gone
     assert c.wait_name("ACK")["result"] in (RESULT["BAD_SESSION"], RESULT["REJECTED_STATE"])
-    _ready(c, armed=True)
-    c.fire(2, [10])
-    assert c.report(2)["executed_ticks"][0] == 10
+    _fires_in_a_new_session(c, 2)
 
 
 @check("Low tank pressure: below min_feed_kpa the unit cuts its pulses, goes SAFE "
@@ -571,9 +576,7 @@ def lockout(c: UnitClient) -> None:
     assert hk["state"] == STATE["SAFE"] and hk["open_mask"] == 0, hk
     c.fire(2, [10])  # our token is void too: a new HELLO is needed
     assert c.wait_name("ACK")["result"] == RESULT["BAD_SESSION"]
-    _ready(c, armed=True)
-    c.fire(1, [10])
-    assert c.report(1)["executed_ticks"][0] == 10
+    _fires_in_a_new_session(c, 1)
 
 
 @check("Step window: a FIRE before ARM_CONFIRM's next_step is STALE, one more than the window "

@@ -201,8 +201,7 @@ class UnitCore:
 
     def _power_on(self) -> None:
         """RAM state after a (re)boot: no session, defaults, every valve closed."""
-        self.session: int | None = None
-        self._session_errors = 0  # wrong tokens in this session (the lockout's count)
+        self._end_session(None)
         self.drop_rx = 0  # link faults: a reset ends them
         self.corrupt_tx = 0
         self.stall_until: int | None = None
@@ -213,17 +212,11 @@ class UnitCore:
         self.hk_period_ms = LIMITS["hk_period_ms_default"]
         self.min_on_ticks = self.default_min_on_ticks
         self.max_on_ticks = LIMITS["max_on_ticks_cap"]
-        self._nonce: int | None = None
         self._challenge_t = 0
         self._last_valid = 0
-        self._last_fire_t: int | None = None  # arrival of the previous FIRE (REALTIME stale)
         self._idle_from = 0
-        self._last_step: dict[int, int] = {}  # bank -> last executed step (this session)
-        self._floor: dict[int, int] = {}  # bank -> the step a FIRE must be after (this session)
         self.step_window = STEP_WINDOW_MIN
-        self._reports: dict[int, tuple[int, int, dict]] = {}  # bank -> (step, seq, fields)
         self._pending: list[_Pulse] = []  # REALTIME pulses not yet reported
-        self.last_step = 0
         self._tm_seq = {apid: 0 for apid in (APIDS["unit_reply"], APIDS["unit_event"],
                                              APIDS["valve_report"])}
         self._rx_seq: int | None = None
@@ -581,12 +574,12 @@ class UnitCore:
     def _end_session(self, session: int | None) -> None:
         """A new session (or none): what the old one knew about steps and reports is void."""
         self.session = session
-        self._session_errors = 0
-        self._nonce = None
-        self._last_step.clear()
-        self._floor.clear()
-        self._reports.clear()
-        self._last_fire_t = None
+        self._session_errors = 0  # wrong tokens in this session (the lockout's count)
+        self._nonce: int | None = None
+        self._last_step: dict[int, int] = {}  # bank -> last executed step (this session)
+        self._floor: dict[int, int] = {}  # bank -> the step a FIRE must be after (this session)
+        self._reports: dict[int, tuple[int, int, dict]] = {}  # bank -> (step, seq, fields)
+        self._last_fire_t: int | None = None  # arrival of the previous FIRE (REALTIME stale)
         self.last_step = 0
 
     def set_arm_enable(self, enabled: bool, now_us: int) -> bytes:

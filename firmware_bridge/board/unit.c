@@ -238,12 +238,23 @@ static void cut_channels(unit_t *u, uint32_t bits, uint32_t now)
 
 /* ------------------------------------------------------------------ lifecycle */
 
+/* A new session (or none): what the old one knew about steps and reports is void. */
+static void end_session(unit_t *u, uint8_t has, uint32_t session)
+{
+    u->has_session = has;
+    u->session = session;
+    u->session_errors = 0;
+    u->has_nonce = 0;
+    u->has_floor = 0;
+    memset(u->has_last_step, 0, sizeof u->has_last_step);
+    memset(u->has_report, 0, sizeof u->has_report);
+    u->has_last_fire = 0;
+    u->last_step = 0;
+}
+
 static void power_on(unit_t *u)
 {
-    u->has_session = 0;
-    u->session = 0;
-    u->session_errors = 0;
-    u->has_floor = 0;
+    end_session(u, 0, 0);
     u->step_window = LIMIT_STEP_WINDOW_MIN;
     memset(&u->c, 0, sizeof u->c); /* HK counts since this boot, as after a real reset */
     u->drop_rx = 0;                 /* link faults: a reset ends them */
@@ -255,15 +266,10 @@ static void power_on(unit_t *u)
     u->hk_period_ms = LIMIT_HK_PERIOD_MS_DEFAULT;
     u->min_on_ticks = u->cfg.min_on_ticks;
     u->max_on_ticks = LIMIT_MAX_ON_TICKS_CAP;
-    u->has_nonce = 0;
     u->challenge_t = 0;
     u->last_valid = 0;
-    u->has_last_fire = 0;
     u->idle_from = 0;
-    memset(u->has_last_step, 0, sizeof u->has_last_step);
-    memset(u->has_report, 0, sizeof u->has_report);
     u->n_pending = 0;
-    u->last_step = 0;
     memset(u->tm_seq, 0, sizeof u->tm_seq);
     u->has_rx_seq = 0;
     memset(u->cache, 0, sizeof u->cache);
@@ -466,19 +472,6 @@ static uint32_t new_session(unit_t *u, uint32_t host_nonce)
     }
 }
 
-/* A new session (or none): what the old one knew about steps and reports is void. */
-static void end_session(unit_t *u, uint8_t has, uint32_t session)
-{
-    u->has_session = has;
-    u->session = session;
-    u->session_errors = 0;
-    u->has_nonce = 0;
-    u->has_floor = 0;
-    memset(u->has_last_step, 0, sizeof u->has_last_step);
-    memset(u->has_report, 0, sizeof u->has_report);
-    u->has_last_fire = 0;
-    u->last_step = 0;
-}
 
 /* Someone without the session is guessing: every valve closed, SAFE, session void. */
 static void lockout(unit_t *u, uint32_t now, uint8_t msg_id)
