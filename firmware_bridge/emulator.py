@@ -27,7 +27,8 @@ to line this log up with other processes' records), ``connect`` / ``disconnect``
 opened/closed the port), ``boot`` (boot_count, reset_cause), ``state`` (from, to, reason),
 ``fire`` (session, step, bank, mode, t_start_us, executed [16 ticks], flags, aborted),
 ``watchdog_trip`` (last_valid_us, closed_us, since_valid_ms, watchdog_ms), ``fault`` (kind, arg,
-source wire|schedule), ``link_cut`` (step, until_us: null for good), ``counters`` (unit, link, io;
+source wire|schedule), ``lockout`` (session_errors, msg_id: the unit voided the session after
+that many wrong tokens), ``link_cut`` (step, until_us: null for good), ``counters`` (unit, link, io;
 every second and at exit) and ``stop`` (signal).
 """
 
