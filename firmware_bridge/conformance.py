@@ -479,19 +479,32 @@ def watchdog_safing(c: UnitClient) -> None:
     assert c.wait_name("ACK")["result"] == RESULT["REJECTED_STATE"]
 
 
-@check("Reset: after a reset the unit sends BOOT, has no session and must be armed again")
+@check("Reset: after a reset the unit sends BOOT, has no session and must be armed again; "
+       "a hardware fault survives it, the HK error counters start again from zero")
 def reset_handling(c: UnitClient) -> None:
     _ready(c, armed=True)
     if not c.test_build:
         raise Skip("needs a TEST_BUILD unit to reset on command (reset a board by reopening "
                    "its port)")
     old_boot = c.hello_ack["boot_count"]
-    c.send("FAULT_INJECT", session=c.session, fault=FAULT["RESET"], arg=0)
-    boot = c.wait_name("BOOT", timeout_s=5.0)
-    assert boot["boot_count"] == (old_boot + 1) & 0xFFFF
-    c.fire(1, [10])  # the old session is gone
-    assert c.wait_name("ACK")["result"] in (RESULT["BAD_SESSION"], RESULT["REJECTED_STATE"])
-    _fires_in_a_new_session(c, 2)
+    last = c.hello_ack["n_channels"] - 1
+    c.send("HEARTBEAT", session=_wrong(c.session, 0), host_step=0)  # one session error
+    assert c.wait_name("ACK")["result"] == RESULT["BAD_SESSION"]
+    assert c.command("FAULT_INJECT", fault=FAULT["STUCK_OPEN"], arg=last)["result"] == \
+        RESULT["ACCEPTED"]
+    try:
+        c.send("FAULT_INJECT", session=c.session, fault=FAULT["RESET"], arg=0)
+        boot = c.wait_name("BOOT", timeout_s=5.0)
+        assert boot["boot_count"] == (old_boot + 1) & 0xFFFF
+        hk = c.hk()
+        assert hk["session_errors"] == 0 and hk["stuck_mask"] >> last & 1, hk
+        c.fire(1, [10])  # the old session is gone
+        assert c.wait_name("ACK")["result"] in (RESULT["BAD_SESSION"],
+                                                RESULT["REJECTED_STATE"])
+        _fires_in_a_new_session(c, 2)
+    finally:  # leave no stuck valve to the next check
+        c.hello()
+        c.command("FAULT_INJECT", fault=FAULT["CLEAR"], arg=0xFFFF)
 
 
 @check("Low tank pressure: below min_feed_kpa the unit cuts its pulses, goes SAFE "
