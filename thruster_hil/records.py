@@ -305,6 +305,74 @@ def run_directory(run_dir: str | Path, missing: str) -> Path:
     return run
 
 
+def damage(run: Path, needs: tuple[str, ...] = ("summary", "telemetry", "capture")
+           ) -> list[str]:
+    """What the run directory ``run`` lacks or holds broken, among the files in ``needs``
+    (summary, telemetry, capture), one phrase each; [] when they are whole. For the one-line
+    errors of replay and report: a run killed mid-write, a full disk, a file removed."""
+    out: list[str] = []
+    try:
+        meta = read_record(run / "run.json")
+    except UserError:
+        meta = None
+    try:
+        summary = read_record(run / "summary.json")
+    except UserError as err:
+        summary, bad_summary = None, str(err)
+    else:
+        bad_summary = None
+    rows = None
+    if "telemetry" in needs:
+        try:
+            data = (run / "telemetry.csv").read_bytes()
+        except FileNotFoundError:
+            out.append("no telemetry.csv")
+        except OSError as exc:
+            out.append(f"telemetry.csv cannot be read ({exc.strerror})")
+        else:
+            rows = max(0, data.count(b"\n") - 1)
+            if data and not data.endswith(b"\n"):
+                out.append(f"telemetry.csv ends in a partial row (after {rows} whole cycles)")
+    if "summary" in needs:
+        if bad_summary is not None:
+            out.append(f"summary.json is broken ({bad_summary})")
+        elif summary is None:
+            kept = f" ({rows} cycles in telemetry.csv)" if rows is not None else ""
+            out.append(f"no summary.json{kept}: the run did not end by itself (killed, power "
+                       "lost) or is still flying")
+        else:
+            cycles = summary.get("cycles")
+            if rows is not None and isinstance(cycles, int) and cycles != rows:
+                out.append(f"summary.json counts {cycles} cycles, telemetry.csv holds {rows}")
+            error = (summary.get("records") or {}).get("error") if isinstance(
+                summary.get("records"), dict) else None
+            if error:
+                out.append(f"the run could not write its records ({error})")
+    if "capture" in needs:
+        serial = (meta or {}).get("serial", summary is not None and summary.get("link")
+                                  is not None)
+        try:
+            cap = (run / "capture.csv").read_bytes()
+        except FileNotFoundError:
+            if serial:
+                out.append("no capture.csv (a run through a serial unit writes one)")
+        except OSError as exc:
+            out.append(f"capture.csv cannot be read ({exc.strerror})")
+        else:
+            if cap and not cap.endswith(b"\n"):
+                out.append("capture.csv ends in a partial line")
+    if meta is None and not (run / "run.json").exists():
+        out.append("no run.json")
+    try:
+        left = sorted(p.name for p in run.iterdir()
+                      if p.name.endswith(".tmp") or p.name == RESERVE_NAME)
+    except OSError:
+        left = []
+    if left:
+        out.append(f"left over from a run killed while writing: {', '.join(left)}")
+    return out
+
+
 def read_record(path: Path) -> dict | None:
     """A run record's JSON object (run.json, status.json, summary.json); None when the file is
     not there. Anything else that is not a UTF-8 JSON object is a one-line :class:`UserError`
