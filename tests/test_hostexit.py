@@ -434,3 +434,57 @@ def test_an_attitude_limit_broken_is_a_failed_burn():
     s = {"max_attitude_error_deg": 5.5, "attitude_limit_deg": 5.0, "completed": True}
     assert "over the 5 deg limit" in _shortfall(s, [], np.array([], np.int64), None)
     assert _run_status(dict(s, aborted=False, failure_reason="x")) == 1
+
+
+def _connected(log: Path) -> bool:
+    return log.exists() and any(r["ev"] == "connect" for r in _unit_log(log))
+
+
+def test_sigterm_while_the_run_brings_its_unit_up_still_leaves_a_summary(tmp_path):
+    """SIGTERM as soon as the run opened the port (waiting for BOOT, saying HELLO, arming, or
+    just into the burn, as the machine schedules it): exit 143, summary.json aborted with the
+    signal, and the unit never left to its watchdog."""
+    out = tmp_path / "run"
+    log = tmp_path / "unit.jsonl"
+    with EmulatorProcess(log_path=log) as emu:
+        proc = _start_run(out, emu.port, "lockstep", ("--delta-v", "5"))
+        try:
+            _poll(lambda: _connected(log) or proc.poll() is not None, "the run on the port")
+            proc.send_signal(signal.SIGTERM)
+            _stdout, stderr = proc.communicate(timeout=PROGRESS_TIMEOUT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 143, stderr
+        assert "Traceback" not in stderr and len(stderr.splitlines()) <= 1, stderr
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["aborted"] and summary["signal"] == "SIGTERM"
+        assert summary["abort_reason"] in ("interrupted by SIGTERM",
+                                           "before the burn: interrupted by SIGTERM")
+        _no_leftovers(out)
+        armed = any(r["ev"] == "state" and r["to"] == "ARMED" for r in _unit_log(log))
+        if armed:
+            _assert_valves_closed_by_command(log)
+        assert not [r for r in _unit_log(log) if r["ev"] == "watchdog_trip"]
+
+
+@pytest.mark.parametrize("argv", [["selftest"], ["monitor"]])
+def test_sigterm_stops_the_other_commands_that_hold_a_unit(tmp_path, argv):
+    """selftest --port and monitor --port hold the unit's port too: SIGTERM ends them as Ctrl-C
+    does (their STOP_ALL on the way out), one line, exit 143."""
+    log = tmp_path / "unit.jsonl"
+    with EmulatorProcess(log_path=log) as emu:
+        proc = subprocess.Popen([sys.executable, "-m", "thruster_hil.cli", *argv, "--port",
+                                 emu.port], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=ROOT, env=ENV)
+        try:
+            _poll(lambda: _connected(log) or proc.poll() is not None, "the command on the port")
+            proc.send_signal(signal.SIGTERM)
+            _stdout, stderr = proc.communicate(timeout=PROGRESS_TIMEOUT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 143, stderr
+    assert stderr == "thruster-hil: interrupted by SIGTERM\n"
