@@ -207,9 +207,24 @@ def _port_alive(fd: int) -> bool:
     return True
 
 
+def _opened_for_reading(pid: int, fd: str) -> bool:
+    """Is descriptor ``fd`` of process ``pid`` open for reading (not O_WRONLY)? True when the
+    system does not say."""
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags:"):
+                    return int(line.split()[1], 8) & os.O_ACCMODE != os.O_WRONLY
+    except (OSError, ValueError, IndexError):
+        pass
+    return True
+
+
 def _other_holders(url: str, limit: int = 3) -> str:
-    """The other processes that have the device ``url`` open, as "pid N (name)" (Linux /proc;
-    "" when none is found, on other systems, or for a URL that is not a device path)."""
+    """The other processes that have the device ``url`` open for reading, as "pid N (name)"
+    (Linux /proc; "" when none is found, on other systems, or for a URL that is not a device
+    path). A write-only holder (QEMU's keep-alive descriptor, a second writer) cannot take the
+    unit's replies and is not listed."""
     try:
         rdev = os.stat(url)
     except (OSError, ValueError):
@@ -234,7 +249,8 @@ def _other_holders(url: str, limit: int = 3) -> str:
                 st = os.stat(fd.path)
             except OSError:
                 continue
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == rdev.st_rdev:
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == rdev.st_rdev and \
+                    _opened_for_reading(pid, fd.name):
                 try:
                     with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
                         name = f.read().strip()
@@ -781,8 +797,8 @@ class Link:
                     "and lost the session)")
         others = _other_holders(self.url)
         if others:
-            return (f" (another process has {self.url} open, {others}: it may be reading the "
-                    "unit's replies)")
+            return (f" (another process has {self.url} open for reading, {others}: it may be "
+                    "taking the unit's replies)")
         return ""
 
     def _refusal_hint(self) -> str:

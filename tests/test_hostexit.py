@@ -233,7 +233,7 @@ def test_a_second_reader_of_the_port_is_detected_and_named(tmp_path):
         assert "\n" not in text
         assert f"pid {thief.pid} (python" in text, text
         assert f"another process is reading {emu.port}" in text or \
-            f"another process has {emu.port} open" in text, text
+            f"another process has {emu.port} open for reading" in text, text
         assert taken > 0
         _assert_valves_closed_by_command(log)
 
@@ -488,3 +488,59 @@ def test_sigterm_stops_the_other_commands_that_hold_a_unit(tmp_path, argv):
                 proc.wait()
     assert proc.returncode == 143, stderr
     assert stderr == "thruster-hil: interrupted by SIGTERM\n"
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names fds through /proc")
+def test_a_disk_that_fills_under_an_in_process_run_stops_it_in_one_line(tmp_path, monkeypatch,
+                                                                        capsys):
+    """The writer seam on telemetry.csv only: after 40 whole rows the disk is full (a row goes
+    out in part). The burn stops, the torn row is taken back, summary.json is written and the
+    one line says all of it; exit 2."""
+    real_write = os.write
+    rows = [0]
+
+    def filling(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("telemetry.csv"):
+            rows[0] += 1
+            if rows[0] > 41:  # the header and 40 cycles fit
+                real_write(fd, bytes(data[:7]))
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(records.os, "write", filling)
+    out = tmp_path / "run"
+    status = main(["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.05", "--out",
+                   str(out)])
+    monkeypatch.undo()
+    assert status == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"thruster-hil: error: {out / 'telemetry.csv'}: cannot write it: No space left on "
+        "device; the burn was stopped after 40 cycles, no valves to close (in-process unit); "
+        "summary.json written\n")
+    assert "ABORTED: records: " in captured.out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["aborted"] and "No space left" in summary["records"]["error"]
+    assert _whole_telemetry(out) == summary["cycles"] == 40
+    _no_leftovers(out)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fdinfo").is_dir(), reason="reads /proc")
+def test_only_processes_that_can_read_the_port_are_named():
+    """A second writer (or QEMU's keep-alive descriptor) cannot take replies: not named."""
+    from firmware_bridge.link import _other_holders
+
+    hold = "import os, sys; os.open(sys.argv[1], int(sys.argv[2]) | os.O_NOCTTY); " \
+           "print('open', flush=True); sys.stdin.read()"
+    with EmulatorProcess() as emu:
+        assert _other_holders(emu.port) == ""
+        for flags, named in ((os.O_WRONLY, False), (os.O_RDONLY, True), (os.O_RDWR, True)):
+            p = subprocess.Popen([sys.executable, "-c", hold, emu.port, str(flags)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            try:
+                assert p.stdout.readline() == "open\n"
+                assert (f"pid {p.pid} (python" in _other_holders(emu.port)) is named, flags
+            finally:
+                p.stdin.close()
+                p.wait(10)
+    assert _other_holders("loop://") == ""

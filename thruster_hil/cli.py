@@ -449,10 +449,12 @@ def _records_failed(recorder, summary: dict, summary_error) -> UserError:
     first = recorder.error or summary_error
     stopped = (f"the burn was stopped after {summary['cycles']} cycles, "
                if recorder.error is not None else "")
-    closed = {True: "valves closed by STOP_ALL (acknowledged)",
-              False: "STOP_ALL sent, not confirmed by the unit",
-              None: "no valves to close (in-process unit)" if summary.get("unit") == "sim"
-              else "STOP_ALL not confirmed"}[summary.get("valves_closed")]
+    if summary.get("unit") == "sim":
+        closed = "no valves to close (in-process unit)"
+    else:
+        closed = {True: "valves closed by STOP_ALL (acknowledged)",
+                  False: "STOP_ALL sent, not confirmed by the unit"}.get(
+            summary.get("valves_closed"), "STOP_ALL not confirmed (the link was down)")
     if summary_error is None:
         tail = "summary.json written"
     elif summary_error is first:
