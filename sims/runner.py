@@ -58,6 +58,7 @@ class StopBurn(Exception):
     summarised as aborted); its one-line message is the abort reason, e.g. a run record that
     can no longer be written."""
 
+
 @dataclass
 class UnitReport:
     """What a unit executed in one cycle: on-times [ms] and per-thruster health codes."""

@@ -238,13 +238,15 @@ def test_a_second_reader_of_the_port_is_detected_and_named(tmp_path):
         _assert_valves_closed_by_command(log)
 
 
-def test_a_run_stops_and_names_a_second_reader_of_its_port(tmp_path):
+@pytest.mark.parametrize("mode", ["lockstep", "realtime"])
+def test_a_run_stops_and_names_a_second_reader_of_its_port(tmp_path, mode):
     """End to end: `run --port` with a second reader started mid-burn stops, exit 1, its
     summary names the reader, and the unit's log shows the valves closed by STOP_ALL."""
     out = tmp_path / "run"
     log = tmp_path / "unit.jsonl"
+    target = ("--delta-v", "5") if mode == "lockstep" else ("--delta-v", "0.05")
     with EmulatorProcess(log_path=log) as emu:
-        proc = _start_run(out, emu.port, "lockstep", ("--delta-v", "5"))
+        proc = _start_run(out, emu.port, mode, target)
         thief = None
         try:
             _poll(lambda: _rows(out / "telemetry.csv") >= 3 or proc.poll() is not None,

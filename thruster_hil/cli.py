@@ -407,6 +407,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 s = result.summary
                 if s["aborted"]:
                     watch.finish(f"aborted: {s['abort_reason']}")
+                elif s["failure_reason"]:
+                    watch.finish(f"failed: {s['failure_reason']}")
                 else:
                     watch.finish("completed" if s["completed"] else "not completed")
         summary = dict(result.summary)
