@@ -122,6 +122,19 @@ def _start_run(out: Path, port: str, mode: str, target: tuple[str, str],
                             cwd=ROOT, env=ENV, preexec_fn=preexec)
 
 
+def _signal_when(proc: subprocess.Popen, ready, what: str, signum: int) -> tuple[str, str]:
+    """Send ``signum`` to ``proc`` once ``ready()`` holds (polled, bounded); its output."""
+    try:
+        _poll(lambda: ready() or proc.poll() is not None, what)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signum)
+        return proc.communicate(timeout=PROGRESS_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 # ------------------------------------------------------------------------- 5. signals
 
 @pytest.mark.parametrize("mode,signame", [("lockstep", "SIGTERM"), ("lockstep", "SIGHUP"),
@@ -136,17 +149,9 @@ def test_sigterm_and_sighup_stop_a_run_like_ctrl_c(tmp_path, mode, signame):
     target = ("--delta-v", "5") if mode == "lockstep" else ("--delta-v", "0.05")
     with EmulatorProcess(log_path=log) as emu:
         proc = _start_run(out, emu.port, mode, target)
-        try:
-            _poll(lambda: _rows(out / "telemetry.csv") >= 3 or proc.poll() is not None,
-                  "3 cycles on disk")
-            assert proc.poll() is None, proc.communicate()
-            proc.send_signal(getattr(signal, signame))
-            stdout, stderr = proc.communicate(timeout=PROGRESS_TIMEOUT_S)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         signum = int(getattr(signal, signame))
+        stdout, stderr = _signal_when(proc, lambda: _rows(out / "telemetry.csv") >= 3,
+                                      "3 cycles on disk", signum)
         assert proc.returncode == 128 + signum, stderr
         assert "Traceback" not in stderr
         summary = json.loads((out / "summary.json").read_text())
@@ -450,14 +455,8 @@ def test_sigterm_while_the_run_brings_its_unit_up_still_leaves_a_summary(tmp_pat
     log = tmp_path / "unit.jsonl"
     with EmulatorProcess(log_path=log) as emu:
         proc = _start_run(out, emu.port, "lockstep", ("--delta-v", "5"))
-        try:
-            _poll(lambda: _connected(log) or proc.poll() is not None, "the run on the port")
-            proc.send_signal(signal.SIGTERM)
-            _stdout, stderr = proc.communicate(timeout=PROGRESS_TIMEOUT_S)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _stdout, stderr = _signal_when(proc, lambda: _connected(log), "the run on the port",
+                                       signal.SIGTERM)
         assert proc.returncode == 143, stderr
         assert "Traceback" not in stderr and len(stderr.splitlines()) <= 1, stderr
         summary = json.loads((out / "summary.json").read_text())
@@ -480,14 +479,8 @@ def test_sigterm_stops_the_other_commands_that_hold_a_unit(tmp_path, argv):
         proc = subprocess.Popen([sys.executable, "-m", "thruster_hil.cli", *argv, "--port",
                                  emu.port], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, cwd=ROOT, env=ENV)
-        try:
-            _poll(lambda: _connected(log) or proc.poll() is not None, "the command on the port")
-            proc.send_signal(signal.SIGTERM)
-            _stdout, stderr = proc.communicate(timeout=PROGRESS_TIMEOUT_S)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _stdout, stderr = _signal_when(proc, lambda: _connected(log), "the command on the port",
+                                       signal.SIGTERM)
     assert proc.returncode == 143, stderr
     assert stderr == "thruster-hil: interrupted by SIGTERM\n"
 

@@ -450,7 +450,7 @@ def _records_failed(recorder, summary: dict, summary_error) -> UserError:
     """The one line of a run whose records could not all be written (exit status 2)."""
     first = recorder.error or summary_error
     stopped = (f"the burn was stopped after {summary['cycles']} cycles, "
-               if recorder.error is not None else "")
+               if str(summary.get("abort_reason") or "").startswith("records: ") else "")
     if summary.get("unit") == "sim":
         closed = "no valves to close (in-process unit)"
     else:
