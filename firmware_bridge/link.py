@@ -33,14 +33,11 @@ the caller's thread (tx), so it must be quick (queue the bytes, write them elsew
 from __future__ import annotations
 
 import errno
-import fcntl
 import itertools
 import math
 import os
 import random
 import select
-import stat
-import termios
 import threading
 import time
 from collections import OrderedDict, deque
@@ -67,6 +64,7 @@ from firmware_bridge.dictionary import (
     RESULT,
     RESULT_NAMES,
 )
+from firmware_bridge.portwatch import other_readers, port_alive
 from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
 from thruster_hil.errors import UserError
 
@@ -195,72 +193,6 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
     s = sorted(values)
     k = max(0, min(len(s) - 1, math.ceil(q / 100.0 * len(s)) - 1))
     return s[k]
-
-
-def _port_alive(fd: int) -> bool:
-    """Does the port still answer an ioctl (FIONREAD)? A hung-up tty (a board unplugged, a pty
-    whose other end closed) fails every ioctl with EIO."""
-    try:
-        fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
-    except OSError:
-        return False
-    return True
-
-
-def _opened_for_reading(pid: int, fd: str) -> bool:
-    """Is descriptor ``fd`` of process ``pid`` open for reading (not O_WRONLY)? True when the
-    system does not say."""
-    try:
-        with open(f"/proc/{pid}/fdinfo/{fd}", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags:"):
-                    return int(line.split()[1], 8) & os.O_ACCMODE != os.O_WRONLY
-    except (OSError, ValueError, IndexError):
-        pass
-    return True
-
-
-def _other_holders(url: str, limit: int = 3) -> str:
-    """The other processes that have the device ``url`` open for reading, as "pid N (name)"
-    (Linux /proc; "" when none is found, on other systems, or for a URL that is not a device
-    path). A write-only holder (QEMU's keep-alive descriptor, a second writer) cannot take the
-    unit's replies and is not listed."""
-    try:
-        rdev = os.stat(url)
-    except (OSError, ValueError):
-        return ""
-    if not stat.S_ISCHR(rdev.st_mode):
-        return ""
-    me = os.getpid()
-    found: list[str] = []
-    try:
-        pids = [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
-    except OSError:
-        return ""
-    for pid in pids:
-        if pid == me:
-            continue
-        try:
-            fds = list(os.scandir(f"/proc/{pid}/fd"))
-        except OSError:
-            continue  # gone, or not ours to look at
-        for fd in fds:
-            try:
-                st = os.stat(fd.path)
-            except OSError:
-                continue
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == rdev.st_rdev and \
-                    _opened_for_reading(pid, fd.name):
-                try:
-                    with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
-                        name = f.read().strip()
-                except OSError:
-                    name = "?"
-                found.append(f"pid {pid} ({name})")
-                break
-        if len(found) >= limit:
-            break
-    return ", ".join(found)
 
 
 def _open_error(url: str, exc: BaseException) -> UserError:
@@ -479,7 +411,7 @@ class Link:
             if not data:
                 # Readable, then nothing there: either the device is gone (a hung-up tty reads
                 # 0 bytes and fails every ioctl) or another process read the bytes first.
-                if not _port_alive(fd):
+                if not port_alive(fd):
                     raise serial.SerialException("device reports readiness to read but "
                                                  "returned no data (device disconnected?)")
                 self._bytes_taken(fd)
@@ -541,7 +473,7 @@ class Link:
         self._bytes_taken_reads += 1
         if self._intruder is not None:
             return
-        who = _other_holders(self.url)
+        who = other_readers(self.url)
         message = (f"another process is reading {self.url}"
                    f"{': ' + who if who else ''}; the unit's replies were taken before this "
                    "host could read them (close that program, then run again)")
@@ -795,7 +727,7 @@ class Link:
         if any(q in self._foreign_refused_seqs for q in seqs):
             return (" (the unit answered BAD_SESSION: another writer on the line, or it reset "
                     "and lost the session)")
-        others = _other_holders(self.url)
+        others = other_readers(self.url)
         if others:
             return (f" (another process has {self.url} open for reading, {others}: it may be "
                     "taking the unit's replies)")

@@ -523,19 +523,19 @@ def test_a_disk_that_fills_under_an_in_process_run_stops_it_in_one_line(tmp_path
 @pytest.mark.skipif(not Path("/proc/self/fdinfo").is_dir(), reason="reads /proc")
 def test_only_processes_that_can_read_the_port_are_named():
     """A second writer (or QEMU's keep-alive descriptor) cannot take replies: not named."""
-    from firmware_bridge.link import _other_holders
+    from firmware_bridge.portwatch import other_readers
 
     hold = "import os, sys; os.open(sys.argv[1], int(sys.argv[2]) | os.O_NOCTTY); " \
            "print('open', flush=True); sys.stdin.read()"
     with EmulatorProcess() as emu:
-        assert _other_holders(emu.port) == ""
+        assert other_readers(emu.port) == ""
         for flags, named in ((os.O_WRONLY, False), (os.O_RDONLY, True), (os.O_RDWR, True)):
             p = subprocess.Popen([sys.executable, "-c", hold, emu.port, str(flags)],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             try:
                 assert p.stdout.readline() == "open\n"
-                assert (f"pid {p.pid} (python" in _other_holders(emu.port)) is named, flags
+                assert (f"pid {p.pid} (python" in other_readers(emu.port)) is named, flags
             finally:
                 p.stdin.close()
                 p.wait(10)
-    assert _other_holders("loop://") == ""
+    assert other_readers("loop://") == ""
