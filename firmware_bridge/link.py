@@ -65,6 +65,7 @@ from firmware_bridge.dictionary import (
     RESULT,
     RESULT_NAMES,
 )
+from firmware_bridge.portwatch import other_readers, port_alive
 from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
 from thruster_hil.errors import UserError
 
@@ -98,6 +99,7 @@ _ID = {name: spec.id for name, spec in MESSAGES.items()}
 _DOWN = object()  # sentinel a wait predicate returns when the port went away
 _RESET = object()  # ... or when the unit reset under a session
 _LOCKED_OUT = object()  # ... or when the unit locked out another writer (LOCKOUT)
+_TAKEN = object()  # ... or another process is reading the port
 
 
 class LinkError(Exception):
@@ -296,6 +298,10 @@ class Link:
         self._unexpected = 0
         self._capture_errors = 0
         self._last_feed_ns = 0
+        #: Set (one line) when another process was found reading the port; every wait fails
+        #: with it from then on.
+        self._intruder: str | None = None
+        self._bytes_taken_reads = 0
 
     # ---- port ------------------------------------------------------------------------------
 
@@ -315,6 +321,7 @@ class Link:
             raise _open_error(self.url, exc) from None
         self._stopping.clear()
         self._decoder = codec.Decoder()
+        self._intruder = None
         with self._cond:
             self._ser = ser
             self._up = True
@@ -405,9 +412,14 @@ class Link:
                 data = os.read(fd, 4096)
             except BlockingIOError:
                 return b""
-            if not data:  # as pyserial: readable but nothing there means the device is gone
-                raise serial.SerialException("device reports readiness to read but returned no "
-                                             "data (device disconnected?)")
+            if not data:
+                # Readable, then nothing there: either the device is gone (a hung-up tty reads
+                # 0 bytes and fails every ioctl) or another process read the bytes first.
+                if not port_alive(fd):
+                    raise serial.SerialException("device reports readiness to read but "
+                                                 "returned no data (device disconnected?)")
+                self._bytes_taken(fd)
+                return b""
             return data
 
         return read_chunk
@@ -456,6 +468,28 @@ class Link:
                 if self._chain is not None:
                     self._chain.wake.set()
                 self._cond.notify_all()
+
+    def _bytes_taken(self, fd: int) -> None:
+        """Reader thread: the port was readable, the read found nothing, and the port is alive:
+        another process read the unit's bytes first. A reply this host never sees cannot be
+        waited for: every wait fails from now on, naming the cause (and the process when the
+        system says who has the port open)."""
+        self._bytes_taken_reads += 1
+        if self._intruder is not None:
+            return
+        who = other_readers(self.url)
+        message = (f"another process is reading {self.url}"
+                   f"{': ' + who if who else ''}; the unit's replies were taken before this "
+                   "host could read them (close that program, then run again)")
+        with self._cond:
+            self._intruder = message
+            chain = self._chain
+            if chain is not None and chain.error is None and not chain.busy:
+                chain.error = LinkError(message)
+                chain.done = True
+            if chain is not None:
+                chain.wake.set()
+            self._cond.notify_all()
 
     @staticmethod
     def _file(store: OrderedDict, key: Any, rec: Received) -> None:
@@ -613,19 +647,21 @@ class Link:
                 self._chain.wake.set()
             self._cond.notify_all()
 
-    def _send(self, name: str, seq: int, flags: int = 0, **fields: Any) -> int:
-        """Write one frame; return its host send time (ns). LinkError if the port is gone."""
-        return self._send_together([(name, seq, flags, fields)])
+    def _send(self, name: str, seq: int, flags: int = 0, *, force: bool = False,
+              **fields: Any) -> int:
+        """Write one frame; return its host send time (ns). LinkError if the port is gone
+        (``force``: try the write while the port is open, even with the link judged down)."""
+        return self._send_together([(name, seq, flags, fields)], force=force)
 
     def _send_together(self, frames: list[tuple[str, int, int, dict[str, Any]]],
-                       t_ns: int | None = None) -> int:
+                       t_ns: int | None = None, force: bool = False) -> int:
         """Write several frames (name, seq, flags, fields) in one write, so the unit reads them
         in one go and its replies come back together; return the host send time (ns): ``t_ns``
         if given (a time the caller stamped before the write), else taken at the write."""
         data = b"".join([codec.encode_fields(name, seq, flags, fields)
                          for name, seq, flags, fields in frames])
         ser = self._ser
-        if ser is None or not self._up:
+        if ser is None or not (self._up or force):
             raise LinkError(f"{self.url}: link is down ({self._down_reason or 'port not open'})"
                             f"; reconnect")
         with self._tx_lock:
@@ -671,6 +707,8 @@ class Link:
             got = pred()
             if got:
                 return got
+            if self._intruder is not None:
+                return _TAKEN
             if not self._up:
                 return _DOWN
             if session and self.reset_detected:
@@ -679,6 +717,8 @@ class Link:
 
         with self._cond:
             got = self._cond.wait_for(check, timeout)
+        if got is _TAKEN:
+            raise LinkError(self._intruder)
         if got is _DOWN:
             raise LinkError(f"{self.url}: link is down ({self._down_reason or 'port closed'}); "
                             "reconnect")
@@ -731,6 +771,10 @@ class Link:
         if any(q in self._foreign_refused_seqs for q in seqs):
             return (" (the unit answered BAD_SESSION: another writer on the line, or it reset "
                     "and lost the session)")
+        others = other_readers(self.url)
+        if others:
+            return (f" (another process has {self.url} open for reading, {others}: it may be "
+                    "taking the unit's replies)")
         return ""
 
     def _refusal_hint(self) -> str:
@@ -955,23 +999,31 @@ class Link:
         """
         with self._cond:
             self._armed = False
-            up = self._ser is not None and self._up
-        if not up:
-            return None
+            reader = self._reader
+            if self._ser is None:
+                return None
+        # Whatever the reader concluded (the link judged down, another process reading the
+        # port), the port may still take a write: STOP_ALL goes out whenever it does.
         seq = self._next_seq()
         for flags in (FLAG_ACK_REQ, FLAG_ACK_REQ | FLAG_RETRANSMIT):
             try:
-                self._send("STOP_ALL", seq, flags)
+                self._send("STOP_ALL", seq, flags, force=True)
             except Exception:  # noqa: BLE001 - safing must never raise
                 return None
         if confirm_timeout_s <= 0.0:
             return None
-        try:
-            ack = self._wait(lambda: self._take_ack(seq, "STOP_ALL"), confirm_timeout_s,
-                             session=False)
-        except LinkError:
+        if reader is None or not reader.is_alive():
+            return None  # nobody is reading the port: the ACK cannot be seen
+
+        def acked():  # the reader files the ACK; stop waiting only when it has stopped
+            got = self._take_ack(seq, "STOP_ALL")
+            return got if got is not None else (_DOWN if not reader.is_alive() else None)
+
+        with self._cond:
+            ack = self._cond.wait_for(acked, confirm_timeout_s)
+        if ack is None or ack is _DOWN:
             return False
-        return ack is not None and ack.msg["result"] == RESULT["ACCEPTED"]
+        return ack.msg["result"] == RESULT["ACCEPTED"]
 
     @property
     def armed(self) -> bool:
@@ -1211,6 +1263,8 @@ class Link:
             with self._cond:
                 if chain.done:
                     return
+                if self._intruder is not None:
+                    raise LinkError(self._intruder)
                 if not self._up:
                     raise LinkError(f"{self.url}: link is down "
                                     f"({self._down_reason or 'port closed'}); reconnect")
@@ -1556,6 +1610,7 @@ class Link:
                 "deadline_misses": self._deadline_misses,
                 "foreign_refusals": self._foreign_refusals,
                 "late_reports": self._late_reports,
+                "bytes_taken_reads": self._bytes_taken_reads,
                 "resets_detected": self._resets_detected,
                 "capture_errors": self._capture_errors,
                 "clock_offset_us": self.clock_offset_us,

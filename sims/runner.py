@@ -50,7 +50,14 @@ from sims.loop import (
 from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL
 
 __all__ = ["COAST_STEP_S", "N_SUB", "OVERRUN_FACTOR", "Failure", "IdealUnit", "RunResult",
-           "UnitReport", "format_run", "run_burn"]
+           "StopBurn", "UnitReport", "format_run", "run_burn"]
+
+
+class StopBurn(Exception):
+    """Raised by ``on_cycle`` to stop the burn safely (the unit closed with STOP_ALL, the run
+    summarised as aborted); its one-line message is the abort reason, e.g. a run record that
+    can no longer be written."""
+
 
 @dataclass
 class UnitReport:
@@ -112,14 +119,17 @@ class RunResult:
 
 def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = None,
              on_cycle: Callable[[int, dict], None] | None = None,
-             case: PlantCase | None = None) -> RunResult:
+             case: PlantCase | None = None,
+             on_loop_end: Callable[[], None] | None = None) -> RunResult:
     """Fly the planned burn of ``model`` (a StackModel) in closed loop and summarise it.
 
     ``unit`` None is the in-process :class:`IdealUnit`; without ``on_cycle`` that burn runs
     entirely in numba (:func:`sims.loop.fly`), otherwise cycle by cycle from here with the same
     kernels (:func:`sims.loop.pre_unit`, the unit, :func:`sims.loop.post_unit`). ``case``
     (a :class:`sims.loop.PlantCase`, e.g. one case of a dispersion campaign) perturbs the plant
-    and the sensors while the controller keeps the nominal model.
+    and the sensors while the controller keeps the nominal model. ``on_loop_end`` is called
+    as soon as the cycles stop, before the unit is closed (the CLI holds its stop signals
+    there: a SIGTERM while STOP_ALL is confirmed must not cut the confirmation short).
     """
     period = float(model.control_period_s)
     period_ms = int(round(period * 1000))
@@ -151,6 +161,8 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
         k, complete, _plant = sim.fly(fail_idx, fail_at, fail_code, fail_cycle, statuses,
                                       att_err, longest)
         wall = time.perf_counter() - wall0
+        if on_loop_end is not None:
+            on_loop_end()
         complete_cycle = complete if complete >= 0 else None
         for f, kf in zip(failures, fail_cycle, strict=True):
             if kf >= 0:
@@ -168,7 +180,8 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
         cycles_per_s = k / wall if wall > 0 and k > 0 else math.nan
     else:
         k, complete_cycle, aborted, late_cycles, wall = _cycle_by_cycle(
-            sim, unit, failures, names, events, statuses, att_err, longest, on_cycle, realtime)
+            sim, unit, failures, names, events, statuses, att_err, longest, on_cycle, realtime,
+            on_loop_end)
         cycles_per_s = (k - 1) / wall if wall > 0 and k > 1 else math.nan
     if aborted is not None:
         events.append({"event": "aborted", "cycle": k, "t_s": k * period, "reason": aborted})
@@ -222,6 +235,10 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
         "wall_s": wall,
         "cycles_per_s": cycles_per_s,
     }
+    summary["signal"] = next((e["signal"] for e in events if e["event"] == "signal"), None)
+    summary["failure_reason"] = None if aborted is not None else _shortfall(
+        summary, names, np.flatnonzero(sim.ctrl.thr[:, T_TRANSLATION] > 0.5),
+        np.where(sim.ctrl.health == HEALTH_FAILED_OFF, HEALTH_FAILED_OFF, sim.true_health))
     if realtime:
         summary["late_cycles"] = late_cycles
     if hasattr(unit, "stats"):
@@ -230,7 +247,7 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
 
 
 def _cycle_by_cycle(sim: Sim, unit, failures, names, events, statuses, att_err, longest,
-                    on_cycle, realtime):
+                    on_cycle, realtime, on_loop_end=None):
     """The loop with the unit in Python between the two halves of each cycle (a serial unit,
     or a run that records every cycle). Returns (cycles, complete cycle, abort reason, late
     cycles, wall time [s] from the end of the first cycle to the end of the last).
@@ -254,6 +271,7 @@ def _cycle_by_cycle(sim: Sim, unit, failures, names, events, statuses, att_err, 
     wall1 = None
     k = 0
     ctrl_health_nominal = not ctrl.health.any()  # what the controller last heard
+    no_thrust: str | None = None  # every translation thruster failed off: stop the burn
 
     def before_unit() -> np.ndarray:
         nonlocal complete_cycle
@@ -277,7 +295,7 @@ def _cycle_by_cycle(sim: Sim, unit, failures, names, events, statuses, att_err, 
 
     def after_unit(report: UnitReport) -> bool:
         """Integrate cycle k with what the unit executed; True if the burn goes on."""
-        nonlocal k, wall0, wall1, ctrl_health_nominal
+        nonlocal k, wall0, wall1, ctrl_health_nominal, no_thrust
         if not (report.all_nominal and ctrl_health_nominal) and (
                 report.health.any() or ctrl.health.any()):
             newly_out = (report.health != HEALTH_NOMINAL) & (ctrl.health == HEALTH_NOMINAL)
@@ -286,6 +304,9 @@ def _cycle_by_cycle(sim: Sim, unit, failures, names, events, statuses, att_err, 
                                "cycle": k, "health": int(report.health[i])})
             ctrl.health[:] = report.health
             ctrl_health_nominal = not ctrl.health.any()
+            if complete_cycle is None and (ctrl.health[translation_idx] == HEALTH_FAILED_OFF
+                                           ).all():
+                no_thrust = _no_thrust_reason(names, translation_idx)
         longest[k] = on_ms.max()
         flags = sim.post(report.executed_ms)
         if k == 0:
@@ -295,6 +316,8 @@ def _cycle_by_cycle(sim: Sim, unit, failures, names, events, statuses, att_err, 
                          "y": sim.y, "executed_ms": report.executed_ms, "rtt_s": report.rtt_s})
         k += 1
         wall1 = time.perf_counter()
+        if no_thrust is not None:
+            raise StopBurn(no_thrust)
         if complete_cycle is not None and flags & F_QUIET and not on_ms[translation_idx].any():
             return False
         return k < max_cycles
@@ -319,12 +342,39 @@ def _cycle_by_cycle(sim: Sim, unit, failures, names, events, statuses, att_err, 
                     break
     except unit_errors as exc:
         aborted = f"unit: {exc}"
-    except KeyboardInterrupt:
-        aborted = "interrupted"
+    except StopBurn as exc:
+        aborted = str(exc)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP (thruster_hil.stopsignals)
+        name = getattr(exc, "signal_name", "SIGINT")
+        aborted = "interrupted" if name == "SIGINT" else f"interrupted by {name}"
+        events.append({"event": "signal", "signal": name, "cycle": k, "t_s": k * period})
     finally:
+        if on_loop_end is not None:
+            on_loop_end()
         unit.close()
     # Closing the unit (stopping its process) is not part of the loop's speed.
     return k, complete_cycle, aborted, late_cycles, (wall1 or time.perf_counter()) - wall0
+
+
+def _no_thrust_reason(names, translation_idx) -> str:
+    failed = ", ".join(names[i] for i in translation_idx)
+    return (f"every translation thruster has failed off ({failed}): no along-track thrust is "
+            "possible, the burn cannot reach its target")
+
+
+def _shortfall(summary: dict, names, translation_idx, health) -> str | None:
+    """Why a burn that was not aborted still failed (exit status 1), or None: the target not
+    reached, no thrust possible, the attitude limit broken."""
+    if summary["max_attitude_error_deg"] > summary["attitude_limit_deg"]:
+        return (f"the attitude error reached {summary['max_attitude_error_deg']:.4g} deg, over "
+                f"the {summary['attitude_limit_deg']:g} deg limit")
+    if summary["completed"]:
+        return None
+    if len(translation_idx) and (health[translation_idx] == HEALTH_FAILED_OFF).all():
+        return _no_thrust_reason(names, translation_idx)
+    return (f"the target was not reached: {summary['achieved_delta_v_mps']:.5f} of "
+            f"{summary['target_delta_v_mps']:.5f} m/s after {summary['cycles']} cycles (the "
+            "burn's cycle limit)")
 
 
 def _listed(channels) -> list[int] | None:
@@ -335,9 +385,20 @@ def _channels(channels: list[int]) -> str:
     return ("channel " if len(channels) == 1 else "channels ") + ", ".join(map(str, channels))
 
 
+def _result_line(s: dict) -> str:
+    """How the burn ended, with the reason when it did not end well (exit status 0 only for
+    "completed")."""
+    if s.get("aborted"):
+        return f"ABORTED: {s.get('abort_reason')}"
+    if s.get("failure_reason"):
+        return f"FAILED: {s['failure_reason']}"
+    return "completed" if s.get("completed") else "not completed"
+
+
 def format_run(s: dict) -> str:
     """A run summary as a readable table."""
     rows = [
+        ("result", _result_line(s)),
         ("stack / unit", f"{s['stack']} / {s['unit']}"),
         ("delta-v", f"{s['achieved_delta_v_mps']:.5f} of {s['target_delta_v_mps']:.5f} m/s "
                     f"({s['delta_v_error_pct']:+.3f} %)"),

@@ -193,7 +193,11 @@ def perturbed(draw):
         min(90.0, max(-90.0, p + draw(st.floats(-20, 20)))),
         r + draw(st.floats(-20, 20)),
     ]
-    stk["control_period_s"] = draw(st.floats(0.05, 2.0))
+    # A whole number of ms the wire carries, at least 4 x the longest minimum on-time of the
+    # stack's thrusters (thruster_hil.config._control_period).
+    used = [*stk["translation_thrusters"], *stk.get("attitude_thrusters", [])]
+    shortest_ms = math.ceil(4000 * max(veh["thrusters"][n]["min_on_time_s"] for n in used))
+    stk["control_period_s"] = draw(st.integers(max(10, shortest_ms), 2000)) / 1000
     stk["solar_activity"] = draw(st.sampled_from(["low", "moderate", "high"]))
     return docs
 
@@ -543,6 +547,14 @@ BAD = [
         "cmg_torque_budget_Nm",
     ),
     ("missing-port", "progress", "stack", _delete(("port",)), "port"),
+    # Absurd but positive (issue 13): each flew no thrust and exited 0, or crashed the run.
+    *[(f"control-period-{v!r}", "progress", "stack", _set(("control_period_s",), v),
+       "control_period_s")
+      for v in (1e-308, 0.001, 0.0015, 0.1, 10.5, 0.2505)],  # 0.1 < 4 x 50 ms min on-time
+    *[(f"attitude-limit-{v!r}", "progress", "stack", _set(("max_attitude_error_deg",), v),
+       "max_attitude_error_deg") for v in (1e-308, 0.05, 120.0)],
+    ("rate-limit-tiny", "progress", "stack", _set(("max_rate_deg_s",), 1e-308),
+     "max_rate_deg_s"),
 ]
 
 
@@ -591,3 +603,33 @@ def test_unparseable_toml_names_the_line(tmp_path):
 def test_missing_stack_file(tmp_path):
     with pytest.raises(ConfigError, match="nothing.toml"):
         load_stack(str(tmp_path / "nothing.toml"))
+
+
+def test_every_packaged_stack_is_inside_the_bounds():
+    """The bounds (docs/architecture.md, "Config bounds") leave the packaged stacks flyable,
+    each period a whole number of ms and at least 4 x the longest minimum on-time it uses."""
+    from thruster_hil.config import MIN_ATTITUDE_LIMIT_DEG, PERIOD_PER_MIN_ON
+
+    for name in list_stacks():
+        s = load_stack(name)
+        used = (*s.translation_thrusters, *s.attitude_thrusters)
+        longest = max(s.vehicle.thrusters[n].min_on_time_s for n in used)
+        assert s.control_period_s >= PERIOD_PER_MIN_ON * longest
+        assert s.max_attitude_error_deg >= MIN_ATTITUDE_LIMIT_DEG
+
+
+def test_plan_refuses_what_run_would_crash_on(tmp_path, capsys):
+    """control_period_s = 1e-308 passed `plan`, then `run` crashed with a traceback: both now
+    refuse it at load, in one line naming the file and the field, exit 2."""
+    from thruster_hil.cli import main
+
+    docs = originals("progress")
+    docs["stack"]["control_period_s"] = 1e-308
+    paths = write_tree(tmp_path, docs)
+    for cmd in ("plan", "run"):
+        extra = ["--unit", "sim", "--out", str(tmp_path / "run")] if cmd == "run" else []
+        assert main([cmd, "--stack", str(paths["stack"]), "--delta-v", "0.05", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ": control_period_s: " in err, err
+        assert "test-stack.toml" in err
+    assert not (tmp_path / "run").exists()

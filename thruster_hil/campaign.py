@@ -476,9 +476,13 @@ def run_row(row: Row, out: Path) -> dict:
                             killed_at = _telemetry_rows(run_dir)
                     host.wait(HOST_TIMEOUT_S)
                 finally:
-                    if host.poll() is None:
-                        host.kill()
-                        host.wait()
+                    if host.poll() is None:  # SIGTERM first: the host closes the valves by
+                        host.terminate()  # command and writes its summary (as on Ctrl-C)
+                        try:
+                            host.wait(SETTLE_TIMEOUT_S)
+                        except subprocess.TimeoutExpired:
+                            host.kill()
+                            host.wait()
                     if rogue is not None:
                         rogue.stop.set()
                         rogue.join()

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from thruster_hil.errors import OneLineParser, UserError
+from thruster_hil.stopsignals import StopSignals, exit_status
 from thruster_hil.textnum import parse_float, show, whole_number
 
 PROG = "thruster-hil"
@@ -370,8 +371,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     case, case_info = _run_case(args, model)
     from thruster_hil.records import RunRecorder, StatusWriter, default_run_dir, run_meta
 
+    stop = getattr(args, "stop_signals", None) or StopSignals()
     out_dir = args.out if args.out is not None else default_run_dir(plan["stack"])
     recorder = RunRecorder(out_dir, names, model.mass_kg)
+    unit = None
     try:
         unit = _open_run_unit(args, model, plan, names, recorder)
         link_info = getattr(getattr(unit, "link", None), "info", None)
@@ -387,7 +390,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         with contextlib.ExitStack() as views:
             on_cycle, watch = recorder.on_cycle, None
             if unit is not None:
-                views.enter_context(StatusWriter(out_dir, unit.stats))
+                views.enter_context(StatusWriter(out_dir, unit.stats, on_error=recorder.fail))
             if args.live:
                 from thruster_hil.live import RunWatch
 
@@ -400,11 +403,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
             elif not args.json and sys.stderr.isatty():
                 on_cycle = _run_progress(views, recorder, planned)
             result = run_burn(model, plan, unit=unit, failures=failures,
-                              on_cycle=on_cycle, case=case)
+                              on_cycle=on_cycle, case=case, on_loop_end=stop.hold)
+            unit = None  # closed by the runner (STOP_ALL)
             if watch is not None:  # the last frame says how it ended
                 s = result.summary
                 if s["aborted"]:
                     watch.finish(f"aborted: {s['abort_reason']}")
+                elif s["failure_reason"]:
+                    watch.finish(f"failed: {s['failure_reason']}")
                 else:
                     watch.finish("completed" if s["completed"] else "not completed")
         summary = dict(result.summary)
@@ -412,15 +418,82 @@ def _cmd_run(args: argparse.Namespace) -> int:
         summary["run_dir"] = str(out_dir)
         summary["plan"] = plan  # what replay needs to fly the same burn again
         summary["stack_path"] = str(load_stack(args.stack).path)
-        recorder.finish(summary, run_meta(load_stack(args.stack), summary["unit"], link_info))
-    finally:
-        recorder.close()
+        meta = run_meta(load_stack(args.stack), summary["unit"], link_info)
+    except BaseException as exc:
+        # Before the burn's loop (opening or arming the unit, run.json) or out of it: valves
+        # closed by command first, then as much summary as there is, then the one line.
+        stop.hold()
+        if unit is not None:
+            unit.close()
+        return _run_not_flown(exc, args, plan, load_stack(args.stack), recorder, unit)
+    summary_error = _finish_records(recorder, summary, meta)
     if args.json:
         print(json.dumps(summary))
     else:
         print(format_run(summary))
         print(f"run records in {out_dir}")
+    if recorder.error is not None or summary_error is not None:
+        raise _records_failed(recorder, summary, summary_error)
     return _run_status(summary)
+
+
+def _finish_records(recorder, summary: dict, meta: dict):
+    """Write summary.json; the RecordError if it could not be written (None: written)."""
+    from thruster_hil.records import RecordError
+
+    try:
+        recorder.finish(summary, meta)
+    except RecordError as err:
+        return err
+    return None
+
+
+def _records_failed(recorder, summary: dict, summary_error) -> UserError:
+    """The one line of a run whose records could not all be written (exit status 2)."""
+    first = recorder.error or summary_error
+    stopped = (f"the burn was stopped after {summary['cycles']} cycles, "
+               if str(summary.get("abort_reason") or "").startswith("records: ") else "")
+    if summary.get("unit") == "sim":
+        closed = "no valves to close (in-process unit)"
+    else:
+        closed = {True: "valves closed by STOP_ALL (acknowledged)",
+                  False: "STOP_ALL sent, not confirmed by the unit"}.get(
+            summary.get("valves_closed"), "STOP_ALL not confirmed (the link was down)")
+    if summary_error is None:
+        tail = "summary.json written"
+    elif summary_error is first:
+        tail = "summary.json could not be written either"
+    else:
+        tail = f"summary.json could not be written either ({summary_error.strerror})"
+    return UserError(first.path, f"{first.message}; {stopped}{closed}; {tail}")
+
+
+def _run_not_flown(exc: BaseException, args: argparse.Namespace, plan: dict, stack, recorder,
+                   unit) -> int:
+    """A run that ended before or outside its burn loop: what summary.json can still say, then
+    the exception's one line (a signal: exit 128 + its number)."""
+    from thruster_hil.records import RecordError
+
+    if isinstance(exc, KeyboardInterrupt):
+        name = getattr(exc, "signal_name", "SIGINT")
+        reason = "interrupted" if name == "SIGINT" else f"interrupted by {name}"
+    elif isinstance(exc, UserError):
+        name, reason = None, str(exc)
+    else:
+        recorder.close()
+        raise exc
+    unit_name = "sim" if args.port is None and args.unit == "sim" else (args.port or args.unit)
+    summary = {"stack": plan["stack"], "unit": unit_name, "target_delta_v_mps":
+               plan["delta_v_mps"], "cycles": recorder.cycles, "completed": False,
+               "aborted": True, "abort_reason": f"before the burn: {reason}", "signal": name,
+               "failure_reason": None,
+               "valves_closed": getattr(unit, "valves_closed", None), "run_dir": str(recorder.dir),
+               "plan": plan, "stack_path": str(stack.path)}
+    try:
+        recorder.finish(summary, {})
+    except RecordError:
+        pass  # the directory cannot take it: the line below is what there is
+    raise exc
 
 
 def _run_case(args: argparse.Namespace, model):
@@ -629,11 +702,16 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def _run_status(summary: dict | None) -> int:
-    """The exit status of a run with this summary, for `run` and `monitor` alike: 130
-    interrupted (Ctrl-C), 1 otherwise aborted, 0 else."""
-    if not summary or not summary.get("aborted"):
+    """The exit status of a run with this summary, for `run` and `monitor` alike: 128 + the
+    signal's number when a signal stopped it (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), 1 when it
+    was otherwise aborted or did not reach its target (``failure_reason``), 0 else."""
+    if not summary:
         return 0
-    return 130 if summary.get("abort_reason") == "interrupted" else 1
+    if not summary.get("aborted"):
+        return 1 if summary.get("failure_reason") else 0
+    if summary.get("signal") or summary.get("abort_reason") == "interrupted":
+        return exit_status(summary.get("signal"))
+    return 1
 
 
 #: monitor --port: how long to wait for the unit's first housekeeping packet [s].
@@ -801,14 +879,18 @@ def _cmd_faults(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-        return args.handler(args)
+        with StopSignals() as stop:
+            args = parser.parse_args(argv)
+            args.stop_signals = stop
+            return args.handler(args)
     except UserError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP (thruster_hil.stopsignals)
+        name = getattr(exc, "signal_name", "SIGINT")
+        print(f"{PROG}: interrupted" + ("" if name == "SIGINT" else f" by {name}"),
+              file=sys.stderr)
+        return exit_status(name)
     except BrokenPipeError:
         return 0
 

@@ -607,6 +607,36 @@ def _resolve(t: _Table, key: str, stack_path: Path, kind: str) -> Path:
     raise t.fail(key, f"expected a {kind} file {looked}, got no such file for {_show(stem)}")
 
 
+#: Bounds that keep a burn physically meaningful (docs/architecture.md, "Config bounds").
+#: The unit's tick is 1 ms and the wire carries the period in whole ms (10..10000 ms).
+PERIOD_MS_MIN, PERIOD_MS_MAX = 10, 10_000
+#: The period holds at least this many of the longest minimum on-time of the stack's
+#: thrusters: below it pulse modulation has almost nothing between "off" and "on all cycle".
+PERIOD_PER_MIN_ON = 4
+#: The attitude limit: 0.1 deg is ten times a star tracker's error (a smaller limit is tripped by
+#: the estimate's noise and inhibits every firing); at 90 deg the thrust no longer points along
+#: the track at all.
+MIN_ATTITUDE_LIMIT_DEG, MAX_ATTITUDE_LIMIT_DEG = 0.1, 90.0
+#: The hold's rate limit: 0.01 deg/s takes out a 0.1 deg error in 10 s (20 cycles of 0.5 s).
+MIN_RATE_LIMIT_DEG_S = 0.01
+
+
+def _control_period(t: _Table, vehicle: Vehicle, names: tuple[str, ...]) -> float:
+    """control_period_s: a whole number of ms the wire can carry (10..10000 ms) and at least
+    PERIOD_PER_MIN_ON x the longest minimum on-time of the stack's thrusters."""
+    period = t.number("control_period_s", PERIOD_MS_MIN / 1e3, PERIOD_MS_MAX / 1e3, unit="s")
+    ms = period * 1e3
+    if abs(ms - round(ms)) > 1e-6:
+        raise t.fail("control_period_s", f"expected a whole number of milliseconds (the unit's "
+                     f"tick and the wire's unit), got {period!r} s")
+    min_on = max((vehicle.thrusters[n].min_on_time_s for n in names), default=0.0)
+    if period < PERIOD_PER_MIN_ON * min_on:
+        raise t.fail("control_period_s", f"expected at least {PERIOD_PER_MIN_ON} x the longest "
+                     f"thruster minimum on-time ({PERIOD_PER_MIN_ON} x {min_on:g} s = "
+                     f"{PERIOD_PER_MIN_ON * min_on:g} s), got {period:g} s")
+    return period
+
+
 def load_stack(name_or_path: str | Path) -> Stack:
     """Load a stack by bare name (hw_configs/stacks/<name>.toml) or path, with its station and
     vehicle, and validate everything (including that the translation set pushes along-track)."""
@@ -646,9 +676,10 @@ def load_stack(name_or_path: str | Path) -> Stack:
             if n in seen:
                 raise t.fail(key, f"expected each thruster listed once, got {_show(n)} twice")
             seen.add(n)
-    period = t.number("control_period_s", 0.0, 10.0, lo_open=True, unit="s")
-    max_err = t.number("max_attitude_error_deg", 0.0, 180.0, lo_open=True, unit="deg")
-    max_rate = t.number("max_rate_deg_s", 0.0, 10.0, lo_open=True, unit="deg/s")
+    period = _control_period(t, vehicle, trans + att)
+    max_err = t.number("max_attitude_error_deg", MIN_ATTITUDE_LIMIT_DEG,
+                       MAX_ATTITUDE_LIMIT_DEG, unit="deg")
+    max_rate = t.number("max_rate_deg_s", MIN_RATE_LIMIT_DEG_S, 10.0, unit="deg/s")
     cmg = t.number("cmg_torque_budget_Nm", 0.0, 1e5, unit="N m")
     solar = t.string("solar_activity", SOLAR_ACTIVITIES, default="moderate")
 

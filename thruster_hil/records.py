@@ -6,19 +6,30 @@
     status.json     the link's counters and the unit's last housekeeping, rewritten every
                     second while a serial unit flies (serial units only)
     summary.json    the run's summary (the --json object) plus config hashes, versions and the
-                    unit's identity; written at the end, also after Ctrl-C ("aborted": true)
-    telemetry.csv   one row per control cycle, flushed every cycle
+                    unit's identity; written at the end, also after Ctrl-C, SIGTERM, SIGHUP or a
+                    record that could not be written ("aborted": true)
+    telemetry.csv   one row per control cycle, written whole every cycle
     capture.csv     every byte on the wire in each direction with its host time (monotonic ns):
-                    ``t_ns,dir,hex``, flushed per chunk (serial units only)
+                    ``t_ns,dir,hex``, written whole per chunk (serial units only)
 
 Written as the run goes, so a crash or a kill keeps everything up to the last cycle.
+
+Never torn, never silently lost: telemetry.csv and capture.csv only ever end in a whole line (a
+write that fails part-way, a full disk or a file-size limit, is cut back to the last whole line
+with ftruncate, which needs no space). A write that fails stops the burn (:class:`RecordError`:
+the runner closes the unit with STOP_ALL and summarises the run as aborted) and the command
+ends with one line naming the file and the error. summary.json is written into space reserved
+when the run starts (``.summary.reserve``, overwritten in place and renamed), so a full disk
+still gets its summary; status.json and run.json are written atomically and leave no ``.tmp``.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as _dt
+import errno
 import hashlib
+import io
 import json
 import math
 import os
@@ -32,6 +43,63 @@ from thruster_hil.errors import UserError
 TELEMETRY_FIELDS = ("cycle", "t_s", "status", "dv_along_mps", "dv_remaining_mps",
                     "altitude_km", "attitude_error_deg", "rate_x_dps", "rate_y_dps", "rate_z_dps",
                     "propellant_kg", "rtt_ms")
+
+
+#: Space reserved for summary.json when the run starts [bytes] (a summary is a few kB).
+SUMMARY_RESERVE_BYTES = 32 * 1024
+RESERVE_NAME = ".summary.reserve"
+
+
+class RecordError(UserError):
+    """A run record that could not be written: one line naming the file and the OS error."""
+
+    def __init__(self, path: str | Path, exc: OSError, doing: str = "cannot write it"):
+        self.path = str(path)
+        self.errno = exc.errno
+        self.strerror = exc.strerror or str(exc)
+        super().__init__(self.path, f"{doing}: {self.strerror}")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is out (a write may be partial: a file-size limit)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
+
+
+class WholeLines:
+    """An append-only text file that only ever holds whole lines. Each :meth:`write` is one or
+    more complete lines; if the write fails part-way (no space, EFBIG past RLIMIT_FSIZE) the
+    file is cut back to where it was (ftruncate needs no space) and :class:`RecordError` is
+    raised, so the file never ends in a partial row."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.size = 0
+
+    def write(self, text: str) -> None:
+        if self._fd is None:
+            raise RecordError(self.path, OSError(errno.EBADF, "the file is closed"))
+        data = text.encode("utf-8")
+        try:
+            _write_all(self._fd, data)
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, self.size)
+                os.lseek(self._fd, self.size, os.SEEK_SET)
+            except OSError:
+                pass  # the file is gone altogether: the error below says so
+            raise RecordError(self.path, exc) from None
+        self.size += len(data)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def default_run_dir(stack: str, root: str | Path = "runs") -> Path:
@@ -57,32 +125,79 @@ class RunRecorder:
             what = "directory exists and is not empty" if self.dir.is_dir() else "path is a file"
             raise UserError(str(self.dir), f"the run {what}: pick another --out (nothing is "
                             "overwritten)", field="--out")
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._tel = open(self.dir / "telemetry.csv", "w", newline="", encoding="utf-8")
-        except OSError as exc:
-            raise UserError(str(self.dir), f"cannot create the run directory: {exc.strerror}",
-                            field="--out") from None
         self._names = list(thruster_names)
         self._mass0 = mass0_kg
-        self._writer = csv.writer(self._tel)
-        self._writer.writerow(list(TELEMETRY_FIELDS)
-                              + [f"cmd_ms:{n}" for n in self._names]
-                              + [f"exec_ms:{n}" for n in self._names])
-        self._tel.flush()
-        self._cap = None
+        self._row = io.StringIO()
+        self._writer = csv.writer(self._row)  # csv formatting (\r\n rows), written whole
+        self._cap: WholeLines | None = None
         self._cap_lock = threading.Lock()
+        self._reserve: int | None = None
         self.cycles = 0
+        #: The first record that could not be written (the burn stops at the next cycle).
+        self.error: RecordError | None = None
+        self._tel: WholeLines | None = None
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._tel = WholeLines(self.dir / "telemetry.csv")
+            self._tel.write(self._line(list(TELEMETRY_FIELDS)
+                                       + [f"cmd_ms:{n}" for n in self._names]
+                                       + [f"exec_ms:{n}" for n in self._names]))
+            self._reserve_summary()
+        except (OSError, RecordError) as exc:
+            self.close()
+            why = exc.message if isinstance(exc, RecordError) else exc.strerror
+            raise UserError(str(self.dir), f"cannot create the run directory: {why}",
+                            field="--out") from None
+
+    def _line(self, row: list) -> str:
+        self._writer.writerow(row)
+        text = self._row.getvalue()
+        self._row.seek(0)
+        self._row.truncate()
+        return text
+
+    def _reserve_summary(self) -> None:
+        """Claim the space summary.json will need now, while there is some (see module doc)."""
+        fd = os.open(self.dir / RESERVE_NAME, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._reserve = fd
+        _write_all(fd, b" " * SUMMARY_RESERVE_BYTES)
+
+    def _discard_reserve(self) -> None:
+        if self._reserve is not None:
+            os.close(self._reserve)
+            self._reserve = None
+            try:
+                os.unlink(self.dir / RESERVE_NAME)
+            except OSError:
+                pass
+
+    def fail(self, error: RecordError) -> None:
+        """Note a record that could not be written (any thread): the burn stops at the next
+        cycle (:meth:`on_cycle` raises :class:`sims.runner.StopBurn`)."""
+        if self.error is None:
+            self.error = error
+
+    def _stop_if_failed(self) -> None:
+        if self.error is not None:
+            from sims.runner import StopBurn
+
+            raise StopBurn(f"records: {self.error}")
 
     # ---- sinks -------------------------------------------------------------------------
     def on_bytes(self, direction: str, t_ns: int, data: bytes) -> None:
         """Raw capture (called from the link's reader thread and the control thread)."""
         with self._cap_lock:
-            if self._cap is None:
-                self._cap = open(self.dir / "capture.csv", "w", encoding="utf-8")
-                self._cap.write("t_ns,dir,hex\n")
-            self._cap.write(f"{t_ns},{direction},{data.hex()}\n")
-            self._cap.flush()
+            if self.error is not None:
+                return  # the burn is stopping: the capture keeps what it had, whole
+            try:
+                if self._cap is None:
+                    self._cap = WholeLines(self.dir / "capture.csv")
+                    self._cap.write("t_ns,dir,hex\n")
+                self._cap.write(f"{t_ns},{direction},{data.hex()}\n")
+            except OSError as exc:
+                self.fail(RecordError(self.dir / "capture.csv", exc))
+            except RecordError as err:
+                self.fail(err)
 
     def on_cycle(self, k: int, info: dict) -> None:
         from controller import cycle as cst
@@ -101,16 +216,24 @@ class RunRecorder:
                f"{math.degrees(w[1]):.8f}", f"{math.degrees(w[2]):.8f}",
                f"{self._mass0 - y[plant.M]:.6f}", f"{rtt * 1e3:.4f}"]
         row += [int(v) for v in ctrl.on_ms] + [int(v) for v in info["executed_ms"]]
-        self._writer.writerow(row)
-        self._tel.flush()
+        self._stop_if_failed()  # the capture or status.json failed since the last cycle
+        try:
+            self._tel.write(self._line(row))
+        except RecordError as err:
+            self.fail(err)
+            self._stop_if_failed()
         self.cycles += 1
 
     # ---- start -------------------------------------------------------------------------
     def start(self, info: dict) -> Path:
-        """Write run.json: what the run is about to fly (see the module docstring)."""
+        """Write run.json: what the run is about to fly (see the module docstring).
+        RecordError if it cannot be written."""
         out = dict(info)
         out.setdefault("started_unix_s", time.time())
-        return write_json_atomic(self.dir / "run.json", out)
+        try:
+            return write_json_atomic(self.dir / "run.json", out)
+        except OSError as exc:
+            raise RecordError(self.dir / "run.json", exc) from None
 
     # ---- end ---------------------------------------------------------------------------
     def finish(self, summary: dict, meta: dict) -> Path:
@@ -119,16 +242,51 @@ class RunRecorder:
         out.update(meta)
         out["records"] = {"telemetry_rows": self.cycles,
                           "capture": (self.dir / "capture.csv").exists()}
-        write_json_atomic(self.dir / "summary.json", out)
-        self.close()
-        return self.dir / "summary.json"
+        if self.error is not None:
+            out["records"]["error"] = str(self.error)
+        path = self.dir / "summary.json"
+        text = json.dumps(out, indent=1) + "\n"
+        self._close_files()
+        try:
+            self._write_summary(path, text.encode("utf-8"))
+        except OSError as exc:
+            raise RecordError(path, exc) from None
+        return path
 
-    def close(self) -> None:
-        self._tel.close()
+    def _write_summary(self, path: Path, data: bytes) -> None:
+        """Into the reserved space if it is big enough (no new blocks needed), else anew."""
+        fd, self._reserve = self._reserve, None
+        if fd is None or len(data) > SUMMARY_RESERVE_BYTES:
+            if fd is not None:
+                os.close(fd)
+                _unlink_quietly(self.dir / RESERVE_NAME)
+            write_bytes_atomic(path, data)
+            return
+        reserve = self.dir / RESERVE_NAME
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            _write_all(fd, data)
+            os.ftruncate(fd, len(data))
+        except OSError:
+            os.close(fd)
+            _unlink_quietly(reserve)
+            raise
+        os.close(fd)
+        os.replace(reserve, path)
+
+    def _close_files(self) -> None:
+        if self._tel is not None:
+            self._tel.close()
         with self._cap_lock:
             if self._cap is not None:
                 self._cap.close()
                 self._cap = None
+
+    def close(self) -> None:
+        """Close the files and give back the summary's reserved space (idempotent; after
+        :meth:`finish` there is nothing left to close)."""
+        self._close_files()
+        self._discard_reserve()
 
 
 def run_directory(run_dir: str | Path, missing: str) -> Path:
@@ -145,6 +303,74 @@ def run_directory(run_dir: str | Path, missing: str) -> Path:
     if not is_dir:
         raise UserError(str(run), "expected a run directory, got a file")
     return run
+
+
+def damage(run: Path, needs: tuple[str, ...] = ("summary", "telemetry", "capture")
+           ) -> list[str]:
+    """What the run directory ``run`` lacks or holds broken, among the files in ``needs``
+    (summary, telemetry, capture), one phrase each; [] when they are whole. For the one-line
+    errors of replay and report: a run killed mid-write, a full disk, a file removed."""
+    out: list[str] = []
+    try:
+        meta = read_record(run / "run.json")
+    except UserError:
+        meta = None
+    try:
+        summary = read_record(run / "summary.json")
+    except UserError as err:
+        summary, bad_summary = None, str(err)
+    else:
+        bad_summary = None
+    rows = None
+    if "telemetry" in needs:
+        try:
+            data = (run / "telemetry.csv").read_bytes()
+        except FileNotFoundError:
+            out.append("no telemetry.csv")
+        except OSError as exc:
+            out.append(f"telemetry.csv cannot be read ({exc.strerror})")
+        else:
+            rows = max(0, data.count(b"\n") - 1)
+            if data and not data.endswith(b"\n"):
+                out.append(f"telemetry.csv ends in a partial row (after {rows} whole cycles)")
+    if "summary" in needs:
+        if bad_summary is not None:
+            out.append(f"summary.json is broken ({bad_summary})")
+        elif summary is None:
+            kept = f" ({rows} cycles in telemetry.csv)" if rows is not None else ""
+            out.append(f"no summary.json{kept}: the run did not end by itself (killed, power "
+                       "lost) or is still flying")
+        else:
+            cycles = summary.get("cycles")
+            if rows is not None and isinstance(cycles, int) and cycles != rows:
+                out.append(f"summary.json counts {cycles} cycles, telemetry.csv holds {rows}")
+            error = (summary.get("records") or {}).get("error") if isinstance(
+                summary.get("records"), dict) else None
+            if error:
+                out.append(f"the run could not write its records ({error})")
+    if "capture" in needs:
+        serial = (meta or {}).get("serial", summary is not None and summary.get("link")
+                                  is not None)
+        try:
+            cap = (run / "capture.csv").read_bytes()
+        except FileNotFoundError:
+            if serial:
+                out.append("no capture.csv (a run through a serial unit writes one)")
+        except OSError as exc:
+            out.append(f"capture.csv cannot be read ({exc.strerror})")
+        else:
+            if cap and not cap.endswith(b"\n"):
+                out.append("capture.csv ends in a partial line")
+    if meta is None and not (run / "run.json").exists():
+        out.append("no run.json")
+    try:
+        left = sorted(p.name for p in run.iterdir()
+                      if p.name.endswith(".tmp") or p.name == RESERVE_NAME)
+    except OSError:
+        left = []
+    if left:
+        out.append(f"left over from a run killed while writing: {', '.join(left)}")
+    return out
 
 
 def read_record(path: Path) -> dict | None:
@@ -208,19 +434,42 @@ def check_record(doc: dict, where: str | Path, *, numbers: tuple[str, ...] = (),
 def write_json_atomic(path: Path, obj: dict) -> Path:
     """Write ``obj`` as JSON to ``path`` so that a reader sees the old file or the new one, never
     half of one (a follower polls these files while the run writes them)."""
+    return write_bytes_atomic(path, (json.dumps(obj, indent=1) + "\n").encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """``data`` to ``path`` through ``path.tmp`` and a rename; the .tmp never stays behind
+    (removed when the write fails: a full disk)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
     return path
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class StatusWriter:
     """Rewrites RUN_DIR/status.json every ``interval_s`` from ``stats()`` on a thread of its own
     (the control loop never waits for it): ``{"updated_unix_s": ..., "link": stats()}``."""
 
-    def __init__(self, run_dir: str | Path, stats, interval_s: float = 1.0):
+    def __init__(self, run_dir: str | Path, stats, interval_s: float = 1.0,
+                 on_error=None):
         self.path = Path(run_dir) / "status.json"
         self._stats = stats
+        self._on_error = on_error  # called with a RecordError when status.json cannot be written
         self._interval = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="run status.json", daemon=True)
@@ -230,8 +479,11 @@ class StatusWriter:
         try:
             write_json_atomic(self.path, {"updated_unix_s": time.time(), "link": self._stats()})
             self.writes += 1
-        except Exception:  # a full disk or a dead port must not stop the burn (or print a
-            pass  # traceback over the live view): telemetry.csv is the record
+        except OSError as exc:  # a full disk, the run directory gone: the burn must stop
+            if self._on_error is not None:
+                self._on_error(RecordError(self.path, exc))
+        except Exception:  # noqa: BLE001 - a dead port must not print a traceback over the
+            pass  # live view: telemetry.csv is the record
 
     def _loop(self) -> None:
         while True:

@@ -23,7 +23,13 @@ from sims.runner import Failure, UnitReport, run_burn
 from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
 from thruster_hil.config import SOLAR_ACTIVITIES, build_stack_model, load_stack
 from thruster_hil.errors import UserError
-from thruster_hil.records import RunRecorder, check_record, read_record, run_directory
+from thruster_hil.records import (
+    RunRecorder,
+    check_record,
+    damage,
+    read_record,
+    run_directory,
+)
 from thruster_hil.textnum import parse_int, show
 
 
@@ -178,13 +184,17 @@ def replay_run(run_dir: str | Path) -> dict:
                         "killed before its end)")
     summary = read_record(run / "summary.json")
     if summary is None:
-        raise UserError(str(run), "no summary.json: not a run directory (or the run was "
-                        "killed before its end)")
+        if not (run / "run.json").exists() and not (run / "telemetry.csv").exists():
+            raise UserError(str(run), "no summary.json: not a run directory")
+        raise UserError(str(run), "cannot replay it: " + "; ".join(damage(run)))
     failures = _check_summary(summary, run / "summary.json")
     capture = run / "capture.csv"
     if not capture.exists():
         raise UserError(str(run), "no capture.csv: only runs through a serial unit can be "
                         "replayed")
+    broken = damage(run)
+    if broken:
+        raise UserError(str(run), "cannot replay it: " + "; ".join(broken))
     steps, frames, errors = decode_capture(capture)
     if not any(st.reports for st in steps.values()):
         raise UserError(str(capture), f"has no VALVE_REPORT to replay ({frames} frames "

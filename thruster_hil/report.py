@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from thruster_hil.errors import UserError
-from thruster_hil.records import check_record, read_record, run_directory
+from thruster_hil.records import check_record, damage, read_record, run_directory
 from thruster_hil.textnum import parse_float, show
 
 DPI = 100
@@ -37,7 +37,13 @@ def _load(run: Path) -> tuple[dict, dict[str, list[float]]]:
     run = run_directory(run, "no summary.json: not a run directory")
     summary = read_record(run / "summary.json")
     if summary is None:
-        raise UserError(str(run), "no summary.json: not a run directory")
+        if not (run / "run.json").exists() and not (run / "telemetry.csv").exists():
+            raise UserError(str(run), "no summary.json: not a run directory")
+        raise UserError(str(run), "cannot report it: " + "; ".join(
+            damage(run, ("summary", "telemetry"))))
+    broken = damage(run, ("telemetry",))
+    if broken:
+        raise UserError(str(run), "cannot report it: " + "; ".join(broken))
     check_record(summary, run / "summary.json", numbers=SUMMARY_NUMBERS)
     path = run / "telemetry.csv"
     try:
