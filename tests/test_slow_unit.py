@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+import test_link
 from hypothesis import given
 from hypothesis import strategies as st
-import test_link
 from test_link import FakeUnit, connected
 
 from firmware_bridge.dictionary import EVENT
