@@ -172,3 +172,15 @@ def test_a_slow_unit_is_waited_for_inside_a_lockstep_chain_too(link, unit):
                                               else (res.step + 1, [10] * 3))[1])
     assert steps == [1, 2, 3]
     assert link.stats()["slow_unit_waits"] == 1
+
+
+def test_a_realtime_host_feeds_the_watchdog_every_quarter_of_its_time(link, unit):
+    """A HEARTBEAT goes out once nothing fed the unit's watchdog for a quarter of its time: a
+    host that then loses the CPU for half the watchdog time still feeds it in time."""
+    connected(link, unit).arm(100)
+    link.heartbeat(7)
+    quarter_ns = link.info.watchdog_ms * 250_000
+    link._last_feed_ns -= quarter_ns - 5_000_000  # noqa: SLF001 - 5 ms short of a quarter
+    assert not link.maybe_heartbeat(8)
+    link._last_feed_ns -= 10_000_000  # noqa: SLF001 - 5 ms past it
+    assert link.maybe_heartbeat(8)
