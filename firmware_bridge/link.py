@@ -667,6 +667,18 @@ class Link:
             tripped = self._watchdog_trip_ms is not None and self._armed
         return unit_lost((now - t_first_ns) / 1e9, silent_ns / 1e9, rate, watchdog_s, tripped)
 
+    def _resend_wait_s(self, attempt: int) -> float:
+        """How long to wait for a FIRE's reports after try ``attempt`` (0: the first send):
+        the retry timeout for the first MAX_RETRIES resends, then twice as long each time up
+        to a quarter of the unit's watchdog time. A slow unit (QEMU on a loaded machine reads
+        its input at a fraction of the line rate) is not buried under copies it must read
+        before anything new, and the copies still feed its watchdog."""
+        timeout = self.retry_timeout_s
+        if attempt < MAX_RETRIES:
+            return timeout
+        watchdog_s = (self.info.watchdog_ms if self.info else LIMITS["watchdog_ms_default"]) / 1e3
+        return min(timeout * 2 ** (attempt - MAX_RETRIES + 1), max(timeout, watchdog_s / 4))
+
     def _live_hint(self, t_first_ns: int) -> str:
         """What the unit did while it did not answer, for the give-up message."""
         with self._cond:
@@ -1119,7 +1131,7 @@ class Link:
                         with self._cond:
                             self._retries += 1
                         self._send("FIRE", seq, FLAG_RETRANSMIT, **fields)
-            if self._wait(collect, self.retry_timeout_s, session=True):
+            if self._wait(collect, self._resend_wait_s(attempt), session=True):
                 break
             if attempt >= MAX_RETRIES and time.monotonic_ns() >= give_up_ns \
                     and self._unit_lost(t_first):
@@ -1248,7 +1260,7 @@ class Link:
                     raise LinkError(f"{self.url}: the unit reset (BOOT in mid-session): "
                                     "reconnect and ARM again")
                 waited_s = (time.monotonic_ns() - chain.t_sent) / 1e9
-                if chain.busy or waited_s < self.retry_timeout_s:
+                if chain.busy or waited_s < self._resend_wait_s(chain.attempt):
                     continue  # on_result is running, or this step's reports are not yet due
                 # Stalled a whole retry timeout: resend the banks whose report did not come.
                 now_ns = time.monotonic_ns()

@@ -184,3 +184,14 @@ def test_a_realtime_host_feeds_the_watchdog_every_quarter_of_its_time(link, unit
     assert not link.maybe_heartbeat(8)
     link._last_feed_ns -= 10_000_000  # noqa: SLF001 - 5 ms past it
     assert link.maybe_heartbeat(8)
+
+
+def test_resends_to_a_slow_unit_back_off_to_a_quarter_of_its_watchdog_time(link, unit):
+    """The first MAX_RETRIES resends come a retry timeout apart, then twice as far each time,
+    never further than a quarter of the watchdog time (the copies still feed the watchdog)."""
+    connected(link, unit).arm(500)
+    link._retry_rtt_s = 0.001  # noqa: SLF001 - a 20 ms retry timeout
+    waits = [link._resend_wait_s(a) for a in range(8)]  # noqa: SLF001
+    assert waits[:3] == [0.02] * 3
+    assert waits[3] == pytest.approx(0.04)
+    assert waits[4:] == [pytest.approx(link.info.watchdog_ms / 4000)] * 4
