@@ -74,12 +74,14 @@ MIN_RETRY_TIMEOUT_S = 0.020
 INITIAL_RETRY_TIMEOUT_S = 0.200  # before the PING burst measured an RTT
 PING_BURST = 20
 #: A unit that shows signs of life but does not answer is waited for at most this many of its
-#: watchdog times (docs/protocol.md section 7: a slow unit is not a dead one).
+#: watchdog times on its own clock, and LIVE_WAIT_MAX_S on the host's (docs/protocol.md
+#: section 7: a slow unit is not a dead one).
 LIVE_WAIT_WATCHDOGS = 8
+LIVE_WAIT_MAX_S = 10.0
 #: The slowest the unit's clock is taken to run against the host's (a unit 20 times slower than
 #: real time is waited for LIVE_WAIT_WATCHDOGS watchdog times at most anyway).
 MIN_UNIT_CLOCK_RATE = 0.05
-_CLOCK_SAMPLES = 16  # (host time, unit clock) pairs from HK and EVENTs, for the unit's clock rate
+_CLOCK_SAMPLES = 16  # (host time, unit clock) pairs from HK, for the unit's clock rate
 _CLOCK_BASELINE_NS = 100_000_000  # a rate needs samples at least this far apart
 EVENT_LOG_SIZE = 256
 _FILED_REPLIES = 256  # bound on unclaimed ACKs / reports kept for a waiter
@@ -227,8 +229,10 @@ def unit_lost(waited_s: float, silent_s: float, rate: float, watchdog_s: float,
     measured on its clock (``silent_s`` host seconds times the clock ``rate``: a unit running
     at a third of real time under a loaded host is silent three times longer before its own
     watchdog would have tripped). A unit that keeps sending (housekeeping, events) but does not
-    answer is waited for ``LIVE_WAIT_WATCHDOGS`` watchdog times at most."""
-    if tripped or waited_s >= LIVE_WAIT_WATCHDOGS * watchdog_s:
+    answer is waited for ``LIVE_WAIT_WATCHDOGS`` watchdog times of its clock at most, and never
+    more than ``LIVE_WAIT_MAX_S`` of the host's."""
+    if tripped or waited_s * rate >= LIVE_WAIT_WATCHDOGS * watchdog_s \
+            or waited_s >= LIVE_WAIT_MAX_S:
         return True
     return silent_s * rate >= watchdog_s
 
@@ -333,6 +337,7 @@ class Link:
         self._capture_errors = 0
         self._last_feed_ns = 0
         self._last_rx_ns = 0  # when the reader last decoded a valid frame (the unit's life)
+        self._last_report = (0, -1)  # (host ns, step) of the latest VALVE_REPORT, even a late one
         self._unit_clock: deque[tuple[int, int]] = deque(maxlen=_CLOCK_SAMPLES)
         self._slow_unit_waits = 0  # replies that came only because a live unit was waited for
 
@@ -654,8 +659,18 @@ class Link:
     def _note_life(self, msg: codec.Message, t_ns: int) -> None:
         """A valid frame from the unit: it is alive; its clock, if the frame carries it."""
         self._last_rx_ns = t_ns
-        if msg.name in ("HK", "EVENT"):
+        if msg.name == "HK":  # periodic on the unit's clock (EVENTs come in bursts)
             self._unit_clock.append((t_ns, msg["pu_time_us"]))
+        elif msg.name == "VALVE_REPORT":
+            self._last_report = (t_ns, msg["step"])
+
+    def _unit_behind(self, step: int, since_ns: int) -> bool:
+        """Is the unit still answering FIREs of an older step than ``step`` (a late or resent
+        report came since ``since_ns``, our last send)? Then it is reading a backlog of our
+        frames, a slow unit's input queue: another copy now would only wait behind them."""
+        with self._cond:
+            t_ns, last_step = self._last_report
+        return t_ns > since_ns and last_step != step
 
     def _unit_lost(self, t_first_ns: int) -> bool:
         """:func:`unit_lost` for a command first sent at ``t_first_ns`` and not answered yet."""
@@ -1124,8 +1139,10 @@ class Link:
 
         attempt = 0
         give_up_ns = t_first + int(self.give_up_s * 1e9)
+        t_sent = t_first
         while True:
-            if attempt:
+            if attempt and not self._unit_behind(step, t_sent):  # (else: hold the copies)
+                t_sent = time.monotonic_ns()
                 for b, (seq, fields) in sent.items():
                     if b not in reports:
                         with self._cond:
@@ -1151,7 +1168,7 @@ class Link:
         with self._cond:
             if attempt == 0:  # Karn: no RTT sample from a retransmitted exchange
                 self._rtt_ms.append((t_last - t_first) / 1e6)
-            elif t_last - t_first >= give_up_ns - t_first:
+            elif t_last >= give_up_ns:
                 self._slow_unit_waits += 1
         return self._fire_result(step, n, banks, reports, (t_last - t_first) / 1e6)
 
@@ -1277,9 +1294,11 @@ class Link:
                             f"{self._foreign_hint(chain.seqs.values())}"
                             f"{self._live_hint(chain.t_first)}")
                 chain.attempt += 1
+                behind = self._unit_behind(chain.step, chain.t_sent)
                 chain.t_sent = time.monotonic_ns()
-                resend = [(chain.seqs[b], fields) for b, _lo, _w, fields in chain.banks
-                          if b not in chain.reports]
+                resend = [] if behind else [  # a unit reading a backlog gets no more copies
+                    (chain.seqs[b], fields) for b, _lo, _w, fields in chain.banks
+                    if b not in chain.reports]
                 self._retries += len(resend)
             for seq, fields in resend:
                 self._send("FIRE", seq, FLAG_RETRANSMIT, **fields)

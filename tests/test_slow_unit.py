@@ -19,6 +19,7 @@ from test_link import FakeUnit, connected
 
 from firmware_bridge.dictionary import EVENT
 from firmware_bridge.link import (
+    LIVE_WAIT_MAX_S,
     LIVE_WAIT_WATCHDOGS,
     MIN_UNIT_CLOCK_RATE,
     LinkError,
@@ -59,6 +60,11 @@ def test_a_unit_that_tripped_or_outlived_the_bound_is_lost_whatever_it_sends():
     assert unit_lost(0.3, 0.0, 1.0, WD, tripped=True)
     assert unit_lost(LIVE_WAIT_WATCHDOGS * WD, 0.0, 1.0, WD, tripped=False)
     assert not unit_lost(LIVE_WAIT_WATCHDOGS * WD - 0.01, 0.0, 1.0, WD, tripped=False)
+    # The bound is on the unit's clock: a unit at a quarter of real time gets four times as
+    # long on ours, but never more than LIVE_WAIT_MAX_S.
+    assert not unit_lost(LIVE_WAIT_WATCHDOGS * WD * 3.9, 0.0, 0.25, WD, tripped=False)
+    assert unit_lost(LIVE_WAIT_WATCHDOGS * WD * 4, 0.0, 0.25, WD, tripped=False)
+    assert unit_lost(LIVE_WAIT_MAX_S, 0.0, MIN_UNIT_CLOCK_RATE, WD, tripped=False)
 
 
 @given(waited=st.floats(0, 10), silent=st.floats(0, 10),
@@ -66,9 +72,10 @@ def test_a_unit_that_tripped_or_outlived_the_bound_is_lost_whatever_it_sends():
 def test_the_rule_never_waits_past_the_bound_and_never_gives_up_on_a_talking_unit_early(
         waited, silent, rate, wd):
     lost = unit_lost(waited, silent, rate, wd, tripped=False)
-    if waited >= LIVE_WAIT_WATCHDOGS * wd:
+    if waited >= min(LIVE_WAIT_MAX_S, LIVE_WAIT_WATCHDOGS * wd / rate):
         assert lost
-    if silent * rate < wd and waited < LIVE_WAIT_WATCHDOGS * wd:
+    if silent * rate < wd and waited * rate < LIVE_WAIT_WATCHDOGS * wd \
+            and waited < LIVE_WAIT_MAX_S:
         assert not lost
     # Against a real-time unit the rule is never later than "silent for the watchdog time".
     if silent >= wd:
