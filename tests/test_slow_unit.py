@@ -138,7 +138,7 @@ def test_a_unit_that_talks_but_never_answers_is_given_up_at_the_bound(link, unit
     link.info = replace(link.info, watchdog_ms=50)  # bound: 8 x 50 ms
     _slow_fires(unit, lambda copies: False)
     with pytest.raises(LinkError, match=r"no reply to FIRE step 4 .* tries over .*the unit "
-                       r"kept sending, its clock at 1\.00 x ours, but did not answer") as exc:
+                       r"kept sending, its clock at [0-9.]+ x ours, but did not answer") as exc:
         link.fire(4, [10] * 3)
     assert "\n" not in str(exc.value)
 
