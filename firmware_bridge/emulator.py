@@ -352,6 +352,14 @@ class Emulator:
                 if parent_fd is not None and parent_fd in r and not os.read(parent_fd, 1):
                     self.stop_reason = "parent exited"
                     break
+                now = self.now()
+                if now >= due and self.master in r:
+                    # Woken late (a loaded host) with input waiting: the timers that fell
+                    # due first run first, as the board's timer interrupt would have, and
+                    # their lateness is on record.
+                    self._timer_ran_at(due, now)
+                    self._step(now)
+                    due = self._due(now)
                 if self.master in r:
                     try:
                         data = os.read(self.master, 4096)

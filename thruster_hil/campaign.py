@@ -637,6 +637,10 @@ def judge(row: Row, out: Path, returncode: int | None, killed_at: int | None,
         elif ev.session_errors is None or ev.session_errors < n_rogue // 2:
             failures.append(f"the unit counted {ev.session_errors} session errors for "
                             f"{n_rogue} intruding frames")
+    if failures and (ev.timer_late_max_ms or 0.0) > MAX_TIMER_LATE_MS:
+        failures.append(f"note: the host held the unit's timers up to "
+                        f"{ev.timer_late_max_ms:.0f} ms late in this row, a machine too busy "
+                        f"to judge it")
     link = s.get("link", {})
     measured = {
         "unit_timer_late_ms": ev.timer_late_ms, "unit_timer_late_max_ms": ev.timer_late_max_ms,
