@@ -17,7 +17,9 @@ Measured per row:
   valid frame the unit heard to its watchdog trip (the emulator's clock; on QEMU the firmware's
   own WATCHDOG_TRIP count). Reset and pressure loss: from the fault to the unit's BOOT / SAFE.
   A burn that ends normally: from its last FIRE to the unit SAFE after the host's STOP_ALL.
-  ``open`` when a valve is still open at the end (a stuck valve: it cannot close);
+  ``open`` when a valve is still open at the end (a stuck valve: it cannot close). The
+  emulator also records how late the host let its timer run (:func:`judge_closure`): the unit's
+  logic is judged apart from the host's scheduling, and the lateness is in the table;
 - **double fires**: a (session, step, bank) the unit executed more than once;
 - **unintended fires**: executions the host did not command in its session (another writer's,
   a step after the fault that should have stopped everything, more ticks than commanded on a
