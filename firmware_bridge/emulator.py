@@ -26,10 +26,22 @@ the unit's next deadline, the fault delay queues and the next scheduled fault. T
 to line this log up with other processes' records), ``connect`` / ``disconnect`` (host
 opened/closed the port), ``boot`` (boot_count, reset_cause), ``state`` (from, to, reason),
 ``fire`` (session, step, bank, mode, t_start_us, executed [16 ticks], flags, aborted),
-``watchdog_trip`` (last_valid_us, closed_us, since_valid_ms, watchdog_ms), ``fault`` (kind, arg,
-source wire|schedule), ``lockout`` (session_errors, msg_id: the unit voided the session after
-that many wrong tokens), ``link_cut`` (step, until_us: null for good), ``counters`` (unit, link, io;
-every second and at exit) and ``stop`` (signal).
+``watchdog_trip`` (last_valid_us, closed_us, since_valid_ms, watchdog_ms, and the timer's own
+record: deadline_us, due_us, ran_us, late_us, below), ``fault`` (kind, arg, source
+wire|schedule), ``lockout`` (session_errors, msg_id: the unit voided the session after that many
+wrong tokens), ``link_cut`` (step, until_us: null for good), ``counters`` (unit, link, io,
+timer; every second and at exit) and ``stop`` (signal).
+
+Timer lateness, as an RTOS reports overruns. The loop asks select() to wake it when the unit's
+next timer is due (``due_us``); on a loaded machine the process may get the CPU back only later.
+Each time the timers run the loop knows when they were due and when they actually ran
+(``ran_us``): ``late_us = ran_us - due_us`` is the host's scheduling, not the unit's logic. A
+watchdog trip carries them, with its ``deadline_us`` (last valid frame + watchdog time): the unit
+closed on time if its timer was due no later than the deadline and it closed when the timer ran
+(closed_us - deadline_us <= late_us + 1 tick). ``counters`` carries ``timer``: runs, how many
+ran over a tick late, and the worst lateness. To keep it small the emulator raises its own
+priority where allowed (firmware_bridge/priority.py: SCHED_FIFO 20, else nice -10); the start
+record says what it got (``priority``).
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ import tty
 from typing import IO
 
 from firmware_bridge.faults import LinkFaults, parse_faults
+from firmware_bridge.priority import UNIT_FIFO, raise_priority
 from firmware_bridge.unit import RESET_CAUSE, UnitCore
 from thruster_hil.errors import OneLineParser, UserError
 from thruster_hil.textnum import show, whole_number
@@ -128,6 +141,9 @@ class Emulator:
         self._n = 0
         self._first_fire_us: int | None = None
         self._next_counters = _COUNTERS_EVERY_US
+        self._timer_due = 0  # when the timers last asked to run (emulator us)
+        self._timer_ran = 0  # ... and when they ran
+        self.timer = {"runs": 0, "late_over_tick": 0, "late_max_us": 0}
         self.io = {"rx_bytes": 0, "tx_bytes": 0, "tx_lost_disconnected": 0, "tx_overflow": 0,
                    "connects": 0, "disconnects": 0}
 
@@ -157,6 +173,8 @@ class Emulator:
         for rec in j:
             if rec.get("ev") == "fire" and self._first_fire_us is None:
                 self._first_fire_us = rec["t_start_us"]
+            if rec.get("ev") == "watchdog_trip":
+                rec = {**rec, **self._timer_record(rec)}
             self._write_log(rec)
         j.clear()
 
@@ -246,11 +264,34 @@ class Emulator:
             self._rx_partial.clear()
             self._write_log({"t_us": self.now(), "ev": "disconnect"})
 
+    # ---------------------------------------------------------------- timer lateness
+
+    def _timer_ran_at(self, due: int, now: int) -> None:
+        """The timers, due at ``due``, run at ``now``: count how late the host let them run."""
+        if due <= 0:
+            due = now  # a run the loop forced (start, a host gone): no timer was waiting
+        late = max(0, now - due)
+        self._timer_due, self._timer_ran = due, now
+        t = self.timer
+        t["runs"] += 1
+        t["late_over_tick"] += late > 1000
+        t["late_max_us"] = max(t["late_max_us"], late)
+
+    def _timer_record(self, trip: dict) -> dict:
+        """A watchdog trip's timing: its deadline, when the timers were due and when they ran
+        (the run that closed the valves, at ``closed_us``)."""
+        deadline = trip["last_valid_us"] + trip["watchdog_ms"] * 1000
+        if self._timer_ran != trip["closed_us"]:  # closed by a frame's arrival, not a timer
+            return {"deadline_us": deadline, "due_us": None, "ran_us": trip["closed_us"],
+                    "late_us": None}
+        return {"deadline_us": deadline, "due_us": self._timer_due, "ran_us": self._timer_ran,
+                "late_us": max(0, self._timer_ran - self._timer_due)}
+
     # ---------------------------------------------------------------- loop
 
     def _counters(self, now: int) -> dict:
         return {"t_us": now, "ev": "counters", "unit": dict(self.core.counters),
-                "link": self.faults.counts if self.faults else None,
+                "timer": dict(self.timer), "link": self.faults.counts if self.faults else None,
                 "scheduled": self.faults.applied if self.faults else [], "io": dict(self.io)}
 
     def _step(self, now: int) -> None:
@@ -299,6 +340,7 @@ class Emulator:
             while self.stop_signal is None:
                 now = self.now()
                 if now >= due:
+                    self._timer_ran_at(due, now)
                     self._step(now)
                     due = self._due(now)
                 rlist = [wake_r] + ([self.master] if self.connected else [])
@@ -311,6 +353,14 @@ class Emulator:
                 if parent_fd is not None and parent_fd in r and not os.read(parent_fd, 1):
                     self.stop_reason = "parent exited"
                     break
+                now = self.now()
+                if now >= due and self.master in r:
+                    # Woken late (a loaded host) with input waiting: the timers that fell
+                    # due first run first, as the board's timer interrupt would have, and
+                    # their lateness is on record.
+                    self._timer_ran_at(due, now)
+                    self._step(now)
+                    due = self._due(now)
                 if self.master in r:
                     try:
                         data = os.read(self.master, 4096)
@@ -396,13 +446,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
+    priority = raise_priority(UNIT_FIFO, reset_on_fork=True)
     core = UnitCore(n_channels=args.channels, test_build=not args.no_test_build,
                     min_on_ticks=args.min_on_ticks)
     emu = Emulator(core, LinkFaults(spec, args.channels), log, auto_reset=not args.no_auto_reset,
                    boot_delay_us=args.boot_delay_ms * 1000)
     path = emu.open_pty()
     emu._write_log({"t_us": emu.now(), "ev": "start", "port": path, "pid": os.getpid(),
-                    "t0_monotonic_us": emu._t0 // 1000,
+                    "t0_monotonic_us": emu._t0 // 1000, "priority": priority,
                     "channels": args.channels, "faults": spec.text, "mode_hint": args.mode_hint})
     try:
         if args.link_path:

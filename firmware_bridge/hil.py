@@ -22,6 +22,7 @@ import numpy as np
 
 from firmware_bridge.dictionary import CHANNELS_PER_BANK, FAULT
 from firmware_bridge.link import MAX_RETRIES, Link, LinkError
+from firmware_bridge.priority import HOST_FIFO, raise_priority, restore_priority, save_priority
 from sims.runner import UnitReport
 from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
 
@@ -68,6 +69,10 @@ class SerialUnit:
         #: After close(): the valve channels the unit still reports open (a stuck-open valve
         #: cannot be closed by STOP_ALL); None when unknown (no acknowledgement, link down).
         self.valves_open: list[int] | None = None
+        #: REALTIME: the scheduling priority the host thread got for the burn
+        #: (firmware_bridge/priority.py), restored at close(); None in LOCKSTEP.
+        self.priority: str | None = None
+        self._saved_priority: tuple | None = None
 
     def execute(self, cycle: int, on_ms: np.ndarray) -> UnitReport:
         return self._report(self.link.fire(cycle + 1, on_ms[:self.n]))
@@ -95,14 +100,14 @@ class SerialUnit:
 
     def wait_until(self, t_monotonic_s: float, step: int) -> None:
         """REALTIME: idle until the next cycle is due, feeding the unit's link watchdog with a
-        HEARTBEAT whenever nothing went out for half its time."""
-        quarter = self.link.watchdog_ms / 4000.0
+        HEARTBEAT whenever nothing went out for a quarter of its time."""
+        eighth = self.link.watchdog_ms / 8000.0  # maybe_heartbeat feeds it every quarter
         while True:
             left = t_monotonic_s - time.monotonic()
             if left <= 0.0:
                 return
             self.link.maybe_heartbeat(step)
-            time.sleep(min(left, quarter))
+            time.sleep(min(left, eighth))
 
     def fail(self, index: int, code: int = HEALTH_FAILED_OFF) -> None:
         """Fail a thruster on the unit itself (fault injection; test builds only), before the
@@ -147,7 +152,10 @@ class SerialUnit:
                             f"{_HEALTH_NAMES.get(shown, shown)}")
 
     def stats(self) -> dict:
-        return self.link.stats()
+        out = self.link.stats()
+        if self.priority is not None:
+            out["host_priority"] = self.priority
+        return out
 
     def close(self) -> None:
         """STOP_ALL, then close. Within 0.5 s in all, the unit must acknowledge the STOP_ALL
@@ -164,6 +172,9 @@ class SerialUnit:
                 self.valves_closed = acked if still_open is None else not still_open
                 self.valves_open = still_open
         finally:
+            if self._saved_priority is not None:
+                restore_priority(self._saved_priority)
+                self._saved_priority = None
             if self._process is not None:
                 self._process.stop()
                 self._process = None
@@ -217,8 +228,12 @@ def open_unit(*, unit: str, port: str | None, mode: str, n_thrusters: int, perio
     else:
         url, name = port, port
     link = None
+    saved = None
     try:
-        link = Link(url, on_bytes=on_bytes)
+        if mode == "realtime":  # the cycles are paced on the wall clock: hold the CPU
+            saved = save_priority()  # (after the unit's process started: it does not inherit)
+            priority = raise_priority(HOST_FIFO)
+        link = Link(url, on_bytes=on_bytes)  # its reader thread inherits the priority
         link.connect(mode=mode, period_ms=period_ms)
         if link.n_channels < n_thrusters:
             raise LinkError(f"the unit has {link.n_channels} valve channels, the stack needs "
@@ -227,7 +242,12 @@ def open_unit(*, unit: str, port: str | None, mode: str, n_thrusters: int, perio
     except BaseException:
         if link is not None:
             link.close()
+        if saved is not None:
+            restore_priority(saved)
         if process is not None:
             process.stop()
         raise
-    return SerialUnit(link, n_thrusters, period_ms, mode, name, process)
+    serial_unit = SerialUnit(link, n_thrusters, period_ms, mode, name, process)
+    if saved is not None:
+        serial_unit.priority, serial_unit._saved_priority = priority, saved
+    return serial_unit

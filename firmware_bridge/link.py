@@ -75,6 +75,16 @@ MAX_RETRIES = 3  # resends after the first try (section 7)
 MIN_RETRY_TIMEOUT_S = 0.020
 INITIAL_RETRY_TIMEOUT_S = 0.200  # before the PING burst measured an RTT
 PING_BURST = 20
+#: A unit that shows signs of life but does not answer is waited for at most this many of its
+#: watchdog times on its own clock, and LIVE_WAIT_MAX_S on the host's (docs/protocol.md
+#: section 7: a slow unit is not a dead one).
+LIVE_WAIT_WATCHDOGS = 8
+LIVE_WAIT_MAX_S = 10.0
+#: The slowest the unit's clock is taken to run against the host's (a unit 20 times slower than
+#: real time is waited for LIVE_WAIT_WATCHDOGS watchdog times at most anyway).
+MIN_UNIT_CLOCK_RATE = 0.05
+_CLOCK_SAMPLES = 16  # (host time, unit clock) pairs from HK, for the unit's clock rate
+_CLOCK_BASELINE_NS = 100_000_000  # a rate needs samples at least this far apart
 EVENT_LOG_SIZE = 256
 _FILED_REPLIES = 256  # bound on unclaimed ACKs / reports kept for a waiter
 _RTT_SAMPLES = 4096
@@ -173,6 +183,7 @@ class _Chain:
     t_first: int = 0  # first send of this step (host monotonic ns): RTT
     t_sent: int = 0  # latest send or resend of this step: stall detection
     attempt: int = 0  # resends of this step so far
+    slow: bool = False  # this step outlived give_up_s: a live unit was waited for
     busy: bool = False  # the reader is inside on_result (or sending the next step)
     cancelled: bool = False
     done: bool = False
@@ -195,6 +206,39 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
     s = sorted(values)
     k = max(0, min(len(s) - 1, math.ceil(q / 100.0 * len(s)) - 1))
     return s[k]
+
+
+def unit_clock_rate(samples: Sequence[tuple[int, int]]) -> float:
+    """How many seconds the unit's clock advanced per second of the host's, from (host
+    monotonic ns, unit ``pu_time_us``) pairs in arrival order: the oldest against the newest.
+    1.0 without two samples ``_CLOCK_BASELINE_NS`` apart; never above 1 (a unit whose clock
+    seems fast, frames bunched in arrival, is not waited for less than its watchdog time) nor
+    below ``MIN_UNIT_CLOCK_RATE``. The unit clock is 32-bit and wraps."""
+    if len(samples) < 2:
+        return 1.0
+    (h0, u0), (h1, u1) = samples[0], samples[-1]
+    if h1 - h0 < _CLOCK_BASELINE_NS:
+        return 1.0
+    du_us = (u1 - u0) & 0xFFFFFFFF
+    return min(1.0, max(MIN_UNIT_CLOCK_RATE, du_us * 1000 / (h1 - h0)))
+
+
+def unit_lost(waited_s: float, silent_s: float, rate: float, watchdog_s: float,
+              tripped: bool) -> bool:
+    """The give-up rule, once the retries are spent and ``give_up_s`` has passed: is a unit
+    that has not answered for ``waited_s`` (host clock) dead rather than slow?
+
+    Dead: it said its link watchdog tripped (it is SAFE, nothing it could answer would be a
+    VALVE_REPORT); or it has been silent, no valid frame of any kind, for its own watchdog time
+    measured on its clock (``silent_s`` host seconds times the clock ``rate``: a unit running
+    at a third of real time under a loaded host is silent three times longer before its own
+    watchdog would have tripped). A unit that keeps sending (housekeeping, events) but does not
+    answer is waited for ``LIVE_WAIT_WATCHDOGS`` watchdog times of its clock at most, and never
+    more than ``LIVE_WAIT_MAX_S`` of the host's."""
+    if tripped or waited_s * rate >= LIVE_WAIT_WATCHDOGS * watchdog_s \
+            or waited_s >= LIVE_WAIT_MAX_S:
+        return True
+    return silent_s * rate >= watchdog_s
 
 
 def _open_error(url: str, exc: BaseException) -> UserError:
@@ -302,6 +346,10 @@ class Link:
         #: with it from then on.
         self._intruder: str | None = None
         self._bytes_taken_reads = 0
+        self._last_rx_ns = 0  # when the reader last decoded a valid frame (the unit's life)
+        self._last_report = (0, -1)  # (host ns, step) of the latest VALVE_REPORT, even a late one
+        self._unit_clock: deque[tuple[int, int]] = deque(maxlen=_CLOCK_SAMPLES)
+        self._slow_unit_waits = 0  # replies that came only because a live unit was waited for
 
     # ---- port ------------------------------------------------------------------------------
 
@@ -505,6 +553,7 @@ class Link:
         msg = item
         rec = Received(msg, t_ns)
         name = msg.name
+        self._note_life(msg, t_ns)
         if msg.flags & FLAG_TEST_BUILD:
             self._test_build = True
         chain = self._chain
@@ -681,6 +730,57 @@ class Link:
         self._capture("tx", t_ns, data)
         return t_ns
 
+    def _note_life(self, msg: codec.Message, t_ns: int) -> None:
+        """A valid frame from the unit: it is alive; its clock, if the frame carries it."""
+        self._last_rx_ns = t_ns
+        if msg.name == "HK":  # periodic on the unit's clock (EVENTs come in bursts)
+            self._unit_clock.append((t_ns, msg["pu_time_us"]))
+        elif msg.name == "VALVE_REPORT":
+            self._last_report = (t_ns, msg["step"])
+
+    def _unit_behind(self, step: int, since_ns: int) -> bool:
+        """Is the unit still answering FIREs of an older step than ``step`` (a late or resent
+        report came since ``since_ns``, our last send)? Then it is reading a backlog of our
+        frames, a slow unit's input queue: another copy now would only wait behind them."""
+        with self._cond:
+            t_ns, last_step = self._last_report
+        return t_ns > since_ns and last_step != step
+
+    def _unit_lost(self, t_first_ns: int) -> bool:
+        """:func:`unit_lost` for a command first sent at ``t_first_ns`` and not answered yet."""
+        now = time.monotonic_ns()
+        watchdog_s = (self.info.watchdog_ms if self.info else LIMITS["watchdog_ms_default"]) / 1e3
+        with self._cond:
+            silent_ns = now - max(self._last_rx_ns, 0)
+            rate = unit_clock_rate(self._unit_clock)
+            tripped = self._watchdog_trip_ms is not None and self._armed
+        return unit_lost((now - t_first_ns) / 1e9, silent_ns / 1e9, rate, watchdog_s, tripped)
+
+    def _resend_wait_s(self, attempt: int) -> float:
+        """How long to wait for a FIRE's reports after try ``attempt`` (0: the first send):
+        the retry timeout for the first MAX_RETRIES resends, then twice as long each time up
+        to a quarter of the unit's watchdog time. A slow unit (QEMU on a loaded machine reads
+        its input at a fraction of the line rate) is not buried under copies it must read
+        before anything new, and the copies still feed its watchdog."""
+        timeout = self.retry_timeout_s
+        if attempt < MAX_RETRIES:
+            return timeout
+        watchdog_s = (self.info.watchdog_ms if self.info else LIMITS["watchdog_ms_default"]) / 1e3
+        return min(timeout * 2 ** (attempt - MAX_RETRIES + 1), max(timeout, watchdog_s / 4))
+
+    def _live_hint(self, t_first_ns: int) -> str:
+        """What the unit did while it did not answer, for the give-up message."""
+        with self._cond:
+            heard = self._last_rx_ns > t_first_ns
+            rate = unit_clock_rate(self._unit_clock)
+            tripped = self._watchdog_trip_ms is not None
+        if tripped:
+            return self._refusal_hint()
+        if heard:
+            return (f" (the unit kept sending, its clock at {rate:.2f} x ours, but did not "
+                    f"answer)")
+        return ""
+
     @property
     def retry_timeout_s(self) -> float:
         """max(20 ms, 3 x RTT), or 200 ms before the first PING burst."""
@@ -693,7 +793,8 @@ class Link:
         """How long a FIRE goes unanswered (resent every retry timeout) before the host calls
         the link lost: MAX_RETRIES resends at least, and never less than the unit's own link
         watchdog, so a stall shorter than the one the unit tolerates (a busy host, a busy
-        QEMU) does not end a burn the unit would have gone on with."""
+        QEMU) does not end a burn the unit would have gone on with. After it, the host calls
+        the link lost only when :func:`unit_lost` says so (a slow unit is not a dead one)."""
         watchdog_s = (self.info.watchdog_ms if self.info else LIMITS["watchdog_ms_default"]) / 1e3
         return max((MAX_RETRIES + 1) * self.retry_timeout_s, watchdog_s)
 
@@ -736,17 +837,25 @@ class Link:
         on timeout, up to ``retries`` times. Returns (reply value, last send ns, attempt)."""
         seq = self._next_seq()
         flags = FLAG_ACK_REQ if ack_req else 0
-        for attempt in range(retries + 1):
+        t_first = None
+        for attempt in itertools.count():
             if attempt:
                 flags |= FLAG_RETRANSMIT
                 with self._cond:
                     self._retries += 1
             t_send = self._send(name, seq, flags, **fields)
+            t_first = t_first or t_send
             got = self._wait(lambda: reply(seq), self.retry_timeout_s, session=session)
             if got:
+                if attempt > retries:
+                    with self._cond:
+                        self._slow_unit_waits += 1
                 return got, t_send, attempt
-        raise LinkError(f"{self.url}: no reply to {name} (seq {seq}) after {retries + 1} tries "
-                        f"{self.retry_timeout_s * 1000:.0f} ms apart; is the unit running?")
+            if attempt >= retries and self._unit_lost(t_first):
+                break
+        raise LinkError(f"{self.url}: no reply to {name} (seq {seq}) after {attempt + 1} tries "
+                        f"{self.retry_timeout_s * 1000:.0f} ms apart; is the unit running?"
+                        f"{self._live_hint(t_first)}")
 
     def _take_ack(self, seq: int, msg_name: str) -> Received | None:
         return self._acks.pop((seq, _ID[msg_name]), None)
@@ -1140,31 +1249,37 @@ class Link:
 
         attempt = 0
         give_up_ns = t_first + int(self.give_up_s * 1e9)
+        t_sent = t_first
         while True:
-            if attempt:
+            if attempt and not self._unit_behind(step, t_sent):  # (else: hold the copies)
+                t_sent = time.monotonic_ns()
                 for b, (seq, fields) in sent.items():
                     if b not in reports:
                         with self._cond:
                             self._retries += 1
                         self._send("FIRE", seq, FLAG_RETRANSMIT, **fields)
-            if self._wait(collect, self.retry_timeout_s, session=True):
+            if self._wait(collect, self._resend_wait_s(attempt), session=True):
                 break
-            if attempt >= MAX_RETRIES and time.monotonic_ns() >= give_up_ns:
+            if attempt >= MAX_RETRIES and time.monotonic_ns() >= give_up_ns \
+                    and self._unit_lost(t_first):
                 missing = sorted(set(sent) - set(reports))
                 raise LinkError(
                     f"{self.url}: no reply to FIRE step {step} (no VALVE_REPORT for bank(s) "
                     f"{missing}) after {attempt + 1} tries over "
                     f"{(time.monotonic_ns() - t_first) / 1e6:.0f} ms; is the unit running?"
-                    f"{self._foreign_hint(q for q, _f in sent.values())}")
+                    f"{self._foreign_hint(q for q, _f in sent.values())}"
+                    f"{self._live_hint(t_first)}")
             attempt += 1
         if rejected:
             b, rec = rejected[0]
             raise LinkError(f"{self.url}: FIRE step {step} bank {b} refused: "
                             f"{self._result_name(rec)}{self._refusal_hint()}")
         t_last = max(r.t_ns for r in reports.values())
-        if attempt == 0:  # Karn: no RTT sample from a retransmitted exchange
-            with self._cond:
+        with self._cond:
+            if attempt == 0:  # Karn: no RTT sample from a retransmitted exchange
                 self._rtt_ms.append((t_last - t_first) / 1e6)
+            elif t_last >= give_up_ns:
+                self._slow_unit_waits += 1
         return self._fire_result(step, n, banks, reports, (t_last - t_first) / 1e6)
 
     def fire_chain(self, step: int, on_ms: Sequence[int] | np.ndarray,
@@ -1219,6 +1334,7 @@ class Link:
             chain.step, chain.n, chain.banks, chain.seqs = step, len(on_ms), banks, seqs
             chain.reports = {}
             chain.attempt = 0
+            chain.slow = False
             # Stamped before the write: the reports may be in before _send_together returns.
             chain.t_first = chain.t_sent = t_ns = time.monotonic_ns()
         self._send_together(frames, t_ns)
@@ -1228,9 +1344,10 @@ class Link:
         try:
             t_last = max(r.t_ns for r in chain.reports.values())
             rtt_ms = (t_last - chain.t_first) / 1e6
-            if chain.attempt == 0:  # Karn: no RTT sample from a retransmitted exchange
-                with self._cond:
+            with self._cond:
+                if chain.attempt == 0:  # Karn: no RTT sample from a retransmitted exchange
                     self._rtt_ms.append(rtt_ms)
+                self._slow_unit_waits += chain.slow
             result = self._fire_result(chain.step, chain.n, chain.banks, chain.reports, rtt_ms)
             nxt = chain.on_result(result)
             with self._cond:
@@ -1272,22 +1389,28 @@ class Link:
                     raise LinkError(f"{self.url}: the unit reset (BOOT in mid-session): "
                                     "reconnect and ARM again")
                 waited_s = (time.monotonic_ns() - chain.t_sent) / 1e9
-                if chain.busy or waited_s < self.retry_timeout_s:
+                if chain.busy or waited_s < self._resend_wait_s(chain.attempt):
                     continue  # on_result is running, or this step's reports are not yet due
                 # Stalled a whole retry timeout: resend the banks whose report did not come.
                 now_ns = time.monotonic_ns()
                 if chain.attempt >= MAX_RETRIES and \
                         now_ns - chain.t_first >= self.give_up_s * 1e9:
-                    missing = sorted(set(chain.seqs) - set(chain.reports))
-                    raise LinkError(
-                        f"{self.url}: no reply to FIRE step {chain.step} (no VALVE_REPORT for "
-                        f"bank(s) {missing}) after {chain.attempt + 1} tries over "
-                        f"{(now_ns - chain.t_first) / 1e6:.0f} ms; is the unit running?"
-                        f"{self._foreign_hint(chain.seqs.values())}")
+                    if not self._unit_lost(chain.t_first):
+                        chain.slow = True  # a live unit: keep resending, keep waiting
+                    else:
+                        missing = sorted(set(chain.seqs) - set(chain.reports))
+                        raise LinkError(
+                            f"{self.url}: no reply to FIRE step {chain.step} (no VALVE_REPORT "
+                            f"for bank(s) {missing}) after {chain.attempt + 1} tries over "
+                            f"{(now_ns - chain.t_first) / 1e6:.0f} ms; is the unit running?"
+                            f"{self._foreign_hint(chain.seqs.values())}"
+                            f"{self._live_hint(chain.t_first)}")
                 chain.attempt += 1
+                behind = self._unit_behind(chain.step, chain.t_sent)
                 chain.t_sent = time.monotonic_ns()
-                resend = [(chain.seqs[b], fields) for b, _lo, _w, fields in chain.banks
-                          if b not in chain.reports]
+                resend = [] if behind else [  # a unit reading a backlog gets no more copies
+                    (chain.seqs[b], fields) for b, _lo, _w, fields in chain.banks
+                    if b not in chain.reports]
                 self._retries += len(resend)
             for seq, fields in resend:
                 self._send("FIRE", seq, FLAG_RETRANSMIT, **fields)
@@ -1327,7 +1450,7 @@ class Link:
 
         # Pulses last up to a period, longer than the unit's watchdog: keep feeding it while
         # the reports are awaited.
-        slice_s = (self.info.watchdog_ms if self.info else 250) / 4000.0
+        slice_s = (self.info.watchdog_ms if self.info else 250) / 8000.0
         while True:
             timeout = (deadline_ns - time.monotonic_ns()) / 1e9
             if timeout <= 0.0 or self._wait(collect, min(timeout, slice_s), session=True):
@@ -1407,12 +1530,14 @@ class Link:
             raise LinkError(f"{self.url}: HEARTBEAT refused: {self._result_name(rec)}")
 
     def maybe_heartbeat(self, step: int) -> bool:
-        """Send a HEARTBEAT only if no HEARTBEAT or FIRE went out for half the watchdog time.
-        Returns whether one was sent. Call it every cycle of the run loop."""
+        """Send a HEARTBEAT only if no HEARTBEAT or FIRE went out for a quarter of the watchdog
+        time (so a host that lost the CPU for up to half of it, checking every eighth, still
+        feeds the watchdog in time on a loaded machine). Returns whether one was sent. Call it
+        every cycle of the run loop."""
         if self.info is None or self._session is None:
             return False
-        half_ns = self.info.watchdog_ms * 500_000
-        if time.monotonic_ns() - self._last_feed_ns < half_ns:
+        quarter_ns = self.info.watchdog_ms * 250_000
+        if time.monotonic_ns() - self._last_feed_ns < quarter_ns:
             return False
         self.heartbeat(step)
         return True
@@ -1609,6 +1734,7 @@ class Link:
                 "rtt_samples": len(rtts),
                 "deadline_misses": self._deadline_misses,
                 "foreign_refusals": self._foreign_refusals,
+                "slow_unit_waits": self._slow_unit_waits,
                 "late_reports": self._late_reports,
                 "bytes_taken_reads": self._bytes_taken_reads,
                 "resets_detected": self._resets_detected,

@@ -3,7 +3,9 @@
 The judging functions are tested on hand-made evidence (each must be able to say "fail"); the
 whole campaign runs under the ``campaign`` marker (slow: both units, about 3 minutes) and every
 row must pass, with no unintended FIRE anywhere and, on the emulator, every valve closed within
-the watchdog time plus one tick of a lost link.
+the watchdog time plus one tick of a lost link, plus the lateness the emulator measured for its
+own timer (the host's scheduling, under 50 ms). ``python -m pytest -m campaign --busy 2`` runs it
+beside two CPU-bound processes, as CI does.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from pathlib import Path
 import pytest
 
 from thruster_hil.campaign import (
+    MAX_TIMER_LATE_MS,
     UNITS,
     Evidence,
     Row,
     build_rows,
     check_records,
+    judge_closure,
     judge_fires,
     results_table,
     run_campaign,
@@ -124,6 +128,32 @@ def test_judge_fires_counts_doubles_foreign_and_excess_but_not_a_stuck_valve():
     assert judge_fires(ev, _row(onset="end"))[1] == 0
 
 
+def test_a_closure_is_judged_on_the_units_timer_apart_from_the_hosts_scheduling():
+    """The emulator records when its watchdog timer was due and when the host let it run. A
+    closure late by exactly that lateness is the unit's logic done right on a busy host; one
+    later than that, a timer due after the deadline, or a host too busy to judge, fail."""
+    on_time = Evidence(closed_after_ms=250.2, timer_late_ms=0.1, timer_due_after_deadline_ms=0)
+    assert judge_closure(on_time, 251.0) == []
+    descheduled = Evidence(closed_after_ms=269.5, timer_late_ms=19.4,
+                           timer_due_after_deadline_ms=0.0)
+    assert judge_closure(descheduled, 251.0) == []
+    late_logic = Evidence(closed_after_ms=269.5, timer_late_ms=0.2,
+                          timer_due_after_deadline_ms=0.0)
+    assert judge_closure(late_logic, 251.0) == [
+        "valves closed after 269.5 ms > 251 + 0.2 ms timer lateness"]
+    armed_late = Evidence(closed_after_ms=260.0, timer_late_ms=0.0,
+                          timer_due_after_deadline_ms=10.0)
+    why = judge_closure(armed_late, 251.0)
+    assert "timer was due 10.0 ms after its watchdog deadline" in why[0] and len(why) == 2
+    too_busy = Evidence(closed_after_ms=250 + MAX_TIMER_LATE_MS + 5,
+                        timer_late_ms=MAX_TIMER_LATE_MS + 5, timer_due_after_deadline_ms=0.0)
+    assert "too busy a machine to judge the unit" in judge_closure(too_busy, 251.0)[0]
+    # Without the emulator's timing (QEMU: the firmware's own count) the bound is the bound.
+    assert judge_closure(Evidence(closed_after_ms=251.5), 251.0) == [
+        "valves closed after 251.5 ms > 251"]
+    assert judge_closure(Evidence(), 251.0) == ["no record of the unit closing its valves"]
+
+
 # ----------------------------------------------------------------------------- the campaign
 
 def _qemu_available() -> bool:
@@ -144,7 +174,12 @@ def test_every_row_of_the_campaign_passes(tmp_path, capsys):
     assert all(r["measured"]["log_complete"] for r in records)
     link_lost = [r for r in records if r["unit"] == "emulator" and r["onset"] == "link"]
     assert len(link_lost) >= 5
-    assert all(r["measured"]["valves_closed_after_ms"] <= 251.0 for r in link_lost)
+    # Closed at the unit's first timer run after its deadline: watchdog + 1 tick, plus what
+    # the host's scheduling made that run late (measured by the emulator, under 50 ms).
+    for r in link_lost:
+        late = r["measured"]["unit_timer_late_ms"]
+        assert late is not None and late <= MAX_TIMER_LATE_MS, r["id"]
+        assert r["measured"]["valves_closed_after_ms"] <= 251.0 + late, r["id"]
     doc = json.loads((tmp_path / "campaign" / "campaign.json").read_text())
     assert doc["passed"] == doc["total"] == len(records)
     if not _qemu_available():
