@@ -318,8 +318,38 @@ def _add_burn_arguments(p: argparse.ArgumentParser) -> None:
         "--target-mean-altitude-km"), metavar="H", help="reach a mean altitude of H km")
     target.add_argument("--burn-duration", type=_positive_float("--burn-duration"), metavar="S",
                         help="burn for S seconds")
-    p.add_argument("--solar-activity", choices=("low", "moderate", "high"),
-                   help="atmosphere density level (default: the stack's)")
+    _add_atmosphere_arguments(p)
+
+
+def _bounded_float(lo: float, hi: float, unit: str):
+    """An argparse type: a finite decimal number in [lo, hi]."""
+    def parse(text: str) -> float:
+        try:
+            value = parse_float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a decimal number in {lo:g}..{hi:g}"
+                                             f"{unit}, got {show(text)}") from None
+        if not (math.isfinite(value) and lo <= value <= hi):
+            raise argparse.ArgumentTypeError(f"expected a number in {lo:g}..{hi:g}{unit}, got "
+                                             f"{show(text)}")
+        return value
+
+    return parse
+
+
+def _add_atmosphere_arguments(p: argparse.ArgumentParser) -> None:
+    """The atmosphere: a named level, and F10.7 / Ap to set freely (docs/atmosphere.md)."""
+    from sims.atmosphere import AP_MAX, AP_MIN, F107_MAX_SFU, F107_MIN_SFU, PRESETS
+
+    levels = ", ".join(f"{k} = F10.7 {v.f107_sfu:g} / Ap {v.ap:g}" for k, v in PRESETS.items())
+    p.add_argument("--solar-activity", choices=tuple(PRESETS),
+                   help=f"atmosphere preset ({levels}; default: the stack's)")
+    p.add_argument("--f107", type=_bounded_float(F107_MIN_SFU, F107_MAX_SFU, " sfu"),
+                   metavar="SFU", help="F10.7 solar flux, daily = 81-day mean [sfu] "
+                   f"({F107_MIN_SFU:g}-{F107_MAX_SFU:g}; default: the preset's)")
+    p.add_argument("--ap", type=_bounded_float(AP_MIN, AP_MAX, ""), metavar="AP",
+                   help=f"daily geomagnetic Ap index ({AP_MIN:g}-{AP_MAX:g}; default: the "
+                   "preset's)")
 
 
 def _plan_from_args(args: argparse.Namespace) -> dict:
@@ -337,7 +367,7 @@ def _plan_from_args(args: argparse.Namespace) -> dict:
     else:
         target = Target("burn_duration", args.burn_duration)
     return plan_burn(args.stack, target, perigee_km=args.perigee_km, apogee_km=args.apogee_km,
-                     solar_activity=args.solar_activity)
+                     solar_activity=args.solar_activity, f107_sfu=args.f107, ap=args.ap)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -509,7 +539,8 @@ def _target_args(args: argparse.Namespace) -> list[str]:
                         ("--raise-perigee-km", args.raise_perigee_km),
                         ("--target-mean-altitude-km", args.target_mean_altitude_km),
                         ("--burn-duration", args.burn_duration),
-                        ("--solar-activity", args.solar_activity)):
+                        ("--solar-activity", args.solar_activity), ("--f107", args.f107),
+                        ("--ap", args.ap)):
         if value is not None:
             out += [flag, repr(value) if isinstance(value, float) else str(value)]
     return out
