@@ -225,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     selftest.add_argument("--json", action="store_true", help="print one JSON object")
     selftest.set_defaults(handler=_cmd_selftest)
 
+    _add_sustain_parser(sub)
+
     faults = sub.add_parser(
         "faults",
         help="the fault-injection campaign: every fault against the emulator and QEMU, judged",
@@ -255,6 +257,54 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--json", action="store_true", help="print one JSON object")
     faults.set_defaults(handler=_cmd_faults)
     return parser
+
+
+def _add_sustain_parser(sub) -> None:
+    sustain = sub.add_parser(
+        "sustain",
+        help="a year of decay and reboosts: how many burns, how much propellant, how many kits",
+        description="Could this stack keep the station up? Propagate the drag decay of the mean "
+        "altitude (orbit-averaged, NRLMSIS 2.1 at the chosen F10.7 and Ap) and schedule "
+        "reboosts that keep it above the floor: each one the burn 'plan' plans back to the "
+        "ceiling with the stack's own thrusters and propellant (at most one kit's). Reports the "
+        "reboosts, the propellant and the kits (or vehicles) needed per year; --plot draws the "
+        "mean altitude over the span (docs/atmosphere.md).",
+    )
+    sustain.add_argument(
+        "--stack", default="dragon-boost-kit", metavar="NAME|PATH",
+        help="stack name in hw_configs/stacks/ or a path to a stack TOML "
+        "(default: dragon-boost-kit)")
+    sustain.add_argument("--days", type=_bounded_float(1.0, 3650.0, " days"), default=365.0,
+                         metavar="D", help="span to sustain [days] (default: 365)")
+    sustain.add_argument("--floor-km", type=_positive_float("--floor-km"), metavar="F",
+                         help="lowest mean altitude allowed [km] (default: 5 km below the "
+                         "ceiling)")
+    sustain.add_argument("--ceiling-km", type=_positive_float("--ceiling-km"), metavar="C",
+                         help="mean altitude each reboost restores, and the start [km] "
+                         "(default: the station's mean altitude)")
+    _add_atmosphere_arguments(sustain)
+    sustain.add_argument("--plot", metavar="FILE",
+                         help="write a PNG of the mean altitude over the span")
+    sustain.add_argument("--json", action="store_true",
+                         help="print one JSON object (without the altitude timeline)")
+    sustain.set_defaults(handler=_cmd_sustain)
+
+
+def _cmd_sustain(args: argparse.Namespace) -> int:
+    from thruster_hil.sustain import format_sustain, plot_sustain, sustain
+
+    result = sustain(args.stack, args.days, floor_km=args.floor_km, ceiling_km=args.ceiling_km,
+                     solar_activity=args.solar_activity, f107_sfu=args.f107, ap=args.ap)
+    if args.plot is not None:
+        result["plot"] = str(plot_sustain(result, args.plot))
+    result.pop("timeline")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_sustain(result))
+        if args.plot is not None:
+            print(f"plot in {result['plot']}")
+    return 0
 
 
 def _units(text: str) -> tuple[str, ...]:
