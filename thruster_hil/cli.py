@@ -291,8 +291,15 @@ def _add_sustain_parser(sub) -> None:
 
 
 def _cmd_sustain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from thruster_hil.sustain import format_sustain, plot_sustain, sustain
 
+    if args.plot is not None:  # before a year is flown
+        plot = Path(args.plot)
+        if plot.is_dir() or not plot.parent.is_dir():
+            raise UserError("sustain", f"expected a file in an existing directory, got "
+                            f"{show(args.plot)}", field="--plot")
     result = sustain(args.stack, args.days, floor_km=args.floor_km, ceiling_km=args.ceiling_km,
                      solar_activity=args.solar_activity, f107_sfu=args.f107, ap=args.ap)
     if args.plot is not None:

@@ -148,9 +148,15 @@ def sustain(stack_ref: str, days: float = 365.0, *, floor_km: float | None = Non
     reboosts: list[dict] = []
     kit_left, kits, stranded = s.kit_kg, 1, 0.0
     a_trigger = R_EARTH + trigger_km * 1e3
+    wait = np.empty(2)
     while True:
-        steps_left = int(round((total_s - t_s[-1]) / STEP_S))
+        steps_left = int((total_s - t_s[-1]) / STEP_S)
         if steps_left <= 0:
+            if total_s - t_s[-1] > 1e-6:  # the last part-step to the end of the span
+                decay.coast(a_m[-1], s.incl_rad, s.bc_m2_kg, *s.table, total_s - t_s[-1],
+                            -1.0, wait)
+                t_s.append(total_s)
+                a_m.append(wait[1])
             break
         n = decay.coast(a_m[-1], s.incl_rad, s.bc_m2_kg, *s.table, STEP_S, a_trigger,
                         buf[:steps_left + 1])
@@ -158,9 +164,8 @@ def sustain(stack_ref: str, days: float = 365.0, *, floor_km: float | None = Non
         t_s.extend(t0 + STEP_S * np.arange(1, n))
         a_m.extend(buf[1:n])
         if a_m[-1] > a_trigger:
-            break  # the span ended before the next reboost
+            continue  # the span ends before the next reboost: its last part-step
         # Wait for apogee (worst case: a whole orbit) and burn: the decay goes on meanwhile.
-        wait = np.empty(2)
         decay.coast(a_m[-1], s.incl_rad, s.bc_m2_kg, *s.table, wait_s, -1.0, wait)
         t_burn = t_s[-1] + wait_s
         if t_burn > total_s:  # the span ends while waiting: coast to its end
