@@ -125,3 +125,13 @@ def test_plan_carries_the_activity(capsys):
     assert cli.main(["plan", "--delta-v", "1", "--f107", "250", "--ap", "45", "--json"]) == 0
     p = json.loads(capsys.readouterr().out)
     assert (p["f107_sfu"], p["ap"], p["solar_activity"]) == (250.0, 45.0, "moderate")
+
+
+def test_docs_decay_table_is_in_step():
+    """docs/atmosphere.md carries decay_validation()'s table between its markers."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "atmosphere.md").read_text()
+    start = doc.index("<!-- decay-validation:start")
+    block = doc[doc.index("\n", start) + 1:doc.index("<!-- decay-validation:end -->")]
+    assert block.strip() == decay_validation_markdown(decay_validation())
