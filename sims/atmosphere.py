@@ -62,6 +62,12 @@ class SolarActivity:
     ap: float
     source: str = ""
 
+    def describe(self) -> str:
+        """One line for people, e.g. ``NRLMSIS 2.1, moderate solar activity: F10.7 140 sfu,
+        Ap 15``."""
+        level = "custom activity" if self.name == "custom" else f"{self.name} solar activity"
+        return f"NRLMSIS 2.1, {level}: F10.7 {self.f107_sfu:g} sfu, Ap {self.ap:g}"
+
 
 #: The named levels. Every value is a node of the table, so a preset reads the table exactly.
 PRESETS: dict[str, SolarActivity] = {

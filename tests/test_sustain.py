@@ -135,3 +135,22 @@ def test_docs_decay_table_is_in_step():
     start = doc.index("<!-- decay-validation:start")
     block = doc[doc.index("\n", start) + 1:doc.index("<!-- decay-validation:end -->")]
     assert block.strip() == decay_validation_markdown(decay_validation())
+
+
+def test_replay_checks_the_recorded_activity(tmp_path):
+    """A run record whose plan carries an F10.7 or Ap outside the table is refused in one line
+    naming the field; one without them (written before the free atmosphere) is accepted."""
+    from thruster_hil.errors import UserError
+    from thruster_hil.replay import _check_summary
+
+    plan = {"delta_v_mps": 1.0, "burn_duration_s": 500.0, "perigee_km_before": 415.0,
+            "apogee_km_before": 422.0, "inclination_deg": 51.64, "stack": "dragon-boost-kit",
+            "burn_centre": "apogee", "solar_activity": "moderate"}
+    where = tmp_path / "summary.json"
+    assert _check_summary({"plan": dict(plan), "stack_path": "x"}, where) == []
+    assert _check_summary({"plan": {**plan, "f107_sfu": 200.0, "ap": 30}, "stack_path": "x"},
+                          where) == []
+    for bad in ({"f107_sfu": -5.0}, {"ap": 1000}, {"f107_sfu": "x"}, {"ap": True}):
+        with pytest.raises(UserError) as err:
+            _check_summary({"plan": {**plan, **bad}, "stack_path": "x"}, where)
+        assert "\n" not in str(err.value) and ("f107" in str(err.value) or "ap" in str(err.value))

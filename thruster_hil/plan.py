@@ -274,14 +274,8 @@ def format_plan(p: dict) -> str:
         ("mean perigee", f"{p['perigee_km_before']:.3f} -> {p['perigee_km_after']:.3f} km"),
         ("mean apogee", f"{p['apogee_km_before']:.3f} -> {p['apogee_km_after']:.3f} km"),
         ("mean altitude change", f"{p['mean_altitude_change_km']:+.3f} km"),
-        ("atmosphere", atmosphere_text(p)),
+        ("atmosphere", atmosphere.plan_activity(p).describe()),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
-
-def atmosphere_text(p: dict) -> str:
-    """The atmosphere a plan (or a sustain analysis) used, for people."""
-    act = atmosphere.plan_activity(p)
-    level = "custom activity" if act.name == "custom" else f"{act.name} solar activity"
-    return f"NRLMSIS 2.1, {level}: F10.7 {act.f107_sfu:g} sfu, Ap {act.ap:g}"

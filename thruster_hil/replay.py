@@ -151,10 +151,11 @@ def _check_summary(summary: dict, where: Path) -> list[Failure]:
             raise UserError(str(where), f"expected one of {', '.join(choices)}, got "
                             f"{show(plan[key])}", field=f"plan.{key}")
     check_record(plan, where, numbers=("f107_sfu", "ap"))  # optional: the free atmosphere
-    try:
-        atmosphere.plan_activity(plan)
-    except ValueError as exc:
-        raise UserError(str(where), str(exc), field="plan.f107_sfu") from None
+    for key, lo, hi in (("f107_sfu", atmosphere.F107_MIN_SFU, atmosphere.F107_MAX_SFU),
+                        ("ap", atmosphere.AP_MIN, atmosphere.AP_MAX)):
+        if plan.get(key) is not None and not lo <= plan[key] <= hi:
+            raise UserError(str(where), f"expected {lo:g}..{hi:g}, got {plan[key]:g}",
+                            field=f"plan.{key}")
     if not 150.0 <= plan["perigee_km_before"] <= plan["apogee_km_before"] <= 2000.0:
         raise UserError(str(where), "expected 150 <= perigee <= apogee <= 2000 km, got "
                         f"{plan['perigee_km_before']:g} x {plan['apogee_km_before']:g} km",

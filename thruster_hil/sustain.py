@@ -34,7 +34,7 @@ from sims import atmosphere, decay, orbit
 from sims.constants import DAY_S, R_EARTH
 from thruster_hil.config import build_stack_model, load_stack
 from thruster_hil.errors import UserError
-from thruster_hil.plan import Target, atmosphere_text, plan_burn
+from thruster_hil.plan import Target, plan_burn
 
 #: Coast step of the mean-element integration [s]: decay changes over days, RK4 at 15 min is
 #: exact to well under a metre per year.
@@ -195,9 +195,7 @@ def sustain(stack_ref: str, days: float = 365.0, *, floor_km: float | None = Non
         "solar_activity": s.act.name,
         "f107_sfu": s.act.f107_sfu,
         "ap": s.act.ap,
-        "atmosphere": atmosphere_text({"solar_activity": s.act.name if s.act.name != "custom"
-                                       else "moderate", "f107_sfu": s.act.f107_sfu,
-                                       "ap": s.act.ap}),
+        "atmosphere": s.act.describe(),
         "floor_km": floor_km,
         "ceiling_km": ceiling_km,
         "trigger_km": trigger_km,
