@@ -82,7 +82,7 @@ PRESETS: dict[str, SolarActivity] = {
         "typical solar maximum: 13-month smoothed F10.7 at the maximum of cycle 23 "
         "(162-170 sfu, IPS Radio and Space Services, observed and predicted solar indices, "
         "2008) and the cycle-mean Ap of ECSS-E-ST-10-04C (15; MSFC 13-month smoothed Ap near "
-        "the cycle-24 maximum: 10-13 median, <= 18 at the 95th percentile)"),
+        "the cycle-24 maximum: 10-13 median, at most ~19 at the 95th percentile)"),
 }
 
 

@@ -30,7 +30,7 @@ from sims.atmosphere import density_kg_m3
 from sims.constants import F_EARTH, MU_EARTH, OMEGA_EARTH, R_EARTH
 
 #: Samples of the argument of latitude per revolution in the orbit average.
-N_U = 72
+N_U = 36
 
 
 @kernel
@@ -69,8 +69,8 @@ def coast(a0_m, incl_rad, bc_m2_kg, table_alt_m, table_log_rho, dt_s, a_stop_m, 
     ``out_a_m[k] = a(k dt_s)``, until a falls to ``a_stop_m`` or below or ``out_a_m`` is full.
 
     Returns the number n of rows written (n >= 1; out_a_m[0] = a0_m): the last one is the first
-    at or below ``a_stop_m`` when it was reached. Nothing is written for an empty ``out_a_m``
-    or dt_s <= 0 (returns 0).
+    at or below ``a_stop_m`` (or below the Earth's equatorial radius: re-entered) when that was
+    reached. Nothing is written for an empty ``out_a_m`` or dt_s <= 0 (returns 0).
     """
     n_max = out_a_m.shape[0]
     if n_max == 0 or not (dt_s > 0.0):
@@ -78,7 +78,7 @@ def coast(a0_m, incl_rad, bc_m2_kg, table_alt_m, table_log_rho, dt_s, a_stop_m, 
     a = a0_m
     out_a_m[0] = a
     n = 1
-    while n < n_max and a > a_stop_m:
+    while n < n_max and a > a_stop_m and a > R_EARTH:  # and not re-entered
         k1 = mean_decay_rate(a, incl_rad, bc_m2_kg, table_alt_m, table_log_rho)
         k2 = mean_decay_rate(a + 0.5 * dt_s * k1, incl_rad, bc_m2_kg, table_alt_m, table_log_rho)
         k3 = mean_decay_rate(a + 0.5 * dt_s * k2, incl_rad, bc_m2_kg, table_alt_m, table_log_rho)

@@ -73,3 +73,19 @@ def test_coast_stops_at_the_threshold_and_never_raises():
     assert decay.coast(a0, ISS_INC, BC, alt, lr, 0.0, 0.0, buf) == 0
     assert decay.coast(a0, ISS_INC, BC, alt, lr, 900.0, 0.0, buf[:0]) == 0
     assert decay.coast(a0, ISS_INC, BC, alt, lr, 900.0, 0.0, buf[:5]) == 5
+
+
+@pytest.mark.parametrize("f107, ap, lo_years, hi_years", [
+    (140.0, 15.0, 1.0, 2.0),  # moderate preset
+    (170.0, 15.0, 0.9, 2.0),  # high preset (a typical maximum): ~1.0 year
+])
+def test_reentry_without_reboosts_takes_one_to_two_years(f107, ap, lo_years, hi_years):
+    """NASA (September 2025, ../shared/research/reboost_calibration.md, Decay): without
+    reboosts the station would re-enter "within one to two years, depending on solar activity".
+    From 418.5 km to 150 km (where decay runs away) with today's ballistic coefficient; the
+    tolerance is the published range (0.9 for the high preset, which lands at ~0.99 year)."""
+    alt, lr = density_table_for(f107, ap)
+    buf = np.empty(3 * 366 * 24 + 1)
+    n = decay.coast(R_EARTH + 418.5e3, ISS_INC, BC, alt, lr, 3600.0, R_EARTH + 150e3, buf)
+    assert buf[n - 1] <= R_EARTH + 150e3
+    assert lo_years <= (n - 1) * 3600.0 / (365.25 * 86400.0) <= hi_years

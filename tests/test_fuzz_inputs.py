@@ -418,7 +418,11 @@ def bad_run_dir_simple(bench: _Bench) -> st.SearchStrategy[str]:
 @st.composite
 def burn_poison(draw, bench: _Bench) -> list[str]:
     """Rejected while the stack loads or the burn is planned: before anything is written."""
-    kind = draw(st.sampled_from(("stack-file", "stack-name", "target", "target-range")))
+    kind = draw(st.sampled_from(("stack-file", "stack-name", "target", "target-range",
+                                 "activity")))
+    if kind == "activity":  # outside the atmosphere table, or not a number
+        return draw(st.sampled_from([["--f107=-5"], ["--f107=nan"], ["--f107=300.01"],
+                                     ["--ap=1000"], ["--ap=-0.5"], ["--ap=inf"]]))
     if kind == "stack-file":
         return ["--stack", draw(st.sampled_from(bench.bad_config_paths))]
     if kind == "stack-name":
