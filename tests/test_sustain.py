@@ -154,3 +154,18 @@ def test_replay_checks_the_recorded_activity(tmp_path):
         with pytest.raises(UserError) as err:
             _check_summary({"plan": {**plan, **bad}, "stack_path": "x"}, where)
         assert "\n" not in str(err.value) and ("f107" in str(err.value) or "ap" in str(err.value))
+
+
+def test_a_raise_beyond_one_kit_is_cut_to_a_whole_kit():
+    """A 40 km band needs ~22 m/s per reboost, more than a boost kit holds (~9 m/s, NASA
+    CRS-33): each reboost is then one whole kit's burn, short of the ceiling, and the floor
+    still holds."""
+    from thruster_hil.sustain import KIT_CUT
+
+    r = sustain("dragon-boost-kit", 200.0, floor_km=378.5, f107_sfu=250.0, ap=45.0)
+    assert r["burn_is_whole_kit"] and r["burns"] >= 1
+    assert r["burn"]["propellant_kg"] == pytest.approx(KIT_CUT * r["kit_propellant_kg"],
+                                                      rel=1e-3)
+    assert r["kits"] == r["burns"]
+    assert all(b["mean_altitude_after_km"] < r["ceiling_km"] for b in r["reboosts"])
+    assert r["min_mean_altitude_km"] >= r["floor_km"]

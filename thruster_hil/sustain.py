@@ -87,17 +87,20 @@ def _rate_m_s(s: _Setup, alt_km: float) -> float:
     return -decay.mean_decay_rate(R_EARTH + alt_km * 1e3, s.incl_rad, s.bc_m2_kg, *s.table)
 
 
-def _plan(s: _Setup, stack_ref: str, from_km: float, ceiling_km: float) -> dict:
-    """The reboost from a mean altitude back to the ceiling, or a whole kit's burn if the kit
-    cannot feed that."""
+def _plan(s: _Setup, stack_ref: str, from_km: float, ceiling_km: float) -> tuple[dict, bool]:
+    """The reboost from a mean altitude back to the ceiling; or, if one kit cannot feed that, a
+    burn of the whole kit. Returns (the plan, whether it is the whole-kit burn)."""
     kw = {"perigee_km": from_km - s.half_spread_km, "apogee_km": from_km + s.half_spread_km,
           "solar_activity": s.act.name if s.act.name != "custom" else None,
           "f107_sfu": s.act.f107_sfu, "ap": s.act.ap}
+    try:
+        to_ceiling = plan_burn(stack_ref, Target("mean_altitude", ceiling_km), **kw)
+        if to_ceiling["propellant_kg"] <= KIT_CUT * s.kit_kg:
+            return to_ceiling, False
+    except UserError:
+        pass  # more than the tanks hold, or a raise one burn cannot reach: a whole kit then
     whole_kit = Target("burn_duration", KIT_CUT * s.kit_kg / s.mdot_kg_s)
-    kit_plan = plan_burn(stack_ref, whole_kit, **kw)
-    if kit_plan["mean_altitude_change_km"] <= ceiling_km - from_km:
-        return kit_plan
-    return plan_burn(stack_ref, Target("mean_altitude", ceiling_km), **kw)
+    return plan_burn(stack_ref, whole_kit, **kw), True
 
 
 def sustain(stack_ref: str, days: float = 365.0, *, floor_km: float | None = None,
@@ -129,14 +132,14 @@ def sustain(stack_ref: str, days: float = 365.0, *, floor_km: float | None = Non
     period_s = orbit.period_s(R_EARTH + floor_km * 1e3)
     # The trigger: the floor plus the decay while waiting for apogee (<= one orbit), during the
     # half of the burn before apogee and over one coast step (the crossing is found per step).
-    burn = _plan(s, stack_ref, floor_km, ceiling_km)
+    burn, _ = _plan(s, stack_ref, floor_km, ceiling_km)
     wait_s = period_s + 0.5 * burn["burn_duration_s"]
     trigger_km = floor_km + _rate_m_s(s, floor_km) * 1.05 * (wait_s + STEP_S) / 1e3
     if trigger_km >= ceiling_km:
         raise UserError("sustain", f"the band {floor_km:g}-{ceiling_km:g} km is narrower than "
                         f"the decay during one reboost ({(trigger_km - floor_km) * 1e3:.0f} m)",
                         field="--floor-km")
-    burn = _plan(s, stack_ref, trigger_km, ceiling_km)
+    burn, whole_kit = _plan(s, stack_ref, trigger_km, ceiling_km)
     gain_km = burn["mean_altitude_change_km"]
     if not gain_km > 0.0:
         raise UserError("sustain", f"{s.stack.name} cannot raise the orbit at {trigger_km:.1f} km")
@@ -205,7 +208,7 @@ def sustain(stack_ref: str, days: float = 365.0, *, floor_km: float | None = Non
         "ballistic_coefficient_m2_kg": s.bc_m2_kg,
         "burn": {k: burn[k] for k in ("delta_v_mps", "burn_duration_s", "propellant_kg",
                                       "mean_altitude_change_km")},
-        "burn_is_whole_kit": burn["mean_altitude_change_km"] < ceiling_km - trigger_km - 1e-3,
+        "burn_is_whole_kit": whole_kit,
         "burns": len(reboosts),
         "burns_per_year": len(reboosts) * per_year,
         "propellant_kg": used,
