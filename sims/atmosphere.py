@@ -165,14 +165,14 @@ def plan_activity(plan: dict) -> SolarActivity:
 
 
 @kernel
-def _bracket(x, nodes):
-    """(i, w): x lies between nodes[i] and nodes[i + 1] with weight w in [0, 1] on nodes[i + 1];
-    clamped to the end nodes. nodes strictly increasing, at least 2."""
+def _segment(x, nodes):
+    """Index i of the segment [nodes[i], nodes[i + 1]] that holds x: 0 below the first node (and
+    for NaN), n - 2 above the last. nodes strictly increasing, at least 2. Binary search."""
     n = nodes.shape[0]
-    if not x > nodes[0]:  # also NaN: the first node
-        return 0, 0.0
+    if not x > nodes[0]:
+        return 0
     if x >= nodes[n - 1]:
-        return n - 2, 1.0
+        return n - 2
     lo = 0
     hi = n - 1
     while hi - lo > 1:
@@ -181,7 +181,19 @@ def _bracket(x, nodes):
             lo = mid
         else:
             hi = mid
-    return lo, (x - nodes[lo]) / (nodes[lo + 1] - nodes[lo])
+    return lo
+
+
+@kernel
+def _bracket(x, nodes):
+    """(i, w): x lies between nodes[i] and nodes[i + 1] with weight w in [0, 1] on nodes[i + 1];
+    clamped to the end nodes (NaN: the first node)."""
+    i = _segment(x, nodes)
+    if not x > nodes[0]:
+        return i, 0.0
+    if x >= nodes[nodes.shape[0] - 1]:
+        return i, 1.0
+    return i, (x - nodes[i]) / (nodes[i + 1] - nodes[i])
 
 
 @kernel
@@ -218,20 +230,7 @@ def density_kg_m3(alt_m, table_alt_m, table_log_rho):
         return 0.0
     if n == 1:
         return math.exp(table_log_rho[0])
-    if alt_m <= table_alt_m[0]:
-        i = 0
-    elif alt_m >= table_alt_m[n - 1]:
-        i = n - 2
-    else:
-        lo = 0
-        hi = n - 1
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if table_alt_m[mid] <= alt_m:
-                lo = mid
-            else:
-                hi = mid
-        i = lo
+    i = _segment(alt_m, table_alt_m)
     h0 = table_alt_m[i]
     slope = (table_log_rho[i + 1] - table_log_rho[i]) / (table_alt_m[i + 1] - h0)
     log_rho = table_log_rho[i] + slope * (alt_m - h0)

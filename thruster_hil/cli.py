@@ -270,10 +270,7 @@ def _add_sustain_parser(sub) -> None:
         "reboosts, the propellant and the kits (or vehicles) needed per year; --plot draws the "
         "mean altitude over the span (docs/atmosphere.md).",
     )
-    sustain.add_argument(
-        "--stack", default="dragon-boost-kit", metavar="NAME|PATH",
-        help="stack name in hw_configs/stacks/ or a path to a stack TOML "
-        "(default: dragon-boost-kit)")
+    _add_stack_argument(sustain)
     sustain.add_argument("--days", type=_bounded_float(1.0, 3650.0, " days"), default=365.0,
                          metavar="D", help="span to sustain [days] (default: 365)")
     sustain.add_argument("--floor-km", type=_positive_float("--floor-km"), metavar="F",
@@ -355,11 +352,7 @@ def _failure(text: str) -> tuple[str, float]:
 
 def _add_burn_arguments(p: argparse.ArgumentParser) -> None:
     """The stack, the initial orbit and the target: shared by plan and run."""
-    p.add_argument(
-        "--stack", default="dragon-boost-kit", metavar="NAME|PATH",
-        help="stack name in hw_configs/stacks/ or a path to a stack TOML "
-        "(default: dragon-boost-kit)",
-    )
+    _add_stack_argument(p)
     p.add_argument("--perigee-km", type=_positive_float("--perigee-km"), metavar="P",
                    help="initial mean perigee altitude [km] (default: the station's typical "
                    "orbit)")
@@ -376,6 +369,14 @@ def _add_burn_arguments(p: argparse.ArgumentParser) -> None:
     target.add_argument("--burn-duration", type=_positive_float("--burn-duration"), metavar="S",
                         help="burn for S seconds")
     _add_atmosphere_arguments(p)
+
+
+def _add_stack_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--stack", default="dragon-boost-kit", metavar="NAME|PATH",
+        help="stack name in hw_configs/stacks/ or a path to a stack TOML "
+        "(default: dragon-boost-kit)",
+    )
 
 
 def _bounded_float(lo: float, hi: float, unit: str):
