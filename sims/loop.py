@@ -491,7 +491,7 @@ def setup_burn(model, plan: dict) -> BurnSetup:
     lvlh_rate_B(r0, v0, dcm, w0)
     y0 = initial_state(r0, v0, q0, w0, model.mass_kg)
 
-    alt, log_rho = atmosphere.density_table(plan["solar_activity"])
+    alt, log_rho = atmosphere.density_table(atmosphere.plan_activity(plan))
     pscal = np.zeros(PS_LEN)
     pscal[PS_PERIOD] = period
     pscal[PS_PERIOD_MS] = int(round(period * 1000))

@@ -97,8 +97,9 @@ def orbit_accel(r_BN_N, v_BN_N, mass_kg, cd_area_m2, j2_on, table_alt_m, table_l
 
     r_BN_N [m], v_BN_N [m/s] in ECI J2000; mass_kg [kg]; cd_area_m2 = Cd * A [m^2] (0 switches
     drag off); j2_on: bool or 0.0/1.0; (table_alt_m, table_log_rho) from
-    :func:`sims.atmosphere.density_table`. Drag uses a co-rotating atmosphere and the spherical
-    altitude |r| - R_EARTH. No thrust here (see :func:`rk4_step`).
+    :func:`sims.atmosphere.density_table`. Drag uses a co-rotating atmosphere and the height
+    above the WGS 84 ellipsoid (first order in the flattening). No thrust here (see
+    :func:`rk4_step`).
     """
     _gravity_drag(r_BN_N[0], r_BN_N[1], r_BN_N[2], v_BN_N[0], v_BN_N[1], v_BN_N[2], mass_kg,
                   cd_area_m2, j2_on, table_alt_m, table_log_rho, out_a_N)

@@ -317,6 +317,8 @@ VALID = {
     "--fail-thruster": ["kdu-1@1", "bt4@0"], "--dispersions": ["default"],
     "--case-seed": ["5"], "--case": ["0"], "--seed": ["1"], "--cases": ["2"], "--chunk": ["1"],
     "--threads": ["1"], "--scheduler": ["tcp://127.0.0.1:9"], "--channels": ["4", "32"],
+    "--f107": ["65", "250.5"], "--ap": ["0", "45"], "--days": ["30"], "--floor-km": ["410"],
+    "--ceiling-km": ["419"],
 }
 
 
@@ -337,7 +339,7 @@ def _value(draw, bench: _Bench, option: str) -> str:
 BASE = {"plan": ["--delta-v", "0.01"], "run": ["--unit", "sim", "--delta-v", "0.01"],
         "montecarlo": ["--cases", "2", "--delta-v", "0.01"], "monitor": ["--once"]}
 POSITIVE = {"--delta-v", "--raise-perigee-km", "--target-mean-altitude-km", "--burn-duration",
-            "--perigee-km", "--apogee-km"}
+            "--perigee-km", "--apogee-km", "--floor-km", "--ceiling-km"}
 WHOLE = {"--cases": (1, 10**8), "--chunk": (1, 10**8), "--threads": (1, 10**8),
          "--case": (0, 10**8), "--case-seed": (0, 2**63 - 1), "--seed": (0, 2**63 - 1),
          "--channels": (1, 32), "--min-on-ticks": (0, 1000), "--boot-delay-ms": (0, 10000),
@@ -416,7 +418,11 @@ def bad_run_dir_simple(bench: _Bench) -> st.SearchStrategy[str]:
 @st.composite
 def burn_poison(draw, bench: _Bench) -> list[str]:
     """Rejected while the stack loads or the burn is planned: before anything is written."""
-    kind = draw(st.sampled_from(("stack-file", "stack-name", "target", "target-range")))
+    kind = draw(st.sampled_from(("stack-file", "stack-name", "target", "target-range",
+                                 "activity")))
+    if kind == "activity":  # outside the atmosphere table, or not a number
+        return draw(st.sampled_from([["--f107=-5"], ["--f107=nan"], ["--f107=300.01"],
+                                     ["--ap=1000"], ["--ap=-0.5"], ["--ap=inf"]]))
     if kind == "stack-file":
         return ["--stack", draw(st.sampled_from(bench.bad_config_paths))]
     if kind == "stack-name":
@@ -473,6 +479,26 @@ def emulate_poison(draw, bench: _Bench) -> list[str]:
     return [f"--faults={draw(bad_fault_spec())}"]
 
 
+@st.composite
+def sustain_poison(draw, bench: _Bench) -> list[str]:
+    """Rejected before the year is flown (or, --plot, before anything is computed)."""
+    kind = draw(st.sampled_from(("f107", "ap", "days", "band", "stack", "plot")))
+    if kind == "f107":
+        return [f"--f107={draw(st.sampled_from(['-5', 'nan', 'inf', '59.99', '300.5', '1e9']))}"]
+    if kind == "ap":
+        return [f"--ap={draw(st.sampled_from(['-1', '1000', 'nan', '400.01', '-inf']))}"]
+    if kind == "days":
+        return [f"--days={draw(st.sampled_from(['0', '-1', '3651', 'nan', '1e300']))}"]
+    if kind == "band":  # floor not below the ceiling, or outside 200..1000 km
+        floor, ceiling = draw(st.sampled_from([("430", "420"), ("418", "418"), ("199", "410"),
+                                               ("410", "1001"), ("150", "160")]))
+        return ["--floor-km", floor, "--ceiling-km", ceiling]
+    if kind == "stack":
+        return ["--stack", draw(st.sampled_from(bench.bad_config_paths + bench.bad_config_names))]
+    return ["--plot", draw(st.sampled_from([str(bench.adir), str(bench.afile / "x.png"),
+                                            str(bench.missing / "x.png")]))]
+
+
 def _valid_units(text: str) -> bool:
     try:
         cli._units(text)
@@ -511,6 +537,7 @@ def _poisons(bench: _Bench) -> dict[str, st.SearchStrategy[list[str]]]:
         "monitor": st.one_of(bad_run_dir_simple(bench).map(lambda p: [p]),
                              bad_port(bench).map(lambda p: ["--port", p])),
         "emulate": emulate_poison(bench),
+        "sustain": sustain_poison(bench),
         "ports": st.one_of(random_option.filter(lambda o: not "--json".startswith(o)).map(
                                lambda o: [o]),
                            garbage.filter(lambda t: not t.startswith("-")).map(lambda t: [t])),

@@ -164,7 +164,7 @@ def test_drag_decay_moderate_activity():
 
 
 def test_drag_decay_ordered_by_activity():
-    """Low < moderate < high decay; low ~15 m/day, high ~400 m/day with the ECSS levels."""
+    """Low < moderate < high decay (presets: docs/atmosphere.md)."""
     d = [_decay_m_per_day(a) for a in ACTIVITY_LEVELS]
     assert 0.0 < d[0] < d[1] < d[2]
 

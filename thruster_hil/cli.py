@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     selftest.add_argument("--json", action="store_true", help="print one JSON object")
     selftest.set_defaults(handler=_cmd_selftest)
 
+    _add_sustain_parser(sub)
+
     faults = sub.add_parser(
         "faults",
         help="the fault-injection campaign: every fault against the emulator and QEMU, judged",
@@ -258,6 +260,58 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--json", action="store_true", help="print one JSON object")
     faults.set_defaults(handler=_cmd_faults)
     return parser
+
+
+def _add_sustain_parser(sub) -> None:
+    sustain = sub.add_parser(
+        "sustain",
+        help="a year of decay and reboosts: how many burns, how much propellant, how many kits",
+        description="Could this stack keep the station up? Propagate the drag decay of the mean "
+        "altitude (orbit-averaged, NRLMSIS 2.1 at the chosen F10.7 and Ap) and schedule "
+        "reboosts that keep it above the floor: each one the burn 'plan' plans back to the "
+        "ceiling with the stack's own thrusters and propellant (at most one kit's). Reports the "
+        "reboosts, the propellant and the kits (or vehicles) needed per year; --plot draws the "
+        "mean altitude over the span (docs/atmosphere.md).",
+    )
+    _add_stack_argument(sustain)
+    sustain.add_argument("--days", type=_bounded_float(1.0, 3650.0, " days"), default=365.0,
+                         metavar="D", help="span to sustain [days] (default: 365)")
+    sustain.add_argument("--floor-km", type=_positive_float("--floor-km"), metavar="F",
+                         help="lowest mean altitude allowed [km] (default: 5 km below the "
+                         "ceiling)")
+    sustain.add_argument("--ceiling-km", type=_positive_float("--ceiling-km"), metavar="C",
+                         help="mean altitude each reboost restores, and the start [km] "
+                         "(default: the station's mean altitude)")
+    _add_atmosphere_arguments(sustain)
+    sustain.add_argument("--plot", metavar="FILE",
+                         help="write a PNG of the mean altitude over the span")
+    sustain.add_argument("--json", action="store_true",
+                         help="print one JSON object (without the altitude timeline)")
+    sustain.set_defaults(handler=_cmd_sustain)
+
+
+def _cmd_sustain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from thruster_hil.sustain import format_sustain, plot_sustain, sustain
+
+    if args.plot is not None:  # before a year is flown
+        plot = Path(args.plot)
+        if plot.is_dir() or not plot.parent.is_dir():
+            raise UserError("sustain", f"expected a file in an existing directory, got "
+                            f"{show(args.plot)}", field="--plot")
+    result = sustain(args.stack, args.days, floor_km=args.floor_km, ceiling_km=args.ceiling_km,
+                     solar_activity=args.solar_activity, f107_sfu=args.f107, ap=args.ap)
+    if args.plot is not None:
+        result["plot"] = str(plot_sustain(result, args.plot))
+    result.pop("timeline")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_sustain(result))
+        if args.plot is not None:
+            print(f"plot in {result['plot']}")
+    return 0
 
 
 def _units(text: str) -> tuple[str, ...]:
@@ -301,11 +355,7 @@ def _failure(text: str) -> tuple[str, float]:
 
 def _add_burn_arguments(p: argparse.ArgumentParser) -> None:
     """The stack, the initial orbit and the target: shared by plan and run."""
-    p.add_argument(
-        "--stack", default="dragon-boost-kit", metavar="NAME|PATH",
-        help="stack name in hw_configs/stacks/ or a path to a stack TOML "
-        "(default: dragon-boost-kit)",
-    )
+    _add_stack_argument(p)
     p.add_argument("--perigee-km", type=_positive_float("--perigee-km"), metavar="P",
                    help="initial mean perigee altitude [km] (default: the station's typical "
                    "orbit)")
@@ -321,8 +371,46 @@ def _add_burn_arguments(p: argparse.ArgumentParser) -> None:
         "--target-mean-altitude-km"), metavar="H", help="reach a mean altitude of H km")
     target.add_argument("--burn-duration", type=_positive_float("--burn-duration"), metavar="S",
                         help="burn for S seconds")
-    p.add_argument("--solar-activity", choices=("low", "moderate", "high"),
-                   help="atmosphere density level (default: the stack's)")
+    _add_atmosphere_arguments(p)
+
+
+def _add_stack_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--stack", default="dragon-boost-kit", metavar="NAME|PATH",
+        help="stack name in hw_configs/stacks/ or a path to a stack TOML "
+        "(default: dragon-boost-kit)",
+    )
+
+
+def _bounded_float(lo: float, hi: float, unit: str):
+    """An argparse type: a finite decimal number in [lo, hi]."""
+    def parse(text: str) -> float:
+        try:
+            value = parse_float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a decimal number in {lo:g}..{hi:g}"
+                                             f"{unit}, got {show(text)}") from None
+        if not (math.isfinite(value) and lo <= value <= hi):
+            raise argparse.ArgumentTypeError(f"expected a number in {lo:g}..{hi:g}{unit}, got "
+                                             f"{show(text)}")
+        return value
+
+    return parse
+
+
+def _add_atmosphere_arguments(p: argparse.ArgumentParser) -> None:
+    """The atmosphere: a named level, and F10.7 / Ap to set freely (docs/atmosphere.md)."""
+    from sims.atmosphere import AP_MAX, AP_MIN, F107_MAX_SFU, F107_MIN_SFU, PRESETS
+
+    levels = ", ".join(f"{k} = F10.7 {v.f107_sfu:g} / Ap {v.ap:g}" for k, v in PRESETS.items())
+    p.add_argument("--solar-activity", choices=tuple(PRESETS),
+                   help=f"atmosphere preset ({levels}; default: the stack's)")
+    p.add_argument("--f107", type=_bounded_float(F107_MIN_SFU, F107_MAX_SFU, " sfu"),
+                   metavar="SFU", help="F10.7 solar flux, daily = 81-day mean [sfu] "
+                   f"({F107_MIN_SFU:g}-{F107_MAX_SFU:g}; default: the preset's)")
+    p.add_argument("--ap", type=_bounded_float(AP_MIN, AP_MAX, ""), metavar="AP",
+                   help=f"daily geomagnetic Ap index ({AP_MIN:g}-{AP_MAX:g}; default: the "
+                   "preset's)")
 
 
 def _plan_from_args(args: argparse.Namespace) -> dict:
@@ -340,7 +428,7 @@ def _plan_from_args(args: argparse.Namespace) -> dict:
     else:
         target = Target("burn_duration", args.burn_duration)
     return plan_burn(args.stack, target, perigee_km=args.perigee_km, apogee_km=args.apogee_km,
-                     solar_activity=args.solar_activity)
+                     solar_activity=args.solar_activity, f107_sfu=args.f107, ap=args.ap)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -584,7 +672,8 @@ def _target_args(args: argparse.Namespace) -> list[str]:
                         ("--raise-perigee-km", args.raise_perigee_km),
                         ("--target-mean-altitude-km", args.target_mean_altitude_km),
                         ("--burn-duration", args.burn_duration),
-                        ("--solar-activity", args.solar_activity)):
+                        ("--solar-activity", args.solar_activity), ("--f107", args.f107),
+                        ("--ap", args.ap)):
         if value is not None:
             out += [flag, repr(value) if isinstance(value, float) else str(value)]
     return out

@@ -135,8 +135,11 @@ def _propagate_pair(y0: np.ndarray, burn: _Burn, t_burn_s: float, cd_area_m2: fl
 
 
 def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None,
-              apogee_km: float | None = None, solar_activity: str | None = None) -> dict:
-    """Plan one reboost burn of a stack; returns the JSON-ready summary."""
+              apogee_km: float | None = None, solar_activity: str | None = None,
+              f107_sfu: float | None = None, ap: float | None = None) -> dict:
+    """Plan one reboost burn of a stack; returns the JSON-ready summary. The atmosphere is the
+    ``solar_activity`` preset (default: the stack's), with ``f107_sfu`` and/or ``ap`` replacing
+    its values when given (sims.atmosphere.activity)."""
     stack = load_stack(stack_ref)
     model = build_stack_model(stack)
     station = stack.station
@@ -148,8 +151,11 @@ def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None
     if perigee_km < 150.0 or apogee_km > 2000.0:
         raise UserError("plan", "the initial orbit must lie between 150 and 2000 km altitude, "
                         f"got {perigee_km:g} x {apogee_km:g} km")
-    activity = solar_activity or stack.solar_activity
-    table = atmosphere.density_table(activity)
+    try:
+        act = atmosphere.activity(solar_activity or stack.solar_activity, f107_sfu, ap)
+    except ValueError as exc:
+        raise UserError("plan", str(exc)) from None
+    table = atmosphere.density_table(act)
     a0, e0 = orbit.a_e_from_apsis_altitudes(perigee_km * 1e3, apogee_km * 1e3)
     incl = math.radians(station.inclination_deg)
     period = orbit.period_s(a0, MU_EARTH)
@@ -226,7 +232,9 @@ def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None
         "stack_name": stack.name,
         "vehicle": stack.vehicle.name,
         "port": stack.port,
-        "solar_activity": activity,
+        "solar_activity": solar_activity or stack.solar_activity,
+        "f107_sfu": act.f107_sfu,
+        "ap": act.ap,
         "delta_v_mps": dv,
         "burn_duration_s": t_burn,
         "propellant_kg": burn.mass_kg * (1.0 - math.exp(-dv / burn.c_eff_mps)),
@@ -266,7 +274,8 @@ def format_plan(p: dict) -> str:
         ("mean perigee", f"{p['perigee_km_before']:.3f} -> {p['perigee_km_after']:.3f} km"),
         ("mean apogee", f"{p['apogee_km_before']:.3f} -> {p['apogee_km_after']:.3f} km"),
         ("mean altitude change", f"{p['mean_altitude_change_km']:+.3f} km"),
-        ("atmosphere", f"NRLMSIS 2.1, {p['solar_activity']} solar activity"),
+        ("atmosphere", atmosphere.plan_activity(p).describe()),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+

@@ -19,6 +19,7 @@ import numpy as np
 
 from firmware_bridge.codec import Decoder, Message
 from firmware_bridge.dictionary import CHANNELS_PER_BANK
+from sims import atmosphere
 from sims.runner import Failure, UnitReport, run_burn
 from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
 from thruster_hil.config import SOLAR_ACTIVITIES, build_stack_model, load_stack
@@ -155,6 +156,12 @@ def _check_summary(summary: dict, where: Path) -> list[Failure]:
         if plan[key] not in choices:
             raise UserError(str(where), f"expected one of {', '.join(choices)}, got "
                             f"{show(plan[key])}", field=f"plan.{key}")
+    check_record(plan, where, numbers=("f107_sfu", "ap"))  # optional: the free atmosphere
+    for key, lo, hi in (("f107_sfu", atmosphere.F107_MIN_SFU, atmosphere.F107_MAX_SFU),
+                        ("ap", atmosphere.AP_MIN, atmosphere.AP_MAX)):
+        if plan.get(key) is not None and not lo <= plan[key] <= hi:
+            raise UserError(str(where), f"expected {lo:g}..{hi:g}, got {plan[key]:g}",
+                            field=f"plan.{key}")
     if not 150.0 <= plan["perigee_km_before"] <= plan["apogee_km_before"] <= 2000.0:
         raise UserError(str(where), "expected 150 <= perigee <= apogee <= 2000 km, got "
                         f"{plan['perigee_km_before']:g} x {plan['apogee_km_before']:g} km",
