@@ -17,8 +17,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-__all__ = ["HOST_FIFO", "NICE", "UNIT_FIFO", "WIRE_FIFO", "raise_priority", "raised_priority",
-           "restore_priority", "save_priority"]
+__all__ = ["HOST_FIFO", "UNIT_FIFO", "WIRE_FIFO", "raise_priority", "raised_priority", "restore_priority",
+           "save_priority"]
 
 UNIT_FIFO = 20  # the emulated unit above the host, as a board is beside its PC
 WIRE_FIFO = 15  # a fault proxy on the line: the wire between them

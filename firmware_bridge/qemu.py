@@ -19,12 +19,6 @@ host's 0.5 s HELLO retry. With the slave held open QEMU never sees a hang-up and
 milliseconds. The cost: what the firmware sends while no client reads stays in the tty buffer
 (4 KB, about 6 s of housekeeping) for the next client, and once that buffer is full QEMU waits
 for a reader (the firmware's clock stalls with it).
-
-QEMU runs the firmware's busy loop flat out: it takes a whole core. On a loaded machine it gets a
-share of one, and then its clock (HK ``pu_time_us``) ran at a third of real time or less and its
-UART read our frames at a fraction of the line rate. A board has a CPU of its own, so QEMU starts
-at nice -10 where that is allowed (root or CAP_SYS_NICE; never SCHED_FIFO: it would spin a core
-at real-time priority). ``priority`` says what it got.
 """
 
 from __future__ import annotations
@@ -36,7 +30,6 @@ import subprocess
 import time
 from pathlib import Path
 
-from firmware_bridge.priority import NICE
 from thruster_hil.errors import UserError
 
 BOARD_DIR = Path(__file__).resolve().parent / "board"
@@ -68,15 +61,6 @@ def build_qemu_firmware(force: bool = False) -> Path:
     return QEMU_ELF
 
 
-def _lower_nice() -> None:
-    """In the QEMU child before exec: nice -10 if allowed (its threads inherit it)."""
-    try:
-        if os.getpriority(os.PRIO_PROCESS, 0) > NICE:
-            os.setpriority(os.PRIO_PROCESS, 0, NICE)
-    except OSError:
-        pass  # not allowed: QEMU runs at the priority it was given
-
-
 class QemuUnit:
     """qemu-system-avr running the firmware with its USART0 on a pty.
 
@@ -93,7 +77,6 @@ class QemuUnit:
         self.port: str | None = None
         self._proc: subprocess.Popen | None = None
         self._hold_fd: int | None = None
-        self.priority: str | None = None  # "nice -10", or "nice 0" where not allowed
 
     def start(self) -> QemuUnit:
         exe = shutil.which(self.qemu)
@@ -114,11 +97,7 @@ class QemuUnit:
         if setpriv is not None:
             cmd = [setpriv, "--pdeathsig", "TERM", *cmd]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, preexec_fn=_lower_nice)
-        try:
-            self.priority = f"nice {os.getpriority(os.PRIO_PROCESS, self._proc.pid)}"
-        except OSError:
-            self.priority = None
+                                      stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.boot_timeout_s
         banner = b""
         os.set_blocking(self._proc.stdout.fileno(), False)

@@ -503,7 +503,6 @@ def run_row(row: Row, out: Path) -> dict:
     wire_path = out / "wire.jsonl"
     t0 = time.monotonic()
     unit = _start_unit(row, out)
-    unit_priority = getattr(unit, "priority", None)  # QEMU's; the emulator logs its own
     rogue = None
     killed_at = None
     try:
@@ -546,7 +545,7 @@ def run_row(row: Row, out: Path) -> dict:
         unit.stop()
     wall = time.monotonic() - t0
     return judge(row, out, host.returncode, killed_at, rogue.sent if rogue else None, wall,
-                 wire_priority, unit_priority)
+                 wire_priority)
 
 
 def _session_from(wire_path: Path) -> int | None:
@@ -589,8 +588,7 @@ def judge_closure(ev: Evidence, bound_ms: float) -> list[str]:
 
 
 def judge(row: Row, out: Path, returncode: int | None, killed_at: int | None,
-          rogue_sent: dict | None, wall_s: float, wire_priority: str | None = None,
-          unit_priority: str | None = None) -> dict:
+          rogue_sent: dict | None, wall_s: float, wire_priority: str | None = None) -> dict:
     wire = _read_jsonl(out / "wire.jsonl")
     if row.unit == "emulator":
         ev = _emulator_evidence(_read_jsonl(out / "unit.jsonl"), wire, row)
@@ -655,7 +653,7 @@ def judge(row: Row, out: Path, returncode: int | None, killed_at: int | None,
     link = s.get("link", {})
     measured = {
         "unit_timer_late_ms": ev.timer_late_ms, "unit_timer_late_max_ms": ev.timer_late_max_ms,
-        "unit_priority": ev.unit_priority or unit_priority, "wire_priority": wire_priority,
+        "unit_priority": ev.unit_priority, "wire_priority": wire_priority,
         "slow_unit_waits": link.get("slow_unit_waits"),
         "outcome": ("killed at cycle " + str(killed_at)) if killed else (
             "completed" if s.get("completed") and not s.get("aborted") else
