@@ -1036,6 +1036,8 @@ class UnitVsModel(RuleBasedStateMachine):
     def tank_pressure(self, kpa):
         self.b.inject("TANK_PRESSURE", kpa, flags=0)
         self._timers()
+        if not self.has_session:
+            return  # FAULT_INJECT needs the session: refused, nothing changes
         self.low = kpa < MIN_FEED_KPA
         if self.low and self.st in (ARMING, ARMED):
             self.st = SAFE
