@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from firmware_bridge import codec
-from firmware_bridge.dictionary import ENUMS, EVENT
+from firmware_bridge.dictionary import ENUMS, EVENT, FLAG_ACK_REQ
 from firmware_bridge.priority import WIRE_FIFO, raise_priority
 from thruster_hil.errors import UserError
 
@@ -71,6 +71,8 @@ TICK_MS = 1.0  # the unit's timer tick
 #: for when judging the unit's logic); beyond this the machine is too busy to judge it at all.
 MAX_TIMER_LATE_MS = 50.0
 _FAULT = ENUMS["fault"]
+_REASON_NAMES = {v: k for k, v in ENUMS["safe_reason"].items()}
+REPLAYED_FIRES = 5  # fewer than the lockout's 8: each must be refused on its own token
 
 
 # ------------------------------------------------------------------------------------ rows
@@ -94,6 +96,17 @@ class Row:
     kill_at_cycle: int | None = None
     rogue: bool = False
     onset: str = "end"  # what "valves closed after" counts from: end, link, fault
+    #: Issue 13's attacks and ordinary exits: ``guess`` (a blind writer guessing the token,
+    #: FIRE only, never reading), ``replay`` (FIREs captured in an earlier session of a unit
+    #: started with the same seed, written into this one), ``inject`` (FAULT_INJECT without a
+    #: session before the host connects), ``reader`` (a second process reading the host's
+    #: port), ``disk`` (the host's files capped mid-run: a full disk).
+    attack: str | None = None
+    signal_at_cycle: int | None = None  # send ``signame`` to the host at this cycle
+    signame: str | None = None
+    #: The unit must record its valves closed by one of these (its SAFE_ENTERED reason), never
+    #: by its watchdog; None: not judged.
+    closed_by: tuple[str, ...] | None = None
 
 
 def build_rows(seed: int = 1, units: tuple[str, ...] = UNITS) -> list[Row]:
@@ -169,7 +182,47 @@ def build_rows(seed: int = 1, units: tuple[str, ...] = UNITS) -> list[Row]:
             expected="every intruding command refused (BAD_SESSION, counted), none executed; "
             "at the 8th the unit locks out (valves closed, SAFE, session void) and the host "
             "stops the burn naming the other writer")
+        _attack_rows(add, step, unit)
     return rows
+
+
+def _attack_rows(add, step, unit: str) -> None:
+    """Issue 13's rows: attacks on the session, and every ordinary exit of the host."""
+    by_command = "the unit's own record: valves closed by STOP_ALL, never by its watchdog"
+    add(fault="a blind writer guessing the session token: FIRE only, ~3,000 frames/s, never "
+        "reading" + (" (REALTIME)" if unit == "emulator" else ""), attack="guess",
+        mode="realtime" if unit == "emulator" else "lockstep",
+        target=REALTIME_TARGET if unit == "emulator" else LONG_TARGET, expect="stops",
+        reason=r"another writer on the line", closed_by=("INTRUSION", "COMMANDED"),
+        expected="none of its FIREs executes; the unit locks out after 8 wrong tokens (valves "
+        "closed, SAFE, session void) and the host stops naming the other writer")
+    add(fault="FIREs captured in an earlier session (a unit started with the same seed) "
+        "replayed mid-burn, steps far ahead", attack="replay", target=LONG_TARGET,
+        expect="completes", expected="the new session's token differs: every replayed FIRE "
+        "refused (BAD_SESSION), none executed; the burn as without it")
+    add(fault="FAULT_INJECT (valve stuck open) without a session, before the host connects",
+        attack="inject", expect="completes", expected="refused (BAD_SESSION): no valve "
+        "sticks; the burn completes with every valve closed")
+    for signame in ("SIGTERM", "SIGHUP") if unit == "emulator" else ("SIGTERM",):
+        k = step(20, 300)
+        add(fault=f"host sent {signame} at cycle {k}", signal_at_cycle=k, signame=signame,
+            target=LONG_TARGET, expect="signalled", closed_by=("COMMANDED",),
+            expected=f"as Ctrl-C: STOP_ALL acknowledged, summary.json aborted with the signal, "
+            f"exit 128+{getattr(signal, signame)}; {by_command}")
+    if unit != "emulator":
+        return
+    add(fault="a second process reading the host's port (stealing its bytes)", attack="reader",
+        target=LONG_TARGET, expect="stops", reason=r"another process is reading",
+        closed_by=("COMMANDED",), expected=f"the host stops the burn naming the reader; "
+        f"{by_command}")
+    add(fault="the disk fills mid-run (the host's files capped by RLIMIT_FSIZE)",
+        attack="disk", target=LONG_TARGET, expect="stops", reason=r"^records: ",
+        closed_by=("COMMANDED",), expected=f"STOP_ALL first, one line naming the file, "
+        f"non-zero exit; whole rows, no .tmp, summary.json written; {by_command}")
+    add(fault="every translation thruster (both trunk Dracos) failed off at step 1",
+        spec="fail=0@step1,fail=1@step1", expect="fails", closed_by=("COMMANDED",),
+        expected="no thrust along the burn is possible: the burn ends short of its target "
+        "with the reason printed and exit 1, never exit 0; the reserve untouched")
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -187,8 +240,14 @@ def _read_jsonl(path: Path) -> list[dict]:
     return out
 
 
-def check_records(run_dir: Path, killed: bool, executed_steps: int) -> tuple[bool, str]:
-    """Whether the run directory lost nothing (see the module doc); and what is wrong if not."""
+def check_records(run_dir: Path, killed: bool, executed_steps: int,
+                  replay: bool = True) -> tuple[bool, str]:
+    """Whether the run directory lost nothing (see the module doc); and what is wrong if not.
+    ``replay=False`` (a full disk cut the capture short): whole rows and a summary, no
+    leftover temporary file, but no replay of the capture."""
+    left = sorted(p.name for p in run_dir.glob("*.tmp")) if run_dir.is_dir() else []
+    if left:
+        return False, f"temporary files left behind: {', '.join(left)}"
     tele = run_dir / "telemetry.csv"
     if not (run_dir / "run.json").exists() or not tele.exists():
         return False, "run.json or telemetry.csv missing"
@@ -222,6 +281,8 @@ def check_records(run_dir: Path, killed: bool, executed_steps: int) -> tuple[boo
     s = json.loads(summary.read_text(encoding="utf-8"))
     if s["cycles"] != n:
         return False, f"summary says {s['cycles']} cycles, telemetry has {n}"
+    if not replay:
+        return True, f"{n} cycles, whole rows, summary kept"
     from thruster_hil.replay import replay_run
 
     try:
@@ -253,6 +314,12 @@ class Evidence:
     timer_late_max_ms: float | None = None  # the worst timer lateness of the whole row
     unit_priority: str | None = None
     closed_on_unit_clock: bool = False  # QEMU fault rows: measured between the unit's events
+    #: Why the unit last left ARMED (its SAFE_ENTERED reason: COMMANDED, WATCHDOG, INTRUSION,
+    #: ...), after its last execution; and whether its link watchdog ever tripped.
+    closed_by: str | None = None
+    watchdog_tripped: bool = False
+    #: Faults the unit applied from the wire (FAULT_INJECT it accepted), by its own record.
+    faults_applied: int = 0
 
 
 def _wire_commands(wire: list[dict], ev: Evidence) -> None:
@@ -297,6 +364,11 @@ def _emulator_evidence(unit_log: list[dict], wire: list[dict], row: Row) -> Evid
     ev.unit_priority = next((r.get("priority") for r in unit_log if r["ev"] == "start"), None)
     states = [r for r in unit_log if r["ev"] == "state"]
     trips = [r for r in unit_log if r["ev"] == "watchdog_trip"]
+    ev.watchdog_tripped = bool(trips)
+    ev.faults_applied = sum(1 for r in unit_log if r["ev"] == "fault" and r["source"] == "wire")
+    t_last = max((e[0] for e in ev.executed), default=0)
+    left = [r for r in states if r["t_us"] >= t_last and r["from"] in ("ARMED", "ARMING")]
+    ev.closed_by = left[0]["reason"] if left else None
     stuck = [r for r in unit_log if r["ev"] == "fault" and r["kind"] == "STUCK_OPEN"]
     ev.still_open = bool(stuck)
     if row.onset == "link":
@@ -349,6 +421,12 @@ def _qemu_evidence(wire: list[dict], row: Row) -> Evidence:
         elif r["msg"] == "HK":
             ev.session_errors = r["session_errors"]
     events = [r for r in wire if r.get("dir") == "u2h" and r["msg"] == "EVENT"]
+    ev.watchdog_tripped = any(e["event"] == EVENT["WATCHDOG_TRIP"] for e in events)
+    ev.faults_applied = sum(1 for e in events if e["event"] == EVENT["FAULT_INJECTED"])
+    t_last = max((e[0] for e in ev.executed), default=0)
+    safe = [e for e in events if e["t_us"] >= t_last and e["event"] == EVENT["SAFE_ENTERED"]]
+    if safe:
+        ev.closed_by = _REASON_NAMES.get(safe[0]["arg0"], str(safe[0]["arg0"]))
     if row.onset == "link":
         trip = next((e for e in events if e["event"] == EVENT["WATCHDOG_TRIP"]), None)
         if trip is not None:
@@ -423,14 +501,21 @@ def judge_fires(ev: Evidence, row: Row) -> tuple[int, int, list[str]]:
 
 class Rogue(threading.Thread):
     """A second writer on the host's port: valid frames, without the session token (tokens
-    drawn at random, never the one the unit gave the host, and 0), every ``period_s``."""
+    drawn at random, never the one the unit gave the host, and 0), every ``period_s``.
+    ``kinds``: the commands it cycles through; a blind guesser sends only FIRE, at steps a
+    host would be flying (so that only the token stands between it and the valves)."""
 
-    def __init__(self, port: str, avoid_session, seed: int, period_s: float):
+    ALL = ("FIRE", "HEARTBEAT", "ARM_REQUEST", "ARM_CONFIRM", "DISARM", "SET_PARAM",
+           "FAULT_INJECT")
+
+    def __init__(self, port: str, avoid_session, seed: int, period_s: float,
+                 kinds: tuple[str, ...] = ALL):
         super().__init__(daemon=True)
         self.port = port
         self.avoid = avoid_session
         self.rng = random.Random(seed)
         self.period_s = period_s
+        self.kinds = kinds
         self.stop = threading.Event()
         self.sent: dict[str, int] = {}
 
@@ -448,9 +533,9 @@ class Rogue(threading.Thread):
             while not self.stop.wait(self.period_s):
                 s = self._token()
                 seq = self.rng.randrange(codec.SEQ_MODULO)
-                kind = ("FIRE", "HEARTBEAT", "ARM_REQUEST", "ARM_CONFIRM", "DISARM",
-                        "SET_PARAM", "FAULT_INJECT")[k % 7]
-                fields = {"FIRE": dict(session=s, step=0x7F000000 + k, valid_for_ms=0,
+                kind = self.kinds[k % len(self.kinds)]
+                fire_step = 1 + k % 400 if self.kinds == ("FIRE",) else 0x7F000000 + k
+                fields = {"FIRE": dict(session=s, step=fire_step, valid_for_ms=0,
                                        bank=k % 2, mask=0xFFFF, on_ticks=[200] * 16),
                           "HEARTBEAT": dict(session=s, host_step=k),
                           "ARM_REQUEST": dict(session=s),
@@ -502,30 +587,49 @@ def run_row(row: Row, out: Path) -> dict:
     run_dir = out / "run"
     wire_path = out / "wire.jsonl"
     t0 = time.monotonic()
+    captured = _capture_earlier_session(row, out / "earlier") if row.attack == "replay" else []
     unit = _start_unit(row, out)
     rogue = None
+    reader = None
     killed_at = None
     try:
         with FaultProxyProcess(unit.port, row.spec, wire_path) as proxy:
             wire_priority = raise_priority(WIRE_FIFO, pid=proxy.pid)  # the wire keeps time too
+            if row.attack == "inject":
+                _inject_without_session(proxy.port, seed=int(row.id[1:]))
             cmd = [sys.executable, "-m", "thruster_hil.cli", "run", "--port", proxy.port,
                    "--stack", STACK, *row.target, "--mode", row.mode, "--out", str(run_dir),
                    "--json"]
             with open(out / "host.out", "wb") as so, open(out / "host.err", "wb") as se:
-                host = subprocess.Popen(cmd, stdout=so, stderr=se, stdin=subprocess.DEVNULL)
+                host = subprocess.Popen(cmd, stdout=so, stderr=se, stdin=subprocess.DEVNULL,
+                                        preexec_fn=_full_disk if row.attack == "disk" else None)
                 try:
-                    if row.rogue:
-                        _wait(lambda: _telemetry_rows(run_dir) >= 1 or host.poll() is not None,
-                              60)
+                    started = (lambda: _telemetry_rows(run_dir) >= 3  # noqa: E731
+                               or host.poll() is not None)
+                    if row.rogue or row.attack == "guess":
+                        _wait(started, 60)
                         session = _session_from(wire_path)
+                        guess = row.attack == "guess"
                         rogue = Rogue(proxy.port, lambda: session, seed=int(row.id[1:]),
-                                      period_s=0.001 if row.unit == "emulator" else 0.01)
+                                      period_s=0.0003 if guess else
+                                      (0.001 if row.unit == "emulator" else 0.01),
+                                      kinds=("FIRE",) if guess else Rogue.ALL)
                         rogue.start()
-                    if row.kill_at_cycle is not None:
-                        _wait(lambda: _telemetry_rows(run_dir) >= row.kill_at_cycle
+                    if row.attack == "replay":
+                        _wait(started, 60)
+                        _write_frames(proxy.port, captured)
+                    if row.attack == "reader":
+                        _wait(started, 60)
+                        reader = PortReader(proxy.port)
+                        reader.start()
+                    at = row.kill_at_cycle if row.kill_at_cycle is not None else \
+                        row.signal_at_cycle
+                    if at is not None:
+                        _wait(lambda: _telemetry_rows(run_dir) >= at
                               or host.poll() is not None, 60, poll_s=0.0005)
                         if host.poll() is None:
-                            host.send_signal(signal.SIGKILL)
+                            host.send_signal(signal.SIGKILL if row.kill_at_cycle is not None
+                                             else getattr(signal, row.signame))
                             killed_at = _telemetry_rows(run_dir)
                     host.wait(HOST_TIMEOUT_S)
                 finally:
@@ -539,6 +643,9 @@ def run_row(row: Row, out: Path) -> dict:
                     if rogue is not None:
                         rogue.stop.set()
                         rogue.join()
+                    if reader is not None:
+                        reader.stop.set()
+                        reader.join()
             if row.onset == "link":  # the unit's watchdog: wait for its trip on record
                 _wait(lambda: _tripped(row, out), SETTLE_TIMEOUT_S, poll_s=0.01)
     finally:
@@ -546,6 +653,88 @@ def run_row(row: Row, out: Path) -> dict:
     wall = time.monotonic() - t0
     return judge(row, out, host.returncode, killed_at, rogue.sent if rogue else None, wall,
                  wire_priority)
+
+
+def _capture_earlier_session(row: Row, out: Path) -> list[bytes]:
+    """Fly a short burn on a unit started as this row's will be (the emulator with the same
+    seed) and keep its FIREs as they went on the wire: what an attacker who read that
+    capture has. The last ``REPLAYED_FIRES`` of them (steps far ahead of a new burn's)."""
+    out.mkdir(parents=True, exist_ok=True)
+    from firmware_bridge.faultproxy import FaultProxyProcess
+
+    unit = _start_unit(row, out)
+    try:
+        with FaultProxyProcess(unit.port, None, out / "wire.jsonl") as proxy:
+            subprocess.run([sys.executable, "-m", "thruster_hil.cli", "run", "--port",
+                            proxy.port, "--stack", STACK, *LOCKSTEP_TARGET, "--out",
+                            str(out / "run"), "--json"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                           timeout=HOST_TIMEOUT_S, check=False)
+    finally:
+        unit.stop()
+    fires = [r for r in _read_jsonl(out / "wire.jsonl")
+             if r.get("dir") == "h2u" and r.get("msg") == "FIRE"]
+    return [codec.encode_fields("FIRE", r["seq"], r["flags"],
+                                {k: r[k] for k in ("session", "step", "valid_for_ms", "bank",
+                                                   "mask", "on_ticks")})
+            for r in fires[-REPLAYED_FIRES:]]
+
+
+def _write_frames(port: str, frames: list[bytes]) -> None:
+    """Another process's writes on the host's port (it opens the port without the lock)."""
+    fd = os.open(port, os.O_WRONLY | os.O_NOCTTY)
+    try:
+        for frame in frames:
+            os.write(fd, frame)
+    finally:
+        os.close(fd)
+
+
+def _inject_without_session(port: str, seed: int) -> None:
+    """FAULT_INJECT (a valve stuck open) with no session and with a guessed one."""
+    rng = random.Random(seed)
+    _write_frames(port, [codec.encode_fields("FAULT_INJECT", rng.randrange(codec.SEQ_MODULO),
+                                             FLAG_ACK_REQ,
+                                             dict(session=token, fault=_FAULT["STUCK_OPEN"],
+                                                  arg=3))
+                         for token in (0, rng.randrange(1, 1 << 32))])
+
+
+def _full_disk() -> None:
+    """In the host's process, before exec: every file it writes is capped a little past the
+    summary's reserved space, as a disk that fills mid-run (writes past it fail with EFBIG)."""
+    import resource
+
+    from thruster_hil.records import SUMMARY_RESERVE_BYTES
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    cap = SUMMARY_RESERVE_BYTES + 16 * 1024
+    resource.setrlimit(resource.RLIMIT_FSIZE, (cap, resource.RLIM_INFINITY))
+
+
+class PortReader(threading.Thread):
+    """A second process reading the host's port: it steals whatever bytes it gets."""
+
+    def __init__(self, port: str):
+        super().__init__(daemon=True)
+        self.port = port
+        self.stop = threading.Event()
+        self.taken = 0
+
+    def run(self) -> None:
+        import select
+
+        fd = os.open(self.port, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            while not self.stop.is_set():
+                ready, _, _ = select.select([fd], [], [], 0.01)
+                if ready:
+                    try:
+                        self.taken += len(os.read(fd, 4096))
+                    except BlockingIOError:
+                        pass
+        finally:
+            os.close(fd)
 
 
 def _session_from(wire_path: Path) -> int | None:
@@ -600,7 +789,8 @@ def judge(row: Row, out: Path, returncode: int | None, killed_at: int | None,
     s = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
     executed_steps = max((e[2] for e in ev.executed), default=0)
     killed = row.kill_at_cycle is not None
-    log_ok, log_note = check_records(run_dir, killed, executed_steps)
+    log_ok, log_note = check_records(run_dir, killed, executed_steps,
+                                     replay=row.attack != "disk")
     target_dv = s.get("target_delta_v_mps")
     dv = s.get("true_delta_v_mps")
     att = s.get("max_attitude_error_deg")
@@ -634,6 +824,38 @@ def judge(row: Row, out: Path, returncode: int | None, killed_at: int | None,
                             f"{reason or 'completed=' + str(s.get('completed'))}")
     elif row.expect == "killed" and killed_at is None:
         failures.append("the host ended before it could be killed")
+    elif row.expect == "signalled":
+        want = 128 + getattr(signal, row.signame)
+        if killed_at is None:
+            failures.append("the host ended before the signal")
+        elif not s.get("aborted") or s.get("signal") != row.signame:
+            failures.append(f"summary.json does not say aborted by {row.signame}: "
+                            f"{s.get('signal') if s else 'no summary'}")
+        if returncode != want:
+            failures.append(f"exit status {returncode}, expected {want}")
+    elif row.expect == "fails":
+        if returncode != 1:
+            failures.append(f"exit status {returncode} for a burn short of its target")
+        if not s or (s.get("completed") and not s.get("aborted")) or not reason:
+            failures.append("the summary does not say why the burn fell short")
+    if row.expect in ("stops", "fails") and returncode in (0, None):
+        failures.append(f"exit status {returncode} for a burn that was stopped")
+    if row.closed_by is not None:
+        if ev.watchdog_tripped:
+            failures.append("the unit's watchdog closed the valves, not a command")
+        elif ev.closed_by not in row.closed_by:
+            failures.append(f"the unit left ARMED by {ev.closed_by or 'nothing on record'}, "
+                            f"expected {' or '.join(row.closed_by)}")
+    if row.attack == "inject" and ev.faults_applied:
+        failures.append(f"the unit applied {ev.faults_applied} sessionless FAULT_INJECT")
+    refused = {"replay": REPLAYED_FIRES, "inject": 2}.get(row.attack or "")
+    if refused and (ev.session_errors or 0) < refused:
+        failures.append(f"the unit counted {ev.session_errors} session errors for {refused} "
+                        f"frames without the session")
+    if row.attack == "guess":
+        n_rogue = sum((rogue_sent or {}).values())
+        if n_rogue < 8:
+            failures.append(f"the guesser got only {n_rogue} frames in")
     if row.onset in ("link", "fault"):
         bound_ms = 251.0 if row.onset == "link" else 1.0
         if row.unit == "qemu" and row.onset == "fault" and not ev.closed_on_unit_clock:
