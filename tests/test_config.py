@@ -555,6 +555,8 @@ BAD = [
        "max_attitude_error_deg") for v in (1e-308, 0.05, 120.0)],
     ("rate-limit-tiny", "progress", "stack", _set(("max_rate_deg_s",), 1e-308),
      "max_rate_deg_s"),
+    ("thrust-tiny", "dragon-boost-kit", "vehicle", _set((*DT, "thrust_N"), 1e-300),
+     "thrusters.trunk-draco-1.thrust_N"),
 ]
 
 
@@ -633,3 +635,18 @@ def test_plan_refuses_what_run_would_crash_on(tmp_path, capsys):
         assert err.count("\n") == 1 and ": control_period_s: " in err, err
         assert "test-stack.toml" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_plan_refuses_a_burn_longer_than_it_can_propagate(tmp_path, capsys):
+    """The weakest legal thrusters (0.1 N each) and a target they would need weeks for: one
+    line from `plan` (a burn over 1e6 s), exit 2, not an array it cannot allocate."""
+    from thruster_hil.cli import main
+
+    docs = originals("progress")
+    for thr in docs["vehicle"]["thrusters"].values():
+        thr["thrust_N"] = 0.1
+    paths = write_tree(tmp_path, docs)
+    assert main(["plan", "--stack", str(paths["stack"]), "--delta-v", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expected a burn of at most 1e+06 s" in err, err
+    assert main(["plan", "--stack", str(paths["stack"]), "--delta-v", "0.05"]) == 0

@@ -476,6 +476,11 @@ _THRUSTER_KEYS = (
 )
 
 
+#: The weakest thruster a vehicle may list [N]: a small cold-gas thruster. 1e-300 N passed
+#: (F . F underflows to 0 and the plan asked for a burn of 1e303 s).
+MIN_THRUST_N = 0.1
+
+
 def load_vehicle(path: str | Path) -> Vehicle:
     """Load and validate a vehicle TOML file."""
     path = Path(path)
@@ -515,7 +520,7 @@ def load_vehicle(path: str | Path) -> Vehicle:
         h.check_keys(_THRUSTER_KEYS)
         pos = h.vector("position_m", 3, 100.0, "m")
         direction = h.unit_vector("direction")
-        thrust = h.number("thrust_N", 0.0, 1e5, lo_open=True, unit="N")
+        thrust = h.number("thrust_N", MIN_THRUST_N, 1e5, unit="N")
         isp = h.number("isp_s", 50.0, 500.0, unit="s")
         tank = h.string("tank")
         if tank not in tanks:
