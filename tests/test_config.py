@@ -195,8 +195,12 @@ def perturbed(draw):
     ]
     # A whole number of ms the wire carries, at least 4 x the longest minimum on-time of the
     # stack's thrusters (thruster_hil.config._control_period).
-    used = [*stk["translation_thrusters"], *stk.get("attitude_thrusters", [])]
-    shortest_ms = math.ceil(4000 * max(veh["thrusters"][n]["min_on_time_s"] for n in used))
+    used = [veh["thrusters"][n] for n in (*stk["translation_thrusters"],
+                                          *stk.get("attitude_thrusters", []))]
+    shortest_ms = math.ceil(max(4000 * max(h["min_on_time_s"] for h in used),
+                                1000 * max(max(h["open_delay_s"] + h["rise_time_s"],
+                                               h["close_delay_s"] + h["tail_off_s"])
+                                           for h in used)) + 1)
     stk["control_period_s"] = draw(st.integers(max(10, shortest_ms), 2000)) / 1000
     stk["solar_activity"] = draw(st.sampled_from(["low", "moderate", "high"]))
     return docs
@@ -557,7 +561,20 @@ BAD = [
      "max_rate_deg_s"),
     ("thrust-tiny", "dragon-boost-kit", "vehicle", _set((*DT, "thrust_N"), 1e-300),
      "thrusters.trunk-draco-1.thrust_N"),
+    ("valve-slower-than-a-cycle", "progress", "stack", _set(("control_period_s",), 0.04),
+     "control_period_s"),  # min on-time 50 ms would refuse it too: see the next test
 ]
+
+
+def test_a_valve_slower_than_a_cycle_is_refused(tmp_path):
+    docs = originals("progress")
+    for thr in docs["vehicle"]["thrusters"].values():
+        thr["open_delay_s"] = 0.9
+    paths = write_tree(tmp_path, docs)
+    with pytest.raises(ConfigError, match=r"control_period_s: expected longer than the slowest "
+                       r"valve transient \(dpo-aft-1: 0.92 s to open or close\), got 0.5 s"):
+        load_stack(str(paths["stack"]))
+
 
 
 @pytest.mark.parametrize(

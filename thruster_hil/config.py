@@ -639,6 +639,15 @@ def _control_period(t: _Table, vehicle: Vehicle, names: tuple[str, ...]) -> floa
         raise t.fail("control_period_s", f"expected at least {PERIOD_PER_MIN_ON} x the longest "
                      f"thruster minimum on-time ({PERIOD_PER_MIN_ON} x {min_on:g} s = "
                      f"{PERIOD_PER_MIN_ON * min_on:g} s), got {period:g} s")
+    # A valve must finish opening (delay + rise) and closing (delay + tail-off) within a cycle,
+    # or a pulse commanded for one cycle is still starting or ending in the next.
+    name, transient = max(((n, max(h.open_delay_s + h.rise_time_s,
+                                   h.close_delay_s + h.tail_off_s))
+                           for n in names for h in (vehicle.thrusters[n],)),
+                          key=lambda x: x[1], default=("", 0.0))
+    if period <= transient:
+        raise t.fail("control_period_s", f"expected longer than the slowest valve transient "
+                     f"({name}: {transient:g} s to open or close), got {period:g} s")
     return period
 
 
