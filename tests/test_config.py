@@ -195,8 +195,12 @@ def perturbed(draw):
     ]
     # A whole number of ms the wire carries, at least 4 x the longest minimum on-time of the
     # stack's thrusters (thruster_hil.config._control_period).
-    used = [*stk["translation_thrusters"], *stk.get("attitude_thrusters", [])]
-    shortest_ms = math.ceil(4000 * max(veh["thrusters"][n]["min_on_time_s"] for n in used))
+    used = [veh["thrusters"][n] for n in (*stk["translation_thrusters"],
+                                          *stk.get("attitude_thrusters", []))]
+    shortest_ms = math.ceil(max(4000 * max(h["min_on_time_s"] for h in used),
+                                1000 * max(max(h["open_delay_s"] + h["rise_time_s"],
+                                               h["close_delay_s"] + h["tail_off_s"])
+                                           for h in used)) + 1)
     stk["control_period_s"] = draw(st.integers(max(10, shortest_ms), 2000)) / 1000
     stk["solar_activity"] = draw(st.sampled_from(["low", "moderate", "high"]))
     return docs
@@ -555,7 +559,22 @@ BAD = [
        "max_attitude_error_deg") for v in (1e-308, 0.05, 120.0)],
     ("rate-limit-tiny", "progress", "stack", _set(("max_rate_deg_s",), 1e-308),
      "max_rate_deg_s"),
+    ("thrust-tiny", "dragon-boost-kit", "vehicle", _set((*DT, "thrust_N"), 1e-300),
+     "thrusters.trunk-draco-1.thrust_N"),
+    ("valve-slower-than-a-cycle", "progress", "stack", _set(("control_period_s",), 0.04),
+     "control_period_s"),  # min on-time 50 ms would refuse it too: see the next test
 ]
+
+
+def test_a_valve_slower_than_a_cycle_is_refused(tmp_path):
+    docs = originals("progress")
+    for thr in docs["vehicle"]["thrusters"].values():
+        thr["open_delay_s"] = 0.9
+    paths = write_tree(tmp_path, docs)
+    with pytest.raises(ConfigError, match=r"control_period_s: expected longer than the slowest "
+                       r"valve transient \(dpo-aft-1: 0.92 s to open or close\), got 0.5 s"):
+        load_stack(str(paths["stack"]))
+
 
 
 @pytest.mark.parametrize(
@@ -633,3 +652,18 @@ def test_plan_refuses_what_run_would_crash_on(tmp_path, capsys):
         assert err.count("\n") == 1 and ": control_period_s: " in err, err
         assert "test-stack.toml" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_plan_refuses_a_burn_longer_than_it_can_propagate(tmp_path, capsys):
+    """The weakest legal thrusters (0.1 N each) and a target they would need weeks for: one
+    line from `plan` (a burn over 1e6 s), exit 2, not an array it cannot allocate."""
+    from thruster_hil.cli import main
+
+    docs = originals("progress")
+    for thr in docs["vehicle"]["thrusters"].values():
+        thr["thrust_N"] = 0.1
+    paths = write_tree(tmp_path, docs)
+    assert main(["plan", "--stack", str(paths["stack"]), "--delta-v", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expected a burn of at most 1e+06 s" in err, err
+    assert main(["plan", "--stack", str(paths["stack"]), "--delta-v", "0.05"]) == 0

@@ -539,3 +539,33 @@ def test_only_processes_that_can_read_the_port_are_named():
                 p.stdin.close()
                 p.wait(10)
     assert other_readers("loop://") == ""
+
+
+def test_stop_signals_raise_once_then_only_note_and_leave_nohup_alone():
+    """The handler's contract (thruster_hil.stopsignals): the first SIGINT/SIGTERM/SIGHUP
+    raises HostSignal (a KeyboardInterrupt) in the main thread; later ones, and any after
+    hold(), are only noted; a signal the process was started ignoring stays ignored; the
+    previous handlers come back."""
+    from thruster_hil.stopsignals import HostSignal, StopSignals
+
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignals() as stop:
+        with pytest.raises(HostSignal) as exc:
+            signal.raise_signal(signal.SIGTERM)
+        assert isinstance(exc.value, KeyboardInterrupt)
+        assert exc.value.signal_name == "SIGTERM"
+        signal.raise_signal(signal.SIGHUP)  # raised once already: only noted
+        assert stop.received_name == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before
+    with StopSignals() as stop:
+        stop.hold()  # the burn loop has ended: STOP_ALL and the records come first
+        signal.raise_signal(signal.SIGINT)
+        assert stop.received_name == "SIGINT"
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with StopSignals() as stop:
+            signal.raise_signal(signal.SIGHUP)  # nohup: ignored as before
+            assert stop.received is None
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)

@@ -476,6 +476,11 @@ _THRUSTER_KEYS = (
 )
 
 
+#: The weakest thruster a vehicle may list [N]: a small cold-gas thruster. 1e-300 N passed
+#: (F . F underflows to 0 and the plan asked for a burn of 1e303 s).
+MIN_THRUST_N = 0.1
+
+
 def load_vehicle(path: str | Path) -> Vehicle:
     """Load and validate a vehicle TOML file."""
     path = Path(path)
@@ -515,7 +520,7 @@ def load_vehicle(path: str | Path) -> Vehicle:
         h.check_keys(_THRUSTER_KEYS)
         pos = h.vector("position_m", 3, 100.0, "m")
         direction = h.unit_vector("direction")
-        thrust = h.number("thrust_N", 0.0, 1e5, lo_open=True, unit="N")
+        thrust = h.number("thrust_N", MIN_THRUST_N, 1e5, unit="N")
         isp = h.number("isp_s", 50.0, 500.0, unit="s")
         tank = h.string("tank")
         if tank not in tanks:
@@ -634,6 +639,15 @@ def _control_period(t: _Table, vehicle: Vehicle, names: tuple[str, ...]) -> floa
         raise t.fail("control_period_s", f"expected at least {PERIOD_PER_MIN_ON} x the longest "
                      f"thruster minimum on-time ({PERIOD_PER_MIN_ON} x {min_on:g} s = "
                      f"{PERIOD_PER_MIN_ON * min_on:g} s), got {period:g} s")
+    # A valve must finish opening (delay + rise) and closing (delay + tail-off) within a cycle,
+    # or a pulse commanded for one cycle is still starting or ending in the next.
+    name, transient = max(((n, max(h.open_delay_s + h.rise_time_s,
+                                   h.close_delay_s + h.tail_off_s))
+                           for n in names for h in (vehicle.thrusters[n],)),
+                          key=lambda x: x[1], default=("", 0.0))
+    if period <= transient:
+        raise t.fail("control_period_s", f"expected longer than the slowest valve transient "
+                     f"({name}: {transient:g} s to open or close), got {period:g} s")
     return period
 
 
