@@ -517,6 +517,10 @@ def _poisons(bench: _Bench) -> dict[str, st.SearchStrategy[list[str]]]:
         "selftest": st.one_of(bad_port(bench).map(lambda p: ["--port", p]),
                               garbage.filter(lambda t: t not in ("emulator", "qemu")).map(
                                   lambda t: [f"--unit={t}"])),
+        # A --doc that cannot take the tables: refused before any row is computed.
+        "validate": st.sampled_from([str(bench.missing), str(bench.adir), "", str(bench.afile),
+                                     str(bench.base / "bad" / "non-utf8.toml"),
+                                     str(bench.fifo)]).map(lambda p: [f"--doc={p}"]),
     }
 
 
