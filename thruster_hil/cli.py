@@ -54,10 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser(
         "plan",
         help="plan a reboost burn without hardware",
-        description="Plan a reboost: the delta-v, burn duration and propellant from the rocket "
-        "equation and the translation thrusters' along-track thrust, and the orbit after from "
-        "propagating the finite burn (two-body + J2 + drag). Perigee and apogee are mean "
-        "(orbit-averaged) altitudes.",
+        description="Plan a reboost: fly it as 'run --unit sim' does (the controller, the plant "
+        "with two-body + J2 + drag, the ideal unit; ignition half the burn before apogee) and "
+        "report the delta-v, burn duration, propellant and orbit after, which the run then "
+        "reproduces. The rocket equation on the translation thrusters' along-track thrust gives "
+        "the first estimate; duration and orbit targets are met on the flown burn. Perigee and "
+        "apogee are mean (orbit-averaged) altitudes.",
     )
     _add_burn_arguments(plan)
     plan.add_argument("--json", action="store_true", help="print one JSON object")
