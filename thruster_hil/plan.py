@@ -299,11 +299,13 @@ def format_plan(p: dict) -> str:
         ("burn duration", f"{p['burn_duration_s']:.1f} s"),
         ("burn centred on", f"{p['burn_centre']} (ignition {p['burn_start_s_before_centre']:.1f} s "
                             f"before {p['burn_centre']})"),
-        ("propellant", f"{p['propellant_kg']:.2f} kg"),
+        ("propellant", f"{p['propellant_kg']:.2f} kg ("
+                       + ", ".join(f"{k} {v:.2f} kg" for k, v in p["tank_used_kg"].items()) + ")"),
         ("mean perigee", f"{p['perigee_km_before']:.3f} -> {p['perigee_km_after']:.3f} km"),
         ("mean apogee", f"{p['apogee_km_before']:.3f} -> {p['apogee_km_after']:.3f} km"),
         ("mean altitude change", f"{p['mean_altitude_change_km']:+.3f} km"),
         ("atmosphere", f"NRLMSIS 2.1, {p['solar_activity']} solar activity"),
+        ("flown", p["model"]),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -113,6 +113,13 @@ def _with_thrust(stack, thrust_N: dict[str, float]):
     return dataclasses.replace(stack, vehicle=dataclasses.replace(veh, thrusters=thrusters))
 
 
+def _station():
+    """The station every stack here docks at (hw_configs/stations/iss.toml)."""
+    from thruster_hil.config import CONFIG_DIR, load_station
+
+    return load_station(CONFIG_DIR / "stations" / "iss.toml")
+
+
 def _pct(predicted: float | None, reported: float | None) -> float | None:
     if predicted is None or reported is None:
         return None
@@ -128,7 +135,7 @@ def _predict(ev: Event) -> tuple[float | None, float | None, float | None]:
 
     if ev.tangential is not None:
         force, mass, propellant = ev.tangential
-        station = load_stack("progress").station
+        station = _station()
         b = tangential_burn(ev.h0_km - HALF_SPREAD_KM, ev.h0_km + HALF_SPREAD_KM,
                             station.inclination_deg, mass, force, propellant / ev.burn_s,
                             ev.burn_s, station.drag_coefficient * station.drag_area_m2)
@@ -371,9 +378,8 @@ def decay_m_per_day(table: tuple[np.ndarray, np.ndarray], altitude_km: float,
     orbit (the twin removes the averaging window's own bias: a 10 s grid cannot span the J2
     period exactly, which would read as metres of "decay" even in a vacuum)."""
     from sims import orbit
-    from thruster_hil.config import load_stack
 
-    st = load_stack("progress").station
+    st = _station()
     a0, e0 = orbit.a_e_from_apsis_altitudes((altitude_km - HALF_SPREAD_KM) * 1e3,
                                             (altitude_km + HALF_SPREAD_KM) * 1e3)
     r0, v0 = orbit.rv_before_apsis(a0, e0, math.radians(st.inclination_deg), 0.0, "apogee")
