@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sims import atmosphere
 from sims.runner import run_burn
@@ -130,6 +132,23 @@ def test_plan_is_the_run_for_every_target(stack, target):
                 "mean_altitude_change_km"):
         assert plan[key] == run[key], key
     assert plan["tank_used_kg"] == run["tank_used_kg"]
+
+
+@settings(max_examples=12, deadline=None)
+@given(stack=st.sampled_from(list_stacks()), seconds=st.floats(5.0, 900.0),
+       perigee=st.floats(330.0, 430.0), spread=st.floats(0.0, 15.0))
+def test_plan_is_the_run_for_any_burn_duration_and_orbit(stack, seconds, perigee, spread):
+    """Property: whatever the duration and the initial orbit, the fused flight the plan makes
+    and the cycle-by-cycle run of its plan are the same burn, and the burn lasts what was asked
+    to within one control cycle."""
+    plan = plan_burn(stack, Target("burn_duration", seconds), perigee_km=perigee,
+                     apogee_km=perigee + spread)
+    run = run_burn(build_stack_model(load_stack(stack)), plan,
+                   on_cycle=lambda k, info: None).summary
+    assert run["burn_duration_s"] == pytest.approx(seconds, abs=run["period_ms"] / 1000.0)
+    for key in ("propellant_kg", "perigee_km_after", "apogee_km_after",
+                "mean_altitude_change_km"):
+        assert plan[key] == run[key], key
 
 
 def test_plan_meets_an_orbit_target_on_the_flown_burn():
