@@ -230,8 +230,8 @@ def plan_run_rows() -> list[dict]:
                           f"{d['plan_propellant_kg']:.2f} / {d['run_propellant_kg']:.2f}",
                           f"{d['plan_mean_altitude_change_km']:.4f} / "
                           f"{d['run_mean_altitude_change_km']:.4f}",
-                          f"{d['perigee_km_after_diff_km']:+.4f}",
-                          f"{d['apogee_km_after_diff_km']:+.4f}",
+                          _diff_km(d["perigee_km_after_diff_km"]),
+                          _diff_km(d["apogee_km_after_diff_km"]),
                           "within" if d["ok"] else "OUTSIDE"]
             rows.append(d)
     return rows
@@ -322,7 +322,9 @@ def gauss_rows() -> list[dict]:
                 "relative_error": rel, "tolerance": GAUSS_TOLERANCE[j2], "ok": ok,
                 "cells": [name, f"{force:.1f} N, {t_burn:.1f} s", model_name,
                           f"{b['d_a_m']:.2f}", f"{b['gauss_d_a_m']:.2f}",
-                          f"{b['circular_d_a_m']:.2f}", f"{rel:+.2e}",
+                          f"{b['circular_d_a_m']:.2f}",
+                          # rounding noise below 1e-9: the same on every machine in the doc
+                          "< 1e-9" if abs(rel) < 1e-9 else f"{rel:+.2e}",
                           f"{GAUSS_TOLERANCE[j2]:.0e}", "within" if ok else "OUTSIDE"],
             })
     return rows
@@ -472,6 +474,11 @@ SECTIONS: tuple[Section, ...] = (
 
 def _num(x: float | None, digits: int) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _diff_km(x: float) -> str:
+    """A difference [km] to 0.1 m, no "-0.0000" for rounding noise."""
+    return f"{round(x, 4) + 0.0:+.4f}"
 
 
 def _signed(pct: float | None) -> str:
