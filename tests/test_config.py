@@ -133,9 +133,12 @@ def test_packaged_stack_geometry_by_hand():
     c = build_stack_model(load_stack("cygnus"))
     np.testing.assert_allclose(c.u_T_B[0], [0, 0, -1])
     np.testing.assert_allclose(c.r_TC_B[0] + c.r_CB_B, [-7.0, 0.0, 12.9])
-    # Progress: 4 canted DPOs, cant losses: 4 * 130 * cos(10 deg).
+    # Progress: the 8 aft DPOs, canted 9 deg, at the time-averaged 83.5 N of the calibration
+    # (progress-ms.toml): 8 * 83.5 * cos(9 deg), 1.546 mm/s^2 on the model's 426,825 kg.
     p = build_stack_model(load_stack("progress"))
-    assert math.isclose(p.along_track_thrust_N, 4 * 130 * math.cos(math.radians(10)), rel_tol=1e-8)
+    assert len(p.translation_idx) == 8
+    assert math.isclose(p.along_track_thrust_N, 8 * 83.5 * math.cos(math.radians(9)), rel_tol=1e-8)
+    assert p.along_track_thrust_N / p.mass_kg == pytest.approx(1.546e-3, rel=1e-3)
 
 
 def test_load_stack_by_path_and_station_vehicle_direct():

@@ -6,8 +6,10 @@ stderr on a pseudo-terminal.
 """
 
 import csv
+import functools
 import io
 import json
+import math
 import os
 import pty
 import select
@@ -34,6 +36,16 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="120", LINES="40", TERM="xterm-256color")
 ENV.pop("NO_COLOR", None)
 ENV.pop("FORCE_COLOR", None)
+
+
+@functools.cache
+def _planned() -> int:
+    """The planned cycles of the progress 0.05 m/s burn these tests fly, as run.json records
+    them (from the plan, which flies the burn as run --unit sim does)."""
+    from thruster_hil.plan import Target, plan_burn
+
+    return max(1, math.ceil(plan_burn("progress", Target("delta_v", 0.05))["burn_duration_s"]
+                            / 0.5))
 
 
 def _strip_ansi(text: str) -> str:
@@ -243,10 +255,13 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
 
 
 def test_progress_bar_on_a_terminal_but_not_with_json(tmp_path):
+    from thruster_hil.plan import Target, plan_burn
+
     rc, out, term = _cli_on_a_terminal(["run", "--unit", "sim", "--stack", "progress",
                                         "--delta-v", "0.5", "--out", str(tmp_path / "a")])
     assert rc == 0, term
-    assert "cycles" in term and "ETA" in term and "/834" in term  # 416.7 s planned / 0.5 s
+    planned = math.ceil(plan_burn("progress", Target("delta_v", 0.5))["burn_duration_s"] / 0.5)
+    assert "cycles" in term and "ETA" in term and f"/{planned}" in term
     assert "run records in" in out
     rc, out, term = _cli_on_a_terminal(["run", "--unit", "sim", "--stack", "progress",
                                         "--delta-v", "0.5", "--json", "--out",
@@ -262,7 +277,7 @@ def test_live_view_of_a_run_through_the_emulator(tmp_path):
     assert rc == 0, term
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     final = term[term.rindex("thruster-hil · progress via emulator (lockstep)"):]
-    for expected in ("COMPLETED", f" {summary['cycles'] - 1} of 84 ",
+    for expected in ("COMPLETED", f" {summary['cycles'] - 1} of {_planned()} ",
                      f"{summary['achieved_delta_v_mps']:.5f} of 0.05000 m/s", "deg limit",
                      f"{summary['propellant_kg']:.3f} kg used", "armed: no", "RTT",
                      f"retries {summary['link']['retries']}", "dpo-aft-1", "dpo-roll-4",
@@ -318,14 +333,14 @@ def test_monitor_once_shows_a_finished_emulator_run(tmp_path, capsys):
                  str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)
     start = json.loads((out / "run.json").read_text())
-    assert start["planned_cycles"] == 84 and start["unit"] == "emulator"
+    assert start["planned_cycles"] == _planned() and start["unit"] == "emulator"
     assert start["target_delta_v_mps"] == summary["target_delta_v_mps"]
     status = json.loads((out / "status.json").read_text())  # last rewritten at the end
     assert status["link"]["frames_sent"] == summary["link"]["frames_sent"] > summary["cycles"]
     assert main(["monitor", str(out), "--once"]) == 0
     text = capsys.readouterr().out
     for expected in ("progress via emulator (lockstep)", "COMPLETED",
-                     f" {summary['cycles'] - 1} of 84 ",
+                     f" {summary['cycles'] - 1} of {_planned()} ",
                      f"{summary['achieved_delta_v_mps']:.5f} of 0.05000 m/s",
                      f"{summary['link']['frames_sent']} out / "):
         assert expected in text, f"{expected!r} not in\n{text}"
@@ -372,7 +387,7 @@ def test_monitor_follows_a_run_and_exits_when_its_summary_appears(tmp_path):
     assert proc.returncode == 0, stderr
     assert stderr == ""
     last = lines[-1].split(",")
-    assert f" {last[0]} of 84 " in stdout and "COMPLETED" in stdout
+    assert f" {last[0]} of {_planned()} " in stdout and "COMPLETED" in stdout
 
 
 def test_monitor_ctrl_c_exits_130_without_a_traceback(tmp_path):
@@ -381,7 +396,7 @@ def test_monitor_ctrl_c_exits_130_without_a_traceback(tmp_path):
                  str(out)]) == 0
     (out / "summary.json").unlink()  # as if the run were still flying
     rc, _, term = _cli_on_a_terminal(["monitor", str(out)], stdout_tty=True,
-                                     until=lambda text: " of 84 " in text, timeout=60)
+                                     until=lambda text: f" of {_planned()} " in text, timeout=60)
     assert rc == 130, term
     assert "Traceback" not in term
     assert term.rstrip().endswith("thruster-hil: interrupted")

@@ -55,10 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser(
         "plan",
         help="plan a reboost burn without hardware",
-        description="Plan a reboost: the delta-v, burn duration and propellant from the rocket "
-        "equation and the translation thrusters' along-track thrust, and the orbit after from "
-        "propagating the finite burn (two-body + J2 + drag). Perigee and apogee are mean "
-        "(orbit-averaged) altitudes.",
+        description="Plan a reboost: fly it as 'run --unit sim' does (the controller, the plant "
+        "with two-body + J2 + drag, the ideal unit; ignition half the burn before apogee) and "
+        "report the delta-v, burn duration, propellant and orbit after, which the run then "
+        "reproduces. The rocket equation on the translation thrusters' along-track thrust gives "
+        "the first estimate; duration and orbit targets are met on the flown burn. Perigee and "
+        "apogee are mean (orbit-averaged) altitudes.",
     )
     _add_burn_arguments(plan)
     plan.add_argument("--json", action="store_true", help="print one JSON object")
@@ -259,6 +261,23 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--list", action="store_true", help="list the rows and exit")
     faults.add_argument("--json", action="store_true", help="print one JSON object")
     faults.set_defaults(handler=_cmd_faults)
+
+    validate = sub.add_parser(
+        "validate",
+        help="the validation tables: real reboosts, plan against run, Gauss, 30-day decay",
+        description="Predict every real reboost of the calibration file "
+        "(reboost_calibration.md, C1-C10) with the stacks and compare mean-altitude change and "
+        "delta-v (10 %% tolerance, 15 %% for Progress); compare plan with run --unit sim for "
+        "each stack; check the finite burn against Gauss's variational equation; and propagate "
+        "30 days of decay at each solar-activity level against published rates. Prints the "
+        "tables as Markdown; exit status 1 when a judged row is outside its tolerance. "
+        "docs/validation.md explains the rows.",
+    )
+    validate.add_argument("--doc", metavar="PATH",
+                          help="also write the tables into this Markdown file's validation "
+                          "section (docs/validation.md)")
+    validate.add_argument("--json", action="store_true", help="print one JSON object")
+    validate.set_defaults(handler=_cmd_validate)
     return parser
 
 
@@ -963,6 +982,24 @@ def _cmd_faults(args: argparse.Namespace) -> int:
     else:
         print(f"{passed} of {len(records)} rows pass; evidence in {out}")
     return 0 if passed == len(records) else 1
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from thruster_hil import validate
+
+    doc = Path(args.doc) if args.doc is not None else None
+    if doc is not None:
+        validate.check_doc(doc)  # one line before the work, not after it
+    result = validate.run_all()
+    if doc is not None:
+        validate.write_doc(doc, result)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(validate.markdown(result))
+    return 0 if result["ok"] else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,15 +1,27 @@
 """Burn planning without hardware: ``thruster-hil plan``.
 
-The burn duration comes from the rocket equation on the translation thrusters' along-track thrust
-(cant losses included: only the along-track component of each thrust counts, while every newton
-of thrust costs propellant). The orbit after the burn comes from propagating the finite burn
-through the plant (two-body + J2 + drag, RK4) and, over the same time, the same orbit without the
-burn: J2 swings the osculating apsides by kilometres within an orbit, so what the burn changed is
-reported as the difference of orbit-averaged (mean) elements between the two propagations, added
-to the mean perigee and apogee the operator started from.
+A plan is the burn ``run --unit sim`` flies: the same controller, plant and ideal unit
+(:func:`sims.runner.run_burn`), from the same ignition state at the same time, so the plan's burn
+duration, propellant and orbit after are the run's (issue 14: plan = run). The rocket equation on
+the translation thrusters' along-track thrust (cant losses included: only the along-track
+component of each thrust counts, while every newton of thrust costs propellant) only gives the
+first estimate and the limits a target is refused against before anything is flown.
+
+The orbit after: J2 swings the osculating apsides by kilometres within an orbit, so what the
+burn changed is the difference of orbit-averaged (mean) elements between the flown burn and a
+no-burn twin over the same time (:func:`sims.loop.orbit_change`), added to the mean perigee and
+apogee the operator started from.
 
 Each burn is centred on an apsis: on apogee by default, which raises the perigee and so
-circularises the orbit against drag decay (the usual ISS reboost).
+circularises the orbit against drag decay (the usual ISS reboost). Ignition is half the planned
+burn duration before the apsis, on the two-body orbit of the given mean apsides, in the plan as in
+the run.
+
+Targets. A delta-v is the controller's target. A burn duration, a perigee raise or a mean
+altitude is met by secant corrections of that delta-v on the flown burn (the flown duration, the
+flown mean-element change). Then the ignition is made consistent: the planned duration is the
+duration flown from the ignition it sets (a fixed point, reached in one or two flights because
+the duration hardly depends on where the burn starts).
 """
 
 from __future__ import annotations
@@ -19,25 +31,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sims import atmosphere, orbit
 from sims.constants import G0, MU_EARTH, R_EARTH
-from thruster_hil.config import build_stack_model, load_stack
+from thruster_hil.config import Stack, build_stack_model, load_stack
 from thruster_hil.errors import UserError
 
-#: Outer propagation step [s]; RK4 sub-steps per step. 1 s keeps the burn edges exact (they are
-#: split inside the step anyway) and costs a few ms per propagated orbit.
-STEP_S = 1.0
-N_SUB = 1
-#: Coast before the burn starts [s], so the burn edges never sit on the first sample.
-LEAD_S = 60.0
-#: Secant corrections of the delta-v so the propagated change, not the two-body estimate,
-#: meets an orbit target.
-CORRECTIONS = 3
-#: How far the propagated change may stay from an orbit target after the corrections.
+#: Secant corrections of the delta-v so the flown change, not the two-body estimate, meets an
+#: orbit target (and the flown duration a duration target).
+CORRECTIONS = 4
+#: How far the flown change may stay from an orbit target after the corrections.
 GOAL_TOLERANCE = 0.01
+#: Flights that make the ignition time consistent with the flown duration (a fixed point).
+IGNITION_FLIGHTS = 3
 #: The option each kind of target comes from (what an error about the target names).
 TARGET_FLAGS = {"delta_v": "--delta-v", "raise_perigee": "--raise-perigee-km",
                 "mean_altitude": "--target-mean-altitude-km", "burn_duration": "--burn-duration"}
+#: What the plan's numbers are (the --json "model" field).
+MODEL = "closed loop: controller + plant + ideal unit, as run --unit sim"
 
 
 @dataclass(frozen=True)
@@ -73,11 +82,6 @@ class _Burn:
         return self.c_eff_mps * math.log(self.mass_kg / m_end)
 
 
-#: The longest burn a plan accepts [s] (what replay accepts too): a config whose thrust makes a
-#: burn longer than this (1e-300 N passed the config check) is refused here, not crashed on.
-MAX_BURN_S = 1e6
-
-
 @dataclass(frozen=True)
 class _BurnLimits:
     """The shortest and the longest burn the translation thrusters can make: their minimum
@@ -108,40 +112,11 @@ class _BurnLimits:
                 f"{self.burn.dv_for_duration(self.max_s):.4g} m/s, {self.max_s:.0f} s), got a "
                 f"burn of {t_burn_s:.4g} s needing {self.burn.mdot_kg_s * t_burn_s:.4g} kg",
                 field=self.flag)
-        if not t_burn_s <= MAX_BURN_S * slack:
-            raise UserError(
-                "plan", f"expected a burn of at most {MAX_BURN_S:g} s (11.6 days), got "
-                f"{t_burn_s:.4g} s: the translation thrusters' {self.burn.along_N:.4g} N "
-                "along-track are too weak for this target", field=self.flag)
         if not t_burn_s >= self.min_s / slack:
             raise UserError(
                 "plan", f"expected a burn at least as long as the translation thrusters' "
                 f"minimum on-time ({self.min_s:g} s, {self.burn.dv_for_duration(self.min_s):.3g} "
                 f"m/s), got a burn of {t_burn_s:.3g} s", field=self.flag)
-
-
-def _initial_state(a_m: float, e: float, incl_rad: float, mass_kg: float,
-                   seconds_to_apsis: float, apsis: str) -> np.ndarray:
-    """Orbit state [r_BN_N, v_BN_N, m] that reaches the chosen apsis after the given time."""
-    r, v = orbit.rv_before_apsis(a_m, e, incl_rad, seconds_to_apsis, apsis)
-    return np.concatenate([r, v, [mass_kg]])
-
-
-def _propagate_pair(y0: np.ndarray, burn: _Burn, t_burn_s: float, cd_area_m2: float,
-                    table: tuple[np.ndarray, np.ndarray], period_s: float):
-    """The burn and its no-burn twin to the end of the burn, then their mean-element change."""
-    n_before = int(math.ceil((LEAD_S + t_burn_s) / STEP_S)) + 1
-    alt, log_rho = table
-    out_burn = np.empty((n_before + 1, 7))
-    out_coast = np.empty((n_before + 1, 7))
-    orbit.propagate(y0, STEP_S, n_before, N_SUB, LEAD_S, LEAD_S + t_burn_s, burn.force_H_N,
-                    burn.mdot_kg_s, cd_area_m2, 1.0, alt, log_rho, out_burn)
-    orbit.propagate(y0, STEP_S, n_before, N_SUB, 0.0, 0.0, np.zeros(3), 0.0, cd_area_m2, 1.0,
-                    alt, log_rho, out_coast)
-    change = orbit.mean_change(out_burn[n_before], out_coast[n_before], period_s, cd_area_m2,
-                               table, STEP_S)
-    change["propellant_kg"] = y0[6] - out_burn[n_before, 6]
-    return change
 
 
 def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None,
@@ -150,7 +125,16 @@ def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None
     """Plan one reboost burn of a stack; returns the JSON-ready summary. The atmosphere is the
     ``solar_activity`` preset (default: the stack's), with ``f107_sfu`` and/or ``ap`` replacing
     its values when given (sims.atmosphere.activity)."""
-    stack = load_stack(stack_ref)
+    return plan_stack(load_stack(stack_ref), target, perigee_km=perigee_km, apogee_km=apogee_km,
+                      solar_activity=solar_activity, f107_sfu=f107_sfu, ap=ap)
+
+
+def plan_stack(stack: Stack, target: Target, *, perigee_km: float | None = None,
+               apogee_km: float | None = None, solar_activity: str | None = None,
+               f107_sfu: float | None = None, ap: float | None = None) -> dict:
+    """:func:`plan_burn` of a loaded (possibly modified) stack."""
+    from sims import atmosphere, orbit
+
     model = build_stack_model(stack)
     station = stack.station
     if perigee_km is None:
@@ -161,26 +145,23 @@ def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None
     if perigee_km < 150.0 or apogee_km > 2000.0:
         raise UserError("plan", "the initial orbit must lie between 150 and 2000 km altitude, "
                         f"got {perigee_km:g} x {apogee_km:g} km")
+    activity = solar_activity or stack.solar_activity
     try:
-        act = atmosphere.activity(solar_activity or stack.solar_activity, f107_sfu, ap)
+        act = atmosphere.activity(activity, f107_sfu, ap)
     except ValueError as exc:
         raise UserError("plan", str(exc)) from None
-    table = atmosphere.density_table(act)
     a0, e0 = orbit.a_e_from_apsis_altitudes(perigee_km * 1e3, apogee_km * 1e3)
-    incl = math.radians(station.inclination_deg)
-    period = orbit.period_s(a0, MU_EARTH)
     mass0 = model.mass_kg
-    # Perfect attitude hold: the translation set's force is fixed in LVLH.
+    # The nominal translation set's force, fixed in LVLH (perfect attitude hold): the estimate.
     force_H = model.dcm_BH.T @ model.translation_force_B
     burn = _Burn(force_H_N=np.ascontiguousarray(force_H, dtype=np.float64),
                  along_N=float(model.along_track_thrust_N),
                  mdot_kg_s=float(model.translation_mass_flow_kg_s), mass_kg=mass0)
-    cd_area = model.drag_coefficient * model.drag_area_m2
     apsis = "apogee"
-    limits = _BurnLimits.of(stack, burn, TARGET_FLAGS[target.kind])
+    flag = TARGET_FLAGS[target.kind]
+    limits = _BurnLimits.of(stack, burn, flag)
 
-    # Two-body estimate of the delta-v from vis-viva at the apsis, then secant corrections on
-    # the propagated mean-element change for orbit targets.
+    # Two-body estimate of the delta-v from vis-viva at the apsis.
     r_apsis = a0 * (1.0 + e0)
     v_apsis = math.sqrt(MU_EARTH * (2.0 / r_apsis - 1.0 / a0))
 
@@ -191,7 +172,7 @@ def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None
         dv, goal_key, goal = target.value, None, None
     elif target.kind == "burn_duration":
         limits.check(target.value)
-        dv, goal_key, goal = burn.dv_for_duration(target.value), None, None
+        dv, goal_key, goal = burn.dv_for_duration(target.value), "burn_duration_s", target.value
     elif target.kind == "raise_perigee":
         goal_key, goal = "d_perigee_m", target.value * 1e3
         dv = vis_viva_dv(a0 + goal / 2.0)
@@ -205,35 +186,50 @@ def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None
     else:  # pragma: no cover - the CLI only builds the kinds above
         raise ValueError(target.kind)
 
-    def run(dv_mps: float):
-        t_burn = burn.duration_for_dv(dv_mps)
-        # An orbit target's delta-v is an estimate until the corrections: only a burn far
-        # outside what the thrusters can do is refused before it is propagated.
-        limits.check(t_burn, slack=1.0 if goal_key is None else 2.0)
-        y0 = _initial_state(a0, e0, incl, mass0, LEAD_S + t_burn / 2.0, apsis)
-        return t_burn, _propagate_pair(y0, burn, t_burn, cd_area, table, period)
-
-    t_burn, change = run(dv)
+    base = {"stack": stack.path.stem, "solar_activity": activity, "f107_sfu": act.f107_sfu,
+            "ap": act.ap,
+            "inclination_deg": station.inclination_deg, "perigee_km_before": perigee_km,
+            "apogee_km_before": apogee_km, "burn_centre": apsis}
+    # An estimate is refused only far outside what the thrusters can do before it is flown; the
+    # flown plan is held to the limits exactly at the end.
+    limits.check(burn.duration_for_dv(dv), slack=1.0 if target.kind == "delta_v" else 2.0)
+    fixed_ignition = target.value if target.kind == "burn_duration" else None
+    t_ign = fixed_ignition if fixed_ignition is not None else burn.duration_for_dv(dv)
+    flight = _Flight(model, base, limits, flag)
+    got = flight.fly(dv, t_ign)
     if goal_key is not None:
         prev_dv, prev_got = 0.0, 0.0
         for _ in range(CORRECTIONS):
-            got = change[goal_key]
-            if abs(got - goal) <= 1e-4 * abs(goal):
+            value = got[goal_key]
+            if _met(goal_key, value, goal, model.control_period_s, 1e-4):
                 break
-            slope = (got - prev_got) / (dv - prev_dv) if dv != prev_dv else 0.0
+            slope = (value - prev_got) / (dv - prev_dv) if dv != prev_dv else 0.0
             if not math.isfinite(slope) or slope <= 0.0:
                 break  # the change stopped growing with the delta-v: refused below
-            prev_dv, prev_got = dv, got
-            dv = dv + (goal - got) / slope
-            t_burn, change = run(dv)
-        miss = change[goal_key] - goal
-        if not abs(miss) <= GOAL_TOLERANCE * abs(goal):
+            prev_dv, prev_got = dv, value
+            new_dv = dv + (goal - value) / slope
+            if not new_dv > 0.0:
+                break
+            if fixed_ignition is None:  # the next ignition: this flight's duration, scaled
+                t_ign = got["burn_duration_s"] * new_dv / dv
+            limits.check(burn.duration_for_dv(new_dv), slack=2.0)
+            dv = new_dv
+            got = flight.fly(dv, t_ign)
+        if not _met(goal_key, got[goal_key], goal, model.control_period_s, GOAL_TOLERANCE):
             # Never hand out a plan that misses its target: say so instead.
+            unit, scale = ("s", 1.0) if goal_key == "burn_duration_s" else ("km", 1e-3)
             raise UserError("plan", f"expected a target one burn centred on {apsis} reaches, got "
-                            f"{change[goal_key] / 1e3:.4g} km of the {goal / 1e3:.4g} km asked "
-                            f"for after {CORRECTIONS} corrections (at {dv:.4g} m/s, a "
-                            f"{t_burn:.0f} s burn)", field=TARGET_FLAGS[target.kind])
-        limits.check(t_burn)
+                            f"{got[goal_key] * scale:.4g} {unit} of the {goal * scale:.4g} "
+                            f"{unit} asked for after {CORRECTIONS} corrections (at {dv:.4g} m/s, "
+                            f"a {got['burn_duration_s']:.0f} s burn)", field=flag)
+    if fixed_ignition is None:
+        # Ignition half the planned duration before the apsis: plan the duration flown from it.
+        for _ in range(IGNITION_FLIGHTS):
+            if got["burn_duration_s"] == t_ign:
+                break
+            t_ign = got["burn_duration_s"]
+            got = flight.fly(dv, t_ign)
+    limits.check(t_ign)
 
     force_total = float(np.linalg.norm(burn.force_H_N))
     thrust_sum = float(np.sum(model.thrust_N[model.translation_idx]))
@@ -242,21 +238,21 @@ def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None
         "stack_name": stack.name,
         "vehicle": stack.vehicle.name,
         "port": stack.port,
-        "solar_activity": solar_activity or stack.solar_activity,
+        "solar_activity": activity,
         "f107_sfu": act.f107_sfu,
         "ap": act.ap,
         "delta_v_mps": dv,
-        "burn_duration_s": t_burn,
-        "propellant_kg": burn.mass_kg * (1.0 - math.exp(-dv / burn.c_eff_mps)),
+        "burn_duration_s": t_ign,
+        "propellant_kg": float(got["propellant_kg"]),
         "stack_mass_kg": mass0,
         "inclination_deg": station.inclination_deg,
         "perigee_km_before": perigee_km,
         "apogee_km_before": apogee_km,
-        "perigee_km_after": perigee_km + change["d_perigee_m"] / 1e3,
-        "apogee_km_after": apogee_km + change["d_apogee_m"] / 1e3,
-        "mean_altitude_change_km": change["d_a_m"] / 1e3,
+        "perigee_km_after": float(got["perigee_km_after"]),
+        "apogee_km_after": float(got["apogee_km_after"]),
+        "mean_altitude_change_km": float(got["mean_altitude_change_km"]),
         "burn_centre": apsis,
-        "burn_start_s_before_centre": t_burn / 2.0,
+        "burn_start_s_before_centre": t_ign / 2.0,
         "along_track_thrust_N": burn.along_N,
         "thrust_sum_N": thrust_sum,
         "cant_loss_pct": 100.0 * (1.0 - burn.along_N / thrust_sum),
@@ -264,7 +260,41 @@ def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None
         "effective_isp_s": burn.c_eff_mps / G0,
         "translation_thrusters": list(stack.translation_thrusters),
         "elements": "mean (orbit-averaged); change = burn minus no-burn propagation",
+        "model": MODEL,
+        "flown_burn_duration_s": got["burn_duration_s"],
+        "tank_used_kg": got["tank_used_kg"],
+        "true_delta_v_mps": float(got["true_delta_v_mps"]),
     }
+
+
+def _met(key: str, value: float, goal: float, period_s: float, rel: float) -> bool:
+    """A flown value meets its goal: a duration to within one control cycle (it is flown in
+    whole cycles), an orbit change to ``rel`` of the goal."""
+    if key == "burn_duration_s":
+        return abs(value - goal) <= period_s
+    return abs(value - goal) <= rel * abs(goal)
+
+
+class _Flight:
+    """Flies the plan's burn as ``run --unit sim`` does and returns what the run would report
+    (its summary, with the mean-element changes in metres)."""
+
+    def __init__(self, model, base: dict, limits: _BurnLimits, flag: str):
+        self.model, self.base, self.limits, self.flag = model, base, limits, flag
+
+    def fly(self, dv_mps: float, t_ignition_s: float) -> dict:
+        from sims.runner import run_burn
+
+        plan = dict(self.base, delta_v_mps=dv_mps, burn_duration_s=t_ignition_s)
+        s = run_burn(self.model, plan).summary
+        if not s["completed"]:
+            raise UserError("plan", f"expected a burn the closed loop completes, got "
+                            f"{s['achieved_delta_v_mps']:.4g} of {dv_mps:.4g} m/s after "
+                            f"{s['burn_duration_s']:.0f} s (tanks {', '.join(self.limits.tanks)}: "
+                            f"{self.limits.propellant_kg:g} kg)", field=self.flag)
+        s["d_a_m"] = 1e3 * s["mean_altitude_change_km"]
+        s["d_perigee_m"] = 1e3 * (s["perigee_km_after"] - s["perigee_km_before"])
+        return s
 
 
 def format_plan(p: dict) -> str:
@@ -280,12 +310,19 @@ def format_plan(p: dict) -> str:
         ("burn duration", f"{p['burn_duration_s']:.1f} s"),
         ("burn centred on", f"{p['burn_centre']} (ignition {p['burn_start_s_before_centre']:.1f} s "
                             f"before {p['burn_centre']})"),
-        ("propellant", f"{p['propellant_kg']:.2f} kg"),
+        ("propellant", f"{p['propellant_kg']:.2f} kg ("
+                       + ", ".join(f"{k} {v:.2f} kg" for k, v in p["tank_used_kg"].items()) + ")"),
         ("mean perigee", f"{p['perigee_km_before']:.3f} -> {p['perigee_km_after']:.3f} km"),
         ("mean apogee", f"{p['apogee_km_before']:.3f} -> {p['apogee_km_after']:.3f} km"),
         ("mean altitude change", f"{p['mean_altitude_change_km']:+.3f} km"),
-        ("atmosphere", atmosphere.plan_activity(p).describe()),
+        ("atmosphere", _atmosphere_line(p)),
+        ("flown", p["model"]),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
+
+def _atmosphere_line(p: dict) -> str:
+    from sims import atmosphere
+
+    return atmosphere.plan_activity(p).describe()
