@@ -369,7 +369,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from thruster_hil.records import RunRecorder, StatusWriter, default_run_dir, run_meta
 
     out_dir = args.out if args.out is not None else default_run_dir(plan["stack"])
-    recorder = RunRecorder(out_dir, names, model.mass_kg)
+    recorder = RunRecorder(out_dir, names, model.mass_kg, model.tank_names)
     try:
         unit = _open_run_unit(args, model, plan, names, recorder)
         link_info = getattr(getattr(unit, "link", None), "info", None)
