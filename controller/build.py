@@ -143,7 +143,8 @@ def build_controller(model, target_dv_mps: float, *, tick_s: float = 1e-3,
     scale = np.array([f_ref] * 3 + [f_ref * LEVER_REF_M] * 3)
     # Weights of the residual that status reports: the push and the torque (the sideways force
     # is priced like propellant, not demanded: weight 0).
-    row_w = np.array([1.0 / f_ref**2, 0.0, 0.0] + [TORQUE_PRIORITY / (f_ref * LEVER_REF_M) ** 2] * 3)
+    row_w = np.array([1.0 / f_ref**2, 0.0, 0.0]
+                     + [TORQUE_PRIORITY / (f_ref * LEVER_REF_M) ** 2] * 3)
 
     qp = np.zeros((st.QP_ROWS, n_cols))
     qp[st.Q_UB, :n + n_cmg] = 1.0
