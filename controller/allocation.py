@@ -55,14 +55,20 @@ COST_TOL = 1e-14
 
 
 @kernel
-def _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, tmp):
-    """x_B = Binv (b - N x_N)."""
+def _nonbasic_rhs(E, b, x, state, n_rows, n_cols, out):
+    """out = b - N x_N: the right-hand side the basic variables must meet."""
     for r in range(n_rows):
         s = b[r]
         for j in range(n_cols):
             if state[j] != BASIC:
                 s -= E[r, j] * x[j]
-        tmp[r] = s
+        out[r] = s
+
+
+@kernel
+def _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, tmp):
+    """x_B = Binv (b - N x_N)."""
+    _nonbasic_rhs(E, b, x, state, n_rows, n_cols, tmp)
     for r in range(n_rows):
         s = 0.0
         for k in range(n_rows):
@@ -74,12 +80,8 @@ def _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, tmp):
 def _refactor_basics(E, b, x, state, basis, M, n_rows, n_cols, rhs):
     """x_B from B x_B = b - N x_N by Gaussian elimination with partial pivoting on the basis
     columns (M is overwritten). Leaves x_B as it is if B is singular to working precision."""
+    _nonbasic_rhs(E, b, x, state, n_rows, n_cols, rhs)
     for r in range(n_rows):
-        s = b[r]
-        for j in range(n_cols):
-            if state[j] != BASIC:
-                s -= E[r, j] * x[j]
-        rhs[r] = s
         for k in range(n_rows):
             M[r, k] = E[r, basis[k]]
     for k in range(n_rows):
