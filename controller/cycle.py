@@ -363,13 +363,21 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
     ctrl[C_FORCE] = force
     # -- tanks: stop before a reserve is touched ------------------------------------------------
     n_tanks = int(params[P_N_TANKS])
+    # A stuck-open valve draws its tank down whatever the burn does: that tank's budget and
+    # stop are suspended (stopping would not save it; the host reports the valve).
+    stuck = qp[Q_WORK]
+    for t in range(n_tanks):
+        stuck[t] = 0.0
+    for i in range(n):
+        if health[i] == HEALTH_STUCK_OPEN:
+            stuck[int(thr[i, T_TANK])] = 1.0
     if ctrl[C_STOP] < 0.5 and ctrl[C_COMPLETE] < 0.5:
         t_left = math.inf
         if f_along_max > 0.0 and remaining > 0.0:
             t_left = mass * remaining / f_along_max
         armed = ctrl[C_CYCLE] > params[P_STOP_CYCLES]
         for t in range(n_tanks):
-            if params[P_TANK_RESERVED + t] < 0.5:
+            if params[P_TANK_RESERVED + t] < 0.5 or stuck[t] > 0.5:
                 continue
             left = params[P_TANK_ALLOW + t] - ctrl[C_TANK_USED + t] - params[P_TANK_GUARD + t]
             if left <= 0.0 or (armed and ctrl[C_TANK_RATE + t] * t_left > left):
@@ -431,6 +439,10 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
     for t in range(n_tanks):
         left = params[P_TANK_ALLOW + t] - ctrl[C_TANK_USED + t] - params[P_TANK_GUARD + t]
         b[ROW_TANK + t] = left if left > 0.0 else 0.0
+        if stuck[t] > 0.5:  # never binding: the most its thrusters could draw, and more
+            for i in range(n):
+                b[ROW_TANK + t] += E[ROW_TANK + t, i]
+            b[ROW_TANK + t] += 1.0
     lp_status, iters = allocate(E, b, qp[Q_COST], lb, ub, n_rows, 6, n_act,
                                 params[P_ERR_COST:P_ERR_COST + 6], x, ints[I_STATE],
                                 ints[I_BASIS], Binv, qp[Q_WORK:], int(params[P_MAX_ITER]))
