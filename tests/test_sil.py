@@ -15,6 +15,7 @@ import pytest
 from controller import cycle as cst
 from controller.build import build_controller
 from sims.runner import Failure, run_burn
+from sims.thrusters import HEALTH_STUCK_OPEN
 from thruster_hil.cli import main
 from thruster_hil.config import build_stack_model, list_stacks, load_stack
 from thruster_hil.plan import Target, plan_burn
@@ -207,3 +208,16 @@ def test_cli_run_stopped_for_a_reserve_exits_1_saying_why(tmp_path, capsys):
     assert code == 1
     assert out["aborted"] and "reserve" in out["abort_reason"]
     assert out["propellant_by_tank_kg"]["capsule"] <= 1.0 and out["reserve_touched"] == []
+
+
+def test_a_capsule_draco_stuck_open_is_cancelled_and_the_burn_goes_on():
+    """A stuck-open valve drains its tank whatever the burn does: the capsule's budget and stop
+    are suspended, the other Dracos cancel its thrust and the burn ends on target."""
+    model, plan, result = _fly("dragon-boost-kit",
+                               [Failure("quad-a-plus-t", 30.0, code=HEALTH_STUCK_OPEN)])
+    s = result.summary
+    assert s["completed"] and not s["aborted"]
+    assert abs(s["achieved_delta_v_mps"] - s["target_delta_v_mps"]) <= _tolerance(
+        model, s["target_delta_v_mps"])
+    assert s["max_attitude_error_deg"] <= s["attitude_limit_deg"]
+    assert "reserve" not in s["status_cycles"]
