@@ -202,8 +202,8 @@ def test_cli_run_stopped_for_a_reserve_exits_1_saying_why(tmp_path, capsys):
         (tmp_path / kind).mkdir()
         (tmp_path / kind / f"{stem}.toml").write_text(text)
     stack = str(tmp_path / "stacks" / "dragon-boost-kit.toml")
-    code = main(["run", "--unit", "sim", "--stack", stack, "--raise-perigee-km", "1.6", "--fail-thruster", "trunk-draco-1@20", "--json",
-                 "--out", str(tmp_path / "run")])
+    code = main(["run", "--unit", "sim", "--stack", stack, "--raise-perigee-km", "1.6",
+                 "--fail-thruster", "trunk-draco-1@20", "--json", "--out", str(tmp_path / "run")])
     out = json.loads(capsys.readouterr().out)
     assert code == 1
     assert out["aborted"] and "reserve" in out["abort_reason"]
