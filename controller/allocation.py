@@ -20,9 +20,10 @@ lexicographic one (torque error first, then force error, then propellant); the r
 :func:`solve_lp` is a bounded-variable primal simplex (revised, with an explicit basis inverse
 updated by one pivot per iteration; Dantzig's rule, switching to Bland's rule after a run of
 degenerate pivots, which cannot cycle: Bland 1977). It starts from the signed unit basis of the
-error and slack columns, which is always feasible, so no phase I is needed. It is exact for its
-problem class: it stops at a basis whose reduced costs all have the right sign (to a
-scale-aware tolerance), which is the LP optimum; tests/test_allocation.py checks it against
+error and slack columns, which is always feasible, so no phase I is needed, or, in the
+controller, from the last cycle's optimal basis while that stays feasible (a few pivots). It is
+exact for its problem class: it stops at a basis whose reduced costs all have the right sign (to
+a scale-aware tolerance), which is the LP optimum; tests/test_allocation.py checks it against
 scipy's HiGHS (linprog) on random problems.
 
 All kernels are pure, allocate nothing and never raise.
@@ -113,19 +114,14 @@ def solve_lp(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_i
     """Minimise ``c x`` subject to ``E x = b`` and ``lb <= x <= ub`` (``ub`` may be inf).
 
     Uses ``E[:n_rows, :n_cols]``. On entry ``basis[:n_rows]`` names a feasible starting basis
-    whose column ``basis[r]`` is a signed unit column in row r (``E[r, basis[r]] = +-1``, zero
-    elsewhere), ``state`` is BASIC for those and AT_LOWER / AT_UPPER for the rest, and the
-    non-basic ``x`` sit at those bounds. ``Binv`` is (>= n_rows, >= n_rows) scratch, ``work``
-    (LP_WORK_ROWS, >= n_rows). On return ``x``/``state``/``basis`` hold the optimal basic
-    solution, every ``x`` within its bounds. Returns (status, iterations).
+    and ``Binv`` (>= n_rows, >= n_rows) holds its inverse; ``state`` is BASIC for those and
+    AT_LOWER / AT_UPPER for the rest, and the non-basic ``x`` sit at those bounds. ``work`` is
+    (LP_WORK_ROWS, >= n_rows) scratch. On return ``x``/``state``/``basis`` hold the optimal
+    basic solution, every ``x`` within its bounds. Returns (status, iterations).
     """
     pi = work[0]
     alpha = work[1]
     tmp = work[2]
-    for r in range(n_rows):
-        for k in range(n_rows):
-            Binv[r, k] = 0.0
-        Binv[r, r] = 1.0 / E[r, basis[r]]
     _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, tmp)
     for r in range(n_rows):
         j = basis[r]
@@ -256,17 +252,90 @@ def lp_columns(n_rows, n_eq, n_act):
 
 
 @kernel
+def _invert(M, n, perm):
+    """Invert M[:n, :n] in place by Gauss-Jordan elimination with partial pivoting (the row
+    interchanges undone as column interchanges at the end); ``perm`` (n) float scratch.
+    Returns False, M spoilt, if a pivot is below 1e-12 (rows are scaled to O(1))."""
+    for k in range(n):
+        p = k
+        for r in range(k + 1, n):
+            if abs(M[r, k]) > abs(M[p, k]):
+                p = r
+        if abs(M[p, k]) < 1e-12:
+            return False
+        perm[k] = p
+        if p != k:
+            for col in range(n):
+                M[k, col], M[p, col] = M[p, col], M[k, col]
+        piv = M[k, k]
+        M[k, k] = 1.0
+        for col in range(n):
+            M[k, col] /= piv
+        for r in range(n):
+            if r != k:
+                f = M[r, k]
+                if f != 0.0:
+                    M[r, k] = 0.0
+                    for col in range(n):
+                        M[r, col] -= f * M[k, col]
+    for k in range(n - 1, -1, -1):
+        p = int(perm[k])
+        if p != k:
+            for r in range(n):
+                M[r, k], M[r, p] = M[r, p], M[r, k]
+    return True
+
+
+@kernel
+def _warm_basis(E, b, lb, ub, n_rows, n_cols, x, state, basis, Binv, work):
+    """Make the basis left in ``basis``/``state`` (the last cycle's optimum) the start, if it
+    is still a basis of this problem and still feasible: non-basic values to their (new)
+    bounds, Binv its inverse, the basics within their bounds. Returns False otherwise."""
+    count = 0
+    for j in range(n_cols):
+        if state[j] == BASIC:
+            count += 1
+    if count != n_rows:
+        return False
+    for r in range(n_rows):
+        j = basis[r]
+        if j < 0 or j >= n_cols or state[j] != BASIC:
+            return False
+    for j in range(n_cols):
+        if state[j] != BASIC:
+            if state[j] == AT_UPPER and ub[j] < math.inf and lb[j] < ub[j]:
+                x[j] = ub[j]
+            else:
+                x[j] = lb[j]
+                state[j] = AT_LOWER
+    for r in range(n_rows):
+        for k in range(n_rows):
+            Binv[r, k] = E[r, basis[k]]
+    if not _invert(Binv, n_rows, work[0]):
+        return False
+    _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, work[0])
+    for r in range(n_rows):
+        j = basis[r]
+        slack = 1e-9 * (1.0 + abs(b[r]))
+        if x[j] < lb[j] - slack or x[j] > ub[j] + slack:
+            return False
+    return True
+
+
+@kernel
 def allocate(E, b, c, lb, ub, n_rows, n_eq, n_act, err_cost, x, state, basis, Binv, work,
-             max_iter):
+             max_iter, warm):
     """Actuators ``x[:n_act]`` in [lb, ub] meeting rows ``E[:n_rows, :n_act] x ~ b`` at least cost.
 
     The caller fills the actuator part: ``E[:n_rows, :n_act]``, ``c``/``lb``/``ub[:n_act]`` and
     ``b[:n_rows]``; rows below ``n_eq`` are soft equalities whose errors cost ``err_cost[r]``
     per unit, the rest are ``<=`` rows. This fills the error and slack columns after the
-    actuators (:func:`lp_columns` in all), starts from every actuator at its lower bound and
-    solves by :func:`solve_lp`. A ``<=`` row that the actuators' lower bounds already break (a
-    stuck-open valve on an empty budget) is relaxed to what they take: nothing else could be
-    done about it. Returns (status, iterations).
+    actuators (:func:`lp_columns` in all) and solves by :func:`solve_lp`: with ``warm``, from
+    the basis ``basis``/``state`` hold (the last cycle's optimum) when it is still feasible,
+    which from one cycle to the next it mostly is; otherwise from every actuator at its lower
+    bound with the error and slack columns basic. There, a ``<=`` row that the actuators' lower
+    bounds already break (a stuck-open valve on an empty budget) is relaxed to what they take:
+    nothing else could be done about it. Returns (status, iterations).
     """
     n_cols = lp_columns(n_rows, n_eq, n_act)
     for j in range(n_act, n_cols):
@@ -275,6 +344,15 @@ def allocate(E, b, c, lb, ub, n_rows, n_eq, n_act, err_cost, x, state, basis, Bi
         lb[j] = 0.0
         ub[j] = math.inf
         c[j] = 0.0
+    for r in range(n_eq):
+        E[r, n_act + 2 * r] = 1.0
+        E[r, n_act + 2 * r + 1] = -1.0
+        c[n_act + 2 * r] = err_cost[r]
+        c[n_act + 2 * r + 1] = err_cost[r]
+    for r in range(n_eq, n_rows):
+        E[r, n_act + 2 * n_eq + (r - n_eq)] = 1.0
+    if warm and _warm_basis(E, b, lb, ub, n_rows, n_cols, x, state, basis, Binv, work):
+        return solve_lp(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter)
     for j in range(n_act):
         x[j] = lb[j]
         state[j] = AT_LOWER
@@ -285,10 +363,6 @@ def allocate(E, b, c, lb, ub, n_rows, n_eq, n_act, err_cost, x, state, basis, Bi
         if r < n_eq:
             jp = n_act + 2 * r
             jm = jp + 1
-            E[r, jp] = 1.0
-            E[r, jm] = -1.0
-            c[jp] = err_cost[r]
-            c[jm] = err_cost[r]
             if s >= 0.0:
                 basis[r] = jp
                 x[jm] = 0.0
@@ -299,9 +373,11 @@ def allocate(E, b, c, lb, ub, n_rows, n_eq, n_act, err_cost, x, state, basis, Bi
                 state[jp] = AT_LOWER
         else:
             js = n_act + 2 * n_eq + (r - n_eq)
-            E[r, js] = 1.0
             basis[r] = js
             if s < 0.0:
                 b[r] -= s
         state[basis[r]] = BASIC
+        for k in range(n_rows):
+            Binv[r, k] = 0.0
+        Binv[r, r] = 1.0 / E[r, basis[r]]
     return solve_lp(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter)

@@ -445,7 +445,8 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
             b[ROW_TANK + t] += 1.0
     lp_status, iters = allocate(E, b, qp[Q_COST], lb, ub, n_rows, 6, n_act,
                                 params[P_ERR_COST:P_ERR_COST + 6], x, ints[I_STATE],
-                                ints[I_BASIS], Binv, qp[Q_WORK:], int(params[P_MAX_ITER]))
+                                ints[I_BASIS], Binv, qp[Q_WORK:], int(params[P_MAX_ITER]),
+                                True)
     # Residual as the weighted, relative wrench error (unscaled rows).
     achieved = ctrl[C_ACHIEVED:C_ACHIEVED + 6]
     row_w = params[P_ROW_WEIGHT:P_ROW_WEIGHT + 6]

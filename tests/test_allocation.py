@@ -24,7 +24,8 @@ from controller.allocation import (
 problems = st.integers(min_value=0, max_value=2**31 - 1).map(np.random.default_rng)
 
 
-def _solve(E_act, b, c_act, lb_act, ub_act, n_eq, err_cost):
+def _solve(E_act, b, c_act, lb_act, ub_act, n_eq, err_cost, start=None):
+    """Solve cold, or warm from ``start`` = (x, state, basis) of an earlier solve."""
     n_rows, m = E_act.shape
     n_cols = lp_columns(n_rows, n_eq, m)
     E = np.zeros((n_rows, n_cols))
@@ -38,10 +39,13 @@ def _solve(E_act, b, c_act, lb_act, ub_act, n_eq, err_cost):
     x = np.zeros(n_cols)
     state = np.zeros(n_cols, np.int64)
     basis = np.zeros(n_rows, np.int64)
+    if start is not None:
+        x[:], state[:], basis[:] = start
     bb = b.astype(float).copy()
     status, it = allocate(E, bb, c, lb, ub, n_rows, n_eq, m, err_cost, x, state, basis,
                           np.zeros((n_rows, n_rows)), np.zeros((LP_WORK_ROWS, n_rows)),
-                          20 * n_cols + 50)
+                          20 * n_cols + 50, start is not None)
+    _solve.last = (x.copy(), state.copy(), basis.copy())
     return status, it, x, bb
 
 
@@ -124,6 +128,30 @@ def test_matches_linprog_on_well_posed_problems(rng, m):
 @given(rng=problems, m=st.integers(min_value=1, max_value=30))
 def test_never_breaks_a_bound_on_ill_posed_problems(rng, m):
     _check(rng, m, well_posed=False)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(rng=problems, m=st.integers(min_value=6, max_value=30),
+       shift=st.floats(min_value=0.0, max_value=0.3))
+def test_a_warm_start_from_the_last_optimum_reaches_the_new_one(rng, m, shift):
+    """The controller starts each cycle from the last cycle's basis: after the wrench and the
+    budgets move (by up to 30 %) the warm solve still matches linprog, and a basis that is no
+    longer feasible or not a basis at all falls back to the cold start."""
+    E, b, c, lb, ub, err_cost = _random_problem(rng, m, well_posed=True)
+    _solve(E, b, c, lb, ub, 6, err_cost)
+    start = _solve.last
+    b2 = b * (1.0 + shift * rng.uniform(-1.0, 1.0, size=b.shape))
+    status, _, x, _ = _solve(E, b2, c, lb, ub, 6, err_cost, start=start)
+    assert status == LP_OK
+    xa = x[:m]
+    assert np.all(xa >= lb) and np.all(xa <= ub)
+    ref = _oracle(E, b2, c, lb, ub, 6, err_cost)
+    floor = 1e-13 * float(err_cost.max()) * (1.0 + float(np.abs(b2).max()))
+    assert _objective(E, b2, c, 6, err_cost, xa) == pytest.approx(ref, rel=1e-6, abs=floor)
+    garbage = (start[0], rng.integers(-1, 2, size=start[1].shape), start[2][::-1].copy())
+    status, _, x, _ = _solve(E, b2, c, lb, ub, 6, err_cost, start=garbage)
+    assert status == LP_OK
+    assert _objective(E, b2, c, 6, err_cost, x[:m]) == pytest.approx(ref, rel=1e-6, abs=floor)
 
 
 def test_meets_a_reachable_wrench_with_least_propellant():
