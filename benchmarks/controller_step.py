@@ -57,7 +57,7 @@ def _mid_burn_controller(stack: str):
         if k == 100:
             ctrl = info["ctrl"]
             captured["snapshot"] = {name: getattr(ctrl, name).copy() for name in (
-                "sens", "params", "A", "H", "L", "qp", "ints", "thr", "mod", "health", "ctrl",
+                "sens", "params", "A", "E", "Binv", "qp", "ints", "thr", "mod", "health", "ctrl",
                 "on_ms")}
 
     run_burn(model, plan, on_cycle=grab)
@@ -65,7 +65,7 @@ def _mid_burn_controller(stack: str):
 
 
 def _time_calls(fn, snap, repeat: int) -> list[float]:
-    args = [snap[k].copy() for k in ("sens", "params", "A", "H", "L", "qp", "ints", "thr", "mod",
+    args = [snap[k].copy() for k in ("sens", "params", "A", "E", "Binv", "qp", "ints", "thr", "mod",
                                       "health", "ctrl", "on_ms")]
     samples = []
     for _ in range(repeat):

@@ -7,11 +7,12 @@ Public API:
 - :func:`build_controller` / :class:`Controller` — build those arrays once from a stack model.
 - :func:`pulse_on_times` — batch pulse modulation (steps x thrusters) for benchmarks and
   comparison with other tools.
-- :func:`allocate` — the exact bounded least-squares wrench allocation.
+- :func:`allocate` / :func:`solve_lp` — the wrench allocation at least propellant, an LP solved
+  exactly by a bounded-variable simplex.
 - :func:`describe_status` and the ``ST_*`` status bits.
 """
 
-from controller.allocation import allocate, solve_box_qp
+from controller.allocation import allocate, solve_lp
 from controller.build import Controller, build_controller
 from controller.cycle import (
     ST_ATTITUDE_LIMIT,
@@ -20,6 +21,7 @@ from controller.cycle import (
     ST_COMPLETE,
     ST_INFEASIBLE,
     ST_RATE_LIMITED,
+    ST_RESERVE,
     ST_SATURATED,
     ST_THRUSTER_OUT,
     ST_TORQUE_LIMITED,
@@ -29,8 +31,8 @@ from controller.cycle import (
 from controller.modulation import pulse_on_times
 
 __all__ = [
-    "Controller", "build_controller", "step", "pulse_on_times", "allocate", "solve_box_qp",
+    "Controller", "build_controller", "step", "pulse_on_times", "allocate", "solve_lp",
     "describe_status", "ST_BURNING", "ST_COMPLETE", "ST_SATURATED", "ST_INFEASIBLE",
     "ST_ATTITUDE_LIMIT", "ST_RATE_LIMITED", "ST_TORQUE_LIMITED", "ST_THRUSTER_OUT",
-    "ST_BAD_INPUT",
+    "ST_BAD_INPUT", "ST_RESERVE",
 ]

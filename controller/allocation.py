@@ -1,27 +1,30 @@
-"""Thruster allocation: the bounded, weighted least-squares wrench problem, solved exactly.
+"""Thruster allocation: a linear programme that meets the wrench with the least propellant.
 
-Each control cycle the controller wants a force and a torque on the stack (a wrench ``w``, 6) and
-has m actuators: thruster impulses in ``[0, ub_i]`` and, optionally, the station's CMGs as three
-signed torque actuators within their budget. With ``A`` (6 x m) mapping actuator values to the
-wrench, the allocation solves
+Each control cycle the controller wants a force and a torque on the stack (a wrench ``w``, 6
+rows) and has actuators: thruster duties in ``[0, 1]`` of a full-cycle impulse, the gimbal angle
+increments of a gimbaled engine, the station's CMGs. Linear-programming allocation (Bodson,
+"Evaluation of optimization methods for control allocation", JGCD 25(4), 2002, sec. III.C: the
+error-minimisation and fuel-minimisation LPs, combined with weights) solves
 
-    minimise  0.5 * || diag(sqrt(row_weight)) (A x - w) ||^2  +  0.5 * sum_i reg_i x_i^2
-    subject to lb_i <= x_i <= ub_i
+    minimise    sum_r err_cost_r (e+_r + e-_r)  +  sum_j c_j x_j
+    subject to  E_r x + e+_r - e-_r = b_r     r < n_eq      (the wrench rows, "soft")
+                E_r x + s_r        = b_r     r >= n_eq     (the "<=" rows: roles, tank budgets)
+                lb <= x <= ub,   e+, e-, s >= 0
 
-a strictly convex quadratic programme (every ``reg_i > 0``) with a unique minimiser. The small
-``reg`` term picks, among the actuator sets that deliver the same wrench, the one with the least
-quadratic effort (no opposing pairs firing against each other, CMGs preferred where their
-``reg`` is smaller).
+``err_cost`` makes the priorities: torque errors cost ~1e3 times more than force errors, which
+cost ~1e3 times more than the propellant of a full-cycle pulse (``c``). An LP's optimum is a
+vertex and there are finitely many, so above some finite ratio the weighted optimum *is* the
+lexicographic one (torque error first, then force error, then propellant); the ratios used
+(1e3 per tier on rows scaled to O(1)) are far above what the stacks' geometry needs.
 
-The solver is a primal active-set method for box constraints (Nocedal & Wright, *Numerical
-Optimization*, 2nd ed., Algorithm 16.3, specialised to bounds): on the free set it solves the
-equality-constrained sub-problem by Cholesky, steps to the nearest blocking bound, and releases
-the bound whose multiplier has the wrong sign. It terminates in a finite number of iterations
-with the exact optimum (to round-off), and it warm-starts from the previous cycle's working set,
-which from one cycle to the next usually needs one or two iterations.
-
-A failed thruster is given ``lb = ub = 0``: it is never used. A stuck-open one can be given
-``lb = ub = its impulse``: the others then cancel it.
+:func:`solve_lp` is a bounded-variable primal simplex (revised, with an explicit basis inverse
+updated by one pivot per iteration; Dantzig's rule, switching to Bland's rule after a run of
+degenerate pivots, which cannot cycle: Bland 1977). It starts from the signed unit basis of the
+error and slack columns, which is always feasible, so no phase I is needed, or, in the
+controller, from the last cycle's optimal basis while that stays feasible (a few pivots). It is
+exact for its problem class: it stops at a basis whose reduced costs all have the right sign (to
+a scale-aware tolerance), which is the LP optimum; tests/test_allocation.py checks it against
+scipy's HiGHS (linprog) on random problems.
 
 All kernels are pure, allocate nothing and never raise.
 """
@@ -32,212 +35,349 @@ import math
 
 from sims._jit import kernel
 
-# Working-set codes.
-FREE = 0
+# Variable states.
+BASIC = 0
 AT_LOWER = -1
 AT_UPPER = 1
 
-# Solver status bits.
-QP_OK = 0
-QP_ITERATION_LIMIT = 1
-QP_NOT_POSITIVE_DEFINITE = 2
+# Solver status.
+LP_OK = 0
+LP_ITERATION_LIMIT = 1
+LP_UNBOUNDED = 2
+LP_BAD_START = 3
 
-#: Number of length-m scratch rows :func:`solve_box_qp` needs (besides the m x m Cholesky factor).
-QP_WORK_ROWS = 2
+#: Rows of ``work`` (each at least n_rows long) :func:`solve_lp` needs.
+LP_WORK_ROWS = 3
+#: Pivot tolerance on the entering column (rows are scaled to O(1)).
+PIVOT_TOL = 1e-9
+#: Relative tolerance of a reduced cost against the size of the terms that make it up: the
+#: error costs are 1e6 times the propellant, so a looser one would miss propellant savings.
+COST_TOL = 1e-14
 
 
 @kernel
-def _cholesky_solve_free(H, free_idx, nf, rhs, L, out):
-    """Solve H[F,F] y = rhs[0:nf] for the free indices F; L is (>= nf, >= nf) scratch.
+def _nonbasic_rhs(E, b, x, state, n_rows, n_cols, out):
+    """out = b - N x_N: the right-hand side the basic variables must meet."""
+    for r in range(n_rows):
+        s = b[r]
+        for j in range(n_cols):
+            if state[j] != BASIC:
+                s -= E[r, j] * x[j]
+        out[r] = s
 
-    Returns False (nothing meaningful in ``out``) if H[F,F] is not positive definite.
+
+@kernel
+def _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, tmp):
+    """x_B = Binv (b - N x_N)."""
+    _nonbasic_rhs(E, b, x, state, n_rows, n_cols, tmp)
+    for r in range(n_rows):
+        s = 0.0
+        for k in range(n_rows):
+            s += Binv[r, k] * tmp[k]
+        x[basis[r]] = s
+
+
+@kernel
+def _refactor_basics(E, b, x, state, basis, M, n_rows, n_cols, rhs):
+    """x_B from B x_B = b - N x_N by Gaussian elimination with partial pivoting on the basis
+    columns (M is overwritten). Leaves x_B as it is if B is singular to working precision."""
+    _nonbasic_rhs(E, b, x, state, n_rows, n_cols, rhs)
+    for r in range(n_rows):
+        for k in range(n_rows):
+            M[r, k] = E[r, basis[k]]
+    for k in range(n_rows):
+        p = k
+        for r in range(k + 1, n_rows):
+            if abs(M[r, k]) > abs(M[p, k]):
+                p = r
+        if M[p, k] == 0.0:
+            return
+        if p != k:
+            for c in range(n_rows):
+                M[k, c], M[p, c] = M[p, c], M[k, c]
+            rhs[k], rhs[p] = rhs[p], rhs[k]
+        for r in range(k + 1, n_rows):
+            f = M[r, k] / M[k, k]
+            if f != 0.0:
+                for c in range(k, n_rows):
+                    M[r, c] -= f * M[k, c]
+                rhs[r] -= f * rhs[k]
+    for k in range(n_rows - 1, -1, -1):
+        s = rhs[k]
+        for c in range(k + 1, n_rows):
+            s -= M[k, c] * x[basis[c]]
+        x[basis[k]] = s / M[k, k]
+
+
+@kernel
+def solve_lp(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter):
+    """Minimise ``c x`` subject to ``E x = b`` and ``lb <= x <= ub`` (``ub`` may be inf).
+
+    Uses ``E[:n_rows, :n_cols]``. On entry ``basis[:n_rows]`` names a feasible starting basis
+    and ``Binv`` (>= n_rows, >= n_rows) holds its inverse; ``state`` is BASIC for those and
+    AT_LOWER / AT_UPPER for the rest, and the non-basic ``x`` sit at those bounds. ``work`` is
+    (LP_WORK_ROWS, >= n_rows) scratch. On return ``x``/``state``/``basis`` hold the optimal
+    basic solution, every ``x`` within its bounds. Returns (status, iterations).
     """
-    for a in range(nf):
-        ia = free_idx[a]
-        for b in range(a + 1):
-            ib = free_idx[b]
-            s = H[ia, ib]
-            for k in range(b):
-                s -= L[a, k] * L[b, k]
-            if a == b:
-                if not (s > 0.0):
-                    return False
-                L[a, a] = math.sqrt(s)
+    pi = work[0]
+    alpha = work[1]
+    tmp = work[2]
+    _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, tmp)
+    for r in range(n_rows):
+        j = basis[r]
+        slack = 1e-9 * (1.0 + abs(b[r]))
+        if x[j] < lb[j] - slack or x[j] > ub[j] + slack:
+            return LP_BAD_START, 0
+    degenerate = 0
+    bland = False
+    it = 0
+    status = LP_ITERATION_LIMIT
+    while it < max_iter:
+        # Duals: pi = c_B' Binv.
+        for k in range(n_rows):
+            s = 0.0
+            for r in range(n_rows):
+                s += c[basis[r]] * Binv[r, k]
+            pi[k] = s
+        # Pricing: the non-basic variable whose move lowers the cost fastest.
+        q = -1
+        q_dir = 0
+        best = 0.0
+        for j in range(n_cols):
+            st = state[j]
+            if st == BASIC or lb[j] >= ub[j]:
+                continue
+            d = c[j]
+            scale = abs(c[j])
+            for k in range(n_rows):
+                t = pi[k] * E[k, j]
+                d -= t
+                scale += abs(t)
+            tol = COST_TOL * scale + 1e-300
+            if st == AT_LOWER and d < -tol:
+                score = -d
+                direction = 1
+            elif st == AT_UPPER and d > tol:
+                score = d
+                direction = -1
             else:
-                L[a, b] = s / L[b, b]
-    for a in range(nf):
-        s = rhs[a]
-        for k in range(a):
-            s -= L[a, k] * out[k]
-        out[a] = s / L[a, a]
-    for a in range(nf - 1, -1, -1):
-        s = out[a]
-        for k in range(a + 1, nf):
-            s -= L[k, a] * out[k]
-        out[a] = s / L[a, a]
+                continue
+            if bland:
+                q = j
+                q_dir = direction
+                break
+            if score > best:
+                best = score
+                q = j
+                q_dir = direction
+        if q < 0:
+            status = LP_OK
+            break
+        it += 1
+        # Entering column in the basis: alpha = Binv E_q.
+        for r in range(n_rows):
+            s = 0.0
+            for k in range(n_rows):
+                s += Binv[r, k] * E[k, q]
+            alpha[r] = s
+        # Ratio test: x_q moves by q_dir * t, the basics by -q_dir * t * alpha.
+        t_max = ub[q] - lb[q]
+        leave = -1
+        leave_side = AT_LOWER
+        for r in range(n_rows):
+            a = q_dir * alpha[r]
+            jb = basis[r]
+            if a > PIVOT_TOL:
+                t = (x[jb] - lb[jb]) / a
+                side = AT_LOWER
+            elif a < -PIVOT_TOL and ub[jb] < math.inf:
+                t = (ub[jb] - x[jb]) / (-a)
+                side = AT_UPPER
+            else:
+                continue
+            if t < 0.0:
+                t = 0.0
+            if t < t_max or (bland and t == t_max and leave >= 0 and jb < basis[leave]):
+                t_max = t
+                leave = r
+                leave_side = side
+        if t_max == math.inf:
+            status = LP_UNBOUNDED
+            break
+        degenerate = degenerate + 1 if t_max == 0.0 else 0
+        if degenerate > 2 * n_rows:
+            bland = True
+        step = q_dir * t_max
+        x[q] += step
+        for r in range(n_rows):
+            x[basis[r]] -= step * alpha[r]
+        if leave < 0:
+            # The entering variable reaches its other bound first: a bound flip.
+            if q_dir > 0:
+                x[q] = ub[q]
+                state[q] = AT_UPPER
+            else:
+                x[q] = lb[q]
+                state[q] = AT_LOWER
+            continue
+        jl = basis[leave]
+        x[jl] = lb[jl] if leave_side == AT_LOWER else ub[jl]
+        state[jl] = leave_side
+        basis[leave] = q
+        state[q] = BASIC
+        p = alpha[leave]
+        for k in range(n_rows):
+            Binv[leave, k] /= p
+        for r in range(n_rows):
+            f = alpha[r]
+            if r != leave and f != 0.0:
+                for k in range(n_rows):
+                    Binv[r, k] -= f * Binv[leave, k]
+    # Clean the basics of the pivots' accumulated round-off (a fresh solve with the final
+    # basis: the error costs amplify any residual a millionfold), and never leave a bound.
+    _refactor_basics(E, b, x, state, basis, Binv, n_rows, n_cols, tmp)
+    for j in range(n_cols):
+        if x[j] < lb[j]:
+            x[j] = lb[j]
+        elif x[j] > ub[j]:
+            x[j] = ub[j]
+    return status, it
+
+
+@kernel
+def lp_columns(n_rows, n_eq, n_act):
+    """Number of LP columns :func:`allocate` uses: actuators, two error columns per soft row,
+    one slack per "<=" row."""
+    return n_act + 2 * n_eq + (n_rows - n_eq)
+
+
+@kernel
+def _invert(M, n, perm):
+    """Invert M[:n, :n] in place by Gauss-Jordan elimination with partial pivoting (the row
+    interchanges undone as column interchanges at the end); ``perm`` (n) float scratch.
+    Returns False, M spoilt, if a pivot is below 1e-12 (rows are scaled to O(1))."""
+    for k in range(n):
+        p = k
+        for r in range(k + 1, n):
+            if abs(M[r, k]) > abs(M[p, k]):
+                p = r
+        if abs(M[p, k]) < 1e-12:
+            return False
+        perm[k] = p
+        if p != k:
+            for col in range(n):
+                M[k, col], M[p, col] = M[p, col], M[k, col]
+        piv = M[k, k]
+        M[k, k] = 1.0
+        for col in range(n):
+            M[k, col] /= piv
+        for r in range(n):
+            if r != k:
+                f = M[r, k]
+                if f != 0.0:
+                    M[r, k] = 0.0
+                    for col in range(n):
+                        M[r, col] -= f * M[k, col]
+    for k in range(n - 1, -1, -1):
+        p = int(perm[k])
+        if p != k:
+            for r in range(n):
+                M[r, k], M[r, p] = M[r, p], M[r, k]
     return True
 
 
 @kernel
-def solve_box_qp(H, g, lb, ub, x, wset, L, work, free_idx, max_iter):
-    """Minimise 0.5 x'Hx + g'x subject to lb <= x <= ub; H symmetric positive definite (m x m).
-
-    ``x`` (m) and ``wset`` (m, int8: FREE / AT_LOWER / AT_UPPER) are the warm start on entry and
-    the solution and its active set on return. ``L`` is (m, m) scratch, ``work`` is
-    (QP_WORK_ROWS, m) float scratch and ``free_idx`` (m) int64 scratch. Returns (status,
-    iterations).
-    """
-    m = x.shape[0]
-    rhs = work[0]
-    sol = work[1]
-    # Make the start feasible and consistent with its working set.
-    for i in range(m):
-        if lb[i] >= ub[i]:
-            x[i] = lb[i]
-            wset[i] = AT_LOWER
-        elif wset[i] == AT_LOWER:
-            x[i] = lb[i]
-        elif wset[i] == AT_UPPER:
-            x[i] = ub[i]
-        else:
-            wset[i] = FREE
-            if x[i] < lb[i] or not (x[i] == x[i]):
-                x[i] = lb[i]
-            elif x[i] > ub[i]:
-                x[i] = ub[i]
-    it = 0
-    while it < max_iter:
-        it += 1
-        nf = 0
-        for i in range(m):
-            if wset[i] == FREE:
-                free_idx[nf] = i
-                nf += 1
-        if nf > 0:
-            # Sub-problem on the free set with the others held: H_FF y = -(g_F + H_FB x_B).
-            for a in range(nf):
-                i = free_idx[a]
-                s = -g[i]
-                for j in range(m):
-                    if wset[j] != FREE:
-                        s -= H[i, j] * x[j]
-                rhs[a] = s
-            if not _cholesky_solve_free(H, free_idx, nf, rhs, L, sol):
-                return QP_NOT_POSITIVE_DEFINITE, it
-            # Ratio test along p = sol - x_F.
-            alpha = 1.0
-            block = -1
-            block_side = FREE
-            for a in range(nf):
-                i = free_idx[a]
-                p = sol[a] - x[i]
-                if p < 0.0 and x[i] + p < lb[i]:
-                    t = (lb[i] - x[i]) / p
-                    if t < alpha:
-                        alpha = t
-                        block = i
-                        block_side = AT_LOWER
-                elif p > 0.0 and x[i] + p > ub[i]:
-                    t = (ub[i] - x[i]) / p
-                    if t < alpha:
-                        alpha = t
-                        block = i
-                        block_side = AT_UPPER
-            if block >= 0:
-                for a in range(nf):
-                    i = free_idx[a]
-                    x[i] += alpha * (sol[a] - x[i])
-                x[block] = lb[block] if block_side == AT_LOWER else ub[block]
-                wset[block] = block_side
-                continue
-            for a in range(nf):
-                x[free_idx[a]] = sol[a]
-        # At the sub-problem optimum: release the bound with the most negative multiplier.
-        worst = 0.0
-        release = -1
-        for i in range(m):
-            if wset[i] == FREE or lb[i] >= ub[i]:
-                continue
-            s = g[i]
-            for j in range(m):
-                s += H[i, j] * x[j]
-            lam = s if wset[i] == AT_LOWER else -s
-            # Scale-aware tolerance: the multiplier against the size of the gradient terms.
-            tol = 1e-12 * (abs(g[i]) + abs(H[i, i]) * (abs(lb[i]) + abs(ub[i])) + 1e-300)
-            if lam < -tol and lam < worst:
-                worst = lam
-                release = i
-        if release < 0:
-            return QP_OK, it
-        wset[release] = FREE
-    return QP_ITERATION_LIMIT, it
-
-
-@kernel
-def normal_matrix(A, row_weight, reg, out_H):
-    """``out_H = A' diag(row_weight) A + diag(reg)``: the QP's Hessian (constant per geometry)."""
-    n_rows = A.shape[0]
-    m = A.shape[1]
-    for i in range(m):
-        for j in range(i + 1):
-            s = 0.0
-            for r in range(n_rows):
-                s += A[r, i] * row_weight[r] * A[r, j]
-            out_H[i, j] = s
-            out_H[j, i] = s
-        out_H[i, i] += reg[i]
-
-
-@kernel
-def allocate(A, row_weight, H, wanted, lb, ub, x, wset, L, work, free_idx, achieved, max_iter):
-    """Actuator values ``x`` in [lb, ub] whose wrench ``A x`` best matches ``wanted``.
-
-    ``H`` comes from :func:`normal_matrix` for the same A, row_weight and regularisation.
-    ``x``/``wset`` warm-start and return the solution; ``achieved`` (rows of A) receives ``A x``.
-    Returns (qp_status, relative weighted residual ||W^1/2 (A x - w)|| / ||W^1/2 w||, iterations,
-    saturated): the residual is 0 for a zero request that is met; ``saturated`` is True when an
-    actuator sits at a limit of its range that binds (its multiplier is positive: it would go
-    further if it could), i.e. the bounds, not the geometry, keep the request from being met.
-    A thruster at zero is resting, not saturated.
-    """
-    n_rows = A.shape[0]
-    m = A.shape[1]
-    g = work[QP_WORK_ROWS]
-    for j in range(m):
-        s = 0.0
-        for r in range(n_rows):
-            s -= A[r, j] * row_weight[r] * wanted[r]
-        g[j] = s
-    status, it = solve_box_qp(H, g, lb, ub, x, wset, L, work, free_idx, max_iter)
-    num = 0.0
-    den = 0.0
+def _warm_basis(E, b, lb, ub, n_rows, n_cols, x, state, basis, Binv, work):
+    """Make the basis left in ``basis``/``state`` (the last cycle's optimum) the start, if it
+    is still a basis of this problem and still feasible: non-basic values to their (new)
+    bounds, Binv its inverse, the basics within their bounds. Returns False otherwise."""
+    count = 0
+    for j in range(n_cols):
+        if state[j] == BASIC:
+            count += 1
+    if count != n_rows:
+        return False
     for r in range(n_rows):
-        s = 0.0
-        for j in range(m):
-            s += A[r, j] * x[j]
-        achieved[r] = s
-        e = s - wanted[r]
-        num += row_weight[r] * e * e
-        den += row_weight[r] * wanted[r] * wanted[r]
-    if den > 0.0:
-        rel = math.sqrt(num / den)
-    else:
-        rel = 0.0 if num == 0.0 else math.inf
-    saturated = False
-    for i in range(m):
-        if wset[i] == FREE or lb[i] >= ub[i]:
-            continue
-        if wset[i] == AT_LOWER and lb[i] == 0.0:
-            continue
-        s = g[i]
-        for j in range(m):
-            s += H[i, j] * x[j]
-        lam = s if wset[i] == AT_LOWER else -s
-        if lam > 1e-9 * (abs(g[i]) + H[i, i] * (abs(lb[i]) + abs(ub[i]))):
-            saturated = True
-            break
-    return status, rel, it, saturated
+        j = basis[r]
+        if j < 0 or j >= n_cols or state[j] != BASIC:
+            return False
+    for j in range(n_cols):
+        if state[j] != BASIC:
+            if state[j] == AT_UPPER and ub[j] < math.inf and lb[j] < ub[j]:
+                x[j] = ub[j]
+            else:
+                x[j] = lb[j]
+                state[j] = AT_LOWER
+    for r in range(n_rows):
+        for k in range(n_rows):
+            Binv[r, k] = E[r, basis[k]]
+    if not _invert(Binv, n_rows, work[0]):
+        return False
+    _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, work[0])
+    for r in range(n_rows):
+        j = basis[r]
+        slack = 1e-9 * (1.0 + abs(b[r]))
+        if x[j] < lb[j] - slack or x[j] > ub[j] + slack:
+            return False
+    return True
 
 
-#: Rows of ``work`` that :func:`allocate` needs: the QP's plus one for the gradient.
-ALLOC_WORK_ROWS = QP_WORK_ROWS + 1
+@kernel
+def allocate(E, b, c, lb, ub, n_rows, n_eq, n_act, err_cost, x, state, basis, Binv, work,
+             max_iter, warm):
+    """Actuators ``x[:n_act]`` in [lb, ub] meeting rows ``E[:n_rows, :n_act] x ~ b`` at least cost.
+
+    The caller fills the actuator part: ``E[:n_rows, :n_act]``, ``c``/``lb``/``ub[:n_act]`` and
+    ``b[:n_rows]``; rows below ``n_eq`` are soft equalities whose errors cost ``err_cost[r]``
+    per unit, the rest are ``<=`` rows. This fills the error and slack columns after the
+    actuators (:func:`lp_columns` in all) and solves by :func:`solve_lp`: with ``warm``, from
+    the basis ``basis``/``state`` hold (the last cycle's optimum) when it is still feasible,
+    which from one cycle to the next it mostly is; otherwise from every actuator at its lower
+    bound with the error and slack columns basic. There, a ``<=`` row that the actuators' lower
+    bounds already break (a stuck-open valve on an empty budget) is relaxed to what they take:
+    nothing else could be done about it. Returns (status, iterations).
+    """
+    n_cols = lp_columns(n_rows, n_eq, n_act)
+    for j in range(n_act, n_cols):
+        for r in range(n_rows):
+            E[r, j] = 0.0
+        lb[j] = 0.0
+        ub[j] = math.inf
+        c[j] = 0.0
+    for r in range(n_eq):
+        E[r, n_act + 2 * r] = 1.0
+        E[r, n_act + 2 * r + 1] = -1.0
+        c[n_act + 2 * r] = err_cost[r]
+        c[n_act + 2 * r + 1] = err_cost[r]
+    for r in range(n_eq, n_rows):
+        E[r, n_act + 2 * n_eq + (r - n_eq)] = 1.0
+    if warm and _warm_basis(E, b, lb, ub, n_rows, n_cols, x, state, basis, Binv, work):
+        return solve_lp(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter)
+    for j in range(n_act):
+        x[j] = lb[j]
+        state[j] = AT_LOWER
+    for r in range(n_rows):
+        s = b[r]
+        for j in range(n_act):
+            s -= E[r, j] * x[j]
+        if r < n_eq:
+            jp = n_act + 2 * r
+            jm = jp + 1
+            if s >= 0.0:
+                basis[r] = jp
+                x[jm] = 0.0
+                state[jm] = AT_LOWER
+            else:
+                basis[r] = jm
+                x[jp] = 0.0
+                state[jp] = AT_LOWER
+        else:
+            js = n_act + 2 * n_eq + (r - n_eq)
+            basis[r] = js
+            if s < 0.0:
+                b[r] -= s
+        state[basis[r]] = BASIC
+        for k in range(n_rows):
+            Binv[r, k] = 0.0
+        Binv[r, r] = 1.0 / E[r, basis[r]]
+    return solve_lp(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter)

@@ -13,7 +13,9 @@ import numpy as np
 
 from controller import cycle as st
 from controller import modulation as mo
-from controller.allocation import ALLOC_WORK_ROWS, AT_LOWER, FREE, normal_matrix
+from controller.allocation import LP_WORK_ROWS, lp_columns
+from sims.constants import G0
+from sims.massprops import gimbal_trim
 from sims.thrusters import HEALTH_NOMINAL, effective_impulse
 
 #: Attitude-hold bandwidth [rad/s] and damping ratio of the PD law (per axis, Kp = I w^2,
@@ -21,12 +23,34 @@ from sims.thrusters import HEALTH_NOMINAL, effective_impulse
 #: above the orbit rate, and keeps pulses of the attitude thrusters sparse.
 BANDWIDTH_RAD_S = 0.05
 DAMPING = 0.9
-#: Allocation: torque errors cost more than force errors (attitude first when saturated).
+#: Allocation: torque errors cost more than force errors, which cost more than propellant
+#: (attitude first, then the push, then the least propellant; see controller/allocation.py).
 TORQUE_PRIORITY = 1e3
 #: Lever arm [m] that puts a torque error in the same units as a force error.
 LEVER_REF_M = 10.0
-#: Quadratic effort cost of every actuator, in units of its full range.
-EFFORT_REG = 1e-6
+#: LP cost of a unit force error (one full-cycle impulse of the translation set) against the
+#: propellant of the translation set's full-cycle pulse (cost 1).
+FORCE_ERROR_COST = 1e3
+#: LP cost of a unit sideways force error (radial or cross-track): a tenth of what the same
+#: impulse costs the translation set in propellant. A side force on a 4e5 kg stack changes the
+#: orbit by millimetres per second and the mean altitude only to second order; cancelling it
+#: with short-lever couples of attitude thrusters would cost many times the propellant, and
+#: holding it off with the CMGs would spend their finite momentum. So it is priced low, not
+#: demanded like the push.
+SIDE_FORCE_ERROR_COST = 0.1
+#: Attitude thrusters cost this many times their propellant: they fire only where the torque
+#: needs them, never to help the push.
+ATTITUDE_COST_FACTOR = 10.0
+#: LP cost of a CMG's full budget for a cycle: small, so CMGs (electric) come before thrusters,
+#: but a gimbal (free) before the CMGs, whose momentum is finite. It must also exceed what
+#: turning a gimbaled engine off its trim would save in cosine loss (~0.2 of a full pulse per
+#: radian against ~9 budgets of torque per radian for Cygnus), or the LP would point the
+#: engine along the velocity and hold the torque on the CMGs.
+CMG_COST = 0.1
+#: A reserve-protected tank's draw rate is filtered with this time constant [s] and projected
+#: over the rest of the burn once this many seconds have passed.
+RATE_TAU_S = 30.0
+STOP_ARM_S = 30.0
 
 
 @dataclass(eq=False)
@@ -40,8 +64,8 @@ class Controller:
     tick_s: float
     params: np.ndarray
     A: np.ndarray
-    H: np.ndarray
-    L: np.ndarray
+    E: np.ndarray
+    Binv: np.ndarray
     qp: np.ndarray
     ints: np.ndarray
     thr: np.ndarray
@@ -53,7 +77,7 @@ class Controller:
 
     def step(self) -> int:
         """One cycle on ``self.sens``; on-times land in ``self.on_ms``. Returns the status."""
-        return st.step(self.sens, self.params, self.A, self.H, self.L, self.qp, self.ints,
+        return st.step(self.sens, self.params, self.A, self.E, self.Binv, self.qp, self.ints,
                        self.thr, self.mod, self.health, self.ctrl, self.on_ms)
 
     @property
@@ -68,6 +92,11 @@ class Controller:
     def dv_along_mps(self) -> float:
         return float(self.ctrl[st.C_DV_ALONG])
 
+    @property
+    def stopped_tank(self) -> int:
+        """The tank whose reserve stopped the burn, or -1."""
+        return int(self.ctrl[st.C_STOP]) - 1
+
 
 def build_controller(model, target_dv_mps: float, *, tick_s: float = 1e-3,
                      bandwidth_rad_s: float = BANDWIDTH_RAD_S, damping: float = DAMPING,
@@ -79,8 +108,15 @@ def build_controller(model, target_dv_mps: float, *, tick_s: float = 1e-3,
     period = float(model.control_period_s)
     n = len(model.thruster_names)
     budget = float(model.cmg_torque_budget_Nm) if use_cmg else 0.0
-    n_cmg = 3 if budget > 0.0 else 0
-    m = n + n_cmg
+    n_cmg = 6 if budget > 0.0 else 0  # + and - per axis
+    gimbaled = [i for i in range(n) if model.gimbal_limit_rad[i] > 0.0]
+    n_g = len(gimbaled)
+    if n_g > st.MAX_GIMBALS or len(model.tank_names) > st.MAX_TANKS:
+        raise ValueError(f"at most {st.MAX_GIMBALS} gimbals and {st.MAX_TANKS} tanks")
+    m = n + n_cmg + 2 * n_g
+    n_tanks = len(model.tank_names)
+    n_rows = st.ROW_TANK + n_tanks
+    n_cols = lp_columns(n_rows, 6, m)
 
     thr = np.zeros((n, mo.THR_COLS))
     min_on = np.ceil(np.asarray(model.min_on_time_s) / tick_s - 1e-9) * tick_s
@@ -91,28 +127,67 @@ def build_controller(model, target_dv_mps: float, *, tick_s: float = 1e-3,
         thr[i, mo.T_MIN_ON] = min_on[i]
         thr[i, mo.T_MIB] = effective_impulse(min_on[i], *args)
         thr[i, mo.T_MAX_IMPULSE] = model.thrust_N[i] * period
+        thr[i, mo.T_KG_PER_NS] = 1.0 / (model.isp_s[i] * G0)
+        thr[i, mo.T_TANK] = model.tank_idx[i]
     thr[model.translation_idx, mo.T_TRANSLATION] = 1.0
 
-    # Allocation matrix in impulse units per unit of each actuator's range.
+    # Wrench per unit of each actuator: thrusters (impulse units), CMG +/- per axis, gimbals.
     A = np.zeros((6, m))
     full = thr[:, mo.T_MAX_IMPULSE]
     A[0:3, :n] = (model.u_T_B * full[:, None]).T
     A[3:6, :n] = (model.torque_arm_B * full[:, None]).T
-    for k in range(n_cmg):
-        A[3 + k, n + k] = budget * period
+    for k in range(n_cmg // 2):
+        A[3 + k, n + 2 * k] = budget * period
+        A[3 + k, n + 2 * k + 1] = -budget * period
     f_ref = float(np.sum(model.thrust_N[model.translation_idx])) * period
-    row_w = np.array([1.0 / f_ref**2] * 3 + [TORQUE_PRIORITY / (f_ref * LEVER_REF_M) ** 2] * 3)
-    H = np.empty((m, m))
-    normal_matrix(A, row_w, np.full(m, EFFORT_REG), H)
+    scale = np.array([f_ref] * 3 + [f_ref * LEVER_REF_M] * 3)
+    # Weights of the residual that status reports: the push and the torque (the sideways force
+    # is priced like propellant, not demanded: weight 0).
+    row_w = np.array([1.0 / f_ref**2, 0.0, 0.0]
+                     + [TORQUE_PRIORITY / (f_ref * LEVER_REF_M) ** 2] * 3)
 
-    qp = np.zeros((st.QP_ROWS, m))
-    qp[st.Q_UB, :n] = 1.0
-    qp[st.Q_LB, n:] = -1.0
-    qp[st.Q_UB, n:] = 1.0
-    ints = np.zeros((2, m), np.int64)
-    ints[st.I_WSET, :n] = AT_LOWER
-    ints[st.I_WSET, n:] = FREE
-    assert st.QP_ROWS - st.Q_WORK >= ALLOC_WORK_ROWS
+    qp = np.zeros((st.QP_ROWS, n_cols))
+    qp[st.Q_UB, :n + n_cmg] = 1.0
+    kg_full = full * thr[:, mo.T_KG_PER_NS]  # propellant of a full-cycle pulse [kg]
+    p_ref = float(np.sum(kg_full[model.translation_idx]))
+    role = np.full(n, ATTITUDE_COST_FACTOR)
+    role[model.translation_idx] = 1.0
+    qp[st.Q_COST, :n] = kg_full / p_ref * role
+    qp[st.Q_COST, n:n + n_cmg] = CMG_COST
+
+    params = np.zeros(st.PARAM_LEN)
+    # Gimbals, pre-positioned at the trim that points the thrust through the CoM.
+    for g, i in enumerate(gimbaled):
+        col = n + n_cmg + 2 * g
+        u0 = np.asarray(model.u_T_B[i], dtype=np.float64)
+        e1 = np.asarray(model.gimbal_e1_B[i], dtype=np.float64)
+        e2 = np.asarray(model.gimbal_e2_B[i], dtype=np.float64)
+        r = np.asarray(model.r_TC_B[i], dtype=np.float64)
+        lim = float(model.gimbal_limit_rad[i])
+        d1, d2 = gimbal_trim(u0, e1, e2, r, lim)
+        qp[st.Q_ANGLE, col] = d1
+        qp[st.Q_ANGLE, col + 1] = d2
+        rec = params[st.P_GIMBAL + g * st.G_STRIDE:st.P_GIMBAL + (g + 1) * st.G_STRIDE]
+        rec[st.G_THRUSTER] = i
+        rec[st.G_COL] = col
+        rec[st.G_LIMIT] = lim
+        rec[st.G_RATE] = float(model.gimbal_rate_rad_s[i])
+        rec[st.G_U0:st.G_U0 + 3] = u0
+        rec[st.G_E1:st.G_E1 + 3] = e1
+        rec[st.G_E2:st.G_E2 + 3] = e2
+        rec[st.G_R:st.G_R + 3] = r
+        for j, v in ((col, e1), (col + 1, e2)):
+            A[0:3, j] = v * full[i]
+            A[3:6, j] = np.cross(r, v) * full[i]
+
+    assert st.QP_ROWS - st.Q_WORK == LP_WORK_ROWS
+    E = np.zeros((n_rows, n_cols))
+    # Force rows in the reboost attitude's LVLH axes (along-track, -orbit normal, nadir), so
+    # the push and the sideways force can be priced apart; torque rows in B.
+    E[0:3, :m] = np.asarray(model.dcm_BH).T @ A[0:3] / scale[0:3, None]
+    E[3:6, :m] = A[3:6] / scale[3:6, None]
+    for i in range(n):
+        E[st.ROW_TANK + model.tank_idx[i], i] = kg_full[i]
 
     inertia = np.asarray(model.I_B, dtype=np.float64)
     w = bandwidth_rad_s
@@ -124,7 +199,6 @@ def build_controller(model, target_dv_mps: float, *, tick_s: float = 1e-3,
     arm = np.abs(model.torque_arm_B[att]) * model.thrust_N[att][:, None]
     torque_limit = 0.5 * arm.sum(axis=0) + budget
 
-    params = np.zeros(st.PARAM_LEN)
     params[st.P_PERIOD] = period
     params[st.P_TICK] = tick_s
     params[st.P_TARGET_DV] = target_dv_mps
@@ -138,11 +212,28 @@ def build_controller(model, target_dv_mps: float, *, tick_s: float = 1e-3,
     params[st.P_DCM_BH:st.P_DCM_BH + 9] = np.asarray(model.dcm_BH).ravel()
     params[st.P_INERTIA:st.P_INERTIA + 9] = inertia.ravel()
     params[st.P_ROW_WEIGHT:st.P_ROW_WEIGHT + 6] = row_w
-    params[st.P_MAX_ITER] = 4 * m + 10
+    params[st.P_MAX_ITER] = 4 * n_cols + 20
+    params[st.P_ROW_SCALE:st.P_ROW_SCALE + 6] = scale
+    params[st.P_ERR_COST:st.P_ERR_COST + 6] = [FORCE_ERROR_COST, SIDE_FORCE_ERROR_COST,
+                                               SIDE_FORCE_ERROR_COST] + [
+        FORCE_ERROR_COST * TORQUE_PRIORITY] * 3
+    params[st.P_N_ACT] = m
+    params[st.P_N_TANKS] = n_tanks
+    params[st.P_N_GIMBALS] = n_g
+    params[st.P_STOP_CYCLES] = math.ceil(STOP_ARM_S / period)
+    params[st.P_RATE_TAU] = RATE_TAU_S
+    reserve = np.asarray(model.tank_reserve_kg, dtype=np.float64)
+    params[st.P_TANK_ALLOW:st.P_TANK_ALLOW + n_tanks] = model.tank_propellant_kg - reserve
+    params[st.P_TANK_RESERVED:st.P_TANK_RESERVED + n_tanks] = reserve > 0.0
+    for t in range(n_tanks):
+        mine = np.asarray(model.tank_idx) == t
+        params[st.P_TANK_GUARD + t] = 2.0 * float(np.sum(
+            thr[mine, mo.T_MIB] * thr[mine, mo.T_KG_PER_NS]))
 
     return Controller(
         thruster_names=tuple(model.thruster_names), n=n, m=m, period_s=period, tick_s=tick_s,
-        params=params, A=A, H=H, L=np.zeros((m, m)), qp=qp, ints=ints, thr=thr,
+        params=params, A=A, E=E, Binv=np.zeros((n_rows, n_rows)), qp=qp,
+        ints=np.zeros((2, n_cols), np.int64), thr=thr,
         mod=np.zeros((n, mo.MOD_COLS)), health=np.full(n, HEALTH_NOMINAL, np.int64),
         ctrl=np.zeros(st.CTRL_LEN), on_ms=np.zeros(n, np.uint16),
     )

@@ -20,20 +20,41 @@ exceeds the stack's limit the translation force is inhibited (attitude first) un
 back below 80 % of the limit.
 
 Allocation and modulation: :mod:`controller.allocation` turns the wanted wrench (impulse over the
-cycle) into per-thruster impulses and CMG torque; :mod:`controller.modulation` turns impulses
-into on-times in whole ticks, reported in ms (uint16).
+cycle) into per-thruster impulses, gimbal moves and CMG torque at the least propellant, within
+the thrusters' roles and each tank's budget above its reserve; :mod:`controller.modulation`
+turns impulses into on-times in whole ticks, reported in ms (uint16).
+
+Roles. Translation thrusters push. Attitude thrusters give no net push along the velocity (one
+"<=" row of the LP: their summed along-track force is at most zero) and cost
+``ATTITUDE_COST_FACTOR`` times their propellant, so they fire only where the torque needs them.
+
+Tanks. The controller books the propellant of every impulse it commands (``I / (Isp g0)`` at
+the nominal Isp) against the thruster's tank. Each tank's LP row keeps a cycle's draw within
+what is left above its reserve (less a guard of two minimum impulse bits per thruster). A tank
+with a reserve that would reach it (its budget is gone, or its recent draw rate, projected over
+the rest of the burn, would take it there) stops the burn: every valve closed, status
+``reserve``, ``ctrl[C_STOP] = 1 + tank``. The reserve is never spent on a reboost.
+
+Gimbals. A gimbaled engine's two angles are a state carried between cycles (``qp[Q_ANGLE]`` at
+the gimbal's columns); each cycle the LP moves them by increments bounded by the rate limit and
+the angle limit, on columns linearised about the present angles (second-order error: the rate
+limit per cycle squared). :func:`sims.thrusters.gimbal_direction` is the kinematics both the
+controller and the plant use.
 """
 
 from __future__ import annotations
 
 import math
 
-from controller.allocation import AT_LOWER, QP_OK, allocate
+from controller.allocation import LP_OK, allocate
 from controller.modulation import (
     M_LAST_ON,
+    M_REMAINDER,
     T_CLOSE_DELAY,
+    T_KG_PER_NS,
     T_MAX_IMPULSE,
     T_OPEN_DELAY,
+    T_TANK,
     T_TAU_RISE,
     T_TAU_TAIL,
     T_THRUST,
@@ -44,7 +65,7 @@ from controller.modulation import (
 from sims._jit import kernel
 from sims.attitude import q_from_dcm
 from sims.orbit import lvlh_axes
-from sims.thrusters import HEALTH_NOMINAL, HEALTH_STUCK_OPEN, pulse_impulse
+from sims.thrusters import HEALTH_NOMINAL, HEALTH_STUCK_OPEN, gimbal_direction, pulse_impulse
 
 # ---- sensor vector -------------------------------------------------------------------------
 S_R = 0  # r_BN_N [m] (3)
@@ -67,9 +88,31 @@ P_ATT_LIMIT = 13  # attitude error limit [rad]
 P_DV_TOL = 14  # burn complete below this remainder [m/s]
 P_DCM_BH = 15  # reboost attitude relative to LVLH (9, row-major)
 P_INERTIA = 24  # stack inertia about the CoM in B [kg m^2] (9, row-major)
-P_ROW_WEIGHT = 33  # allocation row weights (6)
-P_MAX_ITER = 39  # QP iteration cap
-PARAM_LEN = 40
+P_ROW_WEIGHT = 33  # weights of the residual's rows (6): 1/F_ref^2, priority/(F_ref 10 m)^2
+P_MAX_ITER = 39  # LP iteration cap
+P_ROW_SCALE = 40  # the LP's wrench rows are divided by these [N s, N m s] (6)
+P_ERR_COST = 46  # LP cost of one unit of scaled error per wrench row (6)
+P_N_ACT = 52  # actuator columns: thrusters, CMG (+/- per axis), gimbal increments (2 each)
+P_N_TANKS = 53
+P_N_GIMBALS = 54
+P_STOP_CYCLES = 55  # the projected-reserve stop is armed after this many cycles
+P_RATE_TAU = 56  # time constant of each tank's draw-rate filter [s]
+P_TANK_ALLOW = 57  # per tank: propellant above its reserve [kg] (MAX_TANKS)
+MAX_TANKS = 8
+P_TANK_RESERVED = P_TANK_ALLOW + MAX_TANKS  # per tank: 1.0 when it has a reserve (MAX_TANKS)
+P_TANK_GUARD = P_TANK_RESERVED + MAX_TANKS  # per tank: kept back from the budget [kg]
+P_GIMBAL = P_TANK_GUARD + MAX_TANKS  # gimbal records (MAX_GIMBALS x G_STRIDE)
+MAX_GIMBALS = 2
+G_THRUSTER = 0  # thruster index
+G_COL = 1  # first of its two increment columns
+G_LIMIT = 2  # angle limit per axis [rad]
+G_RATE = 3  # rate limit per axis [rad/s]
+G_U0 = 4  # undeflected direction in B (3)
+G_E1 = 7  # first gimbal axis direction in B (3)
+G_E2 = 10  # second (3)
+G_R = 13  # engine position from the CoM in B [m] (3)
+G_STRIDE = 16
+PARAM_LEN = P_GIMBAL + MAX_GIMBALS * G_STRIDE
 
 # ---- controller state and diagnostics ------------------------------------------------------
 C_DV_ALONG = 0  # sensed along-track delta-v so far [m/s]
@@ -91,16 +134,24 @@ C_XH_B = 43  # along-track unit vector in B (3)
 C_DCM_BR = 46  # scratch (9)
 C_QE = 55  # error quaternion q_BR (4)
 C_WREF = 59  # reference rate omega_RN in B [rad/s] (3)
-CTRL_LEN = 62
+C_STOP = 62  # 0, or 1 + the tank whose reserve stopped the burn
+C_TANK_USED = 63  # propellant booked per tank [kg] (MAX_TANKS)
+C_TANK_RATE = C_TANK_USED + MAX_TANKS  # filtered draw rate per tank [kg/s] (MAX_TANKS)
+CTRL_LEN = C_TANK_RATE + MAX_TANKS
 
-# ---- allocation rows (qp array) -------------------------------------------------------------
+# ---- allocation (qp: QP_ROWS x LP columns; E: LP rows x LP columns; Binv: rows x rows) --------
 Q_LB = 0
 Q_UB = 1
-Q_X = 2
-Q_WORK = 3  # three rows of solver scratch
-QP_ROWS = 6
-I_WSET = 0  # ints row: working set
-I_FREE = 1  # ints row: free-index scratch
+Q_X = 2  # the LP solution: duties, CMG fractions, gimbal increments [rad], errors, slacks
+Q_COST = 3  # LP costs (actuator part fixed at build)
+Q_B = 4  # LP right-hand sides
+Q_ANGLE = 5  # gimbal angles [rad] at the gimbal's two columns (state, applied by the plant)
+Q_WORK = 6  # LP_WORK_ROWS rows of solver scratch
+QP_ROWS = 9
+I_STATE = 0  # ints row: LP variable states
+I_BASIS = 1  # ints row: basic variable of each LP row
+ROW_ROLE = 6  # LP row: the attitude thrusters' along-track push <= 0
+ROW_TANK = 7  # LP rows from here: one per tank, draw <= budget
 
 # ---- status word ---------------------------------------------------------------------------
 ST_BURNING = 1 << 0
@@ -112,14 +163,15 @@ ST_RATE_LIMITED = 1 << 5
 ST_TORQUE_LIMITED = 1 << 6
 ST_THRUSTER_OUT = 1 << 7  # a thruster is failed or stuck: allocated around it
 ST_BAD_INPUT = 1 << 8  # non-finite or impossible sensor input: all valves closed
+ST_RESERVE = 1 << 9  # a tank would reach its reserve: burn stopped, all valves closed
 STATUS_NAMES = {
     ST_BURNING: "burning", ST_COMPLETE: "complete", ST_SATURATED: "saturated",
     ST_INFEASIBLE: "infeasible", ST_ATTITUDE_LIMIT: "attitude_limit",
     ST_RATE_LIMITED: "rate_limited", ST_TORQUE_LIMITED: "torque_limited",
-    ST_THRUSTER_OUT: "thruster_out", ST_BAD_INPUT: "bad_input",
+    ST_THRUSTER_OUT: "thruster_out", ST_BAD_INPUT: "bad_input", ST_RESERVE: "reserve",
 }
 
-SATURATION_TOL = 1e-6
+SATURATION_TOL = 1e-4
 INFEASIBLE_TOL = 0.1
 
 
@@ -136,13 +188,29 @@ def _close_all(on_ms, mod):
 
 
 @kernel
-def step(sens, params, A, H, L, qp, ints, thr, mod, health, ctrl, on_ms):
+def _wrench_column(E, j, u, r, impulse, scale, bh):
+    """E[0:6, j] = impulse [dcm_BH' u; r x u] / scale: a force along u (in B) at r, in the LP's
+    scaled rows (forces in the reboost attitude's LVLH axes, torques in B)."""
+    tx = r[1] * u[2] - r[2] * u[1]
+    ty = r[2] * u[0] - r[0] * u[2]
+    tz = r[0] * u[1] - r[1] * u[0]
+    for k in range(3):
+        E[k, j] = impulse * (bh[k] * u[0] + bh[3 + k] * u[1] + bh[6 + k] * u[2]) / scale[k]
+    E[3, j] = impulse * tx / scale[3]
+    E[4, j] = impulse * ty / scale[4]
+    E[5, j] = impulse * tz / scale[5]
+
+
+@kernel
+def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
     """One control cycle. Writes ``on_ms`` (n, uint16) and returns the status word (int).
 
-    sens (SENS_LEN), params (PARAM_LEN), A (6, m) allocation matrix (thruster columns scaled by
-    their full-cycle impulse, then CMG columns), H (m, m) its normal matrix, L (m, m) scratch,
-    qp (QP_ROWS, m), ints (2, m) int64, thr (n, THR_COLS), mod (n, MOD_COLS), health (n) int64,
-    ctrl (CTRL_LEN) state and diagnostics, on_ms (n) uint16 out.
+    sens (SENS_LEN), params (PARAM_LEN), A (6, n_act) the actuators' wrench per unit (thruster
+    columns scaled by their full-cycle impulse, then CMG columns, then gimbal columns), E
+    (LP rows, LP columns) the LP's matrix (its constant rows filled once; wrench rows scaled by
+    ``params[P_ROW_SCALE]``), Binv (LP rows, LP rows) scratch, qp (QP_ROWS, LP columns), ints
+    (2, LP columns) int64, thr (n, THR_COLS), mod (n, MOD_COLS), health (n) int64, ctrl
+    (CTRL_LEN) state and diagnostics, on_ms (n) uint16 out.
     """
     n = on_ms.shape[0]
     period = params[P_PERIOD]
@@ -187,12 +255,30 @@ def step(sens, params, A, H, L, qp, ints, thr, mod, health, ctrl, on_ms):
     xb = ctrl[C_XH_B:C_XH_B + 3]
     for i in range(3):
         xb[i] = bn[3 * i] * xx + bn[3 * i + 1] * xy + bn[3 * i + 2] * xz
+    # -- gimbals: the engine's LP columns about its present angles -----------------------------
+    scale = params[P_ROW_SCALE:P_ROW_SCALE + 6]
+    # The along-track direction in the LP's force axes (the reboost attitude's LVLH axes).
+    xh0 = bh[0] * xb[0] + bh[3] * xb[1] + bh[6] * xb[2]
+    xh1 = bh[1] * xb[0] + bh[4] * xb[1] + bh[7] * xb[2]
+    xh2 = bh[2] * xb[0] + bh[5] * xb[1] + bh[8] * xb[2]
+    gw = qp[Q_WORK]
+    for g in range(int(params[P_N_GIMBALS])):
+        rec = params[P_GIMBAL + g * G_STRIDE:P_GIMBAL + (g + 1) * G_STRIDE]
+        i = int(rec[G_THRUSTER])
+        col = int(rec[G_COL])
+        gimbal_direction(rec[G_U0:G_U0 + 3], rec[G_E1:G_E1 + 3], rec[G_E2:G_E2 + 3],
+                         qp[Q_ANGLE, col], qp[Q_ANGLE, col + 1], gw[0:3], gw[3:6], gw[6:9])
+        imp = thr[i, T_MAX_IMPULSE]
+        _wrench_column(E, i, gw[0:3], rec[G_R:G_R + 3], imp, scale, bh)
+        _wrench_column(E, col, gw[3:6], rec[G_R:G_R + 3], imp, scale, bh)
+        _wrench_column(E, col + 1, gw[6:9], rec[G_R:G_R + 3], imp, scale, bh)
     # -- guidance ----------------------------------------------------------------------------
     ctrl[C_DV_ALONG] += sens[S_DV] * xb[0] + sens[S_DV + 1] * xb[1] + sens[S_DV + 2] * xb[2]
     inflight = 0.0
     f_along_max = 0.0
     for i in range(n):
-        ax = A[0, i] * xb[0] + A[1, i] * xb[1] + A[2, i] * xb[2]  # along-track impulse at x=1
+        # along-track impulse at x=1 (a gimbaled engine's at its present angles)
+        ax = (E[0, i] * xh0 + E[1, i] * xh1 + E[2, i] * xh2) * scale[0]
         t_prev = mod[i, M_LAST_ON]
         if t_prev > 0.0:
             spill = pulse_impulse(t_prev, period, math.inf, thr[i, T_THRUST],
@@ -275,14 +361,47 @@ def step(sens, params, A, H, L, qp, ints, thr, mod, health, ctrl, on_ms):
         status |= ST_ATTITUDE_LIMIT
         force = 0.0
     ctrl[C_FORCE] = force
+    # -- tanks: stop before a reserve is touched ------------------------------------------------
+    n_tanks = int(params[P_N_TANKS])
+    # A stuck-open valve draws its tank down whatever the burn does: that tank's budget and
+    # stop are suspended (stopping would not save it; the host reports the valve).
+    stuck = qp[Q_WORK]
+    for t in range(n_tanks):
+        stuck[t] = 0.0
+    for i in range(n):
+        if health[i] == HEALTH_STUCK_OPEN:
+            stuck[int(thr[i, T_TANK])] = 1.0
+    if ctrl[C_STOP] < 0.5 and ctrl[C_COMPLETE] < 0.5:
+        t_left = math.inf
+        if f_along_max > 0.0 and remaining > 0.0:
+            t_left = mass * remaining / f_along_max
+        armed = ctrl[C_CYCLE] > params[P_STOP_CYCLES]
+        for t in range(n_tanks):
+            if params[P_TANK_RESERVED + t] < 0.5 or stuck[t] > 0.5:
+                continue
+            left = params[P_TANK_ALLOW + t] - ctrl[C_TANK_USED + t] - params[P_TANK_GUARD + t]
+            if left <= 0.0 or (armed and ctrl[C_TANK_RATE + t] * t_left > left):
+                ctrl[C_STOP] = 1.0 + t
+                break
+    if ctrl[C_STOP] > 0.5:
+        _close_all(on_ms, mod)
+        return (status & ~ST_BURNING) | ST_RESERVE
     # -- allocation --------------------------------------------------------------------------
     want = ctrl[C_WANT:C_WANT + 6]
     for k in range(3):
         want[k] = force * xb[k] * period
         want[3 + k] = torque[k] * period
+    n_act = int(params[P_N_ACT])
+    n_rows = ROW_TANK + n_tanks
     lb = qp[Q_LB]
     ub = qp[Q_UB]
     x = qp[Q_X]
+    b = qp[Q_B]
+    b[0] = force * period * xh0 / scale[0]
+    b[1] = force * period * xh1 / scale[1]
+    b[2] = force * period * xh2 / scale[2]
+    for k in range(3, 6):
+        b[k] = want[k] / scale[k]
     for i in range(n):
         if health[i] == HEALTH_NOMINAL:
             lb[i] = 0.0
@@ -293,26 +412,100 @@ def step(sens, params, A, H, L, qp, ints, thr, mod, health, ctrl, on_ms):
         else:
             lb[i] = 0.0
             ub[i] = 0.0
-    wset = ints[I_WSET]
+    # Gimbal increments: within the rate limit and the angle limit, and frozen while the
+    # engine does not fire (its columns assume it does).
+    for g in range(int(params[P_N_GIMBALS])):
+        rec = params[P_GIMBAL + g * G_STRIDE:P_GIMBAL + (g + 1) * G_STRIDE]
+        i = int(rec[G_THRUSTER])
+        col = int(rec[G_COL])
+        step_max = rec[G_RATE] * period
+        for a in range(2):
+            d = qp[Q_ANGLE, col + a]
+            lo = max(-rec[G_LIMIT] - d, -step_max)
+            hi = min(rec[G_LIMIT] - d, step_max)
+            if force <= 0.0 or health[i] != HEALTH_NOMINAL or not (lo <= hi):
+                lo = 0.0
+                hi = 0.0
+            lb[col + a] = lo
+            ub[col + a] = hi
+    # Roles: the attitude thrusters' summed along-track push is at most zero.
+    b[ROW_ROLE] = 0.0
+    for j in range(n_act):
+        E[ROW_ROLE, j] = 0.0
     for i in range(n):
-        if lb[i] >= ub[i]:
-            wset[i] = AT_LOWER
-    qp_status, resid, iters, saturated = allocate(
-        A, params[P_ROW_WEIGHT:P_ROW_WEIGHT + 6], H, want, lb, ub, x, wset, L,
-        qp[Q_WORK:Q_WORK + 3], ints[I_FREE], ctrl[C_ACHIEVED:C_ACHIEVED + 6],
-        int(params[P_MAX_ITER]))
+        if thr[i, T_TRANSLATION] < 0.5:
+            E[ROW_ROLE, i] = E[0, i] * xh0 + E[1, i] * xh1 + E[2, i] * xh2
+    # Tanks: this cycle's draw within what is left above the reserve (E's tank rows are fixed).
+    for t in range(n_tanks):
+        left = params[P_TANK_ALLOW + t] - ctrl[C_TANK_USED + t] - params[P_TANK_GUARD + t]
+        b[ROW_TANK + t] = left if left > 0.0 else 0.0
+        if stuck[t] > 0.5:  # never binding: the most its thrusters could draw, and more
+            for i in range(n):
+                b[ROW_TANK + t] += E[ROW_TANK + t, i]
+            b[ROW_TANK + t] += 1.0
+    lp_status, iters = allocate(E, b, qp[Q_COST], lb, ub, n_rows, 6, n_act,
+                                params[P_ERR_COST:P_ERR_COST + 6], x, ints[I_STATE],
+                                ints[I_BASIS], Binv, qp[Q_WORK:], int(params[P_MAX_ITER]),
+                                True)
+    # Residual as the weighted, relative wrench error (unscaled rows).
+    achieved = ctrl[C_ACHIEVED:C_ACHIEVED + 6]
+    row_w = params[P_ROW_WEIGHT:P_ROW_WEIGHT + 6]
+    num = 0.0
+    den = 0.0
+    for k in range(6):
+        s = 0.0
+        for j in range(n_act):
+            s += E[k, j] * x[j]
+        s *= scale[k]
+        achieved[k] = s  # forces in the LP's axes for now
+        e = s - b[k] * scale[k]
+        num += row_w[k] * e * e
+        den += row_w[k] * b[k] * scale[k] * b[k] * scale[k]
+    fh0, fh1, fh2 = achieved[0], achieved[1], achieved[2]
+    for k in range(3):
+        achieved[k] = bh[3 * k] * fh0 + bh[3 * k + 1] * fh1 + bh[3 * k + 2] * fh2
+    if den > 0.0:
+        resid = math.sqrt(num / den)
+    else:
+        resid = 0.0 if num == 0.0 else math.inf
+    binding = False
+    for j in range(n_act):
+        if ub[j] > lb[j] and ((x[j] >= ub[j] and ub[j] > 0.0) or (x[j] <= lb[j] and lb[j] < 0.0)):
+            binding = True
     ctrl[C_RESIDUAL] = resid
     ctrl[C_ITER] = iters
-    if qp_status != QP_OK or resid > INFEASIBLE_TOL:
+    if lp_status != LP_OK or resid > INFEASIBLE_TOL:
         status |= ST_INFEASIBLE
-    if saturated and resid > SATURATION_TOL:
+    if binding and resid > SATURATION_TOL:
         status |= ST_SATURATED
-    # -- modulation --------------------------------------------------------------------------
+    for g in range(int(params[P_N_GIMBALS])):
+        col = int(params[P_GIMBAL + g * G_STRIDE + G_COL])
+        qp[Q_ANGLE, col] += x[col]
+        qp[Q_ANGLE, col + 1] += x[col + 1]
+    # -- modulation, and the propellant it books per tank ------------------------------------
+    draw = qp[Q_WORK]
+    for t in range(n_tanks):
+        draw[t] = 0.0
     for i in range(n):
+        booked = 0.0
         if health[i] == HEALTH_NOMINAL:
-            t_on = modulate_one(x[i] * thr[i, T_MAX_IMPULSE], thr[i], mod[i], period, tick)
+            request = x[i] * thr[i, T_MAX_IMPULSE]
+            acc = mod[i, M_REMAINDER] + (request if request > 0.0 else 0.0)
+            if acc > 2.0 * thr[i, T_MAX_IMPULSE]:
+                acc = 2.0 * thr[i, T_MAX_IMPULSE]
+            t_on = modulate_one(request, thr[i], mod[i], period, tick)
             on_ms[i] = int(t_on * 1000.0 + 0.5)
+            booked = acc - mod[i, M_REMAINDER]
         else:
             reset_one(mod[i])
             on_ms[i] = 0
+            if health[i] == HEALTH_STUCK_OPEN:
+                booked = thr[i, T_MAX_IMPULSE]
+        draw[int(thr[i, T_TANK])] += booked * thr[i, T_KG_PER_NS]
+    gain = period / params[P_RATE_TAU]
+    if gain > 1.0:
+        gain = 1.0
+    for t in range(n_tanks):
+        ctrl[C_TANK_USED + t] += draw[t]
+        ctrl[C_TANK_RATE + t] += (draw[t] / period - ctrl[C_TANK_RATE + t]) * gain
     return status

@@ -14,6 +14,9 @@ it booked. So nothing requested is ever dropped:
   ``I(T) = F [T + (tau_tail - tau_rise)(1 - exp(-T/tau_rise))]``, T = t_on + t_cd - t_od),
   and a command that continues a full-cycle command books plain ``F t_on``: the valve is
   already open.
+* Full cycles: a request of a whole cycle's impulse (``T_MAX_IMPULSE``) opens the valve for
+  the whole cycle when the impulse that books leaves the remainder within half a MIB; a run of
+  such cycles is one continuous firing, its tail booked once, at its start.
 * Tick: on-times are rounded to the unit's tick (1 ms); the rounding error stays in the
   remainder. An on-time is never below the minimum (except zero) nor above the cycle, and a gap
   before the cycle end shorter than the valve can resolve is closed to a full-cycle command.
@@ -39,13 +42,19 @@ T_MIN_ON = 5  # minimum on-time [s]
 T_MIB = 6  # minimum impulse bit: booked impulse of the minimum on-time from rest [N s]
 T_MAX_IMPULSE = 7  # most impulse one cycle can book: F * period [N s]
 T_TRANSLATION = 8  # 1.0 for a translation thruster, 0.0 for an attitude thruster
-THR_COLS = 9
+T_KG_PER_NS = 9  # propellant per unit impulse at the nominal Isp, 1 / (Isp g0) [kg/(N s)]
+T_TANK = 10  # index of the tank it draws from
+THR_COLS = 11
 
 # Modulator state per thruster, columns of ``mod`` (n, MOD_COLS).
 M_REMAINDER = 0  # requested but not yet booked impulse [N s]
 M_FULL = 1  # last command covered the whole cycle (1.0 / 0.0)
 M_LAST_ON = 2  # last commanded on-time [s]
 MOD_COLS = 3
+#: A request within a thousandth of a whole cycle's impulse is a whole cycle: a gimbal's
+#: small moves and the allocation's round-off must not close a main engine's valve. The
+#: difference goes to the remainder (at most half a MIB, then one shorter cycle repays it).
+FULL_TOL = 1.0 - 1e-3
 
 @kernel
 def modulate_one(request_Ns, thr_row, mod_row, period_s, tick_s):
@@ -66,7 +75,13 @@ def modulate_one(request_Ns, thr_row, mod_row, period_s, tick_s):
     if acc > cap:
         acc = cap
     t_on = 0.0
-    if acc >= mib:
+    # A full-cycle request keeps the valve open the whole cycle (a main engine fires
+    # continuously rather than closing for the tail it books), as long as what that books
+    # keeps the remainder within half a MIB.
+    if request_Ns >= FULL_TOL * thr_row[T_MAX_IMPULSE] and acc - attributed_impulse(
+            period_s, continuing, f, t_od, t_cd, tr, tt) >= -0.5 * mib:
+        t_on = period_s
+    elif acc >= mib:
         if continuing:
             t = acc / f
         else:

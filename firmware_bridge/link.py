@@ -72,6 +72,9 @@ from thruster_hil.errors import UserError
 __all__ = ["FireResult", "Link", "LinkError", "LinkInfo", "PingSample", "Received"]
 
 MAX_RETRIES = 3  # resends after the first try (section 7)
+#: REALTIME: how long after a period a FIRE's report may still come (a whole-period pulse
+#: reports when it ends; USB serial latency is a few ms) [ms].
+REALTIME_REPORT_SLACK_MS = 20
 MIN_RETRY_TIMEOUT_S = 0.020
 INITIAL_RETRY_TIMEOUT_S = 0.200  # before the PING burst measured an RTT
 PING_BURST = 20
@@ -1213,7 +1216,8 @@ class Link:
 
         LOCKSTEP: waits for each bank's VALVE_REPORT(step, bank), resending the same FIRE (same
         seq, RETRANSMIT) up to 3 times. REALTIME: sends every bank, then collects the reports
-        that arrive before ``deadline_ns`` (host monotonic ns; default: now + period); a bank
+        that arrive before ``deadline_ns`` (host monotonic ns; default: now + period +
+        REALTIME_REPORT_SLACK_MS); a bank
         whose report misses it counts as a deadline miss and is listed in ``missing_banks``
         (its thrusters show 0 executed).
 
@@ -1431,7 +1435,10 @@ class Link:
         t_first = self._send_together([("FIRE", seqs[b], 0, fields)
                                        for b, _lo, _w, fields in banks])
         if deadline_ns is None:
-            deadline_ns = t_first + (self._period_ms or 500) * 1_000_000
+            # A pulse may last the whole period (a main engine firing continuously): its report
+            # comes when it ends, a period plus the link's latency after the FIRE.
+            period_ms = (self._period_ms or 500) + REALTIME_REPORT_SLACK_MS
+            deadline_ns = t_first + period_ms * 1_000_000
         reports: dict[int, Received] = {}
         rejected: list[tuple[int, Received]] = []
 

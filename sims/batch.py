@@ -32,15 +32,16 @@ B_LEN = B_CYCLES + 8
 
 @parallel_kernel
 def fly_batch(seeds, fail_idx, fail_at, pscal, pthr, geom, y0, ptank, tank_idx, table,
-              max_cycles, n_window, params, A, H, thr, qp0, ints0, out):
+              max_cycles, n_window, params, A, E0, thr, qp0, ints0, out):
     """Fly case c = 0 .. len(seeds)-1 with the ideal unit: seeds (N,) int64 key the sensor
     noise; fail_idx/fail_at (N, F) the failures (-1: none); pscal (N, PS_LEN), pthr
     (N, PT_LEN, n), geom (N, 2, n, 3), y0 (N, PLANT_STATE_LEN) the true plants; the tanks, the
     atmosphere and the nominal controller (params, A, H, thr and the initial qp/ints rows) are
-    shared. Writes out (N, B_LEN)."""
+    shared (the LP matrix E0 is copied per case: a gimbal rewrites its columns). Writes out
+    (N, B_LEN)."""
     n_cases = seeds.shape[0]
     n = thr.shape[0]
-    m = A.shape[1]
+    n_rows = E0.shape[0]
     n_fail = fail_idx.shape[1]
     for c in prange(n_cases):
         y = y0[c].copy()
@@ -62,7 +63,8 @@ def fly_batch(seeds, fail_idx, fail_at, pscal, pthr, geom, y0, ptank, tank_idx, 
         true_health = np.zeros(n, np.int64)
         executed = np.zeros(n, np.uint16)
         sens = np.zeros(cst.SENS_LEN)
-        L = np.zeros((m, m))
+        E = E0.copy()
+        Binv = np.zeros((n_rows, n_rows))
         qp = qp0.copy()
         ints = ints0.copy()
         mod = np.zeros((n, MOD_COLS))
@@ -77,7 +79,7 @@ def fly_batch(seeds, fail_idx, fail_at, pscal, pthr, geom, y0, ptank, tank_idx, 
         k, complete, plant_status = loop.fly(
             max_cycles, seeds[c], fail_idx[c], fail_at[c], fail_code, fail_cycle, y, sensed,
             pscal[c], acc, pthr[c], geom[c], ptank, tank_idx, table, valves, impulse, live,
-            tank_used, work, cmg, true_health, executed, sens, params, A, H, L, qp, ints, thr,
+            tank_used, work, cmg, true_health, executed, sens, params, A, E, Binv, qp, ints, thr,
             mod, health, ctrl, on_ms, statuses, att_err, longest)
         row = out[c]
         loop.finish(k, y_start, y, sensed, pscal[c], acc, ctrl, n_window, table, row)
@@ -115,7 +117,7 @@ def run_cases(model, plan: dict, cases: list, setup: loop.BurnSetup | None = Non
     n = setup.n
     pscal = np.empty((n_cases, loop.PS_LEN))
     pthr = np.empty((n_cases, loop.PT_LEN, n))
-    geom = np.empty((n_cases, 2, n, 3))
+    geom = np.empty((n_cases, loop.G_LEN, n, 3))
     y0 = np.empty((n_cases, setup.y0.shape[0]))
     seeds = np.zeros(n_cases, np.int64)
     fail_idx = np.full((n_cases, 1), -1, np.int64)
@@ -129,6 +131,6 @@ def run_cases(model, plan: dict, cases: list, setup: loop.BurnSetup | None = Non
     ctrl = build_controller(model, plan["delta_v_mps"])
     out = np.zeros((n_cases, B_LEN))
     fly_batch(seeds, fail_idx, fail_at, pscal, pthr, geom, y0, setup.ptank, setup.tank_idx,
-              setup.table, setup.max_cycles, setup.n_window, ctrl.params, ctrl.A, ctrl.H,
+              setup.table, setup.max_cycles, setup.n_window, ctrl.params, ctrl.A, ctrl.E,
               ctrl.thr, ctrl.qp, ctrl.ints, out)
     return out

@@ -43,6 +43,7 @@ from sims.thrusters import (
     VS_EDGE_T,
     VS_THRUST,
     feed_update,
+    gimbal_direction,
     valve_cycle,
 )
 
@@ -60,10 +61,17 @@ PT_TAU_RISE = 4  # [s]
 PT_TAU_TAIL = 5  # [s]
 PT_THRUST_EXP = 6  # thrust ~ (p/p0)^a
 PT_ISP_EXP = 7  # Isp ~ (p/p0)^b
-PT_LEN = 8
-# geom (2, n, 3): geom[G_U] = u_T_B (unit force directions), geom[G_R] = r_TC_B [m] (from the CoM)
+PT_GIMBAL_COL = 8  # the controller's first gimbal column of a gimbaled engine, -1 fixed
+PT_LEN = 9
+# geom (G_LEN, n, 3): geom[G_U] = u_T_B (unit force directions, a gimbaled engine's as gimbaled
+# this cycle), geom[G_R] = r_TC_B [m] (from the CoM), geom[G_U0] the undeflected directions,
+# geom[G_E1], geom[G_E2] a gimbaled engine's gimbal axes (zeros when fixed)
 G_U = 0
 G_R = 1
+G_U0 = 2
+G_E1 = 3
+G_E2 = 4
+G_LEN = 5
 # ---- tanks: ptank (TK_LEN, n_tanks) -----------------------------------------------------------
 TK_LOAD = 0  # propellant load [kg]
 TK_BLOWDOWN = 1  # 1.0 blowdown, 0.0 regulated
@@ -223,7 +231,7 @@ def sense(k, seed, y, sensed, pscal, sens):
 
 
 @kernel
-def pre_unit(k, seed, y, sensed, pscal, acc, sens, params, A, H, L, qp, ints, thr, mod, health,
+def pre_unit(k, seed, y, sensed, pscal, acc, sens, params, A, E, Binv, qp, ints, thr, mod, health,
              ctrl, on_ms):
     """Sensors and ``controller.step`` for cycle ``k``: on-times land in ``on_ms``; returns the
     controller's status word. Books the last cycle's true along-track delta-v into ``acc`` and
@@ -234,7 +242,7 @@ def pre_unit(k, seed, y, sensed, pscal, acc, sens, params, A, H, L, qp, ints, th
     sense(k, seed, y, sensed, pscal, sens)
     for i in range(sensed.shape[0]):
         sensed[i] = 0.0
-    return cst.step(sens, params, A, H, L, qp, ints, thr, mod, health, ctrl, on_ms)
+    return cst.step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms)
 
 
 @kernel
@@ -255,7 +263,12 @@ def post_unit(executed_ms, true_health, y, sensed, pscal, pthr, geom, ptank, tan
     budget = pscal[PS_CMG_BUDGET]
     if budget > 0.0:
         for j in range(3):
-            cmg[j] = qp[cst.Q_X, n + j] * budget
+            cmg[j] = (qp[cst.Q_X, n + 2 * j] - qp[cst.Q_X, n + 2 * j + 1]) * budget
+    for i in range(n):
+        col = int(pthr[PT_GIMBAL_COL, i])
+        if col >= 0:  # the engine points as the controller commanded its gimbal this cycle
+            gimbal_direction(geom[G_U0, i], geom[G_E1, i], geom[G_E2, i], qp[cst.Q_ANGLE, col],
+                             qp[cst.Q_ANGLE, col + 1], geom[G_U, i], work[0:3], work[3:6])
     inertia = pscal[PS_INERTIA:PS_INERTIA + 9].reshape((3, 3))
     inertia_inv = pscal[PS_INERTIA_INV:PS_INERTIA_INV + 9].reshape((3, 3))
     status = plant_cycle(y, period, impulse, geom[G_U], geom[G_R], isp, cmg, inertia,
@@ -276,7 +289,7 @@ def post_unit(executed_ms, true_health, y, sensed, pscal, pthr, geom, ptank, tan
 @kernel
 def fly(max_cycles, seed, fail_idx, fail_at, fail_code, fail_cycle, y, sensed, pscal, acc, pthr,
         geom, ptank, tank_idx, table, valves, impulse, live, tank_used, work, cmg, true_health,
-        executed, sens, params, A, H, L, qp, ints, thr, mod, health, ctrl, on_ms, statuses,
+        executed, sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms, statuses,
         att_err, longest):
     """Fly a burn with the ideal unit (every command executed, clamped to the period, none on a
     failed thruster) until the controller reports it complete and the last tail-off is
@@ -297,8 +310,8 @@ def fly(max_cycles, seed, fail_idx, fail_at, fail_code, fail_cycle, y, sensed, p
             if fail_idx[f] >= 0 and fail_cycle[f] < 0 and t >= fail_at[f]:
                 fail_cycle[f] = k
                 true_health[fail_idx[f]] = fail_code[f]
-        status = pre_unit(k, seed, y, sensed, pscal, acc, sens, params, A, H, L, qp, ints, thr,
-                          mod, health, ctrl, on_ms)
+        status = pre_unit(k, seed, y, sensed, pscal, acc, sens, params, A, E, Binv, qp, ints,
+                          thr, mod, health, ctrl, on_ms)
         statuses[k] = status
         att_err[k] = ctrl[cst.C_ATT_ERR]
         if complete < 0 and ctrl[cst.C_COMPLETE] > 0.5:
@@ -321,6 +334,8 @@ def fly(max_cycles, seed, fail_idx, fail_at, fail_code, fail_cycle, y, sensed, p
         if ps > plant_status:
             plant_status = ps
         k += 1
+        if ctrl[cst.C_STOP] > 0.5 and flags & F_QUIET:
+            break  # stopped before a tank's reserve, every valve closed
         if complete >= 0 and flags & F_QUIET:
             firing = False
             for i in range(n):
@@ -509,9 +524,13 @@ def setup_burn(model, plan: dict) -> BurnSetup:
     pthr[PT_TAU_TAIL] = model.tail_off_s
     pthr[PT_THRUST_EXP] = model.thrust_exponent
     pthr[PT_ISP_EXP] = model.isp_exponent
-    geom = np.empty((2, n, 3))
+    pthr[PT_GIMBAL_COL] = gimbal_columns(model)
+    geom = np.zeros((G_LEN, n, 3))
     geom[G_U] = model.u_T_B
     geom[G_R] = model.r_TC_B
+    geom[G_U0] = model.u_T_B
+    geom[G_E1] = model.gimbal_e1_B
+    geom[G_E2] = model.gimbal_e2_B
     nt = len(model.tank_names)
     ptank = np.empty((TK_LEN, nt))
     ptank[TK_LOAD] = model.tank_propellant_kg
@@ -533,6 +552,20 @@ def setup_burn(model, plan: dict) -> BurnSetup:
     )
 
 
+def gimbal_columns(model) -> np.ndarray:
+    """Per thruster, the first of the controller's two gimbal columns (-1 for a fixed one), as
+    :func:`controller.build.build_controller` lays them out: thrusters, CMG +/- per axis, then
+    two per gimbaled engine in thruster order."""
+    n = len(model.thruster_names)
+    col = n + (6 if model.cmg_torque_budget_Nm > 0.0 else 0)
+    out = np.full(n, -1.0)
+    for i in range(n):
+        if model.gimbal_limit_rad[i] > 0.0:
+            out[i] = col
+            col += 2
+    return out
+
+
 def _tilt(u: np.ndarray, angle: float, azimuth: float) -> np.ndarray:
     """``u`` turned by ``angle`` [rad] towards the perpendicular direction at ``azimuth`` [rad]
     (measured in the plane normal to u from the B axis least aligned with u)."""
@@ -549,8 +582,8 @@ def _tilt(u: np.ndarray, angle: float, azimuth: float) -> np.ndarray:
 def case_arrays(setup: BurnSetup, case: PlantCase | None):
     """The true plant of one case: (pscal, pthr, geom, y0) copies of the nominal ones with the
     case's differences applied (the nominal arrays themselves when ``case`` is None)."""
-    if case is None:
-        return setup.pscal, setup.pthr, setup.geom, setup.y0
+    if case is None:  # geom is the plant's state (a gimbal turns an engine): a copy each burn
+        return setup.pscal, setup.pthr, setup.geom.copy(), setup.y0
     pscal = setup.pscal.copy()
     pthr = setup.pthr.copy()
     geom = setup.geom.copy()
@@ -569,6 +602,7 @@ def case_arrays(setup: BurnSetup, case: PlantCase | None):
         for i in range(setup.n):
             if case.misalign_rad[i] != 0.0:
                 geom[G_U, i] = _tilt(geom[G_U, i], float(case.misalign_rad[i]), float(az[i]))
+                geom[G_U0, i] = geom[G_U, i]
     if case.d_com_B_m is not None:
         geom[G_R] -= case.d_com_B_m  # thruster positions from the true CoM
     if case.d_mass_kg != 0.0:
@@ -613,7 +647,7 @@ class Sim:
     def pre(self, k: int) -> int:
         c = self.ctrl
         return pre_unit(k, self.seed, self.y, self.sensed, self.pscal, self.acc, c.sens,
-                        c.params, c.A, c.H, c.L, c.qp, c.ints, c.thr, c.mod, c.health, c.ctrl,
+                        c.params, c.A, c.E, c.Binv, c.qp, c.ints, c.thr, c.mod, c.health, c.ctrl,
                         c.on_ms)
 
     def post(self, executed_ms: np.ndarray) -> int:
@@ -629,7 +663,7 @@ class Sim:
         return fly(s.max_cycles, self.seed, fail_idx, fail_at, fail_code, fail_cycle, self.y,
                    self.sensed, self.pscal, self.acc, self.pthr, self.geom, s.ptank, s.tank_idx,
                    s.table, self.valves, self.impulse, self.live, self.tank_used, self.work,
-                   self.cmg, self.true_health, self.executed, c.sens, c.params, c.A, c.H, c.L,
+                   self.cmg, self.true_health, self.executed, c.sens, c.params, c.A, c.E, c.Binv,
                    c.qp, c.ints, c.thr, c.mod, c.health, c.ctrl, c.on_ms, statuses, att_err,
                    longest)
 

@@ -28,6 +28,7 @@ __all__ = [
     "dcm_PB_from_axes",
     "direction_in_body",
     "dcm_BV",
+    "gimbal_trim",
     "rotate_inertia",
     "vehicle_in_body",
 ]
@@ -126,3 +127,26 @@ def dcm_BH_from_ypr(yaw_rad: float, pitch_rad: float, roll_rad: float) -> np.nda
             [c3 * s2 * c1 + s3 * s1, c3 * s2 * s1 - s3 * c1, c3 * c2],
         ]
     )
+
+
+def gimbal_trim(u0, e1, e2, r_TC_B, limit_rad: float) -> tuple[float, float]:
+    """The gimbal angles [rad] that point an engine at ``r_TC_B`` (from the CoM) through the
+    centre of mass, inverting :func:`sims.thrusters.gimbal_direction`
+    (``u = cos d2 (cos d1 u0 + sin d1 e1) + sin d2 e2``) for ``u = -r_TC_B / |r_TC_B|`` (or
+    ``+``, whichever is nearer u0), each clipped to +-``limit_rad``. All vectors in one frame."""
+    u0 = np.asarray(u0, dtype=np.float64)
+    w = -np.asarray(r_TC_B, dtype=np.float64)
+    w = w / np.linalg.norm(w)
+    if float(w @ u0) < 0.0:
+        w = -w
+    d2 = float(np.arcsin(np.clip(w @ np.asarray(e2, dtype=np.float64), -1.0, 1.0)))
+    d1 = float(np.arctan2(w @ np.asarray(e1, dtype=np.float64), w @ u0))
+    lim = float(limit_rad)
+    return (min(max(d1, -lim), lim), min(max(d2, -lim), lim))
+
+
+def gimbaled_direction(u0, e1, e2, d1: float, d2: float) -> np.ndarray:
+    """The direction of an engine gimbaled by (d1, d2) [rad], as
+    :func:`sims.thrusters.gimbal_direction` computes it in a kernel."""
+    u0, e1, e2 = (np.asarray(v, dtype=np.float64) for v in (u0, e1, e2))
+    return np.cos(d2) * (np.cos(d1) * u0 + np.sin(d1) * e1) + np.sin(d2) * e2

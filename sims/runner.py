@@ -183,6 +183,8 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
             sim, unit, failures, names, events, statuses, att_err, longest, on_cycle, realtime,
             on_loop_end)
         cycles_per_s = (k - 1) / wall if wall > 0 and k > 1 else math.nan
+    if aborted is None and sim.ctrl.stopped_tank >= 0:
+        aborted = _reserve_stop(model, sim)
     if aborted is not None:
         events.append({"event": "aborted", "cycle": k, "t_s": k * period, "reason": aborted})
     still_open = _listed(getattr(unit, "valves_open", None))
@@ -221,6 +223,15 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
         "tank_used_kg": {name: round(float(u), 4) for name, u in zip(model.tank_names,
                                                                        sim.tank_used,
                                                                        strict=True)},
+        "propellant_by_tank_kg": {name: float(u) for name, u in zip(model.tank_names,
+                                                                    sim.tank_used, strict=True)},
+        "tank_reserve_kg": {name: float(r) for name, r in zip(model.tank_names,
+                                                              model.tank_reserve_kg,
+                                                              strict=True)},
+        # Tanks whose draw reached into their reserve (the controller stops before that).
+        "reserve_touched": [name for name, u, load, r in zip(
+            model.tank_names, sim.tank_used, model.tank_propellant_kg, model.tank_reserve_kg,
+            strict=True) if r > 0.0 and u > load - r],
         "perigee_km_before": plan["perigee_km_before"],
         "apogee_km_before": plan["apogee_km_before"],
         "perigee_km_after": plan["perigee_km_before"] + out[O_D_PERIGEE] / 1e3,
@@ -313,12 +324,15 @@ def _cycle_by_cycle(sim: Sim, unit, failures, names, events, statuses, att_err, 
             wall0 = time.perf_counter()  # the first cycle also loads the kernels: not timed
         if on_cycle is not None:
             on_cycle(k, {"t_s": k * period, "status": int(statuses[k]), "ctrl": ctrl,
-                         "y": sim.y, "executed_ms": report.executed_ms, "rtt_s": report.rtt_s})
+                         "y": sim.y, "executed_ms": report.executed_ms, "rtt_s": report.rtt_s,
+                         "tank_used": sim.tank_used})
         k += 1
         wall1 = time.perf_counter()
         if no_thrust is not None:
             raise StopBurn(no_thrust)
         if complete_cycle is not None and flags & F_QUIET and not on_ms[translation_idx].any():
+            return False
+        if ctrl.stopped_tank >= 0 and flags & F_QUIET:
             return False
         return k < max_cycles
 
@@ -377,8 +391,31 @@ def _shortfall(summary: dict, names, translation_idx, health) -> str | None:
             "burn's cycle limit)")
 
 
+def _reserve_stop(model, sim: Sim) -> str:
+    """Why the controller stopped the burn: a tank would have reached its reserve."""
+    t = sim.ctrl.stopped_tank
+    name = model.tank_names[t]
+    reserve = float(model.tank_reserve_kg[t])
+    left = float(model.tank_propellant_kg[t]) - reserve - float(sim.tank_used[t])
+    return (f"stopped before tank {name!r} reaches its {reserve:g} kg reserve ({left:.2f} kg "
+            f"above it left; the rest of the burn would need more): no reboost spends it")
+
+
 def _listed(channels) -> list[int] | None:
     return None if channels is None else [int(c) for c in channels]
+
+
+def _by_tank(s: dict) -> str:
+    reserve = s.get("tank_reserve_kg") or {}
+    parts = []
+    for name, used in (s.get("propellant_by_tank_kg") or {}).items():
+        r = reserve.get(name, 0.0)
+        note = ""
+        if r > 0.0:
+            note = (" (reserve TOUCHED)" if name in s.get("reserve_touched", ())
+                    else f" (its {r:g} kg reserve untouched)")
+        parts.append(f"{name} {used:.2f} kg{note}")
+    return ", ".join(parts)
 
 
 def _channels(channels: list[int]) -> str:
@@ -407,6 +444,7 @@ def format_run(s: dict) -> str:
         ("max attitude error", f"{s['max_attitude_error_deg']:.4f} deg (limit "
                                f"{s['attitude_limit_deg']:g} deg)"),
         ("propellant", f"{s['propellant_kg']:.2f} kg"),
+        ("propellant by tank", _by_tank(s)),
         ("mean perigee", f"{s['perigee_km_before']:.3f} -> {s['perigee_km_after']:.3f} km"),
         ("mean apogee", f"{s['apogee_km_before']:.3f} -> {s['apogee_km_after']:.3f} km"),
         ("status (cycles)", ", ".join(f"{k} {v}" for k, v in s["status_cycles"].items())),

@@ -523,3 +523,29 @@ def feed_update(impulse_Ns, isp_s, tank_idx, tank_load_kg, tank_blowdown, tank_p
                                         thrust_exponent[i], isp_exponent[i])
         out_thrust_N[i] = f
         out_isp_s[i] = isp if isp > 0.0 else isp_ref_s[i]
+
+
+# --------------------------------------------------------------------------------------------
+# A two-axis gimbal
+# --------------------------------------------------------------------------------------------
+
+
+@kernel
+def gimbal_direction(u0, e1, e2, d1, d2, out_u, out_du1, out_du2):
+    """Thrust direction of an engine gimbaled by ``d1``, ``d2`` [rad] and its two derivatives.
+
+    ``u0`` is the undeflected unit direction, ``e1``, ``e2`` unit vectors perpendicular to it
+    and to each other. The direction is the unit vector at azimuth ``d1`` (from u0 towards e1)
+    and elevation ``d2`` (towards e2):
+    ``u = cos d2 (cos d1 u0 + sin d1 e1) + sin d2 e2``, so ``|u| = 1`` exactly and small angles
+    tilt it by about ``d1 e1 + d2 e2``. Writes u, du/dd1 and du/dd2 (3 each).
+    """
+    c1 = math.cos(d1)
+    s1 = math.sin(d1)
+    c2 = math.cos(d2)
+    s2 = math.sin(d2)
+    for k in range(3):
+        p = c1 * u0[k] + s1 * e1[k]
+        out_u[k] = c2 * p + s2 * e2[k]
+        out_du1[k] = c2 * (c1 * e1[k] - s1 * u0[k])
+        out_du2[k] = c2 * e2[k] - s2 * p

@@ -182,7 +182,10 @@ def perturbed(draw):
     veh["inertia_kg_m2"] = [[k * x for x in row] for row in veh["inertia_kg_m2"]]
     veh["com_m"][0] += draw(st.floats(-1, 1))
     for tank in veh["tanks"].values():
-        tank["propellant_kg"] *= draw(st.floats(0.0, 2.0))
+        k = draw(st.floats(0.0, 2.0))
+        tank["propellant_kg"] *= k
+        if "reserve_kg" in tank:  # a reserve stays within its tank
+            tank["reserve_kg"] *= k
         tank["pressure_Pa"] *= draw(f)
     for thr in veh["thrusters"].values():
         thr["thrust_N"] *= draw(f)
@@ -524,6 +527,55 @@ BAD = [
         "stack",
         _set(("attitude_ypr_deg",), [90.0, 0.0, 0.0]),
         "translation_thrusters",
+    ),
+    (
+        "reserve-larger-than-tank",
+        "dragon-boost-kit",
+        "vehicle",
+        _set(("tanks", "capsule", "reserve_kg"), 1300.5),
+        "tanks.capsule.reserve_kg",
+    ),
+    (
+        "reserve-negative",
+        "dragon-boost-kit",
+        "vehicle",
+        _set(("tanks", "capsule", "reserve_kg"), -1.0),
+        "tanks.capsule.reserve_kg",
+    ),
+    (
+        "gimbal-limit-nan",
+        "cygnus",
+        "vehicle",
+        _set(("thrusters", "bt4", "gimbal", "limit_deg"), math.nan),
+        "thrusters.bt4.gimbal.limit_deg",
+    ),
+    (
+        "gimbal-limit-zero",
+        "cygnus",
+        "vehicle",
+        _set(("thrusters", "bt4", "gimbal", "limit_deg"), 0.0),
+        "thrusters.bt4.gimbal.limit_deg",
+    ),
+    (
+        "gimbal-rate-inf",
+        "cygnus",
+        "vehicle",
+        _set(("thrusters", "bt4", "gimbal", "rate_deg_s"), math.inf),
+        "thrusters.bt4.gimbal.rate_deg_s",
+    ),
+    (
+        "gimbal-missing-rate",
+        "cygnus",
+        "vehicle",
+        _delete(("thrusters", "bt4", "gimbal", "rate_deg_s")),
+        "thrusters.bt4.gimbal.rate_deg_s",
+    ),
+    (
+        "gimbal-not-a-table",
+        "cygnus",
+        "vehicle",
+        _set(("thrusters", "bt4", "gimbal"), 5.0),
+        "thrusters.bt4.gimbal",
     ),
     (
         "cygnus-unpitched",

@@ -27,14 +27,14 @@ plan = plan_burn("dragon-boost-kit", Target("raise_perigee", 1.6))
 deltas = []
 
 @njit
-def drive(times, sens, params, A, H, L, qp, ints, thr, mod, health, ctrl, on_ms):
+def drive(times, sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
     for _ in range(times):
-        step(sens, params, A, H, L, qp, ints, thr, mod, health, ctrl, on_ms)
+        step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms)
 
 def probe(k, info):
     if k == 50:
         c = info["ctrl"]
-        args = (c.sens, c.params, c.A, c.H, c.L, c.qp, c.ints, c.thr, c.mod, c.health, c.ctrl,
+        args = (c.sens, c.params, c.A, c.E, c.Binv, c.qp, c.ints, c.thr, c.mod, c.health, c.ctrl,
                 c.on_ms)
         drive(1, *args)
         counts = []

@@ -385,3 +385,46 @@ def test_regulated_feed_holds_then_an_empty_tank_gives_nothing():
     assert thrust[0] == 25.0
     _, thrust, _ = _feed(np.full((1, 1), 500.0), False, load=0.1)
     assert thrust[0] == 0.0
+
+
+# ---- the gimbal kinematics (issue 14) ----------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(d1=st.floats(-0.5, 0.5), d2=st.floats(-0.5, 0.5), k=st.integers(0, 2))
+def test_gimbal_direction_is_unit_and_its_derivatives_match_finite_differences(d1, d2, k):
+    """u(d1, d2) stays a unit vector, equals the numpy form the config uses, and du/dd1,
+    du/dd2 match central differences (h = 1e-6: error O(h^2) ~ 1e-12, tolerance 1e-8)."""
+    from sims.massprops import gimbaled_direction
+    from sims.thrusters import gimbal_direction
+
+    u0 = np.zeros(3)
+    u0[k] = 1.0
+    e1 = np.roll(u0, 1)
+    e2 = np.cross(u0, e1)
+    u, du1, du2 = np.empty(3), np.empty(3), np.empty(3)
+    gimbal_direction(u0, e1, e2, d1, d2, u, du1, du2)
+    assert np.linalg.norm(u) == pytest.approx(1.0, abs=1e-14)
+    np.testing.assert_allclose(u, gimbaled_direction(u0, e1, e2, d1, d2), atol=1e-15)
+    h = 1e-6
+    fd1 = (gimbaled_direction(u0, e1, e2, d1 + h, d2)
+           - gimbaled_direction(u0, e1, e2, d1 - h, d2)) / (2 * h)
+    fd2 = (gimbaled_direction(u0, e1, e2, d1, d2 + h)
+           - gimbaled_direction(u0, e1, e2, d1, d2 - h)) / (2 * h)
+    np.testing.assert_allclose(du1, fd1, atol=1e-8)
+    np.testing.assert_allclose(du2, fd2, atol=1e-8)
+
+
+def test_gimbal_trim_points_the_thrust_through_the_com():
+    """The trim of an engine 9.83 m from the CoM with its axis 1.98 m off (Cygnus at Unity
+    nadir) turns it by atan(1.98/9.83) = 11.4 deg, and then r x u = 0."""
+    from sims.massprops import gimbal_trim, gimbaled_direction
+
+    u0, e1, e2 = np.array([0, 0, -1.0]), np.array([0, 1.0, 0]), np.array([1.0, 0, 0])
+    r = np.array([-1.97878484, 0.0, 9.82839884])
+    d1, d2 = gimbal_trim(u0, e1, e2, r, np.radians(15.0))
+    assert d1 == pytest.approx(0.0, abs=1e-15)
+    assert np.degrees(d2) == pytest.approx(np.degrees(np.arctan2(1.97878484, 9.82839884)))
+    np.testing.assert_allclose(np.cross(r, gimbaled_direction(u0, e1, e2, d1, d2)), 0.0,
+                               atol=1e-12)
+    assert gimbal_trim(u0, e1, e2, r, np.radians(5.0))[1] == pytest.approx(np.radians(5.0))

@@ -480,7 +480,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     stop = getattr(args, "stop_signals", None) or StopSignals()
     out_dir = args.out if args.out is not None else default_run_dir(plan["stack"])
-    recorder = RunRecorder(out_dir, names, model.mass_kg)
+    recorder = RunRecorder(out_dir, names, model.mass_kg, model.tank_names)
     unit = None
     try:
         unit = _open_run_unit(args, model, plan, names, recorder)

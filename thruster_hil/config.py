@@ -32,6 +32,7 @@ __all__ = [
     "Stack",
     "StackModel",
     "Station",
+    "Gimbal",
     "Tank",
     "Thruster",
     "Vehicle",
@@ -45,6 +46,8 @@ __all__ = [
 SOLAR_ACTIVITIES = ("low", "moderate", "high")
 PRESSURE_MODES = ("regulated", "blowdown")
 UNIT_TOL = 1e-6  # direction / axis vectors must be unit (and orthogonal) to this tolerance
+MAX_TANKS = 8  # the controller's per-tank arrays (controller.cycle.MAX_TANKS)
+MAX_GIMBALS = 2  # and its gimbal records (controller.cycle.MAX_GIMBALS)
 _STEM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -97,6 +100,7 @@ class Tank:
     gas_volume_m3: float | None = None
     propellant_density_kg_m3: float | None = None
     polytropic_n: float | None = None
+    reserve_kg: float = 0.0  # kept for something else (a deorbit burn): no reboost touches it
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,6 +124,28 @@ class Thruster:
     min_on_time_s: float
     thrust_exponent: float | None = None
     isp_exponent: float | None = None
+    gimbal: Gimbal | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Gimbal:
+    """A two-axis engine gimbal: each axis within +-``limit_deg``, moving at most
+    ``rate_deg_s``. Its axes are perpendicular to the thrust direction (:func:`gimbal_axes`)."""
+
+    limit_deg: float
+    rate_deg_s: float
+
+
+def gimbal_axes(direction) -> tuple[np.ndarray, np.ndarray]:
+    """Two unit vectors perpendicular to ``direction`` and to each other: the first along the
+    frame axis least aligned with the direction, made perpendicular; the second completes the
+    right-handed set (``e1 x e2 = direction``)."""
+    u = np.asarray(direction, dtype=np.float64)
+    a = np.zeros(3)
+    a[int(np.argmin(np.abs(u)))] = 1.0
+    e1 = a - (a @ u) * u
+    e1 /= np.linalg.norm(e1)
+    return e1, np.cross(u, e1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -459,8 +485,9 @@ def load_station(path: str | Path) -> Station:
 
 _VEHICLE_KEYS = ("name", "dry_mass_kg", "com_m", "inertia_kg_m2", "tanks", "thrusters")
 _BLOWDOWN_KEYS = ("gas_volume_m3", "propellant_density_kg_m3", "polytropic_n")
-_TANK_KEYS = ("propellant_kg", "pressure_mode", "pressure_Pa", *_BLOWDOWN_KEYS)
+_TANK_KEYS = ("propellant_kg", "pressure_mode", "pressure_Pa", "reserve_kg", *_BLOWDOWN_KEYS)
 _EXPONENT_KEYS = ("thrust_exponent", "isp_exponent")
+_GIMBAL_KEYS = ("limit_deg", "rate_deg_s")
 _THRUSTER_KEYS = (
     "position_m",
     "direction",
@@ -472,6 +499,7 @@ _THRUSTER_KEYS = (
     "rise_time_s",
     "tail_off_s",
     "min_on_time_s",
+    "gimbal",
     *_EXPONENT_KEYS,
 )
 
@@ -512,7 +540,11 @@ def load_vehicle(path: str | Path) -> Vehicle:
                     raise k.fail(
                         key, f"expected no {key} for a regulated tank, got {_show(raw[key])}"
                     )
-        tanks[tname] = Tank(tname, prop, mode, pressure, **extra)
+        reserve = k.number("reserve_kg", 0.0, 1e5, unit="kg", default=0.0)
+        if reserve > prop:
+            raise k.fail("reserve_kg", f"expected a reserve no larger than the tank's "
+                         f"propellant_kg ({prop:g} kg), got {reserve:g}")
+        tanks[tname] = Tank(tname, prop, mode, pressure, reserve_kg=reserve, **extra)
 
     thrusters: dict[str, Thruster] = {}
     for hname, raw in t.subtables("thrusters", "a thruster").items():
@@ -542,6 +574,12 @@ def load_vehicle(path: str | Path) -> Vehicle:
                         f"expected no {key} for a thruster on a regulated tank, "
                         f"got {_show(raw[key])}",
                     )
+        gimbal = None
+        if "gimbal" in raw:
+            gt = _Table(where, raw["gimbal"], f"thrusters.{hname}.gimbal")
+            gt.check_keys(_GIMBAL_KEYS)
+            gimbal = Gimbal(gt.number("limit_deg", 0.0, 45.0, lo_open=True, unit="deg"),
+                            gt.number("rate_deg_s", 0.0, 90.0, lo_open=True, unit="deg/s"))
         thrusters[hname] = Thruster(
             hname,
             _frozen(pos),
@@ -550,10 +588,17 @@ def load_vehicle(path: str | Path) -> Vehicle:
             isp,
             tank,
             min_on_time_s=min_on,
+            gimbal=gimbal,
             **delays,
             **exps,
         )
 
+    if len(tanks) > MAX_TANKS:
+        raise t.fail("tanks", f"expected at most {MAX_TANKS} tanks, got {len(tanks)}")
+    n_gimbals = sum(h.gimbal is not None for h in thrusters.values())
+    if n_gimbals > MAX_GIMBALS:
+        raise t.fail("thrusters", f"expected at most {MAX_GIMBALS} gimbaled thrusters, got "
+                     f"{n_gimbals}")
     return Vehicle(name, path, dry, _frozen(com), _frozen(inertia), tanks, thrusters)
 
 
@@ -773,10 +818,15 @@ class StackModel:
     tank_gas_volume_m3: np.ndarray  # 0 for a regulated tank
     tank_propellant_density_kg_m3: np.ndarray  # 0 for a regulated tank
     tank_polytropic_n: np.ndarray  # 1 for a regulated tank
+    tank_reserve_kg: np.ndarray  # per tank: kept back from every reboost [kg]
+    gimbal_limit_rad: np.ndarray  # (n,) per-axis angle limit, 0 for a fixed thruster
+    gimbal_rate_rad_s: np.ndarray  # (n,) per-axis rate limit, 0 for a fixed thruster
+    gimbal_e1_B: np.ndarray  # (n, 3) first gimbal axis direction in B (zeros when fixed)
+    gimbal_e2_B: np.ndarray  # (n, 3) second
     torque_arm_B: np.ndarray  # (n, 3) r_TC_B x u_T_B: torque per newton about the CoM [m]
     translation_force_B: np.ndarray  # summed nominal force of the translation set, in B [N]
     translation_torque_B: np.ndarray  # its summed torque about the CoM, in B [N m]
-    along_track_thrust_N: float  # sum thrust * (u . x_H), cant losses included [N]
+    along_track_thrust_N: float  # sum thrust * (u . x_H), cant losses and gimbal trim included [N]
     translation_mass_flow_kg_s: float  # sum thrust / (Isp g0) [kg/s]
     lever_arm_m: float  # distance of the translation set's resultant thrust line from the CoM
     control_period_s: float
@@ -856,6 +906,18 @@ def build_stack_model(stack: Stack) -> StackModel:
     M = np.cross(r_TC[:n_t], g["force_B"][:n_t]).sum(axis=0)
     lever = float(np.linalg.norm(np.cross(F, M)) / (F @ F))
 
+    e1_B = np.zeros((len(ths), 3))
+    e2_B = np.zeros((len(ths), 3))
+    u_trim = np.array(u_B)  # a gimbaled engine as the controller trims it: through the CoM
+    for i, h in enumerate(ths):
+        if h.gimbal is not None:
+            e1_V, e2_V = gimbal_axes(h.direction)
+            e1_B[i] = g["dcm_BV"] @ e1_V
+            e2_B[i] = g["dcm_BV"] @ e2_V
+            trim = massprops.gimbal_trim(u_B[i], e1_B[i], e2_B[i], r_TC[i],
+                                         math.radians(h.gimbal.limit_deg))
+            u_trim[i] = massprops.gimbaled_direction(u_B[i], e1_B[i], e2_B[i], *trim)
+
     def arr(values, dtype=np.float64):
         a = np.array(values, dtype=dtype)
         a.setflags(write=False)
@@ -894,10 +956,17 @@ def build_stack_model(stack: Stack) -> StackModel:
         tank_gas_volume_m3=arr([k.gas_volume_m3 or 0.0 for k in tanks]),
         tank_propellant_density_kg_m3=arr([k.propellant_density_kg_m3 or 0.0 for k in tanks]),
         tank_polytropic_n=arr([k.polytropic_n or 1.0 for k in tanks]),
+        tank_reserve_kg=arr([k.reserve_kg for k in tanks]),
+        gimbal_limit_rad=arr([math.radians(h.gimbal.limit_deg) if h.gimbal else 0.0
+                              for h in ths]),
+        gimbal_rate_rad_s=arr([math.radians(h.gimbal.rate_deg_s) if h.gimbal else 0.0
+                               for h in ths]),
+        gimbal_e1_B=arr(e1_B),
+        gimbal_e2_B=arr(e2_B),
         torque_arm_B=arr(np.cross(r_TC, u_B)),
         translation_force_B=arr(F),
         translation_torque_B=arr(M),
-        along_track_thrust_N=float(thrust[:n_t] @ (u_B[:n_t] @ x_H_B)),
+        along_track_thrust_N=float(thrust[:n_t] @ (u_trim[:n_t] @ x_H_B)),
         translation_mass_flow_kg_s=float(np.sum(thrust[:n_t] / (isp[:n_t] * G0))),
         lever_arm_m=lever,
         control_period_s=stack.control_period_s,

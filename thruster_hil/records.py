@@ -8,7 +8,9 @@
     summary.json    the run's summary (the --json object) plus config hashes, versions and the
                     unit's identity; written at the end, also after Ctrl-C, SIGTERM, SIGHUP or a
                     record that could not be written ("aborted": true)
-    telemetry.csv   one row per control cycle, written whole every cycle
+    telemetry.csv   one row per control cycle, written whole every cycle (the fixed columns, the
+                    commanded and executed on-times per thruster, then the propellant drawn
+                    from each tank so far, ``propellant_kg:<tank>``)
     capture.csv     every byte on the wire in each direction with its host time (monotonic ns):
                     ``t_ns,dir,hex``, written whole per chunk (serial units only)
 
@@ -114,7 +116,8 @@ def file_sha256(path: str | Path) -> str:
 class RunRecorder:
     """Writes one run directory. Use as ``on_cycle`` / ``on_bytes`` sink, then :meth:`finish`."""
 
-    def __init__(self, out_dir: str | Path, thruster_names: list[str], mass0_kg: float):
+    def __init__(self, out_dir: str | Path, thruster_names: list[str], mass0_kg: float,
+                 tank_names: tuple[str, ...] = ()):
         self.dir = Path(out_dir)
         try:
             taken = self.dir.exists() and (not self.dir.is_dir() or any(self.dir.iterdir()))
@@ -126,6 +129,7 @@ class RunRecorder:
             raise UserError(str(self.dir), f"the run {what}: pick another --out (nothing is "
                             "overwritten)", field="--out")
         self._names = list(thruster_names)
+        self._tanks = list(tank_names)
         self._mass0 = mass0_kg
         self._row = io.StringIO()
         self._writer = csv.writer(self._row)  # csv formatting (\r\n rows), written whole
@@ -141,7 +145,8 @@ class RunRecorder:
             self._tel = WholeLines(self.dir / "telemetry.csv")
             self._tel.write(self._line(list(TELEMETRY_FIELDS)
                                        + [f"cmd_ms:{n}" for n in self._names]
-                                       + [f"exec_ms:{n}" for n in self._names]))
+                                       + [f"exec_ms:{n}" for n in self._names]
+                                       + [f"propellant_kg:{n}" for n in self._tanks]))
             self._reserve_summary()
         except (OSError, RecordError) as exc:
             self.close()
@@ -216,6 +221,8 @@ class RunRecorder:
                f"{math.degrees(w[1]):.8f}", f"{math.degrees(w[2]):.8f}",
                f"{self._mass0 - y[plant.M]:.6f}", f"{rtt * 1e3:.4f}"]
         row += [int(v) for v in ctrl.on_ms] + [int(v) for v in info["executed_ms"]]
+        if self._tanks:
+            row += [f"{float(v):.6f}" for v in info["tank_used"]]
         self._stop_if_failed()  # the capture or status.json failed since the last cycle
         try:
             self._tel.write(self._line(row))

@@ -217,7 +217,7 @@ def replay_run(run_dir: str | Path) -> dict:
     if out.exists():
         out.unlink()
     tmp_dir = run / ".replay"
-    recorder = RunRecorder(tmp_dir, names, model.mass_kg)
+    recorder = RunRecorder(tmp_dir, names, model.mass_kg, model.tank_names)
     try:
         result = run_burn(model, summary["plan"], unit=unit, failures=failures,
                           on_cycle=recorder.on_cycle)

@@ -3,8 +3,8 @@
 Renders RUN_DIR/report.png (matplotlib, Agg backend: no display needed) and a one-page
 RUN_DIR/report.html that embeds it with the summary's key numbers. Panels: altitude against time
 with the mean apsides before and after; delta-v against its target; the thruster firing raster
-(executed on-time per cycle); attitude error against the stack's limit; propellant used; the
-link's round-trip-time histogram.
+(executed on-time per cycle); attitude error against the stack's limit; propellant used, in all
+and per tank (with any tank's reserve in the legend); the link's round-trip-time histogram.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def _load(run: Path) -> tuple[dict, dict[str, list[float]]]:
             raise UserError(str(path), "expected the telemetry of a thruster-hil run, got no "
                             f"column {key!r}")
     exec_cols = [k for k in header if k.startswith("exec_ms:")]
-    cols: dict[str, list[float]] = {k: [] for k in (*TELEMETRY_COLUMNS, *exec_cols)}
+    tank_cols = [k for k in header if k.startswith("propellant_kg:")]
+    cols: dict[str, list[float]] = {k: [] for k in (*TELEMETRY_COLUMNS, *exec_cols, *tank_cols)}
     index = {k: header.index(k) for k in cols}
     for n, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
@@ -150,8 +151,15 @@ def render(run_dir: str | Path) -> dict:
           ylabel="deg (log)", ylim=(1e-5, max(lim or 1.0, float(err.max())) * 3))
 
     a = ax[1, 1]
-    a.plot(t, np.array(cols["propellant_kg"], float), lw=1.2)
+    a.plot(t, np.array(cols["propellant_kg"], float), lw=1.2, label="all tanks")
+    reserve = s.get("tank_reserve_kg") if isinstance(s.get("tank_reserve_kg"), dict) else {}
+    for key in (k for k in cols if k.startswith("propellant_kg:")):
+        tank = key.split(":", 1)[1]
+        r = reserve.get(tank)
+        note = f" (reserve {r:g} kg kept)" if isinstance(r, int | float) and r > 0 else ""
+        a.plot(t, np.array(cols[key], float), lw=1, ls="--", label=f"{tank}{note}")
     a.set(title="propellant used", xlabel="t [s]", ylabel="kg")
+    a.legend(fontsize=7)
 
     a = ax[1, 2]
     rtt = np.array(cols["rtt_ms"], float)
@@ -175,6 +183,7 @@ def render(run_dir: str | Path) -> dict:
 def _write_html(run: Path, s: dict, png: Path) -> None:
     keys = ("stack", "unit", "target_delta_v_mps", "achieved_delta_v_mps", "delta_v_error_pct",
             "burn_duration_s", "cycles", "max_attitude_error_deg", "propellant_kg",
+            "propellant_by_tank_kg", "reserve_touched",
             "perigee_km_before", "perigee_km_after", "apogee_km_before", "apogee_km_after",
             "aborted", "abort_reason")
     rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(s.get(k)))}</td></tr>"
