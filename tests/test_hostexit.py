@@ -384,16 +384,17 @@ def test_replay_and_report_say_what_a_damaged_run_directory_lacks(tmp_path, caps
     assert main(["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.05", "--out",
                  str(out)]) == 0
     capsys.readouterr()
+    n = json.loads((out / "summary.json").read_text())["cycles"]
     (out / "summary.json").unlink()
     with open(out / "telemetry.csv", "ab") as f:
-        f.write(b"86,43.0")  # a row cut short
+        f.write(f"{n},43.0".encode())  # a row cut short
     (out / "status.json.tmp").write_text("{")
     for cmd in ("replay", "report"):
         assert main([cmd, str(out)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1, err
-        for phrase in ("telemetry.csv ends in a partial row (after 86 whole cycles)",
-                       "no summary.json (86 cycles in telemetry.csv)",
+        for phrase in (f"telemetry.csv ends in a partial row (after {n} whole cycles)",
+                       f"no summary.json ({n} cycles in telemetry.csv)",
                        "left over from a run killed while writing: status.json.tmp"):
             assert phrase in err, err
 
@@ -403,15 +404,16 @@ def test_replay_and_report_say_what_a_damaged_run_directory_lacks(tmp_path, caps
 def test_a_burn_with_every_translation_thruster_failed_exits_1_saying_why(tmp_path, capsys):
     """It flew 291 cycles of zero delta-v and exited 0: now it stops at once, exit 1, and the
     plain-text summary says why."""
-    names = [f"dpo-aft-{i}@0" for i in range(1, 5)]
+    names = [f"dpo-aft-{i}@0" for i in range(1, 9)]  # the Progress stack's 8 aft DPOs
     argv = ["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.05", "--out",
             str(tmp_path / "run")]
     for n in names:
         argv += ["--fail-thruster", n]
     assert main(argv) == 1
     text = capsys.readouterr().out
-    assert "ABORTED: every translation thruster has failed off (dpo-aft-1, dpo-aft-2, " \
-           "dpo-aft-3, dpo-aft-4): no along-track thrust is possible" in text
+    failed = ", ".join(f"dpo-aft-{i}" for i in range(1, 9))
+    assert f"ABORTED: every translation thruster has failed off ({failed}): no along-track " \
+           "thrust is possible" in text
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["cycles"] == 1 and summary["achieved_delta_v_mps"] == 0.0
 
@@ -425,7 +427,7 @@ def test_the_fused_loop_also_names_a_burn_that_could_not_reach_its_target():
 
     model = build_stack_model(load_stack("progress"))
     plan = plan_burn("progress", Target("delta_v", 0.05))
-    fails = [Failure(f"dpo-aft-{i}", 0.0) for i in range(1, 5)]
+    fails = [Failure(f"dpo-aft-{i}", 0.0) for i in range(1, 9)]
     s = run_burn(model, plan, failures=fails).summary
     assert not s["completed"] and not s["aborted"]
     assert s["failure_reason"].startswith("every translation thruster has failed off")

@@ -190,24 +190,32 @@ def test_cygnus_burn_of_ng19_length_fires_the_gimbaled_bt4_continuously():
     assert np.all(np.abs(np.diff(a, axis=0)) <= step + 1e-12)
 
 
-def test_cli_run_stopped_for_a_reserve_exits_1_saying_why(tmp_path, capsys):
+def test_a_burn_stopped_for_a_reserve_exits_1_saying_why(tmp_path, capsys):
+    """A capsule with only 1 kg above its reserve: flown on a plan made for the packaged stack,
+    the burn stops before the reserve (aborted, status 1, the reason names it) and the reserve
+    is never touched; `plan` and `run` of that stack refuse it up front in one line (plan
+    flies the burn as run does, and that burn cannot complete)."""
     from hw_configs import CONFIG_DIR
+    from thruster_hil.plan import Target, plan_burn
 
     for kind, stem in (("stacks", "dragon-boost-kit"), ("stations", "iss"),
                        ("vehicles", "dragon-cargo")):
         text = (CONFIG_DIR / kind / f"{stem}.toml").read_text()
         if kind == "vehicles":
-            assert "reserve_kg = 1280.0" in text
-            text = text.replace("reserve_kg = 1280.0", "reserve_kg = 1299.0")
+            assert "reserve_kg = 1200.0" in text
+            text = text.replace("reserve_kg = 1200.0", "reserve_kg = 1299.0")
         (tmp_path / kind).mkdir()
         (tmp_path / kind / f"{stem}.toml").write_text(text)
     stack = str(tmp_path / "stacks" / "dragon-boost-kit.toml")
+    plan = plan_burn("dragon-boost-kit", Target("raise_perigee", 1.6))
+    s = run_burn(build_stack_model(load_stack(stack)), plan).summary
+    assert s["aborted"] and "reserve" in s["abort_reason"]
+    assert s["propellant_by_tank_kg"]["capsule"] <= 1.0 and s["reserve_touched"] == []
     code = main(["run", "--unit", "sim", "--stack", stack, "--raise-perigee-km", "1.6",
                  "--fail-thruster", "trunk-draco-1@20", "--json", "--out", str(tmp_path / "run")])
-    out = json.loads(capsys.readouterr().out)
-    assert code == 1
-    assert out["aborted"] and "reserve" in out["abort_reason"]
-    assert out["propellant_by_tank_kg"]["capsule"] <= 1.0 and out["reserve_touched"] == []
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "reserve" in err or "tanks" in err, err
 
 
 def test_a_capsule_draco_stuck_open_is_cancelled_and_the_burn_goes_on():

@@ -127,7 +127,11 @@ def test_plan_is_the_run_for_every_target(stack, target):
     run = run_burn(build_stack_model(load_stack(stack)), plan,
                    on_cycle=lambda k, info: None).summary
     assert run["completed"]
-    assert plan["burn_duration_s"] == run["burn_duration_s"]
+    # The duration flown from an ignition is quantised to the 0.5 s cycle: where moving the
+    # ignition by half a cycle moves the flown duration by a cycle, the planned duration can
+    # only settle within one cycle of the flown one (the issue asks 2 %).
+    assert abs(plan["burn_duration_s"] - run["burn_duration_s"]) <= run["period_ms"] / 1000.0
+    assert plan["flown_burn_duration_s"] == run["burn_duration_s"]
     for key in ("propellant_kg", "perigee_km_after", "apogee_km_after",
                 "mean_altitude_change_km"):
         assert plan[key] == run[key], key

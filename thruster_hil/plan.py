@@ -82,6 +82,11 @@ class _Burn:
         return self.c_eff_mps * math.log(self.mass_kg / m_end)
 
 
+#: The longest burn a plan accepts [s] (what replay accepts too): a config whose thrust makes a
+#: burn longer than this (1e-300 N passed the config check) is refused here, not crashed on.
+MAX_BURN_S = 1e6
+
+
 @dataclass(frozen=True)
 class _BurnLimits:
     """The shortest and the longest burn the translation thrusters can make: their minimum
@@ -112,6 +117,11 @@ class _BurnLimits:
                 f"{self.burn.dv_for_duration(self.max_s):.4g} m/s, {self.max_s:.0f} s), got a "
                 f"burn of {t_burn_s:.4g} s needing {self.burn.mdot_kg_s * t_burn_s:.4g} kg",
                 field=self.flag)
+        if not t_burn_s <= MAX_BURN_S * slack:
+            raise UserError(
+                "plan", f"expected a burn of at most {MAX_BURN_S:g} s (11.6 days), got "
+                f"{t_burn_s:.4g} s: the translation thrusters' {self.burn.along_N:.4g} N "
+                "along-track are too weak for this target", field=self.flag)
         if not t_burn_s >= self.min_s / slack:
             raise UserError(
                 "plan", f"expected a burn at least as long as the translation thrusters' "
