@@ -415,7 +415,7 @@ def test_a_burn_with_every_translation_thruster_failed_exits_1_saying_why(tmp_pa
     assert f"ABORTED: every translation thruster has failed off ({failed}): no along-track " \
            "thrust is possible" in text
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["cycles"] == 1 and summary["achieved_delta_v_mps"] == 0.0
+    assert summary["cycles"] == 1 and abs(summary["achieved_delta_v_mps"]) < 1e-12
 
 
 def test_the_fused_loop_also_names_a_burn_that_could_not_reach_its_target():

@@ -63,6 +63,12 @@ class _Setup:
     half_spread_km: float  # half the station's mean apogee - perigee, kept through each burn
     kit_kg: float
     mdot_kg_s: float
+    kit_tanks: tuple[str, ...]  # the translation thrusters' tanks: what a kit is
+
+    def kit_draw(self, plan: dict) -> float:
+        """What a planned burn draws from the kit [kg] (the translation tanks; the attitude
+        thrusters' tanks are not the kit)."""
+        return float(sum(plan["tank_used_kg"].get(t, 0.0) for t in self.kit_tanks))
 
 
 def _setup(stack_ref: str, solar_activity: str | None, f107_sfu: float | None,
@@ -79,7 +85,7 @@ def _setup(stack_ref: str, solar_activity: str | None, f107_sfu: float | None,
     return _Setup(stack, model, act, atmosphere.density_table(act),
                   model.drag_coefficient * model.drag_area_m2 / model.mass_kg,
                   math.radians(st.inclination_deg), 0.5 * (st.apogee_km - st.perigee_km), kit,
-                  float(model.translation_mass_flow_kg_s))
+                  float(model.translation_mass_flow_kg_s), tuple(sorted(tanks)))
 
 
 def _rate_m_s(s: _Setup, alt_km: float) -> float:
@@ -95,7 +101,7 @@ def _plan(s: _Setup, stack_ref: str, from_km: float, ceiling_km: float) -> tuple
           "f107_sfu": s.act.f107_sfu, "ap": s.act.ap}
     try:
         to_ceiling = plan_burn(stack_ref, Target("mean_altitude", ceiling_km), **kw)
-        if to_ceiling["propellant_kg"] <= KIT_CUT * s.kit_kg:
+        if s.kit_draw(to_ceiling) <= KIT_CUT * s.kit_kg:
             return to_ceiling, False
     except UserError:
         pass  # more than the tanks hold, or a raise one burn cannot reach: a whole kit then
@@ -177,10 +183,10 @@ def sustain(stack_ref: str, days: float = 365.0, *, floor_km: float | None = Non
             t_s.append(total_s)
             a_m.append(wait[1])
             break
-        if burn["propellant_kg"] > kit_left + 1e-9:
+        if s.kit_draw(burn) > kit_left + 1e-9:
             stranded += kit_left
             kit_left, kits = s.kit_kg, kits + 1
-        kit_left -= burn["propellant_kg"]
+        kit_left -= s.kit_draw(burn)
         before_km = (wait[1] - R_EARTH) / 1e3
         t_s += [t_burn, t_burn]
         a_m += [wait[1], wait[1] + gain_km * 1e3]
@@ -206,8 +212,9 @@ def sustain(stack_ref: str, days: float = 365.0, *, floor_km: float | None = Non
         "decay_m_per_day_at_floor": _rate_m_s(s, floor_km) * DAY_S,
         "stack_mass_kg": s.model.mass_kg,
         "ballistic_coefficient_m2_kg": s.bc_m2_kg,
-        "burn": {k: burn[k] for k in ("delta_v_mps", "burn_duration_s", "propellant_kg",
-                                      "mean_altitude_change_km")},
+        "burn": {**{k: burn[k] for k in ("delta_v_mps", "burn_duration_s", "propellant_kg",
+                                         "mean_altitude_change_km", "tank_used_kg")},
+                 "kit_propellant_kg": s.kit_draw(burn)},
         "burn_is_whole_kit": whole_kit,
         "burns": len(reboosts),
         "burns_per_year": len(reboosts) * per_year,
@@ -215,7 +222,7 @@ def sustain(stack_ref: str, days: float = 365.0, *, floor_km: float | None = Non
         "propellant_per_year_kg": used * per_year,
         "kit_propellant_kg": s.kit_kg,
         "kits": kits if reboosts else 0,
-        "kits_per_year": used / s.kit_kg * per_year,
+        "kits_per_year": len(reboosts) * s.kit_draw(burn) / s.kit_kg * per_year,
         "stranded_propellant_kg": stranded,
         "min_mean_altitude_km": float(np.min(alt_km)),
         "end_mean_altitude_km": float(alt_km[-1]),
