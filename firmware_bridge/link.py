@@ -109,6 +109,7 @@ _PARAM_RANGES = {  # SET_PARAM limits (section 4): (ranges..., text)
 }
 _MODES = {"lockstep": MODE["LOCKSTEP"], "realtime": MODE["REALTIME"]}
 _ID = {name: spec.id for name, spec in MESSAGES.items()}
+ARM_TRIES = 3  # ARM_REQUEST/CONFIRM exchanges before a BAD_NONCE is taken as final
 _DOWN = object()  # sentinel a wait predicate returns when the port went away
 _RESET = object()  # ... or when the unit reset under a session
 _LOCKED_OUT = object()  # ... or when the unit locked out another writer (LOCKOUT)
@@ -1048,6 +1049,27 @@ class Link:
         if isinstance(max_on_ticks, bool) or not 1 <= int(max_on_ticks) <= cap:
             raise ValueError(f"max_on_ticks must be 1..{cap}, got {max_on_ticks!r}")
         session = self._require_session("ARM")
+        # A duplicated ARM_REQUEST (a line that repeats frames, or a resend whose first copy
+        # got through) draws a second challenge that voids the first nonce, and the unit then
+        # answers BAD_NONCE (and goes SAFE). That is the line's doing, not a refusal: arm again,
+        # a bounded number of times.
+        for arm_try in range(ARM_TRIES):
+            if self._arm_once(session, max_on_ticks, next_step, last=arm_try == ARM_TRIES - 1):
+                break
+        with self._cond:
+            self._armed = True
+            self._reports.clear()
+            self._late_expected.clear()
+        self.max_on_ticks = int(max_on_ticks)
+        try:  # start the link watchdog's clock from a fresh HEARTBEAT
+            self._send("HEARTBEAT", self._next_seq(), 0, session=session, host_step=0)
+        except LinkError:
+            pass
+
+    def _arm_once(self, session: int, max_on_ticks: int, next_step: int | None,
+                  last: bool) -> bool:
+        """One ARM_REQUEST / ARM_CONFIRM exchange: True when armed, False after a BAD_NONCE
+        (unless ``last``), LinkError for any other refusal."""
         with self._cond:
             challenges_before = self._challenges
 
@@ -1077,19 +1099,13 @@ class Link:
             with self._cond:
                 armed_anyway = (attempt > 0 and result == RESULT["REJECTED_STATE"]
                                 and self._armed_events > armed_events_before)
+            if not armed_anyway and result == RESULT["BAD_NONCE"] and not last:
+                return False
             if not armed_anyway:
                 hint = self._hk_pressure_hint() if result == RESULT["REJECTED_STATE"] else ""
                 raise LinkError(f"{self.url}: ARM_CONFIRM refused: {self._result_name(rec)}"
                                 f"{hint}")
-        with self._cond:
-            self._armed = True
-            self._reports.clear()
-            self._late_expected.clear()
-        self.max_on_ticks = int(max_on_ticks)
-        try:  # start the link watchdog's clock from a fresh HEARTBEAT
-            self._send("HEARTBEAT", self._next_seq(), 0, session=session, host_step=0)
-        except LinkError:
-            pass
+        return True
 
     def disarm(self) -> None:
         """DISARM (with ACK_REQ and retries): valves closed, unit SAFE. LinkError if refused."""
