@@ -25,6 +25,7 @@ import pytest
 from firmware_bridge.emulator import EmulatorProcess
 from firmware_bridge.link import Link, LinkError
 from thruster_hil import records
+from thruster_hil.campaign import _read_jsonl
 from thruster_hil.cli import _run_status, main
 from thruster_hil.stopsignals import exit_status
 
@@ -69,13 +70,8 @@ def _rows(path: Path) -> int:
 
 
 def _unit_log(path: Path) -> list[dict]:
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return out
+    """The emulator's JSON-lines log, as the campaign reads it (a line cut by a kill ends it)."""
+    return _read_jsonl(path)
 
 
 def _closed_by_stop_all(path: Path) -> list[dict]:

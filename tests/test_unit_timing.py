@@ -10,7 +10,6 @@ the emulator's own record.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -20,17 +19,12 @@ import pytest
 from firmware_bridge.emulator import EmulatorProcess
 from firmware_bridge.link import Link
 from firmware_bridge.priority import raise_priority, raised_priority
-from thruster_hil.campaign import MAX_TIMER_LATE_MS, Row, _emulator_evidence, judge_closure
+from thruster_hil.campaign import (MAX_TIMER_LATE_MS, Row, _emulator_evidence, _read_jsonl,
+                                   judge_closure)
 
 
 def _records(path) -> list[dict]:
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return out
+    return _read_jsonl(path)  # the emulator's log, read as the campaign reads it
 
 
 def _wait_for(path, ev: str, timeout_s: float = 10.0) -> dict | None:
