@@ -115,7 +115,13 @@ def _start_run(out: Path, port: str, mode: str, target: tuple[str, str],
     cmd = argv_prefix + [json.dumps(argv)] if argv_prefix else [
         sys.executable, "-m", "thruster_hil.cli", *argv]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env=ENV, preexec_fn=preexec)
+                            cwd=ROOT, env=ENV, preexec_fn=preexec or _sighup_default)
+
+
+def _sighup_default() -> None:
+    """The run as from an operator's terminal: SIGHUP at its default disposition even when the
+    test session itself was started under nohup (which the run rightly leaves ignored)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _signal_when(proc: subprocess.Popen, ready, what: str, signum: int) -> tuple[str, str]:

@@ -602,7 +602,8 @@ def run_row(row: Row, out: Path) -> dict:
                    "--json"]
             with open(out / "host.out", "wb") as so, open(out / "host.err", "wb") as se:
                 host = subprocess.Popen(cmd, stdout=so, stderr=se, stdin=subprocess.DEVNULL,
-                                        preexec_fn=_full_disk if row.attack == "disk" else None)
+                                        preexec_fn=_full_disk if row.attack == "disk" else
+                                        _sighup_default)
                 try:
                     started = (lambda: _telemetry_rows(run_dir) >= 3  # noqa: E731
                                or host.poll() is not None)
@@ -700,10 +701,19 @@ def _inject_without_session(port: str, seed: int) -> None:
                          for token in (0, rng.randrange(1, 1 << 32))])
 
 
+def _sighup_default() -> None:
+    """The host as an operator starts it: SIGHUP at its default disposition, even when the
+    campaign itself runs under nohup (a host started ignoring SIGHUP rightly keeps ignoring
+    it, and the SIGHUP row would say nothing)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def _full_disk() -> None:
     """In the host's process, before exec: every file it writes is capped a little past the
     summary's reserved space, as a disk that fills mid-run (writes past it fail with EFBIG)."""
     import resource
+
+    _sighup_default()
 
     from thruster_hil.records import SUMMARY_RESERVE_BYTES
 
