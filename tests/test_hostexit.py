@@ -119,9 +119,11 @@ def _start_run(out: Path, port: str, mode: str, target: tuple[str, str],
 
 
 def _sighup_default() -> None:
-    """The run as from an operator's terminal: SIGHUP at its default disposition even when the
-    test session itself was started under nohup (which the run rightly leaves ignored)."""
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    """The run as from an operator's terminal: SIGINT, SIGHUP and SIGTERM at their defaults,
+    even when the test session itself was started in the background or under nohup (which
+    ignore SIGINT / SIGHUP, and the run rightly leaves a signal it was started ignoring)."""
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def _signal_when(proc: subprocess.Popen, ready, what: str, signum: int) -> tuple[str, str]:

@@ -702,10 +702,11 @@ def _inject_without_session(port: str, seed: int) -> None:
 
 
 def _sighup_default() -> None:
-    """The host as an operator starts it: SIGHUP at its default disposition, even when the
-    campaign itself runs under nohup (a host started ignoring SIGHUP rightly keeps ignoring
-    it, and the SIGHUP row would say nothing)."""
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    """The host as an operator starts it: SIGINT, SIGHUP and SIGTERM at their defaults, even
+    when the campaign itself runs in the background or under nohup (a host started ignoring a
+    signal rightly keeps ignoring it, and the signal rows would say nothing)."""
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def _full_disk() -> None:
