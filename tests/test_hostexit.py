@@ -554,6 +554,17 @@ def test_stop_signals_raise_once_then_only_note_and_leave_nohup_alone():
     previous handlers come back."""
     from thruster_hil.stopsignals import HostSignal, StopSignals
 
+    # As in a process started from a terminal, whatever started this test session.
+    saved = {s: signal.signal(s, d) for s, d in ((signal.SIGINT, signal.default_int_handler),
+                                                 (signal.SIGHUP, signal.SIG_DFL))}
+    try:
+        _stop_signals_contract(HostSignal, StopSignals)
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
+def _stop_signals_contract(HostSignal, StopSignals) -> None:  # noqa: N803
     before = signal.getsignal(signal.SIGTERM)
     with StopSignals() as stop:
         with pytest.raises(HostSignal) as exc:
