@@ -54,6 +54,13 @@ def _strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r", "", text)
 
 
+def _terminal_signals() -> None:
+    """SIGINT and SIGHUP at their defaults, as on an operator's terminal, even when this test
+    session was started as a background job (SIGINT ignored) or under nohup (SIGHUP)."""
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _cli_on_a_terminal(argv, *, stdout_tty=False, until=None, then=None, timeout=120.0):
     """Run the CLI with stderr (and optionally stdout) on a pty; return (rc, stdout, terminal).
 
@@ -66,7 +73,8 @@ def _cli_on_a_terminal(argv, *, stdout_tty=False, until=None, then=None, timeout
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "thruster_hil.cli", *argv], cwd=ROOT, env=ENV,
                             stdin=subprocess.DEVNULL, stderr=slave,
-                            stdout=slave if stdout_tty else subprocess.PIPE)
+                            stdout=slave if stdout_tty else subprocess.PIPE,
+                            preexec_fn=_terminal_signals)
     os.close(slave)
     seen = b""
     interrupted = False
