@@ -2,7 +2,8 @@
 
 - ``--unit-url URL``: the propulsion unit the conformance suite talks to (default: the emulator).
 - ``--busy N``: run the session beside N CPU-bound processes (tools/busy.py), as a loaded CI
-  machine does (``python -m pytest -m campaign --busy 2``; .ci/run runs the campaign that way).
+  machine does (``python -m pytest -m campaign --busy 2``; .ci/run loads the emulator's
+  campaign rows that way).
   They start before the first test and stop after the last.
 - When the environment says ``CI=true``, a test that skips because a tool it needs is missing
   FAILS instead: CI must install every tool (.ci/run), so a skip there would hide an untested

@@ -27,7 +27,7 @@ from firmware_bridge.link import Link, LinkError
 from thruster_hil import records
 from thruster_hil.campaign import _read_jsonl
 from thruster_hil.cli import _run_status, main
-from thruster_hil.stopsignals import exit_status
+from thruster_hil.stopsignals import as_from_a_terminal, exit_status
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -115,15 +115,7 @@ def _start_run(out: Path, port: str, mode: str, target: tuple[str, str],
     cmd = argv_prefix + [json.dumps(argv)] if argv_prefix else [
         sys.executable, "-m", "thruster_hil.cli", *argv]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env=ENV, preexec_fn=preexec or _sighup_default)
-
-
-def _sighup_default() -> None:
-    """The run as from an operator's terminal: SIGINT, SIGHUP and SIGTERM at their defaults,
-    even when the test session itself was started in the background or under nohup (which
-    ignore SIGINT / SIGHUP, and the run rightly leaves a signal it was started ignoring)."""
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
+                            cwd=ROOT, env=ENV, preexec_fn=preexec or as_from_a_terminal)
 
 
 def _signal_when(proc: subprocess.Popen, ready, what: str, signum: int) -> tuple[str, str]:

@@ -31,6 +31,7 @@ from thruster_hil.live import (
     eta_s,
     render_text,
 )
+from thruster_hil.stopsignals import as_from_a_terminal
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="120", LINES="40", TERM="xterm-256color")
@@ -54,13 +55,6 @@ def _strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r", "", text)
 
 
-def _terminal_signals() -> None:
-    """SIGINT and SIGHUP at their defaults, as on an operator's terminal, even when this test
-    session was started as a background job (SIGINT ignored) or under nohup (SIGHUP)."""
-    for sig in (signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
-
-
 def _cli_on_a_terminal(argv, *, stdout_tty=False, until=None, then=None, timeout=120.0):
     """Run the CLI with stderr (and optionally stdout) on a pty; return (rc, stdout, terminal).
 
@@ -74,7 +68,7 @@ def _cli_on_a_terminal(argv, *, stdout_tty=False, until=None, then=None, timeout
     proc = subprocess.Popen([sys.executable, "-m", "thruster_hil.cli", *argv], cwd=ROOT, env=ENV,
                             stdin=subprocess.DEVNULL, stderr=slave,
                             stdout=slave if stdout_tty else subprocess.PIPE,
-                            preexec_fn=_terminal_signals)
+                            preexec_fn=as_from_a_terminal)
     os.close(slave)
     seen = b""
     interrupted = False

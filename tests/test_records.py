@@ -6,6 +6,7 @@ import json
 import pytest
 
 from thruster_hil.cli import main
+from thruster_hil.stopsignals import as_from_a_terminal
 
 
 def test_a_run_through_the_emulator_leaves_complete_records(tmp_path, capsys):
@@ -50,16 +51,6 @@ def test_an_existing_run_directory_is_never_overwritten(tmp_path, capsys):
     assert (out / "keep.txt").read_text() == "precious"
 
 
-def _stop_signals_default() -> None:
-    """The run as from an operator's terminal: a shell starts background jobs with SIGINT
-    ignored (and nohup ignores SIGHUP), which the run rightly keeps; a test session started
-    that way must still test Ctrl-C."""
-    import signal
-
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
-
-
 @pytest.mark.parametrize("mode,delta_v", [("realtime", "0.05"), ("lockstep", "5")])
 def test_ctrl_c_stops_the_burn_and_still_writes_the_summary(tmp_path, mode, delta_v):
     """SIGINT during a burn: STOP_ALL, exit 130, summary.json with "aborted": true, and the
@@ -78,7 +69,7 @@ def test_ctrl_c_stops_the_burn_and_still_writes_the_summary(tmp_path, mode, delt
                              mode, "--stack", "progress", "--delta-v", delta_v, "--out",
                              str(out), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=root, env=dict(os.environ, PYTHONPATH=str(root)),
-                            preexec_fn=_stop_signals_default)
+                            preexec_fn=as_from_a_terminal)
     telemetry = out / "telemetry.csv"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait for three cycles on disk

@@ -52,6 +52,7 @@ from firmware_bridge import codec
 from firmware_bridge.dictionary import ENUMS, EVENT, FLAG_ACK_REQ
 from firmware_bridge.priority import WIRE_FIFO, raise_priority
 from thruster_hil.errors import UserError
+from thruster_hil.stopsignals import as_from_a_terminal
 
 UNITS = ("emulator", "qemu")
 STACK = "dragon-boost-kit"
@@ -603,7 +604,7 @@ def run_row(row: Row, out: Path) -> dict:
             with open(out / "host.out", "wb") as so, open(out / "host.err", "wb") as se:
                 host = subprocess.Popen(cmd, stdout=so, stderr=se, stdin=subprocess.DEVNULL,
                                         preexec_fn=_full_disk if row.attack == "disk" else
-                                        _sighup_default)
+                                        as_from_a_terminal)
                 try:
                     started = (lambda: _telemetry_rows(run_dir) >= 3  # noqa: E731
                                or host.poll() is not None)
@@ -701,20 +702,12 @@ def _inject_without_session(port: str, seed: int) -> None:
                          for token in (0, rng.randrange(1, 1 << 32))])
 
 
-def _sighup_default() -> None:
-    """The host as an operator starts it: SIGINT, SIGHUP and SIGTERM at their defaults, even
-    when the campaign itself runs in the background or under nohup (a host started ignoring a
-    signal rightly keeps ignoring it, and the signal rows would say nothing)."""
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
-
-
 def _full_disk() -> None:
     """In the host's process, before exec: every file it writes is capped a little past the
     summary's reserved space, as a disk that fills mid-run (writes past it fail with EFBIG)."""
     import resource
 
-    _sighup_default()
+    as_from_a_terminal()
 
     from thruster_hil.records import SUMMARY_RESERVE_BYTES
 

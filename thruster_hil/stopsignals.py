@@ -20,10 +20,20 @@ from __future__ import annotations
 import signal
 import threading
 
-__all__ = ["SIGNALS", "HostSignal", "StopSignals", "exit_status", "signal_name"]
+__all__ = ["SIGNALS", "HostSignal", "StopSignals", "as_from_a_terminal", "exit_status",
+           "signal_name"]
 
 #: The signals that stop a command safely.
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def as_from_a_terminal() -> None:
+    """Put the stop signals at their default dispositions, as for a command started from an
+    operator's terminal: a ``preexec_fn`` for a child (a test's or the campaign's host) whose
+    parent may itself have been started as a background job (SIGINT ignored) or under nohup
+    (SIGHUP ignored), which the child would otherwise rightly keep ignoring."""
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def signal_name(signum: int) -> str:
