@@ -16,19 +16,19 @@ import statistics
 import sys
 import time
 
+import thruster_hil.controller.allocation
+import thruster_hil.controller.cycle
+import thruster_hil.controller.modulation
+import thruster_hil.sims.attitude
+import thruster_hil.sims.thrusters
 from numba.core.registry import CPUDispatcher
 
-import controller.allocation
-import controller.cycle
-import controller.modulation
-import sims.attitude
-import sims.thrusters
-from sims.runner import run_burn
+from thruster_hil.closedloop.runner import run_burn
 from thruster_hil.config import build_stack_model, list_stacks, load_stack
 from thruster_hil.plan import Target, plan_burn
 
-MODULES = (controller.cycle, controller.allocation, controller.modulation, sims.attitude,
-           sims.thrusters)
+MODULES = (thruster_hil.controller.cycle, thruster_hil.controller.allocation, thruster_hil.controller.modulation, thruster_hil.sims.attitude,
+           thruster_hil.sims.thrusters)
 
 
 @contextlib.contextmanager
@@ -88,10 +88,10 @@ def main(argv=None) -> int:
     out = {"stacks": {}}
     for stack in list_stacks():
         n, snap = _mid_burn_controller(stack)
-        step = controller.cycle.step
+        step = thruster_hil.controller.cycle.step
         numba_us = statistics.median(_time_calls(step, snap, args.repeat))
         with plain_python():
-            py = controller.cycle.step
+            py = thruster_hil.controller.cycle.step
             python_us = statistics.median(_time_calls(py, snap, max(50, args.repeat // 200)))
         out["stacks"][stack] = {"thrusters": n, "numba_us_median": round(numba_us, 3),
                                 "python_us_median": round(python_us, 1),

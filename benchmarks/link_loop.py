@@ -39,12 +39,12 @@ import sys
 import time
 
 import serial
+from thruster_hil.firmware_bridge.codec import encode
+from thruster_hil.firmware_bridge.emulator import EmulatorProcess
 
-from firmware_bridge.codec import encode
-from firmware_bridge.emulator import EmulatorProcess
-from firmware_bridge.hil import open_unit
-from sims.loop import warm_up
-from sims.runner import run_burn
+from thruster_hil.closedloop.fused import warm_up
+from thruster_hil.closedloop.hil import open_unit
+from thruster_hil.closedloop.runner import run_burn
 from thruster_hil.config import build_stack_model, list_stacks, load_stack
 from thruster_hil.plan import Target, plan_burn
 

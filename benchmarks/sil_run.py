@@ -3,7 +3,7 @@
 Each stack flies a 1.6 km perigee raise in closed loop (controller + plant + ideal unit), five
 times in one process after a warm-up; the median cycles per second is reported (the first cycle
 of each run, which loads the kernels, is not timed). The burn runs all in numba
-(sims.loop.fly); ``stepped_cycles_per_s_median`` is the same burn cycle by cycle from Python
+(thruster_hil.closedloop.fused.fly); ``stepped_cycles_per_s_median`` is the same burn cycle by cycle from Python
 (the path of recorded and HIL runs) and ``fused_speedup`` the ratio of the two. Usage::
 
     python benchmarks/sil_run.py [--json]
@@ -16,7 +16,7 @@ import json
 import statistics
 import sys
 
-from sims.runner import run_burn
+from thruster_hil.closedloop.runner import run_burn
 from thruster_hil.config import build_stack_model, list_stacks, load_stack
 from thruster_hil.plan import Target, plan_burn
 

@@ -12,9 +12,9 @@ Public API:
 - :func:`describe_status` and the ``ST_*`` status bits.
 """
 
-from controller.allocation import allocate, solve_lp
-from controller.build import Controller, build_controller
-from controller.cycle import (
+from thruster_hil.controller.allocation import allocate, solve_lp
+from thruster_hil.controller.build import Controller, build_controller
+from thruster_hil.controller.cycle import (
     ST_ATTITUDE_LIMIT,
     ST_BAD_INPUT,
     ST_BURNING,
@@ -28,7 +28,7 @@ from controller.cycle import (
     describe_status,
     step,
 )
-from controller.modulation import pulse_on_times
+from thruster_hil.controller.modulation import pulse_on_times
 
 __all__ = [
     "Controller", "build_controller", "step", "pulse_on_times", "allocate", "solve_lp",

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 
-from sims._jit import kernel
+from thruster_hil.core.jit import kernel
 
 # Variable states.
 BASIC = 0

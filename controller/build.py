@@ -1,6 +1,6 @@
 """The thin, validated Python layer: build the controller's arrays once from a stack model.
 
-Everything here runs once, before the first cycle; :func:`controller.cycle.step` then runs every
+Everything here runs once, before the first cycle; :func:`thruster_hil.controller.cycle.step` then runs every
 cycle on the arrays built here without allocating.
 """
 
@@ -10,13 +10,14 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from thruster_hil.controller import cycle as st
+from thruster_hil.controller import modulation as mo
+from thruster_hil.controller.allocation import LP_WORK_ROWS, lp_columns
 
-from controller import cycle as st
-from controller import modulation as mo
-from controller.allocation import LP_WORK_ROWS, lp_columns
-from sims.constants import G0
-from sims.massprops import gimbal_trim
-from sims.thrusters import HEALTH_NOMINAL, effective_impulse
+from thruster_hil.core.constants import G0
+from thruster_hil.core.health import HEALTH_NOMINAL
+from thruster_hil.core.massprops import gimbal_trim
+from thruster_hil.core.pulses import effective_impulse
 
 #: Attitude-hold bandwidth [rad/s] and damping ratio of the PD law (per axis, Kp = I w^2,
 #: Kd = 2 zeta w I). 0.05 rad/s (a 2-minute period) is far below the 2 Hz control rate and far

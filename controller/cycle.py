@@ -1,7 +1,7 @@
 """controller.step: one control cycle, guidance -> attitude hold -> allocation -> modulation.
 
 A pure numba kernel on preallocated arrays: no allocation, no Python objects, no I/O, no
-exceptions. The array layouts are fixed here; :mod:`controller.build` fills them once from a
+exceptions. The array layouts are fixed here; :mod:`thruster_hil.controller.build` fills them once from a
 validated stack.
 
 Guidance. The burn pushes along the velocity: the wanted force is along x_H (LVLH along-track)
@@ -19,9 +19,9 @@ per-axis torque limit, plus the gyroscopic term ``omega x I omega``. If the atti
 exceeds the stack's limit the translation force is inhibited (attitude first) until the error is
 back below 80 % of the limit.
 
-Allocation and modulation: :mod:`controller.allocation` turns the wanted wrench (impulse over the
+Allocation and modulation: :mod:`thruster_hil.controller.allocation` turns the wanted wrench (impulse over the
 cycle) into per-thruster impulses, gimbal moves and CMG torque at the least propellant, within
-the thrusters' roles and each tank's budget above its reserve; :mod:`controller.modulation`
+the thrusters' roles and each tank's budget above its reserve; :mod:`thruster_hil.controller.modulation`
 turns impulses into on-times in whole ticks, reported in ms (uint16).
 
 Roles. Translation thrusters push. Attitude thrusters give no net push along the velocity (one
@@ -38,7 +38,7 @@ the rest of the burn, would take it there) stops the burn: every valve closed, s
 Gimbals. A gimbaled engine's two angles are a state carried between cycles (``qp[Q_ANGLE]`` at
 the gimbal's columns); each cycle the LP moves them by increments bounded by the rate limit and
 the angle limit, on columns linearised about the present angles (second-order error: the rate
-limit per cycle squared). :func:`sims.thrusters.gimbal_direction` is the kinematics both the
+limit per cycle squared). :func:`thruster_hil.sims.thrusters.gimbal_direction` is the kinematics both the
 controller and the plant use.
 """
 
@@ -46,8 +46,8 @@ from __future__ import annotations
 
 import math
 
-from controller.allocation import LP_OK, allocate
-from controller.modulation import (
+from thruster_hil.controller.allocation import LP_OK, allocate
+from thruster_hil.controller.modulation import (
     M_LAST_ON,
     M_REMAINDER,
     T_CLOSE_DELAY,
@@ -62,10 +62,11 @@ from controller.modulation import (
     modulate_one,
     reset_one,
 )
-from sims._jit import kernel
-from sims.attitude import q_from_dcm
-from sims.orbit import lvlh_axes
-from sims.thrusters import HEALTH_NOMINAL, HEALTH_STUCK_OPEN, gimbal_direction, pulse_impulse
+
+from thruster_hil.core.frames import lvlh_axes, q_from_dcm
+from thruster_hil.core.health import HEALTH_NOMINAL, HEALTH_STUCK_OPEN
+from thruster_hil.core.jit import kernel
+from thruster_hil.core.pulses import gimbal_direction, pulse_impulse
 
 # ---- sensor vector -------------------------------------------------------------------------
 S_R = 0  # r_BN_N [m] (3)

@@ -2,7 +2,7 @@
 
 Each cycle a thruster is asked for an impulse. The modulator adds it to the thruster's running
 remainder and commands the on-time whose impulse (valve delays, rise and tail-off included, as
-booked by :func:`sims.thrusters.attributed_impulse`) matches the remainder, then subtracts what
+booked by :func:`thruster_hil.sims.thrusters.attributed_impulse`) matches the remainder, then subtracts what
 it booked. So nothing requested is ever dropped:
 
 * Minimum on-time: a remainder below the minimum impulse bit (MIB, the impulse of the minimum
@@ -10,7 +10,7 @@ it booked. So nothing requested is ever dropped:
   MIB), which keeps the remainder within +-MIB/2. Over any window of cycles the delivered impulse
   therefore equals the requested impulse within one MIB per thruster.
 * Valve delays: the on-time comes from inverting the pulse-impulse model
-  (:func:`sims.thrusters.on_time_for_impulse` on the closed form
+  (:func:`thruster_hil.sims.thrusters.on_time_for_impulse` on the closed form
   ``I(T) = F [T + (tau_tail - tau_rise)(1 - exp(-T/tau_rise))]``, T = t_on + t_cd - t_od),
   and a command that continues a full-cycle command books plain ``F t_on``: the valve is
   already open.
@@ -30,8 +30,8 @@ import math
 
 import numpy as np
 
-from sims._jit import kernel
-from sims.thrusters import attributed_impulse, on_time_for_impulse
+from thruster_hil.core.jit import kernel
+from thruster_hil.core.pulses import attributed_impulse, on_time_for_impulse
 
 T_THRUST = 0  # steady-state thrust [N]
 T_OPEN_DELAY = 1  # [s]

@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cobs import cobs as _cobs
-
-from firmware_bridge.dictionary import BY_ID, MAX_WIRE_BYTES, MESSAGES, MessageSpec
+from thruster_hil.firmware_bridge.dictionary import BY_ID, MAX_WIRE_BYTES, MESSAGES, MessageSpec
 
 MSG_VERSION = 1
 SEQ_MODULO = 1 << 14

@@ -19,9 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import serial
-
-from firmware_bridge.codec import Decoder, Message, ProtocolError, encode
-from firmware_bridge.dictionary import (
+from thruster_hil.firmware_bridge.codec import Decoder, Message, ProtocolError, encode
+from thruster_hil.firmware_bridge.dictionary import (
     CHANNELS_PER_BANK,
     DICT_HASH,
     ENUMS,
@@ -36,7 +35,8 @@ from firmware_bridge.dictionary import (
     RESULT,
     STATE,
 )
-from thruster_hil.errors import UserError
+
+from thruster_hil.core.errors import UserError
 
 PERIOD_MS = 500
 
@@ -204,7 +204,7 @@ class UnitClient:
 
 
 def _field_names(name: str) -> set[str]:
-    from firmware_bridge.dictionary import MESSAGES
+    from thruster_hil.firmware_bridge.dictionary import MESSAGES
 
     return {f.name for f in MESSAGES[name].fields}
 

@@ -1,6 +1,6 @@
-"""The propulsion-unit emulator: :class:`~firmware_bridge.unit.UnitCore` on a pseudo-terminal.
+"""The propulsion-unit emulator: :class:`~thruster_hil.firmware_bridge.unit.UnitCore` on a pseudo-terminal.
 
-Run it as ``python -m firmware_bridge.emulator [--faults SPEC] [--channels N] [--log PATH]
+Run it as ``python -m thruster_hil.firmware_bridge.emulator [--faults SPEC] [--channels N] [--log PATH]
 [--link-path PATH] [--seed N] [--no-auto-reset] [--boot-delay-ms MS] [--mode-hint MODE]``.
 It opens a pty pair (both ends raw at once), prints the slave path as the first stdout line (or
 writes it to ``--link-path``) and serves until SIGTERM/SIGINT, which close the valves and exit 0.
@@ -61,13 +61,14 @@ import time
 import tty
 from typing import IO
 
-from firmware_bridge.faults import LinkFaults, parse_faults
-from firmware_bridge.priority import UNIT_FIFO, raise_priority
-from firmware_bridge.unit import RESET_CAUSE, UnitCore
-from thruster_hil.errors import OneLineParser, UserError
-from thruster_hil.textnum import show, whole_number
+from thruster_hil.firmware_bridge.faults import LinkFaults, parse_faults
+from thruster_hil.firmware_bridge.priority import UNIT_FIFO, raise_priority
+from thruster_hil.firmware_bridge.unit import RESET_CAUSE, UnitCore
 
-PROG = "firmware_bridge.emulator"
+from thruster_hil.core.errors import OneLineParser, UserError
+from thruster_hil.core.textnum import show, whole_number
+
+PROG = "thruster_hil.firmware_bridge.emulator"
 _OUT_LIMIT = 1 << 16
 _HUP_POLL_US = 5_000
 _COUNTERS_EVERY_US = 1_000_000

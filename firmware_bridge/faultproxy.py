@@ -1,7 +1,7 @@
 """A fault-injecting proxy in front of any propulsion unit: the emulator's link faults for the
 QEMU firmware or a real board, and a bus analyser's record of what crossed the line.
 
-Run it as ``python -m firmware_bridge.faultproxy --upstream URL [--faults SPEC] [--log PATH]
+Run it as ``python -m thruster_hil.firmware_bridge.faultproxy --upstream URL [--faults SPEC] [--log PATH]
 [--baudrate N] [--parent-fd FD]``. It opens the unit's port (``serial.serial_for_url``,
 exclusively, like every host), opens a raw pty pair, prints the pty's slave path as its first
 stdout line and serves until SIGTERM/SIGINT (exit 0), until ``--parent-fd`` reads end-of-file
@@ -9,8 +9,8 @@ stdout line and serves until SIGTERM/SIGINT (exit 0), until ``--parent-fd`` read
 host opens the pty as if it were the unit.
 
 Whole frames (split on the 0x00 delimiter) cross it both ways through
-:class:`~firmware_bridge.faults.LinkFaults` with ``--faults`` (the grammar of
-:mod:`firmware_bridge.faults`): drops, corruption, duplicates, delays and cuts, per direction
+:class:`~thruster_hil.firmware_bridge.faults.LinkFaults` with ``--faults`` (the grammar of
+:mod:`thruster_hil.firmware_bridge.faults`): drops, corruption, duplicates, delays and cuts, per direction
 (``rx``: host to unit, ``tx``: unit to host). The unit faults of the spec (stall, reset, fail,
 stuck, clear, pressure) go to the unit as FAULT_INJECT frames without an ACK request (the unit
 must be a test build; it tells the host with its FAULT_INJECTED event) with the host's session
@@ -48,20 +48,20 @@ import time
 from typing import IO
 
 import serial
-
-from firmware_bridge.codec import ProtocolError, decode_frame, encode_fields
-from firmware_bridge.dictionary import MESSAGES
-from firmware_bridge.emulator import (
+from thruster_hil.firmware_bridge.codec import ProtocolError, decode_frame, encode_fields
+from thruster_hil.firmware_bridge.dictionary import MESSAGES
+from thruster_hil.firmware_bridge.emulator import (
     PtyServiceProcess,
     open_raw_pty,
     signal_wakeup,
     split_frames,
 )
-from firmware_bridge.faults import LinkFaults, parse_faults
-from thruster_hil.errors import OneLineParser, UserError
-from thruster_hil.textnum import whole_number
+from thruster_hil.firmware_bridge.faults import LinkFaults, parse_faults
 
-PROG = "firmware_bridge.faultproxy"
+from thruster_hil.core.errors import OneLineParser, UserError
+from thruster_hil.core.textnum import whole_number
+
+PROG = "thruster_hil.firmware_bridge.faultproxy"
 #: Sequence counts of the proxy's own FAULT_INJECT frames start here (the host's are far below
 #: this for any burn; the unit only counts a gap).
 _INJECT_SEQ0 = 0x3F00

@@ -29,7 +29,7 @@ Example: ``drop=0.01,corrupt=0.01,duplicate=0.005,delay=0.01:30ms,stall=5s@2s,re
 fail=3@10s,stuck=5@12s,pressure=1500kPa@20s,cut@step120,seed=7``.
 
 A lockstep burn flies thousands of cycles a second, so a time is no way to say "mid-burn" there:
-``@stepK`` is. Whoever applies the spec (the emulator, or :mod:`firmware_bridge.faultproxy` in
+``@stepK`` is. Whoever applies the spec (the emulator, or :mod:`thruster_hil.firmware_bridge.faultproxy` in
 front of any unit) calls :meth:`LinkFaults.note_rx` with every frame from the host first: a
 fault due at step K then applies before FIRE K reaches the unit (a ``cut`` loses FIRE K itself).
 
@@ -46,10 +46,11 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from firmware_bridge.codec import ProtocolError, decode_frame
-from firmware_bridge.dictionary import FAULT
-from thruster_hil.errors import UserError
-from thruster_hil.textnum import parse_float, parse_int, show
+from thruster_hil.firmware_bridge.codec import ProtocolError, decode_frame
+from thruster_hil.firmware_bridge.dictionary import FAULT
+
+from thruster_hil.core.errors import UserError
+from thruster_hil.core.textnum import parse_float, parse_int, show
 
 _WHERE = "--faults"
 DIRECTIONS = ("rx", "tx")

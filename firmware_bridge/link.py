@@ -4,7 +4,7 @@ A :class:`Link` owns one port opened with ``serial.serial_for_url(..., exclusive
 path, pty path, ``hwgrep://``, ``loop://``) and one reader thread. The reader reads what has
 arrived (one ``select`` and ``os.read`` on the port's descriptor, as pyserial's own ``read`` does;
 ``read(in_waiting or 1)`` on a port without one), feeds a
-:class:`firmware_bridge.codec.Decoder` and files what it decodes
+:class:`thruster_hil.firmware_bridge.codec.Decoder` and files what it decodes
 under a :class:`threading.Condition`: ACKs by (acked sequence count, msg id), VALVE_REPORTs by
 (step, bank), PONGs by nonce, the latest HELLO_ACK / ARM_CHALLENGE / BOOT / HK, and a bounded
 event list. The control thread calls the blocking methods (:meth:`connect`, :meth:`arm`,
@@ -13,7 +13,7 @@ sleep loops, no busy polling.
 
 Errors:
 
-* :class:`thruster_hil.errors.UserError` for what an operator must fix: a port that cannot be
+* :class:`thruster_hil.core.errors.UserError` for what an operator must fix: a port that cannot be
   opened, a unit built from another message dictionary, a parameter out of range.
 * :class:`LinkError` for runtime link failures the run loop handles: no reply after the
   retries, a rejecting ACK, a unit reset, a port that went away.
@@ -47,9 +47,8 @@ from typing import Any
 
 import numpy as np
 import serial
-
-from firmware_bridge import codec
-from firmware_bridge.dictionary import (
+from thruster_hil.firmware_bridge import codec
+from thruster_hil.firmware_bridge.dictionary import (
     BY_ID,
     CHANNELS_PER_BANK,
     DICT_HASH,
@@ -65,9 +64,10 @@ from firmware_bridge.dictionary import (
     RESULT,
     RESULT_NAMES,
 )
-from firmware_bridge.portwatch import other_readers, port_alive
-from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
-from thruster_hil.errors import UserError
+from thruster_hil.firmware_bridge.portwatch import other_readers, port_alive
+
+from thruster_hil.core.errors import UserError
+from thruster_hil.core.health import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
 
 __all__ = ["FireResult", "Link", "LinkError", "LinkInfo", "PingSample", "Received"]
 

@@ -30,7 +30,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from thruster_hil.errors import UserError
+from thruster_hil.core.errors import UserError
 
 BOARD_DIR = Path(__file__).resolve().parent / "board"
 QEMU_ELF = BOARD_DIR / "firmware-qemu.elf"

@@ -61,10 +61,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cobs import cobs as _cobs
-
-from firmware_bridge import codec
-from firmware_bridge.codec import Decoder, Message, ProtocolError
-from firmware_bridge.dictionary import (
+from thruster_hil.firmware_bridge import codec
+from thruster_hil.firmware_bridge.codec import Decoder, Message, ProtocolError
+from thruster_hil.firmware_bridge.dictionary import (
     APIDS,
     CHANNELS_PER_BANK,
     DICT_HASH,

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sims._jit import kernel
+from thruster_hil.core.jit import kernel
 
 ACTIVITY_LEVELS = ("low", "moderate", "high")
 

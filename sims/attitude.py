@@ -15,7 +15,7 @@ Conventions (docs/architecture.md):
 * Euler's equations ``I wdot = -w x (I w) + L`` with the full (non-diagonal) body inertia about
   the centre of mass, in B components.
 
-All functions are numba kernels (``sims._jit.kernel``): pure, on floats and float64 arrays, outputs
+All functions are numba kernels (``thruster_hil.core.jit.kernel``): pure, on floats and float64 arrays, outputs
 preallocated by the caller, no exceptions (integer status codes instead), deterministic.
 """
 
@@ -23,12 +23,23 @@ import math
 
 import numpy as np
 
-from sims._jit import kernel
-from sims.orbit import dcm_HN as _dcm_HN  # the LVLH definition lives with the orbit state
+from thruster_hil.core.frames import (  # noqa: F401  (re-exported: the attitude API)
+    STATUS_DEGENERATE,
+    STATUS_OK,
+    dcm_from_q,
+    dcm_from_ypr,
+    q_conj,
+    q_error_angle,
+    q_from_axis_angle,
+    q_from_dcm,
+    q_mult,
+    q_normalize,
+    rotate_by_q,
+)
+from thruster_hil.core.frames import dcm_HN as _dcm_HN
+from thruster_hil.core.jit import kernel
 
-# Status codes returned by kernels.
-STATUS_OK = 0
-STATUS_DEGENERATE = 1  # zero / non-finite input (e.g. zero-norm quaternion, r = 0)
+# Status codes returned by kernels (OK and DEGENERATE are the frames' own).
 STATUS_BAD_WORK = 2  # scratch array too small
 
 # Length of the 1-D float64 scratch array ``work`` that ``rk4_attitude_step`` needs.
@@ -44,180 +55,6 @@ _WT = 32  # stage rate [32, 35)
 # --------------------------------------------------------------------------------------------
 # Euler parameters and direction cosine matrices
 # --------------------------------------------------------------------------------------------
-
-
-@kernel
-def dcm_from_q(q, out):
-    """Direction cosine matrix of the Euler parameters ``q`` (S&J sec. 3.5) into ``out`` (3, 3).
-
-    ``q`` should be unit; it is not normalised here (the matrix of a non-unit q is scaled by |q|^2).
-    """
-    q0 = q[0]
-    q1 = q[1]
-    q2 = q[2]
-    q3 = q[3]
-    out[0, 0] = q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3
-    out[0, 1] = 2.0 * (q1 * q2 + q0 * q3)
-    out[0, 2] = 2.0 * (q1 * q3 - q0 * q2)
-    out[1, 0] = 2.0 * (q1 * q2 - q0 * q3)
-    out[1, 1] = q0 * q0 - q1 * q1 + q2 * q2 - q3 * q3
-    out[1, 2] = 2.0 * (q2 * q3 + q0 * q1)
-    out[2, 0] = 2.0 * (q1 * q3 + q0 * q2)
-    out[2, 1] = 2.0 * (q2 * q3 - q0 * q1)
-    out[2, 2] = q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3
-
-
-@kernel
-def q_from_dcm(dcm, out):
-    """Euler parameters of the proper orthogonal ``dcm`` by Sheppard's method (S&J sec. 3.5).
-
-    The largest of the four squared parameters is taken as the pivot, so no division by a small
-    number occurs for any attitude. The result is normalised and has ``q0 >= 0`` (the short
-    rotation, principal angle in [0, pi]). Returns STATUS_OK, or STATUS_DEGENERATE (``out`` set to
-    the identity) if the matrix has non-finite entries.
-    """
-    tr = dcm[0, 0] + dcm[1, 1] + dcm[2, 2]
-    s0 = 0.25 * (1.0 + tr)
-    s1 = 0.25 * (1.0 + 2.0 * dcm[0, 0] - tr)
-    s2 = 0.25 * (1.0 + 2.0 * dcm[1, 1] - tr)
-    s3 = 0.25 * (1.0 + 2.0 * dcm[2, 2] - tr)
-    if not (math.isfinite(s0) and math.isfinite(s1) and math.isfinite(s2) and math.isfinite(s3)):
-        out[0] = 1.0
-        out[1] = 0.0
-        out[2] = 0.0
-        out[3] = 0.0
-        return STATUS_DEGENERATE
-    # Off-diagonal combinations (S&J sec. 3.5).
-    p01 = 0.25 * (dcm[1, 2] - dcm[2, 1])
-    p02 = 0.25 * (dcm[2, 0] - dcm[0, 2])
-    p03 = 0.25 * (dcm[0, 1] - dcm[1, 0])
-    p23 = 0.25 * (dcm[1, 2] + dcm[2, 1])
-    p31 = 0.25 * (dcm[2, 0] + dcm[0, 2])
-    p12 = 0.25 * (dcm[0, 1] + dcm[1, 0])
-    if s0 >= s1 and s0 >= s2 and s0 >= s3:
-        a = math.sqrt(s0)
-        b0, b1, b2, b3 = a, p01 / a, p02 / a, p03 / a
-    elif s1 >= s2 and s1 >= s3:
-        a = math.sqrt(s1)
-        b0, b1, b2, b3 = p01 / a, a, p12 / a, p31 / a
-    elif s2 >= s3:
-        a = math.sqrt(s2)
-        b0, b1, b2, b3 = p02 / a, p12 / a, a, p23 / a
-    else:
-        a = math.sqrt(s3)
-        b0, b1, b2, b3 = p03 / a, p31 / a, p23 / a, a
-    if b0 < 0.0:
-        b0, b1, b2, b3 = -b0, -b1, -b2, -b3
-    norm = math.sqrt(b0 * b0 + b1 * b1 + b2 * b2 + b3 * b3)
-    out[0] = b0 / norm
-    out[1] = b1 / norm
-    out[2] = b2 / norm
-    out[3] = b3 / norm
-    return STATUS_OK
-
-
-@kernel
-def q_mult(a, b, out):
-    """Compose Euler parameters: ``dcm(out) = dcm(a) @ dcm(b)``, i.e. ``q_CN = q_mult(q_CB, q_BN)``.
-
-    S&J sec. 3.5 (successive rotations); equal to the Hamilton product ``b (x) a``. ``out`` may
-    alias ``a`` or ``b``.
-    """
-    a0 = a[0]
-    a1 = a[1]
-    a2 = a[2]
-    a3 = a[3]
-    b0 = b[0]
-    b1 = b[1]
-    b2 = b[2]
-    b3 = b[3]
-    out[0] = a0 * b0 - a1 * b1 - a2 * b2 - a3 * b3
-    out[1] = a1 * b0 + a0 * b1 + a3 * b2 - a2 * b3
-    out[2] = a2 * b0 - a3 * b1 + a0 * b2 + a1 * b3
-    out[3] = a3 * b0 + a2 * b1 - a1 * b2 + a0 * b3
-
-
-@kernel
-def q_conj(q, out):
-    """Inverse rotation: ``dcm(out) = dcm(q).T`` (so ``q_NB = q_conj(q_BN)``). ``out`` may alias."""
-    out[0] = q[0]
-    out[1] = -q[1]
-    out[2] = -q[2]
-    out[3] = -q[3]
-
-
-@kernel
-def q_normalize(q):
-    """Normalise ``q`` in place. Returns STATUS_OK, or STATUS_DEGENERATE if |q| is zero or not
-    finite, in which case ``q`` is set to the identity [1, 0, 0, 0]."""
-    n2 = q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]
-    if not (n2 > 0.0) or not math.isfinite(n2):
-        q[0] = 1.0
-        q[1] = 0.0
-        q[2] = 0.0
-        q[3] = 0.0
-        return STATUS_DEGENERATE
-    inv = 1.0 / math.sqrt(n2)
-    q[0] *= inv
-    q[1] *= inv
-    q[2] *= inv
-    q[3] *= inv
-    return STATUS_OK
-
-
-@kernel
-def q_from_axis_angle(axis, angle_rad, out):
-    """Principal rotation ``angle_rad`` about ``axis`` (normalised here): [cos(a/2), e sin(a/2)].
-
-    Returns STATUS_DEGENERATE (identity written) if the axis has zero length.
-    """
-    n = math.sqrt(axis[0] * axis[0] + axis[1] * axis[1] + axis[2] * axis[2])
-    if not (n > 0.0) or not math.isfinite(n):
-        out[0] = 1.0
-        out[1] = 0.0
-        out[2] = 0.0
-        out[3] = 0.0
-        return STATUS_DEGENERATE
-    s = math.sin(0.5 * angle_rad) / n
-    out[0] = math.cos(0.5 * angle_rad)
-    out[1] = axis[0] * s
-    out[2] = axis[1] * s
-    out[3] = axis[2] * s
-    return STATUS_OK
-
-
-@kernel
-def q_error_angle(q_BR):
-    """Principal rotation angle [rad] in [0, pi] of the attitude error ``q_BR`` (B relative to R).
-
-    ``2 atan2(|q_vec|, |q0|)`` — accurate near 0 and near pi, and insensitive to the sign of q
-    and to a small departure from unit norm.
-    """
-    v = math.sqrt(q_BR[1] * q_BR[1] + q_BR[2] * q_BR[2] + q_BR[3] * q_BR[3])
-    return 2.0 * math.atan2(v, abs(q_BR[0]))
-
-
-@kernel
-def dcm_from_ypr(yaw, pitch, roll, out):
-    """``dcm_BR`` of 3-2-1 Euler angles [rad] of B relative to R: ``M1(roll) M2(pitch) M3(yaw)``.
-
-    S&J Appendix B (3-2-1 set). Yaw about z_R, then pitch about the new y, then roll about x_B.
-    """
-    c1 = math.cos(yaw)
-    s1 = math.sin(yaw)
-    c2 = math.cos(pitch)
-    s2 = math.sin(pitch)
-    c3 = math.cos(roll)
-    s3 = math.sin(roll)
-    out[0, 0] = c2 * c1
-    out[0, 1] = c2 * s1
-    out[0, 2] = -s2
-    out[1, 0] = s3 * s2 * c1 - c3 * s1
-    out[1, 1] = s3 * s2 * s1 + c3 * c1
-    out[1, 2] = s3 * c2
-    out[2, 0] = c3 * s2 * c1 + s3 * s1
-    out[2, 1] = c3 * s2 * s1 - s3 * c1
-    out[2, 2] = c3 * c2
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,30 +132,6 @@ def gravity_gradient_torque_B(r_BN_N, dcm_BN, I_B, mu, out):
     if not (r2 > 0.0) or not math.isfinite(r2):
         return STATUS_DEGENERATE
     return STATUS_OK
-
-
-@kernel
-def rotate_by_q(q0, q1, q2, q3, vx, vy, vz):
-    """``dcm(q) v / |q|^2`` as 3 floats, for q = (q0, q1, q2, q3) given as scalars.
-
-    Exact for a slightly non-unit (RK4 stage) q. With q = q_BN it maps N components to B; with
-    the conjugate (q0, -q1, -q2, -q3) it maps B components back to N.
-    """
-    n2 = q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3
-    c00 = q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3
-    c01 = 2.0 * (q1 * q2 + q0 * q3)
-    c02 = 2.0 * (q1 * q3 - q0 * q2)
-    c10 = 2.0 * (q1 * q2 - q0 * q3)
-    c11 = q0 * q0 - q1 * q1 + q2 * q2 - q3 * q3
-    c12 = 2.0 * (q2 * q3 + q0 * q1)
-    c20 = 2.0 * (q1 * q3 + q0 * q2)
-    c21 = 2.0 * (q2 * q3 - q0 * q1)
-    c22 = q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3
-    return (
-        (c00 * vx + c01 * vy + c02 * vz) / n2,
-        (c10 * vx + c11 * vy + c12 * vz) / n2,
-        (c20 * vx + c21 * vy + c22 * vz) / n2,
-    )
 
 
 @kernel
@@ -427,7 +240,7 @@ def rk4_attitude_step(
 def lvlh_attitude_q(r_BN_N, v_BN_N, dcm_BH, out_q_BN):
     """``q_BN`` that holds the fixed attitude ``dcm_BH`` relative to LVLH (H) at state (r, v).
 
-    ``dcm_BN = dcm_BH @ dcm_HN(r, v)`` with ``dcm_HN`` from ``sims.orbit`` (z_H nadir, y_H = -h/|h|,
+    ``dcm_BN = dcm_BH @ dcm_HN(r, v)`` with ``dcm_HN`` from ``thruster_hil.sims.orbit`` (z_H nadir, y_H = -h/|h|,
     x_H = y_H x z_H). Allocates two 3x3 temporaries. Returns the status of ``q_from_dcm``.
     """
     hn = np.empty((3, 3))

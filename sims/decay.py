@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import math
 
-from sims._jit import kernel
-from sims.atmosphere import density_kg_m3
-from sims.constants import F_EARTH, MU_EARTH, OMEGA_EARTH, R_EARTH
+from thruster_hil.sims.atmosphere import density_kg_m3
+
+from thruster_hil.core.constants import F_EARTH, MU_EARTH, OMEGA_EARTH, R_EARTH
+from thruster_hil.core.jit import kernel
 
 #: Samples of the argument of latitude per revolution in the orbit average.
 N_U = 36
@@ -37,7 +38,7 @@ N_U = 36
 def mean_decay_rate(a_m, incl_rad, bc_m2_kg, table_alt_m, table_log_rho):
     """Orbit-averaged da/dt [m/s] (negative) of a circular orbit of semi-major axis ``a_m`` [m]
     and inclination ``incl_rad`` under drag with ballistic coefficient ``bc_m2_kg`` = Cd A / m
-    [m^2/kg]; (table_alt_m, table_log_rho) from :func:`sims.atmosphere.density_table_for`."""
+    [m^2/kg]; (table_alt_m, table_log_rho) from :func:`thruster_hil.sims.atmosphere.density_table_for`."""
     if not (a_m > 0.0):
         return 0.0
     v = math.sqrt(MU_EARTH / a_m)

@@ -9,10 +9,10 @@ Physics
 -------
 * Gravity: point mass ``-mu r / |r|^3`` plus the J2 zonal term (Vallado, *Fundamentals of
   Astrodynamics and Applications*, 4th ed., eq. 8-30 in its Cartesian form), with MU_EARTH,
-  R_EARTH and J2_EARTH from :mod:`sims.constants`. N is treated as Earth-fixed-pole (no
+  R_EARTH and J2_EARTH from :mod:`thruster_hil.core.constants`. N is treated as Earth-fixed-pole (no
   precession/nutation): the J2 axis is z_N.
 * Drag: ``a = -0.5 rho (Cd A / m) |v_rel| v_rel`` with ``v_rel = v - omega_E x r``, an atmosphere
-  co-rotating with the Earth about z_N. ``rho`` comes from :func:`sims.atmosphere.density_kg_m3`
+  co-rotating with the Earth about z_N. ``rho`` comes from :func:`thruster_hil.sims.atmosphere.density_kg_m3`
   at the height above the WGS 84 ellipsoid, ``|r| - R_EARTH (1 - f sin^2(phi))`` with phi the
   geocentric latitude (good to tens of metres at ISS altitude; see sims/atmosphere.py).
 * Thrust: a force fixed in LVLH, ``F_N = dcm_HN.T @ force_H_N``, re-evaluated from the current
@@ -34,10 +34,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from thruster_hil.sims.atmosphere import density_kg_m3
 
-from sims._jit import kernel
-from sims.atmosphere import density_kg_m3
-from sims.constants import F_EARTH, J2_EARTH, MU_EARTH, OMEGA_EARTH, R_EARTH
+from thruster_hil.core.constants import F_EARTH, J2_EARTH, MU_EARTH, OMEGA_EARTH, R_EARTH
+from thruster_hil.core.frames import dcm_HN, lvlh_axes  # noqa: F401  (re-exported)
+from thruster_hil.core.jit import kernel
 
 TWO_PI = 2.0 * math.pi
 
@@ -97,56 +98,12 @@ def orbit_accel(r_BN_N, v_BN_N, mass_kg, cd_area_m2, j2_on, table_alt_m, table_l
 
     r_BN_N [m], v_BN_N [m/s] in ECI J2000; mass_kg [kg]; cd_area_m2 = Cd * A [m^2] (0 switches
     drag off); j2_on: bool or 0.0/1.0; (table_alt_m, table_log_rho) from
-    :func:`sims.atmosphere.density_table`. Drag uses a co-rotating atmosphere and the height
+    :func:`thruster_hil.sims.atmosphere.density_table`. Drag uses a co-rotating atmosphere and the height
     above the WGS 84 ellipsoid (first order in the flattening). No thrust here (see
     :func:`rk4_step`).
     """
     _gravity_drag(r_BN_N[0], r_BN_N[1], r_BN_N[2], v_BN_N[0], v_BN_N[1], v_BN_N[2], mass_kg,
                   cd_area_m2, j2_on, table_alt_m, table_log_rho, out_a_N)
-
-
-@kernel
-def lvlh_axes(rx, ry, rz, vx, vy, vz):
-    """The LVLH axes in N as 9 floats (x_H, y_H, z_H): z_H = -r/|r| (nadir), y_H = -h/|h|
-    (h = r x v), x_H = y_H x z_H (along-track). The rows of dcm_HN."""
-    rn = math.sqrt(rx * rx + ry * ry + rz * rz)
-    hx = ry * vz - rz * vy
-    hy = rz * vx - rx * vz
-    hz = rx * vy - ry * vx
-    hn = math.sqrt(hx * hx + hy * hy + hz * hz)
-    zx = -rx / rn
-    zy = -ry / rn
-    zz = -rz / rn
-    yx = -hx / hn
-    yy = -hy / hn
-    yz = -hz / hn
-    return (yy * zz - yz * zy, yz * zx - yx * zz, yx * zy - yy * zx, yx, yy, yz, zx, zy, zz)
-
-
-@kernel
-def dcm_HN(r_BN_N, v_BN_N, out):
-    """LVLH direction-cosine matrix: rows are the H axes in N components (x_H = dcm_HN @ x_N).
-
-    z_H = -r/|r| (nadir), y_H = -h/|h| with h = r x v (negative orbit normal), x_H = y_H x z_H
-    (along-track; equals v/|v| on a circular orbit). out: (3, 3) float64. For a degenerate state
-    (r = 0 or r parallel to v) the result is not a rotation; callers keep states physical.
-    """
-    rx = r_BN_N[0]
-    ry = r_BN_N[1]
-    rz = r_BN_N[2]
-    vx = v_BN_N[0]
-    vy = v_BN_N[1]
-    vz = v_BN_N[2]
-    xx, xy, xz, yx, yy, yz, zx, zy, zz = lvlh_axes(rx, ry, rz, vx, vy, vz)
-    out[0, 0] = xx
-    out[0, 1] = xy
-    out[0, 2] = xz
-    out[1, 0] = yx
-    out[1, 1] = yy
-    out[1, 2] = yz
-    out[2, 0] = zx
-    out[2, 1] = zy
-    out[2, 2] = zz
 
 
 @kernel

@@ -117,7 +117,7 @@ def unit_url(request):
     if url:
         yield url
         return
-    from firmware_bridge.emulator import EmulatorProcess
+    from thruster_hil.firmware_bridge.emulator import EmulatorProcess
 
     with EmulatorProcess() as emu:
         yield emu.port

@@ -13,8 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
-
-from controller.allocation import (
+from thruster_hil.controller.allocation import (
     LP_OK,
     LP_WORK_ROWS,
     allocate,

@@ -1,4 +1,4 @@
-"""Tests for sims.atmosphere: the NRLMSIS 2.1 density grid over (height, F10.7, Ap), its presets
+"""Tests for thruster_hil.sims.atmosphere: the NRLMSIS 2.1 density grid over (height, F10.7, Ap), its presets
 and its log-density interpolation."""
 
 import math
@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from sims.atmosphere import (
+from thruster_hil.sims.atmosphere import (
     ACTIVITY_LEVELS,
     AP_MAX,
     F107_MAX_SFU,

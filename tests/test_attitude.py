@@ -1,4 +1,4 @@
-"""Tests for sims.attitude: Euler parameters, kinematics, Euler's equations, gravity gradient."""
+"""Tests for thruster_hil.sims.attitude: Euler parameters, kinematics, Euler's equations, gravity gradient."""
 
 import math
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from thruster_hil.sims import attitude as att
 
-from sims import attitude as att
-from sims.constants import MU_EARTH, R_EARTH
+from thruster_hil.core.constants import MU_EARTH, R_EARTH
 
 # ISS-like full inertia [kg m^2]: principal moments of the order quoted for the ISS in Wie, Space
 # Vehicle Dynamics and Control (diag 1.28e8, 1.07e8, 2.00e8), plus products of inertia ~3e6 so the
@@ -408,9 +408,9 @@ def test_lvlh_rate_circular_orbit():
 
 
 def _orbit_dcm_hn():
-    orbit = pytest.importorskip("sims.orbit")
+    orbit = pytest.importorskip("thruster_hil.sims.orbit")
     if not hasattr(orbit, "dcm_HN"):
-        pytest.skip("sims.orbit.dcm_HN not written yet")
+        pytest.skip("thruster_hil.sims.orbit.dcm_HN not written yet")
     return orbit.dcm_HN
 
 

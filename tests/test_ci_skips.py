@@ -94,7 +94,7 @@ def test_tool_missing_reasons():
                    "QEMU rows not run: qemu-system-avr or avr-gcc missing",
                    "could not import 'distributed': No module named 'distributed'"):
         assert conftest.tool_missing(reason), reason
-    for reason in ("reads /proc", "no --unit-url given", "sims.orbit.dcm_HN not written yet"):
+    for reason in ("reads /proc", "no --unit-url given", "thruster_hil.sims.orbit.dcm_HN not written yet"):
         assert not conftest.tool_missing(reason), reason
 
 

@@ -13,8 +13,7 @@ from cobs import cobs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spacepackets.ccsds.spacepacket import PacketType, SpacePacketHeader
-
-from firmware_bridge.codec import (
+from thruster_hil.firmware_bridge.codec import (
     Decoder,
     Message,
     ProtocolError,
@@ -23,7 +22,7 @@ from firmware_bridge.codec import (
     encode,
     encode_packet,
 )
-from firmware_bridge.dictionary import (
+from thruster_hil.firmware_bridge.dictionary import (
     APIDS,
     DICT_HASH,
     MAX_WIRE_BYTES,
@@ -177,7 +176,7 @@ def test_fuzz_100k_decode_or_raise_protocol_error(data):
 
 
 def test_encode_rejects_bad_messages_with_its_own_error():
-    from firmware_bridge.codec import EncodeError
+    from thruster_hil.firmware_bridge.codec import EncodeError
 
     with pytest.raises(EncodeError):
         encode("WARP", 0)
@@ -203,11 +202,11 @@ def test_oversized_stream_is_dropped_to_the_next_delimiter():
 def test_dictionary_hash_is_crc32_iso_hdlc_of_the_canonical_json():
     """docs/protocol.md section 3: the CRC-32 variant with its check value, the canonical JSON
     with a test value, and the dictionary's own hash recomputed here with zlib, independently
-    of firmware_bridge.dictionary; the golden vectors carry the same numbers."""
+    of thruster_hil.firmware_bridge.dictionary; the golden vectors carry the same numbers."""
     import tomllib
     import zlib
 
-    from firmware_bridge.dictionary import DICTIONARY_PATH, dictionary_hash
+    from thruster_hil.firmware_bridge.dictionary import DICTIONARY_PATH, dictionary_hash
 
     assert zlib.crc32(b"123456789") == 0xCBF43926  # CRC-32/ISO-HDLC check value
     assert dictionary_hash({"a": 1}) == zlib.crc32(b'{"a":1}') == 0x561BACAF

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from thruster_hil.hw_configs import CONFIG_DIR
 
-from hw_configs import CONFIG_DIR
 from thruster_hil.config import (
     build_stack_model,
     list_stacks,
@@ -19,7 +19,7 @@ from thruster_hil.config import (
     load_station,
     load_vehicle,
 )
-from thruster_hil.errors import ConfigError
+from thruster_hil.core.errors import ConfigError
 
 STACKS = ("dragon-boost-kit", "cygnus", "progress")
 

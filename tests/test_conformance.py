@@ -6,8 +6,7 @@ live in firmware_bridge/conformance.py so that ``thruster-hil selftest`` runs th
 """
 
 import pytest
-
-from firmware_bridge.conformance import CHECKS, run_check
+from thruster_hil.firmware_bridge.conformance import CHECKS, run_check
 
 pytestmark = pytest.mark.conformance
 

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from thruster_hil.config import build_stack_model, load_stack
+from thruster_hil.core.errors import ConfigError
 from thruster_hil.dispersions import (
     TRUNCATE_SIGMA,
     Dist,
@@ -18,7 +19,6 @@ from thruster_hil.dispersions import (
     load_dispersions,
     sample_case,
 )
-from thruster_hil.errors import ConfigError
 
 DEFAULT = """
 name = "t"

@@ -14,10 +14,9 @@ import time
 
 import pytest
 import serial
-
-from firmware_bridge import codec
-from firmware_bridge.codec import Decoder, Message
-from firmware_bridge.dictionary import (
+from thruster_hil.firmware_bridge import codec
+from thruster_hil.firmware_bridge.codec import Decoder, Message
+from thruster_hil.firmware_bridge.dictionary import (
     DICT_HASH,
     ENUMS,
     EVENT,
@@ -26,9 +25,10 @@ from firmware_bridge.dictionary import (
     MODE,
     RESULT,
 )
-from firmware_bridge.emulator import EmulatorError, EmulatorProcess, start_emulator
-from firmware_bridge.faults import LinkFaults, corrupt_byte, parse_faults
-from thruster_hil.errors import UserError
+from thruster_hil.firmware_bridge.emulator import EmulatorError, EmulatorProcess, start_emulator
+from thruster_hil.firmware_bridge.faults import LinkFaults, corrupt_byte, parse_faults
+
+from thruster_hil.core.errors import UserError
 
 
 class Port:
@@ -275,7 +275,7 @@ def test_scheduled_reset_fault(tmp_path):
 
 def test_link_path(tmp_path):
     link = tmp_path / "port"
-    proc = subprocess.Popen([sys.executable, "-m", "firmware_bridge.emulator", "--link-path",
+    proc = subprocess.Popen([sys.executable, "-m", "thruster_hil.firmware_bridge.emulator", "--link-path",
                              str(link)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 10
@@ -299,7 +299,7 @@ def test_link_path(tmp_path):
                                   "stall=5s@2", "fail=40@1s", "reset", "drop.up=0.1",
                                   "seed=x", "pressure=abc@1s", "drop=0.1,drop=0.2", ","])
 def test_bad_fault_spec_is_one_line_and_exit_2(spec):
-    proc = subprocess.run([sys.executable, "-m", "firmware_bridge.emulator", "--faults", spec],
+    proc = subprocess.run([sys.executable, "-m", "thruster_hil.firmware_bridge.emulator", "--faults", spec],
                           capture_output=True, text=True, timeout=20)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

@@ -14,18 +14,18 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from thruster_hil.firmware_bridge import codec
+from thruster_hil.firmware_bridge.conformance import run_all
+from thruster_hil.firmware_bridge.dictionary import FAULT
+from thruster_hil.firmware_bridge.emulator import EmulatorProcess
+from thruster_hil.firmware_bridge.faultproxy import FaultProxyProcess, ProxyError, describe
+from thruster_hil.firmware_bridge.faults import CUT, LinkFaults, parse_faults
 
-from firmware_bridge import codec
-from firmware_bridge.conformance import run_all
-from firmware_bridge.dictionary import FAULT
-from firmware_bridge.emulator import EmulatorProcess
-from firmware_bridge.faultproxy import FaultProxyProcess, ProxyError, describe
-from firmware_bridge.faults import CUT, LinkFaults, parse_faults
-from firmware_bridge.hil import open_unit
-from sims.loop import warm_up
-from sims.runner import run_burn
+from thruster_hil.closedloop.fused import warm_up
+from thruster_hil.closedloop.hil import open_unit
+from thruster_hil.closedloop.runner import run_burn
 from thruster_hil.config import build_stack_model, load_stack
-from thruster_hil.errors import UserError
+from thruster_hil.core.errors import UserError
 from thruster_hil.plan import Target, plan_burn
 
 STACK = "dragon-boost-kit"

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 from cobs import cobs
-
-from firmware_bridge import codec
-from firmware_bridge.codec import Decoder, Message, ProtocolError
-from firmware_bridge.dictionary import DICT_HASH
+from thruster_hil.firmware_bridge import codec
+from thruster_hil.firmware_bridge.codec import Decoder, Message, ProtocolError
+from thruster_hil.firmware_bridge.dictionary import DICT_HASH
 
 ROOT = Path(__file__).resolve().parent.parent
 BOARD = ROOT / "firmware_bridge" / "board"
@@ -228,7 +227,7 @@ class _CUnit:
 def _low_pressure_session(unit) -> list[tuple]:
     """Drive one unit through the minimum-feed-pressure rule (issue 7) and return what it said,
     minus the session tokens and nonces (each implementation draws its own)."""
-    from firmware_bridge.dictionary import ENUMS, FAULT, FLAG_ACK_REQ, LIMITS, MODE
+    from thruster_hil.firmware_bridge.dictionary import ENUMS, FAULT, FLAG_ACK_REQ, LIMITS, MODE
 
     said: list[tuple] = []
     seq = iter(range(1000))
@@ -292,8 +291,8 @@ def test_low_tank_pressure_is_the_same_on_unit_c_and_unitcore(host_vectors):
     emulator's UnitCore with the same commands at the same unit times: both say exactly the
     same (valves cut and reported aborted, SAFE_ENTERED LOW_PRESSURE, FIRE and ARM refused
     while low, still SAFE when the pressure is back)."""
-    from firmware_bridge.dictionary import ENUMS, EVENT
-    from firmware_bridge.unit import UnitCore
+    from thruster_hil.firmware_bridge.dictionary import ENUMS, EVENT
+    from thruster_hil.firmware_bridge.unit import UnitCore
 
     c_unit = _CUnit(host_vectors)
     try:
@@ -318,7 +317,7 @@ def _security_session(unit) -> list[tuple]:
     """Drive one unit through issue 13's rules (step window, FAULT_INJECT and the lockout,
     the arm-enable result, what a reset keeps) and return what it said, minus tokens and
     nonces (each implementation draws its own)."""
-    from firmware_bridge.dictionary import FAULT, FLAG_ACK_REQ, LIMITS, MODE
+    from thruster_hil.firmware_bridge.dictionary import FAULT, FLAG_ACK_REQ, LIMITS, MODE
 
     said: list[tuple] = []
     seq = iter(range(1000))
@@ -383,8 +382,8 @@ def _security_session(unit) -> list[tuple]:
 def test_session_security_is_the_same_on_unit_c_and_unitcore(host_vectors):
     """REQ issue 13 (1-3): unit.c and the emulator's UnitCore, the same commands at the same
     unit times, say exactly the same (apart from their own tokens and nonces)."""
-    from firmware_bridge.dictionary import ENUMS, EVENT, RESULT
-    from firmware_bridge.unit import UnitCore, mix32
+    from thruster_hil.firmware_bridge.dictionary import ENUMS, EVENT, RESULT
+    from thruster_hil.firmware_bridge.unit import UnitCore, mix32
 
     c_unit = _CUnit(host_vectors)
     try:
@@ -461,8 +460,8 @@ def test_fuzz_parser_and_state_machine(tmp_path):
 @pytest.mark.slow
 def test_conformance_under_qemu():
     _need("make", "avr-gcc", "qemu-system-avr")
-    from firmware_bridge.conformance import run_all
-    from firmware_bridge.qemu import QemuUnit
+    from thruster_hil.firmware_bridge.conformance import run_all
+    from thruster_hil.firmware_bridge.qemu import QemuUnit
 
     with QemuUnit() as q:
         results = run_all(q.port)
@@ -476,9 +475,9 @@ def test_hil_reboost_through_qemu_matches_sil():
     """A lockstep HIL reboost of the dragon-boost-kit stack through the real firmware under QEMU
     ends within 0.5 % of the SIL delta-v (QEMU timing is not faithful: no timing assertion)."""
     _need("make", "avr-gcc", "qemu-system-avr")
-    from firmware_bridge.hil import open_unit
-    from sims.loop import warm_up
-    from sims.runner import run_burn
+    from thruster_hil.closedloop.fused import warm_up
+    from thruster_hil.closedloop.hil import open_unit
+    from thruster_hil.closedloop.runner import run_burn
     from thruster_hil.config import build_stack_model, load_stack
     from thruster_hil.plan import Target, plan_burn
 
@@ -501,10 +500,11 @@ def test_hil_thruster_failure_through_qemu_matches_sil():
     (the FAULT_INJECT goes out from inside the lockstep chain, without ACK_REQ, ahead of the next
     FIRE): the burn completes, reallocated at the SIL's cycle, within 0.5 % of the SIL delta-v."""
     _need("make", "avr-gcc", "qemu-system-avr")
-    from firmware_bridge.hil import open_unit
-    from sims.loop import warm_up
-    from sims.runner import Failure, run_burn
-    from sims.thrusters import HEALTH_FAILED_OFF
+    from thruster_hil.sims.thrusters import HEALTH_FAILED_OFF
+
+    from thruster_hil.closedloop.fused import warm_up
+    from thruster_hil.closedloop.hil import open_unit
+    from thruster_hil.closedloop.runner import Failure, run_burn
     from thruster_hil.config import build_stack_model, load_stack
     from thruster_hil.plan import Target, plan_burn
 
@@ -533,7 +533,7 @@ def test_qemu_does_not_outlive_a_killed_parent(tmp_path):
     import time
 
     root = Path(__file__).resolve().parents[1]
-    starter = ("import os, sys\nfrom firmware_bridge.qemu import QemuUnit\n"
+    starter = ("import os, sys\nfrom thruster_hil.firmware_bridge.qemu import QemuUnit\n"
                "q = QemuUnit().start()\nprint(q._proc.pid, flush=True)\nsys.stdin.read()\n")
     parent = subprocess.Popen([sys.executable, "-c", starter], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, cwd=root,

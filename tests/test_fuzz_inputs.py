@@ -2,7 +2,7 @@
 generated garbage.
 
 The contract (docs/architecture.md, DESIGN "Errors for people"): ONE line on stderr,
-``thruster-hil: error: <what and where>`` (``firmware_bridge.emulator: error: ...`` for the
+``thruster-hil: error: <what and where>`` (``thruster_hil.firmware_bridge.emulator: error: ...`` for the
 emulator's own command line), exit status 2, no traceback, never a silent correction.
 
 How generated garbage stays garbage: every command line ends with a *poison*, an element that is
@@ -42,12 +42,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from thruster_hil.hw_configs import CONFIG_DIR
 
-from hw_configs import CONFIG_DIR
 from thruster_hil import cli
 from thruster_hil.config import load_stack
+from thruster_hil.core.errors import ConfigError, UserError
 from thruster_hil.dispersions import load_dispersions
-from thruster_hil.errors import ConfigError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -55,7 +55,7 @@ import gen_c_header  # noqa: E402
 from test_config import _leaves  # noqa: E402 -- (path, value) of every leaf and every list
 
 CLI_PREFIX = "thruster-hil: error: "
-EMU_PREFIX = "firmware_bridge.emulator: error: "
+EMU_PREFIX = "thruster_hil.firmware_bridge.emulator: error: "
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                        HealthCheck.data_too_large])
@@ -113,7 +113,7 @@ COMMANDS: dict[str, dict[str, bool]] = {name: _options(p) for name, p in _SUB.ch
 
 
 def _emulator_options() -> dict[str, bool]:
-    from firmware_bridge import emulator
+    from thruster_hil.firmware_bridge import emulator
 
     return _options(emulator._parser())
 
@@ -219,17 +219,17 @@ def bench(tmp_path_factory):
 def _install_tripwires(mp: pytest.MonkeyPatch) -> None:
     import matplotlib
     import serial
+    import thruster_hil.firmware_bridge.emulator
 
-    import firmware_bridge.emulator
-    import firmware_bridge.hil
-    import sims.loop
-    import sims.runner
     import thruster_hil.campaign
+    import thruster_hil.closedloop.fused
+    import thruster_hil.closedloop.hil
+    import thruster_hil.closedloop.runner
     import thruster_hil.live
     import thruster_hil.montecarlo
     import thruster_hil.replay
 
-    real_run_burn = sims.runner.run_burn
+    real_run_burn = thruster_hil.closedloop.runner.run_burn
 
     def run_burn(model, plan, **kwargs):
         """A plan flies its burn (thruster_hil.plan: the ideal unit, nobody watching, nothing
@@ -238,12 +238,12 @@ def _install_tripwires(mp: pytest.MonkeyPatch) -> None:
             raise Tripwire("garbage got past validation: a burn was started")
         return real_run_burn(model, plan, **kwargs)
 
-    mp.setattr(sims.runner, "run_burn", run_burn)
-    mp.setattr(sims.loop, "warm_up", _tripwire("a burn (the compile before it)"))
+    mp.setattr(thruster_hil.closedloop.runner, "run_burn", run_burn)
+    mp.setattr(thruster_hil.closedloop.fused, "warm_up", _tripwire("a burn (the compile before it)"))
     mp.setattr(thruster_hil.replay, "run_burn", _tripwire("a replayed burn"))
-    mp.setattr(firmware_bridge.hil, "open_unit", _tripwire("a unit"))
-    mp.setattr(firmware_bridge.hil, "start_unit_process", _tripwire("a unit process"))
-    mp.setattr(firmware_bridge.emulator.Emulator, "open_pty", _tripwire("an emulator"))
+    mp.setattr(thruster_hil.closedloop.hil, "open_unit", _tripwire("a unit"))
+    mp.setattr(thruster_hil.closedloop.hil, "start_unit_process", _tripwire("a unit process"))
+    mp.setattr(thruster_hil.firmware_bridge.emulator.Emulator, "open_pty", _tripwire("an emulator"))
     mp.setattr(thruster_hil.montecarlo, "run_local", _tripwire("a Monte-Carlo campaign"))
     mp.setattr(thruster_hil.montecarlo, "run_dask", _tripwire("a Dask campaign"))
     mp.setattr(thruster_hil.live, "follow", _tripwire("a live view"))
@@ -609,8 +609,8 @@ def emulator_poison(draw, bench: _Bench) -> list[str]:
 
 
 def test_garbage_emulator_command_lines_are_one_line_and_exit_2(bench):
-    """``python -m firmware_bridge.emulator`` has its own parser: the same contract."""
-    from firmware_bridge import emulator
+    """``python -m thruster_hil.firmware_bridge.emulator`` has its own parser: the same contract."""
+    from thruster_hil.firmware_bridge import emulator
 
     options = _emulator_options()
     choices = _choices(emulator._parser())
@@ -719,7 +719,7 @@ def test_garbage_in_a_fresh_process(bench, tmp_path):
         _assert_fresh_one_line(_fresh(argv))
     for argv in (["--channels", "0"], ["--bogus"], ["--faults", "fail=٣@1s"],
                  ["--parent-fd", "999999"], ["--link-path", str(bench.afile / "port")]):
-        _assert_fresh_one_line(_fresh(argv, "firmware_bridge.emulator"), EMU_PREFIX)
+        _assert_fresh_one_line(_fresh(argv, "thruster_hil.firmware_bridge.emulator"), EMU_PREFIX)
 
 
 # ============================================================================ config files
@@ -980,7 +980,7 @@ def test_damaged_config_bytes_load_or_fail_in_one_line(bench, data, rel):
 
 
 def test_fault_specs_parse_or_fail_in_one_line():
-    from firmware_bridge.faults import FaultSpec, parse_faults
+    from thruster_hil.firmware_bridge.faults import FaultSpec, parse_faults
 
     @FUZZ
     @given(spec=st.one_of(garbage, st.lists(st.one_of(

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import serial
+from thruster_hil.firmware_bridge.emulator import EmulatorProcess
+from thruster_hil.sims.thrusters import HEALTH_FAILED_OFF, HEALTH_STUCK_OPEN
 
-from firmware_bridge.emulator import EmulatorProcess
-from firmware_bridge.hil import open_unit
-from sims.loop import warm_up
-from sims.runner import Failure, format_run, run_burn
-from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_STUCK_OPEN
+from thruster_hil.closedloop.fused import warm_up
+from thruster_hil.closedloop.hil import open_unit
+from thruster_hil.closedloop.runner import Failure, format_run, run_burn
 from thruster_hil.config import build_stack_model, load_stack
 from thruster_hil.plan import Target, plan_burn
 
@@ -276,8 +276,8 @@ def test_another_writer_is_locked_out_and_the_burn_stops_naming_it(dragon, tmp_p
     by STOP_ALL (acknowledged) and never takes a refusal of the intruder's for its own."""
     import threading
 
-    from firmware_bridge import codec
-    from firmware_bridge.dictionary import LIMITS
+    from thruster_hil.firmware_bridge import codec
+    from thruster_hil.firmware_bridge.dictionary import LIMITS
 
     model, plan, _sil = dragon
     log = tmp_path / "emulator.jsonl"

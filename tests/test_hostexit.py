@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from thruster_hil.firmware_bridge.emulator import EmulatorProcess
+from thruster_hil.firmware_bridge.link import Link, LinkError
 
-from firmware_bridge.emulator import EmulatorProcess
-from firmware_bridge.link import Link, LinkError
 from thruster_hil import records
 from thruster_hil.campaign import _read_jsonl
 from thruster_hil.cli import _run_status, main
@@ -329,7 +329,7 @@ def test_the_summary_is_written_into_the_space_reserved_at_the_start(tmp_path, m
 
 RLIMIT_RUN = """
 import json, resource, signal, sys
-from sims.loop import warm_up
+from thruster_hil.closedloop.fused import warm_up
 from thruster_hil.config import build_stack_model, load_stack
 from thruster_hil.plan import Target, plan_burn
 # Compile first (the numba cache may write big files), then cap every file this process
@@ -417,7 +417,7 @@ def test_a_burn_with_every_translation_thruster_failed_exits_1_saying_why(tmp_pa
 def test_the_fused_loop_also_names_a_burn_that_could_not_reach_its_target():
     """Without on_cycle the burn runs in numba to its cycle limit; the summary still says why
     it failed (failure_reason), and the run's exit status is 1."""
-    from sims.runner import Failure, format_run, run_burn
+    from thruster_hil.closedloop.runner import Failure, format_run, run_burn
     from thruster_hil.config import build_stack_model, load_stack
     from thruster_hil.plan import Target, plan_burn
 
@@ -434,7 +434,7 @@ def test_the_fused_loop_also_names_a_burn_that_could_not_reach_its_target():
 
 
 def test_an_attitude_limit_broken_is_a_failed_burn():
-    from sims.runner import _shortfall
+    from thruster_hil.closedloop.runner import _shortfall
 
     s = {"max_attitude_error_deg": 5.5, "attitude_limit_deg": 5.0, "completed": True}
     assert "over the 5 deg limit" in _shortfall(s, [], np.array([], np.int64), None)
@@ -521,7 +521,7 @@ def test_a_disk_that_fills_under_an_in_process_run_stops_it_in_one_line(tmp_path
 @pytest.mark.skipif(not Path("/proc/self/fdinfo").is_dir(), reason="reads /proc")
 def test_only_processes_that_can_read_the_port_are_named():
     """A second writer (or QEMU's keep-alive descriptor) cannot take replies: not named."""
-    from firmware_bridge.portwatch import other_readers
+    from thruster_hil.firmware_bridge.portwatch import other_readers
 
     hold = "import os, sys; os.open(sys.argv[1], int(sys.argv[2]) | os.O_NOCTTY); " \
            "print('open', flush=True); sys.stdin.read()"

@@ -19,9 +19,8 @@ import tty
 import numpy as np
 import pytest
 import serial
-
-from firmware_bridge import codec
-from firmware_bridge.dictionary import (
+from thruster_hil.firmware_bridge import codec
+from thruster_hil.firmware_bridge.dictionary import (
     DICT_HASH,
     ENUMS,
     EVENT,
@@ -34,10 +33,11 @@ from firmware_bridge.dictionary import (
     PROTO_VERSION,
     RESULT,
 )
-from firmware_bridge.hil import SerialUnit
-from firmware_bridge.link import FireResult, Link, LinkError
-from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
-from thruster_hil.errors import UserError
+from thruster_hil.firmware_bridge.link import FireResult, Link, LinkError
+from thruster_hil.sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
+
+from thruster_hil.closedloop.hil import SerialUnit
+from thruster_hil.core.errors import UserError
 
 UNIT_CLOCK_OFFSET_US = 1_000_000  # the fake's clock runs this far ahead of the host's
 N_CHANNELS = 24

@@ -198,7 +198,7 @@ def test_run_watch_publishes_the_loop_state_without_the_loop_waiting():
     finish() publishes the last cycle exactly as the telemetry recorded it."""
     import tempfile
 
-    from sims.runner import run_burn
+    from thruster_hil.closedloop.runner import run_burn
     from thruster_hil.config import build_stack_model, load_stack
     from thruster_hil.plan import Target, plan_burn
     from thruster_hil.records import RunRecorder
@@ -407,8 +407,8 @@ def test_monitor_ctrl_c_exits_130_without_a_traceback(tmp_path):
 # ---------------------------------------------------------------------------- monitor --port
 
 def test_monitor_port_shows_the_unit_housekeeping_and_never_arms_it(capsys):
-    from firmware_bridge.emulator import EmulatorProcess
-    from firmware_bridge.link import Link
+    from thruster_hil.firmware_bridge.emulator import EmulatorProcess
+    from thruster_hil.firmware_bridge.link import Link
 
     with EmulatorProcess(channels=20) as emu:
         assert main(["monitor", "--port", emu.port, "--once"]) == 0
@@ -431,7 +431,7 @@ def test_monitor_port_shows_the_unit_housekeeping_and_never_arms_it(capsys):
 def test_monitor_port_follows_the_unit_until_its_link_goes_down():
     """Without --once, monitor --port keeps drawing the unit's HK; when the unit goes away (the
     emulator stops and its pty with it) it says so in one line and exits 1."""
-    from firmware_bridge.emulator import EmulatorProcess
+    from thruster_hil.firmware_bridge.emulator import EmulatorProcess
 
     with EmulatorProcess() as emu:
         rc, _, term = _cli_on_a_terminal(["monitor", "--port", emu.port], stdout_tty=True,

@@ -1,4 +1,4 @@
-"""sims.loop: one cycle as two kernels, the fused burn loop, and the counter-based noise.
+"""thruster_hil.closedloop.fused: one cycle as two kernels, the fused burn loop, and the counter-based noise.
 
 Requirement (issue 8): the all-numba burn gives the same numbers as the cycle-by-cycle loop that
 HIL and recorded runs use, so a batch case reproduces ``run --unit sim`` exactly.
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from thruster_hil.controller import cycle as cst
 
-from controller import cycle as cst
-from sims import loop
-from sims.runner import Failure, run_burn
+from thruster_hil.closedloop import fused as loop
+from thruster_hil.closedloop.runner import Failure, run_burn
 from thruster_hil.config import build_stack_model, load_stack
 from thruster_hil.plan import Target, plan_burn
 

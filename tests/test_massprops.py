@@ -1,4 +1,4 @@
-"""sims.massprops: parallel-axis theorem, port/clock rotations, combine's algebra."""
+"""thruster_hil.core.massprops: parallel-axis theorem, port/clock rotations, combine's algebra."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sims import massprops as mp
+from thruster_hil.core import massprops as mp
 
 ZERO = np.zeros((3, 3))
 

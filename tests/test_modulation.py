@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from controller.modulation import (
+from thruster_hil.controller.modulation import (
     M_FULL,
     M_REMAINDER,
     MOD_COLS,
@@ -21,7 +20,7 @@ from controller.modulation import (
     modulate_one,
     pulse_on_times,
 )
-from sims.thrusters import attributed_impulse, effective_impulse
+from thruster_hil.sims.thrusters import attributed_impulse, effective_impulse
 
 PERIOD, TICK = 0.5, 1e-3
 

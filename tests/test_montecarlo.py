@@ -12,9 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from sims import batch, loop
 from thruster_hil import montecarlo as mc
 from thruster_hil.cli import main
+from thruster_hil.closedloop import batch
+from thruster_hil.closedloop import fused as loop
 from thruster_hil.config import build_stack_model, load_stack
 from thruster_hil.dispersions import case_seed, load_dispersions
 from thruster_hil.plan import Target, plan_burn

@@ -17,8 +17,8 @@ PROBE = r"""
 import json
 from numba import njit
 from numba.core.runtime import rtsys
-from controller.cycle import step
-from sims.runner import run_burn
+from thruster_hil.controller.cycle import step
+from thruster_hil.closedloop.runner import run_burn
 from thruster_hil.config import build_stack_model, load_stack
 from thruster_hil.plan import Target, plan_burn
 

@@ -1,4 +1,4 @@
-"""Acceptance tests for sims.orbit: two-body + J2 + drag, RK4 with sub-steps, elements."""
+"""Acceptance tests for thruster_hil.sims.orbit: two-body + J2 + drag, RK4 with sub-steps, elements."""
 
 import math
 
@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-
-from sims.atmosphere import ACTIVITY_LEVELS, density_table
-from sims.constants import G0, J2_EARTH, MU_EARTH, OMEGA_EARTH, R_EARTH
-from sims.orbit import (
+from thruster_hil.sims.atmosphere import ACTIVITY_LEVELS, density_table
+from thruster_hil.sims.orbit import (
     RK4_WORK_SIZE,
     STATUS_BAD_ARGS,
     STATUS_OK,
@@ -25,6 +23,8 @@ from sims.orbit import (
     rk4_step,
     rv_from_elements,
 )
+
+from thruster_hil.core.constants import G0, J2_EARTH, MU_EARTH, OMEGA_EARTH, R_EARTH
 
 ISS_INC = math.radians(51.64)
 ISS_A = R_EARTH + 415e3
@@ -180,8 +180,9 @@ def test_drag_acceleration_direction_and_magnitude():
     orbit_accel(y[0:3], y[3:6], ISS_MASS, ISS_CD_AREA, 1.0, alt, lr, a_tot)
     a_drag = a_tot - a_grav
     v_rel = y[3:6] - np.cross([0.0, 0.0, OMEGA_EARTH], y[0:3])
-    from sims.atmosphere import density_kg_m3
-    from sims.constants import F_EARTH
+    from thruster_hil.sims.atmosphere import density_kg_m3
+
+    from thruster_hil.core.constants import F_EARTH
 
     r = np.linalg.norm(y[0:3])
     height = r - R_EARTH * (1.0 - F_EARTH * (y[2] / r) ** 2)

@@ -4,11 +4,17 @@ import math
 
 import numpy as np
 import pytest
+from thruster_hil.sims import atmosphere, plant
+from thruster_hil.sims.attitude import (
+    dcm_from_q,
+    lvlh_attitude_q,
+    lvlh_rate_B,
+    q_error_angle,
+    q_mult,
+)
+from thruster_hil.sims.orbit import rv_from_elements
 
-from sims import atmosphere, plant
-from sims.attitude import dcm_from_q, lvlh_attitude_q, lvlh_rate_B, q_error_angle, q_mult
-from sims.constants import G0, MU_EARTH, R_EARTH
-from sims.orbit import rv_from_elements
+from thruster_hil.core.constants import G0, MU_EARTH, R_EARTH
 
 TABLE = atmosphere.density_table("moderate")
 I_DIAG = np.diag([1.28e8, 1.07e8, 2.00e8])

@@ -62,7 +62,7 @@ def test_every_thruster_hil_command_in_the_readme_parses():
     import shlex
 
     from thruster_hil.cli import build_parser
-    from thruster_hil.errors import UserError
+    from thruster_hil.core.errors import UserError
 
     commands = []
     for block in _sh_blocks((ROOT / "README.md").read_text()):

@@ -30,7 +30,7 @@ def test_a_run_through_the_emulator_leaves_complete_records(tmp_path, capsys):
     assert dirs == {"rx", "tx"}
     # The capture holds the whole conversation: decoding its rx side through the same codec
     # gives one VALVE_REPORT per cycle (progress has one bank).
-    from firmware_bridge.codec import Decoder
+    from thruster_hil.firmware_bridge.codec import Decoder
 
     dec = Decoder()
     got = []
@@ -185,7 +185,7 @@ def test_sigkill_mid_burn_leaves_every_flown_cycle_on_disk_and_no_emulator(tmp_p
                 break
             time.sleep(0.02)
         emulators = [p for p in _children(proc.pid)
-                     if b"firmware_bridge.emulator" in Path(f"/proc/{p}/cmdline").read_bytes()]
+                     if b"thruster_hil.firmware_bridge.emulator" in Path(f"/proc/{p}/cmdline").read_bytes()]
         assert len(emulators) == 1
         t_kill = time.monotonic()
         proc.kill()

@@ -18,10 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_unit_core import ARMED, ARMING, FAULT_ST, SAFE, Bench, bench_in, events, reply
-
-from firmware_bridge import codec
-from firmware_bridge.codec import Decoder
-from firmware_bridge.dictionary import (
+from thruster_hil.firmware_bridge import codec
+from thruster_hil.firmware_bridge.codec import Decoder
+from thruster_hil.firmware_bridge.dictionary import (
     DICT_HASH,
     ENUMS,
     EVENT,
@@ -31,7 +30,7 @@ from firmware_bridge.dictionary import (
     MODE,
     RESULT,
 )
-from firmware_bridge.unit import UnitCore, mix32, step_window
+from thruster_hil.firmware_bridge.unit import UnitCore, mix32, step_window
 
 R = RESULT
 REASON = ENUMS["safe_reason"]

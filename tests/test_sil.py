@@ -11,12 +11,12 @@ import json
 
 import numpy as np
 import pytest
+from thruster_hil.controller import cycle as cst
+from thruster_hil.controller.build import build_controller
+from thruster_hil.sims.thrusters import HEALTH_STUCK_OPEN
 
-from controller import cycle as cst
-from controller.build import build_controller
-from sims.runner import Failure, run_burn
-from sims.thrusters import HEALTH_STUCK_OPEN
 from thruster_hil.cli import main
+from thruster_hil.closedloop.runner import Failure, run_burn
 from thruster_hil.config import build_stack_model, list_stacks, load_stack
 from thruster_hil.plan import Target, plan_burn
 
@@ -195,7 +195,8 @@ def test_a_burn_stopped_for_a_reserve_exits_1_saying_why(tmp_path, capsys):
     the burn stops before the reserve (aborted, status 1, the reason names it) and the reserve
     is never touched; `plan` and `run` of that stack refuse it up front in one line (plan
     flies the burn as run does, and that burn cannot complete)."""
-    from hw_configs import CONFIG_DIR
+    from thruster_hil.hw_configs import CONFIG_DIR
+
     from thruster_hil.plan import Target, plan_burn
 
     for kind, stem in (("stacks", "dragon-boost-kit"), ("stations", "iss"),

@@ -16,9 +16,8 @@ import test_link
 from hypothesis import given
 from hypothesis import strategies as st
 from test_link import FakeUnit, connected
-
-from firmware_bridge.dictionary import EVENT
-from firmware_bridge.link import (
+from thruster_hil.firmware_bridge.dictionary import EVENT
+from thruster_hil.firmware_bridge.link import (
     LIVE_WAIT_MAX_S,
     LIVE_WAIT_WATCHDOGS,
     MIN_UNIT_CLOCK_RATE,

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sims.constants import MU_EARTH, R_EARTH
 from thruster_hil import cli
+from thruster_hil.core.constants import MU_EARTH, R_EARTH
 from thruster_hil.sustain import decay_validation, decay_validation_markdown, sustain
 
 
@@ -143,7 +143,7 @@ def test_docs_decay_table_is_in_step():
 def test_replay_checks_the_recorded_activity(tmp_path):
     """A run record whose plan carries an F10.7 or Ap outside the table is refused in one line
     naming the field; one without them (written before the free atmosphere) is accepted."""
-    from thruster_hil.errors import UserError
+    from thruster_hil.core.errors import UserError
     from thruster_hil.replay import _check_summary
 
     plan = {"delta_v_mps": 1.0, "burn_duration_s": 500.0, "perigee_km_before": 415.0,

@@ -1,4 +1,4 @@
-"""Tests for sims.thrusters: pulse impulse, its inverse, blowdown, Isp, health, cycle impulses."""
+"""Tests for thruster_hil.sims.thrusters: pulse impulse, its inverse, blowdown, Isp, health, cycle impulses."""
 
 import math
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from thruster_hil.sims import thrusters as thr
 
-from sims import thrusters as thr
-from sims.constants import G0
+from thruster_hil.core.constants import G0
 
 INF = math.inf
 
@@ -395,8 +395,9 @@ def test_regulated_feed_holds_then_an_empty_tank_gives_nothing():
 def test_gimbal_direction_is_unit_and_its_derivatives_match_finite_differences(d1, d2, k):
     """u(d1, d2) stays a unit vector, equals the numpy form the config uses, and du/dd1,
     du/dd2 match central differences (h = 1e-6: error O(h^2) ~ 1e-12, tolerance 1e-8)."""
-    from sims.massprops import gimbaled_direction
-    from sims.thrusters import gimbal_direction
+    from thruster_hil.sims.thrusters import gimbal_direction
+
+    from thruster_hil.core.massprops import gimbaled_direction
 
     u0 = np.zeros(3)
     u0[k] = 1.0
@@ -418,7 +419,7 @@ def test_gimbal_direction_is_unit_and_its_derivatives_match_finite_differences(d
 def test_gimbal_trim_points_the_thrust_through_the_com():
     """The trim of an engine 9.83 m from the CoM with its axis 1.98 m off (Cygnus at Unity
     nadir) turns it by atan(1.98/9.83) = 11.4 deg, and then r x u = 0."""
-    from sims.massprops import gimbal_trim, gimbaled_direction
+    from thruster_hil.core.massprops import gimbal_trim, gimbaled_direction
 
     u0, e1, e2 = np.array([0, 0, -1.0]), np.array([0, 1.0, 0]), np.array([1.0, 0, 0])
     r = np.array([-1.97878484, 0.0, 9.82839884])

@@ -12,10 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-
-from firmware_bridge import codec
-from firmware_bridge.codec import Decoder, Message
-from firmware_bridge.dictionary import (
+from thruster_hil.firmware_bridge import codec
+from thruster_hil.firmware_bridge.codec import Decoder, Message
+from thruster_hil.firmware_bridge.dictionary import (
     DICT_HASH,
     ENUMS,
     EVENT,
@@ -27,7 +26,7 @@ from firmware_bridge.dictionary import (
     RESULT,
     STATE,
 )
-from firmware_bridge.unit import UnitCore
+from thruster_hil.firmware_bridge.unit import UnitCore
 
 SAFE, ARMING, ARMED, FAULT_ST = STATE["SAFE"], STATE["ARMING"], STATE["ARMED"], STATE["FAULT"]
 LOCKSTEP, REALTIME = MODE["LOCKSTEP"], MODE["REALTIME"]

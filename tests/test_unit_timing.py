@@ -15,12 +15,17 @@ import signal
 import time
 
 import pytest
+from thruster_hil.firmware_bridge.emulator import EmulatorProcess
+from thruster_hil.firmware_bridge.link import Link
+from thruster_hil.firmware_bridge.priority import raise_priority, raised_priority
 
-from firmware_bridge.emulator import EmulatorProcess
-from firmware_bridge.link import Link
-from firmware_bridge.priority import raise_priority, raised_priority
-from thruster_hil.campaign import (MAX_TIMER_LATE_MS, Row, _emulator_evidence, _read_jsonl,
-                                   judge_closure)
+from thruster_hil.campaign import (
+    MAX_TIMER_LATE_MS,
+    Row,
+    _emulator_evidence,
+    _read_jsonl,
+    judge_closure,
+)
 
 
 def _records(path) -> list[dict]:

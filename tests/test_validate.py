@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from thruster_hil.sims import atmosphere
 
-from sims import atmosphere
-from sims.runner import run_burn
 from thruster_hil import validate
 from thruster_hil.cli import main
+from thruster_hil.closedloop.runner import run_burn
 from thruster_hil.config import build_stack_model, list_stacks, load_stack
 from thruster_hil.plan import Target, plan_burn
 

@@ -2,7 +2,7 @@
 
 Every row flies a real burn the way an operator does (``thruster-hil run`` in its own process,
 with its run directory) against a real unit process (the pty emulator, or the board firmware under
-qemu-system-avr) with :mod:`firmware_bridge.faultproxy` on the line between them. The proxy
+qemu-system-avr) with :mod:`thruster_hil.firmware_bridge.faultproxy` on the line between them. The proxy
 applies the row's fault at a control step drawn from the campaign's seed (a lockstep burn is far
 too fast for a fault "at 2 s"), and records every frame both ways: that record, the emulator's
 own log and the run directory are the evidence each row is judged on, never the host's word
@@ -48,10 +48,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from firmware_bridge import codec
-from firmware_bridge.dictionary import ENUMS, EVENT, FLAG_ACK_REQ
-from firmware_bridge.priority import WIRE_FIFO, raise_priority
-from thruster_hil.errors import UserError
+from thruster_hil.core.errors import UserError
+from thruster_hil.firmware_bridge import codec
+from thruster_hil.firmware_bridge.dictionary import ENUMS, EVENT, FLAG_ACK_REQ
+from thruster_hil.firmware_bridge.priority import WIRE_FIFO, raise_priority
 from thruster_hil.stopsignals import as_from_a_terminal
 
 UNITS = ("emulator", "qemu")
@@ -572,17 +572,17 @@ def _wait(pred, timeout_s: float, poll_s: float = 0.002) -> bool:
 
 def _start_unit(row: Row, out: Path):
     if row.unit == "emulator":
-        from firmware_bridge.emulator import EmulatorProcess
+        from thruster_hil.firmware_bridge.emulator import EmulatorProcess
 
         return EmulatorProcess(log_path=out / "unit.jsonl", seed=7).start()
-    from firmware_bridge.qemu import QemuUnit
+    from thruster_hil.firmware_bridge.qemu import QemuUnit
 
     return QemuUnit().start()
 
 
 def run_row(row: Row, out: Path) -> dict:
     """Fly one row and judge it; returns its record (expected, measured, pass, why)."""
-    from firmware_bridge.faultproxy import FaultProxyProcess
+    from thruster_hil.firmware_bridge.faultproxy import FaultProxyProcess
 
     out.mkdir(parents=True, exist_ok=True)
     run_dir = out / "run"
@@ -662,7 +662,7 @@ def _capture_earlier_session(row: Row, out: Path) -> list[bytes]:
     seed) and keep its FIREs as they went on the wire: what an attacker who read that
     capture has. The last ``REPLAYED_FIRES`` of them (steps far ahead of a new burn's)."""
     out.mkdir(parents=True, exist_ok=True)
-    from firmware_bridge.faultproxy import FaultProxyProcess
+    from thruster_hil.firmware_bridge.faultproxy import FaultProxyProcess
 
     unit = _start_unit(row, out)
     try:

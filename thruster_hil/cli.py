@@ -13,9 +13,9 @@ import math
 import sys
 from collections.abc import Sequence
 
-from thruster_hil.errors import OneLineParser, UserError
+from thruster_hil.core.errors import OneLineParser, UserError
+from thruster_hil.core.textnum import parse_float, show, whole_number
 from thruster_hil.stopsignals import StopSignals, exit_status
-from thruster_hil.textnum import parse_float, show, whole_number
 
 PROG = "thruster-hil"
 #: Refresh rate of the live views [Hz] (rich Live's own thread; never per control cycle).
@@ -419,7 +419,7 @@ def _bounded_float(lo: float, hi: float, unit: str):
 
 def _add_atmosphere_arguments(p: argparse.ArgumentParser) -> None:
     """The atmosphere: a named level, and F10.7 / Ap to set freely (docs/atmosphere.md)."""
-    from sims.atmosphere import AP_MAX, AP_MIN, F107_MAX_SFU, F107_MIN_SFU, PRESETS
+    from thruster_hil.sims.atmosphere import AP_MAX, AP_MIN, F107_MAX_SFU, F107_MIN_SFU, PRESETS
 
     levels = ", ".join(f"{k} = F10.7 {v.f107_sfu:g} / Ap {v.ap:g}" for k, v in PRESETS.items())
     p.add_argument("--solar-activity", choices=tuple(PRESETS),
@@ -462,7 +462,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from sims.runner import Failure, format_run, run_burn
+    from thruster_hil.closedloop.runner import Failure, format_run, run_burn
     from thruster_hil.config import build_stack_model, load_stack
 
     _check_run_unit(args)  # usage errors before the plan, the run directory or a unit
@@ -744,7 +744,7 @@ def _check_run_unit(args: argparse.Namespace) -> None:
     if args.faults is not None and (args.port is not None or args.unit != "emulator"):
         raise UserError("run", "--faults applies to the emulator the run starts, not to a unit "
                         "on --port or QEMU (start 'thruster-hil emulate --faults ...' instead)")
-    from firmware_bridge.faults import parse_faults
+    from thruster_hil.firmware_bridge.faults import parse_faults
 
     parse_faults(args.faults)
 
@@ -754,8 +754,8 @@ def _open_run_unit(args: argparse.Namespace, model, plan: dict, names: list[str]
     (the options passed :func:`_check_run_unit`)."""
     if args.port is None and args.unit == "sim":
         return None
-    from firmware_bridge.hil import LinkError, open_unit
-    from sims.loop import warm_up
+    from thruster_hil.closedloop.fused import warm_up
+    from thruster_hil.closedloop.hil import LinkError, open_unit
 
     warm_up(model, plan)  # compile the cycle now: an armed unit must not wait for the compiler
     try:
@@ -829,7 +829,7 @@ HK_WAIT_S = 2.0
 def _monitor_port(url: str, once: bool, console) -> int:
     import time
 
-    from firmware_bridge.link import Link, LinkError
+    from thruster_hil.firmware_bridge.link import Link, LinkError
     from thruster_hil.live import follow, port_snapshot, render
 
     link = Link(url, ping_burst=5)
@@ -862,8 +862,8 @@ def _monitor_port(url: str, once: bool, console) -> int:
 
 
 def _cmd_emulate(args: argparse.Namespace) -> int:
-    from firmware_bridge.emulator import main as emulator_main
-    from firmware_bridge.faults import parse_faults
+    from thruster_hil.firmware_bridge.emulator import main as emulator_main
+    from thruster_hil.firmware_bridge.faults import parse_faults
 
     parse_faults(args.faults, args.channels)  # one-line error before the pty opens
     argv = ["--channels", str(args.channels)]
@@ -903,12 +903,12 @@ def _cmd_ports(args: argparse.Namespace) -> int:
 
 
 def _cmd_selftest(args: argparse.Namespace) -> int:
-    from firmware_bridge.conformance import run_all
+    from thruster_hil.firmware_bridge.conformance import run_all
 
     process = None
     url = args.port
     if url is None:
-        from firmware_bridge.hil import start_unit_process
+        from thruster_hil.closedloop.hil import start_unit_process
 
         process = start_unit_process(args.unit)
         url = process.port

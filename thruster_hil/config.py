@@ -3,7 +3,7 @@
 Three kinds of file (see hw_configs/): a *station* (mass properties, drag, docking ports), a
 *vehicle* (mass properties, tanks, thrusters in its own frame V) and a *stack* (which vehicle sits
 at which port of which station, the reboost attitude and which thrusters translate / hold
-attitude). Every failure raises :class:`thruster_hil.errors.ConfigError` whose ``str`` is one
+attitude). Every failure raises :class:`thruster_hil.core.errors.ConfigError` whose ``str`` is one
 line ``<file>: <dotted.field>: <what was expected>, got <value>``. Nothing here prints or exits.
 
 After loading, :func:`build_stack_model` turns a :class:`Stack` into the numbers the plant and the
@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from hw_configs import CONFIG_DIR
-from sims import massprops
-from sims.constants import G0
-from thruster_hil.errors import ConfigError
+from thruster_hil.core import massprops
+from thruster_hil.core.constants import G0
+from thruster_hil.core.errors import ConfigError
+from thruster_hil.hw_configs import CONFIG_DIR
 
 __all__ = [
     "Port",
@@ -46,8 +46,8 @@ __all__ = [
 SOLAR_ACTIVITIES = ("low", "moderate", "high")
 PRESSURE_MODES = ("regulated", "blowdown")
 UNIT_TOL = 1e-6  # direction / axis vectors must be unit (and orthogonal) to this tolerance
-MAX_TANKS = 8  # the controller's per-tank arrays (controller.cycle.MAX_TANKS)
-MAX_GIMBALS = 2  # and its gimbal records (controller.cycle.MAX_GIMBALS)
+MAX_TANKS = 8  # the controller's per-tank arrays (thruster_hil.controller.cycle.MAX_TANKS)
+MAX_GIMBALS = 2  # and its gimbal records (thruster_hil.controller.cycle.MAX_GIMBALS)
 _STEM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 

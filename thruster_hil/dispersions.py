@@ -7,7 +7,7 @@ failure's thruster set is checked against the stack's thrusters).
 
 Every case has a seed that depends on the campaign seed and the case index only
 (:func:`case_seed`, numpy's SeedSequence), so how cases are chunked or scheduled never changes a
-case. A case's numbers come from the counter-based generator of :mod:`sims.loop`, keyed by the
+case. A case's numbers come from the counter-based generator of :mod:`thruster_hil.closedloop.fused`, keyed by the
 case seed, one counter range per parameter: changing one parameter's distribution leaves every
 other parameter's draws unchanged, and the sensor noise inside the burn (same generator, low
 counters) never overlaps the parameter draws (counters from 2**60).
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hw_configs import CONFIG_DIR
-from sims import loop
+from thruster_hil.closedloop import fused as loop
 from thruster_hil.config import _check_number, _display, _is_file, _read_toml, _show, _Table
-from thruster_hil.errors import ConfigError
+from thruster_hil.core.errors import ConfigError
+from thruster_hil.hw_configs import CONFIG_DIR
 
 __all__ = ["Dispersions", "Dist", "case_seed", "case_seeds", "failure_candidates",
            "load_dispersions", "sample_case"]

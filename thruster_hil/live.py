@@ -54,7 +54,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from thruster_hil.errors import UserError
+from thruster_hil.core.errors import UserError
 from thruster_hil.records import check_record, read_record
 
 #: Bars are drawn with eighth blocks, so a 16-cell bar resolves 1/128 of full scale.
@@ -112,7 +112,7 @@ def eta_s(snap: dict) -> float | None:
 def status_names(status: int | None) -> str:
     if status is None:
         return "-"
-    from controller.cycle import describe_status
+    from thruster_hil.controller.cycle import describe_status
 
     return ", ".join(describe_status(int(status))) or "idle"
 
@@ -347,8 +347,8 @@ class RunWatch:
         self._publish(k, info, now)
 
     def _publish(self, k: int, info: dict, now: float) -> None:
-        from controller import cycle as cst
-        from sims import plant
+        from thruster_hil.controller import cycle as cst
+        from thruster_hil.sims import plant
 
         if self._t0 is None:
             self._t0 = now

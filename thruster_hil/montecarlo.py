@@ -2,7 +2,7 @@
 
 One planned burn, N cases. Case i flies the true stack drawn from the dispersion spec with seed
 ``case_seed(seed, i)`` (:mod:`thruster_hil.dispersions`) through the all-numba batch kernel
-(:func:`sims.batch.fly_batch`): on this machine over numba's threads, or on a Dask distributed
+(:func:`thruster_hil.closedloop.batch.fly_batch`): on this machine over numba's threads, or on a Dask distributed
 cluster where chunks of cases become tasks (retried when they fail, recomputed elsewhere when
 their worker dies). Either way a case is a function of (stack, plan, spec, seed, i) only, so
 the results are the same wherever and in whatever chunks they ran.
@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sims import batch, loop
+from thruster_hil.closedloop import batch
+from thruster_hil.closedloop import fused as loop
+from thruster_hil.core.errors import UserError
 from thruster_hil.dispersions import (
     Dispersions,
     case_inputs,
@@ -39,7 +41,6 @@ from thruster_hil.dispersions import (
     failure_candidates,
     sample_case,
 )
-from thruster_hil.errors import UserError
 
 __all__ = ["Campaign", "CampaignResult", "evaluate", "run_chunk", "run_dask", "run_local",
            "write_outputs"]

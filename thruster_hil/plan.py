@@ -1,7 +1,7 @@
 """Burn planning without hardware: ``thruster-hil plan``.
 
 A plan is the burn ``run --unit sim`` flies: the same controller, plant and ideal unit
-(:func:`sims.runner.run_burn`), from the same ignition state at the same time, so the plan's burn
+(:func:`thruster_hil.closedloop.runner.run_burn`), from the same ignition state at the same time, so the plan's burn
 duration, propellant and orbit after are the run's (issue 14: plan = run). The rocket equation on
 the translation thrusters' along-track thrust (cant losses included: only the along-track
 component of each thrust counts, while every newton of thrust costs propellant) only gives the
@@ -9,7 +9,7 @@ first estimate and the limits a target is refused against before anything is flo
 
 The orbit after: J2 swings the osculating apsides by kilometres within an orbit, so what the
 burn changed is the difference of orbit-averaged (mean) elements between the flown burn and a
-no-burn twin over the same time (:func:`sims.loop.orbit_change`), added to the mean perigee and
+no-burn twin over the same time (:func:`thruster_hil.closedloop.fused.orbit_change`), added to the mean perigee and
 apogee the operator started from.
 
 Each burn is centred on an apsis: on apogee by default, which raises the perigee and so
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sims.constants import G0, MU_EARTH, R_EARTH
 from thruster_hil.config import Stack, build_stack_model, load_stack
-from thruster_hil.errors import UserError
+from thruster_hil.core.constants import G0, MU_EARTH, R_EARTH
+from thruster_hil.core.errors import UserError
 
 #: Secant corrections of the delta-v so the flown change, not the two-body estimate, meets an
 #: orbit target (and the flown duration a duration target).
@@ -134,7 +134,7 @@ def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None
               f107_sfu: float | None = None, ap: float | None = None) -> dict:
     """Plan one reboost burn of a stack; returns the JSON-ready summary. The atmosphere is the
     ``solar_activity`` preset (default: the stack's), with ``f107_sfu`` and/or ``ap`` replacing
-    its values when given (sims.atmosphere.activity)."""
+    its values when given (thruster_hil.sims.atmosphere.activity)."""
     return plan_stack(load_stack(stack_ref), target, perigee_km=perigee_km, apogee_km=apogee_km,
                       solar_activity=solar_activity, f107_sfu=f107_sfu, ap=ap)
 
@@ -143,7 +143,7 @@ def plan_stack(stack: Stack, target: Target, *, perigee_km: float | None = None,
                apogee_km: float | None = None, solar_activity: str | None = None,
                f107_sfu: float | None = None, ap: float | None = None) -> dict:
     """:func:`plan_burn` of a loaded (possibly modified) stack."""
-    from sims import atmosphere, orbit
+    from thruster_hil.sims import atmosphere, orbit
 
     model = build_stack_model(stack)
     station = stack.station
@@ -293,7 +293,7 @@ class _Flight:
         self.model, self.base, self.limits, self.flag = model, base, limits, flag
 
     def fly(self, dv_mps: float, t_ignition_s: float) -> dict:
-        from sims.runner import run_burn
+        from thruster_hil.closedloop.runner import run_burn
 
         plan = dict(self.base, delta_v_mps=dv_mps, burn_duration_s=t_ignition_s)
         s = run_burn(self.model, plan).summary
@@ -333,6 +333,6 @@ def format_plan(p: dict) -> str:
 
 
 def _atmosphere_line(p: dict) -> str:
-    from sims import atmosphere
+    from thruster_hil.sims import atmosphere
 
     return atmosphere.plan_activity(p).describe()

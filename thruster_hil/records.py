@@ -40,7 +40,7 @@ import threading
 import time
 from pathlib import Path
 
-from thruster_hil.errors import UserError
+from thruster_hil.core.errors import UserError
 
 TELEMETRY_FIELDS = ("cycle", "t_s", "status", "dv_along_mps", "dv_remaining_mps",
                     "altitude_km", "attitude_error_deg", "rate_x_dps", "rate_y_dps", "rate_z_dps",
@@ -178,13 +178,13 @@ class RunRecorder:
 
     def fail(self, error: RecordError) -> None:
         """Note a record that could not be written (any thread): the burn stops at the next
-        cycle (:meth:`on_cycle` raises :class:`sims.runner.StopBurn`)."""
+        cycle (:meth:`on_cycle` raises :class:`thruster_hil.closedloop.runner.StopBurn`)."""
         if self.error is None:
             self.error = error
 
     def _stop_if_failed(self) -> None:
         if self.error is not None:
-            from sims.runner import StopBurn
+            from thruster_hil.closedloop.runner import StopBurn
 
             raise StopBurn(f"records: {self.error}")
 
@@ -205,9 +205,9 @@ class RunRecorder:
                 self.fail(err)
 
     def on_cycle(self, k: int, info: dict) -> None:
-        from controller import cycle as cst
-        from sims import plant
-        from sims.constants import R_EARTH
+        from thruster_hil.controller import cycle as cst
+        from thruster_hil.core.constants import R_EARTH
+        from thruster_hil.sims import plant
 
         ctrl = info["ctrl"]
         y = info["y"]
@@ -514,8 +514,8 @@ def run_meta(stack, unit_name: str, link_info=None) -> dict:
     import numpy
     import serial
 
-    from firmware_bridge.dictionary import DICT_HASH, DICTIONARY_PATH
     from thruster_hil import __version__
+    from thruster_hil.firmware_bridge.dictionary import DICT_HASH, DICTIONARY_PATH
 
     meta = {
         "thruster_hil_version": __version__,

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_bridge.codec import Decoder, Message
-from firmware_bridge.dictionary import CHANNELS_PER_BANK
-from sims import atmosphere
-from sims.runner import Failure, UnitReport, run_burn
-from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
+from thruster_hil.closedloop.runner import Failure, UnitReport, run_burn
 from thruster_hil.config import SOLAR_ACTIVITIES, build_stack_model, load_stack
-from thruster_hil.errors import UserError
+from thruster_hil.core.errors import UserError
+from thruster_hil.core.textnum import parse_int, show
+from thruster_hil.firmware_bridge.codec import Decoder, Message
+from thruster_hil.firmware_bridge.dictionary import CHANNELS_PER_BANK
 from thruster_hil.records import (
     RunRecorder,
     check_record,
@@ -31,7 +30,8 @@ from thruster_hil.records import (
     read_record,
     run_directory,
 )
-from thruster_hil.textnum import parse_int, show
+from thruster_hil.sims import atmosphere
+from thruster_hil.sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
 
 
 @dataclass
@@ -132,7 +132,7 @@ class ReplayUnit:
         pass
 
 
-#: What the replayed burn reads from summary.json's plan (sims.loop / sims.runner).
+#: What the replayed burn reads from summary.json's plan (thruster_hil.closedloop.fused / thruster_hil.closedloop.runner).
 PLAN_NUMBERS = ("delta_v_mps", "burn_duration_s", "perigee_km_before", "apogee_km_before",
                 "inclination_deg")
 PLAN_STRINGS = ("stack", "burn_centre", "solar_activity")

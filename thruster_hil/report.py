@@ -15,9 +15,9 @@ import html
 import math
 from pathlib import Path
 
-from thruster_hil.errors import UserError
+from thruster_hil.core.errors import UserError
+from thruster_hil.core.textnum import parse_float, show
 from thruster_hil.records import check_record, damage, read_record, run_directory
-from thruster_hil.textnum import parse_float, show
 
 DPI = 100
 SIZE_IN = (14.0, 9.0)  # -> 1400 x 900 px

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sims import atmosphere, decay, orbit
-from sims.constants import DAY_S, R_EARTH
 from thruster_hil.config import build_stack_model, load_stack
-from thruster_hil.errors import UserError
+from thruster_hil.core.constants import DAY_S, R_EARTH
+from thruster_hil.core.errors import UserError
 from thruster_hil.plan import Target, plan_burn
+from thruster_hil.sims import atmosphere, decay, orbit
 
 #: Coast step of the mean-element integration [s]: decay changes over days, RK4 at 1 h is
 #: exact to a micrometre over 100 days at 250 sfu / Ap 45 (against 15-minute steps).

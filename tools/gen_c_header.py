@@ -1,7 +1,7 @@
 """Generate the board firmware's C headers from the project's TOML sources.
 
 - ``firmware_bridge/board/dictionary.h`` from ``firmware_bridge/messages.toml`` (through
-  ``firmware_bridge.dictionary``, so the C side sees exactly what the Python codec sees): protocol
+  ``thruster_hil.firmware_bridge.dictionary``, so the C side sees exactly what the Python codec sees): protocol
   constants, APIDs, flags, limits, every enum, every message's id / APID / direction / payload
   length / field offsets, and ``DICT_HASH``.
 - ``firmware_bridge/board/pins.h`` from ``hw_configs/rigs/mega2560-bench.toml``: the valve channel

@@ -15,9 +15,19 @@ import json
 from pathlib import Path
 
 from cobs import cobs
-
-from firmware_bridge.codec import ProtocolError, crc16, decode_frame, encode, encode_packet
-from firmware_bridge.dictionary import DICT_HASH, FLAG_ACK_REQ, MESSAGES, dictionary_hash
+from thruster_hil.firmware_bridge.codec import (
+    ProtocolError,
+    crc16,
+    decode_frame,
+    encode,
+    encode_packet,
+)
+from thruster_hil.firmware_bridge.dictionary import (
+    DICT_HASH,
+    FLAG_ACK_REQ,
+    MESSAGES,
+    dictionary_hash,
+)
 
 OUT = Path(__file__).resolve().parents[1] / "firmware_bridge" / "golden_vectors.json"
 

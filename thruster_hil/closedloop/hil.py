@@ -1,7 +1,7 @@
 """A serial propulsion unit as the runner's unit: the closed hardware-in-the-loop.
 
 :class:`SerialUnit` has the same ``execute(cycle, on_ms) -> UnitReport`` as the in-process
-:class:`sims.runner.IdealUnit`, but every cycle goes over the wire through :class:`Link`: FIRE out,
+:class:`thruster_hil.closedloop.runner.IdealUnit`, but every cycle goes over the wire through :class:`Link`: FIRE out,
 VALVE_REPORT back, and the plant integrates the on-times the unit *reports* it executed (clamped,
 quantised, dropped by a failed channel, held open by a stuck one). Thruster i is valve channel i
 (bank i // 16).
@@ -19,12 +19,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from thruster_hil.firmware_bridge.dictionary import CHANNELS_PER_BANK, FAULT
+from thruster_hil.firmware_bridge.link import MAX_RETRIES, Link, LinkError
+from thruster_hil.firmware_bridge.priority import (
+    HOST_FIFO,
+    raise_priority,
+    restore_priority,
+    save_priority,
+)
+from thruster_hil.sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
 
-from firmware_bridge.dictionary import CHANNELS_PER_BANK, FAULT
-from firmware_bridge.link import MAX_RETRIES, Link, LinkError
-from firmware_bridge.priority import HOST_FIFO, raise_priority, restore_priority, save_priority
-from sims.runner import UnitReport
-from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
+from thruster_hil.closedloop.runner import UnitReport
 
 __all__ = ["SerialUnit", "open_unit", "LinkError"]
 
@@ -205,11 +210,11 @@ def start_unit_process(unit: str, faults: str | None = None, emulator_log=None):
     """Start the unit that lives in a process of its own (``emulator`` or ``qemu``) and return
     it started: ``.port`` is its pty, ``.stop()`` ends it."""
     if unit == "emulator":
-        from firmware_bridge.emulator import EmulatorProcess
+        from thruster_hil.firmware_bridge.emulator import EmulatorProcess
 
         process = EmulatorProcess(faults=faults, log_path=emulator_log)
     elif unit == "qemu":
-        from firmware_bridge.qemu import QemuUnit
+        from thruster_hil.firmware_bridge.qemu import QemuUnit
 
         process = QemuUnit()
     else:

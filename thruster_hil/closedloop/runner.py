@@ -15,9 +15,9 @@ The burn starts at ignition (half the planned burn before the apsis the plan cen
 the stack's reboost attitude held in LVLH, and ends when the controller reports the target
 reached and the last tail-off has been delivered. What the burn did to the orbit is the
 difference of mean elements between the burned state and a no-burn twin propagated over the same
-time (see :func:`sims.loop.orbit_change`).
+time (see :func:`thruster_hil.closedloop.fused.orbit_change`).
 
-The cycle itself lives in :mod:`sims.loop` as two numba kernels around the unit; with the
+The cycle itself lives in :mod:`thruster_hil.closedloop.fused` as two numba kernels around the unit; with the
 in-process ideal unit and nobody watching each cycle the whole burn runs in numba there.
 """
 
@@ -29,10 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from thruster_hil.controller import cycle as cst
+from thruster_hil.controller.modulation import T_TRANSLATION
+from thruster_hil.sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL
 
-from controller import cycle as cst
-from controller.modulation import T_TRANSLATION
-from sims.loop import (
+from thruster_hil.closedloop.fused import (
     COAST_STEP_S,
     F_QUIET,
     N_SUB,
@@ -47,7 +48,6 @@ from sims.loop import (
     Sim,
     new_sim,
 )
-from sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL
 
 __all__ = ["COAST_STEP_S", "N_SUB", "OVERRUN_FACTOR", "Failure", "IdealUnit", "RunResult",
            "StopBurn", "UnitReport", "format_run", "run_burn"]
@@ -124,9 +124,9 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
     """Fly the planned burn of ``model`` (a StackModel) in closed loop and summarise it.
 
     ``unit`` None is the in-process :class:`IdealUnit`; without ``on_cycle`` that burn runs
-    entirely in numba (:func:`sims.loop.fly`), otherwise cycle by cycle from here with the same
-    kernels (:func:`sims.loop.pre_unit`, the unit, :func:`sims.loop.post_unit`). ``case``
-    (a :class:`sims.loop.PlantCase`, e.g. one case of a dispersion campaign) perturbs the plant
+    entirely in numba (:func:`thruster_hil.closedloop.fused.fly`), otherwise cycle by cycle from here with the same
+    kernels (:func:`thruster_hil.closedloop.fused.pre_unit`, the unit, :func:`thruster_hil.closedloop.fused.post_unit`). ``case``
+    (a :class:`thruster_hil.closedloop.fused.PlantCase`, e.g. one case of a dispersion campaign) perturbs the plant
     and the sensors while the controller keeps the nominal model. ``on_loop_end`` is called
     as soon as the cycles stop, before the unit is closed (the CLI holds its stop signals
     there: a SIGTERM while STOP_ALL is confirmed must not cut the confirmation short).
@@ -265,7 +265,7 @@ def _cycle_by_cycle(sim: Sim, unit, failures, names, events, statuses, att_err, 
 
     One cycle is before_unit() -> the unit executes -> after_unit(report). A unit with
     ``execute_chain`` (a serial unit in LOCKSTEP) runs the cycles itself, on its link's reader
-    thread (:meth:`firmware_bridge.link.Link.fire_chain`); every other unit is called once per
+    thread (:meth:`thruster_hil.firmware_bridge.link.Link.fire_chain`); every other unit is called once per
     cycle from here.
     """
     ctrl = sim.ctrl

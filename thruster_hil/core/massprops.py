@@ -131,7 +131,7 @@ def dcm_BH_from_ypr(yaw_rad: float, pitch_rad: float, roll_rad: float) -> np.nda
 
 def gimbal_trim(u0, e1, e2, r_TC_B, limit_rad: float) -> tuple[float, float]:
     """The gimbal angles [rad] that point an engine at ``r_TC_B`` (from the CoM) through the
-    centre of mass, inverting :func:`sims.thrusters.gimbal_direction`
+    centre of mass, inverting :func:`thruster_hil.sims.thrusters.gimbal_direction`
     (``u = cos d2 (cos d1 u0 + sin d1 e1) + sin d2 e2``) for ``u = -r_TC_B / |r_TC_B|`` (or
     ``+``, whichever is nearer u0), each clipped to +-``limit_rad``. All vectors in one frame."""
     u0 = np.asarray(u0, dtype=np.float64)
@@ -147,6 +147,6 @@ def gimbal_trim(u0, e1, e2, r_TC_B, limit_rad: float) -> tuple[float, float]:
 
 def gimbaled_direction(u0, e1, e2, d1: float, d2: float) -> np.ndarray:
     """The direction of an engine gimbaled by (d1, d2) [rad], as
-    :func:`sims.thrusters.gimbal_direction` computes it in a kernel."""
+    :func:`thruster_hil.sims.thrusters.gimbal_direction` computes it in a kernel."""
     u0, e1, e2 = (np.asarray(v, dtype=np.float64) for v in (u0, e1, e2))
     return np.cos(d2) * (np.cos(d1) * u0 + np.sin(d1) * e1) + np.sin(d2) * e2

@@ -5,7 +5,7 @@ script (``'١'`` is 1, ``'１'`` is 1), digit-group underscores (``'1_0'`` is 10
 whitespace. Taking ``--delta-v 1_0`` as 10 m/s would be a silent correction, so every number an
 operator writes (CLI options, the ``--faults`` spec) goes through these two functions instead.
 Both raise :class:`ValueError` for anything else; the callers turn that into their one-line
-:class:`~thruster_hil.errors.UserError`. Imports nothing heavy (the emulator process uses it).
+:class:`~thruster_hil.core.errors.UserError`. Imports nothing heavy (the emulator process uses it).
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ Two kernels split it where the unit sits, so a serial unit (HIL) can execute in 
 :func:`fly` loops the two with the in-process ideal unit between them entirely in numba (the
 software-in-the-loop reference, and one case of a Monte-Carlo batch), and :func:`finish` turns
 the end state into the burn's numbers (delta-v, propellant, the mean-element change against a
-no-burn twin). ``sims.runner.run_burn`` calls ``pre_unit``/``post_unit`` per cycle for a serial
-unit (or when it records every cycle) and ``fly`` otherwise; ``sims.batch`` calls ``fly`` for
+no-burn twin). ``thruster_hil.closedloop.runner.run_burn`` calls ``pre_unit``/``post_unit`` per cycle for a serial
+unit (or when it records every cycle) and ``fly`` otherwise; ``thruster_hil.closedloop.batch`` calls ``fly`` for
 many cases at once. The same compiled functions in the same order give the same numbers in every
 path: a batch case reproduces ``run --unit sim`` bit for bit.
 
@@ -31,14 +31,11 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from controller import cycle as cst
-from controller.modulation import T_TRANSLATION
-from sims._jit import kernel
-from sims.constants import MU_EARTH, R_EARTH
-from sims.orbit import lvlh_axes, propagate
-from sims.plant import M, Q, R, V, W, plant_cycle
-from sims.thrusters import (
+from thruster_hil.controller import cycle as cst
+from thruster_hil.controller.modulation import T_TRANSLATION
+from thruster_hil.sims.orbit import lvlh_axes, propagate
+from thruster_hil.sims.plant import M, Q, R, V, W, plant_cycle
+from thruster_hil.sims.thrusters import (
     HEALTH_NOMINAL,
     VS_EDGE_T,
     VS_THRUST,
@@ -46,6 +43,9 @@ from sims.thrusters import (
     gimbal_direction,
     valve_cycle,
 )
+
+from thruster_hil.core.constants import MU_EARTH, R_EARTH
+from thruster_hil.core.jit import kernel
 
 #: RK4 sub-steps per control cycle (0.1 s at the 0.5 s control period).
 N_SUB = 5
@@ -360,7 +360,7 @@ def round_half_even(x):
 def mean_apsides(states, n, dt_s):
     """(a_mean [m], perigee altitude [m], apogee altitude [m]) orbit-averaged over the first
     ``n`` rows of ``states`` (trapezoid rule on the osculating a and eccentricity vector, as
-    :func:`sims.orbit.mean_apsides`)."""
+    :func:`thruster_hil.sims.orbit.mean_apsides`)."""
     wsum = 0.0
     sa = 0.0
     ex = 0.0
@@ -390,7 +390,7 @@ def orbit_change(y_start, y_end, elapsed_s, n_window, cd_area_m2, table, out):
     """What the burn did to the orbit: the no-burn twin of ``y_start`` is propagated over the
     same ``elapsed_s`` (steps of about COAST_STEP_S), then the burned and the twin state are each
     propagated over ``n_window`` steps of COAST_STEP_S (one orbit) and their mean elements
-    (:func:`mean_apsides`) differenced. Two-body + J2 + drag, RK4 (:func:`sims.orbit.propagate`).
+    (:func:`mean_apsides`) differenced. Two-body + J2 + drag, RK4 (:func:`thruster_hil.sims.orbit.propagate`).
     Writes out[O_D_A], out[O_D_PERIGEE], out[O_D_APOGEE] [m] and out[O_ORBIT_STATUS]."""
     n_coast = round_half_even(elapsed_s / COAST_STEP_S)
     if n_coast < 1:
@@ -486,9 +486,9 @@ class BurnSetup:
 
 def setup_burn(model, plan: dict) -> BurnSetup:
     """The nominal arrays of ``model`` (a StackModel) flying ``plan`` (from plan_burn)."""
-    from sims import atmosphere, orbit
-    from sims.attitude import dcm_from_q, lvlh_attitude_q, lvlh_rate_B
-    from sims.plant import initial_state
+    from thruster_hil.sims import atmosphere, orbit
+    from thruster_hil.sims.attitude import dcm_from_q, lvlh_attitude_q, lvlh_rate_B
+    from thruster_hil.sims.plant import initial_state
 
     period = float(model.control_period_s)
     n = len(model.thruster_names)
@@ -539,7 +539,7 @@ def setup_burn(model, plan: dict) -> BurnSetup:
     ptank[TK_GAS_V] = model.tank_gas_volume_m3
     ptank[TK_RHO] = model.tank_propellant_density_kg_m3
     ptank[TK_POLY] = model.tank_polytropic_n
-    from sims.constants import MU_EARTH as mu
+    from thruster_hil.core.constants import MU_EARTH as mu
 
     return BurnSetup(
         n=n, period_s=period, period_ms=int(round(period * 1000)),
@@ -554,7 +554,7 @@ def setup_burn(model, plan: dict) -> BurnSetup:
 
 def gimbal_columns(model) -> np.ndarray:
     """Per thruster, the first of the controller's two gimbal columns (-1 for a fixed one), as
-    :func:`controller.build.build_controller` lays them out: thrusters, CMG +/- per axis, then
+    :func:`thruster_hil.controller.build.build_controller` lays them out: thrusters, CMG +/- per axis, then
     two per gimbaled engine in thruster order."""
     n = len(model.thruster_names)
     col = n + (6 if model.cmg_torque_budget_Nm > 0.0 else 0)
@@ -622,7 +622,7 @@ class Sim:
     controller; ``pre``/``post`` run the two halves of a cycle, ``fly`` a whole burn."""
 
     setup: BurnSetup
-    ctrl: object  # controller.build.Controller
+    ctrl: object  # thruster_hil.controller.build.Controller
     seed: int
     pscal: np.ndarray
     pthr: np.ndarray
@@ -677,9 +677,9 @@ class Sim:
 def new_sim(model, plan: dict, case: PlantCase | None = None,
             setup: BurnSetup | None = None) -> Sim:
     """A burn ready to fly: the nominal controller and the (dispersed) plant at ignition."""
-    from controller.build import build_controller
-    from sims.plant import PLANT_WORK_LEN, SENSED_LEN
-    from sims.thrusters import valve_state_at_rest
+    from thruster_hil.controller.build import build_controller
+    from thruster_hil.sims.plant import PLANT_WORK_LEN, SENSED_LEN
+    from thruster_hil.sims.thrusters import valve_state_at_rest
 
     setup = setup if setup is not None else setup_burn(model, plan)
     pscal, pthr, geom, y0 = case_arrays(setup, case)

@@ -1,8 +1,8 @@
 """Many burns at once, all in numba: one Monte-Carlo case per ``prange`` iteration.
 
-Every case flies :func:`sims.loop.fly` (the same compiled function ``run --unit sim`` uses
-through :func:`sims.runner.run_burn`) on its own copies of the mutable arrays, then
-:func:`sims.loop.finish`; nothing is shared between iterations but read-only inputs, so a case's
+Every case flies :func:`thruster_hil.closedloop.fused.fly` (the same compiled function ``run --unit sim`` uses
+through :func:`thruster_hil.closedloop.runner.run_burn`) on its own copies of the mutable arrays, then
+:func:`thruster_hil.closedloop.fused.finish`; nothing is shared between iterations but read-only inputs, so a case's
 numbers do not depend on how many threads ran or which thread ran it.
 """
 
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 from numba import prange
+from thruster_hil.controller import cycle as cst
+from thruster_hil.controller.modulation import MOD_COLS
+from thruster_hil.sims.plant import PLANT_WORK_LEN, SENSED_LEN
+from thruster_hil.sims.thrusters import HEALTH_FAILED_OFF, VALVE_STATE_LEN, VS_EDGE_T
 
-from controller import cycle as cst
-from controller.modulation import MOD_COLS
-from sims import loop
-from sims._jit import parallel_kernel
-from sims.plant import PLANT_WORK_LEN, SENSED_LEN
-from sims.thrusters import HEALTH_FAILED_OFF, VALVE_STATE_LEN, VS_EDGE_T
+from thruster_hil.closedloop import fused as loop
+from thruster_hil.core.jit import parallel_kernel
 
 # ---- one result row per case: finish()'s OUT_LEN numbers, then -------------------------------
 B_CYCLES = loop.OUT_LEN  # cycles flown
@@ -108,9 +108,9 @@ def fly_batch(seeds, fail_idx, fail_at, pscal, pthr, geom, y0, ptank, tank_idx, 
 
 def run_cases(model, plan: dict, cases: list, setup: loop.BurnSetup | None = None
               ) -> np.ndarray:
-    """Fly ``cases`` (a list of :class:`sims.loop.PlantCase`) of one planned burn on numba's
+    """Fly ``cases`` (a list of :class:`thruster_hil.closedloop.fused.PlantCase`) of one planned burn on numba's
     threads; returns the (len(cases), B_LEN) result rows."""
-    from controller.build import build_controller
+    from thruster_hil.controller.build import build_controller
 
     setup = setup if setup is not None else loop.setup_burn(model, plan)
     n_cases = len(cases)
