@@ -650,6 +650,12 @@ def run_row(row: Row, out: Path) -> dict:
                         reader.join()
             if row.onset == "link":  # the unit's watchdog: wait for its trip on record
                 _wait(lambda: _tripped(row, out), SETTLE_TIMEOUT_S, poll_s=0.01)
+            if row.unit == "qemu" and (row.rogue or row.attack in ("replay", "inject")):
+                # The board's counters reach the record only in its HK, every HK_PERIOD_MS: wait
+                # for two more after the host has gone, so the last one counts every frame the
+                # unit had received by then (on a starved host QEMU can run far behind the wire).
+                n_hk = _hk_count(wire_path)
+                _wait(lambda: _hk_count(wire_path) >= n_hk + 2, SETTLE_TIMEOUT_S, poll_s=0.05)
     finally:
         unit.stop()
     wall = time.monotonic() - t0
@@ -748,6 +754,10 @@ def _session_from(wire_path: Path) -> int | None:
         if r.get("dir") == "u2h" and r.get("msg") == "HELLO_ACK" and r["result"] == 0:
             session = r["session"]
     return session
+
+
+def _hk_count(wire_path: Path) -> int:
+    return sum(1 for r in _read_jsonl(wire_path) if r.get("dir") == "u2h" and r.get("msg") == "HK")
 
 
 def _tripped(row: Row, out: Path) -> bool:
