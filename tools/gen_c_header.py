@@ -216,9 +216,11 @@ def render_state_table() -> str:
     out = [TABLE_START, "", "| input \\ state | " + " | ".join(cols) + " |",
            "|---" * (len(cols) + 1) + "|"]
     for name, row in t.INPUTS.items():
-        label = name if t.DOCS[name] == name else f"{name} ({t.DOCS[name]})"
+        doc = t.DOCS[name]
         if name in t.EVENTS:
-            label = f"*event* {label}"
+            label = f"*event* {name}: {doc}"
+        else:  # a command's doc names it, with a note
+            label = doc if doc.startswith(name) else f"{name} ({doc})"
         out.append(f"| {label} | " + " | ".join(_doc_cell(row[s]) for s in sorted(row)) + " |")
     out += ["", "| action | what it does |", "|---|---|"]
     out += [f"| `{a}` | {doc} |" for a, doc in t.ACTIONS.items()]
