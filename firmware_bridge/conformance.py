@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import serial
+from thruster_hil.firmware_bridge import statetable
 from thruster_hil.firmware_bridge.codec import Decoder, Message, ProtocolError, encode
 from thruster_hil.firmware_bridge.dictionary import (
     CHANNELS_PER_BANK,
@@ -303,29 +304,41 @@ def state_table(c: UnitClient) -> None:
     assert c.wait_name("ACK")["result"] == RESULT["REJECTED_STATE"]
 
 
-# (state, command) -> (reply, result or None, state after): docs/protocol.md section 5, for the
-# three states a host can reach over the wire (FAULT is entered only by the unit itself).
-_MATRIX = {
-    "SAFE": {"HELLO": ("HELLO_ACK", "ACCEPTED", "SAFE"), "HEARTBEAT": ("ACK", "ACCEPTED", "SAFE"),
-             "PING": ("PONG", None, "SAFE"), "ARM_REQUEST": ("ARM_CHALLENGE", None, "ARMING"),
-             "ARM_CONFIRM": ("ACK", "REJECTED_STATE", "SAFE"),
-             "DISARM": ("ACK", "ACCEPTED", "SAFE"), "STOP_ALL": ("ACK", "ACCEPTED", "SAFE"),
-             "FIRE": ("ACK", "REJECTED_STATE", "SAFE"), "SET_PARAM": ("ACK", "ACCEPTED", "SAFE")},
-    "ARMING": {"HELLO": ("HELLO_ACK", "ACCEPTED", "SAFE"),
-               "HEARTBEAT": ("ACK", "ACCEPTED", "ARMING"), "PING": ("PONG", None, "ARMING"),
-               "ARM_REQUEST": ("ARM_CHALLENGE", None, "ARMING"),
-               "ARM_CONFIRM": ("ACK", "BAD_NONCE", "SAFE"),
-               "DISARM": ("ACK", "ACCEPTED", "SAFE"), "STOP_ALL": ("ACK", "ACCEPTED", "SAFE"),
-               "FIRE": ("ACK", "REJECTED_STATE", "ARMING"),
-               "SET_PARAM": ("ACK", "REJECTED_STATE", "ARMING")},
-    "ARMED": {"HELLO": ("HELLO_ACK", "ACCEPTED", "SAFE"),
-              "HEARTBEAT": ("ACK", "ACCEPTED", "ARMED"), "PING": ("PONG", None, "ARMED"),
-              "ARM_REQUEST": ("ACK", "REJECTED_STATE", "ARMED"),
-              "ARM_CONFIRM": ("ACK", "REJECTED_STATE", "ARMED"),
-              "DISARM": ("ACK", "ACCEPTED", "SAFE"), "STOP_ALL": ("ACK", "ACCEPTED", "SAFE"),
-              "FIRE": ("VALVE_REPORT", None, "ARMED"),
-              "SET_PARAM": ("ACK", "REJECTED_STATE", "ARMED")},
-}
+#: The reply that says a command was accepted, when it is not an ACK.
+_ACCEPT_REPLY = {"HELLO": "HELLO_ACK", "PING": "PONG", "ARM_REQUEST": "ARM_CHALLENGE",
+                 "FIRE": "VALVE_REPORT"}
+#: The result each command of the matrix is sent to get (the stimuli of _send_matrix_command):
+#: an ARM_CONFIRM whose nonce cannot be right, every other command well formed.
+_MATRIX_RESULT = {"ARM_CONFIRM": "BAD_NONCE"}
+
+
+def _matrix() -> dict[str, dict[str, tuple[str, str | None, str]]]:
+    """(state, command) -> (reply, result or None, state after), from the state table declared in
+    messages.toml (docs/protocol.md section 5), for the three states a host can reach over the
+    wire (FAULT is entered only by the unit itself) and the commands every unit serves
+    (FAULT_INJECT needs a test build: the checks below cover it)."""
+    names = {v: k for k, v in STATE.items()}
+    out: dict[str, dict[str, tuple[str, str | None, str]]] = {}
+    for state in ("SAFE", "ARMING", "ARMED"):
+        row = out.setdefault(state, {})
+        for cmd, cells in statetable.COMMANDS.items():
+            if cmd == "FAULT_INJECT":
+                continue
+            cell = cells[STATE[state]]
+            if cell.kind == "refuse":
+                result = next(k for k, v in RESULT.items() if v == cell.refusal)
+                row[cmd] = ("ACK", result, state)
+                continue
+            want = _MATRIX_RESULT.get(cmd, "ACCEPTED")
+            if RESULT[want] not in cell.results:
+                want = "ACCEPTED"
+            reply = _ACCEPT_REPLY.get(cmd, "ACK") if want == "ACCEPTED" else "ACK"
+            result = want if reply in ("ACK", "HELLO_ACK") else None
+            row[cmd] = (reply, result, names[cell.next(RESULT[want])])
+    return out
+
+
+_MATRIX = _matrix()
 
 
 def _enter(c: UnitClient, state: str, next_step: int) -> None:

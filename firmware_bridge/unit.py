@@ -9,7 +9,11 @@ integer microsecond count that never goes backwards) and writes the bytes it get
     out = core.tick(now_us)              # timers: watchdog, pulse ends, HK
     core.next_deadline_us()              # when tick() is next due (None: nothing pending)
 
-Semantics are docs/protocol.md sections 3-6. Choices the spec leaves open, made here:
+Semantics are docs/protocol.md sections 3-6. Which command runs which handler, and which state
+follows, is the state table declared in messages.toml (:mod:`.statetable`): ``_dispatch`` looks
+the (command, state) cell up and either refuses with its result or runs its action, whose handler
+reads the next state from the cell; the timers and events take the states they apply in and the
+state they lead to from the same table. Choices the spec leaves open, made here:
 
 - ``receive()`` runs the timers that are due first (a FIRE arriving after the watchdog deadline
   finds the unit SAFE), so the caller may skip a tick() right before it.
@@ -82,6 +86,7 @@ from thruster_hil.firmware_bridge.dictionary import (
     STATE_NAMES,
     TICK_US,
 )
+from thruster_hil.firmware_bridge.statetable import COMMANDS, EVENTS, Cell, hears_commands
 
 BOOT, SAFE, ARMING, ARMED, FAULT_STATE = (STATE[k] for k in ("BOOT", "SAFE", "ARMING", "ARMED",
                                                               "FAULT"))
@@ -104,6 +109,12 @@ _ERROR_KIND = {"cobs": FRAME_ERROR["COBS"], "crc": FRAME_ERROR["CRC"],
                "unknown_id": FRAME_ERROR["UNKNOWN_ID"], "too_long": FRAME_ERROR["TOO_LONG"]}
 _SESSION_CMDS = frozenset({"HEARTBEAT", "ARM_REQUEST", "ARM_CONFIRM", "DISARM", "FIRE",
                            "SET_PARAM", "FAULT_INJECT"})
+_FIRE_CELLS = COMMANDS["FIRE"]
+#: The states in which each timer / event applies, from the state table.
+_WATCHDOG_STATES = frozenset(s for s, c in EVENTS["WATCHDOG"].items() if c.kind == "action")
+_ARM_IDLE_STATES = frozenset(s for s, c in EVENTS["ARM_IDLE"].items() if c.kind == "action")
+_CHALLENGE_STATES = frozenset(s for s, c in EVENTS["CHALLENGE_EXPIRED"].items()
+                              if c.kind == "action")
 #: Commands whose reply is cached so a retransmission (same seq + RETRANSMIT) is answered
 #: without acting twice.
 _CACHED_CMDS = frozenset({"HELLO", "ARM_REQUEST", "ARM_CONFIRM", "DISARM", "SET_PARAM",
@@ -231,7 +242,7 @@ class UnitCore:
         self._emit(out, "BOOT", fw_ver=self.fw_ver, proto_ver=PROTO_VERSION,
                    boot_count=self.boot_count, reset_cause=self.reset_cause,
                    n_channels=self.n_channels, dict_hash=self.dict_hash)
-        self.state = SAFE
+        self.state = EVENTS["BOOT_DONE"][BOOT].next()
         self.journal.append({"t_us": now_us, "ev": "boot", "boot_count": self.boot_count,
                              "reset_cause": self.reset_cause})
         self._event(out, now_us, "BOOTED", self.boot_count, self.reset_cause)
@@ -247,26 +258,27 @@ class UnitCore:
         self.boot_count = (self.boot_count + 1) & 0xFFFF
         self.reset_cause = cause
         self._power_on()
-        self.state = BOOT
-        if old != BOOT:
+        self.state = EVENTS["RESET"][old].next()
+        if old != self.state:
             self.journal.append({"t_us": now_us, "ev": "state", "from": STATE_NAMES[old],
-                                 "to": "BOOT", "reason": "RESET"})
+                                 "to": STATE_NAMES[self.state], "reason": "RESET"})
         return b"".join(out) + self.boot(now_us)
 
     def stop_all(self, now_us: int) -> bytes:
         """What STOP_ALL does, without a command (the emulator's shutdown): every valve closed,
         ARMING/ARMED -> SAFE."""
         out: list[bytes] = []
-        if self.state in (ARMING, ARMED):
-            self._leave_armed(out, now_us, SAFE, REASON["COMMANDED"])
-        else:
-            self._close_all(out, now_us)
+        cell = COMMANDS["STOP_ALL"][self.state]
+        if cell.kind == "action":
+            self._leave_armed(out, now_us, cell.next(), REASON["COMMANDED"])
         return b"".join(out)
 
     def force_fault(self, now_us: int) -> bytes:
         """The board's self-check found a hardware fault: close everything, enter FAULT."""
         out: list[bytes] = []
-        self._leave_armed(out, now_us, FAULT_STATE, 0)
+        cell = EVENTS["SELF_CHECK_FAULT"][self.state]
+        if cell.kind == "action":
+            self._leave_armed(out, now_us, cell.next(), 0)
         return b"".join(out)
 
     # ---------------------------------------------------------------- inspection
@@ -280,7 +292,7 @@ class UnitCore:
         return mask
 
     def watchdog_active(self) -> bool:
-        return self.state in (ARMING, ARMED)
+        return self.state in _WATCHDOG_STATES
 
     def pressure_low(self) -> bool:
         """The tank is below the minimum feed pressure: no arming, no firing."""
@@ -290,7 +302,7 @@ class UnitCore:
         times = []
         if self.watchdog_active():
             times.append(self._last_valid + self.watchdog_ms * 1000)
-        if self.state == ARMED:
+        if self.state in _ARM_IDLE_STATES:
             times.append(self._idle_from + LIMITS["arm_idle_ms"] * 1000)
         for p in self._pending:
             times.extend(p.ends.values())
@@ -439,15 +451,18 @@ class UnitCore:
             since_ms = (now_us - self._last_valid) // 1000
             self.counters["watchdog_trips"] += 1
             self._event(out, now_us, "WATCHDOG_TRIP", since_ms)
-            self._leave_armed(out, now_us, SAFE, REASON["WATCHDOG"])
+            self._leave_armed(out, now_us, EVENTS["WATCHDOG"][self.state].next(),
+                              REASON["WATCHDOG"])
             self.journal.append({"t_us": now_us, "ev": "watchdog_trip",
                                  "last_valid_us": self._last_valid, "closed_us": now_us,
                                  "since_valid_ms": (now_us - self._last_valid) / 1000,
                                  "watchdog_ms": self.watchdog_ms})
-        if self.state == ARMED and now_us >= self._idle_from + LIMITS["arm_idle_ms"] * 1000:
-            self._leave_armed(out, now_us, SAFE, REASON["ARM_TIMEOUT"])
-        if self._nonce is not None and now_us - self._challenge_t > LIMITS["arm_challenge_ms"] \
-                * 1000:
+        if self.state in _ARM_IDLE_STATES \
+                and now_us >= self._idle_from + LIMITS["arm_idle_ms"] * 1000:
+            self._leave_armed(out, now_us, EVENTS["ARM_IDLE"][self.state].next(),
+                              REASON["ARM_TIMEOUT"])
+        if self.state in _CHALLENGE_STATES and self._nonce is not None \
+                and now_us - self._challenge_t > LIMITS["arm_challenge_ms"] * 1000:
             self._nonce = None  # expired: an ARM_CONFIRM now is BAD_NONCE
         if self._next_hk is not None and now_us >= self._next_hk:
             if self.stall_until is None:
@@ -477,7 +492,7 @@ class UnitCore:
     def receive(self, data: bytes, now_us: int) -> bytes:
         out: list[bytes] = []
         self._run_timers(out, now_us)
-        if self.state == BOOT:
+        if not hears_commands(self.state):  # BOOT
             return b"".join(out)
         if self.stall_until is not None:
             if data:
@@ -529,7 +544,7 @@ class UnitCore:
     def _command(self, out: list[bytes], msg: Message, now_us: int) -> None:
         name = msg.name
         if name == "FIRE" and self.session is not None and msg.fields["session"] == self.session:
-            self._on_fire(out, [], msg, now_us)  # the every-cycle command: not cached, no lookup
+            self._dispatch(out, [], msg, now_us, _FIRE_CELLS[self.state])  # every cycle: uncached
             return
         key = None
         if name in _CACHED_CMDS:
@@ -549,22 +564,32 @@ class UnitCore:
                 if self._session_errors >= SESSION_ERROR_LIMIT:
                     self._lockout(out, now_us, msg.spec.id)
         else:
-            handler = getattr(self, f"_on_{name.lower()}", None)
-            if handler is None:  # a TM id sent as TC is refused by the codec; belt and braces
+            row = COMMANDS.get(name)
+            if row is None:  # a TM id sent as TC is refused by the codec; belt and braces
                 self._ack(out, replies, msg, R["UNSUPPORTED"])
             else:
-                handler(out, replies, msg, now_us)
+                self._dispatch(out, replies, msg, now_us, row[self.state])
         if key is not None:
             self._cache[key] = replies
             while len(self._cache) > _CACHE_SIZE:
                 del self._cache[next(iter(self._cache))]
 
+    def _dispatch(self, out: list[bytes], replies: list, msg: Message, now_us: int,
+                  cell: Cell) -> None:
+        """One command in the present state, as the state table says: refused with the cell's
+        result, or handed to the cell's action (which reads the next state from ``self._cell``).
+        """
+        if cell.kind == "refuse":
+            self._ack(out, replies, msg, cell.refusal)
+        elif cell.kind == "action":
+            self._cell = cell
+            _COMMAND_ACTIONS[cell.action](self, out, replies, msg, now_us)
+
     def _lockout(self, out: list[bytes], now_us: int, msg_id: int) -> None:
         """Someone without the session is guessing: every valve closed, SAFE, session void."""
-        if self.state in (ARMING, ARMED):
-            self._leave_armed(out, now_us, SAFE, REASON["INTRUSION"])
-        else:
-            self._close_all(out, now_us)
+        cell = EVENTS["LOCKOUT"][self.state]
+        if cell.kind == "action":
+            self._leave_armed(out, now_us, cell.next(), REASON["INTRUSION"])
         self._event(out, now_us, "LOCKOUT", self._session_errors, msg_id)
         self.journal.append({"t_us": now_us, "ev": "lockout",
                              "session_errors": self._session_errors, "msg_id": msg_id})
@@ -586,8 +611,9 @@ class UnitCore:
         ARMED unit goes SAFE (reason ARM_DISABLED). The emulator has no such input."""
         out: list[bytes] = []
         self.arm_enabled = bool(enabled)
-        if not enabled and self.state == ARMED:
-            self._leave_armed(out, now_us, SAFE, REASON["ARM_DISABLED"])
+        cell = EVENTS["ARM_ENABLE_OFF"][self.state]
+        if not enabled and cell.kind == "action":
+            self._leave_armed(out, now_us, cell.next(), REASON["ARM_DISABLED"])
         return b"".join(out)
 
     # ---------------------------------------------------------------- commands
@@ -618,8 +644,9 @@ class UnitCore:
             result, session = R["ACCEPTED"], self._new_session(msg["host_nonce"])
         if result in (R["ACCEPTED"], R["DICT_MISMATCH"]):
             # Any session ends here: the old one is void whatever the outcome.
-            if self.state in (ARMING, ARMED):
-                self._leave_armed(out, now_us, SAFE, REASON["NEW_SESSION"])
+            nxt = self._cell.next(result)
+            if nxt != self.state:
+                self._leave_armed(out, now_us, nxt, REASON["NEW_SESSION"])
             self._end_session(session)
             if result == R["ACCEPTED"]:
                 self.mode, self.period_ms = mode, period
@@ -639,18 +666,18 @@ class UnitCore:
                     t2_pu_us=t, t3_pu_us=t)
 
     def _on_arm_request(self, out, replies, msg: Message, now_us: int) -> None:
-        if self.state not in (SAFE, ARMING) or self.pressure_low():
+        if self.pressure_low():  # the state was checked by the table
             self._ack(out, replies, msg, R["REJECTED_STATE"])
             return
         self._nonce = self._rng.randrange(1, 1 << 32)
         self._challenge_t = now_us
         self._last_valid = now_us
-        self._set_state(now_us, ARMING, "ARM_REQUEST")
+        self._set_state(now_us, self._cell.next(), "ARM_REQUEST")
         self._reply(out, replies, "ARM_CHALLENGE", nonce=self._nonce,
                     valid_ms=LIMITS["arm_challenge_ms"])
 
     def _on_arm_confirm(self, out, replies, msg: Message, now_us: int) -> None:
-        if self.state != ARMING or self.pressure_low():
+        if self.pressure_low():  # never while ARMING (TANK_LOW leaves it): defence in depth
             self._ack(out, replies, msg, R["REJECTED_STATE"])
             return
         if not self.arm_enabled:
@@ -666,7 +693,7 @@ class UnitCore:
         fresh = (self._nonce is not None
                  and now_us - self._challenge_t <= LIMITS["arm_challenge_ms"] * 1000)
         if not fresh or msg["nonce"] != self._nonce:
-            self._leave_armed(out, now_us, SAFE, REASON["BAD_NONCE"])
+            self._leave_armed(out, now_us, self._cell.next(R["BAD_NONCE"]), REASON["BAD_NONCE"])
             self._ack(out, replies, msg, R["BAD_NONCE"])
             return
         self._nonce = None
@@ -676,29 +703,24 @@ class UnitCore:
         self._last_valid = now_us
         self._idle_from = now_us
         self._last_fire_t = None
-        self._set_state(now_us, ARMED, "ARM_CONFIRM")
+        self._set_state(now_us, self._cell.next(), "ARM_CONFIRM")
         self._ack(out, replies, msg, R["ACCEPTED"])
         self._event(out, now_us, "ARMED", self.max_on_ticks)
 
     def _on_disarm(self, out, replies, msg: Message, now_us: int) -> None:
         was = self.state
-        self._leave_armed(out, now_us, SAFE, REASON["COMMANDED"])
+        self._leave_armed(out, now_us, self._cell.next(), REASON["COMMANDED"])
         if was in (ARMING, ARMED):
             self._event(out, now_us, "DISARMED")
         self._ack(out, replies, msg, R["ACCEPTED"])
 
     def _on_stop_all(self, out, replies, msg: Message, now_us: int) -> None:
-        if self.state in (ARMING, ARMED):
-            self._leave_armed(out, now_us, SAFE, REASON["COMMANDED"])
-        else:
-            self._close_all(out, now_us)
+        # Every valve closed in every state; the state after is the table's.
+        self._leave_armed(out, now_us, self._cell.next(), REASON["COMMANDED"])
         if msg.flags & FLAG_ACK_REQ:
             self._ack(out, replies, msg, R["ACCEPTED"])
 
     def _on_set_param(self, out, replies, msg: Message, now_us: int) -> None:
-        if self.state != SAFE:
-            self._ack(out, replies, msg, R["REJECTED_STATE"])
-            return
         param, value = msg["param"], msg["value"]
         check = _PARAM_LIMITS.get(param)
         if check is None or not check(value):
@@ -768,8 +790,9 @@ class UnitCore:
 
     def _set_tank_kpa(self, out: list[bytes], kpa: int, now_us: int) -> None:
         self.tank_kpa = kpa
-        if self.pressure_low() and self.state in (ARMING, ARMED):
-            self._leave_armed(out, now_us, SAFE, REASON["LOW_PRESSURE"], min(kpa, 0xFFFF))
+        cell = EVENTS["TANK_LOW"][self.state]
+        if self.pressure_low() and cell.kind == "action":
+            self._leave_armed(out, now_us, cell.next(), REASON["LOW_PRESSURE"], min(kpa, 0xFFFF))
 
     def _cut_channels(self, out: list[bytes], bits: int, now_us: int) -> None:
         for p in list(self._pending):
@@ -782,9 +805,6 @@ class UnitCore:
     # ---------------------------------------------------------------- FIRE
 
     def _on_fire(self, out, replies, msg: Message, now_us: int) -> None:
-        if self.state != ARMED:
-            self._ack(out, replies, msg, R["REJECTED_STATE"])
-            return
         self._last_valid = now_us  # a FIRE of the session, whatever becomes of it
         prev_fire, self._last_fire_t = self._last_fire_t, now_us
         bank, step = msg["bank"], msg["step"]
@@ -884,3 +904,15 @@ class UnitCore:
 
 
 _FAULT_NAMES = {v: k for k, v in FAULT.items()}
+
+#: The state table's command actions (messages.toml [actions]) -> their handlers.
+_COMMAND_ACTIONS: dict[str, Callable[..., None]] = {
+    "hello": UnitCore._on_hello, "heartbeat": UnitCore._on_heartbeat, "ping": UnitCore._on_ping,
+    "arm_request": UnitCore._on_arm_request, "arm_confirm": UnitCore._on_arm_confirm,
+    "disarm": UnitCore._on_disarm, "stop_all": UnitCore._on_stop_all, "fire": UnitCore._on_fire,
+    "set_param": UnitCore._on_set_param, "fault_inject": UnitCore._on_fault_inject,
+}
+_missing = {c.action for row in COMMANDS.values() for c in row.values()
+            if c.kind == "action"} - set(_COMMAND_ACTIONS)
+if _missing:  # a new action in messages.toml needs its handler here
+    raise ImportError(f"state table actions without a handler in unit.py: {sorted(_missing)}")

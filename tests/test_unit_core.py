@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from thruster_hil.firmware_bridge import codec
+from thruster_hil.firmware_bridge import codec, statetable
 from thruster_hil.firmware_bridge.codec import Decoder, Message
 from thruster_hil.firmware_bridge.dictionary import (
     DICT_HASH,
@@ -41,12 +41,12 @@ class Bench:
     """A test host around one UnitCore: encodes commands with its own sequence counts, decodes
     everything the unit says (asserting it is well formed), keeps the unit clock."""
 
-    def __init__(self, seed: int = 1, **kw):
+    def __init__(self, seed: int = 1, boot: bool = True, **kw):
         self.u = UnitCore(rng_seed=seed, **kw)
         self.t = 0
         self.seq = 0
         self.dec = Decoder()
-        self.boot = self.decode(self.u.boot(0))
+        self.boot = self.decode(self.u.boot(0)) if boot else []
         self.nonce = 0
         self.next_step = 1  # what ARM_CONFIRM says unless a test says otherwise
 
@@ -141,99 +141,205 @@ def test_boot_packet_and_state():
 
 R = RESULT
 _ALL = (SAFE, ARMING, ARMED, FAULT_ST)
-# command -> {state: (reply name, result or None, new state)}
-TABLE = {
-    "HELLO_GOOD": {SAFE: ("HELLO_ACK", R["ACCEPTED"], SAFE),
-                   ARMING: ("HELLO_ACK", R["ACCEPTED"], SAFE),
-                   ARMED: ("HELLO_ACK", R["ACCEPTED"], SAFE),
-                   FAULT_ST: ("HELLO_ACK", R["ACCEPTED"], FAULT_ST)},
-    "HELLO_BAD_HASH": {SAFE: ("HELLO_ACK", R["DICT_MISMATCH"], SAFE),
-                       ARMING: ("HELLO_ACK", R["DICT_MISMATCH"], SAFE),
-                       ARMED: ("HELLO_ACK", R["DICT_MISMATCH"], SAFE),
-                       FAULT_ST: ("HELLO_ACK", R["DICT_MISMATCH"], FAULT_ST)},
-    "HEARTBEAT": {s: ("ACK", R["ACCEPTED"], s) for s in _ALL},
-    "PING": {s: ("PONG", None, s) for s in _ALL},
-    "ARM_REQUEST": {SAFE: ("ARM_CHALLENGE", None, ARMING),
-                    ARMING: ("ARM_CHALLENGE", None, ARMING),
-                    ARMED: ("ACK", R["REJECTED_STATE"], ARMED),
-                    FAULT_ST: ("ACK", R["REJECTED_STATE"], FAULT_ST)},
-    "ARM_CONFIRM_GOOD": {SAFE: ("ACK", R["REJECTED_STATE"], SAFE),
-                         ARMING: ("ACK", R["ACCEPTED"], ARMED),
-                         ARMED: ("ACK", R["REJECTED_STATE"], ARMED),
-                         FAULT_ST: ("ACK", R["REJECTED_STATE"], FAULT_ST)},
-    "ARM_CONFIRM_BAD": {SAFE: ("ACK", R["REJECTED_STATE"], SAFE),
-                        ARMING: ("ACK", R["BAD_NONCE"], SAFE),
-                        ARMED: ("ACK", R["REJECTED_STATE"], ARMED),
-                        FAULT_ST: ("ACK", R["REJECTED_STATE"], FAULT_ST)},
-    "DISARM": {s: ("ACK", R["ACCEPTED"], SAFE) for s in _ALL},
-    "STOP_ALL": {SAFE: ("ACK", R["ACCEPTED"], SAFE), ARMING: ("ACK", R["ACCEPTED"], SAFE),
-                 ARMED: ("ACK", R["ACCEPTED"], SAFE),
-                 FAULT_ST: ("ACK", R["ACCEPTED"], FAULT_ST)},
-    "FIRE": {SAFE: ("ACK", R["REJECTED_STATE"], SAFE),
-             ARMING: ("ACK", R["REJECTED_STATE"], ARMING),
-             ARMED: ("VALVE_REPORT", None, ARMED),
-             FAULT_ST: ("ACK", R["REJECTED_STATE"], FAULT_ST)},
-    "SET_PARAM": {SAFE: ("ACK", R["ACCEPTED"], SAFE),
-                  ARMING: ("ACK", R["REJECTED_STATE"], ARMING),
-                  ARMED: ("ACK", R["REJECTED_STATE"], ARMED),
-                  FAULT_ST: ("ACK", R["REJECTED_STATE"], FAULT_ST)},
-    "FAULT_INJECT": {s: ("ACK", R["ACCEPTED"], s) for s in _ALL},
-}
+BOOT_ST = STATE["BOOT"]
+STATE_NAME = {v: k for k, v in STATE.items()}
+RESULT_NAME = {v: k for k, v in R.items()}
 
 
-def _do(b: Bench, command: str) -> list[Message]:
+def transitions() -> list[tuple[str, int, int | None, int]]:
+    """Every transition the state table (messages.toml) declares: (input, state, result, state
+    after); result None for a cell where the input does nothing. A BOOT_DONE outside BOOT cannot
+    happen (the unit starts only from BOOT): those cells are not stimulated."""
+    out = []
+    for cell in statetable.cells():
+        if cell.kind == "none":
+            if not (cell.input == "BOOT_DONE" and cell.state != BOOT_ST):
+                out.append((cell.input, cell.state, None, cell.state))
+        elif cell.kind == "refuse":
+            out.append((cell.input, cell.state, cell.refusal, cell.state))
+        else:
+            out += [(cell.input, cell.state, r, n) for r, ns in cell.outcomes for n in ns]
+    return out
+
+
+def _tid(t) -> str:
+    inp, state, result, after = t
+    res = "nothing" if result is None else RESULT_NAME[result]
+    return f"{inp}-{STATE_NAME[state]}-{res}-{STATE_NAME[after]}"
+
+
+def _bench_in(state: int) -> Bench:
+    if state == BOOT_ST:
+        return Bench(boot=False)
+    return bench_in(state)
+
+
+def _command(b: Bench, inp: str, result: int | None, after: int) -> list[Message]:
+    """Send command ``inp`` so that, in the bench's state, it ends in ``result`` (setting up what
+    that result needs first: a low tank, the arm-enable input off, a floor, a first FIRE)."""
     a = FLAG_ACK_REQ
-    if command == "HELLO_GOOD":
-        return b.send("HELLO", proto_ver=1, dict_hash=DICT_HASH, mode=LOCKSTEP, period_ms=100)
-    if command == "HELLO_BAD_HASH":
-        return b.send("HELLO", proto_ver=1, dict_hash=DICT_HASH ^ 1, mode=0, period_ms=100)
-    if command == "HEARTBEAT":
+    action = statetable.COMMANDS[inp][b.u.state].kind == "action"
+    if inp == "HELLO":
+        kw = {"DICT_MISMATCH": {"dict_hash": DICT_HASH ^ 1}, "BAD_MODE": {"mode": 7},
+              "BAD_PARAM": {"period_ms": 5}}.get(RESULT_NAME.get(result), {})
+        return b.send("HELLO", **{"proto_ver": 1, "dict_hash": DICT_HASH, "mode": LOCKSTEP,
+                                  "period_ms": 100, **kw})
+    if inp == "HEARTBEAT":
         return b.send("HEARTBEAT", flags=a, host_step=1)
-    if command == "PING":
+    if inp == "PING":
         return b.send("PING", nonce=9, t1_host_us=123)
-    if command == "ARM_REQUEST":
-        return b.send("ARM_REQUEST")
-    if command == "ARM_CONFIRM_GOOD":
-        return b.send("ARM_CONFIRM", nonce=b.nonce, max_on_ticks=100)
-    if command == "ARM_CONFIRM_BAD":
-        return b.send("ARM_CONFIRM", nonce=b.nonce ^ 0xDEAD, max_on_ticks=100)
-    if command == "DISARM":
+    if inp == "ARM_REQUEST":
+        if action and result == R["REJECTED_STATE"]:
+            b.inject("TANK_PRESSURE", MIN_FEED_KPA - 1)
+        return b.arm_request()
+    if inp == "ARM_CONFIRM":
+        nonce, max_on = b.nonce, 100
+        if action and result == R["ARM_DISABLED"]:
+            b.u.set_arm_enable(False, b.t)
+        elif action and result == R["BAD_PARAM"]:
+            max_on = 0
+        elif action and result == R["STALE"]:  # a floor this session already passed
+            b.send("ARM_CONFIRM", nonce=b.nonce, max_on_ticks=100)
+            b.fire(5, {0: 10})
+            b.send("DISARM")
+            b.arm_request()
+            nonce = b.nonce
+            b.next_step = 5
+        elif result == R["BAD_NONCE"]:
+            nonce ^= 0xDEAD
+        return b.send("ARM_CONFIRM", nonce=nonce, max_on_ticks=max_on)
+    if inp in ("DISARM",):
         return b.send("DISARM")
-    if command == "STOP_ALL":
+    if inp == "STOP_ALL":
         return b.send("STOP_ALL", flags=a)
-    if command == "FIRE":
-        return b.fire(1, {0: 10})
-    if command == "SET_PARAM":
-        return b.send("SET_PARAM", param=PARAM["WATCHDOG_MS"], value=300)
-    if command == "FAULT_INJECT":
+    if inp == "FIRE":
+        if result == R["DUPLICATE"]:
+            b.fire(1, {0: 10})
+            return b.fire(1, {0: 10})
+        step, bank = {R["STALE"]: (0, 0), R["STEP_AHEAD"]: (1000, 0),
+                      R["BAD_PARAM"]: (1, 7)}.get(result, (1, 0))
+        return b.fire(step, {0: 10}, bank=bank)
+    if inp == "SET_PARAM":
+        value = 1 if result == R["BAD_PARAM"] else 300
+        return b.send("SET_PARAM", param=PARAM["WATCHDOG_MS"], value=value)
+    if inp == "FAULT_INJECT":
+        if result == R["UNSUPPORTED"]:
+            return b.send("FAULT_INJECT", flags=a, fault=99, arg=0)
+        if result == R["BAD_PARAM"]:
+            return b.inject("FAIL_OFF", 200)
+        if after != b.u.state:  # RESET: the unit boots again into SAFE
+            return b.inject("RESET")
         return b.inject("TANK_PRESSURE", 1500)
-    raise AssertionError(command)
+    raise AssertionError(inp)
 
 
-@pytest.mark.parametrize("state", _ALL, ids=lambda s: {v: k for k, v in STATE.items()}[s])
-@pytest.mark.parametrize("command", sorted(TABLE))
-def test_state_table(state, command):
-    b = bench_in(state)
-    fire_log = len(b.u.executed_log)
-    msgs = _do(b, command)
-    name, result, new_state = TABLE[command][state]
-    r = reply(msgs)
-    assert r.name == name, msgs
-    if result is not None:
-        assert r["result"] == result, msgs
-    if r.name == "ACK":
-        assert r["acked_seq"] == b.seq - 1
-    assert b.u.state == new_state
-    if new_state != ARMED:
+def _outcome(msgs: list[Message]) -> int | None:
+    """The result the unit's reply says: an ACK's or HELLO_ACK's result, ACCEPTED for the reply
+    of an accepted command (PONG, ARM_CHALLENGE, VALVE_REPORT), DUPLICATE for a re-sent report;
+    None when the unit said nothing (not even an ACK)."""
+    replies = [m for m in msgs if m.name not in ("EVENT", "HK", "BOOT")]
+    if not replies:
+        return None
+    r = replies[0]
+    if r.name in ("ACK", "HELLO_ACK"):
+        return r["result"]
+    if r.name == "VALVE_REPORT" and r["flags"] & 4:
+        return R["DUPLICATE"]
+    return R["ACCEPTED"]
+
+
+#: The evidence each event's action leaves (besides the state after it).
+def _event_evidence(inp: str, b: Bench, msgs: list[Message], journal: list[dict]) -> bool:
+    names = [m.name for m in msgs]
+    reasons = [e["arg0"] for e in events(msgs, "SAFE_ENTERED")]
+    return {
+        "BOOT_DONE": "BOOT" in names, "RESET": "BOOT" in names,
+        "WATCHDOG": bool(events(msgs, "WATCHDOG_TRIP")),
+        "CHALLENGE_EXPIRED": b.u._nonce is None and b.u.state == ARMING,
+        "ARM_IDLE": REASON["ARM_TIMEOUT"] in reasons,
+        "TANK_LOW": REASON["LOW_PRESSURE"] in reasons,
+        "LOCKOUT": bool(events(msgs, "LOCKOUT")),
+        "ARM_ENABLE_OFF": REASON["ARM_DISABLED"] in reasons,
+        "SELF_CHECK_FAULT": any(j.get("to") == "FAULT" for j in journal),
+    }[inp]
+
+
+def _event(b: Bench, inp: str) -> list[Message]:
+    """Make event ``inp`` happen to the bench's unit (or try to: a timer that does not run in
+    this state must not fire)."""
+    if inp == "BOOT_DONE":
+        return b.decode(b.u.boot(b.t))
+    if inp == "RESET":
+        return b.decode(b.u.reset(b.t))
+    if inp == "WATCHDOG":
+        return b.tick(LIMITS["watchdog_ms_default"] * MS + 1)
+    if inp in ("CHALLENGE_EXPIRED", "ARM_IDLE"):
+        ms = LIMITS["arm_challenge_ms" if inp == "CHALLENGE_EXPIRED" else "arm_idle_ms"] + 100
+        msgs: list[Message] = []
+        for _ in range(ms // 100):  # the link watchdog fed, nothing else
+            b.t += 100 * MS
+            msgs += b.send("HEARTBEAT", host_step=0)
+        return msgs
+    if inp == "TANK_LOW":
+        return b.decode(b.u.set_tank_kpa(MIN_FEED_KPA - 1, b.t))
+    if inp == "LOCKOUT":
+        msgs = []
+        for _ in range(LIMITS["session_error_limit"]):
+            msgs += b.send("HEARTBEAT", host_step=0, session=(b.u.session or 0) ^ 0x8001)
+        return msgs
+    if inp == "ARM_ENABLE_OFF":
+        return b.decode(b.u.set_arm_enable(False, b.t))
+    if inp == "SELF_CHECK_FAULT":
+        return b.decode(b.u.force_fault(b.t))
+    raise AssertionError(inp)
+
+
+@pytest.mark.parametrize("transition", transitions(), ids=_tid)
+def test_every_declared_transition(transition):
+    """Each transition the state table declares happens on UnitCore: the same result, the same
+    state after, every valve closed outside ARMED (docs/protocol.md section 5)."""
+    inp, state, result, after = transition
+    b = _bench_in(state)
+    fired = len(b.u.executed_log)
+    if inp in statetable.EVENTS:
+        seen = len(b.u.journal)
+        msgs = _event(b, inp)
+        assert _event_evidence(inp, b, msgs, b.u.journal[seen:]) == (result is not None), msgs
+        if inp == "RESET":  # through BOOT: the BOOT packet, then BOOT_DONE's state
+            assert b.u.state == statetable.EVENTS["BOOT_DONE"][after].next()
+        else:
+            assert b.u.state == after, msgs
+    else:
+        msgs = _command(b, inp, result, after)
+        assert _outcome(msgs) == result, msgs
+        assert b.u.state == after, msgs
+        if result == R["ACCEPTED"] and inp == "FIRE":
+            assert len(b.u.executed_log) == fired + 1
+        elif inp == "FIRE":
+            assert len(b.u.executed_log) <= fired + 1  # DUPLICATE: its first FIRE only
+        if state in (ARMING, ARMED) and after == SAFE and not any(m.name == "BOOT" for m in msgs):
+            assert events(msgs, "SAFE_ENTERED"), msgs  # (a reset is a new boot instead)
+    if b.u.state != ARMED:
         assert b.u.open_mask() == 0
-    fired = len(b.u.executed_log) - fire_log
-    assert fired == (1 if command == "FIRE" and state == ARMED else 0)
-    if state in (ARMING, ARMED) and new_state == SAFE:
-        assert events(msgs, "SAFE_ENTERED"), msgs
-    if command == "HELLO_BAD_HASH":
-        assert r["session"] == 0 and b.u.session is None
-    if command == "HELLO_GOOD":
-        assert r["session"] == b.u.session != 0
+
+
+def test_every_cell_is_exercised():
+    """The transitions above cover every (input, state) cell of the table but the BOOT_DONE ones
+    that cannot happen."""
+    covered = {(i, s) for i, s, _, _ in transitions()}
+    cells = {(c.input, c.state) for c in statetable.cells()}
+    assert cells - covered == {("BOOT_DONE", s) for s in STATE.values() if s != BOOT_ST}
+
+
+def test_commands_are_dispatched_by_the_table(monkeypatch):
+    """UnitCore asks the table, not its own state tests: a cell changed to a refusal is refused
+    with that result, and nothing of the action happens."""
+    row = dict(statetable.COMMANDS["PING"])
+    row[SAFE] = statetable.Cell("PING", SAFE, "refuse", refusal=R["BAD_MODE"])
+    monkeypatch.setitem(statetable.COMMANDS, "PING", row)
+    b = bench_in(SAFE)
+    r = reply(b.send("PING", nonce=9, t1_host_us=123))
+    assert r.name == "ACK" and r["result"] == R["BAD_MODE"]
 
 
 def test_rejected_commands_always_get_an_ack_without_ack_req():

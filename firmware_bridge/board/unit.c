@@ -1,7 +1,10 @@
 /* unit.c: the propulsion unit's logic. See unit.h and docs/protocol.md sections 3-6.
  *
  * The structure follows firmware_bridge/unit.py (UnitCore) function by function, so that a
- * reader can check one against the other: receive -> timers -> frames -> command -> handlers.
+ * reader can check one against the other: receive -> timers -> frames -> command -> dispatch ->
+ * handlers. dispatch() looks the (command, state) cell up in the state table generated into
+ * states.h from messages.toml (refusal or action), the handlers and the timers take the next
+ * state and the states an event applies in from the same table: no state test of their own.
  * Choices the spec leaves open are UnitCore's (see its module docstring), in particular:
  * - timers due run before a received chunk is handled;
  * - stale, bad-bank and duplicate FIREs still feed the link watchdog;
@@ -28,6 +31,41 @@
 #include "unit.h"
 
 #include <string.h>
+
+#include "states.h"
+
+/* The state table (docs/protocol.md section 5) lives in flash on the AVR: 2 x N_INPUTS x N_STATES
+ * bytes that would otherwise be copied to its 8 KB of RAM at start. */
+#ifdef __AVR__
+#include <avr/pgmspace.h>
+#define TABLE_BYTE(p) pgm_read_byte(p)
+#else
+#define PROGMEM
+#define TABLE_BYTE(p) (*(p))
+#endif
+
+static const uint8_t state_cells[N_INPUTS][N_STATES] PROGMEM = STATE_TABLE_CELLS;
+static const uint8_t state_next[N_INPUTS][N_STATES] PROGMEM = STATE_TABLE_NEXT;
+
+/* What the table says for input `in` in the present state: ACT_x, CELL_REFUSE | result or
+ * CELL_NONE. */
+static uint8_t table_cell(const unit_t *u, uint8_t in)
+{
+    return TABLE_BYTE(&state_cells[in][u->state]);
+}
+
+/* The state after input `in` ends in `result` here, as the table says. */
+static uint8_t table_next(const unit_t *u, uint8_t in, uint8_t result)
+{
+    if (result == RESULT_ACCEPTED)
+        return TABLE_BYTE(&state_next[in][u->state]);
+#define X(i, s, r, n)                                                                            \
+    if (in == (i) && u->state == (s) && result == (r))                                           \
+        return (n);
+    STATE_TABLE_OTHER_NEXT(X)
+#undef X
+    return u->state;
+}
 
 #define RESULT(x) RESULT_##x
 #define TM_INDEX(apid) ((uint8_t)((apid) - APID_UNIT_REPLY))
@@ -310,7 +348,7 @@ void unit_boot(unit_t *u, uint32_t now)
     p[MSG_BOOT_OFF_N_CHANNELS] = u->cfg.n_channels;
     proto_put32(p + MSG_BOOT_OFF_DICT_HASH, u->cfg.dict_hash);
     emit(u, MSG_BOOT, MSG_BOOT_APID, p, sizeof p, 0);
-    u->state = STATE_SAFE;
+    u->state = table_next(u, IN_BOOT_DONE, RESULT_ACCEPTED);
     event(u, now, EVENT_BOOTED, u->boot_count, u->reset_cause, 0);
     if (u->hk_period_ms) {
         u->has_next_hk = 1;
@@ -324,32 +362,37 @@ void unit_reset(unit_t *u, uint32_t now, uint8_t cause)
     u->boot_count++;
     u->reset_cause = cause;
     power_on(u);
-    u->state = STATE_BOOT;
+    u->state = table_next(u, IN_RESET, RESULT_ACCEPTED);
     unit_boot(u, now);
 }
 
+/* Every valve closed in every state; the state after is the table's (STOP_ALL). */
 void unit_stop_all(unit_t *u, uint32_t now)
 {
-    if (u->state == STATE_ARMING || u->state == STATE_ARMED)
-        leave_armed(u, now, STATE_SAFE, SAFE_REASON_COMMANDED);
-    else
-        close_all(u, now);
+    if (table_cell(u, IN_STOP_ALL) != CELL_NONE)
+        leave_armed(u, now, table_next(u, IN_STOP_ALL, RESULT_ACCEPTED), SAFE_REASON_COMMANDED);
 }
 
-void unit_force_fault(unit_t *u, uint32_t now) { leave_armed(u, now, STATE_FAULT, 0); }
+void unit_force_fault(unit_t *u, uint32_t now)
+{
+    if (table_cell(u, IN_SELF_CHECK_FAULT) != CELL_NONE)
+        leave_armed(u, now, table_next(u, IN_SELF_CHECK_FAULT, RESULT_ACCEPTED), 0);
+}
 
 void unit_set_arm_enable(unit_t *u, uint8_t enabled, uint32_t now)
 {
     u->arm_enabled = enabled ? 1 : 0;
-    if (!enabled && u->state == STATE_ARMED)
-        leave_armed(u, now, STATE_SAFE, SAFE_REASON_ARM_DISABLED);
+    if (!enabled && table_cell(u, IN_ARM_ENABLE_OFF) != CELL_NONE)
+        leave_armed(u, now, table_next(u, IN_ARM_ENABLE_OFF, RESULT_ACCEPTED),
+                    SAFE_REASON_ARM_DISABLED);
 }
 
 void unit_set_tank_kpa(unit_t *u, uint16_t kpa, uint32_t now)
 {
     u->tank_kpa = kpa;
-    if (pressure_low(u) && (u->state == STATE_ARMING || u->state == STATE_ARMED))
-        leave_armed_with(u, now, STATE_SAFE, SAFE_REASON_LOW_PRESSURE, kpa);
+    if (pressure_low(u) && table_cell(u, IN_TANK_LOW) != CELL_NONE)
+        leave_armed_with(u, now, table_next(u, IN_TANK_LOW, RESULT_ACCEPTED),
+                         SAFE_REASON_LOW_PRESSURE, kpa);
 }
 
 uint32_t unit_open_mask(const unit_t *u)
@@ -364,7 +407,7 @@ uint32_t unit_open_mask(const unit_t *u)
 
 static uint8_t watchdog_active(const unit_t *u)
 {
-    return u->state == STATE_ARMING || u->state == STATE_ARMED;
+    return table_cell(u, IN_WATCHDOG) != CELL_NONE;
 }
 
 static void send_hk(unit_t *u, uint32_t now)
@@ -438,11 +481,13 @@ static void run_timers(unit_t *u, uint32_t now)
         u->c.watchdog_trips++;
         event(u, now, EVENT_WATCHDOG_TRIP, (uint16_t)(since_ms > 0xFFFF ? 0xFFFF : since_ms), 0,
               0);
-        leave_armed(u, now, STATE_SAFE, SAFE_REASON_WATCHDOG);
+        leave_armed(u, now, table_next(u, IN_WATCHDOG, RESULT_ACCEPTED), SAFE_REASON_WATCHDOG);
     }
-    if (u->state == STATE_ARMED && reached(now, u->idle_from + LIMIT_ARM_IDLE_MS * 1000u))
-        leave_armed(u, now, STATE_SAFE, SAFE_REASON_ARM_TIMEOUT);
-    if (u->has_nonce && since(now, u->challenge_t) > (int32_t)(LIMIT_ARM_CHALLENGE_MS * 1000u))
+    if (table_cell(u, IN_ARM_IDLE) != CELL_NONE &&
+        reached(now, u->idle_from + LIMIT_ARM_IDLE_MS * 1000u))
+        leave_armed(u, now, table_next(u, IN_ARM_IDLE, RESULT_ACCEPTED), SAFE_REASON_ARM_TIMEOUT);
+    if (table_cell(u, IN_CHALLENGE_EXPIRED) != CELL_NONE && u->has_nonce &&
+        since(now, u->challenge_t) > (int32_t)(LIMIT_ARM_CHALLENGE_MS * 1000u))
         u->has_nonce = 0; /* expired: an ARM_CONFIRM now is BAD_NONCE */
     if (u->has_next_hk && reached(now, u->next_hk)) {
         if (!u->stalled)
@@ -476,10 +521,8 @@ static uint32_t new_session(unit_t *u, uint32_t host_nonce)
 /* Someone without the session is guessing: every valve closed, SAFE, session void. */
 static void lockout(unit_t *u, uint32_t now, uint8_t msg_id)
 {
-    if (u->state == STATE_ARMING || u->state == STATE_ARMED)
-        leave_armed(u, now, STATE_SAFE, SAFE_REASON_INTRUSION);
-    else
-        close_all(u, now);
+    if (table_cell(u, IN_LOCKOUT) != CELL_NONE)
+        leave_armed(u, now, table_next(u, IN_LOCKOUT, RESULT_ACCEPTED), SAFE_REASON_INTRUSION);
     event(u, now, EVENT_LOCKOUT, u->session_errors, msg_id, 0);
     end_session(u, 0, 0);
 }
@@ -507,9 +550,10 @@ static void on_hello(unit_t *u, const proto_msg_t *m, uint32_t now)
         session = new_session(u, proto_get32(q + MSG_HELLO_OFF_HOST_NONCE));
     }
     if (result == RESULT(ACCEPTED) || result == RESULT(DICT_MISMATCH)) {
-        /* any session ends here, whatever the outcome */
-        if (u->state == STATE_ARMING || u->state == STATE_ARMED)
-            leave_armed(u, now, STATE_SAFE, SAFE_REASON_NEW_SESSION);
+        /* any session ends here, whatever the outcome; the state after is the table's */
+        uint8_t next = table_next(u, IN_HELLO, result);
+        if (next != u->state)
+            leave_armed(u, now, next, SAFE_REASON_NEW_SESSION);
         end_session(u, has, session);
         if (result == RESULT(ACCEPTED)) {
             u->mode = mode;
@@ -550,7 +594,7 @@ static void on_ping(unit_t *u, const proto_msg_t *m, uint32_t now)
 
 static void on_arm_request(unit_t *u, const proto_msg_t *m, uint32_t now)
 {
-    if ((u->state != STATE_SAFE && u->state != STATE_ARMING) || pressure_low(u)) {
+    if (pressure_low(u)) { /* the state was checked by the table */
         ack(u, m, RESULT(REJECTED_STATE));
         return;
     }
@@ -562,7 +606,7 @@ static void on_arm_request(unit_t *u, const proto_msg_t *m, uint32_t now)
     u->has_nonce = 1;
     u->challenge_t = now;
     u->last_valid = now;
-    u->state = STATE_ARMING;
+    u->state = table_next(u, IN_ARM_REQUEST, RESULT_ACCEPTED);
     uint8_t p[MSG_ARM_CHALLENGE_LEN];
     proto_put32(p + MSG_ARM_CHALLENGE_OFF_NONCE, nonce);
     proto_put16(p + MSG_ARM_CHALLENGE_OFF_VALID_MS, LIMIT_ARM_CHALLENGE_MS);
@@ -572,7 +616,7 @@ static void on_arm_request(unit_t *u, const proto_msg_t *m, uint32_t now)
 static void on_arm_confirm(unit_t *u, const proto_msg_t *m, uint32_t now)
 {
     const uint8_t *q = m->payload;
-    if (u->state != STATE_ARMING || pressure_low(u)) {
+    if (pressure_low(u)) { /* never while ARMING (TANK_LOW leaves it): defence in depth */
         ack(u, m, RESULT(REJECTED_STATE));
         return;
     }
@@ -597,7 +641,8 @@ static void on_arm_confirm(unit_t *u, const proto_msg_t *m, uint32_t now)
     uint8_t fresh = u->has_nonce &&
                     since(now, u->challenge_t) <= (int32_t)(LIMIT_ARM_CHALLENGE_MS * 1000u);
     if (!fresh || proto_get32(q + MSG_ARM_CONFIRM_OFF_NONCE) != u->nonce) {
-        leave_armed(u, now, STATE_SAFE, SAFE_REASON_BAD_NONCE);
+        leave_armed(u, now, table_next(u, IN_ARM_CONFIRM, RESULT_BAD_NONCE),
+                    SAFE_REASON_BAD_NONCE);
         ack(u, m, RESULT(BAD_NONCE));
         return;
     }
@@ -612,7 +657,7 @@ static void on_arm_confirm(unit_t *u, const proto_msg_t *m, uint32_t now)
     u->last_valid = now;
     u->idle_from = now;
     u->has_last_fire = 0;
-    u->state = STATE_ARMED;
+    u->state = table_next(u, IN_ARM_CONFIRM, RESULT_ACCEPTED);
     ack(u, m, RESULT(ACCEPTED));
     event(u, now, EVENT_ARMED, max_on, 0, 0);
 }
@@ -620,7 +665,7 @@ static void on_arm_confirm(unit_t *u, const proto_msg_t *m, uint32_t now)
 static void on_disarm(unit_t *u, const proto_msg_t *m, uint32_t now)
 {
     uint8_t was = u->state;
-    leave_armed(u, now, STATE_SAFE, SAFE_REASON_COMMANDED);
+    leave_armed(u, now, table_next(u, IN_DISARM, RESULT_ACCEPTED), SAFE_REASON_COMMANDED);
     if (was == STATE_ARMING || was == STATE_ARMED)
         event(u, now, EVENT_DISARMED, 0, 0, 0);
     ack(u, m, RESULT(ACCEPTED));
@@ -635,10 +680,6 @@ static void on_stop_all(unit_t *u, const proto_msg_t *m, uint32_t now)
 
 static void on_set_param(unit_t *u, const proto_msg_t *m, uint32_t now)
 {
-    if (u->state != STATE_SAFE) {
-        ack(u, m, RESULT(REJECTED_STATE));
-        return;
-    }
     uint8_t param = m->payload[MSG_SET_PARAM_OFF_PARAM];
     int32_t v = (int32_t)proto_get32(m->payload + MSG_SET_PARAM_OFF_VALUE);
     uint8_t ok;
@@ -832,10 +873,6 @@ static void execute(unit_t *u, const proto_msg_t *m, uint32_t now)
 
 static void on_fire(unit_t *u, const proto_msg_t *m, uint32_t now)
 {
-    if (u->state != STATE_ARMED) {
-        ack(u, m, RESULT(REJECTED_STATE));
-        return;
-    }
     const uint8_t *q = m->payload;
     u->last_valid = now; /* a FIRE of the session, whatever becomes of it */
     uint8_t had_prev = u->has_last_fire;
@@ -895,6 +932,37 @@ static uint8_t needs_session(uint8_t id)
     return id != MSG_HELLO && id != MSG_PING && id != MSG_STOP_ALL;
 }
 
+/* The state table's input for a command message id (N_INPUTS: not a command). */
+static uint8_t command_input(uint8_t id)
+{
+    switch (id) {
+#define X(in, msg)                                                                               \
+    case msg: return in;
+        STATE_TABLE_COMMANDS(X)
+#undef X
+    default: return N_INPUTS;
+    }
+}
+
+/* One command in the present state, as the state table says: refused with the cell's result, or
+ * handed to the cell's action (whose handler takes the next state from the table). */
+static void dispatch(unit_t *u, const proto_msg_t *m, uint32_t now)
+{
+    uint8_t in = command_input(m->msg_id);
+    uint8_t cell = in < N_INPUTS ? table_cell(u, in) : (uint8_t)(CELL_REFUSE | RESULT(UNSUPPORTED));
+    if (cell & CELL_REFUSE) {
+        ack(u, m, CELL_RESULT(cell)); /* UNSUPPORTED: a TM id sent to the unit */
+        return;
+    }
+    switch (cell) {
+#define X(act, name)                                                                             \
+    case act: on_##name(u, m, now); break;
+        STATE_TABLE_COMMAND_ACTIONS(X)
+#undef X
+    default: break; /* CELL_NONE */
+    }
+}
+
 static uint8_t is_cached(uint8_t id)
 {
     return id == MSG_HELLO || id == MSG_ARM_REQUEST || id == MSG_ARM_CONFIRM ||
@@ -938,19 +1006,7 @@ static void command(unit_t *u, const proto_msg_t *m, uint32_t now)
         }
     } else {
         uint16_t boots = u->boot_count;
-        switch (m->msg_id) {
-        case MSG_HELLO: on_hello(u, m, now); break;
-        case MSG_HEARTBEAT: on_heartbeat(u, m, now); break;
-        case MSG_PING: on_ping(u, m, now); break;
-        case MSG_ARM_REQUEST: on_arm_request(u, m, now); break;
-        case MSG_ARM_CONFIRM: on_arm_confirm(u, m, now); break;
-        case MSG_DISARM: on_disarm(u, m, now); break;
-        case MSG_STOP_ALL: on_stop_all(u, m, now); break;
-        case MSG_FIRE: on_fire(u, m, now); break;
-        case MSG_SET_PARAM: on_set_param(u, m, now); break;
-        case MSG_FAULT_INJECT: on_fault_inject(u, m, now); break;
-        default: ack(u, m, RESULT(UNSUPPORTED)); break; /* a TM id sent to the unit */
-        }
+        dispatch(u, m, now);
         if (boots != u->boot_count)
             cached = 0; /* reset in place: the cache belongs to the old boot */
     }
@@ -1010,7 +1066,7 @@ static void bad_frame(unit_t *u, proto_status_t st, uint32_t now)
 void unit_receive(unit_t *u, const uint8_t *data, uint16_t n, uint32_t now)
 {
     run_timers(u, now);
-    if (u->state == STATE_BOOT)
+    if (!((STATES_HEARING_COMMANDS >> u->state) & 1)) /* BOOT */
         return;
     if (u->stalled) {
         if (n)
