@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 
 from thruster_hil.core.jit import kernel
+from thruster_hil.core.layout import Layout
 
 # Variable states.
 BASIC = 0
@@ -47,7 +48,13 @@ LP_UNBOUNDED = 2
 LP_BAD_START = 3
 
 #: Rows of ``work`` (each at least n_rows long) :func:`solve_lp` needs.
-LP_WORK_ROWS = 3
+LP_WORK = Layout("LP solver work rows", [
+    ("W_PI", 1),  # simplex multipliers
+    ("W_ALPHA", 1),  # the entering column in the basis
+    ("W_TMP", 1),  # right-hand side scratch
+])
+W_PI, W_ALPHA, W_TMP = LP_WORK.offsets
+LP_WORK_ROWS = LP_WORK.length
 #: Pivot tolerance on the entering column (rows are scaled to O(1)).
 PIVOT_TOL = 1e-9
 #: Relative tolerance of a reduced cost against the size of the terms that make it up: the
@@ -119,9 +126,9 @@ def solve_lp(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_i
     (LP_WORK_ROWS, >= n_rows) scratch. On return ``x``/``state``/``basis`` hold the optimal
     basic solution, every ``x`` within its bounds. Returns (status, iterations).
     """
-    pi = work[0]
-    alpha = work[1]
-    tmp = work[2]
+    pi = work[W_PI]
+    alpha = work[W_ALPHA]
+    tmp = work[W_TMP]
     _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, tmp)
     for r in range(n_rows):
         j = basis[r]

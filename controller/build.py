@@ -223,6 +223,7 @@ def build_controller(model, target_dv_mps: float, *, tick_s: float = 1e-3,
     params[st.P_N_GIMBALS] = n_g
     params[st.P_STOP_CYCLES] = math.ceil(STOP_ARM_S / period)
     params[st.P_RATE_TAU] = RATE_TAU_S
+    params[st.P_CMG_BUDGET] = budget
     reserve = np.asarray(model.tank_reserve_kg, dtype=np.float64)
     params[st.P_TANK_ALLOW:st.P_TANK_ALLOW + n_tanks] = model.tank_propellant_kg - reserve
     params[st.P_TANK_RESERVED:st.P_TANK_RESERVED + n_tanks] = reserve > 0.0

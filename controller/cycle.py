@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 
-from thruster_hil.controller.allocation import LP_OK, allocate
+from thruster_hil.controller.allocation import LP_OK, LP_WORK_ROWS, allocate
 from thruster_hil.controller.modulation import (
     M_LAST_ON,
     M_REMAINDER,
@@ -63,96 +63,129 @@ from thruster_hil.controller.modulation import (
     reset_one,
 )
 
-from thruster_hil.core.frames import lvlh_axes, q_from_dcm
+from thruster_hil.core.frames import dcm_entries, lvlh_axes, q_from_dcm
 from thruster_hil.core.health import HEALTH_NOMINAL, HEALTH_STUCK_OPEN
 from thruster_hil.core.jit import kernel
+from thruster_hil.core.layout import Layout
 from thruster_hil.core.pulses import gimbal_direction, pulse_impulse
 
-# ---- sensor vector -------------------------------------------------------------------------
-S_R = 0  # r_BN_N [m] (3)
-S_V = 3  # v_BN_N [m/s] (3)
-S_Q = 6  # q_BN (4), scalar first
-S_W = 10  # omega_BN_B [rad/s] (3)
-S_MASS = 13  # stack mass estimate [kg]
-S_DV = 14  # accelerometer delta-v over the last cycle, in B [m/s] (3)
-SENS_LEN = 17
+# ---- sensor vector: sens (SENS_LEN) -------------------------------------------------------
+SENSORS = Layout("controller sensor vector", [
+    ("S_R", 3),  # r_BN_N [m]
+    ("S_V", 3),  # v_BN_N [m/s]
+    ("S_Q", 4),  # q_BN, scalar first
+    ("S_W", 3),  # omega_BN_B [rad/s]
+    ("S_MASS", 1),  # stack mass estimate [kg]
+    ("S_DV", 3),  # accelerometer delta-v over the last cycle, in B [m/s]
+])
+S_R, S_V, S_Q, S_W, S_MASS, S_DV = SENSORS.offsets
+SENS_LEN = SENSORS.length
 
-# ---- parameters ----------------------------------------------------------------------------
-P_PERIOD = 0  # control period [s]
-P_TICK = 1  # unit tick [s]
-P_TARGET_DV = 2  # target along-track delta-v [m/s]
-P_KP = 3  # proportional gains per body axis [N m / rad] (3)
-P_KD = 6  # derivative gains per body axis [N m s / rad] (3)
-P_MAX_RATE = 9  # rate limit [rad/s]
-P_TORQUE_LIMIT = 10  # per-axis torque limit [N m] (3)
-P_ATT_LIMIT = 13  # attitude error limit [rad]
-P_DV_TOL = 14  # burn complete below this remainder [m/s]
-P_DCM_BH = 15  # reboost attitude relative to LVLH (9, row-major)
-P_INERTIA = 24  # stack inertia about the CoM in B [kg m^2] (9, row-major)
-P_ROW_WEIGHT = 33  # weights of the residual's rows (6): 1/F_ref^2, priority/(F_ref 10 m)^2
-P_MAX_ITER = 39  # LP iteration cap
-P_ROW_SCALE = 40  # the LP's wrench rows are divided by these [N s, N m s] (6)
-P_ERR_COST = 46  # LP cost of one unit of scaled error per wrench row (6)
-P_N_ACT = 52  # actuator columns: thrusters, CMG (+/- per axis), gimbal increments (2 each)
-P_N_TANKS = 53
-P_N_GIMBALS = 54
-P_STOP_CYCLES = 55  # the projected-reserve stop is armed after this many cycles
-P_RATE_TAU = 56  # time constant of each tank's draw-rate filter [s]
-P_TANK_ALLOW = 57  # per tank: propellant above its reserve [kg] (MAX_TANKS)
+# ---- parameters: params (PARAM_LEN) ----------------------------------------------------------
 MAX_TANKS = 8
-P_TANK_RESERVED = P_TANK_ALLOW + MAX_TANKS  # per tank: 1.0 when it has a reserve (MAX_TANKS)
-P_TANK_GUARD = P_TANK_RESERVED + MAX_TANKS  # per tank: kept back from the budget [kg]
-P_GIMBAL = P_TANK_GUARD + MAX_TANKS  # gimbal records (MAX_GIMBALS x G_STRIDE)
 MAX_GIMBALS = 2
-G_THRUSTER = 0  # thruster index
-G_COL = 1  # first of its two increment columns
-G_LIMIT = 2  # angle limit per axis [rad]
-G_RATE = 3  # rate limit per axis [rad/s]
-G_U0 = 4  # undeflected direction in B (3)
-G_E1 = 7  # first gimbal axis direction in B (3)
-G_E2 = 10  # second (3)
-G_R = 13  # engine position from the CoM in B [m] (3)
-G_STRIDE = 16
-PARAM_LEN = P_GIMBAL + MAX_GIMBALS * G_STRIDE
+#: One gimbaled engine's record in params (G_STRIDE floats from P_GIMBAL + g * G_STRIDE).
+GIMBAL_RECORD = Layout("controller gimbal record", [
+    ("G_THRUSTER", 1),  # thruster index
+    ("G_COL", 1),  # first of its two increment columns
+    ("G_LIMIT", 1),  # angle limit per axis [rad]
+    ("G_RATE", 1),  # rate limit per axis [rad/s]
+    ("G_U0", 3),  # undeflected direction in B
+    ("G_E1", 3),  # first gimbal axis direction in B
+    ("G_E2", 3),  # second
+    ("G_R", 3),  # engine position from the CoM in B [m]
+])
+G_THRUSTER, G_COL, G_LIMIT, G_RATE, G_U0, G_E1, G_E2, G_R = GIMBAL_RECORD.offsets
+G_STRIDE = GIMBAL_RECORD.length
+PARAMS = Layout("controller parameters", [
+    ("P_PERIOD", 1),  # control period [s]
+    ("P_TICK", 1),  # unit tick [s]
+    ("P_TARGET_DV", 1),  # target along-track delta-v [m/s]
+    ("P_KP", 3),  # proportional gains per body axis [N m / rad]
+    ("P_KD", 3),  # derivative gains per body axis [N m s / rad]
+    ("P_MAX_RATE", 1),  # rate limit [rad/s]
+    ("P_TORQUE_LIMIT", 3),  # per-axis torque limit [N m]
+    ("P_ATT_LIMIT", 1),  # attitude error limit [rad]
+    ("P_DV_TOL", 1),  # burn complete below this remainder [m/s]
+    ("P_DCM_BH", 9),  # reboost attitude relative to LVLH (row-major)
+    ("P_INERTIA", 9),  # stack inertia about the CoM in B [kg m^2] (row-major)
+    ("P_ROW_WEIGHT", 6),  # weights of the residual's rows: 1/F_ref^2, priority/(F_ref 10 m)^2
+    ("P_MAX_ITER", 1),  # LP iteration cap
+    ("P_ROW_SCALE", 6),  # the LP's wrench rows are divided by these [N s, N m s]
+    ("P_ERR_COST", 6),  # LP cost of one unit of scaled error per wrench row
+    ("P_N_ACT", 1),  # actuator columns: thrusters, CMG (+/- per axis), gimbal increments (2 each)
+    ("P_N_TANKS", 1),
+    ("P_N_GIMBALS", 1),
+    ("P_STOP_CYCLES", 1),  # the projected-reserve stop is armed after this many cycles
+    ("P_RATE_TAU", 1),  # time constant of each tank's draw-rate filter [s]
+    ("P_TANK_ALLOW", MAX_TANKS),  # per tank: propellant above its reserve [kg]
+    ("P_TANK_RESERVED", MAX_TANKS),  # per tank: 1.0 when it has a reserve
+    ("P_TANK_GUARD", MAX_TANKS),  # per tank: kept back from the budget [kg]
+    ("P_GIMBAL", MAX_GIMBALS * G_STRIDE),  # gimbal records (GIMBAL_RECORD each)
+    ("P_CMG_BUDGET", 1),  # CMG torque budget per axis [N m] (0: no CMG columns)
+])
+(P_PERIOD, P_TICK, P_TARGET_DV, P_KP, P_KD, P_MAX_RATE, P_TORQUE_LIMIT, P_ATT_LIMIT, P_DV_TOL,
+ P_DCM_BH, P_INERTIA, P_ROW_WEIGHT, P_MAX_ITER, P_ROW_SCALE, P_ERR_COST, P_N_ACT, P_N_TANKS,
+ P_N_GIMBALS, P_STOP_CYCLES, P_RATE_TAU, P_TANK_ALLOW, P_TANK_RESERVED, P_TANK_GUARD, P_GIMBAL,
+ P_CMG_BUDGET) = PARAMS.offsets
+PARAM_LEN = PARAMS.length
 
-# ---- controller state and diagnostics ------------------------------------------------------
-C_DV_ALONG = 0  # sensed along-track delta-v so far [m/s]
-C_COMPLETE = 1  # 1.0 once the burn is complete
-C_INHIBIT = 2  # 1.0 while translation is inhibited by the attitude limit
-C_CYCLE = 3  # cycles stepped
-C_ATT_ERR = 4  # attitude error this cycle [rad]
-C_REMAINING = 5  # remaining delta-v this cycle (in-flight impulse counted) [m/s]
-C_RESIDUAL = 6  # allocation's relative weighted residual
-C_ITER = 7  # allocation iterations
-C_FORCE = 8  # along-track force requested [N]
-C_INFLIGHT = 9  # delta-v commanded but not yet delivered [m/s]
-C_WANT = 10  # wanted wrench over the cycle [N s, N m s] (6)
-C_ACHIEVED = 16  # allocated wrench (6)
-C_TORQUE = 22  # torque requested by the attitude law [N m] (3)
-C_DCM_BN = 25  # scratch (9)
-C_DCM_RN = 34  # scratch (9)
-C_XH_B = 43  # along-track unit vector in B (3)
-C_DCM_BR = 46  # scratch (9)
-C_QE = 55  # error quaternion q_BR (4)
-C_WREF = 59  # reference rate omega_RN in B [rad/s] (3)
-C_STOP = 62  # 0, or 1 + the tank whose reserve stopped the burn
-C_TANK_USED = 63  # propellant booked per tank [kg] (MAX_TANKS)
-C_TANK_RATE = C_TANK_USED + MAX_TANKS  # filtered draw rate per tank [kg/s] (MAX_TANKS)
-CTRL_LEN = C_TANK_RATE + MAX_TANKS
+# ---- controller state, diagnostics and outputs: ctrl (CTRL_LEN) ------------------------------
+CTRL = Layout("controller state", [
+    ("C_DV_ALONG", 1),  # sensed along-track delta-v so far [m/s]
+    ("C_COMPLETE", 1),  # 1.0 once the burn is complete
+    ("C_INHIBIT", 1),  # 1.0 while translation is inhibited by the attitude limit
+    ("C_CYCLE", 1),  # cycles stepped
+    ("C_ATT_ERR", 1),  # attitude error this cycle [rad]
+    ("C_REMAINING", 1),  # remaining delta-v this cycle (in-flight impulse counted) [m/s]
+    ("C_RESIDUAL", 1),  # allocation's relative weighted residual
+    ("C_ITER", 1),  # allocation iterations
+    ("C_FORCE", 1),  # along-track force requested [N]
+    ("C_INFLIGHT", 1),  # delta-v commanded but not yet delivered [m/s]
+    ("C_WANT", 6),  # wanted wrench over the cycle [N s, N m s]
+    ("C_ACHIEVED", 6),  # allocated wrench
+    ("C_TORQUE", 3),  # torque requested by the attitude law [N m]
+    ("C_DCM_BN", 9),  # scratch
+    ("C_DCM_RN", 9),  # scratch
+    ("C_XH_B", 3),  # along-track unit vector in B
+    ("C_DCM_BR", 9),  # scratch
+    ("C_QE", 4),  # error quaternion q_BR
+    ("C_WREF", 3),  # reference rate omega_RN in B [rad/s]
+    ("C_STOP", 1),  # 0, or 1 + the tank whose reserve stopped the burn
+    ("C_TANK_USED", MAX_TANKS),  # propellant booked per tank [kg]
+    ("C_TANK_RATE", MAX_TANKS),  # filtered draw rate per tank [kg/s]
+    # Output, with on_ms: the torque commanded to the station's CMGs in B [N m], as allocated
+    # by the last cycle that ran the allocation (held through a cycle that did not).
+    ("C_CMG_TORQUE", 3),
+])
+(C_DV_ALONG, C_COMPLETE, C_INHIBIT, C_CYCLE, C_ATT_ERR, C_REMAINING, C_RESIDUAL, C_ITER, C_FORCE,
+ C_INFLIGHT, C_WANT, C_ACHIEVED, C_TORQUE, C_DCM_BN, C_DCM_RN, C_XH_B, C_DCM_BR, C_QE, C_WREF,
+ C_STOP, C_TANK_USED, C_TANK_RATE, C_CMG_TORQUE) = CTRL.offsets
+CTRL_LEN = CTRL.length
 
 # ---- allocation (qp: QP_ROWS x LP columns; E: LP rows x LP columns; Binv: rows x rows) --------
-Q_LB = 0
-Q_UB = 1
-Q_X = 2  # the LP solution: duties, CMG fractions, gimbal increments [rad], errors, slacks
-Q_COST = 3  # LP costs (actuator part fixed at build)
-Q_B = 4  # LP right-hand sides
-Q_ANGLE = 5  # gimbal angles [rad] at the gimbal's two columns (state, applied by the plant)
-Q_WORK = 6  # LP_WORK_ROWS rows of solver scratch
-QP_ROWS = 9
-I_STATE = 0  # ints row: LP variable states
-I_BASIS = 1  # ints row: basic variable of each LP row
-ROW_ROLE = 6  # LP row: the attitude thrusters' along-track push <= 0
-ROW_TANK = 7  # LP rows from here: one per tank, draw <= budget
+QP = Layout("controller qp rows", [
+    ("Q_LB", 1),
+    ("Q_UB", 1),
+    ("Q_X", 1),  # the LP solution: duties, CMG fractions, gimbal increments [rad], errors, slacks
+    ("Q_COST", 1),  # LP costs (actuator part fixed at build)
+    ("Q_B", 1),  # LP right-hand sides
+    ("Q_ANGLE", 1),  # gimbal angles [rad] at the gimbal's two columns (state, applied by the plant)
+    ("Q_WORK", LP_WORK_ROWS),  # solver scratch (allocation.LP_WORK)
+])
+Q_LB, Q_UB, Q_X, Q_COST, Q_B, Q_ANGLE, Q_WORK = QP.offsets
+QP_ROWS = QP.length
+INTS = Layout("controller ints rows", [
+    ("I_STATE", 1),  # LP variable states
+    ("I_BASIS", 1),  # basic variable of each LP row
+])
+I_STATE, I_BASIS = INTS.offsets
+LP_ROWS = Layout("controller LP rows", [
+    ("ROW_WRENCH", 6),  # force in the reboost attitude's LVLH axes, torque in B (scaled)
+    ("ROW_ROLE", 1),  # the attitude thrusters' along-track push <= 0
+    ("ROW_TANK", MAX_TANKS),  # one per tank, draw <= budget (as many rows as tanks)
+])
+ROW_WRENCH, ROW_ROLE, ROW_TANK = LP_ROWS.offsets
 
 # ---- status word ---------------------------------------------------------------------------
 ST_BURNING = 1 << 0
@@ -237,15 +270,7 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
     q0, q1, q2, q3 = q0 / qn, q1 / qn, q2 / qn, q3 / qn
     # -- frames ------------------------------------------------------------------------------
     bn = ctrl[C_DCM_BN:C_DCM_BN + 9]
-    bn[0] = q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3
-    bn[1] = 2.0 * (q1 * q2 + q0 * q3)
-    bn[2] = 2.0 * (q1 * q3 - q0 * q2)
-    bn[3] = 2.0 * (q1 * q2 - q0 * q3)
-    bn[4] = q0 * q0 - q1 * q1 + q2 * q2 - q3 * q3
-    bn[5] = 2.0 * (q2 * q3 + q0 * q1)
-    bn[6] = 2.0 * (q1 * q3 + q0 * q2)
-    bn[7] = 2.0 * (q2 * q3 - q0 * q1)
-    bn[8] = q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3
+    bn[0], bn[1], bn[2], bn[3], bn[4], bn[5], bn[6], bn[7], bn[8] = dcm_entries(q0, q1, q2, q3)
     xx, xy, xz, yx, yy, yz, zx, zy, zz = lvlh_axes(rx, ry, rz, vx, vy, vz)
     bh = params[P_DCM_BH:P_DCM_BH + 9]
     rn = ctrl[C_DCM_RN:C_DCM_RN + 9]
@@ -474,6 +499,10 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
         if ub[j] > lb[j] and ((x[j] >= ub[j] and ub[j] > 0.0) or (x[j] <= lb[j] and lb[j] < 0.0)):
             binding = True
     ctrl[C_RESIDUAL] = resid
+    cmg_budget = params[P_CMG_BUDGET]
+    if cmg_budget > 0.0:  # the CMG columns follow the thrusters': + and - per axis
+        for k in range(3):
+            ctrl[C_CMG_TORQUE + k] = (x[n + 2 * k] - x[n + 2 * k + 1]) * cmg_budget
     ctrl[C_ITER] = iters
     if lp_status != LP_OK or resid > INFEASIBLE_TOL:
         status |= ST_INFEASIBLE

@@ -31,26 +31,34 @@ import math
 import numpy as np
 
 from thruster_hil.core.jit import kernel
+from thruster_hil.core.layout import Layout
 from thruster_hil.core.pulses import attributed_impulse, on_time_for_impulse
 
-T_THRUST = 0  # steady-state thrust [N]
-T_OPEN_DELAY = 1  # [s]
-T_CLOSE_DELAY = 2  # [s]
-T_TAU_RISE = 3  # [s]
-T_TAU_TAIL = 4  # [s]
-T_MIN_ON = 5  # minimum on-time [s]
-T_MIB = 6  # minimum impulse bit: booked impulse of the minimum on-time from rest [N s]
-T_MAX_IMPULSE = 7  # most impulse one cycle can book: F * period [N s]
-T_TRANSLATION = 8  # 1.0 for a translation thruster, 0.0 for an attitude thruster
-T_KG_PER_NS = 9  # propellant per unit impulse at the nominal Isp, 1 / (Isp g0) [kg/(N s)]
-T_TANK = 10  # index of the tank it draws from
-THR_COLS = 11
+THRUSTER_COLUMNS = Layout("controller thruster columns", [
+    ("T_THRUST", 1),  # steady-state thrust [N]
+    ("T_OPEN_DELAY", 1),  # [s]
+    ("T_CLOSE_DELAY", 1),  # [s]
+    ("T_TAU_RISE", 1),  # [s]
+    ("T_TAU_TAIL", 1),  # [s]
+    ("T_MIN_ON", 1),  # minimum on-time [s]
+    ("T_MIB", 1),  # minimum impulse bit: booked impulse of the minimum on-time from rest [N s]
+    ("T_MAX_IMPULSE", 1),  # most impulse one cycle can book: F * period [N s]
+    ("T_TRANSLATION", 1),  # 1.0 for a translation thruster, 0.0 for an attitude thruster
+    ("T_KG_PER_NS", 1),  # propellant per unit impulse at the nominal Isp, 1/(Isp g0) [kg/(N s)]
+    ("T_TANK", 1),  # index of the tank it draws from
+])
+(T_THRUST, T_OPEN_DELAY, T_CLOSE_DELAY, T_TAU_RISE, T_TAU_TAIL, T_MIN_ON, T_MIB, T_MAX_IMPULSE,
+ T_TRANSLATION, T_KG_PER_NS, T_TANK) = THRUSTER_COLUMNS.offsets
+THR_COLS = THRUSTER_COLUMNS.length
 
 # Modulator state per thruster, columns of ``mod`` (n, MOD_COLS).
-M_REMAINDER = 0  # requested but not yet booked impulse [N s]
-M_FULL = 1  # last command covered the whole cycle (1.0 / 0.0)
-M_LAST_ON = 2  # last commanded on-time [s]
-MOD_COLS = 3
+MODULATOR_COLUMNS = Layout("modulator state columns", [
+    ("M_REMAINDER", 1),  # requested but not yet booked impulse [N s]
+    ("M_FULL", 1),  # last command covered the whole cycle (1.0 / 0.0)
+    ("M_LAST_ON", 1),  # last commanded on-time [s]
+])
+M_REMAINDER, M_FULL, M_LAST_ON = MODULATOR_COLUMNS.offsets
+MOD_COLS = MODULATOR_COLUMNS.length
 #: A request within a thousandth of a whole cycle's impulse is a whole cycle: a gimbal's
 #: small moves and the allocation's round-off must not close a main engine's valve. The
 #: difference goes to the remainder (at most half a MIB, then one shorter cycle repays it).

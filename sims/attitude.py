@@ -38,18 +38,20 @@ from thruster_hil.core.frames import (  # noqa: F401  (re-exported: the attitude
 )
 from thruster_hil.core.frames import dcm_HN as _dcm_HN
 from thruster_hil.core.jit import kernel
+from thruster_hil.core.layout import Layout
 
 # Status codes returned by kernels (OK and DEGENERATE are the frames' own).
 STATUS_BAD_WORK = 2  # scratch array too small
 
-# Length of the 1-D float64 scratch array ``work`` that ``rk4_attitude_step`` needs.
-ATTITUDE_WORK_LEN = 35
-
-# Offsets into ``work``.
-_KQ = 0  # 4 stages x 4 quaternion derivatives -> [0, 16)
-_KW = 16  # 4 stages x 3 rate derivatives -> [16, 28)
-_QT = 28  # stage quaternion [28, 32)
-_WT = 32  # stage rate [32, 35)
+# The 1-D float64 scratch array ``work`` that ``rk4_attitude_step`` needs (ATTITUDE_WORK_LEN).
+ATTITUDE_WORK = Layout("attitude RK4 work", [
+    ("_KQ", 4 * 4),  # 4 stages x 4 quaternion derivatives
+    ("_KW", 4 * 3),  # 4 stages x 3 rate derivatives
+    ("_QT", 4),  # stage quaternion
+    ("_WT", 3),  # stage rate
+])
+_KQ, _KW, _QT, _WT = ATTITUDE_WORK.offsets
+ATTITUDE_WORK_LEN = ATTITUDE_WORK.length
 
 
 # --------------------------------------------------------------------------------------------

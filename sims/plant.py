@@ -34,23 +34,42 @@ from thruster_hil.sims.orbit import orbit_accel
 
 from thruster_hil.core.constants import G0, MU_EARTH
 from thruster_hil.core.jit import kernel
+from thruster_hil.core.layout import Layout
 
-PLANT_STATE_LEN = 14
-#: Scratch length for :func:`plant_step` / :func:`plant_cycle`.
-PLANT_WORK_LEN = 5 * PLANT_STATE_LEN + 3 * 2
-#: Sensed delta-v accumulator layout: [dv_B (3), dv_N (3)] [m/s].
-SENSED_LEN = 6
+#: The plant state y (PLANT_STATE_LEN).
+PLANT_STATE = Layout("plant state", [
+    ("R", 3),  # r_BN_N [m]
+    ("V", 3),  # v_BN_N [m/s]
+    ("Q", 4),  # q_BN, scalar first
+    ("W", 3),  # omega_BN_B [rad/s]
+    ("M", 1),  # mass [kg]
+])
+R, V, Q, W, M = PLANT_STATE.offsets
+PLANT_STATE_LEN = PLANT_STATE.length
+#: Scratch of :func:`plant_step` / :func:`plant_cycle` (PLANT_WORK_LEN).
+PLANT_WORK = Layout("plant work", [
+    ("PW_K1", PLANT_STATE_LEN),  # RK4 stage derivatives
+    ("PW_K2", PLANT_STATE_LEN),
+    ("PW_K3", PLANT_STATE_LEN),
+    ("PW_K4", PLANT_STATE_LEN),
+    ("PW_YS", PLANT_STATE_LEN),  # RK4 stage state
+    ("PW_FORCE", 3),  # thrust force of the sub-step in B [N]
+    ("PW_TORQUE", 3),  # torque of the sub-step in B [N m]
+    ("PW_Q_MID", 4),  # mid-step attitude for the sensed delta-v in N
+])
+PW_K1, PW_K2, PW_K3, PW_K4, PW_YS, PW_FORCE, PW_TORQUE, PW_Q_MID = PLANT_WORK.offsets
+PLANT_WORK_LEN = PLANT_WORK.length
+#: Sensed delta-v accumulator (SENSED_LEN) [m/s].
+SENSED = Layout("sensed delta-v", [
+    ("SD_B", 3),  # in B
+    ("SD_N", 3),  # in N
+])
+SD_B, SD_N = SENSED.offsets
+SENSED_LEN = SENSED.length
 
 STATUS_OK = 0
 STATUS_BAD_SHAPE = 1
 STATUS_NONFINITE = 2
-
-# Offsets into y.
-R = 0
-V = 3
-Q = 6
-W = 10
-M = 13
 
 
 @kernel
@@ -87,11 +106,11 @@ def plant_step(y, h_s, force_B, torque_B, mdot_kg_s, I_B, I_inv_B, cd_area_m2, j
     ``work`` holds at least PLANT_WORK_LEN floats; ``out_y`` may alias ``y``.
     """
     n = PLANT_STATE_LEN
-    k1 = work[0:n]
-    k2 = work[n:2 * n]
-    k3 = work[2 * n:3 * n]
-    k4 = work[3 * n:4 * n]
-    ys = work[4 * n:5 * n]
+    k1 = work[PW_K1:PW_K1 + n]
+    k2 = work[PW_K2:PW_K2 + n]
+    k3 = work[PW_K3:PW_K3 + n]
+    k4 = work[PW_K4:PW_K4 + n]
+    ys = work[PW_YS:PW_YS + n]
     plant_derivs(y, force_B, torque_B, mdot_kg_s, I_B, I_inv_B, cd_area_m2, j2_on, gg_on,
                  table_alt_m, table_log_rho, k1)
     for i in range(n):
@@ -134,9 +153,9 @@ def plant_cycle(y, period_s, impulse_Ns, u_T_B, r_TC_B, isp_s, ext_torque_B, I_B
             or work.shape[0] < PLANT_WORK_LEN or not period_s > 0.0):
         return STATUS_BAD_SHAPE
     h = period_s / n_sub
-    base = 5 * PLANT_STATE_LEN
-    force_B = work[base:base + 3]
-    torque_B = work[base + 3:base + 6]
+    force_B = work[PW_FORCE:PW_FORCE + 3]
+    torque_B = work[PW_TORQUE:PW_TORQUE + 3]
+    q_mid = work[PW_Q_MID:PW_Q_MID + 4]
     if out_y is not y:
         for i in range(PLANT_STATE_LEN):
             out_y[i] = y[i]
@@ -174,9 +193,9 @@ def plant_cycle(y, period_s, impulse_Ns, u_T_B, r_TC_B, isp_s, ext_torque_B, I_B
         # body axes and (at the mid-step attitude, to second order) in N.
         m_mid = m0 - 0.5 * mdot * h
         if fx != 0.0 or fy != 0.0 or fz != 0.0:
-            sensed_dv[0] += fx * h / m_mid
-            sensed_dv[1] += fy * h / m_mid
-            sensed_dv[2] += fz * h / m_mid
+            sensed_dv[SD_B] += fx * h / m_mid
+            sensed_dv[SD_B + 1] += fy * h / m_mid
+            sensed_dv[SD_B + 2] += fz * h / m_mid
         q0x = out_y[Q]
         q0y = out_y[Q + 1]
         q0z = out_y[Q + 2]
@@ -187,14 +206,14 @@ def plant_cycle(y, period_s, impulse_Ns, u_T_B, r_TC_B, isp_s, ext_torque_B, I_B
             return status
         if fx != 0.0 or fy != 0.0 or fz != 0.0:
             # Mid-step attitude: the normalised mean of the start and end quaternions.
-            work[base] = 0.5 * (q0x + out_y[Q])
-            work[base + 1] = 0.5 * (q0y + out_y[Q + 1])
-            work[base + 2] = 0.5 * (q0z + out_y[Q + 2])
-            work[base + 3] = 0.5 * (q0w + out_y[Q + 3])
-            nx, ny, nz = _rotate_B_to_N(work[base:base + 4], fx, fy, fz)
-            sensed_dv[3] += nx * h / m_mid
-            sensed_dv[4] += ny * h / m_mid
-            sensed_dv[5] += nz * h / m_mid
+            q_mid[0] = 0.5 * (q0x + out_y[Q])
+            q_mid[1] = 0.5 * (q0y + out_y[Q + 1])
+            q_mid[2] = 0.5 * (q0z + out_y[Q + 2])
+            q_mid[3] = 0.5 * (q0w + out_y[Q + 3])
+            nx, ny, nz = _rotate_B_to_N(q_mid, fx, fy, fz)
+            sensed_dv[SD_N] += nx * h / m_mid
+            sensed_dv[SD_N + 1] += ny * h / m_mid
+            sensed_dv[SD_N + 2] += nz * h / m_mid
     for i in range(PLANT_STATE_LEN):
         if not math.isfinite(out_y[i]):
             return STATUS_NONFINITE

@@ -29,6 +29,7 @@ from thruster_hil.core.constants import G0
 # re-exported here because the plant's thruster physics is where readers look for them.
 from thruster_hil.core.health import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
 from thruster_hil.core.jit import kernel
+from thruster_hil.core.layout import Layout
 from thruster_hil.core.pulses import (  # noqa: F401
     _one_minus_exp,
     attributed_impulse,
@@ -120,11 +121,17 @@ def propellant_used_kg(impulse_Ns, isp_s):
 # ``close_delay - open_delay`` is swallowed (the close edge would come after the next open edge).
 # State carried from one cycle to the next, per thruster (``valve_state[i, :]``):
 
-VS_THRUST = 0  # thrust level at the start of the cycle [N]
-VS_OPEN = 1  # valve open at the start of the cycle (1.0 / 0.0)
-VS_CMD_ON = 2  # the previous command was still on at the end of its cycle (1.0 / 0.0)
-VS_EDGE_T = 3  # two pending valve edges [time in this cycle s, +1 open / -1 close, ...]; NaN none
-VALVE_STATE_LEN = 7
+#: Pending valve edges carried into the next cycle.
+MAX_PENDING_EDGES = 2
+VALVE_STATE = Layout("valve state columns", [
+    ("VS_THRUST", 1),  # thrust level at the start of the cycle [N]
+    ("VS_OPEN", 1),  # valve open at the start of the cycle (1.0 / 0.0)
+    ("VS_CMD_ON", 1),  # the previous command was still on at the end of its cycle (1.0 / 0.0)
+    # pending valve edges, [time in this cycle s, +1 open / -1 close] each; time NaN: none
+    ("VS_EDGE_T", 2 * MAX_PENDING_EDGES),
+])
+VS_THRUST, VS_OPEN, VS_CMD_ON, VS_EDGE_T = VALVE_STATE.offsets
+VALVE_STATE_LEN = VALVE_STATE.length
 
 _OPEN = 1.0
 _CLOSE = -1.0

@@ -432,8 +432,17 @@ def _add_atmosphere_arguments(p: argparse.ArgumentParser) -> None:
                    "preset's)")
 
 
-def _plan_from_args(args: argparse.Namespace) -> dict:
-    from thruster_hil.plan import Target, plan_burn
+def _load_stack(args: argparse.Namespace):
+    """The stack of ``--stack``, loaded and validated, and its model: once per command (the
+    commands pass both down rather than loading the files again)."""
+    from thruster_hil.config import build_stack_model, load_stack
+
+    stack = load_stack(args.stack)
+    return stack, build_stack_model(stack)
+
+
+def _plan_from_args(args: argparse.Namespace, stack, model) -> dict:
+    from thruster_hil.plan import Target, plan_stack
 
     if (args.perigee_km is None) != (args.apogee_km is None):
         raise UserError(args.command, "--perigee-km and --apogee-km go together: give both or "
@@ -446,14 +455,15 @@ def _plan_from_args(args: argparse.Namespace) -> dict:
         target = Target("mean_altitude", args.target_mean_altitude_km)
     else:
         target = Target("burn_duration", args.burn_duration)
-    return plan_burn(args.stack, target, perigee_km=args.perigee_km, apogee_km=args.apogee_km,
-                     solar_activity=args.solar_activity, f107_sfu=args.f107, ap=args.ap)
+    return plan_stack(stack, target, perigee_km=args.perigee_km, apogee_km=args.apogee_km,
+                      solar_activity=args.solar_activity, f107_sfu=args.f107, ap=args.ap,
+                      model=model)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from thruster_hil.plan import format_plan
 
-    result = _plan_from_args(args)
+    result = _plan_from_args(args, *_load_stack(args))
     if args.json:
         print(json.dumps(result, sort_keys=False))
     else:
@@ -463,11 +473,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from thruster_hil.closedloop.runner import Failure, format_run, run_burn
-    from thruster_hil.config import build_stack_model, load_stack
 
     _check_run_unit(args)  # usage errors before the plan, the run directory or a unit
-    plan = _plan_from_args(args)
-    model = build_stack_model(load_stack(args.stack))
+    stack, model = _load_stack(args)
+    plan = _plan_from_args(args, stack, model)
     names = list(model.thruster_names)
     failures = []
     for name, at_s in args.fail_thruster:
@@ -524,15 +533,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         summary.update(case_info)
         summary["run_dir"] = str(out_dir)
         summary["plan"] = plan  # what replay needs to fly the same burn again
-        summary["stack_path"] = str(load_stack(args.stack).path)
-        meta = run_meta(load_stack(args.stack), summary["unit"], link_info)
+        summary["stack_path"] = str(stack.path)
+        meta = run_meta(stack, summary["unit"], link_info)
     except BaseException as exc:
         # Before the burn's loop (opening or arming the unit, run.json) or out of it: valves
         # closed by command first, then as much summary as there is, then the one line.
         stop.hold()
         if unit is not None:
             unit.close()
-        return _run_not_flown(exc, args, plan, load_stack(args.stack), recorder, unit)
+        return _run_not_flown(exc, args, plan, stack, recorder, unit)
     summary_error = _finish_records(recorder, summary, meta)
     if args.json:
         print(json.dumps(summary))
@@ -636,7 +645,6 @@ def _run_case(args: argparse.Namespace, model):
 
 def _cmd_montecarlo(args: argparse.Namespace) -> int:
     from thruster_hil import montecarlo as mc
-    from thruster_hil.config import build_stack_model, load_stack
     from thruster_hil.dispersions import load_dispersions
 
     spec = load_dispersions(args.dispersions)  # one-line errors before the (slow) plan
@@ -656,8 +664,8 @@ def _cmd_montecarlo(args: argparse.Namespace) -> int:
         if args.threads > most:
             raise UserError("montecarlo", f"expected a whole number in 1..{most} (the numba "
                             f"threads of this machine), got {args.threads}", field="--threads")
-    model = build_stack_model(load_stack(args.stack))
-    plan = _plan_from_args(args)
+    stack, model = _load_stack(args)
+    plan = _plan_from_args(args, stack, model)
     campaign = mc.Campaign.build(model, plan, spec, args.seed, args.cases, args.stack)
     out_dir = mc.prepare_out_dir(args.out if args.out is not None
                                  else mc.default_out_dir(plan["stack"]))

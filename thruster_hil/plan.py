@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from thruster_hil.config import Stack, build_stack_model, load_stack
+from thruster_hil.config import Stack, StackModel, build_stack_model, load_stack
 from thruster_hil.core.constants import G0, MU_EARTH, R_EARTH
 from thruster_hil.core.errors import UserError
 
@@ -141,11 +141,14 @@ def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None
 
 def plan_stack(stack: Stack, target: Target, *, perigee_km: float | None = None,
                apogee_km: float | None = None, solar_activity: str | None = None,
-               f107_sfu: float | None = None, ap: float | None = None) -> dict:
-    """:func:`plan_burn` of a loaded (possibly modified) stack."""
+               f107_sfu: float | None = None, ap: float | None = None,
+               model: StackModel | None = None) -> dict:
+    """:func:`plan_burn` of a loaded (possibly modified) stack; ``model`` is its
+    ``build_stack_model(stack)`` when the caller has it already (built here otherwise)."""
     from thruster_hil.sims import atmosphere, orbit
 
-    model = build_stack_model(stack)
+    if model is None:
+        model = build_stack_model(stack)
     station = stack.station
     if perigee_km is None:
         perigee_km, apogee_km = station.perigee_km, station.apogee_km

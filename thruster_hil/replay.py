@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from thruster_hil.closedloop.runner import Failure, UnitReport, run_burn
+from thruster_hil.closedloop.runner import Failure, run_burn
+from thruster_hil.closedloop.unit import StepByStep, UnitReport
 from thruster_hil.config import SOLAR_ACTIVITIES, build_stack_model, load_stack
 from thruster_hil.core.errors import UserError
 from thruster_hil.core.textnum import parse_int, show
@@ -82,12 +83,14 @@ def decode_capture(path: Path) -> tuple[dict[int, _Step], int, int]:
     return steps, frames, errors
 
 
-class ReplayUnit:
+class ReplayUnit(StepByStep):
     """The runner's unit, answering from the capture."""
 
     name = "replay"
-    realtime = False
     errors = (UserError,)
+    #: No valves: what the recorded unit closed is in the recorded run's summary.
+    valves_closed = None
+    valves_open = None
 
     def __init__(self, steps: dict[int, _Step], n: int, cycles: int | None = None):
         self.steps = steps
@@ -127,6 +130,9 @@ class ReplayUnit:
         # As the link computes it: (last report in - first FIRE out) / 1e6 ms, then s.
         rtt_s = ((t_last - st.first_tx_ns) / 1e6) / 1e3 if st.first_tx_ns is not None else 0.0
         return UnitReport(self._executed, self._health, rtt_s)
+
+    def fail(self, index: int, code: int) -> None:
+        """Nothing to inject: the capture's VALVE_REPORTs show the failure as it happened."""
 
     def close(self) -> None:
         pass

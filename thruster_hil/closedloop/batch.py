@@ -17,17 +17,23 @@ from thruster_hil.sims.thrusters import HEALTH_FAILED_OFF, VALVE_STATE_LEN, VS_E
 
 from thruster_hil.closedloop import fused as loop
 from thruster_hil.core.jit import parallel_kernel
+from thruster_hil.core.layout import Layout
 
-# ---- one result row per case: finish()'s OUT_LEN numbers, then -------------------------------
-B_CYCLES = loop.OUT_LEN  # cycles flown
-B_COMPLETE_CYCLE = B_CYCLES + 1  # cycle the controller declared the burn complete (-1 never)
-B_MAX_ATT_ERR = B_CYCLES + 2  # largest attitude error the controller saw [rad]
-B_MAX_ON_MS = B_CYCLES + 3  # longest command [ms]
-B_BOUND_VIOLATIONS = B_CYCLES + 4  # cycles with a command longer than the period
-B_FAIL_CYCLE = B_CYCLES + 5  # cycle the dispersed failure struck (-1 none)
-B_PLANT_STATUS = B_CYCLES + 6  # worst plant_cycle status (0 ok)
-B_STATUS_OR = B_CYCLES + 7  # OR of the controller's status words
-B_LEN = B_CYCLES + 8
+# ---- one result row per case: finish()'s OUT_LEN numbers, then the case's records -----------
+BATCH_ROW = Layout("batch result row", [
+    ("B_FINISH", loop.OUT_LEN),  # finish()'s numbers (fused.FINISH)
+    ("B_CYCLES", 1),  # cycles flown
+    ("B_COMPLETE_CYCLE", 1),  # cycle the controller declared the burn complete (-1 never)
+    ("B_MAX_ATT_ERR", 1),  # largest attitude error the controller saw [rad]
+    ("B_MAX_ON_MS", 1),  # longest command [ms]
+    ("B_BOUND_VIOLATIONS", 1),  # cycles with a command longer than the period
+    ("B_FAIL_CYCLE", 1),  # cycle the dispersed failure struck (-1 none)
+    ("B_PLANT_STATUS", 1),  # worst plant_cycle status (0 ok)
+    ("B_STATUS_OR", 1),  # OR of the controller's status words
+])
+(B_FINISH, B_CYCLES, B_COMPLETE_CYCLE, B_MAX_ATT_ERR, B_MAX_ON_MS, B_BOUND_VIOLATIONS,
+ B_FAIL_CYCLE, B_PLANT_STATUS, B_STATUS_OR) = BATCH_ROW.offsets
+B_LEN = BATCH_ROW.length
 
 
 @parallel_kernel
@@ -59,7 +65,6 @@ def fly_batch(seeds, fail_idx, fail_at, pscal, pthr, geom, y0, ptank, tank_idx, 
             live[loop.LV_ISP, i] = pthr[c, loop.PT_ISP, i]
         tank_used = np.zeros(ptank.shape[1])
         work = np.empty(PLANT_WORK_LEN)
-        cmg = np.zeros(3)
         true_health = np.zeros(n, np.int64)
         executed = np.zeros(n, np.uint16)
         sens = np.zeros(cst.SENS_LEN)
@@ -79,10 +84,11 @@ def fly_batch(seeds, fail_idx, fail_at, pscal, pthr, geom, y0, ptank, tank_idx, 
         k, complete, plant_status = loop.fly(
             max_cycles, seeds[c], fail_idx[c], fail_at[c], fail_code, fail_cycle, y, sensed,
             pscal[c], acc, pthr[c], geom[c], ptank, tank_idx, table, valves, impulse, live,
-            tank_used, work, cmg, true_health, executed, sens, params, A, E, Binv, qp, ints, thr,
+            tank_used, work, true_health, executed, sens, params, A, E, Binv, qp, ints, thr,
             mod, health, ctrl, on_ms, statuses, att_err, longest)
         row = out[c]
-        loop.finish(k, y_start, y, sensed, pscal[c], acc, ctrl, n_window, table, row)
+        loop.finish(k, y_start, y, sensed, pscal[c], acc, ctrl, n_window, table,
+                    row[B_FINISH:B_FINISH + loop.OUT_LEN])
         period_ms = pscal[c, loop.PS_PERIOD_MS]
         top_err = 0.0
         top_on = 0

@@ -45,7 +45,9 @@ from thruster_hil.sims.thrusters import (
 )
 
 from thruster_hil.core.constants import MU_EARTH, R_EARTH
+from thruster_hil.core.frames import dcm_entries
 from thruster_hil.core.jit import kernel
+from thruster_hil.core.layout import Layout
 
 #: RK4 sub-steps per control cycle (0.1 s at the 0.5 s control period).
 N_SUB = 5
@@ -53,67 +55,88 @@ N_SUB = 5
 COAST_STEP_S = 1.0
 
 # ---- plant thruster constants: pthr (PT_LEN, n), one row per quantity ------------------------
-PT_THRUST = 0  # reference (initial-pressure) steady-state thrust [N]
-PT_ISP = 1  # reference Isp [s]
-PT_OPEN_DELAY = 2  # [s]
-PT_CLOSE_DELAY = 3  # [s]
-PT_TAU_RISE = 4  # [s]
-PT_TAU_TAIL = 5  # [s]
-PT_THRUST_EXP = 6  # thrust ~ (p/p0)^a
-PT_ISP_EXP = 7  # Isp ~ (p/p0)^b
-PT_GIMBAL_COL = 8  # the controller's first gimbal column of a gimbaled engine, -1 fixed
-PT_LEN = 9
-# geom (G_LEN, n, 3): geom[G_U] = u_T_B (unit force directions, a gimbaled engine's as gimbaled
-# this cycle), geom[G_R] = r_TC_B [m] (from the CoM), geom[G_U0] the undeflected directions,
-# geom[G_E1], geom[G_E2] a gimbaled engine's gimbal axes (zeros when fixed)
-G_U = 0
-G_R = 1
-G_U0 = 2
-G_E1 = 3
-G_E2 = 4
-G_LEN = 5
+PLANT_THRUSTERS = Layout("plant thruster rows", [
+    ("PT_THRUST", 1),  # reference (initial-pressure) steady-state thrust [N]
+    ("PT_ISP", 1),  # reference Isp [s]
+    ("PT_OPEN_DELAY", 1),  # [s]
+    ("PT_CLOSE_DELAY", 1),  # [s]
+    ("PT_TAU_RISE", 1),  # [s]
+    ("PT_TAU_TAIL", 1),  # [s]
+    ("PT_THRUST_EXP", 1),  # thrust ~ (p/p0)^a
+    ("PT_ISP_EXP", 1),  # Isp ~ (p/p0)^b
+    ("PT_GIMBAL_COL", 1),  # the controller's first gimbal column of a gimbaled engine, -1 fixed
+])
+(PT_THRUST, PT_ISP, PT_OPEN_DELAY, PT_CLOSE_DELAY, PT_TAU_RISE, PT_TAU_TAIL, PT_THRUST_EXP,
+ PT_ISP_EXP, PT_GIMBAL_COL) = PLANT_THRUSTERS.offsets
+PT_LEN = PLANT_THRUSTERS.length
+# ---- geometry: geom (G_LEN, n, 3) ---------------------------------------------------------------
+GEOMETRY = Layout("plant thruster geometry", [
+    ("G_U", 1),  # u_T_B: unit force directions (a gimbaled engine's as gimbaled this cycle)
+    ("G_R", 1),  # r_TC_B [m] (from the CoM)
+    ("G_U0", 1),  # the undeflected directions
+    ("G_E1", 1),  # a gimbaled engine's gimbal axes (zeros when fixed)
+    ("G_E2", 1),
+])
+G_U, G_R, G_U0, G_E1, G_E2 = GEOMETRY.offsets
+G_LEN = GEOMETRY.length
 # ---- tanks: ptank (TK_LEN, n_tanks) -----------------------------------------------------------
-TK_LOAD = 0  # propellant load [kg]
-TK_BLOWDOWN = 1  # 1.0 blowdown, 0.0 regulated
-TK_P0 = 2  # initial / regulated pressure [Pa]
-TK_GAS_V = 3  # initial gas volume [m^3]
-TK_RHO = 4  # propellant density [kg/m^3]
-TK_POLY = 5  # polytropic exponent
-TK_LEN = 6
+TANKS = Layout("plant tank rows", [
+    ("TK_LOAD", 1),  # propellant load [kg]
+    ("TK_BLOWDOWN", 1),  # 1.0 blowdown, 0.0 regulated
+    ("TK_P0", 1),  # initial / regulated pressure [Pa]
+    ("TK_GAS_V", 1),  # initial gas volume [m^3]
+    ("TK_RHO", 1),  # propellant density [kg/m^3]
+    ("TK_POLY", 1),  # polytropic exponent
+])
+TK_LOAD, TK_BLOWDOWN, TK_P0, TK_GAS_V, TK_RHO, TK_POLY = TANKS.offsets
+TK_LEN = TANKS.length
 # ---- plant scalars: pscal (PS_LEN) ------------------------------------------------------------
-PS_PERIOD = 0  # control period [s]
-PS_PERIOD_MS = 1  # control period [ms] (whole)
-PS_CD_AREA = 2  # drag coefficient x area [m^2]
-PS_CMG_BUDGET = 3  # CMG torque budget [N m]
-PS_MASS_EST = 4  # controller's mass estimate minus the true mass [kg] (0: exact)
-PS_NOISE_ATT = 5  # attitude noise, 1 sigma per axis per cycle [rad]
-PS_NOISE_RATE = 6  # rate noise, 1 sigma per axis per cycle [rad/s]
-PS_NOISE_DV = 7  # accelerometer delta-v noise, 1 sigma per axis per cycle [m/s]
-PS_ACC_BIAS = 8  # accelerometer bias in B [m/s^2] (3)
-PS_INERTIA = 11  # true inertia about the CoM in B [kg m^2] (9)
-PS_INERTIA_INV = 20  # its inverse (9)
-PS_LEN = 29
+PLANT_SCALARS = Layout("plant scalars", [
+    ("PS_PERIOD", 1),  # control period [s]
+    ("PS_PERIOD_MS", 1),  # control period [ms] (whole)
+    ("PS_CD_AREA", 1),  # drag coefficient x area [m^2]
+    ("PS_MASS_EST", 1),  # controller's mass estimate minus the true mass [kg] (0: exact)
+    ("PS_NOISE_ATT", 1),  # attitude noise, 1 sigma per axis per cycle [rad]
+    ("PS_NOISE_RATE", 1),  # rate noise, 1 sigma per axis per cycle [rad/s]
+    ("PS_NOISE_DV", 1),  # accelerometer delta-v noise, 1 sigma per axis per cycle [m/s]
+    ("PS_ACC_BIAS", 3),  # accelerometer bias in B [m/s^2]
+    ("PS_INERTIA", 9),  # true inertia about the CoM in B [kg m^2]
+    ("PS_INERTIA_INV", 9),  # its inverse
+])
+(PS_PERIOD, PS_PERIOD_MS, PS_CD_AREA, PS_MASS_EST, PS_NOISE_ATT, PS_NOISE_RATE, PS_NOISE_DV,
+ PS_ACC_BIAS, PS_INERTIA, PS_INERTIA_INV) = PLANT_SCALARS.offsets
+PS_LEN = PLANT_SCALARS.length
 # ---- per-case accumulators: acc (ACC_LEN) -----------------------------------------------------
-A_TRUE_DV = 0  # true along-track delta-v so far (ideal accelerometer, true attitude) [m/s]
-A_XB = 1  # true along-track unit vector in B at the last cycle (3)
-ACC_LEN = 4
+ACCUMULATORS = Layout("case accumulators", [
+    ("A_TRUE_DV", 1),  # true along-track delta-v so far (ideal accelerometer, true attitude) [m/s]
+    ("A_XB", 3),  # true along-track unit vector in B at the last cycle
+])
+A_TRUE_DV, A_XB = ACCUMULATORS.offsets
+ACC_LEN = ACCUMULATORS.length
 # ---- live plant quantities: live (LV_LEN, n) ----------------------------------------------------
-LV_THRUST = 0  # present thrust (follows the feed pressure) [N]
-LV_ISP = 1  # present Isp [s]
-LV_ON_S = 2  # executed on-time this cycle [s]
-LV_LEN = 3
+LIVE = Layout("live thruster rows", [
+    ("LV_THRUST", 1),  # present thrust (follows the feed pressure) [N]
+    ("LV_ISP", 1),  # present Isp [s]
+    ("LV_ON_S", 1),  # executed on-time this cycle [s]
+])
+LV_THRUST, LV_ISP, LV_ON_S = LIVE.offsets
+LV_LEN = LIVE.length
 # ---- post_unit flags ----------------------------------------------------------------------------
 F_QUIET = 1  # every valve closed, no thrust left, no pending edge
 F_PLANT_SHIFT = 1  # plant_cycle status << F_PLANT_SHIFT
 # ---- finish() output: the burn's numbers (OUT_LEN) --------------------------------------------
-O_ACHIEVED_DV = 0  # along-track delta-v the controller sensed, last tail included [m/s]
-O_TRUE_DV = 1  # true along-track delta-v (ideal accelerometer, true attitude) [m/s]
-O_PROPELLANT = 2  # [kg]
-O_D_A = 3  # mean semi-major axis change against the no-burn twin [m]
-O_D_PERIGEE = 4  # [m]
-O_D_APOGEE = 5  # [m]
-O_ORBIT_STATUS = 6  # propagate() status of the orbit-after propagations (0 ok)
-OUT_LEN = 7
+FINISH = Layout("burn numbers", [
+    ("O_ACHIEVED_DV", 1),  # along-track delta-v the controller sensed, last tail included [m/s]
+    ("O_TRUE_DV", 1),  # true along-track delta-v (ideal accelerometer, true attitude) [m/s]
+    ("O_PROPELLANT", 1),  # [kg]
+    ("O_D_A", 1),  # mean semi-major axis change against the no-burn twin [m]
+    ("O_D_PERIGEE", 1),  # [m]
+    ("O_D_APOGEE", 1),  # [m]
+    ("O_ORBIT_STATUS", 1),  # propagate() status of the orbit-after propagations (0 ok)
+])
+(O_ACHIEVED_DV, O_TRUE_DV, O_PROPELLANT, O_D_A, O_D_PERIGEE, O_D_APOGEE,
+ O_ORBIT_STATUS) = FINISH.offsets
+OUT_LEN = FINISH.length
 
 # Counter-based random numbers: SplitMix64's finaliser (Steele, Lea, Flood 2014) as a hash of
 # (seed, counter). Stateless, so noise never depends on which thread ran which case.
@@ -175,15 +198,7 @@ def along_track_B(y, out):
     q0, q1, q2, q3 = y[Q], y[Q + 1], y[Q + 2], y[Q + 3]
     qn = math.sqrt(q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3)
     q0, q1, q2, q3 = q0 / qn, q1 / qn, q2 / qn, q3 / qn
-    b0 = q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3
-    b1 = 2.0 * (q1 * q2 + q0 * q3)
-    b2 = 2.0 * (q1 * q3 - q0 * q2)
-    b3 = 2.0 * (q1 * q2 - q0 * q3)
-    b4 = q0 * q0 - q1 * q1 + q2 * q2 - q3 * q3
-    b5 = 2.0 * (q2 * q3 + q0 * q1)
-    b6 = 2.0 * (q1 * q3 + q0 * q2)
-    b7 = 2.0 * (q2 * q3 - q0 * q1)
-    b8 = q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3
+    b0, b1, b2, b3, b4, b5, b6, b7, b8 = dcm_entries(q0, q1, q2, q3)
     xx, xy, xz, _yx, _yy, _yz, _zx, _zy, _zz = lvlh_axes(y[R], y[R + 1], y[R + 2], y[V],
                                                           y[V + 1], y[V + 2])
     out[0] = b0 * xx + b1 * xy + b2 * xz
@@ -247,10 +262,11 @@ def pre_unit(k, seed, y, sensed, pscal, acc, sens, params, A, E, Binv, qp, ints,
 
 @kernel
 def post_unit(executed_ms, true_health, y, sensed, pscal, pthr, geom, ptank, tank_idx, table, qp,
-              valves, impulse, live, tank_used, work, cmg):
+              ctrl, valves, impulse, live, tank_used, work):
     """The executed on-times [ms] through the valves and the plant over one cycle, then the
-    tanks. Returns flags: F_QUIET when no valve is open, thrusting or about to move, and the
-    plant's status shifted by F_PLANT_SHIFT."""
+    tanks. The controller's outputs drive the plant: the gimbal angles in ``qp[Q_ANGLE]`` and
+    the CMG torque in ``ctrl[C_CMG_TORQUE]``. Returns flags: F_QUIET when no valve is open,
+    thrusting or about to move, and the plant's status shifted by F_PLANT_SHIFT."""
     n = executed_ms.shape[0]
     period = pscal[PS_PERIOD]
     on_s = live[LV_ON_S]
@@ -260,10 +276,6 @@ def post_unit(executed_ms, true_health, y, sensed, pscal, pthr, geom, ptank, tan
         on_s[i] = executed_ms[i] * 1e-3
     valve_cycle(on_s, true_health, thrust, pthr[PT_OPEN_DELAY], pthr[PT_CLOSE_DELAY],
                 pthr[PT_TAU_RISE], pthr[PT_TAU_TAIL], period, valves, impulse)
-    budget = pscal[PS_CMG_BUDGET]
-    if budget > 0.0:
-        for j in range(3):
-            cmg[j] = (qp[cst.Q_X, n + 2 * j] - qp[cst.Q_X, n + 2 * j + 1]) * budget
     for i in range(n):
         col = int(pthr[PT_GIMBAL_COL, i])
         if col >= 0:  # the engine points as the controller commanded its gimbal this cycle
@@ -271,6 +283,7 @@ def post_unit(executed_ms, true_health, y, sensed, pscal, pthr, geom, ptank, tan
                              qp[cst.Q_ANGLE, col + 1], geom[G_U, i], work[0:3], work[3:6])
     inertia = pscal[PS_INERTIA:PS_INERTIA + 9].reshape((3, 3))
     inertia_inv = pscal[PS_INERTIA_INV:PS_INERTIA_INV + 9].reshape((3, 3))
+    cmg = ctrl[cst.C_CMG_TORQUE:cst.C_CMG_TORQUE + 3]
     status = plant_cycle(y, period, impulse, geom[G_U], geom[G_R], isp, cmg, inertia,
                          inertia_inv, pscal[PS_CD_AREA], 1.0, 1.0, table[0], table[1], work, y,
                          sensed)
@@ -288,7 +301,7 @@ def post_unit(executed_ms, true_health, y, sensed, pscal, pthr, geom, ptank, tan
 
 @kernel
 def fly(max_cycles, seed, fail_idx, fail_at, fail_code, fail_cycle, y, sensed, pscal, acc, pthr,
-        geom, ptank, tank_idx, table, valves, impulse, live, tank_used, work, cmg, true_health,
+        geom, ptank, tank_idx, table, valves, impulse, live, tank_used, work, true_health,
         executed, sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms, statuses,
         att_err, longest):
     """Fly a burn with the ideal unit (every command executed, clamped to the period, none on a
@@ -329,7 +342,7 @@ def fly(max_cycles, seed, fail_idx, fail_at, fail_code, fail_cycle, y, sensed, p
             health[i] = true_health[i]
         longest[k] = top
         flags = post_unit(executed, true_health, y, sensed, pscal, pthr, geom, ptank, tank_idx,
-                          table, qp, valves, impulse, live, tank_used, work, cmg)
+                          table, qp, ctrl, valves, impulse, live, tank_used, work)
         ps = flags >> F_PLANT_SHIFT
         if ps > plant_status:
             plant_status = ps
@@ -511,7 +524,6 @@ def setup_burn(model, plan: dict) -> BurnSetup:
     pscal[PS_PERIOD] = period
     pscal[PS_PERIOD_MS] = int(round(period * 1000))
     pscal[PS_CD_AREA] = model.drag_coefficient * model.drag_area_m2
-    pscal[PS_CMG_BUDGET] = float(model.cmg_torque_budget_Nm)
     inertia = np.ascontiguousarray(model.I_B, dtype=np.float64)
     pscal[PS_INERTIA:PS_INERTIA + 9] = inertia.ravel()
     pscal[PS_INERTIA_INV:PS_INERTIA_INV + 9] = np.linalg.inv(inertia).ravel()
@@ -636,7 +648,6 @@ class Sim:
     live: np.ndarray = field(default=None)
     tank_used: np.ndarray = field(default=None)
     work: np.ndarray = field(default=None)
-    cmg: np.ndarray = field(default=None)
     true_health: np.ndarray = field(default=None)
     executed: np.ndarray = field(default=None)
 
@@ -654,8 +665,8 @@ class Sim:
         s = self.setup
         return post_unit(executed_ms, self.true_health, self.y, self.sensed, self.pscal,
                          self.pthr, self.geom, s.ptank, s.tank_idx, s.table, self.ctrl.qp,
-                         self.valves, self.impulse, self.live, self.tank_used, self.work,
-                         self.cmg)
+                         self.ctrl.ctrl, self.valves, self.impulse, self.live, self.tank_used,
+                         self.work)
 
     def fly(self, fail_idx, fail_at, fail_code, fail_cycle, statuses, att_err, longest):
         s = self.setup
@@ -663,7 +674,7 @@ class Sim:
         return fly(s.max_cycles, self.seed, fail_idx, fail_at, fail_code, fail_cycle, self.y,
                    self.sensed, self.pscal, self.acc, self.pthr, self.geom, s.ptank, s.tank_idx,
                    s.table, self.valves, self.impulse, self.live, self.tank_used, self.work,
-                   self.cmg, self.true_health, self.executed, c.sens, c.params, c.A, c.E, c.Binv,
+                   self.true_health, self.executed, c.sens, c.params, c.A, c.E, c.Binv,
                    c.qp, c.ints, c.thr, c.mod, c.health, c.ctrl, c.on_ms, statuses, att_err,
                    longest)
 
@@ -693,7 +704,7 @@ def new_sim(model, plan: dict, case: PlantCase | None = None,
         y_start=y0.copy(), y=y0.copy(), sensed=np.zeros(SENSED_LEN), acc=np.zeros(ACC_LEN),
         valves=valve_state_at_rest(n), impulse=np.zeros((N_SUB, n)), live=live,
         tank_used=np.zeros(setup.ptank.shape[1]), work=np.empty(PLANT_WORK_LEN),
-        cmg=np.zeros(3), true_health=np.full(n, HEALTH_NOMINAL, np.int64),
+        true_health=np.full(n, HEALTH_NOMINAL, np.int64),
         executed=np.zeros(n, np.uint16),
     )
 

@@ -29,9 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from thruster_hil.controller import cycle as cst
-from thruster_hil.controller.modulation import T_TRANSLATION
-from thruster_hil.sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL
 
 from thruster_hil.closedloop.fused import (
     COAST_STEP_S,
@@ -48,9 +45,13 @@ from thruster_hil.closedloop.fused import (
     Sim,
     new_sim,
 )
+from thruster_hil.closedloop.unit import StepByStep, Unit, UnitReport
+from thruster_hil.controller import cycle as cst
+from thruster_hil.controller.modulation import T_TRANSLATION
+from thruster_hil.sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL
 
 __all__ = ["COAST_STEP_S", "N_SUB", "OVERRUN_FACTOR", "Failure", "IdealUnit", "RunResult",
-           "StopBurn", "UnitReport", "format_run", "run_burn"]
+           "StopBurn", "Unit", "UnitReport", "format_run", "run_burn"]
 
 
 class StopBurn(Exception):
@@ -59,24 +60,11 @@ class StopBurn(Exception):
     can no longer be written."""
 
 
-@dataclass
-class UnitReport:
-    """What a unit executed in one cycle: on-times [ms] and per-thruster health codes."""
-
-    executed_ms: np.ndarray
-    health: np.ndarray
-    rtt_s: float = 0.0
-    #: True if every thruster reported nominal (lets the loop skip the health bookkeeping);
-    #: None: not known, look at ``health``.
-    all_nominal: bool | None = None
-
-
-class IdealUnit:
+class IdealUnit(StepByStep):
     """The in-process reference unit: executes every command exactly (already in whole ms),
     clamped to the cycle, and never fires a thruster that has failed."""
 
     name = "sim"
-    realtime = False
     errors: tuple = ()
 
     def __init__(self, n: int, period_ms: int):
@@ -117,7 +105,7 @@ class RunResult:
     events: list[dict] = field(default_factory=list)
 
 
-def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = None,
+def run_burn(model, plan: dict, *, unit: Unit | None = None, failures: list[Failure] | None = None,
              on_cycle: Callable[[int, dict], None] | None = None,
              case: PlantCase | None = None,
              on_loop_end: Callable[[], None] | None = None) -> RunResult:
@@ -151,7 +139,7 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
     late_cycles = 0
     fused = unit is None and on_cycle is None
     unit = unit if unit is not None else IdealUnit(n, period_ms)
-    realtime = bool(getattr(unit, "realtime", False))
+    realtime = unit.realtime
     if fused:
         fail_idx = np.array([f.index for f in failures], np.int64)
         fail_at = np.array([f.at_s for f in failures], np.float64)
@@ -187,7 +175,7 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
         aborted = _reserve_stop(model, sim)
     if aborted is not None:
         events.append({"event": "aborted", "cycle": k, "t_s": k * period, "reason": aborted})
-    still_open = _listed(getattr(unit, "valves_open", None))
+    still_open = _listed(unit.valves_open)
     if still_open:  # after the unit's close: what STOP_ALL could not close
         events.append({"event": "valves_open", "cycle": k, "t_s": k * period,
                        "channels": still_open})
@@ -202,7 +190,7 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
     target = plan["delta_v_mps"]
     summary = {
         "stack": plan["stack"],
-        "unit": getattr(unit, "name", type(unit).__name__),
+        "unit": unit.name,
         "target_delta_v_mps": target,
         "achieved_delta_v_mps": achieved,
         "delta_v_error_pct": 100.0 * (achieved - target) / target,
@@ -215,7 +203,7 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
         "abort_reason": aborted,
         # Did the unit confirm its final STOP_ALL and report every valve closed? None: could
         # not ask. valves_open: the channels it still reports open (stuck), None if unknown.
-        "valves_closed": getattr(unit, "valves_closed", None),
+        "valves_closed": unit.valves_closed,
         "valves_open": still_open,
         "max_attitude_error_deg": math.degrees(max_err),
         "attitude_limit_deg": math.degrees(model.max_attitude_error_rad),
@@ -252,21 +240,23 @@ def run_burn(model, plan: dict, *, unit=None, failures: list[Failure] | None = N
         np.where(sim.ctrl.health == HEALTH_FAILED_OFF, HEALTH_FAILED_OFF, sim.true_health))
     if realtime:
         summary["late_cycles"] = late_cycles
-    if hasattr(unit, "stats"):
-        summary["link"] = unit.stats()
+    link = unit.stats()
+    if link is not None:
+        summary["link"] = link
     return RunResult(summary, events)
 
 
-def _cycle_by_cycle(sim: Sim, unit, failures, names, events, statuses, att_err, longest,
+def _cycle_by_cycle(sim: Sim, unit: Unit, failures, names, events, statuses, att_err, longest,
                     on_cycle, realtime, on_loop_end=None):
     """The loop with the unit in Python between the two halves of each cycle (a serial unit,
     or a run that records every cycle). Returns (cycles, complete cycle, abort reason, late
     cycles, wall time [s] from the end of the first cycle to the end of the last).
 
-    One cycle is before_unit() -> the unit executes -> after_unit(report). A unit with
-    ``execute_chain`` (a serial unit in LOCKSTEP) runs the cycles itself, on its link's reader
-    thread (:meth:`thruster_hil.firmware_bridge.link.Link.fire_chain`); every other unit is called once per
-    cycle from here.
+    One cycle is before_unit() -> the unit executes -> after_unit(report). In LOCKSTEP the
+    unit runs the chain of cycles itself (:meth:`Unit.execute_chain`: a serial unit on its
+    link's reader thread, :meth:`thruster_hil.firmware_bridge.link.Link.fire_chain`; an
+    in-process unit as a plain loop); in REALTIME the cycles are paced from here and the unit
+    executes one per call.
     """
     ctrl = sim.ctrl
     period = sim.setup.period_s
@@ -274,7 +264,7 @@ def _cycle_by_cycle(sim: Sim, unit, failures, names, events, statuses, att_err, 
     true_health = sim.true_health
     on_ms = ctrl.on_ms
     translation_idx = np.flatnonzero(ctrl.thr[:, T_TRANSLATION] > 0.5)
-    unit_errors = tuple(getattr(unit, "errors", ()))
+    unit_errors = tuple(unit.errors)
     complete_cycle = None
     aborted = None
     late_cycles = 0
@@ -292,8 +282,7 @@ def _cycle_by_cycle(sim: Sim, unit, failures, names, events, statuses, att_err, 
                 if f.applied_cycle is None and t >= f.at_s:
                     f.applied_cycle = k
                     true_health[f.index] = f.code
-                    if hasattr(unit, "fail"):
-                        unit.fail(f.index, f.code)
+                    unit.fail(f.index, f.code)
                     events.append({"event": "thruster_failed", "thruster": f.name,
                                    "t_s": t, "cycle": k})
         statuses[k] = sim.pre(k)
@@ -337,21 +326,19 @@ def _cycle_by_cycle(sim: Sim, unit, failures, names, events, statuses, att_err, 
         return k < max_cycles
 
     try:
-        if not realtime and hasattr(unit, "execute_chain"):
+        if not realtime:
             unit.execute_chain(0, before_unit(),
                                lambda report: before_unit() if after_unit(report) else None)
         else:
             pace0 = time.monotonic()
             while k < max_cycles:
-                if realtime:
-                    # Pace the cycles on the wall clock: cycle k starts k periods after the
-                    # first.
-                    due = pace0 + k * period
-                    lag = time.monotonic() - due
-                    if lag < 0.0:
-                        unit.wait_until(due, k)  # a serial unit keeps its watchdog fed
-                    elif lag > 0.5 * period:
-                        late_cycles += 1
+                # Pace the cycles on the wall clock: cycle k starts k periods after the first.
+                due = pace0 + k * period
+                lag = time.monotonic() - due
+                if lag < 0.0:
+                    unit.wait_until(due, k)  # a serial unit keeps its watchdog fed
+                elif lag > 0.5 * period:
+                    late_cycles += 1
                 if not after_unit(unit.execute(k, before_unit())):
                     break
     except unit_errors as exc:

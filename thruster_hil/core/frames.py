@@ -27,24 +27,42 @@ STATUS_DEGENERATE = 1  # zero / non-finite input (e.g. zero-norm quaternion, r =
 
 
 @kernel
+def dcm_entries(q0, q1, q2, q3):
+    """The nine entries of the direction cosine matrix of ``(q0, q1, q2, q3)`` (S&J sec. 3.5),
+    row-major, as floats: the one place the quaternion-to-DCM formula is written. Kernels that
+    must not allocate (and :func:`dcm_from_q`, :func:`rotate_by_q`) take the matrix from here.
+
+    Not normalised: the matrix of a non-unit q is scaled by |q|^2.
+    """
+    return (
+        q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3,
+        2.0 * (q1 * q2 + q0 * q3),
+        2.0 * (q1 * q3 - q0 * q2),
+        2.0 * (q1 * q2 - q0 * q3),
+        q0 * q0 - q1 * q1 + q2 * q2 - q3 * q3,
+        2.0 * (q2 * q3 + q0 * q1),
+        2.0 * (q1 * q3 + q0 * q2),
+        2.0 * (q2 * q3 - q0 * q1),
+        q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3,
+    )
+
+
+@kernel
 def dcm_from_q(q, out):
     """Direction cosine matrix of the Euler parameters ``q`` (S&J sec. 3.5) into ``out`` (3, 3).
 
     ``q`` should be unit; it is not normalised here (the matrix of a non-unit q is scaled by |q|^2).
     """
-    q0 = q[0]
-    q1 = q[1]
-    q2 = q[2]
-    q3 = q[3]
-    out[0, 0] = q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3
-    out[0, 1] = 2.0 * (q1 * q2 + q0 * q3)
-    out[0, 2] = 2.0 * (q1 * q3 - q0 * q2)
-    out[1, 0] = 2.0 * (q1 * q2 - q0 * q3)
-    out[1, 1] = q0 * q0 - q1 * q1 + q2 * q2 - q3 * q3
-    out[1, 2] = 2.0 * (q2 * q3 + q0 * q1)
-    out[2, 0] = 2.0 * (q1 * q3 + q0 * q2)
-    out[2, 1] = 2.0 * (q2 * q3 - q0 * q1)
-    out[2, 2] = q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3
+    c00, c01, c02, c10, c11, c12, c20, c21, c22 = dcm_entries(q[0], q[1], q[2], q[3])
+    out[0, 0] = c00
+    out[0, 1] = c01
+    out[0, 2] = c02
+    out[1, 0] = c10
+    out[1, 1] = c11
+    out[1, 2] = c12
+    out[2, 0] = c20
+    out[2, 1] = c21
+    out[2, 2] = c22
 
 
 @kernel
@@ -208,15 +226,7 @@ def rotate_by_q(q0, q1, q2, q3, vx, vy, vz):
     the conjugate (q0, -q1, -q2, -q3) it maps B components back to N.
     """
     n2 = q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3
-    c00 = q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3
-    c01 = 2.0 * (q1 * q2 + q0 * q3)
-    c02 = 2.0 * (q1 * q3 - q0 * q2)
-    c10 = 2.0 * (q1 * q2 - q0 * q3)
-    c11 = q0 * q0 - q1 * q1 + q2 * q2 - q3 * q3
-    c12 = 2.0 * (q2 * q3 + q0 * q1)
-    c20 = 2.0 * (q1 * q3 + q0 * q2)
-    c21 = 2.0 * (q2 * q3 - q0 * q1)
-    c22 = q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3
+    c00, c01, c02, c10, c11, c12, c20, c21, c22 = dcm_entries(q0, q1, q2, q3)
     return (
         (c00 * vx + c01 * vy + c02 * vz) / n2,
         (c10 * vx + c11 * vy + c12 * vz) / n2,
