@@ -29,414 +29,71 @@ cycle's deadline and feeds the unit's watchdog with HEARTBEATs meanwhile.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable
 from typing import Any
 
-from thruster_hil.core.errors import UserError
-from thruster_hil.core.health import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
 from thruster_hil.firmware_bridge import codec
 from thruster_hil.firmware_bridge.dictionary import (
     BY_ID,
     CHANNELS_PER_BANK,
-    DICT_HASH,
-    ENUMS,
     EVENT,
     FLAG_ACK_REQ,
     FLAG_RETRANSMIT,
     FLAG_TEST_BUILD,
     LIMITS,
     MESSAGES,
-    MODE,
-    PROTO_VERSION,
-    RESULT,
     RESULT_NAMES,
 )
+from thruster_hil.firmware_bridge.linkrules import (
+    _ACCEPTED,
+    _BAD_SESSION,
+    _CLOCK_SAMPLES,
+    _DUPLICATE,
+    _FILED_REPLIES,
+    _FIRE_ID,
+    _ID,
+    _PARAM_RANGES,
+    _RTT_SAMPLES,
+    EVENT_LOG_SIZE,
+    FAULT,
+    INITIAL_RETRY_TIMEOUT_S,
+    MAX_RETRIES,
+    MIN_FEED_KPA,
+    MIN_RETRY_TIMEOUT_S,
+    MODES,
+    PARAM,
+    PENDING,
+    PING_BURST,
+    SAFE_REASON,
+    FireResult,
+    LinkError,
+    LinkInfo,
+    Notice,
+    PingSample,
+    Received,
+    percentile,
+    unit_clock_rate,
+    unit_lost,
+)
+from thruster_hil.firmware_bridge.session_ops import (
+    FireOp,
+    FlowOp,
+    Op,
+    TransactOp,
+    WaitOp,
+    arm_flow,
+    command_flow,
+    connect_flow,
+    ping_flow,
+    set_param_flow,
+)
 
-__all__ = ["PENDING", "FireResult", "HostSession", "LinkError", "LinkInfo", "Notice",
-           "PingSample", "Received", "unit_clock_rate", "unit_lost"]
+from thruster_hil.core.errors import UserError
+from thruster_hil.core.health import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
 
-MAX_RETRIES = 3  # resends after the first try (section 7)
-#: REALTIME: how long after a period a FIRE's report may still come (a whole-period pulse
-#: reports when it ends; USB serial latency is a few ms) [ms].
-REALTIME_REPORT_SLACK_MS = 20
-MIN_RETRY_TIMEOUT_S = 0.020
-INITIAL_RETRY_TIMEOUT_S = 0.200  # before the PING burst measured an RTT
-PING_BURST = 20
-#: A unit that shows signs of life but does not answer is waited for at most this many of its
-#: watchdog times on its own clock, and LIVE_WAIT_MAX_S on the host's (docs/protocol.md
-#: section 7: a slow unit is not a dead one).
-LIVE_WAIT_WATCHDOGS = 8
-LIVE_WAIT_MAX_S = 10.0
-#: The slowest the unit's clock is taken to run against the host's.
-MIN_UNIT_CLOCK_RATE = 0.05
-_CLOCK_SAMPLES = 16  # (host time, unit clock) pairs from HK, for the unit's clock rate
-_CLOCK_BASELINE_NS = 100_000_000  # a rate needs samples at least this far apart
-EVENT_LOG_SIZE = 256
-_FILED_REPLIES = 256  # bound on unclaimed ACKs / reports kept for a waiter
-_RTT_SAMPLES = 4096
-ARM_TRIES = 3  # ARM_REQUEST/CONFIRM exchanges before a BAD_NONCE is taken as final
-
-# VALVE_REPORT flags (section 4).
-REPORT_CLAMPED = 1
-REPORT_ABORTED = 2
-REPORT_DUPLICATE = 4
-
-PARAM = ENUMS["param"]
-FAULT = ENUMS["fault"]
-SAFE_REASON = ENUMS["safe_reason"]
-MIN_FEED_KPA = LIMITS["min_feed_kpa"]
-MODES = {"lockstep": MODE["LOCKSTEP"], "realtime": MODE["REALTIME"]}
-_ID = {name: spec.id for name, spec in MESSAGES.items()}
-_FIRE_ID = _ID["FIRE"]
-_ACCEPTED = RESULT["ACCEPTED"]
-_DUPLICATE = RESULT["DUPLICATE"]
-_BAD_SESSION = RESULT["BAD_SESSION"]
-
-#: What :meth:`HostSession.poll` returns while an operation is still in flight.
-PENDING: Any = type("Pending", (), {"__repr__": lambda self: "PENDING"})()
-
-
-class LinkError(Exception):
-    """A runtime link failure (no reply, rejected command, unit reset, port gone). One line."""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split("\n")))
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """A decoded message with the host monotonic time (ns) of the read that completed it."""
-
-    msg: codec.Message
-    t_ns: int
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """Unsolicited news from the unit (:meth:`HostSession.next_event`).
-
-    kind: ``boot`` (a BOOT while no session), ``reset`` (a BOOT in mid-session), ``lockout``
-    (the unit voided the session: another writer), ``event`` (a unit EVENT), ``hk``."""
-
-    kind: str
-    rec: Received | None = None
-    text: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class LinkInfo:
-    """What HELLO_ACK told us about the unit and the session."""
-
-    session: int
-    fw_ver: int
-    proto_ver: int
-    dict_hash: int
-    n_channels: int
-    tick_us: int
-    min_on_ticks: int
-    watchdog_ms: int
-    mode: str  # "lockstep" | "realtime"
-    period_ms: int
-    boot_count: int
-    test_build: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PingSample:
-    rtt_ms: float
-    offset_us: float  # unit clock - host clock (mod 2**32, signed): pu_us ~ host_us + offset
-
-
-@dataclass(frozen=True, slots=True)
-class FireResult:
-    """What one control step's FIRE really did, per thruster (index = channel)."""
-
-    step: int
-    executed_ms: tuple[int, ...]  # executed on-time per thruster (0 where no report came)
-    executed_ticks: tuple[int, ...]
-    health: tuple[int, ...]  # HEALTH_NOMINAL / HEALTH_FAILED_OFF / HEALTH_STUCK_OPEN
-    flags: int  # OR of the banks' report flags (REPORT_CLAMPED | REPORT_ABORTED | ...)
-    rtt_ms: float | None  # first send -> last report of this step; None if no report came
-    missing_banks: tuple[int, ...] = ()  # REALTIME: banks whose report missed the deadline
-    t_start_pu_us: int | None = None  # bank 0's pulse start on the unit's clock
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing_banks
-
-
-def _wrap32(x: int) -> int:
-    """x mod 2**32 as a signed 32-bit value."""
-    x &= 0xFFFFFFFF
-    return x - (1 << 32) if x & 0x80000000 else x
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100) or None for no values."""
-    if not values:
-        return None
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, math.ceil(q / 100.0 * len(s)) - 1))
-    return s[k]
-
-
-def unit_clock_rate(samples: Sequence[tuple[int, int]]) -> float:
-    """How many seconds the unit's clock advanced per second of the host's, from (host
-    monotonic ns, unit ``pu_time_us``) pairs in arrival order: the oldest against the newest.
-    1.0 without two samples ``_CLOCK_BASELINE_NS`` apart; never above 1 (a unit whose clock
-    seems fast, frames bunched in arrival, is not waited for less than its watchdog time) nor
-    below ``MIN_UNIT_CLOCK_RATE``. The unit clock is 32-bit and wraps."""
-    if len(samples) < 2:
-        return 1.0
-    (h0, u0), (h1, u1) = samples[0], samples[-1]
-    if h1 - h0 < _CLOCK_BASELINE_NS:
-        return 1.0
-    du_us = (u1 - u0) & 0xFFFFFFFF
-    return min(1.0, max(MIN_UNIT_CLOCK_RATE, du_us * 1000 / (h1 - h0)))
-
-
-def unit_lost(waited_s: float, silent_s: float, rate: float, watchdog_s: float,
-              tripped: bool) -> bool:
-    """The give-up rule, once the retries are spent and ``give_up_s`` has passed: is a unit
-    that has not answered for ``waited_s`` (host clock) dead rather than slow?
-
-    Dead: it said its link watchdog tripped (it is SAFE, nothing it could answer would be a
-    VALVE_REPORT); or it has been silent, no valid frame of any kind, for its own watchdog time
-    measured on its clock (``silent_s`` host seconds times the clock ``rate``: a unit running
-    at a third of real time under a loaded host is silent three times longer before its own
-    watchdog would have tripped). A unit that keeps sending (housekeeping, events) but does not
-    answer is waited for ``LIVE_WAIT_WATCHDOGS`` watchdog times of its clock at most, and never
-    more than ``LIVE_WAIT_MAX_S`` of the host's."""
-    if tripped or waited_s * rate >= LIVE_WAIT_WATCHDOGS * watchdog_s \
-            or waited_s >= LIVE_WAIT_MAX_S:
-        return True
-    return silent_s * rate >= watchdog_s
-
-
-# ---- operations ------------------------------------------------------------------------------
-
-
-class Op:
-    """A command in flight. ``deadline_ns``: when :meth:`HostSession.poll` must run again even
-    if nothing arrives (None: only on input)."""
-
-    deadline_ns: int | None = None
-
-    def poll(self, now_ns: int) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-
-class WaitOp(Op):
-    """Wait for ``pred()`` (truthy: the result) until ``deadline_ns``; then ``None``.
-    ``checks``: raise LinkError when the port goes, and (``session``) the unit resets or locks
-    the session out."""
-
-    def __init__(self, s: HostSession, pred: Callable[[], Any], deadline_ns: int | None, *,
-                 session: bool = False, checks: bool = True):
-        self.s, self.pred, self.deadline_ns = s, pred, deadline_ns
-        self.session, self.checks = session, checks
-
-    def poll(self, now_ns: int) -> Any:
-        got = self.s._check(self.pred, self.session) if self.checks else self.pred()
-        if got:
-            return got
-        if self.deadline_ns is not None and now_ns >= self.deadline_ns:
-            return None
-        return PENDING
-
-
-class TransactOp(Op):
-    """Send ``name`` and wait for ``reply(seq)``; resend with the same seq and RETRANSMIT every
-    retry timeout; after ``retries`` resends give up once :func:`unit_lost` says so. Result:
-    (reply, attempt)."""
-
-    def __init__(self, s: HostSession, name: str, fields: dict[str, Any],
-                 reply: Callable[[int], Any], *, ack_req: bool, session: bool, retries: int,
-                 now_ns: int):
-        self.s, self.name, self.fields, self.reply = s, name, fields, reply
-        self.session, self.retries = session, retries
-        self.seq = s.next_seq()
-        self.flags = FLAG_ACK_REQ if ack_req else 0
-        self.attempt = 0
-        self.t_first = self.t_sent = now_ns
-        s.queue(name, self.seq, self.flags, fields, now_ns)
-        self.deadline_ns = now_ns + int(s.retry_timeout_s * 1e9)
-
-    def poll(self, now_ns: int) -> Any:
-        s = self.s
-        got = s._check(lambda: self.reply(self.seq), self.session)
-        if got:
-            if self.attempt > self.retries:
-                s.slow_unit_waits += 1
-            return got, self.attempt
-        if now_ns < self.deadline_ns:
-            return PENDING
-        if self.attempt >= self.retries and s.unit_lost_since(self.t_first, now_ns):
-            raise LinkError(
-                f"{s.url}: no reply to {self.name} (seq {self.seq}) after {self.attempt + 1} "
-                f"tries {s.retry_timeout_s * 1000:.0f} ms apart; is the unit running?"
-                f"{s.live_hint(self.t_first)}")
-        self.attempt += 1
-        s.retries += 1
-        self.flags |= FLAG_RETRANSMIT
-        s.queue(self.name, self.seq, self.flags, self.fields, now_ns)
-        self.t_sent = now_ns
-        self.deadline_ns = now_ns + int(s.retry_timeout_s * 1e9)
-        return PENDING
-
-
-class FlowOp(Op):
-    """A sequence of operations written as a generator: it yields an operation, gets its
-    result back, and finally returns the flow's result (connect, arm, the PING burst)."""
-
-    def __init__(self, s: HostSession, gen):
-        self.s, self.gen = s, gen
-        self.op = next(gen)
-        self.deadline_ns = self.op.deadline_ns
-
-    def poll(self, now_ns: int) -> Any:
-        while True:
-            got = self.op.poll(now_ns)
-            if got is PENDING:
-                self.deadline_ns = self.op.deadline_ns
-                return PENDING
-            try:
-                self.op = self.gen.send(got)
-            except StopIteration as stop:
-                return stop.value
-
-
-class FireOp(Op):
-    """One control step: one FIRE per bank of 16, all queued together (one write). The one
-    FIRE path of both clocks; see the module docstring. Result: a :class:`FireResult`."""
-
-    def __init__(self, s: HostSession, step: int, n: int, banks: list, now_ns: int,
-                 realtime: bool, deadline_ns: int | None):
-        self.s, self.step, self.n, self.banks, self.realtime = s, step, n, banks, realtime
-        seqs = s.next_seqs(len(banks))
-        self.seqs = {b[0]: q for b, q in zip(banks, seqs, strict=True)}
-        self.reports: dict[int, Received] = {}
-        self.rejected: tuple[int, Received] | None = None
-        self.attempt = 0
-        # Stamped before the write: the reports may be in before the write returns.
-        self.t_first = self.t_sent = self.t_wait = now_ns
-        s.queue_many([("FIRE", self.seqs[b], 0, fields) for b, _lo, _w, fields in banks],
-                     now_ns)
-        if realtime:
-            if deadline_ns is None:
-                # A pulse may last the whole period (a main engine firing continuously): its
-                # report comes when it ends, a period plus the link's latency after the FIRE.
-                period_ms = (s.period_ms or 500) + REALTIME_REPORT_SLACK_MS
-                deadline_ns = now_ns + period_ms * 1_000_000
-            self.report_deadline_ns = deadline_ns
-            self.deadline_ns = min(deadline_ns, s.heartbeat_due_ns())
-        else:
-            self.give_up_ns = now_ns + int(s.give_up_s * 1e9)
-            self.deadline_ns = now_ns + int(s.resend_wait_s(0) * 1e9)
-        s.fire_op = self
-
-    def take(self, rec: Received) -> bool:
-        """A VALVE_REPORT for this step (from :meth:`HostSession.receive_data`)."""
-        bank = rec.msg.fields["bank"]
-        if bank in self.seqs:
-            self.reports.setdefault(bank, rec)
-            return True
-        return False
-
-    def refused(self, seq: int, rec: Received) -> None:
-        """A refusing ACK to one of this step's FIREs (not DUPLICATE)."""
-        if self.rejected is None:
-            for b, q in self.seqs.items():
-                if q == seq and b not in self.reports:
-                    self.rejected = (b, rec)
-
-    def _collect(self) -> bool:
-        """Reports filed before this op existed (a late chain), and whether the step is done."""
-        if len(self.reports) < len(self.seqs):
-            filed = self.s._reports
-            if filed:
-                for b in self.seqs:
-                    if b not in self.reports:
-                        rec = filed.pop((self.step, b), None)
-                        if rec is not None:
-                            self.reports[b] = rec
-        return self.rejected is not None or len(self.reports) == len(self.seqs)
-
-    def poll(self, now_ns: int) -> Any:
-        s = self.s
-        done = s._check(self._collect, True)
-        if self.rejected is not None:
-            self._finish()
-            b, rec = self.rejected
-            why = (" after a unit reset (BOOT in mid-session): reconnect and ARM again"
-                   if s.reset_detected else s.refusal_hint())
-            raise LinkError(f"{s.url}: FIRE step {self.step} bank {b} refused: "
-                            f"{s.result_name(rec)}{why}")
-        if self.realtime:
-            return self._poll_realtime(now_ns, done)
-        if done:
-            self._finish()
-            t_last = max(r.t_ns for r in self.reports.values())
-            if self.attempt == 0:  # Karn: no RTT sample from a retransmitted exchange
-                s.rtt_ms.append((t_last - self.t_first) / 1e6)
-            elif t_last >= self.give_up_ns:
-                s.slow_unit_waits += 1
-            return s.fire_result(self, (t_last - self.t_first) / 1e6)
-        if now_ns < self.deadline_ns:
-            return PENDING
-        if self.attempt >= MAX_RETRIES and now_ns >= self.give_up_ns \
-                and s.unit_lost_since(self.t_first, now_ns):
-            self._finish()
-            missing = sorted(set(self.seqs) - set(self.reports))
-            raise LinkError(
-                f"{s.url}: no reply to FIRE step {self.step} (no VALVE_REPORT for bank(s) "
-                f"{missing}) after {self.attempt + 1} tries over "
-                f"{(now_ns - self.t_first) / 1e6:.0f} ms; is the unit running?"
-                f"{s.foreign_hint(self.seqs.values())}{s.live_hint(self.t_first)}")
-        self.attempt += 1
-        if not s.unit_behind(self.step, self.t_sent):  # (else: hold the copies)
-            self.t_sent = now_ns
-            for b, _lo, _w, fields in self.banks:
-                if b not in self.reports:
-                    s.retries += 1
-                    s.queue("FIRE", self.seqs[b], FLAG_RETRANSMIT, fields, now_ns)
-        self.deadline_ns = now_ns + int(s.resend_wait_s(self.attempt) * 1e9)
-        return PENDING
-
-    def _poll_realtime(self, now_ns: int, done: bool) -> Any:
-        s = self.s
-        if not done and now_ns < self.report_deadline_ns:
-            if now_ns >= s.heartbeat_due_ns():
-                # Pulses last up to a period, longer than the unit's watchdog: keep feeding it.
-                s.heartbeat(self.step, now_ns)
-            self.deadline_ns = min(self.report_deadline_ns, s.heartbeat_due_ns())
-            return PENDING
-        self._finish()
-        missing = tuple(b for b in self.seqs if b not in self.reports)
-        s.deadline_misses += len(missing)
-        if len(s._late_expected) > _FILED_REPLIES:  # reports that never came
-            s._late_expected.clear()
-        s._late_expected.update((self.step, b) for b in missing)
-        # A report missed now and then is a late cycle; none for MAX_RETRIES + 1 cycles in a
-        # row (a cut cable, a dead unit) ends the burn: the unit's watchdog has long closed
-        # the valves, and the host must not fly on in the dark.
-        s.silent_cycles = s.silent_cycles + 1 if len(missing) == len(self.seqs) else 0
-        if s.silent_cycles > MAX_RETRIES:
-            raise LinkError(f"{s.url}: no VALVE_REPORT for {s.silent_cycles} REALTIME "
-                            f"cycles in a row (steps {self.step - s.silent_cycles + 1}.."
-                            f"{self.step}): the link is lost or the unit stopped answering"
-                            f"{s.foreign_hint(self.seqs.values())}")
-        rtt = None
-        if self.reports:
-            rtt = (max(r.t_ns for r in self.reports.values()) - self.t_first) / 1e6
-        return s.fire_result(self, rtt, missing)
-
-    def _finish(self) -> None:
-        if self.s.fire_op is self:
-            self.s.fire_op = None
+__all__ = ["PENDING", "FireOp", "FireResult", "FlowOp", "HostSession", "LinkError", "LinkInfo",
+           "Notice", "Op", "PingSample", "Received", "unit_clock_rate", "unit_lost"]
 
 
 # ---- the session -----------------------------------------------------------------------------
@@ -902,11 +559,7 @@ class HostSession:
         def ack(seq: int) -> Received | None:
             return self.take_ack(seq, name)
 
-        return FlowOp(self, self._command_flow(name, fields, ack, now_ns))
-
-    def _command_flow(self, name, fields, ack, now_ns):
-        rec, _ = yield self.transact(name, fields, ack, now_ns, ack_req=True, session=True)
-        return rec
+        return FlowOp(self, command_flow(self, name, fields, ack, now_ns))
 
     # ---- connect and ping --------------------------------------------------------------------
 
@@ -925,72 +578,8 @@ class HostSession:
                 or not lo <= period_ms <= hi:
             raise UserError(where=self.url, field="period_ms",
                             message=f"expected an integer {lo}..{hi} ms, got {period_ms!r}")
-        return FlowOp(self, self._connect_flow(key, period_ms, host_nonce, now_ns,
+        return FlowOp(self, connect_flow(self, key, period_ms, host_nonce, now_ns,
                                                boot_timeout_s, ping_burst))
-
-    def _connect_flow(self, key, period_ms, host_nonce, now_ns, boot_timeout_s, ping_burst):
-        # Discard input until BOOT (nobody waits for what comes before).
-        yield self.wait_for(lambda: self.boots > self.boots_consumed or not self.up,
-                            now_ns + int(boot_timeout_s * 1e9), checks=False)
-        self.boots_consumed = self.boots
-        self.session = None
-        self._armed = False
-        self.reset_detected = False
-        self.lockout = None
-        self.next_step = 1
-        self._forget_replies()
-        hello_before = self.hello_acks
-        self.info = None
-        self.resync()
-
-        def hello_reply(_seq: int) -> Received | None:
-            return self.last_hello_ack if self.hello_acks > hello_before else None
-
-        # The unit may still be coming up, or its serial line may not be serviced yet (a board
-        # without auto-reset, QEMU re-polling its pty): at connect, keep offering HELLO (same
-        # sequence count) for a boot timeout rather than the usual few tries.
-        retries = max(MAX_RETRIES, math.ceil(boot_timeout_s / self.retry_timeout_s))
-        rec, _ = yield self.transact(
-            "HELLO", dict(proto_ver=PROTO_VERSION, dict_hash=DICT_HASH, mode=MODES[key],
-                          period_ms=period_ms, host_nonce=host_nonce & 0xFFFFFFFF),
-            hello_reply, self.now_ns, ack_req=False, session=False, retries=retries)
-        ack = rec.msg
-        if ack["result"] == RESULT["DICT_MISMATCH"]:
-            raise UserError(
-                where=self.url,
-                message=f"message dictionary mismatch: the unit has hash 0x{ack['dict_hash']:08X}"
-                        f", this host 0x{DICT_HASH:08X}; rebuild the firmware/emulator from this "
-                        f"messages.toml (the unit will not be armed)")
-        if ack["result"] != _ACCEPTED:
-            raise LinkError(f"{self.url}: HELLO refused: {self.result_name(rec)}")
-        if ack["proto_ver"] != PROTO_VERSION:
-            raise UserError(where=self.url,
-                            message=f"the unit speaks protocol version {ack['proto_ver']}, this "
-                                    f"host {PROTO_VERSION}; update the firmware or the host")
-        test_build = self.test_build or bool(ack.flags & FLAG_TEST_BUILD)
-        session = self.session if self.session is not None else ack["session"]
-        mode_names = {v: k for k, v in MODES.items()}
-        self.info = LinkInfo(
-            session=session, fw_ver=ack["fw_ver"], proto_ver=ack["proto_ver"],
-            dict_hash=ack["dict_hash"], n_channels=ack["n_channels"], tick_us=ack["tick_us"],
-            min_on_ticks=ack["min_on_ticks"], watchdog_ms=ack["watchdog_ms"],
-            mode=mode_names.get(ack["mode"], key), period_ms=period_ms,
-            boot_count=ack["boot_count"], test_build=test_build)
-        self.mode, self.period_ms = key, period_ms
-        samples = []
-        timeout_s = max(self.retry_timeout_s, INITIAL_RETRY_TIMEOUT_S)
-        for _ in range(ping_burst):
-            s = yield self.ping(self.now_ns, timeout_s)
-            if s is not None:
-                samples.append(s)
-        if ping_burst and len(samples) * 2 < ping_burst:
-            raise LinkError(f"{self.url}: only {len(samples)} of {ping_burst} PINGs were "
-                            "answered; the link is losing frames")
-        if samples:
-            self.retry_rtt_s = percentile([s.rtt_ms for s in samples], 50) / 1000.0
-            best = min(samples, key=lambda s: s.rtt_ms)  # least queueing: best offset
-            self.clock_offset_us = best.offset_us
-        return self.info
 
     def ping(self, now_ns: int, timeout_s: float) -> Op:
         """One PING/PONG (not retried: periodic). Result: :class:`PingSample` (its RTT added to
@@ -1000,18 +589,7 @@ class HostSession:
         seq = self.next_seq()
         t1_us = now_ns // 1000
         self.queue("PING", seq, 0, dict(nonce=nonce, t1_host_us=t1_us), now_ns)
-        return FlowOp(self, self._ping_flow(nonce, now_ns + int(timeout_s * 1e9)))
-
-    def _ping_flow(self, nonce, deadline_ns):
-        rec = yield self.wait_for(lambda: self._pongs.pop(nonce, None), deadline_ns)
-        if rec is None:
-            return None
-        m = rec.msg
-        t4_us = rec.t_ns // 1000
-        rtt_ms = (t4_us - m["t1_host_us"]) / 1000.0
-        offset = (_wrap32(m["t2_pu_us"] - m["t1_host_us"]) + _wrap32(m["t3_pu_us"] - t4_us)) / 2
-        self.rtt_ms.append(rtt_ms)
-        return PingSample(rtt_ms=rtt_ms, offset_us=offset)
+        return FlowOp(self, ping_flow(self, nonce, now_ns + int(timeout_s * 1e9)))
 
     # ---- arming ------------------------------------------------------------------------------
 
@@ -1024,53 +602,7 @@ class HostSession:
         if isinstance(max_on_ticks, bool) or not 1 <= int(max_on_ticks) <= cap:
             raise ValueError(f"max_on_ticks must be 1..{cap}, got {max_on_ticks!r}")
         session = self.require_session("ARM")
-        return FlowOp(self, self._arm_flow(session, int(max_on_ticks), next_step))
-
-    def _arm_flow(self, session, max_on_ticks, next_step):
-        # A duplicated ARM_REQUEST (a line that repeats frames, or a resend whose first copy
-        # got through) draws a second challenge that voids the first nonce, and the unit then
-        # answers BAD_NONCE (and goes SAFE). That is the line's doing, not a refusal: arm again,
-        # a bounded number of times.
-        for arm_try in range(ARM_TRIES):
-            last = arm_try == ARM_TRIES - 1
-            challenges_before = self.challenges
-
-            def challenge(seq: int, before=challenges_before) -> Received | None:
-                if self.challenges > before:
-                    return self.last_challenge
-                return self.take_ack(seq, "ARM_REQUEST")
-
-            rec, _ = yield self.transact("ARM_REQUEST", dict(session=session), challenge,
-                                         self.now_ns, ack_req=False, session=True)
-            if rec.msg.name == "ACK":
-                raise LinkError(f"{self.url}: ARM_REQUEST refused: {self.result_name(rec)}"
-                                f"{self.hk_pressure_hint()}")
-            nonce = rec.msg["nonce"]
-            armed_events_before = self.armed_events
-            step = self.next_step if next_step is None else next_step
-            rec, attempt = yield self.transact(
-                "ARM_CONFIRM", dict(session=session, nonce=nonce, max_on_ticks=max_on_ticks,
-                                    next_step=int(step)),
-                lambda seq: self.take_ack(seq, "ARM_CONFIRM"), self.now_ns, ack_req=True,
-                session=True)
-            result = rec.msg["result"]
-            if result == _ACCEPTED:
-                break
-            # A resent ARM_CONFIRM whose first copy armed the unit (its ACK lost) is refused
-            # with REJECTED_STATE; the ARMED event tells us the first copy worked.
-            if attempt > 0 and result == RESULT["REJECTED_STATE"] \
-                    and self.armed_events > armed_events_before:
-                break
-            if result == RESULT["BAD_NONCE"] and not last:
-                continue
-            hint = self.hk_pressure_hint() if result == RESULT["REJECTED_STATE"] else ""
-            raise LinkError(f"{self.url}: ARM_CONFIRM refused: {self.result_name(rec)}{hint}")
-        self._armed = True
-        self._reports.clear()
-        self._late_expected.clear()
-        self.max_on_ticks = max_on_ticks
-        self.heartbeat(0, self.now_ns)  # start the link watchdog's clock from a fresh one
-        return None
+        return FlowOp(self, arm_flow(self, session, int(max_on_ticks), next_step))
 
     def stop_all(self, now_ns: int) -> int:
         """STOP_ALL, twice (same seq, the copy flagged RETRANSMIT), asking for an ACK; returns
@@ -1200,19 +732,7 @@ class HostSession:
                 or not any(lo <= value <= hi for lo, hi in ranges):
             raise UserError(where=self.url, field=key, message=f"expected {text}, got {value!r}")
         session = self.require_session("SET_PARAM")
-        return FlowOp(self, self._set_param_flow(key, value, session, now_ns))
-
-    def _set_param_flow(self, key, value, session, now_ns):
-        rec = yield self.command("SET_PARAM", dict(session=session, param=PARAM[key],
-                                                   value=value), now_ns)
-        result = rec.msg["result"]
-        if result == RESULT["BAD_PARAM"]:
-            raise UserError(where=self.url, field=key,
-                            message=f"the unit refused {value!r} (BAD_PARAM)")
-        if result != _ACCEPTED:
-            raise LinkError(f"{self.url}: SET_PARAM {key} refused: {self.result_name(rec)}")
-        if key == "WATCHDOG_MS" and self.info is not None:
-            self.info = replace(self.info, watchdog_ms=value)
+        return FlowOp(self, set_param_flow(self, key, value, session, now_ns))
 
     @staticmethod
     def fault_fields(kind: str | int, arg: int) -> tuple[str, dict[str, int]]:
@@ -1281,11 +801,3 @@ class HostSession:
         for f in MESSAGES["HK"].fields:
             out[f"unit_{f.name}"] = hk.get(f.name)
         return out
-
-
-_PARAM_RANGES = {  # SET_PARAM limits (section 4): (ranges..., text)
-    "WATCHDOG_MS": (((LIMITS["watchdog_ms_min"], LIMITS["watchdog_ms_max"]),),
-                    f"{LIMITS['watchdog_ms_min']}..{LIMITS['watchdog_ms_max']} ms"),
-    "HK_PERIOD_MS": (((0, 0), (20, 10000)), "0 (off) or 20..10000 ms"),
-    "MIN_ON_TICKS": (((0, 1000),), "0..1000 ticks"),
-}

@@ -11,11 +11,12 @@ import threading
 import numpy as np
 import pytest
 import serial
-from thruster_hil.core.errors import UserError
 from thruster_hil.firmware_bridge import codec
 from thruster_hil.firmware_bridge.dictionary import FLAG_RETRANSMIT
 from thruster_hil.firmware_bridge.emulator import EmulatorProcess
 from thruster_hil.firmware_bridge.link import FireResult, Link, LinkError
+
+from thruster_hil.core.errors import UserError
 
 WAIT = 5.0  # generous bound on a reply the emulator sends at once
 
@@ -36,8 +37,8 @@ def link(emu):
 
 def test_connect_arm_fire_over_the_emulator(link):
     link.arm(100)
-    res = link.fire(1, list(range(1, 19)))
-    assert res.step == 1 and res.executed_ms == tuple(range(1, 19)) and res.complete
+    res = link.fire(1, list(range(10, 28)))  # (none under the minimum on-time)
+    assert res.step == 1 and res.executed_ms == tuple(range(10, 28)) and res.complete
     st = link.stats()
     assert st["link_up"] and st["armed"] and st["rtt_samples"] >= 5 and st["retries"] == 0
 
@@ -145,7 +146,7 @@ def test_a_dropped_fire_is_resent_over_the_pty(emu):
             lk.connect()
             lk.arm(100)
             for step in range(1, 200):
-                assert lk.fire(step, [2] * 18).executed_ms == (2,) * 18
+                assert lk.fire(step, [20] * 18).executed_ms == (20,) * 18
             assert lk.stats()["retries"] > 0
         finally:
             lk.close()

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from memlink import LATENCY_NS, UNIT_CLOCK_OFFSET_US, Bench
-from thruster_hil.core.errors import UserError
 from thruster_hil.firmware_bridge import codec
 from thruster_hil.firmware_bridge.dictionary import (
     DICT_HASH,
@@ -18,13 +17,15 @@ from thruster_hil.firmware_bridge.dictionary import (
     MODE,
     PROTO_VERSION,
 )
-from thruster_hil.firmware_bridge.session import (
+from thruster_hil.firmware_bridge.linkrules import (
     LIVE_WAIT_WATCHDOGS,
     MAX_RETRIES,
     REPORT_DUPLICATE,
     LinkError,
 )
 from thruster_hil.firmware_bridge.unit import ARMED, SAFE
+
+from thruster_hil.core.errors import UserError
 
 WD_S = LIMITS["watchdog_ms_default"] / 1000
 

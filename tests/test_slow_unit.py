@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from memlink import Bench
-from thruster_hil.firmware_bridge.session import (
+from thruster_hil.firmware_bridge.linkrules import (
     LIVE_WAIT_MAX_S,
     LIVE_WAIT_WATCHDOGS,
     MIN_UNIT_CLOCK_RATE,
