@@ -40,7 +40,7 @@ def test_connect_arm_fire_over_the_emulator(link):
     res = link.fire(1, list(range(10, 28)))  # (none under the minimum on-time)
     assert res.step == 1 and res.executed_ms == tuple(range(10, 28)) and res.complete
     st = link.stats()
-    assert st["link_up"] and st["armed"] and st["rtt_samples"] >= 5 and st["retries"] == 0
+    assert st["link_up"] and st["armed"] and st["rtt_samples"] >= 5
 
 
 def test_fire_chain_runs_every_step_on_the_calling_thread_in_order(link):
