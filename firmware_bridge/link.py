@@ -116,6 +116,7 @@ class Link:
         self._thread: threading.Thread | None = None
         self._capture_errors = 0
         self._bytes_taken_reads = 0
+        self._thief_checked_ns = 0
 
     # ---- what the session knows ----------------------------------------------------------------
 
@@ -266,6 +267,8 @@ class Link:
         try:
             if fd is not None:
                 if not select.select([fd], [], [], timeout)[0]:
+                    if deadline_ns is not None:
+                        self._quiet_until_deadline()
                     return
                 try:
                     data = os.read(fd, 4096)
@@ -293,6 +296,21 @@ class Link:
         if self.on_bytes is not None:
             self._capture("rx", t_ns, data)
         self.s.receive_data(data, t_ns)
+
+    def _quiet_until_deadline(self) -> None:
+        """Nothing came before an operation's deadline (a reply is late). If another process
+        has the port open for reading, it is the likeliest taker: one that always wins the
+        race for the bytes leaves no empty read to notice (:meth:`_bytes_taken`), and between
+        two operations only it is reading. Checked at most every 100 ms (a /proc scan)."""
+        now = time.monotonic_ns()
+        if self.s.intruder is not None or now - self._thief_checked_ns < 100_000_000:
+            return
+        self._thief_checked_ns = now
+        who = other_readers(self.url)
+        if who:
+            self.s.port_taken(f"another process is reading {self.url}: {who}; the unit's "
+                              "replies were taken before this host could read them (close "
+                              "that program, then run again)")
 
     def _bytes_taken(self) -> None:
         """The port was readable, the read found nothing, and the port is alive: another
