@@ -353,3 +353,45 @@ def test_drops_and_duplicates_never_mismatch_a_reply_nor_execute_a_step_twice(up
         assert sorted(e[2] for e in executed) == [0, 1]
     keys = [(e[0], e[1], e[2]) for e in b.core.executed_log]
     assert len(keys) == len(set(keys))
+
+
+# ---- parameters, faults, statistics ----------------------------------------------------------
+
+def test_set_param_heartbeat_with_ack_and_disarm_are_acknowledged_commands():
+    b = armed_bench()
+    b.run(b.s.command("HEARTBEAT", dict(session=b.s.session, host_step=3), b.now_ns))
+    rec = b.run(b.s.command("DISARM", dict(session=b.s.session), b.now_ns))
+    assert rec.msg["result"] == 0 and b.core.state == SAFE
+    b.run(b.s.set_param("WATCHDOG_MS", 400, b.now_ns))
+    assert b.s.info.watchdog_ms == 400 and b.s.give_up_s == pytest.approx(0.4)
+    with pytest.raises(UserError, match="WATCHDOG_MS"):
+        b.s.set_param("WATCHDOG_MS", 1, b.now_ns)  # out of range: refused before sending
+    assert all(m.flags & FLAG_ACK_REQ for m in b.frames("SET_PARAM"))
+
+
+def test_fault_inject_carries_the_session_and_a_flight_build_refuses_it():
+    b = armed_bench()
+    seq = b.s.send_fault("FAIL_OFF", 2, b.now_ns)
+    b.write(b.s.data_to_send())
+    (fi,) = b.frames("FAULT_INJECT")
+    assert fi["session"] == b.s.session and fi.seq == seq
+    assert b.fire(1, [20] * 3).health[2] != 0  # applied before the next FIRE
+    flight = Bench(test_build=False)
+    flight.connect()
+    flight.arm()
+    seq = flight.s.send_fault("FAIL_OFF", 0, flight.now_ns)
+    flight.write(flight.s.data_to_send())
+    flight.fire(1, [20] * 3)
+    assert flight.s.fault_refusal(seq) == "UNSUPPORTED"
+
+
+def test_stats_count_both_directions_and_carry_the_units_housekeeping():
+    b = armed_bench()
+    b.fire(1, [20] * 3)
+    b.core.hk_period_ms = 50
+    b.advance(0.1)  # housekeeping comes on the unit's clock (well within its watchdog time)
+    b.run(b.s.ping(b.now_ns, 0.2))
+    st_ = b.s.stats()
+    assert st_["frames_sent"] == len(b.sent) and st_["frames_received"] == len(b.received)
+    assert st_["bytes_sent"] == sum(len(w) for w in b.writes) - 1  # (minus the resync zero)
+    assert st_["unit_state"] == ARMED and st_["armed"] and st_["crc_errors"] == 0
