@@ -3,7 +3,11 @@ docs/protocol.md). It stands on the core only.
 
 - :mod:`~thruster_hil.firmware_bridge.codec` — sans-IO framing, encoding and decoding (bytes in,
   messages or typed protocol errors out), built from the dictionary ``messages.toml``;
-- :mod:`~thruster_hil.firmware_bridge.link` — the host driver over pyserial (``Link``);
+- :mod:`~thruster_hil.firmware_bridge.session` — the host side as a sans-IO state machine
+  (``HostSession``: bytes and time in, results and bytes out; its operations in
+  :mod:`~thruster_hil.firmware_bridge.session_ops`, its rules and value types in
+  :mod:`~thruster_hil.firmware_bridge.linkrules`);
+- :mod:`~thruster_hil.firmware_bridge.link` — the thin one-thread driver over pyserial (``Link``);
 - :mod:`~thruster_hil.firmware_bridge.unit` / :mod:`~thruster_hil.firmware_bridge.emulator` — the
   unit's state machine and its emulator process on a pseudo-terminal;
   :mod:`~thruster_hil.firmware_bridge.qemu` — the board firmware (``board/``) under

@@ -284,14 +284,14 @@ def test_another_writer_is_locked_out_and_the_burn_stops_naming_it(dragon, tmp_p
     with EmulatorProcess(log_path=log, seed=3) as emu:
         unit = _open(model, emu.port, "lockstep")
         link = unit.link
-        wrong = (link._session + 1) & 0xFFFFFFFF or 1
+        wrong = (link.session + 1) & 0xFFFFFFFF or 1
         rogue = os.open(emu.port, os.O_WRONLY | os.O_NOCTTY)
         done = threading.Event()
         sent = [0]
 
         def intrude():
             while not done.is_set():
-                q = link._seq
+                q = link.s.seq
                 for s in ((q - 2) % 16384, (q - 1) % 16384):
                     os.write(rogue, codec.encode(
                         "FIRE", s, 0, session=wrong, step=0x7FFF0000 + sent[0],
