@@ -96,7 +96,7 @@ class SerialUnit:
                       next_cycle: Callable[[UnitReport], np.ndarray | None]) -> None:
         """LOCKSTEP: execute cycle ``cycle``, hand its report to ``next_cycle`` and execute the
         on-times it returns as the next cycle, until it returns None (:meth:`Link.fire_chain`:
-        ``next_cycle`` runs on the link's reader thread, with no thread hand-over per cycle)."""
+        ``next_cycle`` runs on the link's thread, with no thread hand-over per cycle)."""
         def on_result(res) -> tuple[int, np.ndarray] | None:
             nxt = next_cycle(self._report(res))  # may call fail(): see there
             return None if nxt is None else (res.step + 1, nxt[:self.n])
@@ -119,7 +119,7 @@ class SerialUnit:
         next FIRE. The unit's next VALVE_REPORT must show it (else the FAULT_INJECT is resent,
         then LinkError).
 
-        In a LOCKSTEP chain this runs on the link's reader thread (the runner calls it while
+        In a LOCKSTEP chain this runs on the link's thread (the runner calls it while
         it prepares the next cycle), where waiting for the ACK would wait for a reply that
         only this thread could read: there the FAULT_INJECT goes out without ACK_REQ, ahead
         of the next FIRE, and the unit, which handles frames in order, applies it first."""
@@ -238,7 +238,7 @@ def open_unit(*, unit: str, port: str | None, mode: str, n_thrusters: int, perio
         if mode == "realtime":  # the cycles are paced on the wall clock: hold the CPU
             saved = save_priority()  # (after the unit's process started: it does not inherit)
             priority = raise_priority(HOST_FIFO)
-        link = Link(url, on_bytes=on_bytes)  # its reader thread inherits the priority
+        link = Link(url, on_bytes=on_bytes)  # one thread: this one, at that priority
         link.connect(mode=mode, period_ms=period_ms)
         if link.n_channels < n_thrusters:
             raise LinkError(f"the unit has {link.n_channels} valve channels, the stack needs "
