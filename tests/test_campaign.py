@@ -30,6 +30,9 @@ from thruster_hil.campaign import (
 )
 from thruster_hil.cli import main
 
+# Slow tier (`-m "not slow"` leaves it out): flies the fault campaign's rows as processes.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -10,6 +10,9 @@ import pytest
 
 from thruster_hil.cli import main
 
+# Slow tier (`-m "not slow"` leaves it out): runs the CLI as processes.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 PLAN_KEYS = {

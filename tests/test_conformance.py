@@ -8,7 +8,8 @@ live in firmware_bridge/conformance.py so that ``thruster-hil selftest`` runs th
 import pytest
 from thruster_hil.firmware_bridge.conformance import CHECKS, run_check
 
-pytestmark = pytest.mark.conformance
+# Slow tier (`-m "not slow"` leaves it out): the unit contract over a port (the emulator process).
+pytestmark = [pytest.mark.conformance, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("chk", CHECKS, ids=[c.name for c in CHECKS])

@@ -30,6 +30,9 @@ from thruster_hil.firmware_bridge.faults import LinkFaults, corrupt_byte, parse_
 
 from thruster_hil.core.errors import UserError
 
+# Slow tier (`-m "not slow"` leaves it out): starts the emulator process on a pty.
+pytestmark = pytest.mark.slow
+
 
 class Port:
     """A minimal host: the port, a decoder, sequence counts, reads with deadlines."""

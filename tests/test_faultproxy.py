@@ -28,6 +28,9 @@ from thruster_hil.config import build_stack_model, load_stack
 from thruster_hil.core.errors import UserError
 from thruster_hil.plan import Target, plan_burn
 
+# Slow tier (`-m "not slow"` leaves it out): starts the emulator and the fault proxy as processes.
+pytestmark = pytest.mark.slow
+
 STACK = "dragon-boost-kit"
 
 

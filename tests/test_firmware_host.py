@@ -30,6 +30,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import gen_c_header  # noqa: E402
 
+# Slow tier (`-m "not slow"` leaves it out): builds the firmware, runs libFuzzer and QEMU.
+pytestmark = pytest.mark.slow
+
 
 def _need(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t) is None]

@@ -54,6 +54,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 import gen_c_header  # noqa: E402
 from test_config import _leaves  # noqa: E402 -- (path, value) of every leaf and every list
 
+# Slow tier (`-m "not slow"` leaves it out): runs the CLI and the emulator as processes on generated input.
+pytestmark = pytest.mark.slow
+
 CLI_PREFIX = "thruster-hil: error: "
 EMU_PREFIX = "thruster_hil.firmware_bridge.emulator: error: "
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")), deadline=None,

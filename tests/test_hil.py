@@ -24,6 +24,9 @@ from thruster_hil.closedloop.runner import Failure, format_run, run_burn
 from thruster_hil.config import build_stack_model, load_stack
 from thruster_hil.plan import Target, plan_burn
 
+# Slow tier (`-m "not slow"` leaves it out): flies burns over a pty against the emulator process.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 STACK = "dragon-boost-kit"
 

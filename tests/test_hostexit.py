@@ -34,6 +34,9 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 PROGRESS_TIMEOUT_S = 120.0  # on progress (files growing), never on speed
 THIEF = """
 import os, select, sys
+
+# Slow tier (`-m "not slow"` leaves it out): signals host processes mid-burn.
+pytestmark = pytest.mark.slow
 fd = os.open(sys.argv[1], os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
 print("reading", flush=True)
 taken = 0

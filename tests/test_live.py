@@ -33,6 +33,9 @@ from thruster_hil.live import (
 )
 from thruster_hil.stopsignals import as_from_a_terminal
 
+# Slow tier (`-m "not slow"` leaves it out): runs the CLI and the monitor as processes.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="120", LINES="40", TERM="xterm-256color")
 ENV.pop("NO_COLOR", None)

@@ -17,6 +17,9 @@ from thruster_hil.closedloop.runner import Failure, run_burn
 from thruster_hil.config import build_stack_model, load_stack
 from thruster_hil.plan import Target, plan_burn
 
+# Slow tier (`-m "not slow"` leaves it out): flies whole burns and compiles the fused loop.
+pytestmark = pytest.mark.slow
+
 SAME_KEYS = ("achieved_delta_v_mps", "true_delta_v_mps", "cycles", "burn_duration_s",
              "max_attitude_error_deg", "propellant_kg", "perigee_km_after", "apogee_km_after",
              "status_cycles", "max_on_time_ms", "tank_used_kg", "completed")

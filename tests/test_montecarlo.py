@@ -20,6 +20,9 @@ from thruster_hil.config import build_stack_model, load_stack
 from thruster_hil.dispersions import case_seed, load_dispersions
 from thruster_hil.plan import Target, plan_burn
 
+# Slow tier (`-m "not slow"` leaves it out): flies Monte-Carlo campaigns (and a Dask cluster).
+pytestmark = pytest.mark.slow
+
 STACK = "dragon-boost-kit"
 DV = 0.3
 # Every case loses a thruster early: exercises the failure path of the batch and of run.

@@ -8,6 +8,9 @@ import pytest
 from thruster_hil.cli import main
 from thruster_hil.stopsignals import as_from_a_terminal
 
+# Slow tier (`-m "not slow"` leaves it out): runs and kills host processes mid-burn.
+pytestmark = pytest.mark.slow
+
 
 def test_a_run_through_the_emulator_leaves_complete_records(tmp_path, capsys):
     out = tmp_path / "run"

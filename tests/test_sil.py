@@ -20,6 +20,9 @@ from thruster_hil.closedloop.runner import Failure, run_burn
 from thruster_hil.config import build_stack_model, list_stacks, load_stack
 from thruster_hil.plan import Target, plan_burn
 
+# Slow tier (`-m "not slow"` leaves it out): flies whole burns of every stack.
+pytestmark = pytest.mark.slow
+
 RUN_KEYS = {
     "target_delta_v_mps", "achieved_delta_v_mps", "burn_duration_s", "cycles",
     "max_attitude_error_deg", "propellant_kg", "perigee_km_after", "apogee_km_after", "wall_s",

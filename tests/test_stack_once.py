@@ -10,6 +10,9 @@ import pytest
 from thruster_hil import config
 from thruster_hil.cli import main
 
+# Slow tier (`-m "not slow"` leaves it out): runs whole commands (plan, run).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def counted(monkeypatch):

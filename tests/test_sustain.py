@@ -11,6 +11,9 @@ from thruster_hil import cli
 from thruster_hil.core.constants import MU_EARTH, R_EARTH
 from thruster_hil.sustain import decay_validation, decay_validation_markdown, sustain
 
+# Slow tier (`-m "not slow"` leaves it out): plans a year of reboosts (whole burns flown).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def year():

@@ -27,6 +27,9 @@ from thruster_hil.campaign import (
     judge_closure,
 )
 
+# Slow tier (`-m "not slow"` leaves it out): times the emulator process on its own clock.
+pytestmark = pytest.mark.slow
+
 
 def _records(path) -> list[dict]:
     return _read_jsonl(path)  # the emulator's log, read as the campaign reads it

@@ -22,6 +22,9 @@ from thruster_hil.closedloop.runner import run_burn
 from thruster_hil.config import build_stack_model, list_stacks, load_stack
 from thruster_hil.plan import Target, plan_burn
 
+# Slow tier (`-m "not slow"` leaves it out): flies the validation burns of every stack.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "validation.md"
 
