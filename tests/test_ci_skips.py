@@ -14,14 +14,14 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
+# Slow tier (`-m "not slow"` leaves it out): runs pytest sessions in subprocesses.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SKIPS = '''
 import shutil, sys
 import pytest
-
-# Slow tier (`-m "not slow"` leaves it out): runs pytest sessions in subprocesses.
-pytestmark = pytest.mark.slow
 
 def test_tool_missing():
     pytest.skip("frobnicate-cc not installed (apt-get install -y frobnicate)")

@@ -12,6 +12,9 @@ from thruster_hil.closedloop.fused import new_sim
 from thruster_hil.config import build_stack_model, load_stack
 from thruster_hil.plan import Target, plan_stack
 
+# Slow tier (`-m "not slow"` leaves it out): plans a burn and compiles the fused loop.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def cygnus():

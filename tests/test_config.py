@@ -709,6 +709,7 @@ def test_plan_refuses_what_run_would_crash_on(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # propagates the longest burn it accepts
 def test_plan_refuses_a_burn_longer_than_it_can_propagate(tmp_path, capsys):
     """The weakest legal thrusters (0.1 N each) and a target they would need weeks for: one
     line from `plan` (a burn over 1e6 s), exit 2, not an array it cannot allocate."""

@@ -29,14 +29,14 @@ from thruster_hil.campaign import _read_jsonl
 from thruster_hil.cli import _run_status, main
 from thruster_hil.stopsignals import as_from_a_terminal, exit_status
 
+# Slow tier (`-m "not slow"` leaves it out): signals host processes mid-burn.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 PROGRESS_TIMEOUT_S = 120.0  # on progress (files growing), never on speed
 THIEF = """
 import os, select, sys
-
-# Slow tier (`-m "not slow"` leaves it out): signals host processes mid-burn.
-pytestmark = pytest.mark.slow
 fd = os.open(sys.argv[1], os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
 print("reading", flush=True)
 taken = 0

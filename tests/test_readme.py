@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -80,6 +82,7 @@ def test_every_thruster_hil_command_in_the_readme_parses():
             raise AssertionError(f"README: thruster-hil {' '.join(argv)}: {exc}") from None
 
 
+@pytest.mark.slow  # flies a burn and renders its report
 def test_the_walk_through_from_run_to_report(capsys, tmp_path, monkeypatch):
     """The newcomer's path: the main job prints where its run directory is on its last line,
     and `report` on that directory writes report.png."""
