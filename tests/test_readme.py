@@ -25,6 +25,7 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert test_cmd in ci_lines
 
 
+@pytest.mark.slow  # flies the default burn over the emulator (compiles the fused loop)
 def test_the_main_job_runs_on_the_built_in_emulator(capsys, tmp_path):
     """The README's main job (without its set-up part) flies the burn through the emulator."""
     from thruster_hil.cli import main
