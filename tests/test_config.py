@@ -225,6 +225,8 @@ def test_perturbed_valid_configs_load(docs):
 # ---- random corruptions are rejected ------------------------------------------------------
 
 OPTIONAL = {("stack", "solar_activity")}
+#: Keys that may be left out anywhere they appear (a tank's reserve defaults to none kept back).
+OPTIONAL_KEYS = {"reserve_kg"}
 NON_NEGATIVE_SUFFIXES = ("_kg", "_s", "_N", "_Pa", "_m2", "_m3", "_Nm", "_km", "_coefficient")
 
 
@@ -283,7 +285,8 @@ def corrupted(draw):
         return docs, kind, op, path
     leaves = [(p, v) for p, v in _leaves(doc) if p and (kind, p[0]) not in OPTIONAL]
     if op == "delete":
-        leaves = [(p, v) for p, v in leaves if isinstance(p[-1], str)]
+        leaves = [(p, v) for p, v in leaves
+                  if isinstance(p[-1], str) and p[-1] not in OPTIONAL_KEYS]
     elif op in ("nan", "huge"):
         leaves = [
             (p, v) for p, v in leaves if isinstance(v, float | int) and not isinstance(v, bool)
