@@ -115,6 +115,7 @@ def progress():
     return model, plan_stack(stack, Target("delta_v", 0.05), model=model)
 
 
+@pytest.mark.slow  # plans and flies a burn (compiles the fused loop)
 def test_the_runner_calls_the_protocol(progress):
     model, plan = progress
     unit = _Recording(len(model.thruster_names), int(round(model.control_period_s * 1000)))
@@ -131,6 +132,7 @@ def test_the_runner_calls_the_protocol(progress):
     assert any(e["event"] == "valves_open" for e in result.events)
 
 
+@pytest.mark.slow  # flies a burn
 def test_the_in_process_units_have_no_link_statistics(progress):
     model, plan = progress
     s = run_burn(model, plan, unit=IdealUnit(len(model.thruster_names), 500)).summary
