@@ -27,8 +27,13 @@ from thruster_hil.closedloop.runner import run_burn
 from thruster_hil.config import build_stack_model, list_stacks, load_stack
 from thruster_hil.plan import Target, plan_burn
 
-MODULES = (thruster_hil.controller.cycle, thruster_hil.controller.allocation, thruster_hil.controller.modulation, thruster_hil.sims.attitude,
-           thruster_hil.sims.thrusters)
+MODULES = (
+    thruster_hil.controller.cycle,
+    thruster_hil.controller.allocation,
+    thruster_hil.controller.modulation,
+    thruster_hil.sims.attitude,
+    thruster_hil.sims.thrusters,
+)
 
 
 @contextlib.contextmanager
@@ -56,17 +61,46 @@ def _mid_burn_controller(stack: str):
     def grab(k, info):
         if k == 100:
             ctrl = info["ctrl"]
-            captured["snapshot"] = {name: getattr(ctrl, name).copy() for name in (
-                "sens", "params", "A", "E", "Binv", "qp", "ints", "thr", "mod", "health", "ctrl",
-                "on_ms")}
+            captured["snapshot"] = {
+                name: getattr(ctrl, name).copy()
+                for name in (
+                    "sens",
+                    "params",
+                    "A",
+                    "E",
+                    "Binv",
+                    "qp",
+                    "ints",
+                    "thr",
+                    "mod",
+                    "health",
+                    "ctrl",
+                    "on_ms",
+                )
+            }
 
     run_burn(model, plan, on_cycle=grab)
     return len(model.thruster_names), captured["snapshot"]
 
 
 def _time_calls(fn, snap, repeat: int) -> list[float]:
-    args = [snap[k].copy() for k in ("sens", "params", "A", "E", "Binv", "qp", "ints", "thr", "mod",
-                                      "health", "ctrl", "on_ms")]
+    args = [
+        snap[k].copy()
+        for k in (
+            "sens",
+            "params",
+            "A",
+            "E",
+            "Binv",
+            "qp",
+            "ints",
+            "thr",
+            "mod",
+            "health",
+            "ctrl",
+            "on_ms",
+        )
+    ]
     samples = []
     for _ in range(repeat):
         # Fresh controller state each call, so every sample does the same work.
@@ -93,15 +127,20 @@ def main(argv=None) -> int:
         with plain_python():
             py = thruster_hil.controller.cycle.step
             python_us = statistics.median(_time_calls(py, snap, max(50, args.repeat // 200)))
-        out["stacks"][stack] = {"thrusters": n, "numba_us_median": round(numba_us, 3),
-                                "python_us_median": round(python_us, 1),
-                                "ratio": round(python_us / numba_us, 1)}
+        out["stacks"][stack] = {
+            "thrusters": n,
+            "numba_us_median": round(numba_us, 3),
+            "python_us_median": round(python_us, 1),
+            "ratio": round(python_us / numba_us, 1),
+        }
     if args.json:
         print(json.dumps(out))
     else:
         for name, row in out["stacks"].items():
-            print(f"{name:18s} {row['thrusters']:3d} thrusters  numba {row['numba_us_median']:8.2f}"
-                  f" us  python {row['python_us_median']:10.1f} us  ratio {row['ratio']:8.1f}")
+            print(
+                f"{name:18s} {row['thrusters']:3d} thrusters  numba {row['numba_us_median']:8.2f}"
+                f" us  python {row['python_us_median']:10.1f} us  ratio {row['ratio']:8.1f}"
+            )
     return 0
 
 

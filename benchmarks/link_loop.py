@@ -80,8 +80,17 @@ def raw_round_trips(n: int, peer_cpus: set[int] | None = None) -> float:
         _pin_peer(peer.pid, peer_cpus)
         path = peer.stdout.readline().decode().strip()
         port = serial.serial_for_url(path, exclusive=True, timeout=1.0)
-        frame = encode("FIRE", 1, 0, session=1, step=1, valid_for_ms=500, bank=0, mask=0xFFFF,
-                       on_ticks=list(range(101, 117)))
+        frame = encode(
+            "FIRE",
+            1,
+            0,
+            session=1,
+            step=1,
+            valid_for_ms=500,
+            bank=0,
+            mask=0xFFFF,
+            on_ticks=list(range(101, 117)),
+        )
         frame = frame.rstrip(b"\x00")[:49].ljust(49, b"\x01") + b"\x00"  # exactly 50 bytes
         assert len(frame) == 50
 
@@ -119,14 +128,26 @@ class Stack:
         stamps: list[float] = []
         with EmulatorProcess() as emu:
             _pin_peer(emu.pid, peer_cpus)
-            unit = open_unit(unit="emulator", port=emu.port, mode="lockstep", n_thrusters=self.n,
-                             period_ms=int(round(self.model.control_period_s * 1000)))
-            s = run_burn(self.model, self.plan, unit=unit,
-                         on_cycle=lambda k, _info: stamps.append(time.perf_counter())).summary
+            unit = open_unit(
+                unit="emulator",
+                port=emu.port,
+                mode="lockstep",
+                n_thrusters=self.n,
+                period_ms=int(round(self.model.control_period_s * 1000)),
+            )
+            s = run_burn(
+                self.model,
+                self.plan,
+                unit=unit,
+                on_cycle=lambda k, _info: stamps.append(time.perf_counter()),
+            ).summary
         assert s["completed"] and not s["aborted"], s
-        return {"cycles": s["cycles"],
-                "loop_cycles_per_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]),
-                "rtt_ms_p50": s["link"]["rtt_ms_p50"], "rtt_ms_p99": s["link"]["rtt_ms_p99"]}
+        return {
+            "cycles": s["cycles"],
+            "loop_cycles_per_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]),
+            "rtt_ms_p50": s["link"]["rtt_ms_p50"],
+            "rtt_ms_p99": s["link"]["rtt_ms_p99"],
+        }
 
 
 def main(argv=None) -> int:
@@ -134,8 +155,11 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--round-trips", type=int, default=3000)
-    ap.add_argument("--no-pin", action="store_true",
-                    help="leave the host and the peer where the scheduler puts them")
+    ap.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="leave the host and the peer where the scheduler puts them",
+    )
     args = ap.parse_args(argv)
     host_cpus, peer_cpus = placement(not args.no_pin)
     if host_cpus is not None:
@@ -161,32 +185,47 @@ def main(argv=None) -> int:
     for s in stacks:
         rows = rounds[s.name]
         table[s.name] = {
-            "thrusters": s.n, "banks": (s.n + 15) // 16, "cycles": rows[0]["cycles"],
+            "thrusters": s.n,
+            "banks": (s.n + 15) // 16,
+            "cycles": rows[0]["cycles"],
             "loop_cycles_per_s": round(med(rows, "loop_cycles_per_s"), 1),
             "ratio": round(med(rows, "ratio"), 3),
             "ratio_min": round(min(r["ratio"] for r in rows), 3),
             "ratio_max": round(max(r["ratio"] for r in rows), 3),
             "rtt_ms_p50": round(med(rows, "rtt_ms_p50"), 4),
-            "rtt_ms_p99": round(med(rows, "rtt_ms_p99"), 4)}
+            "rtt_ms_p99": round(med(rows, "rtt_ms_p99"), 4),
+        }
     default = table["dragon-boost-kit"]
-    out = {"raw_pty_round_trips_per_s": round(statistics.median(raws), 1),
-           "raw_min": round(min(raws), 1), "raw_max": round(max(raws), 1),
-           "loop_cycles_per_s": default["loop_cycles_per_s"], "ratio": default["ratio"],
-           "stack": "dragon-boost-kit", "rounds": args.rounds,
-           "placement": ("unpinned" if host_cpus is None else
-                         f"host on CPU {min(host_cpus)}, peer on CPU {min(peer_cpus)}"),
-           "stacks": table}
+    out = {
+        "raw_pty_round_trips_per_s": round(statistics.median(raws), 1),
+        "raw_min": round(min(raws), 1),
+        "raw_max": round(max(raws), 1),
+        "loop_cycles_per_s": default["loop_cycles_per_s"],
+        "ratio": default["ratio"],
+        "stack": "dragon-boost-kit",
+        "rounds": args.rounds,
+        "placement": (
+            "unpinned"
+            if host_cpus is None
+            else f"host on CPU {min(host_cpus)}, peer on CPU {min(peer_cpus)}"
+        ),
+        "stacks": table,
+    }
     if args.json:
         print(json.dumps(out))
     else:
         print(f"placement: {out['placement']}; {args.rounds} rounds, medians")
-        print(f"raw pty round trips (50 B, echo peer): {out['raw_pty_round_trips_per_s']:10.0f} /s"
-              f"  (min {out['raw_min']:.0f}, max {out['raw_max']:.0f})")
+        print(
+            f"raw pty round trips (50 B, echo peer): {out['raw_pty_round_trips_per_s']:10.0f} /s"
+            f"  (min {out['raw_min']:.0f}, max {out['raw_max']:.0f})"
+        )
         for name, row in table.items():
-            print(f"{name:18s} {row['thrusters']:3d} thrusters ({row['banks']} bank(s)): "
-                  f"{row['loop_cycles_per_s']:8.0f} cycles/s  ratio {row['ratio']:.2f} "
-                  f"({row['ratio_min']:.2f}..{row['ratio_max']:.2f})  RTT p50 "
-                  f"{row['rtt_ms_p50']:.3f} ms p99 {row['rtt_ms_p99']:.3f} ms")
+            print(
+                f"{name:18s} {row['thrusters']:3d} thrusters ({row['banks']} bank(s)): "
+                f"{row['loop_cycles_per_s']:8.0f} cycles/s  ratio {row['ratio']:.2f} "
+                f"({row['ratio_min']:.2f}..{row['ratio_max']:.2f})  RTT p50 "
+                f"{row['rtt_ms_p50']:.3f} ms p99 {row['rtt_ms_p99']:.3f} ms"
+            )
     return 0
 
 

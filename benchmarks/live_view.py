@@ -35,9 +35,14 @@ def _run(argv: list[str], out: Path) -> dict:
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     env = dict(os.environ, PYTHONPATH=str(ROOT), TERM="xterm-256color")
-    proc = subprocess.Popen([sys.executable, "-m", "thruster_hil.cli", "run", *argv, "--out",
-                             str(out)], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=slave)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "thruster_hil.cli", "run", *argv, "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+    )
     os.close(slave)
     drawn = 0
     while True:  # drain the terminal so the drawing never blocks on a full pty buffer
@@ -56,8 +61,11 @@ def _run(argv: list[str], out: Path) -> dict:
     if proc.wait() != 0:
         raise SystemExit(f"run {' '.join(argv)} failed with status {proc.returncode}")
     summary = json.loads((out / "summary.json").read_text())
-    return {"cycles_per_s": summary["cycles_per_s"], "cycles": summary["cycles"],
-            "terminal_bytes": drawn}
+    return {
+        "cycles_per_s": summary["cycles_per_s"],
+        "cycles": summary["cycles"],
+        "terminal_bytes": drawn,
+    }
 
 
 def main(argv=None) -> int:
@@ -77,22 +85,30 @@ def main(argv=None) -> int:
                     samples[variant].append(_run(base + extra, Path(tmp) / f"run{n}"))
             plain = statistics.median(s["cycles_per_s"] for s in samples["plain"])
             out["units"][unit] = {
-                variant: {"cycles": runs[0]["cycles"],
-                          "cycles_per_s_median": round(statistics.median(
-                              s["cycles_per_s"] for s in runs)),
-                          "ratio_to_plain": round(statistics.median(
-                              s["cycles_per_s"] for s in runs) / plain, 3),
-                          "terminal_bytes_median": round(statistics.median(
-                              s["terminal_bytes"] for s in runs))}
-                for variant, runs in samples.items()}
+                variant: {
+                    "cycles": runs[0]["cycles"],
+                    "cycles_per_s_median": round(
+                        statistics.median(s["cycles_per_s"] for s in runs)
+                    ),
+                    "ratio_to_plain": round(
+                        statistics.median(s["cycles_per_s"] for s in runs) / plain, 3
+                    ),
+                    "terminal_bytes_median": round(
+                        statistics.median(s["terminal_bytes"] for s in runs)
+                    ),
+                }
+                for variant, runs in samples.items()
+            }
     if args.json:
         print(json.dumps(out))
     else:
         for unit, rows in out["units"].items():
             for variant, row in rows.items():
-                print(f"{unit:9s} {variant:13s} {row['cycles']:6d} cycles "
-                      f"{row['cycles_per_s_median']:8d} cycles/s  x{row['ratio_to_plain']:.3f}  "
-                      f"{row['terminal_bytes_median']:8d} bytes drawn")
+                print(
+                    f"{unit:9s} {variant:13s} {row['cycles']:6d} cycles "
+                    f"{row['cycles_per_s_median']:8d} cycles/s  x{row['ratio_to_plain']:.3f}  "
+                    f"{row['terminal_bytes_median']:8d} bytes drawn"
+                )
     return 0
 
 

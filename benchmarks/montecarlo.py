@@ -48,17 +48,24 @@ def main(argv=None) -> int:
             best = max(best, args.cases / (time.perf_counter() - t0))
             cycles = result.rows[:, mc.batch.B_CYCLES].mean()
         rates[threads] = best
-    out = {"stack": STACK, "delta_v_mps": 1.0, "cases": args.cases,
-           "mean_cycles_per_case": float(cycles),
-           "max_threads": numba.config.NUMBA_NUM_THREADS,
-           "cases_per_s_1": round(rates[1], 1), "cases_per_s_2": round(rates[2], 1),
-           "speedup": round(rates[2] / rates[1], 2)}
+    out = {
+        "stack": STACK,
+        "delta_v_mps": 1.0,
+        "cases": args.cases,
+        "mean_cycles_per_case": float(cycles),
+        "max_threads": numba.config.NUMBA_NUM_THREADS,
+        "cases_per_s_1": round(rates[1], 1),
+        "cases_per_s_2": round(rates[2], 1),
+        "speedup": round(rates[2] / rates[1], 2),
+    }
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{STACK}, 1 m/s, {args.cases} cases of ~{cycles:.0f} cycles: "
-              f"{out['cases_per_s_1']:.1f} cases/s on 1 thread, {out['cases_per_s_2']:.1f} on 2 "
-              f"(speedup {out['speedup']:.2f})")
+        print(
+            f"{STACK}, 1 m/s, {args.cases} cases of ~{cycles:.0f} cycles: "
+            f"{out['cases_per_s_1']:.1f} cases/s on 1 thread, {out['cases_per_s_2']:.1f} on 2 "
+            f"(speedup {out['speedup']:.2f})"
+        )
     return 0
 
 

@@ -44,16 +44,19 @@ def main(argv=None) -> int:
             "fused_speedup": round(fused_rate / stepped_rate, 2),
             "cycles": rates[0]["cycles"],
             "cycles_per_s_median": round(statistics.median(r["cycles_per_s"] for r in rates)),
-            "real_time_factor": round(statistics.median(r["cycles_per_s"] for r in rates)
-                                      * model.control_period_s),
+            "real_time_factor": round(
+                statistics.median(r["cycles_per_s"] for r in rates) * model.control_period_s
+            ),
         }
     if args.json:
         print(json.dumps(out))
     else:
         for name, row in out["stacks"].items():
-            print(f"{name:18s} {row['cycles']:6d} cycles  {row['cycles_per_s_median']:8d} "
-                  f"cycles/s  {row['real_time_factor']:6d} x real time  (cycle by cycle "
-                  f"{row['stepped_cycles_per_s_median']:d}: fused x{row['fused_speedup']:.2f})")
+            print(
+                f"{name:18s} {row['cycles']:6d} cycles  {row['cycles_per_s_median']:8d} "
+                f"cycles/s  {row['real_time_factor']:6d} x real time  (cycle by cycle "
+                f"{row['stepped_cycles_per_s_median']:d}: fused x{row['fused_speedup']:.2f})"
+            )
     return 0
 
 

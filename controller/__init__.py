@@ -31,8 +31,21 @@ from thruster_hil.controller.cycle import (
 from thruster_hil.controller.modulation import pulse_on_times
 
 __all__ = [
-    "Controller", "build_controller", "step", "pulse_on_times", "allocate", "solve_lp",
-    "describe_status", "ST_BURNING", "ST_COMPLETE", "ST_SATURATED", "ST_INFEASIBLE",
-    "ST_ATTITUDE_LIMIT", "ST_RATE_LIMITED", "ST_TORQUE_LIMITED", "ST_THRUSTER_OUT",
-    "ST_BAD_INPUT", "ST_RESERVE",
+    "Controller",
+    "build_controller",
+    "step",
+    "pulse_on_times",
+    "allocate",
+    "solve_lp",
+    "describe_status",
+    "ST_BURNING",
+    "ST_COMPLETE",
+    "ST_SATURATED",
+    "ST_INFEASIBLE",
+    "ST_ATTITUDE_LIMIT",
+    "ST_RATE_LIMITED",
+    "ST_TORQUE_LIMITED",
+    "ST_THRUSTER_OUT",
+    "ST_BAD_INPUT",
+    "ST_RESERVE",
 ]

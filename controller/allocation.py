@@ -48,11 +48,14 @@ LP_UNBOUNDED = 2
 LP_BAD_START = 3
 
 #: Rows of ``work`` (each at least n_rows long) :func:`solve_lp` needs.
-LP_WORK = Layout("LP solver work rows", [
-    ("W_PI", 1),  # simplex multipliers
-    ("W_ALPHA", 1),  # the entering column in the basis
-    ("W_TMP", 1),  # right-hand side scratch
-])
+LP_WORK = Layout(
+    "LP solver work rows",
+    [
+        ("W_PI", 1),  # simplex multipliers
+        ("W_ALPHA", 1),  # the entering column in the basis
+        ("W_TMP", 1),  # right-hand side scratch
+    ],
+)
 W_PI, W_ALPHA, W_TMP = LP_WORK.offsets
 LP_WORK_ROWS = LP_WORK.length
 #: Pivot tolerance on the entering column (rows are scaled to O(1)).
@@ -330,8 +333,9 @@ def _warm_basis(E, b, lb, ub, n_rows, n_cols, x, state, basis, Binv, work):
 
 
 @kernel
-def allocate(E, b, c, lb, ub, n_rows, n_eq, n_act, err_cost, x, state, basis, Binv, work,
-             max_iter, warm):
+def allocate(
+    E, b, c, lb, ub, n_rows, n_eq, n_act, err_cost, x, state, basis, Binv, work, max_iter, warm
+):
     """Actuators ``x[:n_act]`` in [lb, ub] meeting rows ``E[:n_rows, :n_act] x ~ b`` at least cost.
 
     The caller fills the actuator part: ``E[:n_rows, :n_act]``, ``c``/``lb``/``ub[:n_act]`` and

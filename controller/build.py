@@ -78,8 +78,20 @@ class Controller:
 
     def step(self) -> int:
         """One cycle on ``self.sens``; on-times land in ``self.on_ms``. Returns the status."""
-        return st.step(self.sens, self.params, self.A, self.E, self.Binv, self.qp, self.ints,
-                       self.thr, self.mod, self.health, self.ctrl, self.on_ms)
+        return st.step(
+            self.sens,
+            self.params,
+            self.A,
+            self.E,
+            self.Binv,
+            self.qp,
+            self.ints,
+            self.thr,
+            self.mod,
+            self.health,
+            self.ctrl,
+            self.on_ms,
+        )
 
     @property
     def complete(self) -> bool:
@@ -99,9 +111,15 @@ class Controller:
         return int(self.ctrl[st.C_STOP]) - 1
 
 
-def build_controller(model, target_dv_mps: float, *, tick_s: float = 1e-3,
-                     bandwidth_rad_s: float = BANDWIDTH_RAD_S, damping: float = DAMPING,
-                     use_cmg: bool = True) -> Controller:
+def build_controller(
+    model,
+    target_dv_mps: float,
+    *,
+    tick_s: float = 1e-3,
+    bandwidth_rad_s: float = BANDWIDTH_RAD_S,
+    damping: float = DAMPING,
+    use_cmg: bool = True,
+) -> Controller:
     """Controller arrays for ``model`` (a :class:`thruster_hil.config.StackModel`) and a target
     along-track delta-v [m/s]."""
     if not (math.isfinite(target_dv_mps) and target_dv_mps > 0.0):
@@ -122,9 +140,14 @@ def build_controller(model, target_dv_mps: float, *, tick_s: float = 1e-3,
     thr = np.zeros((n, mo.THR_COLS))
     min_on = np.ceil(np.asarray(model.min_on_time_s) / tick_s - 1e-9) * tick_s
     for i in range(n):
-        args = (model.thrust_N[i], model.open_delay_s[i], model.close_delay_s[i],
-                model.rise_time_s[i], model.tail_off_s[i])
-        thr[i, mo.T_THRUST:mo.T_TAU_TAIL + 1] = args
+        args = (
+            model.thrust_N[i],
+            model.open_delay_s[i],
+            model.close_delay_s[i],
+            model.rise_time_s[i],
+            model.tail_off_s[i],
+        )
+        thr[i, mo.T_THRUST : mo.T_TAU_TAIL + 1] = args
         thr[i, mo.T_MIN_ON] = min_on[i]
         thr[i, mo.T_MIB] = effective_impulse(min_on[i], *args)
         thr[i, mo.T_MAX_IMPULSE] = model.thrust_N[i] * period
@@ -144,17 +167,18 @@ def build_controller(model, target_dv_mps: float, *, tick_s: float = 1e-3,
     scale = np.array([f_ref] * 3 + [f_ref * LEVER_REF_M] * 3)
     # Weights of the residual that status reports: the push and the torque (the sideways force
     # is priced like propellant, not demanded: weight 0).
-    row_w = np.array([1.0 / f_ref**2, 0.0, 0.0]
-                     + [TORQUE_PRIORITY / (f_ref * LEVER_REF_M) ** 2] * 3)
+    row_w = np.array(
+        [1.0 / f_ref**2, 0.0, 0.0] + [TORQUE_PRIORITY / (f_ref * LEVER_REF_M) ** 2] * 3
+    )
 
     qp = np.zeros((st.QP_ROWS, n_cols))
-    qp[st.Q_UB, :n + n_cmg] = 1.0
+    qp[st.Q_UB, : n + n_cmg] = 1.0
     kg_full = full * thr[:, mo.T_KG_PER_NS]  # propellant of a full-cycle pulse [kg]
     p_ref = float(np.sum(kg_full[model.translation_idx]))
     role = np.full(n, ATTITUDE_COST_FACTOR)
     role[model.translation_idx] = 1.0
     qp[st.Q_COST, :n] = kg_full / p_ref * role
-    qp[st.Q_COST, n:n + n_cmg] = CMG_COST
+    qp[st.Q_COST, n : n + n_cmg] = CMG_COST
 
     params = np.zeros(st.PARAM_LEN)
     # Gimbals, pre-positioned at the trim that points the thrust through the CoM.
@@ -168,15 +192,15 @@ def build_controller(model, target_dv_mps: float, *, tick_s: float = 1e-3,
         d1, d2 = gimbal_trim(u0, e1, e2, r, lim)
         qp[st.Q_ANGLE, col] = d1
         qp[st.Q_ANGLE, col + 1] = d2
-        rec = params[st.P_GIMBAL + g * st.G_STRIDE:st.P_GIMBAL + (g + 1) * st.G_STRIDE]
+        rec = params[st.P_GIMBAL + g * st.G_STRIDE : st.P_GIMBAL + (g + 1) * st.G_STRIDE]
         rec[st.G_THRUSTER] = i
         rec[st.G_COL] = col
         rec[st.G_LIMIT] = lim
         rec[st.G_RATE] = float(model.gimbal_rate_rad_s[i])
-        rec[st.G_U0:st.G_U0 + 3] = u0
-        rec[st.G_E1:st.G_E1 + 3] = e1
-        rec[st.G_E2:st.G_E2 + 3] = e2
-        rec[st.G_R:st.G_R + 3] = r
+        rec[st.G_U0 : st.G_U0 + 3] = u0
+        rec[st.G_E1 : st.G_E1 + 3] = e1
+        rec[st.G_E2 : st.G_E2 + 3] = e2
+        rec[st.G_R : st.G_R + 3] = r
         for j, v in ((col, e1), (col + 1, e2)):
             A[0:3, j] = v * full[i]
             A[3:6, j] = np.cross(r, v) * full[i]
@@ -203,21 +227,23 @@ def build_controller(model, target_dv_mps: float, *, tick_s: float = 1e-3,
     params[st.P_PERIOD] = period
     params[st.P_TICK] = tick_s
     params[st.P_TARGET_DV] = target_dv_mps
-    params[st.P_KP:st.P_KP + 3] = kp
-    params[st.P_KD:st.P_KD + 3] = kd
+    params[st.P_KP : st.P_KP + 3] = kp
+    params[st.P_KD : st.P_KD + 3] = kd
     params[st.P_MAX_RATE] = model.max_rate_rad_s
-    params[st.P_TORQUE_LIMIT:st.P_TORQUE_LIMIT + 3] = torque_limit
+    params[st.P_TORQUE_LIMIT : st.P_TORQUE_LIMIT + 3] = torque_limit
     params[st.P_ATT_LIMIT] = model.max_attitude_error_rad
     # Complete within one minimum impulse bit of the largest translation thruster.
     params[st.P_DV_TOL] = float(np.max(thr[model.translation_idx, mo.T_MIB])) / model.mass_kg
-    params[st.P_DCM_BH:st.P_DCM_BH + 9] = np.asarray(model.dcm_BH).ravel()
-    params[st.P_INERTIA:st.P_INERTIA + 9] = inertia.ravel()
-    params[st.P_ROW_WEIGHT:st.P_ROW_WEIGHT + 6] = row_w
+    params[st.P_DCM_BH : st.P_DCM_BH + 9] = np.asarray(model.dcm_BH).ravel()
+    params[st.P_INERTIA : st.P_INERTIA + 9] = inertia.ravel()
+    params[st.P_ROW_WEIGHT : st.P_ROW_WEIGHT + 6] = row_w
     params[st.P_MAX_ITER] = 4 * n_cols + 20
-    params[st.P_ROW_SCALE:st.P_ROW_SCALE + 6] = scale
-    params[st.P_ERR_COST:st.P_ERR_COST + 6] = [FORCE_ERROR_COST, SIDE_FORCE_ERROR_COST,
-                                               SIDE_FORCE_ERROR_COST] + [
-        FORCE_ERROR_COST * TORQUE_PRIORITY] * 3
+    params[st.P_ROW_SCALE : st.P_ROW_SCALE + 6] = scale
+    params[st.P_ERR_COST : st.P_ERR_COST + 6] = [
+        FORCE_ERROR_COST,
+        SIDE_FORCE_ERROR_COST,
+        SIDE_FORCE_ERROR_COST,
+    ] + [FORCE_ERROR_COST * TORQUE_PRIORITY] * 3
     params[st.P_N_ACT] = m
     params[st.P_N_TANKS] = n_tanks
     params[st.P_N_GIMBALS] = n_g
@@ -225,17 +251,29 @@ def build_controller(model, target_dv_mps: float, *, tick_s: float = 1e-3,
     params[st.P_RATE_TAU] = RATE_TAU_S
     params[st.P_CMG_BUDGET] = budget
     reserve = np.asarray(model.tank_reserve_kg, dtype=np.float64)
-    params[st.P_TANK_ALLOW:st.P_TANK_ALLOW + n_tanks] = model.tank_propellant_kg - reserve
-    params[st.P_TANK_RESERVED:st.P_TANK_RESERVED + n_tanks] = reserve > 0.0
+    params[st.P_TANK_ALLOW : st.P_TANK_ALLOW + n_tanks] = model.tank_propellant_kg - reserve
+    params[st.P_TANK_RESERVED : st.P_TANK_RESERVED + n_tanks] = reserve > 0.0
     for t in range(n_tanks):
         mine = np.asarray(model.tank_idx) == t
-        params[st.P_TANK_GUARD + t] = 2.0 * float(np.sum(
-            thr[mine, mo.T_MIB] * thr[mine, mo.T_KG_PER_NS]))
+        params[st.P_TANK_GUARD + t] = 2.0 * float(
+            np.sum(thr[mine, mo.T_MIB] * thr[mine, mo.T_KG_PER_NS])
+        )
 
     return Controller(
-        thruster_names=tuple(model.thruster_names), n=n, m=m, period_s=period, tick_s=tick_s,
-        params=params, A=A, E=E, Binv=np.zeros((n_rows, n_rows)), qp=qp,
-        ints=np.zeros((2, n_cols), np.int64), thr=thr,
-        mod=np.zeros((n, mo.MOD_COLS)), health=np.full(n, HEALTH_NOMINAL, np.int64),
-        ctrl=np.zeros(st.CTRL_LEN), on_ms=np.zeros(n, np.uint16),
+        thruster_names=tuple(model.thruster_names),
+        n=n,
+        m=m,
+        period_s=period,
+        tick_s=tick_s,
+        params=params,
+        A=A,
+        E=E,
+        Binv=np.zeros((n_rows, n_rows)),
+        qp=qp,
+        ints=np.zeros((2, n_cols), np.int64),
+        thr=thr,
+        mod=np.zeros((n, mo.MOD_COLS)),
+        health=np.full(n, HEALTH_NOMINAL, np.int64),
+        ctrl=np.zeros(st.CTRL_LEN),
+        on_ms=np.zeros(n, np.uint16),
     )

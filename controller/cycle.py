@@ -70,14 +70,17 @@ from thruster_hil.core.layout import Layout
 from thruster_hil.core.pulses import gimbal_direction, pulse_impulse
 
 # ---- sensor vector: sens (SENS_LEN) -------------------------------------------------------
-SENSORS = Layout("controller sensor vector", [
-    ("S_R", 3),  # r_BN_N [m]
-    ("S_V", 3),  # v_BN_N [m/s]
-    ("S_Q", 4),  # q_BN, scalar first
-    ("S_W", 3),  # omega_BN_B [rad/s]
-    ("S_MASS", 1),  # stack mass estimate [kg]
-    ("S_DV", 3),  # accelerometer delta-v over the last cycle, in B [m/s]
-])
+SENSORS = Layout(
+    "controller sensor vector",
+    [
+        ("S_R", 3),  # r_BN_N [m]
+        ("S_V", 3),  # v_BN_N [m/s]
+        ("S_Q", 4),  # q_BN, scalar first
+        ("S_W", 3),  # omega_BN_B [rad/s]
+        ("S_MASS", 1),  # stack mass estimate [kg]
+        ("S_DV", 3),  # accelerometer delta-v over the last cycle, in B [m/s]
+    ],
+)
 S_R, S_V, S_Q, S_W, S_MASS, S_DV = SENSORS.offsets
 SENS_LEN = SENSORS.length
 
@@ -85,106 +88,178 @@ SENS_LEN = SENSORS.length
 MAX_TANKS = 8
 MAX_GIMBALS = 2
 #: One gimbaled engine's record in params (G_STRIDE floats from P_GIMBAL + g * G_STRIDE).
-GIMBAL_RECORD = Layout("controller gimbal record", [
-    ("G_THRUSTER", 1),  # thruster index
-    ("G_COL", 1),  # first of its two increment columns
-    ("G_LIMIT", 1),  # angle limit per axis [rad]
-    ("G_RATE", 1),  # rate limit per axis [rad/s]
-    ("G_U0", 3),  # undeflected direction in B
-    ("G_E1", 3),  # first gimbal axis direction in B
-    ("G_E2", 3),  # second
-    ("G_R", 3),  # engine position from the CoM in B [m]
-])
+GIMBAL_RECORD = Layout(
+    "controller gimbal record",
+    [
+        ("G_THRUSTER", 1),  # thruster index
+        ("G_COL", 1),  # first of its two increment columns
+        ("G_LIMIT", 1),  # angle limit per axis [rad]
+        ("G_RATE", 1),  # rate limit per axis [rad/s]
+        ("G_U0", 3),  # undeflected direction in B
+        ("G_E1", 3),  # first gimbal axis direction in B
+        ("G_E2", 3),  # second
+        ("G_R", 3),  # engine position from the CoM in B [m]
+    ],
+)
 G_THRUSTER, G_COL, G_LIMIT, G_RATE, G_U0, G_E1, G_E2, G_R = GIMBAL_RECORD.offsets
 G_STRIDE = GIMBAL_RECORD.length
-PARAMS = Layout("controller parameters", [
-    ("P_PERIOD", 1),  # control period [s]
-    ("P_TICK", 1),  # unit tick [s]
-    ("P_TARGET_DV", 1),  # target along-track delta-v [m/s]
-    ("P_KP", 3),  # proportional gains per body axis [N m / rad]
-    ("P_KD", 3),  # derivative gains per body axis [N m s / rad]
-    ("P_MAX_RATE", 1),  # rate limit [rad/s]
-    ("P_TORQUE_LIMIT", 3),  # per-axis torque limit [N m]
-    ("P_ATT_LIMIT", 1),  # attitude error limit [rad]
-    ("P_DV_TOL", 1),  # burn complete below this remainder [m/s]
-    ("P_DCM_BH", 9),  # reboost attitude relative to LVLH (row-major)
-    ("P_INERTIA", 9),  # stack inertia about the CoM in B [kg m^2] (row-major)
-    ("P_ROW_WEIGHT", 6),  # weights of the residual's rows: 1/F_ref^2, priority/(F_ref 10 m)^2
-    ("P_MAX_ITER", 1),  # LP iteration cap
-    ("P_ROW_SCALE", 6),  # the LP's wrench rows are divided by these [N s, N m s]
-    ("P_ERR_COST", 6),  # LP cost of one unit of scaled error per wrench row
-    ("P_N_ACT", 1),  # actuator columns: thrusters, CMG (+/- per axis), gimbal increments (2 each)
-    ("P_N_TANKS", 1),
-    ("P_N_GIMBALS", 1),
-    ("P_STOP_CYCLES", 1),  # the projected-reserve stop is armed after this many cycles
-    ("P_RATE_TAU", 1),  # time constant of each tank's draw-rate filter [s]
-    ("P_TANK_ALLOW", MAX_TANKS),  # per tank: propellant above its reserve [kg]
-    ("P_TANK_RESERVED", MAX_TANKS),  # per tank: 1.0 when it has a reserve
-    ("P_TANK_GUARD", MAX_TANKS),  # per tank: kept back from the budget [kg]
-    ("P_GIMBAL", MAX_GIMBALS * G_STRIDE),  # gimbal records (GIMBAL_RECORD each)
-    ("P_CMG_BUDGET", 1),  # CMG torque budget per axis [N m] (0: no CMG columns)
-])
-(P_PERIOD, P_TICK, P_TARGET_DV, P_KP, P_KD, P_MAX_RATE, P_TORQUE_LIMIT, P_ATT_LIMIT, P_DV_TOL,
- P_DCM_BH, P_INERTIA, P_ROW_WEIGHT, P_MAX_ITER, P_ROW_SCALE, P_ERR_COST, P_N_ACT, P_N_TANKS,
- P_N_GIMBALS, P_STOP_CYCLES, P_RATE_TAU, P_TANK_ALLOW, P_TANK_RESERVED, P_TANK_GUARD, P_GIMBAL,
- P_CMG_BUDGET) = PARAMS.offsets
+PARAMS = Layout(
+    "controller parameters",
+    [
+        ("P_PERIOD", 1),  # control period [s]
+        ("P_TICK", 1),  # unit tick [s]
+        ("P_TARGET_DV", 1),  # target along-track delta-v [m/s]
+        ("P_KP", 3),  # proportional gains per body axis [N m / rad]
+        ("P_KD", 3),  # derivative gains per body axis [N m s / rad]
+        ("P_MAX_RATE", 1),  # rate limit [rad/s]
+        ("P_TORQUE_LIMIT", 3),  # per-axis torque limit [N m]
+        ("P_ATT_LIMIT", 1),  # attitude error limit [rad]
+        ("P_DV_TOL", 1),  # burn complete below this remainder [m/s]
+        ("P_DCM_BH", 9),  # reboost attitude relative to LVLH (row-major)
+        ("P_INERTIA", 9),  # stack inertia about the CoM in B [kg m^2] (row-major)
+        ("P_ROW_WEIGHT", 6),  # weights of the residual's rows: 1/F_ref^2, priority/(F_ref 10 m)^2
+        ("P_MAX_ITER", 1),  # LP iteration cap
+        ("P_ROW_SCALE", 6),  # the LP's wrench rows are divided by these [N s, N m s]
+        ("P_ERR_COST", 6),  # LP cost of one unit of scaled error per wrench row
+        (
+            "P_N_ACT",
+            1,
+        ),  # actuator columns: thrusters, CMG (+/- per axis), gimbal increments (2 each)
+        ("P_N_TANKS", 1),
+        ("P_N_GIMBALS", 1),
+        ("P_STOP_CYCLES", 1),  # the projected-reserve stop is armed after this many cycles
+        ("P_RATE_TAU", 1),  # time constant of each tank's draw-rate filter [s]
+        ("P_TANK_ALLOW", MAX_TANKS),  # per tank: propellant above its reserve [kg]
+        ("P_TANK_RESERVED", MAX_TANKS),  # per tank: 1.0 when it has a reserve
+        ("P_TANK_GUARD", MAX_TANKS),  # per tank: kept back from the budget [kg]
+        ("P_GIMBAL", MAX_GIMBALS * G_STRIDE),  # gimbal records (GIMBAL_RECORD each)
+        ("P_CMG_BUDGET", 1),  # CMG torque budget per axis [N m] (0: no CMG columns)
+    ],
+)
+(
+    P_PERIOD,
+    P_TICK,
+    P_TARGET_DV,
+    P_KP,
+    P_KD,
+    P_MAX_RATE,
+    P_TORQUE_LIMIT,
+    P_ATT_LIMIT,
+    P_DV_TOL,
+    P_DCM_BH,
+    P_INERTIA,
+    P_ROW_WEIGHT,
+    P_MAX_ITER,
+    P_ROW_SCALE,
+    P_ERR_COST,
+    P_N_ACT,
+    P_N_TANKS,
+    P_N_GIMBALS,
+    P_STOP_CYCLES,
+    P_RATE_TAU,
+    P_TANK_ALLOW,
+    P_TANK_RESERVED,
+    P_TANK_GUARD,
+    P_GIMBAL,
+    P_CMG_BUDGET,
+) = PARAMS.offsets
 PARAM_LEN = PARAMS.length
 
 # ---- controller state, diagnostics and outputs: ctrl (CTRL_LEN) ------------------------------
-CTRL = Layout("controller state", [
-    ("C_DV_ALONG", 1),  # sensed along-track delta-v so far [m/s]
-    ("C_COMPLETE", 1),  # 1.0 once the burn is complete
-    ("C_INHIBIT", 1),  # 1.0 while translation is inhibited by the attitude limit
-    ("C_CYCLE", 1),  # cycles stepped
-    ("C_ATT_ERR", 1),  # attitude error this cycle [rad]
-    ("C_REMAINING", 1),  # remaining delta-v this cycle (in-flight impulse counted) [m/s]
-    ("C_RESIDUAL", 1),  # allocation's relative weighted residual
-    ("C_ITER", 1),  # allocation iterations
-    ("C_FORCE", 1),  # along-track force requested [N]
-    ("C_INFLIGHT", 1),  # delta-v commanded but not yet delivered [m/s]
-    ("C_WANT", 6),  # wanted wrench over the cycle [N s, N m s]
-    ("C_ACHIEVED", 6),  # allocated wrench
-    ("C_TORQUE", 3),  # torque requested by the attitude law [N m]
-    ("C_DCM_BN", 9),  # scratch
-    ("C_DCM_RN", 9),  # scratch
-    ("C_XH_B", 3),  # along-track unit vector in B
-    ("C_DCM_BR", 9),  # scratch
-    ("C_QE", 4),  # error quaternion q_BR
-    ("C_WREF", 3),  # reference rate omega_RN in B [rad/s]
-    ("C_STOP", 1),  # 0, or 1 + the tank whose reserve stopped the burn
-    ("C_TANK_USED", MAX_TANKS),  # propellant booked per tank [kg]
-    ("C_TANK_RATE", MAX_TANKS),  # filtered draw rate per tank [kg/s]
-    # Output, with on_ms: the torque commanded to the station's CMGs in B [N m], as allocated
-    # by the last cycle that ran the allocation (held through a cycle that did not).
-    ("C_CMG_TORQUE", 3),
-])
-(C_DV_ALONG, C_COMPLETE, C_INHIBIT, C_CYCLE, C_ATT_ERR, C_REMAINING, C_RESIDUAL, C_ITER, C_FORCE,
- C_INFLIGHT, C_WANT, C_ACHIEVED, C_TORQUE, C_DCM_BN, C_DCM_RN, C_XH_B, C_DCM_BR, C_QE, C_WREF,
- C_STOP, C_TANK_USED, C_TANK_RATE, C_CMG_TORQUE) = CTRL.offsets
+CTRL = Layout(
+    "controller state",
+    [
+        ("C_DV_ALONG", 1),  # sensed along-track delta-v so far [m/s]
+        ("C_COMPLETE", 1),  # 1.0 once the burn is complete
+        ("C_INHIBIT", 1),  # 1.0 while translation is inhibited by the attitude limit
+        ("C_CYCLE", 1),  # cycles stepped
+        ("C_ATT_ERR", 1),  # attitude error this cycle [rad]
+        ("C_REMAINING", 1),  # remaining delta-v this cycle (in-flight impulse counted) [m/s]
+        ("C_RESIDUAL", 1),  # allocation's relative weighted residual
+        ("C_ITER", 1),  # allocation iterations
+        ("C_FORCE", 1),  # along-track force requested [N]
+        ("C_INFLIGHT", 1),  # delta-v commanded but not yet delivered [m/s]
+        ("C_WANT", 6),  # wanted wrench over the cycle [N s, N m s]
+        ("C_ACHIEVED", 6),  # allocated wrench
+        ("C_TORQUE", 3),  # torque requested by the attitude law [N m]
+        ("C_DCM_BN", 9),  # scratch
+        ("C_DCM_RN", 9),  # scratch
+        ("C_XH_B", 3),  # along-track unit vector in B
+        ("C_DCM_BR", 9),  # scratch
+        ("C_QE", 4),  # error quaternion q_BR
+        ("C_WREF", 3),  # reference rate omega_RN in B [rad/s]
+        ("C_STOP", 1),  # 0, or 1 + the tank whose reserve stopped the burn
+        ("C_TANK_USED", MAX_TANKS),  # propellant booked per tank [kg]
+        ("C_TANK_RATE", MAX_TANKS),  # filtered draw rate per tank [kg/s]
+        # Output, with on_ms: the torque commanded to the station's CMGs in B [N m], as allocated
+        # by the last cycle that ran the allocation (held through a cycle that did not).
+        ("C_CMG_TORQUE", 3),
+    ],
+)
+(
+    C_DV_ALONG,
+    C_COMPLETE,
+    C_INHIBIT,
+    C_CYCLE,
+    C_ATT_ERR,
+    C_REMAINING,
+    C_RESIDUAL,
+    C_ITER,
+    C_FORCE,
+    C_INFLIGHT,
+    C_WANT,
+    C_ACHIEVED,
+    C_TORQUE,
+    C_DCM_BN,
+    C_DCM_RN,
+    C_XH_B,
+    C_DCM_BR,
+    C_QE,
+    C_WREF,
+    C_STOP,
+    C_TANK_USED,
+    C_TANK_RATE,
+    C_CMG_TORQUE,
+) = CTRL.offsets
 CTRL_LEN = CTRL.length
 
 # ---- allocation (qp: QP_ROWS x LP columns; E: LP rows x LP columns; Binv: rows x rows) --------
-QP = Layout("controller qp rows", [
-    ("Q_LB", 1),
-    ("Q_UB", 1),
-    ("Q_X", 1),  # the LP solution: duties, CMG fractions, gimbal increments [rad], errors, slacks
-    ("Q_COST", 1),  # LP costs (actuator part fixed at build)
-    ("Q_B", 1),  # LP right-hand sides
-    ("Q_ANGLE", 1),  # gimbal angles [rad] at the gimbal's two columns (state, applied by the plant)
-    ("Q_WORK", LP_WORK_ROWS),  # solver scratch (allocation.LP_WORK)
-])
+QP = Layout(
+    "controller qp rows",
+    [
+        ("Q_LB", 1),
+        ("Q_UB", 1),
+        (
+            "Q_X",
+            1,
+        ),  # the LP solution: duties, CMG fractions, gimbal increments [rad], errors, slacks
+        ("Q_COST", 1),  # LP costs (actuator part fixed at build)
+        ("Q_B", 1),  # LP right-hand sides
+        (
+            "Q_ANGLE",
+            1,
+        ),  # gimbal angles [rad] at the gimbal's two columns (state, applied by the plant)
+        ("Q_WORK", LP_WORK_ROWS),  # solver scratch (allocation.LP_WORK)
+    ],
+)
 Q_LB, Q_UB, Q_X, Q_COST, Q_B, Q_ANGLE, Q_WORK = QP.offsets
 QP_ROWS = QP.length
-INTS = Layout("controller ints rows", [
-    ("I_STATE", 1),  # LP variable states
-    ("I_BASIS", 1),  # basic variable of each LP row
-])
+INTS = Layout(
+    "controller ints rows",
+    [
+        ("I_STATE", 1),  # LP variable states
+        ("I_BASIS", 1),  # basic variable of each LP row
+    ],
+)
 I_STATE, I_BASIS = INTS.offsets
-LP_ROWS = Layout("controller LP rows", [
-    ("ROW_WRENCH", 6),  # force in the reboost attitude's LVLH axes, torque in B (scaled)
-    ("ROW_ROLE", 1),  # the attitude thrusters' along-track push <= 0
-    ("ROW_TANK", MAX_TANKS),  # one per tank, draw <= budget (as many rows as tanks)
-])
+LP_ROWS = Layout(
+    "controller LP rows",
+    [
+        ("ROW_WRENCH", 6),  # force in the reboost attitude's LVLH axes, torque in B (scaled)
+        ("ROW_ROLE", 1),  # the attitude thrusters' along-track push <= 0
+        ("ROW_TANK", MAX_TANKS),  # one per tank, draw <= budget (as many rows as tanks)
+    ],
+)
 ROW_WRENCH, ROW_ROLE, ROW_TANK = LP_ROWS.offsets
 
 # ---- status word ---------------------------------------------------------------------------
@@ -199,10 +274,16 @@ ST_THRUSTER_OUT = 1 << 7  # a thruster is failed or stuck: allocated around it
 ST_BAD_INPUT = 1 << 8  # non-finite or impossible sensor input: all valves closed
 ST_RESERVE = 1 << 9  # a tank would reach its reserve: burn stopped, all valves closed
 STATUS_NAMES = {
-    ST_BURNING: "burning", ST_COMPLETE: "complete", ST_SATURATED: "saturated",
-    ST_INFEASIBLE: "infeasible", ST_ATTITUDE_LIMIT: "attitude_limit",
-    ST_RATE_LIMITED: "rate_limited", ST_TORQUE_LIMITED: "torque_limited",
-    ST_THRUSTER_OUT: "thruster_out", ST_BAD_INPUT: "bad_input", ST_RESERVE: "reserve",
+    ST_BURNING: "burning",
+    ST_COMPLETE: "complete",
+    ST_SATURATED: "saturated",
+    ST_INFEASIBLE: "infeasible",
+    ST_ATTITUDE_LIMIT: "attitude_limit",
+    ST_RATE_LIMITED: "rate_limited",
+    ST_TORQUE_LIMITED: "torque_limited",
+    ST_THRUSTER_OUT: "thruster_out",
+    ST_BAD_INPUT: "bad_input",
+    ST_RESERVE: "reserve",
 }
 
 SATURATION_TOL = 1e-4
@@ -269,35 +350,43 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
     mass = sens[S_MASS]
     q0, q1, q2, q3 = q0 / qn, q1 / qn, q2 / qn, q3 / qn
     # -- frames ------------------------------------------------------------------------------
-    bn = ctrl[C_DCM_BN:C_DCM_BN + 9]
+    bn = ctrl[C_DCM_BN : C_DCM_BN + 9]
     bn[0], bn[1], bn[2], bn[3], bn[4], bn[5], bn[6], bn[7], bn[8] = dcm_entries(q0, q1, q2, q3)
     xx, xy, xz, yx, yy, yz, zx, zy, zz = lvlh_axes(rx, ry, rz, vx, vy, vz)
-    bh = params[P_DCM_BH:P_DCM_BH + 9]
-    rn = ctrl[C_DCM_RN:C_DCM_RN + 9]
+    bh = params[P_DCM_BH : P_DCM_BH + 9]
+    rn = ctrl[C_DCM_RN : C_DCM_RN + 9]
     for i in range(3):
         rn[3 * i] = bh[3 * i] * xx + bh[3 * i + 1] * yx + bh[3 * i + 2] * zx
         rn[3 * i + 1] = bh[3 * i] * xy + bh[3 * i + 1] * yy + bh[3 * i + 2] * zy
         rn[3 * i + 2] = bh[3 * i] * xz + bh[3 * i + 1] * yz + bh[3 * i + 2] * zz
-    xb = ctrl[C_XH_B:C_XH_B + 3]
+    xb = ctrl[C_XH_B : C_XH_B + 3]
     for i in range(3):
         xb[i] = bn[3 * i] * xx + bn[3 * i + 1] * xy + bn[3 * i + 2] * xz
     # -- gimbals: the engine's LP columns about its present angles -----------------------------
-    scale = params[P_ROW_SCALE:P_ROW_SCALE + 6]
+    scale = params[P_ROW_SCALE : P_ROW_SCALE + 6]
     # The along-track direction in the LP's force axes (the reboost attitude's LVLH axes).
     xh0 = bh[0] * xb[0] + bh[3] * xb[1] + bh[6] * xb[2]
     xh1 = bh[1] * xb[0] + bh[4] * xb[1] + bh[7] * xb[2]
     xh2 = bh[2] * xb[0] + bh[5] * xb[1] + bh[8] * xb[2]
     gw = qp[Q_WORK]
     for g in range(int(params[P_N_GIMBALS])):
-        rec = params[P_GIMBAL + g * G_STRIDE:P_GIMBAL + (g + 1) * G_STRIDE]
+        rec = params[P_GIMBAL + g * G_STRIDE : P_GIMBAL + (g + 1) * G_STRIDE]
         i = int(rec[G_THRUSTER])
         col = int(rec[G_COL])
-        gimbal_direction(rec[G_U0:G_U0 + 3], rec[G_E1:G_E1 + 3], rec[G_E2:G_E2 + 3],
-                         qp[Q_ANGLE, col], qp[Q_ANGLE, col + 1], gw[0:3], gw[3:6], gw[6:9])
+        gimbal_direction(
+            rec[G_U0 : G_U0 + 3],
+            rec[G_E1 : G_E1 + 3],
+            rec[G_E2 : G_E2 + 3],
+            qp[Q_ANGLE, col],
+            qp[Q_ANGLE, col + 1],
+            gw[0:3],
+            gw[3:6],
+            gw[6:9],
+        )
         imp = thr[i, T_MAX_IMPULSE]
-        _wrench_column(E, i, gw[0:3], rec[G_R:G_R + 3], imp, scale, bh)
-        _wrench_column(E, col, gw[3:6], rec[G_R:G_R + 3], imp, scale, bh)
-        _wrench_column(E, col + 1, gw[6:9], rec[G_R:G_R + 3], imp, scale, bh)
+        _wrench_column(E, i, gw[0:3], rec[G_R : G_R + 3], imp, scale, bh)
+        _wrench_column(E, col, gw[3:6], rec[G_R : G_R + 3], imp, scale, bh)
+        _wrench_column(E, col + 1, gw[6:9], rec[G_R : G_R + 3], imp, scale, bh)
     # -- guidance ----------------------------------------------------------------------------
     ctrl[C_DV_ALONG] += sens[S_DV] * xb[0] + sens[S_DV + 1] * xb[1] + sens[S_DV + 2] * xb[2]
     inflight = 0.0
@@ -307,9 +396,16 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
         ax = (E[0, i] * xh0 + E[1, i] * xh1 + E[2, i] * xh2) * scale[0]
         t_prev = mod[i, M_LAST_ON]
         if t_prev > 0.0:
-            spill = pulse_impulse(t_prev, period, math.inf, thr[i, T_THRUST],
-                                  thr[i, T_OPEN_DELAY], thr[i, T_CLOSE_DELAY], thr[i, T_TAU_RISE],
-                                  thr[i, T_TAU_TAIL])
+            spill = pulse_impulse(
+                t_prev,
+                period,
+                math.inf,
+                thr[i, T_THRUST],
+                thr[i, T_OPEN_DELAY],
+                thr[i, T_CLOSE_DELAY],
+                thr[i, T_TAU_RISE],
+                thr[i, T_TAU_TAIL],
+            )
             inflight += spill * ax / thr[i, T_MAX_IMPULSE]
         if thr[i, T_TRANSLATION] > 0.5 and health[i] == HEALTH_NOMINAL and ax > 0.0:
             f_along_max += ax / period
@@ -334,12 +430,15 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
             force = f_along_max
     # -- attitude hold -----------------------------------------------------------------------
     # dcm_BR = dcm_BN dcm_RN^T, error quaternion by Sheppard's method (shortest rotation).
-    br = ctrl[C_DCM_BR:C_DCM_BR + 9]
+    br = ctrl[C_DCM_BR : C_DCM_BR + 9]
     for i in range(3):
         for j in range(3):
-            br[3 * i + j] = (bn[3 * i] * rn[3 * j] + bn[3 * i + 1] * rn[3 * j + 1]
-                             + bn[3 * i + 2] * rn[3 * j + 2])
-    qe = ctrl[C_QE:C_QE + 4]
+            br[3 * i + j] = (
+                bn[3 * i] * rn[3 * j]
+                + bn[3 * i + 1] * rn[3 * j + 1]
+                + bn[3 * i + 2] * rn[3 * j + 2]
+            )
+    qe = ctrl[C_QE : C_QE + 4]
     q_from_dcm(br.reshape((3, 3)), qe)
     err = 2.0 * math.atan2(math.sqrt(qe[1] ** 2 + qe[2] ** 2 + qe[3] ** 2), abs(qe[0]))
     ctrl[C_ATT_ERR] = err
@@ -347,12 +446,12 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
     ex, ey, ez = 2.0 * sgn * qe[1], 2.0 * sgn * qe[2], 2.0 * sgn * qe[3]
     # omega_RN = omega_HN = h / r^2 (in N), in B:
     wrx, wry, wrz = hx / r2, hy / r2, hz / r2
-    w_ref = ctrl[C_WREF:C_WREF + 3]
+    w_ref = ctrl[C_WREF : C_WREF + 3]
     for i in range(3):
         w_ref[i] = bn[3 * i] * wrx + bn[3 * i + 1] * wry + bn[3 * i + 2] * wrz
     wx, wy, wz = sens[S_W], sens[S_W + 1], sens[S_W + 2]
-    kp = params[P_KP:P_KP + 3]
-    kd = params[P_KD:P_KD + 3]
+    kp = params[P_KP : P_KP + 3]
+    kd = params[P_KD : P_KD + 3]
     # The proportional term as a rate demand, limited in norm.
     dx, dy, dz = -kp[0] / kd[0] * ex, -kp[1] / kd[1] * ey, -kp[2] / kd[2] * ez
     dn = math.sqrt(dx * dx + dy * dy + dz * dz)
@@ -361,16 +460,16 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
         s = max_rate / dn
         dx, dy, dz = dx * s, dy * s, dz * s
         status |= ST_RATE_LIMITED
-    inertia = params[P_INERTIA:P_INERTIA + 9]
+    inertia = params[P_INERTIA : P_INERTIA + 9]
     ix = inertia[0] * wx + inertia[1] * wy + inertia[2] * wz
     iy = inertia[3] * wx + inertia[4] * wy + inertia[5] * wz
     iz = inertia[6] * wx + inertia[7] * wy + inertia[8] * wz
     lx = -kd[0] * (wx - w_ref[0] - dx) + (wy * iz - wz * iy)
     ly = -kd[1] * (wy - w_ref[1] - dy) + (wz * ix - wx * iz)
     lz = -kd[2] * (wz - w_ref[2] - dz) + (wx * iy - wy * ix)
-    torque = ctrl[C_TORQUE:C_TORQUE + 3]
+    torque = ctrl[C_TORQUE : C_TORQUE + 3]
     torque[0], torque[1], torque[2] = lx, ly, lz
-    lim = params[P_TORQUE_LIMIT:P_TORQUE_LIMIT + 3]
+    lim = params[P_TORQUE_LIMIT : P_TORQUE_LIMIT + 3]
     for k in range(3):
         if torque[k] > lim[k]:
             torque[k] = lim[k]
@@ -413,7 +512,7 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
         _close_all(on_ms, mod)
         return (status & ~ST_BURNING) | ST_RESERVE
     # -- allocation --------------------------------------------------------------------------
-    want = ctrl[C_WANT:C_WANT + 6]
+    want = ctrl[C_WANT : C_WANT + 6]
     for k in range(3):
         want[k] = force * xb[k] * period
         want[3 + k] = torque[k] * period
@@ -441,7 +540,7 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
     # Gimbal increments: within the rate limit and the angle limit, and frozen while the
     # engine does not fire (its columns assume it does).
     for g in range(int(params[P_N_GIMBALS])):
-        rec = params[P_GIMBAL + g * G_STRIDE:P_GIMBAL + (g + 1) * G_STRIDE]
+        rec = params[P_GIMBAL + g * G_STRIDE : P_GIMBAL + (g + 1) * G_STRIDE]
         i = int(rec[G_THRUSTER])
         col = int(rec[G_COL])
         step_max = rec[G_RATE] * period
@@ -469,13 +568,27 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
             for i in range(n):
                 b[ROW_TANK + t] += E[ROW_TANK + t, i]
             b[ROW_TANK + t] += 1.0
-    lp_status, iters = allocate(E, b, qp[Q_COST], lb, ub, n_rows, 6, n_act,
-                                params[P_ERR_COST:P_ERR_COST + 6], x, ints[I_STATE],
-                                ints[I_BASIS], Binv, qp[Q_WORK:], int(params[P_MAX_ITER]),
-                                True)
+    lp_status, iters = allocate(
+        E,
+        b,
+        qp[Q_COST],
+        lb,
+        ub,
+        n_rows,
+        6,
+        n_act,
+        params[P_ERR_COST : P_ERR_COST + 6],
+        x,
+        ints[I_STATE],
+        ints[I_BASIS],
+        Binv,
+        qp[Q_WORK:],
+        int(params[P_MAX_ITER]),
+        True,
+    )
     # Residual as the weighted, relative wrench error (unscaled rows).
-    achieved = ctrl[C_ACHIEVED:C_ACHIEVED + 6]
-    row_w = params[P_ROW_WEIGHT:P_ROW_WEIGHT + 6]
+    achieved = ctrl[C_ACHIEVED : C_ACHIEVED + 6]
+    row_w = params[P_ROW_WEIGHT : P_ROW_WEIGHT + 6]
     num = 0.0
     den = 0.0
     for k in range(6):

@@ -34,35 +34,53 @@ from thruster_hil.core.jit import kernel
 from thruster_hil.core.layout import Layout
 from thruster_hil.core.pulses import attributed_impulse, on_time_for_impulse
 
-THRUSTER_COLUMNS = Layout("controller thruster columns", [
-    ("T_THRUST", 1),  # steady-state thrust [N]
-    ("T_OPEN_DELAY", 1),  # [s]
-    ("T_CLOSE_DELAY", 1),  # [s]
-    ("T_TAU_RISE", 1),  # [s]
-    ("T_TAU_TAIL", 1),  # [s]
-    ("T_MIN_ON", 1),  # minimum on-time [s]
-    ("T_MIB", 1),  # minimum impulse bit: booked impulse of the minimum on-time from rest [N s]
-    ("T_MAX_IMPULSE", 1),  # most impulse one cycle can book: F * period [N s]
-    ("T_TRANSLATION", 1),  # 1.0 for a translation thruster, 0.0 for an attitude thruster
-    ("T_KG_PER_NS", 1),  # propellant per unit impulse at the nominal Isp, 1/(Isp g0) [kg/(N s)]
-    ("T_TANK", 1),  # index of the tank it draws from
-])
-(T_THRUST, T_OPEN_DELAY, T_CLOSE_DELAY, T_TAU_RISE, T_TAU_TAIL, T_MIN_ON, T_MIB, T_MAX_IMPULSE,
- T_TRANSLATION, T_KG_PER_NS, T_TANK) = THRUSTER_COLUMNS.offsets
+THRUSTER_COLUMNS = Layout(
+    "controller thruster columns",
+    [
+        ("T_THRUST", 1),  # steady-state thrust [N]
+        ("T_OPEN_DELAY", 1),  # [s]
+        ("T_CLOSE_DELAY", 1),  # [s]
+        ("T_TAU_RISE", 1),  # [s]
+        ("T_TAU_TAIL", 1),  # [s]
+        ("T_MIN_ON", 1),  # minimum on-time [s]
+        ("T_MIB", 1),  # minimum impulse bit: booked impulse of the minimum on-time from rest [N s]
+        ("T_MAX_IMPULSE", 1),  # most impulse one cycle can book: F * period [N s]
+        ("T_TRANSLATION", 1),  # 1.0 for a translation thruster, 0.0 for an attitude thruster
+        ("T_KG_PER_NS", 1),  # propellant per unit impulse at the nominal Isp, 1/(Isp g0) [kg/(N s)]
+        ("T_TANK", 1),  # index of the tank it draws from
+    ],
+)
+(
+    T_THRUST,
+    T_OPEN_DELAY,
+    T_CLOSE_DELAY,
+    T_TAU_RISE,
+    T_TAU_TAIL,
+    T_MIN_ON,
+    T_MIB,
+    T_MAX_IMPULSE,
+    T_TRANSLATION,
+    T_KG_PER_NS,
+    T_TANK,
+) = THRUSTER_COLUMNS.offsets
 THR_COLS = THRUSTER_COLUMNS.length
 
 # Modulator state per thruster, columns of ``mod`` (n, MOD_COLS).
-MODULATOR_COLUMNS = Layout("modulator state columns", [
-    ("M_REMAINDER", 1),  # requested but not yet booked impulse [N s]
-    ("M_FULL", 1),  # last command covered the whole cycle (1.0 / 0.0)
-    ("M_LAST_ON", 1),  # last commanded on-time [s]
-])
+MODULATOR_COLUMNS = Layout(
+    "modulator state columns",
+    [
+        ("M_REMAINDER", 1),  # requested but not yet booked impulse [N s]
+        ("M_FULL", 1),  # last command covered the whole cycle (1.0 / 0.0)
+        ("M_LAST_ON", 1),  # last commanded on-time [s]
+    ],
+)
 M_REMAINDER, M_FULL, M_LAST_ON = MODULATOR_COLUMNS.offsets
 MOD_COLS = MODULATOR_COLUMNS.length
 #: A request within a thousandth of a whole cycle's impulse is a whole cycle: a gimbal's
 #: small moves and the allocation's round-off must not close a main engine's valve. The
 #: difference goes to the remainder (at most half a MIB, then one shorter cycle repays it).
 FULL_TOL = 1.0 - 1e-3
+
 
 @kernel
 def modulate_one(request_Ns, thr_row, mod_row, period_s, tick_s):
@@ -86,8 +104,10 @@ def modulate_one(request_Ns, thr_row, mod_row, period_s, tick_s):
     # A full-cycle request keeps the valve open the whole cycle (a main engine fires
     # continuously rather than closing for the tail it books), as long as what that books
     # keeps the remainder within half a MIB.
-    if request_Ns >= FULL_TOL * thr_row[T_MAX_IMPULSE] and acc - attributed_impulse(
-            period_s, continuing, f, t_od, t_cd, tr, tt) >= -0.5 * mib:
+    if (
+        request_Ns >= FULL_TOL * thr_row[T_MAX_IMPULSE]
+        and acc - attributed_impulse(period_s, continuing, f, t_od, t_cd, tr, tt) >= -0.5 * mib
+    ):
         t_on = period_s
     elif acc >= mib:
         if continuing:
@@ -134,13 +154,18 @@ def _pulse_on_times(force_requests_N, max_thrust_N, min_on_time_s, period_s, tic
         thr[i, T_MAX_IMPULSE] = max_thrust_N[i] * period_s
     for k in range(steps):
         for i in range(n):
-            out[k, i] = modulate_one(force_requests_N[k, i] * period_s, thr[i], mod[i], period_s,
-                                     tick_s)
+            out[k, i] = modulate_one(
+                force_requests_N[k, i] * period_s, thr[i], mod[i], period_s, tick_s
+            )
 
 
-def pulse_on_times(force_requests_N: np.ndarray, max_thrust_N: np.ndarray,
-                   min_on_time_s: np.ndarray | float, period_s: float,
-                   tick_s: float = 1e-3) -> np.ndarray:
+def pulse_on_times(
+    force_requests_N: np.ndarray,
+    max_thrust_N: np.ndarray,
+    min_on_time_s: np.ndarray | float,
+    period_s: float,
+    tick_s: float = 1e-3,
+) -> np.ndarray:
     """On-times [s] (steps x thrusters) for a sequence of mean-force requests [N].
 
     The batch entry point for benchmarks and for comparison with other tools (Basilisk's
@@ -154,16 +179,19 @@ def pulse_on_times(force_requests_N: np.ndarray, max_thrust_N: np.ndarray,
     """
     req = np.ascontiguousarray(force_requests_N, dtype=np.float64)
     if req.ndim != 2:
-        raise ValueError(f"force_requests_N: expected a 2-D array (steps x thrusters), got "
-                         f"shape {req.shape}")
+        raise ValueError(
+            f"force_requests_N: expected a 2-D array (steps x thrusters), got shape {req.shape}"
+        )
     n = req.shape[1]
     f_max = np.ascontiguousarray(np.broadcast_to(max_thrust_N, (n,)), dtype=np.float64)
     t_min = np.ascontiguousarray(np.broadcast_to(min_on_time_s, (n,)), dtype=np.float64)
     if not (np.all(np.isfinite(req)) and np.all(f_max > 0) and np.all(t_min >= 0)):
         raise ValueError("force_requests_N must be finite, max_thrust_N > 0, min_on_time_s >= 0")
     if not (0.0 < tick_s <= period_s) or not np.all(t_min <= period_s):
-        raise ValueError(f"need 0 < tick_s <= period_s and min_on_time_s <= period_s, got "
-                         f"tick_s={tick_s}, period_s={period_s}")
+        raise ValueError(
+            f"need 0 < tick_s <= period_s and min_on_time_s <= period_s, got "
+            f"tick_s={tick_s}, period_s={period_s}"
+        )
     out = np.empty_like(req)
     # The unit can only time whole ticks: the minimum on-time is the next whole tick up.
     t_min_ticks = np.ceil(np.maximum(t_min, tick_s) / tick_s - 1e-9) * tick_s

@@ -112,8 +112,9 @@ def _values(spec: MessageSpec, fields: dict[str, Any]) -> list[int]:
                 try:
                     x = int(x)
                 except (TypeError, ValueError):
-                    raise EncodeError(f"{spec.name}.{f.name}: expected an integer, got {x!r}")\
-                        from None
+                    raise EncodeError(
+                        f"{spec.name}.{f.name}: expected an integer, got {x!r}"
+                    ) from None
             out.append(x)
     return out
 
@@ -191,8 +192,10 @@ def decode_packet(packet: bytes) -> Message:
     if crc16(packet[:-2]) != crc:
         raise CrcError(f"CRC 0x{crc:04X} does not match the packet")
     if word0 >> 13 != 0 or not (word0 >> 11) & 1 or word1 >> 14 != 0b11:
-        raise HeaderError(f"not a version-0 unsegmented space packet with a secondary header "
-                          f"(0x{word0:04X} 0x{word1:04X})")
+        raise HeaderError(
+            f"not a version-0 unsegmented space packet with a secondary header "
+            f"(0x{word0:04X} 0x{word1:04X})"
+        )
     if ver_flags >> 4 != MSG_VERSION:
         raise HeaderError(f"message version {ver_flags >> 4}, expected {MSG_VERSION}")
     known = _DECODING.get(msg_id)
@@ -201,11 +204,9 @@ def decode_packet(packet: bytes) -> Message:
     spec, word0_id, payload_len, unpack_from, layout = known
     if word0 & 0x1FFF != word0_id:  # APID and TC/TM flag of this message
         is_tc = bool((word0 >> 12) & 1)
-        raise HeaderError(f"{spec.name} on APID 0x{word0 & 0x7FF:03X} as "
-                          f"{'TC' if is_tc else 'TM'}")
+        raise HeaderError(f"{spec.name} on APID 0x{word0 & 0x7FF:03X} as {'TC' if is_tc else 'TM'}")
     if n - MIN_PACKET != payload_len:
-        raise LengthError(f"{spec.name} payload of {n - MIN_PACKET} bytes, expected "
-                          f"{payload_len}")
+        raise LengthError(f"{spec.name} payload of {n - MIN_PACKET} bytes, expected {payload_len}")
     values = unpack_from(packet, 8)
     out = {name: values[a:b] if b else values[a] for name, a, b in layout}
     return Message(spec.name, word1 & 0x3FFF, out, ver_flags & 0xF)

@@ -51,8 +51,7 @@ class UnitClient:
 
     def __init__(self, url: str, timeout_s: float = 2.0):
         try:
-            self.port = serial.serial_for_url(url, baudrate=115200, timeout=0.05,
-                                              exclusive=True)
+            self.port = serial.serial_for_url(url, baudrate=115200, timeout=0.05, exclusive=True)
         except (serial.SerialException, OSError, ValueError) as exc:
             raise UserError(url, f"cannot open the unit's port: {exc}") from None
         self.url = url
@@ -108,13 +107,17 @@ class UnitClient:
                 if pred(m):
                     return self.inbox.pop(i)
             if time.monotonic() > deadline:
-                raise AssertionError(f"no matching reply within {timeout_s or self.timeout_s} s "
-                                     f"(inbox: {[m.name for m in self.inbox][-8:]})")
+                raise AssertionError(
+                    f"no matching reply within {timeout_s or self.timeout_s} s "
+                    f"(inbox: {[m.name for m in self.inbox][-8:]})"
+                )
             self._pump()
 
     def wait_name(self, name: str, timeout_s: float | None = None, **match) -> Message:
-        return self.wait(lambda m: m.name == name
-                         and all(m.fields.get(k) == v for k, v in match.items()), timeout_s)
+        return self.wait(
+            lambda m: m.name == name and all(m.fields.get(k) == v for k, v in match.items()),
+            timeout_s,
+        )
 
     def drain(self, quiet_s: float = 0.05) -> None:
         """Read until nothing arrives for ``quiet_s``; keep what came in the inbox."""
@@ -134,8 +137,13 @@ class UnitClient:
             self.boot = None
         return self.boot
 
-    def hello(self, mode: str = "LOCKSTEP", dict_hash: int = DICT_HASH,
-              period_ms: int = PERIOD_MS, tries: int = 8) -> Message:
+    def hello(
+        self,
+        mode: str = "LOCKSTEP",
+        dict_hash: int = DICT_HASH,
+        period_ms: int = PERIOD_MS,
+        tries: int = 8,
+    ) -> Message:
         """HELLO, resent with the same sequence count until answered (a board that was reset
         by opening its port spends a second in its bootloader first)."""
         seq = None
@@ -148,8 +156,16 @@ class UnitClient:
         self.send_raw(b"\x00")  # end any partial frame the unit holds (protocol section 1)
         nonce = int.from_bytes(os.urandom(4), "big")
         for _ in range(tries):
-            seq = self.send("HELLO", flags, seq, proto_ver=PROTO_VERSION, dict_hash=dict_hash,
-                            mode=MODE[mode], period_ms=period_ms, host_nonce=nonce)
+            seq = self.send(
+                "HELLO",
+                flags,
+                seq,
+                proto_ver=PROTO_VERSION,
+                dict_hash=dict_hash,
+                mode=MODE[mode],
+                period_ms=period_ms,
+                host_nonce=nonce,
+            )
             try:
                 self.hello_ack = self.wait_name("HELLO_ACK", timeout_s=0.5)
                 break
@@ -173,17 +189,37 @@ class UnitClient:
     def arm(self, max_on_ticks: int = PERIOD_MS, next_step: int | None = None) -> Message:
         self.send("ARM_REQUEST", session=self.session)
         ch = self.wait_name("ARM_CHALLENGE")
-        return self.command("ARM_CONFIRM", nonce=ch["nonce"], max_on_ticks=max_on_ticks,
-                            next_step=self.next_step if next_step is None else next_step)
+        return self.command(
+            "ARM_CONFIRM",
+            nonce=ch["nonce"],
+            max_on_ticks=max_on_ticks,
+            next_step=self.next_step if next_step is None else next_step,
+        )
 
-    def fire(self, step: int, ticks: list[int], bank: int = 0, mask: int | None = None,
-             flags: int = 0, seq: int | None = None) -> int:
+    def fire(
+        self,
+        step: int,
+        ticks: list[int],
+        bank: int = 0,
+        mask: int | None = None,
+        flags: int = 0,
+        seq: int | None = None,
+    ) -> int:
         ticks = list(ticks) + [0] * (CHANNELS_PER_BANK - len(ticks))
         if mask is None:
             mask = sum(1 << c for c in range(CHANNELS_PER_BANK) if ticks[c] > 0) or 1
         self.next_step = max(self.next_step, step + 1)
-        return self.send("FIRE", flags, seq, session=self.session, step=step, valid_for_ms=60000,
-                         bank=bank, mask=mask, on_ticks=ticks)
+        return self.send(
+            "FIRE",
+            flags,
+            seq,
+            session=self.session,
+            step=step,
+            valid_for_ms=60000,
+            bank=bank,
+            mask=mask,
+            on_ticks=ticks,
+        )
 
     def report(self, step: int, bank: int = 0) -> Message:
         return self.wait_name("VALVE_REPORT", step=step, bank=bank)
@@ -212,6 +248,7 @@ def _field_names(name: str) -> set[str]:
 
 # ---- the checks --------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Check:
     name: str
@@ -226,6 +263,7 @@ def check(requirement: str):
     def register(fn):
         CHECKS.append(Check(fn.__name__, requirement, fn))
         return fn
+
     return register
 
 
@@ -275,18 +313,21 @@ def state_table(c: UnitClient) -> None:
     _ready(c)
     c.fire(1, [10])
     assert c.wait_name("ACK")["result"] == RESULT["REJECTED_STATE"]
-    assert c.command("ARM_CONFIRM", nonce=1, max_on_ticks=10)["result"] == \
-        RESULT["REJECTED_STATE"]
-    assert c.command("SET_PARAM", param=ENUMS["param"]["HK_PERIOD_MS"], value=100)["result"] == \
-        RESULT["ACCEPTED"]
+    assert c.command("ARM_CONFIRM", nonce=1, max_on_ticks=10)["result"] == RESULT["REJECTED_STATE"]
+    assert (
+        c.command("SET_PARAM", param=ENUMS["param"]["HK_PERIOD_MS"], value=100)["result"]
+        == RESULT["ACCEPTED"]
+    )
     assert c.command("DISARM")["result"] == RESULT["ACCEPTED"]
     # ARMING: FIRE refused, SET_PARAM refused, DISARM -> SAFE.
     c.send("ARM_REQUEST", session=c.session)
     c.wait_name("ARM_CHALLENGE")
     c.fire(2, [10])
     assert c.wait_name("ACK")["result"] == RESULT["REJECTED_STATE"]
-    assert c.command("SET_PARAM", param=ENUMS["param"]["HK_PERIOD_MS"], value=100)["result"] == \
-        RESULT["REJECTED_STATE"]
+    assert (
+        c.command("SET_PARAM", param=ENUMS["param"]["HK_PERIOD_MS"], value=100)["result"]
+        == RESULT["REJECTED_STATE"]
+    )
     assert c.command("DISARM")["result"] == RESULT["ACCEPTED"]
     assert c.state() == STATE["SAFE"]
     # ARMED: ARM_REQUEST and SET_PARAM refused; FIRE executes; HELLO -> SAFE.
@@ -294,8 +335,10 @@ def state_table(c: UnitClient) -> None:
     assert c.state() == STATE["ARMED"]
     c.send("ARM_REQUEST", session=c.session)
     assert c.wait_name("ACK")["result"] == RESULT["REJECTED_STATE"]
-    assert c.command("SET_PARAM", param=ENUMS["param"]["HK_PERIOD_MS"], value=100)["result"] == \
-        RESULT["REJECTED_STATE"]
+    assert (
+        c.command("SET_PARAM", param=ENUMS["param"]["HK_PERIOD_MS"], value=100)["result"]
+        == RESULT["REJECTED_STATE"]
+    )
     c.fire(3, [10])
     assert c.report(3)["executed_ticks"][0] == 10
     c.hello()
@@ -305,8 +348,12 @@ def state_table(c: UnitClient) -> None:
 
 
 #: The reply that says a command was accepted, when it is not an ACK.
-_ACCEPT_REPLY = {"HELLO": "HELLO_ACK", "PING": "PONG", "ARM_REQUEST": "ARM_CHALLENGE",
-                 "FIRE": "VALVE_REPORT"}
+_ACCEPT_REPLY = {
+    "HELLO": "HELLO_ACK",
+    "PING": "PONG",
+    "ARM_REQUEST": "ARM_CHALLENGE",
+    "FIRE": "VALVE_REPORT",
+}
 #: The result each command of the matrix is sent to get (the stimuli of _send_matrix_command):
 #: an ARM_CONFIRM whose nonce cannot be right, every other command well formed.
 _MATRIX_RESULT = {"ARM_CONFIRM": "BAD_NONCE"}
@@ -347,32 +394,42 @@ def _enter(c: UnitClient, state: str, next_step: int) -> None:
         c.send("ARM_REQUEST", session=c.session)
         ch = c.wait_name("ARM_CHALLENGE")
         if state == "ARMED":
-            ack = c.command("ARM_CONFIRM", nonce=ch["nonce"], max_on_ticks=100,
-                            next_step=next_step)
+            ack = c.command("ARM_CONFIRM", nonce=ch["nonce"], max_on_ticks=100, next_step=next_step)
             assert ack["result"] == RESULT["ACCEPTED"], ack
 
 
 def _send_matrix_command(c: UnitClient, cmd: str, step: int) -> int:
     s = c.session
     if cmd == "HELLO":
-        return c.send("HELLO", proto_ver=PROTO_VERSION, dict_hash=DICT_HASH,
-                      mode=MODE["LOCKSTEP"], period_ms=PERIOD_MS, host_nonce=step)
+        return c.send(
+            "HELLO",
+            proto_ver=PROTO_VERSION,
+            dict_hash=DICT_HASH,
+            mode=MODE["LOCKSTEP"],
+            period_ms=PERIOD_MS,
+            host_nonce=step,
+        )
     if cmd == "PING":
         return c.send("PING", nonce=step, t1_host_us=step)
     if cmd == "ARM_REQUEST":
         return c.send("ARM_REQUEST", session=s)
     if cmd == "ARM_CONFIRM":  # a nonce that cannot be right (the real one is never 0 here)
-        return c.send("ARM_CONFIRM", FLAG_ACK_REQ, session=s, nonce=0, max_on_ticks=100,
-                      next_step=step)
+        return c.send(
+            "ARM_CONFIRM", FLAG_ACK_REQ, session=s, nonce=0, max_on_ticks=100, next_step=step
+        )
     if cmd == "FIRE":
         return c.fire(step, [5])
     if cmd == "SET_PARAM":
-        return c.send("SET_PARAM", FLAG_ACK_REQ, session=s, param=ENUMS["param"]["HK_PERIOD_MS"],
-                      value=100)
+        return c.send(
+            "SET_PARAM", FLAG_ACK_REQ, session=s, param=ENUMS["param"]["HK_PERIOD_MS"], value=100
+        )
     if cmd == "STOP_ALL":
         return c.send("STOP_ALL", FLAG_ACK_REQ)
-    return c.send(cmd, FLAG_ACK_REQ, **({"session": s, "host_step": step}
-                                        if cmd == "HEARTBEAT" else {"session": s}))
+    return c.send(
+        cmd,
+        FLAG_ACK_REQ,
+        **({"session": s, "host_step": step} if cmd == "HEARTBEAT" else {"session": s}),
+    )
 
 
 @check("State matrix: each reachable state x each command gives the tabled reply and state")
@@ -416,8 +473,10 @@ def arm_interlock(c: UnitClient) -> None:
     c.send("ARM_REQUEST", session=c.session)
     new = c.wait_name("ARM_CHALLENGE")
     if old["nonce"] != new["nonce"]:
-        assert c.command("ARM_CONFIRM", nonce=old["nonce"], max_on_ticks=100)["result"] == \
-            RESULT["BAD_NONCE"]
+        assert (
+            c.command("ARM_CONFIRM", nonce=old["nonce"], max_on_ticks=100)["result"]
+            == RESULT["BAD_NONCE"]
+        )
     # Commands without the session token are refused.
     c.send("ARM_REQUEST", session=(c.session + 1) & 0xFFFFFFFF or 1)
     assert c.wait_name("ACK")["result"] == RESULT["BAD_SESSION"]
@@ -483,8 +542,10 @@ def banks(c: UnitClient) -> None:
 def watchdog_safing(c: UnitClient) -> None:
     _ready(c, armed=True)
     wd_ms = c.hello_ack["watchdog_ms"]
-    event = c.wait(lambda m: m.name == "EVENT" and m["event"] == EVENT["WATCHDOG_TRIP"],
-                   timeout_s=wd_ms / 1000 + 3.0)
+    event = c.wait(
+        lambda m: m.name == "EVENT" and m["event"] == EVENT["WATCHDOG_TRIP"],
+        timeout_s=wd_ms / 1000 + 3.0,
+    )
     assert event["arg0"] >= wd_ms
     hk = c.hk()
     assert hk["state"] == STATE["SAFE"] and hk["open_mask"] == 0
@@ -492,19 +553,24 @@ def watchdog_safing(c: UnitClient) -> None:
     assert c.wait_name("ACK")["result"] == RESULT["REJECTED_STATE"]
 
 
-@check("Reset: after a reset the unit sends BOOT, has no session and must be armed again; "
-       "a hardware fault survives it, the HK error counters start again from zero")
+@check(
+    "Reset: after a reset the unit sends BOOT, has no session and must be armed again; "
+    "a hardware fault survives it, the HK error counters start again from zero"
+)
 def reset_handling(c: UnitClient) -> None:
     _ready(c, armed=True)
     if not c.test_build:
-        raise Skip("needs a TEST_BUILD unit to reset on command (reset a board by reopening "
-                   "its port)")
+        raise Skip(
+            "needs a TEST_BUILD unit to reset on command (reset a board by reopening its port)"
+        )
     old_boot = c.hello_ack["boot_count"]
     last = c.hello_ack["n_channels"] - 1
     c.send("HEARTBEAT", session=_wrong(c.session, 0), host_step=0)  # one session error
     assert c.wait_name("ACK")["result"] == RESULT["BAD_SESSION"]
-    assert c.command("FAULT_INJECT", fault=FAULT["STUCK_OPEN"], arg=last)["result"] == \
-        RESULT["ACCEPTED"]
+    assert (
+        c.command("FAULT_INJECT", fault=FAULT["STUCK_OPEN"], arg=last)["result"]
+        == RESULT["ACCEPTED"]
+    )
     try:
         c.send("FAULT_INJECT", session=c.session, fault=FAULT["RESET"], arg=0)
         boot = c.wait_name("BOOT", timeout_s=5.0)
@@ -512,16 +578,17 @@ def reset_handling(c: UnitClient) -> None:
         hk = c.hk()
         assert hk["session_errors"] == 0 and hk["stuck_mask"] >> last & 1, hk
         c.fire(1, [10])  # the old session is gone
-        assert c.wait_name("ACK")["result"] in (RESULT["BAD_SESSION"],
-                                                RESULT["REJECTED_STATE"])
+        assert c.wait_name("ACK")["result"] in (RESULT["BAD_SESSION"], RESULT["REJECTED_STATE"])
         _fires_in_a_new_session(c, 2)
     finally:  # leave no stuck valve to the next check
         c.hello()
         c.command("FAULT_INJECT", fault=FAULT["CLEAR"], arg=0xFFFF)
 
 
-@check("Low tank pressure: below min_feed_kpa the unit cuts its pulses, goes SAFE "
-       "(LOW_PRESSURE) and refuses ARM and FIRE; it stays SAFE when the pressure is back")
+@check(
+    "Low tank pressure: below min_feed_kpa the unit cuts its pulses, goes SAFE "
+    "(LOW_PRESSURE) and refuses ARM and FIRE; it stays SAFE when the pressure is back"
+)
 def low_tank_pressure(c: UnitClient) -> None:
     _ready(c)
     if not c.test_build:
@@ -539,8 +606,11 @@ def low_tank_pressure(c: UnitClient) -> None:
         assert ack["result"] == RESULT["ACCEPTED"], ack
         report = c.report(1)
         assert report["flags"] & 2 and report["executed_ticks"][0] < 9000, report
-        safe = c.wait(lambda m: m.name == "EVENT" and m["event"] == EVENT["SAFE_ENTERED"]
-                      and m["arg0"] == reason)
+        safe = c.wait(
+            lambda m: (
+                m.name == "EVENT" and m["event"] == EVENT["SAFE_ENTERED"] and m["arg0"] == reason
+            )
+        )
         assert safe["arg1"] == low and safe["state"] == STATE["SAFE"], safe
         hk = c.hk()
         assert hk["state"] == STATE["SAFE"] and hk["open_mask"] == 0 and hk["tank_kPa"] == low
@@ -573,22 +643,33 @@ def fault_inject_needs_session(c: UnitClient) -> None:
         if session is None:
             _ready(c)
             session = _wrong(c.session, 1)
-        seq = c.send("FAULT_INJECT", FLAG_ACK_REQ, session=session,
-                     fault=FAULT["STUCK_OPEN"], arg=0)
+        seq = c.send(
+            "FAULT_INJECT", FLAG_ACK_REQ, session=session, fault=FAULT["STUCK_OPEN"], arg=0
+        )
         ack = c.wait_name("ACK", acked_seq=seq)
         assert ack["result"] == RESULT["BAD_SESSION"], ack
         hk = c.hk()
         assert hk["stuck_mask"] & 1 == 0 and hk["open_mask"] & 1 == 0, hk
 
 
-@check("Lockout: the session_error_limit-th command with a wrong token closes every valve, "
-       "goes SAFE (INTRUSION), voids the session and says LOCKOUT")
+@check(
+    "Lockout: the session_error_limit-th command with a wrong token closes every valve, "
+    "goes SAFE (INTRUSION), voids the session and says LOCKOUT"
+)
 def lockout(c: UnitClient) -> None:
     limit = LIMITS["session_error_limit"]
     _ready(c, armed=True)
     for k in range(limit - 1):
-        seq = c.send("FIRE", FLAG_ACK_REQ, session=_wrong(c.session, k), step=0x7F000000 + k,
-                     valid_for_ms=0, bank=0, mask=0xFFFF, on_ticks=[100] * 16)
+        seq = c.send(
+            "FIRE",
+            FLAG_ACK_REQ,
+            session=_wrong(c.session, k),
+            step=0x7F000000 + k,
+            valid_for_ms=0,
+            bank=0,
+            mask=0xFFFF,
+            on_ticks=[100] * 16,
+        )
         assert c.wait_name("ACK", acked_seq=seq)["result"] == RESULT["BAD_SESSION"]
     c.fire(1, [10])  # still ARMED, still our session: below the limit nothing changes
     assert c.report(1)["executed_ticks"][0] == 10
@@ -605,8 +686,10 @@ def lockout(c: UnitClient) -> None:
     _fires_in_a_new_session(c, 1)
 
 
-@check("Step window: a FIRE before ARM_CONFIRM's next_step is STALE, one more than the window "
-       "beyond the last step is STEP_AHEAD; steps are remembered across DISARM and re-ARM")
+@check(
+    "Step window: a FIRE before ARM_CONFIRM's next_step is STALE, one more than the window "
+    "beyond the last step is STEP_AHEAD; steps are remembered across DISARM and re-ARM"
+)
 def step_window(c: UnitClient) -> None:
     c.hello()
     wd, w_min = c.hello_ack["watchdog_ms"], LIMITS["step_window_min"]
@@ -628,13 +711,24 @@ def step_window(c: UnitClient) -> None:
     assert c.report(100 + window)["executed_ticks"][0] == 10
 
 
-@check("No replay: every HELLO gives a new token, and a FIRE captured in one session is "
-       "refused in the next (BAD_SESSION), whatever its step")
+@check(
+    "No replay: every HELLO gives a new token, and a FIRE captured in one session is "
+    "refused in the next (BAD_SESSION), whatever its step"
+)
 def replay_refused(c: UnitClient) -> None:
     _ready(c, armed=True)
     first = c.session
-    captured = encode("FIRE", 4000, 0, session=first, step=2, valid_for_ms=0, bank=0, mask=1,
-                      on_ticks=[30] + [0] * 15)
+    captured = encode(
+        "FIRE",
+        4000,
+        0,
+        session=first,
+        step=2,
+        valid_for_ms=0,
+        bank=0,
+        mask=1,
+        on_ticks=[30] + [0] * 15,
+    )
     c.fire(1, [10])
     assert c.report(1)["executed_ticks"][0] == 10
     _ready(c, armed=True)

@@ -18,8 +18,13 @@ from pathlib import Path
 DICTIONARY_PATH = Path(__file__).resolve().parent / "messages.toml"
 
 _SCALARS = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q", "i32": "i"}
-_RANGES = {"u8": (0, 0xFF), "u16": (0, 0xFFFF), "u32": (0, 0xFFFFFFFF),
-           "u64": (0, 0xFFFFFFFFFFFFFFFF), "i32": (-(2**31), 2**31 - 1)}
+_RANGES = {
+    "u8": (0, 0xFF),
+    "u16": (0, 0xFFFF),
+    "u32": (0, 0xFFFFFFFF),
+    "u64": (0, 0xFFFFFFFFFFFFFFFF),
+    "i32": (-(2**31), 2**31 - 1),
+}
 
 #: Primary header (6) + secondary header (2) + CRC (2).
 OVERHEAD_BYTES = 10
@@ -62,9 +67,16 @@ def _field(raw: dict, where: str) -> Field:
     if base not in _SCALARS:
         raise ValueError(f"{where}: unknown field type {ftype!r}")
     lo, hi = _RANGES[base]
-    return Field(name=raw["name"], type=ftype, count=count, lo=int(raw.get("min", lo)),
-                 hi=int(raw.get("max", hi)), unit=raw.get("unit", ""), enum=raw.get("enum", ""),
-                 doc=raw.get("doc", ""))
+    return Field(
+        name=raw["name"],
+        type=ftype,
+        count=count,
+        lo=int(raw.get("min", lo)),
+        hi=int(raw.get("max", hi)),
+        unit=raw.get("unit", ""),
+        enum=raw.get("enum", ""),
+        doc=raw.get("doc", ""),
+    )
 
 
 def dictionary_hash(raw: dict) -> int:
@@ -81,16 +93,25 @@ def _load(path: Path):
     specs: dict[str, MessageSpec] = {}
     for name, m in raw["messages"].items():
         fields = tuple(_field(f, f"messages.{name}") for f in m["fields"])
-        fmt = ">" + "".join(f"{f.count if f.count > 1 else ''}{_SCALARS[f.type.split('[')[0]]}"
-                            for f in fields)
+        fmt = ">" + "".join(
+            f"{f.count if f.count > 1 else ''}{_SCALARS[f.type.split('[')[0]]}" for f in fields
+        )
         apid = apids[m["apid"]]
-        spec = MessageSpec(name=name, id=m["id"], apid=apid,
-                           is_command=m["apid"] == "host_command", fields=fields,
-                           struct=struct.Struct(fmt), doc=m.get("doc", ""))
+        spec = MessageSpec(
+            name=name,
+            id=m["id"],
+            apid=apid,
+            is_command=m["apid"] == "host_command",
+            fields=fields,
+            struct=struct.Struct(fmt),
+            doc=m.get("doc", ""),
+        )
         wire_max = OVERHEAD_BYTES + spec.payload_len + 2  # + COBS code byte + delimiter
         if wire_max > raw["protocol"]["max_wire_bytes"]:
-            raise ValueError(f"messages.{name}: {wire_max} B on the wire exceeds "
-                             f"{raw['protocol']['max_wire_bytes']} B")
+            raise ValueError(
+                f"messages.{name}: {wire_max} B on the wire exceeds "
+                f"{raw['protocol']['max_wire_bytes']} B"
+            )
         specs[name] = spec
     return raw, specs, dict_hash
 

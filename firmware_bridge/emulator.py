@@ -82,8 +82,8 @@ def split_frames(buf: bytearray, data: bytes) -> list[bytes]:
         i = buf.find(b"\x00")
         if i < 0:
             return frames
-        frames.append(bytes(buf[:i + 1]))
-        del buf[:i + 1]
+        frames.append(bytes(buf[: i + 1]))
+        del buf[: i + 1]
 
 
 @contextlib.contextmanager
@@ -119,9 +119,14 @@ def open_raw_pty() -> tuple[int, str]:
 class Emulator:
     """The I/O wrapper around one :class:`UnitCore` (used by :func:`main`)."""
 
-    def __init__(self, core: UnitCore, faults: LinkFaults | None = None,
-                 log: IO[str] | None = None, auto_reset: bool = True,
-                 boot_delay_us: int = 100_000):
+    def __init__(
+        self,
+        core: UnitCore,
+        faults: LinkFaults | None = None,
+        log: IO[str] | None = None,
+        auto_reset: bool = True,
+        boot_delay_us: int = 100_000,
+    ):
         self.core = core
         active = faults is not None and (faults.spec.link_active or bool(faults.spec.schedule))
         self.faults = faults if active else None
@@ -145,8 +150,14 @@ class Emulator:
         self._timer_due = 0  # when the timers last asked to run (emulator us)
         self._timer_ran = 0  # ... and when they ran
         self.timer = {"runs": 0, "late_over_tick": 0, "late_max_us": 0}
-        self.io = {"rx_bytes": 0, "tx_bytes": 0, "tx_lost_disconnected": 0, "tx_overflow": 0,
-                   "connects": 0, "disconnects": 0}
+        self.io = {
+            "rx_bytes": 0,
+            "tx_bytes": 0,
+            "tx_lost_disconnected": 0,
+            "tx_overflow": 0,
+            "connects": 0,
+            "disconnects": 0,
+        }
 
     def now(self) -> int:
         return (time.monotonic_ns() - self._t0) // 1000
@@ -247,8 +258,14 @@ class Emulator:
             self.send(self.core.inject_fault(kind, arg, now, source="schedule"), now)
         if faults.cut_from_us is not None and faults.cut_from_us != cut_before:
             until = faults.cut_until_us
-            self._write_log({"t_us": now, "ev": "link_cut", "step": faults.step,
-                             "until_us": None if until is None or until < 0 else until})
+            self._write_log(
+                {
+                    "t_us": now,
+                    "ev": "link_cut",
+                    "step": faults.step,
+                    "until_us": None if until is None or until < 0 else until,
+                }
+            )
 
     def _connected(self, now: int) -> None:
         self.connected = True
@@ -283,17 +300,31 @@ class Emulator:
         (the run that closed the valves, at ``closed_us``)."""
         deadline = trip["last_valid_us"] + trip["watchdog_ms"] * 1000
         if self._timer_ran != trip["closed_us"]:  # closed by a frame's arrival, not a timer
-            return {"deadline_us": deadline, "due_us": None, "ran_us": trip["closed_us"],
-                    "late_us": None}
-        return {"deadline_us": deadline, "due_us": self._timer_due, "ran_us": self._timer_ran,
-                "late_us": max(0, self._timer_ran - self._timer_due)}
+            return {
+                "deadline_us": deadline,
+                "due_us": None,
+                "ran_us": trip["closed_us"],
+                "late_us": None,
+            }
+        return {
+            "deadline_us": deadline,
+            "due_us": self._timer_due,
+            "ran_us": self._timer_ran,
+            "late_us": max(0, self._timer_ran - self._timer_due),
+        }
 
     # ---------------------------------------------------------------- loop
 
     def _counters(self, now: int) -> dict:
-        return {"t_us": now, "ev": "counters", "unit": dict(self.core.counters),
-                "timer": dict(self.timer), "link": self.faults.counts if self.faults else None,
-                "scheduled": self.faults.applied if self.faults else [], "io": dict(self.io)}
+        return {
+            "t_us": now,
+            "ev": "counters",
+            "unit": dict(self.core.counters),
+            "timer": dict(self.timer),
+            "link": self.faults.counts if self.faults else None,
+            "scheduled": self.faults.applied if self.faults else [],
+            "io": dict(self.io),
+        }
 
     def _step(self, now: int) -> None:
         core = self.core
@@ -389,8 +420,14 @@ class Emulator:
             self._flush()
             self._drain_journal()
             self._write_log(self._counters(now))
-            self._write_log({"t_us": now, "ev": "stop", "signal": self.stop_signal,
-                             "reason": self.stop_reason or "signal"})
+            self._write_log(
+                {
+                    "t_us": now,
+                    "ev": "stop",
+                    "signal": self.stop_signal,
+                    "reason": self.stop_reason or "signal",
+                }
+            )
             return 0
 
     def _on_signal(self, signum, frame) -> None:
@@ -399,25 +436,42 @@ class Emulator:
 
 # -------------------------------------------------------------------- command line
 
+
 def _parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog=f"python -m {PROG}",
-                       description="Propulsion-unit emulator on a pseudo-terminal.")
+    p = OneLineParser(
+        prog=f"python -m {PROG}", description="Propulsion-unit emulator on a pseudo-terminal."
+    )
     p.add_argument("--faults", default=None, help="link/unit fault spec (see faults.py)")
     p.add_argument("--channels", type=whole_number(1, 32), default=32, help="valve channels, 1..32")
     p.add_argument("--link-path", default=None, help="write the port path here, not stdout")
     p.add_argument("--log", default=None, help="JSON-lines record of what the unit did")
-    p.add_argument("--seed", type=whole_number(0, 2**63 - 1), default=None,
-                   help="the fault RNG's seed when --faults names none; never the session "
-                        "token, which is always fresh (docs/protocol.md section 3)")
+    p.add_argument(
+        "--seed",
+        type=whole_number(0, 2**63 - 1),
+        default=None,
+        help="the fault RNG's seed when --faults names none; never the session "
+        "token, which is always fresh (docs/protocol.md section 3)",
+    )
     p.add_argument("--min-on-ticks", type=whole_number(0, 1000), default=5)
     p.add_argument("--no-test-build", action="store_true", help="refuse FAULT_INJECT")
-    p.add_argument("--no-auto-reset", action="store_true",
-                   help="boot once at start, not when a host opens the port")
+    p.add_argument(
+        "--no-auto-reset",
+        action="store_true",
+        help="boot once at start, not when a host opens the port",
+    )
     p.add_argument("--boot-delay-ms", type=whole_number(0, 10000), default=100)
-    p.add_argument("--mode-hint", choices=("lockstep", "realtime"), default=None,
-                   help="recorded in the log only: the mode comes from HELLO")
-    p.add_argument("--parent-fd", type=whole_number(0, 2**31 - 1), default=None,
-                   help="exit when this pipe reads end-of-file (the starting process died)")
+    p.add_argument(
+        "--mode-hint",
+        choices=("lockstep", "realtime"),
+        default=None,
+        help="recorded in the log only: the mode comes from HELLO",
+    )
+    p.add_argument(
+        "--parent-fd",
+        type=whole_number(0, 2**31 - 1),
+        default=None,
+        help="exit when this pipe reads end-of-file (the starting process died)",
+    )
     return p
 
 
@@ -448,14 +502,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
     priority = raise_priority(UNIT_FIFO, reset_on_fork=True)
-    core = UnitCore(n_channels=args.channels, test_build=not args.no_test_build,
-                    min_on_ticks=args.min_on_ticks)
-    emu = Emulator(core, LinkFaults(spec, args.channels), log, auto_reset=not args.no_auto_reset,
-                   boot_delay_us=args.boot_delay_ms * 1000)
+    core = UnitCore(
+        n_channels=args.channels, test_build=not args.no_test_build, min_on_ticks=args.min_on_ticks
+    )
+    emu = Emulator(
+        core,
+        LinkFaults(spec, args.channels),
+        log,
+        auto_reset=not args.no_auto_reset,
+        boot_delay_us=args.boot_delay_ms * 1000,
+    )
     path = emu.open_pty()
-    emu._write_log({"t_us": emu.now(), "ev": "start", "port": path, "pid": os.getpid(),
-                    "t0_monotonic_us": emu._t0 // 1000, "priority": priority,
-                    "channels": args.channels, "faults": spec.text, "mode_hint": args.mode_hint})
+    emu._write_log(
+        {
+            "t_us": emu.now(),
+            "ev": "start",
+            "port": path,
+            "pid": os.getpid(),
+            "t0_monotonic_us": emu._t0 // 1000,
+            "priority": priority,
+            "channels": args.channels,
+            "faults": spec.text,
+            "mode_hint": args.mode_hint,
+        }
+    )
     try:
         if args.link_path:
             tmp = f"{args.link_path}.tmp{os.getpid()}"
@@ -480,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # -------------------------------------------------------------------- Python API
+
 
 class EmulatorError(RuntimeError):
     """The emulator process did not start (or died before printing its port)."""
@@ -509,8 +580,11 @@ class PtyServiceProcess:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", self.module, *self.args, "--parent-fd", str(lifeline_r)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr,
-                pass_fds=(lifeline_r,))
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                pass_fds=(lifeline_r,),
+            )
         finally:
             os.close(lifeline_r)
         fd = self.proc.stdout.fileno()
@@ -526,8 +600,10 @@ class PtyServiceProcess:
                 chunk = os.read(fd, 1024)
                 if not chunk:
                     rc = self.proc.wait()
-                    raise self.error(f"{self.module} exited with status {rc} before printing "
-                                     f"its port: {self.stderr_text().strip() or '(no stderr)'}")
+                    raise self.error(
+                        f"{self.module} exited with status {rc} before printing "
+                        f"its port: {self.stderr_text().strip() or '(no stderr)'}"
+                    )
                 buf += chunk
         self.port = buf.split(b"\n", 1)[0].decode().strip()
         return self
@@ -586,13 +662,19 @@ class PtyServiceProcess:
 class EmulatorProcess(PtyServiceProcess):
     """The emulator as a subprocess, for tests and the closed loop::
 
-        with EmulatorProcess(faults="drop=0.01,seed=3", log_path="emu.jsonl") as emu:
-            ser = serial.serial_for_url(emu.port, exclusive=True, timeout=0.5)
+    with EmulatorProcess(faults="drop=0.01,seed=3", log_path="emu.jsonl") as emu:
+        ser = serial.serial_for_url(emu.port, exclusive=True, timeout=0.5)
     """
 
-    def __init__(self, faults: str | None = None, channels: int = 32,
-                 log_path: str | os.PathLike | None = None, seed: int | None = None,
-                 extra_args: tuple[str, ...] | list[str] = (), start_timeout: float = 10.0):
+    def __init__(
+        self,
+        faults: str | None = None,
+        channels: int = 32,
+        log_path: str | os.PathLike | None = None,
+        seed: int | None = None,
+        extra_args: tuple[str, ...] | list[str] = (),
+        start_timeout: float = 10.0,
+    ):
         args = ["--channels", str(channels)]
         if faults:
             args += ["--faults", faults]

@@ -125,8 +125,7 @@ class FaultProxy:
 
     def _log_frame(self, now: int, direction: str, act: str, frame: bytes, **extra) -> None:
         if self.log is not None:
-            self._write_log({"t_us": now, "dir": direction, "act": act, **describe(frame),
-                             **extra})
+            self._write_log({"t_us": now, "dir": direction, "act": act, **describe(frame), **extra})
 
     # ---------------------------------------------------------------- host side
 
@@ -174,8 +173,12 @@ class FaultProxy:
         f = self.faults
         before = len(f.applied)
         for kind, arg in f.due_unit_faults(now, self._first_fire_us):
-            frame = encode_fields("FAULT_INJECT", self._inject_seq, 0,
-                                  {"session": self._session, "fault": kind, "arg": arg})
+            frame = encode_fields(
+                "FAULT_INJECT",
+                self._inject_seq,
+                0,
+                {"session": self._session, "fault": kind, "arg": arg},
+            )
             self._inject_seq = self._inject_seq + 1 if self._inject_seq < 0x3FFF else _INJECT_SEQ0
             self.counts["injected"] += 1
             self._log_frame(now, "h2u", "inject", frame)
@@ -304,9 +307,15 @@ class FaultProxy:
                         self._check_host(self.now())
                 if self._to_host:
                     self._flush_host()
-            self._write_log({"t_us": self.now(), "ev": "stop",
-                             "reason": self.stop_reason or f"signal {stop[0]}",
-                             "counts": self.counts, "link": self.faults.counts})
+            self._write_log(
+                {
+                    "t_us": self.now(),
+                    "ev": "stop",
+                    "reason": self.stop_reason or f"signal {stop[0]}",
+                    "counts": self.counts,
+                    "link": self.faults.counts,
+                }
+            )
             return status
 
 
@@ -319,21 +328,36 @@ def _readable_later(fd: int) -> bool:
 
 # -------------------------------------------------------------------- command line
 
+
 def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog=f"python -m {PROG}",
         description="A fault-injecting proxy between a host and a propulsion unit: prints the "
-        "pty the host opens instead of the unit.")
-    p.add_argument("--upstream", required=True, metavar="URL",
-                   help="the unit's port (a device, a pty, any pyserial URL with a descriptor)")
-    p.add_argument("--faults", default=None, metavar="SPEC",
-                   help="link and unit faults (the grammar of firmware_bridge/faults.py)")
+        "pty the host opens instead of the unit.",
+    )
+    p.add_argument(
+        "--upstream",
+        required=True,
+        metavar="URL",
+        help="the unit's port (a device, a pty, any pyserial URL with a descriptor)",
+    )
+    p.add_argument(
+        "--faults",
+        default=None,
+        metavar="SPEC",
+        help="link and unit faults (the grammar of firmware_bridge/faults.py)",
+    )
     p.add_argument("--log", default=None, metavar="PATH", help="JSON lines: every frame")
     p.add_argument("--baudrate", type=whole_number(1, 4_000_000), default=115200)
-    p.add_argument("--channels", type=whole_number(1, 32), default=32,
-                   help="valve channels of the unit, 1..32")
-    p.add_argument("--parent-fd", type=whole_number(0, 2**31 - 1), default=None,
-                   help="exit when this pipe reads end-of-file (the starting process died)")
+    p.add_argument(
+        "--channels", type=whole_number(1, 32), default=32, help="valve channels of the unit, 1..32"
+    )
+    p.add_argument(
+        "--parent-fd",
+        type=whole_number(0, 2**31 - 1),
+        default=None,
+        help="exit when this pipe reads end-of-file (the starting process died)",
+    )
     return p
 
 
@@ -342,17 +366,22 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         spec = parse_faults(args.faults, args.channels)
         try:
-            up = serial.serial_for_url(args.upstream, baudrate=args.baudrate, timeout=0,
-                                       exclusive=True)
+            up = serial.serial_for_url(
+                args.upstream, baudrate=args.baudrate, timeout=0, exclusive=True
+            )
         except (serial.SerialException, OSError, ValueError) as exc:
-            raise UserError("--upstream", f"cannot open {args.upstream}: "
-                            f"{' '.join(str(exc).split())}") from None
+            raise UserError(
+                "--upstream", f"cannot open {args.upstream}: {' '.join(str(exc).split())}"
+            ) from None
         try:
             up.fileno()
         except Exception:  # noqa: BLE001 -- pyserial raises several kinds for "no descriptor"
             up.close()
-            raise UserError("--upstream", f"{args.upstream} has no file descriptor to select() "
-                            f"on (use a device path or a pty)") from None
+            raise UserError(
+                "--upstream",
+                f"{args.upstream} has no file descriptor to select() "
+                f"on (use a device path or a pty)",
+            ) from None
         try:
             log = open(args.log, "w", encoding="utf-8") if args.log else None  # noqa: SIM115
         except OSError as exc:
@@ -363,9 +392,17 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     proxy = FaultProxy(up, LinkFaults(spec, args.channels), log)
     path = proxy.open_pty()
-    proxy._write_log({"t_us": 0, "ev": "start", "t0_monotonic_us": proxy._t0 // 1000,
-                      "upstream": args.upstream, "port": path, "pid": os.getpid(),
-                      "faults": spec.text})
+    proxy._write_log(
+        {
+            "t_us": 0,
+            "ev": "start",
+            "t0_monotonic_us": proxy._t0 // 1000,
+            "upstream": args.upstream,
+            "port": path,
+            "pid": os.getpid(),
+            "faults": spec.text,
+        }
+    )
     print(path, flush=True)
     try:
         status = proxy.serve(parent_fd=args.parent_fd)
@@ -382,16 +419,21 @@ def main(argv: list[str] | None = None) -> int:
 class FaultProxyProcess(PtyServiceProcess):
     """The proxy as a subprocess::
 
-        with EmulatorProcess() as emu, FaultProxyProcess(emu.port, "cut@step40") as proxy:
-            unit = open_unit(unit="emulator", port=proxy.port, ...)
+    with EmulatorProcess() as emu, FaultProxyProcess(emu.port, "cut@step40") as proxy:
+        unit = open_unit(unit="emulator", port=proxy.port, ...)
     """
 
     module = PROG
     error = ProxyError
 
-    def __init__(self, upstream: str, faults: str | None = None,
-                 log_path: str | os.PathLike | None = None, channels: int = 32,
-                 start_timeout: float = 10.0):
+    def __init__(
+        self,
+        upstream: str,
+        faults: str | None = None,
+        log_path: str | os.PathLike | None = None,
+        channels: int = 32,
+        start_timeout: float = 10.0,
+    ):
         args = ["--upstream", upstream, "--channels", str(channels)]
         if faults:
             args += ["--faults", faults]

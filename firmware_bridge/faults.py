@@ -118,7 +118,8 @@ class ScheduledFault:
 @dataclass
 class FaultSpec:
     rates: dict[str, dict[str, float]] = field(
-        default_factory=lambda: {d: {k: 0.0 for k in _LINK_KEYS} for d in DIRECTIONS})
+        default_factory=lambda: {d: {k: 0.0 for k in _LINK_KEYS} for d in DIRECTIONS}
+    )
     delay_us: dict[str, int] = field(default_factory=lambda: {d: 0 for d in DIRECTIONS})
     schedule: list[ScheduledFault] = field(default_factory=list)
     seed: int = 0
@@ -127,8 +128,9 @@ class FaultSpec:
     @property
     def link_active(self) -> bool:
         """Whether every frame must go through :meth:`LinkFaults.process` (rates, or a cut)."""
-        return (any(v > 0 for d in self.rates.values() for v in d.values())
-                or any(f.kind == CUT for f in self.schedule))
+        return any(v > 0 for d in self.rates.values() for v in d.values()) or any(
+            f.kind == CUT for f in self.schedule
+        )
 
     @property
     def by_step(self) -> bool:
@@ -197,8 +199,10 @@ def parse_faults(text: str | None, n_channels: int = 32) -> FaultSpec:
         if when.startswith("step"):
             m = _STEP.fullmatch(when)
             if not m or int(m.group(1)) > 0xFFFFFFFF:
-                raise _err(f"{key} time: expected stepN with N a control step 0..4294967295, "
-                           f"got {show(when)}")
+                raise _err(
+                    f"{key} time: expected stepN with N a control step 0..4294967295, "
+                    f"got {show(when)}"
+                )
             at_step = int(m.group(1))
         else:
             after_fire = when.startswith("fire+")
@@ -218,8 +222,11 @@ def parse_faults(text: str | None, n_channels: int = 32) -> FaultSpec:
                 raise _err(f"stall: expected 1ms..65535ms, got {show(value)}")
             kind, arg = FAULT["STALL_MS"], ms
         elif key in ("fail", "stuck", "clear"):
-            kind = {"fail": FAULT["FAIL_OFF"], "stuck": FAULT["STUCK_OPEN"],
-                    "clear": FAULT["CLEAR"]}[key]
+            kind = {
+                "fail": FAULT["FAIL_OFF"],
+                "stuck": FAULT["STUCK_OPEN"],
+                "clear": FAULT["CLEAR"],
+            }[key]
             arg = _int(value, f"{key} channel", 0, n_channels - 1)
         elif key == "pressure":
             number = value[:-3] if value.lower().endswith("kpa") else value
@@ -228,8 +235,7 @@ def parse_faults(text: str | None, n_channels: int = 32) -> FaultSpec:
         else:
             raise _err(f"unknown fault {show(key)} ({_ALL_KEYS})")
         spec.schedule.append(ScheduledFault(kind, arg, at_us, after_fire, item, at_step))
-    spec.schedule.sort(key=lambda f: (f.at_step is not None, f.at_step or 0, f.after_fire,
-                                      f.at_us))
+    spec.schedule.sort(key=lambda f: (f.at_step is not None, f.at_step or 0, f.after_fire, f.at_us))
     return spec
 
 
@@ -249,8 +255,10 @@ class LinkFaults:
             spec = parse_faults(spec, n_channels)
         self.spec = spec
         self._rng = random.Random(spec.seed)
-        self.counts = {d: {"frames": 0, "dropped": 0, "corrupted": 0, "duplicated": 0,
-                           "delayed": 0, "cut": 0} for d in DIRECTIONS}
+        self.counts = {
+            d: {"frames": 0, "dropped": 0, "corrupted": 0, "duplicated": 0, "delayed": 0, "cut": 0}
+            for d in DIRECTIONS
+        }
         self._todo = list(spec.schedule)
         self.applied: list[dict] = []
         self.step: int | None = None  # the latest control step the host fired

@@ -58,9 +58,20 @@ from thruster_hil.firmware_bridge.session import HostSession, Op
 
 from thruster_hil.core.errors import UserError
 
-__all__ = ["FireResult", "Link", "LinkError", "LinkInfo", "PingSample", "Received",
-           "MAX_RETRIES", "REPORT_ABORTED", "REPORT_CLAMPED", "REPORT_DUPLICATE",
-           "unit_clock_rate", "unit_lost"]
+__all__ = [
+    "FireResult",
+    "Link",
+    "LinkError",
+    "LinkInfo",
+    "PingSample",
+    "Received",
+    "MAX_RETRIES",
+    "REPORT_ABORTED",
+    "REPORT_CLAMPED",
+    "REPORT_DUPLICATE",
+    "unit_clock_rate",
+    "unit_lost",
+]
 
 
 ACCEPTED = RESULT["ACCEPTED"]
@@ -73,17 +84,25 @@ def _open_error(url: str, exc: BaseException) -> UserError:
         code = exc.args[0]
     detail = " ".join(str(exc).split())
     if isinstance(exc, ValueError):
-        msg = f"not a port path or a pyserial URL ({detail}); use e.g. /dev/ttyACM0, " \
-              "/dev/serial/by-id/..., hwgrep://VID:PID or loop://"
+        msg = (
+            f"not a port path or a pyserial URL ({detail}); use e.g. /dev/ttyACM0, "
+            "/dev/serial/by-id/..., hwgrep://VID:PID or loop://"
+        )
     elif code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY):
-        msg = "port is in use by another process (opened exclusively); close the other run " \
-              "or pick another port"
+        msg = (
+            "port is in use by another process (opened exclusively); close the other run "
+            "or pick another port"
+        )
     elif code in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
-        msg = "no such port; check the cable and the path (ls /dev/serial/by-id/) or that " \
-              "the emulator is running"
+        msg = (
+            "no such port; check the cable and the path (ls /dev/serial/by-id/) or that "
+            "the emulator is running"
+        )
     elif code in (errno.EACCES, errno.EPERM):
-        msg = "permission denied opening the port; add your user to the 'dialout' group " \
-              "(then log in again) or check the device's permissions"
+        msg = (
+            "permission denied opening the port; add your user to the 'dialout' group "
+            "(then log in again) or check the device's permissions"
+        )
     elif "no ports found" in detail.lower():
         msg = f"no serial port matches ({detail}); check the cable and the VID:PID"
     else:
@@ -98,16 +117,22 @@ class Link:
     thread drives it; :meth:`stats` may be read from another (a status writer).
     """
 
-    def __init__(self, url: str, *, baudrate: int = 115200, timeout: float = 0.1,
-                 on_bytes: Callable[[str, int, bytes], None] | None = None,
-                 ping_burst: int = PING_BURST, valid_for_ms: int | None = None):
+    def __init__(
+        self,
+        url: str,
+        *,
+        baudrate: int = 115200,
+        timeout: float = 0.1,
+        on_bytes: Callable[[str, int, bytes], None] | None = None,
+        ping_burst: int = PING_BURST,
+        valid_for_ms: int | None = None,
+    ):
         self.url = url
         self.baudrate = baudrate
         self.timeout = timeout
         self.on_bytes = on_bytes
         self.ping_burst = ping_burst
-        self.s = HostSession(url, valid_for_ms=valid_for_ms,
-                             ping_nonce=random.getrandbits(31))
+        self.s = HostSession(url, valid_for_ms=valid_for_ms, ping_nonce=random.getrandbits(31))
         self.s.other_readers = lambda: other_readers(self.url)
         self._ser: serial.SerialBase | None = None
         self._fd: int | None = None
@@ -163,8 +188,9 @@ class Link:
             return
         self._close_port()
         try:
-            ser = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=self.timeout,
-                                        exclusive=True)
+            ser = serial.serial_for_url(
+                self.url, baudrate=self.baudrate, timeout=self.timeout, exclusive=True
+            )
         except (serial.SerialException, OSError, ValueError) as exc:
             raise _open_error(self.url, exc) from None
         try:
@@ -224,8 +250,9 @@ class Link:
             return
         ser = self._ser
         if ser is None or not (s.up or force):
-            raise LinkError(f"{self.url}: link is down ({s.down_reason or 'port not open'})"
-                            f"; reconnect")
+            raise LinkError(
+                f"{self.url}: link is down ({s.down_reason or 'port not open'}); reconnect"
+            )
         try:
             if self._fd is not None:
                 self._write_fd(data)
@@ -234,8 +261,9 @@ class Link:
         except (serial.SerialException, OSError) as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
             s.port_down(reason)
-            raise LinkError(f"{self.url}: writing {names[0]} failed ({reason}); the port went "
-                            f"away: reconnect") from None
+            raise LinkError(
+                f"{self.url}: writing {names[0]} failed ({reason}); the port went away: reconnect"
+            ) from None
         if self.on_bytes is not None:
             self._capture("tx", t_ns, data)
 
@@ -257,8 +285,11 @@ class Link:
         """Wait for input until ``deadline_ns`` (host monotonic; None: the port's timeout) and
         feed what came to the session. A read failure marks the link down."""
         ser = self._ser
-        timeout = self.timeout if deadline_ns is None else \
-            max(0.0, (deadline_ns - time.monotonic_ns()) / 1e9)
+        timeout = (
+            self.timeout
+            if deadline_ns is None
+            else max(0.0, (deadline_ns - time.monotonic_ns()) / 1e9)
+        )
         if ser is None or self._read_failed:
             self.s.port_down(self.s.down_reason or "port closed")
             time.sleep(min(timeout, self.timeout))  # nothing can come: let the deadline pass
@@ -278,8 +309,10 @@ class Link:
                     # Readable, then nothing there: either the device is gone (a hung-up tty
                     # reads 0 bytes and fails every ioctl) or another process read it first.
                     if not port_alive(fd):
-                        raise serial.SerialException("device reports readiness to read but "
-                                                     "returned no data (device disconnected?)")
+                        raise serial.SerialException(
+                            "device reports readiness to read but "
+                            "returned no data (device disconnected?)"
+                        )
                     self._bytes_taken()
                     return
             else:  # no descriptor (loop://, ...): poll
@@ -308,9 +341,11 @@ class Link:
         self._thief_checked_ns = now
         who = other_readers(self.url)
         if who:
-            self.s.port_taken(f"another process is reading {self.url}: {who}; the unit's "
-                              "replies were taken before this host could read them (close "
-                              "that program, then run again)")
+            self.s.port_taken(
+                f"another process is reading {self.url}: {who}; the unit's "
+                "replies were taken before this host could read them (close "
+                "that program, then run again)"
+            )
 
     def _bytes_taken(self) -> None:
         """The port was readable, the read found nothing, and the port is alive: another
@@ -320,9 +355,11 @@ class Link:
         if self.s.intruder is not None:
             return
         who = other_readers(self.url)
-        self.s.port_taken(f"another process is reading {self.url}"
-                          f"{': ' + who if who else ''}; the unit's replies were taken before "
-                          "this host could read them (close that program, then run again)")
+        self.s.port_taken(
+            f"another process is reading {self.url}"
+            f"{': ' + who if who else ''}; the unit's replies were taken before "
+            "this host could read them (close that program, then run again)"
+        )
 
     def _run(self, op: Op, force: bool = False) -> Any:
         """Drive ``op`` to its result: write, wait for input or its deadline, read, poll."""
@@ -337,21 +374,26 @@ class Link:
 
     # ---- connect / ping ------------------------------------------------------------------------
 
-    def connect(self, mode: str = "lockstep", period_ms: int = 500,
-                boot_timeout_s: float = 3.0) -> LinkInfo:
+    def connect(
+        self, mode: str = "lockstep", period_ms: int = 500, boot_timeout_s: float = 3.0
+    ) -> LinkInfo:
         """Open (if needed), wait for BOOT (or ``boot_timeout_s``), HELLO with the dictionary
         hash, then a PING burst for RTT and clock offset (see HostSession.connect)."""
         nonce = int.from_bytes(os.urandom(4), "big")
-        op = self.s.connect(mode, period_ms, nonce, time.monotonic_ns(), boot_timeout_s,
-                            self.ping_burst)  # (validates before the port opens)
+        op = self.s.connect(
+            mode, period_ms, nonce, time.monotonic_ns(), boot_timeout_s, self.ping_burst
+        )  # (validates before the port opens)
         self.open()
         return self._run(op)
 
     def ping(self, timeout_s: float | None = None) -> PingSample:
         """One PING/PONG: RTT (also added to the statistics) and a clock-offset sample.
         Not retried (periodic). LinkError on no answer."""
-        timeout = timeout_s if timeout_s is not None else max(self.s.retry_timeout_s,
-                                                              INITIAL_RETRY_TIMEOUT_S)
+        timeout = (
+            timeout_s
+            if timeout_s is not None
+            else max(self.s.retry_timeout_s, INITIAL_RETRY_TIMEOUT_S)
+        )
         got = self._run(self.s.ping(time.monotonic_ns(), timeout))
         if got is None:
             raise LinkError(f"{self.url}: no PONG within {timeout * 1000:.0f} ms")
@@ -397,8 +439,9 @@ class Link:
         if confirm_timeout_s <= 0.0 or self._read_failed:
             return None  # nobody can read the port: the ACK cannot be seen
         deadline = time.monotonic_ns() + int(confirm_timeout_s * 1e9)
-        op = s.wait_for(lambda: s.take_ack(seq, "STOP_ALL") or self._read_failed, deadline,
-                        checks=False)
+        op = s.wait_for(
+            lambda: s.take_ack(seq, "STOP_ALL") or self._read_failed, deadline, checks=False
+        )
         try:
             ack = self._run(op, force=True)
         except Exception:  # noqa: BLE001
@@ -409,8 +452,14 @@ class Link:
 
     # ---- firing --------------------------------------------------------------------------------
 
-    def fire(self, step: int, on_ms: Sequence[int] | np.ndarray, *,
-             valid_for_ms: int | None = None, deadline_ns: int | None = None) -> FireResult:
+    def fire(
+        self,
+        step: int,
+        on_ms: Sequence[int] | np.ndarray,
+        *,
+        valid_for_ms: int | None = None,
+        deadline_ns: int | None = None,
+    ) -> FireResult:
         """Fire one control step: one FIRE per bank of 16 thrusters, all in one write.
 
         LOCKSTEP: waits for each bank's VALVE_REPORT(step, bank), resending a missing bank
@@ -419,11 +468,18 @@ class Link:
         REALTIME_REPORT_SLACK_MS), feeding the watchdog meanwhile; a bank whose report misses
         it is listed in ``missing_banks``. LinkError if not armed, refused or lost.
         """
-        return self._run(self.s.fire(step, on_ms, time.monotonic_ns(),
-                                     valid_for_ms=valid_for_ms, deadline_ns=deadline_ns))
+        return self._run(
+            self.s.fire(
+                step, on_ms, time.monotonic_ns(), valid_for_ms=valid_for_ms, deadline_ns=deadline_ns
+            )
+        )
 
-    def fire_chain(self, step: int, on_ms: Sequence[int] | np.ndarray,
-                   on_result: Callable[[FireResult], tuple[int, Any] | None]) -> None:
+    def fire_chain(
+        self,
+        step: int,
+        on_ms: Sequence[int] | np.ndarray,
+        on_result: Callable[[FireResult], tuple[int, Any] | None],
+    ) -> None:
         """LOCKSTEP: fire ``step``, hand its :class:`FireResult` to ``on_result`` and fire what
         it returns, ``(next step, on_ms)``, until it returns None. :meth:`fire` in a loop on
         this thread; ``on_result`` must not wait for a reply (see :meth:`on_reader_thread`).
@@ -455,8 +511,13 @@ class Link:
             self._flush()
             return
         session = self.s.require_session("HEARTBEAT")
-        rec = self._run(self.s.command("HEARTBEAT", dict(
-            session=session, host_step=int(step) & 0xFFFFFFFF), time.monotonic_ns()))
+        rec = self._run(
+            self.s.command(
+                "HEARTBEAT",
+                dict(session=session, host_step=int(step) & 0xFFFFFFFF),
+                time.monotonic_ns(),
+            )
+        )
         if rec.msg["result"] != ACCEPTED:
             raise LinkError(f"{self.url}: HEARTBEAT refused: {self.s.result_name(rec)}")
 
@@ -489,9 +550,17 @@ class Link:
         if self.on_reader_thread():
             self.send_fault(key, arg)
             return None
-        rec, _ = self._run(s.transact(
-            "FAULT_INJECT", fields, lambda seq: s.take_ack(seq, "FAULT_INJECT"), now,
-            ack_req=True, session=False, retries=0))
+        rec, _ = self._run(
+            s.transact(
+                "FAULT_INJECT",
+                fields,
+                lambda seq: s.take_ack(seq, "FAULT_INJECT"),
+                now,
+                ack_req=True,
+                session=False,
+                retries=0,
+            )
+        )
         result = s.result_name(rec)
         if rec.msg["result"] != ACCEPTED:
             raise LinkError(f"{self.url}: FAULT_INJECT {key} refused: {result}")
@@ -515,8 +584,9 @@ class Link:
     def wait_reset(self, timeout_s: float) -> bool:
         """Block until a mid-session BOOT was seen (or timeout); return reset_detected."""
         deadline = time.monotonic_ns() + int(timeout_s * 1e9)
-        self._run(self.s.wait_for(lambda: self.s.reset_detected or not self.s.up, deadline,
-                                  checks=False))
+        self._run(
+            self.s.wait_for(lambda: self.s.reset_detected or not self.s.up, deadline, checks=False)
+        )
         return self.s.reset_detected
 
     def wait_hk(self, after_ns: int | None = None, timeout_s: float = 1.0) -> Received | None:
@@ -548,8 +618,10 @@ class Link:
                 except UserError as exc:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise LinkError(f"{self.url}: the port did not come back within "
-                                        f"{timeout_s:g} s ({exc.message})") from None
+                        raise LinkError(
+                            f"{self.url}: the port did not come back within "
+                            f"{timeout_s:g} s ({exc.message})"
+                        ) from None
                     time.sleep(min(backoff, left))  # reopen backoff, not a reply wait
                     backoff = min(1.0, backoff * 2)
         return self.connect(self.s.mode, self.s.period_ms, boot_timeout_s)

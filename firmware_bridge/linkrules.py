@@ -154,8 +154,9 @@ def unit_clock_rate(samples: Sequence[tuple[int, int]]) -> float:
     return min(1.0, max(MIN_UNIT_CLOCK_RATE, du_us * 1000 / (h1 - h0)))
 
 
-def unit_lost(waited_s: float, silent_s: float, rate: float, watchdog_s: float,
-              tripped: bool) -> bool:
+def unit_lost(
+    waited_s: float, silent_s: float, rate: float, watchdog_s: float, tripped: bool
+) -> bool:
     """The give-up rule, once the retries are spent and ``give_up_s`` has passed: is a unit
     that has not answered for ``waited_s`` (host clock) dead rather than slow?
 
@@ -166,14 +167,20 @@ def unit_lost(waited_s: float, silent_s: float, rate: float, watchdog_s: float,
     watchdog would have tripped). A unit that keeps sending (housekeeping, events) but does not
     answer is waited for ``LIVE_WAIT_WATCHDOGS`` watchdog times of its clock at most, and never
     more than ``LIVE_WAIT_MAX_S`` of the host's."""
-    if tripped or waited_s * rate >= LIVE_WAIT_WATCHDOGS * watchdog_s \
-            or waited_s >= LIVE_WAIT_MAX_S:
+    if (
+        tripped
+        or waited_s * rate >= LIVE_WAIT_WATCHDOGS * watchdog_s
+        or waited_s >= LIVE_WAIT_MAX_S
+    ):
         return True
     return silent_s * rate >= watchdog_s
 
+
 _PARAM_RANGES = {  # SET_PARAM limits (section 4): (ranges..., text)
-    "WATCHDOG_MS": (((LIMITS["watchdog_ms_min"], LIMITS["watchdog_ms_max"]),),
-                    f"{LIMITS['watchdog_ms_min']}..{LIMITS['watchdog_ms_max']} ms"),
+    "WATCHDOG_MS": (
+        ((LIMITS["watchdog_ms_min"], LIMITS["watchdog_ms_max"]),),
+        f"{LIMITS['watchdog_ms_min']}..{LIMITS['watchdog_ms_max']} ms",
+    ),
     "HK_PERIOD_MS": (((0, 0), (20, 10000)), "0 (off) or 20..10000 ms"),
     "MIN_ON_TICKS": (((0, 1000),), "0..1000 ticks"),
 }

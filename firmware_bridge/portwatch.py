@@ -69,8 +69,11 @@ def other_readers(url: str, limit: int = 3) -> str:
                 st = os.stat(fd.path)
             except OSError:
                 continue
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == rdev.st_rdev and \
-                    opened_for_reading(pid, fd.name):
+            if (
+                stat.S_ISCHR(st.st_mode)
+                and st.st_rdev == rdev.st_rdev
+                and opened_for_reading(pid, fd.name)
+            ):
                 try:
                     with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
                         name = f.read().strip()

@@ -17,8 +17,15 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-__all__ = ["HOST_FIFO", "UNIT_FIFO", "WIRE_FIFO", "raise_priority", "raised_priority", "restore_priority",
-           "save_priority"]
+__all__ = [
+    "HOST_FIFO",
+    "UNIT_FIFO",
+    "WIRE_FIFO",
+    "raise_priority",
+    "raised_priority",
+    "restore_priority",
+    "save_priority",
+]
 
 UNIT_FIFO = 20  # the emulated unit above the host, as a board is beside its PC
 WIRE_FIFO = 15  # a fault proxy on the line: the wire between them
@@ -26,8 +33,7 @@ HOST_FIFO = 10
 NICE = -10  # the fallback when SCHED_FIFO is not allowed
 
 
-def raise_priority(fifo: int, nice: int = NICE, reset_on_fork: bool = False,
-                   pid: int = 0) -> str:
+def raise_priority(fifo: int, nice: int = NICE, reset_on_fork: bool = False, pid: int = 0) -> str:
     """Raise the calling thread's scheduling priority (threads it starts later inherit it;
     processes too unless ``reset_on_fork``), or that of the main thread of process ``pid``:
     SCHED_FIFO at ``fifo``, else ``nice``.

@@ -53,8 +53,7 @@ def build_qemu_firmware(force: bool = False) -> Path:
     for tool in ("make", "avr-gcc"):
         if shutil.which(tool) is None:
             raise UserError("qemu", f"{tool} not found: {INSTALL_HINT}")
-    proc = subprocess.run(["make", "-C", str(BOARD_DIR), "qemu"], capture_output=True,
-                          text=True)
+    proc = subprocess.run(["make", "-C", str(BOARD_DIR), "qemu"], capture_output=True, text=True)
     if proc.returncode != 0:
         tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
         raise UserError("qemu", f"building the QEMU firmware failed: {tail}")
@@ -68,8 +67,13 @@ class QemuUnit:
     and its pty disappears. ``boot_timeout_s`` bounds the wait for QEMU to announce its pty.
     """
 
-    def __init__(self, elf: str | os.PathLike | None = None, build: bool = True,
-                 boot_timeout_s: float = 10.0, qemu: str = "qemu-system-avr"):
+    def __init__(
+        self,
+        elf: str | os.PathLike | None = None,
+        build: bool = True,
+        boot_timeout_s: float = 10.0,
+        qemu: str = "qemu-system-avr",
+    ):
         self.elf = Path(elf) if elf is not None else QEMU_ELF
         self.build = build and elf is None
         self.boot_timeout_s = boot_timeout_s
@@ -85,10 +89,21 @@ class QemuUnit:
         if self.build:
             build_qemu_firmware()
         if not self.elf.exists():
-            raise UserError("qemu", f"firmware {self.elf} not found: run make -C "
-                            f"firmware_bridge/board qemu")
-        cmd = [exe, "-machine", "mega2560", "-bios", str(self.elf), "-serial", "pty",
-               "-nographic", "-monitor", "none"]
+            raise UserError(
+                "qemu", f"firmware {self.elf} not found: run make -C firmware_bridge/board qemu"
+            )
+        cmd = [
+            exe,
+            "-machine",
+            "mega2560",
+            "-bios",
+            str(self.elf),
+            "-serial",
+            "pty",
+            "-nographic",
+            "-monitor",
+            "none",
+        ]
         # QEMU must not outlive the process that started it, even one killed with SIGKILL:
         # util-linux's setpriv sets the parent-death signal (prctl PR_SET_PDEATHSIG) and execs
         # QEMU, which then gets SIGTERM when its parent dies (the emulator has its lifeline
@@ -96,8 +111,9 @@ class QemuUnit:
         setpriv = shutil.which("setpriv")
         if setpriv is not None:
             cmd = [setpriv, "--pdeathsig", "TERM", *cmd]
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT)
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + self.boot_timeout_s
         banner = b""
         os.set_blocking(self._proc.stdout.fileno(), False)
@@ -118,8 +134,11 @@ class QemuUnit:
             time.sleep(0.02)
         out = banner.decode(errors="replace").strip().replace("\n", " | ")
         self.stop()
-        raise UserError("qemu", f"qemu-system-avr did not announce its pty within "
-                        f"{self.boot_timeout_s} s: {out or 'no output'}")
+        raise UserError(
+            "qemu",
+            f"qemu-system-avr did not announce its pty within "
+            f"{self.boot_timeout_s} s: {out or 'no output'}",
+        )
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

@@ -92,8 +92,21 @@ from thruster_hil.firmware_bridge.session_ops import (
 from thruster_hil.core.errors import UserError
 from thruster_hil.core.health import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
 
-__all__ = ["PENDING", "FireOp", "FireResult", "FlowOp", "HostSession", "LinkError", "LinkInfo",
-           "Notice", "Op", "PingSample", "Received", "unit_clock_rate", "unit_lost"]
+__all__ = [
+    "PENDING",
+    "FireOp",
+    "FireResult",
+    "FlowOp",
+    "HostSession",
+    "LinkError",
+    "LinkInfo",
+    "Notice",
+    "Op",
+    "PingSample",
+    "Received",
+    "unit_clock_rate",
+    "unit_lost",
+]
 
 
 # ---- the session -----------------------------------------------------------------------------
@@ -103,8 +116,7 @@ class HostSession:
     """The host's side of one unit link; see the module docstring. ``url`` only names the port
     in messages. ``ping_nonce``: the first PING nonce (the driver draws it at random)."""
 
-    def __init__(self, url: str = "unit", *, valid_for_ms: int | None = None,
-                 ping_nonce: int = 0):
+    def __init__(self, url: str = "unit", *, valid_for_ms: int | None = None, ping_nonce: int = 0):
         self.url = url
         self.valid_for_ms = valid_for_ms
         self.info: LinkInfo | None = None
@@ -284,7 +296,8 @@ class HostSession:
             f"{self.url}: another writer on the line: the unit refused {errors} commands "
             f"without the session (the last a {last}; {self.foreign_refusals} refusals seen "
             f"here), closed every valve, went SAFE and voided the session (LOCKOUT); burn "
-            f"stopped: find the other program on this port")
+            f"stopped: find the other program on this port"
+        )
         self.session = None
         self._armed = False
         self._notices.append(Notice("lockout", text=self.lockout))
@@ -307,8 +320,7 @@ class HostSession:
         """The message names of what :meth:`data_to_send` would return (for error lines)."""
         return list(self._out_names)
 
-    def queue(self, name: str, seq: int, flags: int, fields: dict[str, Any],
-              now_ns: int) -> None:
+    def queue(self, name: str, seq: int, flags: int, fields: dict[str, Any], now_ns: int) -> None:
         frame = codec.encode_fields(name, seq, flags, fields)
         if not self._out:
             self.out_t_ns = now_ns
@@ -412,8 +424,13 @@ class HostSession:
     def unit_lost_since(self, t_first_ns: int, now_ns: int) -> bool:
         """:func:`unit_lost` for a command first sent at ``t_first_ns`` and not answered yet."""
         tripped = self.watchdog_trip_ms is not None and self._armed
-        return unit_lost((now_ns - t_first_ns) / 1e9, (now_ns - max(self.last_rx_ns, 0)) / 1e9,
-                         unit_clock_rate(self.unit_clock), self.watchdog_s, tripped)
+        return unit_lost(
+            (now_ns - t_first_ns) / 1e9,
+            (now_ns - max(self.last_rx_ns, 0)) / 1e9,
+            unit_clock_rate(self.unit_clock),
+            self.watchdog_s,
+            tripped,
+        )
 
     def heartbeat_due_ns(self) -> int:
         """When a HEARTBEAT is next due: a quarter of the watchdog time after the last FIRE or
@@ -440,20 +457,25 @@ class HostSession:
         if self.intruder is not None:
             raise LinkError(self.intruder)
         if not self.up:
-            raise LinkError(f"{self.url}: link is down ({self.down_reason or 'port closed'}); "
-                            "reconnect")
+            raise LinkError(
+                f"{self.url}: link is down ({self.down_reason or 'port closed'}); reconnect"
+            )
         if session and self.reset_detected:
-            raise LinkError(f"{self.url}: the unit reset (BOOT in mid-session): reconnect and "
-                            "ARM again")
+            raise LinkError(
+                f"{self.url}: the unit reset (BOOT in mid-session): reconnect and ARM again"
+            )
         return got
 
     def require_session(self, what: str) -> int:
         if not self.up:
-            raise LinkError(f"{self.url}: link is down ({self.down_reason or 'not open'});"
-                            f" reconnect before {what}")
+            raise LinkError(
+                f"{self.url}: link is down ({self.down_reason or 'not open'});"
+                f" reconnect before {what}"
+            )
         if self.reset_detected:
-            raise LinkError(f"{self.url}: the unit reset (BOOT in mid-session): reconnect "
-                            f"before {what}")
+            raise LinkError(
+                f"{self.url}: the unit reset (BOOT in mid-session): reconnect before {what}"
+            )
         if self.lockout is not None:
             raise LinkError(self.lockout)
         if self.session is None:
@@ -472,12 +494,16 @@ class HostSession:
         say so: a unit that reset unheard (its BOOT lost) answers our FIREs that way too.
         ``others``: who else has the port open for reading (the driver asks the system)."""
         if any(q in self.foreign_refused_seqs for q in seqs):
-            return (" (the unit answered BAD_SESSION: another writer on the line, or it reset "
-                    "and lost the session)")
+            return (
+                " (the unit answered BAD_SESSION: another writer on the line, or it reset "
+                "and lost the session)"
+            )
         others = others or (self.other_readers() if self.other_readers else "")
         if others:
-            return (f" (another process has {self.url} open for reading, {others}: it may be "
-                    "taking the unit's replies)")
+            return (
+                f" (another process has {self.url} open for reading, {others}: it may be "
+                "taking the unit's replies)"
+            )
         return ""
 
     #: Set by a driver: who else reads the port (a system query), for error lines only.
@@ -489,8 +515,7 @@ class HostSession:
             return self.refusal_hint()
         if self.last_rx_ns > t_first_ns:
             rate = unit_clock_rate(self.unit_clock)
-            return (f" (the unit kept sending, its clock at {rate:.2f} x ours, but did not "
-                    f"answer)")
+            return f" (the unit kept sending, its clock at {rate:.2f} x ours, but did not answer)"
         return ""
 
     def refusal_hint(self) -> str:
@@ -499,12 +524,16 @@ class HostSession:
         its latest housekeeping."""
         if self.low_pressure_kpa is not None:
             kpa = self.low_pressure_kpa
-            return (f" (the unit's tank pressure fell to {kpa} kPa, below the minimum feed "
-                    f"pressure of {MIN_FEED_KPA} kPa, so it closed its valves and went SAFE "
-                    f"(LOW_PRESSURE); restore the pressure, then ARM again)")
+            return (
+                f" (the unit's tank pressure fell to {kpa} kPa, below the minimum feed "
+                f"pressure of {MIN_FEED_KPA} kPa, so it closed its valves and went SAFE "
+                f"(LOW_PRESSURE); restore the pressure, then ARM again)"
+            )
         if self.watchdog_trip_ms is not None:
-            return (f" (the unit's link watchdog expired: {self.watchdog_trip_ms} ms without a "
-                    f"FIRE or HEARTBEAT from the host, so it closed its valves and went SAFE)")
+            return (
+                f" (the unit's link watchdog expired: {self.watchdog_trip_ms} ms without a "
+                f"FIRE or HEARTBEAT from the host, so it closed its valves and went SAFE)"
+            )
         return self.hk_pressure_hint()
 
     def hk_pressure_hint(self) -> str:
@@ -513,8 +542,10 @@ class HostSession:
         if hk is None or hk.msg["tank_kPa"] >= MIN_FEED_KPA:
             return ""
         kpa = hk.msg["tank_kPa"]
-        return (f" (the unit reports its tank at {kpa} kPa, below the minimum feed pressure of "
-                f"{MIN_FEED_KPA} kPa: it refuses to arm or fire until the pressure is back)")
+        return (
+            f" (the unit reports its tank at {kpa} kPa, below the minimum feed pressure of "
+            f"{MIN_FEED_KPA} kPa: it refuses to arm or fire until the pressure is back)"
+        )
 
     @staticmethod
     def result_name(rec: Received) -> str:
@@ -541,21 +572,44 @@ class HostSession:
         self.now_ns = now_ns
         return op.poll(now_ns)
 
-    def wait_for(self, pred: Callable[[], Any], deadline_ns: int | None, *,
-                 session: bool = False, checks: bool = True) -> WaitOp:
+    def wait_for(
+        self,
+        pred: Callable[[], Any],
+        deadline_ns: int | None,
+        *,
+        session: bool = False,
+        checks: bool = True,
+    ) -> WaitOp:
         """An operation that ends when ``pred()`` is truthy (its result) or at the deadline
         (None)."""
         return WaitOp(self, pred, deadline_ns, session=session, checks=checks)
 
-    def transact(self, name: str, fields: dict[str, Any], reply: Callable[[int], Any],
-                 now_ns: int, *, ack_req: bool, session: bool,
-                 retries: int = MAX_RETRIES) -> TransactOp:
+    def transact(
+        self,
+        name: str,
+        fields: dict[str, Any],
+        reply: Callable[[int], Any],
+        now_ns: int,
+        *,
+        ack_req: bool,
+        session: bool,
+        retries: int = MAX_RETRIES,
+    ) -> TransactOp:
         """Send ``name`` and wait for ``reply(seq)`` with the retry rule (section 7)."""
-        return TransactOp(self, name, fields, reply, ack_req=ack_req, session=session,
-                          retries=retries, now_ns=now_ns)
+        return TransactOp(
+            self,
+            name,
+            fields,
+            reply,
+            ack_req=ack_req,
+            session=session,
+            retries=retries,
+            now_ns=now_ns,
+        )
 
     def command(self, name: str, fields: dict[str, Any], now_ns: int) -> FlowOp:
         """A command with ACK_REQ, retried; its result is the ACK (LinkError if refused)."""
+
         def ack(seq: int) -> Received | None:
             return self.take_ack(seq, name)
 
@@ -563,23 +617,40 @@ class HostSession:
 
     # ---- connect and ping --------------------------------------------------------------------
 
-    def connect(self, mode: str, period_ms: int, host_nonce: int, now_ns: int,
-                boot_timeout_s: float = 3.0, ping_burst: int = PING_BURST) -> FlowOp:
+    def connect(
+        self,
+        mode: str,
+        period_ms: int,
+        host_nonce: int,
+        now_ns: int,
+        boot_timeout_s: float = 3.0,
+        ping_burst: int = PING_BURST,
+    ) -> FlowOp:
         """Wait for BOOT (or ``boot_timeout_s``: boards without auto-reset send none), resync,
         HELLO with the dictionary hash and ``host_nonce``, then a PING burst for RTT and clock
         offset. Result: :class:`LinkInfo`. UserError for a bad mode/period or a unit with
         another dictionary (never armed); LinkError if the unit does not answer."""
         key = str(mode).lower()
         if key not in MODES:
-            raise UserError(where=self.url, field="mode",
-                            message=f"expected 'lockstep' or 'realtime', got {mode!r}")
+            raise UserError(
+                where=self.url,
+                field="mode",
+                message=f"expected 'lockstep' or 'realtime', got {mode!r}",
+            )
         lo, hi = LIMITS["period_ms_min"], LIMITS["period_ms_max"]
-        if isinstance(period_ms, bool) or not isinstance(period_ms, int) \
-                or not lo <= period_ms <= hi:
-            raise UserError(where=self.url, field="period_ms",
-                            message=f"expected an integer {lo}..{hi} ms, got {period_ms!r}")
-        return FlowOp(self, connect_flow(self, key, period_ms, host_nonce, now_ns,
-                                               boot_timeout_s, ping_burst))
+        if (
+            isinstance(period_ms, bool)
+            or not isinstance(period_ms, int)
+            or not lo <= period_ms <= hi
+        ):
+            raise UserError(
+                where=self.url,
+                field="period_ms",
+                message=f"expected an integer {lo}..{hi} ms, got {period_ms!r}",
+            )
+        return FlowOp(
+            self, connect_flow(self, key, period_ms, host_nonce, now_ns, boot_timeout_s, ping_burst)
+        )
 
     def ping(self, now_ns: int, timeout_s: float) -> Op:
         """One PING/PONG (not retried: periodic). Result: :class:`PingSample` (its RTT added to
@@ -616,8 +687,13 @@ class HostSession:
     def heartbeat(self, step: int, now_ns: int) -> None:
         """Queue a HEARTBEAT(session, step) without ACK_REQ (periodic: never retried)."""
         session = self.require_session("HEARTBEAT")
-        self.queue("HEARTBEAT", self.next_seq(), 0,
-                   dict(session=session, host_step=int(step) & 0xFFFFFFFF), now_ns)
+        self.queue(
+            "HEARTBEAT",
+            self.next_seq(),
+            0,
+            dict(session=session, host_step=int(step) & 0xFFFFFFFF),
+            now_ns,
+        )
 
     # ---- firing ------------------------------------------------------------------------------
 
@@ -650,19 +726,33 @@ class HostSession:
 
     def fire_session(self) -> int:
         """The session to FIRE in; LinkError saying exactly why not if the link cannot fire."""
-        if self._armed and self.session is not None and not self.reset_detected \
-                and self.up and self.info is not None:
+        if (
+            self._armed
+            and self.session is not None
+            and not self.reset_detected
+            and self.up
+            and self.info is not None
+        ):
             return self.session
         if self.lockout is not None:
             raise LinkError(self.lockout)
         if not self.armed or self.info is None:
-            raise LinkError(f"{self.url}: FIRE refused: the link is not armed "
-                            f"({'the unit reset: reconnect and ' if self.reset_detected else ''}"
-                            f"arm() first)")
+            raise LinkError(
+                f"{self.url}: FIRE refused: the link is not armed "
+                f"({'the unit reset: reconnect and ' if self.reset_detected else ''}"
+                f"arm() first)"
+            )
         return self.require_session("FIRE")
 
-    def fire(self, step: int, on_ms, now_ns: int, *, valid_for_ms: int | None = None,
-             deadline_ns: int | None = None) -> FireOp:
+    def fire(
+        self,
+        step: int,
+        on_ms,
+        now_ns: int,
+        *,
+        valid_for_ms: int | None = None,
+        deadline_ns: int | None = None,
+    ) -> FireOp:
         """Fire one control step (see :class:`FireOp`): its FIREs are queued at once. Result: a
         :class:`FireResult`. LinkError if not armed (also after a reset until ARM again), on a
         refusing ACK (named) or when the unit is lost; ValueError for bad on-times."""
@@ -679,15 +769,29 @@ class HostSession:
             vf = min(0xFFFF, 2 * (self.period_ms or 500))
         banks = []
         for b, lo, width, mask in self._bank_layout(n):
-            bank_ticks = ticks[lo:lo + width]
+            bank_ticks = ticks[lo : lo + width]
             if width < CHANNELS_PER_BANK:
                 bank_ticks += [0] * (CHANNELS_PER_BANK - width)
-            banks.append((b, lo, width, dict(session=session, step=step, valid_for_ms=vf,
-                                             bank=b, mask=mask, on_ticks=bank_ticks)))
+            banks.append(
+                (
+                    b,
+                    lo,
+                    width,
+                    dict(
+                        session=session,
+                        step=step,
+                        valid_for_ms=vf,
+                        bank=b,
+                        mask=mask,
+                        on_ticks=bank_ticks,
+                    ),
+                )
+            )
         return FireOp(self, step, n, banks, now_ns, self.mode == "realtime", deadline_ns)
 
-    def fire_result(self, op: FireOp, rtt_ms: float | None,
-                    missing: tuple[int, ...] = ()) -> FireResult:
+    def fire_result(
+        self, op: FireOp, rtt_ms: float | None, missing: tuple[int, ...] = ()
+    ) -> FireResult:
         tick_us = self.info.tick_us or 1000
         n = op.n
         ex = [0] * n
@@ -702,7 +806,7 @@ class HostSession:
             flags |= f["flags"]
             if b == 0:
                 t_start = f["t_start_pu_us"]
-            ex[lo:lo + width] = f["executed_ticks"][:width]
+            ex[lo : lo + width] = f["executed_ticks"][:width]
             stuck = f["stuck_mask"]
             failed = f["failed_mask"]
             if stuck or failed:
@@ -713,9 +817,16 @@ class HostSession:
                     elif failed & bit:
                         health[lo + i] = HEALTH_FAILED_OFF
         ms = tuple(ex) if tick_us == 1000 else tuple((t * tick_us + 500) // 1000 for t in ex)
-        return FireResult(step=op.step, executed_ms=ms, executed_ticks=tuple(ex),
-                          health=tuple(health), flags=flags, rtt_ms=rtt_ms,
-                          missing_banks=tuple(missing), t_start_pu_us=t_start)
+        return FireResult(
+            step=op.step,
+            executed_ms=ms,
+            executed_ticks=tuple(ex),
+            health=tuple(health),
+            flags=flags,
+            rtt_ms=rtt_ms,
+            missing_banks=tuple(missing),
+            t_start_pu_us=t_start,
+        )
 
     # ---- parameters and faults ---------------------------------------------------------------
 
@@ -725,11 +836,17 @@ class HostSession:
         names = {v: k for k, v in PARAM.items()}
         key = names.get(name) if isinstance(name, int) else str(name).upper()
         if key not in PARAM:
-            raise UserError(where=self.url, field="param",
-                            message=f"expected one of {', '.join(PARAM)}, got {name!r}")
+            raise UserError(
+                where=self.url,
+                field="param",
+                message=f"expected one of {', '.join(PARAM)}, got {name!r}",
+            )
         ranges, text = _PARAM_RANGES[key]
-        if isinstance(value, bool) or not isinstance(value, int) \
-                or not any(lo <= value <= hi for lo, hi in ranges):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not any(lo <= value <= hi for lo, hi in ranges)
+        ):
             raise UserError(where=self.url, field=key, message=f"expected {text}, got {value!r}")
         session = self.require_session("SET_PARAM")
         return FlowOp(self, set_param_flow(self, key, value, session, now_ns))
@@ -781,8 +898,9 @@ class HostSession:
             "crc_errors": errs.get("crc", 0),
             "cobs_errors": errs.get("cobs", 0),
             "length_errors": errs.get("length", 0),
-            "other_protocol_errors": sum(v for k, v in errs.items()
-                                         if k not in ("crc", "cobs", "length")),
+            "other_protocol_errors": sum(
+                v for k, v in errs.items() if k not in ("crc", "cobs", "length")
+            ),
             "unexpected_messages": self.unexpected,
             "retries": self.retries,
             "rejections": sum(self.rejections.values()),

@@ -60,8 +60,15 @@ class WaitOp(Op):
     ``checks``: raise LinkError when the port goes, and (``session``) the unit resets or locks
     the session out."""
 
-    def __init__(self, s: HostSession, pred: Callable[[], Any], deadline_ns: int | None, *,
-                 session: bool = False, checks: bool = True):
+    def __init__(
+        self,
+        s: HostSession,
+        pred: Callable[[], Any],
+        deadline_ns: int | None,
+        *,
+        session: bool = False,
+        checks: bool = True,
+    ):
         self.s, self.pred, self.deadline_ns = s, pred, deadline_ns
         self.session, self.checks = session, checks
 
@@ -79,9 +86,18 @@ class TransactOp(Op):
     retry timeout; after ``retries`` resends give up once :func:`unit_lost` says so. Result:
     (reply, attempt)."""
 
-    def __init__(self, s: HostSession, name: str, fields: dict[str, Any],
-                 reply: Callable[[int], Any], *, ack_req: bool, session: bool, retries: int,
-                 now_ns: int):
+    def __init__(
+        self,
+        s: HostSession,
+        name: str,
+        fields: dict[str, Any],
+        reply: Callable[[int], Any],
+        *,
+        ack_req: bool,
+        session: bool,
+        retries: int,
+        now_ns: int,
+    ):
         self.s, self.name, self.fields, self.reply = s, name, fields, reply
         self.session, self.retries = session, retries
         self.seq = s.next_seq()
@@ -104,7 +120,8 @@ class TransactOp(Op):
             raise LinkError(
                 f"{s.url}: no reply to {self.name} (seq {self.seq}) after {self.attempt + 1} "
                 f"tries {s.retry_timeout_s * 1000:.0f} ms apart; is the unit running?"
-                f"{s.live_hint(self.t_first)}")
+                f"{s.live_hint(self.t_first)}"
+            )
         self.attempt += 1
         s.retries += 1
         self.flags |= FLAG_RETRANSMIT
@@ -139,8 +156,16 @@ class FireOp(Op):
     """One control step: one FIRE per bank of 16, all queued together (one write). The one
     FIRE path of both clocks; see the module docstring. Result: a :class:`FireResult`."""
 
-    def __init__(self, s: HostSession, step: int, n: int, banks: list, now_ns: int,
-                 realtime: bool, deadline_ns: int | None):
+    def __init__(
+        self,
+        s: HostSession,
+        step: int,
+        n: int,
+        banks: list,
+        now_ns: int,
+        realtime: bool,
+        deadline_ns: int | None,
+    ):
         self.s, self.step, self.n, self.banks, self.realtime = s, step, n, banks, realtime
         seqs = s.next_seqs(len(banks))
         self.seqs = {b[0]: q for b, q in zip(banks, seqs, strict=True)}
@@ -149,8 +174,7 @@ class FireOp(Op):
         self.attempt = 0
         # Stamped before the write: the reports may be in before the write returns.
         self.t_first = self.t_sent = self.t_wait = now_ns
-        s.queue_many([("FIRE", self.seqs[b], 0, fields) for b, _lo, _w, fields in banks],
-                     now_ns)
+        s.queue_many([("FIRE", self.seqs[b], 0, fields) for b, _lo, _w, fields in banks], now_ns)
         if realtime:
             if deadline_ns is None:
                 # A pulse may last the whole period (a main engine firing continuously): its
@@ -197,10 +221,14 @@ class FireOp(Op):
         if self.rejected is not None:
             self._finish()
             b, rec = self.rejected
-            why = (" after a unit reset (BOOT in mid-session): reconnect and ARM again"
-                   if s.reset_detected else s.refusal_hint())
-            raise LinkError(f"{s.url}: FIRE step {self.step} bank {b} refused: "
-                            f"{s.result_name(rec)}{why}")
+            why = (
+                " after a unit reset (BOOT in mid-session): reconnect and ARM again"
+                if s.reset_detected
+                else s.refusal_hint()
+            )
+            raise LinkError(
+                f"{s.url}: FIRE step {self.step} bank {b} refused: {s.result_name(rec)}{why}"
+            )
         if self.realtime:
             return self._poll_realtime(now_ns, done)
         if done:
@@ -213,15 +241,19 @@ class FireOp(Op):
             return s.fire_result(self, (t_last - self.t_first) / 1e6)
         if now_ns < self.deadline_ns:
             return PENDING
-        if self.attempt >= MAX_RETRIES and now_ns >= self.give_up_ns \
-                and s.unit_lost_since(self.t_first, now_ns):
+        if (
+            self.attempt >= MAX_RETRIES
+            and now_ns >= self.give_up_ns
+            and s.unit_lost_since(self.t_first, now_ns)
+        ):
             self._finish()
             missing = sorted(set(self.seqs) - set(self.reports))
             raise LinkError(
                 f"{s.url}: no reply to FIRE step {self.step} (no VALVE_REPORT for bank(s) "
                 f"{missing}) after {self.attempt + 1} tries over "
                 f"{(now_ns - self.t_first) / 1e6:.0f} ms; is the unit running?"
-                f"{s.foreign_hint(self.seqs.values())}{s.live_hint(self.t_first)}")
+                f"{s.foreign_hint(self.seqs.values())}{s.live_hint(self.t_first)}"
+            )
         self.attempt += 1
         if not s.unit_behind(self.step, self.t_sent):  # (else: hold the copies)
             self.t_sent = now_ns
@@ -251,10 +283,12 @@ class FireOp(Op):
         # the valves, and the host must not fly on in the dark.
         s.silent_cycles = s.silent_cycles + 1 if len(missing) == len(self.seqs) else 0
         if s.silent_cycles > MAX_RETRIES:
-            raise LinkError(f"{s.url}: no VALVE_REPORT for {s.silent_cycles} REALTIME "
-                            f"cycles in a row (steps {self.step - s.silent_cycles + 1}.."
-                            f"{self.step}): the link is lost or the unit stopped answering"
-                            f"{s.foreign_hint(self.seqs.values())}")
+            raise LinkError(
+                f"{s.url}: no VALVE_REPORT for {s.silent_cycles} REALTIME "
+                f"cycles in a row (steps {self.step - s.silent_cycles + 1}.."
+                f"{self.step}): the link is lost or the unit stopped answering"
+                f"{s.foreign_hint(self.seqs.values())}"
+            )
         rtt = None
         if self.reports:
             rtt = (max(r.t_ns for r in self.reports.values()) - self.t_first) / 1e6
@@ -275,8 +309,11 @@ def command_flow(s: HostSession, name, fields, ack, now_ns):
 
 def connect_flow(s: HostSession, key, period_ms, host_nonce, now_ns, boot_timeout_s, ping_burst):
     # Discard input until BOOT (nobody waits for what comes before).
-    yield s.wait_for(lambda: s.boots > s.boots_consumed or not s.up,
-                        now_ns + int(boot_timeout_s * 1e9), checks=False)
+    yield s.wait_for(
+        lambda: s.boots > s.boots_consumed or not s.up,
+        now_ns + int(boot_timeout_s * 1e9),
+        checks=False,
+    )
     s.boots_consumed = s.boots
     s.session = None
     s._armed = False
@@ -296,31 +333,53 @@ def connect_flow(s: HostSession, key, period_ms, host_nonce, now_ns, boot_timeou
     # sequence count) for a boot timeout rather than the usual few tries.
     retries = max(MAX_RETRIES, math.ceil(boot_timeout_s / s.retry_timeout_s))
     rec, _ = yield s.transact(
-        "HELLO", dict(proto_ver=PROTO_VERSION, dict_hash=DICT_HASH, mode=MODES[key],
-                      period_ms=period_ms, host_nonce=host_nonce & 0xFFFFFFFF),
-        hello_reply, s.now_ns, ack_req=False, session=False, retries=retries)
+        "HELLO",
+        dict(
+            proto_ver=PROTO_VERSION,
+            dict_hash=DICT_HASH,
+            mode=MODES[key],
+            period_ms=period_ms,
+            host_nonce=host_nonce & 0xFFFFFFFF,
+        ),
+        hello_reply,
+        s.now_ns,
+        ack_req=False,
+        session=False,
+        retries=retries,
+    )
     ack = rec.msg
     if ack["result"] == RESULT["DICT_MISMATCH"]:
         raise UserError(
             where=s.url,
             message=f"message dictionary mismatch: the unit has hash 0x{ack['dict_hash']:08X}"
-                    f", this host 0x{DICT_HASH:08X}; rebuild the firmware/emulator from this "
-                    f"messages.toml (the unit will not be armed)")
+            f", this host 0x{DICT_HASH:08X}; rebuild the firmware/emulator from this "
+            f"messages.toml (the unit will not be armed)",
+        )
     if ack["result"] != _ACCEPTED:
         raise LinkError(f"{s.url}: HELLO refused: {s.result_name(rec)}")
     if ack["proto_ver"] != PROTO_VERSION:
-        raise UserError(where=s.url,
-                        message=f"the unit speaks protocol version {ack['proto_ver']}, this "
-                                f"host {PROTO_VERSION}; update the firmware or the host")
+        raise UserError(
+            where=s.url,
+            message=f"the unit speaks protocol version {ack['proto_ver']}, this "
+            f"host {PROTO_VERSION}; update the firmware or the host",
+        )
     test_build = s.test_build or bool(ack.flags & FLAG_TEST_BUILD)
     session = s.session if s.session is not None else ack["session"]
     mode_names = {v: k for k, v in MODES.items()}
     s.info = LinkInfo(
-        session=session, fw_ver=ack["fw_ver"], proto_ver=ack["proto_ver"],
-        dict_hash=ack["dict_hash"], n_channels=ack["n_channels"], tick_us=ack["tick_us"],
-        min_on_ticks=ack["min_on_ticks"], watchdog_ms=ack["watchdog_ms"],
-        mode=mode_names.get(ack["mode"], key), period_ms=period_ms,
-        boot_count=ack["boot_count"], test_build=test_build)
+        session=session,
+        fw_ver=ack["fw_ver"],
+        proto_ver=ack["proto_ver"],
+        dict_hash=ack["dict_hash"],
+        n_channels=ack["n_channels"],
+        tick_us=ack["tick_us"],
+        min_on_ticks=ack["min_on_ticks"],
+        watchdog_ms=ack["watchdog_ms"],
+        mode=mode_names.get(ack["mode"], key),
+        period_ms=period_ms,
+        boot_count=ack["boot_count"],
+        test_build=test_build,
+    )
     s.mode, s.period_ms = key, period_ms
     samples = []
     timeout_s = max(s.retry_timeout_s, INITIAL_RETRY_TIMEOUT_S)
@@ -329,8 +388,10 @@ def connect_flow(s: HostSession, key, period_ms, host_nonce, now_ns, boot_timeou
         if sample is not None:
             samples.append(sample)
     if ping_burst and len(samples) * 2 < ping_burst:
-        raise LinkError(f"{s.url}: only {len(samples)} of {ping_burst} PINGs were "
-                        "answered; the link is losing frames")
+        raise LinkError(
+            f"{s.url}: only {len(samples)} of {ping_burst} PINGs were "
+            "answered; the link is losing frames"
+        )
     if samples:
         s.retry_rtt_s = percentile([p.rtt_ms for p in samples], 50) / 1000.0
         best = min(samples, key=lambda p: p.rtt_ms)  # least queueing: best offset
@@ -364,26 +425,34 @@ def arm_flow(s: HostSession, session, max_on_ticks, next_step):
                 return s.last_challenge
             return s.take_ack(seq, "ARM_REQUEST")
 
-        rec, _ = yield s.transact("ARM_REQUEST", dict(session=session), challenge,
-                                     s.now_ns, ack_req=False, session=True)
+        rec, _ = yield s.transact(
+            "ARM_REQUEST", dict(session=session), challenge, s.now_ns, ack_req=False, session=True
+        )
         if rec.msg.name == "ACK":
-            raise LinkError(f"{s.url}: ARM_REQUEST refused: {s.result_name(rec)}"
-                            f"{s.hk_pressure_hint()}")
+            raise LinkError(
+                f"{s.url}: ARM_REQUEST refused: {s.result_name(rec)}{s.hk_pressure_hint()}"
+            )
         nonce = rec.msg["nonce"]
         armed_events_before = s.armed_events
         step = s.next_step if next_step is None else next_step
         rec, attempt = yield s.transact(
-            "ARM_CONFIRM", dict(session=session, nonce=nonce, max_on_ticks=max_on_ticks,
-                                next_step=int(step)),
-            lambda seq: s.take_ack(seq, "ARM_CONFIRM"), s.now_ns, ack_req=True,
-            session=True)
+            "ARM_CONFIRM",
+            dict(session=session, nonce=nonce, max_on_ticks=max_on_ticks, next_step=int(step)),
+            lambda seq: s.take_ack(seq, "ARM_CONFIRM"),
+            s.now_ns,
+            ack_req=True,
+            session=True,
+        )
         result = rec.msg["result"]
         if result == _ACCEPTED:
             break
         # A resent ARM_CONFIRM whose first copy armed the unit (its ACK lost) is refused
         # with REJECTED_STATE; the ARMED event tells us the first copy worked.
-        if attempt > 0 and result == RESULT["REJECTED_STATE"] \
-                and s.armed_events > armed_events_before:
+        if (
+            attempt > 0
+            and result == RESULT["REJECTED_STATE"]
+            and s.armed_events > armed_events_before
+        ):
             break
         if result == RESULT["BAD_NONCE"] and not last:
             continue
@@ -398,12 +467,10 @@ def arm_flow(s: HostSession, session, max_on_ticks, next_step):
 
 
 def set_param_flow(s: HostSession, key, value, session, now_ns):
-    rec = yield s.command("SET_PARAM", dict(session=session, param=PARAM[key],
-                                               value=value), now_ns)
+    rec = yield s.command("SET_PARAM", dict(session=session, param=PARAM[key], value=value), now_ns)
     result = rec.msg["result"]
     if result == RESULT["BAD_PARAM"]:
-        raise UserError(where=s.url, field=key,
-                        message=f"the unit refused {value!r} (BAD_PARAM)")
+        raise UserError(where=s.url, field=key, message=f"the unit refused {value!r} (BAD_PARAM)")
     if result != _ACCEPTED:
         raise LinkError(f"{s.url}: SET_PARAM {key} refused: {s.result_name(rec)}")
     if key == "WATCHDOG_MS" and s.info is not None:

@@ -54,27 +54,33 @@ class Cell:
 
 def _state(name: object, where: str) -> int:
     if name not in STATE:
-        raise ValueError(f"messages.toml: {where}: expected a state ({', '.join(STATE_ORDER)}), "
-                         f"got {name!r}")
+        raise ValueError(
+            f"messages.toml: {where}: expected a state ({', '.join(STATE_ORDER)}), got {name!r}"
+        )
     return STATE[name]
 
 
-def _cell(raw: object, input_name: str, state: int, where: str, is_event: bool,
-          actions: dict) -> Cell:
+def _cell(
+    raw: object, input_name: str, state: int, where: str, is_event: bool, actions: dict
+) -> Cell:
     if raw == "-":
         return Cell(input_name, state, "none")
     if isinstance(raw, str):
         if is_event or raw not in RESULT or raw == "ACCEPTED":
-            raise ValueError(f"messages.toml: {where}: expected \"-\", a refusal result or "
-                             f"{{ action = ... }}, got {raw!r}")
+            raise ValueError(
+                f'messages.toml: {where}: expected "-", a refusal result or '
+                f"{{ action = ... }}, got {raw!r}"
+            )
         return Cell(input_name, state, "refuse", refusal=RESULT[raw])
     if not isinstance(raw, dict) or raw.get("action") not in actions:
         raise ValueError(f"messages.toml: {where}: expected an action of [actions], got {raw!r}")
     rest = {k: v for k, v in raw.items() if k != "action"}
     if is_event:
         if set(rest) != {"next"}:
-            raise ValueError(f"messages.toml: {where}: an event cell has action and next only, "
-                             f"got {sorted(rest)}")
+            raise ValueError(
+                f"messages.toml: {where}: an event cell has action and next only, "
+                f"got {sorted(rest)}"
+            )
         rest = {"ACCEPTED": rest["next"]}
     outcomes = []
     for result, nxt in rest.items():
@@ -99,12 +105,15 @@ def _load(raw: dict):
             missing = [s for s in STATE_ORDER if s not in row]
             extra = sorted(set(row) - set(STATE_ORDER) - {"doc"})
             if missing or extra:
-                raise ValueError(f"messages.toml: {where}: expected one cell per state "
-                                 f"({', '.join(STATE_ORDER)}), missing {missing}, extra {extra}")
+                raise ValueError(
+                    f"messages.toml: {where}: expected one cell per state "
+                    f"({', '.join(STATE_ORDER)}), missing {missing}, extra {extra}"
+                )
             docs[name] = row.get("doc", name)
             tables[(section, name)] = {
                 STATE[s]: _cell(row[s], name, STATE[s], f"{where}.{s}", is_event, actions)
-                for s in STATE_ORDER}
+                for s in STATE_ORDER
+            }
     commands = {n: t for (sec, n), t in tables.items() if sec == "on_command"}
     events = {n: t for (sec, n), t in tables.items() if sec == "on_event"}
     untabled = sorted(n for n, m in MESSAGES.items() if m.is_command and n not in commands)
@@ -112,8 +121,10 @@ def _load(raw: dict):
         raise ValueError(f"messages.toml: commands without an [on_command] table: {untabled}")
     used = {c.action for t in tables.values() for c in t.values() if c.kind == "action"}
     if used != set(actions):
-        raise ValueError(f"messages.toml: [actions] and the cells disagree: unused "
-                         f"{sorted(set(actions) - used)}, undeclared {sorted(used - set(actions))}")
+        raise ValueError(
+            f"messages.toml: [actions] and the cells disagree: unused "
+            f"{sorted(set(actions) - used)}, undeclared {sorted(used - set(actions))}"
+        )
     # Commands in message-id order, then events in file order: the firmware's input numbers.
     commands = dict(sorted(commands.items(), key=lambda kv: MESSAGES[kv[0]].id))
     return commands, events, actions, docs

@@ -88,8 +88,9 @@ from thruster_hil.firmware_bridge.dictionary import (
 )
 from thruster_hil.firmware_bridge.statetable import COMMANDS, EVENTS, Cell, hears_commands
 
-BOOT, SAFE, ARMING, ARMED, FAULT_STATE = (STATE[k] for k in ("BOOT", "SAFE", "ARMING", "ARMED",
-                                                              "FAULT"))
+BOOT, SAFE, ARMING, ARMED, FAULT_STATE = (
+    STATE[k] for k in ("BOOT", "SAFE", "ARMING", "ARMED", "FAULT")
+)
 LOCKSTEP, REALTIME = MODE["LOCKSTEP"], MODE["REALTIME"]
 R = RESULT
 REASON = ENUMS["safe_reason"]
@@ -104,21 +105,29 @@ BAD_FRAME_EVENT_GAP_US = LIMITS["bad_frame_event_gap_ms"] * 1000
 SESSION_ERROR_LIMIT = LIMITS["session_error_limit"]
 STEP_WINDOW_MIN = LIMITS["step_window_min"]
 SEQ_MODULO = codec.SEQ_MODULO
-_ERROR_KIND = {"cobs": FRAME_ERROR["COBS"], "crc": FRAME_ERROR["CRC"],
-               "length": FRAME_ERROR["LENGTH"], "header": FRAME_ERROR["HEADER"],
-               "unknown_id": FRAME_ERROR["UNKNOWN_ID"], "too_long": FRAME_ERROR["TOO_LONG"]}
-_SESSION_CMDS = frozenset({"HEARTBEAT", "ARM_REQUEST", "ARM_CONFIRM", "DISARM", "FIRE",
-                           "SET_PARAM", "FAULT_INJECT"})
+_ERROR_KIND = {
+    "cobs": FRAME_ERROR["COBS"],
+    "crc": FRAME_ERROR["CRC"],
+    "length": FRAME_ERROR["LENGTH"],
+    "header": FRAME_ERROR["HEADER"],
+    "unknown_id": FRAME_ERROR["UNKNOWN_ID"],
+    "too_long": FRAME_ERROR["TOO_LONG"],
+}
+_SESSION_CMDS = frozenset(
+    {"HEARTBEAT", "ARM_REQUEST", "ARM_CONFIRM", "DISARM", "FIRE", "SET_PARAM", "FAULT_INJECT"}
+)
 _FIRE_CELLS = COMMANDS["FIRE"]
 #: The states in which each timer / event applies, from the state table.
 _WATCHDOG_STATES = frozenset(s for s, c in EVENTS["WATCHDOG"].items() if c.kind == "action")
 _ARM_IDLE_STATES = frozenset(s for s, c in EVENTS["ARM_IDLE"].items() if c.kind == "action")
-_CHALLENGE_STATES = frozenset(s for s, c in EVENTS["CHALLENGE_EXPIRED"].items()
-                              if c.kind == "action")
+_CHALLENGE_STATES = frozenset(
+    s for s, c in EVENTS["CHALLENGE_EXPIRED"].items() if c.kind == "action"
+)
 #: Commands whose reply is cached so a retransmission (same seq + RETRANSMIT) is answered
 #: without acting twice.
-_CACHED_CMDS = frozenset({"HELLO", "ARM_REQUEST", "ARM_CONFIRM", "DISARM", "SET_PARAM",
-                          "FAULT_INJECT"})
+_CACHED_CMDS = frozenset(
+    {"HELLO", "ARM_REQUEST", "ARM_CONFIRM", "DISARM", "SET_PARAM", "FAULT_INJECT"}
+)
 _CACHE_SIZE = 32
 EXECUTED_LOG_SIZE = 4096  # bound on executed_log: an emulator may serve for days
 _PARAM_LIMITS = {
@@ -173,10 +182,18 @@ class UnitCore:
     log).
     """
 
-    def __init__(self, n_channels: int = 32, fw_ver: int = FW_VERSION, boot_count: int = 1,
-                 reset_cause: int = RESET_CAUSE["POWER_ON"], test_build: bool = True,
-                 min_on_ticks: int = 5, rng_seed: int | None = None,
-                 dict_hash: int = DICT_HASH, entropy: Callable[[], int] | None = None):
+    def __init__(
+        self,
+        n_channels: int = 32,
+        fw_ver: int = FW_VERSION,
+        boot_count: int = 1,
+        reset_cause: int = RESET_CAUSE["POWER_ON"],
+        test_build: bool = True,
+        min_on_ticks: int = 5,
+        rng_seed: int | None = None,
+        dict_hash: int = DICT_HASH,
+        entropy: Callable[[], int] | None = None,
+    ):
         if not 1 <= n_channels <= 32:
             raise ValueError(f"n_channels must be 1..32, got {n_channels}")
         self.n_channels = n_channels
@@ -196,13 +213,32 @@ class UnitCore:
         self.failed = 0  # bit per channel
         self.stuck = 0
         self.tank_kpa = DEFAULT_TANK_KPA
-        self.counters = {k: 0 for k in (
-            "rx_frames", "crc_errors", "cobs_errors", "length_errors", "header_errors",
-            "unknown_id_errors", "seq_gaps", "uart_overruns", "session_errors", "dropped_rx",
-            "corrupted_tx", "bad_frame_events_suppressed", "fires_executed", "duplicate_fires",
-            "stale_fires", "watchdog_trips", "retransmits_answered", "tx_frames")}
+        self.counters = {
+            k: 0
+            for k in (
+                "rx_frames",
+                "crc_errors",
+                "cobs_errors",
+                "length_errors",
+                "header_errors",
+                "unknown_id_errors",
+                "seq_gaps",
+                "uart_overruns",
+                "session_errors",
+                "dropped_rx",
+                "corrupted_tx",
+                "bad_frame_events_suppressed",
+                "fires_executed",
+                "duplicate_fires",
+                "stale_fires",
+                "watchdog_trips",
+                "retransmits_answered",
+                "tx_frames",
+            )
+        }
         self.executed_log: deque[tuple[int, int, int, tuple[int, ...]]] = deque(
-            maxlen=EXECUTED_LOG_SIZE)
+            maxlen=EXECUTED_LOG_SIZE
+        )
         self.journal: list[dict] = []
         self._last_session: int | None = None
         self._power_on()
@@ -227,8 +263,9 @@ class UnitCore:
         self._idle_from = 0
         self.step_window = STEP_WINDOW_MIN
         self._pending: list[_Pulse] = []  # REALTIME pulses not yet reported
-        self._tm_seq = {apid: 0 for apid in (APIDS["unit_reply"], APIDS["unit_event"],
-                                             APIDS["valve_report"])}
+        self._tm_seq = {
+            apid: 0 for apid in (APIDS["unit_reply"], APIDS["unit_event"], APIDS["valve_report"])
+        }
         self._rx_seq: int | None = None
         self._cache: dict[tuple[int, int, tuple], list[tuple[str, int, dict]]] = {}
         self._decoder = Decoder()
@@ -239,12 +276,25 @@ class UnitCore:
     def boot(self, now_us: int) -> bytes:
         """Leave BOOT: send the BOOT packet, enter SAFE, start HK."""
         out: list[bytes] = []
-        self._emit(out, "BOOT", fw_ver=self.fw_ver, proto_ver=PROTO_VERSION,
-                   boot_count=self.boot_count, reset_cause=self.reset_cause,
-                   n_channels=self.n_channels, dict_hash=self.dict_hash)
+        self._emit(
+            out,
+            "BOOT",
+            fw_ver=self.fw_ver,
+            proto_ver=PROTO_VERSION,
+            boot_count=self.boot_count,
+            reset_cause=self.reset_cause,
+            n_channels=self.n_channels,
+            dict_hash=self.dict_hash,
+        )
         self.state = EVENTS["BOOT_DONE"][BOOT].next()
-        self.journal.append({"t_us": now_us, "ev": "boot", "boot_count": self.boot_count,
-                             "reset_cause": self.reset_cause})
+        self.journal.append(
+            {
+                "t_us": now_us,
+                "ev": "boot",
+                "boot_count": self.boot_count,
+                "reset_cause": self.reset_cause,
+            }
+        )
         self._event(out, now_us, "BOOTED", self.boot_count, self.reset_cause)
         self._next_hk = now_us + self.hk_period_ms * 1000 if self.hk_period_ms else None
         return b"".join(out)
@@ -260,8 +310,15 @@ class UnitCore:
         self._power_on()
         self.state = EVENTS["RESET"][old].next()
         if old != self.state:
-            self.journal.append({"t_us": now_us, "ev": "state", "from": STATE_NAMES[old],
-                                 "to": STATE_NAMES[self.state], "reason": "RESET"})
+            self.journal.append(
+                {
+                    "t_us": now_us,
+                    "ev": "state",
+                    "from": STATE_NAMES[old],
+                    "to": STATE_NAMES[self.state],
+                    "reason": "RESET",
+                }
+            )
         return b"".join(out) + self.boot(now_us)
 
     def stop_all(self, now_us: int) -> bytes:
@@ -315,8 +372,9 @@ class UnitCore:
     # ---------------------------------------------------------------- output helpers
 
     def _encode(self, name: str, seq: int, flags: int, fields: dict) -> bytes:
-        frame = codec.encode_fields(name, seq,
-                                    flags | (FLAG_TEST_BUILD if self.test_build else 0), fields)
+        frame = codec.encode_fields(
+            name, seq, flags | (FLAG_TEST_BUILD if self.test_build else 0), fields
+        )
         self.counters["tx_frames"] += 1
         if self.corrupt_tx > 0:
             self.corrupt_tx -= 1
@@ -336,10 +394,19 @@ class UnitCore:
         out.append(self._encode(name, seq, 0, fields))
         return seq
 
-    def _event(self, out: list[bytes], now_us: int, name: str, arg0: int = 0, arg1: int = 0,
-               arg2: int = 0) -> None:
-        self._emit(out, "EVENT", pu_time_us=now_us & 0xFFFFFFFF, event=EVENT[name],
-                   state=self.state, arg0=arg0 & 0xFFFF, arg1=arg1 & 0xFFFF, arg2=arg2 & 0xFFFF)
+    def _event(
+        self, out: list[bytes], now_us: int, name: str, arg0: int = 0, arg1: int = 0, arg2: int = 0
+    ) -> None:
+        self._emit(
+            out,
+            "EVENT",
+            pu_time_us=now_us & 0xFFFFFFFF,
+            event=EVENT[name],
+            state=self.state,
+            arg0=arg0 & 0xFFFF,
+            arg1=arg1 & 0xFFFF,
+            arg2=arg2 & 0xFFFF,
+        )
 
     def _ack(self, out: list[bytes], replies: list, msg: Message, result: int) -> None:
         fields = {"acked_seq": msg.seq, "msg_id": msg.spec.id, "result": result}
@@ -354,12 +421,20 @@ class UnitCore:
 
     def _set_state(self, now_us: int, new: int, reason: str) -> None:
         if new != self.state:
-            self.journal.append({"t_us": now_us, "ev": "state", "from": STATE_NAMES[self.state],
-                                 "to": STATE_NAMES[new], "reason": reason})
+            self.journal.append(
+                {
+                    "t_us": now_us,
+                    "ev": "state",
+                    "from": STATE_NAMES[self.state],
+                    "to": STATE_NAMES[new],
+                    "reason": reason,
+                }
+            )
             self.state = new
 
-    def _leave_armed(self, out: list[bytes], now_us: int, new: int, reason: int,
-                     arg1: int = 0) -> None:
+    def _leave_armed(
+        self, out: list[bytes], now_us: int, new: int, reason: int, arg1: int = 0
+    ) -> None:
         """Go SAFE or FAULT: close every valve first, then SAFE_ENTERED (if the state changes
         from ARMING/ARMED, or from FAULT to SAFE) with ``reason`` and ``arg1``."""
         self._close_all(out, now_us)
@@ -392,12 +467,32 @@ class UnitCore:
         self._report(out, p, now_us)
 
     def _report(self, out: list[bytes], p: _Pulse, now_us: int) -> None:
-        self._report_values(out, p.session, p.step, p.bank, p.t_start, p.executed, p.flags,
-                            p.failed, p.stuck, now_us)
+        self._report_values(
+            out,
+            p.session,
+            p.step,
+            p.bank,
+            p.t_start,
+            p.executed,
+            p.flags,
+            p.failed,
+            p.stuck,
+            now_us,
+        )
 
-    def _report_values(self, out: list[bytes], session: int, step: int, bank: int,
-                       t_start: int, executed_ticks: list[int], flags: int, failed: int,
-                       stuck: int, now_us: int) -> None:
+    def _report_values(
+        self,
+        out: list[bytes],
+        session: int,
+        step: int,
+        bank: int,
+        t_start: int,
+        executed_ticks: list[int],
+        flags: int,
+        failed: int,
+        stuck: int,
+        now_us: int,
+    ) -> None:
         """VALVE_REPORT of one executed FIRE (a pulse's numbers), its log and journal."""
         executed = list(executed_ticks)
         if stuck:
@@ -405,18 +500,34 @@ class UnitCore:
                 if stuck >> c & 1:
                     executed[c] = max(executed[c], self._period_ticks())
         ticks = tuple(executed)
-        fields = {"step": step, "t_start_pu_us": t_start & 0xFFFFFFFF, "bank": bank,
-                  "flags": flags, "executed_ticks": ticks,
-                  "failed_mask": failed, "stuck_mask": stuck}
+        fields = {
+            "step": step,
+            "t_start_pu_us": t_start & 0xFFFFFFFF,
+            "bank": bank,
+            "flags": flags,
+            "executed_ticks": ticks,
+            "failed_mask": failed,
+            "stuck_mask": stuck,
+        }
         seq = self._emit_fields(out, "VALVE_REPORT", fields)
         if session == self.session:
             self._reports[bank] = (step, seq, fields)
         self.executed_log.append((session, step, bank, ticks))
         self.counters["fires_executed"] += 1
-        self.journal.append({"t_us": now_us, "ev": "fire", "session": session, "step": step,
-                             "bank": bank, "mode": "REALTIME" if self.mode else "LOCKSTEP",
-                             "t_start_us": t_start, "executed": executed, "flags": flags,
-                             "aborted": bool(flags & 2)})
+        self.journal.append(
+            {
+                "t_us": now_us,
+                "ev": "fire",
+                "session": session,
+                "step": step,
+                "bank": bank,
+                "mode": "REALTIME" if self.mode else "LOCKSTEP",
+                "t_start_us": t_start,
+                "executed": executed,
+                "flags": flags,
+                "aborted": bool(flags & 2),
+            }
+        )
 
     def _period_ticks(self) -> int:
         return self.period_ms * 1000 // TICK_US
@@ -433,11 +544,14 @@ class UnitCore:
             return
         if self.stall_until is not None and now_us >= self.stall_until:
             self.stall_until = None
-        wd_deadline = (self._last_valid + self.watchdog_ms * 1000
-                       if self.watchdog_active() else None)
+        wd_deadline = self._last_valid + self.watchdog_ms * 1000 if self.watchdog_active() else None
         # Pulses that ended (before the watchdog would have cut them), in time order.
-        ends = sorted((t, i, c) for i, p in enumerate(self._pending) for c, t in p.ends.items()
-                      if t <= now_us and (wd_deadline is None or t <= wd_deadline))
+        ends = sorted(
+            (t, i, c)
+            for i, p in enumerate(self._pending)
+            for c, t in p.ends.items()
+            if t <= now_us and (wd_deadline is None or t <= wd_deadline)
+        )
         done: list[_Pulse] = []
         for _, i, c in ends:
             p = self._pending[i]
@@ -451,18 +565,31 @@ class UnitCore:
             since_ms = (now_us - self._last_valid) // 1000
             self.counters["watchdog_trips"] += 1
             self._event(out, now_us, "WATCHDOG_TRIP", since_ms)
-            self._leave_armed(out, now_us, EVENTS["WATCHDOG"][self.state].next(),
-                              REASON["WATCHDOG"])
-            self.journal.append({"t_us": now_us, "ev": "watchdog_trip",
-                                 "last_valid_us": self._last_valid, "closed_us": now_us,
-                                 "since_valid_ms": (now_us - self._last_valid) / 1000,
-                                 "watchdog_ms": self.watchdog_ms})
-        if self.state in _ARM_IDLE_STATES \
-                and now_us >= self._idle_from + LIMITS["arm_idle_ms"] * 1000:
-            self._leave_armed(out, now_us, EVENTS["ARM_IDLE"][self.state].next(),
-                              REASON["ARM_TIMEOUT"])
-        if self.state in _CHALLENGE_STATES and self._nonce is not None \
-                and now_us - self._challenge_t > LIMITS["arm_challenge_ms"] * 1000:
+            self._leave_armed(
+                out, now_us, EVENTS["WATCHDOG"][self.state].next(), REASON["WATCHDOG"]
+            )
+            self.journal.append(
+                {
+                    "t_us": now_us,
+                    "ev": "watchdog_trip",
+                    "last_valid_us": self._last_valid,
+                    "closed_us": now_us,
+                    "since_valid_ms": (now_us - self._last_valid) / 1000,
+                    "watchdog_ms": self.watchdog_ms,
+                }
+            )
+        if (
+            self.state in _ARM_IDLE_STATES
+            and now_us >= self._idle_from + LIMITS["arm_idle_ms"] * 1000
+        ):
+            self._leave_armed(
+                out, now_us, EVENTS["ARM_IDLE"][self.state].next(), REASON["ARM_TIMEOUT"]
+            )
+        if (
+            self.state in _CHALLENGE_STATES
+            and self._nonce is not None
+            and now_us - self._challenge_t > LIMITS["arm_challenge_ms"] * 1000
+        ):
             self._nonce = None  # expired: an ARM_CONFIRM now is BAD_NONCE
         if self._next_hk is not None and now_us >= self._next_hk:
             if self.stall_until is None:
@@ -477,15 +604,23 @@ class UnitCore:
         if self.watchdog_active():
             remaining = max(0, self._last_valid + self.watchdog_ms * 1000 - now_us) // 1000
         u16 = 0xFFFF
-        return {"pu_time_us": now_us & 0xFFFFFFFF, "state": self.state,
-                "watchdog_remaining_ms": min(remaining, u16),
-                "rx_frames": c["rx_frames"] & u16, "crc_errors": c["crc_errors"] & u16,
-                "cobs_errors": c["cobs_errors"] & u16, "length_errors": c["length_errors"] & u16,
-                "seq_gaps": c["seq_gaps"] & u16, "uart_overruns": c["uart_overruns"] & u16,
-                "session_errors": c["session_errors"] & u16,
-                "last_step": self.last_step & 0xFFFFFFFF,
-                "open_mask": self.open_mask() & 0xFFFFFFFF, "failed_mask": self.failed,
-                "stuck_mask": self.stuck, "tank_kPa": min(self.tank_kpa, u16)}
+        return {
+            "pu_time_us": now_us & 0xFFFFFFFF,
+            "state": self.state,
+            "watchdog_remaining_ms": min(remaining, u16),
+            "rx_frames": c["rx_frames"] & u16,
+            "crc_errors": c["crc_errors"] & u16,
+            "cobs_errors": c["cobs_errors"] & u16,
+            "length_errors": c["length_errors"] & u16,
+            "seq_gaps": c["seq_gaps"] & u16,
+            "uart_overruns": c["uart_overruns"] & u16,
+            "session_errors": c["session_errors"] & u16,
+            "last_step": self.last_step & 0xFFFFFFFF,
+            "open_mask": self.open_mask() & 0xFFFFFFFF,
+            "failed_mask": self.failed,
+            "stuck_mask": self.stuck,
+            "tank_kPa": min(self.tank_kpa, u16),
+        }
 
     # ---------------------------------------------------------------- input
 
@@ -516,14 +651,16 @@ class UnitCore:
 
     def _bad_frame(self, out: list[bytes], err: ProtocolError, now_us: int) -> None:
         key = {"too_long": "length_errors", "unknown_id": "unknown_id_errors"}.get(
-            err.kind, f"{err.kind}_errors")
+            err.kind, f"{err.kind}_errors"
+        )
         if key in self.counters:
             self.counters[key] += 1
         self._bad_since_event += 1
         last = self._last_bad_frame_event
         if last is None or now_us - last >= BAD_FRAME_EVENT_GAP_US:
-            self._event(out, now_us, "BAD_FRAME", _ERROR_KIND.get(err.kind, 0),
-                        self._bad_since_event)
+            self._event(
+                out, now_us, "BAD_FRAME", _ERROR_KIND.get(err.kind, 0), self._bad_since_event
+            )
             self._last_bad_frame_event = now_us
             self._bad_since_event = 0
         else:
@@ -574,8 +711,9 @@ class UnitCore:
             while len(self._cache) > _CACHE_SIZE:
                 del self._cache[next(iter(self._cache))]
 
-    def _dispatch(self, out: list[bytes], replies: list, msg: Message, now_us: int,
-                  cell: Cell) -> None:
+    def _dispatch(
+        self, out: list[bytes], replies: list, msg: Message, now_us: int, cell: Cell
+    ) -> None:
         """One command in the present state, as the state table says: refused with the cell's
         result, or handed to the cell's action (which reads the next state from ``self._cell``).
         """
@@ -591,8 +729,14 @@ class UnitCore:
         if cell.kind == "action":
             self._leave_armed(out, now_us, cell.next(), REASON["INTRUSION"])
         self._event(out, now_us, "LOCKOUT", self._session_errors, msg_id)
-        self.journal.append({"t_us": now_us, "ev": "lockout",
-                             "session_errors": self._session_errors, "msg_id": msg_id})
+        self.journal.append(
+            {
+                "t_us": now_us,
+                "ev": "lockout",
+                "session_errors": self._session_errors,
+                "msg_id": msg_id,
+            }
+        )
         self._end_session(None)
 
     def _end_session(self, session: int | None) -> None:
@@ -631,9 +775,14 @@ class UnitCore:
 
     def _on_hello(self, out, replies, msg: Message, now_us: int) -> None:
         mode, period = msg["mode"], msg["period_ms"]
-        base = {"fw_ver": self.fw_ver, "proto_ver": PROTO_VERSION, "dict_hash": self.dict_hash,
-                "n_channels": self.n_channels, "tick_us": TICK_US,
-                "boot_count": self.boot_count}
+        base = {
+            "fw_ver": self.fw_ver,
+            "proto_ver": PROTO_VERSION,
+            "dict_hash": self.dict_hash,
+            "n_channels": self.n_channels,
+            "tick_us": TICK_US,
+            "boot_count": self.boot_count,
+        }
         if msg["dict_hash"] != self.dict_hash or msg["proto_ver"] != PROTO_VERSION:
             result, session = R["DICT_MISMATCH"], None
         elif mode not in (LOCKSTEP, REALTIME):
@@ -650,10 +799,17 @@ class UnitCore:
             self._end_session(session)
             if result == R["ACCEPTED"]:
                 self.mode, self.period_ms = mode, period
-        self._reply(out, replies, "HELLO_ACK", result=result,
-                    session=session if result == R["ACCEPTED"] else 0,
-                    min_on_ticks=self.min_on_ticks, watchdog_ms=self.watchdog_ms,
-                    mode=self.mode, **base)
+        self._reply(
+            out,
+            replies,
+            "HELLO_ACK",
+            result=result,
+            session=session if result == R["ACCEPTED"] else 0,
+            min_on_ticks=self.min_on_ticks,
+            watchdog_ms=self.watchdog_ms,
+            mode=self.mode,
+            **base,
+        )
 
     def _on_heartbeat(self, out, replies, msg: Message, now_us: int) -> None:
         self._last_valid = now_us
@@ -662,8 +818,15 @@ class UnitCore:
 
     def _on_ping(self, out, replies, msg: Message, now_us: int) -> None:
         t = now_us & 0xFFFFFFFF
-        self._reply(out, replies, "PONG", nonce=msg["nonce"], t1_host_us=msg["t1_host_us"],
-                    t2_pu_us=t, t3_pu_us=t)
+        self._reply(
+            out,
+            replies,
+            "PONG",
+            nonce=msg["nonce"],
+            t1_host_us=msg["t1_host_us"],
+            t2_pu_us=t,
+            t3_pu_us=t,
+        )
 
     def _on_arm_request(self, out, replies, msg: Message, now_us: int) -> None:
         if self.pressure_low():  # the state was checked by the table
@@ -673,8 +836,9 @@ class UnitCore:
         self._challenge_t = now_us
         self._last_valid = now_us
         self._set_state(now_us, self._cell.next(), "ARM_REQUEST")
-        self._reply(out, replies, "ARM_CHALLENGE", nonce=self._nonce,
-                    valid_ms=LIMITS["arm_challenge_ms"])
+        self._reply(
+            out, replies, "ARM_CHALLENGE", nonce=self._nonce, valid_ms=LIMITS["arm_challenge_ms"]
+        )
 
     def _on_arm_confirm(self, out, replies, msg: Message, now_us: int) -> None:
         if self.pressure_low():  # never while ARMING (TANK_LOW leaves it): defence in depth
@@ -690,8 +854,10 @@ class UnitCore:
         if self._floor and next_step <= max(self._floor.values()):
             self._ack(out, replies, msg, R["STALE"])  # a step this session already passed
             return
-        fresh = (self._nonce is not None
-                 and now_us - self._challenge_t <= LIMITS["arm_challenge_ms"] * 1000)
+        fresh = (
+            self._nonce is not None
+            and now_us - self._challenge_t <= LIMITS["arm_challenge_ms"] * 1000
+        )
         if not fresh or msg["nonce"] != self._nonce:
             self._leave_armed(out, now_us, self._cell.next(R["BAD_NONCE"]), REASON["BAD_NONCE"])
             self._ack(out, replies, msg, R["BAD_NONCE"])
@@ -743,8 +909,13 @@ class UnitCore:
         if kind not in FAULT.values():
             self._ack(out, replies, msg, R["UNSUPPORTED"])
             return
-        if kind in (FAULT["FAIL_OFF"], FAULT["STUCK_OPEN"]) and arg >= self.n_channels or \
-                kind == FAULT["CLEAR"] and arg >= self.n_channels and arg != 0xFFFF:
+        if (
+            kind in (FAULT["FAIL_OFF"], FAULT["STUCK_OPEN"])
+            and arg >= self.n_channels
+            or kind == FAULT["CLEAR"]
+            and arg >= self.n_channels
+            and arg != 0xFFFF
+        ):
             self._ack(out, replies, msg, R["BAD_PARAM"])
             return
         if msg.flags & FLAG_ACK_REQ:
@@ -755,8 +926,15 @@ class UnitCore:
         """Apply a fault (enum ``fault``) directly, as the bench would: used by FAULT_INJECT and
         by the emulator's scheduled faults. Returns the frames to send."""
         out: list[bytes] = []
-        self.journal.append({"t_us": now_us, "ev": "fault", "kind": _FAULT_NAMES.get(kind, kind),
-                             "arg": arg, "source": source})
+        self.journal.append(
+            {
+                "t_us": now_us,
+                "ev": "fault",
+                "kind": _FAULT_NAMES.get(kind, kind),
+                "arg": arg,
+                "source": source,
+            }
+        )
         if self.state != BOOT:
             self._event(out, now_us, "FAULT_INJECTED", kind, arg)
         if kind == FAULT["DROP_RX"]:
@@ -829,8 +1007,12 @@ class UnitCore:
             why = 1
         elif step - floor > self.step_window:
             why = 3
-        elif (self.mode == REALTIME and prev_fire is not None
-                and msg["valid_for_ms"] and now_us - prev_fire > msg["valid_for_ms"] * 1000):
+        elif (
+            self.mode == REALTIME
+            and prev_fire is not None
+            and msg["valid_for_ms"]
+            and now_us - prev_fire > msg["valid_for_ms"] * 1000
+        ):
             why = 2
         if why:
             self.counters["stale_fires"] += 1
@@ -889,11 +1071,13 @@ class UnitCore:
         self.last_step = step
         self._idle_from = now_us
         if self.mode == LOCKSTEP:  # executed in virtual time: reported at once
-            self._report_values(out, self.session or 0, step, bank, now_us, planned, flags,
-                                failed, stuck, now_us)
+            self._report_values(
+                out, self.session or 0, step, bank, now_us, planned, flags, failed, stuck, now_us
+            )
             return
-        pulse = _Pulse(self.session or 0, step, bank, now_us, planned, flags, failed=failed,
-                       stuck=stuck)
+        pulse = _Pulse(
+            self.session or 0, step, bank, now_us, planned, flags, failed=failed, stuck=stuck
+        )
         for c, v in enumerate(planned):
             if v:
                 pulse.ends[c] = now_us + v * TICK_US
@@ -907,12 +1091,19 @@ _FAULT_NAMES = {v: k for k, v in FAULT.items()}
 
 #: The state table's command actions (messages.toml [actions]) -> their handlers.
 _COMMAND_ACTIONS: dict[str, Callable[..., None]] = {
-    "hello": UnitCore._on_hello, "heartbeat": UnitCore._on_heartbeat, "ping": UnitCore._on_ping,
-    "arm_request": UnitCore._on_arm_request, "arm_confirm": UnitCore._on_arm_confirm,
-    "disarm": UnitCore._on_disarm, "stop_all": UnitCore._on_stop_all, "fire": UnitCore._on_fire,
-    "set_param": UnitCore._on_set_param, "fault_inject": UnitCore._on_fault_inject,
+    "hello": UnitCore._on_hello,
+    "heartbeat": UnitCore._on_heartbeat,
+    "ping": UnitCore._on_ping,
+    "arm_request": UnitCore._on_arm_request,
+    "arm_confirm": UnitCore._on_arm_confirm,
+    "disarm": UnitCore._on_disarm,
+    "stop_all": UnitCore._on_stop_all,
+    "fire": UnitCore._on_fire,
+    "set_param": UnitCore._on_set_param,
+    "fault_inject": UnitCore._on_fault_inject,
 }
-_missing = {c.action for row in COMMANDS.values() for c in row.values()
-            if c.kind == "action"} - set(_COMMAND_ACTIONS)
+_missing = {
+    c.action for row in COMMANDS.values() for c in row.values() if c.kind == "action"
+} - set(_COMMAND_ACTIONS)
 if _missing:  # a new action in messages.toml needs its handler here
     raise ImportError(f"state table actions without a handler in unit.py: {sorted(_missing)}")

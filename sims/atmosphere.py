@@ -72,22 +72,32 @@ class SolarActivity:
 #: The named levels. Every value is a node of the table, so a preset reads the table exactly.
 PRESETS: dict[str, SolarActivity] = {
     "low": SolarActivity(
-        "low", 65.0, 0.0,
-        "ECSS-E-ST-10-04C (2008) Table 6-3, low long-term activity (solar minimum)"),
+        "low",
+        65.0,
+        0.0,
+        "ECSS-E-ST-10-04C (2008) Table 6-3, low long-term activity (solar minimum)",
+    ),
     "moderate": SolarActivity(
-        "moderate", 140.0, 15.0,
-        "ECSS-E-ST-10-04C (2008) Table 6-3, moderate long-term activity (cycle mean)"),
+        "moderate",
+        140.0,
+        15.0,
+        "ECSS-E-ST-10-04C (2008) Table 6-3, moderate long-term activity (cycle mean)",
+    ),
     "high": SolarActivity(
-        "high", 170.0, 15.0,
+        "high",
+        170.0,
+        15.0,
         "typical solar maximum: 13-month smoothed F10.7 at the maximum of cycle 23 "
         "(162-170 sfu, IPS Radio and Space Services, observed and predicted solar indices, "
         "2008) and the cycle-mean Ap of ECSS-E-ST-10-04C (15; MSFC 13-month smoothed Ap near "
-        "the cycle-24 maximum: 10-13 median, at most ~19 at the 95th percentile)"),
+        "the cycle-24 maximum: 10-13 median, at most ~19 at the 95th percentile)",
+    ),
 }
 
 
-def activity(name: str | None = None, f107_sfu: float | None = None,
-             ap: float | None = None) -> SolarActivity:
+def activity(
+    name: str | None = None, f107_sfu: float | None = None, ap: float | None = None
+) -> SolarActivity:
     """The activity a run uses: the preset ``name`` (default moderate), with ``f107_sfu`` and/or
     ``ap`` replacing its values when given (then named ``"custom"`` unless they equal the
     preset's). Raises ``ValueError`` for an unknown preset or a value outside the table (the
@@ -124,8 +134,9 @@ def _load_grid() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     expected = np.stack(np.meshgrid(f107, ap, alt_km, indexing="ij"), axis=-1).reshape(-1, 3)
     rho = data[:, 3]
     if not np.array_equal(data[:, :3], expected) or np.any(~(rho > 0.0)):
-        raise ValueError(f"{TABLE_PATH}: rows must be sorted (F10.7, Ap, altitude) with "
-                         "densities > 0")
+        raise ValueError(
+            f"{TABLE_PATH}: rows must be sorted (F10.7, Ap, altitude) with densities > 0"
+        )
     log_rho = np.log(rho).reshape(shape)
     alt_m = alt_km * 1000.0
     for a in (f107, ap, alt_m, log_rho):
@@ -211,8 +222,12 @@ def log_density_profile(f107_sfu, ap, grid_f107, grid_ap, grid_log_rho, out_log_
     w01 = (1.0 - wf) * wa
     w11 = wf * wa
     for k in range(out_log_rho.shape[0]):
-        out_log_rho[k] = (w00 * grid_log_rho[i, j, k] + w10 * grid_log_rho[i + 1, j, k]
-                          + w01 * grid_log_rho[i, j + 1, k] + w11 * grid_log_rho[i + 1, j + 1, k])
+        out_log_rho[k] = (
+            w00 * grid_log_rho[i, j, k]
+            + w10 * grid_log_rho[i + 1, j, k]
+            + w01 * grid_log_rho[i, j + 1, k]
+            + w11 * grid_log_rho[i + 1, j + 1, k]
+        )
 
 
 @kernel

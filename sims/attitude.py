@@ -44,12 +44,15 @@ from thruster_hil.core.layout import Layout
 STATUS_BAD_WORK = 2  # scratch array too small
 
 # The 1-D float64 scratch array ``work`` that ``rk4_attitude_step`` needs (ATTITUDE_WORK_LEN).
-ATTITUDE_WORK = Layout("attitude RK4 work", [
-    ("_KQ", 4 * 4),  # 4 stages x 4 quaternion derivatives
-    ("_KW", 4 * 3),  # 4 stages x 3 rate derivatives
-    ("_QT", 4),  # stage quaternion
-    ("_WT", 3),  # stage rate
-])
+ATTITUDE_WORK = Layout(
+    "attitude RK4 work",
+    [
+        ("_KQ", 4 * 4),  # 4 stages x 4 quaternion derivatives
+        ("_KW", 4 * 3),  # 4 stages x 3 rate derivatives
+        ("_QT", 4),  # stage quaternion
+        ("_WT", 3),  # stage rate
+    ],
+)
 _KQ, _KW, _QT, _WT = ATTITUDE_WORK.offsets
 ATTITUDE_WORK_LEN = ATTITUDE_WORK.length
 

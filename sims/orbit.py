@@ -57,8 +57,9 @@ STATUS_NONFINITE = 2  # the state became non-finite; remaining rows are filled w
 
 
 @kernel
-def _gravity_drag(rx, ry, rz, vx, vy, vz, mass_kg, cd_area_m2, j2_on, table_alt_m,
-                  table_log_rho, out_a_N):
+def _gravity_drag(
+    rx, ry, rz, vx, vy, vz, mass_kg, cd_area_m2, j2_on, table_alt_m, table_log_rho, out_a_N
+):
     """Gravity (+J2) and drag for scalar inputs; writes out_a_N[0:3]."""
     r2 = rx * rx + ry * ry + rz * rz
     r = math.sqrt(r2)
@@ -92,8 +93,7 @@ def _gravity_drag(rx, ry, rz, vx, vy, vz, mass_kg, cd_area_m2, j2_on, table_alt_
 
 
 @kernel
-def orbit_accel(r_BN_N, v_BN_N, mass_kg, cd_area_m2, j2_on, table_alt_m, table_log_rho,
-                out_a_N):
+def orbit_accel(r_BN_N, v_BN_N, mass_kg, cd_area_m2, j2_on, table_alt_m, table_log_rho, out_a_N):
     """Gravitational (point mass + J2 if ``j2_on``) plus drag acceleration [m/s^2] into out_a_N.
 
     r_BN_N [m], v_BN_N [m/s] in ECI J2000; mass_kg [kg]; cd_area_m2 = Cd * A [m^2] (0 switches
@@ -102,8 +102,20 @@ def orbit_accel(r_BN_N, v_BN_N, mass_kg, cd_area_m2, j2_on, table_alt_m, table_l
     above the WGS 84 ellipsoid (first order in the flattening). No thrust here (see
     :func:`rk4_step`).
     """
-    _gravity_drag(r_BN_N[0], r_BN_N[1], r_BN_N[2], v_BN_N[0], v_BN_N[1], v_BN_N[2], mass_kg,
-                  cd_area_m2, j2_on, table_alt_m, table_log_rho, out_a_N)
+    _gravity_drag(
+        r_BN_N[0],
+        r_BN_N[1],
+        r_BN_N[2],
+        v_BN_N[0],
+        v_BN_N[1],
+        v_BN_N[2],
+        mass_kg,
+        cd_area_m2,
+        j2_on,
+        table_alt_m,
+        table_log_rho,
+        out_a_N,
+    )
 
 
 @kernel
@@ -116,8 +128,9 @@ def _derivative(y, force_H_N, mdot_kg_s, cd_area_m2, j2_on, table_alt_m, table_l
     vy = y[4]
     vz = y[5]
     m = y[6]
-    _gravity_drag(rx, ry, rz, vx, vy, vz, m, cd_area_m2, j2_on, table_alt_m, table_log_rho,
-                  out_dy[3:6])
+    _gravity_drag(
+        rx, ry, rz, vx, vy, vz, m, cd_area_m2, j2_on, table_alt_m, table_log_rho, out_dy[3:6]
+    )
     fx_h = force_H_N[0]
     fy_h = force_H_N[1]
     fz_h = force_H_N[2]
@@ -135,8 +148,9 @@ def _derivative(y, force_H_N, mdot_kg_s, cd_area_m2, j2_on, table_alt_m, table_l
 
 
 @kernel
-def rk4_step(y, h_s, force_H_N, mdot_kg_s, cd_area_m2, j2_on, table_alt_m, table_log_rho, work,
-             out_y):
+def rk4_step(
+    y, h_s, force_H_N, mdot_kg_s, cd_area_m2, j2_on, table_alt_m, table_log_rho, work, out_y
+):
     """One classical RK4 step of length h_s [s] from y (7,) into out_y (7,).
 
     force_H_N (3,) [N] is fixed in LVLH and re-resolved into N from each stage's (r, v); the mass
@@ -164,8 +178,21 @@ def rk4_step(y, h_s, force_H_N, mdot_kg_s, cd_area_m2, j2_on, table_alt_m, table
 
 
 @kernel
-def propagate(y0, dt_s, n_steps, n_sub, burn_start_s, burn_stop_s, force_H_N, mdot_kg_s,
-              cd_area_m2, j2_on, table_alt_m, table_log_rho, out_y):
+def propagate(
+    y0,
+    dt_s,
+    n_steps,
+    n_sub,
+    burn_start_s,
+    burn_stop_s,
+    force_H_N,
+    mdot_kg_s,
+    cd_area_m2,
+    j2_on,
+    table_alt_m,
+    table_log_rho,
+    out_y,
+):
     """Propagate y0 (7,) for n_steps outer steps of dt_s [s], writing out_y[k] = y(k dt_s).
 
     out_y: (n_steps + 1, 7); out_y[0] = y0. Each outer step is n_sub equal RK4 sub-steps. The
@@ -209,11 +236,31 @@ def propagate(y0, dt_s, n_steps, n_sub, burn_start_s, burn_stop_s, force_H_N, md
                         tb = burn_stop_s
                 tm = 0.5 * (ta + tb)
                 if burn and burn_start_s <= tm < burn_stop_s:
-                    rk4_step(cur, tb - ta, force_H_N, mdot_kg_s, cd_area_m2, j2_on, table_alt_m,
-                             table_log_rho, work, nxt)
+                    rk4_step(
+                        cur,
+                        tb - ta,
+                        force_H_N,
+                        mdot_kg_s,
+                        cd_area_m2,
+                        j2_on,
+                        table_alt_m,
+                        table_log_rho,
+                        work,
+                        nxt,
+                    )
                 else:
-                    rk4_step(cur, tb - ta, zero_f, 0.0, cd_area_m2, j2_on, table_alt_m,
-                             table_log_rho, work, nxt)
+                    rk4_step(
+                        cur,
+                        tb - ta,
+                        zero_f,
+                        0.0,
+                        cd_area_m2,
+                        j2_on,
+                        table_alt_m,
+                        table_log_rho,
+                        work,
+                        nxt,
+                    )
                 tmp = cur
                 cur = nxt
                 nxt = tmp
@@ -390,8 +437,9 @@ def _a_and_evec(states: np.ndarray, mu: float) -> tuple[np.ndarray, np.ndarray]:
     return a, evec
 
 
-def mean_apsides(states: np.ndarray, dt_s: float, mu: float = MU_EARTH
-                 ) -> tuple[float, float, float]:
+def mean_apsides(
+    states: np.ndarray, dt_s: float, mu: float = MU_EARTH
+) -> tuple[float, float, float]:
     """Orbit-averaged (a_mean [m], perigee_alt_m, apogee_alt_m) from one period of samples.
 
     states: (K, 7) (or (K, >=6)) samples every dt_s [s] spanning exactly one orbital period,
@@ -416,9 +464,15 @@ def mean_apsides(states: np.ndarray, dt_s: float, mu: float = MU_EARTH
     return a_mean, a_mean * (1.0 - e_mean) - R_EARTH, a_mean * (1.0 + e_mean) - R_EARTH
 
 
-def rv_before_apsis(a_m: float, e: float, incl_rad: float, seconds_to_apsis: float,
-                    apsis: str = "apogee", raan_rad: float = 0.0,
-                    argp_rad: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def rv_before_apsis(
+    a_m: float,
+    e: float,
+    incl_rad: float,
+    seconds_to_apsis: float,
+    apsis: str = "apogee",
+    raan_rad: float = 0.0,
+    argp_rad: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """(r_BN_N [m], v_BN_N [m/s]) on the two-body orbit (a, e, i, RAAN, argp) that reaches
     ``apsis`` ("apogee" or "perigee") ``seconds_to_apsis`` [s] later (Kepler's equation by
     Newton's method; Vallado, Algorithm 2)."""
@@ -430,16 +484,23 @@ def rv_before_apsis(a_m: float, e: float, incl_rad: float, seconds_to_apsis: flo
         big_e -= step
         if abs(step) < 1e-15:
             break
-    nu = 2.0 * math.atan2(math.sqrt(1.0 + e) * math.sin(big_e / 2.0),
-                          math.sqrt(1.0 - e) * math.cos(big_e / 2.0))
+    nu = 2.0 * math.atan2(
+        math.sqrt(1.0 + e) * math.sin(big_e / 2.0), math.sqrt(1.0 - e) * math.cos(big_e / 2.0)
+    )
     r = np.empty(3)
     v = np.empty(3)
     rv_from_elements(a_m, e, incl_rad, raan_rad, argp_rad, nu, MU_EARTH, r, v)
     return r, v
 
 
-def mean_change(y_burn: np.ndarray, y_coast: np.ndarray, period_s: float, cd_area_m2: float,
-                table: tuple[np.ndarray, np.ndarray], step_s: float = 1.0) -> dict:
+def mean_change(
+    y_burn: np.ndarray,
+    y_coast: np.ndarray,
+    period_s: float,
+    cd_area_m2: float,
+    table: tuple[np.ndarray, np.ndarray],
+    step_s: float = 1.0,
+) -> dict:
     """What a burn changed, as mean elements: orbit-average the burned state and its no-burn twin
     (two-body + J2 + drag, the same epoch) over the next orbit and difference them.
 
@@ -450,8 +511,21 @@ def mean_change(y_burn: np.ndarray, y_coast: np.ndarray, period_s: float, cd_are
     out = np.empty((n_window + 1, 7))
     means = []
     for y in (y_burn, y_coast):
-        propagate(np.ascontiguousarray(y[:7], dtype=np.float64), step_s, n_window, 1, 0.0, 0.0,
-                  np.zeros(3), 0.0, cd_area_m2, 1.0, alt, log_rho, out)
+        propagate(
+            np.ascontiguousarray(y[:7], dtype=np.float64),
+            step_s,
+            n_window,
+            1,
+            0.0,
+            0.0,
+            np.zeros(3),
+            0.0,
+            cd_area_m2,
+            1.0,
+            alt,
+            log_rho,
+            out,
+        )
         means.append(mean_apsides(out[:n_window], step_s, MU_EARTH))
     (a_b, rp_b, ra_b), (a_c, rp_c, ra_c) = means
     return {"d_a_m": a_b - a_c, "d_perigee_m": rp_b - rp_c, "d_apogee_m": ra_b - ra_c}

@@ -37,33 +37,42 @@ from thruster_hil.core.jit import kernel
 from thruster_hil.core.layout import Layout
 
 #: The plant state y (PLANT_STATE_LEN).
-PLANT_STATE = Layout("plant state", [
-    ("R", 3),  # r_BN_N [m]
-    ("V", 3),  # v_BN_N [m/s]
-    ("Q", 4),  # q_BN, scalar first
-    ("W", 3),  # omega_BN_B [rad/s]
-    ("M", 1),  # mass [kg]
-])
+PLANT_STATE = Layout(
+    "plant state",
+    [
+        ("R", 3),  # r_BN_N [m]
+        ("V", 3),  # v_BN_N [m/s]
+        ("Q", 4),  # q_BN, scalar first
+        ("W", 3),  # omega_BN_B [rad/s]
+        ("M", 1),  # mass [kg]
+    ],
+)
 R, V, Q, W, M = PLANT_STATE.offsets
 PLANT_STATE_LEN = PLANT_STATE.length
 #: Scratch of :func:`plant_step` / :func:`plant_cycle` (PLANT_WORK_LEN).
-PLANT_WORK = Layout("plant work", [
-    ("PW_K1", PLANT_STATE_LEN),  # RK4 stage derivatives
-    ("PW_K2", PLANT_STATE_LEN),
-    ("PW_K3", PLANT_STATE_LEN),
-    ("PW_K4", PLANT_STATE_LEN),
-    ("PW_YS", PLANT_STATE_LEN),  # RK4 stage state
-    ("PW_FORCE", 3),  # thrust force of the sub-step in B [N]
-    ("PW_TORQUE", 3),  # torque of the sub-step in B [N m]
-    ("PW_Q_MID", 4),  # mid-step attitude for the sensed delta-v in N
-])
+PLANT_WORK = Layout(
+    "plant work",
+    [
+        ("PW_K1", PLANT_STATE_LEN),  # RK4 stage derivatives
+        ("PW_K2", PLANT_STATE_LEN),
+        ("PW_K3", PLANT_STATE_LEN),
+        ("PW_K4", PLANT_STATE_LEN),
+        ("PW_YS", PLANT_STATE_LEN),  # RK4 stage state
+        ("PW_FORCE", 3),  # thrust force of the sub-step in B [N]
+        ("PW_TORQUE", 3),  # torque of the sub-step in B [N m]
+        ("PW_Q_MID", 4),  # mid-step attitude for the sensed delta-v in N
+    ],
+)
 PW_K1, PW_K2, PW_K3, PW_K4, PW_YS, PW_FORCE, PW_TORQUE, PW_Q_MID = PLANT_WORK.offsets
 PLANT_WORK_LEN = PLANT_WORK.length
 #: Sensed delta-v accumulator (SENSED_LEN) [m/s].
-SENSED = Layout("sensed delta-v", [
-    ("SD_B", 3),  # in B
-    ("SD_N", 3),  # in N
-])
+SENSED = Layout(
+    "sensed delta-v",
+    [
+        ("SD_B", 3),  # in B
+        ("SD_N", 3),  # in N
+    ],
+)
 SD_B, SD_N = SENSED.offsets
 SENSED_LEN = SENSED.length
 
@@ -79,52 +88,137 @@ def _rotate_B_to_N(q, vx, vy, vz):
 
 
 @kernel
-def plant_derivs(y, force_B, torque_B, mdot_kg_s, I_B, I_inv_B, cd_area_m2, j2_on, gg_on,
-                 table_alt_m, table_log_rho, dy):
+def plant_derivs(
+    y,
+    force_B,
+    torque_B,
+    mdot_kg_s,
+    I_B,
+    I_inv_B,
+    cd_area_m2,
+    j2_on,
+    gg_on,
+    table_alt_m,
+    table_log_rho,
+    dy,
+):
     """dy/dt of the plant state for a body-fixed force [N] and torque [N m] (no allocation)."""
     m = y[M]
-    orbit_accel(y[R:R + 3], y[V:V + 3], m, cd_area_m2, j2_on, table_alt_m, table_log_rho,
-                dy[V:V + 3])
+    orbit_accel(
+        y[R : R + 3], y[V : V + 3], m, cd_area_m2, j2_on, table_alt_m, table_log_rho, dy[V : V + 3]
+    )
     if m > 0.0:
-        fx, fy, fz = _rotate_B_to_N(y[Q:Q + 4], force_B[0], force_B[1], force_B[2])
+        fx, fy, fz = _rotate_B_to_N(y[Q : Q + 4], force_B[0], force_B[1], force_B[2])
         dy[V] += fx / m
         dy[V + 1] += fy / m
         dy[V + 2] += fz / m
     dy[R] = y[V]
     dy[R + 1] = y[V + 1]
     dy[R + 2] = y[V + 2]
-    attitude_derivs_gg(y[Q:Q + 4], y[W:W + 3], I_B, I_inv_B, torque_B, y[R:R + 3], MU_EARTH,
-                       gg_on, dy[Q:Q + 4], dy[W:W + 3])
+    attitude_derivs_gg(
+        y[Q : Q + 4],
+        y[W : W + 3],
+        I_B,
+        I_inv_B,
+        torque_B,
+        y[R : R + 3],
+        MU_EARTH,
+        gg_on,
+        dy[Q : Q + 4],
+        dy[W : W + 3],
+    )
     dy[M] = -mdot_kg_s
 
 
 @kernel
-def plant_step(y, h_s, force_B, torque_B, mdot_kg_s, I_B, I_inv_B, cd_area_m2, j2_on, gg_on,
-               table_alt_m, table_log_rho, work, out_y):
+def plant_step(
+    y,
+    h_s,
+    force_B,
+    torque_B,
+    mdot_kg_s,
+    I_B,
+    I_inv_B,
+    cd_area_m2,
+    j2_on,
+    gg_on,
+    table_alt_m,
+    table_log_rho,
+    work,
+    out_y,
+):
     """One RK4 step of ``h_s`` [s] with force and torque held constant; renormalises q.
 
     ``work`` holds at least PLANT_WORK_LEN floats; ``out_y`` may alias ``y``.
     """
     n = PLANT_STATE_LEN
-    k1 = work[PW_K1:PW_K1 + n]
-    k2 = work[PW_K2:PW_K2 + n]
-    k3 = work[PW_K3:PW_K3 + n]
-    k4 = work[PW_K4:PW_K4 + n]
-    ys = work[PW_YS:PW_YS + n]
-    plant_derivs(y, force_B, torque_B, mdot_kg_s, I_B, I_inv_B, cd_area_m2, j2_on, gg_on,
-                 table_alt_m, table_log_rho, k1)
+    k1 = work[PW_K1 : PW_K1 + n]
+    k2 = work[PW_K2 : PW_K2 + n]
+    k3 = work[PW_K3 : PW_K3 + n]
+    k4 = work[PW_K4 : PW_K4 + n]
+    ys = work[PW_YS : PW_YS + n]
+    plant_derivs(
+        y,
+        force_B,
+        torque_B,
+        mdot_kg_s,
+        I_B,
+        I_inv_B,
+        cd_area_m2,
+        j2_on,
+        gg_on,
+        table_alt_m,
+        table_log_rho,
+        k1,
+    )
     for i in range(n):
         ys[i] = y[i] + 0.5 * h_s * k1[i]
-    plant_derivs(ys, force_B, torque_B, mdot_kg_s, I_B, I_inv_B, cd_area_m2, j2_on, gg_on,
-                 table_alt_m, table_log_rho, k2)
+    plant_derivs(
+        ys,
+        force_B,
+        torque_B,
+        mdot_kg_s,
+        I_B,
+        I_inv_B,
+        cd_area_m2,
+        j2_on,
+        gg_on,
+        table_alt_m,
+        table_log_rho,
+        k2,
+    )
     for i in range(n):
         ys[i] = y[i] + 0.5 * h_s * k2[i]
-    plant_derivs(ys, force_B, torque_B, mdot_kg_s, I_B, I_inv_B, cd_area_m2, j2_on, gg_on,
-                 table_alt_m, table_log_rho, k3)
+    plant_derivs(
+        ys,
+        force_B,
+        torque_B,
+        mdot_kg_s,
+        I_B,
+        I_inv_B,
+        cd_area_m2,
+        j2_on,
+        gg_on,
+        table_alt_m,
+        table_log_rho,
+        k3,
+    )
     for i in range(n):
         ys[i] = y[i] + h_s * k3[i]
-    plant_derivs(ys, force_B, torque_B, mdot_kg_s, I_B, I_inv_B, cd_area_m2, j2_on, gg_on,
-                 table_alt_m, table_log_rho, k4)
+    plant_derivs(
+        ys,
+        force_B,
+        torque_B,
+        mdot_kg_s,
+        I_B,
+        I_inv_B,
+        cd_area_m2,
+        j2_on,
+        gg_on,
+        table_alt_m,
+        table_log_rho,
+        k4,
+    )
     h6 = h_s / 6.0
     for i in range(n):
         out_y[i] = y[i] + h6 * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i])
@@ -137,8 +231,25 @@ def plant_step(y, h_s, force_B, torque_B, mdot_kg_s, I_B, I_inv_B, cd_area_m2, j
 
 
 @kernel
-def plant_cycle(y, period_s, impulse_Ns, u_T_B, r_TC_B, isp_s, ext_torque_B, I_B, I_inv_B,
-                cd_area_m2, j2_on, gg_on, table_alt_m, table_log_rho, work, out_y, sensed_dv):
+def plant_cycle(
+    y,
+    period_s,
+    impulse_Ns,
+    u_T_B,
+    r_TC_B,
+    isp_s,
+    ext_torque_B,
+    I_B,
+    I_inv_B,
+    cd_area_m2,
+    j2_on,
+    gg_on,
+    table_alt_m,
+    table_log_rho,
+    work,
+    out_y,
+    sensed_dv,
+):
     """Advance the plant over one control cycle of ``period_s`` [s].
 
     impulse_Ns (n_sub, n): impulse [N s] of each thruster in each of n_sub equal sub-steps (from
@@ -149,13 +260,19 @@ def plant_cycle(y, period_s, impulse_Ns, u_T_B, r_TC_B, isp_s, ext_torque_B, I_B
     """
     n_sub = impulse_Ns.shape[0]
     n = impulse_Ns.shape[1]
-    if (u_T_B.shape[0] != n or r_TC_B.shape[0] != n or isp_s.shape[0] != n or n_sub < 1
-            or work.shape[0] < PLANT_WORK_LEN or not period_s > 0.0):
+    if (
+        u_T_B.shape[0] != n
+        or r_TC_B.shape[0] != n
+        or isp_s.shape[0] != n
+        or n_sub < 1
+        or work.shape[0] < PLANT_WORK_LEN
+        or not period_s > 0.0
+    ):
         return STATUS_BAD_SHAPE
     h = period_s / n_sub
-    force_B = work[PW_FORCE:PW_FORCE + 3]
-    torque_B = work[PW_TORQUE:PW_TORQUE + 3]
-    q_mid = work[PW_Q_MID:PW_Q_MID + 4]
+    force_B = work[PW_FORCE : PW_FORCE + 3]
+    torque_B = work[PW_TORQUE : PW_TORQUE + 3]
+    q_mid = work[PW_Q_MID : PW_Q_MID + 4]
     if out_y is not y:
         for i in range(PLANT_STATE_LEN):
             out_y[i] = y[i]
@@ -200,8 +317,22 @@ def plant_cycle(y, period_s, impulse_Ns, u_T_B, r_TC_B, isp_s, ext_torque_B, I_B
         q0y = out_y[Q + 1]
         q0z = out_y[Q + 2]
         q0w = out_y[Q + 3]
-        status = plant_step(out_y, h, force_B, torque_B, mdot, I_B, I_inv_B, cd_area_m2, j2_on,
-                            gg_on, table_alt_m, table_log_rho, work, out_y)
+        status = plant_step(
+            out_y,
+            h,
+            force_B,
+            torque_B,
+            mdot,
+            I_B,
+            I_inv_B,
+            cd_area_m2,
+            j2_on,
+            gg_on,
+            table_alt_m,
+            table_log_rho,
+            work,
+            out_y,
+        )
         if status != STATUS_OK:
             return status
         if fx != 0.0 or fy != 0.0 or fz != 0.0:
@@ -220,13 +351,14 @@ def plant_cycle(y, period_s, impulse_Ns, u_T_B, r_TC_B, isp_s, ext_torque_B, I_B
     return status
 
 
-def initial_state(r_BN_N: np.ndarray, v_BN_N: np.ndarray, q_BN: np.ndarray,
-                  omega_BN_B: np.ndarray, mass_kg: float) -> np.ndarray:
+def initial_state(
+    r_BN_N: np.ndarray, v_BN_N: np.ndarray, q_BN: np.ndarray, omega_BN_B: np.ndarray, mass_kg: float
+) -> np.ndarray:
     """Pack a plant state vector (float64, PLANT_STATE_LEN)."""
     y = np.empty(PLANT_STATE_LEN)
-    y[R:R + 3] = r_BN_N
-    y[V:V + 3] = v_BN_N
-    y[Q:Q + 4] = q_BN
-    y[W:W + 3] = omega_BN_B
+    y[R : R + 3] = r_BN_N
+    y[V : V + 3] = v_BN_N
+    y[Q : Q + 4] = q_BN
+    y[W : W + 3] = omega_BN_B
     y[M] = mass_kg
     return y

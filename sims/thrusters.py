@@ -47,7 +47,6 @@ CYCLE_BAD_PERIOD = 2  # period not > 0 or n_sub < 1: nothing written
 CYCLE_UNKNOWN_HEALTH = 3  # some health code unknown: that thruster treated as failed off
 
 
-
 # --------------------------------------------------------------------------------------------
 # Feed pressure, thrust and Isp
 # --------------------------------------------------------------------------------------------
@@ -123,13 +122,16 @@ def propellant_used_kg(impulse_Ns, isp_s):
 
 #: Pending valve edges carried into the next cycle.
 MAX_PENDING_EDGES = 2
-VALVE_STATE = Layout("valve state columns", [
-    ("VS_THRUST", 1),  # thrust level at the start of the cycle [N]
-    ("VS_OPEN", 1),  # valve open at the start of the cycle (1.0 / 0.0)
-    ("VS_CMD_ON", 1),  # the previous command was still on at the end of its cycle (1.0 / 0.0)
-    # pending valve edges, [time in this cycle s, +1 open / -1 close] each; time NaN: none
-    ("VS_EDGE_T", 2 * MAX_PENDING_EDGES),
-])
+VALVE_STATE = Layout(
+    "valve state columns",
+    [
+        ("VS_THRUST", 1),  # thrust level at the start of the cycle [N]
+        ("VS_OPEN", 1),  # valve open at the start of the cycle (1.0 / 0.0)
+        ("VS_CMD_ON", 1),  # the previous command was still on at the end of its cycle (1.0 / 0.0)
+        # pending valve edges, [time in this cycle s, +1 open / -1 close] each; time NaN: none
+        ("VS_EDGE_T", 2 * MAX_PENDING_EDGES),
+    ],
+)
 VS_THRUST, VS_OPEN, VS_CMD_ON, VS_EDGE_T = VALVE_STATE.offsets
 VALVE_STATE_LEN = VALVE_STATE.length
 
@@ -155,8 +157,18 @@ def _segment(f0, is_open, f_ss, tau_rise_s, tau_tail_s, dt):
 
 
 @kernel
-def valve_cycle(on_time_s, health, thrust_N, open_delay_s, close_delay_s, tau_rise_s,
-                tau_tail_s, period_s, valve_state, out_impulse):
+def valve_cycle(
+    on_time_s,
+    health,
+    thrust_N,
+    open_delay_s,
+    close_delay_s,
+    tau_rise_s,
+    tau_tail_s,
+    period_s,
+    valve_state,
+    out_impulse,
+):
     """Impulse [N s] of each of n thrusters in each of n_sub equal sub-steps of one cycle.
 
     ``on_time_s`` (n) is the command (clamped to [0, period_s]; NaN is 0), ``health`` (n) int,
@@ -172,10 +184,17 @@ def valve_cycle(on_time_s, health, thrust_N, open_delay_s, close_delay_s, tau_ri
     """
     n = on_time_s.shape[0]
     n_sub = out_impulse.shape[0]
-    if (health.shape[0] != n or thrust_N.shape[0] != n or open_delay_s.shape[0] != n
-            or close_delay_s.shape[0] != n or tau_rise_s.shape[0] != n
-            or tau_tail_s.shape[0] != n or valve_state.shape[0] != n
-            or valve_state.shape[1] != VALVE_STATE_LEN or out_impulse.shape[1] != n):
+    if (
+        health.shape[0] != n
+        or thrust_N.shape[0] != n
+        or open_delay_s.shape[0] != n
+        or close_delay_s.shape[0] != n
+        or tau_rise_s.shape[0] != n
+        or tau_tail_s.shape[0] != n
+        or valve_state.shape[0] != n
+        or valve_state.shape[1] != VALVE_STATE_LEN
+        or out_impulse.shape[1] != n
+    ):
         return CYCLE_BAD_SHAPE
     if not (period_s > 0.0) or n_sub < 1 or not math.isfinite(period_s):
         return CYCLE_BAD_PERIOD
@@ -268,9 +287,24 @@ def valve_state_at_rest(n: int) -> np.ndarray:
 
 
 @kernel
-def feed_update(impulse_Ns, isp_s, tank_idx, tank_load_kg, tank_blowdown, tank_p0_Pa,
-                tank_gas_volume_m3, tank_density_kg_m3, tank_polytropic_n, thrust_ref_N,
-                isp_ref_s, thrust_exponent, isp_exponent, tank_used_kg, out_thrust_N, out_isp_s):
+def feed_update(
+    impulse_Ns,
+    isp_s,
+    tank_idx,
+    tank_load_kg,
+    tank_blowdown,
+    tank_p0_Pa,
+    tank_gas_volume_m3,
+    tank_density_kg_m3,
+    tank_polytropic_n,
+    thrust_ref_N,
+    isp_ref_s,
+    thrust_exponent,
+    isp_exponent,
+    tank_used_kg,
+    out_thrust_N,
+    out_isp_s,
+):
     """Draw a cycle's propellant from the tanks, then the next cycle's thrust and Isp.
 
     ``impulse_Ns`` (n_sub, n) is what each thruster delivered at its present Isp ``isp_s`` (n);
@@ -292,12 +326,18 @@ def feed_update(impulse_Ns, isp_s, tank_idx, tank_load_kg, tank_blowdown, tank_p
         if used >= tank_load_kg[t]:
             p = 0.0
         elif tank_blowdown[t]:
-            p = blowdown_pressure_Pa(tank_p0_Pa[t], tank_gas_volume_m3[t], used,
-                                     tank_density_kg_m3[t], tank_polytropic_n[t])
+            p = blowdown_pressure_Pa(
+                tank_p0_Pa[t],
+                tank_gas_volume_m3[t],
+                used,
+                tank_density_kg_m3[t],
+                tank_polytropic_n[t],
+            )
         else:
             p = tank_p0_Pa[t]
-        f, isp = thrust_isp_at_pressure(thrust_ref_N[i], isp_ref_s[i], tank_p0_Pa[t], p,
-                                        thrust_exponent[i], isp_exponent[i])
+        f, isp = thrust_isp_at_pressure(
+            thrust_ref_N[i], isp_ref_s[i], tank_p0_Pa[t], p, thrust_exponent[i], isp_exponent[i]
+        )
         out_thrust_N[i] = f
         out_isp_s[i] = isp if isp > 0.0 else isp_ref_s[i]
 
@@ -305,5 +345,3 @@ def feed_update(impulse_Ns, isp_s, tank_idx, tank_load_kg, tank_blowdown, tank_p
 # --------------------------------------------------------------------------------------------
 # A two-axis gimbal
 # --------------------------------------------------------------------------------------------
-
-

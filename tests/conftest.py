@@ -26,19 +26,30 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Skip reasons that mean "a tool or package this test needs is not installed".
 TOOL_MISSING = re.compile(
     r"not installed|not found|missing|cannot link|apt-get install|pip install|"
-    r"could not import|no module named", re.IGNORECASE)
+    r"could not import|no module named",
+    re.IGNORECASE,
+)
 
 _busy = pytest.StashKey[object]()
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("thruster-hil")
-    group.addoption("--unit-url", default=None, metavar="URL",
-                    help="port URL of the unit for the conformance suite (a device path, a pty "
-                    "path, hwgrep://...); default: start the pty emulator")
-    group.addoption("--busy", default=0, type=_busy_count, metavar="N",
-                    help="run the tests beside N CPU-bound processes (tools/busy.py), as on a "
-                    "loaded machine; default 0")
+    group.addoption(
+        "--unit-url",
+        default=None,
+        metavar="URL",
+        help="port URL of the unit for the conformance suite (a device path, a pty "
+        "path, hwgrep://...); default: start the pty emulator",
+    )
+    group.addoption(
+        "--busy",
+        default=0,
+        type=_busy_count,
+        metavar="N",
+        help="run the tests beside N CPU-bound processes (tools/busy.py), as on a "
+        "loaded machine; default 0",
+    )
 
 
 def _busy_count(text: str) -> int:
@@ -52,8 +63,9 @@ def _busy_count(text: str) -> int:
 
 
 def _load_busy_tool():
-    spec = importlib.util.spec_from_file_location("thruster_hil_busy_tool",
-                                                  ROOT / "tools" / "busy.py")
+    spec = importlib.util.spec_from_file_location(
+        "thruster_hil_busy_tool", ROOT / "tools" / "busy.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -76,8 +88,10 @@ def pytest_report_header(config):
     busy = config.stash.get(_busy, None)
     lines = []
     if busy is not None:
-        lines.append(f"busy: {busy.n} CPU-bound processes beside the tests "
-                     f"(pids {', '.join(map(str, busy.pids))})")
+        lines.append(
+            f"busy: {busy.n} CPU-bound processes beside the tests "
+            f"(pids {', '.join(map(str, busy.pids))})"
+        )
     if ci_strict():
         lines.append("CI=true: a test that skips for a missing tool fails")
     return lines
@@ -101,8 +115,10 @@ def pytest_runtest_makereport(item, call):
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     if tool_missing(reason):
         report.outcome = "failed"
-        report.longrepr = (f"CI=true and a tool this test needs is missing, so it fails rather "
-                           f"than skip (.ci/run must install it): {reason}")
+        report.longrepr = (
+            f"CI=true and a tool this test needs is missing, so it fails rather "
+            f"than skip (.ci/run must install it): {reason}"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ def frames_of(data: bytes) -> list[bytes]:
         end = data.find(b"\x00", start)
         if end < 0:
             return out
-        out.append(data[start:end + 1])
+        out.append(data[start : end + 1])
         start = end + 1
 
 
@@ -42,11 +42,16 @@ def decode(frame: bytes) -> codec.Message | None:
 class Bench:
     """One host session, one unit core, one fake clock (host monotonic ns)."""
 
-    def __init__(self, n_channels: int = 24, *, boot: bool = True, url: str = "mem://unit",
-                 **core_kw):
+    def __init__(
+        self, n_channels: int = 24, *, boot: bool = True, url: str = "mem://unit", **core_kw
+    ):
         self.now_ns = T0_NS
-        self.core = UnitCore(n_channels=n_channels, rng_seed=1,
-                             entropy=itertools.count(0x1234_5678).__next__, **core_kw)
+        self.core = UnitCore(
+            n_channels=n_channels,
+            rng_seed=1,
+            entropy=itertools.count(0x1234_5678).__next__,
+            **core_kw,
+        )
         self.s = HostSession(url, ping_nonce=7)
         self.s.port_opened()
         self._q: list = []
@@ -62,7 +67,7 @@ class Bench:
             self._to_host(self.core.boot(self.unit_us()))
 
     def unit_us(self, t_ns: int | None = None) -> int:
-        return ((self.now_ns if t_ns is None else t_ns) // 1000 + UNIT_CLOCK_OFFSET_US)
+        return (self.now_ns if t_ns is None else t_ns) // 1000 + UNIT_CLOCK_OFFSET_US
 
     def _push(self, t_ns: int, dest: str, frame: bytes) -> None:
         heapq.heappush(self._q, (t_ns, next(self._n), dest, frame))
@@ -131,8 +136,11 @@ class Bench:
             t = self._next_time(op.deadline_ns)
             assert t is not None and t <= end, "the operation waits for nothing"
             due = self.core.next_deadline_us()
-            if t == self.now_ns and not (self._q and self._q[0][0] <= t) \
-                    and not (due is not None and due <= self.unit_us()):
+            if (
+                t == self.now_ns
+                and not (self._q and self._q[0][0] <= t)
+                and not (due is not None and due <= self.unit_us())
+            ):
                 t += 1  # a deadline now: let the session see time pass
             self.now_ns = t
             self._deliver()
@@ -146,10 +154,16 @@ class Bench:
 
     # ---- shortcuts ---------------------------------------------------------------------------
 
-    def connect(self, mode: str = "lockstep", period_ms: int = 100, ping_burst: int = 4,
-                boot_timeout_s: float = 3.0):
-        return self.run(self.s.connect(mode, period_ms, 0xC0FFEE, self.now_ns, boot_timeout_s,
-                                       ping_burst))
+    def connect(
+        self,
+        mode: str = "lockstep",
+        period_ms: int = 100,
+        ping_burst: int = 4,
+        boot_timeout_s: float = 3.0,
+    ):
+        return self.run(
+            self.s.connect(mode, period_ms, 0xC0FFEE, self.now_ns, boot_timeout_s, ping_burst)
+        )
 
     def arm(self, max_on_ticks: int = 100, next_step: int | None = None) -> None:
         self.run(self.s.arm(max_on_ticks, self.now_ns, next_step))

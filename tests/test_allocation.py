@@ -41,9 +41,24 @@ def _solve(E_act, b, c_act, lb_act, ub_act, n_eq, err_cost, start=None):
     if start is not None:
         x[:], state[:], basis[:] = start
     bb = b.astype(float).copy()
-    status, it = allocate(E, bb, c, lb, ub, n_rows, n_eq, m, err_cost, x, state, basis,
-                          np.zeros((n_rows, n_rows)), np.zeros((LP_WORK_ROWS, n_rows)),
-                          20 * n_cols + 50, start is not None)
+    status, it = allocate(
+        E,
+        bb,
+        c,
+        lb,
+        ub,
+        n_rows,
+        n_eq,
+        m,
+        err_cost,
+        x,
+        state,
+        basis,
+        np.zeros((n_rows, n_rows)),
+        np.zeros((LP_WORK_ROWS, n_rows)),
+        20 * n_cols + 50,
+        start is not None,
+    )
     _solve.last = (x.copy(), state.copy(), basis.copy())
     return status, it, x, bb
 
@@ -62,11 +77,20 @@ def _oracle(E_act, b, c_act, lb, ub, n_eq, err_cost):
     A_eq = np.hstack([E_act[:n_eq], np.eye(n_eq), -np.eye(n_eq)])
     A_ub = np.hstack([E_act[n_eq:], np.zeros((n_rows - n_eq, 2 * n_eq))])
     bounds = [(lb[j], ub[j]) for j in range(m)] + [(0, None)] * (2 * n_eq)
-    for options in ({"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10},
-                    {}):  # HiGHS's defaults where the tight tolerances meet numerical trouble
-        res = linprog(c, A_ub=A_ub if n_rows > n_eq else None,
-                      b_ub=b[n_eq:] if n_rows > n_eq else None, A_eq=A_eq, b_eq=b[:n_eq],
-                      bounds=bounds, method="highs", options=options)
+    for options in (
+        {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10},
+        {},
+    ):  # HiGHS's defaults where the tight tolerances meet numerical trouble
+        res = linprog(
+            c,
+            A_ub=A_ub if n_rows > n_eq else None,
+            b_ub=b[n_eq:] if n_rows > n_eq else None,
+            A_eq=A_eq,
+            b_eq=b[:n_eq],
+            bounds=bounds,
+            method="highs",
+            options=options,
+        )
         if res.status == 0:
             break
     assert res.status == 0, res.message
@@ -77,8 +101,12 @@ def _random_problem(rng, m, well_posed):
     """A thruster-like problem: 6 wrench rows (forces O(1), torques up to 20x), 1-3 budget rows
     (a role row, tanks), duties in [0, ub], some signed (CMG/gimbal-like) actuators."""
     n_ineq = int(rng.integers(1, 4))
-    E = np.vstack([rng.normal(size=(6, m)) * rng.choice([1.0, 20.0], size=(6, 1)),
-                   rng.uniform(0.0, 1.0, size=(n_ineq, m))])
+    E = np.vstack(
+        [
+            rng.normal(size=(6, m)) * rng.choice([1.0, 20.0], size=(6, 1)),
+            rng.uniform(0.0, 1.0, size=(n_ineq, m)),
+        ]
+    )
     ub = rng.uniform(0.5, 2.0, size=m)
     lb = np.zeros(m)
     signed = rng.random(m) < 0.2
@@ -130,8 +158,11 @@ def test_never_breaks_a_bound_on_ill_posed_problems(rng, m):
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
-@given(rng=problems, m=st.integers(min_value=6, max_value=30),
-       shift=st.floats(min_value=0.0, max_value=0.3))
+@given(
+    rng=problems,
+    m=st.integers(min_value=6, max_value=30),
+    shift=st.floats(min_value=0.0, max_value=0.3),
+)
 def test_a_warm_start_from_the_last_optimum_reaches_the_new_one(rng, m, shift):
     """The controller starts each cycle from the last cycle's basis: after the wrench and the
     budgets move (by up to 30 %) the warm solve still matches linprog, and a basis that is no
@@ -157,8 +188,15 @@ def test_meets_a_reachable_wrench_with_least_propellant():
     """+x force of 1 from two +x thrusters, the second twice as thirsty: only the first fires."""
     E = np.zeros((6, 2))
     E[0] = [1.0, 1.0]
-    status, _, x, _ = _solve(E, np.array([1.0, 0, 0, 0, 0, 0]), np.array([1.0, 2.0]),
-                             np.zeros(2), np.ones(2), 6, np.full(6, 1e3))
+    status, _, x, _ = _solve(
+        E,
+        np.array([1.0, 0, 0, 0, 0, 0]),
+        np.array([1.0, 2.0]),
+        np.zeros(2),
+        np.ones(2),
+        6,
+        np.full(6, 1e3),
+    )
     assert status == LP_OK
     np.testing.assert_allclose(x[:2], [1.0, 0.0], atol=1e-12)
 
@@ -169,8 +207,9 @@ def test_torque_comes_before_force():
     E[0, 0] = 1.0
     E[5, 0] = 1.0
     err = np.array([1.0, 1.0, 1.0, 1e3, 1e3, 1e3])
-    status, _, x, _ = _solve(E, np.array([1.0, 0, 0, 0, 0, 0]), np.ones(1), np.zeros(1),
-                             np.ones(1), 6, err)
+    status, _, x, _ = _solve(
+        E, np.array([1.0, 0, 0, 0, 0, 0]), np.ones(1), np.zeros(1), np.ones(1), 6, err
+    )
     assert status == LP_OK and x[0] == 0.0
 
 
@@ -178,8 +217,9 @@ def test_reports_an_unreachable_request_without_firing():
     """Two +x thrusters cannot give a -x force: nothing fires."""
     E = np.zeros((6, 2))
     E[0, :] = 1.0
-    status, _, x, _ = _solve(E, np.array([-5.0, 0, 0, 0, 0, 0]), np.ones(2), np.zeros(2),
-                             np.ones(2), 6, np.full(6, 1e3))
+    status, _, x, _ = _solve(
+        E, np.array([-5.0, 0, 0, 0, 0, 0]), np.ones(2), np.zeros(2), np.ones(2), 6, np.full(6, 1e3)
+    )
     assert status == LP_OK
     np.testing.assert_array_equal(x[:2], 0.0)
 
@@ -189,8 +229,15 @@ def test_a_budget_row_caps_a_tank():
     E = np.zeros((7, 1))
     E[0, 0] = 1.0
     E[6, 0] = 1.0
-    status, _, x, _ = _solve(E, np.array([1.0, 0, 0, 0, 0, 0, 0.25]), np.ones(1), np.zeros(1),
-                             np.ones(1), 6, np.full(6, 1e3))
+    status, _, x, _ = _solve(
+        E,
+        np.array([1.0, 0, 0, 0, 0, 0, 0.25]),
+        np.ones(1),
+        np.zeros(1),
+        np.ones(1),
+        6,
+        np.full(6, 1e3),
+    )
     assert status == LP_OK and x[0] == pytest.approx(0.25, abs=1e-12)
 
 

@@ -29,8 +29,17 @@ def test_table_header_states_source_and_inputs():
     its units."""
     header = [ln for ln in TABLE_PATH.read_text().splitlines() if ln.startswith("#")]
     text = "\n".join(header)
-    for needle in ("NRLMSIS 2.1", "Emmert", "ECSS-E-ST-10-04C", "F10.7 nodes", "Ap nodes",
-                   "cos(lat)", "kg/m^3", "Interpolation check", "ellipsoid"):
+    for needle in (
+        "NRLMSIS 2.1",
+        "Emmert",
+        "ECSS-E-ST-10-04C",
+        "F10.7 nodes",
+        "Ap nodes",
+        "cos(lat)",
+        "kg/m^3",
+        "Interpolation check",
+        "ellipsoid",
+    ):
         assert needle in text
 
 
@@ -77,8 +86,17 @@ def test_activity_overrides_and_names():
     assert plan_activity({"solar_activity": "high", "f107_sfu": 200.0, "ap": 7.0}).f107_sfu == 200
 
 
-@pytest.mark.parametrize("kw", [{"f107_sfu": -5.0}, {"f107_sfu": math.nan}, {"ap": 1000.0},
-                                {"ap": -1.0}, {"f107_sfu": 300.0001}, {"ap": math.inf}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"f107_sfu": -5.0},
+        {"f107_sfu": math.nan},
+        {"ap": 1000.0},
+        {"ap": -1.0},
+        {"f107_sfu": 300.0001},
+        {"ap": math.inf},
+    ],
+)
 def test_activity_refuses_values_outside_the_table(kw):
     with pytest.raises(ValueError):
         activity("moderate", **kw)
@@ -111,8 +129,12 @@ def test_ordering_low_moderate_high_300_to_500_km():
 
 
 @settings(max_examples=100, deadline=None)
-@given(f=st.floats(F107_MIN_SFU, F107_MAX_SFU - 1.0), ap=st.floats(0.0, AP_MAX - 1.0),
-       df=st.floats(0.5, 50.0), dap=st.floats(0.5, 50.0))
+@given(
+    f=st.floats(F107_MIN_SFU, F107_MAX_SFU - 1.0),
+    ap=st.floats(0.0, AP_MAX - 1.0),
+    df=st.floats(0.5, 50.0),
+    dap=st.floats(0.5, 50.0),
+)
 def test_density_grows_with_f107_and_ap_at_iss_altitude(f, ap, df, dap):
     """More EUV (F10.7) or more geomagnetic heating (Ap) never thins the air at 300-500 km
     (NRLMSIS: exospheric temperature rises with both; Emmert et al. 2021)."""
@@ -131,7 +153,7 @@ def test_profile_is_bounded_by_its_cell_corners(f, ap):
     log_density_profile(f, ap, f107, aps, log_rho, out)
     i = min(max(int(np.searchsorted(f107, f, side="right")) - 1, 0), f107.size - 2)
     j = min(max(int(np.searchsorted(aps, ap, side="right")) - 1, 0), aps.size - 2)
-    corners = log_rho[i:i + 2, j:j + 2].reshape(4, -1)
+    corners = log_rho[i : i + 2, j : j + 2].reshape(4, -1)
     assert np.all(out >= corners.min(axis=0) - 1e-12)
     assert np.all(out <= corners.max(axis=0) + 1e-12)
 
@@ -189,8 +211,10 @@ def test_continuous_between_nodes(h, act):
 
 
 @settings(max_examples=300, deadline=None)
-@given(h=st.floats(-1e7, 1e8, allow_nan=False, allow_infinity=False),
-       act=st.sampled_from(ACTIVITY_LEVELS))
+@given(
+    h=st.floats(-1e7, 1e8, allow_nan=False, allow_infinity=False),
+    act=st.sampled_from(ACTIVITY_LEVELS),
+)
 def test_finite_everywhere(h, act):
     alt, lr = density_table(act)
     rho = density_kg_m3(h, alt, lr)
@@ -201,7 +225,9 @@ def test_extrapolation_uses_edge_scale_heights():
     alt, lr = density_table("moderate")
     top = (lr[-1] - lr[-2]) / (alt[-1] - alt[-2])
     assert math.log(density_kg_m3(alt[-1] + 50e3, alt, lr)) == pytest.approx(
-        lr[-1] + top * 50e3, rel=1e-12)
+        lr[-1] + top * 50e3, rel=1e-12
+    )
     bot = (lr[1] - lr[0]) / (alt[1] - alt[0])
     assert math.log(density_kg_m3(alt[0] - 5e3, alt, lr)) == pytest.approx(
-        lr[0] - bot * 5e3, rel=1e-12)
+        lr[0] - bot * 5e3, rel=1e-12
+    )

@@ -43,13 +43,25 @@ def _row(**kw) -> Row:
 
 # ----------------------------------------------------------------------------- the rows
 
+
 def test_the_rows_cover_every_fault_the_issue_names_on_both_units():
     rows = build_rows(1)
     text = " ".join(r.fault for r in rows)
-    for fault in ("link lost", "0.1 % of frames corrupted", "1 % of frames corrupted",
-                  "5 % of frames corrupted", "dropped", "duplicated", "held 60 ms",
-                  "unit reset", "failed off", "stuck open", "tank pressure", "host killed",
-                  "second writer"):
+    for fault in (
+        "link lost",
+        "0.1 % of frames corrupted",
+        "1 % of frames corrupted",
+        "5 % of frames corrupted",
+        "dropped",
+        "duplicated",
+        "held 60 ms",
+        "unit reset",
+        "failed off",
+        "stuck open",
+        "tank pressure",
+        "host killed",
+        "second writer",
+    ):
         assert fault in text, fault
     for unit in UNITS:
         assert sum(r.unit == unit for r in rows) >= 12
@@ -62,15 +74,20 @@ def test_faults_list_and_bad_arguments(capsys):
     assert main(["faults", "--list", "--units", "emulator"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == len(build_rows(1, ("emulator",))) and out[0].startswith("E01")
-    for argv in (["faults", "--units", "board"], ["faults", "--only", "X1"],
-                 ["faults", "--only", "Q01", "--units", "emulator"], ["faults", "--seed", "-1"],
-                 ["faults", "--doc", "/nonexistent.md", "--units", "emulator"]):
+    for argv in (
+        ["faults", "--units", "board"],
+        ["faults", "--only", "X1"],
+        ["faults", "--only", "Q01", "--units", "emulator"],
+        ["faults", "--seed", "-1"],
+        ["faults", "--doc", "/nonexistent.md", "--units", "emulator"],
+    ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("thruster-hil: error: "), err
 
 
 # ----------------------------------------------------------------------------- judging
+
 
 def _run_dir(tmp_path: Path, rows: list[str], summary: dict | None) -> Path:
     run = tmp_path / "run"
@@ -91,11 +108,14 @@ def test_records_of_a_killed_host_may_lack_only_the_last_cycle(tmp_path):
     assert not ok and "3 cycles kept, the unit executed 5" in why
 
 
-@pytest.mark.parametrize("rows,why", [
-    (["0,0.0,0.1", "2,1.0,0.2"], "row 1 is cycle 2"),
-    (["0,0.0,0.1", "1,0.5"], "2 of 3 columns"),
-    (["0,0.0,0.1", "1,0.5,x"], "not numeric"),
-])
+@pytest.mark.parametrize(
+    "rows,why",
+    [
+        (["0,0.0,0.1", "2,1.0,0.2"], "row 1 is cycle 2"),
+        (["0,0.0,0.1", "1,0.5"], "2 of 3 columns"),
+        (["0,0.0,0.1", "1,0.5,x"], "not numeric"),
+    ],
+)
 def test_records_with_a_hole_or_a_broken_row_are_not_complete(tmp_path, rows, why):
     run = _run_dir(tmp_path, rows, None)
     ok, note = check_records(run, killed=True, executed_steps=1)
@@ -137,27 +157,34 @@ def test_a_closure_is_judged_on_the_units_timer_apart_from_the_hosts_scheduling(
     later than that, a timer due after the deadline, or a host too busy to judge, fail."""
     on_time = Evidence(closed_after_ms=250.2, timer_late_ms=0.1, timer_due_after_deadline_ms=0)
     assert judge_closure(on_time, 251.0) == []
-    descheduled = Evidence(closed_after_ms=269.5, timer_late_ms=19.4,
-                           timer_due_after_deadline_ms=0.0)
+    descheduled = Evidence(
+        closed_after_ms=269.5, timer_late_ms=19.4, timer_due_after_deadline_ms=0.0
+    )
     assert judge_closure(descheduled, 251.0) == []
-    late_logic = Evidence(closed_after_ms=269.5, timer_late_ms=0.2,
-                          timer_due_after_deadline_ms=0.0)
+    late_logic = Evidence(closed_after_ms=269.5, timer_late_ms=0.2, timer_due_after_deadline_ms=0.0)
     assert judge_closure(late_logic, 251.0) == [
-        "valves closed after 269.5 ms > 251 + 0.2 ms timer lateness"]
-    armed_late = Evidence(closed_after_ms=260.0, timer_late_ms=0.0,
-                          timer_due_after_deadline_ms=10.0)
+        "valves closed after 269.5 ms > 251 + 0.2 ms timer lateness"
+    ]
+    armed_late = Evidence(
+        closed_after_ms=260.0, timer_late_ms=0.0, timer_due_after_deadline_ms=10.0
+    )
     why = judge_closure(armed_late, 251.0)
     assert "timer was due 10.0 ms after its watchdog deadline" in why[0] and len(why) == 2
-    too_busy = Evidence(closed_after_ms=250 + MAX_TIMER_LATE_MS + 5,
-                        timer_late_ms=MAX_TIMER_LATE_MS + 5, timer_due_after_deadline_ms=0.0)
+    too_busy = Evidence(
+        closed_after_ms=250 + MAX_TIMER_LATE_MS + 5,
+        timer_late_ms=MAX_TIMER_LATE_MS + 5,
+        timer_due_after_deadline_ms=0.0,
+    )
     assert "too busy a machine to judge the unit" in judge_closure(too_busy, 251.0)[0]
     # Without the emulator's timing (QEMU: the firmware's own count) the bound is the bound.
     assert judge_closure(Evidence(closed_after_ms=251.5), 251.0) == [
-        "valves closed after 251.5 ms > 251"]
+        "valves closed after 251.5 ms > 251"
+    ]
     assert judge_closure(Evidence(), 251.0) == ["no record of the unit closing its valves"]
 
 
 # ----------------------------------------------------------------------------- the campaign
+
 
 def _qemu_available() -> bool:
     return shutil.which("qemu-system-avr") is not None and shutil.which("avr-gcc") is not None
@@ -194,7 +221,8 @@ def test_the_published_table_has_every_row_and_every_row_passed():
     table = text.split("<!-- campaign:start")[1].split("<!-- campaign:end -->")[0]
     rows = build_rows(1)
     for r in rows:
-        assert f"| {r.id} | {r.unit} |" in table, f"{r.id} missing: rerun thruster-hil faults " \
-            f"--doc docs/reliability.md"
+        assert f"| {r.id} | {r.unit} |" in table, (
+            f"{r.id} missing: rerun thruster-hil faults --doc docs/reliability.md"
+        )
     assert f"{len(rows)} of {len(rows)} rows pass" in table
     assert "FAIL" not in table

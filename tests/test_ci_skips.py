@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SKIPS = '''
+SKIPS = """
 import shutil, sys
 import pytest
 
@@ -45,7 +45,7 @@ def test_no_board_url():
 
 def test_passes():
     pass
-'''
+"""
 
 
 def _our_conftest() -> str:
@@ -81,23 +81,34 @@ def test_with_ci_true_a_missing_tool_fails_and_other_skips_stay(session, monkeyp
     assert outcomes.get("failed", 0) + outcomes.get("errors", outcomes.get("error", 0)) == 4
     assert outcomes["skipped"] == 2 and outcomes["passed"] == 1
     out = result.stdout.str()
-    for name in ("test_tool_missing", "test_linker_missing", "test_module_missing",
-                 "test_skipif_tool_missing"):
+    for name in (
+        "test_tool_missing",
+        "test_linker_missing",
+        "test_module_missing",
+        "test_skipif_tool_missing",
+    ):
         assert name in out
     assert "frobnicate-cc not installed" in out and ".ci/run must install it" in out
     assert "CI=true: a test that skips for a missing tool fails" in out
 
 
 def test_tool_missing_reasons():
-    spec = importlib.util.spec_from_file_location("_conftest_under_test",
-                                                  ROOT / "tests" / "conftest.py")
+    spec = importlib.util.spec_from_file_location(
+        "_conftest_under_test", ROOT / "tests" / "conftest.py"
+    )
     conftest = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conftest)
-    for reason in ("make, avr-gcc not installed (apt-get install -y gcc make)",
-                   "QEMU rows not run: qemu-system-avr or avr-gcc missing",
-                   "could not import 'distributed': No module named 'distributed'"):
+    for reason in (
+        "make, avr-gcc not installed (apt-get install -y gcc make)",
+        "QEMU rows not run: qemu-system-avr or avr-gcc missing",
+        "could not import 'distributed': No module named 'distributed'",
+    ):
         assert conftest.tool_missing(reason), reason
-    for reason in ("reads /proc", "no --unit-url given", "thruster_hil.sims.orbit.dcm_HN not written yet"):
+    for reason in (
+        "reads /proc",
+        "no --unit-url given",
+        "thruster_hil.sims.orbit.dcm_HN not written yet",
+    ):
         assert not conftest.tool_missing(reason), reason
 
 
@@ -105,13 +116,15 @@ def test_busy_runs_the_session_beside_busy_processes(pytester, monkeypatch):
     """--busy 2: two more processes run while the tests do, and none is left after."""
     monkeypatch.delenv("CI", raising=False)
     pytester.makeconftest(_our_conftest())
-    pytester.makepyfile(test_load='''
+    pytester.makepyfile(
+        test_load="""
 import os, json, pathlib
 
 def test_children(busy):
     pathlib.Path("pids.json").write_text(json.dumps(busy.pids))
     assert busy.running() == 2
-''')
+"""
+    )
     result = pytester.runpytest_subprocess("--busy", "2", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert "busy: 2 CPU-bound processes beside the tests" in result.stdout.str()

@@ -16,15 +16,28 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 PLAN_KEYS = {
-    "delta_v_mps", "burn_duration_s", "propellant_kg", "stack_mass_kg", "perigee_km_before",
-    "apogee_km_before", "perigee_km_after", "apogee_km_after", "mean_altitude_change_km",
+    "delta_v_mps",
+    "burn_duration_s",
+    "propellant_kg",
+    "stack_mass_kg",
+    "perigee_km_before",
+    "apogee_km_before",
+    "perigee_km_after",
+    "apogee_km_after",
+    "mean_altitude_change_km",
 }
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "thruster_hil.cli", *argv], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "thruster_hil.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
 
 
 def test_plan_json_has_the_promised_keys(capsys):
@@ -85,13 +98,20 @@ def test_ports_lists_and_marks_the_mega(monkeypatch, capsys):
         p.vid, p.pid, p.description, p.serial_number = vid, pid, desc, "X1"
         return p
 
-    monkeypatch.setattr(list_ports, "comports", lambda: [
-        fake("/dev/ttyACM0", 0x2341, 0x0042, "Arduino Mega 2560"),
-        fake("/dev/ttyUSB0", 0x0403, 0x6001, "FT232R USB UART")])
+    monkeypatch.setattr(
+        list_ports,
+        "comports",
+        lambda: [
+            fake("/dev/ttyACM0", 0x2341, 0x0042, "Arduino Mega 2560"),
+            fake("/dev/ttyUSB0", 0x0403, 0x6001, "FT232R USB UART"),
+        ],
+    )
     assert main(["ports", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["ports"]
-    assert [(r["device"], r["mega2560"]) for r in rows] == [("/dev/ttyACM0", True),
-                                                            ("/dev/ttyUSB0", False)]
+    assert [(r["device"], r["mega2560"]) for r in rows] == [
+        ("/dev/ttyACM0", True),
+        ("/dev/ttyUSB0", False),
+    ]
     assert main(["ports"]) == 0
     text = capsys.readouterr().out
     assert "2341:0042" in text and "<- Arduino Mega 2560" in text

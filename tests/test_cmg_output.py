@@ -43,7 +43,7 @@ def test_the_controller_writes_the_allocated_cmg_torque(cygnus):
     assert c.params[cst.P_CMG_BUDGET] == budget
     x = c.qp[cst.Q_X]
     want = [(x[c.n + 2 * k] - x[c.n + 2 * k + 1]) * budget for k in range(3)]
-    got = c.ctrl[cst.C_CMG_TORQUE:cst.C_CMG_TORQUE + 3]
+    got = c.ctrl[cst.C_CMG_TORQUE : cst.C_CMG_TORQUE + 3]
     assert list(got) == want
     assert np.all(np.abs(got) <= budget)
     assert np.any(got != 0.0)  # the CMGs do hold some of the torque in this burn
@@ -62,10 +62,10 @@ def test_the_plant_reads_the_output_not_the_solver(cygnus):
     assert np.array_equal(one.y, one_scrambled.y)
 
     def double_cmg(sim):
-        sim.ctrl.ctrl[cst.C_CMG_TORQUE:cst.C_CMG_TORQUE + 3] *= 2.0
+        sim.ctrl.ctrl[cst.C_CMG_TORQUE : cst.C_CMG_TORQUE + 3] *= 2.0
 
     one_doubled = _after_cycles(model, plan, 1, double_cmg)
-    assert not np.array_equal(one.y[W:W + 3], one_doubled.y[W:W + 3])
+    assert not np.array_equal(one.y[W : W + 3], one_doubled.y[W : W + 3])
 
 
 def test_no_cmg_columns_no_cmg_torque():
@@ -74,4 +74,4 @@ def test_no_cmg_columns_no_cmg_torque():
     plan = plan_stack(stack, Target("delta_v", 0.05), model=model)
     sim = _after_cycles(model, plan, 3)
     assert sim.ctrl.params[cst.P_CMG_BUDGET] == 0.0
-    assert np.all(sim.ctrl.ctrl[cst.C_CMG_TORQUE:cst.C_CMG_TORQUE + 3] == 0.0)
+    assert np.all(sim.ctrl.ctrl[cst.C_CMG_TORQUE : cst.C_CMG_TORQUE + 3] == 0.0)

@@ -29,16 +29,19 @@ from thruster_hil.firmware_bridge.dictionary import (
     MESSAGES,
 )
 
-GOLDEN = json.loads((Path(__file__).resolve().parents[1] / "firmware_bridge"
-                     / "golden_vectors.json").read_text())
+GOLDEN = json.loads(
+    (Path(__file__).resolve().parents[1] / "firmware_bridge" / "golden_vectors.json").read_text()
+)
 GOOD = GOLDEN["good"]
 BAD = GOLDEN["bad"]
 
 
 def _expected(v):
     spec = MESSAGES[v["message"]]
-    fields = {f.name: tuple(v["fields"][f.name]) if f.count > 1 else v["fields"][f.name]
-              for f in spec.fields}
+    fields = {
+        f.name: tuple(v["fields"][f.name]) if f.count > 1 else v["fields"][f.name]
+        for f in spec.fields
+    }
     return Message(v["message"], v["seq"], fields, v["flags"])
 
 
@@ -49,7 +52,8 @@ def test_crc_is_ccitt_false():
 
 def test_golden_file_matches_this_dictionary():
     assert int(GOLDEN["dictionary_hash"], 16) == DICT_HASH, (
-        "messages.toml changed: regenerate with python tools/make_golden_vectors.py")
+        "messages.toml changed: regenerate with python tools/make_golden_vectors.py"
+    )
 
 
 @pytest.mark.parametrize("v", GOOD, ids=[v["id"] for v in GOOD])
@@ -64,7 +68,7 @@ def test_good_vector_three_ways(v):
     d = Decoder()
     got = []
     for i in range(len(wire)):
-        out = d.feed(wire[i:i + 1])
+        out = d.feed(wire[i : i + 1])
         if i < len(wire) - 1:
             assert out == []
         got += out
@@ -78,7 +82,7 @@ def test_good_vector_three_ways(v):
 @pytest.mark.parametrize("v", BAD, ids=[v["id"] for v in BAD])
 def test_bad_vector_three_ways(v):
     wire = bytes.fromhex(v["wire"])
-    for chunks in ([wire], [wire[i:i + 1] for i in range(len(wire))]):
+    for chunks in ([wire], [wire[i : i + 1] for i in range(len(wire))]):
         d = Decoder()
         out = [e for c in chunks for e in d.feed(c)]
         assert len(out) == 1 and isinstance(out[0], ProtocolError)
@@ -112,16 +116,27 @@ def _field_values(spec):
     parts = {}
     for f in spec.fields:
         base = f.type.split("[")[0]
-        bounds = {"u8": (0, 0xFF), "u16": (0, 0xFFFF), "u32": (0, 2**32 - 1),
-                  "u64": (0, 2**64 - 1), "i32": (-(2**31), 2**31 - 1)}[base]
+        bounds = {
+            "u8": (0, 0xFF),
+            "u16": (0, 0xFFFF),
+            "u32": (0, 2**32 - 1),
+            "u64": (0, 2**64 - 1),
+            "i32": (-(2**31), 2**31 - 1),
+        }[base]
         scalar = st.integers(*bounds)
-        parts[f.name] = (st.tuples(*[scalar] * f.count) if f.count > 1 else scalar)
+        parts[f.name] = st.tuples(*[scalar] * f.count) if f.count > 1 else scalar
     return st.fixed_dictionaries(parts)
 
 
 messages = st.sampled_from(sorted(MESSAGES)).flatmap(
-    lambda name: st.builds(Message, st.just(name), st.integers(0, 2**14 - 1),
-                           _field_values(MESSAGES[name]), st.integers(0, 15)))
+    lambda name: st.builds(
+        Message,
+        st.just(name),
+        st.integers(0, 2**14 - 1),
+        _field_values(MESSAGES[name]),
+        st.integers(0, 15),
+    )
+)
 
 
 @settings(max_examples=500, deadline=None)
@@ -157,7 +172,7 @@ def test_mutated_frames_decode_or_raise_protocol_error(v, edits, cut):
     wire = bytearray(bytes.fromhex(v["wire"])[:-1])
     for pos, val in edits:
         wire[pos % len(wire)] = val
-    data = bytes(wire[:len(wire) - cut])
+    data = bytes(wire[: len(wire) - cut])
     _decode_or_protocol_error(data.replace(b"\x00", b""))
     for item in Decoder().feed(data + b"\x00"):
         assert isinstance(item, Message | ProtocolError)
@@ -165,10 +180,16 @@ def test_mutated_frames_decode_or_raise_protocol_error(v, edits, cut):
 
 @pytest.mark.slow
 @settings(max_examples=100_000, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.one_of(st.binary(max_size=70),
-                 st.tuples(st.sampled_from(GOOD), mutations, st.integers(0, 8)).map(
-                     lambda t: bytes(bytearray(bytes.fromhex(t[0]["wire"])[:-1]))[
-                         :max(0, len(t[0]["wire"]) // 2 - 1 - t[2])])))
+@given(
+    st.one_of(
+        st.binary(max_size=70),
+        st.tuples(st.sampled_from(GOOD), mutations, st.integers(0, 8)).map(
+            lambda t: bytes(bytearray(bytes.fromhex(t[0]["wire"])[:-1]))[
+                : max(0, len(t[0]["wire"]) // 2 - 1 - t[2])
+            ]
+        ),
+    )
+)
 def test_fuzz_100k_decode_or_raise_protocol_error(data):
     """100,000 random or truncated frames: the decoder returns a Message or raises its own
     ProtocolError, never anything else."""
@@ -187,8 +208,9 @@ def test_encode_rejects_bad_messages_with_its_own_error():
     with pytest.raises(EncodeError):
         encode("HEARTBEAT", 0, 0, session=1, host_step=1, extra=3)
     with pytest.raises(EncodeError):
-        encode_packet("FIRE", 0, 0, session=1, step=1, valid_for_ms=1, bank=0, mask=1,
-                      on_ticks=[1, 2])
+        encode_packet(
+            "FIRE", 0, 0, session=1, step=1, valid_for_ms=1, bank=0, mask=1, on_ticks=[1, 2]
+        )
 
 
 def test_oversized_stream_is_dropped_to_the_next_delimiter():

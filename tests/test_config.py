@@ -201,12 +201,21 @@ def perturbed(draw):
     ]
     # A whole number of ms the wire carries, at least 4 x the longest minimum on-time of the
     # stack's thrusters (thruster_hil.config._control_period).
-    used = [veh["thrusters"][n] for n in (*stk["translation_thrusters"],
-                                          *stk.get("attitude_thrusters", []))]
-    shortest_ms = math.ceil(max(4000 * max(h["min_on_time_s"] for h in used),
-                                1000 * max(max(h["open_delay_s"] + h["rise_time_s"],
-                                               h["close_delay_s"] + h["tail_off_s"])
-                                           for h in used)) + 1)
+    used = [
+        veh["thrusters"][n]
+        for n in (*stk["translation_thrusters"], *stk.get("attitude_thrusters", []))
+    ]
+    shortest_ms = math.ceil(
+        max(
+            4000 * max(h["min_on_time_s"] for h in used),
+            1000
+            * max(
+                max(h["open_delay_s"] + h["rise_time_s"], h["close_delay_s"] + h["tail_off_s"])
+                for h in used
+            ),
+        )
+        + 1
+    )
     stk["control_period_s"] = draw(st.integers(max(10, shortest_ms), 2000)) / 1000
     stk["solar_activity"] = draw(st.sampled_from(["low", "moderate", "high"]))
     return docs
@@ -285,8 +294,9 @@ def corrupted(draw):
         return docs, kind, op, path
     leaves = [(p, v) for p, v in _leaves(doc) if p and (kind, p[0]) not in OPTIONAL]
     if op == "delete":
-        leaves = [(p, v) for p, v in leaves
-                  if isinstance(p[-1], str) and p[-1] not in OPTIONAL_KEYS]
+        leaves = [
+            (p, v) for p, v in leaves if isinstance(p[-1], str) and p[-1] not in OPTIONAL_KEYS
+        ]
     elif op in ("nan", "huge"):
         leaves = [
             (p, v) for p, v in leaves if isinstance(v, float | int) and not isinstance(v, bool)
@@ -610,17 +620,41 @@ BAD = [
     ),
     ("missing-port", "progress", "stack", _delete(("port",)), "port"),
     # Absurd but positive (issue 13): each flew no thrust and exited 0, or crashed the run.
-    *[(f"control-period-{v!r}", "progress", "stack", _set(("control_period_s",), v),
-       "control_period_s")
-      for v in (1e-308, 0.001, 0.0015, 0.1, 10.5, 0.2505)],  # 0.1 < 4 x 50 ms min on-time
-    *[(f"attitude-limit-{v!r}", "progress", "stack", _set(("max_attitude_error_deg",), v),
-       "max_attitude_error_deg") for v in (1e-308, 0.05, 120.0)],
-    ("rate-limit-tiny", "progress", "stack", _set(("max_rate_deg_s",), 1e-308),
-     "max_rate_deg_s"),
-    ("thrust-tiny", "dragon-boost-kit", "vehicle", _set((*DT, "thrust_N"), 1e-300),
-     "thrusters.trunk-draco-1.thrust_N"),
-    ("valve-slower-than-a-cycle", "progress", "stack", _set(("control_period_s",), 0.04),
-     "control_period_s"),  # min on-time 50 ms would refuse it too: see the next test
+    *[
+        (
+            f"control-period-{v!r}",
+            "progress",
+            "stack",
+            _set(("control_period_s",), v),
+            "control_period_s",
+        )
+        for v in (1e-308, 0.001, 0.0015, 0.1, 10.5, 0.2505)
+    ],  # 0.1 < 4 x 50 ms min on-time
+    *[
+        (
+            f"attitude-limit-{v!r}",
+            "progress",
+            "stack",
+            _set(("max_attitude_error_deg",), v),
+            "max_attitude_error_deg",
+        )
+        for v in (1e-308, 0.05, 120.0)
+    ],
+    ("rate-limit-tiny", "progress", "stack", _set(("max_rate_deg_s",), 1e-308), "max_rate_deg_s"),
+    (
+        "thrust-tiny",
+        "dragon-boost-kit",
+        "vehicle",
+        _set((*DT, "thrust_N"), 1e-300),
+        "thrusters.trunk-draco-1.thrust_N",
+    ),
+    (
+        "valve-slower-than-a-cycle",
+        "progress",
+        "stack",
+        _set(("control_period_s",), 0.04),
+        "control_period_s",
+    ),  # min on-time 50 ms would refuse it too: see the next test
 ]
 
 
@@ -629,10 +663,12 @@ def test_a_valve_slower_than_a_cycle_is_refused(tmp_path):
     for thr in docs["vehicle"]["thrusters"].values():
         thr["open_delay_s"] = 0.9
     paths = write_tree(tmp_path, docs)
-    with pytest.raises(ConfigError, match=r"control_period_s: expected longer than the slowest "
-                       r"valve transient \(dpo-aft-1: 0.92 s to open or close\), got 0.5 s"):
+    with pytest.raises(
+        ConfigError,
+        match=r"control_period_s: expected longer than the slowest "
+        r"valve transient \(dpo-aft-1: 0.92 s to open or close\), got 0.5 s",
+    ):
         load_stack(str(paths["stack"]))
-
 
 
 @pytest.mark.parametrize(

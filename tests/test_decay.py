@@ -30,10 +30,14 @@ def test_mean_decay_matches_the_full_propagation_over_three_days(f107, ap):
     n = int(3 * 86400 / dt)
     k = int(round(orbit.period_s(a0) / dt))
     out = np.empty((n + k + 2, 7))
-    assert orbit.propagate(y0, dt, n + k + 1, 1, 0.0, 0.0, np.zeros(3), 0.0, BC * mass, 1.0, alt,
-                           lr, out) == orbit.STATUS_OK
-    a_start = orbit.mean_apsides(out[:k + 1], dt)[0]
-    full = a_start - orbit.mean_apsides(out[n:n + k + 1], dt)[0]
+    assert (
+        orbit.propagate(
+            y0, dt, n + k + 1, 1, 0.0, 0.0, np.zeros(3), 0.0, BC * mass, 1.0, alt, lr, out
+        )
+        == orbit.STATUS_OK
+    )
+    a_start = orbit.mean_apsides(out[: k + 1], dt)[0]
+    full = a_start - orbit.mean_apsides(out[n : n + k + 1], dt)[0]
     buf = np.empty(n + 1)
     assert decay.coast(a_start, ISS_INC, BC, alt, lr, dt, 0.0, buf) == n + 1
     mean = a_start - buf[n]
@@ -75,10 +79,13 @@ def test_coast_stops_at_the_threshold_and_never_raises():
     assert decay.coast(a0, ISS_INC, BC, alt, lr, 900.0, 0.0, buf[:5]) == 5
 
 
-@pytest.mark.parametrize("f107, ap, lo_years, hi_years", [
-    (140.0, 15.0, 1.0, 2.0),  # moderate preset
-    (170.0, 15.0, 0.9, 2.0),  # high preset (a typical maximum): ~1.0 year
-])
+@pytest.mark.parametrize(
+    "f107, ap, lo_years, hi_years",
+    [
+        (140.0, 15.0, 1.0, 2.0),  # moderate preset
+        (170.0, 15.0, 0.9, 2.0),  # high preset (a typical maximum): ~1.0 year
+    ],
+)
 def test_reentry_without_reboosts_takes_one_to_two_years(f107, ap, lo_years, hi_years):
     """NASA (September 2025, ../shared/research/reboost_calibration.md, Decay): without
     reboosts the station would re-enter "within one to two years, depending on solar activity".

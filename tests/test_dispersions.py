@@ -66,23 +66,26 @@ def test_a_spec_file_with_defaults_for_what_it_omits(tmp_path):
     assert spec.failure_window_s == (10.0, 20.0) and spec.failure_thrusters == "translation"
 
 
-@pytest.mark.parametrize("old,new,field", [
-    ("seed = 3", "seed = -1", "seed"),
-    ("seed = 3", "seed = 1.5", "seed"),
-    ("sigma = 0.01 }", "sigma = -0.01 }", "thrusters.thrust_scale.sigma"),
-    ("sigma = 0.01 }", "sigma = 0.3 }", "thrusters.thrust_scale.sigma"),
-    ('"normal", sigma = 0.01', '"gauss", sigma = 0.01', "thrusters.thrust_scale.dist"),
-    ('sigma = 0.01 }', 'sigma = 0.01, sgima = 1 }', "thrusters.thrust_scale.sgima"),
-    ("low = -0.5, high = 0.5", "low = 0.5, high = -0.5", "thrusters.misalignment_deg.high"),
-    ("isp_scale = 1.0", "isp_scale = 7.0", "thrusters.isp_scale"),
-    ("isp_scale = 1.0", 'isp_scale = "big"', "thrusters.isp_scale"),
-    ("[stack]", "[stak]", "stak"),
-    ("attitude_noise_deg = 0.01", "attitude_noise_deg = -1", "sensors.attitude_noise_deg"),
-    ("probability = 0.5", "probability = 1.5", "failure.probability"),
-    ("window_s = [10.0, 20.0]", "window_s = [20.0, 10.0]", "failure.window_s"),
-    ("window_s = [10.0, 20.0]", "window_s = [10.0]", "failure.window_s"),
-    ('thrusters = "translation"', 'thrusters = "some"', "failure.thrusters"),
-])
+@pytest.mark.parametrize(
+    "old,new,field",
+    [
+        ("seed = 3", "seed = -1", "seed"),
+        ("seed = 3", "seed = 1.5", "seed"),
+        ("sigma = 0.01 }", "sigma = -0.01 }", "thrusters.thrust_scale.sigma"),
+        ("sigma = 0.01 }", "sigma = 0.3 }", "thrusters.thrust_scale.sigma"),
+        ('"normal", sigma = 0.01', '"gauss", sigma = 0.01', "thrusters.thrust_scale.dist"),
+        ("sigma = 0.01 }", "sigma = 0.01, sgima = 1 }", "thrusters.thrust_scale.sgima"),
+        ("low = -0.5, high = 0.5", "low = 0.5, high = -0.5", "thrusters.misalignment_deg.high"),
+        ("isp_scale = 1.0", "isp_scale = 7.0", "thrusters.isp_scale"),
+        ("isp_scale = 1.0", 'isp_scale = "big"', "thrusters.isp_scale"),
+        ("[stack]", "[stak]", "stak"),
+        ("attitude_noise_deg = 0.01", "attitude_noise_deg = -1", "sensors.attitude_noise_deg"),
+        ("probability = 0.5", "probability = 1.5", "failure.probability"),
+        ("window_s = [10.0, 20.0]", "window_s = [20.0, 10.0]", "failure.window_s"),
+        ("window_s = [10.0, 20.0]", "window_s = [10.0]", "failure.window_s"),
+        ('thrusters = "translation"', 'thrusters = "some"', "failure.thrusters"),
+    ],
+)
 def test_every_bad_field_is_one_line_naming_file_and_field(tmp_path, old, new, field):
     assert old in DEFAULT
     path = _write(tmp_path, DEFAULT.replace(old, new))
@@ -101,8 +104,9 @@ def test_missing_file_and_unknown_name_are_one_line(tmp_path):
 
 
 def test_failure_thruster_names_are_checked_against_the_stack(tmp_path, model):
-    spec = load_dispersions(_write(tmp_path, DEFAULT.replace('"translation"',
-                                                             '["trunk-draco-1", "nozzle"]')))
+    spec = load_dispersions(
+        _write(tmp_path, DEFAULT.replace('"translation"', '["trunk-draco-1", "nozzle"]'))
+    )
     with pytest.raises(ConfigError, match=r"failure\.thrusters: expected thrusters of .*nozzle"):
         failure_candidates(spec, model)
 
@@ -130,8 +134,13 @@ def test_sampled_cases_are_reproducible_and_within_their_bounds(seed, model):
 
 def test_one_parameter_change_leaves_the_other_draws_alone(tmp_path, model):
     a = sample_case(load_dispersions(_write(tmp_path, DEFAULT)), model, 99)
-    b = sample_case(load_dispersions(_write(tmp_path, DEFAULT.replace(
-        "sigma = 0.01 }", "sigma = 0.02 }"), "e.toml")), model, 99)
+    b = sample_case(
+        load_dispersions(
+            _write(tmp_path, DEFAULT.replace("sigma = 0.01 }", "sigma = 0.02 }"), "e.toml")
+        ),
+        model,
+        99,
+    )
     assert np.allclose(b.thrust_scale - 1.0, 2.0 * (a.thrust_scale - 1.0), rtol=1e-12)
     assert np.array_equal(a.misalign_rad, b.misalign_rad) and a.d_mass_kg == b.d_mass_kg
 

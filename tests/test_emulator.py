@@ -60,8 +60,14 @@ class Port:
         raise AssertionError(f"no {name} {match or ''} within {timeout} s")
 
     def hello(self, mode=MODE["LOCKSTEP"], period_ms=100) -> Message:
-        self.send("HELLO", proto_ver=1, dict_hash=DICT_HASH, mode=mode, period_ms=period_ms,
-                  host_nonce=int.from_bytes(os.urandom(4), "big"))
+        self.send(
+            "HELLO",
+            proto_ver=1,
+            dict_hash=DICT_HASH,
+            mode=mode,
+            period_ms=period_ms,
+            host_nonce=int.from_bytes(os.urandom(4), "big"),
+        )
         ack = self.wait_for("HELLO_ACK")
         self.session = ack["session"]
         return ack
@@ -69,14 +75,23 @@ class Port:
     def arm(self, max_on_ticks=1000) -> None:
         self.send("ARM_REQUEST", session=self.session)
         nonce = self.wait_for("ARM_CHALLENGE")["nonce"]
-        self.send("ARM_CONFIRM", session=self.session, nonce=nonce, max_on_ticks=max_on_ticks,
-                  next_step=1)
+        self.send(
+            "ARM_CONFIRM", session=self.session, nonce=nonce, max_on_ticks=max_on_ticks, next_step=1
+        )
         assert self.wait_for("ACK", msg_id=0x11)["result"] == 0
 
     def fire(self, step: int, on: dict[int, int], **kw) -> None:
         ticks = [on.get(c, 0) for c in range(16)]
-        self.send("FIRE", session=self.session, step=step, valid_for_ms=0, bank=0,
-                  mask=sum(1 << c for c in on), on_ticks=ticks, **kw)
+        self.send(
+            "FIRE",
+            session=self.session,
+            step=step,
+            valid_for_ms=0,
+            bank=0,
+            mask=sum(1 << c for c in on),
+            on_ticks=ticks,
+            **kw,
+        )
 
     def close(self) -> None:
         self.ser.close()
@@ -237,15 +252,25 @@ def test_link_corruptions_are_all_counted(tmp_path):
                 pongs += 1
             except AssertionError:
                 pass
-        port.send("FAULT_INJECT", FLAG_ACK_REQ, session=port.session,
-                  fault=FAULT["TANK_PRESSURE"], arg=1234)
+        port.send(
+            "FAULT_INJECT",
+            FLAG_ACK_REQ,
+            session=port.session,
+            fault=FAULT["TANK_PRESSURE"],
+            arg=1234,
+        )
         for _ in range(20):  # until the ACK gets through uncorrupted, un-dropped
             try:
                 port.wait_for("ACK", timeout=0.1, msg_id=0x7F)
                 break
             except AssertionError:
-                port.send("FAULT_INJECT", FLAG_ACK_REQ, session=port.session,
-                  fault=FAULT["TANK_PRESSURE"], arg=1234)
+                port.send(
+                    "FAULT_INJECT",
+                    FLAG_ACK_REQ,
+                    session=port.session,
+                    fault=FAULT["TANK_PRESSURE"],
+                    arg=1234,
+                )
         emu.stop()
         host_errors = len(port.errors)
         port.close()
@@ -278,8 +303,11 @@ def test_scheduled_reset_fault(tmp_path):
 
 def test_link_path(tmp_path):
     link = tmp_path / "port"
-    proc = subprocess.Popen([sys.executable, "-m", "thruster_hil.firmware_bridge.emulator", "--link-path",
-                             str(link)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "thruster_hil.firmware_bridge.emulator", "--link-path", str(link)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 10
         while not link.exists() and time.monotonic() < deadline:
@@ -298,12 +326,31 @@ def test_link_path(tmp_path):
 
 # ----------------------------------------------------------------------------- --faults
 
-@pytest.mark.parametrize("spec", ["drop=2", "nonsense=1", "delay=0.1", "stall=5@2s",
-                                  "stall=5s@2", "fail=40@1s", "reset", "drop.up=0.1",
-                                  "seed=x", "pressure=abc@1s", "drop=0.1,drop=0.2", ","])
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "drop=2",
+        "nonsense=1",
+        "delay=0.1",
+        "stall=5@2s",
+        "stall=5s@2",
+        "fail=40@1s",
+        "reset",
+        "drop.up=0.1",
+        "seed=x",
+        "pressure=abc@1s",
+        "drop=0.1,drop=0.2",
+        ",",
+    ],
+)
 def test_bad_fault_spec_is_one_line_and_exit_2(spec):
-    proc = subprocess.run([sys.executable, "-m", "thruster_hil.firmware_bridge.emulator", "--faults", spec],
-                          capture_output=True, text=True, timeout=20)
+    proc = subprocess.run(
+        [sys.executable, "-m", "thruster_hil.firmware_bridge.emulator", "--faults", spec],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--faults" in lines[0], proc.stderr
@@ -319,19 +366,23 @@ def test_emulator_process_reports_a_dead_start():
 
 
 def test_fault_spec_grammar():
-    spec = parse_faults("drop=0.01, corrupt=0.02,duplicate=0.005,delay.tx=0.1:30ms,"
-                        "stall=5s@2s,reset@fire+40s,fail=3@10s,stuck=5@12s,"
-                        "pressure=1500kPa@20s,clear=3@1.5s,seed=7")
+    spec = parse_faults(
+        "drop=0.01, corrupt=0.02,duplicate=0.005,delay.tx=0.1:30ms,"
+        "stall=5s@2s,reset@fire+40s,fail=3@10s,stuck=5@12s,"
+        "pressure=1500kPa@20s,clear=3@1.5s,seed=7"
+    )
     assert spec.rates["rx"]["drop"] == spec.rates["tx"]["drop"] == 0.01
     assert spec.rates["tx"]["delay"] == 0.1 and spec.rates["rx"]["delay"] == 0
     assert spec.delay_us["tx"] == 30_000 and spec.seed == 7
     sched = [(f.kind, f.arg, f.at_us, f.after_fire) for f in spec.schedule]
-    assert sched == [(FAULT["CLEAR"], 3, 1_500_000, False),
-                     (FAULT["STALL_MS"], 5000, 2_000_000, False),
-                     (FAULT["FAIL_OFF"], 3, 10_000_000, False),
-                     (FAULT["STUCK_OPEN"], 5, 12_000_000, False),
-                     (FAULT["TANK_PRESSURE"], 1500, 20_000_000, False),
-                     (FAULT["RESET"], 0, 40_000_000, True)]
+    assert sched == [
+        (FAULT["CLEAR"], 3, 1_500_000, False),
+        (FAULT["STALL_MS"], 5000, 2_000_000, False),
+        (FAULT["FAIL_OFF"], 3, 10_000_000, False),
+        (FAULT["STUCK_OPEN"], 5, 12_000_000, False),
+        (FAULT["TANK_PRESSURE"], 1500, 20_000_000, False),
+        (FAULT["RESET"], 0, 40_000_000, True),
+    ]
     assert not parse_faults("").link_active and not parse_faults(None).schedule
 
 
@@ -368,6 +419,7 @@ def test_scheduled_faults_fire_once_at_their_time():
 
 def test_corrupt_byte_never_makes_a_delimiter():
     import random
+
     rng = random.Random(0)
     frame = codec.encode("PING", 1, nonce=0, t1_host_us=0)
     for _ in range(2000):
@@ -377,6 +429,7 @@ def test_corrupt_byte_never_makes_a_delimiter():
 
 # ---- issue 13: the seed fixes faults, never the session ---------------------------------------
 
+
 def _capture_and_fire(port: Port, steps: range) -> bytes:
     """HELLO, ARM, FIREs; returns the FIRE frames as sent (a capture of the line)."""
     port.wait_for("BOOT")
@@ -384,8 +437,17 @@ def _capture_and_fire(port: Port, steps: range) -> bytes:
     port.arm()
     sent = b""
     for step in steps:
-        frame = codec.encode("FIRE", 0x2000 + step, 0, session=port.session, step=step,
-                             valid_for_ms=0, bank=0, mask=1, on_ticks=[20] + [0] * 15)
+        frame = codec.encode(
+            "FIRE",
+            0x2000 + step,
+            0,
+            session=port.session,
+            step=step,
+            valid_for_ms=0,
+            bank=0,
+            mask=1,
+            on_ticks=[20] + [0] * 15,
+        )
         port.ser.write(frame)
         sent += frame
         port.wait_for("VALVE_REPORT", step=step)
@@ -432,8 +494,13 @@ def test_fault_inject_without_the_session_is_refused_by_the_emulator(emu):
         port.send("FAULT_INJECT", FLAG_ACK_REQ, session=0, fault=FAULT["STUCK_OPEN"], arg=0)
         assert port.wait_for("ACK", msg_id=0x7F)["result"] == 2
         port.hello()
-        port.send("FAULT_INJECT", FLAG_ACK_REQ, session=port.session ^ 0xFFFF,
-                  fault=FAULT["STUCK_OPEN"], arg=0)
+        port.send(
+            "FAULT_INJECT",
+            FLAG_ACK_REQ,
+            session=port.session ^ 0xFFFF,
+            fault=FAULT["STUCK_OPEN"],
+            arg=0,
+        )
         assert port.wait_for("ACK", msg_id=0x7F)["result"] == 2
         hk = port.wait_for("HK")
         assert hk["stuck_mask"] == 0 and hk["open_mask"] == 0

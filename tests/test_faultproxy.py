@@ -47,25 +47,44 @@ def dragon():
 
 
 def _fly(model, plan, port):
-    unit = open_unit(unit="emulator", port=port, mode="lockstep",
-                     n_thrusters=len(model.thruster_names),
-                     period_ms=int(round(model.control_period_s * 1000)))
+    unit = open_unit(
+        unit="emulator",
+        port=port,
+        mode="lockstep",
+        n_thrusters=len(model.thruster_names),
+        period_ms=int(round(model.control_period_s * 1000)),
+    )
     return run_burn(model, plan, unit=unit).summary
 
 
 # ----------------------------------------------------------------------------- grammar
 
+
 def test_step_and_cut_grammar():
     spec = parse_faults("cut@step40, fail=3@step7, cut=250ms@fire+1s, reset@step9")
     sched = [(f.kind, f.arg, f.at_step, f.after_fire, f.at_us) for f in spec.schedule]
-    assert sched == [(CUT, 250, None, True, 1_000_000), (FAULT["FAIL_OFF"], 3, 7, False, 0),
-                     (FAULT["RESET"], 0, 9, False, 0), (CUT, 0, 40, False, 0)]
+    assert sched == [
+        (CUT, 250, None, True, 1_000_000),
+        (FAULT["FAIL_OFF"], 3, 7, False, 0),
+        (FAULT["RESET"], 0, 9, False, 0),
+        (CUT, 0, 40, False, 0),
+    ]
     assert spec.link_active and spec.by_step
     assert not parse_faults("fail=3@2s").by_step and not parse_faults("fail=3@2s").link_active
 
 
-@pytest.mark.parametrize("bad", ["cut", "cut=@step4", "cut=0ms@step3", "cut@stepx",
-                                 "reset@step-1", "fail=3@step", "cut@step99999999999"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "cut",
+        "cut=@step4",
+        "cut=0ms@step3",
+        "cut@stepx",
+        "reset@step-1",
+        "fail=3@step",
+        "cut@step99999999999",
+    ],
+)
 def test_bad_step_or_cut_items_are_one_line(bad):
     with pytest.raises(UserError) as exc:
         parse_faults(bad)
@@ -74,8 +93,12 @@ def test_bad_step_or_cut_items_are_one_line(bad):
 
 def test_a_step_fault_waits_for_that_step_and_a_cut_loses_both_ways():
     lf = LinkFaults("fail=2@step5,cut=10ms@step6")
-    fire = {k: codec.encode("FIRE", k, 0, session=1, step=k, valid_for_ms=0, bank=0, mask=1,
-                            on_ticks=[1] + [0] * 15) for k in (4, 5, 6)}
+    fire = {
+        k: codec.encode(
+            "FIRE", k, 0, session=1, step=k, valid_for_ms=0, bank=0, mask=1, on_ticks=[1] + [0] * 15
+        )
+        for k in (4, 5, 6)
+    }
     lf.note_rx(fire[4])
     assert lf.due_unit_faults(0, None) == []
     lf.note_rx(codec.encode("PING", 9, 0, nonce=1, t1_host_us=0))  # not a FIRE: no step
@@ -100,6 +123,7 @@ def test_describe_names_undecodable_bytes():
 
 # ----------------------------------------------------------------------------- proxy
 
+
 @pytest.mark.conformance
 def test_the_conformance_suite_passes_through_a_proxy_without_faults(tmp_path):
     log = tmp_path / "wire.jsonl"
@@ -114,8 +138,9 @@ def test_the_conformance_suite_passes_through_a_proxy_without_faults(tmp_path):
     # while no host has the port open, is lost (as it would be on a direct line).
     assert {r["act"] for r in frames} <= {"fwd", "nohost"}
     assert all(r["act"] == "fwd" for r in frames if r["dir"] == "h2u")
-    assert any(r["msg"] == "FIRE" for r in frames) and any(r["msg"] == "VALVE_REPORT"
-                                                           for r in frames)
+    assert any(r["msg"] == "FIRE" for r in frames) and any(
+        r["msg"] == "VALVE_REPORT" for r in frames
+    )
 
 
 def test_a_proxy_on_a_port_that_does_not_exist_is_one_line(tmp_path):
@@ -131,8 +156,10 @@ def test_a_fault_at_a_step_through_the_proxy_applies_before_that_fire(dragon, tm
     of it (reallocation) and the burn still ends."""
     model, plan = dragon
     unit_log, wire_log = tmp_path / "unit.jsonl", tmp_path / "wire.jsonl"
-    with EmulatorProcess(log_path=unit_log) as emu, \
-            FaultProxyProcess(emu.port, "fail=0@step20", wire_log) as proxy:
+    with (
+        EmulatorProcess(log_path=unit_log) as emu,
+        FaultProxyProcess(emu.port, "fail=0@step20", wire_log) as proxy,
+    ):
         summary = _fly(model, plan, proxy.port)
     assert summary["completed"] and not summary["aborted"], summary["abort_reason"]
     assert [r["thruster"] for r in summary["reallocations"]] == [model.thruster_names[0]]
@@ -177,8 +204,9 @@ def test_a_cut_at_a_step_in_the_emulator_and_through_the_proxy(dragon, tmp_path)
             wire = _read(wire_log)
             cut = [r for r in wire if r.get("act") == "cut"]
             assert cut and cut[0]["msg"] == "FIRE" and cut[0]["step"] == 30
-            assert any(r.get("msg") == "EVENT" and r["event"] == 3 for r in cut), \
+            assert any(r.get("msg") == "EVENT" and r["event"] == 3 for r in cut), (
                 "the unit's WATCHDOG_TRIP event is in the proxy's log"
+            )
 
 
 def _wait_trip(log, timeout_s: float = 5.0) -> None:
@@ -193,8 +221,9 @@ def _wait_trip(log, timeout_s: float = 5.0) -> None:
     raise AssertionError(f"no watchdog_trip in {log} within {timeout_s} s")
 
 
-@settings(max_examples=8, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(step=st.integers(min_value=2, max_value=100))
 def test_a_link_lost_at_any_step_closes_every_valve_within_the_watchdog(dragon, tmp_path, step):
     """Property (issue 7 acceptance): wherever in the burn the link is lost, the emulator's

@@ -39,39 +39,51 @@ def _need(*tools: str) -> None:
     if missing and os.environ.get("CI"):
         pytest.fail(f"CI must install {', '.join(missing)} (.ci/run)")
     if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (apt-get install -y gcc make gcc-avr "
-                    f"avr-libc binutils-avr clang qemu-system-misc)")
+        pytest.skip(
+            f"{', '.join(missing)} not installed (apt-get install -y gcc make gcc-avr "
+            f"avr-libc binutils-avr clang qemu-system-misc)"
+        )
 
 
 def _make(*targets: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["make", "-C", str(BOARD), *targets], capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        ["make", "-C", str(BOARD), *targets], capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, f"make {' '.join(targets)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc
 
 
 # ---- generated headers ----------------------------------------------------------------------
 
+
 def test_dictionary_header_matches_messages_toml():
-    assert (BOARD / "dictionary.h").read_text() == gen_c_header.render_dictionary(), \
+    assert (BOARD / "dictionary.h").read_text() == gen_c_header.render_dictionary(), (
         "dictionary.h is stale: run python tools/gen_c_header.py"
+    )
     assert f"#define DICT_HASH 0x{DICT_HASH:08X}UL" in (BOARD / "dictionary.h").read_text()
 
 
 def test_pins_header_matches_rig_toml():
-    assert (BOARD / "pins.h").read_text() == gen_c_header.render_pins(), \
+    assert (BOARD / "pins.h").read_text() == gen_c_header.render_pins(), (
         "pins.h is stale: run python tools/gen_c_header.py"
+    )
 
 
 def test_rig_pin_map_is_complete():
     rig = gen_c_header._load_rig()
     valves = rig["valves"]["map"]
     assert len(valves) == 32 and {v["port"] for v in valves} == {"A", "C", "L", "K"}
-    assert rig["arm_enable"] == {"port": "D", "bit": 7, "arduino_pin": 38, "active_low": True,
-                                 "pull_up": True}
+    assert rig["arm_enable"] == {
+        "port": "D",
+        "bit": 7,
+        "arduino_pin": 38,
+        "active_low": True,
+        "pull_up": True,
+    }
 
 
 # ---- host build: parser vs the Python codec -------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def host_vectors():
@@ -136,8 +148,9 @@ def test_golden_vectors_through_c_parser(host_vectors, tmp_path):
     for name, wire in vectors:
         lines.append(f"{wire.hex()} {name} {_expected(wire)[1]}")
     path.write_text("\n".join(lines) + "\n")
-    proc = subprocess.run([str(host_vectors), str(path)], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [str(host_vectors), str(path)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     got: dict[tuple[int, str], str] = {}
     for line in proc.stdout.splitlines():
@@ -159,11 +172,15 @@ def test_golden_vectors_through_c_parser(host_vectors, tmp_path):
 def test_unit_smoke_session_decodes(host_vectors):
     """unit.c through boot, HELLO, ARM, a REALTIME FIRE and a watchdog trip: every TM frame it
     sends decodes with the Python codec, in the order the protocol wants."""
-    proc = subprocess.run([str(host_vectors), "--unit-smoke"], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [str(host_vectors), "--unit-smoke"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    msgs = [codec.decode_frame(bytes.fromhex(line[3:])[:-1])
-            for line in proc.stdout.splitlines() if line.startswith("tx ")]
+    msgs = [
+        codec.decode_frame(bytes.fromhex(line[3:])[:-1])
+        for line in proc.stdout.splitlines()
+        if line.startswith("tx ")
+    ]
     names = [m.name for m in msgs]
     assert names[:2] == ["BOOT", "EVENT"] and msgs[0]["dict_hash"] == DICT_HASH
     assert "HELLO_ACK" in names and "ARM_CHALLENGE" in names
@@ -179,8 +196,9 @@ class _CUnit:
     """unit.c on the host (``host_vectors --unit-stdin``) with UnitCore's driving interface."""
 
     def __init__(self, exe: Path):
-        self.proc = subprocess.Popen([str(exe), "--unit-stdin"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [str(exe), "--unit-stdin"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
 
     def _do(self, line: str) -> list[str]:
         self.proc.stdin.write(line + "\n")
@@ -240,8 +258,14 @@ def _low_pressure_session(unit) -> list[tuple]:
         msgs = Decoder().feed(data)
         assert all(isinstance(m, Message) for m in msgs), msgs
         for m in msgs:
-            said.append((m.name, tuple(sorted((k, v) for k, v in m.fields.items()
-                                              if k not in ("session", "nonce")))))
+            said.append(
+                (
+                    m.name,
+                    tuple(
+                        sorted((k, v) for k, v in m.fields.items() if k not in ("session", "nonce"))
+                    ),
+                )
+            )
         return msgs
 
     def send(t_us: int, name: str, flags: int = 0, **fields) -> list[Message]:
@@ -258,18 +282,38 @@ def _low_pressure_session(unit) -> list[tuple]:
 
     def arm(t_us: int, next_step: int) -> None:
         send(t_us, "ARM_REQUEST")
-        send(t_us + 100, "ARM_CONFIRM", FLAG_ACK_REQ, nonce=nonce, max_on_ticks=100,
-             next_step=next_step)
+        send(
+            t_us + 100,
+            "ARM_CONFIRM",
+            FLAG_ACK_REQ,
+            nonce=nonce,
+            max_on_ticks=100,
+            next_step=next_step,
+        )
 
     def fire(t_us: int, step: int, on: dict[int, int]) -> list[Message]:
         ticks = [on.get(c, 0) for c in range(16)]
-        return send(t_us, "FIRE", step=step, valid_for_ms=0, bank=0,
-                    mask=sum(1 << c for c in on), on_ticks=ticks)
+        return send(
+            t_us,
+            "FIRE",
+            step=step,
+            valid_for_ms=0,
+            bank=0,
+            mask=sum(1 << c for c in on),
+            on_ticks=ticks,
+        )
 
     low = LIMITS["min_feed_kpa"] - 1
     keep(unit.boot(0))
-    send(1000, "HELLO", proto_ver=1, dict_hash=DICT_HASH, mode=MODE["REALTIME"], period_ms=100,
-         host_nonce=0xA5A5A5A5)
+    send(
+        1000,
+        "HELLO",
+        proto_ver=1,
+        dict_hash=DICT_HASH,
+        mode=MODE["REALTIME"],
+        period_ms=100,
+        host_nonce=0xA5A5A5A5,
+    )
     arm(2000, 1)
     fire(4000, 1, {0: 60, 1: 30})
     send(14_000, "FAULT_INJECT", FLAG_ACK_REQ, fault=FAULT["TANK_PRESSURE"], arg=low)
@@ -304,14 +348,21 @@ def test_low_tank_pressure_is_the_same_on_unit_c_and_unitcore(host_vectors):
         c_unit.close()
     py_said = _low_pressure_session(UnitCore(n_channels=32, rng_seed=7, min_on_ticks=5))
     assert c_said == py_said
-    safe = [dict(f) for name, f in c_said if name == "EVENT"
-            and dict(f)["event"] == EVENT["SAFE_ENTERED"]]
+    safe = [
+        dict(f)
+        for name, f in c_said
+        if name == "EVENT" and dict(f)["event"] == EVENT["SAFE_ENTERED"]
+    ]
     reasons = ENUMS["safe_reason"]
     assert [(e["arg0"], e["arg1"]) for e in safe] == [
-        (reasons["LOW_PRESSURE"], 499), (reasons["LOW_PRESSURE"], 120)]
+        (reasons["LOW_PRESSURE"], 499),
+        (reasons["LOW_PRESSURE"], 120),
+    ]
     reports = [dict(f) for name, f in c_said if name == "VALVE_REPORT"]
     assert [(r["step"], r["flags"] & 2, r["executed_ticks"][:3]) for r in reports] == [
-        (1, 2, (10, 10, 0)), (3, 2, (0, 0, 10))]
+        (1, 2, (10, 10, 0)),
+        (3, 2, (0, 0, 10)),
+    ]
     refusals = [dict(f)["result"] for name, f in c_said if name == "ACK"]
     assert refusals.count(1) == 3  # FIRE 2, ARM_REQUEST, FIRE 4: REJECTED_STATE
 
@@ -331,8 +382,14 @@ def _security_session(unit) -> list[tuple]:
         msgs = Decoder().feed(data)
         assert all(isinstance(m, Message) for m in msgs), msgs
         for m in msgs:
-            said.append((m.name, tuple(sorted((k, v) for k, v in m.fields.items()
-                                              if k not in ("session", "nonce")))))
+            said.append(
+                (
+                    m.name,
+                    tuple(
+                        sorted((k, v) for k, v in m.fields.items() if k not in ("session", "nonce"))
+                    ),
+                )
+            )
             if m.name == "HELLO_ACK":
                 session = m["session"]
             elif m.name == "ARM_CHALLENGE":
@@ -344,18 +401,39 @@ def _security_session(unit) -> list[tuple]:
         keep(unit.receive(codec.encode(name, next(seq), flags, **fields), t_us))
 
     def hello(t_us: int) -> None:
-        send(t_us, "HELLO", proto_ver=1, dict_hash=DICT_HASH, mode=MODE["REALTIME"],
-             period_ms=100, host_nonce=0x0BADCAFE)
+        send(
+            t_us,
+            "HELLO",
+            proto_ver=1,
+            dict_hash=DICT_HASH,
+            mode=MODE["REALTIME"],
+            period_ms=100,
+            host_nonce=0x0BADCAFE,
+        )
 
     def arm(t_us: int, next_step: int) -> None:
         send(t_us, "ARM_REQUEST")
-        send(t_us + 100, "ARM_CONFIRM", FLAG_ACK_REQ, nonce=nonce, max_on_ticks=100,
-             next_step=next_step)
+        send(
+            t_us + 100,
+            "ARM_CONFIRM",
+            FLAG_ACK_REQ,
+            nonce=nonce,
+            max_on_ticks=100,
+            next_step=next_step,
+        )
 
     def fire(t_us: int, step: int, on: dict[int, int], token: int | None = None) -> None:
         ticks = [on.get(c, 0) for c in range(16)]
-        send(t_us, "FIRE", token=token, step=step, valid_for_ms=0, bank=0,
-             mask=sum(1 << c for c in on), on_ticks=ticks)
+        send(
+            t_us,
+            "FIRE",
+            token=token,
+            step=step,
+            valid_for_ms=0,
+            bank=0,
+            mask=sum(1 << c for c in on),
+            on_ticks=ticks,
+        )
 
     keep(unit.boot(0))
     hello(1000)
@@ -390,8 +468,9 @@ def test_session_security_is_the_same_on_unit_c_and_unitcore(host_vectors):
 
     c_unit = _CUnit(host_vectors)
     try:
-        assert [c_unit.mix32(x) for x in (0, 1, 0x12345678, 0xFFFFFFFF)] == \
-            [mix32(x) for x in (0, 1, 0x12345678, 0xFFFFFFFF)]
+        assert [c_unit.mix32(x) for x in (0, 1, 0x12345678, 0xFFFFFFFF)] == [
+            mix32(x) for x in (0, 1, 0x12345678, 0xFFFFFFFF)
+        ]
         c_said = _security_session(c_unit)
     finally:
         c_unit.close()
@@ -403,7 +482,9 @@ def test_session_security_is_the_same_on_unit_c_and_unitcore(host_vectors):
     evs = [dict(f) for name, f in c_said if name == "EVENT"]
     reasons = ENUMS["safe_reason"]
     assert [e["arg0"] for e in evs if e["event"] == EVENT["SAFE_ENTERED"]] == [
-        reasons["INTRUSION"], reasons["ARM_DISABLED"]]
+        reasons["INTRUSION"],
+        reasons["ARM_DISABLED"],
+    ]
     assert [(e["arg0"], e["arg1"]) for e in evs if e["event"] == EVENT["LOCKOUT"]] == [(8, 0x12)]
     cut = [dict(f) for name, f in c_said if name == "VALVE_REPORT"][0]
     assert cut["flags"] & 2 and cut["executed_ticks"][:2] == (16, 16)
@@ -413,6 +494,7 @@ def test_session_security_is_the_same_on_unit_c_and_unitcore(host_vectors):
 
 
 # ---- the AVR build ----------------------------------------------------------------------------
+
 
 def test_avr_firmware_builds_and_fits():
     _need("make", "avr-gcc", "avr-size")
@@ -430,6 +512,7 @@ def test_avr_firmware_builds_and_fits():
 
 # ---- libFuzzer --------------------------------------------------------------------------------
 
+
 def _fuzzer_links() -> bool:
     if shutil.which("clang") is None:
         return False
@@ -444,9 +527,19 @@ def test_fuzz_parser_and_state_machine(tmp_path):
         pytest.skip("clang cannot link -fsanitize=fuzzer (apt-get install -y libclang-rt-14-dev)")
     runs = 1_000_000
     proc = subprocess.run(
-        [str(BOARD / "fuzz_unit"), f"-runs={runs}", "-max_len=512", "-max_total_time=1200",
-         "-seed=1", f"-artifact_prefix={tmp_path}/", str(tmp_path)],
-        capture_output=True, text=True, timeout=1500)
+        [
+            str(BOARD / "fuzz_unit"),
+            f"-runs={runs}",
+            "-max_len=512",
+            "-max_total_time=1200",
+            "-seed=1",
+            f"-artifact_prefix={tmp_path}/",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     log = proc.stderr
     assert proc.returncode == 0, log[-3000:]
     for bad in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: libFuzzer", "deadly signal"):
@@ -459,6 +552,7 @@ def test_fuzz_parser_and_state_machine(tmp_path):
 
 
 # ---- the conformance suite under QEMU --------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_conformance_under_qemu():
@@ -488,9 +582,13 @@ def test_hil_reboost_through_qemu_matches_sil():
     plan = plan_burn("dragon-boost-kit", Target("delta_v", 0.1))
     sil = run_burn(model, plan).summary
     warm_up(model, plan)  # compile the cycle before the unit is armed
-    unit = open_unit(unit="qemu", port=None, mode="lockstep",
-                     n_thrusters=len(model.thruster_names),
-                     period_ms=int(round(model.control_period_s * 1000)))
+    unit = open_unit(
+        unit="qemu",
+        port=None,
+        mode="lockstep",
+        n_thrusters=len(model.thruster_names),
+        period_ms=int(round(model.control_period_s * 1000)),
+    )
     hil = run_burn(model, plan, unit=unit).summary
     assert hil["completed"] and not hil["aborted"], hil.get("abort_reason")
     assert hil["achieved_delta_v_mps"] == pytest.approx(sil["achieved_delta_v_mps"], rel=5e-3)
@@ -516,14 +614,20 @@ def test_hil_thruster_failure_through_qemu_matches_sil():
     name = model.thruster_names[0]
     sil = run_burn(model, plan, failures=[Failure(name, 5.0, HEALTH_FAILED_OFF)]).summary
     warm_up(model, plan)
-    unit = open_unit(unit="qemu", port=None, mode="lockstep",
-                     n_thrusters=len(model.thruster_names),
-                     period_ms=int(round(model.control_period_s * 1000)))
-    hil = run_burn(model, plan, unit=unit, failures=[Failure(name, 5.0, HEALTH_FAILED_OFF)]
-                   ).summary
+    unit = open_unit(
+        unit="qemu",
+        port=None,
+        mode="lockstep",
+        n_thrusters=len(model.thruster_names),
+        period_ms=int(round(model.control_period_s * 1000)),
+    )
+    hil = run_burn(model, plan, unit=unit, failures=[Failure(name, 5.0, HEALTH_FAILED_OFF)]).summary
     assert hil["completed"] and not hil["aborted"], hil.get("abort_reason")
-    assert [(r["thruster"], r["cycle"]) for r in hil["reallocations"]] == \
-        [(r["thruster"], r["cycle"]) for r in sil["reallocations"]] == [(name, 10)]
+    assert (
+        [(r["thruster"], r["cycle"]) for r in hil["reallocations"]]
+        == [(r["thruster"], r["cycle"]) for r in sil["reallocations"]]
+        == [(name, 10)]
+    )
     assert hil["achieved_delta_v_mps"] == pytest.approx(sil["achieved_delta_v_mps"], rel=5e-3)
 
 
@@ -536,11 +640,17 @@ def test_qemu_does_not_outlive_a_killed_parent(tmp_path):
     import time
 
     root = Path(__file__).resolve().parents[1]
-    starter = ("import os, sys\nfrom thruster_hil.firmware_bridge.qemu import QemuUnit\n"
-               "q = QemuUnit().start()\nprint(q._proc.pid, flush=True)\nsys.stdin.read()\n")
-    parent = subprocess.Popen([sys.executable, "-c", starter], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, cwd=root,
-                              env=dict(os.environ, PYTHONPATH=str(root)))
+    starter = (
+        "import os, sys\nfrom thruster_hil.firmware_bridge.qemu import QemuUnit\n"
+        "q = QemuUnit().start()\nprint(q._proc.pid, flush=True)\nsys.stdin.read()\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", starter],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=root,
+        env=dict(os.environ, PYTHONPATH=str(root)),
+    )
     try:
         pid = int(parent.stdout.readline())  # QEMU is up: its pty was announced
         os.kill(parent.pid, signal.SIGKILL)

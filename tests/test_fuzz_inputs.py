@@ -59,9 +59,15 @@ pytestmark = pytest.mark.slow
 
 CLI_PREFIX = "thruster-hil: error: "
 EMU_PREFIX = "thruster_hil.firmware_bridge.emulator: error: "
-FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")), deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                       HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")),
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+    ],
+)
 
 
 # ============================================================================ the harness
@@ -107,8 +113,12 @@ def _helpish(token: str) -> bool:
 
 def _options(parser: argparse.ArgumentParser) -> dict[str, bool]:
     """A parser's option strings (no help) -> whether the option takes a value."""
-    return {o: a.nargs != 0 for a in parser._actions for o in a.option_strings
-            if o not in ("-h", "--help")}
+    return {
+        o: a.nargs != 0
+        for a in parser._actions
+        for o in a.option_strings
+        if o not in ("-h", "--help")
+    }
 
 
 _SUB = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
@@ -125,15 +135,79 @@ def _emulator_options() -> dict[str, bool]:
 
 CONTROL = "".join(chr(c) for c in range(1, 32)) + "\x7f\x85\u2028\u2029"
 WORDS = [
-    "", " ", "-", "--", "=", "@", ",", ":", ".", "..", "/", "~", "*", "'", '"', "\\", "$HOME",
-    "nan", "NaN", "-nan", "inf", "-inf", "+inf", "Infinity", "1e309", "-1e309", "1e-400",
-    "5e-324", "0", "-0", "-1", "+1", "1_0", "1__0", "１", "١", "٣", "৭", "0x1f", "0o7", "0b1",
-    "1,5", "1.2.3", "1e", "e5", ".e1", "true", "false", "null", "None", "9" * 40, "-" + "9" * 40,
-    "\n", "1\n", "\t1", " 1 ", "\r\n", "\u2028", "x" * 300, "drop=0.5", "reset@1s", "a@b", "@1",
-    "x@", "x@-1", "x@nan", "fire+1s", "\udcff", "sim", "emulator", "qemu",
+    "",
+    " ",
+    "-",
+    "--",
+    "=",
+    "@",
+    ",",
+    ":",
+    ".",
+    "..",
+    "/",
+    "~",
+    "*",
+    "'",
+    '"',
+    "\\",
+    "$HOME",
+    "nan",
+    "NaN",
+    "-nan",
+    "inf",
+    "-inf",
+    "+inf",
+    "Infinity",
+    "1e309",
+    "-1e309",
+    "1e-400",
+    "5e-324",
+    "0",
+    "-0",
+    "-1",
+    "+1",
+    "1_0",
+    "1__0",
+    "１",
+    "١",
+    "٣",
+    "৭",
+    "0x1f",
+    "0o7",
+    "0b1",
+    "1,5",
+    "1.2.3",
+    "1e",
+    "e5",
+    ".e1",
+    "true",
+    "false",
+    "null",
+    "None",
+    "9" * 40,
+    "-" + "9" * 40,
+    "\n",
+    "1\n",
+    "\t1",
+    " 1 ",
+    "\r\n",
+    "\u2028",
+    "x" * 300,
+    "drop=0.5",
+    "reset@1s",
+    "a@b",
+    "@1",
+    "x@",
+    "x@-1",
+    "x@nan",
+    "fire+1s",
+    "\udcff",
+    "sim",
+    "emulator",
+    "qemu",
 ]
-_text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"),
-                max_size=12)
+_text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12)
 _control = st.text(st.sampled_from(CONTROL), min_size=1, max_size=4)
 _numberish = st.one_of(
     st.integers(-(10**40), 10**40).map(str),
@@ -143,10 +217,14 @@ _numberish = st.one_of(
 # Nothing that names a serial port that might exist ("/dev/...") or a pyserial URL that opens
 # without hardware (loop://, spy://...): garbage must never reach a unit.
 garbage = st.one_of(st.sampled_from(WORDS), _text, _control, _numberish).filter(
-    lambda t: not _helpish(t) and "://" not in t and not t.startswith("/dev"))
+    lambda t: not _helpish(t) and "://" not in t and not t.startswith("/dev")
+)
 _optchars = "abcdefghijklmnopqrstuvwxyz0123456789-_"
-random_option = st.text(st.sampled_from(_optchars), min_size=1, max_size=12).map(
-    lambda s: "--" + s).filter(lambda t: not _helpish(t))
+random_option = (
+    st.text(st.sampled_from(_optchars), min_size=1, max_size=12)
+    .map(lambda s: "--" + s)
+    .filter(lambda t: not _helpish(t))
+)
 
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 _WHOLE = re.compile(r"[+-]?[0-9]+", re.ASCII)
@@ -167,33 +245,87 @@ def bad_positive() -> st.SearchStrategy[str]:
 
 def bad_whole(lo: int, hi: int) -> st.SearchStrategy[str]:
     """Used as --option=VALUE, so a value may start with '-'."""
-    return st.one_of(garbage, st.integers(hi + 1, 10**30).map(str),
-                     st.integers(-(10**30), lo - 1).map(str)).filter(
-        lambda t: not _is_whole_in(t, lo, hi))
+    return st.one_of(
+        garbage, st.integers(hi + 1, 10**30).map(str), st.integers(-(10**30), lo - 1).map(str)
+    ).filter(lambda t: not _is_whole_in(t, lo, hi))
 
 
 # A fault spec item certainly wrong for 32 channels (grammar, range, digits, duplicates).
 BAD_FAULT_ITEMS = [
-    "drop=2", "drop=-0.1", "drop=nan", "drop=inf", "drop=1_0", "drop=٠.٥", "drop=", "drop",
-    "corrupt.up=0.1", "duplicate=0.1@1s", "delay=0.1", "delay=0.1:30", "delay=2:30ms",
-    "delay=0.1:1e3s", "delay=0.1:86401s", "stall=5@2s", "stall=0ms@1s", "stall=66s@1s",
-    "stall=1s@", "stall=1s", "reset", "reset@", "reset@fire+", "reset@2", "reset@86401s",
-    "reset@٢s", "reset@fire+fire+1s", "fail=32@1s", "fail=-1@1s", "fail=٣@1s", "fail=1",
-    "stuck=x@1s", "clear=1@", "pressure=70000kPa@1s", "pressure=1_5@1s", "pressure=-1@1s",
-    "seed=-1", "seed=x", "seed=1@1s", "seed=" + "9" * 30, "seed=1_0", "seed.rx=1", "bogus=1",
-    "=", "==", "drop==1", "@", "drop=0.1,drop=0.2", "delay.tx=0.1:1ms,delay=0.2:1ms",
+    "drop=2",
+    "drop=-0.1",
+    "drop=nan",
+    "drop=inf",
+    "drop=1_0",
+    "drop=٠.٥",
+    "drop=",
+    "drop",
+    "corrupt.up=0.1",
+    "duplicate=0.1@1s",
+    "delay=0.1",
+    "delay=0.1:30",
+    "delay=2:30ms",
+    "delay=0.1:1e3s",
+    "delay=0.1:86401s",
+    "stall=5@2s",
+    "stall=0ms@1s",
+    "stall=66s@1s",
+    "stall=1s@",
+    "stall=1s",
+    "reset",
+    "reset@",
+    "reset@fire+",
+    "reset@2",
+    "reset@86401s",
+    "reset@٢s",
+    "reset@fire+fire+1s",
+    "fail=32@1s",
+    "fail=-1@1s",
+    "fail=٣@1s",
+    "fail=1",
+    "stuck=x@1s",
+    "clear=1@",
+    "pressure=70000kPa@1s",
+    "pressure=1_5@1s",
+    "pressure=-1@1s",
+    "seed=-1",
+    "seed=x",
+    "seed=1@1s",
+    "seed=" + "9" * 30,
+    "seed=1_0",
+    "seed.rx=1",
+    "bogus=1",
+    "=",
+    "==",
+    "drop==1",
+    "@",
+    "drop=0.1,drop=0.2",
+    "delay.tx=0.1:1ms,delay=0.2:1ms",
 ]
-GOOD_FAULT_ITEMS = ["drop=0.01", "corrupt.rx=0.02", "duplicate=0.005", "delay.tx=0.1:30ms",
-                    "stall=5s@2s", "reset@fire+40s", "fail=3@10s", "pressure=1500kPa@20s",
-                    "clear=3@1.5s", "seed=7"]
+GOOD_FAULT_ITEMS = [
+    "drop=0.01",
+    "corrupt.rx=0.02",
+    "duplicate=0.005",
+    "delay.tx=0.1:30ms",
+    "stall=5s@2s",
+    "reset@fire+40s",
+    "fail=3@10s",
+    "pressure=1500kPa@20s",
+    "clear=3@1.5s",
+    "seed=7",
+]
 
 
 @st.composite
 def bad_fault_spec(draw) -> str:
     good = draw(st.lists(st.sampled_from(GOOD_FAULT_ITEMS), max_size=3, unique=True))
     # drop=... twice would be a duplicate anyway; keep the good ones' keys apart from the bad
-    bad = draw(st.one_of(st.sampled_from(BAD_FAULT_ITEMS),
-                         garbage.map(lambda t: "zz" + "".join(t.split()) + "=1")))
+    bad = draw(
+        st.one_of(
+            st.sampled_from(BAD_FAULT_ITEMS),
+            garbage.map(lambda t: "zz" + "".join(t.split()) + "=1"),
+        )
+    )
     items = draw(st.permutations([*good, bad]))
     return ",".join(items)
 
@@ -211,8 +343,20 @@ def bench(tmp_path_factory):
     mp.chdir(base)
     b = _Bench(base)
     b.template_run = base / "template-run"
-    status, _, err = call(["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.005",
-                           "--out", str(b.template_run), "--json"])
+    status, _, err = call(
+        [
+            "run",
+            "--unit",
+            "sim",
+            "--stack",
+            "progress",
+            "--delta-v",
+            "0.005",
+            "--out",
+            str(b.template_run),
+            "--json",
+        ]
+    )
     assert status == 0, err
     _install_tripwires(mp)
     yield b
@@ -242,7 +386,9 @@ def _install_tripwires(mp: pytest.MonkeyPatch) -> None:
         return real_run_burn(model, plan, **kwargs)
 
     mp.setattr(thruster_hil.closedloop.runner, "run_burn", run_burn)
-    mp.setattr(thruster_hil.closedloop.fused, "warm_up", _tripwire("a burn (the compile before it)"))
+    mp.setattr(
+        thruster_hil.closedloop.fused, "warm_up", _tripwire("a burn (the compile before it)")
+    )
     mp.setattr(thruster_hil.replay, "run_burn", _tripwire("a replayed burn"))
     mp.setattr(thruster_hil.closedloop.hil, "open_unit", _tripwire("a unit"))
     mp.setattr(thruster_hil.closedloop.hil, "start_unit_process", _tripwire("a unit process"))
@@ -280,7 +426,7 @@ class _Bench:
         files = {
             "empty.toml": b"",
             "not-toml.toml": b"this is [[ not toml\n",
-            "non-utf8.toml": b"name = \"\xff\xfe\"\n",
+            "non-utf8.toml": b'name = "\xff\xfe"\n',
             "wrong-shape.toml": b"x = 1\n[y]\nz = [1, 2]\n",
             "nested.toml": b"x = " + b"[" * 3000 + b"]" * 3000 + b"\n",
             "huge-int.toml": b"name = " + b"9" * 5000 + b"\n",
@@ -295,17 +441,36 @@ class _Bench:
         unreadable.write_bytes(b"[[[ also not toml\n")
         unreadable.chmod(0)
         os.mkfifo(d / "fifo.toml")
-        self.bad_config_paths = [str(p) for p in (
-            d / "missing.toml", d / "adir.toml", d / "afile" / "x.toml",
-            d / ("x" * 300 + ".toml"), d / "fifo.toml", unreadable,
-            *(d / name for name in files))]
+        self.bad_config_paths = [
+            str(p)
+            for p in (
+                d / "missing.toml",
+                d / "adir.toml",
+                d / "afile" / "x.toml",
+                d / ("x" * 300 + ".toml"),
+                d / "fifo.toml",
+                unreadable,
+                *(d / name for name in files),
+            )
+        ]
         # A good stack is a bad dispersion spec (unknown keys).
         (d / "stack-as-spec.toml").write_bytes(stack_text.encode())
         # ... and an empty file is a good one (every field has its default).
-        self.bad_spec_paths = [*(p for p in self.bad_config_paths
-                                 if not p.endswith("empty.toml")), str(d / "stack-as-spec.toml")]
-        self.bad_config_names = ["soyuz", "", " ", "x" * 300, "progress.", "..", "-x",
-                                 "progress\n", "ｐｒｏｇｒｅｓｓ"]
+        self.bad_spec_paths = [
+            *(p for p in self.bad_config_paths if not p.endswith("empty.toml")),
+            str(d / "stack-as-spec.toml"),
+        ]
+        self.bad_config_names = [
+            "soyuz",
+            "",
+            " ",
+            "x" * 300,
+            "progress.",
+            "..",
+            "-x",
+            "progress\n",
+            "ｐｒｏｇｒｅｓｓ",
+        ]
         self.missing = d / "missing"
         self.adir = d / "adir.toml"
         self.afile = d / "afile"
@@ -321,15 +486,31 @@ class _Bench:
 
 #: Values that are valid for an option: so that garbage elsewhere reaches deep validation.
 VALID = {
-    "--stack": ["progress", "cygnus", "dragon-boost-kit"], "--delta-v": ["0.01", "1"],
-    "--raise-perigee-km": ["0.5"], "--target-mean-altitude-km": ["419"],
-    "--burn-duration": ["10"], "--perigee-km": ["410"], "--apogee-km": ["420"],
-    "--solar-activity": ["low", "high"], "--unit": ["sim", "emulator", "qemu"],
-    "--mode": ["lockstep", "realtime"], "--faults": ["drop=0.01", "seed=3"],
-    "--fail-thruster": ["kdu-1@1", "bt4@0"], "--dispersions": ["default"],
-    "--case-seed": ["5"], "--case": ["0"], "--seed": ["1"], "--cases": ["2"], "--chunk": ["1"],
-    "--threads": ["1"], "--scheduler": ["tcp://127.0.0.1:9"], "--channels": ["4", "32"],
-    "--f107": ["65", "250.5"], "--ap": ["0", "45"], "--days": ["30"], "--floor-km": ["410"],
+    "--stack": ["progress", "cygnus", "dragon-boost-kit"],
+    "--delta-v": ["0.01", "1"],
+    "--raise-perigee-km": ["0.5"],
+    "--target-mean-altitude-km": ["419"],
+    "--burn-duration": ["10"],
+    "--perigee-km": ["410"],
+    "--apogee-km": ["420"],
+    "--solar-activity": ["low", "high"],
+    "--unit": ["sim", "emulator", "qemu"],
+    "--mode": ["lockstep", "realtime"],
+    "--faults": ["drop=0.01", "seed=3"],
+    "--fail-thruster": ["kdu-1@1", "bt4@0"],
+    "--dispersions": ["default"],
+    "--case-seed": ["5"],
+    "--case": ["0"],
+    "--seed": ["1"],
+    "--cases": ["2"],
+    "--chunk": ["1"],
+    "--threads": ["1"],
+    "--scheduler": ["tcp://127.0.0.1:9"],
+    "--channels": ["4", "32"],
+    "--f107": ["65", "250.5"],
+    "--ap": ["0", "45"],
+    "--days": ["30"],
+    "--floor-km": ["410"],
     "--ceiling-km": ["419"],
 }
 
@@ -338,8 +519,9 @@ def _value(draw, bench: _Bench, option: str) -> str:
     if option == "--port":  # never a port that opens
         return draw(bad_port(bench))
     if option in ("--out", "--log"):
-        return draw(st.sampled_from([str(bench.fresh("out")), str(bench.afile),
-                                     str(bench.nonempty)]))
+        return draw(
+            st.sampled_from([str(bench.fresh("out")), str(bench.afile), str(bench.nonempty)])
+        )
     pool = VALID.get(option)
     if pool and draw(st.booleans()):
         return draw(st.sampled_from(pool))
@@ -348,19 +530,43 @@ def _value(draw, bench: _Bench, option: str) -> str:
 
 #: Command lines that get past argparse: "deep" bodies start here, so that the garbage after
 #: them meets the handlers' own checks (stack, plan, dispersions, faults, run directory...).
-BASE = {"plan": ["--delta-v", "0.01"], "run": ["--unit", "sim", "--delta-v", "0.01"],
-        "montecarlo": ["--cases", "2", "--delta-v", "0.01"], "monitor": ["--once"]}
-POSITIVE = {"--delta-v", "--raise-perigee-km", "--target-mean-altitude-km", "--burn-duration",
-            "--perigee-km", "--apogee-km", "--floor-km", "--ceiling-km"}
-WHOLE = {"--cases": (1, 10**8), "--chunk": (1, 10**8), "--threads": (1, 10**8),
-         "--case": (0, 10**8), "--case-seed": (0, 2**63 - 1), "--seed": (0, 2**63 - 1),
-         "--channels": (1, 32), "--min-on-ticks": (0, 1000), "--boot-delay-ms": (0, 10000),
-         "--parent-fd": (0, 2**31 - 1)}
+BASE = {
+    "plan": ["--delta-v", "0.01"],
+    "run": ["--unit", "sim", "--delta-v", "0.01"],
+    "montecarlo": ["--cases", "2", "--delta-v", "0.01"],
+    "monitor": ["--once"],
+}
+POSITIVE = {
+    "--delta-v",
+    "--raise-perigee-km",
+    "--target-mean-altitude-km",
+    "--burn-duration",
+    "--perigee-km",
+    "--apogee-km",
+    "--floor-km",
+    "--ceiling-km",
+}
+WHOLE = {
+    "--cases": (1, 10**8),
+    "--chunk": (1, 10**8),
+    "--threads": (1, 10**8),
+    "--case": (0, 10**8),
+    "--case-seed": (0, 2**63 - 1),
+    "--seed": (0, 2**63 - 1),
+    "--channels": (1, 32),
+    "--min-on-ticks": (0, 1000),
+    "--boot-delay-ms": (0, 10000),
+    "--parent-fd": (0, 2**31 - 1),
+}
 
 
 def _choices(parser: argparse.ArgumentParser) -> dict[str, tuple]:
-    return {o: tuple(a.choices) for a in parser._actions if a.choices and a.option_strings
-            for o in a.option_strings}
+    return {
+        o: tuple(a.choices)
+        for a in parser._actions
+        if a.choices and a.option_strings
+        for o in a.option_strings
+    }
 
 
 CHOICES = {name: _choices(p) for name, p in _SUB.choices.items()}
@@ -369,8 +575,14 @@ CHOICES = {name: _choices(p) for name, p in _SUB.choices.items()}
 def _parses(draw, bench: _Bench, option: str, choices: tuple) -> str:
     """A value argparse takes for the option, but otherwise anything."""
     if option in POSITIVE:
-        return repr(draw(st.one_of(st.floats(5e-324, 1e308), st.sampled_from(
-            [1e-9, 0.01, 1.0, 100.0, 149.9, 410.0, 2000.1, 1e6]))))
+        return repr(
+            draw(
+                st.one_of(
+                    st.floats(5e-324, 1e308),
+                    st.sampled_from([1e-9, 0.01, 1.0, 100.0, 149.9, 410.0, 2000.1, 1e6]),
+                )
+            )
+        )
     if option in WHOLE:
         lo, hi = WHOLE[option]
         return str(draw(st.one_of(st.integers(lo, hi), st.sampled_from([lo, hi]))))
@@ -382,8 +594,13 @@ def _parses(draw, bench: _Bench, option: str, choices: tuple) -> str:
 
 
 @st.composite
-def argv_body(draw, bench: _Bench, options: dict[str, bool], base: list[str] | None = None,
-              choices: dict[str, tuple] | None = None) -> list[str]:
+def argv_body(
+    draw,
+    bench: _Bench,
+    options: dict[str, bool],
+    base: list[str] | None = None,
+    choices: dict[str, tuple] | None = None,
+) -> list[str]:
     """Either chaos (0-6 elements: options with garbage or valid values, options without their
     value, made-up options, stray words) or deep (``base``, a command line argparse takes, plus
     options whose values argparse takes but nothing else should)."""
@@ -392,13 +609,19 @@ def argv_body(draw, bench: _Bench, options: dict[str, bool], base: list[str] | N
         out = list(base)
         for _ in range(draw(st.integers(0, 4))):
             opt = draw(st.sampled_from(names))
-            out.append(f"{opt}={_parses(draw, bench, opt, (choices or {}).get(opt, ()))}"
-                       if options[opt] else opt)
+            out.append(
+                f"{opt}={_parses(draw, bench, opt, (choices or {}).get(opt, ()))}"
+                if options[opt]
+                else opt
+            )
         return out
     out = []
     for _ in range(draw(st.integers(0, 6))):
-        hows = ("value", "value", "equals", "bare", "made-up", "stray") if names else (
-            "made-up", "stray")
+        hows = (
+            ("value", "value", "equals", "bare", "made-up", "stray")
+            if names
+            else ("made-up", "stray")
+        )
         how = draw(st.sampled_from(hows))
         opt = draw(st.sampled_from(names)) if names else ""
         if how == "made-up":
@@ -416,31 +639,45 @@ def argv_body(draw, bench: _Bench, options: dict[str, bool], base: list[str] | N
 
 def bad_port(bench: _Bench) -> st.SearchStrategy[str]:
     return st.one_of(
-        st.sampled_from([str(bench.missing), str(bench.adir), str(bench.afile), "", "nope://x",
-                         "x" * 300]),
+        st.sampled_from(
+            [str(bench.missing), str(bench.adir), str(bench.afile), "", "nope://x", "x" * 300]
+        ),
         garbage.filter(lambda t: not t.startswith("/")),  # relative: nothing in the scratch dir
     )
 
 
 def bad_run_dir_simple(bench: _Bench) -> st.SearchStrategy[str]:
-    return st.sampled_from([str(bench.missing), str(bench.afile), str(bench.adir),
-                            str(bench.fifo), "x" * 300, ""])
+    return st.sampled_from(
+        [str(bench.missing), str(bench.afile), str(bench.adir), str(bench.fifo), "x" * 300, ""]
+    )
 
 
 @st.composite
 def burn_poison(draw, bench: _Bench) -> list[str]:
     """Rejected while the stack loads or the burn is planned: before anything is written."""
-    kind = draw(st.sampled_from(("stack-file", "stack-name", "target", "target-range",
-                                 "activity")))
+    kind = draw(st.sampled_from(("stack-file", "stack-name", "target", "target-range", "activity")))
     if kind == "activity":  # outside the atmosphere table, or not a number
-        return draw(st.sampled_from([["--f107=-5"], ["--f107=nan"], ["--f107=300.01"],
-                                     ["--ap=1000"], ["--ap=-0.5"], ["--ap=inf"]]))
+        return draw(
+            st.sampled_from(
+                [
+                    ["--f107=-5"],
+                    ["--f107=nan"],
+                    ["--f107=300.01"],
+                    ["--ap=1000"],
+                    ["--ap=-0.5"],
+                    ["--ap=inf"],
+                ]
+            )
+        )
     if kind == "stack-file":
         return ["--stack", draw(st.sampled_from(bench.bad_config_paths))]
     if kind == "stack-name":
         return ["--stack", draw(st.sampled_from(bench.bad_config_names))]
-    flag = draw(st.sampled_from(("--delta-v", "--raise-perigee-km", "--burn-duration",
-                                 "--target-mean-altitude-km")))
+    flag = draw(
+        st.sampled_from(
+            ("--delta-v", "--raise-perigee-km", "--burn-duration", "--target-mean-altitude-km")
+        )
+    )
     if kind == "target":
         return [f"{flag}={draw(bad_positive())}"]
     # Numbers, but a burn the thrusters cannot make: a pulse too short, more propellant than
@@ -457,14 +694,27 @@ def run_poison(draw, bench: _Bench) -> list[str]:
     if kind == "burn":
         return draw(burn_poison(bench))
     if kind == "out":  # checked after the plan, before the unit: nothing is ever overwritten
-        return ["--out", draw(st.sampled_from([str(bench.afile), str(bench.nonempty),
-                                               str(bench.afile / "x"), "x" * 300]))]
+        return [
+            "--out",
+            draw(
+                st.sampled_from(
+                    [str(bench.afile), str(bench.nonempty), str(bench.afile / "x"), "x" * 300]
+                )
+            ),
+        ]
     if kind == "faults":
         return ["--unit", "emulator", "--faults", draw(bad_fault_spec())]
-    return draw(st.sampled_from([
-        ["--unit", "sim", "--faults", "drop=0.1"], ["--unit", "sim", "--mode", "realtime"],
-        ["--unit", "qemu", "--faults", "drop=0.1"], ["--unit", "sim", "--port", "x"],
-        ["--port", "x", "--faults", "seed=1"]]))
+    return draw(
+        st.sampled_from(
+            [
+                ["--unit", "sim", "--faults", "drop=0.1"],
+                ["--unit", "sim", "--mode", "realtime"],
+                ["--unit", "qemu", "--faults", "drop=0.1"],
+                ["--unit", "sim", "--port", "x"],
+                ["--port", "x", "--faults", "seed=1"],
+            ]
+        )
+    )
 
 
 @st.composite
@@ -473,11 +723,12 @@ def montecarlo_poison(draw, bench: _Bench) -> list[str]:
     if kind == "burn":
         return draw(burn_poison(bench))
     if kind == "out":
-        return ["--out", draw(st.sampled_from([str(bench.afile), str(bench.nonempty),
-                                               "x" * 300]))]
+        return ["--out", draw(st.sampled_from([str(bench.afile), str(bench.nonempty), "x" * 300]))]
     if kind == "spec":
-        return ["--dispersions", draw(st.sampled_from(
-            [*bench.bad_spec_paths, "nominal", "", "x" * 300]))]
+        return [
+            "--dispersions",
+            draw(st.sampled_from([*bench.bad_spec_paths, "nominal", "", "x" * 300])),
+        ]
     return ["--threads", str(os.cpu_count() * 1000 + draw(st.integers(1, 10**6)))]
 
 
@@ -502,13 +753,22 @@ def sustain_poison(draw, bench: _Bench) -> list[str]:
     if kind == "days":
         return [f"--days={draw(st.sampled_from(['0', '-1', '3651', 'nan', '1e300']))}"]
     if kind == "band":  # floor not below the ceiling, or outside 200..1000 km
-        floor, ceiling = draw(st.sampled_from([("430", "420"), ("418", "418"), ("199", "410"),
-                                               ("410", "1001"), ("150", "160")]))
+        floor, ceiling = draw(
+            st.sampled_from(
+                [("430", "420"), ("418", "418"), ("199", "410"), ("410", "1001"), ("150", "160")]
+            )
+        )
         return ["--floor-km", floor, "--ceiling-km", ceiling]
     if kind == "stack":
         return ["--stack", draw(st.sampled_from(bench.bad_config_paths + bench.bad_config_names))]
-    return ["--plot", draw(st.sampled_from([str(bench.adir), str(bench.afile / "x.png"),
-                                            str(bench.missing / "x.png")]))]
+    return [
+        "--plot",
+        draw(
+            st.sampled_from(
+                [str(bench.adir), str(bench.afile / "x.png"), str(bench.missing / "x.png")]
+            )
+        ),
+    ]
 
 
 def _valid_units(text: str) -> bool:
@@ -532,10 +792,18 @@ def faults_poison(draw, bench: _Bench) -> list[str]:
     if kind == "seed":
         return [f"--seed={draw(bad_whole(0, 2**63 - 1))}"]
     if kind == "doc":
-        return ["--units", "emulator", "--doc",
-                draw(st.sampled_from([str(bench.missing), str(bench.adir), ""]))]
-    return ["--units", "emulator", "--out",
-            draw(st.sampled_from([str(bench.afile), str(bench.nonempty)]))]
+        return [
+            "--units",
+            "emulator",
+            "--doc",
+            draw(st.sampled_from([str(bench.missing), str(bench.adir), ""])),
+        ]
+    return [
+        "--units",
+        "emulator",
+        "--out",
+        draw(st.sampled_from([str(bench.afile), str(bench.nonempty)])),
+    ]
 
 
 def _poisons(bench: _Bench) -> dict[str, st.SearchStrategy[list[str]]]:
@@ -546,20 +814,31 @@ def _poisons(bench: _Bench) -> dict[str, st.SearchStrategy[list[str]]]:
         "montecarlo": montecarlo_poison(bench),
         "replay": bad_run_dir_simple(bench).map(lambda p: [p]),
         "report": bad_run_dir_simple(bench).map(lambda p: [p]),
-        "monitor": st.one_of(bad_run_dir_simple(bench).map(lambda p: [p]),
-                             bad_port(bench).map(lambda p: ["--port", p])),
+        "monitor": st.one_of(
+            bad_run_dir_simple(bench).map(lambda p: [p]),
+            bad_port(bench).map(lambda p: ["--port", p]),
+        ),
         "emulate": emulate_poison(bench),
         "sustain": sustain_poison(bench),
-        "ports": st.one_of(random_option.filter(lambda o: not "--json".startswith(o)).map(
-                               lambda o: [o]),
-                           garbage.filter(lambda t: not t.startswith("-")).map(lambda t: [t])),
-        "selftest": st.one_of(bad_port(bench).map(lambda p: ["--port", p]),
-                              garbage.filter(lambda t: t not in ("emulator", "qemu")).map(
-                                  lambda t: [f"--unit={t}"])),
+        "ports": st.one_of(
+            random_option.filter(lambda o: not "--json".startswith(o)).map(lambda o: [o]),
+            garbage.filter(lambda t: not t.startswith("-")).map(lambda t: [t]),
+        ),
+        "selftest": st.one_of(
+            bad_port(bench).map(lambda p: ["--port", p]),
+            garbage.filter(lambda t: t not in ("emulator", "qemu")).map(lambda t: [f"--unit={t}"]),
+        ),
         # A --doc that cannot take the tables: refused before any row is computed.
-        "validate": st.sampled_from([str(bench.missing), str(bench.adir), "", str(bench.afile),
-                                     str(bench.base / "bad" / "non-utf8.toml"),
-                                     str(bench.fifo)]).map(lambda p: [f"--doc={p}"]),
+        "validate": st.sampled_from(
+            [
+                str(bench.missing),
+                str(bench.adir),
+                "",
+                str(bench.afile),
+                str(bench.base / "bad" / "non-utf8.toml"),
+                str(bench.fifo),
+            ]
+        ).map(lambda p: [f"--doc={p}"]),
     }
 
 
@@ -588,8 +867,11 @@ def test_no_or_unknown_command_is_one_line_and_exit_2(argv):
 
 @st.composite
 def emulator_poison(draw, bench: _Bench) -> list[str]:
-    kind = draw(st.sampled_from(("channels", "faults", "seed", "ticks", "delay", "fd", "log",
-                                 "mode", "made-up")))
+    kind = draw(
+        st.sampled_from(
+            ("channels", "faults", "seed", "ticks", "delay", "fd", "log", "mode", "made-up")
+        )
+    )
     if kind == "channels":
         return [f"--channels={draw(bad_whole(1, 32))}"]
     if kind == "seed":
@@ -601,13 +883,24 @@ def emulator_poison(draw, bench: _Bench) -> list[str]:
     if kind == "fd":  # not an open descriptor of this process
         return ["--parent-fd", str(draw(st.integers(100_000, 2**31 - 1)))]
     if kind == "log":
-        return ["--log", draw(st.sampled_from([str(bench.adir), str(bench.afile / "x.log"),
-                                               str(bench.missing / "x.log")]))]
+        return [
+            "--log",
+            draw(
+                st.sampled_from(
+                    [str(bench.adir), str(bench.afile / "x.log"), str(bench.missing / "x.log")]
+                )
+            ),
+        ]
     if kind == "mode":
         return [f"--mode-hint={draw(garbage.filter(lambda t: t not in ('lockstep', 'realtime')))}"]
     if kind == "made-up":  # not an option, nor an abbreviation of one
-        return [draw(random_option.filter(lambda o: not any(k.startswith(o)
-                                                            for k in _emulator_options())))]
+        return [
+            draw(
+                random_option.filter(
+                    lambda o: not any(k.startswith(o) for k in _emulator_options())
+                )
+            )
+        ]
     return [f"--faults={draw(bad_fault_spec())}"]
 
 
@@ -638,15 +931,20 @@ def test_any_numeric_target_gives_a_flyable_plan_or_one_line(bench):
     ZeroDivisionError, and orbit targets could silently miss by a factor of two."""
     from thruster_hil.config import build_stack_model
 
-    numbers = st.one_of(st.floats(min_value=5e-324, max_value=1e308),
-                        st.floats(min_value=1e-5, max_value=12.0),  # near what the tanks allow
-                        st.sampled_from([1e-12, 1e-4, 0.01, 0.3, 1.6, 4.9, 8.9, 30.0, 5000.0]))
+    numbers = st.one_of(
+        st.floats(min_value=5e-324, max_value=1e308),
+        st.floats(min_value=1e-5, max_value=12.0),  # near what the tanks allow
+        st.sampled_from([1e-12, 1e-4, 0.01, 0.3, 1.6, 4.9, 8.9, 30.0, 5000.0]),
+    )
 
     @settings(max_examples=60, deadline=None)
-    @given(stack=st.sampled_from(["progress", "cygnus", "dragon-boost-kit"]),
-           flag=st.sampled_from(["--delta-v", "--raise-perigee-km", "--burn-duration",
-                                 "--target-mean-altitude-km"]),
-           value=numbers)
+    @given(
+        stack=st.sampled_from(["progress", "cygnus", "dragon-boost-kit"]),
+        flag=st.sampled_from(
+            ["--delta-v", "--raise-perigee-km", "--burn-duration", "--target-mean-altitude-km"]
+        ),
+        value=numbers,
+    )
     def check(stack, flag, value):
         argv = ["plan", "--stack", stack, flag, repr(value), "--json"]
         status, out, err = call(argv)
@@ -670,8 +968,7 @@ def test_any_numeric_target_gives_a_flyable_plan_or_one_line(bench):
         for key in ("perigee_km_after", "apogee_km_after"):
             assert 150.0 <= p[key] <= 2000.0, (argv, p[key])
         if flag == "--raise-perigee-km":
-            assert p["perigee_km_after"] - p["perigee_km_before"] == pytest.approx(
-                value, rel=0.011)
+            assert p["perigee_km_after"] - p["perigee_km_before"] == pytest.approx(value, rel=0.011)
         if flag == "--target-mean-altitude-km":
             assert p["mean_altitude_change_km"] > 0.0
 
@@ -683,8 +980,9 @@ def test_any_numeric_target_gives_a_flyable_plan_or_one_line(bench):
 
 def _fresh(args: list, module: str = "thruster_hil.cli") -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
-                          env=env, cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, env=env, cwd=ROOT, timeout=60
+    )
 
 
 def _assert_fresh_one_line(proc: subprocess.CompletedProcess, prefix: str = CLI_PREFIX) -> None:
@@ -720,8 +1018,13 @@ def test_garbage_in_a_fresh_process(bench, tmp_path):
     ]
     for argv in cases:
         _assert_fresh_one_line(_fresh(argv))
-    for argv in (["--channels", "0"], ["--bogus"], ["--faults", "fail=٣@1s"],
-                 ["--parent-fd", "999999"], ["--link-path", str(bench.afile / "port")]):
+    for argv in (
+        ["--channels", "0"],
+        ["--bogus"],
+        ["--faults", "fail=٣@1s"],
+        ["--parent-fd", "999999"],
+        ["--link-path", str(bench.afile / "port")],
+    ):
         _assert_fresh_one_line(_fresh(argv, "thruster_hil.firmware_bridge.emulator"), EMU_PREFIX)
 
 
@@ -739,8 +1042,9 @@ def _toml_value(v) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf") if math.isinf(v) else \
-            repr(v)
+        return (
+            "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf") if math.isinf(v) else repr(v)
+        )
     if isinstance(v, str):
         return _toml_str(v)
     if isinstance(v, dt.datetime | dt.date | dt.time):
@@ -771,9 +1075,25 @@ def test_dumper_round_trips_every_packaged_config():
 STACKS = ("progress", "cygnus", "dragon-boost-kit")
 
 #: Values no field of any config takes: wrong TOML types, non-finite and far out of range.
-ALIENS = [True, False, dt.datetime(1979, 5, 27, 7, 32), dt.date(2024, 1, 1), dt.time(7, 32),
-          [[1, 2]], [], {"zz": 1}, float("nan"), float("inf"), float("-inf"), 10**30, -(10**30),
-          1e30, -1e30, 10**400, -(10**400)]
+ALIENS = [
+    True,
+    False,
+    dt.datetime(1979, 5, 27, 7, 32),
+    dt.date(2024, 1, 1),
+    dt.time(7, 32),
+    [[1, 2]],
+    [],
+    {"zz": 1},
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    10**30,
+    -(10**30),
+    1e30,
+    -1e30,
+    10**400,
+    -(10**400),
+]
 #: And wrong types for fields that take a number (not for names: any name is a name).
 NOT_NUMBERS = ["", "   ", "1.5", "nan", "ｘ", "\x1b[31m", "x\ny"]
 
@@ -824,12 +1144,18 @@ def certainly_invalid(draw, doc: dict, deletions: bool = True):
         return doc, _field_of((*path, key)) if key else _field_of(path)
     leaves = [(p, v) for p, v in _leaves(doc) if p]
     if op == "delete":
-        leaves = [(p, v) for p, v in leaves if isinstance(p[-1], str)
-                  and p[-1] not in _OPTIONAL and not (len(p) >= 2 and p[-2] in _NAME_MAPS)
-                  and not (len(p) == 1 and p[0] in _NAME_MAPS)]
+        leaves = [
+            (p, v)
+            for p, v in leaves
+            if isinstance(p[-1], str)
+            and p[-1] not in _OPTIONAL
+            and not (len(p) >= 2 and p[-2] in _NAME_MAPS)
+            and not (len(p) == 1 and p[0] in _NAME_MAPS)
+        ]
     if op == "not-a-number":
-        leaves = [(p, v) for p, v in leaves if isinstance(v, int | float)
-                  and not isinstance(v, bool)]
+        leaves = [
+            (p, v) for p, v in leaves if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
     assume(leaves)
     path, old = draw(st.sampled_from(leaves))
     parent = _get(doc, path[:-1])
@@ -838,9 +1164,16 @@ def certainly_invalid(draw, doc: dict, deletions: bool = True):
     elif op == "alien":
         # Another type than the field has (true for a flag is no alien), no empty list for a
         # list (attitude_thrusters may be empty).
-        parent[path[-1]] = draw(st.sampled_from([
-            v for v in ALIENS if not (isinstance(old, bool) and isinstance(v, bool))
-            and not (isinstance(old, list) and v == [])]))
+        parent[path[-1]] = draw(
+            st.sampled_from(
+                [
+                    v
+                    for v in ALIENS
+                    if not (isinstance(old, bool) and isinstance(v, bool))
+                    and not (isinstance(old, list) and v == [])
+                ]
+            )
+        )
     else:
         parent[path[-1]] = draw(st.sampled_from(NOT_NUMBERS))
     return doc, _field_of(path)
@@ -850,9 +1183,11 @@ def _write_stack_tree(root: Path, docs: dict[str, dict], stack: str) -> dict[str
     """The three documents where load_stack looks first (root/{stacks,stations,vehicles}),
     under the stems the packaged stack names (whatever the mutated stack says)."""
     original = _read("stacks", stack)
-    paths = {"stack": root / "stacks" / "fuzz-stack.toml",
-             "station": root / "stations" / f"{original['station']}.toml",
-             "vehicle": root / "vehicles" / f"{original['vehicle']}.toml"}
+    paths = {
+        "stack": root / "stacks" / "fuzz-stack.toml",
+        "station": root / "stations" / f"{original['station']}.toml",
+        "vehicle": root / "vehicles" / f"{original['vehicle']}.toml",
+    }
     for kind, path in paths.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(dumps(docs[kind]), encoding="utf-8")
@@ -861,8 +1196,11 @@ def _write_stack_tree(root: Path, docs: dict[str, dict], stack: str) -> dict[str
 
 def _stack_docs(name: str) -> dict[str, dict]:
     stack = _read("stacks", name)
-    return {"stack": stack, "station": _read("stations", stack["station"]),
-            "vehicle": _read("vehicles", stack["vehicle"])}
+    return {
+        "stack": stack,
+        "station": _read("stations", stack["station"]),
+        "vehicle": _read("vehicles", stack["vehicle"]),
+    }
 
 
 def assert_config_error(exc: BaseException, path: Path, field: str | None) -> None:
@@ -875,8 +1213,11 @@ def assert_config_error(exc: BaseException, path: Path, field: str | None) -> No
 
 
 @FUZZ
-@given(data=st.data(), stack=st.sampled_from(STACKS),
-       kind=st.sampled_from(["stack", "station", "vehicle"]))
+@given(
+    data=st.data(),
+    stack=st.sampled_from(STACKS),
+    kind=st.sampled_from(["stack", "station", "vehicle"]),
+)
 def test_certainly_invalid_stack_configs_name_the_file_and_field(bench, data, stack, kind):
     docs = _stack_docs(stack)
     docs[kind], field = data.draw(certainly_invalid(docs[kind]))
@@ -927,7 +1268,7 @@ def damaged(draw, data: bytes) -> tuple[bytes, bool]:
         return data[:at] + draw(st.binary(min_size=1, max_size=8)) + data[at:], False
     if op == "overwrite":
         junk = draw(st.binary(min_size=1, max_size=8))
-        return data[:at] + junk + data[at + len(junk):], False
+        return data[:at] + junk + data[at + len(junk) :], False
     if op == "crlf":
         return data.replace(b"\n", b"\r\n"), False
     if op == "nul":
@@ -986,8 +1327,14 @@ def test_fault_specs_parse_or_fail_in_one_line():
     from thruster_hil.firmware_bridge.faults import FaultSpec, parse_faults
 
     @FUZZ
-    @given(spec=st.one_of(garbage, st.lists(st.one_of(
-        st.sampled_from(GOOD_FAULT_ITEMS + BAD_FAULT_ITEMS), garbage), max_size=4).map(",".join)))
+    @given(
+        spec=st.one_of(
+            garbage,
+            st.lists(
+                st.one_of(st.sampled_from(GOOD_FAULT_ITEMS + BAD_FAULT_ITEMS), garbage), max_size=4
+            ).map(",".join),
+        )
+    )
     def any_spec(spec):
         try:
             assert isinstance(parse_faults(spec), FaultSpec)
@@ -1009,8 +1356,11 @@ def test_fault_specs_parse_or_fail_in_one_line():
 
 
 @FUZZ
-@given(data=st.data(), stack=st.sampled_from(STACKS),
-       kind=st.sampled_from(["stack", "station", "vehicle"]))
+@given(
+    data=st.data(),
+    stack=st.sampled_from(STACKS),
+    kind=st.sampled_from(["stack", "station", "vehicle"]),
+)
 def test_plan_with_a_certainly_invalid_stack_is_one_line(bench, data, stack, kind):
     docs = _stack_docs(stack)
     docs[kind], field = data.draw(certainly_invalid(docs[kind]))
@@ -1023,8 +1373,19 @@ def test_plan_with_a_certainly_invalid_stack_is_one_line(bench, data, stack, kin
 
 # ============================================================================ run directories
 
-_JSON_GARBAGE = [b"", b"{", b"[]", b"null", b"1", b'"x"', b"\xff\xfe{}", b"{" * 100_000,
-                 b'{"a": ' + b"9" * 5000 + b"}", b"\x00", b"NaN"]
+_JSON_GARBAGE = [
+    b"",
+    b"{",
+    b"[]",
+    b"null",
+    b"1",
+    b'"x"',
+    b"\xff\xfe{}",
+    b"{" * 100_000,
+    b'{"a": ' + b"9" * 5000 + b"}",
+    b"\x00",
+    b"NaN",
+]
 
 
 @st.composite
@@ -1047,8 +1408,9 @@ def _set_field(doc: dict, key: str, value) -> dict:
     doc = copy.deepcopy(doc)
     head, _, rest = key.partition(".")
     if rest:
-        doc[head] = _set_field(doc[head], rest, value) if isinstance(doc.get(head), dict) \
-            else {rest: value}
+        doc[head] = (
+            _set_field(doc[head], rest, value) if isinstance(doc.get(head), dict) else {rest: value}
+        )
     else:
         doc[head] = value
     return doc
@@ -1056,21 +1418,58 @@ def _set_field(doc: dict, key: str, value) -> dict:
 
 WRONG_TYPES = ["x", True, [1], {"a": 1}, "1e3", 10**400]
 #: The fields each reader uses, by type (what it must refuse when they are something else).
-REPORT_NUMBERS = ["achieved_delta_v_mps", "target_delta_v_mps", "delta_v_error_pct",
-                  "perigee_km_before", "perigee_km_after", "apogee_km_before",
-                  "apogee_km_after", "attitude_limit_deg", "period_ms"]
-MONITOR_FIELDS = {"planned_cycles": 1, "period_ms": 1, "target_delta_v_mps": 1,
-                  "attitude_limit_deg": 1, "started_unix_s": 1, "title": "s", "unit": "s",
-                  "mode": "s", "completed": True, "aborted": True, "serial": True, "link": {}}
-REPLAY_FIELDS = ["plan", "stack_path", "plan.delta_v_mps", "plan.burn_duration_s",
-                 "plan.perigee_km_before", "plan.apogee_km_before", "plan.inclination_deg",
-                 "plan.burn_centre", "plan.solar_activity", "plan.stack", "failures"]
+REPORT_NUMBERS = [
+    "achieved_delta_v_mps",
+    "target_delta_v_mps",
+    "delta_v_error_pct",
+    "perigee_km_before",
+    "perigee_km_after",
+    "apogee_km_before",
+    "apogee_km_after",
+    "attitude_limit_deg",
+    "period_ms",
+]
+MONITOR_FIELDS = {
+    "planned_cycles": 1,
+    "period_ms": 1,
+    "target_delta_v_mps": 1,
+    "attitude_limit_deg": 1,
+    "started_unix_s": 1,
+    "title": "s",
+    "unit": "s",
+    "mode": "s",
+    "completed": True,
+    "aborted": True,
+    "serial": True,
+    "link": {},
+}
+REPLAY_FIELDS = [
+    "plan",
+    "stack_path",
+    "plan.delta_v_mps",
+    "plan.burn_duration_s",
+    "plan.perigee_km_before",
+    "plan.apogee_km_before",
+    "plan.inclination_deg",
+    "plan.burn_centre",
+    "plan.solar_activity",
+    "plan.stack",
+    "failures",
+]
 
 
 def _wrong_for(example):
-    return [v for v in WRONG_TYPES if type(v) is not type(example)
-            and not (isinstance(example, int | float) and isinstance(v, int | float)
-                     and not isinstance(v, bool) and abs(v) < 1e300)]
+    return [
+        v
+        for v in WRONG_TYPES
+        if type(v) is not type(example)
+        and not (
+            isinstance(example, int | float)
+            and isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and abs(v) < 1e300
+        )
+    ]
 
 
 @st.composite
@@ -1084,9 +1483,11 @@ def damaged_run_dir(draw, bench: _Bench, command: str) -> str:
     summary = json.loads((out / "summary.json").read_text())
     if command == "replay":
         (out / "capture.csv").write_text("t_ns,dir,hex\n")
-    which = {"report": ["summary.json", "telemetry.csv"],
-             "replay": ["summary.json", "capture.csv"],
-             "monitor": ["summary.json", "run.json", "status.json", "telemetry.csv"]}[command]
+    which = {
+        "report": ["summary.json", "telemetry.csv"],
+        "replay": ["summary.json", "capture.csv"],
+        "monitor": ["summary.json", "run.json", "status.json", "telemetry.csv"],
+    }[command]
     name = draw(st.sampled_from(which))
     target = out / name
     how = draw(st.sampled_from(("bytes", "directory", "field")))
@@ -1094,20 +1495,31 @@ def damaged_run_dir(draw, bench: _Bench, command: str) -> str:
         target.unlink(missing_ok=True)
         target.mkdir()
     elif name.endswith(".json") and how == "field":
-        doc = summary if name == "summary.json" else (
-            json.loads(target.read_text()) if target.exists() else {})
+        doc = (
+            summary
+            if name == "summary.json"
+            else (json.loads(target.read_text()) if target.exists() else {})
+        )
         if command == "report":
             key = draw(st.sampled_from(REPORT_NUMBERS))
             value = draw(st.sampled_from(_wrong_for(1.0)))
         elif command == "replay":
             key = draw(st.sampled_from(REPLAY_FIELDS))
-            example = {"plan": {}, "stack_path": "s", "failures": [],
-                       "plan.burn_centre": "s", "plan.solar_activity": "s",
-                       "plan.stack": "s"}.get(key, 1.0)
+            example = {
+                "plan": {},
+                "stack_path": "s",
+                "failures": [],
+                "plan.burn_centre": "s",
+                "plan.solar_activity": "s",
+                "plan.stack": "s",
+            }.get(key, 1.0)
             value = draw(st.sampled_from(_wrong_for(example)))
             if key in ("plan.burn_centre", "plan.solar_activity") and draw(st.booleans()):
-                value = draw(garbage.filter(lambda t: t not in (
-                    "apogee", "perigee", "low", "moderate", "high")))
+                value = draw(
+                    garbage.filter(
+                        lambda t: t not in ("apogee", "perigee", "low", "moderate", "high")
+                    )
+                )
         else:
             key = draw(st.sampled_from(sorted(MONITOR_FIELDS)))
             value = draw(st.sampled_from(_wrong_for(MONITOR_FIELDS[key])))
@@ -1115,31 +1527,64 @@ def damaged_run_dir(draw, bench: _Bench, command: str) -> str:
                 value = {draw(st.sampled_from(["rtt_ms_p50", "retries", "unit_state"])): "x"}
         target.write_text(json.dumps(_set_field(doc, key, value)))
     elif name.endswith(".json"):
-        target.write_bytes(draw(_damaged_json(target.read_bytes() if target.exists()
-                                              else b"{}")))
+        target.write_bytes(draw(_damaged_json(target.read_bytes() if target.exists() else b"{}")))
     elif name == "capture.csv":
-        target.write_bytes(draw(st.sampled_from([
-            b"", b"t_ns,dir,hex", b"time,dir,hex\n", b"t_ns,dir,hex\n1,rx\n",
-            b"t_ns,dir,hex\nx,rx,00\n", b"t_ns,dir,hex\n1,up,00\n", b"t_ns,dir,hex\n1,rx,zz\n",
-            b"t_ns,dir,hex\n1_0,rx,00\n", b"t_ns,dir,hex\n\xff,rx,00\n", b"\xff\xfe",
-            b"t_ns,dir,hex\n1,rx,0011\n"])))
+        target.write_bytes(
+            draw(
+                st.sampled_from(
+                    [
+                        b"",
+                        b"t_ns,dir,hex",
+                        b"time,dir,hex\n",
+                        b"t_ns,dir,hex\n1,rx\n",
+                        b"t_ns,dir,hex\nx,rx,00\n",
+                        b"t_ns,dir,hex\n1,up,00\n",
+                        b"t_ns,dir,hex\n1,rx,zz\n",
+                        b"t_ns,dir,hex\n1_0,rx,00\n",
+                        b"t_ns,dir,hex\n\xff,rx,00\n",
+                        b"\xff\xfe",
+                        b"t_ns,dir,hex\n1,rx,0011\n",
+                    ]
+                )
+            )
+        )
     else:  # telemetry.csv: a damaged header, or a complete last row with a bad cell
         lines = target.read_text().splitlines()
         header = lines[0].split(",")
         if draw(st.booleans()):
-            gone = draw(st.sampled_from(["t_s", "rtt_ms", "attitude_error_deg",
-                                         "propellant_kg", "dv_along_mps"]))
+            gone = draw(
+                st.sampled_from(
+                    ["t_s", "rtt_ms", "attitude_error_deg", "propellant_kg", "dv_along_mps"]
+                )
+            )
             header[header.index(gone)] = gone + "_renamed"
             lines[0] = ",".join(header)
             body = "\n".join(lines) + "\n"
         else:
             row = lines[-1].split(",")
-            col = draw(st.sampled_from(["t_s", "attitude_error_deg", "propellant_kg",
-                                        "dv_along_mps", "cycle", "status"]))
-            row[header.index(col)] = draw(st.sampled_from(
-                ["x", "", "1_0", "inf", "-inf", "nan", "9" * 400, "١", "\x00"]))
+            col = draw(
+                st.sampled_from(
+                    [
+                        "t_s",
+                        "attitude_error_deg",
+                        "propellant_kg",
+                        "dv_along_mps",
+                        "cycle",
+                        "status",
+                    ]
+                )
+            )
+            row[header.index(col)] = draw(
+                st.sampled_from(["x", "", "1_0", "inf", "-inf", "nan", "9" * 400, "١", "\x00"])
+            )
             if command == "monitor" and row[header.index(col)] in (
-                    "1_0", "inf", "-inf", "nan", "9" * 400, "١"):
+                "1_0",
+                "inf",
+                "-inf",
+                "nan",
+                "9" * 400,
+                "١",
+            ):
                 row[header.index(col)] = "x"  # the live view shows what float() reads
             if command == "report" and col in ("cycle", "status"):
                 col = "t_s"

@@ -42,9 +42,14 @@ def dragon():
 
 def _open(model, port, mode, **kw):
     """Connect and arm an emulator (``port`` None: start one) for ``model``'s thrusters."""
-    return open_unit(unit="emulator", port=port, mode=mode,
-                     n_thrusters=len(model.thruster_names),
-                     period_ms=int(round(model.control_period_s * 1000)), **kw)
+    return open_unit(
+        unit="emulator",
+        port=port,
+        mode=mode,
+        n_thrusters=len(model.thruster_names),
+        period_ms=int(round(model.control_period_s * 1000)),
+        **kw,
+    )
 
 
 def _hil(model, plan, tmp_path, faults=None, mode="lockstep"):
@@ -86,8 +91,12 @@ def test_reboost_survives_corrupted_and_dropped_frames(dragon, tmp_path):
     unit = counters["unit"]
     assert unit["crc_errors"] + unit["cobs_errors"] + unit["length_errors"] == corrupted_rx
     link = hil["link"]
-    host_errors = (link["crc_errors"] + link["cobs_errors"] + link["length_errors"]
-                   + link["other_protocol_errors"])
+    host_errors = (
+        link["crc_errors"]
+        + link["cobs_errors"]
+        + link["length_errors"]
+        + link["other_protocol_errors"]
+    )
     assert host_errors == corrupted_tx
     assert link["retries"] > 0
 
@@ -169,8 +178,7 @@ def test_a_thruster_failed_mid_lockstep_burn_is_reallocated_as_in_sil(dragon_fai
     model, plan, name, sil = dragon_failure
     log = tmp_path / "emulator.jsonl"
     unit = _open(model, None, "lockstep", emulator_log=log)
-    hil = run_burn(model, plan, unit=unit, failures=[Failure(name, 5.0, HEALTH_FAILED_OFF)]
-                   ).summary
+    hil = run_burn(model, plan, unit=unit, failures=[Failure(name, 5.0, HEALTH_FAILED_OFF)]).summary
     assert hil["completed"] and not hil["aborted"], hil.get("abort_reason")
     realloc = [(r["thruster"], r["cycle"], r["health"]) for r in hil["reallocations"]]
     assert realloc == [(r["thruster"], r["cycle"], r["health"]) for r in sil["reallocations"]]
@@ -193,8 +201,9 @@ def test_a_failure_on_a_unit_without_fault_injection_stops_the_burn_saying_so(dr
     model, plan, name, _ = dragon_failure
     with EmulatorProcess(extra_args=["--no-test-build"]) as emu:
         unit = _open(model, emu.port, "lockstep")
-        hil = run_burn(model, plan, unit=unit,
-                       failures=[Failure(name, 5.0, HEALTH_FAILED_OFF)]).summary
+        hil = run_burn(
+            model, plan, unit=unit, failures=[Failure(name, 5.0, HEALTH_FAILED_OFF)]
+        ).summary
     assert hil["aborted"] and hil["cycles"] == 10  # stopped at the report of cycle 10
     assert "FAULT_INJECT FAIL_OFF on channel 0 refused: UNSUPPORTED" in hil["abort_reason"]
     assert "\n" not in hil["abort_reason"]
@@ -228,10 +237,25 @@ def test_a_second_process_cannot_open_the_port_of_a_run(tmp_path):
         holder = serial.serial_for_url(emu.port, exclusive=True, timeout=0.1)
         try:
             env = dict(os.environ, PYTHONPATH=str(ROOT))
-            out = subprocess.run([sys.executable, "-m", "thruster_hil.cli", "run", "--port",
-                                  emu.port, "--delta-v", "0.01", "--out",
-                                  str(tmp_path / "run")], capture_output=True, text=True,
-                                 env=env, cwd=ROOT, timeout=120)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "thruster_hil.cli",
+                    "run",
+                    "--port",
+                    emu.port,
+                    "--delta-v",
+                    "0.01",
+                    "--out",
+                    str(tmp_path / "run"),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=ROOT,
+                timeout=120,
+            )
         finally:
             holder.close()
     assert out.returncode == 2
@@ -261,8 +285,10 @@ def test_realtime_host_stops_when_the_link_is_cut(tmp_path):
     plan = plan_burn("progress", Target("delta_v", 0.05))
     warm_up(model, plan)
     summary, records = _hil(model, plan, tmp_path, faults="cut@step6", mode="realtime")
-    assert summary["aborted"] and "no VALVE_REPORT for 4 REALTIME cycles in a row" in \
-        summary["abort_reason"]
+    assert (
+        summary["aborted"]
+        and "no VALVE_REPORT for 4 REALTIME cycles in a row" in summary["abort_reason"]
+    )
     assert summary["cycles"] <= 5 + 4 + 1
     assert summary["valves_closed"] is not True  # nobody could confirm it
     trips = [r for r in records if r["ev"] == "watchdog_trip"]
@@ -296,9 +322,20 @@ def test_another_writer_is_locked_out_and_the_burn_stops_naming_it(dragon, tmp_p
             while not done.is_set():
                 q = link.s.seq
                 for s in ((q - 2) % 16384, (q - 1) % 16384):
-                    os.write(rogue, codec.encode(
-                        "FIRE", s, 0, session=wrong, step=0x7FFF0000 + sent[0],
-                        valid_for_ms=0, bank=0, mask=0xFFFF, on_ticks=[100] * 16))
+                    os.write(
+                        rogue,
+                        codec.encode(
+                            "FIRE",
+                            s,
+                            0,
+                            session=wrong,
+                            step=0x7FFF0000 + sent[0],
+                            valid_for_ms=0,
+                            bank=0,
+                            mask=0xFFFF,
+                            on_ticks=[100] * 16,
+                        ),
+                    )
                     sent[0] += 1
                 done.wait(0.0005)
 

@@ -54,6 +54,7 @@ print(taken, flush=True)
 
 # ------------------------------------------------------------------------------ helpers
 
+
 def _poll(pred, what: str, timeout_s: float = PROGRESS_TIMEOUT_S):
     """Poll a condition on files another process writes until it holds (bounded)."""
     deadline = time.monotonic() + timeout_s
@@ -83,8 +84,15 @@ def _closed_by_stop_all(path: Path) -> list[dict]:
     log = _unit_log(path)
     fires = [r for r in log if r["ev"] == "fire"]
     t_last = max((r["t_start_us"] for r in fires), default=0)
-    return [r for r in log if r["ev"] == "state" and r["from"] == "ARMED" and r["to"] == "SAFE"
-            and r["reason"] == "COMMANDED" and r["t_us"] >= t_last]
+    return [
+        r
+        for r in log
+        if r["ev"] == "state"
+        and r["from"] == "ARMED"
+        and r["to"] == "SAFE"
+        and r["reason"] == "COMMANDED"
+        and r["t_us"] >= t_last
+    ]
 
 
 def _assert_valves_closed_by_command(log_path: Path) -> None:
@@ -106,19 +114,42 @@ def _whole_telemetry(run: Path) -> int:
 
 
 def _no_leftovers(run: Path) -> None:
-    left = [p.name for p in run.iterdir() if p.name.endswith(".tmp")
-            or p.name == records.RESERVE_NAME]
+    left = [
+        p.name for p in run.iterdir() if p.name.endswith(".tmp") or p.name == records.RESERVE_NAME
+    ]
     assert not left, left
 
 
-def _start_run(out: Path, port: str, mode: str, target: tuple[str, str],
-               preexec=None, argv_prefix=None) -> subprocess.Popen:
-    argv = ["run", "--port", port, "--mode", mode, "--stack", "progress", *target,
-            "--out", str(out), "--json"]
-    cmd = argv_prefix + [json.dumps(argv)] if argv_prefix else [
-        sys.executable, "-m", "thruster_hil.cli", *argv]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env=ENV, preexec_fn=preexec or as_from_a_terminal)
+def _start_run(
+    out: Path, port: str, mode: str, target: tuple[str, str], preexec=None, argv_prefix=None
+) -> subprocess.Popen:
+    argv = [
+        "run",
+        "--port",
+        port,
+        "--mode",
+        mode,
+        "--stack",
+        "progress",
+        *target,
+        "--out",
+        str(out),
+        "--json",
+    ]
+    cmd = (
+        argv_prefix + [json.dumps(argv)]
+        if argv_prefix
+        else [sys.executable, "-m", "thruster_hil.cli", *argv]
+    )
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=ENV,
+        preexec_fn=preexec or as_from_a_terminal,
+    )
 
 
 def _signal_when(proc: subprocess.Popen, ready, what: str, signum: int) -> tuple[str, str]:
@@ -136,8 +167,16 @@ def _signal_when(proc: subprocess.Popen, ready, what: str, signum: int) -> tuple
 
 # ------------------------------------------------------------------------- 5. signals
 
-@pytest.mark.parametrize("mode,signame", [("lockstep", "SIGTERM"), ("lockstep", "SIGHUP"),
-                                         ("realtime", "SIGTERM"), ("realtime", "SIGHUP")])
+
+@pytest.mark.parametrize(
+    "mode,signame",
+    [
+        ("lockstep", "SIGTERM"),
+        ("lockstep", "SIGHUP"),
+        ("realtime", "SIGTERM"),
+        ("realtime", "SIGHUP"),
+    ],
+)
 def test_sigterm_and_sighup_stop_a_run_like_ctrl_c(tmp_path, mode, signame):
     """SIGTERM / SIGHUP mid-burn: STOP_ALL acknowledged (the unit's own log: ARMED -> SAFE by
     command, no watchdog trip), summary.json aborted with the signal, every cycle flown on disk,
@@ -149,8 +188,9 @@ def test_sigterm_and_sighup_stop_a_run_like_ctrl_c(tmp_path, mode, signame):
     with EmulatorProcess(log_path=log) as emu:
         proc = _start_run(out, emu.port, mode, target)
         signum = int(getattr(signal, signame))
-        stdout, stderr = _signal_when(proc, lambda: _rows(out / "telemetry.csv") >= 3,
-                                      "3 cycles on disk", signum)
+        stdout, stderr = _signal_when(
+            proc, lambda: _rows(out / "telemetry.csv") >= 3, "3 cycles on disk", signum
+        )
         assert proc.returncode == 128 + signum, stderr
         assert "Traceback" not in stderr
         summary = json.loads((out / "summary.json").read_text())
@@ -174,6 +214,7 @@ def test_the_exit_status_of_a_signal_is_128_plus_its_number():
 
 # ------------------------------------------------------ 5. STOP_ALL whatever the reader thought
 
+
 def test_stop_all_goes_out_when_the_link_was_judged_down(tmp_path):
     """The reader judged the link down (as it did when another process stole its bytes) but
     the port still takes a write: STOP_ALL goes out and the unit acknowledges it; the unit's
@@ -195,9 +236,14 @@ def test_stop_all_goes_out_when_the_link_was_judged_down(tmp_path):
 
 # ------------------------------------------------------------ 5. a second reader on the port
 
+
 def _thief(port: str) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-c", THIEF, port], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", THIEF, port],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert p.stdout.readline().strip() == "reading"
     return p
 
@@ -236,8 +282,10 @@ def test_a_second_reader_of_the_port_is_detected_and_named(tmp_path):
         text = str(exc.value)
         assert "\n" not in text
         assert f"pid {thief.pid} (python" in text, text
-        assert f"another process is reading {emu.port}" in text or \
-            f"another process has {emu.port} open for reading" in text, text
+        assert (
+            f"another process is reading {emu.port}" in text
+            or f"another process has {emu.port} open for reading" in text
+        ), text
         assert taken > 0
         _assert_valves_closed_by_command(log)
 
@@ -253,8 +301,10 @@ def test_a_run_stops_and_names_a_second_reader_of_its_port(tmp_path, mode):
         proc = _start_run(out, emu.port, mode, target)
         thief = None
         try:
-            _poll(lambda: _rows(out / "telemetry.csv") >= 3 or proc.poll() is not None,
-                  "3 cycles on disk")
+            _poll(
+                lambda: _rows(out / "telemetry.csv") >= 3 or proc.poll() is not None,
+                "3 cycles on disk",
+            )
             thief = _thief(emu.port)
             stdout, stderr = proc.communicate(timeout=PROGRESS_TIMEOUT_S)
         finally:
@@ -272,6 +322,7 @@ def test_a_run_stops_and_names_a_second_reader_of_its_port(tmp_path, mode):
 
 
 # ----------------------------------------------------------------------- 6. records
+
 
 def test_a_row_cut_by_a_full_disk_is_taken_back_whole(tmp_path, monkeypatch):
     """The writer seam: os.write takes part of a row, then the disk is full. The file is cut
@@ -313,8 +364,7 @@ def test_the_summary_is_written_into_the_space_reserved_at_the_start(tmp_path, m
     """With the disk full by the end of the run, summary.json still goes into the space the
     recorder claimed when it started: overwritten in place, cut to length, renamed."""
     rec = records.RunRecorder(tmp_path / "run", ["a"], 1000.0)
-    assert (tmp_path / "run" / records.RESERVE_NAME).stat().st_size == \
-        records.SUMMARY_RESERVE_BYTES
+    assert (tmp_path / "run" / records.RESERVE_NAME).stat().st_size == records.SUMMARY_RESERVE_BYTES
     real_open = os.open
 
     def no_new_files(path, flags, *a):  # a full disk: nothing new can be created
@@ -356,14 +406,20 @@ def test_a_full_disk_mid_run_stops_the_burn_safely_and_keeps_whole_records(tmp_p
     log = tmp_path / "unit.jsonl"
     script = RLIMIT_RUN.replace("BYTES_CAP", str(limit))
     with EmulatorProcess(log_path=log) as emu:
-        proc = _start_run(out, emu.port, "lockstep", ("--delta-v", "0.2"),
-                          argv_prefix=[sys.executable, "-c", script])
+        proc = _start_run(
+            out,
+            emu.port,
+            "lockstep",
+            ("--delta-v", "0.2"),
+            argv_prefix=[sys.executable, "-c", script],
+        )
         stdout, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 2, stderr
         lines = stderr.splitlines()
         assert len(lines) == 1 and "Traceback" not in stderr, stderr
-        assert lines[0].startswith(f"thruster-hil: error: {out / 'capture.csv'}: cannot write "
-                                   "it: File too large;"), lines[0]
+        assert lines[0].startswith(
+            f"thruster-hil: error: {out / 'capture.csv'}: cannot write it: File too large;"
+        ), lines[0]
         assert "valves closed by STOP_ALL (acknowledged)" in lines[0]
         assert lines[0].endswith("summary.json written")
         summary = json.loads((out / "summary.json").read_text())
@@ -380,8 +436,12 @@ def test_a_full_disk_mid_run_stops_the_burn_safely_and_keeps_whole_records(tmp_p
 
 def test_replay_and_report_say_what_a_damaged_run_directory_lacks(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.05", "--out",
-                 str(out)]) == 0
+    assert (
+        main(
+            ["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.05", "--out", str(out)]
+        )
+        == 0
+    )
     capsys.readouterr()
     n = json.loads((out / "summary.json").read_text())["cycles"]
     (out / "summary.json").unlink()
@@ -392,27 +452,41 @@ def test_replay_and_report_say_what_a_damaged_run_directory_lacks(tmp_path, caps
         assert main([cmd, str(out)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1, err
-        for phrase in (f"telemetry.csv ends in a partial row (after {n} whole cycles)",
-                       f"no summary.json ({n} cycles in telemetry.csv)",
-                       "left over from a run killed while writing: status.json.tmp"):
+        for phrase in (
+            f"telemetry.csv ends in a partial row (after {n} whole cycles)",
+            f"no summary.json ({n} cycles in telemetry.csv)",
+            "left over from a run killed while writing: status.json.tmp",
+        ):
             assert phrase in err, err
 
 
 # -------------------------------------------------------------------- 7. exit status
 
+
 def test_a_burn_with_every_translation_thruster_failed_exits_1_saying_why(tmp_path, capsys):
     """It flew 291 cycles of zero delta-v and exited 0: now it stops at once, exit 1, and the
     plain-text summary says why."""
     names = [f"dpo-aft-{i}@0" for i in range(1, 9)]  # the Progress stack's 8 aft DPOs
-    argv = ["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.05", "--out",
-            str(tmp_path / "run")]
+    argv = [
+        "run",
+        "--unit",
+        "sim",
+        "--stack",
+        "progress",
+        "--delta-v",
+        "0.05",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     for n in names:
         argv += ["--fail-thruster", n]
     assert main(argv) == 1
     text = capsys.readouterr().out
     failed = ", ".join(f"dpo-aft-{i}" for i in range(1, 9))
-    assert f"ABORTED: every translation thruster has failed off ({failed}): no along-track " \
-           "thrust is possible" in text
+    assert (
+        f"ABORTED: every translation thruster has failed off ({failed}): no along-track "
+        "thrust is possible" in text
+    )
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["cycles"] == 1 and abs(summary["achieved_delta_v_mps"]) < 1e-12
 
@@ -456,14 +530,17 @@ def test_sigterm_while_the_run_brings_its_unit_up_still_leaves_a_summary(tmp_pat
     log = tmp_path / "unit.jsonl"
     with EmulatorProcess(log_path=log) as emu:
         proc = _start_run(out, emu.port, "lockstep", ("--delta-v", "5"))
-        _stdout, stderr = _signal_when(proc, lambda: _connected(log), "the run on the port",
-                                       signal.SIGTERM)
+        _stdout, stderr = _signal_when(
+            proc, lambda: _connected(log), "the run on the port", signal.SIGTERM
+        )
         assert proc.returncode == 143, stderr
         assert "Traceback" not in stderr and len(stderr.splitlines()) <= 1, stderr
         summary = json.loads((out / "summary.json").read_text())
         assert summary["aborted"] and summary["signal"] == "SIGTERM"
-        assert summary["abort_reason"] in ("interrupted by SIGTERM",
-                                           "before the burn: interrupted by SIGTERM")
+        assert summary["abort_reason"] in (
+            "interrupted by SIGTERM",
+            "before the burn: interrupted by SIGTERM",
+        )
         _no_leftovers(out)
         armed = any(r["ev"] == "state" and r["to"] == "ARMED" for r in _unit_log(log))
         if armed:
@@ -477,18 +554,25 @@ def test_sigterm_stops_the_other_commands_that_hold_a_unit(tmp_path, argv):
     does (their STOP_ALL on the way out), one line, exit 143."""
     log = tmp_path / "unit.jsonl"
     with EmulatorProcess(log_path=log) as emu:
-        proc = subprocess.Popen([sys.executable, "-m", "thruster_hil.cli", *argv, "--port",
-                                 emu.port], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, cwd=ROOT, env=ENV)
-        _stdout, stderr = _signal_when(proc, lambda: _connected(log), "the command on the port",
-                                       signal.SIGTERM)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "thruster_hil.cli", *argv, "--port", emu.port],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=ENV,
+        )
+        _stdout, stderr = _signal_when(
+            proc, lambda: _connected(log), "the command on the port", signal.SIGTERM
+        )
     assert proc.returncode == 143, stderr
     assert stderr == "thruster-hil: interrupted by SIGTERM\n"
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names fds through /proc")
-def test_a_disk_that_fills_under_an_in_process_run_stops_it_in_one_line(tmp_path, monkeypatch,
-                                                                        capsys):
+def test_a_disk_that_fills_under_an_in_process_run_stops_it_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
     """The writer seam on telemetry.csv only: after 40 whole rows the disk is full (a row goes
     out in part). The burn stops, the torn row is taken back, summary.json is written and the
     one line says all of it; exit 2."""
@@ -505,15 +589,17 @@ def test_a_disk_that_fills_under_an_in_process_run_stops_it_in_one_line(tmp_path
 
     monkeypatch.setattr(records.os, "write", filling)
     out = tmp_path / "run"
-    status = main(["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.05", "--out",
-                   str(out)])
+    status = main(
+        ["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.05", "--out", str(out)]
+    )
     monkeypatch.undo()
     assert status == 2
     captured = capsys.readouterr()
     assert captured.err == (
         f"thruster-hil: error: {out / 'telemetry.csv'}: cannot write it: No space left on "
         "device; the burn was stopped after 40 cycles, no valves to close (in-process unit); "
-        "summary.json written\n")
+        "summary.json written\n"
+    )
     assert "ABORTED: records: " in captured.out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["aborted"] and "No space left" in summary["records"]["error"]
@@ -526,13 +612,19 @@ def test_only_processes_that_can_read_the_port_are_named():
     """A second writer (or QEMU's keep-alive descriptor) cannot take replies: not named."""
     from thruster_hil.firmware_bridge.portwatch import other_readers
 
-    hold = "import os, sys; os.open(sys.argv[1], int(sys.argv[2]) | os.O_NOCTTY); " \
-           "print('open', flush=True); sys.stdin.read()"
+    hold = (
+        "import os, sys; os.open(sys.argv[1], int(sys.argv[2]) | os.O_NOCTTY); "
+        "print('open', flush=True); sys.stdin.read()"
+    )
     with EmulatorProcess() as emu:
         assert other_readers(emu.port) == ""
         for flags, named in ((os.O_WRONLY, False), (os.O_RDONLY, True), (os.O_RDWR, True)):
-            p = subprocess.Popen([sys.executable, "-c", hold, emu.port, str(flags)],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            p = subprocess.Popen(
+                [sys.executable, "-c", hold, emu.port, str(flags)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             try:
                 assert p.stdout.readline() == "open\n"
                 assert (f"pid {p.pid} (python" in other_readers(emu.port)) is named, flags
@@ -550,8 +642,10 @@ def test_stop_signals_raise_once_then_only_note_and_leave_nohup_alone():
     from thruster_hil.stopsignals import HostSignal, StopSignals
 
     # As in a process started from a terminal, whatever started this test session.
-    saved = {s: signal.signal(s, d) for s, d in ((signal.SIGINT, signal.default_int_handler),
-                                                 (signal.SIGHUP, signal.SIG_DFL))}
+    saved = {
+        s: signal.signal(s, d)
+        for s, d in ((signal.SIGINT, signal.default_int_handler), (signal.SIGHUP, signal.SIG_DFL))
+    }
     try:
         _stop_signals_contract(HostSignal, StopSignals)
     finally:

@@ -41,8 +41,9 @@ def lint(dest: Path, config: Path) -> subprocess.CompletedProcess:
             pytest.fail("lint-imports is not installed (the [test] extra installs import-linter)")
         pytest.skip("lint-imports is not installed (pip install -e '.[test]')")
     env = {**os.environ, "PYTHONPATH": str(dest)}
-    return subprocess.run([str(exe), str(config), "--no-cache"], cwd=dest, env=env,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [str(exe), str(config), "--no-cache"], cwd=dest, env=env, capture_output=True, text=True
+    )
 
 
 def test_layers_run_one_way(tmp_path: Path) -> None:
@@ -52,19 +53,29 @@ def test_layers_run_one_way(tmp_path: Path) -> None:
     assert "1 kept, 0 broken" in proc.stdout
 
 
-@pytest.mark.parametrize("module, line", [
-    ("controller/cycle.py", "from thruster_hil.sims import plant"),                # controller -> sims
-    ("sims/plant.py", "from thruster_hil.closedloop import runner"),              # plant -> loop
-    ("firmware_bridge/codec.py", "from thruster_hil import records"),             # wire -> tools
-    ("firmware_bridge/link.py", "from thruster_hil.sims.thrusters import VS_OPEN"),  # wire -> sims
-    ("thruster_hil/core/frames.py", "from thruster_hil.controller import cycle"),  # core -> up
-    ("thruster_hil/closedloop/runner.py", "from thruster_hil import config"),      # loop -> tools
-])
+@pytest.mark.parametrize(
+    "module, line",
+    [
+        ("controller/cycle.py", "from thruster_hil.sims import plant"),  # controller -> sims
+        ("sims/plant.py", "from thruster_hil.closedloop import runner"),  # plant -> loop
+        ("firmware_bridge/codec.py", "from thruster_hil import records"),  # wire -> tools
+        (
+            "firmware_bridge/link.py",
+            "from thruster_hil.sims.thrusters import VS_OPEN",
+        ),  # wire -> sims
+        ("thruster_hil/core/frames.py", "from thruster_hil.controller import cycle"),  # core -> up
+        ("thruster_hil/closedloop/runner.py", "from thruster_hil import config"),  # loop -> tools
+    ],
+)
 def test_an_upward_import_breaks_the_contract(tmp_path: Path, module: str, line: str) -> None:
     """The check can fail: each upward import the review named, planted, is reported."""
     dest = installed_layout(tmp_path / "site")
     top, _, rest = module.partition("/")
-    target = dest / "thruster_hil" / rest if top == "thruster_hil" else dest / "thruster_hil" / top / rest
+    target = (
+        dest / "thruster_hil" / rest
+        if top == "thruster_hil"
+        else dest / "thruster_hil" / top / rest
+    )
     target.write_text(target.read_text() + "\n" + line + "  # planted\n")
     proc = lint(dest, ROOT / "pyproject.toml")
     assert proc.returncode != 0, proc.stdout

@@ -33,44 +33,65 @@ def _modules_with_layouts() -> list[tuple[types.ModuleType, str, Layout]]:
     return found
 
 
-KERNEL_PACKAGES = ("thruster_hil.core", "thruster_hil.sims", "thruster_hil.controller",
-                   "thruster_hil.closedloop")
+KERNEL_PACKAGES = (
+    "thruster_hil.core",
+    "thruster_hil.sims",
+    "thruster_hil.controller",
+    "thruster_hil.closedloop",
+)
 
 
 DECLARED = _modules_with_layouts()
 # Each layout once, where it is declared (other modules may import it under the same name).
-OWNED = [(m, a, lay) for m, a, lay in DECLARED
-         if not any(lay is other and m2.__name__ < m.__name__ for m2, _a, other in DECLARED)]
+OWNED = [
+    (m, a, lay)
+    for m, a, lay in DECLARED
+    if not any(lay is other and m2.__name__ < m.__name__ for m2, _a, other in DECLARED)
+]
 
 
 def test_the_kernels_layouts_are_declared():
     names = {lay.name for _m, _a, lay in OWNED}
-    for expected in ("controller sensor vector", "controller parameters", "controller state",
-                     "controller qp rows", "controller gimbal record", "controller LP rows",
-                     "controller thruster columns", "modulator state columns",
-                     "LP solver work rows", "plant state", "plant work", "sensed delta-v",
-                     "valve state columns", "attitude RK4 work", "plant thruster rows",
-                     "plant thruster geometry", "plant tank rows", "plant scalars",
-                     "case accumulators", "live thruster rows", "burn numbers",
-                     "batch result row"):
+    for expected in (
+        "controller sensor vector",
+        "controller parameters",
+        "controller state",
+        "controller qp rows",
+        "controller gimbal record",
+        "controller LP rows",
+        "controller thruster columns",
+        "modulator state columns",
+        "LP solver work rows",
+        "plant state",
+        "plant work",
+        "sensed delta-v",
+        "valve state columns",
+        "attitude RK4 work",
+        "plant thruster rows",
+        "plant thruster geometry",
+        "plant tank rows",
+        "plant scalars",
+        "case accumulators",
+        "live thruster rows",
+        "burn numbers",
+        "batch result row",
+    ):
         assert expected in names, f"layout {expected!r} not declared"
 
 
-@pytest.mark.parametrize("mod,attr,layout", OWNED,
-                         ids=[f"{m.__name__}.{a}" for m, a, _l in OWNED])
+@pytest.mark.parametrize("mod,attr,layout", OWNED, ids=[f"{m.__name__}.{a}" for m, a, _l in OWNED])
 def test_fields_tile_the_layout_exactly(mod, attr, layout):
     """Every element of [0, length) belongs to exactly one field."""
     owner = np.full(layout.length, -1)
     for i, ((field, size), off) in enumerate(zip(layout.fields, layout.offsets, strict=True)):
         assert size >= 1
-        assert (owner[off:off + size] == -1).all(), f"{field} overlaps another field"
+        assert (owner[off : off + size] == -1).all(), f"{field} overlaps another field"
         assert off + size <= layout.length, f"{field} runs past the end"
-        owner[off:off + size] = i
+        owner[off : off + size] = i
     assert (owner >= 0).all(), "a gap between fields"
 
 
-@pytest.mark.parametrize("mod,attr,layout", OWNED,
-                         ids=[f"{m.__name__}.{a}" for m, a, _l in OWNED])
+@pytest.mark.parametrize("mod,attr,layout", OWNED, ids=[f"{m.__name__}.{a}" for m, a, _l in OWNED])
 def test_module_constants_are_the_layout_offsets(mod, attr, layout):
     for field, _size in layout.fields:
         assert hasattr(mod, field), f"{mod.__name__} does not export {field}"
@@ -79,29 +100,32 @@ def test_module_constants_are_the_layout_offsets(mod, attr, layout):
         assert value == layout.offset(field), field
 
 
-@pytest.mark.parametrize("module,length_name,layout_name", [
-    ("thruster_hil.controller.cycle", "SENS_LEN", "SENSORS"),
-    ("thruster_hil.controller.cycle", "PARAM_LEN", "PARAMS"),
-    ("thruster_hil.controller.cycle", "CTRL_LEN", "CTRL"),
-    ("thruster_hil.controller.cycle", "QP_ROWS", "QP"),
-    ("thruster_hil.controller.cycle", "G_STRIDE", "GIMBAL_RECORD"),
-    ("thruster_hil.controller.modulation", "THR_COLS", "THRUSTER_COLUMNS"),
-    ("thruster_hil.controller.modulation", "MOD_COLS", "MODULATOR_COLUMNS"),
-    ("thruster_hil.controller.allocation", "LP_WORK_ROWS", "LP_WORK"),
-    ("thruster_hil.sims.plant", "PLANT_STATE_LEN", "PLANT_STATE"),
-    ("thruster_hil.sims.plant", "PLANT_WORK_LEN", "PLANT_WORK"),
-    ("thruster_hil.sims.plant", "SENSED_LEN", "SENSED"),
-    ("thruster_hil.sims.thrusters", "VALVE_STATE_LEN", "VALVE_STATE"),
-    ("thruster_hil.sims.attitude", "ATTITUDE_WORK_LEN", "ATTITUDE_WORK"),
-    ("thruster_hil.closedloop.fused", "PT_LEN", "PLANT_THRUSTERS"),
-    ("thruster_hil.closedloop.fused", "G_LEN", "GEOMETRY"),
-    ("thruster_hil.closedloop.fused", "TK_LEN", "TANKS"),
-    ("thruster_hil.closedloop.fused", "PS_LEN", "PLANT_SCALARS"),
-    ("thruster_hil.closedloop.fused", "ACC_LEN", "ACCUMULATORS"),
-    ("thruster_hil.closedloop.fused", "LV_LEN", "LIVE"),
-    ("thruster_hil.closedloop.fused", "OUT_LEN", "FINISH"),
-    ("thruster_hil.closedloop.batch", "B_LEN", "BATCH_ROW"),
-])
+@pytest.mark.parametrize(
+    "module,length_name,layout_name",
+    [
+        ("thruster_hil.controller.cycle", "SENS_LEN", "SENSORS"),
+        ("thruster_hil.controller.cycle", "PARAM_LEN", "PARAMS"),
+        ("thruster_hil.controller.cycle", "CTRL_LEN", "CTRL"),
+        ("thruster_hil.controller.cycle", "QP_ROWS", "QP"),
+        ("thruster_hil.controller.cycle", "G_STRIDE", "GIMBAL_RECORD"),
+        ("thruster_hil.controller.modulation", "THR_COLS", "THRUSTER_COLUMNS"),
+        ("thruster_hil.controller.modulation", "MOD_COLS", "MODULATOR_COLUMNS"),
+        ("thruster_hil.controller.allocation", "LP_WORK_ROWS", "LP_WORK"),
+        ("thruster_hil.sims.plant", "PLANT_STATE_LEN", "PLANT_STATE"),
+        ("thruster_hil.sims.plant", "PLANT_WORK_LEN", "PLANT_WORK"),
+        ("thruster_hil.sims.plant", "SENSED_LEN", "SENSED"),
+        ("thruster_hil.sims.thrusters", "VALVE_STATE_LEN", "VALVE_STATE"),
+        ("thruster_hil.sims.attitude", "ATTITUDE_WORK_LEN", "ATTITUDE_WORK"),
+        ("thruster_hil.closedloop.fused", "PT_LEN", "PLANT_THRUSTERS"),
+        ("thruster_hil.closedloop.fused", "G_LEN", "GEOMETRY"),
+        ("thruster_hil.closedloop.fused", "TK_LEN", "TANKS"),
+        ("thruster_hil.closedloop.fused", "PS_LEN", "PLANT_SCALARS"),
+        ("thruster_hil.closedloop.fused", "ACC_LEN", "ACCUMULATORS"),
+        ("thruster_hil.closedloop.fused", "LV_LEN", "LIVE"),
+        ("thruster_hil.closedloop.fused", "OUT_LEN", "FINISH"),
+        ("thruster_hil.closedloop.batch", "B_LEN", "BATCH_ROW"),
+    ],
+)
 def test_length_constants_are_the_layout_lengths(module, length_name, layout_name):
     mod = importlib.import_module(module)
     assert getattr(mod, length_name) == getattr(mod, layout_name).length
@@ -126,8 +150,14 @@ def test_the_plant_state_matches_the_sensor_vector_prefix():
 FIELD_NAMES = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ_", min_size=1, max_size=8)
 
 
-@given(st.lists(st.tuples(FIELD_NAMES, st.integers(1, 50)), min_size=1, max_size=20,
-                unique_by=lambda f: f[0]))
+@given(
+    st.lists(
+        st.tuples(FIELD_NAMES, st.integers(1, 50)),
+        min_size=1,
+        max_size=20,
+        unique_by=lambda f: f[0],
+    )
+)
 def test_any_declaration_tiles_its_length(fields):
     layout = Layout("hypothesis", fields)
     assert layout.length == sum(size for _f, size in fields)
@@ -138,13 +168,16 @@ def test_any_declaration_tiles_its_length(fields):
         at += size
 
 
-@pytest.mark.parametrize("fields", [
-    [("A", 1), ("A", 2)],  # the same field twice
-    [("A", 0)],  # empty
-    [("A", -1)],
-    [("A", 1.5)],
-    [("A", True)],
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [("A", 1), ("A", 2)],  # the same field twice
+        [("A", 0)],  # empty
+        [("A", -1)],
+        [("A", 1.5)],
+        [("A", True)],
+    ],
+)
 def test_bad_declarations_are_refused(fields):
     with pytest.raises(ValueError):
         Layout("bad", fields)

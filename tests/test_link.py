@@ -143,8 +143,9 @@ def test_a_dropped_fire_is_resent_over_the_pty(emu):
     """The emulator drops frames it is told to; the driver's timers resend (RETRANSMIT)."""
     sent: list[bytes] = []
     with EmulatorProcess(channels=24, faults="drop=0.05,seed=5") as lossy:
-        lk = Link(lossy.port, ping_burst=20,
-                  on_bytes=lambda d, _t, data: d == "tx" and sent.append(data))
+        lk = Link(
+            lossy.port, ping_burst=20, on_bytes=lambda d, _t, data: d == "tx" and sent.append(data)
+        )
         try:
             lk.connect()
             lk.arm(100)

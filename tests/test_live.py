@@ -48,8 +48,9 @@ def _planned() -> int:
     them (from the plan, which flies the burn as run --unit sim does)."""
     from thruster_hil.plan import Target, plan_burn
 
-    return max(1, math.ceil(plan_burn("progress", Target("delta_v", 0.05))["burn_duration_s"]
-                            / 0.5))
+    return max(
+        1, math.ceil(plan_burn("progress", Target("delta_v", 0.05))["burn_duration_s"] / 0.5)
+    )
 
 
 def _strip_ansi(text: str) -> str:
@@ -68,10 +69,15 @@ def _cli_on_a_terminal(argv, *, stdout_tty=False, until=None, then=None, timeout
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    proc = subprocess.Popen([sys.executable, "-m", "thruster_hil.cli", *argv], cwd=ROOT, env=ENV,
-                            stdin=subprocess.DEVNULL, stderr=slave,
-                            stdout=slave if stdout_tty else subprocess.PIPE,
-                            preexec_fn=as_from_a_terminal)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "thruster_hil.cli", *argv],
+        cwd=ROOT,
+        env=ENV,
+        stdin=subprocess.DEVNULL,
+        stderr=slave,
+        stdout=slave if stdout_tty else subprocess.PIPE,
+        preexec_fn=as_from_a_terminal,
+    )
     os.close(slave)
     seen = b""
     interrupted = False
@@ -87,15 +93,20 @@ def _cli_on_a_terminal(argv, *, stdout_tty=False, until=None, then=None, timeout
                 if not data:
                     break
                 seen += data
-                if until is not None and not interrupted and until(_strip_ansi(seen.decode(
-                        errors="replace"))):
+                if (
+                    until is not None
+                    and not interrupted
+                    and until(_strip_ansi(seen.decode(errors="replace")))
+                ):
                     (then or (lambda p: p.send_signal(signal.SIGINT)))(proc)
                     interrupted = True
             elif proc.poll() is not None:
                 break
         else:
-            pytest.fail(f"{argv} did not finish within {timeout} s; the terminal showed:\n"
-                        + _strip_ansi(seen.decode(errors="replace"))[-3000:])
+            pytest.fail(
+                f"{argv} did not finish within {timeout} s; the terminal showed:\n"
+                + _strip_ansi(seen.decode(errors="replace"))[-3000:]
+            )
         out = b"" if stdout_tty else proc.stdout.read()
         rc = proc.wait(timeout=30)
     finally:
@@ -107,6 +118,7 @@ def _cli_on_a_terminal(argv, *, stdout_tty=False, until=None, then=None, timeout
 
 
 # ---------------------------------------------------------------------------- drawing
+
 
 def test_bar_fills_in_eighths_and_clips():
     assert bar(0.0) == " " * BAR_CELLS
@@ -120,44 +132,92 @@ def test_bar_fills_in_eighths_and_clips():
 
 SNAP = {
     "title": "dragon-boost-kit via emulator (realtime)",
-    "cycle": 49, "planned_cycles": 100, "t_s": 24.5, "wall_s": 25.0, "status": 1 | 4,
-    "unit": {"name": "emulator", "mode": "realtime", "state": "ARMED", "armed": True,
-             "tank_kPa": 1650},
+    "cycle": 49,
+    "planned_cycles": 100,
+    "t_s": 24.5,
+    "wall_s": 25.0,
+    "status": 1 | 4,
+    "unit": {
+        "name": "emulator",
+        "mode": "realtime",
+        "state": "ARMED",
+        "armed": True,
+        "tank_kPa": 1650,
+    },
     "thrusters": ["trunk-draco-1", "trunk-draco-2", "quad-a-plus-t"],
-    "executed_ms": [500, 250, 0], "period_ms": 500,
-    "dv_mps": 0.01234, "target_dv_mps": 0.05, "att_err_deg": 6.0, "att_limit_deg": 5.0,
-    "propellant_kg": 12.345, "realtime": True,
-    "link": {"rtt_ms": 1.25, "rtt_ms_p50": 1.5, "rtt_ms_p99": 3.75, "retries": 2,
-             "crc_errors": 7, "deadline_misses": 3, "frames_sent": 99, "frames_received": 98},
+    "executed_ms": [500, 250, 0],
+    "period_ms": 500,
+    "dv_mps": 0.01234,
+    "target_dv_mps": 0.05,
+    "att_err_deg": 6.0,
+    "att_limit_deg": 5.0,
+    "propellant_kg": 12.345,
+    "realtime": True,
+    "link": {
+        "rtt_ms": 1.25,
+        "rtt_ms_p50": 1.5,
+        "rtt_ms_p99": 3.75,
+        "retries": 2,
+        "crc_errors": 7,
+        "deadline_misses": 3,
+        "frames_sent": 99,
+        "frames_received": 98,
+    },
 }
 
 
 def test_render_shows_every_number_of_the_snapshot():
     text = render_text(SNAP, width=120)
-    for expected in ("dragon-boost-kit via emulator (realtime)", "cycle           49 of 100",
-                     "50.0 %", "t 24.5 s", "ETA 0:00:26", "state ARMED", "armed: yes",
-                     "tank 1650 kPa", "burning, saturated", "0.01234 of 0.05000 m/s", "24.7 %",
-                     "6.0000 of 5.0000 deg limit", "120.0 %", "12.345 kg used", "RTT 1.25 ms",
-                     "link p50 1.50", "p99 3.75 ms", "retries 2", "CRC errors 7",
-                     "deadline misses 3", "99 out / 98 in", "(of 500 ms)"):
+    for expected in (
+        "dragon-boost-kit via emulator (realtime)",
+        "cycle           49 of 100",
+        "50.0 %",
+        "t 24.5 s",
+        "ETA 0:00:26",
+        "state ARMED",
+        "armed: yes",
+        "tank 1650 kPa",
+        "burning, saturated",
+        "0.01234 of 0.05000 m/s",
+        "24.7 %",
+        "6.0000 of 5.0000 deg limit",
+        "120.0 %",
+        "12.345 kg used",
+        "RTT 1.25 ms",
+        "link p50 1.50",
+        "p99 3.75 ms",
+        "retries 2",
+        "CRC errors 7",
+        "deadline misses 3",
+        "99 out / 98 in",
+        "(of 500 ms)",
+    ):
         assert expected in text, f"{expected!r} not in\n{text}"
-    rows = {line.split()[1]: line for line in text.splitlines() if "draco" in line
-            or "quad" in line}
+    rows = {
+        line.split()[1]: line for line in text.splitlines() if "draco" in line or "quad" in line
+    }
     assert "█" * 12 in rows["trunk-draco-1"] and "500 ms" in rows["trunk-draco-1"]
     assert "█" * 6 + " " in rows["trunk-draco-2"] and "250 ms" in rows["trunk-draco-2"]
     assert "█" not in rows["quad-a-plus-t"] and " 0 ms" in rows["quad-a-plus-t"]
 
 
 def test_the_view_of_18_thrusters_fits_an_80_column_terminal_without_wrapping():
-    names = [f"quad-{q}-{d}" for q in "abcd" for d in ("plus-t", "minus-t", "plus-x",
-                                                       "minus-x")] + ["trunk-1", "trunk-2"]
-    snap = dict(SNAP, cycle=123456, planned_cycles=123456, thrusters=names,
-                executed_ms=[500] * 18, link=dict(SNAP["link"], frames_sent=1234567,
-                                                  frames_received=1234567))
+    names = [
+        f"quad-{q}-{d}" for q in "abcd" for d in ("plus-t", "minus-t", "plus-x", "minus-x")
+    ] + ["trunk-1", "trunk-2"]
+    snap = dict(
+        SNAP,
+        cycle=123456,
+        planned_cycles=123456,
+        thrusters=names,
+        executed_ms=[500] * 18,
+        link=dict(SNAP["link"], frames_sent=1234567, frames_received=1234567),
+    )
     lines = render_text(snap, width=80).splitlines()
     labels = [ln[2:16].strip() for ln in lines[1:-1]]
-    assert "" not in labels[:labels.index("link errors") + 1], "a row wrapped:\n" + "\n".join(
-        lines)
+    assert "" not in labels[: labels.index("link errors") + 1], "a row wrapped:\n" + "\n".join(
+        lines
+    )
     assert len(lines) == 2 + 10 + 1 + 9  # borders, 10 rows, the caption, 9 rows of 2 thrusters
 
 
@@ -186,8 +246,9 @@ def test_progress_updates_at_most_ten_times_a_second_of_wall_time():
     from rich.console import Console
 
     now = [0.0]
-    prog = RunProgress(10_000, console=Console(file=io.StringIO()), max_hz=10.0,
-                       clock=lambda: now[0])
+    prog = RunProgress(
+        10_000, console=Console(file=io.StringIO()), max_hz=10.0, clock=lambda: now[0]
+    )
     for k in range(10_000):
         now[0] = k * 1e-3
         prog.on_cycle(k, {})
@@ -209,8 +270,15 @@ def test_run_watch_publishes_the_loop_state_without_the_loop_waiting():
     model = build_stack_model(load_stack("progress"))
     plan = plan_burn("progress", Target("delta_v", 0.05))
     names = list(model.thruster_names)
-    kw = dict(title="t", thrusters=names, period_ms=500, planned_cycles=84, target_dv_mps=0.05,
-              att_limit_deg=5.0, mass0_kg=model.mass_kg)
+    kw = dict(
+        title="t",
+        thrusters=names,
+        period_ms=500,
+        planned_cycles=84,
+        target_dv_mps=0.05,
+        att_limit_deg=5.0,
+        mass0_kg=model.mass_kg,
+    )
     every = RunWatch(publish_hz=1e12, **kw)  # publishes every cycle
     watch = RunWatch(**kw)  # 20 Hz, as in `run --live`
     assert "cycle" not in watch.snapshot()
@@ -251,9 +319,24 @@ def test_run_watch_publishes_the_loop_state_without_the_loop_waiting():
 
 # ---------------------------------------------------------------------------- run
 
+
 def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
-    assert main(["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.05", "--out",
-                 str(tmp_path / "run")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--unit",
+                "sim",
+                "--stack",
+                "progress",
+                "--delta-v",
+                "0.05",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert captured.err == ""
     assert "run records in" in captured.out
@@ -262,31 +345,71 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
 def test_progress_bar_on_a_terminal_but_not_with_json(tmp_path):
     from thruster_hil.plan import Target, plan_burn
 
-    rc, out, term = _cli_on_a_terminal(["run", "--unit", "sim", "--stack", "progress",
-                                        "--delta-v", "0.5", "--out", str(tmp_path / "a")])
+    rc, out, term = _cli_on_a_terminal(
+        [
+            "run",
+            "--unit",
+            "sim",
+            "--stack",
+            "progress",
+            "--delta-v",
+            "0.5",
+            "--out",
+            str(tmp_path / "a"),
+        ]
+    )
     assert rc == 0, term
     planned = math.ceil(plan_burn("progress", Target("delta_v", 0.5))["burn_duration_s"] / 0.5)
     assert "cycles" in term and "ETA" in term and f"/{planned}" in term
     assert "run records in" in out
-    rc, out, term = _cli_on_a_terminal(["run", "--unit", "sim", "--stack", "progress",
-                                        "--delta-v", "0.5", "--json", "--out",
-                                        str(tmp_path / "b")])
+    rc, out, term = _cli_on_a_terminal(
+        [
+            "run",
+            "--unit",
+            "sim",
+            "--stack",
+            "progress",
+            "--delta-v",
+            "0.5",
+            "--json",
+            "--out",
+            str(tmp_path / "b"),
+        ]
+    )
     assert rc == 0, term
     assert term.strip() == ""
     assert json.loads(out)["completed"]
 
 
 def test_live_view_of_a_run_through_the_emulator(tmp_path):
-    rc, out, term = _cli_on_a_terminal(["run", "--live", "--stack", "progress", "--delta-v",
-                                        "0.05", "--out", str(tmp_path / "run")])
+    rc, out, term = _cli_on_a_terminal(
+        [
+            "run",
+            "--live",
+            "--stack",
+            "progress",
+            "--delta-v",
+            "0.05",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert rc == 0, term
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    final = term[term.rindex("thruster-hil · progress via emulator (lockstep)"):]
-    for expected in ("COMPLETED", f" {summary['cycles'] - 1} of {_planned()} ",
-                     f"{summary['achieved_delta_v_mps']:.5f} of 0.05000 m/s", "deg limit",
-                     f"{summary['propellant_kg']:.3f} kg used", "armed: no", "RTT",
-                     f"retries {summary['link']['retries']}", "dpo-aft-1", "dpo-roll-4",
-                     "(of 500 ms)"):
+    final = term[term.rindex("thruster-hil · progress via emulator (lockstep)") :]
+    for expected in (
+        "COMPLETED",
+        f" {summary['cycles'] - 1} of {_planned()} ",
+        f"{summary['achieved_delta_v_mps']:.5f} of 0.05000 m/s",
+        "deg limit",
+        f"{summary['propellant_kg']:.3f} kg used",
+        "armed: no",
+        "RTT",
+        f"retries {summary['link']['retries']}",
+        "dpo-aft-1",
+        "dpo-roll-4",
+        "(of 500 ms)",
+    ):
         assert expected in final, f"{expected!r} not in\n{final}"
     assert "Traceback" not in term
     assert "run records in" in out
@@ -294,23 +417,37 @@ def test_live_view_of_a_run_through_the_emulator(tmp_path):
 
 # ---------------------------------------------------------------------------- monitor RUN_DIR
 
+
 def test_follower_reads_only_complete_rows_and_picks_up_the_rest(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     tel = run / "telemetry.csv"
-    header = ("cycle,t_s,status,dv_along_mps,dv_remaining_mps,altitude_km,attitude_error_deg,"
-              "rate_x_dps,rate_y_dps,rate_z_dps,propellant_kg,rtt_ms,cmd_ms:a,cmd_ms:b,"
-              "exec_ms:a,exec_ms:b\n")
+    header = (
+        "cycle,t_s,status,dv_along_mps,dv_remaining_mps,altitude_km,attitude_error_deg,"
+        "rate_x_dps,rate_y_dps,rate_z_dps,propellant_kg,rtt_ms,cmd_ms:a,cmd_ms:b,"
+        "exec_ms:a,exec_ms:b\n"
+    )
 
     def row(k):
-        return (f"{k},{k * 0.5:.3f},1,{k * 0.001:.9f},0.1,415.0,0.01,0,0,0,{k * 0.1:.6f},0.5,"
-                "5,6,7,8\n")
+        return (
+            f"{k},{k * 0.5:.3f},1,{k * 0.001:.9f},0.1,415.0,0.01,0,0,0,{k * 0.1:.6f},0.5,5,6,7,8\n"
+        )
 
     tel.write_text(header + row(0) + row(1)[:20])  # the run is writing row 1
-    (run / "run.json").write_text(json.dumps({"title": "T", "unit": "emulator", "mode":
-                                              "lockstep", "planned_cycles": 10, "period_ms": 500,
-                                              "target_delta_v_mps": 0.01,
-                                              "attitude_limit_deg": 5.0, "serial": True}))
+    (run / "run.json").write_text(
+        json.dumps(
+            {
+                "title": "T",
+                "unit": "emulator",
+                "mode": "lockstep",
+                "planned_cycles": 10,
+                "period_ms": 500,
+                "target_delta_v_mps": 0.01,
+                "attitude_limit_deg": 5.0,
+                "serial": True,
+            }
+        )
+    )
     f = RunDirFollower(run)
     snap = f.poll()
     assert f.rows == 1 and snap["cycle"] == 0 and not f.finished
@@ -320,8 +457,9 @@ def test_follower_reads_only_complete_rows_and_picks_up_the_rest(tmp_path):
     snap = f.poll()
     assert f.rows == 3 and snap["cycle"] == 2 and snap["propellant_kg"] == pytest.approx(0.2)
     assert snap["link"]["rtt_ms"] == 0.5 and snap["unit"]["name"] == "emulator"
-    (run / "status.json").write_text(json.dumps({"link": {"retries": 4, "crc_errors": 1,
-                                                          "unit_state": 3, "armed": True}}))
+    (run / "status.json").write_text(
+        json.dumps({"link": {"retries": 4, "crc_errors": 1, "unit_state": 3, "armed": True}})
+    )
     snap = f.poll()
     assert snap["link"]["retries"] == 4 and snap["unit"]["state"] == "ARMED"
     os.utime(tel, (time.time() - 60, time.time() - 60))  # as if the run had been killed
@@ -334,8 +472,9 @@ def test_follower_reads_only_complete_rows_and_picks_up_the_rest(tmp_path):
 
 def test_monitor_once_shows_a_finished_emulator_run(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "--stack", "progress", "--delta-v", "0.05", "--json", "--out",
-                 str(out)]) == 0
+    assert (
+        main(["run", "--stack", "progress", "--delta-v", "0.05", "--json", "--out", str(out)]) == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     start = json.loads((out / "run.json").read_text())
     assert start["planned_cycles"] == _planned() and start["unit"] == "emulator"
@@ -344,10 +483,13 @@ def test_monitor_once_shows_a_finished_emulator_run(tmp_path, capsys):
     assert status["link"]["frames_sent"] == summary["link"]["frames_sent"] > summary["cycles"]
     assert main(["monitor", str(out), "--once"]) == 0
     text = capsys.readouterr().out
-    for expected in ("progress via emulator (lockstep)", "COMPLETED",
-                     f" {summary['cycles'] - 1} of {_planned()} ",
-                     f"{summary['achieved_delta_v_mps']:.5f} of 0.05000 m/s",
-                     f"{summary['link']['frames_sent']} out / "):
+    for expected in (
+        "progress via emulator (lockstep)",
+        "COMPLETED",
+        f" {summary['cycles'] - 1} of {_planned()} ",
+        f"{summary['achieved_delta_v_mps']:.5f} of 0.05000 m/s",
+        f"{summary['link']['frames_sent']} out / ",
+    ):
         assert expected in text, f"{expected!r} not in\n{text}"
 
 
@@ -360,25 +502,35 @@ def test_monitor_exits_as_the_run_did(tmp_path, capsys):
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text())
     for reason, status in (("unit: no reply to FIRE", 1), ("interrupted", 130)):
-        summary_path.write_text(json.dumps(dict(summary, aborted=True, completed=False,
-                                                abort_reason=reason)))
+        summary_path.write_text(
+            json.dumps(dict(summary, aborted=True, completed=False, abort_reason=reason))
+        )
         assert main(["monitor", str(out), "--once"]) == status
     capsys.readouterr()
 
 
 def test_monitor_follows_a_run_and_exits_when_its_summary_appears(tmp_path):
     out = tmp_path / "run"
-    assert main(["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.05", "--out",
-                 str(out)]) == 0
+    assert (
+        main(
+            ["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.05", "--out", str(out)]
+        )
+        == 0
+    )
     # Replay the finished run's files into a fresh directory as a run would write them.
     live = tmp_path / "live"
     live.mkdir()
     (live / "run.json").write_text((out / "run.json").read_text())
     lines = (out / "telemetry.csv").read_text().splitlines(keepends=True)
     (live / "telemetry.csv").write_text("".join(lines[:3]))
-    proc = subprocess.Popen([sys.executable, "-m", "thruster_hil.cli", "monitor", str(live)],
-                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "thruster_hil.cli", "monitor", str(live)],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         with pytest.raises(subprocess.TimeoutExpired):
             proc.wait(timeout=1.0)  # no summary yet: it keeps following
@@ -397,17 +549,26 @@ def test_monitor_follows_a_run_and_exits_when_its_summary_appears(tmp_path):
 
 def test_monitor_ctrl_c_exits_130_without_a_traceback(tmp_path):
     out = tmp_path / "run"
-    assert main(["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.05", "--out",
-                 str(out)]) == 0
+    assert (
+        main(
+            ["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.05", "--out", str(out)]
+        )
+        == 0
+    )
     (out / "summary.json").unlink()  # as if the run were still flying
-    rc, _, term = _cli_on_a_terminal(["monitor", str(out)], stdout_tty=True,
-                                     until=lambda text: f" of {_planned()} " in text, timeout=60)
+    rc, _, term = _cli_on_a_terminal(
+        ["monitor", str(out)],
+        stdout_tty=True,
+        until=lambda text: f" of {_planned()} " in text,
+        timeout=60,
+    )
     assert rc == 130, term
     assert "Traceback" not in term
     assert term.rstrip().endswith("thruster-hil: interrupted")
 
 
 # ---------------------------------------------------------------------------- monitor --port
+
 
 def test_monitor_port_shows_the_unit_housekeeping_and_never_arms_it(capsys):
     from thruster_hil.firmware_bridge.emulator import EmulatorProcess
@@ -419,9 +580,22 @@ def test_monitor_port_shows_the_unit_housekeeping_and_never_arms_it(capsys):
         # nothing wrapped at 80 columns: a line without a label is one of the two that have none
         unlabelled = [ln[17:].strip() for ln in text.splitlines()[1:-1] if not ln[2:16].strip()]
         assert [u.split()[0] for u in unlabelled] == ["█", "UART"], text
-        for expected in ("firmware 0x0100", "20 channels", "state SAFE", "armed: no",
-                         "tank ", "kPa", "HK ", "RTT", "retries 0", "CRC errors 0",
-                         "valves 0", "ch 16..19", "frames in", "session errors 0"):
+        for expected in (
+            "firmware 0x0100",
+            "20 channels",
+            "state SAFE",
+            "armed: no",
+            "tank ",
+            "kPa",
+            "HK ",
+            "RTT",
+            "retries 0",
+            "CRC errors 0",
+            "valves 0",
+            "ch 16..19",
+            "frames in",
+            "session errors 0",
+        ):
             assert expected in text, f"{expected!r} not in\n{text}"
         # A port a run holds (opened exclusively) is refused in one line.
         with Link(emu.port) as held:
@@ -437,25 +611,39 @@ def test_monitor_port_follows_the_unit_until_its_link_goes_down():
     from thruster_hil.firmware_bridge.emulator import EmulatorProcess
 
     with EmulatorProcess() as emu:
-        rc, _, term = _cli_on_a_terminal(["monitor", "--port", emu.port], stdout_tty=True,
-                                         until=lambda text: "last HK" in text,
-                                         then=lambda proc: emu.stop(), timeout=60)
+        rc, _, term = _cli_on_a_terminal(
+            ["monitor", "--port", emu.port],
+            stdout_tty=True,
+            until=lambda text: "last HK" in text,
+            then=lambda proc: emu.stop(),
+            timeout=60,
+        )
     assert rc == 1, term
     assert "state SAFE" in term and "armed: no" in term and "Traceback" not in term
     assert term.rstrip().splitlines()[-1] == f"thruster-hil: error: {emu.port}: the link went down"
 
 
-@pytest.mark.parametrize("argv", [["monitor"], ["monitor", "x", "--port", "loop://"],
-                                  ["monitor", "/nonexistent/run"], ["monitor", "/"],
-                                  ["monitor", "{garbage}", "--once"],
-                                  ["monitor", "{not_numbers}", "--once"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["monitor"],
+        ["monitor", "x", "--port", "loop://"],
+        ["monitor", "/nonexistent/run"],
+        ["monitor", "/"],
+        ["monitor", "{garbage}", "--once"],
+        ["monitor", "{not_numbers}", "--once"],
+    ],
+)
 def test_monitor_bad_arguments_are_one_line(argv, capsys, tmp_path):
-    for name, text in (("garbage", "hello\nworld\n"), ("not_numbers", "cycle,t_s,rtt_ms\n"
-                                                                       "zero,0.0,0.1\n")):
+    for name, text in (
+        ("garbage", "hello\nworld\n"),
+        ("not_numbers", "cycle,t_s,rtt_ms\nzero,0.0,0.1\n"),
+    ):
         (tmp_path / name).mkdir()
         (tmp_path / name / "telemetry.csv").write_text(text)
-    argv = [a.format(garbage=tmp_path / "garbage", not_numbers=tmp_path / "not_numbers")
-            for a in argv]
+    argv = [
+        a.format(garbage=tmp_path / "garbage", not_numbers=tmp_path / "not_numbers") for a in argv
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("thruster-hil: error: ") and err.count("\n") == 1, err

@@ -20,9 +20,20 @@ from thruster_hil.plan import Target, plan_burn
 # Slow tier (`-m "not slow"` leaves it out): flies whole burns and compiles the fused loop.
 pytestmark = pytest.mark.slow
 
-SAME_KEYS = ("achieved_delta_v_mps", "true_delta_v_mps", "cycles", "burn_duration_s",
-             "max_attitude_error_deg", "propellant_kg", "perigee_km_after", "apogee_km_after",
-             "status_cycles", "max_on_time_ms", "tank_used_kg", "completed")
+SAME_KEYS = (
+    "achieved_delta_v_mps",
+    "true_delta_v_mps",
+    "cycles",
+    "burn_duration_s",
+    "max_attitude_error_deg",
+    "propellant_kg",
+    "perigee_km_after",
+    "apogee_km_after",
+    "status_cycles",
+    "max_on_time_ms",
+    "tank_used_kg",
+    "completed",
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,22 +46,30 @@ def _case(model, seed=7):
     n = len(model.thruster_names)
     rng = np.random.default_rng(seed)
     return loop.PlantCase(
-        seed=seed, thrust_scale=1.0 + 0.02 * rng.standard_normal(n),
+        seed=seed,
+        thrust_scale=1.0 + 0.02 * rng.standard_normal(n),
         isp_scale=1.0 + 0.01 * rng.standard_normal(n),
         misalign_rad=np.radians(0.5) * np.abs(rng.standard_normal(n)),
         misalign_azimuth_rad=rng.uniform(0, 2 * np.pi, n),
         d_open_delay_s=0.002 * rng.standard_normal(n),
-        d_close_delay_s=0.002 * rng.standard_normal(n), d_mass_kg=3000.0,
-        d_com_B_m=np.array([0.05, -0.1, 0.08]), noise_att_rad=1e-4, noise_rate_rad_s=1e-6,
-        noise_dv_mps=1e-6, acc_bias_B_mps2=np.array([1e-6, 0.0, -1e-6]), fail_index=3,
-        fail_at_s=30.0)
+        d_close_delay_s=0.002 * rng.standard_normal(n),
+        d_mass_kg=3000.0,
+        d_com_B_m=np.array([0.05, -0.1, 0.08]),
+        noise_att_rad=1e-4,
+        noise_rate_rad_s=1e-6,
+        noise_dv_mps=1e-6,
+        acc_bias_B_mps2=np.array([1e-6, 0.0, -1e-6]),
+        fail_index=3,
+        fail_at_s=30.0,
+    )
 
 
 def test_fused_burn_equals_the_cycle_by_cycle_loop(dragon):
     model, plan = dragon
     fused = run_burn(model, plan, failures=[Failure("trunk-draco-2", 40.0)]).summary
-    stepped = run_burn(model, plan, failures=[Failure("trunk-draco-2", 40.0)],
-                       on_cycle=lambda k, info: None).summary
+    stepped = run_burn(
+        model, plan, failures=[Failure("trunk-draco-2", 40.0)], on_cycle=lambda k, info: None
+    ).summary
     for key in SAME_KEYS:
         assert fused[key] == stepped[key], key
     assert fused["reallocations"] == stepped["reallocations"]
@@ -80,7 +99,7 @@ def test_along_track_vector_matches_the_controller():
     sim.pre(0)
     xb = np.empty(3)
     loop.along_track_B(sim.y, xb)
-    assert np.array_equal(xb, sim.ctrl.ctrl[cst.C_XH_B:cst.C_XH_B + 3])
+    assert np.array_equal(xb, sim.ctrl.ctrl[cst.C_XH_B : cst.C_XH_B + 3])
 
 
 @settings(max_examples=200, deadline=None)
@@ -108,7 +127,7 @@ def test_ideal_sensors_copy_the_state():
     pscal = np.zeros(loop.PS_LEN)
     sens = np.zeros(cst.SENS_LEN)
     loop.sense(5, 99, y, sensed, pscal, sens)
-    assert np.array_equal(sens[cst.S_R:cst.S_R + 3], y[0:3])
-    assert np.array_equal(sens[cst.S_Q:cst.S_Q + 4], y[6:10])
+    assert np.array_equal(sens[cst.S_R : cst.S_R + 3], y[0:3])
+    assert np.array_equal(sens[cst.S_Q : cst.S_Q + 4], y[6:10])
     assert sens[cst.S_MASS] == y[13]
-    assert np.array_equal(sens[cst.S_DV:cst.S_DV + 3], sensed[:3])
+    assert np.array_equal(sens[cst.S_DV : cst.S_DV + 3], sensed[:3])

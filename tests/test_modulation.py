@@ -33,8 +33,7 @@ PERIOD, TICK = 0.5, 1e-3
     t_min_ms=st.integers(1, 100),
     sparse=st.floats(0.0, 1.0),
 )
-def test_batch_conserves_impulse_within_one_mib_over_every_window(steps, n, seed, t_min_ms,
-                                                                  sparse):
+def test_batch_conserves_impulse_within_one_mib_over_every_window(steps, n, seed, t_min_ms, sparse):
     """For every window [a, b) of cycles, |F sum(on) - sum(request) * period| <= MIB, and every
     on-time is 0 or a whole tick in [t_min, period] (ideal thrusters)."""
     rng = np.random.default_rng(seed)

@@ -26,9 +26,12 @@ pytestmark = pytest.mark.slow
 STACK = "dragon-boost-kit"
 DV = 0.3
 # Every case loses a thruster early: exercises the failure path of the batch and of run.
-FAILING = (load_dispersions("default").path.read_text()
-           .replace("probability = 0.02", "probability = 1.0")
-           .replace("window_s = [0.0, 300.0]", "window_s = [5.0, 60.0]"))
+FAILING = (
+    load_dispersions("default")
+    .path.read_text()
+    .replace("probability = 0.02", "probability = 1.0")
+    .replace("window_s = [0.0, 300.0]", "window_s = [5.0, 60.0]")
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +47,19 @@ def local_rows(campaign):
 
 
 def _run_json(capsys, tmp_path, *extra):
-    argv = ["run", "--unit", "sim", "--stack", STACK, "--delta-v", str(DV), "--json",
-            "--out", str(tmp_path / f"run{len(list(tmp_path.iterdir()))}"), *extra]
+    argv = [
+        "run",
+        "--unit",
+        "sim",
+        "--stack",
+        STACK,
+        "--delta-v",
+        str(DV),
+        "--json",
+        "--out",
+        str(tmp_path / f"run{len(list(tmp_path.iterdir()))}"),
+        *extra,
+    ]
     assert main(argv) == 0
     return json.loads(capsys.readouterr().out)
 
@@ -62,21 +76,26 @@ def test_a_batch_case_reproduces_run_unit_sim(campaign, local_rows, capsys, tmp_
         assert run["achieved_delta_v_mps"] == pytest.approx(row[loop.O_ACHIEVED_DV], rel=1e-9)
         assert run["cycles"] == row[batch.B_CYCLES]
         assert run["perigee_km_after"] == pytest.approx(
-            campaign.plan["perigee_km_before"] + row[loop.O_D_PERIGEE] / 1e3, abs=1e-9)
+            campaign.plan["perigee_km_before"] + row[loop.O_D_PERIGEE] / 1e3, abs=1e-9
+        )
         assert run["max_attitude_error_deg"] == pytest.approx(
-            np.degrees(row[batch.B_MAX_ATT_ERR]), rel=1e-12)
+            np.degrees(row[batch.B_MAX_ATT_ERR]), rel=1e-12
+        )
     # --case N --seed S names the same case as its case seed.
-    by_index = _run_json(capsys, tmp_path, "--dispersions", "default", "--case", "7", "--seed",
-                         str(campaign.seed))
-    assert by_index["true_delta_v_mps"] == pytest.approx(local_rows[7][loop.O_TRUE_DV],
-                                                         rel=1e-9, abs=0)
+    by_index = _run_json(
+        capsys, tmp_path, "--dispersions", "default", "--case", "7", "--seed", str(campaign.seed)
+    )
+    assert by_index["true_delta_v_mps"] == pytest.approx(
+        local_rows[7][loop.O_TRUE_DV], rel=1e-9, abs=0
+    )
 
 
 def test_a_case_with_a_failed_thruster_reproduces_too(campaign, capsys, tmp_path):
     spec_path = tmp_path / "failing.toml"
     spec_path.write_text(FAILING)
-    failing = mc.Campaign.build(campaign.model, campaign.plan, load_dispersions(spec_path), 3,
-                                4, STACK)
+    failing = mc.Campaign.build(
+        campaign.model, campaign.plan, load_dispersions(spec_path), 3, 4, STACK
+    )
     rows = mc.run_local(failing).rows
     assert (rows[:, batch.B_FAIL_CYCLE] >= 10).all()  # 5..60 s at 0.5 s per cycle
     seed_k = case_seed(3, 2)
@@ -97,16 +116,33 @@ def test_evaluate_applies_the_pass_criteria(campaign, local_rows):
     outcomes = mc.evaluate(campaign, local_rows)
     assert all(o["passed"] for o in outcomes)  # the default dispersions are flyable
     spec = dataclasses.replace(campaign.spec, delta_v_tolerance_pct=1e-9)
-    tight = mc.Campaign.build(campaign.model, campaign.plan, spec, campaign.seed,
-                              campaign.n_cases, STACK)
+    tight = mc.Campaign.build(
+        campaign.model, campaign.plan, spec, campaign.seed, campaign.n_cases, STACK
+    )
     failed = [o for o in mc.evaluate(tight, local_rows) if not o["passed"]]
     assert failed and all("delta-v" in o["fail_reasons"] for o in failed)
 
 
 def test_cli_montecarlo_writes_cases_summary_and_report(tmp_path, capsys):
     out = tmp_path / "mc"
-    code = main(["montecarlo", "--stack", STACK, "--delta-v", str(DV), "--cases", "12",
-                 "--seed", "4", "--dispersions", "default", "--out", str(out), "--json"])
+    code = main(
+        [
+            "montecarlo",
+            "--stack",
+            STACK,
+            "--delta-v",
+            str(DV),
+            "--cases",
+            "12",
+            "--seed",
+            "4",
+            "--dispersions",
+            "default",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["cases"] == 12 and summary["passed"] == 12 and summary["failures"] == []
@@ -116,18 +152,38 @@ def test_cli_montecarlo_writes_cases_summary_and_report(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert [int(r["case"]) for r in rows] == list(range(12))
     assert int(rows[5]["case_seed"]) == case_seed(4, 5)
-    assert {"thrust_scale:trunk-draco-1", "mass_offset_kg", "true_delta_v_mps",
-            "perigee_km_after", "passed"} <= rows[0].keys()
+    assert {
+        "thrust_scale:trunk-draco-1",
+        "mass_offset_kg",
+        "true_delta_v_mps",
+        "perigee_km_after",
+        "passed",
+    } <= rows[0].keys()
     assert json.loads((out / "summary.json").read_text())["seed"] == 4
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_montecarlo_lists_failing_cases_with_their_rerun(tmp_path, capsys):
     spec = tmp_path / "tight.toml"
-    spec.write_text(load_dispersions("default").path.read_text().replace(
-        "delta_v_tolerance_pct = 0.5", "delta_v_tolerance_pct = 0.001"))
-    code = main(["montecarlo", "--delta-v", str(DV), "--cases", "6", "--dispersions", str(spec),
-                 "--out", str(tmp_path / "mc"), "--json"])
+    spec.write_text(
+        load_dispersions("default")
+        .path.read_text()
+        .replace("delta_v_tolerance_pct = 0.5", "delta_v_tolerance_pct = 0.001")
+    )
+    code = main(
+        [
+            "montecarlo",
+            "--delta-v",
+            str(DV),
+            "--cases",
+            "6",
+            "--dispersions",
+            str(spec),
+            "--out",
+            str(tmp_path / "mc"),
+            "--json",
+        ]
+    )
     summary = json.loads(capsys.readouterr().out)
     assert code == 1 and summary["failed"] > 0
     first = summary["failures"][0]
@@ -135,18 +191,47 @@ def test_cli_montecarlo_lists_failing_cases_with_their_rerun(tmp_path, capsys):
     assert "--unit sim" in first["rerun"] and "--delta-v 0.3" in first["rerun"]
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["montecarlo", "--delta-v", "1", "--cases", "0"], "--cases"),
-    (["montecarlo", "--delta-v", "1", "--cases", "5", "--seed", "-3"], "--seed"),
-    (["montecarlo", "--delta-v", "1", "--cases", "5", "--dispersions", "nope"], "nope"),
-    (["montecarlo", "--delta-v", "1", "--cases", "5", "--scheduler", "tcp://127.0.0.1:9",
-      "--threads", "2"], "--threads"),
-    (["run", "--unit", "sim", "--delta-v", "1", "--case-seed", "5"], "--dispersions"),
-    (["run", "--delta-v", "1", "--dispersions", "default", "--case-seed", "5"], "--unit sim"),
-    (["run", "--unit", "sim", "--delta-v", "1", "--dispersions", "default"], "--case-seed"),
-    (["run", "--unit", "sim", "--delta-v", "1", "--dispersions", "default", "--case-seed",
-      "5", "--seed", "3"], "--seed"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["montecarlo", "--delta-v", "1", "--cases", "0"], "--cases"),
+        (["montecarlo", "--delta-v", "1", "--cases", "5", "--seed", "-3"], "--seed"),
+        (["montecarlo", "--delta-v", "1", "--cases", "5", "--dispersions", "nope"], "nope"),
+        (
+            [
+                "montecarlo",
+                "--delta-v",
+                "1",
+                "--cases",
+                "5",
+                "--scheduler",
+                "tcp://127.0.0.1:9",
+                "--threads",
+                "2",
+            ],
+            "--threads",
+        ),
+        (["run", "--unit", "sim", "--delta-v", "1", "--case-seed", "5"], "--dispersions"),
+        (["run", "--delta-v", "1", "--dispersions", "default", "--case-seed", "5"], "--unit sim"),
+        (["run", "--unit", "sim", "--delta-v", "1", "--dispersions", "default"], "--case-seed"),
+        (
+            [
+                "run",
+                "--unit",
+                "sim",
+                "--delta-v",
+                "1",
+                "--dispersions",
+                "default",
+                "--case-seed",
+                "5",
+                "--seed",
+                "3",
+            ],
+            "--seed",
+        ),
+    ],
+)
 def test_cli_bad_input_is_one_line_and_exit_2(argv, needle, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
@@ -155,8 +240,22 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, needle, capsys, tmp_path):
 
 def test_scheduler_without_dask_says_how_to_install(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
-    assert main(["montecarlo", "--delta-v", "1", "--cases", "5", "--scheduler",
-                 "tcp://127.0.0.1:8786", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "montecarlo",
+                "--delta-v",
+                "1",
+                "--cases",
+                "5",
+                "--scheduler",
+                "tcp://127.0.0.1:8786",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'thruster-hil[dask]'" in err
 
@@ -164,14 +263,17 @@ def test_scheduler_without_dask_says_how_to_install(monkeypatch, capsys, tmp_pat
 def test_the_local_path_does_not_import_dask(tmp_path):
     import subprocess
 
-    code = ("import sys; from thruster_hil.cli import main; "
-            f"main(['montecarlo', '--delta-v', '0.3', '--cases', '2', '--out', "
-            f"{str(tmp_path / 'o')!r}]); "
-            "assert 'dask' not in sys.modules and 'distributed' not in sys.modules")
+    code = (
+        "import sys; from thruster_hil.cli import main; "
+        f"main(['montecarlo', '--delta-v', '0.3', '--cases', '2', '--out', "
+        f"{str(tmp_path / 'o')!r}]); "
+        "assert 'dask' not in sys.modules and 'distributed' not in sys.modules"
+    )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         cwd=root, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, timeout=600
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -195,9 +297,16 @@ def test_progress_bar_only_on_a_terminal():
 @pytest.fixture(scope="module")
 def dask_client():
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         yield client
 
 

@@ -56,7 +56,13 @@ print(json.dumps(deltas))
 
 def test_controller_step_makes_no_heap_allocation():
     env = dict(os.environ, NUMBA_NRT_STATS="1", PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env,
-                         cwd=ROOT, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [0]

@@ -49,12 +49,36 @@ def _state(a, e, i, raan, argp, nu, mass=ISS_MASS):
     return np.concatenate([r, v, [mass]])
 
 
-def _run(y0, dt, n, *, n_sub=1, burn=(0.0, 0.0), force=ZERO3, mdot=0.0, cd_area=0.0, j2=False,
-         act="moderate"):
+def _run(
+    y0,
+    dt,
+    n,
+    *,
+    n_sub=1,
+    burn=(0.0, 0.0),
+    force=ZERO3,
+    mdot=0.0,
+    cd_area=0.0,
+    j2=False,
+    act="moderate",
+):
     alt, lr = _table(act)
     out = np.empty((n + 1, 7))
-    status = propagate(y0, dt, n, n_sub, burn[0], burn[1], np.asarray(force, float), mdot,
-                       cd_area, j2, alt, lr, out)
+    status = propagate(
+        y0,
+        dt,
+        n,
+        n_sub,
+        burn[0],
+        burn[1],
+        np.asarray(force, float),
+        mdot,
+        cd_area,
+        j2,
+        alt,
+        lr,
+        out,
+    )
     assert status == STATUS_OK
     return out
 
@@ -148,7 +172,7 @@ def _decay_m_per_day(act):
     out = _run(y0, dt, n, cd_area=ISS_CD_AREA, j2=True, act=act)
     k = int(round(period_s(ISS_A) / dt))
     a0, _, _ = mean_apsides(out[: k + 1], dt)
-    a1, _, _ = mean_apsides(out[8640: 8640 + k + 1], dt)
+    a1, _, _ = mean_apsides(out[8640 : 8640 + k + 1], dt)
     return mean_altitude_m(a0) - mean_altitude_m(a1)
 
 
@@ -293,11 +317,14 @@ def test_propagate_bad_args_status():
     y0 = _state(ISS_A, 0.0, ISS_INC, 0.0, 0.0, 0.0)
     out = np.zeros((11, 7))
     assert propagate(y0, 10.0, 10, 0, 0.0, 0.0, ZERO3, 0.0, 0.0, False, alt, lr, out) == (
-        STATUS_BAD_ARGS)
+        STATUS_BAD_ARGS
+    )
     assert propagate(y0, -1.0, 10, 1, 0.0, 0.0, ZERO3, 0.0, 0.0, False, alt, lr, out) == (
-        STATUS_BAD_ARGS)
+        STATUS_BAD_ARGS
+    )
     assert propagate(y0, 10.0, 11, 1, 0.0, 0.0, ZERO3, 0.0, 0.0, False, alt, lr, out) == (
-        STATUS_BAD_ARGS)
+        STATUS_BAD_ARGS
+    )
     assert np.all(out == 0.0)
 
 
@@ -320,8 +347,13 @@ def test_rk4_step_matches_propagate():
 
 
 @settings(max_examples=100, deadline=None)
-@given(i=st.floats(0.0, math.pi), raan=st.floats(0, 2 * math.pi), argp=st.floats(0, 2 * math.pi),
-       nu=st.floats(0, 2 * math.pi), e=st.floats(0.0, 0.1))
+@given(
+    i=st.floats(0.0, math.pi),
+    raan=st.floats(0, 2 * math.pi),
+    argp=st.floats(0, 2 * math.pi),
+    nu=st.floats(0, 2 * math.pi),
+    e=st.floats(0.0, 0.1),
+)
 def test_dcm_HN_is_lvlh(i, raan, argp, nu, e):
     """Rows: x_H along-track, y_H = -h/|h|, z_H = -r/|r|; a proper rotation."""
     y = _state(ISS_A, e, i, raan, argp, nu)
@@ -345,8 +377,14 @@ _angle = st.floats(0.0, 2 * math.pi, exclude_max=True)
 
 
 @settings(max_examples=300, deadline=None)
-@given(perigee=st.floats(200e3, 2000e3), e=st.floats(0.0, 0.1), i=st.floats(0.0, math.pi),
-       raan=_angle, argp=_angle, nu=_angle)
+@given(
+    perigee=st.floats(200e3, 2000e3),
+    e=st.floats(0.0, 0.1),
+    i=st.floats(0.0, math.pi),
+    raan=_angle,
+    argp=_angle,
+    nu=_angle,
+)
 def test_rv_elements_round_trip(perigee, e, i, raan, argp, nu):
     a = (R_EARTH + perigee) / (1.0 - e)
     r = np.empty(3)
@@ -375,7 +413,8 @@ def test_rv_elements_round_trip(perigee, e, i, raan, argp, nu):
 
 
 @pytest.mark.parametrize(
-    "e, i", [(0.0, 0.0), (0.0, math.pi), (0.0, 0.9), (0.01, 0.0), (0.01, math.pi), (1e-13, 1e-13)])
+    "e, i", [(0.0, 0.0), (0.0, math.pi), (0.0, 0.9), (0.01, 0.0), (0.01, math.pi), (1e-13, 1e-13)]
+)
 def test_elements_degenerate_no_nan(e, i):
     """Circular and/or equatorial orbits give finite elements that reproduce the state."""
     r = np.empty(3)
@@ -417,7 +456,7 @@ def test_mean_apsides_removes_j2_swing():
     out = _run(y0, dt, 4 * k, j2=True)
     a_osc = _elements(out)[:, 0]
     assert np.ptp(a_osc) > 5e3  # the swing the average must remove
-    means = [mean_apsides(out[j: j + k + 1], dt) for j in range(0, 3 * k, k // 7)]
+    means = [mean_apsides(out[j : j + k + 1], dt) for j in range(0, 3 * k, k // 7)]
     a_m = np.array([m[0] for m in means])
     assert np.ptp(a_m) < 50.0
     for _, hp, ha in means:

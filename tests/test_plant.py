@@ -28,15 +28,32 @@ def _orbit_state():
     return r, v
 
 
-def _cycle(y, impulse, u, r_tc, isp, inertia=I_DIAG, period=1.0, ext=None, j2=0.0, gg=0.0,
-           cd_area=0.0):
+def _cycle(
+    y, impulse, u, r_tc, isp, inertia=I_DIAG, period=1.0, ext=None, j2=0.0, gg=0.0, cd_area=0.0
+):
     out = np.empty_like(y)
     sensed = np.zeros(plant.SENSED_LEN)
     work = np.empty(plant.PLANT_WORK_LEN)
     ext = np.zeros(3) if ext is None else ext
-    status = plant.plant_cycle(y, period, impulse, u, r_tc, isp, ext, inertia,
-                               np.linalg.inv(inertia), cd_area, j2, gg, TABLE[0], TABLE[1], work,
-                               out, sensed)
+    status = plant.plant_cycle(
+        y,
+        period,
+        impulse,
+        u,
+        r_tc,
+        isp,
+        ext,
+        inertia,
+        np.linalg.inv(inertia),
+        cd_area,
+        j2,
+        gg,
+        TABLE[0],
+        TABLE[1],
+        work,
+        out,
+        sensed,
+    )
     assert status == plant.STATUS_OK
     return out, sensed
 
@@ -61,13 +78,13 @@ def test_impulse_through_the_com_changes_velocity_by_impulse_over_mass():
     m_used = 400.0 / (300.0 * G0)
     assert burned[plant.M] == pytest.approx(4.3e5 - m_used, rel=1e-12)
     dv_expected = -300.0 * G0 * math.log1p(-m_used / 4.3e5)  # rocket equation, no cancellation
-    dv = burned[plant.V:plant.V + 3] - coast[plant.V:plant.V + 3]
+    dv = burned[plant.V : plant.V + 3] - coast[plant.V : plant.V + 3]
     # q = identity: B = N, so the thrust is along y_N.
     assert dv[1] == pytest.approx(dv_expected, rel=1e-5)
     assert abs(dv[0]) < 1e-8 and abs(dv[2]) < 1e-8
     np.testing.assert_allclose(sensed[0:3], [0.0, dv_expected, 0.0], rtol=1e-12, atol=1e-18)
     np.testing.assert_allclose(sensed[3:6], [0.0, dv_expected, 0.0], rtol=1e-12, atol=1e-18)
-    assert np.allclose(burned[plant.W:plant.W + 3], 0.0)
+    assert np.allclose(burned[plant.W : plant.W + 3], 0.0)
 
 
 def test_couple_spins_the_stack_by_torque_over_inertia():
@@ -84,23 +101,25 @@ def test_couple_spins_the_stack_by_torque_over_inertia():
     coast, _ = _cycle(y0, np.zeros((4, 2)), u, r_tc, isp)
     assert out[plant.W + 2] == pytest.approx(2 * 400.0 * d * 1.0 / 2.00e8, rel=1e-12)
     assert abs(out[plant.W]) < 1e-15 and abs(out[plant.W + 1]) < 1e-15
-    np.testing.assert_allclose(out[plant.V:plant.V + 3], coast[plant.V:plant.V + 3], atol=1e-7)
+    np.testing.assert_allclose(out[plant.V : plant.V + 3], coast[plant.V : plant.V + 3], atol=1e-7)
     np.testing.assert_allclose(sensed, 0.0, atol=1e-15)
 
 
 def test_torque_free_tumble_conserves_momentum_and_energy_in_orbit():
     """Schaub & Junkins sec. 4.4: with no external torque the inertial angular momentum and the
     rotational kinetic energy are integrals; checked to 1e-9 relative over 600 s (RK4, 0.1 s)."""
-    inertia = np.array([[1.279e8, 3.08e6, 3.15e6], [3.08e6, 1.074e8, 1.38e6],
-                        [3.15e6, 1.38e6, 2.004e8]])
+    inertia = np.array(
+        [[1.279e8, 3.08e6, 3.15e6], [3.08e6, 1.074e8, 1.38e6], [3.15e6, 1.38e6, 2.004e8]]
+    )
     r, v = _orbit_state()
-    y = plant.initial_state(r, v, np.array([1.0, 0.0, 0.0, 0.0]), np.array([0.01, -0.02, 0.015]),
-                            4.3e5)
+    y = plant.initial_state(
+        r, v, np.array([1.0, 0.0, 0.0, 0.0]), np.array([0.01, -0.02, 0.015]), 4.3e5
+    )
     dcm = np.empty((3, 3))
 
     def integrals(state):
-        w = state[plant.W:plant.W + 3]
-        dcm_from_q(state[plant.Q:plant.Q + 4], dcm)
+        w = state[plant.W : plant.W + 3]
+        dcm_from_q(state[plant.Q : plant.Q + 4], dcm)
         return dcm.T @ (inertia @ w), 0.5 * w @ inertia @ w
 
     h0, t0 = integrals(y)
@@ -131,7 +150,7 @@ def test_lvlh_hold_is_a_free_motion_for_a_principal_axis_along_the_orbit_normal(
     lvlh_attitude_q(y[0:3], y[3:6], dcm_BH, q_ref)
     q_ref_conj = q_ref * np.array([1.0, -1.0, -1.0, -1.0])
     q_err = np.empty(4)
-    q_mult(y[plant.Q:plant.Q + 4], q_ref_conj, q_err)
+    q_mult(y[plant.Q : plant.Q + 4], q_ref_conj, q_err)
     assert q_error_angle(q_err) < 1e-6
 
 
@@ -139,8 +158,23 @@ def test_bad_shapes_are_a_status_not_an_exception():
     r, v = _orbit_state()
     y0 = plant.initial_state(r, v, np.array([1.0, 0.0, 0.0, 0.0]), np.zeros(3), 4.3e5)
     out = np.empty_like(y0)
-    status = plant.plant_cycle(y0, 1.0, np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((3, 3)),
-                               np.ones(3), np.zeros(3), I_DIAG, np.linalg.inv(I_DIAG), 0.0, 0.0,
-                               0.0, TABLE[0], TABLE[1], np.empty(plant.PLANT_WORK_LEN), out,
-                               np.zeros(6))
+    status = plant.plant_cycle(
+        y0,
+        1.0,
+        np.zeros((2, 3)),
+        np.zeros((2, 3)),
+        np.zeros((3, 3)),
+        np.ones(3),
+        np.zeros(3),
+        I_DIAG,
+        np.linalg.inv(I_DIAG),
+        0.0,
+        0.0,
+        0.0,
+        TABLE[0],
+        TABLE[1],
+        np.empty(plant.PLANT_WORK_LEN),
+        out,
+        np.zeros(6),
+    )
     assert status == plant.STATUS_BAD_SHAPE

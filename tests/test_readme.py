@@ -52,10 +52,14 @@ def test_cli_reference_is_generated_from_the_parser():
     text = (ROOT / "README.md").read_text()
     assert ref.current_section(text), "README.md lost its cli-reference markers"
     assert ref.matches(ref.current_section(text), ref.render_reference()), (
-        "README.md's CLI reference differs from the parser: run python tools/make_cli_reference.py")
+        "README.md's CLI reference differs from the parser: run python tools/make_cli_reference.py"
+    )
     # Under Python 3.11/3.12 the match is exact: one changed space fails it.
-    assert not ref.matches(ref.current_section(text).replace("  -h, --help", " -h, --help", 1),
-                           ref.render_reference(), version=(3, 11))
+    assert not ref.matches(
+        ref.current_section(text).replace("  -h, --help", " -h, --help", 1),
+        ref.render_reference(),
+        version=(3, 11),
+    )
     for name in ("plan", "run", "replay", "report", "monitor", "emulate", "ports", "selftest"):
         assert f"### `thruster-hil {name}`" in text
 
@@ -74,8 +78,14 @@ def test_every_thruster_hil_command_in_the_readme_parses():
                 argv = shlex.split(part, comments=True)
                 if argv and argv[0] == "thruster-hil":
                     commands.append(argv[1:])
-    assert {argv[0] for argv in commands} >= {"run", "report", "replay", "monitor", "ports",
-                                              "selftest"}
+    assert {argv[0] for argv in commands} >= {
+        "run",
+        "report",
+        "replay",
+        "monitor",
+        "ports",
+        "selftest",
+    }
     for argv in commands:
         try:
             build_parser().parse_args(argv)

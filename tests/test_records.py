@@ -14,8 +14,9 @@ pytestmark = pytest.mark.slow
 
 def test_a_run_through_the_emulator_leaves_complete_records(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "--stack", "progress", "--delta-v", "0.05", "--json", "--out",
-                 str(out)]) == 0
+    assert (
+        main(["run", "--stack", "progress", "--delta-v", "0.05", "--json", "--out", str(out)]) == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["achieved_delta_v_mps"] == printed["achieved_delta_v_mps"]
@@ -24,8 +25,9 @@ def test_a_run_through_the_emulator_leaves_complete_records(tmp_path, capsys):
     assert set(summary["config_sha256"]) == {"stack", "station", "vehicle", "dictionary"}
     rows = list(csv.DictReader((out / "telemetry.csv").open()))
     assert len(rows) == summary["cycles"] == summary["records"]["telemetry_rows"]
-    assert float(rows[-1]["dv_along_mps"]) == pytest.approx(summary["achieved_delta_v_mps"],
-                                                            rel=1e-3)
+    assert float(rows[-1]["dv_along_mps"]) == pytest.approx(
+        summary["achieved_delta_v_mps"], rel=1e-3
+    )
     assert any(int(v) > 0 for k, v in rows[0].items() if k.startswith("exec_ms:"))
     capture = (out / "capture.csv").read_text().splitlines()
     assert capture[0] == "t_ns,dir,hex"
@@ -68,11 +70,29 @@ def test_ctrl_c_stops_the_burn_and_still_writes_the_summary(tmp_path, mode, delt
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "thruster_hil.cli", "run", "--mode",
-                             mode, "--stack", "progress", "--delta-v", delta_v, "--out",
-                             str(out), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=root, env=dict(os.environ, PYTHONPATH=str(root)),
-                            preexec_fn=as_from_a_terminal)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "thruster_hil.cli",
+            "run",
+            "--mode",
+            mode,
+            "--stack",
+            "progress",
+            "--delta-v",
+            delta_v,
+            "--out",
+            str(out),
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env=dict(os.environ, PYTHONPATH=str(root)),
+        preexec_fn=as_from_a_terminal,
+    )
     telemetry = out / "telemetry.csv"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait for three cycles on disk
@@ -121,8 +141,10 @@ def test_report_renders_a_png_of_sensible_size_for_each_stack(tmp_path, capsys, 
     import struct
 
     out = tmp_path / "run"
-    assert main(["run", "--unit", "sim", "--stack", stack, "--delta-v", "0.05", "--out",
-                 str(out)]) == 0
+    assert (
+        main(["run", "--unit", "sim", "--stack", stack, "--delta-v", "0.05", "--out", str(out)])
+        == 0
+    )
     assert main(["report", str(out)]) == 0
     png = (out / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -169,11 +191,27 @@ def test_sigkill_mid_burn_leaves_every_flown_cycle_on_disk_and_no_emulator(tmp_p
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "thruster_hil.cli", "run", "--mode",
-                             "realtime", "--stack", "progress", "--delta-v", "0.05", "--out",
-                             str(out), "--json"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, cwd=root,
-                            env=dict(os.environ, PYTHONPATH=str(root)))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "thruster_hil.cli",
+            "run",
+            "--mode",
+            "realtime",
+            "--stack",
+            "progress",
+            "--delta-v",
+            "0.05",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=root,
+        env=dict(os.environ, PYTHONPATH=str(root)),
+    )
     telemetry = out / "telemetry.csv"
     t_first = None
     deadline = time.monotonic() + 60
@@ -187,8 +225,11 @@ def test_sigkill_mid_burn_leaves_every_flown_cycle_on_disk_and_no_emulator(tmp_p
             if rows >= 5:
                 break
             time.sleep(0.02)
-        emulators = [p for p in _children(proc.pid)
-                     if b"thruster_hil.firmware_bridge.emulator" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        emulators = [
+            p
+            for p in _children(proc.pid)
+            if b"thruster_hil.firmware_bridge.emulator" in Path(f"/proc/{p}/cmdline").read_bytes()
+        ]
         assert len(emulators) == 1
         t_kill = time.monotonic()
         proc.kill()
@@ -235,10 +276,26 @@ def test_the_default_run_flies_on_a_machine_that_has_compiled_nothing(tmp_path):
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(root), NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
-    proc = subprocess.run([sys.executable, "-m", "thruster_hil.cli", "run", "--stack",
-                           "dragon-boost-kit", "--raise-perigee-km", "1.6", "--out", str(out),
-                           "--json"], capture_output=True, text=True, cwd=root, env=env,
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "thruster_hil.cli",
+            "run",
+            "--stack",
+            "dragon-boost-kit",
+            "--raise-perigee-km",
+            "1.6",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     summary = json.loads(proc.stdout)
     assert summary["completed"] and not summary["aborted"]

@@ -46,10 +46,12 @@ def drop_first(name: str, n: int = 1):
             left[0] -= 1
             return 0
         return 1
+
     return hook
 
 
 # ---- connect ---------------------------------------------------------------------------------
+
 
 def test_connect_resyncs_sends_hello_with_hash_and_nonce_and_measures_rtt_and_offset():
     b = Bench()
@@ -108,6 +110,7 @@ def test_a_dropped_hello_is_resent_with_the_same_seq_and_retransmit():
 
 # ---- arm -------------------------------------------------------------------------------------
 
+
 def test_arm_runs_the_challenge_confirms_the_nonce_and_starts_the_watchdog():
     b = armed_bench()
     (conf,) = b.frames("ARM_CONFIRM")
@@ -137,6 +140,7 @@ def test_an_arm_confirm_refused_with_bad_nonce_is_armed_again():
             f = dict(msg.fields, nonce=msg["nonce"] ^ 1)
             return codec.encode("ARM_CONFIRM", msg.seq, msg.flags, **f)
         return 1
+
     b.to_unit = wrong_nonce
     b.arm()
     assert len(b.frames("ARM_REQUEST")) == 2 and b.core.state == ARMED and b.s.armed
@@ -151,6 +155,7 @@ def test_arm_next_step_follows_the_steps_fired_in_the_session():
 
 
 # ---- fire ------------------------------------------------------------------------------------
+
 
 def test_lockstep_fire_of_18_thrusters_goes_in_two_banks_in_one_write_and_reports_both():
     b = armed_bench()
@@ -242,6 +247,7 @@ def test_heartbeat_is_due_a_quarter_of_the_watchdog_after_the_last_fire_or_heart
 
 # ---- stop, reset, foreign traffic ------------------------------------------------------------
 
+
 def test_stop_all_goes_twice_with_one_seq_and_is_acknowledged():
     b = armed_bench()
     seq = b.s.stop_all(b.now_ns)
@@ -273,11 +279,33 @@ def test_another_writers_frames_are_counted_and_its_lockout_stops_the_fire_namin
     b = armed_bench()
     wrong = (b.s.session + 1) & 0xFFFFFFFF
     for k in range(LIMITS["session_error_limit"] - 1):
-        b.inject(codec.encode("FIRE", k, 0, session=wrong, step=1000 + k, valid_for_ms=0,
-                              bank=0, mask=1, on_ticks=[50] + [0] * 15))
+        b.inject(
+            codec.encode(
+                "FIRE",
+                k,
+                0,
+                session=wrong,
+                step=1000 + k,
+                valid_for_ms=0,
+                bank=0,
+                mask=1,
+                on_ticks=[50] + [0] * 15,
+            )
+        )
     assert b.fire(1, [1] * 3).complete  # refusals of another's FIREs are not ours
-    b.inject(codec.encode("FIRE", 9, 0, session=wrong, step=2000, valid_for_ms=0, bank=0,
-                          mask=1, on_ticks=[50] + [0] * 15))
+    b.inject(
+        codec.encode(
+            "FIRE",
+            9,
+            0,
+            session=wrong,
+            step=2000,
+            valid_for_ms=0,
+            bank=0,
+            mask=1,
+            on_ticks=[50] + [0] * 15,
+        )
+    )
     t0 = b.now_ns
     with pytest.raises(LinkError, match="another writer on the line") as exc:
         b.fire(2, [1] * 3)
@@ -288,6 +316,7 @@ def test_another_writers_frames_are_counted_and_its_lockout_stops_the_fire_namin
 
 
 # ---- give-up rule on the fake clock ----------------------------------------------------------
+
 
 def test_a_cut_link_is_given_up_after_the_units_watchdog_time_not_before():
     b = armed_bench()
@@ -311,6 +340,7 @@ def test_a_slow_unit_that_keeps_talking_is_waited_for_and_counted():
             held.append(msg)
             return 0
         return 1
+
     b.to_host = late
     t0 = b.now_ns
     b.core.hk_period_ms = 20  # it keeps sending housekeeping: alive
@@ -332,9 +362,12 @@ def test_a_talking_unit_that_never_answers_is_given_up_after_the_live_bound():
 
 # ---- a property ------------------------------------------------------------------------------
 
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.sampled_from([0, 1, 1, 1, 2]), min_size=1, max_size=60),
-       st.lists(st.sampled_from([0, 1, 1, 1, 2]), min_size=1, max_size=60))
+@given(
+    st.lists(st.sampled_from([0, 1, 1, 1, 2]), min_size=1, max_size=60),
+    st.lists(st.sampled_from([0, 1, 1, 1, 2]), min_size=1, max_size=60),
+)
 def test_drops_and_duplicates_never_mismatch_a_reply_nor_execute_a_step_twice(up, down):
     """Whatever frames the line drops or repeats, each result is its own step's, with what the
     unit executed for it, and no (step, bank) is ever executed twice."""
@@ -356,6 +389,7 @@ def test_drops_and_duplicates_never_mismatch_a_reply_nor_execute_a_step_twice(up
 
 
 # ---- parameters, faults, statistics ----------------------------------------------------------
+
 
 def test_set_param_heartbeat_with_ack_and_disarm_are_acknowledged_commands():
     b = armed_bench()

@@ -40,11 +40,13 @@ MS = 1000
 FOREIGN_STEP = 0x7F000000  # every step the blind writer uses is at or above this
 
 _FOREIGN_FIELDS = {
-    "FIRE": lambda k: dict(step=FOREIGN_STEP + k, valid_for_ms=0, bank=k % 2, mask=0xFFFF,
-                           on_ticks=[200] * 16),
+    "FIRE": lambda k: dict(
+        step=FOREIGN_STEP + k, valid_for_ms=0, bank=k % 2, mask=0xFFFF, on_ticks=[200] * 16
+    ),
     "ARM_REQUEST": lambda k: {},
-    "ARM_CONFIRM": lambda k: dict(nonce=k * 2654435761 & 0xFFFFFFFF, max_on_ticks=1000,
-                                  next_step=FOREIGN_STEP + k),
+    "ARM_CONFIRM": lambda k: dict(
+        nonce=k * 2654435761 & 0xFFFFFFFF, max_on_ticks=1000, next_step=FOREIGN_STEP + k
+    ),
     "DISARM": lambda k: {},
     "SET_PARAM": lambda k: dict(param=1, value=2000),
     "FAULT_INJECT": lambda k: dict(fault=FAULT["STUCK_OPEN"], arg=k % 32),
@@ -67,13 +69,15 @@ def wrong_token(rng: random.Random, session: int | None) -> int:
 
 # ---------------------------------------------------------------------------- FAULT_INJECT
 
+
 @pytest.mark.parametrize("state", [SAFE, ARMING, ARMED, FAULT_ST])
 def test_fault_inject_without_the_session_is_refused_in_every_state(state):
     """REQ 13.3: FAULT_INJECT needs the session like every command but HELLO, PING, STOP_ALL."""
     b = bench_in(state)
     for kind in ("STUCK_OPEN", "FAIL_OFF", "TANK_PRESSURE", "RESET", "DROP_RX"):
-        msgs = b.send("FAULT_INJECT", flags=FLAG_ACK_REQ, session=b.u.session ^ 1,
-                      fault=FAULT[kind], arg=0)
+        msgs = b.send(
+            "FAULT_INJECT", flags=FLAG_ACK_REQ, session=b.u.session ^ 1, fault=FAULT[kind], arg=0
+        )
         assert reply(msgs)["result"] == R["BAD_SESSION"]
         assert not events(msgs, "FAULT_INJECTED")
     assert (b.u.stuck, b.u.failed, b.u.tank_kpa, b.u.drop_rx) == (0, 0, 1800, 0)
@@ -82,8 +86,9 @@ def test_fault_inject_without_the_session_is_refused_in_every_state(state):
 
 def test_fault_inject_before_any_hello_is_refused():
     b = Bench()
-    r = reply(b.send("FAULT_INJECT", flags=FLAG_ACK_REQ, session=0, fault=FAULT["STUCK_OPEN"],
-                     arg=3))
+    r = reply(
+        b.send("FAULT_INJECT", flags=FLAG_ACK_REQ, session=0, fault=FAULT["STUCK_OPEN"], arg=3)
+    )
     assert r["result"] == R["BAD_SESSION"] and b.u.stuck == 0 and b.u.open_mask() == 0
 
 
@@ -109,6 +114,7 @@ def test_a_reset_keeps_hardware_faults_ends_link_faults_and_zeroes_hk_counters()
 
 # ---------------------------------------------------------------------------- tokens
 
+
 def test_token_never_comes_from_the_seed():
     """REQ 13.2: two units with the same rng_seed (the emulator's --seed) and the same host
     nonce still hand out different tokens."""
@@ -126,8 +132,19 @@ def test_token_is_32_bits_mixed_from_host_nonce_and_unit_entropy():
     seen = set()
     dec = Decoder()
     for k in range(64):
-        out = u.receive(codec.encode("HELLO", k, 0, proto_ver=1, dict_hash=DICT_HASH,
-                                     mode=0, period_ms=100, host_nonce=k * 7919), 10 * k)
+        out = u.receive(
+            codec.encode(
+                "HELLO",
+                k,
+                0,
+                proto_ver=1,
+                dict_hash=DICT_HASH,
+                mode=0,
+                period_ms=100,
+                host_nonce=k * 7919,
+            ),
+            10 * k,
+        )
         seen.add(next(m for m in dec.feed(out) if m.name == "HELLO_ACK")["session"])
     assert len(seen) == 64 and 0 not in seen
     assert max(seen) >= 1 << 16  # not confined to the old 16 bits
@@ -143,6 +160,7 @@ def test_mix32_reference_values():
 
 # ---------------------------------------------------------------------------- lockout
 
+
 def test_lockout_at_the_limit_closes_valves_and_voids_the_session():
     """REQ 13.1: the limit-th wrong token in a session: every valve closed (a REALTIME pulse
     cut and reported aborted), SAFE_ENTERED INTRUSION, LOCKOUT(arg0 count, arg1 msg_id)."""
@@ -154,8 +172,15 @@ def test_lockout_at_the_limit_closes_valves_and_voids_the_session():
     token = b.u.session
     rng = random.Random(1)
     for k in range(LIMIT - 1):
-        msgs = b.send("FIRE", session=wrong_token(rng, token), step=FOREIGN_STEP + k,
-                      valid_for_ms=0, bank=0, mask=1, on_ticks=[100] + [0] * 15)
+        msgs = b.send(
+            "FIRE",
+            session=wrong_token(rng, token),
+            step=FOREIGN_STEP + k,
+            valid_for_ms=0,
+            bank=0,
+            mask=1,
+            on_ticks=[100] + [0] * 15,
+        )
         assert reply(msgs)["result"] == R["BAD_SESSION"] and not events(msgs, "LOCKOUT")
     assert b.u.state == ARMED and b.u.open_mask() == 1
     b.t += 10 * MS
@@ -201,18 +226,29 @@ def test_the_right_token_after_the_lockout_is_refused():
     b = bench_in(ARMED)
     token = b.u.session
     for k in range(LIMIT):
-        b.send("FIRE", session=token ^ (k + 1), step=FOREIGN_STEP + k, valid_for_ms=0, bank=0,
-               mask=1, on_ticks=[100] + [0] * 15)
+        b.send(
+            "FIRE",
+            session=token ^ (k + 1),
+            step=FOREIGN_STEP + k,
+            valid_for_ms=0,
+            bank=0,
+            mask=1,
+            on_ticks=[100] + [0] * 15,
+        )
     r = reply(b.fire(FOREIGN_STEP + 99, {0: 100}, session=token))
     assert r["result"] == R["BAD_SESSION"] and b.u.counters["fires_executed"] == 0
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), burst=st.integers(1, 3 * LIMIT),
-       kinds=st.lists(st.sampled_from(FOREIGN_KINDS), min_size=1, max_size=7),
-       period_ms=st.sampled_from([10, 100]))
-def test_blind_writer_interleaved_with_a_host_never_gets_anything_executed(seed, burst, kinds,
-                                                                           period_ms):
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    burst=st.integers(1, 3 * LIMIT),
+    kinds=st.lists(st.sampled_from(FOREIGN_KINDS), min_size=1, max_size=7),
+    period_ms=st.sampled_from([10, 100]),
+)
+def test_blind_writer_interleaved_with_a_host_never_gets_anything_executed(
+    seed, burst, kinds, period_ms
+):
     """Property (REQ 13.1): any mix of wrong-token commands in bursts between a host's
     FIREs: none executes, the unit locks out at the limit, the host sees LOCKOUT."""
     run = _Interleaved(seed, period_ms)
@@ -257,8 +293,7 @@ class _Interleaved:
 
     def __init__(self, seed: int, period_ms: int):
         erng = random.Random(seed ^ 0x5EED)
-        self.core = UnitCore(n_channels=32, rng_seed=seed,
-                             entropy=lambda: erng.getrandbits(32))
+        self.core = UnitCore(n_channels=32, rng_seed=seed, entropy=lambda: erng.getrandbits(32))
         self.rng = random.Random(seed)
         self.dec = Decoder()
         self.t = 0
@@ -287,8 +322,9 @@ class _Interleaved:
 
     def _check_journal(self) -> None:
         for rec in self.core.journal:
-            if rec["ev"] == "fire" and (rec["step"] >= FOREIGN_STEP
-                                        or rec["session"] != self.core.session):
+            if rec["ev"] == "fire" and (
+                rec["step"] >= FOREIGN_STEP or rec["session"] != self.core.session
+            ):
                 self.foreign_executed += 1
         self.core.journal.clear()
 
@@ -302,20 +338,34 @@ class _Interleaved:
         self.t += self.period_us
         self._read(self.core.tick(self.t))
         if self.session is None:
-            ack = next(m for m in self._send("HELLO", proto_ver=1, dict_hash=DICT_HASH,
-                                             mode=MODE["LOCKSTEP"], period_ms=self.period_ms,
-                                             host_nonce=self.rng.getrandbits(32))
-                       if m.name == "HELLO_ACK")
+            ack = next(
+                m
+                for m in self._send(
+                    "HELLO",
+                    proto_ver=1,
+                    dict_hash=DICT_HASH,
+                    mode=MODE["LOCKSTEP"],
+                    period_ms=self.period_ms,
+                    host_nonce=self.rng.getrandbits(32),
+                )
+                if m.name == "HELLO_ACK"
+            )
             self.session = ack["session"]
         if not self.armed:
             ch = next(m for m in self._send("ARM_REQUEST") if m.name == "ARM_CHALLENGE")
-            acks = [m for m in self._send("ARM_CONFIRM", nonce=ch["nonce"], max_on_ticks=5,
-                                          next_step=self.step + 1) if m.name == "ACK"]
+            acks = [
+                m
+                for m in self._send(
+                    "ARM_CONFIRM", nonce=ch["nonce"], max_on_ticks=5, next_step=self.step + 1
+                )
+                if m.name == "ACK"
+            ]
             assert acks[0]["result"] == R["ACCEPTED"]
             self.armed = True
         self.step += 1
-        msgs = self._send("FIRE", step=self.step, valid_for_ms=0, bank=0, mask=1,
-                          on_ticks=[5] + [0] * 15)
+        msgs = self._send(
+            "FIRE", step=self.step, valid_for_ms=0, bank=0, mask=1, on_ticks=[5] + [0] * 15
+        )
         if any(m.name == "VALVE_REPORT" and m["step"] == self.step for m in msgs):
             self.host_fires += 1
 
@@ -323,14 +373,21 @@ class _Interleaved:
         frames = []
         for _ in range(n):
             kind = kinds[self.k % len(kinds)]
-            frames.append(foreign(kind, wrong_token(self.rng, self.core.session), self.k,
-                                  self.rng.randrange(codec.SEQ_MODULO)))
+            frames.append(
+                foreign(
+                    kind,
+                    wrong_token(self.rng, self.core.session),
+                    self.k,
+                    self.rng.randrange(codec.SEQ_MODULO),
+                )
+            )
             self.k += 1
         self._read(self.core.receive(b"".join(frames), self.t))
         return n
 
 
 # ---------------------------------------------------------------------------- replay
+
 
 def _capture_session(u: UnitCore, t0: int) -> tuple[bytes, int]:
     """A host session on ``u`` (HELLO, ARM, FIREs 1..85); returns what the host sent (the
@@ -352,13 +409,21 @@ def _capture_session(u: UnitCore, t0: int) -> tuple[bytes, int]:
             elif m.name == "ARM_CHALLENGE":
                 nonce = m["nonce"]
 
-    send(t0, "HELLO", proto_ver=1, dict_hash=DICT_HASH, mode=0, period_ms=100,
-         host_nonce=0x1234)  # a host that even reuses its nonce
+    send(
+        t0, "HELLO", proto_ver=1, dict_hash=DICT_HASH, mode=0, period_ms=100, host_nonce=0x1234
+    )  # a host that even reuses its nonce
     send(t0 + MS, "ARM_REQUEST")
     send(t0 + 2 * MS, "ARM_CONFIRM", nonce=nonce, max_on_ticks=50, next_step=1)
     for step in range(1, 86):
-        send(t0 + (3 + step) * MS, "FIRE", step=step, valid_for_ms=0, bank=0, mask=1,
-             on_ticks=[20] + [0] * 15)
+        send(
+            t0 + (3 + step) * MS,
+            "FIRE",
+            step=step,
+            valid_for_ms=0,
+            bank=0,
+            mask=1,
+            on_ticks=[20] + [0] * 15,
+        )
     return b"".join(sent), token
 
 
@@ -391,8 +456,11 @@ def test_a_capture_replayed_into_a_later_session_executes_nothing():
 
 # ---------------------------------------------------------------------------- step window
 
-@pytest.mark.parametrize(("watchdog_ms", "period_ms", "window"), [
-    (250, 100, W_MIN), (250, 10, 26), (2000, 10, 201), (50, 10000, W_MIN)])
+
+@pytest.mark.parametrize(
+    ("watchdog_ms", "period_ms", "window"),
+    [(250, 100, W_MIN), (250, 10, 26), (2000, 10, 201), (50, 10000, W_MIN)],
+)
 def test_step_window_covers_every_step_lost_before_the_watchdog(watchdog_ms, period_ms, window):
     assert step_window(watchdog_ms, period_ms) == window
 
@@ -448,11 +516,11 @@ def test_arm_disabled_has_its_own_result_and_reason():
     r = reply(b.send("ARM_CONFIRM", nonce=b.nonce, max_on_ticks=100))
     assert r["result"] == R["ARM_DISABLED"] and b.u.state == ARMING
     b.u.set_arm_enable(True, b.t)
-    assert reply(b.send("ARM_CONFIRM", nonce=b.nonce, max_on_ticks=100))["result"] == \
-        R["ACCEPTED"]
+    assert reply(b.send("ARM_CONFIRM", nonce=b.nonce, max_on_ticks=100))["result"] == R["ACCEPTED"]
 
 
 # ---------------------------------------------------------------------------- spec gaps (4)
+
 
 @pytest.mark.parametrize("state", [SAFE, ARMING, ARMED, FAULT_ST])
 def test_arm_confirm_disarm_set_param_are_always_acked_the_others_only_on_request(state):
@@ -462,8 +530,7 @@ def test_arm_confirm_disarm_set_param_are_always_acked_the_others_only_on_reques
     b = bench_in(state)
     assert reply(b.send("SET_PARAM", param=2, value=100)).name == "ACK"
     assert [m.name for m in b.send("HEARTBEAT", host_step=1)] == []
-    assert not [m for m in b.send("FAULT_INJECT", fault=FAULT["CLEAR"], arg=0)
-                if m.name == "ACK"]
+    assert not [m for m in b.send("FAULT_INJECT", fault=FAULT["CLEAR"], arg=0) if m.name == "ACK"]
     assert not [m for m in b.send("STOP_ALL") if m.name == "ACK"]
     for s in (SAFE, ARMING):
         b = bench_in(s)
@@ -499,6 +566,7 @@ def test_every_fire_of_the_session_in_armed_feeds_the_watchdog():
         b.fire(step, {0: 5}, bank=bank)
         assert b.u.state == ARMED
     b.t += wd - MS
-    b.send("FIRE", session=b.u.session ^ 1, step=3, valid_for_ms=0, bank=0, mask=1,
-           on_ticks=[5] * 16)  # a wrong token feeds nothing
+    b.send(
+        "FIRE", session=b.u.session ^ 1, step=3, valid_for_ms=0, bank=0, mask=1, on_ticks=[5] * 16
+    )  # a wrong token feeds nothing
     assert events(b.tick(MS), "WATCHDOG_TRIP")

@@ -24,8 +24,15 @@ from thruster_hil.plan import Target, plan_burn
 pytestmark = pytest.mark.slow
 
 RUN_KEYS = {
-    "target_delta_v_mps", "achieved_delta_v_mps", "burn_duration_s", "cycles",
-    "max_attitude_error_deg", "propellant_kg", "perigee_km_after", "apogee_km_after", "wall_s",
+    "target_delta_v_mps",
+    "achieved_delta_v_mps",
+    "burn_duration_s",
+    "cycles",
+    "max_attitude_error_deg",
+    "propellant_kg",
+    "perigee_km_after",
+    "apogee_km_after",
+    "wall_s",
     "cycles_per_s",
 }
 
@@ -50,7 +57,8 @@ def test_reboost_ends_on_target_within_limits(stack):
     s = result.summary
     assert s["completed"]
     assert abs(s["achieved_delta_v_mps"] - s["target_delta_v_mps"]) <= _tolerance(
-        model, s["target_delta_v_mps"])
+        model, s["target_delta_v_mps"]
+    )
     assert s["max_attitude_error_deg"] <= s["attitude_limit_deg"]
     assert s["on_time_bound_violations"] == 0 and s["max_on_time_ms"] <= s["period_ms"]
     # The orbit responds as planned: the perigee rises by about the asked 1.6 km.
@@ -62,7 +70,8 @@ def test_translation_thruster_failing_mid_burn_is_allocated_around():
     s = result.summary
     assert s["completed"]
     assert abs(s["achieved_delta_v_mps"] - s["target_delta_v_mps"]) <= _tolerance(
-        model, s["target_delta_v_mps"])
+        model, s["target_delta_v_mps"]
+    )
     assert s["max_attitude_error_deg"] <= s["attitude_limit_deg"]
     assert [r["thruster"] for r in s["reallocations"]] == ["trunk-draco-1"]
     assert s["reallocations"][0]["t_s"] == pytest.approx(60.0)
@@ -95,18 +104,36 @@ def test_bad_sensor_input_closes_every_valve():
 
 
 def test_cli_run_sim_json(capsys, tmp_path):
-    assert main(["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.1", "--json",
-                 "--out", str(tmp_path / "run")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--unit",
+                "sim",
+                "--stack",
+                "progress",
+                "--delta-v",
+                "0.1",
+                "--json",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert RUN_KEYS <= out.keys()
     assert out["unit"] == "sim"
 
 
-@pytest.mark.parametrize("arg", ["nozzle@3", "trunk-draco-1", "trunk-draco-1@-2",
-                                 "trunk-draco-1@soon"])
+@pytest.mark.parametrize(
+    "arg", ["nozzle@3", "trunk-draco-1", "trunk-draco-1@-2", "trunk-draco-1@soon"]
+)
 def test_cli_run_rejects_a_bad_failure_spec(arg, capsys, tmp_path):
-    assert main(["run", "--delta-v", "0.1", "--fail-thruster", arg, "--out",
-                 str(tmp_path / "run")]) == 2
+    assert (
+        main(["run", "--delta-v", "0.1", "--fail-thruster", arg, "--out", str(tmp_path / "run")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("thruster-hil: error: ") and err.count("\n") == 1
 
@@ -130,7 +157,7 @@ def test_dragon_pushes_with_the_kit_and_holds_attitude_with_the_capsule():
 
     def watch(k, info):
         c = info["ctrl"]
-        xb = c.ctrl[cst.C_XH_B:cst.C_XH_B + 3]
+        xb = c.ctrl[cst.C_XH_B : cst.C_XH_B + 3]
         push = sum(float(c.qp[cst.Q_X, i] * (c.A[0:3, i] @ xb)) for i in capsule)
         worst.append(push / float(c.thr[0, 7]))
 
@@ -180,7 +207,7 @@ def test_cygnus_burn_of_ng19_length_fires_the_gimbaled_bt4_continuously():
 
     def watch(k, info):
         on_ms.append(int(info["executed_ms"][bt4]))
-        angles.append(info["ctrl"].qp[cst.Q_ANGLE, col:col + 2].copy())
+        angles.append(info["ctrl"].qp[cst.Q_ANGLE, col : col + 2].copy())
 
     s = run_burn(model, plan, on_cycle=watch).summary
     assert s["completed"]
@@ -202,8 +229,11 @@ def test_a_burn_stopped_for_a_reserve_exits_1_saying_why(tmp_path, capsys):
 
     from thruster_hil.plan import Target, plan_burn
 
-    for kind, stem in (("stacks", "dragon-boost-kit"), ("stations", "iss"),
-                       ("vehicles", "dragon-cargo")):
+    for kind, stem in (
+        ("stacks", "dragon-boost-kit"),
+        ("stations", "iss"),
+        ("vehicles", "dragon-cargo"),
+    ):
         text = (CONFIG_DIR / kind / f"{stem}.toml").read_text()
         if kind == "vehicles":
             assert "reserve_kg = 1200.0" in text
@@ -215,8 +245,22 @@ def test_a_burn_stopped_for_a_reserve_exits_1_saying_why(tmp_path, capsys):
     s = run_burn(build_stack_model(load_stack(stack)), plan).summary
     assert s["aborted"] and "reserve" in s["abort_reason"]
     assert s["propellant_by_tank_kg"]["capsule"] <= 1.0 and s["reserve_touched"] == []
-    code = main(["run", "--unit", "sim", "--stack", stack, "--raise-perigee-km", "1.6",
-                 "--fail-thruster", "trunk-draco-1@20", "--json", "--out", str(tmp_path / "run")])
+    code = main(
+        [
+            "run",
+            "--unit",
+            "sim",
+            "--stack",
+            stack,
+            "--raise-perigee-km",
+            "1.6",
+            "--fail-thruster",
+            "trunk-draco-1@20",
+            "--json",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert "reserve" in err or "tanks" in err, err
@@ -225,11 +269,13 @@ def test_a_burn_stopped_for_a_reserve_exits_1_saying_why(tmp_path, capsys):
 def test_a_capsule_draco_stuck_open_is_cancelled_and_the_burn_goes_on():
     """A stuck-open valve drains its tank whatever the burn does: the capsule's budget and stop
     are suspended, the other Dracos cancel its thrust and the burn ends on target."""
-    model, plan, result = _fly("dragon-boost-kit",
-                               [Failure("quad-a-plus-t", 30.0, code=HEALTH_STUCK_OPEN)])
+    model, plan, result = _fly(
+        "dragon-boost-kit", [Failure("quad-a-plus-t", 30.0, code=HEALTH_STUCK_OPEN)]
+    )
     s = result.summary
     assert s["completed"] and not s["aborted"]
     assert abs(s["achieved_delta_v_mps"] - s["target_delta_v_mps"]) <= _tolerance(
-        model, s["target_delta_v_mps"])
+        model, s["target_delta_v_mps"]
+    )
     assert s["max_attitude_error_deg"] <= s["attitude_limit_deg"]
     assert "reserve" not in s["status_cycles"]

@@ -28,6 +28,7 @@ MS = 1_000_000  # ns
 
 # ---- the rule, on made-up clocks ----------------------------------------------------------------
 
+
 def test_the_units_clock_rate_from_its_time_stamps():
     # Housekeeping every 100 ms of the unit's clock, arriving every 300 ms of ours: a third.
     samples = [(k * 300 * MS, 5_000_000 + k * 100_000) for k in range(5)]
@@ -39,8 +40,7 @@ def test_the_units_clock_rate_from_its_time_stamps():
     # A stopped clock is bounded below.
     assert unit_clock_rate([(0, 7), (1000 * MS, 7)]) == MIN_UNIT_CLOCK_RATE
     # The 32-bit unit clock wraps.
-    assert unit_clock_rate([(0, 0xFFFF_FFFF - 49_999), (200 * MS, 50_000)]) == \
-        pytest.approx(0.5)
+    assert unit_clock_rate([(0, 0xFFFF_FFFF - 49_999), (200 * MS, 50_000)]) == pytest.approx(0.5)
 
 
 def test_a_silent_unit_is_lost_after_its_watchdog_time_on_its_own_clock():
@@ -61,15 +61,19 @@ def test_a_unit_that_tripped_or_outlived_the_bound_is_lost_whatever_it_sends():
     assert unit_lost(LIVE_WAIT_MAX_S, 0.0, MIN_UNIT_CLOCK_RATE, WD, tripped=False)
 
 
-@given(waited=st.floats(0, 10), silent=st.floats(0, 10),
-       rate=st.floats(MIN_UNIT_CLOCK_RATE, 1.0), wd=st.floats(0.05, 2.0))
+@given(
+    waited=st.floats(0, 10),
+    silent=st.floats(0, 10),
+    rate=st.floats(MIN_UNIT_CLOCK_RATE, 1.0),
+    wd=st.floats(0.05, 2.0),
+)
 def test_the_rule_never_waits_past_the_bound_and_never_gives_up_on_a_talking_unit_early(
-        waited, silent, rate, wd):
+    waited, silent, rate, wd
+):
     lost = unit_lost(waited, silent, rate, wd, tripped=False)
     if waited >= min(LIVE_WAIT_MAX_S, LIVE_WAIT_WATCHDOGS * wd / rate):
         assert lost
-    if silent * rate < wd and waited * rate < LIVE_WAIT_WATCHDOGS * wd \
-            and waited < LIVE_WAIT_MAX_S:
+    if silent * rate < wd and waited * rate < LIVE_WAIT_WATCHDOGS * wd and waited < LIVE_WAIT_MAX_S:
         assert not lost
     # Against a real-time unit the rule is never later than "silent for the watchdog time".
     if silent >= wd:
@@ -77,6 +81,7 @@ def test_the_rule_never_waits_past_the_bound_and_never_gives_up_on_a_talking_uni
 
 
 # ---- the session against the unit core, on a fake clock ---------------------------------------
+
 
 def _armed(slow_rtt_s: float = 0.001) -> Bench:
     b = Bench(n_channels=3)
@@ -92,8 +97,7 @@ def test_a_slow_unit_that_keeps_sending_is_waited_for_past_the_old_give_up_time(
     give_up_ns = int(b.s.give_up_s * 1e9)
     t0 = b.now_ns
     # Its reports of step 4 come only after twice the old give-up time.
-    b.to_host = lambda m: 0 if m.name == "VALVE_REPORT" and b.now_ns - t0 < 2 * give_up_ns \
-        else 1
+    b.to_host = lambda m: 0 if m.name == "VALVE_REPORT" and b.now_ns - t0 < 2 * give_up_ns else 1
     res = b.fire(4, [10] * 3)
     assert res.executed_ms == (10, 10, 10) and res.complete
     copies = b.frames("FIRE")
@@ -106,8 +110,11 @@ def test_a_unit_that_talks_but_never_answers_is_given_up_at_the_bound():
     b = _armed()
     b.to_host = lambda m: 0 if m.name == "VALVE_REPORT" else 1
     t0 = b.now_ns
-    with pytest.raises(LinkError, match=r"no reply to FIRE step 4 .* tries over .*the unit "
-                       r"kept sending, its clock at [0-9.]+ x ours, but did not answer") as exc:
+    with pytest.raises(
+        LinkError,
+        match=r"no reply to FIRE step 4 .* tries over .*the unit "
+        r"kept sending, its clock at [0-9.]+ x ours, but did not answer",
+    ) as exc:
         b.fire(4, [10] * 3)
     assert "\n" not in str(exc.value)
     assert (b.now_ns - t0) / 1e9 >= LIVE_WAIT_WATCHDOGS * b.s.watchdog_s
@@ -117,8 +124,9 @@ def test_a_unit_whose_watchdog_tripped_is_given_up_without_waiting_for_the_bound
     b = _armed()
     b.to_unit = lambda m: 0 if m.name == "FIRE" else 1  # its watchdog starves and trips
     t0 = b.now_ns
-    with pytest.raises(LinkError, match="no reply to FIRE step 4 .*the unit's link watchdog "
-                       "expired"):
+    with pytest.raises(
+        LinkError, match="no reply to FIRE step 4 .*the unit's link watchdog expired"
+    ):
         b.fire(4, [10] * 3)
     assert (b.now_ns - t0) / 1e9 < 2 * b.s.give_up_s
 

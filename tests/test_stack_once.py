@@ -45,8 +45,23 @@ def test_plan_loads_the_stack_once(counted, capsys):
 
 def test_run_loads_the_stack_once(counted, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.05",
-                 "--out", str(out), "--json"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--unit",
+                "sim",
+                "--stack",
+                "progress",
+                "--delta-v",
+                "0.05",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["completed"]
     # The records still name the stack's files (from the one loaded stack).
@@ -59,8 +74,21 @@ def test_run_loads_the_stack_once(counted, tmp_path, capsys):
 def test_a_failed_run_loads_the_stack_once_too(counted, tmp_path, capsys):
     """The path that writes what summary it can for a run that never flew uses the same stack."""
     out = tmp_path / "run"
-    code = main(["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.05",
-                 "--fail-thruster", "no-such-thruster@1", "--out", str(out)])
+    code = main(
+        [
+            "run",
+            "--unit",
+            "sim",
+            "--stack",
+            "progress",
+            "--delta-v",
+            "0.05",
+            "--fail-thruster",
+            "no-such-thruster@1",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2
     assert "no-such-thruster" in capsys.readouterr().err
     assert counted == {"stack_reads": 1, "models": 1}

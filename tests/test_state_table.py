@@ -23,14 +23,18 @@ import gen_c_header  # noqa: E402
 
 
 def test_states_header_is_generated_from_the_table():
-    assert (ROOT / "firmware_bridge" / "board" / "states.h").read_text() == \
-        gen_c_header.render_states(), "states.h is stale: run python tools/gen_c_header.py"
+    assert (
+        ROOT / "firmware_bridge" / "board" / "states.h"
+    ).read_text() == gen_c_header.render_states(), (
+        "states.h is stale: run python tools/gen_c_header.py"
+    )
 
 
 def test_protocol_md_table_is_generated_from_the_table():
     doc = (ROOT / "docs" / "protocol.md").read_text()
-    assert doc == gen_c_header.render_protocol_doc(doc), \
+    assert doc == gen_c_header.render_protocol_doc(doc), (
         "docs/protocol.md section 5 is stale: run python tools/gen_c_header.py"
+    )
     assert doc.index(gen_c_header.TABLE_START) < doc.index("## 6. FIRE")
 
 
@@ -49,10 +53,13 @@ def test_rendered_cells_follow_the_declaration():
     cell = statetable.COMMANDS["SET_PARAM"][STATE["ARMING"]]
     assert cell.kind == "refuse" and cell.refusal == RESULT["REJECTED_STATE"]
     header = gen_c_header.render_states()
-    assert "/* SET_PARAM */ {CELL_NONE, ACT_SET_PARAM, CELL_REFUSE | RESULT_REJECTED_STATE," \
-        in header
-    assert "| SET_PARAM | - | `set_param`: ACCEPTED, BAD_PARAM: stay | REJECTED_STATE |" \
+    assert (
+        "/* SET_PARAM */ {CELL_NONE, ACT_SET_PARAM, CELL_REFUSE | RESULT_REJECTED_STATE," in header
+    )
+    assert (
+        "| SET_PARAM | - | `set_param`: ACCEPTED, BAD_PARAM: stay | REJECTED_STATE |"
         in gen_c_header.render_state_table()
+    )
 
 
 def test_conformance_matrix_is_the_table():
@@ -66,16 +73,28 @@ def test_conformance_matrix_is_the_table():
                 assert STATE[after] in cell.next_states(want)
 
 
-@pytest.mark.parametrize("path,value,message", [
-    (("on_command", "FIRE", "SAFE"), "NOT_A_RESULT", "on_command.FIRE.SAFE"),
-    (("on_command", "FIRE", "ARMED"), {"action": "nope", "ACCEPTED": "ARMED"},
-     "on_command.FIRE.ARMED"),
-    (("on_command", "HELLO", "SAFE"), {"action": "hello", "ACCEPTED": "LIMBO"},
-     "on_command.HELLO.SAFE.ACCEPTED"),
-    (("on_event", "WATCHDOG", "ARMED"), {"action": "watchdog_trip", "ACCEPTED": "SAFE"},
-     "on_event.WATCHDOG.ARMED"),
-    (("on_event", "WATCHDOG", "ARMED"), "REJECTED_STATE", "on_event.WATCHDOG.ARMED"),
-])
+@pytest.mark.parametrize(
+    "path,value,message",
+    [
+        (("on_command", "FIRE", "SAFE"), "NOT_A_RESULT", "on_command.FIRE.SAFE"),
+        (
+            ("on_command", "FIRE", "ARMED"),
+            {"action": "nope", "ACCEPTED": "ARMED"},
+            "on_command.FIRE.ARMED",
+        ),
+        (
+            ("on_command", "HELLO", "SAFE"),
+            {"action": "hello", "ACCEPTED": "LIMBO"},
+            "on_command.HELLO.SAFE.ACCEPTED",
+        ),
+        (
+            ("on_event", "WATCHDOG", "ARMED"),
+            {"action": "watchdog_trip", "ACCEPTED": "SAFE"},
+            "on_event.WATCHDOG.ARMED",
+        ),
+        (("on_event", "WATCHDOG", "ARMED"), "REJECTED_STATE", "on_event.WATCHDOG.ARMED"),
+    ],
+)
 def test_a_malformed_cell_is_named(path, value, message):
     raw = copy.deepcopy(dictionary.RAW)
     raw[path[0]][path[1]][path[2]] = value

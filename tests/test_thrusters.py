@@ -269,8 +269,9 @@ def test_continuous_firing_is_one_long_pulse(n_full):
     whole = thr.effective_impulse(n_full * period + t_last, F, T_OD, T_CD, TR, TT)
     assert _rel_close(math.fsum(out.ravel()), whole, 1e-12)
     booked = thr.attributed_impulse(period, False, F, T_OD, T_CD, TR, TT)
-    booked += sum(thr.attributed_impulse(c[0], True, F, T_OD, T_CD, TR, TT)
-                  for c in cmds[1:n_full + 1])
+    booked += sum(
+        thr.attributed_impulse(c[0], True, F, T_OD, T_CD, TR, TT) for c in cmds[1 : n_full + 1]
+    )
     assert _rel_close(booked, whole, 1e-12)
     # steady firing: a middle cycle delivers exactly F * period
     if n_full > 2:
@@ -297,8 +298,11 @@ def test_sub_steps_partition_the_cycle():
 def test_health_failed_off_and_stuck_open():
     """Failed off: no thrust from rest whatever the command; stuck open: F*period once the rise
     transient is over (tau = 0 here: exactly F*period every cycle)."""
-    out = _run([[0.3, 0.0]] * 3, health=[thr.HEALTH_FAILED_OFF, thr.HEALTH_STUCK_OPEN],
-               params=(F, T_OD, T_CD, 0.0, 0.0))
+    out = _run(
+        [[0.3, 0.0]] * 3,
+        health=[thr.HEALTH_FAILED_OFF, thr.HEALTH_STUCK_OPEN],
+        params=(F, T_OD, T_CD, 0.0, 0.0),
+    )
     assert np.all(out[:, :, 0] == 0.0)
     np.testing.assert_allclose(out[:, :, 1].sum(axis=1), F * 0.5, rtol=1e-14)
 
@@ -333,8 +337,9 @@ def test_bookings_match_delivery_when_gaps_are_resolvable(cmds):
     a previous pulse's tail still decaying (e^-16) when the next one opens. Closer pulses
     interact through that tail (physics the booking leaves to the closed loop)."""
     period = 0.5
-    out = _run([[c] for c in cmds] + [[0.0], [0.0], [0.0]], period, 2,
-               params=(F, T_OD, T_CD, 0.002, TT))
+    out = _run(
+        [[c] for c in cmds] + [[0.0], [0.0], [0.0]], period, 2, params=(F, T_OD, T_CD, 0.002, TT)
+    )
     booked = 0.0
     prev_full = False
     for c in cmds:
@@ -352,8 +357,9 @@ def test_cycle_bad_inputs_return_status():
     assert status == thr.CYCLE_BAD_PERIOD and np.all(np.isnan(out))
     status = thr.valve_cycle(np.full(1, 0.1), np.full(1, 7), *cols, 1.0, state, out)
     assert status == thr.CYCLE_UNKNOWN_HEALTH and np.all(out == 0.0)
-    status = thr.valve_cycle(np.zeros(1), np.zeros(1, np.int64), *cols, 1.0, state,
-                             np.zeros((3, 2)))
+    status = thr.valve_cycle(
+        np.zeros(1), np.zeros(1, np.int64), *cols, 1.0, state, np.zeros((3, 2))
+    )
     assert status == thr.CYCLE_BAD_SHAPE
 
 
@@ -362,11 +368,24 @@ def _feed(impulse, blowdown, load=10.0):
     used = np.zeros(1)
     thrust = np.zeros(n)
     isp = np.full(n, 220.0)
-    thr.feed_update(impulse, isp.copy(), np.zeros(n, np.int64), np.array([load]),
-                    np.array([blowdown]), np.array([2.0e6]), np.array([0.02]),
-                    np.array([1000.0]), np.array([1.0]), np.full(n, 25.0), np.full(n, 220.0),
-                    np.full(n, 1.0 if blowdown else 0.0), np.full(n, 0.05 if blowdown else 0.0),
-                    used, thrust, isp)
+    thr.feed_update(
+        impulse,
+        isp.copy(),
+        np.zeros(n, np.int64),
+        np.array([load]),
+        np.array([blowdown]),
+        np.array([2.0e6]),
+        np.array([0.02]),
+        np.array([1000.0]),
+        np.array([1.0]),
+        np.full(n, 25.0),
+        np.full(n, 220.0),
+        np.full(n, 1.0 if blowdown else 0.0),
+        np.full(n, 0.05 if blowdown else 0.0),
+        used,
+        thrust,
+        isp,
+    )
     return used[0], thrust, isp
 
 
@@ -408,10 +427,12 @@ def test_gimbal_direction_is_unit_and_its_derivatives_match_finite_differences(d
     assert np.linalg.norm(u) == pytest.approx(1.0, abs=1e-14)
     np.testing.assert_allclose(u, gimbaled_direction(u0, e1, e2, d1, d2), atol=1e-15)
     h = 1e-6
-    fd1 = (gimbaled_direction(u0, e1, e2, d1 + h, d2)
-           - gimbaled_direction(u0, e1, e2, d1 - h, d2)) / (2 * h)
-    fd2 = (gimbaled_direction(u0, e1, e2, d1, d2 + h)
-           - gimbaled_direction(u0, e1, e2, d1, d2 - h)) / (2 * h)
+    fd1 = (
+        gimbaled_direction(u0, e1, e2, d1 + h, d2) - gimbaled_direction(u0, e1, e2, d1 - h, d2)
+    ) / (2 * h)
+    fd2 = (
+        gimbaled_direction(u0, e1, e2, d1, d2 + h) - gimbaled_direction(u0, e1, e2, d1, d2 - h)
+    ) / (2 * h)
     np.testing.assert_allclose(du1, fd1, atol=1e-8)
     np.testing.assert_allclose(du2, fd2, atol=1e-8)
 
@@ -426,6 +447,5 @@ def test_gimbal_trim_points_the_thrust_through_the_com():
     d1, d2 = gimbal_trim(u0, e1, e2, r, np.radians(15.0))
     assert d1 == pytest.approx(0.0, abs=1e-15)
     assert np.degrees(d2) == pytest.approx(np.degrees(np.arctan2(1.97878484, 9.82839884)))
-    np.testing.assert_allclose(np.cross(r, gimbaled_direction(u0, e1, e2, d1, d2)), 0.0,
-                               atol=1e-12)
+    np.testing.assert_allclose(np.cross(r, gimbaled_direction(u0, e1, e2, d1, d2)), 0.0, atol=1e-12)
     assert gimbal_trim(u0, e1, e2, r, np.radians(5.0))[1] == pytest.approx(np.radians(5.0))

@@ -33,8 +33,15 @@ LOCKSTEP, REALTIME = MODE["LOCKSTEP"], MODE["REALTIME"]
 REASON = ENUMS["safe_reason"]
 PARAM = ENUMS["param"]
 MS = 1000
-SESSION_CMDS = {"HEARTBEAT", "ARM_REQUEST", "ARM_CONFIRM", "DISARM", "FIRE", "SET_PARAM",
-                "FAULT_INJECT"}
+SESSION_CMDS = {
+    "HEARTBEAT",
+    "ARM_REQUEST",
+    "ARM_CONFIRM",
+    "DISARM",
+    "FIRE",
+    "SET_PARAM",
+    "FAULT_INJECT",
+}
 
 
 class Bench:
@@ -55,8 +62,9 @@ class Bench:
         assert all(isinstance(m, Message) for m in items), items
         return items
 
-    def send(self, name: str, flags: int = 0, seq: int | None = None, at: int | None = None,
-             **fields) -> list[Message]:
+    def send(
+        self, name: str, flags: int = 0, seq: int | None = None, at: int | None = None, **fields
+    ) -> list[Message]:
         if at is not None:
             self.t = at
         if seq is None:
@@ -77,8 +85,11 @@ class Bench:
         return self.decode(self.u.tick(self.t))
 
     def hello(self, mode=LOCKSTEP, period_ms=100, dict_hash=DICT_HASH, **kw) -> Message:
-        return reply(self.send("HELLO", proto_ver=1, dict_hash=dict_hash, mode=mode,
-                               period_ms=period_ms, **kw))
+        return reply(
+            self.send(
+                "HELLO", proto_ver=1, dict_hash=dict_hash, mode=mode, period_ms=period_ms, **kw
+            )
+        )
 
     def arm_request(self) -> list[Message]:
         msgs = self.send("ARM_REQUEST")
@@ -93,13 +104,20 @@ class Bench:
         assert self.u.state == ARMED, msgs
         return msgs
 
-    def fire(self, step: int, on: dict[int, int] | None = None, bank: int = 0,
-             valid_for_ms: int = 0, **kw) -> list[Message]:
+    def fire(
+        self,
+        step: int,
+        on: dict[int, int] | None = None,
+        bank: int = 0,
+        valid_for_ms: int = 0,
+        **kw,
+    ) -> list[Message]:
         on = on or {}
         ticks = [on.get(c, 0) for c in range(16)]
         mask = sum(1 << c for c in on)
-        return self.send("FIRE", step=step, valid_for_ms=valid_for_ms, bank=bank, mask=mask,
-                         on_ticks=ticks, **kw)
+        return self.send(
+            "FIRE", step=step, valid_for_ms=valid_for_ms, bank=bank, mask=mask, on_ticks=ticks, **kw
+        )
 
     def inject(self, fault: str, arg: int = 0, flags: int = FLAG_ACK_REQ) -> list[Message]:
         return self.send("FAULT_INJECT", flags=flags, fault=FAULT[fault], arg=arg)
@@ -180,10 +198,15 @@ def _command(b: Bench, inp: str, result: int | None, after: int) -> list[Message
     a = FLAG_ACK_REQ
     action = statetable.COMMANDS[inp][b.u.state].kind == "action"
     if inp == "HELLO":
-        kw = {"DICT_MISMATCH": {"dict_hash": DICT_HASH ^ 1}, "BAD_MODE": {"mode": 7},
-              "BAD_PARAM": {"period_ms": 5}}.get(RESULT_NAME.get(result), {})
-        return b.send("HELLO", **{"proto_ver": 1, "dict_hash": DICT_HASH, "mode": LOCKSTEP,
-                                  "period_ms": 100, **kw})
+        kw = {
+            "DICT_MISMATCH": {"dict_hash": DICT_HASH ^ 1},
+            "BAD_MODE": {"mode": 7},
+            "BAD_PARAM": {"period_ms": 5},
+        }.get(RESULT_NAME.get(result), {})
+        return b.send(
+            "HELLO",
+            **{"proto_ver": 1, "dict_hash": DICT_HASH, "mode": LOCKSTEP, "period_ms": 100, **kw},
+        )
     if inp == "HEARTBEAT":
         return b.send("HEARTBEAT", flags=a, host_step=1)
     if inp == "PING":
@@ -216,8 +239,9 @@ def _command(b: Bench, inp: str, result: int | None, after: int) -> list[Message
         if result == R["DUPLICATE"]:
             b.fire(1, {0: 10})
             return b.fire(1, {0: 10})
-        step, bank = {R["STALE"]: (0, 0), R["STEP_AHEAD"]: (1000, 0),
-                      R["BAD_PARAM"]: (1, 7)}.get(result, (1, 0))
+        step, bank = {R["STALE"]: (0, 0), R["STEP_AHEAD"]: (1000, 0), R["BAD_PARAM"]: (1, 7)}.get(
+            result, (1, 0)
+        )
         return b.fire(step, {0: 10}, bank=bank)
     if inp == "SET_PARAM":
         value = 1 if result == R["BAD_PARAM"] else 300
@@ -253,7 +277,8 @@ def _event_evidence(inp: str, b: Bench, msgs: list[Message], journal: list[dict]
     names = [m.name for m in msgs]
     reasons = [e["arg0"] for e in events(msgs, "SAFE_ENTERED")]
     return {
-        "BOOT_DONE": "BOOT" in names, "RESET": "BOOT" in names,
+        "BOOT_DONE": "BOOT" in names,
+        "RESET": "BOOT" in names,
         "WATCHDOG": bool(events(msgs, "WATCHDOG_TRIP")),
         "CHALLENGE_EXPIRED": b.u._nonce is None and b.u.state == ARMING,
         "ARM_IDLE": REASON["ARM_TIMEOUT"] in reasons,
@@ -357,12 +382,18 @@ def test_commands_without_ack_req_get_no_ack_when_accepted():
 
 # ----------------------------------------------------------------------------- sessions
 
-@pytest.mark.parametrize("name,fields", [
-    ("HEARTBEAT", {"host_step": 1}), ("ARM_REQUEST", {}),
-    ("ARM_CONFIRM", {"nonce": 1, "max_on_ticks": 5}), ("DISARM", {}),
-    ("FIRE", {"step": 1, "valid_for_ms": 0, "bank": 0, "mask": 1, "on_ticks": [5] * 16}),
-    ("SET_PARAM", {"param": 1, "value": 100}),
-])
+
+@pytest.mark.parametrize(
+    "name,fields",
+    [
+        ("HEARTBEAT", {"host_step": 1}),
+        ("ARM_REQUEST", {}),
+        ("ARM_CONFIRM", {"nonce": 1, "max_on_ticks": 5}),
+        ("DISARM", {}),
+        ("FIRE", {"step": 1, "valid_for_ms": 0, "bank": 0, "mask": 1, "on_ticks": [5] * 16}),
+        ("SET_PARAM", {"param": 1, "value": 100}),
+    ],
+)
 @pytest.mark.parametrize("state", (SAFE, ARMING, ARMED))
 def test_wrong_session_is_rejected_and_counted(name, fields, state):
     b = bench_in(state)
@@ -411,6 +442,7 @@ def test_hello_bad_mode_and_period():
 
 # ----------------------------------------------------------------------------- ARM interlock
 
+
 def test_wrong_nonce_goes_safe():
     b = bench_in(ARMING)
     msgs = b.send("ARM_CONFIRM", nonce=b.nonce + 1, max_on_ticks=10)
@@ -453,12 +485,12 @@ def test_fire_before_arm_is_refused():
 
 def test_arm_confirm_bad_max_on_ticks():
     b = bench_in(ARMING)
-    assert reply(b.send("ARM_CONFIRM", nonce=b.nonce, max_on_ticks=0))["result"] == \
-        R["BAD_PARAM"]
+    assert reply(b.send("ARM_CONFIRM", nonce=b.nonce, max_on_ticks=0))["result"] == R["BAD_PARAM"]
     assert b.u.state == ARMING
 
 
 # ----------------------------------------------------------------------------- clamps
+
 
 def test_clamp_to_max_on_ticks_and_period():
     b = bench_in(SAFE)
@@ -476,8 +508,7 @@ def test_clamp_to_max_on_ticks_and_period():
     assert rep["executed_ticks"][3] == 20 and rep["flags"] & 1
 
 
-@pytest.mark.parametrize("asked,executed", [(0, 0), (1, 0), (2, 0), (3, 5), (4, 5), (5, 5),
-                                            (6, 6)])
+@pytest.mark.parametrize("asked,executed", [(0, 0), (1, 0), (2, 0), (3, 5), (4, 5), (5, 5), (6, 6)])
 def test_min_on_rule(asked, executed):
     b = bench_in(ARMED)  # min_on_ticks 5
     msgs = b.fire(1, {4: asked})
@@ -510,6 +541,7 @@ def test_bank_beyond_channels_is_bad_param():
 
 
 # ----------------------------------------------------------------------------- idempotent FIRE
+
 
 def test_duplicate_step_resends_report_and_never_fires_twice():
     b = bench_in(ARMED)
@@ -548,6 +580,7 @@ def test_step_memory_survives_rearm_within_a_session():
 
 # ----------------------------------------------------------------------------- STOP_ALL
 
+
 @pytest.mark.parametrize("state", _ALL)
 def test_stop_all_without_session_closes_valves(state):
     b = bench_in(state, n_channels=32)
@@ -566,6 +599,7 @@ def test_stop_all_without_session_closes_valves(state):
 
 
 # ----------------------------------------------------------------------------- watchdog
+
 
 def _first_closed(b: Bench, limit_us: int) -> tuple[int, list[Message]]:
     """Tick the unit every 1 ms until the commanded valves are closed."""
@@ -640,6 +674,7 @@ def test_fire_after_watchdog_deadline_does_not_execute():
 
 # ----------------------------------------------------------------------------- REALTIME
 
+
 def test_realtime_pulses_and_report_at_the_end():
     b = bench_in(SAFE)
     b.hello(mode=REALTIME, period_ms=100)
@@ -713,6 +748,7 @@ def test_disarm_aborts_pulses_with_executed_ticks():
 
 
 # ----------------------------------------------------------------------------- faults, health
+
 
 def test_reset_fault():
     b = bench_in(SAFE)
@@ -812,8 +848,9 @@ def test_low_tank_pressure_while_arming_goes_safe_and_the_nonce_is_void():
     assert r["result"] == R["REJECTED_STATE"] and b.u.state == SAFE
 
 
-@pytest.mark.parametrize("kpa,stays_armed", [(MIN_FEED_KPA, True), (MIN_FEED_KPA - 1, False),
-                                             (0, False), (1800, True)])
+@pytest.mark.parametrize(
+    "kpa,stays_armed", [(MIN_FEED_KPA, True), (MIN_FEED_KPA - 1, False), (0, False), (1800, True)]
+)
 def test_min_feed_pressure_boundary(kpa, stays_armed):
     b = bench_in(ARMED)
     msgs = b.inject("TANK_PRESSURE", kpa)
@@ -884,6 +921,7 @@ def test_stall_ignores_input_but_timers_run():
 
 # ----------------------------------------------------------------------------- HK, counters
 
+
 def test_hk_period_and_contents():
     b = bench_in(SAFE)
     msgs = b.tick(100 * MS)
@@ -905,13 +943,24 @@ def test_hk_period_and_contents():
     assert len([m for m in b.tick(20 * MS) if m.name == "HK"]) == 1
 
 
-@pytest.mark.parametrize("param,value,ok", [
-    ("WATCHDOG_MS", 49, False), ("WATCHDOG_MS", 50, True), ("WATCHDOG_MS", 2000, True),
-    ("WATCHDOG_MS", 2001, False), ("HK_PERIOD_MS", 0, True), ("HK_PERIOD_MS", 19, False),
-    ("HK_PERIOD_MS", 20, True), ("HK_PERIOD_MS", 10000, True), ("HK_PERIOD_MS", 10001, False),
-    ("MIN_ON_TICKS", -1, False), ("MIN_ON_TICKS", 0, True), ("MIN_ON_TICKS", 1000, True),
-    ("MIN_ON_TICKS", 1001, False),
-])
+@pytest.mark.parametrize(
+    "param,value,ok",
+    [
+        ("WATCHDOG_MS", 49, False),
+        ("WATCHDOG_MS", 50, True),
+        ("WATCHDOG_MS", 2000, True),
+        ("WATCHDOG_MS", 2001, False),
+        ("HK_PERIOD_MS", 0, True),
+        ("HK_PERIOD_MS", 19, False),
+        ("HK_PERIOD_MS", 20, True),
+        ("HK_PERIOD_MS", 10000, True),
+        ("HK_PERIOD_MS", 10001, False),
+        ("MIN_ON_TICKS", -1, False),
+        ("MIN_ON_TICKS", 0, True),
+        ("MIN_ON_TICKS", 1000, True),
+        ("MIN_ON_TICKS", 1001, False),
+    ],
+)
 def test_set_param_limits(param, value, ok):
     b = bench_in(SAFE)
     r = reply(b.send("SET_PARAM", param=PARAM[param], value=value))
@@ -929,8 +978,12 @@ def test_bad_frames_are_counted_and_events_rate_limited():
     out = b.dec.feed(b.u.receive(bytes(bad) * 10, b.t))
     ev = [m for m in out if isinstance(m, Message) and m.name == "EVENT"]
     assert len(ev) == 1 and ev[0]["event"] == EVENT["BAD_FRAME"]
-    assert sum(b.u.counters[k] for k in ("crc_errors", "cobs_errors", "length_errors",
-                                         "header_errors")) == 10
+    assert (
+        sum(
+            b.u.counters[k] for k in ("crc_errors", "cobs_errors", "length_errors", "header_errors")
+        )
+        == 10
+    )
     b.t += 100 * MS
     out = b.dec.feed(b.u.receive(bytes(bad), b.t))
     assert [m["arg1"] for m in out if isinstance(m, Message) and m.name == "EVENT"] == [10]
@@ -963,36 +1016,56 @@ def test_retransmitted_commands_are_answered_from_the_cache():
     b = Bench()
     r1 = b.hello()
     seq = b.seq - 1
-    r2 = reply(b.send("HELLO", flags=FLAG_RETRANSMIT, seq=seq, proto_ver=1,
-                      dict_hash=DICT_HASH, mode=0, period_ms=100))
+    r2 = reply(
+        b.send(
+            "HELLO",
+            flags=FLAG_RETRANSMIT,
+            seq=seq,
+            proto_ver=1,
+            dict_hash=DICT_HASH,
+            mode=0,
+            period_ms=100,
+        )
+    )
     assert r2.fields == r1.fields and r2.seq == r1.seq and r2.flags & FLAG_RETRANSMIT
     assert b.u.session == r1["session"]
     ch1 = reply(b.arm_request())
     ch2 = reply(b.send("ARM_REQUEST", flags=FLAG_RETRANSMIT, seq=b.seq - 1))
     assert ch2["nonce"] == ch1["nonce"] == b.u._nonce
     r = reply(b.send("ARM_CONFIRM", nonce=b.nonce, max_on_ticks=100))
-    r_again = reply(b.send("ARM_CONFIRM", flags=FLAG_RETRANSMIT, seq=b.seq - 1, nonce=b.nonce,
-                           max_on_ticks=100))
+    r_again = reply(
+        b.send("ARM_CONFIRM", flags=FLAG_RETRANSMIT, seq=b.seq - 1, nonce=b.nonce, max_on_ticks=100)
+    )
     assert r["result"] == r_again["result"] == 0 and b.u.state == ARMED
     assert b.u.counters["retransmits_answered"] == 3
     # The same seq without RETRANSMIT is a new command: acted on.
-    assert reply(b.send("ARM_CONFIRM", seq=b.seq - 1, nonce=b.nonce, max_on_ticks=100))[
-        "result"] == R["REJECTED_STATE"]
+    assert (
+        reply(b.send("ARM_CONFIRM", seq=b.seq - 1, nonce=b.nonce, max_on_ticks=100))["result"]
+        == R["REJECTED_STATE"]
+    )
 
 
 def test_reset_fault_is_not_repeated_by_a_retransmission():
     b = bench_in(SAFE)
     b.inject("RESET")
-    b.send("FAULT_INJECT", flags=FLAG_RETRANSMIT | FLAG_ACK_REQ, seq=b.seq - 1,
-           fault=FAULT["RESET"], arg=0)
+    b.send(
+        "FAULT_INJECT",
+        flags=FLAG_RETRANSMIT | FLAG_ACK_REQ,
+        seq=b.seq - 1,
+        fault=FAULT["RESET"],
+        arg=0,
+    )
     assert b.u.boot_count == 2
 
 
 # ----------------------------------------------------------------------------- robustness
 
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(chunks=st.lists(st.binary(max_size=80), max_size=12),
-       gaps=st.lists(st.integers(0, 400_000), min_size=12, max_size=12))
+@given(
+    chunks=st.lists(st.binary(max_size=80), max_size=12),
+    gaps=st.lists(st.integers(0, 400_000), min_size=12, max_size=12),
+)
 def test_garbage_never_crashes(chunks, gaps):
     b = bench_in(SAFE)
     b.hello(mode=REALTIME, period_ms=100)
@@ -1005,8 +1078,16 @@ def test_garbage_never_crashes(chunks, gaps):
         assert b.u.state in (SAFE, ARMED)
         if b.u.state != ARMED:
             assert b.u.open_mask() == 0
-    counted = sum(b.u.counters[k] for k in ("crc_errors", "cobs_errors", "length_errors",
-                                            "header_errors", "unknown_id_errors"))
+    counted = sum(
+        b.u.counters[k]
+        for k in (
+            "crc_errors",
+            "cobs_errors",
+            "length_errors",
+            "header_errors",
+            "unknown_id_errors",
+        )
+    )
     assert counted == sum(b.u._decoder.errors.values())
     assert len({(s, st_, bk) for s, st_, bk, _ in b.u.executed_log}) == len(b.u.executed_log)
 
@@ -1091,8 +1172,9 @@ class UnitVsModel(RuleBasedStateMachine):
     @rule(good_nonce=st.booleans())
     def arm_confirm(self, good_nonce):
         nonce = self.b.nonce if good_nonce else self.b.nonce ^ 0x77
-        msgs = self.b.send("ARM_CONFIRM", nonce=nonce, max_on_ticks=100,
-                           session=self._session(True))
+        msgs = self.b.send(
+            "ARM_CONFIRM", nonce=nonce, max_on_ticks=100, session=self._session(True)
+        )
         self._timers()
         r = reply(msgs)
         if not self.has_session:

@@ -18,14 +18,29 @@ from thruster_hil.config import build_stack_model, load_stack
 from thruster_hil.plan import Target, plan_stack
 from thruster_hil.replay import ReplayUnit
 
-MEMBERS = ("name", "realtime", "errors", "valves_closed", "valves_open", "execute",
-           "execute_chain", "wait_until", "fail", "stats", "close")
+MEMBERS = (
+    "name",
+    "realtime",
+    "errors",
+    "valves_closed",
+    "valves_open",
+    "execute",
+    "execute_chain",
+    "wait_until",
+    "fail",
+    "stats",
+    "close",
+)
 
 
 def _units():
     link = object()  # SerialUnit only keeps its link until a cycle runs
-    return [IdealUnit(3, 500), SerialUnit(link, 3, 500, "lockstep", "emulator"),
-            SerialUnit(link, 3, 500, "realtime", "/dev/ttyACM0"), ReplayUnit({}, 3)]
+    return [
+        IdealUnit(3, 500),
+        SerialUnit(link, 3, 500, "lockstep", "emulator"),
+        SerialUnit(link, 3, 500, "realtime", "/dev/ttyACM0"),
+        ReplayUnit({}, 3),
+    ]
 
 
 @pytest.mark.parametrize("unit", _units(), ids=lambda u: f"{type(u).__name__}-{u.name}")
@@ -42,8 +57,11 @@ def test_every_unit_implements_the_protocol(unit):
 
 
 def test_the_protocol_declares_what_the_runner_uses():
-    declared = set(Unit.__protocol_attrs__) if hasattr(Unit, "__protocol_attrs__") else {
-        m for m in MEMBERS if m in Unit.__annotations__ or hasattr(Unit, m)}
+    declared = (
+        set(Unit.__protocol_attrs__)
+        if hasattr(Unit, "__protocol_attrs__")
+        else {m for m in MEMBERS if m in Unit.__annotations__ or hasattr(Unit, m)}
+    )
     assert declared >= set(MEMBERS)
 
 
@@ -68,9 +86,13 @@ def test_the_runner_does_not_probe_its_unit():
     point of use, not a silently skipped step."""
     tree = ast.parse(inspect.getsource(runner))
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id in ("getattr", "hasattr") and node.args
-                and isinstance(node.args[0], ast.Name)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr")
+            and node.args
+            and isinstance(node.args[0], ast.Name)
+        ):
             assert node.args[0].id != "unit", ast.unparse(node)
 
 

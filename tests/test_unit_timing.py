@@ -47,8 +47,7 @@ def _wait_for(path, ev: str, timeout_s: float = 10.0) -> dict | None:
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP (POSIX)")
-def test_a_descheduled_emulator_closes_at_its_first_timer_run_and_says_how_late_it_ran(
-        tmp_path):
+def test_a_descheduled_emulator_closes_at_its_first_timer_run_and_says_how_late_it_ran(tmp_path):
     log = tmp_path / "unit.jsonl"
     with EmulatorProcess(log_path=log) as emu, Link(emu.port) as link:
         link.connect()
@@ -73,8 +72,11 @@ def test_a_descheduled_emulator_closes_at_its_first_timer_run_and_says_how_late_
     assert counters["timer"]["late_max_us"] >= trip["late_us"]
     # The campaign's judge: the closure is right for the unit, and the lateness is the host's,
     # judged apart: a stall over MAX_TIMER_LATE_MS is too busy a machine to judge at all.
-    ev = _emulator_evidence(records, [], Row(id="E99", unit="emulator", fault="stall",
-                                             expect="killed", expected="x", onset="link"))
+    ev = _emulator_evidence(
+        records,
+        [],
+        Row(id="E99", unit="emulator", fault="stall", expect="killed", expected="x", onset="link"),
+    )
     assert ev.timer_late_ms == trip["late_us"] / 1000
     why = judge_closure(ev, 251.0)
     if ev.timer_late_ms > MAX_TIMER_LATE_MS:
@@ -99,5 +101,6 @@ def test_priority_not_allowed_is_said_not_raised(monkeypatch):
     monkeypatch.setattr(os, "sched_setscheduler", refuse)
     monkeypatch.setattr(os, "setpriority", refuse)
     got = raise_priority(10)
-    assert got == ("normal (SCHED_FIFO: Operation not permitted; nice: Operation not "
-                   "permitted)") or got.startswith("nice ")  # already at or below -10
+    assert got == (
+        "normal (SCHED_FIFO: Operation not permitted; nice: Operation not permitted)"
+    ) or got.startswith("nice ")  # already at or below -10

@@ -41,10 +41,12 @@ def _rows(result, key):
 def test_the_doc_is_what_the_command_writes(result, tmp_path):
     """docs/validation.md's generated section is the command's output, byte for byte."""
     text = DOC.read_text(encoding="utf-8")
-    section = text[text.index(validate.DOC_START):text.index(validate.DOC_END)
-                   + len(validate.DOC_END)]
-    assert section == validate.doc_section(result), \
+    section = text[
+        text.index(validate.DOC_START) : text.index(validate.DOC_END) + len(validate.DOC_END)
+    ]
+    assert section == validate.doc_section(result), (
         "docs/validation.md is stale: rerun thruster-hil validate --doc docs/validation.md"
+    )
     # write_doc replaces only the section, whatever it held.
     copy = tmp_path / "v.md"
     copy.write_text(text.replace(section, f"{validate.DOC_START}\nold\n{validate.DOC_END}"))
@@ -79,7 +81,8 @@ def test_the_progress_model_is_the_calibrated_dpo_set():
     full = build_stack_model(validate._with_thrust(stack, c6.thrust_N))
     assert full.along_track_thrust_N / full.mass_kg == pytest.approx(3.0 / 1246.0, rel=2e-3)
     assert full.along_track_thrust_N / model.along_track_thrust_N == pytest.approx(
-        1.0 / 0.642, rel=1e-3)
+        1.0 / 0.642, rel=1e-3
+    )
 
 
 def test_the_bt4_thrust_reproduces_c1_at_full_duty():
@@ -89,9 +92,16 @@ def test_the_bt4_thrust_reproduces_c1_at_full_duty():
     stack = load_stack("cygnus")
     model = build_stack_model(stack)
     st = stack.station
-    b = validate.tangential_burn(st.perigee_km, st.apogee_km, st.inclination_deg, model.mass_kg,
-                                 model.along_track_thrust_N, model.translation_mass_flow_kg_s,
-                                 301.0, st.drag_coefficient * st.drag_area_m2)
+    b = validate.tangential_burn(
+        st.perigee_km,
+        st.apogee_km,
+        st.inclination_deg,
+        model.mass_kg,
+        model.along_track_thrust_N,
+        model.translation_mass_flow_kg_s,
+        301.0,
+        st.drag_coefficient * st.drag_area_m2,
+    )
     assert b["d_a_m"] / 1e3 == pytest.approx(0.49, rel=0.02)
 
 
@@ -109,8 +119,9 @@ def test_plan_and_run_agree_on_a_burn_duration(stack, tmp_path, capsys):
     assert main(["run", "--unit", "sim", *args, "--out", str(tmp_path / "run")]) == 0
     run = json.loads(capsys.readouterr().out.splitlines()[0])
     assert run["completed"]
-    assert plan["mean_altitude_change_km"] == pytest.approx(run["mean_altitude_change_km"],
-                                                            rel=0.02)
+    assert plan["mean_altitude_change_km"] == pytest.approx(
+        run["mean_altitude_change_km"], rel=0.02
+    )
     assert plan["propellant_kg"] == pytest.approx(run["propellant_kg"], rel=0.02)
     assert plan["burn_duration_s"] == pytest.approx(run["burn_duration_s"], rel=0.02)
     for key in ("perigee_km_after", "apogee_km_after"):
@@ -120,41 +131,47 @@ def test_plan_and_run_agree_on_a_burn_duration(stack, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("stack", list_stacks())
-@pytest.mark.parametrize("target", [Target("delta_v", 0.4), Target("raise_perigee", 1.0),
-                                    Target("mean_altitude", 419.0)])
+@pytest.mark.parametrize(
+    "target", [Target("delta_v", 0.4), Target("raise_perigee", 1.0), Target("mean_altitude", 419.0)]
+)
 def test_plan_is_the_run_for_every_target(stack, target):
     """The same plan flown by run_burn cycle by cycle (as the CLI's run, which records every
     cycle): every number the plan promises is what the run reports. The ignition is consistent:
     the planned duration is the duration flown from the ignition it sets."""
     plan = plan_burn(stack, target)
-    run = run_burn(build_stack_model(load_stack(stack)), plan,
-                   on_cycle=lambda k, info: None).summary
+    run = run_burn(
+        build_stack_model(load_stack(stack)), plan, on_cycle=lambda k, info: None
+    ).summary
     assert run["completed"]
     # The duration flown from an ignition is quantised to the 0.5 s cycle: where moving the
     # ignition by half a cycle moves the flown duration by a cycle, the planned duration can
     # only settle within one cycle of the flown one (the issue asks 2 %).
     assert abs(plan["burn_duration_s"] - run["burn_duration_s"]) <= run["period_ms"] / 1000.0
     assert plan["flown_burn_duration_s"] == run["burn_duration_s"]
-    for key in ("propellant_kg", "perigee_km_after", "apogee_km_after",
-                "mean_altitude_change_km"):
+    for key in ("propellant_kg", "perigee_km_after", "apogee_km_after", "mean_altitude_change_km"):
         assert plan[key] == run[key], key
     assert plan["tank_used_kg"] == run["tank_used_kg"]
 
 
 @settings(max_examples=12, deadline=None)
-@given(stack=st.sampled_from(list_stacks()), seconds=st.floats(5.0, 900.0),
-       perigee=st.floats(330.0, 430.0), spread=st.floats(0.0, 15.0))
+@given(
+    stack=st.sampled_from(list_stacks()),
+    seconds=st.floats(5.0, 900.0),
+    perigee=st.floats(330.0, 430.0),
+    spread=st.floats(0.0, 15.0),
+)
 def test_plan_is_the_run_for_any_burn_duration_and_orbit(stack, seconds, perigee, spread):
     """Property: whatever the duration and the initial orbit, the fused flight the plan makes
     and the cycle-by-cycle run of its plan are the same burn, and the burn lasts what was asked
     to within one control cycle."""
-    plan = plan_burn(stack, Target("burn_duration", seconds), perigee_km=perigee,
-                     apogee_km=perigee + spread)
-    run = run_burn(build_stack_model(load_stack(stack)), plan,
-                   on_cycle=lambda k, info: None).summary
+    plan = plan_burn(
+        stack, Target("burn_duration", seconds), perigee_km=perigee, apogee_km=perigee + spread
+    )
+    run = run_burn(
+        build_stack_model(load_stack(stack)), plan, on_cycle=lambda k, info: None
+    ).summary
     assert run["burn_duration_s"] == pytest.approx(seconds, abs=run["period_ms"] / 1000.0)
-    for key in ("propellant_kg", "perigee_km_after", "apogee_km_after",
-                "mean_altitude_change_km"):
+    for key in ("propellant_kg", "perigee_km_after", "apogee_km_after", "mean_altitude_change_km"):
         assert plan[key] == run[key], key
 
 
@@ -163,7 +180,8 @@ def test_plan_meets_an_orbit_target_on_the_flown_burn():
     assert plan["perigee_km_after"] - plan["perigee_km_before"] == pytest.approx(1.2, rel=0.01)
     plan = plan_burn("dragon-boost-kit", Target("mean_altitude", 420.0))
     assert (plan["perigee_km_after"] + plan["apogee_km_after"]) / 2.0 == pytest.approx(
-        420.0, abs=0.01 * (420.0 - 418.5))
+        420.0, abs=0.01 * (420.0 - 418.5)
+    )
 
 
 # ---- Gauss, decay ------------------------------------------------------------------------------
@@ -191,15 +209,19 @@ def test_decay_scales_with_density_through_the_seam():
     assert double / base == pytest.approx(2.0, rel=0.01)
     assert abs(vacuum) < 1e-3 * base
     assert 0.0 < higher < base
-    rows = validate.decay_rows([validate.DecayCase("x2", lambda: (alt, log_rho + math.log(2.0)),
-                                                   415.0, (0.0, 1e4), "test")])
+    rows = validate.decay_rows(
+        [
+            validate.DecayCase(
+                "x2", lambda: (alt, log_rho + math.log(2.0)), 415.0, (0.0, 1e4), "test"
+            )
+        ]
+    )
     assert rows[0]["ok"] and rows[0]["m_per_day"] > base
 
 
 def test_decay_rows_cover_three_activity_levels(result):
     rows = _rows(result, "decay")
-    assert len(rows) == 3 and all(np.isfinite(r["m_per_day"]) and r["m_per_day"] > 0
-                                  for r in rows)
+    assert len(rows) == 3 and all(np.isfinite(r["m_per_day"]) and r["m_per_day"] > 0 for r in rows)
     # More solar activity, more decay (each at its own published altitude, the highest last).
     assert rows[0]["m_per_day"] < rows[2]["m_per_day"]
 
@@ -208,8 +230,7 @@ def test_decay_rows_cover_three_activity_levels(result):
 
 
 @pytest.mark.parametrize("doc", ["missing.md", "adir", "nomarkers.md"])
-def test_validate_refuses_a_doc_it_cannot_write_before_any_work(doc, tmp_path, capsys,
-                                                                monkeypatch):
+def test_validate_refuses_a_doc_it_cannot_write_before_any_work(doc, tmp_path, capsys, monkeypatch):
     (tmp_path / "adir").mkdir()
     (tmp_path / "nomarkers.md").write_text("# no section\n")
     monkeypatch.setattr(validate, "run_all", lambda: pytest.fail("worked before refusing"))
@@ -220,8 +241,12 @@ def test_validate_refuses_a_doc_it_cannot_write_before_any_work(doc, tmp_path, c
 
 def test_validate_exit_status_tells_whether_every_judged_row_passed(monkeypatch, capsys):
     def fake(ok):
-        return {"sections": [{"key": "gauss", "title": "t", "rows": [
-            {"cells": ["x"] * 9, "ok": ok}]}], "judged": 1, "passed": int(ok), "ok": ok}
+        return {
+            "sections": [{"key": "gauss", "title": "t", "rows": [{"cells": ["x"] * 9, "ok": ok}]}],
+            "judged": 1,
+            "passed": int(ok),
+            "ok": ok,
+        }
 
     for ok, status in ((True, 0), (False, 1)):
         monkeypatch.setattr(validate, "run_all", lambda ok=ok: fake(ok))

@@ -78,6 +78,7 @@ REPLAYED_FIRES = 5  # fewer than the lockout's 8: each must be refused on its ow
 
 # ------------------------------------------------------------------------------------ rows
 
+
 @dataclass(frozen=True)
 class Row:
     """One fault against one unit. ``expect`` is the class of outcome required:
@@ -125,64 +126,122 @@ def build_rows(seed: int = 1, units: tuple[str, ...] = UNITS) -> list[Row]:
         def step(lo: int = 10, hi: int = 90) -> int:
             return rng.randint(lo, hi)
 
-        add(fault="none (reference)", expect="completes",
-            expected="on target, attitude held, valves closed, no double fire")
+        add(
+            fault="none (reference)",
+            expect="completes",
+            expected="on target, attitude held, valves closed, no double fire",
+        )
         losses = 2 if unit == "emulator" else 1
         for _ in range(losses):
             k = step()
-            add(fault=f"link lost for good at step {k}", spec=f"cut@step{k}", expect="stops",
-                reason=r"no reply to FIRE|link is lost|no VALVE_REPORT", onset="link",
-                expected=f"host stops the burn (link lost); {wd}")
+            add(
+                fault=f"link lost for good at step {k}",
+                spec=f"cut@step{k}",
+                expect="stops",
+                reason=r"no reply to FIRE|link is lost|no VALVE_REPORT",
+                onset="link",
+                expected=f"host stops the burn (link lost); {wd}",
+            )
         if unit == "emulator":
             k = step(3, 8)
-            add(fault=f"link lost for good at step {k} (REALTIME)", spec=f"cut@step{k}",
-                mode="realtime", target=REALTIME_TARGET, expect="stops", onset="link",
-                reason=r"no VALVE_REPORT for \d+ REALTIME cycles", expected=f"host stops the "
-                f"burn within 4 silent cycles; {wd}, cutting pulses in progress")
+            add(
+                fault=f"link lost for good at step {k} (REALTIME)",
+                spec=f"cut@step{k}",
+                mode="realtime",
+                target=REALTIME_TARGET,
+                expect="stops",
+                onset="link",
+                reason=r"no VALVE_REPORT for \d+ REALTIME cycles",
+                expected=f"host stops the "
+                f"burn within 4 silent cycles; {wd}, cutting pulses in progress",
+            )
         for rate in ("0.001", "0.01", "0.05"):
-            add(fault=f"{float(rate) * 100:g} % of frames corrupted, both ways",
-                spec=f"corrupt={rate},seed={rng.randrange(1 << 16)}", expect="completes",
-                expected="resends absorb it: on target, every bad frame counted, no double fire")
-        add(fault="1 % of frames dropped and 1 % duplicated, both ways",
-            spec=f"drop=0.01,duplicate=0.01,seed={rng.randrange(1 << 16)}", expect="completes",
-            expected="on target; duplicates answered from the unit's report cache, no double "
-            "fire")
-        add(fault="2 % of the unit's replies held 60 ms (past the 20 ms resend timeout)",
-            spec=f"delay.tx=0.02:60ms,seed={rng.randrange(1 << 16)}", expect="completes",
+            add(
+                fault=f"{float(rate) * 100:g} % of frames corrupted, both ways",
+                spec=f"corrupt={rate},seed={rng.randrange(1 << 16)}",
+                expect="completes",
+                expected="resends absorb it: on target, every bad frame counted, no double fire",
+            )
+        add(
+            fault="1 % of frames dropped and 1 % duplicated, both ways",
+            spec=f"drop=0.01,duplicate=0.01,seed={rng.randrange(1 << 16)}",
+            expect="completes",
+            expected="on target; duplicates answered from the unit's report cache, no double fire",
+        )
+        add(
+            fault="2 % of the unit's replies held 60 ms (past the 20 ms resend timeout)",
+            spec=f"delay.tx=0.02:60ms,seed={rng.randrange(1 << 16)}",
+            expect="completes",
             expected="the host resends, the unit re-sends its report without re-firing, the "
-            "late original is discarded: on target, no double fire")
+            "late original is discarded: on target, no double fire",
+        )
         k = step()
-        add(fault=f"unit reset at step {k}", spec=f"reset@step{k}", expect="stops",
-            reason=r"reset", onset="fault", expected="valves closed by the reset; the host "
-            "stops the burn (unit reset); nothing fires after the reset")
+        add(
+            fault=f"unit reset at step {k}",
+            spec=f"reset@step{k}",
+            expect="stops",
+            reason=r"reset",
+            onset="fault",
+            expected="valves closed by the reset; the host "
+            "stops the burn (unit reset); nothing fires after the reset",
+        )
         k, ch = step(), rng.randrange(18)
-        add(fault=f"thruster {ch} failed off at step {k}", spec=f"fail={ch}@step{k}",
-            expect="completes", expected="the unit reports it, the controller allocates around "
-            "it: on target, attitude held")
+        add(
+            fault=f"thruster {ch} failed off at step {k}",
+            spec=f"fail={ch}@step{k}",
+            expect="completes",
+            expected="the unit reports it, the controller allocates around "
+            "it: on target, attitude held",
+        )
         k, ch = step(), rng.randrange(2, 18)
-        add(fault=f"valve {ch} stuck open at step {k}", spec=f"stuck={ch}@step{k}",
-            expect="stuck", expected="the unit reports it, the controller cancels its thrust: "
-            "attitude held, on target; the host reports the valve still open, never 'closed'")
+        add(
+            fault=f"valve {ch} stuck open at step {k}",
+            spec=f"stuck={ch}@step{k}",
+            expect="stuck",
+            expected="the unit reports it, the controller cancels its thrust: "
+            "attitude held, on target; the host reports the valve still open, never 'closed'",
+        )
         k = step()
-        add(fault=f"tank pressure lost (0 kPa) at step {k}", spec=f"pressure=0kPa@step{k}",
-            expect="stops", reason=r"LOW_PRESSURE|pressure", onset="fault",
+        add(
+            fault=f"tank pressure lost (0 kPa) at step {k}",
+            spec=f"pressure=0kPa@step{k}",
+            expect="stops",
+            reason=r"LOW_PRESSURE|pressure",
+            onset="fault",
             expected="the unit closes every valve and goes SAFE at once; the host stops the "
-            "burn naming the pressure; nothing fires after")
+            "burn naming the pressure; nothing fires after",
+        )
         k = step(20, 300)
-        add(fault=f"host killed (SIGKILL) at cycle {k}", kill_at_cycle=k, expect="killed",
+        add(
+            fault=f"host killed (SIGKILL) at cycle {k}",
+            kill_at_cycle=k,
+            expect="killed",
             target=LONG_TARGET,
-            onset="link", expected=f"{wd}; the run directory keeps every cycle but the last")
+            onset="link",
+            expected=f"{wd}; the run directory keeps every cycle but the last",
+        )
         if unit == "emulator":
             k = step(3, 8)
-            add(fault=f"host killed (SIGKILL) at cycle {k} (REALTIME)", kill_at_cycle=k,
-                mode="realtime", target=REALTIME_TARGET, expect="killed", onset="link",
-                expected=f"{wd}, cutting pulses in progress; every cycle but the last kept")
-        add(fault="a second writer on the line: FIRE, ARM, DISARM, SET_PARAM, HEARTBEAT, "
-            "FAULT_INJECT without the session token", rogue=True, target=LONG_TARGET,
-            expect="stops", reason=r"another writer on the line",
+            add(
+                fault=f"host killed (SIGKILL) at cycle {k} (REALTIME)",
+                kill_at_cycle=k,
+                mode="realtime",
+                target=REALTIME_TARGET,
+                expect="killed",
+                onset="link",
+                expected=f"{wd}, cutting pulses in progress; every cycle but the last kept",
+            )
+        add(
+            fault="a second writer on the line: FIRE, ARM, DISARM, SET_PARAM, HEARTBEAT, "
+            "FAULT_INJECT without the session token",
+            rogue=True,
+            target=LONG_TARGET,
+            expect="stops",
+            reason=r"another writer on the line",
             expected="every intruding command refused (BAD_SESSION, counted), none executed; "
             "at the 8th the unit locks out (valves closed, SAFE, session void) and the host "
-            "stops the burn naming the other writer")
+            "stops the burn naming the other writer",
+        )
         _attack_rows(add, step, unit)
     return rows
 
@@ -190,43 +249,79 @@ def build_rows(seed: int = 1, units: tuple[str, ...] = UNITS) -> list[Row]:
 def _attack_rows(add, step, unit: str) -> None:
     """Issue 13's rows: attacks on the session, and every ordinary exit of the host."""
     by_command = "the unit's own record: valves closed by STOP_ALL, never by its watchdog"
-    add(fault="a blind writer guessing the session token: FIRE only, ~3,000 frames/s, never "
-        "reading" + (" (REALTIME)" if unit == "emulator" else ""), attack="guess",
+    add(
+        fault="a blind writer guessing the session token: FIRE only, ~3,000 frames/s, never "
+        "reading" + (" (REALTIME)" if unit == "emulator" else ""),
+        attack="guess",
         mode="realtime" if unit == "emulator" else "lockstep",
-        target=REALTIME_TARGET if unit == "emulator" else LONG_TARGET, expect="stops",
-        reason=r"another writer on the line", closed_by=("INTRUSION", "COMMANDED"),
+        target=REALTIME_TARGET if unit == "emulator" else LONG_TARGET,
+        expect="stops",
+        reason=r"another writer on the line",
+        closed_by=("INTRUSION", "COMMANDED"),
         expected="none of its FIREs executes; the unit locks out after 8 wrong tokens (valves "
-        "closed, SAFE, session void) and the host stops naming the other writer")
-    add(fault="FIREs captured in an earlier session (a unit started with the same seed) "
-        "replayed mid-burn, steps far ahead", attack="replay", target=LONG_TARGET,
-        expect="completes", expected="the new session's token differs: every replayed FIRE "
-        "refused (BAD_SESSION), none executed; the burn as without it")
-    add(fault="FAULT_INJECT (valve stuck open) without a session, before the host connects",
-        attack="inject", expect="completes", expected="refused (BAD_SESSION): no valve "
-        "sticks; the burn completes with every valve closed")
+        "closed, SAFE, session void) and the host stops naming the other writer",
+    )
+    add(
+        fault="FIREs captured in an earlier session (a unit started with the same seed) "
+        "replayed mid-burn, steps far ahead",
+        attack="replay",
+        target=LONG_TARGET,
+        expect="completes",
+        expected="the new session's token differs: every replayed FIRE "
+        "refused (BAD_SESSION), none executed; the burn as without it",
+    )
+    add(
+        fault="FAULT_INJECT (valve stuck open) without a session, before the host connects",
+        attack="inject",
+        expect="completes",
+        expected="refused (BAD_SESSION): no valve "
+        "sticks; the burn completes with every valve closed",
+    )
     for signame in ("SIGTERM", "SIGHUP") if unit == "emulator" else ("SIGTERM",):
         k = step(20, 300)
-        add(fault=f"host sent {signame} at cycle {k}", signal_at_cycle=k, signame=signame,
-            target=LONG_TARGET, expect="signalled", closed_by=("COMMANDED",),
+        add(
+            fault=f"host sent {signame} at cycle {k}",
+            signal_at_cycle=k,
+            signame=signame,
+            target=LONG_TARGET,
+            expect="signalled",
+            closed_by=("COMMANDED",),
             expected=f"as Ctrl-C: STOP_ALL acknowledged, summary.json aborted with the signal, "
-            f"exit 128+{getattr(signal, signame)}; {by_command}")
+            f"exit 128+{getattr(signal, signame)}; {by_command}",
+        )
     if unit != "emulator":
         return
-    add(fault="a second process reading the host's port (stealing its bytes)", attack="reader",
-        target=LONG_TARGET, expect="stops", reason=r"another process is reading",
-        closed_by=("COMMANDED",), expected=f"the host stops the burn naming the reader; "
-        f"{by_command}")
-    add(fault="the disk fills mid-run (the host's files capped by RLIMIT_FSIZE)",
-        attack="disk", target=LONG_TARGET, expect="stops", reason=r"^records: ",
-        closed_by=("COMMANDED",), expected=f"STOP_ALL first, one line naming the file, "
-        f"non-zero exit; whole rows, no .tmp, summary.json written; {by_command}")
-    add(fault="every translation thruster (both trunk Dracos) failed off at step 1",
-        spec="fail=0@step1,fail=1@step1", expect="fails", closed_by=("COMMANDED",),
+    add(
+        fault="a second process reading the host's port (stealing its bytes)",
+        attack="reader",
+        target=LONG_TARGET,
+        expect="stops",
+        reason=r"another process is reading",
+        closed_by=("COMMANDED",),
+        expected=f"the host stops the burn naming the reader; {by_command}",
+    )
+    add(
+        fault="the disk fills mid-run (the host's files capped by RLIMIT_FSIZE)",
+        attack="disk",
+        target=LONG_TARGET,
+        expect="stops",
+        reason=r"^records: ",
+        closed_by=("COMMANDED",),
+        expected=f"STOP_ALL first, one line naming the file, "
+        f"non-zero exit; whole rows, no .tmp, summary.json written; {by_command}",
+    )
+    add(
+        fault="every translation thruster (both trunk Dracos) failed off at step 1",
+        spec="fail=0@step1,fail=1@step1",
+        expect="fails",
+        closed_by=("COMMANDED",),
         expected="no thrust along the burn is possible: the burn ends short of its target "
-        "with the reason printed and exit 1, never exit 0; the reserve untouched")
+        "with the reason printed and exit 1, never exit 0; the reserve untouched",
+    )
 
 
 # ------------------------------------------------------------------------------ measuring
+
 
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
@@ -241,8 +336,9 @@ def _read_jsonl(path: Path) -> list[dict]:
     return out
 
 
-def check_records(run_dir: Path, killed: bool, executed_steps: int,
-                  replay: bool = True) -> tuple[bool, str]:
+def check_records(
+    run_dir: Path, killed: bool, executed_steps: int, replay: bool = True
+) -> tuple[bool, str]:
     """Whether the run directory lost nothing (see the module doc); and what is wrong if not.
     ``replay=False`` (a full disk cut the capture short): whole rows and a summary, no
     leftover temporary file, but no replay of the capture."""
@@ -326,8 +422,12 @@ class Evidence:
 def _wire_commands(wire: list[dict], ev: Evidence) -> None:
     """The host's session (the last accepted HELLO_ACK before the first FIRE) and its FIREs."""
     for r in wire:
-        if r.get("dir") == "u2h" and r.get("msg") == "HELLO_ACK" and r["result"] == 0 \
-                and not ev.commanded:
+        if (
+            r.get("dir") == "u2h"
+            and r.get("msg") == "HELLO_ACK"
+            and r["result"] == 0
+            and not ev.commanded
+        ):
             ev.host_session = r["session"]
         if r.get("dir") == "h2u" and r.get("msg") == "FIRE":
             if r["session"] == ev.host_session:
@@ -355,8 +455,9 @@ def _emulator_evidence(unit_log: list[dict], wire: list[dict], row: Row) -> Evid
             for t, bank, bit in stuck_from:
                 if bank == r["bank"] and t <= r["t_start_us"]:
                     stuck |= bit
-            ev.executed.append((r["t_start_us"], r["session"], r["step"], r["bank"],
-                                r["executed"], stuck))
+            ev.executed.append(
+                (r["t_start_us"], r["session"], r["step"], r["bank"], r["executed"], stuck)
+            )
     counters = [r for r in unit_log if r["ev"] == "counters"]
     if counters:
         ev.session_errors = counters[-1]["unit"]["session_errors"]
@@ -384,20 +485,21 @@ def _emulator_evidence(unit_log: list[dict], wire: list[dict], row: Row) -> Evid
                     ev.timer_due_after_deadline_ms = (due - trip["deadline_us"]) / 1000
     elif row.onset == "fault":
         # The fault as the unit applied it (its own record), not as the proxy sent it.
-        applied = next((r for r in unit_log if r["ev"] == "fault" and r["source"] == "wire"),
-                       None)
+        applied = next((r for r in unit_log if r["ev"] == "fault" and r["source"] == "wire"), None)
         fault_t = applied["t_us"] if applied is not None else fault_t
         if fault_t is not None:
-            after = [s for s in states if s["t_us"] >= fault_t
-                     and s["to"] in ("SAFE", "BOOT", "FAULT")]
+            after = [
+                s for s in states if s["t_us"] >= fault_t and s["to"] in ("SAFE", "BOOT", "FAULT")
+            ]
             if after:
                 ev.closed_after_ms = (after[0]["t_us"] - fault_t) / 1000
     else:
         fires = [r for r in unit_log if r["ev"] == "fire"]
         if fires:
             last = max(fires, key=lambda r: r["t_start_us"])
-            end = last["t_start_us"] + (1000 * max(last["executed"])
-                                        if last["mode"] in ("REALTIME", 1) else 0)
+            end = last["t_start_us"] + (
+                1000 * max(last["executed"]) if last["mode"] in ("REALTIME", 1) else 0
+            )
             safe = [s for s in states if s["t_us"] >= last["t_start_us"] and s["to"] == "SAFE"]
             if safe:
                 ev.closed_after_ms = max(0.0, (safe[0]["t_us"] - end) / 1000)
@@ -415,8 +517,9 @@ def _qemu_evidence(wire: list[dict], row: Row) -> Evidence:
         if r["act"] == "late":
             continue  # a held frame going out: the same report as its "delay" record
         if r["msg"] == "VALVE_REPORT" and not r["flags"] & _DUP_REPORT:
-            ev.executed.append((r["t_us"], None, r["step"], r["bank"], r["executed_ticks"],
-                                r["stuck_mask"]))
+            ev.executed.append(
+                (r["t_us"], None, r["step"], r["bank"], r["executed_ticks"], r["stuck_mask"])
+            )
             if r["stuck_mask"]:
                 ev.still_open = True
         elif r["msg"] == "HK":
@@ -435,17 +538,29 @@ def _qemu_evidence(wire: list[dict], row: Row) -> Evidence:
     elif row.onset == "fault" and _qemu_fault_on_unit_clock(wire, ev):
         pass
     elif row.onset == "fault" and ev.fault_t is not None:
-        after = next((r for r in wire if r.get("dir") == "u2h" and r["t_us"] >= ev.fault_t
-                      and (r["msg"] == "BOOT" or (r["msg"] == "EVENT" and r["event"]
-                                                   == EVENT["SAFE_ENTERED"]))), None)
+        after = next(
+            (
+                r
+                for r in wire
+                if r.get("dir") == "u2h"
+                and r["t_us"] >= ev.fault_t
+                and (
+                    r["msg"] == "BOOT"
+                    or (r["msg"] == "EVENT" and r["event"] == EVENT["SAFE_ENTERED"])
+                )
+            ),
+            None,
+        )
         if after is not None:
             ev.closed_after_ms = (after["t_us"] - ev.fault_t) / 1000
     else:
         reports = [r for r in wire if r.get("dir") == "u2h" and r["msg"] == "VALVE_REPORT"]
         if reports:
             last_t = reports[-1]["t_us"]
-            safe = next((e for e in events if e["t_us"] >= last_t
-                         and e["event"] == EVENT["SAFE_ENTERED"]), None)
+            safe = next(
+                (e for e in events if e["t_us"] >= last_t and e["event"] == EVENT["SAFE_ENTERED"]),
+                None,
+            )
             if safe is not None:
                 ev.closed_after_ms = (safe["t_us"] - last_t) / 1000
     return ev
@@ -457,13 +572,20 @@ def _qemu_fault_on_unit_clock(wire: list[dict], ev: Evidence) -> bool:
     which restarts that clock, to its BOOT frame right behind (it closes every valve before it
     resets). False if the firmware's record lacks them (then wall time through the proxy)."""
     u2h = [r for r in wire if r.get("dir") == "u2h" and r.get("act") != "late"]
-    i = next((i for i, r in enumerate(u2h) if r["msg"] == "EVENT"
-              and r["event"] == EVENT["FAULT_INJECTED"]
-              and r["arg0"] in (_FAULT["RESET"], _FAULT["TANK_PRESSURE"])), None)
+    i = next(
+        (
+            i
+            for i, r in enumerate(u2h)
+            if r["msg"] == "EVENT"
+            and r["event"] == EVENT["FAULT_INJECTED"]
+            and r["arg0"] in (_FAULT["RESET"], _FAULT["TANK_PRESSURE"])
+        ),
+        None,
+    )
     if i is None:
         return False
     r = u2h[i]
-    for after in u2h[i + 1:]:
+    for after in u2h[i + 1 :]:
         if after["msg"] == "EVENT" and after["event"] == EVENT["SAFE_ENTERED"]:
             ev.closed_after_ms = ((after["pu_time_us"] - r["pu_time_us"]) & 0xFFFFFFFF) / 1000
             ev.closed_on_unit_clock = True
@@ -489,8 +611,9 @@ def judge_fires(ev: Evidence, row: Row) -> tuple[int, int, list[str]]:
             unintended.append(f"step {step} bank {bank} of session {session}")
         elif cmd is None:
             unintended.append(f"step {step} bank {bank} never commanded")
-        elif any(x > c and not (stuck >> i & 1) for i, (x, c) in enumerate(zip(ticks, cmd,
-                                                                             strict=True))):
+        elif any(
+            x > c and not (stuck >> i & 1) for i, (x, c) in enumerate(zip(ticks, cmd, strict=True))
+        ):
             unintended.append(f"step {step} bank {bank}: more ticks than commanded")
         if row.onset == "fault" and ev.fault_t is not None and t > ev.fault_t:
             unintended.append(f"step {step} bank {bank} after the fault")
@@ -500,17 +623,18 @@ def judge_fires(ev: Evidence, row: Row) -> tuple[int, int, list[str]]:
 
 # ------------------------------------------------------------------------------- running
 
+
 class Rogue(threading.Thread):
     """A second writer on the host's port: valid frames, without the session token (tokens
     drawn at random, never the one the unit gave the host, and 0), every ``period_s``.
     ``kinds``: the commands it cycles through; a blind guesser sends only FIRE, at steps a
     host would be flying (so that only the token stands between it and the valves)."""
 
-    ALL = ("FIRE", "HEARTBEAT", "ARM_REQUEST", "ARM_CONFIRM", "DISARM", "SET_PARAM",
-           "FAULT_INJECT")
+    ALL = ("FIRE", "HEARTBEAT", "ARM_REQUEST", "ARM_CONFIRM", "DISARM", "SET_PARAM", "FAULT_INJECT")
 
-    def __init__(self, port: str, avoid_session, seed: int, period_s: float,
-                 kinds: tuple[str, ...] = ALL):
+    def __init__(
+        self, port: str, avoid_session, seed: int, period_s: float, kinds: tuple[str, ...] = ALL
+    ):
         super().__init__(daemon=True)
         self.port = port
         self.avoid = avoid_session
@@ -536,15 +660,27 @@ class Rogue(threading.Thread):
                 seq = self.rng.randrange(codec.SEQ_MODULO)
                 kind = self.kinds[k % len(self.kinds)]
                 fire_step = 1 + k % 400 if self.kinds == ("FIRE",) else 0x7F000000 + k
-                fields = {"FIRE": dict(session=s, step=fire_step, valid_for_ms=0,
-                                       bank=k % 2, mask=0xFFFF, on_ticks=[200] * 16),
-                          "HEARTBEAT": dict(session=s, host_step=k),
-                          "ARM_REQUEST": dict(session=s),
-                          "ARM_CONFIRM": dict(session=s, nonce=self.rng.randrange(1 << 32),
-                                              max_on_ticks=1000, next_step=0x7F000000 + k),
-                          "FAULT_INJECT": dict(session=s, fault=6, arg=k % 18),
-                          "DISARM": dict(session=s),
-                          "SET_PARAM": dict(session=s, param=1, value=2000)}[kind]
+                fields = {
+                    "FIRE": dict(
+                        session=s,
+                        step=fire_step,
+                        valid_for_ms=0,
+                        bank=k % 2,
+                        mask=0xFFFF,
+                        on_ticks=[200] * 16,
+                    ),
+                    "HEARTBEAT": dict(session=s, host_step=k),
+                    "ARM_REQUEST": dict(session=s),
+                    "ARM_CONFIRM": dict(
+                        session=s,
+                        nonce=self.rng.randrange(1 << 32),
+                        max_on_ticks=1000,
+                        next_step=0x7F000000 + k,
+                    ),
+                    "FAULT_INJECT": dict(session=s, fault=6, arg=k % 18),
+                    "DISARM": dict(session=s),
+                    "SET_PARAM": dict(session=s, param=1, value=2000),
+                }[kind]
                 os.write(fd, codec.encode_fields(kind, seq, 0, fields))
                 self.sent[kind] = self.sent.get(kind, 0) + 1
                 k += 1
@@ -598,24 +734,48 @@ def run_row(row: Row, out: Path) -> dict:
             wire_priority = raise_priority(WIRE_FIFO, pid=proxy.pid)  # the wire keeps time too
             if row.attack == "inject":
                 _inject_without_session(proxy.port, seed=int(row.id[1:]))
-            cmd = [sys.executable, "-m", "thruster_hil.cli", "run", "--port", proxy.port,
-                   "--stack", STACK, *row.target, "--mode", row.mode, "--out", str(run_dir),
-                   "--json"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "thruster_hil.cli",
+                "run",
+                "--port",
+                proxy.port,
+                "--stack",
+                STACK,
+                *row.target,
+                "--mode",
+                row.mode,
+                "--out",
+                str(run_dir),
+                "--json",
+            ]
             with open(out / "host.out", "wb") as so, open(out / "host.err", "wb") as se:
-                host = subprocess.Popen(cmd, stdout=so, stderr=se, stdin=subprocess.DEVNULL,
-                                        preexec_fn=_full_disk if row.attack == "disk" else
-                                        as_from_a_terminal)
+                host = subprocess.Popen(
+                    cmd,
+                    stdout=so,
+                    stderr=se,
+                    stdin=subprocess.DEVNULL,
+                    preexec_fn=_full_disk if row.attack == "disk" else as_from_a_terminal,
+                )
                 try:
-                    started = (lambda: _telemetry_rows(run_dir) >= 3  # noqa: E731
-                               or host.poll() is not None)
+                    started = lambda: (
+                        _telemetry_rows(run_dir) >= 3  # noqa: E731
+                        or host.poll() is not None
+                    )
                     if row.rogue or row.attack == "guess":
                         _wait(started, 60)
                         session = _session_from(wire_path)
                         guess = row.attack == "guess"
-                        rogue = Rogue(proxy.port, lambda: session, seed=int(row.id[1:]),
-                                      period_s=0.0003 if guess else
-                                      (0.001 if row.unit == "emulator" else 0.01),
-                                      kinds=("FIRE",) if guess else Rogue.ALL)
+                        rogue = Rogue(
+                            proxy.port,
+                            lambda: session,
+                            seed=int(row.id[1:]),
+                            period_s=0.0003
+                            if guess
+                            else (0.001 if row.unit == "emulator" else 0.01),
+                            kinds=("FIRE",) if guess else Rogue.ALL,
+                        )
                         rogue.start()
                     if row.attack == "replay":
                         _wait(started, 60)
@@ -624,14 +784,19 @@ def run_row(row: Row, out: Path) -> dict:
                         _wait(started, 60)
                         reader = PortReader(proxy.port)
                         reader.start()
-                    at = row.kill_at_cycle if row.kill_at_cycle is not None else \
-                        row.signal_at_cycle
+                    at = row.kill_at_cycle if row.kill_at_cycle is not None else row.signal_at_cycle
                     if at is not None:
-                        _wait(lambda: _telemetry_rows(run_dir) >= at
-                              or host.poll() is not None, 60, poll_s=0.0005)
+                        _wait(
+                            lambda: _telemetry_rows(run_dir) >= at or host.poll() is not None,
+                            60,
+                            poll_s=0.0005,
+                        )
                         if host.poll() is None:
-                            host.send_signal(signal.SIGKILL if row.kill_at_cycle is not None
-                                             else getattr(signal, row.signame))
+                            host.send_signal(
+                                signal.SIGKILL
+                                if row.kill_at_cycle is not None
+                                else getattr(signal, row.signame)
+                            )
                             killed_at = _telemetry_rows(run_dir)
                     host.wait(HOST_TIMEOUT_S)
                 finally:
@@ -659,8 +824,9 @@ def run_row(row: Row, out: Path) -> dict:
     finally:
         unit.stop()
     wall = time.monotonic() - t0
-    return judge(row, out, host.returncode, killed_at, rogue.sent if rogue else None, wall,
-                 wire_priority)
+    return judge(
+        row, out, host.returncode, killed_at, rogue.sent if rogue else None, wall, wire_priority
+    )
 
 
 def _capture_earlier_session(row: Row, out: Path) -> list[bytes]:
@@ -673,19 +839,43 @@ def _capture_earlier_session(row: Row, out: Path) -> list[bytes]:
     unit = _start_unit(row, out)
     try:
         with FaultProxyProcess(unit.port, None, out / "wire.jsonl") as proxy:
-            subprocess.run([sys.executable, "-m", "thruster_hil.cli", "run", "--port",
-                            proxy.port, "--stack", STACK, *LOCKSTEP_TARGET, "--out",
-                            str(out / "run"), "--json"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                           timeout=HOST_TIMEOUT_S, check=False)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "thruster_hil.cli",
+                    "run",
+                    "--port",
+                    proxy.port,
+                    "--stack",
+                    STACK,
+                    *LOCKSTEP_TARGET,
+                    "--out",
+                    str(out / "run"),
+                    "--json",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+                timeout=HOST_TIMEOUT_S,
+                check=False,
+            )
     finally:
         unit.stop()
-    fires = [r for r in _read_jsonl(out / "wire.jsonl")
-             if r.get("dir") == "h2u" and r.get("msg") == "FIRE"]
-    return [codec.encode_fields("FIRE", r["seq"], r["flags"],
-                                {k: r[k] for k in ("session", "step", "valid_for_ms", "bank",
-                                                   "mask", "on_ticks")})
-            for r in fires[-REPLAYED_FIRES:]]
+    fires = [
+        r
+        for r in _read_jsonl(out / "wire.jsonl")
+        if r.get("dir") == "h2u" and r.get("msg") == "FIRE"
+    ]
+    return [
+        codec.encode_fields(
+            "FIRE",
+            r["seq"],
+            r["flags"],
+            {k: r[k] for k in ("session", "step", "valid_for_ms", "bank", "mask", "on_ticks")},
+        )
+        for r in fires[-REPLAYED_FIRES:]
+    ]
 
 
 def _write_frames(port: str, frames: list[bytes]) -> None:
@@ -701,11 +891,18 @@ def _write_frames(port: str, frames: list[bytes]) -> None:
 def _inject_without_session(port: str, seed: int) -> None:
     """FAULT_INJECT (a valve stuck open) with no session and with a guessed one."""
     rng = random.Random(seed)
-    _write_frames(port, [codec.encode_fields("FAULT_INJECT", rng.randrange(codec.SEQ_MODULO),
-                                             FLAG_ACK_REQ,
-                                             dict(session=token, fault=_FAULT["STUCK_OPEN"],
-                                                  arg=3))
-                         for token in (0, rng.randrange(1, 1 << 32))])
+    _write_frames(
+        port,
+        [
+            codec.encode_fields(
+                "FAULT_INJECT",
+                rng.randrange(codec.SEQ_MODULO),
+                FLAG_ACK_REQ,
+                dict(session=token, fault=_FAULT["STUCK_OPEN"], arg=3),
+            )
+            for token in (0, rng.randrange(1, 1 << 32))
+        ],
+    )
 
 
 def _full_disk() -> None:
@@ -763,8 +960,11 @@ def _hk_count(wire_path: Path) -> int:
 def _tripped(row: Row, out: Path) -> bool:
     if row.unit == "emulator":
         return '"watchdog_trip"' in (out / "unit.jsonl").read_text(encoding="utf-8")
-    return any(r.get("msg") == "EVENT" and r["event"] == EVENT["WATCHDOG_TRIP"]
-               for r in _read_jsonl(out / "wire.jsonl") if r.get("dir") == "u2h")
+    return any(
+        r.get("msg") == "EVENT" and r["event"] == EVENT["WATCHDOG_TRIP"]
+        for r in _read_jsonl(out / "wire.jsonl")
+        if r.get("dir") == "u2h"
+    )
 
 
 def judge_closure(ev: Evidence, bound_ms: float) -> list[str]:
@@ -779,19 +979,32 @@ def judge_closure(ev: Evidence, bound_ms: float) -> list[str]:
     failures = []
     late = ev.timer_late_ms or 0.0
     if ev.timer_due_after_deadline_ms is not None and ev.timer_due_after_deadline_ms > 0:
-        failures.append(f"the unit's timer was due {ev.timer_due_after_deadline_ms:.1f} ms "
-                        f"after its watchdog deadline")
+        failures.append(
+            f"the unit's timer was due {ev.timer_due_after_deadline_ms:.1f} ms "
+            f"after its watchdog deadline"
+        )
     if late > MAX_TIMER_LATE_MS:
-        failures.append(f"the host ran the unit's timer {late:.1f} ms late (over "
-                        f"{MAX_TIMER_LATE_MS:g} ms): too busy a machine to judge the unit")
+        failures.append(
+            f"the host ran the unit's timer {late:.1f} ms late (over "
+            f"{MAX_TIMER_LATE_MS:g} ms): too busy a machine to judge the unit"
+        )
     if ev.closed_after_ms > bound_ms + late:
-        failures.append(f"valves closed after {ev.closed_after_ms:.1f} ms > {bound_ms:g}"
-                        + (f" + {late:.1f} ms timer lateness" if late else ""))
+        failures.append(
+            f"valves closed after {ev.closed_after_ms:.1f} ms > {bound_ms:g}"
+            + (f" + {late:.1f} ms timer lateness" if late else "")
+        )
     return failures
 
 
-def judge(row: Row, out: Path, returncode: int | None, killed_at: int | None,
-          rogue_sent: dict | None, wall_s: float, wire_priority: str | None = None) -> dict:
+def judge(
+    row: Row,
+    out: Path,
+    returncode: int | None,
+    killed_at: int | None,
+    rogue_sent: dict | None,
+    wall_s: float,
+    wire_priority: str | None = None,
+) -> dict:
     wire = _read_jsonl(out / "wire.jsonl")
     if row.unit == "emulator":
         ev = _emulator_evidence(_read_jsonl(out / "unit.jsonl"), wire, row)
@@ -803,8 +1016,7 @@ def judge(row: Row, out: Path, returncode: int | None, killed_at: int | None,
     s = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
     executed_steps = max((e[2] for e in ev.executed), default=0)
     killed = row.kill_at_cycle is not None
-    log_ok, log_note = check_records(run_dir, killed, executed_steps,
-                                     replay=row.attack != "disk")
+    log_ok, log_note = check_records(run_dir, killed, executed_steps, replay=row.attack != "disk")
     target_dv = s.get("target_delta_v_mps")
     dv = s.get("true_delta_v_mps")
     att = s.get("max_attitude_error_deg")
@@ -830,12 +1042,15 @@ def judge(row: Row, out: Path, returncode: int | None, killed_at: int | None,
         if row.expect == "completes" and s.get("valves_closed") is not True:
             failures.append(f"valves_closed is {s.get('valves_closed')!r}")
         if row.expect == "stuck" and s.get("valves_closed") is not False:
-            failures.append(f"a valve is stuck open but valves_closed is "
-                            f"{s.get('valves_closed')!r}")
+            failures.append(
+                f"a valve is stuck open but valves_closed is {s.get('valves_closed')!r}"
+            )
     elif row.expect == "stops":
         if not s.get("aborted") or not re.search(row.reason or "", reason):
-            failures.append(f"expected the host to stop ({row.reason}), got "
-                            f"{reason or 'completed=' + str(s.get('completed'))}")
+            failures.append(
+                f"expected the host to stop ({row.reason}), got "
+                f"{reason or 'completed=' + str(s.get('completed'))}"
+            )
     elif row.expect == "killed" and killed_at is None:
         failures.append("the host ended before it could be killed")
     elif row.expect == "signalled":
@@ -843,8 +1058,10 @@ def judge(row: Row, out: Path, returncode: int | None, killed_at: int | None,
         if killed_at is None:
             failures.append("the host ended before the signal")
         elif not s.get("aborted") or s.get("signal") != row.signame:
-            failures.append(f"summary.json does not say aborted by {row.signame}: "
-                            f"{s.get('signal') if s else 'no summary'}")
+            failures.append(
+                f"summary.json does not say aborted by {row.signame}: "
+                f"{s.get('signal') if s else 'no summary'}"
+            )
         if returncode != want:
             failures.append(f"exit status {returncode}, expected {want}")
     elif row.expect == "fails":
@@ -858,14 +1075,18 @@ def judge(row: Row, out: Path, returncode: int | None, killed_at: int | None,
         if ev.watchdog_tripped:
             failures.append("the unit's watchdog closed the valves, not a command")
         elif ev.closed_by not in row.closed_by:
-            failures.append(f"the unit left ARMED by {ev.closed_by or 'nothing on record'}, "
-                            f"expected {' or '.join(row.closed_by)}")
+            failures.append(
+                f"the unit left ARMED by {ev.closed_by or 'nothing on record'}, "
+                f"expected {' or '.join(row.closed_by)}"
+            )
     if row.attack == "inject" and ev.faults_applied:
         failures.append(f"the unit applied {ev.faults_applied} sessionless FAULT_INJECT")
     refused = {"replay": REPLAYED_FIRES, "inject": 2}.get(row.attack or "")
     if refused and (ev.session_errors or 0) < refused:
-        failures.append(f"the unit counted {ev.session_errors} session errors for {refused} "
-                        f"frames without the session")
+        failures.append(
+            f"the unit counted {ev.session_errors} session errors for {refused} "
+            f"frames without the session"
+        )
     if row.attack == "guess":
         n_rogue = sum((rogue_sent or {}).values())
         if n_rogue < 8:
@@ -880,32 +1101,53 @@ def judge(row: Row, out: Path, returncode: int | None, killed_at: int | None,
         if n_rogue < 20:
             failures.append(f"the second writer got only {n_rogue} frames in")
         elif ev.session_errors is None or ev.session_errors < n_rogue // 2:
-            failures.append(f"the unit counted {ev.session_errors} session errors for "
-                            f"{n_rogue} intruding frames")
+            failures.append(
+                f"the unit counted {ev.session_errors} session errors for "
+                f"{n_rogue} intruding frames"
+            )
     if failures and (ev.timer_late_max_ms or 0.0) > MAX_TIMER_LATE_MS:
-        failures.append(f"note: the host held the unit's timers up to "
-                        f"{ev.timer_late_max_ms:.0f} ms late in this row, a machine too busy "
-                        f"to judge it")
+        failures.append(
+            f"note: the host held the unit's timers up to "
+            f"{ev.timer_late_max_ms:.0f} ms late in this row, a machine too busy "
+            f"to judge it"
+        )
     link = s.get("link", {})
     measured = {
-        "unit_timer_late_ms": ev.timer_late_ms, "unit_timer_late_max_ms": ev.timer_late_max_ms,
-        "unit_priority": ev.unit_priority, "wire_priority": wire_priority,
+        "unit_timer_late_ms": ev.timer_late_ms,
+        "unit_timer_late_max_ms": ev.timer_late_max_ms,
+        "unit_priority": ev.unit_priority,
+        "wire_priority": wire_priority,
         "slow_unit_waits": link.get("slow_unit_waits"),
-        "outcome": ("killed at cycle " + str(killed_at)) if killed else (
-            "completed" if s.get("completed") and not s.get("aborted") else
-            ("stopped: " + _short(reason)) if s else f"no summary (exit {returncode})"),
-        "delta_v_mps": dv, "target_delta_v_mps": target_dv,
-        "max_attitude_error_deg": att, "attitude_limit_deg": limit,
+        "outcome": ("killed at cycle " + str(killed_at))
+        if killed
+        else (
+            "completed"
+            if s.get("completed") and not s.get("aborted")
+            else ("stopped: " + _short(reason))
+            if s
+            else f"no summary (exit {returncode})"
+        ),
+        "delta_v_mps": dv,
+        "target_delta_v_mps": target_dv,
+        "max_attitude_error_deg": att,
+        "attitude_limit_deg": limit,
         "valves_closed_after_ms": ev.closed_after_ms,
         "valves_closed_bound_ms": bound_ms,
-        "valves_closed": s.get("valves_closed"), "valves_still_open": ev.still_open,
-        "double_fires": doubles, "unintended_fires": unintended,
-        "log_complete": log_ok, "log_note": log_note,
-        "cycles": s.get("cycles", killed_at), "retries": link.get("retries"),
-        "host_protocol_errors": sum(link.get(k, 0) for k in ("crc_errors", "cobs_errors",
-                                                               "length_errors")),
-        "unit_session_errors": ev.session_errors, "intruding_frames": rogue_sent,
-        "host_exit": returncode, "wall_s": round(wall_s, 2),
+        "valves_closed": s.get("valves_closed"),
+        "valves_still_open": ev.still_open,
+        "double_fires": doubles,
+        "unintended_fires": unintended,
+        "log_complete": log_ok,
+        "log_note": log_note,
+        "cycles": s.get("cycles", killed_at),
+        "retries": link.get("retries"),
+        "host_protocol_errors": sum(
+            link.get(k, 0) for k in ("crc_errors", "cobs_errors", "length_errors")
+        ),
+        "unit_session_errors": ev.session_errors,
+        "intruding_frames": rogue_sent,
+        "host_exit": returncode,
+        "wall_s": round(wall_s, 2),
     }
     rec = {**asdict(row), "measured": measured, "passed": not failures, "why": failures}
     (out / "row.json").write_text(json.dumps(rec, indent=2) + "\n", encoding="utf-8")
@@ -929,6 +1171,7 @@ def _max_attitude_from_telemetry(run_dir: Path) -> float | None:
 
 # ------------------------------------------------------------------------------ reporting
 
+
 def _fmt(x, spec: str, none: str = "-") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return none
@@ -937,29 +1180,50 @@ def _fmt(x, spec: str, none: str = "-") -> str:
 
 def results_table(records: list[dict]) -> str:
     """The campaign as a Markdown table."""
-    head = ("| row | unit | mode | fault | expected | outcome | delta-v [m/s] | max att. err "
-            "[deg] | valves closed after [ms] | unit timer late [ms] | double fires | "
-            "unintended fires | log complete | result |")
+    head = (
+        "| row | unit | mode | fault | expected | outcome | delta-v [m/s] | max att. err "
+        "[deg] | valves closed after [ms] | unit timer late [ms] | double fires | "
+        "unintended fires | log complete | result |"
+    )
     lines = [head, "|" + "---|" * 14]
     for r in records:
         m = r["measured"]
-        dv = ("-" if m["delta_v_mps"] is None else
-              f"{m['delta_v_mps']:.4f} / {m['target_delta_v_mps']:.4f}")
+        dv = (
+            "-"
+            if m["delta_v_mps"] is None
+            else f"{m['delta_v_mps']:.4f} / {m['target_delta_v_mps']:.4f}"
+        )
         closed = _fmt(m["valves_closed_after_ms"], ".1f")
         if m["valves_still_open"]:
-            closed = f"{closed} (stuck valve stays open)" if closed != "-" else \
-                "stuck valve stays open"
+            closed = (
+                f"{closed} (stuck valve stays open)" if closed != "-" else "stuck valve stays open"
+            )
         elif m["valves_closed_bound_ms"] is not None:
             late = m.get("unit_timer_late_ms") or 0.0
             extra = f" + {late:.1f} late" if late >= 0.1 else ""
             closed = f"{closed} (<= {m['valves_closed_bound_ms']:g}{extra})"
         result = "pass" if r["passed"] else "**FAIL**: " + "; ".join(r["why"])
-        lines.append(" | ".join([
-            f"| {r['id']}", r["unit"], r["mode"], r["fault"], r["expected"], m["outcome"], dv,
-            _fmt(m["max_attitude_error_deg"], ".4f"), closed, _timer_cell(r),
-            str(m["double_fires"]),
-            str(m["unintended_fires"]), ("yes" if m["log_complete"] else "**no**") + f" "
-            f"({m['log_note']})", result]) + " |")
+        lines.append(
+            " | ".join(
+                [
+                    f"| {r['id']}",
+                    r["unit"],
+                    r["mode"],
+                    r["fault"],
+                    r["expected"],
+                    m["outcome"],
+                    dv,
+                    _fmt(m["max_attitude_error_deg"], ".4f"),
+                    closed,
+                    _timer_cell(r),
+                    str(m["double_fires"]),
+                    str(m["unintended_fires"]),
+                    ("yes" if m["log_complete"] else "**no**") + f" ({m['log_note']})",
+                    result,
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -971,27 +1235,36 @@ def _timer_cell(rec: dict) -> str:
     if worst is None:
         return "- (own clock)" if rec["unit"] == "qemu" else "-"
     at_trip = m.get("unit_timer_late_ms")
-    return (f"{at_trip:.1f} at the trip, max {worst:.1f}" if at_trip is not None
-            else f"max {worst:.1f}")
+    return (
+        f"{at_trip:.1f} at the trip, max {worst:.1f}" if at_trip is not None else f"max {worst:.1f}"
+    )
 
 
 def write_doc(path: Path, records: list[dict], command: str) -> None:
     """Replace the campaign section of docs/reliability.md (between its markers)."""
     text = path.read_text(encoding="utf-8")
     if DOC_START not in text or DOC_END not in text:
-        raise UserError(str(path), f"has no campaign section (the markers {DOC_START!r} and "
-                        f"{DOC_END!r})")
+        raise UserError(
+            str(path), f"has no campaign section (the markers {DOC_START!r} and {DOC_END!r})"
+        )
     passed = sum(r["passed"] for r in records)
     stamp = time.strftime("%Y-%m-%d", time.gmtime())
-    body = (f"{DOC_START}\n\nGenerated {stamp} by `{command}`: {passed} of {len(records)} rows "
-            f"pass.\n\n{results_table(records)}\n\n{DOC_END}")
+    body = (
+        f"{DOC_START}\n\nGenerated {stamp} by `{command}`: {passed} of {len(records)} rows "
+        f"pass.\n\n{results_table(records)}\n\n{DOC_END}"
+    )
     before, rest = text.split(DOC_START, 1)
     _, after = rest.split(DOC_END, 1)
     path.write_text(before + body + after, encoding="utf-8")
 
 
-def run_campaign(out: Path, seed: int = 1, units: tuple[str, ...] = UNITS,
-                 only: set[str] | None = None, progress=None) -> list[dict]:
+def run_campaign(
+    out: Path,
+    seed: int = 1,
+    units: tuple[str, ...] = UNITS,
+    only: set[str] | None = None,
+    progress=None,
+) -> list[dict]:
     """Every row (or those in ``only``), in order; writes campaign.json and results.md."""
     rows = [r for r in build_rows(seed, units) if not only or r.id in only]
     out.mkdir(parents=True, exist_ok=True)
@@ -1001,12 +1274,25 @@ def run_campaign(out: Path, seed: int = 1, units: tuple[str, ...] = UNITS,
         records.append(rec)
         if progress is not None:
             progress(rec)
-    doc = {"seed": seed, "units": list(units), "rows": records,
-           "passed": sum(r["passed"] for r in records), "total": len(records)}
+    doc = {
+        "seed": seed,
+        "units": list(units),
+        "rows": records,
+        "passed": sum(r["passed"] for r in records),
+        "total": len(records),
+    }
     (out / "campaign.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     (out / "results.md").write_text(results_table(records) + "\n", encoding="utf-8")
     return records
 
 
-__all__ = ["Row", "build_rows", "check_records", "judge_fires", "results_table",
-           "run_campaign", "run_row", "write_doc"]
+__all__ = [
+    "Row",
+    "build_rows",
+    "check_records",
+    "judge_fires",
+    "results_table",
+    "run_campaign",
+    "run_row",
+    "write_doc",
+]

@@ -34,8 +34,9 @@ def _positive_float(name: str):
         try:
             value = parse_float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a decimal number > 0, got {show(text)}"
-                                             ) from None
+            raise argparse.ArgumentTypeError(
+                f"expected a decimal number > 0, got {show(text)}"
+            ) from None
         if not math.isfinite(value) or value <= 0.0:
             raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {show(text)}")
         return value
@@ -78,40 +79,77 @@ def build_parser() -> argparse.ArgumentParser:
         "when stderr is a file or a pipe); --live shows the whole state instead.",
     )
     _add_burn_arguments(run)
-    run.add_argument("--unit", choices=("emulator", "qemu", "sim"), default="emulator",
-                     help="propulsion unit: emulator = the board's emulator on a pseudo-terminal "
-                     "(default), qemu = the board firmware under qemu-system-avr, sim = "
-                     "in-process ideal unit (no serial)")
-    run.add_argument("--port", metavar="URL",
-                     help="a unit on this port instead (a device path, a pty, hwgrep://VID:PID, "
-                     "any pyserial URL)")
-    run.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep",
-                     help="lockstep: one FIRE -> one report -> one plant step, as fast as the "
-                     "link goes (default); realtime: cycles paced by the wall clock")
-    run.add_argument("--faults", metavar="SPEC",
-                     help="fault injection in the emulator (see 'thruster-hil emulate --help')")
-    run.add_argument("--fail-thruster", action="append", default=[], metavar="NAME@SECONDS",
-                     type=_failure, help="fail thruster NAME off at SECONDS into the burn "
-                     "(repeatable)")
-    run.add_argument("--out", metavar="DIR",
-                     help="run directory for run.json, telemetry.csv, capture.csv (the raw "
-                     "wire), status.json and summary.json (default: runs/<UTC time>-<stack>); "
-                     "must not exist or be empty")
-    run.add_argument("--dispersions", metavar="NAME|FILE",
-                     help="with --unit sim: fly one case of a Monte-Carlo campaign with this "
-                     "dispersion spec (with --case-seed K, or --case N [--seed S])")
-    run.add_argument("--case-seed", type=_seed, metavar="K",
-                     help="the case's seed, as cases.csv and summary.json list it")
-    run.add_argument("--case", type=_index, metavar="N",
-                     help="case N of the campaign with --seed S (default: the spec's seed)")
+    run.add_argument(
+        "--unit",
+        choices=("emulator", "qemu", "sim"),
+        default="emulator",
+        help="propulsion unit: emulator = the board's emulator on a pseudo-terminal "
+        "(default), qemu = the board firmware under qemu-system-avr, sim = "
+        "in-process ideal unit (no serial)",
+    )
+    run.add_argument(
+        "--port",
+        metavar="URL",
+        help="a unit on this port instead (a device path, a pty, hwgrep://VID:PID, "
+        "any pyserial URL)",
+    )
+    run.add_argument(
+        "--mode",
+        choices=("lockstep", "realtime"),
+        default="lockstep",
+        help="lockstep: one FIRE -> one report -> one plant step, as fast as the "
+        "link goes (default); realtime: cycles paced by the wall clock",
+    )
+    run.add_argument(
+        "--faults",
+        metavar="SPEC",
+        help="fault injection in the emulator (see 'thruster-hil emulate --help')",
+    )
+    run.add_argument(
+        "--fail-thruster",
+        action="append",
+        default=[],
+        metavar="NAME@SECONDS",
+        type=_failure,
+        help="fail thruster NAME off at SECONDS into the burn (repeatable)",
+    )
+    run.add_argument(
+        "--out",
+        metavar="DIR",
+        help="run directory for run.json, telemetry.csv, capture.csv (the raw "
+        "wire), status.json and summary.json (default: runs/<UTC time>-<stack>); "
+        "must not exist or be empty",
+    )
+    run.add_argument(
+        "--dispersions",
+        metavar="NAME|FILE",
+        help="with --unit sim: fly one case of a Monte-Carlo campaign with this "
+        "dispersion spec (with --case-seed K, or --case N [--seed S])",
+    )
+    run.add_argument(
+        "--case-seed",
+        type=_seed,
+        metavar="K",
+        help="the case's seed, as cases.csv and summary.json list it",
+    )
+    run.add_argument(
+        "--case",
+        type=_index,
+        metavar="N",
+        help="case N of the campaign with --seed S (default: the spec's seed)",
+    )
     run.add_argument("--seed", type=_seed, metavar="S", help="the campaign seed for --case")
-    run.add_argument("--live", action="store_true",
-                     help="show a live view on stderr while the burn flies: unit state and "
-                     "arming, each thruster's executed on-time, delta-v against target, "
-                     "attitude error against its limit, propellant, link health (refreshed "
-                     "4 times a second, never per cycle)")
-    run.add_argument("--json", action="store_true",
-                     help="print one JSON object (and no progress bar)")
+    run.add_argument(
+        "--live",
+        action="store_true",
+        help="show a live view on stderr while the burn flies: unit state and "
+        "arming, each thruster's executed on-time, delta-v against target, "
+        "attitude error against its limit, propellant, link health (refreshed "
+        "4 times a second, never per cycle)",
+    )
+    run.add_argument(
+        "--json", action="store_true", help="print one JSON object (and no progress bar)"
+    )
     run.set_defaults(handler=_cmd_run)
 
     mc = sub.add_parser(
@@ -126,24 +164,43 @@ def build_parser() -> argparse.ArgumentParser:
         "sim --dispersions FILE --case-seed K'.",
     )
     _add_burn_arguments(mc)
-    mc.add_argument("--cases", type=_count, required=True, metavar="N",
-                    help="number of cases")
-    mc.add_argument("--dispersions", default="default", metavar="NAME|FILE",
-                    help="dispersion spec: a name in hw_configs/dispersions/ or a TOML path "
-                    "(default: default)")
-    mc.add_argument("--seed", type=_seed, metavar="S",
-                    help="campaign seed (default: the spec's); case i's seed derives from "
-                    "(S, i) only")
-    mc.add_argument("--scheduler", metavar="tcp://HOST:PORT",
-                    help="run on this Dask distributed scheduler (needs "
-                    "pip install 'thruster-hil[dask]'); default: this machine's cores")
-    mc.add_argument("--chunk", type=_count, metavar="N",
-                    help="cases per batch call / Dask task (default: 25, or 8 per thread)")
-    mc.add_argument("--threads", type=_count, metavar="N",
-                    help="numba threads on this machine (default: all cores)")
-    mc.add_argument("--out", metavar="DIR",
-                    help="output directory (default: runs/<UTC time>-<stack>-montecarlo); must "
-                    "not exist or be empty")
+    mc.add_argument("--cases", type=_count, required=True, metavar="N", help="number of cases")
+    mc.add_argument(
+        "--dispersions",
+        default="default",
+        metavar="NAME|FILE",
+        help="dispersion spec: a name in hw_configs/dispersions/ or a TOML path (default: default)",
+    )
+    mc.add_argument(
+        "--seed",
+        type=_seed,
+        metavar="S",
+        help="campaign seed (default: the spec's); case i's seed derives from (S, i) only",
+    )
+    mc.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:PORT",
+        help="run on this Dask distributed scheduler (needs "
+        "pip install 'thruster-hil[dask]'); default: this machine's cores",
+    )
+    mc.add_argument(
+        "--chunk",
+        type=_count,
+        metavar="N",
+        help="cases per batch call / Dask task (default: 25, or 8 per thread)",
+    )
+    mc.add_argument(
+        "--threads",
+        type=_count,
+        metavar="N",
+        help="numba threads on this machine (default: all cores)",
+    )
+    mc.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output directory (default: runs/<UTC time>-<stack>-montecarlo); must "
+        "not exist or be empty",
+    )
     mc.add_argument("--json", action="store_true", help="print summary.json's object")
     mc.set_defaults(handler=_cmd_montecarlo)
 
@@ -177,12 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
         "the unit stays SAFE) and show its housekeeping (state, valves, tank pressure, counters) "
         "and the link's health until Ctrl-C. A port a run holds is refused ('in use').",
     )
-    monitor.add_argument("run_dir", metavar="RUN_DIR", nargs="?",
-                         help="a directory 'run' writes or wrote")
-    monitor.add_argument("--port", metavar="URL",
-                         help="a unit's port instead (a device path, a pty, hwgrep://VID:PID)")
-    monitor.add_argument("--once", action="store_true",
-                         help="print one frame of the view and exit")
+    monitor.add_argument(
+        "run_dir", metavar="RUN_DIR", nargs="?", help="a directory 'run' writes or wrote"
+    )
+    monitor.add_argument(
+        "--port",
+        metavar="URL",
+        help="a unit's port instead (a device path, a pty, hwgrep://VID:PID)",
+    )
+    monitor.add_argument("--once", action="store_true", help="print one frame of the view and exit")
     monitor.set_defaults(handler=_cmd_monitor)
 
     emulate = sub.add_parser(
@@ -200,9 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     emulate.add_argument("--faults", metavar="SPEC", help="fault injection (see above)")
     emulate.add_argument("--channels", type=_channels, default=32, help="valve channels (1-32)")
     emulate.add_argument("--log", metavar="PATH", help="write the unit's JSON-lines log here")
-    emulate.add_argument("--seed", type=_seed,
-                         help="seed of the link faults when --faults names none; never the "
-                              "session token")
+    emulate.add_argument(
+        "--seed",
+        type=_seed,
+        help="seed of the link faults when --faults names none; never the session token",
+    )
     emulate.set_defaults(handler=_cmd_emulate)
 
     ports = sub.add_parser(
@@ -221,12 +283,18 @@ def build_parser() -> argparse.ArgumentParser:
         "interlock, clamps, idempotent FIRE, STOP_ALL, watchdog safing, reset handling) over "
         "its port: the same checks CI runs against the emulator.",
     )
-    selftest.add_argument("--port", metavar="URL",
-                          help="the unit's port (e.g. /dev/serial/by-id/usb-Arduino...); "
-                          "default: start the --unit and test it")
-    selftest.add_argument("--unit", choices=("emulator", "qemu"), default="emulator",
-                          help="without --port: the emulator (default) or the board firmware "
-                          "under qemu-system-avr")
+    selftest.add_argument(
+        "--port",
+        metavar="URL",
+        help="the unit's port (e.g. /dev/serial/by-id/usb-Arduino...); "
+        "default: start the --unit and test it",
+    )
+    selftest.add_argument(
+        "--unit",
+        choices=("emulator", "qemu"),
+        default="emulator",
+        help="without --port: the emulator (default) or the board firmware under qemu-system-avr",
+    )
     selftest.add_argument("--json", action="store_true", help="print one JSON object")
     selftest.set_defaults(handler=_cmd_selftest)
 
@@ -245,19 +313,33 @@ def build_parser() -> argparse.ArgumentParser:
         "wire.jsonl, the run directory); exit status 1 when a row fails. docs/reliability.md "
         "explains the rows and the safety requirements they verify.",
     )
-    faults.add_argument("--units", type=_units, default=("emulator", "qemu"),
-                        metavar="UNIT[,UNIT]",
-                        help="emulator, qemu or both (default: emulator,qemu)")
-    faults.add_argument("--only", type=_row_ids, metavar="ID[,ID...]",
-                        help="only these rows (e.g. E02,Q07; 'faults --list' lists them)")
-    faults.add_argument("--seed", type=_seed, default=1,
-                        help="seed of the random steps and channels (default: 1)")
-    faults.add_argument("--out", metavar="DIR",
-                        help="campaign directory (default: runs/faults-<UTC time>); must not "
-                        "exist or be empty")
-    faults.add_argument("--doc", metavar="PATH",
-                        help="also write the results table into this Markdown file's campaign "
-                        "section (docs/reliability.md)")
+    faults.add_argument(
+        "--units",
+        type=_units,
+        default=("emulator", "qemu"),
+        metavar="UNIT[,UNIT]",
+        help="emulator, qemu or both (default: emulator,qemu)",
+    )
+    faults.add_argument(
+        "--only",
+        type=_row_ids,
+        metavar="ID[,ID...]",
+        help="only these rows (e.g. E02,Q07; 'faults --list' lists them)",
+    )
+    faults.add_argument(
+        "--seed", type=_seed, default=1, help="seed of the random steps and channels (default: 1)"
+    )
+    faults.add_argument(
+        "--out",
+        metavar="DIR",
+        help="campaign directory (default: runs/faults-<UTC time>); must not exist or be empty",
+    )
+    faults.add_argument(
+        "--doc",
+        metavar="PATH",
+        help="also write the results table into this Markdown file's campaign "
+        "section (docs/reliability.md)",
+    )
     faults.add_argument("--list", action="store_true", help="list the rows and exit")
     faults.add_argument("--json", action="store_true", help="print one JSON object")
     faults.set_defaults(handler=_cmd_faults)
@@ -273,9 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
         "tables as Markdown; exit status 1 when a judged row is outside its tolerance. "
         "docs/validation.md explains the rows.",
     )
-    validate.add_argument("--doc", metavar="PATH",
-                          help="also write the tables into this Markdown file's validation "
-                          "section (docs/validation.md)")
+    validate.add_argument(
+        "--doc",
+        metavar="PATH",
+        help="also write the tables into this Markdown file's validation "
+        "section (docs/validation.md)",
+    )
     validate.add_argument("--json", action="store_true", help="print one JSON object")
     validate.set_defaults(handler=_cmd_validate)
     return parser
@@ -293,19 +378,33 @@ def _add_sustain_parser(sub) -> None:
         "mean altitude over the span (docs/atmosphere.md).",
     )
     _add_stack_argument(sustain)
-    sustain.add_argument("--days", type=_bounded_float(1.0, 3650.0, " days"), default=365.0,
-                         metavar="D", help="span to sustain [days] (default: 365)")
-    sustain.add_argument("--floor-km", type=_positive_float("--floor-km"), metavar="F",
-                         help="lowest mean altitude allowed [km] (default: 5 km below the "
-                         "ceiling)")
-    sustain.add_argument("--ceiling-km", type=_positive_float("--ceiling-km"), metavar="C",
-                         help="mean altitude each reboost restores, and the start [km] "
-                         "(default: the station's mean altitude)")
+    sustain.add_argument(
+        "--days",
+        type=_bounded_float(1.0, 3650.0, " days"),
+        default=365.0,
+        metavar="D",
+        help="span to sustain [days] (default: 365)",
+    )
+    sustain.add_argument(
+        "--floor-km",
+        type=_positive_float("--floor-km"),
+        metavar="F",
+        help="lowest mean altitude allowed [km] (default: 5 km below the ceiling)",
+    )
+    sustain.add_argument(
+        "--ceiling-km",
+        type=_positive_float("--ceiling-km"),
+        metavar="C",
+        help="mean altitude each reboost restores, and the start [km] "
+        "(default: the station's mean altitude)",
+    )
     _add_atmosphere_arguments(sustain)
-    sustain.add_argument("--plot", metavar="FILE",
-                         help="write a PNG of the mean altitude over the span")
-    sustain.add_argument("--json", action="store_true",
-                         help="print one JSON object (without the altitude timeline)")
+    sustain.add_argument(
+        "--plot", metavar="FILE", help="write a PNG of the mean altitude over the span"
+    )
+    sustain.add_argument(
+        "--json", action="store_true", help="print one JSON object (without the altitude timeline)"
+    )
     sustain.set_defaults(handler=_cmd_sustain)
 
 
@@ -317,10 +416,20 @@ def _cmd_sustain(args: argparse.Namespace) -> int:
     if args.plot is not None:  # before a year is flown
         plot = Path(args.plot)
         if plot.is_dir() or not plot.parent.is_dir():
-            raise UserError("sustain", f"expected a file in an existing directory, got "
-                            f"{show(args.plot)}", field="--plot")
-    result = sustain(args.stack, args.days, floor_km=args.floor_km, ceiling_km=args.ceiling_km,
-                     solar_activity=args.solar_activity, f107_sfu=args.f107, ap=args.ap)
+            raise UserError(
+                "sustain",
+                f"expected a file in an existing directory, got {show(args.plot)}",
+                field="--plot",
+            )
+    result = sustain(
+        args.stack,
+        args.days,
+        floor_km=args.floor_km,
+        ceiling_km=args.ceiling_km,
+        solar_activity=args.solar_activity,
+        f107_sfu=args.f107,
+        ap=args.ap,
+    )
     if args.plot is not None:
         result["plot"] = str(plot_sustain(result, args.plot))
     result.pop("timeline")
@@ -337,8 +446,7 @@ def _units(text: str) -> tuple[str, ...]:
     units = tuple(u.strip() for u in text.split(","))
     bad = [u for u in units if u not in ("emulator", "qemu")]
     if bad or not units or len(set(units)) != len(units):
-        raise argparse.ArgumentTypeError(f"expected emulator, qemu or emulator,qemu, got "
-                                         f"{text!r}")
+        raise argparse.ArgumentTypeError(f"expected emulator, qemu or emulator,qemu, got {text!r}")
     return units
 
 
@@ -366,7 +474,8 @@ def _failure(text: str) -> tuple[str, float]:
         at_s = parse_float(when)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected NAME@SECONDS with SECONDS a decimal number, got {show(text)}") from None
+            f"expected NAME@SECONDS with SECONDS a decimal number, got {show(text)}"
+        ) from None
     if not math.isfinite(at_s) or at_s < 0.0:
         raise argparse.ArgumentTypeError(f"expected SECONDS >= 0, got {show(text)}")
     return name, at_s
@@ -375,27 +484,51 @@ def _failure(text: str) -> tuple[str, float]:
 def _add_burn_arguments(p: argparse.ArgumentParser) -> None:
     """The stack, the initial orbit and the target: shared by plan and run."""
     _add_stack_argument(p)
-    p.add_argument("--perigee-km", type=_positive_float("--perigee-km"), metavar="P",
-                   help="initial mean perigee altitude [km] (default: the station's typical "
-                   "orbit)")
-    p.add_argument("--apogee-km", type=_positive_float("--apogee-km"), metavar="A",
-                   help="initial mean apogee altitude [km] (default: the station's typical "
-                   "orbit)")
+    p.add_argument(
+        "--perigee-km",
+        type=_positive_float("--perigee-km"),
+        metavar="P",
+        help="initial mean perigee altitude [km] (default: the station's typical orbit)",
+    )
+    p.add_argument(
+        "--apogee-km",
+        type=_positive_float("--apogee-km"),
+        metavar="A",
+        help="initial mean apogee altitude [km] (default: the station's typical orbit)",
+    )
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--delta-v", type=_positive_float("--delta-v"), metavar="MPS",
-                        help="along-track delta-v [m/s]")
-    target.add_argument("--raise-perigee-km", type=_positive_float("--raise-perigee-km"),
-                        metavar="D", help="raise the mean perigee by D km (burn centred on apogee)")
-    target.add_argument("--target-mean-altitude-km", type=_positive_float(
-        "--target-mean-altitude-km"), metavar="H", help="reach a mean altitude of H km")
-    target.add_argument("--burn-duration", type=_positive_float("--burn-duration"), metavar="S",
-                        help="burn for S seconds")
+    target.add_argument(
+        "--delta-v",
+        type=_positive_float("--delta-v"),
+        metavar="MPS",
+        help="along-track delta-v [m/s]",
+    )
+    target.add_argument(
+        "--raise-perigee-km",
+        type=_positive_float("--raise-perigee-km"),
+        metavar="D",
+        help="raise the mean perigee by D km (burn centred on apogee)",
+    )
+    target.add_argument(
+        "--target-mean-altitude-km",
+        type=_positive_float("--target-mean-altitude-km"),
+        metavar="H",
+        help="reach a mean altitude of H km",
+    )
+    target.add_argument(
+        "--burn-duration",
+        type=_positive_float("--burn-duration"),
+        metavar="S",
+        help="burn for S seconds",
+    )
     _add_atmosphere_arguments(p)
 
 
 def _add_stack_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--stack", default="dragon-boost-kit", metavar="NAME|PATH",
+        "--stack",
+        default="dragon-boost-kit",
+        metavar="NAME|PATH",
         help="stack name in hw_configs/stacks/ or a path to a stack TOML "
         "(default: dragon-boost-kit)",
     )
@@ -403,15 +536,18 @@ def _add_stack_argument(p: argparse.ArgumentParser) -> None:
 
 def _bounded_float(lo: float, hi: float, unit: str):
     """An argparse type: a finite decimal number in [lo, hi]."""
+
     def parse(text: str) -> float:
         try:
             value = parse_float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a decimal number in {lo:g}..{hi:g}"
-                                             f"{unit}, got {show(text)}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected a decimal number in {lo:g}..{hi:g}{unit}, got {show(text)}"
+            ) from None
         if not (math.isfinite(value) and lo <= value <= hi):
-            raise argparse.ArgumentTypeError(f"expected a number in {lo:g}..{hi:g}{unit}, got "
-                                             f"{show(text)}")
+            raise argparse.ArgumentTypeError(
+                f"expected a number in {lo:g}..{hi:g}{unit}, got {show(text)}"
+            )
         return value
 
     return parse
@@ -422,14 +558,24 @@ def _add_atmosphere_arguments(p: argparse.ArgumentParser) -> None:
     from thruster_hil.sims.atmosphere import AP_MAX, AP_MIN, F107_MAX_SFU, F107_MIN_SFU, PRESETS
 
     levels = ", ".join(f"{k} = F10.7 {v.f107_sfu:g} / Ap {v.ap:g}" for k, v in PRESETS.items())
-    p.add_argument("--solar-activity", choices=tuple(PRESETS),
-                   help=f"atmosphere preset ({levels}; default: the stack's)")
-    p.add_argument("--f107", type=_bounded_float(F107_MIN_SFU, F107_MAX_SFU, " sfu"),
-                   metavar="SFU", help="F10.7 solar flux, daily = 81-day mean [sfu] "
-                   f"({F107_MIN_SFU:g}-{F107_MAX_SFU:g}; default: the preset's)")
-    p.add_argument("--ap", type=_bounded_float(AP_MIN, AP_MAX, ""), metavar="AP",
-                   help=f"daily geomagnetic Ap index ({AP_MIN:g}-{AP_MAX:g}; default: the "
-                   "preset's)")
+    p.add_argument(
+        "--solar-activity",
+        choices=tuple(PRESETS),
+        help=f"atmosphere preset ({levels}; default: the stack's)",
+    )
+    p.add_argument(
+        "--f107",
+        type=_bounded_float(F107_MIN_SFU, F107_MAX_SFU, " sfu"),
+        metavar="SFU",
+        help="F10.7 solar flux, daily = 81-day mean [sfu] "
+        f"({F107_MIN_SFU:g}-{F107_MAX_SFU:g}; default: the preset's)",
+    )
+    p.add_argument(
+        "--ap",
+        type=_bounded_float(AP_MIN, AP_MAX, ""),
+        metavar="AP",
+        help=f"daily geomagnetic Ap index ({AP_MIN:g}-{AP_MAX:g}; default: the preset's)",
+    )
 
 
 def _load_stack(args: argparse.Namespace):
@@ -445,8 +591,9 @@ def _plan_from_args(args: argparse.Namespace, stack, model) -> dict:
     from thruster_hil.plan import Target, plan_stack
 
     if (args.perigee_km is None) != (args.apogee_km is None):
-        raise UserError(args.command, "--perigee-km and --apogee-km go together: give both or "
-                        "neither")
+        raise UserError(
+            args.command, "--perigee-km and --apogee-km go together: give both or neither"
+        )
     if args.delta_v is not None:
         target = Target("delta_v", args.delta_v)
     elif args.raise_perigee_km is not None:
@@ -455,9 +602,16 @@ def _plan_from_args(args: argparse.Namespace, stack, model) -> dict:
         target = Target("mean_altitude", args.target_mean_altitude_km)
     else:
         target = Target("burn_duration", args.burn_duration)
-    return plan_stack(stack, target, perigee_km=args.perigee_km, apogee_km=args.apogee_km,
-                      solar_activity=args.solar_activity, f107_sfu=args.f107, ap=args.ap,
-                      model=model)
+    return plan_stack(
+        stack,
+        target,
+        perigee_km=args.perigee_km,
+        apogee_km=args.apogee_km,
+        solar_activity=args.solar_activity,
+        f107_sfu=args.f107,
+        ap=args.ap,
+        model=model,
+    )
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -481,8 +635,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     failures = []
     for name, at_s in args.fail_thruster:
         if name not in names:
-            raise UserError("run", f"expected a thruster of stack {plan['stack']} ("
-                            f"{', '.join(names)}), got {name!r}", field="--fail-thruster")
+            raise UserError(
+                "run",
+                f"expected a thruster of stack {plan['stack']} ({', '.join(names)}), got {name!r}",
+                field="--fail-thruster",
+            )
         failures.append(Failure(name, at_s))
     case, case_info = _run_case(args, model)
     from thruster_hil.records import RunRecorder, StatusWriter, default_run_dir, run_meta
@@ -498,11 +655,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
         period_ms = int(round(model.control_period_s * 1000))
         planned = max(1, math.ceil(plan["burn_duration_s"] / model.control_period_s))
         title = f"{plan['stack']} via {unit_name} ({args.mode})"
-        recorder.start({
-            "title": title, "stack": plan["stack"], "unit": unit_name, "mode": args.mode,
-            "serial": unit is not None, "thrusters": names, "period_ms": period_ms,
-            "planned_cycles": planned, "target_delta_v_mps": plan["delta_v_mps"],
-            "attitude_limit_deg": math.degrees(model.max_attitude_error_rad), "plan": plan})
+        recorder.start(
+            {
+                "title": title,
+                "stack": plan["stack"],
+                "unit": unit_name,
+                "mode": args.mode,
+                "serial": unit is not None,
+                "thrusters": names,
+                "period_ms": period_ms,
+                "planned_cycles": planned,
+                "target_delta_v_mps": plan["delta_v_mps"],
+                "attitude_limit_deg": math.degrees(model.max_attitude_error_rad),
+                "plan": plan,
+            }
+        )
         with contextlib.ExitStack() as views:
             on_cycle, watch = recorder.on_cycle, None
             if unit is not None:
@@ -510,16 +677,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if args.live:
                 from thruster_hil.live import RunWatch
 
-                watch = RunWatch(title=title, thrusters=names, period_ms=period_ms,
-                                 planned_cycles=planned, target_dv_mps=plan["delta_v_mps"],
-                                 att_limit_deg=math.degrees(model.max_attitude_error_rad),
-                                 mass0_kg=model.mass_kg, unit=unit, unit_name=unit_name,
-                                 mode=args.mode)
+                watch = RunWatch(
+                    title=title,
+                    thrusters=names,
+                    period_ms=period_ms,
+                    planned_cycles=planned,
+                    target_dv_mps=plan["delta_v_mps"],
+                    att_limit_deg=math.degrees(model.max_attitude_error_rad),
+                    mass0_kg=model.mass_kg,
+                    unit=unit,
+                    unit_name=unit_name,
+                    mode=args.mode,
+                )
                 on_cycle = _run_live(views, recorder, watch)
             elif not args.json and sys.stderr.isatty():
                 on_cycle = _run_progress(views, recorder, planned)
-            result = run_burn(model, plan, unit=unit, failures=failures,
-                              on_cycle=on_cycle, case=case, on_loop_end=stop.hold)
+            result = run_burn(
+                model,
+                plan,
+                unit=unit,
+                failures=failures,
+                on_cycle=on_cycle,
+                case=case,
+                on_loop_end=stop.hold,
+            )
             unit = None  # closed by the runner (STOP_ALL)
             if watch is not None:  # the last frame says how it ended
                 s = result.summary
@@ -567,14 +748,18 @@ def _finish_records(recorder, summary: dict, meta: dict):
 def _records_failed(recorder, summary: dict, summary_error) -> UserError:
     """The one line of a run whose records could not all be written (exit status 2)."""
     first = recorder.error or summary_error
-    stopped = (f"the burn was stopped after {summary['cycles']} cycles, "
-               if str(summary.get("abort_reason") or "").startswith("records: ") else "")
+    stopped = (
+        f"the burn was stopped after {summary['cycles']} cycles, "
+        if str(summary.get("abort_reason") or "").startswith("records: ")
+        else ""
+    )
     if summary.get("unit") == "sim":
         closed = "no valves to close (in-process unit)"
     else:
-        closed = {True: "valves closed by STOP_ALL (acknowledged)",
-                  False: "STOP_ALL sent, not confirmed by the unit"}.get(
-            summary.get("valves_closed"), "STOP_ALL not confirmed (the link was down)")
+        closed = {
+            True: "valves closed by STOP_ALL (acknowledged)",
+            False: "STOP_ALL sent, not confirmed by the unit",
+        }.get(summary.get("valves_closed"), "STOP_ALL not confirmed (the link was down)")
     if summary_error is None:
         tail = "summary.json written"
     elif summary_error is first:
@@ -584,8 +769,9 @@ def _records_failed(recorder, summary: dict, summary_error) -> UserError:
     return UserError(first.path, f"{first.message}; {stopped}{closed}; {tail}")
 
 
-def _run_not_flown(exc: BaseException, args: argparse.Namespace, plan: dict, stack, recorder,
-                   unit) -> int:
+def _run_not_flown(
+    exc: BaseException, args: argparse.Namespace, plan: dict, stack, recorder, unit
+) -> int:
     """A run that ended before or outside its burn loop: what summary.json can still say, then
     the exception's one line (a signal: exit 128 + its number)."""
     from thruster_hil.records import RecordError
@@ -599,12 +785,21 @@ def _run_not_flown(exc: BaseException, args: argparse.Namespace, plan: dict, sta
         recorder.close()
         raise exc
     unit_name = "sim" if args.port is None and args.unit == "sim" else (args.port or args.unit)
-    summary = {"stack": plan["stack"], "unit": unit_name, "target_delta_v_mps":
-               plan["delta_v_mps"], "cycles": recorder.cycles, "completed": False,
-               "aborted": True, "abort_reason": f"before the burn: {reason}", "signal": name,
-               "failure_reason": None,
-               "valves_closed": getattr(unit, "valves_closed", None), "run_dir": str(recorder.dir),
-               "plan": plan, "stack_path": str(stack.path)}
+    summary = {
+        "stack": plan["stack"],
+        "unit": unit_name,
+        "target_delta_v_mps": plan["delta_v_mps"],
+        "cycles": recorder.cycles,
+        "completed": False,
+        "aborted": True,
+        "abort_reason": f"before the burn: {reason}",
+        "signal": name,
+        "failure_reason": None,
+        "valves_closed": getattr(unit, "valves_closed", None),
+        "run_dir": str(recorder.dir),
+        "plan": plan,
+        "stack_path": str(stack.path),
+    }
     try:
         recorder.finish(summary, {})
     except RecordError:
@@ -614,19 +809,27 @@ def _run_not_flown(exc: BaseException, args: argparse.Namespace, plan: dict, sta
 
 def _run_case(args: argparse.Namespace, model):
     """The dispersed case a run flies (None: the nominal stack) and what to record about it."""
-    given = [a for a, v in (("--case-seed", args.case_seed), ("--case", args.case),
-                            ("--seed", args.seed)) if v is not None]
+    given = [
+        a
+        for a, v in (("--case-seed", args.case_seed), ("--case", args.case), ("--seed", args.seed))
+        if v is not None
+    ]
     if args.dispersions is None:
         if given:
-            raise UserError("run", f"{given[0]} selects a Monte-Carlo case: it needs "
-                            "--dispersions FILE")
+            raise UserError(
+                "run", f"{given[0]} selects a Monte-Carlo case: it needs --dispersions FILE"
+            )
         return None, {}
     if args.unit != "sim" or args.port is not None:
-        raise UserError("run", "flies a Monte-Carlo case in the software loop: use it with "
-                        "--unit sim", field="--dispersions")
+        raise UserError(
+            "run",
+            "flies a Monte-Carlo case in the software loop: use it with --unit sim",
+            field="--dispersions",
+        )
     if (args.case_seed is None) == (args.case is None):
-        raise UserError("run", "needs exactly one of --case-seed K or --case N",
-                        field="--dispersions")
+        raise UserError(
+            "run", "needs exactly one of --case-seed K or --case N", field="--dispersions"
+        )
     if args.case_seed is not None and args.seed is not None:
         raise UserError("run", "goes with --case N, not with --case-seed", field="--seed")
     from thruster_hil.dispersions import case_seed, load_dispersions, sample_case
@@ -650,33 +853,45 @@ def _cmd_montecarlo(args: argparse.Namespace) -> int:
     spec = load_dispersions(args.dispersions)  # one-line errors before the (slow) plan
     if args.scheduler is not None:
         if args.threads is not None:
-            raise UserError("montecarlo", "sets this machine's numba threads; with --scheduler "
-                            "each Dask worker uses its own threads", field="--threads")
+            raise UserError(
+                "montecarlo",
+                "sets this machine's numba threads; with --scheduler "
+                "each Dask worker uses its own threads",
+                field="--threads",
+            )
         try:
             import distributed  # noqa: F401
         except ImportError:
-            raise UserError("montecarlo", f"needs Dask: {mc.DASK_HINT}",
-                            field="--scheduler") from None
+            raise UserError(
+                "montecarlo", f"needs Dask: {mc.DASK_HINT}", field="--scheduler"
+            ) from None
     elif args.threads is not None:
         import numba
 
         most = numba.config.NUMBA_NUM_THREADS
         if args.threads > most:
-            raise UserError("montecarlo", f"expected a whole number in 1..{most} (the numba "
-                            f"threads of this machine), got {args.threads}", field="--threads")
+            raise UserError(
+                "montecarlo",
+                f"expected a whole number in 1..{most} (the numba "
+                f"threads of this machine), got {args.threads}",
+                field="--threads",
+            )
     stack, model = _load_stack(args)
     plan = _plan_from_args(args, stack, model)
     campaign = mc.Campaign.build(model, plan, spec, args.seed, args.cases, args.stack)
-    out_dir = mc.prepare_out_dir(args.out if args.out is not None
-                                 else mc.default_out_dir(plan["stack"]))
+    out_dir = mc.prepare_out_dir(
+        args.out if args.out is not None else mc.default_out_dir(plan["stack"])
+    )
     progress = mc.Progress(args.cases)
     try:
         if args.scheduler is not None:
-            result = mc.run_dask(campaign, scheduler=args.scheduler, chunk=args.chunk or 0,
-                                 progress=progress)
+            result = mc.run_dask(
+                campaign, scheduler=args.scheduler, chunk=args.chunk or 0, progress=progress
+            )
         else:
-            result = mc.run_local(campaign, chunk=args.chunk or 0, threads=args.threads,
-                                  progress=progress)
+            result = mc.run_local(
+                campaign, chunk=args.chunk or 0, threads=args.threads, progress=progress
+            )
     finally:
         progress.close()
     outcomes = mc.evaluate(campaign, result.rows)
@@ -694,16 +909,22 @@ def _cmd_montecarlo(args: argparse.Namespace) -> int:
 def _target_args(args: argparse.Namespace) -> list[str]:
     """The orbit and target arguments as given (so a rerun plans the same burn)."""
     out = []
-    for flag, value in (("--perigee-km", args.perigee_km), ("--apogee-km", args.apogee_km),
-                        ("--delta-v", args.delta_v),
-                        ("--raise-perigee-km", args.raise_perigee_km),
-                        ("--target-mean-altitude-km", args.target_mean_altitude_km),
-                        ("--burn-duration", args.burn_duration),
-                        ("--solar-activity", args.solar_activity), ("--f107", args.f107),
-                        ("--ap", args.ap)):
+    for flag, value in (
+        ("--perigee-km", args.perigee_km),
+        ("--apogee-km", args.apogee_km),
+        ("--delta-v", args.delta_v),
+        ("--raise-perigee-km", args.raise_perigee_km),
+        ("--target-mean-altitude-km", args.target_mean_altitude_km),
+        ("--burn-duration", args.burn_duration),
+        ("--solar-activity", args.solar_activity),
+        ("--f107", args.f107),
+        ("--ap", args.ap),
+    ):
         if value is not None:
             out += [flag, repr(value) if isinstance(value, float) else str(value)]
     return out
+
+
 def _run_progress(views: contextlib.ExitStack, recorder, planned: int):
     """The progress bar on stderr (a terminal; not with --json): cycles, planned, ETA."""
     from rich.console import Console
@@ -727,9 +948,14 @@ def _run_live(views: contextlib.ExitStack, recorder, watch):
 
     from thruster_hil.live import render
 
-    views.enter_context(Live(get_renderable=lambda: render(watch.snapshot()),
-                             console=Console(stderr=True), refresh_per_second=LIVE_HZ,
-                             auto_refresh=True))
+    views.enter_context(
+        Live(
+            get_renderable=lambda: render(watch.snapshot()),
+            console=Console(stderr=True),
+            refresh_per_second=LIVE_HZ,
+            auto_refresh=True,
+        )
+    )
     record, publish = recorder.on_cycle, watch.on_cycle
 
     def on_cycle(k: int, info: dict) -> None:
@@ -743,15 +969,20 @@ def _check_run_unit(args: argparse.Namespace) -> None:
     """The unit options of a run, checked before anything is planned, written or started."""
     if args.port is None and args.unit == "sim":
         if args.faults is not None or args.mode != "lockstep":
-            raise UserError("run", "--faults and --mode need a serial unit (--unit emulator, "
-                            "--unit qemu or --port), not --unit sim")
+            raise UserError(
+                "run",
+                "--faults and --mode need a serial unit (--unit emulator, "
+                "--unit qemu or --port), not --unit sim",
+            )
         return
     if args.unit == "sim":
-        raise UserError("run", "--port and --unit sim exclude each other: the sim unit has no "
-                        "port")
+        raise UserError("run", "--port and --unit sim exclude each other: the sim unit has no port")
     if args.faults is not None and (args.port is not None or args.unit != "emulator"):
-        raise UserError("run", "--faults applies to the emulator the run starts, not to a unit "
-                        "on --port or QEMU (start 'thruster-hil emulate --faults ...' instead)")
+        raise UserError(
+            "run",
+            "--faults applies to the emulator the run starts, not to a unit "
+            "on --port or QEMU (start 'thruster-hil emulate --faults ...' instead)",
+        )
     from thruster_hil.firmware_bridge.faults import parse_faults
 
     parse_faults(args.faults)
@@ -767,10 +998,15 @@ def _open_run_unit(args: argparse.Namespace, model, plan: dict, names: list[str]
 
     warm_up(model, plan)  # compile the cycle now: an armed unit must not wait for the compiler
     try:
-        return open_unit(unit=args.unit, port=args.port, mode=args.mode,
-                         n_thrusters=len(names),
-                         period_ms=int(round(model.control_period_s * 1000)),
-                         faults=args.faults, on_bytes=recorder.on_bytes)
+        return open_unit(
+            unit=args.unit,
+            port=args.port,
+            mode=args.mode,
+            n_thrusters=len(names),
+            period_ms=int(round(model.control_period_s * 1000)),
+            faults=args.faults,
+            on_bytes=recorder.on_bytes,
+        )
     except LinkError as exc:
         raise UserError(args.port or args.unit, f"the unit did not come up: {exc}") from None
 
@@ -783,9 +1019,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         verdict = "identical to" if result["identical"] else "DIFFERS from"
-        print(f"replayed {result['cycles']} cycles from {result['frames_decoded']} frames "
-              f"({result['decode_errors']} undecodable): {result['replayed']} is {verdict} "
-              f"{result['recorded']}")
+        print(
+            f"replayed {result['cycles']} cycles from {result['frames_decoded']} frames "
+            f"({result['decode_errors']} undecodable): {result['replayed']} is {verdict} "
+            f"{result['recorded']}"
+        )
     return 0 if result["identical"] else 1
 
 
@@ -812,8 +1050,9 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     if args.once:
         console.print(render(first))
         return _run_status(follower.summary) if follower.finished else 0
-    follow(follower.poll, console=console, done=lambda: follower.finished,
-           refresh_per_second=LIVE_HZ)
+    follow(
+        follower.poll, console=console, done=lambda: follower.finished, refresh_per_second=LIVE_HZ
+    )
     return _run_status(follower.summary)
 
 
@@ -861,8 +1100,13 @@ def _monitor_port(url: str, once: bool, console) -> int:
                     pass  # shown as a stale HK and a link that is down
             return port_snapshot(link, url)
 
-        follow(poll, console=console, done=lambda: not link.is_up, interval_s=0.25,
-               refresh_per_second=LIVE_HZ)
+        follow(
+            poll,
+            console=console,
+            done=lambda: not link.is_up,
+            interval_s=0.25,
+            refresh_per_second=LIVE_HZ,
+        )
         print(f"{PROG}: error: {url}: the link went down", file=sys.stderr)
         return 1
     finally:
@@ -895,9 +1139,15 @@ def _cmd_ports(args: argparse.Namespace) -> int:
     rows = []
     for p in sorted(list_ports.comports(), key=lambda p: p.device):
         vid_pid = f"{p.vid:04X}:{p.pid:04X}" if p.vid is not None else ""
-        rows.append({"device": p.device, "vid_pid": vid_pid, "serial": p.serial_number or "",
-                     "description": p.description or "",
-                     "mega2560": (p.vid, p.pid) in MEGA_2560_IDS})
+        rows.append(
+            {
+                "device": p.device,
+                "vid_pid": vid_pid,
+                "serial": p.serial_number or "",
+                "description": p.description or "",
+                "mega2560": (p.vid, p.pid) in MEGA_2560_IDS,
+            }
+        )
     if args.json:
         print(json.dumps({"ports": rows}))
         return 0
@@ -927,18 +1177,34 @@ def _cmd_selftest(args: argparse.Namespace) -> int:
             process.stop()
     failed = [r for r in results if r.outcome == "failed"]
     if args.json:
-        print(json.dumps({"port": args.port or args.unit, "passed": not failed,
-                          "checks": [{"name": r.check.name, "requirement": r.check.requirement,
-                                      "outcome": r.outcome, "detail": r.detail,
-                                      "seconds": round(r.seconds, 3)} for r in results]}))
+        print(
+            json.dumps(
+                {
+                    "port": args.port or args.unit,
+                    "passed": not failed,
+                    "checks": [
+                        {
+                            "name": r.check.name,
+                            "requirement": r.check.requirement,
+                            "outcome": r.outcome,
+                            "detail": r.detail,
+                            "seconds": round(r.seconds, 3),
+                        }
+                        for r in results
+                    ],
+                }
+            )
+        )
     else:
         print(f"unit conformance on {args.port or args.unit}:")
         for r in results:
             mark = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[r.outcome]
             line = f"  {mark}  {r.check.name:<22s} {r.check.requirement}"
             print(line + (f"\n        -> {r.detail}" if r.detail else ""))
-        print(f"{len(results) - len(failed)} of {len(results)} checks passed or skipped; "
-              f"{len(failed)} failed")
+        print(
+            f"{len(results) - len(failed)} of {len(results)} checks passed or skipped; "
+            f"{len(failed)} failed"
+        )
     return 1 if failed else 0
 
 
@@ -952,8 +1218,11 @@ def _cmd_faults(args: argparse.Namespace) -> int:
     rows = build_rows(args.seed, args.units)
     known = {r.id for r in rows}
     if args.only and not args.only <= known:
-        raise UserError("faults", f"--only: no row {', '.join(sorted(args.only - known))} with "
-                        f"--units {','.join(args.units)} (rows: {', '.join(sorted(known))})")
+        raise UserError(
+            "faults",
+            f"--only: no row {', '.join(sorted(args.only - known))} with "
+            f"--units {','.join(args.units)} (rows: {', '.join(sorted(known))})",
+        )
     doc = Path(args.doc) if args.doc is not None else None
     if doc is not None and not doc.is_file():
         raise UserError("faults", f"--doc: {doc} is not a file")
@@ -965,8 +1234,11 @@ def _cmd_faults(args: argparse.Namespace) -> int:
         import shutil
 
         if shutil.which("qemu-system-avr") is None:
-            raise UserError("faults", "qemu-system-avr not found: install qemu-system-misc "
-                            "gcc-avr avr-libc, or run with --units emulator")
+            raise UserError(
+                "faults",
+                "qemu-system-avr not found: install qemu-system-misc "
+                "gcc-avr avr-libc, or run with --units emulator",
+            )
     if args.list:
         for r in rows:
             print(f"{r.id}  {r.unit:<8}  {r.mode:<8}  {r.fault}  [{r.spec or ''}]")
@@ -975,18 +1247,30 @@ def _cmd_faults(args: argparse.Namespace) -> int:
     def progress(rec: dict) -> None:
         if not args.json:
             mark = "pass" if rec["passed"] else "FAIL " + "; ".join(rec["why"])
-            print(f"{rec['id']}  {rec['unit']:<8}  {rec['fault']}: "
-                  f"{rec['measured']['outcome']}  [{mark}]", flush=True)
+            print(
+                f"{rec['id']}  {rec['unit']:<8}  {rec['fault']}: "
+                f"{rec['measured']['outcome']}  [{mark}]",
+                flush=True,
+            )
 
     records = run_campaign(out, args.seed, args.units, args.only, progress)
     if doc is not None:
-        argv = ["thruster-hil", "faults", "--seed", str(args.seed), "--units",
-                ",".join(args.units), "--doc", str(doc)]
+        argv = [
+            "thruster-hil",
+            "faults",
+            "--seed",
+            str(args.seed),
+            "--units",
+            ",".join(args.units),
+            "--doc",
+            str(doc),
+        ]
         write_doc(doc, records, shlex.join(argv))
     passed = sum(r["passed"] for r in records)
     if args.json:
-        print(json.dumps({"out": str(out), "passed": passed, "total": len(records),
-                          "rows": records}))
+        print(
+            json.dumps({"out": str(out), "passed": passed, "total": len(records), "rows": records})
+        )
     else:
         print(f"{passed} of {len(records)} rows pass; evidence in {out}")
     return 0 if passed == len(records) else 1
@@ -1022,8 +1306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP (thruster_hil.stopsignals)
         name = getattr(exc, "signal_name", "SIGINT")
-        print(f"{PROG}: interrupted" + ("" if name == "SIGINT" else f" by {name}"),
-              file=sys.stderr)
+        print(f"{PROG}: interrupted" + ("" if name == "SIGINT" else f" by {name}"), file=sys.stderr)
         return exit_status(name)
     except BrokenPipeError:
         return 0

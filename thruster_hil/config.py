@@ -403,8 +403,9 @@ def _read_toml(path: Path, where: str) -> dict:
     except ValueError as exc:  # tomllib: an integer of more than 4300 digits
         raise ConfigError(where, f"expected valid TOML, got {exc}") from None
     except RecursionError:
-        raise ConfigError(where, "expected valid TOML, got arrays or tables nested too "
-                          "deeply to read") from None
+        raise ConfigError(
+            where, "expected valid TOML, got arrays or tables nested too deeply to read"
+        ) from None
     except OSError as exc:
         raise ConfigError(where, f"expected a readable file, got {exc.strerror}") from None
 
@@ -542,8 +543,11 @@ def load_vehicle(path: str | Path) -> Vehicle:
                     )
         reserve = k.number("reserve_kg", 0.0, 1e5, unit="kg", default=0.0)
         if reserve > prop:
-            raise k.fail("reserve_kg", f"expected a reserve no larger than the tank's "
-                         f"propellant_kg ({prop:g} kg), got {reserve:g}")
+            raise k.fail(
+                "reserve_kg",
+                f"expected a reserve no larger than the tank's "
+                f"propellant_kg ({prop:g} kg), got {reserve:g}",
+            )
         tanks[tname] = Tank(tname, prop, mode, pressure, reserve_kg=reserve, **extra)
 
     thrusters: dict[str, Thruster] = {}
@@ -578,8 +582,10 @@ def load_vehicle(path: str | Path) -> Vehicle:
         if "gimbal" in raw:
             gt = _Table(where, raw["gimbal"], f"thrusters.{hname}.gimbal")
             gt.check_keys(_GIMBAL_KEYS)
-            gimbal = Gimbal(gt.number("limit_deg", 0.0, 45.0, lo_open=True, unit="deg"),
-                            gt.number("rate_deg_s", 0.0, 90.0, lo_open=True, unit="deg/s"))
+            gimbal = Gimbal(
+                gt.number("limit_deg", 0.0, 45.0, lo_open=True, unit="deg"),
+                gt.number("rate_deg_s", 0.0, 90.0, lo_open=True, unit="deg/s"),
+            )
         thrusters[hname] = Thruster(
             hname,
             _frozen(pos),
@@ -597,8 +603,9 @@ def load_vehicle(path: str | Path) -> Vehicle:
         raise t.fail("tanks", f"expected at most {MAX_TANKS} tanks, got {len(tanks)}")
     n_gimbals = sum(h.gimbal is not None for h in thrusters.values())
     if n_gimbals > MAX_GIMBALS:
-        raise t.fail("thrusters", f"expected at most {MAX_GIMBALS} gimbaled thrusters, got "
-                     f"{n_gimbals}")
+        raise t.fail(
+            "thrusters", f"expected at most {MAX_GIMBALS} gimbaled thrusters, got {n_gimbals}"
+        )
     return Vehicle(name, path, dry, _frozen(com), _frozen(inertia), tanks, thrusters)
 
 
@@ -677,22 +684,36 @@ def _control_period(t: _Table, vehicle: Vehicle, names: tuple[str, ...]) -> floa
     period = t.number("control_period_s", PERIOD_MS_MIN / 1e3, PERIOD_MS_MAX / 1e3, unit="s")
     ms = period * 1e3
     if abs(ms - round(ms)) > 1e-6:
-        raise t.fail("control_period_s", f"expected a whole number of milliseconds (the unit's "
-                     f"tick and the wire's unit), got {period!r} s")
+        raise t.fail(
+            "control_period_s",
+            f"expected a whole number of milliseconds (the unit's "
+            f"tick and the wire's unit), got {period!r} s",
+        )
     min_on = max((vehicle.thrusters[n].min_on_time_s for n in names), default=0.0)
     if period < PERIOD_PER_MIN_ON * min_on:
-        raise t.fail("control_period_s", f"expected at least {PERIOD_PER_MIN_ON} x the longest "
-                     f"thruster minimum on-time ({PERIOD_PER_MIN_ON} x {min_on:g} s = "
-                     f"{PERIOD_PER_MIN_ON * min_on:g} s), got {period:g} s")
+        raise t.fail(
+            "control_period_s",
+            f"expected at least {PERIOD_PER_MIN_ON} x the longest "
+            f"thruster minimum on-time ({PERIOD_PER_MIN_ON} x {min_on:g} s = "
+            f"{PERIOD_PER_MIN_ON * min_on:g} s), got {period:g} s",
+        )
     # A valve must finish opening (delay + rise) and closing (delay + tail-off) within a cycle,
     # or a pulse commanded for one cycle is still starting or ending in the next.
-    name, transient = max(((n, max(h.open_delay_s + h.rise_time_s,
-                                   h.close_delay_s + h.tail_off_s))
-                           for n in names for h in (vehicle.thrusters[n],)),
-                          key=lambda x: x[1], default=("", 0.0))
+    name, transient = max(
+        (
+            (n, max(h.open_delay_s + h.rise_time_s, h.close_delay_s + h.tail_off_s))
+            for n in names
+            for h in (vehicle.thrusters[n],)
+        ),
+        key=lambda x: x[1],
+        default=("", 0.0),
+    )
     if period <= transient:
-        raise t.fail("control_period_s", f"expected longer than the slowest valve transient "
-                     f"({name}: {transient:g} s to open or close), got {period:g} s")
+        raise t.fail(
+            "control_period_s",
+            f"expected longer than the slowest valve transient "
+            f"({name}: {transient:g} s to open or close), got {period:g} s",
+        )
     return period
 
 
@@ -736,8 +757,9 @@ def load_stack(name_or_path: str | Path) -> Stack:
                 raise t.fail(key, f"expected each thruster listed once, got {_show(n)} twice")
             seen.add(n)
     period = _control_period(t, vehicle, trans + att)
-    max_err = t.number("max_attitude_error_deg", MIN_ATTITUDE_LIMIT_DEG,
-                       MAX_ATTITUDE_LIMIT_DEG, unit="deg")
+    max_err = t.number(
+        "max_attitude_error_deg", MIN_ATTITUDE_LIMIT_DEG, MAX_ATTITUDE_LIMIT_DEG, unit="deg"
+    )
     max_rate = t.number("max_rate_deg_s", MIN_RATE_LIMIT_DEG_S, 10.0, unit="deg/s")
     cmg = t.number("cmg_torque_budget_Nm", 0.0, 1e5, unit="N m")
     solar = t.string("solar_activity", SOLAR_ACTIVITIES, default="moderate")
@@ -914,8 +936,9 @@ def build_stack_model(stack: Stack) -> StackModel:
             e1_V, e2_V = gimbal_axes(h.direction)
             e1_B[i] = g["dcm_BV"] @ e1_V
             e2_B[i] = g["dcm_BV"] @ e2_V
-            trim = massprops.gimbal_trim(u_B[i], e1_B[i], e2_B[i], r_TC[i],
-                                         math.radians(h.gimbal.limit_deg))
+            trim = massprops.gimbal_trim(
+                u_B[i], e1_B[i], e2_B[i], r_TC[i], math.radians(h.gimbal.limit_deg)
+            )
             u_trim[i] = massprops.gimbaled_direction(u_B[i], e1_B[i], e2_B[i], *trim)
 
     def arr(values, dtype=np.float64):
@@ -957,10 +980,10 @@ def build_stack_model(stack: Stack) -> StackModel:
         tank_propellant_density_kg_m3=arr([k.propellant_density_kg_m3 or 0.0 for k in tanks]),
         tank_polytropic_n=arr([k.polytropic_n or 1.0 for k in tanks]),
         tank_reserve_kg=arr([k.reserve_kg for k in tanks]),
-        gimbal_limit_rad=arr([math.radians(h.gimbal.limit_deg) if h.gimbal else 0.0
-                              for h in ths]),
-        gimbal_rate_rad_s=arr([math.radians(h.gimbal.rate_deg_s) if h.gimbal else 0.0
-                               for h in ths]),
+        gimbal_limit_rad=arr([math.radians(h.gimbal.limit_deg) if h.gimbal else 0.0 for h in ths]),
+        gimbal_rate_rad_s=arr(
+            [math.radians(h.gimbal.rate_deg_s) if h.gimbal else 0.0 for h in ths]
+        ),
         gimbal_e1_B=arr(e1_B),
         gimbal_e2_B=arr(e2_B),
         torque_arm_B=arr(np.cross(r_TC, u_B)),

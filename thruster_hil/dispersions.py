@@ -26,8 +26,15 @@ from thruster_hil.config import _check_number, _display, _is_file, _read_toml, _
 from thruster_hil.core.errors import ConfigError
 from thruster_hil.hw_configs import CONFIG_DIR
 
-__all__ = ["Dispersions", "Dist", "case_seed", "case_seeds", "failure_candidates",
-           "load_dispersions", "sample_case"]
+__all__ = [
+    "Dispersions",
+    "Dist",
+    "case_seed",
+    "case_seeds",
+    "failure_candidates",
+    "load_dispersions",
+    "sample_case",
+]
 
 #: Normal draws are clipped at this many sigma (no 6-sigma thrust of zero).
 TRUNCATE_SIGMA = 4.0
@@ -50,11 +57,14 @@ _LIMITS = {
     "accelerometer_bias_mps2": (-1e-3, 1e-3, 1e-3, "m/s^2", 0.0),
 }
 _TOP_KEYS = ("name", "seed", "thrusters", "stack", "sensors", "failure", "pass")
-_THRUSTER_KEYS = ("thrust_scale", "isp_scale", "misalignment_deg", "open_delay_s",
-                  "close_delay_s")
+_THRUSTER_KEYS = ("thrust_scale", "isp_scale", "misalignment_deg", "open_delay_s", "close_delay_s")
 _STACK_KEYS = ("mass_kg", "com_offset_m")
-_SENSOR_KEYS = ("attitude_noise_deg", "rate_noise_deg_s", "accelerometer_noise_mps",
-                "accelerometer_bias_mps2")
+_SENSOR_KEYS = (
+    "attitude_noise_deg",
+    "rate_noise_deg_s",
+    "accelerometer_noise_mps",
+    "accelerometer_bias_mps2",
+)
 _FAILURE_KEYS = ("probability", "window_s", "thrusters")
 _PASS_KEYS = ("delta_v_tolerance_pct", "max_attitude_error_deg", "max_burn_duration_factor")
 _THRUSTER_SETS = ("any", "translation", "attitude")
@@ -129,25 +139,33 @@ class Dispersions:
     def describe(self) -> dict:
         """The spec as JSON-ready text (for summary.json)."""
         return {
-            "file": self.where, "name": self.name,
+            "file": self.where,
+            "name": self.name,
             "thrust_scale": self.thrust_scale.describe(),
             "isp_scale": self.isp_scale.describe(),
             "misalignment_deg": self.misalignment_deg.describe(),
             "open_delay_s": self.open_delay_s.describe(),
             "close_delay_s": self.close_delay_s.describe(),
-            "mass_kg": self.mass_kg.describe(), "com_offset_m": self.com_offset_m.describe(),
+            "mass_kg": self.mass_kg.describe(),
+            "com_offset_m": self.com_offset_m.describe(),
             "attitude_noise_deg": math.degrees(self.attitude_noise_rad),
             "rate_noise_deg_s": math.degrees(self.rate_noise_rad_s),
             "accelerometer_noise_mps": self.accelerometer_noise_mps,
             "accelerometer_bias_mps2": self.accelerometer_bias_mps2.describe(),
-            "failure": {"probability": self.failure_probability,
-                        "window_s": list(self.failure_window_s),
-                        "thrusters": (self.failure_thrusters
-                                      if isinstance(self.failure_thrusters, str)
-                                      else list(self.failure_thrusters))},
-            "pass": {"delta_v_tolerance_pct": self.delta_v_tolerance_pct,
-                     "max_attitude_error_deg": self.max_attitude_error_deg,
-                     "max_burn_duration_factor": self.max_burn_duration_factor},
+            "failure": {
+                "probability": self.failure_probability,
+                "window_s": list(self.failure_window_s),
+                "thrusters": (
+                    self.failure_thrusters
+                    if isinstance(self.failure_thrusters, str)
+                    else list(self.failure_thrusters)
+                ),
+            },
+            "pass": {
+                "delta_v_tolerance_pct": self.delta_v_tolerance_pct,
+                "max_attitude_error_deg": self.max_attitude_error_deg,
+                "max_burn_duration_factor": self.max_burn_duration_factor,
+            },
         }
 
 
@@ -173,8 +191,11 @@ def _dist(t: _Table, key: str) -> Dist:
         sigma = d.number("sigma", 0.0, sigma_max, unit=unit)
         for edge in (mean - TRUNCATE_SIGMA * sigma, mean + TRUNCATE_SIGMA * sigma):
             if not lo <= edge <= hi:
-                raise d.fail("sigma", f"expected mean +- {TRUNCATE_SIGMA:g} sigma inside "
-                             f"[{lo:g}, {hi:g}]{u}, got mean {mean:g} and sigma {sigma:g}")
+                raise d.fail(
+                    "sigma",
+                    f"expected mean +- {TRUNCATE_SIGMA:g} sigma inside "
+                    f"[{lo:g}, {hi:g}]{u}, got mean {mean:g} and sigma {sigma:g}",
+                )
         return Dist("normal", mean, sigma)
     d.check_keys(("dist", "low", "high"))
     low = d.number("low", lo, hi, unit=unit)
@@ -198,8 +219,11 @@ def dispersions_path(name_or_path: str | Path) -> Path:
     path = CONFIG_DIR / "dispersions" / f"{s}.toml"
     if not _is_file(path):
         names = sorted(p.stem for p in (CONFIG_DIR / "dispersions").glob("*.toml"))
-        raise ConfigError(s, f"expected a dispersion spec name (one of {', '.join(names)}) or a "
-                          f"path to a .toml file, got no file {_display(path)}")
+        raise ConfigError(
+            s,
+            f"expected a dispersion spec name (one of {', '.join(names)}) or a "
+            f"path to a .toml file, got no file {_display(path)}",
+        )
     return path
 
 
@@ -221,17 +245,24 @@ def load_dispersions(name_or_path: str | Path = "default") -> Dispersions:
 
     window = fa.raw("window_s", [0.0, 0.0], "a list [start, end] of seconds after ignition")
     if not isinstance(window, list) or len(window) != 2:
-        raise fa.fail("window_s", f"expected a list [start, end] of seconds after ignition, "
-                      f"got {_show(window)}")
-    w = [_check_number(x, 0.0, 1e5, False, "[0, 1e5] s",
-                       lambda m, i=i: fa.fail(f"window_s[{i}]", m)) for i, x in enumerate(window)]
+        raise fa.fail(
+            "window_s",
+            f"expected a list [start, end] of seconds after ignition, got {_show(window)}",
+        )
+    w = [
+        _check_number(x, 0.0, 1e5, False, "[0, 1e5] s", lambda m, i=i: fa.fail(f"window_s[{i}]", m))
+        for i, x in enumerate(window)
+    ]
     if w[1] < w[0]:
         raise fa.fail("window_s", f"expected end >= start ({w[0]:g} s), got {w[1]:g}")
     which = fa.raw("thrusters", "any", "any, translation, attitude or a list of thruster names")
     if isinstance(which, str):
         if which not in _THRUSTER_SETS:
-            raise fa.fail("thrusters", "expected any, translation, attitude or a list of "
-                          f"thruster names, got {_show(which)}")
+            raise fa.fail(
+                "thrusters",
+                "expected any, translation, attitude or a list of "
+                f"thruster names, got {_show(which)}",
+            )
     else:
         which = fa.string_list("thrusters")
 
@@ -239,25 +270,34 @@ def load_dispersions(name_or_path: str | Path = "default") -> Dispersions:
     if limit is not None:
         limit = pa.number("max_attitude_error_deg", 0.0, 180.0, lo_open=True, unit="deg")
     return Dispersions(
-        path=path, name=name, seed=seed,
-        thrust_scale=_dist(th, "thrust_scale"), isp_scale=_dist(th, "isp_scale"),
-        misalignment_deg=_dist(th, "misalignment_deg"), open_delay_s=_dist(th, "open_delay_s"),
-        close_delay_s=_dist(th, "close_delay_s"), mass_kg=_dist(st, "mass_kg"),
+        path=path,
+        name=name,
+        seed=seed,
+        thrust_scale=_dist(th, "thrust_scale"),
+        isp_scale=_dist(th, "isp_scale"),
+        misalignment_deg=_dist(th, "misalignment_deg"),
+        open_delay_s=_dist(th, "open_delay_s"),
+        close_delay_s=_dist(th, "close_delay_s"),
+        mass_kg=_dist(st, "mass_kg"),
         com_offset_m=_dist(st, "com_offset_m"),
-        attitude_noise_rad=math.radians(se.number("attitude_noise_deg", 0.0, 1.0, unit="deg",
-                                                  default=0.0)),
-        rate_noise_rad_s=math.radians(se.number("rate_noise_deg_s", 0.0, 0.1, unit="deg/s",
-                                                default=0.0)),
-        accelerometer_noise_mps=se.number("accelerometer_noise_mps", 0.0, 0.01, unit="m/s",
-                                          default=0.0),
+        attitude_noise_rad=math.radians(
+            se.number("attitude_noise_deg", 0.0, 1.0, unit="deg", default=0.0)
+        ),
+        rate_noise_rad_s=math.radians(
+            se.number("rate_noise_deg_s", 0.0, 0.1, unit="deg/s", default=0.0)
+        ),
+        accelerometer_noise_mps=se.number(
+            "accelerometer_noise_mps", 0.0, 0.01, unit="m/s", default=0.0
+        ),
         accelerometer_bias_mps2=_dist(se, "accelerometer_bias_mps2"),
         failure_probability=fa.number("probability", 0.0, 1.0, default=0.0),
-        failure_window_s=(w[0], w[1]), failure_thrusters=which,
-        delta_v_tolerance_pct=pa.number("delta_v_tolerance_pct", 0.0, 100.0, lo_open=True,
-                                        unit="%", default=0.5),
+        failure_window_s=(w[0], w[1]),
+        failure_thrusters=which,
+        delta_v_tolerance_pct=pa.number(
+            "delta_v_tolerance_pct", 0.0, 100.0, lo_open=True, unit="%", default=0.5
+        ),
         max_attitude_error_deg=limit,
-        max_burn_duration_factor=pa.number("max_burn_duration_factor", 1.0, 10.0,
-                                           default=2.5),
+        max_burn_duration_factor=pa.number("max_burn_duration_factor", 1.0, 10.0, default=2.5),
     )
 
 
@@ -291,14 +331,18 @@ def failure_candidates(spec: Dispersions, model) -> np.ndarray:
     out = []
     for n in which:
         if n not in names:
-            raise ConfigError(spec.where, f"expected thrusters of {model.name} "
-                              f"({', '.join(names)}), got {_show(n)}", "failure.thrusters")
+            raise ConfigError(
+                spec.where,
+                f"expected thrusters of {model.name} ({', '.join(names)}), got {_show(n)}",
+                "failure.thrusters",
+            )
         out.append(names.index(n))
     return np.array(out, np.int64)
 
 
-def sample_case(spec: Dispersions, model, seed: int,
-                candidates: np.ndarray | None = None) -> loop.PlantCase:
+def sample_case(
+    spec: Dispersions, model, seed: int, candidates: np.ndarray | None = None
+) -> loop.PlantCase:
     """The true stack and sensors of the case with ``seed`` (see :func:`case_seed`)."""
     if candidates is None:
         candidates = failure_candidates(spec, model)
@@ -315,27 +359,30 @@ def sample_case(spec: Dispersions, model, seed: int,
         thrust_scale=spec.thrust_scale.sample(seed, _P_THRUST, n),
         isp_scale=spec.isp_scale.sample(seed, _P_ISP, n),
         misalign_rad=np.radians(spec.misalignment_deg.sample(seed, _P_MISALIGN, n)),
-        misalign_azimuth_rad=2.0 * math.pi * Dist("uniform", 0.0, 1.0).sample(
-            seed, _P_AZIMUTH, n),
+        misalign_azimuth_rad=2.0 * math.pi * Dist("uniform", 0.0, 1.0).sample(seed, _P_AZIMUTH, n),
         d_open_delay_s=spec.open_delay_s.sample(seed, _P_OPEN, n),
         d_close_delay_s=spec.close_delay_s.sample(seed, _P_CLOSE, n),
         d_mass_kg=float(spec.mass_kg.sample(seed, _P_MASS, 1)[0]),
         d_com_B_m=spec.com_offset_m.sample(seed, _P_COM, 3),
-        noise_att_rad=spec.attitude_noise_rad, noise_rate_rad_s=spec.rate_noise_rad_s,
+        noise_att_rad=spec.attitude_noise_rad,
+        noise_rate_rad_s=spec.rate_noise_rad_s,
         noise_dv_mps=spec.accelerometer_noise_mps,
         acc_bias_B_mps2=spec.accelerometer_bias_mps2.sample(seed, _P_BIAS, 3),
-        fail_index=fail_index, fail_at_s=fail_at,
+        fail_index=fail_index,
+        fail_at_s=fail_at,
     )
 
 
 def case_inputs(case: loop.PlantCase, names: tuple[str, ...]) -> dict:
     """A case's dispersed inputs as flat columns (for cases.csv)."""
     row: dict = {}
-    for label, values, scale in (("thrust_scale", case.thrust_scale, 1.0),
-                                 ("isp_scale", case.isp_scale, 1.0),
-                                 ("misalignment_deg", case.misalign_rad, 180.0 / math.pi),
-                                 ("open_delay_offset_s", case.d_open_delay_s, 1.0),
-                                 ("close_delay_offset_s", case.d_close_delay_s, 1.0)):
+    for label, values, scale in (
+        ("thrust_scale", case.thrust_scale, 1.0),
+        ("isp_scale", case.isp_scale, 1.0),
+        ("misalignment_deg", case.misalign_rad, 180.0 / math.pi),
+        ("open_delay_offset_s", case.d_open_delay_s, 1.0),
+        ("close_delay_offset_s", case.d_close_delay_s, 1.0),
+    ):
         for name, v in zip(names, values, strict=True):
             row[f"{label}:{name}"] = float(v) * scale
     row["mass_offset_kg"] = case.d_mass_kg

@@ -66,17 +66,32 @@ _ONE_COLUMN_MAX = 8
 #: monitor: a run whose telemetry has not grown for this long is flagged (killed? stalled?) [s].
 QUIET_S = 5.0
 STATE_NAMES = {0: "BOOT", 1: "SAFE", 2: "ARMING", 3: "ARMED", 4: "FAULT"}
-_STATE_STYLE = {"ARMED": "bold green", "SAFE": "cyan", "ARMING": "yellow", "FAULT": "bold red",
-                "BOOT": "yellow"}
+_STATE_STYLE = {
+    "ARMED": "bold green",
+    "SAFE": "cyan",
+    "ARMING": "yellow",
+    "FAULT": "bold red",
+    "BOOT": "yellow",
+}
 #: The unit's HK counters, rows of (field, label), each row under 60 characters.
-HK_COUNTERS = ((("rx_frames", "frames in"), ("last_step", "last step"),
-                ("watchdog_remaining_ms", "watchdog left ms")),
-               (("crc_errors", "CRC"), ("cobs_errors", "COBS"), ("length_errors", "length"),
-                ("seq_gaps", "seq gaps")),
-               (("uart_overruns", "UART overruns"), ("session_errors", "session errors")))
+HK_COUNTERS = (
+    (
+        ("rx_frames", "frames in"),
+        ("last_step", "last step"),
+        ("watchdog_remaining_ms", "watchdog left ms"),
+    ),
+    (
+        ("crc_errors", "CRC"),
+        ("cobs_errors", "COBS"),
+        ("length_errors", "length"),
+        ("seq_gaps", "seq gaps"),
+    ),
+    (("uart_overruns", "UART overruns"), ("session_errors", "session errors")),
+)
 
 
 # ---------------------------------------------------------------------------- drawing
+
 
 def bar(fraction: float | None, cells: int = BAR_CELLS) -> str:
     """A horizontal bar of ``cells`` characters filled to ``fraction`` (clipped to 0..1)."""
@@ -167,8 +182,9 @@ def _housekeeping_row(snap: dict) -> Text | None:
     return Text("   ".join(parts)) if parts else None
 
 
-def _ratio_row(value: float | None, target: float | None, fmt: str, unit: str,
-               over_is_bad: bool) -> Text:
+def _ratio_row(
+    value: float | None, target: float | None, fmt: str, unit: str, over_is_bad: bool
+) -> Text:
     t = Text(f"{_num(value, fmt)} of {_num(target, fmt)} {unit}  ")
     if value is not None and target:
         frac = value / target
@@ -183,11 +199,15 @@ def _link_rows(snap: dict) -> list[tuple[str, Text]]:
     if link is None:
         return [("link", Text("in-process unit: no link"))]
     # In REALTIME a FIRE's round trip includes its pulse; the percentiles are the link's.
-    rtt = Text(f"RTT {_num(link.get('rtt_ms'), '.2f', ' ms')} "
-               f"(link p50 {_num(link.get('rtt_ms_p50'), '.2f')}, "
-               f"p99 {_num(link.get('rtt_ms_p99'), '.2f')} ms)")
-    frames = Text(f"{_num(link.get('frames_sent'), 'd')} out / "
-                  f"{_num(link.get('frames_received'), 'd')} in   retries ")
+    rtt = Text(
+        f"RTT {_num(link.get('rtt_ms'), '.2f', ' ms')} "
+        f"(link p50 {_num(link.get('rtt_ms_p50'), '.2f')}, "
+        f"p99 {_num(link.get('rtt_ms_p99'), '.2f')} ms)"
+    )
+    frames = Text(
+        f"{_num(link.get('frames_sent'), 'd')} out / "
+        f"{_num(link.get('frames_received'), 'd')} in   retries "
+    )
     n = link.get("retries")
     frames.append(_num(n, "d"), style="yellow" if n else "")
     errors = Text("CRC errors ")
@@ -232,8 +252,7 @@ def _thruster_table(snap: dict) -> Table | None:
 
 def _valve_rows(valves: dict) -> list[tuple[str, Text]]:
     n = valves.get("n_channels") or 0
-    opened, failed, stuck = (valves.get(k) or 0 for k in ("open_mask", "failed_mask",
-                                                           "stuck_mask"))
+    opened, failed, stuck = (valves.get(k) or 0 for k in ("open_mask", "failed_mask", "stuck_mask"))
     rows = []
     for bank in range(math.ceil(n / 16)):
         t = Text()
@@ -263,15 +282,28 @@ def render(snap: dict) -> RenderableType:
         grid.add_row("cycle", _progress_row(snap))
     grid.add_row("unit", _unit_row(snap))
     if "status" in snap:
-        grid.add_row("controller", Text(f"t {_num(snap.get('t_s'), '.1f', ' s')}   "
-                                        f"{status_names(snap.get('status'))}"))
+        grid.add_row(
+            "controller",
+            Text(f"t {_num(snap.get('t_s'), '.1f', ' s')}   {status_names(snap.get('status'))}"),
+        )
     if "target_dv_mps" in snap or "dv_mps" in snap:
-        grid.add_row("delta-v", _ratio_row(snap.get("dv_mps"), snap.get("target_dv_mps"), ".5f",
-                                           "m/s", over_is_bad=False))
+        grid.add_row(
+            "delta-v",
+            _ratio_row(
+                snap.get("dv_mps"), snap.get("target_dv_mps"), ".5f", "m/s", over_is_bad=False
+            ),
+        )
     if "att_limit_deg" in snap or "att_err_deg" in snap:
-        grid.add_row("attitude error", _ratio_row(snap.get("att_err_deg"),
-                                                  snap.get("att_limit_deg"), ".4f",
-                                                  "deg limit", over_is_bad=True))
+        grid.add_row(
+            "attitude error",
+            _ratio_row(
+                snap.get("att_err_deg"),
+                snap.get("att_limit_deg"),
+                ".4f",
+                "deg limit",
+                over_is_bad=True,
+            ),
+        )
     if "propellant_kg" in snap:
         grid.add_row("propellant", Text(f"{_num(snap.get('propellant_kg'), '.3f', ' kg')} used"))
     hk = _housekeeping_row(snap)
@@ -284,29 +316,42 @@ def render(snap: dict) -> RenderableType:
     counters = snap.get("counters")
     if counters:
         for i, fields in enumerate(HK_COUNTERS):
-            grid.add_row(("unit counters", "unit errors", "")[i], Text("   ".join(
-                f"{label} {_num(counters.get(k), 'd')}" for k, label in fields)))
+            grid.add_row(
+                ("unit counters", "unit errors", "")[i],
+                Text("   ".join(f"{label} {_num(counters.get(k), 'd')}" for k, label in fields)),
+            )
     parts: list[RenderableType] = [grid]
     thrusters = _thruster_table(snap)
     if thrusters is not None:
         period = snap.get("period_ms")
-        parts += [Text(f"executed on-time per thruster this cycle (of {_num(period, 'd')} ms)",
-                       style="bold"), thrusters]
-    return Panel(Group(*parts), title=f"thruster-hil · {snap.get('title', '')}",
-                 title_align="left", border_style="blue")
+        parts += [
+            Text(
+                f"executed on-time per thruster this cycle (of {_num(period, 'd')} ms)",
+                style="bold",
+            ),
+            thrusters,
+        ]
+    return Panel(
+        Group(*parts),
+        title=f"thruster-hil · {snap.get('title', '')}",
+        title_align="left",
+        border_style="blue",
+    )
 
 
 def render_text(snap: dict, width: int = 110) -> str:
     """:func:`render` as plain text (no colour codes) at ``width`` columns: tests and --once."""
     from rich.console import Console
 
-    console = Console(file=io.StringIO(), width=width, record=True, color_system=None,
-                      force_terminal=False)
+    console = Console(
+        file=io.StringIO(), width=width, record=True, color_system=None, force_terminal=False
+    )
     console.print(render(snap))
     return console.export_text()
 
 
 # ---------------------------------------------------------------------------- in a run
+
 
 class RunWatch:
     """The live view's source inside ``thruster-hil run``.
@@ -319,12 +364,30 @@ class RunWatch:
     cycle and how the run ended, for the final frame.
     """
 
-    def __init__(self, *, title: str, thrusters: list[str], period_ms: int, planned_cycles: int,
-                 target_dv_mps: float, att_limit_deg: float, mass0_kg: float, unit=None,
-                 unit_name: str = "sim", mode: str = "lockstep", publish_hz: float = 20.0):
-        self._static = {"title": title, "thrusters": list(thrusters), "period_ms": period_ms,
-                        "planned_cycles": planned_cycles, "target_dv_mps": target_dv_mps,
-                        "att_limit_deg": att_limit_deg, "realtime": mode == "realtime"}
+    def __init__(
+        self,
+        *,
+        title: str,
+        thrusters: list[str],
+        period_ms: int,
+        planned_cycles: int,
+        target_dv_mps: float,
+        att_limit_deg: float,
+        mass0_kg: float,
+        unit=None,
+        unit_name: str = "sim",
+        mode: str = "lockstep",
+        publish_hz: float = 20.0,
+    ):
+        self._static = {
+            "title": title,
+            "thrusters": list(thrusters),
+            "period_ms": period_ms,
+            "planned_cycles": planned_cycles,
+            "target_dv_mps": target_dv_mps,
+            "att_limit_deg": att_limit_deg,
+            "realtime": mode == "realtime",
+        }
         self._mass0 = mass0_kg
         self._unit = unit
         self._unit_name = unit_name
@@ -353,9 +416,17 @@ class RunWatch:
         if self._t0 is None:
             self._t0 = now
         c = info["ctrl"].ctrl
-        self._last = (k, info["t_s"], info["status"], float(c[cst.C_DV_ALONG]),
-                      math.degrees(c[cst.C_ATT_ERR]), float(info["y"][plant.M]),
-                      info.get("rtt_s"), now - self._t0, info["executed_ms"].tolist())
+        self._last = (
+            k,
+            info["t_s"],
+            info["status"],
+            float(c[cst.C_DV_ALONG]),
+            math.degrees(c[cst.C_ATT_ERR]),
+            float(info["y"][plant.M]),
+            info.get("rtt_s"),
+            now - self._t0,
+            info["executed_ms"].tolist(),
+        )
         self.published += 1
 
     def finish(self, outcome: str) -> None:
@@ -372,20 +443,32 @@ class RunWatch:
         last = self._last
         if last is not None:
             k, t_s, status, dv, att, mass, rtt_s, wall, executed = last
-            snap.update(cycle=k, t_s=t_s, status=status, dv_mps=dv, att_err_deg=att,
-                        propellant_kg=self._mass0 - mass, wall_s=wall, executed_ms=executed)
+            snap.update(
+                cycle=k,
+                t_s=t_s,
+                status=status,
+                dv_mps=dv,
+                att_err_deg=att,
+                propellant_kg=self._mass0 - mass,
+                wall_s=wall,
+                executed_ms=executed,
+            )
         else:
             rtt_s = None
         if self.finished:
             snap["finished"] = self.finished
-        stats = self._unit.stats() if self._unit is not None and hasattr(self._unit,
-                                                                          "stats") else None
+        stats = (
+            self._unit.stats() if self._unit is not None and hasattr(self._unit, "stats") else None
+        )
         if stats is None:
             unit.update(state="SIM", armed=None)
             snap["link"] = None
         else:
-            unit.update(state=STATE_NAMES.get(stats.get("unit_state")), armed=stats.get("armed"),
-                        tank_kPa=stats.get("unit_tank_kPa"))
+            unit.update(
+                state=STATE_NAMES.get(stats.get("unit_state")),
+                armed=stats.get("armed"),
+                tank_kPa=stats.get("unit_tank_kPa"),
+            )
             snap["link"] = _link_summary(stats, rtt_ms=None if rtt_s is None else rtt_s * 1e3)
         return snap
 
@@ -399,8 +482,18 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def _link_summary(stats: dict, rtt_ms: float | None = None) -> dict:
-    out = {k: stats.get(k) for k in ("rtt_ms_p50", "rtt_ms_p99", "retries", "crc_errors",
-                                     "deadline_misses", "frames_sent", "frames_received")}
+    out = {
+        k: stats.get(k)
+        for k in (
+            "rtt_ms_p50",
+            "rtt_ms_p99",
+            "retries",
+            "crc_errors",
+            "deadline_misses",
+            "frames_sent",
+            "frames_received",
+        )
+    }
     out["rtt_ms"] = rtt_ms if rtt_ms is not None else stats.get("rtt_ms_p50")
     return out
 
@@ -410,8 +503,14 @@ class RunProgress:
     an ETA. :meth:`on_cycle` costs one clock read per cycle and hands rich a new count at most
     ``max_hz`` times a second; rich draws from its own thread."""
 
-    def __init__(self, planned_cycles: int, console=None, max_hz: float = 10.0,
-                 description: str = "burn", clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        planned_cycles: int,
+        console=None,
+        max_hz: float = 10.0,
+        description: str = "burn",
+        clock: Callable[[], float] = time.monotonic,
+    ):
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -425,10 +524,17 @@ class RunProgress:
         self._clock = clock
         self._next = -math.inf
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("cycles"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=console, transient=True,
-            refresh_per_second=max(4.0, max_hz / 2))
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("cycles"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            refresh_per_second=max(4.0, max_hz / 2),
+        )
         self._task = self.progress.add_task(description, total=max(1, planned_cycles))
         self.updates = 0
 
@@ -451,12 +557,26 @@ class RunProgress:
 # ---------------------------------------------------------------------------- a run directory
 
 #: The fields of run.json / summary.json / status.json the follower's view shows, by type.
-_RECORD_NUMBERS = ("planned_cycles", "period_ms", "target_delta_v_mps", "attitude_limit_deg",
-                   "started_unix_s")
+_RECORD_NUMBERS = (
+    "planned_cycles",
+    "period_ms",
+    "target_delta_v_mps",
+    "attitude_limit_deg",
+    "started_unix_s",
+)
 _RECORD_STRINGS = ("title", "stack", "unit", "mode", "abort_reason")
 _RECORD_FLAGS = ("serial", "completed", "aborted")
-_LINK_NUMBERS = ("rtt_ms_p50", "rtt_ms_p99", "retries", "crc_errors", "deadline_misses",
-                 "frames_sent", "frames_received", "unit_state", "unit_tank_kPa")
+_LINK_NUMBERS = (
+    "rtt_ms_p50",
+    "rtt_ms_p99",
+    "retries",
+    "crc_errors",
+    "deadline_misses",
+    "frames_sent",
+    "frames_received",
+    "unit_state",
+    "unit_tank_kPa",
+)
 
 
 def _int_cell(text: str) -> int:
@@ -486,8 +606,7 @@ class RunDirFollower:
         if not is_dir:
             raise UserError(str(self.dir), "no such run directory")
         if not (self.dir / "telemetry.csv").exists() and not (self.dir / "summary.json").exists():
-            raise UserError(str(self.dir), "not a run directory (no telemetry.csv or "
-                            "summary.json)")
+            raise UserError(str(self.dir), "not a run directory (no telemetry.csv or summary.json)")
         self._offset = 0
         self._partial = b""
         self._header: list[str] | None = None
@@ -510,11 +629,16 @@ class RunDirFollower:
         if doc is None:
             return None
         where = self.dir / name
-        check_record(doc, where, numbers=_RECORD_NUMBERS, strings=_RECORD_STRINGS,
-                     flags=_RECORD_FLAGS, tables=("link",))
+        check_record(
+            doc,
+            where,
+            numbers=_RECORD_NUMBERS,
+            strings=_RECORD_STRINGS,
+            flags=_RECORD_FLAGS,
+            tables=("link",),
+        )
         if doc.get("link") is not None:
-            check_record(doc["link"], f"{where}: link", numbers=_LINK_NUMBERS,
-                         flags=("armed",))
+            check_record(doc["link"], f"{where}: link", numbers=_LINK_NUMBERS, flags=("armed",))
         return doc
 
     def _read_rows(self) -> None:
@@ -539,8 +663,10 @@ class RunDirFollower:
                 self._header = row
                 continue
             if len(row) != len(self._header):
-                raise UserError(str(self.dir / "telemetry.csv"), f"row {self.rows + 1} has "
-                                f"{len(row)} fields, the header {len(self._header)}")
+                raise UserError(
+                    str(self.dir / "telemetry.csv"),
+                    f"row {self.rows + 1} has {len(row)} fields, the header {len(self._header)}",
+                )
             self._last = row
             self.rows += 1
             rtt = float(row[self._header.index("rtt_ms")])
@@ -557,20 +683,28 @@ class RunDirFollower:
             self.summary = summary
             return self.snapshot()
         except (ValueError, KeyError, csv.Error) as exc:  # a column missing, not a number
-            raise UserError(str(self.dir / "telemetry.csv"), "not the telemetry of a "
-                            f"thruster-hil run ({type(exc).__name__}: {exc})") from None
+            raise UserError(
+                str(self.dir / "telemetry.csv"),
+                f"not the telemetry of a thruster-hil run ({type(exc).__name__}: {exc})",
+            ) from None
 
     def snapshot(self) -> dict:
         start = self.start or {}
         summary = self.summary or {}
-        snap: dict[str, Any] = {"title": start.get("title") or summary.get("stack")
-                                or self.dir.name}
-        unit: dict[str, Any] = {"name": start.get("unit") or summary.get("unit") or "-",
-                                "mode": start.get("mode")}
+        snap: dict[str, Any] = {
+            "title": start.get("title") or summary.get("stack") or self.dir.name
+        }
+        unit: dict[str, Any] = {
+            "name": start.get("unit") or summary.get("unit") or "-",
+            "mode": start.get("mode"),
+        }
         snap["unit"] = unit
-        for key, src in (("planned_cycles", "planned_cycles"), ("period_ms", "period_ms"),
-                         ("target_dv_mps", "target_delta_v_mps"),
-                         ("att_limit_deg", "attitude_limit_deg")):
+        for key, src in (
+            ("planned_cycles", "planned_cycles"),
+            ("period_ms", "period_ms"),
+            ("target_dv_mps", "target_delta_v_mps"),
+            ("att_limit_deg", "attitude_limit_deg"),
+        ):
             value = start.get(src, summary.get(src))
             if value is not None:
                 snap[key] = value
@@ -581,11 +715,15 @@ class RunDirFollower:
             snap["thrusters"] = names
         if self._last is not None and h is not None:
             row = dict(zip(h, self._last, strict=True))
-            snap.update(cycle=_int_cell(row["cycle"]), t_s=float(row["t_s"]),
-                        status=_int_cell(row["status"]), dv_mps=float(row["dv_along_mps"]),
-                        att_err_deg=float(row["attitude_error_deg"]),
-                        propellant_kg=float(row["propellant_kg"]),
-                        executed_ms=[_int_cell(row[f"exec_ms:{n}"]) for n in snap["thrusters"]])
+            snap.update(
+                cycle=_int_cell(row["cycle"]),
+                t_s=float(row["t_s"]),
+                status=_int_cell(row["status"]),
+                dv_mps=float(row["dv_along_mps"]),
+                att_err_deg=float(row["attitude_error_deg"]),
+                propellant_kg=float(row["propellant_kg"]),
+                executed_ms=[_int_cell(row[f"exec_ms:{n}"]) for n in snap["thrusters"]],
+            )
             if start.get("started_unix_s") is not None and not self.summary:
                 snap["wall_s"] = time.time() - start["started_unix_s"]
         if self._mtime is not None and not self.summary:
@@ -595,9 +733,11 @@ class RunDirFollower:
         stats = summary.get("link") or status.get("link")
         is_serial = stats is not None or bool(rtts) or start.get("serial")
         if summary:
-            snap["finished"] = ("completed" if summary.get("completed")
-                                and not summary.get("aborted")
-                                else f"aborted: {summary.get('abort_reason')}")
+            snap["finished"] = (
+                "completed"
+                if summary.get("completed") and not summary.get("aborted")
+                else f"aborted: {summary.get('abort_reason')}"
+            )
         if not is_serial:
             unit.update(state="SIM", armed=None)
             snap["link"] = None
@@ -609,12 +749,16 @@ class RunDirFollower:
             if summary:
                 unit.update(state=STATE_NAMES.get(stats.get("unit_state")), armed=False)
             else:
-                unit.update(state=STATE_NAMES.get(stats.get("unit_state")),
-                            armed=stats.get("armed"), tank_kPa=stats.get("unit_tank_kPa"))
+                unit.update(
+                    state=STATE_NAMES.get(stats.get("unit_state")),
+                    armed=stats.get("armed"),
+                    tank_kPa=stats.get("unit_tank_kPa"),
+                )
         return snap
 
 
 # ---------------------------------------------------------------------------- a unit on a port
+
 
 def port_snapshot(link, url: str) -> dict:
     """A unit seen over a session that is never armed: its last HK and the link's counters."""
@@ -623,33 +767,54 @@ def port_snapshot(link, url: str) -> dict:
     hk = hk_rec.msg.fields if hk_rec is not None else {}
     info = link.info
     unit: dict[str, Any] = {
-        "name": url, "mode": info.mode if info else None,
+        "name": url,
+        "mode": info.mode if info else None,
         "state": STATE_NAMES.get(hk.get("state")) if hk else None,
-        "armed": stats.get("armed"), "tank_kPa": hk.get("tank_kPa"),
-        "hk_age_s": (time.monotonic_ns() - hk_rec.t_ns) / 1e9 if hk_rec is not None else None}
+        "armed": stats.get("armed"),
+        "tank_kPa": hk.get("tank_kPa"),
+        "hk_age_s": (time.monotonic_ns() - hk_rec.t_ns) / 1e9 if hk_rec is not None else None,
+    }
     title = url
     if info is not None:
-        title = (f"{url}: firmware 0x{info.fw_ver:04X}, protocol {info.proto_ver}, "
-                 f"{info.n_channels} channels, boot {link.boot_count}")
-    snap: dict[str, Any] = {"title": title, "unit": unit,
-                            "link": _link_summary(stats, rtt_ms=stats.get("rtt_ms_p50"))}
+        title = (
+            f"{url}: firmware 0x{info.fw_ver:04X}, protocol {info.proto_ver}, "
+            f"{info.n_channels} channels, boot {link.boot_count}"
+        )
+    snap: dict[str, Any] = {
+        "title": title,
+        "unit": unit,
+        "link": _link_summary(stats, rtt_ms=stats.get("rtt_ms_p50")),
+    }
     if hk:
-        snap["valves"] = {"n_channels": info.n_channels if info else 32,
-                          "open_mask": hk.get("open_mask"), "failed_mask": hk.get("failed_mask"),
-                          "stuck_mask": hk.get("stuck_mask")}
+        snap["valves"] = {
+            "n_channels": info.n_channels if info else 32,
+            "open_mask": hk.get("open_mask"),
+            "failed_mask": hk.get("failed_mask"),
+            "stuck_mask": hk.get("stuck_mask"),
+        }
         snap["counters"] = {k: hk.get(k) for row in HK_COUNTERS for k, _ in row}
     return snap
 
 
-def follow(poll: Callable[[], dict], *, console, done: Callable[[], bool],
-           interval_s: float = 0.1, refresh_per_second: float = 4.0) -> dict:
+def follow(
+    poll: Callable[[], dict],
+    *,
+    console,
+    done: Callable[[], bool],
+    interval_s: float = 0.1,
+    refresh_per_second: float = 4.0,
+) -> dict:
     """Show the latest ``poll()`` snapshot in a rich Live (drawn by Live's own refresh thread)
     while this thread polls every ``interval_s`` until ``done()``; the final frame stays."""
     from rich.live import Live
 
     latest = [poll()]
-    with Live(get_renderable=lambda: render(latest[0]), console=console,
-              refresh_per_second=refresh_per_second, auto_refresh=True) as live:
+    with Live(
+        get_renderable=lambda: render(latest[0]),
+        console=console,
+        refresh_per_second=refresh_per_second,
+        auto_refresh=True,
+    ) as live:
         while not done():
             time.sleep(interval_s)  # the pace of a file tail / HK poll, not a synchronisation
             latest[0] = poll()

@@ -42,8 +42,15 @@ from thruster_hil.dispersions import (
     sample_case,
 )
 
-__all__ = ["Campaign", "CampaignResult", "evaluate", "run_chunk", "run_dask", "run_local",
-           "write_outputs"]
+__all__ = [
+    "Campaign",
+    "CampaignResult",
+    "evaluate",
+    "run_chunk",
+    "run_dask",
+    "run_local",
+    "write_outputs",
+]
 
 #: Cases per chunk: one numba call locally, one task on Dask.
 DEFAULT_CHUNK = 25
@@ -53,14 +60,34 @@ RETRIES = 3
 DASK_HINT = "pip install 'thruster-hil[dask]'"
 
 # Outcome columns of cases.csv (and the per-case dicts of evaluate()).
-OUTCOME_FIELDS = ("true_delta_v_mps", "delta_v_error_pct", "sensed_delta_v_mps",
-                  "burn_duration_s", "cycles", "completed", "max_attitude_error_deg",
-                  "propellant_kg", "perigee_km_after", "apogee_km_after",
-                  "mean_altitude_change_km", "max_on_time_ms", "on_time_bound_violations",
-                  "failure_cycle", "passed", "fail_reasons")
+OUTCOME_FIELDS = (
+    "true_delta_v_mps",
+    "delta_v_error_pct",
+    "sensed_delta_v_mps",
+    "burn_duration_s",
+    "cycles",
+    "completed",
+    "max_attitude_error_deg",
+    "propellant_kg",
+    "perigee_km_after",
+    "apogee_km_after",
+    "mean_altitude_change_km",
+    "max_on_time_ms",
+    "on_time_bound_violations",
+    "failure_cycle",
+    "passed",
+    "fail_reasons",
+)
 #: Outcomes summarised with mean, sigma, percentiles and 3-sigma bounds.
-STAT_FIELDS = ("delta_v_error_pct", "true_delta_v_mps", "burn_duration_s",
-               "max_attitude_error_deg", "propellant_kg", "perigee_km_after", "apogee_km_after")
+STAT_FIELDS = (
+    "delta_v_error_pct",
+    "true_delta_v_mps",
+    "burn_duration_s",
+    "max_attitude_error_deg",
+    "propellant_kg",
+    "perigee_km_after",
+    "apogee_km_after",
+)
 
 _batch_lock = threading.Lock()
 
@@ -78,17 +105,32 @@ class Campaign:
     stack_ref: str  # the stack as the operator named it (for rerun commands)
 
     @classmethod
-    def build(cls, model, plan: dict, spec: Dispersions, seed: int | None, n_cases: int,
-              stack_ref: str | None = None) -> Campaign:
-        return cls(model, plan, spec, spec.seed if seed is None else int(seed), int(n_cases),
-                   failure_candidates(spec, model), stack_ref or plan["stack"])
+    def build(
+        cls,
+        model,
+        plan: dict,
+        spec: Dispersions,
+        seed: int | None,
+        n_cases: int,
+        stack_ref: str | None = None,
+    ) -> Campaign:
+        return cls(
+            model,
+            plan,
+            spec,
+            spec.seed if seed is None else int(seed),
+            int(n_cases),
+            failure_candidates(spec, model),
+            stack_ref or plan["stack"],
+        )
 
     def case(self, index: int) -> loop.PlantCase:
         return sample_case(self.spec, self.model, case_seed(self.seed, index), self.candidates)
 
 
-def run_chunk(campaign: Campaign, start: int, stop: int, threads: int | None = None
-              ) -> tuple[int, np.ndarray]:
+def run_chunk(
+    campaign: Campaign, start: int, stop: int, threads: int | None = None
+) -> tuple[int, np.ndarray]:
     """Cases ``start`` .. ``stop - 1``: (start, their (stop - start, B_LEN) result rows).
 
     ``threads``: numba threads for this call (None: as set; on a Dask worker, the worker's
@@ -100,8 +142,7 @@ def run_chunk(campaign: Campaign, start: int, stop: int, threads: int | None = N
     if threads is not None:
         numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
     seeds = case_seeds(campaign.seed, start, stop)
-    cases = [sample_case(campaign.spec, campaign.model, int(s), campaign.candidates)
-             for s in seeds]
+    cases = [sample_case(campaign.spec, campaign.model, int(s), campaign.candidates) for s in seeds]
     with _batch_lock:  # one parallel launch at a time per process (numba's pool is shared)
         rows = batch.run_cases(campaign.model, campaign.plan, cases)
     return start, rows
@@ -132,7 +173,7 @@ class Progress:
     def __init__(self, total: int, stream=None, enabled: bool | None = None):
         self.total = total
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = (self.stream.isatty() if enabled is None else enabled)
+        self.enabled = self.stream.isatty() if enabled is None else enabled
         self.done = 0
         self._bar = None
         if self.enabled:
@@ -147,12 +188,17 @@ class Progress:
             from rich.progress import Progress as _RichProgress
 
             self._bar = _RichProgress(
-                TextColumn("[bold]montecarlo"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("[bold]montecarlo"),
+                BarColumn(),
+                MofNCompleteColumn(),
                 TextColumn("cases, {task.fields[failed]} failed, {task.fields[rate]} cases/s"),
-                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                console=Console(file=self.stream, force_terminal=True), transient=False)
-            self._task = self._bar.add_task("montecarlo", total=max(1, total), failed=0,
-                                            rate="-")
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream, force_terminal=True),
+                transient=False,
+            )
+            self._task = self._bar.add_task("montecarlo", total=max(1, total), failed=0, rate="-")
             self._t0 = time.perf_counter()
             self._bar.start()
 
@@ -178,8 +224,13 @@ class CampaignResult:
     chunks: int
 
 
-def run_local(campaign: Campaign, *, chunk: int = 0, threads: int | None = None,
-              progress: Progress | None = None) -> CampaignResult:
+def run_local(
+    campaign: Campaign,
+    *,
+    chunk: int = 0,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> CampaignResult:
     """All cases on this machine, chunk by chunk over numba's threads."""
     import numba
 
@@ -196,33 +247,42 @@ def run_local(campaign: Campaign, *, chunk: int = 0, threads: int | None = None,
         if progress is not None:
             failed += _count_failed_rows(campaign, rows[s:e])
             progress.update(e, failed)
-    return CampaignResult(rows, time.perf_counter() - t0, f"local ({n_threads} threads)",
-                          len(spans))
+    return CampaignResult(
+        rows, time.perf_counter() - t0, f"local ({n_threads} threads)", len(spans)
+    )
 
 
 def _count_failed_rows(campaign: Campaign, rows: np.ndarray) -> int:
     return int(sum(1 for r in evaluate(campaign, rows) if not r["passed"]))
 
 
-def run_dask(campaign: Campaign, *, scheduler: str | None = None, client=None, chunk: int = 0,
-             progress: Progress | None = None,
-             on_chunk: Callable[[int, int], None] | None = None) -> CampaignResult:
+def run_dask(
+    campaign: Campaign,
+    *,
+    scheduler: str | None = None,
+    client=None,
+    chunk: int = 0,
+    progress: Progress | None = None,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> CampaignResult:
     """All cases on a Dask distributed cluster (``scheduler`` address, or a connected
     ``client``): one task per chunk, results gathered as they arrive. ``on_chunk(start, stop)``
     is called after each chunk arrives (tests use it to kill a worker mid-campaign)."""
     try:
         from distributed import Client, as_completed
     except ImportError:
-        raise UserError("montecarlo", f"needs Dask: {DASK_HINT}",
-                        field="--scheduler") from None
+        raise UserError("montecarlo", f"needs Dask: {DASK_HINT}", field="--scheduler") from None
     own = client is None
     if own:
         try:
             client = Client(scheduler, timeout="10s")
         except (OSError, TimeoutError, ValueError) as exc:
             text = " ".join(str(exc).split()) or type(exc).__name__
-            raise UserError("montecarlo", f"cannot reach the Dask scheduler at {scheduler!r}: "
-                            f"{text}", field="--scheduler") from None
+            raise UserError(
+                "montecarlo",
+                f"cannot reach the Dask scheduler at {scheduler!r}: {text}",
+                field="--scheduler",
+            ) from None
     try:
         chunk = chunk or DEFAULT_CHUNK
         spans = _chunks(campaign.n_cases, chunk)
@@ -231,13 +291,23 @@ def run_dask(campaign: Campaign, *, scheduler: str | None = None, client=None, c
         token = uuid.uuid4().hex[:8]
         # The campaign (~7 kB pickled) rides in every task rather than being scattered: a
         # scattered object dies with the workers holding it, a task argument never does.
-        futures = [client.submit(run_chunk, campaign, s, e, key=f"thruster-hil-mc-{token}-{s}",
-                                 retries=RETRIES, pure=False) for s, e in spans]
+        futures = [
+            client.submit(
+                run_chunk,
+                campaign,
+                s,
+                e,
+                key=f"thruster-hil-mc-{token}-{s}",
+                retries=RETRIES,
+                pure=False,
+            )
+            for s, e in spans
+        ]
         done = 0
         failed = 0
         for fut in as_completed(futures):
             start, chunk_rows = fut.result()
-            rows[start:start + chunk_rows.shape[0]] = chunk_rows
+            rows[start : start + chunk_rows.shape[0]] = chunk_rows
             done += chunk_rows.shape[0]
             fut.release()
             if progress is not None:
@@ -264,8 +334,11 @@ def evaluate(campaign: Campaign, rows: np.ndarray) -> list[dict]:
     period = float(campaign.model.control_period_s)
     period_ms = int(round(period * 1000))
     target = float(plan["delta_v_mps"])
-    att_limit = (spec.max_attitude_error_deg if spec.max_attitude_error_deg is not None
-                 else math.degrees(campaign.model.max_attitude_error_rad))
+    att_limit = (
+        spec.max_attitude_error_deg
+        if spec.max_attitude_error_deg is not None
+        else math.degrees(campaign.model.max_attitude_error_rad)
+    )
     max_duration = spec.max_burn_duration_factor * plan["burn_duration_s"]
     out = []
     for r in rows:
@@ -288,19 +361,26 @@ def evaluate(campaign: Campaign, rows: np.ndarray) -> list[dict]:
             reasons.append("duration")
         if r[batch.B_PLANT_STATUS] != 0 or r[loop.O_ORBIT_STATUS] != 0:
             reasons.append("plant")
-        out.append({
-            "true_delta_v_mps": true_dv, "delta_v_error_pct": err_pct,
-            "sensed_delta_v_mps": float(r[loop.O_ACHIEVED_DV]), "burn_duration_s": duration,
-            "cycles": cycles, "completed": complete >= 0,
-            "max_attitude_error_deg": max_att, "propellant_kg": float(r[loop.O_PROPELLANT]),
-            "perigee_km_after": float(plan["perigee_km_before"] + r[loop.O_D_PERIGEE] / 1e3),
-            "apogee_km_after": float(plan["apogee_km_before"] + r[loop.O_D_APOGEE] / 1e3),
-            "mean_altitude_change_km": float(r[loop.O_D_A] / 1e3),
-            "max_on_time_ms": int(r[batch.B_MAX_ON_MS]),
-            "on_time_bound_violations": int(r[batch.B_BOUND_VIOLATIONS]),
-            "failure_cycle": int(r[batch.B_FAIL_CYCLE]),
-            "passed": not reasons, "fail_reasons": ";".join(reasons),
-        })
+        out.append(
+            {
+                "true_delta_v_mps": true_dv,
+                "delta_v_error_pct": err_pct,
+                "sensed_delta_v_mps": float(r[loop.O_ACHIEVED_DV]),
+                "burn_duration_s": duration,
+                "cycles": cycles,
+                "completed": complete >= 0,
+                "max_attitude_error_deg": max_att,
+                "propellant_kg": float(r[loop.O_PROPELLANT]),
+                "perigee_km_after": float(plan["perigee_km_before"] + r[loop.O_D_PERIGEE] / 1e3),
+                "apogee_km_after": float(plan["apogee_km_before"] + r[loop.O_D_APOGEE] / 1e3),
+                "mean_altitude_change_km": float(r[loop.O_D_A] / 1e3),
+                "max_on_time_ms": int(r[batch.B_MAX_ON_MS]),
+                "on_time_bound_violations": int(r[batch.B_BOUND_VIOLATIONS]),
+                "failure_cycle": int(r[batch.B_FAIL_CYCLE]),
+                "passed": not reasons,
+                "fail_reasons": ";".join(reasons),
+            }
+        )
     return out
 
 
@@ -308,50 +388,80 @@ def _stats(values: np.ndarray) -> dict:
     mean = float(np.mean(values))
     sigma = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     pct = np.percentile(values, [0.135, 1, 5, 50, 95, 99, 99.865])
-    return {"mean": mean, "sigma": sigma, "min": float(np.min(values)),
-            "max": float(np.max(values)), "p1": float(pct[1]), "p5": float(pct[2]),
-            "p50": float(pct[3]), "p95": float(pct[4]), "p99": float(pct[5]),
-            "minus_3sigma": mean - 3.0 * sigma, "plus_3sigma": mean + 3.0 * sigma,
-            "p0_135": float(pct[0]), "p99_865": float(pct[6])}
+    return {
+        "mean": mean,
+        "sigma": sigma,
+        "min": float(np.min(values)),
+        "max": float(np.max(values)),
+        "p1": float(pct[1]),
+        "p5": float(pct[2]),
+        "p50": float(pct[3]),
+        "p95": float(pct[4]),
+        "p99": float(pct[5]),
+        "minus_3sigma": mean - 3.0 * sigma,
+        "plus_3sigma": mean + 3.0 * sigma,
+        "p0_135": float(pct[0]),
+        "p99_865": float(pct[6]),
+    }
 
 
 def rerun_command(campaign: Campaign, index: int, target_args: list[str]) -> str:
     """The command that flies case ``index`` alone, cycle by cycle, with its run records."""
-    args = ["thruster-hil", "run", "--unit", "sim", "--stack", campaign.stack_ref,
-            *target_args, "--dispersions", campaign.spec.where, "--case-seed",
-            str(case_seed(campaign.seed, index))]
+    args = [
+        "thruster-hil",
+        "run",
+        "--unit",
+        "sim",
+        "--stack",
+        campaign.stack_ref,
+        *target_args,
+        "--dispersions",
+        campaign.spec.where,
+        "--case-seed",
+        str(case_seed(campaign.seed, index)),
+    ]
     return shlex.join(args)
 
 
-def summarise(campaign: Campaign, result: CampaignResult, outcomes: list[dict],
-              target_args: list[str]) -> dict:
+def summarise(
+    campaign: Campaign, result: CampaignResult, outcomes: list[dict], target_args: list[str]
+) -> dict:
     passed = sum(o["passed"] for o in outcomes)
-    stats = {k: _stats(np.array([o[k] for o in outcomes], dtype=np.float64))
-             for k in STAT_FIELDS}
+    stats = {k: _stats(np.array([o[k] for o in outcomes], dtype=np.float64)) for k in STAT_FIELDS}
     failures = []
     for i, o in enumerate(outcomes):
         if not o["passed"]:
-            failures.append({"case": i, "case_seed": case_seed(campaign.seed, i),
-                             "reasons": o["fail_reasons"].split(";"),
-                             "delta_v_error_pct": o["delta_v_error_pct"],
-                             "max_attitude_error_deg": o["max_attitude_error_deg"],
-                             "rerun": rerun_command(campaign, i, target_args)})
+            failures.append(
+                {
+                    "case": i,
+                    "case_seed": case_seed(campaign.seed, i),
+                    "reasons": o["fail_reasons"].split(";"),
+                    "delta_v_error_pct": o["delta_v_error_pct"],
+                    "max_attitude_error_deg": o["max_attitude_error_deg"],
+                    "rerun": rerun_command(campaign, i, target_args),
+                }
+            )
     plan = campaign.plan
     return {
-        "stack": plan["stack"], "target_delta_v_mps": plan["delta_v_mps"],
+        "stack": plan["stack"],
+        "target_delta_v_mps": plan["delta_v_mps"],
         "planned_burn_duration_s": plan["burn_duration_s"],
         "perigee_km_before": plan["perigee_km_before"],
         "apogee_km_before": plan["apogee_km_before"],
-        "cases": campaign.n_cases, "seed": campaign.seed,
+        "cases": campaign.n_cases,
+        "seed": campaign.seed,
         "case_seeds": "numpy.random.SeedSequence([seed, case]).generate_state(1, uint64) >> 1",
         "dispersions": campaign.spec.describe(),
-        "scheduler": result.scheduler, "chunks": result.chunks,
+        "scheduler": result.scheduler,
+        "chunks": result.chunks,
         "wall_s": result.wall_s,
         "cases_per_s": campaign.n_cases / result.wall_s if result.wall_s > 0 else math.nan,
-        "passed": passed, "failed": campaign.n_cases - passed,
+        "passed": passed,
+        "failed": campaign.n_cases - passed,
         "pass_rate": passed / campaign.n_cases,
         "thruster_failures_injected": sum(o["failure_cycle"] >= 0 for o in outcomes),
-        "stats": stats, "failures": failures,
+        "stats": stats,
+        "failures": failures,
     }
 
 
@@ -365,16 +475,22 @@ def prepare_out_dir(path: str | Path) -> Path:
     try:
         taken = out.exists() and (not out.is_dir() or any(out.iterdir()))
     except OSError as exc:  # a name too long, a directory we may not list
-        raise UserError(str(out), f"cannot use it as the output directory: {exc.strerror}",
-                        field="--out") from None
+        raise UserError(
+            str(out), f"cannot use it as the output directory: {exc.strerror}", field="--out"
+        ) from None
     if taken:
-        raise UserError(str(out), "the output directory exists and is not empty: pick another "
-                        "--out (nothing is overwritten)", field="--out")
+        raise UserError(
+            str(out),
+            "the output directory exists and is not empty: pick another "
+            "--out (nothing is overwritten)",
+            field="--out",
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(str(out), f"cannot create the output directory: {exc.strerror}",
-                        field="--out") from None
+        raise UserError(
+            str(out), f"cannot create the output directory: {exc.strerror}", field="--out"
+        ) from None
     return out
 
 
@@ -416,10 +532,12 @@ def render_report(path: Path, inputs: list[dict], outcomes: list[dict], summary:
         return np.array([float(o[key]) for o in source])
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
-    hists = (("delta_v_error_pct", "true delta-v error [%]"),
-             ("max_attitude_error_deg", "max attitude error [deg]"),
-             ("propellant_kg", "propellant [kg]"),
-             ("perigee_km_after", "mean perigee after [km]"))
+    hists = (
+        ("delta_v_error_pct", "true delta-v error [%]"),
+        ("max_attitude_error_deg", "max attitude error [deg]"),
+        ("propellant_kg", "propellant [kg]"),
+        ("perigee_km_after", "mean perigee after [km]"),
+    )
     for ax, (key, label) in zip(axes.flat[:4], hists, strict=True):
         values = col(key)
         ax.hist(values, bins=40, color="#4477aa")
@@ -430,12 +548,21 @@ def render_report(path: Path, inputs: list[dict], outcomes: list[dict], summary:
         ax.set_xlabel(label)
         ax.set_ylabel("cases")
     mass = col("mass_offset_kg", inputs)
-    com = np.sqrt(col("com_offset_x_m", inputs) ** 2 + col("com_offset_y_m", inputs) ** 2
-                  + col("com_offset_z_m", inputs) ** 2)
-    for ax, x, key, xl, yl in ((axes.flat[4], mass, "delta_v_error_pct", "stack mass offset [kg]",
-                                "true delta-v error [%]"),
-                               (axes.flat[5], com, "max_attitude_error_deg",
-                                "CoM offset [m]", "max attitude error [deg]")):
+    com = np.sqrt(
+        col("com_offset_x_m", inputs) ** 2
+        + col("com_offset_y_m", inputs) ** 2
+        + col("com_offset_z_m", inputs) ** 2
+    )
+    for ax, x, key, xl, yl in (
+        (
+            axes.flat[4],
+            mass,
+            "delta_v_error_pct",
+            "stack mass offset [kg]",
+            "true delta-v error [%]",
+        ),
+        (axes.flat[5], com, "max_attitude_error_deg", "CoM offset [m]", "max attitude error [deg]"),
+    ):
         y = col(key)
         ax.scatter(x[ok], y[ok], s=6, color="#4477aa", label="pass")
         if (~ok).any():
@@ -443,10 +570,12 @@ def render_report(path: Path, inputs: list[dict], outcomes: list[dict], summary:
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
         ax.legend(loc="best", fontsize=8)
-    fig.suptitle(f"{summary['stack']}: {summary['cases']} cases, target "
-                 f"{summary['target_delta_v_mps']:.4g} m/s, seed {summary['seed']}: "
-                 f"{summary['passed']} passed, {summary['failed']} failed "
-                 "(dashed: mean +- 3 sigma)")
+    fig.suptitle(
+        f"{summary['stack']}: {summary['cases']} cases, target "
+        f"{summary['target_delta_v_mps']:.4g} m/s, seed {summary['seed']}: "
+        f"{summary['passed']} passed, {summary['failed']} failed "
+        "(dashed: mean +- 3 sigma)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -456,18 +585,32 @@ def format_summary(s: dict) -> str:
     st = s["stats"]
     rows = [
         ("stack", f"{s['stack']}, target {s['target_delta_v_mps']:.5g} m/s"),
-        ("cases", f"{s['cases']} (seed {s['seed']}), {s['passed']} passed, {s['failed']} "
-                  f"failed, {s['thruster_failures_injected']} with a thruster failure"),
-        ("scheduler", f"{s['scheduler']}: {s['cases_per_s']:.1f} cases/s "
-                      f"({s['wall_s']:.2f} s wall)"),
+        (
+            "cases",
+            f"{s['cases']} (seed {s['seed']}), {s['passed']} passed, {s['failed']} "
+            f"failed, {s['thruster_failures_injected']} with a thruster failure",
+        ),
+        (
+            "scheduler",
+            f"{s['scheduler']}: {s['cases_per_s']:.1f} cases/s ({s['wall_s']:.2f} s wall)",
+        ),
     ]
-    for key, unit in (("delta_v_error_pct", "%"), ("max_attitude_error_deg", "deg"),
-                      ("burn_duration_s", "s"), ("propellant_kg", "kg"),
-                      ("perigee_km_after", "km")):
+    for key, unit in (
+        ("delta_v_error_pct", "%"),
+        ("max_attitude_error_deg", "deg"),
+        ("burn_duration_s", "s"),
+        ("propellant_kg", "kg"),
+        ("perigee_km_after", "km"),
+    ):
         v = st[key]
-        rows.append((key, f"mean {v['mean']:.5g} sigma {v['sigma']:.3g} {unit}, 3-sigma "
-                          f"[{v['minus_3sigma']:.5g}, {v['plus_3sigma']:.5g}], p99 "
-                          f"{v['p99']:.5g}"))
+        rows.append(
+            (
+                key,
+                f"mean {v['mean']:.5g} sigma {v['sigma']:.3g} {unit}, 3-sigma "
+                f"[{v['minus_3sigma']:.5g}, {v['plus_3sigma']:.5g}], p99 "
+                f"{v['p99']:.5g}",
+            )
+        )
     for f in s["failures"][:5]:
         rows.append((f"case {f['case']} failed", f"{', '.join(f['reasons'])}: {f['rerun']}"))
     width = max(len(k) for k, _ in rows)

@@ -43,8 +43,12 @@ GOAL_TOLERANCE = 0.01
 #: Flights that make the ignition time consistent with the flown duration (a fixed point).
 IGNITION_FLIGHTS = 3
 #: The option each kind of target comes from (what an error about the target names).
-TARGET_FLAGS = {"delta_v": "--delta-v", "raise_perigee": "--raise-perigee-km",
-                "mean_altitude": "--target-mean-altitude-km", "burn_duration": "--burn-duration"}
+TARGET_FLAGS = {
+    "delta_v": "--delta-v",
+    "raise_perigee": "--raise-perigee-km",
+    "mean_altitude": "--target-mean-altitude-km",
+    "burn_duration": "--burn-duration",
+}
 #: What the plan's numbers are (the --json "model" field).
 MODEL = "closed loop: controller + plant + ideal unit, as run --unit sim"
 
@@ -104,45 +108,80 @@ class _BurnLimits:
         thrusters = [stack.vehicle.thrusters[n] for n in stack.translation_thrusters]
         tanks = tuple(sorted({h.tank for h in thrusters}))
         propellant = float(sum(stack.vehicle.tanks[k].propellant_kg for k in tanks))
-        return cls(flag, burn, max(h.min_on_time_s for h in thrusters),
-                   propellant / burn.mdot_kg_s, propellant, tanks)
+        return cls(
+            flag,
+            burn,
+            max(h.min_on_time_s for h in thrusters),
+            propellant / burn.mdot_kg_s,
+            propellant,
+            tanks,
+        )
 
     def check(self, t_burn_s: float, slack: float = 1.0) -> None:
         """Refuse a burn longer than the propellant allows or shorter than one pulse (the
         bounds widened by ``slack`` for a burn that is still an estimate)."""
         if not t_burn_s <= self.max_s * slack:
             raise UserError(
-                "plan", f"expected a burn the {self.propellant_kg:g} kg of propellant in "
+                "plan",
+                f"expected a burn the {self.propellant_kg:g} kg of propellant in "
                 f"{', '.join(self.tanks)} can feed (at most "
                 f"{self.burn.dv_for_duration(self.max_s):.4g} m/s, {self.max_s:.0f} s), got a "
                 f"burn of {t_burn_s:.4g} s needing {self.burn.mdot_kg_s * t_burn_s:.4g} kg",
-                field=self.flag)
+                field=self.flag,
+            )
         if not t_burn_s <= MAX_BURN_S * slack:
             raise UserError(
-                "plan", f"expected a burn of at most {MAX_BURN_S:g} s (11.6 days), got "
+                "plan",
+                f"expected a burn of at most {MAX_BURN_S:g} s (11.6 days), got "
                 f"{t_burn_s:.4g} s: the translation thrusters' {self.burn.along_N:.4g} N "
-                "along-track are too weak for this target", field=self.flag)
+                "along-track are too weak for this target",
+                field=self.flag,
+            )
         if not t_burn_s >= self.min_s / slack:
             raise UserError(
-                "plan", f"expected a burn at least as long as the translation thrusters' "
+                "plan",
+                f"expected a burn at least as long as the translation thrusters' "
                 f"minimum on-time ({self.min_s:g} s, {self.burn.dv_for_duration(self.min_s):.3g} "
-                f"m/s), got a burn of {t_burn_s:.3g} s", field=self.flag)
+                f"m/s), got a burn of {t_burn_s:.3g} s",
+                field=self.flag,
+            )
 
 
-def plan_burn(stack_ref: str, target: Target, *, perigee_km: float | None = None,
-              apogee_km: float | None = None, solar_activity: str | None = None,
-              f107_sfu: float | None = None, ap: float | None = None) -> dict:
+def plan_burn(
+    stack_ref: str,
+    target: Target,
+    *,
+    perigee_km: float | None = None,
+    apogee_km: float | None = None,
+    solar_activity: str | None = None,
+    f107_sfu: float | None = None,
+    ap: float | None = None,
+) -> dict:
     """Plan one reboost burn of a stack; returns the JSON-ready summary. The atmosphere is the
     ``solar_activity`` preset (default: the stack's), with ``f107_sfu`` and/or ``ap`` replacing
     its values when given (thruster_hil.sims.atmosphere.activity)."""
-    return plan_stack(load_stack(stack_ref), target, perigee_km=perigee_km, apogee_km=apogee_km,
-                      solar_activity=solar_activity, f107_sfu=f107_sfu, ap=ap)
+    return plan_stack(
+        load_stack(stack_ref),
+        target,
+        perigee_km=perigee_km,
+        apogee_km=apogee_km,
+        solar_activity=solar_activity,
+        f107_sfu=f107_sfu,
+        ap=ap,
+    )
 
 
-def plan_stack(stack: Stack, target: Target, *, perigee_km: float | None = None,
-               apogee_km: float | None = None, solar_activity: str | None = None,
-               f107_sfu: float | None = None, ap: float | None = None,
-               model: StackModel | None = None) -> dict:
+def plan_stack(
+    stack: Stack,
+    target: Target,
+    *,
+    perigee_km: float | None = None,
+    apogee_km: float | None = None,
+    solar_activity: str | None = None,
+    f107_sfu: float | None = None,
+    ap: float | None = None,
+    model: StackModel | None = None,
+) -> dict:
     """:func:`plan_burn` of a loaded (possibly modified) stack; ``model`` is its
     ``build_stack_model(stack)`` when the caller has it already (built here otherwise)."""
     from thruster_hil.sims import atmosphere, orbit
@@ -153,11 +192,15 @@ def plan_stack(stack: Stack, target: Target, *, perigee_km: float | None = None,
     if perigee_km is None:
         perigee_km, apogee_km = station.perigee_km, station.apogee_km
     if perigee_km > apogee_km:
-        raise UserError("plan", f"--perigee-km ({perigee_km:g}) must not exceed --apogee-km "
-                        f"({apogee_km:g})")
+        raise UserError(
+            "plan", f"--perigee-km ({perigee_km:g}) must not exceed --apogee-km ({apogee_km:g})"
+        )
     if perigee_km < 150.0 or apogee_km > 2000.0:
-        raise UserError("plan", "the initial orbit must lie between 150 and 2000 km altitude, "
-                        f"got {perigee_km:g} x {apogee_km:g} km")
+        raise UserError(
+            "plan",
+            "the initial orbit must lie between 150 and 2000 km altitude, "
+            f"got {perigee_km:g} x {apogee_km:g} km",
+        )
     activity = solar_activity or stack.solar_activity
     try:
         act = atmosphere.activity(activity, f107_sfu, ap)
@@ -167,9 +210,12 @@ def plan_stack(stack: Stack, target: Target, *, perigee_km: float | None = None,
     mass0 = model.mass_kg
     # The nominal translation set's force, fixed in LVLH (perfect attitude hold): the estimate.
     force_H = model.dcm_BH.T @ model.translation_force_B
-    burn = _Burn(force_H_N=np.ascontiguousarray(force_H, dtype=np.float64),
-                 along_N=float(model.along_track_thrust_N),
-                 mdot_kg_s=float(model.translation_mass_flow_kg_s), mass_kg=mass0)
+    burn = _Burn(
+        force_H_N=np.ascontiguousarray(force_H, dtype=np.float64),
+        along_N=float(model.along_track_thrust_N),
+        mdot_kg_s=float(model.translation_mass_flow_kg_s),
+        mass_kg=mass0,
+    )
     apsis = "apogee"
     flag = TARGET_FLAGS[target.kind]
     limits = _BurnLimits.of(stack, burn, flag)
@@ -192,17 +238,26 @@ def plan_stack(stack: Stack, target: Target, *, perigee_km: float | None = None,
     elif target.kind == "mean_altitude":
         goal_key, goal = "d_a_m", target.value * 1e3 + R_EARTH - a0
         if goal <= 0.0:
-            raise UserError("plan", f"--target-mean-altitude-km {target.value:g} is not above the "
-                            f"current mean altitude {(a0 - R_EARTH) / 1e3:.1f} km: a reboost "
-                            "only raises the orbit")
+            raise UserError(
+                "plan",
+                f"--target-mean-altitude-km {target.value:g} is not above the "
+                f"current mean altitude {(a0 - R_EARTH) / 1e3:.1f} km: a reboost "
+                "only raises the orbit",
+            )
         dv = vis_viva_dv(a0 + goal)
     else:  # pragma: no cover - the CLI only builds the kinds above
         raise ValueError(target.kind)
 
-    base = {"stack": stack.path.stem, "solar_activity": activity, "f107_sfu": act.f107_sfu,
-            "ap": act.ap,
-            "inclination_deg": station.inclination_deg, "perigee_km_before": perigee_km,
-            "apogee_km_before": apogee_km, "burn_centre": apsis}
+    base = {
+        "stack": stack.path.stem,
+        "solar_activity": activity,
+        "f107_sfu": act.f107_sfu,
+        "ap": act.ap,
+        "inclination_deg": station.inclination_deg,
+        "perigee_km_before": perigee_km,
+        "apogee_km_before": apogee_km,
+        "burn_centre": apsis,
+    }
     # An estimate is refused only far outside what the thrusters can do before it is flown; the
     # flown plan is held to the limits exactly at the end.
     limits.check(burn.duration_for_dv(dv), slack=1.0 if target.kind == "delta_v" else 2.0)
@@ -231,10 +286,14 @@ def plan_stack(stack: Stack, target: Target, *, perigee_km: float | None = None,
         if not _met(goal_key, got[goal_key], goal, model.control_period_s, GOAL_TOLERANCE):
             # Never hand out a plan that misses its target: say so instead.
             unit, scale = ("s", 1.0) if goal_key == "burn_duration_s" else ("km", 1e-3)
-            raise UserError("plan", f"expected a target one burn centred on {apsis} reaches, got "
-                            f"{got[goal_key] * scale:.4g} {unit} of the {goal * scale:.4g} "
-                            f"{unit} asked for after {CORRECTIONS} corrections (at {dv:.4g} m/s, "
-                            f"a {got['burn_duration_s']:.0f} s burn)", field=flag)
+            raise UserError(
+                "plan",
+                f"expected a target one burn centred on {apsis} reaches, got "
+                f"{got[goal_key] * scale:.4g} {unit} of the {goal * scale:.4g} "
+                f"{unit} asked for after {CORRECTIONS} corrections (at {dv:.4g} m/s, "
+                f"a {got['burn_duration_s']:.0f} s burn)",
+                field=flag,
+            )
     if fixed_ignition is None:
         # Ignition half the planned duration before the apsis: plan the duration flown from it.
         for _ in range(IGNITION_FLIGHTS):
@@ -301,10 +360,14 @@ class _Flight:
         plan = dict(self.base, delta_v_mps=dv_mps, burn_duration_s=t_ignition_s)
         s = run_burn(self.model, plan).summary
         if not s["completed"]:
-            raise UserError("plan", f"expected a burn the closed loop completes, got "
-                            f"{s['achieved_delta_v_mps']:.4g} of {dv_mps:.4g} m/s after "
-                            f"{s['burn_duration_s']:.0f} s (tanks {', '.join(self.limits.tanks)}: "
-                            f"{self.limits.propellant_kg:g} kg)", field=self.flag)
+            raise UserError(
+                "plan",
+                f"expected a burn the closed loop completes, got "
+                f"{s['achieved_delta_v_mps']:.4g} of {dv_mps:.4g} m/s after "
+                f"{s['burn_duration_s']:.0f} s (tanks {', '.join(self.limits.tanks)}: "
+                f"{self.limits.propellant_kg:g} kg)",
+                field=self.flag,
+            )
         s["d_a_m"] = 1e3 * s["mean_altitude_change_km"]
         s["d_perigee_m"] = 1e3 * (s["perigee_km_after"] - s["perigee_km_before"])
         return s
@@ -316,15 +379,25 @@ def format_plan(p: dict) -> str:
         ("stack", f"{p['stack']}: {p['stack_name']} ({p['vehicle']} at {p['port']})"),
         ("translation thrusters", ", ".join(p["translation_thrusters"])),
         ("stack mass", f"{p['stack_mass_kg']:,.0f} kg"),
-        ("along-track thrust", f"{p['along_track_thrust_N']:.1f} N of {p['thrust_sum_N']:.1f} N "
-                               f"(cant loss {p['cant_loss_pct']:.2f} %)"),
+        (
+            "along-track thrust",
+            f"{p['along_track_thrust_N']:.1f} N of {p['thrust_sum_N']:.1f} N "
+            f"(cant loss {p['cant_loss_pct']:.2f} %)",
+        ),
         ("effective Isp", f"{p['effective_isp_s']:.1f} s"),
         ("delta-v", f"{p['delta_v_mps']:.4f} m/s"),
         ("burn duration", f"{p['burn_duration_s']:.1f} s"),
-        ("burn centred on", f"{p['burn_centre']} (ignition {p['burn_start_s_before_centre']:.1f} s "
-                            f"before {p['burn_centre']})"),
-        ("propellant", f"{p['propellant_kg']:.2f} kg ("
-                       + ", ".join(f"{k} {v:.2f} kg" for k, v in p["tank_used_kg"].items()) + ")"),
+        (
+            "burn centred on",
+            f"{p['burn_centre']} (ignition {p['burn_start_s_before_centre']:.1f} s "
+            f"before {p['burn_centre']})",
+        ),
+        (
+            "propellant",
+            f"{p['propellant_kg']:.2f} kg ("
+            + ", ".join(f"{k} {v:.2f} kg" for k, v in p["tank_used_kg"].items())
+            + ")",
+        ),
         ("mean perigee", f"{p['perigee_km_before']:.3f} -> {p['perigee_km_after']:.3f} km"),
         ("mean apogee", f"{p['apogee_km_before']:.3f} -> {p['apogee_km_after']:.3f} km"),
         ("mean altitude change", f"{p['mean_altitude_change_km']:+.3f} km"),

@@ -42,9 +42,20 @@ from pathlib import Path
 
 from thruster_hil.core.errors import UserError
 
-TELEMETRY_FIELDS = ("cycle", "t_s", "status", "dv_along_mps", "dv_remaining_mps",
-                    "altitude_km", "attitude_error_deg", "rate_x_dps", "rate_y_dps", "rate_z_dps",
-                    "propellant_kg", "rtt_ms")
+TELEMETRY_FIELDS = (
+    "cycle",
+    "t_s",
+    "status",
+    "dv_along_mps",
+    "dv_remaining_mps",
+    "altitude_km",
+    "attitude_error_deg",
+    "rate_x_dps",
+    "rate_y_dps",
+    "rate_z_dps",
+    "propellant_kg",
+    "rtt_ms",
+)
 
 
 #: Space reserved for summary.json when the run starts [bytes] (a summary is a few kB).
@@ -116,18 +127,27 @@ def file_sha256(path: str | Path) -> str:
 class RunRecorder:
     """Writes one run directory. Use as ``on_cycle`` / ``on_bytes`` sink, then :meth:`finish`."""
 
-    def __init__(self, out_dir: str | Path, thruster_names: list[str], mass0_kg: float,
-                 tank_names: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        out_dir: str | Path,
+        thruster_names: list[str],
+        mass0_kg: float,
+        tank_names: tuple[str, ...] = (),
+    ):
         self.dir = Path(out_dir)
         try:
             taken = self.dir.exists() and (not self.dir.is_dir() or any(self.dir.iterdir()))
         except OSError as exc:  # a name too long, a directory we may not list
-            raise UserError(str(self.dir), f"cannot use it as the run directory: {exc.strerror}",
-                            field="--out") from None
+            raise UserError(
+                str(self.dir), f"cannot use it as the run directory: {exc.strerror}", field="--out"
+            ) from None
         if taken:
             what = "directory exists and is not empty" if self.dir.is_dir() else "path is a file"
-            raise UserError(str(self.dir), f"the run {what}: pick another --out (nothing is "
-                            "overwritten)", field="--out")
+            raise UserError(
+                str(self.dir),
+                f"the run {what}: pick another --out (nothing is overwritten)",
+                field="--out",
+            )
         self._names = list(thruster_names)
         self._tanks = list(tank_names)
         self._mass0 = mass0_kg
@@ -143,16 +163,21 @@ class RunRecorder:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._tel = WholeLines(self.dir / "telemetry.csv")
-            self._tel.write(self._line(list(TELEMETRY_FIELDS)
-                                       + [f"cmd_ms:{n}" for n in self._names]
-                                       + [f"exec_ms:{n}" for n in self._names]
-                                       + [f"propellant_kg:{n}" for n in self._tanks]))
+            self._tel.write(
+                self._line(
+                    list(TELEMETRY_FIELDS)
+                    + [f"cmd_ms:{n}" for n in self._names]
+                    + [f"exec_ms:{n}" for n in self._names]
+                    + [f"propellant_kg:{n}" for n in self._tanks]
+                )
+            )
             self._reserve_summary()
         except (OSError, RecordError) as exc:
             self.close()
             why = exc.message if isinstance(exc, RecordError) else exc.strerror
-            raise UserError(str(self.dir), f"cannot create the run directory: {why}",
-                            field="--out") from None
+            raise UserError(
+                str(self.dir), f"cannot create the run directory: {why}", field="--out"
+            ) from None
 
     def _line(self, row: list) -> str:
         self._writer.writerow(row)
@@ -213,13 +238,22 @@ class RunRecorder:
         y = info["y"]
         c = ctrl.ctrl
         r = math.sqrt(y[plant.R] ** 2 + y[plant.R + 1] ** 2 + y[plant.R + 2] ** 2)
-        w = y[plant.W:plant.W + 3]
+        w = y[plant.W : plant.W + 3]
         rtt = info.get("rtt_s") or 0.0
-        row = [k, f"{info['t_s']:.3f}", info["status"], f"{c[cst.C_DV_ALONG]:.9f}",
-               f"{c[cst.C_REMAINING]:.9f}", f"{(r - R_EARTH) / 1e3:.6f}",
-               f"{math.degrees(c[cst.C_ATT_ERR]):.6f}", f"{math.degrees(w[0]):.8f}",
-               f"{math.degrees(w[1]):.8f}", f"{math.degrees(w[2]):.8f}",
-               f"{self._mass0 - y[plant.M]:.6f}", f"{rtt * 1e3:.4f}"]
+        row = [
+            k,
+            f"{info['t_s']:.3f}",
+            info["status"],
+            f"{c[cst.C_DV_ALONG]:.9f}",
+            f"{c[cst.C_REMAINING]:.9f}",
+            f"{(r - R_EARTH) / 1e3:.6f}",
+            f"{math.degrees(c[cst.C_ATT_ERR]):.6f}",
+            f"{math.degrees(w[0]):.8f}",
+            f"{math.degrees(w[1]):.8f}",
+            f"{math.degrees(w[2]):.8f}",
+            f"{self._mass0 - y[plant.M]:.6f}",
+            f"{rtt * 1e3:.4f}",
+        ]
         row += [int(v) for v in ctrl.on_ms] + [int(v) for v in info["executed_ms"]]
         if self._tanks:
             row += [f"{float(v):.6f}" for v in info["tank_used"]]
@@ -247,8 +281,10 @@ class RunRecorder:
         """Write summary.json (atomically) and close the files."""
         out = dict(summary)
         out.update(meta)
-        out["records"] = {"telemetry_rows": self.cycles,
-                          "capture": (self.dir / "capture.csv").exists()}
+        out["records"] = {
+            "telemetry_rows": self.cycles,
+            "capture": (self.dir / "capture.csv").exists(),
+        }
         if self.error is not None:
             out["records"]["error"] = str(self.error)
         path = self.dir / "summary.json"
@@ -303,8 +339,9 @@ def run_directory(run_dir: str | Path, missing: str) -> Path:
     try:
         exists, is_dir = run.exists(), run.is_dir()
     except (OSError, ValueError) as exc:  # a name the OS refuses (too long, ...)
-        raise UserError(str(run), f"not a run directory: {getattr(exc, 'strerror', None) or exc}"
-                        ) from None
+        raise UserError(
+            str(run), f"not a run directory: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     if not exists:
         raise UserError(str(run), missing)
     if not is_dir:
@@ -312,8 +349,7 @@ def run_directory(run_dir: str | Path, missing: str) -> Path:
     return run
 
 
-def damage(run: Path, needs: tuple[str, ...] = ("summary", "telemetry", "capture")
-           ) -> list[str]:
+def damage(run: Path, needs: tuple[str, ...] = ("summary", "telemetry", "capture")) -> list[str]:
     """What the run directory ``run`` lacks or holds broken, among the files in ``needs``
     (summary, telemetry, capture), one phrase each; [] when they are whole. For the one-line
     errors of replay and report: a run killed mid-write, a full disk, a file removed."""
@@ -345,19 +381,23 @@ def damage(run: Path, needs: tuple[str, ...] = ("summary", "telemetry", "capture
             out.append(f"summary.json is broken ({bad_summary})")
         elif summary is None:
             kept = f" ({rows} cycles in telemetry.csv)" if rows is not None else ""
-            out.append(f"no summary.json{kept}: the run did not end by itself (killed, power "
-                       "lost) or is still flying")
+            out.append(
+                f"no summary.json{kept}: the run did not end by itself (killed, power "
+                "lost) or is still flying"
+            )
         else:
             cycles = summary.get("cycles")
             if rows is not None and isinstance(cycles, int) and cycles != rows:
                 out.append(f"summary.json counts {cycles} cycles, telemetry.csv holds {rows}")
-            error = (summary.get("records") or {}).get("error") if isinstance(
-                summary.get("records"), dict) else None
+            error = (
+                (summary.get("records") or {}).get("error")
+                if isinstance(summary.get("records"), dict)
+                else None
+            )
             if error:
                 out.append(f"the run could not write its records ({error})")
     if "capture" in needs:
-        serial = (meta or {}).get("serial", summary is not None and summary.get("link")
-                                  is not None)
+        serial = (meta or {}).get("serial", summary is not None and summary.get("link") is not None)
         try:
             cap = (run / "capture.csv").read_bytes()
         except FileNotFoundError:
@@ -371,8 +411,9 @@ def damage(run: Path, needs: tuple[str, ...] = ("summary", "telemetry", "capture
     if meta is None and not (run / "run.json").exists():
         out.append("no run.json")
     try:
-        left = sorted(p.name for p in run.iterdir()
-                      if p.name.endswith(".tmp") or p.name == RESERVE_NAME)
+        left = sorted(
+            p.name for p in run.iterdir() if p.name.endswith(".tmp") or p.name == RESERVE_NAME
+        )
     except OSError:
         left = []
     if left:
@@ -394,11 +435,11 @@ def read_record(path: Path) -> dict | None:
     except NotADirectoryError:
         raise UserError(str(path.parent), "expected a run directory, got a file") from None
     except UnicodeDecodeError as exc:
-        raise UserError(where, f"expected UTF-8 JSON, got undecodable bytes ({exc.reason})"
-                        ) from None
+        raise UserError(
+            where, f"expected UTF-8 JSON, got undecodable bytes ({exc.reason})"
+        ) from None
     except (OSError, ValueError) as exc:
-        raise UserError(where, f"cannot read it: {getattr(exc, 'strerror', None) or exc}"
-                        ) from None
+        raise UserError(where, f"cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -414,22 +455,44 @@ def _typename(value) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def check_record(doc: dict, where: str | Path, *, numbers: tuple[str, ...] = (),
-                 strings: tuple[str, ...] = (), flags: tuple[str, ...] = (),
-                 tables: tuple[str, ...] = (), required: tuple[str, ...] = ()) -> dict:
+def check_record(
+    doc: dict,
+    where: str | Path,
+    *,
+    numbers: tuple[str, ...] = (),
+    strings: tuple[str, ...] = (),
+    flags: tuple[str, ...] = (),
+    tables: tuple[str, ...] = (),
+    required: tuple[str, ...] = (),
+) -> dict:
     """Check the fields of a run record that a reader uses: each absent (unless required) or
     null, or of its type (numbers finite, not true/false). Returns ``doc``."""
     for key in required:
         if key not in doc:
-            raise UserError(str(where), "missing field: this is not a record of a thruster-hil "
-                            "run (or one written by another version)", field=key)
+            raise UserError(
+                str(where),
+                "missing field: this is not a record of a thruster-hil "
+                "run (or one written by another version)",
+                field=key,
+            )
     for keys, ok, what in (
-            (numbers, lambda v: not isinstance(v, bool) and (
-                isinstance(v, int) and abs(v) < 1e300
-                or isinstance(v, float) and math.isfinite(v)), "a finite number"),
-            (strings, lambda v: isinstance(v, str), "a string"),
-            (flags, lambda v: isinstance(v, bool), "true or false"),
-            (tables, lambda v: isinstance(v, dict), "an object")):
+        (
+            numbers,
+            lambda v: (
+                not isinstance(v, bool)
+                and (
+                    isinstance(v, int)
+                    and abs(v) < 1e300
+                    or isinstance(v, float)
+                    and math.isfinite(v)
+                )
+            ),
+            "a finite number",
+        ),
+        (strings, lambda v: isinstance(v, str), "a string"),
+        (flags, lambda v: isinstance(v, bool), "true or false"),
+        (tables, lambda v: isinstance(v, dict), "an object"),
+    ):
         for key in keys:
             value = doc.get(key)
             if value is not None and not ok(value):
@@ -472,8 +535,7 @@ class StatusWriter:
     """Rewrites RUN_DIR/status.json every ``interval_s`` from ``stats()`` on a thread of its own
     (the control loop never waits for it): ``{"updated_unix_s": ..., "link": stats()}``."""
 
-    def __init__(self, run_dir: str | Path, stats, interval_s: float = 1.0,
-                 on_error=None):
+    def __init__(self, run_dir: str | Path, stats, interval_s: float = 1.0, on_error=None):
         self.path = Path(run_dir) / "status.json"
         self._stats = stats
         self._on_error = on_error  # called with a RecordError when status.json cannot be written
@@ -520,18 +582,25 @@ def run_meta(stack, unit_name: str, link_info=None) -> dict:
     meta = {
         "thruster_hil_version": __version__,
         "python": platform.python_version(),
-        "numpy": numpy.__version__, "numba": numba.__version__,
+        "numpy": numpy.__version__,
+        "numba": numba.__version__,
         "pyserial": serial.__version__,
         "config_sha256": {
-            "stack": file_sha256(stack.path), "station": file_sha256(stack.station.path),
+            "stack": file_sha256(stack.path),
+            "station": file_sha256(stack.station.path),
             "vehicle": file_sha256(stack.vehicle.path),
-            "dictionary": file_sha256(DICTIONARY_PATH)},
+            "dictionary": file_sha256(DICTIONARY_PATH),
+        },
         "dictionary_hash": f"0x{DICT_HASH:08X}",
         "unit_identity": {"unit": unit_name},
     }
     if link_info is not None:
         meta["unit_identity"].update(
-            fw_ver=link_info.fw_ver, proto_ver=link_info.proto_ver,
-            dict_hash=f"0x{link_info.dict_hash:08X}", n_channels=link_info.n_channels,
-            boot_count=link_info.boot_count, test_build=link_info.test_build)
+            fw_ver=link_info.fw_ver,
+            proto_ver=link_info.proto_ver,
+            dict_hash=f"0x{link_info.dict_hash:08X}",
+            n_channels=link_info.n_channels,
+            boot_count=link_info.boot_count,
+            test_build=link_info.test_build,
+        )
     return meta

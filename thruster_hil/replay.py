@@ -49,12 +49,12 @@ def decode_capture(path: Path) -> tuple[dict[int, _Step], int, int]:
     frames = errors = 0
     try:
         if not path.is_file():  # a directory, a FIFO (read would block)
-            raise UserError(str(path), "expected a capture file, got a directory or a special "
-                            "file")
+            raise UserError(str(path), "expected a capture file, got a directory or a special file")
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
-        raise UserError(str(path), f"expected UTF-8 text, got undecodable bytes ({exc.reason})"
-                        ) from None
+        raise UserError(
+            str(path), f"expected UTF-8 text, got undecodable bytes ({exc.reason})"
+        ) from None
     except OSError as exc:
         raise UserError(str(path), f"cannot read it: {exc.strerror}") from None
     if not lines or lines[0] != "t_ns,dir,hex":
@@ -117,14 +117,14 @@ class ReplayUnit(StepByStep):
             width = min(self.n - lo, CHANNELS_PER_BANK)
             if width <= 0:
                 continue
-            self._executed[lo:lo + width] = msg["executed_ticks"][:width]
+            self._executed[lo : lo + width] = msg["executed_ticks"][:width]
             for c in range(width):
                 if msg["stuck_mask"] >> c & 1:
                     self._health[lo + c] = HEALTH_STUCK_OPEN
                 elif msg["failed_mask"] >> c & 1:
                     self._health[lo + c] = HEALTH_FAILED_OFF
             cmd = st.fire_ticks.get(bank)
-            if cmd is not None and tuple(int(v) for v in on_ms[lo:lo + width]) != cmd[:width]:
+            if cmd is not None and tuple(int(v) for v in on_ms[lo : lo + width]) != cmd[:width]:
                 self.mismatches += 1
         t_last = max(t for t, _m in st.reports.values())
         # As the link computes it: (last report in - first FIRE out) / 1e6 ms, then s.
@@ -139,8 +139,13 @@ class ReplayUnit(StepByStep):
 
 
 #: What the replayed burn reads from summary.json's plan (thruster_hil.closedloop.fused / thruster_hil.closedloop.runner).
-PLAN_NUMBERS = ("delta_v_mps", "burn_duration_s", "perigee_km_before", "apogee_km_before",
-                "inclination_deg")
+PLAN_NUMBERS = (
+    "delta_v_mps",
+    "burn_duration_s",
+    "perigee_km_before",
+    "apogee_km_before",
+    "inclination_deg",
+)
 PLAN_STRINGS = ("stack", "burn_centre", "solar_activity")
 
 
@@ -149,52 +154,76 @@ def _check_summary(summary: dict, where: Path) -> list[Failure]:
     field); returns the thruster failures to replay."""
     if "plan" not in summary:
         raise UserError(str(where), "has no 'plan': written by an older version")
-    check_record(summary, where, strings=("stack_path",), tables=("plan",),
-                 required=("stack_path",))
+    check_record(
+        summary, where, strings=("stack_path",), tables=("plan",), required=("stack_path",)
+    )
     plan = summary["plan"]
     if not isinstance(plan, dict):
-        raise UserError(str(where), f"expected an object, got {type(plan).__name__}",
-                        field="plan")
+        raise UserError(str(where), f"expected an object, got {type(plan).__name__}", field="plan")
     fields = (*PLAN_NUMBERS, *PLAN_STRINGS)
     check_record(plan, where, numbers=PLAN_NUMBERS, strings=PLAN_STRINGS, required=fields)
-    for key, choices in (("burn_centre", ("apogee", "perigee")),
-                         ("solar_activity", SOLAR_ACTIVITIES)):
+    for key, choices in (
+        ("burn_centre", ("apogee", "perigee")),
+        ("solar_activity", SOLAR_ACTIVITIES),
+    ):
         if plan[key] not in choices:
-            raise UserError(str(where), f"expected one of {', '.join(choices)}, got "
-                            f"{show(plan[key])}", field=f"plan.{key}")
+            raise UserError(
+                str(where),
+                f"expected one of {', '.join(choices)}, got {show(plan[key])}",
+                field=f"plan.{key}",
+            )
     check_record(plan, where, numbers=("f107_sfu", "ap"))  # optional: the free atmosphere
-    for key, lo, hi in (("f107_sfu", atmosphere.F107_MIN_SFU, atmosphere.F107_MAX_SFU),
-                        ("ap", atmosphere.AP_MIN, atmosphere.AP_MAX)):
+    for key, lo, hi in (
+        ("f107_sfu", atmosphere.F107_MIN_SFU, atmosphere.F107_MAX_SFU),
+        ("ap", atmosphere.AP_MIN, atmosphere.AP_MAX),
+    ):
         if plan.get(key) is not None and not lo <= plan[key] <= hi:
-            raise UserError(str(where), f"expected {lo:g}..{hi:g}, got {plan[key]:g}",
-                            field=f"plan.{key}")
+            raise UserError(
+                str(where), f"expected {lo:g}..{hi:g}, got {plan[key]:g}", field=f"plan.{key}"
+            )
     if not 150.0 <= plan["perigee_km_before"] <= plan["apogee_km_before"] <= 2000.0:
-        raise UserError(str(where), "expected 150 <= perigee <= apogee <= 2000 km, got "
-                        f"{plan['perigee_km_before']:g} x {plan['apogee_km_before']:g} km",
-                        field="plan.perigee_km_before")
+        raise UserError(
+            str(where),
+            "expected 150 <= perigee <= apogee <= 2000 km, got "
+            f"{plan['perigee_km_before']:g} x {plan['apogee_km_before']:g} km",
+            field="plan.perigee_km_before",
+        )
     if not 0.0 < plan["burn_duration_s"] <= 1e6 or not plan["delta_v_mps"] > 0.0:
-        raise UserError(str(where), "expected a burn of 0 to 1e6 s and a delta-v > 0, got "
-                        f"{plan['burn_duration_s']:g} s and {plan['delta_v_mps']:g} m/s",
-                        field="plan.burn_duration_s")
+        raise UserError(
+            str(where),
+            "expected a burn of 0 to 1e6 s and a delta-v > 0, got "
+            f"{plan['burn_duration_s']:g} s and {plan['delta_v_mps']:g} m/s",
+            field="plan.burn_duration_s",
+        )
     failures = summary.get("failures") or []
     if not isinstance(failures, list):
-        raise UserError(str(where), f"expected a list, got {type(failures).__name__}",
-                        field="failures")
+        raise UserError(
+            str(where), f"expected a list, got {type(failures).__name__}", field="failures"
+        )
     out = []
     for i, f in enumerate(failures):
-        ok = isinstance(f, dict) and isinstance(f.get("thruster"), str) and not isinstance(
-            f.get("at_s"), bool) and isinstance(f.get("at_s"), int | float) and math.isfinite(
-            f["at_s"]) and f["at_s"] >= 0.0
+        ok = (
+            isinstance(f, dict)
+            and isinstance(f.get("thruster"), str)
+            and not isinstance(f.get("at_s"), bool)
+            and isinstance(f.get("at_s"), int | float)
+            and math.isfinite(f["at_s"])
+            and f["at_s"] >= 0.0
+        )
         if not ok:
-            raise UserError(str(where), "expected {\"thruster\": NAME, \"at_s\": SECONDS >= 0}, "
-                            f"got {show(str(f))}", field=f"failures[{i}]")
+            raise UserError(
+                str(where),
+                f'expected {{"thruster": NAME, "at_s": SECONDS >= 0}}, got {show(str(f))}',
+                field=f"failures[{i}]",
+            )
         out.append(Failure(f["thruster"], float(f["at_s"])))
     return out
 
 
 def replay_run(run_dir: str | Path) -> dict:
-    run = run_directory(run_dir, "no summary.json: not a run directory (or the run was "
-                        "killed before its end)")
+    run = run_directory(
+        run_dir, "no summary.json: not a run directory (or the run was killed before its end)"
+    )
     summary = read_record(run / "summary.json")
     if summary is None:
         if not (run / "run.json").exists() and not (run / "telemetry.csv").exists():
@@ -203,21 +232,25 @@ def replay_run(run_dir: str | Path) -> dict:
     failures = _check_summary(summary, run / "summary.json")
     capture = run / "capture.csv"
     if not capture.exists():
-        raise UserError(str(run), "no capture.csv: only runs through a serial unit can be "
-                        "replayed")
+        raise UserError(str(run), "no capture.csv: only runs through a serial unit can be replayed")
     broken = damage(run)
     if broken:
         raise UserError(str(run), "cannot replay it: " + "; ".join(broken))
     steps, frames, errors = decode_capture(capture)
     if not any(st.reports for st in steps.values()):
-        raise UserError(str(capture), f"has no VALVE_REPORT to replay ({frames} frames "
-                        f"decoded, {errors} undecodable)")
+        raise UserError(
+            str(capture),
+            f"has no VALVE_REPORT to replay ({frames} frames decoded, {errors} undecodable)",
+        )
     model = build_stack_model(load_stack(summary["stack_path"]))
     names = list(model.thruster_names)
     for f in failures:
         if f.name not in names:
-            raise UserError(str(run / "summary.json"), f"expected a thruster of {model.name}, "
-                            f"got {show(f.name)}", field="failures")
+            raise UserError(
+                str(run / "summary.json"),
+                f"expected a thruster of {model.name}, got {show(f.name)}",
+                field="failures",
+            )
     unit = ReplayUnit(steps, len(names), summary["cycles"] if summary.get("aborted") else None)
     out = run / "telemetry.replay.csv"
     if out.exists():
@@ -225,14 +258,22 @@ def replay_run(run_dir: str | Path) -> dict:
     tmp_dir = run / ".replay"
     recorder = RunRecorder(tmp_dir, names, model.mass_kg, model.tank_names)
     try:
-        result = run_burn(model, summary["plan"], unit=unit, failures=failures,
-                          on_cycle=recorder.on_cycle)
+        result = run_burn(
+            model, summary["plan"], unit=unit, failures=failures, on_cycle=recorder.on_cycle
+        )
     finally:
         recorder.close()
     (tmp_dir / "telemetry.csv").replace(out)
     tmp_dir.rmdir()
     recorded = run / "telemetry.csv"
     identical = out.read_bytes() == recorded.read_bytes()
-    return {"run_dir": str(run), "cycles": result.summary["cycles"], "frames_decoded": frames,
-            "decode_errors": errors, "command_mismatches": unit.mismatches,
-            "recorded": str(recorded), "replayed": str(out), "identical": identical}
+    return {
+        "run_dir": str(run),
+        "cycles": result.summary["cycles"],
+        "frames_decoded": frames,
+        "decode_errors": errors,
+        "command_mismatches": unit.mismatches,
+        "recorded": str(recorded),
+        "replayed": str(out),
+        "identical": identical,
+    }

@@ -24,12 +24,26 @@ SIZE_IN = (14.0, 9.0)  # -> 1400 x 900 px
 
 
 #: summary.json fields the report formats or draws (each a finite number when present).
-SUMMARY_NUMBERS = ("achieved_delta_v_mps", "target_delta_v_mps", "delta_v_error_pct",
-                   "perigee_km_before", "perigee_km_after", "apogee_km_before",
-                   "apogee_km_after", "attitude_limit_deg", "period_ms")
+SUMMARY_NUMBERS = (
+    "achieved_delta_v_mps",
+    "target_delta_v_mps",
+    "delta_v_error_pct",
+    "perigee_km_before",
+    "perigee_km_after",
+    "apogee_km_before",
+    "apogee_km_after",
+    "attitude_limit_deg",
+    "period_ms",
+)
 #: telemetry.csv columns the report plots; every value a number (rtt_ms may be nan: no report).
-TELEMETRY_COLUMNS = ("t_s", "altitude_km", "dv_along_mps", "attitude_error_deg",
-                     "propellant_kg", "rtt_ms")
+TELEMETRY_COLUMNS = (
+    "t_s",
+    "altitude_km",
+    "dv_along_mps",
+    "attitude_error_deg",
+    "propellant_kg",
+    "rtt_ms",
+)
 
 
 def _load(run: Path) -> tuple[dict, dict[str, list[float]]]:
@@ -39,8 +53,9 @@ def _load(run: Path) -> tuple[dict, dict[str, list[float]]]:
     if summary is None:
         if not (run / "run.json").exists() and not (run / "telemetry.csv").exists():
             raise UserError(str(run), "no summary.json: not a run directory")
-        raise UserError(str(run), "cannot report it: " + "; ".join(
-            damage(run, ("summary", "telemetry"))))
+        raise UserError(
+            str(run), "cannot report it: " + "; ".join(damage(run, ("summary", "telemetry")))
+        )
     broken = damage(run, ("telemetry",))
     if broken:
         raise UserError(str(run), "cannot report it: " + "; ".join(broken))
@@ -54,8 +69,9 @@ def _load(run: Path) -> tuple[dict, dict[str, list[float]]]:
     except FileNotFoundError:
         raise UserError(str(run), "no telemetry.csv: not a run directory") from None
     except UnicodeDecodeError as exc:
-        raise UserError(str(path), f"expected UTF-8 CSV, got undecodable bytes ({exc.reason})"
-                        ) from None
+        raise UserError(
+            str(path), f"expected UTF-8 CSV, got undecodable bytes ({exc.reason})"
+        ) from None
     except csv.Error as exc:
         raise UserError(str(path), f"not CSV: {exc}") from None
     except OSError as exc:
@@ -65,16 +81,18 @@ def _load(run: Path) -> tuple[dict, dict[str, list[float]]]:
     header = rows[0]
     for key in TELEMETRY_COLUMNS:
         if key not in header:
-            raise UserError(str(path), "expected the telemetry of a thruster-hil run, got no "
-                            f"column {key!r}")
+            raise UserError(
+                str(path), f"expected the telemetry of a thruster-hil run, got no column {key!r}"
+            )
     exec_cols = [k for k in header if k.startswith("exec_ms:")]
     tank_cols = [k for k in header if k.startswith("propellant_kg:")]
     cols: dict[str, list[float]] = {k: [] for k in (*TELEMETRY_COLUMNS, *exec_cols, *tank_cols)}
     index = {k: header.index(k) for k in cols}
     for n, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
-            raise UserError(f"{path}:{n}", f"expected {len(header)} fields as the header has, "
-                            f"got {len(row)}")
+            raise UserError(
+                f"{path}:{n}", f"expected {len(header)} fields as the header has, got {len(row)}"
+            )
         for key, i in index.items():
             cols[key].append(_cell(row[i], key, f"{path}:{n}"))
     return summary, cols
@@ -107,11 +125,14 @@ def render(run_dir: str | Path) -> dict:
     fig, ax = plt.subplots(2, 3, figsize=SIZE_IN, dpi=DPI, constrained_layout=True)
     ok = s.get("completed") and not s.get("aborted")
     err_pct = s.get("delta_v_error_pct", float("nan"))
-    fig.suptitle(f"{s.get('stack')} via {s.get('unit')}: "
-                 f"{'COMPLETED' if ok else 'ABORTED: ' + str(s.get('abort_reason'))} — "
-                 f"delta-v {s.get('achieved_delta_v_mps', 0):.4f} of "
-                 f"{s.get('target_delta_v_mps', 0):.4f} m/s ({err_pct:+.3f} %)",
-                 color="black" if ok else "darkred", fontsize=13)
+    fig.suptitle(
+        f"{s.get('stack')} via {s.get('unit')}: "
+        f"{'COMPLETED' if ok else 'ABORTED: ' + str(s.get('abort_reason'))} — "
+        f"delta-v {s.get('achieved_delta_v_mps', 0):.4f} of "
+        f"{s.get('target_delta_v_mps', 0):.4f} m/s ({err_pct:+.3f} %)",
+        color="black" if ok else "darkred",
+        fontsize=13,
+    )
 
     a = ax[0, 0]
     a.plot(t, np.array(cols["altitude_km"], float), lw=1)
@@ -133,9 +154,15 @@ def render(run_dir: str | Path) -> dict:
     exec_cols = [k for k in cols if k.startswith("exec_ms:")]
     raster = np.array([[float(v) for v in cols[k]] for k in exec_cols])
     if raster.size:
-        a.imshow(raster, aspect="auto", interpolation="nearest", cmap="magma",
-                 extent=(t[0], t[-1] if len(t) > 1 else t[0] + 1, len(exec_cols) - 0.5, -0.5),
-                 vmin=0, vmax=max(1.0, float(s.get("period_ms", raster.max() or 1))))
+        a.imshow(
+            raster,
+            aspect="auto",
+            interpolation="nearest",
+            cmap="magma",
+            extent=(t[0], t[-1] if len(t) > 1 else t[0] + 1, len(exec_cols) - 0.5, -0.5),
+            vmin=0,
+            vmax=max(1.0, float(s.get("period_ms", raster.max() or 1))),
+        )
         a.set_yticks(range(len(exec_cols)))
         a.set_yticklabels([k.split(":", 1)[1] for k in exec_cols], fontsize=6)
     a.set(title="firing raster (executed on-time per cycle)", xlabel="t [s]")
@@ -147,8 +174,12 @@ def render(run_dir: str | Path) -> dict:
     if lim:
         a.axhline(lim, color="tab:red", ls="--", lw=1, label=f"limit {lim:g} deg")
         a.legend(fontsize=7)
-    a.set(title=f"attitude error (max {float(err.max()):.4f} deg)", xlabel="t [s]",
-          ylabel="deg (log)", ylim=(1e-5, max(lim or 1.0, float(err.max())) * 3))
+    a.set(
+        title=f"attitude error (max {float(err.max()):.4f} deg)",
+        xlabel="t [s]",
+        ylabel="deg (log)",
+        ylim=(1e-5, max(lim or 1.0, float(err.max())) * 3),
+    )
 
     a = ax[1, 1]
     a.plot(t, np.array(cols["propellant_kg"], float), lw=1.2, label="all tanks")
@@ -166,8 +197,12 @@ def render(run_dir: str | Path) -> dict:
     rtt = rtt[rtt > 0]
     if rtt.size:
         a.hist(rtt, bins=40, color="tab:blue")
-        a.set(title=f"link RTT (p50 {np.percentile(rtt, 50):.3f} ms, "
-                    f"p99 {np.percentile(rtt, 99):.3f} ms)", xlabel="ms", ylabel="cycles")
+        a.set(
+            title=f"link RTT (p50 {np.percentile(rtt, 50):.3f} ms, "
+            f"p99 {np.percentile(rtt, 99):.3f} ms)",
+            xlabel="ms",
+            ylabel="cycles",
+        )
     else:
         a.text(0.5, 0.5, "no link (in-process unit)", ha="center", va="center")
         a.set(title="link RTT")
@@ -176,18 +211,36 @@ def render(run_dir: str | Path) -> dict:
     fig.savefig(png, dpi=DPI)
     plt.close(fig)
     _write_html(run, s, png)
-    return {"png": str(png), "html": str(run / "report.html"),
-            "pixels": [int(SIZE_IN[0] * DPI), int(SIZE_IN[1] * DPI)]}
+    return {
+        "png": str(png),
+        "html": str(run / "report.html"),
+        "pixels": [int(SIZE_IN[0] * DPI), int(SIZE_IN[1] * DPI)],
+    }
 
 
 def _write_html(run: Path, s: dict, png: Path) -> None:
-    keys = ("stack", "unit", "target_delta_v_mps", "achieved_delta_v_mps", "delta_v_error_pct",
-            "burn_duration_s", "cycles", "max_attitude_error_deg", "propellant_kg",
-            "propellant_by_tank_kg", "reserve_touched",
-            "perigee_km_before", "perigee_km_after", "apogee_km_before", "apogee_km_after",
-            "aborted", "abort_reason")
-    rows = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(s.get(k)))}</td></tr>"
-                     for k in keys)
+    keys = (
+        "stack",
+        "unit",
+        "target_delta_v_mps",
+        "achieved_delta_v_mps",
+        "delta_v_error_pct",
+        "burn_duration_s",
+        "cycles",
+        "max_attitude_error_deg",
+        "propellant_kg",
+        "propellant_by_tank_kg",
+        "reserve_touched",
+        "perigee_km_before",
+        "perigee_km_after",
+        "apogee_km_before",
+        "apogee_km_after",
+        "aborted",
+        "abort_reason",
+    )
+    rows = "\n".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(s.get(k)))}</td></tr>" for k in keys
+    )
     data = base64.b64encode(png.read_bytes()).decode()
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>thruster-hil run {html.escape(run.name)}</title>

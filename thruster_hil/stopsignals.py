@@ -20,8 +20,14 @@ from __future__ import annotations
 import signal
 import threading
 
-__all__ = ["SIGNALS", "HostSignal", "StopSignals", "as_from_a_terminal", "exit_status",
-           "signal_name"]
+__all__ = [
+    "SIGNALS",
+    "HostSignal",
+    "StopSignals",
+    "as_from_a_terminal",
+    "exit_status",
+    "signal_name",
+]
 
 #: The signals that stop a command safely.
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -71,8 +71,9 @@ class _Setup:
         return float(sum(plan["tank_used_kg"].get(t, 0.0) for t in self.kit_tanks))
 
 
-def _setup(stack_ref: str, solar_activity: str | None, f107_sfu: float | None,
-           ap: float | None) -> _Setup:
+def _setup(
+    stack_ref: str, solar_activity: str | None, f107_sfu: float | None, ap: float | None
+) -> _Setup:
     stack = load_stack(stack_ref)
     model = build_stack_model(stack)
     try:
@@ -82,10 +83,18 @@ def _setup(stack_ref: str, solar_activity: str | None, f107_sfu: float | None,
     tanks = {stack.vehicle.thrusters[n].tank for n in stack.translation_thrusters}
     kit = float(sum(stack.vehicle.tanks[k].propellant_kg for k in tanks))
     st = stack.station
-    return _Setup(stack, model, act, atmosphere.density_table(act),
-                  model.drag_coefficient * model.drag_area_m2 / model.mass_kg,
-                  math.radians(st.inclination_deg), 0.5 * (st.apogee_km - st.perigee_km), kit,
-                  float(model.translation_mass_flow_kg_s), tuple(sorted(tanks)))
+    return _Setup(
+        stack,
+        model,
+        act,
+        atmosphere.density_table(act),
+        model.drag_coefficient * model.drag_area_m2 / model.mass_kg,
+        math.radians(st.inclination_deg),
+        0.5 * (st.apogee_km - st.perigee_km),
+        kit,
+        float(model.translation_mass_flow_kg_s),
+        tuple(sorted(tanks)),
+    )
 
 
 def _rate_m_s(s: _Setup, alt_km: float) -> float:
@@ -96,9 +105,13 @@ def _rate_m_s(s: _Setup, alt_km: float) -> float:
 def _plan(s: _Setup, stack_ref: str, from_km: float, ceiling_km: float) -> tuple[dict, bool]:
     """The reboost from a mean altitude back to the ceiling; or, if one kit cannot feed that, a
     burn of the whole kit. Returns (the plan, whether it is the whole-kit burn)."""
-    kw = {"perigee_km": from_km - s.half_spread_km, "apogee_km": from_km + s.half_spread_km,
-          "solar_activity": s.act.name if s.act.name != "custom" else None,
-          "f107_sfu": s.act.f107_sfu, "ap": s.act.ap}
+    kw = {
+        "perigee_km": from_km - s.half_spread_km,
+        "apogee_km": from_km + s.half_spread_km,
+        "solar_activity": s.act.name if s.act.name != "custom" else None,
+        "f107_sfu": s.act.f107_sfu,
+        "ap": s.act.ap,
+    }
     try:
         to_ceiling = plan_burn(stack_ref, Target("mean_altitude", ceiling_km), **kw)
         if s.kit_draw(to_ceiling) <= KIT_CUT * s.kit_kg:
@@ -109,9 +122,16 @@ def _plan(s: _Setup, stack_ref: str, from_km: float, ceiling_km: float) -> tuple
     return plan_burn(stack_ref, whole_kit, **kw), True
 
 
-def sustain(stack_ref: str, days: float = 365.0, *, floor_km: float | None = None,
-            ceiling_km: float | None = None, solar_activity: str | None = None,
-            f107_sfu: float | None = None, ap: float | None = None) -> dict:
+def sustain(
+    stack_ref: str,
+    days: float = 365.0,
+    *,
+    floor_km: float | None = None,
+    ceiling_km: float | None = None,
+    solar_activity: str | None = None,
+    f107_sfu: float | None = None,
+    ap: float | None = None,
+) -> dict:
     """Schedule the reboosts that keep the mean altitude above ``floor_km`` for ``days``.
 
     Starts at the ceiling (default: the station's mean altitude from its config; floor default
@@ -125,15 +145,23 @@ def sustain(stack_ref: str, days: float = 365.0, *, floor_km: float | None = Non
     if floor_km is None:
         floor_km = ceiling_km - DEFAULT_BAND_KM
     if not 0.0 < days <= MAX_DAYS:
-        raise UserError("sustain", f"expected 0 < days <= {MAX_DAYS:g}, got {days:g}",
-                        field="--days")
+        raise UserError(
+            "sustain", f"expected 0 < days <= {MAX_DAYS:g}, got {days:g}", field="--days"
+        )
     if not MIN_FLOOR_KM <= floor_km < ceiling_km <= MAX_CEILING_KM:
-        raise UserError("sustain", f"expected {MIN_FLOOR_KM:g} <= floor < ceiling <= "
-                        f"{MAX_CEILING_KM:g} km, got floor {floor_km:g} km and ceiling "
-                        f"{ceiling_km:g} km", field="--floor-km")
+        raise UserError(
+            "sustain",
+            f"expected {MIN_FLOOR_KM:g} <= floor < ceiling <= "
+            f"{MAX_CEILING_KM:g} km, got floor {floor_km:g} km and ceiling "
+            f"{ceiling_km:g} km",
+            field="--floor-km",
+        )
     if ceiling_km - s.half_spread_km < 150.0:  # plan's lowest perigee
-        raise UserError("sustain", f"the ceiling {ceiling_km:g} km is too low for the station's "
-                        "orbit", field="--ceiling-km")
+        raise UserError(
+            "sustain",
+            f"the ceiling {ceiling_km:g} km is too low for the station's orbit",
+            field="--ceiling-km",
+        )
 
     period_s = orbit.period_s(R_EARTH + floor_km * 1e3)
     # The trigger: the floor plus the decay while waiting for apogee (<= one orbit), during the
@@ -142,9 +170,12 @@ def sustain(stack_ref: str, days: float = 365.0, *, floor_km: float | None = Non
     wait_s = period_s + 0.5 * burn["burn_duration_s"]
     trigger_km = floor_km + _rate_m_s(s, floor_km) * 1.05 * (wait_s + STEP_S) / 1e3
     if trigger_km >= ceiling_km:
-        raise UserError("sustain", f"the band {floor_km:g}-{ceiling_km:g} km is narrower than "
-                        f"the decay during one reboost ({(trigger_km - floor_km) * 1e3:.0f} m)",
-                        field="--floor-km")
+        raise UserError(
+            "sustain",
+            f"the band {floor_km:g}-{ceiling_km:g} km is narrower than "
+            f"the decay during one reboost ({(trigger_km - floor_km) * 1e3:.0f} m)",
+            field="--floor-km",
+        )
     burn, whole_kit = _plan(s, stack_ref, trigger_km, ceiling_km)
     gain_km = burn["mean_altitude_change_km"]
     if not gain_km > 0.0:
@@ -162,13 +193,15 @@ def sustain(stack_ref: str, days: float = 365.0, *, floor_km: float | None = Non
         steps_left = int((total_s - t_s[-1]) / STEP_S)
         if steps_left <= 0:
             if total_s - t_s[-1] > 1e-6:  # the last part-step to the end of the span
-                decay.coast(a_m[-1], s.incl_rad, s.bc_m2_kg, *s.table, total_s - t_s[-1],
-                            -1.0, wait)
+                decay.coast(
+                    a_m[-1], s.incl_rad, s.bc_m2_kg, *s.table, total_s - t_s[-1], -1.0, wait
+                )
                 t_s.append(total_s)
                 a_m.append(wait[1])
             break
-        n = decay.coast(a_m[-1], s.incl_rad, s.bc_m2_kg, *s.table, STEP_S, a_trigger,
-                        buf[:steps_left + 1])
+        n = decay.coast(
+            a_m[-1], s.incl_rad, s.bc_m2_kg, *s.table, STEP_S, a_trigger, buf[: steps_left + 1]
+        )
         t0 = t_s[-1]
         t_s.extend(t0 + STEP_S * np.arange(1, n))
         a_m.extend(buf[1:n])
@@ -178,8 +211,7 @@ def sustain(stack_ref: str, days: float = 365.0, *, floor_km: float | None = Non
         decay.coast(a_m[-1], s.incl_rad, s.bc_m2_kg, *s.table, wait_s, -1.0, wait)
         t_burn = t_s[-1] + wait_s
         if t_burn > total_s:  # the span ends while waiting: coast to its end
-            decay.coast(a_m[-1], s.incl_rad, s.bc_m2_kg, *s.table, total_s - t_s[-1], -1.0,
-                        wait)
+            decay.coast(a_m[-1], s.incl_rad, s.bc_m2_kg, *s.table, total_s - t_s[-1], -1.0, wait)
             t_s.append(total_s)
             a_m.append(wait[1])
             break
@@ -190,8 +222,14 @@ def sustain(stack_ref: str, days: float = 365.0, *, floor_km: float | None = Non
         before_km = (wait[1] - R_EARTH) / 1e3
         t_s += [t_burn, t_burn]
         a_m += [wait[1], wait[1] + gain_km * 1e3]
-        reboosts.append({"day": t_burn / DAY_S, "mean_altitude_before_km": before_km,
-                         "mean_altitude_after_km": before_km + gain_km, "kit": kits})
+        reboosts.append(
+            {
+                "day": t_burn / DAY_S,
+                "mean_altitude_before_km": before_km,
+                "mean_altitude_after_km": before_km + gain_km,
+                "kit": kits,
+            }
+        )
 
     alt_km = (np.asarray(a_m) - R_EARTH) / 1e3
     used = len(reboosts) * burn["propellant_kg"]
@@ -212,9 +250,19 @@ def sustain(stack_ref: str, days: float = 365.0, *, floor_km: float | None = Non
         "decay_m_per_day_at_floor": _rate_m_s(s, floor_km) * DAY_S,
         "stack_mass_kg": s.model.mass_kg,
         "ballistic_coefficient_m2_kg": s.bc_m2_kg,
-        "burn": {**{k: burn[k] for k in ("delta_v_mps", "burn_duration_s", "propellant_kg",
-                                         "mean_altitude_change_km", "tank_used_kg")},
-                 "kit_propellant_kg": s.kit_draw(burn)},
+        "burn": {
+            **{
+                k: burn[k]
+                for k in (
+                    "delta_v_mps",
+                    "burn_duration_s",
+                    "propellant_kg",
+                    "mean_altitude_change_km",
+                    "tank_used_kg",
+                )
+            },
+            "kit_propellant_kg": s.kit_draw(burn),
+        },
         "burn_is_whole_kit": whole_kit,
         "burns": len(reboosts),
         "burns_per_year": len(reboosts) * per_year,
@@ -228,9 +276,11 @@ def sustain(stack_ref: str, days: float = 365.0, *, floor_km: float | None = Non
         "end_mean_altitude_km": float(alt_km[-1]),
         "reboosts": reboosts,
         "model": "mean-element drag decay (sims/decay.py) between burns planned as 'thruster-hil "
-                 "plan' plans them (finite burn centred on apogee, propagated)",
-        "timeline": {"day": (np.asarray(t_s) / DAY_S).tolist(), "mean_altitude_km":
-                     alt_km.tolist()},
+        "plan' plans them (finite burn centred on apogee, propagated)",
+        "timeline": {
+            "day": (np.asarray(t_s) / DAY_S).tolist(),
+            "mean_altitude_km": alt_km.tolist(),
+        },
     }
 
 
@@ -241,19 +291,33 @@ def format_sustain(r: dict) -> str:
         ("stack", f"{r['stack']}: {r['stack_name']} ({r['vehicle']})"),
         ("atmosphere", r["atmosphere"]),
         ("span", f"{r['days']:g} days"),
-        ("band", f"mean altitude {r['floor_km']:.1f} (floor) to {r['ceiling_km']:.1f} km "
-                 f"(ceiling); reboost at {r['trigger_km']:.2f} km"),
-        ("decay", f"{r['decay_m_per_day_at_ceiling']:.0f} m/day at the ceiling, "
-                  f"{r['decay_m_per_day_at_floor']:.0f} m/day at the floor"),
-        ("each reboost", f"{b['delta_v_mps']:.3f} m/s, {b['burn_duration_s']:.0f} s, "
-                         f"{b['propellant_kg']:.1f} kg, +{b['mean_altitude_change_km']:.2f} km"
-                         + (" (a whole kit)" if r["burn_is_whole_kit"] else "")),
+        (
+            "band",
+            f"mean altitude {r['floor_km']:.1f} (floor) to {r['ceiling_km']:.1f} km "
+            f"(ceiling); reboost at {r['trigger_km']:.2f} km",
+        ),
+        (
+            "decay",
+            f"{r['decay_m_per_day_at_ceiling']:.0f} m/day at the ceiling, "
+            f"{r['decay_m_per_day_at_floor']:.0f} m/day at the floor",
+        ),
+        (
+            "each reboost",
+            f"{b['delta_v_mps']:.3f} m/s, {b['burn_duration_s']:.0f} s, "
+            f"{b['propellant_kg']:.1f} kg, +{b['mean_altitude_change_km']:.2f} km"
+            + (" (a whole kit)" if r["burn_is_whole_kit"] else ""),
+        ),
         ("reboosts", f"{r['burns']} ({r['burns_per_year']:.1f} per year)"),
-        ("propellant", f"{r['propellant_kg']:.0f} kg ({r['propellant_per_year_kg']:.0f} kg "
-                       "per year)"),
-        ("kits", f"{r['kits']} of {r['kit_propellant_kg']:.0f} kg "
-                 f"({r['kits_per_year']:.2f} kits' propellant per year; "
-                 f"{r['stranded_propellant_kg']:.0f} kg left in replaced kits)"),
+        (
+            "propellant",
+            f"{r['propellant_kg']:.0f} kg ({r['propellant_per_year_kg']:.0f} kg per year)",
+        ),
+        (
+            "kits",
+            f"{r['kits']} of {r['kit_propellant_kg']:.0f} kg "
+            f"({r['kits_per_year']:.2f} kits' propellant per year; "
+            f"{r['stranded_propellant_kg']:.0f} kg left in replaced kits)",
+        ),
         ("lowest mean altitude", f"{r['min_mean_altitude_km']:.3f} km"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -274,20 +338,29 @@ def plot_sustain(r: dict, path: str | Path) -> Path:
     ax.axhline(r["floor_km"], color="tab:red", ls="--", lw=1, label="floor")
     ax.axhline(r["ceiling_km"], color="tab:green", ls="--", lw=1, label="ceiling")
     if r["reboosts"]:
-        ax.plot([x["day"] for x in r["reboosts"]],
-                [x["mean_altitude_after_km"] for x in r["reboosts"]], "^", color="tab:orange",
-                ms=5, label=f"reboost ({r['burns']})")
+        ax.plot(
+            [x["day"] for x in r["reboosts"]],
+            [x["mean_altitude_after_km"] for x in r["reboosts"]],
+            "^",
+            color="tab:orange",
+            ms=5,
+            label=f"reboost ({r['burns']})",
+        )
     ax.set_xlabel("day")
     ax.set_ylabel("mean altitude [km]")
-    ax.set_title(f"{r['stack_name']}: {r['burns']} reboosts, {r['propellant_kg']:.0f} kg, "
-                 f"{r['kits_per_year']:.2f} kits/year; {r['atmosphere']}", fontsize=9)
+    ax.set_title(
+        f"{r['stack_name']}: {r['burns']} reboosts, {r['propellant_kg']:.0f} kg, "
+        f"{r['kits_per_year']:.2f} kits/year; {r['atmosphere']}",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8, framealpha=0.9)
     try:
         fig.savefig(out)
     except OSError as exc:
-        raise UserError("sustain", f"cannot write {out}: {exc.strerror or exc}",
-                        field="--plot") from None
+        raise UserError(
+            "sustain", f"cannot write {out}: {exc.strerror or exc}", field="--plot"
+        ) from None
     finally:
         plt.close(fig)
     return out
@@ -296,14 +369,23 @@ def plot_sustain(r: dict, path: str | Path) -> Path:
 #: Published ISS decay rates (../shared/research/reboost_calibration.md, Decay section):
 #: (preset, mean altitude [km] the rate was reported at, low, high [m/day], source).
 PUBLISHED_DECAY = (
-    ("low", 345.0, 80.0, 120.0,
-     "~100 m/day at 340-350 km at the 2008 solar minimum (ESA)"),
-    ("moderate", 415.0, 50.0, 150.0,
-     "50-100 m/day (ESA, 2011); ~150 m/day average (Russian MCC, 2004, ~360-400 km); "
-     "~70 m/day at ~410 km (2023)"),
-    ("high", 417.0, 100.0, 300.0,
-     "~125 m/day at ~417 km between Progress MS-24's reboosts of 2023-10-19 and 2023-11-10, "
-     "near the cycle-25 maximum; ~300 m/day in magnetic storms (Russian MCC, 2004)"),
+    ("low", 345.0, 80.0, 120.0, "~100 m/day at 340-350 km at the 2008 solar minimum (ESA)"),
+    (
+        "moderate",
+        415.0,
+        50.0,
+        150.0,
+        "50-100 m/day (ESA, 2011); ~150 m/day average (Russian MCC, 2004, ~360-400 km); "
+        "~70 m/day at ~410 km (2023)",
+    ),
+    (
+        "high",
+        417.0,
+        100.0,
+        300.0,
+        "~125 m/day at ~417 km between Progress MS-24's reboosts of 2023-10-19 and 2023-11-10, "
+        "near the cycle-25 maximum; ~300 m/day in magnetic storms (Russian MCC, 2004)",
+    ),
 )
 
 
@@ -323,21 +405,33 @@ def decay_validation(days: float = 30.0, stack_ref: str = "dragon-boost-kit") ->
         a0 = R_EARTH + alt_km * 1e3
         decay.coast(a0, s.incl_rad, s.bc_m2_kg, *s.table, STEP_S, -1.0, buf)
         m_per_day = (a0 - buf[n]) / (n * STEP_S / DAY_S)
-        rows.append({"activity": name, "f107_sfu": s.act.f107_sfu, "ap": s.act.ap,
-                     "altitude_km": alt_km, "predicted_m_per_day": m_per_day,
-                     "published_m_per_day": (lo, hi), "within": lo <= m_per_day <= hi,
-                     "source": source})
+        rows.append(
+            {
+                "activity": name,
+                "f107_sfu": s.act.f107_sfu,
+                "ap": s.act.ap,
+                "altitude_km": alt_km,
+                "predicted_m_per_day": m_per_day,
+                "published_m_per_day": (lo, hi),
+                "within": lo <= m_per_day <= hi,
+                "source": source,
+            }
+        )
     return rows
 
 
 def decay_validation_markdown(rows: list[dict]) -> str:
     """The rows of :func:`decay_validation` as a Markdown table."""
-    out = ["| activity | F10.7 [sfu] | Ap | mean altitude [km] | predicted, 30-day mean "
-           "[m/day] | published [m/day] | within | source |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| activity | F10.7 [sfu] | Ap | mean altitude [km] | predicted, 30-day mean "
+        "[m/day] | published [m/day] | within | source |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lo, hi = r["published_m_per_day"]
-        out.append(f"| {r['activity']} | {r['f107_sfu']:g} | {r['ap']:g} | "
-                   f"{r['altitude_km']:g} | {r['predicted_m_per_day']:.0f} | {lo:g}-{hi:g} | "
-                   f"{'yes' if r['within'] else 'no'} | {r['source']} |")
+        out.append(
+            f"| {r['activity']} | {r['f107_sfu']:g} | {r['ap']:g} | "
+            f"{r['altitude_km']:g} | {r['predicted_m_per_day']:.0f} | {lo:g}-{hi:g} | "
+            f"{'yes' if r['within'] else 'no'} | {r['source']} |"
+        )
     return "\n".join(out)

@@ -74,33 +74,113 @@ class Event:
 _DPO_AFT = tuple(f"dpo-aft-{i}" for i in range(1, 9))
 
 EVENTS: tuple[Event, ...] = (
-    Event("C1", "Cygnus NG-17, BT-4", 301.0, 0.49, None, None, stack="cygnus",
-          note="calibrates the BT-4 thrust (cygnus.toml); reported perigee +0.8, apogee "
-               "+0.16-0.2 km: mean 0.48-0.50"),
-    Event("C2", "Progress MS-24, aft DPOs", 1029.9, 2.8, 1.5, 418.23 - 2.8, stack="progress",
-          tolerance_pct=PROGRESS_TOLERANCE_PCT, note="C2-C5 calibrate the DPO duty"),
-    Event("C3", "Progress MS-24, aft DPOs", 905.7, 2.5, 1.43, 417.98 - 2.5, stack="progress",
-          tolerance_pct=PROGRESS_TOLERANCE_PCT),
-    Event("C4", "Progress MS-22, aft DPOs", 1130.8, 3.25, 1.85, 417.9 - 3.25, stack="progress",
-          tolerance_pct=PROGRESS_TOLERANCE_PCT),
-    Event("C5", "Progress MS-30, aft DPOs", 647.3, 1.7, 1.0, None, stack="progress",
-          tolerance_pct=PROGRESS_TOLERANCE_PCT),
-    Event("C6", "Progress M-04M, 8 DPOs (planned)", 1246.0, 5.2, 3.0, 349.2 - 5.2,
-          stack="progress", thrust_N=dict.fromkeys(_DPO_AFT, 130.0),
-          tolerance_pct=PROGRESS_TOLERANCE_PCT,
-          note="calibrates the DPO cant: all 8 at their 130 N rating throughout, as planned"),
-    Event("C7", "ATV-1, 2 main engines", 765.0, 4.65, 2.66, 340.0,
-          tangential=(1000.0, 280e3, 244.0),
-          note="no ATV vehicle here: the plant's orbit with the reported 1,000 N on the "
-               "reported 280 t, 12.5-13 min; checks the orbit side"),
-    Event("C8", "ATV-1, 2 main engines", 1200.0, 7.0, 4.05, 345.0 - 7.0,
-          tangential=(1000.0, 300e3, 400.0), note="as C7, on the reported 300 t"),
-    Event("C9", "Dragon CRS-31 capsule Dracos", 750.0, 0.62, None, None,
-          stack="dragon-boost-kit", judged=False,
-          note="known outlier (calibration file): capsule Dracos of unknown count and cant, "
-               "~200-220 N effective, not the boost kit this stack models"),
-    Event("C10", "Zvezda (lowering)", 21.5, -0.5, None, None, judged=False,
-          note="not modelled: a retrograde burn of Zvezda's own engines; no Zvezda vehicle here"),
+    Event(
+        "C1",
+        "Cygnus NG-17, BT-4",
+        301.0,
+        0.49,
+        None,
+        None,
+        stack="cygnus",
+        note="calibrates the BT-4 thrust (cygnus.toml); reported perigee +0.8, apogee "
+        "+0.16-0.2 km: mean 0.48-0.50",
+    ),
+    Event(
+        "C2",
+        "Progress MS-24, aft DPOs",
+        1029.9,
+        2.8,
+        1.5,
+        418.23 - 2.8,
+        stack="progress",
+        tolerance_pct=PROGRESS_TOLERANCE_PCT,
+        note="C2-C5 calibrate the DPO duty",
+    ),
+    Event(
+        "C3",
+        "Progress MS-24, aft DPOs",
+        905.7,
+        2.5,
+        1.43,
+        417.98 - 2.5,
+        stack="progress",
+        tolerance_pct=PROGRESS_TOLERANCE_PCT,
+    ),
+    Event(
+        "C4",
+        "Progress MS-22, aft DPOs",
+        1130.8,
+        3.25,
+        1.85,
+        417.9 - 3.25,
+        stack="progress",
+        tolerance_pct=PROGRESS_TOLERANCE_PCT,
+    ),
+    Event(
+        "C5",
+        "Progress MS-30, aft DPOs",
+        647.3,
+        1.7,
+        1.0,
+        None,
+        stack="progress",
+        tolerance_pct=PROGRESS_TOLERANCE_PCT,
+    ),
+    Event(
+        "C6",
+        "Progress M-04M, 8 DPOs (planned)",
+        1246.0,
+        5.2,
+        3.0,
+        349.2 - 5.2,
+        stack="progress",
+        thrust_N=dict.fromkeys(_DPO_AFT, 130.0),
+        tolerance_pct=PROGRESS_TOLERANCE_PCT,
+        note="calibrates the DPO cant: all 8 at their 130 N rating throughout, as planned",
+    ),
+    Event(
+        "C7",
+        "ATV-1, 2 main engines",
+        765.0,
+        4.65,
+        2.66,
+        340.0,
+        tangential=(1000.0, 280e3, 244.0),
+        note="no ATV vehicle here: the plant's orbit with the reported 1,000 N on the "
+        "reported 280 t, 12.5-13 min; checks the orbit side",
+    ),
+    Event(
+        "C8",
+        "ATV-1, 2 main engines",
+        1200.0,
+        7.0,
+        4.05,
+        345.0 - 7.0,
+        tangential=(1000.0, 300e3, 400.0),
+        note="as C7, on the reported 300 t",
+    ),
+    Event(
+        "C9",
+        "Dragon CRS-31 capsule Dracos",
+        750.0,
+        0.62,
+        None,
+        None,
+        stack="dragon-boost-kit",
+        judged=False,
+        note="known outlier (calibration file): capsule Dracos of unknown count and cant, "
+        "~200-220 N effective, not the boost kit this stack models",
+    ),
+    Event(
+        "C10",
+        "Zvezda (lowering)",
+        21.5,
+        -0.5,
+        None,
+        None,
+        judged=False,
+        note="not modelled: a retrograde burn of Zvezda's own engines; no Zvezda vehicle here",
+    ),
 )
 
 
@@ -136,9 +216,16 @@ def _predict(ev: Event) -> tuple[float | None, float | None, float | None]:
     if ev.tangential is not None:
         force, mass, propellant = ev.tangential
         station = _station()
-        b = tangential_burn(ev.h0_km - HALF_SPREAD_KM, ev.h0_km + HALF_SPREAD_KM,
-                            station.inclination_deg, mass, force, propellant / ev.burn_s,
-                            ev.burn_s, station.drag_coefficient * station.drag_area_m2)
+        b = tangential_burn(
+            ev.h0_km - HALF_SPREAD_KM,
+            ev.h0_km + HALF_SPREAD_KM,
+            station.inclination_deg,
+            mass,
+            force,
+            propellant / ev.burn_s,
+            ev.burn_s,
+            station.drag_coefficient * station.drag_area_m2,
+        )
         return b["d_a_m"] / 1e3, b["dv_mps"], None
     if ev.stack is None:
         return None, None, None
@@ -147,8 +234,7 @@ def _predict(ev: Event) -> tuple[float | None, float | None, float | None]:
         stack = _with_thrust(stack, ev.thrust_N)
     orbit_km = {}
     if ev.h0_km is not None:
-        orbit_km = {"perigee_km": ev.h0_km - HALF_SPREAD_KM,
-                    "apogee_km": ev.h0_km + HALF_SPREAD_KM}
+        orbit_km = {"perigee_km": ev.h0_km - HALF_SPREAD_KM, "apogee_km": ev.h0_km + HALF_SPREAD_KM}
     p = plan_stack(stack, Target("burn_duration", ev.burn_s), **orbit_km)
     model = build_stack_model(stack)
     nominal = model.along_track_thrust_N / model.mass_kg * p["burn_duration_s"]
@@ -168,21 +254,43 @@ def event_rows() -> list[dict]:
             ok = worst is not None and abs(worst) <= ev.tolerance_pct
             verdict = "within" if ok else "OUTSIDE"
             if not ok and delivered is not None and delivered < DELIVERED_FULL:
-                note = (f"OUTSIDE because the closed loop delivered only {100 * delivered:.0f} % "
-                        f"of the translation set's along-track thrust (the allocation throttled "
-                        f"it); {note}")
-        rows.append({
-            "id": ev.id, "what": ev.what, "burn_s": ev.burn_s, "reported_mean_km": ev.mean_km,
-            "predicted_mean_km": mean, "mean_error_pct": _pct(mean, ev.mean_km),
-            "reported_dv_mps": ev.dv_mps, "predicted_dv_mps": dv,
-            "dv_error_pct": _pct(dv, ev.dv_mps), "delivered": delivered,
-            "tolerance_pct": ev.tolerance_pct, "ok": ok, "note": note,
-            "cells": [ev.id, ev.what, f"{ev.burn_s:g}", _num(ev.mean_km, 2), _num(mean, 3),
-                      _signed(_pct(mean, ev.mean_km)), _num(ev.dv_mps, 2), _num(dv, 3),
-                      _signed(_pct(dv, ev.dv_mps)),
-                      "-" if delivered is None else f"{100 * delivered:.0f} %",
-                      f"{ev.tolerance_pct:g} %", verdict, note],
-        })
+                note = (
+                    f"OUTSIDE because the closed loop delivered only {100 * delivered:.0f} % "
+                    f"of the translation set's along-track thrust (the allocation throttled "
+                    f"it); {note}"
+                )
+        rows.append(
+            {
+                "id": ev.id,
+                "what": ev.what,
+                "burn_s": ev.burn_s,
+                "reported_mean_km": ev.mean_km,
+                "predicted_mean_km": mean,
+                "mean_error_pct": _pct(mean, ev.mean_km),
+                "reported_dv_mps": ev.dv_mps,
+                "predicted_dv_mps": dv,
+                "dv_error_pct": _pct(dv, ev.dv_mps),
+                "delivered": delivered,
+                "tolerance_pct": ev.tolerance_pct,
+                "ok": ok,
+                "note": note,
+                "cells": [
+                    ev.id,
+                    ev.what,
+                    f"{ev.burn_s:g}",
+                    _num(ev.mean_km, 2),
+                    _num(mean, 3),
+                    _signed(_pct(mean, ev.mean_km)),
+                    _num(ev.dv_mps, 2),
+                    _num(dv, 3),
+                    _signed(_pct(dv, ev.dv_mps)),
+                    "-" if delivered is None else f"{100 * delivered:.0f} %",
+                    f"{ev.tolerance_pct:g} %",
+                    verdict,
+                    note,
+                ],
+            }
+        )
     return rows
 
 
@@ -203,18 +311,21 @@ def compare_plan_run(stack: str, kind: str, value: float) -> dict:
     from thruster_hil.plan import TARGET_FLAGS, Target, plan_burn
 
     plan = plan_burn(stack, Target(kind, value))
-    run = run_burn(build_stack_model(load_stack(stack)), plan,
-                   on_cycle=lambda k, info: None).summary
+    run = run_burn(
+        build_stack_model(load_stack(stack)), plan, on_cycle=lambda k, info: None
+    ).summary
     d = {"stack": stack, "target": f"{TARGET_FLAGS[kind]} {value:g}"}
     for key in ("burn_duration_s", "propellant_kg", "mean_altitude_change_km"):
         d[f"plan_{key}"], d[f"run_{key}"] = plan[key], run[key]
         d[f"{key}_diff_pct"] = _pct(plan[key], run[key])
     for key in ("perigee_km_after", "apogee_km_after"):
         d[f"{key}_diff_km"] = plan[key] - run[key]
-    d["ok"] = (abs(d["burn_duration_s_diff_pct"]) <= PLAN_RUN_PCT
-               and abs(d["propellant_kg_diff_pct"]) <= PLAN_RUN_PCT
-               and abs(d["perigee_km_after_diff_km"]) <= PLAN_RUN_KM
-               and abs(d["apogee_km_after_diff_km"]) <= PLAN_RUN_KM)
+    d["ok"] = (
+        abs(d["burn_duration_s_diff_pct"]) <= PLAN_RUN_PCT
+        and abs(d["propellant_kg_diff_pct"]) <= PLAN_RUN_PCT
+        and abs(d["perigee_km_after_diff_km"]) <= PLAN_RUN_KM
+        and abs(d["apogee_km_after_diff_km"]) <= PLAN_RUN_KM
+    )
     return d
 
 
@@ -225,14 +336,16 @@ def plan_run_rows() -> list[dict]:
     for stack in list_stacks():
         for kind, value in PLAN_RUN_TARGETS:
             d = compare_plan_run(stack, kind, value)
-            d["cells"] = [stack, d["target"],
-                          f"{d['plan_burn_duration_s']:.1f} / {d['run_burn_duration_s']:.1f}",
-                          f"{d['plan_propellant_kg']:.2f} / {d['run_propellant_kg']:.2f}",
-                          f"{d['plan_mean_altitude_change_km']:.4f} / "
-                          f"{d['run_mean_altitude_change_km']:.4f}",
-                          _diff_km(d["perigee_km_after_diff_km"]),
-                          _diff_km(d["apogee_km_after_diff_km"]),
-                          "within" if d["ok"] else "OUTSIDE"]
+            d["cells"] = [
+                stack,
+                d["target"],
+                f"{d['plan_burn_duration_s']:.1f} / {d['run_burn_duration_s']:.1f}",
+                f"{d['plan_propellant_kg']:.2f} / {d['run_propellant_kg']:.2f}",
+                f"{d['plan_mean_altitude_change_km']:.4f} / {d['run_mean_altitude_change_km']:.4f}",
+                _diff_km(d["perigee_km_after_diff_km"]),
+                _diff_km(d["apogee_km_after_diff_km"]),
+                "within" if d["ok"] else "OUTSIDE",
+            ]
             rows.append(d)
     return rows
 
@@ -242,9 +355,19 @@ def plan_run_rows() -> list[dict]:
 # ------------------------------------------------------------------------------------------------
 
 
-def tangential_burn(perigee_km: float, apogee_km: float, incl_deg: float, mass_kg: float,
-                    force_N: float, mdot_kg_s: float, t_burn_s: float, cd_area_m2: float,
-                    activity: str = "moderate", j2: bool = True, step_s: float = 1.0) -> dict:
+def tangential_burn(
+    perigee_km: float,
+    apogee_km: float,
+    incl_deg: float,
+    mass_kg: float,
+    force_N: float,
+    mdot_kg_s: float,
+    t_burn_s: float,
+    cd_area_m2: float,
+    activity: str = "moderate",
+    j2: bool = True,
+    step_s: float = 1.0,
+) -> dict:
     """A constant along-track (LVLH x) force for ``t_burn_s`` centred on apogee, propagated by
     the plant's orbit (two-body + J2 + drag, RK4; :func:`thruster_hil.sims.orbit.propagate`) with its no-burn
     twin. Returns the delta-v (rocket equation) [m/s]; d_a_m, d_perigee_m, d_apogee_m, the mean
@@ -265,10 +388,36 @@ def tangential_burn(perigee_km: float, apogee_km: float, incl_deg: float, mass_k
     burned = np.empty((n + 1, 7))
     coast = np.empty((n + 1, 7))
     force_H = np.array([force_N, 0.0, 0.0])
-    orbit.propagate(y0, dt, n, 1, 0.0, t_burn_s, force_H, mdot_kg_s, cd_area_m2,
-                    1.0 if j2 else 0.0, alt, log_rho, burned)
-    orbit.propagate(y0, dt, n, 1, 0.0, 0.0, np.zeros(3), 0.0, cd_area_m2, 1.0 if j2 else 0.0,
-                    alt, log_rho, coast)
+    orbit.propagate(
+        y0,
+        dt,
+        n,
+        1,
+        0.0,
+        t_burn_s,
+        force_H,
+        mdot_kg_s,
+        cd_area_m2,
+        1.0 if j2 else 0.0,
+        alt,
+        log_rho,
+        burned,
+    )
+    orbit.propagate(
+        y0,
+        dt,
+        n,
+        1,
+        0.0,
+        0.0,
+        np.zeros(3),
+        0.0,
+        cd_area_m2,
+        1.0 if j2 else 0.0,
+        alt,
+        log_rho,
+        coast,
+    )
     r, v, m = burned[:, :3], burned[:, 3:6], burned[:, 6]
     rn = np.linalg.norm(r, axis=1)
     v2 = np.einsum("ij,ij->i", v, v)
@@ -279,14 +428,18 @@ def tangential_burn(perigee_km: float, apogee_km: float, incl_deg: float, mass_k
     rate = 2.0 * a_osc**2 * np.einsum("ij,ij->i", v, x_H) * force_N / m / MU_EARTH
     gauss = dt / 3.0 * (rate[0] + rate[-1] + 4.0 * rate[1:-1:2].sum() + 2.0 * rate[2:-1:2].sum())
     if j2:
-        change = orbit.mean_change(burned[n], coast[n], orbit.period_s(a0), cd_area_m2,
-                                   (alt, log_rho))
+        change = orbit.mean_change(
+            burned[n], coast[n], orbit.period_s(a0), cd_area_m2, (alt, log_rho)
+        )
     else:
-        change = {"d_a_m": a_osc[n] - a_osc[0], "d_perigee_m": math.nan,
-                  "d_apogee_m": math.nan}
+        change = {"d_a_m": a_osc[n] - a_osc[0], "d_perigee_m": math.nan, "d_apogee_m": math.nan}
     dv = force_N / mdot_kg_s * math.log(mass_kg / (mass_kg - mdot_kg_s * t_burn_s))
-    return dict(change, dv_mps=dv, gauss_d_a_m=float(gauss),
-                circular_d_a_m=2.0 * a0 * dv / math.sqrt(MU_EARTH / a0))
+    return dict(
+        change,
+        dv_mps=dv,
+        gauss_d_a_m=float(gauss),
+        circular_d_a_m=2.0 * a0 * dv / math.sqrt(MU_EARTH / a0),
+    )
 
 
 #: Gauss against the propagation. Two-body: the integral of the same equations the propagator
@@ -309,24 +462,47 @@ def gauss_rows() -> list[dict]:
         mdot = float(model.translation_mass_flow_kg_s)
         t_burn = model.mass_kg * (1.0 - math.exp(-1.0 * mdot / force)) / mdot  # 1 m/s
         for j2 in (False, True):
-            b = tangential_burn(st.perigee_km, st.apogee_km, st.inclination_deg, model.mass_kg,
-                                force, mdot, t_burn, st.drag_coefficient * st.drag_area_m2,
-                                j2=j2)
+            b = tangential_burn(
+                st.perigee_km,
+                st.apogee_km,
+                st.inclination_deg,
+                model.mass_kg,
+                force,
+                mdot,
+                t_burn,
+                st.drag_coefficient * st.drag_area_m2,
+                j2=j2,
+            )
             rel = (b["d_a_m"] - b["gauss_d_a_m"]) / b["gauss_d_a_m"]
             ok = abs(rel) <= GAUSS_TOLERANCE[j2]
             model_name = "two-body + J2 + drag, mean a" if j2 else "two-body, osculating a"
-            rows.append({
-                "stack": name, "force_N": force, "burn_s": t_burn, "dv_mps": b["dv_mps"],
-                "propagation": model_name, "propagated_d_a_m": b["d_a_m"],
-                "gauss_d_a_m": b["gauss_d_a_m"], "circular_d_a_m": b["circular_d_a_m"],
-                "relative_error": rel, "tolerance": GAUSS_TOLERANCE[j2], "ok": ok,
-                "cells": [name, f"{force:.1f} N, {t_burn:.1f} s", model_name,
-                          f"{b['d_a_m']:.2f}", f"{b['gauss_d_a_m']:.2f}",
-                          f"{b['circular_d_a_m']:.2f}",
-                          # rounding noise below 1e-9: the same on every machine in the doc
-                          "< 1e-9" if abs(rel) < 1e-9 else f"{rel:+.2e}",
-                          f"{GAUSS_TOLERANCE[j2]:.0e}", "within" if ok else "OUTSIDE"],
-            })
+            rows.append(
+                {
+                    "stack": name,
+                    "force_N": force,
+                    "burn_s": t_burn,
+                    "dv_mps": b["dv_mps"],
+                    "propagation": model_name,
+                    "propagated_d_a_m": b["d_a_m"],
+                    "gauss_d_a_m": b["gauss_d_a_m"],
+                    "circular_d_a_m": b["circular_d_a_m"],
+                    "relative_error": rel,
+                    "tolerance": GAUSS_TOLERANCE[j2],
+                    "ok": ok,
+                    "cells": [
+                        name,
+                        f"{force:.1f} N, {t_burn:.1f} s",
+                        model_name,
+                        f"{b['d_a_m']:.2f}",
+                        f"{b['gauss_d_a_m']:.2f}",
+                        f"{b['circular_d_a_m']:.2f}",
+                        # rounding noise below 1e-9: the same on every machine in the doc
+                        "< 1e-9" if abs(rel) < 1e-9 else f"{rel:+.2e}",
+                        f"{GAUSS_TOLERANCE[j2]:.0e}",
+                        "within" if ok else "OUTSIDE",
+                    ],
+                }
+            )
     return rows
 
 
@@ -359,9 +535,15 @@ def decay_cases() -> list[DecayCase]:
     cases = []
     for name, alt_km, lo, hi, source in PUBLISHED_DECAY:
         act = atmosphere.activity(name)
-        cases.append(DecayCase(f"{name} (F10.7 {act.f107_sfu:g} sfu, Ap {act.ap:g})",
-                               lambda act=act: atmosphere.density_table(act), alt_km, (lo, hi),
-                               source))
+        cases.append(
+            DecayCase(
+                f"{name} (F10.7 {act.f107_sfu:g} sfu, Ap {act.ap:g})",
+                lambda act=act: atmosphere.density_table(act),
+                alt_km,
+                (lo, hi),
+                source,
+            )
+        )
     return cases
 
 
@@ -370,8 +552,9 @@ DECAY_DAYS = 30
 DECAY_STEP_S = 10.0
 
 
-def decay_m_per_day(table: tuple[np.ndarray, np.ndarray], altitude_km: float,
-                    days: float = DECAY_DAYS) -> float:
+def decay_m_per_day(
+    table: tuple[np.ndarray, np.ndarray], altitude_km: float, days: float = DECAY_DAYS
+) -> float:
     """Mean-altitude decay [m/day] of the station alone (iss.toml: mass, Cd x area) from a
     near-circular orbit at ``altitude_km`` (the typical orbit's 7 km spread) over ``days``: the
     orbit-averaged semi-major axis over the last orbit, against a drag-free twin's over the same
@@ -380,8 +563,9 @@ def decay_m_per_day(table: tuple[np.ndarray, np.ndarray], altitude_km: float,
     from thruster_hil.sims import orbit
 
     st = _station()
-    a0, e0 = orbit.a_e_from_apsis_altitudes((altitude_km - HALF_SPREAD_KM) * 1e3,
-                                            (altitude_km + HALF_SPREAD_KM) * 1e3)
+    a0, e0 = orbit.a_e_from_apsis_altitudes(
+        (altitude_km - HALF_SPREAD_KM) * 1e3, (altitude_km + HALF_SPREAD_KM) * 1e3
+    )
     r0, v0 = orbit.rv_before_apsis(a0, e0, math.radians(st.inclination_deg), 0.0, "apogee")
     y0 = np.concatenate([r0, v0, [st.mass_kg]])
     window = int(round(orbit.period_s(a0) / DECAY_STEP_S))
@@ -390,11 +574,12 @@ def decay_m_per_day(table: tuple[np.ndarray, np.ndarray], altitude_km: float,
     alt, log_rho = np.ascontiguousarray(table[0]), np.ascontiguousarray(table[1])
     a_end = []
     for cd_area in (st.drag_coefficient * st.drag_area_m2, 0.0):
-        status = orbit.propagate(y0, DECAY_STEP_S, n, 1, 0.0, 0.0, np.zeros(3), 0.0, cd_area,
-                                 1.0, alt, log_rho, out)
+        status = orbit.propagate(
+            y0, DECAY_STEP_S, n, 1, 0.0, 0.0, np.zeros(3), 0.0, cd_area, 1.0, alt, log_rho, out
+        )
         if status != 0:
             return math.nan
-        a_end.append(orbit.mean_apsides(out[n - window:], DECAY_STEP_S)[0])
+        a_end.append(orbit.mean_apsides(out[n - window :], DECAY_STEP_S)[0])
     return (a_end[1] - a_end[0]) / ((n - window) * DECAY_STEP_S / 86400.0)
 
 
@@ -404,10 +589,24 @@ def decay_rows(cases: list[DecayCase] | None = None) -> list[dict]:
         rate = decay_m_per_day(c.table(), c.altitude_km)
         lo, hi = c.band_m_day
         ok = lo <= rate <= hi
-        rows.append({"atmosphere": c.label, "altitude_km": c.altitude_km, "m_per_day": rate,
-                     "band_m_day": [lo, hi], "published": c.published, "ok": ok,
-                     "cells": [c.label, f"{c.altitude_km:g}", f"{rate:.0f}",
-                               f"{lo:g}-{hi:g}", c.published, "within" if ok else "OUTSIDE"]})
+        rows.append(
+            {
+                "atmosphere": c.label,
+                "altitude_km": c.altitude_km,
+                "m_per_day": rate,
+                "band_m_day": [lo, hi],
+                "published": c.published,
+                "ok": ok,
+                "cells": [
+                    c.label,
+                    f"{c.altitude_km:g}",
+                    f"{rate:.0f}",
+                    f"{lo:g}-{hi:g}",
+                    c.published,
+                    "within" if ok else "OUTSIDE",
+                ],
+            }
+        )
     return rows
 
 
@@ -426,47 +625,93 @@ class Section:
 
 
 SECTIONS: tuple[Section, ...] = (
-    Section("events", "Calibration events (reboost_calibration.md)",
-            "Each event's stack planned for the reported burn duration (the closed loop, as "
-            "`run --unit sim` flies it), from the reported mean altitude before (else the "
-            "station's typical orbit) with the typical orbit's 7 km apsis spread. Mean = "
-            "semi-major-axis change. Tolerance 10 %, 15 % for Progress (stack mass on the day "
-            "unknown; the model's own stack is assumed, progress-ms.toml). The worse of the two "
-            "errors is judged. Delivered: the closed loop's delta-v over the translation set's "
-            "nominal along-track thrust x burn time / stack mass (100 %: fired throughout).",
-            ("id", "event", "burn [s]", "mean reported [km]", "mean predicted [km]", "error",
-             "dv reported [m/s]", "dv predicted [m/s]", "error", "delivered", "tolerance",
-             "verdict", "note"),
-            event_rows),
-    Section("plan_run", "plan against run --unit sim",
-            "Both in process from the same plan: the run cycle by cycle (as the CLI's run, which "
-            "records every cycle), the plan through the fused loop. Acceptance (issue 14): burn "
-            f"duration and propellant within {PLAN_RUN_PCT:g} %, mean perigee and apogee after "
-            f"within {PLAN_RUN_KM:g} km.",
-            ("stack", "target", "duration plan / run [s]", "propellant plan / run [kg]",
-             "mean alt. change plan / run [km]", "perigee plan - run [km]",
-             "apogee plan - run [km]", "verdict"),
-            plan_run_rows),
-    Section("gauss", "The finite burn against Gauss's variational equation",
-            "Each stack's nominal along-track thrust for 1 m/s, centred on apogee of the typical "
-            "orbit, propagated by the plant's orbit (RK4, 1 s steps) and its no-burn twin, "
-            "against da/dt = 2 a^2 (v . f) / mu integrated on the burned trajectory (Vallado, "
-            "Fundamentals of Astrodynamics and Applications, 4th ed., sec. 9.6). Two-body: the "
-            "same equations, so only the integrator separates them (tolerance 1e-6). With J2 "
-            "and drag: an orbit-averaged change against the osculating integral, apart by "
-            "J2 (R/a)^2 ~ 1e-3 short-period terms (tolerance 5e-3). 2 a dv / v is the circular "
-            "rule of thumb, for reference.",
-            ("stack", "burn", "propagation", "propagated da [m]", "Gauss da [m]",
-             "2 a dv / v [m]", "relative error", "tolerance", "verdict"),
-            gauss_rows),
-    Section("decay", "30-day decay",
-            "The station alone (iss.toml mass and drag), no burns, 30 days from a near-circular "
-            "orbit at the altitude of each published rate (reboost_calibration.md, \"Decay\"), "
-            "two-body + J2 + drag; rate = the orbit-averaged semi-major axis of a drag-free "
-            "twin minus the station's over the last orbit, per day.",
-            ("atmosphere", "altitude [km]", "decay [m/day]", "published band [m/day]",
-             "published", "verdict"),
-            decay_rows),
+    Section(
+        "events",
+        "Calibration events (reboost_calibration.md)",
+        "Each event's stack planned for the reported burn duration (the closed loop, as "
+        "`run --unit sim` flies it), from the reported mean altitude before (else the "
+        "station's typical orbit) with the typical orbit's 7 km apsis spread. Mean = "
+        "semi-major-axis change. Tolerance 10 %, 15 % for Progress (stack mass on the day "
+        "unknown; the model's own stack is assumed, progress-ms.toml). The worse of the two "
+        "errors is judged. Delivered: the closed loop's delta-v over the translation set's "
+        "nominal along-track thrust x burn time / stack mass (100 %: fired throughout).",
+        (
+            "id",
+            "event",
+            "burn [s]",
+            "mean reported [km]",
+            "mean predicted [km]",
+            "error",
+            "dv reported [m/s]",
+            "dv predicted [m/s]",
+            "error",
+            "delivered",
+            "tolerance",
+            "verdict",
+            "note",
+        ),
+        event_rows,
+    ),
+    Section(
+        "plan_run",
+        "plan against run --unit sim",
+        "Both in process from the same plan: the run cycle by cycle (as the CLI's run, which "
+        "records every cycle), the plan through the fused loop. Acceptance (issue 14): burn "
+        f"duration and propellant within {PLAN_RUN_PCT:g} %, mean perigee and apogee after "
+        f"within {PLAN_RUN_KM:g} km.",
+        (
+            "stack",
+            "target",
+            "duration plan / run [s]",
+            "propellant plan / run [kg]",
+            "mean alt. change plan / run [km]",
+            "perigee plan - run [km]",
+            "apogee plan - run [km]",
+            "verdict",
+        ),
+        plan_run_rows,
+    ),
+    Section(
+        "gauss",
+        "The finite burn against Gauss's variational equation",
+        "Each stack's nominal along-track thrust for 1 m/s, centred on apogee of the typical "
+        "orbit, propagated by the plant's orbit (RK4, 1 s steps) and its no-burn twin, "
+        "against da/dt = 2 a^2 (v . f) / mu integrated on the burned trajectory (Vallado, "
+        "Fundamentals of Astrodynamics and Applications, 4th ed., sec. 9.6). Two-body: the "
+        "same equations, so only the integrator separates them (tolerance 1e-6). With J2 "
+        "and drag: an orbit-averaged change against the osculating integral, apart by "
+        "J2 (R/a)^2 ~ 1e-3 short-period terms (tolerance 5e-3). 2 a dv / v is the circular "
+        "rule of thumb, for reference.",
+        (
+            "stack",
+            "burn",
+            "propagation",
+            "propagated da [m]",
+            "Gauss da [m]",
+            "2 a dv / v [m]",
+            "relative error",
+            "tolerance",
+            "verdict",
+        ),
+        gauss_rows,
+    ),
+    Section(
+        "decay",
+        "30-day decay",
+        "The station alone (iss.toml mass and drag), no burns, 30 days from a near-circular "
+        'orbit at the altitude of each published rate (reboost_calibration.md, "Decay"), '
+        "two-body + J2 + drag; rate = the orbit-averaged semi-major axis of a drag-free "
+        "twin minus the station's over the last orbit, per day.",
+        (
+            "atmosphere",
+            "altitude [km]",
+            "decay [m/day]",
+            "published band [m/day]",
+            "published",
+            "verdict",
+        ),
+        decay_rows,
+    ),
 )
 
 
@@ -490,8 +735,7 @@ def run_all(sections: tuple[Section, ...] = SECTIONS) -> dict:
         out.append({"key": s.key, "title": s.title, "rows": _plain(s.rows())})
     judged = [r for s in out for r in s["rows"] if r["ok"] is not None]
     passed = sum(bool(r["ok"]) for r in judged)
-    return {"sections": out, "judged": len(judged), "passed": passed,
-            "ok": passed == len(judged)}
+    return {"sections": out, "judged": len(judged), "passed": passed, "ok": passed == len(judged)}
 
 
 def _plain(obj):
@@ -509,14 +753,15 @@ def _cell(text: str) -> str:
 
 def markdown(result: dict, sections: tuple[Section, ...] = SECTIONS) -> str:
     """The tables, one heading per section, and the overall count."""
-    parts = [f"Generated by `{COMMAND}`: {result['passed']} of {result['judged']} judged rows "
-             "within tolerance."]
+    parts = [
+        f"Generated by `{COMMAND}`: {result['passed']} of {result['judged']} judged rows "
+        "within tolerance."
+    ]
     by_key = {s.key: s for s in sections}
     for s in result["sections"]:
         spec = by_key[s["key"]]
         parts.append(f"### {spec.title}\n\n{spec.text}")
-        lines = ["| " + " | ".join(spec.columns) + " |",
-                 "|" + "---|" * len(spec.columns)]
+        lines = ["| " + " | ".join(spec.columns) + " |", "|" + "---|" * len(spec.columns)]
         lines += ["| " + " | ".join(_cell(c) for c in r["cells"]) + " |" for r in s["rows"]]
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
@@ -527,18 +772,22 @@ def check_doc(path: Path) -> str:
     try:
         if not path.is_file():  # a directory, a FIFO (reading one would block), a device
             reason = "no such file" if not path.exists() else "not a regular file"
-            raise UserError("validate", f"expected a Markdown file, got {str(path)!r} ({reason})",
-                            field="--doc")
+            raise UserError(
+                "validate", f"expected a Markdown file, got {str(path)!r} ({reason})", field="--doc"
+            )
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
-        raise UserError("validate", f"expected a Markdown file, got {str(path)!r} ({reason})",
-                        field="--doc") from None
-    if DOC_START not in text or DOC_END not in text or text.index(DOC_END) < text.index(
-            DOC_START):
-        raise UserError("validate", f"expected a Markdown file with a validation section (the "
-                        f"markers {DOC_START!r} and {DOC_END!r}), got {str(path)!r}",
-                        field="--doc")
+        raise UserError(
+            "validate", f"expected a Markdown file, got {str(path)!r} ({reason})", field="--doc"
+        ) from None
+    if DOC_START not in text or DOC_END not in text or text.index(DOC_END) < text.index(DOC_START):
+        raise UserError(
+            "validate",
+            f"expected a Markdown file with a validation section (the "
+            f"markers {DOC_START!r} and {DOC_END!r}), got {str(path)!r}",
+            field="--doc",
+        )
     return text
 
 
@@ -555,7 +804,23 @@ def write_doc(path: Path, result: dict) -> None:
     path.write_text(before + doc_section(result) + after, encoding="utf-8")
 
 
-__all__ = ["EVENTS", "SECTIONS", "DecayCase", "Event", "Section", "check_doc",
-           "compare_plan_run", "decay_cases", "decay_m_per_day", "decay_rows", "doc_section",
-           "event_rows", "gauss_rows", "markdown", "plan_run_rows", "run_all",
-           "tangential_burn", "write_doc"]
+__all__ = [
+    "EVENTS",
+    "SECTIONS",
+    "DecayCase",
+    "Event",
+    "Section",
+    "check_doc",
+    "compare_plan_run",
+    "decay_cases",
+    "decay_m_per_day",
+    "decay_rows",
+    "doc_section",
+    "event_rows",
+    "gauss_rows",
+    "markdown",
+    "plan_run_rows",
+    "run_all",
+    "tangential_burn",
+    "write_doc",
+]

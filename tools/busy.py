@@ -43,16 +43,20 @@ class Busy:
 
     def __init__(self, n: int):
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"the number of busy processes must be a whole number >= 0, "
-                             f"got {n!r}")
+            raise ValueError(f"the number of busy processes must be a whole number >= 0, got {n!r}")
         self.n = n
         self.procs: list[subprocess.Popen] = []
 
     def start(self) -> Busy:
         for _ in range(self.n):
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-c", _WORKER], stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _WORKER],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         return self
 
     @property
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd: list[str] = []
     if "--" in argv:
         i = argv.index("--")
-        argv, cmd = argv[:i], argv[i + 1:]
+        argv, cmd = argv[:i], argv[i + 1 :]
     p = argparse.ArgumentParser(prog="python tools/busy.py", description=__doc__.split("\n")[0])
     p.add_argument("n", type=int, help="how many CPU-bound processes to start (>= 0)")
     args = p.parse_args(argv)
@@ -95,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"n must be >= 0, got {args.n}")
     with Busy(args.n) as busy:
         if not cmd:
-            print(f"busy: {args.n} processes ({' '.join(map(str, busy.pids))}); Ctrl-C ends them",
-                  file=sys.stderr)
+            print(
+                f"busy: {args.n} processes ({' '.join(map(str, busy.pids))}); Ctrl-C ends them",
+                file=sys.stderr,
+            )
             try:
                 while True:
                     time.sleep(3600)
@@ -108,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as err:
             print(f"busy: cannot run {cmd[0]}: {err.strerror}", file=sys.stderr)
             return 2
-        print(f"busy: {' '.join(cmd)} -> exit {rc} in {time.monotonic() - t0:.1f} s beside "
-              f"{args.n} busy processes", file=sys.stderr)
+        print(
+            f"busy: {' '.join(cmd)} -> exit {rc} in {time.monotonic() - t0:.1f} s beside "
+            f"{args.n} busy processes",
+            file=sys.stderr,
+        )
         return rc
 
 

@@ -32,20 +32,43 @@ LAT_DEG = np.arange(-87.5, 87.5 + 0.1, 5.0)  # cell centres, 36 bands
 LON_DEG = np.arange(0.0, 360.0, 15.0)  # 24 longitudes = 24 local times at fixed UT
 #: F10.7 nodes [sfu]: 60 is below the lowest observed monthly means (quiet Sun ~64-65 sfu), 300
 #: the ECSS high short-term daily value; the presets of sims/atmosphere.py are nodes.
-F107_SFU = np.array([60.0, 65.0, 70.0, 80.0, 90.0, 100.0, 110.0, 120.0, 130.0, 140.0, 150.0,
-                     160.0, 170.0, 180.0, 190.0, 200.0, 225.0, 250.0, 275.0, 300.0])
+F107_SFU = np.array(
+    [
+        60.0,
+        65.0,
+        70.0,
+        80.0,
+        90.0,
+        100.0,
+        110.0,
+        120.0,
+        130.0,
+        140.0,
+        150.0,
+        160.0,
+        170.0,
+        180.0,
+        190.0,
+        200.0,
+        225.0,
+        250.0,
+        275.0,
+        300.0,
+    ]
+)
 #: Ap nodes: the whole Ap scale (0..400), denser where the daily values mostly fall.
-AP = np.array([0.0, 4.0, 7.0, 10.0, 15.0, 22.0, 30.0, 45.0, 67.0, 100.0, 150.0, 207.0, 300.0,
-               400.0])
+AP = np.array(
+    [0.0, 4.0, 7.0, 10.0, 15.0, 22.0, 30.0, 45.0, 67.0, 100.0, 150.0, 207.0, 300.0, 400.0]
+)
 #: Heights [km] at which the interpolation is checked against NRLMSIS at the cell centres.
 CHECK_ALT_KM = np.array([300.0, 350.0, 400.0, 450.0, 500.0])
 
-DEFAULT_OUT = (Path(__file__).resolve().parents[1] / "sims" / "data"
-               / "nrlmsis21_density_grid.csv")
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "sims" / "data" / "nrlmsis21_density_grid.csv"
 
 
-def global_mean_density(f107: float, f107a: float, ap: float,
-                        alt_km: np.ndarray = ALT_KM) -> np.ndarray:
+def global_mean_density(
+    f107: float, f107a: float, ap: float, alt_km: np.ndarray = ALT_KM
+) -> np.ndarray:
     """Area-weighted global mean NRLMSIS 2.1 total mass density [kg/m^3] at each ``alt_km``."""
     import pymsis  # only here: the tools extra
 
@@ -87,8 +110,15 @@ def interpolation_error(grid: np.ndarray) -> float:
         for j in range(AP.size - 1):
             f = 0.5 * (F107_SFU[i] + F107_SFU[i + 1])
             a = 0.5 * (AP[j] + AP[j + 1])
-            est = np.exp(0.25 * (log_grid[i, j] + log_grid[i + 1, j] + log_grid[i, j + 1]
-                                 + log_grid[i + 1, j + 1]))
+            est = np.exp(
+                0.25
+                * (
+                    log_grid[i, j]
+                    + log_grid[i + 1, j]
+                    + log_grid[i, j + 1]
+                    + log_grid[i + 1, j + 1]
+                )
+            )
             truth = global_mean_density(f, f, a, CHECK_ALT_KM)
             worst = max(worst, float(np.max(np.abs(est / truth - 1.0))))
     return worst

@@ -95,16 +95,19 @@ def current_section(readme: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true",
-                    help="exit 1 if README.md's CLI reference is out of date")
+    ap.add_argument(
+        "--check", action="store_true", help="exit 1 if README.md's CLI reference is out of date"
+    )
     args = ap.parse_args(argv)
     text = README.read_text(encoding="utf-8")
     generated = render_reference()
     new = splice(text, generated)
     if args.check:
         if not matches(current_section(text), generated):
-            print("README.md's CLI reference is stale: run python tools/make_cli_reference.py",
-                  file=sys.stderr)
+            print(
+                "README.md's CLI reference is stale: run python tools/make_cli_reference.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     if new != text:

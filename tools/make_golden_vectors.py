@@ -37,8 +37,9 @@ def _values(spec, pick):
     out = {}
     for f in spec.fields:
         base = f.type.split("[")[0]
-        hi = {"u8": 0xFF, "u16": 0xFFFF, "u32": 0xFFFFFFFF, "u64": 2**64 - 1,
-              "i32": 2**31 - 1}[base]
+        hi = {"u8": 0xFF, "u16": 0xFFFF, "u32": 0xFFFFFFFF, "u64": 2**64 - 1, "i32": 2**31 - 1}[
+            base
+        ]
         lo = -(2**31) if base == "i32" else 0
         if pick == "zero":
             v = [0] * f.count
@@ -60,10 +61,16 @@ def good_vectors():
             fields = _values(spec, pick)
             flags = FLAG_ACK_REQ if pick == "mid" else 0
             wire = encode(name, seqs[pick], flags, **fields)
-            vectors.append({"id": f"{name}-{pick}", "wire": wire.hex(), "message": name,
-                            "seq": seqs[pick], "flags": flags,
-                            "fields": {k: list(v) if isinstance(v, list) else v
-                                       for k, v in fields.items()}})
+            vectors.append(
+                {
+                    "id": f"{name}-{pick}",
+                    "wire": wire.hex(),
+                    "message": name,
+                    "seq": seqs[pick],
+                    "flags": flags,
+                    "fields": {k: list(v) if isinstance(v, list) else v for k, v in fields.items()},
+                }
+            )
     return vectors
 
 
@@ -76,8 +83,9 @@ def _with_crc(body: bytes) -> bytes:
 
 
 def bad_vectors():
-    fire = encode_packet("FIRE", 9, 0, session=1, step=2, valid_for_ms=500, bank=0, mask=1,
-                         on_ticks=[100] + [0] * 15)
+    fire = encode_packet(
+        "FIRE", 9, 0, session=1, step=2, valid_for_ms=500, bank=0, mask=1, on_ticks=[100] + [0] * 15
+    )
     hb = encode_packet("HEARTBEAT", 3, 0, session=1, host_step=5)
     cases = []
 
@@ -92,17 +100,19 @@ def bad_vectors():
     add("crc-wrong-trailer", _frame(bytes(bad_crc)), "crc")
     add("length-short-packet", _frame(hb[:8]), "length")
     add("length-header-disagrees", _frame(_with_crc(hb[:4] + b"\x00\x20" + hb[6:-2])), "length")
-    add("length-truncated-payload", _frame(_with_crc(
-        bytes([hb[0], hb[1], hb[2], hb[3], 0, len(hb) - 2 - 7 - 1]) + hb[6:-3])), "length")
+    add(
+        "length-truncated-payload",
+        _frame(_with_crc(bytes([hb[0], hb[1], hb[2], hb[3], 0, len(hb) - 2 - 7 - 1]) + hb[6:-3])),
+        "length",
+    )
     add("header-version-1", _frame(_with_crc(bytes([hb[0] | 0x20]) + hb[1:-2])), "header")
-    add("header-no-secondary", _frame(_with_crc(bytes([hb[0] & ~0x08 & 0xFF]) + hb[1:-2])),
-        "header")
-    add("header-segmented", _frame(_with_crc(hb[:2] + bytes([hb[2] & 0x3F]) + hb[3:-2])),
-        "header")
+    add(
+        "header-no-secondary", _frame(_with_crc(bytes([hb[0] & ~0x08 & 0xFF]) + hb[1:-2])), "header"
+    )
+    add("header-segmented", _frame(_with_crc(hb[:2] + bytes([hb[2] & 0x3F]) + hb[3:-2])), "header")
     add("header-msg-version-2", _frame(_with_crc(hb[:7] + bytes([0x20]) + hb[8:-2])), "header")
     add("header-wrong-apid", _frame(_with_crc(bytes([hb[0], 0x11]) + hb[2:-2])), "header")
-    add("header-tc-as-tm", _frame(_with_crc(bytes([hb[0] & ~0x10 & 0xFF]) + hb[1:-2])),
-        "header")
+    add("header-tc-as-tm", _frame(_with_crc(bytes([hb[0] & ~0x10 & 0xFF]) + hb[1:-2])), "header")
     add("unknown-message-id", _frame(_with_crc(hb[:6] + b"\x55" + hb[7:-2])), "unknown_id")
     add("cobs-zero-inside", (b"\x05\x01\x00").hex(), "cobs")
     add("cobs-code-overruns", (b"\x09\x01\x02\x00").hex(), "cobs")
@@ -121,13 +131,19 @@ def main() -> None:
             assert err.kind == v["error"], (v["id"], err.kind)
         else:
             raise AssertionError(f"{v['id']} decoded")
-    doc = {"dictionary_hash": f"0x{DICT_HASH:08X}", "crc_check": {
-        "input": "123456789", "crc16_ccitt_false": "0x29B1",
-        # the dictionary hash's CRC (docs/protocol.md section 3), and the hash of a one-key
-        # dictionary {"a": 1} (canonical JSON {"a":1}) for a client to test its hashing
-        "crc32_iso_hdlc": f"0x{binascii.crc32(b'123456789'):08X}",
-        "dict_hash_of_a_eq_1": f"0x{dictionary_hash({'a': 1}):08X}"},
-        "good": good, "bad": bad}
+    doc = {
+        "dictionary_hash": f"0x{DICT_HASH:08X}",
+        "crc_check": {
+            "input": "123456789",
+            "crc16_ccitt_false": "0x29B1",
+            # the dictionary hash's CRC (docs/protocol.md section 3), and the hash of a one-key
+            # dictionary {"a": 1} (canonical JSON {"a":1}) for a client to test its hashing
+            "crc32_iso_hdlc": f"0x{binascii.crc32(b'123456789'):08X}",
+            "dict_hash_of_a_eq_1": f"0x{dictionary_hash({'a': 1}):08X}",
+        },
+        "good": good,
+        "bad": bad,
+    }
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {len(good)} good and {len(bad)} bad vectors to {OUT}")
 

@@ -20,25 +20,56 @@ from thruster_hil.core.jit import parallel_kernel
 from thruster_hil.core.layout import Layout
 
 # ---- one result row per case: finish()'s OUT_LEN numbers, then the case's records -----------
-BATCH_ROW = Layout("batch result row", [
-    ("B_FINISH", loop.OUT_LEN),  # finish()'s numbers (fused.FINISH)
-    ("B_CYCLES", 1),  # cycles flown
-    ("B_COMPLETE_CYCLE", 1),  # cycle the controller declared the burn complete (-1 never)
-    ("B_MAX_ATT_ERR", 1),  # largest attitude error the controller saw [rad]
-    ("B_MAX_ON_MS", 1),  # longest command [ms]
-    ("B_BOUND_VIOLATIONS", 1),  # cycles with a command longer than the period
-    ("B_FAIL_CYCLE", 1),  # cycle the dispersed failure struck (-1 none)
-    ("B_PLANT_STATUS", 1),  # worst plant_cycle status (0 ok)
-    ("B_STATUS_OR", 1),  # OR of the controller's status words
-])
-(B_FINISH, B_CYCLES, B_COMPLETE_CYCLE, B_MAX_ATT_ERR, B_MAX_ON_MS, B_BOUND_VIOLATIONS,
- B_FAIL_CYCLE, B_PLANT_STATUS, B_STATUS_OR) = BATCH_ROW.offsets
+BATCH_ROW = Layout(
+    "batch result row",
+    [
+        ("B_FINISH", loop.OUT_LEN),  # finish()'s numbers (fused.FINISH)
+        ("B_CYCLES", 1),  # cycles flown
+        ("B_COMPLETE_CYCLE", 1),  # cycle the controller declared the burn complete (-1 never)
+        ("B_MAX_ATT_ERR", 1),  # largest attitude error the controller saw [rad]
+        ("B_MAX_ON_MS", 1),  # longest command [ms]
+        ("B_BOUND_VIOLATIONS", 1),  # cycles with a command longer than the period
+        ("B_FAIL_CYCLE", 1),  # cycle the dispersed failure struck (-1 none)
+        ("B_PLANT_STATUS", 1),  # worst plant_cycle status (0 ok)
+        ("B_STATUS_OR", 1),  # OR of the controller's status words
+    ],
+)
+(
+    B_FINISH,
+    B_CYCLES,
+    B_COMPLETE_CYCLE,
+    B_MAX_ATT_ERR,
+    B_MAX_ON_MS,
+    B_BOUND_VIOLATIONS,
+    B_FAIL_CYCLE,
+    B_PLANT_STATUS,
+    B_STATUS_OR,
+) = BATCH_ROW.offsets
 B_LEN = BATCH_ROW.length
 
 
 @parallel_kernel
-def fly_batch(seeds, fail_idx, fail_at, pscal, pthr, geom, y0, ptank, tank_idx, table,
-              max_cycles, n_window, params, A, E0, thr, qp0, ints0, out):
+def fly_batch(
+    seeds,
+    fail_idx,
+    fail_at,
+    pscal,
+    pthr,
+    geom,
+    y0,
+    ptank,
+    tank_idx,
+    table,
+    max_cycles,
+    n_window,
+    params,
+    A,
+    E0,
+    thr,
+    qp0,
+    ints0,
+    out,
+):
     """Fly case c = 0 .. len(seeds)-1 with the ideal unit: seeds (N,) int64 key the sensor
     noise; fail_idx/fail_at (N, F) the failures (-1: none); pscal (N, PS_LEN), pthr
     (N, PT_LEN, n), geom (N, 2, n, 3), y0 (N, PLANT_STATE_LEN) the true plants; the tanks, the
@@ -82,13 +113,57 @@ def fly_batch(seeds, fail_idx, fail_at, pscal, pthr, geom, y0, ptank, tank_idx, 
         fail_code = np.full(n_fail, HEALTH_FAILED_OFF, np.int64)
         fail_cycle = np.full(n_fail, -1, np.int64)
         k, complete, plant_status = loop.fly(
-            max_cycles, seeds[c], fail_idx[c], fail_at[c], fail_code, fail_cycle, y, sensed,
-            pscal[c], acc, pthr[c], geom[c], ptank, tank_idx, table, valves, impulse, live,
-            tank_used, work, true_health, executed, sens, params, A, E, Binv, qp, ints, thr,
-            mod, health, ctrl, on_ms, statuses, att_err, longest)
+            max_cycles,
+            seeds[c],
+            fail_idx[c],
+            fail_at[c],
+            fail_code,
+            fail_cycle,
+            y,
+            sensed,
+            pscal[c],
+            acc,
+            pthr[c],
+            geom[c],
+            ptank,
+            tank_idx,
+            table,
+            valves,
+            impulse,
+            live,
+            tank_used,
+            work,
+            true_health,
+            executed,
+            sens,
+            params,
+            A,
+            E,
+            Binv,
+            qp,
+            ints,
+            thr,
+            mod,
+            health,
+            ctrl,
+            on_ms,
+            statuses,
+            att_err,
+            longest,
+        )
         row = out[c]
-        loop.finish(k, y_start, y, sensed, pscal[c], acc, ctrl, n_window, table,
-                    row[B_FINISH:B_FINISH + loop.OUT_LEN])
+        loop.finish(
+            k,
+            y_start,
+            y,
+            sensed,
+            pscal[c],
+            acc,
+            ctrl,
+            n_window,
+            table,
+            row[B_FINISH : B_FINISH + loop.OUT_LEN],
+        )
         period_ms = pscal[c, loop.PS_PERIOD_MS]
         top_err = 0.0
         top_on = 0
@@ -112,8 +187,7 @@ def fly_batch(seeds, fail_idx, fail_at, pscal, pthr, geom, y0, ptank, tank_idx, 
         row[B_STATUS_OR] = status_or
 
 
-def run_cases(model, plan: dict, cases: list, setup: loop.BurnSetup | None = None
-              ) -> np.ndarray:
+def run_cases(model, plan: dict, cases: list, setup: loop.BurnSetup | None = None) -> np.ndarray:
     """Fly ``cases`` (a list of :class:`thruster_hil.closedloop.fused.PlantCase`) of one planned burn on numba's
     threads; returns the (len(cases), B_LEN) result rows."""
     from thruster_hil.controller.build import build_controller
@@ -136,7 +210,25 @@ def run_cases(model, plan: dict, cases: list, setup: loop.BurnSetup | None = Non
             fail_at[c, 0] = case.fail_at_s
     ctrl = build_controller(model, plan["delta_v_mps"])
     out = np.zeros((n_cases, B_LEN))
-    fly_batch(seeds, fail_idx, fail_at, pscal, pthr, geom, y0, setup.ptank, setup.tank_idx,
-              setup.table, setup.max_cycles, setup.n_window, ctrl.params, ctrl.A, ctrl.E,
-              ctrl.thr, ctrl.qp, ctrl.ints, out)
+    fly_batch(
+        seeds,
+        fail_idx,
+        fail_at,
+        pscal,
+        pthr,
+        geom,
+        y0,
+        setup.ptank,
+        setup.tank_idx,
+        setup.table,
+        setup.max_cycles,
+        setup.n_window,
+        ctrl.params,
+        ctrl.A,
+        ctrl.E,
+        ctrl.thr,
+        ctrl.qp,
+        ctrl.ints,
+        out,
+    )
     return out

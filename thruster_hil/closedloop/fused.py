@@ -55,87 +55,131 @@ N_SUB = 5
 COAST_STEP_S = 1.0
 
 # ---- plant thruster constants: pthr (PT_LEN, n), one row per quantity ------------------------
-PLANT_THRUSTERS = Layout("plant thruster rows", [
-    ("PT_THRUST", 1),  # reference (initial-pressure) steady-state thrust [N]
-    ("PT_ISP", 1),  # reference Isp [s]
-    ("PT_OPEN_DELAY", 1),  # [s]
-    ("PT_CLOSE_DELAY", 1),  # [s]
-    ("PT_TAU_RISE", 1),  # [s]
-    ("PT_TAU_TAIL", 1),  # [s]
-    ("PT_THRUST_EXP", 1),  # thrust ~ (p/p0)^a
-    ("PT_ISP_EXP", 1),  # Isp ~ (p/p0)^b
-    ("PT_GIMBAL_COL", 1),  # the controller's first gimbal column of a gimbaled engine, -1 fixed
-])
-(PT_THRUST, PT_ISP, PT_OPEN_DELAY, PT_CLOSE_DELAY, PT_TAU_RISE, PT_TAU_TAIL, PT_THRUST_EXP,
- PT_ISP_EXP, PT_GIMBAL_COL) = PLANT_THRUSTERS.offsets
+PLANT_THRUSTERS = Layout(
+    "plant thruster rows",
+    [
+        ("PT_THRUST", 1),  # reference (initial-pressure) steady-state thrust [N]
+        ("PT_ISP", 1),  # reference Isp [s]
+        ("PT_OPEN_DELAY", 1),  # [s]
+        ("PT_CLOSE_DELAY", 1),  # [s]
+        ("PT_TAU_RISE", 1),  # [s]
+        ("PT_TAU_TAIL", 1),  # [s]
+        ("PT_THRUST_EXP", 1),  # thrust ~ (p/p0)^a
+        ("PT_ISP_EXP", 1),  # Isp ~ (p/p0)^b
+        ("PT_GIMBAL_COL", 1),  # the controller's first gimbal column of a gimbaled engine, -1 fixed
+    ],
+)
+(
+    PT_THRUST,
+    PT_ISP,
+    PT_OPEN_DELAY,
+    PT_CLOSE_DELAY,
+    PT_TAU_RISE,
+    PT_TAU_TAIL,
+    PT_THRUST_EXP,
+    PT_ISP_EXP,
+    PT_GIMBAL_COL,
+) = PLANT_THRUSTERS.offsets
 PT_LEN = PLANT_THRUSTERS.length
 # ---- geometry: geom (G_LEN, n, 3) ---------------------------------------------------------------
-GEOMETRY = Layout("plant thruster geometry", [
-    ("G_U", 1),  # u_T_B: unit force directions (a gimbaled engine's as gimbaled this cycle)
-    ("G_R", 1),  # r_TC_B [m] (from the CoM)
-    ("G_U0", 1),  # the undeflected directions
-    ("G_E1", 1),  # a gimbaled engine's gimbal axes (zeros when fixed)
-    ("G_E2", 1),
-])
+GEOMETRY = Layout(
+    "plant thruster geometry",
+    [
+        ("G_U", 1),  # u_T_B: unit force directions (a gimbaled engine's as gimbaled this cycle)
+        ("G_R", 1),  # r_TC_B [m] (from the CoM)
+        ("G_U0", 1),  # the undeflected directions
+        ("G_E1", 1),  # a gimbaled engine's gimbal axes (zeros when fixed)
+        ("G_E2", 1),
+    ],
+)
 G_U, G_R, G_U0, G_E1, G_E2 = GEOMETRY.offsets
 G_LEN = GEOMETRY.length
 # ---- tanks: ptank (TK_LEN, n_tanks) -----------------------------------------------------------
-TANKS = Layout("plant tank rows", [
-    ("TK_LOAD", 1),  # propellant load [kg]
-    ("TK_BLOWDOWN", 1),  # 1.0 blowdown, 0.0 regulated
-    ("TK_P0", 1),  # initial / regulated pressure [Pa]
-    ("TK_GAS_V", 1),  # initial gas volume [m^3]
-    ("TK_RHO", 1),  # propellant density [kg/m^3]
-    ("TK_POLY", 1),  # polytropic exponent
-])
+TANKS = Layout(
+    "plant tank rows",
+    [
+        ("TK_LOAD", 1),  # propellant load [kg]
+        ("TK_BLOWDOWN", 1),  # 1.0 blowdown, 0.0 regulated
+        ("TK_P0", 1),  # initial / regulated pressure [Pa]
+        ("TK_GAS_V", 1),  # initial gas volume [m^3]
+        ("TK_RHO", 1),  # propellant density [kg/m^3]
+        ("TK_POLY", 1),  # polytropic exponent
+    ],
+)
 TK_LOAD, TK_BLOWDOWN, TK_P0, TK_GAS_V, TK_RHO, TK_POLY = TANKS.offsets
 TK_LEN = TANKS.length
 # ---- plant scalars: pscal (PS_LEN) ------------------------------------------------------------
-PLANT_SCALARS = Layout("plant scalars", [
-    ("PS_PERIOD", 1),  # control period [s]
-    ("PS_PERIOD_MS", 1),  # control period [ms] (whole)
-    ("PS_CD_AREA", 1),  # drag coefficient x area [m^2]
-    ("PS_MASS_EST", 1),  # controller's mass estimate minus the true mass [kg] (0: exact)
-    ("PS_NOISE_ATT", 1),  # attitude noise, 1 sigma per axis per cycle [rad]
-    ("PS_NOISE_RATE", 1),  # rate noise, 1 sigma per axis per cycle [rad/s]
-    ("PS_NOISE_DV", 1),  # accelerometer delta-v noise, 1 sigma per axis per cycle [m/s]
-    ("PS_ACC_BIAS", 3),  # accelerometer bias in B [m/s^2]
-    ("PS_INERTIA", 9),  # true inertia about the CoM in B [kg m^2]
-    ("PS_INERTIA_INV", 9),  # its inverse
-])
-(PS_PERIOD, PS_PERIOD_MS, PS_CD_AREA, PS_MASS_EST, PS_NOISE_ATT, PS_NOISE_RATE, PS_NOISE_DV,
- PS_ACC_BIAS, PS_INERTIA, PS_INERTIA_INV) = PLANT_SCALARS.offsets
+PLANT_SCALARS = Layout(
+    "plant scalars",
+    [
+        ("PS_PERIOD", 1),  # control period [s]
+        ("PS_PERIOD_MS", 1),  # control period [ms] (whole)
+        ("PS_CD_AREA", 1),  # drag coefficient x area [m^2]
+        ("PS_MASS_EST", 1),  # controller's mass estimate minus the true mass [kg] (0: exact)
+        ("PS_NOISE_ATT", 1),  # attitude noise, 1 sigma per axis per cycle [rad]
+        ("PS_NOISE_RATE", 1),  # rate noise, 1 sigma per axis per cycle [rad/s]
+        ("PS_NOISE_DV", 1),  # accelerometer delta-v noise, 1 sigma per axis per cycle [m/s]
+        ("PS_ACC_BIAS", 3),  # accelerometer bias in B [m/s^2]
+        ("PS_INERTIA", 9),  # true inertia about the CoM in B [kg m^2]
+        ("PS_INERTIA_INV", 9),  # its inverse
+    ],
+)
+(
+    PS_PERIOD,
+    PS_PERIOD_MS,
+    PS_CD_AREA,
+    PS_MASS_EST,
+    PS_NOISE_ATT,
+    PS_NOISE_RATE,
+    PS_NOISE_DV,
+    PS_ACC_BIAS,
+    PS_INERTIA,
+    PS_INERTIA_INV,
+) = PLANT_SCALARS.offsets
 PS_LEN = PLANT_SCALARS.length
 # ---- per-case accumulators: acc (ACC_LEN) -----------------------------------------------------
-ACCUMULATORS = Layout("case accumulators", [
-    ("A_TRUE_DV", 1),  # true along-track delta-v so far (ideal accelerometer, true attitude) [m/s]
-    ("A_XB", 3),  # true along-track unit vector in B at the last cycle
-])
+ACCUMULATORS = Layout(
+    "case accumulators",
+    [
+        (
+            "A_TRUE_DV",
+            1,
+        ),  # true along-track delta-v so far (ideal accelerometer, true attitude) [m/s]
+        ("A_XB", 3),  # true along-track unit vector in B at the last cycle
+    ],
+)
 A_TRUE_DV, A_XB = ACCUMULATORS.offsets
 ACC_LEN = ACCUMULATORS.length
 # ---- live plant quantities: live (LV_LEN, n) ----------------------------------------------------
-LIVE = Layout("live thruster rows", [
-    ("LV_THRUST", 1),  # present thrust (follows the feed pressure) [N]
-    ("LV_ISP", 1),  # present Isp [s]
-    ("LV_ON_S", 1),  # executed on-time this cycle [s]
-])
+LIVE = Layout(
+    "live thruster rows",
+    [
+        ("LV_THRUST", 1),  # present thrust (follows the feed pressure) [N]
+        ("LV_ISP", 1),  # present Isp [s]
+        ("LV_ON_S", 1),  # executed on-time this cycle [s]
+    ],
+)
 LV_THRUST, LV_ISP, LV_ON_S = LIVE.offsets
 LV_LEN = LIVE.length
 # ---- post_unit flags ----------------------------------------------------------------------------
 F_QUIET = 1  # every valve closed, no thrust left, no pending edge
 F_PLANT_SHIFT = 1  # plant_cycle status << F_PLANT_SHIFT
 # ---- finish() output: the burn's numbers (OUT_LEN) --------------------------------------------
-FINISH = Layout("burn numbers", [
-    ("O_ACHIEVED_DV", 1),  # along-track delta-v the controller sensed, last tail included [m/s]
-    ("O_TRUE_DV", 1),  # true along-track delta-v (ideal accelerometer, true attitude) [m/s]
-    ("O_PROPELLANT", 1),  # [kg]
-    ("O_D_A", 1),  # mean semi-major axis change against the no-burn twin [m]
-    ("O_D_PERIGEE", 1),  # [m]
-    ("O_D_APOGEE", 1),  # [m]
-    ("O_ORBIT_STATUS", 1),  # propagate() status of the orbit-after propagations (0 ok)
-])
-(O_ACHIEVED_DV, O_TRUE_DV, O_PROPELLANT, O_D_A, O_D_PERIGEE, O_D_APOGEE,
- O_ORBIT_STATUS) = FINISH.offsets
+FINISH = Layout(
+    "burn numbers",
+    [
+        ("O_ACHIEVED_DV", 1),  # along-track delta-v the controller sensed, last tail included [m/s]
+        ("O_TRUE_DV", 1),  # true along-track delta-v (ideal accelerometer, true attitude) [m/s]
+        ("O_PROPELLANT", 1),  # [kg]
+        ("O_D_A", 1),  # mean semi-major axis change against the no-burn twin [m]
+        ("O_D_PERIGEE", 1),  # [m]
+        ("O_D_APOGEE", 1),  # [m]
+        ("O_ORBIT_STATUS", 1),  # propagate() status of the orbit-after propagations (0 ok)
+    ],
+)
+(O_ACHIEVED_DV, O_TRUE_DV, O_PROPELLANT, O_D_A, O_D_PERIGEE, O_D_APOGEE, O_ORBIT_STATUS) = (
+    FINISH.offsets
+)
 OUT_LEN = FINISH.length
 
 # Counter-based random numbers: SplitMix64's finaliser (Steele, Lea, Flood 2014) as a hash of
@@ -199,8 +243,9 @@ def along_track_B(y, out):
     qn = math.sqrt(q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3)
     q0, q1, q2, q3 = q0 / qn, q1 / qn, q2 / qn, q3 / qn
     b0, b1, b2, b3, b4, b5, b6, b7, b8 = dcm_entries(q0, q1, q2, q3)
-    xx, xy, xz, _yx, _yy, _yz, _zx, _zy, _zz = lvlh_axes(y[R], y[R + 1], y[R + 2], y[V],
-                                                          y[V + 1], y[V + 2])
+    xx, xy, xz, _yx, _yy, _yz, _zx, _zy, _zz = lvlh_axes(
+        y[R], y[R + 1], y[R + 2], y[V], y[V + 1], y[V + 2]
+    )
     out[0] = b0 * xx + b1 * xy + b2 * xz
     out[1] = b3 * xx + b4 * xy + b5 * xz
     out[2] = b6 * xx + b7 * xy + b8 * xz
@@ -246,12 +291,30 @@ def sense(k, seed, y, sensed, pscal, sens):
 
 
 @kernel
-def pre_unit(k, seed, y, sensed, pscal, acc, sens, params, A, E, Binv, qp, ints, thr, mod, health,
-             ctrl, on_ms):
+def pre_unit(
+    k,
+    seed,
+    y,
+    sensed,
+    pscal,
+    acc,
+    sens,
+    params,
+    A,
+    E,
+    Binv,
+    qp,
+    ints,
+    thr,
+    mod,
+    health,
+    ctrl,
+    on_ms,
+):
     """Sensors and ``controller.step`` for cycle ``k``: on-times land in ``on_ms``; returns the
     controller's status word. Books the last cycle's true along-track delta-v into ``acc`` and
     clears the accelerometer accumulator ``sensed`` for this cycle."""
-    xb = acc[A_XB:A_XB + 3]
+    xb = acc[A_XB : A_XB + 3]
     along_track_B(y, xb)
     acc[A_TRUE_DV] += sensed[0] * xb[0] + sensed[1] * xb[1] + sensed[2] * xb[2]
     sense(k, seed, y, sensed, pscal, sens)
@@ -261,8 +324,25 @@ def pre_unit(k, seed, y, sensed, pscal, acc, sens, params, A, E, Binv, qp, ints,
 
 
 @kernel
-def post_unit(executed_ms, true_health, y, sensed, pscal, pthr, geom, ptank, tank_idx, table, qp,
-              ctrl, valves, impulse, live, tank_used, work):
+def post_unit(
+    executed_ms,
+    true_health,
+    y,
+    sensed,
+    pscal,
+    pthr,
+    geom,
+    ptank,
+    tank_idx,
+    table,
+    qp,
+    ctrl,
+    valves,
+    impulse,
+    live,
+    tank_used,
+    work,
+):
     """The executed on-times [ms] through the valves and the plant over one cycle, then the
     tanks. The controller's outputs drive the plant: the gimbal angles in ``qp[Q_ANGLE]`` and
     the CMG torque in ``ctrl[C_CMG_TORQUE]``. Returns flags: F_QUIET when no valve is open,
@@ -274,22 +354,71 @@ def post_unit(executed_ms, true_health, y, sensed, pscal, pthr, geom, ptank, tan
     isp = live[LV_ISP]
     for i in range(n):
         on_s[i] = executed_ms[i] * 1e-3
-    valve_cycle(on_s, true_health, thrust, pthr[PT_OPEN_DELAY], pthr[PT_CLOSE_DELAY],
-                pthr[PT_TAU_RISE], pthr[PT_TAU_TAIL], period, valves, impulse)
+    valve_cycle(
+        on_s,
+        true_health,
+        thrust,
+        pthr[PT_OPEN_DELAY],
+        pthr[PT_CLOSE_DELAY],
+        pthr[PT_TAU_RISE],
+        pthr[PT_TAU_TAIL],
+        period,
+        valves,
+        impulse,
+    )
     for i in range(n):
         col = int(pthr[PT_GIMBAL_COL, i])
         if col >= 0:  # the engine points as the controller commanded its gimbal this cycle
-            gimbal_direction(geom[G_U0, i], geom[G_E1, i], geom[G_E2, i], qp[cst.Q_ANGLE, col],
-                             qp[cst.Q_ANGLE, col + 1], geom[G_U, i], work[0:3], work[3:6])
-    inertia = pscal[PS_INERTIA:PS_INERTIA + 9].reshape((3, 3))
-    inertia_inv = pscal[PS_INERTIA_INV:PS_INERTIA_INV + 9].reshape((3, 3))
-    cmg = ctrl[cst.C_CMG_TORQUE:cst.C_CMG_TORQUE + 3]
-    status = plant_cycle(y, period, impulse, geom[G_U], geom[G_R], isp, cmg, inertia,
-                         inertia_inv, pscal[PS_CD_AREA], 1.0, 1.0, table[0], table[1], work, y,
-                         sensed)
-    feed_update(impulse, isp, tank_idx, ptank[TK_LOAD], ptank[TK_BLOWDOWN], ptank[TK_P0],
-                ptank[TK_GAS_V], ptank[TK_RHO], ptank[TK_POLY], pthr[PT_THRUST], pthr[PT_ISP],
-                pthr[PT_THRUST_EXP], pthr[PT_ISP_EXP], tank_used, thrust, isp)
+            gimbal_direction(
+                geom[G_U0, i],
+                geom[G_E1, i],
+                geom[G_E2, i],
+                qp[cst.Q_ANGLE, col],
+                qp[cst.Q_ANGLE, col + 1],
+                geom[G_U, i],
+                work[0:3],
+                work[3:6],
+            )
+    inertia = pscal[PS_INERTIA : PS_INERTIA + 9].reshape((3, 3))
+    inertia_inv = pscal[PS_INERTIA_INV : PS_INERTIA_INV + 9].reshape((3, 3))
+    cmg = ctrl[cst.C_CMG_TORQUE : cst.C_CMG_TORQUE + 3]
+    status = plant_cycle(
+        y,
+        period,
+        impulse,
+        geom[G_U],
+        geom[G_R],
+        isp,
+        cmg,
+        inertia,
+        inertia_inv,
+        pscal[PS_CD_AREA],
+        1.0,
+        1.0,
+        table[0],
+        table[1],
+        work,
+        y,
+        sensed,
+    )
+    feed_update(
+        impulse,
+        isp,
+        tank_idx,
+        ptank[TK_LOAD],
+        ptank[TK_BLOWDOWN],
+        ptank[TK_P0],
+        ptank[TK_GAS_V],
+        ptank[TK_RHO],
+        ptank[TK_POLY],
+        pthr[PT_THRUST],
+        pthr[PT_ISP],
+        pthr[PT_THRUST_EXP],
+        pthr[PT_ISP_EXP],
+        tank_used,
+        thrust,
+        isp,
+    )
     quiet = True
     for i in range(n):
         if not (valves[i, VS_THRUST] < 1e-9 * thrust[i]):
@@ -300,10 +429,45 @@ def post_unit(executed_ms, true_health, y, sensed, pscal, pthr, geom, ptank, tan
 
 
 @kernel
-def fly(max_cycles, seed, fail_idx, fail_at, fail_code, fail_cycle, y, sensed, pscal, acc, pthr,
-        geom, ptank, tank_idx, table, valves, impulse, live, tank_used, work, true_health,
-        executed, sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms, statuses,
-        att_err, longest):
+def fly(
+    max_cycles,
+    seed,
+    fail_idx,
+    fail_at,
+    fail_code,
+    fail_cycle,
+    y,
+    sensed,
+    pscal,
+    acc,
+    pthr,
+    geom,
+    ptank,
+    tank_idx,
+    table,
+    valves,
+    impulse,
+    live,
+    tank_used,
+    work,
+    true_health,
+    executed,
+    sens,
+    params,
+    A,
+    E,
+    Binv,
+    qp,
+    ints,
+    thr,
+    mod,
+    health,
+    ctrl,
+    on_ms,
+    statuses,
+    att_err,
+    longest,
+):
     """Fly a burn with the ideal unit (every command executed, clamped to the period, none on a
     failed thruster) until the controller reports it complete and the last tail-off is
     delivered, or ``max_cycles``. Failures: thruster ``fail_idx[f]`` (-1: none) gets health
@@ -323,8 +487,26 @@ def fly(max_cycles, seed, fail_idx, fail_at, fail_code, fail_cycle, y, sensed, p
             if fail_idx[f] >= 0 and fail_cycle[f] < 0 and t >= fail_at[f]:
                 fail_cycle[f] = k
                 true_health[fail_idx[f]] = fail_code[f]
-        status = pre_unit(k, seed, y, sensed, pscal, acc, sens, params, A, E, Binv, qp, ints,
-                          thr, mod, health, ctrl, on_ms)
+        status = pre_unit(
+            k,
+            seed,
+            y,
+            sensed,
+            pscal,
+            acc,
+            sens,
+            params,
+            A,
+            E,
+            Binv,
+            qp,
+            ints,
+            thr,
+            mod,
+            health,
+            ctrl,
+            on_ms,
+        )
         statuses[k] = status
         att_err[k] = ctrl[cst.C_ATT_ERR]
         if complete < 0 and ctrl[cst.C_COMPLETE] > 0.5:
@@ -341,8 +523,25 @@ def fly(max_cycles, seed, fail_idx, fail_at, fail_code, fail_cycle, y, sensed, p
                 executed[i] = on_ms[i]
             health[i] = true_health[i]
         longest[k] = top
-        flags = post_unit(executed, true_health, y, sensed, pscal, pthr, geom, ptank, tank_idx,
-                          table, qp, ctrl, valves, impulse, live, tank_used, work)
+        flags = post_unit(
+            executed,
+            true_health,
+            y,
+            sensed,
+            pscal,
+            pthr,
+            geom,
+            ptank,
+            tank_idx,
+            table,
+            qp,
+            ctrl,
+            valves,
+            impulse,
+            live,
+            tank_used,
+            work,
+        )
         ps = flags >> F_PLANT_SHIFT
         if ps > plant_status:
             plant_status = ps
@@ -414,18 +613,57 @@ def orbit_change(y_start, y_end, elapsed_s, n_window, cd_area_m2, table, out):
         y7[i] = y_start[i]
     y7[6] = y_start[M]
     coast = np.empty((n_coast + 1, 7))
-    status = propagate(y7, elapsed_s / n_coast, n_coast, 1, 0.0, 0.0, zero, 0.0, cd_area_m2, 1.0,
-                       table[0], table[1], coast)
+    status = propagate(
+        y7,
+        elapsed_s / n_coast,
+        n_coast,
+        1,
+        0.0,
+        0.0,
+        zero,
+        0.0,
+        cd_area_m2,
+        1.0,
+        table[0],
+        table[1],
+        coast,
+    )
     window = np.empty((n_window + 1, 7))
     for i in range(6):
         y7[i] = y_end[i]
     y7[6] = y_end[M]
-    s = propagate(y7, COAST_STEP_S, n_window, 1, 0.0, 0.0, zero, 0.0, cd_area_m2, 1.0, table[0],
-                  table[1], window)
+    s = propagate(
+        y7,
+        COAST_STEP_S,
+        n_window,
+        1,
+        0.0,
+        0.0,
+        zero,
+        0.0,
+        cd_area_m2,
+        1.0,
+        table[0],
+        table[1],
+        window,
+    )
     status = max(status, s)
     a_b, rp_b, ra_b = mean_apsides(window, n_window, COAST_STEP_S)
-    s = propagate(coast[n_coast], COAST_STEP_S, n_window, 1, 0.0, 0.0, zero, 0.0, cd_area_m2, 1.0,
-                  table[0], table[1], window)
+    s = propagate(
+        coast[n_coast],
+        COAST_STEP_S,
+        n_window,
+        1,
+        0.0,
+        0.0,
+        zero,
+        0.0,
+        cd_area_m2,
+        1.0,
+        table[0],
+        table[1],
+        window,
+    )
     status = max(status, s)
     a_c, rp_c, ra_c = mean_apsides(window, n_window, COAST_STEP_S)
     out[O_D_A] = a_b - a_c
@@ -438,10 +676,10 @@ def orbit_change(y_start, y_end, elapsed_s, n_window, cd_area_m2, table, out):
 def finish(cycles, y_start, y, sensed, pscal, acc, ctrl, n_window, table, out):
     """The burn's numbers after ``cycles`` cycles into ``out`` (OUT_LEN): the last cycle's
     accelerometer increment (the tail) still belongs to the burn."""
-    xb = ctrl[cst.C_XH_B:cst.C_XH_B + 3]
+    xb = ctrl[cst.C_XH_B : cst.C_XH_B + 3]
     tail = sensed[0] * xb[0] + sensed[1] * xb[1] + sensed[2] * xb[2]
     out[O_ACHIEVED_DV] = ctrl[cst.C_DV_ALONG] + tail
-    xt = acc[A_XB:A_XB + 3]
+    xt = acc[A_XB : A_XB + 3]
     out[O_TRUE_DV] = acc[A_TRUE_DV] + (sensed[0] * xt[0] + sensed[1] * xt[1] + sensed[2] * xt[2])
     out[O_PROPELLANT] = y_start[M] - y[M]
     orbit_change(y_start, y, cycles * pscal[PS_PERIOD], n_window, pscal[PS_CD_AREA], table, out)
@@ -506,11 +744,11 @@ def setup_burn(model, plan: dict) -> BurnSetup:
     period = float(model.control_period_s)
     n = len(model.thruster_names)
     # Ignition state: half the planned burn before the apsis, in the reboost attitude.
-    a0, e0 = orbit.a_e_from_apsis_altitudes(plan["perigee_km_before"] * 1e3,
-                                            plan["apogee_km_before"] * 1e3)
+    a0, e0 = orbit.a_e_from_apsis_altitudes(
+        plan["perigee_km_before"] * 1e3, plan["apogee_km_before"] * 1e3
+    )
     incl = math.radians(plan["inclination_deg"])
-    r0, v0 = orbit.rv_before_apsis(a0, e0, incl, plan["burn_duration_s"] / 2.0,
-                                   plan["burn_centre"])
+    r0, v0 = orbit.rv_before_apsis(a0, e0, incl, plan["burn_duration_s"] / 2.0, plan["burn_centre"])
     q0 = np.empty(4)
     lvlh_attitude_q(r0, v0, np.ascontiguousarray(model.dcm_BH), q0)
     dcm = np.empty((3, 3))
@@ -525,8 +763,8 @@ def setup_burn(model, plan: dict) -> BurnSetup:
     pscal[PS_PERIOD_MS] = int(round(period * 1000))
     pscal[PS_CD_AREA] = model.drag_coefficient * model.drag_area_m2
     inertia = np.ascontiguousarray(model.I_B, dtype=np.float64)
-    pscal[PS_INERTIA:PS_INERTIA + 9] = inertia.ravel()
-    pscal[PS_INERTIA_INV:PS_INERTIA_INV + 9] = np.linalg.inv(inertia).ravel()
+    pscal[PS_INERTIA : PS_INERTIA + 9] = inertia.ravel()
+    pscal[PS_INERTIA_INV : PS_INERTIA_INV + 9] = np.linalg.inv(inertia).ravel()
     pthr = np.empty((PT_LEN, n))
     pthr[PT_THRUST] = model.thrust_N
     pthr[PT_ISP] = model.isp_s
@@ -554,10 +792,16 @@ def setup_burn(model, plan: dict) -> BurnSetup:
     from thruster_hil.core.constants import MU_EARTH as mu
 
     return BurnSetup(
-        n=n, period_s=period, period_ms=int(round(period * 1000)),
+        n=n,
+        period_s=period,
+        period_ms=int(round(period * 1000)),
         max_cycles=int(math.ceil(OVERRUN_FACTOR * plan["burn_duration_s"] / period)) + 40,
-        n_window=int(round(orbit.period_s(a0, mu) / COAST_STEP_S)), y0=y0, pscal=pscal,
-        pthr=pthr, geom=geom, ptank=ptank,
+        n_window=int(round(orbit.period_s(a0, mu) / COAST_STEP_S)),
+        y0=y0,
+        pscal=pscal,
+        pthr=pthr,
+        geom=geom,
+        ptank=ptank,
         tank_idx=np.ascontiguousarray(model.tank_idx, dtype=np.int64),
         table=np.ascontiguousarray(np.stack([alt, log_rho])),
         target_dv_mps=float(plan["delta_v_mps"]),
@@ -609,8 +853,11 @@ def case_arrays(setup: BurnSetup, case: PlantCase | None):
     if case.d_close_delay_s is not None:
         pthr[PT_CLOSE_DELAY] = np.maximum(pthr[PT_CLOSE_DELAY] + case.d_close_delay_s, 0.0)
     if case.misalign_rad is not None:
-        az = (case.misalign_azimuth_rad if case.misalign_azimuth_rad is not None
-              else np.zeros(setup.n))
+        az = (
+            case.misalign_azimuth_rad
+            if case.misalign_azimuth_rad is not None
+            else np.zeros(setup.n)
+        )
         for i in range(setup.n):
             if case.misalign_rad[i] != 0.0:
                 geom[G_U, i] = _tilt(geom[G_U, i], float(case.misalign_rad[i]), float(az[i]))
@@ -624,7 +871,7 @@ def case_arrays(setup: BurnSetup, case: PlantCase | None):
     pscal[PS_NOISE_RATE] = case.noise_rate_rad_s
     pscal[PS_NOISE_DV] = case.noise_dv_mps
     if case.acc_bias_B_mps2 is not None:
-        pscal[PS_ACC_BIAS:PS_ACC_BIAS + 3] = case.acc_bias_B_mps2
+        pscal[PS_ACC_BIAS : PS_ACC_BIAS + 3] = case.acc_bias_B_mps2
     return pscal, pthr, geom, y0
 
 
@@ -657,36 +904,112 @@ class Sim:
 
     def pre(self, k: int) -> int:
         c = self.ctrl
-        return pre_unit(k, self.seed, self.y, self.sensed, self.pscal, self.acc, c.sens,
-                        c.params, c.A, c.E, c.Binv, c.qp, c.ints, c.thr, c.mod, c.health, c.ctrl,
-                        c.on_ms)
+        return pre_unit(
+            k,
+            self.seed,
+            self.y,
+            self.sensed,
+            self.pscal,
+            self.acc,
+            c.sens,
+            c.params,
+            c.A,
+            c.E,
+            c.Binv,
+            c.qp,
+            c.ints,
+            c.thr,
+            c.mod,
+            c.health,
+            c.ctrl,
+            c.on_ms,
+        )
 
     def post(self, executed_ms: np.ndarray) -> int:
         s = self.setup
-        return post_unit(executed_ms, self.true_health, self.y, self.sensed, self.pscal,
-                         self.pthr, self.geom, s.ptank, s.tank_idx, s.table, self.ctrl.qp,
-                         self.ctrl.ctrl, self.valves, self.impulse, self.live, self.tank_used,
-                         self.work)
+        return post_unit(
+            executed_ms,
+            self.true_health,
+            self.y,
+            self.sensed,
+            self.pscal,
+            self.pthr,
+            self.geom,
+            s.ptank,
+            s.tank_idx,
+            s.table,
+            self.ctrl.qp,
+            self.ctrl.ctrl,
+            self.valves,
+            self.impulse,
+            self.live,
+            self.tank_used,
+            self.work,
+        )
 
     def fly(self, fail_idx, fail_at, fail_code, fail_cycle, statuses, att_err, longest):
         s = self.setup
         c = self.ctrl
-        return fly(s.max_cycles, self.seed, fail_idx, fail_at, fail_code, fail_cycle, self.y,
-                   self.sensed, self.pscal, self.acc, self.pthr, self.geom, s.ptank, s.tank_idx,
-                   s.table, self.valves, self.impulse, self.live, self.tank_used, self.work,
-                   self.true_health, self.executed, c.sens, c.params, c.A, c.E, c.Binv,
-                   c.qp, c.ints, c.thr, c.mod, c.health, c.ctrl, c.on_ms, statuses, att_err,
-                   longest)
+        return fly(
+            s.max_cycles,
+            self.seed,
+            fail_idx,
+            fail_at,
+            fail_code,
+            fail_cycle,
+            self.y,
+            self.sensed,
+            self.pscal,
+            self.acc,
+            self.pthr,
+            self.geom,
+            s.ptank,
+            s.tank_idx,
+            s.table,
+            self.valves,
+            self.impulse,
+            self.live,
+            self.tank_used,
+            self.work,
+            self.true_health,
+            self.executed,
+            c.sens,
+            c.params,
+            c.A,
+            c.E,
+            c.Binv,
+            c.qp,
+            c.ints,
+            c.thr,
+            c.mod,
+            c.health,
+            c.ctrl,
+            c.on_ms,
+            statuses,
+            att_err,
+            longest,
+        )
 
     def finish(self, cycles: int) -> np.ndarray:
         out = np.zeros(OUT_LEN)
-        finish(cycles, self.y_start, self.y, self.sensed, self.pscal, self.acc, self.ctrl.ctrl,
-               self.setup.n_window, self.setup.table, out)
+        finish(
+            cycles,
+            self.y_start,
+            self.y,
+            self.sensed,
+            self.pscal,
+            self.acc,
+            self.ctrl.ctrl,
+            self.setup.n_window,
+            self.setup.table,
+            out,
+        )
         return out
 
 
-def new_sim(model, plan: dict, case: PlantCase | None = None,
-            setup: BurnSetup | None = None) -> Sim:
+def new_sim(
+    model, plan: dict, case: PlantCase | None = None, setup: BurnSetup | None = None
+) -> Sim:
     """A burn ready to fly: the nominal controller and the (dispersed) plant at ignition."""
     from thruster_hil.controller.build import build_controller
     from thruster_hil.sims.plant import PLANT_WORK_LEN, SENSED_LEN
@@ -699,11 +1022,21 @@ def new_sim(model, plan: dict, case: PlantCase | None = None,
     live[LV_THRUST] = pthr[PT_THRUST]
     live[LV_ISP] = pthr[PT_ISP]
     return Sim(
-        setup=setup, ctrl=build_controller(model, plan["delta_v_mps"]),
-        seed=int(case.seed) if case is not None else 0, pscal=pscal, pthr=pthr, geom=geom,
-        y_start=y0.copy(), y=y0.copy(), sensed=np.zeros(SENSED_LEN), acc=np.zeros(ACC_LEN),
-        valves=valve_state_at_rest(n), impulse=np.zeros((N_SUB, n)), live=live,
-        tank_used=np.zeros(setup.ptank.shape[1]), work=np.empty(PLANT_WORK_LEN),
+        setup=setup,
+        ctrl=build_controller(model, plan["delta_v_mps"]),
+        seed=int(case.seed) if case is not None else 0,
+        pscal=pscal,
+        pthr=pthr,
+        geom=geom,
+        y_start=y0.copy(),
+        y=y0.copy(),
+        sensed=np.zeros(SENSED_LEN),
+        acc=np.zeros(ACC_LEN),
+        valves=valve_state_at_rest(n),
+        impulse=np.zeros((N_SUB, n)),
+        live=live,
+        tank_used=np.zeros(setup.ptank.shape[1]),
+        work=np.empty(PLANT_WORK_LEN),
         true_health=np.full(n, HEALTH_NOMINAL, np.int64),
         executed=np.zeros(n, np.uint16),
     )

@@ -35,8 +35,11 @@ __all__ = ["SerialUnit", "open_unit", "LinkError"]
 
 #: How long closing a serial unit waits for the unit to acknowledge its STOP_ALL [s].
 STOP_CONFIRM_S = 0.5
-_HEALTH_NAMES = {HEALTH_NOMINAL: "nominal", HEALTH_FAILED_OFF: "failed off",
-                 HEALTH_STUCK_OPEN: "stuck open"}
+_HEALTH_NAMES = {
+    HEALTH_NOMINAL: "nominal",
+    HEALTH_FAILED_OFF: "failed off",
+    HEALTH_STUCK_OPEN: "stuck open",
+}
 
 
 @dataclass
@@ -55,8 +58,9 @@ class SerialUnit:
     #: What the runner treats as "the unit failed": it stops the burn safely and reports why.
     errors = (LinkError,)
 
-    def __init__(self, link: Link, n_thrusters: int, period_ms: int, mode: str, name: str,
-                 process=None):
+    def __init__(
+        self, link: Link, n_thrusters: int, period_ms: int, mode: str, name: str, process=None
+    ):
         self.link = link
         self.n = n_thrusters
         self.period_ms = period_ms
@@ -80,11 +84,11 @@ class SerialUnit:
         self._saved_priority: tuple | None = None
 
     def execute(self, cycle: int, on_ms: np.ndarray) -> UnitReport:
-        return self._report(self.link.fire(cycle + 1, on_ms[:self.n]))
+        return self._report(self.link.fire(cycle + 1, on_ms[: self.n]))
 
     def _report(self, res) -> UnitReport:
-        self._executed[:] = res.executed_ms[:self.n]
-        health = res.health[:self.n]
+        self._executed[:] = res.executed_ms[: self.n]
+        health = res.health[: self.n]
         self._health[:] = health
         if self._faults:
             self._confirm_faults(res)
@@ -92,16 +96,18 @@ class SerialUnit:
         rtt_s = math.nan if res.rtt_ms is None else res.rtt_ms / 1e3
         return UnitReport(self._executed, self._health, rtt_s, all_nominal=not any(health))
 
-    def execute_chain(self, cycle: int, on_ms: np.ndarray,
-                      next_cycle: Callable[[UnitReport], np.ndarray | None]) -> None:
+    def execute_chain(
+        self, cycle: int, on_ms: np.ndarray, next_cycle: Callable[[UnitReport], np.ndarray | None]
+    ) -> None:
         """LOCKSTEP: execute cycle ``cycle``, hand its report to ``next_cycle`` and execute the
         on-times it returns as the next cycle, until it returns None (:meth:`Link.fire_chain`:
         ``next_cycle`` runs on the link's thread, with no thread hand-over per cycle)."""
+
         def on_result(res) -> tuple[int, np.ndarray] | None:
             nxt = next_cycle(self._report(res))  # may call fail(): see there
-            return None if nxt is None else (res.step + 1, nxt[:self.n])
+            return None if nxt is None else (res.step + 1, nxt[: self.n])
 
-        self.link.fire_chain(cycle + 1, on_ms[:self.n], on_result)
+        self.link.fire_chain(cycle + 1, on_ms[: self.n], on_result)
 
     def wait_until(self, t_monotonic_s: float, step: int) -> None:
         """REALTIME: idle until the next cycle is due, feeding the unit's link watchdog with a
@@ -146,15 +152,19 @@ class SerialUnit:
             if f.seq is not None:
                 refused = self.link.fault_refusal(f.seq)
                 if refused is not None:
-                    raise LinkError(f"{self.link.url}: FAULT_INJECT {f.kind} on channel {index} "
-                                    f"refused: {refused} (fault injection needs a test build)")
+                    raise LinkError(
+                        f"{self.link.url}: FAULT_INJECT {f.kind} on channel {index} "
+                        f"refused: {refused} (fault injection needs a test build)"
+                    )
                 if f.resends < MAX_RETRIES:
                     f.resends += 1
                     self.link.send_fault(FAULT[f.kind], index, seq=f.seq)
                     continue
-            raise LinkError(f"{self.link.url}: the unit did not apply FAULT_INJECT {f.kind} on "
-                            f"channel {index}: its VALVE_REPORT for step {res.step} shows it "
-                            f"{_HEALTH_NAMES.get(shown, shown)}")
+            raise LinkError(
+                f"{self.link.url}: the unit did not apply FAULT_INJECT {f.kind} on "
+                f"channel {index}: its VALVE_REPORT for step {res.step} shows it "
+                f"{_HEALTH_NAMES.get(shown, shown)}"
+            )
 
     def stats(self) -> dict:
         out = self.link.stats()
@@ -192,8 +202,9 @@ class SerialUnit:
         after_ns = time.monotonic_ns()  # the ACK is in: an HK received later was made after it
         hk = None
         try:
-            hk = self.link.wait_hk(after_ns=after_ns,
-                                   timeout_s=max(0.0, deadline - time.monotonic()))
+            hk = self.link.wait_hk(
+                after_ns=after_ns, timeout_s=max(0.0, deadline - time.monotonic())
+            )
         except LinkError:
             pass  # the port went away: fall back on what the unit last said
         if hk is not None:
@@ -223,8 +234,17 @@ def start_unit_process(unit: str, faults: str | None = None, emulator_log=None):
     return process
 
 
-def open_unit(*, unit: str, port: str | None, mode: str, n_thrusters: int, period_ms: int,
-              faults: str | None = None, on_bytes=None, emulator_log=None) -> SerialUnit:
+def open_unit(
+    *,
+    unit: str,
+    port: str | None,
+    mode: str,
+    n_thrusters: int,
+    period_ms: int,
+    faults: str | None = None,
+    on_bytes=None,
+    emulator_log=None,
+) -> SerialUnit:
     """Start or open the unit, connect (BOOT, HELLO, PING) and arm it for ``period_ms`` pulses."""
     process = None
     if port is None:
@@ -241,8 +261,9 @@ def open_unit(*, unit: str, port: str | None, mode: str, n_thrusters: int, perio
         link = Link(url, on_bytes=on_bytes)  # one thread: this one, at that priority
         link.connect(mode=mode, period_ms=period_ms)
         if link.n_channels < n_thrusters:
-            raise LinkError(f"the unit has {link.n_channels} valve channels, the stack needs "
-                            f"{n_thrusters}")
+            raise LinkError(
+                f"the unit has {link.n_channels} valve channels, the stack needs {n_thrusters}"
+            )
         link.arm(max_on_ticks=period_ms)
     except BaseException:
         if link is not None:

@@ -50,8 +50,19 @@ from thruster_hil.controller import cycle as cst
 from thruster_hil.controller.modulation import T_TRANSLATION
 from thruster_hil.sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL
 
-__all__ = ["COAST_STEP_S", "N_SUB", "OVERRUN_FACTOR", "Failure", "IdealUnit", "RunResult",
-           "StopBurn", "Unit", "UnitReport", "format_run", "run_burn"]
+__all__ = [
+    "COAST_STEP_S",
+    "N_SUB",
+    "OVERRUN_FACTOR",
+    "Failure",
+    "IdealUnit",
+    "RunResult",
+    "StopBurn",
+    "Unit",
+    "UnitReport",
+    "format_run",
+    "run_burn",
+]
 
 
 class StopBurn(Exception):
@@ -105,10 +116,16 @@ class RunResult:
     events: list[dict] = field(default_factory=list)
 
 
-def run_burn(model, plan: dict, *, unit: Unit | None = None, failures: list[Failure] | None = None,
-             on_cycle: Callable[[int, dict], None] | None = None,
-             case: PlantCase | None = None,
-             on_loop_end: Callable[[], None] | None = None) -> RunResult:
+def run_burn(
+    model,
+    plan: dict,
+    *,
+    unit: Unit | None = None,
+    failures: list[Failure] | None = None,
+    on_cycle: Callable[[int, dict], None] | None = None,
+    case: PlantCase | None = None,
+    on_loop_end: Callable[[], None] | None = None,
+) -> RunResult:
     """Fly the planned burn of ``model`` (a StackModel) in closed loop and summarise it.
 
     ``unit`` None is the in-process :class:`IdealUnit`; without ``on_cycle`` that burn runs
@@ -146,8 +163,9 @@ def run_burn(model, plan: dict, *, unit: Unit | None = None, failures: list[Fail
         fail_code = np.array([f.code for f in failures], np.int64)
         fail_cycle = np.full(len(failures), -1, np.int64)
         wall0 = time.perf_counter()
-        k, complete, _plant = sim.fly(fail_idx, fail_at, fail_code, fail_cycle, statuses,
-                                      att_err, longest)
+        k, complete, _plant = sim.fly(
+            fail_idx, fail_at, fail_code, fail_cycle, statuses, att_err, longest
+        )
         wall = time.perf_counter() - wall0
         if on_loop_end is not None:
             on_loop_end()
@@ -156,20 +174,44 @@ def run_burn(model, plan: dict, *, unit: Unit | None = None, failures: list[Fail
             if kf >= 0:
                 f.applied_cycle = int(kf)
                 t = float(kf * period)
-                events.append({"event": "thruster_failed", "thruster": f.name, "t_s": t,
-                               "cycle": int(kf)})
-                events.append({"event": "reallocated", "thruster": f.name, "t_s": t,
-                               "cycle": int(kf), "health": int(f.code)})
+                events.append(
+                    {"event": "thruster_failed", "thruster": f.name, "t_s": t, "cycle": int(kf)}
+                )
+                events.append(
+                    {
+                        "event": "reallocated",
+                        "thruster": f.name,
+                        "t_s": t,
+                        "cycle": int(kf),
+                        "health": int(f.code),
+                    }
+                )
         if complete_cycle is not None:
-            events.append({"event": "burn_complete", "t_s": complete_cycle * period,
-                           "cycle": complete_cycle, "sensed_dv_mps": None})
+            events.append(
+                {
+                    "event": "burn_complete",
+                    "t_s": complete_cycle * period,
+                    "cycle": complete_cycle,
+                    "sensed_dv_mps": None,
+                }
+            )
         events.sort(key=lambda e: e["cycle"])
         unit.close()
         cycles_per_s = k / wall if wall > 0 and k > 0 else math.nan
     else:
         k, complete_cycle, aborted, late_cycles, wall = _cycle_by_cycle(
-            sim, unit, failures, names, events, statuses, att_err, longest, on_cycle, realtime,
-            on_loop_end)
+            sim,
+            unit,
+            failures,
+            names,
+            events,
+            statuses,
+            att_err,
+            longest,
+            on_cycle,
+            realtime,
+            on_loop_end,
+        )
         cycles_per_s = (k - 1) / wall if wall > 0 and k > 1 else math.nan
     if aborted is None and sim.ctrl.stopped_tank >= 0:
         aborted = _reserve_stop(model, sim)
@@ -177,15 +219,18 @@ def run_burn(model, plan: dict, *, unit: Unit | None = None, failures: list[Fail
         events.append({"event": "aborted", "cycle": k, "t_s": k * period, "reason": aborted})
     still_open = _listed(unit.valves_open)
     if still_open:  # after the unit's close: what STOP_ALL could not close
-        events.append({"event": "valves_open", "cycle": k, "t_s": k * period,
-                       "channels": still_open})
+        events.append(
+            {"event": "valves_open", "cycle": k, "t_s": k * period, "channels": still_open}
+        )
     out = sim.finish(k)
     max_err = float(att_err[:k].max()) if k else 0.0
     max_on_ms = int(longest[:k].max()) if k else 0
     bound_violations = int(np.count_nonzero(longest[:k] > period_ms))
-    status_counts = {name: int(np.count_nonzero(statuses[:k] & bit))
-                     for bit, name in cst.STATUS_NAMES.items()
-                     if np.count_nonzero(statuses[:k] & bit)}
+    status_counts = {
+        name: int(np.count_nonzero(statuses[:k] & bit))
+        for bit, name in cst.STATUS_NAMES.items()
+        if np.count_nonzero(statuses[:k] & bit)
+    }
     achieved = float(out[O_ACHIEVED_DV])
     target = plan["delta_v_mps"]
     summary = {
@@ -208,18 +253,28 @@ def run_burn(model, plan: dict, *, unit: Unit | None = None, failures: list[Fail
         "max_attitude_error_deg": math.degrees(max_err),
         "attitude_limit_deg": math.degrees(model.max_attitude_error_rad),
         "propellant_kg": float(out[O_PROPELLANT]),
-        "tank_used_kg": {name: round(float(u), 4) for name, u in zip(model.tank_names,
-                                                                       sim.tank_used,
-                                                                       strict=True)},
-        "propellant_by_tank_kg": {name: float(u) for name, u in zip(model.tank_names,
-                                                                    sim.tank_used, strict=True)},
-        "tank_reserve_kg": {name: float(r) for name, r in zip(model.tank_names,
-                                                              model.tank_reserve_kg,
-                                                              strict=True)},
+        "tank_used_kg": {
+            name: round(float(u), 4)
+            for name, u in zip(model.tank_names, sim.tank_used, strict=True)
+        },
+        "propellant_by_tank_kg": {
+            name: float(u) for name, u in zip(model.tank_names, sim.tank_used, strict=True)
+        },
+        "tank_reserve_kg": {
+            name: float(r) for name, r in zip(model.tank_names, model.tank_reserve_kg, strict=True)
+        },
         # Tanks whose draw reached into their reserve (the controller stops before that).
-        "reserve_touched": [name for name, u, load, r in zip(
-            model.tank_names, sim.tank_used, model.tank_propellant_kg, model.tank_reserve_kg,
-            strict=True) if r > 0.0 and u > load - r],
+        "reserve_touched": [
+            name
+            for name, u, load, r in zip(
+                model.tank_names,
+                sim.tank_used,
+                model.tank_propellant_kg,
+                model.tank_reserve_kg,
+                strict=True,
+            )
+            if r > 0.0 and u > load - r
+        ],
         "perigee_km_before": plan["perigee_km_before"],
         "apogee_km_before": plan["apogee_km_before"],
         "perigee_km_after": plan["perigee_km_before"] + out[O_D_PERIGEE] / 1e3,
@@ -235,9 +290,16 @@ def run_burn(model, plan: dict, *, unit: Unit | None = None, failures: list[Fail
         "cycles_per_s": cycles_per_s,
     }
     summary["signal"] = next((e["signal"] for e in events if e["event"] == "signal"), None)
-    summary["failure_reason"] = None if aborted is not None else _shortfall(
-        summary, names, np.flatnonzero(sim.ctrl.thr[:, T_TRANSLATION] > 0.5),
-        np.where(sim.ctrl.health == HEALTH_FAILED_OFF, HEALTH_FAILED_OFF, sim.true_health))
+    summary["failure_reason"] = (
+        None
+        if aborted is not None
+        else _shortfall(
+            summary,
+            names,
+            np.flatnonzero(sim.ctrl.thr[:, T_TRANSLATION] > 0.5),
+            np.where(sim.ctrl.health == HEALTH_FAILED_OFF, HEALTH_FAILED_OFF, sim.true_health),
+        )
+    )
     if realtime:
         summary["late_cycles"] = late_cycles
     link = unit.stats()
@@ -246,8 +308,19 @@ def run_burn(model, plan: dict, *, unit: Unit | None = None, failures: list[Fail
     return RunResult(summary, events)
 
 
-def _cycle_by_cycle(sim: Sim, unit: Unit, failures, names, events, statuses, att_err, longest,
-                    on_cycle, realtime, on_loop_end=None):
+def _cycle_by_cycle(
+    sim: Sim,
+    unit: Unit,
+    failures,
+    names,
+    events,
+    statuses,
+    att_err,
+    longest,
+    on_cycle,
+    realtime,
+    on_loop_end=None,
+):
     """The loop with the unit in Python between the two halves of each cycle (a serial unit,
     or a run that records every cycle). Returns (cycles, complete cycle, abort reason, late
     cycles, wall time [s] from the end of the first cycle to the end of the last).
@@ -283,38 +356,56 @@ def _cycle_by_cycle(sim: Sim, unit: Unit, failures, names, events, statuses, att
                     f.applied_cycle = k
                     true_health[f.index] = f.code
                     unit.fail(f.index, f.code)
-                    events.append({"event": "thruster_failed", "thruster": f.name,
-                                   "t_s": t, "cycle": k})
+                    events.append(
+                        {"event": "thruster_failed", "thruster": f.name, "t_s": t, "cycle": k}
+                    )
         statuses[k] = sim.pre(k)
         att_err[k] = ctrl.ctrl[cst.C_ATT_ERR]
         if complete_cycle is None and ctrl.ctrl[cst.C_COMPLETE] > 0.5:
             complete_cycle = k
-            events.append({"event": "burn_complete", "t_s": t, "cycle": k,
-                           "sensed_dv_mps": ctrl.dv_along_mps})
+            events.append(
+                {"event": "burn_complete", "t_s": t, "cycle": k, "sensed_dv_mps": ctrl.dv_along_mps}
+            )
         return on_ms
 
     def after_unit(report: UnitReport) -> bool:
         """Integrate cycle k with what the unit executed; True if the burn goes on."""
         nonlocal k, wall0, wall1, ctrl_health_nominal, no_thrust
         if not (report.all_nominal and ctrl_health_nominal) and (
-                report.health.any() or ctrl.health.any()):
+            report.health.any() or ctrl.health.any()
+        ):
             newly_out = (report.health != HEALTH_NOMINAL) & (ctrl.health == HEALTH_NOMINAL)
             for i in np.flatnonzero(newly_out):
-                events.append({"event": "reallocated", "thruster": names[i], "t_s": k * period,
-                               "cycle": k, "health": int(report.health[i])})
+                events.append(
+                    {
+                        "event": "reallocated",
+                        "thruster": names[i],
+                        "t_s": k * period,
+                        "cycle": k,
+                        "health": int(report.health[i]),
+                    }
+                )
             ctrl.health[:] = report.health
             ctrl_health_nominal = not ctrl.health.any()
-            if complete_cycle is None and (ctrl.health[translation_idx] == HEALTH_FAILED_OFF
-                                           ).all():
+            if complete_cycle is None and (ctrl.health[translation_idx] == HEALTH_FAILED_OFF).all():
                 no_thrust = _no_thrust_reason(names, translation_idx)
         longest[k] = on_ms.max()
         flags = sim.post(report.executed_ms)
         if k == 0:
             wall0 = time.perf_counter()  # the first cycle also loads the kernels: not timed
         if on_cycle is not None:
-            on_cycle(k, {"t_s": k * period, "status": int(statuses[k]), "ctrl": ctrl,
-                         "y": sim.y, "executed_ms": report.executed_ms, "rtt_s": report.rtt_s,
-                         "tank_used": sim.tank_used})
+            on_cycle(
+                k,
+                {
+                    "t_s": k * period,
+                    "status": int(statuses[k]),
+                    "ctrl": ctrl,
+                    "y": sim.y,
+                    "executed_ms": report.executed_ms,
+                    "rtt_s": report.rtt_s,
+                    "tank_used": sim.tank_used,
+                },
+            )
         k += 1
         wall1 = time.perf_counter()
         if no_thrust is not None:
@@ -327,8 +418,9 @@ def _cycle_by_cycle(sim: Sim, unit: Unit, failures, names, events, statuses, att
 
     try:
         if not realtime:
-            unit.execute_chain(0, before_unit(),
-                               lambda report: before_unit() if after_unit(report) else None)
+            unit.execute_chain(
+                0, before_unit(), lambda report: before_unit() if after_unit(report) else None
+            )
         else:
             pace0 = time.monotonic()
             while k < max_cycles:
@@ -359,23 +451,29 @@ def _cycle_by_cycle(sim: Sim, unit: Unit, failures, names, events, statuses, att
 
 def _no_thrust_reason(names, translation_idx) -> str:
     failed = ", ".join(names[i] for i in translation_idx)
-    return (f"every translation thruster has failed off ({failed}): no along-track thrust is "
-            "possible, the burn cannot reach its target")
+    return (
+        f"every translation thruster has failed off ({failed}): no along-track thrust is "
+        "possible, the burn cannot reach its target"
+    )
 
 
 def _shortfall(summary: dict, names, translation_idx, health) -> str | None:
     """Why a burn that was not aborted still failed (exit status 1), or None: the target not
     reached, no thrust possible, the attitude limit broken."""
     if summary["max_attitude_error_deg"] > summary["attitude_limit_deg"]:
-        return (f"the attitude error reached {summary['max_attitude_error_deg']:.4g} deg, over "
-                f"the {summary['attitude_limit_deg']:g} deg limit")
+        return (
+            f"the attitude error reached {summary['max_attitude_error_deg']:.4g} deg, over "
+            f"the {summary['attitude_limit_deg']:g} deg limit"
+        )
     if summary["completed"]:
         return None
     if len(translation_idx) and (health[translation_idx] == HEALTH_FAILED_OFF).all():
         return _no_thrust_reason(names, translation_idx)
-    return (f"the target was not reached: {summary['achieved_delta_v_mps']:.5f} of "
-            f"{summary['target_delta_v_mps']:.5f} m/s after {summary['cycles']} cycles (the "
-            "burn's cycle limit)")
+    return (
+        f"the target was not reached: {summary['achieved_delta_v_mps']:.5f} of "
+        f"{summary['target_delta_v_mps']:.5f} m/s after {summary['cycles']} cycles (the "
+        "burn's cycle limit)"
+    )
 
 
 def _reserve_stop(model, sim: Sim) -> str:
@@ -384,8 +482,10 @@ def _reserve_stop(model, sim: Sim) -> str:
     name = model.tank_names[t]
     reserve = float(model.tank_reserve_kg[t])
     left = float(model.tank_propellant_kg[t]) - reserve - float(sim.tank_used[t])
-    return (f"stopped before tank {name!r} reaches its {reserve:g} kg reserve ({left:.2f} kg "
-            f"above it left; the rest of the burn would need more): no reboost spends it")
+    return (
+        f"stopped before tank {name!r} reaches its {reserve:g} kg reserve ({left:.2f} kg "
+        f"above it left; the rest of the burn would need more): no reboost spends it"
+    )
 
 
 def _listed(channels) -> list[int] | None:
@@ -399,8 +499,11 @@ def _by_tank(s: dict) -> str:
         r = reserve.get(name, 0.0)
         note = ""
         if r > 0.0:
-            note = (" (reserve TOUCHED)" if name in s.get("reserve_touched", ())
-                    else f" (its {r:g} kg reserve untouched)")
+            note = (
+                " (reserve TOUCHED)"
+                if name in s.get("reserve_touched", ())
+                else f" (its {r:g} kg reserve untouched)"
+            )
         parts.append(f"{name} {used:.2f} kg{note}")
     return ", ".join(parts)
 
@@ -424,12 +527,20 @@ def format_run(s: dict) -> str:
     rows = [
         ("result", _result_line(s)),
         ("stack / unit", f"{s['stack']} / {s['unit']}"),
-        ("delta-v", f"{s['achieved_delta_v_mps']:.5f} of {s['target_delta_v_mps']:.5f} m/s "
-                    f"({s['delta_v_error_pct']:+.3f} %)"),
-        ("burn duration", f"{s['burn_duration_s']:.1f} s (planned "
-                          f"{s['planned_burn_duration_s']:.1f} s), {s['cycles']} cycles"),
-        ("max attitude error", f"{s['max_attitude_error_deg']:.4f} deg (limit "
-                               f"{s['attitude_limit_deg']:g} deg)"),
+        (
+            "delta-v",
+            f"{s['achieved_delta_v_mps']:.5f} of {s['target_delta_v_mps']:.5f} m/s "
+            f"({s['delta_v_error_pct']:+.3f} %)",
+        ),
+        (
+            "burn duration",
+            f"{s['burn_duration_s']:.1f} s (planned "
+            f"{s['planned_burn_duration_s']:.1f} s), {s['cycles']} cycles",
+        ),
+        (
+            "max attitude error",
+            f"{s['max_attitude_error_deg']:.4f} deg (limit {s['attitude_limit_deg']:g} deg)",
+        ),
         ("propellant", f"{s['propellant_kg']:.2f} kg"),
         ("propellant by tank", _by_tank(s)),
         ("mean perigee", f"{s['perigee_km_before']:.3f} -> {s['perigee_km_after']:.3f} km"),
@@ -438,10 +549,20 @@ def format_run(s: dict) -> str:
         ("speed", f"{s['cycles_per_s']:,.0f} cycles/s ({s['wall_s']:.3f} s wall)"),
     ]
     for r in s["reallocations"]:
-        rows.append(("reallocated", f"{r['thruster']} out at {r['t_s']:.1f} s (cycle "
-                                    f"{r['cycle']}): allocated to the remaining thrusters"))
+        rows.append(
+            (
+                "reallocated",
+                f"{r['thruster']} out at {r['t_s']:.1f} s (cycle "
+                f"{r['cycle']}): allocated to the remaining thrusters",
+            )
+        )
     if s.get("valves_open"):
-        rows.append(("VALVES OPEN", f"the unit still reports {_channels(s['valves_open'])} "
-                                    "open after STOP_ALL (stuck): safe the rig by hand"))
+        rows.append(
+            (
+                "VALVES OPEN",
+                f"the unit still reports {_channels(s['valves_open'])} "
+                "open after STOP_ALL (stuck): safe the rig by hand",
+            )
+        )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

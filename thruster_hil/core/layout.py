@@ -39,8 +39,9 @@ class Layout:
             if field in seen:
                 raise ValueError(f"layout {name!r}: field {field!r} declared twice")
             if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-                raise ValueError(f"layout {name!r}: field {field!r} needs a length >= 1, "
-                                 f"got {size!r}")
+                raise ValueError(
+                    f"layout {name!r}: field {field!r} needs a length >= 1, got {size!r}"
+                )
             seen.add(field)
             offsets.append(at)
             at += size

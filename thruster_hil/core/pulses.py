@@ -245,8 +245,9 @@ def minimum_impulse_bit(
 
 
 @kernel
-def attributed_impulse(t_on_s, continuing, thrust_N, open_delay_s, close_delay_s, tau_rise_s,
-                       tau_tail_s):
+def attributed_impulse(
+    t_on_s, continuing, thrust_N, open_delay_s, close_delay_s, tau_rise_s, tau_tail_s
+):
     """The impulse [N s] a command adds, booked to the cycle that commands it.
 
     A pulse that starts from a closed valve books its whole effective impulse (tail and close
@@ -261,8 +262,7 @@ def attributed_impulse(t_on_s, continuing, thrust_N, open_delay_s, close_delay_s
         return 0.0
     if continuing:
         return thrust_N * t_on_s
-    return effective_impulse(t_on_s, thrust_N, open_delay_s, close_delay_s, tau_rise_s,
-                             tau_tail_s)
+    return effective_impulse(t_on_s, thrust_N, open_delay_s, close_delay_s, tau_rise_s, tau_tail_s)
 
 
 @kernel

@@ -52,8 +52,9 @@ def whole_number(lo: int, hi: int, hi_text: str | None = None):
         except ValueError:
             value = None
         if value is None or not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"expected a whole number in {bound}, "
-                                             f"got {show(text)}")
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number in {bound}, got {show(text)}"
+            )
         return value
 
     return parse
