@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 from numba import prange
-from thruster_hil.controller import cycle as cst
-from thruster_hil.controller.modulation import MOD_COLS
-from thruster_hil.sims.plant import PLANT_WORK_LEN, SENSED_LEN
-from thruster_hil.sims.thrusters import HEALTH_FAILED_OFF, VALVE_STATE_LEN, VS_EDGE_T
 
 from thruster_hil.closedloop import fused as loop
+from thruster_hil.controller import cycle as cst
+from thruster_hil.controller.modulation import MOD_COLS
 from thruster_hil.core.jit import parallel_kernel
 from thruster_hil.core.layout import Layout
+from thruster_hil.sims.plant import PLANT_WORK_LEN, SENSED_LEN
+from thruster_hil.sims.thrusters import HEALTH_FAILED_OFF, VALVE_STATE_LEN, VS_EDGE_T
 
 # ---- one result row per case: finish()'s OUT_LEN numbers, then the case's records -----------
 BATCH_ROW = Layout(

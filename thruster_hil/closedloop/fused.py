@@ -31,8 +31,13 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from thruster_hil.controller import cycle as cst
 from thruster_hil.controller.modulation import T_TRANSLATION
+from thruster_hil.core.constants import MU_EARTH, R_EARTH
+from thruster_hil.core.frames import dcm_entries
+from thruster_hil.core.jit import kernel
+from thruster_hil.core.layout import Layout
 from thruster_hil.sims.orbit import lvlh_axes, propagate
 from thruster_hil.sims.plant import M, Q, R, V, W, plant_cycle
 from thruster_hil.sims.thrusters import (
@@ -43,11 +48,6 @@ from thruster_hil.sims.thrusters import (
     gimbal_direction,
     valve_cycle,
 )
-
-from thruster_hil.core.constants import MU_EARTH, R_EARTH
-from thruster_hil.core.frames import dcm_entries
-from thruster_hil.core.jit import kernel
-from thruster_hil.core.layout import Layout
 
 #: RK4 sub-steps per control cycle (0.1 s at the 0.5 s control period).
 N_SUB = 5

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from thruster_hil.closedloop.runner import UnitReport
 from thruster_hil.firmware_bridge.dictionary import CHANNELS_PER_BANK, FAULT
 from thruster_hil.firmware_bridge.link import MAX_RETRIES, Link, LinkError
 from thruster_hil.firmware_bridge.priority import (
@@ -28,8 +30,6 @@ from thruster_hil.firmware_bridge.priority import (
     save_priority,
 )
 from thruster_hil.sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL, HEALTH_STUCK_OPEN
-
-from thruster_hil.closedloop.runner import UnitReport
 
 __all__ = ["SerialUnit", "open_unit", "LinkError"]
 
