@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import binascii
 import struct
+from binascii import crc_hqx
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,39 +130,55 @@ def encode_packet(name: str, seq: int, flags: int = 0, /, **fields: Any) -> byte
 
 
 def _encode_packet(name: str, seq: int, flags: int, fields: dict[str, Any]) -> bytes:
-    try:
-        spec = MESSAGES[name]
-    except KeyError:
+    enc = _ENCODING.get(name)
+    if enc is None:
         raise EncodeError(f"unknown message {name!r}") from None
     if not 0 <= flags <= 0xF:
         raise EncodeError(f"{name}: flags must fit in 4 bits, got {flags!r}")
-    # Fast path: flatten in field order and let struct check types and ranges; on any problem
-    # the slow path names the field.
-    payload = None
-    if len(fields) == len(spec.fields):
-        values: list = []
+    # Fast path (every FIRE and VALVE_REPORT): headers and payload in one precompiled pack,
+    # struct checking types and ranges; on any problem the slow path names the field.
+    spec, pack, word0, data_len, msg_id, layout = enc
+    if len(fields) == len(layout):
+        values = [word0, 0xC000 | (seq % SEQ_MODULO), data_len, msg_id, _VER_BITS | flags]
         try:
-            for f in spec.fields:
-                v = fields[f.name]
-                if f.count > 1:
+            for fname, count in layout:
+                v = fields[fname]
+                if count:
+                    if len(v) != count:
+                        raise TypeError
                     values.extend(v)
                 elif v.__class__ is bool:
                     raise TypeError
                 else:
                     values.append(v)
-            payload = spec.struct.pack(*values)
+            body = pack(*values)
         except (KeyError, TypeError, struct.error):
-            payload = None
-    if payload is None:
-        try:
-            payload = spec.struct.pack(*_values(spec, fields))
-        except struct.error as exc:
-            raise EncodeError(f"{name}: {exc}") from None
-    word0 = (1 << 12 if spec.is_command else 0) | (1 << 11) | spec.apid
+            pass
+        else:
+            return body + _CRC.pack(crc_hqx(body, 0xFFFF))
+    try:
+        payload = spec.struct.pack(*_values(spec, fields))
+    except struct.error as exc:
+        raise EncodeError(f"{name}: {exc}") from None
     word1 = (0b11 << 14) | (seq % SEQ_MODULO)
     head = _PH.pack(word0, word1, len(payload) + 3, spec.id, (MSG_VERSION << 4) | flags)
     body = head + payload
     return body + _CRC.pack(crc16(body))
+
+
+def _encoding(spec: MessageSpec) -> tuple:
+    """What _encode_packet needs of a message, worked out once: the spec, one struct for the
+    primary and secondary headers and the payload, word 0 (TC flag, secondary header flag,
+    APID), the data length field, the message id, and the fields in order (name, count; count
+    0 for a scalar)."""
+    pack = struct.Struct(_PH.format + spec.struct.format.lstrip("<>!=@")).pack
+    word0 = (1 << 12 if spec.is_command else 0) | (1 << 11) | spec.apid
+    layout = tuple((f.name, f.count if f.count > 1 else 0) for f in spec.fields)
+    return spec, pack, word0, spec.payload_len + 3, spec.id, layout
+
+
+_VER_BITS = MSG_VERSION << 4
+_ENCODING = {name: _encoding(spec) for name, spec in MESSAGES.items()}
 
 
 def encode(name: str, seq: int, flags: int = 0, /, **fields: Any) -> bytes:
@@ -185,11 +202,11 @@ def decode_packet(packet: bytes) -> Message:
     n = len(packet)
     if n < MIN_PACKET:
         raise LengthError(f"packet of {n} bytes is shorter than the {MIN_PACKET}-byte minimum")
-    word0, word1, data_len, msg_id, ver_flags = _PH.unpack_from(packet)
+    word0, word1, data_len, msg_id, ver_flags = _ph_unpack_from(packet)
     if data_len + 7 != n:
         raise LengthError(f"header says {data_len + 7} bytes, packet has {n}")
-    (crc,) = _CRC.unpack_from(packet, n - 2)
-    if crc16(packet[:-2]) != crc:
+    crc = packet[-2] << 8 | packet[-1]
+    if crc_hqx(packet[:-2], 0xFFFF) != crc:
         raise CrcError(f"CRC 0x{crc:04X} does not match the packet")
     if word0 >> 13 != 0 or not (word0 >> 11) & 1 or word1 >> 14 != 0b11:
         raise HeaderError(
@@ -201,28 +218,49 @@ def decode_packet(packet: bytes) -> Message:
     known = _DECODING.get(msg_id)
     if known is None:
         raise UnknownMessage(f"unknown message id 0x{msg_id:02X}")
-    spec, word0_id, payload_len, unpack_from, layout = known
+    spec, word0_id, payload_len, unpack_from, layout, names = known
     if word0 & 0x1FFF != word0_id:  # APID and TC/TM flag of this message
         is_tc = bool((word0 >> 12) & 1)
         raise HeaderError(f"{spec.name} on APID 0x{word0 & 0x7FF:03X} as {'TC' if is_tc else 'TM'}")
     if n - MIN_PACKET != payload_len:
         raise LengthError(f"{spec.name} payload of {n - MIN_PACKET} bytes, expected {payload_len}")
     values = unpack_from(packet, 8)
-    out = {name: values[a:b] if b else values[a] for name, a, b in layout}
-    return Message(spec.name, word1 & 0x3FFF, out, ver_flags & 0xF)
+    if names is not None:  # scalars only: one value per field, in order
+        out = dict(zip(names, values))
+    else:
+        out = {name: values[a:b] if b else values[a] for name, a, b in layout}
+    # Message(spec.name, seq, out, flags) without the frozen dataclass's __init__ (half the
+    # cost; this runs for every frame on both ends of the wire).
+    msg = _new(Message)
+    _set_name(msg, spec.name)
+    _set_seq(msg, word1 & 0x3FFF)
+    _set_fields(msg, out)
+    _set_flags(msg, ver_flags & 0xF)
+    return msg
+
+
+_ph_unpack_from = _PH.unpack_from
+_new = object.__new__
+_set_name = Message.name.__set__  # type: ignore[attr-defined]  (slot descriptors)
+_set_seq = Message.seq.__set__  # type: ignore[attr-defined]
+_set_fields = Message.fields.__set__  # type: ignore[attr-defined]
+_set_flags = Message.flags.__set__  # type: ignore[attr-defined]
 
 
 def _decoding(spec: MessageSpec) -> tuple:
     """What decode_packet needs of a message, worked out once: the spec, the low 13 bits of
     word 0 it must carry (TC flag, secondary header flag, APID), the payload length, the
     payload's unpack_from, and where each field sits in the unpacked values (name, start,
-    stop; stop 0 for a scalar)."""
+    stop; stop 0 for a scalar), and the field names when every field is a scalar (None
+    otherwise)."""
     layout, i = [], 0
     for f in spec.fields:
         layout.append((f.name, i, i + f.count if f.count > 1 else 0))
         i += f.count
     word0_id = (1 << 12 if spec.is_command else 0) | (1 << 11) | spec.apid
-    return spec, word0_id, spec.payload_len, spec.struct.unpack_from, tuple(layout)
+    scalars = all(f.count == 1 for f in spec.fields)
+    names = tuple(f.name for f in spec.fields) if scalars else None
+    return spec, word0_id, spec.payload_len, spec.struct.unpack_from, tuple(layout), names
 
 
 _DECODING = {msg_id: _decoding(spec) for msg_id, spec in BY_ID.items()}

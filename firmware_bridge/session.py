@@ -111,6 +111,13 @@ __all__ = [
 
 # ---- the session -----------------------------------------------------------------------------
 
+_ZEROS = [0] * CHANNELS_PER_BANK
+_SEQ_MODULO = codec.SEQ_MODULO
+_encode_fields = codec.encode_fields
+_new = object.__new__
+_set_msg = Received.msg.__set__  # type: ignore[attr-defined]  (slot descriptors)
+_set_t_ns = Received.t_ns.__set__  # type: ignore[attr-defined]
+
 
 class HostSession:
     """The host's side of one unit link; see the module docstring. ``url`` only names the port
@@ -128,6 +135,7 @@ class HostSession:
         self._nonce = ping_nonce & 0x7FFFFFFF
         self._decoder = codec.Decoder()
         self._layouts: dict[int, list[tuple[int, int, int, int]]] = {}
+        self._nominal: dict[int, tuple[int, ...]] = {}  # n -> (HEALTH_NOMINAL,) * n
         self._out: list[bytes] = []
         #: When the first of the frames now queued was stamped (host ns): a FIRE's round trip
         #: is measured from it, so a capture of the write must carry the same time.
@@ -207,7 +215,10 @@ class HostSession:
             store.popitem(last=False)
 
     def _dispatch(self, msg: codec.Message, t_ns: int) -> None:
-        rec = Received(msg, t_ns)
+        # Received(msg, t_ns) without the frozen dataclass's __init__: one per frame.
+        rec = _new(Received)
+        _set_msg(rec, msg)
+        _set_t_ns(rec, t_ns)
         name = msg.name
         self.last_rx_ns = t_ns
         if msg.flags & FLAG_TEST_BUILD:
@@ -217,7 +228,8 @@ class HostSession:
             step = f["step"]
             self.last_report = (t_ns, step)
             op = self.fire_op
-            if op is not None and step == op.step and op.take(rec):
+            if op is not None and step == op.step and f["bank"] in op.seqs:
+                op.reports.setdefault(f["bank"], rec)  # (FireOp.take, inline)
                 return
             key = (step, f["bank"])
             if key in self._late_expected:
@@ -321,7 +333,7 @@ class HostSession:
         return list(self._out_names)
 
     def queue(self, name: str, seq: int, flags: int, fields: dict[str, Any], now_ns: int) -> None:
-        frame = codec.encode_fields(name, seq, flags, fields)
+        frame = _encode_fields(name, seq, flags, fields)
         if not self._out:
             self.out_t_ns = now_ns
         self._out.append(frame)
@@ -348,8 +360,8 @@ class HostSession:
         """The next n sequence counts. An unclaimed ACK still filed under one (from 16384
         commands ago) is dropped so it cannot answer the new command."""
         first = self.seq
-        self.seq = (first + n) % codec.SEQ_MODULO
-        seqs = [(first + i) % codec.SEQ_MODULO for i in range(n)]
+        self.seq = (first + n) % _SEQ_MODULO
+        seqs = [first % _SEQ_MODULO] if n == 1 else [(first + i) % _SEQ_MODULO for i in range(n)]
         if self._acks:
             for key in [k for k in self._acks if k[0] in seqs]:
                 del self._acks[key]
@@ -767,26 +779,44 @@ class HostSession:
         vf = valid_for_ms if valid_for_ms is not None else self.valid_for_ms
         if vf is None:
             vf = min(0xFFFF, 2 * (self.period_ms or 500))
-        banks = []
-        for b, lo, width, mask in self._bank_layout(n):
-            bank_ticks = ticks[lo : lo + width]
-            if width < CHANNELS_PER_BANK:
-                bank_ticks += [0] * (CHANNELS_PER_BANK - width)
-            banks.append(
+        layout = self._layouts.get(n) or self._bank_layout(n)
+        if len(layout) == 1 and n == CHANNELS_PER_BANK:  # one full bank: no slicing
+            banks = [
                 (
-                    b,
-                    lo,
-                    width,
-                    dict(
-                        session=session,
-                        step=step,
-                        valid_for_ms=vf,
-                        bank=b,
-                        mask=mask,
-                        on_ticks=bank_ticks,
-                    ),
+                    0,
+                    0,
+                    n,
+                    {
+                        "session": session,
+                        "step": step,
+                        "valid_for_ms": vf,
+                        "bank": 0,
+                        "mask": 0xFFFF,
+                        "on_ticks": ticks,
+                    },
                 )
-            )
+            ]
+        else:
+            banks = []
+            for b, lo, width, mask in layout:
+                bank_ticks = ticks[lo : lo + width]
+                if width < CHANNELS_PER_BANK:
+                    bank_ticks += _ZEROS[: CHANNELS_PER_BANK - width]
+                banks.append(
+                    (
+                        b,
+                        lo,
+                        width,
+                        {
+                            "session": session,
+                            "step": step,
+                            "valid_for_ms": vf,
+                            "bank": b,
+                            "mask": mask,
+                            "on_ticks": bank_ticks,
+                        },
+                    )
+                )
         return FireOp(self, step, n, banks, now_ns, self.mode == "realtime", deadline_ns)
 
     def fire_result(
@@ -794,38 +824,47 @@ class HostSession:
     ) -> FireResult:
         tick_us = self.info.tick_us or 1000
         n = op.n
-        ex = [0] * n
-        health = [HEALTH_NOMINAL] * n
+        ex: list[int] = []
+        health = None  # all nominal until a report says otherwise
         flags = 0
         t_start = None
-        for b, lo, width, _fields in op.banks:
-            rec = op.reports.get(b)
+        reports = op.reports
+        for b, lo, width, _fields in op.banks:  # (banks in channel order, back to back)
+            rec = reports.get(b)
             if rec is None:
+                ex += _ZEROS[:width]
                 continue
             f = rec.msg.fields
             flags |= f["flags"]
             if b == 0:
                 t_start = f["t_start_pu_us"]
-            ex[lo : lo + width] = f["executed_ticks"][:width]
+            ticks = f["executed_ticks"]
+            ex += ticks if width == CHANNELS_PER_BANK else ticks[:width]
             stuck = f["stuck_mask"]
             failed = f["failed_mask"]
             if stuck or failed:
+                if health is None:
+                    health = [HEALTH_NOMINAL] * n
                 for i in range(width):
                     bit = 1 << i
                     if stuck & bit:
                         health[lo + i] = HEALTH_STUCK_OPEN
                     elif failed & bit:
                         health[lo + i] = HEALTH_FAILED_OFF
-        ms = tuple(ex) if tick_us == 1000 else tuple((t * tick_us + 500) // 1000 for t in ex)
+        ticks_t = tuple(ex)
+        ms = ticks_t if tick_us == 1000 else tuple((t * tick_us + 500) // 1000 for t in ex)
+        nominal = self._nominal.get(n)
+        if nominal is None:
+            nominal = self._nominal[n] = (HEALTH_NOMINAL,) * n
         return FireResult(
-            step=op.step,
-            executed_ms=ms,
-            executed_ticks=tuple(ex),
-            health=tuple(health),
-            flags=flags,
-            rtt_ms=rtt_ms,
-            missing_banks=tuple(missing),
-            t_start_pu_us=t_start,
+            op.step,
+            ms,
+            ticks_t,
+            nominal if health is None else tuple(health),
+            flags,
+            rtt_ms,
+            tuple(missing),
+            t_start,
         )
 
     # ---- parameters and faults ---------------------------------------------------------------

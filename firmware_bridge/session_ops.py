@@ -174,7 +174,9 @@ class FireOp(Op):
         self.attempt = 0
         # Stamped before the write: the reports may be in before the write returns.
         self.t_first = self.t_sent = self.t_wait = now_ns
-        s.queue_many([("FIRE", self.seqs[b], 0, fields) for b, _lo, _w, fields in banks], now_ns)
+        queue = s.queue
+        for b, q in zip(banks, seqs):
+            queue("FIRE", q, 0, b[3], now_ns)
         if realtime:
             if deadline_ns is None:
                 # A pulse may last the whole period (a main engine firing continuously): its

@@ -117,6 +117,11 @@ _SESSION_CMDS = frozenset(
     {"HEARTBEAT", "ARM_REQUEST", "ARM_CONFIRM", "DISARM", "FIRE", "SET_PARAM", "FAULT_INJECT"}
 )
 _FIRE_CELLS = COMMANDS["FIRE"]
+_ARM_IDLE_US = LIMITS["arm_idle_ms"] * 1000
+_MAX_ON_TICKS_CAP = LIMITS["max_on_ticks_cap"]
+_ARM_CHALLENGE_US = LIMITS["arm_challenge_ms"] * 1000
+#: hears_commands() of each state, worked out once (it runs for every chunk of input).
+_HEARS = {state: hears_commands(state) for state in STATE_NAMES}
 #: The states in which each timer / event applies, from the state table.
 _WATCHDOG_STATES = frozenset(s for s, c in EVENTS["WATCHDOG"].items() if c.kind == "action")
 _ARM_IDLE_STATES = frozenset(s for s, c in EVENTS["ARM_IDLE"].items() if c.kind == "action")
@@ -540,27 +545,31 @@ class UnitCore:
         return b"".join(out)
 
     def _run_timers(self, out: list[bytes], now_us: int) -> None:
-        if self.state == BOOT:
+        state = self.state
+        if state == BOOT:
             return
         if self.stall_until is not None and now_us >= self.stall_until:
             self.stall_until = None
-        wd_deadline = self._last_valid + self.watchdog_ms * 1000 if self.watchdog_active() else None
-        # Pulses that ended (before the watchdog would have cut them), in time order.
-        ends = sorted(
-            (t, i, c)
-            for i, p in enumerate(self._pending)
-            for c, t in p.ends.items()
-            if t <= now_us and (wd_deadline is None or t <= wd_deadline)
+        wd_deadline = (
+            self._last_valid + self.watchdog_ms * 1000 if state in _WATCHDOG_STATES else None
         )
-        done: list[_Pulse] = []
-        for _, i, c in ends:
-            p = self._pending[i]
-            p.executed[c] = p.planned[c]
-            del p.ends[c]
-            if not p.ends:
-                done.append(p)
-        for p in done:
-            self._finish(out, p, now_us)
+        if self._pending:  # (LOCKSTEP: never; its pulses are reported at once)
+            # Pulses that ended (before the watchdog would have cut them), in time order.
+            ends = sorted(
+                (t, i, c)
+                for i, p in enumerate(self._pending)
+                for c, t in p.ends.items()
+                if t <= now_us and (wd_deadline is None or t <= wd_deadline)
+            )
+            done: list[_Pulse] = []
+            for _, i, c in ends:
+                p = self._pending[i]
+                p.executed[c] = p.planned[c]
+                del p.ends[c]
+                if not p.ends:
+                    done.append(p)
+            for p in done:
+                self._finish(out, p, now_us)
         if wd_deadline is not None and now_us >= wd_deadline:
             since_ms = (now_us - self._last_valid) // 1000
             self.counters["watchdog_trips"] += 1
@@ -578,17 +587,14 @@ class UnitCore:
                     "watchdog_ms": self.watchdog_ms,
                 }
             )
-        if (
-            self.state in _ARM_IDLE_STATES
-            and now_us >= self._idle_from + LIMITS["arm_idle_ms"] * 1000
-        ):
+        if self.state in _ARM_IDLE_STATES and now_us >= self._idle_from + _ARM_IDLE_US:
             self._leave_armed(
                 out, now_us, EVENTS["ARM_IDLE"][self.state].next(), REASON["ARM_TIMEOUT"]
             )
         if (
             self.state in _CHALLENGE_STATES
             and self._nonce is not None
-            and now_us - self._challenge_t > LIMITS["arm_challenge_ms"] * 1000
+            and now_us - self._challenge_t > _ARM_CHALLENGE_US
         ):
             self._nonce = None  # expired: an ARM_CONFIRM now is BAD_NONCE
         if self._next_hk is not None and now_us >= self._next_hk:
@@ -627,7 +633,8 @@ class UnitCore:
     def receive(self, data: bytes, now_us: int) -> bytes:
         out: list[bytes] = []
         self._run_timers(out, now_us)
-        if not hears_commands(self.state):  # BOOT
+        hears = _HEARS.get(self.state)
+        if not (hears if hears is not None else hears_commands(self.state)):  # BOOT
             return b"".join(out)
         if self.stall_until is not None:
             if data:
@@ -985,7 +992,8 @@ class UnitCore:
     def _on_fire(self, out, replies, msg: Message, now_us: int) -> None:
         self._last_valid = now_us  # a FIRE of the session, whatever becomes of it
         prev_fire, self._last_fire_t = self._last_fire_t, now_us
-        bank, step = msg["bank"], msg["step"]
+        f = msg.fields
+        bank, step = f["bank"], f["step"]
         if bank >= self.n_banks:
             self._ack(out, replies, msg, R["BAD_PARAM"])
             return
@@ -1010,8 +1018,8 @@ class UnitCore:
         elif (
             self.mode == REALTIME
             and prev_fire is not None
-            and msg["valid_for_ms"]
-            and now_us - prev_fire > msg["valid_for_ms"] * 1000
+            and f["valid_for_ms"]
+            and now_us - prev_fire > f["valid_for_ms"] * 1000
         ):
             why = 2
         if why:
@@ -1024,7 +1032,7 @@ class UnitCore:
     def _execute(self, out: list[bytes], msg: Message, now_us: int) -> None:
         f = msg.fields
         bank, step, mask, on_ticks = f["bank"], f["step"], f["mask"], f["on_ticks"]
-        limit = min(self.max_on_ticks, self._period_ticks(), LIMITS["max_on_ticks_cap"])
+        limit = min(self.max_on_ticks, self.period_ms * 1000 // TICK_US, _MAX_ON_TICKS_CAP)
         min_on = self.min_on_ticks
         base = bank * CHANNELS_PER_BANK
         failed = (self.failed >> base) & 0xFFFF
@@ -1035,9 +1043,7 @@ class UnitCore:
         else:
             planned = [v if mask >> c & 1 and c < width else 0 for c, v in enumerate(on_ticks)]
         flags = 0
-        small = set(planned)
-        small.discard(0)
-        if small and (max(small) > limit or min(small) < min_on):
+        if max(planned) > limit or 0 < min(filter(None, planned), default=0) < min_on:
             # Clamp to the limit, round up to the minimum on-time (or drop), one event each.
             for c in range(width):
                 if not mask >> c & 1:
