@@ -22,7 +22,9 @@ from __future__ import annotations
 import binascii
 import struct
 from binascii import crc_hqx
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from cobs import cobs as _cobs
@@ -135,23 +137,14 @@ def _encode_packet(name: str, seq: int, flags: int, fields: dict[str, Any]) -> b
         raise EncodeError(f"unknown message {name!r}") from None
     if not 0 <= flags <= 0xF:
         raise EncodeError(f"{name}: flags must fit in 4 bits, got {flags!r}")
-    # Fast path (every FIRE and VALVE_REPORT): headers and payload in one precompiled pack,
-    # struct checking types and ranges; on any problem the slow path names the field.
-    spec, pack, word0, data_len, msg_id, layout = enc
-    if len(fields) == len(layout):
-        values = [word0, 0xC000 | (seq % SEQ_MODULO), data_len, msg_id, _VER_BITS | flags]
+    # Fast path (every FIRE and VALVE_REPORT): the field values in order (one C call), headers
+    # and payload in one precompiled pack, struct checking the types, ranges and the number of
+    # values; on any problem the slow path accepts what it can (bool, float) or names the field.
+    spec, pack, word0, data_len, msg_id, n_fields, flat = enc
+    if len(fields) == n_fields:
         try:
-            for fname, count in layout:
-                v = fields[fname]
-                if count:
-                    if len(v) != count:
-                        raise TypeError
-                    values.extend(v)
-                elif v.__class__ is bool:
-                    raise TypeError
-                else:
-                    values.append(v)
-            body = pack(*values)
+            word1 = 0xC000 | (seq % SEQ_MODULO)
+            body = pack(word0, word1, data_len, msg_id, _VER_BITS | flags, *flat(fields))
         except (KeyError, TypeError, struct.error):
             pass
         else:
@@ -169,12 +162,56 @@ def _encode_packet(name: str, seq: int, flags: int, fields: dict[str, Any]) -> b
 def _encoding(spec: MessageSpec) -> tuple:
     """What _encode_packet needs of a message, worked out once: the spec, one struct for the
     primary and secondary headers and the payload, word 0 (TC flag, secondary header flag,
-    APID), the data length field, the message id, and the fields in order (name, count; count
-    0 for a scalar)."""
+    APID), the data length field, the message id, the number of fields, and a function that
+    flattens a fields dict into the payload's values in order."""
     pack = struct.Struct(_PH.format + spec.struct.format.lstrip("<>!=@")).pack
     word0 = (1 << 12 if spec.is_command else 0) | (1 << 11) | spec.apid
-    layout = tuple((f.name, f.count if f.count > 1 else 0) for f in spec.fields)
-    return spec, pack, word0, spec.payload_len + 3, spec.id, layout
+    names = [f.name for f in spec.fields]
+    arrays = [i for i, f in enumerate(spec.fields) if f.count > 1]
+    if not names:
+        flat = _no_values
+    elif len(names) == 1:
+        flat = _one_value(names[0], bool(arrays))
+    elif not arrays:
+        flat = itemgetter(*names)
+    else:
+        flat = _with_arrays(itemgetter(*names), tuple(arrays))
+    return spec, pack, word0, spec.payload_len + 3, spec.id, len(names), flat
+
+
+def _no_values(fields: dict) -> tuple:
+    return ()
+
+
+def _one_value(name: str, array: bool) -> Callable[[dict], Any]:
+    if array:
+        return lambda fields: fields[name]
+    return lambda fields: (fields[name],)
+
+
+def _with_arrays(get: Callable[[dict], tuple], arrays: tuple[int, ...]) -> Callable[[dict], Any]:
+    """Field values in order with each array's values in its place (a wrong length shows as
+    a wrong number of values, which the pack refuses)."""
+    if len(arrays) == 1:
+        (i,) = arrays
+
+        def flat_one(fields: dict) -> tuple:
+            v = get(fields)
+            return (*v[:i], *v[i], *v[i + 1 :])
+
+        return flat_one
+
+    def flat(fields: dict) -> list:
+        v = get(fields)
+        out: list = []
+        for j, x in enumerate(v):
+            if j in arrays:
+                out.extend(x)
+            else:
+                out.append(x)
+        return out
+
+    return flat
 
 
 _VER_BITS = MSG_VERSION << 4
@@ -218,15 +255,18 @@ def decode_packet(packet: bytes) -> Message:
     known = _DECODING.get(msg_id)
     if known is None:
         raise UnknownMessage(f"unknown message id 0x{msg_id:02X}")
-    spec, word0_id, payload_len, unpack_from, layout, names = known
+    spec, word0_id, payload_len, unpack_from, layout, names, array = known
     if word0 & 0x1FFF != word0_id:  # APID and TC/TM flag of this message
         is_tc = bool((word0 >> 12) & 1)
         raise HeaderError(f"{spec.name} on APID 0x{word0 & 0x7FF:03X} as {'TC' if is_tc else 'TM'}")
     if n - MIN_PACKET != payload_len:
         raise LengthError(f"{spec.name} payload of {n - MIN_PACKET} bytes, expected {payload_len}")
     values = unpack_from(packet, 8)
-    if names is not None:  # scalars only: one value per field, in order
-        out = dict(zip(names, values))
+    if array is None:  # scalars only: one value per field, in order
+        out = dict(zip(names, values, strict=True))
+    elif array:  # one array field: its values as one tuple, in field order
+        a, b = array
+        out = dict(zip(names, values[:a] + (values[a:b],) + values[b:], strict=True))
     else:
         out = {name: values[a:b] if b else values[a] for name, a, b in layout}
     # Message(spec.name, seq, out, flags) without the frozen dataclass's __init__ (half the
@@ -251,16 +291,17 @@ def _decoding(spec: MessageSpec) -> tuple:
     """What decode_packet needs of a message, worked out once: the spec, the low 13 bits of
     word 0 it must carry (TC flag, secondary header flag, APID), the payload length, the
     payload's unpack_from, and where each field sits in the unpacked values (name, start,
-    stop; stop 0 for a scalar), and the field names when every field is a scalar (None
-    otherwise)."""
+    stop; stop 0 for a scalar), the field names, and where the values of its one array field
+    are (start, stop; None without arrays, () with more than one)."""
     layout, i = [], 0
     for f in spec.fields:
         layout.append((f.name, i, i + f.count if f.count > 1 else 0))
         i += f.count
     word0_id = (1 << 12 if spec.is_command else 0) | (1 << 11) | spec.apid
-    scalars = all(f.count == 1 for f in spec.fields)
-    names = tuple(f.name for f in spec.fields) if scalars else None
-    return spec, word0_id, spec.payload_len, spec.struct.unpack_from, tuple(layout), names
+    arrays = [(a, b) for _name, a, b in layout if b]
+    array = None if not arrays else arrays[0] if len(arrays) == 1 else ()
+    names = tuple(f.name for f in spec.fields)
+    return spec, word0_id, spec.payload_len, spec.struct.unpack_from, tuple(layout), names, array
 
 
 _DECODING = {msg_id: _decoding(spec) for msg_id, spec in BY_ID.items()}

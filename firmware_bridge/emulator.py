@@ -182,6 +182,11 @@ class Emulator:
 
     def _drain_journal(self) -> None:
         j = self.core.journal
+        if not j:
+            return
+        if self.log is None and self._first_fire_us is not None:
+            j.clear()  # nothing to write, nothing more to learn from it
+            return
         for rec in j:
             if rec.get("ev") == "fire" and self._first_fire_us is None:
                 self._first_fire_us = rec["t_start_us"]
@@ -353,7 +358,16 @@ class Emulator:
     def _due(self, now: int) -> int:
         """When _step must run next (emulator us): the earliest timer of the unit, a reset, a
         delayed frame, a scheduled fault, the counters record, or the next HUP poll."""
-        times = [self.core.next_deadline_us(), self._reset_at, self._next_counters]
+        unit = self.core.next_deadline_us()
+        if (
+            self._reset_at is None
+            and not self._delayed
+            and self.faults is None
+            and self.connected
+            and unit is not None
+        ):  # (after every frame of a burn)
+            return unit if unit < self._next_counters else self._next_counters
+        times = [unit, self._reset_at, self._next_counters]
         if self._delayed:
             times.append(self._delayed[0][0])
         if self.faults is not None:

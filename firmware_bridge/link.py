@@ -272,7 +272,13 @@ class Link:
         the ``select`` it makes after every write (one syscall less per frame batch); wait
         for room only when the output buffer is full (the descriptor is non-blocking)."""
         fd = self._fd
-        view = memoryview(data)
+        try:
+            n = os.write(fd, data)
+        except BlockingIOError:
+            n = 0
+        if n == len(data):  # (the usual case: a cycle's frames fit in the pty at once)
+            return
+        view = memoryview(data)[n:]
         while view:
             try:
                 n = os.write(fd, view)

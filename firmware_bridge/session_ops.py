@@ -175,7 +175,7 @@ class FireOp(Op):
         # Stamped before the write: the reports may be in before the write returns.
         self.t_first = self.t_sent = self.t_wait = now_ns
         queue = s.queue
-        for b, q in zip(banks, seqs):
+        for b, q in zip(banks, seqs, strict=True):
             queue("FIRE", q, 0, b[3], now_ns)
         if realtime:
             if deadline_ns is None:

@@ -119,6 +119,8 @@ _SESSION_CMDS = frozenset(
 _FIRE_CELLS = COMMANDS["FIRE"]
 _ARM_IDLE_US = LIMITS["arm_idle_ms"] * 1000
 _MAX_ON_TICKS_CAP = LIMITS["max_on_ticks_cap"]
+_VR_APID = MESSAGES["VALVE_REPORT"].apid
+_encode_fields = codec.encode_fields
 _ARM_CHALLENGE_US = LIMITS["arm_challenge_ms"] * 1000
 #: hears_commands() of each state, worked out once (it runs for every chunk of input).
 _HEARS = {state: hears_commands(state) for state in STATE_NAMES}
@@ -361,25 +363,32 @@ class UnitCore:
         return self.tank_kpa < MIN_FEED_KPA
 
     def next_deadline_us(self) -> int | None:
-        times = []
-        if self.watchdog_active():
-            times.append(self._last_valid + self.watchdog_ms * 1000)
-        if self.state in _ARM_IDLE_STATES:
-            times.append(self._idle_from + LIMITS["arm_idle_ms"] * 1000)
-        for p in self._pending:
-            times.extend(p.ends.values())
-        if self._next_hk is not None:
-            times.append(self._next_hk)
-        if self.stall_until is not None:
-            times.append(self.stall_until)
-        return min(times) if times else None
+        # (The driver asks after every frame: no list unless pulses are pending.)
+        first = self._next_hk
+        state = self.state
+        if state in _WATCHDOG_STATES:
+            t = self._last_valid + self.watchdog_ms * 1000
+            if first is None or t < first:
+                first = t
+        if state in _ARM_IDLE_STATES:
+            t = self._idle_from + _ARM_IDLE_US
+            if first is None or t < first:
+                first = t
+        if self._pending:
+            t = min((t for p in self._pending for t in p.ends.values()), default=None)
+            if t is not None and (first is None or t < first):
+                first = t
+        t = self.stall_until
+        if t is not None and (first is None or t < first):
+            first = t
+        return first
 
     # ---------------------------------------------------------------- output helpers
 
     def _encode(self, name: str, seq: int, flags: int, fields: dict) -> bytes:
-        frame = codec.encode_fields(
-            name, seq, flags | (FLAG_TEST_BUILD if self.test_build else 0), fields
-        )
+        if self.test_build:
+            flags |= FLAG_TEST_BUILD
+        frame = _encode_fields(name, seq, flags, fields)
         self.counters["tx_frames"] += 1
         if self.corrupt_tx > 0:
             self.corrupt_tx -= 1
@@ -514,7 +523,10 @@ class UnitCore:
             "failed_mask": failed,
             "stuck_mask": stuck,
         }
-        seq = self._emit_fields(out, "VALVE_REPORT", fields)
+        tm_seq = self._tm_seq
+        seq = tm_seq[_VR_APID]  # (_emit_fields, inline: every FIRE)
+        tm_seq[_VR_APID] = (seq + 1) % SEQ_MODULO
+        out.append(self._encode("VALVE_REPORT", seq, 0, fields))
         if session == self.session:
             self._reports[bank] = (step, seq, fields)
         self.executed_log.append((session, step, bank, ticks))

@@ -70,6 +70,7 @@ class SerialUnit:
         self._process = process
         self._executed = np.zeros(n_thrusters, np.uint16)
         self._health = np.zeros(n_thrusters, np.int64)
+        self._health_nominal = True  # _health holds HEALTH_NOMINAL (0) everywhere
         self._faults: dict[int, _Fault] = {}  # channel -> failure awaiting confirmation
         #: After close(): did the unit confirm every valve closed? True: it acknowledged the
         #: final STOP_ALL and reports no valve open; False: no acknowledgement, or a valve is
@@ -87,14 +88,19 @@ class SerialUnit:
         return self._report(self.link.fire(cycle + 1, on_ms[: self.n]))
 
     def _report(self, res) -> UnitReport:
-        self._executed[:] = res.executed_ms[: self.n]
-        health = res.health[: self.n]
-        self._health[:] = health
+        n = self.n
+        ms = res.executed_ms
+        self._executed[:] = ms if len(ms) == n else ms[:n]
+        health = res.health if len(res.health) == n else res.health[:n]
+        nominal = not any(health)
+        if not (nominal and self._health_nominal):  # (all zeros already: nothing to copy)
+            self._health[:] = health
+            self._health_nominal = nominal
         if self._faults:
             self._confirm_faults(res)
         # No report at all (every bank missed a REALTIME deadline): no round-trip time.
         rtt_s = math.nan if res.rtt_ms is None else res.rtt_ms / 1e3
-        return UnitReport(self._executed, self._health, rtt_s, all_nominal=not any(health))
+        return UnitReport(self._executed, self._health, rtt_s, nominal)
 
     def execute_chain(
         self, cycle: int, on_ms: np.ndarray, next_cycle: Callable[[UnitReport], np.ndarray | None]
