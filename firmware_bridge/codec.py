@@ -24,7 +24,6 @@ import struct
 from binascii import crc_hqx
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any
 
 from cobs import cobs as _cobs
@@ -140,11 +139,10 @@ def _encode_packet(name: str, seq: int, flags: int, fields: dict[str, Any]) -> b
     # Fast path (every FIRE and VALVE_REPORT): the field values in order (one C call), headers
     # and payload in one precompiled pack, struct checking the types, ranges and the number of
     # values; on any problem the slow path accepts what it can (bool, float) or names the field.
-    spec, pack, word0, data_len, msg_id, n_fields, flat = enc
+    spec, pack_fields, n_fields = enc
     if len(fields) == n_fields:
         try:
-            word1 = 0xC000 | (seq % SEQ_MODULO)
-            body = pack(word0, word1, data_len, msg_id, _VER_BITS | flags, *flat(fields))
+            body = pack_fields(fields, 0xC000 | (seq % SEQ_MODULO), _VER_BITS | flags)
         except (KeyError, TypeError, struct.error):
             pass
         else:
@@ -153,6 +151,7 @@ def _encode_packet(name: str, seq: int, flags: int, fields: dict[str, Any]) -> b
         payload = spec.struct.pack(*_values(spec, fields))
     except struct.error as exc:
         raise EncodeError(f"{name}: {exc}") from None
+    word0 = (1 << 12 if spec.is_command else 0) | (1 << 11) | spec.apid
     word1 = (0b11 << 14) | (seq % SEQ_MODULO)
     head = _PH.pack(word0, word1, len(payload) + 3, spec.id, (MSG_VERSION << 4) | flags)
     body = head + payload
@@ -160,58 +159,24 @@ def _encode_packet(name: str, seq: int, flags: int, fields: dict[str, Any]) -> b
 
 
 def _encoding(spec: MessageSpec) -> tuple:
-    """What _encode_packet needs of a message, worked out once: the spec, one struct for the
-    primary and secondary headers and the payload, word 0 (TC flag, secondary header flag,
-    APID), the data length field, the message id, the number of fields, and a function that
-    flattens a fields dict into the payload's values in order."""
+    """What _encode_packet needs of a message, worked out once: the spec, its packer
+    (:func:`_fields_packer`) and its number of fields."""
+    return spec, _fields_packer(spec), len(spec.fields)
+
+
+def _fields_packer(spec: MessageSpec) -> Callable[[dict, int, int], bytes]:
+    """``(fields, word1, ver_flags) -> headers and payload`` for one message: one precompiled
+    struct for the primary and secondary headers and the payload, its constant header values
+    (word 0: TC flag, secondary header flag, APID; the data length; the message id), and the
+    field values taken from the dict in order, an array's spread in its place, written out
+    from the dictionary as one call (as :func:`_fields_builder`). A missing field raises
+    KeyError; a value struct cannot pack, a wrong number of values or an array that is not
+    one raise struct.error or TypeError."""
     pack = struct.Struct(_PH.format + spec.struct.format.lstrip("<>!=@")).pack
     word0 = (1 << 12 if spec.is_command else 0) | (1 << 11) | spec.apid
-    names = [f.name for f in spec.fields]
-    arrays = [i for i, f in enumerate(spec.fields) if f.count > 1]
-    if not names:
-        flat = _no_values
-    elif len(names) == 1:
-        flat = _one_value(names[0], bool(arrays))
-    elif not arrays:
-        flat = itemgetter(*names)
-    else:
-        flat = _with_arrays(itemgetter(*names), tuple(arrays))
-    return spec, pack, word0, spec.payload_len + 3, spec.id, len(names), flat
-
-
-def _no_values(fields: dict) -> tuple:
-    return ()
-
-
-def _one_value(name: str, array: bool) -> Callable[[dict], Any]:
-    if array:
-        return lambda fields: fields[name]
-    return lambda fields: (fields[name],)
-
-
-def _with_arrays(get: Callable[[dict], tuple], arrays: tuple[int, ...]) -> Callable[[dict], Any]:
-    """Field values in order with each array's values in its place (a wrong length shows as
-    a wrong number of values, which the pack refuses)."""
-    if len(arrays) == 1:
-        (i,) = arrays
-
-        def flat_one(fields: dict) -> tuple:
-            v = get(fields)
-            return (*v[:i], *v[i], *v[i + 1 :])
-
-        return flat_one
-
-    def flat(fields: dict) -> list:
-        v = get(fields)
-        out: list = []
-        for j, x in enumerate(v):
-            if j in arrays:
-                out.extend(x)
-            else:
-                out.append(x)
-        return out
-
-    return flat
+    args = [f"{word0}, w1, {spec.payload_len + 3}, {spec.id}, vf"]
+    args += [f"*f[{f.name!r}]" if f.count > 1 else f"f[{f.name!r}]" for f in spec.fields]
+    return eval(f"lambda f, w1, vf: pack({', '.join(args)})", {"pack": pack})
 
 
 _VER_BITS = MSG_VERSION << 4
@@ -255,20 +220,13 @@ def decode_packet(packet: bytes) -> Message:
     known = _DECODING.get(msg_id)
     if known is None:
         raise UnknownMessage(f"unknown message id 0x{msg_id:02X}")
-    spec, word0_id, payload_len, unpack_from, layout, names, array = known
+    spec, word0_id, payload_len, unpack_from, as_fields = known
     if word0 & 0x1FFF != word0_id:  # APID and TC/TM flag of this message
         is_tc = bool((word0 >> 12) & 1)
         raise HeaderError(f"{spec.name} on APID 0x{word0 & 0x7FF:03X} as {'TC' if is_tc else 'TM'}")
     if n - MIN_PACKET != payload_len:
         raise LengthError(f"{spec.name} payload of {n - MIN_PACKET} bytes, expected {payload_len}")
-    values = unpack_from(packet, 8)
-    if array is None:  # scalars only: one value per field, in order
-        out = dict(zip(names, values, strict=True))
-    elif array:  # one array field: its values as one tuple, in field order
-        a, b = array
-        out = dict(zip(names, values[:a] + (values[a:b],) + values[b:], strict=True))
-    else:
-        out = {name: values[a:b] if b else values[a] for name, a, b in layout}
+    out = as_fields(unpack_from(packet, 8))
     # Message(spec.name, seq, out, flags) without the frozen dataclass's __init__ (half the
     # cost; this runs for every frame on both ends of the wire).
     msg = _new(Message)
@@ -290,18 +248,22 @@ _set_flags = Message.flags.__set__  # type: ignore[attr-defined]
 def _decoding(spec: MessageSpec) -> tuple:
     """What decode_packet needs of a message, worked out once: the spec, the low 13 bits of
     word 0 it must carry (TC flag, secondary header flag, APID), the payload length, the
-    payload's unpack_from, and where each field sits in the unpacked values (name, start,
-    stop; stop 0 for a scalar), the field names, and where the values of its one array field
-    are (start, stop; None without arrays, () with more than one)."""
-    layout, i = [], 0
-    for f in spec.fields:
-        layout.append((f.name, i, i + f.count if f.count > 1 else 0))
-        i += f.count
+    payload's unpack_from, and the function that turns the unpacked values into the fields
+    dict (:func:`_fields_builder`)."""
     word0_id = (1 << 12 if spec.is_command else 0) | (1 << 11) | spec.apid
-    arrays = [(a, b) for _name, a, b in layout if b]
-    array = None if not arrays else arrays[0] if len(arrays) == 1 else ()
-    names = tuple(f.name for f in spec.fields)
-    return spec, word0_id, spec.payload_len, spec.struct.unpack_from, tuple(layout), names, array
+    return spec, word0_id, spec.payload_len, spec.struct.unpack_from, _fields_builder(spec)
+
+
+def _fields_builder(spec: MessageSpec) -> Callable[[tuple], dict[str, Any]]:
+    """``values -> {name: value (a tuple for an array field)}`` for one message, in field
+    order, written out from the dictionary as one dict display: every decoded frame builds
+    one, and a display with constant keys is several times quicker than zipping the names
+    (the way namedtuple writes its classes; the source is only names and indices)."""
+    items, i = [], 0
+    for f in spec.fields:
+        items.append(f"{f.name!r}: v[{i}:{i + f.count}]" if f.count > 1 else f"{f.name!r}: v[{i}]")
+        i += f.count
+    return eval(f"lambda v: {{{', '.join(items)}}}", {})
 
 
 _DECODING = {msg_id: _decoding(spec) for msg_id, spec in BY_ID.items()}
@@ -342,7 +304,8 @@ class Decoder:
         while True:
             end = data.find(b"\x00", start)
             if end < 0:
-                self._append(data[start:], out)
+                if start < len(data):  # (not after a chunk's last delimiter)
+                    self._append(data[start:], out)
                 return out
             if not self._buf and not self._overflow and end - start + 1 <= self._max:
                 frame = data[start:end]  # a whole frame in this chunk: no copy through _buf
