@@ -383,16 +383,20 @@ class Emulator:
             if not self.auto_reset:
                 self.send(self.core.boot(self.now()), self.now())
             due = 0  # _step (timers, faults, connection) runs only when something is due
+            # What select waits on, made once (it runs for every frame; it reads the lists).
+            r_idle = [wake_r] + ([parent_fd] if parent_fd is not None else [])
+            r_connected = r_idle + [self.master]
+            w_pending, w_none = [self.master], []
             while self.stop_signal is None:
                 now = self.now()
                 if now >= due:
                     self._timer_ran_at(due, now)
                     self._step(now)
                     due = self._due(now)
-                rlist = [wake_r] + ([self.master] if self.connected else [])
-                if parent_fd is not None:
-                    rlist.append(parent_fd)
-                wlist = [self.master] if self._out and self.connected else []
+                if self.connected:
+                    rlist, wlist = r_connected, (w_pending if self._out else w_none)
+                else:
+                    rlist, wlist = r_idle, w_none
                 r, w, _ = select.select(rlist, wlist, [], max(0.0, (due - self.now()) / 1e6))
                 if self.stop_signal is not None:
                     break
