@@ -9,6 +9,12 @@
    cycle, which loads the kernels, and closing the unit are not counted).
 3. The ratio loop / raw. A stack with more than 16 thrusters sends two FIREs (two banks) per
    cycle, in one write.
+4. The ceiling of that ratio on this machine: the same burn stepped cycle by cycle from Python
+   with the ideal in-process unit (the controller and the plant, no wire) takes ``t_sil`` per
+   cycle, and a lockstep HIL cycle cannot take less than ``t_sil`` plus one raw round trip
+   ``t_raw``, so loop / raw <= t_raw / (t_raw + t_sil) even with a wire and a unit that cost
+   nothing. ``link_overhead_us`` is what the wire, the host session and the unit add per cycle:
+   1/loop - 1/raw - 1/sil.
 
 Placement. The unit stands in for a board, which has a processor of its own: the peer (echo or
 emulator) runs on one CPU and the host process on another, for the raw measurement and the loop
@@ -124,6 +130,15 @@ class Stack:
         warm_up(self.model, self.plan)  # compile the cycle before a unit is armed
         self.n = len(self.model.thruster_names)
 
+    def sil_stepped(self) -> float:
+        """Cycles per second of the same burn cycle by cycle with the ideal in-process unit."""
+        stamps: list[float] = []
+        s = run_burn(
+            self.model, self.plan, on_cycle=lambda k, _info: stamps.append(time.perf_counter())
+        ).summary
+        assert s["completed"], s
+        return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
     def loop(self, peer_cpus: set[int] | None) -> dict:
         stamps: list[float] = []
         with EmulatorProcess() as emu:
@@ -170,11 +185,16 @@ def main(argv=None) -> int:
     raw_before = raw_round_trips(args.round_trips, peer_cpus)
     for _ in range(args.rounds):
         rows = {s.name: s.loop(peer_cpus) for s in stacks}
+        for s in stacks:
+            rows[s.name]["sil_stepped_cycles_per_s"] = s.sil_stepped()
         raw_after = raw_round_trips(args.round_trips, peer_cpus)
         raw = 0.5 * (raw_before + raw_after)
         raws.append(raw)
         for name, row in rows.items():
             row["ratio"] = row["loop_cycles_per_s"] / raw
+            sil = row["sil_stepped_cycles_per_s"]
+            row["ratio_ceiling"] = 1.0 / (1.0 + raw / sil)
+            row["link_overhead_us"] = 1e6 / row["loop_cycles_per_s"] - 1e6 / raw - 1e6 / sil
             rounds[name].append(row)
         raw_before = raw_after
 
@@ -192,6 +212,9 @@ def main(argv=None) -> int:
             "ratio": round(med(rows, "ratio"), 3),
             "ratio_min": round(min(r["ratio"] for r in rows), 3),
             "ratio_max": round(max(r["ratio"] for r in rows), 3),
+            "sil_stepped_cycles_per_s": round(med(rows, "sil_stepped_cycles_per_s"), 1),
+            "ratio_ceiling": round(med(rows, "ratio_ceiling"), 3),
+            "link_overhead_us": round(med(rows, "link_overhead_us"), 1),
             "rtt_ms_p50": round(med(rows, "rtt_ms_p50"), 4),
             "rtt_ms_p99": round(med(rows, "rtt_ms_p99"), 4),
         }
@@ -202,6 +225,8 @@ def main(argv=None) -> int:
         "raw_max": round(max(raws), 1),
         "loop_cycles_per_s": default["loop_cycles_per_s"],
         "ratio": default["ratio"],
+        "ratio_ceiling": default["ratio_ceiling"],
+        "link_overhead_us": default["link_overhead_us"],
         "stack": "dragon-boost-kit",
         "rounds": args.rounds,
         "placement": (
@@ -223,7 +248,8 @@ def main(argv=None) -> int:
             print(
                 f"{name:18s} {row['thrusters']:3d} thrusters ({row['banks']} bank(s)): "
                 f"{row['loop_cycles_per_s']:8.0f} cycles/s  ratio {row['ratio']:.2f} "
-                f"({row['ratio_min']:.2f}..{row['ratio_max']:.2f})  RTT p50 "
+                f"({row['ratio_min']:.2f}..{row['ratio_max']:.2f}) of ceiling "
+                f"{row['ratio_ceiling']:.2f}, link adds {row['link_overhead_us']:.0f} us  RTT p50 "
                 f"{row['rtt_ms_p50']:.3f} ms p99 {row['rtt_ms_p99']:.3f} ms"
             )
     return 0

@@ -1,10 +1,10 @@
 """Software-in-the-loop speed: control cycles per second of `run --unit sim` for each stack.
 
-Each stack flies a 1.6 km perigee raise in closed loop (controller + plant + ideal unit), five
-times in one process after a warm-up; the median cycles per second is reported (the first cycle
-of each run, which loads the kernels, is not timed). The burn runs all in numba
-(thruster_hil.closedloop.fused.fly); ``stepped_cycles_per_s_median`` is the same burn cycle by cycle from Python
-(the path of recorded and HIL runs) and ``fused_speedup`` the ratio of the two. Usage::
+Each stack flies a 1.6 km perigee raise in closed loop (controller + plant + ideal unit), five times
+in one process after a warm-up; the median cycles per second is reported (the first cycle of each
+run, which loads the kernels, is not timed). The burn runs all in numba
+(thruster_hil.closedloop.fused.fly); ``stepped_cycles_per_s_median`` is the same burn cycle by cycle
+from Python (the path of recorded and HIL runs) and ``fused_speedup`` the ratio of the two. Usage::
 
     python benchmarks/sil_run.py [--json]
 """

@@ -1,7 +1,7 @@
 """The thin, validated Python layer: build the controller's arrays once from a stack model.
 
-Everything here runs once, before the first cycle; :func:`thruster_hil.controller.cycle.step` then runs every
-cycle on the arrays built here without allocating.
+Everything here runs once, before the first cycle; :func:`thruster_hil.controller.cycle.step` then
+runs every cycle on the arrays built here without allocating.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """controller.step: one control cycle, guidance -> attitude hold -> allocation -> modulation.
 
-A pure numba kernel on preallocated arrays: no allocation, no Python objects, no I/O, no
-exceptions. The array layouts are fixed here; :mod:`thruster_hil.controller.build` fills them once from a
+A pure numba kernel on preallocated arrays: no allocation, no Python objects, no I/O, no exceptions.
+The array layouts are fixed here; :mod:`thruster_hil.controller.build` fills them once from a
 validated stack.
 
 Guidance. The burn pushes along the velocity: the wanted force is along x_H (LVLH along-track)
@@ -19,10 +19,11 @@ per-axis torque limit, plus the gyroscopic term ``omega x I omega``. If the atti
 exceeds the stack's limit the translation force is inhibited (attitude first) until the error is
 back below 80 % of the limit.
 
-Allocation and modulation: :mod:`thruster_hil.controller.allocation` turns the wanted wrench (impulse over the
-cycle) into per-thruster impulses, gimbal moves and CMG torque at the least propellant, within
-the thrusters' roles and each tank's budget above its reserve; :mod:`thruster_hil.controller.modulation`
-turns impulses into on-times in whole ticks, reported in ms (uint16).
+Allocation and modulation: :mod:`thruster_hil.controller.allocation` turns the wanted wrench
+(impulse over the cycle) into per-thruster impulses, gimbal moves and CMG torque at the least
+propellant, within the thrusters' roles and each tank's budget above its reserve;
+:mod:`thruster_hil.controller.modulation` turns impulses into on-times in whole ticks, reported in
+ms (uint16).
 
 Roles. Translation thrusters push. Attitude thrusters give no net push along the velocity (one
 "<=" row of the LP: their summed along-track force is at most zero) and cost
@@ -35,10 +36,10 @@ with a reserve that would reach it (its budget is gone, or its recent draw rate,
 the rest of the burn, would take it there) stops the burn: every valve closed, status
 ``reserve``, ``ctrl[C_STOP] = 1 + tank``. The reserve is never spent on a reboost.
 
-Gimbals. A gimbaled engine's two angles are a state carried between cycles (``qp[Q_ANGLE]`` at
-the gimbal's columns); each cycle the LP moves them by increments bounded by the rate limit and
-the angle limit, on columns linearised about the present angles (second-order error: the rate
-limit per cycle squared). :func:`thruster_hil.sims.thrusters.gimbal_direction` is the kinematics both the
+Gimbals. A gimbaled engine's two angles are a state carried between cycles (``qp[Q_ANGLE]`` at the
+gimbal's columns); each cycle the LP moves them by increments bounded by the rate limit and the
+angle limit, on columns linearised about the present angles (second-order error: the rate limit per
+cycle squared). :func:`thruster_hil.sims.thrusters.gimbal_direction` is the kinematics both the
 controller and the plant use.
 """
 

@@ -2,8 +2,8 @@
 
 Each cycle a thruster is asked for an impulse. The modulator adds it to the thruster's running
 remainder and commands the on-time whose impulse (valve delays, rise and tail-off included, as
-booked by :func:`thruster_hil.sims.thrusters.attributed_impulse`) matches the remainder, then subtracts what
-it booked. So nothing requested is ever dropped:
+booked by :func:`thruster_hil.sims.thrusters.attributed_impulse`) matches the remainder, then
+subtracts what it booked. So nothing requested is ever dropped:
 
 * Minimum on-time: a remainder below the minimum impulse bit (MIB, the impulse of the minimum
   on-time) is carried forward; once it reaches half a MIB a minimum pulse fires (booking a whole

@@ -1,13 +1,15 @@
-"""The propulsion-unit emulator: :class:`~thruster_hil.firmware_bridge.unit.UnitCore` on a pseudo-terminal.
+"""The propulsion-unit emulator: :class:`~thruster_hil.firmware_bridge.unit.UnitCore` on a
+pseudo-terminal.
 
-Run it as ``python -m thruster_hil.firmware_bridge.emulator [--faults SPEC] [--channels N] [--log PATH]
-[--link-path PATH] [--seed N] [--no-auto-reset] [--boot-delay-ms MS] [--mode-hint MODE]``.
-It opens a pty pair (both ends raw at once), prints the slave path as the first stdout line (or
-writes it to ``--link-path``) and serves until SIGTERM/SIGINT, which close the valves and exit 0.
+Run it as ``python -m thruster_hil.firmware_bridge.emulator [--faults SPEC] [--channels N]
+[--log PATH] [--link-path PATH] [--seed N] [--no-auto-reset] [--boot-delay-ms MS]
+[--mode-hint MODE]``. It opens a pty pair (both ends raw at once), prints the slave path as the
+first stdout line (or writes it to ``--link-path``) and serves until SIGTERM/SIGINT, which close
+the valves and exit 0.
 ``--parent-fd FD`` names the read end of a pipe whose write end only the starting process holds
-(:class:`EmulatorProcess` passes one): when it reads end-of-file that process is gone, even
-killed with SIGKILL, and the emulator closes the valves and exits 0 too, rather than serving an
-orphaned pty for ever.
+(:class:`EmulatorProcess` passes one): when it reads end-of-file that process is gone, even killed
+with SIGKILL, and the emulator closes the valves and exits 0 too, rather than serving an orphaned
+pty for ever.
 
 Like a Mega 2560 whose USB port resets the board when opened, the unit boots (BOOT, reset cause
 POWER_ON, boot count 1) when a host first opens the port, and resets (reset cause EXTERNAL,

@@ -1,23 +1,23 @@
 """A fault-injecting proxy in front of any propulsion unit: the emulator's link faults for the
 QEMU firmware or a real board, and a bus analyser's record of what crossed the line.
 
-Run it as ``python -m thruster_hil.firmware_bridge.faultproxy --upstream URL [--faults SPEC] [--log PATH]
-[--baudrate N] [--parent-fd FD]``. It opens the unit's port (``serial.serial_for_url``,
-exclusively, like every host), opens a raw pty pair, prints the pty's slave path as its first
-stdout line and serves until SIGTERM/SIGINT (exit 0), until ``--parent-fd`` reads end-of-file
-(the process that started it is gone: exit 0), or until the unit's port goes away (exit 3). A
-host opens the pty as if it were the unit.
+Run it as ``python -m thruster_hil.firmware_bridge.faultproxy --upstream URL [--faults SPEC] [--log
+PATH] [--baudrate N] [--parent-fd FD]``. It opens the unit's port (``serial.serial_for_url``,
+exclusively, like every host), opens a raw pty pair, prints the pty's slave path as its first stdout
+line and serves until SIGTERM/SIGINT (exit 0), until ``--parent-fd`` reads end-of-file (the process
+that started it is gone: exit 0), or until the unit's port goes away (exit 3). A host opens the pty
+as if it were the unit.
 
 Whole frames (split on the 0x00 delimiter) cross it both ways through
 :class:`~thruster_hil.firmware_bridge.faults.LinkFaults` with ``--faults`` (the grammar of
-:mod:`thruster_hil.firmware_bridge.faults`): drops, corruption, duplicates, delays and cuts, per direction
-(``rx``: host to unit, ``tx``: unit to host). The unit faults of the spec (stall, reset, fail,
-stuck, clear, pressure) go to the unit as FAULT_INJECT frames without an ACK request (the unit
-must be a test build; it tells the host with its FAULT_INJECTED event) with the host's session
-token (the proxy reads the line: the last HELLO_ACK ACCEPTED it passed on), written before the
-host frame that made them due, so ``fail=3@step40`` fails channel 3 before FIRE 40 reaches the unit.
-Injected frames never pass through the link faults, and nothing the proxy does is a host action:
-it never sends STOP_ALL, never arms, never answers for the unit.
+:mod:`thruster_hil.firmware_bridge.faults`): drops, corruption, duplicates, delays and cuts, per
+direction (``rx``: host to unit, ``tx``: unit to host). The unit faults of the spec (stall, reset,
+fail, stuck, clear, pressure) go to the unit as FAULT_INJECT frames without an ACK request (the unit
+must be a test build; it tells the host with its FAULT_INJECTED event) with the host's session token
+(the proxy reads the line: the last HELLO_ACK ACCEPTED it passed on), written before the host frame
+that made them due, so ``fail=3@step40`` fails channel 3 before FIRE 40 reaches the unit. Injected
+frames never pass through the link faults, and nothing the proxy does is a host action: it never
+sends STOP_ALL, never arms, never answers for the unit.
 
 While the link is cut, or while no host has the pty open, the proxy still reads what the unit
 sends, so its log keeps the unit's side of the story (watchdog trips, SAFE transitions, HK).

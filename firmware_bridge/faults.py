@@ -29,9 +29,10 @@ Example: ``drop=0.01,corrupt=0.01,duplicate=0.005,delay=0.01:30ms,stall=5s@2s,re
 fail=3@10s,stuck=5@12s,pressure=1500kPa@20s,cut@step120,seed=7``.
 
 A lockstep burn flies thousands of cycles a second, so a time is no way to say "mid-burn" there:
-``@stepK`` is. Whoever applies the spec (the emulator, or :mod:`thruster_hil.firmware_bridge.faultproxy` in
-front of any unit) calls :meth:`LinkFaults.note_rx` with every frame from the host first: a
-fault due at step K then applies before FIRE K reaches the unit (a ``cut`` loses FIRE K itself).
+``@stepK`` is. Whoever applies the spec (the emulator, or
+:mod:`thruster_hil.firmware_bridge.faultproxy` in front of any unit) calls
+:meth:`LinkFaults.note_rx` with every frame from the host first: a fault due at step K then applies
+before FIRE K reaches the unit (a ``cut`` loses FIRE K itself).
 
 Per frame and direction, in this order: cut (while the link is cut every frame is lost), drop (the
 frame is gone), corrupt (one byte before the delimiter is XORed with a random non-zero value that

@@ -15,8 +15,9 @@ Conventions (docs/architecture.md):
 * Euler's equations ``I wdot = -w x (I w) + L`` with the full (non-diagonal) body inertia about
   the centre of mass, in B components.
 
-All functions are numba kernels (``thruster_hil.core.jit.kernel``): pure, on floats and float64 arrays, outputs
-preallocated by the caller, no exceptions (integer status codes instead), deterministic.
+All functions are numba kernels (``thruster_hil.core.jit.kernel``): pure, on floats and float64
+arrays, outputs preallocated by the caller, no exceptions (integer status codes instead),
+deterministic.
 """
 
 import math
@@ -245,8 +246,9 @@ def rk4_attitude_step(
 def lvlh_attitude_q(r_BN_N, v_BN_N, dcm_BH, out_q_BN):
     """``q_BN`` that holds the fixed attitude ``dcm_BH`` relative to LVLH (H) at state (r, v).
 
-    ``dcm_BN = dcm_BH @ dcm_HN(r, v)`` with ``dcm_HN`` from ``thruster_hil.sims.orbit`` (z_H nadir, y_H = -h/|h|,
-    x_H = y_H x z_H). Allocates two 3x3 temporaries. Returns the status of ``q_from_dcm``.
+    ``dcm_BN = dcm_BH @ dcm_HN(r, v)`` with ``dcm_HN`` from ``thruster_hil.sims.orbit`` (z_H nadir,
+    y_H = -h/|h|, x_H = y_H x z_H). Allocates two 3x3 temporaries. Returns the status of
+    ``q_from_dcm``.
     """
     hn = np.empty((3, 3))
     _dcm_HN(r_BN_N, v_BN_N, hn)

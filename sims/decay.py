@@ -36,9 +36,9 @@ N_U = 36
 
 @kernel
 def mean_decay_rate(a_m, incl_rad, bc_m2_kg, table_alt_m, table_log_rho):
-    """Orbit-averaged da/dt [m/s] (negative) of a circular orbit of semi-major axis ``a_m`` [m]
-    and inclination ``incl_rad`` under drag with ballistic coefficient ``bc_m2_kg`` = Cd A / m
-    [m^2/kg]; (table_alt_m, table_log_rho) from :func:`thruster_hil.sims.atmosphere.density_table_for`."""
+    """Orbit-averaged da/dt [m/s] (negative) of a circular orbit of semi-major axis ``a_m`` [m] and
+    inclination ``incl_rad`` under drag with ballistic coefficient ``bc_m2_kg`` = Cd A / m [m^2/kg];
+    (table_alt_m, table_log_rho) from :func:`thruster_hil.sims.atmosphere.density_table_for`."""
     if not (a_m > 0.0):
         return 0.0
     v = math.sqrt(MU_EARTH / a_m)

@@ -12,9 +12,10 @@ Physics
   R_EARTH and J2_EARTH from :mod:`thruster_hil.core.constants`. N is treated as Earth-fixed-pole (no
   precession/nutation): the J2 axis is z_N.
 * Drag: ``a = -0.5 rho (Cd A / m) |v_rel| v_rel`` with ``v_rel = v - omega_E x r``, an atmosphere
-  co-rotating with the Earth about z_N. ``rho`` comes from :func:`thruster_hil.sims.atmosphere.density_kg_m3`
-  at the height above the WGS 84 ellipsoid, ``|r| - R_EARTH (1 - f sin^2(phi))`` with phi the
-  geocentric latitude (good to tens of metres at ISS altitude; see sims/atmosphere.py).
+  co-rotating with the Earth about z_N. ``rho`` comes from
+  :func:`thruster_hil.sims.atmosphere.density_kg_m3` at the height above the WGS 84 ellipsoid, ``|r|
+  - R_EARTH (1 - f sin^2(phi))`` with phi the geocentric latitude (good to tens of metres at ISS
+  altitude; see sims/atmosphere.py).
 * Thrust: a force fixed in LVLH, ``F_N = dcm_HN.T @ force_H_N``, re-evaluated from the current
   (r, v) at every RK4 stage, with mass flow ``dm/dt = -mdot``.
 
@@ -96,10 +97,10 @@ def _gravity_drag(
 def orbit_accel(r_BN_N, v_BN_N, mass_kg, cd_area_m2, j2_on, table_alt_m, table_log_rho, out_a_N):
     """Gravitational (point mass + J2 if ``j2_on``) plus drag acceleration [m/s^2] into out_a_N.
 
-    r_BN_N [m], v_BN_N [m/s] in ECI J2000; mass_kg [kg]; cd_area_m2 = Cd * A [m^2] (0 switches
-    drag off); j2_on: bool or 0.0/1.0; (table_alt_m, table_log_rho) from
-    :func:`thruster_hil.sims.atmosphere.density_table`. Drag uses a co-rotating atmosphere and the height
-    above the WGS 84 ellipsoid (first order in the flattening). No thrust here (see
+    r_BN_N [m], v_BN_N [m/s] in ECI J2000; mass_kg [kg]; cd_area_m2 = Cd * A [m^2] (0 switches drag
+    off); j2_on: bool or 0.0/1.0; (table_alt_m, table_log_rho) from
+    :func:`thruster_hil.sims.atmosphere.density_table`. Drag uses a co-rotating atmosphere and the
+    height above the WGS 84 ellipsoid (first order in the flattening). No thrust here (see
     :func:`rk4_step`).
     """
     _gravity_drag(

@@ -4,13 +4,13 @@ State vector (float64, shape (PLANT_STATE_LEN,))::
 
     y = [r_BN_N (3) [m], v_BN_N (3) [m/s], q_BN (4), omega_BN_B (3) [rad/s], mass_kg]
 
-Forces and torques: two-body + J2 gravity and drag on the centre of mass (:mod:`thruster_hil.sims.orbit`),
-gravity-gradient torque (:mod:`thruster_hil.sims.attitude`), and the thrusters: over each sub-step of a control
-cycle every thruster delivers the impulse :func:`thruster_hil.sims.thrusters.cycle_impulses` computed for it,
-as a constant force along its body-fixed direction ``u_T_B`` acting at ``r_TC_B`` (so a torque
-``r_TC_B x F``), with propellant flow ``impulse / (Isp g0)``. An external body torque (the
-station's CMGs, modelled as a torque source within their budget; their stored momentum is not
-tracked) is held over the cycle.
+Forces and torques: two-body + J2 gravity and drag on the centre of mass
+(:mod:`thruster_hil.sims.orbit`), gravity-gradient torque (:mod:`thruster_hil.sims.attitude`), and
+the thrusters: over each sub-step of a control cycle every thruster delivers the impulse
+:func:`thruster_hil.sims.thrusters.cycle_impulses` computed for it, as a constant force along its
+body-fixed direction ``u_T_B`` acting at ``r_TC_B`` (so a torque ``r_TC_B x F``), with propellant
+flow ``impulse / (Isp g0)``. An external body torque (the station's CMGs, modelled as a torque
+source within their budget; their stored momentum is not tracked) is held over the cycle.
 
 The stack's inertia and centre of mass are those of the loaded stack and are held fixed during a
 burn (a reboost uses tens to hundreds of kg of 4.3e5 kg, < 0.1 %); only the mass decreases.
@@ -253,9 +253,9 @@ def plant_cycle(
     """Advance the plant over one control cycle of ``period_s`` [s].
 
     impulse_Ns (n_sub, n): impulse [N s] of each thruster in each of n_sub equal sub-steps (from
-    :func:`thruster_hil.sims.thrusters.cycle_impulses`); u_T_B (n, 3) unit force directions and r_TC_B (n, 3)
-    positions relative to the stack CoM, in B [m]; isp_s (n,) [s]; ext_torque_B (3,) [N m].
-    ``sensed_dv`` (SENSED_LEN,) is *added to*: [dv_B, dv_N] from the thrusters [m/s].
+    :func:`thruster_hil.sims.thrusters.cycle_impulses`); u_T_B (n, 3) unit force directions and
+    r_TC_B (n, 3) positions relative to the stack CoM, in B [m]; isp_s (n,) [s]; ext_torque_B (3,)
+    [N m]. ``sensed_dv`` (SENSED_LEN,) is *added to*: [dv_B, dv_N] from the thrusters [m/s].
     ``out_y`` may alias ``y``. Returns STATUS_OK, STATUS_BAD_SHAPE or STATUS_NONFINITE.
     """
     n_sub = impulse_Ns.shape[0]

@@ -15,8 +15,9 @@ With ``T = t_c - t_o`` the whole-pulse impulse is (integrating the two pieces by
 
 strictly increasing in T, so in ``t_on`` for ``t_on > open_delay - close_delay``.
 
-All functions are numba kernels (``thruster_hil.core.jit.kernel``): pure, SI units, outputs preallocated by the
-caller, no exceptions (status codes / documented fallback values), deterministic.
+All functions are numba kernels (``thruster_hil.core.jit.kernel``): pure, SI units, outputs
+preallocated by the caller, no exceptions (status codes / documented fallback values),
+deterministic.
 """
 
 import math

@@ -1,4 +1,5 @@
-"""Tests for thruster_hil.sims.atmosphere: the NRLMSIS 2.1 density grid over (height, F10.7, Ap), its presets
+"""Tests for thruster_hil.sims.atmosphere: the NRLMSIS 2.1 density grid over (height, F10.7, Ap),
+its presets
 and its log-density interpolation."""
 
 import math

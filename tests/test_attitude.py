@@ -1,4 +1,5 @@
-"""Tests for thruster_hil.sims.attitude: Euler parameters, kinematics, Euler's equations, gravity gradient."""
+"""Tests for thruster_hil.sims.attitude: Euler parameters, kinematics, Euler's equations, gravity
+gradient."""
 
 import math
 

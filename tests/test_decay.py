@@ -1,4 +1,5 @@
-"""Tests for thruster_hil.sims.decay: the orbit-averaged (mean-element) drag decay of a circular orbit."""
+"""Tests for thruster_hil.sims.decay: the orbit-averaged (mean-element) drag decay of a circular
+orbit."""
 
 import math
 
@@ -17,10 +18,10 @@ BC = 0.0096
 @pytest.mark.parametrize("f107, ap", [(65.0, 0.0), (140.0, 15.0), (250.0, 45.0)])
 def test_mean_decay_matches_the_full_propagation_over_three_days(f107, ap):
     """The mean model against the plant it averages: two-body + J2 + drag, RK4 at 10 s
-    (thruster_hil.sims.orbit.propagate), ISS orbit (418.5 km, e = 5e-4, 51.64 deg), mean semi-major axis
-    (orbit average, thruster_hil.sims.orbit.mean_apsides) after 3 days. Measured agreement 0.4-1.2 % (the
-    mean model is slightly low: it ignores J2's lowering of the mean radius and e); tolerance
-    2 %."""
+    (thruster_hil.sims.orbit.propagate), ISS orbit (418.5 km, e = 5e-4, 51.64 deg), mean semi-major
+    axis (orbit average, thruster_hil.sims.orbit.mean_apsides) after 3 days. Measured agreement
+    0.4-1.2 % (the mean model is slightly low: it ignores J2's lowering of the mean radius and e);
+    tolerance 2 %."""
     alt, lr = density_table_for(f107, ap)
     mass = 4.3e5
     a0 = R_EARTH + 418.5e3

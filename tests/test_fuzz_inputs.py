@@ -1,9 +1,9 @@
 """Bad input everywhere (issue 7): every command line and every file the bench reads, fed
 generated garbage.
 
-The contract (docs/architecture.md, DESIGN "Errors for people"): ONE line on stderr,
-``thruster-hil: error: <what and where>`` (``thruster_hil.firmware_bridge.emulator: error: ...`` for the
-emulator's own command line), exit status 2, no traceback, never a silent correction.
+The contract (docs/architecture.md, DESIGN "Errors for people"): ONE line on stderr, ``thruster-hil:
+error: <what and where>`` (``thruster_hil.firmware_bridge.emulator: error: ...`` for the emulator's
+own command line), exit status 2, no traceback, never a silent correction.
 
 How generated garbage stays garbage: every command line ends with a *poison*, an element that is
 rejected before any work starts whatever came before it (argparse keeps the last --stack, --out
@@ -54,7 +54,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 import gen_c_header  # noqa: E402
 from test_config import _leaves  # noqa: E402 -- (path, value) of every leaf and every list
 
-# Slow tier (`-m "not slow"` leaves it out): runs the CLI and the emulator as processes on generated input.
+# Slow tier (`-m "not slow"` leaves it out): runs the CLI and the emulator as processes on generated
+# input.
 pytestmark = pytest.mark.slow
 
 CLI_PREFIX = "thruster-hil: error: "

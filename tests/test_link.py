@@ -18,7 +18,8 @@ from thruster_hil.firmware_bridge.link import FireResult, Link, LinkError
 
 from thruster_hil.core.errors import UserError
 
-# Slow tier (`-m "not slow"` leaves it out): drives the link over a real pty against the emulator process.
+# Slow tier (`-m "not slow"` leaves it out): drives the link over a real pty against the emulator
+# process.
 pytestmark = pytest.mark.slow
 
 WAIT = 5.0  # generous bound on a reply the emulator sends at once

@@ -1,4 +1,5 @@
-"""thruster_hil.closedloop.fused: one cycle as two kernels, the fused burn loop, and the counter-based noise.
+"""thruster_hil.closedloop.fused: one cycle as two kernels, the fused burn loop, and the
+counter-based noise.
 
 Requirement (issue 8): the all-numba burn gives the same numbers as the cycle-by-cycle loop that
 HIL and recorded runs use, so a batch case reproduces ``run --unit sim`` exactly.

@@ -1,4 +1,5 @@
-"""Acceptance tests for thruster_hil.sims.orbit: two-body + J2 + drag, RK4 with sub-steps, elements."""
+"""Acceptance tests for thruster_hil.sims.orbit: two-body + J2 + drag, RK4 with sub-steps,
+elements."""
 
 import math
 

@@ -92,3 +92,11 @@ def test_a_failed_run_loads_the_stack_once_too(counted, tmp_path, capsys):
     assert code == 2
     assert "no-such-thruster" in capsys.readouterr().err
     assert counted == {"stack_reads": 1, "models": 1}
+
+
+def test_sustain_loads_the_stack_once(counted, capsys):
+    """sustain plans many reboosts (one per trip of the floor) from the one loaded stack."""
+    assert main(["sustain", "--stack", "cygnus", "--days", "120", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["stack"] == "cygnus"
+    assert counted == {"stack_reads": 1, "models": 1}

@@ -1,4 +1,5 @@
-"""Tests for thruster_hil.sims.thrusters: pulse impulse, its inverse, blowdown, Isp, health, cycle impulses."""
+"""Tests for thruster_hil.sims.thrusters: pulse impulse, its inverse, blowdown, Isp, health, cycle
+impulses."""
 
 import math
 

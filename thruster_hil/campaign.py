@@ -1,12 +1,11 @@
 """The fault-injection campaign: ``thruster-hil faults``.
 
-Every row flies a real burn the way an operator does (``thruster-hil run`` in its own process,
-with its run directory) against a real unit process (the pty emulator, or the board firmware under
-qemu-system-avr) with :mod:`thruster_hil.firmware_bridge.faultproxy` on the line between them. The proxy
-applies the row's fault at a control step drawn from the campaign's seed (a lockstep burn is far
-too fast for a fault "at 2 s"), and records every frame both ways: that record, the emulator's
-own log and the run directory are the evidence each row is judged on, never the host's word
-alone.
+Every row flies a real burn the way an operator does (``thruster-hil run`` in its own process, with
+its run directory) against a real unit process (the pty emulator, or the board firmware under
+qemu-system-avr) with :mod:`thruster_hil.firmware_bridge.faultproxy` on the line between them. The
+proxy applies the row's fault at a control step drawn from the campaign's seed (a lockstep burn is
+far too fast for a fault "at 2 s"), and records every frame both ways: that record, the emulator's
+own log and the run directory are the evidence each row is judged on, never the host's word alone.
 
 Measured per row:
 
@@ -759,10 +758,10 @@ def run_row(row: Row, out: Path) -> dict:
                     preexec_fn=_full_disk if row.attack == "disk" else as_from_a_terminal,
                 )
                 try:
-                    started = lambda: (
-                        _telemetry_rows(run_dir) >= 3  # noqa: E731
-                        or host.poll() is not None
-                    )
+
+                    def started() -> bool:
+                        return _telemetry_rows(run_dir) >= 3 or host.poll() is not None
+
                     if row.rogue or row.attack == "guess":
                         _wait(started, 60)
                         session = _session_from(wire_path)

@@ -5,12 +5,12 @@ validated once, here, with the same one-line errors as every other config
 (``<file>: <dotted.field>: <what was expected>, got <value>``), then bound to a stack (the
 failure's thruster set is checked against the stack's thrusters).
 
-Every case has a seed that depends on the campaign seed and the case index only
-(:func:`case_seed`, numpy's SeedSequence), so how cases are chunked or scheduled never changes a
-case. A case's numbers come from the counter-based generator of :mod:`thruster_hil.closedloop.fused`, keyed by the
-case seed, one counter range per parameter: changing one parameter's distribution leaves every
-other parameter's draws unchanged, and the sensor noise inside the burn (same generator, low
-counters) never overlaps the parameter draws (counters from 2**60).
+Every case has a seed that depends on the campaign seed and the case index only (:func:`case_seed`,
+numpy's SeedSequence), so how cases are chunked or scheduled never changes a case. A case's numbers
+come from the counter-based generator of :mod:`thruster_hil.closedloop.fused`, keyed by the case
+seed, one counter range per parameter: changing one parameter's distribution leaves every other
+parameter's draws unchanged, and the sensor noise inside the burn (same generator, low counters)
+never overlaps the parameter draws (counters from 2**60).
 """
 
 from __future__ import annotations

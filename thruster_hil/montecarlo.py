@@ -2,10 +2,10 @@
 
 One planned burn, N cases. Case i flies the true stack drawn from the dispersion spec with seed
 ``case_seed(seed, i)`` (:mod:`thruster_hil.dispersions`) through the all-numba batch kernel
-(:func:`thruster_hil.closedloop.batch.fly_batch`): on this machine over numba's threads, or on a Dask distributed
-cluster where chunks of cases become tasks (retried when they fail, recomputed elsewhere when
-their worker dies). Either way a case is a function of (stack, plan, spec, seed, i) only, so
-the results are the same wherever and in whatever chunks they ran.
+(:func:`thruster_hil.closedloop.batch.fly_batch`): on this machine over numba's threads, or on a
+Dask distributed cluster where chunks of cases become tasks (retried when they fail, recomputed
+elsewhere when their worker dies). Either way a case is a function of (stack, plan, spec, seed, i)
+only, so the results are the same wherever and in whatever chunks they ran.
 
 The output directory holds ``cases.csv`` (one row per case: its seed, its dispersed inputs and
 its outcome), ``summary.json`` (statistics, 3-sigma bounds and the failing cases with the command

@@ -1,16 +1,16 @@
 """Burn planning without hardware: ``thruster-hil plan``.
 
 A plan is the burn ``run --unit sim`` flies: the same controller, plant and ideal unit
-(:func:`thruster_hil.closedloop.runner.run_burn`), from the same ignition state at the same time, so the plan's burn
-duration, propellant and orbit after are the run's (issue 14: plan = run). The rocket equation on
-the translation thrusters' along-track thrust (cant losses included: only the along-track
-component of each thrust counts, while every newton of thrust costs propellant) only gives the
-first estimate and the limits a target is refused against before anything is flown.
+(:func:`thruster_hil.closedloop.runner.run_burn`), from the same ignition state at the same time, so
+the plan's burn duration, propellant and orbit after are the run's (issue 14: plan = run). The
+rocket equation on the translation thrusters' along-track thrust (cant losses included: only the
+along-track component of each thrust counts, while every newton of thrust costs propellant) only
+gives the first estimate and the limits a target is refused against before anything is flown.
 
-The orbit after: J2 swings the osculating apsides by kilometres within an orbit, so what the
-burn changed is the difference of orbit-averaged (mean) elements between the flown burn and a
-no-burn twin over the same time (:func:`thruster_hil.closedloop.fused.orbit_change`), added to the mean perigee and
-apogee the operator started from.
+The orbit after: J2 swings the osculating apsides by kilometres within an orbit, so what the burn
+changed is the difference of orbit-averaged (mean) elements between the flown burn and a no-burn
+twin over the same time (:func:`thruster_hil.closedloop.fused.orbit_change`), added to the mean
+perigee and apogee the operator started from.
 
 Each burn is centred on an apsis: on apogee by default, which raises the perigee and so
 circularises the orbit against drag decay (the usual ISS reboost). Ignition is half the planned

@@ -138,7 +138,8 @@ class ReplayUnit(StepByStep):
         pass
 
 
-#: What the replayed burn reads from summary.json's plan (thruster_hil.closedloop.fused / thruster_hil.closedloop.runner).
+#: What the replayed burn reads from summary.json's plan (thruster_hil.closedloop.fused /
+#: thruster_hil.closedloop.runner).
 PLAN_NUMBERS = (
     "delta_v_mps",
     "burn_duration_s",

@@ -33,7 +33,7 @@ import numpy as np
 from thruster_hil.config import build_stack_model, load_stack
 from thruster_hil.core.constants import DAY_S, R_EARTH
 from thruster_hil.core.errors import UserError
-from thruster_hil.plan import Target, plan_burn
+from thruster_hil.plan import Target, plan_stack
 from thruster_hil.sims import atmosphere, decay, orbit
 
 #: Coast step of the mean-element integration [s]: decay changes over days, RK4 at 1 h is
@@ -102,7 +102,7 @@ def _rate_m_s(s: _Setup, alt_km: float) -> float:
     return -decay.mean_decay_rate(R_EARTH + alt_km * 1e3, s.incl_rad, s.bc_m2_kg, *s.table)
 
 
-def _plan(s: _Setup, stack_ref: str, from_km: float, ceiling_km: float) -> tuple[dict, bool]:
+def _plan(s: _Setup, from_km: float, ceiling_km: float) -> tuple[dict, bool]:
     """The reboost from a mean altitude back to the ceiling; or, if one kit cannot feed that, a
     burn of the whole kit. Returns (the plan, whether it is the whole-kit burn)."""
     kw = {
@@ -113,13 +113,13 @@ def _plan(s: _Setup, stack_ref: str, from_km: float, ceiling_km: float) -> tuple
         "ap": s.act.ap,
     }
     try:
-        to_ceiling = plan_burn(stack_ref, Target("mean_altitude", ceiling_km), **kw)
+        to_ceiling = plan_stack(s.stack, Target("mean_altitude", ceiling_km), model=s.model, **kw)
         if s.kit_draw(to_ceiling) <= KIT_CUT * s.kit_kg:
             return to_ceiling, False
     except UserError:
         pass  # more than the tanks hold, or a raise one burn cannot reach: a whole kit then
     whole_kit = Target("burn_duration", KIT_CUT * s.kit_kg / s.mdot_kg_s)
-    return plan_burn(stack_ref, whole_kit, **kw), True
+    return plan_stack(s.stack, whole_kit, model=s.model, **kw), True
 
 
 def sustain(
@@ -166,7 +166,7 @@ def sustain(
     period_s = orbit.period_s(R_EARTH + floor_km * 1e3)
     # The trigger: the floor plus the decay while waiting for apogee (<= one orbit), during the
     # half of the burn before apogee and over one coast step (the crossing is found per step).
-    burn, _ = _plan(s, stack_ref, floor_km, ceiling_km)
+    burn, _ = _plan(s, floor_km, ceiling_km)
     wait_s = period_s + 0.5 * burn["burn_duration_s"]
     trigger_km = floor_km + _rate_m_s(s, floor_km) * 1.05 * (wait_s + STEP_S) / 1e3
     if trigger_km >= ceiling_km:
@@ -176,7 +176,7 @@ def sustain(
             f"the decay during one reboost ({(trigger_km - floor_km) * 1e3:.0f} m)",
             field="--floor-km",
         )
-    burn, whole_kit = _plan(s, stack_ref, trigger_km, ceiling_km)
+    burn, whole_kit = _plan(s, trigger_km, ceiling_km)
     gain_km = burn["mean_altitude_change_km"]
     if not gain_km > 0.0:
         raise UserError("sustain", f"{s.stack.name} cannot raise the orbit at {trigger_km:.1f} km")

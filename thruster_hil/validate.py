@@ -235,8 +235,8 @@ def _predict(ev: Event) -> tuple[float | None, float | None, float | None]:
     orbit_km = {}
     if ev.h0_km is not None:
         orbit_km = {"perigee_km": ev.h0_km - HALF_SPREAD_KM, "apogee_km": ev.h0_km + HALF_SPREAD_KM}
-    p = plan_stack(stack, Target("burn_duration", ev.burn_s), **orbit_km)
     model = build_stack_model(stack)
+    p = plan_stack(stack, Target("burn_duration", ev.burn_s), model=model, **orbit_km)
     nominal = model.along_track_thrust_N / model.mass_kg * p["burn_duration_s"]
     return p["mean_altitude_change_km"], p["delta_v_mps"], p["delta_v_mps"] / nominal
 
@@ -308,12 +308,12 @@ def compare_plan_run(stack: str, kind: str, value: float) -> dict:
     with a watcher, as the CLI's run does (it records every cycle)."""
     from thruster_hil.closedloop.runner import run_burn
     from thruster_hil.config import build_stack_model, load_stack
-    from thruster_hil.plan import TARGET_FLAGS, Target, plan_burn
+    from thruster_hil.plan import TARGET_FLAGS, Target, plan_stack
 
-    plan = plan_burn(stack, Target(kind, value))
-    run = run_burn(
-        build_stack_model(load_stack(stack)), plan, on_cycle=lambda k, info: None
-    ).summary
+    loaded = load_stack(stack)
+    model = build_stack_model(loaded)
+    plan = plan_stack(loaded, Target(kind, value), model=model)
+    run = run_burn(model, plan, on_cycle=lambda k, info: None).summary
     d = {"stack": stack, "target": f"{TARGET_FLAGS[kind]} {value:g}"}
     for key in ("burn_duration_s", "propellant_kg", "mean_altitude_change_km"):
         d[f"plan_{key}"], d[f"run_{key}"] = plan[key], run[key]
@@ -368,10 +368,10 @@ def tangential_burn(
     j2: bool = True,
     step_s: float = 1.0,
 ) -> dict:
-    """A constant along-track (LVLH x) force for ``t_burn_s`` centred on apogee, propagated by
-    the plant's orbit (two-body + J2 + drag, RK4; :func:`thruster_hil.sims.orbit.propagate`) with its no-burn
-    twin. Returns the delta-v (rocket equation) [m/s]; d_a_m, d_perigee_m, d_apogee_m, the mean
-    (orbit-averaged) change of the burn against the twin [m] (with ``j2``; without, the
+    """A constant along-track (LVLH x) force for ``t_burn_s`` centred on apogee, propagated by the
+    plant's orbit (two-body + J2 + drag, RK4; :func:`thruster_hil.sims.orbit.propagate`) with its
+    no-burn twin. Returns the delta-v (rocket equation) [m/s]; d_a_m, d_perigee_m, d_apogee_m, the
+    mean (orbit-averaged) change of the burn against the twin [m] (with ``j2``; without, the
     osculating change of a, which is then constant in the coast); and gauss_d_a_m [m], Gauss's
     equation da/dt = 2 a^2 (v . f) / mu integrated on the burned trajectory (Simpson's rule)."""
     from thruster_hil.core.constants import MU_EARTH
@@ -525,8 +525,8 @@ class DecayCase:
 
 def decay_cases() -> list[DecayCase]:
     """One :class:`DecayCase` per row of the decay section: the atmosphere presets
-    (:data:`thruster_hil.sims.atmosphere.PRESETS`, docs/atmosphere.md) at the altitude of the published rate
-    each is compared with. The bands and their sources are sustain's
+    (:data:`thruster_hil.sims.atmosphere.PRESETS`, docs/atmosphere.md) at the altitude of the
+    published rate each is compared with. The bands and their sources are sustain's
     (:data:`thruster_hil.sustain.PUBLISHED_DECAY`), so that this full propagation and sustain's
     mean-element model are judged against the same published rates."""
     from thruster_hil.sims import atmosphere

@@ -1,9 +1,9 @@
 """Many burns at once, all in numba: one Monte-Carlo case per ``prange`` iteration.
 
-Every case flies :func:`thruster_hil.closedloop.fused.fly` (the same compiled function ``run --unit sim`` uses
-through :func:`thruster_hil.closedloop.runner.run_burn`) on its own copies of the mutable arrays, then
-:func:`thruster_hil.closedloop.fused.finish`; nothing is shared between iterations but read-only inputs, so a case's
-numbers do not depend on how many threads ran or which thread ran it.
+Every case flies :func:`thruster_hil.closedloop.fused.fly` (the same compiled function ``run --unit
+sim`` uses through :func:`thruster_hil.closedloop.runner.run_burn`) on its own copies of the mutable
+arrays, then :func:`thruster_hil.closedloop.fused.finish`; nothing is shared between iterations but
+read-only inputs, so a case's numbers do not depend on how many threads ran or which thread ran it.
 """
 
 from __future__ import annotations
@@ -188,7 +188,8 @@ def fly_batch(
 
 
 def run_cases(model, plan: dict, cases: list, setup: loop.BurnSetup | None = None) -> np.ndarray:
-    """Fly ``cases`` (a list of :class:`thruster_hil.closedloop.fused.PlantCase`) of one planned burn on numba's
+    """Fly ``cases`` (a list of :class:`thruster_hil.closedloop.fused.PlantCase`) of one planned
+    burn on numba's
     threads; returns the (len(cases), B_LEN) result rows."""
     from thruster_hil.controller.build import build_controller
 

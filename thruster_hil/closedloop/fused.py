@@ -9,12 +9,13 @@ Two kernels split it where the unit sits, so a serial unit (HIL) can execute in 
   the tanks update the next cycle's thrust and Isp.
 
 :func:`fly` loops the two with the in-process ideal unit between them entirely in numba (the
-software-in-the-loop reference, and one case of a Monte-Carlo batch), and :func:`finish` turns
-the end state into the burn's numbers (delta-v, propellant, the mean-element change against a
-no-burn twin). ``thruster_hil.closedloop.runner.run_burn`` calls ``pre_unit``/``post_unit`` per cycle for a serial
-unit (or when it records every cycle) and ``fly`` otherwise; ``thruster_hil.closedloop.batch`` calls ``fly`` for
-many cases at once. The same compiled functions in the same order give the same numbers in every
-path: a batch case reproduces ``run --unit sim`` bit for bit.
+software-in-the-loop reference, and one case of a Monte-Carlo batch), and :func:`finish` turns the
+end state into the burn's numbers (delta-v, propellant, the mean-element change against a no-burn
+twin). ``thruster_hil.closedloop.runner.run_burn`` calls ``pre_unit``/``post_unit`` per cycle for a
+serial unit (or when it records every cycle) and ``fly`` otherwise;
+``thruster_hil.closedloop.batch`` calls ``fly`` for many cases at once. The same compiled functions
+in the same order give the same numbers in every path: a batch case reproduces ``run --unit sim``
+bit for bit.
 
 Truth and model. The *plant* arrays (``pthr``, ``geom``, ``pscal``, the initial state) carry
 the true stack, which a dispersion case perturbs (thrust, Isp, misalignment, delays, mass,
@@ -599,11 +600,12 @@ def mean_apsides(states, n, dt_s):
 
 @kernel
 def orbit_change(y_start, y_end, elapsed_s, n_window, cd_area_m2, table, out):
-    """What the burn did to the orbit: the no-burn twin of ``y_start`` is propagated over the
-    same ``elapsed_s`` (steps of about COAST_STEP_S), then the burned and the twin state are each
+    """What the burn did to the orbit: the no-burn twin of ``y_start`` is propagated over the same
+    ``elapsed_s`` (steps of about COAST_STEP_S), then the burned and the twin state are each
     propagated over ``n_window`` steps of COAST_STEP_S (one orbit) and their mean elements
-    (:func:`mean_apsides`) differenced. Two-body + J2 + drag, RK4 (:func:`thruster_hil.sims.orbit.propagate`).
-    Writes out[O_D_A], out[O_D_PERIGEE], out[O_D_APOGEE] [m] and out[O_ORBIT_STATUS]."""
+    (:func:`mean_apsides`) differenced. Two-body + J2 + drag, RK4
+    (:func:`thruster_hil.sims.orbit.propagate`). Writes out[O_D_A], out[O_D_PERIGEE],
+    out[O_D_APOGEE] [m] and out[O_ORBIT_STATUS]."""
     n_coast = round_half_even(elapsed_s / COAST_STEP_S)
     if n_coast < 1:
         n_coast = 1
@@ -810,8 +812,8 @@ def setup_burn(model, plan: dict) -> BurnSetup:
 
 def gimbal_columns(model) -> np.ndarray:
     """Per thruster, the first of the controller's two gimbal columns (-1 for a fixed one), as
-    :func:`thruster_hil.controller.build.build_controller` lays them out: thrusters, CMG +/- per axis, then
-    two per gimbaled engine in thruster order."""
+    :func:`thruster_hil.controller.build.build_controller` lays them out: thrusters, CMG +/- per
+    axis, then two per gimbaled engine in thruster order."""
     n = len(model.thruster_names)
     col = n + (6 if model.cmg_torque_budget_Nm > 0.0 else 0)
     out = np.full(n, -1.0)

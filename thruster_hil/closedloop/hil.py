@@ -1,10 +1,10 @@
 """A serial propulsion unit as the runner's unit: the closed hardware-in-the-loop.
 
 :class:`SerialUnit` has the same ``execute(cycle, on_ms) -> UnitReport`` as the in-process
-:class:`thruster_hil.closedloop.runner.IdealUnit`, but every cycle goes over the wire through :class:`Link`: FIRE out,
-VALVE_REPORT back, and the plant integrates the on-times the unit *reports* it executed (clamped,
-quantised, dropped by a failed channel, held open by a stuck one). Thruster i is valve channel i
-(bank i // 16).
+:class:`thruster_hil.closedloop.runner.IdealUnit`, but every cycle goes over the wire through
+:class:`Link`: FIRE out, VALVE_REPORT back, and the plant integrates the on-times the unit *reports*
+it executed (clamped, quantised, dropped by a failed channel, held open by a stuck one). Thruster i
+is valve channel i (bank i // 16).
 
 :func:`open_unit` opens the unit an operator asked for: the pty emulator (started here as a
 separate process), the board firmware under qemu-system-avr (built if needed), or any port URL

@@ -17,8 +17,8 @@ reached and the last tail-off has been delivered. What the burn did to the orbit
 difference of mean elements between the burned state and a no-burn twin propagated over the same
 time (see :func:`thruster_hil.closedloop.fused.orbit_change`).
 
-The cycle itself lives in :mod:`thruster_hil.closedloop.fused` as two numba kernels around the unit; with the
-in-process ideal unit and nobody watching each cycle the whole burn runs in numba there.
+The cycle itself lives in :mod:`thruster_hil.closedloop.fused` as two numba kernels around the unit;
+with the in-process ideal unit and nobody watching each cycle the whole burn runs in numba there.
 """
 
 from __future__ import annotations
@@ -128,12 +128,13 @@ def run_burn(
 ) -> RunResult:
     """Fly the planned burn of ``model`` (a StackModel) in closed loop and summarise it.
 
-    ``unit`` None is the in-process :class:`IdealUnit`; without ``on_cycle`` that burn runs
-    entirely in numba (:func:`thruster_hil.closedloop.fused.fly`), otherwise cycle by cycle from here with the same
-    kernels (:func:`thruster_hil.closedloop.fused.pre_unit`, the unit, :func:`thruster_hil.closedloop.fused.post_unit`). ``case``
-    (a :class:`thruster_hil.closedloop.fused.PlantCase`, e.g. one case of a dispersion campaign) perturbs the plant
-    and the sensors while the controller keeps the nominal model. ``on_loop_end`` is called
-    as soon as the cycles stop, before the unit is closed (the CLI holds its stop signals
+    ``unit`` None is the in-process :class:`IdealUnit`; without ``on_cycle`` that burn runs entirely
+    in numba (:func:`thruster_hil.closedloop.fused.fly`), otherwise cycle by cycle from here with
+    the same kernels (:func:`thruster_hil.closedloop.fused.pre_unit`, the unit,
+    :func:`thruster_hil.closedloop.fused.post_unit`). ``case`` (a
+    :class:`thruster_hil.closedloop.fused.PlantCase`, e.g. one case of a dispersion campaign)
+    perturbs the plant and the sensors while the controller keeps the nominal model. ``on_loop_end``
+    is called as soon as the cycles stop, before the unit is closed (the CLI holds its stop signals
     there: a SIGTERM while STOP_ALL is confirmed must not cut the confirmation short).
     """
     period = float(model.control_period_s)
