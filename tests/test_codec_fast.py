@@ -36,8 +36,11 @@ def reference_packet(spec: MessageSpec, seq: int, flags: int, fields: dict) -> b
 def field_values(spec: MessageSpec, draw) -> dict:
     out = {}
     for f, code in zip(spec.fields, _codes(spec), strict=True):
-        top = (1 << (8 * struct.calcsize(">" + code))) - 1
-        ints = st.integers(0, top)
+        bits = 8 * struct.calcsize(">" + code)
+        if code.islower():  # a signed field (b, h, i, q)
+            ints = st.integers(-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+        else:
+            ints = st.integers(0, (1 << bits) - 1)
         out[f.name] = tuple(draw(ints) for _ in range(f.count)) if f.count > 1 else draw(ints)
     return out
 
