@@ -257,8 +257,12 @@ class FireOp(Op):
                 f"{s.foreign_hint(self.seqs.values())}{s.live_hint(self.t_first)}"
             )
         self.attempt += 1
-        if not s.unit_behind(self.step, self.t_sent):  # (else: hold the copies)
-            self.t_sent = now_ns
+        # Hold the copies while the unit is still answering an older step (it is reading a
+        # backlog), but for one resend wait only: the next attempt asks again whether a stale
+        # report came since this one, so a FIRE lost behind the backlog is resent.
+        behind = s.unit_behind(self.step, self.t_sent)
+        self.t_sent = now_ns
+        if not behind:
             for b, _lo, _w, fields in self.banks:
                 if b not in self.reports:
                     s.retries += 1

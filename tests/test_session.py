@@ -23,6 +23,7 @@ from thruster_hil.firmware_bridge.linkrules import (
     REPORT_DUPLICATE,
     LinkError,
 )
+from thruster_hil.firmware_bridge.session import PENDING
 from thruster_hil.firmware_bridge.unit import ARMED, SAFE
 
 from thruster_hil.core.errors import UserError
@@ -316,6 +317,39 @@ def test_another_writers_frames_are_counted_and_its_lockout_stops_the_fire_namin
 
 
 # ---- give-up rule on the fake clock ----------------------------------------------------------
+
+
+def test_a_fire_lost_after_a_stale_report_is_still_resent():
+    """The backlog hold (no copy while the unit still answers an older step) holds one resend
+    wait, not for ever. The case the loaded campaign met under QEMU: step 1's resent copy is
+    answered (a duplicate report) just after step 2's FIRE went out, and that FIRE is lost (a
+    UART overrun). The host must hold once, then resend step 2 and fly on, well inside the
+    unit's watchdog; before the fix it held every copy, gave up, and the watchdog closed."""
+    b = armed_bench()
+    b.fire(1, [1] * 3)
+    (report1,) = [m for m in b.received if m.name == "VALVE_REPORT" and m["step"] == 1]
+    lost = []
+
+    def overrun(msg):  # step 2's first FIRE never reaches the unit
+        if msg.name == "FIRE" and msg["step"] == 2 and not lost:
+            lost.append(msg)
+            return 0
+        return 1
+
+    b.to_unit = overrun
+    t0 = b.now_ns
+    op = b.s.fire(2, [20] * 3, b.now_ns)
+    assert b.s.poll(op, b.now_ns) is PENDING
+    b.write(b.s.data_to_send())
+    stale = codec.encode(
+        "VALVE_REPORT", report1.seq, report1.flags | FLAG_RETRANSMIT, **report1.fields
+    )
+    b._push(b.now_ns + 2 * LATENCY_NS, "host", stale)  # the stale duplicate, after the send
+    res = b.run(op)
+    assert lost and res.step == 2 and res.executed_ms == (20, 20, 20)
+    assert len(b.executed(2)) == 1
+    assert (b.now_ns - t0) / 1e9 < WD_S / 2  # resent long before the unit's watchdog
+    assert b.core.state == ARMED
 
 
 def test_a_cut_link_is_given_up_after_the_units_watchdog_time_not_before():
