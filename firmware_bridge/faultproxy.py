@@ -104,6 +104,7 @@ class FaultProxy:
         self._t0 = time.monotonic_ns()
         self._partial = {"rx": bytearray(), "tx": bytearray()}
         self._to_host = bytearray()
+        self._to_unit = bytearray()
         self._delayed: list[tuple[int, int, str, bytes]] = []
         self._n = 0
         self._inject_seq = _INJECT_SEQ0
@@ -166,7 +167,34 @@ class FaultProxy:
     # ---------------------------------------------------------------- unit side
 
     def _send_unit(self, frame: bytes) -> None:
-        self.up.write(frame)
+        self._to_unit += frame
+        self._flush_unit()
+
+    def _flush_unit(self) -> None:
+        """Write what waits for the unit without blocking (pyserial opens the port
+        non-blocking). A unit that reads slowly (QEMU on a loaded machine takes its UART bytes
+        one at a time) must not stall the proxy: a blocking write held the host's frames and
+        the unit's reports for half a second while the unit's watchdog ran."""
+        while self._to_unit:
+            try:
+                n = os.write(self.up_fd, self._to_unit)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._to_unit.clear()
+                self.stop_reason = f"unit port lost: {exc.strerror}"
+                return
+            del self._to_unit[:n]
+
+    def _drain_unit(self, within_s: float = 1.0) -> None:
+        """On the way out: what the host sent last (its STOP_ALL) still reaches the unit, if
+        the unit takes it within ``within_s``."""
+        end = time.monotonic() + within_s
+        while self._to_unit and self.stop_reason is None:
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([], [self.up_fd], [], left)[1]:
+                return
+            self._flush_unit()
 
     def _apply_due(self, now: int) -> None:
         """Scheduled faults that are due: unit faults as FAULT_INJECT frames, cuts in place."""
@@ -272,6 +300,8 @@ class FaultProxy:
                 if parent_fd is not None:
                     rlist.append(parent_fd)
                 wlist = [self.master] if self._to_host and self.connected else []
+                if self._to_unit:
+                    wlist.append(self.up_fd)
                 r, w, _ = select.select(rlist, wlist, [], self._timeout_s(self.now()))
                 if stop:
                     break
@@ -307,6 +337,12 @@ class FaultProxy:
                         self._check_host(self.now())
                 if self._to_host:
                     self._flush_host()
+                if self._to_unit:
+                    self._flush_unit()
+                if self.stop_reason is not None:
+                    status = 3
+                    break
+            self._drain_unit()
             self._write_log(
                 {
                     "t_us": self.now(),

@@ -241,3 +241,48 @@ def test_a_link_lost_at_any_step_closes_every_valve_within_the_watchdog(dragon, 
     assert trips[0]["closed_us"] - trips[0]["last_valid_us"] <= (trips[0]["watchdog_ms"] + 1) * 1000
     fired = [(r["step"], r["bank"]) for r in unit if r["ev"] == "fire"]
     assert len(fired) == len(set(fired)) and max(s for s, _b in fired) == step - 1
+
+
+def test_a_unit_that_does_not_read_never_stalls_the_proxy():
+    """The proxy writes to the unit without blocking: a unit that takes its bytes slowly (QEMU
+    on a loaded machine reads its UART a byte at a time) or not at all must not hold up the
+    unit's reports to the host. Here the unit's pty is never read while the host sends 256 KiB,
+    far more than a pty buffers; the unit's report still reaches the host at once, and what the
+    unit has not taken waits in the proxy, not in a blocked write. (Before, the write blocked
+    for ever here: the alarm turns that into a failure instead of a hang.)"""
+    import os
+    import signal
+
+    import serial
+    from thruster_hil.firmware_bridge.emulator import open_raw_pty
+    from thruster_hil.firmware_bridge.faultproxy import FaultProxy
+
+    unit_master, unit_path = open_raw_pty()
+    up = serial.serial_for_url(unit_path, timeout=0, exclusive=True)
+    proxy = FaultProxy(up, LinkFaults(parse_faults(None), 32))
+    proxy.open_pty()
+    host = os.open(proxy.path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    proxy._check_host(proxy.now())
+    fire = codec.encode(
+        "FIRE", 1, 0, session=1, step=1, valid_for_ms=500, bank=0, mask=1, on_ticks=[5] + [0] * 15
+    )
+
+    def blocked(signum, frame):
+        raise AssertionError("the proxy blocked writing to a unit that does not read")
+
+    old = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(60)
+    try:
+        proxy._on_host_bytes(fire * (256 * 1024 // len(fire)), proxy.now())
+        assert proxy._to_unit  # the rest waits in the proxy: the unit has not read
+        report = codec.encode("PONG", 7, 0, nonce=3, t1_host_us=1, t2_pu_us=2, t3_pu_us=3)
+        os.write(unit_master, report)
+        data = os.read(up.fileno(), 4096)
+        proxy._on_unit_bytes(data, proxy.now())
+        assert os.read(host, 4096) == report
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        os.close(host)
+        up.close()
+        os.close(unit_master)
