@@ -89,11 +89,26 @@ def describe(frame: bytes) -> dict:
     return rec
 
 
+#: Bytes the line may carry to the unit in one go when paced (``--line-rate``): a short burst,
+#: well inside the firmware's 128-byte receive ring.
+LINE_BURST_BYTES = 16
+
+
 class FaultProxy:
     """The proxy's I/O loop (one thread, ``select()``), used by :func:`main`."""
 
-    def __init__(self, upstream, faults: LinkFaults, log: IO[str] | None = None):
+    def __init__(
+        self,
+        upstream,
+        faults: LinkFaults,
+        log: IO[str] | None = None,
+        line_rate_Bps: float | None = None,
+    ):
         self.up = upstream  # an open pyserial port with a file descriptor
+        # Bytes towards the unit are paced at the line's rate when set (see _flush_unit).
+        self.line_rate_Bps = line_rate_Bps
+        self._credit = float(LINE_BURST_BYTES)
+        self._credit_t = time.monotonic()
         self.up_fd = upstream.fileno()
         self.faults = faults
         self.log = log
@@ -170,14 +185,42 @@ class FaultProxy:
         self._to_unit += frame
         self._flush_unit()
 
+    def _refill(self) -> int:
+        """Bytes the line may carry to the unit now (all of them without ``--line-rate``)."""
+        if self.line_rate_Bps is None:
+            return len(self._to_unit)
+        t = time.monotonic()
+        self._credit = min(
+            float(LINE_BURST_BYTES), self._credit + (t - self._credit_t) * self.line_rate_Bps
+        )
+        self._credit_t = t
+        return int(self._credit)
+
+    def _line_wait_s(self) -> float | None:
+        """How long until the line may carry the next byte to the unit (None: nothing waits)."""
+        if not self._to_unit:
+            return None
+        if self.line_rate_Bps is None or self._refill() >= 1:
+            return 0.0
+        return (1.0 - self._credit) / self.line_rate_Bps
+
     def _flush_unit(self) -> None:
         """Write what waits for the unit without blocking (pyserial opens the port
         non-blocking). A unit that reads slowly (QEMU on a loaded machine takes its UART bytes
         one at a time) must not stall the proxy: a blocking write held the host's frames and
-        the unit's reports for half a second while the unit's watchdog ran."""
+        the unit's reports for half a second while the unit's watchdog ran.
+
+        With ``line_rate_Bps`` the bytes go out no faster than a serial line carries them (8N1:
+        a tenth of the baud rate, in bursts of at most LINE_BURST_BYTES). A real board's UART
+        receives at the line rate; QEMU's has no baud rate and takes a burst as fast as its
+        interrupt runs, more than the firmware's 128-byte receive ring holds when the main
+        loop is descheduled on a loaded machine (uart_overruns in its HK)."""
         while self._to_unit:
+            allowed = self._refill()
+            if allowed < 1:
+                return
             try:
-                n = os.write(self.up_fd, self._to_unit)
+                n = os.write(self.up_fd, self._to_unit[:allowed])
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -185,6 +228,8 @@ class FaultProxy:
                 self.stop_reason = f"unit port lost: {exc.strerror}"
                 return
             del self._to_unit[:n]
+            if self.line_rate_Bps is not None:
+                self._credit -= n
 
     def _drain_unit(self, within_s: float = 1.0) -> None:
         """On the way out: what the host sent last (its STOP_ALL) still reaches the unit, if
@@ -192,7 +237,12 @@ class FaultProxy:
         end = time.monotonic() + within_s
         while self._to_unit and self.stop_reason is None:
             left = end - time.monotonic()
-            if left <= 0 or not select.select([], [self.up_fd], [], left)[1]:
+            if left <= 0:
+                return
+            wait = self._line_wait_s() or 0.0
+            if wait > 0:
+                select.select([], [], [], min(wait, left))
+            elif not select.select([], [self.up_fd], [], left)[1]:
                 return
             self._flush_unit()
 
@@ -283,6 +333,9 @@ class FaultProxy:
             times.append(cut)
         wait = min(times) - now if times else 1_000_000
         wait_s = max(0.0, wait / 1e6)
+        line = self._line_wait_s()
+        if line:
+            wait_s = min(wait_s, line)
         return min(wait_s, _HUP_POLL_S) if not self.connected else wait_s
 
     # ---------------------------------------------------------------- loop
@@ -300,7 +353,7 @@ class FaultProxy:
                 if parent_fd is not None:
                     rlist.append(parent_fd)
                 wlist = [self.master] if self._to_host and self.connected else []
-                if self._to_unit:
+                if self._line_wait_s() == 0.0:
                     wlist.append(self.up_fd)
                 r, w, _ = select.select(rlist, wlist, [], self._timeout_s(self.now()))
                 if stop:
@@ -386,6 +439,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log", default=None, metavar="PATH", help="JSON lines: every frame")
     p.add_argument("--baudrate", type=whole_number(1, 4_000_000), default=115200)
     p.add_argument(
+        "--line-rate",
+        action="store_true",
+        help="pace the bytes to the unit at the baud rate (8N1), as a serial line carries "
+        "them: for a unit whose UART has no baud rate (qemu-system-avr)",
+    )
+    p.add_argument(
         "--channels", type=whole_number(1, 32), default=32, help="valve channels of the unit, 1..32"
     )
     p.add_argument(
@@ -426,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
-    proxy = FaultProxy(up, LinkFaults(spec, args.channels), log)
+    rate = args.baudrate / 10.0 if args.line_rate else None
+    proxy = FaultProxy(up, LinkFaults(spec, args.channels), log, line_rate_Bps=rate)
     path = proxy.open_pty()
     proxy._write_log(
         {
@@ -469,8 +529,11 @@ class FaultProxyProcess(PtyServiceProcess):
         log_path: str | os.PathLike | None = None,
         channels: int = 32,
         start_timeout: float = 10.0,
+        line_rate: bool = False,
     ):
         args = ["--upstream", upstream, "--channels", str(channels)]
+        if line_rate:
+            args.append("--line-rate")
         if faults:
             args += ["--faults", faults]
         if log_path is not None:

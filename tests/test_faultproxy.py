@@ -286,3 +286,44 @@ def test_a_unit_that_does_not_read_never_stalls_the_proxy():
         os.close(host)
         up.close()
         os.close(unit_master)
+
+
+def test_line_rate_paces_the_bytes_to_the_unit_like_a_serial_line(monkeypatch):
+    """--line-rate: the proxy carries bytes to the unit no faster than the baud rate allows (8N1,
+    a tenth of it per second) and in bursts of at most LINE_BURST_BYTES, as a board's serial
+    line does; QEMU's UART has none, and a burst overflowed the firmware's 128-byte receive ring.
+    On a fake clock: nothing more goes out until time has passed, then what that time carries."""
+    import os
+
+    import serial
+    from thruster_hil.firmware_bridge import faultproxy as fp
+    from thruster_hil.firmware_bridge.emulator import open_raw_pty
+
+    now = [100.0]
+    monkeypatch.setattr(fp.time, "monotonic", lambda: now[0])
+    unit_master, unit_path = open_raw_pty()
+    up = serial.serial_for_url(unit_path, timeout=0, exclusive=True)
+    try:
+        proxy = fp.FaultProxy(up, LinkFaults(parse_faults(None), 32), line_rate_Bps=11_520.0)
+        proxy._send_unit(b"\x01" * 1000)
+
+        def arrived() -> int:
+            try:
+                return len(os.read(unit_master, 4096))
+            except BlockingIOError:
+                return 0
+
+        os.set_blocking(unit_master, False)
+        assert arrived() == fp.LINE_BURST_BYTES  # the first burst only
+        proxy._flush_unit()
+        assert arrived() == 0 and proxy._line_wait_s() > 0  # no time, no bytes
+        now[0] += 10 / 11_520  # the time of 10 bytes on the line
+        proxy._flush_unit()
+        assert arrived() == 10
+        now[0] += 1.0  # a long pause carries one burst, not a second's worth
+        proxy._flush_unit()
+        assert arrived() == fp.LINE_BURST_BYTES
+        assert len(proxy._to_unit) == 1000 - 2 * fp.LINE_BURST_BYTES - 10
+    finally:
+        up.close()
+        os.close(unit_master)

@@ -729,7 +729,10 @@ def run_row(row: Row, out: Path) -> dict:
     reader = None
     killed_at = None
     try:
-        with FaultProxyProcess(unit.port, row.spec, wire_path) as proxy:
+        # QEMU's UART has no baud rate: the proxy carries bytes to it at the line's rate, as
+        # the board's serial line would (faultproxy --line-rate).
+        line_rate = row.unit == "qemu"
+        with FaultProxyProcess(unit.port, row.spec, wire_path, line_rate=line_rate) as proxy:
             wire_priority = raise_priority(WIRE_FIFO, pid=proxy.pid)  # the wire keeps time too
             if row.attack == "inject":
                 _inject_without_session(proxy.port, seed=int(row.id[1:]))
@@ -837,7 +840,8 @@ def _capture_earlier_session(row: Row, out: Path) -> list[bytes]:
 
     unit = _start_unit(row, out)
     try:
-        with FaultProxyProcess(unit.port, None, out / "wire.jsonl") as proxy:
+        line_rate = row.unit == "qemu"
+        with FaultProxyProcess(unit.port, None, out / "wire.jsonl", line_rate=line_rate) as proxy:
             subprocess.run(
                 [
                     sys.executable,
