@@ -22,8 +22,10 @@ sends STOP_ALL, never arms, never answers for the unit.
 While the link is cut, or while no host has the pty open, the proxy still reads what the unit
 sends, so its log keeps the unit's side of the story (watchdog trips, SAFE transitions, HK).
 
-``--log PATH``: JSON lines, flushed per line. The first is ``{"ev": "start", "t_us": 0,
-"t0_monotonic_us": ..., "upstream": ..., "port": ..., "faults": ...}`` (``t_us`` everywhere is
+``--log PATH``: JSON lines, written and flushed by a thread of their own (the forwarding loop
+never waits for the disk), in order, all of them by the time the proxy exits. The first is
+``{"ev": "start", "t_us": 0, "t0_monotonic_us": ..., "upstream": ..., "port": ..., "faults":
+...}`` (``t_us`` everywhere is
 microseconds since the proxy started; ``t0_monotonic_us`` is CLOCK_MONOTONIC then, so records of
 other processes on the machine line up). Then one per frame: ``{"t_us", "dir": "h2u"|"u2h",
 "act", "msg", "seq", "flags", ...fields}`` where ``act`` is ``fwd`` (passed on), ``drop``,
@@ -42,8 +44,10 @@ import errno
 import heapq
 import json
 import os
+import queue
 import select
 import sys
+import threading
 import time
 from typing import IO
 
@@ -92,6 +96,48 @@ def describe(frame: bytes) -> dict:
 #: Bytes the line may carry to the unit in one go when paced (``--line-rate``): a short burst,
 #: well inside the firmware's 128-byte receive ring.
 LINE_BURST_BYTES = 16
+
+
+class LineWriter:
+    """The log's lines written by a thread of their own, each flushed as soon as that thread
+    gets to it: the forwarding loop never waits for the disk. On a loaded machine a write to
+    the log file can wait hundreds of milliseconds for the kernel's writeback workers, which
+    run at normal priority behind the CPU-bound processes; the proxy's own SCHED_FIFO
+    priority does not help then. The lines stay in order; :meth:`close` writes what is queued
+    and closes the file."""
+
+    def __init__(self, file: IO[str]):
+        self.file = file
+        self._q: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="proxy-log", daemon=True)
+        self._thread.start()
+
+    def write(self, line: str) -> None:
+        self._q.put(line)
+
+    def flush(self) -> None:
+        """Nothing to do here: the writer thread flushes every batch it writes."""
+
+    def _run(self) -> None:
+        while True:
+            line = self._q.get()
+            batch = []
+            while line is not None:
+                batch.append(line)
+                try:
+                    line = self._q.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self.file.write("".join(batch))
+                self.file.flush()
+            if line is None:
+                return
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+        self.file.close()
 
 
 class FaultProxy:
@@ -478,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"on (use a device path or a pty)",
             ) from None
         try:
-            log = open(args.log, "w", encoding="utf-8") if args.log else None  # noqa: SIM115
+            log = LineWriter(open(args.log, "w", encoding="utf-8")) if args.log else None  # noqa: SIM115
         except OSError as exc:
             up.close()
             raise UserError("--log", f"cannot open {args.log}: {exc.strerror}") from None

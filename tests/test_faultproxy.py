@@ -327,3 +327,36 @@ def test_line_rate_paces_the_bytes_to_the_unit_like_a_serial_line(monkeypatch):
     finally:
         up.close()
         os.close(unit_master)
+
+
+def test_the_log_never_holds_up_the_forwarding_and_keeps_every_line_in_order():
+    """The proxy's log is written by a thread of its own: while the file's write is stuck (a
+    disk the kernel's writeback has not caught up with, on a loaded machine), the forwarding
+    loop's writes return at once; every line reaches the file, in order, by close()."""
+    import io
+    import threading
+
+    from thruster_hil.firmware_bridge.faultproxy import LineWriter
+
+    release = threading.Event()
+    entered = threading.Event()
+
+    class StuckFile(io.StringIO):
+        def write(self, text):
+            entered.set()
+            release.wait()
+            return super().write(text)
+
+        def close(self):
+            self.final = self.getvalue()
+            super().close()
+
+    f = StuckFile()
+    log = LineWriter(f)
+    log.write("line 0\n")
+    assert entered.wait(60)  # the writer thread is now inside the stuck write
+    for i in range(1, 1000):
+        log.write(f"line {i}\n")  # none of these waits for the stuck file
+    release.set()
+    log.close()
+    assert f.final == "".join(f"line {i}\n" for i in range(1000))
