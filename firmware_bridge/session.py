@@ -229,7 +229,7 @@ class HostSession:
             self.last_report = (t_ns, step)
             op = self.fire_op
             if op is not None and step == op.step and f["bank"] in op.seqs:
-                op.reports.setdefault(f["bank"], rec)  # (FireOp.take, inline)
+                op.reports.setdefault(f["bank"], rec)  # a report of the FIRE in flight
                 return
             key = (step, f["bank"])
             if key in self._late_expected:

@@ -190,14 +190,6 @@ class FireOp(Op):
             self.deadline_ns = now_ns + int(s.resend_wait_s(0) * 1e9)
         s.fire_op = self
 
-    def take(self, rec: Received) -> bool:
-        """A VALVE_REPORT for this step (from :meth:`HostSession.receive_data`)."""
-        bank = rec.msg.fields["bank"]
-        if bank in self.seqs:
-            self.reports.setdefault(bank, rec)
-            return True
-        return False
-
     def refused(self, seq: int, rec: Received) -> None:
         """A refusing ACK to one of this step's FIREs (not DUPLICATE)."""
         if self.rejected is None:

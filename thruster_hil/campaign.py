@@ -715,9 +715,16 @@ def _start_unit(row: Row, out: Path):
     return QemuUnit().start()
 
 
+def _proxy(row: Row, unit, faults: str | None, log_path: Path):
+    """The fault proxy in front of this row's unit. QEMU's UART has no baud rate: the proxy
+    carries bytes to it at the line's rate, as the board's serial line would (--line-rate)."""
+    from thruster_hil.firmware_bridge.faultproxy import FaultProxyProcess
+
+    return FaultProxyProcess(unit.port, faults, log_path, line_rate=row.unit == "qemu")
+
+
 def run_row(row: Row, out: Path) -> dict:
     """Fly one row and judge it; returns its record (expected, measured, pass, why)."""
-    from thruster_hil.firmware_bridge.faultproxy import FaultProxyProcess
 
     out.mkdir(parents=True, exist_ok=True)
     run_dir = out / "run"
@@ -729,10 +736,7 @@ def run_row(row: Row, out: Path) -> dict:
     reader = None
     killed_at = None
     try:
-        # QEMU's UART has no baud rate: the proxy carries bytes to it at the line's rate, as
-        # the board's serial line would (faultproxy --line-rate).
-        line_rate = row.unit == "qemu"
-        with FaultProxyProcess(unit.port, row.spec, wire_path, line_rate=line_rate) as proxy:
+        with _proxy(row, unit, row.spec, wire_path) as proxy:
             wire_priority = raise_priority(WIRE_FIFO, pid=proxy.pid)  # the wire keeps time too
             if row.attack == "inject":
                 _inject_without_session(proxy.port, seed=int(row.id[1:]))
@@ -836,12 +840,10 @@ def _capture_earlier_session(row: Row, out: Path) -> list[bytes]:
     seed) and keep its FIREs as they went on the wire: what an attacker who read that
     capture has. The last ``REPLAYED_FIRES`` of them (steps far ahead of a new burn's)."""
     out.mkdir(parents=True, exist_ok=True)
-    from thruster_hil.firmware_bridge.faultproxy import FaultProxyProcess
 
     unit = _start_unit(row, out)
     try:
-        line_rate = row.unit == "qemu"
-        with FaultProxyProcess(unit.port, None, out / "wire.jsonl", line_rate=line_rate) as proxy:
+        with _proxy(row, unit, None, out / "wire.jsonl") as proxy:
             subprocess.run(
                 [
                     sys.executable,
