@@ -351,7 +351,8 @@ class Emulator:
                 self._queue_out(frame)
         if self.faults is not None:
             self._apply_due_faults(now)
-        self.send(core.tick(now), now)
+        late = self._timer_ran - self._timer_due if self._timer_ran == now else 0
+        self.send(core.tick(now, late), now)
         self._drain_journal()
         if now >= self._next_counters:
             self._write_log(self._counters(now))

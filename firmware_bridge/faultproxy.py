@@ -70,6 +70,7 @@ PROG = "thruster_hil.firmware_bridge.faultproxy"
 #: this for any burn; the unit only counts a gap).
 _INJECT_SEQ0 = 0x3F00
 _HUP_POLL_S = 0.005
+_LATE_LOG_S = 0.020  # a wake-up this late is logged (ev "late"): the proxy itself was held off
 _HELLO_ACK_ID = bytes([MESSAGES["HELLO_ACK"].id])
 
 
@@ -94,7 +95,7 @@ def describe(frame: bytes) -> dict:
 
 
 #: Bytes the line may carry to the unit in one go when paced (``--line-rate``): a short burst,
-#: well inside the firmware's 128-byte receive ring.
+#: well inside the firmware's 256-byte receive ring.
 LINE_BURST_BYTES = 16
 
 
@@ -172,6 +173,7 @@ class FaultProxy:
         self._session = 0  # the host's token, from the HELLO_ACKs passed on (FAULT_INJECT's)
         self._first_fire_us: int | None = None
         self.counts = {"h2u": 0, "u2h": 0, "injected": 0, "nohost": 0}
+        self.late_max_s = 0.0  # the worst a select() timeout returned late: this process's CPU
 
     def now(self) -> int:
         return (time.monotonic_ns() - self._t0) // 1000
@@ -259,7 +261,7 @@ class FaultProxy:
         With ``line_rate_Bps`` the bytes go out no faster than a serial line carries them (8N1:
         a tenth of the baud rate, in bursts of at most LINE_BURST_BYTES). A real board's UART
         receives at the line rate; QEMU's has no baud rate and takes a burst as fast as its
-        interrupt runs, more than the firmware's 128-byte receive ring holds when the main
+        interrupt runs, more than the firmware's 256-byte receive ring holds when the main
         loop is descheduled on a loaded machine (uart_overruns in its HK)."""
         while self._to_unit:
             allowed = self._refill()
@@ -401,7 +403,17 @@ class FaultProxy:
                 wlist = [self.master] if self._to_host and self.connected else []
                 if self._line_wait_s() == 0.0:
                     wlist.append(self.up_fd)
-                r, w, _ = select.select(rlist, wlist, [], self._timeout_s(self.now()))
+                timeout = self._timeout_s(self.now())
+                asked = time.monotonic() + timeout
+                r, w, _ = select.select(rlist, wlist, [], timeout)
+                if not (r or w):  # a timeout: how late did this process get the CPU back?
+                    late = time.monotonic() - asked
+                    if late > self.late_max_s:
+                        self.late_max_s = late
+                    if late >= _LATE_LOG_S:
+                        self._write_log(
+                            {"t_us": self.now(), "ev": "late", "late_ms": round(late * 1e3, 1)}
+                        )
                 if stop:
                     break
                 if parent_fd is not None and parent_fd in r and not os.read(parent_fd, 1):
@@ -449,6 +461,7 @@ class FaultProxy:
                     "reason": self.stop_reason or f"signal {stop[0]}",
                     "counts": self.counts,
                     "link": self.faults.counts,
+                    "late_max_ms": round(self.late_max_s * 1e3, 1),
                 }
             )
             return status

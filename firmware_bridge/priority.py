@@ -33,28 +33,50 @@ HOST_FIFO = 10
 NICE = -10  # the fallback when SCHED_FIFO is not allowed
 
 
+def _threads(pid: int) -> list[int]:
+    """The thread ids of process ``pid`` (Linux /proc), else just ``pid``; 0 is the caller."""
+    if pid == 0:
+        return [0]
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except (OSError, ValueError):
+        return [pid]
+
+
 def raise_priority(fifo: int, nice: int = NICE, reset_on_fork: bool = False, pid: int = 0) -> str:
     """Raise the calling thread's scheduling priority (threads it starts later inherit it;
-    processes too unless ``reset_on_fork``), or that of the main thread of process ``pid``:
+    processes too unless ``reset_on_fork``), or that of every thread of process ``pid``:
     SCHED_FIFO at ``fifo``, else ``nice``.
+
+    Every thread, not only the main one: Linux schedules threads, and a thread left at normal
+    priority can be preempted while it holds Python's GIL, which then stalls the raised thread
+    for as long as the busy processes keep the other one off the CPU (the fault proxy's log
+    writer held its forwarding loop up for 313 ms that way on a loaded machine).
     Returns what it got, e.g. ``"SCHED_FIFO 20"``, ``"nice -10"`` or ``"normal (SCHED_FIFO:
     Operation not permitted; nice: Permission denied)"``."""
     why = []
+    tids = _threads(pid)
     policy = getattr(os, "SCHED_FIFO", None)
     if policy is not None and hasattr(os, "sched_setscheduler"):
         if reset_on_fork:
             policy |= getattr(os, "SCHED_RESET_ON_FORK", 0)
         try:
-            os.sched_setscheduler(pid, policy, os.sched_param(fifo))
+            for tid in tids:
+                try:
+                    os.sched_setscheduler(tid, policy, os.sched_param(fifo))
+                except ProcessLookupError:
+                    if tid == tids[0]:
+                        raise
             return f"SCHED_FIFO {fifo}"
         except OSError as err:
             why.append(f"SCHED_FIFO: {err.strerror}")
     else:
         why.append("SCHED_FIFO: not on this system")
     try:
-        if os.getpriority(os.PRIO_PROCESS, pid) > nice:
-            os.setpriority(os.PRIO_PROCESS, pid, nice)
-        return f"nice {os.getpriority(os.PRIO_PROCESS, pid)}"
+        for tid in tids:
+            if os.getpriority(os.PRIO_PROCESS, tid) > nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+        return f"nice {os.getpriority(os.PRIO_PROCESS, tids[0])}"
     except (OSError, AttributeError) as err:
         why.append(f"nice: {getattr(err, 'strerror', None) or err}")
     return f"normal ({'; '.join(why)})"

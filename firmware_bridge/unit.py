@@ -551,12 +551,15 @@ class UnitCore:
 
     # ---------------------------------------------------------------- timers
 
-    def tick(self, now_us: int) -> bytes:
+    def tick(self, now_us: int, late_us: int = 0) -> bytes:
+        """Run the timers at ``now_us``. ``late_us``: how late the driver runs them, i.e. how
+        long ago they fell due (0: on time); a WATCHDOG_TRIP found here carries it in arg1
+        (at most 65535), so the trip's timing tells the unit's logic from its scheduling."""
         out: list[bytes] = []
-        self._run_timers(out, now_us)
+        self._run_timers(out, now_us, late_us)
         return b"".join(out)
 
-    def _run_timers(self, out: list[bytes], now_us: int) -> None:
+    def _run_timers(self, out: list[bytes], now_us: int, late_us: int = 0) -> None:
         state = self.state
         if state == BOOT:
             return
@@ -585,7 +588,7 @@ class UnitCore:
         if wd_deadline is not None and now_us >= wd_deadline:
             since_ms = (now_us - self._last_valid) // 1000
             self.counters["watchdog_trips"] += 1
-            self._event(out, now_us, "WATCHDOG_TRIP", since_ms)
+            self._event(out, now_us, "WATCHDOG_TRIP", min(since_ms, 0xFFFF), min(late_us, 0xFFFF))
             self._leave_armed(
                 out, now_us, EVENTS["WATCHDOG"][self.state].next(), REASON["WATCHDOG"]
             )

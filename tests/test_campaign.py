@@ -183,6 +183,46 @@ def test_a_closure_is_judged_on_the_units_timer_apart_from_the_hosts_scheduling(
     assert judge_closure(Evidence(), 251.0) == ["no record of the unit closing its valves"]
 
 
+@pytest.mark.parametrize(("late_us", "passes"), [(1700, True), (300, False), (0xFFFF, False)])
+def test_a_qemu_closure_is_judged_on_the_firmwares_own_tick_lateness(late_us, passes):
+    """The firmware says in its WATCHDOG_TRIP how late the tick that found it ran (arg1, us):
+    a trip at 252 ms from a tick 1.7 ms late is its logic done right on a descheduled vCPU; the
+    same trip from a tick 0.3 ms late is a late closure; 65.5 ms is too busy to judge."""
+    from thruster_hil.firmware_bridge.dictionary import EVENT
+
+    from thruster_hil.campaign import _qemu_evidence
+
+    trip = {"dir": "u2h", "act": "fwd", "msg": "EVENT", "t_us": 9, "pu_time_us": 5_000_000}
+    wire = [{**trip, "event": EVENT["WATCHDOG_TRIP"], "arg0": 252, "arg1": late_us, "arg2": 0}]
+    row = Row(id="Q99", unit="qemu", fault="cut", expect="stop", expected="x", onset="link")
+    ev = _qemu_evidence(wire, row)
+    assert ev.closed_after_ms == 252.0 and ev.timer_late_ms == late_us / 1000
+    why = judge_closure(ev, 251.0)
+    assert (why == []) is passes, why
+
+
+def test_a_row_whose_proxy_does_not_start_fails_with_the_reason_and_the_rest_run(
+    tmp_path, monkeypatch
+):
+    """A fault proxy that cannot open the unit's port ends its row, not the campaign, and
+    never in a traceback: the row fails saying why, the table and campaign.json are written."""
+    from thruster_hil.firmware_bridge.faultproxy import ProxyError
+
+    import thruster_hil.campaign as campaign
+
+    def no_proxy(row, unit, faults, log_path):
+        raise ProxyError(f"fault proxy: --upstream: cannot open {unit.port}: [Errno 16] busy")
+
+    monkeypatch.setattr(campaign, "_proxy", no_proxy)
+    records = run_campaign(tmp_path / "c", units=("emulator",), only={"E01", "E05"})
+    assert [r["id"] for r in records] == ["E01", "E05"]
+    assert not any(r["passed"] for r in records)
+    assert records[0]["why"][0].startswith("did not start: fault proxy: --upstream: cannot open")
+    doc = json.loads((tmp_path / "c" / "campaign.json").read_text())
+    assert doc["passed"] == 0 and doc["total"] == 2
+    assert "did not start" in (tmp_path / "c" / "results.md").read_text()
+
+
 # ----------------------------------------------------------------------------- the campaign
 
 

@@ -291,7 +291,8 @@ def test_a_unit_that_does_not_read_never_stalls_the_proxy():
 def test_line_rate_paces_the_bytes_to_the_unit_like_a_serial_line(monkeypatch):
     """--line-rate: the proxy carries bytes to the unit no faster than the baud rate allows (8N1,
     a tenth of it per second) and in bursts of at most LINE_BURST_BYTES, as a board's serial
-    line does; QEMU's UART has none, and a burst overflowed the firmware's 128-byte receive ring.
+    line does; QEMU's UART has none, and a burst overflowed the firmware's receive ring (then
+    128 bytes).
     On a fake clock: nothing more goes out until time has passed, then what that time carries."""
     import os
 

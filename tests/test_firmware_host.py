@@ -218,8 +218,8 @@ class _CUnit:
     def receive(self, data: bytes, now_us: int) -> bytes:
         return self._tx(f"rx {now_us} {data.hex()}")
 
-    def tick(self, now_us: int) -> bytes:
-        return self._tx(f"tick {now_us}")
+    def tick(self, now_us: int, late_us: int = 0) -> bytes:
+        return self._tx(f"tick {now_us} {late_us}")
 
     def set_tank_kpa(self, kpa: int, now_us: int) -> bytes:
         return self._tx(f"tank {now_us} {kpa}")
@@ -491,6 +491,82 @@ def test_session_security_is_the_same_on_unit_c_and_unitcore(host_vectors):
     hk = [dict(f) for name, f in c_said if name == "HK"][-1]
     assert hk["session_errors"] == 0 and hk["rx_frames"] == 0
     assert hk["stuck_mask"] == 1 << 3 and hk["tank_kPa"] == 1500
+
+
+def _late_watchdog_session(unit) -> list[tuple]:
+    """Two watchdog trips found by late ticks (1.7 ms, then 70 ms: clamped to 65535 us)."""
+    from thruster_hil.firmware_bridge.dictionary import FLAG_ACK_REQ, MODE
+
+    said: list[tuple] = []
+    seq = iter(range(1000))
+    got: dict[str, int] = {}
+
+    def keep(data: bytes) -> None:
+        for m in Decoder().feed(data):
+            got.update({k: m[k] for k in ("session", "nonce") if k in m.fields})
+            said.append((m.name, tuple(sorted(m.fields.items()))) if m.name == "EVENT" else m.name)
+
+    def session(t_us: int) -> None:
+        keep(
+            unit.receive(
+                codec.encode(
+                    "HELLO",
+                    next(seq),
+                    0,
+                    proto_ver=1,
+                    dict_hash=DICT_HASH,
+                    mode=MODE["REALTIME"],
+                    period_ms=100,
+                    host_nonce=0x5A5A0000 + t_us,
+                ),
+                t_us,
+            )
+        )
+        keep(
+            unit.receive(
+                codec.encode("ARM_REQUEST", next(seq), 0, session=got["session"]), t_us + 100
+            )
+        )
+        keep(
+            unit.receive(
+                codec.encode(
+                    "ARM_CONFIRM",
+                    next(seq),
+                    FLAG_ACK_REQ,
+                    session=got["session"],
+                    nonce=got["nonce"],
+                    max_on_ticks=100,
+                    next_step=1,
+                ),
+                t_us + 200,
+            )
+        )
+
+    keep(unit.boot(0))
+    session(1000)
+    keep(unit.tick(1200 + 250_000 + 700, 1700))  # the tick after the deadline ran 1.7 ms late
+    session(400_000)
+    keep(unit.tick(400_200 + 320_000, 70_000))
+    return [s for s in said if s != "HK"]
+
+
+def test_a_late_tick_is_on_the_watchdog_trip_the_same_on_unit_c_and_unitcore(host_vectors):
+    """REQ issue 13 (8): a tick the CPU ran late says how late in its WATCHDOG_TRIP (arg1, us;
+    arg0 the ms since the last valid frame), on unit.c and on UnitCore alike: the campaign
+    judges a QEMU unit's closure on that, as it judges the emulator's on its timer record."""
+    from thruster_hil.firmware_bridge.dictionary import EVENT
+    from thruster_hil.firmware_bridge.unit import UnitCore
+
+    c_unit = _CUnit(host_vectors)
+    try:
+        c_said = _late_watchdog_session(c_unit)
+    finally:
+        c_unit.close()
+    py_said = _late_watchdog_session(UnitCore(n_channels=32, rng_seed=7, min_on_ticks=5))
+    assert c_said == py_said
+    trips = [dict(f) for s in c_said if s[0] == "EVENT" for f in [s[1]]]
+    trips = [(e["arg0"], e["arg1"]) for e in trips if e["event"] == EVENT["WATCHDOG_TRIP"]]
+    assert trips == [(250, 1700), (320, 0xFFFF)]
 
 
 # ---- the AVR build ----------------------------------------------------------------------------

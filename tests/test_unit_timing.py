@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -104,3 +106,34 @@ def test_priority_not_allowed_is_said_not_raised(monkeypatch):
     assert got == (
         "normal (SCHED_FIFO: Operation not permitted; nice: Operation not permitted)"
     ) or got.startswith("nice ")  # already at or below -10
+
+
+def test_priority_of_another_process_reaches_every_thread():
+    """A thread left at normal priority can be preempted holding the GIL and stall the raised
+    one (the fault proxy's log writer did, 313 ms on a loaded machine): every thread is raised."""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, threading; e = threading.Event();"
+            "threading.Thread(target=e.wait, daemon=True).start();"
+            "print('ready', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
+        assert len(tids) == 2
+        got = raise_priority(10, pid=child.pid)
+        if got == "SCHED_FIFO 10":
+            assert [os.sched_getscheduler(t) for t in tids] == [os.SCHED_FIFO] * 2
+        elif got.startswith("nice "):
+            assert {os.getpriority(os.PRIO_PROCESS, t) for t in tids} == {int(got.split()[1])}
+        else:
+            assert got.startswith("normal (")
+    finally:
+        child.stdin.close()
+        child.wait()

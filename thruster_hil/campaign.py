@@ -73,6 +73,7 @@ MAX_TIMER_LATE_MS = 50.0
 _FAULT = ENUMS["fault"]
 _REASON_NAMES = {v: k for k, v in ENUMS["safe_reason"].items()}
 REPLAYED_FIRES = 5  # fewer than the lockout's 8: each must be refused on its own token
+REPLAY_GAP_S = 0.05
 
 
 # ------------------------------------------------------------------------------------ rows
@@ -262,7 +263,7 @@ def _attack_rows(add, step, unit: str) -> None:
     )
     add(
         fault="FIREs captured in an earlier session (a unit started with the same seed) "
-        "replayed mid-burn, steps far ahead",
+        "replayed mid-burn, steps far ahead, 50 ms apart",
         attack="replay",
         target=LONG_TARGET,
         expect="completes",
@@ -534,6 +535,9 @@ def _qemu_evidence(wire: list[dict], row: Row) -> Evidence:
         trip = next((e for e in events if e["event"] == EVENT["WATCHDOG_TRIP"]), None)
         if trip is not None:
             ev.closed_after_ms = float(trip["arg0"])  # the firmware's own count
+            # ... and how late its tick ran (the vCPU descheduled by a loaded host), judged
+            # apart from its logic as the emulator's timer lateness is (judge_closure)
+            ev.timer_late_ms = trip["arg1"] / 1000
     elif row.onset == "fault" and _qemu_fault_on_unit_clock(wire, ev):
         pass
     elif row.onset == "fault" and ev.fault_t is not None:
@@ -785,7 +789,9 @@ def run_row(row: Row, out: Path) -> dict:
                         rogue.start()
                     if row.attack == "replay":
                         _wait(started, 60)
-                        _write_frames(proxy.port, captured)
+                        # 50 ms apart: the row tests the session check, not how much of a
+                        # burst QEMU's UART keeps while its vCPU is off a loaded CPU
+                        _write_frames(proxy.port, captured, gap_s=REPLAY_GAP_S)
                     if row.attack == "reader":
                         _wait(started, 60)
                         reader = PortReader(proxy.port)
@@ -883,11 +889,14 @@ def _capture_earlier_session(row: Row, out: Path) -> list[bytes]:
     ]
 
 
-def _write_frames(port: str, frames: list[bytes]) -> None:
-    """Another process's writes on the host's port (it opens the port without the lock)."""
+def _write_frames(port: str, frames: list[bytes], gap_s: float = 0.0) -> None:
+    """Another process's writes on the host's port (it opens the port without the lock), one
+    frame every ``gap_s`` (an attacker's pacing, not a synchronisation)."""
     fd = os.open(port, os.O_WRONLY | os.O_NOCTTY)
     try:
-        for frame in frames:
+        for i, frame in enumerate(frames):
+            if i and gap_s:
+                time.sleep(gap_s)
             os.write(fd, frame)
     finally:
         os.close(fd)
@@ -1159,6 +1168,28 @@ def judge(
     return rec
 
 
+def not_started(row: Row, out: Path, why: str) -> dict:
+    """The record of a row whose unit or fault proxy did not start (a port that would not open,
+    a missing tool): a failed row saying why, and the campaign goes on to the next."""
+    measured = {
+        "outcome": "not started",
+        "delta_v_mps": None,
+        "target_delta_v_mps": None,
+        "max_attitude_error_deg": None,
+        "valves_closed_after_ms": None,
+        "valves_closed_bound_ms": None,
+        "valves_still_open": False,
+        "double_fires": "-",
+        "unintended_fires": "-",
+        "log_complete": False,
+        "log_note": "nothing ran",
+    }
+    rec = {**asdict(row), "measured": measured, "passed": False, "why": [f"did not start: {why}"]}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "row.json").write_text(json.dumps(rec, indent=2) + "\n", encoding="utf-8")
+    return rec
+
+
 def _short(reason: str) -> str:
     reason = re.sub(r"^unit: \S+: ", "", reason)
     return reason if len(reason) <= 90 else reason[:87] + "..."
@@ -1234,11 +1265,14 @@ def results_table(records: list[dict]) -> str:
 
 def _timer_cell(rec: dict) -> str:
     """How late the host ran the unit's timers: at the watchdog trip and the worst of the row
-    (emulator); QEMU keeps its own clock."""
+    (emulator); for QEMU, how late the firmware ran the tick that tripped (its WATCHDOG_TRIP)."""
     m = rec["measured"]
     worst = m.get("unit_timer_late_max_ms")
+    if rec["unit"] == "qemu":
+        at_trip = m.get("unit_timer_late_ms")
+        return "- (own clock)" if at_trip is None else f"{at_trip:.1f} at the trip (own clock)"
     if worst is None:
-        return "- (own clock)" if rec["unit"] == "qemu" else "-"
+        return "-"
     at_trip = m.get("unit_timer_late_ms")
     return (
         f"{at_trip:.1f} at the trip, max {worst:.1f}" if at_trip is not None else f"max {worst:.1f}"
@@ -1274,8 +1308,14 @@ def run_campaign(
     rows = [r for r in build_rows(seed, units) if not only or r.id in only]
     out.mkdir(parents=True, exist_ok=True)
     records = []
+    from thruster_hil.firmware_bridge.emulator import EmulatorError
+    from thruster_hil.firmware_bridge.faultproxy import ProxyError
+
     for row in rows:
-        rec = run_row(row, out / row.id)
+        try:
+            rec = run_row(row, out / row.id)
+        except (EmulatorError, ProxyError, UserError) as exc:
+            rec = not_started(row, out / row.id, " ".join(str(exc).split()))
         records.append(rec)
         if progress is not None:
             progress(rec)

@@ -113,7 +113,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint8_t n = ctl & 0x0F;
         now += (uint32_t)(ctl >> 4) * (ctl & 0x40 ? 97000u : 1000u);
         uint32_t open_before = unit_open_mask(&U) & ~U.stuck;
-        unit_tick(&U, now);
+        unit_tick(&U, now, 0);
         if ((unit_open_mask(&U) & ~U.stuck) & ~open_before)
             abort(); /* a tick opened a valve */
         invariants();

@@ -20,7 +20,7 @@
  * unit.c and through firmware_bridge/unit.py's UnitCore:
  *   boot NOW            unit_boot
  *   rx NOW HEX          unit_receive of the bytes HEX
- *   tick NOW            unit_tick
+ *   tick NOW [LATE]     unit_tick (LATE: how late the tick runs, us; default 0)
  *   tank NOW KPA        unit_set_tank_kpa (a pressure reading)
  *   reset NOW           unit_reset with cause SOFTWARE (a reset in place)
  *   armen NOW 0|1       unit_set_arm_enable (the board's arm-enable input)
@@ -122,7 +122,7 @@ static int unit_smoke(void)
     proto_put16(p + MSG_FIRE_OFF_ON_TICKS + 2, 3);
     feed_cmd(&u, MSG_FIRE, 4, 0, p, MSG_FIRE_LEN, 4000);
     for (uint32_t t = 5000; t <= 400000; t += 1000) {
-        unit_tick(&u, t);
+        unit_tick(&u, t, 0);
         if (t == 10000)
             printf("open_mask %08lx\n", (unsigned long)unit_open_mask(&u));
     }
@@ -151,7 +151,7 @@ static int unit_stdin(void)
         } else if (strcmp(cmd, "boot") == 0) {
             unit_boot(&u, now);
         } else if (strcmp(cmd, "tick") == 0) {
-            unit_tick(&u, now);
+            unit_tick(&u, now, (uint32_t)strtoul(arg, NULL, 10));
         } else if (strcmp(cmd, "tank") == 0) {
             unit_set_tank_kpa(&u, (uint16_t)strtoul(arg, NULL, 10), now);
         } else if (strcmp(cmd, "reset") == 0) {

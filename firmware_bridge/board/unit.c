@@ -439,7 +439,7 @@ static void send_hk(unit_t *u, uint32_t now)
     emit(u, MSG_HK, MSG_HK_APID, p, sizeof p, 0);
 }
 
-static void run_timers(unit_t *u, uint32_t now)
+static void run_timers(unit_t *u, uint32_t now, uint32_t late_us)
 {
     if (u->state == STATE_BOOT)
         return;
@@ -479,8 +479,8 @@ static void run_timers(unit_t *u, uint32_t now)
     if (wd_on && reached(now, wd_deadline)) {
         uint32_t since_ms = (uint32_t)since(now, u->last_valid) / 1000u;
         u->c.watchdog_trips++;
-        event(u, now, EVENT_WATCHDOG_TRIP, (uint16_t)(since_ms > 0xFFFF ? 0xFFFF : since_ms), 0,
-              0);
+        event(u, now, EVENT_WATCHDOG_TRIP, (uint16_t)(since_ms > 0xFFFF ? 0xFFFF : since_ms),
+              (uint16_t)(late_us > 0xFFFF ? 0xFFFF : late_us), 0);
         leave_armed(u, now, table_next(u, IN_WATCHDOG, RESULT_ACCEPTED), SAFE_REASON_WATCHDOG);
     }
     if (table_cell(u, IN_ARM_IDLE) != CELL_NONE &&
@@ -498,7 +498,7 @@ static void run_timers(unit_t *u, uint32_t now)
     }
 }
 
-void unit_tick(unit_t *u, uint32_t now) { run_timers(u, now); }
+void unit_tick(unit_t *u, uint32_t now, uint32_t late_us) { run_timers(u, now, late_us); }
 
 /* ------------------------------------------------------------------ commands */
 
@@ -1065,7 +1065,7 @@ static void bad_frame(unit_t *u, proto_status_t st, uint32_t now)
 
 void unit_receive(unit_t *u, const uint8_t *data, uint16_t n, uint32_t now)
 {
-    run_timers(u, now);
+    run_timers(u, now, 0);
     if (!((STATES_HEARING_COMMANDS >> u->state) & 1)) /* BOOT */
         return;
     if (u->stalled) {

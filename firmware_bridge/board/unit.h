@@ -6,7 +6,7 @@
  *     unit_init(&u, &cfg);             cfg.send() gets every TM frame (COBS + 0x00)
  *     unit_boot(&u, now_us);           BOOT, BOOTED, SAFE
  *     unit_receive(&u, buf, n, now);   bytes from the UART, replies through cfg.send
- *     unit_tick(&u, now_us);           timers: pulse ends, link watchdog, arm idle, HK
+ *     unit_tick(&u, now_us, late_us);  timers: pulse ends, link watchdog, arm idle, HK
  *     unit_open_mask(&u);              what the valve pins must show now
  *
  * Time is the unit's free-running microsecond clock as a wrapping uint32_t (pu_time_us); every
@@ -151,7 +151,11 @@ typedef struct {
 void unit_init(unit_t *u, const unit_config_t *cfg);
 void unit_boot(unit_t *u, uint32_t now_us);
 void unit_receive(unit_t *u, const uint8_t *data, uint16_t n, uint32_t now_us);
-void unit_tick(unit_t *u, uint32_t now_us);
+/* late_us: how late the caller runs this tick, i.e. how long ago its timer fell due (0: on
+ * time). A WATCHDOG_TRIP found by this tick carries it (arg1, at most 65535): the unit's logic
+ * (it closed at the first tick it ran after the deadline) is judged apart from the scheduling
+ * of the CPU it runs on, as an RTOS reports a task's overrun. */
+void unit_tick(unit_t *u, uint32_t now_us, uint32_t late_us);
 uint32_t unit_open_mask(const unit_t *u);
 /* The arm-enable input (board pin): disabled refuses ARM_CONFIRM, and ARMED -> SAFE. */
 void unit_set_arm_enable(unit_t *u, uint8_t enabled, uint32_t now_us);
