@@ -287,6 +287,21 @@ STATUS_NAMES = {
     ST_RESERVE: "reserve",
 }
 
+#: What each status means, in an operator's words: the run summary explains the statuses a burn
+#: had with these, and docs/controller.md's status table says the same (a test keeps them equal).
+STATUS_MEANINGS = {
+    ST_BURNING: "translation commanded this cycle",
+    ST_COMPLETE: "target delta-v reached",
+    ST_SATURATED: "a thruster or gimbal at its limit: the wanted push and torque not fully met",
+    ST_INFEASIBLE: "the wanted push and torque missed by more than 10 %, or the solver failed",
+    ST_ATTITUDE_LIMIT: "attitude error beyond the limit: translation inhibited",
+    ST_RATE_LIMITED: "the rate demand was limited",
+    ST_TORQUE_LIMITED: "a torque axis was clamped",
+    ST_THRUSTER_OUT: "a thruster is failed or stuck: allocated around it",
+    ST_BAD_INPUT: "non-finite or impossible sensors: every valve closed",
+    ST_RESERVE: "a tank would reach its reserve: burn stopped, every valve closed",
+}
+
 SATURATION_TOL = 1e-4
 INFEASIBLE_TOL = 0.1
 

@@ -53,6 +53,13 @@ def _planned() -> int:
     )
 
 
+def _flown(cycles: int) -> str:
+    """The view's count after ``cycles`` cycles of the progress burn: cycles flown of the plan,
+    or the cycles flown and the plan when the burn went past it (never over 100 %)."""
+    planned = _planned()
+    return f" {cycles} of {planned} " if cycles <= planned else f" {cycles}, planned {planned} "
+
+
 def _strip_ansi(text: str) -> str:
     import re
 
@@ -170,7 +177,7 @@ def test_render_shows_every_number_of_the_snapshot():
     text = render_text(SNAP, width=120)
     for expected in (
         "dragon-boost-kit via emulator (realtime)",
-        "cycle           49 of 100",
+        "cycles          50 of 100",
         "50.0 %",
         "t 24.5 s",
         "ETA 0:00:26",
@@ -183,9 +190,8 @@ def test_render_shows_every_number_of_the_snapshot():
         "6.0000 of 5.0000 deg limit",
         "120.0 %",
         "12.345 kg used",
-        "RTT 1.25 ms",
-        "link p50 1.50",
-        "p99 3.75 ms",
+        "FIRE to report  1.2 ms this cycle (pulses included)",
+        "RTT p50 1.50, p99 3.75 ms (PING/PONG)",
         "retries 2",
         "CRC errors 7",
         "deadline misses 3",
@@ -218,7 +224,8 @@ def test_the_view_of_18_thrusters_fits_an_80_column_terminal_without_wrapping():
     assert "" not in labels[: labels.index("link errors") + 1], "a row wrapped:\n" + "\n".join(
         lines
     )
-    assert len(lines) == 2 + 10 + 1 + 9  # borders, 10 rows, the caption, 9 rows of 2 thrusters
+    # borders, 11 rows (realtime: FIRE to report apart from the RTT), the caption, 9 rows of 2
+    assert len(lines) == 2 + 11 + 1 + 9
 
 
 def test_render_without_data_says_so_instead_of_failing():
@@ -399,7 +406,7 @@ def test_live_view_of_a_run_through_the_emulator(tmp_path):
     final = term[term.rindex("thruster-hil · progress via emulator (lockstep)") :]
     for expected in (
         "COMPLETED",
-        f" {summary['cycles'] - 1} of {_planned()} ",
+        _flown(summary["cycles"]),
         f"{summary['achieved_delta_v_mps']:.5f} of 0.05000 m/s",
         "deg limit",
         f"{summary['propellant_kg']:.3f} kg used",
@@ -486,7 +493,7 @@ def test_monitor_once_shows_a_finished_emulator_run(tmp_path, capsys):
     for expected in (
         "progress via emulator (lockstep)",
         "COMPLETED",
-        f" {summary['cycles'] - 1} of {_planned()} ",
+        _flown(summary["cycles"]),
         f"{summary['achieved_delta_v_mps']:.5f} of 0.05000 m/s",
         f"{summary['link']['frames_sent']} out / ",
     ):
@@ -544,7 +551,7 @@ def test_monitor_follows_a_run_and_exits_when_its_summary_appears(tmp_path):
     assert proc.returncode == 0, stderr
     assert stderr == ""
     last = lines[-1].split(",")
-    assert f" {last[0]} of {_planned()} " in stdout and "COMPLETED" in stdout
+    assert _flown(int(last[0]) + 1) in stdout and "COMPLETED" in stdout
 
 
 def test_monitor_ctrl_c_exits_130_without_a_traceback(tmp_path):
@@ -559,7 +566,7 @@ def test_monitor_ctrl_c_exits_130_without_a_traceback(tmp_path):
     rc, _, term = _cli_on_a_terminal(
         ["monitor", str(out)],
         stdout_tty=True,
-        until=lambda text: f" of {_planned()} " in text,
+        until=lambda text: f"{_planned()} " in text,
         timeout=60,
     )
     assert rc == 130, term

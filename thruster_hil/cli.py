@@ -44,11 +44,41 @@ def _positive_float(name: str):
     return parse
 
 
+def version_text() -> str:
+    """What ``--version`` prints: the package, the wire it speaks and the interpreter."""
+    import platform
+
+    from thruster_hil import __version__
+    from thruster_hil.firmware_bridge.dictionary import DICT_HASH, PROTO_VERSION
+
+    return (
+        f"{PROG} {__version__} (wire protocol {PROTO_VERSION}, dictionary 0x{DICT_HASH:08X}; "
+        f"Python {platform.python_version()})"
+    )
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: like argparse's, but the text is made only when asked for (it reads the
+    wire dictionary), and printed as it is, not re-wrapped."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog=PROG,
         description="Hardware-in-the-loop bench for the reboost controller of a vehicle docked "
         "at the International Space Station.",
+    )
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="print the version, the wire protocol and dictionary it speaks, and exit",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
     sub.required = True
@@ -117,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         metavar="DIR",
         help="run directory for run.json, telemetry.csv, capture.csv (the raw "
-        "wire), status.json and summary.json (default: runs/<UTC time>-<stack>); "
-        "must not exist or be empty",
+        "wire), status.json and summary.json (default: runs/<UTC time>-<stack>, and "
+        "the symlink runs/latest points there); must not exist or be empty",
     )
     run.add_argument(
         "--dispersions",
@@ -211,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
         "unit's recorded VALVE_REPORTs in place of the unit, and write "
         "RUN_DIR/telemetry.replay.csv; reports whether it equals telemetry.csv.",
     )
-    replay.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by 'run'")
+    replay.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a directory written by 'run' (runs/latest: the newest)"
+    )
     replay.add_argument("--json", action="store_true", help="print one JSON object")
     replay.set_defaults(handler=_cmd_replay)
 
@@ -222,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         "firing raster, attitude error, propellant and the link RTT histogram, into "
         "RUN_DIR/report.png and a one-page RUN_DIR/report.html.",
     )
-    report.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by 'run'")
+    report.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a directory written by 'run' (runs/latest: the newest)"
+    )
     report.set_defaults(handler=_cmd_report)
 
     monitor = sub.add_parser(
@@ -235,7 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
         "and the link's health until Ctrl-C. A port a run holds is refused ('in use').",
     )
     monitor.add_argument(
-        "run_dir", metavar="RUN_DIR", nargs="?", help="a directory 'run' writes or wrote"
+        "run_dir",
+        metavar="RUN_DIR",
+        nargs="?",
+        help="a directory 'run' writes or wrote (runs/latest: the newest)",
     )
     monitor.add_argument(
         "--port",
@@ -305,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the fault-injection campaign: every fault against the emulator and QEMU, judged",
         description="Fly the reboost through a fault proxy against the emulator and the board "
         "firmware under qemu-system-avr, one row per fault (link loss at random steps, 0.1/1/5 "
-        "%% corruption, drops and duplicates, delayed replies, unit reset, a thruster failed "
+        "% corruption, drops and duplicates, delayed replies, unit reset, a thruster failed "
         "off, a valve stuck open, tank pressure loss, the host killed, a second writer without "
         "the session token), and judge each row on the unit's own record: delta-v, attitude "
         "error, time until every valve closed, double and unintended fires, complete run "
@@ -349,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the validation tables: real reboosts, plan against run, Gauss, 30-day decay",
         description="Predict every real reboost of the calibration file "
         "(reboost_calibration.md, C1-C10) with the stacks and compare mean-altitude change and "
-        "delta-v (10 %% tolerance, 15 %% for Progress); compare plan with run --unit sim for "
+        "delta-v (10 % tolerance, 15 % for Progress); compare plan with run --unit sim for "
         "each stack; check the finite burn against Gauss's variational equation; and propagate "
         "30 days of decay at each solar-activity level against published rates. Prints the "
         "tables as Markdown; exit status 1 when a judged row is outside its tolerance. "
@@ -642,11 +679,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
             )
         failures.append(Failure(name, at_s))
     case, case_info = _run_case(args, model)
-    from thruster_hil.records import RunRecorder, StatusWriter, default_run_dir, run_meta
+    from thruster_hil.records import (
+        RunRecorder,
+        StatusWriter,
+        default_run_dir,
+        point_latest,
+        run_meta,
+    )
 
     stop = getattr(args, "stop_signals", None) or StopSignals()
     out_dir = args.out if args.out is not None else default_run_dir(plan["stack"])
     recorder = RunRecorder(out_dir, names, model.mass_kg, model.tank_names)
+    # runs/latest: the newest run made under the default directory, so that 'report
+    # runs/latest' (and monitor, replay) can be copied as the README shows them.
+    latest_note = point_latest(out_dir) if args.out is None else None
     unit = None
     try:
         unit = _open_run_unit(args, model, plan, names, recorder)
@@ -729,6 +775,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         print(format_run(summary))
         print(f"run records in {out_dir}")
+    if latest_note is not None:
+        print(f"{PROG}: note: {latest_note}", file=sys.stderr)
     if recorder.error is not None or summary_error is not None:
         raise _records_failed(recorder, summary, summary_error)
     return _run_status(summary)
@@ -1012,9 +1060,10 @@ def _open_run_unit(args: argparse.Namespace, model, plan: dict, names: list[str]
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from thruster_hil.records import resolve_latest
     from thruster_hil.replay import replay_run
 
-    result = replay_run(args.run_dir)
+    result = replay_run(resolve_latest(args.run_dir))
     if args.json:
         print(json.dumps(result))
     else:
@@ -1028,9 +1077,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from thruster_hil.records import resolve_latest
     from thruster_hil.report import render
 
-    out = render(args.run_dir)
+    out = render(resolve_latest(args.run_dir))
     print(f"wrote {out['png']} ({out['pixels'][0]} x {out['pixels'][1]} px) and {out['html']}")
     return 0
 
@@ -1044,8 +1094,10 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     if args.port is not None:
         return _monitor_port(args.port, args.once, console)
     from thruster_hil.live import RunDirFollower, follow, render
+    from thruster_hil.records import resolve_latest
 
-    follower = RunDirFollower(args.run_dir)
+    # runs/latest is read once: a newer run that moves the link does not switch the view.
+    follower = RunDirFollower(resolve_latest(args.run_dir))
     first = follower.poll()  # a directory that is not a run: one line, before any live view
     if args.once:
         console.print(render(first))
@@ -1296,6 +1348,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # a bare 'thruster-hil': what it can do, as a usage error (exit 2)
+        parser.print_help(sys.stderr)
+        return 2
     try:
         with StopSignals() as stop:
             args = parser.parse_args(argv)

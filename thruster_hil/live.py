@@ -15,7 +15,7 @@ Snapshots come from three places:
 Snapshot keys (all optional; a missing one is drawn as "-"):
 
     title            str       what is being watched
-    cycle            int       last cycle on record (0-based)
+    cycle            int       last cycle on record (0-based; shown as k + 1 cycles flown)
     planned_cycles   int       cycles the plan calls for (burn duration / control period)
     t_s              float     burn time of that cycle [s]
     wall_s           float     wall time since the burn's first cycle [s] (for the ETA)
@@ -30,9 +30,11 @@ Snapshot keys (all optional; a missing one is drawn as "-"):
     dv_mps, target_dv_mps      delta-v achieved along track and the target [m/s]
     att_err_deg, att_limit_deg attitude error and its limit [deg]
     propellant_kg    float     propellant used so far [kg]
-    link             dict      rtt_ms (this cycle), rtt_ms_p50, rtt_ms_p99, retries, crc_errors,
-                               deadline_misses, frames_sent, frames_received; None: no link
-    realtime         bool      deadline misses are meaningful
+    link             dict      rtt_ms (this cycle's FIRE to VALVE_REPORT), rtt_ms_p50,
+                               rtt_ms_p99, retries, crc_errors, deadline_misses, frames_sent,
+                               frames_received; None: no link
+    realtime         bool      deadline misses are meaningful, and rtt_ms holds the pulses
+                               (shown as "FIRE to report", apart from the link's RTT)
     valves           dict      (port) n_channels, open_mask, failed_mask, stuck_mask
     counters         dict      (port) the unit's HK counters
 """
@@ -55,7 +57,7 @@ from rich.table import Table
 from rich.text import Text
 
 from thruster_hil.core.errors import UserError
-from thruster_hil.records import check_record, read_record
+from thruster_hil.records import check_record, read_record, refuse_campaign_dir
 
 #: Bars are drawn with eighth blocks, so a 16-cell bar resolves 1/128 of full scale.
 _EIGHTHS = " ▏▎▍▌▋▊▉"
@@ -133,24 +135,32 @@ def status_names(status: int | None) -> str:
 
 
 def _progress_row(snap: dict) -> Text:
-    k, planned = snap.get("cycle"), snap.get("planned_cycles")
+    k, planned, finished = snap.get("cycle"), snap.get("planned_cycles"), snap.get("finished")
     t = Text()
     if k is None:
-        t.append("waiting for the first cycle")
-        return t
-    t.append(f"{k}")
-    if planned:
-        frac = (k + 1) / planned
-        t.append(f" of {planned}  ")
-        t.append(bar(frac), style="blue")
-        t.append(f" {100 * frac:5.1f} %")
-    if snap.get("finished"):
-        ok = snap["finished"] == "completed"
-        t.append(f"  {snap['finished'].upper()}", style="bold green" if ok else "bold red")
-    elif planned:
-        t.append(f"  ETA {format_eta(eta_s(snap))}")
+        if not finished:
+            t.append("waiting for the first cycle")
+            return t
+        t.append("no cycle flown")  # it ended before its first cycle: still say how
+    else:
+        # Cycles are numbered from 0: cycle k is the (k+1)th flown. A burn may fly past its
+        # plan (the cycle that completes it, a shortfall made up): the flown cycles are then the
+        # whole, 100 % and never more, the plan said beside them, and there is no ETA to give.
+        flown = k + 1
+        over = bool(planned) and flown > planned
+        t.append(f"{flown}")
+        if planned:
+            frac = 1.0 if over else flown / planned
+            t.append(f", planned {planned}  " if over else f" of {planned}  ")
+            t.append(bar(frac), style="blue")
+            t.append(f" {100 * frac:5.1f} %")
+        if planned and not over and not finished:
+            t.append(f"  ETA {format_eta(eta_s(snap))}")
+    if finished:
+        ok = finished == "completed"
+        t.append(f"  {finished.upper()}", style="bold green" if ok else "bold red")
     quiet = snap.get("quiet_s")
-    if not snap.get("finished") and quiet is not None and quiet > QUIET_S:
+    if not finished and quiet is not None and quiet > QUIET_S:
         t.append(f"  no new cycle for {quiet:.0f} s", style="bold yellow")
     return t
 
@@ -198,12 +208,24 @@ def _link_rows(snap: dict) -> list[tuple[str, Text]]:
     link = snap.get("link")
     if link is None:
         return [("link", Text("in-process unit: no link"))]
-    # In REALTIME a FIRE's round trip includes its pulse; the percentiles are the link's.
-    rtt = Text(
-        f"RTT {_num(link.get('rtt_ms'), '.2f', ' ms')} "
-        f"(link p50 {_num(link.get('rtt_ms_p50'), '.2f')}, "
-        f"p99 {_num(link.get('rtt_ms_p99'), '.2f')} ms)"
+    percentiles = (
+        f"p50 {_num(link.get('rtt_ms_p50'), '.2f')}, p99 {_num(link.get('rtt_ms_p99'), '.2f')} ms"
     )
+    rows: list[tuple[str, Text]] = []
+    if snap.get("realtime"):
+        # A REALTIME unit reports a FIRE when its pulses have ended, so FIRE -> VALVE_REPORT
+        # is mostly the pulse (495 ms of a 500 ms cycle), not a round trip; the link's RTT is
+        # what PING/PONG measured (the session's samples hold no FIRE exchange in REALTIME).
+        rtt = Text(f"RTT {percentiles} (PING/PONG)")
+        rows.append(
+            (
+                "FIRE to report",
+                Text(f"{_num(link.get('rtt_ms'), '.1f', ' ms')} this cycle (pulses included)"),
+            )
+        )
+    else:
+        # LOCKSTEP: the unit answers a FIRE at once (virtual time), so it is a round trip.
+        rtt = Text(f"RTT {_num(link.get('rtt_ms'), '.2f', ' ms')} (link {percentiles})")
     frames = Text(
         f"{_num(link.get('frames_sent'), 'd')} out / "
         f"{_num(link.get('frames_received'), 'd')} in   retries "
@@ -217,7 +239,7 @@ def _link_rows(snap: dict) -> list[tuple[str, Text]]:
         n = link.get("deadline_misses")
         errors.append("   deadline misses ")
         errors.append(_num(n, "d"), style="bold red" if n else "")
-    return [("link", rtt), ("link frames", frames), ("link errors", errors)]
+    return [("link", rtt), *rows, ("link frames", frames), ("link errors", errors)]
 
 
 def _thruster_table(snap: dict) -> Table | None:
@@ -279,7 +301,7 @@ def render(snap: dict) -> RenderableType:
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
     if "cycle" in snap or "planned_cycles" in snap:
-        grid.add_row("cycle", _progress_row(snap))
+        grid.add_row("cycles", _progress_row(snap))
     grid.add_row("unit", _unit_row(snap))
     if "status" in snap:
         grid.add_row(
@@ -535,7 +557,8 @@ class RunProgress:
             transient=True,
             refresh_per_second=max(4.0, max_hz / 2),
         )
-        self._task = self.progress.add_task(description, total=max(1, planned_cycles))
+        self._total = max(1, planned_cycles)
+        self._task = self.progress.add_task(description, total=self._total)
         self.updates = 0
 
     def on_cycle(self, k: int, info: dict) -> None:
@@ -543,7 +566,9 @@ class RunProgress:
         if now < self._next:
             return
         self._next = now + self._interval
-        self.progress.update(self._task, completed=k + 1)
+        # A burn that flies past its planned cycles grows the whole: never "497/496".
+        self._total = max(self._total, k + 1)
+        self.progress.update(self._task, completed=k + 1, total=self._total)
         self.updates += 1
 
     def __enter__(self) -> RunProgress:
@@ -605,6 +630,7 @@ class RunDirFollower:
             is_dir = False
         if not is_dir:
             raise UserError(str(self.dir), "no such run directory")
+        refuse_campaign_dir(self.dir, "monitor")
         if not (self.dir / "telemetry.csv").exists() and not (self.dir / "summary.json").exists():
             raise UserError(str(self.dir), "not a run directory (no telemetry.csv or summary.json)")
         self._offset = 0
@@ -743,7 +769,7 @@ class RunDirFollower:
             snap["link"] = None
         else:
             stats = dict(stats or {})
-            if rtts and stats.get("rtt_ms_p50") is None:
+            if rtts and stats.get("rtt_ms_p50") is None and not snap["realtime"]:
                 stats.update(rtt_ms_p50=_percentile(rtts, 50), rtt_ms_p99=_percentile(rtts, 99))
             snap["link"] = _link_summary(stats, rtt_ms=rtts[-1] if rtts else None)
             if summary:

@@ -27,6 +27,7 @@ still gets its summary; status.json and run.json are written atomically and leav
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import errno
@@ -36,6 +37,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import threading
 import time
 from pathlib import Path
@@ -118,6 +120,47 @@ class WholeLines:
 def default_run_dir(stack: str, root: str | Path = "runs") -> Path:
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     return Path(root) / f"{stamp}-{stack}"
+
+
+#: The symlink ``run`` points at the newest run directory it made under runs/ (``runs/latest``),
+#: so the commands a README or a notebook shows can be copied as they are.
+LATEST = "latest"
+
+
+def point_latest(run_dir: str | Path) -> str | None:
+    """Point ``<parent>/latest`` at ``run_dir`` (a relative symlink, so the runs/ tree can be
+    moved), replaced atomically: a symlink made under a temporary name, then renamed over the
+    old one, so a reader (``monitor runs/latest`` in another terminal) sees the old run or the
+    new one, never no link. Returns why it was left alone, or None: a ``latest`` that is not a
+    symlink (someone's own file or directory) is never replaced."""
+    run = Path(run_dir)
+    link = run.parent / LATEST
+    if link.exists() and not link.is_symlink():
+        return f"{link} is not a symlink: left as it is"
+    tmp = run.parent / f".{LATEST}.{os.getpid()}.tmp"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(run.name, tmp, target_is_directory=True)
+        os.replace(tmp, link)  # rename(2) replaces the link itself, never what it points at
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return f"{link} could not be pointed at {run.name}: {exc.strerror}"
+    return None
+
+
+def resolve_latest(run_dir: str | Path) -> Path:
+    """RUN_DIR as given, or where it points when it is ``runs/latest`` (any symlink): the
+    commands then work on that run even if a newer run moves the link meanwhile, and name it."""
+    path = Path(run_dir)
+    try:
+        if not path.is_symlink():
+            return path
+        target = Path(os.readlink(path))
+    except (OSError, ValueError):  # a name the OS refuses: the caller says so
+        return path
+    return target if target.is_absolute() else path.parent / target
 
 
 def file_sha256(path: str | Path) -> str:
@@ -347,6 +390,37 @@ def run_directory(run_dir: str | Path, missing: str) -> Path:
     if not is_dir:
         raise UserError(str(run), "expected a run directory, got a file")
     return run
+
+
+def refuse_campaign_dir(run: Path, command: str) -> None:
+    """A one-line UserError when ``run`` is a Monte-Carlo campaign's directory (it holds
+    cases.csv), saying what ``command`` (replay, monitor) takes instead; nothing otherwise."""
+    try:
+        is_campaign = (run / "cases.csv").is_file()
+    except (OSError, ValueError):
+        return
+    if not is_campaign:
+        return
+    try:
+        summary = read_record(run / "summary.json") or {}
+    except UserError:
+        summary = {}
+    spec = (summary.get("dispersions") or {}) if isinstance(summary, dict) else {}
+    spec_file = spec.get("file") if isinstance(spec, dict) else None
+    if not isinstance(spec_file, str):
+        spec_file = "SPEC"
+    quoted = spec_file if spec_file == "SPEC" else shlex.quote(spec_file)
+    rerun = f"thruster-hil run --unit sim --dispersions {quoted} --case-seed K"
+    takes = {
+        "replay": "replay takes the directory of a 'thruster-hil run' through a serial unit "
+        "(--unit emulator, --unit qemu or --port), whose capture.csv it decodes",
+        "monitor": "monitor follows the directory of a 'thruster-hil run'",
+    }[command]
+    raise UserError(
+        str(run),
+        f"a Monte-Carlo campaign directory (cases.csv), not a run: {takes}; to fly one case "
+        f"with its own run records, '{rerun}' (K from cases.csv)",
+    )
 
 
 def damage(run: Path, needs: tuple[str, ...] = ("summary", "telemetry", "capture")) -> list[str]:

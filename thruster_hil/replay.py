@@ -29,6 +29,7 @@ from thruster_hil.records import (
     check_record,
     damage,
     read_record,
+    refuse_campaign_dir,
     run_directory,
 )
 from thruster_hil.sims import atmosphere
@@ -225,6 +226,7 @@ def replay_run(run_dir: str | Path) -> dict:
     run = run_directory(
         run_dir, "no summary.json: not a run directory (or the run was killed before its end)"
     )
+    refuse_campaign_dir(run, "replay")
     summary = read_record(run / "summary.json")
     if summary is None:
         if not (run / "run.json").exists() and not (run / "telemetry.csv").exists():

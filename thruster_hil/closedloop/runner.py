@@ -523,6 +523,28 @@ def _result_line(s: dict) -> str:
     return "completed" if s.get("completed") else "not completed"
 
 
+#: Statuses every burn has: the summary does not explain them.
+_PLAIN_STATUSES = ("burning", "complete")
+
+
+def _status_notes(status_cycles: dict) -> list[tuple[str, str]]:
+    """One row per unusual status the burn had, saying what it means (the controller's status
+    word, docs/controller.md): a count alone ("saturated 118") tells an operator nothing."""
+    meaning = {cst.STATUS_NAMES[bit]: text for bit, text in cst.STATUS_MEANINGS.items()}
+    rows = [
+        ("", f"{name}: {meaning[name]}")
+        for name in status_cycles
+        if name not in _PLAIN_STATUSES and name in meaning
+    ]
+    if "saturated" in status_cycles or "infeasible" in status_cycles:
+        # Each cycle asks for the delta-v still to go and the attitude error of that moment,
+        # so a cycle short of its wrench is not lost: later cycles fly it.
+        rows.append(
+            ("", "(later cycles fly what those missed; the rows above say how the burn ended)")
+        )
+    return rows
+
+
 def format_run(s: dict) -> str:
     """A run summary as a readable table."""
     rows = [
@@ -547,6 +569,7 @@ def format_run(s: dict) -> str:
         ("mean perigee", f"{s['perigee_km_before']:.3f} -> {s['perigee_km_after']:.3f} km"),
         ("mean apogee", f"{s['apogee_km_before']:.3f} -> {s['apogee_km_after']:.3f} km"),
         ("status (cycles)", ", ".join(f"{k} {v}" for k, v in s["status_cycles"].items())),
+        *_status_notes(s["status_cycles"]),
         ("speed", f"{s['cycles_per_s']:,.0f} cycles/s ({s['wall_s']:.3f} s wall)"),
     ]
     for r in s["reallocations"]:

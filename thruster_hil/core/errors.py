@@ -1,6 +1,7 @@
 """The one error type an operator ever sees: one line naming what was wrong and where."""
 
 import argparse
+import difflib
 
 
 class UserError(Exception):
@@ -44,4 +45,74 @@ class OneLineParser(argparse.ArgumentParser):
         return "arguments"
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(self.where(), message)
+        raise _ParserError(self, self.where(), message)
+
+    def parse_known_args(self, args=None, namespace=None):
+        """argparse's, but an option this parser does not know is named first, with the known
+        one it is closest to: argparse checks the required arguments before it looks at what
+        it could not place, so ``run --dleta-v 0.4`` said that a target was missing."""
+        try:
+            namespace, extras = super().parse_known_args(args, namespace)
+        except _ParserError as err:
+            if err.parser is not self:
+                raise
+            unknown = self._unknown_options(args)
+            if not unknown:
+                raise
+            raise self._unknown_error(unknown) from None
+        unknown = [a for a in extras if self._looks_like_option(a)]
+        if unknown:
+            raise self._unknown_error(unknown)
+        return namespace, extras
+
+    def _looks_like_option(self, arg: str) -> bool:
+        return len(arg) > 1 and arg[0] in self.prefix_chars and not _is_number(arg)
+
+    def _unknown_options(self, args) -> list[str]:
+        """The options in ``args`` this parser does not know, found by parsing them again with
+        nothing required (so argparse's own rules decide what is an option, abbreviations
+        included); [] if that parse fails too (the first error is then the one to show)."""
+        held = [*self._actions, *self._mutually_exclusive_groups]
+        required = [obj.required for obj in held]
+        try:
+            for obj in held:
+                obj.required = False
+            _, extras = super().parse_known_args(args, argparse.Namespace())
+        except UserError:
+            return []
+        finally:
+            for obj, was in zip(held, required, strict=True):
+                obj.required = was
+        return [a for a in extras if self._looks_like_option(a)]
+
+    def _unknown_error(self, unknown: list[str]) -> UserError:
+        # Compared without the dashes, which every option shares; 0.75 takes a swap or a
+        # dropped letter (dleta-v, jsno, ou) but not a word with two letters in common (warp, ap).
+        options = [o for action in self._actions for o in action.option_strings]
+        known = {o.lstrip(self.prefix_chars): o for o in options}
+        parts = []
+        for arg in unknown:
+            name = arg.split("=", 1)[0]
+            close = difflib.get_close_matches(
+                name.lstrip(self.prefix_chars), list(known), n=1, cutoff=0.75
+            )
+            parts.append(f"{name} (did you mean {known[close[0]]}?)" if close else name)
+        noun = "option" if len(parts) == 1 else "options"
+        return UserError(self.where(), f"unrecognized {noun} {', '.join(parts)}")
+
+
+class _ParserError(UserError):
+    """A usage error, with the parser that raised it (a subcommand's errors pass through the
+    main parser's :meth:`OneLineParser.parse_known_args` on their way out)."""
+
+    def __init__(self, parser: OneLineParser, where: str, message: str):
+        super().__init__(where, message)
+        self.parser = parser
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
