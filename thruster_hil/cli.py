@@ -1346,13 +1346,24 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def _no_command(parser: argparse.ArgumentParser) -> UserError:
+    """A bare ``thruster-hil``: its usage and the commands, in the one line of a usage error
+    (exit status 2), not argparse's "the following arguments are required: COMMAND"."""
+    commands = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    usage = " ".join(parser.format_usage().split())
+    return UserError(
+        "no command",
+        f"{usage} with COMMAND one of {', '.join(commands)}; 'thruster-hil --help' and "
+        "'thruster-hil COMMAND --help' say more",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv:  # a bare 'thruster-hil': what it can do, as a usage error (exit 2)
-        parser.print_help(sys.stderr)
-        return 2
     try:
+        if not argv:
+            raise _no_command(parser)
         with StopSignals() as stop:
             args = parser.parse_args(argv)
             args.stop_signals = stop
