@@ -227,8 +227,9 @@ def test_replay_on_a_campaign_directory_says_what_it_is(tmp_path, capsys):
     assert "older version" not in err
     assert "directory of a 'thruster-hil run' through a serial unit" in err
     assert (
-        "'thruster-hil run --unit sim --dispersions hw_configs/dispersions/default.toml "
-        "--case-seed K' (K from cases.csv)"
+        "'thruster-hil run --unit sim --stack dragon-boost-kit TARGET --dispersions "
+        "hw_configs/dispersions/default.toml --case-seed K' (TARGET the campaign's, K from "
+        "cases.csv; summary.json's failures give each failed case's whole command)"
     ) in err
     assert main(["monitor", str(out), "--once"]) == 2
     assert "a Monte-Carlo campaign directory" in _one_error_line(capsys)
@@ -405,3 +406,15 @@ def test_the_summary_of_an_aborted_run_says_aborted_and_why(tmp_path, capsys):
     assert text.splitlines()[0] == f"result              ABORTED: {summary['abort_reason']}"
     assert main(["monitor", str(out), "--once"]) == 1
     assert "ABORTED: " in capsys.readouterr().out
+
+
+@pytest.mark.slow  # flies a small campaign
+def test_replay_on_a_real_campaign_directory(tmp_path, capsys):
+    out = tmp_path / "mc"
+    argv = ["montecarlo", "--stack", "progress", "--delta-v", "0.05", "--cases", "2"]
+    main([*argv, "--out", str(out)])
+    capsys.readouterr()
+    assert main(["replay", str(out)]) == 2
+    err = _one_error_line(capsys)
+    assert f"{out}: a Monte-Carlo campaign directory (cases.csv), not a run" in err
+    assert "--stack progress TARGET --dispersions " in err

@@ -14,7 +14,9 @@
     capture.csv     every byte on the wire in each direction with its host time (monotonic ns):
                     ``t_ns,dir,hex``, written whole per chunk (serial units only)
 
-Written as the run goes, so a crash or a kill keeps everything up to the last cycle.
+Written as the run goes, so a crash or a kill keeps everything up to the last cycle. A run in the
+default directory (``runs/<UTC time>-<stack>``) also points the symlink ``runs/latest`` at it
+(:func:`point_latest`); report, replay and monitor read through it once (:func:`resolve_latest`).
 
 Never torn, never silently lost: telemetry.csv and capture.csv only ever end in a whole line (a
 write that fails part-way, a full disk or a file-size limit, is cut back to the last whole line
@@ -405,12 +407,26 @@ def refuse_campaign_dir(run: Path, command: str) -> None:
         summary = read_record(run / "summary.json") or {}
     except UserError:
         summary = {}
-    spec = (summary.get("dispersions") or {}) if isinstance(summary, dict) else {}
+    if not isinstance(summary, dict):
+        summary = {}
+    spec = summary.get("dispersions")
     spec_file = spec.get("file") if isinstance(spec, dict) else None
-    if not isinstance(spec_file, str):
-        spec_file = "SPEC"
-    quoted = spec_file if spec_file == "SPEC" else shlex.quote(spec_file)
-    rerun = f"thruster-hil run --unit sim --dispersions {quoted} --case-seed K"
+    stack = summary.get("stack")
+    rerun = shlex.join(
+        [
+            "thruster-hil",
+            "run",
+            "--unit",
+            "sim",
+            "--stack",
+            stack if isinstance(stack, str) else "STACK",
+            "TARGET",
+            "--dispersions",
+            spec_file if isinstance(spec_file, str) else "SPEC",
+            "--case-seed",
+            "K",
+        ]
+    )
     takes = {
         "replay": "replay takes the directory of a 'thruster-hil run' through a serial unit "
         "(--unit emulator, --unit qemu or --port), whose capture.csv it decodes",
@@ -419,7 +435,8 @@ def refuse_campaign_dir(run: Path, command: str) -> None:
     raise UserError(
         str(run),
         f"a Monte-Carlo campaign directory (cases.csv), not a run: {takes}; to fly one case "
-        f"with its own run records, '{rerun}' (K from cases.csv)",
+        f"with its own run records: '{rerun}' (TARGET the campaign's, K from cases.csv; "
+        "summary.json's failures give each failed case's whole command)",
     )
 
 
