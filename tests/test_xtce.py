@@ -161,7 +161,9 @@ def test_space_packet_parser_decodes_every_packet_of_a_recorded_run(tmp_path, ca
     through the exported file exactly as through our codec: 100 % of the packets."""
     run = tmp_path / "run"
     argv = ["run", "--stack", "progress", "--delta-v", "0.05", "--out", str(run)]
-    assert main(argv) == 0
+    # 0, or 1 when a starved host let the unit's link watchdog end the burn: either way the
+    # capture holds the whole conversation, STOP_ALL included
+    assert main(argv) in (0, 1)
     path = tmp_path / "thruster-hil.xtce.xml"
     assert main(["dictionary", "--xtce", str(path)]) == 0
     capsys.readouterr()
@@ -175,18 +177,23 @@ def test_space_packet_parser_decodes_every_packet_of_a_recorded_run(tmp_path, ca
         _t, direction, hex_text = line.split(",")
         streams[direction] += bytes.fromhex(hex_text)
     seen: Counter = Counter()
+    report_steps = set()
     for direction, data in streams.items():
         assert data.endswith(b"\x00")  # a whole conversation: no frame cut off
         for frame in bytes(data).split(b"\x00"):
             if frame:  # (the lone 0x00 the host sends before HELLO)
-                seen[direction, _assert_decodes_alike(definition, cobs.decode(frame))] += 1
+                packet = cobs.decode(frame)
+                name = _assert_decodes_alike(definition, packet)
+                seen[direction, name] += 1
+                if name == "VALVE_REPORT":
+                    report_steps.add(decode_packet(packet)["step"])
     tx = {name for d, name in seen if d == "tx"}
     rx = {name for d, name in seen if d == "rx"}
     assert all(MESSAGES[n].is_command for n in tx) and not any(MESSAGES[n].is_command for n in rx)
     assert {"HELLO", "PING", "ARM_REQUEST", "ARM_CONFIRM", "FIRE", "STOP_ALL"} <= tx
     assert {"HELLO_ACK", "PONG", "ARM_CHALLENGE", "VALVE_REPORT", "ACK"} <= rx
     summary = json.loads((run / "summary.json").read_text())
-    assert seen["rx", "VALVE_REPORT"] == summary["cycles"]  # progress: one bank
+    assert len(report_steps) == summary["cycles"]  # progress: one bank (a resend repeats one)
 
 
 # ---- the telecommands: MetaCommands lay out our bytes ----------------------------------------
