@@ -299,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     selftest.set_defaults(handler=_cmd_selftest)
 
     _add_sustain_parser(sub)
+    _add_dictionary_parser(sub)
 
     faults = sub.add_parser(
         "faults",
@@ -364,6 +365,46 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--json", action="store_true", help="print one JSON object")
     validate.set_defaults(handler=_cmd_validate)
     return parser
+
+
+def _add_dictionary_parser(sub) -> None:
+    dictionary = sub.add_parser(
+        "dictionary",
+        help="the wire dictionary: its messages, or an XTCE 1.2 export for ground systems",
+        description="Show the wire dictionary (firmware_bridge/messages.toml: its hash and "
+        "messages), or export it as XTCE 1.2 for Yamcs, OpenC3 COSMOS and XTCE decoders such "
+        "as space-packet-parser: telemetry and telecommands, the CCSDS headers, units, "
+        "enumerations, valid ranges and the CRC (docs/protocol.md, 'Ground systems: XTCE').",
+    )
+    dictionary.add_argument(
+        "--xtce", metavar="FILE", help="write the XTCE 1.2 XML to FILE ('-': standard output)"
+    )
+    dictionary.set_defaults(handler=_cmd_dictionary)
+
+
+def _cmd_dictionary(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from thruster_hil.firmware_bridge import dictionary, xtce
+
+    if args.xtce is None:
+        print(f"dictionary 0x{dictionary.DICT_HASH:08X}, protocol {dictionary.PROTO_VERSION}")
+        for spec in dictionary.MESSAGES.values():
+            way = "TC" if spec.is_command else "TM"
+            print(f"  0x{spec.id:02X} {spec.name:<14} {way} APID 0x{spec.apid:03X}")
+        return 0
+    data = xtce.xtce_bytes()
+    if args.xtce == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return 0
+    try:
+        Path(args.xtce).write_bytes(data)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise UserError(args.xtce, f"cannot write the XTCE file: {why}") from None
+    print(f"wrote {args.xtce}: XTCE 1.2 of dictionary 0x{dictionary.DICT_HASH:08X}")
+    return 0
 
 
 def _add_sustain_parser(sub) -> None:
