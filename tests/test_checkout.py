@@ -227,9 +227,11 @@ def _read_until(fd: int, marker: bytes, proc: subprocess.Popen) -> bytes:
 
 
 @pytest.mark.slow
-def test_an_operator_who_answers_no_on_a_real_terminal_fires_nothing(tmp_path):
-    """The prompt on a pseudo-terminal, as an operator sees it: answered 'n', exit 1, and the
-    unit's log shows it was never armed and fired nothing."""
+@pytest.mark.parametrize("answer", ["n", "ctrl-c"])
+def test_an_operator_who_answers_no_on_a_real_terminal_fires_nothing(tmp_path, answer):
+    """The prompt on a pseudo-terminal, as an operator sees it: answered 'n' (exit 1) or
+    Ctrl-C (exit 130, one line), and the unit's log shows it was never armed and fired
+    nothing."""
     log_path = tmp_path / "unit.jsonl"
     with EmulatorProcess(log_path=log_path) as emu:
         master, slave = pty.openpty()
@@ -241,21 +243,30 @@ def test_an_operator_who_answers_no_on_a_real_terminal_fires_nothing(tmp_path):
             cwd=ROOT,
             env=ENV,
             text=True,
+            preexec_fn=as_from_a_terminal,
         )
         os.close(slave)
         try:
             prompt = _read_until(master, b"[y/N]", proc)
             assert b"[y/N]" in prompt, prompt
-            os.write(master, b"n\n")
-            _read_until(master, b"\x00never", proc)  # drain until the process closes it
+            if answer == "n":
+                os.write(master, b"n\n")
+            else:  # (the child is not in the terminal's foreground group: signal it directly)
+                proc.send_signal(signal.SIGINT)
+            rest = _read_until(master, b"\x00never", proc)  # until the process closes it
             stdout, _ = proc.communicate(timeout=PROGRESS_TIMEOUT_S)
         finally:
             os.close(master)
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    assert proc.returncode == 1
-    assert "checkout DECLINED: nothing fired" in stdout
+    if answer == "n":
+        assert proc.returncode == 1
+        assert "checkout DECLINED: nothing fired" in stdout
+    else:
+        assert proc.returncode == 130
+        assert rest.decode().strip().endswith("thruster-hil: interrupted"), rest
+    assert b"Traceback" not in rest
     log = _read_jsonl(log_path)
     assert _fires(log) == [] and not _armed(log)
 
