@@ -67,6 +67,10 @@ def _armed(log: list[dict]) -> bool:
     return any(r["ev"] == "state" and r["to"] in ("ARMING", "ARMED") for r in log)
 
 
+def _went(log: list[dict], state: str) -> bool:
+    return any(r["ev"] == "state" and r["to"] == state for r in log)
+
+
 def _closed_by_command_after_the_last_fire(log: list[dict]) -> bool:
     t_last = max((r["t_us"] for r in _fires(log)), default=0)
     return any(
@@ -348,8 +352,8 @@ def test_a_valve_that_fails_mid_checkout_is_a_mismatch_and_exit_1(tmp_path, caps
 
 @pytest.mark.slow
 def test_sigterm_mid_checkout_closes_the_valves_by_command(tmp_path):
-    """SIGTERM while a long pulse runs: STOP_ALL (the unit's log: ARMED -> SAFE COMMANDED, no
-    watchdog trip), one line, exit 143."""
+    """SIGTERM once the unit is ARMED (its first 5 s pulse about to run or running):
+    STOP_ALL (the unit's log: ARMED -> SAFE COMMANDED, no watchdog trip), one line, exit 143."""
     log_path = tmp_path / "unit.jsonl"
     with EmulatorProcess(log_path=log_path) as emu:
         proc = subprocess.Popen(
@@ -364,7 +368,7 @@ def test_sigterm_mid_checkout_closes_the_valves_by_command(tmp_path):
         )
         try:
             deadline = time.monotonic() + PROGRESS_TIMEOUT_S
-            while not _armed(_read_jsonl(log_path)) and proc.poll() is None:
+            while not _went(_read_jsonl(log_path), "ARMED") and proc.poll() is None:
                 assert time.monotonic() < deadline, "the checkout never armed the unit"
                 time.sleep(0.01)  # polling a file another process writes
             assert proc.poll() is None, proc.communicate()
