@@ -300,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_sustain_parser(sub)
     _add_dictionary_parser(sub)
+    _add_checkout_parser(sub)
 
     faults = sub.add_parser(
         "faults",
@@ -447,6 +448,66 @@ def _add_sustain_parser(sub) -> None:
         "--json", action="store_true", help="print one JSON object (without the altitude timeline)"
     )
     sustain.set_defaults(handler=_cmd_sustain)
+
+
+def _add_checkout_parser(sub) -> None:
+    from thruster_hil.checkout import MAX_ON_MS, channel_list
+
+    checkout = sub.add_parser(
+        "checkout",
+        help="bench actuator checkout: fire each valve channel alone and show what the unit did",
+        description="Check a rig's valves one at a time, as QGroundControl's actuator test "
+        "does: say HELLO, show the unit's identity (firmware, boot count, reset cause, test "
+        "build) and health (state, failed and stuck valves, tank pressure), ask before ARM, "
+        "then fire each channel alone in turn (REALTIME: the pins move) and show the on-time "
+        "the unit reports it executed against the commanded one. Always ends with STOP_ALL. "
+        "Refuses a unit with a stuck-open or failed-off valve on a selected channel. Exit "
+        "status 0: every channel executed exactly as commanded; 1: a mismatch, a missing "
+        "report, a refused or declined checkout; 2: bad input (docs/bench.md).",
+    )
+    checkout.add_argument(
+        "--port",
+        metavar="URL",
+        help="the unit's port (a device path, a pty, hwgrep://VID:PID); default: start the --unit",
+    )
+    checkout.add_argument(
+        "--unit",
+        choices=("emulator", "qemu"),
+        help="without --port: the emulator (default) or the board firmware under qemu-system-avr",
+    )
+    checkout.add_argument(
+        "--channels",
+        type=channel_list,
+        metavar="LIST",
+        help="channels to fire, in this order, e.g. 0-3,8 (from 0; default: all of the unit's)",
+    )
+    checkout.add_argument(
+        "--on-ms",
+        type=whole_number(1, MAX_ON_MS),
+        default=100,
+        metavar="N",
+        help=f"each pulse's on-time [ms] (1..{MAX_ON_MS}, at least the unit's minimum; "
+        "default: 100)",
+    )
+    checkout.add_argument(
+        "--yes", action="store_true", help="arm without asking (scripts); otherwise a y/N prompt"
+    )
+    checkout.add_argument("--json", action="store_true", help="print one JSON object")
+    checkout.set_defaults(handler=_cmd_checkout)
+
+
+def _cmd_checkout(args: argparse.Namespace) -> int:
+    from thruster_hil.checkout import run_command
+
+    return run_command(
+        port=args.port,
+        unit=args.unit,
+        channels=args.channels,
+        on_ms=args.on_ms,
+        yes=args.yes,
+        as_json=args.json,
+        stop_signals=getattr(args, "stop_signals", None),
+    )
 
 
 def _cmd_sustain(args: argparse.Namespace) -> int:
