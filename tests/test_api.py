@@ -10,7 +10,9 @@ import errno
 import inspect
 import json
 import math
+import os
 import re
+import shutil
 import tempfile
 import typing
 from pathlib import Path
@@ -148,6 +150,21 @@ def test_an_emulator_run_replays_to_the_same_series(plan, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_board_firmware_under_qemu(plan, tmp_path):
+    """The firmware tier (QEMU's timing is not faithful: no timing assertion)."""
+    missing = [t for t in ("make", "avr-gcc", "qemu-system-avr") if shutil.which(t) is None]
+    if missing and os.environ.get("CI"):
+        pytest.fail(f"CI must install {', '.join(missing)} (.ci/run)")
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (qemu-system-misc gcc-avr avr-libc)")
+    r = api.run(plan, unit="qemu", out=tmp_path / "qemu")
+    assert r.verdict == "completed", r.reason
+    assert r.unit == "qemu" and r.link["crc_errors"] == 0 and len(r.series) == r.cycles
+    assert_series_is_the_file(r.series, tmp_path / "qemu" / "telemetry.csv")
+    assert api.replay(r.run_dir).identical
+
+
+@pytest.mark.slow
 def test_a_unit_on_a_port_url(plan):
     from thruster_hil.closedloop.hil import start_unit_process
 
@@ -168,6 +185,27 @@ def test_a_burn_without_thrust_is_a_result_not_an_exception(plan):
     assert _run_status(r.summary) == 1  # what the CLI exits with
     n = len(plan.translation_thrusters)
     assert len(r.series) == r.cycles and not r.series.executed_ms[:, :n].any()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_burn_is_an_aborted_result(plan, tmp_path, monkeypatch):
+    """KeyboardInterrupt (a notebook's interrupt) stops the burn as the CLI's Ctrl-C does: the
+    cycles flown are kept, the verdict says aborted, summary.json is written."""
+    from thruster_hil.closedloop import runner
+
+    keep = runner.IdealUnit.execute
+
+    def execute(self, cycle, on_ms):
+        if cycle == 5:
+            raise KeyboardInterrupt
+        return keep(self, cycle, on_ms)
+
+    monkeypatch.setattr(runner.IdealUnit, "execute", execute)
+    r = api.run(plan, out=tmp_path / "run")
+    assert (r.verdict, r.reason, r.cycles, len(r.series)) == ("aborted", "interrupted", 5, 5)
+    assert _run_status(r.summary) == 130
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["signal"] == "SIGINT"
+    assert_series_is_the_file(r.series, tmp_path / "run" / "telemetry.csv")
 
 
 @pytest.mark.slow
