@@ -12,7 +12,9 @@ docs/protocol.md). It stands on the core only.
   unit's state machine and its emulator process on a pseudo-terminal;
   :mod:`~thruster_hil.firmware_bridge.qemu` — the board firmware (``board/``) under
   qemu-system-avr;
-- :mod:`~thruster_hil.firmware_bridge.conformance` — the unit contract, one suite for every tier.
+- :mod:`~thruster_hil.firmware_bridge.conformance` — the unit contract, one suite for every tier;
+- :mod:`~thruster_hil.firmware_bridge.xtce` — the dictionary exported as XTCE 1.2 for ground
+  systems (``thruster-hil dictionary --xtce``).
 
 A unit flown in the closed loop is :mod:`thruster_hil.closedloop.hil`.
 """

@@ -43,7 +43,13 @@ def _threads(pid: int) -> list[int]:
         return [pid]
 
 
-def raise_priority(fifo: int, nice: int = NICE, reset_on_fork: bool = False, pid: int = 0) -> str:
+def raise_priority(
+    fifo: int,
+    nice: int = NICE,
+    reset_on_fork: bool = False,
+    pid: int = 0,
+    main_thread_only: bool = False,
+) -> str:
     """Raise the calling thread's scheduling priority (threads it starts later inherit it;
     processes too unless ``reset_on_fork``), or that of every thread of process ``pid``:
     SCHED_FIFO at ``fifo``, else ``nice``.
@@ -52,10 +58,12 @@ def raise_priority(fifo: int, nice: int = NICE, reset_on_fork: bool = False, pid
     priority can be preempted while it holds Python's GIL, which then stalls the raised thread
     for as long as the busy processes keep the other one off the CPU (the fault proxy's log
     writer held its forwarding loop up for 313 ms that way on a loaded machine).
+    ``main_thread_only``: just the main thread of ``pid`` (QEMU's I/O loop, whose vCPU thread
+    beside it spins and must stay at normal priority).
     Returns what it got, e.g. ``"SCHED_FIFO 20"``, ``"nice -10"`` or ``"normal (SCHED_FIFO:
     Operation not permitted; nice: Permission denied)"``."""
     why = []
-    tids = _threads(pid)
+    tids = [pid] if main_thread_only else _threads(pid)
     policy = getattr(os, "SCHED_FIFO", None)
     if policy is not None and hasattr(os, "sched_setscheduler"):
         if reset_on_fork:

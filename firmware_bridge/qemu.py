@@ -30,6 +30,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from thruster_hil.firmware_bridge.priority import UNIT_FIFO, raise_priority
+
 from thruster_hil.core.errors import UserError
 
 BOARD_DIR = Path(__file__).resolve().parent / "board"
@@ -81,6 +83,7 @@ class QemuUnit:
         self.port: str | None = None
         self._proc: subprocess.Popen | None = None
         self._hold_fd: int | None = None
+        self.priority: str | None = None  # what QEMU's I/O thread got (priority.py)
 
     def start(self) -> QemuUnit:
         exe = shutil.which(self.qemu)
@@ -128,6 +131,13 @@ class QemuUnit:
                 if os.path.exists(port):
                     self._hold_fd = os.open(port, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
                     self.port = port
+                    # QEMU's main thread is its I/O loop: it hands the USART each received
+                    # byte and runs the timers that raise the firmware's tick interrupt. It
+                    # sleeps between events, so it takes little CPU at a raised priority; the
+                    # vCPU thread, which spins, keeps its normal priority.
+                    self.priority = raise_priority(
+                        UNIT_FIFO, pid=self._proc.pid, main_thread_only=True
+                    )
                     return self
             if self._proc.poll() is not None:
                 break

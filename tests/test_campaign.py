@@ -266,3 +266,14 @@ def test_the_published_table_has_every_row_and_every_row_passed():
         )
     assert f"{len(rows)} of {len(rows)} rows pass" in table
     assert "FAIL" not in table
+
+
+def test_the_proxys_own_lateness_is_read_from_its_record():
+    """The fault proxy logs when it got the CPU back late (``late``) and its worst (``stop``):
+    a failed row then says whether the wire itself stalled."""
+    from thruster_hil.campaign import _wire_late_ms
+
+    assert _wire_late_ms([{"ev": "start"}, {"dir": "u2h"}]) is None
+    wire = [{"ev": "late", "late_ms": 31.5}, {"ev": "stop", "late_max_ms": 12.0}]
+    assert _wire_late_ms(wire) == 31.5
+    assert _wire_late_ms([{"ev": "stop", "late_max_ms": 2.8}]) == 2.8

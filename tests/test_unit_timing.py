@@ -127,6 +127,11 @@ def test_priority_of_another_process_reaches_every_thread():
         assert child.stdout.readline().strip() == "ready"
         tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
         assert len(tids) == 2
+        main = raise_priority(10, pid=child.pid, main_thread_only=True)  # as for QEMU's I/O loop
+        if main == "SCHED_FIFO 10":
+            policies = {t: os.sched_getscheduler(t) for t in tids}
+            assert policies.pop(child.pid) == os.SCHED_FIFO
+            assert list(policies.values()) == [os.SCHED_OTHER]
         got = raise_priority(10, pid=child.pid)
         if got == "SCHED_FIFO 10":
             assert [os.sched_getscheduler(t) for t in tids] == [os.SCHED_FIFO] * 2

@@ -1119,6 +1119,12 @@ def judge(
                 f"the unit counted {ev.session_errors} session errors for "
                 f"{n_rogue} intruding frames"
             )
+    wire_late = _wire_late_ms(wire)
+    if failures and wire_late is not None and wire_late > MAX_TIMER_LATE_MS:
+        failures.append(
+            f"note: the fault proxy itself was held off the CPU up to {wire_late:.0f} ms in "
+            f"this row (its own record): the wire stalled, not only the unit or the host"
+        )
     if failures and (ev.timer_late_max_ms or 0.0) > MAX_TIMER_LATE_MS:
         failures.append(
             f"note: the host held the unit's timers up to "
@@ -1131,6 +1137,7 @@ def judge(
         "unit_timer_late_max_ms": ev.timer_late_max_ms,
         "unit_priority": ev.unit_priority,
         "wire_priority": wire_priority,
+        "wire_late_max_ms": wire_late,
         "slow_unit_waits": link.get("slow_unit_waits"),
         "outcome": ("killed at cycle " + str(killed_at))
         if killed
@@ -1166,6 +1173,15 @@ def judge(
     rec = {**asdict(row), "measured": measured, "passed": not failures, "why": failures}
     (out / "row.json").write_text(json.dumps(rec, indent=2) + "\n", encoding="utf-8")
     return rec
+
+
+def _wire_late_ms(wire: list[dict]) -> float | None:
+    """The fault proxy's own lateness: the worst its select() timeouts returned late (its
+    ``stop`` record), at least every ``late`` record it wrote; None from a proxy that kept no
+    such record."""
+    late = [r["late_ms"] for r in wire if r.get("ev") == "late"]
+    late += [r["late_max_ms"] for r in wire if r.get("ev") == "stop" and "late_max_ms" in r]
+    return max(late) if late else None
 
 
 def not_started(row: Row, out: Path, why: str) -> dict:

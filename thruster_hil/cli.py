@@ -336,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     selftest.set_defaults(handler=_cmd_selftest)
 
     _add_sustain_parser(sub)
+    _add_dictionary_parser(sub)
+    _add_checkout_parser(sub)
 
     faults = sub.add_parser(
         "faults",
@@ -403,6 +405,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_dictionary_parser(sub) -> None:
+    dictionary = sub.add_parser(
+        "dictionary",
+        help="the wire dictionary: its messages, or an XTCE 1.2 export for ground systems",
+        description="Show the wire dictionary (firmware_bridge/messages.toml: its hash and "
+        "messages), or export it as XTCE 1.2 for Yamcs, OpenC3 COSMOS and XTCE decoders such "
+        "as space-packet-parser: telemetry and telecommands, the CCSDS headers, units, "
+        "enumerations, valid ranges and the CRC (docs/protocol.md, 'Ground systems: XTCE').",
+    )
+    dictionary.add_argument(
+        "--xtce", metavar="FILE", help="write the XTCE 1.2 XML to FILE ('-': standard output)"
+    )
+    dictionary.set_defaults(handler=_cmd_dictionary)
+
+
+def _cmd_dictionary(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from thruster_hil.firmware_bridge import dictionary, xtce
+
+    if args.xtce is None:
+        print(f"dictionary 0x{dictionary.DICT_HASH:08X}, protocol {dictionary.PROTO_VERSION}")
+        for spec in dictionary.MESSAGES.values():
+            way = "TC" if spec.is_command else "TM"
+            print(f"  0x{spec.id:02X} {spec.name:<14} {way} APID 0x{spec.apid:03X}")
+        return 0
+    data = xtce.xtce_bytes()
+    if args.xtce == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return 0
+    try:
+        Path(args.xtce).write_bytes(data)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise UserError(args.xtce, f"cannot write the XTCE file: {why}") from None
+    print(f"wrote {args.xtce}: XTCE 1.2 of dictionary 0x{dictionary.DICT_HASH:08X}")
+    return 0
+
+
 def _add_sustain_parser(sub) -> None:
     sustain = sub.add_parser(
         "sustain",
@@ -443,6 +485,66 @@ def _add_sustain_parser(sub) -> None:
         "--json", action="store_true", help="print one JSON object (without the altitude timeline)"
     )
     sustain.set_defaults(handler=_cmd_sustain)
+
+
+def _add_checkout_parser(sub) -> None:
+    from thruster_hil.checkout import MAX_ON_MS, channel_list
+
+    checkout = sub.add_parser(
+        "checkout",
+        help="bench actuator checkout: fire each valve channel alone and show what the unit did",
+        description="Check a rig's valves one at a time, as QGroundControl's actuator test "
+        "does: say HELLO, show the unit's identity (firmware, boot count, reset cause, test "
+        "build) and health (state, failed and stuck valves, tank pressure), ask before ARM, "
+        "then fire each channel alone in turn (REALTIME: the pins move) and show the on-time "
+        "the unit reports it executed against the commanded one. Always ends with STOP_ALL. "
+        "Refuses a unit with a stuck-open or failed-off valve on a selected channel. Exit "
+        "status 0: every channel executed exactly as commanded; 1: a mismatch, a missing "
+        "report, a refused or declined checkout; 2: bad input (docs/bench.md).",
+    )
+    checkout.add_argument(
+        "--port",
+        metavar="URL",
+        help="the unit's port (a device path, a pty, hwgrep://VID:PID); default: start the --unit",
+    )
+    checkout.add_argument(
+        "--unit",
+        choices=("emulator", "qemu"),
+        help="without --port: the emulator (default) or the board firmware under qemu-system-avr",
+    )
+    checkout.add_argument(
+        "--channels",
+        type=channel_list,
+        metavar="LIST",
+        help="channels to fire, in this order, e.g. 0-3,8 (from 0; default: all of the unit's)",
+    )
+    checkout.add_argument(
+        "--on-ms",
+        type=whole_number(1, MAX_ON_MS),
+        default=100,
+        metavar="N",
+        help=f"each pulse's on-time [ms] (1..{MAX_ON_MS}, at least the unit's minimum; "
+        "default: 100)",
+    )
+    checkout.add_argument(
+        "--yes", action="store_true", help="arm without asking (scripts); otherwise a y/N prompt"
+    )
+    checkout.add_argument("--json", action="store_true", help="print one JSON object")
+    checkout.set_defaults(handler=_cmd_checkout)
+
+
+def _cmd_checkout(args: argparse.Namespace) -> int:
+    from thruster_hil.checkout import run_command
+
+    return run_command(
+        port=args.port,
+        unit=args.unit,
+        channels=args.channels,
+        on_ms=args.on_ms,
+        yes=args.yes,
+        as_json=args.json,
+        stop_signals=getattr(args, "stop_signals", None),
+    )
 
 
 def _cmd_sustain(args: argparse.Namespace) -> int:

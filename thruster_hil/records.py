@@ -62,6 +62,33 @@ TELEMETRY_FIELDS = (
 )
 
 
+def telemetry_numbers(info: dict, mass0_kg: float) -> tuple[float, ...]:
+    """One cycle's numeric columns of telemetry.csv, ``dv_along_mps`` to ``rtt_ms``
+    (TELEMETRY_FIELDS[3:]), from the runner's per-cycle ``info``, before any rounding: the run
+    records write them formatted, the Python API (:mod:`thruster_hil.api`) keeps them as they
+    are, so both come from this one definition."""
+    from thruster_hil.controller import cycle as cst
+    from thruster_hil.core.constants import R_EARTH
+    from thruster_hil.sims import plant
+
+    c = info["ctrl"].ctrl
+    y = info["y"]
+    r = math.sqrt(y[plant.R] ** 2 + y[plant.R + 1] ** 2 + y[plant.R + 2] ** 2)
+    w = y[plant.W : plant.W + 3]
+    rtt = info.get("rtt_s") or 0.0
+    return (
+        c[cst.C_DV_ALONG],
+        c[cst.C_REMAINING],
+        (r - R_EARTH) / 1e3,
+        math.degrees(c[cst.C_ATT_ERR]),
+        math.degrees(w[0]),
+        math.degrees(w[1]),
+        math.degrees(w[2]),
+        mass0_kg - y[plant.M],
+        rtt * 1e3,
+    )
+
+
 #: Space reserved for summary.json when the run starts [bytes] (a summary is a few kB).
 SUMMARY_RESERVE_BYTES = 32 * 1024
 RESERVE_NAME = ".summary.reserve"
@@ -275,31 +302,22 @@ class RunRecorder:
                 self.fail(err)
 
     def on_cycle(self, k: int, info: dict) -> None:
-        from thruster_hil.controller import cycle as cst
-        from thruster_hil.core.constants import R_EARTH
-        from thruster_hil.sims import plant
-
-        ctrl = info["ctrl"]
-        y = info["y"]
-        c = ctrl.ctrl
-        r = math.sqrt(y[plant.R] ** 2 + y[plant.R + 1] ** 2 + y[plant.R + 2] ** 2)
-        w = y[plant.W : plant.W + 3]
-        rtt = info.get("rtt_s") or 0.0
+        dv, left, alt, att, wx, wy, wz, prop, rtt_ms = telemetry_numbers(info, self._mass0)
         row = [
             k,
             f"{info['t_s']:.3f}",
             info["status"],
-            f"{c[cst.C_DV_ALONG]:.9f}",
-            f"{c[cst.C_REMAINING]:.9f}",
-            f"{(r - R_EARTH) / 1e3:.6f}",
-            f"{math.degrees(c[cst.C_ATT_ERR]):.6f}",
-            f"{math.degrees(w[0]):.8f}",
-            f"{math.degrees(w[1]):.8f}",
-            f"{math.degrees(w[2]):.8f}",
-            f"{self._mass0 - y[plant.M]:.6f}",
-            f"{rtt * 1e3:.4f}",
+            f"{dv:.9f}",
+            f"{left:.9f}",
+            f"{alt:.6f}",
+            f"{att:.6f}",
+            f"{wx:.8f}",
+            f"{wy:.8f}",
+            f"{wz:.8f}",
+            f"{prop:.6f}",
+            f"{rtt_ms:.4f}",
         ]
-        row += [int(v) for v in ctrl.on_ms] + [int(v) for v in info["executed_ms"]]
+        row += [int(v) for v in info["ctrl"].on_ms] + [int(v) for v in info["executed_ms"]]
         if self._tanks:
             row += [f"{float(v):.6f}" for v in info["tank_used"]]
         self._stop_if_failed()  # the capture or status.json failed since the last cycle

@@ -12,6 +12,7 @@ telemetry.replay.csv and compared with telemetry.csv.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from thruster_hil.closedloop.runner import Failure, run_burn
 from thruster_hil.closedloop.unit import StepByStep, UnitReport
-from thruster_hil.config import SOLAR_ACTIVITIES, build_stack_model, load_stack
+from thruster_hil.config import SOLAR_ACTIVITIES, StackModel, build_stack_model, load_stack
 from thruster_hil.core.errors import UserError
 from thruster_hil.core.textnum import parse_int, show
 from thruster_hil.firmware_bridge.codec import Decoder, Message
@@ -222,7 +223,12 @@ def _check_summary(summary: dict, where: Path) -> list[Failure]:
     return out
 
 
-def replay_run(run_dir: str | Path) -> dict:
+def replay_run(
+    run_dir: str | Path, *, watch: Callable[[StackModel], Callable[[int, dict], None]] | None = None
+) -> dict:
+    """Replay RUN_DIR (see the module docstring) and say whether it reproduced telemetry.csv.
+    ``watch(model)``, when given, returns one more per-cycle sink of the replayed burn (the
+    Python API keeps the replayed time series with it)."""
     run = run_directory(
         run_dir, "no summary.json: not a run directory (or the run was killed before its end)"
     )
@@ -260,10 +266,16 @@ def replay_run(run_dir: str | Path) -> dict:
         out.unlink()
     tmp_dir = run / ".replay"
     recorder = RunRecorder(tmp_dir, names, model.mass_kg, model.tank_names)
+    on_cycle = recorder.on_cycle
+    if watch is not None:
+        record, extra = recorder.on_cycle, watch(model)
+
+        def on_cycle(k: int, info: dict) -> None:
+            record(k, info)
+            extra(k, info)
+
     try:
-        result = run_burn(
-            model, summary["plan"], unit=unit, failures=failures, on_cycle=recorder.on_cycle
-        )
+        result = run_burn(model, summary["plan"], unit=unit, failures=failures, on_cycle=on_cycle)
     finally:
         recorder.close()
     (tmp_dir / "telemetry.csv").replace(out)
