@@ -829,6 +829,18 @@ def _poisons(bench: _Bench) -> dict[str, st.SearchStrategy[list[str]]]:
             bad_port(bench).map(lambda p: ["--port", p]),
             garbage.filter(lambda t: t not in ("emulator", "qemu")).map(lambda t: [f"--unit={t}"]),
         ),
+        # An XTCE file that cannot be written.
+        "dictionary": st.sampled_from(
+            [str(bench.adir), str(bench.missing / "x.xml"), str(bench.afile / "x.xml"), ""]
+        ).map(lambda p: [f"--xtce={p}"]),
+        # A port that is not there, or channels that are no channel list: refused before any
+        # unit is started or armed.
+        "checkout": st.one_of(
+            bad_port(bench).map(lambda p: ["--port", p, "--yes"]),
+            st.sampled_from(["40", "-1", "a-b", "3-1", "", "0,,1", "99999999999"]).map(
+                lambda c: ["--port", str(bench.missing), "--channels", c, "--yes"]
+            ),
+        ),
         # A --doc that cannot take the tables: refused before any row is computed.
         "validate": st.sampled_from(
             [
