@@ -924,36 +924,12 @@ def _run_not_flown(
 ) -> int:
     """A run that ended before or outside its burn loop: what summary.json can still say, then
     the exception's one line (a signal: exit 128 + its number)."""
-    from thruster_hil.records import RecordError
+    from thruster_hil.records import record_not_flown
 
-    if isinstance(exc, KeyboardInterrupt):
-        name = getattr(exc, "signal_name", "SIGINT")
-        reason = "interrupted" if name == "SIGINT" else f"interrupted by {name}"
-    elif isinstance(exc, UserError):
-        name, reason = None, str(exc)
-    else:
-        recorder.close()
-        raise exc
     unit_name = "sim" if args.port is None and args.unit == "sim" else (args.port or args.unit)
-    summary = {
-        "stack": plan["stack"],
-        "unit": unit_name,
-        "target_delta_v_mps": plan["delta_v_mps"],
-        "cycles": recorder.cycles,
-        "completed": False,
-        "aborted": True,
-        "abort_reason": f"before the burn: {reason}",
-        "signal": name,
-        "failure_reason": None,
-        "valves_closed": getattr(unit, "valves_closed", None),
-        "run_dir": str(recorder.dir),
-        "plan": plan,
-        "stack_path": str(stack.path),
-    }
-    try:
-        recorder.finish(summary, {})
-    except RecordError:
-        pass  # the directory cannot take it: the line below is what there is
+    record_not_flown(
+        recorder, exc, plan, unit_name, stack.path, getattr(unit, "valves_closed", None)
+    )
     raise exc
 
 

@@ -146,6 +146,42 @@ class WholeLines:
             self._fd = None
 
 
+def record_not_flown(
+    recorder, exc: BaseException, plan: dict, unit_label: str, stack_path, valves_closed
+) -> None:
+    """A run that ended before or outside its burn loop: for a signal (KeyboardInterrupt) or a
+    UserError, summary.json says what it can (aborted, why, the signal); for anything else the
+    records are only closed. A directory that cannot take the summary leaves the exception as
+    all there is. The CLI and the Python API both end such runs here."""
+    if isinstance(exc, KeyboardInterrupt):
+        name = getattr(exc, "signal_name", "SIGINT")
+        reason = "interrupted" if name == "SIGINT" else f"interrupted by {name}"
+    elif isinstance(exc, UserError):
+        name, reason = None, str(exc)
+    else:
+        recorder.close()
+        return
+    summary = {
+        "stack": plan["stack"],
+        "unit": unit_label,
+        "target_delta_v_mps": plan["delta_v_mps"],
+        "cycles": recorder.cycles,
+        "completed": False,
+        "aborted": True,
+        "abort_reason": f"before the burn: {reason}",
+        "signal": name,
+        "failure_reason": None,
+        "valves_closed": valves_closed,
+        "run_dir": str(recorder.dir),
+        "plan": plan,
+        "stack_path": str(stack_path),
+    }
+    try:
+        recorder.finish(summary, {})
+    except RecordError:
+        pass
+
+
 def default_run_dir(stack: str, root: str | Path = "runs") -> Path:
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     return Path(root) / f"{stamp}-{stack}"

@@ -274,7 +274,7 @@ def run(
     series = SeriesRecorder(model.thruster_names, model.tank_names, model.mass_kg, planned + 64)
     recorder = None
     if out is not None:
-        from thruster_hil.records import RunRecorder
+        from thruster_hil.records import RunRecorder, record_not_flown
 
         recorder = RunRecorder(_text(where, "out", out), names, model.mass_kg, model.tank_names)
     serial = None
@@ -322,7 +322,14 @@ def run(
         if serial is not None:
             serial.close()
         if recorder is not None:
-            _not_flown(recorder, exc, p, port or unit_name, serial)
+            record_not_flown(
+                recorder,
+                exc,
+                p.data,
+                port or unit_name,
+                p.stack_config.path,
+                getattr(serial, "valves_closed", None),
+            )
         raise
     summary = dict(result.summary)
     summary.update(case_info)
@@ -435,39 +442,6 @@ def _case(where: str, p: Plan, unit_name: str, dispersions, case_seed, case, see
         info = {"case": index, "campaign_seed": campaign_seed, "case_seed": seed_k}
     info["dispersions"] = spec.where
     return disp.sample_case(spec, p.model, seed_k), info
-
-
-def _not_flown(recorder, exc: BaseException, p: Plan, unit_label: str, serial) -> None:
-    """A run stopped before or outside its loop: summary.json says so, as the CLI's does."""
-    from thruster_hil.records import RecordError
-
-    if isinstance(exc, KeyboardInterrupt):
-        name = getattr(exc, "signal_name", "SIGINT")
-        reason = "interrupted" if name == "SIGINT" else f"interrupted by {name}"
-    elif isinstance(exc, UserError):
-        name, reason = None, str(exc)
-    else:
-        recorder.close()
-        return
-    summary = {
-        "stack": p.data["stack"],
-        "unit": unit_label,
-        "target_delta_v_mps": p.data["delta_v_mps"],
-        "cycles": recorder.cycles,
-        "completed": False,
-        "aborted": True,
-        "abort_reason": f"before the burn: {reason}",
-        "signal": name,
-        "failure_reason": None,
-        "valves_closed": getattr(serial, "valves_closed", None),
-        "run_dir": str(recorder.dir),
-        "plan": p.data,
-        "stack_path": str(p.stack_config.path),
-    }
-    try:
-        recorder.finish(summary, {})
-    except RecordError:
-        pass  # the directory cannot take it: the exception is what there is
 
 
 def _finish(recorder, summary: dict, p: Plan, link_info, res: BurnResult) -> None:
