@@ -31,10 +31,12 @@ other processes on the machine line up). Then one per frame: ``{"t_us", "dir": "
 "act", "msg", "seq", "flags", ...fields}`` where ``act`` is ``fwd`` (passed on), ``drop``,
 ``cut`` (lost to a cut), ``corrupt`` (passed on with a byte flipped: the fields logged are the
 original's), ``dup`` (passed on twice), ``delay`` (held until ``due_us``), ``late`` (a held frame
-passed on), ``nohost`` (from the unit while no host had the pty open: lost) or ``inject`` (a
-FAULT_INJECT of the proxy's own); ``msg`` is the message name, or ``!kind`` for bytes that do not
-decode (``!crc``, ``!cobs``, ...). Also ``{"ev": "fault", "t_us", "fault", "step"}`` when a
-scheduled fault applies, ``connect`` / ``disconnect`` of the host, and ``stop`` (reason, counts).
+passed on: the same frame as its ``delay`` record; ``"nohost": true`` when no host had the pty
+open by then, so it was lost), ``nohost`` (from the unit while no host had the pty open: lost)
+or ``inject`` (a FAULT_INJECT of the proxy's own); ``msg`` is the message name, or ``!kind``
+for bytes that do not decode (``!crc``, ``!cobs``, ...). Also ``{"ev": "fault", "t_us", "fault",
+"step"}`` when a scheduled fault applies, ``connect`` / ``disconnect`` of the host, and ``stop``
+(reason, counts).
 """
 
 from __future__ import annotations
@@ -361,7 +363,10 @@ class FaultProxy:
             _, _, direction, frame = heapq.heappop(self._delayed)
             key = "h2u" if direction == "rx" else "u2h"
             if direction == "tx" and not self.connected:
-                self._log_frame(now, key, "nohost", frame)
+                # Still "late": the frame is its "delay" record's, not one more from the unit
+                # (a report held past the host's exit is not a second execution).
+                self.counts["nohost"] += 1
+                self._log_frame(now, key, "late", frame, nohost=True)
                 continue
             self._log_frame(now, key, "late", frame)
             if direction == "rx":

@@ -288,6 +288,51 @@ def test_a_unit_that_does_not_read_never_stalls_the_proxy():
         os.close(unit_master)
 
 
+def test_a_report_held_past_the_hosts_exit_is_one_execution_not_two():
+    """A VALVE_REPORT held by a delay fault and released after the host has closed its port is
+    the same frame as its "delay" record. It was logged once more as a fresh frame from the unit
+    (act "nohost"), so the campaign counted the step twice: CI's loaded Q07 failed on "1 double
+    fire" for the last held report of a completed burn (delay, then nohost, both for step 109
+    bank 1). Now the release is a "late" record marked nohost, and the judge sees one execution.
+    On a fake clock: the times are passed in."""
+    import io
+
+    from thruster_hil.firmware_bridge.faultproxy import FaultProxy
+
+    from thruster_hil.campaign import Row, _qemu_evidence, judge_fires
+
+    class Upstream:
+        def fileno(self) -> int:
+            return -1
+
+    log = io.StringIO()
+    proxy = FaultProxy(Upstream(), LinkFaults(parse_faults("delay.tx=1:60ms"), 32), log=log)
+    proxy.connected = True
+    report = codec.encode(
+        "VALVE_REPORT",
+        7,
+        0,
+        **{
+            f.name: 0
+            for f in codec.MESSAGES["VALVE_REPORT"].fields
+            if f.name not in ("step", "bank", "executed_ticks")
+        },
+        step=109,
+        bank=1,
+        executed_ticks=[3] + [0] * 15,
+    )
+    proxy._on_unit_bytes(report, 1_000)
+    proxy.connected = False  # the host finished and closed its port
+    proxy._release_delayed(61_000)
+    wire = [json.loads(line) for line in log.getvalue().splitlines()]
+    assert [(r["act"], r.get("nohost", False)) for r in wire] == [("delay", False), ("late", True)]
+    assert proxy.counts["nohost"] == 1
+    row = Row(id="Q99", unit="qemu", fault="x", expect="complete", expected="x", onset="end")
+    ev = _qemu_evidence(wire, row)
+    assert [(e[2], e[3]) for e in ev.executed] == [(109, 1)]
+    assert judge_fires(ev, row)[0] == 0
+
+
 def test_line_rate_paces_the_bytes_to_the_unit_like_a_serial_line(monkeypatch):
     """--line-rate: the proxy carries bytes to the unit no faster than the baud rate allows (8N1,
     a tenth of it per second) and in bursts of at most LINE_BURST_BYTES, as a board's serial
