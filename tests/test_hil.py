@@ -274,6 +274,19 @@ def test_realtime_run_is_paced_by_the_wall_clock(tmp_path):
     assert hil["wall_s"] >= 0.8 * (hil["cycles"] - 1) * model.control_period_s
     assert hil["achieved_delta_v_mps"] == pytest.approx(sil["achieved_delta_v_mps"], rel=0.05)
     assert any(r["ev"] == "fire" and r["mode"] in ("REALTIME", 1) for r in records)
+    # Every cycle's start against the schedule is in the link statistics (how late, not a bound
+    # on it: this machine may be busy), and the plain summary says it.
+    link = hil["link"]
+    assert link["cycle_starts"] == hil["cycles"]
+    p50, p99, worst = (link[f"cycle_start_jitter_ms_{q}"] for q in ("p50", "p99", "max"))
+    assert 0.0 <= p50 <= p99 <= worst
+    assert "pacing" in format_run(hil) and f"max {worst:.2f} ms" in format_run(hil)
+    # No pulse runs into the next cycle's report budget (else each cycle would start a little
+    # later than the last, the drift this budget removed: 1.1 ms a cycle at 2 Hz before).
+    budget = link["report_budget_ms"]
+    assert budget >= 2
+    longest = max(max(r["executed"]) for r in records if r["ev"] == "fire")
+    assert 0 < longest <= round(model.control_period_s * 1000) - budget
 
 
 def test_realtime_host_stops_when_the_link_is_cut(tmp_path):

@@ -169,6 +169,9 @@ SNAP = {
         "deadline_misses": 3,
         "frames_sent": 99,
         "frames_received": 98,
+        "cycle_start_jitter_ms_p50": 0.08,
+        "cycle_start_jitter_ms_p99": 0.61,
+        "cycle_start_jitter_ms_max": 71.5,
     },
 }
 
@@ -197,6 +200,7 @@ def test_render_shows_every_number_of_the_snapshot():
         "deadline misses 3",
         "99 out / 98 in",
         "(of 500 ms)",
+        "cycle start     p50 0.08, p99 0.61, max 71.50 ms late",
     ):
         assert expected in text, f"{expected!r} not in\n{text}"
     rows = {
@@ -224,14 +228,16 @@ def test_the_view_of_18_thrusters_fits_an_80_column_terminal_without_wrapping():
     assert "" not in labels[: labels.index("link errors") + 1], "a row wrapped:\n" + "\n".join(
         lines
     )
-    # borders, 11 rows (realtime: FIRE to report apart from the RTT), the caption, 9 rows of 2
-    assert len(lines) == 2 + 11 + 1 + 9
+    # borders, 12 rows (realtime: FIRE to report apart from the RTT, and the cycles' start
+    # jitter), the caption, 9 rows of 2
+    assert len(lines) == 2 + 12 + 1 + 9
 
 
 def test_render_without_data_says_so_instead_of_failing():
     text = render_text({"title": "x", "planned_cycles": 10, "unit": {"name": "sim"}})
     assert "waiting for the first cycle" in text
     assert "deadline misses" not in render_text(dict(SNAP, realtime=False))
+    assert "cycle start" not in render_text(dict(SNAP, realtime=False))
     assert "in-process unit: no link" in render_text(dict(SNAP, link=None))
     done = render_text(dict(SNAP, finished="aborted: unit: link lost"))
     assert "ABORTED: UNIT: LINK LOST" in done and "ETA" not in done

@@ -32,7 +32,8 @@ Snapshot keys (all optional; a missing one is drawn as "-"):
     propellant_kg    float     propellant used so far [kg]
     link             dict      rtt_ms (this cycle's FIRE to VALVE_REPORT), rtt_ms_p50,
                                rtt_ms_p99, retries, crc_errors, deadline_misses, frames_sent,
-                               frames_received; None: no link
+                               frames_received, cycle_start_jitter_ms_p50/_p99/_max (REALTIME:
+                               how late cycles start against the schedule); None: no link
     realtime         bool      deadline misses are meaningful, and rtt_ms holds the pulses
                                (shown as "FIRE to report", apart from the link's RTT)
     valves           dict      (port) n_channels, open_mask, failed_mask, stuck_mask
@@ -239,6 +240,19 @@ def _link_rows(snap: dict) -> list[tuple[str, Text]]:
         n = link.get("deadline_misses")
         errors.append("   deadline misses ")
         errors.append(_num(n, "d"), style="bold red" if n else "")
+        # How late the cycles start against the ideal schedule (the host's pacing).
+        worst = link.get("cycle_start_jitter_ms_max")
+        jitter = Text(
+            f"p50 {_num(link.get('cycle_start_jitter_ms_p50'), '.2f')}, "
+            f"p99 {_num(link.get('cycle_start_jitter_ms_p99'), '.2f')}, max "
+        )
+        period = snap.get("period_ms") or 0
+        jitter.append(
+            _num(worst, ".2f", " ms"),
+            style="yellow" if worst is not None and period and worst > 0.1 * period else "",
+        )
+        jitter.append(" late")
+        rows.append(("cycle start", jitter))
     return [("link", rtt), *rows, ("link frames", frames), ("link errors", errors)]
 
 
@@ -514,6 +528,9 @@ def _link_summary(stats: dict, rtt_ms: float | None = None) -> dict:
             "deadline_misses",
             "frames_sent",
             "frames_received",
+            "cycle_start_jitter_ms_p50",
+            "cycle_start_jitter_ms_p99",
+            "cycle_start_jitter_ms_max",
         )
     }
     out["rtt_ms"] = rtt_ms if rtt_ms is not None else stats.get("rtt_ms_p50")
@@ -599,6 +616,10 @@ _LINK_NUMBERS = (
     "deadline_misses",
     "frames_sent",
     "frames_received",
+    "cycle_start_jitter_ms_p50",
+    "cycle_start_jitter_ms_p99",
+    "cycle_start_jitter_ms_max",
+    "cycle_starts",
     "unit_state",
     "unit_tank_kPa",
 )

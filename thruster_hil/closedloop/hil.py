@@ -23,6 +23,7 @@ import numpy as np
 from thruster_hil.closedloop.runner import UnitReport
 from thruster_hil.firmware_bridge.dictionary import CHANNELS_PER_BANK, FAULT
 from thruster_hil.firmware_bridge.link import MAX_RETRIES, Link, LinkError
+from thruster_hil.firmware_bridge.linkrules import percentile
 from thruster_hil.firmware_bridge.priority import (
     HOST_FIFO,
     raise_priority,
@@ -50,6 +51,32 @@ class _Fault:
     health: int  # what the reports must show for the channel once it applied
     seq: int | None  # sent without waiting (from a lockstep chain): its sequence count
     resends: int = 0
+
+
+#: REALTIME: the least report budget [ms] (the unit's 1 ms tick ends a pulse up to a tick late,
+#: and the report still has to cross the line and wake the host).
+REPORT_BUDGET_MIN_MS = 2
+
+
+def report_budget_ms(rtt_ms_p99: float | None) -> int:
+    """How long before the next cycle is due a REALTIME cycle's pulses must end [ms]: one
+    round trip at the link's p99 (the report's way back, with margin) plus the unit's tick,
+    in whole ms, at least REPORT_BUDGET_MIN_MS."""
+    rtt = 0.0 if rtt_ms_p99 is None else float(rtt_ms_p99)
+    return max(REPORT_BUDGET_MIN_MS, math.ceil(rtt) + 1)
+
+
+def pacing_stats(lags_s: list[float]) -> dict:
+    """Cycle-start jitter of a REALTIME run: how late each cycle started against the ideal
+    schedule (cycle k due k periods after the first), nearest-rank p50 / p99 and the worst, in
+    ms (None before the first cycle)."""
+    ms = [1e3 * lag for lag in lags_s]
+    return {
+        "cycle_start_jitter_ms_p50": percentile(ms, 50),
+        "cycle_start_jitter_ms_p99": percentile(ms, 99),
+        "cycle_start_jitter_ms_max": max(ms) if ms else None,
+        "cycle_starts": len(ms),
+    }
 
 
 class SerialUnit:
@@ -83,9 +110,30 @@ class SerialUnit:
         #: (firmware_bridge/priority.py), restored at close(); None in LOCKSTEP.
         self.priority: str | None = None
         self._saved_priority: tuple | None = None
+        #: REALTIME: how late each cycle started against the ideal schedule [s] (cycle_started)
+        self._lags_s: list[float] = []
+        self._lag_s = 0.0  # this cycle's
+        #: REALTIME: each cycle's pulses end this long [ms] before the next cycle is due, so
+        #: their VALVE_REPORT is in by then (report_budget_ms); set from the link's RTT.
+        self.report_budget_ms = report_budget_ms(link.stats().get("rtt_ms_p99"))
+        self.capped_cycles = 0  # REALTIME cycles whose pulses the budget shortened
+        self._capped = np.zeros(n_thrusters, np.uint16)
 
     def execute(self, cycle: int, on_ms: np.ndarray) -> UnitReport:
-        return self._report(self.link.fire(cycle + 1, on_ms[: self.n]))
+        on = on_ms[: self.n]
+        if self.realtime:
+            # The unit reports a FIRE when its pulses end, and the next cycle needs that report:
+            # a pulse as long as the period (a thruster held on) would make every cycle start
+            # a little later than the last, without bound. So every pulse ends the report
+            # budget before the next cycle is due, counted from when this cycle really
+            # started (a late cycle's pulses are shorter: the schedule catches up).
+            cap = self.period_ms - self.report_budget_ms - math.ceil(self._lag_s * 1e3)
+            cap = max(0, min(cap, self.period_ms))
+            if on.max(initial=0) > cap:
+                np.minimum(on, cap, out=self._capped)
+                on = self._capped
+                self.capped_cycles += 1
+        return self._report(self.link.fire(cycle + 1, on))
 
     def _report(self, res) -> UnitReport:
         n = self.n
@@ -125,6 +173,10 @@ class SerialUnit:
                 return
             self.link.maybe_heartbeat(step)
             time.sleep(min(left, eighth))
+
+    def cycle_started(self, cycle: int, lag_s: float) -> None:
+        self._lag_s = lag_s
+        self._lags_s.append(lag_s)
 
     def fail(self, index: int, code: int = HEALTH_FAILED_OFF) -> None:
         """Fail a thruster on the unit itself (fault injection; test builds only), before the
@@ -174,6 +226,10 @@ class SerialUnit:
 
     def stats(self) -> dict:
         out = self.link.stats()
+        if self.realtime:
+            out.update(pacing_stats(self._lags_s))
+            out["report_budget_ms"] = self.report_budget_ms
+            out["capped_cycles"] = self.capped_cycles
         if self.priority is not None:
             out["host_priority"] = self.priority
         return out

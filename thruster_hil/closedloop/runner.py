@@ -430,8 +430,10 @@ def _cycle_by_cycle(
                 lag = time.monotonic() - due
                 if lag < 0.0:
                     unit.wait_until(due, k)  # a serial unit keeps its watchdog fed
+                    lag = time.monotonic() - due
                 elif lag > 0.5 * period:
                     late_cycles += 1
+                unit.cycle_started(k, lag)  # the schedule's jitter, in the link statistics
                 if not after_unit(unit.execute(k, before_unit())):
                     break
     except unit_errors as exc:
@@ -572,6 +574,17 @@ def format_run(s: dict) -> str:
         *_status_notes(s["status_cycles"]),
         ("speed", f"{s['cycles_per_s']:,.0f} cycles/s ({s['wall_s']:.3f} s wall)"),
     ]
+    link = s.get("link") or {}
+    if link.get("cycle_starts"):
+        rows.append(
+            (
+                "pacing",
+                f"cycles started p50 {link['cycle_start_jitter_ms_p50']:.2f}, p99 "
+                f"{link['cycle_start_jitter_ms_p99']:.2f}, max "
+                f"{link['cycle_start_jitter_ms_max']:.2f} ms after their schedule; "
+                f"{link.get('deadline_misses', 0)} deadline misses",
+            )
+        )
     for r in s["reallocations"]:
         rows.append(
             (

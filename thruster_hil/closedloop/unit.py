@@ -71,6 +71,11 @@ class Unit(Protocol):
         unit's link alive)."""
         ...
 
+    def cycle_started(self, cycle: int, lag_s: float) -> None:
+        """REALTIME: cycle ``cycle`` starts now, ``lag_s`` after its ideal time on the wall-clock
+        schedule (the pacing's jitter; the unit reports it with its link statistics)."""
+        ...
+
     def fail(self, index: int, code: int) -> None:
         """Fault injection: thruster ``index`` gets health ``code`` from the next cycle on."""
         ...
@@ -102,6 +107,9 @@ class StepByStep:
 
     def wait_until(self, t_monotonic_s: float, step: int) -> None:
         time.sleep(max(0.0, t_monotonic_s - time.monotonic()))
+
+    def cycle_started(self, cycle: int, lag_s: float) -> None:
+        pass
 
     def stats(self) -> dict | None:
         return None
