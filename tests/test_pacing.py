@@ -41,9 +41,6 @@ def test_a_realtime_pulse_ends_the_report_budget_before_the_next_cycle():
     class FakeLink:
         fired: list
 
-        def stats(self):
-            return {"rtt_ms_p99": 0.4}
-
         def fire(self, step, on):
             self.fired.append(on.copy())
             raise _Stop
@@ -54,6 +51,7 @@ def test_a_realtime_pulse_ends_the_report_budget_before_the_next_cycle():
     link = FakeLink()
     link.fired = []
     unit = SerialUnit(link, 3, 500, "realtime", "fake")
+    assert unit.report_budget_ms == 2  # until open_unit sets it from the link's RTT
     for lag_s, want in ((0.0, [498, 100, 0]), (0.0032, [494, 100, 0]), (0.6, [0, 0, 0])):
         unit.cycle_started(0, lag_s)
         with pytest.raises(_Stop):

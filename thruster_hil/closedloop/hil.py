@@ -114,8 +114,9 @@ class SerialUnit:
         self._lags_s: list[float] = []
         self._lag_s = 0.0  # this cycle's
         #: REALTIME: each cycle's pulses end this long [ms] before the next cycle is due, so
-        #: their VALVE_REPORT is in by then (report_budget_ms); set from the link's RTT.
-        self.report_budget_ms = report_budget_ms(link.stats().get("rtt_ms_p99"))
+        #: their VALVE_REPORT is in by then; open_unit sets it from the link's measured RTT
+        #: (report_budget_ms), the least budget until then.
+        self.report_budget_ms = REPORT_BUDGET_MIN_MS
         self.capped_cycles = 0  # REALTIME cycles whose pulses the budget shortened
         self._capped = np.zeros(n_thrusters, np.uint16)
 
@@ -336,6 +337,7 @@ def open_unit(
             process.stop()
         raise
     serial_unit = SerialUnit(link, n_thrusters, period_ms, mode, name, process)
+    serial_unit.report_budget_ms = report_budget_ms(link.stats().get("rtt_ms_p99"))
     if saved is not None:
         serial_unit.priority, serial_unit._saved_priority = priority, saved
     return serial_unit
