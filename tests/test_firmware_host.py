@@ -601,6 +601,16 @@ def test_fuzz_parser_and_state_machine(tmp_path):
     _need("make", "clang")
     if not _fuzzer_links():
         pytest.skip("clang cannot link -fsanitize=fuzzer (apt-get install -y libclang-rt-14-dev)")
+    # The corpus kept in the repository (tools/fuzz_deep.py grows it with 10^7-execution runs):
+    # every input in it still holds, before the fresh search.
+    kept = subprocess.run(
+        [str(BOARD / "fuzz_unit"), "-runs=0", "-max_len=512", str(BOARD / "fuzz_corpus")],
+        capture_output=True,
+        text=True,
+    )
+    assert kept.returncode == 0, kept.stderr[-3000:]
+    files = len(list((BOARD / "fuzz_corpus").iterdir()))
+    assert files > 100 and re.search(rf"Done {files + 1} runs", kept.stderr), kept.stderr[-2000:]
     # 10^6 executions in all, split over the CPUs this process may use (two on CI): each
     # worker is its own libFuzzer process with its own seed and corpus, so together they search
     # more ground than one, in about half the wall time (one process took 441 s quiet).
