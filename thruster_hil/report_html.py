@@ -64,7 +64,26 @@ def num(value: object, spec: str = ".4g") -> str:
         return MISSING
     if isinstance(value, float) and not math.isfinite(value):
         return MISSING
+    if isinstance(value, float) and spec.endswith("d"):  # a count written as a float
+        return format(int(value), spec) if value.is_integer() else format(value, "g")
     return format(value, spec)
+
+
+def number(value: object) -> float | None:
+    """A record's field as a finite number, or None (absent, null, of another type)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def items(value: object) -> list:
+    """A record's list field as a list ([] when it is absent or not a list)."""
+    return list(value) if isinstance(value, list) else []
+
+
+def mapping(value: object) -> dict:
+    """A record's object field as a dict ({} when it is absent or not an object)."""
+    return value if isinstance(value, dict) else {}
 
 
 def yes_no(value: object, yes: str = "yes", no: str = "no") -> str:
@@ -187,7 +206,7 @@ def run_verdict(s: dict) -> Verdict:
             None if completed is None else bool(completed),
         )
     )
-    att, limit = s.get("max_attitude_error_deg"), s.get("attitude_limit_deg")
+    att, limit = number(s.get("max_attitude_error_deg")), number(s.get("attitude_limit_deg"))
     att_ok = None if att is None or limit is None else att <= limit
     checks.append(
         (
@@ -198,13 +217,13 @@ def run_verdict(s: dict) -> Verdict:
         )
     )
     checks.append(_valves_check(s))
-    touched = s.get("reserve_touched") or []
-    if any(v for v in (s.get("tank_reserve_kg") or {}).values() if isinstance(v, int | float)):
+    touched = [str(t) for t in items(s.get("reserve_touched"))]
+    if any(number(v) for v in mapping(s.get("tank_reserve_kg")).values()):
         checks.append(
             (
                 "tank reserves kept",
                 "no tank drawn into its reserve",
-                "reserve touched: " + ", ".join(map(str, touched)) if touched else "kept",
+                "reserve touched: " + ", ".join(touched) if touched else "kept",
                 not touched,
             )
         )
@@ -235,8 +254,8 @@ def run_verdict(s: dict) -> Verdict:
 
 def _valves_check(s: dict) -> tuple[str, str, str, bool | None]:
     asks = "the unit confirms STOP_ALL and reports every valve closed"
-    if s.get("valves_open"):
-        chans = ", ".join(str(c) for c in s["valves_open"])
+    if items(s.get("valves_open")):
+        chans = ", ".join(str(c) for c in items(s["valves_open"]))
         return ("valves closed", asks, f"still open after STOP_ALL: channel(s) {chans}", False)
     if s.get("unit") == "sim":
         return ("valves closed", asks, "no valves: the in-process unit (sim)", None)
@@ -301,7 +320,7 @@ def _row(name: str, value: str, unit: str = "") -> tuple:
 
 
 def _summary_rows(s: dict, run_meta: dict) -> list[tuple]:
-    plan = s.get("plan") if isinstance(s.get("plan"), dict) else {}
+    plan = mapping(s.get("plan"))
     planned_cycles = run_meta.get("planned_cycles")
     cycles = num(s.get("cycles"), "d")
     if isinstance(planned_cycles, int):
@@ -353,18 +372,16 @@ def _status_rows(s: dict) -> list[tuple]:
     from thruster_hil.controller.cycle import STATUS_MEANINGS, STATUS_NAMES
 
     meaning = {STATUS_NAMES[bit]: text for bit, text in STATUS_MEANINGS.items()}
-    counts = s.get("status_cycles") if isinstance(s.get("status_cycles"), dict) else {}
+    counts = mapping(s.get("status_cycles"))
     return [(name, cell(num(n, "d"), "num"), meaning.get(name, "")) for name, n in counts.items()]
 
 
 def _propellant_rows(s: dict) -> list[tuple]:
-    plan = s.get("plan") if isinstance(s.get("plan"), dict) else {}
-    planned = plan.get("tank_used_kg") if isinstance(plan.get("tank_used_kg"), dict) else {}
-    used = (
-        s.get("propellant_by_tank_kg") if isinstance(s.get("propellant_by_tank_kg"), dict) else {}
-    )
-    reserve = s.get("tank_reserve_kg") if isinstance(s.get("tank_reserve_kg"), dict) else {}
-    touched = set(s.get("reserve_touched") or ())
+    plan = mapping(s.get("plan"))
+    planned = mapping(plan.get("tank_used_kg"))
+    used = mapping(s.get("propellant_by_tank_kg"))
+    reserve = mapping(s.get("tank_reserve_kg"))
+    touched = {str(t) for t in items(s.get("reserve_touched"))}
     rows = []
     for tank in dict.fromkeys([*planned, *used]):
         rows.append(
@@ -420,7 +437,8 @@ def _link_section(s: dict) -> str:
             rows.append((name, cell(num(link[key], spec), "num"), unit))
     state = link.get("unit_state")
     known.update(("unit_state", "armed", "link_up"))
-    rows.append(("unit: state at the end", cell(STATE_NAMES.get(state, num(state, "d"))), ""))
+    shown = STATE_NAMES.get(state, num(state, "d")) if isinstance(state, int) else MISSING
+    rows.append(("unit: state at the end", cell(shown), ""))
     rows.append(("armed at the end", cell(yes_no(link.get("armed"))), ""))
     rows.append(("link up at the end", cell(yes_no(link.get("link_up"))), ""))
     for key, name in _MASKS:
@@ -455,7 +473,7 @@ def _versions_section(s: dict) -> str:
         ),
         ("message dictionary hash", cell(s.get("dictionary_hash"))),
     ]
-    ident = s.get("unit_identity") if isinstance(s.get("unit_identity"), dict) else {}
+    ident = mapping(s.get("unit_identity"))
     if "fw_ver" in ident:
         fw = ident.get("fw_ver")
         fw_text = f"{fw >> 8}.{fw & 0xFF} (0x{fw:04X})" if isinstance(fw, int) else MISSING
@@ -483,7 +501,7 @@ def _versions_section(s: dict) -> str:
             )
         )
     out = table(("", "version"), rows, "versions")
-    hashes = s.get("config_sha256") if isinstance(s.get("config_sha256"), dict) else {}
+    hashes = mapping(s.get("config_sha256"))
     if hashes:
         names = {"stack": s.get("stack_path")}
         rows = [
@@ -496,12 +514,12 @@ def _versions_section(s: dict) -> str:
 
 def _events_section(s: dict) -> str:
     rows = []
-    for f in s.get("failures") or ():
+    for f in items(s.get("failures")):
         if isinstance(f, dict):
             rows.append(
                 ("thruster failed off (injected)", f.get("thruster"), num(f.get("at_s"), ".1f"))
             )
-    for r in s.get("reallocations") or ():
+    for r in items(s.get("reallocations")):
         if isinstance(r, dict):
             rows.append(("reallocated around", r.get("thruster"), num(r.get("t_s"), ".1f")))
     if not rows:
