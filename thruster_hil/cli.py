@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
         "stack and sensors drawn from a dispersion spec (thrust, Isp, misalignment, valve "
         "delays, mass, centre of mass, sensor noise, thruster failure) while the controller "
         "keeps the nominal model. Cases run in numba batches over this machine's cores, or as "
-        "tasks on a Dask cluster (--scheduler). Writes cases.csv, summary.json and report.png; "
+        "tasks on a Dask cluster (--scheduler). Writes cases.csv, summary.json, report.png and "
+        "report.html (verdict, pass rate, limits, failed cases with their rerun commands); "
         "exit status 1 when any case fails its pass criteria. Rerun one case with 'run --unit "
         "sim --dispersions FILE --case-seed K'.",
     )
@@ -251,8 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="render a run's report.png and report.html",
         description="Plot a run directory: altitude and apsides, delta-v against target, the "
-        "firing raster, attitude error, propellant and the link RTT histogram, into "
-        "RUN_DIR/report.png and a one-page RUN_DIR/report.html.",
+        "firing raster, attitude error, propellant against the plan and the link RTT histogram, "
+        "into RUN_DIR/report.png, and a self-contained RUN_DIR/report.html that opens with the "
+        "verdict (PASS, FAIL or ABORTED and why), then the summary with units, propellant per "
+        "tank, link counters, versions and config hashes and the plots as SVG (docs/report.md).",
     )
     report.add_argument(
         "run_dir", metavar="RUN_DIR", help="a directory written by 'run' (runs/latest: the newest)"
@@ -1028,7 +1031,7 @@ def _cmd_montecarlo(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(mc.format_summary(summary))
-        print(f"cases.csv, summary.json and report.png in {out_dir}")
+        print(f"cases.csv, summary.json, report.png and report.html in {out_dir}")
     return 0 if summary["failed"] == 0 else 1
 
 
