@@ -205,7 +205,7 @@ def _figure(plt, s: dict, cols: dict[str, list[float]]):
     if rtt.size:
         a.hist(rtt, bins=40, color="tab:blue")
         a.set(
-            title=f"FIRE to valve report, per cycle, resends included (p50 "
+            title=f"FIRE to valve report per cycle, resends included\n(p50 "
             f"{np.percentile(rtt, 50):.3f} ms, p99 {np.percentile(rtt, 99):.3f} ms)",
             xlabel="FIRE to valve report [ms]",
             ylabel="cycles",
