@@ -17,6 +17,8 @@ import io
 import math
 from dataclasses import dataclass, field
 
+from thruster_hil.records import run_outcome
+
 # --------------------------------------------------------------------------------------------
 # Page building blocks
 # --------------------------------------------------------------------------------------------
@@ -228,14 +230,10 @@ def run_verdict(s: dict) -> Verdict:
             )
         )
     reasons: list[str] = []
-    if aborted:
-        word = "ABORTED"
-        reasons.append(f"Aborted: {s.get('abort_reason') or 'no reason recorded'}.")
-    elif s.get("failure_reason"):
-        word = "FAIL"
-        reasons.append(f"Failed: {s['failure_reason']}.")
-    else:
-        word = "PASS"
+    outcome, why = run_outcome(s)
+    word = {"aborted": "ABORTED", "failed": "FAIL"}.get(outcome, "PASS")
+    if outcome != "completed":
+        reasons.append(f"{outcome.capitalize()}: {why or 'no reason recorded'}.")
     for name, _asks, did, ok in checks:
         if ok is False and word == "PASS":
             word = "FAIL"
