@@ -372,3 +372,25 @@ def test_a_passing_campaign_says_pass(tmp_path):
     assert h1_text(text).startswith("PASS — 12 of 12 cases passed (pass rate 100.0 %)")
     assert "No case failed." in page.all_text()
     assert_no_python_literals(page)
+
+
+def test_report_on_a_campaign_directory_writes_its_pages_again(failing_campaign, tmp_path, capsys):
+    """`report MC_DIR` renders the campaign's pages from cases.csv and summary.json: the same
+    tables as montecarlo wrote; a damaged cases.csv is one line, exit 2."""
+    out, _, _ = failing_campaign
+    copy = tmp_path / "again"
+    shutil.copytree(out, copy)
+    (copy / "report.html").unlink()
+    capsys.readouterr()
+    assert main(["report", str(copy)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    first = Page((out / "report.html").read_text(encoding="utf-8"))
+    again = Page((copy / "report.html").read_text(encoding="utf-8"))
+    for ident in ("limits", "failed-cases", "thruster-failures", "stats", "campaign"):
+        assert again.tables[ident] == first.tables[ident], ident
+    lines = (copy / "cases.csv").read_text().splitlines()
+    lines[3] = lines[3].replace(",1,", ",yes,", 1) if ",1," in lines[3] else lines[3] + ",x"
+    (copy / "cases.csv").write_text("\n".join(lines) + "\n")
+    assert main(["report", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cases.csv:4" in err

@@ -258,7 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
         "tank, link counters, versions and config hashes and the plots as SVG (docs/report.md).",
     )
     report.add_argument(
-        "run_dir", metavar="RUN_DIR", help="a directory written by 'run' (runs/latest: the newest)"
+        "run_dir",
+        metavar="RUN_DIR",
+        help="a directory written by 'run' (runs/latest: the newest), or by 'montecarlo' (its "
+        "report.png and report.html again)",
     )
     report.set_defaults(handler=_cmd_report)
 
@@ -1158,10 +1161,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from thruster_hil.montecarlo_report import is_campaign_dir, render_campaign_dir
     from thruster_hil.records import resolve_latest
     from thruster_hil.report import render
 
-    out = render(resolve_latest(args.run_dir))
+    run_dir = resolve_latest(args.run_dir)
+    if is_campaign_dir(run_dir):  # a Monte-Carlo directory: its pages again, from its records
+        out = render_campaign_dir(run_dir)
+        print(f"wrote {out['png']} and {out['html']}")
+        return 0
+    out = render(run_dir)
     print(f"wrote {out['png']} ({out['pixels'][0]} x {out['pixels'][1]} px) and {out['html']}")
     return 0
 

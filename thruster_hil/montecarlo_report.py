@@ -386,3 +386,94 @@ def campaign_page(
         figure_html,
     ]
     return page(f"thruster-hil Monte-Carlo campaign {name}", v, "\n".join(body))
+
+
+# --------------------------------------------------------------------------------------------
+# thruster-hil report MC_DIR: the pages again from the campaign's records
+# --------------------------------------------------------------------------------------------
+
+#: cases.csv outcome columns that are flags (written 0/1), whole numbers or text; the rest of
+#: the outcome columns are numbers.
+_FLAGS = ("completed", "passed")
+_WHOLE = ("cycles", "max_on_time_ms", "on_time_bound_violations", "failure_cycle")
+_TEXT_INPUTS = ("failed_thruster", "fail_at_s")
+
+
+def is_campaign_dir(path: Path) -> bool:
+    try:
+        return (path / "cases.csv").is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def render_campaign_dir(out: Path) -> dict:
+    """report.png and report.html of the campaign in ``out`` again, from its summary.json and
+    cases.csv as ``montecarlo`` wrote them (a one-line UserError for anything else)."""
+    import csv
+    import math
+
+    from thruster_hil.core.errors import UserError
+    from thruster_hil.montecarlo import OUTCOME_FIELDS
+    from thruster_hil.records import read_record
+
+    summary = read_record(out / "summary.json")
+    if summary is None:
+        raise UserError(str(out), "a Monte-Carlo directory without its summary.json")
+    if not isinstance(summary.get("pass_limits"), dict) or not isinstance(
+        summary.get("stats"), dict
+    ):
+        raise UserError(
+            str(out / "summary.json"),
+            "has no pass_limits: written by an older version (run the campaign again)",
+        )
+    path = out / "cases.csv"
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        raise UserError(str(path), f"cannot read it: {why}") from None
+    if not rows:
+        raise UserError(str(path), "has no cases")
+    inputs, outcomes = [], []
+    for n, row in enumerate(rows, start=2):
+        where = f"{path}:{n}"
+        if None in row or None in row.values():
+            raise UserError(where, "expected as many fields as the header has")
+        missing = [k for k in OUTCOME_FIELDS if k not in row]
+        if missing:
+            raise UserError(str(path), f"expected the cases of a campaign, got no {missing[0]!r}")
+        outcome: dict = {}
+        try:
+            for key in OUTCOME_FIELDS:
+                text = row[key]
+                if key == "fail_reasons":
+                    outcome[key] = text
+                elif key in _FLAGS:
+                    outcome[key] = {"1": True, "0": False}[text]
+                elif key in _WHOLE:
+                    outcome[key] = int(text)
+                else:
+                    outcome[key] = float(text)
+            inp: dict = {}
+            for key, text in row.items():
+                if key in OUTCOME_FIELDS or key in ("case", "case_seed"):
+                    continue
+                if key in _TEXT_INPUTS:
+                    inp[key] = float(text) if key == "fail_at_s" and text else text
+                else:
+                    inp[key] = float(text)
+        except (KeyError, ValueError):
+            raise UserError(
+                where, f"expected the number or flag montecarlo writes in {key!r}"
+            ) from None
+        if not all(math.isfinite(v) for v in inp.values() if isinstance(v, float)):
+            raise UserError(where, "expected finite dispersed inputs")
+        inputs.append(inp)
+        outcomes.append(outcome)
+    if len(outcomes) != summary.get("cases"):
+        raise UserError(
+            str(path), f"holds {len(outcomes)} cases, summary.json counts {summary.get('cases')}"
+        )
+    render_report(out, inputs, outcomes, summary)
+    return {"png": str(out / "report.png"), "html": str(out / "report.html")}
