@@ -18,10 +18,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from thruster_hil.cli import _run_status, main
 from thruster_hil.dispersions import load_dispersions
-from thruster_hil.report_html import run_verdict
+from thruster_hil.report_html import run_page, run_verdict
 
 STACK = "dragon-boost-kit"
 DV = "0.05"
@@ -270,6 +272,38 @@ def test_everything_from_the_records_is_escaped(runs, tmp_path):
     assert_self_contained(page)  # no <script>, no <img src=http...>
     assert evil in page.id_text("verdict")  # shown as the text it is
     assert "<script>" not in text
+
+
+def _tags(page: Page) -> list[str]:
+    return [tag for tag, _ in page.tags]
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=80), number=st.one_of(st.none(), st.booleans(), st.text(max_size=5)))
+def test_any_text_in_a_summary_stays_text(text, number):
+    """Property: whatever a summary's strings hold, the page has the same elements as with a
+    plain word, and shows the text as it is; a number field of the wrong type shows as missing,
+    never as a Python literal."""
+
+    def summary(s: str) -> dict:
+        return {
+            "stack": s,
+            "unit": s,
+            "aborted": True,
+            "abort_reason": s,
+            "plan": {"stack_name": s, "vehicle": s, "port": s, "tank_used_kg": {s: 1.0}},
+            "propellant_by_tank_kg": {s: 2.0},
+            "failures": [{"thruster": s, "at_s": number}],
+            "max_attitude_error_deg": number,
+            "status_cycles": {s: number},
+        }
+
+    plain = Page(run_page("run", summary("word"), {}, ""))
+    page = Page(run_page("run", summary(text), {"mode": text}, ""))
+    assert _tags(page) == _tags(plain)
+    assert " ".join(text.split()) in page.id_text("verdict")
+    rows = {r[0]: r[1:] for r in page.tables["summary"][1:]}
+    assert rows["max attitude error"][0] == "—"
 
 
 def test_report_of_a_directory_that_is_not_a_run_is_one_line(tmp_path, capsys):

@@ -12,6 +12,7 @@ with the Monte-Carlo page (:mod:`thruster_hil.montecarlo_report`).
 
 from __future__ import annotations
 
+import datetime
 import html
 import io
 import math
@@ -323,7 +324,13 @@ def _summary_rows(s: dict, run_meta: dict) -> list[tuple]:
     cycles = num(s.get("cycles"), "d")
     if isinstance(planned_cycles, int):
         cycles += f" of {planned_cycles} planned"
+    started = number(run_meta.get("started_unix_s"))
+    when = MISSING
+    if started is not None and 0 <= started < 1e11:
+        stamp = datetime.datetime.fromtimestamp(started, datetime.UTC)
+        when = stamp.strftime("%Y-%m-%d %H:%M:%S UTC")
     rows = [
+        ("started", cell(when), ""),
         ("stack", cell(plan.get("stack_name") or s.get("stack")), ""),
         (
             "vehicle / port",
