@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
         "stack and sensors drawn from a dispersion spec (thrust, Isp, misalignment, valve "
         "delays, mass, centre of mass, sensor noise, thruster failure) while the controller "
         "keeps the nominal model. Cases run in numba batches over this machine's cores, or as "
-        "tasks on a Dask cluster (--scheduler). Writes cases.csv, summary.json and report.png; "
+        "tasks on a Dask cluster (--scheduler). Writes cases.csv, summary.json, report.png and "
+        "report.html (verdict, pass rate, limits, failed cases with their rerun commands); "
         "exit status 1 when any case fails its pass criteria. Rerun one case with 'run --unit "
         "sim --dispersions FILE --case-seed K'.",
     )
@@ -251,11 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="render a run's report.png and report.html",
         description="Plot a run directory: altitude and apsides, delta-v against target, the "
-        "firing raster, attitude error, propellant and the link RTT histogram, into "
-        "RUN_DIR/report.png and a one-page RUN_DIR/report.html.",
+        "firing raster, attitude error, propellant against the plan and the link RTT histogram, "
+        "into RUN_DIR/report.png, and a self-contained RUN_DIR/report.html that opens with the "
+        "verdict (PASS, FAIL or ABORTED and why), then the summary with units, propellant per "
+        "tank, link counters, versions and config hashes and the plots as SVG (docs/report.md).",
     )
     report.add_argument(
-        "run_dir", metavar="RUN_DIR", help="a directory written by 'run' (runs/latest: the newest)"
+        "run_dir",
+        metavar="RUN_DIR",
+        help="a directory written by 'run' (runs/latest: the newest), or by 'montecarlo' (its "
+        "report.png and report.html again)",
     )
     report.set_defaults(handler=_cmd_report)
 
@@ -1028,7 +1034,7 @@ def _cmd_montecarlo(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(mc.format_summary(summary))
-        print(f"cases.csv, summary.json and report.png in {out_dir}")
+        print(f"cases.csv, summary.json, report.png and report.html in {out_dir}")
     return 0 if summary["failed"] == 0 else 1
 
 
@@ -1155,10 +1161,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from thruster_hil.montecarlo_report import is_campaign_dir, render_campaign_dir
     from thruster_hil.records import resolve_latest
     from thruster_hil.report import render
 
-    out = render(resolve_latest(args.run_dir))
+    run_dir = resolve_latest(args.run_dir)
+    if is_campaign_dir(run_dir):  # a Monte-Carlo directory: its pages again, from its records
+        out = render_campaign_dir(run_dir)
+        print(f"wrote {out['png']} and {out['html']}")
+        return 0
+    out = render(run_dir)
     print(f"wrote {out['png']} ({out['pixels'][0]} x {out['pixels'][1]} px) and {out['html']}")
     return 0
 

@@ -8,8 +8,9 @@ elsewhere when their worker dies). Either way a case is a function of (stack, pl
 only, so the results are the same wherever and in whatever chunks they ran.
 
 The output directory holds ``cases.csv`` (one row per case: its seed, its dispersed inputs and
-its outcome), ``summary.json`` (statistics, 3-sigma bounds and the failing cases with the command
-that reruns each one) and ``report.png``.
+its outcome), ``summary.json`` (statistics, 3-sigma bounds, the pass limits and the failing cases
+with the command that reruns each one), ``report.png`` and ``report.html``
+(:mod:`thruster_hil.montecarlo_report`).
 """
 
 from __future__ import annotations
@@ -334,12 +335,9 @@ def evaluate(campaign: Campaign, rows: np.ndarray) -> list[dict]:
     period = float(campaign.model.control_period_s)
     period_ms = int(round(period * 1000))
     target = float(plan["delta_v_mps"])
-    att_limit = (
-        spec.max_attitude_error_deg
-        if spec.max_attitude_error_deg is not None
-        else math.degrees(campaign.model.max_attitude_error_rad)
-    )
-    max_duration = spec.max_burn_duration_factor * plan["burn_duration_s"]
+    limits = pass_limits(campaign)
+    att_limit = limits["max_attitude_error_deg"]
+    max_duration = limits["max_burn_duration_s"]
     out = []
     for r in rows:
         cycles = int(r[batch.B_CYCLES])
@@ -382,6 +380,26 @@ def evaluate(campaign: Campaign, rows: np.ndarray) -> list[dict]:
             }
         )
     return out
+
+
+def pass_limits(campaign: Campaign) -> dict:
+    """The limits a case must keep to pass, as :func:`evaluate` judges them (and summary.json
+    and the report show them): the spec's, with the stack's attitude limit when the spec sets
+    none and the duration limit in seconds."""
+    spec = campaign.spec
+    att_limit = (
+        spec.max_attitude_error_deg
+        if spec.max_attitude_error_deg is not None
+        else math.degrees(campaign.model.max_attitude_error_rad)
+    )
+    return {
+        "delta_v_tolerance_pct": float(spec.delta_v_tolerance_pct),
+        "max_attitude_error_deg": float(att_limit),
+        "max_burn_duration_s": float(
+            spec.max_burn_duration_factor * campaign.plan["burn_duration_s"]
+        ),
+        "max_on_time_ms": int(round(float(campaign.model.control_period_s) * 1000)),
+    }
 
 
 def _stats(values: np.ndarray) -> dict:
@@ -438,6 +456,10 @@ def summarise(
                     "reasons": o["fail_reasons"].split(";"),
                     "delta_v_error_pct": o["delta_v_error_pct"],
                     "max_attitude_error_deg": o["max_attitude_error_deg"],
+                    "burn_duration_s": o["burn_duration_s"],
+                    "thruster_failure_cycle": (
+                        o["failure_cycle"] if o["failure_cycle"] >= 0 else None
+                    ),
                     "rerun": rerun_command(campaign, i, target_args),
                 }
             )
@@ -460,6 +482,7 @@ def summarise(
         "failed": campaign.n_cases - passed,
         "pass_rate": passed / campaign.n_cases,
         "thruster_failures_injected": sum(o["failure_cycle"] >= 0 for o in outcomes),
+        "pass_limits": pass_limits(campaign),
         "stats": stats,
         "failures": failures,
     }
@@ -495,7 +518,7 @@ def prepare_out_dir(path: str | Path) -> Path:
 
 
 def write_outputs(out: Path, campaign: Campaign, outcomes: list[dict], summary: dict) -> None:
-    """cases.csv, summary.json (atomically) and report.png into ``out``."""
+    """cases.csv, summary.json (atomically), report.png and report.html into ``out``."""
     names = tuple(campaign.model.thruster_names)
     inputs = [case_inputs(campaign.case(i), names) for i in range(campaign.n_cases)]
     fields = ["case", "case_seed", *inputs[0].keys(), *OUTCOME_FIELDS]
@@ -508,7 +531,9 @@ def write_outputs(out: Path, campaign: Campaign, outcomes: list[dict], summary: 
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, out / "summary.json")
-    render_report(out / "report.png", inputs, outcomes, summary)
+    from thruster_hil.montecarlo_report import render_report
+
+    render_report(out, inputs, outcomes, summary)
 
 
 def _cell(v):
@@ -517,68 +542,6 @@ def _cell(v):
     if isinstance(v, float):
         return repr(v)
     return v
-
-
-def render_report(path: Path, inputs: list[dict], outcomes: list[dict], summary: dict) -> None:
-    """Histograms of the outcomes and scatter plots against the main dispersions (Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = np.array([o["passed"] for o in outcomes])
-
-    def col(key, source=outcomes):
-        return np.array([float(o[key]) for o in source])
-
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
-    hists = (
-        ("delta_v_error_pct", "true delta-v error [%]"),
-        ("max_attitude_error_deg", "max attitude error [deg]"),
-        ("propellant_kg", "propellant [kg]"),
-        ("perigee_km_after", "mean perigee after [km]"),
-    )
-    for ax, (key, label) in zip(axes.flat[:4], hists, strict=True):
-        values = col(key)
-        ax.hist(values, bins=40, color="#4477aa")
-        s = summary["stats"].get(key)
-        if s:
-            for x in (s["minus_3sigma"], s["plus_3sigma"]):
-                ax.axvline(x, color="#cc6677", ls="--", lw=1)
-        ax.set_xlabel(label)
-        ax.set_ylabel("cases")
-    mass = col("mass_offset_kg", inputs)
-    com = np.sqrt(
-        col("com_offset_x_m", inputs) ** 2
-        + col("com_offset_y_m", inputs) ** 2
-        + col("com_offset_z_m", inputs) ** 2
-    )
-    for ax, x, key, xl, yl in (
-        (
-            axes.flat[4],
-            mass,
-            "delta_v_error_pct",
-            "stack mass offset [kg]",
-            "true delta-v error [%]",
-        ),
-        (axes.flat[5], com, "max_attitude_error_deg", "CoM offset [m]", "max attitude error [deg]"),
-    ):
-        y = col(key)
-        ax.scatter(x[ok], y[ok], s=6, color="#4477aa", label="pass")
-        if (~ok).any():
-            ax.scatter(x[~ok], y[~ok], s=14, color="#cc6677", marker="x", label="fail")
-        ax.set_xlabel(xl)
-        ax.set_ylabel(yl)
-        ax.legend(loc="best", fontsize=8)
-    fig.suptitle(
-        f"{summary['stack']}: {summary['cases']} cases, target "
-        f"{summary['target_delta_v_mps']:.4g} m/s, seed {summary['seed']}: "
-        f"{summary['passed']} passed, {summary['failed']} failed "
-        "(dashed: mean +- 3 sigma)"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def format_summary(s: dict) -> str:

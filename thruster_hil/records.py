@@ -146,6 +146,18 @@ class WholeLines:
             self._fd = None
 
 
+def run_outcome(summary: dict) -> tuple[str, str | None]:
+    """How a run ended, by the rule of the CLI's exit status, and why (None when completed):
+    "aborted" (``abort_reason``) and "failed" (``failure_reason``: the target not reached, the
+    attitude limit broken) exit 1 (or 128 + n after a signal), "completed" exits 0. The Python
+    API's verdict and report.html's both read it from here."""
+    if summary.get("aborted"):
+        return "aborted", summary.get("abort_reason")
+    if summary.get("failure_reason"):
+        return "failed", summary["failure_reason"]
+    return "completed", None
+
+
 def record_not_flown(
     recorder, exc: BaseException, plan: dict, unit_label: str, stack_path, valves_closed
 ) -> None:

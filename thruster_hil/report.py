@@ -1,23 +1,25 @@
-"""``thruster-hil report RUN_DIR``: one picture that says whether the burn went right.
+"""``thruster-hil report RUN_DIR``: one picture and one page that say whether the burn went right.
 
-Renders RUN_DIR/report.png (matplotlib, Agg backend: no display needed) and a one-page
-RUN_DIR/report.html that embeds it with the summary's key numbers. Panels: altitude against time
-with the mean apsides before and after; delta-v against its target; the thruster firing raster
-(executed on-time per cycle); attitude error against the stack's limit; propellant used, in all
-and per tank (with any tank's reserve in the legend); the link's round-trip-time histogram.
+Renders RUN_DIR/report.png (matplotlib, Agg backend: no display needed) and RUN_DIR/report.html
+(:mod:`thruster_hil.report_html`): the verdict against the burn's criteria first, then a summary
+with units, propellant against the plan per tank, the link's counters, versions and config
+hashes, and the same plots as inline SVG (one self-contained file). Panels: altitude against
+time with the mean apsides before and after; delta-v against its target; the thruster firing
+raster (executed on-time per cycle, with its colour bar); attitude error against the stack's
+limit; propellant used against the plan, in all and per tank (with any tank's reserve in the
+legend); the link's round-trip-time histogram.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import math
 from pathlib import Path
 
 from thruster_hil.core.errors import UserError
 from thruster_hil.core.textnum import parse_float, show
 from thruster_hil.records import check_record, damage, read_record, run_directory
+from thruster_hil.report_html import inline_svg, run_page
 
 DPI = 100
 SIZE_IN = (14.0, 9.0)  # -> 1400 x 900 px
@@ -113,23 +115,52 @@ def _cell(text: str, key: str, where: str) -> float:
 
 def render(run_dir: str | Path) -> dict:
     run = Path(run_dir)
-    s, cols = _load(run)  # every error before matplotlib is even imported
-    s = {k: v for k, v in s.items() if v is not None}  # a null field draws as a missing one
+    s_recorded, cols = _load(run)  # every error before matplotlib is even imported
+    try:
+        run_meta = read_record(run / "run.json") or {}
+    except UserError:
+        run_meta = {}  # what run.json adds (the clock mode, planned cycles) is shown as missing
+    s = {k: v for k, v in s_recorded.items() if v is not None}  # a null draws as a missing one
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    fig = _figure(plt, s, cols)
+    png = run / "report.png"
+    fig.savefig(png, dpi=DPI)
+    figure_html = inline_svg(fig, "run plots")
+    plt.close(fig)
+    page = run_page(run.name, s_recorded, run_meta, figure_html)
+    (run / "report.html").write_text(page, encoding="utf-8")
+    return {
+        "png": str(png),
+        "html": str(run / "report.html"),
+        "pixels": [int(SIZE_IN[0] * DPI), int(SIZE_IN[1] * DPI)],
+    }
+
+
+def _figure(plt, s: dict, cols: dict[str, list[float]]):
+    """The six panels (module docstring) of the run with summary ``s`` (no nulls)."""
     import numpy as np
 
     t = np.array(cols["t_s"], float)
     fig, ax = plt.subplots(2, 3, figsize=SIZE_IN, dpi=DPI, constrained_layout=True)
-    ok = s.get("completed") and not s.get("aborted")
+    ok = s.get("completed") and not s.get("aborted") and not s.get("failure_reason")
     err_pct = s.get("delta_v_error_pct", float("nan"))
+    if s.get("aborted"):
+        word = f"ABORTED: {s.get('abort_reason')}"
+    elif s.get("failure_reason"):
+        word = "FAIL"
+    else:
+        word = "PASS" if ok else "NOT COMPLETED"
     fig.suptitle(
-        f"{s.get('stack')} via {s.get('unit')}: "
-        f"{'COMPLETED' if ok else 'ABORTED: ' + str(s.get('abort_reason'))} — "
-        f"delta-v {s.get('achieved_delta_v_mps', 0):.4f} of "
-        f"{s.get('target_delta_v_mps', 0):.4f} m/s ({err_pct:+.3f} %)",
+        _shorten(
+            f"{word} — {s.get('stack')} via {s.get('unit')}: "
+            f"delta-v {s.get('achieved_delta_v_mps', 0):.4f} of "
+            f"{s.get('target_delta_v_mps', 0):.4f} m/s ({err_pct:+.3f} %)",
+            150,
+        ),
         color="black" if ok else "darkred",
         fontsize=13,
     )
@@ -141,31 +172,16 @@ def render(run_dir: str | Path) -> dict:
             v = s.get(f"{key}_{when}")
             if v is not None:
                 a.axhline(v, ls=style, color=color, lw=0.8, label=f"mean {key[:-3]} {when}")
-    a.set(title="altitude (osculating) and mean apsides", xlabel="t [s]", ylabel="km")
+    a.set(title="altitude (osculating) and mean apsides", xlabel="t [s]", ylabel="altitude [km]")
     a.legend(fontsize=7)
 
     a = ax[0, 1]
     a.plot(t, np.array(cols["dv_along_mps"], float), lw=1.2, label="sensed along-track")
     a.axhline(s.get("target_delta_v_mps", 0), color="tab:red", ls="--", lw=1, label="target")
-    a.set(title="delta-v against target", xlabel="t [s]", ylabel="m/s")
+    a.set(title="delta-v against target", xlabel="t [s]", ylabel="delta-v [m/s]")
     a.legend(fontsize=7)
 
-    a = ax[0, 2]
-    exec_cols = [k for k in cols if k.startswith("exec_ms:")]
-    raster = np.array([[float(v) for v in cols[k]] for k in exec_cols])
-    if raster.size:
-        a.imshow(
-            raster,
-            aspect="auto",
-            interpolation="nearest",
-            cmap="magma",
-            extent=(t[0], t[-1] if len(t) > 1 else t[0] + 1, len(exec_cols) - 0.5, -0.5),
-            vmin=0,
-            vmax=max(1.0, float(s.get("period_ms", raster.max() or 1))),
-        )
-        a.set_yticks(range(len(exec_cols)))
-        a.set_yticklabels([k.split(":", 1)[1] for k in exec_cols], fontsize=6)
-    a.set(title="firing raster (executed on-time per cycle)", xlabel="t [s]")
+    _raster(fig, ax[0, 2], s, cols, t)
 
     a = ax[1, 0]
     err = np.maximum(np.array(cols["attitude_error_deg"], float), 1e-6)
@@ -177,20 +193,11 @@ def render(run_dir: str | Path) -> dict:
     a.set(
         title=f"attitude error (max {float(err.max()):.4f} deg)",
         xlabel="t [s]",
-        ylabel="deg (log)",
+        ylabel="attitude error [deg] (log)",
         ylim=(1e-5, max(lim or 1.0, float(err.max())) * 3),
     )
 
-    a = ax[1, 1]
-    a.plot(t, np.array(cols["propellant_kg"], float), lw=1.2, label="all tanks")
-    reserve = s.get("tank_reserve_kg") if isinstance(s.get("tank_reserve_kg"), dict) else {}
-    for key in (k for k in cols if k.startswith("propellant_kg:")):
-        tank = key.split(":", 1)[1]
-        r = reserve.get(tank)
-        note = f" (reserve {r:g} kg kept)" if isinstance(r, int | float) and r > 0 else ""
-        a.plot(t, np.array(cols[key], float), lw=1, ls="--", label=f"{tank}{note}")
-    a.set(title="propellant used", xlabel="t [s]", ylabel="kg")
-    a.legend(fontsize=7)
+    _propellant(ax[1, 1], s, cols, t)
 
     a = ax[1, 2]
     rtt = np.array(cols["rtt_ms"], float)
@@ -198,57 +205,87 @@ def render(run_dir: str | Path) -> dict:
     if rtt.size:
         a.hist(rtt, bins=40, color="tab:blue")
         a.set(
-            title=f"link RTT (p50 {np.percentile(rtt, 50):.3f} ms, "
-            f"p99 {np.percentile(rtt, 99):.3f} ms)",
-            xlabel="ms",
+            title=f"FIRE to valve report per cycle, resends included\n(p50 "
+            f"{np.percentile(rtt, 50):.3f} ms, p99 {np.percentile(rtt, 99):.3f} ms)",
+            xlabel="FIRE to valve report [ms]",
             ylabel="cycles",
         )
     else:
         a.text(0.5, 0.5, "no link (in-process unit)", ha="center", va="center")
-        a.set(title="link RTT")
-
-    png = run / "report.png"
-    fig.savefig(png, dpi=DPI)
-    plt.close(fig)
-    _write_html(run, s, png)
-    return {
-        "png": str(png),
-        "html": str(run / "report.html"),
-        "pixels": [int(SIZE_IN[0] * DPI), int(SIZE_IN[1] * DPI)],
-    }
+        a.set(title="FIRE to valve report, per cycle")
+        a.set_axis_off()
+    return fig
 
 
-def _write_html(run: Path, s: dict, png: Path) -> None:
-    keys = (
-        "stack",
-        "unit",
-        "target_delta_v_mps",
-        "achieved_delta_v_mps",
-        "delta_v_error_pct",
-        "burn_duration_s",
-        "cycles",
-        "max_attitude_error_deg",
-        "propellant_kg",
-        "propellant_by_tank_kg",
-        "reserve_touched",
-        "perigee_km_before",
-        "perigee_km_after",
-        "apogee_km_before",
-        "apogee_km_after",
-        "aborted",
-        "abort_reason",
+def _shorten(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: most - 1] + "…"
+
+
+def _raster(fig, a, s: dict, cols: dict[str, list[float]], t) -> None:
+    """Executed on-time per thruster and cycle, 0 to the control period, with its colour bar
+    (gid ``colorbar`` in the SVG: the page's tests look for it)."""
+    import numpy as np
+
+    exec_cols = [k for k in cols if k.startswith("exec_ms:")]
+    raster = np.array([[float(v) for v in cols[k]] for k in exec_cols])
+    a.set(title="firing raster (executed on-time per cycle)", xlabel="t [s]")
+    if not raster.size:
+        a.text(0.5, 0.5, "no thrusters recorded", ha="center", va="center")
+        return
+    image = a.imshow(
+        raster,
+        aspect="auto",
+        interpolation="nearest",
+        cmap="magma",
+        extent=(t[0], t[-1] if len(t) > 1 else t[0] + 1, len(exec_cols) - 0.5, -0.5),
+        vmin=0,
+        vmax=max(1.0, float(s.get("period_ms", raster.max() or 1))),
     )
-    rows = "\n".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(s.get(k)))}</td></tr>" for k in keys
-    )
-    data = base64.b64encode(png.read_bytes()).decode()
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>thruster-hil run {html.escape(run.name)}</title>
-<style>body{{font-family:sans-serif;margin:1em}} th{{text-align:left;padding-right:1em}}</style>
-</head><body>
-<h1>thruster-hil run {html.escape(run.name)}</h1>
-<img src="data:image/png;base64,{data}" alt="run report" style="max-width:100%">
-<table>{rows}</table>
-</body></html>
-"""
-    (run / "report.html").write_text(page, encoding="utf-8")
+    a.set_yticks(range(len(exec_cols)))
+    a.set_yticklabels([k.split(":", 1)[1] for k in exec_cols], fontsize=6)
+    bar = fig.colorbar(image, ax=a, pad=0.01)
+    bar.set_label("executed on-time per cycle [ms]")
+    bar.ax.set_gid("colorbar")
+
+
+def _propellant(a, s: dict, cols: dict[str, list[float]], t) -> None:
+    """Propellant drawn so far, in all and per tank, against the plan's: the plan's total over
+    its planned duration (a straight line: the planned thrust is constant) and each tank's
+    planned draw at that duration."""
+    import numpy as np
+
+    used = np.array(cols["propellant_kg"], float)
+    a.plot(t, used, lw=1.4, color="tab:blue", label=f"run, all tanks ({used[-1]:.2f} kg)")
+    plan = s.get("plan") if isinstance(s.get("plan"), dict) else {}
+    planned, duration = plan.get("propellant_kg"), plan.get("burn_duration_s")
+    if isinstance(planned, int | float) and isinstance(duration, int | float) and duration > 0:
+        a.plot(
+            [0.0, duration],
+            [0.0, planned],
+            color="black",
+            ls=":",
+            lw=1.2,
+            label=f"plan, all tanks ({planned:.2f} kg in {duration:.0f} s)",
+        )
+    reserve = s.get("tank_reserve_kg") if isinstance(s.get("tank_reserve_kg"), dict) else {}
+    tank_plan = plan.get("tank_used_kg") if isinstance(plan.get("tank_used_kg"), dict) else {}
+    tanks = [k for k in cols if k.startswith("propellant_kg:")]
+    for n, key in enumerate(tanks):
+        tank = key.split(":", 1)[1]
+        r = reserve.get(tank)
+        note = f", reserve {r:g} kg kept" if isinstance(r, int | float) and r > 0 else ""
+        color = f"C{(n + 1) % 10}"
+        a.plot(t, np.array(cols[key], float), lw=1, ls="--", color=color, label=f"{tank}{note}")
+        p = tank_plan.get(tank)
+        if len(tanks) > 1 and isinstance(p, int | float) and isinstance(duration, int | float):
+            a.plot(
+                [duration],
+                [p],
+                marker="o",
+                mfc="none",
+                color=color,
+                ls="none",
+                label=f"{tank} plan ({p:.2f} kg)",
+            )
+    a.set(title="propellant used against the plan", xlabel="t [s]", ylabel="propellant [kg]")
+    a.legend(fontsize=7)

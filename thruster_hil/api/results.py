@@ -21,7 +21,7 @@ import numpy as np
 from thruster_hil.config import Stack, StackModel
 from thruster_hil.core.errors import UserError
 from thruster_hil.plan import Target
-from thruster_hil.records import TELEMETRY_FIELDS, telemetry_numbers
+from thruster_hil.records import TELEMETRY_FIELDS, run_outcome, telemetry_numbers
 
 #: How a burn ended: the target reached within the attitude limit, ended short of it (or broke
 #: the limit), or stopped before its end (unit lost, no thrust left, a tank's reserve, Ctrl-C).
@@ -31,12 +31,9 @@ Verdict = Literal["completed", "failed", "aborted"]
 def verdict_of(summary: dict) -> tuple[Verdict, str | None]:
     """The verdict of a run summary and its reason (None when completed), by the rule of the
     CLI's exit status: "completed" is exit 0, "failed" and "aborted" are 1 (or 128 + n when a
-    signal stopped the run). A burn that did not complete always has a ``failure_reason``."""
-    if summary.get("aborted"):
-        return "aborted", summary.get("abort_reason")
-    if summary.get("failure_reason"):
-        return "failed", summary["failure_reason"]
-    return "completed", None
+    signal stopped the run). A burn that did not complete always has a ``failure_reason``.
+    The rule is :func:`thruster_hil.records.run_outcome` (report.html judges by it too)."""
+    return run_outcome(summary)  # type: ignore[return-value]
 
 
 class RunRecordsError(UserError):
