@@ -226,6 +226,10 @@ def test_a_stuck_open_valve_is_not_reported_closed(dragon_failure, tmp_path):
     assert hil["link"]["unit_open_mask"] == 1 << stuck  # the HK that was asked for
     assert any(e["event"] == "valves_open" and e["channels"] == [stuck] for e in result.events)
     assert "channel 2 open after STOP_ALL" in format_run(hil)
+    # On target, yet not a success: the exit status, the plain summary, the API and report.html
+    # all read failure_reason (records.run_outcome): a valve left open fails the run.
+    assert "channel 2 open after STOP_ALL (stuck)" in hil["failure_reason"]
+    assert format_run(hil).startswith("result") and "FAILED" in format_run(hil).splitlines()[0]
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     assert [(r["kind"], r["arg"]) for r in records if r["ev"] == "fault"] == [("STUCK_OPEN", 2)]
 

@@ -94,11 +94,14 @@ def test_ctrl_c_stops_the_burn_and_still_writes_the_summary(tmp_path, mode, delt
         preexec_fn=as_from_a_terminal,
     )
     telemetry = out / "telemetry.csv"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # wait for three cycles on disk
+    # Wait for three cycles on disk, however long a busy machine takes to compile the kernels
+    # (65 s has been seen): the 15-minute guard only stops a hung run.
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
         if telemetry.exists() and len(telemetry.read_text().splitlines()) >= 4:
             break
         time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1]
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -214,10 +217,10 @@ def test_sigkill_mid_burn_leaves_every_flown_cycle_on_disk_and_no_emulator(tmp_p
     )
     telemetry = out / "telemetry.csv"
     t_first = None
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 900  # a guard against a hung run, not a bound on its speed
     try:
-        while True:  # poll the file (with a deadline) until five cycles are on disk
-            assert time.monotonic() < deadline, "no 5 cycles on disk within 60 s"
+        while True:  # poll the file until five cycles are on disk
+            assert time.monotonic() < deadline, "no 5 cycles on disk within 15 min"
             assert proc.poll() is None, proc.stderr.read().decode()
             rows = len(telemetry.read_bytes().splitlines()) - 1 if telemetry.exists() else 0
             if rows >= 1 and t_first is None:

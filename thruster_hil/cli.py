@@ -1202,11 +1202,16 @@ def _run_status(summary: dict | None) -> int:
     """The exit status of a run with this summary, for `run` and `monitor` alike: 128 + the
     signal's number when a signal stopped it (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), 1 when it
     was otherwise aborted or did not reach its target (``failure_reason``), 0 else."""
+    from thruster_hil.records import run_outcome
+
     if not summary:
         return 0
-    if not summary.get("aborted"):
-        return 1 if summary.get("failure_reason") else 0
-    if summary.get("signal") or summary.get("abort_reason") == "interrupted":
+    outcome, _why = run_outcome(summary)
+    if outcome == "completed":
+        return 0
+    if outcome == "aborted" and (
+        summary.get("signal") or summary.get("abort_reason") == "interrupted"
+    ):
         return exit_status(summary.get("signal"))
     return 1
 

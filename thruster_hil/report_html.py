@@ -183,9 +183,9 @@ class Verdict:
 
 def run_verdict(s: dict) -> Verdict:
     """PASS / FAIL / ABORTED by the criteria the run judged for its exit status (``run`` exits 0
-    only when the burn was not aborted and has no ``failure_reason``: it completed and kept its
-    attitude within the limit), plus what the unit reported about its valves at the end: a
-    valve still open after STOP_ALL fails the run whatever else went right."""
+    only when the burn was not aborted and has no ``failure_reason``: it completed, kept its
+    attitude within the limit and left no valve open after STOP_ALL), each shown as a
+    criterion."""
     checks: list[tuple[str, str, str, bool | None]] = []
     aborted = bool(s.get("aborted"))
     checks.append(

@@ -461,8 +461,16 @@ def _no_thrust_reason(names, translation_idx) -> str:
 
 
 def _shortfall(summary: dict, names, translation_idx, health) -> str | None:
-    """Why a burn that was not aborted still failed (exit status 1), or None: the target not
-    reached, no thrust possible, the attitude limit broken."""
+    """Why a burn that was not aborted still failed (exit status 1), or None: a valve left open
+    (STOP_ALL could not close it, or the unit did not confirm it), the target not reached, no
+    thrust possible, the attitude limit broken."""
+    if summary.get("valves_open"):
+        return (
+            f"the unit still reports {_channels(summary['valves_open'])} open after STOP_ALL "
+            "(stuck): safe the rig by hand"
+        )
+    if summary.get("valves_closed") is False:
+        return "the unit did not confirm the final STOP_ALL: a valve may be open; safe the rig"
     if summary["max_attitude_error_deg"] > summary["attitude_limit_deg"]:
         return (
             f"the attitude error reached {summary['max_attitude_error_deg']:.4g} deg, over "
