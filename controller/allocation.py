@@ -129,15 +129,29 @@ def solve_lp(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_i
     (LP_WORK_ROWS, >= n_rows) scratch. On return ``x``/``state``/``basis`` hold the optimal
     basic solution, every ``x`` within its bounds. Returns (status, iterations).
     """
-    pi = work[W_PI]
-    alpha = work[W_ALPHA]
-    tmp = work[W_TMP]
-    _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, tmp)
+    _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, work[W_TMP])
+    if not _basics_feasible(b, lb, ub, x, basis, n_rows):
+        return LP_BAD_START, 0
+    return _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter)
+
+
+@kernel
+def _basics_feasible(b, lb, ub, x, basis, n_rows):
+    """Every basic variable within its bounds (to a tolerance relative to its row's b)."""
     for r in range(n_rows):
         j = basis[r]
         slack = 1e-9 * (1.0 + abs(b[r]))
         if x[j] < lb[j] - slack or x[j] > ub[j] + slack:
-            return LP_BAD_START, 0
+            return False
+    return True
+
+
+@kernel
+def _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter):
+    """:func:`solve_lp` from a feasible basis whose basic values are already in ``x``."""
+    pi = work[W_PI]
+    alpha = work[W_ALPHA]
+    tmp = work[W_TMP]
     degenerate = 0
     bland = False
     it = 0
@@ -324,12 +338,7 @@ def _warm_basis(E, b, lb, ub, n_rows, n_cols, x, state, basis, Binv, work):
     if not _invert(Binv, n_rows, work[0]):
         return False
     _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, work[0])
-    for r in range(n_rows):
-        j = basis[r]
-        slack = 1e-9 * (1.0 + abs(b[r]))
-        if x[j] < lb[j] - slack or x[j] > ub[j] + slack:
-            return False
-    return True
+    return _basics_feasible(b, lb, ub, x, basis, n_rows)
 
 
 @kernel
@@ -363,7 +372,9 @@ def allocate(
     for r in range(n_eq, n_rows):
         E[r, n_act + 2 * n_eq + (r - n_eq)] = 1.0
     if warm and _warm_basis(E, b, lb, ub, n_rows, n_cols, x, state, basis, Binv, work):
-        return solve_lp(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter)
+        # _warm_basis has just computed the basics and checked them as solve_lp would: the same
+        # numbers from the same inputs, so straight to the pivots.
+        return _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter)
     for j in range(n_act):
         x[j] = lb[j]
         state[j] = AT_LOWER

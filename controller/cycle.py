@@ -584,6 +584,8 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
             for i in range(n):
                 b[ROW_TANK + t] += E[ROW_TANK + t, i]
             b[ROW_TANK + t] += 1.0
+    # From last cycle's basis when it is still feasible (allocation._warm_basis), straight to
+    # the pivots: the basic values it computes are the ones solve_lp would compute again.
     lp_status, iters = allocate(
         E,
         b,

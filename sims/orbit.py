@@ -58,10 +58,10 @@ STATUS_NONFINITE = 2  # the state became non-finite; remaining rows are filled w
 
 
 @kernel
-def _gravity_drag(
-    rx, ry, rz, vx, vy, vz, mass_kg, cd_area_m2, j2_on, table_alt_m, table_log_rho, out_a_N
+def _gravity_drag_xyz(
+    rx, ry, rz, vx, vy, vz, mass_kg, cd_area_m2, j2_on, table_alt_m, table_log_rho
 ):
-    """Gravity (+J2) and drag for scalar inputs; writes out_a_N[0:3]."""
+    """Gravity (+J2) and drag for scalar inputs: (ax, ay, az) [m/s^2]."""
     r2 = rx * rx + ry * ry + rz * rz
     r = math.sqrt(r2)
     k = -MU_EARTH / (r2 * r)
@@ -88,6 +88,17 @@ def _gravity_drag(
         ax += d * wx
         ay += d * wy
         az += d * wz
+    return ax, ay, az
+
+
+@kernel
+def _gravity_drag(
+    rx, ry, rz, vx, vy, vz, mass_kg, cd_area_m2, j2_on, table_alt_m, table_log_rho, out_a_N
+):
+    """Gravity (+J2) and drag for scalar inputs; writes out_a_N[0:3]."""
+    ax, ay, az = _gravity_drag_xyz(
+        rx, ry, rz, vx, vy, vz, mass_kg, cd_area_m2, j2_on, table_alt_m, table_log_rho
+    )
     out_a_N[0] = ax
     out_a_N[1] = ay
     out_a_N[2] = az
@@ -277,6 +288,111 @@ def propagate(
                     out_y[kk, i] = math.nan
             return STATUS_NONFINITE
     return STATUS_OK
+
+
+# --------------------------------------------------------------------------------------------
+# Coasting on scalars: propagate() without thrust, without the arrays
+# --------------------------------------------------------------------------------------------
+# The orbit evaluation after every burn (and every Monte-Carlo case) coasts about 11,000 RK4
+# steps. propagate() does that through 7-element stage buffers and array views, whose bookkeeping
+# costs more than the physics; these kernels keep the state in locals. They perform the same
+# floating-point operations in the same order as propagate(y0, dt_s, n, 1, 0, 0, 0, 0, ...), so
+# their states are bit-for-bit propagate()'s (tests/test_orbit.py and tests/test_speed_golden.py
+# check it): the mass stays exactly y0[6] (its derivative is -0.0) and a step's length is
+# (k + 1) dt_s - k dt_s, as propagate() measures it, not dt_s.
+
+
+@kernel
+def coast_step(rx, ry, rz, vx, vy, vz, m, h_s, cd_area_m2, j2_on, table_alt_m, table_log_rho):
+    """One RK4 coast step of h_s [s] (gravity, J2, drag; mass m [kg] constant): the new
+    (rx, ry, rz, vx, vy, vz) [m, m/s] in N, exactly as :func:`rk4_step` with zero thrust."""
+    hh = 0.5 * h_s
+    a1x, a1y, a1z = _gravity_drag_xyz(
+        rx, ry, rz, vx, vy, vz, m, cd_area_m2, j2_on, table_alt_m, table_log_rho
+    )
+    # stage 2 from y + h/2 k1 (k1's position part is v)
+    sx = rx + hh * vx
+    sy = ry + hh * vy
+    sz = rz + hh * vz
+    ux = vx + hh * a1x
+    uy = vy + hh * a1y
+    uz = vz + hh * a1z
+    a2x, a2y, a2z = _gravity_drag_xyz(
+        sx, sy, sz, ux, uy, uz, m, cd_area_m2, j2_on, table_alt_m, table_log_rho
+    )
+    # stage 3 from y + h/2 k2
+    sx = rx + hh * ux
+    sy = ry + hh * uy
+    sz = rz + hh * uz
+    wx = vx + hh * a2x
+    wy = vy + hh * a2y
+    wz = vz + hh * a2z
+    a3x, a3y, a3z = _gravity_drag_xyz(
+        sx, sy, sz, wx, wy, wz, m, cd_area_m2, j2_on, table_alt_m, table_log_rho
+    )
+    # stage 4 from y + h k3
+    sx = rx + h_s * wx
+    sy = ry + h_s * wy
+    sz = rz + h_s * wz
+    px = vx + h_s * a3x
+    py = vy + h_s * a3y
+    pz = vz + h_s * a3z
+    a4x, a4y, a4z = _gravity_drag_xyz(
+        sx, sy, sz, px, py, pz, m, cd_area_m2, j2_on, table_alt_m, table_log_rho
+    )
+    sixth = h_s / 6.0
+    return (
+        rx + sixth * (vx + 2.0 * ux + 2.0 * wx + px),
+        ry + sixth * (vy + 2.0 * uy + 2.0 * wy + py),
+        rz + sixth * (vz + 2.0 * uz + 2.0 * wz + pz),
+        vx + sixth * (a1x + 2.0 * a2x + 2.0 * a3x + a4x),
+        vy + sixth * (a1y + 2.0 * a2y + 2.0 * a3y + a4y),
+        vz + sixth * (a1z + 2.0 * a2z + 2.0 * a3z + a4z),
+    )
+
+
+@kernel
+def finite_state(rx, ry, rz, vx, vy, vz, m):
+    return (
+        math.isfinite(rx)
+        and math.isfinite(ry)
+        and math.isfinite(rz)
+        and math.isfinite(vx)
+        and math.isfinite(vy)
+        and math.isfinite(vz)
+        and math.isfinite(m)
+    )
+
+
+@kernel
+def coast_to(y0, dt_s, n_steps, cd_area_m2, j2_on, table_alt_m, table_log_rho, out_y):
+    """The state after n_steps coast steps of dt_s [s] from y0 (7,) into out_y (7,): what
+    ``propagate(y0, dt_s, n_steps, 1, 0.0, 0.0, zeros, 0.0, ...)`` leaves in its last row, with
+    its status (STATUS_NONFINITE: out_y is NaN). No arrays are made."""
+    if not (dt_s > 0.0) or n_steps < 0:
+        return STATUS_BAD_ARGS
+    rx, ry, rz, vx, vy, vz, m = y0[0], y0[1], y0[2], y0[3], y0[4], y0[5], y0[6]
+    status = STATUS_OK
+    for k in range(n_steps):
+        t0 = k * dt_s + 0 * dt_s
+        t1 = (k + 1) * dt_s
+        if t0 < t1:
+            rx, ry, rz, vx, vy, vz = coast_step(
+                rx, ry, rz, vx, vy, vz, m, t1 - t0, cd_area_m2, j2_on, table_alt_m, table_log_rho
+            )
+        if not finite_state(rx, ry, rz, vx, vy, vz, m):
+            # propagate() overwrites the first non-finite row and every later one with NaN
+            status = STATUS_NONFINITE
+            rx = ry = rz = vx = vy = vz = m = math.nan
+            break
+    out_y[0] = rx
+    out_y[1] = ry
+    out_y[2] = rz
+    out_y[3] = vx
+    out_y[4] = vy
+    out_y[5] = vz
+    out_y[6] = m
+    return status
 
 
 # --------------------------------------------------------------------------------------------

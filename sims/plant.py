@@ -29,8 +29,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from thruster_hil.sims.attitude import attitude_derivs_gg, rotate_by_q
-from thruster_hil.sims.orbit import orbit_accel
+from thruster_hil.sims.attitude import _gg_from_r_B, rotate_by_q
+from thruster_hil.sims.orbit import _gravity_drag_xyz
 
 from thruster_hil.core.constants import G0, MU_EARTH
 from thruster_hil.core.jit import kernel
@@ -87,6 +87,146 @@ def _rotate_B_to_N(q, vx, vy, vz):
     return rotate_by_q(q[0], -q[1], -q[2], -q[3], vx, vy, vz)
 
 
+# The plant state travels through the RK4 stages as a tuple of 14 floats (the order of y), not
+# through 14-element scratch arrays and their 3- and 4-element views: with the views a control
+# cycle spent more time on array bookkeeping than on the physics. The scalar kernels perform the
+# same floating-point operations in the same order as the array code they replaced (commit
+# 71e0969), so every state is bit for bit what it was (tests/test_speed_golden.py).
+
+
+@kernel
+def _derivs(
+    s, fx, fy, fz, tx, ty, tz, mdot_kg_s, I_B, I_inv_B, cd_area_m2, j2_on, gg_on, tab_h, tab_lr
+):
+    """dy/dt (a 14-tuple) of the plant state tuple ``s`` for a body-fixed force [N] and torque
+    [N m] held over the step, and the mass flow [kg/s]."""
+    rx, ry, rz, vx, vy, vz, q0, q1, q2, q3, w1, w2, w3, m = s
+    ax, ay, az = _gravity_drag_xyz(rx, ry, rz, vx, vy, vz, m, cd_area_m2, j2_on, tab_h, tab_lr)
+    if m > 0.0:
+        gx, gy, gz = rotate_by_q(q0, -q1, -q2, -q3, fx, fy, fz)  # B -> N
+        ax += gx / m
+        ay += gy / m
+        az += gz / m
+    lx = tx
+    ly = ty
+    lz = tz
+    if gg_on:
+        bx, by, bz = rotate_by_q(q0, q1, q2, q3, rx, ry, rz)  # N -> B
+        gx, gy, gz = _gg_from_r_B(bx, by, bz, I_B, MU_EARTH)
+        lx += gx
+        ly += gy
+        lz += gz
+    # Euler-parameter kinematics and Euler's equations (sims/attitude.py q_dot, omega_dot)
+    dq0 = 0.5 * (-q1 * w1 - q2 * w2 - q3 * w3)
+    dq1 = 0.5 * (q0 * w1 - q3 * w2 + q2 * w3)
+    dq2 = 0.5 * (q3 * w1 + q0 * w2 - q1 * w3)
+    dq3 = 0.5 * (-q2 * w1 + q1 * w2 + q0 * w3)
+    h1 = I_B[0, 0] * w1 + I_B[0, 1] * w2 + I_B[0, 2] * w3
+    h2 = I_B[1, 0] * w1 + I_B[1, 1] * w2 + I_B[1, 2] * w3
+    h3 = I_B[2, 0] * w1 + I_B[2, 1] * w2 + I_B[2, 2] * w3
+    g1 = lx - (w2 * h3 - w3 * h2)
+    g2 = ly - (w3 * h1 - w1 * h3)
+    g3 = lz - (w1 * h2 - w2 * h1)
+    dw1 = I_inv_B[0, 0] * g1 + I_inv_B[0, 1] * g2 + I_inv_B[0, 2] * g3
+    dw2 = I_inv_B[1, 0] * g1 + I_inv_B[1, 1] * g2 + I_inv_B[1, 2] * g3
+    dw3 = I_inv_B[2, 0] * g1 + I_inv_B[2, 1] * g2 + I_inv_B[2, 2] * g3
+    return (vx, vy, vz, ax, ay, az, dq0, dq1, dq2, dq3, dw1, dw2, dw3, -mdot_kg_s)
+
+
+@kernel
+def _stage(y, a, k):
+    """The RK4 stage state ``y + a k`` (14-tuples)."""
+    return (
+        y[0] + a * k[0],
+        y[1] + a * k[1],
+        y[2] + a * k[2],
+        y[3] + a * k[3],
+        y[4] + a * k[4],
+        y[5] + a * k[5],
+        y[6] + a * k[6],
+        y[7] + a * k[7],
+        y[8] + a * k[8],
+        y[9] + a * k[9],
+        y[10] + a * k[10],
+        y[11] + a * k[11],
+        y[12] + a * k[12],
+        y[13] + a * k[13],
+    )
+
+
+@kernel
+def _combine(y, h6, k1, k2, k3, k4):
+    """``y + h/6 (k1 + 2 k2 + 2 k3 + k4)`` (14-tuples)."""
+    return (
+        y[0] + h6 * (k1[0] + 2.0 * k2[0] + 2.0 * k3[0] + k4[0]),
+        y[1] + h6 * (k1[1] + 2.0 * k2[1] + 2.0 * k3[1] + k4[1]),
+        y[2] + h6 * (k1[2] + 2.0 * k2[2] + 2.0 * k3[2] + k4[2]),
+        y[3] + h6 * (k1[3] + 2.0 * k2[3] + 2.0 * k3[3] + k4[3]),
+        y[4] + h6 * (k1[4] + 2.0 * k2[4] + 2.0 * k3[4] + k4[4]),
+        y[5] + h6 * (k1[5] + 2.0 * k2[5] + 2.0 * k3[5] + k4[5]),
+        y[6] + h6 * (k1[6] + 2.0 * k2[6] + 2.0 * k3[6] + k4[6]),
+        y[7] + h6 * (k1[7] + 2.0 * k2[7] + 2.0 * k3[7] + k4[7]),
+        y[8] + h6 * (k1[8] + 2.0 * k2[8] + 2.0 * k3[8] + k4[8]),
+        y[9] + h6 * (k1[9] + 2.0 * k2[9] + 2.0 * k3[9] + k4[9]),
+        y[10] + h6 * (k1[10] + 2.0 * k2[10] + 2.0 * k3[10] + k4[10]),
+        y[11] + h6 * (k1[11] + 2.0 * k2[11] + 2.0 * k3[11] + k4[11]),
+        y[12] + h6 * (k1[12] + 2.0 * k2[12] + 2.0 * k3[12] + k4[12]),
+        y[13] + h6 * (k1[13] + 2.0 * k2[13] + 2.0 * k3[13] + k4[13]),
+    )
+
+
+@kernel
+def _load(y):
+    return (
+        y[0],
+        y[1],
+        y[2],
+        y[3],
+        y[4],
+        y[5],
+        y[6],
+        y[7],
+        y[8],
+        y[9],
+        y[10],
+        y[11],
+        y[12],
+        y[13],
+    )
+
+
+@kernel
+def _rk4(y, h_s, fx, fy, fz, tx, ty, tz, mdot, I_B, I_inv_B, cd, j2_on, gg_on, tab_h, tab_lr):
+    """One RK4 step of the state tuple (force, torque and mass flow held): the new tuple, its
+    attitude not yet renormalised."""
+    k1 = _derivs(y, fx, fy, fz, tx, ty, tz, mdot, I_B, I_inv_B, cd, j2_on, gg_on, tab_h, tab_lr)
+    ys = _stage(y, 0.5 * h_s, k1)
+    k2 = _derivs(ys, fx, fy, fz, tx, ty, tz, mdot, I_B, I_inv_B, cd, j2_on, gg_on, tab_h, tab_lr)
+    ys = _stage(y, 0.5 * h_s, k2)
+    k3 = _derivs(ys, fx, fy, fz, tx, ty, tz, mdot, I_B, I_inv_B, cd, j2_on, gg_on, tab_h, tab_lr)
+    ys = _stage(y, h_s, k3)
+    k4 = _derivs(ys, fx, fy, fz, tx, ty, tz, mdot, I_B, I_inv_B, cd, j2_on, gg_on, tab_h, tab_lr)
+    return _combine(y, h_s / 6.0, k1, k2, k3, k4)
+
+
+@kernel
+def _step_into(
+    y, h_s, fx, fy, fz, tx, ty, tz, mdot, I_B, I_inv_B, cd, j2_on, gg_on, tab_h, tab_lr, out_y
+):
+    """RK4 from ``y`` (array) into ``out_y`` (may alias) and renormalise q; the status."""
+    o = _rk4(
+        _load(y), h_s, fx, fy, fz, tx, ty, tz, mdot, I_B, I_inv_B, cd, j2_on, gg_on, tab_h, tab_lr
+    )
+    for i in range(PLANT_STATE_LEN):
+        out_y[i] = o[i]
+    qn = math.sqrt(out_y[Q] ** 2 + out_y[Q + 1] ** 2 + out_y[Q + 2] ** 2 + out_y[Q + 3] ** 2)
+    if not (qn > 0.0) or not math.isfinite(qn):
+        return STATUS_NONFINITE
+    for i in range(4):
+        out_y[Q + i] /= qn
+    return STATUS_OK
+
+
 @kernel
 def plant_derivs(
     y,
@@ -103,31 +243,25 @@ def plant_derivs(
     dy,
 ):
     """dy/dt of the plant state for a body-fixed force [N] and torque [N m] (no allocation)."""
-    m = y[M]
-    orbit_accel(
-        y[R : R + 3], y[V : V + 3], m, cd_area_m2, j2_on, table_alt_m, table_log_rho, dy[V : V + 3]
-    )
-    if m > 0.0:
-        fx, fy, fz = _rotate_B_to_N(y[Q : Q + 4], force_B[0], force_B[1], force_B[2])
-        dy[V] += fx / m
-        dy[V + 1] += fy / m
-        dy[V + 2] += fz / m
-    dy[R] = y[V]
-    dy[R + 1] = y[V + 1]
-    dy[R + 2] = y[V + 2]
-    attitude_derivs_gg(
-        y[Q : Q + 4],
-        y[W : W + 3],
+    d = _derivs(
+        _load(y),
+        force_B[0],
+        force_B[1],
+        force_B[2],
+        torque_B[0],
+        torque_B[1],
+        torque_B[2],
+        mdot_kg_s,
         I_B,
         I_inv_B,
-        torque_B,
-        y[R : R + 3],
-        MU_EARTH,
+        cd_area_m2,
+        j2_on,
         gg_on,
-        dy[Q : Q + 4],
-        dy[W : W + 3],
+        table_alt_m,
+        table_log_rho,
     )
-    dy[M] = -mdot_kg_s
+    for i in range(PLANT_STATE_LEN):
+        dy[i] = d[i]
 
 
 @kernel
@@ -149,18 +283,18 @@ def plant_step(
 ):
     """One RK4 step of ``h_s`` [s] with force and torque held constant; renormalises q.
 
-    ``work`` holds at least PLANT_WORK_LEN floats; ``out_y`` may alias ``y``.
+    ``work`` (kept for callers; no longer used) holds at least PLANT_WORK_LEN floats; ``out_y``
+    may alias ``y``.
     """
-    n = PLANT_STATE_LEN
-    k1 = work[PW_K1 : PW_K1 + n]
-    k2 = work[PW_K2 : PW_K2 + n]
-    k3 = work[PW_K3 : PW_K3 + n]
-    k4 = work[PW_K4 : PW_K4 + n]
-    ys = work[PW_YS : PW_YS + n]
-    plant_derivs(
+    return _step_into(
         y,
-        force_B,
-        torque_B,
+        h_s,
+        force_B[0],
+        force_B[1],
+        force_B[2],
+        torque_B[0],
+        torque_B[1],
+        torque_B[2],
         mdot_kg_s,
         I_B,
         I_inv_B,
@@ -169,65 +303,8 @@ def plant_step(
         gg_on,
         table_alt_m,
         table_log_rho,
-        k1,
+        out_y,
     )
-    for i in range(n):
-        ys[i] = y[i] + 0.5 * h_s * k1[i]
-    plant_derivs(
-        ys,
-        force_B,
-        torque_B,
-        mdot_kg_s,
-        I_B,
-        I_inv_B,
-        cd_area_m2,
-        j2_on,
-        gg_on,
-        table_alt_m,
-        table_log_rho,
-        k2,
-    )
-    for i in range(n):
-        ys[i] = y[i] + 0.5 * h_s * k2[i]
-    plant_derivs(
-        ys,
-        force_B,
-        torque_B,
-        mdot_kg_s,
-        I_B,
-        I_inv_B,
-        cd_area_m2,
-        j2_on,
-        gg_on,
-        table_alt_m,
-        table_log_rho,
-        k3,
-    )
-    for i in range(n):
-        ys[i] = y[i] + h_s * k3[i]
-    plant_derivs(
-        ys,
-        force_B,
-        torque_B,
-        mdot_kg_s,
-        I_B,
-        I_inv_B,
-        cd_area_m2,
-        j2_on,
-        gg_on,
-        table_alt_m,
-        table_log_rho,
-        k4,
-    )
-    h6 = h_s / 6.0
-    for i in range(n):
-        out_y[i] = y[i] + h6 * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i])
-    qn = math.sqrt(out_y[Q] ** 2 + out_y[Q + 1] ** 2 + out_y[Q + 2] ** 2 + out_y[Q + 3] ** 2)
-    if not (qn > 0.0) or not math.isfinite(qn):
-        return STATUS_NONFINITE
-    for i in range(4):
-        out_y[Q + i] /= qn
-    return STATUS_OK
 
 
 @kernel
@@ -270,9 +347,6 @@ def plant_cycle(
     ):
         return STATUS_BAD_SHAPE
     h = period_s / n_sub
-    force_B = work[PW_FORCE : PW_FORCE + 3]
-    torque_B = work[PW_TORQUE : PW_TORQUE + 3]
-    q_mid = work[PW_Q_MID : PW_Q_MID + 4]
     if out_y is not y:
         for i in range(PLANT_STATE_LEN):
             out_y[i] = y[i]
@@ -299,12 +373,6 @@ def plant_cycle(
             ty += r_TC_B[j, 2] * ux - r_TC_B[j, 0] * uz
             tz += r_TC_B[j, 0] * uy - r_TC_B[j, 1] * ux
             mdot += f / (isp_s[j] * G0)
-        force_B[0] = fx
-        force_B[1] = fy
-        force_B[2] = fz
-        torque_B[0] = tx
-        torque_B[1] = ty
-        torque_B[2] = tz
         m0 = out_y[M]
         # Sensed delta-v over the sub-step: the thrust impulse over the mid-step mass, along the
         # body axes and (at the mid-step attitude, to second order) in N.
@@ -317,11 +385,15 @@ def plant_cycle(
         q0y = out_y[Q + 1]
         q0z = out_y[Q + 2]
         q0w = out_y[Q + 3]
-        status = plant_step(
+        status = _step_into(
             out_y,
             h,
-            force_B,
-            torque_B,
+            fx,
+            fy,
+            fz,
+            tx,
+            ty,
+            tz,
             mdot,
             I_B,
             I_inv_B,
@@ -330,18 +402,17 @@ def plant_cycle(
             gg_on,
             table_alt_m,
             table_log_rho,
-            work,
             out_y,
         )
         if status != STATUS_OK:
             return status
         if fx != 0.0 or fy != 0.0 or fz != 0.0:
             # Mid-step attitude: the normalised mean of the start and end quaternions.
-            q_mid[0] = 0.5 * (q0x + out_y[Q])
-            q_mid[1] = 0.5 * (q0y + out_y[Q + 1])
-            q_mid[2] = 0.5 * (q0z + out_y[Q + 2])
-            q_mid[3] = 0.5 * (q0w + out_y[Q + 3])
-            nx, ny, nz = _rotate_B_to_N(q_mid, fx, fy, fz)
+            qm0 = 0.5 * (q0x + out_y[Q])
+            qm1 = 0.5 * (q0y + out_y[Q + 1])
+            qm2 = 0.5 * (q0z + out_y[Q + 2])
+            qm3 = 0.5 * (q0w + out_y[Q + 3])
+            nx, ny, nz = rotate_by_q(qm0, -qm1, -qm2, -qm3, fx, fy, fz)  # B -> N
             sensed_dv[SD_N] += nx * h / m_mid
             sensed_dv[SD_N + 1] += ny * h / m_mid
             sensed_dv[SD_N + 2] += nz * h / m_mid

@@ -149,11 +149,19 @@ def _segment(f0, is_open, f_ss, tau_rise_s, tau_tail_s, dt):
         if tau_rise_s <= 0.0:
             return f_ss * dt, f_ss
         x = dt / tau_rise_s
+        if f0 == f_ss and math.isfinite(f_ss) and tau_rise_s < math.inf and x == x:
+            # At steady thrust (most of a burn) f0 - f_ss is a zero and the exponential terms
+            # are finite and non-negative: they add a zero, whose bits are those of + 0.0.
+            return f_ss * dt + 0.0, f_ss + 0.0
         e = math.exp(-x)
         return f_ss * dt + (f0 - f_ss) * tau_rise_s * _one_minus_exp(x), f_ss + (f0 - f_ss) * e
     if tau_tail_s <= 0.0:
         return 0.0, 0.0
     x = dt / tau_tail_s
+    if f0 == 0.0 and tau_tail_s < math.inf and x == x:
+        # A closed, quiet valve (most of them, most of the time): zero times finite,
+        # non-negative factors is that same zero.
+        return f0, f0
     return f0 * tau_tail_s * _one_minus_exp(x), f0 * math.exp(-x)
 
 
@@ -321,8 +329,10 @@ def feed_update(
         for k in range(impulse_Ns.shape[0]):
             total += impulse_Ns[k, i]
         tank_used_kg[tank_idx[i]] += propellant_used_kg(total, isp_s[i])
-    for i in range(n):
-        t = tank_idx[i]
+    # Tank by tank: the pressure once per tank, and (p/p0)^a once per run of thrusters with
+    # the same exponent, instead of three powers per thruster. Equal inputs give equal bits, so
+    # the results are :func:`thrust_isp_at_pressure`'s (exponents +0.0 and -0.0 both give 1.0).
+    for t in range(tank_used_kg.shape[0]):
         used = tank_used_kg[t]
         if used >= tank_load_kg[t]:
             p = 0.0
@@ -336,11 +346,28 @@ def feed_update(
             )
         else:
             p = tank_p0_Pa[t]
-        f, isp = thrust_isp_at_pressure(
-            thrust_ref_N[i], isp_ref_s[i], tank_p0_Pa[t], p, thrust_exponent[i], isp_exponent[i]
-        )
-        out_thrust_N[i] = f
-        out_isp_s[i] = isp if isp > 0.0 else isp_ref_s[i]
+        flow = p > 0.0 and tank_p0_Pa[t] > 0.0
+        ratio = p / tank_p0_Pa[t] if flow else 0.0
+        a_last = math.nan
+        pow_a = 0.0
+        b_last = math.nan
+        pow_b = 0.0
+        for i in range(n):
+            if tank_idx[i] != t:
+                continue
+            if not flow:  # no flow, no thrust (thrust_isp_at_pressure's (0.0, 0.0))
+                out_thrust_N[i] = 0.0
+                out_isp_s[i] = isp_ref_s[i]
+                continue
+            if not thrust_exponent[i] == a_last:
+                a_last = thrust_exponent[i]
+                pow_a = ratio**a_last
+            if not isp_exponent[i] == b_last:
+                b_last = isp_exponent[i]
+                pow_b = ratio**b_last
+            isp = isp_ref_s[i] * pow_b
+            out_thrust_N[i] = thrust_ref_N[i] * pow_a
+            out_isp_s[i] = isp if isp > 0.0 else isp_ref_s[i]
 
 
 # --------------------------------------------------------------------------------------------

@@ -232,3 +232,22 @@ def test_extrapolation_uses_edge_scale_heights():
     assert math.log(density_kg_m3(alt[0] - 5e3, alt, lr)) == pytest.approx(
         lr[0] - bot * 5e3, rel=1e-12
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    x=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.floats(50e3, 1100e3),
+        st.integers(10, 100).map(lambda k: k * 10e3),  # on the nodes
+    ),
+    uneven=st.booleans(),
+)
+def test_segment_near_finds_the_binary_searchs_segment(x, uneven):
+    """Issue 18: the density lookup's guessed-then-walked segment is the binary search's."""
+    from thruster_hil.sims.atmosphere import _segment, _segment_near
+
+    nodes = np.arange(100e3, 1000e3 + 1.0, 10e3)
+    if uneven:
+        nodes = nodes + 4e3 * np.sin(np.arange(nodes.size)) ** 2
+    assert _segment_near(x, nodes) == _segment(x, nodes)

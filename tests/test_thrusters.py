@@ -450,3 +450,117 @@ def test_gimbal_trim_points_the_thrust_through_the_com():
     assert np.degrees(d2) == pytest.approx(np.degrees(np.arctan2(1.97878484, 9.82839884)))
     np.testing.assert_allclose(np.cross(r, gimbaled_direction(u0, e1, e2, d1, d2)), 0.0, atol=1e-12)
     assert gimbal_trim(u0, e1, e2, r, np.radians(5.0))[1] == pytest.approx(np.radians(5.0))
+
+
+# ---- issue 18: the shortcuts of the fast paths give the bits of the formulas they skip --------
+
+from numba import njit  # noqa: E402
+
+
+@njit
+def _segment_formula(f0, is_open, f_ss, tau_rise_s, tau_tail_s, dt):
+    """thrusters._segment as it was before issue 18: every exponential evaluated."""
+    if dt <= 0.0:
+        return 0.0, f0
+    if is_open:
+        if tau_rise_s <= 0.0:
+            return f_ss * dt, f_ss
+        x = dt / tau_rise_s
+        e = math.exp(-x)
+        return f_ss * dt + (f0 - f_ss) * tau_rise_s * -math.expm1(-x), f_ss + (f0 - f_ss) * e
+    if tau_tail_s <= 0.0:
+        return 0.0, 0.0
+    x = dt / tau_tail_s
+    return f0 * tau_tail_s * -math.expm1(-x), f0 * math.exp(-x)
+
+
+_ZEROS = st.sampled_from([0.0, -0.0])
+_ANY = st.floats(allow_nan=True, allow_infinity=True)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    f_ss=st.one_of(_ZEROS, st.floats(0.0, 1e4), _ANY),
+    same=st.booleans(),
+    f0=st.one_of(_ZEROS, _ANY),
+    is_open=st.booleans(),
+    tau=st.one_of(_ZEROS, st.floats(1e-320, 1.0), _ANY),
+    dt=st.one_of(st.floats(1e-6, 1.0), _ANY),
+)
+def test_segment_shortcuts_are_bit_identical_to_the_formula(f_ss, same, f0, is_open, tau, dt):
+    if same:
+        f0 = f_ss
+    got = thr._segment(f0, is_open, f_ss, tau, tau, dt)
+    want = _segment_formula(f0, is_open, f_ss, tau, tau, dt)
+    _assert_same_bits(np.array(got), np.array(want))
+
+
+def _assert_same_bits(got, want):
+    """Equal bit for bit (signed zeros included); a NaN matches any NaN (the sign and payload of
+    a NaN depend on the order the compiler gives the operands, not on the formula)."""
+    nan = np.isnan(got) & np.isnan(want)
+    assert (np.isnan(got) == np.isnan(want)).all()
+    assert got[~nan].tobytes() == want[~nan].tobytes()
+
+
+@njit
+def _feed_formula(
+    used, load, blowdown, p0, v0, rho, poly, tank_idx, f_ref, isp_ref, a, b, out_f, out_isp
+):
+    """feed_update's pressure and power laws as they were before issue 18: per thruster."""
+    for i in range(tank_idx.shape[0]):
+        t = tank_idx[i]
+        if used[t] >= load[t]:
+            p = 0.0
+        elif blowdown[t]:
+            p = thr.blowdown_pressure_Pa(p0[t], v0[t], used[t], rho[t], poly[t])
+        else:
+            p = p0[t]
+        f, isp = thr.thrust_isp_at_pressure(f_ref[i], isp_ref[i], p0[t], p, a[i], b[i])
+        out_f[i] = f
+        out_isp[i] = isp if isp > 0.0 else isp_ref[i]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), n=st.integers(1, 12), n_tanks=st.integers(1, 3))
+def test_feed_update_is_the_per_thruster_formula_bit_for_bit(data, n, n_tanks):
+    tank_idx = np.array(data.draw(st.lists(st.integers(0, n_tanks - 1), min_size=n, max_size=n)))
+    exps = st.sampled_from([0.0, -0.0, 1.0, 0.05, 0.9, math.nan])
+
+    def arr(strategy, size):
+        return np.array(data.draw(st.lists(strategy, min_size=size, max_size=size)), np.float64)
+
+    used = arr(st.floats(0.0, 200.0), n_tanks)
+    tanks = (
+        arr(st.floats(0.0, 200.0), n_tanks),  # load
+        arr(st.sampled_from([0.0, 1.0]), n_tanks),  # blowdown
+        arr(st.sampled_from([2.0e6, 0.0, 1.7e6]), n_tanks),  # p0
+        arr(st.floats(0.01, 0.5), n_tanks),
+        arr(st.floats(500.0, 1500.0), n_tanks),
+        arr(st.sampled_from([1.0, 1.4]), n_tanks),
+    )
+    f_ref = arr(st.floats(1.0, 500.0), n)
+    isp_ref = arr(st.floats(200.0, 320.0), n)
+    a = arr(exps, n)
+    b = arr(exps, n)
+    want_f = np.zeros(n)
+    want_isp = np.zeros(n)
+    _feed_formula(used, *tanks, tank_idx, f_ref, isp_ref, a, b, want_f, want_isp)
+    got_f = np.zeros(n)
+    got_isp = np.full(n, 250.0)
+    thr.feed_update(
+        np.zeros((1, n)),
+        got_isp.copy(),
+        tank_idx,
+        *tanks[:1],
+        *tanks[1:],
+        f_ref,
+        isp_ref,
+        a,
+        b,
+        used,
+        got_f,
+        got_isp,
+    )
+    _assert_same_bits(got_f, want_f)
+    _assert_same_bits(got_isp, want_isp)

@@ -4,6 +4,10 @@ Every case flies :func:`thruster_hil.closedloop.fused.fly` (the same compiled fu
 sim`` uses through :func:`thruster_hil.closedloop.runner.run_burn`) on its own copies of the mutable
 arrays, then :func:`thruster_hil.closedloop.fused.finish`; nothing is shared between iterations but
 read-only inputs, so a case's numbers do not depend on how many threads ran or which thread ran it.
+
+Memory per case (issue 18): the orbit evaluation no longer writes a one-orbit window of states
+(~5,600 x 7 floats, twice per case, streamed through the cache by both threads); it sums the
+mean elements as it coasts, so a case's working set is its small per-cycle arrays.
 """
 
 from __future__ import annotations

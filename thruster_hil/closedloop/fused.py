@@ -39,7 +39,15 @@ from thruster_hil.core.constants import MU_EARTH, R_EARTH
 from thruster_hil.core.frames import dcm_entries
 from thruster_hil.core.jit import kernel
 from thruster_hil.core.layout import Layout
-from thruster_hil.sims.orbit import lvlh_axes, propagate
+from thruster_hil.sims.orbit import (
+    STATUS_BAD_ARGS,
+    STATUS_NONFINITE,
+    STATUS_OK,
+    coast_step,
+    coast_to,
+    finite_state,
+    lvlh_axes,
+)
 from thruster_hil.sims.plant import M, Q, R, V, W, plant_cycle
 from thruster_hil.sims.thrusters import (
     HEALTH_NOMINAL,
@@ -570,6 +578,29 @@ def round_half_even(x):
 
 
 @kernel
+def _mean_terms(w, rx, ry, rz, vx, vy, vz, sa, ex, ey, ez):
+    """The sums of :func:`mean_apsides` with one more state of weight w [s]."""
+    rn = math.sqrt(rx * rx + ry * ry + rz * rz)
+    v2 = vx * vx + vy * vy + vz * vz
+    rv = rx * vx + ry * vy + rz * vz
+    a = -MU_EARTH / (2.0 * (0.5 * v2 - MU_EARTH / rn))
+    c = v2 - MU_EARTH / rn
+    return (
+        sa + w * a,
+        ex + w * (c * rx - rv * vx) / MU_EARTH,
+        ey + w * (c * ry - rv * vy) / MU_EARTH,
+        ez + w * (c * rz - rv * vz) / MU_EARTH,
+    )
+
+
+@kernel
+def _mean_result(sa, ex, ey, ez, wsum):
+    a_mean = sa / wsum
+    e_mean = math.sqrt(ex * ex + ey * ey + ez * ez) / wsum
+    return a_mean, a_mean * (1.0 - e_mean) - R_EARTH, a_mean * (1.0 + e_mean) - R_EARTH
+
+
+@kernel
 def mean_apsides(states, n, dt_s):
     """(a_mean [m], perigee altitude [m], apogee altitude [m]) orbit-averaged over the first
     ``n`` rows of ``states`` (trapezoid rule on the osculating a and eccentricity vector, as
@@ -581,21 +612,55 @@ def mean_apsides(states, n, dt_s):
     ez = 0.0
     for i in range(n):
         w = 0.5 * dt_s if i == 0 or i == n - 1 else dt_s
-        rx, ry, rz = states[i, 0], states[i, 1], states[i, 2]
-        vx, vy, vz = states[i, 3], states[i, 4], states[i, 5]
-        rn = math.sqrt(rx * rx + ry * ry + rz * rz)
-        v2 = vx * vx + vy * vy + vz * vz
-        rv = rx * vx + ry * vy + rz * vz
-        a = -MU_EARTH / (2.0 * (0.5 * v2 - MU_EARTH / rn))
-        c = v2 - MU_EARTH / rn
-        sa += w * a
-        ex += w * (c * rx - rv * vx) / MU_EARTH
-        ey += w * (c * ry - rv * vy) / MU_EARTH
-        ez += w * (c * rz - rv * vz) / MU_EARTH
+        sa, ex, ey, ez = _mean_terms(
+            w,
+            states[i, 0],
+            states[i, 1],
+            states[i, 2],
+            states[i, 3],
+            states[i, 4],
+            states[i, 5],
+            sa,
+            ex,
+            ey,
+            ez,
+        )
         wsum += w
-    a_mean = sa / wsum
-    e_mean = math.sqrt(ex * ex + ey * ey + ez * ez) / wsum
-    return a_mean, a_mean * (1.0 - e_mean) - R_EARTH, a_mean * (1.0 + e_mean) - R_EARTH
+    return _mean_result(sa, ex, ey, ez, wsum)
+
+
+@kernel
+def coast_mean_apsides(y0, dt_s, n, cd_area_m2, table):
+    """(status, a_mean, perigee altitude, apogee altitude) [m] of the orbit coasted from y0 (7,):
+    bit for bit ``propagate(y0, dt_s, n, 1, no thrust, ...)`` into an (n + 1, 7) window, then
+    :func:`mean_apsides` over its first n rows, without the window (the states are summed as
+    they are made; the last step is taken only for propagate()'s status)."""
+    if not (dt_s > 0.0) or n < 0:
+        return STATUS_BAD_ARGS, math.nan, math.nan, math.nan
+    rx, ry, rz, vx, vy, vz, m = y0[0], y0[1], y0[2], y0[3], y0[4], y0[5], y0[6]
+    status = STATUS_OK
+    wsum = 0.0
+    sa = 0.0
+    ex = 0.0
+    ey = 0.0
+    ez = 0.0
+    for i in range(n + 1):
+        if i > 0 and status == STATUS_OK:  # row i: one step from row i - 1 (as propagate())
+            t0 = (i - 1) * dt_s + 0 * dt_s
+            t1 = i * dt_s
+            if t0 < t1:
+                rx, ry, rz, vx, vy, vz = coast_step(
+                    rx, ry, rz, vx, vy, vz, m, t1 - t0, cd_area_m2, 1.0, table[0], table[1]
+                )
+            if not finite_state(rx, ry, rz, vx, vy, vz, m):
+                status = STATUS_NONFINITE  # this row and every later one are NaN
+                rx = ry = rz = vx = vy = vz = m = math.nan
+        if i < n:
+            w = 0.5 * dt_s if i == 0 or i == n - 1 else dt_s
+            sa, ex, ey, ez = _mean_terms(w, rx, ry, rz, vx, vy, vz, sa, ex, ey, ez)
+            wsum += w
+    a_mean, rp, ra = _mean_result(sa, ex, ey, ez, wsum)
+    return status, a_mean, rp, ra
 
 
 @kernel
@@ -603,71 +668,26 @@ def orbit_change(y_start, y_end, elapsed_s, n_window, cd_area_m2, table, out):
     """What the burn did to the orbit: the no-burn twin of ``y_start`` is propagated over the same
     ``elapsed_s`` (steps of about COAST_STEP_S), then the burned and the twin state are each
     propagated over ``n_window`` steps of COAST_STEP_S (one orbit) and their mean elements
-    (:func:`mean_apsides`) differenced. Two-body + J2 + drag, RK4
-    (:func:`thruster_hil.sims.orbit.propagate`). Writes out[O_D_A], out[O_D_PERIGEE],
+    (:func:`mean_apsides`) differenced. Two-body + J2 + drag, RK4 (the scalar coast kernels
+    :func:`thruster_hil.sims.orbit.coast_to` and :func:`coast_mean_apsides`, bit for bit
+    :func:`thruster_hil.sims.orbit.propagate`). Writes out[O_D_A], out[O_D_PERIGEE],
     out[O_D_APOGEE] [m] and out[O_ORBIT_STATUS]."""
     n_coast = round_half_even(elapsed_s / COAST_STEP_S)
     if n_coast < 1:
         n_coast = 1
-    zero = np.zeros(3)
     y7 = np.empty(7)
     for i in range(6):
         y7[i] = y_start[i]
     y7[6] = y_start[M]
-    coast = np.empty((n_coast + 1, 7))
-    status = propagate(
-        y7,
-        elapsed_s / n_coast,
-        n_coast,
-        1,
-        0.0,
-        0.0,
-        zero,
-        0.0,
-        cd_area_m2,
-        1.0,
-        table[0],
-        table[1],
-        coast,
-    )
-    window = np.empty((n_window + 1, 7))
+    twin = np.empty(7)
+    status = coast_to(y7, elapsed_s / n_coast, n_coast, cd_area_m2, 1.0, table[0], table[1], twin)
     for i in range(6):
         y7[i] = y_end[i]
     y7[6] = y_end[M]
-    s = propagate(
-        y7,
-        COAST_STEP_S,
-        n_window,
-        1,
-        0.0,
-        0.0,
-        zero,
-        0.0,
-        cd_area_m2,
-        1.0,
-        table[0],
-        table[1],
-        window,
-    )
+    s, a_b, rp_b, ra_b = coast_mean_apsides(y7, COAST_STEP_S, n_window, cd_area_m2, table)
     status = max(status, s)
-    a_b, rp_b, ra_b = mean_apsides(window, n_window, COAST_STEP_S)
-    s = propagate(
-        coast[n_coast],
-        COAST_STEP_S,
-        n_window,
-        1,
-        0.0,
-        0.0,
-        zero,
-        0.0,
-        cd_area_m2,
-        1.0,
-        table[0],
-        table[1],
-        window,
-    )
+    s, a_c, rp_c, ra_c = coast_mean_apsides(twin, COAST_STEP_S, n_window, cd_area_m2, table)
     status = max(status, s)
-    a_c, rp_c, ra_c = mean_apsides(window, n_window, COAST_STEP_S)
     out[O_D_A] = a_b - a_c
     out[O_D_PERIGEE] = rp_b - rp_c
     out[O_D_APOGEE] = ra_b - ra_c
