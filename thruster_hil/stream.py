@@ -16,11 +16,10 @@ from collections.abc import Callable, Sequence
 
 from thruster_hil.core.constants import R_EARTH
 from thruster_hil.core.errors import UserError
-from thruster_hil.firmware_bridge.downlink import CycleTelemetry
+from thruster_hil.firmware_bridge.downlink import CycleTelemetry, put_cycle
 from thruster_hil.firmware_bridge.udp import StreamTarget, StreamUrlError, UdpSender, resolve
 
 OPTION = "--stream"
-_NO_LINK = (0, 0, 0, 0)
 _DEG = 180.0 / math.pi
 
 
@@ -84,7 +83,10 @@ class CycleStream:
 
     def _telemetry(self, n_thrusters: int, n_tanks: int) -> None:
         try:
-            self._packet = CycleTelemetry(n_thrusters, n_tanks).packet
+            self._tm = CycleTelemetry(n_thrusters, n_tanks)
+            self._buf = self._tm.buf
+            self._datagram = memoryview(self._buf)  # (made once: send takes it as bytes)
+            self._counters = self._tm.counters
         except ValueError as exc:
             raise UserError(self.target.url, str(exc), field=OPTION) from None
 
@@ -94,31 +96,34 @@ class CycleStream:
         ``info`` as :func:`thruster_hil.records.telemetry_numbers` takes them, written out here
         because this runs every cycle)."""
         c = info["ctrl"]
-        cc = c.ctrl
+        # Python floats at once: arithmetic on numpy scalars costs several times more
+        cc = c.ctrl[:6].tolist()  # controller outputs: C_DV_ALONG 0, C_ATT_ERR 4, C_REMAINING 5
         y = info["y"].tolist()  # plant state: r_BN_N [m] 0..2, omega_BN_B [rad/s] 10..12, m 13
         rtt = info.get("rtt_s") or 0.0
-        sender = self.sender
-        self._send(
-            self._packet(
-                k,
-                info["t_s"],
-                info["status"],
-                cc[0],  # C_DV_ALONG [m/s]
-                cc[5],  # C_REMAINING [m/s]
-                (math.sqrt(y[0] * y[0] + y[1] * y[1] + y[2] * y[2]) - R_EARTH) * 1e-3,
-                cc[4] * _DEG,  # C_ATT_ERR [rad]
-                y[10] * _DEG,
-                y[11] * _DEG,
-                y[12] * _DEG,
-                self._mass0 - y[13],
-                rtt * 1e3,
-                c.on_ms.tolist(),
-                info["executed_ms"].tolist(),
-                info["tank_used"].tolist(),
-                _NO_LINK if self._link is None else self._link(),
-                sender.dropped,
-            )
+        if self._link is not None:  # a serial unit: its counters, read every cycle
+            self._counters[:4] = self._link()
+        # the kernel itself (CycleTelemetry.put without its Python call): this runs every cycle
+        put_cycle(
+            self._buf,
+            c.on_ms,
+            info["executed_ms"],
+            info["tank_used"],
+            self._counters,
+            k,
+            info["status"],
+            info["t_s"],
+            cc[0],
+            cc[5],
+            (math.sqrt(y[0] * y[0] + y[1] * y[1] + y[2] * y[2]) - R_EARTH) * 1e-3,
+            cc[4] * _DEG,
+            y[10] * _DEG,
+            y[11] * _DEG,
+            y[12] * _DEG,
+            self._mass0 - y[13],
+            rtt * 1e3,
         )
+        if not self._send(self._datagram):
+            self._counters[4] = self.sender.dropped  # the next packets say so
 
     # ---- monitor: the rows of telemetry.csv --------------------------------------------------
     def on_row(self, header: list[str], row: list[str]) -> None:
@@ -126,19 +131,18 @@ class CycleStream:
         if header is not self._header:
             self._columns(header)
         num = [float(row[i]) for i in self._numbers]
-        self._send(
-            self._packet(
-                int(row[0]),
-                num[0],
-                int(row[2]),
-                *num[1:],
-                [int(row[i]) for i in self._cmd],
-                [int(row[i]) for i in self._exec],
-                [float(row[i]) for i in self._tanks],
-                _NO_LINK if self._link is None else self._link(),
-                self.sender.dropped,
-            )
+        if self._link is not None:
+            self._counters[:4] = self._link()
+        packet = self._tm.packet(
+            int(row[0]),
+            int(row[2]),
+            *num,
+            [int(row[i]) for i in self._cmd],
+            [int(row[i]) for i in self._exec],
+            [float(row[i]) for i in self._tanks],
         )
+        if not self._send(packet):
+            self._counters[4] = self.sender.dropped
 
     def _columns(self, header: list[str]) -> None:
         from thruster_hil.records import TELEMETRY_FIELDS
