@@ -1,31 +1,36 @@
-"""What telemetry out costs: lockstep cycles per second of `thruster-hil run` without and with
+"""What telemetry out costs: lockstep cycles per second of a recorded SIL run without and with
 ``--stream udp://127.0.0.1:PORT`` (issue 16: at most 5 % fewer), in one process.
 
-The real command (``thruster_hil.cli.main``, records and all) flies the same burn in this process,
-the variants interleaved ``--runs`` times each, and cycles_per_s is read from each run's
-summary.json (the runner's own count: the first cycle, which loads the kernels, is not timed).
+Each run is what `thruster-hil run --unit sim` flies after its plan: ``run_burn`` cycle by cycle
+with the run directory's recorder as ``on_cycle`` and, with a stream, the CLI's
+``CycleStream.on_cycle`` after it (the plan is made once: planning is not the loop). Two rates per
+run: ``cycles_per_s`` is the runner's own (wall clock, the first cycle not timed), and
+``cycles_per_cpu_s`` divides the cycles by the CPU time of this thread in the loop (user and
+system: the kernel's work of a send, the receiver's wake-up included), which other processes on a
+busy machine do not inflate. The variants run interleaved, their order rotated every round; the
+median of each is reported, and the median of the per-round ratios to ``plain`` (each ratio from
+runs seconds apart, so a change of the machine's load between rounds cancels out).
+
 Variants: ``plain`` (no stream: the baseline); ``stream, batch reader`` (to a UDP socket that a
 receiver process drains every 5 ms, as a ground system's link thread with a buffer does); ``stream,
 recv() per datagram`` (a receiver blocked in recv(), woken by every datagram: the kernel's wake-up
 is paid in the sending process); ``stream, nobody listening`` (to a port with no socket: every
 other send fails with ECONNREFUSED after the kernel's ICMP port-unreachable, dropped and counted).
-Each receiver counts what it got, which must equal the datagrams sent. The median of each is
-reported with its ratio to the plain median. Usage::
+Each receiver counts what it got, which must equal the datagrams sent. Usage::
 
-    python benchmarks/stream.py [--json] [--runs N] [--unit sim|emulator] [--delta-v MPS]
+    python benchmarks/stream.py [--json] [--runs N] [--stack NAME] [--delta-v MPS]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 #: A receiver in its own process (the ground system): counts datagrams until one says END.
@@ -92,67 +97,88 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(argv: list[str], out: Path) -> dict:
-    from thruster_hil.cli import main
+def _run(model, plan, out: Path, url: str | None) -> dict:
+    """One recorded SIL run (and its stream): the summary, with ``cycles_per_cpu_s``."""
+    from thruster_hil.cli import _also_stream
+    from thruster_hil.closedloop.runner import run_burn
+    from thruster_hil.records import RunRecorder
+    from thruster_hil.stream import CycleStream, resolve_option
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        status = main(["run", *argv, "--json", "--out", str(out)])
-    if status != 0:
-        raise SystemExit(f"run {' '.join(argv)} exited {status}")
-    return json.loads((out / "summary.json").read_text())
+    recorder = RunRecorder(out, list(model.thruster_names), model.mass_kg, model.tank_names)
+    on_cycle, stream = recorder.on_cycle, None
+    if url is not None:
+        n_tanks = len(model.tank_names)
+        stream = CycleStream(resolve_option(url, "run"), len(model.thruster_names), n_tanks)
+        on_cycle = _also_stream(on_cycle, stream.on_cycle)
+    cpu0 = time.thread_time()
+    summary = run_burn(model, plan, on_cycle=on_cycle).summary
+    cpu = time.thread_time() - cpu0
+    recorder.close()
+    if stream is not None:
+        stream.close()
+        summary["stream"] = stream.stats()
+    summary["cycles_per_cpu_s"] = summary["cycles"] / cpu
+    return summary
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--unit", choices=("sim", "emulator"), default="sim")
     ap.add_argument("--stack", default="dragon-boost-kit")
     ap.add_argument("--delta-v", default="4", help="the burn [m/s] (default 4: ~4500 cycles)")
     args = ap.parse_args(argv)
-    burn = ["--stack", args.stack, "--delta-v", args.delta_v, "--unit", args.unit]
-    receivers = {"stream, batch reader": Receiver("poll"), "stream, recv() per datagram": None}
+    from thruster_hil.config import build_stack_model, load_stack
+    from thruster_hil.plan import Target, plan_burn
+
+    model = build_stack_model(load_stack(args.stack))
+    plan = plan_burn(args.stack, Target("delta_v", float(args.delta_v)))
+    receivers = {"stream, batch reader": Receiver("poll")}
     receivers["stream, recv() per datagram"] = Receiver("block")
-    closed = _closed_port()
-    variants = {"plain": []}
+    urls: dict[str, str | None] = {"plain": None}
     for name, receiver in receivers.items():
-        variants[name] = ["--stream", f"udp://127.0.0.1:{receiver.port}"]
-    variants["stream, nobody listening"] = ["--stream", f"udp://127.0.0.1:{closed}"]
-    samples: dict[str, list[dict]] = {name: [] for name in variants}
-    received: dict[str, list[int]] = {name: [] for name in receivers}
+        urls[name] = f"udp://127.0.0.1:{receiver.port}"
+    urls["stream, nobody listening"] = f"udp://127.0.0.1:{_closed_port()}"
+    names = list(urls)
+    samples: dict[str, list[dict]] = {name: [] for name in names}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            _run(burn, Path(tmp) / "warm-up")  # compiles (numba cache) and loads everything
+            _run(model, plan, Path(tmp) / "warm-up", urls["stream, batch reader"])
+            receivers["stream, batch reader"].count()
             for i in range(args.runs):
-                for j, (name, extra) in enumerate(variants.items()):
-                    s = _run(burn + extra, Path(tmp) / f"run-{i}-{j}")
+                for j in range(len(names)):
+                    name = names[(i + j) % len(names)]  # rotated: no variant always first
+                    s = _run(model, plan, Path(tmp) / f"run-{i}-{j}", urls[name])
                     samples[name].append(s)
                     if name in receivers:
                         got = receivers[name].count()
-                        received[name].append(got)
                         if got != s["stream"]["datagrams_sent"]:
                             raise SystemExit(
                                 f"{name}: the receiver got {got} of "
                                 f"{s['stream']['datagrams_sent']} datagrams"
                             )
+                        s["stream"]["received"] = got
     finally:
         for receiver in receivers.values():
             receiver.close()
-    plain = statistics.median(s["cycles_per_s"] for s in samples["plain"])
     out = {
-        "unit": args.unit,
+        "unit": "sim",
         "stack": args.stack,
         "cycles": samples["plain"][0]["cycles"],
         "runs": args.runs,
         "variants": {},
     }
     for name, runs in samples.items():
-        rate = statistics.median(s["cycles_per_s"] for s in runs)
-        row = {
-            "cycles_per_s_median": round(rate),
-            "cycles_per_s_all": [round(s["cycles_per_s"]) for s in runs],
-            "ratio_to_plain": round(rate / plain, 3),
-        }
+        row = {}
+        for key in ("cycles_per_s", "cycles_per_cpu_s"):
+            row[f"{key}_median"] = round(statistics.median(s[key] for s in runs))
+            row[f"{key}_ratio"] = round(
+                statistics.median(
+                    s[key] / base[key] for s, base in zip(runs, samples["plain"], strict=True)
+                ),
+                3,
+            )
+        row["cycles_per_s_all"] = [round(s["cycles_per_s"]) for s in runs]
         if name != "plain":
             row["datagrams_sent_median"] = statistics.median(
                 s["stream"]["datagrams_sent"] for s in runs
@@ -160,23 +186,16 @@ def main(argv=None) -> int:
             row["datagrams_dropped_median"] = statistics.median(
                 s["stream"]["datagrams_dropped"] for s in runs
             )
-        if name in received:
-            row["datagrams_received_median"] = statistics.median(received[name])
         out["variants"][name] = row
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{args.stack} via {args.unit}: {out['cycles']} cycles, {args.runs} runs each")
+        print(f"{args.stack} via sim, recorded: {out['cycles']} cycles, {args.runs} runs each")
+        print("  variant                       cycles/s  ratio   cycles/CPU-s  ratio")
         for name, row in out["variants"].items():
-            extra = ""
-            if "datagrams_sent_median" in row:
-                extra = (
-                    f"  sent {row['datagrams_sent_median']:.0f}, "
-                    f"dropped {row['datagrams_dropped_median']:.0f}"
-                )
             print(
-                f"  {name:26s} {row['cycles_per_s_median']:8d} cycles/s  "
-                f"x{row['ratio_to_plain']:.3f}{extra}"
+                f"  {name:28s} {row['cycles_per_s_median']:8d}  x{row['cycles_per_s_ratio']:.3f}"
+                f"  {row['cycles_per_cpu_s_median']:10d}  x{row['cycles_per_cpu_s_ratio']:.3f}"
             )
     return 0
 

@@ -815,13 +815,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     latest_note = point_latest(out_dir) if args.out is None else None
     unit = stream = None
     try:
-        unit = _open_run_unit(args, model, plan, names, recorder)
-        if target is not None:
+        if target is not None:  # before the unit: its kernel loads now, not while armed
             from thruster_hil.stream import CycleStream, serial_link_counters
 
-            stream = CycleStream(
-                target, len(names), len(model.tank_names), model.mass_kg, serial_link_counters(unit)
-            )
+            stream = CycleStream(target, len(names), len(model.tank_names), model.mass_kg)
+        unit = _open_run_unit(args, model, plan, names, recorder)
+        if stream is not None:
+            stream.set_link_counters(serial_link_counters(unit))
         link_info = getattr(getattr(unit, "link", None), "info", None)
         unit_name = getattr(unit, "name", "sim") if unit is not None else "sim"
         period_ms = int(round(model.control_period_s * 1000))
