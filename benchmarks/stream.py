@@ -4,18 +4,20 @@
 Each run is what `thruster-hil run --unit sim` flies after its plan: ``run_burn`` cycle by cycle
 with the run directory's recorder as ``on_cycle`` and, with a stream, the CLI's
 ``CycleStream.on_cycle`` after it (the plan is made once: planning is not the loop). Two rates per
-run: ``cycles_per_s`` is the runner's own (wall clock, the first cycle not timed), and
-``cycles_per_cpu_s`` divides the cycles by the CPU time of this thread in the loop (user and
-system: the kernel's work of a send, the receiver's wake-up included), which other processes on a
-busy machine do not inflate. The variants run interleaved, their order rotated every round; the
-median of each is reported, and the median of the per-round ratios to ``plain`` (each ratio from
-runs seconds apart, so a change of the machine's load between rounds cancels out).
+run: ``cycles_per_s`` is the runner's own (wall clock, the first cycle not timed: the figure the
+acceptance is about), and ``cycles_per_cpu_s`` divides the cycles by the CPU time of the loop's
+own thread (user and system), which other processes on a busy machine inflate less; the stream's
+sender thread, which makes the send system calls beside the loop, is not in it. The variants run
+interleaved, their order rotated every round; the median of each is reported, and the median of
+the per-round ratios to ``plain`` (each ratio from runs seconds apart, so a change of the
+machine's load between rounds cancels out).
 
 Variants: ``plain`` (no stream: the baseline); ``stream, batch reader`` (to a UDP socket that a
 receiver process drains every 5 ms, as a ground system's link thread with a buffer does); ``stream,
 recv() per datagram`` (a receiver blocked in recv(), woken by every datagram: the kernel's wake-up
-is paid in the sending process); ``stream, nobody listening`` (to a port with no socket: every
-other send fails with ECONNREFUSED after the kernel's ICMP port-unreachable, dropped and counted).
+is paid in the sending process, on its sender thread); ``stream, nobody listening`` (to a port
+with no socket: every other send fails with ECONNREFUSED after the kernel's ICMP port-unreachable,
+dropped and counted).
 Each receiver counts what it got, which must equal the datagrams sent. Usage::
 
     python benchmarks/stream.py [--json] [--runs N] [--stack NAME] [--delta-v MPS]

@@ -195,6 +195,22 @@ def test_a_send_that_fails_is_dropped_and_counted_never_raised(exc, cause):
     assert (sender.sent, sender.dropped, sender.dropped_by_cause) == (0, 2, {cause: 2})
 
 
+def test_the_loop_only_queues_and_a_full_queue_drops(monkeypatch):
+    """submit() appends to a bounded queue that the sender thread sends from: past the limit a
+    datagram is dropped and counted (queue_full), never waited for; close() sends the rest."""
+    r = _receiver()
+    sender = udp.UdpSender(udp.resolve(f"udp://127.0.0.1:{r.getsockname()[1]}"))
+    monkeypatch.setattr(udp, "QUEUE_LIMIT", 3)
+    sender._thread = "held"  # (no thread yet: the queue is not drained while we fill it)
+    assert [sender.submit(bytes([i])) for i in range(5)] == [True, True, True, False, False]
+    assert sender.dropped_by_cause == {"queue_full": 2}
+    sender._thread = None
+    sender.close()  # sends what is queued
+    assert (sender.sent, sender.dropped) == (3, 2)
+    assert _receive(r, 3) == [b"\x00", b"\x01", b"\x02"]
+    r.close()
+
+
 def test_nobody_listening_is_refused_and_counted():
     """A port with no socket: the kernel answers ICMP port-unreachable and the next send on
     the connected socket fails with ECONNREFUSED: dropped, counted, the sender goes on."""

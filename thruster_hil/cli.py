@@ -890,6 +890,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         summary["plan"] = plan  # what replay needs to fly the same burn again
         summary["stack_path"] = str(stack.path)
         if stream is not None:
+            stream.close()  # sends what is still queued: the counts are final
             summary["stream"] = stream.stats()
         meta = run_meta(stack, summary["unit"], link_info)
     except BaseException as exc:
@@ -901,8 +902,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if stream is not None:
             stream.close()
         return _run_not_flown(exc, args, plan, stack, recorder, unit)
-    if stream is not None:
-        stream.close()
     summary_error = _finish_records(recorder, summary, meta)
     if args.json:
         print(json.dumps(summary))

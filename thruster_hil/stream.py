@@ -5,8 +5,9 @@ The numbers are those of telemetry.csv (:func:`thruster_hil.records.telemetry_nu
 takes them from the runner's per-cycle ``info`` (:meth:`CycleStream.on_cycle`), ``monitor`` from
 the rows of a run directory as it tails it (:meth:`CycleStream.on_row`). Packets are built by
 :class:`thruster_hil.firmware_bridge.downlink.CycleTelemetry` (sans-IO) and sent by
-:class:`thruster_hil.firmware_bridge.udp.UdpSender`, which drops and counts what it cannot send at
-once: the stream never stalls the loop. :meth:`CycleStream.stats` is summary.json's ``stream``.
+:class:`thruster_hil.firmware_bridge.udp.UdpSender`, whose thread sends them beside the loop and
+drops and counts what cannot go at once: the stream never stalls the loop.
+:meth:`CycleStream.stats` is summary.json's ``stream``.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def serial_link_counters(unit) -> Callable[[], tuple[int, int, int, int]] | None
 
 
 class CycleStream:
-    """One ``--stream``: packets built from each cycle, sent at once or dropped."""
+    """One ``--stream``: a packet built from each cycle in the loop, queued for the sender's
+    thread (:meth:`UdpSender.submit`); what cannot be sent is dropped and counted."""
 
     def __init__(
         self,
@@ -74,7 +76,8 @@ class CycleStream:
             raise UserError(target.url, str(exc), field=OPTION) from None
         self._mass0 = mass0_kg
         self._link = link_counters
-        self._send = self.sender.send
+        self._submit = self.sender.submit
+        self._dropped = 0  # as the packets last said
         self._header: list[str] | None = None
 
     def set_link_counters(self, counters: Callable[[], Sequence[int]] | None) -> None:
@@ -85,7 +88,7 @@ class CycleStream:
         try:
             self._tm = CycleTelemetry(n_thrusters, n_tanks)
             self._buf = self._tm.buf
-            self._datagram = memoryview(self._buf)  # (made once: send takes it as bytes)
+            self._packet_bytes = self._buf.tobytes  # a copy for the queue: the buffer is reused
             self._counters = self._tm.counters
         except ValueError as exc:
             raise UserError(self.target.url, str(exc), field=OPTION) from None
@@ -122,8 +125,8 @@ class CycleStream:
             self._mass0 - y[13],
             rtt * 1e3,
         )
-        if not self._send(self._datagram):
-            self._counters[4] = self.sender.dropped  # the next packets say so
+        self._submit(self._packet_bytes())
+        self._note_drops()
 
     # ---- monitor: the rows of telemetry.csv --------------------------------------------------
     def on_row(self, header: list[str], row: list[str]) -> None:
@@ -141,8 +144,14 @@ class CycleStream:
             [int(row[i]) for i in self._exec],
             [float(row[i]) for i in self._tanks],
         )
-        if not self._send(packet):
-            self._counters[4] = self.sender.dropped
+        self._submit(packet)
+        self._note_drops()
+
+    def _note_drops(self) -> None:
+        """The drops so far (the sender thread counts them) into the next packets."""
+        dropped = self.sender.dropped
+        if dropped != self._dropped:
+            self._dropped = self._counters[4] = dropped
 
     def _columns(self, header: list[str]) -> None:
         from thruster_hil.records import TELEMETRY_FIELDS
