@@ -461,3 +461,13 @@ def test_the_python_api_streams_too(tmp_path):
         numbers += [s.rate_y_dps[k], s.rate_z_dps[k], s.propellant_kg[k], s.rtt_ms[k]]
         rows = (s.commanded_ms[k], s.executed_ms[k], s.propellant_by_tank_kg[k])
         assert f == tm.fields(*numbers, *rows), k
+
+
+def test_monitor_stream_of_a_directory_that_is_not_a_run_is_one_line(tmp_path, capsys):
+    """The stream's note is printed only when the monitor ran: an error stays one line."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "telemetry.csv").write_text("cycle,t_s\n0,x,y\n")
+    assert main(["monitor", "--once", str(bad), "--stream", "udp://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("thruster-hil: error: ") and err.count("\n") == 1, err

@@ -1222,33 +1222,36 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     from thruster_hil.live import RunDirFollower, follow, render
     from thruster_hil.records import resolve_latest
 
-    stream = None
-    if args.stream is not None:
+    target = None
+    if args.stream is not None:  # resolved once, before the directory is read
         from thruster_hil.stream import CycleStream, monitor_link_counters, resolve_option
 
-        stream = CycleStream(resolve_option(args.stream, "monitor"))
+        target = resolve_option(args.stream, "monitor")
     # runs/latest is read once: a newer run that moves the link does not switch the view.
-    follower = RunDirFollower(
-        resolve_latest(args.run_dir), on_row=stream.on_row if stream is not None else None
-    )
+    run_dir = resolve_latest(args.run_dir)
+    stream = CycleStream(target) if target is not None else None
     try:
+        follower = RunDirFollower(run_dir, on_row=stream.on_row if stream is not None else None)
         if stream is not None:
             stream.set_link_counters(monitor_link_counters(follower.link_record))
         first = follower.poll()  # a directory that is not a run: one line, before any live view
         if args.once:
             console.print(render(first))
-            return _run_status(follower.summary) if follower.finished else 0
-        follow(
-            follower.poll,
-            console=console,
-            done=lambda: follower.finished,
-            refresh_per_second=LIVE_HZ,
-        )
-        return _run_status(follower.summary)
+            status = _run_status(follower.summary) if follower.finished else 0
+        else:
+            follow(
+                follower.poll,
+                console=console,
+                done=lambda: follower.finished,
+                refresh_per_second=LIVE_HZ,
+            )
+            status = _run_status(follower.summary)
     finally:
         if stream is not None:
-            stream.close()
-            print(stream.note(), file=sys.stderr)
+            stream.close()  # sends what is queued (after an error too), then the counts
+    if stream is not None:
+        print(stream.note(), file=sys.stderr)
+    return status
 
 
 def _run_status(summary: dict | None) -> int:
