@@ -14,7 +14,10 @@ docs/protocol.md). It stands on the core only.
   qemu-system-avr;
 - :mod:`~thruster_hil.firmware_bridge.conformance` — the unit contract, one suite for every tier;
 - :mod:`~thruster_hil.firmware_bridge.xtce` — the dictionary exported as XTCE 1.2 for ground
-  systems (``thruster-hil dictionary --xtce``).
+  systems (``thruster-hil dictionary --xtce``);
+- :mod:`~thruster_hil.firmware_bridge.downlink` — the host's per-cycle telemetry as HOST_CYCLE
+  space packets, sans-IO; :mod:`~thruster_hil.firmware_bridge.udp` — the thin non-blocking UDP
+  driver that streams them (``run --stream``).
 
 A unit flown in the closed loop is :mod:`thruster_hil.closedloop.hil`.
 """

@@ -51,6 +51,9 @@ class MessageSpec:
     fields: tuple[Field, ...]
     struct: struct.Struct
     doc: str
+    #: Streamed to a ground system over UDP only (``link = "udp"``), never on the serial line:
+    #: not bound by max_wire_bytes, not in the board's C header.
+    udp_only: bool = False
 
     @property
     def payload_len(self) -> int:
@@ -105,9 +108,12 @@ def _load(path: Path):
             fields=fields,
             struct=struct.Struct(fmt),
             doc=m.get("doc", ""),
+            udp_only=m.get("link", "serial") == "udp",
         )
+        if m.get("link", "serial") not in ("serial", "udp"):
+            raise ValueError(f"messages.{name}: link must be 'serial' or 'udp'")
         wire_max = OVERHEAD_BYTES + spec.payload_len + 2  # + COBS code byte + delimiter
-        if wire_max > raw["protocol"]["max_wire_bytes"]:
+        if wire_max > raw["protocol"]["max_wire_bytes"] and not spec.udp_only:
             raise ValueError(
                 f"messages.{name}: {wire_max} B on the wire exceeds "
                 f"{raw['protocol']['max_wire_bytes']} B"
@@ -126,6 +132,8 @@ FLAGS: dict[str, int] = dict(RAW["flags"])
 LIMITS: dict[str, int] = dict(RAW["limits"])
 ENUMS: dict[str, dict[str, int]] = {k: dict(v) for k, v in RAW["enums"].items()}
 BY_ID: dict[int, MessageSpec] = {s.id: s for s in MESSAGES.values()}
+#: The messages of the serial wire (host <-> unit): all but the UDP-only host telemetry.
+SERIAL_MESSAGES: dict[str, MessageSpec] = {n: s for n, s in MESSAGES.items() if not s.udp_only}
 
 # Convenience constants used across the bridge.
 FLAG_ACK_REQ = FLAGS["ACK_REQ"]

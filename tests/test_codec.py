@@ -28,6 +28,7 @@ from thruster_hil.firmware_bridge.dictionary import (
     DICT_HASH,
     MAX_WIRE_BYTES,
     MESSAGES,
+    SERIAL_MESSAGES,
 )
 
 GOLDEN = json.loads(
@@ -129,7 +130,8 @@ def _field_values(spec):
     return st.fixed_dictionaries(parts)
 
 
-messages = st.sampled_from(sorted(MESSAGES)).flatmap(
+# The serial wire's messages (HOST_CYCLE is UDP-only, larger than a frame: tests/test_stream.py)
+messages = st.sampled_from(sorted(SERIAL_MESSAGES)).flatmap(
     lambda name: st.builds(
         Message,
         st.just(name),

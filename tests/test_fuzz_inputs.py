@@ -689,11 +689,33 @@ def burn_poison(draw, bench: _Bench) -> list[str]:
     return ["--stack", "dragon-boost-kit", flag, tiny_or_huge]
 
 
+def bad_stream_url() -> st.SearchStrategy[str]:
+    """A --stream that is not udp://HOST:PORT or whose host does not resolve (refused at
+    start-up, before the plan: resolved once at the edge)."""
+    return st.one_of(
+        st.sampled_from(
+            [
+                "udp://no.such.host.invalid:9",
+                "tcp://127.0.0.1:9",
+                "udp://127.0.0.1",
+                "udp://127.0.0.1:0",
+                "udp://127.0.0.1:65536",
+                "udp://:9",
+                "udp://[::1:9",
+                "",
+            ]
+        ),
+        garbage.filter(lambda t: not t.lower().startswith("udp:")),
+    )
+
+
 @st.composite
 def run_poison(draw, bench: _Bench) -> list[str]:
-    kind = draw(st.sampled_from(("burn", "out", "unit", "faults")))
+    kind = draw(st.sampled_from(("burn", "out", "unit", "faults", "stream")))
     if kind == "burn":
         return draw(burn_poison(bench))
+    if kind == "stream":
+        return ["--stream", draw(bad_stream_url())]
     if kind == "out":  # checked after the plan, before the unit: nothing is ever overwritten
         return [
             "--out",
@@ -818,6 +840,7 @@ def _poisons(bench: _Bench) -> dict[str, st.SearchStrategy[list[str]]]:
         "monitor": st.one_of(
             bad_run_dir_simple(bench).map(lambda p: [p]),
             bad_port(bench).map(lambda p: ["--port", p]),
+            bad_stream_url().map(lambda u: ["--stream", u]),
         ),
         "emulate": emulate_poison(bench),
         "sustain": sustain_poison(bench),

@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--json", action="store_true", help="print one JSON object (and no progress bar)"
     )
+    _add_stream_argument(run, "each control cycle")
     run.set_defaults(handler=_cmd_run)
 
     mc = sub.add_parser(
@@ -286,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a unit's port instead (a device path, a pty, hwgrep://VID:PID)",
     )
     monitor.add_argument("--once", action="store_true", help="print one frame of the view and exit")
+    _add_stream_argument(monitor, "each row of RUN_DIR's telemetry.csv, as it is written")
     monitor.set_defaults(handler=_cmd_monitor)
 
     emulate = sub.add_parser(
@@ -409,6 +411,17 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--json", action="store_true", help="print one JSON object")
     validate.set_defaults(handler=_cmd_validate)
     return parser
+
+
+def _add_stream_argument(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--stream",
+        metavar="udp://HOST:PORT",
+        help=f"send {what} as one HOST_CYCLE CCSDS space packet per UDP datagram (no "
+        "framing; 'thruster-hil dictionary --xtce' describes it) for a ground system or a "
+        "script; the host is resolved once at start, a datagram that cannot go at once is "
+        "dropped and counted (summary.json 'stream'), never waited for",
+    )
 
 
 def _add_dictionary_parser(sub) -> None:
@@ -774,6 +787,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from thruster_hil.closedloop.runner import Failure, format_run, run_burn
 
     _check_run_unit(args)  # usage errors before the plan, the run directory or a unit
+    target = None
+    if args.stream is not None:  # resolved once, here: never per cycle
+        from thruster_hil.stream import resolve_option
+
+        target = resolve_option(args.stream, "run")
     stack, model = _load_stack(args)
     plan = _plan_from_args(args, stack, model)
     names = list(model.thruster_names)
@@ -801,9 +819,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # runs/latest: the newest run made under the default directory, so that 'report
     # runs/latest' (and monitor, replay) can be copied as the README shows them.
     latest_note = point_latest(out_dir) if args.out is None else None
-    unit = None
+    unit = stream = None
     try:
+        if target is not None:  # before the unit: its kernel loads now, not while armed
+            from thruster_hil.stream import CycleStream, serial_link_counters
+
+            stream = CycleStream(target, len(names), len(model.tank_names), model.mass_kg)
         unit = _open_run_unit(args, model, plan, names, recorder)
+        if stream is not None:
+            stream.set_link_counters(serial_link_counters(unit))
         link_info = getattr(getattr(unit, "link", None), "info", None)
         unit_name = getattr(unit, "name", "sim") if unit is not None else "sim"
         period_ms = int(round(model.control_period_s * 1000))
@@ -846,6 +870,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 on_cycle = _run_live(views, recorder, watch)
             elif not args.json and sys.stderr.isatty():
                 on_cycle = _run_progress(views, recorder, planned)
+            if stream is not None:
+                on_cycle = _also_stream(on_cycle, stream.on_cycle)
             result = run_burn(
                 model,
                 plan,
@@ -869,6 +895,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         summary["run_dir"] = str(out_dir)
         summary["plan"] = plan  # what replay needs to fly the same burn again
         summary["stack_path"] = str(stack.path)
+        if stream is not None:
+            stream.close()  # sends what is still queued: the counts are final
+            summary["stream"] = stream.stats()
         meta = run_meta(stack, summary["unit"], link_info)
     except BaseException as exc:
         # Before the burn's loop (opening or arming the unit, run.json) or out of it: valves
@@ -876,12 +905,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stop.hold()
         if unit is not None:
             unit.close()
+        if stream is not None:
+            stream.close()
         return _run_not_flown(exc, args, plan, stack, recorder, unit)
     summary_error = _finish_records(recorder, summary, meta)
     if args.json:
         print(json.dumps(summary))
     else:
         print(format_run(summary))
+        if stream is not None:
+            print(stream.note())
         print(f"run records in {out_dir}")
     if latest_note is not None:
         print(f"{PROG}: note: {latest_note}", file=sys.stderr)
@@ -1057,6 +1090,16 @@ def _target_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _also_stream(on_cycle, send):
+    """``on_cycle`` (the records, and the view if any), then the stream's packet."""
+
+    def both(k: int, info: dict) -> None:
+        on_cycle(k, info)
+        send(k, info)
+
+    return both
+
+
 def _run_progress(views: contextlib.ExitStack, recorder, planned: int):
     """The progress bar on stderr (a terminal; not with --json): cycles, planned, ETA."""
     from rich.console import Console
@@ -1180,22 +1223,47 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 
     if (args.run_dir is None) == (args.port is None):
         raise UserError("monitor", "give a RUN_DIR or --port URL (one of them)")
+    if args.stream is not None and args.port is not None:
+        raise UserError(
+            "monitor",
+            "--stream sends the cycles of a RUN_DIR; a unit on --port has no cycles to send",
+        )
     console = Console()
     if args.port is not None:
         return _monitor_port(args.port, args.once, console)
     from thruster_hil.live import RunDirFollower, follow, render
     from thruster_hil.records import resolve_latest
 
+    target = None
+    if args.stream is not None:  # resolved once, before the directory is read
+        from thruster_hil.stream import CycleStream, monitor_link_counters, resolve_option
+
+        target = resolve_option(args.stream, "monitor")
     # runs/latest is read once: a newer run that moves the link does not switch the view.
-    follower = RunDirFollower(resolve_latest(args.run_dir))
-    first = follower.poll()  # a directory that is not a run: one line, before any live view
-    if args.once:
-        console.print(render(first))
-        return _run_status(follower.summary) if follower.finished else 0
-    follow(
-        follower.poll, console=console, done=lambda: follower.finished, refresh_per_second=LIVE_HZ
-    )
-    return _run_status(follower.summary)
+    run_dir = resolve_latest(args.run_dir)
+    stream = CycleStream(target) if target is not None else None
+    try:
+        follower = RunDirFollower(run_dir, on_row=stream.on_row if stream is not None else None)
+        if stream is not None:
+            stream.set_link_counters(monitor_link_counters(follower.link_record))
+        first = follower.poll()  # a directory that is not a run: one line, before any live view
+        if args.once:
+            console.print(render(first))
+            status = _run_status(follower.summary) if follower.finished else 0
+        else:
+            follow(
+                follower.poll,
+                console=console,
+                done=lambda: follower.finished,
+                refresh_per_second=LIVE_HZ,
+            )
+            status = _run_status(follower.summary)
+    finally:
+        if stream is not None:
+            stream.close()  # sends what is queued (after an error too), then the counts
+    if stream is not None:
+        print(stream.note(), file=sys.stderr)
+    return status
 
 
 def _run_status(summary: dict | None) -> int:

@@ -640,10 +640,11 @@ class RunDirFollower:
     whole rows; a row being written is left for the next poll). run.json (written at the start)
     gives the target, the limit and the plan; status.json (rewritten every second by the run)
     the link's counters and the unit's state; summary.json, once it exists, the final numbers
-    and :attr:`finished`.
+    and :attr:`finished`. ``on_row(header, row)``, if given, is called with every new row, in
+    order (``monitor --stream`` sends each as a packet).
     """
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, on_row=None):
         self.dir = Path(run_dir)
         try:
             is_dir = self.dir.is_dir()
@@ -664,10 +665,16 @@ class RunDirFollower:
         self.summary: dict | None = None
         self._status: dict | None = None
         self._mtime: float | None = None
+        self._on_row = on_row
 
     @property
     def finished(self) -> bool:
         return self.summary is not None
+
+    def link_record(self) -> dict | None:
+        """The run's latest link counters as recorded: status.json, or summary.json at the end
+        (``{"link": {...}}``; None before either says anything)."""
+        return self._status or self.summary
 
     def _json(self, name: str) -> dict | None:
         """run.json, status.json or summary.json, checked; None while not written yet (each is
@@ -716,6 +723,8 @@ class RunDirFollower:
                 )
             self._last = row
             self.rows += 1
+            if self._on_row is not None:
+                self._on_row(self._header, row)
             rtt = float(row[self._header.index("rtt_ms")])
             if rtt > 0:
                 self._rtts.append(rtt)

@@ -86,7 +86,7 @@ def render_dictionary() -> str:
     out.append("")
     out.append("/* Messages: id, APID, TC (host -> unit) or TM, payload length, field offsets. */")
     max_payload = 0
-    for spec in sorted(d.MESSAGES.values(), key=lambda s: s.id):
+    for spec in sorted(d.SERIAL_MESSAGES.values(), key=lambda s: s.id):
         m = f"MSG_{_c_name(spec.name)}"
         out.append(f"#define {m} 0x{spec.id:02X}")
         out.append(f"#define {m}_APID 0x{spec.apid:03X}")
@@ -100,10 +100,10 @@ def render_dictionary() -> str:
         max_payload = max(max_payload, spec.payload_len)
     out.append("")
     out.append(f"#define MAX_PAYLOAD_LEN {max_payload}")
-    out.append(f"#define MSG_COUNT {len(d.MESSAGES)}")
+    out.append(f"#define MSG_COUNT {len(d.SERIAL_MESSAGES)}")
     out.append("/* X-macro over every message: X(NAME, id, apid, is_tc, payload_len) */")
     out.append("#define DICT_MESSAGES(X) \\")
-    specs = sorted(d.MESSAGES.values(), key=lambda s: s.id)
+    specs = sorted(d.SERIAL_MESSAGES.values(), key=lambda s: s.id)
     for i, spec in enumerate(specs):
         m = f"MSG_{_c_name(spec.name)}"
         tail = " \\" if i < len(specs) - 1 else ""

@@ -2,8 +2,9 @@
 
 Both the Python codec (tests/test_codec.py) and the board firmware's C parser (issue 5, built on
 the host) must agree with every vector. Good frames cover every message with boundary values;
-bad frames cover each error class the protocol names. Regenerate only when the dictionary
-changes (the file records the dictionary hash it was made for):
+bad frames cover each error class the protocol names. The UDP-only host telemetry
+(HOST_CYCLE) never goes on the serial line: tests/test_stream.py covers its packets. Regenerate
+only when the dictionary changes (the file records the dictionary hash it was made for):
 
     python tools/make_golden_vectors.py
 """
@@ -25,7 +26,7 @@ from thruster_hil.firmware_bridge.codec import (
 from thruster_hil.firmware_bridge.dictionary import (
     DICT_HASH,
     FLAG_ACK_REQ,
-    MESSAGES,
+    SERIAL_MESSAGES,
     dictionary_hash,
 )
 
@@ -56,7 +57,7 @@ def _values(spec, pick):
 def good_vectors():
     vectors = []
     seqs = {"zero": 0, "max": 16383, "mid": 4242}
-    for name, spec in MESSAGES.items():
+    for name, spec in SERIAL_MESSAGES.items():  # (UDP-only messages are never framed)
         for pick in ("zero", "max", "mid"):
             fields = _values(spec, pick)
             flags = FLAG_ACK_REQ if pick == "mid" else 0

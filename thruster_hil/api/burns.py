@@ -232,6 +232,7 @@ def run(
     case_seed: int | None = None,
     case: int | None = None,
     seed: int | None = None,
+    stream: str | None = None,
 ) -> BurnResult:
     """Fly ``plan`` in closed loop, as ``thruster-hil run`` does, and return its result.
 
@@ -242,7 +243,8 @@ def run(
     ``fail_thrusters`` {name: seconds into the burn} fails thrusters off. ``out`` writes the run
     directory as the CLI does (replay and report read it); without it nothing is written.
     ``dispersions`` with ``case_seed`` (or ``case`` and ``seed``) flies one Monte-Carlo case
-    (sim only).
+    (sim only). ``stream="udp://HOST:PORT"`` sends every cycle as a HOST_CYCLE packet, as
+    ``run --stream`` does (its counts in the summary's ``stream``).
 
     Returns a :class:`BurnResult` whatever the verdict; raises UserError on a bad input or a
     unit that does not come up, :class:`RunRecordsError` when the run directory could not be
@@ -269,6 +271,11 @@ def run(
             )
         failures.append(Failure(name, _number(where, "fail_thrusters", at_s, closed=True)))
     plant_case, case_info = _case(where, p, unit_name, dispersions, case_seed, case, seed)
+    target = None
+    if stream is not None:  # resolved once, before anything is written or started
+        from thruster_hil.stream import CycleStream, resolve_option, serial_link_counters
+
+        target = resolve_option(_text(where, "stream", stream), where)
     period_ms = int(round(model.control_period_s * 1000))
     planned = max(1, math.ceil(data["burn_duration_s"] / model.control_period_s))
     series = SeriesRecorder(model.thruster_names, model.tank_names, model.mass_kg, planned + 64)
@@ -277,10 +284,14 @@ def run(
         from thruster_hil.records import RunRecorder, record_not_flown
 
         recorder = RunRecorder(_text(where, "out", out), names, model.mass_kg, model.tank_names)
-    serial = None
+    serial = sender = None
     try:
+        if target is not None:
+            sender = CycleStream(target, len(names), len(model.tank_names), model.mass_kg)
         if unit_name != "sim":
             serial = _open_unit(p, unit_name, port, mode, faults, recorder)
+            if sender is not None:
+                sender.set_link_counters(serial_link_counters(serial))
         link_info = getattr(getattr(serial, "link", None), "info", None)
         label = serial.name if serial is not None else "sim"
         if recorder is not None:
@@ -300,7 +311,7 @@ def run(
                 }
             )
         with contextlib.ExitStack() as views:
-            sinks = [series.on_cycle]
+            sinks = [series.on_cycle] + ([sender.on_cycle] if sender is not None else [])
             if recorder is not None:
                 sinks.insert(0, recorder.on_cycle)  # first: the series keeps what the file has
                 if serial is not None:
@@ -321,6 +332,8 @@ def run(
     except BaseException as exc:
         if serial is not None:
             serial.close()
+        if sender is not None:
+            sender.close()
         if recorder is not None:
             record_not_flown(
                 recorder,
@@ -333,6 +346,9 @@ def run(
         raise
     summary = dict(result.summary)
     summary.update(case_info)
+    if sender is not None:
+        sender.close()
+        summary["stream"] = sender.stats()
     if recorder is not None:
         summary["run_dir"] = str(recorder.dir)
     summary["plan"] = data
@@ -348,6 +364,15 @@ def run(
 def _tee(sinks: list[Callable[[int, dict], None]]) -> Callable[[int, dict], None]:
     if len(sinks) == 1:
         return sinks[0]
+    if len(sinks) == 3:  # the records, the series and a stream
+        one, two, three = sinks
+
+        def each(k: int, info: dict) -> None:
+            one(k, info)
+            two(k, info)
+            three(k, info)
+
+        return each
     first, second = sinks
 
     def on_cycle(k: int, info: dict) -> None:

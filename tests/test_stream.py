@@ -1,0 +1,473 @@
+"""Telemetry out (issue 16, deliverable 2): ``run --stream`` and ``monitor --stream``.
+
+Requirements checked here (docs/protocol.md, "Telemetry out"):
+- every control cycle goes out as one HOST_CYCLE space packet in one UDP datagram, no framing;
+- space-packet-parser, driven by our XTCE export, decodes 100 % of the datagrams of a real run to
+  the same field values as our codec, and those are the run's telemetry.csv numbers;
+- the packet is the one the codec makes of the same fields, for any input (hypothesis; NaN,
+  infinities and out-of-range values are held to the field's range, never raised);
+- the sender never raises or waits: a send that fails (ECONNREFUSED, ENOBUFS, EAGAIN, anything)
+  is dropped and counted, and the counts reach summary.json;
+- a bad ``--stream`` URL is one line naming the option and the value, exit 2, before any work;
+- HOST_CYCLE never reaches the serial wire's artefacts (the board's C header, the COBS golden
+  vectors), and the layers hold (tests/test_layers.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import socket
+import sys
+from pathlib import Path
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import given, settings
+from thruster_hil.firmware_bridge import downlink, udp, xtce
+from thruster_hil.firmware_bridge.codec import decode_packet, encode_packet
+from thruster_hil.firmware_bridge.dictionary import MESSAGES, SERIAL_MESSAGES
+
+from thruster_hil.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = MESSAGES["HOST_CYCLE"]
+
+
+# ---- the packet (sans-IO) --------------------------------------------------------------------
+
+_anything = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(-5e3, 5e3),
+    st.sampled_from([0.0, 0.5e-6, -0.5e-6, 1.5e-6, 2147.483647, 2147.4836475, 4294.967295]),
+)
+
+
+@st.composite
+def cycle_args(draw):
+    n = draw(st.integers(0, downlink.MAX_THRUSTERS))
+    m = draw(st.integers(0, downlink.MAX_TANKS))
+    ints = st.integers(-(2**40), 2**40)
+    return (
+        (n, m),
+        [draw(ints), draw(ints)] + [draw(_anything) for _ in range(10)],
+        [draw(st.integers(0, 0xFFFF)) for _ in range(n)],
+        [draw(st.integers(0, 0xFFFF)) for _ in range(n)],
+        [draw(_anything) for _ in range(m)],
+        [draw(ints) for _ in range(5)],
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(cycle_args(), st.integers(0, 2**14 - 1))
+def test_the_kernels_packet_is_the_codecs_for_any_input(case, seq):
+    """The numba kernel's bytes are exactly what the codec encodes from the plain-Python
+    reference fields, and decode back to them: any value, NaN, infinite or out of range
+    included (held to the field's range, NaN as 0), any sequence count."""
+    (n, m), numbers, cmd, exe, tanks, counters = case
+    tm = downlink.CycleTelemetry(n, m)
+    tm.counters[:] = counters
+    tm.buf[2:4] = [0xC0 | ((seq - 1) % 2**14) >> 8, (seq - 1) % 2**14 & 0xFF]
+    packet = tm.packet(*numbers, cmd, exe, tanks)
+    fields = tm.fields(*numbers, cmd, exe, tanks)
+    assert packet == encode_packet("HOST_CYCLE", seq, 0, **fields)
+    assert decode_packet(packet).fields == fields and decode_packet(packet).seq == seq == tm.seq
+    for f in SPEC.fields:
+        values = fields[f.name] if f.count > 1 else (fields[f.name],)
+        assert all(f.lo <= v <= f.hi for v in values), f.name
+    assert fields["n_thrusters"] == n and fields["n_tanks"] == m
+    assert not any(fields["cmd_ms"][n:]) and not any(fields["tank_used_mg"][m:])
+
+
+def test_values_scale_round_half_to_even_and_hold_to_range():
+    tm = downlink.CycleTelemetry(2, 1)
+    numbers = [7, 3, 1.0005, 0.0000025, -0.0000015, 415.5, float("nan"), 1e9, -1e9, 0.0]
+    numbers += [12.5e-6, 0.25]
+    f = tm.fields(*numbers, [1, 2], [3, 4], [1.0])
+    assert (f["step"], f["status"], f["t_ms"]) == (7, 3, 1000)  # 1000.5 ms -> 1000 (even)
+    assert (f["dv_along_umps"], f["dv_remaining_umps"]) == (2, -2)  # 2.5 -> 2, -1.5 -> -2
+    assert f["altitude_mm"] == 415_500_000 and f["attitude_error_udeg"] == 0  # NaN -> 0
+    assert (f["rate_x_udegps"], f["rate_y_udegps"]) == (2**31 - 1, -(2**31))
+    assert (f["propellant_mg"], f["rtt_us"]) == (12, 250)
+    assert f["cmd_ms"][:3] == (1, 2, 0) and f["exec_ms"][:3] == (3, 4, 0)
+    assert f["tank_used_mg"] == (1_000_000, 0, 0, 0)
+    assert decode_packet(tm.packet(*numbers, [1, 2], [3, 4], [1.0])).fields == f
+
+
+def test_the_sequence_count_runs_on_and_wraps_at_2_14():
+    tm = downlink.CycleTelemetry(1, 0)
+    args = [0, 0] + [0.0] * 10 + [[0], [0], []]
+    assert [decode_packet(tm.packet(*args)).seq for _ in range(3)] == [0, 1, 2]
+    tm.buf[2:4] = [0xFF, 0xFE]  # last count 0x3FFE
+    assert [decode_packet(tm.packet(*args)).seq for _ in range(3)] == [0x3FFF, 0, 1]
+
+
+def test_too_many_thrusters_or_tanks_for_one_packet_are_refused_at_start():
+    with pytest.raises(ValueError, match="at most 32 thrusters"):
+        downlink.CycleTelemetry(33, 1)
+    with pytest.raises(ValueError, match="at most 4 tanks"):
+        downlink.CycleTelemetry(1, 5)
+
+
+def test_host_cycle_is_udp_only_and_stays_off_the_serial_wire():
+    """Larger than a serial frame (64 bytes) by design: not in the board's C header, not a
+    COBS golden vector, and a COBS frame of it is refused as too long by our decoder."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import gen_c_header
+
+    assert SPEC.udp_only and not SPEC.is_command and "HOST_CYCLE" not in SERIAL_MESSAGES
+    assert all(not s.udp_only for s in SERIAL_MESSAGES.values())
+    assert len(MESSAGES) == len(SERIAL_MESSAGES) + 1
+    assert "HOST_CYCLE" not in gen_c_header.render_dictionary()
+    golden = json.loads((ROOT / "firmware_bridge" / "golden_vectors.json").read_text())
+    assert not any(v["message"] == "HOST_CYCLE" for v in golden["good"])
+    assert downlink.PACKET_BYTES == 222 > 64
+    from thruster_hil.firmware_bridge.codec import Decoder, FrameTooLong, encode_fields
+
+    tm = downlink.CycleTelemetry(1, 1)
+    frame = encode_fields("HOST_CYCLE", 0, 0, tm.fields(0, 0, *[0.0] * 10, [5], [5], [0.1]))
+    assert isinstance(Decoder().feed(frame)[0], FrameTooLong)
+
+
+def test_the_xtce_export_describes_host_cycle():
+    text = xtce.xtce_bytes().decode()
+    assert '<SequenceContainer name="HOST_CYCLE">' in text
+    assert 'parameterRef="HOST_CYCLE_cmd_ms_31"' in text
+    assert "one per datagram" in text  # the ancillary note on framing
+
+
+# ---- the UDP driver --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, why",
+    [
+        ("tcp://127.0.0.1:9", "scheme 'tcp'"),
+        ("127.0.0.1:9", "udp://HOST:PORT"),
+        ("udp://127.0.0.1", "no port"),
+        ("udp://:9", "no host"),
+        ("udp://127.0.0.1:0", "1..65535"),
+        ("udp://127.0.0.1:65536", "1..65535"),
+        ("udp://127.0.0.1:x", "1..65535"),
+        ("udp://[::1:9", "udp://HOST:PORT"),
+        ("udp://127.0.0.1:9/path", "nothing else"),
+        ("", "no scheme"),
+    ],
+)
+def test_bad_urls_are_named(url, why):
+    with pytest.raises(udp.StreamUrlError, match=why):
+        udp.resolve(url)
+
+
+def test_good_urls_resolve_once():
+    assert udp.parse_url("udp://127.0.0.1:5005") == ("127.0.0.1", 5005)
+    assert udp.parse_url("UDP://[::1]:1") == ("::1", 1)
+    target = udp.resolve("udp://localhost:65535")
+    assert target.port == 65535 and target.sockaddr[1] == 65535
+
+
+def test_a_host_that_does_not_resolve_is_named():
+    with pytest.raises(udp.StreamUrlError, match="cannot resolve host 'no.such.host.invalid'"):
+        udp.resolve("udp://no.such.host.invalid:9")
+
+
+@pytest.mark.parametrize(
+    "exc, cause",
+    [
+        (BlockingIOError(errno.EAGAIN, "would block"), "would_block"),
+        (OSError(errno.ENOBUFS, "no buffer space"), "no_buffers"),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "refused"), "refused"),
+        (OSError(errno.EPERM, "not permitted"), "other"),
+    ],
+)
+def test_a_send_that_fails_is_dropped_and_counted_never_raised(exc, cause):
+    sender = udp.UdpSender(udp.resolve("udp://127.0.0.1:9"))
+
+    def fail(data):
+        raise exc
+
+    sender._send = fail
+    try:
+        assert sender.send(b"x") is False and sender.send(b"y") is False
+    finally:
+        sender.close()
+    assert (sender.sent, sender.dropped, sender.dropped_by_cause) == (0, 2, {cause: 2})
+
+
+def test_the_loop_only_queues_and_a_full_queue_drops(monkeypatch):
+    """submit() appends to a bounded queue that the sender thread sends from: past the limit a
+    datagram is dropped and counted (queue_full), never waited for; close() sends the rest."""
+    r = _receiver()
+    sender = udp.UdpSender(udp.resolve(f"udp://127.0.0.1:{r.getsockname()[1]}"))
+    monkeypatch.setattr(udp, "QUEUE_LIMIT", 3)
+    sender._thread = "held"  # (no thread yet: the queue is not drained while we fill it)
+    assert [sender.submit(bytes([i])) for i in range(5)] == [True, True, True, False, False]
+    assert sender.dropped_by_cause == {"queue_full": 2}
+    sender._thread = None
+    sender.close()  # sends what is queued
+    assert (sender.sent, sender.dropped) == (3, 2)
+    assert _receive(r, 3) == [b"\x00", b"\x01", b"\x02"]
+    r.close()
+
+
+def test_nobody_listening_is_refused_and_counted():
+    """A port with no socket: the kernel answers ICMP port-unreachable and the next send on
+    the connected socket fails with ECONNREFUSED: dropped, counted, the sender goes on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sender = udp.UdpSender(udp.resolve(f"udp://127.0.0.1:{port}"))
+    results = [sender.send(b"x") for _ in range(10)]
+    sender.close()
+    assert sender.sent + sender.dropped == 10 and sender.dropped >= 1
+    assert set(sender.dropped_by_cause) == {"refused"} and results.count(False) == sender.dropped
+
+
+# ---- the command line: bad --stream -----------------------------------------------------------
+
+BAD_URLS = [
+    "udp://no.such.host.invalid:9",
+    "tcp://127.0.0.1:9",
+    "udp://127.0.0.1",
+    "udp://127.0.0.1:0",
+    "udp://127.0.0.1:70000",
+    "udp://:9",
+    "http://x",
+    "",
+]
+
+
+@pytest.mark.parametrize("url", BAD_URLS)
+def test_run_with_a_bad_stream_url_is_one_line_exit_2_before_any_work(tmp_path, capsys, url):
+    out = tmp_path / "run"
+    argv = ["run", "--unit", "sim", "--delta-v", "0.05", "--out", str(out), "--stream", url]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("thruster-hil: error: run: --stream: ") and err.count("\n") == 1
+    assert repr(url) in err and "Traceback" not in err
+    assert not out.exists()  # resolved at the edge: no plan, no run directory, no unit
+
+
+@pytest.mark.parametrize("url", BAD_URLS[:3])
+def test_monitor_with_a_bad_stream_url_is_one_line_exit_2(tmp_path, capsys, url):
+    assert main(["monitor", "--once", str(tmp_path), "--stream", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("thruster-hil: error: monitor: --stream: ") and err.count("\n") == 1
+    assert repr(url) in err
+
+
+def test_monitor_stream_needs_a_run_directory(capsys):
+    assert main(["monitor", "--port", "loop://", "--stream", "udp://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "--stream sends the cycles of a RUN_DIR" in err and err.count("\n") == 1
+
+
+# ---- a real run, received on 127.0.0.1 ------------------------------------------------------
+
+
+def _receiver() -> socket.socket:
+    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)  # the whole short run fits
+    r.bind(("127.0.0.1", 0))
+    r.settimeout(60)  # a safety net for a lost datagram, not a synchronisation
+    return r
+
+
+def _receive(r: socket.socket, n: int) -> list[bytes]:
+    """The n datagrams the sender says it sent, then nothing more waiting."""
+    got = [r.recv(65536) for _ in range(n)]
+    r.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        r.recv(65536)
+    return got
+
+
+def _spp_definition(tmp_path: Path, capsys):
+    """space-packet-parser's definition from `thruster-hil dictionary --xtce` (a missing
+    package fails under CI: tests/conftest.py)."""
+    spp = pytest.importorskip("space_packet_parser")
+    path = tmp_path / "thruster-hil.xtce.xml"
+    assert main(["dictionary", "--xtce", str(path)]) == 0
+    capsys.readouterr()
+    return spp.XtcePacketDefinition.from_xtce(path)
+
+
+def _assert_spp_reads_it_as_our_codec(definition, packet: bytes) -> dict:
+    """Every HOST_CYCLE field (array elements by their XTCE names), the header and the CRC as
+    space-packet-parser reads them are our codec's values; returns our codec's fields."""
+    ours = decode_packet(packet)
+    assert ours.name == "HOST_CYCLE"
+    got = definition.parse_bytes(packet)
+    assert got["MSG_ID"] == "HOST_CYCLE" and got["CCSDS_TYPE"] == "TM"
+    assert got["CCSDS_APID"] == SPEC.apid and got["CCSDS_SEQ_COUNT"] == ours.seq
+    assert got["CRC"] == int.from_bytes(packet[-2:], "big")
+    names = set()
+    for f in SPEC.fields:
+        if f.count > 1:
+            elems = [xtce.parameter_name(SPEC, f, i) for i in range(f.count)]
+            assert tuple(got[e] for e in elems) == ours[f.name], f.name
+            names |= set(elems)
+        else:
+            name = xtce.parameter_name(SPEC, f)
+            assert got[name] == ours[f.name], f.name
+            names.add(name)
+    assert names <= set(got) and len(got) == len(names) + 11  # + 10 header fields + CRC
+    return ours.fields
+
+
+def _rows(run: Path) -> tuple[list[str], list[list[str]]]:
+    import csv
+
+    rows = list(csv.reader(io.StringIO((run / "telemetry.csv").read_text())))
+    return rows[0], rows[1:]
+
+
+def _assert_matches_row(fields: dict, header: list[str], row: list[str]) -> None:
+    """A packet's fields are its telemetry.csv row in the packet's units (to the last unit:
+    the CSV and the packet round the same number, each to its own resolution)."""
+    col = {h: i for i, h in enumerate(header)}
+    assert fields["step"] == int(row[col["cycle"]])
+    assert fields["t_ms"] == round(float(row[col["t_s"]]) * 1e3)
+    assert fields["status"] == int(row[col["status"]])
+    for name, column, scale in (
+        ("dv_along_umps", "dv_along_mps", 1e6),
+        ("dv_remaining_umps", "dv_remaining_mps", 1e6),
+        ("altitude_mm", "altitude_km", 1e6),
+        ("attitude_error_udeg", "attitude_error_deg", 1e6),
+        ("rate_x_udegps", "rate_x_dps", 1e6),
+        ("rate_y_udegps", "rate_y_dps", 1e6),
+        ("rate_z_udegps", "rate_z_dps", 1e6),
+        ("propellant_mg", "propellant_kg", 1e6),
+        ("rtt_us", "rtt_ms", 1e3),
+    ):
+        assert abs(fields[name] - float(row[col[column]]) * scale) <= 1.0, name
+    cmd = [int(row[i]) for i, h in enumerate(header) if h.startswith("cmd_ms:")]
+    exe = [int(row[i]) for i, h in enumerate(header) if h.startswith("exec_ms:")]
+    tanks = [float(row[i]) for i, h in enumerate(header) if h.startswith("propellant_kg:")]
+    assert fields["n_thrusters"] == len(cmd) and fields["n_tanks"] == len(tanks)
+    assert list(fields["cmd_ms"][: len(cmd)]) == cmd and not any(fields["cmd_ms"][len(cmd) :])
+    assert list(fields["exec_ms"][: len(exe)]) == exe
+    for got, kg in zip(fields["tank_used_mg"], tanks, strict=False):
+        assert abs(got - kg * 1e6) <= 1.0
+
+
+def test_run_streams_every_cycle_and_space_packet_parser_reads_them_all(tmp_path, capsys):
+    """A real `run --unit sim --stream udp://127.0.0.1:PORT` (dragon: 18 thrusters, 2 tanks):
+    one datagram per cycle, in order, and 100 % of them decode through the XTCE export exactly
+    as through our codec, to the numbers of the run's telemetry.csv; then `monitor --once
+    --stream` of the finished run sends the same cycles again from its telemetry.csv."""
+    definition = _spp_definition(tmp_path, capsys)
+    r = _receiver()
+    port = r.getsockname()[1]
+    run = tmp_path / "run"
+    argv = ["run", "--unit", "sim", "--stack", "dragon-boost-kit", "--delta-v", "0.05"]
+    argv += ["--out", str(run), "--stream", f"udp://127.0.0.1:{port}"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    stream = summary["stream"]
+    n = summary["cycles"]
+    assert n > 50
+    assert stream["datagrams_sent"] == n and stream["datagrams_dropped"] == 0
+    assert stream["address"] == f"127.0.0.1:{port}" and stream["packet"] == "HOST_CYCLE"
+    assert f"streamed {n} HOST_CYCLE datagrams to 127.0.0.1:{port} (0 dropped)" in out
+    datagrams = _receive(r, n)
+    header, rows = _rows(run)
+    assert len(rows) == n
+    for k, (datagram, row) in enumerate(zip(datagrams, rows, strict=True)):
+        assert len(datagram) == downlink.PACKET_BYTES  # one packet, whole, no framing
+        fields = _assert_spp_reads_it_as_our_codec(definition, datagram)
+        assert decode_packet(datagram).seq == k and fields["step"] == k
+        assert fields["stream_dropped"] == 0 and fields["link_frames_sent"] == 0  # sim: no link
+        _assert_matches_row(fields, header, row)
+    assert any(any(decode_packet(d)["exec_ms"]) for d in datagrams)  # it did fire
+
+    # monitor --once --stream: the finished run's rows, sent again
+    assert main(["monitor", "--once", str(run), "--stream", f"udp://127.0.0.1:{port}"]) == 0
+    assert f"streamed {n} HOST_CYCLE datagrams" in capsys.readouterr().err
+    again = _receive(r, n)
+    r.close()
+    for datagram, first, row in zip(again, datagrams, rows, strict=True):
+        fields = _assert_spp_reads_it_as_our_codec(definition, datagram)
+        _assert_matches_row(fields, header, row)
+        same = decode_packet(first).fields
+        for key in ("step", "t_ms", "status", "cmd_ms", "exec_ms", "n_thrusters", "n_tanks"):
+            assert fields[key] == same[key], key
+
+
+def test_run_to_a_port_nobody_listens_on_flies_and_counts_the_drops(tmp_path, capsys):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    argv = ["run", "--unit", "sim", "--stack", "progress", "--delta-v", "0.05", "--json"]
+    assert main([*argv, "--out", str(run), "--stream", f"udp://127.0.0.1:{port}"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    summary = json.loads((run / "summary.json").read_text())
+    stream = summary["stream"]
+    assert printed["stream"] == stream
+    assert stream["datagrams_sent"] + stream["datagrams_dropped"] == summary["cycles"]
+    assert stream["datagrams_dropped"] >= 1 and set(stream["dropped_by_cause"]) == {"refused"}
+    assert summary["completed"] and not summary["aborted"]
+
+
+@pytest.mark.slow  # flies a burn through the emulator (compiles the fused loop once)
+def test_an_emulator_run_streams_its_link_counters(tmp_path, capsys):
+    """Through the emulator (a serial unit), every packet carries the link's counters as they
+    grow, and space-packet-parser reads 100 % of them as our codec."""
+    definition = _spp_definition(tmp_path, capsys)
+    r = _receiver()
+    run = tmp_path / "run"
+    argv = ["run", "--unit", "emulator", "--stack", "progress", "--delta-v", "0.05"]
+    argv += ["--out", str(run), "--stream", f"udp://127.0.0.1:{r.getsockname()[1]}"]
+    assert main(argv) in (0, 1)  # 1: a starved host let the unit's watchdog end the burn
+    summary = json.loads((run / "summary.json").read_text())
+    n = summary["stream"]["datagrams_sent"]
+    assert n == summary["cycles"] > 0 and summary["stream"]["datagrams_dropped"] == 0
+    fields = [_assert_spp_reads_it_as_our_codec(definition, d) for d in _receive(r, n)]
+    r.close()
+    sent = [f["link_frames_sent"] for f in fields]
+    received = [f["link_frames_received"] for f in fields]
+    assert sent == sorted(sent) and received == sorted(received)
+    assert sent[0] > 0 and sent[-1] - sent[0] >= n - 1  # a FIRE a cycle at least
+    assert received[-1] <= summary["link"]["frames_received"]
+    assert all(f["rtt_us"] > 0 for f in fields)
+    header, rows = _rows(run)
+    for f, row in zip(fields, rows, strict=True):
+        _assert_matches_row(f, header, row)
+
+
+def test_the_python_api_streams_too(tmp_path):
+    """api.run(..., stream=URL): the same packets, one per cycle, the counts in the summary;
+    a bad URL raises the CLI's one-line UserError before anything flies."""
+    from thruster_hil import api
+
+    p = api.plan("progress", delta_v_mps=0.05)
+    with pytest.raises(api.UserError, match=r"run: --stream: .*'udp://127\.0\.0\.1:0'"):
+        api.run(p, stream="udp://127.0.0.1:0")
+    r = _receiver()
+    result = api.run(p, stream=f"udp://127.0.0.1:{r.getsockname()[1]}")
+    n = result.summary["cycles"]
+    assert result.summary["stream"]["datagrams_sent"] == n > 0
+    fields = [decode_packet(d).fields for d in _receive(r, n)]
+    r.close()
+    # exactly the reference builder's fields of the run's unrounded time series
+    s = result.series
+    tm = downlink.CycleTelemetry(len(s.thrusters), len(s.tanks))
+    for k, f in enumerate(fields):
+        numbers = [s.cycle[k], s.status[k], s.t_s[k], s.dv_along_mps[k], s.dv_remaining_mps[k]]
+        numbers += [s.altitude_km[k], s.attitude_error_deg[k], s.rate_x_dps[k]]
+        numbers += [s.rate_y_dps[k], s.rate_z_dps[k], s.propellant_kg[k], s.rtt_ms[k]]
+        rows = (s.commanded_ms[k], s.executed_ms[k], s.propellant_by_tank_kg[k])
+        assert f == tm.fields(*numbers, *rows), k
+
+
+def test_monitor_stream_of_a_directory_that_is_not_a_run_is_one_line(tmp_path, capsys):
+    """The stream's note is printed only when the monitor ran: an error stays one line."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "telemetry.csv").write_text("cycle,t_s\n0,x,y\n")
+    assert main(["monitor", "--once", str(bad), "--stream", "udp://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("thruster-hil: error: ") and err.count("\n") == 1, err
