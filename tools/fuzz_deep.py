@@ -18,8 +18,8 @@ Usage::
     python tools/fuzz_deep.py [--runs 10000000] [--workers N] [--target c|python|both]
                               [--update-corpus] [--artifacts DIR] [--json]
 
-On this machine (2 cores) 10^7 takes about an hour for the C target and a few minutes for the
-decoder; the figures of each run are in docs/reliability.md.
+On this machine (2 cores, quiet) 10^7 took 37 min for the C target with 2 workers and 73 s for
+the decoder; docs/reliability.md has each run's figures.
 """
 
 from __future__ import annotations
