@@ -116,7 +116,8 @@ class Trace:
         try:
             return self.signals[name]
         except KeyError:
-            raise KeyError(f"no signal {name!r} in the trace (has {sorted(self.signals)})") from None
+            have = sorted(self.signals)
+            raise KeyError(f"no signal {name!r} in the trace (has {have})") from None
 
     def __contains__(self, name: str) -> bool:
         return name in self.signals
