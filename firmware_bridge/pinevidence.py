@@ -1,0 +1,504 @@
+"""Pin-level evidence: what the valve pins did in a simavr trace, judged against what the host
+commanded and the unit reported (issue 17 item 2). Pure functions, no I/O.
+
+Two records meet here:
+
+- **the trace** (:mod:`firmware_bridge.vcd`, written by the simavr harness): each valve pin's
+  high intervals and each reset, in CPU cycles of simulated time (16 MHz: 16 cycles a
+  microsecond), independent of how busy the host was;
+- **the wire** (:class:`WireRecord`, from the chunks a :class:`~firmware_bridge.link.Link`
+  hands its ``on_bytes`` hook, or a run directory's capture.csv): the frames the host sent and
+  what the unit answered. An accepted FIRE is one the unit answered with a VALVE_REPORT (not a
+  re-sent one); the report carries the executed ticks per channel and ``t_start_pu_us``, the
+  moment the unit accepted the FIRE on its own clock.
+
+Aligning the two clocks. The unit's clock (pu_time_us: Timer1 from main(), restarted by every
+reset) runs on the same 16 MHz as the trace, so within one boot the trace cycle of unit time
+``t`` is ``origin + 16 t`` with one unknown ``origin`` per boot (:func:`align`). A FIRE's pins
+rise in the main-loop pass that accepted it, a few hundred cycles after ``t_start``: the origin
+is the least ``rise - 16 t_start`` over the first pulse of every channel in that boot, and every
+pulse must then start within ``RISE_TOL_CYCLES`` of its FIRE (an extra pulse anywhere breaks
+the alignment and shows as unmatched, so the check cannot pass by construction). Each verdict
+says what it measured from: the unit's own clock at the moment it took the frame (the
+harness logs no byte arrival times; the wait from a byte's arrival to the main loop taking it
+is bounded apart, by the harness's uart_rx wait and main-loop statistics).
+
+Every judge returns a :class:`Verdict`: ``ok``, the numbers (cycles and microseconds) the tests
+assert and docs quote, and one line per problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from thruster_hil.firmware_bridge.codec import Decoder, Message
+from thruster_hil.firmware_bridge.dictionary import CHANNELS_PER_BANK, ENUMS
+from thruster_hil.firmware_bridge.vcd import Trace
+
+__all__ = [
+    "F_CPU_HZ",
+    "TICK_CYCLES",
+    "RISE_TOL_CYCLES",
+    "Pulse",
+    "Fire",
+    "WireRecord",
+    "Verdict",
+    "valve_pulses",
+    "reset_cycles",
+    "align",
+    "unit_cycle",
+    "last_valid_frame",
+    "event_cycle",
+    "judge_pulse_widths",
+    "judge_only_accepted_fires",
+    "judge_closed_after",
+    "judge_reset_low",
+]
+
+F_CPU_HZ = 16_000_000
+CYCLES_PER_US = F_CPU_HZ // 1_000_000
+TICK_CYCLES = 1000 * CYCLES_PER_US  # the unit's 1 ms tick
+#: A FIRE's pins rise in the pass that accepted it: at most this long after t_start (one tick:
+#: far more than a main-loop pass, far less than the 10 ms least control period between FIREs
+#: of one channel, so no pulse can be matched to the wrong FIRE).
+RISE_TOL_CYCLES = TICK_CYCLES
+_DUP_REPORT = 4  # VALVE_REPORT flags bit 2: a re-sent report, not a new execution
+_REALTIME = ENUMS["mode"]["REALTIME"]
+
+
+def us(cycles: float) -> float:
+    """Cycles of the 16 MHz clock in microseconds."""
+    return cycles / CYCLES_PER_US
+
+
+@dataclass(frozen=True)
+class Pulse:
+    """One valve pin high from ``rise`` to ``fall`` (cycles; fall None: high at the trace's end)."""
+
+    channel: int
+    rise: int
+    fall: int | None
+
+    def width(self) -> int | None:
+        return None if self.fall is None else self.fall - self.rise
+
+
+@dataclass(frozen=True)
+class Fire:
+    """A FIRE the unit accepted, as its VALVE_REPORT says (``boot``: the index of the unit's boot
+    it ran in, counted in the wire record)."""
+
+    boot: int
+    step: int
+    bank: int
+    t_start_us: int
+    executed: tuple[int, ...]
+    flags: int
+    realtime: bool
+    on_ticks: tuple[int, ...] | None = None  # what the host asked, when its FIRE is on record
+
+    def channels(self) -> list[int]:
+        """The unit-wide channels this FIRE held open for at least one tick."""
+        base = self.bank * CHANNELS_PER_BANK
+        return [base + c for c, e in enumerate(self.executed) if e > 0]
+
+    def asked(self, channel: int) -> bool:
+        """Did the host command ``channel`` (on_ticks > 0) in this FIRE?"""
+        c = channel - self.bank * CHANNELS_PER_BANK
+        if not 0 <= c < CHANNELS_PER_BANK:
+            return False
+        if self.on_ticks is None:
+            return self.executed[c] > 0
+        return self.on_ticks[c] > 0
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A frame the host sent: its message, host time and where its last byte is in the host's
+    byte stream (``end``: count of bytes sent up to and including its delimiter)."""
+
+    msg: Message
+    t_ns: int
+    end: int
+
+
+@dataclass
+class WireRecord:
+    """What crossed the wire, decoded: the host's frames, the unit's answers, by boot."""
+
+    sent: list[Sent] = field(default_factory=list)
+    fires: list[Fire] = field(default_factory=list)
+    events: list[tuple[int, Message]] = field(default_factory=list)  # (boot, EVENT)
+    boots: list[Message] = field(default_factory=list)  # the BOOTs the host saw, in order
+    rx_errors: int = 0
+
+    @classmethod
+    def from_chunks(cls, chunks: Iterable[tuple[str, int, bytes]]) -> WireRecord:
+        """Decode ``(direction, t_ns, data)`` chunks ("tx" host -> unit, "rx" unit -> host) in
+        the order they happened (a Link's ``on_bytes`` calls; capture.csv rows)."""
+        rec = cls()
+        dec = {"tx": Decoder(), "rx": Decoder()}
+        asked: dict[tuple[int, int], tuple[int, ...]] = {}  # (step, bank) -> on_ticks
+        realtime = False
+        tx_bytes = 0
+        for direction, t_ns, data in chunks:
+            if direction == "tx":
+                # frames end at each 0x00: find each frame's end offset in the stream
+                ends = [tx_bytes + i + 1 for i, b in enumerate(data) if b == 0]
+                msgs = dec["tx"].feed(data)
+                tx_bytes += len(data)
+                good = iter(ends)
+                for m in msgs:
+                    end = next(good, tx_bytes)
+                    if not isinstance(m, Message):
+                        continue
+                    rec.sent.append(Sent(m, t_ns, end))
+                    if m.name == "HELLO":
+                        realtime = m["mode"] == _REALTIME
+                    elif m.name == "FIRE":
+                        asked[(m["step"], m["bank"])] = tuple(m["on_ticks"])
+                continue
+            for m in dec["rx"].feed(data):
+                if not isinstance(m, Message):
+                    rec.rx_errors += 1
+                    continue
+                boot = len(rec.boots)
+                if m.name == "BOOT":
+                    rec.boots.append(m)
+                elif m.name == "EVENT":
+                    rec.events.append((boot, m))
+                elif m.name == "VALVE_REPORT" and not m["flags"] & _DUP_REPORT:
+                    key = (m["step"], m["bank"])
+                    rec.fires.append(
+                        Fire(
+                            boot,
+                            m["step"],
+                            m["bank"],
+                            m["t_start_pu_us"],
+                            tuple(m["executed_ticks"]),
+                            m["flags"],
+                            realtime,
+                            asked.get(key),
+                        )
+                    )
+        return rec
+
+    def last_sent(self, name: str | None = None) -> Sent | None:
+        """The host's last frame (of message ``name``)."""
+        for s in reversed(self.sent):
+            if name is None or s.msg.name == name:
+                return s
+        return None
+
+
+@dataclass
+class Verdict:
+    """A judge's answer: pass/fail, the numbers it measured, one line per problem."""
+
+    name: str
+    ok: bool
+    numbers: dict[str, Any]
+    problems: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        nums = ", ".join(f"{k} {v}" for k, v in self.numbers.items())
+        head = f"{self.name}: {'PASS' if self.ok else 'FAIL'} ({nums})"
+        return "\n  ".join([head, *self.problems[:20]])
+
+
+# ---- the trace ------------------------------------------------------------------------------
+
+
+def valve_pulses(trace: Trace, n_channels: int = 32) -> list[Pulse]:
+    """Every valve pin's high intervals, in cycles, ordered by rise then channel."""
+    out = []
+    for ch in range(n_channels):
+        name = f"valve{ch}"
+        if name not in trace:
+            raise KeyError(f"the trace has no {name} (has {sorted(trace.signals)})")
+        for a, b in trace[name].high_intervals():
+            out.append(Pulse(ch, int(trace.cycles(a)), None if b is None else int(trace.cycles(b))))
+    out.sort(key=lambda p: (p.rise, p.channel))
+    return out
+
+
+def reset_cycles(trace: Trace) -> list[int]:
+    """The cycles at which the harness marked a reset (rising edges of ``reset``; a mark at
+    cycle 0 is the power-on and not counted)."""
+    if "reset" not in trace:
+        return []
+    return [int(trace.cycles(a)) for a, _ in trace["reset"].high_intervals() if trace.cycles(a) > 0]
+
+
+def _segment(cycle: int, resets: Sequence[int]) -> int:
+    """Which boot of the trace ``cycle`` falls in (0 before the first reset)."""
+    n = 0
+    for r in resets:
+        if cycle >= r:
+            n += 1
+    return n
+
+
+def align(
+    pulses: Sequence[Pulse], fires: Sequence[Fire], resets: Sequence[int], n_boots_seen: int
+) -> dict[int, int]:
+    """The trace cycle of unit time 0 for each boot of the wire record that fired (see the
+    module docstring). The wire record's boots map to the trace's from the end: the last BOOT
+    the host saw is the last reset of the trace (the host saw every reset after its first
+    FIRE; reports before the first BOOT it saw belong to the boot before it).
+
+    Returns {wire boot index: origin cycle}; a boot without a realtime FIRE that opened a
+    valve has no origin.
+    """
+    n_segments = len(resets) + 1
+    shift = n_segments - 1 - n_boots_seen  # wire boot b is trace segment b + shift
+    origins: dict[int, int] = {}
+    for boot in sorted({f.boot for f in fires if f.realtime}):
+        seg = boot + shift
+        first_fire: dict[int, int] = {}
+        for f in fires:
+            if f.boot != boot or not f.realtime:
+                continue
+            for ch in f.channels():
+                first_fire.setdefault(ch, f.t_start_us)
+        first_rise: dict[int, int] = {}
+        for p in pulses:
+            if _segment(p.rise, resets) == seg:
+                first_rise.setdefault(p.channel, p.rise)
+        cands = [
+            first_rise[ch] - CYCLES_PER_US * t for ch, t in first_fire.items() if ch in first_rise
+        ]
+        if cands:
+            origins[boot] = min(cands)
+    return origins
+
+
+def unit_cycle(origins: dict[int, int], boot: int, t_us: int) -> int | None:
+    """The trace cycle of unit time ``t_us`` in wire boot ``boot`` (None: boot not aligned)."""
+    origin = origins.get(boot)
+    return None if origin is None else origin + CYCLES_PER_US * t_us
+
+
+def last_valid_frame(rec: WireRecord, origins: dict[int, int]) -> tuple[int, str] | None:
+    """When the unit heard the host's last frame, in trace cycles, for the watchdog closure:
+    the last frame the host sent must be a FIRE the unit accepted (its report's t_start is the
+    moment the unit took it, on the unit's clock: the link watchdog counts from there).
+    None when the host's last frame was anything else (its arrival is not on record)."""
+    last = rec.last_sent()
+    if last is None or last.msg.name != "FIRE":
+        return None
+    for f in reversed(rec.fires):
+        if (f.step, f.bank) == (last.msg["step"], last.msg["bank"]):
+            t = unit_cycle(origins, f.boot, f.t_start_us)
+            if t is not None:
+                return t, f"the unit accepted the last FIRE (step {f.step}, bank {f.bank})"
+    return None
+
+
+def event_cycle(
+    rec: WireRecord, origins: dict[int, int], event: str, arg0: int | None = None
+) -> tuple[int, Message] | None:
+    """The trace cycle of the unit's last EVENT ``event`` (with ``arg0``), from its pu_time_us."""
+    code = ENUMS["event"][event]
+    for boot, m in reversed(rec.events):
+        if m["event"] == code and (arg0 is None or m["arg0"] == arg0):
+            t = unit_cycle(origins, boot, m["pu_time_us"])
+            if t is not None:
+                return t, m
+    return None
+
+
+# ---- judges ---------------------------------------------------------------------------------
+
+
+def _match(
+    pulses: Sequence[Pulse],
+    fires: Sequence[Fire],
+    origins: dict[int, int],
+    resets: Sequence[int],
+    shift: int,
+) -> tuple[list[tuple[Pulse, list[Fire]]], list[Pulse], list[tuple[Fire, int]]]:
+    """Pair each pulse with the accepted FIREs that held its pin open: the FIRE it rose for
+    (rise within RISE_TOL_CYCLES after t_start) and any later FIRE on that channel that kept it
+    open (a new FIRE cutting the old pulse in the same pass). Returns the pairs, the pulses no
+    FIRE explains and the (FIRE, channel) whose executed ticks no pulse shows."""
+    pairs: list[tuple[Pulse, list[Fire]]] = []
+    unexplained: list[Pulse] = []
+    used: set[tuple[int, int]] = set()  # (id(fire), channel)
+    for p in pulses:
+        boot = _segment(p.rise, resets) - shift
+        origin = origins.get(boot)
+        mine: list[Fire] = []
+        if origin is not None:
+            mine_t = sorted(
+                (origin + CYCLES_PER_US * f.t_start_us, i)
+                for i, f in enumerate(fires)
+                if f.boot == boot and f.realtime and f.asked(p.channel)
+            )
+            for t, i in mine_t:
+                if not mine and 0 <= p.rise - t <= RISE_TOL_CYCLES:
+                    mine.append(fires[i])  # the FIRE it rose for
+                elif mine and p.rise < t and (p.fall is None or t < p.fall):
+                    mine.append(fires[i])  # a later FIRE kept it open
+        if mine:
+            pairs.append((p, mine))
+            used.update((id(f), p.channel) for f in mine)
+        else:
+            unexplained.append(p)
+    missing = [
+        (f, ch) for f in fires if f.realtime for ch in f.channels() if (id(f), ch) not in used
+    ]
+    return pairs, unexplained, missing
+
+
+def _context(trace_resets: Sequence[int], n_boots_seen: int) -> int:
+    return len(trace_resets) - n_boots_seen
+
+
+def judge_pulse_widths(pulses: Sequence[Pulse], rec: WireRecord, resets: Sequence[int]) -> Verdict:
+    """Each pulse lasts its FIRE's reported executed ticks within one tick (REQ issue 17 2a).
+
+    Width error = (fall - rise) - executed x 1 ms. The unit switches on 1 ms tick edges: a pulse
+    accepted mid-tick closes at the first tick at or after its end, so the error is in
+    [0, 1 tick + one main-loop pass]; |error| <= 1 tick passes. Pulses whose pin a second
+    FIRE held open without a break are counted apart (chained) and judged on the sum."""
+    shift = _context(resets, len(rec.boots))
+    origins = align(pulses, rec.fires, resets, len(rec.boots))
+    pairs, _, _ = _match(pulses, rec.fires, origins, resets, shift)
+    errors: list[int] = []
+    problems: list[str] = []
+    chained = 0
+    for p, fs in pairs:
+        if p.fall is None:
+            problems.append(f"valve{p.channel}: high from cycle {p.rise} to the end of the trace")
+            continue
+        c = p.channel % CHANNELS_PER_BANK
+        ticks = sum(f.executed[c] for f in fs)
+        chained += len(fs) > 1
+        err = p.fall - p.rise - ticks * TICK_CYCLES
+        errors.append(err)
+        if abs(err) > TICK_CYCLES * len(fs):
+            problems.append(
+                f"valve{p.channel} step {fs[0].step}: {p.fall - p.rise} cycles high, reported "
+                f"{ticks} ticks ({us(err):+.1f} us)"
+            )
+    numbers = {
+        "pulses": len(errors),
+        "chained": chained,
+        "err_min_cycles": min(errors, default=None),
+        "err_max_cycles": max(errors, default=None),
+        "err_max_abs_us": us(max((abs(e) for e in errors), default=0)),
+    }
+    ok = not problems and bool(errors)
+    if not errors:
+        problems.append("no pulse matched an accepted FIRE: nothing to judge")
+    return Verdict("pulse width = executed ticks +- 1 tick", ok, numbers, problems)
+
+
+def judge_only_accepted_fires(
+    pulses: Sequence[Pulse],
+    rec: WireRecord,
+    resets: Sequence[int],
+    stuck_channels: Iterable[int] = (),
+) -> Verdict:
+    """No pin is ever high outside an accepted FIRE, and every channel an accepted REALTIME FIRE
+    executed for at least one tick was high (REQ issue 17 2d). Channels the bench made stick
+    open (FAULT_INJECT STUCK_OPEN: a modelled hardware fault) are left out, and named."""
+    stuck = set(stuck_channels)
+    judged = [p for p in pulses if p.channel not in stuck]
+    shift = _context(resets, len(rec.boots))
+    origins = align(judged, rec.fires, resets, len(rec.boots))
+    pairs, unexplained, missing = _match(judged, rec.fires, origins, resets, shift)
+    missing = [(f, ch) for f, ch in missing if ch not in stuck]
+    lags = [p.rise - (origins[fs[0].boot] + CYCLES_PER_US * fs[0].t_start_us) for p, fs in pairs]
+    problems = [
+        f"valve{p.channel} high at cycles {p.rise}..{p.fall} ({us(p.rise) / 1e3:.3f} ms): "
+        f"no accepted FIRE commanded it"
+        for p in unexplained
+    ]
+    problems += [
+        f"step {f.step} bank {f.bank}: channel {ch} reported {f.executed[ch % 16]} ticks, "
+        f"its pin never rose"
+        for f, ch in missing
+    ]
+    numbers = {
+        "pulses": len(judged),
+        "fires": sum(f.realtime for f in rec.fires),
+        "unexplained": len(unexplained),
+        "missing": len(missing),
+        "rise_after_accept_max_cycles": max(lags, default=None),
+        "stuck_channels": sorted(stuck),
+    }
+    return Verdict("no pin high outside an accepted FIRE", not problems, numbers, problems)
+
+
+def judge_closed_after(
+    name: str, pulses: Sequence[Pulse], t0: int, bound_cycles: int, since: str
+) -> Verdict:
+    """Every pin low within ``bound_cycles`` of cycle ``t0`` and nothing high after it
+    (the watchdog closure, REQ 2b, and STOP_ALL, REQ 2c). The closure time is the last fall
+    of a pulse high after ``t0``, minus ``t0`` (0 when every pin was already low)."""
+    late = [p for p in pulses if p.fall is None or p.fall > t0]
+    problems = []
+    closure = 0
+    for p in late:
+        if p.fall is None:
+            problems.append(f"valve{p.channel} still high at the end of the trace")
+            continue
+        if p.rise > t0:
+            problems.append(f"valve{p.channel} rose {us(p.rise - t0):.1f} us after {since}")
+        closure = max(closure, p.fall - t0)
+    if closure > bound_cycles:
+        problems.append(
+            f"the last pin fell {us(closure):.1f} us after {since}, bound {us(bound_cycles):.1f} us"
+        )
+    numbers = {
+        "closure_cycles": closure,
+        "closure_us": us(closure),
+        "bound_cycles": bound_cycles,
+        "margin_cycles": bound_cycles - closure,
+        "pins_high_at_t0": len(late),
+        "from": since,
+    }
+    return Verdict(name, not problems, numbers, problems)
+
+
+def judge_reset_low(
+    trace: Trace, pulses: Sequence[Pulse], rec: WireRecord, resets: Sequence[int]
+) -> Verdict:
+    """Every valve pin low at each reset mark and from there until its first accepted FIRE of
+    the new boot (REQ issue 17 2e): the pins never glitch high through a reset. Checks the
+    wires' levels at the mark, and that every pulse rising after a reset is explained by an
+    accepted FIRE of that boot."""
+    problems = []
+    names = [n for n in trace.signals if n.startswith("valve") and n[5:].isdigit()]
+    for r in resets:
+        t = trace.time_of_cycle(r)
+        t_int = int(t) if t.denominator == 1 else int(t) + 1
+        high = [n for n in names if trace[n].value_at(t_int) != 0]
+        if high:
+            problems.append(f"reset at cycle {r}: {', '.join(sorted(high))} not low")
+    shift = _context(resets, len(rec.boots))
+    origins = align(pulses, rec.fires, resets, len(rec.boots))
+    _, unexplained, _ = _match(pulses, rec.fires, origins, resets, shift)
+    for p in unexplained:
+        if _segment(p.rise, resets) > 0:
+            problems.append(
+                f"valve{p.channel} rose at cycle {p.rise} after reset "
+                f"{resets[_segment(p.rise, resets) - 1]} with no accepted FIRE"
+            )
+    first_after = []
+    for i, r in enumerate(resets):
+        end = resets[i + 1] if i + 1 < len(resets) else None
+        rises = [p.rise for p in pulses if p.rise >= r and (end is None or p.rise < end)]
+        first_after.append(min(rises) - r if rises else None)
+    numbers = {
+        "resets": len(resets),
+        "first_rise_after_reset_cycles": first_after,
+    }
+    ok = not problems and bool(resets)
+    if not resets:
+        problems.append("the trace marks no reset: nothing to judge")
+    return Verdict("pins low through every reset", ok, numbers, problems)
