@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_vcd import write_vcd
 from thruster_hil.firmware_bridge import codec
 from thruster_hil.firmware_bridge.dictionary import DICT_HASH, ENUMS, EVENT
 from thruster_hil.firmware_bridge.pinevidence import (
@@ -23,8 +24,6 @@ from thruster_hil.firmware_bridge.pinevidence import (
     valve_pulses,
 )
 from thruster_hil.firmware_bridge.vcd import parse_vcd
-
-from tests.test_vcd import write_vcd
 
 PS_PER_CYCLE = 62_500
 PASS = 400  # cycles from a FIRE's acceptance to its pins (one main-loop pass, roughly)
