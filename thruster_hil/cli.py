@@ -111,10 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_burn_arguments(run)
     run.add_argument(
         "--unit",
-        choices=("emulator", "qemu", "sim"),
+        choices=("emulator", "qemu", "simavr", "sim"),
         default="emulator",
         help="propulsion unit: emulator = the board's emulator on a pseudo-terminal "
-        "(default), qemu = the board firmware under qemu-system-avr, sim = "
+        "(default), qemu = the board firmware under qemu-system-avr, simavr = the board "
+        "firmware cycle by cycle under simavr, sim = "
         "in-process ideal unit (no serial)",
     )
     run.add_argument(
@@ -336,9 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     selftest.add_argument(
         "--unit",
-        choices=("emulator", "qemu"),
+        choices=("emulator", "qemu", "simavr"),
         default="emulator",
-        help="without --port: the emulator (default) or the board firmware under qemu-system-avr",
+        help="without --port: the emulator (default) or the board firmware under "
+        "qemu-system-avr or simavr",
     )
     selftest.add_argument("--json", action="store_true", help="print one JSON object")
     selftest.set_defaults(handler=_cmd_selftest)
@@ -528,8 +530,9 @@ def _add_checkout_parser(sub) -> None:
     )
     checkout.add_argument(
         "--unit",
-        choices=("emulator", "qemu"),
-        help="without --port: the emulator (default) or the board firmware under qemu-system-avr",
+        choices=("emulator", "qemu", "simavr"),
+        help="without --port: the emulator (default) or the board firmware under "
+        "qemu-system-avr or simavr",
     )
     checkout.add_argument(
         "--channels",

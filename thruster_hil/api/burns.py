@@ -46,7 +46,7 @@ ORBIT = {
     "f107_sfu": "--f107",
     "ap": "--ap",
 }
-UNITS = ("sim", "emulator", "qemu")
+UNITS = ("sim", "emulator", "qemu", "simavr")
 MODES = ("lockstep", "realtime")
 MAX_SEED = 2**63 - 1
 
@@ -237,7 +237,8 @@ def run(
     """Fly ``plan`` in closed loop, as ``thruster-hil run`` does, and return its result.
 
     The unit: ``unit="sim"`` (default: the in-process ideal unit), ``"emulator"`` (started on a
-    pseudo-terminal), ``"qemu"`` (the board firmware under qemu-system-avr), or ``port=URL``
+    pseudo-terminal), ``"qemu"`` (the board firmware under qemu-system-avr), ``"simavr"`` (the
+    board firmware cycle by cycle under simavr), or ``port=URL``
     for a unit on a serial port (a device path, a pty, any pyserial URL). ``mode`` lockstep or
     realtime (serial units); ``faults`` an emulator fault spec (``thruster-hil emulate --help``);
     ``fail_thrusters`` {name: seconds into the burn} fails thrusters off. ``out`` writes the run

@@ -7,8 +7,8 @@ it executed (clamped, quantised, dropped by a failed channel, held open by a stu
 is valve channel i (bank i // 16).
 
 :func:`open_unit` opens the unit an operator asked for: the pty emulator (started here as a
-separate process), the board firmware under qemu-system-avr (built if needed), or any port URL
-(a board, hwgrep://...).
+separate process), the board firmware under qemu-system-avr or simavr (built if needed), or any
+port URL (a board, hwgrep://...).
 """
 
 from __future__ import annotations
@@ -281,7 +281,8 @@ class SerialUnit:
 
 
 def start_unit_process(unit: str, faults: str | None = None, emulator_log=None):
-    """Start the unit that lives in a process of its own (``emulator`` or ``qemu``) and return
+    """Start the unit that lives in a process of its own (``emulator``, ``qemu`` or ``simavr``)
+    and return
     it started: ``.port`` is its pty, ``.stop()`` ends it."""
     if unit == "emulator":
         from thruster_hil.firmware_bridge.emulator import EmulatorProcess
@@ -291,6 +292,10 @@ def start_unit_process(unit: str, faults: str | None = None, emulator_log=None):
         from thruster_hil.firmware_bridge.qemu import QemuUnit
 
         process = QemuUnit()
+    elif unit == "simavr":
+        from thruster_hil.firmware_bridge.simavr import SimavrUnit
+
+        process = SimavrUnit()
     else:
         raise ValueError(f"unit {unit!r} has no process to start")
     process.start()
