@@ -84,6 +84,7 @@ class SimavrUnit:
         boot_timeout_s: float = 10.0,
         vcd_path: str | os.PathLike | None = None,
         stats_path: str | os.PathLike | None = None,
+        rx_log_path: str | os.PathLike | None = None,
         arm_enable: bool = True,
     ):
         self.elf = Path(elf) if elf is not None else SIM_ELF
@@ -91,6 +92,8 @@ class SimavrUnit:
         self.boot_timeout_s = boot_timeout_s
         self.vcd_path = Path(vcd_path) if vcd_path is not None else None
         self.stats_path = Path(stats_path) if stats_path is not None else None
+        #: the harness's --rx-log: "cycle byte" per byte the unit received (pinevidence.py)
+        self.rx_log_path = Path(rx_log_path) if rx_log_path is not None else None
         self.arm_enable = arm_enable
         self.port: str | None = None
         self._proc: subprocess.Popen | None = None
@@ -114,6 +117,8 @@ class SimavrUnit:
             cmd += ["--vcd", str(self.vcd_path)]
         if self.stats_path is not None:
             cmd += ["--stats", str(self.stats_path)]
+        if self.rx_log_path is not None:
+            cmd += ["--rx-log", str(self.rx_log_path)]
         self._err = tempfile.TemporaryFile()  # never a pipe: a full one would stall the harness
         self._proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err

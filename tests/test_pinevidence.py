@@ -126,6 +126,15 @@ def test_an_uncommanded_pulse_fails_and_is_named():
     assert judge_only_accepted_fires(pulses, rec, resets, stuck_channels=[5]).ok
 
 
+def test_a_second_rise_for_one_fire_is_caught():
+    b = FakeBench()
+    b.fire(1, 10_000, {0: 2})
+    b.pin(0, b.cyc(13_500), b.cyc(14_000))  # a glitch 3.5 ms after the FIRE: within the window
+    _, pulses, rec, resets = b.evidence()
+    only = judge_only_accepted_fires(pulses, rec, resets)
+    assert not only.ok and only.numbers["unexplained"] == 1 and "valve0" in only.problems[0]
+
+
 def test_a_pulse_longer_than_reported_fails():
     b = FakeBench()
     b.fire(1, 10_000, {0: 30})

@@ -4,6 +4,7 @@
  * by firmware_bridge/simavr.py (SimavrUnit); docs/bench.md, "simavr tier", is the user's guide.
  *
  *   simavr_unit [--elf FILE] [--vcd FILE] [--stats FILE] [--arm-enable on|off]
+ *               [--rx-log FILE]
  *
  * stdout: one line "pty /dev/pts/N" once the unit runs (then "stats written" per `stats`).
  * stdin, one command a line: `arm on|off`, `reset` (the external reset pin), `hang` (the CPU
@@ -145,6 +146,11 @@ typedef struct {
 static struct {
     avr_t *avr;
     const char *elf, *vcd_path, *stats_path;
+    /* --rx-log: one line "cycle byte" per byte the host sent, cycle = when it is received (RXC):
+     * the pin evidence (firmware_bridge/pinevidence.py) times STOP_ALL and the watchdog from
+     * a frame's last byte */
+    const char *rxlog_path;
+    FILE *rxlog;
     int arm_enabled; /* 1: jumper fitted (line low when active-low): arming allowed */
     /* pty */
     int master, slave_hold;
@@ -389,6 +395,9 @@ static void rx_inject(avr_irq_t *uart_in)
         return;
     uint64_t frame = uart_frame_cycles();
     if (!(H.avr->data[0xC1] & 0x10)) { /* RXEN0 off: the chip loses the byte too */
+        if (H.rxlog) /* logged all the same (flag "lost"): the log is the host's whole stream */
+            fprintf(H.rxlog, "%llu %u lost\n", (unsigned long long)(H.avr->cycle + frame),
+                    H.rx[H.rx_off]);
         H.rx_off++;
         H.rx_due = H.avr->cycle + frame;
         return;
@@ -405,6 +414,8 @@ static void rx_inject(avr_irq_t *uart_in)
         H.rx_arrivals[(H.rx_arr_head + H.rx_arr_n) % 64] = arrival;
         H.rx_arr_n++;
     }
+    if (H.rxlog)
+        fprintf(H.rxlog, "%llu %u\n", (unsigned long long)arrival, H.rx[H.rx_off]);
     avr_raise_irq(uart_in, H.rx[H.rx_off++]);
     H.rx_bytes_in++;
     H.rx_due = H.avr->cycle + frame;
@@ -441,7 +452,7 @@ static void pty_open(void)
     snprintf(H.pty_name, sizeof H.pty_name, "%s", name);
     /* Held open for the harness's life and never read: a client closing the port then causes
      * no hang-up (EIO on the master) and the next client finds the port as it left it. */
-    H.slave_hold = open(H.pty_name, O_RDWR | O_NOCTTY);
+    H.slave_hold = open(H.pty_name, O_WRONLY | O_NOCTTY);
     if (H.slave_hold < 0)
         die("cannot open the pseudo-terminal's slave side");
     struct termios tio;
@@ -667,6 +678,8 @@ static void do_command(char *line)
         write_stats();
         if (H.vcd)
             fflush(H.vcd);
+        if (H.rxlog)
+            fflush(H.rxlog);
         printf("stats written\n");
         fflush(stdout);
     } else if (line[0]) {
@@ -725,7 +738,7 @@ static void throttle(void)
 static void usage(void)
 {
     fprintf(stderr, "usage: simavr_unit [--elf FILE] [--vcd FILE] [--stats FILE] "
-                    "[--arm-enable on|off]\n");
+                    "[--arm-enable on|off] [--rx-log FILE]\n");
     exit(2);
 }
 
@@ -742,6 +755,8 @@ int main(int argc, char **argv)
             H.vcd_path = argv[++i];
         else if (!strcmp(argv[i], "--stats"))
             H.stats_path = argv[++i];
+        else if (!strcmp(argv[i], "--rx-log"))
+            H.rxlog_path = argv[++i];
         else if (!strcmp(argv[i], "--arm-enable")) {
             const char *v = argv[++i];
             if (strcmp(v, "on") && strcmp(v, "off"))
@@ -822,6 +837,8 @@ int main(int argc, char **argv)
     H.sig[SIG_ARM] = ARM_ENABLE_ACTIVE_LOW ? !H.arm_enabled : H.arm_enabled;
     if (H.vcd_path)
         vcd_open();
+    if (H.rxlog_path && !(H.rxlog = fopen(H.rxlog_path, "w")))
+        die("cannot write the --rx-log file");
     arm_drive();
     pty_open();
     fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
@@ -905,5 +922,7 @@ int main(int argc, char **argv)
         vcd_time(avr->cycle);
         fclose(H.vcd);
     }
+    if (H.rxlog)
+        fclose(H.rxlog);
     return rc;
 }

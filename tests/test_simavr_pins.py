@@ -1,0 +1,342 @@
+"""Pin-level evidence from simavr (issue 17 item 2): the board firmware flown over its pty by the
+real host link, every valve pin traced cycle by cycle (firmware_bridge/board/simavr_unit.c),
+judged by firmware_bridge/pinevidence.py against what the host sent and the unit reported.
+
+Every assertion is in simulated time (CPU cycles of the 16 MHz AVR), never on the wall clock; the
+host waits for the unit's own answers (reports, events, BOOT), never sleeps. REQ numbers are the
+issue's: 2a pulse width, 2b watchdog closure, 2c STOP_ALL, 2d only accepted FIREs, 2e resets.
+
+Slow tier. Without simavr (or avr-gcc) the tests skip, naming what to install; under CI=true
+they fail instead (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from thruster_hil.firmware_bridge import pinevidence as pe
+from thruster_hil.firmware_bridge.dictionary import EVENT, LIMITS
+from thruster_hil.firmware_bridge.link import Link
+from thruster_hil.firmware_bridge.vcd import Trace, read_vcd
+
+pytestmark = pytest.mark.slow
+
+WATCHDOG_MS = LIMITS["watchdog_ms_default"]  # 250: the unit's link watchdog (HELLO_ACK says so)
+#: REQ 2c, the stated STOP_ALL latency: from the frame's last byte at the UART to every valve
+#: pin low. Measured 70-140 us (docs/bench.md "Pin evidence"); the bound leaves room for a
+#: main-loop pass that is busy when the byte comes (the tick, a report going out).
+STOP_ALL_BOUND_US = 1000
+
+
+def _need() -> None:
+    missing = [t for t in ("make", "gcc", "avr-gcc") if shutil.which(t) is None]
+    if not Path("/usr/include/simavr/sim_avr.h").exists():
+        missing.append("libsimavr-dev")
+    if missing:
+        pytest.skip(
+            f"{', '.join(missing)} not installed (apt-get install -y simavr libsimavr-dev "
+            f"libsimavrparts1 gcc-avr avr-libc gcc make)"
+        )
+
+
+@dataclass
+class Flight:
+    """One session's evidence: the trace, the wire record, the harness's byte log and stats."""
+
+    trace: Trace
+    pulses: list[pe.Pulse]
+    rec: pe.WireRecord
+    resets: list[int]
+    arrivals: dict[int, int]
+    stats: dict
+
+    def arrival_of_first(self, name: str) -> int:
+        """When the last byte of the host's first frame ``name`` reached the UART [cycle]."""
+        idx = [i for i, s in enumerate(self.rec.sent) if s.msg.name == name and i in self.arrivals]
+        assert idx, f"no {name} reached the unit"
+        return self.arrivals[idx[0]]
+
+    def last_arrival(self) -> tuple[int, str]:
+        """The last frame of the host's that reached the unit: its arrival cycle and name."""
+        i = max(self.arrivals)
+        return self.arrivals[i], self.rec.sent[i].msg.name
+
+
+def fly(tmp_path: Path, script: Callable[[Link, object], None]) -> Flight:
+    """Start the harness with a VCD, a byte log and stats, run ``script(link, unit)`` on a
+    Link that records every chunk, stop the harness, and gather the evidence."""
+    _need()
+    from thruster_hil.firmware_bridge.simavr import SimavrUnit
+
+    chunks: list[tuple[str, int, bytes]] = []
+    vcd, stats, rxlog = tmp_path / "pins.vcd", tmp_path / "stats.json", tmp_path / "rx.log"
+    with SimavrUnit(vcd_path=vcd, stats_path=stats, rx_log_path=rxlog) as unit:
+        link = Link(unit.port, on_bytes=lambda d, t, b: chunks.append((d, t, bytes(b))))
+        try:
+            script(link, unit)
+        finally:
+            link.on_bytes = None  # what the script left unsent is not part of the record
+            unit.stop()
+            link.close()
+        st = unit.stats()
+    trace = read_vcd(vcd)
+    rec = pe.WireRecord.from_chunks(chunks)
+    arrivals = pe.frame_arrivals(rec, pe.parse_rx_log(rxlog.read_text()))
+    return Flight(trace, pe.valve_pulses(trace), rec, pe.reset_cycles(trace), arrivals, st)
+
+
+def _wait(link: Link, pred: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Read what the unit says until ``pred()`` (the unit's answer, not a clock); LinkError or
+    AssertionError after ``timeout_s`` of nothing (a safety net, not a bound under test)."""
+    deadline = time.monotonic_ns() + int(timeout_s * 1e9)
+    link._run(link.s.wait_for(pred, deadline, checks=False))
+    assert pred(), "the unit never said it"
+
+
+def _event_seen(link: Link, name: str) -> Callable[[], bool]:
+    return lambda: any(e.msg["event"] == EVENT[name] for e in link.events())
+
+
+def _then_next_hk(link: Link) -> None:
+    """Wait for the unit's next housekeeping: it goes out in a later main-loop pass than what
+    came before it, so every pin that pass wrote is in the trace by then (the firmware writes
+    the pins at the end of a pass, after the frames of that pass are already on their way)."""
+    assert link.wait_hk(after_ns=time.monotonic_ns(), timeout_s=10.0) is not None
+
+
+def _lawful(k: int) -> list[int]:
+    """Step k's on-times for 32 channels [ms]: 5..59, every channel different, none clamped."""
+    return [5 + (7 * k + 3 * c) % 55 for c in range(32)]
+
+
+# ---- REQ 2a, 2c, 2d: a burst of lawful steps, then STOP_ALL mid-pulse -----------------------
+
+
+@pytest.fixture(scope="module")
+def burst(tmp_path_factory) -> Flight:
+    def script(link: Link, unit) -> None:
+        link.connect(mode="realtime", period_ms=100)
+        link.arm(max_on_ticks=100)
+        for k in range(1, 9):
+            res = link.fire(k, _lawful(k))
+            assert not res.missing_banks
+        # 90 ms on every channel, then STOP_ALL at once: it reaches the unit a frame later
+        link.fire(9, [90] * 32, deadline_ns=time.monotonic_ns())
+        assert link.stop_all(confirm_timeout_s=5.0)
+        _wait(link, _event_seen(link, "SAFE_ENTERED"))  # after step 9's (aborted) reports
+        _then_next_hk(link)
+
+    return fly(tmp_path_factory.mktemp("burst"), script)
+
+
+def _pass_max(f: Flight) -> int:
+    """The harness's worst main-loop pass [cycles]: the firmware writes the valve pins once a
+    pass, after the frames and timers of that pass are handled."""
+    return f.stats["main_loop"]["pass_max_cycles"]
+
+
+def test_pulse_widths_equal_the_reported_ticks(burst):
+    """REQ 2a: every pulse that ran its course lasts its VALVE_REPORT's executed ticks within
+    one tick plus one main-loop pass: the firmware's own bound (main.c, "Time": a pulse closes
+    on the first tick at or after its end, and the pins are written at the end of that pass).
+    The issue asks for one tick; the excess over it is printed (docs/bench.md quotes it). The
+    pulses STOP_ALL cut are judged by the STOP_ALL test below."""
+    tol = pe.TICK_CYCLES + _pass_max(burst)
+    v = pe.judge_pulse_widths(burst.pulses, burst.rec, burst.resets, aborted=False, tol_cycles=tol)
+    print(v)
+    assert v.ok, v
+    assert v.numbers["pulses"] == 8 * 32  # every channel of every lawful step was judged
+    assert v.numbers["aborted_left_out"] == 32
+    over = max(abs(v.numbers["err_min_cycles"]), v.numbers["err_max_cycles"]) - pe.TICK_CYCLES
+    print(f"beyond one tick: {max(0, over)} cycles ({max(0, over) / 16:.1f} us)")
+
+
+def _two_passes(f: Flight) -> int:
+    """The longest a frame's last byte can wait for its effect on the pins [cycles]: the rest
+    of the pass in progress when it came, then the pass that handles it (plus the RX
+    interrupt's wait)."""
+    return 2 * _pass_max(f) + f.stats["uart_rx"]["wait_max_cycles"]
+
+
+def test_fire_to_pin_latency(burst):
+    """Each FIRE's pins rise after its last byte reached the UART, within two main-loop passes
+    (:func:`_two_passes`): two independent measurements (the trace and the harness's pass
+    timer) agree."""
+    lags = []
+    for i, s in enumerate(burst.rec.sent):
+        if s.msg.name != "FIRE" or i not in burst.arrivals:
+            continue
+        t = burst.arrivals[i]
+        chans = {16 * s.msg["bank"] + c for c in range(16) if s.msg["on_ticks"][c]}
+        rises = [p.rise - t for p in burst.pulses if p.channel in chans and p.rise >= t]
+        lags.append(min(rises))
+    print(f"FIRE last byte -> pins high: max {max(lags)} cycles ({max(lags) / 16:.1f} us)")
+    assert len(lags) == 18 and 0 < max(lags) <= _two_passes(burst)
+
+
+def test_no_pin_high_outside_an_accepted_fire(burst):
+    """REQ 2d: each pulse belongs to an accepted FIRE, each executed tick shows on its pin."""
+    v = pe.judge_only_accepted_fires(burst.pulses, burst.rec, burst.resets)
+    print(v)
+    assert v.ok, v
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="firmware defect found by this trace: STOP_ALL's pins fall at the end of the "
+    "main-loop pass that handled it, after its two VALVE_REPORTs, SAFE_ENTERED and ACK are "
+    "built (bitwise CRC-16 in C, about 8,000 cycles a frame): measured 5.2 ms with 32 valves "
+    "open (docs/bench.md, Pin evidence)",
+)
+def test_stop_all_closes_every_pin_within_the_stated_time(burst):
+    """REQ 2c: from STOP_ALL's last byte at the UART to every pin low: STOP_ALL_BOUND_US."""
+    t0 = burst.arrival_of_first("STOP_ALL")  # (Link sends it twice, the copy RETRANSMIT)
+    assert sum(p.rise < t0 and (p.fall is None or p.fall > t0) for p in burst.pulses) >= 16
+    v = pe.judge_closed_after(
+        "STOP_ALL",
+        burst.pulses,
+        t0,
+        pe.CYCLES_PER_US * STOP_ALL_BOUND_US,
+        "STOP_ALL's last byte",
+        rises_until=t0 + _two_passes(burst),  # bank 1's FIRE came just before it
+    )
+    print(v)
+    assert v.ok, v
+
+
+def test_stop_all_closes_every_pin_within_two_passes(burst):
+    """REQ 2c as the firmware stands: STOP_ALL's pins are all low within two main-loop passes
+    of its last byte (:func:`_two_passes`)."""
+    t0 = burst.arrival_of_first("STOP_ALL")
+    bound = _two_passes(burst)
+    v = pe.judge_closed_after(
+        "STOP_ALL", burst.pulses, t0, bound, "STOP_ALL's last byte", rises_until=t0 + bound
+    )
+    print(v)
+    assert v.ok, v
+
+
+# ---- REQ 2b: the host goes silent mid-pulse ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def silent(tmp_path_factory) -> Flight:
+    def script(link: Link, unit) -> None:
+        link.connect(mode="realtime", period_ms=1000)
+        assert link.watchdog_ms == WATCHDOG_MS
+        link.arm(max_on_ticks=1000)
+        # 600 ms on every channel, then nothing more from the host: the link is lost
+        link.fire(1, [600] * 32, deadline_ns=time.monotonic_ns())
+        _wait(link, _event_seen(link, "WATCHDOG_TRIP"))
+        _then_next_hk(link)
+
+    return fly(tmp_path_factory.mktemp("silent"), script)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="firmware defect found by this trace: the watchdog trip's pins fall at the end of "
+    "its main-loop pass, after WATCHDOG_TRIP, two aborted VALVE_REPORTs and SAFE_ENTERED are "
+    "built: measured 255.1 ms, 4.1 ms over watchdog + 1 tick (docs/bench.md, Pin evidence)",
+)
+def test_watchdog_closes_every_pin_within_watchdog_plus_one_tick(silent):
+    """REQ 2b: after the host's last frame, every pin is low within watchdog_ms + 1 tick of
+    simulated time, counted from that frame's last byte at the UART."""
+    t0, name = silent.last_arrival()
+    assert name == "FIRE"  # the host said nothing after its FIRE (no HEARTBEAT, no STOP_ALL)
+    bound = (WATCHDOG_MS + 1) * pe.TICK_CYCLES
+    v = pe.judge_closed_after(
+        "watchdog",
+        silent.pulses,
+        t0,
+        bound,
+        "the last frame's last byte",
+        rises_until=t0 + _two_passes(silent),  # that FIRE's own pins
+    )
+    print(v)
+    assert v.ok, v
+    assert v.numbers["pins_high_at_t0"] == 32  # every valve was open when the host fell silent
+    assert v.numbers["closure_cycles"] >= WATCHDOG_MS * pe.TICK_CYCLES  # not before its time
+    trip = [m for _, m in silent.rec.events if m["event"] == EVENT["WATCHDOG_TRIP"]]
+    assert len(trip) == 1 and trip[0]["arg0"] >= WATCHDOG_MS
+
+
+# ---- REQ 2e: resets (commanded, hardware watchdog, external) --------------------------------
+
+
+@pytest.fixture(scope="module")
+def resets(tmp_path_factory) -> Flight:
+    def script(link: Link, unit) -> None:
+        step = 0
+
+        def arm_and_fire(on_ms: int) -> None:
+            nonlocal step
+            link.arm(max_on_ticks=100, next_step=step + 1)
+            step += 1
+            assert not link.fire(step, _lawful(step)).missing_banks
+            step += 1  # long pulses, not waited for: the reset comes while they run
+            link.fire(step, [on_ms] * 32, deadline_ns=time.monotonic_ns())
+
+        link.connect(mode="realtime", period_ms=100)
+        arm_and_fire(90)
+        link.inject_fault("RESET")  # commanded: valves closed, then the watchdog resets it
+        assert link.wait_reset(10.0)
+        link.reconnect()
+        arm_and_fire(90)
+        unit.command("hang")  # a firmware stuck with interrupts off: the AVR watchdog resets it
+        assert link.wait_reset(10.0)
+        link.reconnect()
+        arm_and_fire(90)
+        unit.command("reset")  # the external reset line
+        assert link.wait_reset(10.0)
+        link.reconnect()
+        link.arm(max_on_ticks=100, next_step=step + 1)
+        assert not link.fire(step + 1, _lawful(step + 1)).missing_banks
+        _then_next_hk(link)
+
+    return fly(tmp_path_factory.mktemp("resets"), script)
+
+
+def test_every_reset_leaves_the_pins_low(resets):
+    """REQ 2e: at each reset every valve pin is low, and none rises before the first
+    accepted FIRE of the new boot."""
+    causes = [r["cause"] for r in resets.stats["resets"][1:]]
+    assert causes == ["watchdog", "watchdog", "external"], causes  # commanded, hang, external
+    unrep = pe.unreported_fires(resets.rec, resets.arrivals)
+    v = pe.judge_reset_low(resets.trace, resets.pulses, resets.rec, resets.resets, unrep)
+    print(v)
+    assert v.ok, v
+    assert v.numbers["resets"] == 3
+
+
+def test_no_pin_high_outside_an_accepted_fire_across_resets(resets):
+    """REQ 2d over four boots: every pulse is an accepted FIRE's (a FIRE a reset kept from
+    being reported counts by its arrival)."""
+    unrep = pe.unreported_fires(resets.rec, resets.arrivals)
+    v = pe.judge_only_accepted_fires(resets.pulses, resets.rec, resets.resets, unreported=unrep)
+    print(v)
+    assert v.ok, v
+
+
+def test_watchdog_closes_every_pin_within_the_bound_plus_two_passes(silent):
+    """REQ 2b as the firmware stands: within watchdog + 1 tick + two main-loop passes (the
+    last FIRE taken a pass after its byte, the pins written a pass after the trip)."""
+    t0, name = silent.last_arrival()
+    assert name == "FIRE"
+    bound = (WATCHDOG_MS + 1) * pe.TICK_CYCLES + _two_passes(silent)
+    v = pe.judge_closed_after(
+        "watchdog",
+        silent.pulses,
+        t0,
+        bound,
+        "the last frame's last byte",
+        rises_until=t0 + _two_passes(silent),
+    )
+    print(v)
+    assert v.ok, v
+    assert v.numbers["pins_high_at_t0"] == 32
