@@ -246,6 +246,18 @@ static void valves_write(uint32_t mask)
 #undef PORT_WRITE
 }
 
+static uint32_t written_mask; /* what the valve pins show; early_init drove every one low */
+
+/* unit_valves_fn: every valve closes at once, before the unit builds the reports of the
+ * closing (issue 17: with 32 valves open those took 4-5 ms, and STOP_ALL and the link
+ * watchdog waited for them). */
+static void valves_now(void *ctx, uint32_t mask)
+{
+    (void)ctx;
+    valves_write(mask);
+    written_mask = mask;
+}
+
 /* ---- boot bookkeeping */
 static uint16_t boot_count_next(void)
 {
@@ -334,7 +346,7 @@ int main(void)
     uint32_t seed = adc_noise() ^ ((uint32_t)boots << 16) ^ TCNT1;
 
     unit_config_t cfg = {N_CHANNELS, UNIT_FW_VERSION, boots, cause, TEST_BUILD, 5, DICT_HASH,
-                         seed, uart_send, board_reset, 0};
+                         seed, uart_send, board_reset, 0, valves_now};
     unit_init(&unit, &cfg);
     if (warm && !(cause & (RESET_CAUSE_POWER_ON | RESET_CAUSE_BROWN_OUT))) {
         unit.failed = soft_failed; /* hardware faults survive every reset but a power cycle */
@@ -347,7 +359,6 @@ int main(void)
     uint32_t last_ms = now_ms();
     uint8_t arm_raw = 1, arm_count = 0;
     uint8_t buf[64];
-    uint32_t written_mask = 0; /* early_init drove every valve pin low */
     for (;;) {
         wdt_reset();
         uint32_t ms = now_ms();

@@ -223,8 +223,17 @@ static void finish(unit_t *u, uint8_t i)
     report(u, &p);
 }
 
+/* Every valve but the stuck ones closed, on the pins at once (see unit_valves_fn). */
+static void valves_closed_now(unit_t *u)
+{
+    if (u->cfg.valves)
+        u->cfg.valves(u->cfg.ctx, u->stuck);
+}
+
 static void close_all(unit_t *u, uint32_t now)
 {
+    if (u->n_pending)
+        valves_closed_now(u);
     while (u->n_pending) {
         unit_pulse_t *p = &u->pending[0];
         for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
@@ -479,6 +488,7 @@ static void run_timers(unit_t *u, uint32_t now, uint32_t late_us)
     if (wd_on && reached(now, wd_deadline)) {
         uint32_t since_ms = (uint32_t)since(now, u->last_valid) / 1000u;
         u->c.watchdog_trips++;
+        valves_closed_now(u); /* before WATCHDOG_TRIP goes out: the bound is on the pins */
         event(u, now, EVENT_WATCHDOG_TRIP, (uint16_t)(since_ms > 0xFFFF ? 0xFFFF : since_ms),
               (uint16_t)(late_us > 0xFFFF ? 0xFFFF : late_us), 0);
         leave_armed(u, now, table_next(u, IN_WATCHDOG, RESULT_ACCEPTED), SAFE_REASON_WATCHDOG);

@@ -45,6 +45,11 @@
 typedef void (*unit_send_fn)(void *ctx, const uint8_t *frame, uint8_t len);
 /* A hardware reset (board: watchdog). Never returns on the board; NULL: reset in place. */
 typedef void (*unit_reset_fn)(void *ctx);
+/* Drive the valve outputs to ``mask`` now (board: the pins). Called when every valve closes
+ * (STOP_ALL, DISARM, the link watchdog, any SAFE/FAULT), before the reports and events of the
+ * closing are built: on the AVR those take tens of thousands of cycles (issue 17's pin
+ * traces), and the main loop writes the pins only at the end of its pass. NULL: nothing. */
+typedef void (*unit_valves_fn)(void *ctx, uint32_t mask);
 
 typedef struct {
     uint8_t n_channels;   /* 1..32 */
@@ -58,6 +63,7 @@ typedef struct {
     unit_send_fn send;
     unit_reset_fn reset;
     void *ctx;
+    unit_valves_fn valves;
 } unit_config_t;
 
 typedef struct {
