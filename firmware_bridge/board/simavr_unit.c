@@ -23,10 +23,9 @@
  * inside the simulation: every figure here is in CPU cycles.
  *
  * Bytes. The host's bytes enter USART0 at the line rate in simulated time: one byte per frame
- * time as simavr computes it from UBRR0/U2X0/UCSR0C (1,496 cycles at UBRR0 16 with U2X, 8N1:
- * simavr counts a parity bit even when parity is off, so its frames are 11 bit times, 10 % slower
- * than the 1,360-cycle frame of the real line), and never while simavr's XOFF says its receive
- * FIFO is full. The firmware's bytes go to the pty as simavr's UART emits them (at its TX rate);
+ * time of the line UBRR0/U2X0/UCSR0C configure (1,360 cycles, 85 us, at UBRR0 16 with U2X, 8N1;
+ * the harness corrects simavr's own frame time, which counts a parity bit that 8N1 has not), and
+ * never while simavr's XOFF says its receive FIFO is full. The firmware's bytes go to the pty as simavr's UART emits them (at its TX rate);
  * when the pty is full (no reader) they wait in a buffer, which drops its oldest bytes above
  * 64 KB (tx_dropped) rather than ever block the simulation.
  *
@@ -182,6 +181,7 @@ static struct {
     int n_resets, resets_total;
     int hung, just_reset, irq_on;
     avr_watchdog_t *wdt;
+    avr_uart_t *uart0;
     uint64_t wdt_period_fixes, wdt_running; /* running: the period armed, in cycles */
     void (*raw_run)(avr_t *);
     volatile sig_atomic_t quit;
@@ -364,30 +364,37 @@ static void on_uart_xon(struct avr_irq_t *irq, uint32_t value, void *param)
         H.xoff = 0;
 }
 
-/* simavr's frame time for the UART's current settings (see the header: 11 bit times for 8N1) */
-static uint64_t uart_frame_cycles(void)
+/* The frame time of the real line for USART0's settings: start + data + parity + stop bits at
+ * 8 x (UBRR0 + 1) cycles a bit with U2X0 (16 x without): 1,360 cycles at UBRR0 16, 8N1. */
+static uint64_t uart_line_frame_cycles(void)
 {
     uint8_t *d = H.avr->data;
     uint32_t ubrr = d[0xC4] | ((uint32_t)(d[0xC5] & 0x0F) << 8);
     uint32_t per_bit = (ubrr + 1) * 8u * ((d[0xC0] & 0x02) ? 1u : 2u);
     static const int databits[8] = {5, 6, 7, 8, 8, 8, 8, 9};
     int db = databits[((d[0xC2] >> 1) & 3) | ((d[0xC1] & 0x04) ? 4 : 0)];
+    int parity = (d[0xC2] & 0x20) ? 1 : 0; /* UPM01 */
     int sb = 1 + ((d[0xC2] >> 3) & 1);
-    return (uint64_t)per_bit * (uint64_t)(1 + db + 1 + sb);
+    return (uint64_t)per_bit * (uint64_t)(1 + db + parity + sb);
 }
 
-static uint64_t uart_line_frame_cycles(void) /* the real 8N1 line: 10 bit times */
+/* simavr 1.6 counts a parity bit in every frame (11 bit times for 8N1, 10 % slower than the
+ * line) and recomputes the frame time only on a UBRRnL write. After every write of UCSR0A/C or
+ * UBRR0L the harness sets its UART's frame time to the line's, so bytes leave and enter USART0
+ * at the real line rate. */
+static void on_uart_config_write(struct avr_irq_t *irq, uint32_t value, void *param)
 {
-    uint8_t *d = H.avr->data;
-    uint32_t ubrr = d[0xC4] | ((uint32_t)(d[0xC5] & 0x0F) << 8);
-    return (uint64_t)(ubrr + 1) * 8u * ((d[0xC0] & 0x02) ? 1u : 2u) * 10u;
+    (void)irq;
+    (void)value;
+    (void)param;
+    H.uart0->cycles_per_byte = uart_line_frame_cycles();
 }
 
 static void rx_inject(avr_irq_t *uart_in)
 {
     if (H.rx_off == H.rx_len || H.xoff || H.avr->cycle < H.rx_due)
         return;
-    uint64_t frame = uart_frame_cycles();
+    uint64_t frame = H.uart0->cycles_per_byte;
     if (!(H.avr->data[0xC1] & 0x10)) { /* RXEN0 off: the chip loses the byte too */
         H.rx_off++;
         H.rx_due = H.avr->cycle + frame;
@@ -439,9 +446,11 @@ static void pty_open(void)
     if (!name)
         die("cannot name the pseudo-terminal");
     snprintf(H.pty_name, sizeof H.pty_name, "%s", name);
-    /* Held open for the harness's life and never read: a client closing the port then causes
-     * no hang-up (EIO on the master) and the next client finds the port as it left it. */
-    H.slave_hold = open(H.pty_name, O_RDWR | O_NOCTTY);
+    /* Held open for the harness's life, write-only and never used: a client closing the port
+     * then causes no hang-up (EIO on the master) and the next client finds the port as it left
+     * it. Write-only, so the host's port watch (portwatch.py) does not take the harness for a
+     * second reader of the unit's replies. */
+    H.slave_hold = open(H.pty_name, O_WRONLY | O_NOCTTY);
     if (H.slave_hold < 0)
         die("cannot open the pseudo-terminal's slave side");
     struct termios tio;
@@ -629,9 +638,9 @@ static void write_stats(void)
                "%u, \"margin_bytes\": %d},\n",
             ramend, H.sp_min, hwm, H.end_of_data, (int)H.sp_min + 1 - (int)H.end_of_data);
     fprintf(f, "  \"uart_rx\": {\"bytes\": %llu, \"taken\": %llu, \"frame_cycles\": %llu, "
-               "\"line_frame_cycles\": %llu, \"wait_max_cycles\": %llu, \"overruns\": %llu},\n",
+               "\"wait_max_cycles\": %llu, \"overruns\": %llu},\n",
             (unsigned long long)H.rx_bytes_in, (unsigned long long)H.rx_taken,
-            (unsigned long long)uart_frame_cycles(), (unsigned long long)uart_line_frame_cycles(),
+            (unsigned long long)H.uart0->cycles_per_byte,
             (unsigned long long)H.rx_wait_max, (unsigned long long)H.rx_overruns);
     fprintf(f, "  \"uart_tx\": {\"bytes\": %llu, \"dropped\": %llu},\n",
             (unsigned long long)H.tx_bytes, (unsigned long long)H.tx_dropped);
@@ -789,11 +798,18 @@ int main(int argc, char **argv)
     avr_irq_register_notify(uart + UART_IRQ_OUT_XOFF, on_uart_xoff, NULL);
     avr_irq_register_notify(uart + UART_IRQ_OUT_XON, on_uart_xon, NULL);
 
-    for (avr_io_t *io = avr->io_port; io; io = io->next)
+    for (avr_io_t *io = avr->io_port; io; io = io->next) { /* avr_io_t is the first member */
         if (io->kind && !strcmp(io->kind, "watchdog"))
-            H.wdt = (avr_watchdog_t *)io; /* avr_io_t is its first member */
-    if (!H.wdt)
-        die("simavr's atmega2560 has no watchdog");
+            H.wdt = (avr_watchdog_t *)io;
+        if (io->kind && !strcmp(io->kind, "uart") && ((avr_uart_t *)io)->name == '0')
+            H.uart0 = (avr_uart_t *)io;
+    }
+    if (!H.wdt || !H.uart0)
+        die("simavr's atmega2560 lacks its watchdog or USART0");
+    static const avr_io_addr_t uart_config[] = {0xC0, 0xC2, 0xC4, 0xC5};
+    for (size_t i = 0; i < sizeof uart_config / sizeof uart_config[0]; i++)
+        avr_irq_register_notify(avr_iomem_getirq(avr, uart_config[i], NULL, AVR_IOMEM_IRQ_ALL),
+                                on_uart_config_write, NULL);
     avr_irq_register_notify(avr_iomem_getirq(avr, WDTCSR_ADDR, NULL, AVR_IOMEM_IRQ_ALL),
                             on_wdtcsr_write, NULL);
 
