@@ -179,6 +179,8 @@ static struct {
     uint32_t end_of_data, main_lo, main_hi;
     reset_rec_t resets[256];
     int n_resets, resets_total;
+    uint64_t hangs[64];
+    int n_hangs;
     int hung, just_reset, irq_on;
     avr_watchdog_t *wdt;
     avr_uart_t *uart0;
@@ -610,7 +612,10 @@ static void write_stats(void)
     for (int i = 0; i < H.n_resets; i++)
         fprintf(f, "%s\n    {\"cycle\": %llu, \"cause\": \"%s\"}", i ? "," : "",
                 (unsigned long long)H.resets[i].cycle, H.resets[i].cause);
-    fprintf(f, "\n  ],\n  \"interrupts\": {");
+    fprintf(f, "\n  ],\n  \"hangs\": [");
+    for (int i = 0; i < H.n_hangs; i++)
+        fprintf(f, "%s%llu", i ? ", " : "", (unsigned long long)H.hangs[i]);
+    fprintf(f, "],\n  \"interrupts\": {");
     int first = 1;
     for (int i = 1; i < N_VECTORS; i++) {
         if (!H.vec_used[i])
@@ -669,6 +674,8 @@ static void do_command(char *line)
         note_reset("external");
         H.just_reset = 1;
     } else if (!strcmp(line, "hang")) {
+        if (H.n_hangs < (int)(sizeof H.hangs / sizeof H.hangs[0]))
+            H.hangs[H.n_hangs++] = H.avr->cycle;
         H.hung = 1;
         H.avr->sreg[S_I] = 0;
         H.avr->run = hung_run;
