@@ -171,6 +171,17 @@ def test_hil_reboost_through_simavr_matches_sil():
 
 
 @pytest.mark.slow
+def test_checkout_on_simavr(capsys):
+    """`checkout --unit simavr`: each selected channel fires alone and executes as commanded."""
+    _need_simavr()
+    from thruster_hil.cli import main
+
+    assert main(["checkout", "--unit", "simavr", "--channels", "0,31", "--yes", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["passed"], out
+
+
+@pytest.mark.slow
 def test_reset_causes_and_stats(tmp_path):
     """Every reset the bench can cause, as the firmware's BOOT reports it and as the harness's
     stats record it (MCUSR): power-on, the external reset pin, FAULT_INJECT RESET (a real

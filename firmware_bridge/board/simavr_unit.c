@@ -59,6 +59,7 @@
 #include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -692,21 +693,23 @@ static void do_command(char *line)
 
 static void stdin_poll(void)
 {
-    for (;;) {
+    /* poll, not O_NONBLOCK: stdin may be a terminal the harness shares with a shell */
+    struct pollfd pfd = {.fd = 0, .events = POLLIN};
+    while (poll(&pfd, 1, 0) > 0) {
         char c;
         ssize_t n = read(0, &c, 1);
-        if (n == 0) {
-            H.quit = 1; /* EOF: the parent is gone */
+        if (n <= 0) {
+            H.quit = 1; /* EOF (or a dead stdin): the parent is gone */
             return;
         }
-        if (n < 0)
-            return;
         if (c == '\n') {
             cmd_buf[cmd_len] = 0;
             if (cmd_len && cmd_buf[cmd_len - 1] == '\r')
                 cmd_buf[cmd_len - 1] = 0;
             do_command(cmd_buf);
             cmd_len = 0;
+            if (H.quit)
+                return;
         } else if (cmd_len < sizeof cmd_buf - 1) {
             cmd_buf[cmd_len++] = c;
         }
@@ -770,6 +773,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "simavr_unit: %s: not an AVR ELF with a main() symbol\n", H.elf);
         return 2;
     }
+    /* libsimavr prints what it loads on stdout: keep stdout for the "pty" line and replies */
+    fflush(stdout);
+    int saved_stdout = dup(1);
+    dup2(2, 1);
     elf_firmware_t fw;
     memset(&fw, 0, sizeof fw);
     if (elf_read_firmware(H.elf, &fw) != 0) {
@@ -787,6 +794,9 @@ int main(int argc, char **argv)
     snprintf(fw.mmcu, sizeof fw.mmcu, "atmega2560");
     avr_load_firmware(avr, &fw);
     avr->frequency = F_CPU_HZ;
+    fflush(stdout);
+    dup2(saved_stdout, 1);
+    close(saved_stdout);
     avr->sleep = no_sleep;
     H.raw_run = avr->run;
     H.sp_min = avr->ramend;
@@ -847,7 +857,6 @@ int main(int argc, char **argv)
         vcd_open();
     arm_drive();
     pty_open();
-    fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
