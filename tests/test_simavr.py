@@ -254,8 +254,8 @@ def test_reset_causes_and_stats(tmp_path):
 @pytest.mark.slow
 def test_vcd_traces_a_realtime_pulse_the_arm_line_and_a_reset(tmp_path):
     """The VCD header (timescale 1 ps, f_cpu comment, valve0..31, arm_enable, reset) and the
-    edges of a 20-tick REALTIME pulse on channel 0 (its width within one tick of the reported
-    executed ticks), of the arm-enable line (which the firmware obeys: ARMED -> SAFE), and of a
+    edges of a 20-tick REALTIME pulse on channel 0 (its width within the firmware's documented
+    bound from the reported executed ticks), of the arm-enable line (which the firmware obeys: ARMED -> SAFE), and of a
     reset marker."""
     _need_simavr()
     from thruster_hil.firmware_bridge.simavr import SimavrUnit
@@ -295,9 +295,14 @@ def test_vcd_traces_a_realtime_pulse_the_arm_line_and_a_reset(tmp_path):
     rises = [t for t, v in v0 if v == 1]
     falls = [t for t, v in v0 if v == 0 and t > 0]
     assert len(rises) == 1 and len(falls) >= 1 and falls[0] > rises[0]
-    width_ms = (falls[0] - rises[0]) / (PS_PER_CYCLE * F_CPU / 1000)
+    width_cycles = (falls[0] - rises[0]) // PS_PER_CYCLE
     executed = report["executed_ticks"][0]
-    assert executed == 20 and abs(width_ms - executed) <= 1.0
+    # main.c: a REALTIME pulse opens when its FIRE is accepted and closes on the first 1 ms tick
+    # at or after its end, so it lasts its ticks plus at most one tick and one main-loop pass
+    pass_max = json.loads((tmp_path / "s.json").read_text())["main_loop"]["pass_max_cycles"]
+    tick = F_CPU // 1000
+    assert executed == 20
+    assert executed * tick <= width_cycles <= (executed + 1) * tick + pass_max
     assert all(t % PS_PER_CYCLE == 0 for t, _ in v0)  # exact cycle stamps
     assert [v for _, v in changes["arm_enable"]] == [0, 1, 0]
     reset = changes["reset"]
