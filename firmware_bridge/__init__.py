@@ -11,7 +11,8 @@ docs/protocol.md). It stands on the core only.
 - :mod:`~thruster_hil.firmware_bridge.unit` / :mod:`~thruster_hil.firmware_bridge.emulator` — the
   unit's state machine and its emulator process on a pseudo-terminal;
   :mod:`~thruster_hil.firmware_bridge.qemu` — the board firmware (``board/``) under
-  qemu-system-avr;
+  qemu-system-avr; :mod:`~thruster_hil.firmware_bridge.simavr` — the same firmware cycle by
+  cycle under simavr (``board/simavr_unit.c``), with pin traces and timing figures;
 - :mod:`~thruster_hil.firmware_bridge.conformance` — the unit contract, one suite for every tier;
 - :mod:`~thruster_hil.firmware_bridge.xtce` — the dictionary exported as XTCE 1.2 for ground
   systems (``thruster-hil dictionary --xtce``);

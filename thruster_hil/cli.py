@@ -1159,7 +1159,7 @@ def _check_run_unit(args: argparse.Namespace) -> None:
         raise UserError(
             "run",
             "--faults applies to the emulator the run starts, not to a unit "
-            "on --port or QEMU (start 'thruster-hil emulate --faults ...' instead)",
+            "on --port, QEMU or simavr (start 'thruster-hil emulate --faults ...' instead)",
         )
     from thruster_hil.firmware_bridge.faults import parse_faults
 

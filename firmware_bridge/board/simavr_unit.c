@@ -13,21 +13,21 @@
  * the process that started it; SIGTERM and SIGINT quit too. Every quit writes the stats file and
  * flushes the VCD.
  *
- * Time rule. Simulated time never runs ahead of the wall clock: every 16,000 cycles (1 ms of
- * simulated time) the harness compares cycles / 16 MHz with CLOCK_MONOTONIC since the start and
- * sleeps while it is ahead. A unit running ahead of its host would see the host slow and trip its
+ * Time rule. Simulated time never runs ahead of the wall clock: before each 16,000 cycles (1 ms
+ * of simulated time) the harness compares their end, cycles / 16 MHz, with CLOCK_MONOTONIC since
+ * the start and sleeps until the wall clock has reached it. A unit running ahead of its host would see the host slow and trip its
  * link watchdog (250 ms) falsely. When the host machine is busy the simulation may fall behind
  * (lag = wall - simulated time); it then runs at full speed until it has caught up. The catch-up
  * is not capped: simulated time stays the image of wall time over a run, and while it lags the
  * host's commands reach the unit early in its own time, never late, so lag can never trip a
- * watchdog. The stats report the largest lag (max_lag_s). Nothing is timed on the wall clock
+ * watchdog. The stats report the largest lag (max_lag_s: wall - simulated time at the checks,
+ * about 1 ms on an idle machine by construction). Nothing is timed on the wall clock
  * inside the simulation: every figure here is in CPU cycles.
  *
  * Bytes. The host's bytes enter USART0 at the line rate in simulated time: one byte per frame
- * time as simavr computes it from UBRR0/U2X0/UCSR0C (1,496 cycles at UBRR0 16 with U2X, 8N1:
- * simavr counts a parity bit even when parity is off, so its frames are 11 bit times, 10 % slower
- * than the 1,360-cycle frame of the real line), and never while simavr's XOFF says its receive
- * FIFO is full. The firmware's bytes go to the pty as simavr's UART emits them (at its TX rate);
+ * time of the line UBRR0/U2X0/UCSR0C configure (1,360 cycles, 85 us, at UBRR0 16 with U2X, 8N1;
+ * the harness corrects simavr's own frame time, which counts a parity bit that 8N1 has not), and
+ * never while simavr's XOFF says its receive FIFO is full. The firmware's bytes go to the pty as simavr's UART emits them (at its TX rate);
  * when the pty is full (no reader) they wait in a buffer, which drops its oldest bytes above
  * 64 KB (tx_dropped) rather than ever block the simulation.
  *
@@ -61,6 +61,7 @@
 #include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -186,8 +187,11 @@ static struct {
     uint32_t end_of_data, main_lo, main_hi;
     reset_rec_t resets[256];
     int n_resets, resets_total;
+    uint64_t hangs[64];
+    int n_hangs;
     int hung, just_reset, irq_on;
     avr_watchdog_t *wdt;
+    avr_uart_t *uart0;
     uint64_t wdt_period_fixes, wdt_running; /* running: the period armed, in cycles */
     void (*raw_run)(avr_t *);
     volatile sig_atomic_t quit;
@@ -370,30 +374,37 @@ static void on_uart_xon(struct avr_irq_t *irq, uint32_t value, void *param)
         H.xoff = 0;
 }
 
-/* simavr's frame time for the UART's current settings (see the header: 11 bit times for 8N1) */
-static uint64_t uart_frame_cycles(void)
+/* The frame time of the real line for USART0's settings: start + data + parity + stop bits at
+ * 8 x (UBRR0 + 1) cycles a bit with U2X0 (16 x without): 1,360 cycles at UBRR0 16, 8N1. */
+static uint64_t uart_line_frame_cycles(void)
 {
     uint8_t *d = H.avr->data;
     uint32_t ubrr = d[0xC4] | ((uint32_t)(d[0xC5] & 0x0F) << 8);
     uint32_t per_bit = (ubrr + 1) * 8u * ((d[0xC0] & 0x02) ? 1u : 2u);
     static const int databits[8] = {5, 6, 7, 8, 8, 8, 8, 9};
     int db = databits[((d[0xC2] >> 1) & 3) | ((d[0xC1] & 0x04) ? 4 : 0)];
+    int parity = (d[0xC2] & 0x20) ? 1 : 0; /* UPM01 */
     int sb = 1 + ((d[0xC2] >> 3) & 1);
-    return (uint64_t)per_bit * (uint64_t)(1 + db + 1 + sb);
+    return (uint64_t)per_bit * (uint64_t)(1 + db + parity + sb);
 }
 
-static uint64_t uart_line_frame_cycles(void) /* the real 8N1 line: 10 bit times */
+/* simavr 1.6 counts a parity bit in every frame (11 bit times for 8N1, 10 % slower than the
+ * line) and recomputes the frame time only on a UBRRnL write. After every write of UCSR0A/C or
+ * UBRR0L the harness sets its UART's frame time to the line's, so bytes leave and enter USART0
+ * at the real line rate. */
+static void on_uart_config_write(struct avr_irq_t *irq, uint32_t value, void *param)
 {
-    uint8_t *d = H.avr->data;
-    uint32_t ubrr = d[0xC4] | ((uint32_t)(d[0xC5] & 0x0F) << 8);
-    return (uint64_t)(ubrr + 1) * 8u * ((d[0xC0] & 0x02) ? 1u : 2u) * 10u;
+    (void)irq;
+    (void)value;
+    (void)param;
+    H.uart0->cycles_per_byte = uart_line_frame_cycles();
 }
 
 static void rx_inject(avr_irq_t *uart_in)
 {
     if (H.rx_off == H.rx_len || H.xoff || H.avr->cycle < H.rx_due)
         return;
-    uint64_t frame = uart_frame_cycles();
+    uint64_t frame = H.uart0->cycles_per_byte;
     if (!(H.avr->data[0xC1] & 0x10)) { /* RXEN0 off: the chip loses the byte too */
         if (H.rxlog) /* logged all the same (flag "lost"): the log is the host's whole stream */
             fprintf(H.rxlog, "%llu %u lost\n", (unsigned long long)(H.avr->cycle + frame),
@@ -450,8 +461,10 @@ static void pty_open(void)
     if (!name)
         die("cannot name the pseudo-terminal");
     snprintf(H.pty_name, sizeof H.pty_name, "%s", name);
-    /* Held open for the harness's life and never read: a client closing the port then causes
-     * no hang-up (EIO on the master) and the next client finds the port as it left it. */
+    /* Held open for the harness's life, write-only and never used: a client closing the port
+     * then causes no hang-up (EIO on the master) and the next client finds the port as it left
+     * it. Write-only, so the host's port watch (portwatch.py) does not take the harness for a
+     * second reader of the unit's replies. */
     H.slave_hold = open(H.pty_name, O_WRONLY | O_NOCTTY);
     if (H.slave_hold < 0)
         die("cannot open the pseudo-terminal's slave side");
@@ -612,7 +625,10 @@ static void write_stats(void)
     for (int i = 0; i < H.n_resets; i++)
         fprintf(f, "%s\n    {\"cycle\": %llu, \"cause\": \"%s\"}", i ? "," : "",
                 (unsigned long long)H.resets[i].cycle, H.resets[i].cause);
-    fprintf(f, "\n  ],\n  \"interrupts\": {");
+    fprintf(f, "\n  ],\n  \"hangs\": [");
+    for (int i = 0; i < H.n_hangs; i++)
+        fprintf(f, "%s%llu", i ? ", " : "", (unsigned long long)H.hangs[i]);
+    fprintf(f, "],\n  \"interrupts\": {");
     int first = 1;
     for (int i = 1; i < N_VECTORS; i++) {
         if (!H.vec_used[i])
@@ -640,9 +656,9 @@ static void write_stats(void)
                "%u, \"margin_bytes\": %d},\n",
             ramend, H.sp_min, hwm, H.end_of_data, (int)H.sp_min + 1 - (int)H.end_of_data);
     fprintf(f, "  \"uart_rx\": {\"bytes\": %llu, \"taken\": %llu, \"frame_cycles\": %llu, "
-               "\"line_frame_cycles\": %llu, \"wait_max_cycles\": %llu, \"overruns\": %llu},\n",
+               "\"wait_max_cycles\": %llu, \"overruns\": %llu},\n",
             (unsigned long long)H.rx_bytes_in, (unsigned long long)H.rx_taken,
-            (unsigned long long)uart_frame_cycles(), (unsigned long long)uart_line_frame_cycles(),
+            (unsigned long long)H.uart0->cycles_per_byte,
             (unsigned long long)H.rx_wait_max, (unsigned long long)H.rx_overruns);
     fprintf(f, "  \"uart_tx\": {\"bytes\": %llu, \"dropped\": %llu},\n",
             (unsigned long long)H.tx_bytes, (unsigned long long)H.tx_dropped);
@@ -671,6 +687,8 @@ static void do_command(char *line)
         note_reset("external");
         H.just_reset = 1;
     } else if (!strcmp(line, "hang")) {
+        if (H.n_hangs < (int)(sizeof H.hangs / sizeof H.hangs[0]))
+            H.hangs[H.n_hangs++] = H.avr->cycle;
         H.hung = 1;
         H.avr->sreg[S_I] = 0;
         H.avr->run = hung_run;
@@ -689,21 +707,23 @@ static void do_command(char *line)
 
 static void stdin_poll(void)
 {
-    for (;;) {
+    /* poll, not O_NONBLOCK: stdin may be a terminal the harness shares with a shell */
+    struct pollfd pfd = {.fd = 0, .events = POLLIN};
+    while (poll(&pfd, 1, 0) > 0) {
         char c;
         ssize_t n = read(0, &c, 1);
-        if (n == 0) {
-            H.quit = 1; /* EOF: the parent is gone */
+        if (n <= 0) {
+            H.quit = 1; /* EOF (or a dead stdin): the parent is gone */
             return;
         }
-        if (n < 0)
-            return;
         if (c == '\n') {
             cmd_buf[cmd_len] = 0;
             if (cmd_len && cmd_buf[cmd_len - 1] == '\r')
                 cmd_buf[cmd_len - 1] = 0;
             do_command(cmd_buf);
             cmd_len = 0;
+            if (H.quit)
+                return;
         } else if (cmd_len < sizeof cmd_buf - 1) {
             cmd_buf[cmd_len++] = c;
         }
@@ -722,16 +742,20 @@ static void no_sleep(avr_t *avr, avr_cycle_count_t how_long)
     (void)how_long;
 }
 
+/* Before each millisecond of simulated time: wait until the wall clock has reached its end, so
+ * simulated time is never ahead of the wall clock; the lag (wall - simulated time, measured
+ * here) is then about 1 ms on an idle machine and grows only when the host is busy. */
 static void throttle(void)
 {
-    double sim = (double)H.avr->cycle / F_CPU_HZ;
+    double sim_next = (double)(H.avr->cycle + THROTTLE_CYCLES) / F_CPU_HZ;
     double wall = wall_now();
-    if (sim > wall) {
-        double ahead = sim - wall;
+    double lag = wall - (double)H.avr->cycle / F_CPU_HZ;
+    if (lag > H.max_lag_s)
+        H.max_lag_s = lag;
+    if (sim_next > wall) {
+        double ahead = sim_next - wall;
         struct timespec ts = {(time_t)ahead, (long)((ahead - (double)(time_t)ahead) * 1e9)};
         nanosleep(&ts, NULL);
-    } else if (wall - sim > H.max_lag_s) {
-        H.max_lag_s = wall - sim;
     }
 }
 
@@ -769,6 +793,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "simavr_unit: %s: not an AVR ELF with a main() symbol\n", H.elf);
         return 2;
     }
+    /* libsimavr prints what it loads on stdout: keep stdout for the "pty" line and replies */
+    fflush(stdout);
+    int saved_stdout = dup(1);
+    dup2(2, 1);
     elf_firmware_t fw;
     memset(&fw, 0, sizeof fw);
     if (elf_read_firmware(H.elf, &fw) != 0) {
@@ -786,6 +814,9 @@ int main(int argc, char **argv)
     snprintf(fw.mmcu, sizeof fw.mmcu, "atmega2560");
     avr_load_firmware(avr, &fw);
     avr->frequency = F_CPU_HZ;
+    fflush(stdout);
+    dup2(saved_stdout, 1);
+    close(saved_stdout);
     avr->sleep = no_sleep;
     H.raw_run = avr->run;
     H.sp_min = avr->ramend;
@@ -804,11 +835,18 @@ int main(int argc, char **argv)
     avr_irq_register_notify(uart + UART_IRQ_OUT_XOFF, on_uart_xoff, NULL);
     avr_irq_register_notify(uart + UART_IRQ_OUT_XON, on_uart_xon, NULL);
 
-    for (avr_io_t *io = avr->io_port; io; io = io->next)
+    for (avr_io_t *io = avr->io_port; io; io = io->next) { /* avr_io_t is the first member */
         if (io->kind && !strcmp(io->kind, "watchdog"))
-            H.wdt = (avr_watchdog_t *)io; /* avr_io_t is its first member */
-    if (!H.wdt)
-        die("simavr's atmega2560 has no watchdog");
+            H.wdt = (avr_watchdog_t *)io;
+        if (io->kind && !strcmp(io->kind, "uart") && ((avr_uart_t *)io)->name == '0')
+            H.uart0 = (avr_uart_t *)io;
+    }
+    if (!H.wdt || !H.uart0)
+        die("simavr's atmega2560 lacks its watchdog or USART0");
+    static const avr_io_addr_t uart_config[] = {0xC0, 0xC2, 0xC4, 0xC5};
+    for (size_t i = 0; i < sizeof uart_config / sizeof uart_config[0]; i++)
+        avr_irq_register_notify(avr_iomem_getirq(avr, uart_config[i], NULL, AVR_IOMEM_IRQ_ALL),
+                                on_uart_config_write, NULL);
     avr_irq_register_notify(avr_iomem_getirq(avr, WDTCSR_ADDR, NULL, AVR_IOMEM_IRQ_ALL),
                             on_wdtcsr_write, NULL);
 
@@ -841,7 +879,6 @@ int main(int argc, char **argv)
         die("cannot write the --rx-log file");
     arm_drive();
     pty_open();
-    fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);

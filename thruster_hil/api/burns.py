@@ -406,8 +406,8 @@ def _check_unit(where: str, unit, port, mode, faults) -> str:
         if name != "emulator":
             raise UserError(
                 where,
-                "faults applies to the emulator the run starts, not to a unit on a port or "
-                "QEMU (start 'thruster-hil emulate --faults ...' instead)",
+                "faults applies to the emulator the run starts, not to a unit on a port, "
+                "QEMU or simavr (start 'thruster-hil emulate --faults ...' instead)",
                 field="faults",
             )
         from thruster_hil.firmware_bridge.faults import parse_faults
