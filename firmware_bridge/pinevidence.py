@@ -48,6 +48,7 @@ __all__ = [
     "valve_pulses",
     "reset_cycles",
     "align",
+    "boot_segments",
     "parse_rx_log",
     "frame_arrivals",
     "unreported_fires",
@@ -141,6 +142,7 @@ class WireRecord:
     rx_errors: int = 0
     tx_bytes: bytes = b""  # every byte the host sent, in order
     refused: set[int] = field(default_factory=set)  # seqs of commands an ACK refused
+    inferred_boots: int = 0  # boots whose BOOT the host missed, seen by the unit's clock
 
     @classmethod
     def from_chunks(cls, chunks: Iterable[tuple[str, int, bytes]]) -> WireRecord:
@@ -150,6 +152,7 @@ class WireRecord:
         dec = {"tx": Decoder(), "rx": Decoder()}
         asked: dict[tuple[int, int], tuple[int, ...]] = {}  # (step, bank) -> on_ticks
         realtime = False
+        last_pu: int | None = None  # the unit's clock in HK and EVENT, this boot
         tx_bytes = 0
         tx_all = bytearray()
         for direction, t_ns, data in chunks:
@@ -174,9 +177,24 @@ class WireRecord:
                 if not isinstance(m, Message):
                     rec.rx_errors += 1
                     continue
+                if m.name in ("HK", "EVENT"):
+                    # the unit's clock never steps back within a boot (main.c now_us): if it
+                    # did, the unit reset and its BOOT never reached the host (the port was
+                    # re-opened, which flushes what waited): count the boot anyway
+                    t = m["pu_time_us"]
+                    if last_pu is not None and t < last_pu:
+                        prev = rec.boots[-1]["boot_count"] if rec.boots else 0
+                        rec.boots.append(
+                            Message(
+                                "BOOT", 0, {"boot_count": (prev + 1) & 0xFFFF, "reset_cause": 0}
+                            )
+                        )
+                        rec.inferred_boots += 1
+                    last_pu = t
                 boot = len(rec.boots)
                 if m.name == "BOOT":
                     rec.boots.append(m)
+                    last_pu = None
                 elif m.name == "EVENT":
                     rec.events.append((boot, m))
                 elif m.name == "ACK" and m["result"] != _ACCEPTED:
@@ -254,22 +272,45 @@ def _segment(cycle: int, resets: Sequence[int]) -> int:
     return n
 
 
+def boot_segments(boots: Sequence[Message], resets: Sequence[int]) -> dict[int, int]:
+    """Which boot of the trace (0: from power-on, i: after the i-th reset) each boot of the wire
+    record is (0: before the first BOOT the host saw, i: after its i-th BOOT). BOOT's
+    boot_count goes up by one a boot, so the BOOTs the host saw place themselves even when it
+    missed some (a port re-opened flushes what came meanwhile). The anchor: a BOOT with reset
+    cause POWER_ON is the trace's first boot; without one, the last BOOT the host saw is the
+    trace's last boot. What came before the first BOOT belongs to the boot before it."""
+    if not boots:
+        return {0: len(resets)}
+    power_on = ENUMS["reset_cause"]["POWER_ON"]
+    first_po = next((b for b in boots if b["reset_cause"] & power_on), None)
+    if first_po is not None:
+        ref, ref_seg = first_po["boot_count"], 0
+    else:
+        ref, ref_seg = boots[-1]["boot_count"], len(resets)
+    out = {
+        i + 1: ref_seg + (((b["boot_count"] - ref) + 0x8000) & 0xFFFF) - 0x8000
+        for i, b in enumerate(boots)
+    }
+    out[0] = out[1] - 1
+    return out
+
+
 def align(
-    pulses: Sequence[Pulse], fires: Sequence[Fire], resets: Sequence[int], n_boots_seen: int
+    pulses: Sequence[Pulse],
+    fires: Sequence[Fire],
+    resets: Sequence[int],
+    boots: Sequence[Message],
 ) -> dict[int, int]:
     """The trace cycle of unit time 0 for each boot of the wire record that fired (see the
-    module docstring). The wire record's boots map to the trace's from the end: the last BOOT
-    the host saw is the last reset of the trace (the host saw every reset after its first
-    FIRE; reports before the first BOOT it saw belong to the boot before it).
+    module docstring; ``boots``: the BOOTs the host saw, :func:`boot_segments`).
 
     Returns {wire boot index: origin cycle}; a boot without a realtime FIRE that opened a
     valve has no origin.
     """
-    n_segments = len(resets) + 1
-    shift = n_segments - 1 - n_boots_seen  # wire boot b is trace segment b + shift
+    seg_of = boot_segments(boots, resets)
     origins: dict[int, int] = {}
     for boot in sorted({f.boot for f in fires if f.realtime}):
-        seg = boot + shift
+        seg = seg_of[boot]
         first_fire: dict[int, int] = {}
         for f in fires:
             if f.boot != boot or not f.realtime:
@@ -400,18 +441,19 @@ def _match(
     fires: Sequence[Fire],
     origins: dict[int, int],
     resets: Sequence[int],
-    shift: int,
+    seg_of: dict[int, int],
 ) -> tuple[list[tuple[Pulse, list[Fire]]], list[Pulse], list[tuple[Fire, int]]]:
     """Pair each pulse with the accepted FIREs that held its pin open: the FIRE it rose for
     (rise within RISE_TOL_CYCLES after t_start) and any later FIRE on that channel that kept it
     open (a new FIRE cutting the old pulse in the same pass). Returns the pairs, the pulses no
     FIRE explains and the (FIRE, channel) whose executed ticks no pulse shows."""
+    boot_of = {seg: boot for boot, seg in seg_of.items()}
     pairs: list[tuple[Pulse, list[Fire]]] = []
     unexplained: list[Pulse] = []
     used: set[tuple[int, int]] = set()  # (id(fire), channel)
     rose: set[tuple[int, int]] = set()  # (id(fire), channel) that explained a rise
     for p in pulses:
-        boot = _segment(p.rise, resets) - shift
+        boot = boot_of.get(_segment(p.rise, resets))
         origin = origins.get(boot)
         mine: list[Fire] = []
         if origin is not None:
@@ -439,10 +481,6 @@ def _match(
     return pairs, unexplained, missing
 
 
-def _context(trace_resets: Sequence[int], n_boots_seen: int) -> int:
-    return len(trace_resets) - n_boots_seen
-
-
 def judge_pulse_widths(
     pulses: Sequence[Pulse],
     rec: WireRecord,
@@ -460,9 +498,8 @@ def judge_pulse_widths(
     ``aborted=False`` leaves out pulses whose report says aborted (flags bit 1: cut by STOP_ALL,
     the watchdog, a new FIRE), counted in ``aborted_left_out``: the closing of those is judged
     by :func:`judge_closed_after`."""
-    shift = _context(resets, len(rec.boots))
-    origins = align(pulses, rec.fires, resets, len(rec.boots))
-    pairs, _, _ = _match(pulses, rec.fires, origins, resets, shift)
+    origins = align(pulses, rec.fires, resets, rec.boots)
+    pairs, _, _ = _match(pulses, rec.fires, origins, resets, boot_segments(rec.boots, resets))
     errors: list[int] = []
     problems: list[str] = []
     chained = left_out = 0
@@ -527,9 +564,9 @@ def judge_only_accepted_fires(
     explained by it."""
     stuck = set(stuck_channels)
     judged = [p for p in pulses if p.channel not in stuck]
-    shift = _context(resets, len(rec.boots))
-    origins = align(judged, rec.fires, resets, len(rec.boots))
-    pairs, unexplained, missing = _match(judged, rec.fires, origins, resets, shift)
+    origins = align(judged, rec.fires, resets, rec.boots)
+    seg_of = boot_segments(rec.boots, resets)
+    pairs, unexplained, missing = _match(judged, rec.fires, origins, resets, seg_of)
     by_arrival = _by_arrival(unexplained, unreported)
     unexplained = [p for p in unexplained if p not in by_arrival]
     missing = [(f, ch) for f, ch in missing if ch not in stuck]
@@ -613,9 +650,8 @@ def judge_reset_low(
         high = [n for n in names if trace[n].value_at(t_int) != 0]
         if high:
             problems.append(f"reset at cycle {r}: {', '.join(sorted(high))} not low")
-    shift = _context(resets, len(rec.boots))
-    origins = align(pulses, rec.fires, resets, len(rec.boots))
-    _, unexplained, _ = _match(pulses, rec.fires, origins, resets, shift)
+    origins = align(pulses, rec.fires, resets, rec.boots)
+    _, unexplained, _ = _match(pulses, rec.fires, origins, resets, boot_segments(rec.boots, resets))
     explained = _by_arrival(unexplained, unreported)
     for p in [p for p in unexplained if p not in explained]:
         if _segment(p.rise, resets) > 0:

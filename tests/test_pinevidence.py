@@ -14,6 +14,7 @@ from thruster_hil.firmware_bridge.pinevidence import (
     TICK_CYCLES,
     WireRecord,
     align,
+    boot_segments,
     event_cycle,
     judge_closed_after,
     judge_only_accepted_fires,
@@ -110,7 +111,7 @@ def test_a_clean_burn_passes_every_judge():
     assert only.ok, only
     # the clocks align on the first rise: every pulse here rose one pass after its FIRE
     assert only.numbers["rise_after_accept_max_cycles"] == 0
-    assert align(pulses, rec.fires, resets, len(rec.boots)) == {1: b.origin + PASS}
+    assert align(pulses, rec.fires, resets, rec.boots) == {1: b.origin + PASS}
 
 
 def test_an_uncommanded_pulse_fails_and_is_named():
@@ -157,7 +158,7 @@ def test_watchdog_closure_from_the_last_fire():
     b = FakeBench()
     b.fire(1, 10_000, {2: 400}, cut_at_us=10_000 + 250_600)  # the watchdog cut it
     _, pulses, rec, resets = b.evidence()
-    origins = align(pulses, rec.fires, resets, len(rec.boots))
+    origins = align(pulses, rec.fires, resets, rec.boots)
     t0, since = last_valid_frame(rec, origins)
     assert t0 == b.cyc(10_000) + PASS and "step 1" in since
     ok = judge_closed_after("wd", pulses, t0, 251 * TICK_CYCLES, since)
@@ -177,7 +178,7 @@ def test_stop_all_from_the_units_safe_entered_event():
         b.levels[f"valve{ch}"] = [(0, 0)]
         b.pin(ch, b.cyc(10_000) + PASS, b.cyc(40_000) + PASS + 123)
     _, pulses, rec, resets = b.evidence()
-    origins = align(pulses, rec.fires, resets, len(rec.boots))
+    origins = align(pulses, rec.fires, resets, rec.boots)
     t0, ev = event_cycle(rec, origins, "SAFE_ENTERED", ENUMS["safe_reason"]["COMMANDED"])
     v = judge_closed_after("stop", pulses, t0, 16 * 50, "STOP_ALL handled")
     assert v.ok and v.numbers["closure_cycles"] == 123 and v.numbers["pins_high_at_t0"] == 2
@@ -191,7 +192,7 @@ def test_reset_low_and_boot_alignment_from_the_end():
     b.fire(1, 20_000, {4: 10})
     trace, pulses, rec, resets = b.evidence()
     assert resets == [3_000_000] and len(rec.boots) == 1
-    assert align(pulses, rec.fires, resets, len(rec.boots)) == {0: 5_400, 1: 3_009_400}
+    assert align(pulses, rec.fires, resets, rec.boots) == {0: 5_400, 1: 3_009_400}
     v = judge_reset_low(trace, pulses, rec, resets)
     assert v.ok, v
     assert v.numbers["first_rise_after_reset_cycles"] == [9_000 + 16 * 20_000 + PASS]
@@ -236,3 +237,20 @@ def test_a_trace_without_valve_wires_is_refused():
     trace = parse_vcd(write_vcd({"reset": [(0, 0)]}))
     with pytest.raises(KeyError, match="valve0"):
         valve_pulses(trace)
+
+
+def _boot(count: int, cause: int) -> codec.Message:
+    return codec.Message("BOOT", 0, {"boot_count": count, "reset_cause": cause})
+
+
+def test_boot_segments_place_the_boots_the_host_saw():
+    po, wd, ext = 1, 8, 2
+    resets = [100, 200, 300]  # four boots in the trace
+    # every BOOT seen, the power-on one first
+    seen = [_boot(1, po), _boot(2, wd), _boot(3, wd), _boot(4, ext)]
+    assert boot_segments(seen, resets) == {0: -1, 1: 0, 2: 1, 3: 2, 4: 3}
+    # the last BOOT missed (the port re-opened after it): the power-on one anchors
+    assert boot_segments(seen[:3], resets) == {0: -1, 1: 0, 2: 1, 3: 2}
+    # no power-on BOOT seen, one missed in the middle: the last one anchors, counts place it
+    assert boot_segments([seen[1], seen[3]], resets) == {0: 0, 1: 1, 2: 3}
+    assert boot_segments([], resets) == {0: 3}
