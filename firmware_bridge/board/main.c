@@ -45,8 +45,12 @@
  * the pending-compare flag so it never steps back. The main loop calls unit_tick() on every new
  * millisecond and then writes the valve pins from unit_open_mask(): REALTIME pulses open when
  * the FIRE is accepted and close on the first 1 ms tick at or after their end (worst-case
- * late-close is one tick plus one main-loop pass: decode + handle one frame + queue replies,
- * well under 1 ms at 16 MHz). LOCKSTEP FIREs are executed in virtual time and never move a pin.
+ * late-close is one tick plus one main-loop pass). A pass is not short: simavr measures about
+ * 10,000 cycles to decode and handle one FIRE, and a pass that queues more than the 256-byte TX
+ * ring holds waits for the wire (up to 270,000 cycles at the maximum FIRE rate: docs/bench.md,
+ * "Timing budget"). So when every valve closes (STOP_ALL, the link watchdog, any SAFE) the unit
+ * has the pins written at once through its valves callback (valves_now), before it builds the
+ * reports of the closing. LOCKSTEP FIREs are executed in virtual time and never move a pin.
  *
  * Tick lateness. Each pass that sees a new millisecond runs the tick (before it takes the bytes
  * that wait, which arrived after the tick fell due) and tells unit_tick() how late it runs it:
