@@ -326,8 +326,11 @@ def test_harness_ends_with_its_stdin_and_on_sigterm(tmp_path):
             stdout=subprocess.PIPE,
         )
         try:
-            while not proc.stdout.readline().startswith(b"pty /dev/pts/"):
-                pass
+            line = proc.stdout.readline()
+            assert line.startswith(b"pty /dev/pts/"), line
+            port = Port(line.split()[1].decode())
+            port.wait_for("BOOT")  # the firmware runs
+            port.close()
             if how == "eof":
                 proc.stdin.close()
             else:
@@ -340,5 +343,5 @@ def test_harness_ends_with_its_stdin_and_on_sigterm(tmp_path):
             proc.stdout.close()
             if not proc.stdin.closed:
                 proc.stdin.close()
-        assert json.loads(stats.read_text())["f_cpu_hz"] == F_CPU  # may end before cycle 1
+        assert json.loads(stats.read_text())["cycles"] > 0
         assert re.search(r"#\d+\s*$", vcd.read_text())
