@@ -121,7 +121,7 @@ def test_missing_libsimavr_names_the_apt_packages(monkeypatch, tmp_path):
     from thruster_hil.firmware_bridge import simavr
 
     monkeypatch.setattr(simavr, "SIMAVR_HEADER", tmp_path / "sim_avr.h")
-    monkeypatch.setattr(simavr, "_stale", lambda target: True)
+    monkeypatch.setattr(simavr, "_stale", lambda target, sources: True)
     monkeypatch.setattr(simavr.shutil, "which", lambda tool: f"/usr/bin/{tool}")
     with pytest.raises(UserError) as e:
         simavr.build_simavr()
@@ -255,8 +255,8 @@ def test_reset_causes_and_stats(tmp_path):
 def test_vcd_traces_a_realtime_pulse_the_arm_line_and_a_reset(tmp_path):
     """The VCD header (timescale 1 ps, f_cpu comment, valve0..31, arm_enable, reset) and the
     edges of a 20-tick REALTIME pulse on channel 0 (its width within the firmware's documented
-    bound from the reported executed ticks), of the arm-enable line (which the firmware obeys: ARMED -> SAFE), and of a
-    reset marker."""
+    bound from the reported executed ticks), of the arm-enable line (which the firmware obeys:
+    ARMED -> SAFE), and of a reset marker."""
     _need_simavr()
     from thruster_hil.firmware_bridge.simavr import SimavrUnit
 
