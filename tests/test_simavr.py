@@ -311,6 +311,28 @@ def test_vcd_traces_a_realtime_pulse_the_arm_line_and_a_reset(tmp_path):
 
 
 @pytest.mark.slow
+def test_arming_is_refused_without_the_arm_enable_jumper():
+    """`--arm-enable off` (PD7 left high by its pull-up): the firmware refuses ARM_CONFIRM."""
+    _need_simavr()
+    from thruster_hil.firmware_bridge.simavr import SimavrUnit
+
+    with SimavrUnit(arm_enable=False) as unit:
+        port = Port(unit.port)
+        try:
+            port.wait_for("HK")  # past the 10 ms debounce of the input
+            port.hello(MODE["LOCKSTEP"])
+            port.send("ARM_REQUEST", session=port.session)
+            nonce = port.wait_for("ARM_CHALLENGE")["nonce"]
+            port.send(
+                "ARM_CONFIRM", session=port.session, nonce=nonce, max_on_ticks=100, next_step=1
+            )
+            ack = port.wait_for("ACK", msg_id=0x11)
+            assert ack["result"] == ENUMS["result"]["ARM_DISABLED"]
+        finally:
+            port.close()
+
+
+@pytest.mark.slow
 def test_harness_ends_with_its_stdin_and_on_sigterm(tmp_path):
     """EOF on stdin (the parent gone) and SIGTERM both end the harness cleanly: stats written,
     VCD flushed with its last time stamp."""
