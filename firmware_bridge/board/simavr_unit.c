@@ -14,32 +14,37 @@
  *
  * Time rule. Simulated time never runs ahead of the wall clock: before each 16,000 cycles (1 ms
  * of simulated time) the harness compares their end, cycles / 16 MHz, with CLOCK_MONOTONIC since
- * the start and sleeps until the wall clock has reached it. A unit running ahead of its host would see the host slow and trip its
- * link watchdog (250 ms) falsely. When the host machine is busy the simulation may fall behind
- * (lag = wall - simulated time); it then runs at full speed until it has caught up. The catch-up
- * is not capped: simulated time stays the image of wall time over a run, and while it lags the
- * host's commands reach the unit early in its own time, never late, so lag can never trip a
- * watchdog. The stats report the largest lag (max_lag_s: wall - simulated time at the checks,
- * about 1 ms on an idle machine by construction). Nothing is timed on the wall clock
- * inside the simulation: every figure here is in CPU cycles.
+ * the start and sleeps until the wall clock has reached it. A unit running ahead of its host
+ * would see the host slow and trip its link watchdog (250 ms) falsely. When the host machine is
+ * busy the simulation may fall behind (lag = wall - simulated time); it then runs at full speed
+ * until it has caught up. The catch-up is not capped: simulated time stays the image of wall
+ * time over a run, and while it lags the host's commands reach the unit early in its own time,
+ * never late, so lag can never trip a watchdog. The stats report the largest lag (max_lag_s:
+ * wall - simulated time at the checks, about 1 ms on an idle machine by construction). Nothing
+ * is timed on the wall clock inside the simulation: every figure here is in CPU cycles.
  *
  * Bytes. The host's bytes enter USART0 at the line rate in simulated time: one byte per frame
- * time of the line UBRR0/U2X0/UCSR0C configure (1,360 cycles, 85 us, at UBRR0 16 with U2X, 8N1;
- * the harness corrects simavr's own frame time, which counts a parity bit that 8N1 has not), and
- * never while simavr's XOFF says its receive FIFO is full. The firmware's bytes go to the pty as simavr's UART emits them (at its TX rate);
- * when the pty is full (no reader) they wait in a buffer, which drops its oldest bytes above
- * 64 KB (tx_dropped) rather than ever block the simulation.
+ * time of the line UBRR0/U2X0/UCSR0C configure (1,360 cycles, 85 us, at UBRR0 16 with U2X, 8N1),
+ * and never while simavr's XOFF says its receive FIFO is full. The firmware's bytes leave at the
+ * same rate; simavr hands each to the harness when UDR0 is written (one frame time before the
+ * line would finish it). When the pty is full (no reader) they wait in a buffer, which drops its
+ * oldest bytes above 64 KB (tx_dropped) rather than ever block the simulation.
  *
- * Resets. simavr 1.6 models the watchdog (WDE reset, WDRF in MCUSR, WDP prescaler) and clears
- * the I/O registers on a reset but not SRAM, as the chip does, so the firmware's .noinit markers
- * survive. It has two gaps the harness fills, without touching the firmware: a reset clears the
- * port registers without raising the port IRQs (the harness records every valve low at the reset
- * cycle, as the real pins float the moment RESET is asserted, and re-arms its own pin hooks), and
- * it has no external reset pin (`reset` calls avr_reset and sets EXTRF in MCUSR). The commanded
- * reset (FAULT_INJECT RESET: WDTO_15MS and wait) is a real watchdog reset here, so its stats
- * cause is "watchdog"; the firmware's BOOT tells it apart (SOFTWARE, from its .noinit marker).
- * The firmware's fallback for QEMU (a jump to address 0 after 60 ms) is in every build but is
- * never reached when the watchdog works; were it reached, resets would list cause
+ * simavr 1.6 gaps the harness fills, without touching the firmware:
+ * - its UART frame counts a parity bit that 8N1 has not (11 bit times) and is recomputed only on
+ *   a UBRRnL write: after every UCSR0A/UCSR0C/UBRR0 write the harness sets the line's frame time;
+ * - it reads the "old" watchdog prescaler after storing the new WDTCSR value, so a period change
+ *   while the watchdog runs is ignored (see on_wdtcsr_write);
+ * - a reset clears the port registers without raising the port IRQs: the harness records every
+ *   valve low at the reset cycle (the real pins float the moment RESET is asserted) and re-arms
+ *   its own pin hooks;
+ * - it has no external reset pin: `reset` calls avr_reset and sets EXTRF in MCUSR.
+ * simavr models the rest the firmware needs: the watchdog reset (WDE, WDRF in MCUSR), SRAM kept
+ * over a reset as on the chip (the firmware's .noinit markers survive), Timer1 CTC, the ADC, the
+ * EEPROM. The commanded reset (FAULT_INJECT RESET: WDTO_15MS and wait) is a real watchdog reset
+ * here, so its stats cause is "watchdog"; the firmware's BOOT tells it apart (SOFTWARE, from its
+ * .noinit marker). The firmware's fallback for QEMU (a jump to address 0 after 60 ms) is in every
+ * build but is never reached when the watchdog works; were it reached, resets would list cause
  * "jump_to_0".
  *
  * What is measured (stats keys, docs/bench.md):
