@@ -287,8 +287,9 @@ static void vcd_open(void)
         die("cannot write the --vcd file");
     static char buf[1 << 16];
     setvbuf(H.vcd, buf, _IOFBF, sizeof buf);
-    fprintf(H.vcd, "$comment simavr_unit: board firmware under simavr; time = cycle x %llu ps "
-                   "$end\n$comment f_cpu_hz %u $end\n$timescale 1 ps $end\n$scope module unit $end\n",
+    fprintf(H.vcd,
+            "$comment simavr_unit: board firmware under simavr; time = cycle x %llu ps $end\n"
+            "$comment f_cpu_hz %u $end\n$timescale 1 ps $end\n$scope module unit $end\n",
             (unsigned long long)PS_PER_CYCLE, F_CPU_HZ);
     for (int i = 0; i < N_VCH; i++)
         fprintf(H.vcd, "$var wire 1 %c valve%d $end\n", '!' + i, channels[i].ch);
@@ -503,7 +504,7 @@ static void on_vec_running(struct avr_irq_t *irq, uint32_t value, void *param)
             v->latency_n++;
             v->pending = 0;
         }
-        if (v->vector == USART0_RX_VECTOR && H.rx_arr_n) { /* USART0_RX takes the oldest unread byte */
+        if (v->vector == USART0_RX_VECTOR && H.rx_arr_n) { /* it takes the oldest unread byte */
             uint64_t arr = H.rx_arrivals[H.rx_arr_head];
             uint64_t wait = now > arr ? now - arr : 0;
             if (wait > H.rx_wait_max)
@@ -879,7 +880,7 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     avr_irq_t *uart_in = uart + UART_IRQ_INPUT;
-    uint64_t next_poll = 0, next_throttle = THROTTLE_CYCLES;
+    uint64_t next_poll = 0, next_throttle = 0; /* the throttle runs before the first ms */
     int rc = 0;
     H.just_reset = 1;
     while (!H.quit) {
@@ -906,6 +907,10 @@ int main(int argc, char **argv)
                 }
                 continue;
             }
+            if (H.rx_off < H.rx_len && avr->cycle >= H.rx_due)
+                rx_inject(uart_in); /* the line does not wait for a hung CPU */
+            if (H.hung)
+                continue; /* no instruction ran */
             if (!H.irq_on && avr->sreg[S_I])
                 H.irq_on = 1; /* latencies count from the first SEI after a reset */
             uint16_t sp = avr->data[SPL_ADDR] | (avr->data[SPH_ADDR] << 8);
@@ -928,8 +933,6 @@ int main(int argc, char **argv)
                     H.wdr_last[i] = avr->cycle;
                 }
             }
-            if (H.rx_off < H.rx_len && avr->cycle >= H.rx_due)
-                rx_inject(uart_in);
         }
         if (avr->cycle >= next_poll) {
             pty_poll();
