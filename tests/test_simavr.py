@@ -1,12 +1,12 @@
 """The simavr tier (issue 17): the board's own TEST_BUILD firmware, cycle by cycle under simavr.
 
 Requirements verified here: the conformance suite passes unchanged on it (`selftest --unit
-simavr`); a HIL burn through it matches the SIL delta-v within 0.5 %; the harness tells the reset
-causes apart (power-on, external, the commanded reset, a watchdog reset of a hung firmware) as the
-firmware's BOOT does; its stats file holds the timing figures in CPU cycles; its VCD trace has the
-documented header and the edges of a real pulse, of the arm-enable line and of a reset.
-The harness needs simavr, libsimavr-dev and avr-gcc (.ci/run installs them; with CI=true a
-missing one fails these tests).
+simavr`); `run --unit simavr` matches `run --unit sim` within 0.5 % of delta-v; the harness tells
+the reset causes apart (power-on, external, the commanded reset, a watchdog reset of a hung
+firmware) as the firmware's BOOT does; its stats file holds the timing figures in CPU cycles; its
+VCD trace has the documented header and the edges of a real pulse, of the arm-enable line and of
+a reset. The harness needs simavr, libsimavr-dev and avr-gcc (.ci/run installs them; with CI=true
+a missing one fails these tests).
 """
 
 from __future__ import annotations
