@@ -242,6 +242,8 @@ def test_reset_causes_and_stats(tmp_path):
     assert stack["margin_bytes"] == stack["sp_min"] + 1 - stack["end_of_data"] > 0
     loop = final["main_loop"]
     assert loop["passes"] > 1000 and 0 < loop["pass_max_cycles"] < wdt_250
+    where = loop["worst_pass_functions"]  # the worst pass, function by function
+    assert "main" in where and sum(where.values()) == loop["pass_max_cycles"]
 
 
 @pytest.mark.slow

@@ -53,7 +53,8 @@
  *   from RUNNING to RETI, in cycles (max and mean).
  * - main_loop: cycles between two executions of the same WDR instruction inside main() (the
  *   loop's wdt_reset(); the one at main's entry runs once a boot and never pairs; the WDRs in
- *   uart_send/uart_flush are outside main()).
+ *   uart_send/uart_flush are outside main()), and where the worst pass spent them: cycles per
+ *   function of the ELF's symbol table (a word-indexed table: one load an instruction).
  * - stack: the lowest SP seen after any instruction; high-water mark RAMEND - SP_min and the
  *   margin to _end (the end of .bss/.noinit).
  * - uart_rx: bytes, and the model of the chip's 2-byte receive FIFO: a byte arrives when simavr
@@ -102,6 +103,7 @@
 #define WDTCSR_ADDR 0x60
 #define WDR_OPCODE 0x95A8u
 #define USART0_RX_VECTOR 25
+#define MAX_FN 512
 #define STR(x) #x
 #define XSTR(x) STR(x)
 
@@ -184,6 +186,14 @@ static struct {
     uint64_t loop_max, loop_passes;
     uint16_t sp_min;
     uint32_t end_of_data, main_lo, main_hi;
+    /* functions (ELF FUNC symbols) and the cycles each took in the current and the worst pass */
+    int n_fn;
+    const char *fn_name[MAX_FN];
+    uint32_t fn_lo[MAX_FN], fn_hi[MAX_FN], fn_words;
+    uint16_t *fn_of;
+    uint64_t fn_pass[MAX_FN], fn_worst[MAX_FN];
+    uint16_t fn_touched[MAX_FN];
+    int n_touched;
     reset_rec_t resets[256];
     int n_resets, resets_total;
     uint64_t hangs[64];
@@ -241,6 +251,13 @@ static int elf_symbols(const char *path)
         for (size_t k = 0; k < n; k++) {
             const char *name = str + sym[k].st_name;
             int v;
+            if (ELF32_ST_TYPE(sym[k].st_info) == STT_FUNC && sym[k].st_size > 0 && *name &&
+                H.n_fn < MAX_FN - 1) {
+                int f = ++H.n_fn; /* 0 is "no function" */
+                H.fn_name[f] = strdup(name);
+                H.fn_lo[f] = sym[k].st_value;
+                H.fn_hi[f] = sym[k].st_value + sym[k].st_size;
+            }
             if (!strcmp(name, "main")) {
                 H.main_lo = sym[k].st_value;
                 H.main_hi = sym[k].st_value + sym[k].st_size;
@@ -255,6 +272,14 @@ static int elf_symbols(const char *path)
         }
     }
     free(img);
+    /* word address -> function: the worst pass's cycles per function, one load an instruction */
+    for (int f = 1; f <= H.n_fn; f++)
+        if (H.fn_hi[f] / 2 > H.fn_words)
+            H.fn_words = H.fn_hi[f] / 2;
+    H.fn_of = calloc(H.fn_words ? H.fn_words : 1, sizeof *H.fn_of);
+    for (int f = 1; f <= H.n_fn; f++)
+        for (uint32_t w = H.fn_lo[f] / 2; w < H.fn_hi[f] / 2; w++)
+            H.fn_of[w] = (uint16_t)f;
     return H.main_hi > H.main_lo ? 0 : -1;
 }
 
@@ -522,6 +547,14 @@ static void on_vec_running(struct avr_irq_t *irq, uint32_t value, void *param)
     }
 }
 
+/* ---- the current main-loop pass's cycles per function */
+static void pass_reset(void)
+{
+    for (int t = 0; t < H.n_touched; t++)
+        H.fn_pass[H.fn_touched[t]] = 0;
+    H.n_touched = 0;
+}
+
 /* ---- resets */
 static void note_reset(const char *cause)
 {
@@ -535,6 +568,7 @@ static void note_reset(const char *cause)
     H.wdt_running = !strcmp(cause, "watchdog") ? 2048ull * H.avr->frequency / 128000 : 0;
     for (int i = 0; i < H.n_wdr; i++)
         H.wdr_last[i] = 0;
+    pass_reset();
     H.rx_arr_n = 0; /* the chip's receive buffer is cleared */
     /* simavr cleared the I/O registers without raising the port IRQs: the pins float low */
     for (int i = 0; i < 2 * N_VPORTS; i++)
@@ -645,7 +679,21 @@ static void write_stats(void)
             (unsigned long long)H.loop_passes, (unsigned long long)H.loop_max);
     for (int i = 0; i < H.n_wdr; i++)
         fprintf(f, "%s%u", i ? ", " : "", H.wdr_addr[i]);
-    fprintf(f, "]},\n");
+    fprintf(f, "],\n    \"worst_pass_functions\": {");
+    /* the worst pass's cycles per function, largest first ("" = outside any function) */
+    int shown[MAX_FN] = {0};
+    for (int k = 0; k <= H.n_fn; k++) {
+        int best = -1;
+        for (int g = 0; g <= H.n_fn; g++)
+            if (!shown[g] && H.fn_worst[g] && (best < 0 || H.fn_worst[g] > H.fn_worst[best]))
+                best = g;
+        if (best < 0)
+            break;
+        shown[best] = 1;
+        fprintf(f, "%s\"%s\": %llu", k ? ", " : "", best ? H.fn_name[best] : "",
+                (unsigned long long)H.fn_worst[best]);
+    }
+    fprintf(f, "}},\n");
     int hwm = ramend - H.sp_min;
     fprintf(f, "  \"stack\": {\"ramend\": %u, \"sp_min\": %u, \"hwm_bytes\": %d, \"end_of_data\": "
                "%u, \"margin_bytes\": %d},\n",
@@ -887,6 +935,7 @@ int main(int argc, char **argv)
         uint64_t slice_end = avr->cycle + POLL_CYCLES;
         while (avr->cycle < slice_end) {
             uint32_t pc = avr->pc;
+            uint64_t cycle0 = avr->cycle;
             int wd_reset = avr->run != H.raw_run && avr->run != hung_run;
             int state = avr_run(avr);
             if (wd_reset) {
@@ -913,6 +962,12 @@ int main(int argc, char **argv)
                 continue; /* no instruction ran */
             if (!H.irq_on && avr->sreg[S_I])
                 H.irq_on = 1; /* latencies count from the first SEI after a reset */
+            if (pc / 2 < H.fn_words) {
+                uint16_t f = H.fn_of[pc / 2];
+                if (!H.fn_pass[f])
+                    H.fn_touched[H.n_touched++] = f;
+                H.fn_pass[f] += avr->cycle - cycle0;
+            }
             uint16_t sp = avr->data[SPL_ADDR] | (avr->data[SPH_ADDR] << 8);
             if (sp < H.sp_min)
                 H.sp_min = sp;
@@ -926,11 +981,16 @@ int main(int argc, char **argv)
                         continue;
                     if (H.wdr_last[i]) {
                         uint64_t d = avr->cycle - H.wdr_last[i];
-                        if (d > H.loop_max)
+                        if (d > H.loop_max) {
                             H.loop_max = d;
+                            memset(H.fn_worst, 0, sizeof H.fn_worst);
+                            for (int t = 0; t < H.n_touched; t++)
+                                H.fn_worst[H.fn_touched[t]] = H.fn_pass[H.fn_touched[t]];
+                        }
                         H.loop_passes++;
                     }
                     H.wdr_last[i] = avr->cycle;
+                    pass_reset();
                 }
             }
         }
