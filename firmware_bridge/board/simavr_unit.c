@@ -328,7 +328,11 @@ static void vcd_open(void)
     H.vcd_last_time = 0;
 }
 
-/* ---- valve pins: a valve is open when its pin is an output driven high (DDR and PORT bits) */
+/* ---- valve pins: a valve is open when its pin is an output driven high (DDR and PORT bits).
+ * The harness hooks each valve port's PORT and DDR register IRQs, not simavr's per-pin IRQs: a
+ * pin IRQ follows PORT only while the pin is an output (or pulled up) and does not fall when a
+ * high output becomes an input, and the pin IRQs are filtered (no notify for an unchanged value,
+ * even after a reset cleared the register). */
 static void valve_port_update(int pi, int ddr_override, uint8_t ddr_value)
 {
     avr_ioport_state_t st;
