@@ -646,15 +646,24 @@ static void write_stats(void)
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp", H.stats_path);
     FILE *f = fopen(tmp, "w");
-    if (!f)
+    if (!f) {
+        fprintf(stderr, "simavr_unit: cannot write %s: %s\n", tmp, strerror(errno));
         return;
+    }
     uint64_t cyc = H.avr->cycle;
     uint16_t ramend = H.avr->ramend;
     fprintf(f, "{\n  \"f_cpu_hz\": %u,\n  \"cycles\": %llu,\n  \"sim_s\": %.9f,\n", F_CPU_HZ,
             (unsigned long long)cyc, (double)cyc / F_CPU_HZ);
     fprintf(f, "  \"wall_s\": %.6f,\n  \"max_lag_s\": %.6f,\n", wall_now(), H.max_lag_s);
-    fprintf(f, "  \"elf\": \"%s\",\n  \"resets_total\": %d,\n  \"resets\": [", H.elf,
-            H.resets_total);
+    fputs("  \"elf\": \"", f);
+    for (const char *c = H.elf; *c; c++) /* a JSON string: escape what must be */
+        if (*c == '"' || *c == '\\')
+            fprintf(f, "\\%c", *c);
+        else if ((unsigned char)*c < 0x20)
+            fprintf(f, "\\u%04x", (unsigned char)*c);
+        else
+            fputc(*c, f);
+    fprintf(f, "\",\n  \"resets_total\": %d,\n  \"resets\": [", H.resets_total);
     for (int i = 0; i < H.n_resets; i++)
         fprintf(f, "%s\n    {\"cycle\": %llu, \"cause\": \"%s\"}", i ? "," : "",
                 (unsigned long long)H.resets[i].cycle, H.resets[i].cause);
