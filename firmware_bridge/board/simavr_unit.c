@@ -50,7 +50,9 @@
  * What is measured (stats keys, docs/bench.md):
  * - interrupts: for every vector the ELF defines (__vector_N): count, the latency from the
  *   vector's PENDING raise (with its enable bit set) to its RUNNING raise, and the ISR duration
- *   from RUNNING to RETI, in cycles (max and mean).
+ *   from RUNNING to RETI, in cycles (max and mean). simavr 1.6 charges no cycles for the
+ *   interrupt response (5 on the ATmega2560) and drops RUNNING at the start of RETI (5 cycles):
+ *   the chip's figures are 5 more for a latency, 10 more for a duration.
  * - main_loop: cycles between two executions of the same WDR instruction inside main() (the
  *   loop's wdt_reset(); the one at main's entry runs once a boot and never pairs; the WDRs in
  *   uart_send/uart_flush are outside main()), and where the worst pass spent them: cycles per
