@@ -41,20 +41,29 @@ INSTALL_HINT = (
 )
 _PTY_RE = re.compile(rb"^pty (/dev/pts/\d+)$", re.MULTILINE)
 _STATS_RE = re.compile(rb"^stats written$", re.MULTILINE)
-_SOURCES = ("*.c", "*.h", "Makefile")
+_FIRMWARE_C = ("main.c", "unit.c", "proto.c")  # the Makefile's FW_SRC
 
 
-def _stale(target: Path) -> bool:
+def _stale(target: Path, sources: list[Path]) -> bool:
     if not target.exists():
         return True
     built = target.stat().st_mtime
-    return any(p.stat().st_mtime > built for pat in _SOURCES for p in BOARD_DIR.glob(pat))
+    return any(p.stat().st_mtime > built for p in sources)
+
+
+def _sources() -> tuple[list[Path], list[Path]]:
+    """(the firmware's sources, the harness's sources), as the Makefile builds each."""
+    makefile = BOARD_DIR / "Makefile"
+    headers = sorted(BOARD_DIR.glob("*.h"))
+    firmware = [BOARD_DIR / n for n in _FIRMWARE_C] + headers + [makefile]
+    return firmware, [BOARD_DIR / "simavr_unit.c", BOARD_DIR / "pins.h", makefile]
 
 
 def build_simavr(force: bool = False) -> tuple[Path, Path]:
     """``make -C firmware_bridge/board simavr`` when the harness or firmware-sim.elf is missing
     or older than a source; returns (harness, ELF)."""
-    if not force and not _stale(SIM_ELF) and not _stale(HARNESS):
+    firmware, harness = _sources()
+    if not force and not _stale(SIM_ELF, firmware) and not _stale(HARNESS, harness):
         return HARNESS, SIM_ELF
     for tool in ("make", "avr-gcc", "gcc"):
         if shutil.which(tool) is None:

@@ -15,41 +15,49 @@
  *
  * Time rule. Simulated time never runs ahead of the wall clock: before each 16,000 cycles (1 ms
  * of simulated time) the harness compares their end, cycles / 16 MHz, with CLOCK_MONOTONIC since
- * the start and sleeps until the wall clock has reached it. A unit running ahead of its host would see the host slow and trip its
- * link watchdog (250 ms) falsely. When the host machine is busy the simulation may fall behind
- * (lag = wall - simulated time); it then runs at full speed until it has caught up. The catch-up
- * is not capped: simulated time stays the image of wall time over a run, and while it lags the
- * host's commands reach the unit early in its own time, never late, so lag can never trip a
- * watchdog. The stats report the largest lag (max_lag_s: wall - simulated time at the checks,
- * about 1 ms on an idle machine by construction). Nothing is timed on the wall clock
- * inside the simulation: every figure here is in CPU cycles.
+ * the start and sleeps until the wall clock has reached it. A unit running ahead of its host
+ * would see the host slow and trip its link watchdog (250 ms) falsely. When the host machine is
+ * busy the simulation may fall behind (lag = wall - simulated time); it then runs at full speed
+ * until it has caught up. The catch-up is not capped: simulated time stays the image of wall
+ * time over a run, and while it lags the host's commands reach the unit early in its own time,
+ * never late, so lag can never trip a watchdog. The stats report the largest lag (max_lag_s:
+ * wall - simulated time at the checks, about 1 ms on an idle machine by construction). Nothing
+ * is timed on the wall clock inside the simulation: every figure here is in CPU cycles.
  *
  * Bytes. The host's bytes enter USART0 at the line rate in simulated time: one byte per frame
- * time of the line UBRR0/U2X0/UCSR0C configure (1,360 cycles, 85 us, at UBRR0 16 with U2X, 8N1;
- * the harness corrects simavr's own frame time, which counts a parity bit that 8N1 has not), and
- * never while simavr's XOFF says its receive FIFO is full. The firmware's bytes go to the pty as simavr's UART emits them (at its TX rate);
- * when the pty is full (no reader) they wait in a buffer, which drops its oldest bytes above
- * 64 KB (tx_dropped) rather than ever block the simulation.
+ * time of the line UBRR0/U2X0/UCSR0C configure (1,360 cycles, 85 us, at UBRR0 16 with U2X, 8N1),
+ * and never while simavr's XOFF says its receive FIFO is full. The firmware's bytes leave at the
+ * same rate; simavr hands each to the harness when UDR0 is written (one frame time before the
+ * line would finish it). When the pty is full (no reader) they wait in a buffer, which drops its
+ * oldest bytes above 64 KB (tx_dropped) rather than ever block the simulation.
  *
- * Resets. simavr 1.6 models the watchdog (WDE reset, WDRF in MCUSR, WDP prescaler) and clears
- * the I/O registers on a reset but not SRAM, as the chip does, so the firmware's .noinit markers
- * survive. It has two gaps the harness fills, without touching the firmware: a reset clears the
- * port registers without raising the port IRQs (the harness records every valve low at the reset
- * cycle, as the real pins float the moment RESET is asserted, and re-arms its own pin hooks), and
- * it has no external reset pin (`reset` calls avr_reset and sets EXTRF in MCUSR). The commanded
- * reset (FAULT_INJECT RESET: WDTO_15MS and wait) is a real watchdog reset here, so its stats
- * cause is "watchdog"; the firmware's BOOT tells it apart (SOFTWARE, from its .noinit marker).
- * The firmware's fallback for QEMU (a jump to address 0 after 60 ms) is in every build but is
- * never reached when the watchdog works; were it reached, resets would list cause
+ * simavr 1.6 gaps the harness fills, without touching the firmware:
+ * - its UART frame counts a parity bit that 8N1 has not (11 bit times) and is recomputed only on
+ *   a UBRRnL write: after every UCSR0A/UCSR0C/UBRR0 write the harness sets the line's frame time;
+ * - it reads the "old" watchdog prescaler after storing the new WDTCSR value, so a period change
+ *   while the watchdog runs is ignored (see on_wdtcsr_write);
+ * - a reset clears the port registers without raising the port IRQs: the harness records every
+ *   valve low at the reset cycle (the real pins float the moment RESET is asserted) and re-arms
+ *   its own pin hooks;
+ * - it has no external reset pin: `reset` calls avr_reset and sets EXTRF in MCUSR.
+ * simavr models the rest the firmware needs: the watchdog reset (WDE, WDRF in MCUSR), SRAM kept
+ * over a reset as on the chip (the firmware's .noinit markers survive), Timer1 CTC, the ADC, the
+ * EEPROM. The commanded reset (FAULT_INJECT RESET: WDTO_15MS and wait) is a real watchdog reset
+ * here, so its stats cause is "watchdog"; the firmware's BOOT tells it apart (SOFTWARE, from its
+ * .noinit marker). The firmware's fallback for QEMU (a jump to address 0 after 60 ms) is in every
+ * build but is never reached when the watchdog works; were it reached, resets would list cause
  * "jump_to_0".
  *
  * What is measured (stats keys, docs/bench.md):
  * - interrupts: for every vector the ELF defines (__vector_N): count, the latency from the
  *   vector's PENDING raise (with its enable bit set) to its RUNNING raise, and the ISR duration
- *   from RUNNING to RETI, in cycles (max and mean).
+ *   from RUNNING to RETI, in cycles (max and mean). simavr 1.6 charges no cycles for the
+ *   interrupt response (5 on the ATmega2560) and drops RUNNING at the start of RETI (5 cycles):
+ *   the chip's figures are 5 more for a latency, 10 more for a duration.
  * - main_loop: cycles between two executions of the same WDR instruction inside main() (the
  *   loop's wdt_reset(); the one at main's entry runs once a boot and never pairs; the WDRs in
- *   uart_send/uart_flush are outside main()).
+ *   uart_send/uart_flush are outside main()), and where the worst pass spent them: cycles per
+ *   function of the ELF's symbol table (a word-indexed table: one load an instruction).
  * - stack: the lowest SP seen after any instruction; high-water mark RAMEND - SP_min and the
  *   margin to _end (the end of .bss/.noinit).
  * - uart_rx: bytes, and the model of the chip's 2-byte receive FIFO: a byte arrives when simavr
@@ -98,6 +106,7 @@
 #define WDTCSR_ADDR 0x60
 #define WDR_OPCODE 0x95A8u
 #define USART0_RX_VECTOR 25
+#define MAX_FN 512
 #define STR(x) #x
 #define XSTR(x) STR(x)
 
@@ -185,6 +194,14 @@ static struct {
     uint64_t loop_max, loop_passes;
     uint16_t sp_min;
     uint32_t end_of_data, main_lo, main_hi;
+    /* functions (ELF FUNC symbols) and the cycles each took in the current and the worst pass */
+    int n_fn;
+    const char *fn_name[MAX_FN];
+    uint32_t fn_lo[MAX_FN], fn_hi[MAX_FN], fn_words;
+    uint16_t *fn_of;
+    uint64_t fn_pass[MAX_FN], fn_worst[MAX_FN];
+    uint16_t fn_touched[MAX_FN];
+    int n_touched;
     reset_rec_t resets[256];
     int n_resets, resets_total;
     uint64_t hangs[64];
@@ -242,6 +259,13 @@ static int elf_symbols(const char *path)
         for (size_t k = 0; k < n; k++) {
             const char *name = str + sym[k].st_name;
             int v;
+            if (ELF32_ST_TYPE(sym[k].st_info) == STT_FUNC && sym[k].st_size > 0 && *name &&
+                H.n_fn < MAX_FN - 1) {
+                int f = ++H.n_fn; /* 0 is "no function" */
+                H.fn_name[f] = strdup(name);
+                H.fn_lo[f] = sym[k].st_value;
+                H.fn_hi[f] = sym[k].st_value + sym[k].st_size;
+            }
             if (!strcmp(name, "main")) {
                 H.main_lo = sym[k].st_value;
                 H.main_hi = sym[k].st_value + sym[k].st_size;
@@ -256,6 +280,14 @@ static int elf_symbols(const char *path)
         }
     }
     free(img);
+    /* word address -> function: the worst pass's cycles per function, one load an instruction */
+    for (int f = 1; f <= H.n_fn; f++)
+        if (H.fn_hi[f] / 2 > H.fn_words)
+            H.fn_words = H.fn_hi[f] / 2;
+    H.fn_of = calloc(H.fn_words ? H.fn_words : 1, sizeof *H.fn_of);
+    for (int f = 1; f <= H.n_fn; f++)
+        for (uint32_t w = H.fn_lo[f] / 2; w < H.fn_hi[f] / 2; w++)
+            H.fn_of[w] = (uint16_t)f;
     return H.main_hi > H.main_lo ? 0 : -1;
 }
 
@@ -288,8 +320,9 @@ static void vcd_open(void)
         die("cannot write the --vcd file");
     static char buf[1 << 16];
     setvbuf(H.vcd, buf, _IOFBF, sizeof buf);
-    fprintf(H.vcd, "$comment simavr_unit: board firmware under simavr; time = cycle x %llu ps "
-                   "$end\n$comment f_cpu_hz %u $end\n$timescale 1 ps $end\n$scope module unit $end\n",
+    fprintf(H.vcd,
+            "$comment simavr_unit: board firmware under simavr; time = cycle x %llu ps $end\n"
+            "$comment f_cpu_hz %u $end\n$timescale 1 ps $end\n$scope module unit $end\n",
             (unsigned long long)PS_PER_CYCLE, F_CPU_HZ);
     for (int i = 0; i < N_VCH; i++)
         fprintf(H.vcd, "$var wire 1 %c valve%d $end\n", '!' + i, channels[i].ch);
@@ -303,7 +336,11 @@ static void vcd_open(void)
     H.vcd_last_time = 0;
 }
 
-/* ---- valve pins: a valve is open when its pin is an output driven high (DDR and PORT bits) */
+/* ---- valve pins: a valve is open when its pin is an output driven high (DDR and PORT bits).
+ * The harness hooks each valve port's PORT and DDR register IRQs, not simavr's per-pin IRQs: a
+ * pin IRQ follows PORT only while the pin is an output (or pulled up) and does not fall when a
+ * high output becomes an input, and the pin IRQs are filtered (no notify for an unchanged value,
+ * even after a reset cleared the register). */
 static void valve_port_update(int pi, int ddr_override, uint8_t ddr_value)
 {
     avr_ioport_state_t st;
@@ -509,7 +546,7 @@ static void on_vec_running(struct avr_irq_t *irq, uint32_t value, void *param)
             v->latency_n++;
             v->pending = 0;
         }
-        if (v->vector == USART0_RX_VECTOR && H.rx_arr_n) { /* USART0_RX takes the oldest unread byte */
+        if (v->vector == USART0_RX_VECTOR && H.rx_arr_n) { /* it takes the oldest unread byte */
             uint64_t arr = H.rx_arrivals[H.rx_arr_head];
             uint64_t wait = now > arr ? now - arr : 0;
             if (wait > H.rx_wait_max)
@@ -527,6 +564,14 @@ static void on_vec_running(struct avr_irq_t *irq, uint32_t value, void *param)
     }
 }
 
+/* ---- the current main-loop pass's cycles per function */
+static void pass_reset(void)
+{
+    for (int t = 0; t < H.n_touched; t++)
+        H.fn_pass[H.fn_touched[t]] = 0;
+    H.n_touched = 0;
+}
+
 /* ---- resets */
 static void note_reset(const char *cause)
 {
@@ -540,6 +585,7 @@ static void note_reset(const char *cause)
     H.wdt_running = !strcmp(cause, "watchdog") ? 2048ull * H.avr->frequency / 128000 : 0;
     for (int i = 0; i < H.n_wdr; i++)
         H.wdr_last[i] = 0;
+    pass_reset();
     H.rx_arr_n = 0; /* the chip's receive buffer is cleared */
     /* simavr cleared the I/O registers without raising the port IRQs: the pins float low */
     for (int i = 0; i < 2 * N_VPORTS; i++)
@@ -613,15 +659,24 @@ static void write_stats(void)
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp", H.stats_path);
     FILE *f = fopen(tmp, "w");
-    if (!f)
+    if (!f) {
+        fprintf(stderr, "simavr_unit: cannot write %s: %s\n", tmp, strerror(errno));
         return;
+    }
     uint64_t cyc = H.avr->cycle;
     uint16_t ramend = H.avr->ramend;
     fprintf(f, "{\n  \"f_cpu_hz\": %u,\n  \"cycles\": %llu,\n  \"sim_s\": %.9f,\n", F_CPU_HZ,
             (unsigned long long)cyc, (double)cyc / F_CPU_HZ);
     fprintf(f, "  \"wall_s\": %.6f,\n  \"max_lag_s\": %.6f,\n", wall_now(), H.max_lag_s);
-    fprintf(f, "  \"elf\": \"%s\",\n  \"resets_total\": %d,\n  \"resets\": [", H.elf,
-            H.resets_total);
+    fputs("  \"elf\": \"", f);
+    for (const char *c = H.elf; *c; c++) /* a JSON string: escape what must be */
+        if (*c == '"' || *c == '\\')
+            fprintf(f, "\\%c", *c);
+        else if ((unsigned char)*c < 0x20)
+            fprintf(f, "\\u%04x", (unsigned char)*c);
+        else
+            fputc(*c, f);
+    fprintf(f, "\",\n  \"resets_total\": %d,\n  \"resets\": [", H.resets_total);
     for (int i = 0; i < H.n_resets; i++)
         fprintf(f, "%s\n    {\"cycle\": %llu, \"cause\": \"%s\"}", i ? "," : "",
                 (unsigned long long)H.resets[i].cycle, H.resets[i].cause);
@@ -650,7 +705,21 @@ static void write_stats(void)
             (unsigned long long)H.loop_passes, (unsigned long long)H.loop_max);
     for (int i = 0; i < H.n_wdr; i++)
         fprintf(f, "%s%u", i ? ", " : "", H.wdr_addr[i]);
-    fprintf(f, "]},\n");
+    fprintf(f, "],\n    \"worst_pass_functions\": {");
+    /* the worst pass's cycles per function, largest first ("" = outside any function) */
+    int shown[MAX_FN] = {0};
+    for (int k = 0; k <= H.n_fn; k++) {
+        int best = -1;
+        for (int g = 0; g <= H.n_fn; g++)
+            if (!shown[g] && H.fn_worst[g] && (best < 0 || H.fn_worst[g] > H.fn_worst[best]))
+                best = g;
+        if (best < 0)
+            break;
+        shown[best] = 1;
+        fprintf(f, "%s\"%s\": %llu", k ? ", " : "", best ? H.fn_name[best] : "",
+                (unsigned long long)H.fn_worst[best]);
+    }
+    fprintf(f, "}},\n");
     int hwm = ramend - H.sp_min;
     fprintf(f, "  \"stack\": {\"ramend\": %u, \"sp_min\": %u, \"hwm_bytes\": %d, \"end_of_data\": "
                "%u, \"margin_bytes\": %d},\n",
@@ -891,13 +960,14 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     avr_irq_t *uart_in = uart + UART_IRQ_INPUT;
-    uint64_t next_poll = 0, next_throttle = THROTTLE_CYCLES;
+    uint64_t next_poll = 0, next_throttle = 0; /* the throttle runs before the first ms */
     int rc = 0;
     H.just_reset = 1;
     while (!H.quit) {
         uint64_t slice_end = avr->cycle + POLL_CYCLES;
         while (avr->cycle < slice_end) {
             uint32_t pc = avr->pc;
+            uint64_t cycle0 = avr->cycle;
             int wd_reset = avr->run != H.raw_run && avr->run != hung_run;
             int state = avr_run(avr);
             if (wd_reset) {
@@ -918,8 +988,18 @@ int main(int argc, char **argv)
                 }
                 continue;
             }
+            if (H.rx_off < H.rx_len && avr->cycle >= H.rx_due)
+                rx_inject(uart_in); /* the line does not wait for a hung CPU */
+            if (H.hung)
+                continue; /* no instruction ran */
             if (!H.irq_on && avr->sreg[S_I])
                 H.irq_on = 1; /* latencies count from the first SEI after a reset */
+            if (pc / 2 < H.fn_words) {
+                uint16_t f = H.fn_of[pc / 2];
+                if (!H.fn_pass[f])
+                    H.fn_touched[H.n_touched++] = f;
+                H.fn_pass[f] += avr->cycle - cycle0;
+            }
             uint16_t sp = avr->data[SPL_ADDR] | (avr->data[SPH_ADDR] << 8);
             if (sp < H.sp_min)
                 H.sp_min = sp;
@@ -933,15 +1013,18 @@ int main(int argc, char **argv)
                         continue;
                     if (H.wdr_last[i]) {
                         uint64_t d = avr->cycle - H.wdr_last[i];
-                        if (d > H.loop_max)
+                        if (d > H.loop_max) {
                             H.loop_max = d;
+                            memset(H.fn_worst, 0, sizeof H.fn_worst);
+                            for (int t = 0; t < H.n_touched; t++)
+                                H.fn_worst[H.fn_touched[t]] = H.fn_pass[H.fn_touched[t]];
+                        }
                         H.loop_passes++;
                     }
                     H.wdr_last[i] = avr->cycle;
+                    pass_reset();
                 }
             }
-            if (H.rx_off < H.rx_len && avr->cycle >= H.rx_due)
-                rx_inject(uart_in);
         }
         if (avr->cycle >= next_poll) {
             pty_poll();
