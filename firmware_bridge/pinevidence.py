@@ -51,6 +51,7 @@ __all__ = [
     "boot_segments",
     "parse_rx_log",
     "frame_arrivals",
+    "frames_received",
     "unreported_fires",
     "unit_cycle",
     "last_valid_frame",
@@ -380,6 +381,26 @@ def frame_arrivals(rec: WireRecord, rx_log: Sequence[tuple[int, int, bool]]) -> 
         k = s_.end - 1
         if k < n and not rx_log[k][2]:
             out[i] = rx_log[k][0]
+    return out
+
+
+def frames_received(rx_log: Sequence[tuple[int, int, bool]]) -> list[tuple[int, Message]]:
+    """The frames in the harness's byte log, decoded, each with the cycle its last byte reached
+    the UART: what the unit heard, whoever sent it (the host, or a proxy in between). Frames
+    that do not decode (a corrupted or lost byte) are left out."""
+    dec = Decoder()
+    out: list[tuple[int, Message]] = []
+    prev = 0
+    for cycle, byte, lost in rx_log:
+        if lost:
+            continue
+        if byte == 0 and prev != 0:
+            for m in dec.feed(b"\x00"):
+                if isinstance(m, Message):
+                    out.append((cycle, m))
+        elif byte != 0:
+            dec.feed(bytes([byte]))
+        prev = byte
     return out
 
 

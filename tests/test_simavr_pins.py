@@ -314,3 +314,25 @@ def test_no_pin_high_outside_an_accepted_fire_across_resets(resets):
     v = pe.judge_only_accepted_fires(resets.pulses, resets.rec, resets.resets, unreported=unrep)
     print(v)
     assert v.ok, v
+
+
+# ---- issue 17 item 4: the campaign's firmware timing rows on simavr ------------------------
+
+
+def test_the_campaigns_firmware_timing_rows_pass_on_simavr_pins(tmp_path):
+    """`faults --units simavr`: link loss, host killed, reset and pressure loss, REALTIME, each
+    judged on the firmware's record and on the valve pins in simulated time: every pin low
+    within watchdog + 1 tick (+ two passes for the unit to take the last frame) of the last
+    FIRE/HEARTBEAT it heard, within two passes of a fault's last byte."""
+    _need()
+    from thruster_hil.campaign import run_campaign
+
+    records = run_campaign(tmp_path, units=("simavr",))
+    for r in records:
+        print(r["id"], r["fault"], r["measured"]["pins"], r["why"])
+    assert [r["id"] for r in records] == ["S01", "S02", "S03", "S04"]
+    assert all(r["passed"] for r in records), [(r["id"], r["why"]) for r in records]
+    killed = records[1]["measured"]["pins"]
+    # the host died mid-pulse: the unit's watchdog, not the pulse's end, closed the valves
+    assert killed["pins_high_at_t0"] > 0
+    assert killed["closure_cycles"] >= WATCHDOG_MS * pe.TICK_CYCLES

@@ -54,6 +54,11 @@ from thruster_hil.firmware_bridge.priority import WIRE_FIFO, raise_priority
 from thruster_hil.stopsignals import as_from_a_terminal
 
 UNITS = ("emulator", "qemu")
+#: Every unit a campaign can fly. simavr (the board firmware cycle by cycle) has the firmware
+#: timing rows only, judged on its pins in simulated time (_simavr_pins): opt in with
+#: ``faults --units simavr``; QEMU stays for the fast functional rows.
+ALL_UNITS = (*UNITS, "simavr")
+_PREFIX = {"emulator": "E", "qemu": "Q", "simavr": "S"}
 STACK = "dragon-boost-kit"
 #: Lockstep burns: long enough for a fault at a random step mid-burn, short enough for CI.
 LOCKSTEP_TARGET = ("--delta-v", "0.1")
@@ -117,7 +122,7 @@ def build_rows(seed: int = 1, units: tuple[str, ...] = UNITS) -> list[Row]:
     rows: list[Row] = []
     wd = "the unit's watchdog closes every valve within watchdog + 1 tick of the last frame"
     for unit in units:
-        p = "E" if unit == "emulator" else "Q"
+        p = _PREFIX[unit]
         n = iter(range(1, 100))
 
         def add(**kw) -> None:
@@ -125,6 +130,10 @@ def build_rows(seed: int = 1, units: tuple[str, ...] = UNITS) -> list[Row]:
 
         def step(lo: int = 10, hi: int = 90) -> int:
             return rng.randint(lo, hi)
+
+        if unit == "simavr":
+            _simavr_rows(add, step, wd)
+            continue
 
         add(
             fault="none (reference)",
@@ -244,6 +253,56 @@ def build_rows(seed: int = 1, units: tuple[str, ...] = UNITS) -> list[Row]:
         )
         _attack_rows(add, step, unit)
     return rows
+
+
+def _simavr_rows(add, step, wd: str) -> None:
+    """The firmware timing rows on simavr, REALTIME so that pulses run on the valve pins: link
+    loss, host killed, reset, pressure loss. Each is judged on the pin trace in simulated time
+    as well (_simavr_pins)."""
+    k = step(3, 8)
+    add(
+        fault=f"link lost for good at step {k} (REALTIME)",
+        spec=f"cut@step{k}",
+        mode="realtime",
+        target=REALTIME_TARGET,
+        expect="stops",
+        onset="link",
+        reason=r"no VALVE_REPORT for \d+ REALTIME cycles",
+        expected=f"host stops the burn; {wd} (pins), cutting pulses in progress",
+    )
+    k = step(3, 8)
+    add(
+        fault=f"host killed (SIGKILL) at cycle {k} (REALTIME)",
+        kill_at_cycle=k,
+        mode="realtime",
+        target=REALTIME_TARGET,
+        expect="killed",
+        onset="link",
+        expected=f"{wd} (pins), cutting pulses in progress; every cycle but the last kept",
+    )
+    k = step(3, 8)
+    add(
+        fault=f"unit reset at step {k} (REALTIME)",
+        spec=f"reset@step{k}",
+        mode="realtime",
+        target=REALTIME_TARGET,
+        expect="stops",
+        reason=r"reset",
+        onset="fault",
+        expected="every pin low from the reset on; the host stops the burn (unit reset)",
+    )
+    k = step(3, 8)
+    add(
+        fault=f"tank pressure lost (0 kPa) at step {k} (REALTIME)",
+        spec=f"pressure=0kPa@step{k}",
+        mode="realtime",
+        target=REALTIME_TARGET,
+        expect="stops",
+        reason=r"LOW_PRESSURE|pressure",
+        onset="fault",
+        expected="every pin low at once (two main-loop passes of the fault's last byte); "
+        "the host stops the burn naming the pressure",
+    )
 
 
 def _attack_rows(add, step, unit: str) -> None:
@@ -714,6 +773,12 @@ def _start_unit(row: Row, out: Path):
         from thruster_hil.firmware_bridge.emulator import EmulatorProcess
 
         return EmulatorProcess(log_path=out / "unit.jsonl", seed=7).start()
+    if row.unit == "simavr":
+        from thruster_hil.firmware_bridge.simavr import SimavrUnit
+
+        return SimavrUnit(
+            vcd_path=out / "pins.vcd", stats_path=out / "stats.json", rx_log_path=out / "rx.log"
+        ).start()
     from thruster_hil.firmware_bridge.qemu import QemuUnit
 
     return QemuUnit().start()
@@ -1105,11 +1170,16 @@ def judge(
         n_rogue = sum((rogue_sent or {}).values())
         if n_rogue < 8:
             failures.append(f"the guesser got only {n_rogue} frames in")
+    pins = None
     if row.onset in ("link", "fault"):
         bound_ms = 251.0 if row.onset == "link" else 1.0
         if row.unit == "qemu" and row.onset == "fault" and not ev.closed_on_unit_clock:
             bound_ms = 250.0  # wall time through QEMU and the proxy, not the unit's clock
         failures += judge_closure(ev, bound_ms)
+        if row.unit == "simavr":
+            pins = _simavr_pins(row, out)
+            if not pins.ok:
+                failures += [f"pins: {p}" for p in pins.problems]
     if row.rogue:
         n_rogue = sum((rogue_sent or {}).values())
         if n_rogue < 20:
@@ -1154,6 +1224,7 @@ def judge(
         "attitude_limit_deg": limit,
         "valves_closed_after_ms": ev.closed_after_ms,
         "valves_closed_bound_ms": bound_ms,
+        "pins": None if pins is None else pins.numbers,
         "valves_closed": s.get("valves_closed"),
         "valves_still_open": ev.still_open,
         "double_fires": doubles,
@@ -1173,6 +1244,41 @@ def judge(
     rec = {**asdict(row), "measured": measured, "passed": not failures, "why": failures}
     (out / "row.json").write_text(json.dumps(rec, indent=2) + "\n", encoding="utf-8")
     return rec
+
+
+def _simavr_pins(row: Row, out: Path):
+    """The row on the pins, in simulated time (issue 17): from the last byte of the frame the
+    unit acted on (the last FIRE or HEARTBEAT it heard for a lost link or a killed host; the
+    FAULT_INJECT for a reset or a pressure loss) to every valve pin low, with nothing rising
+    after. Bounds: watchdog + 1 tick, plus two main-loop passes (the harness's worst) for the
+    unit to take that frame; two passes for a fault (the pass in progress, then its own)."""
+    from thruster_hil.firmware_bridge import pinevidence as pe
+    from thruster_hil.firmware_bridge.dictionary import LIMITS
+    from thruster_hil.firmware_bridge.vcd import read_vcd
+
+    stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    trace = read_vcd(out / "pins.vcd")
+    pulses = pe.valve_pulses(trace)
+    heard = pe.frames_received(pe.parse_rx_log((out / "rx.log").read_text(encoding="ascii")))
+    passes = 2 * stats["main_loop"]["pass_max_cycles"] + stats["uart_rx"]["wait_max_cycles"]
+    if row.onset == "link":
+        names = ("FIRE", "HEARTBEAT")
+        bound = (LIMITS["watchdog_ms_default"] + 1) * pe.TICK_CYCLES + passes
+    else:
+        names = ("FAULT_INJECT",)
+        bound = passes
+    last = [c for c, m in heard if m.name in names]
+    if not last:
+        return pe.Verdict("pins", False, {}, [f"the unit never heard a {' or '.join(names)}"])
+    t0 = last[-1]
+    v = pe.judge_closed_after(
+        "pins", pulses, t0, bound, f"the last {'/'.join(names)}'s last byte", t0 + passes
+    )
+    v.numbers["bare_bound_cycles"] = (
+        (LIMITS["watchdog_ms_default"] + 1) * pe.TICK_CYCLES if row.onset == "link" else 0
+    )
+    v.numbers["resets"] = len(pe.reset_cycles(trace))
+    return v
 
 
 def _wire_late_ms(wire: list[dict]) -> float | None:

@@ -367,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_units,
         default=("emulator", "qemu"),
         metavar="UNIT[,UNIT]",
-        help="emulator, qemu or both (default: emulator,qemu)",
+        help="emulator, qemu, simavr (its firmware timing rows, judged on the pins in "
+        "simulated time), comma-separated (default: emulator,qemu)",
     )
     faults.add_argument(
         "--only",
@@ -605,9 +606,11 @@ def _cmd_sustain(args: argparse.Namespace) -> int:
 
 def _units(text: str) -> tuple[str, ...]:
     units = tuple(u.strip() for u in text.split(","))
-    bad = [u for u in units if u not in ("emulator", "qemu")]
+    bad = [u for u in units if u not in ("emulator", "qemu", "simavr")]
     if bad or not units or len(set(units)) != len(units):
-        raise argparse.ArgumentTypeError(f"expected emulator, qemu or emulator,qemu, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected units from emulator, qemu, simavr (e.g. emulator,qemu), got {text!r}"
+        )
     return units
 
 
@@ -615,7 +618,7 @@ def _row_ids(text: str) -> set[str]:
     import re
 
     ids = {i.strip().upper() for i in text.split(",")}
-    bad = sorted(i for i in ids if not re.fullmatch(r"[EQ]\d{2}", i))
+    bad = sorted(i for i in ids if not re.fullmatch(r"[EQS]\d{2}", i))
     if bad:
         raise argparse.ArgumentTypeError(f"expected row ids like E02 or Q07, got {text!r}")
     return ids
