@@ -16,11 +16,13 @@ from thruster_hil.firmware_bridge.pinevidence import (
     align,
     boot_segments,
     event_cycle,
+    frames_received,
     judge_closed_after,
     judge_only_accepted_fires,
     judge_pulse_widths,
     judge_reset_low,
     last_valid_frame,
+    parse_rx_log,
     reset_cycles,
     valve_pulses,
 )
@@ -254,3 +256,21 @@ def test_boot_segments_place_the_boots_the_host_saw():
     # no power-on BOOT seen, one missed in the middle: the last one anchors, counts place it
     assert boot_segments([seen[1], seen[3]], resets) == {0: 0, 1: 1, 2: 3}
     assert boot_segments([], resets) == {0: 3}
+
+
+def test_frames_received_decode_the_byte_log_with_each_last_byte_cycle():
+    hb = codec.encode("HEARTBEAT", 3, 0, session=1, host_step=2)
+    stop = codec.encode("STOP_ALL", 4, 0)
+    stream = b"\x00" + hb + bytes([0x05, 0x01]) + b"\x00" + stop  # a lone 0, a broken frame
+    log = [(100 + 10 * i, b, False) for i, b in enumerate(stream)]
+    got = frames_received(log)
+    assert [(m.name, c) for c, m in got] == [
+        ("HEARTBEAT", 100 + 10 * len(hb)),
+        ("STOP_ALL", 100 + 10 * (len(stream) - 1)),
+    ]
+    # a byte the UART lost (its receiver off during a reset) takes its frame with it
+    lossy = [(c, b, i == 5) for i, (c, b, _) in enumerate(log)]
+    assert [m.name for _, m in frames_received(lossy)] == ["STOP_ALL"]
+    assert parse_rx_log("10 5\n11 0 lost\n") == [(10, 5, False), (11, 0, True)]
+    with pytest.raises(ValueError, match="line 1"):
+        parse_rx_log("10 5 x\n")
