@@ -20,8 +20,8 @@ is the least ``rise - 16 t_start`` over the first pulse of every channel in that
 pulse must then start within ``RISE_TOL_CYCLES`` of its FIRE (an extra pulse anywhere breaks
 the alignment and shows as unmatched, so the check cannot pass by construction). Each verdict
 says what it measured from: a frame's last byte reaching the UART when the harness logged
-the bytes it received (``--rx-log``, :func:`frame_arrivals`), else the unit's own clock at the
-moment it took the frame.
+the bytes (``--uart-log``, :func:`frame_arrivals`), else the unit's own clock at the moment it
+took the frame.
 
 Every judge returns a :class:`Verdict`: ``ok``, the numbers (cycles and microseconds) the tests
 assert and docs quote, and one line per problem.
@@ -49,7 +49,7 @@ __all__ = [
     "reset_cycles",
     "align",
     "boot_segments",
-    "parse_rx_log",
+    "parse_uart_log",
     "frame_arrivals",
     "frames_received",
     "unreported_fires",
@@ -350,50 +350,35 @@ def align(
     return origins
 
 
-def parse_rx_log(text: str) -> list[tuple[int, int, bool]]:
-    """The harness's --rx-log: ``[(cycle received, byte, lost), ...]`` in the order the host
-    sent the bytes (lost: the UART's receiver was off, during a reset)."""
+def parse_uart_log(text: str) -> list[tuple[int, int]]:
+    """The bytes the unit received, from the harness's --uart-log (``<cycle> rx|tx <hex>`` a
+    line, the cycle when the byte was complete: for rx, when the USART has it): ``[(cycle,
+    byte), ...]`` in the order they came. Bytes the chip lost (its receiver off during a reset)
+    are not in the log."""
     out = []
     for n, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
-        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "lost"):
-            raise ValueError(f"rx log line {n}: expected 'cycle byte [lost]', got {line!r}")
-        out.append((int(parts[0]), int(parts[1]), len(parts) == 3))
-    return out
-
-
-def frame_arrivals(rec: WireRecord, rx_log: Sequence[tuple[int, int, bool]]) -> dict[int, int]:
-    """The trace cycle at which the last byte (the 0x00 delimiter) of each frame the host sent
-    reached the unit's UART. The log holds every byte the harness took from the pty, in order:
-    the host's byte stream, which must match it byte for byte (ValueError naming the first
-    difference otherwise). Returns {index in ``rec.sent``: cycle}; frames past the log's end
-    (still in the pty when the harness stopped) and lost ones are left out."""
-    sent = rec.tx_bytes
-    n = min(len(sent), len(rx_log))
-    for i in range(n):
-        if rx_log[i][1] != sent[i]:
+        try:
+            if len(parts) != 3 or parts[1] not in ("rx", "tx"):
+                raise ValueError
+            cycle, byte = int(parts[0]), int(parts[2], 16)
+        except ValueError:
             raise ValueError(
-                f"rx log byte {i} is 0x{rx_log[i][1]:02x}, the host sent 0x{sent[i]:02x}: "
-                f"the log is not this host's stream"
-            )
-    out = {}
-    for i, s_ in enumerate(rec.sent):
-        k = s_.end - 1
-        if k < n and not rx_log[k][2]:
-            out[i] = rx_log[k][0]
+                f"uart log line {n}: expected '<cycle> rx|tx <hex>', got {line!r}"
+            ) from None
+        if parts[1] == "rx":
+            out.append((cycle, byte))
     return out
 
 
-def frames_received(rx_log: Sequence[tuple[int, int, bool]]) -> list[tuple[int, Message]]:
-    """The frames in the harness's byte log, decoded, each with the cycle its last byte reached
-    the UART: what the unit heard, whoever sent it (the host, or a proxy in between). Frames
-    that do not decode (a corrupted or lost byte) are left out."""
+def frames_received(rx: Sequence[tuple[int, int]]) -> list[tuple[int, Message]]:
+    """The frames the unit received, decoded, each with the cycle its last byte reached the
+    UART: what the unit heard, whoever sent it (the host, or a proxy in between). Frames that do
+    not decode (a corrupted or lost byte) are left out."""
     dec = Decoder()
     out: list[tuple[int, Message]] = []
     prev = 0
-    for cycle, byte, lost in rx_log:
-        if lost:
-            continue
+    for cycle, byte in rx:
         if byte == 0 and prev != 0:
             for m in dec.feed(b"\x00"):
                 if isinstance(m, Message):
@@ -401,6 +386,26 @@ def frames_received(rx_log: Sequence[tuple[int, int, bool]]) -> list[tuple[int, 
         elif byte != 0:
             dec.feed(bytes([byte]))
         prev = byte
+    return out
+
+
+def frame_arrivals(rec: WireRecord, rx: Sequence[tuple[int, int]]) -> dict[int, int]:
+    """The trace cycle at which the last byte (the 0x00 delimiter) of each frame the host sent
+    reached the unit's UART. The frames the unit received (:func:`frames_received`) are the
+    host's, in order, less any a reset lost: each sent frame is matched to the next received
+    one with the same message, sequence count, flags and fields. Returns {index in
+    ``rec.sent``: cycle}; frames the unit never got are left out."""
+    got = frames_received(rx)
+    out: dict[int, int] = {}
+    j = 0
+    for i, s_ in enumerate(rec.sent):
+        m = s_.msg
+        k = j
+        while k < len(got) and got[k][1] != m:
+            k += 1
+        if k < len(got):
+            out[i] = got[k][0]
+            j = k + 1
     return out
 
 

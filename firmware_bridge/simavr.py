@@ -83,7 +83,8 @@ class SimavrUnit:
     ``port`` is the pty path once started; ``stop()`` (or leaving the ``with`` block) sends
     ``quit``, waits for the harness to write its stats and VCD, and kills it if it does not end
     within the timeout. ``elf`` runs another ELF (e.g. the release firmware.elf) instead of
-    firmware-sim.elf; ``arm_enable`` is the arm-enable jumper at start (True: fitted).
+    firmware-sim.elf; ``arm_enable`` is the arm-enable jumper at start (True: fitted);
+    ``uart_log_path`` logs every byte on USART0 with its cycle ("<cycle> rx|tx <hex>").
     """
 
     def __init__(
@@ -93,17 +94,16 @@ class SimavrUnit:
         boot_timeout_s: float = 10.0,
         vcd_path: str | os.PathLike | None = None,
         stats_path: str | os.PathLike | None = None,
-        rx_log_path: str | os.PathLike | None = None,
         arm_enable: bool = True,
+        uart_log_path: str | os.PathLike | None = None,
     ):
         self.elf = Path(elf) if elf is not None else SIM_ELF
         self.build = build
         self.boot_timeout_s = boot_timeout_s
         self.vcd_path = Path(vcd_path) if vcd_path is not None else None
         self.stats_path = Path(stats_path) if stats_path is not None else None
-        #: the harness's --rx-log: "cycle byte" per byte the unit received (pinevidence.py)
-        self.rx_log_path = Path(rx_log_path) if rx_log_path is not None else None
         self.arm_enable = arm_enable
+        self.uart_log_path = Path(uart_log_path) if uart_log_path is not None else None
         self.port: str | None = None
         self._proc: subprocess.Popen | None = None
         self._err = None
@@ -126,8 +126,8 @@ class SimavrUnit:
             cmd += ["--vcd", str(self.vcd_path)]
         if self.stats_path is not None:
             cmd += ["--stats", str(self.stats_path)]
-        if self.rx_log_path is not None:
-            cmd += ["--rx-log", str(self.rx_log_path)]
+        if self.uart_log_path is not None:
+            cmd += ["--uart-log", str(self.uart_log_path)]
         self._err = tempfile.TemporaryFile()  # never a pipe: a full one would stall the harness
         self._proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err

@@ -16,13 +16,14 @@ from thruster_hil.firmware_bridge.pinevidence import (
     align,
     boot_segments,
     event_cycle,
+    frame_arrivals,
     frames_received,
     judge_closed_after,
     judge_only_accepted_fires,
     judge_pulse_widths,
     judge_reset_low,
     last_valid_frame,
-    parse_rx_log,
+    parse_uart_log,
     reset_cycles,
     valve_pulses,
 )
@@ -262,15 +263,28 @@ def test_frames_received_decode_the_byte_log_with_each_last_byte_cycle():
     hb = codec.encode("HEARTBEAT", 3, 0, session=1, host_step=2)
     stop = codec.encode("STOP_ALL", 4, 0)
     stream = b"\x00" + hb + bytes([0x05, 0x01]) + b"\x00" + stop  # a lone 0, a broken frame
-    log = [(100 + 10 * i, b, False) for i, b in enumerate(stream)]
-    got = frames_received(log)
+    rx = [(100 + 10 * i, b) for i, b in enumerate(stream)]
+    got = frames_received(rx)
     assert [(m.name, c) for c, m in got] == [
         ("HEARTBEAT", 100 + 10 * len(hb)),
         ("STOP_ALL", 100 + 10 * (len(stream) - 1)),
     ]
     # a byte the UART lost (its receiver off during a reset) takes its frame with it
-    lossy = [(c, b, i == 5) for i, (c, b, _) in enumerate(log)]
-    assert [m.name for _, m in frames_received(lossy)] == ["STOP_ALL"]
-    assert parse_rx_log("10 5\n11 0 lost\n") == [(10, 5, False), (11, 0, True)]
+    assert [m.name for _, m in frames_received(rx[:5] + rx[6:])] == ["STOP_ALL"]
+    log = "10 rx 05\n11 tx 00\n12 rx 00\n"
+    assert parse_uart_log(log) == [(10, 5), (12, 0)]
     with pytest.raises(ValueError, match="line 1"):
-        parse_rx_log("10 5 x\n")
+        parse_uart_log("10 5\n")
+
+
+def test_frame_arrivals_match_the_hosts_frames_to_what_the_unit_heard():
+    b = FakeBench()
+    b.tx("STOP_ALL")
+    b.tx("STOP_ALL")
+    rec = WireRecord.from_chunks(b.chunks)
+    stream = rec.tx_bytes
+    first_end = rec.sent[1].end  # the first STOP_ALL is lost (a reset), the rest arrive
+    rx = [(1000 + i, x) for i, x in enumerate(stream) if not rec.sent[0].end <= i < first_end]
+    arr = frame_arrivals(rec, rx)
+    assert set(arr) == {0, 2}
+    assert arr[2] == 1000 + rec.sent[2].end - 1

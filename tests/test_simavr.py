@@ -256,7 +256,10 @@ def test_vcd_traces_a_realtime_pulse_the_arm_line_and_a_reset(tmp_path):
     from thruster_hil.firmware_bridge.simavr import SimavrUnit
 
     vcd_path = tmp_path / "pins.vcd"
-    with SimavrUnit(vcd_path=vcd_path, stats_path=tmp_path / "s.json") as unit:
+    log_path = tmp_path / "uart.log"
+    with SimavrUnit(
+        vcd_path=vcd_path, stats_path=tmp_path / "s.json", uart_log_path=log_path
+    ) as unit:
         port = Port(unit.port)
         try:
             port.wait_for("BOOT")
@@ -298,6 +301,13 @@ def test_vcd_traces_a_realtime_pulse_the_arm_line_and_a_reset(tmp_path):
     tick = F_CPU // 1000
     assert executed == 20
     assert executed * tick <= width_cycles <= (executed + 1) * tick + pass_max
+    # the UART log dates the FIRE: its frame ends (0x00) before the pin rises, within two
+    # main-loop passes (the pass it arrived in, the pass that takes it)
+    log = [line.split() for line in log_path.read_text().splitlines()]
+    assert all(d in ("rx", "tx") and len(b) == 2 for _, d, b in log)
+    rise_cycle = rises[0] // PS_PER_CYCLE
+    fire_end = max(int(c) for c, d, b in log if d == "rx" and b == "00" and int(c) < rise_cycle)
+    assert 0 < rise_cycle - fire_end <= 2 * pass_max
     assert all(t % PS_PER_CYCLE == 0 for t, _ in v0)  # exact cycle stamps
     assert [v for _, v in changes["arm_enable"]] == [0, 1, 0]
     reset = changes["reset"]

@@ -76,8 +76,8 @@ def fly(tmp_path: Path, script: Callable[[Link, object], None]) -> Flight:
     from thruster_hil.firmware_bridge.simavr import SimavrUnit
 
     chunks: list[tuple[str, int, bytes]] = []
-    vcd, stats, rxlog = tmp_path / "pins.vcd", tmp_path / "stats.json", tmp_path / "rx.log"
-    with SimavrUnit(vcd_path=vcd, stats_path=stats, rx_log_path=rxlog) as unit:
+    vcd, stats, ulog = tmp_path / "pins.vcd", tmp_path / "stats.json", tmp_path / "uart.log"
+    with SimavrUnit(vcd_path=vcd, stats_path=stats, uart_log_path=ulog) as unit:
         link = Link(unit.port, on_bytes=lambda d, t, b: chunks.append((d, t, bytes(b))))
         try:
             script(link, unit)
@@ -88,7 +88,7 @@ def fly(tmp_path: Path, script: Callable[[Link, object], None]) -> Flight:
         st = unit.stats()
     trace = read_vcd(vcd)
     rec = pe.WireRecord.from_chunks(chunks)
-    arrivals = pe.frame_arrivals(rec, pe.parse_rx_log(rxlog.read_text()))
+    arrivals = pe.frame_arrivals(rec, pe.parse_uart_log(ulog.read_text()))
     return Flight(trace, pe.valve_pulses(trace), rec, pe.reset_cycles(trace), arrivals, st)
 
 

@@ -777,7 +777,7 @@ def _start_unit(row: Row, out: Path):
         from thruster_hil.firmware_bridge.simavr import SimavrUnit
 
         return SimavrUnit(
-            vcd_path=out / "pins.vcd", stats_path=out / "stats.json", rx_log_path=out / "rx.log"
+            vcd_path=out / "pins.vcd", stats_path=out / "stats.json", uart_log_path=out / "uart.log"
         ).start()
     from thruster_hil.firmware_bridge.qemu import QemuUnit
 
@@ -1259,7 +1259,7 @@ def _simavr_pins(row: Row, out: Path):
     stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
     trace = read_vcd(out / "pins.vcd")
     pulses = pe.valve_pulses(trace)
-    heard = pe.frames_received(pe.parse_rx_log((out / "rx.log").read_text(encoding="ascii")))
+    heard = pe.frames_received(pe.parse_uart_log((out / "uart.log").read_text(encoding="ascii")))
     passes = 2 * stats["main_loop"]["pass_max_cycles"] + stats["uart_rx"]["wait_max_cycles"]
     if row.onset == "link":
         names = ("FIRE", "HEARTBEAT")

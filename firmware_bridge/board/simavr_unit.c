@@ -3,8 +3,8 @@
  * file and the arm-enable input driven. Built by `make -C firmware_bridge/board simavr`; driven
  * by firmware_bridge/simavr.py (SimavrUnit); docs/bench.md, "simavr tier", is the user's guide.
  *
- *   simavr_unit [--elf FILE] [--vcd FILE] [--stats FILE] [--arm-enable on|off]
- *               [--rx-log FILE]
+ *   simavr_unit [--elf FILE] [--vcd FILE] [--stats FILE] [--uart-log FILE]
+ *               [--arm-enable on|off]
  *
  * stdout: one line "pty /dev/pts/N" once the unit runs (then "stats written" per `stats`).
  * stdin, one command a line: `arm on|off`, `reset` (the external reset pin), `hang` (the CPU
@@ -23,6 +23,10 @@
  * never late, so lag can never trip a watchdog. The stats report the largest lag (max_lag_s:
  * wall - simulated time at the checks, about 1 ms on an idle machine by construction). Nothing
  * is timed on the wall clock inside the simulation: every figure here is in CPU cycles.
+ *
+ * --uart-log FILE: one line per byte, "<cycle> rx|tx <hex>": rx at the cycle the byte is complete
+ * in the receiver (RXC), tx at the cycle the firmware wrote it to UDR0. With the VCD it dates a
+ * command's arrival against the pins (e.g. STOP_ALL's last byte to every valve low).
  *
  * Bytes. The host's bytes enter USART0 at the line rate in simulated time: one byte per frame
  * time of the line UBRR0/U2X0/UCSR0C configure (1,360 cycles, 85 us, at UBRR0 16 with U2X, 8N1),
@@ -155,12 +159,8 @@ typedef struct {
 
 static struct {
     avr_t *avr;
-    const char *elf, *vcd_path, *stats_path;
-    /* --rx-log: one line "cycle byte" per byte the host sent, cycle = when it is received (RXC):
-     * the pin evidence (firmware_bridge/pinevidence.py) times STOP_ALL and the watchdog from
-     * a frame's last byte */
-    const char *rxlog_path;
-    FILE *rxlog;
+    const char *elf, *vcd_path, *stats_path, *uart_log_path;
+    FILE *uart_log; /* "<cycle> rx|tx <byte hex>" a line: when each byte was complete */
     int arm_enabled; /* 1: jumper fitted (line low when active-low): arming allowed */
     /* pty */
     int master, slave_hold;
@@ -392,6 +392,8 @@ static void on_uart_out(struct avr_irq_t *irq, uint32_t value, void *param)
         H.tx_dropped++;
     }
     H.tx[(H.tx_head + H.tx_len) % TX_CAP] = (uint8_t)value;
+    if (H.uart_log)
+        fprintf(H.uart_log, "%llu tx %02x\n", (unsigned long long)H.avr->cycle, value & 0xFF);
     H.tx_len++;
     H.tx_bytes++;
 }
@@ -443,9 +445,6 @@ static void rx_inject(avr_irq_t *uart_in)
         return;
     uint64_t frame = H.uart0->cycles_per_byte;
     if (!(H.avr->data[0xC1] & 0x10)) { /* RXEN0 off: the chip loses the byte too */
-        if (H.rxlog) /* logged all the same (flag "lost"): the log is the host's whole stream */
-            fprintf(H.rxlog, "%llu %u lost\n", (unsigned long long)(H.avr->cycle + frame),
-                    H.rx[H.rx_off]);
         H.rx_off++;
         H.rx_due = H.avr->cycle + frame;
         return;
@@ -462,8 +461,8 @@ static void rx_inject(avr_irq_t *uart_in)
         H.rx_arrivals[(H.rx_arr_head + H.rx_arr_n) % 64] = arrival;
         H.rx_arr_n++;
     }
-    if (H.rxlog)
-        fprintf(H.rxlog, "%llu %u\n", (unsigned long long)arrival, H.rx[H.rx_off]);
+    if (H.uart_log)
+        fprintf(H.uart_log, "%llu rx %02x\n", (unsigned long long)arrival, H.rx[H.rx_off]);
     avr_raise_irq(uart_in, H.rx[H.rx_off++]);
     H.rx_bytes_in++;
     H.rx_due = H.avr->cycle + frame;
@@ -765,8 +764,8 @@ static void do_command(char *line)
         write_stats();
         if (H.vcd)
             fflush(H.vcd);
-        if (H.rxlog)
-            fflush(H.rxlog);
+        if (H.uart_log)
+            fflush(H.uart_log);
         printf("stats written\n");
         fflush(stdout);
     } else if (line[0]) {
@@ -831,7 +830,7 @@ static void throttle(void)
 static void usage(void)
 {
     fprintf(stderr, "usage: simavr_unit [--elf FILE] [--vcd FILE] [--stats FILE] "
-                    "[--arm-enable on|off] [--rx-log FILE]\n");
+                    "[--uart-log FILE] [--arm-enable on|off]\n");
     exit(2);
 }
 
@@ -848,8 +847,8 @@ int main(int argc, char **argv)
             H.vcd_path = argv[++i];
         else if (!strcmp(argv[i], "--stats"))
             H.stats_path = argv[++i];
-        else if (!strcmp(argv[i], "--rx-log"))
-            H.rxlog_path = argv[++i];
+        else if (!strcmp(argv[i], "--uart-log"))
+            H.uart_log_path = argv[++i];
         else if (!strcmp(argv[i], "--arm-enable")) {
             const char *v = argv[++i];
             if (strcmp(v, "on") && strcmp(v, "off"))
@@ -944,8 +943,11 @@ int main(int argc, char **argv)
     H.sig[SIG_ARM] = ARM_ENABLE_ACTIVE_LOW ? !H.arm_enabled : H.arm_enabled;
     if (H.vcd_path)
         vcd_open();
-    if (H.rxlog_path && !(H.rxlog = fopen(H.rxlog_path, "w")))
-        die("cannot write the --rx-log file");
+    if (H.uart_log_path) {
+        H.uart_log = fopen(H.uart_log_path, "w");
+        if (!H.uart_log)
+            die("cannot write the --uart-log file");
+    }
     arm_drive();
     pty_open();
     struct sigaction sa = {.sa_handler = on_signal};
@@ -1042,7 +1044,7 @@ int main(int argc, char **argv)
         vcd_time(avr->cycle);
         fclose(H.vcd);
     }
-    if (H.rxlog)
-        fclose(H.rxlog);
+    if (H.uart_log)
+        fclose(H.uart_log);
     return rc;
 }
