@@ -31,7 +31,7 @@ WATCHDOG_MS = LIMITS["watchdog_ms_default"]  # 250: the unit's link watchdog (HE
 #: pin low, 1.5 ms. Its worst case is STOP_ALL right behind a FIRE, as here: its last byte lands
 #: while the unit is still handling that FIRE (up to 1.3 ms from the FIRE's last byte to its
 #: pins, measured), then STOP_ALL's own handling closes the pins (about 0.2 ms). Measured 0.91 to
-#: 1.12 ms with 32 valves open; docs/bench.md "Pin evidence (simavr)".
+#: 1.13 ms with 32 valves open; docs/bench.md "Pin evidence (simavr)".
 STOP_ALL_BOUND_US = 1500
 
 
