@@ -358,6 +358,12 @@ int main(void)
         unit_set_tank_kpa(&unit, soft_tank, 0); /* before boot: the unit is not armed */
     }
     sei();
+    /* A reset can cut a frame the UART was sending: the host holds its first half and no
+     * delimiter, and would take BOOT for the rest of it (a CRC error: BOOT lost). One 0x00
+     * ends that half first (a lone delimiter is nothing to a decoder), so BOOT arrives whole:
+     * the simavr tier saw the BOOT after an external reset lost that way (issue 17). */
+    static const uint8_t delimiter = 0;
+    uart_send(0, &delimiter, 1);
     unit_boot(&unit, now_us());
 
     uint32_t last_ms = now_ms();
