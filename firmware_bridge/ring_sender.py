@@ -1,0 +1,151 @@
+"""The stream's sender process: datagrams out of a shared-memory ring, sent off the loop's GIL.
+
+Standard library only, on purpose: it is started once per stream as ``python -I -m
+thruster_hil.firmware_bridge.ring_sender RING_FD SOCKET_FD`` and must start in tens of
+milliseconds, so it never imports numba or the rest of the package (tests/test_stream.py checks).
+The loop (:class:`thruster_hil.firmware_bridge.udp.UdpSender`, and the numba kernel that packs
+each cycle, :func:`thruster_hil.firmware_bridge.downlink.put_cycle_ring`) writes whole packets
+into slots of the ring and publishes each one by raising a count; this process sends every
+published slot as one datagram on the connected, non-blocking UDP socket it inherited, in order,
+and never retries: a send that fails is dropped and counted by cause, as the counters below say.
+
+Why a process and not a thread: a thread's send calls take the GIL from the control loop (about
+5 us of the 49 us of a SIL cycle, docs/protocol.md section 10); a process takes nothing from it
+but a share of the other core.
+
+The ring, one shared mapping (a memfd: no name anywhere, gone when both processes have closed
+it): :data:`HEADER_BYTES` of int64 counters, then :data:`SLOTS` slots of :data:`SLOT_BYTES`.
+The writer's counters and the sender's sit on different cache lines (each side writes only its
+own). Publication order: the writer completes a slot, then stores ``PUBLISHED`` + 1; the sender
+loads ``PUBLISHED``, sends the slots below it, then stores ``CONSUMED``, after which the writer
+may reuse them. Aligned 8-byte stores are single stores on x86-64 and AArch64, and x86-64 keeps
+stores in order (an AArch64 host would need a release fence after the slot: not done here).
+
+Its life: it writes one byte (``R``) on stdout once it is attached, then wakes every
+:data:`POLL_S` to send what was published, until its stdin (a pipe from the parent) reaches end
+of file, when it sends the rest and exits 0. The parent closes that pipe to end the stream; if
+the parent dies, however it dies, the kernel closes it, so the sender never outlives its run.
+SIGINT is ignored: a Ctrl-C in the terminal reaches the whole process group, and the parent
+(which stops the burn in order) decides when the stream ends.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import select
+import signal
+import socket
+import sys
+
+# ---- the ring's layout (int64 word indices into the header) ----------------------------------
+#: Written by the loop: packets published (slot ``i % SLOTS`` holds packet ``i``).
+PUBLISHED = 0
+#: Written by the loop: the last packet's CCSDS sequence count (0x3FFF before the first).
+SEQ = 1
+#: Written by the loop: packets dropped because the ring was full (the sender fell behind).
+RING_FULL = 2
+#: Written by the loop: the five counters every packet carries (frames sent, frames received,
+#: bad frames, retries, datagrams dropped so far), contiguous, in HOST_CYCLE's order.
+COUNTERS = 3
+#: Written once before the sender starts: the slot count and the datagram length [bytes].
+N_SLOTS = 14
+DATAGRAM_BYTES = 15
+#: Written by the sender (its own cache line): packets taken from the ring, and their fate.
+CONSUMED = 8
+SENT = 9
+WOULD_BLOCK = 10
+NO_BUFFERS = 11
+REFUSED = 12
+OTHER = 13
+HEADER_WORDS = 16
+HEADER_BYTES = 8 * HEADER_WORDS
+
+#: Datagram drops by cause as summary.json names them: the sender's, word -> name.
+SENDER_CAUSES = {
+    WOULD_BLOCK: "would_block",
+    NO_BUFFERS: "no_buffers",
+    REFUSED: "refused",
+    OTHER: "other",
+}
+#: A failed send's errno -> its counter word (anything else: OTHER).
+ERRNO_WORD = {
+    errno.EAGAIN: WOULD_BLOCK,
+    errno.EWOULDBLOCK: WOULD_BLOCK,
+    errno.ENOBUFS: NO_BUFFERS,
+    errno.ECONNREFUSED: REFUSED,
+}
+
+#: Slots in the ring: at 20,000 cycles a second (a lockstep SIL run) 0.4 s of packets, while the
+#: sender empties it every :data:`POLL_S`.
+SLOTS = 8192
+#: Bytes per slot: a HOST_CYCLE packet (222) rounded up to 8.
+SLOT_BYTES = 224
+#: How often the sender looks for new packets [s] (a pace, not a deadline).
+POLL_S = 0.001
+
+
+def ring_bytes(slots: int = SLOTS) -> int:
+    """The size of a ring of ``slots`` slots [bytes]."""
+    return HEADER_BYTES + slots * SLOT_BYTES
+
+
+def send_published(sock: socket.socket, ring: memoryview, words: memoryview) -> int:
+    """Send every slot published since the last call, one datagram each, in order, counting
+    each as sent or dropped by cause (never retried, never raised); returns how many."""
+    first, last = words[CONSUMED], words[PUBLISHED]
+    if first == last:
+        return 0
+    slots, size = words[N_SLOTS], words[DATAGRAM_BYTES]
+    send = sock.send
+    sent = 0
+    failed = dict.fromkeys(SENDER_CAUSES, 0)
+    for i in range(first, last):
+        at = HEADER_BYTES + (i % slots) * SLOT_BYTES
+        try:
+            send(ring[at : at + size])
+        except OSError as exc:
+            failed[ERRNO_WORD.get(exc.errno, OTHER)] += 1
+        else:
+            sent += 1
+    words[SENT] += sent
+    for word, n in failed.items():
+        if n:
+            words[word] += n
+    words[CONSUMED] = last  # only now may the loop reuse these slots
+    return last - first
+
+
+def serve(ring_fd: int, sock_fd: int, control_fd: int = 0, ready_fd: int = 1) -> int:
+    """Attach to the ring and the socket, say ready, send until ``control_fd`` ends; 0."""
+    with mmap.mmap(ring_fd, 0) as mapping:
+        os.close(ring_fd)
+        ring = memoryview(mapping)
+        words = ring[:HEADER_BYTES].cast("q")
+        sock = socket.socket(fileno=sock_fd)
+        sock.setblocking(False)
+        os.write(ready_fd, b"R")
+        os.close(ready_fd)
+        open_ = True
+        while open_:
+            busy = send_published(sock, ring, words)
+            readable, _, _ = select.select([control_fd], [], [], 0.0 if busy else POLL_S)
+            if readable and not os.read(control_fd, 4096):
+                open_ = False  # the parent has ended the stream, or died: the rest, then out
+        while send_published(sock, ring, words):
+            pass
+        sock.close()
+        words.release()
+        ring.release()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ring_fd, sock_fd = (int(a) for a in argv)
+    return serve(ring_fd, sock_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
