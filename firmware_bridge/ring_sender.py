@@ -77,9 +77,9 @@ ERRNO_WORD = {
     errno.ECONNREFUSED: REFUSED,
 }
 
-#: Slots in the ring: at 20,000 cycles a second (a lockstep SIL run) 0.4 s of packets, while the
+#: Slots in the ring: at 20,000 cycles a second (a lockstep SIL run) 0.2 s of packets, while the
 #: sender empties it every :data:`POLL_S`.
-SLOTS = 8192
+SLOTS = 4096
 #: Bytes per slot: a HOST_CYCLE packet (222) rounded up to 8.
 SLOT_BYTES = 224
 #: How often the sender looks for new packets [s] (a pace, not a deadline).
