@@ -31,6 +31,7 @@ SIGINT is ignored: a Ctrl-C in the terminal reaches the whole process group, and
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
@@ -82,8 +83,11 @@ ERRNO_WORD = {
 SLOTS = 4096
 #: Bytes per slot: a HOST_CYCLE packet (222) rounded up to 8.
 SLOT_BYTES = 224
-#: How often the sender looks for new packets [s] (a pace, not a deadline).
-POLL_S = 0.001
+#: How often the sender looks for new packets [s] (a pace, not a deadline): at 20,000 cycles a
+#: second, 40 datagrams a wake-up, well within a receiver's default socket buffer.
+POLL_S = 0.002
+#: Datagrams per sendmmsg call at most (the kernel's UIO_MAXIOV).
+BATCH = 1024
 
 
 def ring_bytes(slots: int = SLOTS) -> int:
@@ -117,6 +121,98 @@ def send_published(sock: socket.socket, ring: memoryview, words: memoryview) -> 
     return last - first
 
 
+class _IoVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.POINTER(_IoVec)),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint)]
+
+
+class BatchSender:
+    """:func:`send_published` with Linux's sendmmsg(2): up to :data:`BATCH` slots in one system
+    call, through ctypes (the standard library has no sendmmsg). The machine this runs on gives
+    the loop's core and the sender's no independent time (a process spinning beside the loop
+    halves its cycles a second: docs/protocol.md section 10), so the sender's CPU per datagram
+    is part of what the stream costs the loop; one call per batch instead of one per datagram
+    (and no Python per datagram) cuts it by about half. Each datagram's fate is counted exactly
+    as :func:`send_published` counts it: sendmmsg returns how many went, and fails (errno) only
+    when the first of the call cannot; that one is dropped, and the call goes on from the next.
+    """
+
+    def __init__(self, sock: socket.socket, mapping: mmap.mmap, words: memoryview):
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._sendmmsg = libc.sendmmsg
+        self._sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+        self._sendmmsg.restype = ctypes.c_int
+        self._fd, self._words = sock.fileno(), words
+        n, size = words[N_SLOTS], words[DATAGRAM_BYTES]
+        self._anchor = ctypes.c_char.from_buffer(mapping)  # (released by close())
+        base = ctypes.addressof(self._anchor) + HEADER_BYTES
+        self._iov = (_IoVec * n)()
+        self._msgs = (_MMsgHdr * n)()
+        for i in range(n):
+            self._iov[i].iov_base, self._iov[i].iov_len = base + i * SLOT_BYTES, size
+            self._msgs[i].msg_hdr.msg_iov = ctypes.pointer(self._iov[i])
+            self._msgs[i].msg_hdr.msg_iovlen = 1
+        self._msgs0 = ctypes.addressof(self._msgs)
+        self._n = n
+
+    def send_published(self) -> int:
+        """As :func:`send_published`: every slot published since the last call; how many."""
+        words = self._words
+        first, last = words[CONSUMED], words[PUBLISHED]
+        if first == last:
+            return 0
+        n, sendmmsg, fd = self._n, self._sendmmsg, self._fd
+        step = ctypes.sizeof(_MMsgHdr)
+        sent = 0
+        failed = dict.fromkeys(SENDER_CAUSES, 0)
+        i = first
+        while i < last:
+            slot = i % n
+            count = min(last - i, n - slot, BATCH)  # contiguous slots, not past the ring's end
+            done = sendmmsg(fd, self._msgs0 + slot * step, count, 0)
+            if done > 0:
+                sent += done
+                i += done
+                continue
+            err = ctypes.get_errno()
+            if err == errno.EINTR:
+                continue
+            failed[ERRNO_WORD.get(err, OTHER)] += 1
+            i += 1
+        words[SENT] += sent
+        for word, k in failed.items():
+            if k:
+                words[word] += k
+        words[CONSUMED] = last  # only now may the loop reuse these slots
+        return last - first
+
+    def close(self) -> None:
+        del self._msgs, self._iov, self._anchor
+
+
+def _batch_sender(sock: socket.socket, mapping: mmap.mmap, words: memoryview):
+    """A :class:`BatchSender` where sendmmsg exists (Linux), else None."""
+    try:
+        return BatchSender(sock, mapping, words)
+    except (AttributeError, OSError, TypeError):
+        return None
+
+
 def serve(ring_fd: int, sock_fd: int, control_fd: int = 0, ready_fd: int = 1) -> int:
     """Attach to the ring and the socket, say ready, send until ``control_fd`` ends; 0."""
     with mmap.mmap(ring_fd, 0) as mapping:
@@ -125,16 +221,26 @@ def serve(ring_fd: int, sock_fd: int, control_fd: int = 0, ready_fd: int = 1) ->
         words = ring[:HEADER_BYTES].cast("q")
         sock = socket.socket(fileno=sock_fd)
         sock.setblocking(False)
+        batch = _batch_sender(sock, mapping, words)
+        if batch is not None:
+            send = batch.send_published
+        else:
+
+            def send() -> int:
+                return send_published(sock, ring, words)
+
         os.write(ready_fd, b"R")
         os.close(ready_fd)
         open_ = True
         while open_:
-            busy = send_published(sock, ring, words)
-            readable, _, _ = select.select([control_fd], [], [], 0.0 if busy else POLL_S)
+            send()
+            readable, _, _ = select.select([control_fd], [], [], POLL_S)
             if readable and not os.read(control_fd, 4096):
                 open_ = False  # the parent has ended the stream, or died: the rest, then out
-        while send_published(sock, ring, words):
+        while send():
             pass
+        if batch is not None:
+            batch.close()
         sock.close()
         words.release()
         ring.release()
