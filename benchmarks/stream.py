@@ -209,7 +209,7 @@ def main(argv=None) -> int:
     else:
         print(f"{args.stack} via sim, recorded: {out['cycles']} cycles, {args.runs} runs each")
         print(
-            "  variant                       cycles/s  ratio   cycles/CPU-s  ratio   sender us/dgram"
+            "  variant                       cycles/s  ratio   cycles/CPU-s  ratio   sender us/dg"
         )
         for name, row in out["variants"].items():
             sender = row.get("sender_cpu_us_per_datagram_median")

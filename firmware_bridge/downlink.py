@@ -286,8 +286,9 @@ def put_cycle_ring(
 ):
     """The next HOST_CYCLE packet straight into the sender's ring (:mod:`.ring_sender`; ``ring``
     the whole shared mapping as uint8: one array, as each array argument costs the loop about
-    0.1 us in numba's dispatcher), published once complete; True if it was, False if the ring was full (counted in RING_FULL; the sequence
-    count still advances, so the receiver sees the gap). The packet's counters are the ring's
+    0.1 us in numba's dispatcher), published once complete; True if it was, False if the ring
+    was full (counted in RING_FULL; the sequence count still advances, so the receiver sees the
+    gap). The packet's counters are the ring's
     COUNTERS words, the drops so far written in first. Called from the loop's own kernel
     (:mod:`thruster_hil.stream`), so no Python runs per packet."""
     words = ring[:HEADER_BYTES].view(np.int64)

@@ -21,10 +21,11 @@ loads ``PUBLISHED``, sends the slots below it, then stores ``CONSUMED``, after w
 may reuse them. Aligned 8-byte stores are single stores on x86-64 and AArch64, and x86-64 keeps
 stores in order (an AArch64 host would need a release fence after the slot: not done here).
 
-Its life: it writes one byte (``R``) on stdout once it is attached, then wakes every
-:data:`POLL_S` to send what was published, until its stdin (a pipe from the parent) reaches end
-of file, when it sends the rest and exits 0. The parent closes that pipe to end the stream; if
-the parent dies, however it dies, the kernel closes it, so the sender never outlives its run.
+Its life: it writes one byte (``R``) on stdout once it is attached, then wakes every ``POLL_US``
+(default :data:`POLL_S`) to send what was published, until its stdin (a pipe from the parent)
+reaches end of file, when it sends the rest and exits 0. The parent closes that pipe to end the
+stream; if the parent dies, however it dies, the kernel closes it, so the sender never outlives
+its run.
 SIGINT is ignored: a Ctrl-C in the terminal reaches the whole process group, and the parent
 (which stops the burn in order) decides when the stream ends.
 """
@@ -50,9 +51,6 @@ RING_FULL = 2
 #: Written by the loop: the five counters every packet carries (frames sent, frames received,
 #: bad frames, retries, datagrams dropped so far), contiguous, in HOST_CYCLE's order.
 COUNTERS = 3
-#: Written once before the sender starts: the slot count and the datagram length [bytes].
-N_SLOTS = 14
-DATAGRAM_BYTES = 15
 #: Written by the sender (its own cache line): packets taken from the ring, and their fate.
 CONSUMED = 8
 SENT = 9
@@ -60,7 +58,12 @@ WOULD_BLOCK = 10
 NO_BUFFERS = 11
 REFUSED = 12
 OTHER = 13
-HEADER_WORDS = 16
+#: Written once before the sender starts (a third cache line): the slot count, the datagram
+#: length [bytes] and how often the sender looks for new packets [us].
+N_SLOTS = 16
+DATAGRAM_BYTES = 17
+POLL_US = 18
+HEADER_WORDS = 24
 HEADER_BYTES = 8 * HEADER_WORDS
 
 #: Datagram drops by cause as summary.json names them: the sender's, word -> name.
@@ -79,13 +82,15 @@ ERRNO_WORD = {
 }
 
 #: Slots in the ring: at 20,000 cycles a second (a lockstep SIL run) 0.2 s of packets, while the
-#: sender empties it every :data:`POLL_S`.
+#: sender empties it every :data:`POLL_S` (40 times as often).
 SLOTS = 4096
 #: Bytes per slot: a HOST_CYCLE packet (222) rounded up to 8.
 SLOT_BYTES = 224
-#: How often the sender looks for new packets [s] (a pace, not a deadline): at 20,000 cycles a
-#: second, 40 datagrams a wake-up, well within a receiver's default socket buffer.
-POLL_S = 0.002
+#: How often the sender looks for new packets by default [s] (a pace, not a deadline). Each
+#: wake-up of the sender's core costs the loop's core time on this 2-vCPU machine, so rarely; at
+#: 20,000 cycles a second a wake-up sends 100 datagrams, within a receiver's default socket
+#: buffer (Linux: 208 KiB, about 1 KiB a small datagram); a REALTIME run sends 0 or 1.
+POLL_S = 0.005
 #: Datagrams per sendmmsg call at most (the kernel's UIO_MAXIOV).
 BATCH = 1024
 
@@ -229,12 +234,13 @@ def serve(ring_fd: int, sock_fd: int, control_fd: int = 0, ready_fd: int = 1) ->
             def send() -> int:
                 return send_published(sock, ring, words)
 
+        poll_s = words[POLL_US] * 1e-6 or POLL_S
         os.write(ready_fd, b"R")
         os.close(ready_fd)
         open_ = True
         while open_:
             send()
-            readable, _, _ = select.select([control_fd], [], [], POLL_S)
+            readable, _, _ = select.select([control_fd], [], [], poll_s)
             if readable and not os.read(control_fd, 4096):
                 open_ = False  # the parent has ended the stream, or died: the rest, then out
         while send():

@@ -98,16 +98,19 @@ class UdpSender:
     (:mod:`thruster_hil.firmware_bridge.ring_sender`), which sends each packet published in the
     ring as one datagram; this process keeps no copy of the socket. The loop publishes by
     :meth:`submit` (bytes, from Python) or, every control cycle, by the numba kernel
-    :func:`thruster_hil.firmware_bridge.downlink.put_cycle_ring` on :attr:`ring`. Neither ever waits: a full ring drops the packet (``ring_full``), and the
-    sender drops what the kernel will not take at once (``would_block``, ``no_buffers``,
-    ``refused``, ``other``). :meth:`close` ends the sender after it has sent the rest; the
-    counts are final then. Started here, so the process start (tens of ms) is never in a cycle.
+    :func:`thruster_hil.firmware_bridge.downlink.put_cycle_ring` on :attr:`ring`. Neither ever
+    waits: a full ring drops the packet (``ring_full``), and the sender drops what the kernel
+    will not take at once (``would_block``, ``no_buffers``, ``refused``, ``other``).
+    :meth:`close` ends the sender after it has sent the rest; the counts are final then.
+    Started here, so the process start (tens of ms) is never in a cycle.
     """
 
     target: StreamTarget
     #: The length of every datagram of this stream [bytes] (at most a slot, SLOT_BYTES).
     datagram_bytes: int
     slot_count: int = ring_sender.SLOTS
+    #: How often the sender process looks for new packets [s].
+    poll_s: float = ring_sender.POLL_S
 
     def __post_init__(self) -> None:
         if not 0 < self.datagram_bytes <= ring_sender.SLOT_BYTES:
@@ -142,6 +145,7 @@ class UdpSender:
             self.words[ring_sender.SEQ] = 0x3FFF  # so the first packet's count is 0
             self.words[ring_sender.N_SLOTS] = self.slot_count
             self.words[ring_sender.DATAGRAM_BYTES] = self.datagram_bytes
+            self.words[ring_sender.POLL_US] = max(1, round(self.poll_s * 1e6))
             # -I: the standard library and this package only, no environment, no cwd on the path
             self.process = subprocess.Popen(
                 [sys.executable, "-I", "-m", SENDER_MODULE, str(fd), str(sock.fileno())],

@@ -148,6 +148,37 @@ def test_the_ring_kernel_packs_what_the_old_stream_sent(data):
         assert ring[at : at + downlink.PACKET_BYTES].tobytes() == _old_stream_packet(tm, a), i
 
 
+@pytest.mark.parametrize("fixed_by_recompiling", [True, False])
+def test_a_stale_ring_kernel_is_compiled_afresh_or_refused(monkeypatch, fixed_by_recompiling):
+    """numba's cache checks a kernel's own file only: a cached ring kernel that packs otherwise
+    than downlink.py (here: one byte off) is compiled afresh at start-up, and refused if that
+    does not help; never trusted into the loop."""
+    import thruster_hil.stream as stream
+
+    real = stream._cycle_into_ring
+
+    class Stale:
+        recompiled = 0
+
+        def __call__(self, ring, *args):
+            real(ring, *args)
+            if not (fixed_by_recompiling and self.recompiled):
+                ring[ring_sender.HEADER_BYTES + 9] ^= 1
+
+        def recompile(self):
+            self.recompiled += 1
+
+    stale = Stale()
+    monkeypatch.setattr(stream, "_cycle_into_ring", stale)
+    if fixed_by_recompiling:
+        stream._warm_up(3, 1)
+        assert stale.recompiled == 1
+    else:
+        with pytest.raises(RuntimeError, match="does not pack HOST_CYCLE as downlink.py does"):
+            stream._warm_up(3, 1)
+        assert stale.recompiled == 2
+
+
 def test_crc16_is_binascii_crc_hqx_for_any_length():
     import binascii
 

@@ -96,6 +96,36 @@ def serial_link_counters(unit) -> Callable[[], tuple[int, int, int, int]] | None
     return counters
 
 
+def _warm_up(n_thrusters: int, n_tanks: int) -> None:
+    """Load (or compile) the ring kernel now, not in the first control cycle, on a ring of its
+    own typed as the loop's arrays are (nothing is sent), and check that its packet is the
+    reference builder's. numba's cache checks a kernel's own file only: a copy cached before
+    downlink.py or ring_sender.py changed (the packer inlined, the ring's layout as constants)
+    would pack the old way in silence; such a copy is compiled afresh here instead."""
+    on_ms = np.arange(n_thrusters, dtype=np.uint16)
+    tanks = np.linspace(0.5, 1.0, n_tanks)
+    ctrl, y = np.full(_LEFT + 1, 0.25), np.linspace(-1e-3, 1e-3, _M + 1)
+    y[_R] = R_EARTH + 4.2e5
+    y[_M] = 4.5e5
+    for _ in range(2):
+        ring = np.zeros(ring_sender.ring_bytes(1), np.uint8)
+        words = ring[: ring_sender.HEADER_BYTES].view(np.int64)
+        words[ring_sender.N_SLOTS], words[ring_sender.SEQ] = 1, 0x3FFF
+        _cycle_into_ring(ring, ctrl, y, on_ms, on_ms, tanks, 7, 3, 0.125, 0.002, 4.6e5)
+        tm = CycleTelemetry(n_thrusters, n_tanks)
+        r = y[_R : _R + 3].tolist()
+        alt = (math.sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]) - R_EARTH) * 1e-3
+        w = [v * _DEG for v in y[_W : _W + 3].tolist()]
+        numbers = [0.25, 0.25, alt, 0.25 * _DEG, *w, 4.6e5 - float(y[_M]), 2.0]
+        want = tm.packet(7, 3, 0.125, *numbers, on_ms, on_ms, tanks)
+        start = ring_sender.HEADER_BYTES
+        got = ring[start : start + PACKET_BYTES].tobytes()
+        if words[ring_sender.PUBLISHED] == 1 and got == want:
+            return
+        _cycle_into_ring.recompile()
+    raise RuntimeError("the stream's ring kernel does not pack HOST_CYCLE as downlink.py does")
+
+
 class CycleStream:
     """One ``--stream``: a packet built from each cycle and published in the sender process's
     ring (:class:`UdpSender`); what cannot be sent is dropped and counted."""
@@ -123,13 +153,8 @@ class CycleStream:
         self._submit = self.sender.submit
         self._header: list[str] | None = None
         self._cycle_sink()
-        if n_thrusters is not None:  # loads (or compiles) the ring kernel now, not in cycle 0:
-            # on a ring of its own, as the loop's arrays are typed, so nothing is sent
-            ring = np.zeros(ring_sender.ring_bytes(1), np.uint8)
-            ring[: ring_sender.HEADER_BYTES].view(np.int64)[ring_sender.N_SLOTS] = 1
-            zeros = np.zeros(n_thrusters, np.uint16)
-            ctrl, y, tanks = np.zeros(_LEFT + 1), np.zeros(_M + 1), np.zeros(n_tanks or 0)
-            _cycle_into_ring(ring, ctrl, y, zeros, zeros, tanks, 0, 0, 0.0, 0.0, 0.0)
+        if n_thrusters is not None:
+            _warm_up(n_thrusters, n_tanks or 0)
 
     def set_link_counters(self, counters: Callable[[], Sequence[int]] | None) -> None:
         """Where each packet's link counters come from from now on (None: zeros)."""
