@@ -43,9 +43,11 @@ def _cycle_into_ring(
 ):
     """One cycle's HOST_CYCLE packet into the sender's ring, from the loop's own arrays:
     ``ctrl`` the controller's outputs, ``y`` the plant's state, the commanded and executed
-    on-times [ms], the tanks' draw [kg]; the numbers of its telemetry.csv row, computed as
-    :func:`thruster_hil.records.telemetry_numbers` does. True if it was published (False: the
-    ring was full, counted)."""
+    on-times [ms], the tanks' draw [kg]; the numbers of its telemetry.csv row as
+    :func:`thruster_hil.records.telemetry_numbers` defines them, in the same floating-point
+    operations as the stream's Python code used before the ring (so the packets are those it
+    sent, bit for bit: tests/test_stream.py). True if it was published (False: the ring was
+    full, counted)."""
     r = math.sqrt(y[_R] * y[_R] + y[_R + 1] * y[_R + 1] + y[_R + 2] * y[_R + 2])
     return put_cycle_ring(
         ring,
@@ -143,6 +145,7 @@ class CycleStream:
         self.target = target
         if n_thrusters is not None:
             self._telemetry(n_thrusters, n_tanks or 0)
+            _warm_up(n_thrusters, n_tanks or 0)  # before the sender: a failure leaves nothing
         try:
             self.sender = UdpSender(target, PACKET_BYTES)
         except StreamUrlError as exc:
@@ -153,14 +156,11 @@ class CycleStream:
         self._submit = self.sender.submit
         self._header: list[str] | None = None
         self._cycle_sink()
-        if n_thrusters is not None:
-            _warm_up(n_thrusters, n_tanks or 0)
 
     def set_link_counters(self, counters: Callable[[], Sequence[int]] | None) -> None:
         """Where each packet's link counters come from from now on (None: zeros)."""
         self._link = counters
-        if "on_cycle" in vars(self):
-            self._cycle_sink()
+        self._cycle_sink()
 
     def _telemetry(self, n_thrusters: int, n_tanks: int) -> None:
         try:
@@ -196,7 +196,7 @@ class CycleStream:
                 k,
                 info["status"],
                 info["t_s"],
-                info["rtt_s"] or 0.0,
+                info.get("rtt_s") or 0.0,
                 mass0,
             )
 
