@@ -442,6 +442,20 @@ def test_the_sender_process_ends_with_its_parent_however_it_dies(tmp_path):
     r.close()
 
 
+def test_the_sender_is_kept_off_the_loops_core():
+    """The loop keeps its core: the sender may run on every CPU allowed but the one the loop's
+    thread ran on when the stream started (with one CPU, anywhere)."""
+    sender = udp.UdpSender(udp.resolve("udp://127.0.0.1:9"), 1)
+    try:
+        mine, its = os.sched_getaffinity(0), os.sched_getaffinity(sender.process.pid)
+    finally:
+        sender.close()
+    if len(mine) > 1:
+        assert its < mine and len(its) == len(mine) - 1
+    else:
+        assert its == mine
+
+
 def test_the_sender_ignores_ctrl_c_and_the_parent_ends_it():
     """Ctrl-C reaches the whole process group: the sender goes on (the run stops the burn in
     order, then ends the stream), and sends what is published after it."""
