@@ -131,7 +131,9 @@ class UdpSender:
         size = ring_sender.ring_bytes(self.slot_count)
         fd = _shared_fd(size)
         try:
-            self._mapping = mmap.mmap(fd, size)
+            # populated now: the loop never takes a page fault on a slot it writes first
+            populate = getattr(mmap, "MAP_POPULATE", 0)
+            self._mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | populate)
             #: The whole ring (uint8), its counters (:mod:`.ring_sender`'s word indices) and
             #: its slots, views of one shared mapping.
             self.ring = np.frombuffer(self._mapping, np.uint8)
