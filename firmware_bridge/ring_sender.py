@@ -155,6 +155,12 @@ class BatchSender:
     (and no Python per datagram) cuts it by about half. Each datagram's fate is counted exactly
     as :func:`send_published` counts it: sendmmsg returns how many went, and fails (errno) only
     when the first of the call cannot; that one is dropped, and the call goes on from the next.
+
+    Nobody listening: on loopback every datagram to a closed port makes the kernel build an ICMP
+    port-unreachable in the sender's own system call (no rate limit on loopback), several us
+    each. After a refusal, each call sends one datagram to ask again; if the next send is refused
+    too, the rest of the batch is dropped as ``refused`` without being sent; if it goes, sending
+    resumes as normal. A remote host's ICMP comes later, so there this never holds anything back.
     """
 
     def __init__(self, sock: socket.socket, mapping: mmap.mmap, words: memoryview):
@@ -174,6 +180,7 @@ class BatchSender:
             self._msgs[i].msg_hdr.msg_iovlen = 1
         self._msgs0 = ctypes.addressof(self._msgs)
         self._n = n
+        self._refused = False  # the destination's port was closed at the last refusal
 
     def send_published(self) -> int:
         """As :func:`send_published`: every slot published since the last call; how many."""
@@ -185,19 +192,31 @@ class BatchSender:
         step = ctypes.sizeof(_MMsgHdr)
         sent = 0
         failed = dict.fromkeys(SENDER_CAUSES, 0)
+        probe_sent = False  # refused before: one datagram of this call went out to ask again
         i = first
         while i < last:
             slot = i % n
             count = min(last - i, n - slot, BATCH)  # contiguous slots, not past the ring's end
+            if self._refused and not probe_sent:
+                count = 1
             done = sendmmsg(fd, self._msgs0 + slot * step, count, 0)
             if done > 0:
                 sent += done
                 i += done
+                if self._refused:
+                    if probe_sent:  # the call after the probe went too: someone listens again
+                        self._refused = False
+                    probe_sent = True
                 continue
             err = ctypes.get_errno()
             if err == errno.EINTR:
                 continue
-            failed[ERRNO_WORD.get(err, OTHER)] += 1
+            word = ERRNO_WORD.get(err, OTHER)
+            if word == REFUSED and self._refused and probe_sent:
+                failed[REFUSED] += last - i  # the probe was refused too: the rest is not sent
+                break
+            self._refused = self._refused or word == REFUSED
+            failed[word] += 1
             i += 1
         words[SENT] += sent
         for word, k in failed.items():

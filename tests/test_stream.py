@@ -506,22 +506,36 @@ def test_the_batch_sender_sends_each_slot_once_in_order_across_the_wrap():
 
 
 def test_nobody_listening_is_refused_and_counted():
-    """A port with no socket: the kernel answers the first datagram with ICMP port-unreachable,
-    and the next call's first datagram fails with ECONNREFUSED: dropped, counted (refused), and
-    the sender goes on."""
+    """A port with no socket: the kernel answers a datagram with ICMP port-unreachable, and the
+    next send fails with ECONNREFUSED: dropped, counted (refused). Then each call sends one
+    datagram to ask again and, refused again, drops the rest of its batch unsent (no ICMP a
+    datagram); once someone listens, everything goes again."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
         sock.connect(("127.0.0.1", port))
-        mapping, words, batch = _batch_ring(4, 1, sock)
-        _publish(mapping, words, b"a")
-        assert batch.send_published() == 1 and words[ring_sender.SENT] == 1
-        _publish(mapping, words, b"b")
-        assert batch.send_published() == 1
-        assert (words[ring_sender.SENT], words[ring_sender.REFUSED]) == (1, 1)
+        mapping, words, batch = _batch_ring(64, 1, sock)
+
+        def batch_of(n: int) -> tuple[int, int]:
+            sent, refused = words[ring_sender.SENT], words[ring_sender.REFUSED]
+            for i in range(n):
+                _publish(mapping, words, bytes([i]))
+            assert batch.send_published() == n
+            return words[ring_sender.SENT] - sent, words[ring_sender.REFUSED] - refused
+
+        assert batch_of(1) == (1, 0)  # its refusal comes back as an ICMP
+        assert batch_of(10) == (1, 9)  # 1 refused at once; 1 sent to ask; refused: 8 unsent
+        assert batch_of(10) == (1, 9)  # asked again (its refusal consumed the last one's error)
+        r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        r.bind(("127.0.0.1", port))  # someone listens now
+        r.settimeout(60)
+        assert batch_of(10) in ((10, 0), (9, 1))  # (the last batch's probe may still be refused)
         batch.close()
+    got = _receive(r, words[ring_sender.SENT] - 3)
+    assert got[-1] == bytes([9])
+    r.close()
     sender = udp.UdpSender(udp.resolve(f"udp://127.0.0.1:{port}"), 1)
     assert all(sender.submit(b"x") for _ in range(10))
     sender.close()
