@@ -10,7 +10,7 @@ The packet is exactly what ``codec.encode_packet("HOST_CYCLE", ...)`` makes of t
 :meth:`CycleTelemetry.fields` gives (tests/test_stream.py checks it for any input, NaN and
 out-of-range values included). It is built every control cycle and the stream must not slow the
 loop (docs/protocol.md, "Telemetry out": at most 5 % fewer cycles per second), so the bytes are
-written by one numba kernel (:func:`put_cycle`: scale, round half to even, hold each value to
+written by one numba kernel (:func:`pack_cycle`: scale, round half to even, hold each value to
 its field's range, NaN as 0, big-endian, CRC) into a buffer that is reused: a Python struct pack
 of the ~100 values cost about twice as much. The field layout comes from the dictionary at
 import, checked against the order the kernel writes, so a changed HOST_CYCLE cannot be packed
@@ -44,7 +44,7 @@ _FIELDS = {f.name: f for f in SPEC.fields}
 #: Thruster and tank slots in one packet (the u16[32] / u32[4] arrays).
 MAX_THRUSTERS = _FIELDS["cmd_ms"].count
 MAX_TANKS = _FIELDS["tank_used_mg"].count
-#: The fields in the order :func:`put_cycle` writes them, with their types.
+#: The fields in the order :func:`pack_cycle` writes them, with their types.
 _KERNEL_ORDER = (
     ("step", "u32"),
     ("t_ms", "u32"),
@@ -220,52 +220,6 @@ def crc16(buf, end):
 
 
 @kernel
-def put_cycle(
-    buf,
-    cmd_ms,
-    exec_ms,
-    tank_used_kg,
-    counters,
-    step,
-    status,
-    t_s,
-    dv_along,
-    dv_remaining,
-    altitude_km,
-    att_deg,
-    wx,
-    wy,
-    wz,
-    prop_kg,
-    rtt_ms,
-):
-    """The next HOST_CYCLE packet into ``buf``, which holds the previous one (the sequence
-    count this one follows): :func:`pack_cycle` with that count + 1.
-    :meth:`CycleTelemetry.put` is the same with its buffer and counters."""
-    seq = ((np.int64(buf[2]) & 0x3F) << 8 | buf[3]) + 1
-    pack_cycle(
-        buf,
-        seq,
-        cmd_ms,
-        exec_ms,
-        tank_used_kg,
-        counters,
-        step,
-        status,
-        t_s,
-        dv_along,
-        dv_remaining,
-        altitude_km,
-        att_deg,
-        wx,
-        wy,
-        wz,
-        prop_kg,
-        rtt_ms,
-    )
-
-
-@kernel
 def put_cycle_ring(
     ring,
     cmd_ms,
@@ -387,8 +341,9 @@ class CycleTelemetry:
         ints and floats), the on-times as uint16 arrays of the stack's thrusters, the tanks'
         draw [kg] as a float64 array, and :attr:`counters`. Never raises for a value out of
         range."""
-        put_cycle(
+        pack_cycle(
             self.buf,
+            self.seq + 1,  # pack_cycle keeps 14 bits: 0x3FFF + 1 is 0
             cmd_ms,
             exec_ms,
             tank_used_kg,

@@ -118,6 +118,12 @@ def send_published(sock: socket.socket, ring: memoryview, words: memoryview) -> 
             failed[ERRNO_WORD.get(exc.errno, OTHER)] += 1
         else:
             sent += 1
+    return _settle(words, sent, failed, first, last)
+
+
+def _settle(words, sent: int, failed: dict, first: int, last: int) -> int:
+    """Book a batch's sends and failures by cause, then hand slots ``first..last`` back to
+    the loop; the number of slots taken."""
     words[SENT] += sent
     for word, n in failed.items():
         if n:
@@ -218,12 +224,7 @@ class BatchSender:
             self._refused = self._refused or word == REFUSED
             failed[word] += 1
             i += 1
-        words[SENT] += sent
-        for word, k in failed.items():
-            if k:
-                words[word] += k
-        words[CONSUMED] = last  # only now may the loop reuse these slots
-        return last - first
+        return _settle(words, sent, failed, first, last)
 
     def close(self) -> None:
         del self._msgs, self._iov, self._anchor
