@@ -19,6 +19,13 @@ MAX_RETRIES = 3  # resends after the first try (section 7)
 #: reports when it ends; USB serial latency is a few ms) [ms].
 REALTIME_REPORT_SLACK_MS = 20
 MIN_RETRY_TIMEOUT_S = 0.020
+#: The FIRE round-trip estimator (RFC 6298 section 2: gains 1/8 and 1/4, K = 4); G is the
+#: unit's tick, the granularity of when it answers.
+RTO_ALPHA = 0.125
+RTO_BETA = 0.25
+RTO_K = 4.0
+RTO_G_S = 0.001
+RTO_MAX_BACKOFF = 64
 INITIAL_RETRY_TIMEOUT_S = 0.200  # before the PING burst measured an RTT
 PING_BURST = 20
 #: A unit that shows signs of life but does not answer is waited for at most this many of its
@@ -152,6 +159,16 @@ def unit_clock_rate(samples: Sequence[tuple[int, int]]) -> float:
         return 1.0
     du_us = (u1 - u0) & 0xFFFFFFFF
     return min(1.0, max(MIN_UNIT_CLOCK_RATE, du_us * 1000 / (h1 - h0)))
+
+
+def rtt_estimate(srtt_s: float | None, rttvar_s: float, sample_s: float) -> tuple[float, float]:
+    """One round-trip sample into the smoothed RTT and its variation (RFC 6298 section 2.2-2.3):
+    the first sample sets SRTT = R, RTTVAR = R/2; each later one moves RTTVAR a quarter of the
+    way to |SRTT - R| and SRTT an eighth of the way to R."""
+    if srtt_s is None:
+        return sample_s, sample_s / 2.0
+    rttvar = (1.0 - RTO_BETA) * rttvar_s + RTO_BETA * abs(srtt_s - sample_s)
+    return (1.0 - RTO_ALPHA) * srtt_s + RTO_ALPHA * sample_s, rttvar
 
 
 def unit_lost(

@@ -65,6 +65,9 @@ from thruster_hil.firmware_bridge.linkrules import (
     PARAM,
     PENDING,
     PING_BURST,
+    RTO_G_S,
+    RTO_K,
+    RTO_MAX_BACKOFF,
     SAFE_REASON,
     FireResult,
     LinkError,
@@ -73,6 +76,7 @@ from thruster_hil.firmware_bridge.linkrules import (
     PingSample,
     Received,
     percentile,
+    rtt_estimate,
     unit_clock_rate,
     unit_lost,
 )
@@ -177,7 +181,14 @@ class HostSession:
         self.bytes_sent = 0
         self.retries = 0
         self.rtt_ms: deque[float] = deque(maxlen=_RTT_SAMPLES)
-        self.retry_rtt_s: float | None = None
+        self.retry_rtt_s: float | None = None  # the PING burst's median RTT
+        # The lockstep FIRE exchange's own round trip (RFC 6298): a FIRE and its reports are
+        # longer frames than a PING, and at a real line rate their round trip (16-20 ms at
+        # 115,200 baud) is several PINGs'; a timeout from PINGs alone resends FIREs whose
+        # reports are on their way.
+        self.fire_srtt_s: float | None = None
+        self.fire_rttvar_s = 0.0
+        self.rto_backoff = 1  # doubled at each FIRE timeout, 1 again at the next clean sample
         self.deadline_misses = 0
         self.silent_cycles = 0  # REALTIME cycles in a row without any VALVE_REPORT
         self.foreign_refusals = 0
@@ -401,10 +412,33 @@ class HostSession:
 
     @property
     def retry_timeout_s(self) -> float:
-        """max(20 ms, 3 x RTT), or 200 ms before the first PING burst."""
-        if self.retry_rtt_s is None:
+        """max(20 ms, 3 x the PING RTT, SRTT + max(G, 4 RTTVAR) of the FIRE exchanges), times
+        the backoff, at most a quarter of the unit's watchdog; 200 ms before anything was
+        measured (docs/protocol.md section 7)."""
+        if self.retry_rtt_s is None and self.fire_srtt_s is None:
             return INITIAL_RETRY_TIMEOUT_S
-        return max(MIN_RETRY_TIMEOUT_S, 3.0 * self.retry_rtt_s)
+        rto = MIN_RETRY_TIMEOUT_S
+        if self.retry_rtt_s is not None:
+            rto = max(rto, 3.0 * self.retry_rtt_s)
+        if self.fire_srtt_s is not None:
+            rto = max(rto, self.fire_srtt_s + max(RTO_G_S, RTO_K * self.fire_rttvar_s))
+        if self.rto_backoff == 1:
+            return rto
+        return min(rto * self.rto_backoff, max(rto, self.watchdog_s / 4))
+
+    def fire_rtt_sample(self, rtt_s: float) -> None:
+        """A lockstep FIRE answered on its first try (Karn: never a resent one's): into the
+        estimate, and the backoff ends."""
+        self.fire_srtt_s, self.fire_rttvar_s = rtt_estimate(
+            self.fire_srtt_s, self.fire_rttvar_s, rtt_s
+        )
+        self.rto_backoff = 1
+
+    def fire_timed_out(self) -> None:
+        """A FIRE's wait ran out: the next waits are twice as long until a clean sample (RFC
+        6298 section 5.5), so an estimate that is too short cannot keep every FIRE resent and
+        so never sampled."""
+        self.rto_backoff = min(self.rto_backoff * 2, RTO_MAX_BACKOFF)
 
     @property
     def give_up_s(self) -> float:

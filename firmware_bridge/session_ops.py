@@ -230,6 +230,7 @@ class FireOp(Op):
             t_last = max(r.t_ns for r in self.reports.values())
             if self.attempt == 0:  # Karn: no RTT sample from a retransmitted exchange
                 s.rtt_ms.append((t_last - self.t_first) / 1e6)
+                s.fire_rtt_sample((t_last - self.t_first) / 1e9)
             elif t_last >= self.give_up_ns:
                 s.slow_unit_waits += 1
             return s.fire_result(self, (t_last - self.t_first) / 1e6)
@@ -249,6 +250,7 @@ class FireOp(Op):
                 f"{s.foreign_hint(self.seqs.values())}{s.live_hint(self.t_first)}"
             )
         self.attempt += 1
+        s.fire_timed_out()
         # Hold the copies while the unit is still answering an older step (it is reading a
         # backlog), but for one resend wait only: the next attempt asks again whether a stale
         # report came since this one, so a FIRE lost behind the backlog is resent.

@@ -59,6 +59,8 @@ class Bench:
         #: Copies of a frame that reach the unit / the host: ``hook(msg) -> int``.
         self.to_unit: Callable[[codec.Message], int] | None = None
         self.to_host: Callable[[codec.Message], int] | None = None
+        #: Extra one-way delay of a frame to the host [ns] (a slow line: longer frames).
+        self.host_delay_ns: Callable[[codec.Message], int] | None = None
         self.sent: list[codec.Message] = []  # every frame the host wrote, decoded
         self.received: list[codec.Message] = []  # every frame the host was given
         self.writes: list[bytes] = []
@@ -78,8 +80,9 @@ class Bench:
         for frame in frames_of(data):
             msg = decode(frame)
             copies = self.to_host(msg) if self.to_host and msg is not None else 1
+            extra = self.host_delay_ns(msg) if self.host_delay_ns and msg is not None else 0
             for _ in range(copies):
-                self._push(self.now_ns + LATENCY_NS, "host", frame)
+                self._push(self.now_ns + LATENCY_NS + extra, "host", frame)
 
     def write(self, data: bytes) -> None:
         """What the host writes: recorded, then carried to the unit through the hook."""

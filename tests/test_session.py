@@ -21,7 +21,10 @@ from thruster_hil.firmware_bridge.linkrules import (
     LIVE_WAIT_WATCHDOGS,
     MAX_RETRIES,
     REPORT_DUPLICATE,
+    RTO_G_S,
+    RTO_K,
     LinkError,
+    rtt_estimate,
 )
 from thruster_hil.firmware_bridge.session import PENDING
 from thruster_hil.firmware_bridge.unit import ARMED, SAFE
@@ -181,14 +184,51 @@ def test_fire_is_refused_locally_before_arm():
 def test_a_dropped_report_is_resent_after_the_retry_timeout_and_executed_once():
     b = armed_bench()
     b.to_host = drop_first("VALVE_REPORT")
-    t0 = b.now_ns
+    t0, timeout_s = b.now_ns, b.s.retry_timeout_s
     res = b.fire(1, [5] * 18)
     f = b.frames("FIRE")
     assert len(f) == 3  # two banks, then bank 0 again
     assert f[2].seq == f[0].seq and f[2].flags & FLAG_RETRANSMIT and f[2]["step"] == 1
-    assert b.now_ns - t0 >= b.s.retry_timeout_s * 1e9  # resent only after the timeout
+    assert b.now_ns - t0 >= timeout_s * 1e9  # resent only after the timeout
     assert res.flags & REPORT_DUPLICATE  # the cached report, re-sent
     assert len(b.executed(1)) == 2 and b.s.stats()["retries"] == 1
+
+
+def test_fire_round_trips_longer_than_the_ping_timeout_are_learnt_not_resent():
+    """At a real line rate a FIRE and its two reports take 16-20 ms, several PINGs: the host
+    learns the FIRE exchange's own round trip (RFC 6298) instead of resending every FIRE whose
+    reports are on their way (a timeout from the PINGs alone was 20 ms)."""
+    b = armed_bench()
+    assert b.s.retry_timeout_s == pytest.approx(0.020)
+    b.host_delay_ns = lambda m: 30_000_000 if m.name == "VALVE_REPORT" else 0
+    for step in range(1, 31):
+        res = b.fire(step, [5] * 18)
+        assert res.executed_ms == (5,) * 18
+    # One resend at most, the first FIRE's, before anything was learnt; then none.
+    assert b.s.stats()["retries"] <= 2  # (its two banks)
+    assert all(len(b.executed(k)) == 2 for k in range(1, 31))
+    assert 0.030 < b.s.retry_timeout_s < 0.040  # SRTT + max(G, 4 RTTVAR): 30.2 ms + 1 ms
+
+
+def test_a_timeout_backs_off_until_a_clean_exchange_then_the_estimate_returns():
+    b = armed_bench()
+    base = b.s.retry_timeout_s
+    b.to_host = drop_first("VALVE_REPORT")
+    b.fire(1, [5] * 18)  # answered only after a resend: no sample (Karn)
+    assert b.s.retry_timeout_s == pytest.approx(2 * base)
+    b.fire(2, [5] * 18)  # a clean exchange
+    assert b.s.retry_timeout_s == pytest.approx(base)
+
+
+@given(st.lists(st.floats(1e-4, 1.0), min_size=1, max_size=60))
+def test_the_rtt_estimate_stays_within_its_samples(samples):
+    srtt, var = None, 0.0
+    for r in samples:
+        srtt, var = rtt_estimate(srtt, var, r)
+        assert var >= 0.0
+    assert min(samples) * (1 - 1e-12) <= srtt <= max(samples) * (1 + 1e-12)
+    if len(set(samples)) == 1:  # a steady round trip is never timed out early
+        assert srtt + max(RTO_G_S, RTO_K * var) >= samples[0]
 
 
 def test_duplicated_and_late_reports_never_answer_another_step():
