@@ -10,44 +10,37 @@ out, and lint-imports runs there with the repository's contracts.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import lint_layers  # noqa: E402  (tools/ is scripts, not a package)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def installed_layout(dest: Path) -> Path:
-    """Copy the Python sources into ``dest/thruster_hil`` as the wheel installs them."""
-    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    mapping = cfg["package-dir"]
-    for pkg in cfg["packages"]:
-        src = ROOT / mapping.get(pkg, pkg.replace(".", "/"))
-        out = dest.joinpath(*pkg.split("."))
-        out.mkdir(parents=True, exist_ok=True)
-        for f in src.glob("*.py"):
-            shutil.copy2(f, out / f.name)
-    return dest
-
-
 def lint(dest: Path, config: Path) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name("lint-imports")
-    if not exe.exists():
+    if lint_layers.lint_imports_exe() is None:
         if os.environ.get("CI") == "true":
             pytest.fail("lint-imports is not installed (the [test] extra installs import-linter)")
         pytest.skip("lint-imports is not installed (pip install -e '.[test]')")
-    env = {**os.environ, "PYTHONPATH": str(dest)}
-    return subprocess.run(
-        [str(exe), str(config), "--no-cache"], cwd=dest, env=env, capture_output=True, text=True
+    return lint_layers.lint(dest, config)
+
+
+def test_the_tool_an_engineer_runs_by_hand_passes() -> None:
+    """tools/lint_layers.py, what docs/architecture.md tells an engineer to run."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "lint_layers.py")], capture_output=True, text=True
     )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 kept, 0 broken" in proc.stdout
 
 
 def test_layers_run_one_way(tmp_path: Path) -> None:
-    dest = installed_layout(tmp_path / "site")
+    dest = lint_layers.installed_layout(tmp_path / "site")
     proc = lint(dest, ROOT / "pyproject.toml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 kept, 0 broken" in proc.stdout
@@ -69,7 +62,7 @@ def test_layers_run_one_way(tmp_path: Path) -> None:
 )
 def test_an_upward_import_breaks_the_contract(tmp_path: Path, module: str, line: str) -> None:
     """The check can fail: each upward import the review named, planted, is reported."""
-    dest = installed_layout(tmp_path / "site")
+    dest = lint_layers.installed_layout(tmp_path / "site")
     top, _, rest = module.partition("/")
     target = (
         dest / "thruster_hil" / rest
