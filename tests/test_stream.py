@@ -505,6 +505,122 @@ def test_the_batch_sender_sends_each_slot_once_in_order_across_the_wrap():
     r.close()
 
 
+def _gso_supported() -> bool:
+    """Whether this kernel takes UDP segmentation offload on a UDP socket (Linux 4.18+)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.setsockopt(ring_sender.SOL_UDP, ring_sender.UDP_SEGMENT, downlink.PACKET_BYTES)
+        except OSError:
+            return False
+    return True
+
+
+def _packets(n: int) -> list[bytes]:
+    """``n`` distinct HOST_CYCLE packets: step and sequence count 0, 1, ..."""
+    tm = downlink.CycleTelemetry(3, 1)
+    return [tm.packet(k, 0, *[1e-3 * k] * 10, [k, 1, 2], [k, 3, 4], [0.5]) for k in range(n)]
+
+
+def _wrapped_batch(mapping, words, packets: list[bytes], start: int) -> None:
+    """``packets`` published from packet number ``start`` on (as if the ones before were
+    sent), so that the batch runs over the ring's end."""
+    words[ring_sender.PUBLISHED] = words[ring_sender.CONSUMED] = start
+    for packet in packets:
+        _publish(mapping, words, packet)
+
+
+@pytest.mark.skipif(not _gso_supported(), reason="this kernel has no UDP GSO (Linux < 4.18)")
+def test_the_gso_sender_sends_each_packet_once_in_order_one_datagram_each():
+    """UDP segmentation offload: 150 HOST_CYCLE packets (slots 130..199 and 0..79 of a ring
+    of 200) go in messages of up to 64 slots, and the kernel delivers each packet as one
+    datagram of exactly its bytes, once, in order, on a real 127.0.0.1 socket."""
+    r = _receiver()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(r.getsockname())
+        mapping, words, batch = _batch_ring(200, downlink.PACKET_BYTES, sock)
+        assert batch.gso and words[ring_sender.SEND_PATH] == 2
+        packets = _packets(150)
+        _wrapped_batch(mapping, words, packets, 130)
+        assert batch.send_published() == 150 and batch.send_published() == 0
+        assert (words[ring_sender.SENT], words[ring_sender.CONSUMED]) == (150, 280)
+        assert words[ring_sender.GSO_REFUSED] == 0 and batch.gso
+        assert not any(words[w] for w in ring_sender.SENDER_CAUSES)
+        batch.close()
+    got = _receive(r, 150)
+    r.close()
+    assert got == packets
+    assert [decode_packet(d)["step"] for d in got] == list(range(150))
+
+
+def test_without_gso_on_the_socket_each_packet_is_one_message():
+    """A socket that refuses the option (here AF_UNIX datagrams: EOPNOTSUPP, as a kernel
+    before 4.18 refuses it with ENOPROTOOPT): sendmmsg a datagram a message, every packet
+    once, in order, across the wrap; the refusal is kept (GSO_REFUSED)."""
+    here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with here, there:
+        mapping, words, batch = _batch_ring(8, downlink.PACKET_BYTES, here)
+        assert not batch.gso and words[ring_sender.SEND_PATH] == 1
+        assert words[ring_sender.GSO_REFUSED] in (errno.EOPNOTSUPP, errno.ENOPROTOOPT)
+        packets = _packets(7)
+        _wrapped_batch(mapping, words, packets, 5)
+        assert batch.send_published() == 7 and words[ring_sender.SENT] == 7
+        batch.close()
+        there.settimeout(60)
+        assert _receive(there, 7) == packets
+
+
+def _udplite_pair() -> tuple[socket.socket, socket.socket]:
+    try:
+        r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDPLITE)
+    except (AttributeError, OSError) as exc:
+        pytest.skip(f"this kernel has no UDP-Lite sockets ({exc})")
+    r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    r.bind(("127.0.0.1", 0))
+    r.settimeout(60)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDPLITE)
+    s.connect(r.getsockname())
+    return r, s
+
+
+@pytest.mark.skipif(not _gso_supported(), reason="this kernel has no UDP GSO (Linux < 4.18)")
+def test_gso_refused_by_a_send_falls_back_to_a_datagram_a_message_losing_nothing():
+    """The kernel takes the option but refuses the send (UDP-Lite cannot checksum a GSO
+    packet: EIO, as a route through IPsec or without checksum offload would): the sender
+    clears the option, keeps the errno, and sends the same packets a datagram a message:
+    every one once, in order, none counted dropped; later batches go the same way."""
+    r, sock = _udplite_pair()
+    with r, sock:
+        mapping, words, batch = _batch_ring(100, downlink.PACKET_BYTES, sock)
+        assert batch.gso
+        packets = _packets(90)
+        _wrapped_batch(mapping, words, packets[:80], 40)
+        assert batch.send_published() == 80
+        assert not batch.gso and words[ring_sender.GSO_REFUSED] == errno.EIO
+        assert words[ring_sender.SEND_PATH] == 1
+        for packet in packets[80:]:
+            _publish(mapping, words, packet)
+        assert batch.send_published() == 10
+        assert words[ring_sender.SENT] == 90
+        assert not any(words[w] for w in ring_sender.SENDER_CAUSES)
+        batch.close()
+        assert _receive(r, 90) == packets
+
+
+def test_the_sender_looks_less_often_only_while_packets_trickle_in():
+    """The sender's pause between looks (a truth table of its pacing, no clock): short before
+    the first packet and after a burst, however long nothing comes; doubling after each empty
+    look of a trickle (a REALTIME run's packet a period) up to IDLE_POLL_S; short again once a
+    look sends anything."""
+    poll, idle = ring_sender.POLL_S, ring_sender.IDLE_POLL_S
+    pace = ring_sender.Pace()
+    assert [pace.after(0) for _ in range(3)] == [poll] * 3  # before the first packet
+    assert pace.after(500) == poll and [pace.after(0) for _ in range(5)] == [poll] * 5
+    waits = [pace.after(n) for n in (1, 0, 0, 0, 0, 0, 0)]
+    assert waits == [poll, 2 * poll, 4 * poll, min(8 * poll, idle), idle, idle, idle]
+    assert pace.after(ring_sender.TRICKLE) == poll and pace.after(0) == 2 * poll
+    assert pace.after(ring_sender.TRICKLE + 1) == poll and pace.after(0) == poll
+
+
 def test_nobody_listening_is_refused_and_counted():
     """A port with no socket: the kernel answers a datagram with ICMP port-unreachable, and the
     next send fails with ECONNREFUSED: dropped, counted (refused). Then each call sends one
@@ -694,6 +810,7 @@ def test_run_streams_every_cycle_and_space_packet_parser_reads_them_all(
     assert n > 50
     assert stream["datagrams_sent"] == n and stream["datagrams_dropped"] == 0
     assert stream["address"] == f"127.0.0.1:{port}" and stream["packet"] == "HOST_CYCLE"
+    assert stream["send_path"] == ("udp_gso" if _gso_supported() else "sendmmsg")
     assert f"streamed {n} HOST_CYCLE datagrams to 127.0.0.1:{port} (0 dropped)" in out
     datagrams = _receive(r, n)
     header, rows = _rows(run)
