@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -75,6 +77,10 @@ while True:
 """
 
 
+#: The variant whose sender is stopped and whose ring never fills: the loop's own share.
+HELD = "stream, sender stopped (loop only)"
+
+
 class Receiver:
     def __init__(self, mode: str):
         self.proc = subprocess.Popen(
@@ -107,7 +113,34 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _run(model, plan, out: Path, url: str | None) -> dict:
+def _run_ns(pid: int) -> int:
+    """The time process ``pid``'s main thread has run on a CPU [ns] (/proc/PID/schedstat:
+    nanoseconds, where the rusage clock ticks in 10 ms; 0 where there is none)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _hold(sender) -> None:
+    """The sender process stopped and the ring made never full: the loop packs and publishes
+    every cycle's packet, nothing is sent (what the loop itself pays for the stream)."""
+    from thruster_hil.firmware_bridge import ring_sender
+
+    os.kill(sender.process.pid, signal.SIGSTOP)
+    os.waitpid(sender.process.pid, os.WUNTRACED)
+    sender.words[ring_sender.CONSUMED] = 1 << 62  # (published - consumed < 0: never full)
+
+
+def _release(sender) -> None:
+    from thruster_hil.firmware_bridge import ring_sender
+
+    sender.words[ring_sender.CONSUMED] = sender.words[ring_sender.PUBLISHED]  # nothing to send
+    os.kill(sender.process.pid, signal.SIGCONT)
+
+
+def _run(model, plan, out: Path, url: str | None, hold: bool = False) -> dict:
     """One recorded SIL run (and its stream): the summary, with ``cycles_per_cpu_s``."""
     from thruster_hil.cli import _also_stream
     from thruster_hil.closedloop.runner import run_burn
@@ -120,18 +153,27 @@ def _run(model, plan, out: Path, url: str | None) -> dict:
         n_tanks = len(model.tank_names)
         stream = CycleStream(resolve_option(url, "run"), len(model.thruster_names), n_tanks)
         on_cycle = _also_stream(on_cycle, stream.on_cycle)
+        if hold:
+            _hold(stream.sender)
+        sender0 = _run_ns(stream.sender.process.pid)
     cpu0 = time.thread_time()
     summary = run_burn(model, plan, on_cycle=on_cycle).summary
     cpu = time.thread_time() - cpu0
     recorder.close()
     if stream is not None:
+        if hold:
+            _release(stream.sender)
+        sender_loop_ns = _run_ns(stream.sender.process.pid) - sender0
         children0 = _children_cpu_s()
         stream.close()  # waits for the sender process, whose CPU time is then the children's
         summary["stream"] = stream.stats()
         n = summary["stream"]["datagrams_sent"] + summary["stream"]["datagrams_dropped"]
         sender_cpu = _children_cpu_s() - children0
         summary["stream"]["sender_cpu_us_per_datagram"] = sender_cpu / max(n, 1) * 1e6
+        # while the loop ran (no start-up): what the sender took beside the loop
+        summary["stream"]["sender_loop_us_per_cycle"] = sender_loop_ns / summary["cycles"] / 1e3
     summary["cycles_per_cpu_s"] = summary["cycles"] / cpu
+    summary["loop_cpu_us_per_cycle"] = cpu / summary["cycles"] * 1e6
     return summary
 
 
@@ -153,6 +195,7 @@ def main(argv=None) -> int:
     for name, receiver in receivers.items():
         urls[name] = f"udp://127.0.0.1:{receiver.port}"
     urls["stream, nobody listening"] = f"udp://127.0.0.1:{_closed_port()}"
+    urls[HELD] = urls["stream, nobody listening"]
     names = list(urls)
     samples: dict[str, list[dict]] = {name: [] for name in names}
     try:
@@ -162,10 +205,15 @@ def main(argv=None) -> int:
             for i in range(args.runs):
                 for j in range(len(names)):
                     name = names[(i + j) % len(names)]  # rotated: no variant always first
-                    s = _run(model, plan, Path(tmp) / f"run-{i}-{j}", urls[name])
+                    receiver = receivers.get(name)
+                    receiver0 = _run_ns(receiver.proc.pid) if receiver else 0
+                    s = _run(model, plan, Path(tmp) / f"run-{i}-{j}", urls[name], name == HELD)
                     samples[name].append(s)
-                    if name in receivers:
-                        got = receivers[name].count()
+                    if receiver is not None:
+                        got = receiver.count()
+                        s["receiver_us_per_datagram"] = (
+                            (_run_ns(receiver.proc.pid) - receiver0) / max(got, 1) / 1e3
+                        )
                         if got != s["stream"]["datagrams_sent"]:
                             raise SystemExit(
                                 f"{name}: the receiver got {got} of "
@@ -193,7 +241,29 @@ def main(argv=None) -> int:
                 3,
             )
         row["cycles_per_s_all"] = [round(s["cycles_per_s"]) for s in runs]
+        row["cycles_per_s_ratio_all"] = [
+            round(s["cycles_per_s"] / base["cycles_per_s"], 3)
+            for s, base in zip(runs, samples["plain"], strict=True)
+        ]
+        row["loop_cpu_us_per_cycle_median"] = round(
+            statistics.median(s["loop_cpu_us_per_cycle"] for s in runs), 2
+        )
+        row["loop_cpu_us_per_cycle_added"] = round(
+            statistics.median(
+                s["loop_cpu_us_per_cycle"] - base["loop_cpu_us_per_cycle"]
+                for s, base in zip(runs, samples["plain"], strict=True)
+            ),
+            2,
+        )
+        if name in receivers:
+            row["receiver_us_per_datagram_median"] = round(
+                statistics.median(s["receiver_us_per_datagram"] for s in runs), 2
+            )
         if name != "plain":
+            row["sender_loop_us_per_cycle_median"] = round(
+                statistics.median(s["stream"]["sender_loop_us_per_cycle"] for s in runs), 2
+            )
+            row["send_path"] = runs[0]["stream"].get("send_path", "")
             row["datagrams_sent_median"] = statistics.median(
                 s["stream"]["datagrams_sent"] for s in runs
             )
@@ -209,14 +279,20 @@ def main(argv=None) -> int:
     else:
         print(f"{args.stack} via sim, recorded: {out['cycles']} cycles, {args.runs} runs each")
         print(
-            "  variant                       cycles/s  ratio   cycles/CPU-s  ratio   sender us/dg"
+            "  variant                          cycles/s  ratio (min-max)        cycles/CPU-s"
+            "  ratio   loop +us/cy  sender us/cy  receiver us/dg"
         )
         for name, row in out["variants"].items():
-            sender = row.get("sender_cpu_us_per_datagram_median")
+            sender = row.get("sender_loop_us_per_cycle_median")
+            receiver = row.get("receiver_us_per_datagram_median")
+            spread = row["cycles_per_s_ratio_all"]
             print(
-                f"  {name:28s} {row['cycles_per_s_median']:8d}  x{row['cycles_per_s_ratio']:.3f}"
+                f"  {name:32s} {row['cycles_per_s_median']:8d}  x{row['cycles_per_s_ratio']:.3f}"
+                f" ({min(spread):.3f}-{max(spread):.3f})"
                 f"  {row['cycles_per_cpu_s_median']:10d}  x{row['cycles_per_cpu_s_ratio']:.3f}"
-                + (f"   {sender:6.2f}" if sender is not None else "")
+                f"  {row['loop_cpu_us_per_cycle_added']:+10.2f}"
+                + (f"  {sender:12.2f}" if sender is not None else " " * 14)
+                + (f"  {receiver:14.2f}" if receiver is not None else "")
             )
     return 0
 
