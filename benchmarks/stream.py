@@ -177,18 +177,109 @@ def _run(model, plan, out: Path, url: str | None, hold: bool = False) -> dict:
     return summary
 
 
+def loop_side(model, plan, rounds: int, calls: int = 20_000) -> dict:
+    """What the loop pays a cycle, alone: ``CycleStream.on_cycle`` on one recorded cycle's
+    ``info`` (its sender stopped, its ring never full), against the same packet from the
+    kernel handed the loop's six arrays and five numbers (the call before the binding), and
+    an empty call; loop thread CPU [ns] a call, the three interleaved, ``rounds`` times."""
+    from thruster_hil.closedloop.runner import run_burn
+    from thruster_hil.stream import CycleStream, _cycle_into_ring, resolve_option
+
+    seen = {}
+
+    def keep(k: int, info: dict) -> None:
+        if k == 10:
+            seen.update(info)
+
+    run_burn(model, plan, on_cycle=keep)
+    stream = CycleStream(
+        resolve_option(f"udp://127.0.0.1:{_closed_port()}", "run"),
+        len(model.thruster_names),
+        len(model.tank_names),
+        model.mass_kg,
+    )
+    _hold(stream.sender)
+    ring, mass0 = stream._ring, stream._mass0
+
+    def eleven_arguments(k: int, info: dict) -> None:  # (as on_cycle was before the binding)
+        c = info["ctrl"]
+        _cycle_into_ring(
+            ring,
+            c.ctrl,
+            info["y"],
+            c.on_ms,
+            info["executed_ms"],
+            info["tank_used"],
+            k,
+            info["status"],
+            info["t_s"],
+            info.get("rtt_s") or 0.0,
+            mass0,
+        )
+
+    def empty(k: int, info: dict) -> None:
+        pass
+
+    calls_of = {
+        "CycleStream.on_cycle (binding)": stream.on_cycle,
+        "kernel on the arrays (11 arguments)": eleven_arguments,
+        "empty call": empty,
+    }
+    ns: dict[str, list[float]] = {name: [] for name in calls_of}
+    try:
+        for fn in calls_of.values():
+            fn(0, seen)
+        for i in range(rounds):
+            names = list(calls_of)
+            for j in range(len(names)):
+                name = names[(i + j) % len(names)]
+                fn = calls_of[name]
+                t0 = time.thread_time_ns()
+                for k in range(calls):
+                    fn(k, seen)
+                ns[name].append((time.thread_time_ns() - t0) / calls)
+    finally:
+        _release(stream.sender)
+        stream.close()
+    return {
+        name: {
+            "ns_per_call_median": round(statistics.median(v)),
+            "ns_per_call_min": round(min(v)),
+            "ns_per_call_max": round(max(v)),
+        }
+        for name, v in ns.items()
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--stack", default="dragon-boost-kit")
     ap.add_argument("--delta-v", default="4", help="the burn [m/s] (default 4: ~4500 cycles)")
+    ap.add_argument(
+        "--loop-side",
+        action="store_true",
+        help="only what the loop pays a cycle: on_cycle alone, --runs rounds of 20,000 calls",
+    )
     args = ap.parse_args(argv)
     from thruster_hil.config import build_stack_model, load_stack
     from thruster_hil.plan import Target, plan_burn
 
     model = build_stack_model(load_stack(args.stack))
     plan = plan_burn(args.stack, Target("delta_v", float(args.delta_v)))
+    if args.loop_side:
+        rows = loop_side(model, plan, args.runs)
+        if args.json:
+            print(json.dumps({"stack": args.stack, "rounds": args.runs, "loop_side": rows}))
+        else:
+            print(f"{args.stack}: loop thread CPU a call [ns], {args.runs} rounds of 20,000")
+            for name, row in rows.items():
+                print(
+                    f"  {name:38s} median {row['ns_per_call_median']:6d}"
+                    f"  ({row['ns_per_call_min']}-{row['ns_per_call_max']})"
+                )
+        return 0
     receivers = {"stream, batch reader": Receiver("poll")}
     receivers["stream, recv() per datagram"] = Receiver("block")
     urls: dict[str, str | None] = {"plain": None}
