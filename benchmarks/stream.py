@@ -6,23 +6,29 @@ with the run directory's recorder as ``on_cycle`` and, with a stream, the CLI's
 ``CycleStream.on_cycle`` after it (the plan is made once: planning is not the loop). Two rates per
 run: ``cycles_per_s`` is the runner's own (wall clock, the first cycle not timed: the figure the
 acceptance is about), and ``cycles_per_cpu_s`` divides the cycles by the CPU time of the loop's
-own thread (user and system), which other processes on a busy machine inflate less; the stream's
-sender process, which makes the send system calls beside the loop, is not in it: its CPU time is
-reported apart (``sender_cpu_us_per_datagram``, from the children's rusage once it has been
-waited for; the receivers live on until the end, so they are not in it). The variants run
+own thread (user and system), which other processes on a busy machine inflate less. Beside them,
+where the stream's work goes: the loop thread's CPU a cycle above the plain run's
+(``loop_cpu_us_per_cycle_added``), the sender process's CPU while the loop ran, a cycle
+(``sender_loop_us_per_cycle``, from /proc/PID/schedstat: nanoseconds, its start-up left out),
+its CPU a datagram start-up included (``sender_cpu_us_per_datagram``, rusage once it has been
+waited for), and the receiver's CPU a datagram (``receiver_us_per_datagram``). The variants run
 interleaved, their order rotated every round; the median of each is reported, and the median of
 the per-round ratios to ``plain`` (each ratio from runs seconds apart, so a change of the
-machine's load between rounds cancels out).
+machine's load between rounds cancels out), with every round's ratio (``..._ratio_all``).
 
 Variants: ``plain`` (no stream: the baseline); ``stream, batch reader`` (to a UDP socket that a
 receiver process drains every 5 ms, as a ground system's link thread with a buffer does); ``stream,
-recv() per datagram`` (a receiver blocked in recv(), woken by every datagram: the kernel's wake-up
-is paid in the sending process, on its sender thread); ``stream, nobody listening`` (to a port
-with no socket: every other send fails with ECONNREFUSED after the kernel's ICMP port-unreachable,
-dropped and counted).
-Each receiver counts what it got, which must equal the datagrams sent. Usage::
+recv() per datagram`` (a receiver blocked in recv(), woken when datagrams come); ``stream, nobody
+listening`` (to a port with no socket: sends fail with ECONNREFUSED after the kernel's ICMP
+port-unreachable, dropped and counted); ``stream, sender stopped (loop only)`` (the sender
+process stopped and the ring never full: the loop packs and publishes every packet and nothing
+is sent, which is what the loop itself pays). Each receiver counts what it got, which must equal
+the datagrams sent.
 
-    python benchmarks/stream.py [--json] [--runs N] [--stack NAME] [--delta-v MPS]
+``--loop-side`` measures only the loop's share, alone: ``CycleStream.on_cycle`` on one recorded
+cycle against the kernel handed the loop's arrays as before, loop thread CPU a call. Usage::
+
+    python benchmarks/stream.py [--json] [--runs N] [--stack NAME] [--delta-v MPS] [--loop-side]
 """
 
 from __future__ import annotations
