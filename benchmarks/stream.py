@@ -257,6 +257,79 @@ def loop_side(model, plan, rounds: int, calls: int = 20_000) -> dict:
     }
 
 
+def _nothing(k: int, info: dict) -> None:
+    pass
+
+
+def blocks(model, plan, urls: dict, receivers: dict, runs: int, block: int) -> dict:
+    """The stream's cost within each run, where a loaded machine's drift cancels best: the
+    cycles go in blocks of ``block``, three by three, and only the third block of each three
+    packs and sends its cycles (off, off, on); the second block's cycles a second (no stream,
+    and after an off block: no sending left over from the last on block, which the sender
+    finishes within 5 ms) over the third's is one ratio. ``plain`` sends in no block: its
+    ratios are the design's own bias and noise (an A/A control: the loop's work per cycle
+    changes along a burn). ``runs`` runs per variant, the variants interleaved; per variant the
+    median ratio and its spread."""
+    from thruster_hil.cli import _also_stream
+    from thruster_hil.closedloop.runner import run_burn
+    from thruster_hil.records import RunRecorder
+    from thruster_hil.stream import CycleStream, resolve_option
+
+    ratios: dict[str, list[float]] = {name: [] for name in urls}  # plain: the A/A control
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(runs):
+            names = list(ratios)
+            for j in range(len(names)):
+                name = names[(i + j) % len(names)]
+                out = Path(tmp) / f"blocks-{i}-{j}"
+                recorder = RunRecorder(
+                    out, list(model.thruster_names), model.mass_kg, model.tank_names
+                )
+                stream = None
+                if urls[name] is not None:
+                    stream = CycleStream(
+                        resolve_option(urls[name], "run"),
+                        len(model.thruster_names),
+                        len(model.tank_names),
+                        model.mass_kg,
+                    )
+                if name == HELD:
+                    _hold(stream.sender)
+                send = stream.on_cycle if stream is not None else _nothing
+                marks: list[float] = []
+
+                def in_blocks(k: int, info: dict, send=send, marks=marks) -> None:
+                    if k % block == 0:
+                        marks.append(time.perf_counter())
+                    if (k // block) % 3 == 2:
+                        send(k, info)
+
+                run_burn(model, plan, on_cycle=_also_stream(recorder.on_cycle, in_blocks))
+                recorder.close()
+                if name == HELD:
+                    _release(stream.sender)
+                if stream is not None:
+                    stream.close()
+                if name in receivers:
+                    got = receivers[name].count()
+                    if got != stream.stats()["datagrams_sent"]:
+                        raise SystemExit(f"{name}: the receiver got {got} datagrams")
+                for b in range(2, len(marks) - 1, 3):  # each whole "on" block
+                    off, on = marks[b] - marks[b - 1], marks[b + 1] - marks[b]
+                    ratios[name].append(off / on)
+    return {
+        name: {
+            "ratio_median": round(statistics.median(r), 4),
+            "ratio_q1": round(statistics.quantiles(r, n=4)[0], 4),
+            "ratio_q3": round(statistics.quantiles(r, n=4)[2], 4),
+            "ratio_min": round(min(r), 4),
+            "ratio_max": round(max(r), 4),
+            "blocks": len(r),
+        }
+        for name, r in ratios.items()
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
@@ -267,6 +340,14 @@ def main(argv=None) -> int:
         "--loop-side",
         action="store_true",
         help="only what the loop pays a cycle: on_cycle alone, --runs rounds of 20,000 calls",
+    )
+    ap.add_argument(
+        "--blocks",
+        type=int,
+        default=0,
+        metavar="CYCLES",
+        help="the stream on in every third block of CYCLES cycles of each run, off in the two "
+        "before: cycles/s ratios of adjacent blocks (--runs runs a variant)",
     )
     args = ap.parse_args(argv)
     from thruster_hil.config import build_stack_model, load_stack
@@ -294,6 +375,26 @@ def main(argv=None) -> int:
     urls["stream, nobody listening"] = f"udp://127.0.0.1:{_closed_port()}"
     urls[HELD] = urls["stream, nobody listening"]
     names = list(urls)
+    if args.blocks:
+        try:
+            rows = blocks(model, plan, urls, receivers, args.runs, args.blocks)
+        finally:
+            for receiver in receivers.values():
+                receiver.close()
+        if args.json:
+            print(json.dumps({"stack": args.stack, "block_cycles": args.blocks, "blocks": rows}))
+        else:
+            print(
+                f"{args.stack}: blocks of {args.blocks} cycles, stream on in every third, "
+                f"{args.runs} runs a variant; cycles/s of the block before over the block with"
+            )
+            for name, row in rows.items():
+                print(
+                    f"  {name:36s} x{row['ratio_median']:.3f}  (quartiles {row['ratio_q1']:.3f}-"
+                    f"{row['ratio_q3']:.3f}, {row['ratio_min']:.3f}-{row['ratio_max']:.3f}, "
+                    f"{row['blocks']} blocks)"
+                )
+        return 0
     samples: dict[str, list[dict]] = {name: [] for name in names}
     try:
         with tempfile.TemporaryDirectory() as tmp:
