@@ -317,6 +317,9 @@ def blocks(model, plan, urls: dict, receivers: dict, runs: int, block: int) -> d
                 for b in range(2, len(marks) - 1, 3):  # each whole "on" block
                     off, on = marks[b] - marks[b - 1], marks[b + 1] - marks[b]
                     ratios[name].append(off / on)
+    for name, r in ratios.items():
+        if len(r) < 2:
+            raise SystemExit(f"{name}: {len(r)} whole blocks; a longer burn or shorter blocks")
     return {
         name: {
             "ratio_median": round(statistics.median(r), 4),

@@ -151,6 +151,7 @@ class _Binding:
         not what the kernel can read through an address."""
         arrays = (ctrl, y, on_ms, executed_ms, tank_used)
         self.arrays = ()
+        self.words[_B_CTRL:_B_MASS0] = 0  # (nothing is read through it until bound again)
         for a, dtype, n in zip(arrays, self._DTYPES, self._MIN_LEN, strict=True):
             if not self._fits(a, dtype, n):
                 return False
