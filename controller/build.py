@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from thruster_hil.controller import cycle as st
 from thruster_hil.controller import modulation as mo
-from thruster_hil.controller.allocation import LP_WORK_ROWS, lp_columns
+from thruster_hil.controller.allocation import LP_WORK_ROWS, fill_lp_columns, lp_columns
 from thruster_hil.controller.packing import ARRAY_NAMES, pack, step_packed
 
 from thruster_hil.core.constants import G0
@@ -261,6 +261,19 @@ def build_controller(
         params[st.P_TANK_GUARD + t] = 2.0 * float(
             np.sum(thr[mine, mo.T_MIB] * thr[mine, mo.T_KG_PER_NS])
         )
+
+    # The LP's error and slack columns (and their costs and bounds) never change: filled here
+    # once rather than every cycle.
+    fill_lp_columns(
+        E,
+        qp[st.Q_COST],
+        qp[st.Q_LB],
+        qp[st.Q_UB],
+        n_rows,
+        6,
+        m,
+        params[st.P_ERR_COST : st.P_ERR_COST + 6],
+    )
 
     return Controller(
         thruster_names=tuple(model.thruster_names),

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 
-from thruster_hil.controller.allocation import LP_OK, LP_WORK_ROWS, allocate
+from thruster_hil.controller.allocation import LP_OK, LP_WORK_ROWS, allocate_filled
 from thruster_hil.controller.modulation import (
     M_LAST_ON,
     M_REMAINDER,
@@ -338,7 +338,8 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
 
     sens (SENS_LEN), params (PARAM_LEN), A (6, n_act) the actuators' wrench per unit (thruster
     columns scaled by their full-cycle impulse, then CMG columns, then gimbal columns), E
-    (LP rows, LP columns) the LP's matrix (its constant rows filled once; wrench rows scaled by
+    (LP rows, LP columns) the LP's matrix (its constant rows, and its error and slack columns
+    with their costs and bounds in qp, filled once by the build; wrench rows scaled by
     ``params[P_ROW_SCALE]``), Binv (LP rows, LP rows) scratch, qp (QP_ROWS, LP columns), ints
     (2, LP columns) int64, thr (n, THR_COLS), mod (n, MOD_COLS), health (n) int64, ctrl
     (CTRL_LEN) state and diagnostics, on_ms (n) uint16 out.
@@ -585,8 +586,9 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
                 b[ROW_TANK + t] += E[ROW_TANK + t, i]
             b[ROW_TANK + t] += 1.0
     # From last cycle's basis when it is still feasible (allocation._warm_basis), straight to
-    # the pivots: the basic values it computes are the ones solve_lp would compute again.
-    lp_status, iters = allocate(
+    # the pivots: the basic values it computes are the ones solve_lp would compute again. The
+    # LP's error and slack columns were filled once, by the build (allocation.fill_lp_columns).
+    lp_status, iters = allocate_filled(
         E,
         b,
         qp[Q_COST],
@@ -595,7 +597,6 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
         n_rows,
         6,
         n_act,
-        params[P_ERR_COST : P_ERR_COST + 6],
         x,
         ints[I_STATE],
         ints[I_BASIS],
