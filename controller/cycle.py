@@ -63,6 +63,7 @@ from thruster_hil.controller.modulation import (
     modulate_one,
     reset_one,
 )
+from thruster_hil.controller.views import borrowed
 
 from thruster_hil.core.frames import dcm_entries, lvlh_axes, q_from_dcm
 from thruster_hil.core.health import HEALTH_NOMINAL, HEALTH_STUCK_OPEN
@@ -344,6 +345,20 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
     (2, LP columns) int64, thr (n, THR_COLS), mod (n, MOD_COLS), health (n) int64, ctrl
     (CTRL_LEN) state and diagnostics, on_ms (n) uint16 out.
     """
+    # Views that count no references (controller/views.py): the step slices these arrays
+    # dozens of times, and the caller holds them for the whole call.
+    sens = borrowed(sens)
+    params = borrowed(params)
+    A = borrowed(A)
+    E = borrowed(E)
+    Binv = borrowed(Binv)
+    qp = borrowed(qp)
+    ints = borrowed(ints)
+    thr = borrowed(thr)
+    mod = borrowed(mod)
+    health = borrowed(health)
+    ctrl = borrowed(ctrl)
+    on_ms = borrowed(on_ms)
     n = on_ms.shape[0]
     period = params[P_PERIOD]
     tick = params[P_TICK]

@@ -17,11 +17,9 @@ separate arrays; a call between kernels costs nothing to type.
 from __future__ import annotations
 
 import numpy as np
-from numba.core import cgutils, types
-from numba.extending import intrinsic, overload
-from numba.np.arrayobj import make_array, populate_array
 from thruster_hil.controller.cycle import CTRL_LEN, PARAM_LEN, QP_ROWS, SENS_LEN, step
 from thruster_hil.controller.modulation import MOD_COLS, THR_COLS
+from thruster_hil.controller.views import carve
 
 from thruster_hil.core.jit import kernel
 from thruster_hil.core.layout import Layout
@@ -105,64 +103,6 @@ _OFFSET_SLOT = dict(
         strict=True,
     )
 )
-
-
-def carve(buf: np.ndarray, start: int, shape: tuple, dtype) -> np.ndarray:
-    """The C-contiguous array of ``shape`` and ``dtype`` whose data begins at float64 slot
-    ``start`` of ``buf`` (1-D float64), as a view.
-
-    Inside numba this is :func:`_carve`, which only fills in the view's pointer, shape and
-    strides. numba's own ``buf[a:b].reshape(...).view(...)`` checks the bounds, the new shape
-    (through a C helper) and the dtype, and counts references for every intermediate array:
-    measured here, the twelve views of a step cost ~0.25 us that way, more than passing one
-    array in from Python. The caller guarantees the view lies within ``buf`` and that ``buf``
-    outlives it (:func:`step_packed`'s views live only while it runs)."""
-    size = int(np.prod(shape))
-    slots = -(-size * np.dtype(dtype).itemsize // 8)
-    return buf[start : start + slots].view(dtype)[:size].reshape(shape)
-
-
-@intrinsic
-def _carve(typingctx, buf, start, shape, dtype):
-    """The numba side of :func:`carve`: a view without a reference to ``buf``'s memory (as
-    ``numba.carray`` makes), so nothing is counted."""
-    if not (
-        isinstance(buf, types.Array)
-        and buf.ndim == 1
-        and buf.layout == "C"
-        and buf.dtype == types.float64
-        and isinstance(start, types.Integer)
-        and isinstance(shape, types.UniTuple)
-        and isinstance(shape.dtype, types.Integer)
-        and 1 <= shape.count <= 2
-        and isinstance(dtype, types.NumberClass)
-    ):
-        return None
-    view = types.Array(dtype.instance_type, shape.count, "C")
-
-    def codegen(context, builder, sig, args):
-        src = make_array(sig.args[0])(context, builder, args[0])
-        out = make_array(sig.return_type)(context, builder)
-        first = context.cast(builder, args[1], sig.args[1], types.intp)
-        ll_item = context.get_data_type(sig.return_type.dtype)
-        data = builder.bitcast(builder.gep(src.data, [first]), ll_item.as_pointer())
-        dims = [
-            context.cast(builder, d, sig.args[2].dtype, types.intp)
-            for d in cgutils.unpack_tuple(builder, args[2])
-        ]
-        itemsize = context.get_constant(types.intp, context.get_abi_sizeof(ll_item))
-        strides = [itemsize]
-        for d in reversed(dims[1:]):
-            strides.insert(0, builder.mul(strides[0], d))
-        populate_array(out, data=data, shape=dims, strides=strides, itemsize=itemsize, meminfo=None)
-        return out._getvalue()
-
-    return view(buf, start, shape, dtype), codegen
-
-
-@overload(carve, jit_options={"cache": True})
-def _carve_numba(buf, start, shape, dtype):
-    return lambda buf, start, shape, dtype: _carve(buf, start, shape, dtype)
 
 
 def _shapes(n: int, m: int, n_rows: int, n_cols: int, binv_cols: int) -> dict:
