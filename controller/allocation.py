@@ -68,12 +68,15 @@ COST_TOL = 1e-14
 @kernel
 def _nonbasic_rhs(E, b, x, state, n_rows, n_cols, out):
     """out = b - N x_N: the right-hand side the basic variables must meet."""
+    # Column by column, so the rows' sums (each a chain of dependent subtractions) advance side
+    # by side; each row still subtracts its terms in column order: the same numbers.
     for r in range(n_rows):
-        s = b[r]
-        for j in range(n_cols):
-            if state[j] != BASIC:
-                s -= E[r, j] * x[j]
-        out[r] = s
+        out[r] = b[r]
+    for j in range(n_cols):
+        if state[j] != BASIC:
+            xj = x[j]
+            for r in range(n_rows):
+                out[r] -= E[r, j] * xj
 
 
 @kernel
@@ -160,12 +163,13 @@ def _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_i
     it = 0
     status = LP_ITERATION_LIMIT
     while it < max_iter:
-        # Duals: pi = c_B' Binv.
+        # Duals: pi = c_B' Binv, row by row of Binv (each pi[k] summed in the same order).
         for k in range(n_rows):
-            s = 0.0
-            for r in range(n_rows):
-                s += c[basis[r]] * Binv[r, k]
-            pi[k] = s
+            pi[k] = 0.0
+        for r in range(n_rows):
+            cb = c[basis[r]]
+            for k in range(n_rows):
+                pi[k] += cb * Binv[r, k]
         # Pricing: the non-basic variable whose move lowers the cost fastest.
         q = -1
         q_dir = 0
@@ -201,12 +205,14 @@ def _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_i
             status = LP_OK
             break
         it += 1
-        # Entering column in the basis: alpha = Binv E_q.
+        # Entering column in the basis: alpha = Binv E_q, column by column of Binv (each
+        # alpha[r] summed in the same order).
         for r in range(n_rows):
-            s = 0.0
-            for k in range(n_rows):
-                s += Binv[r, k] * E[k, q]
-            alpha[r] = s
+            alpha[r] = 0.0
+        for k in range(n_rows):
+            e = E[k, q]
+            for r in range(n_rows):
+                alpha[r] += Binv[r, k] * e
         # Ratio test: x_q moves by q_dir * t, the basics by -q_dir * t * alpha.
         t_max = ub[q] - lb[q]
         leave = -1
