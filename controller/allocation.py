@@ -68,12 +68,15 @@ COST_TOL = 1e-14
 @kernel
 def _nonbasic_rhs(E, b, x, state, n_rows, n_cols, out):
     """out = b - N x_N: the right-hand side the basic variables must meet."""
+    # Column by column, so the rows' sums (each a chain of dependent subtractions) advance side
+    # by side; each row still subtracts its terms in column order: the same numbers.
     for r in range(n_rows):
-        s = b[r]
-        for j in range(n_cols):
-            if state[j] != BASIC:
-                s -= E[r, j] * x[j]
-        out[r] = s
+        out[r] = b[r]
+    for j in range(n_cols):
+        if state[j] != BASIC:
+            xj = x[j]
+            for r in range(n_rows):
+                out[r] -= E[r, j] * xj
 
 
 @kernel
@@ -88,10 +91,12 @@ def _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, tmp):
 
 
 @kernel
-def _refactor_basics(E, b, x, state, basis, M, n_rows, n_cols, rhs):
+def _refactor_basics(E, b, x, state, basis, M, n_rows, n_cols, rhs, rhs_ready):
     """x_B from B x_B = b - N x_N by Gaussian elimination with partial pivoting on the basis
-    columns (M is overwritten). Leaves x_B as it is if B is singular to working precision."""
-    _nonbasic_rhs(E, b, x, state, n_rows, n_cols, rhs)
+    columns (M is overwritten). Leaves x_B as it is if B is singular to working precision.
+    With ``rhs_ready``, ``rhs`` already holds b - N x_N (nothing non-basic moved since)."""
+    if not rhs_ready:
+        _nonbasic_rhs(E, b, x, state, n_rows, n_cols, rhs)
     for r in range(n_rows):
         for k in range(n_rows):
             M[r, k] = E[r, basis[k]]
@@ -148,7 +153,8 @@ def _basics_feasible(b, lb, ub, x, basis, n_rows):
 
 @kernel
 def _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter):
-    """:func:`solve_lp` from a feasible basis whose basic values are already in ``x``."""
+    """:func:`solve_lp` from a feasible basis whose basic values are already in ``x``, and
+    ``work[W_TMP]`` the right-hand side b - N x_N they were computed from."""
     pi = work[W_PI]
     alpha = work[W_ALPHA]
     tmp = work[W_TMP]
@@ -157,12 +163,13 @@ def _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_i
     it = 0
     status = LP_ITERATION_LIMIT
     while it < max_iter:
-        # Duals: pi = c_B' Binv.
+        # Duals: pi = c_B' Binv, row by row of Binv (each pi[k] summed in the same order).
         for k in range(n_rows):
-            s = 0.0
-            for r in range(n_rows):
-                s += c[basis[r]] * Binv[r, k]
-            pi[k] = s
+            pi[k] = 0.0
+        for r in range(n_rows):
+            cb = c[basis[r]]
+            for k in range(n_rows):
+                pi[k] += cb * Binv[r, k]
         # Pricing: the non-basic variable whose move lowers the cost fastest.
         q = -1
         q_dir = 0
@@ -198,12 +205,14 @@ def _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_i
             status = LP_OK
             break
         it += 1
-        # Entering column in the basis: alpha = Binv E_q.
+        # Entering column in the basis: alpha = Binv E_q, column by column of Binv (each
+        # alpha[r] summed in the same order).
         for r in range(n_rows):
-            s = 0.0
-            for k in range(n_rows):
-                s += Binv[r, k] * E[k, q]
-            alpha[r] = s
+            alpha[r] = 0.0
+        for k in range(n_rows):
+            e = E[k, q]
+            for r in range(n_rows):
+                alpha[r] += Binv[r, k] * e
         # Ratio test: x_q moves by q_dir * t, the basics by -q_dir * t * alpha.
         t_max = ub[q] - lb[q]
         leave = -1
@@ -259,7 +268,9 @@ def _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_i
                     Binv[r, k] -= f * Binv[leave, k]
     # Clean the basics of the pivots' accumulated round-off (a fresh solve with the final
     # basis: the error costs amplify any residual a millionfold), and never leave a bound.
-    _refactor_basics(E, b, x, state, basis, Binv, n_rows, n_cols, tmp)
+    # With no pivot nothing non-basic has moved: b - N x_N is still in tmp, as it was computed
+    # (the same numbers a recomputation would give).
+    _refactor_basics(E, b, x, state, basis, Binv, n_rows, n_cols, tmp, it == 0)
     for j in range(n_cols):
         if x[j] < lb[j]:
             x[j] = lb[j]
@@ -337,7 +348,8 @@ def _warm_basis(E, b, lb, ub, n_rows, n_cols, x, state, basis, Binv, work):
             Binv[r, k] = E[r, basis[k]]
     if not _invert(Binv, n_rows, work[0]):
         return False
-    _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, work[0])
+    # The right-hand side goes where _simplex's final clean-up can take it again.
+    _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, work[W_TMP])
     return _basics_feasible(b, lb, ub, x, basis, n_rows)
 
 
@@ -357,6 +369,17 @@ def allocate(
     bounds already break (a stuck-open valve on an empty budget) is relaxed to what they take:
     nothing else could be done about it. Returns (status, iterations).
     """
+    fill_lp_columns(E, c, lb, ub, n_rows, n_eq, n_act, err_cost)
+    return allocate_filled(
+        E, b, c, lb, ub, n_rows, n_eq, n_act, x, state, basis, Binv, work, max_iter, warm
+    )
+
+
+@kernel
+def fill_lp_columns(E, c, lb, ub, n_rows, n_eq, n_act, err_cost):
+    """The error and slack columns after the actuators (:func:`lp_columns` in all): their
+    entries of ``E``, costs ``c`` and bounds. They depend only on the sizes and ``err_cost``,
+    so a caller that solves the same-shaped LP every cycle fills them once."""
     n_cols = lp_columns(n_rows, n_eq, n_act)
     for j in range(n_act, n_cols):
         for r in range(n_rows):
@@ -371,6 +394,15 @@ def allocate(
         c[n_act + 2 * r + 1] = err_cost[r]
     for r in range(n_eq, n_rows):
         E[r, n_act + 2 * n_eq + (r - n_eq)] = 1.0
+
+
+@kernel
+def allocate_filled(
+    E, b, c, lb, ub, n_rows, n_eq, n_act, x, state, basis, Binv, work, max_iter, warm
+):
+    """:func:`allocate` with the error and slack columns already filled by
+    :func:`fill_lp_columns` (and left alone since). Returns (status, iterations)."""
+    n_cols = lp_columns(n_rows, n_eq, n_act)
     if warm and _warm_basis(E, b, lb, ub, n_rows, n_cols, x, state, basis, Binv, work):
         # _warm_basis has just computed the basics and checked them as solve_lp would: the same
         # numbers from the same inputs, so straight to the pivots.

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 
-from thruster_hil.controller.allocation import LP_OK, LP_WORK_ROWS, allocate
+from thruster_hil.controller.allocation import LP_OK, LP_WORK_ROWS, allocate_filled
 from thruster_hil.controller.modulation import (
     M_LAST_ON,
     M_REMAINDER,
@@ -63,6 +63,7 @@ from thruster_hil.controller.modulation import (
     modulate_one,
     reset_one,
 )
+from thruster_hil.controller.views import borrowed
 
 from thruster_hil.core.frames import dcm_entries, lvlh_axes, q_from_dcm
 from thruster_hil.core.health import HEALTH_NOMINAL, HEALTH_STUCK_OPEN
@@ -338,11 +339,26 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
 
     sens (SENS_LEN), params (PARAM_LEN), A (6, n_act) the actuators' wrench per unit (thruster
     columns scaled by their full-cycle impulse, then CMG columns, then gimbal columns), E
-    (LP rows, LP columns) the LP's matrix (its constant rows filled once; wrench rows scaled by
+    (LP rows, LP columns) the LP's matrix (its constant rows, and its error and slack columns
+    with their costs and bounds in qp, filled once by the build; wrench rows scaled by
     ``params[P_ROW_SCALE]``), Binv (LP rows, LP rows) scratch, qp (QP_ROWS, LP columns), ints
     (2, LP columns) int64, thr (n, THR_COLS), mod (n, MOD_COLS), health (n) int64, ctrl
     (CTRL_LEN) state and diagnostics, on_ms (n) uint16 out.
     """
+    # Views that count no references (controller/views.py): the step slices these arrays
+    # dozens of times, and the caller holds them for the whole call.
+    sens = borrowed(sens)
+    params = borrowed(params)
+    A = borrowed(A)
+    E = borrowed(E)
+    Binv = borrowed(Binv)
+    qp = borrowed(qp)
+    ints = borrowed(ints)
+    thr = borrowed(thr)
+    mod = borrowed(mod)
+    health = borrowed(health)
+    ctrl = borrowed(ctrl)
+    on_ms = borrowed(on_ms)
     n = on_ms.shape[0]
     period = params[P_PERIOD]
     tick = params[P_TICK]
@@ -585,8 +601,9 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
                 b[ROW_TANK + t] += E[ROW_TANK + t, i]
             b[ROW_TANK + t] += 1.0
     # From last cycle's basis when it is still feasible (allocation._warm_basis), straight to
-    # the pivots: the basic values it computes are the ones solve_lp would compute again.
-    lp_status, iters = allocate(
+    # the pivots: the basic values it computes are the ones solve_lp would compute again. The
+    # LP's error and slack columns were filled once, by the build (allocation.fill_lp_columns).
+    lp_status, iters = allocate_filled(
         E,
         b,
         qp[Q_COST],
@@ -595,7 +612,6 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
         n_rows,
         6,
         n_act,
-        params[P_ERR_COST : P_ERR_COST + 6],
         x,
         ints[I_STATE],
         ints[I_BASIS],
