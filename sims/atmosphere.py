@@ -206,7 +206,9 @@ def _segment_near(x, nodes):
         return 0
     if x >= nodes[n - 1]:
         return n - 2
-    i = int((x - nodes[0]) / (nodes[n - 1] - nodes[0]) * (n - 1))
+    # The guess multiplies by the nodes per metre (a division of table values only, off the
+    # dependency chain of x): any guess gives the same segment, the loops below correct it.
+    i = int((x - nodes[0]) * ((n - 1) / (nodes[n - 1] - nodes[0])))
     if i > n - 2:
         i = n - 2
     if i < 0:

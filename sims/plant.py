@@ -49,22 +49,6 @@ PLANT_STATE = Layout(
 )
 R, V, Q, W, M = PLANT_STATE.offsets
 PLANT_STATE_LEN = PLANT_STATE.length
-#: Scratch of :func:`plant_step` / :func:`plant_cycle` (PLANT_WORK_LEN).
-PLANT_WORK = Layout(
-    "plant work",
-    [
-        ("PW_K1", PLANT_STATE_LEN),  # RK4 stage derivatives
-        ("PW_K2", PLANT_STATE_LEN),
-        ("PW_K3", PLANT_STATE_LEN),
-        ("PW_K4", PLANT_STATE_LEN),
-        ("PW_YS", PLANT_STATE_LEN),  # RK4 stage state
-        ("PW_FORCE", 3),  # thrust force of the sub-step in B [N]
-        ("PW_TORQUE", 3),  # torque of the sub-step in B [N m]
-        ("PW_Q_MID", 4),  # mid-step attitude for the sensed delta-v in N
-    ],
-)
-PW_K1, PW_K2, PW_K3, PW_K4, PW_YS, PW_FORCE, PW_TORQUE, PW_Q_MID = PLANT_WORK.offsets
-PLANT_WORK_LEN = PLANT_WORK.length
 #: Sensed delta-v accumulator (SENSED_LEN) [m/s].
 SENSED = Layout(
     "sensed delta-v",
@@ -278,14 +262,10 @@ def plant_step(
     gg_on,
     table_alt_m,
     table_log_rho,
-    work,
     out_y,
 ):
     """One RK4 step of ``h_s`` [s] with force and torque held constant; renormalises q.
-
-    ``work`` (kept for callers; no longer used) holds at least PLANT_WORK_LEN floats; ``out_y``
-    may alias ``y``.
-    """
+    ``out_y`` may alias ``y``."""
     return _step_into(
         y,
         h_s,
@@ -323,7 +303,6 @@ def plant_cycle(
     gg_on,
     table_alt_m,
     table_log_rho,
-    work,
     out_y,
     sensed_dv,
 ):
@@ -342,7 +321,6 @@ def plant_cycle(
         or r_TC_B.shape[0] != n
         or isp_s.shape[0] != n
         or n_sub < 1
-        or work.shape[0] < PLANT_WORK_LEN
         or not period_s > 0.0
     ):
         return STATUS_BAD_SHAPE

@@ -20,7 +20,7 @@ from thruster_hil.controller import cycle as cst
 from thruster_hil.controller.modulation import MOD_COLS
 from thruster_hil.core.jit import parallel_kernel
 from thruster_hil.core.layout import Layout
-from thruster_hil.sims.plant import PLANT_WORK_LEN, SENSED_LEN
+from thruster_hil.sims.plant import SENSED_LEN
 from thruster_hil.sims.thrusters import HEALTH_FAILED_OFF, VALVE_STATE_LEN, VS_EDGE_T
 
 # ---- one result row per case: finish()'s OUT_LEN numbers, then the case's records -----------
@@ -99,7 +99,7 @@ def fly_batch(
             live[loop.LV_THRUST, i] = pthr[c, loop.PT_THRUST, i]
             live[loop.LV_ISP, i] = pthr[c, loop.PT_ISP, i]
         tank_used = np.zeros(ptank.shape[1])
-        work = np.empty(PLANT_WORK_LEN)
+        gimbal_work = np.empty(loop.GIMBAL_WORK_LEN)
         true_health = np.zeros(n, np.int64)
         executed = np.zeros(n, np.uint16)
         sens = np.zeros(cst.SENS_LEN)
@@ -136,7 +136,7 @@ def fly_batch(
             impulse,
             live,
             tank_used,
-            work,
+            gimbal_work,
             true_health,
             executed,
             sens,

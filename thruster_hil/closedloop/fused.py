@@ -171,6 +171,9 @@ LIVE = Layout(
 )
 LV_THRUST, LV_ISP, LV_ON_S = LIVE.offsets
 LV_LEN = LIVE.length
+#: Scratch of post_unit (GIMBAL_WORK_LEN): the gimbal kernel's two derivative directions, which
+#: the plant does not use (3 floats each).
+GIMBAL_WORK_LEN = 6
 # ---- post_unit flags ----------------------------------------------------------------------------
 F_QUIET = 1  # every valve closed, no thrust left, no pending edge
 F_PLANT_SHIFT = 1  # plant_cycle status << F_PLANT_SHIFT
@@ -351,7 +354,7 @@ def post_unit(
     impulse,
     live,
     tank_used,
-    work,
+    gimbal_work,
 ):
     """The executed on-times [ms] through the valves and the plant over one cycle, then the
     tanks. The controller's outputs drive the plant: the gimbal angles in ``qp[Q_ANGLE]`` and
@@ -386,8 +389,8 @@ def post_unit(
                 qp[cst.Q_ANGLE, col],
                 qp[cst.Q_ANGLE, col + 1],
                 geom[G_U, i],
-                work[0:3],
-                work[3:6],
+                gimbal_work[0:3],
+                gimbal_work[3:6],
             )
     inertia = pscal[PS_INERTIA : PS_INERTIA + 9].reshape((3, 3))
     inertia_inv = pscal[PS_INERTIA_INV : PS_INERTIA_INV + 9].reshape((3, 3))
@@ -407,7 +410,6 @@ def post_unit(
         1.0,
         table[0],
         table[1],
-        work,
         y,
         sensed,
     )
@@ -459,7 +461,7 @@ def fly(
     impulse,
     live,
     tank_used,
-    work,
+    gimbal_work,
     true_health,
     executed,
     sens,
@@ -550,7 +552,7 @@ def fly(
             impulse,
             live,
             tank_used,
-            work,
+            gimbal_work,
         )
         ps = flags >> F_PLANT_SHIFT
         if ps > plant_status:
@@ -1044,7 +1046,7 @@ class Sim:
     impulse: np.ndarray = field(default=None)
     live: np.ndarray = field(default=None)
     tank_used: np.ndarray = field(default=None)
-    work: np.ndarray = field(default=None)
+    gimbal_work: np.ndarray = field(default=None)
     true_health: np.ndarray = field(default=None)
     executed: np.ndarray = field(default=None)
 
@@ -1094,7 +1096,7 @@ class Sim:
             self.impulse,
             self.live,
             self.tank_used,
-            self.work,
+            self.gimbal_work,
         )
 
     def fly(self, fail_idx, fail_at, fail_code, fail_cycle, statuses, att_err, longest):
@@ -1120,7 +1122,7 @@ class Sim:
             self.impulse,
             self.live,
             self.tank_used,
-            self.work,
+            self.gimbal_work,
             self.true_health,
             self.executed,
             c.sens,
@@ -1162,7 +1164,7 @@ def new_sim(
 ) -> Sim:
     """A burn ready to fly: the nominal controller and the (dispersed) plant at ignition."""
     from thruster_hil.controller.build import build_controller
-    from thruster_hil.sims.plant import PLANT_WORK_LEN, SENSED_LEN
+    from thruster_hil.sims.plant import SENSED_LEN
     from thruster_hil.sims.thrusters import valve_state_at_rest
 
     setup = setup if setup is not None else setup_burn(model, plan)
@@ -1186,7 +1188,7 @@ def new_sim(
         impulse=np.zeros((N_SUB, n)),
         live=live,
         tank_used=np.zeros(setup.ptank.shape[1]),
-        work=np.empty(PLANT_WORK_LEN),
+        gimbal_work=np.empty(GIMBAL_WORK_LEN),
         true_health=np.full(n, HEALTH_NOMINAL, np.int64),
         executed=np.zeros(n, np.uint16),
     )
