@@ -974,17 +974,28 @@ def gimbal_columns(model) -> np.ndarray:
     return out
 
 
+def _cross(a, b) -> np.ndarray:
+    """``a x b`` of two 3-sequences of floats, each component as :func:`numpy.cross` computes
+    it (two rounded products, one rounded difference), without its per-call axis handling
+    (which made building a case's arrays cost about a tenth of flying it)."""
+    return np.array(
+        [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+    )
+
+
 def _tilt(u: np.ndarray, angle: float, azimuth: float) -> np.ndarray:
     """``u`` turned by ``angle`` [rad] towards the perpendicular direction at ``azimuth`` [rad]
-    (measured in the plane normal to u from the B axis least aligned with u)."""
-    a = np.zeros(3)
+    (measured in the plane normal to u from the B axis least aligned with u). The lengths are
+    ``sqrt(x . x)`` as :func:`numpy.linalg.norm` takes them."""
+    uu = u.tolist()
+    a = [0.0, 0.0, 0.0]
     a[int(np.argmin(np.abs(u)))] = 1.0
-    e1 = np.cross(u, a)
-    e1 /= np.linalg.norm(e1)
-    e2 = np.cross(u, e1)
+    e1 = _cross(uu, a)
+    e1 /= math.sqrt(e1.dot(e1))
+    e2 = _cross(uu, e1.tolist())
     d = math.cos(azimuth) * e1 + math.sin(azimuth) * e2
     out = math.cos(angle) * u + math.sin(angle) * d
-    return out / np.linalg.norm(out)
+    return out / math.sqrt(out.dot(out))
 
 
 def case_arrays(setup: BurnSetup, case: PlantCase | None):
