@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from thruster_hil.core.jit import kernel
+from thruster_hil.core.jit import inline_kernel, kernel
 
 ACTIVITY_LEVELS = ("low", "moderate", "high")
 
@@ -195,7 +195,7 @@ def _segment(x, nodes):
     return lo
 
 
-@kernel
+@inline_kernel
 def _segment_near(x, nodes):
     """:func:`_segment` for nodes that are close to evenly spaced (the height grid): start at the
     segment an even grid would give and step to the one that holds x. The segment with
@@ -255,7 +255,7 @@ def log_density_profile(f107_sfu, ap, grid_f107, grid_ap, grid_log_rho, out_log_
         )
 
 
-@kernel
+@inline_kernel
 def density_kg_m3(alt_m, table_alt_m, table_log_rho):
     """Mass density [kg/m^3] at altitude ``alt_m`` [m] from a ``density_table`` pair.
 

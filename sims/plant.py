@@ -33,7 +33,7 @@ from thruster_hil.sims.attitude import _gg_from_r_B, rotate_by_q
 from thruster_hil.sims.orbit import _gravity_drag_xyz
 
 from thruster_hil.core.constants import G0, MU_EARTH
-from thruster_hil.core.jit import kernel
+from thruster_hil.core.jit import inline_kernel, kernel
 from thruster_hil.core.layout import Layout
 
 #: The plant state y (PLANT_STATE_LEN).
@@ -78,7 +78,7 @@ def _rotate_B_to_N(q, vx, vy, vz):
 # 71e0969), so every state is bit for bit what it was (tests/test_speed_golden.py).
 
 
-@kernel
+@inline_kernel
 def _derivs(
     s, fx, fy, fz, tx, ty, tz, mdot_kg_s, I_B, I_inv_B, cd_area_m2, j2_on, gg_on, tab_h, tab_lr
 ):
@@ -117,7 +117,7 @@ def _derivs(
     return (vx, vy, vz, ax, ay, az, dq0, dq1, dq2, dq3, dw1, dw2, dw3, -mdot_kg_s)
 
 
-@kernel
+@inline_kernel
 def _stage(y, a, k):
     """The RK4 stage state ``y + a k`` (14-tuples)."""
     return (
@@ -138,7 +138,7 @@ def _stage(y, a, k):
     )
 
 
-@kernel
+@inline_kernel
 def _combine(y, h6, k1, k2, k3, k4):
     """``y + h/6 (k1 + 2 k2 + 2 k3 + k4)`` (14-tuples)."""
     return (
@@ -159,7 +159,7 @@ def _combine(y, h6, k1, k2, k3, k4):
     )
 
 
-@kernel
+@inline_kernel
 def _load(y):
     return (
         y[0],
@@ -179,7 +179,7 @@ def _load(y):
     )
 
 
-@kernel
+@inline_kernel
 def _rk4(y, h_s, fx, fy, fz, tx, ty, tz, mdot, I_B, I_inv_B, cd, j2_on, gg_on, tab_h, tab_lr):
     """One RK4 step of the state tuple (force, torque and mass flow held): the new tuple, its
     attitude not yet renormalised."""
