@@ -44,7 +44,6 @@ from thruster_hil.sims.orbit import (
     STATUS_NONFINITE,
     STATUS_OK,
     coast_step,
-    coast_step_pair,
     coast_to,
     finite_state,
     lvlh_axes,
@@ -667,141 +666,14 @@ def coast_mean_apsides(y0, dt_s, n, cd_area_m2, table):
 
 
 @kernel
-def _window_row(i, n, dt_s, status, rx, ry, rz, vx, vy, vz, m, sa, ex, ey, ez, wsum):
-    """Row ``i`` >= 1 of a :func:`coast_mean_apsides` window, its state (rx .. m) just stepped
-    (or held, once the window failed): the finiteness check, then row i's mean terms (i < n).
-    Returns (status, rx, ry, rz, vx, vy, vz, m, sa, ex, ey, ez, wsum)."""
-    if status == STATUS_OK and not finite_state(rx, ry, rz, vx, vy, vz, m):
-        status = STATUS_NONFINITE
-        rx = ry = rz = vx = vy = vz = m = math.nan
-    if i < n:
-        w = 0.5 * dt_s if i == n - 1 else dt_s
-        sa, ex, ey, ez = _mean_terms(w, rx, ry, rz, vx, vy, vz, sa, ex, ey, ez)
-        wsum += w
-    return status, rx, ry, rz, vx, vy, vz, m, sa, ex, ey, ez, wsum
-
-
-@kernel
-def _first_row(n, dt_s, rx, ry, rz, vx, vy, vz, sa, ex, ey, ez, wsum):
-    """Row 0's mean terms of a window of ``n`` rows (none when n == 0)."""
-    if n > 0:
-        w = 0.5 * dt_s
-        sa, ex, ey, ez = _mean_terms(w, rx, ry, rz, vx, vy, vz, sa, ex, ey, ez)
-        wsum += w
-    return sa, ex, ey, ez, wsum
-
-
-@kernel
 def orbit_change(y_start, y_end, elapsed_s, n_window, cd_area_m2, table, out):
     """What the burn did to the orbit: the no-burn twin of ``y_start`` is propagated over the same
     ``elapsed_s`` (steps of about COAST_STEP_S), then the burned and the twin state are each
     propagated over ``n_window`` steps of COAST_STEP_S (one orbit) and their mean elements
-    (:func:`mean_apsides`) differenced. Two-body + J2 + drag, RK4. Writes out[O_D_A],
-    out[O_D_PERIGEE], out[O_D_APOGEE] [m] and out[O_ORBIT_STATUS].
-
-    The numbers are bit for bit those of :func:`orbit_change_serial` (the twin's
-    :func:`thruster_hil.sims.orbit.coast_to`, then :func:`coast_mean_apsides` of each state, i.e.
-    :func:`thruster_hil.sims.orbit.propagate`), but the two chains of coast steps (the twin's
-    coast and window, the burned state's window) advance side by side through
-    :func:`thruster_hil.sims.orbit.coast_step_pair`: each step is a chain of dependent square
-    roots, divisions and exponentials, and two independent chains overlap in the core (issue 18:
-    the orbit evaluation was a sixth of a Monte-Carlo case)."""
-    n_coast = round_half_even(elapsed_s / COAST_STEP_S)
-    if n_coast < 1:
-        n_coast = 1
-    dc = elapsed_s / n_coast
-    if not (dc > 0.0) or n_window < 0:  # what the serial kernels refuse, they refuse there
-        orbit_change_serial(y_start, y_end, elapsed_s, n_window, cd_area_m2, table, out)
-        return
-    dt = COAST_STEP_S
-    tab_h = table[0]
-    tab_lr = table[1]
-    n = n_window
-    # chain t: the twin, n_coast coast steps of dc then its window; chain b: the burned window
-    trx, tr_y, trz = y_start[0], y_start[1], y_start[2]
-    tvx, tvy, tvz, tm = y_start[3], y_start[4], y_start[5], y_start[M]
-    coast_status = STATUS_OK
-    t_status = STATUS_OK
-    tsa = tex = tey = tez = tw = 0.0
-    brx, bry, brz = y_end[0], y_end[1], y_end[2]
-    bvx, bvy, bvz, bm = y_end[3], y_end[4], y_end[5], y_end[M]
-    b_status = STATUS_OK
-    bsa = bex = bey = bez = bw = 0.0
-    bsa, bex, bey, bez, bw = _first_row(n, dt, brx, bry, brz, bvx, bvy, bvz, bsa, bex, bey, bez, bw)
-    for j in range(n_coast + n):
-        # the twin's step j: coast step j, or step i of its window
-        t_win = j >= n_coast
-        if t_win:
-            ti = j - n_coast + 1
-            t0 = (ti - 1) * dt + 0 * dt
-            t1 = ti * dt
-            t_go = t_status == STATUS_OK and t0 < t1
-        else:
-            t0 = j * dc + 0 * dc
-            t1 = (j + 1) * dc
-            t_go = coast_status == STATUS_OK and t0 < t1
-        ht = t1 - t0
-        b_on = j < n
-        if b_on:
-            bi = j + 1
-            b0 = (bi - 1) * dt + 0 * dt
-            b1 = bi * dt
-            b_go = b_status == STATUS_OK and b0 < b1
-            hb = b1 - b0
-        else:
-            bi = 0
-            b_go = False
-            hb = dt
-        if t_go and b_go:
-            (
-                trx, tr_y, trz, tvx, tvy, tvz, brx, bry, brz, bvx, bvy, bvz
-            ) = coast_step_pair(
-                trx, tr_y, trz, tvx, tvy, tvz, tm, ht,
-                brx, bry, brz, bvx, bvy, bvz, bm, hb,
-                cd_area_m2, 1.0, tab_h, tab_lr,
-            )  # fmt: skip
-        elif t_go:
-            trx, tr_y, trz, tvx, tvy, tvz = coast_step(
-                trx, tr_y, trz, tvx, tvy, tvz, tm, ht, cd_area_m2, 1.0, tab_h, tab_lr
-            )
-        elif b_go:
-            brx, bry, brz, bvx, bvy, bvz = coast_step(
-                brx, bry, brz, bvx, bvy, bvz, bm, hb, cd_area_m2, 1.0, tab_h, tab_lr
-            )
-        if t_win:
-            (
-                t_status, trx, tr_y, trz, tvx, tvy, tvz, tm, tsa, tex, tey, tez, tw
-            ) = _window_row(
-                ti, n, dt, t_status, trx, tr_y, trz, tvx, tvy, tvz, tm, tsa, tex, tey, tez, tw
-            )  # fmt: skip
-        elif coast_status == STATUS_OK:
-            if not finite_state(trx, tr_y, trz, tvx, tvy, tvz, tm):
-                coast_status = STATUS_NONFINITE  # coast_to stops here with a NaN state
-                trx = tr_y = trz = tvx = tvy = tvz = tm = math.nan
-        if j == n_coast - 1:  # the twin's window starts at the end of its coast
-            tsa, tex, tey, tez, tw = _first_row(
-                n, dt, trx, tr_y, trz, tvx, tvy, tvz, tsa, tex, tey, tez, tw
-            )
-        if b_on:
-            (
-                b_status, brx, bry, brz, bvx, bvy, bvz, bm, bsa, bex, bey, bez, bw
-            ) = _window_row(
-                bi, n, dt, b_status, brx, bry, brz, bvx, bvy, bvz, bm, bsa, bex, bey, bez, bw
-            )  # fmt: skip
-    a_b, rp_b, ra_b = _mean_result(bsa, bex, bey, bez, bw)
-    a_c, rp_c, ra_c = _mean_result(tsa, tex, tey, tez, tw)
-    out[O_D_A] = a_b - a_c
-    out[O_D_PERIGEE] = rp_b - rp_c
-    out[O_D_APOGEE] = ra_b - ra_c
-    out[O_ORBIT_STATUS] = max(coast_status, max(b_status, t_status))
-
-
-@kernel
-def orbit_change_serial(y_start, y_end, elapsed_s, n_window, cd_area_m2, table, out):
-    """:func:`orbit_change` one chain after the other (the twin's
-    :func:`thruster_hil.sims.orbit.coast_to`, then :func:`coast_mean_apsides` of the burned
-    state and of the twin): the reference it is tested against, and its path for arguments
-    those kernels refuse."""
+    (:func:`mean_apsides`) differenced. Two-body + J2 + drag, RK4 (the scalar coast kernels
+    :func:`thruster_hil.sims.orbit.coast_to` and :func:`coast_mean_apsides`, bit for bit
+    :func:`thruster_hil.sims.orbit.propagate`). Writes out[O_D_A], out[O_D_PERIGEE],
+    out[O_D_APOGEE] [m] and out[O_ORBIT_STATUS]."""
     n_coast = round_half_even(elapsed_s / COAST_STEP_S)
     if n_coast < 1:
         n_coast = 1
