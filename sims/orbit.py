@@ -351,7 +351,7 @@ def coast_step(rx, ry, rz, vx, vy, vz, m, h_s, cd_area_m2, j2_on, table_alt_m, t
     )
 
 
-@kernel
+@inline_kernel
 def finite_state(rx, ry, rz, vx, vy, vz, m):
     return (
         math.isfinite(rx)

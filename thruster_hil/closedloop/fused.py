@@ -37,7 +37,7 @@ from thruster_hil.controller import cycle as cst
 from thruster_hil.controller.modulation import T_TRANSLATION
 from thruster_hil.core.constants import MU_EARTH, R_EARTH
 from thruster_hil.core.frames import dcm_entries
-from thruster_hil.core.jit import kernel
+from thruster_hil.core.jit import inline_kernel, kernel
 from thruster_hil.core.layout import Layout
 from thruster_hil.sims.orbit import (
     STATUS_BAD_ARGS,
@@ -579,7 +579,7 @@ def round_half_even(x):
     return int(r)
 
 
-@kernel
+@inline_kernel
 def _mean_terms(w, rx, ry, rz, vx, vy, vz, sa, ex, ey, ez):
     """The sums of :func:`mean_apsides` with one more state of weight w [s]."""
     rn = math.sqrt(rx * rx + ry * ry + rz * rz)
@@ -595,7 +595,7 @@ def _mean_terms(w, rx, ry, rz, vx, vy, vz, sa, ex, ey, ez):
     )
 
 
-@kernel
+@inline_kernel
 def _mean_result(sa, ex, ey, ez, wsum):
     a_mean = sa / wsum
     e_mean = math.sqrt(ex * ex + ey * ey + ez * ez) / wsum
