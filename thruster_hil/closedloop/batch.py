@@ -12,6 +12,7 @@ mean elements as it coasts, so a case's working set is its small per-cycle array
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -215,25 +216,29 @@ def run_cases(model, plan: dict, cases: list, setup: loop.BurnSetup | None = Non
             fail_at[c, 0] = case.fail_at_s
     ctrl = build_controller(model, plan["delta_v_mps"])
     out = np.zeros((n_cases, B_LEN))
-    fly_batch(
-        seeds,
-        fail_idx,
-        fail_at,
-        pscal,
-        pthr,
-        geom,
-        y0,
-        setup.ptank,
-        setup.tank_idx,
-        setup.table,
-        setup.max_cycles,
-        setup.n_window,
-        ctrl.params,
-        ctrl.A,
-        ctrl.E,
-        ctrl.thr,
-        ctrl.qp,
-        ctrl.ints,
-        out,
-    )
+    # Cases handed out one at a time as threads come free (numba's default splits the range
+    # into one block per thread up front): a case with a failure or a longer tail, or a thread
+    # the busy machine descheduled, no longer leaves the other thread idle at the end.
+    with numba.parallel_chunksize(1):
+        fly_batch(
+            seeds,
+            fail_idx,
+            fail_at,
+            pscal,
+            pthr,
+            geom,
+            y0,
+            setup.ptank,
+            setup.tank_idx,
+            setup.table,
+            setup.max_cycles,
+            setup.n_window,
+            ctrl.params,
+            ctrl.A,
+            ctrl.E,
+            ctrl.thr,
+            ctrl.qp,
+            ctrl.ints,
+            out,
+        )
     return out
