@@ -338,7 +338,12 @@ def plant_cycle(
         tz = ext_torque_B[2]
         mdot = 0.0
         for j in range(n):
-            f = impulse_Ns[k, j] / h
+            # A closed thruster's zero impulse gives f == 0.0 without the division (most
+            # thrusters, most sub-steps); a non-zero one is divided as before.
+            imp = impulse_Ns[k, j]
+            if imp == 0.0:
+                continue
+            f = imp / h
             if f == 0.0:
                 continue
             ux = f * u_T_B[j, 0]
