@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from thruster_hil.core.jit import kernel
+from thruster_hil.core.jit import inline_kernel, kernel
 
 ACTIVITY_LEVELS = ("low", "moderate", "high")
 
@@ -195,7 +195,7 @@ def _segment(x, nodes):
     return lo
 
 
-@kernel
+@inline_kernel
 def _segment_near(x, nodes):
     """:func:`_segment` for nodes that are close to evenly spaced (the height grid): start at the
     segment an even grid would give and step to the one that holds x. The segment with
@@ -206,7 +206,9 @@ def _segment_near(x, nodes):
         return 0
     if x >= nodes[n - 1]:
         return n - 2
-    i = int((x - nodes[0]) / (nodes[n - 1] - nodes[0]) * (n - 1))
+    # The guess multiplies by the nodes per metre (a division of table values only, off the
+    # dependency chain of x): any guess gives the same segment, the loops below correct it.
+    i = int((x - nodes[0]) * ((n - 1) / (nodes[n - 1] - nodes[0])))
     if i > n - 2:
         i = n - 2
     if i < 0:
@@ -253,7 +255,7 @@ def log_density_profile(f107_sfu, ap, grid_f107, grid_ap, grid_log_rho, out_log_
         )
 
 
-@kernel
+@inline_kernel
 def density_kg_m3(alt_m, table_alt_m, table_log_rho):
     """Mass density [kg/m^3] at altitude ``alt_m`` [m] from a ``density_table`` pair.
 

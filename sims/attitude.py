@@ -38,7 +38,7 @@ from thruster_hil.core.frames import (  # noqa: F401  (re-exported: the attitude
     rotate_by_q,
 )
 from thruster_hil.core.frames import dcm_HN as _dcm_HN
-from thruster_hil.core.jit import kernel
+from thruster_hil.core.jit import inline_kernel, kernel
 from thruster_hil.core.layout import Layout
 
 # Status codes returned by kernels (OK and DEGENERATE are the frames' own).
@@ -104,7 +104,7 @@ def omega_dot(I_B, I_inv_B, omega_BN_B, torque_B, out):
     out[2] = I_inv_B[2, 0] * g1 + I_inv_B[2, 1] * g2 + I_inv_B[2, 2] * g3
 
 
-@kernel
+@inline_kernel
 def _gg_from_r_B(rx, ry, rz, I_B, mu):
     """Gravity-gradient torque (3 floats) for the position ``r_B`` in body components."""
     r2 = rx * rx + ry * ry + rz * rz

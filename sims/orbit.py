@@ -39,7 +39,7 @@ from thruster_hil.sims.atmosphere import density_kg_m3
 
 from thruster_hil.core.constants import F_EARTH, J2_EARTH, MU_EARTH, OMEGA_EARTH, R_EARTH
 from thruster_hil.core.frames import dcm_HN, lvlh_axes  # noqa: F401  (re-exported)
-from thruster_hil.core.jit import kernel
+from thruster_hil.core.jit import inline_kernel, kernel
 
 TWO_PI = 2.0 * math.pi
 
@@ -57,7 +57,7 @@ STATUS_NONFINITE = 2  # the state became non-finite; remaining rows are filled w
 # --------------------------------------------------------------------------------------------
 
 
-@kernel
+@inline_kernel
 def _gravity_drag_xyz(
     rx, ry, rz, vx, vy, vz, mass_kg, cd_area_m2, j2_on, table_alt_m, table_log_rho
 ):
@@ -302,7 +302,7 @@ def propagate(
 # (k + 1) dt_s - k dt_s, as propagate() measures it, not dt_s.
 
 
-@kernel
+@inline_kernel
 def coast_step(rx, ry, rz, vx, vy, vz, m, h_s, cd_area_m2, j2_on, table_alt_m, table_log_rho):
     """One RK4 coast step of h_s [s] (gravity, J2, drag; mass m [kg] constant): the new
     (rx, ry, rz, vx, vy, vz) [m, m/s] in N, exactly as :func:`rk4_step` with zero thrust."""
@@ -351,7 +351,7 @@ def coast_step(rx, ry, rz, vx, vy, vz, m, h_s, cd_area_m2, j2_on, table_alt_m, t
     )
 
 
-@kernel
+@inline_kernel
 def finite_state(rx, ry, rz, vx, vy, vz, m):
     return (
         math.isfinite(rx)

@@ -33,7 +33,7 @@ from thruster_hil.sims.attitude import _gg_from_r_B, rotate_by_q
 from thruster_hil.sims.orbit import _gravity_drag_xyz
 
 from thruster_hil.core.constants import G0, MU_EARTH
-from thruster_hil.core.jit import kernel
+from thruster_hil.core.jit import inline_kernel, kernel
 from thruster_hil.core.layout import Layout
 
 #: The plant state y (PLANT_STATE_LEN).
@@ -49,22 +49,6 @@ PLANT_STATE = Layout(
 )
 R, V, Q, W, M = PLANT_STATE.offsets
 PLANT_STATE_LEN = PLANT_STATE.length
-#: Scratch of :func:`plant_step` / :func:`plant_cycle` (PLANT_WORK_LEN).
-PLANT_WORK = Layout(
-    "plant work",
-    [
-        ("PW_K1", PLANT_STATE_LEN),  # RK4 stage derivatives
-        ("PW_K2", PLANT_STATE_LEN),
-        ("PW_K3", PLANT_STATE_LEN),
-        ("PW_K4", PLANT_STATE_LEN),
-        ("PW_YS", PLANT_STATE_LEN),  # RK4 stage state
-        ("PW_FORCE", 3),  # thrust force of the sub-step in B [N]
-        ("PW_TORQUE", 3),  # torque of the sub-step in B [N m]
-        ("PW_Q_MID", 4),  # mid-step attitude for the sensed delta-v in N
-    ],
-)
-PW_K1, PW_K2, PW_K3, PW_K4, PW_YS, PW_FORCE, PW_TORQUE, PW_Q_MID = PLANT_WORK.offsets
-PLANT_WORK_LEN = PLANT_WORK.length
 #: Sensed delta-v accumulator (SENSED_LEN) [m/s].
 SENSED = Layout(
     "sensed delta-v",
@@ -94,7 +78,7 @@ def _rotate_B_to_N(q, vx, vy, vz):
 # 71e0969), so every state is bit for bit what it was (tests/test_speed_golden.py).
 
 
-@kernel
+@inline_kernel
 def _derivs(
     s, fx, fy, fz, tx, ty, tz, mdot_kg_s, I_B, I_inv_B, cd_area_m2, j2_on, gg_on, tab_h, tab_lr
 ):
@@ -133,7 +117,7 @@ def _derivs(
     return (vx, vy, vz, ax, ay, az, dq0, dq1, dq2, dq3, dw1, dw2, dw3, -mdot_kg_s)
 
 
-@kernel
+@inline_kernel
 def _stage(y, a, k):
     """The RK4 stage state ``y + a k`` (14-tuples)."""
     return (
@@ -154,7 +138,7 @@ def _stage(y, a, k):
     )
 
 
-@kernel
+@inline_kernel
 def _combine(y, h6, k1, k2, k3, k4):
     """``y + h/6 (k1 + 2 k2 + 2 k3 + k4)`` (14-tuples)."""
     return (
@@ -175,7 +159,7 @@ def _combine(y, h6, k1, k2, k3, k4):
     )
 
 
-@kernel
+@inline_kernel
 def _load(y):
     return (
         y[0],
@@ -195,7 +179,7 @@ def _load(y):
     )
 
 
-@kernel
+@inline_kernel
 def _rk4(y, h_s, fx, fy, fz, tx, ty, tz, mdot, I_B, I_inv_B, cd, j2_on, gg_on, tab_h, tab_lr):
     """One RK4 step of the state tuple (force, torque and mass flow held): the new tuple, its
     attitude not yet renormalised."""
@@ -278,14 +262,10 @@ def plant_step(
     gg_on,
     table_alt_m,
     table_log_rho,
-    work,
     out_y,
 ):
     """One RK4 step of ``h_s`` [s] with force and torque held constant; renormalises q.
-
-    ``work`` (kept for callers; no longer used) holds at least PLANT_WORK_LEN floats; ``out_y``
-    may alias ``y``.
-    """
+    ``out_y`` may alias ``y``."""
     return _step_into(
         y,
         h_s,
@@ -323,7 +303,6 @@ def plant_cycle(
     gg_on,
     table_alt_m,
     table_log_rho,
-    work,
     out_y,
     sensed_dv,
 ):
@@ -342,7 +321,6 @@ def plant_cycle(
         or r_TC_B.shape[0] != n
         or isp_s.shape[0] != n
         or n_sub < 1
-        or work.shape[0] < PLANT_WORK_LEN
         or not period_s > 0.0
     ):
         return STATUS_BAD_SHAPE
@@ -360,7 +338,12 @@ def plant_cycle(
         tz = ext_torque_B[2]
         mdot = 0.0
         for j in range(n):
-            f = impulse_Ns[k, j] / h
+            # A closed thruster's zero impulse gives f == 0.0 without the division (most
+            # thrusters, most sub-steps); a non-zero one is divided as before.
+            imp = impulse_Ns[k, j]
+            if imp == 0.0:
+                continue
+            f = imp / h
             if f == 0.0:
                 continue
             ux = f * u_T_B[j, 0]

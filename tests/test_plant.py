@@ -33,7 +33,6 @@ def _cycle(
 ):
     out = np.empty_like(y)
     sensed = np.zeros(plant.SENSED_LEN)
-    work = np.empty(plant.PLANT_WORK_LEN)
     ext = np.zeros(3) if ext is None else ext
     status = plant.plant_cycle(
         y,
@@ -50,7 +49,6 @@ def _cycle(
         gg,
         TABLE[0],
         TABLE[1],
-        work,
         out,
         sensed,
     )
@@ -173,7 +171,6 @@ def test_bad_shapes_are_a_status_not_an_exception():
         0.0,
         TABLE[0],
         TABLE[1],
-        np.empty(plant.PLANT_WORK_LEN),
         out,
         np.zeros(6),
     )

@@ -12,6 +12,7 @@ mean elements as it coasts, so a case's working set is its small per-cycle array
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -20,7 +21,7 @@ from thruster_hil.controller import cycle as cst
 from thruster_hil.controller.modulation import MOD_COLS
 from thruster_hil.core.jit import parallel_kernel
 from thruster_hil.core.layout import Layout
-from thruster_hil.sims.plant import PLANT_WORK_LEN, SENSED_LEN
+from thruster_hil.sims.plant import SENSED_LEN
 from thruster_hil.sims.thrusters import HEALTH_FAILED_OFF, VALVE_STATE_LEN, VS_EDGE_T
 
 # ---- one result row per case: finish()'s OUT_LEN numbers, then the case's records -----------
@@ -99,7 +100,7 @@ def fly_batch(
             live[loop.LV_THRUST, i] = pthr[c, loop.PT_THRUST, i]
             live[loop.LV_ISP, i] = pthr[c, loop.PT_ISP, i]
         tank_used = np.zeros(ptank.shape[1])
-        work = np.empty(PLANT_WORK_LEN)
+        gimbal_work = np.empty(loop.GIMBAL_WORK_LEN)
         true_health = np.zeros(n, np.int64)
         executed = np.zeros(n, np.uint16)
         sens = np.zeros(cst.SENS_LEN)
@@ -136,7 +137,7 @@ def fly_batch(
             impulse,
             live,
             tank_used,
-            work,
+            gimbal_work,
             true_health,
             executed,
             sens,
@@ -215,25 +216,29 @@ def run_cases(model, plan: dict, cases: list, setup: loop.BurnSetup | None = Non
             fail_at[c, 0] = case.fail_at_s
     ctrl = build_controller(model, plan["delta_v_mps"])
     out = np.zeros((n_cases, B_LEN))
-    fly_batch(
-        seeds,
-        fail_idx,
-        fail_at,
-        pscal,
-        pthr,
-        geom,
-        y0,
-        setup.ptank,
-        setup.tank_idx,
-        setup.table,
-        setup.max_cycles,
-        setup.n_window,
-        ctrl.params,
-        ctrl.A,
-        ctrl.E,
-        ctrl.thr,
-        ctrl.qp,
-        ctrl.ints,
-        out,
-    )
+    # Cases handed out one at a time as threads come free (numba's default splits the range
+    # into one block per thread up front): a case with a failure or a longer tail, or a thread
+    # the busy machine descheduled, no longer leaves the other thread idle at the end.
+    with numba.parallel_chunksize(1):
+        fly_batch(
+            seeds,
+            fail_idx,
+            fail_at,
+            pscal,
+            pthr,
+            geom,
+            y0,
+            setup.ptank,
+            setup.tank_idx,
+            setup.table,
+            setup.max_cycles,
+            setup.n_window,
+            ctrl.params,
+            ctrl.A,
+            ctrl.E,
+            ctrl.thr,
+            ctrl.qp,
+            ctrl.ints,
+            out,
+        )
     return out

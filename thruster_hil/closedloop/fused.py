@@ -37,7 +37,7 @@ from thruster_hil.controller import cycle as cst
 from thruster_hil.controller.modulation import T_TRANSLATION
 from thruster_hil.core.constants import MU_EARTH, R_EARTH
 from thruster_hil.core.frames import dcm_entries
-from thruster_hil.core.jit import kernel
+from thruster_hil.core.jit import inline_kernel, kernel
 from thruster_hil.core.layout import Layout
 from thruster_hil.sims.orbit import (
     STATUS_BAD_ARGS,
@@ -170,6 +170,9 @@ LIVE = Layout(
 )
 LV_THRUST, LV_ISP, LV_ON_S = LIVE.offsets
 LV_LEN = LIVE.length
+#: Scratch of post_unit (GIMBAL_WORK_LEN): the gimbal kernel's two derivative directions, which
+#: the plant does not use (3 floats each).
+GIMBAL_WORK_LEN = 6
 # ---- post_unit flags ----------------------------------------------------------------------------
 F_QUIET = 1  # every valve closed, no thrust left, no pending edge
 F_PLANT_SHIFT = 1  # plant_cycle status << F_PLANT_SHIFT
@@ -350,7 +353,7 @@ def post_unit(
     impulse,
     live,
     tank_used,
-    work,
+    gimbal_work,
 ):
     """The executed on-times [ms] through the valves and the plant over one cycle, then the
     tanks. The controller's outputs drive the plant: the gimbal angles in ``qp[Q_ANGLE]`` and
@@ -385,8 +388,8 @@ def post_unit(
                 qp[cst.Q_ANGLE, col],
                 qp[cst.Q_ANGLE, col + 1],
                 geom[G_U, i],
-                work[0:3],
-                work[3:6],
+                gimbal_work[0:3],
+                gimbal_work[3:6],
             )
     inertia = pscal[PS_INERTIA : PS_INERTIA + 9].reshape((3, 3))
     inertia_inv = pscal[PS_INERTIA_INV : PS_INERTIA_INV + 9].reshape((3, 3))
@@ -406,7 +409,6 @@ def post_unit(
         1.0,
         table[0],
         table[1],
-        work,
         y,
         sensed,
     )
@@ -458,7 +460,7 @@ def fly(
     impulse,
     live,
     tank_used,
-    work,
+    gimbal_work,
     true_health,
     executed,
     sens,
@@ -549,7 +551,7 @@ def fly(
             impulse,
             live,
             tank_used,
-            work,
+            gimbal_work,
         )
         ps = flags >> F_PLANT_SHIFT
         if ps > plant_status:
@@ -577,7 +579,7 @@ def round_half_even(x):
     return int(r)
 
 
-@kernel
+@inline_kernel
 def _mean_terms(w, rx, ry, rz, vx, vy, vz, sa, ex, ey, ez):
     """The sums of :func:`mean_apsides` with one more state of weight w [s]."""
     rn = math.sqrt(rx * rx + ry * ry + rz * rz)
@@ -593,7 +595,7 @@ def _mean_terms(w, rx, ry, rz, vx, vy, vz, sa, ex, ey, ez):
     )
 
 
-@kernel
+@inline_kernel
 def _mean_result(sa, ex, ey, ez, wsum):
     a_mean = sa / wsum
     e_mean = math.sqrt(ex * ex + ey * ey + ez * ez) / wsum
@@ -844,17 +846,28 @@ def gimbal_columns(model) -> np.ndarray:
     return out
 
 
+def _cross(a, b) -> np.ndarray:
+    """``a x b`` of two 3-sequences of floats, each component as :func:`numpy.cross` computes
+    it (two rounded products, one rounded difference), without its per-call axis handling
+    (which made building a case's arrays cost about a tenth of flying it)."""
+    return np.array(
+        [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+    )
+
+
 def _tilt(u: np.ndarray, angle: float, azimuth: float) -> np.ndarray:
     """``u`` turned by ``angle`` [rad] towards the perpendicular direction at ``azimuth`` [rad]
-    (measured in the plane normal to u from the B axis least aligned with u)."""
-    a = np.zeros(3)
+    (measured in the plane normal to u from the B axis least aligned with u). The lengths are
+    ``sqrt(x . x)`` as :func:`numpy.linalg.norm` takes them."""
+    uu = u.tolist()
+    a = [0.0, 0.0, 0.0]
     a[int(np.argmin(np.abs(u)))] = 1.0
-    e1 = np.cross(u, a)
-    e1 /= np.linalg.norm(e1)
-    e2 = np.cross(u, e1)
+    e1 = _cross(uu, a)
+    e1 /= math.sqrt(e1.dot(e1))
+    e2 = _cross(uu, e1.tolist())
     d = math.cos(azimuth) * e1 + math.sin(azimuth) * e2
     out = math.cos(angle) * u + math.sin(angle) * d
-    return out / np.linalg.norm(out)
+    return out / math.sqrt(out.dot(out))
 
 
 def case_arrays(setup: BurnSetup, case: PlantCase | None):
@@ -916,7 +929,7 @@ class Sim:
     impulse: np.ndarray = field(default=None)
     live: np.ndarray = field(default=None)
     tank_used: np.ndarray = field(default=None)
-    work: np.ndarray = field(default=None)
+    gimbal_work: np.ndarray = field(default=None)
     true_health: np.ndarray = field(default=None)
     executed: np.ndarray = field(default=None)
 
@@ -966,7 +979,7 @@ class Sim:
             self.impulse,
             self.live,
             self.tank_used,
-            self.work,
+            self.gimbal_work,
         )
 
     def fly(self, fail_idx, fail_at, fail_code, fail_cycle, statuses, att_err, longest):
@@ -992,7 +1005,7 @@ class Sim:
             self.impulse,
             self.live,
             self.tank_used,
-            self.work,
+            self.gimbal_work,
             self.true_health,
             self.executed,
             c.sens,
@@ -1034,7 +1047,7 @@ def new_sim(
 ) -> Sim:
     """A burn ready to fly: the nominal controller and the (dispersed) plant at ignition."""
     from thruster_hil.controller.build import build_controller
-    from thruster_hil.sims.plant import PLANT_WORK_LEN, SENSED_LEN
+    from thruster_hil.sims.plant import SENSED_LEN
     from thruster_hil.sims.thrusters import valve_state_at_rest
 
     setup = setup if setup is not None else setup_burn(model, plan)
@@ -1058,7 +1071,7 @@ def new_sim(
         impulse=np.zeros((N_SUB, n)),
         live=live,
         tank_used=np.zeros(setup.ptank.shape[1]),
-        work=np.empty(PLANT_WORK_LEN),
+        gimbal_work=np.empty(GIMBAL_WORK_LEN),
         true_health=np.full(n, HEALTH_NOMINAL, np.int64),
         executed=np.zeros(n, np.uint16),
     )

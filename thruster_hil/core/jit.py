@@ -21,3 +21,12 @@ def kernel(fn):
 def parallel_kernel(fn):
     """Compile ``fn`` as a kernel whose ``prange`` loops run on numba's thread pool."""
     return njit(parallel=True, **JIT_OPTIONS)(fn)
+
+
+def inline_kernel(fn):
+    """:func:`kernel`, inlined into its callers in numba's IR (``inline="always"``). For the small
+    kernels the integrators call several times per step (accelerations, RK4 stages, the density
+    lookup): as separate functions every call passed each array argument as its whole structure
+    on the stack and every tuple result through memory. Inlining moves no floating-point
+    operation (no fastmath), so results are unchanged bit for bit."""
+    return njit(inline="always", **JIT_OPTIONS)(fn)
