@@ -181,8 +181,10 @@ class FireOp(Op):
             if deadline_ns is None:
                 # A pulse may last the whole period (a main engine firing continuously): its
                 # report comes when it ends, a period plus the link's latency after the FIRE.
+                # Counted from the write's stamp, the capture's time of these FIREs, so that
+                # `replay` draws the same line through the capture.
                 period_ms = (s.period_ms or 500) + REALTIME_REPORT_SLACK_MS
-                deadline_ns = now_ns + period_ms * 1_000_000
+                deadline_ns = s.out_t_ns + period_ms * 1_000_000
             self.report_deadline_ns = deadline_ns
             self.deadline_ns = min(deadline_ns, s.heartbeat_due_ns())
         else:
@@ -273,11 +275,18 @@ class FireOp(Op):
             self.deadline_ns = min(self.report_deadline_ns, s.heartbeat_due_ns())
             return PENDING
         self._finish()
+        # A report is in time by the time it was read (its stamp, the one the capture keeps),
+        # not by when this poll came round: one read past the deadline counts as late even if
+        # the same wake-up read it, so `replay` applies the same rule to the capture exactly.
+        late = [b for b, rec in self.reports.items() if rec.t_ns >= self.report_deadline_ns]
+        for b in late:
+            del self.reports[b]
+        s.late_reports += len(late)
         missing = tuple(b for b in self.seqs if b not in self.reports)
         s.deadline_misses += len(missing)
         if len(s._late_expected) > _FILED_REPLIES:  # reports that never came
             s._late_expected.clear()
-        s._late_expected.update((self.step, b) for b in missing)
+        s._late_expected.update((self.step, b) for b in missing if b not in late)
         # A report missed now and then is a late cycle; none for MAX_RETRIES + 1 cycles in a
         # row (a cut cable, a dead unit) ends the burn: the unit's watchdog has long closed
         # the valves, and the host must not fly on in the dark.

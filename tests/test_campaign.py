@@ -201,6 +201,51 @@ def test_a_qemu_closure_is_judged_on_the_firmwares_own_tick_lateness(late_us, pa
     assert (why == []) is passes, why
 
 
+@pytest.mark.parametrize("start_pu_us, after", [(5_060_000, False), (5_510_000, True)])
+def test_a_realtime_pulse_is_dated_by_its_start_not_by_its_report(start_pu_us, after):
+    """A REALTIME report comes when its pulses end, up to a period after they started: a pulse
+    that began before a fault and ended after it (S03 under a lagging simavr) is not a fire after
+    the fault, and one that began after it is. The start comes from the report's t_start_pu_us,
+    carried to the wire log's clock by the last HK."""
+    from thruster_hil.campaign import _qemu_evidence, judge_fires
+
+    up = {"dir": "u2h", "act": "fwd", "flags": 0}
+    wire = [
+        {**up, "msg": "HELLO_ACK", "t_us": 50_000, "result": 0, "session": 1},
+        {
+            "dir": "h2u",
+            "act": "fwd",
+            "msg": "FIRE",
+            "t_us": 90_000,
+            "step": 2,
+            "bank": 0,
+            "on_ticks": [482] + [0] * 15,
+            "session": 1,
+            "flags": 0,
+        },
+        {**up, "msg": "HK", "t_us": 100_000, "pu_time_us": 5_000_000, "session_errors": 0},
+        {
+            **up,
+            "msg": "VALVE_REPORT",
+            "t_us": 640_000,
+            "step": 2,
+            "bank": 0,
+            "t_start_pu_us": start_pu_us,
+            "executed_ticks": [482] + [0] * 15,
+            "stuck_mask": 0,
+            "failed_mask": 0,
+        },
+    ]
+    row = Row(
+        id="S99", unit="simavr", fault="reset@step3", expect="stop", expected="x", onset="fault"
+    )
+    ev = _qemu_evidence(wire, row)
+    ev.fault_t = 600_000  # the proxy injected the fault here, before the report came
+    assert [e[0] for e in ev.executed] == [100_000 + start_pu_us - 5_000_000]
+    _d, n, what = judge_fires(ev, row)
+    assert (n == 1) is after, what
+
+
 def test_a_row_whose_proxy_does_not_start_fails_with_the_reason_and_the_rest_run(
     tmp_path, monkeypatch
 ):

@@ -304,3 +304,29 @@ def test_the_default_run_flies_on_a_machine_that_has_compiled_nothing(tmp_path):
     assert summary["completed"] and not summary["aborted"]
     assert abs(summary["delta_v_error_pct"]) < 0.5
     assert any((tmp_path / "numba-cache").rglob("*.nbi"))  # it really compiled into the new cache
+
+
+@pytest.mark.parametrize("late_ns, used", [(-1, True), (0, False)])
+def test_replay_leaves_out_a_realtime_report_the_live_link_counted_late(late_ns, used):
+    """A REALTIME report read at its FIRE's write + period + slack or later missed its deadline
+    in the live run (the session's rule, on the same stamps the capture keeps), so the replay
+    flies that bank as the live link did: nothing executed."""
+    import numpy as np
+    from thruster_hil.firmware_bridge import codec
+    from thruster_hil.firmware_bridge.linkrules import REALTIME_REPORT_SLACK_MS
+
+    from thruster_hil.replay import ReplayUnit, _Step
+
+    fields = {
+        f.name: 0
+        for f in codec.MESSAGES["VALVE_REPORT"].fields
+        if f.name not in ("step", "bank", "executed_ticks")
+    }
+    frame = codec.encode("VALVE_REPORT", 1, 0, **fields, step=1, bank=0, executed_ticks=[7] * 16)
+    (msg,) = codec.Decoder().feed(frame)
+    window = (500 + REALTIME_REPORT_SLACK_MS) * 1_000_000
+    t0 = 10**12
+    st = _Step(first_tx_ns=t0, reports={0: (t0 + window + late_ns, msg)}, fire_ticks={})
+    unit = ReplayUnit({1: st}, 4, report_window_ns=window)
+    rep = unit.execute(0, np.array([7, 7, 7, 7]))
+    assert list(rep.executed_ms) == ([7] * 4 if used else [0] * 4)

@@ -279,6 +279,31 @@ def test_realtime_missed_reports_count_and_a_long_wait_sends_heartbeats_when_due
         b.fire(4, [10] * 3, deadline_ns=b.now_ns + 50_000_000)
 
 
+@pytest.mark.parametrize("early_ns, used", [(1, True), (0, False)])
+def test_a_realtime_report_is_judged_by_when_it_was_read_not_by_when_the_host_looked(
+    early_ns, used
+):
+    """A report read at its FIRE's deadline or after missed it, even when the same wake-up
+    read it (a host that was slow to poll): the rule `replay` applies to the capture's stamps.
+    One read a nanosecond before the deadline is in time."""
+    b = armed_bench(n_channels=20, mode="realtime")
+
+    def delay(m):
+        if m.name != "VALVE_REPORT" or m["bank"] != 1:
+            return 0
+        return b.s.fire_op.report_deadline_ns - early_ns - b.now_ns - LATENCY_NS
+
+    b.host_delay_ns = delay
+    res = b.fire(1, [10] * 20)
+    assert res.executed_ms[16:] == ((10,) * 4 if used else (0,) * 4)
+    assert res.missing_banks == (() if used else (1,))
+    assert b.s.stats()["late_reports"] == (0 if used else 1)
+    # Counted once: the report already read is not filed as a second late one.
+    b.host_delay_ns = None
+    assert b.fire(2, [10] * 20).executed_ms == (10,) * 20
+    assert b.s.stats()["late_reports"] == (0 if used else 1)
+
+
 def test_heartbeat_is_due_a_quarter_of_the_watchdog_after_the_last_fire_or_heartbeat():
     b = armed_bench()
     b.fire(1, [1] * 3)

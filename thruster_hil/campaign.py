@@ -567,18 +567,42 @@ def _emulator_evidence(unit_log: list[dict], wire: list[dict], row: Row) -> Evid
     return ev
 
 
+def _started_at(r: dict, hk: tuple[int, int] | None) -> int:
+    """When a VALVE_REPORT's pulses started, on the wire log's clock [us]: its t_start_pu_us
+    carried over from the unit's clock by the last HK before it (t_us, pu_time_us), never later
+    than the report itself. A REALTIME report comes when its pulses end, up to a period after
+    they started; dating it by its arrival put a pulse that began before a fault after it."""
+    if hk is None or "t_start_pu_us" not in r:
+        return r["t_us"]
+    return min(r["t_us"], hk[0] + (r["t_start_pu_us"] - hk[1]))
+
+
 def _qemu_evidence(wire: list[dict], row: Row) -> Evidence:
     ev = Evidence()
     _wire_commands(wire, ev)
+    hk: tuple[int, int] | None = None  # the last HK: (wire time, unit time) [us]
+    t_last = 0  # the last report's arrival
     for r in wire:
         if r.get("dir") != "u2h":
             continue
+        if r["msg"] == "HK" and r["act"] != "late":
+            hk = (r["t_us"], r["pu_time_us"])
+        if r["msg"] == "BOOT":
+            hk = None  # a new boot's clock starts again
         if r["act"] == "late":
             continue  # a held frame going out: the same report as its "delay" record
         if r["msg"] == "VALVE_REPORT" and not r["flags"] & _DUP_REPORT:
             ev.executed.append(
-                (r["t_us"], None, r["step"], r["bank"], r["executed_ticks"], r["stuck_mask"])
+                (
+                    _started_at(r, hk),
+                    None,
+                    r["step"],
+                    r["bank"],
+                    r["executed_ticks"],
+                    r["stuck_mask"],
+                )
             )
+            t_last = max(t_last, r["t_us"])
             if r["stuck_mask"]:
                 ev.still_open = True
         elif r["msg"] == "HK":
@@ -586,7 +610,6 @@ def _qemu_evidence(wire: list[dict], row: Row) -> Evidence:
     events = [r for r in wire if r.get("dir") == "u2h" and r["msg"] == "EVENT"]
     ev.watchdog_tripped = any(e["event"] == EVENT["WATCHDOG_TRIP"] for e in events)
     ev.faults_applied = sum(1 for e in events if e["event"] == EVENT["FAULT_INJECTED"])
-    t_last = max((e[0] for e in ev.executed), default=0)
     safe = [e for e in events if e["t_us"] >= t_last and e["event"] == EVENT["SAFE_ENTERED"]]
     if safe:
         ev.closed_by = _REASON_NAMES.get(safe[0]["arg0"], str(safe[0]["arg0"]))

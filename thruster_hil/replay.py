@@ -25,6 +25,7 @@ from thruster_hil.core.errors import UserError
 from thruster_hil.core.textnum import parse_int, show
 from thruster_hil.firmware_bridge.codec import Decoder, Message
 from thruster_hil.firmware_bridge.dictionary import CHANNELS_PER_BANK
+from thruster_hil.firmware_bridge.linkrules import REALTIME_REPORT_SLACK_MS
 from thruster_hil.records import (
     RunRecorder,
     check_record,
@@ -94,8 +95,17 @@ class ReplayUnit(StepByStep):
     valves_closed = None
     valves_open = None
 
-    def __init__(self, steps: dict[int, _Step], n: int, cycles: int | None = None):
+    def __init__(
+        self,
+        steps: dict[int, _Step],
+        n: int,
+        cycles: int | None = None,
+        report_window_ns: int | None = None,
+    ):
         self.steps = steps
+        #: REALTIME: a report read this long after its FIRE's write or later missed its
+        #: deadline in the live run (the link's rule, on the same stamps), so it is not used.
+        self.report_window_ns = report_window_ns
         self.n = n
         self.cycles = cycles  # the recorded run's cycle count: an aborted run ends there
         self.mismatches = 0
@@ -110,11 +120,15 @@ class ReplayUnit(StepByStep):
             raise UserError("replay", f"the capture has no VALVE_REPORT for step {cycle + 1}")
         self._executed[:] = 0
         self._health[:] = HEALTH_NOMINAL
-        if not st.reports:
+        reports = st.reports
+        if self.report_window_ns is not None and st.first_tx_ns is not None:
+            end = st.first_tx_ns + self.report_window_ns
+            reports = {b: r for b, r in reports.items() if r[0] < end}
+        if not reports:
             # A REALTIME FIRE whose every report missed its deadline: the live link flew the
             # cycle with nothing executed and no round-trip time.
             return UnitReport(self._executed, self._health, float("nan"))
-        for bank, (_t, msg) in st.reports.items():
+        for bank, (_t, msg) in reports.items():
             lo = bank * CHANNELS_PER_BANK
             width = min(self.n - lo, CHANNELS_PER_BANK)
             if width <= 0:
@@ -128,7 +142,7 @@ class ReplayUnit(StepByStep):
             cmd = st.fire_ticks.get(bank)
             if cmd is not None and tuple(int(v) for v in on_ms[lo : lo + width]) != cmd[:width]:
                 self.mismatches += 1
-        t_last = max(t for t, _m in st.reports.values())
+        t_last = max(t for t, _m in reports.values())
         # As the link computes it: (last report in - first FIRE out) / 1e6 ms, then s.
         rtt_s = ((t_last - st.first_tx_ns) / 1e6) / 1e3 if st.first_tx_ns is not None else 0.0
         return UnitReport(self._executed, self._health, rtt_s)
@@ -260,7 +274,13 @@ def replay_run(
                 f"expected a thruster of {model.name}, got {show(f.name)}",
                 field="failures",
             )
-    unit = ReplayUnit(steps, len(names), summary["cycles"] if summary.get("aborted") else None)
+    run_info = read_record(run / "run.json") or {}
+    window = None
+    if run_info.get("mode") == "realtime":
+        window = (int(summary["period_ms"]) + REALTIME_REPORT_SLACK_MS) * 1_000_000
+    unit = ReplayUnit(
+        steps, len(names), summary["cycles"] if summary.get("aborted") else None, window
+    )
     out = run / "telemetry.replay.csv"
     if out.exists():
         out.unlink()
