@@ -131,7 +131,68 @@ void early_init(void)
 /* ---- time */
 static volatile uint32_t g_ms;
 
-ISR(TIMER1_COMPA_vect) { g_ms++; }
+/* ---- the valves' close schedule, applied by the tick interrupt (see "Pin timing" above).
+ * Tick numbers are g_ms's low 16 bits: every close is due within 32 s (a pulse lasts at most
+ * LIMIT_MAX_ON_TICKS_CAP ticks, the watchdog at most LIMIT_WATCHDOG_MS_MAX). The main loop
+ * writes all of these inside ATOMIC_BLOCK. */
+static volatile uint32_t pins;              /* what the valve pins show */
+static volatile uint32_t sched;             /* channels the ISR closes at close_tick[ch] */
+static volatile uint16_t close_tick[N_CHANNELS];
+static volatile uint16_t next_close;        /* the earliest close_tick of sched */
+static volatile uint8_t wd_armed;           /* the link watchdog's deadline, on the pins too */
+static volatile uint16_t wd_tick;
+static volatile uint32_t wd_keep;           /* stuck-open valves: the watchdog leaves them */
+
+/* Drive the channels of ``shut`` low, leaving every other pin as it is. */
+static inline void valves_clear(uint32_t shut)
+{
+#define PORT_BYTE(L, M) uint8_t CAT(c_, L) = 0;
+    VALVE_PORTS(PORT_BYTE)
+#undef PORT_BYTE
+#define CHANNEL_BIT(ch, L, bit, pin)                                                           \
+    if (shut & (1UL << (ch)))                                                                  \
+        CAT(c_, L) |= (uint8_t)(1u << (bit));
+    VALVE_CHANNELS(CHANNEL_BIT)
+#undef CHANNEL_BIT
+#define PORT_CLEAR(L, M) XCAT(PORT, L) &= (uint8_t) ~CAT(c_, L);
+    VALVE_PORTS(PORT_CLEAR)
+#undef PORT_CLEAR
+}
+
+ISR(TIMER1_COMPA_vect)
+{
+    uint32_t ms = g_ms + 1;
+    g_ms = ms;
+    uint16_t t = (uint16_t)ms;
+    uint32_t shut = 0;
+    if (wd_armed && (int16_t)(t - wd_tick) >= 0) {
+        wd_armed = 0;
+        shut = ~wd_keep;
+    }
+    uint32_t s = sched;
+    if (s && (int16_t)(t - next_close) >= 0) {
+        uint16_t next = (uint16_t)(t + 0x7FFF);
+        uint32_t bit = 1;
+        for (uint8_t ch = 0; ch < N_CHANNELS; ch++, bit <<= 1) {
+            if (!(s & bit))
+                continue;
+            uint16_t at = close_tick[ch];
+            if ((int16_t)(t - at) >= 0)
+                shut |= bit;
+            else if ((int16_t)(at - next) < 0)
+                next = at;
+        }
+        next_close = next;
+    }
+    if (shut) {
+        sched = s & ~shut;
+        uint32_t p = pins;
+        if (p & shut) {
+            valves_clear(p & shut);
+            pins = p & ~shut;
+        }
+    }
+}
 
 static uint32_t now_us(void)
 {
@@ -162,9 +223,17 @@ static volatile uint8_t rx_head, rx_tail;
 static volatile uint16_t uart_dor, uart_fe, uart_ring_drops;
 static volatile uint8_t tx_buf[TX_RING];
 static volatile uint8_t tx_head, tx_tail;
+/* When each frame waiting in the receive ring ended (g_ms and TCNT1 at the RX interrupt of its
+ * delimiter): a FIFO the RX ISR fills and uart_take empties, a frame at a time. Full: a frame
+ * gets no stamp, and it takes an older one (the watchdog counts from earlier, never later). */
+#define RX_STAMPS 8u
+static volatile uint32_t rx_stamp_ms[RX_STAMPS];
+static volatile uint16_t rx_stamp_t[RX_STAMPS];
+static volatile uint8_t rx_stamp_head, rx_stamp_tail;
 
 ISR(USART0_RX_vect)
 {
+    uint16_t t = TCNT1; /* first: the stamp is a few cycles after the byte's stop bit */
     uint8_t status = UCSR0A;
     uint8_t b = UDR0;
     if (status & _BV(DOR0))
@@ -175,6 +244,17 @@ ISR(USART0_RX_vect)
     if (next == rx_tail) {
         uart_ring_drops++;
         return;
+    }
+    if (b == 0) { /* a frame ends: its stamp before its delimiter is in the ring */
+        uint8_t h = rx_stamp_head, nh = (uint8_t)((h + 1) & (RX_STAMPS - 1));
+        if (nh != rx_stamp_tail) {
+            uint32_t ms = g_ms;
+            if ((TIFR1 & _BV(OCF1A)) && t < 1000) /* the tick ISR waits behind this one */
+                ms++;
+            rx_stamp_ms[h] = ms;
+            rx_stamp_t[h] = t;
+            rx_stamp_head = nh;
+        }
     }
     rx_buf[rx_head] = b;
     rx_head = next;
@@ -217,12 +297,34 @@ static void uart_flush(void)
     _delay_us(200); /* the last byte leaving the shift register (87 us at 115200) */
 }
 
-static uint8_t uart_take(uint8_t *out, uint8_t max)
+/* Takes the bytes waiting, up to ``max``. *arrived_us: when the first frame they end arrived
+ * (its delimiter's stamp, 1 us before the RX interrupt read the timer: never after the byte;
+ * the later frames of the chunk count from it too, earlier than their own), ``now`` when they
+ * end no frame. */
+static uint8_t uart_take(uint8_t *out, uint8_t max, uint32_t now, uint32_t *arrived_us)
 {
+    static uint32_t ms; /* the last stamp: a frame whose stamp did not fit takes it */
+    static uint16_t t;
+    uint8_t first = 1;
+    *arrived_us = now;
     uint8_t n = 0;
     while (n < max && rx_tail != rx_head) {
-        out[n++] = rx_buf[rx_tail];
+        uint8_t b = rx_buf[rx_tail];
+        out[n++] = b;
         rx_tail = (uint8_t)((rx_tail + 1) & (RX_RING - 1));
+        if (b == 0) {
+            uint8_t tail = rx_stamp_tail;
+            if (tail != rx_stamp_head) {
+                if (first) {
+                    ms = rx_stamp_ms[tail]; /* written before the head moved past it */
+                    t = rx_stamp_t[tail];
+                }
+                rx_stamp_tail = (uint8_t)((tail + 1) & (RX_STAMPS - 1));
+            }
+            if (first)
+                *arrived_us = ms * 1000UL + (t >> 1) - 1u;
+            first = 0;
+        }
     }
     return n;
 }
@@ -250,16 +352,161 @@ static void valves_write(uint32_t mask)
 #undef PORT_WRITE
 }
 
-static uint32_t written_mask; /* what the valve pins show; early_init drove every one low */
+static unit_t unit;
+
+/* The tick (g_ms's count) at or after pu time ``us`` = ``whole_ms`` ms + a few ms from now (no
+ * 32-bit division: pu_time_us wraps at 2^32 us, g_ms at 2^32 ms, so it is counted from now). */
+static uint16_t tick_at_or_after(uint32_t us, uint16_t whole_ms, uint32_t now, uint32_t ms)
+{
+    int32_t x = (int32_t)(us - now) + (int32_t)(now - ms * 1000UL) - (int32_t)whole_ms * 1000;
+    uint16_t k = (uint16_t)(ms + whole_ms);
+    while (x > 0) {
+        x -= 1000;
+        k++;
+    }
+    while (x <= -1000) {
+        x += 1000;
+        k--;
+    }
+    return k;
+}
+
+/* The current tick number and pu time, consistent with each other. */
+static uint32_t now_tick(uint32_t *now)
+{
+    uint32_t t = now_us(), ms = now_ms();
+    if ((int32_t)(t - ms * 1000UL) >= 1000) /* a compare the ISR has not counted yet */
+        ms++;
+    *now = t;
+    return ms;
+}
+
+/* Main loop only: for each scheduled channel, the pulse (its t_start) and when the unit ends it
+ * (t_start + planned ticks). */
+static uint32_t start_us[N_CHANNELS], end_us[N_CHANNELS];
+
+/* Channels of the schedule the unit no longer holds open because their pulse ended (not cut):
+ * they stay high until the interrupt closes them at their tick. */
+static uint32_t ended_on_schedule(uint32_t open, uint32_t now)
+{
+    uint32_t s;
+    ATOMIC_BLOCK(ATOMIC_FORCEON) { s = sched & ~open; }
+    uint32_t bit = 1;
+    for (uint8_t ch = 0; s && ch < N_CHANNELS; ch++, bit <<= 1)
+        if ((s & bit) && (int32_t)(now - end_us[ch]) < 0)
+            s &= ~bit; /* cut before its end: closes now */
+    return s;
+}
+
+/* The link watchdog's deadline on the pins: the interrupt closes every valve but the stuck
+ * ones at the first tick at or after it. Already due: closed here (the unit trips at its next
+ * tick). */
+static void wd_sync(void)
+{
+    uint32_t deadline, now;
+    uint8_t on = unit_watchdog_deadline(&unit, &deadline);
+    uint32_t ms = now_tick(&now);
+    uint16_t at = on ? tick_at_or_after(deadline, unit.watchdog_ms, now, ms) : 0;
+    uint32_t stuck = unit.stuck;
+    ATOMIC_BLOCK(ATOMIC_FORCEON)
+    {
+        if (on && (int16_t)((uint16_t)g_ms - at) >= 0) {
+            on = 0;
+            sched = 0;
+            uint32_t p = pins & stuck;
+            valves_write(p);
+            pins = p;
+        }
+        wd_tick = at;
+        wd_keep = stuck;
+        wd_armed = on;
+    }
+}
+
+/* The pins show ``open`` (what the unit holds open); each REALTIME pulse that rises here is
+ * closed by the tick interrupt at the first tick at or after rise + its planned ticks, so the
+ * pin is high for its executed ticks (to within one tick) however long the unit took to handle
+ * its FIRE (t_start is when the unit took it). A pulse the unit ended (t_start + planned)
+ * stays high until that tick (ended_on_schedule); one it cut closes at once. ``linger``: 0
+ * when every valve closes at once. */
+static void pins_sync(uint32_t open, uint8_t linger)
+{
+    uint32_t stuck = unit.stuck;
+    uint32_t now;
+    uint32_t ms = now_tick(&now);
+    uint32_t s;
+    ATOMIC_BLOCK(ATOMIC_FORCEON) { s = sched; }
+    uint32_t keep = linger ? ended_on_schedule(open, now) : 0;
+    uint16_t t1 = tick_at_or_after(now, 0, now, ms); /* rise ~now: ceil(now + n ms) = t1 + n */
+    uint16_t next = (uint16_t)(ms + 0x7FFF);
+    uint32_t plan = 0, fresh = 0, done = 0;
+    for (uint8_t i = 0; i < unit.n_pending; i++) {
+        const unit_pulse_t *p = &unit.pending[i];
+        uint8_t base = (uint8_t)(p->bank * CHANNELS_PER_BANK);
+        uint32_t chans = ((uint32_t)p->active << base) & open & ~stuck;
+        if (!chans)
+            continue;
+        uint32_t bit = 1UL << base;
+        for (uint8_t c = 0; c < CHANNELS_PER_BANK && base + c < N_CHANNELS; c++, bit <<= 1) {
+            if (!(chans & bit))
+                continue;
+            uint8_t ch = (uint8_t)(base + c);
+            uint16_t at;
+            if (start_us[ch] == p->t_start) { /* this pulse is on the schedule already */
+                if (!(s & bit)) {
+                    done |= bit; /* the interrupt closed it: the unit ends it at its tick */
+                    continue;
+                }
+                at = close_tick[ch];
+            } else {
+                fresh |= bit;
+                start_us[ch] = p->t_start;
+                end_us[ch] = p->t_start + (uint32_t)p->planned[c] * TICK_US;
+                at = (uint16_t)(t1 + p->planned[c]);
+                ATOMIC_BLOCK(ATOMIC_FORCEON) { close_tick[ch] = at; }
+            }
+            plan |= bit;
+            if ((int16_t)(at - next) < 0)
+                next = at;
+        }
+    }
+    uint32_t bit = 1;
+    for (uint8_t ch = 0; keep && ch < N_CHANNELS; ch++, bit <<= 1)
+        if ((keep & bit) && (int16_t)(close_tick[ch] - next) < 0)
+            next = close_tick[ch];
+    plan |= keep;
+    open &= ~done;
+    ATOMIC_BLOCK(ATOMIC_FORCEON)
+    {
+        uint16_t t = (uint16_t)g_ms;
+        uint32_t gone = (s & ~sched) & ~fresh; /* closed by the interrupt since */
+        plan &= ~gone;
+        open = (open & ~gone) | (keep & ~gone);
+        if ((int16_t)(t - next) >= 0) { /* a close fell due: done here, as the ISR would */
+            bit = 1;
+            for (uint8_t ch = 0; ch < N_CHANNELS; ch++, bit <<= 1)
+                if ((plan & bit) && (int16_t)(t - close_tick[ch]) >= 0) {
+                    plan &= ~bit;
+                    open &= ~bit;
+                }
+            next = (uint16_t)(t + 1); /* the ISR finds the rest at its next tick */
+        }
+        sched = plan;
+        next_close = next;
+        valves_write(open);
+        pins = open;
+    }
+    wd_sync();
+}
 
 /* unit_valves_fn: every valve closes at once, before the unit builds the reports of the
  * closing (issue 17: with 32 valves open those took 4-5 ms, and STOP_ALL and the link
- * watchdog waited for them). */
+ * watchdog waited for them); a REALTIME FIRE's pulses open at once, with their closes
+ * scheduled. */
 static void valves_now(void *ctx, uint32_t mask)
 {
     (void)ctx;
-    valves_write(mask);
-    written_mask = mask;
+    pins_sync(mask, mask != unit.stuck);
 }
 
 /* ---- boot bookkeeping */
@@ -306,12 +553,16 @@ static uint32_t adc_noise(void)
     return x;
 }
 
-static unit_t unit;
-
 static void board_reset(void *ctx)
 {
     (void)ctx;
-    valves_write(0);
+    ATOMIC_BLOCK(ATOMIC_FORCEON)
+    {
+        sched = 0;
+        wd_armed = 0;
+        valves_write(0);
+        pins = 0;
+    }
     soft_reset_requested = 0xA5; /* soft_failed/stuck/tank: mirrored by the main loop */
     uart_flush();
     cli();
@@ -367,6 +618,8 @@ int main(void)
     unit_boot(&unit, now_us());
 
     uint32_t last_ms = now_ms();
+    uint32_t synced_open = 0, synced_dl = 0;
+    uint8_t synced_wd = 0;
     uint8_t arm_raw = 1, arm_count = 0;
     uint8_t buf[64];
     for (;;) {
@@ -394,19 +647,38 @@ int main(void)
             }
             unit_tick(&unit, t, late_us);
         }
-        uint8_t n = uart_take(buf, sizeof buf);
+        uint32_t arrived, now = now_us();
+        uint8_t n = uart_take(buf, sizeof buf, now, &arrived);
         unit.uart_hw_errors = uart_errors();
         if (n) {
             unit_add_entropy(&unit, ((uint32_t)TCNT1 << 16) ^ g_ms);
-            unit_receive(&unit, buf, n, now_us());
+            unit_receive_at(&unit, buf, n, now, arrived);
         }
         uint32_t open_mask = unit_open_mask(&unit);
-        /* A change is written at once; the pins are rewritten every tick in any case. Writing
-         * them on every pass would take QEMU's global lock on every pass (see "QEMU" above). */
-        if (open_mask != written_mask || refresh) {
-            valves_write(open_mask);
-            written_mask = open_mask;
+        uint32_t deadline;
+        uint8_t wd_on = unit_watchdog_deadline(&unit, &deadline);
+        /* New open channels or a moved watchdog deadline: the schedule again. A channel the
+         * unit ended or cut: off the pins and the schedule. Otherwise the pins hold their level;
+         * they are rewritten every tick (writing them on every pass would take QEMU's global
+         * lock on every pass, see "QEMU" above). */
+        if (open_mask & ~synced_open) {
+            pins_sync(open_mask, 1);
+        } else if (open_mask != synced_open || refresh) {
+            uint32_t keep = open_mask != synced_open ? ended_on_schedule(open_mask, now_us()) : 0;
+            ATOMIC_BLOCK(ATOMIC_FORCEON)
+            {
+                uint32_t hold = open_mask | (keep & sched);
+                sched &= hold;
+                uint32_t p = pins & hold;
+                valves_write(p);
+                pins = p;
+            }
         }
+        if (wd_on != synced_wd || (wd_on && deadline != synced_dl))
+            wd_sync();
+        synced_open = open_mask;
+        synced_wd = wd_on;
+        synced_dl = deadline;
         soft_failed = unit.failed; /* for the next reset (a few stores per pass) */
         soft_stuck = unit.stuck;
         soft_tank = unit.tank_kpa;

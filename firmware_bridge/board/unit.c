@@ -419,6 +419,12 @@ static uint8_t watchdog_active(const unit_t *u)
     return table_cell(u, IN_WATCHDOG) != CELL_NONE;
 }
 
+uint8_t unit_watchdog_deadline(const unit_t *u, uint32_t *deadline_us)
+{
+    *deadline_us = u->last_valid + (uint32_t)u->watchdog_ms * 1000u;
+    return u->state != STATE_BOOT && watchdog_active(u);
+}
+
 static void send_hk(unit_t *u, uint32_t now)
 {
     uint8_t p[MSG_HK_LEN];
@@ -587,7 +593,8 @@ static void on_hello(unit_t *u, const proto_msg_t *m, uint32_t now)
 
 static void on_heartbeat(unit_t *u, const proto_msg_t *m, uint32_t now)
 {
-    u->last_valid = now;
+    (void)now;
+    u->last_valid = u->arrived;
     if (m->flags & FLAG_ACK_REQ)
         ack(u, m, RESULT(ACCEPTED));
 }
@@ -615,7 +622,7 @@ static void on_arm_request(unit_t *u, const proto_msg_t *m, uint32_t now)
     u->nonce = nonce;
     u->has_nonce = 1;
     u->challenge_t = now;
-    u->last_valid = now;
+    u->last_valid = u->arrived;
     u->state = table_next(u, IN_ARM_REQUEST, RESULT_ACCEPTED);
     uint8_t p[MSG_ARM_CHALLENGE_LEN];
     proto_put32(p + MSG_ARM_CHALLENGE_OFF_NONCE, nonce);
@@ -664,7 +671,7 @@ static void on_arm_confirm(unit_t *u, const proto_msg_t *m, uint32_t now)
     /* every step a host can lose before the link watchdog trips anyway, at least the minimum */
     uint16_t w = (uint16_t)((u->watchdog_ms + u->period_ms - 1u) / u->period_ms + 1u);
     u->step_window = w > LIMIT_STEP_WINDOW_MIN ? w : (uint16_t)LIMIT_STEP_WINDOW_MIN;
-    u->last_valid = now;
+    u->last_valid = u->arrived;
     u->idle_from = now;
     u->has_last_fire = 0;
     u->state = table_next(u, IN_ARM_CONFIRM, RESULT_ACCEPTED);
@@ -879,12 +886,14 @@ static void execute(unit_t *u, const proto_msg_t *m, uint32_t now)
         finish(u, 0);
     }
     u->pending[u->n_pending++] = pulse;
+    if (u->cfg.valves) /* the pins open now, not when the caller's pass ends */
+        u->cfg.valves(u->cfg.ctx, unit_open_mask(u));
 }
 
 static void on_fire(unit_t *u, const proto_msg_t *m, uint32_t now)
 {
     const uint8_t *q = m->payload;
-    u->last_valid = now; /* a FIRE of the session, whatever becomes of it */
+    u->last_valid = u->arrived; /* a FIRE of the session, whatever becomes of it */
     uint8_t had_prev = u->has_last_fire;
     uint32_t prev = u->last_fire_t;
     u->has_last_fire = 1;
@@ -1075,6 +1084,12 @@ static void bad_frame(unit_t *u, proto_status_t st, uint32_t now)
 
 void unit_receive(unit_t *u, const uint8_t *data, uint16_t n, uint32_t now)
 {
+    unit_receive_at(u, data, n, now, now);
+}
+
+void unit_receive_at(unit_t *u, const uint8_t *data, uint16_t n, uint32_t now, uint32_t arrived)
+{
+    u->arrived = since(arrived, now) > 0 ? now : arrived; /* never after now */
     run_timers(u, now, 0);
     if (!((STATES_HEARING_COMMANDS >> u->state) & 1)) /* BOOT */
         return;

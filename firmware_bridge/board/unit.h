@@ -48,7 +48,10 @@ typedef void (*unit_reset_fn)(void *ctx);
 /* Drive the valve outputs to ``mask`` now (board: the pins). Called when every valve closes
  * (STOP_ALL, DISARM, the link watchdog, any SAFE/FAULT), before the reports and events of the
  * closing are built: on the AVR those take tens of thousands of cycles (issue 17's pin
- * traces), and the main loop writes the pins only at the end of its pass. NULL: nothing. */
+ * traces), and the main loop writes the pins only at the end of its pass. Also called with
+ * unit_open_mask() when a REALTIME FIRE has opened its pulses (the board then schedules their
+ * closing tick, unit_t.pending[].t_start + planned ticks, for its tick interrupt). NULL:
+ * nothing. */
 typedef void (*unit_valves_fn)(void *ctx, uint32_t mask);
 
 typedef struct {
@@ -123,6 +126,7 @@ typedef struct {
     uint8_t has_nonce;
     uint32_t nonce, challenge_t;
     uint32_t last_valid;
+    uint32_t arrived;          /* unit_receive_at: when the bytes being handled arrived */
     uint8_t has_last_fire;
     uint32_t last_fire_t;
     uint32_t idle_from;
@@ -157,12 +161,19 @@ typedef struct {
 void unit_init(unit_t *u, const unit_config_t *cfg);
 void unit_boot(unit_t *u, uint32_t now_us);
 void unit_receive(unit_t *u, const uint8_t *data, uint16_t n, uint32_t now_us);
+/* unit_receive of bytes that arrived at ``arrived_us`` (at or before now_us; later counts as
+ * now_us): the link watchdog counts from there (last_valid), so a board that takes its bytes
+ * late (a long main-loop pass) does not extend it. unit_receive is arrived_us == now_us. */
+void unit_receive_at(unit_t *u, const uint8_t *data, uint16_t n, uint32_t now_us,
+                     uint32_t arrived_us);
 /* late_us: how late the caller runs this tick, i.e. how long ago its timer fell due (0: on
  * time). A WATCHDOG_TRIP found by this tick carries it (arg1, at most 65535): the unit's logic
  * (it closed at the first tick it ran after the deadline) is judged apart from the scheduling
  * of the CPU it runs on, as an RTOS reports a task's overrun. */
 void unit_tick(unit_t *u, uint32_t now_us, uint32_t late_us);
 uint32_t unit_open_mask(const unit_t *u);
+/* The link watchdog's deadline (last_valid + watchdog_ms); returns whether it runs now. */
+uint8_t unit_watchdog_deadline(const unit_t *u, uint32_t *deadline_us);
 /* The arm-enable input (board pin): disabled refuses ARM_CONFIRM, and ARMED -> SAFE. */
 void unit_set_arm_enable(unit_t *u, uint8_t enabled, uint32_t now_us);
 /* Mix entropy (timer counts at byte arrival, ADC noise) into the session/nonce generator. */
