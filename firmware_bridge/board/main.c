@@ -171,6 +171,10 @@ ISR(TIMER1_COMPA_vect)
     }
     uint32_t s = sched;
     if (s && (int16_t)(t - next_close) >= 0) {
+        /* The scan (up to ~1,500 cycles) runs with interrupts on, so a received byte is read
+         * within its own time (the RX and UDRE handlers touch none of this; the main loop
+         * cannot run until it ends). */
+        sei();
         uint16_t next = (uint16_t)(t + 0x7FFF);
         uint32_t bit = 1;
         for (uint8_t ch = 0; ch < N_CHANNELS; ch++, bit <<= 1) {
@@ -183,6 +187,7 @@ ISR(TIMER1_COMPA_vect)
                 next = at;
         }
         next_close = next;
+        cli();
     }
     if (shut) {
         sched = s & ~shut;
@@ -299,14 +304,12 @@ static void uart_flush(void)
 
 /* Takes the bytes waiting, up to ``max``. *arrived_us: when the first frame they end arrived
  * (its delimiter's stamp, 1 us before the RX interrupt read the timer: never after the byte;
- * the later frames of the chunk count from it too, earlier than their own), ``now`` when they
- * end no frame. */
-static uint8_t uart_take(uint8_t *out, uint8_t max, uint32_t now, uint32_t *arrived_us)
+ * the later frames of the chunk count from it too, earlier than their own). */
+static uint8_t uart_take(uint8_t *out, uint8_t max, uint32_t *arrived_us, uint8_t *framed)
 {
     static uint32_t ms; /* the last stamp: a frame whose stamp did not fit takes it */
     static uint16_t t;
-    uint8_t first = 1;
-    *arrived_us = now;
+    uint8_t first = 1; /* *arrived_us, *framed: left alone when the bytes end no frame */
     uint8_t n = 0;
     while (n < max && rx_tail != rx_head) {
         uint8_t b = rx_buf[rx_tail];
@@ -324,6 +327,7 @@ static uint8_t uart_take(uint8_t *out, uint8_t max, uint32_t now, uint32_t *arri
             if (first)
                 *arrived_us = ms * 1000UL + (t >> 1) - 1u;
             first = 0;
+            *framed = 1;
         }
     }
     return n;
@@ -381,6 +385,10 @@ static uint32_t now_tick(uint32_t *now)
     return ms;
 }
 
+/* Computed before an ATOMIC_BLOCK, not in it: the block's barrier holds memory accesses only,
+ * and GCC may sink arithmetic on registers (a loop) into the interrupts-off region. */
+#define DONE_BEFORE(x) __asm__ __volatile__("" : "+r"(x))
+
 /* Main loop only: for each scheduled channel, the pulse (its t_start) and when the unit ends it
  * (t_start + planned ticks). */
 static uint32_t start_us[N_CHANNELS], end_us[N_CHANNELS];
@@ -401,13 +409,19 @@ static uint32_t ended_on_schedule(uint32_t open, uint32_t now)
 /* The link watchdog's deadline on the pins: the interrupt closes every valve but the stuck
  * ones at the first tick at or after it. Already due: closed here (the unit trips at its next
  * tick). */
+static uint32_t synced_open, synced_dl; /* what the last pins_sync / wd_sync worked from */
+static uint8_t synced_wd;
+
 static void wd_sync(void)
 {
     uint32_t deadline, now;
     uint8_t on = unit_watchdog_deadline(&unit, &deadline);
+    synced_wd = on;
+    synced_dl = deadline;
     uint32_t ms = now_tick(&now);
     uint16_t at = on ? tick_at_or_after(deadline, unit.watchdog_ms, now, ms) : 0;
     uint32_t stuck = unit.stuck;
+    DONE_BEFORE(at);
     ATOMIC_BLOCK(ATOMIC_FORCEON)
     {
         if (on && (int16_t)((uint16_t)g_ms - at) >= 0) {
@@ -431,6 +445,7 @@ static void wd_sync(void)
  * when every valve closes at once. */
 static void pins_sync(uint32_t open, uint8_t linger)
 {
+    synced_open = open;
     uint32_t stuck = unit.stuck;
     uint32_t now;
     uint32_t ms = now_tick(&now);
@@ -476,21 +491,26 @@ static void pins_sync(uint32_t open, uint8_t linger)
             next = close_tick[ch];
     plan |= keep;
     open &= ~done;
+    if ((int16_t)((uint16_t)ms - next) >= 0) { /* a close fell due: done here, as the ISR would */
+        bit = 1;
+        for (uint8_t ch = 0; ch < N_CHANNELS; ch++, bit <<= 1)
+            if ((plan & bit) && (int16_t)((uint16_t)ms - close_tick[ch]) >= 0) {
+                plan &= ~bit;
+                open &= ~bit;
+            }
+        next = (uint16_t)(ms + 1); /* the ISR finds the rest at its next tick */
+    }
+    DONE_BEFORE(plan);
+    DONE_BEFORE(open);
+    DONE_BEFORE(next);
+    DONE_BEFORE(fresh);
     ATOMIC_BLOCK(ATOMIC_FORCEON)
     {
-        uint16_t t = (uint16_t)g_ms;
         uint32_t gone = (s & ~sched) & ~fresh; /* closed by the interrupt since */
         plan &= ~gone;
         open = (open & ~gone) | (keep & ~gone);
-        if ((int16_t)(t - next) >= 0) { /* a close fell due: done here, as the ISR would */
-            bit = 1;
-            for (uint8_t ch = 0; ch < N_CHANNELS; ch++, bit <<= 1)
-                if ((plan & bit) && (int16_t)(t - close_tick[ch]) >= 0) {
-                    plan &= ~bit;
-                    open &= ~bit;
-                }
-            next = (uint16_t)(t + 1); /* the ISR finds the rest at its next tick */
-        }
+        if ((uint16_t)g_ms != (uint16_t)ms) /* a tick since: let the ISR look at once */
+            next = (uint16_t)g_ms;
         sched = plan;
         next_close = next;
         valves_write(open);
@@ -618,8 +638,6 @@ int main(void)
     unit_boot(&unit, now_us());
 
     uint32_t last_ms = now_ms();
-    uint32_t synced_open = 0, synced_dl = 0;
-    uint8_t synced_wd = 0;
     uint8_t arm_raw = 1, arm_count = 0;
     uint8_t buf[64];
     for (;;) {
@@ -647,16 +665,20 @@ int main(void)
             }
             unit_tick(&unit, t, late_us);
         }
-        uint32_t arrived, now = now_us();
-        uint8_t n = uart_take(buf, sizeof buf, now, &arrived);
+        uint32_t arrived = 0;
+        uint8_t framed = 0;
+        uint8_t n = uart_take(buf, sizeof buf, &arrived, &framed);
         unit.uart_hw_errors = uart_errors();
-        if (n) {
+        if (n) { /* the clock (Timer1, an I/O register) only then: see "QEMU" above */
             unit_add_entropy(&unit, ((uint32_t)TCNT1 << 16) ^ g_ms);
-            unit_receive_at(&unit, buf, n, now, arrived);
+            uint32_t now = now_us();
+            unit_receive_at(&unit, buf, n, now, framed ? arrived : now);
         }
         uint32_t open_mask = unit_open_mask(&unit);
-        uint32_t deadline;
-        uint8_t wd_on = unit_watchdog_deadline(&unit, &deadline);
+        uint32_t deadline = synced_dl;
+        uint8_t wd_on = synced_wd;
+        if (n || refresh) /* last_valid and the state move only when bytes or a tick came */
+            wd_on = unit_watchdog_deadline(&unit, &deadline);
         /* New open channels or a moved watchdog deadline: the schedule again. A channel the
          * unit ended or cut: off the pins and the schedule. Otherwise the pins hold their level;
          * they are rewritten every tick (writing them on every pass would take QEMU's global
@@ -677,8 +699,6 @@ int main(void)
         if (wd_on != synced_wd || (wd_on && deadline != synced_dl))
             wd_sync();
         synced_open = open_mask;
-        synced_wd = wd_on;
-        synced_dl = deadline;
         soft_failed = unit.failed; /* for the next reset (a few stores per pass) */
         soft_stuck = unit.stuck;
         soft_tank = unit.tank_kpa;
