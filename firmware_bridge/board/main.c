@@ -165,9 +165,14 @@ ISR(TIMER1_COMPA_vect)
     g_ms = ms;
     uint16_t t = (uint16_t)ms;
     uint32_t shut = 0;
-    if (wd_armed && (int16_t)(t - wd_tick) >= 0) {
+    if (wd_armed && (int16_t)(t - wd_tick) >= 0) { /* the link watchdog: first, at once */
         wd_armed = 0;
-        shut = ~wd_keep;
+        uint32_t p = pins, off = p & ~wd_keep;
+        if (off) {
+            valves_clear(off);
+            pins = p & ~off;
+        }
+        sched = 0;
     }
     uint32_t s = sched;
     if (s && (int16_t)(t - next_close) >= 0) {
@@ -232,6 +237,11 @@ static volatile uint8_t tx_head, tx_tail;
  * delimiter): a FIFO the RX ISR fills and uart_take empties, a frame at a time. Full: a frame
  * gets no stamp, and it takes an older one (the watchdog counts from earlier, never later). */
 #define RX_STAMPS 8u
+/* The stamp is read when the RX interrupt runs, which is after the byte by its latency (under
+ * 300 cycles at the maximum rate, docs/bench.md section 9, plus the tick interrupt's time when
+ * both fall due): counted 20 us earlier, the watchdog never runs later than watchdog_ms from
+ * the byte, and trips at most 20 us (plus the tick rounding) early. */
+#define RX_STAMP_MARGIN_US 20u
 static volatile uint32_t rx_stamp_ms[RX_STAMPS];
 static volatile uint16_t rx_stamp_t[RX_STAMPS];
 static volatile uint8_t rx_stamp_head, rx_stamp_tail;
@@ -303,8 +313,8 @@ static void uart_flush(void)
 }
 
 /* Takes the bytes waiting, up to ``max``. *arrived_us: when the first frame they end arrived
- * (its delimiter's stamp, 1 us before the RX interrupt read the timer: never after the byte;
- * the later frames of the chunk count from it too, earlier than their own). */
+ * (its delimiter's stamp, RX_STAMP_MARGIN_US before the RX interrupt read the timer: never
+ * after the byte; the later frames of the chunk count from it too, earlier than their own). */
 static uint8_t uart_take(uint8_t *out, uint8_t max, uint32_t *arrived_us, uint8_t *framed)
 {
     static uint32_t ms; /* the last stamp: a frame whose stamp did not fit takes it */
@@ -325,7 +335,7 @@ static uint8_t uart_take(uint8_t *out, uint8_t max, uint32_t *arrived_us, uint8_
                 rx_stamp_tail = (uint8_t)((tail + 1) & (RX_STAMPS - 1));
             }
             if (first)
-                *arrived_us = ms * 1000UL + (t >> 1) - 1u;
+                *arrived_us = ms * 1000UL + (t >> 1) - RX_STAMP_MARGIN_US;
             first = 0;
             *framed = 1;
         }
@@ -410,6 +420,8 @@ static uint32_t ended_on_schedule(uint32_t open, uint32_t now)
  * ones at the first tick at or after it. Already due: closed here (the unit trips at its next
  * tick). */
 static uint32_t synced_open, synced_dl; /* what the last pins_sync / wd_sync worked from */
+static uint32_t rise_us; /* valves_now raised a FIRE's pulses then */
+static uint8_t rise_valid;
 static uint8_t synced_wd;
 
 static void wd_sync(void)
@@ -452,7 +464,11 @@ static void pins_sync(uint32_t open, uint8_t linger)
     uint32_t s;
     ATOMIC_BLOCK(ATOMIC_FORCEON) { s = sched; }
     uint32_t keep = linger ? ended_on_schedule(open, now) : 0;
-    uint16_t t1 = tick_at_or_after(now, 0, now, ms); /* rise ~now: ceil(now + n ms) = t1 + n */
+    /* the fresh pulses rose at rise_us (valves_now) or rise here, ~now: they close on the tick
+     * nearest rise + n ms, t1 + n (the error in [-1/2, +1/2] tick plus the interrupt's latency,
+     * not [0, 1] tick: the ISR's own few microseconds never push it past one tick) */
+    uint16_t t1 = tick_at_or_after((rise_valid ? rise_us : now) - TICK_US / 2, 0, now, ms);
+    rise_valid = 0;
     uint16_t next = (uint16_t)(ms + 0x7FFF);
     uint32_t plan = 0, fresh = 0, done = 0;
     for (uint8_t i = 0; i < unit.n_pending; i++) {
@@ -526,7 +542,30 @@ static void pins_sync(uint32_t open, uint8_t linger)
 static void valves_now(void *ctx, uint32_t mask)
 {
     (void)ctx;
-    pins_sync(mask, mask != unit.stuck);
+    if (mask == unit.stuck) { /* every valve closes: the pins first, nothing to schedule */
+        ATOMIC_BLOCK(ATOMIC_FORCEON)
+        {
+            sched = 0;
+            valves_write(mask);
+            pins = mask;
+        }
+        synced_open = mask;
+        return;
+    }
+    /* A REALTIME FIRE opened its pulses (the newest pending): up at once, then scheduled from
+     * this rise (pins_sync takes a few thousand cycles). */
+    const unit_pulse_t *p = &unit.pending[unit.n_pending - 1];
+    uint32_t up = ((uint32_t)p->active << (p->bank * CHANNELS_PER_BANK)) & mask;
+    rise_us = now_us();
+    rise_valid = 1;
+    ATOMIC_BLOCK(ATOMIC_FORCEON)
+    {
+        sched &= ~up; /* an older pulse's close no longer applies to them */
+        uint32_t q = pins | up;
+        valves_write(q);
+        pins = q;
+    }
+    pins_sync(mask, 1);
 }
 
 /* ---- boot bookkeeping */
