@@ -15,11 +15,14 @@ Each row has a budget and the margin left; a "limit" broken loses data or a tick
 
 - tick ISR latency (TIMER1_COMPA pending -> running): 16,000 cycles, one tick. A compare match
   not serviced before the next one is a lost millisecond (OCF1A holds one).
+- tick ISR duration: it closes the pulses due and applies the link watchdog (main.c, "Pin
+  timing"); its scan of the close schedule runs with interrupts on, so the figure includes the
+  RX/UDRE interrupts it let in.
 - main loop, worst pass with 32 channels, two budgets: the receive ring (256 bytes) must be
   drained before it fills, so a pass must last fewer than 256 byte times (at this rate the
-  long passes wait for the transmit line); and the timing claims (a pulse ends on
-  the first tick at or after its end, the pins written at the end of that pass) want a pass
-  under a tick, 16,000 cycles.
+  long passes wait for the transmit line); and a target of one tick, 16,000 cycles, for how
+  soon a FIRE or a STOP_ALL takes effect. Pulse ends and the link watchdog no longer wait for
+  it: the tick interrupt closes those pins.
 - UART RX: each byte read by its interrupt before a third arrives (the USART holds two), two
   frame times of the real line (10 bits at UBRR0 16 with U2X: 1,360 cycles each); no overrun
   (the harness's FIFO model) and no UART error on the unit (HK uart_overruns).
@@ -135,7 +138,7 @@ def budget_rows(stats: dict, hk: dict | None) -> list[Row]:
             pass_max,
             TICK_CYCLES,
             "cycles",
-            "target: pulse ends and the watchdog act within 1 tick + 1 pass",
+            "target: FIRE/STOP_ALL act within a tick (pulse ends, watchdog: tick ISR)",
             limit=False,
         ),
         Row(
