@@ -43,14 +43,33 @@
  * Time. Timer1 in CTC mode (WGM12), prescaler 8, OCR1A = 1999: a compare match every 1 ms
  * (tick_us = 1000), counted by the ISR. pu_time_us = ms * 1000 + TCNT1 / 2, read atomically with
  * the pending-compare flag so it never steps back. The main loop calls unit_tick() on every new
- * millisecond and then writes the valve pins from unit_open_mask(): REALTIME pulses open when
- * the FIRE is accepted and close on the first 1 ms tick at or after their end (worst-case
- * late-close is one tick plus one main-loop pass). A pass is not short: simavr measures about
- * 10,000 cycles to decode and handle one FIRE, and a pass that queues more than the 256-byte TX
- * ring holds waits for the wire (up to 270,000 cycles at the maximum FIRE rate: docs/bench.md,
- * "Timing budget"). So when every valve closes (STOP_ALL, the link watchdog, any SAFE) the unit
- * has the pins written at once through its valves callback (valves_now), before it builds the
- * reports of the closing. LOCKSTEP FIREs are executed in virtual time and never move a pin.
+ * millisecond. A pass is not short: simavr measures about 10,000 cycles to decode and handle one
+ * FIRE, and a pass that queues more than the 256-byte TX ring holds waits for the wire (up to
+ * 300,000 cycles at the maximum FIRE rate: docs/bench.md, "Timing budget"). So the pins do not
+ * wait for the main loop (issue 17), see "Pin timing".
+ *
+ * Pin timing. (1) A REALTIME FIRE's pulses go high from the unit's valves callback (valves_now)
+ * as soon as the FIRE has opened them, then pins_sync() gives each a close tick: the tick
+ * nearest its rise + on_ticks (the pin is high for its executed ticks within half a tick plus
+ * the interrupt's latency; the unit's t_start is earlier, when it took the bytes, which is why
+ * the count starts at the rise). The Timer1 compare ISR closes every channel whose tick has
+ * come (sched, close_tick[], next_close: it scans only when the earliest close is due, with
+ * interrupts on so a received byte is never kept waiting; at most ~2,100 cycles with the
+ * interrupts it let in). The unit ends the pulse in its own records at t_start + on_ticks, at
+ * its next tick: a pin whose pulse the unit ended stays high until its tick
+ * (ended_on_schedule), a pin the ISR closed first stays low (the main loop writes pins & what
+ * the unit holds open, never re-opening one), a pin the unit cut (a new FIRE, FAIL_OFF) closes
+ * at once. The executed ticks the unit reports are the pin's to within one tick. (2) The link
+ * watchdog: the USART RX ISR stamps each frame's delimiter (g_ms, TCNT1) in a FIFO; the unit
+ * counts last_valid from that stamp less 20 us (unit_receive_at: never after the byte, so the
+ * watchdog never runs longer than watchdog_ms from it), and the ISR drives every valve but the
+ * stuck ones low at the first tick at or after the deadline, before anything else; the unit's
+ * WATCHDOG_TRIP and SAFE follow from the main loop. (3) When every valve closes (STOP_ALL, the
+ * watchdog, any SAFE) the unit calls valves_now(stuck) before it builds the closing's reports:
+ * the pins and the schedule are cleared at once. Stuck-open valves (FAULT_INJECT STUCK_OPEN)
+ * are never scheduled and stay high. Everything the ISR shares with the main loop is written
+ * there in ATOMIC_BLOCKs kept to a few hundred cycles (the loops are computed before them).
+ * LOCKSTEP FIREs are executed in virtual time and never move a pin.
  *
  * Tick lateness. Each pass that sees a new millisecond runs the tick (before it takes the bytes
  * that wait, which arrived after the tick fell due) and tells unit_tick() how late it runs it:
