@@ -561,7 +561,9 @@ static void pins_sync(uint32_t open, uint8_t linger)
 static void valves_now(void *ctx, uint32_t mask)
 {
     (void)ctx;
-    if (mask == unit.stuck) { /* every valve closes: the pins first, nothing to schedule */
+    /* every valve closes (mask: the stuck ones, while the unit still lists its pulses): the
+     * pins first, nothing to schedule */
+    if (!unit.n_pending || mask != unit_open_mask(&unit)) {
         ATOMIC_BLOCK(ATOMIC_FORCEON)
         {
             sched = 0;
