@@ -7,7 +7,9 @@ with the run directory's recorder as ``on_cycle`` and, with a stream, the CLI's
 run: ``cycles_per_s`` is the runner's own (wall clock, the first cycle not timed: the figure the
 acceptance is about), and ``cycles_per_cpu_s`` divides the cycles by the CPU time of the loop's
 own thread (user and system), which other processes on a busy machine inflate less; the stream's
-sender thread, which makes the send system calls beside the loop, is not in it. The variants run
+sender process, which makes the send system calls beside the loop, is not in it: its CPU time is
+reported apart (``sender_cpu_us_per_datagram``, from the children's rusage once it has been
+waited for; the receivers live on until the end, so they are not in it). The variants run
 interleaved, their order rotated every round; the median of each is reported, and the median of
 the per-round ratios to ``plain`` (each ratio from runs seconds apart, so a change of the
 machine's load between rounds cancels out).
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import socket
 import statistics
 import subprocess
@@ -99,6 +102,11 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _run(model, plan, out: Path, url: str | None) -> dict:
     """One recorded SIL run (and its stream): the summary, with ``cycles_per_cpu_s``."""
     from thruster_hil.cli import _also_stream
@@ -117,8 +125,12 @@ def _run(model, plan, out: Path, url: str | None) -> dict:
     cpu = time.thread_time() - cpu0
     recorder.close()
     if stream is not None:
-        stream.close()
+        children0 = _children_cpu_s()
+        stream.close()  # waits for the sender process, whose CPU time is then the children's
         summary["stream"] = stream.stats()
+        n = summary["stream"]["datagrams_sent"] + summary["stream"]["datagrams_dropped"]
+        sender_cpu = _children_cpu_s() - children0
+        summary["stream"]["sender_cpu_us_per_datagram"] = sender_cpu / max(n, 1) * 1e6
     summary["cycles_per_cpu_s"] = summary["cycles"] / cpu
     return summary
 
@@ -188,16 +200,23 @@ def main(argv=None) -> int:
             row["datagrams_dropped_median"] = statistics.median(
                 s["stream"]["datagrams_dropped"] for s in runs
             )
+            row["sender_cpu_us_per_datagram_median"] = round(
+                statistics.median(s["stream"]["sender_cpu_us_per_datagram"] for s in runs), 2
+            )
         out["variants"][name] = row
     if args.json:
         print(json.dumps(out))
     else:
         print(f"{args.stack} via sim, recorded: {out['cycles']} cycles, {args.runs} runs each")
-        print("  variant                       cycles/s  ratio   cycles/CPU-s  ratio")
+        print(
+            "  variant                       cycles/s  ratio   cycles/CPU-s  ratio   sender us/dg"
+        )
         for name, row in out["variants"].items():
+            sender = row.get("sender_cpu_us_per_datagram_median")
             print(
                 f"  {name:28s} {row['cycles_per_s_median']:8d}  x{row['cycles_per_s_ratio']:.3f}"
                 f"  {row['cycles_per_cpu_s_median']:10d}  x{row['cycles_per_cpu_s_ratio']:.3f}"
+                + (f"   {sender:6.2f}" if sender is not None else "")
             )
     return 0
 

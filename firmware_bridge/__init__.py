@@ -18,7 +18,8 @@ docs/protocol.md). It stands on the core only.
   systems (``thruster-hil dictionary --xtce``);
 - :mod:`~thruster_hil.firmware_bridge.downlink` — the host's per-cycle telemetry as HOST_CYCLE
   space packets, sans-IO; :mod:`~thruster_hil.firmware_bridge.udp` — the thin non-blocking UDP
-  driver that streams them (``run --stream``).
+  driver that streams them (``run --stream``) through a shared-memory ring and its sender
+  process, :mod:`~thruster_hil.firmware_bridge.ring_sender` (standard library only).
 
 A unit flown in the closed loop is :mod:`thruster_hil.closedloop.hil`.
 """

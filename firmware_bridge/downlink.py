@@ -10,7 +10,7 @@ The packet is exactly what ``codec.encode_packet("HOST_CYCLE", ...)`` makes of t
 :meth:`CycleTelemetry.fields` gives (tests/test_stream.py checks it for any input, NaN and
 out-of-range values included). It is built every control cycle and the stream must not slow the
 loop (docs/protocol.md, "Telemetry out": at most 5 % fewer cycles per second), so the bytes are
-written by one numba kernel (:func:`put_cycle`: scale, round half to even, hold each value to
+written by one numba kernel (:func:`pack_cycle`: scale, round half to even, hold each value to
 its field's range, NaN as 0, big-endian, CRC) into a buffer that is reused: a Python struct pack
 of the ~100 values cost about twice as much. The field layout comes from the dictionary at
 import, checked against the order the kernel writes, so a changed HOST_CYCLE cannot be packed
@@ -25,6 +25,17 @@ import struct
 import numpy as np
 from thruster_hil.firmware_bridge.codec import MSG_VERSION
 from thruster_hil.firmware_bridge.dictionary import MESSAGES, Field
+from thruster_hil.firmware_bridge.ring_sender import (
+    CONSUMED,
+    COUNTERS,
+    HEADER_BYTES,
+    N_SLOTS,
+    PUBLISHED,
+    RING_FULL,
+    SENDER_CAUSES,
+    SEQ,
+    SLOT_BYTES,
+)
 
 from thruster_hil.core.jit import kernel
 
@@ -33,7 +44,7 @@ _FIELDS = {f.name: f for f in SPEC.fields}
 #: Thruster and tank slots in one packet (the u16[32] / u32[4] arrays).
 MAX_THRUSTERS = _FIELDS["cmd_ms"].count
 MAX_TANKS = _FIELDS["tank_used_mg"].count
-#: The fields in the order :func:`put_cycle` writes them, with their types.
+#: The fields in the order :func:`pack_cycle` writes them, with their types.
 _KERNEL_ORDER = (
     ("step", "u32"),
     ("t_ms", "u32"),
@@ -79,8 +90,24 @@ def _crc_table() -> np.ndarray:
     return table
 
 
-_CRC_TABLE = _crc_table()
+def _crc_tables() -> np.ndarray:
+    """The byte table and three more for four bytes a step ("slice-by-4"): row k holds the
+    register after a byte value and k zero bytes, from 0. The CRC is linear over XOR, so four
+    bytes (the register's two XORed into the first two) are four independent look-ups, not a
+    chain of four: a quarter of the per-cycle CRC time, which the loop pays on every packet."""
+    tables = np.zeros((4, 256), np.int64)
+    tables[0] = _crc_table()
+    for k in range(1, 4):
+        prev = tables[k - 1]
+        tables[k] = ((prev << 8) & 0xFFFF) ^ tables[0][prev >> 8]
+    return tables
+
+
+_CRC4 = _crc_tables()
 _U32 = 0xFFFFFFFF
+_SENDER_CAUSES = tuple(SENDER_CAUSES)  # (the sender's drop counters, as the kernel reads them)
+if PACKET_BYTES > SLOT_BYTES:
+    raise ValueError("messages.HOST_CYCLE: the packet outgrew the sender's ring slot")
 _I32_LO, _I32_HI = -(2**31), 2**31 - 1
 
 
@@ -103,9 +130,18 @@ def _be(buf, pos, value, nbytes):
         buf[pos + nbytes - 1 - i] = (value >> (8 * i)) & 0xFF
 
 
+_HEAD = np.frombuffer(
+    struct.pack(
+        ">HHHBB", (1 << 11) | SPEC.apid, 0xC000, SPEC.payload_len + 3, SPEC.id, MSG_VERSION << 4
+    ),
+    np.uint8,
+).copy()  # TM, secondary header, APID; unsegmented, count 0; length; message id; version
+
+
 @kernel
-def put_cycle(
+def pack_cycle(
     buf,
+    seq,
     cmd_ms,
     exec_ms,
     tank_used_kg,
@@ -123,15 +159,12 @@ def put_cycle(
     prop_kg,
     rtt_ms,
 ):
-    """The next HOST_CYCLE packet into ``buf``, which holds the previous one (its constant
-    header bytes, and the sequence count this one follows): the values of
-    :meth:`CycleTelemetry.fields`, then the CRC. ``counters`` = (frames sent, frames received,
-    bad frames, retries, datagrams dropped). Five arrays and twelve numbers: numba's dispatcher
-    takes more arguments, or tuples, markedly slower, and this runs every control cycle.
-    :meth:`CycleTelemetry.put` is the same with its buffer and counters; a caller that runs it
-    every cycle may call this directly with them (``buf``, ``counters``)."""
-    seq = (((np.int64(buf[2]) & 0x3F) << 8 | buf[3]) + 1) & 0x3FFF
-    _be(buf, 2, 0xC000 | seq, 2)
+    """One whole HOST_CYCLE packet into ``buf`` (:data:`PACKET_BYTES`), sequence count ``seq``:
+    the header, the values of :meth:`CycleTelemetry.fields`, then the CRC. ``counters`` =
+    (frames sent, frames received, bad frames, retries, datagrams dropped)."""
+    for i in range(8):
+        buf[i] = _HEAD[i]
+    _be(buf, 2, 0xC000 | (seq & 0x3FFF), 2)
     n_thr = min(cmd_ms.shape[0], exec_ms.shape[0], MAX_THRUSTERS)
     n_tank = min(tank_used_kg.shape[0], MAX_TANKS)
     _be(buf, 8, min(max(step, 0), _U32), 4)
@@ -153,14 +186,100 @@ def put_cycle(
     for i in range(n_thr):
         _be(buf, _CMD + 2 * i, min(max(np.int64(cmd_ms[i]), 0), 0xFFFF), 2)
         _be(buf, _EXEC + 2 * i, min(max(np.int64(exec_ms[i]), 0), 0xFFFF), 2)
+    for i in range(n_thr, MAX_THRUSTERS):
+        _be(buf, _CMD + 2 * i, 0, 2)
+        _be(buf, _EXEC + 2 * i, 0, 2)
     for i in range(n_tank):
         _be(buf, _TANKS + 4 * i, _fit(tank_used_kg[i], 1e6, 0, _U32), 4)
-    end = buf.shape[0] - 2
-    crc = 0xFFFF
-    for i in range(end):
-        crc = ((crc << 8) & 0xFFFF) ^ _CRC_TABLE[((crc >> 8) ^ buf[i]) & 0xFF]
+    for i in range(n_tank, MAX_TANKS):
+        _be(buf, _TANKS + 4 * i, 0, 4)
+    end = PACKET_BYTES - 2
+    crc = crc16(buf, end)
     buf[end] = crc >> 8
     buf[end + 1] = crc & 0xFF
+
+
+@kernel
+def crc16(buf, end):
+    """CRC-16/CCITT-FALSE of ``buf[:end]`` (binascii.crc_hqx(data, 0xFFFF)), four bytes a
+    step (:func:`_crc_tables`)."""
+    crc = np.int64(0xFFFF)
+    i = 0
+    while i + 4 <= end:
+        crc = (
+            _CRC4[3, (crc >> 8) ^ buf[i]]
+            ^ _CRC4[2, (crc & 0xFF) ^ buf[i + 1]]
+            ^ _CRC4[1, buf[i + 2]]
+            ^ _CRC4[0, buf[i + 3]]
+        )
+        i += 4
+    while i < end:
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC4[0, ((crc >> 8) ^ buf[i]) & 0xFF]
+        i += 1
+    return crc
+
+
+@kernel
+def put_cycle_ring(
+    ring,
+    cmd_ms,
+    exec_ms,
+    tank_used_kg,
+    step,
+    status,
+    t_s,
+    dv_along,
+    dv_remaining,
+    altitude_km,
+    att_deg,
+    wx,
+    wy,
+    wz,
+    prop_kg,
+    rtt_ms,
+):
+    """The next HOST_CYCLE packet straight into the sender's ring (:mod:`.ring_sender`; ``ring``
+    the whole shared mapping as uint8: one array, as each array argument costs the loop about
+    0.1 us in numba's dispatcher), published once complete; True if it was, False if the ring
+    was full (counted in RING_FULL; the sequence count still advances, so the receiver sees the
+    gap). The packet's counters are the ring's
+    COUNTERS words, the drops so far written in first. Called from the loop's own kernel
+    (:mod:`thruster_hil.stream`), so no Python runs per packet."""
+    words = ring[:HEADER_BYTES].view(np.int64)
+    seq = (words[SEQ] + 1) & 0x3FFF
+    words[SEQ] = seq
+    n = words[N_SLOTS]
+    published = words[PUBLISHED]
+    if published - words[CONSUMED] >= n:
+        words[RING_FULL] += 1
+        return False
+    dropped = words[RING_FULL]
+    for cause in _SENDER_CAUSES:
+        dropped += words[cause]
+    words[COUNTERS + 4] = dropped
+    at = HEADER_BYTES + (published % n) * SLOT_BYTES
+    pack_cycle(
+        ring[at : at + PACKET_BYTES],
+        seq,
+        cmd_ms,
+        exec_ms,
+        tank_used_kg,
+        words[COUNTERS : COUNTERS + 5],
+        step,
+        status,
+        t_s,
+        dv_along,
+        dv_remaining,
+        altitude_km,
+        att_deg,
+        wx,
+        wy,
+        wz,
+        prop_kg,
+        rtt_ms,
+    )
+    words[PUBLISHED] = published + 1  # after the slot is whole: the sender may send it now
+    return True
 
 
 class CycleTelemetry:
@@ -186,15 +305,13 @@ class CycleTelemetry:
         #: (frames sent, frames received, bad frames, retries, datagrams dropped): the caller
         #: keeps them current; every packet carries them as they are.
         self.counters = np.zeros(5, np.int64)
-        #: The packet buffer :meth:`put` rewrites: the constant header bytes are set once, the
-        #: sequence count (14 bits) is the last packet's, so the first packet gets 0.
+        #: The packet buffer :meth:`put` rewrites: its sequence count (14 bits) is the last
+        #: packet's, so the first packet gets 0.
         self.buf = np.zeros(PACKET_BYTES, np.uint8)
-        word0 = (1 << 11) | SPEC.apid  # TM, secondary header, APID
-        head = struct.pack(">HHHBB", word0, 0xFFFF, SPEC.payload_len + 3, SPEC.id, MSG_VERSION << 4)
         # the first packet: loads (or compiles) the kernel now, not in the first control cycle
         zeros = np.zeros(n_thrusters, np.uint16)
         self.put(0, 0, 0.0, *[0.0] * 9, zeros, zeros, np.zeros(n_tanks))
-        self.buf[:8] = np.frombuffer(head, np.uint8)
+        self.buf[2:4] = 0xFF  # last count 0x3FFF (the flags bits are rewritten by each packet)
 
     @property
     def seq(self) -> int:
@@ -224,8 +341,9 @@ class CycleTelemetry:
         ints and floats), the on-times as uint16 arrays of the stack's thrusters, the tanks'
         draw [kg] as a float64 array, and :attr:`counters`. Never raises for a value out of
         range."""
-        put_cycle(
+        pack_cycle(
             self.buf,
+            self.seq + 1,  # pack_cycle keeps 14 bits: 0x3FFF + 1 is 0
             cmd_ms,
             exec_ms,
             tank_used_kg,

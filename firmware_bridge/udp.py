@@ -1,29 +1,33 @@
 """The UDP telemetry driver: ``udp://HOST:PORT`` resolved once, datagrams sent without waiting.
 
 Thin on purpose: the packets come from :mod:`thruster_hil.firmware_bridge.downlink` (sans-IO),
-this module only resolves the address at start-up and hands each packet to a non-blocking,
-connected UDP socket, one packet per datagram, no framing (UDP keeps datagram boundaries, so the
-serial line's COBS and 0x00 delimiter are not used).
+this module only resolves the address at start-up, connects a non-blocking UDP socket and hands
+it to the sender process, one packet per datagram, no framing (UDP keeps datagram boundaries, so
+the serial line's COBS and 0x00 delimiter are not used).
 
-It must never slow or stall the control loop. :meth:`UdpSender.send` is the socket's whole
-contract: non-blocking, and a send that would block (EAGAIN), that the kernel refuses (ENOBUFS;
-ECONNREFUSED after an ICMP port-unreachable when nothing listens) or that fails in any other way
-is dropped and counted by cause, never retried or raised. :meth:`UdpSender.submit` is what the
-loop calls: it only appends the datagram to a bounded queue (a full queue drops it, counted as
-``queue_full``) that a daemon thread sends from every few milliseconds. The send system call
-(2 to 5 us a datagram on loopback, the kernel's delivery and the receiver's wake-up included)
-then runs on that thread, with the GIL released, beside the loop instead of in it: measured in
-benchmarks/stream.py, it halves what the stream costs a SIL run.
+It must never slow or stall the control loop, so the loop never makes a system call for it: it
+writes each packet into a slot of a shared-memory ring and publishes it, and a small process of
+its own (:mod:`thruster_hil.firmware_bridge.ring_sender`, standard library only) sends the slots
+as datagrams. A send that would block (EAGAIN), that the kernel refuses (ENOBUFS; ECONNREFUSED
+after an ICMP port-unreachable when nothing listens) or that fails in any other way is dropped
+and counted by cause there, never retried or raised; a ring the sender has not emptied drops the
+packet in the loop (``ring_full``). A thread in this process did the sending before: its send
+calls took the GIL from the loop, 16 to 19 % of a SIL run's cycles (docs/protocol.md section 10).
 """
 
 from __future__ import annotations
 
-import collections
-import errno
+import mmap
+import os
 import socket
-import threading
-from dataclasses import dataclass, field
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+import numpy as np
+from thruster_hil.firmware_bridge import ring_sender
 
 SCHEME = "udp"
 
@@ -85,34 +89,34 @@ def resolve(url: str) -> StreamTarget:
     return StreamTarget(url, host, port, family, sockaddr)
 
 
-#: Send failures by cause, as summary.json names them.
-_CAUSES = {
-    errno.EAGAIN: "would_block",
-    errno.EWOULDBLOCK: "would_block",
-    errno.ENOBUFS: "no_buffers",
-    errno.ECONNREFUSED: "refused",
-}
-
-
-#: Datagrams the queue holds before :meth:`UdpSender.submit` drops (at 5000 a second, 0.4 s).
-QUEUE_LIMIT = 2048
-#: How often the sender thread wakes to send what was queued [s] (a pace, not a deadline).
-SEND_INTERVAL_S = 0.002
-
-
 @dataclass
 class UdpSender:
-    """A non-blocking connected UDP socket to one :class:`StreamTarget`, and the thread that
-    sends what :meth:`submit` queues. Neither :meth:`send` nor :meth:`submit` ever raises or
-    waits; ``sent``, ``dropped`` and ``dropped_by_cause`` count what became of each datagram
-    (final once :meth:`close` returns)."""
+    """A connected UDP socket to one :class:`StreamTarget`, sent from by its own process.
+
+    The socket is made and connected here (a failure: :class:`StreamUrlError`, at start-up),
+    then handed with a shared-memory ring to the sender process
+    (:mod:`thruster_hil.firmware_bridge.ring_sender`), which sends each packet published in the
+    ring as one datagram; this process keeps no copy of the socket. The loop publishes by
+    :meth:`submit` (bytes, from Python) or, every control cycle, by the numba kernel
+    :func:`thruster_hil.firmware_bridge.downlink.put_cycle_ring` on :attr:`ring`. Neither ever
+    waits: a full ring drops the packet (``ring_full``), and the sender drops what the kernel
+    will not take at once (``would_block``, ``no_buffers``, ``refused``, ``other``).
+    :meth:`close` ends the sender after it has sent the rest; the counts are final then.
+    Started here, so the process start (tens of ms) is never in a cycle.
+    """
 
     target: StreamTarget
-    sent: int = 0
-    dropped: int = 0
-    dropped_by_cause: dict[str, int] = field(default_factory=dict)
+    #: The length of every datagram of this stream [bytes] (at most a slot, SLOT_BYTES).
+    datagram_bytes: int
+    slot_count: int = ring_sender.SLOTS
+    #: How often the sender process looks for new packets [s].
+    poll_s: float = ring_sender.POLL_S
 
     def __post_init__(self) -> None:
+        if not 0 < self.datagram_bytes <= ring_sender.SLOT_BYTES:
+            raise ValueError(
+                f"datagrams of 1..{ring_sender.SLOT_BYTES} bytes, not {self.datagram_bytes}"
+            )
         sock = socket.socket(self.target.family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
@@ -120,67 +124,141 @@ class UdpSender:
         except OSError as exc:
             sock.close()
             raise StreamUrlError(f"cannot send to {self.target.address}: {exc.strerror}") from None
-        self._sock = sock
-        self._send = sock.send
-        self._queue: collections.deque[bytes] = collections.deque()
-        self._wake = threading.Event()
-        self._closing = False
-        self._thread: threading.Thread | None = None
+        with sock:
+            self._start(sock)
 
-    def send(self, datagram) -> bool:
-        """Send one datagram now or drop it (counted); True if the kernel took it."""
+    def _start(self, sock: socket.socket) -> None:
+        size = ring_sender.ring_bytes(self.slot_count)
+        fd = _shared_fd(size)
         try:
-            self._send(datagram)
-        except OSError as exc:
-            self._drop(_CAUSES.get(exc.errno, "other"))
-            return False
-        self.sent += 1
-        return True
+            # populated now: the loop never takes a page fault on a slot it writes first
+            populate = getattr(mmap, "MAP_POPULATE", 0)
+            self._mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | populate)
+            #: The whole ring (uint8), its counters (:mod:`.ring_sender`'s word indices) and
+            #: its slots, views of one shared mapping.
+            self.ring = np.frombuffer(self._mapping, np.uint8)
+            self.words = np.frombuffer(self._mapping, np.int64, ring_sender.HEADER_WORDS)
+            self.slots = np.frombuffer(
+                self._mapping,
+                np.uint8,
+                self.slot_count * ring_sender.SLOT_BYTES,
+                ring_sender.HEADER_BYTES,
+            ).reshape(self.slot_count, ring_sender.SLOT_BYTES)
+            self.words[ring_sender.SEQ] = 0x3FFF  # so the first packet's count is 0
+            self.words[ring_sender.N_SLOTS] = self.slot_count
+            self.words[ring_sender.DATAGRAM_BYTES] = self.datagram_bytes
+            self.words[ring_sender.POLL_US] = max(1, round(self.poll_s * 1e6))
+            # -I: the standard library and this package only, no environment, no cwd on the path
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-m", SENDER_MODULE, str(fd), str(sock.fileno())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                pass_fds=(fd, sock.fileno()),
+            )
+        finally:
+            os.close(fd)
+        _off_this_core(self.process.pid)
+        if self.process.stdout.read(1) != b"R":  # attached: what it is sent now goes out
+            self.process.wait()
+            raise StreamUrlError(
+                f"the stream's sender process did not start (exit {self.process.returncode})"
+            )
+        self.process.stdout.close()
+        self._closed = False
 
     def submit(self, datagram: bytes) -> bool:
-        """Queue one datagram for the sender thread (started by the first call); False, and
-        dropped as ``queue_full``, when the queue already holds :data:`QUEUE_LIMIT`."""
-        if len(self._queue) >= QUEUE_LIMIT:
-            self._drop("queue_full")
-            return False
-        self._queue.append(datagram)
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name=f"stream to {self.target.address}", daemon=True
+        """Publish one datagram (:attr:`datagram_bytes` long) for the sender; False, and
+        dropped as ``ring_full``, when the sender has not yet taken the ring's every slot."""
+        if len(datagram) != self.datagram_bytes:
+            raise ValueError(
+                f"a datagram of {len(datagram)} bytes on a stream of {self.datagram_bytes}"
             )
-            self._thread.start()
+        w = self.words
+        published = int(w[ring_sender.PUBLISHED])
+        if published - int(w[ring_sender.CONSUMED]) >= self.slot_count:
+            w[ring_sender.RING_FULL] += 1
+            return False
+        self.slots[published % self.slot_count, : self.datagram_bytes] = np.frombuffer(
+            datagram, np.uint8
+        )
+        w[ring_sender.PUBLISHED] = published + 1  # after the slot is whole
         return True
 
-    def _drop(self, cause: str) -> None:
-        self.dropped += 1
-        self.dropped_by_cause[cause] = self.dropped_by_cause.get(cause, 0) + 1
-
-    def _run(self) -> None:
-        queue, send = self._queue, self.send
-        while True:
-            closing = self._closing
-            while queue:
-                send(queue.popleft())
-            if closing:
-                return
-            self._wake.wait(SEND_INTERVAL_S)
-
     def close(self) -> None:
-        """Send what is queued, stop the thread, close the socket (idempotent)."""
-        self._closing = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-        while self._queue:  # (no thread: submit was never called, or it has ended)
-            self.send(self._queue.popleft())
-        self._sock.close()
+        """End the stream: the sender sends what is published, then exits (idempotent). Any
+        packet it could not take (it died first) is counted ``unsent``."""
+        if self._closed:
+            return
+        self._closed = True
+        self.process.stdin.close()  # end of file: the sender's signal to finish
+        try:
+            self.process.wait(CLOSE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:  # never seen: a safety net, not a pace
+            self.process.kill()
+            self.process.wait()
+
+    @property
+    def sent(self) -> int:
+        return int(self.words[ring_sender.SENT])
+
+    @property
+    def dropped_by_cause(self) -> dict[str, int]:
+        """Drops so far by cause (final once :meth:`close` returns)."""
+        w = self.words
+        out = {"ring_full": int(w[ring_sender.RING_FULL])}
+        for word, name in ring_sender.SENDER_CAUSES.items():
+            out[name] = int(w[word])
+        if self._closed:
+            out["unsent"] = int(w[ring_sender.PUBLISHED] - w[ring_sender.CONSUMED])
+        return {k: v for k, v in sorted(out.items()) if v}
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.dropped_by_cause.values())
 
     def stats(self) -> dict:
         """What summary.json's ``stream`` section says of this stream."""
+        by_cause = self.dropped_by_cause
         return {
             "url": self.target.url,
             "address": self.target.address,
             "datagrams_sent": self.sent,
-            "datagrams_dropped": self.dropped,
-            "dropped_by_cause": dict(sorted(self.dropped_by_cause.items())),
+            "datagrams_dropped": sum(by_cause.values()),
+            "dropped_by_cause": by_cause,
         }
+
+
+#: The sender process's module (run with ``python -I -m``).
+SENDER_MODULE = ring_sender.__name__
+#: How long :meth:`UdpSender.close` lets the sender finish before killing it [s]: it sends at
+#: most a ring's worth of non-blocking datagrams, milliseconds.
+CLOSE_TIMEOUT_S = 30.0
+
+
+def _off_this_core(pid: int) -> None:
+    """Let process ``pid`` run on every CPU this process may use but the one the calling thread
+    (the control loop's) runs on now. Measured on the 2-vCPU bench machine: a process left to
+    the scheduler shares the loop's core often enough to cost it 10 to 50 % of its cycles; kept
+    off it, a process spinning without pause costs the loop 8 % (docs/protocol.md section 10).
+    Linux only; elsewhere, or with one CPU, the scheduler decides."""
+    try:
+        with open("/proc/thread-self/stat", "rb") as f:
+            here = int(f.read().rsplit(b")", 1)[1].split()[36])  # field 39: the CPU last run on
+        others = os.sched_getaffinity(0) - {here}
+        if others:
+            os.sched_setaffinity(pid, others)
+    except (AttributeError, OSError, ValueError, IndexError):
+        pass
+
+
+def _shared_fd(size: int) -> int:
+    """A file descriptor of ``size`` zeroed bytes to share with the sender: a memfd (Linux: no
+    name in any file system, so nothing is left behind however the run ends), else an unlinked
+    temporary file."""
+    try:
+        fd = os.memfd_create("thruster-hil-stream")
+    except (AttributeError, OSError):
+        with tempfile.TemporaryFile() as f:
+            fd = os.dup(f.fileno())
+    os.ftruncate(fd, size)
+    return fd

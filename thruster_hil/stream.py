@@ -3,10 +3,14 @@ space packet in one UDP datagram, for a ground system (Yamcs, OpenC3 COSMOS) or 
 
 The numbers are those of telemetry.csv (:func:`thruster_hil.records.telemetry_numbers`): a run
 takes them from the runner's per-cycle ``info`` (:meth:`CycleStream.on_cycle`), ``monitor`` from
-the rows of a run directory as it tails it (:meth:`CycleStream.on_row`). Packets are built by
-:class:`thruster_hil.firmware_bridge.downlink.CycleTelemetry` (sans-IO) and sent by
-:class:`thruster_hil.firmware_bridge.udp.UdpSender`, whose thread sends them beside the loop and
-drops and counts what cannot go at once: the stream never stalls the loop.
+the rows of a run directory as it tails it (:meth:`CycleStream.on_row`).
+:class:`thruster_hil.firmware_bridge.udp.UdpSender` starts a sender process of its own that sends
+the packets published in a shared-memory ring, and drops and counts what cannot go at once: the
+stream never stalls the loop. In a run, one numba kernel per cycle (:func:`_cycle_into_ring`)
+reads the numbers from the arrays the loop already holds (the controller's outputs, the plant's
+state, the on-times, the tanks) and packs the packet straight into the ring's next slot: no
+Python-level work per field, no copy, no system call. In ``monitor`` the rows come from text,
+and :class:`thruster_hil.firmware_bridge.downlink.CycleTelemetry` builds each packet.
 :meth:`CycleStream.stats` is summary.json's ``stream``.
 """
 
@@ -15,13 +19,54 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
+from thruster_hil.controller import cycle as cst
 from thruster_hil.core.constants import R_EARTH
 from thruster_hil.core.errors import UserError
-from thruster_hil.firmware_bridge.downlink import CycleTelemetry, put_cycle
+from thruster_hil.core.jit import kernel
+from thruster_hil.firmware_bridge import ring_sender
+from thruster_hil.firmware_bridge.downlink import PACKET_BYTES, CycleTelemetry, put_cycle_ring
 from thruster_hil.firmware_bridge.udp import StreamTarget, StreamUrlError, UdpSender, resolve
+from thruster_hil.sims import plant
 
 OPTION = "--stream"
 _DEG = 180.0 / math.pi
+_DV, _ATT, _LEFT = cst.C_DV_ALONG, cst.C_ATT_ERR, cst.C_REMAINING
+_R, _W, _M = plant.R, plant.W, plant.M
+_LINK = slice(ring_sender.COUNTERS, ring_sender.COUNTERS + 4)
+
+
+@kernel
+def _cycle_into_ring(
+    ring, ctrl, y, on_ms, executed_ms, tank_used, step, status, t_s, rtt_s, mass0_kg
+):
+    """One cycle's HOST_CYCLE packet into the sender's ring, from the loop's own arrays:
+    ``ctrl`` the controller's outputs, ``y`` the plant's state, the commanded and executed
+    on-times [ms], the tanks' draw [kg]; the numbers of its telemetry.csv row as
+    :func:`thruster_hil.records.telemetry_numbers` defines them, in the same floating-point
+    operations as the stream's Python code used before the ring (so the packets are those it
+    sent, bit for bit: tests/test_stream.py). True if it was published (False: the ring was
+    full, counted)."""
+    r = math.sqrt(y[_R] * y[_R] + y[_R + 1] * y[_R + 1] + y[_R + 2] * y[_R + 2])
+    return put_cycle_ring(
+        ring,
+        on_ms,
+        executed_ms,
+        tank_used,
+        step,
+        status,
+        t_s,
+        ctrl[_DV],
+        ctrl[_LEFT],
+        (r - R_EARTH) * 1e-3,
+        ctrl[_ATT] * _DEG,
+        y[_W] * _DEG,
+        y[_W + 1] * _DEG,
+        y[_W + 2] * _DEG,
+        mass0_kg - y[_M],
+        rtt_s * 1e3,
+    )
 
 
 def resolve_option(url: str, where: str) -> StreamTarget:
@@ -53,9 +98,39 @@ def serial_link_counters(unit) -> Callable[[], tuple[int, int, int, int]] | None
     return counters
 
 
+def _warm_up(n_thrusters: int, n_tanks: int) -> None:
+    """Load (or compile) the ring kernel now, not in the first control cycle, on a ring of its
+    own typed as the loop's arrays are (nothing is sent), and check that its packet is the
+    reference builder's. numba's cache checks a kernel's own file only: a copy cached before
+    downlink.py or ring_sender.py changed (the packer inlined, the ring's layout as constants)
+    would pack the old way in silence; such a copy is compiled afresh here instead."""
+    on_ms = np.arange(n_thrusters, dtype=np.uint16)
+    tanks = np.linspace(0.5, 1.0, n_tanks)
+    ctrl, y = np.full(_LEFT + 1, 0.25), np.linspace(-1e-3, 1e-3, _M + 1)
+    y[_R] = R_EARTH + 4.2e5
+    y[_M] = 4.5e5
+    for _ in range(2):
+        ring = np.zeros(ring_sender.ring_bytes(1), np.uint8)
+        words = ring[: ring_sender.HEADER_BYTES].view(np.int64)
+        words[ring_sender.N_SLOTS], words[ring_sender.SEQ] = 1, 0x3FFF
+        _cycle_into_ring(ring, ctrl, y, on_ms, on_ms, tanks, 7, 3, 0.125, 0.002, 4.6e5)
+        tm = CycleTelemetry(n_thrusters, n_tanks)
+        r = y[_R : _R + 3].tolist()
+        alt = (math.sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]) - R_EARTH) * 1e-3
+        w = [v * _DEG for v in y[_W : _W + 3].tolist()]
+        numbers = [0.25, 0.25, alt, 0.25 * _DEG, *w, 4.6e5 - float(y[_M]), 2.0]
+        want = tm.packet(7, 3, 0.125, *numbers, on_ms, on_ms, tanks)
+        start = ring_sender.HEADER_BYTES
+        got = ring[start : start + PACKET_BYTES].tobytes()
+        if words[ring_sender.PUBLISHED] == 1 and got == want:
+            return
+        _cycle_into_ring.recompile()
+    raise RuntimeError("the stream's ring kernel does not pack HOST_CYCLE as downlink.py does")
+
+
 class CycleStream:
-    """One ``--stream``: a packet built from each cycle in the loop, queued for the sender's
-    thread (:meth:`UdpSender.submit`); what cannot be sent is dropped and counted."""
+    """One ``--stream``: a packet built from each cycle and published in the sender process's
+    ring (:class:`UdpSender`); what cannot be sent is dropped and counted."""
 
     def __init__(
         self,
@@ -70,63 +145,63 @@ class CycleStream:
         self.target = target
         if n_thrusters is not None:
             self._telemetry(n_thrusters, n_tanks or 0)
+            _warm_up(n_thrusters, n_tanks or 0)  # before the sender: a failure leaves nothing
         try:
-            self.sender = UdpSender(target)
+            self.sender = UdpSender(target, PACKET_BYTES)
         except StreamUrlError as exc:
             raise UserError(target.url, str(exc), field=OPTION) from None
-        self._mass0 = mass0_kg
+        self._ring, self._words = self.sender.ring, self.sender.words
+        self._mass0 = float(mass0_kg)
         self._link = link_counters
         self._submit = self.sender.submit
-        self._dropped = 0  # as the packets last said
         self._header: list[str] | None = None
+        self._cycle_sink()
 
     def set_link_counters(self, counters: Callable[[], Sequence[int]] | None) -> None:
         """Where each packet's link counters come from from now on (None: zeros)."""
         self._link = counters
+        self._cycle_sink()
 
     def _telemetry(self, n_thrusters: int, n_tanks: int) -> None:
         try:
             self._tm = CycleTelemetry(n_thrusters, n_tanks)
-            self._buf = self._tm.buf
-            self._packet_bytes = self._buf.tobytes  # a copy for the queue: the buffer is reused
             self._counters = self._tm.counters
         except ValueError as exc:
             raise UserError(self.target.url, str(exc), field=OPTION) from None
 
     # ---- a run: the runner's per-cycle info ------------------------------------------------
     def on_cycle(self, k: int, info: dict) -> None:
-        """The ``on_cycle`` sink of a run: the same numbers as its telemetry.csv row (from
-        ``info`` as :func:`thruster_hil.records.telemetry_numbers` takes them, written out here
-        because this runs every cycle)."""
-        c = info["ctrl"]
-        # Python floats at once: arithmetic on numpy scalars costs several times more
-        cc = c.ctrl[:6].tolist()  # controller outputs: C_DV_ALONG 0, C_ATT_ERR 4, C_REMAINING 5
-        y = info["y"].tolist()  # plant state: r_BN_N [m] 0..2, omega_BN_B [rad/s] 10..12, m 13
-        rtt = info.get("rtt_s") or 0.0
-        if self._link is not None:  # a serial unit: its counters, read every cycle
-            self._counters[:4] = self._link()
-        # the kernel itself (CycleTelemetry.put without its Python call): this runs every cycle
-        put_cycle(
-            self._buf,
-            c.on_ms,
-            info["executed_ms"],
-            info["tank_used"],
-            self._counters,
-            k,
-            info["status"],
-            info["t_s"],
-            cc[0],
-            cc[5],
-            (math.sqrt(y[0] * y[0] + y[1] * y[1] + y[2] * y[2]) - R_EARTH) * 1e-3,
-            cc[4] * _DEG,
-            y[10] * _DEG,
-            y[11] * _DEG,
-            y[12] * _DEG,
-            self._mass0 - y[13],
-            rtt * 1e3,
-        )
-        self._submit(self._packet_bytes())
-        self._note_drops()
+        """The ``on_cycle`` sink of a run: the same numbers as its telemetry.csv row, packed
+        by one kernel from the arrays in ``info`` into the sender's ring. (Replaced per
+        instance by :meth:`_cycle_sink`'s closure, which does the same with fewer look-ups.)"""
+        self._cycle_sink()(k, info)
+
+    def _cycle_sink(self) -> Callable[[int, dict], None]:
+        """:meth:`on_cycle` as a closure over what it needs: it runs every control cycle,
+        where each attribute look-up is a measurable part of the stream's cost."""
+        ring, mass0, link, words = self._ring, self._mass0, self._link, self._words
+        put = _cycle_into_ring
+
+        def on_cycle(k: int, info: dict) -> None:
+            if link is not None:  # a serial unit: its counters, read every cycle
+                words[_LINK] = link()
+            c = info["ctrl"]
+            put(
+                ring,
+                c.ctrl,
+                info["y"],
+                c.on_ms,
+                info["executed_ms"],
+                info["tank_used"],
+                k,
+                info["status"],
+                info["t_s"],
+                info.get("rtt_s") or 0.0,
+                mass0,
+            )
+
+        self.on_cycle = on_cycle
+        return on_cycle
 
     # ---- monitor: the rows of telemetry.csv --------------------------------------------------
     def on_row(self, header: list[str], row: list[str]) -> None:
@@ -148,10 +223,8 @@ class CycleStream:
         self._note_drops()
 
     def _note_drops(self) -> None:
-        """The drops so far (the sender thread counts them) into the next packets."""
-        dropped = self.sender.dropped
-        if dropped != self._dropped:
-            self._dropped = self._counters[4] = dropped
+        """The drops so far (the ring's and the sender process's) into the next packets."""
+        self._counters[4] = self.sender.dropped
 
     def _columns(self, header: list[str]) -> None:
         from thruster_hil.records import TELEMETRY_FIELDS
