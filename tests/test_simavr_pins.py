@@ -78,7 +78,8 @@ def fly(tmp_path: Path, script: Callable[[Link, object], None]) -> Flight:
 
     chunks: list[tuple[str, int, bytes]] = []
     vcd, stats, ulog = tmp_path / "pins.vcd", tmp_path / "stats.json", tmp_path / "uart.log"
-    with SimavrUnit(vcd_path=vcd, stats_path=stats, uart_log_path=ulog) as unit:
+    plog = tmp_path / "passes.log"  # every long main-loop pass: where a latency's time went
+    with SimavrUnit(vcd_path=vcd, stats_path=stats, uart_log_path=ulog, pass_log_path=plog) as unit:
         link = Link(unit.port, on_bytes=lambda d, t, b: chunks.append((d, t, bytes(b))))
         try:
             script(link, unit)

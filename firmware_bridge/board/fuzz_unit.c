@@ -98,7 +98,7 @@ static void feed_valid(uint8_t id, const uint8_t *data, uint8_t n, uint16_t seq,
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     unit_config_t cfg = {32, UNIT_FW_VERSION, 1, RESET_CAUSE_POWER_ON, 1, 5, DICT_HASH, 12345,
-                         check_tx, NULL, NULL, NULL};
+                         check_tx, NULL, NULL, NULL, NULL, NULL};
     unit_init(&U, &cfg);
     uint32_t now = 0xFFF00000u; /* start near the wrap so wrap-around paths run */
     unit_boot(&U, now);

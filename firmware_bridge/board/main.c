@@ -111,15 +111,12 @@
 #define ARM_ENABLE_IGNORED 0
 #endif
 
+
 #define CAT(a, b) a##b
 #define XCAT(a, b) CAT(a, b)
-#define ARM_PIN_REG XCAT(PIN, ARM_ENABLE_PORT)
-#define ARM_PORT_REG XCAT(PORT, ARM_ENABLE_PORT)
-#define ARM_DDR_REG XCAT(DDR, ARM_ENABLE_PORT)
-
 #define UBRR_U2X ((F_CPU + 4UL * RIG_BAUD) / (8UL * RIG_BAUD) - 1UL) /* 16 at 115200 */
 #define RX_RING 256u /* powers of two: the index masks below rely on it */
-#define TX_RING 256u
+#define TX_RING 1024u
 #define ARM_DEBOUNCE_MS 10
 #define SOFT_MAGIC 0xB0C7u
 #define EE_MAGIC 0xB007u
@@ -150,32 +147,82 @@ void early_init(void)
 /* ---- time */
 static volatile uint32_t g_ms;
 
-/* ---- the valves' close schedule, applied by the tick interrupt (see "Pin timing" above).
- * Tick numbers are g_ms's low 16 bits: every close is due within 32 s (a pulse lasts at most
+#define ARM_PIN_REG XCAT(PIN, ARM_ENABLE_PORT)
+#define ARM_PORT_REG XCAT(PORT, ARM_ENABLE_PORT)
+#define ARM_DDR_REG XCAT(DDR, ARM_ENABLE_PORT)
+
+/* ---- the valves' schedule, applied by the tick interrupt (see "Pin timing" above). Tick
+ * numbers are g_ms's low 16 bits: every edge is due within 32 s (a pulse lasts at most
  * LIMIT_MAX_ON_TICKS_CAP ticks, the watchdog at most LIMIT_WATCHDOG_MS_MAX). The main loop
  * writes all of these inside ATOMIC_BLOCK. */
-static volatile uint32_t pins;              /* what the valve pins show */
-static volatile uint32_t sched;             /* channels the ISR closes at close_tick[ch] */
-static volatile uint16_t close_tick[N_CHANNELS];
-static volatile uint16_t next_close;        /* the earliest close_tick of sched */
-static volatile uint8_t wd_armed;           /* the link watchdog's deadline, on the pins too */
+static volatile uint32_t pins;     /* what the valve pins show */
+static volatile uint32_t sched;    /* channels with an edge to come: open_tick, then close_tick */
+static volatile uint32_t to_open;  /* those of sched still to rise (at open_tick[ch]) */
+static volatile uint16_t open_tick[N_CHANNELS], close_tick[N_CHANNELS];
+static volatile uint8_t ev_armed;  /* the next edge of the schedule: at ev_tick ev_open rise, */
+static volatile uint16_t ev_tick;  /* ev_close fall */
+static volatile uint32_t ev_open, ev_close;
+static volatile uint8_t wd_armed;  /* the link watchdog's deadline, on the pins too */
 static volatile uint16_t wd_tick;
-static volatile uint32_t wd_keep;           /* stuck-open valves: the watchdog leaves them */
+static volatile uint32_t wd_keep;  /* stuck-open valves: the watchdog leaves them */
+static volatile uint16_t late_starts; /* pulses scheduled after their start edge (none seen) */
 
-/* Drive the channels of ``shut`` low, leaving every other pin as it is. */
-static inline void valves_clear(uint32_t shut)
+/* Drive the valve pins to ``mask`` (the other bits of their ports left alone). */
+static void valves_write(uint32_t mask)
 {
-#define PORT_BYTE(L, M) uint8_t CAT(c_, L) = 0;
+#define PORT_BYTE(L, M) uint8_t CAT(v_, L) = 0;
     VALVE_PORTS(PORT_BYTE)
 #undef PORT_BYTE
 #define CHANNEL_BIT(ch, L, bit, pin)                                                           \
-    if (shut & (1UL << (ch)))                                                                  \
-        CAT(c_, L) |= (uint8_t)(1u << (bit));
+    if (mask & (1UL << (ch)))                                                                  \
+        CAT(v_, L) |= (uint8_t)(1u << (bit));
     VALVE_CHANNELS(CHANNEL_BIT)
 #undef CHANNEL_BIT
-#define PORT_CLEAR(L, M) XCAT(PORT, L) &= (uint8_t) ~CAT(c_, L);
-    VALVE_PORTS(PORT_CLEAR)
-#undef PORT_CLEAR
+#define PORT_WRITE(L, M) XCAT(PORT, L) = (uint8_t)((XCAT(PORT, L) & (uint8_t) ~(M)) | CAT(v_, L));
+    VALVE_PORTS(PORT_WRITE)
+#undef PORT_WRITE
+}
+
+/* The schedule's next edge after tick ``t``. Called by the tick interrupt once it applied an
+ * edge; the scan (~40 cycles a scheduled channel) runs with interrupts on, so a received byte
+ * never waits for it (the RX and UDRE handlers touch none of this; the main loop cannot run
+ * until it ends, and the next compare is a tick away). */
+static void next_edge(uint16_t t)
+{
+    uint32_t s = sched, rise = to_open;
+    sei();
+    uint8_t any = 0;
+    uint16_t best = 0;
+    uint32_t o = 0, c = 0, bit = 1;
+    for (uint8_t ch = 0; ch < N_CHANNELS; ch++, bit <<= 1) {
+        if (!(ch & 7) && !(uint8_t)(s >> ch)) { /* a port with nothing scheduled */
+            ch += 7;
+            bit <<= 7;
+            continue;
+        }
+        if (!(s & bit))
+            continue;
+        uint8_t up = (rise & bit) != 0;
+        uint16_t at = up ? open_tick[ch] : close_tick[ch];
+        if ((int16_t)(at - t) <= 0)
+            at = (uint16_t)(t + 1); /* overdue (a late start): the next tick */
+        if (!any || (int16_t)(at - best) < 0) {
+            any = 1;
+            best = at;
+            o = c = 0;
+        }
+        if (at == best) {
+            if (up)
+                o |= bit;
+            else
+                c |= bit;
+        }
+    }
+    cli();
+    ev_tick = best;
+    ev_open = o;
+    ev_close = c;
+    ev_armed = any;
 }
 
 ISR(TIMER1_COMPA_vect)
@@ -183,43 +230,27 @@ ISR(TIMER1_COMPA_vect)
     uint32_t ms = g_ms + 1;
     g_ms = ms;
     uint16_t t = (uint16_t)ms;
-    uint32_t shut = 0;
     if (wd_armed && (int16_t)(t - wd_tick) >= 0) { /* the link watchdog: first, at once */
         wd_armed = 0;
-        uint32_t p = pins, off = p & ~wd_keep;
-        if (off) {
-            valves_clear(off);
-            pins = p & ~off;
+        uint32_t p = pins, keep = p & wd_keep;
+        if (p != keep) {
+            valves_write(keep);
+            pins = keep;
         }
         sched = 0;
+        to_open = 0;
+        ev_armed = 0;
     }
-    uint32_t s = sched;
-    if (s && (int16_t)(t - next_close) >= 0) {
-        /* The scan (up to ~1,500 cycles) runs with interrupts on, so a received byte is read
-         * within its own time (the RX and UDRE handlers touch none of this; the main loop
-         * cannot run until it ends). */
-        sei();
-        uint16_t next = (uint16_t)(t + 0x7FFF);
-        uint32_t bit = 1;
-        for (uint8_t ch = 0; ch < N_CHANNELS; ch++, bit <<= 1) {
-            if (!(s & bit))
-                continue;
-            uint16_t at = close_tick[ch];
-            if ((int16_t)(t - at) >= 0)
-                shut |= bit;
-            else if ((int16_t)(at - next) < 0)
-                next = at;
+    if (ev_armed && (int16_t)(t - ev_tick) >= 0) { /* the edge first, then the next one */
+        uint32_t o = ev_open, c = ev_close, p = pins;
+        uint32_t q = (p | o) & ~c;
+        if (q != p) {
+            valves_write(q);
+            pins = q;
         }
-        next_close = next;
-        cli();
-    }
-    if (shut) {
-        sched = s & ~shut;
-        uint32_t p = pins;
-        if (p & shut) {
-            valves_clear(p & shut);
-            pins = p & ~shut;
-        }
+        to_open &= ~o;
+        sched &= ~c;
+        next_edge(t);
     }
 }
 
@@ -251,16 +282,19 @@ static volatile uint8_t rx_buf[RX_RING];
 static volatile uint8_t rx_head, rx_tail;
 static volatile uint16_t uart_dor, uart_fe, uart_ring_drops;
 static volatile uint8_t tx_buf[TX_RING];
-static volatile uint8_t tx_head, tx_tail;
+static volatile uint16_t tx_head, tx_tail; /* tx_head: written by the main loop with interrupts off */
 /* When each frame waiting in the receive ring ended (g_ms and TCNT1 at the RX interrupt of its
  * delimiter): a FIFO the RX ISR fills and uart_take empties, a frame at a time. Full: a frame
  * gets no stamp, and it takes an older one (the watchdog counts from earlier, never later). */
 #define RX_STAMPS 8u
 /* The stamp is read when the RX interrupt runs, which is after the byte by its latency (under
- * 300 cycles at the maximum rate, docs/bench.md section 9, plus the tick interrupt's time when
- * both fall due): counted 20 us earlier, the watchdog never runs later than watchdog_ms from
- * the byte, and trips at most 20 us (plus the tick rounding) early. */
-#define RX_STAMP_MARGIN_US 20u
+ * 350 cycles at the maximum rate, docs/bench.md section 9): the unit counts the link watchdog
+ * from the stamp less RX_STAMP_MARGIN_US rounded up to the next tick edge (the watchdog then
+ * ends on a tick edge, where the tick interrupt closes the valves), so it never trips before
+ * watchdog_ms - 40 us from the byte, and never closes later than watchdog_ms + 1 tick from it
+ * (the rounding adds less than a tick less the margin, which covers the RX and tick
+ * interrupts' latencies). */
+#define RX_STAMP_MARGIN_US 40u
 static volatile uint32_t rx_stamp_ms[RX_STAMPS];
 static volatile uint16_t rx_stamp_t[RX_STAMPS];
 static volatile uint8_t rx_stamp_head, rx_stamp_tail;
@@ -296,12 +330,13 @@ ISR(USART0_RX_vect)
 
 ISR(USART0_UDRE_vect)
 {
-    if (tx_head == tx_tail) {
+    uint16_t tail = tx_tail;
+    if (tx_head == tail) {
         UCSR0B &= (uint8_t)~_BV(UDRIE0);
         return;
     }
-    UDR0 = tx_buf[tx_tail];
-    tx_tail = (uint8_t)(tx_tail + 1); /* TX_RING == 256: wraps by itself */
+    UDR0 = tx_buf[tail];
+    tx_tail = (uint16_t)((tail + 1) & (TX_RING - 1));
 }
 
 static void uart_init(void)
@@ -312,28 +347,44 @@ static void uart_init(void)
     UCSR0B = _BV(RXEN0) | _BV(TXEN0) | _BV(RXCIE0);
 }
 
+/* Bytes queued in the TX ring. */
+static uint16_t tx_used(void)
+{
+    uint16_t tail;
+    ATOMIC_BLOCK(ATOMIC_RESTORESTATE) { tail = tx_tail; }
+    return (uint16_t)((tx_head - tail) & (TX_RING - 1));
+}
+
+/* Queue a whole frame (frames never interleave). The ring holds about 87 ms of the line: more
+ * than the unit sends at the maximum FIRE rate between two steps, so a pass never waits for the
+ * wire (docs/bench.md section 9); a frame that finds it full waits rather than being lost. */
 static void uart_send(void *ctx, const uint8_t *frame, uint8_t len)
 {
     (void)ctx;
+    while (tx_used() + len > TX_RING - 1) /* full: wait for the wire */
+        wdt_reset();
+    uint16_t head = tx_head;
     for (uint8_t i = 0; i < len; i++) {
-        while ((uint8_t)(tx_head + 1) == tx_tail) /* full: wait for the wire */
-            wdt_reset();
-        tx_buf[tx_head] = frame[i];
-        tx_head = (uint8_t)(tx_head + 1);
+        tx_buf[head] = frame[i];
+        head = (uint16_t)((head + 1) & (TX_RING - 1));
     }
-    UCSR0B |= _BV(UDRIE0);
+    ATOMIC_BLOCK(ATOMIC_FORCEON)
+    {
+        tx_head = head;
+        UCSR0B |= _BV(UDRIE0);
+    }
 }
 
 static void uart_flush(void)
 {
-    while (tx_head != tx_tail)
+    while (tx_used())
         wdt_reset();
     _delay_us(200); /* the last byte leaving the shift register (87 us at 115200) */
 }
 
 /* Takes the bytes waiting, up to ``max``. *arrived_us: when the first frame they end arrived
- * (its delimiter's stamp, RX_STAMP_MARGIN_US before the RX interrupt read the timer: never
- * after the byte; the later frames of the chunk count from it too, earlier than their own). */
+ * for the link watchdog (its delimiter's stamp less RX_STAMP_MARGIN_US, rounded up to a tick
+ * edge; the later frames of the chunk count from it too, earlier than their own). */
 static uint8_t uart_take(uint8_t *out, uint8_t max, uint32_t *arrived_us, uint8_t *framed)
 {
     static uint32_t ms; /* the last stamp: a frame whose stamp did not fit takes it */
@@ -353,8 +404,9 @@ static uint8_t uart_take(uint8_t *out, uint8_t max, uint32_t *arrived_us, uint8_
                 }
                 rx_stamp_tail = (uint8_t)((tail + 1) & (RX_STAMPS - 1));
             }
-            if (first)
-                *arrived_us = ms * 1000UL + (t >> 1) - RX_STAMP_MARGIN_US;
+            if (first) /* the stamp less the margin, rounded up to its tick edge */
+                *arrived_us = ((int16_t)(t >> 1) > (int16_t)RX_STAMP_MARGIN_US ? ms + 1 : ms) *
+                              1000UL;
             first = 0;
             *framed = 1;
         }
@@ -367,22 +419,6 @@ static uint16_t uart_errors(void)
     uint16_t e;
     ATOMIC_BLOCK(ATOMIC_RESTORESTATE) { e = (uint16_t)(uart_dor + uart_fe + uart_ring_drops); }
     return e;
-}
-
-/* ---- valves */
-static void valves_write(uint32_t mask)
-{
-#define PORT_BYTE(L, M) uint8_t CAT(v_, L) = 0;
-    VALVE_PORTS(PORT_BYTE)
-#undef PORT_BYTE
-#define CHANNEL_BIT(ch, L, bit, pin)                                                           \
-    if (mask & (1UL << (ch)))                                                                  \
-        CAT(v_, L) |= (uint8_t)(1u << (bit));
-    VALVE_CHANNELS(CHANNEL_BIT)
-#undef CHANNEL_BIT
-#define PORT_WRITE(L, M) XCAT(PORT, L) = (uint8_t)((XCAT(PORT, L) & (uint8_t) ~(M)) | CAT(v_, L));
-    VALVE_PORTS(PORT_WRITE)
-#undef PORT_WRITE
 }
 
 static unit_t unit;
@@ -418,29 +454,10 @@ static uint32_t now_tick(uint32_t *now)
  * and GCC may sink arithmetic on registers (a loop) into the interrupts-off region. */
 #define DONE_BEFORE(x) __asm__ __volatile__("" : "+r"(x))
 
-/* Main loop only: for each scheduled channel, the pulse (its t_start) and when the unit ends it
- * (t_start + planned ticks). */
-static uint32_t start_us[N_CHANNELS], end_us[N_CHANNELS];
-
-/* Channels of the schedule the unit no longer holds open because their pulse ended (not cut):
- * they stay high until the interrupt closes them at their tick. */
-static uint32_t ended_on_schedule(uint32_t open, uint32_t now)
-{
-    uint32_t s;
-    ATOMIC_BLOCK(ATOMIC_FORCEON) { s = sched & ~open; }
-    uint32_t bit = 1;
-    for (uint8_t ch = 0; s && ch < N_CHANNELS; ch++, bit <<= 1)
-        if ((s & bit) && (int32_t)(now - end_us[ch]) < 0)
-            s &= ~bit; /* cut before its end: closes now */
-    return s;
-}
-
-/* The link watchdog's deadline on the pins: the interrupt closes every valve but the stuck
- * ones at the first tick at or after it. Already due: closed here (the unit trips at its next
- * tick). */
-static uint32_t synced_open, synced_dl; /* what the last pins_sync / wd_sync worked from */
-static uint32_t rise_us; /* valves_now raised a FIRE's pulses then */
-static uint8_t rise_valid;
+/* The link watchdog's deadline (a tick edge: the arrival stamps are rounded up to one) on the
+ * pins: the interrupt closes every valve but the stuck ones at that tick. Already due: closed
+ * here (the unit trips at its next tick). */
+static uint32_t synced_open, synced_dl; /* what the last sync worked from */
 static uint8_t synced_wd;
 
 static void wd_sync(void)
@@ -458,6 +475,8 @@ static void wd_sync(void)
         if (on && (int16_t)((uint16_t)g_ms - at) >= 0) {
             on = 0;
             sched = 0;
+            to_open = 0;
+            ev_armed = 0;
             uint32_t p = pins & stuck;
             valves_write(p);
             pins = p;
@@ -468,125 +487,111 @@ static void wd_sync(void)
     }
 }
 
-/* The pins show ``open`` (what the unit holds open); each REALTIME pulse that rises here is
- * closed by the tick interrupt at the first tick at or after rise + its planned ticks, so the
- * pin is high for its executed ticks (to within one tick) however long the unit took to handle
- * its FIRE (t_start is when the unit took it). A pulse the unit ended (t_start + planned)
- * stays high until that tick (ended_on_schedule); one it cut closes at once. ``linger``: 0
- * when every valve closes at once. */
-static void pins_sync(uint32_t open, uint8_t linger)
+/* unit_time_fn pulse_start: the first tick edge at least START_MARGIN_US from now, so the
+ * schedule is set before it (the unit's valves callback follows within a few hundred cycles). */
+#define START_MARGIN_US 200u
+static uint8_t opening;     /* pulse_start called: the next valves_now opens the newest pulse */
+static uint16_t start_tick; /* ... at this tick */
+static uint32_t cut_us;     /* when valves_now last closed valves at once */
+
+static uint32_t pulse_start(void *ctx, uint32_t now_unused)
 {
-    synced_open = open;
-    uint32_t stuck = unit.stuck;
+    (void)ctx;
+    (void)now_unused; /* the pass's start: the clock now is later */
     uint32_t now;
     uint32_t ms = now_tick(&now);
-    uint32_t s;
-    ATOMIC_BLOCK(ATOMIC_FORCEON) { s = sched; }
-    uint32_t keep = linger ? ended_on_schedule(open, now) : 0;
-    /* the fresh pulses rose at rise_us (valves_now) or rise here, ~now: they close on the tick
-     * nearest rise + n ms, t1 + n (the error in [-1/2, +1/2] tick plus the interrupt's latency,
-     * not [0, 1] tick: the ISR's own few microseconds never push it past one tick) */
-    uint16_t t1 = tick_at_or_after((rise_valid ? rise_us : now) - TICK_US / 2, 0, now, ms);
-    rise_valid = 0;
-    uint16_t next = (uint16_t)(ms + 0x7FFF);
-    uint32_t plan = 0, fresh = 0, done = 0;
-    for (uint8_t i = 0; i < unit.n_pending; i++) {
-        const unit_pulse_t *p = &unit.pending[i];
-        uint8_t base = (uint8_t)(p->bank * CHANNELS_PER_BANK);
-        uint32_t chans = ((uint32_t)p->active << base) & open & ~stuck;
-        if (!chans)
-            continue;
-        uint32_t bit = 1UL << base;
-        for (uint8_t c = 0; c < CHANNELS_PER_BANK && base + c < N_CHANNELS; c++, bit <<= 1) {
-            if (!(chans & bit))
-                continue;
-            uint8_t ch = (uint8_t)(base + c);
-            uint16_t at;
-            if (start_us[ch] == p->t_start) { /* this pulse is on the schedule already */
-                if (!(s & bit)) {
-                    done |= bit; /* the interrupt closed it: the unit ends it at its tick */
-                    continue;
-                }
-                at = close_tick[ch];
-            } else {
-                fresh |= bit;
-                start_us[ch] = p->t_start;
-                end_us[ch] = p->t_start + (uint32_t)p->planned[c] * TICK_US;
-                at = (uint16_t)(t1 + p->planned[c]);
-                ATOMIC_BLOCK(ATOMIC_FORCEON) { close_tick[ch] = at; }
-            }
-            plan |= bit;
-            if ((int16_t)(at - next) < 0)
-                next = at;
-        }
-    }
-    uint32_t bit = 1;
-    for (uint8_t ch = 0; keep && ch < N_CHANNELS; ch++, bit <<= 1)
-        if ((keep & bit) && (int16_t)(close_tick[ch] - next) < 0)
-            next = close_tick[ch];
-    plan |= keep;
-    open &= ~done;
-    if ((int16_t)((uint16_t)ms - next) >= 0) { /* a close fell due: done here, as the ISR would */
-        bit = 1;
-        for (uint8_t ch = 0; ch < N_CHANNELS; ch++, bit <<= 1)
-            if ((plan & bit) && (int16_t)((uint16_t)ms - close_tick[ch]) >= 0) {
-                plan &= ~bit;
-                open &= ~bit;
-            }
-        next = (uint16_t)(ms + 1); /* the ISR finds the rest at its next tick */
-    }
-    DONE_BEFORE(plan);
-    DONE_BEFORE(open);
-    DONE_BEFORE(next);
-    DONE_BEFORE(fresh);
-    ATOMIC_BLOCK(ATOMIC_FORCEON)
-    {
-        uint32_t gone = (s & ~sched) & ~fresh; /* closed by the interrupt since */
-        plan &= ~gone;
-        open = (open & ~gone) | (keep & ~gone);
-        if ((uint16_t)g_ms != (uint16_t)ms) /* a tick since: let the ISR look at once */
-            next = (uint16_t)g_ms;
-        sched = plan;
-        next_close = next;
-        valves_write(open);
-        pins = open;
-    }
-    wd_sync();
+    uint32_t k = ms + 1;
+    if ((uint16_t)(now - ms * 1000UL) > 1000u - START_MARGIN_US)
+        k++;
+    opening = 1;
+    start_tick = (uint16_t)k;
+    return k * 1000UL;
 }
 
-/* unit_valves_fn: every valve closes at once, before the unit builds the reports of the
- * closing (issue 17: with 32 valves open those took 4-5 ms, and STOP_ALL and the link
- * watchdog waited for them); a REALTIME FIRE's pulses open at once, with their closes
- * scheduled. */
+static uint32_t cut_time(void *ctx, uint32_t now)
+{
+    (void)ctx;
+    (void)now;
+    return cut_us;
+}
+
+/* Drop the channels outside ``open`` (what the unit holds open) from the pins and the
+ * schedule, at once; stuck-open valves high. Interrupts off. */
+static uint32_t pins_keep(uint32_t open, uint32_t stuck)
+{
+    uint32_t drop = ((pins | sched) & ~open) | (sched & stuck);
+    if (drop) {
+        sched &= ~drop;
+        to_open &= ~drop;
+        ev_open &= ~drop;
+        ev_close &= ~drop;
+    }
+    return (pins & ~drop & open) | (open & stuck);
+}
+
+/* unit_valves_fn: ``mask`` is what the unit holds open from now on. Channels outside it close
+ * at once (STOP_ALL, the link watchdog, any SAFE, a cut: before the unit builds the reports of
+ * the closing), stamped for cut_time. After pulse_start, the newest pending pulse (a REALTIME
+ * FIRE) is scheduled: its channels rise at start_tick and each falls at start_tick + its
+ * planned ticks, in the tick interrupt; a channel an older pulse holds open stays high up to
+ * the start (the unit cut it there) and on through the new pulse. */
 static void valves_now(void *ctx, uint32_t mask)
 {
     (void)ctx;
-    /* every valve closes (mask: the stuck ones, while the unit still lists its pulses): the
-     * pins first, nothing to schedule */
-    if (!unit.n_pending || mask != unit_open_mask(&unit)) {
-        ATOMIC_BLOCK(ATOMIC_FORCEON)
-        {
-            sched = 0;
-            valves_write(mask);
-            pins = mask;
-        }
-        synced_open = mask;
-        return;
+    uint32_t stuck = unit.stuck;
+    uint32_t up = 0;
+    uint8_t base = 0;
+    uint16_t t0 = start_tick;
+    uint16_t at[CHANNELS_PER_BANK];
+    if (opening) {
+        opening = 0;
+        const unit_pulse_t *p = &unit.pending[unit.n_pending - 1];
+        base = (uint8_t)(p->bank * CHANNELS_PER_BANK);
+        up = ((uint32_t)p->active << base) & mask & ~stuck;
+        for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
+            at[c] = (uint16_t)(t0 + p->planned[c]);
     }
-    /* A REALTIME FIRE opened its pulses (the newest pending): up at once, then scheduled from
-     * this rise (pins_sync takes a few thousand cycles). */
-    const unit_pulse_t *p = &unit.pending[unit.n_pending - 1];
-    uint32_t up = ((uint32_t)p->active << (p->bank * CHANNELS_PER_BANK)) & mask;
-    rise_us = now_us();
-    rise_valid = 1;
+    DONE_BEFORE(up);
     ATOMIC_BLOCK(ATOMIC_FORCEON)
     {
-        sched &= ~up; /* an older pulse's close no longer applies to them */
-        uint32_t q = pins | up;
-        valves_write(q);
-        pins = q;
+        uint32_t q = pins_keep(mask, stuck);
+        if (q != pins) {
+            valves_write(q);
+            pins = q;
+        }
+        cut_us = now_us();
+        if (up) {
+            uint32_t bit = 1UL << base;
+            for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++, bit <<= 1)
+                if (up & bit) {
+                    open_tick[base + c] = t0;
+                    close_tick[base + c] = at[c];
+                }
+            sched |= up;
+            to_open |= up;
+            ev_close &= ~up; /* an older pulse's fall no longer applies */
+            if ((int16_t)((uint16_t)g_ms - t0) >= 0) { /* its edge passed: up now (never seen) */
+                late_starts++;
+                q |= up;
+                valves_write(q);
+                pins = q;
+                uint16_t next = (uint16_t)(g_ms + 1); /* the interrupt finds the falls then */
+                if (!ev_armed || (int16_t)(ev_tick - next) > 0) {
+                    ev_tick = next;
+                    ev_open = ev_close = 0;
+                    ev_armed = 1;
+                }
+            } else if (!ev_armed || (int16_t)(t0 - ev_tick) < 0) {
+                ev_tick = t0; /* the interrupt finds the later edges once it applied this one */
+                ev_open = up;
+                ev_close = 0;
+                ev_armed = 1;
+            } else if (ev_tick == t0) {
+                ev_open |= up;
+            }
+        }
     }
-    pins_sync(mask, 1);
+    synced_open = mask;
 }
 
 /* ---- boot bookkeeping */
@@ -639,6 +644,8 @@ static void board_reset(void *ctx)
     ATOMIC_BLOCK(ATOMIC_FORCEON)
     {
         sched = 0;
+        to_open = 0;
+        ev_armed = 0;
         wd_armed = 0;
         valves_write(0);
         pins = 0;
@@ -681,7 +688,7 @@ int main(void)
     uint32_t seed = adc_noise() ^ ((uint32_t)boots << 16) ^ TCNT1;
 
     unit_config_t cfg = {N_CHANNELS, UNIT_FW_VERSION, boots, cause, TEST_BUILD, 5, DICT_HASH,
-                         seed, uart_send, board_reset, 0, valves_now};
+                         seed, uart_send, board_reset, 0, valves_now, pulse_start, cut_time};
     unit_init(&unit, &cfg);
     if (warm && !(cause & (RESET_CAUSE_POWER_ON | RESET_CAUSE_BROWN_OUT))) {
         unit.failed = soft_failed; /* hardware faults survive every reset but a power cycle */
@@ -739,21 +746,18 @@ int main(void)
         uint8_t wd_on = synced_wd;
         if (n || refresh) /* last_valid and the state move only when bytes or a tick came */
             wd_on = unit_watchdog_deadline(&unit, &deadline);
-        /* New open channels or a moved watchdog deadline: the schedule again. A channel the
-         * unit ended or cut: off the pins and the schedule. Otherwise the pins hold their level;
-         * they are rewritten every tick (writing them on every pass would take QEMU's global
-         * lock on every pass, see "QEMU" above). */
-        if (open_mask & ~synced_open) {
-            pins_sync(open_mask, 1);
-        } else if (open_mask != synced_open || refresh) {
-            uint32_t keep = open_mask != synced_open ? ended_on_schedule(open_mask, now_us()) : 0;
+        /* A channel the unit no longer holds open (it ended: the tick interrupt closed it
+         * already; or it was cut outside a valves callback): off the pins and the schedule;
+         * stuck-open ones high. New pulses are scheduled by the valves callback, never here.
+         * Otherwise the pins hold their level; they are rewritten every tick (writing them on
+         * every pass would take QEMU's global lock on every pass, see "QEMU" above). */
+        if (open_mask != synced_open || refresh) {
+            uint32_t stuck = unit.stuck;
             ATOMIC_BLOCK(ATOMIC_FORCEON)
             {
-                uint32_t hold = open_mask | (keep & sched);
-                sched &= hold;
-                uint32_t p = pins & hold;
-                valves_write(p);
-                pins = p;
+                uint32_t q = pins_keep(open_mask, stuck);
+                valves_write(q);
+                pins = q;
             }
         }
         if (wd_on != synced_wd || (wd_on && deadline != synced_dl))

@@ -4,7 +4,7 @@
  * by firmware_bridge/simavr.py (SimavrUnit); docs/bench.md, "simavr tier", is the user's guide.
  *
  *   simavr_unit [--elf FILE] [--vcd FILE] [--stats FILE] [--uart-log FILE]
- *               [--arm-enable on|off]
+ *               [--pass-log FILE] [--arm-enable on|off]
  *
  * stdout: one line "pty /dev/pts/N" once the unit runs (then "stats written" per `stats`).
  * stdin, one command a line: `arm on|off`, `reset` (the external reset pin), `hang` (the CPU
@@ -27,6 +27,10 @@
  * --uart-log FILE: one line per byte, "<cycle> rx|tx <hex>": rx at the cycle the byte is complete
  * in the receiver (RXC), tx at the cycle the firmware wrote it to UDR0. With the VCD it dates a
  * command's arrival against the pins (e.g. STOP_ALL's last byte to every valve low).
+ *
+ * --pass-log FILE: one line per main-loop pass of PASS_LOG_MIN_CYCLES or more, "<first cycle>
+ * <cycles> <function>=<cycles> ..." (its eight costliest functions, ISRs included): with the
+ * UART log it says where the time between a frame's last byte and its effect went.
  *
  * Bytes. The host's bytes enter USART0 at the line rate in simulated time: one byte per frame
  * time of the line UBRR0/U2X0/UCSR0C configure (1,360 cycles, 85 us, at UBRR0 16 with U2X, 8N1),
@@ -111,6 +115,7 @@
 #define WDR_OPCODE 0x95A8u
 #define USART0_RX_VECTOR 25
 #define MAX_FN 512
+#define PASS_LOG_MIN_CYCLES 2000 /* --pass-log: the passes worth a line */
 #define STR(x) #x
 #define XSTR(x) STR(x)
 
@@ -202,6 +207,8 @@ static struct {
     uint64_t fn_pass[MAX_FN], fn_worst[MAX_FN];
     uint16_t fn_touched[MAX_FN];
     int n_touched;
+    const char *pass_log_path;
+    FILE *pass_log;
     reset_rec_t resets[256];
     int n_resets, resets_total;
     uint64_t hangs[64];
@@ -571,6 +578,28 @@ static void pass_reset(void)
     H.n_touched = 0;
 }
 
+/* The current pass (from cycle ``from``, ``d`` cycles) on the --pass-log: its costliest
+ * functions, largest first. */
+static void pass_log_line(uint64_t from, uint64_t d)
+{
+    fprintf(H.pass_log, "%llu %llu", (unsigned long long)from, (unsigned long long)d);
+    uint8_t shown[MAX_FN] = {0};
+    for (int k = 0; k < 8; k++) {
+        int best = -1;
+        for (int t = 0; t < H.n_touched; t++) {
+            int g = H.fn_touched[t];
+            if (!shown[g] && (best < 0 || H.fn_pass[g] > H.fn_pass[best]))
+                best = g;
+        }
+        if (best < 0)
+            break;
+        shown[best] = 1;
+        fprintf(H.pass_log, " %s=%llu", best ? H.fn_name[best] : "?",
+                (unsigned long long)H.fn_pass[best]);
+    }
+    fputc('\n', H.pass_log);
+}
+
 /* ---- resets */
 static void note_reset(const char *cause)
 {
@@ -830,7 +859,7 @@ static void throttle(void)
 static void usage(void)
 {
     fprintf(stderr, "usage: simavr_unit [--elf FILE] [--vcd FILE] [--stats FILE] "
-                    "[--uart-log FILE] [--arm-enable on|off]\n");
+                    "[--uart-log FILE] [--pass-log FILE] [--arm-enable on|off]\n");
     exit(2);
 }
 
@@ -849,6 +878,8 @@ int main(int argc, char **argv)
             H.stats_path = argv[++i];
         else if (!strcmp(argv[i], "--uart-log"))
             H.uart_log_path = argv[++i];
+        else if (!strcmp(argv[i], "--pass-log"))
+            H.pass_log_path = argv[++i];
         else if (!strcmp(argv[i], "--arm-enable")) {
             const char *v = argv[++i];
             if (strcmp(v, "on") && strcmp(v, "off"))
@@ -948,6 +979,11 @@ int main(int argc, char **argv)
         if (!H.uart_log)
             die("cannot write the --uart-log file");
     }
+    if (H.pass_log_path) {
+        H.pass_log = fopen(H.pass_log_path, "w");
+        if (!H.pass_log)
+            die("cannot write the --pass-log file");
+    }
     arm_drive();
     pty_open();
     struct sigaction sa = {.sa_handler = on_signal};
@@ -1022,6 +1058,8 @@ int main(int argc, char **argv)
                                 H.fn_worst[H.fn_touched[t]] = H.fn_pass[H.fn_touched[t]];
                         }
                         H.loop_passes++;
+                        if (H.pass_log && d >= PASS_LOG_MIN_CYCLES)
+                            pass_log_line(H.wdr_last[i], d);
                     }
                     H.wdr_last[i] = avr->cycle;
                     pass_reset();
@@ -1046,5 +1084,7 @@ int main(int argc, char **argv)
     }
     if (H.uart_log)
         fclose(H.uart_log);
+    if (H.pass_log)
+        fclose(H.pass_log);
     return rc;
 }

@@ -223,6 +223,18 @@ static void finish(unit_t *u, uint8_t i)
     report(u, &p);
 }
 
+/* Report and drop every pending pulse with no channel left open, in order. */
+static void finish_idle(unit_t *u)
+{
+    uint8_t i = 0;
+    while (i < u->n_pending) {
+        if (!u->pending[i].active)
+            finish(u, i);
+        else
+            i++;
+    }
+}
+
 /* Every valve but the stuck ones closed, on the pins at once (see unit_valves_fn). */
 static void valves_closed_now(unit_t *u)
 {
@@ -230,24 +242,35 @@ static void valves_closed_now(unit_t *u)
         u->cfg.valves(u->cfg.ctx, u->stuck);
 }
 
-static void close_all(unit_t *u, uint32_t now)
+/* When the valves the last valves() call closed went low (see unit_time_fn). */
+static uint32_t cut_time(unit_t *u, uint32_t now)
 {
-    if (u->n_pending)
-        valves_closed_now(u);
+    return u->cfg.cut_time ? u->cfg.cut_time(u->cfg.ctx, now) : now;
+}
+
+/* Every valve closed at once, then every pulse cut and reported. ``at``: when they closed if
+ * the caller knows (the link watchdog's deadline on the board), else NULL (cut_time). */
+static void close_all(unit_t *u, uint32_t now, const uint32_t *at)
+{
+    if (!u->n_pending)
+        return;
+    valves_closed_now(u);
+    uint32_t t = at ? *at : cut_time(u, now);
     while (u->n_pending) {
         unit_pulse_t *p = &u->pending[0];
         for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
             if ((p->active >> c) & 1)
-                cut(p, c, now);
+                cut(p, c, t);
         finish(u, 0);
     }
 }
 
-/* Go SAFE or FAULT: every valve closed first, then SAFE_ENTERED(reason, arg1). */
-static void leave_armed_with(unit_t *u, uint32_t now, uint8_t new_state, uint8_t reason,
-                             uint16_t arg1)
+/* Go SAFE or FAULT: every valve closed first (at ``at``, see close_all), then
+ * SAFE_ENTERED(reason, arg1). */
+static void leave_armed_at(unit_t *u, uint32_t now, const uint32_t *at, uint8_t new_state,
+                           uint8_t reason, uint16_t arg1)
 {
-    close_all(u, now);
+    close_all(u, now, at);
     uint8_t old = u->state;
     if (old == new_state)
         return;
@@ -255,6 +278,12 @@ static void leave_armed_with(unit_t *u, uint32_t now, uint8_t new_state, uint8_t
     u->state = new_state;
     if (old == STATE_ARMING || old == STATE_ARMED || new_state == STATE_SAFE)
         event(u, now, EVENT_SAFE_ENTERED, reason, arg1, 0);
+}
+
+static void leave_armed_with(unit_t *u, uint32_t now, uint8_t new_state, uint8_t reason,
+                             uint16_t arg1)
+{
+    leave_armed_at(u, now, NULL, new_state, reason, arg1);
 }
 
 static void leave_armed(unit_t *u, uint32_t now, uint8_t new_state, uint8_t reason)
@@ -269,6 +298,11 @@ static uint8_t pressure_low(const unit_t *u) { return u->tank_kpa < LIMIT_MIN_FE
 /* Cut the channels in bits (unit-wide) in every pending pulse (FAIL_OFF). */
 static void cut_channels(unit_t *u, uint32_t bits, uint32_t now)
 {
+    uint32_t open = unit_open_mask(u);
+    if (u->cfg.valves && (open & bits & ~u->stuck)) {
+        u->cfg.valves(u->cfg.ctx, open & ~(bits & ~u->stuck)); /* at once on the pins */
+        now = cut_time(u, now);                                 /* cut when they went low */
+    }
     uint8_t i = 0;
     while (i < u->n_pending) {
         unit_pulse_t *p = &u->pending[i];
@@ -317,6 +351,7 @@ static void power_on(unit_t *u)
     u->last_valid = 0;
     u->idle_from = 0;
     u->n_pending = 0;
+    u->ends_known = 0;
     memset(u->tm_seq, 0, sizeof u->tm_seq);
     u->has_rx_seq = 0;
     memset(u->cache, 0, sizeof u->cache);
@@ -367,7 +402,7 @@ void unit_boot(unit_t *u, uint32_t now)
 
 void unit_reset(unit_t *u, uint32_t now, uint8_t cause)
 {
-    close_all(u, now);
+    close_all(u, now, NULL);
     u->boot_count++;
     u->reset_cause = cause;
     power_on(u);
@@ -425,6 +460,17 @@ uint8_t unit_watchdog_deadline(const unit_t *u, uint32_t *deadline_us)
     return u->state != STATE_BOOT && watchdog_active(u);
 }
 
+/* The valves open at ``now``: a pulse whose start is still to come (the board's next tick
+ * edge) is not open yet. */
+static uint32_t open_at(const unit_t *u, uint32_t now)
+{
+    uint32_t mask = u->stuck;
+    for (uint8_t i = 0; i < u->n_pending; i++)
+        if (reached(now, u->pending[i].t_start))
+            mask |= (uint32_t)u->pending[i].active << (u->pending[i].bank * CHANNELS_PER_BANK);
+    return mask;
+}
+
 static void send_hk(unit_t *u, uint32_t now)
 {
     uint8_t p[MSG_HK_LEN];
@@ -447,7 +493,7 @@ static void send_hk(unit_t *u, uint32_t now)
     proto_put16(p + MSG_HK_OFF_UART_OVERRUNS, (uint16_t)overruns);
     proto_put16(p + MSG_HK_OFF_SESSION_ERRORS, u->c.session_errors);
     proto_put32(p + MSG_HK_OFF_LAST_STEP, u->last_step);
-    proto_put32(p + MSG_HK_OFF_OPEN_MASK, unit_open_mask(u));
+    proto_put32(p + MSG_HK_OFF_OPEN_MASK, open_at(u, now));
     proto_put32(p + MSG_HK_OFF_FAILED_MASK, u->failed);
     proto_put32(p + MSG_HK_OFF_STUCK_MASK, u->stuck);
     proto_put16(p + MSG_HK_OFF_TANK_KPA, u->tank_kpa);
@@ -464,18 +510,26 @@ static void run_timers(unit_t *u, uint32_t now, uint32_t late_us)
     uint32_t wd_deadline = u->last_valid + (uint32_t)u->watchdog_ms * 1000u;
     /* Pulses that ended (before the watchdog would have cut them), in time order; a pulse is
      * reported when its last channel closes. */
-    for (;;) {
+    /* The scan (32 channels: ~2,000 AVR cycles) only when a channel may have ended: the unit
+     * runs its timers at every tick and every received chunk. */
+    while (u->n_pending && (!u->ends_known || reached(now, u->next_end))) {
         int8_t bi = -1;
         uint8_t bc = 0;
         uint32_t best = 0;
+        uint8_t later = 0;
+        uint32_t first = 0; /* the earliest end not taken now */
         for (uint8_t i = 0; i < u->n_pending; i++) {
             unit_pulse_t *p = &u->pending[i];
             for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++) {
                 if (!((p->active >> c) & 1))
                     continue;
                 uint32_t end = p->t_start + (uint32_t)p->planned[c] * TICK_US;
-                if (!reached(now, end) || (wd_on && since(end, wd_deadline) > 0))
+                if (!reached(now, end) || (wd_on && since(end, wd_deadline) > 0)) {
+                    if (!later || since(end, first) < 0)
+                        first = end;
+                    later = 1;
                     continue;
+                }
                 if (bi < 0 || since(end, best) < 0) {
                     bi = (int8_t)i;
                     bc = c;
@@ -483,8 +537,11 @@ static void run_timers(unit_t *u, uint32_t now, uint32_t late_us)
                 }
             }
         }
-        if (bi < 0)
+        if (bi < 0) {
+            u->ends_known = later;
+            u->next_end = first;
             break;
+        }
         unit_pulse_t *p = &u->pending[bi];
         p->executed[bc] = p->planned[bc];
         p->active &= (uint16_t)~(1u << bc);
@@ -497,7 +554,9 @@ static void run_timers(unit_t *u, uint32_t now, uint32_t late_us)
         valves_closed_now(u); /* before WATCHDOG_TRIP goes out: the bound is on the pins */
         event(u, now, EVENT_WATCHDOG_TRIP, (uint16_t)(since_ms > 0xFFFF ? 0xFFFF : since_ms),
               (uint16_t)(late_us > 0xFFFF ? 0xFFFF : late_us), 0);
-        leave_armed(u, now, table_next(u, IN_WATCHDOG, RESULT_ACCEPTED), SAFE_REASON_WATCHDOG);
+        /* the board closed the pins at the deadline (a tick edge): the pulses are cut there */
+        leave_armed_at(u, now, u->cfg.pulse_start ? &wd_deadline : NULL,
+                       table_next(u, IN_WATCHDOG, RESULT_ACCEPTED), SAFE_REASON_WATCHDOG, 0);
     }
     if (table_cell(u, IN_ARM_IDLE) != CELL_NONE &&
         reached(now, u->idle_from + LIMIT_ARM_IDLE_MS * 1000u))
@@ -749,7 +808,7 @@ void unit_inject_fault(unit_t *u, uint8_t kind, uint16_t arg, uint32_t now)
         u->stall_until = now + (uint32_t)arg * 1000u;
         break;
     case FAULT_RESET:
-        close_all(u, now);
+        close_all(u, now, NULL);
         if (u->cfg.reset) {
             u->cfg.reset(u->cfg.ctx); /* the board: never returns */
             return;
@@ -839,21 +898,37 @@ static void execute(unit_t *u, const proto_msg_t *m, uint32_t now)
             v = 0;
         pulse.planned[c] = v;
     }
-    /* Cut older pulses of this bank on the channels this FIRE commands. */
-    uint8_t i = 0;
-    while (i < u->n_pending) {
-        unit_pulse_t *p = &u->pending[i];
-        if (p->bank == bank) {
-            for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
-                if (((p->active >> c) & 1) && ((mask >> c) & 1))
-                    cut(p, c, now);
-            if (!p->active) {
-                finish(u, i);
-                continue;
-            }
-        }
-        i++;
+    uint16_t act = 0;
+    for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
+        if (pulse.planned[c])
+            act |= (uint16_t)(1u << c);
+    /* On the board a REALTIME pulse starts at a tick edge to come (pulse_start). */
+    uint8_t timed = u->mode == MODE_REALTIME && act && u->cfg.pulse_start;
+    /* Older pulses of this bank are cut on the channels this FIRE commands: at once where it
+     * does not open them again, at its start where it does (the board holds those open up to
+     * that edge, so the two reports add up to the pin's time). */
+    uint16_t at_once = timed ? (uint16_t)(mask & ~act) : mask;
+    uint16_t older = 0;
+    for (uint8_t i = 0; i < u->n_pending; i++)
+        if (u->pending[i].bank == bank)
+            older |= u->pending[i].active;
+    uint32_t t_cut = now;
+    uint32_t shut = ((uint32_t)(uint16_t)(older & at_once) << base) & ~u->stuck;
+    if (shut && u->cfg.valves) {
+        u->cfg.valves(u->cfg.ctx, unit_open_mask(u) & ~shut);
+        t_cut = cut_time(u, now);
     }
+    uint32_t start = timed ? u->cfg.pulse_start(u->cfg.ctx, now) : now;
+    for (uint8_t i = 0; i < u->n_pending; i++) {
+        unit_pulse_t *p = &u->pending[i];
+        if (p->bank != bank)
+            continue;
+        for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
+            if (((p->active >> c) & 1) && ((mask >> c) & 1))
+                cut(p, c, ((at_once >> c) & 1) ? t_cut : start);
+    }
+    if (!timed) /* reports of the pulses cut out, in order (timed: after the valves moved) */
+        finish_idle(u);
     u->has_last_step[bank] = 1;
     u->bank_step[bank] = step;
     u->bank_floor[bank] = step;
@@ -863,7 +938,7 @@ static void execute(unit_t *u, const proto_msg_t *m, uint32_t now)
     pulse.session = u->session;
     pulse.step = step;
     pulse.bank = bank;
-    pulse.t_start = now;
+    pulse.t_start = start;
     pulse.failed = failed;
     pulse.stuck = stuck;
     if (u->mode == MODE_LOCKSTEP) {
@@ -871,23 +946,41 @@ static void execute(unit_t *u, const proto_msg_t *m, uint32_t now)
         report(u, &pulse);
         return;
     }
-    for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
-        if (pulse.planned[c])
-            pulse.active |= (uint16_t)(1u << c);
+    pulse.active = act;
     if (!pulse.active) {
         report(u, &pulse);
         return;
     }
-    if (u->n_pending == UNIT_MAX_PENDING) { /* board limit: abort the oldest FIRE */
-        unit_pulse_t *p = &u->pending[0];
-        for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
-            if ((p->active >> c) & 1)
-                cut(p, c, now);
-        finish(u, 0);
+    unit_pulse_t held;
+    uint8_t has_held = 0;
+    if (u->n_pending == UNIT_MAX_PENDING) { /* board limit */
+        uint8_t idle = 0;
+        while (idle < u->n_pending && u->pending[idle].active)
+            idle++;
+        if (idle < u->n_pending) { /* a pulse cut out above: reported once the valves moved */
+            held = u->pending[idle];
+            has_held = 1;
+            remove_pending(u, idle);
+        } else { /* abort the oldest FIRE, at once */
+            unit_pulse_t *p = &u->pending[0];
+            uint32_t t = now, off = ((uint32_t)p->active << (p->bank * CHANNELS_PER_BANK));
+            if (u->cfg.valves && (off & ~u->stuck)) {
+                u->cfg.valves(u->cfg.ctx, unit_open_mask(u) & ~(off & ~u->stuck));
+                t = cut_time(u, now);
+            }
+            for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
+                if ((p->active >> c) & 1)
+                    cut(p, c, t);
+            finish(u, 0);
+        }
     }
     u->pending[u->n_pending++] = pulse;
-    if (u->cfg.valves) /* the pins open now, not when the caller's pass ends */
+    u->ends_known = 0;
+    if (u->cfg.valves) /* the pins open now (board: at start), not when the caller's pass ends */
         u->cfg.valves(u->cfg.ctx, unit_open_mask(u));
+    if (has_held)
+        report(u, &held);
+    finish_idle(u);
 }
 
 static void on_fire(unit_t *u, const proto_msg_t *m, uint32_t now)

@@ -53,6 +53,19 @@ typedef void (*unit_reset_fn)(void *ctx);
  * closing tick, unit_t.pending[].t_start + planned ticks, for its tick interrupt). NULL:
  * nothing. */
 typedef void (*unit_valves_fn)(void *ctx, uint32_t mask);
+/* The board's valve clock (issue 17: what the unit reports must be true to the pins). NULL in
+ * the host builds, which date every pulse start and cut with the now they were given (no change
+ * there). The board switches valves on Timer1's tick edges:
+ * - pulse_start(ctx, now): when a REALTIME FIRE being executed starts its pulses, a tick edge
+ *   its tick interrupt opens them at (t_start: each pulse then ends on a tick edge, where the
+ *   same interrupt closes it); a channel an older pulse holds open stays open up to that edge
+ *   and is cut there, so the two reports add up to the pin's time;
+ * - cut_time(ctx, now): when the valves the last valves() call closed at once went low (they
+ *   are cut there: whole ticks completed by then);
+ * and, with pulse_start set, the link watchdog's deadline is a tick edge (the board hands
+ * unit_receive_at arrival stamps rounded up to one) at which its tick interrupt closes the
+ * valves: the pulses the watchdog ends are cut at the deadline, not when the unit notices. */
+typedef uint32_t (*unit_time_fn)(void *ctx, uint32_t now_us);
 
 typedef struct {
     uint8_t n_channels;   /* 1..32 */
@@ -67,6 +80,8 @@ typedef struct {
     unit_reset_fn reset;
     void *ctx;
     unit_valves_fn valves;
+    unit_time_fn pulse_start;
+    unit_time_fn cut_time;
 } unit_config_t;
 
 typedef struct {
@@ -140,6 +155,8 @@ typedef struct {
     uint8_t report[UNIT_MAX_BANKS][MSG_VALVE_REPORT_LEN];
     uint8_t n_pending;
     unit_pulse_t pending[UNIT_MAX_PENDING];
+    uint8_t ends_known;        /* next_end: no pending channel ends before it (a lower bound) */
+    uint32_t next_end;
     uint32_t last_step;
     uint16_t tm_seq[3];        /* unit_reply, unit_event, valve_report */
     uint8_t has_rx_seq;
