@@ -193,35 +193,39 @@ static void next_edge(uint16_t t)
     sei();
     uint8_t any = 0;
     uint16_t best = 0;
-    uint32_t o = 0, c = 0, bit = 1;
-    for (uint8_t ch = 0; ch < N_CHANNELS; ch++, bit <<= 1) {
-        if (!(ch & 7) && !(uint8_t)(s >> ch)) { /* a port with nothing scheduled */
-            ch += 7;
-            bit <<= 7;
-            continue;
-        }
-        if (!(s & bit))
-            continue;
-        uint8_t up = (rise & bit) != 0;
-        uint16_t at = up ? open_tick[ch] : close_tick[ch];
-        if ((int16_t)(at - t) <= 0)
-            at = (uint16_t)(t + 1); /* overdue (a late start): the next tick */
-        if (!any || (int16_t)(at - best) < 0) {
-            any = 1;
-            best = at;
-            o = c = 0;
-        }
-        if (at == best) {
-            if (up)
-                o |= bit;
-            else
-                c |= bit;
+    uint8_t o[4] = {0, 0, 0, 0}, c[4] = {0, 0, 0, 0}; /* byte by byte: the AVR's own width */
+    for (uint8_t b = 0; b < 4; b++) {
+        uint8_t sb = (uint8_t)(s >> (8 * b)), rb = (uint8_t)(rise >> (8 * b));
+        if (!sb)
+            continue; /* a port with nothing scheduled */
+        uint8_t bit = 1;
+        for (uint8_t ch = (uint8_t)(8 * b); bit; ch++, bit <<= 1) {
+            if (!(sb & bit))
+                continue;
+            uint8_t up = rb & bit;
+            uint16_t at = up ? open_tick[ch] : close_tick[ch];
+            if ((int16_t)(at - t) <= 0)
+                at = (uint16_t)(t + 1); /* overdue (a late start): the next tick */
+            if (!any || (int16_t)(at - best) < 0) {
+                any = 1;
+                best = at;
+                for (uint8_t k = 0; k < 4; k++)
+                    o[k] = c[k] = 0;
+            }
+            if (at == best) {
+                if (up)
+                    o[b] |= bit;
+                else
+                    c[b] |= bit;
+            }
         }
     }
+    uint32_t eo = ((uint32_t)o[3] << 24) | ((uint32_t)o[2] << 16) | ((uint16_t)o[1] << 8) | o[0];
+    uint32_t ec = ((uint32_t)c[3] << 24) | ((uint32_t)c[2] << 16) | ((uint16_t)c[1] << 8) | c[0];
     cli();
     ev_tick = best;
-    ev_open = o;
-    ev_close = c;
+    ev_open = eo;
+    ev_close = ec;
     ev_armed = any;
 }
 
@@ -540,18 +544,40 @@ static void valves_now(void *ctx, uint32_t mask)
     (void)ctx;
     uint32_t stuck = unit.stuck;
     uint32_t up = 0;
-    uint8_t base = 0;
+    uint16_t ub = 0;
     uint16_t t0 = start_tick;
     uint16_t at[CHANNELS_PER_BANK];
+    volatile uint16_t *ot = open_tick, *ct = close_tick;
+    uint8_t base = 0;
     if (opening) {
         opening = 0;
         const unit_pulse_t *p = &unit.pending[unit.n_pending - 1];
         base = (uint8_t)(p->bank * CHANNELS_PER_BANK);
         up = ((uint32_t)p->active << base) & mask & ~stuck;
+        ub = (uint16_t)(up >> base);
+        ot += base;
+        ct += base;
         for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
             at[c] = (uint16_t)(t0 + p->planned[c]);
     }
+    /* The ticks of channels off the schedule first, with interrupts on (the tick interrupt
+     * reads only those on it); the others (an older pulse still scheduled) below. */
+    uint32_t busy = 0;
+    if (up) {
+        ATOMIC_BLOCK(ATOMIC_FORCEON) { busy = sched & up; }
+        uint16_t free = ub & (uint16_t)~(base ? (uint16_t)(busy >> 16) : (uint16_t)busy);
+        for (uint8_t c = 0; free; c++, free >>= 1)
+            if (free & 1) {
+                ot[c] = t0;
+                ct[c] = at[c];
+            }
+    }
     DONE_BEFORE(up);
+    DONE_BEFORE(busy);
+    uint32_t ms;
+    uint16_t tc;
+    uint8_t due;
+    /* interrupts off for a few hundred cycles: a received byte waits less than a frame */
     ATOMIC_BLOCK(ATOMIC_FORCEON)
     {
         uint32_t q = pins_keep(mask, stuck);
@@ -559,14 +585,23 @@ static void valves_now(void *ctx, uint32_t mask)
             valves_write(q);
             pins = q;
         }
-        cut_us = now_us();
-        if (up) {
-            uint32_t bit = 1UL << base;
-            for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++, bit <<= 1)
-                if (up & bit) {
-                    open_tick[base + c] = t0;
-                    close_tick[base + c] = at[c];
+        tc = TCNT1; /* when they went low (cut_us, below) */
+        ms = g_ms;
+        due = (TIFR1 & _BV(OCF1A)) != 0;
+        if (busy) {
+            /* a channel still to rise for an older pulse rises then (the unit cut that one at
+             * this start: it ran from its own), so only its fall moves */
+            uint32_t w = to_open & busy;
+            uint16_t waiting = base ? (uint16_t)(w >> 16) : (uint16_t)w; /* 2 banks */
+            uint16_t b = base ? (uint16_t)(busy >> 16) : (uint16_t)busy;
+            for (uint8_t c = 0; b; c++, b >>= 1, waiting >>= 1)
+                if (b & 1) {
+                    if (!(waiting & 1))
+                        ot[c] = t0;
+                    ct[c] = at[c];
                 }
+        }
+        if (up) {
             sched |= up;
             to_open |= up;
             ev_close &= ~up; /* an older pulse's fall no longer applies */
@@ -591,6 +626,9 @@ static void valves_now(void *ctx, uint32_t mask)
             }
         }
     }
+    if (due && tc < 1000) /* a compare the interrupt had not counted yet */
+        ms++;
+    cut_us = ms * 1000UL + (tc >> 1);
     synced_open = mask;
 }
 

@@ -213,7 +213,9 @@ static struct {
     int n_resets, resets_total;
     uint64_t hangs[64];
     int n_hangs;
-    int hung, just_reset, irq_on;
+    int hung, just_reset, irq_on, i_was;
+    uint64_t off_from, off_max, off_max_at; /* interrupts off: since, the longest stretch */
+    uint32_t off_pc, off_max_pc;   /* the instruction that turned them off */
     avr_watchdog_t *wdt;
     avr_uart_t *uart0;
     uint64_t wdt_period_fixes, wdt_running; /* running: the period armed, in cycles */
@@ -609,6 +611,7 @@ static void note_reset(const char *cause)
     for (int i = 0; i < N_VECTORS; i++)
         H.vec[i].pending = H.vec[i].running = 0;
     H.irq_on = 0;
+    H.i_was = 0;
     /* a watchdog reset leaves it running at its shortest period (WDRF set); others stop it */
     H.wdt_running = !strcmp(cause, "watchdog") ? 2048ull * H.avr->frequency / 128000 : 0;
     for (int i = 0; i < H.n_wdr; i++)
@@ -711,7 +714,14 @@ static void write_stats(void)
     fprintf(f, "\n  ],\n  \"hangs\": [");
     for (int i = 0; i < H.n_hangs; i++)
         fprintf(f, "%s%llu", i ? ", " : "", (unsigned long long)H.hangs[i]);
-    fprintf(f, "],\n  \"interrupts\": {");
+    fprintf(f,
+            "],\n  \"irq_off\": {\"max_cycles\": %llu, \"max_at\": %llu, \"max_from\": "
+            "\"%s\"},\n",
+            (unsigned long long)H.off_max, (unsigned long long)H.off_max_at,
+            H.off_max_pc / 2 < H.fn_words && H.fn_of[H.off_max_pc / 2]
+                ? H.fn_name[H.fn_of[H.off_max_pc / 2]]
+                : "");
+    fprintf(f, "  \"interrupts\": {");
     int first = 1;
     for (int i = 1; i < N_VECTORS; i++) {
         if (!H.vec_used[i])
@@ -1031,7 +1041,19 @@ int main(int argc, char **argv)
             if (H.hung)
                 continue; /* no instruction ran */
             if (!H.irq_on && avr->sreg[S_I])
-                H.irq_on = 1; /* latencies count from the first SEI after a reset */
+                H.irq_on = H.i_was = 1; /* latencies count from the first SEI after a reset */
+            if (H.irq_on) { /* interrupts-off stretches: what an interrupt can wait for */
+                int on = avr->sreg[S_I] != 0;
+                if (!on && H.i_was) {
+                    H.off_from = cycle0;
+                    H.off_pc = pc;
+                } else if (on && !H.i_was && avr->cycle - H.off_from > H.off_max) {
+                    H.off_max = avr->cycle - H.off_from;
+                    H.off_max_pc = H.off_pc;
+                    H.off_max_at = H.off_from;
+                }
+                H.i_was = on;
+            }
             if (pc / 2 < H.fn_words) {
                 uint16_t f = H.fn_of[pc / 2];
                 if (!H.fn_pass[f])

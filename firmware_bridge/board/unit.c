@@ -198,14 +198,22 @@ static void report(unit_t *u, const unit_pulse_t *p)
     u->c.fires_executed++;
 }
 
-static void cut(unit_pulse_t *p, uint8_t c, uint32_t now)
+/* Cut the channels ``bits`` of the pulse at ``now``: the whole ticks each valve was open
+ * before the cut (the board switches on tick edges), one division a pulse (the AVR's 32-bit
+ * division is ~600 cycles). */
+static void cut(unit_pulse_t *p, uint16_t bits, uint32_t now)
 {
-    /* whole ticks the valve was open before the cut (the board switches on tick edges) */
+    bits &= p->active;
+    if (!bits)
+        return;
     int32_t dt = since(now, p->t_start);
     uint32_t ticks = dt > 0 ? (uint32_t)dt / TICK_US : 0;
-    p->executed[c] = ticks < p->planned[c] ? (uint16_t)ticks : p->planned[c];
+    uint16_t bit = 1;
+    for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++, bit <<= 1)
+        if (bits & bit)
+            p->executed[c] = ticks < p->planned[c] ? (uint16_t)ticks : p->planned[c];
     p->flags |= 2;
-    p->active &= (uint16_t)~(1u << c);
+    p->active &= (uint16_t)~bits;
 }
 
 static void remove_pending(unit_t *u, uint8_t i)
@@ -257,10 +265,7 @@ static void close_all(unit_t *u, uint32_t now, const uint32_t *at)
     valves_closed_now(u);
     uint32_t t = at ? *at : cut_time(u, now);
     while (u->n_pending) {
-        unit_pulse_t *p = &u->pending[0];
-        for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
-            if ((p->active >> c) & 1)
-                cut(p, c, t);
+        cut(&u->pending[0], u->pending[0].active, t);
         finish(u, 0);
     }
 }
@@ -306,9 +311,7 @@ static void cut_channels(unit_t *u, uint32_t bits, uint32_t now)
     uint8_t i = 0;
     while (i < u->n_pending) {
         unit_pulse_t *p = &u->pending[i];
-        for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
-            if (((p->active >> c) & 1) && ((bits >> (p->bank * CHANNELS_PER_BANK + c)) & 1))
-                cut(p, c, now);
+        cut(p, (uint16_t)(bits >> (p->bank * CHANNELS_PER_BANK)), now);
         if (!p->active)
             finish(u, i);
         else
@@ -520,8 +523,9 @@ static void run_timers(unit_t *u, uint32_t now, uint32_t late_us)
         uint32_t first = 0; /* the earliest end not taken now */
         for (uint8_t i = 0; i < u->n_pending; i++) {
             unit_pulse_t *p = &u->pending[i];
-            for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++) {
-                if (!((p->active >> c) & 1))
+            uint16_t bit = 1;
+            for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++, bit <<= 1) {
+                if (!(p->active & bit))
                     continue;
                 uint32_t end = p->t_start + (uint32_t)p->planned[c] * TICK_US;
                 if (!reached(now, end) || (wd_on && since(end, wd_deadline) > 0)) {
@@ -878,8 +882,10 @@ static void execute(unit_t *u, const proto_msg_t *m, uint32_t now)
     uint16_t stuck = (uint16_t)(u->stuck >> base);
     unit_pulse_t pulse;
     memset(&pulse, 0, sizeof pulse);
-    for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++) {
-        if (!((mask >> c) & 1) || base + c >= u->cfg.n_channels)
+    uint16_t act = 0; /* the channels with ticks to run */
+    uint16_t bit = 1;
+    for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++, bit <<= 1) {
+        if (!(mask & bit) || base + c >= u->cfg.n_channels)
             continue;
         uint16_t asked = proto_get16(q + MSG_FIRE_OFF_ON_TICKS + 2 * c);
         uint16_t v = asked;
@@ -894,14 +900,12 @@ static void execute(unit_t *u, const proto_msg_t *m, uint32_t now)
             pulse.flags |= 1;
             event(u, now, EVENT_CLAMPED, (uint16_t)(base + c), asked, v);
         }
-        if ((failed >> c) & 1)
+        if (failed & bit)
             v = 0;
         pulse.planned[c] = v;
+        if (v)
+            act |= bit;
     }
-    uint16_t act = 0;
-    for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
-        if (pulse.planned[c])
-            act |= (uint16_t)(1u << c);
     /* On the board a REALTIME pulse starts at a tick edge to come (pulse_start). */
     uint8_t timed = u->mode == MODE_REALTIME && act && u->cfg.pulse_start;
     /* Older pulses of this bank are cut on the channels this FIRE commands: at once where it
@@ -923,9 +927,8 @@ static void execute(unit_t *u, const proto_msg_t *m, uint32_t now)
         unit_pulse_t *p = &u->pending[i];
         if (p->bank != bank)
             continue;
-        for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
-            if (((p->active >> c) & 1) && ((mask >> c) & 1))
-                cut(p, c, ((at_once >> c) & 1) ? t_cut : start);
+        cut(p, mask & at_once, t_cut);
+        cut(p, mask & ~at_once, start);
     }
     if (!timed) /* reports of the pulses cut out, in order (timed: after the valves moved) */
         finish_idle(u);
@@ -968,14 +971,22 @@ static void execute(unit_t *u, const proto_msg_t *m, uint32_t now)
                 u->cfg.valves(u->cfg.ctx, unit_open_mask(u) & ~(off & ~u->stuck));
                 t = cut_time(u, now);
             }
-            for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
-                if ((p->active >> c) & 1)
-                    cut(p, c, t);
+            cut(p, p->active, t);
             finish(u, 0);
         }
     }
     u->pending[u->n_pending++] = pulse;
-    u->ends_known = 0;
+    if (u->n_pending == 1) {
+        u->ends_known = 0; /* what the bound said of older pulses is void */
+    } else if (u->ends_known) { /* its first end, if earlier than the others' */
+        uint16_t least = 0xFFFF;
+        for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
+            if (pulse.planned[c] && pulse.planned[c] < least)
+                least = pulse.planned[c];
+        uint32_t end = start + (uint32_t)least * TICK_US;
+        if (since(end, u->next_end) < 0)
+            u->next_end = end;
+    }
     if (u->cfg.valves) /* the pins open now (board: at start), not when the caller's pass ends */
         u->cfg.valves(u->cfg.ctx, unit_open_mask(u));
     if (has_held)
@@ -1182,7 +1193,9 @@ void unit_receive(unit_t *u, const uint8_t *data, uint16_t n, uint32_t now)
 
 void unit_receive_at(unit_t *u, const uint8_t *data, uint16_t n, uint32_t now, uint32_t arrived)
 {
-    u->arrived = since(arrived, now) > 0 ? now : arrived; /* never after now */
+    /* never after now; on the board (pulse_start set) up to a tick after: its stamps are
+     * rounded up to the tick edge where its tick interrupt applies the watchdog */
+    u->arrived = since(arrived, now) > (u->cfg.pulse_start ? (int32_t)TICK_US : 0) ? now : arrived;
     run_timers(u, now, 0);
     if (!((STATES_HEARING_COMMANDS >> u->state) & 1)) /* BOOT */
         return;

@@ -178,8 +178,9 @@ typedef struct {
 void unit_init(unit_t *u, const unit_config_t *cfg);
 void unit_boot(unit_t *u, uint32_t now_us);
 void unit_receive(unit_t *u, const uint8_t *data, uint16_t n, uint32_t now_us);
-/* unit_receive of bytes that arrived at ``arrived_us`` (at or before now_us; later counts as
- * now_us): the link watchdog counts from there (last_valid), so a board that takes its bytes
+/* unit_receive of bytes that arrived at ``arrived_us`` (at or before now_us, or up to a tick
+ * after it on a board with pulse_start, whose stamps are rounded up to a tick edge; later
+ * counts as now_us): the link watchdog counts from there (last_valid), so a board that takes its bytes
  * late (a long main-loop pass) does not extend it. unit_receive is arrived_us == now_us. */
 void unit_receive_at(unit_t *u, const uint8_t *data, uint16_t n, uint32_t now_us,
                      uint32_t arrived_us);
