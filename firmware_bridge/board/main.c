@@ -116,7 +116,7 @@
 #define XCAT(a, b) CAT(a, b)
 #define UBRR_U2X ((F_CPU + 4UL * RIG_BAUD) / (8UL * RIG_BAUD) - 1UL) /* 16 at 115200 */
 #define RX_RING 256u /* powers of two: the index masks below rely on it */
-#define TX_RING 1024u
+#define TX_RING 2048u
 #define ARM_DEBOUNCE_MS 10
 #define SOFT_MAGIC 0xB0C7u
 #define EE_MAGIC 0xB007u
@@ -159,6 +159,8 @@ static volatile uint32_t pins;     /* what the valve pins show */
 static volatile uint32_t sched;    /* channels with an edge to come: open_tick, then close_tick */
 static volatile uint32_t to_open;  /* those of sched still to rise (at open_tick[ch]) */
 static volatile uint16_t open_tick[N_CHANNELS], close_tick[N_CHANNELS];
+static volatile uint32_t reopen;   /* those of sched that fall at close_tick, then rise again: */
+static volatile uint16_t reopen_tick[N_CHANNELS], reclose_tick[N_CHANNELS]; /* a new pulse's */
 static volatile uint8_t ev_armed;  /* the next edge of the schedule: at ev_tick ev_open rise, */
 static volatile uint16_t ev_tick;  /* ev_close fall */
 static volatile uint32_t ev_open, ev_close;
@@ -187,10 +189,18 @@ static void valves_write(uint32_t mask)
  * edge; the scan (~40 cycles a scheduled channel) runs with interrupts on, so a received byte
  * never waits for it (the RX and UDRE handlers touch none of this; the main loop cannot run
  * until it ends, and the next compare is a tick away). */
-static void next_edge(uint16_t t)
+static void next_edge(uint16_t t, uint32_t re)
 {
     uint32_t s = sched, rise = to_open;
     sei();
+    if (re) { /* fell for their old pulse: rise for the new one at its start */
+        uint32_t bit = 1;
+        for (uint8_t ch = 0; ch < N_CHANNELS; ch++, bit <<= 1)
+            if (re & bit) {
+                open_tick[ch] = reopen_tick[ch];
+                close_tick[ch] = reclose_tick[ch];
+            }
+    }
     uint8_t any = 0;
     uint16_t best = 0;
     uint8_t o[4] = {0, 0, 0, 0}, c[4] = {0, 0, 0, 0}; /* byte by byte: the AVR's own width */
@@ -243,6 +253,7 @@ ISR(TIMER1_COMPA_vect)
         }
         sched = 0;
         to_open = 0;
+        reopen = 0;
         ev_armed = 0;
     }
     if (ev_armed && (int16_t)(t - ev_tick) >= 0) { /* the edge first, then the next one */
@@ -252,9 +263,11 @@ ISR(TIMER1_COMPA_vect)
             valves_write(q);
             pins = q;
         }
-        to_open &= ~o;
-        sched &= ~c;
-        next_edge(t);
+        uint32_t re = c & reopen;
+        to_open = (to_open & ~o) | re;
+        sched &= ~(c & ~re);
+        reopen &= ~re;
+        next_edge(t, re);
     }
 }
 
@@ -480,6 +493,7 @@ static void wd_sync(void)
             on = 0;
             sched = 0;
             to_open = 0;
+            reopen = 0;
             ev_armed = 0;
             uint32_t p = pins & stuck;
             valves_write(p);
@@ -527,10 +541,23 @@ static uint32_t pins_keep(uint32_t open, uint32_t stuck)
     if (drop) {
         sched &= ~drop;
         to_open &= ~drop;
+        reopen &= ~drop;
         ev_open &= ~drop;
         ev_close &= ~drop;
     }
     return (pins & ~drop & open) | (open & stuck);
+}
+
+/* Channels classified to fall and rise again (reopen) whose old fall the tick interrupt
+ * applied before they were committed: they rise at the start like any other. */
+static void fell_since(uint32_t fell, uint16_t t0)
+{
+    uint32_t bit = 1;
+    for (uint8_t ch = 0; ch < N_CHANNELS; ch++, bit <<= 1)
+        if (fell & bit) {
+            open_tick[ch] = t0;
+            close_tick[ch] = reclose_tick[ch];
+        }
 }
 
 /* unit_valves_fn: ``mask`` is what the unit holds open from now on. Channels outside it close
@@ -560,20 +587,52 @@ static void valves_now(void *ctx, uint32_t mask)
         for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
             at[c] = (uint16_t)(t0 + p->planned[c]);
     }
-    /* The ticks of channels off the schedule first, with interrupts on (the tick interrupt
-     * reads only those on it); the others (an older pulse still scheduled) below. */
-    uint32_t busy = 0;
+    /* The new pulse's ticks are written with interrupts on: the tick interrupt reads
+     * open_tick only for channels still to rise, close_tick for those high, reopen_* only for
+     * those in reopen, and none of these writes can change what it does before the pulse's
+     * start (200 us or more away). A channel an older pulse still has on the schedule (the
+     * unit cut it at this start): one still to rise rises at its own tick and falls at the new
+     * end; one high that falls at or after the start runs on to the new end; one that falls
+     * before the start falls, then rises again at the start (reopen). */
+    uint16_t runs_on = 0, again = 0;
+    uint32_t busy = 0, old = 0;
     if (up) {
-        ATOMIC_BLOCK(ATOMIC_FORCEON) { busy = sched & up; }
-        uint16_t free = ub & (uint16_t)~(base ? (uint16_t)(busy >> 16) : (uint16_t)busy);
-        for (uint8_t c = 0; free; c++, free >>= 1)
-            if (free & 1) {
+        ATOMIC_BLOCK(ATOMIC_FORCEON)
+        {
+            busy = sched & up;
+            old = to_open | reopen;
+        }
+        uint32_t w = busy & old, r = busy & reopen;
+        uint16_t bb = base ? (uint16_t)(busy >> 16) : (uint16_t)busy;
+        uint16_t wt = base ? (uint16_t)(w >> 16) : (uint16_t)w; /* 2 banks */
+        uint16_t rt = base ? (uint16_t)(r >> 16) : (uint16_t)r;
+        volatile uint16_t *ra = reopen_tick + base, *rc = reclose_tick + base;
+        uint16_t bit = 1;
+        for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++, bit <<= 1) {
+            if (!(ub & bit))
+                continue;
+            if (!(bb & bit)) { /* off the schedule */
                 ot[c] = t0;
                 ct[c] = at[c];
+            } else if (wt & bit) { /* still to rise (or to rise again) for an older pulse */
+                if (rt & bit)
+                    rc[c] = at[c]; /* its fall for the oldest pulse stays */
+                else
+                    ct[c] = at[c];
+            } else if ((int16_t)(ct[c] - t0) >= 0) {
+                ot[c] = t0;
+                ct[c] = at[c];
+                runs_on |= bit;
+            } else {
+                ra[c] = t0;
+                rc[c] = at[c];
+                again |= bit;
             }
+        }
     }
     DONE_BEFORE(up);
-    DONE_BEFORE(busy);
+    DONE_BEFORE(runs_on);
+    DONE_BEFORE(again);
     uint32_t ms;
     uint16_t tc;
     uint8_t due;
@@ -588,26 +647,22 @@ static void valves_now(void *ctx, uint32_t mask)
         tc = TCNT1; /* when they went low (cut_us, below) */
         ms = g_ms;
         due = (TIFR1 & _BV(OCF1A)) != 0;
-        if (busy) {
-            /* a channel still to rise for an older pulse rises then (the unit cut that one at
-             * this start: it ran from its own), so only its fall moves */
-            uint32_t w = to_open & busy;
-            uint16_t waiting = base ? (uint16_t)(w >> 16) : (uint16_t)w; /* 2 banks */
-            uint16_t b = base ? (uint16_t)(busy >> 16) : (uint16_t)busy;
-            for (uint8_t c = 0; b; c++, b >>= 1, waiting >>= 1)
-                if (b & 1) {
-                    if (!(waiting & 1))
-                        ot[c] = t0;
-                    ct[c] = at[c];
-                }
-        }
         if (up) {
+            uint32_t re = base ? (uint32_t)again << 16 : again;
+            uint32_t on = base ? (uint32_t)runs_on << 16 : runs_on;
+            uint32_t fell = busy & ~sched; /* closed by the interrupt since: rise at the start */
+            if (fell & re) {
+                fell_since(fell & re, t0);
+                re &= ~fell;
+            }
             sched |= up;
-            to_open |= up;
-            ev_close &= ~up; /* an older pulse's fall no longer applies */
+            to_open |= up & ~re;
+            reopen |= re;
+            ev_close &= ~on; /* an older pulse's fall no longer applies */
+            up &= ~re;       /* they rise once they fell (the interrupt finds it then) */
             if ((int16_t)((uint16_t)g_ms - t0) >= 0) { /* its edge passed: up now (never seen) */
                 late_starts++;
-                q |= up;
+                q = pins | up;
                 valves_write(q);
                 pins = q;
                 uint16_t next = (uint16_t)(g_ms + 1); /* the interrupt finds the falls then */
@@ -683,6 +738,7 @@ static void board_reset(void *ctx)
     {
         sched = 0;
         to_open = 0;
+        reopen = 0;
         ev_armed = 0;
         wd_armed = 0;
         valves_write(0);

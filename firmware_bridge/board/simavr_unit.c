@@ -180,7 +180,7 @@ static struct {
     /* uart rx model */
     uint64_t rx_arrivals[64];
     int rx_arr_head, rx_arr_n;
-    uint64_t rx_wait_max, rx_overruns, rx_taken;
+    uint64_t rx_wait_max, rx_wait_max_at, rx_overruns, rx_taken;
     /* vcd */
     FILE *vcd;
     uint64_t vcd_last_time;
@@ -557,8 +557,10 @@ static void on_vec_running(struct avr_irq_t *irq, uint32_t value, void *param)
         if (v->vector == USART0_RX_VECTOR && H.rx_arr_n) { /* it takes the oldest unread byte */
             uint64_t arr = H.rx_arrivals[H.rx_arr_head];
             uint64_t wait = now > arr ? now - arr : 0;
-            if (wait > H.rx_wait_max)
+            if (wait > H.rx_wait_max) {
                 H.rx_wait_max = wait;
+                H.rx_wait_max_at = now;
+            }
             H.rx_arr_head = (H.rx_arr_head + 1) % 64;
             H.rx_arr_n--;
             H.rx_taken++;
@@ -763,10 +765,10 @@ static void write_stats(void)
                "%u, \"margin_bytes\": %d},\n",
             ramend, H.sp_min, hwm, H.end_of_data, (int)H.sp_min + 1 - (int)H.end_of_data);
     fprintf(f, "  \"uart_rx\": {\"bytes\": %llu, \"taken\": %llu, \"frame_cycles\": %llu, "
-               "\"wait_max_cycles\": %llu, \"overruns\": %llu},\n",
+               "\"wait_max_cycles\": %llu, \"wait_max_at\": %llu, \"overruns\": %llu},\n",
             (unsigned long long)H.rx_bytes_in, (unsigned long long)H.rx_taken,
-            (unsigned long long)H.uart0->cycles_per_byte,
-            (unsigned long long)H.rx_wait_max, (unsigned long long)H.rx_overruns);
+            (unsigned long long)H.uart0->cycles_per_byte, (unsigned long long)H.rx_wait_max,
+            (unsigned long long)H.rx_wait_max_at, (unsigned long long)H.rx_overruns);
     fprintf(f, "  \"uart_tx\": {\"bytes\": %llu, \"dropped\": %llu},\n",
             (unsigned long long)H.tx_bytes, (unsigned long long)H.tx_dropped);
     fprintf(f, "  \"watchdog\": {\"period_fixes\": %llu}\n}\n",
