@@ -101,6 +101,8 @@
 #include <util/atomic.h>
 #include <util/delay.h>
 
+#include <string.h>
+
 #include "pins.h"
 #include "unit.h"
 
@@ -201,26 +203,31 @@ static void next_edge(uint16_t t, uint32_t re)
                 close_tick[ch] = reclose_tick[ch];
             }
     }
+    /* byte by byte (the AVR's own width; little endian), through pointers */
+    uint8_t sv[4], rv[4], o[4] = {0, 0, 0, 0}, c[4] = {0, 0, 0, 0};
+    memcpy(sv, &s, 4);
+    memcpy(rv, &rise, 4);
     uint8_t any = 0;
     uint16_t best = 0;
-    uint8_t o[4] = {0, 0, 0, 0}, c[4] = {0, 0, 0, 0}; /* byte by byte: the AVR's own width */
-    for (uint8_t b = 0; b < 4; b++) {
-        uint8_t sb = (uint8_t)(s >> (8 * b)), rb = (uint8_t)(rise >> (8 * b));
+    const volatile uint16_t *op = open_tick, *cp = close_tick;
+    for (uint8_t b = 0; b < 4; b++, op += 8, cp += 8) {
+        uint8_t sb = sv[b], rb = rv[b];
         if (!sb)
             continue; /* a port with nothing scheduled */
         uint8_t bit = 1;
-        for (uint8_t ch = (uint8_t)(8 * b); bit; ch++, bit <<= 1) {
+        for (uint8_t k = 0; k < 8; k++, bit <<= 1) {
             if (!(sb & bit))
                 continue;
             uint8_t up = rb & bit;
-            uint16_t at = up ? open_tick[ch] : close_tick[ch];
-            if ((int16_t)(at - t) <= 0)
+            uint16_t at = up ? op[k] : cp[k];
+            int16_t d = (int16_t)(at - t);
+            if (d <= 0)
                 at = (uint16_t)(t + 1); /* overdue (a late start): the next tick */
             if (!any || (int16_t)(at - best) < 0) {
                 any = 1;
                 best = at;
-                for (uint8_t k = 0; k < 4; k++)
-                    o[k] = c[k] = 0;
+                memset(o, 0, sizeof o);
+                memset(c, 0, sizeof c);
             }
             if (at == best) {
                 if (up)
@@ -230,8 +237,9 @@ static void next_edge(uint16_t t, uint32_t re)
             }
         }
     }
-    uint32_t eo = ((uint32_t)o[3] << 24) | ((uint32_t)o[2] << 16) | ((uint16_t)o[1] << 8) | o[0];
-    uint32_t ec = ((uint32_t)c[3] << 24) | ((uint32_t)c[2] << 16) | ((uint16_t)c[1] << 8) | c[0];
+    uint32_t eo, ec;
+    memcpy(&eo, o, 4);
+    memcpy(&ec, c, 4);
     cli();
     ev_tick = best;
     ev_open = eo;

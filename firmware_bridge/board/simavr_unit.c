@@ -29,7 +29,7 @@
  * command's arrival against the pins (e.g. STOP_ALL's last byte to every valve low).
  *
  * --pass-log FILE: one line per main-loop pass of PASS_LOG_MIN_CYCLES or more, "<first cycle>
- * <cycles> <function>=<cycles> ..." (its eight costliest functions, ISRs included): with the
+ * <cycles> <function>=<cycles> ..." (its 16 costliest functions, ISRs included): with the
  * UART log it says where the time between a frame's last byte and its effect went.
  *
  * Bytes. The host's bytes enter USART0 at the line rate in simulated time: one byte per frame
@@ -197,6 +197,8 @@ static struct {
     int n_wdr;
     uint64_t wdr_last[8];
     uint64_t loop_max, loop_passes;
+    uint64_t wire_wait_wdrs; /* WDRs executed in uart_send: waits for the wire */
+    int uart_send_fn;        /* its function index (0: not in the ELF) */
     uint16_t sp_min;
     uint32_t end_of_data, main_lo, main_hi;
     /* functions (ELF FUNC symbols) and the cycles each took in the current and the worst pass */
@@ -274,6 +276,8 @@ static int elf_symbols(const char *path)
                 H.fn_name[f] = strdup(name);
                 H.fn_lo[f] = sym[k].st_value;
                 H.fn_hi[f] = sym[k].st_value + sym[k].st_size;
+                if (!strncmp(name, "uart_send", 9) && (!name[9] || name[9] == '.'))
+                    H.uart_send_fn = f; /* (a static function: maybe "uart_send.constprop.N") */
             }
             if (!strcmp(name, "main")) {
                 H.main_lo = sym[k].st_value;
@@ -588,7 +592,7 @@ static void pass_log_line(uint64_t from, uint64_t d)
 {
     fprintf(H.pass_log, "%llu %llu", (unsigned long long)from, (unsigned long long)d);
     uint8_t shown[MAX_FN] = {0};
-    for (int k = 0; k < 8; k++) {
+    for (int k = 0; k < 16; k++) {
         int best = -1;
         for (int t = 0; t < H.n_touched; t++) {
             int g = H.fn_touched[t];
@@ -741,8 +745,9 @@ static void write_stats(void)
         first = 0;
     }
     fprintf(f, "\n  },\n  \"main_loop\": {\"passes\": %llu, \"pass_max_cycles\": %llu, "
-               "\"wdr_addresses\": [",
-            (unsigned long long)H.loop_passes, (unsigned long long)H.loop_max);
+               "\"wire_wait_wdrs\": %llu, \"wdr_addresses\": [",
+            (unsigned long long)H.loop_passes, (unsigned long long)H.loop_max,
+            (unsigned long long)H.wire_wait_wdrs);
     for (int i = 0; i < H.n_wdr; i++)
         fprintf(f, "%s%u", i ? ", " : "", H.wdr_addr[i]);
     fprintf(f, "],\n    \"worst_pass_functions\": {");
@@ -1069,7 +1074,12 @@ int main(int argc, char **argv)
                 if (!H.just_reset)
                     note_reset("jump_to_0");
                 H.just_reset = 0;
-            } else if (pc >= H.main_lo && pc < H.main_hi) {
+            } else if (pc < H.main_lo || pc >= H.main_hi) {
+                /* a WDR in uart_send: waiting for room in a full TX ring */
+                if (H.uart_send_fn && pc / 2 < H.fn_words && H.fn_of[pc / 2] == H.uart_send_fn &&
+                    H.avr->flash[pc] == 0xA8 && H.avr->flash[pc + 1] == 0x95)
+                    H.wire_wait_wdrs++;
+            } else {
                 for (int i = 0; i < H.n_wdr; i++) {
                     if (pc != H.wdr_addr[i])
                         continue;
