@@ -9,8 +9,9 @@ Two records meet here:
 - **the wire** (:class:`WireRecord`, from the chunks a :class:`~firmware_bridge.link.Link`
   hands its ``on_bytes`` hook, or a run directory's capture.csv): the frames the host sent and
   what the unit answered. An accepted FIRE is one the unit answered with a VALVE_REPORT (not a
-  re-sent one); the report carries the executed ticks per channel and ``t_start_pu_us``, the
-  moment the unit accepted the FIRE on its own clock.
+  re-sent one); the report carries the executed ticks per channel and ``t_start_pu_us``, on
+  the unit's own clock when its pulses started (the board firmware: the tick edge its tick
+  interrupt raised them at), and each HK the unit's ``open_mask`` at its ``pu_time_us``.
 
 Aligning the two clocks. The unit's clock (pu_time_us: Timer1 from main(), restarted by every
 reset) runs on the same 16 MHz as the trace, so within one boot the trace cycle of unit time

@@ -33,43 +33,55 @@
  *
  * USART0 at 115200 bit/s with U2X: UBRR0 = 16 gives 117647 bit/s, +2.1 % error (within the
  * receiver's tolerance; 250000 would be exact, but the host tools and the conformance client
- * open the port at 115200). 8N1. Receive is interrupt driven into a 256-byte ring (22 ms of the line); the ISR
- * counts data overruns (DOR0), frame errors (FE0) and ring overflows; HK uart_overruns reports
- * their sum (plus the unit's own stall losses). Transmit goes through a 256-byte ring drained by
- * the UDRE interrupt, so the main loop never waits for the wire unless the ring is full (then it
- * waits, feeding the watchdog). A whole frame is queued at once, so frames never interleave.
- * QEMU ignores the baud rate.
+ * open the port at 115200). 8N1. Receive is interrupt driven into a 256-byte ring (22 ms of the
+ * line); the ISR counts data overruns (DOR0), frame errors (FE0) and ring overflows; HK
+ * uart_overruns reports their sum (plus the unit's own stall losses). The parser (proto.c)
+ * decodes COBS and sums the CRC as the bytes come, so the pass that takes a frame's delimiter
+ * only checks its header. Transmit goes through a 2 KB ring drained by the UDRE interrupt (174
+ * ms of the line): at the maximum FIRE rate the unit's TM outruns the line by about 9 bytes a
+ * step, and the ring holds that backlog for over 200 steps, so no pass waits for the wire (the
+ * simavr harness counts the waits: none, docs/bench.md section 9); a frame that finds it full
+ * waits, feeding the watchdog, and is never dropped. A whole frame is queued at once, so frames
+ * never interleave. QEMU ignores the baud rate.
  *
  * Time. Timer1 in CTC mode (WGM12), prescaler 8, OCR1A = 1999: a compare match every 1 ms
  * (tick_us = 1000), counted by the ISR. pu_time_us = ms * 1000 + TCNT1 / 2, read atomically with
- * the pending-compare flag so it never steps back. The main loop calls unit_tick() on every new
- * millisecond. A pass is not short: simavr measures about 10,000 cycles to decode and handle one
- * FIRE, and a pass that queues more than the 256-byte TX ring holds waits for the wire (up to
- * 300,000 cycles at the maximum FIRE rate: docs/bench.md, "Timing budget"). So the pins do not
- * wait for the main loop (issue 17), see "Pin timing".
+ * the pending-compare flag so it never steps back; its tick edges are the multiples of 1000 us
+ * (g_ms * 1000). The main loop calls unit_tick() on every new millisecond. A pass is not short:
+ * simavr measures about 13,700 cycles to take and execute one FIRE, up to ~35,000 at the maximum
+ * FIRE rate with the report of the pulse it cut and the interrupts meanwhile. So the valve pins
+ * never wait for the main loop: see "Pin timing".
  *
- * Pin timing. (1) A REALTIME FIRE's pulses go high from the unit's valves callback (valves_now)
- * as soon as the FIRE has opened them, then pins_sync() gives each a close tick: the tick
- * nearest its rise + on_ticks (the pin is high for its executed ticks within half a tick plus
- * the interrupt's latency; the unit's t_start is earlier, when it took the bytes, which is why
- * the count starts at the rise). The Timer1 compare ISR closes every channel whose tick has
- * come (sched, close_tick[], next_close: it scans only when the earliest close is due, with
- * interrupts on so a received byte is never kept waiting; at most ~2,100 cycles with the
- * interrupts it let in). The unit ends the pulse in its own records at t_start + on_ticks, at
- * its next tick: a pin whose pulse the unit ended stays high until its tick
- * (ended_on_schedule), a pin the ISR closed first stays low (the main loop writes pins & what
- * the unit holds open, never re-opening one), a pin the unit cut (a new FIRE, FAIL_OFF) closes
- * at once. The executed ticks the unit reports are the pin's to within one tick. (2) The link
- * watchdog: the USART RX ISR stamps each frame's delimiter (g_ms, TCNT1) in a FIFO; the unit
- * counts last_valid from that stamp less 20 us (unit_receive_at: never after the byte, so the
- * watchdog never runs longer than watchdog_ms from it), and the ISR drives every valve but the
- * stuck ones low at the first tick at or after the deadline, before anything else; the unit's
- * WATCHDOG_TRIP and SAFE follow from the main loop. (3) When every valve closes (STOP_ALL, the
- * watchdog, any SAFE) the unit calls valves_now(stuck) before it builds the closing's reports:
- * the pins and the schedule are cleared at once. Stuck-open valves (FAULT_INJECT STUCK_OPEN)
- * are never scheduled and stay high. Everything the ISR shares with the main loop is written
- * there in ATOMIC_BLOCKs kept to a few hundred cycles (the loops are computed before them).
- * LOCKSTEP FIREs are executed in virtual time and never move a pin.
+ * Pin timing (issue 17: what the unit reports is true to the pins). Every valve edge is the
+ * tick interrupt's, on a tick edge, except a closing at once:
+ * (1) A REALTIME FIRE's pulses start at the first tick edge at least START_MARGIN_US (200 us)
+ *     after the unit executes it (unit_config_t.pulse_start): that edge is the report's
+ *     t_start, the valves callback (valves_now) schedules each channel's rise there and its fall
+ *     t_start + planned ticks later, and the Timer1 compare ISR applies them (the next edge of
+ *     the schedule, precomputed: its valves written first, then the edge after found by a scan
+ *     with interrupts on). The unit ends the pulse in its records at that same edge (its clock
+ *     passes it when the interrupt fires), so a pulse lasts its reported ticks within the
+ *     interrupt's latency (simavr: -55..+8 us), and HK's open_mask at pu_time_us (pulses
+ *     started and not ended then) is what the pins show. A FIRE that re-commands a channel an
+ *     older pulse holds cuts that one at its start: the valve stays high through it (or, when
+ *     the older one ends a tick before, falls there and rises again at the start: reopen), so
+ *     the two reports add up to the pin's time.
+ * (2) Valves that close at once (STOP_ALL, DISARM, a lockout, any SAFE or FAULT, FAIL_OFF, a
+ *     channel a FIRE commands off): the unit calls the valves callback first, which drives them
+ *     low, takes them off the schedule and stamps the moment (unit_config_t.cut_time); the unit
+ *     cuts the pulses there (whole ticks run by then: a cut pulse is never shorter on its pin
+ *     than reported, and less than a tick longer) and only then builds the closing's reports.
+ * (3) The link watchdog: the USART RX ISR stamps each frame's delimiter (g_ms, TCNT1) in a FIFO;
+ *     the unit counts last_valid from that stamp less RX_STAMP_MARGIN_US (40 us) rounded up to
+ *     the next tick edge (unit_receive_at), so its deadline is a tick edge: the tick interrupt
+ *     drives every valve but the stuck ones low there, before anything else, and the unit cuts
+ *     the pulses at that deadline (not when its main loop notices), then sends WATCHDOG_TRIP
+ *     and goes SAFE. The valves close 250 ms - 40 us to 251 ms after the frame's last byte.
+ * Stuck-open valves (FAULT_INJECT STUCK_OPEN) are never scheduled and stay high. Everything the
+ * ISR shares with the main loop is written there in ATOMIC_BLOCKs of at most ~560 cycles (the
+ * ticks of a new pulse are written with interrupts on first; the interrupt reads a channel's
+ * ticks only once it is on the schedule). LOCKSTEP FIREs are executed in virtual time and never
+ * move a pin.
  *
  * Tick lateness. Each pass that sees a new millisecond runs the tick (before it takes the bytes
  * that wait, which arrived after the tick fell due) and tells unit_tick() how late it runs it:

@@ -45,13 +45,14 @@
 typedef void (*unit_send_fn)(void *ctx, const uint8_t *frame, uint8_t len);
 /* A hardware reset (board: watchdog). Never returns on the board; NULL: reset in place. */
 typedef void (*unit_reset_fn)(void *ctx);
-/* Drive the valve outputs to ``mask`` now (board: the pins). Called when every valve closes
+/* Drive the valve outputs to ``mask`` now (board: the pins): ``mask`` is what the unit holds
+ * open from now on, and the valves outside it close at once. Called when every valve closes
  * (STOP_ALL, DISARM, the link watchdog, any SAFE/FAULT), before the reports and events of the
- * closing are built: on the AVR those take tens of thousands of cycles (issue 17's pin
- * traces), and the main loop writes the pins only at the end of its pass. Also called with
- * unit_open_mask() when a REALTIME FIRE has opened its pulses (the board then schedules their
- * closing tick, unit_t.pending[].t_start + planned ticks, for its tick interrupt). NULL:
- * nothing. */
+ * closing are built (on the AVR those take tens of thousands of cycles: issue 17's pin traces),
+ * when channels are cut at once (FAIL_OFF, a FIRE that commands a running channel off, the
+ * oldest FIRE aborted), and with unit_open_mask() once a REALTIME FIRE has opened its pulses
+ * (the newest pending: the board schedules each channel's edges, t_start and t_start + planned
+ * ticks). NULL: nothing. */
 typedef void (*unit_valves_fn)(void *ctx, uint32_t mask);
 /* The board's valve clock (issue 17: what the unit reports must be true to the pins). NULL in
  * the host builds, which date every pulse start and cut with the now they were given (no change
