@@ -9,8 +9,9 @@ Two records meet here:
 - **the wire** (:class:`WireRecord`, from the chunks a :class:`~firmware_bridge.link.Link`
   hands its ``on_bytes`` hook, or a run directory's capture.csv): the frames the host sent and
   what the unit answered. An accepted FIRE is one the unit answered with a VALVE_REPORT (not a
-  re-sent one); the report carries the executed ticks per channel and ``t_start_pu_us``, the
-  moment the unit accepted the FIRE on its own clock.
+  re-sent one); the report carries the executed ticks per channel and ``t_start_pu_us``, on
+  the unit's own clock when its pulses started (the board firmware: the tick edge its tick
+  interrupt raised them at), and each HK the unit's ``open_mask`` at its ``pu_time_us``.
 
 Aligning the two clocks. The unit's clock (pu_time_us: Timer1 from main(), restarted by every
 reset) runs on the same 16 MHz as the trace, so within one boot the trace cycle of unit time
@@ -60,6 +61,7 @@ __all__ = [
     "judge_only_accepted_fires",
     "judge_closed_after",
     "judge_reset_low",
+    "judge_open_mask",
 ]
 
 F_CPU_HZ = 16_000_000
@@ -139,6 +141,7 @@ class WireRecord:
     sent: list[Sent] = field(default_factory=list)
     fires: list[Fire] = field(default_factory=list)
     events: list[tuple[int, Message]] = field(default_factory=list)  # (boot, EVENT)
+    hks: list[tuple[int, Message]] = field(default_factory=list)  # (boot, HK)
     boots: list[Message] = field(default_factory=list)  # the BOOTs the host saw, in order
     rx_errors: int = 0
     tx_bytes: bytes = b""  # every byte the host sent, in order
@@ -198,6 +201,8 @@ class WireRecord:
                     last_pu = None
                 elif m.name == "EVENT":
                     rec.events.append((boot, m))
+                elif m.name == "HK":
+                    rec.hks.append((boot, m))
                 elif m.name == "ACK" and m["result"] != _ACCEPTED:
                     rec.refused.add(m["acked_seq"])
                 elif m.name == "VALVE_REPORT" and not m["flags"] & _DUP_REPORT:
@@ -698,3 +703,62 @@ def judge_reset_low(
     if not resets:
         problems.append("the trace marks no reset: nothing to judge")
     return Verdict("pins low through every reset", ok, numbers, problems)
+
+
+def judge_open_mask(
+    pulses: Sequence[Pulse],
+    rec: WireRecord,
+    resets: Sequence[int],
+    edge_tol_cycles: int,
+    n_channels: int = 32,
+) -> Verdict:
+    """Each HK's ``open_mask`` is what the valve pins showed at its ``pu_time_us`` (issue 17:
+    what the unit reports is true to the pins). A channel with an edge within
+    ``edge_tol_cycles`` of that moment is left out (counted in ``near_edge``): the tick
+    interrupt switches a valve a few dozen cycles after the unit's clock has passed the edge.
+    HKs of a boot without an aligned clock (no FIRE opened a valve) are not judged."""
+    origins = align(pulses, rec.fires, resets, rec.boots)
+    seg_of = boot_segments(rec.boots, resets)
+    by_channel: dict[int, list[Pulse]] = {}
+    for p in pulses:
+        by_channel.setdefault(p.channel, []).append(p)
+    judged = with_open = near = 0
+    problems: list[str] = []
+    for boot, m in rec.hks:
+        origin = origins.get(boot)
+        if origin is None:
+            continue
+        c = origin + CYCLES_PER_US * m["pu_time_us"]
+        if _segment(c, resets) != seg_of.get(boot):
+            continue
+        judged += 1
+        with_open += m["open_mask"] != 0
+        for ch in range(n_channels):
+            high = near_edge = False
+            for p in by_channel.get(ch, ()):
+                fall = p.fall if p.fall is not None else None
+                if abs(p.rise - c) <= edge_tol_cycles or (
+                    fall is not None and abs(fall - c) <= edge_tol_cycles
+                ):
+                    near_edge = True
+                if p.rise <= c and (fall is None or c < fall):
+                    high = True
+            if near_edge:
+                near += 1
+                continue
+            said = bool(m["open_mask"] >> ch & 1)
+            if said != high:
+                problems.append(
+                    f"HK at unit {m['pu_time_us']} us (cycle {c}): valve{ch} "
+                    f"{'open' if said else 'closed'} in open_mask, pin {'high' if high else 'low'}"
+                )
+    numbers = {
+        "hks": judged,
+        "hks_with_open_valves": with_open,
+        "near_edge_left_out": near,
+        "mismatches": len(problems),
+        "edge_tol_cycles": edge_tol_cycles,
+    }
+    if not with_open:
+        problems.append("no HK while a valve was open: nothing to judge")
+    return Verdict("HK open_mask = pins", not problems, numbers, problems)

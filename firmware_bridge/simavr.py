@@ -84,7 +84,8 @@ class SimavrUnit:
     ``quit``, waits for the harness to write its stats and VCD, and kills it if it does not end
     within the timeout. ``elf`` runs another ELF (e.g. the release firmware.elf) instead of
     firmware-sim.elf; ``arm_enable`` is the arm-enable jumper at start (True: fitted);
-    ``uart_log_path`` logs every byte on USART0 with its cycle ("<cycle> rx|tx <hex>").
+    ``uart_log_path`` logs every byte on USART0 with its cycle ("<cycle> rx|tx <hex>");
+    ``pass_log_path`` logs every long main-loop pass with its costliest functions.
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class SimavrUnit:
         stats_path: str | os.PathLike | None = None,
         arm_enable: bool = True,
         uart_log_path: str | os.PathLike | None = None,
+        pass_log_path: str | os.PathLike | None = None,
     ):
         self.elf = Path(elf) if elf is not None else SIM_ELF
         self.build = build
@@ -104,6 +106,7 @@ class SimavrUnit:
         self.stats_path = Path(stats_path) if stats_path is not None else None
         self.arm_enable = arm_enable
         self.uart_log_path = Path(uart_log_path) if uart_log_path is not None else None
+        self.pass_log_path = Path(pass_log_path) if pass_log_path is not None else None
         self.port: str | None = None
         self._proc: subprocess.Popen | None = None
         self._err = None
@@ -128,6 +131,8 @@ class SimavrUnit:
             cmd += ["--stats", str(self.stats_path)]
         if self.uart_log_path is not None:
             cmd += ["--uart-log", str(self.uart_log_path)]
+        if self.pass_log_path is not None:
+            cmd += ["--pass-log", str(self.pass_log_path)]
         self._err = tempfile.TemporaryFile()  # never a pipe: a full one would stall the harness
         self._proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err

@@ -28,11 +28,20 @@ pytestmark = pytest.mark.slow
 
 WATCHDOG_MS = LIMITS["watchdog_ms_default"]  # 250: the unit's link watchdog (HELLO_ACK says so)
 #: REQ 2c, the stated STOP_ALL latency: from the frame's last byte at the UART to every valve
-#: pin low, 1.5 ms. Its worst case is STOP_ALL right behind a FIRE, as here: its last byte lands
-#: while the unit is still handling that FIRE (up to 1.3 ms from the FIRE's last byte to its
-#: pins, measured), then STOP_ALL's own handling closes the pins (about 0.2 ms). Measured 0.91 to
-#: 1.13 ms with 32 valves open; docs/bench.md "Pin evidence (simavr)".
-STOP_ALL_BOUND_US = 1500
+#: pin low, 1,000 us. Here STOP_ALL comes right behind a FIRE: the pass that handles that FIRE
+#: (about 13,700 cycles, 0.86 ms, with its COBS and CRC done as its bytes came) ends before
+#: STOP_ALL's last byte lands, and STOP_ALL's own pass closes the valves about 3,000 cycles after
+#: it starts (before it builds the closing's reports). Measured 0.38 to 0.65 ms with 16 or 32
+#: valves open (main before issue 17's pin work: 0.91 to 1.13 ms); docs/bench.md section 8.
+STOP_ALL_BOUND_US = 1000
+#: Every valve edge is the tick interrupt's (main.c, "Pin timing"): a pulse rises at its start
+#: tick and falls at start + executed ticks, each a few hundred cycles at most after its tick
+#: (the interrupt's latency: interrupts are off for at most ~450 cycles in the main loop), so a
+#: pulse that ran its course lasts its reported ticks within 100 us, not the issue's 1 ms.
+EDGE_TOL_CYCLES = 100 * pe.CYCLES_PER_US
+#: A FIRE's pulses start at the first tick edge at least 200 us after the unit executes it
+#: (main.c START_MARGIN_US): its pins rise at most that plus a tick after its pass.
+START_CYCLES = pe.TICK_CYCLES + 200 * pe.CYCLES_PER_US
 
 
 def _need() -> None:
@@ -77,7 +86,8 @@ def fly(tmp_path: Path, script: Callable[[Link, object], None]) -> Flight:
 
     chunks: list[tuple[str, int, bytes]] = []
     vcd, stats, ulog = tmp_path / "pins.vcd", tmp_path / "stats.json", tmp_path / "uart.log"
-    with SimavrUnit(vcd_path=vcd, stats_path=stats, uart_log_path=ulog) as unit:
+    plog = tmp_path / "passes.log"  # every long main-loop pass: where a latency's time went
+    with SimavrUnit(vcd_path=vcd, stats_path=stats, uart_log_path=ulog, pass_log_path=plog) as unit:
         link = Link(unit.port, on_bytes=lambda d, t, b: chunks.append((d, t, bytes(b))))
         try:
             script(link, unit)
@@ -144,18 +154,19 @@ def _pass_max(f: Flight) -> int:
 
 def test_pulse_widths_equal_the_reported_ticks(burst):
     """REQ 2a: every pulse that ran its course lasts its VALVE_REPORT's executed ticks within
-    one tick plus one main-loop pass: the firmware's own bound (main.c, "Time": a pulse closes
-    on the first tick at or after its end, and the pins are written at the end of that pass).
-    The issue asks for one tick; the excess over it is printed (docs/bench.md quotes it). The
-    pulses STOP_ALL cut are judged by the STOP_ALL test below."""
-    tol = pe.TICK_CYCLES + _pass_max(burst)
-    v = pe.judge_pulse_widths(burst.pulses, burst.rec, burst.resets, aborted=False, tol_cycles=tol)
+    EDGE_TOL_CYCLES (100 us; the issue asks one tick). The tick interrupt raises each pulse at
+    its start tick (the report's t_start) and lowers it executed ticks later, whatever the main
+    loop is doing (main.c, "Pin timing"). The pulses STOP_ALL cut are judged by the STOP_ALL
+    test below."""
+    v = pe.judge_pulse_widths(
+        burst.pulses, burst.rec, burst.resets, aborted=False, tol_cycles=EDGE_TOL_CYCLES
+    )
     print(v)
+    print(f"main loop worst pass: {_pass_max(burst)} cycles (the pulse ends do not wait for it)")
     assert v.ok, v
     assert v.numbers["pulses"] == 8 * 32  # every channel of every lawful step was judged
-    assert v.numbers["aborted_left_out"] == 32
-    over = max(abs(v.numbers["err_min_cycles"]), v.numbers["err_max_cycles"]) - pe.TICK_CYCLES
-    print(f"beyond one tick: {max(0, over)} cycles ({max(0, over) / 16:.1f} us)")
+    # step 9: bank 0's pulses, and bank 1's when they started before STOP_ALL came
+    assert v.numbers["aborted_left_out"] in (16, 32)
 
 
 def _two_passes(f: Flight) -> int:
@@ -167,8 +178,10 @@ def _two_passes(f: Flight) -> int:
 
 def test_fire_to_pin_latency(burst):
     """Each FIRE's pins rise after its last byte reached the UART, within two main-loop passes
-    (:func:`_two_passes`): two independent measurements (the trace and the harness's pass
-    timer) agree."""
+    (:func:`_two_passes`) and its start (a tick and START_MARGIN_US at most): two independent
+    measurements (the trace and the harness's pass timer) agree. Step 9's bank 1 may not have
+    risen at all: STOP_ALL, right behind it, can cut it before its start tick (its report then
+    says 0 ticks, judged below)."""
     lags = []
     for i, s in enumerate(burst.rec.sent):
         if s.msg.name != "FIRE" or i not in burst.arrivals:
@@ -176,9 +189,10 @@ def test_fire_to_pin_latency(burst):
         t = burst.arrivals[i]
         chans = {16 * s.msg["bank"] + c for c in range(16) if s.msg["on_ticks"][c]}
         rises = [p.rise - t for p in burst.pulses if p.channel in chans and p.rise >= t]
-        lags.append(min(rises))
+        if rises or s.msg["step"] != 9 or s.msg["bank"] != 1:
+            lags.append(min(rises))
     print(f"FIRE last byte -> pins high: max {max(lags)} cycles ({max(lags) / 16:.1f} us)")
-    assert len(lags) == 18 and 0 < max(lags) <= _two_passes(burst)
+    assert len(lags) in (17, 18) and 0 < max(lags) <= _two_passes(burst) + START_CYCLES
 
 
 def test_no_pin_high_outside_an_accepted_fire(burst):
@@ -202,6 +216,101 @@ def test_stop_all_closes_every_pin_within_the_stated_time(burst):
     )
     print(v)
     assert v.ok, v
+    # the pulses it cut: reported as the whole ticks they ran when the pins went low
+    w = pe.judge_pulse_widths(
+        burst.pulses, burst.rec, burst.resets, aborted=True, tol_cycles=pe.TICK_CYCLES
+    )
+    print(w)
+    assert w.ok, w
+    assert w.numbers["err_min_cycles"] >= -EDGE_TOL_CYCLES  # never shorter than reported
+
+
+# ---- issue 17: what the unit reports is true to the pins -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory) -> Flight:
+    """Lawful steps with housekeeping every 20 ms (the least HK period), so HKs fall while
+    pulses start, run and end."""
+
+    def script(link: Link, unit) -> None:
+        link.connect(mode="realtime", period_ms=100)
+        link.set_param("HK_PERIOD_MS", 20)
+        link.arm(max_on_ticks=100)
+        for k in range(1, 11):
+            assert not link.fire(k, _lawful(k)).missing_banks
+        _then_next_hk(link)
+
+    return fly(tmp_path_factory.mktemp("watched"), script)
+
+
+def test_hk_open_mask_is_what_the_pins_show(watched):
+    """Each HK's open_mask is the valve pins at its pu_time_us: a pulse is open in it from its
+    start tick (not when the FIRE was taken) to its end tick (not when the main loop noticed),
+    as on the pins. Channels with an edge within EDGE_TOL_CYCLES of the HK's moment are left
+    out (the interrupt switches a valve a few hundred cycles after the tick at most)."""
+    v = pe.judge_open_mask(watched.pulses, watched.rec, watched.resets, EDGE_TOL_CYCLES)
+    print(v)
+    assert v.ok, v
+    assert v.numbers["hks_with_open_valves"] >= 10
+    w = pe.judge_pulse_widths(
+        watched.pulses, watched.rec, watched.resets, aborted=True, tol_cycles=EDGE_TOL_CYCLES
+    )
+    print(w)
+    assert w.ok, w
+    assert w.numbers["pulses"] == 10 * 32
+
+
+# ---- REQ 2a/2b: pulses that end around the link watchdog's deadline -----------------------
+
+
+@pytest.fixture(scope="module")
+def deadline(tmp_path_factory) -> Flight:
+    """One FIRE whose pulses end from ~6 ms before to ~6 ms after the link watchdog's deadline,
+    then silence: some end on their own, the watchdog cuts the others."""
+
+    def script(link: Link, unit) -> None:
+        link.connect(mode="realtime", period_ms=1000)
+        link.arm(max_on_ticks=1000)
+        # bank 1's FIRE is the last frame (the deadline counts from it); bank 0's pulses start
+        # about 5 ms earlier (a FIRE is 57 bytes on the line), so theirs end later in ticks
+        ticks = [246 + c for c in range(16)] + [240 + c for c in range(16)]
+        link.fire(1, ticks, deadline_ns=time.monotonic_ns())
+        _wait(link, _event_seen(link, "WATCHDOG_TRIP"))
+        _then_next_hk(link)
+
+    return fly(tmp_path_factory.mktemp("deadline"), script)
+
+
+def test_pulses_around_the_watchdog_deadline_last_their_reported_ticks(deadline):
+    """A pulse that ends near the watchdog's deadline runs exactly what its report says: the
+    unit's watchdog deadline is a tick edge (the RX stamp rounded up), the tick interrupt
+    closes the valves there, and the unit cuts the pulses at that deadline, not when its main
+    loop notices; a pulse that ends at or before it ends on its own tick."""
+    d = deadline
+    v = pe.judge_pulse_widths(d.pulses, d.rec, d.resets, aborted=True, tol_cycles=EDGE_TOL_CYCLES)
+    print(v)
+    assert v.ok, v
+    assert v.numbers["pulses"] == 32
+    fires = [f for f in d.rec.fires if f.step == 1]
+    asked = {f.bank: f.on_ticks for f in fires}
+    ran = {(f.bank, c): (f.executed[c], asked[f.bank][c]) for f in fires for c in range(16)}
+    full = [k for k, (e, a) in ran.items() if e == a]
+    cut = [k for k, (e, a) in ran.items() if e < a]
+    print(f"ran their course: {len(full)}, cut by the watchdog: {len(cut)}")
+    assert full and cut  # both sides of the deadline, in both banks' spread of ends
+    t0, name = d.last_arrival()
+    assert name == "FIRE"
+    w = pe.judge_closed_after(
+        "watchdog",
+        d.pulses,
+        t0,
+        (WATCHDOG_MS + 1) * pe.TICK_CYCLES,
+        "the last frame's last byte",
+        rises_until=t0 + _two_passes(d) + START_CYCLES,
+    )
+    print(w)
+    assert w.ok, w
 
 
 # ---- REQ 2b: the host goes silent mid-pulse ------------------------------------------------
@@ -223,10 +332,10 @@ def silent(tmp_path_factory) -> Flight:
 
 def test_watchdog_closes_every_pin_within_watchdog_plus_one_tick(silent):
     """REQ 2b: after the host's last frame, every pin is low within watchdog_ms + 1 tick of
-    simulated time. The unit counts its watchdog from the moment it takes the frame, which is
-    after the frame's last byte reached the UART by the main loop's pickup and handling time
-    (the same FIRE's byte-to-pin time bounds it): closure from the byte <= watchdog + 1 tick +
-    that time. The closure from the byte itself is printed against the bare bound."""
+    simulated time from that frame's last byte at the UART. The unit counts its watchdog from
+    the receive interrupt's stamp of the frame's first waiting byte (unit_receive_at), and the
+    tick interrupt closes the pins at the first tick at or after that deadline (main.c, "Pin
+    timing"), so neither the main loop's pickup and handling time nor its passes add to it."""
     t0, name = silent.last_arrival()
     assert name == "FIRE"  # the host said nothing after its FIRE (no HEARTBEAT, no STOP_ALL)
     last = max(i for i in silent.arrivals if silent.rec.sent[i].msg.name == "FIRE")
@@ -238,20 +347,28 @@ def test_watchdog_closes_every_pin_within_watchdog_plus_one_tick(silent):
         "watchdog",
         silent.pulses,
         t0,
-        bound + take,
+        bound,
         "the last frame's last byte",
         rises_until=t0 + take,  # that FIRE's own pins
     )
     print(v)
-    over = v.numbers["closure_cycles"] - bound
     print(
-        f"from the last byte: {v.numbers['closure_us'] / 1e3:.3f} ms, watchdog + 1 tick "
-        f"{'exceeded by' if over > 0 else 'met with'} {abs(over) / 16:.1f} us; the last FIRE "
-        f"was taken and its pins raised {take / 16:.1f} us after its byte"
+        f"from the last byte: {v.numbers['closure_us'] / 1e3:.3f} ms (bound watchdog + 1 tick, "
+        f"margin {v.numbers['margin_cycles'] / 16:.1f} us); the last FIRE's pins rose "
+        f"{take / 16:.1f} us after its byte"
     )
     assert v.ok, v
     assert v.numbers["pins_high_at_t0"] == 32  # every valve was open when the host fell silent
-    assert v.numbers["closure_cycles"] >= WATCHDOG_MS * pe.TICK_CYCLES  # not before its time
+    # not before its time, but for the stamp's margin (main.c RX_STAMP_MARGIN_US, 40 us: the
+    # unit counts from just before the RX interrupt saw the byte, never after it)
+    assert v.numbers["closure_cycles"] >= (WATCHDOG_MS * 1000 - 40) * pe.CYCLES_PER_US
+    # the pulses it cut ran exactly what the unit reports (cut at the deadline, a tick edge)
+    w = pe.judge_pulse_widths(
+        silent.pulses, silent.rec, silent.resets, aborted=True, tol_cycles=EDGE_TOL_CYCLES
+    )
+    print(w)
+    assert w.ok, w
+    assert w.numbers["pulses"] == 32
     trip = [m for _, m in silent.rec.events if m["event"] == EVENT["WATCHDOG_TRIP"]]
     assert len(trip) == 1 and trip[0]["arg0"] >= WATCHDOG_MS
 

@@ -36,6 +36,24 @@ def test_every_limit_keeps_a_positive_margin(measured):
     assert 0 < by["tick ISR latency (TIMER1_COMPA)"].measured < timing_budget.TICK_CYCLES
     assert by["UART RX overruns (harness)"].measured == 0
     assert by["UART errors (unit HK uart_overruns)"].measured == 0
+    # the main loop never waits for the wire at this rate (TX ring 2 KB), and interrupts are
+    # never off for a frame of the line
+    assert by["main loop waits for the wire (WDRs in uart_send)"].measured == 0
+    assert (
+        0
+        < by["interrupts off, longest stretch"].measured
+        < measured["stats"]["uart_rx"]["frame_cycles"]
+    )
+
+
+def test_the_main_loop_pass_is_cpu_work_not_a_wait(measured):
+    """Issue 17: the worst pass at the maximum rate (32 channels) was 86,000-304,000 cycles,
+    waiting for the wire in uart_send. With no wait left it is the CPU's work of one pass: a
+    FIRE, the report of the pulse it cut and the interrupts meanwhile (under 64,000 cycles,
+    4 ticks; the 16,000-cycle target is in the table, not met: docs/bench.md section 9)."""
+    pass_max = measured["stats"]["main_loop"]["pass_max_cycles"]
+    print(f"main loop worst pass: {pass_max} cycles")
+    assert pass_max < 4 * timing_budget.TICK_CYCLES
 
 
 def test_the_scenario_really_ran_at_the_maximum_rate(measured):

@@ -7,7 +7,10 @@
  * and, through the valid frames it finds (the harness seeds the unit with a fixed RNG and a
  * fixed dictionary hash), the whole command table. A "valid-frame" mode (first byte odd) wraps
  * each chunk in a correct packet of the id in its first byte, with the session token patched
- * in, so deep states (ARMED, REALTIME pulses, faults) are reached quickly.
+ * in, so deep states (ARMED, REALTIME pulses, faults) are reached quickly. A "timed" mode (bit 1
+ * of the first byte) runs the unit as the board does (unit_config_t.pulse_start, cut_time,
+ * valves): REALTIME pulses start at the next 1 ms edge at least 200 us ahead, and every
+ * pending pulse must start on such an edge.
  *
  * Invariants checked after every step (abort() on failure, which libFuzzer reports):
  * - every TM frame the unit sends decodes with the C parser, is at most 64 bytes, is TM;
@@ -95,12 +98,34 @@ static void feed_valid(uint8_t id, const uint8_t *data, uint8_t n, uint16_t seq,
     unit_receive(&U, frame, f, now);
 }
 
+/* The board's valve clock, on the fuzzer's clock (edges: multiples of 1 ms from FUZZ_T0). */
+#define FUZZ_T0 0xFFF00000u
+static uint32_t fuzz_start(void *ctx, uint32_t now)
+{
+    (void)ctx;
+    uint32_t k = (now - FUZZ_T0 + 200u) / 1000u + 1u;
+    return FUZZ_T0 + k * 1000u;
+}
+static uint32_t fuzz_cut(void *ctx, uint32_t now)
+{
+    (void)ctx;
+    return now;
+}
+static void fuzz_valves(void *ctx, uint32_t mask)
+{
+    (void)ctx;
+    if (mask & ~(unit_open_mask(&U) | U.stuck))
+        abort(); /* the valves never open what the unit does not hold open */
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    uint8_t timed = size > 0 && (data[0] & 2);
     unit_config_t cfg = {32, UNIT_FW_VERSION, 1, RESET_CAUSE_POWER_ON, 1, 5, DICT_HASH, 12345,
-                         check_tx, NULL, NULL, NULL};
+                         check_tx, NULL, NULL, timed ? fuzz_valves : NULL,
+                         timed ? fuzz_start : NULL, timed ? fuzz_cut : NULL};
     unit_init(&U, &cfg);
-    uint32_t now = 0xFFF00000u; /* start near the wrap so wrap-around paths run */
+    uint32_t now = FUZZ_T0; /* start near the wrap so wrap-around paths run */
     unit_boot(&U, now);
     if (size == 0)
         return 0;
@@ -157,6 +182,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         invariants();
         if (((unit_open_mask(&U) & ~U.stuck) & ~open_before) && U.c.fires_accepted == fires_before)
             abort(); /* a valve opened without a valid FIRE */
+        for (uint8_t k = 0; timed && k < U.n_pending; k++)
+            if ((U.pending[k].t_start - FUZZ_T0) % 1000u)
+                abort(); /* a board pulse starts on a tick edge */
         i += n;
     }
     unit_stop_all(&U, now);

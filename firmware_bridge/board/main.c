@@ -33,24 +33,55 @@
  *
  * USART0 at 115200 bit/s with U2X: UBRR0 = 16 gives 117647 bit/s, +2.1 % error (within the
  * receiver's tolerance; 250000 would be exact, but the host tools and the conformance client
- * open the port at 115200). 8N1. Receive is interrupt driven into a 256-byte ring (22 ms of the line); the ISR
- * counts data overruns (DOR0), frame errors (FE0) and ring overflows; HK uart_overruns reports
- * their sum (plus the unit's own stall losses). Transmit goes through a 256-byte ring drained by
- * the UDRE interrupt, so the main loop never waits for the wire unless the ring is full (then it
- * waits, feeding the watchdog). A whole frame is queued at once, so frames never interleave.
- * QEMU ignores the baud rate.
+ * open the port at 115200). 8N1. Receive is interrupt driven into a 256-byte ring (22 ms of the
+ * line); the ISR counts data overruns (DOR0), frame errors (FE0) and ring overflows; HK
+ * uart_overruns reports their sum (plus the unit's own stall losses). The parser (proto.c)
+ * decodes COBS and sums the CRC as the bytes come, so the pass that takes a frame's delimiter
+ * only checks its header. Transmit goes through a 2 KB ring drained by the UDRE interrupt (174
+ * ms of the line): at the maximum FIRE rate the unit's TM outruns the line by about 9 bytes a
+ * step, and the ring holds that backlog for over 200 steps, so no pass waits for the wire (the
+ * simavr harness counts the waits: none, docs/bench.md section 9); a frame that finds it full
+ * waits, feeding the watchdog, and is never dropped. A whole frame is queued at once, so frames
+ * never interleave. QEMU ignores the baud rate.
  *
  * Time. Timer1 in CTC mode (WGM12), prescaler 8, OCR1A = 1999: a compare match every 1 ms
  * (tick_us = 1000), counted by the ISR. pu_time_us = ms * 1000 + TCNT1 / 2, read atomically with
- * the pending-compare flag so it never steps back. The main loop calls unit_tick() on every new
- * millisecond and then writes the valve pins from unit_open_mask(): REALTIME pulses open when
- * the FIRE is accepted and close on the first 1 ms tick at or after their end (worst-case
- * late-close is one tick plus one main-loop pass). A pass is not short: simavr measures about
- * 10,000 cycles to decode and handle one FIRE, and a pass that queues more than the 256-byte TX
- * ring holds waits for the wire (up to 270,000 cycles at the maximum FIRE rate: docs/bench.md,
- * "Timing budget"). So when every valve closes (STOP_ALL, the link watchdog, any SAFE) the unit
- * has the pins written at once through its valves callback (valves_now), before it builds the
- * reports of the closing. LOCKSTEP FIREs are executed in virtual time and never move a pin.
+ * the pending-compare flag so it never steps back; its tick edges are the multiples of 1000 us
+ * (g_ms * 1000). The main loop calls unit_tick() on every new millisecond. A pass is not short:
+ * simavr measures about 13,700 cycles to take and execute one FIRE, up to ~35,000 at the maximum
+ * FIRE rate with the report of the pulse it cut and the interrupts meanwhile. So the valve pins
+ * never wait for the main loop: see "Pin timing".
+ *
+ * Pin timing (issue 17: what the unit reports is true to the pins). Every valve edge is the
+ * tick interrupt's, on a tick edge, except a closing at once:
+ * (1) A REALTIME FIRE's pulses start at the first tick edge at least START_MARGIN_US (200 us)
+ *     after the unit executes it (unit_config_t.pulse_start): that edge is the report's
+ *     t_start, the valves callback (valves_now) schedules each channel's rise there and its fall
+ *     t_start + planned ticks later, and the Timer1 compare ISR applies them (the next edge of
+ *     the schedule, precomputed: its valves written first, then the edge after found by a scan
+ *     with interrupts on). The unit ends the pulse in its records at that same edge (its clock
+ *     passes it when the interrupt fires), so a pulse lasts its reported ticks within the
+ *     interrupt's latency (simavr: -55..+8 us), and HK's open_mask at pu_time_us (pulses
+ *     started and not ended then) is what the pins show. A FIRE that re-commands a channel an
+ *     older pulse holds cuts that one at its start: the valve stays high through it (or, when
+ *     the older one ends a tick before, falls there and rises again at the start: reopen), so
+ *     the two reports add up to the pin's time.
+ * (2) Valves that close at once (STOP_ALL, DISARM, a lockout, any SAFE or FAULT, FAIL_OFF, a
+ *     channel a FIRE commands off): the unit calls the valves callback first, which drives them
+ *     low, takes them off the schedule and stamps the moment (unit_config_t.cut_time); the unit
+ *     cuts the pulses there (whole ticks run by then: a cut pulse is never shorter on its pin
+ *     than reported, and less than a tick longer) and only then builds the closing's reports.
+ * (3) The link watchdog: the USART RX ISR stamps each frame's delimiter (g_ms, TCNT1) in a FIFO;
+ *     the unit counts last_valid from that stamp less RX_STAMP_MARGIN_US (40 us) rounded up to
+ *     the next tick edge (unit_receive_at), so its deadline is a tick edge: the tick interrupt
+ *     drives every valve but the stuck ones low there, before anything else, and the unit cuts
+ *     the pulses at that deadline (not when its main loop notices), then sends WATCHDOG_TRIP
+ *     and goes SAFE. The valves close 250 ms - 40 us to 251 ms after the frame's last byte.
+ * Stuck-open valves (FAULT_INJECT STUCK_OPEN) are never scheduled and stay high. Everything the
+ * ISR shares with the main loop is written there in ATOMIC_BLOCKs of at most ~560 cycles (the
+ * ticks of a new pulse are written with interrupts on first; the interrupt reads a channel's
+ * ticks only once it is on the schedule). LOCKSTEP FIREs are executed in virtual time and never
+ * move a pin.
  *
  * Tick lateness. Each pass that sees a new millisecond runs the tick (before it takes the bytes
  * that wait, which arrived after the tick fell due) and tells unit_tick() how late it runs it:
@@ -82,6 +113,8 @@
 #include <util/atomic.h>
 #include <util/delay.h>
 
+#include <string.h>
+
 #include "pins.h"
 #include "unit.h"
 
@@ -92,15 +125,12 @@
 #define ARM_ENABLE_IGNORED 0
 #endif
 
+
 #define CAT(a, b) a##b
 #define XCAT(a, b) CAT(a, b)
-#define ARM_PIN_REG XCAT(PIN, ARM_ENABLE_PORT)
-#define ARM_PORT_REG XCAT(PORT, ARM_ENABLE_PORT)
-#define ARM_DDR_REG XCAT(DDR, ARM_ENABLE_PORT)
-
 #define UBRR_U2X ((F_CPU + 4UL * RIG_BAUD) / (8UL * RIG_BAUD) - 1UL) /* 16 at 115200 */
 #define RX_RING 256u /* powers of two: the index masks below rely on it */
-#define TX_RING 256u
+#define TX_RING 2048u
 #define ARM_DEBOUNCE_MS 10
 #define SOFT_MAGIC 0xB0C7u
 #define EE_MAGIC 0xB007u
@@ -131,7 +161,135 @@ void early_init(void)
 /* ---- time */
 static volatile uint32_t g_ms;
 
-ISR(TIMER1_COMPA_vect) { g_ms++; }
+#define ARM_PIN_REG XCAT(PIN, ARM_ENABLE_PORT)
+#define ARM_PORT_REG XCAT(PORT, ARM_ENABLE_PORT)
+#define ARM_DDR_REG XCAT(DDR, ARM_ENABLE_PORT)
+
+/* ---- the valves' schedule, applied by the tick interrupt (see "Pin timing" above). Tick
+ * numbers are g_ms's low 16 bits: every edge is due within 32 s (a pulse lasts at most
+ * LIMIT_MAX_ON_TICKS_CAP ticks, the watchdog at most LIMIT_WATCHDOG_MS_MAX). The main loop
+ * writes all of these inside ATOMIC_BLOCK. */
+static volatile uint32_t pins;     /* what the valve pins show */
+static volatile uint32_t sched;    /* channels with an edge to come: open_tick, then close_tick */
+static volatile uint32_t to_open;  /* those of sched still to rise (at open_tick[ch]) */
+static volatile uint16_t open_tick[N_CHANNELS], close_tick[N_CHANNELS];
+static volatile uint32_t reopen;   /* those of sched that fall at close_tick, then rise again: */
+static volatile uint16_t reopen_tick[N_CHANNELS], reclose_tick[N_CHANNELS]; /* a new pulse's */
+static volatile uint8_t ev_armed;  /* the next edge of the schedule: at ev_tick ev_open rise, */
+static volatile uint16_t ev_tick;  /* ev_close fall */
+static volatile uint32_t ev_open, ev_close;
+static volatile uint8_t wd_armed;  /* the link watchdog's deadline, on the pins too */
+static volatile uint16_t wd_tick;
+static volatile uint32_t wd_keep;  /* stuck-open valves: the watchdog leaves them */
+static volatile uint16_t late_starts; /* pulses scheduled after their start edge (none seen) */
+
+/* Drive the valve pins to ``mask`` (the other bits of their ports left alone). */
+static void valves_write(uint32_t mask)
+{
+#define PORT_BYTE(L, M) uint8_t CAT(v_, L) = 0;
+    VALVE_PORTS(PORT_BYTE)
+#undef PORT_BYTE
+#define CHANNEL_BIT(ch, L, bit, pin)                                                           \
+    if (mask & (1UL << (ch)))                                                                  \
+        CAT(v_, L) |= (uint8_t)(1u << (bit));
+    VALVE_CHANNELS(CHANNEL_BIT)
+#undef CHANNEL_BIT
+#define PORT_WRITE(L, M) XCAT(PORT, L) = (uint8_t)((XCAT(PORT, L) & (uint8_t) ~(M)) | CAT(v_, L));
+    VALVE_PORTS(PORT_WRITE)
+#undef PORT_WRITE
+}
+
+/* The schedule's next edge after tick ``t``. Called by the tick interrupt once it applied an
+ * edge; the scan (~40 cycles a scheduled channel) runs with interrupts on, so a received byte
+ * never waits for it (the RX and UDRE handlers touch none of this; the main loop cannot run
+ * until it ends, and the next compare is a tick away). */
+static void next_edge(uint16_t t, uint32_t re)
+{
+    uint32_t s = sched, rise = to_open;
+    sei();
+    if (re) { /* fell for their old pulse: rise for the new one at its start */
+        uint32_t bit = 1;
+        for (uint8_t ch = 0; ch < N_CHANNELS; ch++, bit <<= 1)
+            if (re & bit) {
+                open_tick[ch] = reopen_tick[ch];
+                close_tick[ch] = reclose_tick[ch];
+            }
+    }
+    /* byte by byte (the AVR's own width; little endian), through pointers */
+    uint8_t sv[4], rv[4], o[4] = {0, 0, 0, 0}, c[4] = {0, 0, 0, 0};
+    memcpy(sv, &s, 4);
+    memcpy(rv, &rise, 4);
+    uint8_t any = 0;
+    uint16_t best = 0;
+    const volatile uint16_t *op = open_tick, *cp = close_tick;
+    for (uint8_t b = 0; b < 4; b++, op += 8, cp += 8) {
+        uint8_t sb = sv[b], rb = rv[b];
+        if (!sb)
+            continue; /* a port with nothing scheduled */
+        uint8_t bit = 1;
+        for (uint8_t k = 0; k < 8; k++, bit <<= 1) {
+            if (!(sb & bit))
+                continue;
+            uint8_t up = rb & bit;
+            uint16_t at = up ? op[k] : cp[k];
+            int16_t d = (int16_t)(at - t);
+            if (d <= 0)
+                at = (uint16_t)(t + 1); /* overdue (a late start): the next tick */
+            if (!any || (int16_t)(at - best) < 0) {
+                any = 1;
+                best = at;
+                memset(o, 0, sizeof o);
+                memset(c, 0, sizeof c);
+            }
+            if (at == best) {
+                if (up)
+                    o[b] |= bit;
+                else
+                    c[b] |= bit;
+            }
+        }
+    }
+    uint32_t eo, ec;
+    memcpy(&eo, o, 4);
+    memcpy(&ec, c, 4);
+    cli();
+    ev_tick = best;
+    ev_open = eo;
+    ev_close = ec;
+    ev_armed = any;
+}
+
+ISR(TIMER1_COMPA_vect)
+{
+    uint32_t ms = g_ms + 1;
+    g_ms = ms;
+    uint16_t t = (uint16_t)ms;
+    if (wd_armed && (int16_t)(t - wd_tick) >= 0) { /* the link watchdog: first, at once */
+        wd_armed = 0;
+        uint32_t p = pins, keep = p & wd_keep;
+        if (p != keep) {
+            valves_write(keep);
+            pins = keep;
+        }
+        sched = 0;
+        to_open = 0;
+        reopen = 0;
+        ev_armed = 0;
+    }
+    if (ev_armed && (int16_t)(t - ev_tick) >= 0) { /* the edge first, then the next one */
+        uint32_t o = ev_open, c = ev_close, p = pins;
+        uint32_t q = (p | o) & ~c;
+        if (q != p) {
+            valves_write(q);
+            pins = q;
+        }
+        uint32_t re = c & reopen;
+        to_open = (to_open & ~o) | re;
+        sched &= ~(c & ~re);
+        reopen &= ~re;
+        next_edge(t, re);
+    }
+}
 
 static uint32_t now_us(void)
 {
@@ -161,10 +319,26 @@ static volatile uint8_t rx_buf[RX_RING];
 static volatile uint8_t rx_head, rx_tail;
 static volatile uint16_t uart_dor, uart_fe, uart_ring_drops;
 static volatile uint8_t tx_buf[TX_RING];
-static volatile uint8_t tx_head, tx_tail;
+static volatile uint16_t tx_head, tx_tail; /* tx_head: written by the main loop with interrupts off */
+/* When each frame waiting in the receive ring ended (g_ms and TCNT1 at the RX interrupt of its
+ * delimiter): a FIFO the RX ISR fills and uart_take empties, a frame at a time. Full: a frame
+ * gets no stamp, and it takes an older one (the watchdog counts from earlier, never later). */
+#define RX_STAMPS 8u
+/* The stamp is read when the RX interrupt runs, which is after the byte by its latency (under
+ * 350 cycles at the maximum rate, docs/bench.md section 9): the unit counts the link watchdog
+ * from the stamp less RX_STAMP_MARGIN_US rounded up to the next tick edge (the watchdog then
+ * ends on a tick edge, where the tick interrupt closes the valves), so it never trips before
+ * watchdog_ms - 40 us from the byte, and never closes later than watchdog_ms + 1 tick from it
+ * (the rounding adds less than a tick less the margin, which covers the RX and tick
+ * interrupts' latencies). */
+#define RX_STAMP_MARGIN_US 40u
+static volatile uint32_t rx_stamp_ms[RX_STAMPS];
+static volatile uint16_t rx_stamp_t[RX_STAMPS];
+static volatile uint8_t rx_stamp_head, rx_stamp_tail;
 
 ISR(USART0_RX_vect)
 {
+    uint16_t t = TCNT1; /* first: the stamp is a few cycles after the byte's stop bit */
     uint8_t status = UCSR0A;
     uint8_t b = UDR0;
     if (status & _BV(DOR0))
@@ -176,18 +350,30 @@ ISR(USART0_RX_vect)
         uart_ring_drops++;
         return;
     }
+    if (b == 0) { /* a frame ends: its stamp before its delimiter is in the ring */
+        uint8_t h = rx_stamp_head, nh = (uint8_t)((h + 1) & (RX_STAMPS - 1));
+        if (nh != rx_stamp_tail) {
+            uint32_t ms = g_ms;
+            if ((TIFR1 & _BV(OCF1A)) && t < 1000) /* the tick ISR waits behind this one */
+                ms++;
+            rx_stamp_ms[h] = ms;
+            rx_stamp_t[h] = t;
+            rx_stamp_head = nh;
+        }
+    }
     rx_buf[rx_head] = b;
     rx_head = next;
 }
 
 ISR(USART0_UDRE_vect)
 {
-    if (tx_head == tx_tail) {
+    uint16_t tail = tx_tail;
+    if (tx_head == tail) {
         UCSR0B &= (uint8_t)~_BV(UDRIE0);
         return;
     }
-    UDR0 = tx_buf[tx_tail];
-    tx_tail = (uint8_t)(tx_tail + 1); /* TX_RING == 256: wraps by itself */
+    UDR0 = tx_buf[tail];
+    tx_tail = (uint16_t)((tail + 1) & (TX_RING - 1));
 }
 
 static void uart_init(void)
@@ -198,31 +384,69 @@ static void uart_init(void)
     UCSR0B = _BV(RXEN0) | _BV(TXEN0) | _BV(RXCIE0);
 }
 
+/* Bytes queued in the TX ring. */
+static uint16_t tx_used(void)
+{
+    uint16_t tail;
+    ATOMIC_BLOCK(ATOMIC_RESTORESTATE) { tail = tx_tail; }
+    return (uint16_t)((tx_head - tail) & (TX_RING - 1));
+}
+
+/* Queue a whole frame (frames never interleave). The ring holds about 87 ms of the line: more
+ * than the unit sends at the maximum FIRE rate between two steps, so a pass never waits for the
+ * wire (docs/bench.md section 9); a frame that finds it full waits rather than being lost. */
 static void uart_send(void *ctx, const uint8_t *frame, uint8_t len)
 {
     (void)ctx;
+    while (tx_used() + len > TX_RING - 1) /* full: wait for the wire */
+        wdt_reset();
+    uint16_t head = tx_head;
     for (uint8_t i = 0; i < len; i++) {
-        while ((uint8_t)(tx_head + 1) == tx_tail) /* full: wait for the wire */
-            wdt_reset();
-        tx_buf[tx_head] = frame[i];
-        tx_head = (uint8_t)(tx_head + 1);
+        tx_buf[head] = frame[i];
+        head = (uint16_t)((head + 1) & (TX_RING - 1));
     }
-    UCSR0B |= _BV(UDRIE0);
+    ATOMIC_BLOCK(ATOMIC_FORCEON)
+    {
+        tx_head = head;
+        UCSR0B |= _BV(UDRIE0);
+    }
 }
 
 static void uart_flush(void)
 {
-    while (tx_head != tx_tail)
+    while (tx_used())
         wdt_reset();
     _delay_us(200); /* the last byte leaving the shift register (87 us at 115200) */
 }
 
-static uint8_t uart_take(uint8_t *out, uint8_t max)
+/* Takes the bytes waiting, up to ``max``. *arrived_us: when the first frame they end arrived
+ * for the link watchdog (its delimiter's stamp less RX_STAMP_MARGIN_US, rounded up to a tick
+ * edge; the later frames of the chunk count from it too, earlier than their own). */
+static uint8_t uart_take(uint8_t *out, uint8_t max, uint32_t *arrived_us, uint8_t *framed)
 {
+    static uint32_t ms; /* the last stamp: a frame whose stamp did not fit takes it */
+    static uint16_t t;
+    uint8_t first = 1; /* *arrived_us, *framed: left alone when the bytes end no frame */
     uint8_t n = 0;
     while (n < max && rx_tail != rx_head) {
-        out[n++] = rx_buf[rx_tail];
+        uint8_t b = rx_buf[rx_tail];
+        out[n++] = b;
         rx_tail = (uint8_t)((rx_tail + 1) & (RX_RING - 1));
+        if (b == 0) {
+            uint8_t tail = rx_stamp_tail;
+            if (tail != rx_stamp_head) {
+                if (first) {
+                    ms = rx_stamp_ms[tail]; /* written before the head moved past it */
+                    t = rx_stamp_t[tail];
+                }
+                rx_stamp_tail = (uint8_t)((tail + 1) & (RX_STAMPS - 1));
+            }
+            if (first) /* the stamp less the margin, rounded up to its tick edge */
+                *arrived_us = ((int16_t)(t >> 1) > (int16_t)RX_STAMP_MARGIN_US ? ms + 1 : ms) *
+                              1000UL;
+            first = 0;
+            *framed = 1;
+        }
     }
     return n;
 }
@@ -234,32 +458,253 @@ static uint16_t uart_errors(void)
     return e;
 }
 
-/* ---- valves */
-static void valves_write(uint32_t mask)
+static unit_t unit;
+
+/* The tick (g_ms's count) at or after pu time ``us`` = ``whole_ms`` ms + a few ms from now (no
+ * 32-bit division: pu_time_us wraps at 2^32 us, g_ms at 2^32 ms, so it is counted from now). */
+static uint16_t tick_at_or_after(uint32_t us, uint16_t whole_ms, uint32_t now, uint32_t ms)
 {
-#define PORT_BYTE(L, M) uint8_t CAT(v_, L) = 0;
-    VALVE_PORTS(PORT_BYTE)
-#undef PORT_BYTE
-#define CHANNEL_BIT(ch, L, bit, pin)                                                           \
-    if (mask & (1UL << (ch)))                                                                  \
-        CAT(v_, L) |= (uint8_t)(1u << (bit));
-    VALVE_CHANNELS(CHANNEL_BIT)
-#undef CHANNEL_BIT
-#define PORT_WRITE(L, M) XCAT(PORT, L) = (uint8_t)((XCAT(PORT, L) & (uint8_t) ~(M)) | CAT(v_, L));
-    VALVE_PORTS(PORT_WRITE)
-#undef PORT_WRITE
+    int32_t x = (int32_t)(us - now) + (int32_t)(now - ms * 1000UL) - (int32_t)whole_ms * 1000;
+    uint16_t k = (uint16_t)(ms + whole_ms);
+    while (x > 0) {
+        x -= 1000;
+        k++;
+    }
+    while (x <= -1000) {
+        x += 1000;
+        k--;
+    }
+    return k;
 }
 
-static uint32_t written_mask; /* what the valve pins show; early_init drove every one low */
+/* The current tick number and pu time, consistent with each other. */
+static uint32_t now_tick(uint32_t *now)
+{
+    uint32_t t = now_us(), ms = now_ms();
+    if ((int32_t)(t - ms * 1000UL) >= 1000) /* a compare the ISR has not counted yet */
+        ms++;
+    *now = t;
+    return ms;
+}
 
-/* unit_valves_fn: every valve closes at once, before the unit builds the reports of the
- * closing (issue 17: with 32 valves open those took 4-5 ms, and STOP_ALL and the link
- * watchdog waited for them). */
+/* Computed before an ATOMIC_BLOCK, not in it: the block's barrier holds memory accesses only,
+ * and GCC may sink arithmetic on registers (a loop) into the interrupts-off region. */
+#define DONE_BEFORE(x) __asm__ __volatile__("" : "+r"(x))
+
+/* The link watchdog's deadline (a tick edge: the arrival stamps are rounded up to one) on the
+ * pins: the interrupt closes every valve but the stuck ones at that tick. Already due: closed
+ * here (the unit trips at its next tick). */
+static uint32_t synced_open, synced_dl; /* what the last sync worked from */
+static uint8_t synced_wd;
+
+static void wd_sync(void)
+{
+    uint32_t deadline, now;
+    uint8_t on = unit_watchdog_deadline(&unit, &deadline);
+    synced_wd = on;
+    synced_dl = deadline;
+    uint32_t ms = now_tick(&now);
+    uint16_t at = on ? tick_at_or_after(deadline, unit.watchdog_ms, now, ms) : 0;
+    uint32_t stuck = unit.stuck;
+    DONE_BEFORE(at);
+    ATOMIC_BLOCK(ATOMIC_FORCEON)
+    {
+        if (on && (int16_t)((uint16_t)g_ms - at) >= 0) {
+            on = 0;
+            sched = 0;
+            to_open = 0;
+            reopen = 0;
+            ev_armed = 0;
+            uint32_t p = pins & stuck;
+            valves_write(p);
+            pins = p;
+        }
+        wd_tick = at;
+        wd_keep = stuck;
+        wd_armed = on;
+    }
+}
+
+/* unit_time_fn pulse_start: the first tick edge at least START_MARGIN_US from now, so the
+ * schedule is set before it (the unit's valves callback follows within a few hundred cycles). */
+#define START_MARGIN_US 200u
+static uint8_t opening;     /* pulse_start called: the next valves_now opens the newest pulse */
+static uint16_t start_tick; /* ... at this tick */
+static uint32_t cut_us;     /* when valves_now last closed valves at once */
+
+static uint32_t pulse_start(void *ctx, uint32_t now_unused)
+{
+    (void)ctx;
+    (void)now_unused; /* the pass's start: the clock now is later */
+    uint32_t now;
+    uint32_t ms = now_tick(&now);
+    uint32_t k = ms + 1;
+    if ((uint16_t)(now - ms * 1000UL) > 1000u - START_MARGIN_US)
+        k++;
+    opening = 1;
+    start_tick = (uint16_t)k;
+    return k * 1000UL;
+}
+
+static uint32_t cut_time(void *ctx, uint32_t now)
+{
+    (void)ctx;
+    (void)now;
+    return cut_us;
+}
+
+/* Drop the channels outside ``open`` (what the unit holds open) from the pins and the
+ * schedule, at once; stuck-open valves high. Interrupts off. */
+static uint32_t pins_keep(uint32_t open, uint32_t stuck)
+{
+    uint32_t drop = ((pins | sched) & ~open) | (sched & stuck);
+    if (drop) {
+        sched &= ~drop;
+        to_open &= ~drop;
+        reopen &= ~drop;
+        ev_open &= ~drop;
+        ev_close &= ~drop;
+    }
+    return (pins & ~drop & open) | (open & stuck);
+}
+
+/* Channels classified to fall and rise again (reopen) whose old fall the tick interrupt
+ * applied before they were committed: they rise at the start like any other. */
+static void fell_since(uint32_t fell, uint16_t t0)
+{
+    uint32_t bit = 1;
+    for (uint8_t ch = 0; ch < N_CHANNELS; ch++, bit <<= 1)
+        if (fell & bit) {
+            open_tick[ch] = t0;
+            close_tick[ch] = reclose_tick[ch];
+        }
+}
+
+/* unit_valves_fn: ``mask`` is what the unit holds open from now on. Channels outside it close
+ * at once (STOP_ALL, the link watchdog, any SAFE, a cut: before the unit builds the reports of
+ * the closing), stamped for cut_time. After pulse_start, the newest pending pulse (a REALTIME
+ * FIRE) is scheduled: its channels rise at start_tick and each falls at start_tick + its
+ * planned ticks, in the tick interrupt; a channel an older pulse holds open stays high up to
+ * the start (the unit cut it there) and on through the new pulse. */
 static void valves_now(void *ctx, uint32_t mask)
 {
     (void)ctx;
-    valves_write(mask);
-    written_mask = mask;
+    uint32_t stuck = unit.stuck;
+    uint32_t up = 0;
+    uint16_t ub = 0;
+    uint16_t t0 = start_tick;
+    uint16_t at[CHANNELS_PER_BANK];
+    volatile uint16_t *ot = open_tick, *ct = close_tick;
+    uint8_t base = 0;
+    if (opening) {
+        opening = 0;
+        const unit_pulse_t *p = &unit.pending[unit.n_pending - 1];
+        base = (uint8_t)(p->bank * CHANNELS_PER_BANK);
+        up = ((uint32_t)p->active << base) & mask & ~stuck;
+        ub = (uint16_t)(up >> base);
+        ot += base;
+        ct += base;
+        for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
+            at[c] = (uint16_t)(t0 + p->planned[c]);
+    }
+    /* The new pulse's ticks are written with interrupts on: the tick interrupt reads
+     * open_tick only for channels still to rise, close_tick for those high, reopen_* only for
+     * those in reopen, and none of these writes can change what it does before the pulse's
+     * start (200 us or more away). A channel an older pulse still has on the schedule (the
+     * unit cut it at this start): one still to rise rises at its own tick and falls at the new
+     * end; one high that falls at or after the start runs on to the new end; one that falls
+     * before the start falls, then rises again at the start (reopen). */
+    uint16_t runs_on = 0, again = 0;
+    uint32_t busy = 0, old = 0;
+    if (up) {
+        ATOMIC_BLOCK(ATOMIC_FORCEON)
+        {
+            busy = sched & up;
+            old = to_open | reopen;
+        }
+        uint32_t w = busy & old, r = busy & reopen;
+        uint16_t bb = base ? (uint16_t)(busy >> 16) : (uint16_t)busy;
+        uint16_t wt = base ? (uint16_t)(w >> 16) : (uint16_t)w; /* 2 banks */
+        uint16_t rt = base ? (uint16_t)(r >> 16) : (uint16_t)r;
+        volatile uint16_t *ra = reopen_tick + base, *rc = reclose_tick + base;
+        uint16_t bit = 1;
+        for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++, bit <<= 1) {
+            if (!(ub & bit))
+                continue;
+            if (!(bb & bit)) { /* off the schedule */
+                ot[c] = t0;
+                ct[c] = at[c];
+            } else if (wt & bit) { /* still to rise (or to rise again) for an older pulse */
+                if (rt & bit)
+                    rc[c] = at[c]; /* its fall for the oldest pulse stays */
+                else
+                    ct[c] = at[c];
+            } else if ((int16_t)(ct[c] - t0) >= 0) {
+                ot[c] = t0;
+                ct[c] = at[c];
+                runs_on |= bit;
+            } else {
+                ra[c] = t0;
+                rc[c] = at[c];
+                again |= bit;
+            }
+        }
+    }
+    DONE_BEFORE(up);
+    DONE_BEFORE(runs_on);
+    DONE_BEFORE(again);
+    uint32_t ms;
+    uint16_t tc;
+    uint8_t due;
+    /* interrupts off for a few hundred cycles: a received byte waits less than a frame */
+    ATOMIC_BLOCK(ATOMIC_FORCEON)
+    {
+        uint32_t q = pins_keep(mask, stuck);
+        if (q != pins) {
+            valves_write(q);
+            pins = q;
+        }
+        tc = TCNT1; /* when they went low (cut_us, below) */
+        ms = g_ms;
+        due = (TIFR1 & _BV(OCF1A)) != 0;
+        if (up) {
+            uint32_t re = base ? (uint32_t)again << 16 : again;
+            uint32_t on = base ? (uint32_t)runs_on << 16 : runs_on;
+            uint32_t fell = busy & ~sched; /* closed by the interrupt since: rise at the start */
+            if (fell & re) {
+                fell_since(fell & re, t0);
+                re &= ~fell;
+            }
+            sched |= up;
+            to_open |= up & ~re;
+            reopen |= re;
+            ev_close &= ~on; /* an older pulse's fall no longer applies */
+            up &= ~re;       /* they rise once they fell (the interrupt finds it then) */
+            if ((int16_t)((uint16_t)g_ms - t0) >= 0) { /* its edge passed: up now (never seen) */
+                late_starts++;
+                q = pins | up;
+                valves_write(q);
+                pins = q;
+                uint16_t next = (uint16_t)(g_ms + 1); /* the interrupt finds the falls then */
+                if (!ev_armed || (int16_t)(ev_tick - next) > 0) {
+                    ev_tick = next;
+                    ev_open = ev_close = 0;
+                    ev_armed = 1;
+                }
+            } else if (!ev_armed || (int16_t)(t0 - ev_tick) < 0) {
+                ev_tick = t0; /* the interrupt finds the later edges once it applied this one */
+                ev_open = up;
+                ev_close = 0;
+                ev_armed = 1;
+            } else if (ev_tick == t0) {
+                ev_open |= up;
+            }
+        }
+    }
+    if (due && tc < 1000) /* a compare the interrupt had not counted yet */
+        ms++;
+    cut_us = ms * 1000UL + (tc >> 1);
+    synced_open = mask;
 }
 
 /* ---- boot bookkeeping */
@@ -306,12 +751,19 @@ static uint32_t adc_noise(void)
     return x;
 }
 
-static unit_t unit;
-
 static void board_reset(void *ctx)
 {
     (void)ctx;
-    valves_write(0);
+    ATOMIC_BLOCK(ATOMIC_FORCEON)
+    {
+        sched = 0;
+        to_open = 0;
+        reopen = 0;
+        ev_armed = 0;
+        wd_armed = 0;
+        valves_write(0);
+        pins = 0;
+    }
     soft_reset_requested = 0xA5; /* soft_failed/stuck/tank: mirrored by the main loop */
     uart_flush();
     cli();
@@ -350,7 +802,7 @@ int main(void)
     uint32_t seed = adc_noise() ^ ((uint32_t)boots << 16) ^ TCNT1;
 
     unit_config_t cfg = {N_CHANNELS, UNIT_FW_VERSION, boots, cause, TEST_BUILD, 5, DICT_HASH,
-                         seed, uart_send, board_reset, 0, valves_now};
+                         seed, uart_send, board_reset, 0, valves_now, pulse_start, cut_time};
     unit_init(&unit, &cfg);
     if (warm && !(cause & (RESET_CAUSE_POWER_ON | RESET_CAUSE_BROWN_OUT))) {
         unit.failed = soft_failed; /* hardware faults survive every reset but a power cycle */
@@ -394,19 +846,37 @@ int main(void)
             }
             unit_tick(&unit, t, late_us);
         }
-        uint8_t n = uart_take(buf, sizeof buf);
+        uint32_t arrived = 0;
+        uint8_t framed = 0;
+        uint8_t n = uart_take(buf, sizeof buf, &arrived, &framed);
         unit.uart_hw_errors = uart_errors();
-        if (n) {
+        if (n) { /* the clock (Timer1, an I/O register) only then: see "QEMU" above */
             unit_add_entropy(&unit, ((uint32_t)TCNT1 << 16) ^ g_ms);
-            unit_receive(&unit, buf, n, now_us());
+            uint32_t now = now_us();
+            unit_receive_at(&unit, buf, n, now, framed ? arrived : now);
         }
         uint32_t open_mask = unit_open_mask(&unit);
-        /* A change is written at once; the pins are rewritten every tick in any case. Writing
-         * them on every pass would take QEMU's global lock on every pass (see "QEMU" above). */
-        if (open_mask != written_mask || refresh) {
-            valves_write(open_mask);
-            written_mask = open_mask;
+        uint32_t deadline = synced_dl;
+        uint8_t wd_on = synced_wd;
+        if (n || refresh) /* last_valid and the state move only when bytes or a tick came */
+            wd_on = unit_watchdog_deadline(&unit, &deadline);
+        /* A channel the unit no longer holds open (it ended: the tick interrupt closed it
+         * already; or it was cut outside a valves callback): off the pins and the schedule;
+         * stuck-open ones high. New pulses are scheduled by the valves callback, never here.
+         * Otherwise the pins hold their level; they are rewritten every tick (writing them on
+         * every pass would take QEMU's global lock on every pass, see "QEMU" above). */
+        if (open_mask != synced_open || refresh) {
+            uint32_t stuck = unit.stuck;
+            ATOMIC_BLOCK(ATOMIC_FORCEON)
+            {
+                uint32_t q = pins_keep(open_mask, stuck);
+                valves_write(q);
+                pins = q;
+            }
         }
+        if (wd_on != synced_wd || (wd_on && deadline != synced_dl))
+            wd_sync();
+        synced_open = open_mask;
         soft_failed = unit.failed; /* for the next reset (a few stores per pass) */
         soft_stuck = unit.stuck;
         soft_tank = unit.tank_kpa;

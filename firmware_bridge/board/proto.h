@@ -48,8 +48,11 @@ typedef struct {
 } proto_msg_t;
 
 typedef struct {
-    uint8_t buf[PROTO_MAX_FRAME]; /* COBS bytes, decoded in place at the delimiter */
-    uint8_t n;
+    uint8_t buf[PROTO_MAX_FRAME]; /* the frame's bytes, COBS-decoded as they come */
+    uint8_t n;                    /* COBS bytes of the frame so far */
+    uint8_t w;                    /* decoded bytes in buf */
+    uint8_t code, left;           /* the current COBS block's code, its data bytes to come */
+    uint16_t crc;                 /* CRC-16 of buf[0 .. w - 3] */
     uint8_t overflow;             /* dropping bytes up to the next delimiter */
 } proto_parser_t;
 

@@ -4,7 +4,7 @@
  * by firmware_bridge/simavr.py (SimavrUnit); docs/bench.md, "simavr tier", is the user's guide.
  *
  *   simavr_unit [--elf FILE] [--vcd FILE] [--stats FILE] [--uart-log FILE]
- *               [--arm-enable on|off]
+ *               [--pass-log FILE] [--arm-enable on|off]
  *
  * stdout: one line "pty /dev/pts/N" once the unit runs (then "stats written" per `stats`).
  * stdin, one command a line: `arm on|off`, `reset` (the external reset pin), `hang` (the CPU
@@ -27,6 +27,10 @@
  * --uart-log FILE: one line per byte, "<cycle> rx|tx <hex>": rx at the cycle the byte is complete
  * in the receiver (RXC), tx at the cycle the firmware wrote it to UDR0. With the VCD it dates a
  * command's arrival against the pins (e.g. STOP_ALL's last byte to every valve low).
+ *
+ * --pass-log FILE: one line per main-loop pass of PASS_LOG_MIN_CYCLES or more, "<first cycle>
+ * <cycles> <function>=<cycles> ..." (its 16 costliest functions, ISRs included): with the
+ * UART log it says where the time between a frame's last byte and its effect went.
  *
  * Bytes. The host's bytes enter USART0 at the line rate in simulated time: one byte per frame
  * time of the line UBRR0/U2X0/UCSR0C configure (1,360 cycles, 85 us, at UBRR0 16 with U2X, 8N1),
@@ -111,6 +115,7 @@
 #define WDR_OPCODE 0x95A8u
 #define USART0_RX_VECTOR 25
 #define MAX_FN 512
+#define PASS_LOG_MIN_CYCLES 2000 /* --pass-log: the passes worth a line */
 #define STR(x) #x
 #define XSTR(x) STR(x)
 
@@ -175,7 +180,7 @@ static struct {
     /* uart rx model */
     uint64_t rx_arrivals[64];
     int rx_arr_head, rx_arr_n;
-    uint64_t rx_wait_max, rx_overruns, rx_taken;
+    uint64_t rx_wait_max, rx_wait_max_at, rx_overruns, rx_taken;
     /* vcd */
     FILE *vcd;
     uint64_t vcd_last_time;
@@ -192,6 +197,8 @@ static struct {
     int n_wdr;
     uint64_t wdr_last[8];
     uint64_t loop_max, loop_passes;
+    uint64_t wire_wait_wdrs; /* WDRs executed in uart_send: waits for the wire */
+    int uart_send_fn;        /* its function index (0: not in the ELF) */
     uint16_t sp_min;
     uint32_t end_of_data, main_lo, main_hi;
     /* functions (ELF FUNC symbols) and the cycles each took in the current and the worst pass */
@@ -202,11 +209,15 @@ static struct {
     uint64_t fn_pass[MAX_FN], fn_worst[MAX_FN];
     uint16_t fn_touched[MAX_FN];
     int n_touched;
+    const char *pass_log_path;
+    FILE *pass_log;
     reset_rec_t resets[256];
     int n_resets, resets_total;
     uint64_t hangs[64];
     int n_hangs;
-    int hung, just_reset, irq_on;
+    int hung, just_reset, irq_on, i_was;
+    uint64_t off_from, off_max, off_max_at; /* interrupts off: since, the longest stretch */
+    uint32_t off_pc, off_max_pc;   /* the instruction that turned them off */
     avr_watchdog_t *wdt;
     avr_uart_t *uart0;
     uint64_t wdt_period_fixes, wdt_running; /* running: the period armed, in cycles */
@@ -265,6 +276,8 @@ static int elf_symbols(const char *path)
                 H.fn_name[f] = strdup(name);
                 H.fn_lo[f] = sym[k].st_value;
                 H.fn_hi[f] = sym[k].st_value + sym[k].st_size;
+                if (!strncmp(name, "uart_send", 9) && (!name[9] || name[9] == '.'))
+                    H.uart_send_fn = f; /* (a static function: maybe "uart_send.constprop.N") */
             }
             if (!strcmp(name, "main")) {
                 H.main_lo = sym[k].st_value;
@@ -548,8 +561,10 @@ static void on_vec_running(struct avr_irq_t *irq, uint32_t value, void *param)
         if (v->vector == USART0_RX_VECTOR && H.rx_arr_n) { /* it takes the oldest unread byte */
             uint64_t arr = H.rx_arrivals[H.rx_arr_head];
             uint64_t wait = now > arr ? now - arr : 0;
-            if (wait > H.rx_wait_max)
+            if (wait > H.rx_wait_max) {
                 H.rx_wait_max = wait;
+                H.rx_wait_max_at = now;
+            }
             H.rx_arr_head = (H.rx_arr_head + 1) % 64;
             H.rx_arr_n--;
             H.rx_taken++;
@@ -571,6 +586,28 @@ static void pass_reset(void)
     H.n_touched = 0;
 }
 
+/* The current pass (from cycle ``from``, ``d`` cycles) on the --pass-log: its costliest
+ * functions, largest first. */
+static void pass_log_line(uint64_t from, uint64_t d)
+{
+    fprintf(H.pass_log, "%llu %llu", (unsigned long long)from, (unsigned long long)d);
+    uint8_t shown[MAX_FN] = {0};
+    for (int k = 0; k < 16; k++) {
+        int best = -1;
+        for (int t = 0; t < H.n_touched; t++) {
+            int g = H.fn_touched[t];
+            if (!shown[g] && (best < 0 || H.fn_pass[g] > H.fn_pass[best]))
+                best = g;
+        }
+        if (best < 0)
+            break;
+        shown[best] = 1;
+        fprintf(H.pass_log, " %s=%llu", best ? H.fn_name[best] : "?",
+                (unsigned long long)H.fn_pass[best]);
+    }
+    fputc('\n', H.pass_log);
+}
+
 /* ---- resets */
 static void note_reset(const char *cause)
 {
@@ -580,6 +617,7 @@ static void note_reset(const char *cause)
     for (int i = 0; i < N_VECTORS; i++)
         H.vec[i].pending = H.vec[i].running = 0;
     H.irq_on = 0;
+    H.i_was = 0;
     /* a watchdog reset leaves it running at its shortest period (WDRF set); others stop it */
     H.wdt_running = !strcmp(cause, "watchdog") ? 2048ull * H.avr->frequency / 128000 : 0;
     for (int i = 0; i < H.n_wdr; i++)
@@ -682,7 +720,14 @@ static void write_stats(void)
     fprintf(f, "\n  ],\n  \"hangs\": [");
     for (int i = 0; i < H.n_hangs; i++)
         fprintf(f, "%s%llu", i ? ", " : "", (unsigned long long)H.hangs[i]);
-    fprintf(f, "],\n  \"interrupts\": {");
+    fprintf(f,
+            "],\n  \"irq_off\": {\"max_cycles\": %llu, \"max_at\": %llu, \"max_from\": "
+            "\"%s\"},\n",
+            (unsigned long long)H.off_max, (unsigned long long)H.off_max_at,
+            H.off_max_pc / 2 < H.fn_words && H.fn_of[H.off_max_pc / 2]
+                ? H.fn_name[H.fn_of[H.off_max_pc / 2]]
+                : "");
+    fprintf(f, "  \"interrupts\": {");
     int first = 1;
     for (int i = 1; i < N_VECTORS; i++) {
         if (!H.vec_used[i])
@@ -700,8 +745,9 @@ static void write_stats(void)
         first = 0;
     }
     fprintf(f, "\n  },\n  \"main_loop\": {\"passes\": %llu, \"pass_max_cycles\": %llu, "
-               "\"wdr_addresses\": [",
-            (unsigned long long)H.loop_passes, (unsigned long long)H.loop_max);
+               "\"wire_wait_wdrs\": %llu, \"wdr_addresses\": [",
+            (unsigned long long)H.loop_passes, (unsigned long long)H.loop_max,
+            (unsigned long long)H.wire_wait_wdrs);
     for (int i = 0; i < H.n_wdr; i++)
         fprintf(f, "%s%u", i ? ", " : "", H.wdr_addr[i]);
     fprintf(f, "],\n    \"worst_pass_functions\": {");
@@ -724,10 +770,10 @@ static void write_stats(void)
                "%u, \"margin_bytes\": %d},\n",
             ramend, H.sp_min, hwm, H.end_of_data, (int)H.sp_min + 1 - (int)H.end_of_data);
     fprintf(f, "  \"uart_rx\": {\"bytes\": %llu, \"taken\": %llu, \"frame_cycles\": %llu, "
-               "\"wait_max_cycles\": %llu, \"overruns\": %llu},\n",
+               "\"wait_max_cycles\": %llu, \"wait_max_at\": %llu, \"overruns\": %llu},\n",
             (unsigned long long)H.rx_bytes_in, (unsigned long long)H.rx_taken,
-            (unsigned long long)H.uart0->cycles_per_byte,
-            (unsigned long long)H.rx_wait_max, (unsigned long long)H.rx_overruns);
+            (unsigned long long)H.uart0->cycles_per_byte, (unsigned long long)H.rx_wait_max,
+            (unsigned long long)H.rx_wait_max_at, (unsigned long long)H.rx_overruns);
     fprintf(f, "  \"uart_tx\": {\"bytes\": %llu, \"dropped\": %llu},\n",
             (unsigned long long)H.tx_bytes, (unsigned long long)H.tx_dropped);
     fprintf(f, "  \"watchdog\": {\"period_fixes\": %llu}\n}\n",
@@ -830,7 +876,7 @@ static void throttle(void)
 static void usage(void)
 {
     fprintf(stderr, "usage: simavr_unit [--elf FILE] [--vcd FILE] [--stats FILE] "
-                    "[--uart-log FILE] [--arm-enable on|off]\n");
+                    "[--uart-log FILE] [--pass-log FILE] [--arm-enable on|off]\n");
     exit(2);
 }
 
@@ -849,6 +895,8 @@ int main(int argc, char **argv)
             H.stats_path = argv[++i];
         else if (!strcmp(argv[i], "--uart-log"))
             H.uart_log_path = argv[++i];
+        else if (!strcmp(argv[i], "--pass-log"))
+            H.pass_log_path = argv[++i];
         else if (!strcmp(argv[i], "--arm-enable")) {
             const char *v = argv[++i];
             if (strcmp(v, "on") && strcmp(v, "off"))
@@ -948,6 +996,11 @@ int main(int argc, char **argv)
         if (!H.uart_log)
             die("cannot write the --uart-log file");
     }
+    if (H.pass_log_path) {
+        H.pass_log = fopen(H.pass_log_path, "w");
+        if (!H.pass_log)
+            die("cannot write the --pass-log file");
+    }
     arm_drive();
     pty_open();
     struct sigaction sa = {.sa_handler = on_signal};
@@ -995,7 +1048,19 @@ int main(int argc, char **argv)
             if (H.hung)
                 continue; /* no instruction ran */
             if (!H.irq_on && avr->sreg[S_I])
-                H.irq_on = 1; /* latencies count from the first SEI after a reset */
+                H.irq_on = H.i_was = 1; /* latencies count from the first SEI after a reset */
+            if (H.irq_on) { /* interrupts-off stretches: what an interrupt can wait for */
+                int on = avr->sreg[S_I] != 0;
+                if (!on && H.i_was) {
+                    H.off_from = cycle0;
+                    H.off_pc = pc;
+                } else if (on && !H.i_was && avr->cycle - H.off_from > H.off_max) {
+                    H.off_max = avr->cycle - H.off_from;
+                    H.off_max_pc = H.off_pc;
+                    H.off_max_at = H.off_from;
+                }
+                H.i_was = on;
+            }
             if (pc / 2 < H.fn_words) {
                 uint16_t f = H.fn_of[pc / 2];
                 if (!H.fn_pass[f])
@@ -1009,7 +1074,12 @@ int main(int argc, char **argv)
                 if (!H.just_reset)
                     note_reset("jump_to_0");
                 H.just_reset = 0;
-            } else if (pc >= H.main_lo && pc < H.main_hi) {
+            } else if (pc < H.main_lo || pc >= H.main_hi) {
+                /* a WDR in uart_send: waiting for room in a full TX ring */
+                if (H.uart_send_fn && pc / 2 < H.fn_words && H.fn_of[pc / 2] == H.uart_send_fn &&
+                    H.avr->flash[pc] == 0xA8 && H.avr->flash[pc + 1] == 0x95)
+                    H.wire_wait_wdrs++;
+            } else {
                 for (int i = 0; i < H.n_wdr; i++) {
                     if (pc != H.wdr_addr[i])
                         continue;
@@ -1022,6 +1092,8 @@ int main(int argc, char **argv)
                                 H.fn_worst[H.fn_touched[t]] = H.fn_pass[H.fn_touched[t]];
                         }
                         H.loop_passes++;
+                        if (H.pass_log && d >= PASS_LOG_MIN_CYCLES)
+                            pass_log_line(H.wdr_last[i], d);
                     }
                     H.wdr_last[i] = avr->cycle;
                     pass_reset();
@@ -1046,5 +1118,7 @@ int main(int argc, char **argv)
     }
     if (H.uart_log)
         fclose(H.uart_log);
+    if (H.pass_log)
+        fclose(H.pass_log);
     return rc;
 }

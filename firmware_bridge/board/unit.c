@@ -106,7 +106,11 @@ void unit_add_entropy(unit_t *u, uint32_t x)
 
 static uint16_t period_ticks(const unit_t *u)
 {
+#if TICK_US == 1000
+    return u->period_ms; /* no 32-bit division (~600 AVR cycles) on every FIRE and report */
+#else
     return (uint16_t)((uint32_t)u->period_ms * 1000u / TICK_US);
+#endif
 }
 
 /* ------------------------------------------------------------------ output */
@@ -198,14 +202,22 @@ static void report(unit_t *u, const unit_pulse_t *p)
     u->c.fires_executed++;
 }
 
-static void cut(unit_pulse_t *p, uint8_t c, uint32_t now)
+/* Cut the channels ``bits`` of the pulse at ``now``: the whole ticks each valve was open
+ * before the cut (the board switches on tick edges), one division a pulse (the AVR's 32-bit
+ * division is ~600 cycles). */
+static void cut(unit_pulse_t *p, uint16_t bits, uint32_t now)
 {
-    /* whole ticks the valve was open before the cut (the board switches on tick edges) */
+    bits &= p->active;
+    if (!bits)
+        return;
     int32_t dt = since(now, p->t_start);
     uint32_t ticks = dt > 0 ? (uint32_t)dt / TICK_US : 0;
-    p->executed[c] = ticks < p->planned[c] ? (uint16_t)ticks : p->planned[c];
+    uint16_t bit = 1;
+    for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++, bit <<= 1)
+        if (bits & bit)
+            p->executed[c] = ticks < p->planned[c] ? (uint16_t)ticks : p->planned[c];
     p->flags |= 2;
-    p->active &= (uint16_t)~(1u << c);
+    p->active &= (uint16_t)~bits;
 }
 
 static void remove_pending(unit_t *u, uint8_t i)
@@ -223,6 +235,18 @@ static void finish(unit_t *u, uint8_t i)
     report(u, &p);
 }
 
+/* Report and drop every pending pulse with no channel left open, in order. */
+static void finish_idle(unit_t *u)
+{
+    uint8_t i = 0;
+    while (i < u->n_pending) {
+        if (!u->pending[i].active)
+            finish(u, i);
+        else
+            i++;
+    }
+}
+
 /* Every valve but the stuck ones closed, on the pins at once (see unit_valves_fn). */
 static void valves_closed_now(unit_t *u)
 {
@@ -230,24 +254,32 @@ static void valves_closed_now(unit_t *u)
         u->cfg.valves(u->cfg.ctx, u->stuck);
 }
 
-static void close_all(unit_t *u, uint32_t now)
+/* When the valves the last valves() call closed went low (see unit_time_fn). */
+static uint32_t cut_time(unit_t *u, uint32_t now)
 {
-    if (u->n_pending)
-        valves_closed_now(u);
+    return u->cfg.cut_time ? u->cfg.cut_time(u->cfg.ctx, now) : now;
+}
+
+/* Every valve closed at once, then every pulse cut and reported. ``at``: when they closed if
+ * the caller knows (the link watchdog's deadline on the board), else NULL (cut_time). */
+static void close_all(unit_t *u, uint32_t now, const uint32_t *at)
+{
+    if (!u->n_pending)
+        return;
+    valves_closed_now(u);
+    uint32_t t = at ? *at : cut_time(u, now);
     while (u->n_pending) {
-        unit_pulse_t *p = &u->pending[0];
-        for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
-            if ((p->active >> c) & 1)
-                cut(p, c, now);
+        cut(&u->pending[0], u->pending[0].active, t);
         finish(u, 0);
     }
 }
 
-/* Go SAFE or FAULT: every valve closed first, then SAFE_ENTERED(reason, arg1). */
-static void leave_armed_with(unit_t *u, uint32_t now, uint8_t new_state, uint8_t reason,
-                             uint16_t arg1)
+/* Go SAFE or FAULT: every valve closed first (at ``at``, see close_all), then
+ * SAFE_ENTERED(reason, arg1). */
+static void leave_armed_at(unit_t *u, uint32_t now, const uint32_t *at, uint8_t new_state,
+                           uint8_t reason, uint16_t arg1)
 {
-    close_all(u, now);
+    close_all(u, now, at);
     uint8_t old = u->state;
     if (old == new_state)
         return;
@@ -255,6 +287,12 @@ static void leave_armed_with(unit_t *u, uint32_t now, uint8_t new_state, uint8_t
     u->state = new_state;
     if (old == STATE_ARMING || old == STATE_ARMED || new_state == STATE_SAFE)
         event(u, now, EVENT_SAFE_ENTERED, reason, arg1, 0);
+}
+
+static void leave_armed_with(unit_t *u, uint32_t now, uint8_t new_state, uint8_t reason,
+                             uint16_t arg1)
+{
+    leave_armed_at(u, now, NULL, new_state, reason, arg1);
 }
 
 static void leave_armed(unit_t *u, uint32_t now, uint8_t new_state, uint8_t reason)
@@ -269,12 +307,15 @@ static uint8_t pressure_low(const unit_t *u) { return u->tank_kpa < LIMIT_MIN_FE
 /* Cut the channels in bits (unit-wide) in every pending pulse (FAIL_OFF). */
 static void cut_channels(unit_t *u, uint32_t bits, uint32_t now)
 {
+    uint32_t open = unit_open_mask(u);
+    if (u->cfg.valves && (open & bits & ~u->stuck)) {
+        u->cfg.valves(u->cfg.ctx, open & ~(bits & ~u->stuck)); /* at once on the pins */
+        now = cut_time(u, now);                                 /* cut when they went low */
+    }
     uint8_t i = 0;
     while (i < u->n_pending) {
         unit_pulse_t *p = &u->pending[i];
-        for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
-            if (((p->active >> c) & 1) && ((bits >> (p->bank * CHANNELS_PER_BANK + c)) & 1))
-                cut(p, c, now);
+        cut(p, (uint16_t)(bits >> (p->bank * CHANNELS_PER_BANK)), now);
         if (!p->active)
             finish(u, i);
         else
@@ -317,6 +358,7 @@ static void power_on(unit_t *u)
     u->last_valid = 0;
     u->idle_from = 0;
     u->n_pending = 0;
+    u->ends_known = 0;
     memset(u->tm_seq, 0, sizeof u->tm_seq);
     u->has_rx_seq = 0;
     memset(u->cache, 0, sizeof u->cache);
@@ -367,7 +409,7 @@ void unit_boot(unit_t *u, uint32_t now)
 
 void unit_reset(unit_t *u, uint32_t now, uint8_t cause)
 {
-    close_all(u, now);
+    close_all(u, now, NULL);
     u->boot_count++;
     u->reset_cause = cause;
     power_on(u);
@@ -419,6 +461,23 @@ static uint8_t watchdog_active(const unit_t *u)
     return table_cell(u, IN_WATCHDOG) != CELL_NONE;
 }
 
+uint8_t unit_watchdog_deadline(const unit_t *u, uint32_t *deadline_us)
+{
+    *deadline_us = u->last_valid + (uint32_t)u->watchdog_ms * 1000u;
+    return u->state != STATE_BOOT && watchdog_active(u);
+}
+
+/* The valves open at ``now``: a pulse whose start is still to come (the board's next tick
+ * edge) is not open yet. */
+static uint32_t open_at(const unit_t *u, uint32_t now)
+{
+    uint32_t mask = u->stuck;
+    for (uint8_t i = 0; i < u->n_pending; i++)
+        if (reached(now, u->pending[i].t_start))
+            mask |= (uint32_t)u->pending[i].active << (u->pending[i].bank * CHANNELS_PER_BANK);
+    return mask;
+}
+
 static void send_hk(unit_t *u, uint32_t now)
 {
     uint8_t p[MSG_HK_LEN];
@@ -441,7 +500,7 @@ static void send_hk(unit_t *u, uint32_t now)
     proto_put16(p + MSG_HK_OFF_UART_OVERRUNS, (uint16_t)overruns);
     proto_put16(p + MSG_HK_OFF_SESSION_ERRORS, u->c.session_errors);
     proto_put32(p + MSG_HK_OFF_LAST_STEP, u->last_step);
-    proto_put32(p + MSG_HK_OFF_OPEN_MASK, unit_open_mask(u));
+    proto_put32(p + MSG_HK_OFF_OPEN_MASK, open_at(u, now));
     proto_put32(p + MSG_HK_OFF_FAILED_MASK, u->failed);
     proto_put32(p + MSG_HK_OFF_STUCK_MASK, u->stuck);
     proto_put16(p + MSG_HK_OFF_TANK_KPA, u->tank_kpa);
@@ -458,18 +517,27 @@ static void run_timers(unit_t *u, uint32_t now, uint32_t late_us)
     uint32_t wd_deadline = u->last_valid + (uint32_t)u->watchdog_ms * 1000u;
     /* Pulses that ended (before the watchdog would have cut them), in time order; a pulse is
      * reported when its last channel closes. */
-    for (;;) {
+    /* The scan (32 channels: ~2,000 AVR cycles) only when a channel may have ended: the unit
+     * runs its timers at every tick and every received chunk. */
+    while (u->n_pending && (!u->ends_known || reached(now, u->next_end))) {
         int8_t bi = -1;
         uint8_t bc = 0;
         uint32_t best = 0;
+        uint8_t later = 0;
+        uint32_t first = 0; /* the earliest end not taken now */
         for (uint8_t i = 0; i < u->n_pending; i++) {
             unit_pulse_t *p = &u->pending[i];
-            for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++) {
-                if (!((p->active >> c) & 1))
+            uint16_t bit = 1;
+            for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++, bit <<= 1) {
+                if (!(p->active & bit))
                     continue;
                 uint32_t end = p->t_start + (uint32_t)p->planned[c] * TICK_US;
-                if (!reached(now, end) || (wd_on && since(end, wd_deadline) > 0))
+                if (!reached(now, end) || (wd_on && since(end, wd_deadline) > 0)) {
+                    if (!later || since(end, first) < 0)
+                        first = end;
+                    later = 1;
                     continue;
+                }
                 if (bi < 0 || since(end, best) < 0) {
                     bi = (int8_t)i;
                     bc = c;
@@ -477,8 +545,11 @@ static void run_timers(unit_t *u, uint32_t now, uint32_t late_us)
                 }
             }
         }
-        if (bi < 0)
+        if (bi < 0) {
+            u->ends_known = later;
+            u->next_end = first;
             break;
+        }
         unit_pulse_t *p = &u->pending[bi];
         p->executed[bc] = p->planned[bc];
         p->active &= (uint16_t)~(1u << bc);
@@ -491,7 +562,9 @@ static void run_timers(unit_t *u, uint32_t now, uint32_t late_us)
         valves_closed_now(u); /* before WATCHDOG_TRIP goes out: the bound is on the pins */
         event(u, now, EVENT_WATCHDOG_TRIP, (uint16_t)(since_ms > 0xFFFF ? 0xFFFF : since_ms),
               (uint16_t)(late_us > 0xFFFF ? 0xFFFF : late_us), 0);
-        leave_armed(u, now, table_next(u, IN_WATCHDOG, RESULT_ACCEPTED), SAFE_REASON_WATCHDOG);
+        /* the board closed the pins at the deadline (a tick edge): the pulses are cut there */
+        leave_armed_at(u, now, u->cfg.pulse_start ? &wd_deadline : NULL,
+                       table_next(u, IN_WATCHDOG, RESULT_ACCEPTED), SAFE_REASON_WATCHDOG, 0);
     }
     if (table_cell(u, IN_ARM_IDLE) != CELL_NONE &&
         reached(now, u->idle_from + LIMIT_ARM_IDLE_MS * 1000u))
@@ -587,7 +660,8 @@ static void on_hello(unit_t *u, const proto_msg_t *m, uint32_t now)
 
 static void on_heartbeat(unit_t *u, const proto_msg_t *m, uint32_t now)
 {
-    u->last_valid = now;
+    (void)now;
+    u->last_valid = u->arrived;
     if (m->flags & FLAG_ACK_REQ)
         ack(u, m, RESULT(ACCEPTED));
 }
@@ -615,7 +689,7 @@ static void on_arm_request(unit_t *u, const proto_msg_t *m, uint32_t now)
     u->nonce = nonce;
     u->has_nonce = 1;
     u->challenge_t = now;
-    u->last_valid = now;
+    u->last_valid = u->arrived;
     u->state = table_next(u, IN_ARM_REQUEST, RESULT_ACCEPTED);
     uint8_t p[MSG_ARM_CHALLENGE_LEN];
     proto_put32(p + MSG_ARM_CHALLENGE_OFF_NONCE, nonce);
@@ -664,7 +738,7 @@ static void on_arm_confirm(unit_t *u, const proto_msg_t *m, uint32_t now)
     /* every step a host can lose before the link watchdog trips anyway, at least the minimum */
     uint16_t w = (uint16_t)((u->watchdog_ms + u->period_ms - 1u) / u->period_ms + 1u);
     u->step_window = w > LIMIT_STEP_WINDOW_MIN ? w : (uint16_t)LIMIT_STEP_WINDOW_MIN;
-    u->last_valid = now;
+    u->last_valid = u->arrived;
     u->idle_from = now;
     u->has_last_fire = 0;
     u->state = table_next(u, IN_ARM_CONFIRM, RESULT_ACCEPTED);
@@ -742,7 +816,7 @@ void unit_inject_fault(unit_t *u, uint8_t kind, uint16_t arg, uint32_t now)
         u->stall_until = now + (uint32_t)arg * 1000u;
         break;
     case FAULT_RESET:
-        close_all(u, now);
+        close_all(u, now, NULL);
         if (u->cfg.reset) {
             u->cfg.reset(u->cfg.ctx); /* the board: never returns */
             return;
@@ -810,10 +884,15 @@ static void execute(unit_t *u, const proto_msg_t *m, uint32_t now)
     uint8_t base = (uint8_t)(bank * CHANNELS_PER_BANK);
     uint16_t failed = (uint16_t)(u->failed >> base);
     uint16_t stuck = (uint16_t)(u->stuck >> base);
-    unit_pulse_t pulse;
+    /* Scratch in static storage, not on the stack: the AVR reaches a stack frame this large
+     * (two 86-byte pulses) only with pointer arithmetic on every access (ldd reaches 63
+     * bytes), which made this function ~5,500 cycles a FIRE. execute never re-enters. */
+    static unit_pulse_t pulse, held;
     memset(&pulse, 0, sizeof pulse);
-    for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++) {
-        if (!((mask >> c) & 1) || base + c >= u->cfg.n_channels)
+    uint16_t act = 0; /* the channels with ticks to run */
+    uint16_t bit = 1;
+    for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++, bit <<= 1) {
+        if (!(mask & bit) || base + c >= u->cfg.n_channels)
             continue;
         uint16_t asked = proto_get16(q + MSG_FIRE_OFF_ON_TICKS + 2 * c);
         uint16_t v = asked;
@@ -828,25 +907,38 @@ static void execute(unit_t *u, const proto_msg_t *m, uint32_t now)
             pulse.flags |= 1;
             event(u, now, EVENT_CLAMPED, (uint16_t)(base + c), asked, v);
         }
-        if ((failed >> c) & 1)
+        if (failed & bit)
             v = 0;
         pulse.planned[c] = v;
+        if (v)
+            act |= bit;
     }
-    /* Cut older pulses of this bank on the channels this FIRE commands. */
-    uint8_t i = 0;
-    while (i < u->n_pending) {
+    /* On the board a REALTIME pulse starts at a tick edge to come (pulse_start). */
+    uint8_t timed = u->mode == MODE_REALTIME && act && u->cfg.pulse_start;
+    /* Older pulses of this bank are cut on the channels this FIRE commands: at once where it
+     * does not open them again, at its start where it does (the board holds those open up to
+     * that edge, so the two reports add up to the pin's time). */
+    uint16_t at_once = timed ? (uint16_t)(mask & ~act) : mask;
+    uint16_t older = 0;
+    for (uint8_t i = 0; i < u->n_pending; i++)
+        if (u->pending[i].bank == bank)
+            older |= u->pending[i].active;
+    uint32_t t_cut = now;
+    uint32_t shut = ((uint32_t)(uint16_t)(older & at_once) << base) & ~u->stuck;
+    if (shut && u->cfg.valves) {
+        u->cfg.valves(u->cfg.ctx, unit_open_mask(u) & ~shut);
+        t_cut = cut_time(u, now);
+    }
+    uint32_t start = timed ? u->cfg.pulse_start(u->cfg.ctx, now) : now;
+    for (uint8_t i = 0; i < u->n_pending; i++) {
         unit_pulse_t *p = &u->pending[i];
-        if (p->bank == bank) {
-            for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
-                if (((p->active >> c) & 1) && ((mask >> c) & 1))
-                    cut(p, c, now);
-            if (!p->active) {
-                finish(u, i);
-                continue;
-            }
-        }
-        i++;
+        if (p->bank != bank)
+            continue;
+        cut(p, mask & at_once, t_cut);
+        cut(p, mask & ~at_once, start);
     }
+    if (!timed) /* reports of the pulses cut out, in order (timed: after the valves moved) */
+        finish_idle(u);
     u->has_last_step[bank] = 1;
     u->bank_step[bank] = step;
     u->bank_floor[bank] = step;
@@ -856,7 +948,7 @@ static void execute(unit_t *u, const proto_msg_t *m, uint32_t now)
     pulse.session = u->session;
     pulse.step = step;
     pulse.bank = bank;
-    pulse.t_start = now;
+    pulse.t_start = start;
     pulse.failed = failed;
     pulse.stuck = stuck;
     if (u->mode == MODE_LOCKSTEP) {
@@ -864,27 +956,54 @@ static void execute(unit_t *u, const proto_msg_t *m, uint32_t now)
         report(u, &pulse);
         return;
     }
-    for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
-        if (pulse.planned[c])
-            pulse.active |= (uint16_t)(1u << c);
+    pulse.active = act;
     if (!pulse.active) {
         report(u, &pulse);
         return;
     }
-    if (u->n_pending == UNIT_MAX_PENDING) { /* board limit: abort the oldest FIRE */
-        unit_pulse_t *p = &u->pending[0];
-        for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
-            if ((p->active >> c) & 1)
-                cut(p, c, now);
-        finish(u, 0);
+    uint8_t has_held = 0;
+    if (u->n_pending == UNIT_MAX_PENDING) { /* board limit */
+        uint8_t idle = 0;
+        while (idle < u->n_pending && u->pending[idle].active)
+            idle++;
+        if (idle < u->n_pending) { /* a pulse cut out above: reported once the valves moved */
+            held = u->pending[idle];
+            has_held = 1;
+            remove_pending(u, idle);
+        } else { /* abort the oldest FIRE, at once */
+            unit_pulse_t *p = &u->pending[0];
+            uint32_t t = now, off = ((uint32_t)p->active << (p->bank * CHANNELS_PER_BANK));
+            if (u->cfg.valves && (off & ~u->stuck)) {
+                u->cfg.valves(u->cfg.ctx, unit_open_mask(u) & ~(off & ~u->stuck));
+                t = cut_time(u, now);
+            }
+            cut(p, p->active, t);
+            finish(u, 0);
+        }
     }
     u->pending[u->n_pending++] = pulse;
+    if (u->n_pending == 1) {
+        u->ends_known = 0; /* what the bound said of older pulses is void */
+    } else if (u->ends_known) { /* its first end, if earlier than the others' */
+        uint16_t least = 0xFFFF;
+        for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++)
+            if (pulse.planned[c] && pulse.planned[c] < least)
+                least = pulse.planned[c];
+        uint32_t end = start + (uint32_t)least * TICK_US;
+        if (since(end, u->next_end) < 0)
+            u->next_end = end;
+    }
+    if (u->cfg.valves) /* the pins open now (board: at start), not when the caller's pass ends */
+        u->cfg.valves(u->cfg.ctx, unit_open_mask(u));
+    if (has_held)
+        report(u, &held);
+    finish_idle(u); /* the pulses this FIRE cut out, once the valves moved */
 }
 
 static void on_fire(unit_t *u, const proto_msg_t *m, uint32_t now)
 {
     const uint8_t *q = m->payload;
-    u->last_valid = now; /* a FIRE of the session, whatever becomes of it */
+    u->last_valid = u->arrived; /* a FIRE of the session, whatever becomes of it */
     uint8_t had_prev = u->has_last_fire;
     uint32_t prev = u->last_fire_t;
     u->has_last_fire = 1;
@@ -1075,6 +1194,14 @@ static void bad_frame(unit_t *u, proto_status_t st, uint32_t now)
 
 void unit_receive(unit_t *u, const uint8_t *data, uint16_t n, uint32_t now)
 {
+    unit_receive_at(u, data, n, now, now);
+}
+
+void unit_receive_at(unit_t *u, const uint8_t *data, uint16_t n, uint32_t now, uint32_t arrived)
+{
+    /* never after now; on the board (pulse_start set) up to a tick after: its stamps are
+     * rounded up to the tick edge where its tick interrupt applies the watchdog */
+    u->arrived = since(arrived, now) > (u->cfg.pulse_start ? (int32_t)TICK_US : 0) ? now : arrived;
     run_timers(u, now, 0);
     if (!((STATES_HEARING_COMMANDS >> u->state) & 1)) /* BOOT */
         return;

@@ -45,11 +45,28 @@
 typedef void (*unit_send_fn)(void *ctx, const uint8_t *frame, uint8_t len);
 /* A hardware reset (board: watchdog). Never returns on the board; NULL: reset in place. */
 typedef void (*unit_reset_fn)(void *ctx);
-/* Drive the valve outputs to ``mask`` now (board: the pins). Called when every valve closes
+/* Drive the valve outputs to ``mask`` now (board: the pins): ``mask`` is what the unit holds
+ * open from now on, and the valves outside it close at once. Called when every valve closes
  * (STOP_ALL, DISARM, the link watchdog, any SAFE/FAULT), before the reports and events of the
- * closing are built: on the AVR those take tens of thousands of cycles (issue 17's pin
- * traces), and the main loop writes the pins only at the end of its pass. NULL: nothing. */
+ * closing are built (on the AVR those take tens of thousands of cycles: issue 17's pin traces),
+ * when channels are cut at once (FAIL_OFF, a FIRE that commands a running channel off, the
+ * oldest FIRE aborted), and with unit_open_mask() once a REALTIME FIRE has opened its pulses
+ * (the newest pending: the board schedules each channel's edges, t_start and t_start + planned
+ * ticks). NULL: nothing. */
 typedef void (*unit_valves_fn)(void *ctx, uint32_t mask);
+/* The board's valve clock (issue 17: what the unit reports must be true to the pins). NULL in
+ * the host builds, which date every pulse start and cut with the now they were given (no change
+ * there). The board switches valves on Timer1's tick edges:
+ * - pulse_start(ctx, now): when a REALTIME FIRE being executed starts its pulses, a tick edge
+ *   its tick interrupt opens them at (t_start: each pulse then ends on a tick edge, where the
+ *   same interrupt closes it); a channel an older pulse holds open stays open up to that edge
+ *   and is cut there, so the two reports add up to the pin's time;
+ * - cut_time(ctx, now): when the valves the last valves() call closed at once went low (they
+ *   are cut there: whole ticks completed by then);
+ * and, with pulse_start set, the link watchdog's deadline is a tick edge (the board hands
+ * unit_receive_at arrival stamps rounded up to one) at which its tick interrupt closes the
+ * valves: the pulses the watchdog ends are cut at the deadline, not when the unit notices. */
+typedef uint32_t (*unit_time_fn)(void *ctx, uint32_t now_us);
 
 typedef struct {
     uint8_t n_channels;   /* 1..32 */
@@ -64,6 +81,8 @@ typedef struct {
     unit_reset_fn reset;
     void *ctx;
     unit_valves_fn valves;
+    unit_time_fn pulse_start;
+    unit_time_fn cut_time;
 } unit_config_t;
 
 typedef struct {
@@ -123,6 +142,7 @@ typedef struct {
     uint8_t has_nonce;
     uint32_t nonce, challenge_t;
     uint32_t last_valid;
+    uint32_t arrived;          /* unit_receive_at: when the bytes being handled arrived */
     uint8_t has_last_fire;
     uint32_t last_fire_t;
     uint32_t idle_from;
@@ -136,6 +156,8 @@ typedef struct {
     uint8_t report[UNIT_MAX_BANKS][MSG_VALVE_REPORT_LEN];
     uint8_t n_pending;
     unit_pulse_t pending[UNIT_MAX_PENDING];
+    uint8_t ends_known;        /* next_end: no pending channel ends before it (a lower bound) */
+    uint32_t next_end;
     uint32_t last_step;
     uint16_t tm_seq[3];        /* unit_reply, unit_event, valve_report */
     uint8_t has_rx_seq;
@@ -157,12 +179,20 @@ typedef struct {
 void unit_init(unit_t *u, const unit_config_t *cfg);
 void unit_boot(unit_t *u, uint32_t now_us);
 void unit_receive(unit_t *u, const uint8_t *data, uint16_t n, uint32_t now_us);
+/* unit_receive of bytes that arrived at ``arrived_us`` (at or before now_us, or up to a tick
+ * after it on a board with pulse_start, whose stamps are rounded up to a tick edge; later
+ * counts as now_us): the link watchdog counts from there (last_valid), so a board that takes its bytes
+ * late (a long main-loop pass) does not extend it. unit_receive is arrived_us == now_us. */
+void unit_receive_at(unit_t *u, const uint8_t *data, uint16_t n, uint32_t now_us,
+                     uint32_t arrived_us);
 /* late_us: how late the caller runs this tick, i.e. how long ago its timer fell due (0: on
  * time). A WATCHDOG_TRIP found by this tick carries it (arg1, at most 65535): the unit's logic
  * (it closed at the first tick it ran after the deadline) is judged apart from the scheduling
  * of the CPU it runs on, as an RTOS reports a task's overrun. */
 void unit_tick(unit_t *u, uint32_t now_us, uint32_t late_us);
 uint32_t unit_open_mask(const unit_t *u);
+/* The link watchdog's deadline (last_valid + watchdog_ms); returns whether it runs now. */
+uint8_t unit_watchdog_deadline(const unit_t *u, uint32_t *deadline_us);
 /* The arm-enable input (board pin): disabled refuses ARM_CONFIRM, and ARMED -> SAFE. */
 void unit_set_arm_enable(unit_t *u, uint8_t enabled, uint32_t now_us);
 /* Mix entropy (timer counts at byte arrival, ADC noise) into the session/nonce generator. */
