@@ -121,6 +121,16 @@ def _then_next_hk(link: Link) -> None:
     assert link.wait_hk(after_ns=time.monotonic_ns(), timeout_s=10.0) is not None
 
 
+#: A lawful step's reports are waited for this long: simavr lags the wall clock on a loaded
+#: host (its stats' max_lag_s), and a report read past the period's deadline counts as missing.
+REPORT_WAIT_NS = 5_000_000_000
+
+
+def _fire_lawful(link: Link, k: int):
+    """Step k's lawful FIRE, its reports waited for however late the simulation runs."""
+    return link.fire(k, _lawful(k), deadline_ns=time.monotonic_ns() + REPORT_WAIT_NS)
+
+
 def _lawful(k: int) -> list[int]:
     """Step k's on-times for 32 channels [ms]: 5..59, every channel different, none clamped."""
     return [5 + (7 * k + 3 * c) % 55 for c in range(32)]
@@ -135,7 +145,7 @@ def burst(tmp_path_factory) -> Flight:
         link.connect(mode="realtime", period_ms=100)
         link.arm(max_on_ticks=100)
         for k in range(1, 9):
-            res = link.fire(k, _lawful(k))
+            res = _fire_lawful(link, k)
             assert not res.missing_banks
         # 90 ms on every channel, then STOP_ALL at once: it reaches the unit a frame later
         link.fire(9, [90] * 32, deadline_ns=time.monotonic_ns())
@@ -238,7 +248,7 @@ def watched(tmp_path_factory) -> Flight:
         link.set_param("HK_PERIOD_MS", 20)
         link.arm(max_on_ticks=100)
         for k in range(1, 11):
-            assert not link.fire(k, _lawful(k)).missing_banks
+            assert not _fire_lawful(link, k).missing_banks
         _then_next_hk(link)
 
     return fly(tmp_path_factory.mktemp("watched"), script)
@@ -385,7 +395,7 @@ def resets(tmp_path_factory) -> Flight:
             nonlocal step
             link.arm(max_on_ticks=100, next_step=step + 1)
             step += 1
-            assert not link.fire(step, _lawful(step)).missing_banks
+            assert not _fire_lawful(link, step).missing_banks
             step += 1  # long pulses, not waited for: the reset comes while they run
             link.fire(step, [on_ms] * 32, deadline_ns=time.monotonic_ns())
 
@@ -406,7 +416,7 @@ def resets(tmp_path_factory) -> Flight:
         unit.command("reset")  # the external reset line
         rebooted()
         link.arm(max_on_ticks=100, next_step=step + 1)
-        assert not link.fire(step + 1, _lawful(step + 1)).missing_banks
+        assert not _fire_lawful(link, step + 1).missing_banks
         _then_next_hk(link)
 
     return fly(tmp_path_factory.mktemp("resets"), script)
@@ -450,6 +460,7 @@ def test_the_campaigns_firmware_timing_rows_pass_on_simavr_pins(tmp_path):
     assert [r["id"] for r in records] == ["S01", "S02", "S03", "S04"]
     assert all(r["passed"] for r in records), [(r["id"], r["why"]) for r in records]
     killed = records[1]["measured"]["pins"]
-    # the host died mid-pulse: the unit's watchdog, not the pulse's end, closed the valves
+    # the host died mid-pulse (a pin was high at its last byte). Whether the watchdog or the
+    # pulse's own end closed it depends on when the kill fell (after a FIRE, or after a
+    # HEARTBEAT late in a long pulse), so only the bound, judged by the row, is asserted.
     assert killed["pins_high_at_t0"] > 0
-    assert killed["closure_cycles"] >= WATCHDOG_MS * pe.TICK_CYCLES
