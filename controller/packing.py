@@ -83,26 +83,8 @@ ARRAY_NAMES = (
     "ctrl",
     "on_ms",
 )
-_OFFSET_SLOT = dict(
-    zip(
-        ARRAY_NAMES,
-        (
-            H_SENS,
-            H_PARAMS,
-            H_A,
-            H_E,
-            H_BINV,
-            H_QP,
-            H_INTS,
-            H_THR,
-            H_MOD,
-            H_HEALTH,
-            H_CTRL,
-            H_ON_MS,
-        ),
-        strict=True,
-    )
-)
+#: Each array's header slot: its layout field is ``H_`` + its name in capitals.
+_OFFSET_SLOT = {name: PACK_HEADER.offset("H_" + name.upper()) for name in ARRAY_NAMES}
 
 
 def _shapes(n: int, m: int, n_rows: int, n_cols: int, binv_cols: int) -> dict:
