@@ -11,14 +11,18 @@ ACK, summary.json with ``"aborted": true`` and ``"signal"``, and exit status
 
 It raises once. A signal that comes after that, or after :meth:`StopSignals.hold` (the burn loop
 has ended: the unit is being closed and the records written), is noted in ``received`` and
-otherwise waits for the command to finish what it is doing. A signal the process was started
-with ignored (``nohup``, a background job without job control) stays ignored.
+otherwise waits for the command to finish what it is doing. Inside a
+:mod:`thruster_hil.core.sections` section (the end of a control cycle: the plant integrated, its
+records written, the cycle counted) the one raise waits for the section to end. A signal the
+process was started with ignored (``nohup``, a background job without job control) stays ignored.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+
+from thruster_hil.core import sections
 
 __all__ = [
     "SIGNALS",
@@ -88,6 +92,9 @@ class StopSignals:
         if self._hold or self._raised:
             return
         self._raised = True
+        if sections.deferring():  # the end of a control cycle: raised when it is whole
+            sections.defer(HostSignal(signum))
+            return
         raise HostSignal(signum)
 
     def __enter__(self) -> StopSignals:

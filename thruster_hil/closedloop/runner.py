@@ -48,6 +48,7 @@ from thruster_hil.closedloop.fused import (
 from thruster_hil.closedloop.unit import StepByStep, Unit, UnitReport
 from thruster_hil.controller import cycle as cst
 from thruster_hil.controller.modulation import T_TRANSLATION
+from thruster_hil.core import sections
 from thruster_hil.sims.thrusters import HEALTH_FAILED_OFF, HEALTH_NOMINAL
 
 __all__ = [
@@ -370,52 +371,61 @@ def _cycle_by_cycle(
         return on_ms
 
     def after_unit(report: UnitReport) -> bool:
-        """Integrate cycle k with what the unit executed; True if the burn goes on."""
+        """Integrate cycle k with what the unit executed; True if the burn goes on. A stop
+        signal waits for the end (:mod:`thruster_hil.core.sections`): the cycle integrated is the
+        cycle recorded and counted."""
         nonlocal k, wall0, wall1, ctrl_health_nominal, no_thrust
-        if not (report.all_nominal and ctrl_health_nominal) and (
-            report.health.any() or ctrl.health.any()
-        ):
-            newly_out = (report.health != HEALTH_NOMINAL) & (ctrl.health == HEALTH_NOMINAL)
-            for i in np.flatnonzero(newly_out):
-                events.append(
+        sections.enter()
+        try:
+            if not (report.all_nominal and ctrl_health_nominal) and (
+                report.health.any() or ctrl.health.any()
+            ):
+                newly_out = (report.health != HEALTH_NOMINAL) & (ctrl.health == HEALTH_NOMINAL)
+                for i in np.flatnonzero(newly_out):
+                    events.append(
+                        {
+                            "event": "reallocated",
+                            "thruster": names[i],
+                            "t_s": k * period,
+                            "cycle": k,
+                            "health": int(report.health[i]),
+                        }
+                    )
+                ctrl.health[:] = report.health
+                ctrl_health_nominal = not ctrl.health.any()
+                if (
+                    complete_cycle is None
+                    and (ctrl.health[translation_idx] == HEALTH_FAILED_OFF).all()
+                ):
+                    no_thrust = _no_thrust_reason(names, translation_idx)
+            longest[k] = on_ms.max()
+            flags = sim.post(report.executed_ms)
+            if k == 0:
+                wall0 = time.perf_counter()  # the first cycle also loads the kernels: not timed
+            if on_cycle is not None:
+                on_cycle(
+                    k,
                     {
-                        "event": "reallocated",
-                        "thruster": names[i],
                         "t_s": k * period,
-                        "cycle": k,
-                        "health": int(report.health[i]),
-                    }
+                        "status": int(statuses[k]),
+                        "ctrl": ctrl,
+                        "y": sim.y,
+                        "executed_ms": report.executed_ms,
+                        "rtt_s": report.rtt_s,
+                        "tank_used": sim.tank_used,
+                    },
                 )
-            ctrl.health[:] = report.health
-            ctrl_health_nominal = not ctrl.health.any()
-            if complete_cycle is None and (ctrl.health[translation_idx] == HEALTH_FAILED_OFF).all():
-                no_thrust = _no_thrust_reason(names, translation_idx)
-        longest[k] = on_ms.max()
-        flags = sim.post(report.executed_ms)
-        if k == 0:
-            wall0 = time.perf_counter()  # the first cycle also loads the kernels: not timed
-        if on_cycle is not None:
-            on_cycle(
-                k,
-                {
-                    "t_s": k * period,
-                    "status": int(statuses[k]),
-                    "ctrl": ctrl,
-                    "y": sim.y,
-                    "executed_ms": report.executed_ms,
-                    "rtt_s": report.rtt_s,
-                    "tank_used": sim.tank_used,
-                },
-            )
-        k += 1
-        wall1 = time.perf_counter()
-        if no_thrust is not None:
-            raise StopBurn(no_thrust)
-        if complete_cycle is not None and flags & F_QUIET and not on_ms[translation_idx].any():
-            return False
-        if ctrl.stopped_tank >= 0 and flags & F_QUIET:
-            return False
-        return k < max_cycles
+            k += 1
+            wall1 = time.perf_counter()
+            if no_thrust is not None:
+                raise StopBurn(no_thrust)
+            if complete_cycle is not None and flags & F_QUIET and not on_ms[translation_idx].any():
+                return False
+            if ctrl.stopped_tank >= 0 and flags & F_QUIET:
+                return False
+            return k < max_cycles
+        finally:
+            sections.leave()
 
     try:
         if not realtime:
