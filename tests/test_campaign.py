@@ -11,6 +11,7 @@ beside two CPU-bound processes, as CI does.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -246,11 +247,13 @@ def test_a_realtime_pulse_is_dated_by_its_start_not_by_its_report(start_pu_us, a
     assert (n == 1) is after, what
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
 def test_a_row_whose_proxy_does_not_start_fails_with_the_reason_and_the_rest_run(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, jobs
 ):
     """A fault proxy that cannot open the unit's port ends its row, not the campaign, and
-    never in a traceback: the row fails saying why, the table and campaign.json are written."""
+    never in a traceback: the row fails saying why, the table and campaign.json are written,
+    the rows in their order however many fly at once."""
     from thruster_hil.firmware_bridge.faultproxy import ProxyError
 
     import thruster_hil.campaign as campaign
@@ -259,7 +262,7 @@ def test_a_row_whose_proxy_does_not_start_fails_with_the_reason_and_the_rest_run
         raise ProxyError(f"fault proxy: --upstream: cannot open {unit.port}: [Errno 16] busy")
 
     monkeypatch.setattr(campaign, "_proxy", no_proxy)
-    records = run_campaign(tmp_path / "c", units=("emulator",), only={"E01", "E05"})
+    records = run_campaign(tmp_path / "c", units=("emulator",), only={"E01", "E05"}, jobs=jobs)
     assert [r["id"] for r in records] == ["E01", "E05"]
     assert not any(r["passed"] for r in records)
     assert records[0]["why"][0].startswith("did not start: fault proxy: --upstream: cannot open")
@@ -279,7 +282,11 @@ def _qemu_available() -> bool:
 @pytest.mark.slow
 def test_every_row_of_the_campaign_passes(tmp_path, capsys):
     units = UNITS if _qemu_available() else ("emulator",)
-    records = run_campaign(tmp_path / "campaign", seed=1, units=units)
+    # Two rows at once where there are two CPUs (as `faults --jobs 2`): each row then flies
+    # about as loaded as beside one busy process; .ci/run flies them all again one at a time
+    # beside two. Half the suite's longest test.
+    jobs = min(2, len(os.sched_getaffinity(0)))
+    records = run_campaign(tmp_path / "campaign", seed=1, units=units, jobs=jobs)
     with capsys.disabled():
         print("\n" + results_table(records))
     failed = [(r["id"], r["fault"], r["why"]) for r in records if not r["passed"]]

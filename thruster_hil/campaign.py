@@ -44,6 +44,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -815,6 +816,22 @@ def _proxy(row: Row, unit, faults: str | None, log_path: Path):
     return FaultProxyProcess(unit.port, faults, log_path, line_rate=row.unit == "qemu")
 
 
+def _build_units(units: set[str]) -> None:
+    """Build the firmware the rows of these units run (each build is a no-op when up to date;
+    a failed build is left for the rows to report, as one row at a time would)."""
+    try:
+        if "qemu" in units:
+            from thruster_hil.firmware_bridge.qemu import build_qemu_firmware
+
+            build_qemu_firmware()
+        if "simavr" in units:
+            from thruster_hil.firmware_bridge.simavr import build_simavr
+
+            build_simavr()
+    except UserError:
+        pass
+
+
 def run_row(row: Row, out: Path) -> dict:
     """Fly one row and judge it; returns its record (expected, measured, pass, why)."""
 
@@ -1448,22 +1465,46 @@ def run_campaign(
     units: tuple[str, ...] = UNITS,
     only: set[str] | None = None,
     progress=None,
+    jobs: int = 1,
 ) -> list[dict]:
-    """Every row (or those in ``only``), in order; writes campaign.json and results.md."""
+    """Every row (or those in ``only``); writes campaign.json and results.md, the rows in order.
+
+    ``jobs`` rows fly at once, each with its own unit, proxy and host processes and its own
+    directory (``progress`` is called as each finishes, from this thread). Two at once on two
+    cores loads each row about as one busy process beside it would, which the rows are made to
+    stand (CI flies them all again, one at a time, beside two). The firmware a row needs is built
+    before any row starts, so no two rows run the same ``make`` at once."""
     rows = [r for r in build_rows(seed, units) if not only or r.id in only]
     out.mkdir(parents=True, exist_ok=True)
-    records = []
     from thruster_hil.firmware_bridge.emulator import EmulatorError
     from thruster_hil.firmware_bridge.faultproxy import ProxyError
 
-    for row in rows:
+    def one(row: Row) -> dict:
         try:
-            rec = run_row(row, out / row.id)
+            return run_row(row, out / row.id)
         except (EmulatorError, ProxyError, UserError) as exc:
-            rec = not_started(row, out / row.id, " ".join(str(exc).split()))
-        records.append(rec)
-        if progress is not None:
-            progress(rec)
+            return not_started(row, out / row.id, " ".join(str(exc).split()))
+
+    by_id: dict[str, dict] = {}
+    if jobs <= 1:
+        for row in rows:
+            by_id[row.id] = rec = one(row)
+            if progress is not None:
+                progress(rec)
+    else:
+        _build_units({r.unit for r in rows})
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="row") as pool:
+            futures = [pool.submit(one, row) for row in rows]
+            try:
+                for fut in as_completed(futures):
+                    rec = fut.result()
+                    by_id[rec["id"]] = rec
+                    if progress is not None:
+                        progress(rec)
+            except BaseException:  # Ctrl-C: no new row; those flying end (each has its bound)
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    records = [by_id[r.id] for r in rows]
     doc = {
         "seed": seed,
         "units": list(units),

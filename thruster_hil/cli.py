@@ -390,6 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the results table into this Markdown file's campaign "
         "section (docs/reliability.md)",
     )
+    faults.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=1,
+        metavar="N",
+        help="rows flown at once, each with its own processes (default: 1; at most the CPUs "
+        "this process may use); more than one loads each row as a busy process beside it would",
+    )
     faults.add_argument("--list", action="store_true", help="list the rows and exit")
     faults.add_argument("--json", action="store_true", help="print one JSON object")
     faults.set_defaults(handler=_cmd_faults)
@@ -625,6 +633,15 @@ def _row_ids(text: str) -> set[str]:
 
 
 _count = whole_number(1, 10**8, "1e8")  # cases, chunk sizes, threads
+
+
+def _jobs(text: str) -> int:
+    """faults --jobs: 1 .. the CPUs this process may use (more would only make every row late)."""
+    import os
+
+    return whole_number(1, max(1, len(os.sched_getaffinity(0))))(text)
+
+
 _index = whole_number(0, 10**8, "1e8")  # a case number
 _seed = whole_number(0, 2**63 - 1, "2**63-1")
 _channels = whole_number(1, 32, "32")  # the unit's valve channels
@@ -1474,7 +1491,7 @@ def _cmd_faults(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    records = run_campaign(out, args.seed, args.units, args.only, progress)
+    records = run_campaign(out, args.seed, args.units, args.only, progress, jobs=args.jobs)
     if doc is not None:
         argv = [
             "thruster-hil",
