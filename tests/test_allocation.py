@@ -359,7 +359,8 @@ def test_a_warm_start_after_the_wrench_moves_takes_few_pivots():
 
 def test_an_infeasible_budget_row_falls_back_to_the_cold_start():
     """A stuck-open thruster (lb = ub = 1) on a tank whose budget is 0: no basis meets the row,
-    so the dual simplex finds no entering column and the cold start relaxes the row, as before."""
+    so the dual simplex finds no entering column and the cold start relaxes the row, as before:
+    the same solve, bit for bit, as a cold start without the warm attempt."""
     E = np.zeros((7, 2))
     E[0] = [1.0, 1.0]
     E[6] = [1.0, 0.0]
@@ -375,3 +376,19 @@ def test_an_infeasible_budget_row_falls_back_to_the_cold_start():
     assert status == LP_OK
     np.testing.assert_allclose(x[:2], [1.0, 0.0], atol=1e-12)
     assert bb[6] == 1.0  # relaxed to what the stuck valve takes
+    status, _, x_cold, _ = _solve(
+        E, np.array([1.0, 0, 0, 0, 0, 0, 0.0]), c, np.array([1.0, 0.0]), ub, 6, err
+    )
+    np.testing.assert_array_equal(x, x_cold)
+    # The dual simplex itself: a basis of the problem, out of bounds, and no column can enter.
+    x, state, basis = (a.copy() for a in start)
+    E_f, b_f, c_f, lb_f, ub_f, n_cols = _filled(
+        E, np.array([1.0, 0, 0, 0, 0, 0, 0.0]), c, np.array([1.0, 0.0]), ub, err
+    )
+    Binv = np.zeros((7, 7))
+    work = np.zeros((LP_WORK_ROWS, n_cols))
+    assert _warm_basis(E_f, b_f, lb_f, ub_f, 7, n_cols, x, state, basis, Binv, work) == (
+        WARM_INFEASIBLE
+    )
+    ok, _ = _dual_simplex(E_f, b_f, c_f, lb_f, ub_f, 7, n_cols, x, state, basis, Binv, work, 100)
+    assert not ok
