@@ -21,7 +21,11 @@ lexicographic one (torque error first, then force error, then propellant); the r
 updated by one pivot per iteration; Dantzig's rule, switching to Bland's rule after a run of
 degenerate pivots, which cannot cycle: Bland 1977). It starts from the signed unit basis of the
 error and slack columns, which is always feasible, so no phase I is needed, or, in the
-controller, from the last cycle's optimal basis while that stays feasible (a few pivots). It is
+controller, from the last cycle's optimal basis while that stays feasible (a few pivots). When
+the wanted wrench has moved that basis out of its bounds, it is still dual feasible (the costs
+never change, E barely), and :func:`_dual_simplex`, a bounded-variable dual simplex, goes on from
+it to the new optimum (a pivot or two where a cold start took 12-19), the primal simplex after it
+confirming. The iterations reported count the dual pivots with the primal ones. It is
 exact for its problem class: it stops at a basis whose reduced costs all have the right sign (to
 a scale-aware tolerance), which is the LP optimum; tests/test_allocation.py checks it against
 scipy's HiGHS (linprog) on random problems.
@@ -54,9 +58,12 @@ LP_WORK = Layout(
         ("W_PI", 1),  # simplex multipliers
         ("W_ALPHA", 1),  # the entering column in the basis
         ("W_TMP", 1),  # right-hand side scratch
+        ("W_D", 1),  # dual simplex: reduced costs of all columns (n_cols long)
+        ("W_DTOL", 1),  # dual simplex: their tolerances (n_cols long)
+        ("W_ROW", 1),  # dual simplex: the pivot row, row r of Binv N (n_cols long)
     ],
 )
-W_PI, W_ALPHA, W_TMP = LP_WORK.offsets
+W_PI, W_ALPHA, W_TMP, W_D, W_DTOL, W_ROW = LP_WORK.offsets
 LP_WORK_ROWS = LP_WORK.length
 #: Pivot tolerance on the entering column (rows are scaled to O(1)).
 PIVOT_TOL = 1e-9
@@ -321,21 +328,28 @@ def _invert(M, n, perm):
     return True
 
 
+#: What :func:`_warm_basis` found.
+WARM_NONE = 0  # not a basis of this problem (or singular): cold start
+WARM_FEASIBLE = 1  # a basis whose basic values are within their bounds: primal simplex
+WARM_INFEASIBLE = 2  # a basis, Binv its inverse, but some basic value out of its bounds
+
+
 @kernel
 def _warm_basis(E, b, lb, ub, n_rows, n_cols, x, state, basis, Binv, work):
     """Make the basis left in ``basis``/``state`` (the last cycle's optimum) the start, if it
-    is still a basis of this problem and still feasible: non-basic values to their (new)
-    bounds, Binv its inverse, the basics within their bounds. Returns False otherwise."""
+    is still a basis of this problem: non-basic values to their (new) bounds, Binv its inverse,
+    the basic values computed. Returns WARM_FEASIBLE if the basics are within their bounds,
+    WARM_INFEASIBLE if not, WARM_NONE if it is no basis (nothing usable then)."""
     count = 0
     for j in range(n_cols):
         if state[j] == BASIC:
             count += 1
     if count != n_rows:
-        return False
+        return WARM_NONE
     for r in range(n_rows):
         j = basis[r]
         if j < 0 or j >= n_cols or state[j] != BASIC:
-            return False
+            return WARM_NONE
     for j in range(n_cols):
         if state[j] != BASIC:
             if state[j] == AT_UPPER and ub[j] < math.inf and lb[j] < ub[j]:
@@ -347,10 +361,222 @@ def _warm_basis(E, b, lb, ub, n_rows, n_cols, x, state, basis, Binv, work):
         for k in range(n_rows):
             Binv[r, k] = E[r, basis[k]]
     if not _invert(Binv, n_rows, work[0]):
-        return False
+        return WARM_NONE
     # The right-hand side goes where _simplex's final clean-up can take it again.
     _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, work[W_TMP])
-    return _basics_feasible(b, lb, ub, x, basis, n_rows)
+    if _basics_feasible(b, lb, ub, x, basis, n_rows):
+        return WARM_FEASIBLE
+    return WARM_INFEASIBLE
+
+
+@kernel
+def _reduced_costs(E, c, lb, ub, n_rows, n_cols, state, basis, Binv, pi, d, dtol):
+    """pi = c_B' Binv and, for every non-basic column that is not fixed, its reduced cost
+    d_j = c_j - pi E_j and the tolerance on it (as :func:`_simplex` prices them). Basic and
+    fixed columns get d = dtol = 0."""
+    for k in range(n_rows):
+        pi[k] = 0.0
+    for r in range(n_rows):
+        cb = c[basis[r]]
+        for k in range(n_rows):
+            pi[k] += cb * Binv[r, k]
+    for j in range(n_cols):
+        if state[j] == BASIC or lb[j] >= ub[j]:
+            d[j] = 0.0
+            dtol[j] = 0.0
+            continue
+        dj = c[j]
+        scale = abs(c[j])
+        for k in range(n_rows):
+            t = pi[k] * E[k, j]
+            dj -= t
+            scale += abs(t)
+        d[j] = dj
+        dtol[j] = COST_TOL * scale + 1e-300
+
+
+@kernel
+def _dual_simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter):
+    """Bounded-variable dual simplex from a basis of this problem that is primal infeasible
+    (Binv its inverse, the basic values in ``x``, as :func:`_warm_basis` leaves them), up to
+    the first primal feasible basis. ``work`` rows W_D, W_DTOL and W_ROW must be at least
+    ``n_cols`` long.
+
+    The textbook method (Chvatal, "Linear Programming", 1983, ch. 10; for the bounded variables
+    and the two-pass ratio test, Koberstein, "The dual simplex method, techniques for a fast and
+    stable implementation", PhD thesis, Paderborn 2005, ch. 3 and sec. 6.2.2). The start must
+    be dual feasible: every non-basic column's reduced cost of the sign its bound allows. A
+    boxed column with the wrong sign is moved to its other bound, which makes it so; a column
+    unbounded above cannot be, and then the start is refused. Each iteration takes the basic
+    variable furthest outside its bounds out of the basis (to the bound it breaks), computes its
+    row of Binv N, and brings in, among the non-basic columns whose move takes that variable
+    towards its bound, the one whose reduced cost reaches zero first as the leaving variable's
+    grows (Harris' two passes: the dual step bounded with the reduced costs' tolerance, then the
+    largest pivot within that bound). The reduced costs keep their signs, so the first primal
+    feasible basis is optimal, to the tolerance: :func:`_simplex` after it fixes what Harris'
+    test let slip. After a run of degenerate steps it switches to Bland's rule (leaving: the
+    lowest variable index outside its bounds; entering: the lowest index at the smallest
+    ratio), which cannot cycle.
+
+    Returns (ok, pivots). ok: the basics recomputed fresh from Binv are within their bounds and
+    ``work[W_TMP]`` holds the right-hand side they were computed from, as :func:`_simplex`
+    expects. Not ok: the start is not dual feasible, no column can enter (the problem is primal
+    infeasible: a "<=" row the actuators' lower bounds break), a pivot is numerically unsafe,
+    or ``max_iter`` pivots were not enough; ``x``/``state``/``basis``/``Binv`` then hold
+    whatever it reached and the caller must start afresh.
+    """
+    pi = work[W_PI]
+    alpha = work[W_ALPHA]
+    tmp = work[W_TMP]
+    d = work[W_D]
+    dtol = work[W_DTOL]
+    row = work[W_ROW]
+    _reduced_costs(E, c, lb, ub, n_rows, n_cols, state, basis, Binv, pi, d, dtol)
+    flipped = False
+    for j in range(n_cols):
+        st = state[j]
+        if st == BASIC or lb[j] >= ub[j]:
+            continue
+        if st == AT_LOWER and d[j] < -dtol[j]:
+            if ub[j] == math.inf:
+                return False, 0
+            x[j] = ub[j]
+            state[j] = AT_UPPER
+            flipped = True
+        elif st == AT_UPPER and d[j] > dtol[j]:
+            x[j] = lb[j]
+            state[j] = AT_LOWER
+            flipped = True
+    if flipped:
+        _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, tmp)
+    degenerate = 0
+    bland = False
+    it = 0
+    while True:
+        # Leaving row: the basic variable furthest outside its bounds (_basics_feasible's
+        # tolerance), or under Bland's rule the lowest-numbered one outside.
+        leave = -1
+        worst = 0.0
+        to_lower = True
+        for r in range(n_rows):
+            jb = basis[r]
+            slack = 1e-9 * (1.0 + abs(b[r]))
+            if x[jb] < lb[jb] - slack:
+                v = lb[jb] - x[jb]
+                low = True
+            elif x[jb] > ub[jb] + slack:
+                v = x[jb] - ub[jb]
+                low = False
+            else:
+                continue
+            if bland:
+                if leave < 0 or jb < basis[leave]:
+                    leave = r
+                    to_lower = low
+            elif v > worst:
+                worst = v
+                leave = r
+                to_lower = low
+        if leave < 0:
+            break
+        if it >= max_iter:
+            return False, it
+        if it > 0:
+            _reduced_costs(E, c, lb, ub, n_rows, n_cols, state, basis, Binv, pi, d, dtol)
+        # The pivot row: x_B[leave] = beta - sum_j row[j] x_j over the non-basic columns. The
+        # leaving variable must rise (to_lower, s = 1) or fall (s = -1): a column at its lower
+        # bound can rise, so it helps if s * row[j] < 0; one at its upper bound if > 0. Its
+        # ratio is how far the leaving variable's reduced cost can grow before this column's
+        # reaches zero.
+        s = 1.0 if to_lower else -1.0
+        bound = math.inf
+        for j in range(n_cols):
+            st = state[j]
+            if st == BASIC or lb[j] >= ub[j]:
+                row[j] = 0.0
+                continue
+            a = 0.0
+            for k in range(n_rows):
+                a += Binv[leave, k] * E[k, j]
+            row[j] = a
+            sa = s * a
+            if st == AT_LOWER and sa < -PIVOT_TOL:
+                dual_slack = d[j]
+            elif st == AT_UPPER and sa > PIVOT_TOL:
+                dual_slack = -d[j]
+            else:
+                continue
+            t = (max(dual_slack, 0.0) + (0.0 if bland else dtol[j])) / abs(a)
+            if t < bound:
+                bound = t
+        if bound == math.inf:
+            return False, it
+        # Second pass: under Harris, the largest pivot whose ratio is within the bound; under
+        # Bland, the lowest index at the smallest ratio.
+        q = -1
+        best = 0.0
+        ratio = 0.0
+        for j in range(n_cols):
+            st = state[j]
+            if st == BASIC or lb[j] >= ub[j]:
+                continue
+            a = row[j]
+            sa = s * a
+            if st == AT_LOWER and sa < -PIVOT_TOL:
+                dual_slack = d[j]
+            elif st == AT_UPPER and sa > PIVOT_TOL:
+                dual_slack = -d[j]
+            else:
+                continue
+            t = max(dual_slack, 0.0) / abs(a)
+            if bland:
+                if t == bound:
+                    q = j
+                    ratio = t
+                    break
+            elif t <= bound and abs(a) > best:
+                best = abs(a)
+                q = j
+                ratio = t
+        if q < 0:
+            return False, it
+        # The entering column in the basis, as _simplex computes it; its entry in the leaving
+        # row must agree with the pivot row's, or the basis inverse has drifted too far.
+        for r in range(n_rows):
+            alpha[r] = 0.0
+        for k in range(n_rows):
+            e = E[k, q]
+            for r in range(n_rows):
+                alpha[r] += Binv[r, k] * e
+        p = alpha[leave]
+        if abs(p) <= PIVOT_TOL or abs(p - row[q]) > 1e-7 * (abs(p) + abs(row[q])):
+            return False, it
+        it += 1
+        degenerate = degenerate + 1 if ratio == 0.0 else 0
+        if degenerate > 2 * n_rows:
+            bland = True
+        # Primal step: x_q moves until the leaving variable sits on the bound it broke.
+        jl = basis[leave]
+        target = lb[jl] if to_lower else ub[jl]
+        step = (x[jl] - target) / p
+        x[q] += step
+        for r in range(n_rows):
+            x[basis[r]] -= step * alpha[r]
+        x[jl] = target
+        state[jl] = AT_LOWER if to_lower else AT_UPPER
+        basis[leave] = q
+        state[q] = BASIC
+        for k in range(n_rows):
+            Binv[leave, k] /= p
+        for r in range(n_rows):
+            f = alpha[r]
+            if r != leave and f != 0.0:
+                for k in range(n_rows):
+                    Binv[r, k] -= f * Binv[leave, k]
+    # Fresh basic values (no drift from the incremental updates), and in tmp the right-hand
+    # side they came from, as _simplex's clean-up expects.
+    _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, tmp)
+    return _basics_feasible(b, lb, ub, x, basis, n_rows), it
 
 
 @kernel
@@ -364,7 +590,9 @@ def allocate(
     per unit, the rest are ``<=`` rows. This fills the error and slack columns after the
     actuators (:func:`lp_columns` in all) and solves by :func:`solve_lp`: with ``warm``, from
     the basis ``basis``/``state`` hold (the last cycle's optimum) when it is still feasible,
-    which from one cycle to the next it mostly is; otherwise from every actuator at its lower
+    which from one cycle to the next it mostly is, or by :func:`_dual_simplex` from it when it
+    is not but is still dual feasible (then ``work`` must be (LP_WORK_ROWS, >= n_cols)), the
+    iterations returned counting its pivots too; otherwise from every actuator at its lower
     bound with the error and slack columns basic. There, a ``<=`` row that the actuators' lower
     bounds already break (a stuck-open valve on an empty budget) is relaxed to what they take:
     nothing else could be done about it. Returns (status, iterations).
@@ -403,10 +631,27 @@ def allocate_filled(
     """:func:`allocate` with the error and slack columns already filled by
     :func:`fill_lp_columns` (and left alone since). Returns (status, iterations)."""
     n_cols = lp_columns(n_rows, n_eq, n_act)
-    if warm and _warm_basis(E, b, lb, ub, n_rows, n_cols, x, state, basis, Binv, work):
-        # _warm_basis has just computed the basics and checked them as solve_lp would: the same
-        # numbers from the same inputs, so straight to the pivots.
-        return _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter)
+    dual_it = 0
+    if warm:
+        start = _warm_basis(E, b, lb, ub, n_rows, n_cols, x, state, basis, Binv, work)
+        if start == WARM_FEASIBLE:
+            # _warm_basis has just computed the basics and checked them as solve_lp would: the
+            # same numbers from the same inputs, so straight to the pivots.
+            return _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter)
+        if start == WARM_INFEASIBLE:
+            # The wanted wrench moved: last cycle's optimum is out of bounds but, c unchanged
+            # and E barely, normally still dual feasible. The dual simplex goes from it to a
+            # feasible basis that is (to the tolerance) optimal; the primal simplex confirms.
+            ok, dual_it = _dual_simplex(
+                E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter
+            )
+            if ok:
+                status, it = _simplex(
+                    E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter
+                )
+                return status, dual_it + it
+    # The cold start sets every variable, the basis and Binv afresh: whatever the dual simplex
+    # left, this is the same solve as without it.
     for j in range(n_act):
         x[j] = lb[j]
         state[j] = AT_LOWER
@@ -434,4 +679,5 @@ def allocate_filled(
         for k in range(n_rows):
             Binv[r, k] = 0.0
         Binv[r, r] = 1.0 / E[r, basis[r]]
-    return solve_lp(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter)
+    status, it = solve_lp(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter)
+    return status, dual_it + it

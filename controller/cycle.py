@@ -178,7 +178,7 @@ CTRL = Layout(
         ("C_ATT_ERR", 1),  # attitude error this cycle [rad]
         ("C_REMAINING", 1),  # remaining delta-v this cycle (in-flight impulse counted) [m/s]
         ("C_RESIDUAL", 1),  # allocation's relative weighted residual
-        ("C_ITER", 1),  # allocation iterations
+        ("C_ITER", 1),  # allocation iterations: simplex pivots, dual and primal
         ("C_FORCE", 1),  # along-track force requested [N]
         ("C_INFLIGHT", 1),  # delta-v commanded but not yet delivered [m/s]
         ("C_WANT", 6),  # wanted wrench over the cycle [N s, N m s]
@@ -601,7 +601,9 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
                 b[ROW_TANK + t] += E[ROW_TANK + t, i]
             b[ROW_TANK + t] += 1.0
     # From last cycle's basis when it is still feasible (allocation._warm_basis), straight to
-    # the pivots: the basic values it computes are the ones solve_lp would compute again. The
+    # the pivots: the basic values it computes are the ones solve_lp would compute again; when
+    # it is not, by the dual simplex from it (allocation._dual_simplex: qp's work rows are LP
+    # columns long, as it needs). The
     # LP's error and slack columns were filled once, by the build (allocation.fill_lp_columns).
     lp_status, iters = allocate_filled(
         E,
