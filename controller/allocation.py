@@ -82,8 +82,20 @@ def _nonbasic_rhs(E, b, x, state, n_rows, n_cols, out):
     for j in range(n_cols):
         if state[j] != BASIC:
             xj = x[j]
-            for r in range(n_rows):
-                out[r] -= E[r, j] * xj
+            # Most non-basic variables sit at a bound of 0 (idle thrusters, error and slack
+            # columns): subtracting E[r, j] * 0 leaves a non-zero sum as it is.
+            if xj != 0.0:
+                for r in range(n_rows):
+                    out[r] -= E[r, j] * xj
+    # It can only change the sign of a zero sum (-0.0 - -0.0 is +0.0): a row whose sum came
+    # out zero is summed again with every term, so every bit is what the full sum gives.
+    for r in range(n_rows):
+        if out[r] == 0.0:
+            s = b[r]
+            for j in range(n_cols):
+                if state[j] != BASIC:
+                    s -= E[r, j] * x[j]
+            out[r] = s
 
 
 @kernel
@@ -119,6 +131,8 @@ def _refactor_basics(E, b, x, state, basis, M, n_rows, n_cols, rhs, rhs_ready):
                 M[k, c], M[p, c] = M[p, c], M[k, c]
             rhs[k], rhs[p] = rhs[p], rhs[k]
         for r in range(k + 1, n_rows):
+            if M[r, k] == 0.0:
+                continue  # f would be zero (the basis is mostly unit columns): no division
             f = M[r, k] / M[k, k]
             if f != 0.0:
                 for c in range(k, n_rows):
@@ -311,8 +325,14 @@ def _invert(M, n, perm):
                 M[k, col], M[p, col] = M[p, col], M[k, col]
         piv = M[k, k]
         M[k, k] = 1.0
-        for col in range(n):
-            M[k, col] /= piv
+        # Dividing by 1 or -1 is exact (x or -x, bit for bit): the pivot of a basic error or
+        # slack column, most of the basis, needs no division.
+        if piv == -1.0:
+            for col in range(n):
+                M[k, col] = -M[k, col]
+        elif piv != 1.0:
+            for col in range(n):
+                M[k, col] /= piv
         for r in range(n):
             if r != k:
                 f = M[r, k]
