@@ -636,7 +636,8 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
     for k in range(6):
         s = 0.0
         for j in range(n_act):
-            s += E[k, j] * x[j]
+            if x[j] != 0.0:  # an idle actuator adds a zero: no bit changes (allocation.py)
+                s += E[k, j] * x[j]
         s *= scale[k]
         achieved[k] = s  # forces in the LP's axes for now
         e = s - b[k] * scale[k]

@@ -3,7 +3,8 @@
 controller/allocation.py's kernels skip, for speed, the terms of a sum whose factor is zero
 (``_nonbasic_rhs``: a non-basic variable at 0), the divisions whose result is thrown away
 (``_refactor_basics``: a zero below the pivot) and the division of a pivot row by 1 or -1
-(``_invert``: the unit columns of the basic errors and slacks). Each is exact: these tests hold
+(``_invert``: the unit columns of the basic errors and slacks), and the duals skip the basics
+of no cost (``_reduced_costs``, ``_simplex``). Each is exact: these tests hold
 the kernels, byte for byte (signed zeros included), to the plain algorithms they replaced,
 written out again here and compiled the same way, on random sparse matrices like the
 controller's (unit columns, exact zeros of both signs, variables at 0, 1 and between).
@@ -21,6 +22,7 @@ from thruster_hil.controller.allocation import (
     BASIC,
     _invert,
     _nonbasic_rhs,
+    _reduced_costs,
     _refactor_basics,
 )
 
@@ -174,3 +176,44 @@ def test_the_refactored_basics_are_the_plain_elimination_bit_for_bit(seed):
     assert x_got.tobytes() == x_want.tobytes()
     assert rhs_got.tobytes() == rhs_want.tobytes()
     assert M_got.tobytes() == M_want.tobytes()
+
+
+@njit(**_PLAIN)
+def _plain_reduced_costs(E, c, lb, ub, n_rows, n_cols, state, basis, Binv, pi, d, dtol):
+    for k in range(n_rows):
+        pi[k] = 0.0
+    for r in range(n_rows):
+        cb = c[basis[r]]
+        for k in range(n_rows):
+            pi[k] += cb * Binv[r, k]
+    for j in range(n_cols):
+        if state[j] == BASIC or lb[j] >= ub[j]:
+            d[j] = 0.0
+            dtol[j] = 0.0
+            continue
+        dj = c[j]
+        scale = abs(c[j])
+        for k in range(n_rows):
+            t = pi[k] * E[k, j]
+            dj -= t
+            scale += abs(t)
+        d[j] = dj
+        dtol[j] = 1e-14 * scale + 1e-300
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(seed=seeds)
+def test_the_duals_skip_the_basics_of_no_cost_bit_for_bit(seed):
+    rng = np.random.default_rng(seed)
+    E, _, _, state, basis, n_rows, n_cols = _lp(rng)
+    c = rng.choice([0.0, -0.0, 1.0, 1e3], size=n_cols) * rng.uniform(0.5, 2.0, n_cols)
+    lb = np.zeros(n_cols)
+    ub = rng.choice([0.0, 1.0, np.inf], size=n_cols)
+    Binv = rng.normal(size=(n_rows, n_rows))
+    Binv[rng.random(Binv.shape) < 0.3] = -0.0
+    got = [np.full(n, np.nan) for n in (n_rows, n_cols, n_cols)]
+    want = [np.full(n, np.nan) for n in (n_rows, n_cols, n_cols)]
+    _reduced_costs(E, c, lb, ub, n_rows, n_cols, state, basis, Binv, *got)
+    _plain_reduced_costs(E, c, lb, ub, n_rows, n_cols, state, basis, Binv, *want)
+    for g, w in zip(got, want, strict=True):
+        assert g.tobytes() == w.tobytes()
