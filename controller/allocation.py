@@ -51,6 +51,12 @@ LP_ITERATION_LIMIT = 1
 LP_UNBOUNDED = 2
 LP_BAD_START = 3
 
+# Zero terms (issue 18). A sum that starts at +0.0 (pi, alpha, x_B) never becomes -0.0 (in
+# round-to-nearest x + -x is +0.0, and +0.0 + -0.0 is +0.0), and adding a zero, of either sign,
+# leaves any other value as it is; so the kernels skip the terms whose factor is an exact zero
+# (a basic variable of no cost, a zero of the entering column) and every bit is the full sum's.
+# (The factors they multiply, Binv's entries, are finite: its pivots are at least 1e-12.)
+
 #: Rows of ``work`` (each at least n_rows long) :func:`solve_lp` needs.
 LP_WORK = Layout(
     "LP solver work rows",
@@ -82,8 +88,20 @@ def _nonbasic_rhs(E, b, x, state, n_rows, n_cols, out):
     for j in range(n_cols):
         if state[j] != BASIC:
             xj = x[j]
-            for r in range(n_rows):
-                out[r] -= E[r, j] * xj
+            # Most non-basic variables sit at a bound of 0 (idle thrusters, error and slack
+            # columns): subtracting E[r, j] * 0 leaves a non-zero sum as it is.
+            if xj != 0.0:
+                for r in range(n_rows):
+                    out[r] -= E[r, j] * xj
+    # It can only change the sign of a zero sum (-0.0 - -0.0 is +0.0): a row whose sum came
+    # out zero is summed again with every term, so every bit is what the full sum gives.
+    for r in range(n_rows):
+        if out[r] == 0.0:
+            s = b[r]
+            for j in range(n_cols):
+                if state[j] != BASIC:
+                    s -= E[r, j] * x[j]
+            out[r] = s
 
 
 @kernel
@@ -119,6 +137,8 @@ def _refactor_basics(E, b, x, state, basis, M, n_rows, n_cols, rhs, rhs_ready):
                 M[k, c], M[p, c] = M[p, c], M[k, c]
             rhs[k], rhs[p] = rhs[p], rhs[k]
         for r in range(k + 1, n_rows):
+            if M[r, k] == 0.0:
+                continue  # f would be zero (the basis is mostly unit columns): no division
             f = M[r, k] / M[k, k]
             if f != 0.0:
                 for c in range(k, n_rows):
@@ -175,8 +195,9 @@ def _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_i
             pi[k] = 0.0
         for r in range(n_rows):
             cb = c[basis[r]]
-            for k in range(n_rows):
-                pi[k] += cb * Binv[r, k]
+            if cb != 0.0:  # a basic of no cost (a slack): zero terms, see above
+                for k in range(n_rows):
+                    pi[k] += cb * Binv[r, k]
         # Pricing: the non-basic variable whose move lowers the cost fastest.
         q = -1
         q_dir = 0
@@ -218,8 +239,9 @@ def _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_i
             alpha[r] = 0.0
         for k in range(n_rows):
             e = E[k, q]
-            for r in range(n_rows):
-                alpha[r] += Binv[r, k] * e
+            if e != 0.0:  # zero terms (see "Zero terms" above)
+                for r in range(n_rows):
+                    alpha[r] += Binv[r, k] * e
         # Ratio test: x_q moves by q_dir * t, the basics by -q_dir * t * alpha.
         t_max = ub[q] - lb[q]
         leave = -1
@@ -311,8 +333,14 @@ def _invert(M, n, perm):
                 M[k, col], M[p, col] = M[p, col], M[k, col]
         piv = M[k, k]
         M[k, k] = 1.0
-        for col in range(n):
-            M[k, col] /= piv
+        # Dividing by 1 or -1 is exact (x or -x, bit for bit): the pivot of a basic error or
+        # slack column, most of the basis, needs no division.
+        if piv == -1.0:
+            for col in range(n):
+                M[k, col] = -M[k, col]
+        elif piv != 1.0:
+            for col in range(n):
+                M[k, col] /= piv
         for r in range(n):
             if r != k:
                 f = M[r, k]
@@ -378,8 +406,9 @@ def _reduced_costs(E, c, lb, ub, n_rows, n_cols, state, basis, Binv, pi, d, dtol
         pi[k] = 0.0
     for r in range(n_rows):
         cb = c[basis[r]]
-        for k in range(n_rows):
-            pi[k] += cb * Binv[r, k]
+        if cb != 0.0:  # a basic of no cost: zero terms (see "Zero terms")
+            for k in range(n_rows):
+                pi[k] += cb * Binv[r, k]
     for j in range(n_cols):
         if state[j] == BASIC or lb[j] >= ub[j]:
             d[j] = 0.0
@@ -546,8 +575,9 @@ def _dual_simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, 
             alpha[r] = 0.0
         for k in range(n_rows):
             e = E[k, q]
-            for r in range(n_rows):
-                alpha[r] += Binv[r, k] * e
+            if e != 0.0:  # zero terms (see "Zero terms" above)
+                for r in range(n_rows):
+                    alpha[r] += Binv[r, k] * e
         p = alpha[leave]
         if abs(p) <= PIVOT_TOL or abs(p - row[q]) > 1e-7 * (abs(p) + abs(row[q])):
             return False, it

@@ -52,6 +52,7 @@ from thruster_hil.controller.modulation import (
     M_LAST_ON,
     M_REMAINDER,
     T_CLOSE_DELAY,
+    T_FULL_SPILL,
     T_KG_PER_NS,
     T_MAX_IMPULSE,
     T_OPEN_DELAY,
@@ -428,16 +429,21 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
         ax = (E[0, i] * xh0 + E[1, i] * xh1 + E[2, i] * xh2) * scale[0]
         t_prev = mod[i, M_LAST_ON]
         if t_prev > 0.0:
-            spill = pulse_impulse(
-                t_prev,
-                period,
-                math.inf,
-                thr[i, T_THRUST],
-                thr[i, T_OPEN_DELAY],
-                thr[i, T_CLOSE_DELAY],
-                thr[i, T_TAU_RISE],
-                thr[i, T_TAU_TAIL],
-            )
+            if t_prev == period:
+                # A full-cycle command (a main engine firing on): the build computed its spill
+                # once, with this same kernel on these same numbers (thr[i, T_FULL_SPILL]).
+                spill = thr[i, T_FULL_SPILL]
+            else:
+                spill = pulse_impulse(
+                    t_prev,
+                    period,
+                    math.inf,
+                    thr[i, T_THRUST],
+                    thr[i, T_OPEN_DELAY],
+                    thr[i, T_CLOSE_DELAY],
+                    thr[i, T_TAU_RISE],
+                    thr[i, T_TAU_TAIL],
+                )
             inflight += spill * ax / thr[i, T_MAX_IMPULSE]
         if thr[i, T_TRANSLATION] > 0.5 and health[i] == HEALTH_NOMINAL and ax > 0.0:
             f_along_max += ax / period
@@ -630,7 +636,8 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
     for k in range(6):
         s = 0.0
         for j in range(n_act):
-            s += E[k, j] * x[j]
+            if x[j] != 0.0:  # an idle actuator adds a zero: no bit changes (allocation.py)
+                s += E[k, j] * x[j]
         s *= scale[k]
         achieved[k] = s  # forces in the LP's axes for now
         e = s - b[k] * scale[k]

@@ -48,6 +48,9 @@ THRUSTER_COLUMNS = Layout(
         ("T_TRANSLATION", 1),  # 1.0 for a translation thruster, 0.0 for an attitude thruster
         ("T_KG_PER_NS", 1),  # propellant per unit impulse at the nominal Isp, 1/(Isp g0) [kg/(N s)]
         ("T_TANK", 1),  # index of the tank it draws from
+        # Impulse a full-cycle command delivers after its cycle [N s] (its close delay and
+        # tail-off): pulse_impulse(period, period, inf, ...), computed once by the build.
+        ("T_FULL_SPILL", 1),
     ],
 )
 (
@@ -62,6 +65,7 @@ THRUSTER_COLUMNS = Layout(
     T_TRANSLATION,
     T_KG_PER_NS,
     T_TANK,
+    T_FULL_SPILL,
 ) = THRUSTER_COLUMNS.offsets
 THR_COLS = THRUSTER_COLUMNS.length
 

@@ -140,7 +140,12 @@ def pack(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarra
 @kernel
 def step_packed(buf):
     """:func:`thruster_hil.controller.cycle.step` on the arrays packed in ``buf`` (see
-    :func:`pack`). Writes the on-times into the buffer's ``on_ms`` and returns the status."""
+    :func:`pack`). Writes the on-times into the buffer's ``on_ms`` and returns the status.
+
+    The layouts' lengths (SENS_LEN, THR_COLS, ...) are constants compiled into this kernel, and
+    numba's on-disk cache only notices a change to this file: a change of a layout elsewhere
+    must touch this file too (as the thruster columns' T_FULL_SPILL did), or a stale cache
+    would carve the old shapes."""
     h = carve(buf, 0, (HEADER_LEN,), np.int64)
     n = h[H_N]
     m = h[H_M]

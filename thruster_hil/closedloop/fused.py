@@ -35,6 +35,7 @@ import numpy as np
 
 from thruster_hil.controller import cycle as cst
 from thruster_hil.controller.modulation import T_TRANSLATION
+from thruster_hil.controller.views import borrowed
 from thruster_hil.core.constants import MU_EARTH, R_EARTH
 from thruster_hil.core.frames import dcm_entries
 from thruster_hil.core.jit import inline_kernel, kernel
@@ -486,6 +487,46 @@ def fly(
     lands in ``fail_cycle[f]``. Per-cycle records go to ``statuses``, ``att_err`` [rad] and
     ``longest`` (longest command [ms]). Returns (cycles, complete cycle or -1, worst plant
     status)."""
+    # Views that count no references (controller/views.py), as controller.step takes them:
+    # every cycle slices these arrays dozens of times (the plant's rows of pthr, geom, ptank,
+    # the tables), and each slice of a counted array is an atomic increment and decrement of
+    # its owner's count, one shared by every thread of a Monte-Carlo batch for the arrays the
+    # cases share (params, A, thr, ptank, table). The caller holds them for the whole call.
+    fail_idx = borrowed(fail_idx)
+    fail_at = borrowed(fail_at)
+    fail_code = borrowed(fail_code)
+    fail_cycle = borrowed(fail_cycle)
+    y = borrowed(y)
+    sensed = borrowed(sensed)
+    pscal = borrowed(pscal)
+    acc = borrowed(acc)
+    pthr = borrowed(pthr)
+    geom = borrowed(geom)
+    ptank = borrowed(ptank)
+    tank_idx = borrowed(tank_idx)
+    table = borrowed(table)
+    valves = borrowed(valves)
+    impulse = borrowed(impulse)
+    live = borrowed(live)
+    tank_used = borrowed(tank_used)
+    gimbal_work = borrowed(gimbal_work)
+    true_health = borrowed(true_health)
+    executed = borrowed(executed)
+    sens = borrowed(sens)
+    params = borrowed(params)
+    A = borrowed(A)
+    E = borrowed(E)
+    Binv = borrowed(Binv)
+    qp = borrowed(qp)
+    ints = borrowed(ints)
+    thr = borrowed(thr)
+    mod = borrowed(mod)
+    health = borrowed(health)
+    ctrl = borrowed(ctrl)
+    on_ms = borrowed(on_ms)
+    statuses = borrowed(statuses)
+    att_err = borrowed(att_err)
+    longest = borrowed(longest)
     n = on_ms.shape[0]
     period = pscal[PS_PERIOD]
     period_ms = int(pscal[PS_PERIOD_MS])
