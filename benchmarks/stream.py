@@ -148,7 +148,6 @@ def _release(sender) -> None:
 
 def _run(model, plan, out: Path, url: str | None, hold: bool = False) -> dict:
     """One recorded SIL run (and its stream): the summary, with ``cycles_per_cpu_s``."""
-    from thruster_hil.cli import _also_stream
     from thruster_hil.closedloop.runner import run_burn
     from thruster_hil.records import RunRecorder
     from thruster_hil.stream import CycleStream, resolve_option
@@ -158,7 +157,7 @@ def _run(model, plan, out: Path, url: str | None, hold: bool = False) -> dict:
     if url is not None:
         n_tanks = len(model.tank_names)
         stream = CycleStream(resolve_option(url, "run"), len(model.thruster_names), n_tanks)
-        on_cycle = _also_stream(on_cycle, stream.on_cycle)
+        on_cycle = stream.after(on_cycle)  # as `run --stream` does (thruster_hil.cli)
         if hold:
             _hold(stream.sender)
         sender0 = _run_ns(stream.sender.process.pid)
@@ -270,7 +269,6 @@ def blocks(model, plan, urls: dict, receivers: dict, runs: int, block: int) -> d
     ratios are the design's own bias and noise (an A/A control: the loop's work per cycle
     changes along a burn). ``runs`` runs per variant, the variants interleaved; per variant the
     median ratio and its spread."""
-    from thruster_hil.cli import _also_stream
     from thruster_hil.closedloop.runner import run_burn
     from thruster_hil.records import RunRecorder
     from thruster_hil.stream import CycleStream, resolve_option
@@ -304,7 +302,13 @@ def blocks(model, plan, urls: dict, receivers: dict, runs: int, block: int) -> d
                     if (k // block) % 3 == 2:
                         send(k, info)
 
-                run_burn(model, plan, on_cycle=_also_stream(recorder.on_cycle, in_blocks))
+                record = recorder.on_cycle
+
+                def both(k: int, info: dict, record=record, in_blocks=in_blocks) -> None:
+                    record(k, info)
+                    in_blocks(k, info)
+
+                run_burn(model, plan, on_cycle=both)
                 recorder.close()
                 if name == HELD:
                     _release(stream.sender)

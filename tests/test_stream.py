@@ -212,6 +212,48 @@ def test_the_stream_follows_the_loops_arrays_bound_or_not():
     assert got == [_old_stream_packet(tm, c) for c in sent]
 
 
+def test_after_records_first_then_packs_with_the_link_counters_of_now():
+    """``run --stream``'s sink is ``CycleStream.after(records)``: each cycle the records get it
+    first, then the packet is packed (one closure, no wrapper), and link counters set after the
+    sink was made (the CLI opens the unit after the stream) are in the packets from then on."""
+    from types import SimpleNamespace
+
+    from thruster_hil.stream import CycleStream, resolve_option
+
+    rng = np.random.default_rng(18)
+    n, m = 4, 1
+    r = _receiver()
+    stream = CycleStream(resolve_option(f"udp://127.0.0.1:{r.getsockname()[1]}", "run"), n, m, 5e4)
+    order: list[tuple[str, int]] = []
+    sink = stream.after(lambda k, info: order.append(("records", k)))
+    y = rng.normal(size=14)
+    y[0] += 6.8e6
+    a = {
+        "ctrl": rng.normal(size=82),
+        "y": y,
+        "on_ms": rng.integers(0, 500, n).astype(np.uint16),
+        "executed_ms": rng.integers(0, 500, n).astype(np.uint16),
+        "tank_used": rng.random(m),
+    }
+    tm = downlink.CycleTelemetry(n, m)
+    expected = []
+    for k in range(4):
+        if k == 2:
+            stream.set_link_counters(lambda: (7, 8, 9, 10))
+            tm.counters[:4] = (7, 8, 9, 10)
+        info = {"ctrl": SimpleNamespace(ctrl=a["ctrl"], on_ms=a["on_ms"]), "status": k}
+        info |= {"y": a["y"], "executed_ms": a["executed_ms"], "tank_used": a["tank_used"]}
+        info |= {"t_s": 0.5 * k, "rtt_s": 2e-3}
+        sink(k, info)
+        order.append(("published", int(stream.sender.words[ring_sender.PUBLISHED])))
+        expected.append(_old_stream_packet(tm, {**info, **a, "k": k, "mass0": 5e4}))
+    stream.close()
+    assert order == [x for k in range(4) for x in (("records", k), ("published", k + 1))]
+    got = _receive(r, 4)
+    r.close()
+    assert got == expected
+
+
 @pytest.mark.parametrize("bound", [False, True])
 @pytest.mark.parametrize("fixed_by_recompiling", [True, False])
 def test_a_stale_ring_kernel_is_compiled_afresh_or_refused(

@@ -894,7 +894,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             elif not args.json and sys.stderr.isatty():
                 on_cycle = _run_progress(views, recorder, planned)
             if stream is not None:
-                on_cycle = _also_stream(on_cycle, stream.on_cycle)
+                on_cycle = stream.after(on_cycle)
             result = run_burn(
                 model,
                 plan,
@@ -1111,16 +1111,6 @@ def _target_args(args: argparse.Namespace) -> list[str]:
         if value is not None:
             out += [flag, repr(value) if isinstance(value, float) else str(value)]
     return out
-
-
-def _also_stream(on_cycle, send):
-    """``on_cycle`` (the records, and the view if any), then the stream's packet."""
-
-    def both(k: int, info: dict) -> None:
-        on_cycle(k, info)
-        send(k, info)
-
-    return both
 
 
 def _run_progress(views: contextlib.ExitStack, recorder, planned: int):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numba
 import numpy as np
 from numba import carray, types
 from numba.core import cgutils
@@ -260,6 +261,7 @@ class CycleStream:
         self._ring, self._words = self.sender.ring, self.sender.words
         self._mass0 = float(mass0_kg)
         self._link = link_counters
+        self._link_cell: list = [link_counters]
         self._submit = self.sender.submit
         self._header: list[str] | None = None
         self._cycle_sink()
@@ -267,7 +269,7 @@ class CycleStream:
     def set_link_counters(self, counters: Callable[[], Sequence[int]] | None) -> None:
         """Where each packet's link counters come from from now on (None: zeros)."""
         self._link = counters
-        self._cycle_sink()
+        self._link_cell[0] = counters  # what the closures of _cycle_sink read each cycle
 
     def _telemetry(self, n_thrusters: int, n_tanks: int) -> None:
         try:
@@ -283,21 +285,37 @@ class CycleStream:
         instance by :meth:`_cycle_sink`'s closure, which does the same with fewer look-ups.)"""
         self._cycle_sink()(k, info)
 
-    def _cycle_sink(self) -> Callable[[int, dict], None]:
-        """:meth:`on_cycle` as a closure over what it needs: it runs every control cycle,
-        where each attribute look-up is a measurable part of the stream's cost. The loop's
-        arrays are the same objects cycle after cycle, so the kernel is handed one binding
-        that points at them (:class:`_Binding`); each cycle checks that they still are the
-        bound ones (five identity tests) before the kernel reads them."""
-        ring, mass0, link, words = self._ring, self._mass0, self._link, self._words
+    def after(self, first: Callable[[int, dict], None]) -> Callable[[int, dict], None]:
+        """An ``on_cycle`` sink for the runner that calls ``first`` (the run's records, and
+        its view if any) and then packs the cycle's packet: :meth:`on_cycle` after ``first``
+        in one closure, a Python call a cycle fewer than a wrapper calling the two."""
+        return self._cycle_sink(first)
+
+    def _cycle_sink(self, first=None) -> Callable[[int, dict], None]:
+        """:meth:`on_cycle` as a closure over what it needs (after ``first``, if given): it
+        runs every control cycle, where each attribute look-up is a measurable part of the
+        stream's cost. The loop's arrays are the same objects cycle after cycle, so the kernel
+        is handed one binding that points at them (:class:`_Binding`); each cycle checks that
+        they still are the bound ones (five identity tests) before the kernel reads them. The
+        kernel is called as compiled for the binding's and the numbers' types, without numba's
+        dispatcher typing the arguments each call."""
+        ring, mass0, link_cell, words = self._ring, self._mass0, self._link_cell, self._words
         binding = _Binding(ring, mass0)
         b_words = binding.words
-        put, put_arrays = _bound_cycle_into_ring, _cycle_into_ring
+        put = _bound_cycle_into_ring
+        if hasattr(put, "compile"):  # (a test may put a plain function in the kernel's place)
+            put = put.compile(
+                (numba.typeof(b_words), numba.int64, numba.int64, numba.float64, numba.float64)
+            )
+        put_arrays = _cycle_into_ring
         cc = y = on = ex = tanks = None
         bound = False
 
         def on_cycle(k: int, info: dict) -> None:
             nonlocal cc, y, on, ex, tanks, bound
+            if first is not None:
+                first(k, info)
+            link = link_cell[0]
             if link is not None:  # a serial unit: its counters, read every cycle
                 words[_LINK] = link()
             c = info["ctrl"]
@@ -322,7 +340,8 @@ class CycleStream:
             else:  # arrays the binding does not take: numba converts them, as before
                 put_arrays(ring, cc, y, on, ex, tanks, k, info["status"], info["t_s"], rtt_s, mass0)
 
-        self.on_cycle = on_cycle
+        if first is None:
+            self.on_cycle = on_cycle
         return on_cycle
 
     # ---- monitor: the rows of telemetry.csv --------------------------------------------------
