@@ -16,6 +16,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from thruster_hil.campaign import (
     MAX_TIMER_LATE_MS,
@@ -245,6 +247,33 @@ def test_a_realtime_pulse_is_dated_by_its_start_not_by_its_report(start_pu_us, a
     assert [e[0] for e in ev.executed] == [100_000 + start_pu_us - 5_000_000]
     _d, n, what = judge_fires(ev, row)
     assert (n == 1) is after, what
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    units=st.lists(st.sampled_from(["emulator", "qemu", "simavr"]), max_size=12),
+    jobs=st.integers(2, 3),
+)
+def test_lanes_fly_every_row_once_and_never_two_heavy_rows_at_once(units, jobs):
+    """faults --jobs N: every row flies exactly once, and the QEMU and simavr rows all fly on
+    the first lane, one after another (so never two at once); emulator rows on any lane."""
+    import threading
+    from types import SimpleNamespace
+
+    from thruster_hil.campaign import HEAVY_UNITS, _in_lanes
+
+    rows = [SimpleNamespace(id=f"R{i:02d}", unit=u) for i, u in enumerate(units)]
+    lane_of: dict[str, str] = {}
+
+    def one(row):
+        lane_of[row.id] = threading.current_thread().name
+        return {"id": row.id}
+
+    got = [rec["id"] for rec in _in_lanes(rows, one, jobs)]
+    assert sorted(got) == [r.id for r in rows]
+    heavy = [r.id for r in rows if r.unit in HEAVY_UNITS]
+    assert {lane_of[i] for i in heavy} <= {"row-lane-0"}
+    assert [i for i in got if i in heavy] == heavy  # in their order, one after another
 
 
 @pytest.mark.parametrize("jobs", [1, 2])

@@ -37,6 +37,7 @@ import csv
 import json
 import math
 import os
+import queue
 import random
 import re
 import signal
@@ -44,7 +45,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -816,6 +816,61 @@ def _proxy(row: Row, unit, faults: str | None, log_path: Path):
     return FaultProxyProcess(unit.port, faults, log_path, line_rate=row.unit == "qemu")
 
 
+#: Units whose rows never fly two at once: each keeps a host core busy on its own (QEMU's vCPU
+#: spins even when idle; simavr simulates every cycle), so two of them and their hosts would
+#: load each other past what the rows are made to stand.
+HEAVY_UNITS = frozenset({"qemu", "simavr"})
+
+
+def _in_lanes(rows: list[Row], one, jobs: int):
+    """Fly ``rows`` on ``jobs`` threads and yield each record as it finishes (in this thread).
+    The first lane flies the QEMU and simavr rows one after another, then helps with the rest;
+    the other lanes fly only emulator rows. So at most one heavy row flies at a time, beside an
+    emulator row. Ctrl-C (any exception here): no lane starts another row; those flying end
+    (each has its own bounds), then it is raised."""
+    heavy = [r for r in rows if r.unit in HEAVY_UNITS]
+    light = [r for r in rows if r.unit not in HEAVY_UNITS]
+    lock = threading.Lock()
+    done: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def lane(takes_heavy: bool) -> None:
+        while not stop.is_set():
+            with lock:
+                if takes_heavy and heavy:
+                    row = heavy.pop(0)
+                elif light:
+                    row = light.pop(0)
+                else:
+                    break
+            try:
+                done.put(one(row))
+            except BaseException as exc:  # noqa: BLE001 (handed to the caller's thread)
+                done.put(exc)
+        done.put(None)  # this lane has ended
+
+    lanes = [
+        threading.Thread(target=lane, args=(i == 0,), name=f"row-lane-{i}", daemon=True)
+        for i in range(jobs)
+    ]
+    for t in lanes:
+        t.start()
+    running = len(lanes)
+    try:
+        while running:
+            item = done.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        stop.set()
+        for t in lanes:
+            t.join()
+
+
 def _build_units(units: set[str]) -> None:
     """Build the firmware the rows of these units run (each build is a no-op when up to date;
     a failed build is left for the rows to report, as one row at a time would)."""
@@ -1470,10 +1525,11 @@ def run_campaign(
     """Every row (or those in ``only``); writes campaign.json and results.md, the rows in order.
 
     ``jobs`` rows fly at once, each with its own unit, proxy and host processes and its own
-    directory (``progress`` is called as each finishes, from this thread). Two at once on two
-    cores loads each row about as one busy process beside it would, which the rows are made to
-    stand (CI flies them all again, one at a time, beside two). The firmware a row needs is built
-    before any row starts, so no two rows run the same ``make`` at once."""
+    directory (``progress`` is called as each finishes, from this thread), never two QEMU or
+    simavr rows together (:func:`_in_lanes`). A heavy row beside an emulator row on two cores
+    is loaded about as by one busy process beside it, which the rows are made to stand (CI flies
+    them all again, one at a time, beside two). The firmware a row needs is built before any
+    row starts, so no two rows run the same ``make`` at once."""
     rows = [r for r in build_rows(seed, units) if not only or r.id in only]
     out.mkdir(parents=True, exist_ok=True)
     from thruster_hil.firmware_bridge.emulator import EmulatorError
@@ -1493,17 +1549,10 @@ def run_campaign(
                 progress(rec)
     else:
         _build_units({r.unit for r in rows})
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="row") as pool:
-            futures = [pool.submit(one, row) for row in rows]
-            try:
-                for fut in as_completed(futures):
-                    rec = fut.result()
-                    by_id[rec["id"]] = rec
-                    if progress is not None:
-                        progress(rec)
-            except BaseException:  # Ctrl-C: no new row; those flying end (each has its bound)
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+        for rec in _in_lanes(rows, one, jobs):
+            by_id[rec["id"]] = rec
+            if progress is not None:
+                progress(rec)
     records = [by_id[r.id] for r in rows]
     doc = {
         "seed": seed,
