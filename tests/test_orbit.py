@@ -510,3 +510,26 @@ def test_coast_mean_apsides_is_propagate_then_mean_apsides_bit_for_bit(n, mass):
     got = fused.coast_mean_apsides(y0, 1.0, n, ISS_CD_AREA, table)
     assert got[0] == s_ref
     assert np.array(got[1:]).tobytes() == np.array(ref).tobytes()
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 97])
+@pytest.mark.parametrize(
+    "mass_b, mass_c",
+    [(ISS_MASS, ISS_MASS + 812.5), (math.inf, ISS_MASS), (ISS_MASS, math.inf), (-1.0, math.inf)],
+)
+def test_coasting_two_states_side_by_side_is_coasting_each_alone_bit_for_bit(n, mass_b, mass_c):
+    """orbit_change coasts the burned state and its twin together (coast_mean_apsides_pair);
+    each must get exactly coast_mean_apsides' answer, also when one of them turns non-finite
+    (an infinite mass) and stops stepping while the other goes on."""
+    from thruster_hil.closedloop import fused
+
+    alt, log_rho = density_table("moderate")
+    table = np.ascontiguousarray(np.stack([alt, log_rho]))
+    yb = _iss_state(mass_b)
+    yc = _iss_state(mass_c)
+    yc[3:6] *= 1.0 + 1e-4  # a different orbit, not a copy
+    got_b, got_c = fused.coast_mean_apsides_pair(yb, yc, 1.0, n, ISS_CD_AREA, table)
+    for y, got in ((yb, got_b), (yc, got_c)):
+        ref = fused.coast_mean_apsides(y, 1.0, n, ISS_CD_AREA, table)
+        assert got[0] == ref[0]
+        assert np.array(got[1:]).tobytes() == np.array(ref[1:]).tobytes()

@@ -194,11 +194,26 @@ def fly_batch(
 
 def run_cases(model, plan: dict, cases: list, setup: loop.BurnSetup | None = None) -> np.ndarray:
     """Fly ``cases`` (a list of :class:`thruster_hil.closedloop.fused.PlantCase`) of one planned
-    burn on numba's
-    threads; returns the (len(cases), B_LEN) result rows."""
+    burn on numba's threads; returns the (len(cases), B_LEN) result rows."""
+    return fly_prepared(prepare_cases(model, plan, cases, setup))
+
+
+def burn_arrays(model, plan: dict) -> tuple:
+    """What every chunk of one burn's cases shares: (setup, nominal controller). Read-only for
+    :func:`fly_batch` (a case copies what it changes), so one pair serves a whole campaign."""
     from thruster_hil.controller.build import build_controller
 
-    setup = setup if setup is not None else loop.setup_burn(model, plan)
+    return loop.setup_burn(model, plan), build_controller(model, plan["delta_v_mps"])
+
+
+def prepare_cases(model, plan: dict, cases: list, setup=None, ctrl=None) -> tuple:
+    """The arguments of :func:`fly_batch` for ``cases`` (Python work, holding the GIL): a caller
+    may build the next chunk's while numba flies this one (:func:`fly_prepared` releases it).
+    ``setup``/``ctrl``: from :func:`burn_arrays` (built here when None)."""
+    if setup is None or ctrl is None:
+        s, c = burn_arrays(model, plan)
+        setup = setup if setup is not None else s
+        ctrl = ctrl if ctrl is not None else c
     n_cases = len(cases)
     n = setup.n
     pscal = np.empty((n_cases, loop.PS_LEN))
@@ -214,31 +229,35 @@ def run_cases(model, plan: dict, cases: list, setup: loop.BurnSetup | None = Non
             seeds[c] = case.seed
             fail_idx[c, 0] = case.fail_index
             fail_at[c, 0] = case.fail_at_s
-    ctrl = build_controller(model, plan["delta_v_mps"])
     out = np.zeros((n_cases, B_LEN))
+    return (
+        seeds,
+        fail_idx,
+        fail_at,
+        pscal,
+        pthr,
+        geom,
+        y0,
+        setup.ptank,
+        setup.tank_idx,
+        setup.table,
+        setup.max_cycles,
+        setup.n_window,
+        ctrl.params,
+        ctrl.A,
+        ctrl.E,
+        ctrl.thr,
+        ctrl.qp,
+        ctrl.ints,
+        out,
+    )
+
+
+def fly_prepared(args: tuple) -> np.ndarray:
+    """:func:`fly_batch` on :func:`prepare_cases`'s arguments; returns the result rows."""
     # Cases handed out one at a time as threads come free (numba's default splits the range
     # into one block per thread up front): a case with a failure or a longer tail, or a thread
     # the busy machine descheduled, no longer leaves the other thread idle at the end.
     with numba.parallel_chunksize(1):
-        fly_batch(
-            seeds,
-            fail_idx,
-            fail_at,
-            pscal,
-            pthr,
-            geom,
-            y0,
-            setup.ptank,
-            setup.tank_idx,
-            setup.table,
-            setup.max_cycles,
-            setup.n_window,
-            ctrl.params,
-            ctrl.A,
-            ctrl.E,
-            ctrl.thr,
-            ctrl.qp,
-            ctrl.ints,
-            out,
-        )
-    return out
+        fly_batch(*args)
+    return args[-1]
