@@ -360,6 +360,27 @@ def test_an_atomic_write_that_fails_leaves_no_tmp(tmp_path, monkeypatch):
     assert (tmp_path / "status.json").read_text() == "{}"  # the old one, whole
 
 
+def test_an_atomic_write_names_its_tmp_only_after_the_bytes_are_written(tmp_path, monkeypatch):
+    """A SIGKILL mid-write leaves no status.json.tmp (CI, loaded campaign row S02): while the
+    bytes are written the file has no name; only a link and a rename follow. A .tmp a killed
+    run left behind is replaced, not a reason to fail."""
+    (tmp_path / "status.json.tmp").write_text("left by a killed run")
+    seen: list[list[str]] = []
+    real = records._write_all
+
+    def watching(fd, data):
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        real(fd, data)
+
+    monkeypatch.setattr(records, "_write_all", watching)
+    records.write_json_atomic(tmp_path / "status.json", {"x": 1})
+    records.write_json_atomic(tmp_path / "status.json", {"x": 2})
+    monkeypatch.undo()
+    assert seen[1] == ["status.json"]  # during the second write: no .tmp name at all
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]
+    assert json.loads((tmp_path / "status.json").read_text()) == {"x": 2}
+
+
 def test_the_summary_is_written_into_the_space_reserved_at_the_start(tmp_path, monkeypatch):
     """With the disk full by the end of the run, summary.json still goes into the space the
     recorder claimed when it started: overwritten in place, cut to length, renamed."""

@@ -666,12 +666,25 @@ def write_json_atomic(path: Path, obj: dict) -> Path:
 
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
     """``data`` to ``path`` through ``path.tmp`` and a rename; the .tmp never stays behind
-    (removed when the write fails: a full disk)."""
+    (removed when the write fails: a full disk).
+
+    A SIGKILL cannot be caught, so the name ``path.tmp`` exists only for as short as can be:
+    the bytes go first into an unnamed file in the directory (Linux's O_TMPFILE: it vanishes
+    with the process if it dies writing), which is then given the .tmp name and renamed over
+    ``path``: two system calls with a name no one needs. (A host SIGKILLed while status.json was
+    written left a status.json.tmp in CI's loaded campaign, row S02.) Where O_TMPFILE is not
+    supported (another OS, some file systems) the bytes are written under the .tmp name."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = _unnamed_file(path.parent)
+        named = fd is None
+        if named:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             _write_all(fd, data)
+            if not named:
+                _unlink_quietly(tmp)  # (one a killed run left: link() does not replace)
+                _link_unnamed(fd, tmp)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -679,6 +692,33 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
         _unlink_quietly(tmp)
         raise
     return path
+
+
+def _link_unnamed(fd: int, name: Path) -> None:
+    """Give the unnamed file ``fd`` the name ``name``: linkat(2) of /proc/self/fd/FD with
+    AT_SYMLINK_FOLLOW, as open(2) documents for O_TMPFILE (os.link's own call does not follow
+    the /proc link on Linux, and fails across devices)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, at_symlink_follow = -100, 0x400
+    src = f"/proc/self/fd/{fd}".encode()
+    if libc.linkat(at_fdcwd, src, at_fdcwd, os.fsencode(name), at_symlink_follow) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(name))
+
+
+def _unnamed_file(directory: Path) -> int | None:
+    """A writable file with no name in ``directory`` (O_TMPFILE), or None where there is none."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        return os.open(directory, os.O_WRONLY | flag, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+            return None  # not supported here: the named way
+        raise
 
 
 def _unlink_quietly(path: Path) -> None:
