@@ -372,134 +372,14 @@ def coast_step_pair(
     table_alt_m,
     table_log_rho,
 ):
-    """:func:`coast_step` (J2 on) of two independent states at once, stage by stage: the new
-    (r, v) of the first (m [kg]) then of the second (mq [kg]), each bit for bit what
-    :func:`coast_step` gives it alone. A step is one chain of dependent square roots, divisions
-    and density exponentials; two chains side by side let the processor overlap them, which the
-    orbit evaluation after a burn (the burned state and its no-burn twin over the same window)
-    uses to coast both in about the time of one."""
-    hh = 0.5 * h_s
-    # stage 1
-    a1x, a1y, a1z = _gravity_drag_xyz(
-        rx, ry, rz, vx, vy, vz, m, cd_area_m2, 1.0, table_alt_m, table_log_rho
-    )
-    b1x, b1y, b1z = _gravity_drag_xyz(
-        qx, qy, qz, ux, uy, uz, mq, cd_area_m2, 1.0, table_alt_m, table_log_rho
-    )
-    # stage 2 from y + h/2 k1
-    a2x, a2y, a2z = _gravity_drag_xyz(
-        rx + hh * vx,
-        ry + hh * vy,
-        rz + hh * vz,
-        vx + hh * a1x,
-        vy + hh * a1y,
-        vz + hh * a1z,
-        m,
-        cd_area_m2,
-        1.0,
-        table_alt_m,
-        table_log_rho,
-    )
-    b2x, b2y, b2z = _gravity_drag_xyz(
-        qx + hh * ux,
-        qy + hh * uy,
-        qz + hh * uz,
-        ux + hh * b1x,
-        uy + hh * b1y,
-        uz + hh * b1z,
-        mq,
-        cd_area_m2,
-        1.0,
-        table_alt_m,
-        table_log_rho,
-    )
-    av2x = vx + hh * a1x
-    av2y = vy + hh * a1y
-    av2z = vz + hh * a1z
-    bv2x = ux + hh * b1x
-    bv2y = uy + hh * b1y
-    bv2z = uz + hh * b1z
-    # stage 3 from y + h/2 k2
-    av3x = vx + hh * a2x
-    av3y = vy + hh * a2y
-    av3z = vz + hh * a2z
-    bv3x = ux + hh * b2x
-    bv3y = uy + hh * b2y
-    bv3z = uz + hh * b2z
-    a3x, a3y, a3z = _gravity_drag_xyz(
-        rx + hh * av2x,
-        ry + hh * av2y,
-        rz + hh * av2z,
-        av3x,
-        av3y,
-        av3z,
-        m,
-        cd_area_m2,
-        1.0,
-        table_alt_m,
-        table_log_rho,
-    )
-    b3x, b3y, b3z = _gravity_drag_xyz(
-        qx + hh * bv2x,
-        qy + hh * bv2y,
-        qz + hh * bv2z,
-        bv3x,
-        bv3y,
-        bv3z,
-        mq,
-        cd_area_m2,
-        1.0,
-        table_alt_m,
-        table_log_rho,
-    )
-    # stage 4 from y + h k3
-    av4x = vx + h_s * a3x
-    av4y = vy + h_s * a3y
-    av4z = vz + h_s * a3z
-    bv4x = ux + h_s * b3x
-    bv4y = uy + h_s * b3y
-    bv4z = uz + h_s * b3z
-    a4x, a4y, a4z = _gravity_drag_xyz(
-        rx + h_s * av3x,
-        ry + h_s * av3y,
-        rz + h_s * av3z,
-        av4x,
-        av4y,
-        av4z,
-        m,
-        cd_area_m2,
-        1.0,
-        table_alt_m,
-        table_log_rho,
-    )
-    b4x, b4y, b4z = _gravity_drag_xyz(
-        qx + h_s * bv3x,
-        qy + h_s * bv3y,
-        qz + h_s * bv3z,
-        bv4x,
-        bv4y,
-        bv4z,
-        mq,
-        cd_area_m2,
-        1.0,
-        table_alt_m,
-        table_log_rho,
-    )
-    sixth = h_s / 6.0
-    return (
-        rx + sixth * (vx + 2.0 * av2x + 2.0 * av3x + av4x),
-        ry + sixth * (vy + 2.0 * av2y + 2.0 * av3y + av4y),
-        rz + sixth * (vz + 2.0 * av2z + 2.0 * av3z + av4z),
-        vx + sixth * (a1x + 2.0 * a2x + 2.0 * a3x + a4x),
-        vy + sixth * (a1y + 2.0 * a2y + 2.0 * a3y + a4y),
-        vz + sixth * (a1z + 2.0 * a2z + 2.0 * a3z + a4z),
-        qx + sixth * (ux + 2.0 * bv2x + 2.0 * bv3x + bv4x),
-        qy + sixth * (uy + 2.0 * bv2y + 2.0 * bv3y + bv4y),
-        qz + sixth * (uz + 2.0 * bv2z + 2.0 * bv3z + bv4z),
-        ux + sixth * (b1x + 2.0 * b2x + 2.0 * b3x + b4x),
-        uy + sixth * (b1y + 2.0 * b2y + 2.0 * b3y + b4y),
-        uz + sixth * (b1z + 2.0 * b2z + 2.0 * b3z + b4z),
-    )
+    """:func:`coast_step` (J2 on) of two independent states: the new (r, v) of the first
+    (m [kg]) then of the second (mq [kg]), each exactly what :func:`coast_step` gives it alone
+    (it is that kernel, twice). Both are inlined into the caller's loop body, so the compiler
+    may overlap the two independent chains of square roots, divisions and density exponentials;
+    the orbit evaluation after a burn coasts the burned state and its no-burn twin this way."""
+    a = coast_step(rx, ry, rz, vx, vy, vz, m, h_s, cd_area_m2, 1.0, table_alt_m, table_log_rho)
+    b = coast_step(qx, qy, qz, ux, uy, uz, mq, h_s, cd_area_m2, 1.0, table_alt_m, table_log_rho)
+    return a[0], a[1], a[2], a[3], a[4], a[5], b[0], b[1], b[2], b[3], b[4], b[5]
 
 
 @inline_kernel
