@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 
-from thruster_hil.core.jit import kernel
+from thruster_hil.core.jit import inline_kernel, kernel
 from thruster_hil.core.layout import Layout
 
 # Variable states.
@@ -178,6 +178,31 @@ def _basics_feasible(b, lb, ub, x, basis, n_rows):
     return True
 
 
+@inline_kernel
+def _duals(c, basis, Binv, n_rows, pi):
+    """pi = c_B' Binv, row by row of Binv (each pi[k] summed in the same order); a basic of no
+    cost (a slack) adds zero terms and is skipped (see "Zero terms")."""
+    for k in range(n_rows):
+        pi[k] = 0.0
+    for r in range(n_rows):
+        cb = c[basis[r]]
+        if cb != 0.0:
+            for k in range(n_rows):
+                pi[k] += cb * Binv[r, k]
+
+
+@inline_kernel
+def _reduced_cost(E, c, pi, j, n_rows):
+    """Column j's reduced cost d_j = c_j - pi E_j and the tolerance a pricing allows it."""
+    d = c[j]
+    scale = abs(c[j])
+    for k in range(n_rows):
+        t = pi[k] * E[k, j]
+        d -= t
+        scale += abs(t)
+    return d, COST_TOL * scale + 1e-300
+
+
 @kernel
 def _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter):
     """:func:`solve_lp` from a feasible basis whose basic values are already in ``x``, and
@@ -190,14 +215,7 @@ def _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_i
     it = 0
     status = LP_ITERATION_LIMIT
     while it < max_iter:
-        # Duals: pi = c_B' Binv, row by row of Binv (each pi[k] summed in the same order).
-        for k in range(n_rows):
-            pi[k] = 0.0
-        for r in range(n_rows):
-            cb = c[basis[r]]
-            if cb != 0.0:  # a basic of no cost (a slack): zero terms, see above
-                for k in range(n_rows):
-                    pi[k] += cb * Binv[r, k]
+        _duals(c, basis, Binv, n_rows, pi)
         # Pricing: the non-basic variable whose move lowers the cost fastest.
         q = -1
         q_dir = 0
@@ -206,13 +224,7 @@ def _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_i
             st = state[j]
             if st == BASIC or lb[j] >= ub[j]:
                 continue
-            d = c[j]
-            scale = abs(c[j])
-            for k in range(n_rows):
-                t = pi[k] * E[k, j]
-                d -= t
-                scale += abs(t)
-            tol = COST_TOL * scale + 1e-300
+            d, tol = _reduced_cost(E, c, pi, j, n_rows)
             if st == AT_LOWER and d < -tol:
                 score = -d
                 direction = 1
@@ -402,26 +414,13 @@ def _reduced_costs(E, c, lb, ub, n_rows, n_cols, state, basis, Binv, pi, d, dtol
     """pi = c_B' Binv and, for every non-basic column that is not fixed, its reduced cost
     d_j = c_j - pi E_j and the tolerance on it (as :func:`_simplex` prices them). Basic and
     fixed columns get d = dtol = 0."""
-    for k in range(n_rows):
-        pi[k] = 0.0
-    for r in range(n_rows):
-        cb = c[basis[r]]
-        if cb != 0.0:  # a basic of no cost: zero terms (see "Zero terms")
-            for k in range(n_rows):
-                pi[k] += cb * Binv[r, k]
+    _duals(c, basis, Binv, n_rows, pi)
     for j in range(n_cols):
         if state[j] == BASIC or lb[j] >= ub[j]:
             d[j] = 0.0
             dtol[j] = 0.0
             continue
-        dj = c[j]
-        scale = abs(c[j])
-        for k in range(n_rows):
-            t = pi[k] * E[k, j]
-            dj -= t
-            scale += abs(t)
-        d[j] = dj
-        dtol[j] = COST_TOL * scale + 1e-300
+        d[j], dtol[j] = _reduced_cost(E, c, pi, j, n_rows)
 
 
 @kernel
