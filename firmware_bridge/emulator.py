@@ -406,14 +406,6 @@ class Emulator:
                 if parent_fd is not None and parent_fd in r and not os.read(parent_fd, 1):
                     self.stop_reason = "parent exited"
                     break
-                now = self.now()
-                if now >= due and self.master in r:
-                    # Woken late (a loaded host) with input waiting: the timers that fell
-                    # due first run first, as the board's timer interrupt would have, and
-                    # their lateness is on record.
-                    self._timer_ran_at(due, now)
-                    self._step(now)
-                    due = self._due(now)
                 if self.master in r:
                     try:
                         data = os.read(self.master, 4096)
@@ -424,8 +416,18 @@ class Emulator:
                             raise
                         self._disconnected()
                         data = b""
+                    # The input's arrival time, read once: the timers that fell due before it
+                    # run first (woken late, a loaded host or a stopped process), as the
+                    # board's timer interrupt would have, with their lateness on record. (A
+                    # time read before the read() could be stale by a whole descheduling,
+                    # and the frame then found an overdue timer the loop had not run.)
+                    now = self.now()
+                    if now >= due:
+                        self._timer_ran_at(due, now)
+                        self._step(now)
+                        due = self._due(now)
                     if data:
-                        self._on_rx(data, self.now())
+                        self._on_rx(data, now)
                     elif not self._host_present():
                         self._disconnected()
                     if self._out:
