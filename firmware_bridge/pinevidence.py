@@ -41,6 +41,7 @@ from thruster_hil.firmware_bridge.vcd import Trace
 __all__ = [
     "F_CPU_HZ",
     "TICK_CYCLES",
+    "STOP_ALL_BOUND_US",
     "RISE_TOL_CYCLES",
     "Pulse",
     "Fire",
@@ -67,12 +68,20 @@ __all__ = [
 F_CPU_HZ = 16_000_000
 CYCLES_PER_US = F_CPU_HZ // 1_000_000
 TICK_CYCLES = 1000 * CYCLES_PER_US  # the unit's 1 ms tick
-#: A FIRE's pins rise at the end of the main-loop pass that accepted it: at most this long after
-#: t_start, which the unit stamps when the pass takes the bytes (5 ms: above two of the longest
-#: passes measured with 32 channels, about 25,000 cycles each, and half the 10 ms least control
-#: period between two FIREs of one channel, so no pulse can be matched to the wrong FIRE; each
-#: FIRE explains one rise per channel, so a second pulse in that window is still caught).
+#: A FIRE's pins rise at the first tick edge at least 200 us after the main-loop pass that
+#: accepted it (main.c, "Pin timing"): at most this long after its last byte (5 ms: above two of
+#: the longest passes measured with 32 channels, plus that tick, and half the 10 ms least
+#: control period between two FIREs of one channel, so no pulse can be matched to the wrong FIRE;
+#: each FIRE explains one rise per channel, so a second pulse in that window is still caught).
 RISE_TOL_CYCLES = 5 * TICK_CYCLES
+#: REQ 2c, the stated STOP_ALL latency: from the frame's last byte at the UART to every valve
+#: pin low, 1,000 us; the campaign's fault rows on simavr (a reset, a pressure loss) are held to
+#: it too. The pin tests send STOP_ALL right behind a FIRE: the pass that handles that FIRE
+#: (about 13,700 cycles, 0.86 ms, with its COBS and CRC done as its bytes came) ends before
+#: STOP_ALL's last byte lands, and STOP_ALL's own pass closes the valves about 3,000 cycles after
+#: it starts (before it builds the closing's reports). Measured 0.38 to 0.65 ms with 16 or 32
+#: valves open (main before issue 17's pin work: 0.91 to 1.13 ms); docs/bench.md section 8.
+STOP_ALL_BOUND_US = 1000
 _DUP_REPORT = 4  # VALVE_REPORT flags bit 2: a re-sent report, not a new execution
 _REALTIME = ENUMS["mode"]["REALTIME"]
 _ACCEPTED = ENUMS["result"]["ACCEPTED"]

@@ -48,6 +48,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from thruster_hil.config import load_stack
 from thruster_hil.core.errors import UserError
 from thruster_hil.firmware_bridge import codec
 from thruster_hil.firmware_bridge.dictionary import ENUMS, EVENT, FLAG_ACK_REQ
@@ -281,10 +282,15 @@ def _simavr_rows(add, step, wd: str) -> None:
         onset="link",
         expected=f"{wd} (pins), cutting pulses in progress; every cycle but the last kept",
     )
+    # The faults land mid-pulse, half a control period after step k's FIRE (the proxy counts
+    # from the first FIRE it passed on), so the unit has valves open to close: at ``@step{k}``
+    # the proxy injects just ahead of that step's FIRE, when the last pulse has ended and the
+    # pins are all low already (both rows then measured a closure of 0).
+    period_s = load_stack(STACK).control_period_s
     k = step(3, 8)
     add(
-        fault=f"unit reset at step {k} (REALTIME)",
-        spec=f"reset@step{k}",
+        fault=f"unit reset mid-pulse in step {k} (REALTIME)",
+        spec=f"reset@fire+{(k - 0.5) * period_s:g}s",
         mode="realtime",
         target=REALTIME_TARGET,
         expect="stops",
@@ -294,14 +300,14 @@ def _simavr_rows(add, step, wd: str) -> None:
     )
     k = step(3, 8)
     add(
-        fault=f"tank pressure lost (0 kPa) at step {k} (REALTIME)",
-        spec=f"pressure=0kPa@step{k}",
+        fault=f"tank pressure lost (0 kPa) mid-pulse in step {k} (REALTIME)",
+        spec=f"pressure=0kPa@fire+{(k - 0.5) * period_s:g}s",
         mode="realtime",
         target=REALTIME_TARGET,
         expect="stops",
         reason=r"LOW_PRESSURE|pressure",
         onset="fault",
-        expected="every pin low at once (two main-loop passes of the fault's last byte); "
+        expected="every pin low at once (within 1 ms of the fault's last byte); "
         "the host stops the burn naming the pressure",
     )
 
@@ -1345,8 +1351,11 @@ def _simavr_pins(row: Row, out: Path):
     """The row on the pins, in simulated time (issue 17): from the last byte of the frame the
     unit acted on (the last FIRE or HEARTBEAT it heard for a lost link or a killed host; the
     FAULT_INJECT for a reset or a pressure loss) to every valve pin low, with nothing rising
-    after. Bounds: watchdog + 1 tick, plus two main-loop passes (the harness's worst) for the
-    unit to take that frame; two passes for a fault (the pass in progress, then its own)."""
+    after. The bounds are the bare requirements, not widened by any measured pass time:
+    watchdog + 1 tick for the link (the unit counts its watchdog from the RX interrupt's stamp
+    of the frame's delimiter and its tick interrupt closes the valves at that tick edge, main.c
+    "Pin timing"), and STOP_ALL's stated latency for a fault, which the unit handles as it does
+    STOP_ALL (the valves written before anything of the closing is reported)."""
     from thruster_hil.firmware_bridge import pinevidence as pe
     from thruster_hil.firmware_bridge.dictionary import LIMITS
     from thruster_hil.firmware_bridge.vcd import read_vcd
@@ -1355,23 +1364,22 @@ def _simavr_pins(row: Row, out: Path):
     trace = read_vcd(out / "pins.vcd")
     pulses = pe.valve_pulses(trace)
     heard = pe.frames_received(pe.parse_uart_log((out / "uart.log").read_text(encoding="ascii")))
-    passes = 2 * stats["main_loop"]["pass_max_cycles"] + stats["uart_rx"]["wait_max_cycles"]
     if row.onset == "link":
         names = ("FIRE", "HEARTBEAT")
-        bound = (LIMITS["watchdog_ms_default"] + 1) * pe.TICK_CYCLES + passes
+        bound = (LIMITS["watchdog_ms_default"] + 1) * pe.TICK_CYCLES
     else:
         names = ("FAULT_INJECT",)
-        bound = passes
+        bound = pe.STOP_ALL_BOUND_US * pe.CYCLES_PER_US
     last = [c for c, m in heard if m.name in names]
     if not last:
         return pe.Verdict("pins", False, {}, [f"the unit never heard a {' or '.join(names)}"])
     t0 = last[-1]
-    v = pe.judge_closed_after(
-        "pins", pulses, t0, bound, f"the last {'/'.join(names)}'s last byte", t0 + passes
-    )
-    v.numbers["bare_bound_cycles"] = (
-        (LIMITS["watchdog_ms_default"] + 1) * pe.TICK_CYCLES if row.onset == "link" else 0
-    )
+    # Pins may still rise for the frames the unit took up to t0's: the last FIRE's pulses start
+    # at the first tick edge at least 200 us after the pass that handles it (pe.RISE_TOL_CYCLES
+    # bounds that, as for every FIRE of the pin tests); anything rising later is unexplained.
+    since = f"the last {'/'.join(names)}'s last byte"
+    v = pe.judge_closed_after("pins", pulses, t0, bound, since, t0 + pe.RISE_TOL_CYCLES)
+    v.numbers["main_loop_pass_max_cycles"] = stats["main_loop"]["pass_max_cycles"]
     v.numbers["resets"] = len(pe.reset_cycles(trace))
     return v
 

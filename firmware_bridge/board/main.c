@@ -72,11 +72,11 @@
  *     cuts the pulses there (whole ticks run by then: a cut pulse is never shorter on its pin
  *     than reported, and less than a tick longer) and only then builds the closing's reports.
  * (3) The link watchdog: the USART RX ISR stamps each frame's delimiter (g_ms, TCNT1) in a FIFO;
- *     the unit counts last_valid from that stamp less RX_STAMP_MARGIN_US (40 us) rounded up to
+ *     the unit counts last_valid from that stamp less RX_STAMP_MARGIN_US (100 us) rounded up to
  *     the next tick edge (unit_receive_at), so its deadline is a tick edge: the tick interrupt
  *     drives every valve but the stuck ones low there, before anything else, and the unit cuts
  *     the pulses at that deadline (not when its main loop notices), then sends WATCHDOG_TRIP
- *     and goes SAFE. The valves close 250 ms - 40 us to 251 ms after the frame's last byte.
+ *     and goes SAFE. The valves close 250 ms - 100 us to 251 ms after the frame's last byte.
  * Stuck-open valves (FAULT_INJECT STUCK_OPEN) are never scheduled and stay high. Everything the
  * ISR shares with the main loop is written there in ATOMIC_BLOCKs of at most ~560 cycles (the
  * ticks of a new pulse are written with interrupts on first; the interrupt reads a channel's
@@ -324,14 +324,19 @@ static volatile uint16_t tx_head, tx_tail; /* tx_head: written by the main loop 
  * delimiter): a FIFO the RX ISR fills and uart_take empties, a frame at a time. Full: a frame
  * gets no stamp, and it takes an older one (the watchdog counts from earlier, never later). */
 #define RX_STAMPS 8u
-/* The stamp is read when the RX interrupt runs, which is after the byte by its latency (under
- * 350 cycles at the maximum rate, docs/bench.md section 9): the unit counts the link watchdog
- * from the stamp less RX_STAMP_MARGIN_US rounded up to the next tick edge (the watchdog then
- * ends on a tick edge, where the tick interrupt closes the valves), so it never trips before
- * watchdog_ms - 40 us from the byte, and never closes later than watchdog_ms + 1 tick from it
- * (the rounding adds less than a tick less the margin, which covers the RX and tick
- * interrupts' latencies). */
-#define RX_STAMP_MARGIN_US 40u
+/* The stamp is read when the RX interrupt runs, L_rx after the byte; the valves fall when the
+ * tick interrupt runs, L_tick after its edge. The unit counts the link watchdog from the stamp
+ * less RX_STAMP_MARGIN_US rounded up to the next tick edge (the watchdog then ends on a tick
+ * edge, where the tick interrupt closes the valves). From the byte, the valves so fall at most
+ * watchdog_ms + 1 tick - RX_STAMP_MARGIN_US + L_rx + L_tick later, and at least watchdog_ms -
+ * RX_STAMP_MARGIN_US + L_rx + L_tick (never after its time, at most the margin before it). The
+ * margin must cover L_rx + L_tick + the interrupt's own cycles to the pin write: each latency
+ * is bounded by the longest interrupts-off stretch (558 cycles) plus one other interrupt (the
+ * RX or UDRE one, under 200 cycles), so the sum stays under 1,600 cycles (100 us); simavr
+ * measured at most 603 + 410 at the maximum FIRE rate (docs/bench.md section 9). With 40 us
+ * (640 cycles) a frame whose byte fell just after a tick edge closed up to ~25 us past
+ * watchdog + 1 tick. */
+#define RX_STAMP_MARGIN_US 100u
 static volatile uint32_t rx_stamp_ms[RX_STAMPS];
 static volatile uint16_t rx_stamp_t[RX_STAMPS];
 static volatile uint8_t rx_stamp_head, rx_stamp_tail;
