@@ -148,6 +148,9 @@ def test_a_passing_run_says_pass_first(runs):
     assert code == 0
     heading = h1_text(text)
     assert heading.startswith("PASS — dragon-boost-kit via sim")
+    # the banner names the run's directory as a directory: one called "run" does not read as
+    # "thruster-hil run run"
+    assert f'<p class="subtitle">thruster-hil run record, directory {run.name}</p>' in text
     # the verdict is the first thing on the page: the first heading, before every table
     assert text.index("<h1") < text.index("<table")
     criteria = {row[0]: row for row in page.tables["criteria"][1:]}

@@ -385,7 +385,7 @@ def campaign_page(
         "<h2>Plots</h2>",
         figure_html,
     ]
-    return page(f"thruster-hil Monte-Carlo campaign {name}", v, "\n".join(body))
+    return page(f"thruster-hil Monte-Carlo campaign, directory {name}", v, "\n".join(body))
 
 
 # --------------------------------------------------------------------------------------------

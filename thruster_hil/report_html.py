@@ -579,5 +579,5 @@ def run_page(run_name: str, s: dict, run_meta: dict, figure_html: str) -> str:
         f'<p class="note">Run directory {esc(s.get("run_dir") or run_name)}; '
         f"telemetry rows {esc(num(_records(s).get('telemetry_rows'), 'd'))}.</p>",
     ]
-    title = f"thruster-hil run {run_name}"
+    title = f"thruster-hil run record, directory {run_name}"
     return page(title, v, "\n".join(body))
