@@ -123,7 +123,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t timed = size > 0 && (data[0] & 2);
     unit_config_t cfg = {32, UNIT_FW_VERSION, 1, RESET_CAUSE_POWER_ON, 1, 5, DICT_HASH, 12345,
                          check_tx, NULL, NULL, timed ? fuzz_valves : NULL,
-                         timed ? fuzz_start : NULL, timed ? fuzz_cut : NULL};
+                         timed ? fuzz_start : NULL, timed ? fuzz_cut : NULL, 0};
     unit_init(&U, &cfg);
     uint32_t now = FUZZ_T0; /* start near the wrap so wrap-around paths run */
     unit_boot(&U, now);
