@@ -131,6 +131,7 @@
 #define UBRR_U2X ((F_CPU + 4UL * RIG_BAUD) / (8UL * RIG_BAUD) - 1UL) /* 16 at 115200 */
 #define RX_RING 256u /* powers of two: the index masks below rely on it */
 #define PASS_BYTES 16u /* received bytes a main-loop pass parses at most (~60 cycles each) */
+#define PASS_SPARE_US 250u /* a pass sends a queued TM frame only if it has run less so far */
 #define TX_RING 2048u
 #define ARM_DEBOUNCE_MS 10
 #define SOFT_MAGIC 0xB0C7u
@@ -844,6 +845,8 @@ int main(void)
     uint8_t buf[64];
     for (;;) {
         wdt_reset();
+        uint8_t tm_wait = unit_tm_waiting(&unit); /* the clock only then (see "QEMU") */
+        uint32_t pass_t0 = tm_wait ? now_us() : 0;
         uint32_t ms = now_ms();
         uint8_t refresh = 0;
         if (ms != last_ms) { /* the tick first: it fell due before any byte waiting now */
@@ -901,7 +904,7 @@ int main(void)
         /* One TM frame a pass (its CRC, COBS and copy to the TX ring: ~5,000 cycles), and
          * only in a pass that handled no frame while none waits: a STOP_ALL never waits for
          * more than one of them (see "Pass bound" above). */
-        if (!framed && !rx_frame_waiting())
+        if (tm_wait && !framed && !rx_frame_waiting() && now_us() - pass_t0 < PASS_SPARE_US)
             unit_send_pending(&unit);
         soft_failed = unit.failed; /* for the next reset (a few stores per pass) */
         soft_stuck = unit.stuck;

@@ -150,6 +150,17 @@ static void frame_out(unit_t *u, uint8_t *pkt, uint8_t len, uint8_t corrupt)
     u->cfg.send(u->cfg.ctx, frame, n);
 }
 
+/* The oldest queued TM frame out: sealed, COBS-encoded, sent. */
+static void tm_out_oldest(unit_t *u)
+{
+    unit_tm_t *e = &u->tmq[u->tmq_head];
+    u->tmq_head = (uint8_t)((u->tmq_head + 1) % UNIT_TM_QUEUE);
+    u->tmq_n--;
+    if (!e->sealed && e->len)
+        proto_seal_packet(e->pkt, e->len);
+    frame_out(u, e->pkt, e->len, e->corrupt);
+}
+
 uint8_t unit_tm_waiting(const unit_t *u) { return (uint8_t)(u->tmq_n + u->idle_due); }
 
 uint8_t unit_send_pending(unit_t *u)
@@ -158,20 +169,25 @@ uint8_t unit_send_pending(unit_t *u)
         uint8_t i = 0;
         while (i < u->n_pending && u->pending[i].active)
             i++;
+        u->idle_due = 0; /* (its report must not flush the others first) */
         if (i < u->n_pending) {
             finish(u, i);
+            for (i = 0; i < u->n_pending; i++)
+                if (!u->pending[i].active)
+                    u->idle_due = 1; /* more to come, in pending order */
             return 1;
         }
-        u->idle_due = 0;
     }
     if (!u->tmq_n)
         return 0;
     unit_tm_t *e = &u->tmq[u->tmq_head];
-    u->tmq_head = (uint8_t)((u->tmq_head + 1) % UNIT_TM_QUEUE);
-    u->tmq_n--;
-    if (!e->sealed && e->len)
-        proto_seal_packet(e->pkt, e->len);
-    frame_out(u, e->pkt, e->len, e->corrupt);
+    if (!e->sealed) { /* its CRC: a call of its own (the board: a pass) */
+        if (e->len)
+            proto_seal_packet(e->pkt, e->len);
+        e->sealed = 1;
+        return 1;
+    }
+    tm_out_oldest(u);
     return 1;
 }
 
@@ -179,8 +195,8 @@ uint8_t unit_send_pending(unit_t *u)
 static void send_all_pending(unit_t *u)
 {
     flush_idle(u);
-    while (unit_send_pending(u))
-        ;
+    while (u->tmq_n)
+        tm_out_oldest(u);
 }
 
 /* A TM packet out (``sealed``: its CRC written; else proto_build_unsealed's), at once or, with
@@ -198,7 +214,7 @@ static void send_packet_as(unit_t *u, uint8_t *pkt, uint8_t len, uint8_t sealed)
 #endif
     if (u->cfg.defer_tm) {
         if (u->tmq_n == UNIT_TM_QUEUE)
-            unit_send_pending(u);
+            tm_out_oldest(u);
         unit_tm_t *e = &u->tmq[(uint8_t)((u->tmq_head + u->tmq_n) % UNIT_TM_QUEUE)];
         u->tmq_n++;
         e->len = len;
@@ -599,6 +615,16 @@ static void send_hk(unit_t *u, uint32_t now)
     emit(u, MSG_HK, MSG_HK_APID, p, sizeof p, 0);
 }
 
+/* The first end of pending pulse ``p``'s open channels (t_start when none is open). */
+static uint32_t first_end(const unit_pulse_t *p)
+{
+    uint16_t least = 0xFFFF, bit = 1;
+    for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++, bit <<= 1)
+        if ((p->active & bit) && p->planned[c] < least)
+            least = p->planned[c];
+    return p->t_start + (uint32_t)(p->active ? least : 0) * TICK_US;
+}
+
 static void run_timers(unit_t *u, uint32_t now, uint32_t late_us)
 {
     if (u->state == STATE_BOOT)
@@ -616,70 +642,111 @@ static void run_timers(unit_t *u, uint32_t now, uint32_t late_us)
      * (Ending one channel a scan cost 106,000 cycles when a bank's 16 pulses ended on one
      * tick: issue 17.) */
     if (u->n_pending && (!u->ends_known || reached(now, u->next_end))) {
-        flush_idle(u);
+        uint8_t idle0 = 0; /* defer_tm: pulses already ended whose reports wait: bit i */
+        if (u->idle_due)
+            for (uint8_t i = 0; i < u->n_pending; i++)
+                if (!u->pending[i].active)
+                    idle0 |= (uint8_t)(1u << i);
+        u->idle_due = 0; /* idle0 holds them: no report below flushes them out of order */
+        uint8_t active_left = 0;
         uint8_t later = 0;
         uint32_t first = 0; /* the earliest end not taken now */
         uint8_t done = 0;   /* pending[i] closed by this scan: bit i */
         uint32_t last_end[UNIT_MAX_PENDING] = {0};
         for (uint8_t i = 0; i < u->n_pending; i++) {
             unit_pulse_t *p = &u->pending[i];
-            uint16_t bit = 1, ended = 0, least = 0xFFFF;
-            /* its first end (16-bit compares): when that has not come, none has (one 32-bit
-             * sum a pulse, not a channel: the scan runs in the pass that takes a STOP_ALL) */
-            for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++, bit <<= 1)
-                if ((p->active & bit) && p->planned[c] < least)
-                    least = p->planned[c];
+            uint16_t bit = 1, ended = 0;
             if (!p->active)
                 continue;
-            uint32_t end0 = p->t_start + (uint32_t)least * TICK_US;
+            /* its first end (16-bit compares): when that has not come, none has (one 32-bit
+             * sum a pulse, not a channel: the scan runs in the pass that takes a STOP_ALL) */
+            uint32_t end0 = first_end(p);
             if (!reached(now, end0) || (wd_on && since(end0, wd_deadline) > 0)) {
                 if (!later || since(end0, first) < 0)
                     first = end0;
                 later = 1;
+                active_left = 1;
                 continue;
             }
+            /* Its channels ending now: planned ticks <= lim, the whole ticks since t_start
+             * (and to the watchdog's deadline): two divisions a pulse, 16-bit compares a
+             * channel (a 32-bit product a channel was ~250 cycles: 4,000 a bank). The ends
+             * are t_start + planned * TICK_US: reached(now, end) <=> planned <= d / TICK_US,
+             * and end after the deadline <=> planned > w / TICK_US. end0 has come, so d >= 0. */
+            uint32_t d = (uint32_t)since(now, p->t_start);
+            uint32_t lim = d / TICK_US;
+            if (wd_on) {
+                int32_t w = since(wd_deadline, p->t_start);
+                uint32_t wl = w < 0 ? 0 : (uint32_t)w / TICK_US;
+                if (wl < lim)
+                    lim = wl;
+            }
+            uint16_t lim16 = lim > 0xFFFF ? 0xFFFF : (uint16_t)lim;
+            uint16_t most = 0, least = 0xFFFF; /* the latest end taken, the first not */
             bit = 1;
             for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++, bit <<= 1) {
                 if (!(p->active & bit))
                     continue;
-                uint32_t end = p->t_start + (uint32_t)p->planned[c] * TICK_US;
-                if (!reached(now, end) || (wd_on && since(end, wd_deadline) > 0)) {
-                    if (!later || since(end, first) < 0)
-                        first = end;
-                    later = 1;
+                uint16_t pl = p->planned[c];
+                if (pl > lim16) {
+                    if (pl < least)
+                        least = pl;
                     continue;
                 }
-                if (!ended || since(end, last_end[i]) > 0)
-                    last_end[i] = end;
+                if (pl >= most)
+                    most = pl;
                 ended |= bit;
-                p->executed[c] = p->planned[c];
+                p->executed[c] = pl;
             }
+            if (least != 0xFFFF) {
+                uint32_t end = p->t_start + (uint32_t)least * TICK_US;
+                if (!later || since(end, first) < 0)
+                    first = end;
+                later = 1;
+            }
+            if (ended)
+                last_end[i] = p->t_start + (uint32_t)most * TICK_US;
             if (ended) {
                 p->active &= (uint16_t)~ended;
                 if (!p->active)
                     done |= (uint8_t)(1u << i);
             }
+            active_left |= p->active != 0;
         }
         /* defer_tm: when that order is the pending order (ends on one tick: a bank's 16
-         * pulses), they are reported later, one a pass (idle_due), like a FIRE's cut ones */
-        uint8_t deferred = 0;
+         * pulses) and every report already waiting (idle0) comes before them in it, they are
+         * reported later, one a pass (idle_due), like a FIRE's cut ones. Else the waiting
+         * ones first, in pending order, then these. */
         if (u->cfg.defer_tm && done) {
             int8_t prev = -1;
             uint8_t in_order = 1;
-            for (uint8_t i = 0; i < UNIT_MAX_PENDING; i++)
-                if ((done >> i) & 1) {
-                    if (prev >= 0 && since(last_end[i], last_end[prev]) < 0)
-                        in_order = 0;
+            for (uint8_t i = 0; i < UNIT_MAX_PENDING; i++) {
+                if (((done >> i) & 1) && prev >= 0 && since(last_end[i], last_end[prev]) < 0)
+                    in_order = 0;
+                if ((idle0 >> i) & 1 && prev >= 0)
+                    in_order = 0; /* a waiting report after one of these */
+                if ((done >> i) & 1)
                     prev = (int8_t)i;
-                }
+            }
             if (in_order) {
-                for (uint8_t i = 0; i < UNIT_MAX_PENDING; i++)
-                    deferred += (done >> i) & 1;
                 done = 0;
                 u->idle_due = 1;
             }
         }
+        if (idle0 && !done)
+            u->idle_due = 1; /* still waiting (with the deferred ones, in pending order) */
         uint8_t gone = 0; /* finished: the pulses after them moved down */
+        if (done && idle0) {
+            for (uint8_t i = 0; i < UNIT_MAX_PENDING; i++)
+                if ((idle0 >> i) & 1) {
+                    uint8_t idx = i;
+                    for (uint8_t j = 0; j < i; j++)
+                        if ((gone >> j) & 1)
+                            idx--;
+                    gone |= (uint8_t)(1u << i);
+                    finish(u, idx);
+                }
+        }
         while (done) {    /* the earliest last end first, ties in pending order */
             int8_t bi = -1;
             for (uint8_t i = 0; i < UNIT_MAX_PENDING; i++)
@@ -693,7 +760,7 @@ static void run_timers(unit_t *u, uint32_t now, uint32_t late_us)
             gone |= (uint8_t)(1u << bi);
             finish(u, idx);
         }
-        if (u->n_pending > deferred) {
+        if (active_left) { /* (the pulses left are not all ended ones) */
             u->ends_known = later;
             u->next_end = first;
         }
