@@ -32,7 +32,9 @@ WATCHDOG_MS = LIMITS["watchdog_ms_default"]  # 250: the unit's link watchdog (HE
 #: (about 13,700 cycles, 0.86 ms, with its COBS and CRC done as its bytes came) ends before
 #: STOP_ALL's last byte lands, and STOP_ALL's own pass closes the valves about 3,000 cycles after
 #: it starts (before it builds the closing's reports). Measured 0.38 to 0.65 ms with 16 or 32
-#: valves open (main before issue 17's pin work: 0.91 to 1.13 ms); docs/bench.md section 8.
+#: valves open (main before issue 17's pin work: 0.91 to 1.13 ms); docs/bench.md section 8. At
+#: the maximum FIRE rate (tests/test_timing_budget.py, section 9): 3,900 to 13,400 cycles since
+#: the main loop's passes are bounded (main.c, "Pass bound"; up to 82,280 before).
 STOP_ALL_BOUND_US = 1000
 #: Every valve edge is the tick interrupt's (main.c, "Pin timing"): a pulse rises at its start
 #: tick and falls at start + executed ticks, each a few hundred cycles at most after its tick

@@ -42,15 +42,39 @@
  * step, and the ring holds that backlog for over 200 steps, so no pass waits for the wire (the
  * simavr harness counts the waits: none, docs/bench.md section 9); a frame that finds it full
  * waits, feeding the watchdog, and is never dropped. A whole frame is queued at once, so frames
- * never interleave. QEMU ignores the baud rate.
+ * never interleave. The unit's TM frames wait in its own queue first (see "Pass bound": 16
+ * packets, ~960 bytes of RAM; a full queue sends its oldest at once). QEMU ignores the baud
+ * rate.
  *
  * Time. Timer1 in CTC mode (WGM12), prescaler 8, OCR1A = 1999: a compare match every 1 ms
  * (tick_us = 1000), counted by the ISR. pu_time_us = ms * 1000 + TCNT1 / 2, read atomically with
  * the pending-compare flag so it never steps back; its tick edges are the multiples of 1000 us
- * (g_ms * 1000). The main loop calls unit_tick() on every new millisecond. A pass is not short:
- * simavr measures about 13,700 cycles to take and execute one FIRE, up to ~35,000 at the maximum
- * FIRE rate with the report of the pulse it cut and the interrupts meanwhile. So the valve pins
- * never wait for the main loop: see "Pin timing".
+ * (g_ms * 1000). The main loop calls unit_tick() on every new millisecond. A pass is not always
+ * short (a FIRE's takes 15,000-20,000 cycles with the interrupts meanwhile, see "Pass bound"),
+ * so the valve pins never wait for the main loop: see "Pin timing".
+ *
+ * Pass bound (issue 17: STOP_ALL at the maximum FIRE rate). A STOP_ALL waits for the pass in
+ * progress when its last byte lands, then for its own pass up to the valves (unit.c closes them
+ * before it builds the closing's reports). So no pass does more than one heavy thing:
+ * (1) a pass parses at most PASS_BYTES (16) received bytes and stops at the first delimiter
+ *     (uart_take): it handles one frame at most (a lone 0x00 is none), and the COBS and CRC of
+ *     the bytes before it were done by the passes that took them (proto_feed);
+ * (2) the unit queues its TM frames (unit_config_t.defer_tm): unit_send_pending() does one step
+ *     a call, the next ended pulse's report, a frame's CRC, or a frame's COBS and copy to the TX
+ *     ring (each ~3,000-6,000 cycles), and the main loop calls it only in a pass that handled
+ *     no frame, while no complete frame waits (rx_delims_*), and only when the pass has run
+ *     under PASS_SPARE_US (250 us) so far. The reports of pulses a FIRE cut, and of pulses
+ *     ending on one tick, wait in pending order until the unit next says anything or handles a
+ *     command other than STOP_ALL (unit.c, idle_due): the frames, their order, seqs and content
+ *     are the immediate unit's (the fuzzer runs a twin with defer_tm on every input and checks
+ *     every byte), only when they reach the TX ring moves (a few ms at the maximum rate);
+ * (3) the unit's timers end every due channel in one scan (ending one channel a 32-channel scan
+ *     made a bank's 16 pulses ending on one tick a 106,000-cycle pass).
+ * simavr at the maximum FIRE rate (docs/bench.md section 9): STOP_ALL's last byte to every pin
+ * low 3,900-13,400 cycles (0.24-0.84 ms; was up to 82,280), a FIRE's pass 15,000-20,000, the
+ * worst pass the final STOP_ALL's (29,000-33,000: the closing's reports after the valves; was
+ * 45,000-49,000, and 104,000-166,000 where a bank's pulses ended on their own). Not met: the
+ * one-tick target (16,000) for the STOP_ALL and FIRE passes.
  *
  * Pin timing (issue 17: what the unit reports is true to the pins). Every valve edge is the
  * tick interrupt's, on a tick edge, except a closing at once:
@@ -901,9 +925,9 @@ int main(void)
         if (wd_on != synced_wd || (wd_on && deadline != synced_dl))
             wd_sync();
         synced_open = open_mask;
-        /* One TM frame a pass (its CRC, COBS and copy to the TX ring: ~5,000 cycles), and
-         * only in a pass that handled no frame while none waits: a STOP_ALL never waits for
-         * more than one of them (see "Pass bound" above). */
+        /* One step of the TM queue (a report, a CRC, or a COBS and copy: 3,000-6,000
+         * cycles), only in a pass that handled no frame, while none waits, and has run under
+         * PASS_SPARE_US: a STOP_ALL waits for one step at most (see "Pass bound" above). */
         if (tm_wait && !framed && !rx_frame_waiting() && now_us() - pass_t0 < PASS_SPARE_US)
             unit_send_pending(&unit);
         soft_failed = unit.failed; /* for the next reset (a few stores per pass) */
