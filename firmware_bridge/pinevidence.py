@@ -80,7 +80,9 @@ RISE_TOL_CYCLES = 5 * TICK_CYCLES
 #: (about 13,700 cycles, 0.86 ms, with its COBS and CRC done as its bytes came) ends before
 #: STOP_ALL's last byte lands, and STOP_ALL's own pass closes the valves about 3,000 cycles after
 #: it starts (before it builds the closing's reports). Measured 0.38 to 0.65 ms with 16 or 32
-#: valves open (main before issue 17's pin work: 0.91 to 1.13 ms); docs/bench.md section 8.
+#: valves open (main before issue 17's pin work: 0.91 to 1.13 ms); docs/bench.md section 8. At
+#: the maximum FIRE rate (tests/test_timing_budget.py, section 9): 3,900 to 13,400 cycles since
+#: the main loop's passes are bounded (main.c, "Pass bound"; up to 82,280 before).
 STOP_ALL_BOUND_US = 1000
 _DUP_REPORT = 4  # VALVE_REPORT flags bit 2: a re-sent report, not a new execution
 _REALTIME = ENUMS["mode"]["REALTIME"]

@@ -49,6 +49,25 @@ TICK_CYCLES = F_CPU_HZ // 1000
 RX_RING_BYTES = 256  # firmware_bridge/board/main.c RX_RING
 PERIOD_MS = 10  # the least control period (messages.toml period_ms_min)
 STEPS = 100  # about 1.1 s of back-to-back FIREs
+STOP_ALL_BOUND_US = 1000  # tests/test_simavr_pins.py STOP_ALL_BOUND_US: last byte -> pins low
+#: Where a STOP_ALL is written into the maximum-rate flight, as (name, behind, pad): right
+#: behind bank 0's FIRE (bank 1's is not sent) or bank 1's, then ``pad`` lone delimiters (0x00,
+#: nothing to the unit's decoder: one byte time, 85 us, each) before it, so its arrival sweeps
+#: the passes that take the FIREs in front of it, and (60-72 B) the ends of the pulses no later
+#: FIRE cuts.
+STOP_POINTS = (
+    ("behind bank 0", 0, 0),
+    ("behind bank 1", 1, 0),
+    ("bank 1 + 6 B", 1, 6),
+    ("bank 1 + 12 B", 1, 12),
+    ("bank 1 + 18 B", 1, 18),
+    ("bank 1 + 30 B", 1, 30),
+    ("bank 1 + 45 B", 1, 45),
+    ("bank 1 + 60 B", 1, 60),
+    ("bank 1 + 66 B", 1, 66),  # bank 0's pulses end on their own about here (no next step)
+    ("bank 1 + 72 B", 1, 72),
+)
+WARM_STEPS = 8  # maximum-rate steps before each STOP_ALL (every pass at its steady length)
 
 
 @dataclass(frozen=True)
@@ -108,8 +127,126 @@ def fly_max_rate(steps: int = STEPS, out_dir: Path | None = None) -> dict:
     }
 
 
-def budget_rows(stats: dict, hk: dict | None) -> list[Row]:
-    """The table's rows from the harness's stats and the unit's last HK."""
+def fly_stop_all_at_max_rate(
+    points=STOP_POINTS, rounds: int = 1, warm: int = WARM_STEPS, out_dir: Path | None = None
+) -> dict:
+    """STOP_ALL's latency at the maximum FIRE rate, judged on the pins: for each point of
+    ``points`` (``rounds`` times) the unit flies ``warm`` maximum-rate steps (as
+    :func:`fly_max_rate`), the last one's write ending in a STOP_ALL at that point, and is armed
+    again once it went SAFE. Each STOP_ALL is timed from its last byte at the UART (the
+    harness's byte log) to every valve pin low (the VCD), in simulated cycles. Returns
+    {"trials": [{"point", "t0", "closure_cycles", "pins_high_at_t0", "ok"}], "stats"}."""
+    from thruster_hil.firmware_bridge import pinevidence as pe
+    from thruster_hil.firmware_bridge.dictionary import EVENT
+    from thruster_hil.firmware_bridge.link import Link
+    from thruster_hil.firmware_bridge.simavr import SimavrUnit
+    from thruster_hil.firmware_bridge.vcd import read_vcd
+
+    tmp = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="stopall-"))
+    vcd, ulog, stats_p = tmp / "pins.vcd", tmp / "uart.log", tmp / "stats.json"
+    chunks: list[tuple[str, int, bytes]] = []
+    plan = [pt for _ in range(rounds) for pt in points]
+    with SimavrUnit(
+        vcd_path=vcd, stats_path=stats_p, uart_log_path=ulog, pass_log_path=tmp / "passes.log"
+    ) as unit:
+        link = Link(unit.port, on_bytes=lambda d, t, b: chunks.append((d, t, bytes(b))))
+        try:
+            link.connect(mode="realtime", period_ms=PERIOD_MS)
+            s = link.s
+            step = 0
+            ticks = [PERIOD_MS] * 16
+            safe = EVENT["SAFE_ENTERED"]
+            for _name, behind, pad in plan:
+                link.arm(max_on_ticks=PERIOD_MS, next_step=step + 1)
+                for k in range(warm):
+                    step += 1
+                    for bank in (0, 1):
+                        if k == warm - 1 and bank > behind:
+                            break
+                        fields = dict(
+                            session=link.session,
+                            step=step,
+                            valid_for_ms=0,
+                            bank=bank,
+                            mask=0xFFFF,
+                            on_ticks=ticks,
+                        )
+                        s.queue("FIRE", s.next_seq(), 0, fields, time.monotonic_ns())
+                    if k < warm - 1:
+                        link._flush()
+                for _ in range(pad):
+                    s.resync()  # a lone 0x00
+                n_safe = sum(e.msg["event"] == safe for e in link.events())
+                s.stop_all(time.monotonic_ns())  # queued behind the step's FIREs: one write
+                link._flush(force=True)
+                deadline = time.monotonic_ns() + 10_000_000_000
+                link._run(
+                    s.wait_for(
+                        lambda n=n_safe: sum(e.msg["event"] == safe for e in link.events()) > n,
+                        deadline,
+                        checks=False,
+                    )
+                )
+            link.wait_hk(after_ns=time.monotonic_ns(), timeout_s=10.0)  # every pin in the trace
+        finally:
+            link.on_bytes = None
+            link.close(confirm_timeout_s=2.0)
+            unit.stop()
+        stats = unit.stats()
+    rec = pe.WireRecord.from_chunks(chunks)
+    arrivals = pe.frame_arrivals(rec, pe.parse_uart_log(ulog.read_text()))
+    pulses = pe.valve_pulses(read_vcd(vcd))
+    # each trial's first STOP_ALL (Link sends a RETRANSMIT copy) and the next frame after it
+    firsts = [
+        i
+        for i, x in enumerate(rec.sent)
+        if x.msg.name == "STOP_ALL" and (i == 0 or rec.sent[i - 1].msg.name != "STOP_ALL")
+    ]
+    assert len(firsts) == len(plan), (len(firsts), len(plan))
+    trials = []
+    for (name, _b, _p), i in zip(plan, firsts, strict=True):
+        t0 = arrivals[i]
+        nxt = min(
+            (arrivals[j] for j in range(i + 2, len(rec.sent)) if j in arrivals),
+            default=None,
+        )
+        mine = [p for p in pulses if nxt is None or p.rise < nxt]
+        v = pe.judge_closed_after(
+            "STOP_ALL at the maximum rate",
+            mine,
+            t0,
+            pe.CYCLES_PER_US * STOP_ALL_BOUND_US,
+            "STOP_ALL's last byte",
+            rises_until=nxt,
+        )
+        trials.append(
+            {
+                "point": name,
+                "t0": t0,
+                "closure_cycles": v.numbers["closure_cycles"],
+                "pins_high_at_t0": v.numbers["pins_high_at_t0"],
+                "ok": v.ok,
+                "problems": v.problems,
+            }
+        )
+    return {"trials": trials, "stats": stats, "dir": str(tmp)}
+
+
+def stop_all_row(stop: dict) -> Row:
+    """The STOP_ALL row: the worst of :func:`fly_stop_all_at_max_rate`'s trials."""
+    worst = max(stop["trials"], key=lambda t: t["closure_cycles"])
+    return Row(
+        "STOP_ALL last byte -> every pin low, at the maximum rate",
+        worst["closure_cycles"],
+        STOP_ALL_BOUND_US * F_CPU_HZ // 1_000_000,
+        "cycles",
+        f"STOP_ALL_BOUND_US (1,000 us; worst: {worst['point']}, of {len(stop['trials'])})",
+    )
+
+
+def budget_rows(stats: dict, hk: dict | None, stop: dict | None = None) -> list[Row]:
+    """The table's rows from the harness's stats and the unit's last HK (and the STOP_ALL
+    flight's, :func:`fly_stop_all_at_max_rate`)."""
     tick = stats["interrupts"]["TIMER1_COMPA"]
     rx = stats["uart_rx"]
     line = rx["frame_cycles"]  # the real line's frame: the harness feeds bytes at it
@@ -179,10 +316,12 @@ def budget_rows(stats: dict, hk: dict | None) -> list[Row]:
         ),
         Row("stack high-water mark", stack["hwm_bytes"], free, "bytes", "RAM above .bss/.noinit"),
     ]
+    if stop is not None:
+        rows.append(stop_all_row(stop))
     return rows
 
 
-def render(rows: list[Row], stats: dict, steps: int) -> str:
+def render(rows: list[Row], stats: dict, steps: int, stop: dict | None = None) -> str:
     """docs/bench.md's table."""
     lines = [
         "| item | measured | budget | margin | budget because | kind |",
@@ -202,6 +341,14 @@ def render(rows: list[Row], stats: dict, steps: int) -> str:
         f"{stats['sim_s']:.2f} s simulated, {stats['cycles']:,} cycles, "
         f"{rx['frame_cycles']:,} cycles a byte (115200 bit/s nominal, UBRR0 16 with U2X, 8N1)."
     )
+    if stop is not None:
+        lines.append("")
+        lines.append(
+            f"STOP_ALL at the maximum rate ({WARM_STEPS} steps before each; last byte -> every "
+            "pin low, cycles): "
+            + ", ".join(f"{t['point']} {t['closure_cycles']:,}" for t in stop["trials"])
+            + f"; its flight's worst pass {stop['stats']['main_loop']['pass_max_cycles']:,}."
+        )
     return "\n".join(lines)
 
 
@@ -211,12 +358,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
     got = fly_max_rate(args.steps)
-    rows = budget_rows(got["stats"], got["hk"])
+    stop = fly_stop_all_at_max_rate()
+    rows = budget_rows(got["stats"], got["hk"], stop)
     if args.json:
-        print(json.dumps({"rows": [asdict(r) | {"margin": r.margin} for r in rows], **got}))
+        print(
+            json.dumps(
+                {
+                    "rows": [asdict(r) | {"margin": r.margin} for r in rows],
+                    **got,
+                    "stop_all": stop,
+                }
+            )
+        )
     # exit 1 when a limit is broken (a target missed is in the table, not an error)
     else:
-        print(render(rows, got["stats"], args.steps))
+        print(render(rows, got["stats"], args.steps, stop))
     return 0 if all(r.margin >= 0 for r in rows if r.limit) else 1
 
 

@@ -20,6 +20,12 @@
  * - n_pending <= UNIT_MAX_PENDING.
  * The whole frame-by-frame parser is also cross-checked: proto_feed over a frame and
  * proto_decode_frame agree.
+ *
+ * A twin unit V runs the same inputs as the board does (unit_config_t.defer_tm: TM frames
+ * queued, sent by unit_send_pending a few calls a step, as the board's main loop does when it
+ * has a pass to spare): every byte it sends must be the next byte U (which sends at once)
+ * sent, and once V's queue is drained at the end the two streams are equal; their states and
+ * open masks agree after every step (issue 17: the pass bound changes when, never what).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -28,11 +34,44 @@
 #include "proto.h"
 #include "unit.h"
 
-static unit_t U;
+static unit_t U, V;
+
+/* U's TM bytes V has not sent yet (V lags U: its frames wait in its queue). */
+#define TWIN_LAG 16384u
+static uint8_t lag[TWIN_LAG];
+static uint32_t lag_head, lag_n;
+
+static void lag_push(const uint8_t *frame, uint8_t len)
+{
+    for (uint8_t i = 0; i < len; i++) {
+        if (lag_n == TWIN_LAG)
+            abort(); /* V fell further behind than its queue can hold */
+        lag[(lag_head + lag_n++) % TWIN_LAG] = frame[i];
+    }
+}
+
+static void twin_tx(void *ctx, const uint8_t *frame, uint8_t len)
+{
+    (void)ctx;
+    for (uint8_t i = 0; i < len; i++) {
+        if (!lag_n || lag[lag_head] != frame[i])
+            abort(); /* the deferring unit said something else, or in another order */
+        lag_head = (lag_head + 1) % TWIN_LAG;
+        lag_n--;
+    }
+}
+
+static void twin_check(void)
+{
+    if (V.state != U.state || unit_open_mask(&V) != unit_open_mask(&U) ||
+        V.n_pending > UNIT_MAX_PENDING)
+        abort();
+}
 
 static void check_tx(void *ctx, const uint8_t *frame, uint8_t len)
 {
     (void)ctx;
+    lag_push(frame, len);
     if (len > MAX_WIRE_BYTES || len < 2 || frame[len - 1] != 0)
         abort();
     proto_parser_t p;
@@ -96,6 +135,7 @@ static void feed_valid(uint8_t id, const uint8_t *data, uint8_t n, uint16_t seq,
     uint8_t len = proto_build_packet(pkt, id, seq, flags, payload, (uint8_t)plen);
     uint8_t f = proto_cobs_encode(pkt, len, frame);
     unit_receive(&U, frame, f, now);
+    unit_receive(&V, frame, f, now);
 }
 
 /* The board's valve clock, on the fuzzer's clock (edges: multiples of 1 ms from FUZZ_T0). */
@@ -113,8 +153,8 @@ static uint32_t fuzz_cut(void *ctx, uint32_t now)
 }
 static void fuzz_valves(void *ctx, uint32_t mask)
 {
-    (void)ctx;
-    if (mask & ~(unit_open_mask(&U) | U.stuck))
+    const unit_t *u = ctx ? &V : &U;
+    if (mask & ~(unit_open_mask(u) | u->stuck))
         abort(); /* the valves never open what the unit does not hold open */
 }
 
@@ -123,12 +163,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t timed = size > 0 && (data[0] & 2);
     unit_config_t cfg = {32, UNIT_FW_VERSION, 1, RESET_CAUSE_POWER_ON, 1, 5, DICT_HASH, 12345,
                          check_tx, NULL, NULL, timed ? fuzz_valves : NULL,
-                         timed ? fuzz_start : NULL, timed ? fuzz_cut : NULL};
+                         timed ? fuzz_start : NULL, timed ? fuzz_cut : NULL, 0};
+    lag_head = lag_n = 0;
     unit_init(&U, &cfg);
+    unit_config_t twin = cfg;
+    twin.send = twin_tx;
+    twin.ctx = &V; /* (fuzz_valves: which unit) */
+    twin.defer_tm = 1;
+    unit_init(&V, &twin);
     uint32_t now = FUZZ_T0; /* start near the wrap so wrap-around paths run */
     unit_boot(&U, now);
-    if (size == 0)
-        return 0;
+    unit_boot(&V, now);
+    if (size == 0) {
+        while (unit_send_pending(&V))
+            ;
+        return lag_n ? (abort(), 0) : 0;
+    }
     uint8_t valid_mode = data[0] & 1;
     size_t i = 1;
     uint16_t seq = 0;
@@ -139,6 +189,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         now += (uint32_t)(ctl >> 4) * (ctl & 0x40 ? 97000u : 1000u);
         uint32_t open_before = unit_open_mask(&U) & ~U.stuck;
         unit_tick(&U, now, 0);
+        unit_tick(&V, now, 0);
         if ((unit_open_mask(&U) & ~U.stuck) & ~open_before)
             abort(); /* a tick opened a valve */
         invariants();
@@ -146,8 +197,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint16_t fires_before = U.c.fires_accepted;
         if (i + n > size)
             n = (uint8_t)(size - i);
-        if (++chunk % 16 == 0 && (ctl & 0x80))
+        if (++chunk % 16 == 0 && (ctl & 0x80)) {
+            unit_set_arm_enable(&V, !U.arm_enabled, now);
             unit_set_arm_enable(&U, !U.arm_enabled, now);
+        }
         if (valid_mode && n >= 1) {
             static const uint8_t ids[] = {MSG_HELLO, MSG_HEARTBEAT, MSG_PING, MSG_ARM_REQUEST,
                                           MSG_ARM_CONFIRM, MSG_DISARM, MSG_STOP_ALL, MSG_FIRE,
@@ -155,6 +208,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             feed_valid(ids[data[i] % sizeof ids], data + i + 1, (uint8_t)(n - 1), seq++, now);
         } else {
             unit_receive(&U, data + i, n, now);
+            unit_receive(&V, data + i, n, now);
             /* cross-check the whole-frame decoder on the same bytes */
             uint8_t scratch[PROTO_MAX_FRAME];
             proto_msg_t m1, m2;
@@ -185,9 +239,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (uint8_t k = 0; timed && k < U.n_pending; k++)
             if ((U.pending[k].t_start - FUZZ_T0) % 1000u)
                 abort(); /* a board pulse starts on a tick edge */
+        twin_check();
+        for (uint8_t k = 0; k < ((ctl >> 2) & 3); k++) /* the board's spare passes */
+            unit_send_pending(&V);
         i += n;
     }
     unit_stop_all(&U, now);
+    unit_stop_all(&V, now);
+    twin_check();
+    while (unit_send_pending(&V))
+        ;
+    if (lag_n)
+        abort(); /* V said less than U */
     if (unit_open_mask(&U) & ~U.stuck)
         abort();
     return 0;

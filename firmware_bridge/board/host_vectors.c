@@ -95,7 +95,7 @@ static int unit_smoke(void)
 {
     unit_t u;
     unit_config_t cfg = {32, UNIT_FW_VERSION, 1, RESET_CAUSE_POWER_ON, 1, 5, DICT_HASH, 7,
-                         tx_print, NULL, NULL, NULL, NULL, NULL};
+                         tx_print, NULL, NULL, NULL, NULL, NULL, 0};
     uint8_t p[MAX_PAYLOAD_LEN];
     unit_init(&u, &cfg);
     unit_boot(&u, 0);
@@ -134,7 +134,7 @@ static int unit_stdin(void)
 {
     unit_t u;
     unit_config_t cfg = {32, UNIT_FW_VERSION, 1, RESET_CAUSE_POWER_ON, 1, 5, DICT_HASH, 7,
-                         tx_print, NULL, NULL, NULL, NULL, NULL};
+                         tx_print, NULL, NULL, NULL, NULL, NULL, 0};
     unit_init(&u, &cfg);
     static char line[4096];
     static uint8_t data[2048];

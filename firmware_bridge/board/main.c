@@ -42,15 +42,39 @@
  * step, and the ring holds that backlog for over 200 steps, so no pass waits for the wire (the
  * simavr harness counts the waits: none, docs/bench.md section 9); a frame that finds it full
  * waits, feeding the watchdog, and is never dropped. A whole frame is queued at once, so frames
- * never interleave. QEMU ignores the baud rate.
+ * never interleave. The unit's TM frames wait in its own queue first (see "Pass bound": 16
+ * packets, ~960 bytes of RAM; a full queue sends its oldest at once). QEMU ignores the baud
+ * rate.
  *
  * Time. Timer1 in CTC mode (WGM12), prescaler 8, OCR1A = 1999: a compare match every 1 ms
  * (tick_us = 1000), counted by the ISR. pu_time_us = ms * 1000 + TCNT1 / 2, read atomically with
  * the pending-compare flag so it never steps back; its tick edges are the multiples of 1000 us
- * (g_ms * 1000). The main loop calls unit_tick() on every new millisecond. A pass is not short:
- * simavr measures about 13,700 cycles to take and execute one FIRE, up to ~35,000 at the maximum
- * FIRE rate with the report of the pulse it cut and the interrupts meanwhile. So the valve pins
- * never wait for the main loop: see "Pin timing".
+ * (g_ms * 1000). The main loop calls unit_tick() on every new millisecond. A pass is not always
+ * short (a FIRE's takes 15,000-20,000 cycles with the interrupts meanwhile, see "Pass bound"),
+ * so the valve pins never wait for the main loop: see "Pin timing".
+ *
+ * Pass bound (issue 17: STOP_ALL at the maximum FIRE rate). A STOP_ALL waits for the pass in
+ * progress when its last byte lands, then for its own pass up to the valves (unit.c closes them
+ * before it builds the closing's reports). So no pass does more than one heavy thing:
+ * (1) a pass parses at most PASS_BYTES (16) received bytes and stops at the first delimiter
+ *     (uart_take): it handles one frame at most (a lone 0x00 is none), and the COBS and CRC of
+ *     the bytes before it were done by the passes that took them (proto_feed);
+ * (2) the unit queues its TM frames (unit_config_t.defer_tm): unit_send_pending() does one step
+ *     a call, the next ended pulse's report, a frame's CRC, or a frame's COBS and copy to the TX
+ *     ring (each ~3,000-6,000 cycles), and the main loop calls it only in a pass that handled
+ *     no frame, while no complete frame waits (rx_delims_*), and only when the pass has run
+ *     under PASS_SPARE_US (250 us) so far. The reports of pulses a FIRE cut, and of pulses
+ *     ending on one tick, wait in pending order until the unit next says anything or handles a
+ *     command other than STOP_ALL (unit.c, idle_due): the frames, their order, seqs and content
+ *     are the immediate unit's (the fuzzer runs a twin with defer_tm on every input and checks
+ *     every byte), only when they reach the TX ring moves (a few ms at the maximum rate);
+ * (3) the unit's timers end every due channel in one scan (ending one channel a 32-channel scan
+ *     made a bank's 16 pulses ending on one tick a 106,000-cycle pass).
+ * simavr at the maximum FIRE rate (docs/bench.md section 9): STOP_ALL's last byte to every pin
+ * low 3,900-13,400 cycles (0.24-0.84 ms; was up to 82,280), a FIRE's pass 15,000-20,000, the
+ * worst pass the final STOP_ALL's (29,000-33,000: the closing's reports after the valves; was
+ * 45,000-49,000, and 104,000-166,000 where a bank's pulses ended on their own). Not met: the
+ * one-tick target (16,000) for the STOP_ALL and FIRE passes.
  *
  * Pin timing (issue 17: what the unit reports is true to the pins). Every valve edge is the
  * tick interrupt's, on a tick edge, except a closing at once:
@@ -130,6 +154,8 @@
 #define XCAT(a, b) CAT(a, b)
 #define UBRR_U2X ((F_CPU + 4UL * RIG_BAUD) / (8UL * RIG_BAUD) - 1UL) /* 16 at 115200 */
 #define RX_RING 256u /* powers of two: the index masks below rely on it */
+#define PASS_BYTES 16u /* received bytes a main-loop pass parses at most (~60 cycles each) */
+#define PASS_SPARE_US 250u /* a pass sends a queued TM frame only if it has run less so far */
 #define TX_RING 2048u
 #define ARM_DEBOUNCE_MS 10
 #define SOFT_MAGIC 0xB0C7u
@@ -340,6 +366,10 @@ static volatile uint16_t tx_head, tx_tail; /* tx_head: written by the main loop 
 static volatile uint32_t rx_stamp_ms[RX_STAMPS];
 static volatile uint16_t rx_stamp_t[RX_STAMPS];
 static volatile uint8_t rx_stamp_head, rx_stamp_tail;
+/* Delimiters put in the receive ring (the RX ISR) and taken from it (uart_take): a complete
+ * frame waits while they differ. */
+static volatile uint8_t rx_delims_in;
+static uint8_t rx_delims_out;
 
 ISR(USART0_RX_vect)
 {
@@ -356,6 +386,7 @@ ISR(USART0_RX_vect)
         return;
     }
     if (b == 0) { /* a frame ends: its stamp before its delimiter is in the ring */
+        rx_delims_in++;
         uint8_t h = rx_stamp_head, nh = (uint8_t)((h + 1) & (RX_STAMPS - 1));
         if (nh != rx_stamp_tail) {
             uint32_t ms = g_ms;
@@ -424,20 +455,29 @@ static void uart_flush(void)
     _delay_us(200); /* the last byte leaving the shift register (87 us at 115200) */
 }
 
-/* Takes the bytes waiting, up to ``max``. *arrived_us: when the first frame they end arrived
- * for the link watchdog (its delimiter's stamp less RX_STAMP_MARGIN_US, rounded up to a tick
- * edge; the later frames of the chunk count from it too, earlier than their own). */
+/* Takes the bytes waiting, up to ``max`` and the first delimiter (a pass handles one frame at
+ * most). *arrived_us: when the frame they end arrived for the link watchdog (its delimiter's
+ * stamp less RX_STAMP_MARGIN_US, rounded up to a tick edge). */
 static uint8_t uart_take(uint8_t *out, uint8_t max, uint32_t *arrived_us, uint8_t *framed)
 {
     static uint32_t ms; /* the last stamp: a frame whose stamp did not fit takes it */
     static uint16_t t;
+    static uint8_t in_frame; /* bytes since the last delimiter: a lone 0x00 ends no frame */
     uint8_t first = 1; /* *arrived_us, *framed: left alone when the bytes end no frame */
     uint8_t n = 0;
     while (n < max && rx_tail != rx_head) {
         uint8_t b = rx_buf[rx_tail];
         out[n++] = b;
         rx_tail = (uint8_t)((rx_tail + 1) & (RX_RING - 1));
-        if (b == 0) {
+        if (b != 0) {
+            in_frame = 1;
+        } else if (!in_frame) { /* a lone delimiter: nothing to the parser, no pass of its own */
+            uint8_t tail = rx_stamp_tail;
+            if (tail != rx_stamp_head)
+                rx_stamp_tail = (uint8_t)((tail + 1) & (RX_STAMPS - 1));
+            rx_delims_out++;
+        } else {
+            in_frame = 0;
             uint8_t tail = rx_stamp_tail;
             if (tail != rx_stamp_head) {
                 if (first) {
@@ -451,10 +491,15 @@ static uint8_t uart_take(uint8_t *out, uint8_t max, uint32_t *arrived_us, uint8_
                               1000UL;
             first = 0;
             *framed = 1;
+            rx_delims_out++;
+            break;
         }
     }
     return n;
 }
+
+/* A complete frame waits in the receive ring. */
+static uint8_t rx_frame_waiting(void) { return rx_delims_in != rx_delims_out; }
 
 static uint16_t uart_errors(void)
 {
@@ -807,7 +852,8 @@ int main(void)
     uint32_t seed = adc_noise() ^ ((uint32_t)boots << 16) ^ TCNT1;
 
     unit_config_t cfg = {N_CHANNELS, UNIT_FW_VERSION, boots, cause, TEST_BUILD, 5, DICT_HASH,
-                         seed, uart_send, board_reset, 0, valves_now, pulse_start, cut_time};
+                         seed, uart_send, board_reset, 0, valves_now, pulse_start, cut_time,
+                         1};
     unit_init(&unit, &cfg);
     if (warm && !(cause & (RESET_CAUSE_POWER_ON | RESET_CAUSE_BROWN_OUT))) {
         unit.failed = soft_failed; /* hardware faults survive every reset but a power cycle */
@@ -828,6 +874,8 @@ int main(void)
     uint8_t buf[64];
     for (;;) {
         wdt_reset();
+        uint8_t tm_wait = unit_tm_waiting(&unit); /* the clock only then (see "QEMU") */
+        uint32_t pass_t0 = tm_wait ? now_us() : 0;
         uint32_t ms = now_ms();
         uint8_t refresh = 0;
         if (ms != last_ms) { /* the tick first: it fell due before any byte waiting now */
@@ -853,7 +901,7 @@ int main(void)
         }
         uint32_t arrived = 0;
         uint8_t framed = 0;
-        uint8_t n = uart_take(buf, sizeof buf, &arrived, &framed);
+        uint8_t n = uart_take(buf, PASS_BYTES, &arrived, &framed);
         unit.uart_hw_errors = uart_errors();
         if (n) { /* the clock (Timer1, an I/O register) only then: see "QEMU" above */
             unit_add_entropy(&unit, ((uint32_t)TCNT1 << 16) ^ g_ms);
@@ -882,6 +930,11 @@ int main(void)
         if (wd_on != synced_wd || (wd_on && deadline != synced_dl))
             wd_sync();
         synced_open = open_mask;
+        /* One step of the TM queue (a report, a CRC, or a COBS and copy: 3,000-6,000
+         * cycles), only in a pass that handled no frame, while none waits, and has run under
+         * PASS_SPARE_US: a STOP_ALL waits for one step at most (see "Pass bound" above). */
+        if (tm_wait && !framed && !rx_frame_waiting() && now_us() - pass_t0 < PASS_SPARE_US)
+            unit_send_pending(&unit);
         soft_failed = unit.failed; /* for the next reset (a few stores per pass) */
         soft_stuck = unit.stuck;
         soft_tank = unit.tank_kpa;

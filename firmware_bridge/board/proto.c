@@ -197,6 +197,15 @@ proto_status_t proto_feed(proto_parser_t *p, uint8_t byte, proto_msg_t *msg)
 uint8_t proto_build_packet(uint8_t *out, uint8_t msg_id, uint16_t seq, uint8_t flags,
                            const uint8_t *payload, uint8_t payload_len)
 {
+    uint8_t len = proto_build_unsealed(out, msg_id, seq, flags, payload, payload_len);
+    if (len)
+        proto_seal_packet(out, len);
+    return len;
+}
+
+uint8_t proto_build_unsealed(uint8_t *out, uint8_t msg_id, uint16_t seq, uint8_t flags,
+                             const uint8_t *payload, uint8_t payload_len)
+{
     uint16_t apid;
     uint8_t is_tc;
     int plen = proto_payload_len(msg_id, &apid, &is_tc);
@@ -209,9 +218,7 @@ uint8_t proto_build_packet(uint8_t *out, uint8_t msg_id, uint16_t seq, uint8_t f
     out[7] = (uint8_t)((PROTO_MSG_VERSION << 4) | (flags & 0x0F));
     if (payload_len)
         memcpy(out + 8, payload, payload_len);
-    uint8_t len = (uint8_t)(PACKET_OVERHEAD + payload_len);
-    proto_seal_packet(out, len);
-    return len;
+    return (uint8_t)(PACKET_OVERHEAD + payload_len);
 }
 
 void proto_seal_packet(uint8_t *pkt, uint8_t len)

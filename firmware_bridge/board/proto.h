@@ -79,6 +79,11 @@ int proto_payload_len(uint8_t msg_id, uint16_t *apid, uint8_t *is_tc);
 uint8_t proto_build_packet(uint8_t *out, uint8_t msg_id, uint16_t seq, uint8_t flags,
                            const uint8_t *payload, uint8_t payload_len);
 
+/* proto_build_packet without the CRC (its last two bytes left unwritten): proto_seal_packet
+ * completes it. The board defers the CRC of its TM to a later main-loop pass (unit.h). */
+uint8_t proto_build_unsealed(uint8_t *out, uint8_t msg_id, uint16_t seq, uint8_t flags,
+                             const uint8_t *payload, uint8_t payload_len);
+
 /* Recompute the CRC of a packet in place (after editing its flags). */
 void proto_seal_packet(uint8_t *pkt, uint8_t len);
 

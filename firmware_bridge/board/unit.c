@@ -115,14 +115,27 @@ static uint16_t period_ticks(const unit_t *u)
 
 /* ------------------------------------------------------------------ output */
 
-static void send_packet(unit_t *u, uint8_t *pkt, uint8_t len)
+static void finish_idle(unit_t *u);
+static void finish(unit_t *u, uint8_t i);
+
+/* defer_tm: the reports of the pulses the last FIRE cut out wait (idle_due) until the unit
+ * next says anything, finishes or reorders a pending pulse, or the board's main loop has a
+ * pass to spare (unit_send_pending): the TM order, seqs and report cache are as if they had
+ * gone out with that FIRE, and its pass does not build them. */
+static void flush_idle(unit_t *u)
+{
+    if (u->idle_due) {
+        u->idle_due = 0;
+        finish_idle(u);
+    }
+}
+
+/* COBS-encode a sealed packet and hand it to send(); ``corrupt``: with a failing CRC. */
+static void frame_out(unit_t *u, uint8_t *pkt, uint8_t len, uint8_t corrupt)
 {
     uint8_t frame[PROTO_MAX_PACKET + 2];
-    u->c.tx_frames++;
 #if UNIT_FAULT_INJECTION
-    if (u->corrupt_tx > 0) {
-        u->corrupt_tx--;
-        u->c.corrupted_tx++;
+    if (corrupt) {
         uint8_t save = pkt[len - 1];
         pkt[len - 1] ^= 0x5A; /* the CRC's low byte: COBS-valid frame, failing CRC */
         uint8_t n = proto_cobs_encode(pkt, len, frame);
@@ -130,9 +143,94 @@ static void send_packet(unit_t *u, uint8_t *pkt, uint8_t len)
         u->cfg.send(u->cfg.ctx, frame, n);
         return;
     }
+#else
+    (void)corrupt;
 #endif
     uint8_t n = proto_cobs_encode(pkt, len, frame);
     u->cfg.send(u->cfg.ctx, frame, n);
+}
+
+/* The oldest queued TM frame out: sealed, COBS-encoded, sent. */
+static void tm_out_oldest(unit_t *u)
+{
+    unit_tm_t *e = &u->tmq[u->tmq_head];
+    u->tmq_head = (uint8_t)((u->tmq_head + 1) % UNIT_TM_QUEUE);
+    u->tmq_n--;
+    if (!e->sealed && e->len)
+        proto_seal_packet(e->pkt, e->len);
+    frame_out(u, e->pkt, e->len, e->corrupt);
+}
+
+uint8_t unit_tm_waiting(const unit_t *u) { return (uint8_t)(u->tmq_n + u->idle_due); }
+
+uint8_t unit_send_pending(unit_t *u)
+{
+    if (u->idle_due) { /* the next ended pulse's report, queued (a pass's work on its own) */
+        uint8_t i = 0;
+        while (i < u->n_pending && u->pending[i].active)
+            i++;
+        u->idle_due = 0; /* (its report must not flush the others first) */
+        if (i < u->n_pending) {
+            finish(u, i);
+            for (i = 0; i < u->n_pending; i++)
+                if (!u->pending[i].active)
+                    u->idle_due = 1; /* more to come, in pending order */
+            return 1;
+        }
+    }
+    if (!u->tmq_n)
+        return 0;
+    unit_tm_t *e = &u->tmq[u->tmq_head];
+    if (!e->sealed) { /* its CRC: a call of its own (the board: a pass) */
+        if (e->len)
+            proto_seal_packet(e->pkt, e->len);
+        e->sealed = 1;
+        return 1;
+    }
+    tm_out_oldest(u);
+    return 1;
+}
+
+/* Every queued TM out, in order (before a reset: what the unit said goes out first). */
+static void send_all_pending(unit_t *u)
+{
+    flush_idle(u);
+    while (u->tmq_n)
+        tm_out_oldest(u);
+}
+
+/* A TM packet out (``sealed``: its CRC written; else proto_build_unsealed's), at once or, with
+ * defer_tm, queued behind the others (a full queue sends its oldest first). */
+static void send_packet_as(unit_t *u, uint8_t *pkt, uint8_t len, uint8_t sealed)
+{
+    uint8_t corrupt = 0;
+    u->c.tx_frames++;
+#if UNIT_FAULT_INJECTION
+    if (u->corrupt_tx > 0) {
+        u->corrupt_tx--;
+        u->c.corrupted_tx++;
+        corrupt = 1;
+    }
+#endif
+    if (u->cfg.defer_tm) {
+        if (u->tmq_n == UNIT_TM_QUEUE)
+            tm_out_oldest(u);
+        unit_tm_t *e = &u->tmq[(uint8_t)((u->tmq_head + u->tmq_n) % UNIT_TM_QUEUE)];
+        u->tmq_n++;
+        e->len = len;
+        e->sealed = sealed;
+        e->corrupt = corrupt;
+        memcpy(e->pkt, pkt, len);
+        return;
+    }
+    if (!sealed && len)
+        proto_seal_packet(pkt, len);
+    frame_out(u, pkt, len, corrupt);
+}
+
+static void send_packet(unit_t *u, uint8_t *pkt, uint8_t len)
+{
+    send_packet_as(u, pkt, len, 1);
 }
 
 /* Build and send a TM with the next sequence count of its APID; returns that count. */
@@ -140,16 +238,22 @@ static uint16_t emit(unit_t *u, uint8_t msg_id, uint16_t apid, const uint8_t *pa
                      uint8_t len, uint8_t capture)
 {
     uint8_t pkt[PROTO_MAX_PACKET];
+    flush_idle(u); /* what came before this TM goes out before it */
     uint8_t i = TM_INDEX(apid);
     uint16_t seq = u->tm_seq[i];
     u->tm_seq[i] = (uint16_t)((seq + 1) % PROTO_SEQ_MODULO);
-    uint8_t n = proto_build_packet(pkt, msg_id, seq, u->cfg.test_build ? FLAG_TEST_BUILD : 0,
-                                   payload, len);
+    uint8_t n = proto_build_unsealed(pkt, msg_id, seq, u->cfg.test_build ? FLAG_TEST_BUILD : 0,
+                                     payload, len);
+    uint8_t sealed = 0;
     if (capture && u->capturing && n <= UNIT_REPLY_MAX) {
+        if (n) {
+            proto_seal_packet(pkt, n);
+            sealed = 1;
+        }
         memcpy(u->captured, pkt, n);
         u->captured_len = n;
     }
-    send_packet(u, pkt, n);
+    send_packet_as(u, pkt, n, sealed);
     return seq;
 }
 
@@ -268,6 +372,7 @@ static void close_all(unit_t *u, uint32_t now, const uint32_t *at)
         return;
     valves_closed_now(u);
     uint32_t t = at ? *at : cut_time(u, now);
+    flush_idle(u); /* (after the valves: they close first) */
     while (u->n_pending) {
         cut(&u->pending[0], u->pending[0].active, t);
         finish(u, 0);
@@ -307,6 +412,7 @@ static uint8_t pressure_low(const unit_t *u) { return u->tank_kpa < LIMIT_MIN_FE
 /* Cut the channels in bits (unit-wide) in every pending pulse (FAIL_OFF). */
 static void cut_channels(unit_t *u, uint32_t bits, uint32_t now)
 {
+    flush_idle(u);
     uint32_t open = unit_open_mask(u);
     if (u->cfg.valves && (open & bits & ~u->stuck)) {
         u->cfg.valves(u->cfg.ctx, open & ~(bits & ~u->stuck)); /* at once on the pins */
@@ -358,6 +464,7 @@ static void power_on(unit_t *u)
     u->last_valid = 0;
     u->idle_from = 0;
     u->n_pending = 0;
+    u->idle_due = 0;
     u->ends_known = 0;
     memset(u->tm_seq, 0, sizeof u->tm_seq);
     u->has_rx_seq = 0;
@@ -410,6 +517,7 @@ void unit_boot(unit_t *u, uint32_t now)
 void unit_reset(unit_t *u, uint32_t now, uint8_t cause)
 {
     close_all(u, now, NULL);
+    send_all_pending(u); /* what the old boot said goes out before the new BOOT */
     u->boot_count++;
     u->reset_cause = cause;
     power_on(u);
@@ -507,6 +615,16 @@ static void send_hk(unit_t *u, uint32_t now)
     emit(u, MSG_HK, MSG_HK_APID, p, sizeof p, 0);
 }
 
+/* The first end of pending pulse ``p``'s open channels (t_start when none is open). */
+static uint32_t first_end(const unit_pulse_t *p)
+{
+    uint16_t least = 0xFFFF, bit = 1;
+    for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++, bit <<= 1)
+        if ((p->active & bit) && p->planned[c] < least)
+            least = p->planned[c];
+    return p->t_start + (uint32_t)(p->active ? least : 0) * TICK_US;
+}
+
 static void run_timers(unit_t *u, uint32_t now, uint32_t late_us)
 {
     if (u->state == STATE_BOOT)
@@ -516,45 +634,136 @@ static void run_timers(unit_t *u, uint32_t now, uint32_t late_us)
     uint8_t wd_on = watchdog_active(u);
     uint32_t wd_deadline = u->last_valid + (uint32_t)u->watchdog_ms * 1000u;
     /* Pulses that ended (before the watchdog would have cut them), in time order; a pulse is
-     * reported when its last channel closes. */
-    /* The scan (32 channels: ~2,000 AVR cycles) only when a channel may have ended: the unit
-     * runs its timers at every tick and every received chunk. */
-    while (u->n_pending && (!u->ends_known || reached(now, u->next_end))) {
-        int8_t bi = -1;
-        uint8_t bc = 0;
-        uint32_t best = 0;
+     * reported when its last channel closes. One scan (32 channels: ~2,000 AVR cycles) ends
+     * every channel whose end has come, and only when one may have: the unit runs its timers
+     * at every tick and every received chunk. The pulses it leaves with no channel open are
+     * reported in the order of their last channel's end, ties in pending order: the order in
+     * which ending one channel at a time (earliest end first, ties in scan order) closes them.
+     * (Ending one channel a scan cost 106,000 cycles when a bank's 16 pulses ended on one
+     * tick: issue 17.) */
+    if (u->n_pending && (!u->ends_known || reached(now, u->next_end))) {
+        uint8_t idle0 = 0; /* defer_tm: pulses already ended whose reports wait: bit i */
+        if (u->idle_due)
+            for (uint8_t i = 0; i < u->n_pending; i++)
+                if (!u->pending[i].active)
+                    idle0 |= (uint8_t)(1u << i);
+        u->idle_due = 0; /* idle0 holds them: no report below flushes them out of order */
+        uint8_t active_left = 0;
         uint8_t later = 0;
         uint32_t first = 0; /* the earliest end not taken now */
+        uint8_t done = 0;   /* pending[i] closed by this scan: bit i */
+        uint32_t last_end[UNIT_MAX_PENDING] = {0};
         for (uint8_t i = 0; i < u->n_pending; i++) {
             unit_pulse_t *p = &u->pending[i];
-            uint16_t bit = 1;
+            uint16_t bit = 1, ended = 0;
+            if (!p->active)
+                continue;
+            /* its first end (16-bit compares): when that has not come, none has (one 32-bit
+             * sum a pulse, not a channel: the scan runs in the pass that takes a STOP_ALL) */
+            uint32_t end0 = first_end(p);
+            if (!reached(now, end0) || (wd_on && since(end0, wd_deadline) > 0)) {
+                if (!later || since(end0, first) < 0)
+                    first = end0;
+                later = 1;
+                active_left = 1;
+                continue;
+            }
+            /* Its channels ending now: planned ticks <= lim, the whole ticks since t_start
+             * (and to the watchdog's deadline): two divisions a pulse, 16-bit compares a
+             * channel (a 32-bit product a channel was ~250 cycles: 4,000 a bank). The ends
+             * are t_start + planned * TICK_US: reached(now, end) <=> planned <= d / TICK_US,
+             * and end after the deadline <=> planned > w / TICK_US. end0 has come, so d >= 0. */
+            uint32_t d = (uint32_t)since(now, p->t_start);
+            uint32_t lim = d / TICK_US;
+            if (wd_on) {
+                int32_t w = since(wd_deadline, p->t_start);
+                uint32_t wl = w < 0 ? 0 : (uint32_t)w / TICK_US;
+                if (wl < lim)
+                    lim = wl;
+            }
+            uint16_t lim16 = lim > 0xFFFF ? 0xFFFF : (uint16_t)lim;
+            uint16_t most = 0, least = 0xFFFF; /* the latest end taken, the first not */
+            bit = 1;
             for (uint8_t c = 0; c < CHANNELS_PER_BANK; c++, bit <<= 1) {
                 if (!(p->active & bit))
                     continue;
-                uint32_t end = p->t_start + (uint32_t)p->planned[c] * TICK_US;
-                if (!reached(now, end) || (wd_on && since(end, wd_deadline) > 0)) {
-                    if (!later || since(end, first) < 0)
-                        first = end;
-                    later = 1;
+                uint16_t pl = p->planned[c];
+                if (pl > lim16) {
+                    if (pl < least)
+                        least = pl;
                     continue;
                 }
-                if (bi < 0 || since(end, best) < 0) {
-                    bi = (int8_t)i;
-                    bc = c;
-                    best = end;
-                }
+                if (pl >= most)
+                    most = pl;
+                ended |= bit;
+                p->executed[c] = pl;
+            }
+            if (least != 0xFFFF) {
+                uint32_t end = p->t_start + (uint32_t)least * TICK_US;
+                if (!later || since(end, first) < 0)
+                    first = end;
+                later = 1;
+            }
+            if (ended)
+                last_end[i] = p->t_start + (uint32_t)most * TICK_US;
+            if (ended) {
+                p->active &= (uint16_t)~ended;
+                if (!p->active)
+                    done |= (uint8_t)(1u << i);
+            }
+            active_left |= p->active != 0;
+        }
+        /* defer_tm: when that order is the pending order (ends on one tick: a bank's 16
+         * pulses) and every report already waiting (idle0) comes before them in it, they are
+         * reported later, one a pass (idle_due), like a FIRE's cut ones. Else the waiting
+         * ones first, in pending order, then these. */
+        if (u->cfg.defer_tm && done) {
+            int8_t prev = -1;
+            uint8_t in_order = 1;
+            for (uint8_t i = 0; i < UNIT_MAX_PENDING; i++) {
+                if (((done >> i) & 1) && prev >= 0 && since(last_end[i], last_end[prev]) < 0)
+                    in_order = 0;
+                if ((idle0 >> i) & 1 && prev >= 0)
+                    in_order = 0; /* a waiting report after one of these */
+                if ((done >> i) & 1)
+                    prev = (int8_t)i;
+            }
+            if (in_order) {
+                done = 0;
+                u->idle_due = 1;
             }
         }
-        if (bi < 0) {
+        if (idle0 && !done)
+            u->idle_due = 1; /* still waiting (with the deferred ones, in pending order) */
+        uint8_t gone = 0; /* finished: the pulses after them moved down */
+        if (done && idle0) {
+            for (uint8_t i = 0; i < UNIT_MAX_PENDING; i++)
+                if ((idle0 >> i) & 1) {
+                    uint8_t idx = i;
+                    for (uint8_t j = 0; j < i; j++)
+                        if ((gone >> j) & 1)
+                            idx--;
+                    gone |= (uint8_t)(1u << i);
+                    finish(u, idx);
+                }
+        }
+        while (done) {    /* the earliest last end first, ties in pending order */
+            int8_t bi = -1;
+            for (uint8_t i = 0; i < UNIT_MAX_PENDING; i++)
+                if (((done >> i) & 1) && (bi < 0 || since(last_end[i], last_end[bi]) < 0))
+                    bi = (int8_t)i;
+            uint8_t idx = (uint8_t)bi;
+            for (uint8_t i = 0; i < (uint8_t)bi; i++)
+                if ((gone >> i) & 1)
+                    idx--;
+            done &= (uint8_t) ~(1u << bi);
+            gone |= (uint8_t)(1u << bi);
+            finish(u, idx);
+        }
+        if (active_left) { /* (the pulses left are not all ended ones) */
             u->ends_known = later;
             u->next_end = first;
-            break;
         }
-        unit_pulse_t *p = &u->pending[bi];
-        p->executed[bc] = p->planned[bc];
-        p->active &= (uint16_t)~(1u << bc);
-        if (!p->active)
-            finish(u, (uint8_t)bi);
     }
     if (wd_on && reached(now, wd_deadline)) {
         uint32_t since_ms = (uint32_t)since(now, u->last_valid) / 1000u;
@@ -817,6 +1026,7 @@ void unit_inject_fault(unit_t *u, uint8_t kind, uint16_t arg, uint32_t now)
         break;
     case FAULT_RESET:
         close_all(u, now, NULL);
+        send_all_pending(u); /* on the wire before the board resets */
         if (u->cfg.reset) {
             u->cfg.reset(u->cfg.ctx); /* the board: never returns */
             return;
@@ -870,6 +1080,7 @@ static void on_fault_inject(unit_t *u, const proto_msg_t *m, uint32_t now)
 
 static void execute(unit_t *u, const proto_msg_t *m, uint32_t now)
 {
+    flush_idle(u); /* the pending pulses as they would be had the last FIRE reported them */
     u->c.fires_accepted++; /* a FIRE executed in ARMED: the only way a valve opens */
     const uint8_t *q = m->payload;
     uint8_t bank = q[MSG_FIRE_OFF_BANK];
@@ -997,7 +1208,10 @@ static void execute(unit_t *u, const proto_msg_t *m, uint32_t now)
         u->cfg.valves(u->cfg.ctx, unit_open_mask(u));
     if (has_held)
         report(u, &held);
-    finish_idle(u); /* the pulses this FIRE cut out, once the valves moved */
+    if (u->cfg.defer_tm)
+        u->idle_due = 1; /* the pulses this FIRE cut out: reported later, in this order */
+    else
+        finish_idle(u); /* the pulses this FIRE cut out, once the valves moved */
 }
 
 static void on_fire(unit_t *u, const proto_msg_t *m, uint32_t now)
@@ -1100,6 +1314,8 @@ static uint8_t is_cached(uint8_t id)
 
 static void command(unit_t *u, const proto_msg_t *m, uint32_t now)
 {
+    if (m->msg_id != MSG_STOP_ALL)
+        flush_idle(u); /* STOP_ALL: after the valves closed (close_all) */
     uint8_t cached = is_cached(m->msg_id);
     uint16_t pcrc = 0;
     if (cached) {
@@ -1111,6 +1327,7 @@ static void command(unit_t *u, const proto_msg_t *m, uint32_t now)
                     e->payload_crc == pcrc) {
                     u->c.retransmits_answered++;
                     if (e->reply_len) {
+                        flush_idle(u);
                         uint8_t pkt[UNIT_REPLY_MAX];
                         memcpy(pkt, e->reply, e->reply_len);
                         pkt[7] |= FLAG_RETRANSMIT;

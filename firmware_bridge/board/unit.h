@@ -83,6 +83,11 @@ typedef struct {
     unit_valves_fn valves;
     unit_time_fn pulse_start;
     unit_time_fn cut_time;
+    /* 1: TM frames are queued, their CRC and COBS left to unit_send_pending() (the board's
+     * main loop, one a pass when no received frame waits: issue 17, the pass bound). The frames,
+     * their order and every state the unit keeps are those of 0 (send at once: the host
+     * builds); only when they reach send() moves. */
+    uint8_t defer_tm;
 } unit_config_t;
 
 typedef struct {
@@ -106,6 +111,14 @@ typedef struct {
     uint8_t reply_len;   /* 0: the command had no reply */
     uint8_t reply[UNIT_REPLY_MAX];
 } unit_cache_entry_t;
+
+/* A TM frame waiting for unit_send_pending (defer_tm): its packet, the CRC still to seal
+ * unless ``sealed``, ``corrupt`` when FAULT_INJECT CORRUPT_TX chose it. */
+#define UNIT_TM_QUEUE 16
+typedef struct {
+    uint8_t len, sealed, corrupt;
+    uint8_t pkt[PACKET_OVERHEAD + MAX_PAYLOAD_LEN];
+} unit_tm_t;
 
 typedef struct {
     uint16_t rx_frames, crc_errors, cobs_errors, length_errors, header_errors,
@@ -156,6 +169,7 @@ typedef struct {
     uint8_t report[UNIT_MAX_BANKS][MSG_VALVE_REPORT_LEN];
     uint8_t n_pending;
     unit_pulse_t pending[UNIT_MAX_PENDING];
+    uint8_t idle_due;          /* defer_tm: pulses a FIRE cut out, reported at the next TM */
     uint8_t ends_known;        /* next_end: no pending channel ends before it (a lower bound) */
     uint32_t next_end;
     uint32_t last_step;
@@ -170,6 +184,9 @@ typedef struct {
     uint8_t has_bad_frame_event;
     uint32_t last_bad_frame_event;
     uint16_t bad_since_event;
+    /* TM frames queued (defer_tm): a ring, tmq_n of them from tmq_head */
+    uint8_t tmq_head, tmq_n;
+    unit_tm_t tmq[UNIT_TM_QUEUE];
     /* reply capture for the retransmission cache */
     uint8_t capturing;
     uint8_t captured_len;
@@ -208,6 +225,10 @@ void unit_reset(unit_t *u, uint32_t now_us, uint8_t cause);
  * dictionary's min_feed_kpa an ARMING/ARMED unit closes every valve and goes SAFE
  * (LOW_PRESSURE), and arming is refused while it stays below. */
 void unit_set_tank_kpa(unit_t *u, uint16_t kpa, uint32_t now_us);
+/* defer_tm: the TM frames queued (0: none); unit_send_pending() seals, COBS-encodes and
+ * send()s the oldest (returns 0 when none waited). */
+uint8_t unit_tm_waiting(const unit_t *u);
+uint8_t unit_send_pending(unit_t *u);
 /* Apply a fault (enum fault) as the bench would; FAULT_INJECT calls it. */
 void unit_inject_fault(unit_t *u, uint8_t kind, uint16_t arg, uint32_t now_us);
 
