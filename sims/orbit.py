@@ -322,13 +322,16 @@ def propagate(
 # --------------------------------------------------------------------------------------------
 # Coasting on scalars: propagate() without thrust, without the arrays
 # --------------------------------------------------------------------------------------------
-# The orbit evaluation after every burn (and every Monte-Carlo case) coasts about 11,000 RK4
-# steps. propagate() does that through 7-element stage buffers and array views, whose bookkeeping
-# costs more than the physics; these kernels keep the state in locals. They perform the same
-# floating-point operations in the same order as propagate(y0, dt_s, n, 1, 0, 0, 0, 0, ...), so
-# their states are bit-for-bit propagate()'s (tests/test_orbit.py and tests/test_speed_golden.py
-# check it): the mass stays exactly y0[6] (its derivative is -0.0) and a step's length is
-# (k + 1) dt_s - k dt_s, as propagate() measures it, not dt_s.
+# The orbit evaluation after every burn (and every Monte-Carlo case) coasts about 5,900 RK4
+# steps of ~2 s (11,700 of 1 s before issue 18's mc18b). propagate() does that through 7-element
+# stage buffers and array views, whose bookkeeping costs more than the physics; these kernels keep
+# the state in locals. They perform the same floating-point operations in the same order as
+# propagate(y0, dt_s, n, 1, 0, 0, 0, 0, ...), so their states are bit-for-bit propagate()'s
+# (tests/test_orbit.py and tests/test_speed_golden.py check it): the mass stays exactly y0[6] (its
+# derivative is -0.0) and a step's length is (k + 1) dt_s - k dt_s, as propagate() measures it,
+# not dt_s. The density lookups take each table segment's slope from log_density_slopes (the
+# same quotient density_kg_m3 divides out at every lookup, so the same bits, without a division
+# on the step's dependency chain).
 
 
 @inline_kernel
