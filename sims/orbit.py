@@ -322,8 +322,8 @@ def propagate(
 # --------------------------------------------------------------------------------------------
 # Coasting on scalars: propagate() without thrust, without the arrays
 # --------------------------------------------------------------------------------------------
-# The orbit evaluation after every burn (and every Monte-Carlo case) coasts about 5,900 RK4
-# steps of ~2 s (11,700 of 1 s before issue 18's mc18b). propagate() does that through 7-element
+# The orbit evaluation after every burn (and every Monte-Carlo case) coasts about 2,900 RK4
+# steps of ~4 s (11,700 of 1 s before issue 18's mc18b). propagate() does that through 7-element
 # stage buffers and array views, whose bookkeeping costs more than the physics; these kernels keep
 # the state in locals. They perform the same floating-point operations in the same order as
 # propagate(y0, dt_s, n, 1, 0, 0, 0, 0, ...), so their states are bit-for-bit propagate()'s

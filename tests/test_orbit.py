@@ -553,10 +553,10 @@ def _orbit_change_reference(y_start, y_end, elapsed_s, window_s, cd_area, table,
 
 @pytest.mark.parametrize("elapsed_s, dv", [(300.0, 0.5), (540.5, 1.0), (1200.0, 2.0)])
 def test_orbit_change_at_its_coast_step_matches_a_16x_finer_reference(elapsed_s, dv):
-    """The orbit evaluation after a burn (fused.orbit_change: RK4 at COAST_STEP_S = 2 s, the
+    """The orbit evaluation after a burn (fused.orbit_change: RK4 at COAST_STEP_S = 4 s, the
     mean-element window exactly one period) against the same evaluation at 0.125 s steps, for
     an along-track impulse of 0.5-2 m/s on the ISS orbit: the mean semi-major axis, perigee and
-    apogee changes (0.005-5.5 km) agree within 50 um (measured: at most 18 um; docs/montecarlo.md,
+    apogee changes (0.005-5.5 km) agree within 0.1 mm (measured: at most 56 um; docs/montecarlo.md,
     "The orbit evaluation's step"). The evaluation before issue 18's mc18b averaged over one
     step less than a period and was 4 mm to 0.17 m off this reference at 1 s steps."""
     from thruster_hil.sims.orbit import coast_to, period_s
@@ -586,4 +586,4 @@ def test_orbit_change_at_its_coast_step_matches_a_16x_finer_reference(elapsed_s,
     got = out[[fused.O_D_A, fused.O_D_PERIGEE, fused.O_D_APOGEE]]
     ref = _orbit_change_reference(y_start, y_end, elapsed_s, window_s, ISS_CD_AREA, table, 0.125)
     assert abs(got[0]) > 500.0 * dv  # a real raise, not two equal orbits
-    np.testing.assert_allclose(got, ref, rtol=0.0, atol=50e-6)
+    np.testing.assert_allclose(got, ref, rtol=0.0, atol=100e-6)

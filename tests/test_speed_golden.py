@@ -10,7 +10,7 @@ dual18) takes another pivot path, so dragon-boost-kit and cygnus moved in the la
 4e-12 relative) and progress, whose allocation LP has several optimal vertices, by up to 0.09 %
 of a case's propellant and 10 of ~415 cycles (the commit message gives the figures). And again
 for the orbit evaluation after a burn (issue 18, branch mc18b): its mean-element window now spans
-exactly one period in ~2 s steps (it was 1 s steps spanning one step less), so the three orbit
+exactly one period in ~4 s steps (it was 1 s steps spanning one step less), so the three orbit
 changes of every case and run moved by millimetres to centimetres (docs/montecarlo.md, "The orbit
 evaluation's step"); every other number is unchanged.
 Regenerate only when a change of numbers is intended and explained:

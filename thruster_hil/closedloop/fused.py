@@ -66,8 +66,8 @@ N_SUB = 5
 #: Step of the orbit-only propagations that measure the burn's effect [s]: the twin's coast over
 #: the burn takes steps of about this, the one-orbit mean-element window steps of exactly
 #: (period / round(period / COAST_STEP_S)), so that its samples span one period (docs/montecarlo.md,
-#: "The orbit evaluation's step": RK4's error at 2 s is micrometres).
-COAST_STEP_S = 2.0
+#: "The orbit evaluation's step": RK4's error at 4 s is tens of micrometres).
+COAST_STEP_S = 4.0
 
 # ---- plant thruster constants: pthr (PT_LEN, n), one row per quantity ------------------------
 PLANT_THRUSTERS = Layout(
