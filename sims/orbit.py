@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from thruster_hil.sims.atmosphere import density_kg_m3
+from thruster_hil.sims.atmosphere import density_kg_m3, density_sloped_kg_m3, log_density_slopes
 
 from thruster_hil.core.constants import F_EARTH, J2_EARTH, MU_EARTH, OMEGA_EARTH, R_EARTH
 from thruster_hil.core.frames import dcm_HN, lvlh_axes  # noqa: F401  (re-exported)
@@ -62,6 +62,31 @@ def _gravity_drag_xyz(
     rx, ry, rz, vx, vy, vz, mass_kg, cd_area_m2, j2_on, table_alt_m, table_log_rho
 ):
     """Gravity (+J2) and drag for scalar inputs: (ax, ay, az) [m/s^2]."""
+    return _accel_xyz(
+        rx, ry, rz, vx, vy, vz, mass_kg, cd_area_m2, j2_on, table_alt_m, table_log_rho,
+        table_log_rho, False,
+    )  # fmt: skip
+
+
+@inline_kernel
+def _gravity_drag_sloped_xyz(
+    rx, ry, rz, vx, vy, vz, mass_kg, cd_area_m2, j2_on, table_alt_m, table_log_rho, table_slope
+):
+    """:func:`_gravity_drag_xyz` with the density table's slopes precomputed
+    (:func:`thruster_hil.sims.atmosphere.log_density_slopes`): the same result, bit for bit."""
+    return _accel_xyz(
+        rx, ry, rz, vx, vy, vz, mass_kg, cd_area_m2, j2_on, table_alt_m, table_log_rho,
+        table_slope, True,
+    )  # fmt: skip
+
+
+@inline_kernel
+def _accel_xyz(
+    rx, ry, rz, vx, vy, vz, mass_kg, cd_area_m2, j2_on, table_alt_m, table_log_rho, table_slope,
+    sloped,
+):  # fmt: skip
+    """The body of the two above; ``sloped`` is a constant in each, so the branch on it is
+    compiled away."""
     r2 = rx * rx + ry * ry + rz * rz
     r = math.sqrt(r2)
     k = -MU_EARTH / (r2 * r)
@@ -83,7 +108,11 @@ def _gravity_drag_xyz(
         vrel = math.sqrt(wx * wx + wy * wy + wz * wz)
         # Height above the ellipsoid, first order in the flattening: the table is geodetic.
         sin2 = rz * rz / r2
-        rho = density_kg_m3(r - R_EARTH * (1.0 - F_EARTH * sin2), table_alt_m, table_log_rho)
+        h = r - R_EARTH * (1.0 - F_EARTH * sin2)
+        if sloped:
+            rho = density_sloped_kg_m3(h, table_alt_m, table_log_rho, table_slope)
+        else:
+            rho = density_kg_m3(h, table_alt_m, table_log_rho)
         d = -0.5 * rho * cd_area_m2 / mass_kg * vrel
         ax += d * wx
         ay += d * wy
@@ -293,22 +322,27 @@ def propagate(
 # --------------------------------------------------------------------------------------------
 # Coasting on scalars: propagate() without thrust, without the arrays
 # --------------------------------------------------------------------------------------------
-# The orbit evaluation after every burn (and every Monte-Carlo case) coasts about 11,000 RK4
-# steps. propagate() does that through 7-element stage buffers and array views, whose bookkeeping
-# costs more than the physics; these kernels keep the state in locals. They perform the same
-# floating-point operations in the same order as propagate(y0, dt_s, n, 1, 0, 0, 0, 0, ...), so
-# their states are bit-for-bit propagate()'s (tests/test_orbit.py and tests/test_speed_golden.py
-# check it): the mass stays exactly y0[6] (its derivative is -0.0) and a step's length is
-# (k + 1) dt_s - k dt_s, as propagate() measures it, not dt_s.
+# The orbit evaluation after every burn (and every Monte-Carlo case) coasts about 2,900 RK4
+# steps of ~4 s (11,700 of 1 s before issue 18's mc18b). propagate() does that through 7-element
+# stage buffers and array views, whose bookkeeping costs more than the physics; these kernels keep
+# the state in locals. They perform the same floating-point operations in the same order as
+# propagate(y0, dt_s, n, 1, 0, 0, 0, 0, ...), so their states are bit-for-bit propagate()'s
+# (tests/test_orbit.py and tests/test_speed_golden.py check it): the mass stays exactly y0[6] (its
+# derivative is -0.0) and a step's length is (k + 1) dt_s - k dt_s, as propagate() measures it,
+# not dt_s. The density lookups take each table segment's slope from log_density_slopes (the
+# same quotient density_kg_m3 divides out at every lookup, so the same bits, without a division
+# on the step's dependency chain).
 
 
 @inline_kernel
-def coast_step(rx, ry, rz, vx, vy, vz, m, h_s, cd_area_m2, j2_on, table_alt_m, table_log_rho):
+def coast_step(
+    rx, ry, rz, vx, vy, vz, m, h_s, cd_area_m2, j2_on, table_alt_m, table_log_rho, table_slope
+):
     """One RK4 coast step of h_s [s] (gravity, J2, drag; mass m [kg] constant): the new
     (rx, ry, rz, vx, vy, vz) [m, m/s] in N, exactly as :func:`rk4_step` with zero thrust."""
     hh = 0.5 * h_s
-    a1x, a1y, a1z = _gravity_drag_xyz(
-        rx, ry, rz, vx, vy, vz, m, cd_area_m2, j2_on, table_alt_m, table_log_rho
+    a1x, a1y, a1z = _gravity_drag_sloped_xyz(
+        rx, ry, rz, vx, vy, vz, m, cd_area_m2, j2_on, table_alt_m, table_log_rho, table_slope
     )
     # stage 2 from y + h/2 k1 (k1's position part is v)
     sx = rx + hh * vx
@@ -317,8 +351,8 @@ def coast_step(rx, ry, rz, vx, vy, vz, m, h_s, cd_area_m2, j2_on, table_alt_m, t
     ux = vx + hh * a1x
     uy = vy + hh * a1y
     uz = vz + hh * a1z
-    a2x, a2y, a2z = _gravity_drag_xyz(
-        sx, sy, sz, ux, uy, uz, m, cd_area_m2, j2_on, table_alt_m, table_log_rho
+    a2x, a2y, a2z = _gravity_drag_sloped_xyz(
+        sx, sy, sz, ux, uy, uz, m, cd_area_m2, j2_on, table_alt_m, table_log_rho, table_slope
     )
     # stage 3 from y + h/2 k2
     sx = rx + hh * ux
@@ -327,8 +361,8 @@ def coast_step(rx, ry, rz, vx, vy, vz, m, h_s, cd_area_m2, j2_on, table_alt_m, t
     wx = vx + hh * a2x
     wy = vy + hh * a2y
     wz = vz + hh * a2z
-    a3x, a3y, a3z = _gravity_drag_xyz(
-        sx, sy, sz, wx, wy, wz, m, cd_area_m2, j2_on, table_alt_m, table_log_rho
+    a3x, a3y, a3z = _gravity_drag_sloped_xyz(
+        sx, sy, sz, wx, wy, wz, m, cd_area_m2, j2_on, table_alt_m, table_log_rho, table_slope
     )
     # stage 4 from y + h k3
     sx = rx + h_s * wx
@@ -337,8 +371,8 @@ def coast_step(rx, ry, rz, vx, vy, vz, m, h_s, cd_area_m2, j2_on, table_alt_m, t
     px = vx + h_s * a3x
     py = vy + h_s * a3y
     pz = vz + h_s * a3z
-    a4x, a4y, a4z = _gravity_drag_xyz(
-        sx, sy, sz, px, py, pz, m, cd_area_m2, j2_on, table_alt_m, table_log_rho
+    a4x, a4y, a4z = _gravity_drag_sloped_xyz(
+        sx, sy, sz, px, py, pz, m, cd_area_m2, j2_on, table_alt_m, table_log_rho, table_slope
     )
     sixth = h_s / 6.0
     return (
@@ -371,14 +405,19 @@ def coast_step_pair(
     cd_area_m2,
     table_alt_m,
     table_log_rho,
+    table_slope,
 ):
     """:func:`coast_step` (J2 on) of two independent states: the new (r, v) of the first
     (m [kg]) then of the second (mq [kg]), each exactly what :func:`coast_step` gives it alone
     (it is that kernel, twice). Both are inlined into the caller's loop body, so the compiler
     may overlap the two independent chains of square roots, divisions and density exponentials;
     the orbit evaluation after a burn coasts the burned state and its no-burn twin this way."""
-    a = coast_step(rx, ry, rz, vx, vy, vz, m, h_s, cd_area_m2, 1.0, table_alt_m, table_log_rho)
-    b = coast_step(qx, qy, qz, ux, uy, uz, mq, h_s, cd_area_m2, 1.0, table_alt_m, table_log_rho)
+    a = coast_step(
+        rx, ry, rz, vx, vy, vz, m, h_s, cd_area_m2, 1.0, table_alt_m, table_log_rho, table_slope
+    )
+    b = coast_step(
+        qx, qy, qz, ux, uy, uz, mq, h_s, cd_area_m2, 1.0, table_alt_m, table_log_rho, table_slope
+    )
     return a[0], a[1], a[2], a[3], a[4], a[5], b[0], b[1], b[2], b[3], b[4], b[5]
 
 
@@ -399,9 +438,11 @@ def finite_state(rx, ry, rz, vx, vy, vz, m):
 def coast_to(y0, dt_s, n_steps, cd_area_m2, j2_on, table_alt_m, table_log_rho, out_y):
     """The state after n_steps coast steps of dt_s [s] from y0 (7,) into out_y (7,): what
     ``propagate(y0, dt_s, n_steps, 1, 0.0, 0.0, zeros, 0.0, ...)`` leaves in its last row, with
-    its status (STATUS_NONFINITE: out_y is NaN). No arrays are made."""
+    its status (STATUS_NONFINITE: out_y is NaN). The only array made is the density table's
+    slopes (:func:`thruster_hil.sims.atmosphere.log_density_slopes`)."""
     if not (dt_s > 0.0) or n_steps < 0:
         return STATUS_BAD_ARGS
+    slope = log_density_slopes(table_alt_m, table_log_rho)
     rx, ry, rz, vx, vy, vz, m = y0[0], y0[1], y0[2], y0[3], y0[4], y0[5], y0[6]
     status = STATUS_OK
     for k in range(n_steps):
@@ -409,8 +450,9 @@ def coast_to(y0, dt_s, n_steps, cd_area_m2, j2_on, table_alt_m, table_log_rho, o
         t1 = (k + 1) * dt_s
         if t0 < t1:
             rx, ry, rz, vx, vy, vz = coast_step(
-                rx, ry, rz, vx, vy, vz, m, t1 - t0, cd_area_m2, j2_on, table_alt_m, table_log_rho
-            )
+                rx, ry, rz, vx, vy, vz, m, t1 - t0, cd_area_m2, j2_on, table_alt_m, table_log_rho,
+                slope,
+            )  # fmt: skip
         if not finite_state(rx, ry, rz, vx, vy, vz, m):
             # propagate() overwrites the first non-finite row and every later one with NaN
             status = STATUS_NONFINITE

@@ -251,3 +251,24 @@ def test_segment_near_finds_the_binary_searchs_segment(x, uneven):
     if uneven:
         nodes = nodes + 4e3 * np.sin(np.arange(nodes.size)) ** 2
     assert _segment_near(x, nodes) == _segment(x, nodes)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    alt_m=st.one_of(
+        st.floats(-1e5, 2e6, allow_nan=False),
+        st.sampled_from([100e3, 110e3, 400e3, 1000e3, math.nan]),
+    ),
+    act=st.sampled_from(["low", "moderate", "high"]),
+)
+def test_density_with_precomputed_slopes_is_the_same_number(alt_m, act):
+    """The orbit's coast kernels look the density up with each segment's slope made once
+    (log_density_slopes): bit for bit density_kg_m3, below, inside, on and above the table."""
+    from thruster_hil.sims.atmosphere import density_sloped_kg_m3, log_density_slopes
+
+    alt, lr = density_table(act)
+    slope = log_density_slopes(alt, lr)
+    assert slope.shape == (alt.size - 1,)
+    got = density_sloped_kg_m3(alt_m, alt, lr, slope)
+    ref = density_kg_m3(alt_m, alt, lr)
+    assert np.float64(got).tobytes() == np.float64(ref).tobytes()

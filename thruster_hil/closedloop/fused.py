@@ -40,6 +40,7 @@ from thruster_hil.core.constants import MU_EARTH, R_EARTH
 from thruster_hil.core.frames import dcm_entries
 from thruster_hil.core.jit import inline_kernel, kernel
 from thruster_hil.core.layout import Layout
+from thruster_hil.sims.atmosphere import log_density_slopes
 from thruster_hil.sims.orbit import (
     STATUS_BAD_ARGS,
     STATUS_NONFINITE,
@@ -62,8 +63,11 @@ from thruster_hil.sims.thrusters import (
 
 #: RK4 sub-steps per control cycle (0.1 s at the 0.5 s control period).
 N_SUB = 5
-#: Step of the orbit-only propagations that measure the burn's effect [s].
-COAST_STEP_S = 1.0
+#: Step of the orbit-only propagations that measure the burn's effect [s]: the twin's coast over
+#: the burn takes steps of about this, the one-orbit mean-element window steps of exactly
+#: (period / round(period / COAST_STEP_S)), so that its samples span one period (docs/montecarlo.md,
+#: "The orbit evaluation's step": RK4's error at 4 s is tens of micrometres).
+COAST_STEP_S = 4.0
 
 # ---- plant thruster constants: pthr (PT_LEN, n), one row per quantity ------------------------
 PLANT_THRUSTERS = Layout(
@@ -681,6 +685,7 @@ def coast_mean_apsides(y0, dt_s, n, cd_area_m2, table):
     they are made; the last step is taken only for propagate()'s status)."""
     if not (dt_s > 0.0) or n < 0:
         return STATUS_BAD_ARGS, math.nan, math.nan, math.nan
+    slope = log_density_slopes(table[0], table[1])
     rx, ry, rz, vx, vy, vz, m = y0[0], y0[1], y0[2], y0[3], y0[4], y0[5], y0[6]
     status = STATUS_OK
     wsum = 0.0
@@ -694,7 +699,7 @@ def coast_mean_apsides(y0, dt_s, n, cd_area_m2, table):
             t1 = i * dt_s
             if t0 < t1:
                 rx, ry, rz, vx, vy, vz = coast_step(
-                    rx, ry, rz, vx, vy, vz, m, t1 - t0, cd_area_m2, 1.0, table[0], table[1]
+                    rx, ry, rz, vx, vy, vz, m, t1 - t0, cd_area_m2, 1.0, table[0], table[1], slope
                 )
             if not finite_state(rx, ry, rz, vx, vy, vz, m):
                 status = STATUS_NONFINITE  # this row and every later one are NaN
@@ -722,6 +727,7 @@ def coast_mean_apsides_pair(yb, yc, dt_s, n, cd_area_m2, table):
     qx, qy, qz, ux, uy, uz, mq = yc[0], yc[1], yc[2], yc[3], yc[4], yc[5], yc[6]
     tab_h = table[0]
     tab_lr = table[1]
+    tab_sl = log_density_slopes(tab_h, tab_lr)
     sb = STATUS_OK
     sc = STATUS_OK
     wsum = 0.0
@@ -742,15 +748,15 @@ def coast_mean_apsides_pair(yb, yc, dt_s, n, cd_area_m2, table):
                 if sb == STATUS_OK and sc == STATUS_OK:
                     rx, ry, rz, vx, vy, vz, qx, qy, qz, ux, uy, uz = coast_step_pair(
                         rx, ry, rz, vx, vy, vz, m, qx, qy, qz, ux, uy, uz, mq, h, cd_area_m2,
-                        tab_h, tab_lr,
+                        tab_h, tab_lr, tab_sl,
                     )  # fmt: skip
                 elif sb == STATUS_OK:
                     rx, ry, rz, vx, vy, vz = coast_step(
-                        rx, ry, rz, vx, vy, vz, m, h, cd_area_m2, 1.0, tab_h, tab_lr
+                        rx, ry, rz, vx, vy, vz, m, h, cd_area_m2, 1.0, tab_h, tab_lr, tab_sl
                     )
                 else:
                     qx, qy, qz, ux, uy, uz = coast_step(
-                        qx, qy, qz, ux, uy, uz, mq, h, cd_area_m2, 1.0, tab_h, tab_lr
+                        qx, qy, qz, ux, uy, uz, mq, h, cd_area_m2, 1.0, tab_h, tab_lr, tab_sl
                     )
             if sb == STATUS_OK and not finite_state(rx, ry, rz, vx, vy, vz, m):
                 sb = STATUS_NONFINITE  # this row and every later one are NaN
@@ -769,14 +775,15 @@ def coast_mean_apsides_pair(yb, yc, dt_s, n, cd_area_m2, table):
 
 
 @kernel
-def orbit_change(y_start, y_end, elapsed_s, n_window, cd_area_m2, table, out):
+def orbit_change(y_start, y_end, elapsed_s, window_s, cd_area_m2, table, out):
     """What the burn did to the orbit: the no-burn twin of ``y_start`` is propagated over the same
     ``elapsed_s`` (steps of about COAST_STEP_S), then the burned and the twin state are each
-    propagated over ``n_window`` steps of COAST_STEP_S (one orbit) and their mean elements
-    (:func:`mean_apsides`) differenced. Two-body + J2 + drag, RK4 (the scalar coast kernels
-    :func:`thruster_hil.sims.orbit.coast_to` and :func:`coast_mean_apsides`, bit for bit
-    :func:`thruster_hil.sims.orbit.propagate`). Writes out[O_D_A], out[O_D_PERIGEE],
-    out[O_D_APOGEE] [m] and out[O_ORBIT_STATUS]."""
+    propagated over ``window_s`` [s] (one orbital period) in n = round(window_s / COAST_STEP_S)
+    equal steps and their mean elements (:func:`mean_apsides` over the n + 1 states from 0 to
+    window_s, so the trapezoid spans exactly the window) differenced. Two-body + J2 + drag, RK4
+    (the scalar coast kernels :func:`thruster_hil.sims.orbit.coast_to` and
+    :func:`coast_mean_apsides`, bit for bit :func:`thruster_hil.sims.orbit.propagate`). Writes
+    out[O_D_A], out[O_D_PERIGEE], out[O_D_APOGEE] [m] and out[O_ORBIT_STATUS]."""
     n_coast = round_half_even(elapsed_s / COAST_STEP_S)
     if n_coast < 1:
         n_coast = 1
@@ -789,8 +796,13 @@ def orbit_change(y_start, y_end, elapsed_s, n_window, cd_area_m2, table, out):
     for i in range(6):
         y7[i] = y_end[i]
     y7[6] = y_end[M]
+    n_window = round_half_even(window_s / COAST_STEP_S)
+    if n_window < 1:
+        n_window = 1
+    # n_window + 1 rows (the states at 0, h, ..., window_s); the kernel's one step beyond them
+    # only sets the status.
     (s_b, a_b, rp_b, ra_b), (s_c, a_c, rp_c, ra_c) = coast_mean_apsides_pair(
-        y7, twin, COAST_STEP_S, n_window, cd_area_m2, table
+        y7, twin, window_s / n_window, n_window + 1, cd_area_m2, table
     )
     status = max(status, s_b)
     status = max(status, s_c)
@@ -801,7 +813,7 @@ def orbit_change(y_start, y_end, elapsed_s, n_window, cd_area_m2, table, out):
 
 
 @kernel
-def finish(cycles, y_start, y, sensed, pscal, acc, ctrl, n_window, table, out):
+def finish(cycles, y_start, y, sensed, pscal, acc, ctrl, window_s, table, out):
     """The burn's numbers after ``cycles`` cycles into ``out`` (OUT_LEN): the last cycle's
     accelerometer increment (the tail) still belongs to the burn."""
     xb = ctrl[cst.C_XH_B : cst.C_XH_B + 3]
@@ -810,7 +822,7 @@ def finish(cycles, y_start, y, sensed, pscal, acc, ctrl, n_window, table, out):
     xt = acc[A_XB : A_XB + 3]
     out[O_TRUE_DV] = acc[A_TRUE_DV] + (sensed[0] * xt[0] + sensed[1] * xt[1] + sensed[2] * xt[2])
     out[O_PROPELLANT] = y_start[M] - y[M]
-    orbit_change(y_start, y, cycles * pscal[PS_PERIOD], n_window, pscal[PS_CD_AREA], table, out)
+    orbit_change(y_start, y, cycles * pscal[PS_PERIOD], window_s, pscal[PS_CD_AREA], table, out)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -852,7 +864,7 @@ class BurnSetup:
     period_s: float
     period_ms: int
     max_cycles: int
-    n_window: int  # steps of COAST_STEP_S in one orbit (the mean-element window)
+    window_s: float  # the mean-element window: one period of the ignition orbit [s]
     y0: np.ndarray  # nominal ignition state (PLANT_STATE_LEN)
     pscal: np.ndarray
     pthr: np.ndarray
@@ -924,7 +936,7 @@ def setup_burn(model, plan: dict) -> BurnSetup:
         period_s=period,
         period_ms=int(round(period * 1000)),
         max_cycles=int(math.ceil(OVERRUN_FACTOR * plan["burn_duration_s"] / period)) + 40,
-        n_window=int(round(orbit.period_s(a0, mu) / COAST_STEP_S)),
+        window_s=orbit.period_s(a0, mu),
         y0=y0,
         pscal=pscal,
         pthr=pthr,
@@ -1139,7 +1151,7 @@ class Sim:
             self.pscal,
             self.acc,
             self.ctrl.ctrl,
-            self.setup.n_window,
+            self.setup.window_s,
             self.setup.table,
             out,
         )
