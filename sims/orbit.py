@@ -695,15 +695,21 @@ def mean_change(
     (two-body + J2 + drag, the same epoch) over the next orbit and difference them.
 
     ``y_burn``/``y_coast`` are 7-states [r, v, m]; returns d_a_m, d_perigee_m, d_apogee_m [m].
+    The window is exactly ``period_s``, in n = round(period_s / step_s) equal steps, and the
+    average takes all n + 1 states from 0 to period_s (mean_apsides: first and last sample one
+    period apart). It once took the first n states of n steps of exactly step_s, a window up to
+    1.5 steps short of the period, which cost cm in the mean apsides (docs/montecarlo.md, "The
+    orbit evaluation's step": the same defect in the Monte-Carlo's orbit_change).
     """
-    n_window = int(round(period_s / step_s))
+    n_window = max(1, int(round(period_s / step_s)))
+    h = period_s / n_window
     alt, log_rho = table
     out = np.empty((n_window + 1, 7))
     means = []
     for y in (y_burn, y_coast):
         propagate(
             np.ascontiguousarray(y[:7], dtype=np.float64),
-            step_s,
+            h,
             n_window,
             1,
             0.0,
@@ -716,6 +722,6 @@ def mean_change(
             log_rho,
             out,
         )
-        means.append(mean_apsides(out[:n_window], step_s, MU_EARTH))
+        means.append(mean_apsides(out, h, MU_EARTH))
     (a_b, rp_b, ra_b), (a_c, rp_c, ra_c) = means
     return {"d_a_m": a_b - a_c, "d_perigee_m": rp_b - rp_c, "d_apogee_m": ra_b - ra_c}
