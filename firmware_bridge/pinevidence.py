@@ -61,6 +61,7 @@ __all__ = [
     "judge_pulse_widths",
     "judge_only_accepted_fires",
     "judge_closed_after",
+    "uart_log_chunks",
     "judge_reset_low",
     "judge_open_mask",
 ]
@@ -384,6 +385,38 @@ def parse_uart_log(text: str) -> list[tuple[int, int]]:
             ) from None
         if parts[1] == "rx":
             out.append((cycle, byte))
+    return out
+
+
+def uart_log_chunks(text: str) -> list[tuple[str, int, bytes]]:
+    """The harness's --uart-log as :meth:`WireRecord.from_chunks` takes a host's capture, seen
+    from the unit's pins: what it received as "tx" (host to unit, whoever wrote it: the host or
+    a proxy), what it sent as "rx", each run of bytes one chunk stamped with its first byte's
+    time (ns of simulated time). For a row with no host capture of its own to judge against
+    (the campaign's, where a proxy sits between the host and the unit, or the host is killed)."""
+    out: list[tuple[str, int, bytes]] = []
+    buf = bytearray()
+    cur: str | None = None
+    t0 = 0
+    for n, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        try:
+            if len(parts) != 3 or parts[1] not in ("rx", "tx"):
+                raise ValueError
+            cycle, byte = int(parts[0]), int(parts[2], 16)
+        except ValueError:
+            raise ValueError(
+                f"uart log line {n}: expected '<cycle> rx|tx <hex>', got {line!r}"
+            ) from None
+        direction = "tx" if parts[1] == "rx" else "rx"
+        if direction != cur:
+            if buf:
+                out.append((cur, t0, bytes(buf)))
+            buf = bytearray()
+            cur, t0 = direction, cycle * 1000 // CYCLES_PER_US
+        buf.append(byte)
+    if buf:
+        out.append((cur, t0, bytes(buf)))
     return out
 
 

@@ -25,6 +25,7 @@ from thruster_hil.firmware_bridge.pinevidence import (
     last_valid_frame,
     parse_uart_log,
     reset_cycles,
+    uart_log_chunks,
     valve_pulses,
 )
 from thruster_hil.firmware_bridge.vcd import parse_vcd
@@ -288,3 +289,38 @@ def test_frame_arrivals_match_the_hosts_frames_to_what_the_unit_heard():
     arr = frame_arrivals(rec, rx)
     assert set(arr) == {0, 2}
     assert arr[2] == 1000 + rec.sent[2].end - 1
+
+
+def _as_uart_log(chunks) -> str:
+    """The bench's wire as the simavr harness logs it: a byte a line, "rx" what the unit
+    received (the host's "tx"), with cycles that only grow."""
+    lines, cycle = [], 0
+    for direction, _t, data in chunks:
+        for b in data:
+            cycle += 10
+            lines.append(f"{cycle} {'rx' if direction == 'tx' else 'tx'} {b:02x}")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_units_own_byte_log_gives_the_record_a_host_capture_gives():
+    """campaign._simavr_pins judges REQ 2d on the unit's UART log (no host capture there): it
+    must read the same FIREs, reports and boots, and the same verdict, as the host's chunks."""
+    b = FakeBench()
+    b.fire(1, 10_000, {0: 5, 3: 2})
+    b.fire(2, 110_000, {1: 7}, bank=1)
+    trace, pulses, rec, resets = b.evidence()
+    log = _as_uart_log(b.chunks)
+    again = WireRecord.from_chunks(uart_log_chunks(log))
+    assert again.fires == rec.fires
+    assert again.boots == rec.boots
+    assert [s_.msg for s_ in again.sent] == [s_.msg for s_ in rec.sent]
+    assert again.tx_bytes == rec.tx_bytes
+    ok = judge_only_accepted_fires(pulses, again, resets)
+    assert ok.ok and ok.numbers["pulses"] == 3
+    # a pulse nobody commanded is still caught through the log
+    b.pin(9, b.cyc(50_000), b.cyc(52_000))
+    _, pulses, _, resets = b.evidence()
+    bad = judge_only_accepted_fires(pulses, again, resets)
+    assert not bad.ok and bad.numbers["unexplained"] == 1
+    with pytest.raises(ValueError, match="line 2"):
+        uart_log_chunks("10 rx 05\nnonsense\n")

@@ -463,6 +463,10 @@ def test_the_campaigns_firmware_timing_rows_pass_on_simavr_pins(tmp_path):
     # HEARTBEAT late in a long pulse), so only the bound, judged by the row, is asserted.
     assert pins["S02"]["pins_high_at_t0"] > 0
     # the reset and the pressure loss come mid-pulse: there are valves for the unit to close
+    # REQ 2d over the campaign: every row's pins were judged against the FIREs the unit heard
+    for row in pins:
+        assert pins[row]["pulses"] > 0 and pins[row]["accepted_fires"] > 0
+        assert pins[row]["pulses_unexplained"] == 0 == pins[row]["fired_channels_never_high"]
     for row in ("S03", "S04"):
         assert pins[row]["bound_cycles"] == STOP_ALL_BOUND_US * pe.CYCLES_PER_US
         assert pins[row]["pins_high_at_t0"] > 0

@@ -1351,7 +1351,8 @@ def _simavr_pins(row: Row, out: Path):
     """The row on the pins, in simulated time (issue 17): from the last byte of the frame the
     unit acted on (the last FIRE or HEARTBEAT it heard for a lost link or a killed host; the
     FAULT_INJECT for a reset or a pressure loss) to every valve pin low, with nothing rising
-    after. The bounds are the bare requirements, not widened by any measured pass time:
+    after; and over the whole row, no pin high outside an accepted FIRE (REQ 2d). The bounds
+    are the bare requirements, not widened by any measured pass time:
     watchdog + 1 tick for the link (the unit counts its watchdog from the RX interrupt's stamp
     of the frame's delimiter and its tick interrupt closes the valves at that tick edge, main.c
     "Pin timing"), and STOP_ALL's stated latency for a fault, which the unit handles as it does
@@ -1363,7 +1364,8 @@ def _simavr_pins(row: Row, out: Path):
     stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
     trace = read_vcd(out / "pins.vcd")
     pulses = pe.valve_pulses(trace)
-    heard = pe.frames_received(pe.parse_uart_log((out / "uart.log").read_text(encoding="ascii")))
+    log = (out / "uart.log").read_text(encoding="ascii")
+    heard = pe.frames_received(pe.parse_uart_log(log))
     if row.onset == "link":
         names = ("FIRE", "HEARTBEAT")
         bound = (LIMITS["watchdog_ms_default"] + 1) * pe.TICK_CYCLES
@@ -1380,8 +1382,20 @@ def _simavr_pins(row: Row, out: Path):
     since = f"the last {'/'.join(names)}'s last byte"
     v = pe.judge_closed_after("pins", pulses, t0, bound, since, t0 + pe.RISE_TOL_CYCLES)
     v.numbers["main_loop_pass_max_cycles"] = stats["main_loop"]["pass_max_cycles"]
-    v.numbers["resets"] = len(pe.reset_cycles(trace))
-    return v
+    resets = pe.reset_cycles(trace)
+    v.numbers["resets"] = len(resets)
+    # REQ 2d over the campaign: no pin high outside an accepted FIRE, from the whole row's pins
+    # against what the unit itself heard and reported (its UART, both ways)
+    rec = pe.WireRecord.from_chunks(pe.uart_log_chunks(log))
+    arrivals = pe.frame_arrivals(rec, pe.parse_uart_log(log))
+    fires = pe.judge_only_accepted_fires(
+        pulses, rec, resets, unreported=pe.unreported_fires(rec, arrivals)
+    )
+    v.numbers["accepted_fires"] = fires.numbers["fires"]
+    v.numbers["pulses"] = fires.numbers["pulses"]
+    v.numbers["pulses_unexplained"] = fires.numbers["unexplained"]
+    v.numbers["fired_channels_never_high"] = fires.numbers["missing"]
+    return pe.Verdict("pins", v.ok and fires.ok, v.numbers, v.problems + fires.problems)
 
 
 def _wire_late_ms(wire: list[dict]) -> float | None:
