@@ -56,6 +56,15 @@ LP_BAD_START = 3
 # leaves any other value as it is; so the kernels skip the terms whose factor is an exact zero
 # (a basic variable of no cost, a zero of the entering column) and every bit is the full sum's.
 # (The factors they multiply, Binv's entries, are finite: its pivots are at least 1e-12.)
+#
+# Unit columns (issue 18). The error and slack columns fill_lp_columns makes have one non-zero,
+# +1 or -1. A reduced cost d_j = c_j - sum_k pi_k E_kj is then c_j - (+-pi_r) to the bit: it
+# starts at c_j, which is never -0.0 (an error cost is positive, a slack's cost +0.0), and a
+# value that is not -0.0 stays as it is when a zero of either sign is subtracted (+0.0 - +0.0
+# and +0.0 - -0.0 are +0.0), so the other rows' zero terms change nothing; its scale
+# |c_j| + sum_k |pi_k E_kj| likewise. A row of Binv N at such a column is 0.0 + (+-Binv[i, r]).
+# The kernels take ``n_unit``, the first such column (n_cols when none is known, as for
+# solve_lp), and ``n_eq`` (their layout), and price those columns with that one term.
 
 #: Rows of ``work`` (each at least n_rows long) :func:`solve_lp` needs.
 LP_WORK = Layout(
@@ -161,10 +170,21 @@ def solve_lp(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_i
     (LP_WORK_ROWS, >= n_rows) scratch. On return ``x``/``state``/``basis`` hold the optimal
     basic solution, every ``x`` within its bounds. Returns (status, iterations).
     """
+    return _solve_lp(
+        E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter, n_cols, 0
+    )
+
+
+@kernel
+def _solve_lp(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter, n_unit, n_eq):
+    """:func:`solve_lp`, the columns from ``n_unit`` on :func:`fill_lp_columns`' unit columns
+    for ``n_eq`` soft rows (see "Unit columns"; ``n_unit = n_cols``: none)."""
     _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, work[W_TMP])
     if not _basics_feasible(b, lb, ub, x, basis, n_rows):
         return LP_BAD_START, 0
-    return _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter)
+    return _simplex(
+        E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter, n_unit, n_eq
+    )
 
 
 @kernel
@@ -203,10 +223,23 @@ def _reduced_cost(E, c, pi, j, n_rows):
     return d, COST_TOL * scale + 1e-300
 
 
+@inline_kernel
+def _unit_column(j, n_unit, n_eq):
+    """Row and sign of the lone non-zero (+1 or -1) of column ``j >= n_unit`` in the layout
+    :func:`fill_lp_columns` gives the columns after ``n_unit`` actuators: the errors e+, e- of
+    each of the ``n_eq`` soft rows, then one slack per "<=" row."""
+    k = j - n_unit
+    if k < 2 * n_eq:
+        return k >> 1, 1.0 - 2.0 * (k & 1)
+    return k - n_eq, 1.0
+
+
 @kernel
-def _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter):
+def _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter, n_unit, n_eq):
     """:func:`solve_lp` from a feasible basis whose basic values are already in ``x``, and
-    ``work[W_TMP]`` the right-hand side b - N x_N they were computed from."""
+    ``work[W_TMP]`` the right-hand side b - N x_N they were computed from. Columns from
+    ``n_unit`` on are :func:`fill_lp_columns`' unit columns for ``n_eq`` soft rows (see "Unit
+    columns"; ``n_unit = n_cols``: none)."""
     pi = work[W_PI]
     alpha = work[W_ALPHA]
     tmp = work[W_TMP]
@@ -224,7 +257,15 @@ def _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_i
             st = state[j]
             if st == BASIC or lb[j] >= ub[j]:
                 continue
-            d, tol = _reduced_cost(E, c, pi, j, n_rows)
+            if j >= n_unit:
+                # One term (see "Unit columns"), written out here: an inlined kernel taking
+                # the arrays would add reference counting to every column.
+                r, sign = _unit_column(j, n_unit, n_eq)
+                t = pi[r] * sign
+                d = c[j] - t
+                tol = COST_TOL * (abs(c[j]) + abs(t)) + 1e-300
+            else:
+                d, tol = _reduced_cost(E, c, pi, j, n_rows)
             if st == AT_LOWER and d < -tol:
                 score = -d
                 direction = 1
@@ -410,21 +451,29 @@ def _warm_basis(E, b, lb, ub, n_rows, n_cols, x, state, basis, Binv, work):
 
 
 @kernel
-def _reduced_costs(E, c, lb, ub, n_rows, n_cols, state, basis, Binv, pi, d, dtol):
+def _reduced_costs(E, c, lb, ub, n_rows, n_cols, state, basis, Binv, pi, d, dtol, n_unit, n_eq):
     """pi = c_B' Binv and, for every non-basic column that is not fixed, its reduced cost
-    d_j = c_j - pi E_j and the tolerance on it (as :func:`_simplex` prices them). Basic and
-    fixed columns get d = dtol = 0."""
+    d_j = c_j - pi E_j and the tolerance on it (as :func:`_simplex` prices them; ``n_unit``
+    and ``n_eq`` as there). Basic and fixed columns get d = dtol = 0."""
     _duals(c, basis, Binv, n_rows, pi)
     for j in range(n_cols):
         if state[j] == BASIC or lb[j] >= ub[j]:
             d[j] = 0.0
             dtol[j] = 0.0
             continue
-        d[j], dtol[j] = _reduced_cost(E, c, pi, j, n_rows)
+        if j >= n_unit:  # one term (see "Unit columns")
+            r, sign = _unit_column(j, n_unit, n_eq)
+            t = pi[r] * sign
+            d[j] = c[j] - t
+            dtol[j] = COST_TOL * (abs(c[j]) + abs(t)) + 1e-300
+        else:
+            d[j], dtol[j] = _reduced_cost(E, c, pi, j, n_rows)
 
 
 @kernel
-def _dual_simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter):
+def _dual_simplex(
+    E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter, n_unit, n_eq
+):
     """Bounded-variable dual simplex from a basis of this problem that is primal infeasible
     (Binv its inverse, the basic values in ``x``, as :func:`_warm_basis` leaves them), up to
     the first primal feasible basis. ``work`` rows W_D, W_DTOL and W_ROW must be at least
@@ -451,7 +500,8 @@ def _dual_simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, 
     expects. Not ok: the start is not dual feasible, no column can enter (the problem is primal
     infeasible: a "<=" row the actuators' lower bounds break), a pivot is numerically unsafe,
     or ``max_iter`` pivots were not enough; ``x``/``state``/``basis``/``Binv`` then hold
-    whatever it reached and the caller must start afresh.
+    whatever it reached and the caller must start afresh. ``n_unit``, ``n_eq``: as for
+    :func:`_simplex`.
     """
     pi = work[W_PI]
     alpha = work[W_ALPHA]
@@ -459,7 +509,7 @@ def _dual_simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, 
     d = work[W_D]
     dtol = work[W_DTOL]
     row = work[W_ROW]
-    _reduced_costs(E, c, lb, ub, n_rows, n_cols, state, basis, Binv, pi, d, dtol)
+    _reduced_costs(E, c, lb, ub, n_rows, n_cols, state, basis, Binv, pi, d, dtol, n_unit, n_eq)
     flipped = False
     for j in range(n_cols):
         st = state[j]
@@ -510,7 +560,9 @@ def _dual_simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, 
         if it >= max_iter:
             return False, it
         if it > 0:
-            _reduced_costs(E, c, lb, ub, n_rows, n_cols, state, basis, Binv, pi, d, dtol)
+            _reduced_costs(
+                E, c, lb, ub, n_rows, n_cols, state, basis, Binv, pi, d, dtol, n_unit, n_eq
+            )
         # The pivot row: x_B[leave] = beta - sum_j row[j] x_j over the non-basic columns. The
         # leaving variable must rise (to_lower, s = 1) or fall (s = -1): a column at its lower
         # bound can rise, so it helps if s * row[j] < 0; one at its upper bound if > 0. Its
@@ -523,9 +575,13 @@ def _dual_simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, 
             if st == BASIC or lb[j] >= ub[j]:
                 row[j] = 0.0
                 continue
-            a = 0.0
-            for k in range(n_rows):
-                a += Binv[leave, k] * E[k, j]
+            if j >= n_unit:
+                r, sign = _unit_column(j, n_unit, n_eq)
+                a = 0.0 + Binv[leave, r] * sign  # the one non-zero term (see "Unit columns")
+            else:
+                a = 0.0
+                for k in range(n_rows):
+                    a += Binv[leave, k] * E[k, j]
             row[j] = a
             sa = s * a
             if st == AT_LOWER and sa < -PIVOT_TOL:
@@ -666,17 +722,33 @@ def allocate_filled(
         if start == WARM_FEASIBLE:
             # _warm_basis has just computed the basics and checked them as solve_lp would: the
             # same numbers from the same inputs, so straight to the pivots.
-            return _simplex(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter)
+            return _simplex(
+                E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter, n_act, n_eq
+            )
         if start == WARM_INFEASIBLE:
             # The wanted wrench moved: last cycle's optimum is out of bounds but, c unchanged
             # and E barely, normally still dual feasible. The dual simplex goes from it to a
             # feasible basis that is (to the tolerance) optimal; the primal simplex confirms.
             ok, dual_it = _dual_simplex(
-                E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter
+                E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter, n_act, n_eq
             )
             if ok:
                 status, it = _simplex(
-                    E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter
+                    E,
+                    b,
+                    c,
+                    lb,
+                    ub,
+                    n_rows,
+                    n_cols,
+                    x,
+                    state,
+                    basis,
+                    Binv,
+                    work,
+                    max_iter,
+                    n_act,
+                    n_eq,
                 )
                 return status, dual_it + it
     # The cold start sets every variable, the basis and Binv afresh: whatever the dual simplex
@@ -708,5 +780,7 @@ def allocate_filled(
         for k in range(n_rows):
             Binv[r, k] = 0.0
         Binv[r, r] = 1.0 / E[r, basis[r]]
-    status, it = solve_lp(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter)
+    status, it = _solve_lp(
+        E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_iter, n_act, n_eq
+    )
     return status, dual_it + it

@@ -291,11 +291,26 @@ def test_the_dual_simplex_from_a_dual_feasible_basis_reaches_the_cold_optimum(rn
     work = np.zeros((LP_WORK_ROWS, n_cols))
     start = _warm_basis(E, bb, lb, ub, n_rows, n_cols, x, state, basis, Binv, work)
     assert start != WARM_NONE
-    if start == WARM_INFEASIBLE:
-        ok, _ = _dual_simplex(E, bb, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, 500)
-        assert ok, "the dual simplex failed from an optimal basis of the same c and E"
-    status, _ = _simplex(E, bb, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, 500)
-    assert status == LP_OK
+    # Both ways: pricing every column in full (n_unit = n_cols), and the error and slack
+    # columns by their one non-zero (n_unit = m): the same solve to the bit (allocation.py,
+    # "Unit columns"), pivot for pivot.
+    runs = []
+    for n_unit, n_eq in ((n_cols, 0), (m, 6)):
+        arrays = [a.copy() for a in (x, state, basis, Binv, work)]
+        xr, sr, br, Br, wr = arrays
+        dual_it = 0
+        if start == WARM_INFEASIBLE:
+            ok, dual_it = _dual_simplex(
+                E, bb, c, lb, ub, n_rows, n_cols, xr, sr, br, Br, wr, 500, n_unit, n_eq
+            )
+            assert ok, "the dual simplex failed from an optimal basis of the same c and E"
+        status, it = _simplex(
+            E, bb, c, lb, ub, n_rows, n_cols, xr, sr, br, Br, wr, 500, n_unit, n_eq
+        )
+        assert status == LP_OK
+        runs.append(([a.tobytes() for a in arrays], dual_it, it))
+    assert runs[0] == runs[1]
+    x = xr
     xa = x[:m]
     assert np.all(xa >= lb_act) and np.all(xa <= ub_act), "a bound was broken"
     floor = 1e-13 * float(err_cost.max()) * (1.0 + float(np.abs(b2).max()))
@@ -390,5 +405,7 @@ def test_an_infeasible_budget_row_falls_back_to_the_cold_start():
     assert _warm_basis(E_f, b_f, lb_f, ub_f, 7, n_cols, x, state, basis, Binv, work) == (
         WARM_INFEASIBLE
     )
-    ok, _ = _dual_simplex(E_f, b_f, c_f, lb_f, ub_f, 7, n_cols, x, state, basis, Binv, work, 100)
+    ok, _ = _dual_simplex(
+        E_f, b_f, c_f, lb_f, ub_f, 7, n_cols, x, state, basis, Binv, work, 100, 2, 6
+    )
     assert not ok

@@ -4,7 +4,8 @@ controller/allocation.py's kernels skip, for speed, the terms of a sum whose fac
 (``_nonbasic_rhs``: a non-basic variable at 0), the divisions whose result is thrown away
 (``_refactor_basics``: a zero below the pivot) and the division of a pivot row by 1 or -1
 (``_invert``: the unit columns of the basic errors and slacks), and the duals skip the basics
-of no cost (``_reduced_costs``, ``_simplex``). Each is exact: these tests hold
+of no cost (``_reduced_costs``, ``_simplex``), which price the error and slack columns by
+their one non-zero term. Each is exact: these tests hold
 the kernels, byte for byte (signed zeros included), to the plain algorithms they replaced,
 written out again here and compiled the same way, on random sparse matrices like the
 controller's (unit columns, exact zeros of both signs, variables at 0, 1 and between).
@@ -24,6 +25,8 @@ from thruster_hil.controller.allocation import (
     _nonbasic_rhs,
     _reduced_costs,
     _refactor_basics,
+    fill_lp_columns,
+    lp_columns,
 )
 
 from thruster_hil.core.jit import JIT_OPTIONS
@@ -213,7 +216,41 @@ def test_the_duals_skip_the_basics_of_no_cost_bit_for_bit(seed):
     Binv[rng.random(Binv.shape) < 0.3] = -0.0
     got = [np.full(n, np.nan) for n in (n_rows, n_cols, n_cols)]
     want = [np.full(n, np.nan) for n in (n_rows, n_cols, n_cols)]
-    _reduced_costs(E, c, lb, ub, n_rows, n_cols, state, basis, Binv, *got)
+    _reduced_costs(E, c, lb, ub, n_rows, n_cols, state, basis, Binv, *got, n_cols, 0)
+    _plain_reduced_costs(E, c, lb, ub, n_rows, n_cols, state, basis, Binv, *want)
+    for g, w in zip(got, want, strict=True):
+        assert g.tobytes() == w.tobytes()
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(seed=seeds)
+def test_the_unit_columns_reduced_costs_are_the_full_sums_bit_for_bit(seed):
+    """The error and slack columns fill_lp_columns makes (one +1 or -1 each) priced by their
+    one non-zero term (allocation.py, "Unit columns") give the full sums' bits, on LPs with
+    "<=" rows too, multipliers with zeros of both signs and slacks of cost +0.0."""
+    rng = np.random.default_rng(seed)
+    n_rows = int(rng.integers(2, 12))
+    n_eq = int(rng.integers(0, n_rows + 1))
+    n_act = int(rng.integers(1, 20))
+    n_cols = lp_columns(n_rows, n_eq, n_act)
+    E = np.zeros((n_rows, n_cols))
+    E[:, :n_act] = rng.normal(size=(n_rows, n_act))
+    c = np.zeros(n_cols)
+    c[:n_act] = rng.uniform(0.5, 2.0, n_act)
+    lb = np.zeros(n_cols)
+    ub = np.zeros(n_cols)
+    ub[:n_act] = rng.choice([0.0, 1.0], size=n_act)
+    err_cost = rng.choice([1.0, 1e3, 1e6], size=max(n_eq, 1))
+    fill_lp_columns(E, c, lb, ub, n_rows, n_eq, n_act, err_cost)
+    basis = rng.choice(n_cols, size=n_rows, replace=False).astype(np.int64)
+    state = rng.choice([AT_LOWER, AT_UPPER], size=n_cols).astype(np.int64)
+    state[basis] = BASIC
+    Binv = rng.normal(size=(n_rows, n_rows)) * rng.choice([1.0, 1e6, 1e-6], size=(n_rows, 1))
+    Binv[rng.random(Binv.shape) < 0.3] = 0.0
+    Binv[rng.random(Binv.shape) < 0.15] = -0.0
+    got = [np.full(n, np.nan) for n in (n_rows, n_cols, n_cols)]
+    want = [np.full(n, np.nan) for n in (n_rows, n_cols, n_cols)]
+    _reduced_costs(E, c, lb, ub, n_rows, n_cols, state, basis, Binv, *got, n_act, n_eq)
     _plain_reduced_costs(E, c, lb, ub, n_rows, n_cols, state, basis, Binv, *want)
     for g, w in zip(got, want, strict=True):
         assert g.tobytes() == w.tobytes()
