@@ -385,6 +385,14 @@ def coast_step(
     )
 
 
+#: :func:`coast_step` as a function of its own, not inlined in numba's IR: for the cold paths
+#: (coast_mean_apsides_pair's single-state steps, taken only once one state became non-finite).
+#: Each IR-inlined copy of the step (four accelerations, each with its density lookup) costs
+#: seconds of compile time on every fresh install; the same operations in the same order, so the
+#: same bits.
+coast_step_call = kernel(coast_step.py_func)
+
+
 @inline_kernel
 def coast_step_pair(
     rx,

@@ -46,6 +46,7 @@ from thruster_hil.sims.orbit import (
     STATUS_NONFINITE,
     STATUS_OK,
     coast_step,
+    coast_step_call,
     coast_step_pair,
     coast_to,
     finite_state,
@@ -750,12 +751,12 @@ def coast_mean_apsides_pair(yb, yc, dt_s, n, cd_area_m2, table):
                         rx, ry, rz, vx, vy, vz, m, qx, qy, qz, ux, uy, uz, mq, h, cd_area_m2,
                         tab_h, tab_lr, tab_sl,
                     )  # fmt: skip
-                elif sb == STATUS_OK:
-                    rx, ry, rz, vx, vy, vz = coast_step(
+                elif sb == STATUS_OK:  # the cold paths: a call, not two more inlined copies
+                    rx, ry, rz, vx, vy, vz = coast_step_call(
                         rx, ry, rz, vx, vy, vz, m, h, cd_area_m2, 1.0, tab_h, tab_lr, tab_sl
                     )
                 else:
-                    qx, qy, qz, ux, uy, uz = coast_step(
+                    qx, qy, qz, ux, uy, uz = coast_step_call(
                         qx, qy, qz, ux, uy, uz, mq, h, cd_area_m2, 1.0, tab_h, tab_lr, tab_sl
                     )
             if sb == STATUS_OK and not finite_state(rx, ry, rz, vx, vy, vz, m):
