@@ -367,12 +367,9 @@ def align(
     return origins
 
 
-def parse_uart_log(text: str) -> list[tuple[int, int]]:
-    """The bytes the unit received, from the harness's --uart-log (``<cycle> rx|tx <hex>`` a
-    line, the cycle when the byte was complete: for rx, when the USART has it): ``[(cycle,
-    byte), ...]`` in the order they came. Bytes the chip lost (its receiver off during a reset)
-    are not in the log."""
-    out = []
+def _uart_log_lines(text: str):
+    """The harness's --uart-log, a line at a time: ``(cycle, "rx" | "tx", byte)`` (``<cycle>
+    rx|tx <hex>`` a line, the cycle when the byte was complete: for rx, when the USART has it)."""
     for n, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
         try:
@@ -383,9 +380,14 @@ def parse_uart_log(text: str) -> list[tuple[int, int]]:
             raise ValueError(
                 f"uart log line {n}: expected '<cycle> rx|tx <hex>', got {line!r}"
             ) from None
-        if parts[1] == "rx":
-            out.append((cycle, byte))
-    return out
+        yield cycle, parts[1], byte
+
+
+def parse_uart_log(text: str) -> list[tuple[int, int]]:
+    """The bytes the unit received, from the harness's --uart-log: ``[(cycle, byte), ...]`` in
+    the order they came. Bytes the chip lost (its receiver off during a reset) are not in the
+    log."""
+    return [(cycle, byte) for cycle, way, byte in _uart_log_lines(text) if way == "rx"]
 
 
 def uart_log_chunks(text: str) -> list[tuple[str, int, bytes]]:
@@ -398,17 +400,8 @@ def uart_log_chunks(text: str) -> list[tuple[str, int, bytes]]:
     buf = bytearray()
     cur: str | None = None
     t0 = 0
-    for n, line in enumerate(text.splitlines(), start=1):
-        parts = line.split()
-        try:
-            if len(parts) != 3 or parts[1] not in ("rx", "tx"):
-                raise ValueError
-            cycle, byte = int(parts[0]), int(parts[2], 16)
-        except ValueError:
-            raise ValueError(
-                f"uart log line {n}: expected '<cycle> rx|tx <hex>', got {line!r}"
-            ) from None
-        direction = "tx" if parts[1] == "rx" else "rx"
+    for cycle, way, byte in _uart_log_lines(text):
+        direction = "tx" if way == "rx" else "rx"
         if direction != cur:
             if buf:
                 out.append((cur, t0, bytes(buf)))

@@ -44,12 +44,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from thruster_hil.firmware_bridge.pinevidence import STOP_ALL_BOUND_US  # last byte -> pins low
+
 F_CPU_HZ = 16_000_000
 TICK_CYCLES = F_CPU_HZ // 1000
 RX_RING_BYTES = 256  # firmware_bridge/board/main.c RX_RING
 PERIOD_MS = 10  # the least control period (messages.toml period_ms_min)
 STEPS = 100  # about 1.1 s of back-to-back FIREs
-STOP_ALL_BOUND_US = 1000  # tests/test_simavr_pins.py STOP_ALL_BOUND_US: last byte -> pins low
 #: Where a STOP_ALL is written into the maximum-rate flight, as (name, behind, pad): right
 #: behind bank 0's FIRE (bank 1's is not sent) or bank 1's, then ``pad`` lone delimiters (0x00,
 #: nothing to the unit's decoder: one byte time, 85 us, each) before it, so its arrival sweeps
@@ -86,6 +87,15 @@ class Row:
         return self.budget - self.measured
 
 
+def _queue_fire(link, step: int, bank: int, ticks: list[int]) -> None:
+    """One bank's FIRE of every channel, queued straight to the wire (the session's queue; the
+    caller flushes): valid_for_ms 0, no staleness check."""
+    fields = dict(
+        session=link.session, step=step, valid_for_ms=0, bank=bank, mask=0xFFFF, on_ticks=ticks
+    )
+    link.s.queue("FIRE", link.s.next_seq(), 0, fields, time.monotonic_ns())
+
+
 def fly_max_rate(steps: int = STEPS, out_dir: Path | None = None) -> dict:
     """Run the maximum-rate scenario; returns {"stats": harness stats, "hk": the unit's last HK
     fields, "steps": steps}."""
@@ -101,19 +111,10 @@ def fly_max_rate(steps: int = STEPS, out_dir: Path | None = None) -> dict:
             # The FIREs go straight to the wire (the session's queue, one write a step): the
             # Link's REALTIME fire() would wait for reports and call the link lost when they
             # lag behind a line this full. valid_for_ms 0: no staleness check.
-            s = link.s
             ticks = [PERIOD_MS] * 16
             for k in range(1, steps + 1):
                 for bank in (0, 1):
-                    fields = dict(
-                        session=link.session,
-                        step=k,
-                        valid_for_ms=0,
-                        bank=bank,
-                        mask=0xFFFF,
-                        on_ticks=ticks,
-                    )
-                    s.queue("FIRE", s.next_seq(), 0, fields, time.monotonic_ns())
+                    _queue_fire(link, k, bank, ticks)
                 link._flush()  # blocks while the pty is full: the line paces the host
             hk = link.wait_hk(after_ns=time.monotonic_ns(), timeout_s=10.0)
         finally:
@@ -163,15 +164,7 @@ def fly_stop_all_at_max_rate(
                     for bank in (0, 1):
                         if k == warm - 1 and bank > behind:
                             break
-                        fields = dict(
-                            session=link.session,
-                            step=step,
-                            valid_for_ms=0,
-                            bank=bank,
-                            mask=0xFFFF,
-                            on_ticks=ticks,
-                        )
-                        s.queue("FIRE", s.next_seq(), 0, fields, time.monotonic_ns())
+                        _queue_fire(link, step, bank, ticks)
                     if k < warm - 1:
                         link._flush()
                 for _ in range(pad):
