@@ -102,10 +102,14 @@ def _nonbasic_rhs(E, b, x, state, n_rows, n_cols, out):
             if xj != 0.0:
                 for r in range(n_rows):
                     out[r] -= E[r, j] * xj
-    # It can only change the sign of a zero sum (-0.0 - -0.0 is +0.0): a row whose sum came
-    # out zero is summed again with every term, so every bit is what the full sum gives.
+    # Skipping a zero term can only change the sign of a zero sum, and only when the sum was
+    # -0.0 before it (-0.0 - -0.0 is +0.0): a sum that starts from a b[r] that is not -0.0
+    # never becomes -0.0 (x - y is -0.0 only for x = -0.0, y = +0.0; two different doubles
+    # never cancel to zero, gradual underflow making their difference exact), and any other
+    # value minus a zero of either sign is itself. So only a row whose b[r] is -0.0 and whose
+    # sum came out zero is summed again with every term: every bit is what the full sum gives.
     for r in range(n_rows):
-        if out[r] == 0.0:
+        if out[r] == 0.0 and math.copysign(1.0, b[r]) < 0.0:
             s = b[r]
             for j in range(n_cols):
                 if state[j] != BASIC:
@@ -421,23 +425,25 @@ def _warm_basis(E, b, lb, ub, n_rows, n_cols, x, state, basis, Binv, work):
     is still a basis of this problem: non-basic values to their (new) bounds, Binv its inverse,
     the basic values computed. Returns WARM_FEASIBLE if the basics are within their bounds,
     WARM_INFEASIBLE if not, WARM_NONE if it is no basis (nothing usable then)."""
+    # One pass counts the basics and puts the non-basic values at their bounds. When it is no
+    # basis after all (WARM_NONE), the cold start that follows sets every value and state
+    # afresh, so what this pass changed does not matter.
     count = 0
     for j in range(n_cols):
-        if state[j] == BASIC:
+        st = state[j]
+        if st == BASIC:
             count += 1
+        elif st == AT_UPPER and ub[j] < math.inf and lb[j] < ub[j]:
+            x[j] = ub[j]
+        else:
+            x[j] = lb[j]
+            state[j] = AT_LOWER
     if count != n_rows:
         return WARM_NONE
     for r in range(n_rows):
         j = basis[r]
         if j < 0 or j >= n_cols or state[j] != BASIC:
             return WARM_NONE
-    for j in range(n_cols):
-        if state[j] != BASIC:
-            if state[j] == AT_UPPER and ub[j] < math.inf and lb[j] < ub[j]:
-                x[j] = ub[j]
-            else:
-                x[j] = lb[j]
-                state[j] = AT_LOWER
     for r in range(n_rows):
         for k in range(n_rows):
             Binv[r, k] = E[r, basis[k]]
