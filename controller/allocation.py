@@ -87,7 +87,7 @@ PIVOT_TOL = 1e-9
 COST_TOL = 1e-14
 
 
-@kernel
+@inline_kernel
 def _nonbasic_rhs(E, b, x, state, n_rows, n_cols, out):
     """out = b - N x_N: the right-hand side the basic variables must meet."""
     # Column by column, so the rows' sums (each a chain of dependent subtractions) advance side
@@ -117,7 +117,7 @@ def _nonbasic_rhs(E, b, x, state, n_rows, n_cols, out):
             out[r] = s
 
 
-@kernel
+@inline_kernel
 def _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, tmp):
     """x_B = Binv (b - N x_N)."""
     _nonbasic_rhs(E, b, x, state, n_rows, n_cols, tmp)
@@ -140,10 +140,13 @@ def _refactor_basics(E, b, x, state, basis, M, n_rows, n_cols, rhs, rhs_ready):
             M[r, k] = E[r, basis[k]]
     for k in range(n_rows):
         p = k
+        big = abs(M[k, k])  # abs(M[p, k]), kept at hand
         for r in range(k + 1, n_rows):
-            if abs(M[r, k]) > abs(M[p, k]):
+            a = abs(M[r, k])
+            if a > big:
+                big = a
                 p = r
-        if M[p, k] == 0.0:
+        if big == 0.0:
             return
         if p != k:
             for c in range(n_rows):
@@ -191,7 +194,7 @@ def _solve_lp(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_
     )
 
 
-@kernel
+@inline_kernel
 def _basics_feasible(b, lb, ub, x, basis, n_rows):
     """Every basic variable within its bounds (to a tolerance relative to its row's b)."""
     for r in range(n_rows):
@@ -379,10 +382,13 @@ def _invert(M, n, perm):
     Returns False, M spoilt, if a pivot is below 1e-12 (rows are scaled to O(1))."""
     for k in range(n):
         p = k
+        big = abs(M[k, k])  # abs(M[p, k]), kept at hand
         for r in range(k + 1, n):
-            if abs(M[r, k]) > abs(M[p, k]):
+            a = abs(M[r, k])
+            if a > big:
+                big = a
                 p = r
-        if abs(M[p, k]) < 1e-12:
+        if big < 1e-12:
             return False
         perm[k] = p
         if p != k:
