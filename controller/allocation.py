@@ -87,7 +87,7 @@ PIVOT_TOL = 1e-9
 COST_TOL = 1e-14
 
 
-@kernel
+@inline_kernel
 def _nonbasic_rhs(E, b, x, state, n_rows, n_cols, out):
     """out = b - N x_N: the right-hand side the basic variables must meet."""
     # Column by column, so the rows' sums (each a chain of dependent subtractions) advance side
@@ -102,10 +102,14 @@ def _nonbasic_rhs(E, b, x, state, n_rows, n_cols, out):
             if xj != 0.0:
                 for r in range(n_rows):
                     out[r] -= E[r, j] * xj
-    # It can only change the sign of a zero sum (-0.0 - -0.0 is +0.0): a row whose sum came
-    # out zero is summed again with every term, so every bit is what the full sum gives.
+    # Skipping a zero term can only change the sign of a zero sum, and only when the sum was
+    # -0.0 before it (-0.0 - -0.0 is +0.0): a sum that starts from a b[r] that is not -0.0
+    # never becomes -0.0 (x - y is -0.0 only for x = -0.0, y = +0.0; two different doubles
+    # never cancel to zero, gradual underflow making their difference exact), and any other
+    # value minus a zero of either sign is itself. So only a row whose b[r] is -0.0 and whose
+    # sum came out zero is summed again with every term: every bit is what the full sum gives.
     for r in range(n_rows):
-        if out[r] == 0.0:
+        if out[r] == 0.0 and math.copysign(1.0, b[r]) < 0.0:
             s = b[r]
             for j in range(n_cols):
                 if state[j] != BASIC:
@@ -113,7 +117,7 @@ def _nonbasic_rhs(E, b, x, state, n_rows, n_cols, out):
             out[r] = s
 
 
-@kernel
+@inline_kernel
 def _basic_values(E, b, x, state, basis, Binv, n_rows, n_cols, tmp):
     """x_B = Binv (b - N x_N)."""
     _nonbasic_rhs(E, b, x, state, n_rows, n_cols, tmp)
@@ -136,10 +140,13 @@ def _refactor_basics(E, b, x, state, basis, M, n_rows, n_cols, rhs, rhs_ready):
             M[r, k] = E[r, basis[k]]
     for k in range(n_rows):
         p = k
+        big = abs(M[k, k])  # abs(M[p, k]), kept at hand
         for r in range(k + 1, n_rows):
-            if abs(M[r, k]) > abs(M[p, k]):
+            a = abs(M[r, k])
+            if a > big:
+                big = a
                 p = r
-        if M[p, k] == 0.0:
+        if big == 0.0:
             return
         if p != k:
             for c in range(n_rows):
@@ -187,7 +194,7 @@ def _solve_lp(E, b, c, lb, ub, n_rows, n_cols, x, state, basis, Binv, work, max_
     )
 
 
-@kernel
+@inline_kernel
 def _basics_feasible(b, lb, ub, x, basis, n_rows):
     """Every basic variable within its bounds (to a tolerance relative to its row's b)."""
     for r in range(n_rows):
@@ -375,10 +382,13 @@ def _invert(M, n, perm):
     Returns False, M spoilt, if a pivot is below 1e-12 (rows are scaled to O(1))."""
     for k in range(n):
         p = k
+        big = abs(M[k, k])  # abs(M[p, k]), kept at hand
         for r in range(k + 1, n):
-            if abs(M[r, k]) > abs(M[p, k]):
+            a = abs(M[r, k])
+            if a > big:
+                big = a
                 p = r
-        if abs(M[p, k]) < 1e-12:
+        if big < 1e-12:
             return False
         perm[k] = p
         if p != k:
@@ -421,23 +431,25 @@ def _warm_basis(E, b, lb, ub, n_rows, n_cols, x, state, basis, Binv, work):
     is still a basis of this problem: non-basic values to their (new) bounds, Binv its inverse,
     the basic values computed. Returns WARM_FEASIBLE if the basics are within their bounds,
     WARM_INFEASIBLE if not, WARM_NONE if it is no basis (nothing usable then)."""
+    # One pass counts the basics and puts the non-basic values at their bounds. When it is no
+    # basis after all (WARM_NONE), the cold start that follows sets every value and state
+    # afresh, so what this pass changed does not matter.
     count = 0
     for j in range(n_cols):
-        if state[j] == BASIC:
+        st = state[j]
+        if st == BASIC:
             count += 1
+        elif st == AT_UPPER and ub[j] < math.inf and lb[j] < ub[j]:
+            x[j] = ub[j]
+        else:
+            x[j] = lb[j]
+            state[j] = AT_LOWER
     if count != n_rows:
         return WARM_NONE
     for r in range(n_rows):
         j = basis[r]
         if j < 0 or j >= n_cols or state[j] != BASIC:
             return WARM_NONE
-    for j in range(n_cols):
-        if state[j] != BASIC:
-            if state[j] == AT_UPPER and ub[j] < math.inf and lb[j] < ub[j]:
-                x[j] = ub[j]
-            else:
-                x[j] = lb[j]
-                state[j] = AT_LOWER
     for r in range(n_rows):
         for k in range(n_rows):
             Binv[r, k] = E[r, basis[k]]

@@ -633,12 +633,18 @@ def step(sens, params, A, E, Binv, qp, ints, thr, mod, health, ctrl, on_ms):
     row_w = params[P_ROW_WEIGHT : P_ROW_WEIGHT + 6]
     num = 0.0
     den = 0.0
+    # Actuator by actuator, so only the working ones are visited; each row still sums its terms
+    # in actuator order from 0.0, and an idle actuator adds a zero: no bit changes
+    # (allocation.py, "Zero terms").
     for k in range(6):
-        s = 0.0
-        for j in range(n_act):
-            if x[j] != 0.0:  # an idle actuator adds a zero: no bit changes (allocation.py)
-                s += E[k, j] * x[j]
-        s *= scale[k]
+        achieved[k] = 0.0
+    for j in range(n_act):
+        xj = x[j]
+        if xj != 0.0:
+            for k in range(6):
+                achieved[k] += E[k, j] * xj
+    for k in range(6):
+        s = achieved[k] * scale[k]
         achieved[k] = s  # forces in the LP's axes for now
         e = s - b[k] * scale[k]
         num += row_w[k] * e * e

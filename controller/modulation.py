@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from thruster_hil.core.jit import kernel
+from thruster_hil.core.jit import inline_kernel, kernel
 from thruster_hil.core.layout import Layout
 from thruster_hil.core.pulses import attributed_impulse, on_time_for_impulse
 
@@ -86,7 +86,7 @@ MOD_COLS = MODULATOR_COLUMNS.length
 FULL_TOL = 1.0 - 1e-3
 
 
-@kernel
+@inline_kernel
 def modulate_one(request_Ns, thr_row, mod_row, period_s, tick_s):
     """Add ``request_Ns`` to the remainder and return the on-time [s] commanded this cycle."""
     f = thr_row[T_THRUST]

@@ -21,7 +21,7 @@ from thruster_hil.controller.cycle import CTRL_LEN, PARAM_LEN, QP_ROWS, SENS_LEN
 from thruster_hil.controller.modulation import MOD_COLS, THR_COLS
 from thruster_hil.controller.views import carve
 
-from thruster_hil.core.jit import kernel
+from thruster_hil.core.jit import host_kernel
 from thruster_hil.core.layout import Layout
 
 #: int64 slots at the start of the buffer: the variable sizes, then each array's first element.
@@ -137,7 +137,7 @@ def pack(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarra
     return buf, views
 
 
-@kernel
+@host_kernel
 def step_packed(buf):
     """:func:`thruster_hil.controller.cycle.step` on the arrays packed in ``buf`` (see
     :func:`pack`). Writes the on-times into the buffer's ``on_ms`` and returns the status.
