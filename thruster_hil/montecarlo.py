@@ -551,21 +551,13 @@ def write_outputs(out: Path, campaign: Campaign, outcomes: list[dict], summary: 
         w.writerow(fields)
         for i, (inp, o) in enumerate(zip(inputs, outcomes, strict=True)):
             row = {"case": i, "case_seed": case_seed(campaign.seed, i), **inp, **o}
-            w.writerow([_cell(row[k]) for k in fields])
+            w.writerow([int(v) if isinstance(v, bool) else v for v in map(row.__getitem__, fields)])
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, out / "summary.json")
     from thruster_hil.montecarlo_report import render_report
 
     render_report(out, inputs, outcomes, summary)
-
-
-def _cell(v):
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, float):
-        return repr(v)
-    return v
 
 
 def format_summary(s: dict) -> str:
