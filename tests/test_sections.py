@@ -26,6 +26,17 @@ from thruster_hil.stopsignals import HostSignal, StopSignals
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True)
+def _sighup_as_from_a_terminal():
+    """SIGHUP handled by default, as in a process started from a terminal, whatever started
+    this test session: under nohup it starts ignored, and StopSignals rightly keeps it so
+    (tests/test_hostexit.py holds that part of its contract), which would leave nothing here to
+    raise."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGHUP, previous)
+
+
 def test_a_signal_in_a_section_is_raised_when_the_outermost_section_ends():
     with StopSignals():
         sections.enter()
