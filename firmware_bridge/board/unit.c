@@ -625,6 +625,18 @@ static uint32_t first_end(const unit_pulse_t *p)
     return p->t_start + (uint32_t)(p->active ? least : 0) * TICK_US;
 }
 
+/* Report the pulse that was pending[i] when the scan began: the pulses finished since (bits
+ * of *gone, by their index then) moved the ones after them down. */
+static void finish_scanned(unit_t *u, uint8_t i, uint8_t *gone)
+{
+    uint8_t idx = i;
+    for (uint8_t j = 0; j < i; j++)
+        if ((*gone >> j) & 1)
+            idx--;
+    *gone |= (uint8_t)(1u << i);
+    finish(u, idx);
+}
+
 static void run_timers(unit_t *u, uint32_t now, uint32_t late_us)
 {
     if (u->state == STATE_BOOT)
@@ -704,9 +716,8 @@ static void run_timers(unit_t *u, uint32_t now, uint32_t late_us)
                     first = end;
                 later = 1;
             }
-            if (ended)
-                last_end[i] = p->t_start + (uint32_t)most * TICK_US;
             if (ended) {
+                last_end[i] = p->t_start + (uint32_t)most * TICK_US;
                 p->active &= (uint16_t)~ended;
                 if (!p->active)
                     done |= (uint8_t)(1u << i);
@@ -738,27 +749,16 @@ static void run_timers(unit_t *u, uint32_t now, uint32_t late_us)
         uint8_t gone = 0; /* finished: the pulses after them moved down */
         if (done && idle0) {
             for (uint8_t i = 0; i < UNIT_MAX_PENDING; i++)
-                if ((idle0 >> i) & 1) {
-                    uint8_t idx = i;
-                    for (uint8_t j = 0; j < i; j++)
-                        if ((gone >> j) & 1)
-                            idx--;
-                    gone |= (uint8_t)(1u << i);
-                    finish(u, idx);
-                }
+                if ((idle0 >> i) & 1)
+                    finish_scanned(u, i, &gone);
         }
         while (done) {    /* the earliest last end first, ties in pending order */
             int8_t bi = -1;
             for (uint8_t i = 0; i < UNIT_MAX_PENDING; i++)
                 if (((done >> i) & 1) && (bi < 0 || since(last_end[i], last_end[bi]) < 0))
                     bi = (int8_t)i;
-            uint8_t idx = (uint8_t)bi;
-            for (uint8_t i = 0; i < (uint8_t)bi; i++)
-                if ((gone >> i) & 1)
-                    idx--;
             done &= (uint8_t) ~(1u << bi);
-            gone |= (uint8_t)(1u << bi);
-            finish(u, idx);
+            finish_scanned(u, (uint8_t)bi, &gone);
         }
         if (active_left) { /* (the pulses left are not all ended ones) */
             u->ends_known = later;
